@@ -1,1 +1,26 @@
-// router
+//! The per-host router: serves the fv0 device to local processes.
+
+use std::path::PathBuf;
+
+/// How the router moves data (see DESIGN.md section 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The router copies between memory regions; full isolation.
+    Isolated,
+    /// Providers write straight into their peers' memory (not yet supported).
+    Semi,
+}
+
+/// Router configuration, from the command line.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the socket, the generated sysfs tree and other state live.
+    pub runtime_dir: PathBuf,
+    pub mode: Mode,
+}
+
+/// Runs the router in the foreground until SIGTERM or SIGINT.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let _ = config;
+    anyhow::bail!("router not implemented yet")
+}
