@@ -1,1 +1,35 @@
-// wire
+//! The wire format between the provider and the router: shared-memory
+//! segments and rings, the entries that travel on them, and the control
+//! messages on the router's Unix socket. Both sides use this one module;
+//! [`VERSION`] changes whenever any layout here does.
+
+pub mod control;
+pub mod entries;
+pub mod ring;
+pub mod segment;
+
+/// Version of everything in this module; checked at session setup.
+pub const VERSION: u32 = 1;
+
+/// Device limits, advertised by the provider and enforced by the router.
+pub mod limits {
+    /// Scatter/gather entries per work request.
+    pub const MAX_SGE: u32 = 16;
+    /// Bytes of inline data a send work request can carry.
+    pub const MAX_INLINE_DATA: u32 = 256;
+    /// Work requests per send or receive queue.
+    pub const MAX_QP_WR: u32 = 16384;
+    /// Entries per completion queue.
+    pub const MAX_CQE: u32 = 65535;
+    pub const MAX_QP: u32 = 16384;
+    pub const MAX_CQ: u32 = 16384;
+    pub const MAX_MR: u32 = 65536;
+    pub const MAX_PD: u32 = 65536;
+    /// Largest registrable region and message.
+    pub const MAX_MR_SIZE: u64 = 1 << 40;
+    pub const MAX_MSG_SIZE: u32 = 1 << 31;
+    /// Outstanding RDMA reads and atomics per QP.
+    pub const MAX_QP_RD_ATOM: u32 = 16;
+    /// Largest QP number: QPNs are 24-bit.
+    pub const MAX_QPN: u32 = 0x00ff_ffff;
+}

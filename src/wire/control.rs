@@ -1,0 +1,232 @@
+//! Control messages on the router's Unix socket (`SOCK_SEQPACKET`, one
+//! message per packet, bincode-encoded, file descriptors as SCM_RIGHTS).
+//!
+//! The provider sends a [`Request`] and waits for the matching [`Reply`];
+//! control verbs are synchronous, the data path never uses the socket.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use serde::{Deserialize, Serialize};
+
+/// Largest control message either side accepts.
+pub const MAX_MESSAGE: usize = 16 * 1024;
+/// Most file descriptors one message carries.
+pub const MAX_FDS: usize = 4;
+
+/// Address vector of `struct ibv_ah_attr`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressVector {
+    pub dlid: u16,
+    pub sl: u8,
+    pub src_path_bits: u8,
+    pub static_rate: u8,
+    pub is_global: bool,
+    pub port_num: u8,
+    pub dgid: [u8; 16],
+    pub flow_label: u32,
+    pub sgid_index: u8,
+    pub hop_limit: u8,
+    pub traffic_class: u8,
+}
+
+/// Queue pair capacities, as in `struct ibv_qp_cap`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QpCaps {
+    pub max_send_wr: u32,
+    pub max_recv_wr: u32,
+    pub max_send_sge: u32,
+    pub max_recv_sge: u32,
+    pub max_inline_data: u32,
+}
+
+/// The attributes of `struct ibv_qp_attr` that flowverbs implements.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QpAttr {
+    pub qp_state: u32,
+    pub cur_qp_state: u32,
+    pub path_mtu: u32,
+    pub path_mig_state: u32,
+    pub qkey: u32,
+    pub rq_psn: u32,
+    pub sq_psn: u32,
+    pub dest_qp_num: u32,
+    pub qp_access_flags: u32,
+    pub cap: QpCaps,
+    pub ah_attr: AddressVector,
+    pub alt_ah_attr: AddressVector,
+    pub pkey_index: u16,
+    pub alt_pkey_index: u16,
+    pub en_sqd_async_notify: u8,
+    pub sq_draining: u8,
+    pub max_rd_atomic: u8,
+    pub max_dest_rd_atomic: u8,
+    pub min_rnr_timer: u8,
+    pub port_num: u8,
+    pub timeout: u8,
+    pub retry_cnt: u8,
+    pub rnr_retry: u8,
+    pub alt_port_num: u8,
+    pub alt_timeout: u8,
+    pub rate_limit: u32,
+}
+
+/// What a provider asks of the router.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// First message of a session.
+    Hello { version: u32 },
+    AllocPd,
+    DeallocPd { pd: u32 },
+    /// Registers `[addr, addr + length)` of the caller's address space.
+    RegMr { pd: u32, addr: u64, length: u64, access: u32 },
+    DeregMr { mr: u32 },
+    CreateCq { cqe: u32 },
+    DestroyCq { cq: u32 },
+    CreateQp {
+        pd: u32,
+        qp_type: u32,
+        send_cq: u32,
+        recv_cq: u32,
+        caps: QpCaps,
+        sq_sig_all: bool,
+    },
+    ModifyQp { qp: u32, attr: QpAttr, mask: u32 },
+    QueryQp { qp: u32 },
+    DestroyQp { qp: u32 },
+}
+
+/// The router's answer to one [`Request`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// Carries two fds: the session segment and the doorbell eventfd.
+    Hello { version: u32, gid: [u8; 16], session_segment_size: u64 },
+    Pd { pd: u32 },
+    Mr { mr: u32, lkey: u32, rkey: u32 },
+    /// Carries one fd: the CQ segment.
+    Cq { cq: u32, capacity: u32, segment_size: u64 },
+    /// Carries one fd: the QP segment.
+    Qp { qp: u32, qpn: u32, caps: QpCaps, sq_capacity: u32, rq_capacity: u32, segment_size: u64 },
+    QpAttr { attr: QpAttr },
+    Done,
+    /// The request failed: `errno` for the verb, and a message for humans.
+    Error { errno: i32, message: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("peer closed the connection")]
+    Closed,
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+fn codec() -> impl bincode::Options {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_limit(MAX_MESSAGE as u64)
+        .with_fixint_encoding()
+        .reject_trailing_bytes()
+}
+
+/// Sends one message with optional file descriptors.
+pub fn send<T: Serialize>(sock: BorrowedFd<'_>, msg: &T, fds: &[RawFd]) -> Result<(), WireError> {
+    use bincode::Options;
+    let bytes = codec()
+        .serialize(msg)
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    let iov = [IoSlice::new(&bytes)];
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+    loop {
+        match sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EPIPE) | Err(nix::errno::Errno::ECONNRESET) => {
+                return Err(WireError::Closed)
+            }
+            Err(e) => return Err(WireError::Io(e.into())),
+        }
+    }
+}
+
+/// Receives one message and the file descriptors that came with it.
+/// A message that does not decode, is truncated, or carries more than
+/// [`MAX_FDS`] descriptors is an error; its fds are closed.
+pub fn recv<T: for<'de> Deserialize<'de>>(
+    sock: BorrowedFd<'_>,
+    flags: MsgFlags,
+) -> Result<(T, Vec<OwnedFd>), WireError> {
+    use bincode::Options;
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut cmsg_space = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let (len, truncated, fds) = loop {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg_space),
+            flags | MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => {
+                let mut fds = Vec::new();
+                for c in msg.cmsgs().map_err(|e| WireError::Io(e.into()))? {
+                    if let ControlMessageOwned::ScmRights(raw) = c {
+                        for fd in raw {
+                            // SAFETY: the kernel just installed this fd for
+                            // us; nothing else owns it.
+                            fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                        }
+                    }
+                }
+                let truncated = msg.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+                break (msg.bytes, truncated, fds);
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::ECONNRESET) => return Err(WireError::Closed),
+            Err(e) => return Err(WireError::Io(e.into())),
+        }
+    };
+    if len == 0 && fds.is_empty() {
+        return Err(WireError::Closed);
+    }
+    if truncated {
+        return Err(WireError::Malformed("message or its descriptors truncated".into()));
+    }
+    if fds.len() > MAX_FDS {
+        return Err(WireError::Malformed("too many descriptors".into()));
+    }
+    let msg = codec()
+        .deserialize(&buf[..len])
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    Ok((msg, fds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn round_trip_with_fd() {
+        let (a, b) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::empty()).unwrap();
+        let req = Request::RegMr { pd: 1, addr: 0x1234, length: 99, access: 7 };
+        send(a.as_fd(), &req, &[a.as_raw_fd()]).unwrap();
+        let (got, fds): (Request, _) = recv(b.as_fd(), MsgFlags::empty()).unwrap();
+        assert_eq!(got, req);
+        assert_eq!(fds.len(), 1);
+    }
+
+    #[test]
+    fn garbage_is_rejected() {
+        let (a, b) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::empty()).unwrap();
+        nix::unistd::write(&a, &[0xff; 40]).unwrap();
+        assert!(matches!(recv::<Request>(b.as_fd(), MsgFlags::empty()), Err(WireError::Malformed(_))));
+        drop(a);
+        assert!(matches!(recv::<Request>(b.as_fd(), MsgFlags::empty()), Err(WireError::Closed)));
+    }
+}

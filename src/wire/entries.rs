@@ -1,0 +1,132 @@
+//! Fixed-size entries carried on the rings: send and receive work queue
+//! entries (provider → router) and completion entries (router → provider).
+//! All are `#[repr(C)]` integers only, so any bit pattern is a valid value
+//! and the router validates contents, never layout.
+
+use super::limits::{MAX_INLINE_DATA, MAX_SGE};
+use super::ring::Plain;
+
+/// One scatter/gather element, as in `struct ibv_sge`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sge {
+    pub addr: u64,
+    pub length: u32,
+    pub lkey: u32,
+}
+
+/// Payload of a send WQE: either SGEs or inline bytes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub union SendPayload {
+    pub sge: [Sge; MAX_SGE as usize],
+    pub inline: [u8; MAX_INLINE_DATA as usize],
+}
+
+/// A send work request as posted by `ibv_post_send`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SendWqe {
+    pub wr_id: u64,
+    /// `enum ibv_wr_opcode`.
+    pub opcode: u32,
+    /// `enum ibv_send_flags` bits.
+    pub send_flags: u32,
+    /// Number of SGEs in `payload.sge` (0 when inline).
+    pub num_sge: u32,
+    /// Number of bytes in `payload.inline` when `send_flags` has INLINE.
+    pub inline_len: u32,
+    /// Immediate data, in network byte order as the application gave it.
+    pub imm_data: u32,
+    pub rkey: u32,
+    pub remote_addr: u64,
+    pub compare_add: u64,
+    pub swap: u64,
+    /// UD: destination QP number, Q_Key and address handle.
+    pub remote_qpn: u32,
+    pub remote_qkey: u32,
+    pub ah: u32,
+    pub _reserved: [u32; 15],
+    pub payload: SendPayload,
+}
+
+/// A receive work request as posted by `ibv_post_recv`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RecvWqe {
+    pub wr_id: u64,
+    pub num_sge: u32,
+    pub _reserved: u32,
+    pub sge: [Sge; MAX_SGE as usize],
+}
+
+/// A work completion, the router's rendering of `struct ibv_wc`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cqe {
+    pub wr_id: u64,
+    /// `enum ibv_wc_status`.
+    pub status: u32,
+    /// `enum ibv_wc_opcode`.
+    pub opcode: u32,
+    pub vendor_err: u32,
+    pub byte_len: u32,
+    /// Immediate data in network byte order.
+    pub imm_data: u32,
+    pub qp_num: u32,
+    pub src_qp: u32,
+    /// `enum ibv_wc_flags` bits.
+    pub wc_flags: u32,
+    pub pkey_index: u16,
+    pub slid: u16,
+    pub sl: u8,
+    pub dlid_path_bits: u8,
+    pub _reserved: [u8; 18],
+}
+
+// SAFETY: integers and arrays of integers only (the union's members both
+// are), so every bit pattern is valid.
+unsafe impl Plain for SendWqe {}
+// SAFETY: as above.
+unsafe impl Plain for RecvWqe {}
+// SAFETY: as above.
+unsafe impl Plain for Cqe {}
+
+impl SendWqe {
+    pub fn zeroed() -> Self {
+        // SAFETY: all-zero is a valid SendWqe (Plain).
+        unsafe { std::mem::zeroed() }
+    }
+    /// The SGEs, clamped to the maximum (the router checks num_sge itself).
+    pub fn sges(&self) -> &[Sge] {
+        let n = (self.num_sge as usize).min(MAX_SGE as usize);
+        // SAFETY: both union members are Plain arrays; reading either is sound.
+        unsafe { &self.payload.sge[..n] }
+    }
+    pub fn inline_bytes(&self) -> &[u8] {
+        let n = (self.inline_len as usize).min(MAX_INLINE_DATA as usize);
+        // SAFETY: as above.
+        unsafe { &self.payload.inline[..n] }
+    }
+}
+
+impl RecvWqe {
+    pub fn zeroed() -> Self {
+        // SAFETY: all-zero is a valid RecvWqe (Plain).
+        unsafe { std::mem::zeroed() }
+    }
+    pub fn sges(&self) -> &[Sge] {
+        &self.sge[..(self.num_sge as usize).min(MAX_SGE as usize)]
+    }
+}
+
+pub const SEND_WQE_SIZE: usize = 384;
+pub const RECV_WQE_SIZE: usize = 272;
+pub const CQE_SIZE: usize = 64;
+
+const _: () = assert!(std::mem::size_of::<Sge>() == 16);
+const _: () = assert!(std::mem::size_of::<SendWqe>() == SEND_WQE_SIZE);
+const _: () = assert!(std::mem::offset_of!(SendWqe, payload) == 128);
+const _: () = assert!(std::mem::size_of::<RecvWqe>() == RECV_WQE_SIZE);
+const _: () = assert!(std::mem::size_of::<Cqe>() == CQE_SIZE);
+const _: () = assert!(std::mem::offset_of!(Cqe, wc_flags) == 36);

@@ -1,0 +1,209 @@
+//! Shared-memory segments: memfds created and sealed by the router, mapped
+//! by both sides, and the layouts of the three kinds of segment.
+//!
+//! The router creates every segment, sizes it and seals it against
+//! shrinking and growing before handing the fd to the provider, so a client
+//! can never make the router's mapping fault (SIGBUS) by truncating it.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicU32;
+
+use super::entries::{CQE_SIZE, RECV_WQE_SIZE, SEND_WQE_SIZE};
+use super::ring::RingIndices;
+
+pub const PAGE: usize = 4096;
+
+fn round_up(n: usize, to: usize) -> usize {
+    n.div_ceil(to) * to
+}
+
+/// Session segment header: one page shared by a client and the router.
+#[repr(C)]
+pub struct SessionHeader {
+    /// Set by the router (SeqCst) before it sleeps; a provider that
+    /// publishes work and then sees it set writes the doorbell eventfd.
+    pub router_sleeping: AtomicU32,
+    /// Set by the router when it shuts down.
+    pub router_gone: AtomicU32,
+}
+
+/// QP segment header: ring indices for the send and receive queues and
+/// router-owned status.
+#[repr(C)]
+pub struct QpHeader {
+    pub sq: RingIndices,
+    pub rq: RingIndices,
+    /// Current `enum ibv_qp_state` as the router sees it (the router moves a
+    /// QP to ERR on its own when a work request fails).
+    pub state: AtomicU32,
+}
+
+/// CQ segment header.
+#[repr(C)]
+pub struct CqHeader {
+    pub ring: RingIndices,
+}
+
+const _: () = assert!(std::mem::size_of::<QpHeader>() <= PAGE);
+
+/// Byte layout of a QP segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QpLayout {
+    pub sq_capacity: u32,
+    pub rq_capacity: u32,
+    pub sq_offset: usize,
+    pub rq_offset: usize,
+    pub size: usize,
+}
+
+impl QpLayout {
+    /// Capacities must be powers of two (0 for no receive queue is allowed
+    /// and becomes 1 slot, never used).
+    pub fn new(sq_capacity: u32, rq_capacity: u32) -> Self {
+        let sq_capacity = sq_capacity.max(1).next_power_of_two();
+        let rq_capacity = rq_capacity.max(1).next_power_of_two();
+        let sq_offset = PAGE;
+        let rq_offset = round_up(sq_offset + sq_capacity as usize * SEND_WQE_SIZE, PAGE);
+        let size = round_up(rq_offset + rq_capacity as usize * RECV_WQE_SIZE, PAGE);
+        QpLayout {
+            sq_capacity,
+            rq_capacity,
+            sq_offset,
+            rq_offset,
+            size,
+        }
+    }
+}
+
+/// Byte layout of a CQ segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CqLayout {
+    pub capacity: u32,
+    pub ring_offset: usize,
+    pub size: usize,
+}
+
+impl CqLayout {
+    pub fn new(capacity: u32) -> Self {
+        let capacity = capacity.max(1).next_power_of_two();
+        CqLayout {
+            capacity,
+            ring_offset: PAGE,
+            size: round_up(PAGE + capacity as usize * CQE_SIZE, PAGE),
+        }
+    }
+}
+
+pub const SESSION_SEGMENT_SIZE: usize = PAGE;
+
+/// A shared mapping of a memfd segment, unmapped on drop.
+pub struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory; all concurrent access goes
+// through atomics or the ring protocol.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps `len` bytes of `fd` shared, read-write.
+    pub fn map(fd: impl AsFd, len: usize) -> std::io::Result<Mapping> {
+        // SAFETY: a fresh mapping at an address of the kernel's choosing;
+        // it aliases nothing in this process.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Mapping {
+            ptr: NonNull::new(ptr as *mut u8).expect("mmap returned NULL"),
+            len,
+        })
+    }
+
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A reference to a header type at offset 0.
+    ///
+    /// # Safety
+    /// `T` must be a header made of atomics/plain integers that fits the
+    /// mapping.
+    pub unsafe fn header<T>(&self) -> &T {
+        debug_assert!(std::mem::size_of::<T>() <= self.len);
+        &*(self.ptr.as_ptr() as *const T)
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: we own this mapping and nothing borrows it past our life.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.len);
+        }
+    }
+}
+
+/// Creates a memfd of `len` bytes, zero-filled, sealed against shrink, grow
+/// and further sealing.
+pub fn create_sealed_memfd(name: &str, len: usize) -> std::io::Result<OwnedFd> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+    let cname = std::ffi::CString::new(name).unwrap_or_default();
+    let fd = memfd_create(
+        &cname,
+        MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
+    )?;
+    nix::unistd::ftruncate(&fd, len as libc::off_t)?;
+    fcntl(
+        fd.as_raw_fd(),
+        FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL),
+    )?;
+    Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_are_page_aligned_and_disjoint() {
+        let l = QpLayout::new(100, 3);
+        assert_eq!(l.sq_capacity, 128);
+        assert_eq!(l.rq_capacity, 4);
+        assert!(l.rq_offset >= l.sq_offset + 128 * SEND_WQE_SIZE);
+        assert_eq!(l.size % PAGE, 0);
+        let c = CqLayout::new(1);
+        assert_eq!(c.capacity, 1);
+        assert_eq!(c.size, 2 * PAGE);
+    }
+
+    #[test]
+    fn sealed_memfd_cannot_shrink() {
+        let fd = create_sealed_memfd("t", 8192).unwrap();
+        assert!(nix::unistd::ftruncate(&fd, 0).is_err());
+        let m = Mapping::map(&fd, 8192).unwrap();
+        assert_eq!(m.len(), 8192);
+    }
+}
