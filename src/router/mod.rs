@@ -1,5 +1,8 @@
 //! The per-host router: serves the fv0 device to local processes.
 
+pub mod identity;
+pub mod sysfs;
+
 use std::path::PathBuf;
 
 /// How the router moves data (see DESIGN.md section 3).

@@ -1,0 +1,112 @@
+//! The host's RDMA identity: GID 0 is the IPv4-mapped address of the
+//! router's own IP (DESIGN.md section 7).
+
+use std::ffi::CStr;
+use std::net::Ipv4Addr;
+
+/// The IPv4 addresses of the up, non-loopback interfaces of this network
+/// namespace, in `getifaddrs` order, with their interface names.
+pub fn ipv4_addresses() -> Vec<(String, Ipv4Addr)> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list head into `head`; we free it below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return out;
+    }
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a non-null node of the list getifaddrs returned,
+        // valid until freeifaddrs.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        let flags = ifa.ifa_flags as libc::c_int;
+        if ifa.ifa_addr.is_null() || flags & libc::IFF_UP == 0 || flags & libc::IFF_LOOPBACK != 0 {
+            continue;
+        }
+        // SAFETY: ifa_addr is non-null and points to a sockaddr of at least
+        // the size of its family's struct.
+        let family = unsafe { (*ifa.ifa_addr).sa_family };
+        if family as libc::c_int != libc::AF_INET {
+            continue;
+        }
+        // SAFETY: the family is AF_INET, so the address is a sockaddr_in.
+        let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+        let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+        if ip.is_loopback() {
+            continue;
+        }
+        let name = if ifa.ifa_name.is_null() {
+            String::new()
+        } else {
+            // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+            unsafe { CStr::from_ptr(ifa.ifa_name) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        out.push((name, ip));
+    }
+    // SAFETY: `head` came from a successful getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    out
+}
+
+/// The first non-loopback, up IPv4 address of the router's network
+/// namespace; 127.0.0.1 if there is none.
+pub fn host_ipv4() -> Ipv4Addr {
+    ipv4_addresses()
+        .first()
+        .map(|(_, ip)| *ip)
+        .unwrap_or(Ipv4Addr::LOCALHOST)
+}
+
+/// The IPv4-mapped GID `::ffff:a.b.c.d`.
+pub fn gid_from_ipv4(ip: Ipv4Addr) -> [u8; 16] {
+    ip.to_ipv6_mapped().octets()
+}
+
+/// A node GUID derived from an IPv4 address: `02:66:76:ff` ("fv", locally
+/// administered) followed by the four address bytes.
+pub fn node_guid_from_ipv4(ip: Ipv4Addr) -> u64 {
+    0x0266_76ff_0000_0000 | u64::from(u32::from(ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gid_is_ipv4_mapped() {
+        let gid = gid_from_ipv4(Ipv4Addr::new(192, 0, 2, 2));
+        assert_eq!(
+            gid,
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 2]
+        );
+        assert_eq!(
+            std::net::Ipv6Addr::from(gid).to_string(),
+            "::ffff:192.0.2.2"
+        );
+        assert_eq!(gid_from_ipv4(Ipv4Addr::LOCALHOST)[12..], [127, 0, 0, 1]);
+    }
+
+    #[test]
+    fn host_ip_is_not_loopback_unless_alone() {
+        let ip = host_ipv4();
+        let all = ipv4_addresses();
+        if all.is_empty() {
+            assert_eq!(ip, Ipv4Addr::LOCALHOST);
+        } else {
+            assert!(!ip.is_loopback());
+            assert!(!ip.is_unspecified());
+            assert_eq!(ip, all[0].1);
+            assert!(all.iter().all(|(_, a)| !a.is_loopback()));
+        }
+    }
+
+    #[test]
+    fn node_guid_embeds_ip() {
+        assert_eq!(
+            node_guid_from_ipv4(Ipv4Addr::new(10, 0, 0, 1)),
+            0x0266_76ff_0a00_0001
+        );
+    }
+}

@@ -1,0 +1,455 @@
+//! End-to-end test framework: starts a `flowverbs router` in a fresh runtime
+//! directory and runs Debian's own verbs programs against it, each under a
+//! timeout so that nothing can hang a test run.
+//!
+//! Every test binary that uses this module includes it with `mod common;`,
+//! so not every helper is used by every binary.
+#![allow(dead_code)]
+
+use std::borrow::BorrowMut;
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long `Router::start` waits for `RUNTIME_DIR/router.sock`.
+const ROUTER_START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long `Router`'s drop waits after SIGTERM before SIGKILL.
+const ROUTER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Marker appended to the stderr of a process killed by the harness.
+pub const TIMEOUT_MARKER: &str = "[flowverbs test harness: TIMED OUT";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// The directory holding the freshly built artefacts (`target/<profile>/`).
+pub fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_flowverbs"))
+        .parent()
+        .expect("CARGO_BIN_EXE_flowverbs has a parent")
+        .to_path_buf()
+}
+
+/// The `flowverbs` executable under test.
+pub fn flowverbs_exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_flowverbs"))
+}
+
+/// The freshly built provider, `target/<profile>/libflowverbs.so`.
+pub fn provider_lib() -> PathBuf {
+    let lib = target_dir().join("libflowverbs.so");
+    assert!(
+        lib.exists(),
+        "{} does not exist: build the library first (cargo build --all-targets)",
+        lib.display()
+    );
+    lib
+}
+
+/// A fresh, empty, unique directory under the system temp dir.
+/// The caller removes it.
+pub fn fresh_temp_dir(tag: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("fvt-{}-{}-{}", tag, std::process::id(), n));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    dir
+}
+
+/// A running `flowverbs router` with its own runtime directory.
+pub struct Router {
+    pub runtime_dir: PathBuf,
+    /// Holds `run/` (the runtime dir), `lib/` (the provider), the logs.
+    base_dir: PathBuf,
+    lib_dir: PathBuf,
+    stderr_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl Router {
+    /// Starts a router in isolated mode with a fresh runtime dir and waits
+    /// (at most 20 s) until `RUNTIME_DIR/router.sock` exists.
+    pub fn start() -> Router {
+        Router::start_with(&[])
+    }
+
+    /// Like [`Router::start`], with extra arguments for `flowverbs router`
+    /// (e.g. `&["--mode", "semi"]`).
+    pub fn start_with(extra_args: &[&str]) -> Router {
+        let base_dir = fresh_temp_dir("router");
+        let runtime_dir = base_dir.join("run");
+        let lib_dir = base_dir.join("lib");
+        fs::create_dir_all(&runtime_dir).unwrap();
+        fs::create_dir_all(&lib_dir).unwrap();
+        // RDMAV_DRIVERS=<lib_dir>/libflowverbs loads <lib_dir>/libflowverbs-rdmav34.so.
+        std::os::unix::fs::symlink(provider_lib(), lib_dir.join("libflowverbs-rdmav34.so"))
+            .expect("symlinking the provider");
+
+        let stdout_path = base_dir.join("router.stdout");
+        let stderr_path = base_dir.join("router.stderr");
+        let mut cmd = Command::new(flowverbs_exe());
+        cmd.arg("router")
+            .arg("--runtime-dir")
+            .arg(&runtime_dir)
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout_path).unwrap())
+            .stderr(fs::File::create(&stderr_path).unwrap());
+        if std::env::var_os("FLOWVERBS_LOG").is_none() {
+            cmd.env("FLOWVERBS_LOG", "info");
+        }
+        let child = cmd.spawn().expect("spawning flowverbs router");
+        let mut router = Router {
+            runtime_dir,
+            base_dir,
+            lib_dir,
+            stderr_path,
+            child: Some(child),
+        };
+
+        let sock = router.runtime_dir.join("router.sock");
+        let deadline = Instant::now() + ROUTER_START_TIMEOUT;
+        loop {
+            if sock.exists() {
+                return router;
+            }
+            let child = router.child.as_mut().unwrap();
+            if let Some(status) = child.try_wait().unwrap() {
+                router.child = None;
+                let log = router.stderr();
+                panic!("flowverbs router exited early with {status} before creating {}; its stderr:\n{log}", sock.display());
+            }
+            if Instant::now() > deadline {
+                let log = router.stderr();
+                panic!(
+                    "flowverbs router did not create {} within {:?}; its stderr:\n{log}",
+                    sock.display(),
+                    ROUTER_START_TIMEOUT
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `SYSFS_PATH` for processes using this router: `RUNTIME_DIR/sysfs`.
+    pub fn sysfs_path(&self) -> PathBuf {
+        self.runtime_dir.join("sysfs")
+    }
+
+    /// The name of this router's `/dev/infiniband/<name>` node and
+    /// `class/infiniband_verbs/<name>` folder.
+    pub fn uverbs_name(&self) -> String {
+        flowverbs::router::sysfs::uverbs_name(&self.runtime_dir)
+    }
+
+    /// The value of `RDMAV_DRIVERS` for processes using this router.
+    pub fn rdmav_drivers(&self) -> PathBuf {
+        self.lib_dir.join("libflowverbs")
+    }
+
+    /// The router's stderr so far (its log).
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// A command for `program` that sees this router's fv0: `SYSFS_PATH`,
+    /// `RDMAV_DRIVERS` set; `FLOWVERBS_LOG` inherited.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("SYSFS_PATH", self.sysfs_path())
+            .env("RDMAV_DRIVERS", self.rdmav_drivers());
+        if let Some(v) = std::env::var_os("FLOWVERBS_LOG") {
+            cmd.env("FLOWVERBS_LOG", v);
+        }
+        cmd
+    }
+
+    /// Stops the router (SIGTERM, then SIGKILL after 10 s). Returns its exit
+    /// status and whether it had to be killed.
+    fn stop(&mut self) -> Option<(ExitStatus, bool)> {
+        let mut child = self.child.take()?;
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some((status, false));
+        }
+        send_signal(child.id() as i32, libc::SIGTERM);
+        let deadline = Instant::now() + ROUTER_STOP_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some((status, false));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let status = child.wait().ok()?;
+                return Some((status, true));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        let stopped = self.stop();
+        let mut problems = Vec::new();
+        match stopped {
+            Some((_, true)) => problems.push(format!(
+                "the router did not exit within {ROUTER_STOP_TIMEOUT:?} of SIGTERM and was killed"
+            )),
+            Some((status, false)) if !status.success() => {
+                problems.push(format!("the router exited with {status} after SIGTERM"))
+            }
+            _ => {}
+        }
+        let sysfs = self.sysfs_path();
+        if sysfs.exists() {
+            problems.push(format!("{} was not removed", sysfs.display()));
+        }
+        let node = Path::new("/dev/infiniband").join(self.uverbs_name());
+        if node.symlink_metadata().is_ok() {
+            problems.push(format!("{} was not removed", node.display()));
+            let _ = fs::remove_file(&node);
+        }
+        let log = self.stderr();
+        let _ = fs::remove_dir_all(&self.base_dir);
+        if !problems.is_empty() {
+            let msg = format!(
+                "router teardown: {}; its stderr:\n{log}",
+                problems.join("; ")
+            );
+            if thread::panicking() {
+                eprintln!("{msg}");
+            } else {
+                panic!("{msg}");
+            }
+        }
+    }
+}
+
+fn send_signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions; pid is our child's.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bind to port 0), for perftest `-p` and the
+/// pingpongs' `-p`. Never hands out the same port twice in one test binary.
+pub fn free_port() -> u16 {
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+        let port = listener.local_addr().unwrap().port();
+        let mut given = GIVEN.lock().unwrap();
+        if given.get_or_insert_with(HashSet::new).insert(port) {
+            return port;
+        }
+    }
+}
+
+/// A spawned process whose stdout and stderr are collected by threads.
+struct Running {
+    child: Child,
+    pgid: i32,
+    out: thread::JoinHandle<Vec<u8>>,
+    err: thread::JoinHandle<Vec<u8>>,
+    what: String,
+}
+
+fn describe_cmd(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+fn spawn(mut cmd: Command) -> Running {
+    let what = describe_cmd(&cmd);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning `{what}`: {e}"));
+    let pgid = child.id() as i32;
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let out = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = so.read_to_end(&mut v);
+        v
+    });
+    let err = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = se.read_to_end(&mut v);
+        v
+    });
+    Running {
+        child,
+        pgid,
+        out,
+        err,
+        what,
+    }
+}
+
+impl Running {
+    fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("waitpid")
+    }
+
+    /// Waits until `deadline`; kills the whole process group then.
+    fn finish(mut self, deadline: Instant) -> Output {
+        let mut timed_out = false;
+        let status = loop {
+            if let Some(status) = self.try_wait() {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                send_signal(-self.pgid, libc::SIGKILL);
+                timed_out = true;
+                break self.child.wait().expect("waitpid");
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        // Descendants that kept the pipes open are killed too.
+        send_signal(-self.pgid, libc::SIGKILL);
+        let stdout = self.out.join().unwrap_or_default();
+        let mut stderr = self.err.join().unwrap_or_default();
+        if timed_out {
+            stderr.extend_from_slice(
+                format!("\n{TIMEOUT_MARKER}: `{}` was killed]\n", self.what).as_bytes(),
+            );
+        }
+        Output {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+/// Runs `cmd` (stdin from /dev/null), killing it (and its process group)
+/// after `secs` seconds; then its stderr ends with [`TIMEOUT_MARKER`].
+/// Takes a `Command` or a `&mut Command`.
+pub fn run_with_timeout(cmd: impl BorrowMut<Command>, secs: u64) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    spawn(clone_command(cmd.borrow())).finish(deadline)
+}
+
+/// Whether `out` is the output of a process the harness killed on timeout.
+pub fn timed_out(out: &Output) -> bool {
+    String::from_utf8_lossy(&out.stderr).contains(TIMEOUT_MARKER)
+}
+
+/// A copy of `cmd`: program, arguments, environment changes and directory.
+pub fn clone_command(cmd: &Command) -> Command {
+    let mut c = Command::new(cmd.get_program());
+    c.args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    if let Some(d) = cmd.get_current_dir() {
+        c.current_dir(d);
+    }
+    c
+}
+
+/// Whether a client's output says it could not reach the server's TCP port
+/// (perftest and the rdma-core pingpongs both print "Couldn't connect to").
+fn connect_failed(out: &Output) -> bool {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.contains("Couldn't connect to")
+        || text.contains("Unable to open file descriptor for socket connection")
+        || text.contains("Connection refused")
+}
+
+/// Runs a server and then a client, both under one `secs`-second timeout.
+/// The client is retried (up to 10 times) while it fails to connect because
+/// the server is not listening yet. If the client fails otherwise, the
+/// server gets at most 10 more seconds. Returns (server, client) outputs.
+/// Takes `Command`s or `&mut Command`s.
+pub fn run_pair(
+    server: impl BorrowMut<Command>,
+    client: impl BorrowMut<Command>,
+    secs: u64,
+) -> (Output, Output) {
+    let client = client.borrow();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut srv = spawn(clone_command(server.borrow()));
+    thread::sleep(Duration::from_millis(300));
+    let mut attempt = 0;
+    let client_out = loop {
+        attempt += 1;
+        let out = spawn(clone_command(client)).finish(deadline);
+        let server_alive = srv.try_wait().is_none();
+        if out.status.success()
+            || attempt >= 10
+            || !connect_failed(&out)
+            || !server_alive
+            || Instant::now() >= deadline
+        {
+            break out;
+        }
+        thread::sleep(Duration::from_millis(200 * attempt));
+    };
+    let server_deadline = if client_out.status.success() {
+        deadline
+    } else {
+        deadline.min(Instant::now() + Duration::from_secs(10))
+    };
+    let server_out = srv.finish(server_deadline);
+    (server_out, client_out)
+}
+
+/// Formats an output for assertion messages.
+pub fn show(name: &str, out: &Output) -> String {
+    let status = match (out.status.code(), out.status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => format!("{}", out.status),
+    };
+    format!(
+        "--- {name}: {status}\n--- stdout:\n{}\n--- stderr:\n{}\n",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Compiles a C program against libibverbs
+/// (`gcc -O2 -Wall -o <temp> src -libverbs`); panics with the compiler's
+/// output on error. Returns the executable's path.
+pub fn compile_c(src: &Path) -> PathBuf {
+    let dir = fresh_temp_dir("cc");
+    let stem = src
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "prog".into());
+    let exe = dir.join(stem);
+    let mut cmd = Command::new("gcc");
+    cmd.args(["-O2", "-Wall", "-o"])
+        .arg(&exe)
+        .arg(src)
+        .arg("-libverbs");
+    let out = run_with_timeout(&mut cmd, 120);
+    if !out.status.success() {
+        panic!("compiling {} failed:\n{}", src.display(), show("gcc", &out));
+    }
+    exe
+}
