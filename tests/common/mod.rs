@@ -453,3 +453,83 @@ pub fn compile_c(src: &Path) -> PathBuf {
     }
     exe
 }
+
+/// A result table printed by perftest: the column names of the line
+/// starting with `#bytes` and the numeric rows below it.
+#[derive(Debug, Clone)]
+pub struct PerftestTable {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<f64>>,
+}
+
+impl PerftestTable {
+    /// The index of the first column whose name starts with `prefix`.
+    pub fn column(&self, prefix: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.starts_with(prefix))
+    }
+}
+
+/// Parses perftest's result table from a process's stdout. Column names
+/// are split on runs of two or more blanks (names such as
+/// `BW peak[MB/sec]` contain one blank). Returns None without a table.
+pub fn parse_perftest_table(out: &Output) -> Option<PerftestTable> {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let header = lines.find(|l| l.trim_start().starts_with("#bytes"))?;
+    let columns: Vec<String> = header
+        .replace('\t', "  ")
+        .split("  ")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    let mut rows = Vec::new();
+    for line in lines {
+        let t = line.trim();
+        if t.is_empty() || t.starts_with('-') {
+            break;
+        }
+        let nums: Option<Vec<f64>> = t.split_whitespace().map(|w| w.parse().ok()).collect();
+        match nums {
+            Some(n) if !n.is_empty() => rows.push(n),
+            // Warnings may be interleaved with the rows.
+            _ => continue,
+        }
+    }
+    Some(PerftestTable { columns, rows })
+}
+
+/// The summary of an rdma-core pingpong example:
+/// `<bytes> bytes in <s> seconds = <r> Mbit/sec` and
+/// `<iters> iters in <s> seconds = <t> usec/iter`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PingpongResult {
+    pub bytes: u64,
+    pub mbit_per_sec: f64,
+    pub iters: u64,
+    pub usec_per_iter: f64,
+}
+
+/// Parses the summary lines of `ibv_*_pingpong` from stdout.
+pub fn parse_pingpong(out: &Output) -> Option<PingpongResult> {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut bytes = None;
+    let mut iters = None;
+    for line in text.lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        if w.len() >= 7 && w[1] == "bytes" && w[2] == "in" && w[6].starts_with("Mbit") {
+            bytes = Some((w[0].parse().ok()?, w[5].parse().ok()?));
+        }
+        if w.len() >= 7 && w[1] == "iters" && w[2] == "in" && w[6].starts_with("usec") {
+            iters = Some((w[0].parse().ok()?, w[5].parse().ok()?));
+        }
+    }
+    let (bytes, mbit_per_sec) = bytes?;
+    let (iters, usec_per_iter) = iters?;
+    Some(PingpongResult {
+        bytes,
+        mbit_per_sec,
+        iters,
+        usec_per_iter,
+    })
+}
