@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Installs what flowverbs needs to build and test (Debian 12). Idempotent and
+# quiet: does nothing when everything is there already.
+set -euo pipefail
+
+if [ "$(id -u)" != 0 ]; then
+    echo "setup.sh: run as root (sudo bash scripts/setup.sh)" >&2
+    exit 1
+fi
+
+packages=(libibverbs-dev ibverbs-utils perftest libclang-dev clang iproute2
+          build-essential pkg-config ca-certificates curl)
+missing=()
+for p in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$p")
+    fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup.sh: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Rust: Debian 12's cargo is too old (1.65); we need cargo >= 1.77 (rustup's).
+# shellcheck source=scripts/cargo-env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/cargo-env.sh"
+cargo_ok() {
+    local v
+    v=$(cargo --version 2>/dev/null | awk '{print $2}') || return 1
+    [ -n "$v" ] || return 1
+    local major minor
+    major=${v%%.*}
+    minor=${v#*.}
+    minor=${minor%%.*}
+    [ "$major" -gt 1 ] || { [ "$major" -eq 1 ] && [ "$minor" -ge 77 ]; }
+}
+if ! cargo_ok; then
+    echo "setup.sh: installing a Rust toolchain with rustup" >&2
+    if command -v rustup >/dev/null 2>&1; then
+        rustup -q toolchain install stable --profile minimal
+        rustup -q default stable
+    else
+        curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
+            sh -s -- -y -q --profile minimal --default-toolchain stable >/dev/null
+    fi
+    source "$(dirname "${BASH_SOURCE[0]}")/cargo-env.sh"
+    cargo_ok || { echo "setup.sh: no cargo >= 1.77 after installing" >&2; exit 1; }
+fi
+if command -v rustup >/dev/null 2>&1; then
+    for c in rustfmt clippy; do
+        if ! rustup component list --installed 2>/dev/null | grep -q "^$c"; then
+            rustup -q component add "$c"
+        fi
+    done
+fi
