@@ -1,7 +1,13 @@
 //! The per-host router: serves the fv0 device to local processes.
 
+pub mod control;
+pub mod engine;
 pub mod identity;
+pub mod memory;
+pub mod objects;
+pub mod qp_state;
 pub mod sysfs;
+mod server;
 
 use std::path::PathBuf;
 
@@ -24,6 +30,8 @@ pub struct Config {
 
 /// Runs the router in the foreground until SIGTERM or SIGINT.
 pub fn run(config: Config) -> anyhow::Result<()> {
-    let _ = config;
-    anyhow::bail!("router not implemented yet")
+    if config.mode == Mode::Semi {
+        anyhow::bail!("--mode semi is not supported yet; run the router in isolated mode");
+    }
+    server::Server::start(&config)?.run()
 }

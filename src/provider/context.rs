@@ -1,0 +1,298 @@
+//! Device contexts: opening fv0 (a session with the router), closing it,
+//! and the device and port queries.
+
+use std::ffi::CStr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::ptr;
+use std::sync::atomic::{fence, Ordering};
+use std::sync::Mutex;
+
+use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
+
+use super::ffi::{guard, null_with};
+use super::verbs;
+use crate::fv_log;
+use crate::sys::*;
+use crate::wire::control::{self, Reply, Request, WireError};
+use crate::wire::limits::*;
+use crate::wire::segment::{Mapping, SessionHeader};
+use crate::wire::VERSION;
+
+/// The provider's context block, allocated by libibverbs
+/// (`_verbs_init_and_alloc_context`) with the `verbs_context` first.
+#[repr(C)]
+pub struct FvContext {
+    pub vctx: verbs_context,
+    pub inner: *mut ContextInner,
+}
+
+/// Rust-side state of a context (boxed; the block above is C memory).
+pub struct ContextInner {
+    client: Mutex<OwnedFd>,
+    session: Mapping,
+    doorbell: OwnedFd,
+    _async_write: OwnedFd,
+    pub gid: [u8; 16],
+}
+
+/// Errors of a control call: an errno for the verb.
+pub type Errno = i32;
+
+impl ContextInner {
+    /// Sends a request and waits for its reply.
+    pub fn call(&self, request: &Request) -> Result<(Reply, Vec<OwnedFd>), Errno> {
+        let sock = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        control::send(sock.as_fd(), request, &[]).map_err(wire_errno)?;
+        let (reply, fds) = control::recv::<Reply>(sock.as_fd(), MsgFlags::empty()).map_err(wire_errno)?;
+        match reply {
+            Reply::Error { errno, message } => {
+                fv_log!(3, "{request:?} refused: {message}");
+                Err(errno)
+            }
+            r => Ok((r, fds)),
+        }
+    }
+
+    fn session(&self) -> &SessionHeader {
+        // SAFETY: the session segment is a page sized for this header.
+        unsafe { self.session.header::<SessionHeader>() }
+    }
+
+    /// After publishing work on a ring: wake the router if it said it
+    /// sleeps. The SeqCst fence pairs with the router's (see the router's
+    /// event loop): either it sees our producer index or we see its flag.
+    pub fn ring_doorbell(&self) {
+        fence(Ordering::SeqCst);
+        if self.session().router_sleeping.load(Ordering::Relaxed) != 0 {
+            let _ = nix::unistd::write(&self.doorbell, &1u64.to_ne_bytes());
+        }
+    }
+}
+
+fn wire_errno(e: WireError) -> Errno {
+    fv_log!(1, "router connection: {e}");
+    match e {
+        WireError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+        _ => libc::EIO,
+    }
+}
+
+/// The context of a verbs object's `ibv_context`.
+///
+/// # Safety
+/// `ctx` must be a context created by [`alloc_context`].
+pub unsafe fn inner<'a>(ctx: *mut ibv_context) -> &'a ContextInner {
+    let fv = (ctx as *mut u8).sub(std::mem::offset_of!(verbs_context, context)) as *mut FvContext;
+    &*(*fv).inner
+}
+
+/// Where the router of this device listens: `FLOWVERBS_SOCKET`, or
+/// `router.sock` beside the sysfs tree the device was found in.
+fn socket_path(device: *mut ibv_device) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("FLOWVERBS_SOCKET") {
+        return Some(p.into());
+    }
+    // SAFETY: libibverbs filled ibdev_path with a NUL-terminated string.
+    let ibdev = unsafe { CStr::from_ptr((*device).ibdev_path.as_ptr()) };
+    let ibdev = PathBuf::from(ibdev.to_str().ok()?);
+    // <SYSFS>/class/infiniband/<name> -> <SYSFS>/.. /router.sock
+    let sysfs = ibdev.parent()?.parent()?.parent()?;
+    Some(sysfs.parent()?.join("router.sock"))
+}
+
+fn connect(device: *mut ibv_device) -> Result<ContextInner, Errno> {
+    let path = socket_path(device).ok_or(libc::ENODEV)?;
+    let sock = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(|e| e as i32)?;
+    let addr = UnixAddr::new(&path).map_err(|e| e as i32)?;
+    if let Err(e) = socket::connect(sock.as_raw_fd(), &addr) {
+        fv_log!(1, "cannot reach the flowverbs router at {}: {e}", path.display());
+        return Err(libc::ENODEV);
+    }
+    control::send(sock.as_fd(), &Request::Hello { version: VERSION }, &[]).map_err(wire_errno)?;
+    let (reply, mut fds) = control::recv::<Reply>(sock.as_fd(), MsgFlags::empty()).map_err(wire_errno)?;
+    let (gid, seg_size) = match reply {
+        Reply::Hello { gid, session_segment_size, .. } if fds.len() == 2 => (gid, session_segment_size),
+        Reply::Error { errno, message } => {
+            fv_log!(1, "router refused the session: {message}");
+            return Err(errno);
+        }
+        other => {
+            fv_log!(1, "unexpected reply to Hello: {other:?}");
+            return Err(libc::EPROTO);
+        }
+    };
+    let doorbell = fds.pop().expect("two fds");
+    let segment = fds.pop().expect("two fds");
+    let session = Mapping::map(&segment, seg_size as usize).map_err(|e| e.raw_os_error().unwrap_or(libc::ENOMEM))?;
+    let (async_read, async_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e as i32)?;
+    // The read end becomes context.async_fd below; libibverbs closes it.
+    let inner = ContextInner { client: Mutex::new(sock), session, doorbell, _async_write: async_write, gid };
+    ASYNC_READ.with(|c| c.set(std::os::fd::IntoRawFd::into_raw_fd(async_read)));
+    Ok(inner)
+}
+
+thread_local! {
+    static ASYNC_READ: std::cell::Cell<i32> = const { std::cell::Cell::new(-1) };
+}
+
+pub unsafe extern "C" fn alloc_context(
+    device: *mut ibv_device,
+    cmd_fd: i32,
+    _private: *mut libc::c_void,
+) -> *mut verbs_context {
+    guard(ptr::null_mut(), || {
+        // SAFETY: the documented PABI 34 call; offset 0 because vctx is the
+        // first field of FvContext. On failure it closed cmd_fd itself.
+        let block = unsafe {
+            _verbs_init_and_alloc_context(device, cmd_fd, std::mem::size_of::<FvContext>(), ptr::null_mut(), 0)
+        } as *mut FvContext;
+        if block.is_null() {
+            return ptr::null_mut();
+        }
+        // SAFETY: `block` is the zeroed context block just allocated.
+        let vctx = unsafe { &mut (*block).vctx };
+        let inner = match connect(device) {
+            Ok(i) => i,
+            Err(e) => {
+                // SAFETY: undoing _verbs_init_and_alloc_context as the
+                // contract requires: uninit, then free the block.
+                unsafe {
+                    verbs_uninit_context(vctx);
+                    libc::free(block as *mut libc::c_void);
+                }
+                return null_with(e);
+            }
+        };
+        // cmd_fd: an fd whose ioctl fails with ENOTTY (GID queries fall back
+        // to sysfs) and whose write fails, so that ibv_create_comp_channel
+        // fails cleanly instead of returning a garbage fd (contract §5.1).
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full");
+        if let Ok(full) = full {
+            let fd = std::os::fd::IntoRawFd::into_raw_fd(full);
+            // SAFETY: we own cmd_fd from here on (contract §4.7).
+            unsafe { libc::close(vctx.context.cmd_fd) };
+            vctx.context.cmd_fd = fd;
+        }
+        vctx.context.async_fd = ASYNC_READ.with(|c| c.replace(-1));
+        vctx.context.num_comp_vectors = 1;
+        // SAFETY: the block is ours; `inner` is released in free_context.
+        unsafe {
+            (*block).inner = Box::into_raw(Box::new(inner));
+            verbs_set_ops(vctx, &verbs::CONTEXT_OPS.0);
+        }
+        fv_log!(3, "context opened");
+        vctx as *mut verbs_context
+    })
+}
+
+pub unsafe extern "C" fn free_context(ctx: *mut ibv_context) {
+    guard((), || {
+        // SAFETY: ctx is the embedded ibv_context of one of our blocks.
+        unsafe {
+            let fv = (ctx as *mut u8).sub(std::mem::offset_of!(verbs_context, context)) as *mut FvContext;
+            if !(*fv).inner.is_null() {
+                drop(Box::from_raw((*fv).inner));
+                (*fv).inner = ptr::null_mut();
+            }
+            verbs_uninit_context(&mut (*fv).vctx);
+            libc::free(fv as *mut libc::c_void);
+        }
+    })
+}
+
+fn node_guid(gid: &[u8; 16]) -> u64 {
+    // Same derivation as the sysfs node_guid: the router's address.
+    let ip = std::net::Ipv4Addr::new(gid[12], gid[13], gid[14], gid[15]);
+    crate::router::identity::node_guid_from_ipv4(ip)
+}
+
+pub unsafe extern "C" fn query_device_ex(
+    ctx: *mut ibv_context,
+    input: *const ibv_query_device_ex_input,
+    attr: *mut ibv_device_attr_ex,
+    attr_size: usize,
+) -> i32 {
+    guard(libc::EIO, || {
+        // SAFETY: input, if given, points to the caller's struct.
+        if !input.is_null() && unsafe { (*input).comp_mask } != 0 {
+            return libc::EINVAL;
+        }
+        // SAFETY: ctx is one of ours.
+        let inner = unsafe { inner(ctx) };
+        let mut a: ibv_device_attr_ex = Default::default();
+        let o = &mut a.orig_attr;
+        for (d, s) in o.fw_ver.iter_mut().zip(concat!("flowverbs ", env!("CARGO_PKG_VERSION")).bytes()) {
+            *d = s as libc::c_char;
+        }
+        o.node_guid = node_guid(&inner.gid).to_be();
+        o.sys_image_guid = o.node_guid;
+        o.max_mr_size = MAX_MR_SIZE;
+        o.page_size_cap = 0xffff_f000;
+        o.vendor_id = 0x4656; // "FV": not a vendor perftest has special cases for
+        o.vendor_part_id = 0;
+        o.hw_ver = 1;
+        o.max_qp = MAX_QP as i32;
+        o.max_qp_wr = MAX_QP_WR as i32;
+        o.device_cap_flags = IBV_DEVICE_RC_RNR_NAK_GEN | IBV_DEVICE_PORT_ACTIVE_EVENT;
+        o.max_sge = MAX_SGE as i32;
+        o.max_sge_rd = MAX_SGE as i32;
+        o.max_cq = MAX_CQ as i32;
+        o.max_cqe = MAX_CQE as i32;
+        o.max_mr = MAX_MR as i32;
+        o.max_pd = MAX_PD as i32;
+        o.max_qp_rd_atom = MAX_QP_RD_ATOM as i32;
+        o.max_qp_init_rd_atom = MAX_QP_RD_ATOM as i32;
+        o.max_res_rd_atom = (MAX_QP_RD_ATOM * MAX_QP) as i32;
+        o.atomic_cap = IBV_ATOMIC_HCA;
+        o.max_pkeys = 1;
+        o.local_ca_ack_delay = 15;
+        o.phys_port_cnt = 1;
+        a.max_dm_size = 0;
+        let n = attr_size.min(std::mem::size_of::<ibv_device_attr_ex>());
+        // SAFETY: the caller's buffer holds attr_size bytes; we write at
+        // most that many.
+        unsafe { ptr::copy_nonoverlapping(&a as *const _ as *const u8, attr as *mut u8, n) };
+        0
+    })
+}
+
+pub unsafe extern "C" fn query_port(_ctx: *mut ibv_context, port: u8, attr: *mut ibv_port_attr) -> i32 {
+    guard(libc::EIO, || {
+        if port != 1 {
+            return libc::EINVAL;
+        }
+        // SAFETY: libibverbs hands us a full-size, zeroed ibv_port_attr.
+        let a = unsafe { &mut *attr };
+        a.state = IBV_PORT_ACTIVE;
+        a.max_mtu = IBV_MTU_4096;
+        a.active_mtu = IBV_MTU_4096;
+        a.gid_tbl_len = 1;
+        a.port_cap_flags = 0;
+        a.max_msg_sz = MAX_MSG_SIZE;
+        a.pkey_tbl_len = 1;
+        a.lid = 0;
+        a.max_vl_num = 1;
+        a.active_width = 2; // 4X
+        a.active_speed = 32; // EDR
+        a.phys_state = 5; // LinkUp
+        a.link_layer = IBV_LINK_LAYER_ETHERNET as u8;
+        0
+    })
+}
+
+/// Maps a segment fd the router sent.
+pub fn map_segment(fd: &OwnedFd, size: u64) -> Result<Mapping, Errno> {
+    Mapping::map(fd, size as usize).map_err(|e| e.raw_os_error().unwrap_or(libc::ENOMEM))
+}
+
+/// Closes fds we do not use (a hostile or confused router could send more).
+pub fn take_one_fd(mut fds: Vec<OwnedFd>) -> Result<OwnedFd, Errno> {
+    if fds.len() != 1 {
+        return Err(libc::EPROTO);
+    }
+    Ok(fds.pop().expect("one fd"))
+}
+

@@ -1,0 +1,256 @@
+//! Control requests from one session: creation, modification and
+//! destruction of verbs objects. Every handle is checked to belong to the
+//! requesting session; every value is checked against the device limits.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use log::debug;
+
+use crate::sys::*;
+use crate::wire::control::{QpCaps, Reply, Request};
+use crate::wire::limits::*;
+use crate::wire::segment::{create_sealed_memfd, CqLayout, Mapping, QpLayout};
+
+use super::engine::Engine;
+use super::objects::{Cq, Mr, Pd, Qp, SessionId};
+use super::qp_state::{self, QpKind};
+
+/// A reply and the descriptors that travel with it.
+pub struct Answer {
+    pub reply: Reply,
+    pub fds: Vec<OwnedFd>,
+}
+
+impl Answer {
+    fn ok(reply: Reply) -> Answer {
+        Answer { reply, fds: Vec::new() }
+    }
+}
+
+fn err(errno: i32, message: impl Into<String>) -> Answer {
+    let message = message.into();
+    debug!("request refused ({errno}): {message}");
+    Answer::ok(Reply::Error { errno, message })
+}
+
+fn count<T>(map: &std::collections::HashMap<u32, T>, session: SessionId, owner: impl Fn(&T) -> SessionId) -> usize {
+    map.values().filter(|v| owner(v) == session).count()
+}
+
+pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answer {
+    let t = &mut engine.tables;
+    match request {
+        Request::Hello { .. } => err(libc::EPROTO, "session already established"),
+        Request::AllocPd => {
+            if count(&t.pds, session, |p| p.session) >= MAX_PD as usize {
+                return err(libc::ENOMEM, "too many protection domains");
+            }
+            let pd = t.handle();
+            t.pds.insert(pd, Pd { session });
+            Answer::ok(Reply::Pd { pd })
+        }
+        Request::DeallocPd { pd } => {
+            if !t.pds.get(&pd).is_some_and(|p| p.session == session) {
+                return err(libc::EINVAL, "no such protection domain");
+            }
+            let busy = t.mrs.values().any(|m| m.pd == pd) || t.qps.values().any(|q| q.pd == pd);
+            if busy {
+                return err(libc::EBUSY, "protection domain still has memory regions or QPs");
+            }
+            t.pds.remove(&pd);
+            Answer::ok(Reply::Done)
+        }
+        Request::RegMr { pd, addr, length, access } => {
+            if !t.pds.get(&pd).is_some_and(|p| p.session == session) {
+                return err(libc::EINVAL, "no such protection domain");
+            }
+            let known = IBV_ACCESS_LOCAL_WRITE
+                | IBV_ACCESS_REMOTE_WRITE
+                | IBV_ACCESS_REMOTE_READ
+                | IBV_ACCESS_REMOTE_ATOMIC
+                | IBV_ACCESS_ZERO_BASED
+                | IBV_ACCESS_RELAXED_ORDERING;
+            if access & !known != 0 || access & IBV_ACCESS_ZERO_BASED != 0 {
+                return err(libc::EINVAL, format!("unsupported access flags {access:#x}"));
+            }
+            let needs_local_write = IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_ATOMIC;
+            if access & needs_local_write != 0 && access & IBV_ACCESS_LOCAL_WRITE == 0 {
+                return err(libc::EINVAL, "remote write/atomic access requires IBV_ACCESS_LOCAL_WRITE");
+            }
+            if length > MAX_MR_SIZE || addr.checked_add(length).is_none() {
+                return err(libc::EINVAL, "memory region too large");
+            }
+            if count(&t.mrs, session, |m| m.session) >= MAX_MR as usize {
+                return err(libc::ENOMEM, "too many memory regions");
+            }
+            let memory = t.sessions[&session].memory;
+            let writable = access & IBV_ACCESS_LOCAL_WRITE != 0;
+            if length > 0 {
+                if let Err(e) = memory.check_mapped(addr, length, writable) {
+                    return err(e.raw_os_error().unwrap_or(libc::EFAULT), "range is not mapped (with the needed protection)");
+                }
+            }
+            let mr = t.handle();
+            let key = t.new_key();
+            t.keys.insert(key, mr);
+            t.mrs.insert(mr, Mr { session, pd, addr, length, access, lkey: key, rkey: key });
+            Answer::ok(Reply::Mr { mr, lkey: key, rkey: key })
+        }
+        Request::DeregMr { mr } => {
+            match t.mrs.get(&mr) {
+                Some(m) if m.session == session => {
+                    let key = m.lkey;
+                    t.keys.remove(&key);
+                    t.mrs.remove(&mr);
+                    Answer::ok(Reply::Done)
+                }
+                _ => err(libc::EINVAL, "no such memory region"),
+            }
+        }
+        Request::CreateCq { cqe } => {
+            if cqe == 0 || cqe > MAX_CQE {
+                return err(libc::EINVAL, format!("cqe {cqe} outside 1..={MAX_CQE}"));
+            }
+            if count(&t.cqs, session, |c| c.session) >= MAX_CQ as usize {
+                return err(libc::ENOMEM, "too many completion queues");
+            }
+            let layout = CqLayout::new(cqe);
+            let (fd, map) = match segment("fv-cq", layout.size) {
+                Ok(x) => x,
+                Err(e) => return err(libc::ENOMEM, format!("CQ segment: {e}")),
+            };
+            let cq = t.handle();
+            t.cqs.insert(cq, Cq::new(session, map, layout));
+            Answer {
+                reply: Reply::Cq { cq, capacity: layout.capacity, segment_size: layout.size as u64 },
+                fds: vec![fd],
+            }
+        }
+        Request::DestroyCq { cq } => {
+            if !t.cqs.get(&cq).is_some_and(|c| c.session == session) {
+                return err(libc::EINVAL, "no such completion queue");
+            }
+            if t.qps.values().any(|q| q.send_cq == cq || q.recv_cq == cq) {
+                return err(libc::EBUSY, "completion queue still used by a QP");
+            }
+            t.cqs.remove(&cq);
+            Answer::ok(Reply::Done)
+        }
+        Request::CreateQp { pd, qp_type, send_cq, recv_cq, caps, sq_sig_all } => {
+            let Some(kind) = QpKind::from_ibv(qp_type) else {
+                return err(libc::EOPNOTSUPP, format!("QP type {qp_type} is not supported"));
+            };
+            if kind != QpKind::Rc {
+                return err(libc::EOPNOTSUPP, "only RC QPs are supported so far");
+            }
+            if !t.pds.get(&pd).is_some_and(|p| p.session == session) {
+                return err(libc::EINVAL, "no such protection domain");
+            }
+            for cq in [send_cq, recv_cq] {
+                if !t.cqs.get(&cq).is_some_and(|c| c.session == session) {
+                    return err(libc::EINVAL, "no such completion queue");
+                }
+            }
+            if caps.max_send_wr > MAX_QP_WR
+                || caps.max_recv_wr > MAX_QP_WR
+                || caps.max_send_sge > MAX_SGE
+                || caps.max_recv_sge > MAX_SGE
+                || caps.max_inline_data > MAX_INLINE_DATA
+            {
+                return err(libc::EINVAL, format!("QP capabilities {caps:?} exceed the device limits"));
+            }
+            if count(&t.qps, session, |q| q.session) >= MAX_QP as usize {
+                return err(libc::ENOMEM, "too many QPs");
+            }
+            let layout = QpLayout::new(caps.max_send_wr, caps.max_recv_wr);
+            let caps = QpCaps {
+                max_send_wr: layout.sq_capacity,
+                max_recv_wr: layout.rq_capacity,
+                max_send_sge: MAX_SGE,
+                max_recv_sge: MAX_SGE,
+                max_inline_data: MAX_INLINE_DATA,
+            };
+            let Some(qpn) = t.new_qpn() else { return err(libc::ENOMEM, "out of QP numbers") };
+            let (fd, map) = match segment("fv-qp", layout.size) {
+                Ok(x) => x,
+                Err(e) => return err(libc::ENOMEM, format!("QP segment: {e}")),
+            };
+            let qp = t.handle();
+            t.qpns.insert(qpn, qp);
+            t.qps.insert(qp, Qp::new(session, pd, kind, qpn, send_cq, recv_cq, caps, sq_sig_all, map, layout));
+            Answer {
+                reply: Reply::Qp {
+                    qp,
+                    qpn,
+                    caps,
+                    sq_capacity: layout.sq_capacity,
+                    rq_capacity: layout.rq_capacity,
+                    segment_size: layout.size as u64,
+                },
+                fds: vec![fd],
+            }
+        }
+        Request::ModifyQp { qp, attr, mask } => {
+            let Some(q) = t.qps.get_mut(&qp).filter(|q| q.session == session) else {
+                return err(libc::EINVAL, "no such QP");
+            };
+            let next = match qp_state::check_modify(q.kind, q.state(), &attr, mask) {
+                Ok(n) => n,
+                Err(qp_state::Invalid(why)) => return err(libc::EINVAL, why),
+            };
+            qp_state::apply(&mut q.attr, &attr, mask);
+            let prev = q.state();
+            q.set_state(next);
+            if next == qp_state::RESET && prev != qp_state::RESET {
+                let caps = q.caps;
+                q.attr = crate::wire::control::QpAttr { cap: caps, ..Default::default() };
+                engine.drain(qp);
+            }
+            if next == qp_state::ERR {
+                engine.to_error(qp);
+            }
+            Answer::ok(Reply::Done)
+        }
+        Request::QueryQp { qp } => match t.qps.get(&qp).filter(|q| q.session == session) {
+            Some(q) => {
+                let mut attr = q.attr;
+                attr.cur_qp_state = attr.qp_state;
+                attr.cap = q.caps;
+                Answer::ok(Reply::QpAttr { attr })
+            }
+            None => err(libc::EINVAL, "no such QP"),
+        },
+        Request::DestroyQp { qp } => {
+            if !t.qps.get(&qp).is_some_and(|q| q.session == session) {
+                return err(libc::EINVAL, "no such QP");
+            }
+            engine.remove_qp(qp);
+            Answer::ok(Reply::Done)
+        }
+    }
+}
+
+/// A new sealed segment and the router's mapping of it.
+pub fn segment(name: &str, size: usize) -> std::io::Result<(OwnedFd, Mapping)> {
+    let fd = create_sealed_memfd(name, size)?;
+    let map = Mapping::map(&fd, size)?;
+    debug!("segment {name} fd {} size {size}", fd.as_raw_fd());
+    Ok((fd, map))
+}
+
+/// Releases everything a session owned.
+pub fn close_session(engine: &mut Engine, session: SessionId) {
+    let qps: Vec<u32> = engine.tables.qps.iter().filter(|(_, q)| q.session == session).map(|(h, _)| *h).collect();
+    for h in qps {
+        engine.remove_qp(h);
+    }
+    let t = &mut engine.tables;
+    t.cqs.retain(|_, c| c.session != session);
+    let keys: Vec<u32> = t.mrs.values().filter(|m| m.session == session).map(|m| m.lkey).collect();
+    for k in keys {
+        t.keys.remove(&k);
+    }
+    t.mrs.retain(|_, m| m.session != session);
+    t.pds.retain(|_, p| p.session != session);
+    t.sessions.remove(&session);
+}

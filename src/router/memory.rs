@@ -1,0 +1,206 @@
+//! Access to a client's memory from the router.
+//!
+//! In isolated mode the router reaches registered memory with
+//! `process_vm_readv`/`process_vm_writev` on the client's pid (taken from
+//! SO_PEERCRED, never from the client). Nothing in the client's address
+//! space is remapped, so the bytes around an unaligned buffer, page
+//! protections and fork semantics are exactly as the application left them.
+//! The router checks every access against the memory regions first (keys,
+//! bounds, access flags); these functions only move bytes.
+
+use std::io;
+
+/// One client process's address space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessMemory {
+    pub pid: i32,
+}
+
+impl ProcessMemory {
+    /// Reads `buf.len()` bytes at `addr`; a short read is `EFAULT`.
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: addr as usize as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: `local` describes our own writable buffer; the remote side
+        // is checked by the kernel against the target's address space.
+        let n = unsafe { libc::process_vm_readv(self.pid, &local, 1, &remote, 1, 0) };
+        complete(n, buf.len())
+    }
+
+    /// Writes `buf` at `addr`, in ascending address order; a short write is
+    /// `EFAULT`.
+    pub fn write(&self, addr: u64, buf: &[u8]) -> io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let local = libc::iovec {
+            iov_base: buf.as_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: addr as usize as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: `local` describes our own readable buffer; the kernel only
+        // reads from it.
+        let n = unsafe { libc::process_vm_writev(self.pid, &local, 1, &remote, 1, 0) };
+        complete(n, buf.len())
+    }
+
+    /// Checks that `[addr, addr+len)` is mapped in the process (and writable
+    /// if asked), from /proc/PID/maps: what pinning would check on a NIC.
+    pub fn check_mapped(&self, addr: u64, len: u64, writable: bool) -> io::Result<()> {
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid))?;
+        let end = addr.checked_add(len).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let mut covered = addr;
+        let mut ranges: Vec<(u64, u64, bool)> = maps
+            .lines()
+            .filter_map(|line| {
+                let mut parts = line.split_whitespace();
+                let range = parts.next()?;
+                let perms = parts.next()?;
+                let (a, b) = range.split_once('-')?;
+                let a = u64::from_str_radix(a, 16).ok()?;
+                let b = u64::from_str_radix(b, 16).ok()?;
+                let ok = perms.starts_with('r') && (!writable || perms.as_bytes().get(1) == Some(&b'w'));
+                Some((a, b, ok))
+            })
+            .collect();
+        ranges.sort_unstable();
+        for (a, b, ok) in ranges {
+            if covered >= end {
+                break;
+            }
+            if b <= covered {
+                continue;
+            }
+            if a > covered || !ok {
+                break;
+            }
+            covered = b;
+        }
+        if covered >= end {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(libc::EFAULT))
+        }
+    }
+}
+
+fn complete(n: isize, want: usize) -> io::Result<()> {
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else if n as usize != want {
+        Err(io::Error::from_raw_os_error(libc::EFAULT))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_and_writes_own_memory() {
+        let me = ProcessMemory { pid: std::process::id() as i32 };
+        let mut src = vec![1u8, 2, 3, 4];
+        let mut dst = [0u8; 4];
+        me.read(src.as_ptr() as u64, &mut dst).unwrap();
+        assert_eq!(dst, [1, 2, 3, 4]);
+        me.write(src.as_mut_ptr() as u64, &[9, 9]).unwrap();
+        assert_eq!(src, [9, 9, 3, 4]);
+        assert!(me.read(8, &mut dst).is_err());
+        me.check_mapped(src.as_ptr() as u64, 4, true).unwrap();
+        assert!(me.check_mapped(0, 4096, false).is_err());
+    }
+}
+
+/// A list of `(address, length)` pieces in one address space, walked as
+/// one byte stream.
+pub type Segments = Vec<(u64, u64)>;
+
+/// The iovecs covering bytes `[offset, offset+len)` of the stream `segs`.
+fn iovecs(segs: &[(u64, u64)], mut offset: u64, mut len: u64) -> Vec<libc::iovec> {
+    let mut out = Vec::new();
+    for &(addr, seg_len) in segs {
+        if len == 0 {
+            break;
+        }
+        if offset >= seg_len {
+            offset -= seg_len;
+            continue;
+        }
+        let take = (seg_len - offset).min(len);
+        out.push(libc::iovec {
+            iov_base: (addr + offset) as usize as *mut libc::c_void,
+            iov_len: take as usize,
+        });
+        len -= take;
+        offset = 0;
+    }
+    out
+}
+
+impl ProcessMemory {
+    /// Reads `buf.len()` bytes starting `offset` bytes into the stream `segs`.
+    pub fn read_segments(&self, segs: &[(u64, u64)], offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let remote = iovecs(segs, offset, buf.len() as u64);
+        let local = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+        if buf.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: `local` is our own writable buffer; remote iovecs are
+        // checked by the kernel against the target process.
+        let n = unsafe {
+            libc::process_vm_readv(self.pid, &local, 1, remote.as_ptr(), remote.len() as libc::c_ulong, 0)
+        };
+        complete(n, buf.len())
+    }
+
+    /// Writes `buf` starting `offset` bytes into the stream `segs`, in
+    /// ascending order.
+    pub fn write_segments(&self, segs: &[(u64, u64)], offset: u64, buf: &[u8]) -> io::Result<()> {
+        let remote = iovecs(segs, offset, buf.len() as u64);
+        let local = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
+        if buf.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: `local` is our own readable buffer, only read by the kernel.
+        let n = unsafe {
+            libc::process_vm_writev(self.pid, &local, 1, remote.as_ptr(), remote.len() as libc::c_ulong, 0)
+        };
+        complete(n, buf.len())
+    }
+}
+
+#[cfg(test)]
+mod segment_tests {
+    use super::*;
+
+    #[test]
+    fn scatter_gather_streams() {
+        let me = ProcessMemory { pid: std::process::id() as i32 };
+        let src: Vec<u8> = (0..100u8).collect();
+        let segs = vec![(src.as_ptr() as u64 + 10, 5), (src.as_ptr() as u64 + 50, 20)];
+        let mut buf = [0u8; 10];
+        me.read_segments(&segs, 2, &mut buf).unwrap();
+        assert_eq!(buf, [12, 13, 14, 50, 51, 52, 53, 54, 55, 56]);
+        let mut dst = vec![0u8; 30];
+        let dsegs = vec![(dst.as_mut_ptr() as u64 + 1, 3), (dst.as_mut_ptr() as u64 + 20, 7)];
+        me.write_segments(&dsegs, 0, &buf).unwrap();
+        assert_eq!(&dst[1..4], &[12, 13, 14]);
+        assert_eq!(&dst[20..27], &[50, 51, 52, 53, 54, 55, 56]);
+        assert_eq!(dst[0], 0);
+        assert_eq!(dst[27], 0);
+    }
+}

@@ -1,0 +1,251 @@
+//! The router's tables of verbs objects. Every object records the session
+//! that owns it; a handle from one session never reaches another's object.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+
+use crate::wire::control::{QpAttr, QpCaps};
+use crate::wire::entries::{CQE_SIZE, RECV_WQE_SIZE, SEND_WQE_SIZE};
+use crate::wire::ring::RingSlots;
+use crate::wire::segment::{CqHeader, CqLayout, Mapping, QpHeader, QpLayout, SessionHeader};
+
+use super::memory::ProcessMemory;
+use super::qp_state::QpKind;
+
+pub type SessionId = u64;
+
+/// One client context (one `ibv_open_device`).
+pub struct Session {
+    pub sock: OwnedFd,
+    pub doorbell: OwnedFd,
+    pub segment: Mapping,
+    pub memory: ProcessMemory,
+    pub uid: u32,
+}
+
+impl Session {
+    pub fn header(&self) -> &SessionHeader {
+        // SAFETY: the session segment is a page we created and sized for
+        // this header.
+        unsafe { self.segment.header::<SessionHeader>() }
+    }
+}
+
+pub struct Pd {
+    pub session: SessionId,
+}
+
+pub struct Mr {
+    pub session: SessionId,
+    pub pd: u32,
+    pub addr: u64,
+    pub length: u64,
+    pub access: u32,
+    pub lkey: u32,
+    pub rkey: u32,
+}
+
+impl Mr {
+    /// True when `[addr, addr+len)` lies inside the region.
+    pub fn contains(&self, addr: u64, len: u64) -> bool {
+        match addr.checked_add(len) {
+            Some(end) => addr >= self.addr && end <= self.addr + self.length,
+            None => false,
+        }
+    }
+}
+
+pub struct Cq {
+    pub session: SessionId,
+    pub segment: Mapping,
+    pub ring: RingSlots,
+    /// The router's own producer index (the one in shared memory is only
+    /// published, never read back).
+    pub producer: u32,
+}
+
+impl Cq {
+    pub fn new(session: SessionId, segment: Mapping, layout: CqLayout) -> Cq {
+        // SAFETY: the segment was created with `layout.size` bytes, which
+        // holds `capacity` entries after `ring_offset`.
+        let ring = unsafe {
+            RingSlots::new(segment.as_ptr().add(layout.ring_offset), CQE_SIZE, layout.capacity)
+        };
+        Cq { session, segment, ring, producer: 0 }
+    }
+
+    pub fn header(&self) -> &CqHeader {
+        // SAFETY: the segment starts with a CqHeader (see CqLayout).
+        unsafe { self.segment.header::<CqHeader>() }
+    }
+
+    /// Free slots, judged from the consumer index the client published. A
+    /// nonsensical consumer index (ahead of us or too far behind) counts as
+    /// a full ring: the client only stalls itself.
+    pub fn free_slots(&self) -> u32 {
+        let consumer = self.header().ring.consumer();
+        let used = self.producer.wrapping_sub(consumer);
+        self.ring.capacity().saturating_sub(used)
+    }
+}
+
+/// A send work request the router could not finish yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stall {
+    /// Waiting for a receive at the responder (RNR) or for the responder to
+    /// become reachable; fails when the deadline passes (None: never).
+    Retry { deadline: Option<std::time::Instant>, rnr: bool },
+    /// Waiting for room in a completion queue.
+    CqFull,
+}
+
+pub struct Qp {
+    pub session: SessionId,
+    pub pd: u32,
+    pub kind: QpKind,
+    pub qpn: u32,
+    pub send_cq: u32,
+    pub recv_cq: u32,
+    pub caps: QpCaps,
+    pub sq_sig_all: bool,
+    pub attr: QpAttr,
+    pub segment: Mapping,
+    pub sq: RingSlots,
+    pub rq: RingSlots,
+    /// The router's own consumer indices.
+    pub sq_consumer: u32,
+    pub rq_consumer: u32,
+    pub stall: Option<Stall>,
+}
+
+impl Qp {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        session: SessionId,
+        pd: u32,
+        kind: QpKind,
+        qpn: u32,
+        send_cq: u32,
+        recv_cq: u32,
+        caps: QpCaps,
+        sq_sig_all: bool,
+        segment: Mapping,
+        layout: QpLayout,
+    ) -> Qp {
+        // SAFETY: the segment holds `layout.size` bytes, with the queues at
+        // the offsets QpLayout computed for these capacities.
+        let (sq, rq) = unsafe {
+            (
+                RingSlots::new(segment.as_ptr().add(layout.sq_offset), SEND_WQE_SIZE, layout.sq_capacity),
+                RingSlots::new(segment.as_ptr().add(layout.rq_offset), RECV_WQE_SIZE, layout.rq_capacity),
+            )
+        };
+        let attr = QpAttr { qp_state: super::qp_state::RESET, cap: caps, ..Default::default() };
+        Qp {
+            session,
+            pd,
+            kind,
+            qpn,
+            send_cq,
+            recv_cq,
+            caps,
+            sq_sig_all,
+            attr,
+            segment,
+            sq,
+            rq,
+            sq_consumer: 0,
+            rq_consumer: 0,
+            stall: None,
+        }
+    }
+
+    pub fn header(&self) -> &QpHeader {
+        // SAFETY: the segment starts with a QpHeader (see QpLayout).
+        unsafe { self.segment.header::<QpHeader>() }
+    }
+
+    pub fn state(&self) -> u32 {
+        self.attr.qp_state
+    }
+
+    pub fn set_state(&mut self, state: u32) {
+        self.attr.qp_state = state;
+        self.header().state.store(state, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Posted send WQEs not yet consumed, or None if the client's producer
+    /// index is impossible (a protocol violation).
+    pub fn sq_pending(&self) -> Option<u32> {
+        let n = self.header().sq.producer().wrapping_sub(self.sq_consumer);
+        (n <= self.sq.capacity()).then_some(n)
+    }
+
+    pub fn rq_pending(&self) -> Option<u32> {
+        let n = self.header().rq.producer().wrapping_sub(self.rq_consumer);
+        (n <= self.rq.capacity()).then_some(n)
+    }
+}
+
+/// Every object the router serves, by handle.
+#[derive(Default)]
+pub struct Tables {
+    pub sessions: HashMap<SessionId, Session>,
+    pub pds: HashMap<u32, Pd>,
+    pub mrs: HashMap<u32, Mr>,
+    /// lkey/rkey → MR handle (lkey and rkey are the same value).
+    pub keys: HashMap<u32, u32>,
+    pub cqs: HashMap<u32, Cq>,
+    pub qps: HashMap<u32, Qp>,
+    /// QP number → QP handle.
+    pub qpns: HashMap<u32, u32>,
+    next_handle: u32,
+    next_qpn: u32,
+    rng: u64,
+}
+
+impl Tables {
+    pub fn new() -> Tables {
+        let mut seed = [0u8; 8];
+        let _ = std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed));
+        Tables { rng: u64::from_ne_bytes(seed) | 1, next_qpn: 0x100, next_handle: 1, ..Default::default() }
+    }
+
+    pub fn handle(&mut self) -> u32 {
+        let h = self.next_handle;
+        self.next_handle = self.next_handle.wrapping_add(1).max(1);
+        h
+    }
+
+    fn random(&mut self) -> u32 {
+        // xorshift64*: keys need to be hard to guess, not cryptographic.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32
+    }
+
+    /// A fresh memory key, unique among live ones (never 0).
+    pub fn new_key(&mut self) -> u32 {
+        loop {
+            let k = self.random();
+            if k != 0 && !self.keys.contains_key(&k) {
+                return k;
+            }
+        }
+    }
+
+    /// A fresh 24-bit QP number unique on this router (0 and 1 are special
+    /// in IB and never used).
+    pub fn new_qpn(&mut self) -> Option<u32> {
+        for _ in 0..=crate::wire::limits::MAX_QPN {
+            let q = self.next_qpn;
+            self.next_qpn = if q >= crate::wire::limits::MAX_QPN { 2 } else { q + 1 };
+            if !self.qpns.contains_key(&q) {
+                return Some(q);
+            }
+        }
+        None
+    }
+}

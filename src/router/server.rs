@@ -1,0 +1,341 @@
+//! The router's event loop: one thread that accepts sessions, answers
+//! control requests and services every ring. It spins while there is work
+//! (and for a short grace period after), then announces that it sleeps and
+//! blocks in epoll until a doorbell, a control message or a deadline.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{fence, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use log::{debug, info, warn};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{self, sockopt, AddressFamily, Backlog, MsgFlags, SockFlag, SockType, UnixAddr};
+
+use crate::wire::control::{self, Reply, Request, WireError};
+use crate::wire::segment::SESSION_SEGMENT_SIZE;
+use crate::wire::VERSION;
+
+use super::control::{close_session, handle, segment, Answer};
+use super::engine::Engine;
+use super::identity;
+use super::memory::ProcessMemory;
+use super::objects::{Session, SessionId, Tables};
+use super::sysfs::DeviceTree;
+use super::Config;
+
+const LISTENER: u64 = 0;
+const SIGNALS: u64 = 1;
+const KIND_SOCKET: u64 = 2;
+const KIND_DOORBELL: u64 = 3;
+
+fn token(session: SessionId, kind: u64) -> u64 {
+    (session << 2) | kind
+}
+
+/// A connection that has not said Hello yet.
+struct Pending {
+    sock: OwnedFd,
+    pid: i32,
+    uid: u32,
+}
+
+pub struct Server {
+    engine: Engine,
+    epoll: Epoll,
+    listener: OwnedFd,
+    signals: SignalFd,
+    socket_path: PathBuf,
+    tree: Option<DeviceTree>,
+    gid: [u8; 16],
+    pending: HashMap<SessionId, Pending>,
+    next_session: SessionId,
+    spin: Duration,
+}
+
+impl Server {
+    pub fn start(config: &Config) -> anyhow::Result<Server> {
+        let dir = &config.runtime_dir;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let socket_path = dir.join("router.sock");
+        if socket_path.exists() {
+            let probe = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)?;
+            if socket::connect(probe.as_raw_fd(), &UnixAddr::new(&socket_path)?).is_ok() {
+                anyhow::bail!("another router is already serving {}", dir.display());
+            }
+            std::fs::remove_file(&socket_path).ok();
+        }
+
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGINT);
+        mask.add(Signal::SIGTERM);
+        mask.thread_block().context("blocking SIGINT/SIGTERM")?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+
+        let ip = identity::host_ipv4();
+        let gid = identity::gid_from_ipv4(ip);
+        let tree = DeviceTree::create(dir, gid, identity::node_guid_from_ipv4(ip))?;
+
+        let listener = socket::socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )?;
+        socket::bind(listener.as_raw_fd(), &UnixAddr::new(&socket_path)?)
+            .with_context(|| format!("binding {}", socket_path.display()))?;
+        std::fs::set_permissions(&socket_path, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
+        socket::listen(&listener, Backlog::new(128)?)?;
+
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        epoll.add(&listener, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))?;
+        epoll.add(signals.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS))?;
+
+        let spin_us = std::env::var("FLOWVERBS_ROUTER_SPIN_US").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+        info!("router serving {} (GID ::ffff:{ip}), isolated mode", socket_path.display());
+        Ok(Server {
+            engine: Engine::new(Tables::new()),
+            epoll,
+            listener,
+            signals,
+            socket_path,
+            tree: Some(tree),
+            gid,
+            pending: HashMap::new(),
+            next_session: 1,
+            spin: Duration::from_micros(spin_us),
+        })
+    }
+
+    fn set_sleeping(&self, sleeping: bool) {
+        for s in self.engine.tables.sessions.values() {
+            s.header().router_sleeping.store(u32::from(sleeping), Ordering::SeqCst);
+        }
+    }
+
+    pub fn run(mut self) -> anyhow::Result<()> {
+        let mut events = vec![EpollEvent::empty(); 64];
+        let mut idle_since: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            let worked = self.engine.service(now);
+            let mut sleeping = false;
+            let timeout = if worked {
+                idle_since = None;
+                EpollTimeout::ZERO
+            } else if now.duration_since(*idle_since.get_or_insert(now)) < self.spin {
+                EpollTimeout::ZERO
+            } else {
+                // Announce the sleep, then look once more: a provider that
+                // published before seeing the flag is caught here; one that
+                // publishes after it sees the flag and rings the doorbell.
+                // (SeqCst store + fence here, release store + SeqCst fence +
+                // load in the provider: at least one side sees the other.)
+                self.set_sleeping(true);
+                fence(Ordering::SeqCst);
+                if self.engine.service(Instant::now()) {
+                    self.set_sleeping(false);
+                    idle_since = None;
+                    continue;
+                }
+                sleeping = true;
+                match self.engine.next_deadline() {
+                    Some(d) => {
+                        let ms = d.saturating_duration_since(Instant::now()).as_millis() + 1;
+                        EpollTimeout::try_from(ms.min(60_000) as u16 as i32 * 0 + ms.min(60_000) as i32)
+                            .unwrap_or(EpollTimeout::NONE)
+                    }
+                    None => EpollTimeout::NONE,
+                }
+            };
+            let n = match self.epoll.wait(&mut events, timeout) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => 0,
+                Err(e) => return Err(e).context("epoll_wait"),
+            };
+            if sleeping {
+                self.set_sleeping(false);
+                idle_since = None;
+            }
+            for ev in &events[..n] {
+                let data = ev.data();
+                match data {
+                    LISTENER => self.accept(),
+                    SIGNALS => {
+                        if let Ok(Some(sig)) = self.signals.read_signal() {
+                            info!("signal {}: shutting down", sig.ssi_signo);
+                            return self.shutdown();
+                        }
+                    }
+                    _ => {
+                        let session = data >> 2;
+                        match data & 3 {
+                            KIND_SOCKET => self.on_socket(session, ev.events()),
+                            KIND_DOORBELL => self.drain_doorbell(session),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn shutdown(mut self) -> anyhow::Result<()> {
+        for s in self.engine.tables.sessions.values() {
+            s.header().router_gone.store(1, Ordering::SeqCst);
+        }
+        std::fs::remove_file(&self.socket_path).ok();
+        if let Some(tree) = self.tree.take() {
+            tree.remove()?;
+        }
+        Ok(())
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let fd = match socket::accept4(self.listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK) {
+                Ok(fd) => {
+                    // SAFETY: accept4 returned a new descriptor that we own.
+                    unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+                }
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(e) => {
+                    warn!("accept: {e}");
+                    return;
+                }
+            };
+            let cred = match socket::getsockopt(&fd, sockopt::PeerCredentials) {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!("SO_PEERCRED: {e}");
+                    continue;
+                }
+            };
+            let id = self.next_session;
+            self.next_session += 1;
+            if let Err(e) = self.epoll.add(&fd, EpollEvent::new(EpollFlags::EPOLLIN, token(id, KIND_SOCKET))) {
+                warn!("epoll add: {e}");
+                continue;
+            }
+            debug!("connection {id} from pid {} uid {}", cred.pid(), cred.uid());
+            self.pending.insert(id, Pending { sock: fd, pid: cred.pid(), uid: cred.uid() });
+        }
+    }
+
+    fn drain_doorbell(&mut self, session: SessionId) {
+        if let Some(s) = self.engine.tables.sessions.get(&session) {
+            let mut buf = [0u8; 8];
+            let _ = nix::unistd::read(s.doorbell.as_raw_fd(), &mut buf);
+        }
+    }
+
+    fn sock_of(&self, session: SessionId) -> Option<BorrowedFd<'_>> {
+        if let Some(p) = self.pending.get(&session) {
+            return Some(p.sock.as_fd());
+        }
+        self.engine.tables.sessions.get(&session).map(|s| s.sock.as_fd())
+    }
+
+    fn on_socket(&mut self, session: SessionId, events: EpollFlags) {
+        // Handle every queued message, then hang-ups.
+        loop {
+            let Some(sock) = self.sock_of(session) else { return };
+            let msg = control::recv::<Request>(sock, MsgFlags::MSG_DONTWAIT);
+            match msg {
+                Ok((request, fds)) => {
+                    drop(fds); // requests carry no descriptors
+                    if !self.on_request(session, request) {
+                        self.close(session);
+                        return;
+                    }
+                }
+                Err(WireError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(WireError::Closed) => {
+                    self.close(session);
+                    return;
+                }
+                Err(e) => {
+                    warn!("session {session}: {e}; closing it");
+                    self.close(session);
+                    return;
+                }
+            }
+        }
+        if events.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
+            self.close(session);
+        }
+    }
+
+    /// Answers one request; false if the session must be closed.
+    fn on_request(&mut self, session: SessionId, request: Request) -> bool {
+        let answer = if let Some(p) = self.pending.remove(&session) {
+            match request {
+                Request::Hello { version } if version == VERSION => match self.open_session(session, p) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        warn!("session {session}: {e:#}");
+                        return false;
+                    }
+                },
+                Request::Hello { version } => {
+                    let reply = Reply::Error {
+                        errno: libc::EPROTO,
+                        message: format!("wire version {version} is not the router's {VERSION}"),
+                    };
+                    let _ = control::send(p.sock.as_fd(), &reply, &[]);
+                    return false;
+                }
+                _ => {
+                    warn!("session {session}: first message is not Hello");
+                    return false;
+                }
+            }
+        } else {
+            handle(&mut self.engine, session, request)
+        };
+        let Some(sock) = self.sock_of(session) else { return false };
+        let raw: Vec<i32> = answer.fds.iter().map(|f| f.as_raw_fd()).collect();
+        match control::send(sock, &answer.reply, &raw) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!("session {session}: reply failed: {e}");
+                false
+            }
+        }
+    }
+
+    fn open_session(&mut self, id: SessionId, p: Pending) -> anyhow::Result<Answer> {
+        let (seg_fd, segment) = segment("fv-session", SESSION_SEGMENT_SIZE)?;
+        let doorbell = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+        let doorbell: OwnedFd = doorbell.into();
+        self.epoll.add(&doorbell, EpollEvent::new(EpollFlags::EPOLLIN, token(id, KIND_DOORBELL)))?;
+        let provider_doorbell = doorbell.try_clone()?;
+        info!("session {id}: pid {} uid {}", p.pid, p.uid);
+        self.engine.tables.sessions.insert(
+            id,
+            Session { sock: p.sock, doorbell, segment, memory: ProcessMemory { pid: p.pid }, uid: p.uid },
+        );
+        Ok(Answer {
+            reply: Reply::Hello { version: VERSION, gid: self.gid, session_segment_size: SESSION_SEGMENT_SIZE as u64 },
+            fds: vec![seg_fd, provider_doorbell],
+        })
+    }
+
+    fn close(&mut self, session: SessionId) {
+        if let Some(p) = self.pending.remove(&session) {
+            let _ = self.epoll.delete(&p.sock);
+            return;
+        }
+        if let Some(s) = self.engine.tables.sessions.get(&session) {
+            let _ = self.epoll.delete(&s.sock);
+            let _ = self.epoll.delete(&s.doorbell);
+            debug!("session {session} closed");
+        }
+        close_session(&mut self.engine, session);
+    }
+}
