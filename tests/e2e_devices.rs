@@ -33,8 +33,8 @@ fn run_ok(router: &Router, program: &str, args: &[&str]) -> String {
 fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     text.lines()
         .map(str::trim)
-        .find_map(|l| l.strip_prefix(key))
-        .map(|v| v.trim_start_matches(':').trim())
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .map(str::trim)
 }
 
 #[test]

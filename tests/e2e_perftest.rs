@@ -60,14 +60,15 @@ fn perftest(prog: &str, args: &[&str]) -> Run {
 }
 
 /// Every row complete, every number non-negative, sizes, iterations and the
-/// measured quantities (bandwidth, message rate, latencies) positive.
+/// measured quantities (average bandwidth, message rate, latencies)
+/// positive. (`BW peak` may be 0: the send_bw server prints 0.00 there.)
 fn check_table(t: &PerftestTable) -> Result<(), String> {
     if t.rows.is_empty() {
         return Err(format!("the result table has no rows: {t:?}"));
     }
     let bw = t.column("BW average").is_some();
     let positive: Vec<usize> = if bw {
-        ["#bytes", "#iterations", "BW peak", "BW average", "MsgRate"]
+        ["#bytes", "#iterations", "BW average", "MsgRate"]
             .iter()
             .filter_map(|c| t.column(c))
             .collect()
@@ -84,7 +85,7 @@ fn check_table(t: &PerftestTable) -> Result<(), String> {
         .filter_map(|c| t.column(c))
         .collect()
     };
-    let needed = if bw { 5 } else { 6 };
+    let needed = if bw { 4 } else { 6 };
     if positive.len() != needed {
         return Err(format!("unexpected table columns: {:?}", t.columns));
     }

@@ -471,13 +471,15 @@ impl PerftestTable {
 
 /// Parses perftest's result table from a process's stdout. Column names
 /// are split on runs of two or more blanks (names such as
-/// `BW peak[MB/sec]` contain one blank). Returns None without a table.
+/// `BW peak[MB/sec]` contain one blank) and before each `#` (the latency
+/// header has `#bytes #iterations`). Returns None without a table.
 pub fn parse_perftest_table(out: &Output) -> Option<PerftestTable> {
     let text = String::from_utf8_lossy(&out.stdout);
     let mut lines = text.lines();
     let header = lines.find(|l| l.trim_start().starts_with("#bytes"))?;
     let columns: Vec<String> = header
         .replace('\t', "  ")
+        .replace(" #", "  #")
         .split("  ")
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -517,11 +519,13 @@ pub fn parse_pingpong(out: &Output) -> Option<PingpongResult> {
     let mut iters = None;
     for line in text.lines() {
         let w: Vec<&str> = line.split_whitespace().collect();
-        if w.len() >= 7 && w[1] == "bytes" && w[2] == "in" && w[6].starts_with("Mbit") {
-            bytes = Some((w[0].parse().ok()?, w[5].parse().ok()?));
+        // <n> bytes in <s> seconds = <rate> Mbit/sec
+        if w.len() >= 8 && w[1] == "bytes" && w[2] == "in" && w[7].starts_with("Mbit") {
+            bytes = Some((w[0].parse().ok()?, w[6].parse().ok()?));
         }
-        if w.len() >= 7 && w[1] == "iters" && w[2] == "in" && w[6].starts_with("usec") {
-            iters = Some((w[0].parse().ok()?, w[5].parse().ok()?));
+        // <n> iters in <s> seconds = <t> usec/iter
+        if w.len() >= 8 && w[1] == "iters" && w[2] == "in" && w[7].starts_with("usec") {
+            iters = Some((w[0].parse().ok()?, w[6].parse().ok()?));
         }
     }
     let (bytes, mbit_per_sec) = bytes?;

@@ -1,0 +1,2557 @@
+/*
+ * fv_verbs_check: verbs-semantics checks for the flowverbs device fv0.
+ *
+ * Usage: fv_verbs_check <case>      (fv_verbs_check list  prints the cases)
+ *
+ * Uses only the public libibverbs API, as an application would. Every case
+ * opens fv0, builds RC QPs connected to each other inside this process
+ * (loopback through the router) and checks one area of verbs semantics
+ * against the man pages and the InfiniBand specification.
+ *
+ * Exit status: 0 = every check passed; 1 = at least one check failed (each
+ * failure is printed on stderr as "FAIL <case> [<step>]: ... expected ...,
+ * got ..."); 2 = usage error; 3 = watchdog (the case hung).
+ *
+ * Conventions: ibv_post_send/ibv_post_recv/ibv_modify_qp return an errno
+ * value; ibv_create_qp/ibv_reg_mr return NULL and set errno. Completions are
+ * awaited with a deadline (POLL_TIMEOUT_S); a missing completion is fatal.
+ */
+#define _GNU_SOURCE
+#include <infiniband/verbs.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#define POLL_TIMEOUT_S 10.0
+#define WATCHDOG_S 50
+#define MAX_REPORTED_FAILURES 40
+
+/* ------------------------------------------------------------------------ */
+/* Reporting                                                                 */
+
+static const char *g_case = "?";
+static const char *g_step = "start";
+static char g_stepbuf[256];
+static int g_failures;
+
+static void set_step(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void set_step(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(g_stepbuf, sizeof(g_stepbuf), fmt, ap);
+	va_end(ap);
+	g_step = g_stepbuf;
+}
+
+static void vreport(const char *fmt, va_list ap)
+{
+	fprintf(stderr, "FAIL %s [%s]: ", g_case, g_step);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	fflush(stderr);
+}
+
+/* A check failed; keep going (the case will exit non-zero). */
+static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void fail(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vreport(fmt, ap);
+	va_end(ap);
+	if (++g_failures >= MAX_REPORTED_FAILURES) {
+		fprintf(stderr, "FAIL %s: stopping after %d failures\n", g_case, g_failures);
+		exit(1);
+	}
+}
+
+/* A check failed and the case cannot meaningfully continue. */
+static void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void fatal(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vreport(fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "FAIL %s: aborted (%d earlier failures)\n", g_case, g_failures);
+	exit(1);
+}
+
+static void on_alarm(int sig)
+{
+	static const char m1[] = "FAIL watchdog: case did not finish within the watchdog time; last step: ";
+	(void)sig;
+	if (write(2, m1, sizeof(m1) - 1) < 0 || write(2, g_step, strlen(g_step)) < 0 ||
+	    write(2, "\n", 1) < 0) {
+		/* nothing more we can do */
+	}
+	_exit(3);
+}
+
+#define EXPECT_EQ(what, got, exp)                                                       \
+	do {                                                                            \
+		unsigned long long g_ = (unsigned long long)(got);                      \
+		unsigned long long e_ = (unsigned long long)(exp);                      \
+		if (g_ != e_)                                                           \
+			fail("%s: expected %llu (0x%llx), got %llu (0x%llx)", (what), e_, e_, \
+			     g_, g_);                                                   \
+	} while (0)
+
+#define EXPECT_GE(what, got, min)                                                       \
+	do {                                                                            \
+		unsigned long long g_ = (unsigned long long)(got);                      \
+		unsigned long long m_ = (unsigned long long)(min);                      \
+		if (g_ < m_)                                                            \
+			fail("%s: expected >= %llu, got %llu", (what), m_, g_);         \
+	} while (0)
+
+/* ------------------------------------------------------------------------ */
+/* Utilities                                                                 */
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void sleep_ms(unsigned ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+}
+
+static uint64_t g_rng = 0x9E3779B97F4A7C15ULL;
+
+static uint64_t rnd64(void)
+{
+	/* xorshift64* */
+	g_rng ^= g_rng >> 12;
+	g_rng ^= g_rng << 25;
+	g_rng ^= g_rng >> 27;
+	return g_rng * 0x2545F4914F6CDD1DULL;
+}
+
+static void fill_random(void *p, size_t n)
+{
+	uint8_t *b = p;
+	size_t i = 0;
+	while (i + 8 <= n) {
+		uint64_t v = rnd64();
+		memcpy(b + i, &v, 8);
+		i += 8;
+	}
+	if (i < n) {
+		uint64_t v = rnd64();
+		memcpy(b + i, &v, n - i);
+	}
+}
+
+static void *xmalloc(size_t n)
+{
+	void *p = malloc(n);
+	if (!p)
+		fatal("malloc(%zu) failed", n);
+	return p;
+}
+
+/* Compares got against exp; reports the first difference. Returns 1 if equal. */
+static int compare_bytes(const uint8_t *got, const uint8_t *exp, size_t n, const char *what)
+{
+	size_t first = SIZE_MAX, last = 0, cnt = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (got[i] != exp[i]) {
+			if (first == SIZE_MAX)
+				first = i;
+			last = i;
+			cnt++;
+		}
+	}
+	if (cnt) {
+		fail("%s: %zu of %zu bytes differ; first at offset %zu (expected 0x%02x, got 0x%02x), "
+		     "last at offset %zu (expected 0x%02x, got 0x%02x)",
+		     what, cnt, n, first, exp[first], got[first], last, exp[last], got[last]);
+		return 0;
+	}
+	return 1;
+}
+
+/*
+ * A buffer with a shadow copy of what every byte must contain. buf_set is a
+ * CPU write (both copies); buf_expect records what the device must write;
+ * buf_accept declares a range undefined (it takes whatever is there).
+ */
+struct buf {
+	uint8_t *p;
+	uint8_t *exp;
+	size_t n;
+	const char *name;
+	int owned; /* 1: malloc'd by buf_alloc */
+};
+
+static void buf_wrap(struct buf *b, void *mem, size_t n, const char *name)
+{
+	b->p = mem;
+	b->n = n;
+	b->name = name;
+	b->owned = 0;
+	b->exp = xmalloc(n);
+	fill_random(b->p, n);
+	memcpy(b->exp, b->p, n);
+}
+
+static struct buf *buf_alloc(size_t n, const char *name)
+{
+	struct buf *b = xmalloc(sizeof(*b));
+	buf_wrap(b, xmalloc(n), n, name);
+	b->owned = 1;
+	return b;
+}
+
+static void buf_free(struct buf *b)
+{
+	free(b->exp);
+	if (b->owned) {
+		free(b->p);
+		free(b);
+	}
+}
+
+static void buf_set(struct buf *b, size_t off, const void *src, size_t len)
+{
+	memcpy(b->p + off, src, len);
+	memcpy(b->exp + off, src, len);
+}
+
+static void buf_expect(struct buf *b, size_t off, const void *src, size_t len)
+{
+	memcpy(b->exp + off, src, len);
+}
+
+static void buf_accept(struct buf *b, size_t off, size_t len)
+{
+	memcpy(b->exp + off, b->p + off, len);
+}
+
+static int buf_check(struct buf *b, const char *what)
+{
+	char w[1024];
+	snprintf(w, sizeof(w), "%s: buffer '%s' (%zu bytes, offsets relative to its start)", what,
+		 b->name, b->n);
+	return compare_bytes(b->p, b->exp, b->n, w);
+}
+
+static uint64_t addr_of(const void *p)
+{
+	return (uint64_t)(uintptr_t)p;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Device, PD, MR                                                            */
+
+static struct {
+	struct ibv_context *ctx;
+	struct ibv_pd *pd;
+	union ibv_gid gid;
+	struct ibv_device_attr dev;
+	struct ibv_port_attr port;
+} E;
+
+static void env_open(void)
+{
+	int n = 0;
+	set_step("open fv0");
+	errno = 0;
+	struct ibv_device **list = ibv_get_device_list(&n);
+	if (!list)
+		fatal("ibv_get_device_list returned NULL, errno %d (%s)", errno, strerror(errno));
+	struct ibv_device *dev = NULL;
+	char names[512] = "";
+	for (int i = 0; i < n; i++) {
+		const char *nm = ibv_get_device_name(list[i]);
+		if (nm && strcmp(nm, "fv0") == 0)
+			dev = list[i];
+		if (strlen(names) + strlen(nm ? nm : "(null)") + 3 < sizeof(names)) {
+			strcat(names, " ");
+			strcat(names, nm ? nm : "(null)");
+		}
+	}
+	if (!dev)
+		fatal("device fv0 not found; ibv_get_device_list returned %d devices:%s", n, names);
+	E.ctx = ibv_open_device(dev);
+	if (!E.ctx)
+		fatal("ibv_open_device(fv0) returned NULL, errno %d (%s)", errno, strerror(errno));
+	ibv_free_device_list(list);
+	E.pd = ibv_alloc_pd(E.ctx);
+	if (!E.pd)
+		fatal("ibv_alloc_pd returned NULL, errno %d (%s)", errno, strerror(errno));
+	int rc = ibv_query_device(E.ctx, &E.dev);
+	if (rc)
+		fatal("ibv_query_device returned %d (%s)", rc, strerror(rc));
+	rc = ibv_query_port(E.ctx, 1, &E.port);
+	if (rc)
+		fatal("ibv_query_port(1) returned %d (%s)", rc, strerror(rc));
+	rc = ibv_query_gid(E.ctx, 1, 0, &E.gid);
+	if (rc)
+		fatal("ibv_query_gid(port 1, index 0) returned %d, errno %d (%s)", rc, errno,
+		      strerror(errno));
+}
+
+#define ACC_ALL                                                                          \
+	(IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ |     \
+	 IBV_ACCESS_REMOTE_ATOMIC)
+
+static struct ibv_mr *reg_pd(struct ibv_pd *pd, void *addr, size_t len, int access)
+{
+	errno = 0;
+	struct ibv_mr *mr = ibv_reg_mr(pd, addr, len, access);
+	if (!mr)
+		fatal("ibv_reg_mr(%p, %zu, access 0x%x) returned NULL, errno %d (%s)", addr, len,
+		      access, errno, strerror(errno));
+	return mr;
+}
+
+static struct ibv_mr *reg(void *addr, size_t len, int access)
+{
+	return reg_pd(E.pd, addr, len, access);
+}
+
+static void dereg(struct ibv_mr *mr)
+{
+	int rc = ibv_dereg_mr(mr);
+	if (rc)
+		fatal("ibv_dereg_mr returned %d (%s)", rc, strerror(rc));
+}
+
+/* A key that is neither the lkey nor the rkey of any of the given MRs. */
+static uint32_t unused_key(struct ibv_mr *const *mrs, int n)
+{
+	uint32_t k = 0x0badc0de;
+	for (;;) {
+		int clash = 0;
+		for (int i = 0; i < n; i++)
+			if (mrs[i] && (mrs[i]->lkey == k || mrs[i]->rkey == k))
+				clash = 1;
+		if (!clash)
+			return k;
+		k += 0x01010101;
+	}
+}
+
+/* ------------------------------------------------------------------------ */
+/* CQ, QP                                                                    */
+
+static struct ibv_cq *cq_new(int cqe)
+{
+	errno = 0;
+	struct ibv_cq *cq = ibv_create_cq(E.ctx, cqe, NULL, NULL, 0);
+	if (!cq)
+		fatal("ibv_create_cq(%d) returned NULL, errno %d (%s)", cqe, errno, strerror(errno));
+	return cq;
+}
+
+struct qp_cfg {
+	uint32_t send_wr, recv_wr, send_sge, recv_sge, inline_sz;
+	int sig_all;
+	int access; /* qp_access_flags for INIT; 0 = ACC_ALL (use -1 for none) */
+};
+
+#define CFG_DEFAULT                                                                      \
+	{ .send_wr = 64, .recv_wr = 64, .send_sge = 4, .recv_sge = 4, .inline_sz = 0,   \
+	  .sig_all = 1, .access = 0 }
+
+static struct ibv_qp *qp_try_create(struct ibv_pd *pd, struct ibv_cq *scq, struct ibv_cq *rcq,
+				    const struct qp_cfg *c, struct ibv_qp_cap *cap_out)
+{
+	struct ibv_qp_init_attr ia;
+	memset(&ia, 0, sizeof(ia));
+	ia.send_cq = scq;
+	ia.recv_cq = rcq;
+	ia.qp_type = IBV_QPT_RC;
+	ia.sq_sig_all = c->sig_all;
+	ia.cap.max_send_wr = c->send_wr;
+	ia.cap.max_recv_wr = c->recv_wr;
+	ia.cap.max_send_sge = c->send_sge;
+	ia.cap.max_recv_sge = c->recv_sge;
+	ia.cap.max_inline_data = c->inline_sz;
+	errno = 0;
+	struct ibv_qp *qp = ibv_create_qp(pd, &ia);
+	if (qp && cap_out)
+		*cap_out = ia.cap;
+	return qp;
+}
+
+static struct ibv_qp *qp_create(struct ibv_cq *scq, struct ibv_cq *rcq, const struct qp_cfg *c,
+				struct ibv_qp_cap *cap_out)
+{
+	struct ibv_qp *qp = qp_try_create(E.pd, scq, rcq, c, cap_out);
+	if (!qp)
+		fatal("ibv_create_qp(RC, send_wr %u recv_wr %u send_sge %u recv_sge %u inline %u) "
+		      "returned NULL, errno %d (%s)",
+		      c->send_wr, c->recv_wr, c->send_sge, c->recv_sge, c->inline_sz, errno,
+		      strerror(errno));
+	return qp;
+}
+
+static int qp_to_init(struct ibv_qp *qp, int access)
+{
+	struct ibv_qp_attr a;
+	memset(&a, 0, sizeof(a));
+	a.qp_state = IBV_QPS_INIT;
+	a.pkey_index = 0;
+	a.port_num = 1;
+	a.qp_access_flags = access == 0 ? ACC_ALL : (access < 0 ? 0 : access);
+	return ibv_modify_qp(qp, &a,
+			     IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS);
+}
+
+#define RTR_MASK                                                                         \
+	(IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN |  \
+	 IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER)
+#define RTS_MASK                                                                         \
+	(IBV_QP_STATE | IBV_QP_SQ_PSN | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT |              \
+	 IBV_QP_RNR_RETRY | IBV_QP_MAX_QP_RD_ATOMIC)
+
+static void rtr_attr(struct ibv_qp_attr *a, uint32_t dest_qpn)
+{
+	memset(a, 0, sizeof(*a));
+	a->qp_state = IBV_QPS_RTR;
+	a->path_mtu = (E.port.active_mtu >= IBV_MTU_256 && E.port.active_mtu <= IBV_MTU_4096)
+			      ? E.port.active_mtu
+			      : IBV_MTU_1024;
+	a->dest_qp_num = dest_qpn;
+	a->rq_psn = 0;
+	a->max_dest_rd_atomic = 1;
+	a->min_rnr_timer = 12;
+	a->ah_attr.is_global = 1;
+	a->ah_attr.grh.dgid = E.gid;
+	a->ah_attr.grh.sgid_index = 0;
+	a->ah_attr.grh.hop_limit = 1;
+	a->ah_attr.sl = 0;
+	a->ah_attr.src_path_bits = 0;
+	a->ah_attr.port_num = 1;
+}
+
+static void rts_attr(struct ibv_qp_attr *a)
+{
+	memset(a, 0, sizeof(*a));
+	a->qp_state = IBV_QPS_RTS;
+	a->sq_psn = 0;
+	a->timeout = 14;
+	a->retry_cnt = 7;
+	a->rnr_retry = 7;
+	a->max_rd_atomic = 1;
+}
+
+static void qp_must(int rc, struct ibv_qp *qp, const char *what)
+{
+	if (rc)
+		fatal("ibv_modify_qp(qp 0x%x, %s) returned %d (%s)", qp->qp_num, what, rc,
+		      strerror(rc));
+}
+
+static void qp_connect(struct ibv_qp *qp, uint32_t dest_qpn, int access)
+{
+	struct ibv_qp_attr a;
+	qp_must(qp_to_init(qp, access), qp, "RESET->INIT");
+	rtr_attr(&a, dest_qpn);
+	qp_must(ibv_modify_qp(qp, &a, RTR_MASK), qp, "INIT->RTR");
+	rts_attr(&a);
+	qp_must(ibv_modify_qp(qp, &a, RTS_MASK), qp, "RTR->RTS");
+}
+
+static enum ibv_qp_state qp_state(struct ibv_qp *qp)
+{
+	struct ibv_qp_attr a;
+	struct ibv_qp_init_attr ia;
+	memset(&a, 0, sizeof(a));
+	int rc = ibv_query_qp(qp, &a, IBV_QP_STATE, &ia);
+	if (rc)
+		fatal("ibv_query_qp(qp 0x%x, IBV_QP_STATE) returned %d (%s)", qp->qp_num, rc,
+		      strerror(rc));
+	return a.qp_state;
+}
+
+static const char *state_str(int s)
+{
+	switch (s) {
+	case IBV_QPS_RESET: return "RESET";
+	case IBV_QPS_INIT: return "INIT";
+	case IBV_QPS_RTR: return "RTR";
+	case IBV_QPS_RTS: return "RTS";
+	case IBV_QPS_SQD: return "SQD";
+	case IBV_QPS_SQE: return "SQE";
+	case IBV_QPS_ERR: return "ERR";
+	default: return "?";
+	}
+}
+
+static void expect_state(struct ibv_qp *qp, enum ibv_qp_state want, const char *what)
+{
+	enum ibv_qp_state s = qp_state(qp);
+	if (s != want)
+		fail("%s: ibv_query_qp state of qp 0x%x: expected IBV_QPS_%s, got IBV_QPS_%s (%d)",
+		     what, qp->qp_num, state_str(want), state_str(s), (int)s);
+}
+
+/* Two RC QPs connected to each other, each with its own send and recv CQ. */
+struct pair {
+	struct ibv_cq *a_scq, *a_rcq, *b_scq, *b_rcq;
+	struct ibv_qp *a, *b;
+	struct ibv_qp_cap a_cap, b_cap;
+};
+
+static void pair_new2(struct pair *p, const struct qp_cfg *ca, const struct qp_cfg *cb)
+{
+	p->a_scq = cq_new(1024);
+	p->a_rcq = cq_new(1024);
+	p->b_scq = cq_new(1024);
+	p->b_rcq = cq_new(1024);
+	p->a = qp_create(p->a_scq, p->a_rcq, ca, &p->a_cap);
+	p->b = qp_create(p->b_scq, p->b_rcq, cb, &p->b_cap);
+	if (p->a->qp_num == p->b->qp_num)
+		fail("two QPs got the same qp_num 0x%x", p->a->qp_num);
+	qp_connect(p->a, p->b->qp_num, ca->access);
+	qp_connect(p->b, p->a->qp_num, cb->access);
+}
+
+static void pair_new(struct pair *p, const struct qp_cfg *c)
+{
+	pair_new2(p, c, c);
+}
+
+static void pair_free(struct pair *p)
+{
+	int rc;
+	if ((rc = ibv_destroy_qp(p->a)))
+		fatal("ibv_destroy_qp(A) returned %d (%s)", rc, strerror(rc));
+	if ((rc = ibv_destroy_qp(p->b)))
+		fatal("ibv_destroy_qp(B) returned %d (%s)", rc, strerror(rc));
+	struct ibv_cq *cqs[4] = { p->a_scq, p->a_rcq, p->b_scq, p->b_rcq };
+	for (int i = 0; i < 4; i++)
+		if ((rc = ibv_destroy_cq(cqs[i])))
+			fatal("ibv_destroy_cq returned %d (%s)", rc, strerror(rc));
+}
+
+/* ------------------------------------------------------------------------ */
+/* Posting and polling                                                       */
+
+static struct ibv_sge sge(const void *addr, uint32_t len, uint32_t lkey)
+{
+	struct ibv_sge s = { .addr = addr_of(addr), .length = len, .lkey = lkey };
+	return s;
+}
+
+static void wr_init(struct ibv_send_wr *wr, uint64_t wr_id, enum ibv_wr_opcode op,
+		    struct ibv_sge *sg, int n, unsigned flags)
+{
+	memset(wr, 0, sizeof(*wr));
+	wr->wr_id = wr_id;
+	wr->opcode = op;
+	wr->sg_list = sg;
+	wr->num_sge = n;
+	wr->send_flags = flags;
+}
+
+static void post_send_ok(struct ibv_qp *qp, struct ibv_send_wr *wr, const char *what)
+{
+	struct ibv_send_wr *bad = NULL;
+	int rc = ibv_post_send(qp, wr, &bad);
+	if (rc)
+		fatal("%s: ibv_post_send(qp 0x%x, wr_id 0x%" PRIx64 ") returned %d (%s)", what,
+		      qp->qp_num, wr->wr_id, rc, strerror(rc));
+}
+
+/* Posts a single-WR send of the given opcode. */
+static void send1(struct ibv_qp *qp, uint64_t wr_id, enum ibv_wr_opcode op, struct ibv_sge *sg,
+		  int n, unsigned flags, uint64_t raddr, uint32_t rkey, const char *what)
+{
+	struct ibv_send_wr wr;
+	wr_init(&wr, wr_id, op, sg, n, flags);
+	wr.wr.rdma.remote_addr = raddr;
+	wr.wr.rdma.rkey = rkey;
+	post_send_ok(qp, &wr, what);
+}
+
+static void recv1(struct ibv_qp *qp, uint64_t wr_id, struct ibv_sge *sg, int n, const char *what)
+{
+	struct ibv_recv_wr wr, *bad = NULL;
+	memset(&wr, 0, sizeof(wr));
+	wr.wr_id = wr_id;
+	wr.sg_list = sg;
+	wr.num_sge = n;
+	int rc = ibv_post_recv(qp, &wr, &bad);
+	if (rc)
+		fatal("%s: ibv_post_recv(qp 0x%x, wr_id 0x%" PRIx64 ") returned %d (%s)", what,
+		      qp->qp_num, wr_id, rc, strerror(rc));
+}
+
+static const char *wc_opcode_str(int op)
+{
+	switch (op) {
+	case IBV_WC_SEND: return "IBV_WC_SEND";
+	case IBV_WC_RDMA_WRITE: return "IBV_WC_RDMA_WRITE";
+	case IBV_WC_RDMA_READ: return "IBV_WC_RDMA_READ";
+	case IBV_WC_COMP_SWAP: return "IBV_WC_COMP_SWAP";
+	case IBV_WC_FETCH_ADD: return "IBV_WC_FETCH_ADD";
+	case IBV_WC_BIND_MW: return "IBV_WC_BIND_MW";
+	case IBV_WC_LOCAL_INV: return "IBV_WC_LOCAL_INV";
+	case IBV_WC_RECV: return "IBV_WC_RECV";
+	case IBV_WC_RECV_RDMA_WITH_IMM: return "IBV_WC_RECV_RDMA_WITH_IMM";
+	default: return "(unknown opcode)";
+	}
+}
+
+static void describe_wc(const struct ibv_wc *wc, char *out, size_t n)
+{
+	snprintf(out, n,
+		 "{wr_id 0x%" PRIx64 ", status %s (%d), opcode %s (%d), qp_num 0x%x, src_qp 0x%x, "
+		 "byte_len %u, wc_flags 0x%x, imm_data 0x%08x, vendor_err 0x%x}",
+		 wc->wr_id, ibv_wc_status_str(wc->status), (int)wc->status,
+		 wc_opcode_str(wc->opcode), (int)wc->opcode, wc->qp_num, wc->src_qp, wc->byte_len,
+		 wc->wc_flags, ntohl(wc->imm_data), wc->vendor_err);
+}
+
+/* Waits up to POLL_TIMEOUT_S for one completion; fatal on timeout or error. */
+static void poll1(struct ibv_cq *cq, struct ibv_wc *wc, const char *what)
+{
+	double end = now_s() + POLL_TIMEOUT_S;
+	unsigned spins = 0;
+	for (;;) {
+		memset(wc, 0, sizeof(*wc));
+		int n = ibv_poll_cq(cq, 1, wc);
+		if (n < 0)
+			fatal("%s: ibv_poll_cq returned %d", what, n);
+		if (n > 1)
+			fatal("%s: ibv_poll_cq(num_entries 1) returned %d", what, n);
+		if (n == 1)
+			return;
+		if (now_s() > end)
+			fatal("%s: expected a completion, got none within %.0f s", what,
+			      POLL_TIMEOUT_S);
+		if (++spins > 200)
+			usleep(50);
+		else
+			sched_yield();
+	}
+}
+
+/* Checks that no completion arrives on cq within ms milliseconds. */
+static int expect_empty(struct ibv_cq *cq, unsigned ms, const char *what)
+{
+	double end = now_s() + ms / 1000.0;
+	struct ibv_wc wc;
+	do {
+		memset(&wc, 0, sizeof(wc));
+		int n = ibv_poll_cq(cq, 1, &wc);
+		if (n < 0)
+			fatal("%s: ibv_poll_cq returned %d", what, n);
+		if (n > 0) {
+			char d[400];
+			describe_wc(&wc, d, sizeof(d));
+			fail("%s: expected no completion, got %s", what, d);
+			return 0;
+		}
+		usleep(200);
+	} while (now_s() < end);
+	return 1;
+}
+
+/*
+ * Checks a completion. opcode < 0: do not check the opcode (it is undefined
+ * when status != success). qp: if non-NULL, wc->qp_num must be its number.
+ */
+static int check_wc(const struct ibv_wc *wc, const char *what, uint64_t wr_id,
+		    enum ibv_wc_status status, int opcode, struct ibv_qp *qp)
+{
+	int bad = 0;
+	char d[400];
+	describe_wc(wc, d, sizeof(d));
+	if (wc->wr_id != wr_id) {
+		fail("%s: wc.wr_id: expected 0x%" PRIx64 ", got 0x%" PRIx64 " (completion %s)", what,
+		     wr_id, wc->wr_id, d);
+		bad = 1;
+	}
+	if (wc->status != status) {
+		fail("%s: wc.status: expected %s (%d), got %s (%d) (completion %s)", what,
+		     ibv_wc_status_str(status), (int)status, ibv_wc_status_str(wc->status),
+		     (int)wc->status, d);
+		bad = 1;
+	}
+	if (opcode >= 0 && wc->opcode != (enum ibv_wc_opcode)opcode) {
+		fail("%s: wc.opcode: expected %s (%d), got %s (%d) (completion %s)", what,
+		     wc_opcode_str(opcode), opcode, wc_opcode_str(wc->opcode), (int)wc->opcode, d);
+		bad = 1;
+	}
+	if (qp && wc->qp_num != qp->qp_num) {
+		fail("%s: wc.qp_num: expected 0x%x, got 0x%x (completion %s)", what, qp->qp_num,
+		     wc->qp_num, d);
+		bad = 1;
+	}
+	return !bad;
+}
+
+/* Polls one completion and checks it. */
+static void expect_wc(struct ibv_cq *cq, const char *what, uint64_t wr_id,
+		      enum ibv_wc_status status, int opcode, struct ibv_qp *qp, struct ibv_wc *out)
+{
+	struct ibv_wc wc;
+	poll1(cq, &wc, what);
+	check_wc(&wc, what, wr_id, status, opcode, qp);
+	if (out)
+		*out = wc;
+}
+
+static void expect_recv(struct ibv_cq *cq, const char *what, uint64_t wr_id, struct ibv_qp *qp,
+			uint32_t byte_len, int with_imm, uint32_t imm_host, int opcode,
+			uint32_t src_qp)
+{
+	struct ibv_wc wc;
+	char w[300];
+	expect_wc(cq, what, wr_id, IBV_WC_SUCCESS, opcode, qp, &wc);
+	if (wc.status != IBV_WC_SUCCESS)
+		return;
+	snprintf(w, sizeof(w), "%s: wc.byte_len", what);
+	EXPECT_EQ(w, wc.byte_len, byte_len);
+	if (with_imm) {
+		if (!(wc.wc_flags & IBV_WC_WITH_IMM))
+			fail("%s: wc.wc_flags: expected IBV_WC_WITH_IMM set, got 0x%x", what,
+			     wc.wc_flags);
+		else if (wc.imm_data != htonl(imm_host))
+			fail("%s: wc.imm_data: expected htonl(0x%08x), got htonl(0x%08x)", what,
+			     imm_host, ntohl(wc.imm_data));
+	} else if (wc.wc_flags & IBV_WC_WITH_IMM) {
+		fail("%s: wc.wc_flags: expected IBV_WC_WITH_IMM clear, got 0x%x", what,
+		     wc.wc_flags);
+	}
+	if (src_qp && wc.src_qp != src_qp)
+		fail("%s: wc.src_qp: expected 0x%x, got 0x%x", what, src_qp, wc.src_qp);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Case: device                                                              */
+
+static void case_device(void)
+{
+	set_step("ibv_query_device");
+	EXPECT_EQ("device_attr.max_sge", E.dev.max_sge, 16);
+	EXPECT_EQ("device_attr.max_qp_wr", E.dev.max_qp_wr, 16384);
+	EXPECT_GE("device_attr.max_cqe", E.dev.max_cqe, 65535);
+	EXPECT_GE("device_attr.max_qp_rd_atom", E.dev.max_qp_rd_atom, 1);
+	EXPECT_EQ("device_attr.atomic_cap (IBV_ATOMIC_HCA=1)", E.dev.atomic_cap, IBV_ATOMIC_HCA);
+	EXPECT_EQ("device_attr.phys_port_cnt", E.dev.phys_port_cnt, 1);
+
+	set_step("ibv_query_port(1)");
+	EXPECT_EQ("port_attr.state (IBV_PORT_ACTIVE=4)", E.port.state, IBV_PORT_ACTIVE);
+	EXPECT_EQ("port_attr.link_layer (IBV_LINK_LAYER_ETHERNET=2)", E.port.link_layer,
+		  IBV_LINK_LAYER_ETHERNET);
+	EXPECT_EQ("port_attr.active_mtu (IBV_MTU_4096=5)", E.port.active_mtu, IBV_MTU_4096);
+	EXPECT_EQ("port_attr.gid_tbl_len", E.port.gid_tbl_len, 1);
+
+	set_step("ibv_query_gid(1, 0)");
+	const uint8_t *g = E.gid.raw;
+	int mapped = 1, zero_v4 = 1;
+	for (int i = 0; i < 10; i++)
+		if (g[i])
+			mapped = 0;
+	if (g[10] != 0xff || g[11] != 0xff)
+		mapped = 0;
+	for (int i = 12; i < 16; i++)
+		if (g[i])
+			zero_v4 = 0;
+	char gs[64];
+	snprintf(gs, sizeof(gs), "%02x%02x:%02x%02x:%02x%02x:%02x%02x:%02x%02x:%02x%02x:%02x%02x:%02x%02x",
+		 g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10], g[11], g[12],
+		 g[13], g[14], g[15]);
+	if (!mapped)
+		fail("GID 0: expected an IPv4-mapped address ::ffff:a.b.c.d, got %s", gs);
+	else if (zero_v4)
+		fail("GID 0: expected a non-zero IPv4 address in ::ffff:a.b.c.d, got %s", gs);
+
+	set_step("ibv_query_port(2)");
+	struct ibv_port_attr pa;
+	int rc = ibv_query_port(E.ctx, 2, &pa);
+	if (rc == 0)
+		fail("ibv_query_port(port 2) on a 1-port device: expected an error, got 0");
+}
+
+/* ------------------------------------------------------------------------ */
+/* Case: qp_caps                                                             */
+
+static void case_qp_caps(void)
+{
+	struct ibv_cq *cq = cq_new(1024);
+	struct qp_cfg max = { 16384, 16384, 16, 16, 256, 1, 0 };
+	struct ibv_qp_cap cap;
+
+	set_step("create_qp at the advertised maxima");
+	struct ibv_qp *qp = qp_create(cq, cq, &max, &cap);
+	EXPECT_GE("returned cap.max_send_wr", cap.max_send_wr, 16384);
+	EXPECT_GE("returned cap.max_recv_wr", cap.max_recv_wr, 16384);
+	EXPECT_GE("returned cap.max_send_sge", cap.max_send_sge, 16);
+	EXPECT_GE("returned cap.max_recv_sge", cap.max_recv_sge, 16);
+	EXPECT_GE("returned cap.max_inline_data", cap.max_inline_data, 256);
+	ibv_destroy_qp(qp);
+
+	set_step("create_qp small");
+	struct qp_cfg small = { 5, 3, 1, 1, 10, 1, 0 };
+	qp = qp_create(cq, cq, &small, &cap);
+	EXPECT_GE("returned cap.max_send_wr", cap.max_send_wr, 5);
+	EXPECT_GE("returned cap.max_recv_wr", cap.max_recv_wr, 3);
+	EXPECT_GE("returned cap.max_send_sge", cap.max_send_sge, 1);
+	EXPECT_GE("returned cap.max_recv_sge", cap.max_recv_sge, 1);
+	EXPECT_GE("returned cap.max_inline_data", cap.max_inline_data, 10);
+	EXPECT_EQ("new QP state", qp_state(qp), IBV_QPS_RESET);
+	ibv_destroy_qp(qp);
+
+	struct {
+		const char *what;
+		struct qp_cfg c;
+	} over[] = {
+		{ "max_send_sge 17", { 16, 16, 17, 1, 0, 1, 0 } },
+		{ "max_recv_sge 17", { 16, 16, 1, 17, 0, 1, 0 } },
+		{ "max_inline_data 257", { 16, 16, 1, 1, 257, 1, 0 } },
+		{ "max_send_wr 16385", { 16385, 16, 1, 1, 0, 1, 0 } },
+		{ "max_recv_wr 16385", { 16, 16385, 1, 1, 0, 1, 0 } },
+	};
+	for (size_t i = 0; i < sizeof(over) / sizeof(over[0]); i++) {
+		set_step("create_qp with %s", over[i].what);
+		qp = qp_try_create(E.pd, cq, cq, &over[i].c, NULL);
+		int e = errno;
+		if (qp) {
+			fail("ibv_create_qp with %s: expected NULL with errno EINVAL, got a QP",
+			     over[i].what);
+			ibv_destroy_qp(qp);
+		} else if (e != EINVAL) {
+			fail("ibv_create_qp with %s: expected errno EINVAL (%d), got %d (%s)",
+			     over[i].what, EINVAL, e, strerror(e));
+		}
+	}
+	ibv_destroy_cq(cq);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Case: mr_neighbours                                                       */
+
+struct mrt {
+	struct pair p;
+	uint8_t *scratch;
+	struct ibv_mr *smr;
+	size_t ssize;
+};
+
+/*
+ * Traffic through the region [off, off+len) of b, which mr covers:
+ * a CPU write after registration must be seen by an RDMA_READ, and an
+ * RDMA_WRITE must be seen by the CPU; the rest of b must stay intact.
+ */
+static void mr_traffic(struct mrt *t, struct buf *b, size_t off, size_t len, struct ibv_mr *mr,
+		       const char *what)
+{
+	char w[300];
+	if (len > t->ssize)
+		fatal("mr_traffic: len %zu > scratch %zu", len, t->ssize);
+	uint8_t *tmp = xmalloc(len);
+	fill_random(tmp, len);
+	buf_set(b, off, tmp, len);
+	memset(t->scratch, 0, len);
+	struct ibv_sge s = sge(t->scratch, len, t->smr->lkey);
+	snprintf(w, sizeof(w), "%s: RDMA_READ of [%zu,%zu) written by the CPU after ibv_reg_mr", what,
+		 off, off + len);
+	send1(t->p.a, 0x5EAD, IBV_WR_RDMA_READ, &s, 1, IBV_SEND_SIGNALED, addr_of(b->p + off),
+	      mr->rkey, w);
+	expect_wc(t->p.a_scq, w, 0x5EAD, IBV_WC_SUCCESS, IBV_WC_RDMA_READ, t->p.a, NULL);
+	compare_bytes(t->scratch, tmp, len, w);
+	buf_check(b, w);
+
+	fill_random(t->scratch, len);
+	buf_expect(b, off, t->scratch, len);
+	snprintf(w, sizeof(w), "%s: RDMA_WRITE into [%zu,%zu), read by the CPU", what, off,
+		 off + len);
+	send1(t->p.a, 0x3817E, IBV_WR_RDMA_WRITE, &s, 1, IBV_SEND_SIGNALED, addr_of(b->p + off),
+	      mr->rkey, w);
+	expect_wc(t->p.a_scq, w, 0x3817E, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, t->p.a, NULL);
+	buf_check(b, w);
+	free(tmp);
+}
+
+static void case_mr_neighbours(void)
+{
+	struct mrt t;
+	struct qp_cfg c = CFG_DEFAULT;
+	const int acc = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ;
+	pair_new(&t.p, &c);
+	t.ssize = 65536;
+	t.scratch = xmalloc(t.ssize);
+	t.smr = reg(t.scratch, t.ssize, IBV_ACCESS_LOCAL_WRITE);
+
+	/* 1. malloc'd buffer, unaligned sub-range [13, 5013), neighbours are live data. */
+	set_step("malloc'd buffer, sub-range [13,5013)");
+	struct buf *before = buf_alloc(200, "malloc(200) before");
+	struct buf *b = buf_alloc(16384, "malloc(16384)");
+	struct buf *after = buf_alloc(200, "malloc(200) after");
+	struct ibv_mr *mr = reg(b->p + 13, 5000, acc);
+	if (mr->addr != (void *)(b->p + 13) || mr->length != 5000)
+		fail("ibv_reg_mr(buf+13, 5000): expected mr->addr %p length 5000, got %p length %zu",
+		     (void *)(b->p + 13), mr->addr, mr->length);
+	buf_check(b, "right after ibv_reg_mr");
+	mr_traffic(&t, b, 13, 5000, mr, "sub-range");
+	/* The neighbours stay ordinary writable memory while registered. */
+	uint8_t nb[16384];
+	fill_random(nb, sizeof(nb));
+	buf_set(b, 0, nb, 13);
+	buf_set(b, 5013, nb + 5013, 16384 - 5013);
+	buf_check(b, "after CPU writes to the neighbours of the registered range");
+	mr_traffic(&t, b, 13, 5000, mr, "sub-range (after neighbour writes)");
+	mr_traffic(&t, b, 13 + 4000, 1000, mr, "sub-range tail");
+	dereg(mr);
+	buf_check(b, "after ibv_dereg_mr");
+	fill_random(nb, sizeof(nb));
+	buf_set(b, 0, nb, sizeof(nb));
+	buf_check(b, "CPU write of the whole buffer after ibv_dereg_mr");
+	buf_check(before, "neighbouring heap block");
+	buf_check(after, "neighbouring heap block");
+	buf_free(b);
+	buf_free(before);
+	buf_free(after);
+	/* The heap is still sound (glibc aborts on corrupted chunk headers). */
+	void *probe = xmalloc(50000);
+	free(probe);
+
+	/* 2. Page-aligned posix_memalign region. */
+	set_step("posix_memalign(4096, 12288) region");
+	void *al = NULL;
+	if (posix_memalign(&al, 4096, 3 * 4096))
+		fatal("posix_memalign failed");
+	struct buf ab;
+	buf_wrap(&ab, al, 3 * 4096, "posix_memalign(4096, 12288)");
+	mr = reg(ab.p, ab.n, acc);
+	buf_check(&ab, "right after ibv_reg_mr");
+	mr_traffic(&t, &ab, 0, ab.n, mr, "page-aligned, whole");
+	mr_traffic(&t, &ab, 4095, 4098, mr, "page-aligned, across page boundaries");
+	dereg(mr);
+	buf_check(&ab, "after ibv_dereg_mr");
+	buf_free(&ab);
+	free(al);
+
+	/* 3. mmap(MAP_PRIVATE|MAP_ANONYMOUS) region, registered partially then wholly. */
+	set_step("mmap(MAP_PRIVATE|MAP_ANONYMOUS) 4 pages");
+	size_t ml = 4 * 4096;
+	void *m = mmap(NULL, ml, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (m == MAP_FAILED)
+		fatal("mmap failed: %s", strerror(errno));
+	struct buf mb;
+	buf_wrap(&mb, m, ml, "mmap 4 pages");
+	mr = reg(mb.p + 100, 9000, acc);
+	buf_check(&mb, "right after ibv_reg_mr([100,9100))");
+	mr_traffic(&t, &mb, 100, 9000, mr, "mmap sub-range");
+	fill_random(nb, sizeof(nb));
+	buf_set(&mb, 0, nb, 100);
+	buf_set(&mb, 9100, nb, ml - 9100);
+	dereg(mr);
+	buf_check(&mb, "after ibv_dereg_mr([100,9100))");
+	mr = reg(mb.p, ml, acc);
+	buf_check(&mb, "right after ibv_reg_mr(whole mapping)");
+	mr_traffic(&t, &mb, 0, ml, mr, "mmap whole");
+	dereg(mr);
+	buf_check(&mb, "after ibv_dereg_mr(whole mapping)");
+	fill_random(nb, sizeof(nb));
+	buf_set(&mb, 0, nb, ml);
+	buf_check(&mb, "CPU write after ibv_dereg_mr");
+	buf_free(&mb);
+	munmap(m, ml);
+
+	/* 4. Two registrations of the same range, plus a partially overlapping one. */
+	set_step("overlapping registrations");
+	b = buf_alloc(20000, "malloc(20000)");
+	struct ibv_mr *m1 = reg(b->p + 100, 6000, acc);
+	struct ibv_mr *m2 = reg(b->p + 100, 6000, acc);
+	struct ibv_mr *m3 = reg(b->p + 3000, 6000, acc);
+	buf_check(b, "right after three overlapping ibv_reg_mr");
+	if (m1->lkey == m2->lkey || m1->rkey == m2->rkey)
+		fail("two registrations of the same range: expected distinct keys, got lkey 0x%x/0x%x "
+		     "rkey 0x%x/0x%x",
+		     m1->lkey, m2->lkey, m1->rkey, m2->rkey);
+	mr_traffic(&t, b, 100, 6000, m1, "via first registration");
+	mr_traffic(&t, b, 100, 6000, m2, "via second registration");
+	mr_traffic(&t, b, 3000, 6000, m3, "via overlapping registration");
+	dereg(m1);
+	buf_check(b, "after deregistering the first of two identical registrations");
+	mr_traffic(&t, b, 100, 6000, m2, "via second registration after the first is gone");
+	mr_traffic(&t, b, 3000, 6000, m3, "via overlapping registration after the first is gone");
+	dereg(m2);
+	mr_traffic(&t, b, 3000, 6000, m3, "via overlapping registration after both others are gone");
+	dereg(m3);
+	buf_check(b, "after all deregistrations");
+	buf_free(b);
+
+	/* 5. Access flag rules (man ibv_reg_mr). */
+	set_step("ibv_reg_mr access flags");
+	uint8_t *x = xmalloc(4096);
+	struct {
+		const char *what;
+		int acc;
+	} bad[] = {
+		{ "REMOTE_WRITE without LOCAL_WRITE", IBV_ACCESS_REMOTE_WRITE },
+		{ "REMOTE_ATOMIC without LOCAL_WRITE", IBV_ACCESS_REMOTE_ATOMIC },
+		{ "REMOTE_WRITE|REMOTE_READ without LOCAL_WRITE",
+		  IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		errno = 0;
+		struct ibv_mr *r = ibv_reg_mr(E.pd, x, 4096, bad[i].acc);
+		int e = errno;
+		if (r) {
+			fail("ibv_reg_mr with %s: expected NULL with errno EINVAL, got an MR",
+			     bad[i].what);
+			ibv_dereg_mr(r);
+		} else if (e != EINVAL) {
+			fail("ibv_reg_mr with %s: expected errno EINVAL (%d), got %d (%s)", bad[i].what,
+			     EINVAL, e, strerror(e));
+		}
+	}
+	errno = 0;
+	struct ibv_mr *r = ibv_reg_mr(E.pd, x, 4096, IBV_ACCESS_REMOTE_READ);
+	if (!r)
+		fail("ibv_reg_mr with REMOTE_READ only (valid): expected an MR, got NULL, errno %d (%s)",
+		     errno, strerror(errno));
+	else
+		dereg(r);
+	free(x);
+
+	dereg(t.smr);
+	free(t.scratch);
+	pair_free(&t.p);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Case: send                                                                */
+
+static void case_send(void)
+{
+	struct pair p;
+	struct qp_cfg c = CFG_DEFAULT;
+	pair_new(&p, &c);
+	struct buf *src = buf_alloc(8192, "send source");
+	struct buf *dst = buf_alloc(8192, "recv destination");
+	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE);
+
+	/* 3 send SGEs (17 + 1000 + 2500 = 3517) into 2 recv SGEs of 2000 each. */
+	set_step("SEND 3 SGEs -> 2 recv SGEs");
+	struct ibv_sge rs[2] = { sge(dst->p + 5, 2000, dmr->lkey),
+				 sge(dst->p + 4099, 2000, dmr->lkey) };
+	recv1(p.b, 0x5EC0, rs, 2, "recv");
+	struct ibv_sge ss[3] = { sge(src->p + 3, 17, smr->lkey), sge(src->p + 1111, 1000, smr->lkey),
+				 sge(src->p + 3001, 2500, smr->lkey) };
+	uint8_t msg[3517];
+	memcpy(msg, src->p + 3, 17);
+	memcpy(msg + 17, src->p + 1111, 1000);
+	memcpy(msg + 1017, src->p + 3001, 2500);
+	buf_expect(dst, 5, msg, 2000);
+	buf_expect(dst, 4099, msg + 2000, 1517);
+	send1(p.a, 0x5E0D, IBV_WR_SEND, ss, 3, IBV_SEND_SIGNALED, 0, 0, "send");
+	expect_wc(p.a_scq, "sender completion", 0x5E0D, IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
+	expect_recv(p.b_rcq, "receiver completion", 0x5EC0, p.b, 3517, 0, 0, IBV_WC_RECV,
+		    p.a->qp_num);
+	buf_check(dst, "destination (2000 bytes at 5, 1517 at 4099, rest untouched)");
+	buf_check(src, "source unchanged");
+
+	/* Exactly filling both recv SGEs. */
+	set_step("SEND 4000 bytes exactly filling 2 recv SGEs");
+	recv1(p.b, 0x5EC1, rs, 2, "recv");
+	struct ibv_sge s1 = sge(src->p + 4001, 4000, smr->lkey);
+	buf_expect(dst, 5, src->p + 4001, 2000);
+	buf_expect(dst, 4099, src->p + 6001, 2000);
+	send1(p.a, 0x5E1D, IBV_WR_SEND, &s1, 1, IBV_SEND_SIGNALED, 0, 0, "send");
+	expect_wc(p.a_scq, "sender completion", 0x5E1D, IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
+	expect_recv(p.b_rcq, "receiver completion", 0x5EC1, p.b, 4000, 0, 0, IBV_WC_RECV,
+		    p.a->qp_num);
+	buf_check(dst, "destination");
+
+	/* Zero-length SEND. */
+	set_step("zero-length SEND");
+	recv1(p.b, 0x5EC2, rs, 2, "recv");
+	send1(p.a, 0x5E2D, IBV_WR_SEND, NULL, 0, IBV_SEND_SIGNALED, 0, 0, "send");
+	expect_wc(p.a_scq, "sender completion", 0x5E2D, IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
+	expect_recv(p.b_rcq, "receiver completion", 0x5EC2, p.b, 0, 0, 0, IBV_WC_RECV, p.a->qp_num);
+	buf_check(dst, "destination untouched by a zero-length SEND");
+
+	expect_empty(p.a_scq, 100, "no further sender completions");
+	expect_empty(p.b_rcq, 100, "no further receiver completions");
+	pair_free(&p);
+	dereg(smr);
+	dereg(dmr);
+	buf_free(src);
+	buf_free(dst);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Case: send_imm                                                            */
+
+static void case_send_imm(void)
+{
+	struct pair p;
+	struct qp_cfg c = CFG_DEFAULT;
+	pair_new(&p, &c);
+	struct buf *src = buf_alloc(4096, "send source");
+	struct buf *dst = buf_alloc(4096, "recv destination");
+	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE);
+
+	set_step("SEND_WITH_IMM 777 bytes");
+	struct ibv_sge rs = sge(dst->p + 3, 1000, dmr->lkey);
+	recv1(p.b, 0x1111, &rs, 1, "recv");
+	struct ibv_sge ss = sge(src->p + 9, 777, smr->lkey);
+	buf_expect(dst, 3, src->p + 9, 777);
+	struct ibv_send_wr wr;
+	wr_init(&wr, 0x2222, IBV_WR_SEND_WITH_IMM, &ss, 1, IBV_SEND_SIGNALED);
+	wr.imm_data = htonl(0xDEADBEEF);
+	post_send_ok(p.a, &wr, "send_with_imm");
+	expect_wc(p.a_scq, "sender completion", 0x2222, IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
+	expect_recv(p.b_rcq, "receiver completion", 0x1111, p.b, 777, 1, 0xDEADBEEF, IBV_WC_RECV,
+		    p.a->qp_num);
+	buf_check(dst, "destination");
+
+	set_step("zero-length SEND_WITH_IMM into a recv without SGEs");
+	recv1(p.b, 0x1112, NULL, 0, "recv");
+	wr_init(&wr, 0x2223, IBV_WR_SEND_WITH_IMM, NULL, 0, IBV_SEND_SIGNALED);
+	wr.imm_data = htonl(0x00C0FFEE);
+	post_send_ok(p.a, &wr, "send_with_imm");
+	expect_wc(p.a_scq, "sender completion", 0x2223, IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
+	expect_recv(p.b_rcq, "receiver completion", 0x1112, p.b, 0, 1, 0x00C0FFEE, IBV_WC_RECV,
+		    p.a->qp_num);
+	buf_check(dst, "destination");
+
+	pair_free(&p);
+	dereg(smr);
+	dereg(dmr);
+	buf_free(src);
+	buf_free(dst);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Case: write                                                               */
+
+static void case_write(void)
+{
+	struct pair p;
+	struct qp_cfg c = CFG_DEFAULT;
+	pair_new(&p, &c);
+	struct buf *src = buf_alloc(8192, "write source");
+	struct buf *dst = buf_alloc(8192, "write target");
+	struct buf *rb = buf_alloc(256, "posted recv buffer");
+	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
+	/* The target MR is the sub-range [16, 16+4096) of dst. */
+	struct ibv_mr *dmr = reg(dst->p + 16, 4096, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+	struct ibv_mr *rmr = reg(rb->p, rb->n, IBV_ACCESS_LOCAL_WRITE);
+
+	/* A posted receive must not be consumed by a plain RDMA_WRITE. */
+	struct ibv_sge rs = sge(rb->p + 1, 64, rmr->lkey);
+	recv1(p.b, 0x7777, &rs, 1, "recv");
+
+	set_step("RDMA_WRITE 3 SGEs (100+3000+33) to target+17");
+	struct ibv_sge ss[3] = { sge(src->p + 1, 100, smr->lkey), sge(src->p + 2000, 3000, smr->lkey),
+				 sge(src->p + 7000, 33, smr->lkey) };
+	buf_expect(dst, 16 + 17, src->p + 1, 100);
+	buf_expect(dst, 16 + 117, src->p + 2000, 3000);
+	buf_expect(dst, 16 + 3117, src->p + 7000, 33);
+	send1(p.a, 0x3001, IBV_WR_RDMA_WRITE, ss, 3, IBV_SEND_SIGNALED, addr_of(dst->p + 16 + 17),
+	      dmr->rkey, "write");
+	expect_wc(p.a_scq, "requester completion", 0x3001, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, p.a,
+		  NULL);
+	buf_check(dst, "target");
+	buf_check(src, "source unchanged");
+
+	set_step("RDMA_WRITE of 7 bytes ending exactly at the end of the MR");
+	struct ibv_sge s1 = sge(src->p + 5000, 7, smr->lkey);
+	buf_expect(dst, 16 + 4096 - 7, src->p + 5000, 7);
+	send1(p.a, 0x3002, IBV_WR_RDMA_WRITE, &s1, 1, IBV_SEND_SIGNALED,
+	      addr_of(dst->p + 16 + 4096 - 7), dmr->rkey, "write");
+	expect_wc(p.a_scq, "requester completion", 0x3002, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, p.a,
+		  NULL);
+	buf_check(dst, "target (bytes after the MR untouched)");
+
+	set_step("RDMA_WRITE consumes no receive");
+	expect_empty(p.b_rcq, 200, "responder recv CQ after RDMA_WRITEs");
+	buf_check(rb, "posted recv buffer untouched by RDMA_WRITE");
+	expect_empty(p.b_scq, 10, "responder send CQ");
+
+	pair_free(&p);
+	dereg(smr);
+	dereg(dmr);
+	dereg(rmr);
+	buf_free(src);
+	buf_free(dst);
+	buf_free(rb);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Case: write_imm                                                           */
+
+static void case_write_imm(void)
+{
+	struct pair p;
+	struct qp_cfg c = CFG_DEFAULT;
+	pair_new(&p, &c);
+	struct buf *src = buf_alloc(8192, "write source");
+	struct buf *dst = buf_alloc(8192, "write target");
+	struct buf *rb = buf_alloc(256, "posted recv buffer");
+	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+	struct ibv_mr *rmr = reg(rb->p, rb->n, IBV_ACCESS_LOCAL_WRITE);
+
+	set_step("RDMA_WRITE_WITH_IMM 2049 bytes, recv with a 64-byte SGE");
+	struct ibv_sge rs = sge(rb->p + 1, 64, rmr->lkey);
+	recv1(p.b, 0xA, &rs, 1, "recv");
+	struct ibv_sge ss[2] = { sge(src->p + 7, 1024, smr->lkey),
+				 sge(src->p + 3000, 1025, smr->lkey) };
+	buf_expect(dst, 33, src->p + 7, 1024);
+	buf_expect(dst, 33 + 1024, src->p + 3000, 1025);
+	struct ibv_send_wr wr;
+	wr_init(&wr, 0x4001, IBV_WR_RDMA_WRITE_WITH_IMM, ss, 2, IBV_SEND_SIGNALED);
+	wr.wr.rdma.remote_addr = addr_of(dst->p + 33);
+	wr.wr.rdma.rkey = dmr->rkey;
+	wr.imm_data = htonl(0x01020304);
+	post_send_ok(p.a, &wr, "write_with_imm");
+	expect_wc(p.a_scq, "requester completion", 0x4001, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, p.a,
+		  NULL);
+	expect_recv(p.b_rcq, "responder completion", 0xA, p.b, 2049, 1, 0x01020304,
+		    IBV_WC_RECV_RDMA_WITH_IMM, p.a->qp_num);
+	buf_check(dst, "target");
+	buf_check(rb, "recv buffer untouched by RDMA_WRITE_WITH_IMM");
+
+	set_step("RDMA_WRITE_WITH_IMM 100 bytes, recv without SGEs");
+	recv1(p.b, 0xB, NULL, 0, "recv");
+	struct ibv_sge s1 = sge(src->p + 6001, 100, smr->lkey);
+	buf_expect(dst, 5001, src->p + 6001, 100);
+	wr_init(&wr, 0x4002, IBV_WR_RDMA_WRITE_WITH_IMM, &s1, 1, IBV_SEND_SIGNALED);
+	wr.wr.rdma.remote_addr = addr_of(dst->p + 5001);
+	wr.wr.rdma.rkey = dmr->rkey;
+	wr.imm_data = htonl(0xFEDCBA98);
+	post_send_ok(p.a, &wr, "write_with_imm");
+	expect_wc(p.a_scq, "requester completion", 0x4002, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, p.a,
+		  NULL);
+	expect_recv(p.b_rcq, "responder completion", 0xB, p.b, 100, 1, 0xFEDCBA98,
+		    IBV_WC_RECV_RDMA_WITH_IMM, p.a->qp_num);
+	buf_check(dst, "target");
+	expect_empty(p.b_rcq, 100, "no further responder completions");
+
+	pair_free(&p);
+	dereg(smr);
+	dereg(dmr);
+	dereg(rmr);
+	buf_free(src);
+	buf_free(dst);
+	buf_free(rb);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Case: read                                                                */
+
+static void case_read(void)
+{
+	struct pair p;
+	struct qp_cfg c = CFG_DEFAULT;
+	pair_new(&p, &c);
+	struct buf *remote = buf_alloc(8192, "read source (remote)");
+	struct buf *local = buf_alloc(8192, "read destination (local)");
+	struct ibv_mr *rmr = reg(remote->p, remote->n, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ);
+	struct ibv_mr *lmr = reg(local->p, local->n, IBV_ACCESS_LOCAL_WRITE);
+
+	set_step("RDMA_READ 3345 bytes from remote+111 into 2 local SGEs");
+	struct ibv_sge ls[2] = { sge(local->p + 3, 1000, lmr->lkey),
+				 sge(local->p + 2001, 2345, lmr->lkey) };
+	buf_expect(local, 3, remote->p + 111, 1000);
+	buf_expect(local, 2001, remote->p + 1111, 2345);
+	send1(p.a, 0x6001, IBV_WR_RDMA_READ, ls, 2, IBV_SEND_SIGNALED, addr_of(remote->p + 111),
+	      rmr->rkey, "read");
+	struct ibv_wc wc;
+	expect_wc(p.a_scq, "requester completion", 0x6001, IBV_WC_SUCCESS, IBV_WC_RDMA_READ, p.a, &wc);
+	EXPECT_EQ("RDMA_READ wc.byte_len", wc.byte_len, 3345);
+	buf_check(local, "local destination");
+	buf_check(remote, "remote source unchanged");
+
+	set_step("RDMA_READ 1 byte from the last byte of the MR");
+	struct ibv_sge l1 = sge(local->p + 7000, 1, lmr->lkey);
+	buf_expect(local, 7000, remote->p + 8191, 1);
+	send1(p.a, 0x6002, IBV_WR_RDMA_READ, &l1, 1, IBV_SEND_SIGNALED, addr_of(remote->p + 8191),
+	      rmr->rkey, "read");
+	expect_wc(p.a_scq, "requester completion", 0x6002, IBV_WC_SUCCESS, IBV_WC_RDMA_READ, p.a, &wc);
+	EXPECT_EQ("RDMA_READ wc.byte_len", wc.byte_len, 1);
+	buf_check(local, "local destination");
+
+	expect_empty(p.b_rcq, 50, "responder recv CQ");
+	expect_empty(p.b_scq, 10, "responder send CQ");
+	pair_free(&p);
+	dereg(rmr);
+	dereg(lmr);
+	buf_free(remote);
+	buf_free(local);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Case: atomics                                                             */
+
+static void atomic1(struct pair *p, uint64_t wr_id, enum ibv_wr_opcode op, struct ibv_sge *ls,
+		    uint64_t raddr, uint32_t rkey, uint64_t compare_add, uint64_t swap,
+		    int wc_opcode, const char *what)
+{
+	struct ibv_send_wr wr;
+	struct ibv_wc wc;
+	char w[200];
+	wr_init(&wr, wr_id, op, ls, 1, IBV_SEND_SIGNALED);
+	wr.wr.atomic.remote_addr = raddr;
+	wr.wr.atomic.rkey = rkey;
+	wr.wr.atomic.compare_add = compare_add;
+	wr.wr.atomic.swap = swap;
+	post_send_ok(p->a, &wr, what);
+	expect_wc(p->a_scq, what, wr_id, IBV_WC_SUCCESS, wc_opcode, p->a, &wc);
+	snprintf(w, sizeof(w), "%s: wc.byte_len", what);
+	if (wc.status == IBV_WC_SUCCESS)
+		EXPECT_EQ(w, wc.byte_len, 8);
+}
+
+static void case_atomics(void)
+{
+	struct pair p;
+	struct qp_cfg c = CFG_DEFAULT;
+	pair_new(&p, &c);
+	struct buf *remote = buf_alloc(4096, "atomic target (remote)");
+	struct buf *local = buf_alloc(256, "atomic result (local)");
+	struct ibv_mr *rmr = reg(remote->p, remote->n, ACC_ALL);
+	struct ibv_mr *lmr = reg(local->p, local->n, IBV_ACCESS_LOCAL_WRITE);
+	uint8_t *t = remote->p + 64; /* 8-byte aligned (malloc gives 16) */
+	if (((uintptr_t)t & 7) != 0)
+		fatal("test bug: target not 8-byte aligned");
+	uint64_t v0 = 0x0102030405060708ULL, v, res;
+	struct ibv_sge ls = sge(local->p + 24, 8, lmr->lkey);
+
+	set_step("FETCH_AND_ADD");
+	buf_set(remote, 64, &v0, 8);
+	v = v0 + 0x1111;
+	buf_expect(remote, 64, &v, 8);
+	buf_expect(local, 24, &v0, 8);
+	atomic1(&p, 0x8001, IBV_WR_ATOMIC_FETCH_AND_ADD, &ls, addr_of(t), rmr->rkey, 0x1111, 0,
+		IBV_WC_FETCH_ADD, "FETCH_AND_ADD +0x1111");
+	buf_check(remote, "remote after FETCH_AND_ADD (target = original + 0x1111)");
+	buf_check(local, "local after FETCH_AND_ADD (result = original value)");
+
+	set_step("CMP_AND_SWP (equal)");
+	uint64_t s1 = 0xA5A5A5A55A5A5A5AULL;
+	res = v;
+	buf_expect(remote, 64, &s1, 8);
+	buf_expect(local, 24, &res, 8);
+	atomic1(&p, 0x8002, IBV_WR_ATOMIC_CMP_AND_SWP, &ls, addr_of(t), rmr->rkey, v, s1,
+		IBV_WC_COMP_SWAP, "CMP_AND_SWP (compare matches)");
+	buf_check(remote, "remote after matching CMP_AND_SWP (target = swap)");
+	buf_check(local, "local after matching CMP_AND_SWP (result = original value)");
+
+	set_step("CMP_AND_SWP (not equal)");
+	buf_expect(local, 24, &s1, 8);
+	atomic1(&p, 0x8003, IBV_WR_ATOMIC_CMP_AND_SWP, &ls, addr_of(t), rmr->rkey, 0x5555,
+		0x1234567812345678ULL, IBV_WC_COMP_SWAP, "CMP_AND_SWP (compare differs)");
+	buf_check(remote, "remote after failed CMP_AND_SWP (unchanged)");
+	buf_check(local, "local after failed CMP_AND_SWP (result = current value)");
+
+	set_step("FETCH_AND_ADD wrap-around");
+	uint64_t mx = UINT64_MAX, one = 1;
+	buf_set(remote, 64, &mx, 8);
+	buf_expect(remote, 64, &one, 8);
+	buf_expect(local, 24, &mx, 8);
+	atomic1(&p, 0x8004, IBV_WR_ATOMIC_FETCH_AND_ADD, &ls, addr_of(t), rmr->rkey, 2, 0,
+		IBV_WC_FETCH_ADD, "FETCH_AND_ADD 2 to UINT64_MAX");
+	buf_check(remote, "remote after wrapping FETCH_AND_ADD (target = 1)");
+	buf_check(local, "local after wrapping FETCH_AND_ADD");
+
+	set_step("FETCH_AND_ADD at the last 8 bytes of the MR");
+	uint64_t w0, w1;
+	memcpy(&w0, remote->p + 4088, 8);
+	w1 = w0 + 7;
+	buf_expect(remote, 4088, &w1, 8);
+	buf_expect(local, 24, &w0, 8);
+	atomic1(&p, 0x8005, IBV_WR_ATOMIC_FETCH_AND_ADD, &ls, addr_of(remote->p + 4088), rmr->rkey, 7,
+		0, IBV_WC_FETCH_ADD, "FETCH_AND_ADD at MR end - 8");
+	buf_check(remote, "remote");
+	buf_check(local, "local");
+
+	pair_free(&p);
+	dereg(rmr);
+	dereg(lmr);
+	buf_free(remote);
+	buf_free(local);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Case: inline                                                              */
+
+static void case_inline(void)
+{
+	struct pair p;
+	struct qp_cfg c = CFG_DEFAULT;
+	c.inline_sz = 256;
+	c.recv_wr = 300;
+	pair_new(&p, &c);
+	EXPECT_GE("QP A cap.max_inline_data", p.a_cap.max_inline_data, 256);
+
+	const size_t stride = 301;
+	struct buf *dst = buf_alloc(5 + 258 * stride, "recv slots");
+	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+	uint8_t *src = xmalloc(512); /* never registered */
+	uint8_t data[512];
+
+	set_step("post 257 receives");
+	for (int n = 1; n <= 257; n++) {
+		struct ibv_sge rs = sge(dst->p + 5 + (size_t)(n - 1) * stride, 300, dmr->lkey);
+		recv1(p.b, 1000 + n, &rs, 1, "recv");
+	}
+	for (int n = 1; n <= 256; n++) {
+		set_step("inline SEND of %d bytes (unregistered source, lkey 0)", n);
+		fill_random(data, n);
+		memcpy(src, data, n);
+		buf_expect(dst, 5 + (size_t)(n - 1) * stride, data, n);
+		struct ibv_sge ss = sge(src, n, 0);
+		send1(p.a, 2000 + n, IBV_WR_SEND, &ss, 1, IBV_SEND_SIGNALED | IBV_SEND_INLINE, 0, 0,
+		      "inline send");
+		memset(src, 0xEE, 512); /* the data was copied at post time */
+		expect_wc(p.a_scq, "inline send completion", 2000 + n, IBV_WC_SUCCESS, IBV_WC_SEND,
+			  p.a, NULL);
+	}
+	set_step("inline SEND of 3 unregistered SGEs (100+56+100)");
+	uint8_t *s1 = xmalloc(100), *s2 = xmalloc(56), *s3 = xmalloc(100);
+	fill_random(data, 256);
+	memcpy(s1, data, 100);
+	memcpy(s2, data + 100, 56);
+	memcpy(s3, data + 156, 100);
+	buf_expect(dst, 5 + 256 * stride, data, 256);
+	struct ibv_sge ms[3] = { sge(s1, 100, 0), sge(s2, 56, 0), sge(s3, 100, 0) };
+	send1(p.a, 2257, IBV_WR_SEND, ms, 3, IBV_SEND_SIGNALED | IBV_SEND_INLINE, 0, 0,
+	      "inline send");
+	memset(s1, 0xEE, 100);
+	memset(s2, 0xEE, 56);
+	memset(s3, 0xEE, 100);
+	expect_wc(p.a_scq, "inline send completion", 2257, IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
+
+	set_step("receive completions of the inline sends");
+	for (int n = 1; n <= 257; n++) {
+		char w[64];
+		snprintf(w, sizeof(w), "recv of inline message %d", n);
+		expect_recv(p.b_rcq, w, 1000 + n, p.b, n <= 256 ? (uint32_t)n : 256, 0, 0,
+			    IBV_WC_RECV, p.a->qp_num);
+	}
+	buf_check(dst, "recv slots (each slot holds its message, the rest untouched)");
+
+	set_step("inline RDMA_WRITE of 200 bytes");
+	fill_random(data, 200);
+	memcpy(src, data, 200);
+	buf_expect(dst, 7, data, 200);
+	struct ibv_sge ws = sge(src, 200, 0);
+	send1(p.a, 0x1A1, IBV_WR_RDMA_WRITE, &ws, 1, IBV_SEND_SIGNALED | IBV_SEND_INLINE,
+	      addr_of(dst->p + 7), dmr->rkey, "inline write");
+	memset(src, 0xEE, 512);
+	expect_wc(p.a_scq, "inline write completion", 0x1A1, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, p.a,
+		  NULL);
+	buf_check(dst, "after inline RDMA_WRITE");
+
+	pair_free(&p);
+	dereg(dmr);
+	buf_free(dst);
+	free(src);
+	free(s1);
+	free(s2);
+	free(s3);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Case: large                                                               */
+
+static void case_large(void)
+{
+	const size_t L = 4u << 20;
+	struct pair p;
+	struct qp_cfg c = CFG_DEFAULT;
+	pair_new(&p, &c);
+	struct buf *src = buf_alloc(L + 64, "4 MiB source");
+	struct buf *dst = buf_alloc(L + 64, "4 MiB destination");
+	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+	if (E.port.max_msg_sz < L)
+		fail("port_attr.max_msg_sz: expected >= %zu, got %u", L, E.port.max_msg_sz);
+
+	set_step("4 MiB SEND");
+	struct ibv_sge rs = sge(dst->p + 5, L, dmr->lkey);
+	recv1(p.b, 0x4E, &rs, 1, "recv");
+	struct ibv_sge ss = sge(src->p + 7, L, smr->lkey);
+	buf_expect(dst, 5, src->p + 7, L);
+	send1(p.a, 0x45, IBV_WR_SEND, &ss, 1, IBV_SEND_SIGNALED, 0, 0, "send");
+	expect_wc(p.a_scq, "sender completion", 0x45, IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
+	expect_recv(p.b_rcq, "receiver completion", 0x4E, p.b, L, 0, 0, IBV_WC_RECV, p.a->qp_num);
+	buf_check(dst, "destination after 4 MiB SEND");
+
+	set_step("4 MiB RDMA_WRITE");
+	uint8_t *fresh = xmalloc(L);
+	fill_random(fresh, L);
+	buf_set(src, 3, fresh, L);
+	free(fresh);
+	ss = sge(src->p + 3, L, smr->lkey);
+	buf_expect(dst, 11, src->p + 3, L);
+	send1(p.a, 0x46, IBV_WR_RDMA_WRITE, &ss, 1, IBV_SEND_SIGNALED, addr_of(dst->p + 11), dmr->rkey,
+	      "write");
+	expect_wc(p.a_scq, "requester completion", 0x46, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, p.a, NULL);
+	buf_check(dst, "destination after 4 MiB RDMA_WRITE");
+	buf_check(src, "source unchanged");
+
+	pair_free(&p);
+	dereg(smr);
+	dereg(dmr);
+	buf_free(src);
+	buf_free(dst);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Case: unsignaled                                                          */
+
+static void case_unsignaled(void)
+{
+	struct pair p;
+	struct qp_cfg c = CFG_DEFAULT;
+	c.sig_all = 0;
+	c.send_wr = 16;
+	pair_new(&p, &c);
+	struct buf *src = buf_alloc(4096, "source");
+	struct buf *dst = buf_alloc(16 * 128, "recv slots");
+	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE);
+
+	set_step("sq_sig_all=0: 10 unsignaled SENDs + 1 signaled");
+	for (int i = 1; i <= 11; i++) {
+		struct ibv_sge rs = sge(dst->p + i * 128, 100, dmr->lkey);
+		recv1(p.b, 0x100 + i, &rs, 1, "recv");
+	}
+	for (int i = 1; i <= 11; i++) {
+		struct ibv_sge ss = sge(src->p + i * 200, 20 + i, smr->lkey);
+		buf_expect(dst, (size_t)i * 128, src->p + i * 200, 20 + i);
+		send1(p.a, i, IBV_WR_SEND, &ss, 1, i == 11 ? IBV_SEND_SIGNALED : 0, 0, 0, "send");
+	}
+	expect_wc(p.a_scq, "the only send completion", 11, IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
+	for (int i = 1; i <= 11; i++) {
+		char w[64];
+		snprintf(w, sizeof(w), "receive %d", i);
+		expect_recv(p.b_rcq, w, 0x100 + i, p.b, 20 + i, 0, 0, IBV_WC_RECV, p.a->qp_num);
+	}
+	expect_empty(p.a_scq, 300, "send CQ after the signaled completion (unsignaled WRs must not complete)");
+	buf_check(dst, "recv slots");
+
+	set_step("unsignaled WRs keep the send queue usable (3 rounds of 16)");
+	for (int round = 0; round < 3; round++) {
+		for (int i = 0; i < 16; i++) {
+			struct ibv_sge rs = sge(dst->p + i * 128, 100, dmr->lkey);
+			recv1(p.b, 0x200 + i, &rs, 1, "recv");
+		}
+		for (int i = 0; i < 16; i++) {
+			struct ibv_sge ss = sge(src->p + i * 10, 10, smr->lkey);
+			send1(p.a, 0x300 + i, IBV_WR_SEND, &ss, 1, i == 15 ? IBV_SEND_SIGNALED : 0, 0,
+			      0, "send");
+		}
+		expect_wc(p.a_scq, "signaled send completion", 0x30F, IBV_WC_SUCCESS, IBV_WC_SEND,
+			  p.a, NULL);
+		for (int i = 0; i < 16; i++)
+			expect_recv(p.b_rcq, "receive", 0x200 + i, p.b, 10, 0, 0, IBV_WC_RECV,
+				    p.a->qp_num);
+	}
+	expect_empty(p.a_scq, 100, "send CQ");
+	pair_free(&p);
+
+	set_step("sq_sig_all=1: WRs without IBV_SEND_SIGNALED all complete");
+	c.sig_all = 1;
+	pair_new(&p, &c);
+	for (int i = 0; i < 3; i++) {
+		struct ibv_sge rs = sge(dst->p + i * 128, 100, dmr->lkey);
+		recv1(p.b, 0x400 + i, &rs, 1, "recv");
+	}
+	for (int i = 0; i < 3; i++) {
+		struct ibv_sge ss = sge(src->p, 5, smr->lkey);
+		send1(p.a, 21 + i, IBV_WR_SEND, &ss, 1, 0, 0, 0, "send");
+	}
+	for (int i = 0; i < 3; i++)
+		expect_wc(p.a_scq, "send completion (sq_sig_all=1)", 21 + i, IBV_WC_SUCCESS,
+			  IBV_WC_SEND, p.a, NULL);
+	expect_empty(p.a_scq, 100, "send CQ");
+	pair_free(&p);
+	dereg(smr);
+	dereg(dmr);
+	buf_free(src);
+	buf_free(dst);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Case: completion_fields                                                   */
+
+/* Polls n completions from cq into out (any order). */
+static void poll_n(struct ibv_cq *cq, struct ibv_wc *out, int n, const char *what)
+{
+	for (int i = 0; i < n; i++)
+		poll1(cq, &out[i], what);
+}
+
+static const struct ibv_wc *find_wc(const struct ibv_wc *wcs, int n, uint64_t wr_id,
+				    const char *what)
+{
+	for (int i = 0; i < n; i++)
+		if (wcs[i].wr_id == wr_id)
+			return &wcs[i];
+	char d[400] = "";
+	if (n > 0)
+		describe_wc(&wcs[0], d, sizeof(d));
+	fail("%s: expected a completion with wr_id 0x%" PRIx64 ", none among %d polled (first: %s)",
+	     what, wr_id, n, d);
+	return NULL;
+}
+
+static void case_completion_fields(void)
+{
+	/* Both QPs share one CQ for sends and receives. */
+	struct ibv_cq *cq = cq_new(256);
+	struct qp_cfg c = CFG_DEFAULT;
+	struct ibv_qp *a = qp_create(cq, cq, &c, NULL);
+	struct ibv_qp *b = qp_create(cq, cq, &c, NULL);
+	qp_connect(a, b->qp_num, 0);
+	qp_connect(b, a->qp_num, 0);
+	struct buf *buf = buf_alloc(8192, "buffer");
+	struct ibv_mr *mr = reg(buf->p, buf->n, ACC_ALL);
+	struct ibv_wc wcs[2];
+	const struct ibv_wc *w;
+
+	set_step("A SENDs 123 bytes to B");
+	struct ibv_sge rb = sge(buf->p + 4000, 500, mr->lkey);
+	recv1(b, 0xB0, &rb, 1, "recv on B");
+	struct ibv_sge ra = sge(buf->p + 5000, 500, mr->lkey);
+	recv1(a, 0xA0, &ra, 1, "recv on A");
+	struct ibv_sge s = sge(buf->p + 1, 123, mr->lkey);
+	send1(a, 0xA1, IBV_WR_SEND, &s, 1, IBV_SEND_SIGNALED, 0, 0, "send A->B");
+	poll_n(cq, wcs, 2, "A->B completions");
+	if ((w = find_wc(wcs, 2, 0xA1, "A's send completion"))) {
+		check_wc(w, "A's send completion", 0xA1, IBV_WC_SUCCESS, IBV_WC_SEND, a);
+	}
+	if ((w = find_wc(wcs, 2, 0xB0, "B's recv completion"))) {
+		check_wc(w, "B's recv completion", 0xB0, IBV_WC_SUCCESS, IBV_WC_RECV, b);
+		EXPECT_EQ("B's recv completion: wc.src_qp (= A's qp_num)", w->src_qp, a->qp_num);
+		EXPECT_EQ("B's recv completion: wc.byte_len", w->byte_len, 123);
+	}
+
+	set_step("B SENDs 321 bytes to A");
+	s = sge(buf->p + 201, 321, mr->lkey);
+	send1(b, 0xB1, IBV_WR_SEND, &s, 1, IBV_SEND_SIGNALED, 0, 0, "send B->A");
+	poll_n(cq, wcs, 2, "B->A completions");
+	if ((w = find_wc(wcs, 2, 0xB1, "B's send completion")))
+		check_wc(w, "B's send completion", 0xB1, IBV_WC_SUCCESS, IBV_WC_SEND, b);
+	if ((w = find_wc(wcs, 2, 0xA0, "A's recv completion"))) {
+		check_wc(w, "A's recv completion", 0xA0, IBV_WC_SUCCESS, IBV_WC_RECV, a);
+		EXPECT_EQ("A's recv completion: wc.src_qp (= B's qp_num)", w->src_qp, b->qp_num);
+		EXPECT_EQ("A's recv completion: wc.byte_len", w->byte_len, 321);
+	}
+
+	set_step("A RDMA_WRITE, B RDMA_READ");
+	s = sge(buf->p + 600, 50, mr->lkey);
+	send1(a, 0xA2, IBV_WR_RDMA_WRITE, &s, 1, IBV_SEND_SIGNALED, addr_of(buf->p + 7000), mr->rkey,
+	      "write A");
+	expect_wc(cq, "A's RDMA_WRITE completion", 0xA2, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, a, NULL);
+	s = sge(buf->p + 700, 60, mr->lkey);
+	send1(b, 0xB2, IBV_WR_RDMA_READ, &s, 1, IBV_SEND_SIGNALED, addr_of(buf->p + 7100), mr->rkey,
+	      "read B");
+	struct ibv_wc wc;
+	expect_wc(cq, "B's RDMA_READ completion", 0xB2, IBV_WC_SUCCESS, IBV_WC_RDMA_READ, b, &wc);
+	EXPECT_EQ("B's RDMA_READ completion: wc.byte_len", wc.byte_len, 60);
+
+	set_step("polling several completions at once");
+	struct ibv_sge r2 = sge(buf->p + 4000, 500, mr->lkey);
+	recv1(b, 0xB3, &r2, 1, "recv on B");
+	s = sge(buf->p + 1, 10, mr->lkey);
+	send1(a, 0xA3, IBV_WR_SEND, &s, 1, IBV_SEND_SIGNALED, 0, 0, "send A->B");
+	struct ibv_wc many[8];
+	int got = 0;
+	double end = now_s() + POLL_TIMEOUT_S;
+	while (got < 2 && now_s() < end) {
+		int n = ibv_poll_cq(cq, 8 - got, many + got);
+		if (n < 0)
+			fatal("ibv_poll_cq(8) returned %d", n);
+		got += n;
+		if (got < 2)
+			usleep(100);
+	}
+	if (got != 2)
+		fail("expected exactly 2 completions (A's send, B's recv), got %d", got);
+	else {
+		if ((w = find_wc(many, 2, 0xA3, "A's send")))
+			check_wc(w, "A's send", 0xA3, IBV_WC_SUCCESS, IBV_WC_SEND, a);
+		if ((w = find_wc(many, 2, 0xB3, "B's recv"))) {
+			check_wc(w, "B's recv", 0xB3, IBV_WC_SUCCESS, IBV_WC_RECV, b);
+			EXPECT_EQ("B's recv: wc.src_qp", w->src_qp, a->qp_num);
+			EXPECT_EQ("B's recv: wc.byte_len", w->byte_len, 10);
+		}
+	}
+	expect_empty(cq, 100, "shared CQ at the end");
+
+	ibv_destroy_qp(a);
+	ibv_destroy_qp(b);
+	ibv_destroy_cq(cq);
+	dereg(mr);
+	buf_free(buf);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Error cases                                                               */
+
+static void case_bad_lkey(void)
+{
+	struct pair p;
+	struct qp_cfg c = CFG_DEFAULT;
+	struct buf *src = buf_alloc(4096, "source");
+	struct buf *dst = buf_alloc(4096, "recv buffer");
+	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_mr *mrs[2] = { smr, dmr };
+
+	set_step("SEND with an lkey that does not exist");
+	pair_new(&p, &c);
+	struct ibv_sge rs = sge(dst->p, 4096, dmr->lkey);
+	recv1(p.b, 0xB0, &rs, 1, "recv");
+	struct ibv_sge ss = sge(src->p, 64, unused_key(mrs, 2));
+	send1(p.a, 0xBAD1, IBV_WR_SEND, &ss, 1, IBV_SEND_SIGNALED, 0, 0, "send");
+	expect_wc(p.a_scq, "requester completion", 0xBAD1, IBV_WC_LOC_PROT_ERR, -1, p.a, NULL);
+	expect_empty(p.b_rcq, 200, "responder: nothing must arrive");
+	buf_check(dst, "recv buffer untouched");
+	pair_free(&p);
+
+	set_step("SEND with a valid lkey but an SGE beyond the end of its MR");
+	pair_new(&p, &c);
+	recv1(p.b, 0xB1, &rs, 1, "recv");
+	ss = sge(src->p + 4096 - 10, 64, smr->lkey);
+	send1(p.a, 0xBAD2, IBV_WR_SEND, &ss, 1, IBV_SEND_SIGNALED, 0, 0, "send");
+	expect_wc(p.a_scq, "requester completion", 0xBAD2, IBV_WC_LOC_PROT_ERR, -1, p.a, NULL);
+	expect_empty(p.b_rcq, 200, "responder: nothing must arrive");
+	buf_check(dst, "recv buffer untouched");
+	pair_free(&p);
+
+	set_step("SEND with the lkey of an MR of another PD");
+	struct ibv_pd *pd2 = ibv_alloc_pd(E.ctx);
+	if (!pd2)
+		fatal("ibv_alloc_pd (second) failed: errno %d", errno);
+	struct ibv_mr *omr = reg_pd(pd2, src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
+	pair_new(&p, &c);
+	recv1(p.b, 0xB2, &rs, 1, "recv");
+	ss = sge(src->p, 64, omr->lkey);
+	send1(p.a, 0xBAD3, IBV_WR_SEND, &ss, 1, IBV_SEND_SIGNALED, 0, 0, "send");
+	expect_wc(p.a_scq, "requester completion", 0xBAD3, IBV_WC_LOC_PROT_ERR, -1, p.a, NULL);
+	expect_empty(p.b_rcq, 200, "responder: nothing must arrive");
+	buf_check(dst, "recv buffer untouched");
+	pair_free(&p);
+	dereg(omr);
+	ibv_dealloc_pd(pd2);
+
+	set_step("RDMA_READ into a local SGE with an lkey that does not exist");
+	struct ibv_mr *rmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ);
+	struct ibv_mr *mrs3[3] = { smr, dmr, rmr };
+	pair_new(&p, &c);
+	ss = sge(src->p, 64, unused_key(mrs3, 3));
+	send1(p.a, 0xBAD4, IBV_WR_RDMA_READ, &ss, 1, IBV_SEND_SIGNALED, addr_of(dst->p), rmr->rkey,
+	      "read");
+	expect_wc(p.a_scq, "requester completion", 0xBAD4, IBV_WC_LOC_PROT_ERR, -1, p.a, NULL);
+	buf_check(src, "source buffer (never a valid target) untouched");
+	pair_free(&p);
+	dereg(rmr);
+
+	dereg(smr);
+	dereg(dmr);
+	buf_free(src);
+	buf_free(dst);
+}
+
+/* One requester error scenario: a fresh pair, one WR, one expected status. */
+static void remote_error(const char *what, enum ibv_wr_opcode op, struct ibv_sge *ls,
+			 uint64_t raddr, uint32_t rkey, enum ibv_wc_status want,
+			 const struct qp_cfg *cb)
+{
+	struct pair p;
+	struct qp_cfg c = CFG_DEFAULT;
+	set_step("%s", what);
+	pair_new2(&p, &c, cb ? cb : &c);
+	struct ibv_send_wr wr;
+	wr_init(&wr, 0xE1, op, ls, 1, IBV_SEND_SIGNALED);
+	if (op == IBV_WR_ATOMIC_FETCH_AND_ADD || op == IBV_WR_ATOMIC_CMP_AND_SWP) {
+		wr.wr.atomic.remote_addr = raddr;
+		wr.wr.atomic.rkey = rkey;
+		wr.wr.atomic.compare_add = 1;
+	} else {
+		wr.wr.rdma.remote_addr = raddr;
+		wr.wr.rdma.rkey = rkey;
+	}
+	post_send_ok(p.a, &wr, what);
+	expect_wc(p.a_scq, "requester completion", 0xE1, want, -1, p.a, NULL);
+	expect_empty(p.b_rcq, 50, "responder recv CQ");
+	pair_free(&p);
+}
+
+static void case_bad_rkey(void)
+{
+	struct buf *loc = buf_alloc(4096, "local buffer");
+	struct buf *tgt = buf_alloc(4096, "remote buffer");
+	struct ibv_mr *lmr = reg(loc->p, loc->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_mr *tmr = reg(tgt->p, tgt->n, ACC_ALL);
+	struct ibv_mr *mrs[2] = { lmr, tmr };
+	uint32_t bogus = unused_key(mrs, 2);
+	struct ibv_sge ls = sge(loc->p + 8, 64, lmr->lkey);
+
+	remote_error("RDMA_WRITE with an rkey that does not exist", IBV_WR_RDMA_WRITE, &ls,
+		     addr_of(tgt->p + 8), bogus, IBV_WC_REM_ACCESS_ERR, NULL);
+	buf_check(tgt, "remote buffer untouched");
+	remote_error("RDMA_READ with an rkey that does not exist", IBV_WR_RDMA_READ, &ls,
+		     addr_of(tgt->p + 8), bogus, IBV_WC_REM_ACCESS_ERR, NULL);
+	buf_accept(loc, 8, 64); /* local target of a failed READ is undefined */
+	buf_check(loc, "local buffer outside the READ's SGE untouched");
+
+	/* The rkey of a deregistered MR is no longer valid. */
+	struct buf *gone = buf_alloc(4096, "deregistered buffer");
+	struct ibv_mr *gmr = reg(gone->p, gone->n, ACC_ALL);
+	uint32_t stale = gmr->rkey;
+	dereg(gmr);
+	if (stale == tmr->rkey || stale == lmr->rkey)
+		fail("a deregistered MR's rkey 0x%x equals a live MR's key", stale);
+	remote_error("RDMA_WRITE with the rkey of a deregistered MR", IBV_WR_RDMA_WRITE, &ls,
+		     addr_of(gone->p + 8), stale, IBV_WC_REM_ACCESS_ERR, NULL);
+	buf_check(gone, "deregistered buffer untouched");
+
+	/* A valid rkey used with an address in another MR's range. */
+	remote_error("RDMA_WRITE with a valid rkey and the address of another buffer",
+		     IBV_WR_RDMA_WRITE, &ls, addr_of(gone->p + 8), tmr->rkey,
+		     IBV_WC_REM_ACCESS_ERR, NULL);
+	buf_check(gone, "other buffer untouched");
+	buf_check(tgt, "remote buffer untouched");
+
+	dereg(lmr);
+	dereg(tmr);
+	buf_free(loc);
+	buf_free(tgt);
+	buf_free(gone);
+}
+
+static void case_remote_oob(void)
+{
+	struct buf *loc = buf_alloc(8192, "local buffer");
+	struct buf *tgt = buf_alloc(8192, "remote buffer");
+	struct ibv_mr *lmr = reg(loc->p, loc->n, IBV_ACCESS_LOCAL_WRITE);
+	/* The remote MR is [1000, 5096) of the remote buffer. */
+	struct ibv_mr *tmr = reg(tgt->p + 1000, 4096, ACC_ALL);
+	struct ibv_sge ls = sge(loc->p + 8, 16, lmr->lkey);
+	uint8_t *end = tgt->p + 1000 + 4096;
+
+	remote_error("RDMA_WRITE of 16 bytes at MR end - 8", IBV_WR_RDMA_WRITE, &ls,
+		     addr_of(end - 8), tmr->rkey, IBV_WC_REM_ACCESS_ERR, NULL);
+	buf_accept(tgt, 5096 - 8, 8); /* inside the MR: undefined after a failed WR */
+	buf_check(tgt, "remote buffer outside the MR untouched");
+
+	remote_error("RDMA_WRITE of 16 bytes at MR end", IBV_WR_RDMA_WRITE, &ls, addr_of(end),
+		     tmr->rkey, IBV_WC_REM_ACCESS_ERR, NULL);
+	buf_check(tgt, "remote buffer untouched");
+
+	remote_error("RDMA_WRITE of 16 bytes at MR start - 8", IBV_WR_RDMA_WRITE, &ls,
+		     addr_of(tgt->p + 1000 - 8), tmr->rkey, IBV_WC_REM_ACCESS_ERR, NULL);
+	buf_accept(tgt, 1000, 8);
+	buf_check(tgt, "remote buffer outside the MR untouched");
+
+	struct ibv_sge big = sge(loc->p, 4097, lmr->lkey);
+	remote_error("RDMA_WRITE of MR length + 1 at MR start", IBV_WR_RDMA_WRITE, &big,
+		     addr_of(tgt->p + 1000), tmr->rkey, IBV_WC_REM_ACCESS_ERR, NULL);
+	buf_accept(tgt, 1000, 4096);
+	buf_check(tgt, "remote buffer outside the MR untouched");
+
+	remote_error("RDMA_WRITE at an address that wraps around (UINT64_MAX - 7, 16 bytes)",
+		     IBV_WR_RDMA_WRITE, &ls, UINT64_MAX - 7, tmr->rkey, IBV_WC_REM_ACCESS_ERR,
+		     NULL);
+	buf_check(tgt, "remote buffer untouched");
+
+	remote_error("RDMA_READ of 16 bytes at MR end - 8", IBV_WR_RDMA_READ, &ls, addr_of(end - 8),
+		     tmr->rkey, IBV_WC_REM_ACCESS_ERR, NULL);
+	buf_accept(loc, 8, 16);
+	buf_check(loc, "local buffer outside the READ's SGE untouched");
+	buf_check(tgt, "remote buffer untouched by READ");
+
+	remote_error("RDMA_READ of 16 bytes at MR start - 1", IBV_WR_RDMA_READ, &ls,
+		     addr_of(tgt->p + 999), tmr->rkey, IBV_WC_REM_ACCESS_ERR, NULL);
+	buf_accept(loc, 8, 16);
+	buf_check(loc, "local buffer outside the READ's SGE untouched");
+
+	struct ibv_sge a8 = sge(loc->p + 64, 8, lmr->lkey);
+	remote_error("FETCH_AND_ADD at MR end (8 bytes past the last valid)", IBV_WR_ATOMIC_FETCH_AND_ADD,
+		     &a8, addr_of(end), tmr->rkey, IBV_WC_REM_ACCESS_ERR, NULL);
+	buf_accept(loc, 64, 8);
+	buf_check(tgt, "remote buffer untouched");
+
+	dereg(lmr);
+	dereg(tmr);
+	buf_free(loc);
+	buf_free(tgt);
+}
+
+static void case_remote_access(void)
+{
+	struct buf *loc = buf_alloc(4096, "local buffer");
+	struct buf *tgt = buf_alloc(4096, "remote buffer");
+	struct ibv_mr *lmr = reg(loc->p, loc->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_sge ls = sge(loc->p + 8, 64, lmr->lkey);
+	struct ibv_sge a8 = sge(loc->p + 128, 8, lmr->lkey);
+	struct ibv_mr *m;
+
+	m = reg(tgt->p, tgt->n, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ |
+					IBV_ACCESS_REMOTE_ATOMIC);
+	remote_error("RDMA_WRITE into an MR without REMOTE_WRITE", IBV_WR_RDMA_WRITE, &ls,
+		     addr_of(tgt->p + 8), m->rkey, IBV_WC_REM_ACCESS_ERR, NULL);
+	buf_check(tgt, "remote buffer untouched");
+	dereg(m);
+
+	m = reg(tgt->p, tgt->n, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE |
+					IBV_ACCESS_REMOTE_ATOMIC);
+	remote_error("RDMA_READ from an MR without REMOTE_READ", IBV_WR_RDMA_READ, &ls,
+		     addr_of(tgt->p + 8), m->rkey, IBV_WC_REM_ACCESS_ERR, NULL);
+	buf_accept(loc, 8, 64);
+	buf_check(loc, "local buffer outside the READ's SGE untouched");
+	dereg(m);
+
+	m = reg(tgt->p, tgt->n, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE |
+					IBV_ACCESS_REMOTE_READ);
+	remote_error("FETCH_AND_ADD on an MR without REMOTE_ATOMIC", IBV_WR_ATOMIC_FETCH_AND_ADD, &a8,
+		     addr_of(tgt->p + 64), m->rkey, IBV_WC_REM_ACCESS_ERR, NULL);
+	buf_accept(loc, 128, 8);
+	buf_check(tgt, "remote buffer untouched");
+	dereg(m);
+
+	set_step("MR of another PD");
+	struct ibv_pd *pd2 = ibv_alloc_pd(E.ctx);
+	if (!pd2)
+		fatal("ibv_alloc_pd (second) failed: errno %d", errno);
+	m = reg_pd(pd2, tgt->p, tgt->n, ACC_ALL);
+	remote_error("RDMA_WRITE into an MR of a PD other than the responder QP's", IBV_WR_RDMA_WRITE,
+		     &ls, addr_of(tgt->p + 8), m->rkey, IBV_WC_REM_ACCESS_ERR, NULL);
+	buf_check(tgt, "remote buffer untouched");
+	remote_error("RDMA_READ from an MR of a PD other than the responder QP's", IBV_WR_RDMA_READ,
+		     &ls, addr_of(tgt->p + 8), m->rkey, IBV_WC_REM_ACCESS_ERR, NULL);
+	buf_accept(loc, 8, 64);
+	buf_check(loc, "local buffer outside the READ's SGE untouched");
+	dereg(m);
+	ibv_dealloc_pd(pd2);
+
+	/*
+	 * The responder QP's own access flags gate incoming RDMA. (The IB spec
+	 * reports this as a remote access error; rxe reports an invalid request.
+	 * We require REM_ACCESS_ERR, as for MR rights, and say so if it differs.)
+	 */
+	m = reg(tgt->p, tgt->n, ACC_ALL);
+	struct qp_cfg nowrite = CFG_DEFAULT;
+	nowrite.access = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_ATOMIC;
+	remote_error("RDMA_WRITE to a responder QP without REMOTE_WRITE in qp_access_flags",
+		     IBV_WR_RDMA_WRITE, &ls, addr_of(tgt->p + 8), m->rkey, IBV_WC_REM_ACCESS_ERR,
+		     &nowrite);
+	buf_check(tgt, "remote buffer untouched");
+	struct qp_cfg noread = CFG_DEFAULT;
+	noread.access = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_ATOMIC;
+	remote_error("RDMA_READ from a responder QP without REMOTE_READ in qp_access_flags",
+		     IBV_WR_RDMA_READ, &ls, addr_of(tgt->p + 8), m->rkey, IBV_WC_REM_ACCESS_ERR,
+		     &noread);
+	buf_accept(loc, 8, 64);
+	buf_check(loc, "local buffer outside the READ's SGE untouched");
+	dereg(m);
+
+	dereg(lmr);
+	buf_free(loc);
+	buf_free(tgt);
+}
+
+static void case_recv_too_small(void)
+{
+	struct pair p;
+	struct qp_cfg c = CFG_DEFAULT;
+	pair_new(&p, &c);
+	struct buf *src = buf_alloc(2000, "source");
+	struct buf *dst = buf_alloc(2000, "recv buffer");
+	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE);
+
+	set_step("SEND 1000 bytes into a 100-byte receive");
+	struct ibv_sge rs = sge(dst->p + 50, 100, dmr->lkey);
+	recv1(p.b, 0xB0, &rs, 1, "recv");
+	struct ibv_sge ss = sge(src->p + 3, 1000, smr->lkey);
+	send1(p.a, 0xA0, IBV_WR_SEND, &ss, 1, IBV_SEND_SIGNALED, 0, 0, "send");
+	expect_wc(p.b_rcq, "receiver completion", 0xB0, IBV_WC_LOC_LEN_ERR, -1, p.b, NULL);
+	expect_wc(p.a_scq, "requester completion", 0xA0, IBV_WC_REM_INV_REQ_ERR, -1, p.a, NULL);
+	buf_accept(dst, 50, 100); /* the receive buffer's content is undefined */
+	buf_check(dst, "bytes outside the 100-byte receive untouched");
+	buf_check(src, "source unchanged");
+
+	pair_free(&p);
+	dereg(smr);
+	dereg(dmr);
+	buf_free(src);
+	buf_free(dst);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Case: flush                                                               */
+
+static void expect_flushes(struct ibv_cq *cq, struct ibv_qp *qp, uint64_t first, int n,
+			   const char *what)
+{
+	for (int i = 0; i < n; i++) {
+		char w[200];
+		snprintf(w, sizeof(w), "%s (wr_id 0x%" PRIx64 ")", what, first + i);
+		expect_wc(cq, w, first + i, IBV_WC_WR_FLUSH_ERR, -1, qp, NULL);
+	}
+}
+
+static void case_flush(void)
+{
+	struct pair p;
+	struct qp_cfg c = CFG_DEFAULT;
+	struct buf *b = buf_alloc(8192, "buffer");
+	struct ibv_mr *mr = reg(b->p, b->n, ACC_ALL);
+	struct ibv_mr *mrs[1] = { mr };
+	struct ibv_sge s64 = sge(b->p + 100, 64, mr->lkey);
+	struct ibv_sge r = sge(b->p + 4096, 1024, mr->lkey);
+
+	/* 1. Explicit transition to ERR flushes the outstanding receives. */
+	set_step("ibv_modify_qp(IBV_QPS_ERR) with 3 posted receives");
+	pair_new(&p, &c);
+	for (int i = 0; i < 3; i++)
+		recv1(p.b, 0xF1 + i, &r, 1, "recv");
+	struct ibv_qp_attr a;
+	memset(&a, 0, sizeof(a));
+	a.qp_state = IBV_QPS_ERR;
+	qp_must(ibv_modify_qp(p.b, &a, IBV_QP_STATE), p.b, "-> ERR");
+	expect_state(p.b, IBV_QPS_ERR, "after modify to ERR");
+	expect_flushes(p.b_rcq, p.b, 0xF1, 3, "posted receive flushed by modify(ERR)");
+	set_step("posting to a QP in ERR");
+	recv1(p.b, 0xF4, &r, 1, "recv in ERR");
+	expect_flushes(p.b_rcq, p.b, 0xF4, 1, "receive posted in ERR");
+	send1(p.b, 0xF5, IBV_WR_SEND, &s64, 1, IBV_SEND_SIGNALED, 0, 0, "send in ERR");
+	expect_flushes(p.b_scq, p.b, 0xF5, 1, "send posted in ERR");
+	expect_empty(p.b_rcq, 50, "B recv CQ");
+	pair_free(&p);
+
+	/* 2. A local protection error moves the requester to ERR. */
+	set_step("bad lkey: requester state and flushes");
+	pair_new(&p, &c);
+	recv1(p.a, 0xA1, &r, 1, "recv on A");
+	recv1(p.a, 0xA2, &r, 1, "recv on A");
+	recv1(p.b, 0xB1, &r, 1, "recv on B");
+	struct ibv_sge bad = sge(b->p, 64, unused_key(mrs, 1));
+	struct ibv_send_wr w[2];
+	wr_init(&w[0], 0xBAD, IBV_WR_SEND, &bad, 1, IBV_SEND_SIGNALED);
+	wr_init(&w[1], 0xC0, IBV_WR_SEND, &s64, 1, IBV_SEND_SIGNALED);
+	w[0].next = &w[1];
+	post_send_ok(p.a, &w[0], "[bad lkey SEND, good SEND]");
+	expect_wc(p.a_scq, "failing SEND", 0xBAD, IBV_WC_LOC_PROT_ERR, -1, p.a, NULL);
+	expect_flushes(p.a_scq, p.a, 0xC0, 1, "SEND queued behind the failing one");
+	expect_state(p.a, IBV_QPS_ERR, "requester after LOC_PROT_ERR");
+	send1(p.a, 0xC1, IBV_WR_SEND, &s64, 1, IBV_SEND_SIGNALED, 0, 0, "send after error");
+	send1(p.a, 0xC2, IBV_WR_RDMA_WRITE, &s64, 1, IBV_SEND_SIGNALED, addr_of(b->p + 6000),
+	      mr->rkey, "write after error");
+	expect_flushes(p.a_scq, p.a, 0xC1, 2, "WR posted after the error");
+	expect_flushes(p.a_rcq, p.a, 0xA1, 2, "receive posted on the requester before the error");
+	expect_empty(p.b_rcq, 100, "B received nothing");
+	pair_free(&p);
+
+	/* 3. A remote access error moves the requester to ERR. */
+	set_step("bad rkey: requester state and flushes");
+	pair_new(&p, &c);
+	recv1(p.a, 0xA3, &r, 1, "recv on A");
+	send1(p.a, 0xE2, IBV_WR_RDMA_WRITE, &s64, 1, IBV_SEND_SIGNALED, addr_of(b->p + 6000),
+	      unused_key(mrs, 1), "write with bad rkey");
+	expect_wc(p.a_scq, "failing RDMA_WRITE", 0xE2, IBV_WC_REM_ACCESS_ERR, -1, p.a, NULL);
+	expect_state(p.a, IBV_QPS_ERR, "requester after REM_ACCESS_ERR");
+	send1(p.a, 0xC3, IBV_WR_SEND, &s64, 1, IBV_SEND_SIGNALED, 0, 0, "send after error");
+	expect_flushes(p.a_scq, p.a, 0xC3, 1, "WR posted after the error");
+	expect_flushes(p.a_rcq, p.a, 0xA3, 1, "receive posted on the requester before the error");
+	pair_free(&p);
+
+	/* 4. Receive too small: both sides get an error and go to ERR. */
+	set_step("recv too small: both QPs in ERR, remaining receives flushed");
+	pair_new(&p, &c);
+	struct ibv_sge small = sge(b->p + 4096, 10, mr->lkey);
+	recv1(p.b, 0xB5, &small, 1, "small recv on B");
+	recv1(p.b, 0xB6, &r, 1, "recv on B");
+	recv1(p.b, 0xB7, &r, 1, "recv on B");
+	send1(p.a, 0xE3, IBV_WR_SEND, &s64, 1, IBV_SEND_SIGNALED, 0, 0, "64-byte send");
+	expect_wc(p.b_rcq, "too-small receive", 0xB5, IBV_WC_LOC_LEN_ERR, -1, p.b, NULL);
+	expect_flushes(p.b_rcq, p.b, 0xB6, 2, "receive behind the failed one");
+	expect_wc(p.a_scq, "requester", 0xE3, IBV_WC_REM_INV_REQ_ERR, -1, p.a, NULL);
+	expect_state(p.b, IBV_QPS_ERR, "responder after LOC_LEN_ERR");
+	expect_state(p.a, IBV_QPS_ERR, "requester after REM_INV_REQ_ERR");
+	send1(p.a, 0xC4, IBV_WR_SEND, &s64, 1, IBV_SEND_SIGNALED, 0, 0, "send after error");
+	expect_flushes(p.a_scq, p.a, 0xC4, 1, "WR posted after the error");
+	pair_free(&p);
+
+	/* 5. Back to RESET and reconnect: the QP is usable again. */
+	set_step("ERR -> RESET -> INIT -> RTR -> RTS reuses the QP pair");
+	pair_new(&p, &c);
+	memset(&a, 0, sizeof(a));
+	a.qp_state = IBV_QPS_ERR;
+	qp_must(ibv_modify_qp(p.a, &a, IBV_QP_STATE), p.a, "A -> ERR");
+	qp_must(ibv_modify_qp(p.b, &a, IBV_QP_STATE), p.b, "B -> ERR");
+	a.qp_state = IBV_QPS_RESET;
+	qp_must(ibv_modify_qp(p.a, &a, IBV_QP_STATE), p.a, "A -> RESET");
+	qp_must(ibv_modify_qp(p.b, &a, IBV_QP_STATE), p.b, "B -> RESET");
+	expect_state(p.a, IBV_QPS_RESET, "after modify to RESET");
+	qp_connect(p.a, p.b->qp_num, 0);
+	qp_connect(p.b, p.a->qp_num, 0);
+	recv1(p.b, 0xB8, &r, 1, "recv on B");
+	send1(p.a, 0xC5, IBV_WR_SEND, &s64, 1, IBV_SEND_SIGNALED, 0, 0, "send after reconnect");
+	expect_wc(p.a_scq, "send after reconnect", 0xC5, IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
+	expect_recv(p.b_rcq, "recv after reconnect", 0xB8, p.b, 64, 0, 0, IBV_WC_RECV, p.a->qp_num);
+	pair_free(&p);
+
+	dereg(mr);
+	buf_free(b);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Case: wrong_state                                                         */
+
+static void expect_post_send_rc(struct ibv_qp *qp, struct ibv_send_wr *wr,
+				struct ibv_send_wr *want_bad, int want_rc, const char *what)
+{
+	struct ibv_send_wr *badp = NULL;
+	int rc = ibv_post_send(qp, wr, &badp);
+	if (rc != want_rc)
+		fail("%s: ibv_post_send: expected %d (%s), got %d (%s)", what, want_rc,
+		     strerror(want_rc), rc, strerror(rc));
+	if (want_bad && badp != want_bad)
+		fail("%s: ibv_post_send: expected bad_wr = %p (the offending WR), got %p", what,
+		     (void *)want_bad, (void *)badp);
+}
+
+static void expect_post_recv_rc(struct ibv_qp *qp, struct ibv_recv_wr *wr,
+				struct ibv_recv_wr *want_bad, int want_rc, const char *what)
+{
+	struct ibv_recv_wr *badp = NULL;
+	int rc = ibv_post_recv(qp, wr, &badp);
+	if (rc != want_rc)
+		fail("%s: ibv_post_recv: expected %d (%s), got %d (%s)", what, want_rc,
+		     strerror(want_rc), rc, strerror(rc));
+	if (want_bad && badp != want_bad)
+		fail("%s: ibv_post_recv: expected bad_wr = %p (the offending WR), got %p", what,
+		     (void *)want_bad, (void *)badp);
+}
+
+static void case_wrong_state(void)
+{
+	struct qp_cfg c = CFG_DEFAULT;
+	struct ibv_cq *cq_a = cq_new(4096), *cq_b = cq_new(4096);
+	struct ibv_qp_cap cap_a, cap_b;
+	struct ibv_qp *a = qp_create(cq_a, cq_a, &c, &cap_a);
+	struct ibv_qp *b = qp_create(cq_b, cq_b, &c, &cap_b);
+	struct buf *buf = buf_alloc(8192, "buffer");
+	struct ibv_mr *mr = reg(buf->p, buf->n, ACC_ALL);
+	struct ibv_sge s = sge(buf->p + 10, 32, mr->lkey);
+	struct ibv_sge r = sge(buf->p + 4096, 512, mr->lkey);
+	struct ibv_send_wr wr;
+	struct ibv_recv_wr rwr;
+	struct ibv_qp_attr at;
+
+	memset(&rwr, 0, sizeof(rwr));
+	rwr.wr_id = 0x1717;
+	rwr.sg_list = &r;
+	rwr.num_sge = 1;
+
+	set_step("QP in RESET");
+	expect_state(a, IBV_QPS_RESET, "new QP");
+	wr_init(&wr, 0x51, IBV_WR_SEND, &s, 1, IBV_SEND_SIGNALED);
+	expect_post_send_rc(a, &wr, &wr, EINVAL, "post_send in RESET");
+	expect_post_recv_rc(b, &rwr, &rwr, EINVAL, "post_recv in RESET");
+	rtr_attr(&at, b->qp_num);
+	int rc = ibv_modify_qp(a, &at, RTR_MASK);
+	if (rc != EINVAL)
+		fail("ibv_modify_qp RESET->RTR: expected %d (EINVAL), got %d (%s)", EINVAL, rc,
+		     strerror(rc));
+	expect_state(a, IBV_QPS_RESET, "after a rejected RESET->RTR");
+	rts_attr(&at);
+	rc = ibv_modify_qp(a, &at, RTS_MASK);
+	if (rc != EINVAL)
+		fail("ibv_modify_qp RESET->RTS: expected %d (EINVAL), got %d (%s)", EINVAL, rc,
+		     strerror(rc));
+	expect_state(a, IBV_QPS_RESET, "after a rejected RESET->RTS");
+
+	set_step("QP in INIT");
+	qp_must(qp_to_init(a, 0), a, "RESET->INIT");
+	qp_must(qp_to_init(b, 0), b, "RESET->INIT");
+	expect_state(a, IBV_QPS_INIT, "after RESET->INIT");
+	wr_init(&wr, 0x52, IBV_WR_SEND, &s, 1, IBV_SEND_SIGNALED);
+	expect_post_send_rc(a, &wr, &wr, EINVAL, "post_send in INIT");
+	expect_post_recv_rc(b, &rwr, NULL, 0, "post_recv in INIT (allowed)");
+	rtr_attr(&at, b->qp_num);
+	rc = ibv_modify_qp(a, &at, RTR_MASK & ~IBV_QP_DEST_QPN);
+	if (rc != EINVAL)
+		fail("ibv_modify_qp INIT->RTR without IBV_QP_DEST_QPN: expected %d (EINVAL), got %d (%s)",
+		     EINVAL, rc, strerror(rc));
+	expect_state(a, IBV_QPS_INIT, "after a rejected INIT->RTR");
+
+	set_step("QP in RTR");
+	rtr_attr(&at, b->qp_num);
+	qp_must(ibv_modify_qp(a, &at, RTR_MASK), a, "INIT->RTR");
+	rtr_attr(&at, a->qp_num);
+	qp_must(ibv_modify_qp(b, &at, RTR_MASK), b, "INIT->RTR");
+	expect_state(a, IBV_QPS_RTR, "after INIT->RTR");
+	wr_init(&wr, 0x53, IBV_WR_SEND, &s, 1, IBV_SEND_SIGNALED);
+	expect_post_send_rc(a, &wr, &wr, EINVAL, "post_send in RTR");
+	rts_attr(&at);
+	qp_must(ibv_modify_qp(a, &at, RTS_MASK), a, "RTR->RTS");
+	qp_must(ibv_modify_qp(b, &at, RTS_MASK), b, "RTR->RTS");
+	expect_state(a, IBV_QPS_RTS, "after RTR->RTS");
+
+	set_step("RTS: the receive posted in INIT is used");
+	wr_init(&wr, 0x54, IBV_WR_SEND, &s, 1, IBV_SEND_SIGNALED);
+	post_send_ok(a, &wr, "send in RTS");
+	expect_wc(cq_a, "send in RTS", 0x54, IBV_WC_SUCCESS, IBV_WC_SEND, a, NULL);
+	expect_recv(cq_b, "receive posted in INIT", 0x1717, b, 32, 0, 0, IBV_WC_RECV, a->qp_num);
+	expect_empty(cq_a, 50, "no completions for rejected WRs (A)");
+	expect_empty(cq_b, 50, "no completions for rejected WRs (B)");
+
+	set_step("too many SGEs");
+	struct ibv_sge many[64];
+	uint32_t ns = cap_a.max_send_sge + 1, nr = cap_b.max_recv_sge + 1;
+	if (ns > 64 || nr > 64)
+		fatal("returned caps too large to test (max_send_sge %u, max_recv_sge %u)",
+		      cap_a.max_send_sge, cap_b.max_recv_sge);
+	for (int i = 0; i < 64; i++)
+		many[i] = sge(buf->p + i * 8, 4, mr->lkey);
+	wr_init(&wr, 0x55, IBV_WR_SEND, many, ns, IBV_SEND_SIGNALED);
+	char what[128];
+	snprintf(what, sizeof(what), "post_send with %u SGEs (cap.max_send_sge %u)", ns,
+		 cap_a.max_send_sge);
+	expect_post_send_rc(a, &wr, &wr, EINVAL, what);
+	struct ibv_recv_wr rw2;
+	memset(&rw2, 0, sizeof(rw2));
+	rw2.wr_id = 0x56;
+	rw2.sg_list = many;
+	rw2.num_sge = nr;
+	snprintf(what, sizeof(what), "post_recv with %u SGEs (cap.max_recv_sge %u)", nr,
+		 cap_b.max_recv_sge);
+	expect_post_recv_rc(b, &rw2, &rw2, EINVAL, what);
+	expect_empty(cq_a, 50, "no completion for the rejected send");
+
+	set_step("list [valid, too many SGEs]: bad_wr is the second, the first is posted");
+	rwr.wr_id = 0x1818;
+	expect_post_recv_rc(b, &rwr, NULL, 0, "post_recv");
+	struct ibv_send_wr two[2];
+	wr_init(&two[0], 0x57, IBV_WR_SEND, &s, 1, IBV_SEND_SIGNALED);
+	wr_init(&two[1], 0x58, IBV_WR_SEND, many, ns, IBV_SEND_SIGNALED);
+	two[0].next = &two[1];
+	expect_post_send_rc(a, &two[0], &two[1], EINVAL, "post_send of [valid, invalid]");
+	expect_wc(cq_a, "the valid first WR of the list", 0x57, IBV_WC_SUCCESS, IBV_WC_SEND, a, NULL);
+	expect_recv(cq_b, "its receive", 0x1818, b, 32, 0, 0, IBV_WC_RECV, a->qp_num);
+	expect_empty(cq_a, 50, "no completion for the rejected second WR");
+
+	ibv_destroy_qp(a);
+	ibv_destroy_qp(b);
+	ibv_destroy_cq(cq_a);
+	ibv_destroy_cq(cq_b);
+
+	set_step("send queue full: ENOMEM without polling");
+	struct pair p;
+	struct qp_cfg sc = CFG_DEFAULT;
+	sc.send_wr = 8;
+	pair_new(&p, &sc);
+	uint32_t capw = p.a_cap.max_send_wr;
+	uint32_t limit = capw * 4 + 64;
+	uint32_t ok = 0;
+	int got_rc = 0;
+	struct ibv_send_wr *badp = NULL;
+	struct ibv_send_wr fw;
+	struct ibv_sge f8 = sge(buf->p, 8, mr->lkey);
+	if (limit > 1000)
+		fatal("returned cap.max_send_wr %u for a request of 8: too large to test", capw);
+	for (uint32_t i = 0; i < limit; i++) {
+		wr_init(&fw, 0x9000 + i, IBV_WR_RDMA_WRITE, &f8, 1, IBV_SEND_SIGNALED);
+		fw.wr.rdma.remote_addr = addr_of(buf->p + 2048);
+		fw.wr.rdma.rkey = mr->rkey;
+		badp = NULL;
+		got_rc = ibv_post_send(p.a, &fw, &badp);
+		if (got_rc)
+			break;
+		ok++;
+	}
+	if (got_rc == 0)
+		fail("posted %u WRs on a QP with cap.max_send_wr %u without polling: expected ENOMEM, "
+		     "every post succeeded",
+		     ok, capw);
+	else {
+		if (got_rc != ENOMEM)
+			fail("send queue full (after %u posts, cap.max_send_wr %u): expected %d "
+			     "(ENOMEM), got %d (%s)",
+			     ok, capw, ENOMEM, got_rc, strerror(got_rc));
+		if (badp != &fw)
+			fail("send queue full: expected bad_wr = the rejected WR %p, got %p",
+			     (void *)&fw, (void *)badp);
+		if (ok < capw)
+			fail("send queue full: only %u posts accepted, expected at least "
+			     "cap.max_send_wr = %u",
+			     ok, capw);
+	}
+	for (uint32_t i = 0; i < ok; i++) {
+		char w[80];
+		snprintf(w, sizeof(w), "completion %u of %u accepted WRs", i + 1, ok);
+		expect_wc(p.a_scq, w, 0x9000 + i, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, p.a, NULL);
+	}
+	expect_empty(p.a_scq, 50, "no completion for the rejected WR");
+	wr_init(&fw, 0x9999, IBV_WR_RDMA_WRITE, &f8, 1, IBV_SEND_SIGNALED);
+	fw.wr.rdma.remote_addr = addr_of(buf->p + 2048);
+	fw.wr.rdma.rkey = mr->rkey;
+	expect_post_send_rc(p.a, &fw, NULL, 0, "post_send after draining the CQ");
+	expect_wc(p.a_scq, "post after draining", 0x9999, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, p.a, NULL);
+	pair_free(&p);
+
+	dereg(mr);
+	buf_free(buf);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Case: rnr_wait                                                            */
+
+static void case_rnr_wait(void)
+{
+	struct pair p;
+	struct qp_cfg c = CFG_DEFAULT;
+	pair_new(&p, &c);
+	struct buf *src = buf_alloc(4096, "source");
+	struct buf *dst = buf_alloc(4096, "recv buffer");
+	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE);
+
+	set_step("SEND before the peer posted a receive (rnr_retry 7)");
+	struct ibv_sge ss = sge(src->p + 1, 1500, smr->lkey);
+	send1(p.a, 0x7A, IBV_WR_SEND, &ss, 1, IBV_SEND_SIGNALED, 0, 0, "send");
+	expect_empty(p.a_scq, 200, "requester while no receive is posted");
+	struct ibv_sge rs = sge(dst->p + 2, 2000, dmr->lkey);
+	buf_expect(dst, 2, src->p + 1, 1500);
+	recv1(p.b, 0x7B, &rs, 1, "late recv");
+	expect_wc(p.a_scq, "requester completion", 0x7A, IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
+	expect_recv(p.b_rcq, "receiver completion", 0x7B, p.b, 1500, 0, 0, IBV_WC_RECV, p.a->qp_num);
+	buf_check(dst, "recv buffer");
+
+	set_step("3 SENDs before receives, receives posted one by one");
+	for (int i = 0; i < 3; i++) {
+		ss = sge(src->p + 100 * i, 50 + i, smr->lkey);
+		send1(p.a, 0x80 + i, IBV_WR_SEND, &ss, 1, IBV_SEND_SIGNALED, 0, 0, "send");
+	}
+	for (int i = 0; i < 3; i++) {
+		sleep_ms(50);
+		rs = sge(dst->p + 1000 * i + 7, 200, dmr->lkey);
+		buf_expect(dst, 1000 * i + 7, src->p + 100 * i, 50 + i);
+		recv1(p.b, 0x90 + i, &rs, 1, "late recv");
+		expect_recv(p.b_rcq, "receiver completion", 0x90 + i, p.b, 50 + i, 0, 0, IBV_WC_RECV,
+			    p.a->qp_num);
+		expect_wc(p.a_scq, "requester completion", 0x80 + i, IBV_WC_SUCCESS, IBV_WC_SEND, p.a,
+			  NULL);
+	}
+	buf_check(dst, "recv buffer");
+
+	pair_free(&p);
+	dereg(smr);
+	dereg(dmr);
+	buf_free(src);
+	buf_free(dst);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Case: many_qps                                                            */
+
+#define NPAIRS 8
+#define NQPS (2 * NPAIRS)
+#define NMSG 4
+#define MSGLEN 200
+#define SLOT 256
+
+static void case_many_qps(void)
+{
+	struct ibv_cq *scq = cq_new(1024), *rcq = cq_new(1024);
+	struct qp_cfg c = CFG_DEFAULT;
+	struct ibv_qp *qp[NQPS];
+	/* qp[2i] and qp[2i+1] are connected to each other. */
+	set_step("create and connect %d QPs sharing one send CQ and one recv CQ", NQPS);
+	for (int i = 0; i < NQPS; i++)
+		qp[i] = qp_create(scq, rcq, &c, NULL);
+	for (int i = 0; i < NQPS; i++)
+		for (int j = i + 1; j < NQPS; j++)
+			if (qp[i]->qp_num == qp[j]->qp_num)
+				fail("QP %d and QP %d have the same qp_num 0x%x", i, j, qp[i]->qp_num);
+	for (int i = 0; i < NQPS; i++)
+		qp_connect(qp[i], qp[i ^ 1]->qp_num, 0);
+
+	static uint8_t msgs[NQPS][NMSG][MSGLEN]; /* msgs[sender][seq] */
+	struct buf *src = buf_alloc(NQPS * NMSG * MSGLEN, "send buffers");
+	struct buf *dst = buf_alloc(NQPS * NMSG * SLOT, "recv slots");
+	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE);
+
+	set_step("post receives and sends on all QPs");
+	for (int q = 0; q < NQPS; q++)
+		for (int m = 0; m < NMSG; m++) {
+			struct ibv_sge rs = sge(dst->p + (size_t)(q * NMSG + m) * SLOT, SLOT, dmr->lkey);
+			recv1(qp[q], 0x10000 | (q << 8) | m, &rs, 1, "recv");
+		}
+	for (int q = 0; q < NQPS; q++)
+		for (int m = 0; m < NMSG; m++) {
+			uint8_t *mp = msgs[q][m];
+			fill_random(mp, MSGLEN);
+			mp[0] = (uint8_t)q;
+			mp[1] = (uint8_t)m;
+			size_t off = (size_t)(q * NMSG + m) * MSGLEN;
+			buf_set(src, off, mp, MSGLEN);
+			/* peer q^1 receives message m from q into its slot m */
+			buf_expect(dst, (size_t)((q ^ 1) * NMSG + m) * SLOT, mp, MSGLEN);
+			struct ibv_sge ss = sge(src->p + off, MSGLEN, smr->lkey);
+			send1(qp[q], 0x20000 | (q << 8) | m, IBV_WR_SEND, &ss, 1, IBV_SEND_SIGNALED, 0,
+			      0, "send");
+		}
+
+	set_step("send completions");
+	int next_send[NQPS] = { 0 }, next_recv[NQPS] = { 0 };
+	for (int i = 0; i < NQPS * NMSG; i++) {
+		struct ibv_wc wc;
+		char d[400];
+		poll1(scq, &wc, "send completion on the shared send CQ");
+		describe_wc(&wc, d, sizeof(d));
+		int q = -1;
+		for (int k = 0; k < NQPS; k++)
+			if (qp[k]->qp_num == wc.qp_num)
+				q = k;
+		if (q < 0) {
+			fail("send completion with a qp_num of none of our QPs: %s", d);
+			continue;
+		}
+		uint64_t want = 0x20000 | (q << 8) | next_send[q];
+		check_wc(&wc, "send completion (wr_id must belong to the QP named by qp_num, in order)",
+			 want, IBV_WC_SUCCESS, IBV_WC_SEND, qp[q]);
+		next_send[q]++;
+	}
+	set_step("recv completions");
+	for (int i = 0; i < NQPS * NMSG; i++) {
+		struct ibv_wc wc;
+		char d[400];
+		poll1(rcq, &wc, "recv completion on the shared recv CQ");
+		describe_wc(&wc, d, sizeof(d));
+		int q = -1;
+		for (int k = 0; k < NQPS; k++)
+			if (qp[k]->qp_num == wc.qp_num)
+				q = k;
+		if (q < 0) {
+			fail("recv completion with a qp_num of none of our QPs: %s", d);
+			continue;
+		}
+		uint64_t want = 0x10000 | (q << 8) | next_recv[q];
+		if (check_wc(&wc, "recv completion (wr_id must belong to the QP named by qp_num, in order)",
+			     want, IBV_WC_SUCCESS, IBV_WC_RECV, qp[q])) {
+			if (wc.src_qp != qp[q ^ 1]->qp_num)
+				fail("recv completion on QP %d: wc.src_qp expected 0x%x (its peer), got 0x%x",
+				     q, qp[q ^ 1]->qp_num, wc.src_qp);
+			if (wc.byte_len != MSGLEN)
+				fail("recv completion on QP %d: wc.byte_len expected %d, got %u", q,
+				     MSGLEN, wc.byte_len);
+		}
+		next_recv[q]++;
+	}
+	for (int q = 0; q < NQPS; q++) {
+		if (next_send[q] != NMSG)
+			fail("QP %d: expected %d send completions, got %d", q, NMSG, next_send[q]);
+		if (next_recv[q] != NMSG)
+			fail("QP %d: expected %d recv completions, got %d", q, NMSG, next_recv[q]);
+	}
+	expect_empty(scq, 100, "shared send CQ after all completions");
+	expect_empty(rcq, 10, "shared recv CQ after all completions");
+	buf_check(dst, "recv slots (each holds the message from its peer, in order)");
+
+	for (int i = 0; i < NQPS; i++)
+		ibv_destroy_qp(qp[i]);
+	ibv_destroy_cq(scq);
+	ibv_destroy_cq(rcq);
+	dereg(smr);
+	dereg(dmr);
+	buf_free(src);
+	buf_free(dst);
+}
+
+/* ------------------------------------------------------------------------ */
+
+static const struct {
+	const char *name;
+	void (*fn)(void);
+} cases[] = {
+	{ "device", case_device },
+	{ "qp_caps", case_qp_caps },
+	{ "mr_neighbours", case_mr_neighbours },
+	{ "send", case_send },
+	{ "send_imm", case_send_imm },
+	{ "write", case_write },
+	{ "write_imm", case_write_imm },
+	{ "read", case_read },
+	{ "atomics", case_atomics },
+	{ "inline", case_inline },
+	{ "large", case_large },
+	{ "unsignaled", case_unsignaled },
+	{ "completion_fields", case_completion_fields },
+	{ "bad_lkey", case_bad_lkey },
+	{ "bad_rkey", case_bad_rkey },
+	{ "remote_oob", case_remote_oob },
+	{ "remote_access", case_remote_access },
+	{ "recv_too_small", case_recv_too_small },
+	{ "flush", case_flush },
+	{ "wrong_state", case_wrong_state },
+	{ "rnr_wait", case_rnr_wait },
+	{ "many_qps", case_many_qps },
+};
+
+int main(int argc, char **argv)
+{
+	const size_t n = sizeof(cases) / sizeof(cases[0]);
+	if (argc != 2) {
+		fprintf(stderr, "usage: %s <case>|list\n", argv[0]);
+		return 2;
+	}
+	if (strcmp(argv[1], "list") == 0) {
+		for (size_t i = 0; i < n; i++)
+			printf("%s\n", cases[i].name);
+		return 0;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(argv[1], cases[i].name) != 0)
+			continue;
+		g_case = cases[i].name;
+		signal(SIGALRM, on_alarm);
+		alarm(WATCHDOG_S);
+		setvbuf(stdout, NULL, _IOLBF, 0);
+		env_open();
+		cases[i].fn();
+		set_step("close");
+		ibv_dealloc_pd(E.pd);
+		ibv_close_device(E.ctx);
+		if (g_failures) {
+			fprintf(stderr, "FAIL %s: %d check(s) failed\n", g_case, g_failures);
+			return 1;
+		}
+		printf("PASS %s\n", g_case);
+		return 0;
+	}
+	fprintf(stderr, "unknown case '%s' (try 'list')\n", argv[1]);
+	return 2;
+}
