@@ -44,7 +44,8 @@ impl ContextInner {
     pub fn call(&self, request: &Request) -> Result<(Reply, Vec<OwnedFd>), Errno> {
         let sock = self.client.lock().unwrap_or_else(|e| e.into_inner());
         control::send(sock.as_fd(), request, &[]).map_err(wire_errno)?;
-        let (reply, fds) = control::recv::<Reply>(sock.as_fd(), MsgFlags::empty()).map_err(wire_errno)?;
+        let (reply, fds) =
+            control::recv::<Reply>(sock.as_fd(), MsgFlags::empty()).map_err(wire_errno)?;
         match reply {
             Reply::Error { errno, message } => {
                 fv_log!(3, "{request:?} refused: {message}");
@@ -103,17 +104,31 @@ fn socket_path(device: *mut ibv_device) -> Option<PathBuf> {
 
 fn connect(device: *mut ibv_device) -> Result<ContextInner, Errno> {
     let path = socket_path(device).ok_or(libc::ENODEV)?;
-    let sock = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)
-        .map_err(|e| e as i32)?;
+    let sock = socket::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| e as i32)?;
     let addr = UnixAddr::new(&path).map_err(|e| e as i32)?;
     if let Err(e) = socket::connect(sock.as_raw_fd(), &addr) {
-        fv_log!(1, "cannot reach the flowverbs router at {}: {e}", path.display());
+        fv_log!(
+            1,
+            "cannot reach the flowverbs router at {}: {e}",
+            path.display()
+        );
         return Err(libc::ENODEV);
     }
     control::send(sock.as_fd(), &Request::Hello { version: VERSION }, &[]).map_err(wire_errno)?;
-    let (reply, mut fds) = control::recv::<Reply>(sock.as_fd(), MsgFlags::empty()).map_err(wire_errno)?;
+    let (reply, mut fds) =
+        control::recv::<Reply>(sock.as_fd(), MsgFlags::empty()).map_err(wire_errno)?;
     let (gid, seg_size) = match reply {
-        Reply::Hello { gid, session_segment_size, .. } if fds.len() == 2 => (gid, session_segment_size),
+        Reply::Hello {
+            gid,
+            session_segment_size,
+            ..
+        } if fds.len() == 2 => (gid, session_segment_size),
         Reply::Error { errno, message } => {
             fv_log!(1, "router refused the session: {message}");
             return Err(errno);
@@ -125,11 +140,18 @@ fn connect(device: *mut ibv_device) -> Result<ContextInner, Errno> {
     };
     let doorbell = fds.pop().expect("two fds");
     let segment = fds.pop().expect("two fds");
-    let session = Mapping::map(&segment, seg_size as usize).map_err(|e| e.raw_os_error().unwrap_or(libc::ENOMEM))?;
+    let session = Mapping::map(&segment, seg_size as usize)
+        .map_err(|e| e.raw_os_error().unwrap_or(libc::ENOMEM))?;
     let (async_read, async_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e as i32)?;
     // The read end becomes context.async_fd below; libibverbs closes it.
-    let inner = ContextInner { client: Mutex::new(sock), session, doorbell, _async_write: async_write, gid };
+    let inner = ContextInner {
+        client: Mutex::new(sock),
+        session,
+        doorbell,
+        _async_write: async_write,
+        gid,
+    };
     ASYNC_READ.with(|c| c.set(std::os::fd::IntoRawFd::into_raw_fd(async_read)));
     Ok(inner)
 }
@@ -138,6 +160,8 @@ thread_local! {
     static ASYNC_READ: std::cell::Cell<i32> = const { std::cell::Cell::new(-1) };
 }
 
+/// # Safety
+/// Called by libibverbs with pointers it owns, as the PABI 34 op table says.
 pub unsafe extern "C" fn alloc_context(
     device: *mut ibv_device,
     cmd_fd: i32,
@@ -147,7 +171,13 @@ pub unsafe extern "C" fn alloc_context(
         // SAFETY: the documented PABI 34 call; offset 0 because vctx is the
         // first field of FvContext. On failure it closed cmd_fd itself.
         let block = unsafe {
-            _verbs_init_and_alloc_context(device, cmd_fd, std::mem::size_of::<FvContext>(), ptr::null_mut(), 0)
+            _verbs_init_and_alloc_context(
+                device,
+                cmd_fd,
+                std::mem::size_of::<FvContext>(),
+                ptr::null_mut(),
+                0,
+            )
         } as *mut FvContext;
         if block.is_null() {
             return ptr::null_mut();
@@ -188,11 +218,14 @@ pub unsafe extern "C" fn alloc_context(
     })
 }
 
+/// # Safety
+/// Called by libibverbs with pointers it owns, as the PABI 34 op table says.
 pub unsafe extern "C" fn free_context(ctx: *mut ibv_context) {
     guard((), || {
         // SAFETY: ctx is the embedded ibv_context of one of our blocks.
         unsafe {
-            let fv = (ctx as *mut u8).sub(std::mem::offset_of!(verbs_context, context)) as *mut FvContext;
+            let fv = (ctx as *mut u8).sub(std::mem::offset_of!(verbs_context, context))
+                as *mut FvContext;
             if !(*fv).inner.is_null() {
                 drop(Box::from_raw((*fv).inner));
                 (*fv).inner = ptr::null_mut();
@@ -209,6 +242,8 @@ fn node_guid(gid: &[u8; 16]) -> u64 {
     crate::router::identity::node_guid_from_ipv4(ip)
 }
 
+/// # Safety
+/// Called by libibverbs with pointers it owns, as the PABI 34 op table says.
 pub unsafe extern "C" fn query_device_ex(
     ctx: *mut ibv_context,
     input: *const ibv_query_device_ex_input,
@@ -224,7 +259,11 @@ pub unsafe extern "C" fn query_device_ex(
         let inner = unsafe { inner(ctx) };
         let mut a: ibv_device_attr_ex = Default::default();
         let o = &mut a.orig_attr;
-        for (d, s) in o.fw_ver.iter_mut().zip(concat!("flowverbs ", env!("CARGO_PKG_VERSION")).bytes()) {
+        for (d, s) in o
+            .fw_ver
+            .iter_mut()
+            .zip(concat!("flowverbs ", env!("CARGO_PKG_VERSION")).bytes())
+        {
             *d = s as libc::c_char;
         }
         o.node_guid = node_guid(&inner.gid).to_be();
@@ -259,7 +298,13 @@ pub unsafe extern "C" fn query_device_ex(
     })
 }
 
-pub unsafe extern "C" fn query_port(_ctx: *mut ibv_context, port: u8, attr: *mut ibv_port_attr) -> i32 {
+/// # Safety
+/// Called by libibverbs with pointers it owns, as the PABI 34 op table says.
+pub unsafe extern "C" fn query_port(
+    _ctx: *mut ibv_context,
+    port: u8,
+    attr: *mut ibv_port_attr,
+) -> i32 {
     guard(libc::EIO, || {
         if port != 1 {
             return libc::EINVAL;
@@ -295,4 +340,3 @@ pub fn take_one_fd(mut fds: Vec<OwnedFd>) -> Result<OwnedFd, Errno> {
     }
     Ok(fds.pop().expect("one fd"))
 }
-

@@ -22,7 +22,9 @@ use crate::sys::*;
 static MATCH_TABLE: [MatchEnt; 2] = [
     MatchEnt(verbs_match_ent {
         driver_data: ptr::null_mut(),
-        u: verbs_match_ent__bindgen_ty_1 { modalias: c"rdma_device:*Nfv[0-9]*".as_ptr() },
+        u: verbs_match_ent__bindgen_ty_1 {
+            modalias: c"rdma_device:*Nfv[0-9]*".as_ptr(),
+        },
         vendor: 0,
         device: 0,
         kind: FV_MATCH_MODALIAS as u8,

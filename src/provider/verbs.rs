@@ -70,7 +70,12 @@ pub struct FvPd {
 unsafe extern "C" fn alloc_pd(ctx: *mut ibv_context) -> *mut ibv_pd {
     guard(ptr::null_mut(), || match call(ctx, &Request::AllocPd) {
         Ok((Reply::Pd { pd }, _)) => {
-            let b = Box::new(FvPd { pd: ibv_pd { context: ctx, handle: pd } });
+            let b = Box::new(FvPd {
+                pd: ibv_pd {
+                    context: ctx,
+                    handle: pd,
+                },
+            });
             Box::into_raw(b) as *mut ibv_pd
         }
         Ok((r, _)) => null_with(unexpected(&r)),
@@ -95,7 +100,13 @@ unsafe extern "C" fn dealloc_pd(pd: *mut ibv_pd) -> i32 {
 
 // ---------------------------------------------------------------- MR ----
 
-unsafe extern "C" fn reg_mr(pd: *mut ibv_pd, addr: *mut libc::c_void, length: usize, hca_va: u64, access: i32) -> *mut ibv_mr {
+unsafe extern "C" fn reg_mr(
+    pd: *mut ibv_pd,
+    addr: *mut libc::c_void,
+    length: usize,
+    hca_va: u64,
+    access: i32,
+) -> *mut ibv_mr {
     guard(ptr::null_mut(), || {
         if hca_va != addr as u64 {
             // IOVA-based registration is not supported yet.
@@ -103,7 +114,12 @@ unsafe extern "C" fn reg_mr(pd: *mut ibv_pd, addr: *mut libc::c_void, length: us
         }
         // SAFETY: pd is one of ours.
         let (ctx, pdh) = unsafe { ((*pd).context, (*pd).handle) };
-        let req = Request::RegMr { pd: pdh, addr: addr as u64, length: length as u64, access: access as u32 };
+        let req = Request::RegMr {
+            pd: pdh,
+            addr: addr as u64,
+            length: length as u64,
+            access: access as u32,
+        };
         match call(ctx, &req) {
             Ok((Reply::Mr { mr, lkey, rkey }, _)) => {
                 // SAFETY: verbs_mr is plain C data; zero is a valid start.
@@ -163,7 +179,12 @@ impl FvCq {
     }
 }
 
-unsafe extern "C" fn create_cq(ctx: *mut ibv_context, cqe: i32, channel: *mut ibv_comp_channel, comp_vector: i32) -> *mut ibv_cq {
+unsafe extern "C" fn create_cq(
+    ctx: *mut ibv_context,
+    cqe: i32,
+    channel: *mut ibv_comp_channel,
+    comp_vector: i32,
+) -> *mut ibv_cq {
     guard(ptr::null_mut(), || {
         if cqe < 1 || cqe as u32 > MAX_CQE || comp_vector != 0 {
             return null_with(libc::EINVAL);
@@ -176,7 +197,14 @@ unsafe extern "C" fn create_cq(ctx: *mut ibv_context, cqe: i32, channel: *mut ib
             Ok(x) => x,
             Err(e) => return null_with(e),
         };
-        let Reply::Cq { cq, capacity, segment_size } = reply else { return null_with(unexpected(&reply)) };
+        let Reply::Cq {
+            cq,
+            capacity,
+            segment_size,
+        } = reply
+        else {
+            return null_with(unexpected(&reply));
+        };
         let layout = CqLayout::new(capacity);
         let built = take_one_fd(fds).and_then(|fd| {
             if layout.capacity != capacity || layout.size as u64 != segment_size {
@@ -192,14 +220,20 @@ unsafe extern "C" fn create_cq(ctx: *mut ibv_context, cqe: i32, channel: *mut ib
             }
         };
         // SAFETY: the segment holds `capacity` CQEs at ring_offset.
-        let ring = unsafe { RingSlots::new(segment.as_ptr().add(layout.ring_offset), CQE_SIZE, capacity) };
+        let ring =
+            unsafe { RingSlots::new(segment.as_ptr().add(layout.ring_offset), CQE_SIZE, capacity) };
         // SAFETY: verbs_cq is plain C data; libibverbs' wrapper initialises
         // the mutex, cond and channel fields (verbs_init_cq) after we return.
         let mut vcq: verbs_cq = unsafe { std::mem::zeroed() };
         vcq.__bindgen_anon_1.cq.context = ctx;
         vcq.__bindgen_anon_1.cq.handle = cq;
         vcq.__bindgen_anon_1.cq.cqe = capacity as i32;
-        let b = Box::new(FvCq { vcq, segment, ring, consumer: Mutex::new(0) });
+        let b = Box::new(FvCq {
+            vcq,
+            segment,
+            ring,
+            consumer: Mutex::new(0),
+        });
         Box::into_raw(b) as *mut ibv_cq
     })
 }
@@ -232,20 +266,23 @@ unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, num_entries: i32, wc: *mut ibv_wc)
         let n = available.min(num_entries as u32);
         for i in 0..n {
             let c: Cqe = fcq.ring.read(consumer.wrapping_add(i));
-            let mut w: ibv_wc = Default::default();
-            w.wr_id = c.wr_id;
-            w.status = c.status;
-            w.opcode = c.opcode;
-            w.vendor_err = c.vendor_err;
-            w.byte_len = c.byte_len;
-            w.__bindgen_anon_1.imm_data = c.imm_data;
-            w.qp_num = c.qp_num;
-            w.src_qp = c.src_qp;
-            w.wc_flags = c.wc_flags;
-            w.pkey_index = c.pkey_index;
-            w.slid = c.slid;
-            w.sl = c.sl;
-            w.dlid_path_bits = c.dlid_path_bits;
+            let w = ibv_wc {
+                wr_id: c.wr_id,
+                status: c.status,
+                opcode: c.opcode,
+                vendor_err: c.vendor_err,
+                byte_len: c.byte_len,
+                __bindgen_anon_1: ibv_wc__bindgen_ty_1 {
+                    imm_data: c.imm_data,
+                },
+                qp_num: c.qp_num,
+                src_qp: c.src_qp,
+                wc_flags: c.wc_flags,
+                pkey_index: c.pkey_index,
+                slid: c.slid,
+                sl: c.sl,
+                dlid_path_bits: c.dlid_path_bits,
+            };
             // SAFETY: the caller's array holds num_entries >= n entries.
             unsafe { wc.add(i as usize).write(w) };
         }
@@ -351,12 +388,23 @@ unsafe extern "C" fn create_qp(pd: *mut ibv_pd, attr: *mut ibv_qp_init_attr) -> 
             Ok(x) => x,
             Err(e) => return null_with(e),
         };
-        let Reply::Qp { qp: handle, qpn, caps, sq_capacity, rq_capacity, segment_size } = reply else {
+        let Reply::Qp {
+            qp: handle,
+            qpn,
+            caps,
+            sq_capacity,
+            rq_capacity,
+            segment_size,
+        } = reply
+        else {
             return null_with(unexpected(&reply));
         };
         let layout = QpLayout::new(sq_capacity, rq_capacity);
         let built = take_one_fd(fds).and_then(|fd| {
-            if layout.sq_capacity != sq_capacity || layout.rq_capacity != rq_capacity || layout.size as u64 != segment_size {
+            if layout.sq_capacity != sq_capacity
+                || layout.rq_capacity != rq_capacity
+                || layout.size as u64 != segment_size
+            {
                 return Err(libc::EPROTO);
             }
             map_segment(&fd, segment_size)
@@ -371,8 +419,16 @@ unsafe extern "C" fn create_qp(pd: *mut ibv_pd, attr: *mut ibv_qp_init_attr) -> 
         // SAFETY: the segment holds both queues at the layout's offsets.
         let (sq, rq) = unsafe {
             (
-                RingSlots::new(segment.as_ptr().add(layout.sq_offset), SEND_WQE_SIZE, sq_capacity),
-                RingSlots::new(segment.as_ptr().add(layout.rq_offset), RECV_WQE_SIZE, rq_capacity),
+                RingSlots::new(
+                    segment.as_ptr().add(layout.sq_offset),
+                    SEND_WQE_SIZE,
+                    sq_capacity,
+                ),
+                RingSlots::new(
+                    segment.as_ptr().add(layout.rq_offset),
+                    RECV_WQE_SIZE,
+                    rq_capacity,
+                ),
             )
         };
         // SAFETY: verbs_qp is plain C data; all-zero is its initial value
@@ -404,8 +460,14 @@ unsafe extern "C" fn create_qp(pd: *mut ibv_pd, attr: *mut ibv_qp_init_attr) -> 
             q.qp_num = qpn;
             q.state = IBV_QPS_RESET;
             q.qp_type = a.qp_type;
-            libc::pthread_mutex_init(&mut q.mutex as *mut _ as *mut libc::pthread_mutex_t, ptr::null());
-            libc::pthread_cond_init(&mut q.cond as *mut _ as *mut libc::pthread_cond_t, ptr::null());
+            libc::pthread_mutex_init(
+                &mut q.mutex as *mut _ as *mut libc::pthread_mutex_t,
+                ptr::null(),
+            );
+            libc::pthread_cond_init(
+                &mut q.cond as *mut _ as *mut libc::pthread_cond_t,
+                ptr::null(),
+            );
             q.events_completed = 0;
         }
         a.cap.max_send_wr = caps.max_send_wr;
@@ -489,7 +551,11 @@ unsafe extern "C" fn modify_qp(qp: *mut ibv_qp, attr: *mut ibv_qp_attr, mask: i3
     guard(libc::EIO, || {
         // SAFETY: qp is ours; attr is the caller's.
         let (fqp, a) = unsafe { (FvQp::from_ibv(qp), &*attr) };
-        let req = Request::ModifyQp { qp: fqp.handle(), attr: attr_from(a), mask: mask as u32 };
+        let req = Request::ModifyQp {
+            qp: fqp.handle(),
+            attr: attr_from(a),
+            mask: mask as u32,
+        };
         match fqp.context().call(&req) {
             Ok(_) => {
                 if mask as u32 & IBV_QP_STATE != 0 {
@@ -502,7 +568,12 @@ unsafe extern "C" fn modify_qp(qp: *mut ibv_qp, attr: *mut ibv_qp_attr, mask: i3
     })
 }
 
-unsafe extern "C" fn query_qp(qp: *mut ibv_qp, attr: *mut ibv_qp_attr, _mask: i32, init: *mut ibv_qp_init_attr) -> i32 {
+unsafe extern "C" fn query_qp(
+    qp: *mut ibv_qp,
+    attr: *mut ibv_qp_attr,
+    _mask: i32,
+    init: *mut ibv_qp_init_attr,
+) -> i32 {
     guard(libc::EIO, || {
         // SAFETY: qp is ours; attr and init are the caller's.
         let (fqp, out, init) = unsafe { (FvQp::from_ibv(qp), &mut *attr, &mut *init) };
@@ -568,7 +639,9 @@ unsafe extern "C" fn destroy_qp(qp: *mut ibv_qp) -> i32 {
                 unsafe {
                     let raw = qp as *mut FvQp;
                     let q = &mut (*raw).vqp.__bindgen_anon_1.qp;
-                    libc::pthread_mutex_destroy(&mut q.mutex as *mut _ as *mut libc::pthread_mutex_t);
+                    libc::pthread_mutex_destroy(
+                        &mut q.mutex as *mut _ as *mut libc::pthread_mutex_t,
+                    );
                     libc::pthread_cond_destroy(&mut q.cond as *mut _ as *mut libc::pthread_cond_t);
                     drop(Box::from_raw(raw));
                 }
@@ -622,7 +695,10 @@ fn build_send_wqe(fqp: &FvQp, wr: &ibv_send_wr) -> Result<SendWqe, Errno> {
         unsafe { std::slice::from_raw_parts(wr.sg_list, wr.num_sge as usize) }
     };
     let inline = wr.send_flags & IBV_SEND_INLINE != 0
-        && matches!(wr.opcode, IBV_WR_SEND | IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM);
+        && matches!(
+            wr.opcode,
+            IBV_WR_SEND | IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM
+        );
     if inline {
         let total: u64 = sges.iter().map(|s| u64::from(s.length)).sum();
         if total > u64::from(fqp.caps.max_inline_data) {
@@ -632,7 +708,9 @@ fn build_send_wqe(fqp: &FvQp, wr: &ibv_send_wr) -> Result<SendWqe, Errno> {
         for s in sges {
             // SAFETY: inline data is read from the caller's buffers right
             // now, as the verbs semantics say (no lkey involved).
-            let src = unsafe { std::slice::from_raw_parts(s.addr as usize as *const u8, s.length as usize) };
+            let src = unsafe {
+                std::slice::from_raw_parts(s.addr as usize as *const u8, s.length as usize)
+            };
             // SAFETY: writing the inline member of a union of plain bytes.
             unsafe { w.payload.inline[off..off + src.len()].copy_from_slice(src) };
             off += src.len();
@@ -642,14 +720,24 @@ fn build_send_wqe(fqp: &FvQp, wr: &ibv_send_wr) -> Result<SendWqe, Errno> {
     } else {
         for (i, s) in sges.iter().enumerate() {
             // SAFETY: writing the sge member of a union of plain data.
-            unsafe { w.payload.sge[i] = Sge { addr: s.addr, length: s.length, lkey: s.lkey } };
+            unsafe {
+                w.payload.sge[i] = Sge {
+                    addr: s.addr,
+                    length: s.length,
+                    lkey: s.lkey,
+                }
+            };
         }
         w.num_sge = sges.len() as u32;
     }
     Ok(w)
 }
 
-unsafe extern "C" fn post_send(qp: *mut ibv_qp, wr: *mut ibv_send_wr, bad_wr: *mut *mut ibv_send_wr) -> i32 {
+unsafe extern "C" fn post_send(
+    qp: *mut ibv_qp,
+    wr: *mut ibv_send_wr,
+    bad_wr: *mut *mut ibv_send_wr,
+) -> i32 {
     guard(libc::EIO, || {
         // SAFETY: qp is ours.
         let fqp = unsafe { FvQp::from_ibv(qp) };
@@ -666,7 +754,8 @@ unsafe extern "C" fn post_send(qp: *mut ibv_qp, wr: *mut ibv_send_wr, bad_wr: *m
                 break;
             }
             let consumer = fqp.header().sq.consumer();
-            if producer.wrapping_sub(consumer) >= fqp.sq.capacity().min(fqp.caps.max_send_wr.max(1)) {
+            if producer.wrapping_sub(consumer) >= fqp.sq.capacity().min(fqp.caps.max_send_wr.max(1))
+            {
                 ret = libc::ENOMEM;
                 break;
             }
@@ -695,7 +784,11 @@ unsafe extern "C" fn post_send(qp: *mut ibv_qp, wr: *mut ibv_send_wr, bad_wr: *m
     })
 }
 
-unsafe extern "C" fn post_recv(qp: *mut ibv_qp, wr: *mut ibv_recv_wr, bad_wr: *mut *mut ibv_recv_wr) -> i32 {
+unsafe extern "C" fn post_recv(
+    qp: *mut ibv_qp,
+    wr: *mut ibv_recv_wr,
+    bad_wr: *mut *mut ibv_recv_wr,
+) -> i32 {
     guard(libc::EIO, || {
         // SAFETY: qp is ours.
         let fqp = unsafe { FvQp::from_ibv(qp) };
@@ -716,7 +809,8 @@ unsafe extern "C" fn post_recv(qp: *mut ibv_qp, wr: *mut ibv_recv_wr, bad_wr: *m
                 break;
             }
             let consumer = fqp.header().rq.consumer();
-            if producer.wrapping_sub(consumer) >= fqp.rq.capacity().min(fqp.caps.max_recv_wr.max(1)) {
+            if producer.wrapping_sub(consumer) >= fqp.rq.capacity().min(fqp.caps.max_recv_wr.max(1))
+            {
                 ret = libc::ENOMEM;
                 break;
             }
@@ -726,7 +820,11 @@ unsafe extern "C" fn post_recv(qp: *mut ibv_qp, wr: *mut ibv_recv_wr, bad_wr: *m
             for i in 0..w.num_sge as usize {
                 // SAFETY: sg_list has num_sge entries.
                 let s = unsafe { &*w.sg_list.add(i) };
-                r.sge[i] = Sge { addr: s.addr, length: s.length, lkey: s.lkey };
+                r.sge[i] = Sge {
+                    addr: s.addr,
+                    length: s.length,
+                    lkey: s.lkey,
+                };
             }
             fqp.rq.write(*producer, &r);
             *producer = producer.wrapping_add(1);

@@ -23,7 +23,10 @@ pub struct Answer {
 
 impl Answer {
     fn ok(reply: Reply) -> Answer {
-        Answer { reply, fds: Vec::new() }
+        Answer {
+            reply,
+            fds: Vec::new(),
+        }
     }
 }
 
@@ -33,8 +36,22 @@ fn err(errno: i32, message: impl Into<String>) -> Answer {
     Answer::ok(Reply::Error { errno, message })
 }
 
-fn count<T>(map: &std::collections::HashMap<u32, T>, session: SessionId, owner: impl Fn(&T) -> SessionId) -> usize {
+fn count<T>(
+    map: &std::collections::HashMap<u32, T>,
+    session: SessionId,
+    owner: impl Fn(&T) -> SessionId,
+) -> usize {
     map.values().filter(|v| owner(v) == session).count()
+}
+
+/// True when `handle` names an object of `session` in `map`.
+fn owned<T>(
+    map: &std::collections::HashMap<u32, T>,
+    handle: u32,
+    session: SessionId,
+    owner: impl Fn(&T) -> SessionId,
+) -> bool {
+    map.get(&handle).is_some_and(|v| owner(v) == session)
 }
 
 pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answer {
@@ -50,18 +67,26 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
             Answer::ok(Reply::Pd { pd })
         }
         Request::DeallocPd { pd } => {
-            if !t.pds.get(&pd).is_some_and(|p| p.session == session) {
+            if !owned(&t.pds, pd, session, |p| p.session) {
                 return err(libc::EINVAL, "no such protection domain");
             }
             let busy = t.mrs.values().any(|m| m.pd == pd) || t.qps.values().any(|q| q.pd == pd);
             if busy {
-                return err(libc::EBUSY, "protection domain still has memory regions or QPs");
+                return err(
+                    libc::EBUSY,
+                    "protection domain still has memory regions or QPs",
+                );
             }
             t.pds.remove(&pd);
             Answer::ok(Reply::Done)
         }
-        Request::RegMr { pd, addr, length, access } => {
-            if !t.pds.get(&pd).is_some_and(|p| p.session == session) {
+        Request::RegMr {
+            pd,
+            addr,
+            length,
+            access,
+        } => {
+            if !owned(&t.pds, pd, session, |p| p.session) {
                 return err(libc::EINVAL, "no such protection domain");
             }
             let known = IBV_ACCESS_LOCAL_WRITE
@@ -71,11 +96,17 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
                 | IBV_ACCESS_ZERO_BASED
                 | IBV_ACCESS_RELAXED_ORDERING;
             if access & !known != 0 || access & IBV_ACCESS_ZERO_BASED != 0 {
-                return err(libc::EINVAL, format!("unsupported access flags {access:#x}"));
+                return err(
+                    libc::EINVAL,
+                    format!("unsupported access flags {access:#x}"),
+                );
             }
             let needs_local_write = IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_ATOMIC;
             if access & needs_local_write != 0 && access & IBV_ACCESS_LOCAL_WRITE == 0 {
-                return err(libc::EINVAL, "remote write/atomic access requires IBV_ACCESS_LOCAL_WRITE");
+                return err(
+                    libc::EINVAL,
+                    "remote write/atomic access requires IBV_ACCESS_LOCAL_WRITE",
+                );
             }
             if length > MAX_MR_SIZE || addr.checked_add(length).is_none() {
                 return err(libc::EINVAL, "memory region too large");
@@ -87,26 +118,42 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
             let writable = access & IBV_ACCESS_LOCAL_WRITE != 0;
             if length > 0 {
                 if let Err(e) = memory.check_mapped(addr, length, writable) {
-                    return err(e.raw_os_error().unwrap_or(libc::EFAULT), "range is not mapped (with the needed protection)");
+                    return err(
+                        e.raw_os_error().unwrap_or(libc::EFAULT),
+                        "range is not mapped (with the needed protection)",
+                    );
                 }
             }
             let mr = t.handle();
             let key = t.new_key();
             t.keys.insert(key, mr);
-            t.mrs.insert(mr, Mr { session, pd, addr, length, access, lkey: key, rkey: key });
-            Answer::ok(Reply::Mr { mr, lkey: key, rkey: key })
+            t.mrs.insert(
+                mr,
+                Mr {
+                    session,
+                    pd,
+                    addr,
+                    length,
+                    access,
+                    lkey: key,
+                    rkey: key,
+                },
+            );
+            Answer::ok(Reply::Mr {
+                mr,
+                lkey: key,
+                rkey: key,
+            })
         }
-        Request::DeregMr { mr } => {
-            match t.mrs.get(&mr) {
-                Some(m) if m.session == session => {
-                    let key = m.lkey;
-                    t.keys.remove(&key);
-                    t.mrs.remove(&mr);
-                    Answer::ok(Reply::Done)
-                }
-                _ => err(libc::EINVAL, "no such memory region"),
+        Request::DeregMr { mr } => match t.mrs.get(&mr) {
+            Some(m) if m.session == session => {
+                let key = m.lkey;
+                t.keys.remove(&key);
+                t.mrs.remove(&mr);
+                Answer::ok(Reply::Done)
             }
-        }
+            _ => err(libc::EINVAL, "no such memory region"),
+        },
         Request::CreateCq { cqe } => {
             if cqe == 0 || cqe > MAX_CQE {
                 return err(libc::EINVAL, format!("cqe {cqe} outside 1..={MAX_CQE}"));
@@ -122,12 +169,16 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
             let cq = t.handle();
             t.cqs.insert(cq, Cq::new(session, map, layout));
             Answer {
-                reply: Reply::Cq { cq, capacity: layout.capacity, segment_size: layout.size as u64 },
+                reply: Reply::Cq {
+                    cq,
+                    capacity: layout.capacity,
+                    segment_size: layout.size as u64,
+                },
                 fds: vec![fd],
             }
         }
         Request::DestroyCq { cq } => {
-            if !t.cqs.get(&cq).is_some_and(|c| c.session == session) {
+            if !owned(&t.cqs, cq, session, |c| c.session) {
                 return err(libc::EINVAL, "no such completion queue");
             }
             if t.qps.values().any(|q| q.send_cq == cq || q.recv_cq == cq) {
@@ -136,18 +187,28 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
             t.cqs.remove(&cq);
             Answer::ok(Reply::Done)
         }
-        Request::CreateQp { pd, qp_type, send_cq, recv_cq, caps, sq_sig_all } => {
+        Request::CreateQp {
+            pd,
+            qp_type,
+            send_cq,
+            recv_cq,
+            caps,
+            sq_sig_all,
+        } => {
             let Some(kind) = QpKind::from_ibv(qp_type) else {
-                return err(libc::EOPNOTSUPP, format!("QP type {qp_type} is not supported"));
+                return err(
+                    libc::EOPNOTSUPP,
+                    format!("QP type {qp_type} is not supported"),
+                );
             };
             if kind != QpKind::Rc {
                 return err(libc::EOPNOTSUPP, "only RC QPs are supported so far");
             }
-            if !t.pds.get(&pd).is_some_and(|p| p.session == session) {
+            if !owned(&t.pds, pd, session, |p| p.session) {
                 return err(libc::EINVAL, "no such protection domain");
             }
             for cq in [send_cq, recv_cq] {
-                if !t.cqs.get(&cq).is_some_and(|c| c.session == session) {
+                if !owned(&t.cqs, cq, session, |c| c.session) {
                     return err(libc::EINVAL, "no such completion queue");
                 }
             }
@@ -157,7 +218,10 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
                 || caps.max_recv_sge > MAX_SGE
                 || caps.max_inline_data > MAX_INLINE_DATA
             {
-                return err(libc::EINVAL, format!("QP capabilities {caps:?} exceed the device limits"));
+                return err(
+                    libc::EINVAL,
+                    format!("QP capabilities {caps:?} exceed the device limits"),
+                );
             }
             if count(&t.qps, session, |q| q.session) >= MAX_QP as usize {
                 return err(libc::ENOMEM, "too many QPs");
@@ -170,14 +234,21 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
                 max_recv_sge: MAX_SGE,
                 max_inline_data: MAX_INLINE_DATA,
             };
-            let Some(qpn) = t.new_qpn() else { return err(libc::ENOMEM, "out of QP numbers") };
+            let Some(qpn) = t.new_qpn() else {
+                return err(libc::ENOMEM, "out of QP numbers");
+            };
             let (fd, map) = match segment("fv-qp", layout.size) {
                 Ok(x) => x,
                 Err(e) => return err(libc::ENOMEM, format!("QP segment: {e}")),
             };
             let qp = t.handle();
             t.qpns.insert(qpn, qp);
-            t.qps.insert(qp, Qp::new(session, pd, kind, qpn, send_cq, recv_cq, caps, sq_sig_all, map, layout));
+            t.qps.insert(
+                qp,
+                Qp::new(
+                    session, pd, kind, qpn, send_cq, recv_cq, caps, sq_sig_all, map, layout,
+                ),
+            );
             Answer {
                 reply: Reply::Qp {
                     qp,
@@ -203,7 +274,10 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
             q.set_state(next);
             if next == qp_state::RESET && prev != qp_state::RESET {
                 let caps = q.caps;
-                q.attr = crate::wire::control::QpAttr { cap: caps, ..Default::default() };
+                q.attr = crate::wire::control::QpAttr {
+                    cap: caps,
+                    ..Default::default()
+                };
                 engine.drain(qp);
             }
             if next == qp_state::ERR {
@@ -221,7 +295,7 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
             None => err(libc::EINVAL, "no such QP"),
         },
         Request::DestroyQp { qp } => {
-            if !t.qps.get(&qp).is_some_and(|q| q.session == session) {
+            if !owned(&t.qps, qp, session, |q| q.session) {
                 return err(libc::EINVAL, "no such QP");
             }
             engine.remove_qp(qp);
@@ -240,13 +314,24 @@ pub fn segment(name: &str, size: usize) -> std::io::Result<(OwnedFd, Mapping)> {
 
 /// Releases everything a session owned.
 pub fn close_session(engine: &mut Engine, session: SessionId) {
-    let qps: Vec<u32> = engine.tables.qps.iter().filter(|(_, q)| q.session == session).map(|(h, _)| *h).collect();
+    let qps: Vec<u32> = engine
+        .tables
+        .qps
+        .iter()
+        .filter(|(_, q)| q.session == session)
+        .map(|(h, _)| *h)
+        .collect();
     for h in qps {
         engine.remove_qp(h);
     }
     let t = &mut engine.tables;
     t.cqs.retain(|_, c| c.session != session);
-    let keys: Vec<u32> = t.mrs.values().filter(|m| m.session == session).map(|m| m.lkey).collect();
+    let keys: Vec<u32> = t
+        .mrs
+        .values()
+        .filter(|m| m.session == session)
+        .map(|m| m.lkey)
+        .collect();
     for k in keys {
         t.keys.remove(&k);
     }

@@ -73,7 +73,11 @@ fn total_len(segs: &Segments) -> u64 {
 
 impl Engine {
     pub fn new(tables: Tables) -> Engine {
-        Engine { tables, bounce: vec![0; CHUNK], handles: Vec::new() }
+        Engine {
+            tables,
+            bounce: vec![0; CHUNK],
+            handles: Vec::new(),
+        }
     }
 
     /// Runs every queue once; true if any work request made progress.
@@ -102,7 +106,9 @@ impl Engine {
     }
 
     fn service_qp(&mut self, h: u32, now: Instant) -> bool {
-        let Some(qp) = self.tables.qps.get(&h) else { return false };
+        let Some(qp) = self.tables.qps.get(&h) else {
+            return false;
+        };
         match qp.state() {
             ERR => self.flush(h),
             RTS | SQD => self.run_send_queue(h, now),
@@ -187,8 +193,13 @@ impl Engine {
     /// A client published an impossible producer index: its QP goes to the
     /// error state and the router drops what it cannot make sense of.
     fn resync_after_violation(&mut self, h: u32) {
-        let Some(qp) = self.tables.qps.get_mut(&h) else { return };
-        warn!("qp {:#x}: impossible ring index from the client; QP moved to error", qp.qpn);
+        let Some(qp) = self.tables.qps.get_mut(&h) else {
+            return;
+        };
+        warn!(
+            "qp {:#x}: impossible ring index from the client; QP moved to error",
+            qp.qpn
+        );
         let hdr = qp.header();
         let (sp, rp) = (hdr.sq.producer(), hdr.rq.producer());
         qp.sq_consumer = sp;
@@ -238,9 +249,17 @@ impl Engine {
                 break;
             }
             let wqe: SendWqe = qp.sq.read(qp.sq_consumer);
-            if let Some(Stall::Retry { deadline: Some(d), rnr }) = qp.stall {
+            if let Some(Stall::Retry {
+                deadline: Some(d),
+                rnr,
+            }) = qp.stall
+            {
                 if now >= d {
-                    let status = if rnr { IBV_WC_RNR_RETRY_EXC_ERR } else { IBV_WC_RETRY_EXC_ERR };
+                    let status = if rnr {
+                        IBV_WC_RNR_RETRY_EXC_ERR
+                    } else {
+                        IBV_WC_RETRY_EXC_ERR
+                    };
                     self.fail_requester(h, &wqe, status);
                     return true;
                 }
@@ -253,7 +272,10 @@ impl Engine {
                 Outcome::Stalled(stall) => {
                     let qp = self.tables.qps.get_mut(&h).expect("qp");
                     // Keep the first deadline: retries count from the first try.
-                    if !matches!((qp.stall, stall), (Some(Stall::Retry { .. }), Stall::Retry { .. })) {
+                    if !matches!(
+                        (qp.stall, stall),
+                        (Some(Stall::Retry { .. }), Stall::Retry { .. })
+                    ) {
                         qp.stall = Some(stall);
                     }
                     break;
@@ -277,7 +299,10 @@ impl Engine {
             ..Default::default()
         };
         let cq = qp.send_cq;
-        debug!("qp {:#x}: wr {:#x} fails with status {}", qp.qpn, wqe.wr_id, status);
+        debug!(
+            "qp {:#x}: wr {:#x} fails with status {}",
+            qp.qpn, wqe.wr_id, status
+        );
         self.consume_send(h);
         self.push_cqe(cq, &cqe);
         self.to_error(h);
@@ -285,7 +310,12 @@ impl Engine {
 
     /// Resolves local SGEs against the QP's protection domain. `write`: the
     /// memory will be written (needs IBV_ACCESS_LOCAL_WRITE).
-    fn local_segments(&self, h: u32, sges: &[crate::wire::entries::Sge], write: bool) -> Result<Segments, u32> {
+    fn local_segments(
+        &self,
+        h: u32,
+        sges: &[crate::wire::entries::Sge],
+        write: bool,
+    ) -> Result<Segments, u32> {
         let qp = &self.tables.qps[&h];
         let mut segs = Segments::with_capacity(sges.len());
         let mut total: u64 = 0;
@@ -331,7 +361,10 @@ impl Engine {
         let a = &self.tables.qps[&h];
         let deadline = qp_state::ack_timeout_us(a.attr.timeout)
             .map(|t| now + Duration::from_micros(t * (u64::from(a.attr.retry_cnt) + 1)));
-        Stall::Retry { deadline, rnr: false }
+        Stall::Retry {
+            deadline,
+            rnr: false,
+        }
     }
 
     fn rnr_stall(&self, ha: u32, hb: u32, now: Instant) -> Stall {
@@ -342,12 +375,22 @@ impl Engine {
                 qp_state::rnr_timer_us(b.attr.min_rnr_timer) * (u64::from(a.attr.rnr_retry) + 1),
             )
         });
-        Stall::Retry { deadline, rnr: true }
+        Stall::Retry {
+            deadline,
+            rnr: true,
+        }
     }
 
     /// Checks an incoming RDMA access at the responder: rkey in the
     /// responder's PD, access rights on both MR and QP, bounds.
-    fn remote_segment(&self, hb: u32, rkey: u32, addr: u64, len: u64, access: u32) -> Result<Segments, u32> {
+    fn remote_segment(
+        &self,
+        hb: u32,
+        rkey: u32,
+        addr: u64,
+        len: u64,
+        access: u32,
+    ) -> Result<Segments, u32> {
         if len == 0 {
             return Ok(Vec::new());
         }
@@ -359,20 +402,31 @@ impl Engine {
             .and_then(|m| self.tables.mrs.get(m))
             .filter(|m| m.session == b.session && m.pd == b.pd && m.rkey == rkey)
             .ok_or(IBV_WC_REM_ACCESS_ERR)?;
-        if mr.access & access == 0 || b.attr.qp_access_flags & access == 0 || !mr.contains(addr, len) {
+        if mr.access & access == 0
+            || b.attr.qp_access_flags & access == 0
+            || !mr.contains(addr, len)
+        {
             return Err(IBV_WC_REM_ACCESS_ERR);
         }
         Ok(vec![(addr, len)])
     }
 
     /// Streams `len` bytes from `src` into `dst` (ascending order).
-    fn copy(&mut self, src: &Source, dst_mem: ProcessMemory, dst: &Segments, len: u64) -> Result<(), CopyError> {
+    fn copy(
+        &mut self,
+        src: &Source,
+        dst_mem: ProcessMemory,
+        dst: &Segments,
+        len: u64,
+    ) -> Result<(), CopyError> {
         let mut off = 0u64;
         while off < len {
             let n = ((len - off) as usize).min(CHUNK);
             let buf = &mut self.bounce[..n];
             src.read(off, buf).map_err(|_| CopyError::Source)?;
-            dst_mem.write_segments(dst, off, buf).map_err(|_| CopyError::Destination)?;
+            dst_mem
+                .write_segments(dst, off, buf)
+                .map_err(|_| CopyError::Destination)?;
             off += n as u64;
         }
         Ok(())
@@ -386,7 +440,14 @@ impl Engine {
     /// Fails both ends of a connection: the requester's WQE gets
     /// `req_status`, the responder optionally completes `recv` with
     /// `resp_status`; both QPs go to the error state.
-    fn fail_both(&mut self, ha: u32, wqe: &SendWqe, req_status: u32, hb: u32, recv: Option<(RecvWqe, u32)>) -> Outcome {
+    fn fail_both(
+        &mut self,
+        ha: u32,
+        wqe: &SendWqe,
+        req_status: u32,
+        hb: u32,
+        recv: Option<(RecvWqe, u32)>,
+    ) -> Outcome {
         if let Some((rwqe, status)) = recv {
             let b = &self.tables.qps[&hb];
             let cqe = Cqe {
@@ -422,14 +483,23 @@ impl Engine {
             self.fail_requester(ha, w, IBV_WC_LOC_QP_OP_ERR);
             return Outcome::Failed;
         };
-        let rc_only = matches!(w.opcode, IBV_WR_RDMA_READ | IBV_WR_ATOMIC_CMP_AND_SWP | IBV_WR_ATOMIC_FETCH_AND_ADD);
+        let rc_only = matches!(
+            w.opcode,
+            IBV_WR_RDMA_READ | IBV_WR_ATOMIC_CMP_AND_SWP | IBV_WR_ATOMIC_FETCH_AND_ADD
+        );
         if (rc_only && a.kind != QpKind::Rc) || w.num_sge > a.caps.max_send_sge.max(1) {
             self.fail_requester(ha, w, IBV_WC_LOC_QP_OP_ERR);
             return Outcome::Failed;
         }
         let inline = w.send_flags & IBV_SEND_INLINE != 0
-            && matches!(w.opcode, IBV_WR_SEND | IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM);
-        let reads_local = !matches!(w.opcode, IBV_WR_RDMA_READ | IBV_WR_ATOMIC_CMP_AND_SWP | IBV_WR_ATOMIC_FETCH_AND_ADD);
+            && matches!(
+                w.opcode,
+                IBV_WR_SEND | IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM
+            );
+        let reads_local = !matches!(
+            w.opcode,
+            IBV_WR_RDMA_READ | IBV_WR_ATOMIC_CMP_AND_SWP | IBV_WR_ATOMIC_FETCH_AND_ADD
+        );
         let (local, len) = if inline {
             if w.inline_len > MAX_INLINE_DATA {
                 self.fail_requester(ha, w, IBV_WC_LOC_LEN_ERR);
@@ -453,13 +523,20 @@ impl Engine {
         };
         let mem_a = self.memory_of(ha);
         let mem_b = self.memory_of(hb);
-        let src = if inline { Source::Inline(w.inline_bytes().to_vec()) } else { Source::Memory(mem_a, local.clone()) };
+        let src = if inline {
+            Source::Inline(w.inline_bytes().to_vec())
+        } else {
+            Source::Memory(mem_a, local.clone())
+        };
         let (recv_cq, qpn_b) = {
             let b = &self.tables.qps[&hb];
             (b.recv_cq, b.qpn)
         };
         let with_imm = matches!(w.opcode, IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE_WITH_IMM);
-        let consumes_recv = matches!(w.opcode, IBV_WR_SEND | IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE_WITH_IMM);
+        let consumes_recv = matches!(
+            w.opcode,
+            IBV_WR_SEND | IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE_WITH_IMM
+        );
 
         // A receive WQE at the responder, if the operation needs one.
         let mut recv: Option<RecvWqe> = None;
@@ -485,16 +562,34 @@ impl Engine {
                 let rwqe = recv.expect("recv");
                 let b_caps = self.tables.qps[&hb].caps;
                 if rwqe.num_sge > b_caps.max_recv_sge.max(1) {
-                    return self.fail_both(ha, w, IBV_WC_REM_OP_ERR, hb, Some((rwqe, IBV_WC_LOC_QP_OP_ERR)));
+                    return self.fail_both(
+                        ha,
+                        w,
+                        IBV_WC_REM_OP_ERR,
+                        hb,
+                        Some((rwqe, IBV_WC_LOC_QP_OP_ERR)),
+                    );
                 }
                 let dst = match self.local_segments(hb, rwqe.sges(), true) {
                     Ok(d) => d,
                     Err(_) => {
-                        return self.fail_both(ha, w, IBV_WC_REM_OP_ERR, hb, Some((rwqe, IBV_WC_LOC_PROT_ERR)))
+                        return self.fail_both(
+                            ha,
+                            w,
+                            IBV_WC_REM_OP_ERR,
+                            hb,
+                            Some((rwqe, IBV_WC_LOC_PROT_ERR)),
+                        )
                     }
                 };
                 if total_len(&dst) < len {
-                    return self.fail_both(ha, w, IBV_WC_REM_INV_REQ_ERR, hb, Some((rwqe, IBV_WC_LOC_LEN_ERR)));
+                    return self.fail_both(
+                        ha,
+                        w,
+                        IBV_WC_REM_INV_REQ_ERR,
+                        hb,
+                        Some((rwqe, IBV_WC_LOC_LEN_ERR)),
+                    );
                 }
                 match self.copy(&src, mem_b, &dst, len) {
                     Ok(()) => {}
@@ -503,12 +598,24 @@ impl Engine {
                         return Outcome::Failed;
                     }
                     Err(CopyError::Destination) => {
-                        return self.fail_both(ha, w, IBV_WC_REM_OP_ERR, hb, Some((rwqe, IBV_WC_LOC_PROT_ERR)))
+                        return self.fail_both(
+                            ha,
+                            w,
+                            IBV_WC_REM_OP_ERR,
+                            hb,
+                            Some((rwqe, IBV_WC_LOC_PROT_ERR)),
+                        )
                     }
                 }
             }
             IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM => {
-                let dst = match self.remote_segment(hb, w.rkey, w.remote_addr, len, IBV_ACCESS_REMOTE_WRITE) {
+                let dst = match self.remote_segment(
+                    hb,
+                    w.rkey,
+                    w.remote_addr,
+                    len,
+                    IBV_ACCESS_REMOTE_WRITE,
+                ) {
                     Ok(d) => d,
                     Err(status) => return self.fail_both(ha, w, status, hb, None),
                 };
@@ -518,18 +625,28 @@ impl Engine {
                         self.fail_requester(ha, w, IBV_WC_LOC_PROT_ERR);
                         return Outcome::Failed;
                     }
-                    Err(CopyError::Destination) => return self.fail_both(ha, w, IBV_WC_REM_ACCESS_ERR, hb, None),
+                    Err(CopyError::Destination) => {
+                        return self.fail_both(ha, w, IBV_WC_REM_ACCESS_ERR, hb, None)
+                    }
                 }
             }
             IBV_WR_RDMA_READ => {
-                let remote = match self.remote_segment(hb, w.rkey, w.remote_addr, len, IBV_ACCESS_REMOTE_READ) {
+                let remote = match self.remote_segment(
+                    hb,
+                    w.rkey,
+                    w.remote_addr,
+                    len,
+                    IBV_ACCESS_REMOTE_READ,
+                ) {
                     Ok(r) => r,
                     Err(status) => return self.fail_both(ha, w, status, hb, None),
                 };
                 let src = Source::Memory(mem_b, remote);
                 match self.copy(&src, mem_a, &local, len) {
                     Ok(()) => {}
-                    Err(CopyError::Source) => return self.fail_both(ha, w, IBV_WC_REM_ACCESS_ERR, hb, None),
+                    Err(CopyError::Source) => {
+                        return self.fail_both(ha, w, IBV_WC_REM_ACCESS_ERR, hb, None)
+                    }
                     Err(CopyError::Destination) => {
                         self.fail_requester(ha, w, IBV_WC_LOC_PROT_ERR);
                         return Outcome::Failed;
@@ -543,10 +660,12 @@ impl Engine {
                     self.fail_requester(ha, w, IBV_WC_LOC_LEN_ERR);
                     return Outcome::Failed;
                 }
-                if w.remote_addr % 8 != 0 {
+                if !w.remote_addr.is_multiple_of(8) {
                     return self.fail_both(ha, w, IBV_WC_REM_INV_REQ_ERR, hb, None);
                 }
-                if let Err(status) = self.remote_segment(hb, w.rkey, w.remote_addr, 8, IBV_ACCESS_REMOTE_ATOMIC) {
+                if let Err(status) =
+                    self.remote_segment(hb, w.rkey, w.remote_addr, 8, IBV_ACCESS_REMOTE_ATOMIC)
+                {
                     return self.fail_both(ha, w, status, hb, None);
                 }
                 let mut old = [0u8; 8];
@@ -555,7 +674,11 @@ impl Engine {
                 }
                 let cur = u64::from_ne_bytes(old);
                 let new = if w.opcode == IBV_WR_ATOMIC_CMP_AND_SWP {
-                    if cur == w.compare_add { w.swap } else { cur }
+                    if cur == w.compare_add {
+                        w.swap
+                    } else {
+                        cur
+                    }
                 } else {
                     cur.wrapping_add(w.compare_add)
                 };
@@ -574,7 +697,11 @@ impl Engine {
             let cqe = Cqe {
                 wr_id: rwqe.wr_id,
                 status: IBV_WC_SUCCESS,
-                opcode: if w.opcode == IBV_WR_RDMA_WRITE_WITH_IMM { IBV_WC_RECV_RDMA_WITH_IMM } else { IBV_WC_RECV },
+                opcode: if w.opcode == IBV_WR_RDMA_WRITE_WITH_IMM {
+                    IBV_WC_RECV_RDMA_WITH_IMM
+                } else {
+                    IBV_WC_RECV
+                },
                 byte_len: len as u32,
                 imm_data: if with_imm { w.imm_data } else { 0 },
                 wc_flags: if with_imm { IBV_WC_WITH_IMM } else { 0 },
@@ -593,7 +720,11 @@ impl Engine {
                 wr_id: w.wr_id,
                 status: IBV_WC_SUCCESS,
                 opcode,
-                byte_len: if read_result > 0 { read_result as u32 } else { len as u32 },
+                byte_len: if read_result > 0 {
+                    read_result as u32
+                } else {
+                    len as u32
+                },
                 qp_num: qpn_a,
                 ..Default::default()
             };

@@ -60,7 +60,9 @@ impl ProcessMemory {
     /// if asked), from /proc/PID/maps: what pinning would check on a NIC.
     pub fn check_mapped(&self, addr: u64, len: u64, writable: bool) -> io::Result<()> {
         let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid))?;
-        let end = addr.checked_add(len).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let end = addr
+            .checked_add(len)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
         let mut covered = addr;
         let mut ranges: Vec<(u64, u64, bool)> = maps
             .lines()
@@ -71,7 +73,8 @@ impl ProcessMemory {
                 let (a, b) = range.split_once('-')?;
                 let a = u64::from_str_radix(a, 16).ok()?;
                 let b = u64::from_str_radix(b, 16).ok()?;
-                let ok = perms.starts_with('r') && (!writable || perms.as_bytes().get(1) == Some(&b'w'));
+                let ok =
+                    perms.starts_with('r') && (!writable || perms.as_bytes().get(1) == Some(&b'w'));
                 Some((a, b, ok))
             })
             .collect();
@@ -112,7 +115,9 @@ mod tests {
 
     #[test]
     fn reads_and_writes_own_memory() {
-        let me = ProcessMemory { pid: std::process::id() as i32 };
+        let me = ProcessMemory {
+            pid: std::process::id() as i32,
+        };
         let mut src = vec![1u8, 2, 3, 4];
         let mut dst = [0u8; 4];
         me.read(src.as_ptr() as u64, &mut dst).unwrap();
@@ -153,16 +158,31 @@ fn iovecs(segs: &[(u64, u64)], mut offset: u64, mut len: u64) -> Vec<libc::iovec
 
 impl ProcessMemory {
     /// Reads `buf.len()` bytes starting `offset` bytes into the stream `segs`.
-    pub fn read_segments(&self, segs: &[(u64, u64)], offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    pub fn read_segments(
+        &self,
+        segs: &[(u64, u64)],
+        offset: u64,
+        buf: &mut [u8],
+    ) -> io::Result<()> {
         let remote = iovecs(segs, offset, buf.len() as u64);
-        let local = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
         if buf.is_empty() {
             return Ok(());
         }
         // SAFETY: `local` is our own writable buffer; remote iovecs are
         // checked by the kernel against the target process.
         let n = unsafe {
-            libc::process_vm_readv(self.pid, &local, 1, remote.as_ptr(), remote.len() as libc::c_ulong, 0)
+            libc::process_vm_readv(
+                self.pid,
+                &local,
+                1,
+                remote.as_ptr(),
+                remote.len() as libc::c_ulong,
+                0,
+            )
         };
         complete(n, buf.len())
     }
@@ -171,13 +191,23 @@ impl ProcessMemory {
     /// ascending order.
     pub fn write_segments(&self, segs: &[(u64, u64)], offset: u64, buf: &[u8]) -> io::Result<()> {
         let remote = iovecs(segs, offset, buf.len() as u64);
-        let local = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
+        let local = libc::iovec {
+            iov_base: buf.as_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
         if buf.is_empty() {
             return Ok(());
         }
         // SAFETY: `local` is our own readable buffer, only read by the kernel.
         let n = unsafe {
-            libc::process_vm_writev(self.pid, &local, 1, remote.as_ptr(), remote.len() as libc::c_ulong, 0)
+            libc::process_vm_writev(
+                self.pid,
+                &local,
+                1,
+                remote.as_ptr(),
+                remote.len() as libc::c_ulong,
+                0,
+            )
         };
         complete(n, buf.len())
     }
@@ -189,14 +219,22 @@ mod segment_tests {
 
     #[test]
     fn scatter_gather_streams() {
-        let me = ProcessMemory { pid: std::process::id() as i32 };
+        let me = ProcessMemory {
+            pid: std::process::id() as i32,
+        };
         let src: Vec<u8> = (0..100u8).collect();
-        let segs = vec![(src.as_ptr() as u64 + 10, 5), (src.as_ptr() as u64 + 50, 20)];
+        let segs = vec![
+            (src.as_ptr() as u64 + 10, 5),
+            (src.as_ptr() as u64 + 50, 20),
+        ];
         let mut buf = [0u8; 10];
         me.read_segments(&segs, 2, &mut buf).unwrap();
         assert_eq!(buf, [12, 13, 14, 50, 51, 52, 53, 54, 55, 56]);
         let mut dst = vec![0u8; 30];
-        let dsegs = vec![(dst.as_mut_ptr() as u64 + 1, 3), (dst.as_mut_ptr() as u64 + 20, 7)];
+        let dsegs = vec![
+            (dst.as_mut_ptr() as u64 + 1, 3),
+            (dst.as_mut_ptr() as u64 + 20, 7),
+        ];
         me.write_segments(&dsegs, 0, &buf).unwrap();
         assert_eq!(&dst[1..4], &[12, 13, 14]);
         assert_eq!(&dst[20..27], &[50, 51, 52, 53, 54, 55, 56]);

@@ -6,8 +6,8 @@ pub mod identity;
 pub mod memory;
 pub mod objects;
 pub mod qp_state;
-pub mod sysfs;
 mod server;
+pub mod sysfs;
 
 use std::path::PathBuf;
 

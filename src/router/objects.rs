@@ -69,9 +69,18 @@ impl Cq {
         // SAFETY: the segment was created with `layout.size` bytes, which
         // holds `capacity` entries after `ring_offset`.
         let ring = unsafe {
-            RingSlots::new(segment.as_ptr().add(layout.ring_offset), CQE_SIZE, layout.capacity)
+            RingSlots::new(
+                segment.as_ptr().add(layout.ring_offset),
+                CQE_SIZE,
+                layout.capacity,
+            )
         };
-        Cq { session, segment, ring, producer: 0 }
+        Cq {
+            session,
+            segment,
+            ring,
+            producer: 0,
+        }
     }
 
     pub fn header(&self) -> &CqHeader {
@@ -94,7 +103,10 @@ impl Cq {
 pub enum Stall {
     /// Waiting for a receive at the responder (RNR) or for the responder to
     /// become reachable; fails when the deadline passes (None: never).
-    Retry { deadline: Option<std::time::Instant>, rnr: bool },
+    Retry {
+        deadline: Option<std::time::Instant>,
+        rnr: bool,
+    },
     /// Waiting for room in a completion queue.
     CqFull,
 }
@@ -136,11 +148,23 @@ impl Qp {
         // the offsets QpLayout computed for these capacities.
         let (sq, rq) = unsafe {
             (
-                RingSlots::new(segment.as_ptr().add(layout.sq_offset), SEND_WQE_SIZE, layout.sq_capacity),
-                RingSlots::new(segment.as_ptr().add(layout.rq_offset), RECV_WQE_SIZE, layout.rq_capacity),
+                RingSlots::new(
+                    segment.as_ptr().add(layout.sq_offset),
+                    SEND_WQE_SIZE,
+                    layout.sq_capacity,
+                ),
+                RingSlots::new(
+                    segment.as_ptr().add(layout.rq_offset),
+                    RECV_WQE_SIZE,
+                    layout.rq_capacity,
+                ),
             )
         };
-        let attr = QpAttr { qp_state: super::qp_state::RESET, cap: caps, ..Default::default() };
+        let attr = QpAttr {
+            qp_state: super::qp_state::RESET,
+            cap: caps,
+            ..Default::default()
+        };
         Qp {
             session,
             pd,
@@ -171,7 +195,9 @@ impl Qp {
 
     pub fn set_state(&mut self, state: u32) {
         self.attr.qp_state = state;
-        self.header().state.store(state, std::sync::atomic::Ordering::Release);
+        self.header()
+            .state
+            .store(state, std::sync::atomic::Ordering::Release);
     }
 
     /// Posted send WQEs not yet consumed, or None if the client's producer
@@ -209,7 +235,12 @@ impl Tables {
         let mut seed = [0u8; 8];
         let _ = std::fs::File::open("/dev/urandom")
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed));
-        Tables { rng: u64::from_ne_bytes(seed) | 1, next_qpn: 0x100, next_handle: 1, ..Default::default() }
+        Tables {
+            rng: u64::from_ne_bytes(seed) | 1,
+            next_qpn: 0x100,
+            next_handle: 1,
+            ..Default::default()
+        }
     }
 
     pub fn handle(&mut self) -> u32 {
@@ -241,7 +272,11 @@ impl Tables {
     pub fn new_qpn(&mut self) -> Option<u32> {
         for _ in 0..=crate::wire::limits::MAX_QPN {
             let q = self.next_qpn;
-            self.next_qpn = if q >= crate::wire::limits::MAX_QPN { 2 } else { q + 1 };
+            self.next_qpn = if q >= crate::wire::limits::MAX_QPN {
+                2
+            } else {
+                q + 1
+            };
             if !self.qpns.contains_key(&q) {
                 return Some(q);
             }

@@ -89,7 +89,15 @@ fn transition(kind: QpKind, cur: u32, next: u32) -> Option<(u32, u32)> {
         (SQD, SQD) if ud => (0, PKEY | QKEY),
         (SQD, SQD) if rc => (
             0,
-            AV | ALT | ACCESS | PKEY | MIN_RNR | MIG | TIMEOUT | RETRY | RNR_RETRY | RD_ATOMIC
+            AV | ALT
+                | ACCESS
+                | PKEY
+                | MIN_RNR
+                | MIG
+                | TIMEOUT
+                | RETRY
+                | RNR_RETRY
+                | RD_ATOMIC
                 | DEST_RD_ATOMIC,
         ),
         (SQD, SQD) => (0, AV | ALT | ACCESS | PKEY | MIG),
@@ -113,41 +121,72 @@ fn check(ok: bool, why: impl FnOnce() -> String) -> Result<(), Invalid> {
 /// Checks `ibv_modify_qp(attr, mask)` on a QP of `kind` in state `cur` and
 /// returns the state it moves to.
 pub fn check_modify(kind: QpKind, cur: u32, attr: &QpAttr, mask: u32) -> Result<u32, Invalid> {
-    let next = if mask & STATE != 0 { attr.qp_state } else { cur };
+    let next = if mask & STATE != 0 {
+        attr.qp_state
+    } else {
+        cur
+    };
     check(next <= ERR, || format!("unknown qp_state {next}"))?;
     if mask & CUR_STATE != 0 {
         check(attr.cur_qp_state == cur, || {
-            format!("cur_qp_state {} does not match the QP's state {cur}", attr.cur_qp_state)
+            format!(
+                "cur_qp_state {} does not match the QP's state {cur}",
+                attr.cur_qp_state
+            )
         })?;
     }
-    let (req, opt) = transition(kind, cur, next)
-        .ok_or_else(|| Invalid(format!("no transition from state {cur} to {next} for {kind:?}")))?;
+    let (req, opt) = transition(kind, cur, next).ok_or_else(|| {
+        Invalid(format!(
+            "no transition from state {cur} to {next} for {kind:?}"
+        ))
+    })?;
     let given = mask & !STATE;
     check(given & req == req, || {
-        format!("{cur}->{next} needs attribute mask bits {:#x}, got {mask:#x}", req & !given)
+        format!(
+            "{cur}->{next} needs attribute mask bits {:#x}, got {mask:#x}",
+            req & !given
+        )
     })?;
     check(given & !(req | opt) == 0, || {
-        format!("attribute mask bits {:#x} are not allowed for {cur}->{next}", given & !(req | opt))
+        format!(
+            "attribute mask bits {:#x} are not allowed for {cur}->{next}",
+            given & !(req | opt)
+        )
     })?;
     if mask & PORT != 0 {
-        check(attr.port_num == 1, || format!("port_num {} (fv0 has port 1)", attr.port_num))?;
+        check(attr.port_num == 1, || {
+            format!("port_num {} (fv0 has port 1)", attr.port_num)
+        })?;
     }
     if mask & PKEY != 0 {
-        check(attr.pkey_index == 0, || format!("pkey_index {} (table length 1)", attr.pkey_index))?;
+        check(attr.pkey_index == 0, || {
+            format!("pkey_index {} (table length 1)", attr.pkey_index)
+        })?;
     }
     if mask & MTU != 0 {
-        check((IBV_MTU_256..=IBV_MTU_4096).contains(&attr.path_mtu), || {
-            format!("path_mtu {}", attr.path_mtu)
-        })?;
+        check(
+            (IBV_MTU_256..=IBV_MTU_4096).contains(&attr.path_mtu),
+            || format!("path_mtu {}", attr.path_mtu),
+        )?;
     }
     if mask & AV != 0 {
-        check(attr.ah_attr.port_num <= 1, || format!("ah port_num {}", attr.ah_attr.port_num))?;
-        check(!attr.ah_attr.is_global || attr.ah_attr.sgid_index == 0, || {
-            format!("sgid_index {} (GID table length 1)", attr.ah_attr.sgid_index)
+        check(attr.ah_attr.port_num <= 1, || {
+            format!("ah port_num {}", attr.ah_attr.port_num)
         })?;
+        check(
+            !attr.ah_attr.is_global || attr.ah_attr.sgid_index == 0,
+            || {
+                format!(
+                    "sgid_index {} (GID table length 1)",
+                    attr.ah_attr.sgid_index
+                )
+            },
+        )?;
     }
     if mask & DEST_QPN != 0 {
-        check(attr.dest_qp_num <= MAX_QPN, || format!("dest_qp_num {:#x}", attr.dest_qp_num))?;
+        check(attr.dest_qp_num <= MAX_QPN, || {
+            format!("dest_qp_num {:#x}", attr.dest_qp_num)
+        })?;
     }
     if mask & RD_ATOMIC != 0 {
         check(u32::from(attr.max_rd_atomic) <= MAX_QP_RD_ATOM, || {
@@ -156,26 +195,39 @@ pub fn check_modify(kind: QpKind, cur: u32, attr: &QpAttr, mask: u32) -> Result<
     }
     if mask & DEST_RD_ATOMIC != 0 {
         check(u32::from(attr.max_dest_rd_atomic) <= MAX_QP_RD_ATOM, || {
-            format!("max_dest_rd_atomic {} > {MAX_QP_RD_ATOM}", attr.max_dest_rd_atomic)
+            format!(
+                "max_dest_rd_atomic {} > {MAX_QP_RD_ATOM}",
+                attr.max_dest_rd_atomic
+            )
         })?;
     }
     if mask & TIMEOUT != 0 {
         check(attr.timeout <= 31, || format!("timeout {}", attr.timeout))?;
     }
     if mask & RETRY != 0 {
-        check(attr.retry_cnt <= 7, || format!("retry_cnt {}", attr.retry_cnt))?;
+        check(attr.retry_cnt <= 7, || {
+            format!("retry_cnt {}", attr.retry_cnt)
+        })?;
     }
     if mask & RNR_RETRY != 0 {
-        check(attr.rnr_retry <= 7, || format!("rnr_retry {}", attr.rnr_retry))?;
+        check(attr.rnr_retry <= 7, || {
+            format!("rnr_retry {}", attr.rnr_retry)
+        })?;
     }
     if mask & MIN_RNR != 0 {
-        check(attr.min_rnr_timer <= 31, || format!("min_rnr_timer {}", attr.min_rnr_timer))?;
+        check(attr.min_rnr_timer <= 31, || {
+            format!("min_rnr_timer {}", attr.min_rnr_timer)
+        })?;
     }
     if mask & (RQ_PSN) != 0 {
-        check(attr.rq_psn <= 0xff_ffff, || format!("rq_psn {:#x}", attr.rq_psn))?;
+        check(attr.rq_psn <= 0xff_ffff, || {
+            format!("rq_psn {:#x}", attr.rq_psn)
+        })?;
     }
     if mask & (SQ_PSN) != 0 {
-        check(attr.sq_psn <= 0xff_ffff, || format!("sq_psn {:#x}", attr.sq_psn))?;
+        check(attr.sq_psn <= 0xff_ffff, || {
+            format!("sq_psn {:#x}", attr.sq_psn)
+        })?;
     }
     if mask & ACCESS != 0 {
         let known = IBV_ACCESS_LOCAL_WRITE
@@ -238,15 +290,33 @@ mod tests {
     use super::*;
 
     fn rtr_attr() -> QpAttr {
-        QpAttr { qp_state: RTR, path_mtu: IBV_MTU_1024, dest_qp_num: 5, ..Default::default() }
+        QpAttr {
+            qp_state: RTR,
+            path_mtu: IBV_MTU_1024,
+            dest_qp_num: 5,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn perftest_masks_pass() {
-        let init = QpAttr { qp_state: INIT, port_num: 1, ..Default::default() };
+        let init = QpAttr {
+            qp_state: INIT,
+            port_num: 1,
+            ..Default::default()
+        };
         assert_eq!(check_modify(QpKind::Rc, RESET, &init, 0x39), Ok(INIT));
-        assert_eq!(check_modify(QpKind::Rc, INIT, &rtr_attr(), 0x129181), Ok(RTR));
-        let rts = QpAttr { qp_state: RTS, timeout: 14, retry_cnt: 7, rnr_retry: 7, ..Default::default() };
+        assert_eq!(
+            check_modify(QpKind::Rc, INIT, &rtr_attr(), 0x129181),
+            Ok(RTR)
+        );
+        let rts = QpAttr {
+            qp_state: RTS,
+            timeout: 14,
+            retry_cnt: 7,
+            rnr_retry: 7,
+            ..Default::default()
+        };
         assert_eq!(check_modify(QpKind::Rc, RTR, &rts, 0x12e01), Ok(RTS));
     }
 
@@ -257,9 +327,16 @@ mod tests {
         assert!(check_modify(QpKind::Rc, INIT, &rtr_attr(), 0x129181 & !DEST_QPN).is_err());
         // a bit that is not allowed
         assert!(check_modify(QpKind::Rc, INIT, &rtr_attr(), 0x129181 | SQ_PSN).is_err());
-        let bad_port = QpAttr { qp_state: INIT, port_num: 2, ..Default::default() };
+        let bad_port = QpAttr {
+            qp_state: INIT,
+            port_num: 2,
+            ..Default::default()
+        };
         assert!(check_modify(QpKind::Rc, RESET, &bad_port, 0x39).is_err());
-        let err = QpAttr { qp_state: ERR, ..Default::default() };
+        let err = QpAttr {
+            qp_state: ERR,
+            ..Default::default()
+        };
         assert_eq!(check_modify(QpKind::Rc, RTS, &err, STATE), Ok(ERR));
     }
 }

@@ -15,7 +15,9 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{self, sockopt, AddressFamily, Backlog, MsgFlags, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::{
+    self, sockopt, AddressFamily, Backlog, MsgFlags, SockFlag, SockType, UnixAddr,
+};
 
 use crate::wire::control::{self, Reply, Request, WireError};
 use crate::wire::segment::SESSION_SEGMENT_SIZE;
@@ -64,7 +66,12 @@ impl Server {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let socket_path = dir.join("router.sock");
         if socket_path.exists() {
-            let probe = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)?;
+            let probe = socket::socket(
+                AddressFamily::Unix,
+                SockType::SeqPacket,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )?;
             if socket::connect(probe.as_raw_fd(), &UnixAddr::new(&socket_path)?).is_ok() {
                 anyhow::bail!("another router is already serving {}", dir.display());
             }
@@ -89,15 +96,27 @@ impl Server {
         )?;
         socket::bind(listener.as_raw_fd(), &UnixAddr::new(&socket_path)?)
             .with_context(|| format!("binding {}", socket_path.display()))?;
-        std::fs::set_permissions(&socket_path, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
+        std::fs::set_permissions(
+            &socket_path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o666),
+        )?;
         socket::listen(&listener, Backlog::new(128)?)?;
 
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         epoll.add(&listener, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))?;
-        epoll.add(signals.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS))?;
+        epoll.add(
+            signals.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS),
+        )?;
 
-        let spin_us = std::env::var("FLOWVERBS_ROUTER_SPIN_US").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
-        info!("router serving {} (GID ::ffff:{ip}), isolated mode", socket_path.display());
+        let spin_us = std::env::var("FLOWVERBS_ROUTER_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200);
+        info!(
+            "router serving {} (GID ::ffff:{ip}), isolated mode",
+            socket_path.display()
+        );
         Ok(Server {
             engine: Engine::new(Tables::new()),
             epoll,
@@ -114,7 +133,9 @@ impl Server {
 
     fn set_sleeping(&self, sleeping: bool) {
         for s in self.engine.tables.sessions.values() {
-            s.header().router_sleeping.store(u32::from(sleeping), Ordering::SeqCst);
+            s.header()
+                .router_sleeping
+                .store(u32::from(sleeping), Ordering::SeqCst);
         }
     }
 
@@ -147,8 +168,7 @@ impl Server {
                 match self.engine.next_deadline() {
                     Some(d) => {
                         let ms = d.saturating_duration_since(Instant::now()).as_millis() + 1;
-                        EpollTimeout::try_from(ms.min(60_000) as u16 as i32 * 0 + ms.min(60_000) as i32)
-                            .unwrap_or(EpollTimeout::NONE)
+                        EpollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(EpollTimeout::NONE)
                     }
                     None => EpollTimeout::NONE,
                 }
@@ -198,7 +218,10 @@ impl Server {
 
     fn accept(&mut self) {
         loop {
-            let fd = match socket::accept4(self.listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK) {
+            let fd = match socket::accept4(
+                self.listener.as_raw_fd(),
+                SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            ) {
                 Ok(fd) => {
                     // SAFETY: accept4 returned a new descriptor that we own.
                     unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
@@ -218,12 +241,22 @@ impl Server {
             };
             let id = self.next_session;
             self.next_session += 1;
-            if let Err(e) = self.epoll.add(&fd, EpollEvent::new(EpollFlags::EPOLLIN, token(id, KIND_SOCKET))) {
+            if let Err(e) = self.epoll.add(
+                &fd,
+                EpollEvent::new(EpollFlags::EPOLLIN, token(id, KIND_SOCKET)),
+            ) {
                 warn!("epoll add: {e}");
                 continue;
             }
             debug!("connection {id} from pid {} uid {}", cred.pid(), cred.uid());
-            self.pending.insert(id, Pending { sock: fd, pid: cred.pid(), uid: cred.uid() });
+            self.pending.insert(
+                id,
+                Pending {
+                    sock: fd,
+                    pid: cred.pid(),
+                    uid: cred.uid(),
+                },
+            );
         }
     }
 
@@ -238,13 +271,19 @@ impl Server {
         if let Some(p) = self.pending.get(&session) {
             return Some(p.sock.as_fd());
         }
-        self.engine.tables.sessions.get(&session).map(|s| s.sock.as_fd())
+        self.engine
+            .tables
+            .sessions
+            .get(&session)
+            .map(|s| s.sock.as_fd())
     }
 
     fn on_socket(&mut self, session: SessionId, events: EpollFlags) {
         // Handle every queued message, then hang-ups.
         loop {
-            let Some(sock) = self.sock_of(session) else { return };
+            let Some(sock) = self.sock_of(session) else {
+                return;
+            };
             let msg = control::recv::<Request>(sock, MsgFlags::MSG_DONTWAIT);
             match msg {
                 Ok((request, fds)) => {
@@ -275,13 +314,15 @@ impl Server {
     fn on_request(&mut self, session: SessionId, request: Request) -> bool {
         let answer = if let Some(p) = self.pending.remove(&session) {
             match request {
-                Request::Hello { version } if version == VERSION => match self.open_session(session, p) {
-                    Ok(a) => a,
-                    Err(e) => {
-                        warn!("session {session}: {e:#}");
-                        return false;
+                Request::Hello { version } if version == VERSION => {
+                    match self.open_session(session, p) {
+                        Ok(a) => a,
+                        Err(e) => {
+                            warn!("session {session}: {e:#}");
+                            return false;
+                        }
                     }
-                },
+                }
                 Request::Hello { version } => {
                     let reply = Reply::Error {
                         errno: libc::EPROTO,
@@ -298,7 +339,9 @@ impl Server {
         } else {
             handle(&mut self.engine, session, request)
         };
-        let Some(sock) = self.sock_of(session) else { return false };
+        let Some(sock) = self.sock_of(session) else {
+            return false;
+        };
         let raw: Vec<i32> = answer.fds.iter().map(|f| f.as_raw_fd()).collect();
         match control::send(sock, &answer.reply, &raw) {
             Ok(()) => true,
@@ -313,15 +356,28 @@ impl Server {
         let (seg_fd, segment) = segment("fv-session", SESSION_SEGMENT_SIZE)?;
         let doorbell = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
         let doorbell: OwnedFd = doorbell.into();
-        self.epoll.add(&doorbell, EpollEvent::new(EpollFlags::EPOLLIN, token(id, KIND_DOORBELL)))?;
+        self.epoll.add(
+            &doorbell,
+            EpollEvent::new(EpollFlags::EPOLLIN, token(id, KIND_DOORBELL)),
+        )?;
         let provider_doorbell = doorbell.try_clone()?;
         info!("session {id}: pid {} uid {}", p.pid, p.uid);
         self.engine.tables.sessions.insert(
             id,
-            Session { sock: p.sock, doorbell, segment, memory: ProcessMemory { pid: p.pid }, uid: p.uid },
+            Session {
+                sock: p.sock,
+                doorbell,
+                segment,
+                memory: ProcessMemory { pid: p.pid },
+                uid: p.uid,
+            },
         );
         Ok(Answer {
-            reply: Reply::Hello { version: VERSION, gid: self.gid, session_segment_size: SESSION_SEGMENT_SIZE as u64 },
+            reply: Reply::Hello {
+                version: VERSION,
+                gid: self.gid,
+                session_segment_size: SESSION_SEGMENT_SIZE as u64,
+            },
             fds: vec![seg_fd, provider_doorbell],
         })
     }

@@ -76,14 +76,29 @@ pub struct QpAttr {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// First message of a session.
-    Hello { version: u32 },
+    Hello {
+        version: u32,
+    },
     AllocPd,
-    DeallocPd { pd: u32 },
+    DeallocPd {
+        pd: u32,
+    },
     /// Registers `[addr, addr + length)` of the caller's address space.
-    RegMr { pd: u32, addr: u64, length: u64, access: u32 },
-    DeregMr { mr: u32 },
-    CreateCq { cqe: u32 },
-    DestroyCq { cq: u32 },
+    RegMr {
+        pd: u32,
+        addr: u64,
+        length: u64,
+        access: u32,
+    },
+    DeregMr {
+        mr: u32,
+    },
+    CreateCq {
+        cqe: u32,
+    },
+    DestroyCq {
+        cq: u32,
+    },
     CreateQp {
         pd: u32,
         qp_type: u32,
@@ -92,26 +107,60 @@ pub enum Request {
         caps: QpCaps,
         sq_sig_all: bool,
     },
-    ModifyQp { qp: u32, attr: QpAttr, mask: u32 },
-    QueryQp { qp: u32 },
-    DestroyQp { qp: u32 },
+    ModifyQp {
+        qp: u32,
+        attr: QpAttr,
+        mask: u32,
+    },
+    QueryQp {
+        qp: u32,
+    },
+    DestroyQp {
+        qp: u32,
+    },
 }
 
 /// The router's answer to one [`Request`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
     /// Carries two fds: the session segment and the doorbell eventfd.
-    Hello { version: u32, gid: [u8; 16], session_segment_size: u64 },
-    Pd { pd: u32 },
-    Mr { mr: u32, lkey: u32, rkey: u32 },
+    Hello {
+        version: u32,
+        gid: [u8; 16],
+        session_segment_size: u64,
+    },
+    Pd {
+        pd: u32,
+    },
+    Mr {
+        mr: u32,
+        lkey: u32,
+        rkey: u32,
+    },
     /// Carries one fd: the CQ segment.
-    Cq { cq: u32, capacity: u32, segment_size: u64 },
+    Cq {
+        cq: u32,
+        capacity: u32,
+        segment_size: u64,
+    },
     /// Carries one fd: the QP segment.
-    Qp { qp: u32, qpn: u32, caps: QpCaps, sq_capacity: u32, rq_capacity: u32, segment_size: u64 },
-    QpAttr { attr: QpAttr },
+    Qp {
+        qp: u32,
+        qpn: u32,
+        caps: QpCaps,
+        sq_capacity: u32,
+        rq_capacity: u32,
+        segment_size: u64,
+    },
+    QpAttr {
+        attr: QpAttr,
+    },
     Done,
     /// The request failed: `errno` for the verb, and a message for humans.
-    Error { errno: i32, message: String },
+    Error {
+        errno: i32,
+        message: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,7 +231,9 @@ pub fn recv<T: for<'de> Deserialize<'de>>(
                         }
                     }
                 }
-                let truncated = msg.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+                let truncated = msg
+                    .flags
+                    .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
                 break (msg.bytes, truncated, fds);
             }
             Err(nix::errno::Errno::EINTR) => continue,
@@ -194,7 +245,9 @@ pub fn recv<T: for<'de> Deserialize<'de>>(
         return Err(WireError::Closed);
     }
     if truncated {
-        return Err(WireError::Malformed("message or its descriptors truncated".into()));
+        return Err(WireError::Malformed(
+            "message or its descriptors truncated".into(),
+        ));
     }
     if fds.len() > MAX_FDS {
         return Err(WireError::Malformed("too many descriptors".into()));
@@ -213,8 +266,19 @@ mod tests {
 
     #[test]
     fn round_trip_with_fd() {
-        let (a, b) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::empty()).unwrap();
-        let req = Request::RegMr { pd: 1, addr: 0x1234, length: 99, access: 7 };
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::empty(),
+        )
+        .unwrap();
+        let req = Request::RegMr {
+            pd: 1,
+            addr: 0x1234,
+            length: 99,
+            access: 7,
+        };
         send(a.as_fd(), &req, &[a.as_raw_fd()]).unwrap();
         let (got, fds): (Request, _) = recv(b.as_fd(), MsgFlags::empty()).unwrap();
         assert_eq!(got, req);
@@ -223,10 +287,22 @@ mod tests {
 
     #[test]
     fn garbage_is_rejected() {
-        let (a, b) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::empty()).unwrap();
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::empty(),
+        )
+        .unwrap();
         nix::unistd::write(&a, &[0xff; 40]).unwrap();
-        assert!(matches!(recv::<Request>(b.as_fd(), MsgFlags::empty()), Err(WireError::Malformed(_))));
+        assert!(matches!(
+            recv::<Request>(b.as_fd(), MsgFlags::empty()),
+            Err(WireError::Malformed(_))
+        ));
         drop(a);
-        assert!(matches!(recv::<Request>(b.as_fd(), MsgFlags::empty()), Err(WireError::Closed)));
+        assert!(matches!(
+            recv::<Request>(b.as_fd(), MsgFlags::empty()),
+            Err(WireError::Closed)
+        ));
     }
 }

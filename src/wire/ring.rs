@@ -77,7 +77,10 @@ impl RingSlots {
     fn slot(&self, index: u32) -> *mut u8 {
         // SAFETY: (index & mask) < capacity, so the offset stays inside the
         // array that `new`'s caller guaranteed.
-        unsafe { self.base.add((index & self.mask) as usize * self.entry_size) }
+        unsafe {
+            self.base
+                .add((index & self.mask) as usize * self.entry_size)
+        }
     }
 
     /// Copies entry `index` out of the ring. Any bit pattern is a valid `T`

@@ -178,7 +178,9 @@ pub fn create_sealed_memfd(name: &str, len: usize) -> std::io::Result<OwnedFd> {
     nix::unistd::ftruncate(&fd, len as libc::off_t)?;
     fcntl(
         fd.as_raw_fd(),
-        FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL),
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
+        ),
     )?;
     Ok(fd)
 }
