@@ -24,7 +24,13 @@ struct Client {
 }
 
 fn connect(router: &Router) -> OwnedFd {
-    let sock = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).unwrap();
+    let sock = socket::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
     let addr = UnixAddr::new(&router.runtime_dir.join("router.sock")).unwrap();
     socket::connect(sock.as_raw_fd(), &addr).unwrap();
     let tv = nix::sys::time::TimeVal::new(10, 0);
@@ -35,7 +41,10 @@ fn connect(router: &Router) -> OwnedFd {
 impl Client {
     fn new(router: &Router) -> Client {
         let sock = connect(router);
-        let mut c = Client { sock, _segment: None };
+        let mut c = Client {
+            sock,
+            _segment: None,
+        };
         let (reply, mut fds) = c.call(&Request::Hello { version: VERSION });
         assert!(matches!(reply, Reply::Hello { .. }), "{reply:?}");
         assert_eq!(fds.len(), 2);
@@ -70,16 +79,45 @@ impl Client {
 
     fn cq(&mut self, cqe: u32) -> (u32, Mapping, CqLayout) {
         let (r, fds) = self.ok(&Request::CreateCq { cqe });
-        let Reply::Cq { cq, capacity, segment_size } = r else { panic!("{r:?}") };
+        let Reply::Cq {
+            cq,
+            capacity,
+            segment_size,
+        } = r
+        else {
+            panic!("{r:?}")
+        };
         let map = Mapping::map(&fds[0], segment_size as usize).unwrap();
         (cq, map, CqLayout::new(capacity))
     }
 
     fn qp(&mut self, pd: u32, cq: u32) -> (u32, u32, Mapping, QpLayout, OwnedFd) {
-        let caps = QpCaps { max_send_wr: 16, max_recv_wr: 16, max_send_sge: 4, max_recv_sge: 4, max_inline_data: 64 };
-        let (r, mut fds) =
-            self.ok(&Request::CreateQp { pd, qp_type: IBV_QPT_RC, send_cq: cq, recv_cq: cq, caps, sq_sig_all: true });
-        let Reply::Qp { qp, qpn, sq_capacity, rq_capacity, segment_size, .. } = r else { panic!("{r:?}") };
+        let caps = QpCaps {
+            max_send_wr: 16,
+            max_recv_wr: 16,
+            max_send_sge: 4,
+            max_recv_sge: 4,
+            max_inline_data: 64,
+        };
+        let (r, mut fds) = self.ok(&Request::CreateQp {
+            pd,
+            qp_type: IBV_QPT_RC,
+            send_cq: cq,
+            recv_cq: cq,
+            caps,
+            sq_sig_all: true,
+        });
+        let Reply::Qp {
+            qp,
+            qpn,
+            sq_capacity,
+            rq_capacity,
+            segment_size,
+            ..
+        } = r
+        else {
+            panic!("{r:?}")
+        };
         let fd = fds.pop().unwrap();
         let map = Mapping::map(&fd, segment_size as usize).unwrap();
         (qp, qpn, map, QpLayout::new(sq_capacity, rq_capacity), fd)
@@ -87,27 +125,60 @@ impl Client {
 
     /// RESET -> INIT -> RTR -> RTS, connected to `dest_qpn`.
     fn connect_qp(&mut self, qp: u32, dest_qpn: u32, access: u32) {
-        let init = QpAttr { qp_state: IBV_QPS_INIT, port_num: 1, qp_access_flags: access, ..Default::default() };
-        self.ok(&Request::ModifyQp { qp, attr: init, mask: 0x39 });
+        let init = QpAttr {
+            qp_state: IBV_QPS_INIT,
+            port_num: 1,
+            qp_access_flags: access,
+            ..Default::default()
+        };
+        self.ok(&Request::ModifyQp {
+            qp,
+            attr: init,
+            mask: 0x39,
+        });
         let rtr = QpAttr {
             qp_state: IBV_QPS_RTR,
             path_mtu: IBV_MTU_1024,
             dest_qp_num: dest_qpn,
             max_dest_rd_atomic: 1,
             min_rnr_timer: 12,
-            ah_attr: AddressVector { port_num: 1, ..Default::default() },
+            ah_attr: AddressVector {
+                port_num: 1,
+                ..Default::default()
+            },
             ..Default::default()
         };
-        self.ok(&Request::ModifyQp { qp, attr: rtr, mask: 0x129181 });
+        self.ok(&Request::ModifyQp {
+            qp,
+            attr: rtr,
+            mask: 0x129181,
+        });
         // timeout 1, retry_cnt 0: a request nobody answers fails fast.
-        let rts = QpAttr { qp_state: IBV_QPS_RTS, timeout: 1, retry_cnt: 0, rnr_retry: 0, max_rd_atomic: 1, ..Default::default() };
-        self.ok(&Request::ModifyQp { qp, attr: rts, mask: 0x12e01 });
+        let rts = QpAttr {
+            qp_state: IBV_QPS_RTS,
+            timeout: 1,
+            retry_cnt: 0,
+            rnr_retry: 0,
+            max_rd_atomic: 1,
+            ..Default::default()
+        };
+        self.ok(&Request::ModifyQp {
+            qp,
+            attr: rts,
+            mask: 0x12e01,
+        });
     }
 }
 
 fn post(map: &Mapping, layout: &QpLayout, index: u32, wqe: &SendWqe) {
     // SAFETY: the segment holds the send queue at sq_offset.
-    let sq = unsafe { RingSlots::new(map.as_ptr().add(layout.sq_offset), SEND_WQE_SIZE, layout.sq_capacity) };
+    let sq = unsafe {
+        RingSlots::new(
+            map.as_ptr().add(layout.sq_offset),
+            SEND_WQE_SIZE,
+            layout.sq_capacity,
+        )
+    };
     sq.write(index, wqe);
     // SAFETY: the segment starts with a QpHeader.
     let hdr = unsafe { map.header::<QpHeader>() };
@@ -118,11 +189,21 @@ fn post(map: &Mapping, layout: &QpLayout, index: u32, wqe: &SendWqe) {
 fn completions(map: &Mapping, layout: &CqLayout, from: u32, n: u32) -> Vec<Cqe> {
     // SAFETY: the segment starts with a CqHeader and holds the ring after it.
     let (hdr, ring) = unsafe {
-        (map.header::<CqHeader>(), RingSlots::new(map.as_ptr().add(layout.ring_offset), CQE_SIZE, layout.capacity))
+        (
+            map.header::<CqHeader>(),
+            RingSlots::new(
+                map.as_ptr().add(layout.ring_offset),
+                CQE_SIZE,
+                layout.capacity,
+            ),
+        )
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     while hdr.ring.producer().wrapping_sub(from) < n {
-        assert!(Instant::now() < deadline, "timed out waiting for {n} completions");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {n} completions"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     let out: Vec<Cqe> = (0..n).map(|i| ring.read::<Cqe>(from + i)).collect();
@@ -151,9 +232,19 @@ fn malformed_control_messages_are_refused() {
 
     // Wrong version: an explicit error.
     let sock = connect(&router);
-    control::send(sock.as_fd(), &Request::Hello { version: VERSION + 1 }, &[]).unwrap();
+    control::send(
+        sock.as_fd(),
+        &Request::Hello {
+            version: VERSION + 1,
+        },
+        &[],
+    )
+    .unwrap();
     let (r, _) = control::recv::<Reply>(sock.as_fd(), MsgFlags::empty()).unwrap();
-    assert!(matches!(r, Reply::Error { errno, .. } if errno == libc::EPROTO), "{r:?}");
+    assert!(
+        matches!(r, Reply::Error { errno, .. } if errno == libc::EPROTO),
+        "{r:?}"
+    );
 
     // Oversized message: dropped, router fine.
     let sock = connect(&router);
@@ -174,23 +265,72 @@ fn handles_and_limits_are_checked() {
     // B cannot use A's objects.
     assert_eq!(b.errno(&Request::DeallocPd { pd: pd_a }), libc::EINVAL);
     assert_eq!(b.errno(&Request::DestroyCq { cq: cq_a }), libc::EINVAL);
-    assert_eq!(b.errno(&Request::RegMr { pd: pd_a, addr: 0x1000, length: 10, access: 1 }), libc::EINVAL);
+    assert_eq!(
+        b.errno(&Request::RegMr {
+            pd: pd_a,
+            addr: 0x1000,
+            length: 10,
+            access: 1
+        }),
+        libc::EINVAL
+    );
     // Unmapped memory, absurd sizes, bad flags.
     let pd_b = b.pd();
-    assert_eq!(b.errno(&Request::RegMr { pd: pd_b, addr: 0x10, length: 4096, access: 1 }), libc::EFAULT);
-    assert_eq!(b.errno(&Request::RegMr { pd: pd_b, addr: u64::MAX - 5, length: 100, access: 1 }), libc::EINVAL);
-    assert_eq!(b.errno(&Request::RegMr { pd: pd_b, addr: 0x1000, length: 8, access: IBV_ACCESS_REMOTE_WRITE }), libc::EINVAL);
+    assert_eq!(
+        b.errno(&Request::RegMr {
+            pd: pd_b,
+            addr: 0x10,
+            length: 4096,
+            access: 1
+        }),
+        libc::EFAULT
+    );
+    assert_eq!(
+        b.errno(&Request::RegMr {
+            pd: pd_b,
+            addr: u64::MAX - 5,
+            length: 100,
+            access: 1
+        }),
+        libc::EINVAL
+    );
+    assert_eq!(
+        b.errno(&Request::RegMr {
+            pd: pd_b,
+            addr: 0x1000,
+            length: 8,
+            access: IBV_ACCESS_REMOTE_WRITE
+        }),
+        libc::EINVAL
+    );
     assert_eq!(b.errno(&Request::CreateCq { cqe: 0 }), libc::EINVAL);
     assert_eq!(b.errno(&Request::CreateCq { cqe: u32::MAX }), libc::EINVAL);
-    let caps = QpCaps { max_send_wr: 1 << 30, ..Default::default() };
+    let caps = QpCaps {
+        max_send_wr: 1 << 30,
+        ..Default::default()
+    };
     let (cq_b, _m2, _l2) = b.cq(8);
     assert_eq!(
-        b.errno(&Request::CreateQp { pd: pd_b, qp_type: IBV_QPT_RC, send_cq: cq_b, recv_cq: cq_b, caps, sq_sig_all: false }),
+        b.errno(&Request::CreateQp {
+            pd: pd_b,
+            qp_type: IBV_QPT_RC,
+            send_cq: cq_b,
+            recv_cq: cq_b,
+            caps,
+            sq_sig_all: false
+        }),
         libc::EINVAL
     );
     // A CQ of another session cannot be attached.
     assert_eq!(
-        b.errno(&Request::CreateQp { pd: pd_b, qp_type: IBV_QPT_RC, send_cq: cq_a, recv_cq: cq_b, caps: QpCaps::default(), sq_sig_all: false }),
+        b.errno(&Request::CreateQp {
+            pd: pd_b,
+            qp_type: IBV_QPT_RC,
+            send_cq: cq_a,
+            recv_cq: cq_b,
+            caps: QpCaps::default(),
+            sq_sig_all: false
+        }),
         libc::EINVAL
     );
     assert_router_alive(&router);
@@ -203,7 +343,10 @@ fn segments_cannot_be_shrunk() {
     let pd = a.pd();
     let (cq, _m, _l) = a.cq(4);
     let (_qp, _qpn, _map, _layout, fd) = a.qp(pd, cq);
-    assert!(nix::unistd::ftruncate(&fd, 0).is_err(), "QP segment must be sealed against shrinking");
+    assert!(
+        nix::unistd::ftruncate(&fd, 0).is_err(),
+        "QP segment must be sealed against shrinking"
+    );
 }
 
 #[test]
@@ -219,7 +362,9 @@ fn garbage_ring_entries_give_error_completions() {
     let mut seed = 0x1234_5678_9abc_def0u64;
     let mut wqe = SendWqe::zeroed();
     // SAFETY: SendWqe is Plain; we fill it with arbitrary bytes on purpose.
-    let bytes = unsafe { std::slice::from_raw_parts_mut(&mut wqe as *mut SendWqe as *mut u8, SEND_WQE_SIZE) };
+    let bytes = unsafe {
+        std::slice::from_raw_parts_mut(&mut wqe as *mut SendWqe as *mut u8, SEND_WQE_SIZE)
+    };
     for b in bytes.iter_mut() {
         seed ^= seed << 13;
         seed ^= seed >> 7;
@@ -235,7 +380,10 @@ fn garbage_ring_entries_give_error_completions() {
     assert_ne!(c[0].status, IBV_WC_SUCCESS, "{:?}", c[0]);
     // SAFETY: the segment starts with a QpHeader.
     let hdr = unsafe { map.header::<QpHeader>() };
-    assert_eq!(hdr.state.load(std::sync::atomic::Ordering::Acquire), IBV_QPS_ERR);
+    assert_eq!(
+        hdr.state.load(std::sync::atomic::Ordering::Acquire),
+        IBV_QPS_ERR
+    );
 
     // A write that names an unknown lkey: local protection error.
     let (qp2, qpn2, map2, layout2, _fd2) = a.qp(pd, cq);
@@ -246,12 +394,21 @@ fn garbage_ring_entries_give_error_completions() {
     w.send_flags = IBV_SEND_SIGNALED;
     w.num_sge = 1;
     let mut sges = [Sge::default(); 16];
-    sges[0] = Sge { addr: 0x1000, length: 64, lkey: 0xdead_beef };
+    sges[0] = Sge {
+        addr: 0x1000,
+        length: 64,
+        lkey: 0xdead_beef,
+    };
     w.payload.sge = sges;
     post(&map2, &layout2, 0, &w);
     let _ = a.call(&Request::QueryQp { qp: qp2 });
     let c = completions(&cq_map, &cq_layout, 1, 1);
-    assert_eq!((c[0].wr_id, c[0].status), (5, IBV_WC_LOC_PROT_ERR), "{:?}", c[0]);
+    assert_eq!(
+        (c[0].wr_id, c[0].status),
+        (5, IBV_WC_LOC_PROT_ERR),
+        "{:?}",
+        c[0]
+    );
 
     // An impossible producer index: the QP goes to error, nothing else.
     let (qp3, qpn3, map3, _layout3, _fd3) = a.qp(pd, cq);
@@ -263,12 +420,17 @@ fn garbage_ring_entries_give_error_completions() {
     let deadline = Instant::now() + Duration::from_secs(10);
     while hdr3.state.load(std::sync::atomic::Ordering::Acquire) != IBV_QPS_ERR {
         let _ = a.call(&Request::QueryQp { qp: qp3 });
-        assert!(Instant::now() < deadline, "QP with impossible index never moved to error");
+        assert!(
+            Instant::now() < deadline,
+            "QP with impossible index never moved to error"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     // A garbage CQ consumer index only stalls this client.
     // SAFETY: the segment starts with a CqHeader.
-    unsafe { cq_map.header::<CqHeader>() }.ring.publish_consumer(0x8000_0000);
+    unsafe { cq_map.header::<CqHeader>() }
+        .ring
+        .publish_consumer(0x8000_0000);
     assert_router_alive(&router);
 }
 
@@ -285,7 +447,9 @@ fn rkeys_of_other_tenants_are_refused() {
         length: 4096,
         access: IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ,
     });
-    let Reply::Mr { rkey: b_rkey, .. } = r else { panic!() };
+    let Reply::Mr { rkey: b_rkey, .. } = r else {
+        panic!()
+    };
 
     // Tenant A connects a QP to itself and writes with B's rkey.
     let mut a = Client::new(&router);
@@ -303,6 +467,14 @@ fn rkeys_of_other_tenants_are_refused() {
     post(&map, &layout, 0, &w);
     let _ = a.call(&Request::QueryQp { qp });
     let c = completions(&cq_map, &cq_layout, 0, 1);
-    assert_eq!((c[0].wr_id, c[0].status), (9, IBV_WC_REM_ACCESS_ERR), "{:?}", c[0]);
-    assert!(secret.iter().all(|&x| x == 0x5a), "another tenant's memory was written");
+    assert_eq!(
+        (c[0].wr_id, c[0].status),
+        (9, IBV_WC_REM_ACCESS_ERR),
+        "{:?}",
+        c[0]
+    );
+    assert!(
+        secret.iter().all(|&x| x == 0x5a),
+        "another tenant's memory was written"
+    );
 }
