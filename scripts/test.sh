@@ -14,4 +14,4 @@ cargo clippy -q --all-targets -- -D warnings
 echo "== cargo build --release --all-targets"
 cargo build -q --release --all-targets
 echo "== cargo test --release"
-cargo test --release -- --test-threads=2
+cargo test --release --no-fail-fast -- --test-threads=2
