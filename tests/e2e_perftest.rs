@@ -173,12 +173,14 @@ fn send_bw_bidirectional() {
 }
 
 #[test]
+#[ignore = "issue 3: shared receive queues are not implemented yet"]
 fn send_bw_srq() {
     let run = perftest("ib_send_bw", &["-F", "--use-srq", "-n", "200"]);
     assert_one_row(&run, 65536, 200);
 }
 
 #[test]
+#[ignore = "issue 3: UD QPs are not implemented yet"]
 fn send_bw_ud() {
     // UD messages are limited to the MTU (4096).
     let run = perftest("ib_send_bw", &["-F", "-c", "UD", "-s", "2048", "-n", "200"]);
@@ -186,6 +188,7 @@ fn send_bw_ud() {
 }
 
 #[test]
+#[ignore = "issue 3: completion channels are not implemented yet"]
 fn send_bw_events() {
     // -e sleeps on completion channels (DESIGN.md section 6).
     let run = perftest("ib_send_bw", &["-F", "-e", "-n", "200"]);
@@ -213,6 +216,7 @@ fn send_lat_inline() {
 }
 
 #[test]
+#[ignore = "issue 3: UD QPs are not implemented yet"]
 fn send_lat_ud() {
     let run = perftest(
         "ib_send_lat",

@@ -127,6 +127,7 @@ fn rc_pingpong_small_rx_depth() {
 }
 
 #[test]
+#[ignore = "issue 3: completion channels are not implemented yet"]
 fn rc_pingpong_events() {
     // -e sleeps on completion channels (DESIGN.md section 6).
     let run = pingpong("ibv_rc_pingpong", &["-g", "0", "-e", "-n", "200"]);
@@ -134,12 +135,14 @@ fn rc_pingpong_events() {
 }
 
 #[test]
+#[ignore = "issue 3: UC QPs are not implemented yet"]
 fn uc_pingpong() {
     let run = pingpong("ibv_uc_pingpong", &["-g", "0", "-n", "300"]);
     assert_counts(&run, 4096, 300);
 }
 
 #[test]
+#[ignore = "issue 3: UD QPs are not implemented yet"]
 fn ud_pingpong() {
     // UD messages must fit the MTU (4096); the default size is 2048.
     let run = pingpong("ibv_ud_pingpong", &["-g", "0", "-c", "-n", "300"]);
@@ -148,6 +151,7 @@ fn ud_pingpong() {
 }
 
 #[test]
+#[ignore = "issue 3: shared receive queues are not implemented yet"]
 fn srq_pingpong() {
     let run = pingpong("ibv_srq_pingpong", &["-g", "0", "-c", "-n", "200"]);
     for r in [&run.server_result, &run.client_result] {
