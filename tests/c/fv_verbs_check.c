@@ -270,10 +270,27 @@ static struct {
 	struct ibv_port_attr port;
 } E;
 
+/*
+ * The device is fv0. FV_VERBS_DEVICE / FV_VERBS_GID_INDEX override the device
+ * name and the GID index only to validate these checks against a reference
+ * implementation (e.g. rxe0 with GID index 1 in the Soft-RoCE VM).
+ */
+static const char *dev_name(void)
+{
+	const char *d = getenv("FV_VERBS_DEVICE");
+	return d && *d ? d : "fv0";
+}
+
+static int gid_index(void)
+{
+	const char *g = getenv("FV_VERBS_GID_INDEX");
+	return g && *g ? atoi(g) : 0;
+}
+
 static void env_open(void)
 {
 	int n = 0;
-	set_step("open fv0");
+	set_step("open %s", dev_name());
 	errno = 0;
 	struct ibv_device **list = ibv_get_device_list(&n);
 	if (!list)
@@ -282,7 +299,7 @@ static void env_open(void)
 	char names[512] = "";
 	for (int i = 0; i < n; i++) {
 		const char *nm = ibv_get_device_name(list[i]);
-		if (nm && strcmp(nm, "fv0") == 0)
+		if (nm && strcmp(nm, dev_name()) == 0)
 			dev = list[i];
 		if (strlen(names) + strlen(nm ? nm : "(null)") + 3 < sizeof(names)) {
 			strcat(names, " ");
@@ -290,10 +307,12 @@ static void env_open(void)
 		}
 	}
 	if (!dev)
-		fatal("device fv0 not found; ibv_get_device_list returned %d devices:%s", n, names);
+		fatal("device %s not found; ibv_get_device_list returned %d devices:%s", dev_name(), n,
+		      names);
 	E.ctx = ibv_open_device(dev);
 	if (!E.ctx)
-		fatal("ibv_open_device(fv0) returned NULL, errno %d (%s)", errno, strerror(errno));
+		fatal("ibv_open_device(%s) returned NULL, errno %d (%s)", dev_name(), errno,
+		      strerror(errno));
 	ibv_free_device_list(list);
 	E.pd = ibv_alloc_pd(E.ctx);
 	if (!E.pd)
@@ -304,10 +323,10 @@ static void env_open(void)
 	rc = ibv_query_port(E.ctx, 1, &E.port);
 	if (rc)
 		fatal("ibv_query_port(1) returned %d (%s)", rc, strerror(rc));
-	rc = ibv_query_gid(E.ctx, 1, 0, &E.gid);
+	rc = ibv_query_gid(E.ctx, 1, gid_index(), &E.gid);
 	if (rc)
-		fatal("ibv_query_gid(port 1, index 0) returned %d, errno %d (%s)", rc, errno,
-		      strerror(errno));
+		fatal("ibv_query_gid(port 1, index %d) returned %d, errno %d (%s)", gid_index(), rc,
+		      errno, strerror(errno));
 }
 
 #define ACC_ALL                                                                          \
@@ -438,7 +457,7 @@ static void rtr_attr(struct ibv_qp_attr *a, uint32_t dest_qpn)
 	a->min_rnr_timer = 12;
 	a->ah_attr.is_global = 1;
 	a->ah_attr.grh.dgid = E.gid;
-	a->ah_attr.grh.sgid_index = 0;
+	a->ah_attr.grh.sgid_index = gid_index();
 	a->ah_attr.grh.hop_limit = 1;
 	a->ah_attr.sl = 0;
 	a->ah_attr.src_path_bits = 0;
@@ -625,8 +644,17 @@ static void describe_wc(const struct ibv_wc *wc, char *out, size_t n)
 		 wc->wc_flags, ntohl(wc->imm_data), wc->vendor_err);
 }
 
-/* Waits up to POLL_TIMEOUT_S for one completion; fatal on timeout or error. */
-static void poll1(struct ibv_cq *cq, struct ibv_wc *wc, const char *what)
+/*
+ * When set, a missing completion is a failure but not fatal (used where the
+ * remaining steps do not depend on it).
+ */
+static int g_soft_timeouts;
+
+/*
+ * Waits up to POLL_TIMEOUT_S for one completion; fatal on timeout or error
+ * (unless g_soft_timeouts: then returns 0 after reporting the failure).
+ */
+static int poll1(struct ibv_cq *cq, struct ibv_wc *wc, const char *what)
 {
 	double end = now_s() + POLL_TIMEOUT_S;
 	unsigned spins = 0;
@@ -638,10 +666,15 @@ static void poll1(struct ibv_cq *cq, struct ibv_wc *wc, const char *what)
 		if (n > 1)
 			fatal("%s: ibv_poll_cq(num_entries 1) returned %d", what, n);
 		if (n == 1)
-			return;
-		if (now_s() > end)
-			fatal("%s: expected a completion, got none within %.0f s", what,
-			      POLL_TIMEOUT_S);
+			return 1;
+		if (now_s() > end) {
+			if (!g_soft_timeouts)
+				fatal("%s: expected a completion, got none within %.0f s", what,
+				      POLL_TIMEOUT_S);
+			fail("%s: expected a completion, got none within %.0f s", what,
+			     POLL_TIMEOUT_S);
+			return 0;
+		}
 		if (++spins > 200)
 			usleep(50);
 		else
@@ -709,15 +742,23 @@ static void expect_wc(struct ibv_cq *cq, const char *what, uint64_t wr_id,
 		      enum ibv_wc_status status, int opcode, struct ibv_qp *qp, struct ibv_wc *out)
 {
 	struct ibv_wc wc;
-	poll1(cq, &wc, what);
-	check_wc(&wc, what, wr_id, status, opcode, qp);
+	if (!poll1(cq, &wc, what)) {
+		memset(&wc, 0, sizeof(wc));
+		wc.status = IBV_WC_GENERAL_ERR; /* so callers skip success-only checks */
+	} else {
+		check_wc(&wc, what, wr_id, status, opcode, qp);
+	}
 	if (out)
 		*out = wc;
 }
 
+/*
+ * Checks a successful receive completion. src_qp is not checked here: the
+ * man page defines it for UD only; completion_fields and many_qps check it
+ * for RC as a flowverbs requirement.
+ */
 static void expect_recv(struct ibv_cq *cq, const char *what, uint64_t wr_id, struct ibv_qp *qp,
-			uint32_t byte_len, int with_imm, uint32_t imm_host, int opcode,
-			uint32_t src_qp)
+			uint32_t byte_len, int with_imm, uint32_t imm_host, int opcode)
 {
 	struct ibv_wc wc;
 	char w[300];
@@ -737,8 +778,6 @@ static void expect_recv(struct ibv_cq *cq, const char *what, uint64_t wr_id, str
 		fail("%s: wc.wc_flags: expected IBV_WC_WITH_IMM clear, got 0x%x", what,
 		     wc.wc_flags);
 	}
-	if (src_qp && wc.src_qp != src_qp)
-		fail("%s: wc.src_qp: expected 0x%x, got 0x%x", what, src_qp, wc.src_qp);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1065,8 +1104,7 @@ static void case_send(void)
 	buf_expect(dst, 4099, msg + 2000, 1517);
 	send1(p.a, 0x5E0D, IBV_WR_SEND, ss, 3, IBV_SEND_SIGNALED, 0, 0, "send");
 	expect_wc(p.a_scq, "sender completion", 0x5E0D, IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
-	expect_recv(p.b_rcq, "receiver completion", 0x5EC0, p.b, 3517, 0, 0, IBV_WC_RECV,
-		    p.a->qp_num);
+	expect_recv(p.b_rcq, "receiver completion", 0x5EC0, p.b, 3517, 0, 0, IBV_WC_RECV);
 	buf_check(dst, "destination (2000 bytes at 5, 1517 at 4099, rest untouched)");
 	buf_check(src, "source unchanged");
 
@@ -1078,8 +1116,7 @@ static void case_send(void)
 	buf_expect(dst, 4099, src->p + 6001, 2000);
 	send1(p.a, 0x5E1D, IBV_WR_SEND, &s1, 1, IBV_SEND_SIGNALED, 0, 0, "send");
 	expect_wc(p.a_scq, "sender completion", 0x5E1D, IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
-	expect_recv(p.b_rcq, "receiver completion", 0x5EC1, p.b, 4000, 0, 0, IBV_WC_RECV,
-		    p.a->qp_num);
+	expect_recv(p.b_rcq, "receiver completion", 0x5EC1, p.b, 4000, 0, 0, IBV_WC_RECV);
 	buf_check(dst, "destination");
 
 	/* Zero-length SEND. */
@@ -1087,7 +1124,7 @@ static void case_send(void)
 	recv1(p.b, 0x5EC2, rs, 2, "recv");
 	send1(p.a, 0x5E2D, IBV_WR_SEND, NULL, 0, IBV_SEND_SIGNALED, 0, 0, "send");
 	expect_wc(p.a_scq, "sender completion", 0x5E2D, IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
-	expect_recv(p.b_rcq, "receiver completion", 0x5EC2, p.b, 0, 0, 0, IBV_WC_RECV, p.a->qp_num);
+	expect_recv(p.b_rcq, "receiver completion", 0x5EC2, p.b, 0, 0, 0, IBV_WC_RECV);
 	buf_check(dst, "destination untouched by a zero-length SEND");
 
 	expect_empty(p.a_scq, 100, "no further sender completions");
@@ -1122,8 +1159,7 @@ static void case_send_imm(void)
 	wr.imm_data = htonl(0xDEADBEEF);
 	post_send_ok(p.a, &wr, "send_with_imm");
 	expect_wc(p.a_scq, "sender completion", 0x2222, IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
-	expect_recv(p.b_rcq, "receiver completion", 0x1111, p.b, 777, 1, 0xDEADBEEF, IBV_WC_RECV,
-		    p.a->qp_num);
+	expect_recv(p.b_rcq, "receiver completion", 0x1111, p.b, 777, 1, 0xDEADBEEF, IBV_WC_RECV);
 	buf_check(dst, "destination");
 
 	set_step("zero-length SEND_WITH_IMM into a recv without SGEs");
@@ -1132,8 +1168,7 @@ static void case_send_imm(void)
 	wr.imm_data = htonl(0x00C0FFEE);
 	post_send_ok(p.a, &wr, "send_with_imm");
 	expect_wc(p.a_scq, "sender completion", 0x2223, IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
-	expect_recv(p.b_rcq, "receiver completion", 0x1112, p.b, 0, 1, 0x00C0FFEE, IBV_WC_RECV,
-		    p.a->qp_num);
+	expect_recv(p.b_rcq, "receiver completion", 0x1112, p.b, 0, 1, 0x00C0FFEE, IBV_WC_RECV);
 	buf_check(dst, "destination");
 
 	pair_free(&p);
@@ -1230,7 +1265,7 @@ static void case_write_imm(void)
 	expect_wc(p.a_scq, "requester completion", 0x4001, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, p.a,
 		  NULL);
 	expect_recv(p.b_rcq, "responder completion", 0xA, p.b, 2049, 1, 0x01020304,
-		    IBV_WC_RECV_RDMA_WITH_IMM, p.a->qp_num);
+		    IBV_WC_RECV_RDMA_WITH_IMM);
 	buf_check(dst, "target");
 	buf_check(rb, "recv buffer untouched by RDMA_WRITE_WITH_IMM");
 
@@ -1246,7 +1281,7 @@ static void case_write_imm(void)
 	expect_wc(p.a_scq, "requester completion", 0x4002, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, p.a,
 		  NULL);
 	expect_recv(p.b_rcq, "responder completion", 0xB, p.b, 100, 1, 0xFEDCBA98,
-		    IBV_WC_RECV_RDMA_WITH_IMM, p.a->qp_num);
+		    IBV_WC_RECV_RDMA_WITH_IMM);
 	buf_check(dst, "target");
 	expect_empty(p.b_rcq, 100, "no further responder completions");
 
@@ -1450,7 +1485,7 @@ static void case_inline(void)
 		char w[64];
 		snprintf(w, sizeof(w), "recv of inline message %d", n);
 		expect_recv(p.b_rcq, w, 1000 + n, p.b, n <= 256 ? (uint32_t)n : 256, 0, 0,
-			    IBV_WC_RECV, p.a->qp_num);
+			    IBV_WC_RECV);
 	}
 	buf_check(dst, "recv slots (each slot holds its message, the rest untouched)");
 
@@ -1498,7 +1533,7 @@ static void case_large(void)
 	buf_expect(dst, 5, src->p + 7, L);
 	send1(p.a, 0x45, IBV_WR_SEND, &ss, 1, IBV_SEND_SIGNALED, 0, 0, "send");
 	expect_wc(p.a_scq, "sender completion", 0x45, IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
-	expect_recv(p.b_rcq, "receiver completion", 0x4E, p.b, L, 0, 0, IBV_WC_RECV, p.a->qp_num);
+	expect_recv(p.b_rcq, "receiver completion", 0x4E, p.b, L, 0, 0, IBV_WC_RECV);
 	buf_check(dst, "destination after 4 MiB SEND");
 
 	set_step("4 MiB RDMA_WRITE");
@@ -1550,7 +1585,7 @@ static void case_unsignaled(void)
 	for (int i = 1; i <= 11; i++) {
 		char w[64];
 		snprintf(w, sizeof(w), "receive %d", i);
-		expect_recv(p.b_rcq, w, 0x100 + i, p.b, 20 + i, 0, 0, IBV_WC_RECV, p.a->qp_num);
+		expect_recv(p.b_rcq, w, 0x100 + i, p.b, 20 + i, 0, 0, IBV_WC_RECV);
 	}
 	expect_empty(p.a_scq, 300, "send CQ after the signaled completion (unsignaled WRs must not complete)");
 	buf_check(dst, "recv slots");
@@ -1569,8 +1604,7 @@ static void case_unsignaled(void)
 		expect_wc(p.a_scq, "signaled send completion", 0x30F, IBV_WC_SUCCESS, IBV_WC_SEND,
 			  p.a, NULL);
 		for (int i = 0; i < 16; i++)
-			expect_recv(p.b_rcq, "receive", 0x200 + i, p.b, 10, 0, 0, IBV_WC_RECV,
-				    p.a->qp_num);
+			expect_recv(p.b_rcq, "receive", 0x200 + i, p.b, 10, 0, 0, IBV_WC_RECV);
 	}
 	expect_empty(p.a_scq, 100, "send CQ");
 	pair_free(&p);
@@ -1781,9 +1815,21 @@ static void case_bad_lkey(void)
 }
 
 /* One requester error scenario: a fresh pair, one WR, one expected status. */
+static void remote_error2(const char *what, enum ibv_wr_opcode op, struct ibv_sge *ls,
+			  uint64_t raddr, uint32_t rkey, enum ibv_wc_status want,
+			  const struct qp_cfg *cb, int alt);
+
 static void remote_error(const char *what, enum ibv_wr_opcode op, struct ibv_sge *ls,
 			 uint64_t raddr, uint32_t rkey, enum ibv_wc_status want,
 			 const struct qp_cfg *cb)
+{
+	remote_error2(what, op, ls, raddr, rkey, want, cb, -1);
+}
+
+/* As remote_error; alt >= 0 is a second acceptable status. */
+static void remote_error2(const char *what, enum ibv_wr_opcode op, struct ibv_sge *ls,
+			  uint64_t raddr, uint32_t rkey, enum ibv_wc_status want,
+			  const struct qp_cfg *cb, int alt)
 {
 	struct pair p;
 	struct qp_cfg c = CFG_DEFAULT;
@@ -1800,7 +1846,11 @@ static void remote_error(const char *what, enum ibv_wr_opcode op, struct ibv_sge
 		wr.wr.rdma.rkey = rkey;
 	}
 	post_send_ok(p.a, &wr, what);
-	expect_wc(p.a_scq, "requester completion", 0xE1, want, -1, p.a, NULL);
+	struct ibv_wc wc;
+	poll1(p.a_scq, &wc, "requester completion");
+	if (alt >= 0 && wc.status == (enum ibv_wc_status)alt)
+		want = alt;
+	check_wc(&wc, "requester completion", 0xE1, want, -1, p.a);
 	expect_empty(p.b_rcq, 50, "responder recv CQ");
 	pair_free(&p);
 }
@@ -1954,22 +2004,23 @@ static void case_remote_access(void)
 	ibv_dealloc_pd(pd2);
 
 	/*
-	 * The responder QP's own access flags gate incoming RDMA. (The IB spec
-	 * reports this as a remote access error; rxe reports an invalid request.
-	 * We require REM_ACCESS_ERR, as for MR rights, and say so if it differs.)
+	 * The responder QP's own access flags gate incoming RDMA. Mellanox HCAs
+	 * report REM_ACCESS_ERR, kernel rxe reports REM_INV_REQ_ERR (a NAK
+	 * "invalid request"); either is accepted. What matters is that nothing
+	 * is written or read.
 	 */
 	m = reg(tgt->p, tgt->n, ACC_ALL);
 	struct qp_cfg nowrite = CFG_DEFAULT;
 	nowrite.access = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_ATOMIC;
-	remote_error("RDMA_WRITE to a responder QP without REMOTE_WRITE in qp_access_flags",
+	remote_error2("RDMA_WRITE to a responder QP without REMOTE_WRITE in qp_access_flags",
 		     IBV_WR_RDMA_WRITE, &ls, addr_of(tgt->p + 8), m->rkey, IBV_WC_REM_ACCESS_ERR,
-		     &nowrite);
+		     &nowrite, IBV_WC_REM_INV_REQ_ERR);
 	buf_check(tgt, "remote buffer untouched");
 	struct qp_cfg noread = CFG_DEFAULT;
 	noread.access = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_ATOMIC;
-	remote_error("RDMA_READ from a responder QP without REMOTE_READ in qp_access_flags",
+	remote_error2("RDMA_READ from a responder QP without REMOTE_READ in qp_access_flags",
 		     IBV_WR_RDMA_READ, &ls, addr_of(tgt->p + 8), m->rkey, IBV_WC_REM_ACCESS_ERR,
-		     &noread);
+		     &noread, IBV_WC_REM_INV_REQ_ERR);
 	buf_accept(loc, 8, 64);
 	buf_check(loc, "local buffer outside the READ's SGE untouched");
 	dereg(m);
@@ -2029,6 +2080,7 @@ static void case_flush(void)
 	struct ibv_mr *mrs[1] = { mr };
 	struct ibv_sge s64 = sge(b->p + 100, 64, mr->lkey);
 	struct ibv_sge r = sge(b->p + 4096, 1024, mr->lkey);
+	g_soft_timeouts = 1; /* each step uses a fresh pair: report all missing flushes */
 
 	/* 1. Explicit transition to ERR flushes the outstanding receives. */
 	set_step("ibv_modify_qp(IBV_QPS_ERR) with 3 posted receives");
@@ -2118,7 +2170,7 @@ static void case_flush(void)
 	recv1(p.b, 0xB8, &r, 1, "recv on B");
 	send1(p.a, 0xC5, IBV_WR_SEND, &s64, 1, IBV_SEND_SIGNALED, 0, 0, "send after reconnect");
 	expect_wc(p.a_scq, "send after reconnect", 0xC5, IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
-	expect_recv(p.b_rcq, "recv after reconnect", 0xB8, p.b, 64, 0, 0, IBV_WC_RECV, p.a->qp_num);
+	expect_recv(p.b_rcq, "recv after reconnect", 0xB8, p.b, 64, 0, 0, IBV_WC_RECV);
 	pair_free(&p);
 
 	dereg(mr);
@@ -2223,7 +2275,7 @@ static void case_wrong_state(void)
 	wr_init(&wr, 0x54, IBV_WR_SEND, &s, 1, IBV_SEND_SIGNALED);
 	post_send_ok(a, &wr, "send in RTS");
 	expect_wc(cq_a, "send in RTS", 0x54, IBV_WC_SUCCESS, IBV_WC_SEND, a, NULL);
-	expect_recv(cq_b, "receive posted in INIT", 0x1717, b, 32, 0, 0, IBV_WC_RECV, a->qp_num);
+	expect_recv(cq_b, "receive posted in INIT", 0x1717, b, 32, 0, 0, IBV_WC_RECV);
 	expect_empty(cq_a, 50, "no completions for rejected WRs (A)");
 	expect_empty(cq_b, 50, "no completions for rejected WRs (B)");
 
@@ -2259,7 +2311,7 @@ static void case_wrong_state(void)
 	two[0].next = &two[1];
 	expect_post_send_rc(a, &two[0], &two[1], EINVAL, "post_send of [valid, invalid]");
 	expect_wc(cq_a, "the valid first WR of the list", 0x57, IBV_WC_SUCCESS, IBV_WC_SEND, a, NULL);
-	expect_recv(cq_b, "its receive", 0x1818, b, 32, 0, 0, IBV_WC_RECV, a->qp_num);
+	expect_recv(cq_b, "its receive", 0x1818, b, 32, 0, 0, IBV_WC_RECV);
 	expect_empty(cq_a, 50, "no completion for the rejected second WR");
 
 	ibv_destroy_qp(a);
@@ -2346,7 +2398,7 @@ static void case_rnr_wait(void)
 	buf_expect(dst, 2, src->p + 1, 1500);
 	recv1(p.b, 0x7B, &rs, 1, "late recv");
 	expect_wc(p.a_scq, "requester completion", 0x7A, IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
-	expect_recv(p.b_rcq, "receiver completion", 0x7B, p.b, 1500, 0, 0, IBV_WC_RECV, p.a->qp_num);
+	expect_recv(p.b_rcq, "receiver completion", 0x7B, p.b, 1500, 0, 0, IBV_WC_RECV);
 	buf_check(dst, "recv buffer");
 
 	set_step("3 SENDs before receives, receives posted one by one");
@@ -2359,8 +2411,7 @@ static void case_rnr_wait(void)
 		rs = sge(dst->p + 1000 * i + 7, 200, dmr->lkey);
 		buf_expect(dst, 1000 * i + 7, src->p + 100 * i, 50 + i);
 		recv1(p.b, 0x90 + i, &rs, 1, "late recv");
-		expect_recv(p.b_rcq, "receiver completion", 0x90 + i, p.b, 50 + i, 0, 0, IBV_WC_RECV,
-			    p.a->qp_num);
+		expect_recv(p.b_rcq, "receiver completion", 0x90 + i, p.b, 50 + i, 0, 0, IBV_WC_RECV);
 		expect_wc(p.a_scq, "requester completion", 0x80 + i, IBV_WC_SUCCESS, IBV_WC_SEND, p.a,
 			  NULL);
 	}
@@ -2426,7 +2477,7 @@ static void case_many_qps(void)
 		}
 
 	set_step("send completions");
-	int next_send[NQPS] = { 0 }, next_recv[NQPS] = { 0 };
+	int next_send[NQPS] = { 0 }, next_recv[NQPS] = { 0 }, src_qp_reported[NQPS] = { 0 };
 	for (int i = 0; i < NQPS * NMSG; i++) {
 		struct ibv_wc wc;
 		char d[400];
@@ -2462,9 +2513,11 @@ static void case_many_qps(void)
 		uint64_t want = 0x10000 | (q << 8) | next_recv[q];
 		if (check_wc(&wc, "recv completion (wr_id must belong to the QP named by qp_num, in order)",
 			     want, IBV_WC_SUCCESS, IBV_WC_RECV, qp[q])) {
-			if (wc.src_qp != qp[q ^ 1]->qp_num)
+			if (wc.src_qp != qp[q ^ 1]->qp_num && !src_qp_reported[q]) {
+				src_qp_reported[q] = 1; /* once per QP */
 				fail("recv completion on QP %d: wc.src_qp expected 0x%x (its peer), got 0x%x",
 				     q, qp[q ^ 1]->qp_num, wc.src_qp);
+			}
 			if (wc.byte_len != MSGLEN)
 				fail("recv completion on QP %d: wc.byte_len expected %d, got %u", q,
 				     MSGLEN, wc.byte_len);
