@@ -94,13 +94,19 @@ impl Server {
             SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
             None,
         )?;
-        socket::bind(listener.as_raw_fd(), &UnixAddr::new(&socket_path)?)
-            .with_context(|| format!("binding {}", socket_path.display()))?;
+        // Bind under a temporary name and rename once listening, so that
+        // router.sock never exists without a listener behind it.
+        let staging = dir.join(format!(".router.sock.{}", std::process::id()));
+        std::fs::remove_file(&staging).ok();
+        socket::bind(listener.as_raw_fd(), &UnixAddr::new(&staging)?)
+            .with_context(|| format!("binding {}", staging.display()))?;
         std::fs::set_permissions(
-            &socket_path,
+            &staging,
             std::os::unix::fs::PermissionsExt::from_mode(0o666),
         )?;
         socket::listen(&listener, Backlog::new(128)?)?;
+        std::fs::rename(&staging, &socket_path)
+            .with_context(|| format!("publishing {}", socket_path.display()))?;
 
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         epoll.add(&listener, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))?;
