@@ -24,34 +24,16 @@ struct Run {
 /// `127.0.0.1` as client; checks both exit 0 and that the client printed
 /// a table whose numbers are present and positive.
 fn perftest(prog: &str, args: &[&str]) -> Run {
-    let router = Router::start();
-    let port = free_port().to_string();
-    let mut server = router.command(prog);
-    server.args(["-d", "fv0", "-p", &port]).args(args);
-    let mut client = router.command(prog);
-    client
-        .args(["-d", "fv0", "-p", &port])
-        .args(args)
-        .arg("127.0.0.1");
-    let (server, client) = run_pair(server, client, PAIR_TIMEOUT_SECS);
-    let report = || {
-        format!(
-            "`{prog} {}`\n{}{}--- router stderr:\n{}",
-            args.join(" "),
-            show("server", &server),
-            show("client", &client),
-            router.stderr()
-        )
-    };
-    assert!(
-        server.status.success() && client.status.success(),
-        "{}",
-        report()
-    );
-    let table = parse_perftest_table(&client)
+    let pair = run_fv0_pair(prog, args, "127.0.0.1", PAIR_TIMEOUT_SECS);
+    let report = || pair.report();
+    let (server, client) = (&pair.server, &pair.client);
+    let table = parse_perftest_table(client)
         .unwrap_or_else(|| panic!("no result table in the client's output\n{}", report()));
     check_table(&table).unwrap_or_else(|e| panic!("{e}\n{}", report()));
-    Run { server, table }
+    Run {
+        server: server.clone(),
+        table,
+    }
 }
 
 /// Every row complete, every number non-negative, sizes, iterations and the

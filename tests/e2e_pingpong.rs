@@ -19,34 +19,13 @@ struct Run {
 /// Runs `prog -d fv0 -p <port> ARGS` as server and the same plus
 /// `localhost` as client; both must exit 0 and print their summary.
 fn pingpong(prog: &str, args: &[&str]) -> Run {
-    let router = Router::start();
-    let port = free_port().to_string();
-    let mut server = router.command(prog);
-    server.args(["-d", "fv0", "-p", &port]).args(args);
-    let mut client = router.command(prog);
-    client
-        .args(["-d", "fv0", "-p", &port])
-        .args(args)
-        .arg("localhost");
-    let (server, client) = run_pair(server, client, PAIR_TIMEOUT_SECS);
-    let report = || {
-        format!(
-            "`{prog} {}`\n{}{}--- router stderr:\n{}",
-            args.join(" "),
-            show("server", &server),
-            show("client", &client),
-            router.stderr()
-        )
-    };
-    assert!(
-        server.status.success() && client.status.success(),
-        "{}",
-        report()
-    );
+    let pair = run_fv0_pair(prog, args, "localhost", PAIR_TIMEOUT_SECS);
+    let report = || pair.report();
+    let (server, client) = (&pair.server, &pair.client);
     let server_result =
-        parse_pingpong(&server).unwrap_or_else(|| panic!("no server summary\n{}", report()));
+        parse_pingpong(server).unwrap_or_else(|| panic!("no server summary\n{}", report()));
     let client_result =
-        parse_pingpong(&client).unwrap_or_else(|| panic!("no client summary\n{}", report()));
+        parse_pingpong(client).unwrap_or_else(|| panic!("no client summary\n{}", report()));
     for r in [&server_result, &client_result] {
         assert!(
             r.bytes > 0 && r.iters > 0 && r.mbit_per_sec > 0.0 && r.usec_per_iter > 0.0,
@@ -55,8 +34,8 @@ fn pingpong(prog: &str, args: &[&str]) -> Run {
         );
     }
     Run {
-        server,
-        client,
+        server: server.clone(),
+        client: client.clone(),
         server_result,
         client_result,
     }

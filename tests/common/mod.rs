@@ -537,3 +537,49 @@ pub fn parse_pingpong(out: &Output) -> Option<PingpongResult> {
         usec_per_iter,
     })
 }
+
+/// A server/client pair of one program against fv0, both exited 0.
+pub struct FvPair {
+    pub router: Router,
+    pub server: Output,
+    pub client: Output,
+    pub what: String,
+}
+
+impl FvPair {
+    /// Everything needed to understand a failure: the command line, both
+    /// outputs and the router's log.
+    pub fn report(&self) -> String {
+        format!(
+            "`{}`\n{}{}--- router stderr:\n{}",
+            self.what,
+            show("server", &self.server),
+            show("client", &self.client),
+            self.router.stderr()
+        )
+    }
+}
+
+/// Starts a router, runs `prog -d fv0 -p <port> ARGS` as server and the same
+/// plus `host` as client, and asserts that both exit 0.
+pub fn run_fv0_pair(prog: &str, args: &[&str], host: &str, timeout_secs: u64) -> FvPair {
+    let router = Router::start();
+    let port = free_port().to_string();
+    let mut server = router.command(prog);
+    server.args(["-d", "fv0", "-p", &port]).args(args);
+    let mut client = router.command(prog);
+    client.args(["-d", "fv0", "-p", &port]).args(args).arg(host);
+    let (server, client) = run_pair(server, client, timeout_secs);
+    let pair = FvPair {
+        router,
+        server,
+        client,
+        what: format!("{prog} {}", args.join(" ")),
+    };
+    assert!(
+        pair.server.status.success() && pair.client.status.success(),
+        "{}",
+        pair.report()
+    );
+    pair
+}
