@@ -42,6 +42,13 @@ impl Source {
     }
 }
 
+/// The two work queues of a QP.
+#[derive(Clone, Copy)]
+enum Queue {
+    Send,
+    Recv,
+}
+
 /// What became of one send work request.
 enum Outcome {
     Done,
@@ -142,70 +149,60 @@ impl Engine {
     /// Completes every posted work request of a QP in the error state with
     /// IBV_WC_WR_FLUSH_ERR, as far as its CQs have room.
     fn flush(&mut self, h: u32) -> bool {
+        let sent = self.flush_queue(h, Queue::Send);
+        sent | self.flush_queue(h, Queue::Recv)
+    }
+
+    /// Flushes one queue of a QP in the error state, as far as its CQ has
+    /// room. True if anything was completed (or the queue was resynced).
+    fn flush_queue(&mut self, h: u32, queue: Queue) -> bool {
         let mut progress = false;
         loop {
             let qp = &self.tables.qps[&h];
-            let Some(pending) = qp.sq_pending() else {
+            let (pending, cq) = match queue {
+                Queue::Send => (qp.sq_pending(), qp.send_cq),
+                Queue::Recv => (qp.rq_pending(), qp.recv_cq),
+            };
+            let Some(pending) = pending else {
                 self.resync_after_violation(h);
                 return true;
             };
-            if pending == 0 || self.cq_free(qp.send_cq) == 0 {
-                break;
+            if pending == 0 || self.cq_free(cq) == 0 {
+                return progress;
             }
-            let wqe: SendWqe = qp.sq.read(qp.sq_consumer);
+            let (wr_id, opcode) = match queue {
+                Queue::Send => {
+                    let w: SendWqe = qp.sq.read(qp.sq_consumer);
+                    (w.wr_id, wc_opcode(w.opcode).unwrap_or(IBV_WC_SEND))
+                }
+                Queue::Recv => (qp.rq.read::<RecvWqe>(qp.rq_consumer).wr_id, IBV_WC_RECV),
+            };
             let cqe = Cqe {
-                wr_id: wqe.wr_id,
+                wr_id,
                 status: IBV_WC_WR_FLUSH_ERR,
-                opcode: wc_opcode(wqe.opcode).unwrap_or(IBV_WC_SEND),
+                opcode,
                 qp_num: qp.qpn,
                 ..Default::default()
             };
-            let cq = qp.send_cq;
-            self.consume_send(h);
-            self.push_cqe(cq, &cqe);
-            progress = true;
-        }
-        loop {
-            let qp = &self.tables.qps[&h];
-            let Some(pending) = qp.rq_pending() else {
-                self.resync_after_violation(h);
-                return true;
-            };
-            if pending == 0 || self.cq_free(qp.recv_cq) == 0 {
-                break;
+            match queue {
+                Queue::Send => self.consume_send(h),
+                Queue::Recv => self.consume_recv(h),
             }
-            let wqe: RecvWqe = qp.rq.read(qp.rq_consumer);
-            let cqe = Cqe {
-                wr_id: wqe.wr_id,
-                status: IBV_WC_WR_FLUSH_ERR,
-                opcode: IBV_WC_RECV,
-                qp_num: qp.qpn,
-                ..Default::default()
-            };
-            let cq = qp.recv_cq;
-            self.consume_recv(h);
             self.push_cqe(cq, &cqe);
             progress = true;
         }
-        progress
     }
 
     /// A client published an impossible producer index: its QP goes to the
     /// error state and the router drops what it cannot make sense of.
     fn resync_after_violation(&mut self, h: u32) {
-        let Some(qp) = self.tables.qps.get_mut(&h) else {
-            return;
-        };
-        warn!(
-            "qp {:#x}: impossible ring index from the client; QP moved to error",
-            qp.qpn
-        );
-        let hdr = qp.header();
-        let (sp, rp) = (hdr.sq.producer(), hdr.rq.producer());
-        qp.sq_consumer = sp;
-        qp.rq_consumer = rp;
-        qp.header().sq.publish_consumer(sp);
-        qp.header().rq.publish_consumer(rp);
+        if let Some(qp) = self.tables.qps.get(&h) {
+            warn!(
+                "qp {:#x}: impossible ring index from the client; QP moved to error",
+                qp.qpn
+            );
+        }
+        self.drain(h);
         self.to_error(h);
     }
 
