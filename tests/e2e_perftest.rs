@@ -155,14 +155,12 @@ fn send_bw_bidirectional() {
 }
 
 #[test]
-#[ignore = "issue 3: shared receive queues are not implemented yet"]
 fn send_bw_srq() {
     let run = perftest("ib_send_bw", &["-F", "--use-srq", "-n", "200"]);
     assert_one_row(&run, 65536, 200);
 }
 
 #[test]
-#[ignore = "issue 3: UD QPs are not implemented yet"]
 fn send_bw_ud() {
     // UD messages are limited to the MTU (4096).
     let run = perftest("ib_send_bw", &["-F", "-c", "UD", "-s", "2048", "-n", "200"]);
@@ -198,7 +196,6 @@ fn send_lat_inline() {
 }
 
 #[test]
-#[ignore = "issue 3: UD QPs are not implemented yet"]
 fn send_lat_ud() {
     let run = perftest(
         "ib_send_lat",

@@ -104,6 +104,7 @@ impl Client {
             qp_type: IBV_QPT_RC,
             send_cq: cq,
             recv_cq: cq,
+            srq: 0,
             caps,
             sq_sig_all: true,
         });
@@ -316,11 +317,35 @@ fn handles_and_limits_are_checked() {
             qp_type: IBV_QPT_RC,
             send_cq: cq_b,
             recv_cq: cq_b,
+            srq: 0,
             caps,
             sq_sig_all: false
         }),
         libc::EINVAL
     );
+    // An SRQ of another session cannot be attached.
+    let (r, _srq_fds) = a.ok(&Request::CreateSrq {
+        pd: pd_a,
+        max_wr: 4,
+        max_sge: 1,
+        srq_limit: 0,
+    });
+    let Reply::Srq { srq: srq_a, .. } = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(
+        b.errno(&Request::CreateQp {
+            pd: pd_b,
+            qp_type: IBV_QPT_RC,
+            send_cq: cq_b,
+            recv_cq: cq_b,
+            srq: srq_a,
+            caps: QpCaps::default(),
+            sq_sig_all: false
+        }),
+        libc::EINVAL
+    );
+    assert_eq!(b.errno(&Request::DestroySrq { srq: srq_a }), libc::EINVAL);
     // A CQ of another session cannot be attached.
     assert_eq!(
         b.errno(&Request::CreateQp {
@@ -328,6 +353,7 @@ fn handles_and_limits_are_checked() {
             qp_type: IBV_QPT_RC,
             send_cq: cq_a,
             recv_cq: cq_b,
+            srq: 0,
             caps: QpCaps::default(),
             sq_sig_all: false
         }),

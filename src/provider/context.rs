@@ -287,6 +287,10 @@ pub unsafe extern "C" fn query_device_ex(
         o.max_res_rd_atom = (MAX_QP_RD_ATOM * MAX_QP) as i32;
         o.atomic_cap = IBV_ATOMIC_HCA;
         o.max_pkeys = 1;
+        o.max_srq = MAX_SRQ as i32;
+        o.max_srq_wr = MAX_SRQ_WR as i32;
+        o.max_srq_sge = MAX_SGE as i32;
+        o.max_ah = i32::MAX;
         o.local_ca_ack_delay = 15;
         o.phys_port_cnt = 1;
         a.max_dm_size = 0;

@@ -15,8 +15,9 @@ use crate::sys::*;
 use crate::wire::control::{AddressVector, QpAttr, QpCaps, Reply, Request};
 use crate::wire::entries::{Cqe, RecvWqe, SendWqe, Sge, CQE_SIZE, RECV_WQE_SIZE, SEND_WQE_SIZE};
 use crate::wire::limits::*;
+use crate::wire::ring::RingIndices;
 use crate::wire::ring::RingSlots;
-use crate::wire::segment::{CqHeader, CqLayout, Mapping, QpHeader, QpLayout};
+use crate::wire::segment::{CqHeader, CqLayout, Mapping, QpHeader, QpLayout, SrqHeader, SrqLayout};
 
 #[repr(transparent)]
 pub struct ContextOps(pub verbs_context_ops);
@@ -38,6 +39,13 @@ pub static CONTEXT_OPS: ContextOps = ContextOps(verbs_context_ops {
     destroy_qp: Some(destroy_qp),
     post_send: Some(post_send),
     post_recv: Some(post_recv),
+    create_srq: Some(create_srq),
+    modify_srq: Some(modify_srq),
+    query_srq: Some(query_srq),
+    destroy_srq: Some(destroy_srq),
+    post_srq_recv: Some(post_srq_recv),
+    create_ah: Some(create_ah),
+    destroy_ah: Some(destroy_ah),
     query_device_ex: Some(context::query_device_ex),
     query_port: Some(context::query_port),
     free_context: Some(context::free_context),
@@ -355,9 +363,6 @@ unsafe extern "C" fn create_qp(pd: *mut ibv_pd, attr: *mut ibv_qp_init_attr) -> 
         if a.send_cq.is_null() || a.recv_cq.is_null() {
             return null_with(libc::EINVAL);
         }
-        if !a.srq.is_null() {
-            return null_with(libc::EOPNOTSUPP);
-        }
         let c = &a.cap;
         if c.max_send_wr > MAX_QP_WR
             || c.max_recv_wr > MAX_QP_WR
@@ -374,13 +379,18 @@ unsafe extern "C" fn create_qp(pd: *mut ibv_pd, attr: *mut ibv_qp_init_attr) -> 
             max_recv_sge: c.max_recv_sge,
             max_inline_data: c.max_inline_data,
         };
-        // SAFETY: both CQs are ours (checked non-NULL above).
-        let (scq, rcq) = unsafe { ((*a.send_cq).handle, (*a.recv_cq).handle) };
+        // SAFETY: both CQs are ours (checked non-NULL above), the SRQ too
+        // if given.
+        let (scq, rcq, srq) = unsafe {
+            let srq = if a.srq.is_null() { 0 } else { (*a.srq).handle };
+            ((*a.send_cq).handle, (*a.recv_cq).handle, srq)
+        };
         let req = Request::CreateQp {
             pd: pdh,
             qp_type: a.qp_type,
             send_cq: scq,
             recv_cq: rcq,
+            srq,
             caps,
             sq_sig_all: a.sq_sig_all != 0,
         };
@@ -660,6 +670,32 @@ fn build_send_wqe(fqp: &FvQp, wr: &ibv_send_wr) -> Result<SendWqe, Errno> {
     w.wr_id = wr.wr_id;
     w.opcode = wr.opcode;
     w.send_flags = wr.send_flags;
+    // SAFETY: reading the ibv_qp we filled in create_qp.
+    let qp_type = unsafe { fqp.vqp.__bindgen_anon_1.qp.qp_type };
+    let allowed = match qp_type {
+        IBV_QPT_UD => matches!(wr.opcode, IBV_WR_SEND | IBV_WR_SEND_WITH_IMM),
+        IBV_QPT_UC => matches!(
+            wr.opcode,
+            IBV_WR_SEND | IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM
+        ),
+        _ => true,
+    };
+    if !allowed {
+        return Err(libc::EINVAL);
+    }
+    if qp_type == IBV_QPT_UD {
+        // SAFETY: `ud` is the active member for UD QPs.
+        let ud = unsafe { wr.wr.ud };
+        if ud.ah.is_null() {
+            return Err(libc::EINVAL);
+        }
+        // SAFETY: every AH we hand out is an FvAh.
+        let ah = unsafe { &*(ud.ah as *const FvAh) };
+        w.remote_qpn = ud.remote_qpn;
+        w.remote_qkey = ud.remote_qkey;
+        w.ah_global = u32::from(ah.global);
+        w.dgid = ah.dgid;
+    }
     match wr.opcode {
         IBV_WR_SEND | IBV_WR_RDMA_WRITE | IBV_WR_RDMA_READ => {}
         IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE_WITH_IMM => {
@@ -784,6 +820,67 @@ unsafe extern "C" fn post_send(
     })
 }
 
+/// A receive ring the provider posts to: a QP's own queue or an SRQ.
+struct RecvRing<'a> {
+    ring: &'a RingSlots,
+    indices: &'a RingIndices,
+    producer: &'a Mutex<u32>,
+    max_wr: u32,
+    max_sge: u32,
+}
+
+/// Posts a chain of receive work requests; `refuse` (if non-zero) is the
+/// errno for the whole chain (wrong state, QP with an SRQ).
+fn post_receives(
+    q: RecvRing<'_>,
+    ctx: &ContextInner,
+    refuse: Errno,
+    wr: *mut ibv_recv_wr,
+    bad_wr: *mut *mut ibv_recv_wr,
+) -> i32 {
+    let mut producer = q.producer.lock().unwrap_or_else(|e| e.into_inner());
+    let start = *producer;
+    let mut cur = wr;
+    let mut ret = refuse;
+    while ret == 0 && !cur.is_null() {
+        // SAFETY: the caller's chain of work requests.
+        let w = unsafe { &*cur };
+        if w.num_sge < 0 || w.num_sge as u32 > q.max_sge.max(1) {
+            ret = libc::EINVAL;
+            break;
+        }
+        if producer.wrapping_sub(q.indices.consumer()) >= q.ring.capacity().min(q.max_wr.max(1)) {
+            ret = libc::ENOMEM;
+            break;
+        }
+        let mut r = RecvWqe::zeroed();
+        r.wr_id = w.wr_id;
+        r.num_sge = w.num_sge as u32;
+        for i in 0..w.num_sge as usize {
+            // SAFETY: sg_list has num_sge entries.
+            let s = unsafe { &*w.sg_list.add(i) };
+            r.sge[i] = Sge {
+                addr: s.addr,
+                length: s.length,
+                lkey: s.lkey,
+            };
+        }
+        q.ring.write(*producer, &r);
+        *producer = producer.wrapping_add(1);
+        cur = w.next;
+    }
+    if ret != 0 && !bad_wr.is_null() {
+        // SAFETY: the caller's out-pointer.
+        unsafe { *bad_wr = cur };
+    }
+    if *producer != start {
+        q.indices.publish_producer(*producer);
+        drop(producer);
+        ctx.ring_doorbell();
+    }
+    ret
+}
+
 unsafe extern "C" fn post_recv(
     qp: *mut ibv_qp,
     wr: *mut ibv_recv_wr,
@@ -792,53 +889,229 @@ unsafe extern "C" fn post_recv(
     guard(libc::EIO, || {
         // SAFETY: qp is ours.
         let fqp = unsafe { FvQp::from_ibv(qp) };
-        let state = fqp.current_state();
-        let mut producer = fqp.rq_producer.lock().unwrap_or_else(|e| e.into_inner());
-        let start = *producer;
-        let mut cur = wr;
-        let mut ret = 0;
-        while !cur.is_null() {
-            // SAFETY: the caller's chain of work requests.
-            let w = unsafe { &*cur };
-            if state == IBV_QPS_RESET {
-                ret = libc::EINVAL;
-                break;
+        // SAFETY: reading the ibv_qp we filled in create_qp.
+        let has_srq = unsafe { !fqp.vqp.__bindgen_anon_1.qp.srq.is_null() };
+        let refuse = if has_srq || fqp.current_state() == IBV_QPS_RESET {
+            libc::EINVAL
+        } else {
+            0
+        };
+        let q = RecvRing {
+            ring: &fqp.rq,
+            indices: &fqp.header().rq,
+            producer: &fqp.rq_producer,
+            max_wr: fqp.caps.max_recv_wr,
+            max_sge: fqp.caps.max_recv_sge,
+        };
+        post_receives(q, fqp.context(), refuse, wr, bad_wr)
+    })
+}
+
+// --------------------------------------------------------------- SRQ ----
+
+#[repr(C)]
+pub struct FvSrq {
+    pub vsrq: verbs_srq,
+    segment: Mapping,
+    ring: RingSlots,
+    max_sge: u32,
+    producer: Mutex<u32>,
+}
+
+impl FvSrq {
+    /// # Safety
+    /// `srq` must come from [`create_srq`].
+    unsafe fn from_ibv<'a>(srq: *mut ibv_srq) -> &'a FvSrq {
+        &*(srq as *const FvSrq)
+    }
+    fn header(&self) -> &SrqHeader {
+        // SAFETY: the SRQ segment starts with an SrqHeader.
+        unsafe { self.segment.header::<SrqHeader>() }
+    }
+    fn context(&self) -> &ContextInner {
+        // SAFETY: the context of one of our SRQs is one of ours.
+        unsafe { inner(self.vsrq.srq.context) }
+    }
+}
+
+unsafe extern "C" fn create_srq(pd: *mut ibv_pd, init: *mut ibv_srq_init_attr) -> *mut ibv_srq {
+    guard(ptr::null_mut(), || {
+        // SAFETY: pd is ours; init is the caller's.
+        let (ctx, pdh, a) = unsafe { ((*pd).context, (*pd).handle, &mut *init) };
+        let req = Request::CreateSrq {
+            pd: pdh,
+            max_wr: a.attr.max_wr,
+            max_sge: a.attr.max_sge,
+            srq_limit: a.attr.srq_limit,
+        };
+        let (reply, fds) = match call(ctx, &req) {
+            Ok(x) => x,
+            Err(e) => return null_with(e),
+        };
+        let Reply::Srq {
+            srq,
+            capacity,
+            max_sge,
+            segment_size,
+        } = reply
+        else {
+            return null_with(unexpected(&reply));
+        };
+        let layout = SrqLayout::new(capacity);
+        let built = take_one_fd(fds).and_then(|fd| {
+            if layout.capacity != capacity || layout.size as u64 != segment_size {
+                return Err(libc::EPROTO);
             }
-            if w.num_sge < 0 || w.num_sge as u32 > fqp.caps.max_recv_sge.max(1) {
-                ret = libc::EINVAL;
-                break;
+            map_segment(&fd, segment_size)
+        });
+        let segment = match built {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = call(ctx, &Request::DestroySrq { srq });
+                return null_with(e);
             }
-            let consumer = fqp.header().rq.consumer();
-            if producer.wrapping_sub(consumer) >= fqp.rq.capacity().min(fqp.caps.max_recv_wr.max(1))
-            {
-                ret = libc::ENOMEM;
-                break;
-            }
-            let mut r = RecvWqe::zeroed();
-            r.wr_id = w.wr_id;
-            r.num_sge = w.num_sge as u32;
-            for i in 0..w.num_sge as usize {
-                // SAFETY: sg_list has num_sge entries.
-                let s = unsafe { &*w.sg_list.add(i) };
-                r.sge[i] = Sge {
-                    addr: s.addr,
-                    length: s.length,
-                    lkey: s.lkey,
+        };
+        // SAFETY: the segment holds `capacity` receive WQEs at ring_offset.
+        let ring = unsafe {
+            RingSlots::new(
+                segment.as_ptr().add(layout.ring_offset),
+                RECV_WQE_SIZE,
+                capacity,
+            )
+        };
+        // SAFETY: verbs_srq is plain C data; libibverbs' wrapper fills
+        // context, srq_context, pd, mutex, cond and events_completed.
+        let mut vsrq: verbs_srq = unsafe { std::mem::zeroed() };
+        vsrq.srq.handle = srq;
+        vsrq.srq.context = ctx;
+        vsrq.srq_type = IBV_SRQT_BASIC;
+        a.attr.max_wr = capacity;
+        a.attr.max_sge = max_sge;
+        let b = Box::new(FvSrq {
+            vsrq,
+            segment,
+            ring,
+            max_sge,
+            producer: Mutex::new(0),
+        });
+        Box::into_raw(b) as *mut ibv_srq
+    })
+}
+
+unsafe extern "C" fn modify_srq(srq: *mut ibv_srq, attr: *mut ibv_srq_attr, mask: i32) -> i32 {
+    guard(libc::EIO, || {
+        // SAFETY: srq is ours, attr the caller's.
+        let (fsrq, a) = unsafe { (FvSrq::from_ibv(srq), &*attr) };
+        let req = Request::ModifySrq {
+            srq: fsrq.vsrq.srq.handle,
+            max_wr: a.max_wr,
+            srq_limit: a.srq_limit,
+            mask: mask as u32,
+        };
+        fsrq.context().call(&req).map_or_else(|e| e, |_| 0)
+    })
+}
+
+unsafe extern "C" fn query_srq(srq: *mut ibv_srq, attr: *mut ibv_srq_attr) -> i32 {
+    guard(libc::EIO, || {
+        // SAFETY: srq is ours, attr the caller's.
+        let (fsrq, out) = unsafe { (FvSrq::from_ibv(srq), &mut *attr) };
+        match fsrq.context().call(&Request::QuerySrq {
+            srq: fsrq.vsrq.srq.handle,
+        }) {
+            Ok((
+                Reply::SrqAttr {
+                    max_wr,
+                    max_sge,
+                    srq_limit,
+                },
+                _,
+            )) => {
+                *out = ibv_srq_attr {
+                    max_wr,
+                    max_sge,
+                    srq_limit,
                 };
+                0
             }
-            fqp.rq.write(*producer, &r);
-            *producer = producer.wrapping_add(1);
-            cur = w.next;
+            Ok((r, _)) => unexpected(&r),
+            Err(e) => e,
         }
-        if ret != 0 && !bad_wr.is_null() {
-            // SAFETY: the caller's out-pointer.
-            unsafe { *bad_wr = cur };
+    })
+}
+
+unsafe extern "C" fn destroy_srq(srq: *mut ibv_srq) -> i32 {
+    guard(libc::EIO, || {
+        // SAFETY: srq is ours.
+        let fsrq = unsafe { FvSrq::from_ibv(srq) };
+        match fsrq.context().call(&Request::DestroySrq {
+            srq: fsrq.vsrq.srq.handle,
+        }) {
+            Ok(_) => {
+                // SAFETY: allocated by create_srq as a Box<FvSrq>.
+                drop(unsafe { Box::from_raw(srq as *mut FvSrq) });
+                0
+            }
+            Err(e) => e,
         }
-        if *producer != start {
-            fqp.header().rq.publish_producer(*producer);
-            drop(producer);
-            fqp.context().ring_doorbell();
+    })
+}
+
+unsafe extern "C" fn post_srq_recv(
+    srq: *mut ibv_srq,
+    wr: *mut ibv_recv_wr,
+    bad_wr: *mut *mut ibv_recv_wr,
+) -> i32 {
+    guard(libc::EIO, || {
+        // SAFETY: srq is ours.
+        let fsrq = unsafe { FvSrq::from_ibv(srq) };
+        let q = RecvRing {
+            ring: &fsrq.ring,
+            indices: &fsrq.header().rq,
+            producer: &fsrq.producer,
+            max_wr: fsrq.ring.capacity(),
+            max_sge: fsrq.max_sge,
+        };
+        post_receives(q, fsrq.context(), 0, wr, bad_wr)
+    })
+}
+
+// ---------------------------------------------------------------- AH ----
+
+/// An address handle: kept in the provider (the router checks the
+/// destination of every UD send itself).
+#[repr(C)]
+pub struct FvAh {
+    pub ah: ibv_ah,
+    global: bool,
+    dgid: [u8; 16],
+}
+
+unsafe extern "C" fn create_ah(pd: *mut ibv_pd, attr: *mut ibv_ah_attr) -> *mut ibv_ah {
+    guard(ptr::null_mut(), || {
+        // SAFETY: pd is ours, attr the caller's.
+        let (ctx, a) = unsafe { ((*pd).context, &*attr) };
+        if a.port_num != 1 || (a.is_global != 0 && a.grh.sgid_index != 0) {
+            return null_with(libc::EINVAL);
         }
-        ret
+        let b = Box::new(FvAh {
+            ah: ibv_ah {
+                context: ctx,
+                pd,
+                handle: 0,
+            },
+            global: a.is_global != 0,
+            // SAFETY: ibv_gid is a union of plain bytes.
+            dgid: unsafe { a.grh.dgid.raw },
+        });
+        Box::into_raw(b) as *mut ibv_ah
+    })
+}
+
+unsafe extern "C" fn destroy_ah(ah: *mut ibv_ah) -> i32 {
+    guard(libc::EIO, || {
+        // SAFETY: allocated by create_ah as a Box<FvAh>.
+        drop(unsafe { Box::from_raw(ah as *mut FvAh) });
+        0
     })
 }

@@ -9,10 +9,10 @@ use log::debug;
 use crate::sys::*;
 use crate::wire::control::{QpCaps, Reply, Request};
 use crate::wire::limits::*;
-use crate::wire::segment::{create_sealed_memfd, CqLayout, Mapping, QpLayout};
+use crate::wire::segment::{create_sealed_memfd, CqLayout, Mapping, QpLayout, SrqLayout};
 
 use super::engine::Engine;
-use super::objects::{Cq, Mr, Pd, Qp, SessionId};
+use super::objects::{Cq, Mr, Pd, Qp, SessionId, Srq};
 use super::qp_state::{self, QpKind};
 
 /// A reply and the descriptors that travel with it.
@@ -70,7 +70,9 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
             if !owned(&t.pds, pd, session, |p| p.session) {
                 return err(libc::EINVAL, "no such protection domain");
             }
-            let busy = t.mrs.values().any(|m| m.pd == pd) || t.qps.values().any(|q| q.pd == pd);
+            let busy = t.mrs.values().any(|m| m.pd == pd)
+                || t.qps.values().any(|q| q.pd == pd)
+                || t.srqs.values().any(|s| s.pd == pd);
             if busy {
                 return err(
                     libc::EBUSY,
@@ -192,6 +194,7 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
             qp_type,
             send_cq,
             recv_cq,
+            srq,
             caps,
             sq_sig_all,
         } => {
@@ -201,11 +204,11 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
                     format!("QP type {qp_type} is not supported"),
                 );
             };
-            if kind != QpKind::Rc {
-                return err(libc::EOPNOTSUPP, "only RC QPs are supported so far");
-            }
             if !owned(&t.pds, pd, session, |p| p.session) {
                 return err(libc::EINVAL, "no such protection domain");
+            }
+            if srq != 0 && !owned(&t.srqs, srq, session, |s| s.session) {
+                return err(libc::EINVAL, "no such shared receive queue");
             }
             for cq in [send_cq, recv_cq] {
                 if !owned(&t.cqs, cq, session, |c| c.session) {
@@ -226,12 +229,13 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
             if count(&t.qps, session, |q| q.session) >= MAX_QP as usize {
                 return err(libc::ENOMEM, "too many QPs");
             }
-            let layout = QpLayout::new(caps.max_send_wr, caps.max_recv_wr);
+            let rq_wr = if srq != 0 { 1 } else { caps.max_recv_wr };
+            let layout = QpLayout::new(caps.max_send_wr, rq_wr);
             let caps = QpCaps {
                 max_send_wr: layout.sq_capacity,
-                max_recv_wr: layout.rq_capacity,
+                max_recv_wr: if srq != 0 { 0 } else { layout.rq_capacity },
                 max_send_sge: MAX_SGE,
-                max_recv_sge: MAX_SGE,
+                max_recv_sge: if srq != 0 { 0 } else { MAX_SGE },
                 max_inline_data: MAX_INLINE_DATA,
             };
             let Some(qpn) = t.new_qpn() else {
@@ -246,7 +250,7 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
             t.qps.insert(
                 qp,
                 Qp::new(
-                    session, pd, kind, qpn, send_cq, recv_cq, caps, sq_sig_all, map, layout,
+                    session, pd, kind, qpn, send_cq, recv_cq, srq, caps, sq_sig_all, map, layout,
                 ),
             );
             Answer {
@@ -260,6 +264,86 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
                 },
                 fds: vec![fd],
             }
+        }
+        Request::CreateSrq {
+            pd,
+            max_wr,
+            max_sge,
+            srq_limit,
+        } => {
+            if !owned(&t.pds, pd, session, |p| p.session) {
+                return err(libc::EINVAL, "no such protection domain");
+            }
+            if max_wr == 0 || max_wr > MAX_SRQ_WR || max_sge > MAX_SGE || srq_limit > max_wr {
+                return err(
+                    libc::EINVAL,
+                    format!("SRQ max_wr {max_wr} max_sge {max_sge} limit {srq_limit}"),
+                );
+            }
+            if count(&t.srqs, session, |s| s.session) >= MAX_SRQ as usize {
+                return err(libc::ENOMEM, "too many shared receive queues");
+            }
+            let layout = SrqLayout::new(max_wr);
+            let (fd, map) = match segment("fv-srq", layout.size) {
+                Ok(x) => x,
+                Err(e) => return err(libc::ENOMEM, format!("SRQ segment: {e}")),
+            };
+            let srq = t.handle();
+            t.srqs
+                .insert(srq, Srq::new(session, pd, map, layout, MAX_SGE, srq_limit));
+            Answer {
+                reply: Reply::Srq {
+                    srq,
+                    capacity: layout.capacity,
+                    max_sge: MAX_SGE,
+                    segment_size: layout.size as u64,
+                },
+                fds: vec![fd],
+            }
+        }
+        Request::ModifySrq {
+            srq,
+            max_wr,
+            srq_limit,
+            mask,
+        } => {
+            let Some(s) = t.srqs.get_mut(&srq).filter(|s| s.session == session) else {
+                return err(libc::EINVAL, "no such shared receive queue");
+            };
+            if mask & !(IBV_SRQ_MAX_WR | IBV_SRQ_LIMIT) != 0 {
+                return err(libc::EINVAL, format!("SRQ attribute mask {mask:#x}"));
+            }
+            if mask & IBV_SRQ_MAX_WR != 0 && (max_wr == 0 || max_wr > s.ring.capacity()) {
+                return err(
+                    libc::EINVAL,
+                    "resizing a shared receive queue beyond its size is not supported",
+                );
+            }
+            if mask & IBV_SRQ_LIMIT != 0 {
+                if srq_limit > s.ring.capacity() {
+                    return err(libc::EINVAL, format!("srq_limit {srq_limit} above max_wr"));
+                }
+                s.limit = srq_limit;
+            }
+            Answer::ok(Reply::Done)
+        }
+        Request::QuerySrq { srq } => match t.srqs.get(&srq).filter(|s| s.session == session) {
+            Some(s) => Answer::ok(Reply::SrqAttr {
+                max_wr: s.ring.capacity(),
+                max_sge: s.max_sge,
+                srq_limit: s.limit,
+            }),
+            None => err(libc::EINVAL, "no such shared receive queue"),
+        },
+        Request::DestroySrq { srq } => {
+            if !owned(&t.srqs, srq, session, |s| s.session) {
+                return err(libc::EINVAL, "no such shared receive queue");
+            }
+            if t.qps.values().any(|q| q.srq == srq) {
+                return err(libc::EBUSY, "shared receive queue still used by a QP");
+            }
+            t.srqs.remove(&srq);
+            Answer::ok(Reply::Done)
         }
         Request::ModifyQp { qp, attr, mask } => {
             let Some(q) = t.qps.get_mut(&qp).filter(|q| q.session == session) else {
@@ -326,6 +410,7 @@ pub fn close_session(engine: &mut Engine, session: SessionId) {
     }
     let t = &mut engine.tables;
     t.cqs.retain(|_, c| c.session != session);
+    t.srqs.retain(|_, s| s.session != session);
     let keys: Vec<u32> = t
         .mrs
         .values()

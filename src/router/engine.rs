@@ -9,10 +9,10 @@ use log::{debug, warn};
 
 use crate::sys::*;
 use crate::wire::entries::{Cqe, RecvWqe, SendWqe};
-use crate::wire::limits::{MAX_INLINE_DATA, MAX_MSG_SIZE};
+use crate::wire::limits::{GRH_SIZE, MAX_INLINE_DATA, MAX_MSG_SIZE, UD_MTU};
 
 use super::memory::{ProcessMemory, Segments};
-use super::objects::{Stall, Tables};
+use super::objects::{SessionId, Stall, Tables};
 use super::qp_state::{self, QpKind, ERR, RESET, RTR, RTS, SQD, SQE};
 
 /// Bytes moved per bounce-buffer step.
@@ -20,6 +20,10 @@ const CHUNK: usize = 1 << 20;
 
 pub struct Engine {
     pub tables: Tables,
+    /// This router's GID (UD destinations must carry it).
+    pub gid: [u8; 16],
+    /// Async events raised by the data path, for the sessions to deliver.
+    pub async_events: Vec<AsyncEvent>,
     bounce: Vec<u8>,
     handles: Vec<u32>,
 }
@@ -40,6 +44,34 @@ impl Source {
             Source::Memory(mem, segs) => mem.read_segments(segs, offset, buf),
         }
     }
+}
+
+/// The object an async event is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventSource {
+    Qp(u32),
+    Srq(u32),
+}
+
+/// An affiliated asynchronous event (`ibv_get_async_event`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AsyncEvent {
+    pub session: SessionId,
+    pub source: EventSource,
+    pub event_type: u32,
+}
+
+/// The 40-byte GRH (IPv6 header layout, as RoCE v2 receivers see it) in
+/// front of a UD message.
+fn grh(sgid: &[u8; 16], dgid: &[u8; 16], payload_len: u32) -> [u8; 40] {
+    let mut g = [0u8; 40];
+    g[0] = 0x60; // IP version 6
+    g[4..6].copy_from_slice(&((payload_len) as u16).to_be_bytes());
+    g[6] = 0x1b; // next header: IB BTH
+    g[7] = 64; // hop limit
+    g[8..24].copy_from_slice(sgid);
+    g[24..40].copy_from_slice(dgid);
+    g
 }
 
 /// The two work queues of a QP.
@@ -79,9 +111,11 @@ fn total_len(segs: &Segments) -> u64 {
 }
 
 impl Engine {
-    pub fn new(tables: Tables) -> Engine {
+    pub fn new(tables: Tables, gid: [u8; 16]) -> Engine {
         Engine {
             tables,
+            gid,
+            async_events: Vec::new(),
             bounce: vec![0; CHUNK],
             handles: Vec::new(),
         }
@@ -130,6 +164,15 @@ impl Engine {
                 debug!("qp {:#x} -> error", qp.qpn);
                 qp.set_state(ERR);
                 qp.stall = None;
+                if qp.srq != 0 {
+                    // Nothing more will be taken from the SRQ for this QP.
+                    let session = qp.session;
+                    self.async_events.push(AsyncEvent {
+                        session,
+                        source: EventSource::Qp(h),
+                        event_type: IBV_EVENT_QP_LAST_WQE_REACHED,
+                    });
+                }
             }
         }
     }
@@ -161,6 +204,8 @@ impl Engine {
             let qp = &self.tables.qps[&h];
             let (pending, cq) = match queue {
                 Queue::Send => (qp.sq_pending(), qp.send_cq),
+                // Receives of an SRQ belong to the SRQ, not to this QP.
+                Queue::Recv if qp.srq != 0 => return progress,
                 Queue::Recv => (qp.rq_pending(), qp.recv_cq),
             };
             let Some(pending) = pending else {
@@ -214,8 +259,25 @@ impl Engine {
 
     fn consume_recv(&mut self, h: u32) {
         let qp = self.tables.qps.get_mut(&h).expect("qp");
-        qp.rq_consumer = qp.rq_consumer.wrapping_add(1);
-        qp.header().rq.publish_consumer(qp.rq_consumer);
+        let (srq_handle, session) = (qp.srq, qp.session);
+        if srq_handle == 0 {
+            qp.rq_consumer = qp.rq_consumer.wrapping_add(1);
+            qp.header().rq.publish_consumer(qp.rq_consumer);
+            return;
+        }
+        let Some(srq) = self.tables.srqs.get_mut(&srq_handle) else {
+            return;
+        };
+        srq.consumer = srq.consumer.wrapping_add(1);
+        srq.header().rq.publish_consumer(srq.consumer);
+        if srq.limit > 0 && srq.pending().is_some_and(|n| n < srq.limit) {
+            srq.limit = 0;
+            self.async_events.push(AsyncEvent {
+                session,
+                source: EventSource::Srq(srq_handle),
+                event_type: IBV_EVENT_SRQ_LIMIT_REACHED,
+            });
+        }
     }
 
     /// Discards everything posted on a QP's queues (modify to RESET).
@@ -434,16 +496,19 @@ impl Engine {
         self.tables.sessions[&s].memory
     }
 
-    /// Fails both ends of a connection: the requester's WQE gets
-    /// `req_status`, the responder optionally completes `recv` with
-    /// `resp_status`; both QPs go to the error state.
-    fn fail_both(
+    /// A responder-side failure. RC: the requester's WQE gets `req_status`,
+    /// the responder optionally completes `recv` with `resp_status`, and
+    /// both QPs go to the error state. UC has no acknowledgements: the
+    /// requester completes successfully and only the responder sees the
+    /// error (if a receive was involved).
+    fn responder_error(
         &mut self,
         ha: u32,
         wqe: &SendWqe,
         req_status: u32,
         hb: u32,
         recv: Option<(RecvWqe, u32)>,
+        len: u64,
     ) -> Outcome {
         if let Some((rwqe, status)) = recv {
             let b = &self.tables.qps[&hb];
@@ -459,32 +524,86 @@ impl Engine {
             self.consume_recv(hb);
             self.push_cqe(cq, &cqe);
         }
+        if self.tables.qps[&ha].kind == QpKind::Uc {
+            if recv.is_some() {
+                self.to_error(hb);
+            }
+            self.finish_send(ha, wqe, len);
+            return Outcome::Done;
+        }
         self.to_error(hb);
         self.fail_requester(ha, wqe, req_status);
         Outcome::Failed
     }
 
+    /// Frees the send slot and, if the WR is signaled, completes it
+    /// successfully. (The slot is freed before the completion is visible: a
+    /// poster that sees the completion may reuse the slot at once.)
+    fn finish_send(&mut self, ha: u32, w: &SendWqe, byte_len: u64) {
+        let a = &self.tables.qps[&ha];
+        let signaled = a.sq_sig_all || w.send_flags & IBV_SEND_SIGNALED != 0;
+        let cqe = Cqe {
+            wr_id: w.wr_id,
+            status: IBV_WC_SUCCESS,
+            opcode: wc_opcode(w.opcode).unwrap_or(IBV_WC_SEND),
+            byte_len: byte_len as u32,
+            qp_num: a.qpn,
+            ..Default::default()
+        };
+        let cq = a.send_cq;
+        self.consume_send(ha);
+        if signaled {
+            self.push_cqe(cq, &cqe);
+        }
+    }
+
+    /// Where the receive WQEs of a QP come from: its own queue or its SRQ.
+    fn recv_pending(&self, h: u32) -> Option<u32> {
+        let qp = &self.tables.qps[&h];
+        if qp.srq != 0 {
+            self.tables.srqs.get(&qp.srq).and_then(|s| s.pending())
+        } else {
+            qp.rq_pending()
+        }
+    }
+
+    fn recv_head(&self, h: u32) -> (RecvWqe, u32) {
+        let qp = &self.tables.qps[&h];
+        match self.tables.srqs.get(&qp.srq).filter(|_| qp.srq != 0) {
+            Some(s) => (s.ring.read(s.consumer), s.max_sge),
+            None => (qp.rq.read(qp.rq_consumer), qp.caps.max_recv_sge),
+        }
+    }
+
+    /// A receive queue with an impossible producer index: an SRQ drops what
+    /// it holds; a QP's own queue takes the QP to the error state.
+    fn recv_violation(&mut self, h: u32) {
+        let srq = self.tables.qps[&h].srq;
+        match self.tables.srqs.get_mut(&srq).filter(|_| srq != 0) {
+            Some(s) => {
+                warn!("srq {srq}: impossible ring index from the client; its receives are dropped");
+                s.consumer = s.header().rq.producer();
+                s.header().rq.publish_consumer(s.consumer);
+            }
+            None => self.resync_after_violation(h),
+        }
+    }
+
     fn execute(&mut self, ha: u32, w: &SendWqe, now: Instant) -> Outcome {
         let a = &self.tables.qps[&ha];
-        if a.kind == QpKind::Ud {
-            // UD send queues are served by a later issue; never silently drop.
-            self.fail_requester(ha, w, IBV_WC_LOC_QP_OP_ERR);
-            return Outcome::Failed;
-        }
-        let signaled = a.sq_sig_all || w.send_flags & IBV_SEND_SIGNALED != 0;
-        let (send_cq, qpn_a) = (a.send_cq, a.qpn);
-        if self.cq_free(send_cq) == 0 {
+        let kind = a.kind;
+        if self.cq_free(a.send_cq) == 0 {
             return Outcome::Stalled(Stall::CqFull);
         }
-        let Some(opcode) = wc_opcode(w.opcode) else {
-            self.fail_requester(ha, w, IBV_WC_LOC_QP_OP_ERR);
-            return Outcome::Failed;
+        let allowed = match kind {
+            QpKind::Rc => wc_opcode(w.opcode).is_some(),
+            QpKind::Uc => matches!(
+                w.opcode,
+                IBV_WR_SEND | IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM
+            ),
+            QpKind::Ud => matches!(w.opcode, IBV_WR_SEND | IBV_WR_SEND_WITH_IMM),
         };
-        let rc_only = matches!(
-            w.opcode,
-            IBV_WR_RDMA_READ | IBV_WR_ATOMIC_CMP_AND_SWP | IBV_WR_ATOMIC_FETCH_AND_ADD
-        );
-        if (rc_only && a.kind != QpKind::Rc) || w.num_sge > a.caps.max_send_sge.max(1) {
+        if !allowed || w.num_sge > a.caps.max_send_sge.max(1) {
             self.fail_requester(ha, w, IBV_WC_LOC_QP_OP_ERR);
             return Outcome::Failed;
         }
@@ -515,20 +634,30 @@ impl Engine {
                 }
             }
         };
+        let src = if inline {
+            Source::Inline(w.inline_bytes().to_vec())
+        } else {
+            Source::Memory(self.memory_of(ha), local.clone())
+        };
+        if kind == QpKind::Ud {
+            return self.execute_ud(ha, w, &src, len);
+        }
+        let uc = kind == QpKind::Uc;
         let Some(hb) = self.peer(ha) else {
+            if uc {
+                // Nobody listens: an unreliable message is simply lost.
+                self.finish_send(ha, w, len);
+                return Outcome::Done;
+            }
             return Outcome::Stalled(self.retry_stall(ha, now));
         };
         let mem_a = self.memory_of(ha);
         let mem_b = self.memory_of(hb);
-        let src = if inline {
-            Source::Inline(w.inline_bytes().to_vec())
-        } else {
-            Source::Memory(mem_a, local.clone())
-        };
-        let (recv_cq, qpn_b) = {
-            let b = &self.tables.qps[&hb];
-            (b.recv_cq, b.qpn)
-        };
+        let (recv_cq, qpn_a, qpn_b) = (
+            self.tables.qps[&hb].recv_cq,
+            self.tables.qps[&ha].qpn,
+            self.tables.qps[&hb].qpn,
+        );
         let with_imm = matches!(w.opcode, IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE_WITH_IMM);
         let consumes_recv = matches!(
             w.opcode,
@@ -537,12 +666,16 @@ impl Engine {
 
         // A receive WQE at the responder, if the operation needs one.
         let mut recv: Option<RecvWqe> = None;
+        let mut recv_max_sge = 0;
         if consumes_recv {
-            let b = &self.tables.qps[&hb];
-            match b.rq_pending() {
+            match self.recv_pending(hb) {
                 None => {
-                    self.resync_after_violation(hb);
+                    self.recv_violation(hb);
                     return Outcome::Stalled(self.retry_stall(ha, now));
+                }
+                Some(0) if uc => {
+                    self.finish_send(ha, w, len);
+                    return Outcome::Done;
                 }
                 Some(0) => return Outcome::Stalled(self.rnr_stall(ha, hb, now)),
                 Some(_) => {}
@@ -550,42 +683,46 @@ impl Engine {
             if self.cq_free(recv_cq) == 0 {
                 return Outcome::Stalled(Stall::CqFull);
             }
-            recv = Some(b.rq.read(b.rq_consumer));
+            let (r, max) = self.recv_head(hb);
+            recv = Some(r);
+            recv_max_sge = max;
         }
 
-        let mut read_result = 0u64;
+        let mut result_len = len;
         match w.opcode {
             IBV_WR_SEND | IBV_WR_SEND_WITH_IMM => {
                 let rwqe = recv.expect("recv");
-                let b_caps = self.tables.qps[&hb].caps;
-                if rwqe.num_sge > b_caps.max_recv_sge.max(1) {
-                    return self.fail_both(
+                if rwqe.num_sge > recv_max_sge.max(1) {
+                    return self.responder_error(
                         ha,
                         w,
                         IBV_WC_REM_OP_ERR,
                         hb,
                         Some((rwqe, IBV_WC_LOC_QP_OP_ERR)),
+                        len,
                     );
                 }
                 let dst = match self.local_segments(hb, rwqe.sges(), true) {
                     Ok(d) => d,
                     Err(_) => {
-                        return self.fail_both(
+                        return self.responder_error(
                             ha,
                             w,
                             IBV_WC_REM_OP_ERR,
                             hb,
                             Some((rwqe, IBV_WC_LOC_PROT_ERR)),
+                            len,
                         )
                     }
                 };
                 if total_len(&dst) < len {
-                    return self.fail_both(
+                    return self.responder_error(
                         ha,
                         w,
                         IBV_WC_REM_INV_REQ_ERR,
                         hb,
                         Some((rwqe, IBV_WC_LOC_LEN_ERR)),
+                        len,
                     );
                 }
                 match self.copy(&src, mem_b, &dst, len) {
@@ -595,12 +732,13 @@ impl Engine {
                         return Outcome::Failed;
                     }
                     Err(CopyError::Destination) => {
-                        return self.fail_both(
+                        return self.responder_error(
                             ha,
                             w,
                             IBV_WC_REM_OP_ERR,
                             hb,
                             Some((rwqe, IBV_WC_LOC_PROT_ERR)),
+                            len,
                         )
                     }
                 }
@@ -614,7 +752,7 @@ impl Engine {
                     IBV_ACCESS_REMOTE_WRITE,
                 ) {
                     Ok(d) => d,
-                    Err(status) => return self.fail_both(ha, w, status, hb, None),
+                    Err(status) => return self.responder_error(ha, w, status, hb, None, len),
                 };
                 match self.copy(&src, mem_b, &dst, len) {
                     Ok(()) => {}
@@ -623,7 +761,7 @@ impl Engine {
                         return Outcome::Failed;
                     }
                     Err(CopyError::Destination) => {
-                        return self.fail_both(ha, w, IBV_WC_REM_ACCESS_ERR, hb, None)
+                        return self.responder_error(ha, w, IBV_WC_REM_ACCESS_ERR, hb, None, len)
                     }
                 }
             }
@@ -636,38 +774,39 @@ impl Engine {
                     IBV_ACCESS_REMOTE_READ,
                 ) {
                     Ok(r) => r,
-                    Err(status) => return self.fail_both(ha, w, status, hb, None),
+                    Err(status) => return self.responder_error(ha, w, status, hb, None, len),
                 };
                 let src = Source::Memory(mem_b, remote);
                 match self.copy(&src, mem_a, &local, len) {
                     Ok(()) => {}
                     Err(CopyError::Source) => {
-                        return self.fail_both(ha, w, IBV_WC_REM_ACCESS_ERR, hb, None)
+                        return self.responder_error(ha, w, IBV_WC_REM_ACCESS_ERR, hb, None, len)
                     }
                     Err(CopyError::Destination) => {
                         self.fail_requester(ha, w, IBV_WC_LOC_PROT_ERR);
                         return Outcome::Failed;
                     }
                 }
-                read_result = len;
             }
             _ => {
-                // Atomics: one 8-byte local SGE, an 8-byte aligned remote address.
+                // Atomics: one 8-byte local SGE, an 8-byte aligned remote
+                // address. The router is single-threaded, so every atomic is
+                // atomic with respect to every other RDMA operation.
                 if len != 8 || local.len() != 1 {
                     self.fail_requester(ha, w, IBV_WC_LOC_LEN_ERR);
                     return Outcome::Failed;
                 }
                 if !w.remote_addr.is_multiple_of(8) {
-                    return self.fail_both(ha, w, IBV_WC_REM_INV_REQ_ERR, hb, None);
+                    return self.responder_error(ha, w, IBV_WC_REM_INV_REQ_ERR, hb, None, len);
                 }
                 if let Err(status) =
                     self.remote_segment(hb, w.rkey, w.remote_addr, 8, IBV_ACCESS_REMOTE_ATOMIC)
                 {
-                    return self.fail_both(ha, w, status, hb, None);
+                    return self.responder_error(ha, w, status, hb, None, len);
                 }
                 let mut old = [0u8; 8];
                 if mem_b.read(w.remote_addr, &mut old).is_err() {
-                    return self.fail_both(ha, w, IBV_WC_REM_ACCESS_ERR, hb, None);
+                    return self.responder_error(ha, w, IBV_WC_REM_ACCESS_ERR, hb, None, len);
                 }
                 let cur = u64::from_ne_bytes(old);
                 let new = if w.opcode == IBV_WR_ATOMIC_CMP_AND_SWP {
@@ -680,13 +819,13 @@ impl Engine {
                     cur.wrapping_add(w.compare_add)
                 };
                 if new != cur && mem_b.write(w.remote_addr, &new.to_ne_bytes()).is_err() {
-                    return self.fail_both(ha, w, IBV_WC_REM_ACCESS_ERR, hb, None);
+                    return self.responder_error(ha, w, IBV_WC_REM_ACCESS_ERR, hb, None, len);
                 }
                 if mem_a.write(local[0].0, &old).is_err() {
                     self.fail_requester(ha, w, IBV_WC_LOC_PROT_ERR);
                     return Outcome::Failed;
                 }
-                read_result = 8;
+                result_len = 8;
             }
         }
 
@@ -709,24 +848,117 @@ impl Engine {
             self.consume_recv(hb);
             self.push_cqe(recv_cq, &cqe);
         }
-        // Free the send slot before the completion is visible: a poster that
-        // sees the completion may immediately reuse the slot.
-        self.consume_send(ha);
-        if signaled {
-            let cqe = Cqe {
-                wr_id: w.wr_id,
-                status: IBV_WC_SUCCESS,
-                opcode,
-                byte_len: if read_result > 0 {
-                    read_result as u32
-                } else {
-                    len as u32
-                },
-                qp_num: qpn_a,
-                ..Default::default()
-            };
-            self.push_cqe(send_cq, &cqe);
+        self.finish_send(ha, w, result_len);
+        Outcome::Done
+    }
+
+    /// A UD send: one datagram of at most the MTU to `remote_qpn`, delivered
+    /// after a 40-byte GRH, or silently lost (unknown destination, wrong
+    /// Q_Key, no receive posted) as on a real fabric. The sender's
+    /// completion does not depend on delivery.
+    fn execute_ud(&mut self, ha: u32, w: &SendWqe, src: &Source, len: u64) -> Outcome {
+        if len > u64::from(UD_MTU) {
+            self.fail_requester(ha, w, IBV_WC_LOC_LEN_ERR);
+            return Outcome::Failed;
         }
+        let a = &self.tables.qps[&ha];
+        let (qpn_a, a_qkey) = (a.qpn, a.attr.qkey);
+        let gid = self.gid;
+        let dest = self.tables.qpns.get(&w.remote_qpn).copied().filter(|hb| {
+            let b = &self.tables.qps[hb];
+            let qkey = if w.remote_qkey & 0x8000_0000 != 0 {
+                a_qkey
+            } else {
+                w.remote_qkey
+            };
+            b.kind == QpKind::Ud
+                && matches!(b.state(), RTR | RTS | SQD | SQE)
+                && b.attr.qkey == qkey
+                && (w.ah_global == 0 || w.dgid == gid)
+        });
+        let Some(hb) = dest else {
+            self.finish_send(ha, w, len);
+            return Outcome::Done;
+        };
+        let recv_cq = self.tables.qps[&hb].recv_cq;
+        match self.recv_pending(hb) {
+            None => {
+                self.recv_violation(hb);
+                self.finish_send(ha, w, len);
+                return Outcome::Done;
+            }
+            Some(0) => {
+                self.finish_send(ha, w, len);
+                return Outcome::Done;
+            }
+            Some(_) => {}
+        }
+        if self.cq_free(recv_cq) == 0 {
+            return Outcome::Stalled(Stall::CqFull);
+        }
+        let (rwqe, max_sge) = self.recv_head(hb);
+        let qpn_b = self.tables.qps[&hb].qpn;
+        let recv_error = |status| Cqe {
+            wr_id: rwqe.wr_id,
+            status,
+            opcode: IBV_WC_RECV,
+            qp_num: qpn_b,
+            src_qp: qpn_a,
+            ..Default::default()
+        };
+        let dst = if rwqe.num_sge > max_sge.max(1) {
+            Err(IBV_WC_LOC_QP_OP_ERR)
+        } else {
+            self.local_segments(hb, rwqe.sges(), true)
+        };
+        let dst = match dst {
+            Ok(d) if total_len(&d) >= len + u64::from(GRH_SIZE) => Ok(d),
+            Ok(_) => Err(IBV_WC_LOC_LEN_ERR),
+            Err(e) => Err(e),
+        };
+        let mem_b = self.memory_of(hb);
+        let delivered = dst.and_then(|dst| {
+            let grh = grh(&gid, &gid, len as u32);
+            mem_b
+                .write_segments(&dst, 0, &grh)
+                .map_err(|_| IBV_WC_LOC_PROT_ERR)?;
+            // The payload follows the GRH in the receive's byte stream.
+            let mut off = 0u64;
+            while off < len {
+                let n = ((len - off) as usize).min(CHUNK);
+                let buf = &mut self.bounce[..n];
+                src.read(off, buf).map_err(|_| IBV_WC_LOC_PROT_ERR)?;
+                mem_b
+                    .write_segments(&dst, u64::from(GRH_SIZE) + off, buf)
+                    .map_err(|_| IBV_WC_LOC_PROT_ERR)?;
+                off += n as u64;
+            }
+            Ok(())
+        });
+        let cqe = match delivered {
+            Ok(()) => {
+                let with_imm = w.opcode == IBV_WR_SEND_WITH_IMM;
+                Cqe {
+                    wr_id: rwqe.wr_id,
+                    status: IBV_WC_SUCCESS,
+                    opcode: IBV_WC_RECV,
+                    byte_len: len as u32 + GRH_SIZE,
+                    imm_data: if with_imm { w.imm_data } else { 0 },
+                    wc_flags: IBV_WC_GRH | if with_imm { IBV_WC_WITH_IMM } else { 0 },
+                    qp_num: qpn_b,
+                    src_qp: qpn_a,
+                    ..Default::default()
+                }
+            }
+            Err(status) => recv_error(status),
+        };
+        let failed = cqe.status != IBV_WC_SUCCESS;
+        self.consume_recv(hb);
+        self.push_cqe(recv_cq, &cqe);
+        if failed {
+            self.to_error(hb);
+        }
+        self.finish_send(ha, w, len);
         Outcome::Done
     }
 

@@ -7,7 +7,9 @@ use std::os::fd::OwnedFd;
 use crate::wire::control::{QpAttr, QpCaps};
 use crate::wire::entries::{CQE_SIZE, RECV_WQE_SIZE, SEND_WQE_SIZE};
 use crate::wire::ring::RingSlots;
-use crate::wire::segment::{CqHeader, CqLayout, Mapping, QpHeader, QpLayout, SessionHeader};
+use crate::wire::segment::{
+    CqHeader, CqLayout, Mapping, QpHeader, QpLayout, SessionHeader, SrqHeader, SrqLayout,
+};
 
 use super::memory::ProcessMemory;
 use super::qp_state::QpKind;
@@ -98,6 +100,60 @@ impl Cq {
     }
 }
 
+/// A shared receive queue: a receive ring consumed on behalf of every QP
+/// attached to it.
+pub struct Srq {
+    pub session: SessionId,
+    pub pd: u32,
+    pub segment: Mapping,
+    pub ring: RingSlots,
+    pub consumer: u32,
+    pub max_sge: u32,
+    /// Armed limit (0: not armed): when fewer receives remain, the router
+    /// raises IBV_EVENT_SRQ_LIMIT_REACHED and disarms.
+    pub limit: u32,
+}
+
+impl Srq {
+    pub fn new(
+        session: SessionId,
+        pd: u32,
+        segment: Mapping,
+        layout: SrqLayout,
+        max_sge: u32,
+        limit: u32,
+    ) -> Srq {
+        // SAFETY: the segment holds `capacity` receive WQEs at ring_offset.
+        let ring = unsafe {
+            RingSlots::new(
+                segment.as_ptr().add(layout.ring_offset),
+                RECV_WQE_SIZE,
+                layout.capacity,
+            )
+        };
+        Srq {
+            session,
+            pd,
+            segment,
+            ring,
+            consumer: 0,
+            max_sge,
+            limit,
+        }
+    }
+
+    pub fn header(&self) -> &SrqHeader {
+        // SAFETY: the segment starts with an SrqHeader (see SrqLayout).
+        unsafe { self.segment.header::<SrqHeader>() }
+    }
+
+    /// Posted receives not yet consumed, or None for an impossible index.
+    pub fn pending(&self) -> Option<u32> {
+        let n = self.header().rq.producer().wrapping_sub(self.consumer);
+        (n <= self.ring.capacity()).then_some(n)
+    }
+}
+
 /// A send work request the router could not finish yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stall {
@@ -118,6 +174,8 @@ pub struct Qp {
     pub qpn: u32,
     pub send_cq: u32,
     pub recv_cq: u32,
+    /// Shared receive queue, 0 for none.
+    pub srq: u32,
     pub caps: QpCaps,
     pub sq_sig_all: bool,
     pub attr: QpAttr,
@@ -139,6 +197,7 @@ impl Qp {
         qpn: u32,
         send_cq: u32,
         recv_cq: u32,
+        srq: u32,
         caps: QpCaps,
         sq_sig_all: bool,
         segment: Mapping,
@@ -172,6 +231,7 @@ impl Qp {
             qpn,
             send_cq,
             recv_cq,
+            srq,
             caps,
             sq_sig_all,
             attr,
@@ -222,6 +282,7 @@ pub struct Tables {
     /// lkey/rkey → MR handle (lkey and rkey are the same value).
     pub keys: HashMap<u32, u32>,
     pub cqs: HashMap<u32, Cq>,
+    pub srqs: HashMap<u32, Srq>,
     pub qps: HashMap<u32, Qp>,
     /// QP number → QP handle.
     pub qpns: HashMap<u32, u32>,

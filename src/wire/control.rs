@@ -104,8 +104,29 @@ pub enum Request {
         qp_type: u32,
         send_cq: u32,
         recv_cq: u32,
+        /// Shared receive queue handle, 0 for none.
+        srq: u32,
         caps: QpCaps,
         sq_sig_all: bool,
+    },
+    CreateSrq {
+        pd: u32,
+        max_wr: u32,
+        max_sge: u32,
+        srq_limit: u32,
+    },
+    /// `mask`: IBV_SRQ_MAX_WR and/or IBV_SRQ_LIMIT.
+    ModifySrq {
+        srq: u32,
+        max_wr: u32,
+        srq_limit: u32,
+        mask: u32,
+    },
+    QuerySrq {
+        srq: u32,
+    },
+    DestroySrq {
+        srq: u32,
     },
     ModifyQp {
         qp: u32,
@@ -154,6 +175,18 @@ pub enum Reply {
     },
     QpAttr {
         attr: QpAttr,
+    },
+    /// Carries one fd: the SRQ segment.
+    Srq {
+        srq: u32,
+        capacity: u32,
+        max_sge: u32,
+        segment_size: u64,
+    },
+    SrqAttr {
+        max_wr: u32,
+        max_sge: u32,
+        srq_limit: u32,
     },
     Done,
     /// The request failed: `errno` for the verb, and a message for humans.

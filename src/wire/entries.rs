@@ -42,11 +42,13 @@ pub struct SendWqe {
     pub remote_addr: u64,
     pub compare_add: u64,
     pub swap: u64,
-    /// UD: destination QP number, Q_Key and address handle.
+    /// UD: destination QP number and Q_Key, and the address handle's
+    /// destination GID (valid when `ah_global` is 1).
     pub remote_qpn: u32,
     pub remote_qkey: u32,
-    pub ah: u32,
-    pub _reserved: [u32; 15],
+    pub ah_global: u32,
+    pub dgid: [u8; 16],
+    pub _reserved: [u32; 11],
     pub payload: SendPayload,
 }
 

@@ -9,7 +9,7 @@ pub mod ring;
 pub mod segment;
 
 /// Version of everything in this module; checked at session setup.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// Device limits, advertised by the provider and enforced by the router.
 pub mod limits {
@@ -30,6 +30,13 @@ pub mod limits {
     pub const MAX_MSG_SIZE: u32 = 1 << 31;
     /// Outstanding RDMA reads and atomics per QP.
     pub const MAX_QP_RD_ATOM: u32 = 16;
+    /// Shared receive queues and their depth.
+    pub const MAX_SRQ: u32 = 16384;
+    pub const MAX_SRQ_WR: u32 = 16384;
+    /// Largest UD message: the port MTU.
+    pub const UD_MTU: u32 = 4096;
+    /// Bytes of GRH in front of every UD receive.
+    pub const GRH_SIZE: u32 = 40;
     /// Largest QP number: QPNs are 24-bit.
     pub const MAX_QPN: u32 = 0x00ff_ffff;
 }

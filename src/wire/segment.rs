@@ -39,6 +39,31 @@ pub struct QpHeader {
     pub state: AtomicU32,
 }
 
+/// SRQ segment header.
+#[repr(C)]
+pub struct SrqHeader {
+    pub rq: RingIndices,
+}
+
+/// Byte layout of an SRQ segment: the header page, then the receive ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SrqLayout {
+    pub capacity: u32,
+    pub ring_offset: usize,
+    pub size: usize,
+}
+
+impl SrqLayout {
+    pub fn new(capacity: u32) -> Self {
+        let capacity = capacity.max(1).next_power_of_two();
+        SrqLayout {
+            capacity,
+            ring_offset: PAGE,
+            size: round_up(PAGE + capacity as usize * RECV_WQE_SIZE, PAGE),
+        }
+    }
+}
+
 /// CQ segment header.
 #[repr(C)]
 pub struct CqHeader {
