@@ -61,18 +61,34 @@ pub struct AsyncEvent {
     pub event_type: u32,
 }
 
-/// The 40-byte GRH (IPv6 header layout, as RoCE v2 receivers see it) in
-/// front of a UD message.
+/// The 40-byte GRH area in front of a UD message, as a RoCE v2 NIC fills
+/// it for IPv4-mapped GIDs: 20 zero bytes, then the packet's IPv4 header
+/// (with a valid checksum). `ibv_init_ah_from_wc` recognises this layout,
+/// and the completion reports it with `sl` = 2 (what UCX checks).
 fn grh(sgid: &[u8; 16], dgid: &[u8; 16], payload_len: u32) -> [u8; 40] {
     let mut g = [0u8; 40];
-    g[0] = 0x60; // IP version 6
-    g[4..6].copy_from_slice(&((payload_len) as u16).to_be_bytes());
-    g[6] = 0x1b; // next header: IB BTH
-    g[7] = 64; // hop limit
-    g[8..24].copy_from_slice(sgid);
-    g[24..40].copy_from_slice(dgid);
+    let ip = &mut g[20..40];
+    ip[0] = 0x45; // IPv4, 5-word header
+                  // UDP (8) + BTH (12) + DETH (8) + payload + ICRC (4)
+    let total = (20 + 8 + 12 + 8 + payload_len + 4).min(u32::from(u16::MAX)) as u16;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[6] = 0x40; // don't fragment
+    ip[8] = 64; // TTL
+    ip[9] = 17; // UDP
+    ip[12..16].copy_from_slice(&sgid[12..16]);
+    ip[16..20].copy_from_slice(&dgid[12..16]);
+    let sum: u32 = ip
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let folded = (folded & 0xffff) + (folded >> 16);
+    ip[10..12].copy_from_slice(&(!(folded as u16)).to_be_bytes());
     g
 }
+
+/// `wc.sl` of a UD completion whose GRH area holds an IPv4 header.
+const SL_IPV4_GRH: u8 = 2;
 
 /// The two work queues of a QP.
 #[derive(Clone, Copy)]
@@ -947,6 +963,7 @@ impl Engine {
                     wc_flags: IBV_WC_GRH | if with_imm { IBV_WC_WITH_IMM } else { 0 },
                     qp_num: qpn_b,
                     src_qp: qpn_a,
+                    sl: SL_IPV4_GRH,
                     ..Default::default()
                 }
             }
@@ -973,5 +990,30 @@ impl Engine {
     /// True when a QP in RESET must not keep entries around.
     pub fn is_reset(&self, h: u32) -> bool {
         self.tables.qps.get(&h).is_some_and(|q| q.state() == RESET)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grh_carries_a_valid_ipv4_header() {
+        let mut s = [0u8; 16];
+        let mut d = [0u8; 16];
+        s[10..16].copy_from_slice(&[0xff, 0xff, 10, 0, 0, 1]);
+        d[10..16].copy_from_slice(&[0xff, 0xff, 10, 0, 0, 2]);
+        let g = grh(&s, &d, 100);
+        assert!(g[..20].iter().all(|&b| b == 0));
+        assert_eq!(g[20], 0x45);
+        assert_eq!(&g[32..36], &[10, 0, 0, 1]);
+        assert_eq!(&g[36..40], &[10, 0, 0, 2]);
+        // A header with its checksum sums to 0xffff.
+        let sum: u32 = g[20..40]
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum();
+        let folded = (sum & 0xffff) + (sum >> 16);
+        assert_eq!((folded & 0xffff) + (folded >> 16), 0xffff);
     }
 }
