@@ -504,3 +504,38 @@ fn rkeys_of_other_tenants_are_refused() {
         "another tenant's memory was written"
     );
 }
+
+#[test]
+fn peers_of_a_vanished_client_get_error_completions() {
+    let router = Router::start();
+    let mut a = Client::new(&router);
+    let mut b = Client::new(&router);
+    let pd_a = a.pd();
+    let (cq_a, cq_map, cq_layout) = a.cq(8);
+    let (qp_a, qpn_a, map_a, layout_a, _fd_a) = a.qp(pd_a, cq_a);
+    let pd_b = b.pd();
+    let (cq_b, _m, _l) = b.cq(8);
+    let (qp_b, qpn_b, _map_b, _layout_b, _fd_b) = b.qp(pd_b, cq_b);
+    a.connect_qp(qp_a, qpn_b, 0);
+    b.connect_qp(qp_b, qpn_a, 0);
+    // B dies: its connection closes and the router drops its objects
+    // (given time to see the hang-up before A posts).
+    drop(b);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut w = SendWqe::zeroed();
+    w.wr_id = 11;
+    w.opcode = IBV_WR_SEND;
+    w.send_flags = IBV_SEND_SIGNALED | IBV_SEND_INLINE;
+    w.inline_len = 8;
+    post(&map_a, &layout_a, 0, &w);
+    let _ = a.call(&Request::QueryQp { qp: qp_a });
+    // timeout 1, retry_cnt 0 (connect_qp): the retry budget is tiny.
+    let c = completions(&cq_map, &cq_layout, 0, 1);
+    assert_eq!(
+        (c[0].wr_id, c[0].status),
+        (11, IBV_WC_RETRY_EXC_ERR),
+        "{:?}",
+        c[0]
+    );
+    assert_router_alive(&router);
+}
