@@ -21,6 +21,24 @@ use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAd
 struct Client {
     sock: OwnedFd,
     _segment: Option<OwnedFd>,
+    /// Our ends of the async-event pipe and the event socket (the session
+    /// ends when the event socket hangs up).
+    _events: (OwnedFd, OwnedFd),
+    cmd_file: Option<String>,
+}
+
+/// A pipe's read end and write end, and an event socket pair (ours,
+/// the router's), as Hello needs.
+fn hello_fds() -> ((OwnedFd, OwnedFd), (OwnedFd, OwnedFd)) {
+    let pipe = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let pair = socket::socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .unwrap();
+    (pipe, pair)
 }
 
 fn connect(router: &Router) -> OwnedFd {
@@ -41,15 +59,25 @@ fn connect(router: &Router) -> OwnedFd {
 impl Client {
     fn new(router: &Router) -> Client {
         let sock = connect(router);
-        let mut c = Client {
-            sock,
-            _segment: None,
+        let ((async_read, async_write), (ours, theirs)) = hello_fds();
+        control::send(
+            sock.as_fd(),
+            &Request::Hello { version: VERSION },
+            &[async_write.as_raw_fd(), theirs.as_raw_fd()],
+        )
+        .unwrap();
+        let (reply, mut fds) =
+            control::recv::<Reply>(sock.as_fd(), MsgFlags::empty()).expect("router answers");
+        let Reply::Hello { cmd_file, .. } = reply else {
+            panic!("{reply:?}")
         };
-        let (reply, mut fds) = c.call(&Request::Hello { version: VERSION });
-        assert!(matches!(reply, Reply::Hello { .. }), "{reply:?}");
         assert_eq!(fds.len(), 2);
-        c._segment = fds.pop();
-        c
+        Client {
+            sock,
+            _segment: fds.pop(),
+            _events: (async_read, ours),
+            cmd_file,
+        }
     }
 
     fn call(&mut self, req: &Request) -> (Reply, Vec<OwnedFd>) {
@@ -78,7 +106,11 @@ impl Client {
     }
 
     fn cq(&mut self, cqe: u32) -> (u32, Mapping, CqLayout) {
-        let (r, fds) = self.ok(&Request::CreateCq { cqe });
+        let (r, fds) = self.ok(&Request::CreateCq {
+            cqe,
+            channel: None,
+            cookie: 0,
+        });
         let Reply::Cq {
             cq,
             capacity,
@@ -107,6 +139,7 @@ impl Client {
             srq: 0,
             caps,
             sq_sig_all: true,
+            cookie: 0,
         });
         let Reply::Qp {
             qp,
@@ -247,6 +280,19 @@ fn malformed_control_messages_are_refused() {
         "{r:?}"
     );
 
+    // Hello without its descriptors, or with the wrong kinds: refused.
+    let (_pipe, (_ours, theirs)) = hello_fds();
+    for fds in [vec![], vec![theirs.as_raw_fd(), theirs.as_raw_fd()]] {
+        let sock = connect(&router);
+        let hello = Request::Hello { version: VERSION };
+        control::send(sock.as_fd(), &hello, &fds).unwrap();
+        let r = control::recv::<Reply>(sock.as_fd(), MsgFlags::empty());
+        assert!(
+            !matches!(r, Ok((Reply::Hello { .. }, _))),
+            "Hello with fds {fds:?}: {r:?}"
+        );
+    }
+
     // Oversized message: dropped, router fine.
     let sock = connect(&router);
     let big = vec![1u8; 60_000];
@@ -304,8 +350,17 @@ fn handles_and_limits_are_checked() {
         }),
         libc::EINVAL
     );
-    assert_eq!(b.errno(&Request::CreateCq { cqe: 0 }), libc::EINVAL);
-    assert_eq!(b.errno(&Request::CreateCq { cqe: u32::MAX }), libc::EINVAL);
+    for (cqe, channel) in [(0, None), (u32::MAX, None), (8, Some(0)), (8, Some(-1))] {
+        assert_eq!(
+            b.errno(&Request::CreateCq {
+                cqe,
+                channel,
+                cookie: 0
+            }),
+            libc::EINVAL,
+            "cqe {cqe} channel {channel:?}"
+        );
+    }
     let caps = QpCaps {
         max_send_wr: 1 << 30,
         ..Default::default()
@@ -319,7 +374,8 @@ fn handles_and_limits_are_checked() {
             recv_cq: cq_b,
             srq: 0,
             caps,
-            sq_sig_all: false
+            sq_sig_all: false,
+            cookie: 0,
         }),
         libc::EINVAL
     );
@@ -329,6 +385,7 @@ fn handles_and_limits_are_checked() {
         max_wr: 4,
         max_sge: 1,
         srq_limit: 0,
+        cookie: 0,
     });
     let Reply::Srq { srq: srq_a, .. } = r else {
         panic!("{r:?}")
@@ -341,7 +398,8 @@ fn handles_and_limits_are_checked() {
             recv_cq: cq_b,
             srq: srq_a,
             caps: QpCaps::default(),
-            sq_sig_all: false
+            sq_sig_all: false,
+            cookie: 0,
         }),
         libc::EINVAL
     );
@@ -355,7 +413,8 @@ fn handles_and_limits_are_checked() {
             recv_cq: cq_b,
             srq: 0,
             caps: QpCaps::default(),
-            sq_sig_all: false
+            sq_sig_all: false,
+            cookie: 0,
         }),
         libc::EINVAL
     );
@@ -537,5 +596,66 @@ fn peers_of_a_vanished_client_get_error_completions() {
         "{:?}",
         c[0]
     );
+    assert_router_alive(&router);
+}
+
+/// The command file (the session's cmd_fd on the router's FUSE mount) is
+/// the session's process's alone, and serves nothing but
+/// CREATE_COMP_CHANNEL.
+#[test]
+fn command_file_is_guarded() {
+    let router = Router::start();
+    let client = Client::new(&router);
+    let name = client
+        .cmd_file
+        .clone()
+        .expect("the router serves a command file");
+    let path = router.runtime_dir.join(name);
+    // Another process may not open it.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec 3<>{}", path.display()))
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a foreign process opened {}",
+        path.display()
+    );
+    // A session that does not exist has no file.
+    let missing = router.runtime_dir.join("fuse").join("999999");
+    assert!(std::fs::OpenOptions::new()
+        .write(true)
+        .open(&missing)
+        .is_err());
+    // Its owner may, but only CREATE_COMP_CHANNEL is served.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let e = nix::unistd::write(&f, &[0u8; 16]).unwrap_err();
+    assert_eq!(e, nix::errno::Errno::EOPNOTSUPP);
+    let e = nix::unistd::write(&f, &[1u8; 3]).unwrap_err();
+    assert_eq!(e, nix::errno::Errno::EOPNOTSUPP);
+    // ioctl fails with ENOTTY, so libibverbs falls back to write and sysfs.
+    let mut hdr = [0u8; 24];
+    // SAFETY: an ioctl on our own fd with a buffer of the size it encodes.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), 0xc018_1b01u64 as _, hdr.as_mut_ptr()) };
+    assert_eq!(r, -1);
+    assert_eq!(nix::errno::Errno::last(), nix::errno::Errno::ENOTTY);
+    // A CREATE_COMP_CHANNEL whose response points nowhere: the provider
+    // end (ours here) is asked for a pipe and does not answer, then hangs
+    // up; the write fails instead of hanging.
+    let mut cmd = Vec::new();
+    cmd.extend_from_slice(&17u32.to_ne_bytes());
+    cmd.extend_from_slice(&4u16.to_ne_bytes());
+    cmd.extend_from_slice(&1u16.to_ne_bytes());
+    cmd.extend_from_slice(&8u64.to_ne_bytes());
+    let writer = std::thread::spawn(move || nix::unistd::write(&f, &cmd));
+    std::thread::sleep(Duration::from_millis(300));
+    drop(client);
+    let r = writer.join().unwrap();
+    assert!(r.is_err(), "write returned {r:?}");
     assert_router_alive(&router);
 }

@@ -2,16 +2,17 @@
 //! and the device and port queries.
 
 use std::ffi::CStr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::ptr;
 use std::sync::atomic::{fence, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
 
 use super::ffi::{guard, null_with};
 use super::verbs;
+use super::watcher::{self, Watcher};
 use crate::fv_log;
 use crate::sys::*;
 use crate::wire::control::{self, Reply, Request, WireError};
@@ -30,10 +31,19 @@ pub struct FvContext {
 /// Rust-side state of a context (boxed; the block above is C memory).
 pub struct ContextInner {
     client: Mutex<OwnedFd>,
-    session: Mapping,
+    session: Arc<Mapping>,
     doorbell: OwnedFd,
-    _async_write: OwnedFd,
     pub gid: [u8; 16],
+    /// The thread that serves the router's events and notices its death.
+    watcher: Option<Watcher>,
+}
+
+impl Drop for ContextInner {
+    fn drop(&mut self) {
+        if let Some(w) = self.watcher.take() {
+            w.stop();
+        }
+    }
 }
 
 /// Errors of a control call: an errno for the verb.
@@ -102,7 +112,16 @@ fn socket_path(device: *mut ibv_device) -> Option<PathBuf> {
     Some(sysfs.parent()?.join("router.sock"))
 }
 
-fn connect(device: *mut ibv_device) -> Result<ContextInner, Errno> {
+/// A session with the router, and what becomes the context's fds.
+struct Connected {
+    inner: ContextInner,
+    /// Read end of the async-event pipe: the context's `async_fd`.
+    async_read: OwnedFd,
+    /// The command file on the router's FUSE mount: the context's `cmd_fd`.
+    cmd_file: Option<OwnedFd>,
+}
+
+fn connect(device: *mut ibv_device) -> Result<Connected, Errno> {
     let path = socket_path(device).ok_or(libc::ENODEV)?;
     let sock = socket::socket(
         AddressFamily::Unix,
@@ -120,15 +139,34 @@ fn connect(device: *mut ibv_device) -> Result<ContextInner, Errno> {
         );
         return Err(libc::ENODEV);
     }
-    control::send(sock.as_fd(), &Request::Hello { version: VERSION }, &[]).map_err(wire_errno)?;
+    // The async-event pipe (the router writes, libibverbs reads async_fd)
+    // and the event socket (the router asks for completion channels; its
+    // hang-up tells the watcher the router is gone).
+    let (async_read, async_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e as i32)?;
+    let (event_sock, router_end) = socket::socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| e as i32)?;
+    control::send(
+        sock.as_fd(),
+        &Request::Hello { version: VERSION },
+        &[async_write.as_raw_fd(), router_end.as_raw_fd()],
+    )
+    .map_err(wire_errno)?;
+    drop(router_end);
     let (reply, mut fds) =
         control::recv::<Reply>(sock.as_fd(), MsgFlags::empty()).map_err(wire_errno)?;
-    let (gid, seg_size) = match reply {
+    let (gid, seg_size, cmd_file) = match reply {
         Reply::Hello {
             gid,
             session_segment_size,
+            cmd_file,
             ..
-        } if fds.len() == 2 => (gid, session_segment_size),
+        } if fds.len() == 2 => (gid, session_segment_size, cmd_file),
         Reply::Error { errno, message } => {
             fv_log!(1, "router refused the session: {message}");
             return Err(errno);
@@ -140,24 +178,45 @@ fn connect(device: *mut ibv_device) -> Result<ContextInner, Errno> {
     };
     let doorbell = fds.pop().expect("two fds");
     let segment = fds.pop().expect("two fds");
-    let session = Mapping::map(&segment, seg_size as usize)
-        .map_err(|e| e.raw_os_error().unwrap_or(libc::ENOMEM))?;
-    let (async_read, async_write) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e as i32)?;
-    // The read end becomes context.async_fd below; libibverbs closes it.
-    let inner = ContextInner {
-        client: Mutex::new(sock),
-        session,
-        doorbell,
-        _async_write: async_write,
-        gid,
-    };
-    ASYNC_READ.with(|c| c.set(std::os::fd::IntoRawFd::into_raw_fd(async_read)));
-    Ok(inner)
-}
-
-thread_local! {
-    static ASYNC_READ: std::cell::Cell<i32> = const { std::cell::Cell::new(-1) };
+    let session = Arc::new(
+        Mapping::map(&segment, seg_size as usize)
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::ENOMEM))?,
+    );
+    if session.len() < std::mem::size_of::<SessionHeader>() {
+        return Err(libc::EPROTO);
+    }
+    // The command file: the router's FUSE file for this session. Without
+    // it, completion channels are unavailable (cmd_fd falls back below).
+    let cmd_file = cmd_file.and_then(|name| {
+        let file = path.parent()?.join(name);
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&file)
+        {
+            Ok(f) => Some(OwnedFd::from(f)),
+            Err(e) => {
+                fv_log!(
+                    2,
+                    "cannot open {}: {e}; no completion channels",
+                    file.display()
+                );
+                None
+            }
+        }
+    });
+    let watcher = watcher::start(event_sock, async_write, session.clone())?;
+    Ok(Connected {
+        inner: ContextInner {
+            client: Mutex::new(sock),
+            session,
+            doorbell,
+            gid,
+            watcher: Some(watcher),
+        },
+        async_read,
+        cmd_file,
+    })
 }
 
 /// # Safety
@@ -184,8 +243,8 @@ pub unsafe extern "C" fn alloc_context(
         }
         // SAFETY: `block` is the zeroed context block just allocated.
         let vctx = unsafe { &mut (*block).vctx };
-        let inner = match connect(device) {
-            Ok(i) => i,
+        let connected = match connect(device) {
+            Ok(c) => c,
             Err(e) => {
                 // SAFETY: undoing _verbs_init_and_alloc_context as the
                 // contract requires: uninit, then free the block.
@@ -196,17 +255,30 @@ pub unsafe extern "C" fn alloc_context(
                 return null_with(e);
             }
         };
+        let Connected {
+            inner,
+            async_read,
+            cmd_file,
+        } = connected;
         // cmd_fd: an fd whose ioctl fails with ENOTTY (GID queries fall back
-        // to sysfs) and whose write fails, so that ibv_create_comp_channel
-        // fails cleanly instead of returning a garbage fd (contract §5.1).
-        let full = std::fs::OpenOptions::new().write(true).open("/dev/full");
-        if let Ok(full) = full {
-            let fd = std::os::fd::IntoRawFd::into_raw_fd(full);
+        // to sysfs). The router's command file serves CREATE_COMP_CHANNEL
+        // writes (router::fuse); without it, /dev/full makes
+        // ibv_create_comp_channel fail cleanly instead of returning a
+        // garbage fd (contract §5.1).
+        let cmd = cmd_file.or_else(|| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .ok()
+                .map(OwnedFd::from)
+        });
+        if let Some(cmd) = cmd {
             // SAFETY: we own cmd_fd from here on (contract §4.7).
             unsafe { libc::close(vctx.context.cmd_fd) };
-            vctx.context.cmd_fd = fd;
+            vctx.context.cmd_fd = cmd.into_raw_fd();
         }
-        vctx.context.async_fd = ASYNC_READ.with(|c| c.replace(-1));
+        // libibverbs closes async_fd (and cmd_fd) in verbs_uninit_context.
+        vctx.context.async_fd = async_read.into_raw_fd();
         vctx.context.num_comp_vectors = 1;
         // SAFETY: the block is ours; `inner` is released in free_context.
         unsafe {

@@ -13,6 +13,7 @@ pub mod context;
 pub mod ffi;
 pub mod log;
 pub mod verbs;
+pub mod watcher;
 
 use std::ptr;
 

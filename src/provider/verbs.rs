@@ -197,13 +197,30 @@ unsafe extern "C" fn create_cq(
         if cqe < 1 || cqe as u32 > MAX_CQE || comp_vector != 0 {
             return null_with(libc::EINVAL);
         }
-        if !channel.is_null() {
-            // Completion channels cannot be created yet (cmd_fd refuses).
-            return null_with(libc::EOPNOTSUPP);
-        }
-        let (reply, fds) = match call(ctx, &Request::CreateCq { cqe: cqe as u32 }) {
+        let channel = if channel.is_null() {
+            None
+        } else {
+            // SAFETY: a channel of this context, from ibv_create_comp_channel.
+            Some(unsafe { (*channel).fd })
+        };
+        // The CQ's address is its cookie (what ibv_get_cq_event reads), so
+        // it is allocated first and filled once the router has answered.
+        let raw = Box::into_raw(Box::new(std::mem::MaybeUninit::<FvCq>::uninit()));
+        let free_raw = || {
+            // SAFETY: `raw` is the allocation above, never initialised.
+            drop(unsafe { Box::from_raw(raw) })
+        };
+        let req = Request::CreateCq {
+            cqe: cqe as u32,
+            channel,
+            cookie: raw as u64,
+        };
+        let (reply, fds) = match call(ctx, &req) {
             Ok(x) => x,
-            Err(e) => return null_with(e),
+            Err(e) => {
+                free_raw();
+                return null_with(e);
+            }
         };
         let Reply::Cq {
             cq,
@@ -211,6 +228,7 @@ unsafe extern "C" fn create_cq(
             segment_size,
         } = reply
         else {
+            free_raw();
             return null_with(unexpected(&reply));
         };
         let layout = CqLayout::new(capacity);
@@ -224,6 +242,7 @@ unsafe extern "C" fn create_cq(
             Ok(s) => s,
             Err(e) => {
                 let _ = call(ctx, &Request::DestroyCq { cq });
+                free_raw();
                 return null_with(e);
             }
         };
@@ -236,14 +255,48 @@ unsafe extern "C" fn create_cq(
         vcq.__bindgen_anon_1.cq.context = ctx;
         vcq.__bindgen_anon_1.cq.handle = cq;
         vcq.__bindgen_anon_1.cq.cqe = capacity as i32;
-        let b = Box::new(FvCq {
-            vcq,
-            segment,
-            ring,
-            consumer: Mutex::new(0),
-        });
-        Box::into_raw(b) as *mut ibv_cq
+        // SAFETY: `raw` is our allocation, sized and aligned for FvCq.
+        unsafe {
+            (*raw).write(FvCq {
+                vcq,
+                segment,
+                ring,
+                consumer: Mutex::new(0),
+            })
+        };
+        raw as *mut ibv_cq
     })
+}
+
+/// Frees an object after its router-side destruction, unless events
+/// reported for it are not all acknowledged yet. Those (or their records,
+/// still unread in a pipe) carry its address, which the application will
+/// dereference in `ibv_get_*_event`/`ibv_ack_*_events`; the kernel discards
+/// unread events of a destroyed object, but bytes in a pipe cannot be taken
+/// back. Such an object is left allocated (a small, bounded leak) so that
+/// the late event finds valid memory.
+///
+/// # Safety
+/// `obj` must be a `Box<T>` allocation of ours whose `ibv_*` part has the
+/// `mutex` at `mutex` and an acknowledged-events count read by `acked`.
+unsafe fn free_unless_events_pending<T>(
+    obj: *mut T,
+    mutex: *mut pthread_mutex_t,
+    reported: u32,
+    acked: impl Fn() -> u32,
+) {
+    libc::pthread_mutex_lock(mutex as *mut libc::pthread_mutex_t);
+    let all_acked = acked() == reported;
+    libc::pthread_mutex_unlock(mutex as *mut libc::pthread_mutex_t);
+    if all_acked {
+        drop(Box::from_raw(obj));
+    } else {
+        crate::fv_log!(
+            3,
+            "object {obj:p} destroyed with {} unacknowledged events; kept allocated",
+            reported.wrapping_sub(acked())
+        );
+    }
 }
 
 unsafe extern "C" fn destroy_cq(cq: *mut ibv_cq) -> i32 {
@@ -251,11 +304,17 @@ unsafe extern "C" fn destroy_cq(cq: *mut ibv_cq) -> i32 {
         // SAFETY: cq is one of ours.
         let (ctx, handle) = unsafe { ((*cq).context, (*cq).handle) };
         match call(ctx, &Request::DestroyCq { cq: handle }) {
-            Ok(_) => {
-                // SAFETY: allocated by create_cq as a Box<FvCq>.
-                drop(unsafe { Box::from_raw(cq as *mut FvCq) });
+            Ok((Reply::Destroyed { events }, _)) => {
+                // SAFETY: allocated by create_cq as a Box<FvCq>; libibverbs
+                // initialised its mutex (verbs_init_cq).
+                unsafe {
+                    free_unless_events_pending(cq as *mut FvCq, &mut (*cq).mutex, events, || {
+                        (*cq).comp_events_completed
+                    })
+                };
                 0
             }
+            Ok((r, _)) => unexpected(&r),
             Err(e) => e,
         }
     })
@@ -302,10 +361,16 @@ unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, num_entries: i32, wc: *mut ibv_wc)
     })
 }
 
-unsafe extern "C" fn req_notify_cq(_cq: *mut ibv_cq, _solicited_only: i32) -> i32 {
-    // Without completion channels there is no one to notify; arming is a
-    // no-op that succeeds, as polling applications expect.
-    0
+unsafe extern "C" fn req_notify_cq(cq: *mut ibv_cq, solicited_only: i32) -> i32 {
+    guard(libc::EIO, || {
+        // SAFETY: cq is one of ours.
+        let fcq = unsafe { FvCq::from_ibv(cq) };
+        // The router consumes the arm when it publishes the next CQE (of
+        // the right kind) and writes one event to the CQ's channel; without
+        // a channel the arm is harmless. Ordering: wire::segment::CqHeader.
+        fcq.header().arm(solicited_only != 0);
+        0
+    })
 }
 
 // ---------------------------------------------------------------- QP ----
@@ -385,6 +450,13 @@ unsafe extern "C" fn create_qp(pd: *mut ibv_pd, attr: *mut ibv_qp_init_attr) -> 
             let srq = if a.srq.is_null() { 0 } else { (*a.srq).handle };
             ((*a.send_cq).handle, (*a.recv_cq).handle, srq)
         };
+        // The QP's address is the element of its async events: allocate
+        // first, fill after the router's answer.
+        let raw = Box::into_raw(Box::new(std::mem::MaybeUninit::<FvQp>::uninit()));
+        let free_raw = || {
+            // SAFETY: `raw` is the allocation above, never initialised.
+            drop(unsafe { Box::from_raw(raw) })
+        };
         let req = Request::CreateQp {
             pd: pdh,
             qp_type: a.qp_type,
@@ -393,10 +465,14 @@ unsafe extern "C" fn create_qp(pd: *mut ibv_pd, attr: *mut ibv_qp_init_attr) -> 
             srq,
             caps,
             sq_sig_all: a.sq_sig_all != 0,
+            cookie: raw as u64,
         };
         let (reply, fds) = match call(ctx, &req) {
             Ok(x) => x,
-            Err(e) => return null_with(e),
+            Err(e) => {
+                free_raw();
+                return null_with(e);
+            }
         };
         let Reply::Qp {
             qp: handle,
@@ -407,6 +483,7 @@ unsafe extern "C" fn create_qp(pd: *mut ibv_pd, attr: *mut ibv_qp_init_attr) -> 
             segment_size,
         } = reply
         else {
+            free_raw();
             return null_with(unexpected(&reply));
         };
         let layout = QpLayout::new(sq_capacity, rq_capacity);
@@ -423,6 +500,7 @@ unsafe extern "C" fn create_qp(pd: *mut ibv_pd, attr: *mut ibv_qp_init_attr) -> 
             Ok(s) => s,
             Err(e) => {
                 let _ = call(ctx, &Request::DestroyQp { qp: handle });
+                free_raw();
                 return null_with(e);
             }
         };
@@ -444,7 +522,7 @@ unsafe extern "C" fn create_qp(pd: *mut ibv_pd, attr: *mut ibv_qp_init_attr) -> 
         // SAFETY: verbs_qp is plain C data; all-zero is its initial value
         // (comp_mask 0: no ibv_qp_ex).
         let vqp: verbs_qp = unsafe { std::mem::zeroed() };
-        let b = Box::new(FvQp {
+        let b = FvQp {
             vqp,
             _pad: [0; 2],
             segment,
@@ -454,8 +532,10 @@ unsafe extern "C" fn create_qp(pd: *mut ibv_pd, attr: *mut ibv_qp_init_attr) -> 
             state: AtomicU32::new(IBV_QPS_RESET),
             sq_producer: Mutex::new(0),
             rq_producer: Mutex::new(0),
-        });
-        let raw = Box::into_raw(b);
+        };
+        // SAFETY: `raw` is our allocation, sized and aligned for FvQp.
+        unsafe { (*raw).write(b) };
+        let raw = raw as *mut FvQp;
         // SAFETY: `raw` is our fresh allocation; we fill the ibv_qp fields
         // libibverbs' ibv_create_qp leaves to the provider.
         unsafe {
@@ -643,20 +723,17 @@ unsafe extern "C" fn destroy_qp(qp: *mut ibv_qp) -> i32 {
         // SAFETY: qp is ours.
         let fqp = unsafe { FvQp::from_ibv(qp) };
         match fqp.context().call(&Request::DestroyQp { qp: fqp.handle() }) {
-            Ok(_) => {
+            Ok((Reply::Destroyed { events }, _)) => {
                 // SAFETY: allocated by create_qp as a Box<FvQp>; the mutex
-                // and cond were initialised there.
+                // was initialised there and stays valid if the QP is kept.
                 unsafe {
-                    let raw = qp as *mut FvQp;
-                    let q = &mut (*raw).vqp.__bindgen_anon_1.qp;
-                    libc::pthread_mutex_destroy(
-                        &mut q.mutex as *mut _ as *mut libc::pthread_mutex_t,
-                    );
-                    libc::pthread_cond_destroy(&mut q.cond as *mut _ as *mut libc::pthread_cond_t);
-                    drop(Box::from_raw(raw));
-                }
+                    free_unless_events_pending(qp as *mut FvQp, &mut (*qp).mutex, events, || {
+                        (*qp).events_completed
+                    })
+                };
                 0
             }
+            Ok((r, _)) => unexpected(&r),
             Err(e) => e,
         }
     })
@@ -938,15 +1015,26 @@ unsafe extern "C" fn create_srq(pd: *mut ibv_pd, init: *mut ibv_srq_init_attr) -
     guard(ptr::null_mut(), || {
         // SAFETY: pd is ours; init is the caller's.
         let (ctx, pdh, a) = unsafe { ((*pd).context, (*pd).handle, &mut *init) };
+        // The SRQ's address is the element of its async events: allocate
+        // first, fill after the router's answer.
+        let raw = Box::into_raw(Box::new(std::mem::MaybeUninit::<FvSrq>::uninit()));
+        let free_raw = || {
+            // SAFETY: `raw` is the allocation above, never initialised.
+            drop(unsafe { Box::from_raw(raw) })
+        };
         let req = Request::CreateSrq {
             pd: pdh,
             max_wr: a.attr.max_wr,
             max_sge: a.attr.max_sge,
             srq_limit: a.attr.srq_limit,
+            cookie: raw as u64,
         };
         let (reply, fds) = match call(ctx, &req) {
             Ok(x) => x,
-            Err(e) => return null_with(e),
+            Err(e) => {
+                free_raw();
+                return null_with(e);
+            }
         };
         let Reply::Srq {
             srq,
@@ -955,6 +1043,7 @@ unsafe extern "C" fn create_srq(pd: *mut ibv_pd, init: *mut ibv_srq_init_attr) -
             segment_size,
         } = reply
         else {
+            free_raw();
             return null_with(unexpected(&reply));
         };
         let layout = SrqLayout::new(capacity);
@@ -968,6 +1057,7 @@ unsafe extern "C" fn create_srq(pd: *mut ibv_pd, init: *mut ibv_srq_init_attr) -
             Ok(s) => s,
             Err(e) => {
                 let _ = call(ctx, &Request::DestroySrq { srq });
+                free_raw();
                 return null_with(e);
             }
         };
@@ -987,14 +1077,17 @@ unsafe extern "C" fn create_srq(pd: *mut ibv_pd, init: *mut ibv_srq_init_attr) -
         vsrq.srq_type = IBV_SRQT_BASIC;
         a.attr.max_wr = capacity;
         a.attr.max_sge = max_sge;
-        let b = Box::new(FvSrq {
-            vsrq,
-            segment,
-            ring,
-            max_sge,
-            producer: Mutex::new(0),
-        });
-        Box::into_raw(b) as *mut ibv_srq
+        // SAFETY: `raw` is our allocation, sized and aligned for FvSrq.
+        unsafe {
+            (*raw).write(FvSrq {
+                vsrq,
+                segment,
+                ring,
+                max_sge,
+                producer: Mutex::new(0),
+            })
+        };
+        raw as *mut ibv_srq
     })
 }
 
@@ -1047,11 +1140,17 @@ unsafe extern "C" fn destroy_srq(srq: *mut ibv_srq) -> i32 {
         match fsrq.context().call(&Request::DestroySrq {
             srq: fsrq.vsrq.srq.handle,
         }) {
-            Ok(_) => {
-                // SAFETY: allocated by create_srq as a Box<FvSrq>.
-                drop(unsafe { Box::from_raw(srq as *mut FvSrq) });
+            Ok((Reply::Destroyed { events }, _)) => {
+                // SAFETY: allocated by create_srq as a Box<FvSrq>;
+                // libibverbs initialised its mutex (ibv_create_srq).
+                unsafe {
+                    free_unless_events_pending(srq as *mut FvSrq, &mut (*srq).mutex, events, || {
+                        (*srq).events_completed
+                    })
+                };
                 0
             }
+            Ok((r, _)) => unexpected(&r),
             Err(e) => e,
         }
     })

@@ -156,9 +156,18 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
             }
             _ => err(libc::EINVAL, "no such memory region"),
         },
-        Request::CreateCq { cqe } => {
+        Request::CreateCq {
+            cqe,
+            channel,
+            cookie,
+        } => {
             if cqe == 0 || cqe > MAX_CQE {
                 return err(libc::EINVAL, format!("cqe {cqe} outside 1..={MAX_CQE}"));
+            }
+            if let Some(fd) = channel {
+                if !t.sessions[&session].channels.contains_key(&fd) {
+                    return err(libc::EINVAL, format!("no completion channel {fd}"));
+                }
             }
             if count(&t.cqs, session, |c| c.session) >= MAX_CQ as usize {
                 return err(libc::ENOMEM, "too many completion queues");
@@ -169,7 +178,8 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
                 Err(e) => return err(libc::ENOMEM, format!("CQ segment: {e}")),
             };
             let cq = t.handle();
-            t.cqs.insert(cq, Cq::new(session, map, layout));
+            t.cqs
+                .insert(cq, Cq::new(session, map, layout, channel, cookie));
             Answer {
                 reply: Reply::Cq {
                     cq,
@@ -186,8 +196,8 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
             if t.qps.values().any(|q| q.send_cq == cq || q.recv_cq == cq) {
                 return err(libc::EBUSY, "completion queue still used by a QP");
             }
-            t.cqs.remove(&cq);
-            Answer::ok(Reply::Done)
+            let events = t.cqs.remove(&cq).map_or(0, |c| c.events);
+            Answer::ok(Reply::Destroyed { events })
         }
         Request::CreateQp {
             pd,
@@ -197,6 +207,7 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
             srq,
             caps,
             sq_sig_all,
+            cookie,
         } => {
             let Some(kind) = QpKind::from_ibv(qp_type) else {
                 return err(
@@ -247,12 +258,11 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
             };
             let qp = t.handle();
             t.qpns.insert(qpn, qp);
-            t.qps.insert(
-                qp,
-                Qp::new(
-                    session, pd, kind, qpn, send_cq, recv_cq, srq, caps, sq_sig_all, map, layout,
-                ),
+            let mut q = Qp::new(
+                session, pd, kind, qpn, send_cq, recv_cq, srq, caps, sq_sig_all, map, layout,
             );
+            q.cookie = cookie;
+            t.qps.insert(qp, q);
             Answer {
                 reply: Reply::Qp {
                     qp,
@@ -270,6 +280,7 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
             max_wr,
             max_sge,
             srq_limit,
+            cookie,
         } => {
             if !owned(&t.pds, pd, session, |p| p.session) {
                 return err(libc::EINVAL, "no such protection domain");
@@ -289,8 +300,9 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
                 Err(e) => return err(libc::ENOMEM, format!("SRQ segment: {e}")),
             };
             let srq = t.handle();
-            t.srqs
-                .insert(srq, Srq::new(session, pd, map, layout, MAX_SGE, srq_limit));
+            let mut s = Srq::new(session, pd, map, layout, MAX_SGE, srq_limit);
+            s.cookie = cookie;
+            t.srqs.insert(srq, s);
             Answer {
                 reply: Reply::Srq {
                     srq,
@@ -342,8 +354,8 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
             if t.qps.values().any(|q| q.srq == srq) {
                 return err(libc::EBUSY, "shared receive queue still used by a QP");
             }
-            t.srqs.remove(&srq);
-            Answer::ok(Reply::Done)
+            let events = t.srqs.remove(&srq).map_or(0, |s| s.async_events);
+            Answer::ok(Reply::Destroyed { events })
         }
         Request::ModifyQp { qp, attr, mask } => {
             let Some(q) = t.qps.get_mut(&qp).filter(|q| q.session == session) else {
@@ -382,8 +394,9 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
             if !owned(&t.qps, qp, session, |q| q.session) {
                 return err(libc::EINVAL, "no such QP");
             }
+            let events = t.qps[&qp].async_events;
             engine.remove_qp(qp);
-            Answer::ok(Reply::Done)
+            Answer::ok(Reply::Destroyed { events })
         }
     }
 }

@@ -11,8 +11,9 @@ use crate::sys::*;
 use crate::wire::entries::{Cqe, RecvWqe, SendWqe};
 use crate::wire::limits::{GRH_SIZE, MAX_INLINE_DATA, MAX_MSG_SIZE, UD_MTU};
 
+use super::events::{responder_error_event, AsyncTarget};
 use super::memory::{ProcessMemory, Segments};
-use super::objects::{SessionId, Stall, Tables};
+use super::objects::{Stall, Tables};
 use super::qp_state::{self, QpKind, ERR, RESET, RTR, RTS, SQD, SQE};
 
 /// Bytes moved per bounce-buffer step.
@@ -22,8 +23,6 @@ pub struct Engine {
     pub tables: Tables,
     /// This router's GID (UD destinations must carry it).
     pub gid: [u8; 16],
-    /// Async events raised by the data path, for the sessions to deliver.
-    pub async_events: Vec<AsyncEvent>,
     bounce: Vec<u8>,
     handles: Vec<u32>,
 }
@@ -44,21 +43,6 @@ impl Source {
             Source::Memory(mem, segs) => mem.read_segments(segs, offset, buf),
         }
     }
-}
-
-/// The object an async event is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EventSource {
-    Qp(u32),
-    Srq(u32),
-}
-
-/// An affiliated asynchronous event (`ibv_get_async_event`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AsyncEvent {
-    pub session: SessionId,
-    pub source: EventSource,
-    pub event_type: u32,
 }
 
 /// The 40-byte GRH area in front of a UD message, as a RoCE v2 NIC fills
@@ -131,7 +115,6 @@ impl Engine {
         Engine {
             tables,
             gid,
-            async_events: Vec::new(),
             bounce: vec![0; CHUNK],
             handles: Vec::new(),
         }
@@ -175,30 +158,24 @@ impl Engine {
 
     /// Moves a QP to the error state; its queues are flushed by `service`.
     pub fn to_error(&mut self, h: u32) {
-        if let Some(qp) = self.tables.qps.get_mut(&h) {
-            if qp.state() != ERR {
-                debug!("qp {:#x} -> error", qp.qpn);
-                qp.set_state(ERR);
-                qp.stall = None;
-                if qp.srq != 0 {
-                    // Nothing more will be taken from the SRQ for this QP.
-                    let session = qp.session;
-                    self.async_events.push(AsyncEvent {
-                        session,
-                        source: EventSource::Qp(h),
-                        event_type: IBV_EVENT_QP_LAST_WQE_REACHED,
-                    });
-                }
-            }
+        let Some(qp) = self.tables.qps.get_mut(&h) else {
+            return;
+        };
+        if qp.state() == ERR {
+            return;
+        }
+        debug!("qp {:#x} -> error", qp.qpn);
+        qp.set_state(ERR);
+        qp.stall = None;
+        if qp.srq != 0 {
+            // Nothing more will be taken from the SRQ for this QP.
+            self.post_async_event(AsyncTarget::Qp(h), IBV_EVENT_QP_LAST_WQE_REACHED);
         }
     }
 
+    /// Publishes a CQE that is not a solicited receive (see `publish_cqe`).
     fn push_cqe(&mut self, cq: u32, cqe: &Cqe) {
-        if let Some(cq) = self.tables.cqs.get_mut(&cq) {
-            cq.ring.write(cq.producer, cqe);
-            cq.producer = cq.producer.wrapping_add(1);
-            cq.header().ring.publish_producer(cq.producer);
-        }
+        self.publish_cqe(cq, cqe, false);
     }
 
     fn cq_free(&self, cq: u32) -> u32 {
@@ -263,6 +240,9 @@ impl Engine {
                 qp.qpn
             );
         }
+        if self.tables.qps.get(&h).is_some_and(|q| q.state() != ERR) {
+            self.post_async_event(AsyncTarget::Qp(h), IBV_EVENT_QP_FATAL);
+        }
         self.drain(h);
         self.to_error(h);
     }
@@ -275,7 +255,7 @@ impl Engine {
 
     fn consume_recv(&mut self, h: u32) {
         let qp = self.tables.qps.get_mut(&h).expect("qp");
-        let (srq_handle, session) = (qp.srq, qp.session);
+        let srq_handle = qp.srq;
         if srq_handle == 0 {
             qp.rq_consumer = qp.rq_consumer.wrapping_add(1);
             qp.header().rq.publish_consumer(qp.rq_consumer);
@@ -288,11 +268,7 @@ impl Engine {
         srq.header().rq.publish_consumer(srq.consumer);
         if srq.limit > 0 && srq.pending().is_some_and(|n| n < srq.limit) {
             srq.limit = 0;
-            self.async_events.push(AsyncEvent {
-                session,
-                source: EventSource::Srq(srq_handle),
-                event_type: IBV_EVENT_SRQ_LIMIT_REACHED,
-            });
+            self.post_async_event(AsyncTarget::Srq(srq_handle), IBV_EVENT_SRQ_LIMIT_REACHED);
         }
     }
 
@@ -546,6 +522,12 @@ impl Engine {
             }
             self.finish_send(ha, wqe, len);
             return Outcome::Done;
+        }
+        let responder_was_ok = self.tables.qps.get(&hb).is_some_and(|q| q.state() != ERR);
+        if recv.is_none() && responder_was_ok {
+            // No receive WQE to report the error on: an affiliated event
+            // (before LAST_WQE_REACHED, which to_error raises for SRQ QPs).
+            self.post_async_event(AsyncTarget::Qp(hb), responder_error_event(req_status));
         }
         self.to_error(hb);
         self.fail_requester(ha, wqe, req_status);
@@ -862,7 +844,8 @@ impl Engine {
                 ..Default::default()
             };
             self.consume_recv(hb);
-            self.push_cqe(recv_cq, &cqe);
+            let solicited = w.send_flags & IBV_SEND_SOLICITED != 0;
+            self.publish_cqe(recv_cq, &cqe, solicited);
         }
         self.finish_send(ha, w, result_len);
         Outcome::Done
@@ -971,7 +954,8 @@ impl Engine {
         };
         let failed = cqe.status != IBV_WC_SUCCESS;
         self.consume_recv(hb);
-        self.push_cqe(recv_cq, &cqe);
+        let solicited = w.send_flags & IBV_SEND_SOLICITED != 0;
+        self.publish_cqe(recv_cq, &cqe, solicited);
         if failed {
             self.to_error(hb);
         }

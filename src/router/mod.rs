@@ -2,6 +2,8 @@
 
 pub mod control;
 pub mod engine;
+pub mod events;
+pub mod fuse;
 pub mod identity;
 pub mod memory;
 pub mod objects;

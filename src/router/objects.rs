@@ -23,6 +23,13 @@ pub struct Session {
     pub segment: Mapping,
     pub memory: ProcessMemory,
     pub uid: u32,
+    /// Write end of the context's async-event pipe (nonblocking).
+    pub async_events: OwnedFd,
+    /// The router's end of the event socket (see `wire::control::Event`).
+    pub event_sock: OwnedFd,
+    /// Completion channels: the read end's fd number in the client → the
+    /// write end (nonblocking).
+    pub channels: HashMap<i32, OwnedFd>,
 }
 
 impl Session {
@@ -64,10 +71,22 @@ pub struct Cq {
     /// The router's own producer index (the one in shared memory is only
     /// published, never read back).
     pub producer: u32,
+    /// The completion channel (its fd number in the client), if any.
+    pub channel: Option<i32>,
+    /// The client's `ibv_cq *`: what completion and async events carry.
+    pub cookie: u64,
+    /// Completion events written for this CQ.
+    pub events: u32,
 }
 
 impl Cq {
-    pub fn new(session: SessionId, segment: Mapping, layout: CqLayout) -> Cq {
+    pub fn new(
+        session: SessionId,
+        segment: Mapping,
+        layout: CqLayout,
+        channel: Option<i32>,
+        cookie: u64,
+    ) -> Cq {
         // SAFETY: the segment was created with `layout.size` bytes, which
         // holds `capacity` entries after `ring_offset`.
         let ring = unsafe {
@@ -82,6 +101,9 @@ impl Cq {
             segment,
             ring,
             producer: 0,
+            channel,
+            cookie,
+            events: 0,
         }
     }
 
@@ -112,6 +134,10 @@ pub struct Srq {
     /// Armed limit (0: not armed): when fewer receives remain, the router
     /// raises IBV_EVENT_SRQ_LIMIT_REACHED and disarms.
     pub limit: u32,
+    /// The client's `ibv_srq *`: the element of this SRQ's async events.
+    pub cookie: u64,
+    /// Async events written for this SRQ.
+    pub async_events: u32,
 }
 
 impl Srq {
@@ -139,6 +165,8 @@ impl Srq {
             consumer: 0,
             max_sge,
             limit,
+            cookie: 0,
+            async_events: 0,
         }
     }
 
@@ -186,6 +214,10 @@ pub struct Qp {
     pub sq_consumer: u32,
     pub rq_consumer: u32,
     pub stall: Option<Stall>,
+    /// The client's `ibv_qp *`: the element of this QP's async events.
+    pub cookie: u64,
+    /// Async events written for this QP.
+    pub async_events: u32,
 }
 
 impl Qp {
@@ -241,6 +273,8 @@ impl Qp {
             sq_consumer: 0,
             rq_consumer: 0,
             stall: None,
+            cookie: 0,
+            async_events: 0,
         }
     }
 

@@ -19,12 +19,15 @@ use nix::sys::socket::{
     self, sockopt, AddressFamily, Backlog, MsgFlags, SockFlag, SockType, UnixAddr,
 };
 
-use crate::wire::control::{self, Reply, Request, WireError};
+use crate::sys::{IBV_EVENT_DEVICE_FATAL, IBV_EVENT_PORT_ACTIVE};
+use crate::wire::control::{self, Event, EventReply, Reply, Request, WireError};
 use crate::wire::segment::SESSION_SEGMENT_SIZE;
 use crate::wire::VERSION;
 
 use super::control::{close_session, handle, segment, Answer};
 use super::engine::Engine;
+use super::events::AsyncTarget;
+use super::fuse::{Call, CmdFs, SessionInfo};
 use super::identity;
 use super::memory::ProcessMemory;
 use super::objects::{Session, SessionId, Tables};
@@ -33,11 +36,23 @@ use super::Config;
 
 const LISTENER: u64 = 0;
 const SIGNALS: u64 = 1;
+const CMDFS: u64 = 2;
 const KIND_SOCKET: u64 = 2;
 const KIND_DOORBELL: u64 = 3;
+const KIND_EVENTS: u64 = 4;
+const KIND_BITS: u32 = 3;
 
 fn token(session: SessionId, kind: u64) -> u64 {
-    (session << 2) | kind
+    (session << KIND_BITS) | kind
+}
+
+/// An `ibv_create_comp_channel` in progress: the application's thread is
+/// blocked in its write to `cmd_fd` until the provider has made the pipe.
+struct ChannelRequest {
+    unique: u64,
+    session: SessionId,
+    tid: i32,
+    response: u64,
 }
 
 /// A connection that has not said Hello yet.
@@ -58,6 +73,11 @@ pub struct Server {
     pending: HashMap<SessionId, Pending>,
     next_session: SessionId,
     spin: Duration,
+    /// The command file system (None if FUSE could not be mounted: then
+    /// completion channels are not available).
+    cmdfs: Option<CmdFs>,
+    channel_requests: HashMap<u64, ChannelRequest>,
+    next_channel_request: u64,
 }
 
 impl Server {
@@ -83,6 +103,10 @@ impl Server {
         mask.add(Signal::SIGTERM);
         mask.thread_block().context("blocking SIGINT/SIGTERM")?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+
+        // Event pipes whose reader is gone must fail with EPIPE, not kill us.
+        // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 
         let ip = identity::host_ipv4();
         let gid = identity::gid_from_ipv4(ip);
@@ -110,6 +134,16 @@ impl Server {
 
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         epoll.add(&listener, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))?;
+        let cmdfs = match CmdFs::mount(dir) {
+            Ok(fs) => {
+                epoll.add(fs.fd(), EpollEvent::new(EpollFlags::EPOLLIN, CMDFS))?;
+                Some(fs)
+            }
+            Err(e) => {
+                warn!("{e}; completion channels will not be available");
+                None
+            }
+        };
         epoll.add(
             signals.as_fd(),
             EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS),
@@ -134,6 +168,9 @@ impl Server {
             pending: HashMap::new(),
             next_session: 1,
             spin: Duration::from_micros(spin_us),
+            cmdfs,
+            channel_requests: HashMap::new(),
+            next_channel_request: 1,
         })
     }
 
@@ -151,12 +188,6 @@ impl Server {
         loop {
             let now = Instant::now();
             let worked = self.engine.service(now);
-            // Async events are not delivered to providers yet (completion
-            // channels and async events are being added); log and drop them
-            // so the queue cannot grow.
-            for ev in self.engine.async_events.drain(..) {
-                debug!("async event {ev:?}");
-            }
             let mut sleeping = false;
             let timeout = if worked {
                 idle_since = None;
@@ -198,6 +229,7 @@ impl Server {
                 let data = ev.data();
                 match data {
                     LISTENER => self.accept(),
+                    CMDFS => self.on_cmdfs(),
                     SIGNALS => {
                         if let Ok(Some(sig)) = self.signals.read_signal() {
                             info!("signal {}: shutting down", sig.ssi_signo);
@@ -205,10 +237,11 @@ impl Server {
                         }
                     }
                     _ => {
-                        let session = data >> 2;
-                        match data & 3 {
+                        let session = data >> KIND_BITS;
+                        match data & ((1 << KIND_BITS) - 1) {
                             KIND_SOCKET => self.on_socket(session, ev.events()),
                             KIND_DOORBELL => self.drain_doorbell(session),
+                            KIND_EVENTS => self.on_event_socket(session, ev.events()),
                             _ => {}
                         }
                     }
@@ -218,8 +251,19 @@ impl Server {
     }
 
     fn shutdown(mut self) -> anyhow::Result<()> {
-        for s in self.engine.tables.sessions.values() {
+        let ids: Vec<SessionId> = self.engine.tables.sessions.keys().copied().collect();
+        for id in ids {
+            let s = &self.engine.tables.sessions[&id];
             s.header().router_gone.store(1, Ordering::SeqCst);
+            // The provider's watcher posts DEVICE_FATAL itself if we crash;
+            // whoever claims it first writes it.
+            if s.header().claim_device_fatal() {
+                self.engine
+                    .post_async_event(AsyncTarget::Device(id), IBV_EVENT_DEVICE_FATAL);
+            }
+        }
+        if let Some(fs) = self.cmdfs.take() {
+            fs.unmount();
         }
         std::fs::remove_file(&self.socket_path).ok();
         if let Some(tree) = self.tree.take() {
@@ -299,8 +343,7 @@ impl Server {
             let msg = control::recv::<Request>(sock, MsgFlags::MSG_DONTWAIT);
             match msg {
                 Ok((request, fds)) => {
-                    drop(fds); // requests carry no descriptors
-                    if !self.on_request(session, request) {
+                    if !self.on_request(session, request, fds) {
                         self.close(session);
                         return;
                     }
@@ -322,12 +365,13 @@ impl Server {
         }
     }
 
-    /// Answers one request; false if the session must be closed.
-    fn on_request(&mut self, session: SessionId, request: Request) -> bool {
+    /// Answers one request; false if the session must be closed. Only
+    /// Hello carries descriptors; any others are closed.
+    fn on_request(&mut self, session: SessionId, request: Request, fds: Vec<OwnedFd>) -> bool {
         let answer = if let Some(p) = self.pending.remove(&session) {
             match request {
-                Request::Hello { version } if version == VERSION => {
-                    match self.open_session(session, p) {
+                Request::Hello { version } if version == VERSION && fds.len() == 2 => {
+                    match self.open_session(session, p, fds) {
                         Ok(a) => a,
                         Err(e) => {
                             warn!("session {session}: {e:#}");
@@ -338,7 +382,10 @@ impl Server {
                 Request::Hello { version } => {
                     let reply = Reply::Error {
                         errno: libc::EPROTO,
-                        message: format!("wire version {version} is not the router's {VERSION}"),
+                        message: format!(
+                            "wire version {version} is not the router's {VERSION}, \
+                             or Hello came without its two descriptors"
+                        ),
                     };
                     let _ = control::send(p.sock.as_fd(), &reply, &[]);
                     return false;
@@ -364,7 +411,23 @@ impl Server {
         }
     }
 
-    fn open_session(&mut self, id: SessionId, p: Pending) -> anyhow::Result<Answer> {
+    fn open_session(
+        &mut self,
+        id: SessionId,
+        p: Pending,
+        mut fds: Vec<OwnedFd>,
+    ) -> anyhow::Result<Answer> {
+        let event_sock = fds.pop().expect("two fds");
+        let async_events = fds.pop().expect("two fds");
+        let is_seqpacket = socket::getsockopt(&event_sock, sockopt::SockType)
+            .is_ok_and(|t| t == SockType::SeqPacket);
+        let is_pipe = nix::sys::stat::fstat(async_events.as_raw_fd())
+            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFIFO);
+        if !is_seqpacket || !is_pipe {
+            anyhow::bail!("Hello needs an async-event pipe and a SOCK_SEQPACKET event socket");
+        }
+        set_nonblocking(&async_events)?;
+        set_nonblocking(&event_sock)?;
         let (seg_fd, segment) = segment("fv-session", SESSION_SEGMENT_SIZE)?;
         let doorbell = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
         let doorbell: OwnedFd = doorbell.into();
@@ -373,6 +436,13 @@ impl Server {
             EpollEvent::new(EpollFlags::EPOLLIN, token(id, KIND_DOORBELL)),
         )?;
         let provider_doorbell = doorbell.try_clone()?;
+        if let Err(e) = self.epoll.add(
+            &event_sock,
+            EpollEvent::new(EpollFlags::EPOLLIN, token(id, KIND_EVENTS)),
+        ) {
+            let _ = self.epoll.delete(&doorbell);
+            return Err(e.into());
+        }
         info!("session {id}: pid {} uid {}", p.pid, p.uid);
         self.engine.tables.sessions.insert(
             id,
@@ -382,13 +452,20 @@ impl Server {
                 segment,
                 memory: ProcessMemory { pid: p.pid },
                 uid: p.uid,
+                async_events,
+                event_sock,
+                channels: HashMap::new(),
             },
         );
+        self.engine
+            .post_async_event(AsyncTarget::Port(id, 1), IBV_EVENT_PORT_ACTIVE);
+        let cmd_file = self.cmdfs.as_ref().map(|_| CmdFs::session_file(id));
         Ok(Answer {
             reply: Reply::Hello {
                 version: VERSION,
                 gid: self.gid,
                 session_segment_size: SESSION_SEGMENT_SIZE as u64,
+                cmd_file,
             },
             fds: vec![seg_fd, provider_doorbell],
         })
@@ -402,8 +479,159 @@ impl Server {
         if let Some(s) = self.engine.tables.sessions.get(&session) {
             let _ = self.epoll.delete(&s.sock);
             let _ = self.epoll.delete(&s.doorbell);
+            let _ = self.epoll.delete(&s.event_sock);
             debug!("session {session} closed");
+        }
+        let aborted: Vec<u64> = self
+            .channel_requests
+            .iter()
+            .filter(|(_, r)| r.session == session)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in aborted {
+            self.finish_channel_request(id, Err(libc::EIO));
         }
         close_session(&mut self.engine, session);
     }
+
+    /// Requests on the command file system. A `CREATE_COMP_CHANNEL` asks
+    /// the session's provider for a pipe; the write stays blocked until the
+    /// provider answers on the event socket (`on_event_socket`).
+    fn on_cmdfs(&mut self) {
+        let Some(fs) = self.cmdfs.as_mut() else {
+            return;
+        };
+        let sessions = &self.engine.tables.sessions;
+        let calls = fs.process(|id| {
+            sessions.get(&id).map(|s| SessionInfo {
+                pid: s.memory.pid,
+                uid: s.uid,
+            })
+        });
+        for call in calls {
+            let Call::CreateChannel {
+                unique,
+                session,
+                tid,
+                response,
+            } = call;
+            let id = self.next_channel_request;
+            self.next_channel_request += 1;
+            self.channel_requests.insert(
+                id,
+                ChannelRequest {
+                    unique,
+                    session,
+                    tid,
+                    response,
+                },
+            );
+            let sent = self
+                .engine
+                .tables
+                .sessions
+                .get(&session)
+                .map(|s| control::send(s.event_sock.as_fd(), &Event::MakeChannel { id }, &[]));
+            if !matches!(sent, Some(Ok(()))) {
+                warn!("session {session}: cannot ask for a completion channel: {sent:?}");
+                self.finish_channel_request(id, Err(libc::EIO));
+            }
+        }
+    }
+
+    /// Ends a pending `ibv_create_comp_channel`: its write returns.
+    fn finish_channel_request(&mut self, id: u64, result: Result<(), i32>) {
+        if let (Some(r), Some(fs)) = (self.channel_requests.remove(&id), self.cmdfs.as_ref()) {
+            fs.reply_write(r.unique, result);
+        }
+    }
+
+    /// Messages from a provider's watcher thread (answers to
+    /// `Event::MakeChannel`); a hang-up means the context is closing.
+    fn on_event_socket(&mut self, session: SessionId, events: EpollFlags) {
+        loop {
+            let Some(s) = self.engine.tables.sessions.get(&session) else {
+                return;
+            };
+            let msg = control::recv::<EventReply>(s.event_sock.as_fd(), MsgFlags::MSG_DONTWAIT);
+            match msg {
+                Ok((EventReply::ChannelMade { id, fd }, mut fds)) => {
+                    let write_end = fds.pop().filter(|_| fds.is_empty());
+                    self.channel_made(session, id, fd, write_end);
+                }
+                Ok((EventReply::ChannelFailed { id, errno }, _)) => {
+                    let errno = if errno > 0 { errno } else { libc::EIO };
+                    if self.channel_requests.get(&id).map(|r| r.session) == Some(session) {
+                        self.finish_channel_request(id, Err(errno));
+                    }
+                }
+                Err(WireError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(WireError::Closed) => {
+                    self.close(session);
+                    return;
+                }
+                Err(e) => {
+                    warn!("session {session}: event socket: {e}; closing the session");
+                    self.close(session);
+                    return;
+                }
+            }
+        }
+        if events.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
+            self.close(session);
+        }
+    }
+
+    /// The provider made the pipe for channel request `id`: put its read
+    /// end's number into the application's response buffer, keep the write
+    /// end, and let the application's write return.
+    fn channel_made(&mut self, session: SessionId, id: u64, fd: i32, write_end: Option<OwnedFd>) {
+        let request = self
+            .channel_requests
+            .get(&id)
+            .filter(|r| r.session == session)
+            .map(|r| (r.tid, r.response));
+        let registered = match (request, write_end) {
+            (Some((tid, response)), Some(w)) if fd >= 0 => {
+                let is_pipe = nix::sys::stat::fstat(w.as_raw_fd())
+                    .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFIFO);
+                // The writer is a thread of the session's process (checked
+                // by the file system); its memory is the process's.
+                let written = is_pipe
+                    && set_nonblocking(&w).is_ok()
+                    && ProcessMemory { pid: tid }
+                        .write(response, &(fd as u32).to_ne_bytes())
+                        .is_ok();
+                if written {
+                    if let Some(s) = self.engine.tables.sessions.get_mut(&session) {
+                        s.channels.insert(fd, w);
+                    }
+                }
+                written
+            }
+            _ => false,
+        };
+        if registered {
+            debug!("session {session}: completion channel fd {fd}");
+            self.finish_channel_request(id, Ok(()));
+        } else {
+            warn!("session {session}: completion channel {id} could not be set up");
+            if fd >= 0 {
+                if let Some(s) = self.engine.tables.sessions.get(&session) {
+                    let _ =
+                        control::send(s.event_sock.as_fd(), &Event::DropChannel { id, fd }, &[]);
+                }
+            }
+            if request.is_some() {
+                self.finish_channel_request(id, Err(libc::EIO));
+            }
+        }
+    }
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> nix::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?);
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
 }

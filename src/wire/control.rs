@@ -75,7 +75,9 @@ pub struct QpAttr {
 /// What a provider asks of the router.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    /// First message of a session.
+    /// First message of a session. Carries two fds: the write end of the
+    /// context's async-event pipe (whose read end is `async_fd`) and the
+    /// router's end of the event socket (see [`Event`]).
     Hello {
         version: u32,
     },
@@ -93,8 +95,14 @@ pub enum Request {
     DeregMr {
         mr: u32,
     },
+    /// `channel`: the completion channel's fd number in the caller (one
+    /// the router made with [`Event::MakeChannel`]); `cookie`: the
+    /// `ibv_cq *`, written to the channel for each completion event and to
+    /// `async_fd` for CQ events.
     CreateCq {
         cqe: u32,
+        channel: Option<i32>,
+        cookie: u64,
     },
     DestroyCq {
         cq: u32,
@@ -108,12 +116,16 @@ pub enum Request {
         srq: u32,
         caps: QpCaps,
         sq_sig_all: bool,
+        /// The `ibv_qp *`, the element of the QP's async events.
+        cookie: u64,
     },
     CreateSrq {
         pd: u32,
         max_wr: u32,
         max_sge: u32,
         srq_limit: u32,
+        /// The `ibv_srq *`, the element of the SRQ's async events.
+        cookie: u64,
     },
     /// `mask`: IBV_SRQ_MAX_WR and/or IBV_SRQ_LIMIT.
     ModifySrq {
@@ -145,10 +157,14 @@ pub enum Request {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
     /// Carries two fds: the session segment and the doorbell eventfd.
+    /// `cmd_file`: the file the provider opens as `cmd_fd` (on the router's
+    /// FUSE mount), relative to the router's runtime directory (the folder
+    /// of its socket), if the router serves one.
     Hello {
         version: u32,
         gid: [u8; 16],
         session_segment_size: u64,
+        cmd_file: Option<String>,
     },
     Pd {
         pd: u32,
@@ -188,11 +204,44 @@ pub enum Reply {
         max_sge: u32,
         srq_limit: u32,
     },
+    /// A CQ, QP or SRQ is gone; `events`: how many events the router
+    /// reported for it (completion events for a CQ, async events for a QP
+    /// or SRQ), to be matched against the application's acknowledgements.
+    Destroyed {
+        events: u32,
+    },
     Done,
     /// The request failed: `errno` for the verb, and a message for humans.
     Error {
         errno: i32,
         message: String,
+    },
+}
+
+/// Router → provider, on the event socket (a `SOCK_SEQPACKET` pair made by
+/// the provider; its watcher thread serves this end and notices a router
+/// that goes away by the socket's hang-up).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// The application is in `ibv_create_comp_channel`: make a pipe and
+    /// answer [`EventReply::ChannelMade`] with its write end.
+    MakeChannel { id: u64 },
+    /// The channel made for an aborted `ibv_create_comp_channel`: close it.
+    DropChannel { id: u64, fd: i32 },
+}
+
+/// Provider → router, on the event socket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventReply {
+    /// Carries one fd: the pipe's write end; `fd` is its read end's number
+    /// in the provider's process.
+    ChannelMade {
+        id: u64,
+        fd: i32,
+    },
+    ChannelFailed {
+        id: u64,
+        errno: i32,
     },
 }
 

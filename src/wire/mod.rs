@@ -5,11 +5,12 @@
 
 pub mod control;
 pub mod entries;
+pub mod events;
 pub mod ring;
 pub mod segment;
 
 /// Version of everything in this module; checked at session setup.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// Device limits, advertised by the provider and enforced by the router.
 pub mod limits {

@@ -22,6 +22,17 @@ pub struct RingIndices {
 
 const _: () = assert!(std::mem::size_of::<RingIndices>() == 128);
 
+impl Default for RingIndices {
+    fn default() -> Self {
+        RingIndices {
+            producer: AtomicU32::new(0),
+            _pad0: [0; 60],
+            consumer: AtomicU32::new(0),
+            _pad1: [0; 60],
+        }
+    }
+}
+
 impl RingIndices {
     pub fn producer(&self) -> u32 {
         self.producer.load(Ordering::Acquire)

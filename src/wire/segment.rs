@@ -7,7 +7,7 @@
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{fence, AtomicU32, Ordering};
 
 use super::entries::{CQE_SIZE, RECV_WQE_SIZE, SEND_WQE_SIZE};
 use super::ring::RingIndices;
@@ -26,6 +26,18 @@ pub struct SessionHeader {
     pub router_sleeping: AtomicU32,
     /// Set by the router when it shuts down.
     pub router_gone: AtomicU32,
+    /// 0 until `IBV_EVENT_DEVICE_FATAL` has been written to the context's
+    /// async fd. The router (graceful shutdown) and the provider's watcher
+    /// (router crash) both try; whoever swaps it to 1 first writes the event,
+    /// so the application sees it exactly once.
+    pub device_fatal_posted: AtomicU32,
+}
+
+impl SessionHeader {
+    /// True for exactly one caller over the life of the session.
+    pub fn claim_device_fatal(&self) -> bool {
+        self.device_fatal_posted.swap(1, Ordering::SeqCst) == 0
+    }
 }
 
 /// QP segment header: ring indices for the send and receive queues and
@@ -68,6 +80,78 @@ impl SrqLayout {
 #[repr(C)]
 pub struct CqHeader {
     pub ring: RingIndices,
+    /// Completion-event arm (`ibv_req_notify_cq`): [`DISARMED`],
+    /// [`ARMED_SOLICITED`] or [`ARMED_ANY`]. Set by the provider, consumed
+    /// by the router; see [`CqHeader::arm`] for the ordering argument.
+    pub arm: AtomicU32,
+}
+
+pub const DISARMED: u32 = 0;
+pub const ARMED_SOLICITED: u32 = 1;
+/// Any other non-zero value (a confused client's) also counts as "any".
+pub const ARMED_ANY: u32 = 2;
+
+/// The arm/publish race of completion events, solved here once.
+///
+/// The application's protocol is: `ibv_req_notify_cq` (arm), then poll the
+/// CQ empty, then sleep in `ibv_get_cq_event`. The router's is: write a
+/// CQE, publish the producer index, then consume the arm and, if it was
+/// armed for this kind of CQE, write one event to the channel.
+///
+/// Lost wake-up: the router publishes a CQE and reads the arm as disarmed
+/// while the application arms and then polls without seeing that CQE; it
+/// then sleeps although a CQE is there. This is the store-buffering pattern
+/// (each side writes one location and then reads the other), which needs a
+/// SeqCst fence on both sides between the write and the read:
+///
+/// - provider ([`CqHeader::arm`]): RMW on `arm` (SeqCst), fence(SeqCst);
+///   the poll that follows loads `ring.producer`;
+/// - router ([`CqHeader::take_arm`]): store `ring.producer` (Release),
+///   fence(SeqCst), RMW on `arm`.
+///
+/// With both fences, at least one side sees the other's write: either the
+/// router sees the arm (and writes the event), or the application's poll
+/// sees the CQE. Spurious or doubled events: only the router clears the arm,
+/// with a compare-exchange, so one arm yields at most one event; a CQE
+/// published before the arm was set yields none (it is found by the poll).
+impl CqHeader {
+    /// Provider side: arms the CQ for the next CQE (or the next solicited
+    /// one). Arming for any CQE is never downgraded to solicited-only.
+    pub fn arm(&self, solicited_only: bool) {
+        let want = if solicited_only {
+            ARMED_SOLICITED
+        } else {
+            ARMED_ANY
+        };
+        self.arm.fetch_max(want, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+    }
+
+    /// Router side, right after publishing a CQE: consumes the arm if it
+    /// covers this CQE (`solicited`: an error completion, or a receive
+    /// completion of a message sent with `IBV_SEND_SOLICITED`). True when a
+    /// completion event must be written.
+    pub fn take_arm(&self, solicited: bool) -> bool {
+        fence(Ordering::SeqCst);
+        let mut cur = self.arm.load(Ordering::Relaxed);
+        loop {
+            let covers = match cur {
+                DISARMED => false,
+                ARMED_SOLICITED => solicited,
+                _ => true,
+            };
+            if !covers {
+                return false;
+            }
+            match self
+                .arm
+                .compare_exchange(cur, DISARMED, Ordering::SeqCst, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
 }
 
 const _: () = assert!(std::mem::size_of::<QpHeader>() <= PAGE);
@@ -224,6 +308,24 @@ mod tests {
         let c = CqLayout::new(1);
         assert_eq!(c.capacity, 1);
         assert_eq!(c.size, 2 * PAGE);
+    }
+
+    #[test]
+    fn one_arm_one_event() {
+        let h = CqHeader {
+            ring: RingIndices::default(),
+            arm: AtomicU32::new(0),
+        };
+        assert!(!h.take_arm(true));
+        h.arm(true);
+        assert!(!h.take_arm(false));
+        h.arm(false);
+        h.arm(true);
+        assert!(h.take_arm(false));
+        assert!(!h.take_arm(true));
+        h.arm(true);
+        assert!(h.take_arm(true));
+        assert!(!h.take_arm(true));
     }
 
     #[test]
