@@ -168,7 +168,6 @@ fn send_bw_ud() {
 }
 
 #[test]
-#[ignore = "issue 3: completion channels are not implemented yet"]
 fn send_bw_events() {
     // -e sleeps on completion channels (DESIGN.md section 6).
     let run = perftest("ib_send_bw", &["-F", "-e", "-n", "200"]);
@@ -180,6 +179,13 @@ fn send_bw_events() {
 #[test]
 fn send_lat() {
     let run = perftest("ib_send_lat", &["-F", "-n", "200"]);
+    assert_one_row(&run, 2, 200);
+}
+
+#[test]
+fn send_lat_events() {
+    // -e: both sides sleep on completion channels between messages.
+    let run = perftest("ib_send_lat", &["-F", "-e", "-n", "200"]);
     assert_one_row(&run, 2, 200);
 }
 

@@ -106,7 +106,6 @@ fn rc_pingpong_small_rx_depth() {
 }
 
 #[test]
-#[ignore = "issue 3: completion channels are not implemented yet"]
 fn rc_pingpong_events() {
     // -e sleeps on completion channels (DESIGN.md section 6).
     let run = pingpong("ibv_rc_pingpong", &["-g", "0", "-e", "-n", "200"]);

@@ -49,7 +49,7 @@ fn run_case(case: &str) {
 }
 
 macro_rules! cases {
-    ($($name:ident),* $(,)?) => {
+    ($($name:ident),* $(,)?; also $($other:ident),* $(,)?) => {
         $(
             #[test]
             fn $name() {
@@ -66,7 +66,7 @@ macro_rules! cases {
                 .lines()
                 .map(str::to_owned)
                 .collect();
-            let here: Vec<String> = vec![$(stringify!($name).to_owned()),*];
+            let here: Vec<String> = vec![$(stringify!($name).to_owned(),)* $(stringify!($other).to_owned()),*];
             assert_eq!(listed, here, "case lists differ (C program vs tests/verbs_semantics.rs)");
         }
     };
@@ -95,4 +95,58 @@ cases!(
     wrong_state,
     rnr_wait,
     many_qps,
+    events_flood,
+    events_channels,
+    events_solicited,
+    events_epoll,
+    async_qp_error;
+    also device_fatal,
 );
+
+/// Runs the `device_fatal` case: once it is blocked in
+/// `ibv_get_async_event`, `stop` takes the router away; the case must then
+/// get IBV_EVENT_DEVICE_FATAL exactly once (not hang) and exit 0.
+fn device_fatal_when(stop: impl FnOnce(&mut Router)) {
+    use std::time::{Duration, Instant};
+    let exe = checker();
+    let mut router = Router::start();
+    let dir = fresh_temp_dir("fatal");
+    let ready = dir.join("ready");
+    let mut cmd = router.command(exe);
+    cmd.arg("device_fatal").env("FV_READY_FILE", &ready);
+    let started = std::thread::spawn(move || run_with_timeout(cmd, CASE_TIMEOUT_SECS));
+    let deadline = Instant::now() + Duration::from_secs(CASE_TIMEOUT_SECS);
+    while !ready.exists() && Instant::now() < deadline && !started.is_finished() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let was_ready = ready.exists();
+    stop(&mut router);
+    let out = started.join().expect("runner thread");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        was_ready && out.status.success(),
+        "device_fatal{}:\n{}--- router stderr:\n{}",
+        if timed_out(&out) { " (timed out)" } else { "" },
+        show("fv_verbs_check device_fatal", &out),
+        router.stderr()
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("PASS device_fatal"),
+        "{}",
+        show("device_fatal", &out)
+    );
+}
+
+#[test]
+fn device_fatal_when_router_is_killed() {
+    device_fatal_when(|r| r.crash());
+}
+
+#[test]
+fn device_fatal_when_router_stops() {
+    device_fatal_when(|r| {
+        let status = r.terminate();
+        assert!(status.success(), "router exited with {status}");
+    });
+}

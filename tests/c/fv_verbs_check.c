@@ -21,7 +21,10 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -29,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
@@ -2545,6 +2549,640 @@ static void case_many_qps(void)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Completion channels and asynchronous events                               */
+
+static struct ibv_comp_channel *chan_new(void)
+{
+	errno = 0;
+	struct ibv_comp_channel *ch = ibv_create_comp_channel(E.ctx);
+	if (!ch)
+		fatal("ibv_create_comp_channel returned NULL, errno %d (%s)", errno,
+		      strerror(errno));
+	return ch;
+}
+
+static struct ibv_cq *cq_new_ch(int cqe, struct ibv_comp_channel *ch, void *cq_ctx)
+{
+	errno = 0;
+	struct ibv_cq *cq = ibv_create_cq(E.ctx, cqe, cq_ctx, ch, 0);
+	if (!cq)
+		fatal("ibv_create_cq(%d, channel fd %d) returned NULL, errno %d (%s)", cqe,
+		      ch ? ch->fd : -1, errno, strerror(errno));
+	return cq;
+}
+
+static void arm(struct ibv_cq *cq, int solicited_only)
+{
+	int rc = ibv_req_notify_cq(cq, solicited_only);
+	if (rc)
+		fatal("ibv_req_notify_cq(solicited_only %d) returned %d", solicited_only, rc);
+}
+
+/* Waits up to ms for the channel's fd to become readable; 1 if it did. */
+static int fd_ready(int fd, int ms)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	for (;;) {
+		int r = poll(&p, 1, ms);
+		if (r >= 0)
+			return r > 0;
+		if (errno != EINTR)
+			fatal("poll(fd %d) failed: %s", fd, strerror(errno));
+	}
+}
+
+/*
+ * Waits up to ms for a completion event on ch; returns 1 and acknowledges it
+ * (checking it names want_cq and want_ctx) or 0 on timeout.
+ */
+static int cq_event(struct ibv_comp_channel *ch, int ms, struct ibv_cq *want_cq, void *want_ctx,
+		    const char *what)
+{
+	if (!fd_ready(ch->fd, ms))
+		return 0;
+	struct ibv_cq *cq = NULL;
+	void *ctx = NULL;
+	if (ibv_get_cq_event(ch, &cq, &ctx))
+		fatal("%s: ibv_get_cq_event on a readable channel failed, errno %d (%s)", what,
+		      errno, strerror(errno));
+	if (want_cq && cq != want_cq)
+		fail("%s: ibv_get_cq_event returned cq %p, expected %p", what, (void *)cq,
+		     (void *)want_cq);
+	if (want_ctx && ctx != want_ctx)
+		fail("%s: ibv_get_cq_event returned cq_context %p, expected %p", what, ctx, want_ctx);
+	ibv_ack_cq_events(cq, 1);
+	return 1;
+}
+
+static void expect_cq_event(struct ibv_comp_channel *ch, struct ibv_cq *cq, void *ctx,
+			    const char *what)
+{
+	if (!cq_event(ch, (int)(POLL_TIMEOUT_S * 1000), cq, ctx, what))
+		fatal("%s: expected a completion event, got none within %.0f s", what,
+		      POLL_TIMEOUT_S);
+}
+
+static void expect_no_cq_event(struct ibv_comp_channel *ch, int ms, const char *what)
+{
+	if (cq_event(ch, ms, NULL, NULL, what))
+		fail("%s: expected no completion event within %d ms, got one", what, ms);
+}
+
+/* Polls exactly one completion (and nothing more) from cq, checking its status. */
+static void expect_one_wc(struct ibv_cq *cq, enum ibv_wc_status status, const char *what)
+{
+	struct ibv_wc wc;
+	poll1(cq, &wc, what);
+	check_wc(&wc, what, wc.wr_id, status, -1, NULL);
+	expect_empty(cq, 1, what);
+}
+
+/* Waits up to ms for an async event; 1 and *ev if one came. */
+static int async_event(int ms, struct ibv_async_event *ev)
+{
+	if (!fd_ready(E.ctx->async_fd, ms))
+		return 0;
+	if (ibv_get_async_event(E.ctx, ev))
+		fatal("ibv_get_async_event on a readable async_fd failed, errno %d (%s)", errno,
+		      strerror(errno));
+	return 1;
+}
+
+static void expect_port_active(void)
+{
+	struct ibv_async_event ev;
+	set_step("IBV_EVENT_PORT_ACTIVE at open");
+	if (!async_event(5000, &ev))
+		fatal("no async event within 5 s of ibv_open_device (expected PORT_ACTIVE)");
+	EXPECT_EQ("event_type (IBV_EVENT_PORT_ACTIVE)", ev.event_type, IBV_EVENT_PORT_ACTIVE);
+	EXPECT_EQ("element.port_num", ev.element.port_num, 1);
+	ibv_ack_async_event(&ev);
+}
+
+/* A SEND of one byte from qp (signaled), with extra send flags. */
+static void send_byte(struct ibv_qp *qp, struct ibv_sge *sg, uint64_t wr_id, unsigned flags)
+{
+	send1(qp, wr_id, IBV_WR_SEND, sg, 1, IBV_SEND_SIGNALED | flags, 0, 0, "send");
+}
+
+/* ---- events_flood ---- */
+
+#define FLOOD_MSGS 20000
+#define FLOOD_RECVS 512
+
+static struct {
+	struct ibv_comp_channel *ch;
+	struct ibv_cq *rcq;
+	struct ibv_qp *b;
+	struct ibv_sge rs;
+	long got, arms, events, waits;
+	int ctx_tag;
+} F;
+
+static void flood_repost(uint64_t wr_id)
+{
+	recv1(F.b, wr_id, &F.rs, 1, "repost receive");
+}
+
+static void *flood_receiver(void *arg)
+{
+	(void)arg;
+	struct ibv_wc wc[32];
+	while (F.got < FLOOD_MSGS) {
+		int n = ibv_poll_cq(F.rcq, 32, wc);
+		if (n < 0)
+			fatal("ibv_poll_cq returned %d", n);
+		if (n == 0) {
+			/* Empty: arm, look once more, then sleep on the channel. */
+			arm(F.rcq, 0);
+			F.arms++;
+			n = ibv_poll_cq(F.rcq, 32, wc);
+			if (n < 0)
+				fatal("ibv_poll_cq returned %d", n);
+			if (n == 0) {
+				F.waits++;
+				if (!cq_event(F.ch, 10000, F.rcq, &F.ctx_tag, "flood"))
+					fatal("lost wake-up: CQ armed and empty, no event within 10 s "
+					      "after %ld of %d receives (%ld arms, %ld events)",
+					      F.got, FLOOD_MSGS, F.arms, F.events);
+				F.events++;
+				continue;
+			}
+		}
+		for (int i = 0; i < n; i++) {
+			if (wc[i].status != IBV_WC_SUCCESS)
+				fatal("receive completion %ld: status %s", F.got,
+				      ibv_wc_status_str(wc[i].status));
+			flood_repost(wc[i].wr_id);
+		}
+		F.got += n;
+	}
+	return NULL;
+}
+
+static void case_events_flood(void)
+{
+	struct buf *src = buf_alloc(64, "source");
+	struct buf *dst = buf_alloc(64 * FLOOD_RECVS, "receive buffers");
+	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE);
+	struct qp_cfg ca = CFG_DEFAULT, cb = CFG_DEFAULT;
+	ca.send_wr = 256;
+	cb.recv_wr = FLOOD_RECVS;
+
+	set_step("setup");
+	F.ch = chan_new();
+	F.rcq = cq_new_ch(FLOOD_RECVS, F.ch, &F.ctx_tag);
+	struct ibv_cq *scq = cq_new(256);
+	struct ibv_qp *a = qp_create(scq, scq, &ca, NULL);
+	F.b = qp_create(scq, F.rcq, &cb, NULL);
+	qp_connect(a, F.b->qp_num, 0);
+	qp_connect(F.b, a->qp_num, 0);
+	F.rs = sge(dst->p, 64, dmr->lkey);
+	for (int i = 0; i < FLOOD_RECVS; i++)
+		flood_repost(i);
+
+	set_step("flood of %d sends, receiver sleeping on the channel", FLOOD_MSGS);
+	pthread_t t;
+	if (pthread_create(&t, NULL, flood_receiver, NULL))
+		fatal("pthread_create failed");
+	struct ibv_sge ss = sge(src->p, 8, smr->lkey);
+	long sent = 0, done = 0;
+	struct ibv_wc wc[32];
+	while (sent < FLOOD_MSGS) {
+		long burst = 1 + (long)(rnd64() % 32);
+		if (burst > FLOOD_MSGS - sent)
+			burst = FLOOD_MSGS - sent;
+		/* At most 128 sends in flight (the receiver keeps 512 receives posted). */
+		while (sent + burst - done > 128) {
+			int n = ibv_poll_cq(scq, 32, wc);
+			if (n < 0)
+				fatal("ibv_poll_cq(send CQ) returned %d", n);
+			for (int i = 0; i < n; i++)
+				if (wc[i].status != IBV_WC_SUCCESS)
+					fatal("send completion: status %s",
+					      ibv_wc_status_str(wc[i].status));
+			done += n;
+			if (n == 0)
+				sched_yield();
+		}
+		for (long i = 0; i < burst; i++)
+			send1(a, sent + i, IBV_WR_SEND, &ss, 1, IBV_SEND_SIGNALED, 0, 0, "send");
+		sent += burst;
+		if (rnd64() % 4 == 0)
+			usleep(rnd64() % 200);
+	}
+	while (done < sent) {
+		int n = ibv_poll_cq(scq, 32, wc);
+		if (n < 0)
+			fatal("ibv_poll_cq(send CQ) returned %d", n);
+		done += n;
+	}
+	pthread_join(t, NULL);
+	printf("flood: %ld receives, %ld arms, %ld sleeps, %ld events\n", F.got, F.arms, F.waits,
+	       F.events);
+
+	set_step("events vs arms");
+	/* Events still queued on the channel belong to arms made above. */
+	long late = 0;
+	while (cq_event(F.ch, 0, F.rcq, &F.ctx_tag, "late event"))
+		late++;
+	if (F.events + late > F.arms)
+		fail("%ld events for %ld arms: a spurious or doubled wake-up", F.events + late,
+		     F.arms);
+	if (F.got != FLOOD_MSGS)
+		fail("received %ld of %d messages", F.got, FLOOD_MSGS);
+
+	set_step("armed, nothing sent: no event");
+	arm(F.rcq, 0);
+	expect_no_cq_event(F.ch, 300, "idle armed CQ");
+	set_step("armed, one send: exactly one event");
+	send1(a, 1, IBV_WR_SEND, &ss, 1, IBV_SEND_SIGNALED, 0, 0, "send");
+	expect_cq_event(F.ch, F.rcq, &F.ctx_tag, "one send");
+	expect_one_wc(F.rcq, IBV_WC_SUCCESS, "the one receive");
+	expect_one_wc(scq, IBV_WC_SUCCESS, "the one send");
+	expect_no_cq_event(F.ch, 200, "after the one event");
+	set_step("not re-armed: no event");
+	flood_repost(0);
+	send1(a, 2, IBV_WR_SEND, &ss, 1, IBV_SEND_SIGNALED, 0, 0, "send");
+	expect_one_wc(F.rcq, IBV_WC_SUCCESS, "receive while disarmed");
+	expect_no_cq_event(F.ch, 200, "disarmed CQ");
+	expect_one_wc(scq, IBV_WC_SUCCESS, "send while disarmed");
+
+	set_step("teardown");
+	if (ibv_destroy_qp(a) || ibv_destroy_qp(F.b))
+		fatal("ibv_destroy_qp failed");
+	if (ibv_destroy_cq(F.rcq) || ibv_destroy_cq(scq))
+		fatal("ibv_destroy_cq failed");
+	int rc = ibv_destroy_comp_channel(F.ch);
+	if (rc)
+		fatal("ibv_destroy_comp_channel returned %d", rc);
+	dereg(smr);
+	dereg(dmr);
+	buf_free(src);
+	buf_free(dst);
+}
+
+/* ---- events_channels: several channels, several CQs per channel ---- */
+
+static void case_events_channels(void)
+{
+	struct buf *bx = buf_alloc(4096, "x buffer");
+	struct buf *by = buf_alloc(4096, "y buffer");
+	struct ibv_mr *mx = reg(bx->p, bx->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_mr *my = reg(by->p, by->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_sge sx = sge(bx->p, 64, mx->lkey), rx = sge(bx->p + 1024, 64, mx->lkey);
+	struct ibv_sge sy = sge(by->p, 64, my->lkey), ry = sge(by->p + 1024, 64, my->lkey);
+	static int t1a, t1b, t2, t3;
+	struct qp_cfg c = CFG_DEFAULT;
+
+	set_step("three channels");
+	struct ibv_comp_channel *ch1 = chan_new(), *ch2 = chan_new(), *ch3 = chan_new();
+	if (ch1->fd == ch2->fd || ch2->fd == ch3->fd || ch1->fd == ch3->fd || ch1->fd < 0)
+		fail("channel fds not distinct: %d %d %d", ch1->fd, ch2->fd, ch3->fd);
+	if (ch1->fd == E.ctx->async_fd || ch1->fd == E.ctx->cmd_fd)
+		fail("channel fd %d is the context's async_fd or cmd_fd", ch1->fd);
+	struct ibv_cq *cq1a = cq_new_ch(16, ch1, &t1a), *cq1b = cq_new_ch(16, ch1, &t1b);
+	struct ibv_cq *cq2 = cq_new_ch(16, ch2, &t2), *cq3 = cq_new_ch(16, ch3, &t3);
+	/* x: send CQ cq2, recv CQ cq1a; y: send CQ cq3, recv CQ cq1b. */
+	struct ibv_qp *x = qp_create(cq2, cq1a, &c, NULL);
+	struct ibv_qp *y = qp_create(cq3, cq1b, &c, NULL);
+	qp_connect(x, y->qp_num, 0);
+	qp_connect(y, x->qp_num, 0);
+
+	set_step("x sends to y; cq1a, cq1b, cq2 armed");
+	arm(cq1a, 0);
+	arm(cq1b, 0);
+	arm(cq2, 0);
+	recv1(y, 0xB, &ry, 1, "y recv");
+	send1(x, 0xA, IBV_WR_SEND, &sx, 1, IBV_SEND_SIGNALED, 0, 0, "x send");
+	expect_cq_event(ch1, cq1b, &t1b, "y's receive on ch1");
+	expect_cq_event(ch2, cq2, &t2, "x's send completion on ch2");
+	expect_no_cq_event(ch1, 100, "nothing more on ch1");
+	expect_no_cq_event(ch3, 100, "nothing on ch3");
+	expect_one_wc(cq1b, IBV_WC_SUCCESS, "y's receive");
+	expect_one_wc(cq2, IBV_WC_SUCCESS, "x's send");
+
+	set_step("y sends to x; cq1a armed (still), cq3 not armed");
+	recv1(x, 0xC, &rx, 1, "x recv");
+	send1(y, 0xD, IBV_WR_SEND, &sy, 1, IBV_SEND_SIGNALED, 0, 0, "y send");
+	expect_cq_event(ch1, cq1a, &t1a, "x's receive on ch1");
+	expect_one_wc(cq1a, IBV_WC_SUCCESS, "x's receive");
+	expect_one_wc(cq3, IBV_WC_SUCCESS, "y's send");
+	expect_no_cq_event(ch3, 100, "unarmed cq3");
+	expect_no_cq_event(ch1, 100, "nothing more on ch1");
+
+	set_step("ibv_destroy_comp_channel while CQs use it");
+	int rc = ibv_destroy_comp_channel(ch1);
+	EXPECT_EQ("ibv_destroy_comp_channel(channel with 2 CQs)", rc, EBUSY);
+	if (ibv_destroy_qp(x) || ibv_destroy_qp(y))
+		fatal("ibv_destroy_qp failed");
+	if (ibv_destroy_cq(cq1a))
+		fatal("ibv_destroy_cq failed");
+	rc = ibv_destroy_comp_channel(ch1);
+	EXPECT_EQ("ibv_destroy_comp_channel(channel with 1 CQ)", rc, EBUSY);
+	if (ibv_destroy_cq(cq1b) || ibv_destroy_cq(cq2) || ibv_destroy_cq(cq3))
+		fatal("ibv_destroy_cq failed");
+	struct ibv_comp_channel *chs[3] = { ch1, ch2, ch3 };
+	for (int i = 0; i < 3; i++) {
+		rc = ibv_destroy_comp_channel(chs[i]);
+		EXPECT_EQ("ibv_destroy_comp_channel(unused channel)", rc, 0);
+	}
+
+	set_step("a new channel after destroying three");
+	struct ibv_comp_channel *ch4 = chan_new();
+	struct ibv_cq *cq4 = cq_new_ch(4, ch4, NULL);
+	if (ibv_destroy_cq(cq4) || ibv_destroy_comp_channel(ch4))
+		fatal("destroying cq4/ch4 failed");
+	dereg(mx);
+	dereg(my);
+	buf_free(bx);
+	buf_free(by);
+}
+
+/* ---- events_solicited ---- */
+
+static void case_events_solicited(void)
+{
+	struct buf *bs = buf_alloc(4096, "source");
+	struct buf *bd = buf_alloc(4096, "destination");
+	struct ibv_mr *ms = reg(bs->p, bs->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_mr *md = reg(bd->p, bd->n, ACC_ALL);
+	struct ibv_sge ss = sge(bs->p, 16, ms->lkey), rs = sge(bd->p, 64, md->lkey);
+	struct qp_cfg c = CFG_DEFAULT;
+
+	set_step("setup");
+	struct ibv_comp_channel *ch = chan_new();
+	struct ibv_cq *rcq = cq_new_ch(64, ch, NULL);
+	struct ibv_cq *scq = cq_new(64);
+	struct ibv_qp *a = qp_create(scq, scq, &c, NULL);
+	struct ibv_qp *b = qp_create(scq, rcq, &c, NULL);
+	qp_connect(a, b->qp_num, 0);
+	qp_connect(b, a->qp_num, 0);
+	for (int i = 0; i < 8; i++)
+		recv1(b, 100 + i, &rs, 1, "recv");
+
+	set_step("solicited-only, unsolicited SEND");
+	arm(rcq, 1);
+	send_byte(a, &ss, 1, 0);
+	expect_one_wc(scq, IBV_WC_SUCCESS, "send");
+	expect_one_wc(rcq, IBV_WC_SUCCESS, "receive of an unsolicited SEND");
+	expect_no_cq_event(ch, 300, "unsolicited SEND with solicited-only arm");
+
+	set_step("solicited-only (still armed), SEND with IBV_SEND_SOLICITED");
+	send_byte(a, &ss, 2, IBV_SEND_SOLICITED);
+	expect_cq_event(ch, rcq, NULL, "solicited SEND");
+	expect_one_wc(rcq, IBV_WC_SUCCESS, "receive of a solicited SEND");
+	expect_one_wc(scq, IBV_WC_SUCCESS, "send");
+
+	set_step("solicited-only, RDMA_WRITE_WITH_IMM with IBV_SEND_SOLICITED");
+	arm(rcq, 1);
+	struct ibv_send_wr wr;
+	wr_init(&wr, 3, IBV_WR_RDMA_WRITE_WITH_IMM, &ss, 1, IBV_SEND_SIGNALED | IBV_SEND_SOLICITED);
+	wr.imm_data = htonl(0x1234);
+	wr.wr.rdma.remote_addr = addr_of(bd->p + 2048);
+	wr.wr.rdma.rkey = md->rkey;
+	post_send_ok(a, &wr, "write with imm");
+	expect_cq_event(ch, rcq, NULL, "solicited RDMA_WRITE_WITH_IMM");
+	expect_one_wc(rcq, IBV_WC_SUCCESS, "receive of the write's immediate");
+	expect_one_wc(scq, IBV_WC_SUCCESS, "write");
+
+	set_step("armed for any, then for solicited: stays armed for any");
+	arm(rcq, 0);
+	arm(rcq, 1);
+	send_byte(a, &ss, 4, 0);
+	expect_cq_event(ch, rcq, NULL, "unsolicited SEND with an any-arm");
+	expect_one_wc(rcq, IBV_WC_SUCCESS, "receive");
+	expect_one_wc(scq, IBV_WC_SUCCESS, "send");
+
+	set_step("solicited-only: an error completion counts as solicited");
+	arm(rcq, 1);
+	struct ibv_qp_attr attr = { .qp_state = IBV_QPS_ERR };
+	qp_must(ibv_modify_qp(b, &attr, IBV_QP_STATE), b, "->ERR");
+	expect_cq_event(ch, rcq, NULL, "flushed receive");
+	struct ibv_wc wc;
+	poll1(rcq, &wc, "flushed receive");
+	check_wc(&wc, "flushed receive", wc.wr_id, IBV_WC_WR_FLUSH_ERR, -1, b);
+	while (ibv_poll_cq(rcq, 1, &wc) > 0)
+		;
+
+	set_step("teardown");
+	if (ibv_destroy_qp(a) || ibv_destroy_qp(b))
+		fatal("ibv_destroy_qp failed");
+	if (ibv_destroy_cq(rcq) || ibv_destroy_cq(scq) || ibv_destroy_comp_channel(ch))
+		fatal("teardown failed");
+	dereg(ms);
+	dereg(md);
+	buf_free(bs);
+	buf_free(bd);
+}
+
+/* ---- events_epoll: a nonblocking channel fd in epoll ---- */
+
+static void case_events_epoll(void)
+{
+	struct buf *bs = buf_alloc(4096, "source");
+	struct buf *bd = buf_alloc(4096, "destination");
+	struct ibv_mr *ms = reg(bs->p, bs->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_mr *md = reg(bd->p, bd->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_sge ss = sge(bs->p, 16, ms->lkey), rs = sge(bd->p, 64, md->lkey);
+	struct qp_cfg c = CFG_DEFAULT;
+
+	set_step("setup");
+	struct ibv_comp_channel *ch = chan_new();
+	int fl = fcntl(ch->fd, F_GETFL);
+	if (fl < 0 || fcntl(ch->fd, F_SETFL, fl | O_NONBLOCK) < 0)
+		fatal("fcntl(channel fd, O_NONBLOCK): %s", strerror(errno));
+	struct ibv_cq *cq = cq_new_ch(64, ch, NULL);
+	struct ibv_qp *a = qp_create(cq, cq, &c, NULL);
+	struct ibv_qp *b = qp_create(cq, cq, &c, NULL);
+	qp_connect(a, b->qp_num, 0);
+	qp_connect(b, a->qp_num, 0);
+	int ep = epoll_create1(EPOLL_CLOEXEC);
+	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = 77 }, out[4];
+	if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, ch->fd, &ev))
+		fatal("epoll on the channel fd: %s", strerror(errno));
+
+	set_step("empty nonblocking channel");
+	struct ibv_cq *got = NULL;
+	void *ctx = NULL;
+	errno = 0;
+	int rc = ibv_get_cq_event(ch, &got, &ctx);
+	EXPECT_EQ("ibv_get_cq_event on an empty O_NONBLOCK channel", rc, -1);
+	EXPECT_EQ("errno (EAGAIN)", errno, EAGAIN);
+	EXPECT_EQ("epoll_wait(0) on an empty channel", epoll_wait(ep, out, 4, 0), 0);
+
+	for (int round = 0; round < 3; round++) {
+		set_step("round %d: armed, one SEND, epoll_wait", round);
+		arm(cq, 0);
+		recv1(b, 10 + round, &rs, 1, "recv");
+		send_byte(a, &ss, 20 + round, 0);
+		int n = epoll_wait(ep, out, 4, (int)(POLL_TIMEOUT_S * 1000));
+		EXPECT_EQ("epoll_wait: ready fds", n, 1);
+		if (n == 1)
+			EXPECT_EQ("epoll data", out[0].data.u64, 77);
+		rc = ibv_get_cq_event(ch, &got, &ctx);
+		EXPECT_EQ("ibv_get_cq_event after epoll", rc, 0);
+		if (rc == 0) {
+			if (got != cq)
+				fail("ibv_get_cq_event returned cq %p, expected %p", (void *)got,
+				     (void *)cq);
+			ibv_ack_cq_events(got, 1);
+		}
+		EXPECT_EQ("epoll_wait(0) after reading the event", epoll_wait(ep, out, 4, 0), 0);
+		struct ibv_wc wc;
+		poll1(cq, &wc, "first completion");
+		poll1(cq, &wc, "second completion");
+		expect_empty(cq, 1, "CQ after two completions");
+	}
+
+	set_step("teardown");
+	close(ep);
+	if (ibv_destroy_qp(a) || ibv_destroy_qp(b) || ibv_destroy_cq(cq) ||
+	    ibv_destroy_comp_channel(ch))
+		fatal("teardown failed");
+	dereg(ms);
+	dereg(md);
+	buf_free(bs);
+	buf_free(bd);
+}
+
+/* ---- async_qp_error: affiliated events of a responder that fails ---- */
+
+static void expect_qp_event(struct ibv_qp *qp, enum ibv_event_type type, const char *name)
+{
+	struct ibv_async_event ev;
+	if (!async_event((int)(POLL_TIMEOUT_S * 1000), &ev)) {
+		fail("expected async event %s for qp 0x%x, got none", name, qp->qp_num);
+		return;
+	}
+	EXPECT_EQ(name, ev.event_type, type);
+	if (ev.event_type == type && ev.element.qp != qp)
+		fail("%s: element.qp %p, expected %p", name, (void *)ev.element.qp, (void *)qp);
+	ibv_ack_async_event(&ev);
+}
+
+static void expect_no_async_event(int ms, const char *what)
+{
+	struct ibv_async_event ev;
+	if (async_event(ms, &ev)) {
+		fail("%s: expected no async event, got type %d (%s)", what, (int)ev.event_type,
+		     ibv_event_type_str(ev.event_type));
+		ibv_ack_async_event(&ev);
+	}
+}
+
+static void case_async_qp_error(void)
+{
+	struct buf *loc = buf_alloc(4096, "local buffer");
+	struct buf *tgt = buf_alloc(4096, "remote buffer");
+	struct ibv_mr *lmr = reg(loc->p, loc->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_mr *tmr = reg(tgt->p, tgt->n, ACC_ALL);
+	struct ibv_mr *mrs[2] = { lmr, tmr };
+	struct qp_cfg c = CFG_DEFAULT;
+	struct pair p;
+	struct ibv_wc wc;
+
+	expect_port_active();
+	expect_no_async_event(100, "after PORT_ACTIVE");
+
+	set_step("RDMA_WRITE with a bad rkey: QP_ACCESS_ERR at the responder");
+	pair_new(&p, &c);
+	struct ibv_sge ls = sge(loc->p, 64, lmr->lkey);
+	send1(p.a, 1, IBV_WR_RDMA_WRITE, &ls, 1, IBV_SEND_SIGNALED, addr_of(tgt->p),
+	      unused_key(mrs, 2), "write");
+	poll1(p.a_scq, &wc, "requester completion");
+	check_wc(&wc, "requester completion", 1, IBV_WC_REM_ACCESS_ERR, -1, p.a);
+	expect_qp_event(p.b, IBV_EVENT_QP_ACCESS_ERR, "IBV_EVENT_QP_ACCESS_ERR");
+	expect_state(p.b, IBV_QPS_ERR, "responder after the access error");
+	expect_no_async_event(200, "no event for the requester (its completion reports it)");
+	pair_free(&p);
+
+	set_step("misaligned atomic: QP_REQ_ERR at the responder");
+	pair_new(&p, &c);
+	struct ibv_sge a8 = sge(loc->p + 128, 8, lmr->lkey);
+	struct ibv_send_wr wr;
+	wr_init(&wr, 2, IBV_WR_ATOMIC_FETCH_AND_ADD, &a8, 1, IBV_SEND_SIGNALED);
+	wr.wr.atomic.remote_addr = addr_of(tgt->p + 4);
+	wr.wr.atomic.rkey = tmr->rkey;
+	wr.wr.atomic.compare_add = 1;
+	post_send_ok(p.a, &wr, "misaligned atomic");
+	poll1(p.a_scq, &wc, "requester completion");
+	check_wc(&wc, "requester completion", 2, IBV_WC_REM_INV_REQ_ERR, -1, p.a);
+	expect_qp_event(p.b, IBV_EVENT_QP_REQ_ERR, "IBV_EVENT_QP_REQ_ERR");
+	expect_no_async_event(200, "nothing more");
+	pair_free(&p);
+
+	dereg(lmr);
+	dereg(tmr);
+	buf_free(loc);
+	buf_free(tgt);
+}
+
+/* ---- device_fatal: the test kills (or stops) the router ---- */
+
+static struct ibv_comp_channel *g_fatal_ch;
+static volatile int g_fatal_get_rc = 1;
+
+static void *fatal_cq_waiter(void *arg)
+{
+	(void)arg;
+	struct ibv_cq *cq;
+	void *ctx;
+	g_fatal_get_rc = ibv_get_cq_event(g_fatal_ch, &cq, &ctx);
+	return NULL;
+}
+
+/*
+ * Waits, blocked in ibv_get_async_event, for the router to go away; the test
+ * runner kills or stops it once FV_READY_FILE exists. DEVICE_FATAL must
+ * arrive exactly once, and a thread blocked in ibv_get_cq_event must return.
+ */
+static void case_device_fatal(void)
+{
+	expect_port_active();
+	set_step("setup");
+	g_fatal_ch = chan_new();
+	struct ibv_cq *cq = cq_new_ch(16, g_fatal_ch, NULL);
+	arm(cq, 0);
+	pthread_t t;
+	if (pthread_create(&t, NULL, fatal_cq_waiter, NULL))
+		fatal("pthread_create failed");
+	const char *ready = getenv("FV_READY_FILE");
+	if (!ready || !*ready)
+		fatal("FV_READY_FILE is not set (the test runner stops the router once it exists)");
+	FILE *f = fopen(ready, "w");
+	if (!f)
+		fatal("creating %s: %s", ready, strerror(errno));
+	fclose(f);
+
+	set_step("blocked in ibv_get_async_event until the router goes away");
+	struct ibv_async_event ev;
+	if (ibv_get_async_event(E.ctx, &ev))
+		fatal("ibv_get_async_event failed, errno %d (%s)", errno, strerror(errno));
+	EXPECT_EQ("event_type (IBV_EVENT_DEVICE_FATAL)", ev.event_type, IBV_EVENT_DEVICE_FATAL);
+	ibv_ack_async_event(&ev);
+
+	set_step("exactly one DEVICE_FATAL");
+	int fl = fcntl(E.ctx->async_fd, F_GETFL);
+	fcntl(E.ctx->async_fd, F_SETFL, fl | O_NONBLOCK);
+	uint8_t rec[16];
+	usleep(300 * 1000);
+	ssize_t n = read(E.ctx->async_fd, rec, sizeof(rec));
+	if (n > 0)
+		fail("a second async event (%zd bytes) after DEVICE_FATAL", n);
+
+	set_step("a thread blocked in ibv_get_cq_event returns");
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 10;
+	if (pthread_timedjoin_np(t, NULL, &until))
+		fatal("ibv_get_cq_event still blocked 10 s after the router went away");
+	EXPECT_EQ("ibv_get_cq_event on a dead router's channel", g_fatal_get_rc, -1);
+	printf("device_fatal: DEVICE_FATAL received\n");
+}
+
+/* ------------------------------------------------------------------------ */
 
 static const struct {
 	const char *name;
@@ -2572,6 +3210,12 @@ static const struct {
 	{ "wrong_state", case_wrong_state },
 	{ "rnr_wait", case_rnr_wait },
 	{ "many_qps", case_many_qps },
+	{ "events_flood", case_events_flood },
+	{ "events_channels", case_events_channels },
+	{ "events_solicited", case_events_solicited },
+	{ "events_epoll", case_events_epoll },
+	{ "async_qp_error", case_async_qp_error },
+	{ "device_fatal", case_device_fatal },
 };
 
 int main(int argc, char **argv)

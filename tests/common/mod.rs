@@ -171,6 +171,34 @@ impl Router {
         cmd
     }
 
+    /// The router's process id (None once it has been stopped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Kills the router with SIGKILL, as a crash would, and removes what a
+    /// crashed router leaves behind (device tree, device node, its FUSE
+    /// mount) so that the teardown checks of `Drop` still hold.
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        detach_mount(&self.runtime_dir.join("fuse"));
+        let _ = fs::remove_dir_all(self.sysfs_path());
+        let _ = fs::remove_file(Path::new("/dev/infiniband").join(self.uverbs_name()));
+    }
+
+    /// Stops the router now, as `Drop` would (SIGTERM), and returns its
+    /// exit status; it must exit by itself.
+    pub fn terminate(&mut self) -> ExitStatus {
+        match self.stop() {
+            Some((status, false)) => status,
+            Some((_, true)) => panic!("the router ignored SIGTERM and was killed"),
+            None => panic!("the router was not running"),
+        }
+    }
+
     /// Stops the router (SIGTERM, then SIGKILL after 10 s). Returns its exit
     /// status and whether it had to be killed.
     fn stop(&mut self) -> Option<(ExitStatus, bool)> {
@@ -216,6 +244,11 @@ impl Drop for Router {
             problems.push(format!("{} was not removed", node.display()));
             let _ = fs::remove_file(&node);
         }
+        let fuse = self.runtime_dir.join("fuse");
+        if is_mounted(&fuse) {
+            problems.push(format!("{} was not unmounted", fuse.display()));
+            detach_mount(&fuse);
+        }
         let log = self.stderr();
         let _ = fs::remove_dir_all(&self.base_dir);
         if !problems.is_empty() {
@@ -228,6 +261,24 @@ impl Drop for Router {
             } else {
                 panic!("{msg}");
             }
+        }
+    }
+}
+
+/// Whether `path` is a mount point (listed in /proc/self/mounts).
+fn is_mounted(path: &Path) -> bool {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let p = path.to_string_lossy();
+    mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(p.as_ref()))
+}
+
+/// Detaches a mount (a crashed router's FUSE file system), if there is one.
+fn detach_mount(path: &Path) {
+    while is_mounted(path) {
+        if nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH).is_err() {
+            break;
         }
     }
 }
