@@ -376,8 +376,8 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
                 };
                 engine.drain(qp);
             }
-            if next == qp_state::ERR {
-                engine.to_error(qp);
+            if next == qp_state::ERR && prev != qp_state::ERR {
+                engine.entered_error(qp);
             }
             Answer::ok(Reply::Done)
         }

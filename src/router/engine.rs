@@ -166,9 +166,19 @@ impl Engine {
         }
         debug!("qp {:#x} -> error", qp.qpn);
         qp.set_state(ERR);
+        self.entered_error(h);
+    }
+
+    /// Once for every entry into the error state, whether the router or
+    /// the application (modify to ERR) moved the QP there: stalls end, and
+    /// a QP on an SRQ raises LAST_WQE_REACHED (nothing more will be taken
+    /// from the SRQ for it).
+    pub fn entered_error(&mut self, h: u32) {
+        let Some(qp) = self.tables.qps.get_mut(&h) else {
+            return;
+        };
         qp.stall = None;
         if qp.srq != 0 {
-            // Nothing more will be taken from the SRQ for this QP.
             self.post_async_event(AsyncTarget::Qp(h), IBV_EVENT_QP_LAST_WQE_REACHED);
         }
     }
