@@ -99,7 +99,8 @@ cases!(
     events_channels,
     events_solicited,
     events_epoll,
-    async_qp_error;
+    async_qp_error,
+    async_srq;
     also device_fatal,
 );
 

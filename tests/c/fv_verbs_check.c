@@ -3119,6 +3119,98 @@ static void case_async_qp_error(void)
 	buf_free(tgt);
 }
 
+/* ---- async_srq: SRQ_LIMIT_REACHED and QP_LAST_WQE_REACHED ---- */
+
+static void expect_srq_event(struct ibv_srq *srq, const char *name)
+{
+	struct ibv_async_event ev;
+	if (!async_event((int)(POLL_TIMEOUT_S * 1000), &ev)) {
+		fail("expected async event %s, got none", name);
+		return;
+	}
+	EXPECT_EQ(name, ev.event_type, IBV_EVENT_SRQ_LIMIT_REACHED);
+	if (ev.event_type == IBV_EVENT_SRQ_LIMIT_REACHED && ev.element.srq != srq)
+		fail("%s: element.srq %p, expected %p", name, (void *)ev.element.srq, (void *)srq);
+	ibv_ack_async_event(&ev);
+}
+
+static void case_async_srq(void)
+{
+	struct buf *bs = buf_alloc(4096, "source");
+	struct buf *bd = buf_alloc(4096, "destination");
+	struct ibv_mr *ms = reg(bs->p, bs->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_mr *md = reg(bd->p, bd->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_sge ss = sge(bs->p, 16, ms->lkey), rs = sge(bd->p, 64, md->lkey);
+	struct qp_cfg c = CFG_DEFAULT;
+
+	expect_port_active();
+	set_step("setup: B receives from an SRQ");
+	struct ibv_srq_init_attr sia;
+	memset(&sia, 0, sizeof(sia));
+	sia.attr.max_wr = 16;
+	sia.attr.max_sge = 1;
+	struct ibv_srq *srq = ibv_create_srq(E.pd, &sia);
+	if (!srq)
+		fatal("ibv_create_srq returned NULL, errno %d (%s)", errno, strerror(errno));
+	struct ibv_cq *cq = cq_new(64);
+	struct ibv_qp *a = qp_create(cq, cq, &c, NULL);
+	struct ibv_qp_init_attr ia;
+	memset(&ia, 0, sizeof(ia));
+	ia.send_cq = cq;
+	ia.recv_cq = cq;
+	ia.srq = srq;
+	ia.qp_type = IBV_QPT_RC;
+	ia.sq_sig_all = 1;
+	ia.cap.max_send_wr = 16;
+	ia.cap.max_send_sge = 1;
+	struct ibv_qp *b = ibv_create_qp(E.pd, &ia);
+	if (!b)
+		fatal("ibv_create_qp(with SRQ) returned NULL, errno %d (%s)", errno, strerror(errno));
+	qp_connect(a, b->qp_num, 0);
+	qp_connect(b, a->qp_num, 0);
+	for (int i = 0; i < 4; i++) {
+		struct ibv_recv_wr wr = { .wr_id = 50 + i, .sg_list = &rs, .num_sge = 1 }, *bad;
+		int rc = ibv_post_srq_recv(srq, &wr, &bad);
+		if (rc)
+			fatal("ibv_post_srq_recv returned %d", rc);
+	}
+	struct ibv_srq_attr sa = { .srq_limit = 2 };
+	int rc = ibv_modify_srq(srq, &sa, IBV_SRQ_LIMIT);
+	if (rc)
+		fatal("ibv_modify_srq(IBV_SRQ_LIMIT 2) returned %d", rc);
+
+	set_step("4 receives posted, limit 2: 2 SENDs, no event; the 3rd, SRQ_LIMIT_REACHED");
+	struct ibv_wc wc;
+	for (int i = 0; i < 2; i++) {
+		send_byte(a, &ss, i, 0);
+		poll1(cq, &wc, "completion");
+		poll1(cq, &wc, "completion");
+	}
+	expect_no_async_event(200, "2 receives left, limit 2");
+	send_byte(a, &ss, 3, 0);
+	poll1(cq, &wc, "completion");
+	poll1(cq, &wc, "completion");
+	expect_srq_event(srq, "IBV_EVENT_SRQ_LIMIT_REACHED");
+	set_step("the limit is disarmed after the event");
+	send_byte(a, &ss, 4, 0);
+	poll1(cq, &wc, "completion");
+	poll1(cq, &wc, "completion");
+	expect_no_async_event(200, "limit disarmed");
+
+	set_step("B to ERR: QP_LAST_WQE_REACHED");
+	struct ibv_qp_attr attr = { .qp_state = IBV_QPS_ERR };
+	qp_must(ibv_modify_qp(b, &attr, IBV_QP_STATE), b, "->ERR");
+	expect_qp_event(b, IBV_EVENT_QP_LAST_WQE_REACHED, "IBV_EVENT_QP_LAST_WQE_REACHED");
+
+	set_step("teardown");
+	if (ibv_destroy_qp(a) || ibv_destroy_qp(b) || ibv_destroy_srq(srq) || ibv_destroy_cq(cq))
+		fatal("teardown failed");
+	dereg(ms);
+	dereg(md);
+	buf_free(bs);
+	buf_free(bd);
+}
+
 /* ---- device_fatal: the test kills (or stops) the router ---- */
 
 static struct ibv_comp_channel *g_fatal_ch;
@@ -3215,6 +3307,7 @@ static const struct {
 	{ "events_solicited", case_events_solicited },
 	{ "events_epoll", case_events_epoll },
 	{ "async_qp_error", case_async_qp_error },
+	{ "async_srq", case_async_srq },
 	{ "device_fatal", case_device_fatal },
 };
 
