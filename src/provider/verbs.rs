@@ -205,22 +205,15 @@ unsafe extern "C" fn create_cq(
         };
         // The CQ's address is its cookie (what ibv_get_cq_event reads), so
         // it is allocated first and filled once the router has answered.
-        let raw = Box::into_raw(Box::new(std::mem::MaybeUninit::<FvCq>::uninit()));
-        let free_raw = || {
-            // SAFETY: `raw` is the allocation above, never initialised.
-            drop(unsafe { Box::from_raw(raw) })
-        };
+        let slot = Slot::<FvCq>::new();
         let req = Request::CreateCq {
             cqe: cqe as u32,
             channel,
-            cookie: raw as u64,
+            cookie: slot.cookie(),
         };
         let (reply, fds) = match call(ctx, &req) {
             Ok(x) => x,
-            Err(e) => {
-                free_raw();
-                return null_with(e);
-            }
+            Err(e) => return null_with(e),
         };
         let Reply::Cq {
             cq,
@@ -228,7 +221,6 @@ unsafe extern "C" fn create_cq(
             segment_size,
         } = reply
         else {
-            free_raw();
             return null_with(unexpected(&reply));
         };
         let layout = CqLayout::new(capacity);
@@ -242,7 +234,6 @@ unsafe extern "C" fn create_cq(
             Ok(s) => s,
             Err(e) => {
                 let _ = call(ctx, &Request::DestroyCq { cq });
-                free_raw();
                 return null_with(e);
             }
         };
@@ -255,17 +246,44 @@ unsafe extern "C" fn create_cq(
         vcq.__bindgen_anon_1.cq.context = ctx;
         vcq.__bindgen_anon_1.cq.handle = cq;
         vcq.__bindgen_anon_1.cq.cqe = capacity as i32;
-        // SAFETY: `raw` is our allocation, sized and aligned for FvCq.
-        unsafe {
-            (*raw).write(FvCq {
-                vcq,
-                segment,
-                ring,
-                consumer: Mutex::new(0),
-            })
-        };
-        raw as *mut ibv_cq
+        slot.fill(FvCq {
+            vcq,
+            segment,
+            ring,
+            consumer: Mutex::new(0),
+        }) as *mut ibv_cq
     })
+}
+
+/// The allocation of a CQ, QP or SRQ, made before the router is asked to
+/// create the object: its address is the cookie the router's events carry
+/// (what `ibv_get_cq_event` / `ibv_get_async_event` hand back). Freed on
+/// drop unless [`Slot::fill`]ed.
+struct Slot<T>(*mut std::mem::MaybeUninit<T>);
+
+impl<T> Slot<T> {
+    fn new() -> Self {
+        Slot(Box::into_raw(Box::new(std::mem::MaybeUninit::uninit())))
+    }
+    fn cookie(&self) -> u64 {
+        self.0 as u64
+    }
+    /// Initialises the object; from here on it is a `Box<T>` allocation.
+    fn fill(self, value: T) -> *mut T {
+        let raw = self.0;
+        std::mem::forget(self);
+        // SAFETY: `raw` is our allocation, sized and aligned for T and not
+        // yet initialised.
+        unsafe { (*raw).write(value) };
+        raw as *mut T
+    }
+}
+
+impl<T> Drop for Slot<T> {
+    fn drop(&mut self) {
+        // SAFETY: an allocation of ours that was never filled.
+        drop(unsafe { Box::from_raw(self.0) })
+    }
 }
 
 /// Frees an object after its router-side destruction, unless events
@@ -452,11 +470,7 @@ unsafe extern "C" fn create_qp(pd: *mut ibv_pd, attr: *mut ibv_qp_init_attr) -> 
         };
         // The QP's address is the element of its async events: allocate
         // first, fill after the router's answer.
-        let raw = Box::into_raw(Box::new(std::mem::MaybeUninit::<FvQp>::uninit()));
-        let free_raw = || {
-            // SAFETY: `raw` is the allocation above, never initialised.
-            drop(unsafe { Box::from_raw(raw) })
-        };
+        let slot = Slot::<FvQp>::new();
         let req = Request::CreateQp {
             pd: pdh,
             qp_type: a.qp_type,
@@ -465,14 +479,11 @@ unsafe extern "C" fn create_qp(pd: *mut ibv_pd, attr: *mut ibv_qp_init_attr) -> 
             srq,
             caps,
             sq_sig_all: a.sq_sig_all != 0,
-            cookie: raw as u64,
+            cookie: slot.cookie(),
         };
         let (reply, fds) = match call(ctx, &req) {
             Ok(x) => x,
-            Err(e) => {
-                free_raw();
-                return null_with(e);
-            }
+            Err(e) => return null_with(e),
         };
         let Reply::Qp {
             qp: handle,
@@ -483,7 +494,6 @@ unsafe extern "C" fn create_qp(pd: *mut ibv_pd, attr: *mut ibv_qp_init_attr) -> 
             segment_size,
         } = reply
         else {
-            free_raw();
             return null_with(unexpected(&reply));
         };
         let layout = QpLayout::new(sq_capacity, rq_capacity);
@@ -500,7 +510,6 @@ unsafe extern "C" fn create_qp(pd: *mut ibv_pd, attr: *mut ibv_qp_init_attr) -> 
             Ok(s) => s,
             Err(e) => {
                 let _ = call(ctx, &Request::DestroyQp { qp: handle });
-                free_raw();
                 return null_with(e);
             }
         };
@@ -533,9 +542,7 @@ unsafe extern "C" fn create_qp(pd: *mut ibv_pd, attr: *mut ibv_qp_init_attr) -> 
             sq_producer: Mutex::new(0),
             rq_producer: Mutex::new(0),
         };
-        // SAFETY: `raw` is our allocation, sized and aligned for FvQp.
-        unsafe { (*raw).write(b) };
-        let raw = raw as *mut FvQp;
+        let raw = slot.fill(b);
         // SAFETY: `raw` is our fresh allocation; we fill the ibv_qp fields
         // libibverbs' ibv_create_qp leaves to the provider.
         unsafe {
@@ -1017,24 +1024,17 @@ unsafe extern "C" fn create_srq(pd: *mut ibv_pd, init: *mut ibv_srq_init_attr) -
         let (ctx, pdh, a) = unsafe { ((*pd).context, (*pd).handle, &mut *init) };
         // The SRQ's address is the element of its async events: allocate
         // first, fill after the router's answer.
-        let raw = Box::into_raw(Box::new(std::mem::MaybeUninit::<FvSrq>::uninit()));
-        let free_raw = || {
-            // SAFETY: `raw` is the allocation above, never initialised.
-            drop(unsafe { Box::from_raw(raw) })
-        };
+        let slot = Slot::<FvSrq>::new();
         let req = Request::CreateSrq {
             pd: pdh,
             max_wr: a.attr.max_wr,
             max_sge: a.attr.max_sge,
             srq_limit: a.attr.srq_limit,
-            cookie: raw as u64,
+            cookie: slot.cookie(),
         };
         let (reply, fds) = match call(ctx, &req) {
             Ok(x) => x,
-            Err(e) => {
-                free_raw();
-                return null_with(e);
-            }
+            Err(e) => return null_with(e),
         };
         let Reply::Srq {
             srq,
@@ -1043,7 +1043,6 @@ unsafe extern "C" fn create_srq(pd: *mut ibv_pd, init: *mut ibv_srq_init_attr) -
             segment_size,
         } = reply
         else {
-            free_raw();
             return null_with(unexpected(&reply));
         };
         let layout = SrqLayout::new(capacity);
@@ -1057,7 +1056,6 @@ unsafe extern "C" fn create_srq(pd: *mut ibv_pd, init: *mut ibv_srq_init_attr) -
             Ok(s) => s,
             Err(e) => {
                 let _ = call(ctx, &Request::DestroySrq { srq });
-                free_raw();
                 return null_with(e);
             }
         };
@@ -1077,17 +1075,13 @@ unsafe extern "C" fn create_srq(pd: *mut ibv_pd, init: *mut ibv_srq_init_attr) -
         vsrq.srq_type = IBV_SRQT_BASIC;
         a.attr.max_wr = capacity;
         a.attr.max_sge = max_sge;
-        // SAFETY: `raw` is our allocation, sized and aligned for FvSrq.
-        unsafe {
-            (*raw).write(FvSrq {
-                vsrq,
-                segment,
-                ring,
-                max_sge,
-                producer: Mutex::new(0),
-            })
-        };
-        raw as *mut ibv_srq
+        slot.fill(FvSrq {
+            vsrq,
+            segment,
+            ring,
+            max_sge,
+            producer: Mutex::new(0),
+        }) as *mut ibv_srq
     })
 }
 
