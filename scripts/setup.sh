@@ -23,6 +23,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The router serves completion channels through a FUSE mount (no libfuse
+# needed, only the kernel's /dev/fuse); load the module if it is missing.
+if [ ! -e /dev/fuse ]; then
+    modprobe fuse 2>/dev/null || echo "setup.sh: no /dev/fuse: completion channels will be unavailable" >&2
+fi
+
 # Rust: Debian 12's cargo is too old (1.65); we need cargo >= 1.77 (rustup's).
 # shellcheck source=scripts/cargo-env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/cargo-env.sh"
