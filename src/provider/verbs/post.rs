@@ -1,0 +1,248 @@
+//! Posting work requests on the shared rings.
+
+use super::*;
+
+// ------------------------------------------------------- posting ----
+
+/// Builds the WQE for one send work request, or the errno to return.
+pub(super) fn build_send_wqe(fqp: &FvQp, wr: &ibv_send_wr) -> Result<SendWqe, Errno> {
+    let mut w = SendWqe::zeroed();
+    w.wr_id = wr.wr_id;
+    w.opcode = wr.opcode;
+    w.send_flags = wr.send_flags;
+    // SAFETY: reading the ibv_qp we filled in create_qp.
+    let qp_type = unsafe { fqp.vqp.__bindgen_anon_1.qp.qp_type };
+    let allowed = match qp_type {
+        IBV_QPT_UD => matches!(wr.opcode, IBV_WR_SEND | IBV_WR_SEND_WITH_IMM),
+        IBV_QPT_UC => matches!(
+            wr.opcode,
+            IBV_WR_SEND | IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM
+        ),
+        _ => true,
+    };
+    if !allowed {
+        return Err(libc::EINVAL);
+    }
+    if qp_type == IBV_QPT_UD {
+        // SAFETY: `ud` is the active member for UD QPs.
+        let ud = unsafe { wr.wr.ud };
+        if ud.ah.is_null() {
+            return Err(libc::EINVAL);
+        }
+        // SAFETY: every AH we hand out is an FvAh.
+        let ah = unsafe { &*(ud.ah as *const FvAh) };
+        w.remote_qpn = ud.remote_qpn;
+        w.remote_qkey = ud.remote_qkey;
+        w.ah_global = u32::from(ah.global);
+        w.dgid = ah.dgid;
+    }
+    match wr.opcode {
+        IBV_WR_SEND | IBV_WR_RDMA_WRITE | IBV_WR_RDMA_READ => {}
+        IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE_WITH_IMM => {
+            // SAFETY: imm_data is the active member for these opcodes.
+            w.imm_data = unsafe { wr.__bindgen_anon_1.imm_data };
+        }
+        IBV_WR_ATOMIC_CMP_AND_SWP | IBV_WR_ATOMIC_FETCH_AND_ADD => {}
+        _ => return Err(libc::EINVAL),
+    }
+    // SAFETY: the union member matching the opcode; all are plain data.
+    unsafe {
+        match wr.opcode {
+            IBV_WR_ATOMIC_CMP_AND_SWP | IBV_WR_ATOMIC_FETCH_AND_ADD => {
+                w.remote_addr = wr.wr.atomic.remote_addr;
+                w.rkey = wr.wr.atomic.rkey;
+                w.compare_add = wr.wr.atomic.compare_add;
+                w.swap = wr.wr.atomic.swap;
+            }
+            IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM | IBV_WR_RDMA_READ => {
+                w.remote_addr = wr.wr.rdma.remote_addr;
+                w.rkey = wr.wr.rdma.rkey;
+            }
+            _ => {}
+        }
+    }
+    if wr.num_sge < 0 || wr.num_sge as u32 > fqp.caps.max_send_sge.max(1) {
+        return Err(libc::EINVAL);
+    }
+    let sges: &[ibv_sge] = if wr.num_sge == 0 {
+        &[]
+    } else {
+        // SAFETY: the caller promises sg_list has num_sge entries.
+        unsafe { std::slice::from_raw_parts(wr.sg_list, wr.num_sge as usize) }
+    };
+    let inline = wr.send_flags & IBV_SEND_INLINE != 0
+        && matches!(
+            wr.opcode,
+            IBV_WR_SEND | IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM
+        );
+    if inline {
+        let total: u64 = sges.iter().map(|s| u64::from(s.length)).sum();
+        if total > u64::from(fqp.caps.max_inline_data) {
+            return Err(libc::EINVAL);
+        }
+        let mut off = 0usize;
+        for s in sges {
+            // SAFETY: inline data is read from the caller's buffers right
+            // now, as the verbs semantics say (no lkey involved).
+            let src = unsafe {
+                std::slice::from_raw_parts(s.addr as usize as *const u8, s.length as usize)
+            };
+            // SAFETY: writing the inline member of a union of plain bytes.
+            unsafe { w.payload.inline[off..off + src.len()].copy_from_slice(src) };
+            off += src.len();
+        }
+        w.inline_len = off as u32;
+        w.num_sge = 0;
+    } else {
+        for (i, s) in sges.iter().enumerate() {
+            // SAFETY: writing the sge member of a union of plain data.
+            unsafe {
+                w.payload.sge[i] = Sge {
+                    addr: s.addr,
+                    length: s.length,
+                    lkey: s.lkey,
+                }
+            };
+        }
+        w.num_sge = sges.len() as u32;
+    }
+    Ok(w)
+}
+
+pub(super) unsafe extern "C" fn post_send(
+    qp: *mut ibv_qp,
+    wr: *mut ibv_send_wr,
+    bad_wr: *mut *mut ibv_send_wr,
+) -> i32 {
+    guard(libc::EIO, || {
+        // SAFETY: qp is ours.
+        let fqp = unsafe { FvQp::from_ibv(qp) };
+        let state = fqp.current_state();
+        let mut producer = fqp.sq_producer.lock().unwrap_or_else(|e| e.into_inner());
+        let start = *producer;
+        let mut cur = wr;
+        let mut ret = 0;
+        while !cur.is_null() {
+            // SAFETY: the caller's chain of work requests.
+            let w = unsafe { &*cur };
+            if !matches!(state, IBV_QPS_RTS | IBV_QPS_SQD | IBV_QPS_SQE | IBV_QPS_ERR) {
+                ret = libc::EINVAL;
+                break;
+            }
+            let consumer = fqp.header().sq.consumer();
+            if producer.wrapping_sub(consumer) >= fqp.sq.capacity().min(fqp.caps.max_send_wr.max(1))
+            {
+                ret = libc::ENOMEM;
+                break;
+            }
+            match build_send_wqe(fqp, w) {
+                Ok(wqe) => {
+                    fqp.sq.write(*producer, &wqe);
+                    *producer = producer.wrapping_add(1);
+                }
+                Err(e) => {
+                    ret = e;
+                    break;
+                }
+            }
+            cur = w.next;
+        }
+        if ret != 0 && !bad_wr.is_null() {
+            // SAFETY: the caller's out-pointer.
+            unsafe { *bad_wr = cur };
+        }
+        if *producer != start {
+            fqp.header().sq.publish_producer(*producer);
+            drop(producer);
+            fqp.context().ring_doorbell();
+        }
+        ret
+    })
+}
+
+/// A receive ring the provider posts to: a QP's own queue or an SRQ.
+pub(super) struct RecvRing<'a> {
+    pub(super) ring: &'a RingSlots,
+    pub(super) indices: &'a RingIndices,
+    pub(super) producer: &'a Mutex<u32>,
+    pub(super) max_wr: u32,
+    pub(super) max_sge: u32,
+}
+
+/// Posts a chain of receive work requests; `refuse` (if non-zero) is the
+/// errno for the whole chain (wrong state, QP with an SRQ).
+pub(super) fn post_receives(
+    q: RecvRing<'_>,
+    ctx: &ContextInner,
+    refuse: Errno,
+    wr: *mut ibv_recv_wr,
+    bad_wr: *mut *mut ibv_recv_wr,
+) -> i32 {
+    let mut producer = q.producer.lock().unwrap_or_else(|e| e.into_inner());
+    let start = *producer;
+    let mut cur = wr;
+    let mut ret = refuse;
+    while ret == 0 && !cur.is_null() {
+        // SAFETY: the caller's chain of work requests.
+        let w = unsafe { &*cur };
+        if w.num_sge < 0 || w.num_sge as u32 > q.max_sge.max(1) {
+            ret = libc::EINVAL;
+            break;
+        }
+        if producer.wrapping_sub(q.indices.consumer()) >= q.ring.capacity().min(q.max_wr.max(1)) {
+            ret = libc::ENOMEM;
+            break;
+        }
+        let mut r = RecvWqe::zeroed();
+        r.wr_id = w.wr_id;
+        r.num_sge = w.num_sge as u32;
+        for i in 0..w.num_sge as usize {
+            // SAFETY: sg_list has num_sge entries.
+            let s = unsafe { &*w.sg_list.add(i) };
+            r.sge[i] = Sge {
+                addr: s.addr,
+                length: s.length,
+                lkey: s.lkey,
+            };
+        }
+        q.ring.write(*producer, &r);
+        *producer = producer.wrapping_add(1);
+        cur = w.next;
+    }
+    if ret != 0 && !bad_wr.is_null() {
+        // SAFETY: the caller's out-pointer.
+        unsafe { *bad_wr = cur };
+    }
+    if *producer != start {
+        q.indices.publish_producer(*producer);
+        drop(producer);
+        ctx.ring_doorbell();
+    }
+    ret
+}
+
+pub(super) unsafe extern "C" fn post_recv(
+    qp: *mut ibv_qp,
+    wr: *mut ibv_recv_wr,
+    bad_wr: *mut *mut ibv_recv_wr,
+) -> i32 {
+    guard(libc::EIO, || {
+        // SAFETY: qp is ours.
+        let fqp = unsafe { FvQp::from_ibv(qp) };
+        // SAFETY: reading the ibv_qp we filled in create_qp.
+        let has_srq = unsafe { !fqp.vqp.__bindgen_anon_1.qp.srq.is_null() };
+        let refuse = if has_srq || fqp.current_state() == IBV_QPS_RESET {
+            libc::EINVAL
+        } else {
+            0
+        };
+        let q = RecvRing {
+            ring: &fqp.rq,
+            indices: &fqp.header().rq,
+            producer: &fqp.rq_producer,
+            max_wr: fqp.caps.max_recv_wr,
+            max_sge: fqp.caps.max_recv_sge,
+        };
+        post_receives(q, fqp.context(), refuse, wr, bad_wr)
+    })
+}
