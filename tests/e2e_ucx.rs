@@ -1,0 +1,109 @@
+//! End-to-end: UCX (Debian's ucx-utils, unmodified `ucx_perftest`) over fv0,
+//! server and client as separate processes on 127.0.0.1. UCX refuses a
+//! device without completion channels, SRQ and UD, so this exercises them
+//! together: the UCT transports rc_verbs and ud_verbs directly, and UCP
+//! (tag matching, eager and rendezvous with RDMA READ) on rc_verbs with
+//! ud_verbs for wire-up.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+const TIMEOUT_SECS: u64 = 120;
+
+/// Runs `ucx_perftest` as server and client with `env` and `args`; both must
+/// exit 0 and the client must print a `Final:` row of positive numbers.
+fn ucx_perftest(env: &[(&str, &str)], args: &[&str]) {
+    let router = Router::start();
+    let port = free_port().to_string();
+    let prepare = |cmd: &mut Command| {
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.env("UCX_WARN_UNUSED_ENV_VARS", "n");
+    };
+    let mut server = router.command("ucx_perftest");
+    prepare(&mut server);
+    server.args(["-p", &port]);
+    let mut client = router.command("ucx_perftest");
+    prepare(&mut client);
+    client.args(["127.0.0.1", "-p", &port]).args(args);
+    let (server, client) = run_pair(server, client, TIMEOUT_SECS);
+    let report = format!(
+        "`ucx_perftest {}` {env:?}\n{}{}--- router stderr:\n{}",
+        args.join(" "),
+        show("server", &server),
+        show("client", &client),
+        router.stderr()
+    );
+    assert!(
+        server.status.success() && client.status.success(),
+        "{report}"
+    );
+    let out = String::from_utf8_lossy(&client.stdout);
+    let last = out
+        .lines()
+        .find(|l| l.starts_with("Final:"))
+        .unwrap_or_else(|| panic!("no Final: row\n{report}"));
+    let numbers: Vec<f64> = last
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(numbers.len() >= 7, "{last}\n{report}");
+    assert!(numbers[0] > 0.0, "iterations: {last}\n{report}");
+    assert!(numbers.iter().all(|&x| x >= 0.0), "{last}\n{report}");
+    assert!(
+        numbers[numbers.len() - 1] > 0.0,
+        "message rate: {last}\n{report}"
+    );
+}
+
+const UCT_FV0: &[(&str, &str)] = &[];
+
+#[test]
+fn uct_rc_verbs_am_lat() {
+    ucx_perftest(
+        UCT_FV0,
+        &[
+            "-d", "fv0:1", "-x", "rc_verbs", "-t", "am_lat", "-n", "2000",
+        ],
+    );
+}
+
+#[test]
+fn uct_ud_verbs_am_lat() {
+    ucx_perftest(
+        UCT_FV0,
+        &[
+            "-d", "fv0:1", "-x", "ud_verbs", "-t", "am_lat", "-n", "2000",
+        ],
+    );
+}
+
+#[test]
+fn uct_rc_verbs_put_zcopy() {
+    ucx_perftest(
+        UCT_FV0,
+        &[
+            "-d", "fv0:1", "-x", "rc_verbs", "-t", "put_bw", "-s", "65536", "-D", "zcopy", "-n",
+            "1000",
+        ],
+    );
+}
+
+const UCP_FV0: &[(&str, &str)] = &[
+    ("UCX_TLS", "rc_verbs,ud_verbs"),
+    ("UCX_NET_DEVICES", "fv0:1"),
+];
+
+#[test]
+fn ucp_tag_lat() {
+    ucx_perftest(UCP_FV0, &["-t", "tag_lat", "-n", "2000"]);
+}
+
+#[test]
+fn ucp_tag_bw_rendezvous() {
+    ucx_perftest(UCP_FV0, &["-t", "tag_bw", "-s", "1048576", "-n", "200"]);
+}
