@@ -1,0 +1,2880 @@
+/*
+ * fv_qp_types_check: checks of shared receive queues, UD and UC QPs and
+ * atomics under contention, for the flowverbs device fv0.
+ *
+ * Usage: fv_qp_types_check <case>      (fv_qp_types_check list  prints the cases)
+ *
+ * Uses only the public libibverbs API, as an application would. Every case
+ * opens fv0 and builds its QPs inside this process: RC and UC QPs connected
+ * to each other, UD QPs addressed to each other through address handles
+ * (loopback through the router). Each case checks one area against the man
+ * pages and the InfiniBand specification, with the limits fv0 advertises.
+ *
+ * Exit status: 0 = every check passed; 1 = at least one check failed (each
+ * failure is printed on stderr as "FAIL <case> [<step>]: ... expected ...,
+ * got ..."); 2 = usage error; 3 = watchdog (the case hung).
+ *
+ * Conventions: ibv_post_send/ibv_post_recv/ibv_post_srq_recv/ibv_modify_qp/
+ * ibv_modify_srq/ibv_destroy_srq return an errno value; ibv_create_* and
+ * ibv_reg_mr return NULL and set errno. Completions are awaited with a
+ * deadline (POLL_TIMEOUT_S); a missing completion is fatal. "Nothing
+ * arrives" is checked by polling for DROP_WAIT_MS.
+ */
+#define _GNU_SOURCE
+#include <infiniband/verbs.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define POLL_TIMEOUT_S 10.0
+#define WATCHDOG_S 50
+#define MAX_REPORTED_FAILURES 40
+/* How long a message that must be dropped is given to show up anyway. */
+#define DROP_WAIT_MS 300
+/* ------------------------------------------------------------------------ */
+/* Reporting                                                                 */
+
+static const char *g_case = "?";
+static const char *g_step = "start";
+static char g_stepbuf[256];
+static int g_failures;
+
+static void set_step(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void set_step(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(g_stepbuf, sizeof(g_stepbuf), fmt, ap);
+	va_end(ap);
+	g_step = g_stepbuf;
+}
+
+static void vreport(const char *fmt, va_list ap)
+{
+	fprintf(stderr, "FAIL %s [%s]: ", g_case, g_step);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	fflush(stderr);
+}
+
+/* A check failed; keep going (the case will exit non-zero). */
+static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void fail(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vreport(fmt, ap);
+	va_end(ap);
+	if (++g_failures >= MAX_REPORTED_FAILURES) {
+		fprintf(stderr, "FAIL %s: stopping after %d failures\n", g_case, g_failures);
+		exit(1);
+	}
+}
+
+/* A check failed and the case cannot meaningfully continue. */
+static void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void fatal(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vreport(fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "FAIL %s: aborted (%d earlier failures)\n", g_case, g_failures);
+	exit(1);
+}
+
+static void on_alarm(int sig)
+{
+	static const char m1[] = "FAIL watchdog: case did not finish within the watchdog time; last step: ";
+	(void)sig;
+	if (write(2, m1, sizeof(m1) - 1) < 0 || write(2, g_step, strlen(g_step)) < 0 ||
+	    write(2, "\n", 1) < 0) {
+		/* nothing more we can do */
+	}
+	_exit(3);
+}
+
+#define EXPECT_EQ(what, got, exp)                                                       \
+	do {                                                                            \
+		unsigned long long g_ = (unsigned long long)(got);                      \
+		unsigned long long e_ = (unsigned long long)(exp);                      \
+		if (g_ != e_)                                                           \
+			fail("%s: expected %llu (0x%llx), got %llu (0x%llx)", (what), e_, e_, \
+			     g_, g_);                                                   \
+	} while (0)
+
+#define EXPECT_GE(what, got, min)                                                       \
+	do {                                                                            \
+		unsigned long long g_ = (unsigned long long)(got);                      \
+		unsigned long long m_ = (unsigned long long)(min);                      \
+		if (g_ < m_)                                                            \
+			fail("%s: expected >= %llu, got %llu", (what), m_, g_);         \
+	} while (0)
+
+/* ------------------------------------------------------------------------ */
+/* Utilities                                                                 */
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static uint64_t g_rng = 0x9E3779B97F4A7C15ULL;
+
+static uint64_t rnd64(void)
+{
+	/* xorshift64* */
+	g_rng ^= g_rng >> 12;
+	g_rng ^= g_rng << 25;
+	g_rng ^= g_rng >> 27;
+	return g_rng * 0x2545F4914F6CDD1DULL;
+}
+
+static void fill_random(void *p, size_t n)
+{
+	uint8_t *b = p;
+	size_t i = 0;
+	while (i + 8 <= n) {
+		uint64_t v = rnd64();
+		memcpy(b + i, &v, 8);
+		i += 8;
+	}
+	if (i < n) {
+		uint64_t v = rnd64();
+		memcpy(b + i, &v, n - i);
+	}
+}
+
+static void *xmalloc(size_t n)
+{
+	void *p = malloc(n);
+	if (!p)
+		fatal("malloc(%zu) failed", n);
+	return p;
+}
+
+/* Compares got against exp; reports the first difference. Returns 1 if equal. */
+static int compare_bytes(const uint8_t *got, const uint8_t *exp, size_t n, const char *what)
+{
+	size_t first = SIZE_MAX, last = 0, cnt = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (got[i] != exp[i]) {
+			if (first == SIZE_MAX)
+				first = i;
+			last = i;
+			cnt++;
+		}
+	}
+	if (cnt) {
+		fail("%s: %zu of %zu bytes differ; first at offset %zu (expected 0x%02x, got 0x%02x), "
+		     "last at offset %zu (expected 0x%02x, got 0x%02x)",
+		     what, cnt, n, first, exp[first], got[first], last, exp[last], got[last]);
+		return 0;
+	}
+	return 1;
+}
+
+/*
+ * A buffer with a shadow copy of what every byte must contain. buf_set is a
+ * CPU write (both copies); buf_expect records what the device must write;
+ * buf_accept declares a range undefined (it takes whatever is there).
+ */
+struct buf {
+	uint8_t *p;
+	uint8_t *exp;
+	size_t n;
+	const char *name;
+	int owned; /* 1: malloc'd by buf_alloc */
+};
+
+static void buf_wrap(struct buf *b, void *mem, size_t n, const char *name)
+{
+	b->p = mem;
+	b->n = n;
+	b->name = name;
+	b->owned = 0;
+	b->exp = xmalloc(n);
+	fill_random(b->p, n);
+	memcpy(b->exp, b->p, n);
+}
+
+static struct buf *buf_alloc(size_t n, const char *name)
+{
+	struct buf *b = xmalloc(sizeof(*b));
+	buf_wrap(b, xmalloc(n), n, name);
+	b->owned = 1;
+	return b;
+}
+
+static void buf_free(struct buf *b)
+{
+	free(b->exp);
+	if (b->owned) {
+		free(b->p);
+		free(b);
+	}
+}
+
+static void buf_set(struct buf *b, size_t off, const void *src, size_t len)
+{
+	memcpy(b->p + off, src, len);
+	memcpy(b->exp + off, src, len);
+}
+
+static void buf_expect(struct buf *b, size_t off, const void *src, size_t len)
+{
+	memcpy(b->exp + off, src, len);
+}
+
+static void buf_accept(struct buf *b, size_t off, size_t len)
+{
+	memcpy(b->exp + off, b->p + off, len);
+}
+
+static int buf_check(struct buf *b, const char *what)
+{
+	char w[1024];
+	snprintf(w, sizeof(w), "%s: buffer '%s' (%zu bytes, offsets relative to its start)", what,
+		 b->name, b->n);
+	return compare_bytes(b->p, b->exp, b->n, w);
+}
+
+static uint64_t addr_of(const void *p)
+{
+	return (uint64_t)(uintptr_t)p;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Device, PD, MR                                                            */
+
+static struct {
+	struct ibv_context *ctx;
+	struct ibv_pd *pd;
+	union ibv_gid gid;
+	struct ibv_device_attr dev;
+	struct ibv_port_attr port;
+} E;
+
+/*
+ * The device is fv0. FV_VERBS_DEVICE / FV_VERBS_GID_INDEX override the device
+ * name and the GID index only to validate these checks against a reference
+ * implementation (e.g. rxe0 with GID index 1 in the Soft-RoCE VM).
+ */
+static const char *dev_name(void)
+{
+	const char *d = getenv("FV_VERBS_DEVICE");
+	return d && *d ? d : "fv0";
+}
+
+static int gid_index(void)
+{
+	const char *g = getenv("FV_VERBS_GID_INDEX");
+	return g && *g ? atoi(g) : 0;
+}
+
+static void env_open(void)
+{
+	int n = 0;
+	set_step("open %s", dev_name());
+	errno = 0;
+	struct ibv_device **list = ibv_get_device_list(&n);
+	if (!list)
+		fatal("ibv_get_device_list returned NULL, errno %d (%s)", errno, strerror(errno));
+	struct ibv_device *dev = NULL;
+	char names[512] = "";
+	for (int i = 0; i < n; i++) {
+		const char *nm = ibv_get_device_name(list[i]);
+		if (nm && strcmp(nm, dev_name()) == 0)
+			dev = list[i];
+		if (strlen(names) + strlen(nm ? nm : "(null)") + 3 < sizeof(names)) {
+			strcat(names, " ");
+			strcat(names, nm ? nm : "(null)");
+		}
+	}
+	if (!dev)
+		fatal("device %s not found; ibv_get_device_list returned %d devices:%s", dev_name(), n,
+		      names);
+	E.ctx = ibv_open_device(dev);
+	if (!E.ctx)
+		fatal("ibv_open_device(%s) returned NULL, errno %d (%s)", dev_name(), errno,
+		      strerror(errno));
+	ibv_free_device_list(list);
+	E.pd = ibv_alloc_pd(E.ctx);
+	if (!E.pd)
+		fatal("ibv_alloc_pd returned NULL, errno %d (%s)", errno, strerror(errno));
+	int rc = ibv_query_device(E.ctx, &E.dev);
+	if (rc)
+		fatal("ibv_query_device returned %d (%s)", rc, strerror(rc));
+	rc = ibv_query_port(E.ctx, 1, &E.port);
+	if (rc)
+		fatal("ibv_query_port(1) returned %d (%s)", rc, strerror(rc));
+	rc = ibv_query_gid(E.ctx, 1, gid_index(), &E.gid);
+	if (rc)
+		fatal("ibv_query_gid(port 1, index %d) returned %d, errno %d (%s)", gid_index(), rc,
+		      errno, strerror(errno));
+}
+
+#define ACC_ALL                                                                          \
+	(IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ |     \
+	 IBV_ACCESS_REMOTE_ATOMIC)
+
+static struct ibv_mr *reg_pd(struct ibv_pd *pd, void *addr, size_t len, int access)
+{
+	errno = 0;
+	struct ibv_mr *mr = ibv_reg_mr(pd, addr, len, access);
+	if (!mr)
+		fatal("ibv_reg_mr(%p, %zu, access 0x%x) returned NULL, errno %d (%s)", addr, len,
+		      access, errno, strerror(errno));
+	return mr;
+}
+
+static struct ibv_mr *reg(void *addr, size_t len, int access)
+{
+	return reg_pd(E.pd, addr, len, access);
+}
+
+static void dereg(struct ibv_mr *mr)
+{
+	int rc = ibv_dereg_mr(mr);
+	if (rc)
+		fatal("ibv_dereg_mr returned %d (%s)", rc, strerror(rc));
+}
+
+/* A key that is neither the lkey nor the rkey of any of the given MRs. */
+static uint32_t unused_key(struct ibv_mr *const *mrs, int n)
+{
+	uint32_t k = 0x0badc0de;
+	for (;;) {
+		int clash = 0;
+		for (int i = 0; i < n; i++)
+			if (mrs[i] && (mrs[i]->lkey == k || mrs[i]->rkey == k))
+				clash = 1;
+		if (!clash)
+			return k;
+		k += 0x01010101;
+	}
+}
+
+/* ------------------------------------------------------------------------ */
+/* CQ, QP                                                                    */
+
+static struct ibv_cq *cq_new(int cqe)
+{
+	errno = 0;
+	struct ibv_cq *cq = ibv_create_cq(E.ctx, cqe, NULL, NULL, 0);
+	if (!cq)
+		fatal("ibv_create_cq(%d) returned NULL, errno %d (%s)", cqe, errno, strerror(errno));
+	return cq;
+}
+
+
+struct qp_cfg {
+	uint32_t send_wr, recv_wr, send_sge, recv_sge, inline_sz;
+	int sig_all;
+};
+
+#define CFG_DEFAULT                                                                      \
+	{ .send_wr = 64, .recv_wr = 64, .send_sge = 4, .recv_sge = 4, .inline_sz = 0,   \
+	  .sig_all = 1 }
+
+static const char *qpt_str(enum ibv_qp_type t)
+{
+	switch (t) {
+	case IBV_QPT_RC: return "RC";
+	case IBV_QPT_UC: return "UC";
+	case IBV_QPT_UD: return "UD";
+	default: return "?";
+	}
+}
+
+static struct ibv_qp *qp_try_create(enum ibv_qp_type type, struct ibv_cq *scq, struct ibv_cq *rcq,
+				    struct ibv_srq *srq, const struct qp_cfg *c,
+				    struct ibv_qp_cap *cap_out)
+{
+	struct ibv_qp_init_attr ia;
+	memset(&ia, 0, sizeof(ia));
+	ia.send_cq = scq;
+	ia.recv_cq = rcq;
+	ia.srq = srq;
+	ia.qp_type = type;
+	ia.sq_sig_all = c->sig_all;
+	ia.cap.max_send_wr = c->send_wr;
+	ia.cap.max_recv_wr = c->recv_wr;
+	ia.cap.max_send_sge = c->send_sge;
+	ia.cap.max_recv_sge = c->recv_sge;
+	ia.cap.max_inline_data = c->inline_sz;
+	errno = 0;
+	struct ibv_qp *qp = ibv_create_qp(E.pd, &ia);
+	if (qp && cap_out)
+		*cap_out = ia.cap;
+	return qp;
+}
+
+static struct ibv_qp *qp_create(enum ibv_qp_type type, struct ibv_cq *scq, struct ibv_cq *rcq,
+				struct ibv_srq *srq, const struct qp_cfg *c)
+{
+	struct ibv_qp_cap cap;
+	struct ibv_qp *qp = qp_try_create(type, scq, rcq, srq, c, &cap);
+	if (!qp)
+		fatal("ibv_create_qp(%s, send_wr %u recv_wr %u send_sge %u recv_sge %u inline %u%s) "
+		      "returned NULL, errno %d (%s)",
+		      qpt_str(type), c->send_wr, c->recv_wr, c->send_sge, c->recv_sge, c->inline_sz,
+		      srq ? ", with an SRQ" : "", errno, strerror(errno));
+	if (cap.max_send_wr < c->send_wr)
+		fatal("ibv_create_qp(%s): returned cap.max_send_wr %u < requested %u", qpt_str(type),
+		      cap.max_send_wr, c->send_wr);
+	return qp;
+}
+
+static void qp_must(int rc, struct ibv_qp *qp, const char *what)
+{
+	if (rc)
+		fatal("ibv_modify_qp(%s qp 0x%x, %s) returned %d (%s)", qpt_str(qp->qp_type),
+		      qp->qp_num, what, rc, strerror(rc));
+}
+
+static enum ibv_qp_state qp_state(struct ibv_qp *qp)
+{
+	struct ibv_qp_attr a;
+	struct ibv_qp_init_attr ia;
+	memset(&a, 0, sizeof(a));
+	int rc = ibv_query_qp(qp, &a, IBV_QP_STATE, &ia);
+	if (rc)
+		fatal("ibv_query_qp(qp 0x%x, IBV_QP_STATE) returned %d (%s)", qp->qp_num, rc,
+		      strerror(rc));
+	return a.qp_state;
+}
+
+static const char *state_str(int s)
+{
+	switch (s) {
+	case IBV_QPS_RESET: return "RESET";
+	case IBV_QPS_INIT: return "INIT";
+	case IBV_QPS_RTR: return "RTR";
+	case IBV_QPS_RTS: return "RTS";
+	case IBV_QPS_SQD: return "SQD";
+	case IBV_QPS_SQE: return "SQE";
+	case IBV_QPS_ERR: return "ERR";
+	default: return "?";
+	}
+}
+
+static void expect_state(struct ibv_qp *qp, enum ibv_qp_state want, const char *what)
+{
+	enum ibv_qp_state s = qp_state(qp);
+	if (s != want)
+		fail("%s: ibv_query_qp state of qp 0x%x: expected IBV_QPS_%s, got IBV_QPS_%s (%d)",
+		     what, qp->qp_num, state_str(want), state_str(s), (int)s);
+}
+
+/* --- RC and UC: connected ------------------------------------------------ */
+
+static int qp_to_init(struct ibv_qp *qp, int access)
+{
+	struct ibv_qp_attr a;
+	memset(&a, 0, sizeof(a));
+	a.qp_state = IBV_QPS_INIT;
+	a.pkey_index = 0;
+	a.port_num = 1;
+	a.qp_access_flags = access;
+	return ibv_modify_qp(qp, &a,
+			     IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS);
+}
+
+#define RC_RTR_MASK                                                                      \
+	(IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN |  \
+	 IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER)
+#define RC_RTS_MASK                                                                      \
+	(IBV_QP_STATE | IBV_QP_SQ_PSN | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT |              \
+	 IBV_QP_RNR_RETRY | IBV_QP_MAX_QP_RD_ATOMIC)
+#define UC_RTR_MASK                                                                      \
+	(IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN)
+#define UC_RTS_MASK (IBV_QP_STATE | IBV_QP_SQ_PSN)
+
+static uint8_t rd_atom(void)
+{
+	int n = E.dev.max_qp_rd_atom;
+	return (uint8_t)(n < 1 ? 1 : (n > 16 ? 16 : n));
+}
+
+static void rtr_attr(struct ibv_qp_attr *a, uint32_t dest_qpn)
+{
+	memset(a, 0, sizeof(*a));
+	a->qp_state = IBV_QPS_RTR;
+	a->path_mtu = (E.port.active_mtu >= IBV_MTU_256 && E.port.active_mtu <= IBV_MTU_4096)
+			      ? E.port.active_mtu
+			      : IBV_MTU_1024;
+	a->dest_qp_num = dest_qpn;
+	a->rq_psn = 0;
+	a->max_dest_rd_atomic = rd_atom();
+	a->min_rnr_timer = 12;
+	a->ah_attr.is_global = 1;
+	a->ah_attr.grh.dgid = E.gid;
+	a->ah_attr.grh.sgid_index = gid_index();
+	a->ah_attr.grh.hop_limit = 1;
+	a->ah_attr.port_num = 1;
+}
+
+static void rts_attr(struct ibv_qp_attr *a)
+{
+	memset(a, 0, sizeof(*a));
+	a->qp_state = IBV_QPS_RTS;
+	a->sq_psn = 0;
+	a->timeout = 14;
+	a->retry_cnt = 7;
+	a->rnr_retry = 7;
+	a->max_rd_atomic = rd_atom();
+}
+
+/* RC: RESET -> INIT (access) -> RTR -> RTS, the masks of perftest. */
+static void rc_connect(struct ibv_qp *qp, uint32_t dest_qpn, int access)
+{
+	struct ibv_qp_attr a;
+	qp_must(qp_to_init(qp, access), qp, "RC RESET->INIT");
+	rtr_attr(&a, dest_qpn);
+	qp_must(ibv_modify_qp(qp, &a, RC_RTR_MASK), qp, "RC INIT->RTR");
+	rts_attr(&a);
+	qp_must(ibv_modify_qp(qp, &a, RC_RTS_MASK), qp, "RC RTR->RTS");
+}
+
+/* UC: the masks of ibv_uc_pingpong (no RC-only attributes). */
+static void uc_connect(struct ibv_qp *qp, uint32_t dest_qpn, int access)
+{
+	struct ibv_qp_attr a;
+	qp_must(qp_to_init(qp, access), qp, "UC RESET->INIT");
+	rtr_attr(&a, dest_qpn);
+	qp_must(ibv_modify_qp(qp, &a, UC_RTR_MASK), qp, "UC INIT->RTR (STATE|AV|PATH_MTU|DEST_QPN|RQ_PSN)");
+	rts_attr(&a);
+	qp_must(ibv_modify_qp(qp, &a, UC_RTS_MASK), qp, "UC RTR->RTS (STATE|SQ_PSN)");
+}
+
+#define ACC_RW (IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ)
+
+/* Two connected QPs of one type; each has its own send and recv CQ. */
+struct pair {
+	struct ibv_cq *a_scq, *a_rcq, *b_scq, *b_rcq;
+	struct ibv_qp *a, *b;
+};
+
+static void pair_new(struct pair *p, enum ibv_qp_type type, int access_b)
+{
+	struct qp_cfg c = CFG_DEFAULT;
+	p->a_scq = cq_new(1024);
+	p->a_rcq = cq_new(1024);
+	p->b_scq = cq_new(1024);
+	p->b_rcq = cq_new(1024);
+	p->a = qp_create(type, p->a_scq, p->a_rcq, NULL, &c);
+	p->b = qp_create(type, p->b_scq, p->b_rcq, NULL, &c);
+	if (type == IBV_QPT_RC) {
+		rc_connect(p->a, p->b->qp_num, ACC_ALL);
+		rc_connect(p->b, p->a->qp_num, access_b);
+	} else {
+		uc_connect(p->a, p->b->qp_num, ACC_RW & ~IBV_ACCESS_REMOTE_READ);
+		uc_connect(p->b, p->a->qp_num, access_b);
+	}
+}
+
+static void pair_free(struct pair *p)
+{
+	int rc;
+	if ((rc = ibv_destroy_qp(p->a)))
+		fatal("ibv_destroy_qp(A) returned %d (%s)", rc, strerror(rc));
+	if ((rc = ibv_destroy_qp(p->b)))
+		fatal("ibv_destroy_qp(B) returned %d (%s)", rc, strerror(rc));
+	struct ibv_cq *cqs[4] = { p->a_scq, p->a_rcq, p->b_scq, p->b_rcq };
+	for (int i = 0; i < 4; i++)
+		if ((rc = ibv_destroy_cq(cqs[i])))
+			fatal("ibv_destroy_cq returned %d (%s)", rc, strerror(rc));
+}
+
+/* --- UD ----------------------------------------------------------------- */
+
+#define QKEY 0x11111111u
+
+/* UD: INIT (PKEY|PORT|QKEY), RTR (STATE only), RTS (SQ_PSN), as ibv_ud_pingpong. */
+static void ud_to_init(struct ibv_qp *qp, uint32_t qkey)
+{
+	struct ibv_qp_attr a;
+	memset(&a, 0, sizeof(a));
+	a.qp_state = IBV_QPS_INIT;
+	a.pkey_index = 0;
+	a.port_num = 1;
+	a.qkey = qkey;
+	qp_must(ibv_modify_qp(qp, &a, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_QKEY),
+		qp, "UD RESET->INIT (STATE|PKEY_INDEX|PORT|QKEY)");
+}
+
+static void ud_to_rtr(struct ibv_qp *qp)
+{
+	struct ibv_qp_attr a;
+	memset(&a, 0, sizeof(a));
+	a.qp_state = IBV_QPS_RTR;
+	qp_must(ibv_modify_qp(qp, &a, IBV_QP_STATE), qp, "UD INIT->RTR (STATE)");
+}
+
+static void ud_to_rts(struct ibv_qp *qp)
+{
+	struct ibv_qp_attr a;
+	memset(&a, 0, sizeof(a));
+	a.qp_state = IBV_QPS_RTS;
+	a.sq_psn = 0x123;
+	qp_must(ibv_modify_qp(qp, &a, IBV_QP_STATE | IBV_QP_SQ_PSN), qp, "UD RTR->RTS (STATE|SQ_PSN)");
+}
+
+static struct ibv_qp *ud_new(struct ibv_cq *scq, struct ibv_cq *rcq, uint32_t qkey)
+{
+	struct qp_cfg c = CFG_DEFAULT;
+	struct ibv_qp *qp = qp_create(IBV_QPT_UD, scq, rcq, NULL, &c);
+	ud_to_init(qp, qkey);
+	ud_to_rtr(qp);
+	ud_to_rts(qp);
+	return qp;
+}
+
+static void ah_attr_to(struct ibv_ah_attr *a, const union ibv_gid *dgid)
+{
+	memset(a, 0, sizeof(*a));
+	a->is_global = 1;
+	a->grh.dgid = *dgid;
+	a->grh.sgid_index = gid_index();
+	a->grh.hop_limit = 64;
+	a->port_num = 1;
+}
+
+static struct ibv_ah *ah_new(const union ibv_gid *dgid)
+{
+	struct ibv_ah_attr a;
+	ah_attr_to(&a, dgid);
+	errno = 0;
+	struct ibv_ah *ah = ibv_create_ah(E.pd, &a);
+	if (!ah)
+		fatal("ibv_create_ah(port 1, is_global 1, sgid_index %d) returned NULL, errno %d (%s)",
+		      gid_index(), errno, strerror(errno));
+	return ah;
+}
+
+static void gid_str(const uint8_t *g, char *out, size_t n)
+{
+	char b[INET6_ADDRSTRLEN];
+	if (!inet_ntop(AF_INET6, g, b, sizeof(b)))
+		snprintf(b, sizeof(b), "?");
+	snprintf(out, n, "%s", b);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Posting and polling                                                       */
+
+static struct ibv_sge sge(const void *addr, uint32_t len, uint32_t lkey)
+{
+	struct ibv_sge s = { .addr = addr_of(addr), .length = len, .lkey = lkey };
+	return s;
+}
+
+static void wr_init(struct ibv_send_wr *wr, uint64_t wr_id, enum ibv_wr_opcode op,
+		    struct ibv_sge *sg, int n, unsigned flags)
+{
+	memset(wr, 0, sizeof(*wr));
+	wr->wr_id = wr_id;
+	wr->opcode = op;
+	wr->sg_list = sg;
+	wr->num_sge = n;
+	wr->send_flags = flags;
+}
+
+static void post_send_ok(struct ibv_qp *qp, struct ibv_send_wr *wr, const char *what)
+{
+	struct ibv_send_wr *bad = NULL;
+	int rc = ibv_post_send(qp, wr, &bad);
+	if (rc)
+		fatal("%s: ibv_post_send(%s qp 0x%x, wr_id 0x%" PRIx64 ") returned %d (%s)", what,
+		      qpt_str(qp->qp_type), qp->qp_num, wr->wr_id, rc, strerror(rc));
+}
+
+/* Posts a single-WR RC/UC send of the given opcode. */
+static void send1(struct ibv_qp *qp, uint64_t wr_id, enum ibv_wr_opcode op, struct ibv_sge *sg,
+		  int n, uint64_t raddr, uint32_t rkey, uint32_t imm_host, const char *what)
+{
+	struct ibv_send_wr wr;
+	wr_init(&wr, wr_id, op, sg, n, IBV_SEND_SIGNALED);
+	wr.wr.rdma.remote_addr = raddr;
+	wr.wr.rdma.rkey = rkey;
+	wr.imm_data = htonl(imm_host);
+	post_send_ok(qp, &wr, what);
+}
+
+/* Posts a single UD send (SEND or SEND_WITH_IMM). */
+static void ud_send1(struct ibv_qp *qp, uint64_t wr_id, enum ibv_wr_opcode op, struct ibv_sge *sg,
+		     int n, struct ibv_ah *ah, uint32_t rqpn, uint32_t rqkey, uint32_t imm_host,
+		     const char *what)
+{
+	struct ibv_send_wr wr;
+	wr_init(&wr, wr_id, op, sg, n, IBV_SEND_SIGNALED);
+	wr.wr.ud.ah = ah;
+	wr.wr.ud.remote_qpn = rqpn;
+	wr.wr.ud.remote_qkey = rqkey;
+	wr.imm_data = htonl(imm_host);
+	post_send_ok(qp, &wr, what);
+}
+
+static void recv1(struct ibv_qp *qp, uint64_t wr_id, struct ibv_sge *sg, int n, const char *what)
+{
+	struct ibv_recv_wr wr, *bad = NULL;
+	memset(&wr, 0, sizeof(wr));
+	wr.wr_id = wr_id;
+	wr.sg_list = sg;
+	wr.num_sge = n;
+	int rc = ibv_post_recv(qp, &wr, &bad);
+	if (rc)
+		fatal("%s: ibv_post_recv(%s qp 0x%x, wr_id 0x%" PRIx64 ") returned %d (%s)", what,
+		      qpt_str(qp->qp_type), qp->qp_num, wr_id, rc, strerror(rc));
+}
+
+static void srq_recv1(struct ibv_srq *srq, uint64_t wr_id, struct ibv_sge *sg, int n,
+		      const char *what)
+{
+	struct ibv_recv_wr wr, *bad = NULL;
+	memset(&wr, 0, sizeof(wr));
+	wr.wr_id = wr_id;
+	wr.sg_list = sg;
+	wr.num_sge = n;
+	int rc = ibv_post_srq_recv(srq, &wr, &bad);
+	if (rc)
+		fatal("%s: ibv_post_srq_recv(wr_id 0x%" PRIx64 ") returned %d (%s)", what, wr_id, rc,
+		      strerror(rc));
+}
+
+static void expect_post_send_rc(struct ibv_qp *qp, struct ibv_send_wr *wr,
+				struct ibv_send_wr *want_bad, int want_rc, const char *what)
+{
+	struct ibv_send_wr *badp = NULL;
+	int rc = ibv_post_send(qp, wr, &badp);
+	if (rc != want_rc)
+		fail("%s: ibv_post_send: expected %d (%s), got %d (%s)", what, want_rc,
+		     strerror(want_rc), rc, strerror(rc));
+	if (want_bad && badp != want_bad)
+		fail("%s: ibv_post_send: expected bad_wr = %p (the offending WR), got %p", what,
+		     (void *)want_bad, (void *)badp);
+}
+
+static const char *wc_opcode_str(int op)
+{
+	switch (op) {
+	case IBV_WC_SEND: return "IBV_WC_SEND";
+	case IBV_WC_RDMA_WRITE: return "IBV_WC_RDMA_WRITE";
+	case IBV_WC_RDMA_READ: return "IBV_WC_RDMA_READ";
+	case IBV_WC_COMP_SWAP: return "IBV_WC_COMP_SWAP";
+	case IBV_WC_FETCH_ADD: return "IBV_WC_FETCH_ADD";
+	case IBV_WC_BIND_MW: return "IBV_WC_BIND_MW";
+	case IBV_WC_LOCAL_INV: return "IBV_WC_LOCAL_INV";
+	case IBV_WC_RECV: return "IBV_WC_RECV";
+	case IBV_WC_RECV_RDMA_WITH_IMM: return "IBV_WC_RECV_RDMA_WITH_IMM";
+	default: return "(unknown opcode)";
+	}
+}
+
+static void describe_wc(const struct ibv_wc *wc, char *out, size_t n)
+{
+	snprintf(out, n,
+		 "{wr_id 0x%" PRIx64 ", status %s (%d), opcode %s (%d), qp_num 0x%x, src_qp 0x%x, "
+		 "byte_len %u, wc_flags 0x%x, imm_data 0x%08x, vendor_err 0x%x}",
+		 wc->wr_id, ibv_wc_status_str(wc->status), (int)wc->status,
+		 wc_opcode_str(wc->opcode), (int)wc->opcode, wc->qp_num, wc->src_qp, wc->byte_len,
+		 wc->wc_flags, ntohl(wc->imm_data), wc->vendor_err);
+}
+
+/* Waits up to POLL_TIMEOUT_S for one completion; fatal on timeout or error. */
+static void poll1(struct ibv_cq *cq, struct ibv_wc *wc, const char *what)
+{
+	double end = now_s() + POLL_TIMEOUT_S;
+	unsigned spins = 0;
+	for (;;) {
+		memset(wc, 0, sizeof(*wc));
+		int n = ibv_poll_cq(cq, 1, wc);
+		if (n < 0)
+			fatal("%s: ibv_poll_cq returned %d", what, n);
+		if (n > 1)
+			fatal("%s: ibv_poll_cq(num_entries 1) returned %d", what, n);
+		if (n == 1)
+			return;
+		if (now_s() > end)
+			fatal("%s: expected a completion, got none within %.0f s", what,
+			      POLL_TIMEOUT_S);
+		if (++spins > 200)
+			usleep(50);
+		else
+			sched_yield();
+	}
+}
+
+/* Checks that no completion arrives on cq within ms milliseconds. */
+static int expect_empty(struct ibv_cq *cq, unsigned ms, const char *what)
+{
+	double end = now_s() + ms / 1000.0;
+	struct ibv_wc wc;
+	do {
+		memset(&wc, 0, sizeof(wc));
+		int n = ibv_poll_cq(cq, 1, &wc);
+		if (n < 0)
+			fatal("%s: ibv_poll_cq returned %d", what, n);
+		if (n > 0) {
+			char d[400];
+			describe_wc(&wc, d, sizeof(d));
+			fail("%s: expected no completion, got %s", what, d);
+			return 0;
+		}
+		usleep(200);
+	} while (now_s() < end);
+	return 1;
+}
+
+/*
+ * Checks a completion. opcode < 0: do not check the opcode (it is undefined
+ * when status != success). qp: if non-NULL, wc->qp_num must be its number.
+ */
+static int check_wc(const struct ibv_wc *wc, const char *what, uint64_t wr_id,
+		    enum ibv_wc_status status, int opcode, struct ibv_qp *qp)
+{
+	int bad = 0;
+	char d[400];
+	describe_wc(wc, d, sizeof(d));
+	if (wc->wr_id != wr_id) {
+		fail("%s: wc.wr_id: expected 0x%" PRIx64 ", got 0x%" PRIx64 " (completion %s)", what,
+		     wr_id, wc->wr_id, d);
+		bad = 1;
+	}
+	if (wc->status != status) {
+		fail("%s: wc.status: expected %s (%d), got %s (%d) (completion %s)", what,
+		     ibv_wc_status_str(status), (int)status, ibv_wc_status_str(wc->status),
+		     (int)wc->status, d);
+		bad = 1;
+	}
+	if (opcode >= 0 && wc->status == IBV_WC_SUCCESS &&
+	    wc->opcode != (enum ibv_wc_opcode)opcode) {
+		fail("%s: wc.opcode: expected %s (%d), got %s (%d) (completion %s)", what,
+		     wc_opcode_str(opcode), opcode, wc_opcode_str(wc->opcode), (int)wc->opcode, d);
+		bad = 1;
+	}
+	if (qp && wc->qp_num != qp->qp_num) {
+		fail("%s: wc.qp_num: expected 0x%x, got 0x%x (completion %s)", what, qp->qp_num,
+		     wc->qp_num, d);
+		bad = 1;
+	}
+	return !bad;
+}
+
+/* Polls one completion and checks it; returns 1 if every field matched. */
+static int expect_wc(struct ibv_cq *cq, const char *what, uint64_t wr_id,
+		     enum ibv_wc_status status, int opcode, struct ibv_qp *qp, struct ibv_wc *out)
+{
+	struct ibv_wc wc;
+	poll1(cq, &wc, what);
+	int ok = check_wc(&wc, what, wr_id, status, opcode, qp);
+	if (out)
+		*out = wc;
+	return ok;
+}
+
+/* Checks the immediate-data fields of a successful receive completion. */
+static void check_imm(const struct ibv_wc *wc, const char *what, int with_imm, uint32_t imm_host)
+{
+	if (with_imm) {
+		if (!(wc->wc_flags & IBV_WC_WITH_IMM))
+			fail("%s: wc.wc_flags: expected IBV_WC_WITH_IMM set, got 0x%x", what,
+			     wc->wc_flags);
+		else if (wc->imm_data != htonl(imm_host))
+			fail("%s: wc.imm_data: expected htonl(0x%08x), got htonl(0x%08x)", what,
+			     imm_host, ntohl(wc->imm_data));
+	} else if (wc->wc_flags & IBV_WC_WITH_IMM) {
+		fail("%s: wc.wc_flags: expected IBV_WC_WITH_IMM clear, got 0x%x", what,
+		     wc->wc_flags);
+	}
+}
+
+/* Polls a successful receive completion and checks byte_len and immediate. */
+static int expect_recv(struct ibv_cq *cq, const char *what, uint64_t wr_id, struct ibv_qp *qp,
+		       uint32_t byte_len, int with_imm, uint32_t imm_host, int opcode,
+		       struct ibv_wc *out)
+{
+	struct ibv_wc wc;
+	char w[300];
+	int ok = expect_wc(cq, what, wr_id, IBV_WC_SUCCESS, opcode, qp, &wc);
+	if (out)
+		*out = wc;
+	if (wc.status != IBV_WC_SUCCESS)
+		return 0;
+	snprintf(w, sizeof(w), "%s: wc.byte_len", what);
+	if (wc.byte_len != byte_len) {
+		fail("%s: expected %u, got %u", w, byte_len, wc.byte_len);
+		ok = 0;
+	}
+	check_imm(&wc, what, with_imm, imm_host);
+	return ok;
+}
+
+/* ------------------------------------------------------------------------ */
+/* SRQ                                                                       */
+
+static struct ibv_srq *srq_try_create(uint32_t max_wr, uint32_t max_sge, void *ctx,
+				      struct ibv_srq_attr *out)
+{
+	struct ibv_srq_init_attr ia;
+	memset(&ia, 0, sizeof(ia));
+	ia.srq_context = ctx;
+	ia.attr.max_wr = max_wr;
+	ia.attr.max_sge = max_sge;
+	errno = 0;
+	struct ibv_srq *srq = ibv_create_srq(E.pd, &ia);
+	if (out)
+		*out = ia.attr;
+	return srq;
+}
+
+static struct ibv_srq *srq_create(uint32_t max_wr, uint32_t max_sge, struct ibv_srq_attr *out)
+{
+	struct ibv_srq_attr got;
+	struct ibv_srq *srq = srq_try_create(max_wr, max_sge, NULL, &got);
+	if (!srq)
+		fatal("ibv_create_srq(max_wr %u, max_sge %u) returned NULL, errno %d (%s)", max_wr,
+		      max_sge, errno, strerror(errno));
+	if (got.max_wr < max_wr || got.max_sge < max_sge)
+		fatal("ibv_create_srq(max_wr %u, max_sge %u) wrote back max_wr %u, max_sge %u",
+		      max_wr, max_sge, got.max_wr, got.max_sge);
+	if (out)
+		*out = got;
+	return srq;
+}
+
+static void srq_destroy(struct ibv_srq *srq)
+{
+	int rc = ibv_destroy_srq(srq);
+	if (rc)
+		fatal("ibv_destroy_srq returned %d (%s)", rc, strerror(rc));
+}
+
+static struct ibv_srq_attr srq_query(struct ibv_srq *srq, const char *what)
+{
+	struct ibv_srq_attr a;
+	memset(&a, 0xA5, sizeof(a));
+	int rc = ibv_query_srq(srq, &a);
+	if (rc)
+		fatal("%s: ibv_query_srq returned %d (%s)", what, rc, strerror(rc));
+	return a;
+}
+
+static void case_srq_attrs(void)
+{
+	struct ibv_srq_attr got, q;
+	int marker;
+
+	set_step("ibv_create_srq(max_wr 100, max_sge 3)");
+	struct ibv_srq *srq = srq_try_create(100, 3, &marker, &got);
+	if (!srq)
+		fatal("ibv_create_srq(max_wr 100, max_sge 3) returned NULL, errno %d (%s)", errno,
+		      strerror(errno));
+	EXPECT_GE("written-back attr.max_wr (requested 100)", got.max_wr, 100);
+	EXPECT_GE("written-back attr.max_sge (requested 3)", got.max_sge, 3);
+	EXPECT_GE("device_attr.max_srq_wr >= written-back max_wr", E.dev.max_srq_wr, got.max_wr);
+	if (srq->context != E.ctx || srq->pd != E.pd || srq->srq_context != &marker)
+		fail("srq fields: expected context %p pd %p srq_context %p, got %p %p %p",
+		     (void *)E.ctx, (void *)E.pd, (void *)&marker, (void *)srq->context,
+		     (void *)srq->pd, srq->srq_context);
+
+	set_step("ibv_query_srq of the new SRQ");
+	q = srq_query(srq, "query");
+	EXPECT_EQ("query_srq max_wr (= written back at create)", q.max_wr, got.max_wr);
+	EXPECT_EQ("query_srq max_sge (= written back at create)", q.max_sge, got.max_sge);
+	EXPECT_EQ("query_srq srq_limit (not armed)", q.srq_limit, 0);
+
+	set_step("ibv_modify_srq(IBV_SRQ_LIMIT 10)");
+	struct ibv_srq_attr m;
+	memset(&m, 0, sizeof(m));
+	m.srq_limit = 10;
+	int rc = ibv_modify_srq(srq, &m, IBV_SRQ_LIMIT);
+	EXPECT_EQ("ibv_modify_srq(IBV_SRQ_LIMIT 10) return value", rc, 0);
+	q = srq_query(srq, "query after modify");
+	EXPECT_EQ("query_srq srq_limit after IBV_SRQ_LIMIT 10", q.srq_limit, 10);
+	EXPECT_EQ("query_srq max_wr unchanged by IBV_SRQ_LIMIT", q.max_wr, got.max_wr);
+
+	set_step("ibv_modify_srq(IBV_SRQ_LIMIT max_wr + 1)");
+	m.srq_limit = got.max_wr + 1;
+	rc = ibv_modify_srq(srq, &m, IBV_SRQ_LIMIT);
+	if (rc != EINVAL)
+		fail("ibv_modify_srq(IBV_SRQ_LIMIT %u > max_wr %u): expected %d (EINVAL), got %d (%s)",
+		     m.srq_limit, got.max_wr, EINVAL, rc, strerror(rc));
+	q = srq_query(srq, "query after the rejected modify");
+	EXPECT_EQ("query_srq srq_limit after a rejected IBV_SRQ_LIMIT (still 10)", q.srq_limit, 10);
+
+	set_step("ibv_modify_srq(IBV_SRQ_LIMIT 0) disarms");
+	m.srq_limit = 0;
+	rc = ibv_modify_srq(srq, &m, IBV_SRQ_LIMIT);
+	EXPECT_EQ("ibv_modify_srq(IBV_SRQ_LIMIT 0) return value", rc, 0);
+	q = srq_query(srq, "query after limit 0");
+	EXPECT_EQ("query_srq srq_limit after IBV_SRQ_LIMIT 0", q.srq_limit, 0);
+	srq_destroy(srq);
+
+	set_step("ibv_create_srq at the maxima (max_wr 16384, max_sge 16)");
+	srq = srq_try_create(16384, 16, NULL, &got);
+	if (!srq) {
+		fail("ibv_create_srq(max_wr 16384, max_sge 16): expected an SRQ, got NULL, errno %d (%s)",
+		     errno, strerror(errno));
+	} else {
+		EXPECT_GE("written-back attr.max_wr (requested 16384)", got.max_wr, 16384);
+		EXPECT_GE("written-back attr.max_sge (requested 16)", got.max_sge, 16);
+		srq_destroy(srq);
+	}
+
+	struct {
+		const char *what;
+		uint32_t wr, sge;
+	} over[] = {
+		{ "max_wr 16385", 16385, 1 },
+		{ "max_wr 1000000", 1000000, 1 },
+		{ "max_sge 17", 16, 17 },
+	};
+	for (size_t i = 0; i < sizeof(over) / sizeof(over[0]); i++) {
+		set_step("ibv_create_srq with %s", over[i].what);
+		srq = srq_try_create(over[i].wr, over[i].sge, NULL, NULL);
+		int e = errno;
+		if (srq) {
+			fail("ibv_create_srq with %s: expected NULL with errno EINVAL, got an SRQ",
+			     over[i].what);
+			srq_destroy(srq);
+		} else if (e != EINVAL) {
+			fail("ibv_create_srq with %s: expected errno %d (EINVAL), got %d (%s)",
+			     over[i].what, EINVAL, e, strerror(e));
+		}
+	}
+
+	set_step("ibv_post_srq_recv until full");
+	srq = srq_create(16, 2, &got);
+	struct buf *b = buf_alloc(256, "recv buffer");
+	struct ibv_mr *mr = reg(b->p, b->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_sge s = sge(b->p, 64, mr->lkey);
+	struct ibv_recv_wr rw, *bad;
+	uint32_t ok = 0, limit = got.max_wr * 2 + 16;
+	rc = 0;
+	if (got.max_wr > 4096)
+		fatal("ibv_create_srq(max_wr 16) wrote back max_wr %u: too large to test", got.max_wr);
+	for (uint32_t i = 0; i < limit; i++) {
+		memset(&rw, 0, sizeof(rw));
+		rw.wr_id = i;
+		rw.sg_list = &s;
+		rw.num_sge = 1;
+		bad = NULL;
+		rc = ibv_post_srq_recv(srq, &rw, &bad);
+		if (rc)
+			break;
+		ok++;
+	}
+	if (rc == 0)
+		fail("posted %u receives to an SRQ with max_wr %u: expected ENOMEM, every post "
+		     "succeeded", ok, got.max_wr);
+	else {
+		if (rc != ENOMEM)
+			fail("SRQ full (after %u posts, max_wr %u): expected %d (ENOMEM), got %d (%s)",
+			     ok, got.max_wr, ENOMEM, rc, strerror(rc));
+		if (bad != &rw)
+			fail("SRQ full: expected bad_wr = the rejected WR %p, got %p", (void *)&rw,
+			     (void *)bad);
+		if (ok < got.max_wr)
+			fail("SRQ full: only %u posts accepted, expected at least max_wr = %u", ok,
+			     got.max_wr);
+	}
+
+	set_step("ibv_post_srq_recv with more SGEs than max_sge");
+	struct ibv_sge many[40];
+	for (int i = 0; i < 40; i++)
+		many[i] = sge(b->p + i, 1, mr->lkey);
+	if (got.max_sge + 1 > 40)
+		fatal("written-back max_sge %u too large to test", got.max_sge);
+	srq_destroy(srq);
+	srq = srq_create(16, 2, &got);
+	memset(&rw, 0, sizeof(rw));
+	rw.sg_list = many;
+	rw.num_sge = got.max_sge + 1;
+	bad = NULL;
+	rc = ibv_post_srq_recv(srq, &rw, &bad);
+	if (rc != EINVAL)
+		fail("ibv_post_srq_recv with %u SGEs (max_sge %u): expected %d (EINVAL), got %d (%s)",
+		     got.max_sge + 1, got.max_sge, EINVAL, rc, strerror(rc));
+	if (bad != &rw)
+		fail("ibv_post_srq_recv with too many SGEs: expected bad_wr = %p, got %p",
+		     (void *)&rw, (void *)bad);
+	srq_destroy(srq);
+	dereg(mr);
+	buf_free(b);
+}
+
+/*
+ * Several RC pairs A[i] -> B[i]; every B[i] takes its receives from one SRQ
+ * and completes them on one CQ.
+ */
+#define SRQ_PAIRS 4
+#define SRQ_NMSG 24
+#define SRQ_TOTAL (SRQ_PAIRS * SRQ_NMSG)
+#define SRQ_SLOT 256
+#define SRQ_TAG 0x5A5A0000u
+
+static uint32_t srq_msg_len(int i, int j)
+{
+	return 100 + (uint32_t)((i * 37 + j * 13) % 101); /* 100..200 */
+}
+
+static void case_srq_shared(void)
+{
+	struct ibv_srq_attr sa;
+	struct ibv_srq *srq = srq_create(SRQ_TOTAL + 8, 2, &sa);
+	struct ibv_cq *a_scq = cq_new(1024), *a_rcq = cq_new(64);
+	struct ibv_cq *b_scq = cq_new(64), *rcq = cq_new(1024);
+	struct ibv_qp *a[SRQ_PAIRS], *b[SRQ_PAIRS];
+	struct qp_cfg c = CFG_DEFAULT;
+	for (int i = 0; i < SRQ_PAIRS; i++) {
+		a[i] = qp_create(IBV_QPT_RC, a_scq, a_rcq, NULL, &c);
+		struct qp_cfg cb = CFG_DEFAULT;
+		if (i == 0)
+			cb.recv_wr = cb.recv_sge = 0; /* ignored with an SRQ */
+		b[i] = qp_create(IBV_QPT_RC, b_scq, rcq, srq, &cb);
+		if (b[i]->srq != srq)
+			fail("QP B%d: ibv_qp.srq expected %p, got %p", i, (void *)srq,
+			     (void *)b[i]->srq);
+	}
+	for (int i = 0; i < SRQ_PAIRS; i++) {
+		rc_connect(a[i], b[i]->qp_num, ACC_ALL);
+		rc_connect(b[i], a[i]->qp_num, ACC_ALL);
+	}
+	struct buf *src = buf_alloc(SRQ_TOTAL * SRQ_SLOT, "send buffers");
+	struct buf *dst = buf_alloc(SRQ_TOTAL * SRQ_SLOT, "SRQ receive slots");
+	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE);
+
+	/*
+	 * Receive k uses slot k: even k one SGE [0, 256), odd k two SGEs
+	 * [0, 80) and [128, 256) (bytes 80..127 must stay untouched). Posted
+	 * as one chain.
+	 */
+	set_step("post %d receives to the SRQ (one chain)", SRQ_TOTAL);
+	static struct ibv_recv_wr rw[SRQ_TOTAL];
+	static struct ibv_sge rs[SRQ_TOTAL][2];
+	for (int k = 0; k < SRQ_TOTAL; k++) {
+		uint8_t *slot = dst->p + (size_t)k * SRQ_SLOT;
+		memset(&rw[k], 0, sizeof(rw[k]));
+		rw[k].wr_id = 0x50000 + k;
+		rw[k].sg_list = rs[k];
+		if (k % 2 == 0) {
+			rs[k][0] = sge(slot, SRQ_SLOT, dmr->lkey);
+			rw[k].num_sge = 1;
+		} else {
+			rs[k][0] = sge(slot, 80, dmr->lkey);
+			rs[k][1] = sge(slot + 128, 128, dmr->lkey);
+			rw[k].num_sge = 2;
+		}
+		rw[k].next = k + 1 < SRQ_TOTAL ? &rw[k + 1] : NULL;
+	}
+	struct ibv_recv_wr *bad = NULL;
+	int rc = ibv_post_srq_recv(srq, &rw[0], &bad);
+	if (rc)
+		fatal("ibv_post_srq_recv of a chain of %d: returned %d (%s), bad_wr %p (first %p)",
+		      SRQ_TOTAL, rc, strerror(rc), (void *)bad, (void *)&rw[0]);
+
+	/* Message (i, j) comes from src slot i*NMSG+j and starts with its tag. */
+	set_step("SENDs on all %d pairs, interleaved", SRQ_PAIRS);
+	for (int j = 0; j < SRQ_NMSG; j++)
+		for (int i = 0; i < SRQ_PAIRS; i++) {
+			uint8_t *m = src->p + (size_t)(i * SRQ_NMSG + j) * SRQ_SLOT;
+			uint32_t tag = SRQ_TAG | (uint32_t)(i << 8) | (uint32_t)j;
+			buf_set(src, m - src->p, &tag, 4);
+			struct ibv_sge s = sge(m, srq_msg_len(i, j), smr->lkey);
+			send1(a[i], ((uint64_t)i << 32) | (uint64_t)j, IBV_WR_SEND, &s, 1, 0, 0, 0,
+			      "SEND");
+		}
+
+	set_step("send completions");
+	int next_send[SRQ_PAIRS] = { 0 };
+	for (int n = 0; n < SRQ_TOTAL; n++) {
+		struct ibv_wc wc;
+		poll1(a_scq, &wc, "send completion");
+		int i = (int)(wc.wr_id >> 32);
+		if (i < 0 || i >= SRQ_PAIRS) {
+			char d[400];
+			describe_wc(&wc, d, sizeof(d));
+			fail("send completion with an unknown wr_id: %s", d);
+			continue;
+		}
+		check_wc(&wc, "send completion (in order per QP)",
+			 ((uint64_t)i << 32) | (uint64_t)next_send[i], IBV_WC_SUCCESS, IBV_WC_SEND,
+			 a[i]);
+		next_send[i]++;
+	}
+
+	set_step("receive completions on the shared CQ");
+	int seen_slot[SRQ_TOTAL] = { 0 };
+	int next_seq[SRQ_PAIRS] = { 0 };
+	int per_qp[SRQ_PAIRS] = { 0 };
+	for (int n = 0; n < SRQ_TOTAL; n++) {
+		struct ibv_wc wc;
+		char d[400];
+		poll1(rcq, &wc, "receive completion");
+		describe_wc(&wc, d, sizeof(d));
+		if (wc.status != IBV_WC_SUCCESS || wc.opcode != IBV_WC_RECV) {
+			fail("receive completion %d: expected status IBV_WC_SUCCESS, opcode IBV_WC_RECV, "
+			     "got %s",
+			     n, d);
+			continue;
+		}
+		int64_t k = (int64_t)wc.wr_id - 0x50000;
+		if (k < 0 || k >= SRQ_TOTAL || seen_slot[k]) {
+			fail("receive completion %d: expected the wr_id of a posted, not yet completed "
+			     "SRQ receive (0x50000..0x%x), got %s",
+			     n, 0x50000 + SRQ_TOTAL - 1, d);
+			continue;
+		}
+		seen_slot[k] = 1;
+		uint8_t *slot = dst->p + (size_t)k * SRQ_SLOT;
+		uint32_t tag;
+		memcpy(&tag, slot, 4);
+		int i = (int)((tag >> 8) & 0xff), j = (int)(tag & 0xff);
+		if ((tag & 0xffff0000u) != SRQ_TAG || i >= SRQ_PAIRS || j >= SRQ_NMSG) {
+			fail("receive completion %d (slot %" PRId64 "): the slot does not start with a "
+			     "message tag (got 0x%08x); completion %s",
+			     n, k, tag, d);
+			continue;
+		}
+		per_qp[i]++;
+		if (wc.qp_num != b[i]->qp_num)
+			fail("receive of message (sender A%d, #%d) in slot %" PRId64
+			     ": wc.qp_num expected 0x%x (B%d, the receiving QP), got 0x%x; completion %s",
+			     i, j, k, b[i]->qp_num, i, wc.qp_num, d);
+		if (wc.src_qp != a[i]->qp_num)
+			fail("receive of message (A%d, #%d): wc.src_qp (flowverbs fills it for RC) "
+			     "expected 0x%x, got 0x%x",
+			     i, j, a[i]->qp_num, wc.src_qp);
+		if (j != next_seq[i])
+			fail("receive on B%d: expected message #%d next (RC delivers in order), got #%d",
+			     i, next_seq[i], j);
+		next_seq[i] = j + 1;
+		uint32_t len = srq_msg_len(i, j);
+		if (wc.byte_len != len)
+			fail("receive of message (A%d, #%d): wc.byte_len expected %u, got %u", i, j,
+			     len, wc.byte_len);
+		const uint8_t *m = src->p + (size_t)(i * SRQ_NMSG + j) * SRQ_SLOT;
+		if (k % 2 == 0) {
+			buf_expect(dst, (size_t)k * SRQ_SLOT, m, len);
+		} else {
+			buf_expect(dst, (size_t)k * SRQ_SLOT, m, 80);
+			buf_expect(dst, (size_t)k * SRQ_SLOT + 128, m + 80, len - 80);
+		}
+	}
+	for (int i = 0; i < SRQ_PAIRS; i++)
+		if (per_qp[i] != SRQ_NMSG)
+			fail("B%d: expected %d receive completions, got %d", i, SRQ_NMSG, per_qp[i]);
+	buf_check(dst, "SRQ receive slots (message data by wr_id; odd slots: bytes 80..127 "
+		       "untouched; bytes after the message untouched)");
+	expect_empty(rcq, 100, "shared receive CQ after all messages");
+	expect_empty(b_scq, 10, "B send CQ");
+
+	for (int i = 0; i < SRQ_PAIRS; i++) {
+		ibv_destroy_qp(a[i]);
+		ibv_destroy_qp(b[i]);
+	}
+	srq_destroy(srq);
+	ibv_destroy_cq(a_scq);
+	ibv_destroy_cq(a_rcq);
+	ibv_destroy_cq(b_scq);
+	ibv_destroy_cq(rcq);
+	dereg(smr);
+	dereg(dmr);
+	buf_free(src);
+	buf_free(dst);
+}
+
+static void case_srq_misuse(void)
+{
+	struct ibv_srq *srq = srq_create(64, 1, NULL);
+	struct ibv_cq *a_cq = cq_new(64), *b_cq = cq_new(64);
+	struct qp_cfg c = CFG_DEFAULT;
+	struct ibv_qp *a = qp_create(IBV_QPT_RC, a_cq, a_cq, NULL, &c);
+	struct ibv_qp *b = qp_create(IBV_QPT_RC, b_cq, b_cq, srq, &c);
+	rc_connect(a, b->qp_num, ACC_ALL);
+	rc_connect(b, a->qp_num, ACC_ALL);
+	struct buf *src = buf_alloc(4096, "source");
+	struct buf *dst = buf_alloc(4096, "receive buffers");
+	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE);
+
+	set_step("ibv_post_recv on a QP that has an SRQ");
+	struct ibv_sge r = sge(dst->p + 2048, 512, dmr->lkey);
+	struct ibv_recv_wr rw, *bad = NULL;
+	memset(&rw, 0, sizeof(rw));
+	rw.wr_id = 0xBAD;
+	rw.sg_list = &r;
+	rw.num_sge = 1;
+	int rc = ibv_post_recv(b, &rw, &bad);
+	if (rc != EINVAL)
+		fail("ibv_post_recv on a QP with an SRQ: expected %d (EINVAL), got %d (%s)", EINVAL,
+		     rc, strerror(rc));
+	if (bad != &rw)
+		fail("ibv_post_recv on a QP with an SRQ: expected bad_wr = %p, got %p", (void *)&rw,
+		     (void *)bad);
+
+	set_step("SEND to the QP: uses the SRQ receive, not the rejected one");
+	struct ibv_sge rs = sge(dst->p + 5, 300, dmr->lkey);
+	srq_recv1(srq, 0x600, &rs, 1, "SRQ receive");
+	struct ibv_sge ss = sge(src->p + 3, 200, smr->lkey);
+	buf_expect(dst, 5, src->p + 3, 200);
+	send1(a, 0x601, IBV_WR_SEND, &ss, 1, 0, 0, 0, "SEND");
+	expect_wc(a_cq, "sender completion", 0x601, IBV_WC_SUCCESS, IBV_WC_SEND, a, NULL);
+	expect_recv(b_cq, "receive from the SRQ", 0x600, b, 200, 0, 0, IBV_WC_RECV, NULL);
+	buf_check(dst, "receive buffers (SRQ buffer filled; the rejected receive's untouched)");
+
+	set_step("ibv_destroy_srq while a QP uses it");
+	rc = ibv_destroy_srq(srq);
+	if (rc != EBUSY)
+		fatal("ibv_destroy_srq while QP 0x%x is attached: expected %d (EBUSY), got %d (%s)",
+		      b->qp_num, EBUSY, rc, strerror(rc));
+
+	set_step("the SRQ still works after the refused destroy");
+	rs = sge(dst->p + 1000, 300, dmr->lkey);
+	srq_recv1(srq, 0x602, &rs, 1, "SRQ receive");
+	ss = sge(src->p + 1000, 77, smr->lkey);
+	buf_expect(dst, 1000, src->p + 1000, 77);
+	send1(a, 0x603, IBV_WR_SEND, &ss, 1, 0, 0, 0, "SEND");
+	expect_wc(a_cq, "sender completion", 0x603, IBV_WC_SUCCESS, IBV_WC_SEND, a, NULL);
+	expect_recv(b_cq, "receive from the SRQ", 0x602, b, 77, 0, 0, IBV_WC_RECV, NULL);
+	buf_check(dst, "receive buffers");
+	expect_empty(b_cq, 100, "receiver CQ (the rejected receive never completes)");
+
+	set_step("ibv_destroy_srq after its QP is destroyed");
+	ibv_destroy_qp(b);
+	rc = ibv_destroy_srq(srq);
+	if (rc)
+		fail("ibv_destroy_srq after destroying its only QP: expected 0, got %d (%s)", rc,
+		     strerror(rc));
+	ibv_destroy_qp(a);
+	ibv_destroy_cq(a_cq);
+	ibv_destroy_cq(b_cq);
+	dereg(smr);
+	dereg(dmr);
+	buf_free(src);
+	buf_free(dst);
+}
+
+static void case_srq_rnr(void)
+{
+	struct ibv_srq *srq = srq_create(16, 1, NULL);
+	struct ibv_cq *scq = cq_new(64), *rcq = cq_new(64), *other = cq_new(64);
+	struct qp_cfg c = CFG_DEFAULT;
+	struct ibv_qp *a[2], *b[2];
+	for (int i = 0; i < 2; i++) {
+		a[i] = qp_create(IBV_QPT_RC, scq, other, NULL, &c);
+		b[i] = qp_create(IBV_QPT_RC, other, rcq, srq, &c);
+	}
+	for (int i = 0; i < 2; i++) {
+		rc_connect(a[i], b[i]->qp_num, ACC_ALL);
+		rc_connect(b[i], a[i]->qp_num, ACC_ALL);
+	}
+	struct buf *src = buf_alloc(8192, "source");
+	struct buf *dst = buf_alloc(8192, "receive buffers");
+	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE);
+	uint32_t len[2] = { 1500, 999 };
+	size_t soff[2] = { 1, 4001 };
+
+	set_step("SENDs from A0 and A1 while the SRQ is empty (rnr_retry 7)");
+	for (int i = 0; i < 2; i++) {
+		struct ibv_sge s = sge(src->p + soff[i], len[i], smr->lkey);
+		send1(a[i], 0x700 + i, IBV_WR_SEND, &s, 1, 0, 0, 0, "SEND");
+	}
+	expect_empty(scq, 200, "senders while no SRQ receive is posted");
+	expect_empty(rcq, 10, "receivers while no SRQ receive is posted");
+
+	int got_first = -1;
+	for (int r = 0; r < 2; r++) {
+		set_step("SRQ receive %d posted late", r);
+		struct ibv_sge rs = sge(dst->p + 3 + 4096 * r, 2000, dmr->lkey);
+		srq_recv1(srq, 0x710 + r, &rs, 1, "late SRQ receive");
+		struct ibv_wc wc;
+		char d[400];
+		poll1(rcq, &wc, "receive completion after posting an SRQ receive");
+		describe_wc(&wc, d, sizeof(d));
+		int i = wc.qp_num == b[0]->qp_num ? 0 : wc.qp_num == b[1]->qp_num ? 1 : -1;
+		if (i < 0 || i == got_first) {
+			fail("receive %d: expected a completion on %s, got %s", r,
+			     got_first < 0 ? "B0 or B1" : (got_first ? "B0" : "B1"), d);
+			continue;
+		}
+		check_wc(&wc, "receive completion", 0x710 + r, IBV_WC_SUCCESS, IBV_WC_RECV, b[i]);
+		EXPECT_EQ("receive completion byte_len", wc.byte_len, len[i]);
+		buf_expect(dst, 3 + 4096 * r, src->p + soff[i], len[i]);
+		buf_check(dst, "receive buffers");
+		expect_wc(scq, "the matching sender's completion", 0x700 + i, IBV_WC_SUCCESS,
+			  IBV_WC_SEND, a[i], NULL);
+		if (r == 0) {
+			expect_empty(scq, 200, "the other sender (still no receive for it)");
+			expect_empty(rcq, 10, "no second receive completion");
+		}
+		got_first = i;
+	}
+	expect_empty(rcq, 50, "receive CQ at the end");
+
+	for (int i = 0; i < 2; i++) {
+		ibv_destroy_qp(a[i]);
+		ibv_destroy_qp(b[i]);
+	}
+	srq_destroy(srq);
+	ibv_destroy_cq(scq);
+	ibv_destroy_cq(rcq);
+	ibv_destroy_cq(other);
+	dereg(smr);
+	dereg(dmr);
+	buf_free(src);
+	buf_free(dst);
+}
+
+/* ------------------------------------------------------------------------ */
+/* UD                                                                        */
+
+#define GRH 40
+#define UD_MTU 4096
+
+static void case_ud_ah(void)
+{
+	struct ibv_ah_attr a;
+
+	set_step("ibv_create_ah(port 1, is_global 1, dgid = GID %d)", gid_index());
+	ah_attr_to(&a, &E.gid);
+	errno = 0;
+	struct ibv_ah *ah = ibv_create_ah(E.pd, &a);
+	if (!ah) {
+		fail("ibv_create_ah(port 1, GRH to our GID): expected an AH, got NULL, errno %d (%s)",
+		     errno, strerror(errno));
+	} else {
+		if (ah->context != E.ctx || ah->pd != E.pd)
+			fail("ah fields: expected context %p pd %p, got %p %p", (void *)E.ctx,
+			     (void *)E.pd, (void *)ah->context, (void *)ah->pd);
+		int rc = ibv_destroy_ah(ah);
+		EXPECT_EQ("ibv_destroy_ah return value", rc, 0);
+	}
+
+	set_step("ibv_create_ah with port_num 2 (fv0 has one port)");
+	ah_attr_to(&a, &E.gid);
+	a.port_num = 2;
+	errno = 0;
+	ah = ibv_create_ah(E.pd, &a);
+	if (ah) {
+		fail("ibv_create_ah(port_num 2): expected NULL, got an AH");
+		ibv_destroy_ah(ah);
+	} else if (errno == 0) {
+		fail("ibv_create_ah(port_num 2): returned NULL but errno is 0");
+	}
+
+	set_step("ibv_create_ah with sgid_index = gid_tbl_len (%d)", E.port.gid_tbl_len);
+	ah_attr_to(&a, &E.gid);
+	a.grh.sgid_index = (uint8_t)E.port.gid_tbl_len;
+	errno = 0;
+	ah = ibv_create_ah(E.pd, &a);
+	if (ah) {
+		fail("ibv_create_ah(sgid_index %d, beyond the GID table of length %d): expected NULL, "
+		     "got an AH",
+		     a.grh.sgid_index, E.port.gid_tbl_len);
+		ibv_destroy_ah(ah);
+	}
+}
+
+/* Whether a GID is IPv4-mapped (::ffff:a.b.c.d), i.e. a RoCE v2 IPv4 GID. */
+static int gid_is_ipv4(const uint8_t *g)
+{
+	static const uint8_t prefix[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+	return memcmp(g, prefix, 12) == 0;
+}
+
+/*
+ * Checks the 40-byte GRH area of a UD receive. For a RoCE v2 GID that is
+ * IPv4-mapped (fv0's GID 0 is ::ffff:<host IPv4>), a NIC writes the packet's
+ * IPv4 header into bytes 20..39 (bytes 0..19 undefined): this is the layout
+ * rdma-core's ibv_init_ah_from_wc and kernel rxe/mlx5 use. Otherwise the
+ * area is an IPv6-style GRH: version 6, SGID at 8..23, DGID at 24..39.
+ * sgid is the sender's GID, dgid the receiver's.
+ */
+static int check_grh(const uint8_t *grh, const uint8_t *sgid, const uint8_t *dgid,
+		     const char *what)
+{
+	char e[64], g[64];
+	int ok = 1;
+	if (gid_is_ipv4(sgid)) {
+		const uint8_t *ip = grh + 20;
+		if (ip[0] != 0x45) {
+			fail("%s: GRH area byte 20 (IPv4 version/IHL for an IPv4-mapped RoCE v2 GID): "
+			     "expected 0x45, got 0x%02x",
+			     what, ip[0]);
+			ok = 0;
+		}
+		if (ip[9] != 17) {
+			fail("%s: GRH area byte 29 (IPv4 protocol): expected 17 (UDP), got %u", what,
+			     ip[9]);
+			ok = 0;
+		}
+		if (memcmp(ip + 12, sgid + 12, 4) != 0) {
+			inet_ntop(AF_INET, sgid + 12, e, sizeof(e));
+			inet_ntop(AF_INET, ip + 12, g, sizeof(g));
+			fail("%s: GRH area bytes 32..35 (IPv4 source): expected the sender's address "
+			     "%s, got %s",
+			     what, e, g);
+			ok = 0;
+		}
+		if (memcmp(ip + 16, dgid + 12, 4) != 0) {
+			inet_ntop(AF_INET, dgid + 12, e, sizeof(e));
+			inet_ntop(AF_INET, ip + 16, g, sizeof(g));
+			fail("%s: GRH area bytes 36..39 (IPv4 destination): expected the receiver's "
+			     "address %s, got %s",
+			     what, e, g);
+			ok = 0;
+		}
+		uint32_t sum = 0;
+		for (int i = 0; i < 20; i += 2)
+			sum += (uint32_t)(ip[i] << 8 | ip[i + 1]);
+		while (sum >> 16)
+			sum = (sum & 0xffff) + (sum >> 16);
+		if (sum != 0xffff) {
+			fail("%s: GRH area bytes 20..39: IPv4 header checksum does not verify (sum "
+			     "0x%04x, expected 0xffff)",
+			     what, sum);
+			ok = 0;
+		}
+		return ok;
+	}
+	if ((grh[0] >> 4) != 6) {
+		fail("%s: GRH byte 0: expected IP version 6 in the high nibble, got 0x%02x", what,
+		     grh[0]);
+		ok = 0;
+	}
+	if (memcmp(grh + 8, sgid, 16) != 0) {
+		gid_str(sgid, e, sizeof(e));
+		gid_str(grh + 8, g, sizeof(g));
+		fail("%s: GRH bytes 8..23 (SGID): expected the sender's GID %s, got %s", what, e, g);
+		ok = 0;
+	}
+	if (memcmp(grh + 24, dgid, 16) != 0) {
+		gid_str(dgid, e, sizeof(e));
+		gid_str(grh + 24, g, sizeof(g));
+		fail("%s: GRH bytes 24..39 (DGID): expected the receiver's GID %s, got %s", what, e,
+		     g);
+		ok = 0;
+	}
+	return ok;
+}
+
+/*
+ * What a UD responder does to answer: ibv_init_ah_from_wc on the completion
+ * and its GRH must give an address vector back to the sender's GID.
+ */
+static int check_ah_from_wc(const struct ibv_wc *wc, const uint8_t *grh, const char *what)
+{
+	struct ibv_ah_attr a;
+	memset(&a, 0, sizeof(a));
+	int rc = ibv_init_ah_from_wc(E.ctx, 1, (struct ibv_wc *)wc, (struct ibv_grh *)grh, &a);
+	if (rc) {
+		fail("%s: ibv_init_ah_from_wc(port 1) returned %d, errno %d (%s)", what, rc, errno,
+		     strerror(errno));
+		return 0;
+	}
+	int ok = 1;
+	if (!a.is_global) {
+		fail("%s: ibv_init_ah_from_wc: expected is_global 1, got 0", what);
+		ok = 0;
+	}
+	if (memcmp(a.grh.dgid.raw, E.gid.raw, 16) != 0) {
+		char e[64], g[64];
+		gid_str(E.gid.raw, e, sizeof(e));
+		gid_str(a.grh.dgid.raw, g, sizeof(g));
+		fail("%s: ibv_init_ah_from_wc: grh.dgid expected the sender's GID %s, got %s", what, e,
+		     g);
+		ok = 0;
+	}
+	if (a.grh.sgid_index != gid_index()) {
+		fail("%s: ibv_init_ah_from_wc: grh.sgid_index expected %d, got %u", what, gid_index(),
+		     a.grh.sgid_index);
+		ok = 0;
+	}
+	if (a.port_num != 1) {
+		fail("%s: ibv_init_ah_from_wc: port_num expected 1, got %u", what, a.port_num);
+		ok = 0;
+	}
+	return ok;
+}
+
+/* Checks a UD receive completion and the GRH area in front of the payload. */
+static int check_ud_recv(const struct ibv_wc *wc, const char *what, uint64_t wr_id,
+			 struct ibv_qp *rq, struct ibv_qp *sender, uint32_t len, int with_imm,
+			 uint32_t imm_host, const uint8_t *grh)
+{
+	int ok = check_wc(wc, what, wr_id, IBV_WC_SUCCESS, IBV_WC_RECV, rq);
+	if (wc->status != IBV_WC_SUCCESS)
+		return 0;
+	if (wc->byte_len != len + GRH) {
+		fail("%s: wc.byte_len: expected %u (payload %u + 40-byte GRH), got %u", what,
+		     len + GRH, len, wc->byte_len);
+		ok = 0;
+	}
+	if (!(wc->wc_flags & IBV_WC_GRH)) {
+		fail("%s: wc.wc_flags: expected IBV_WC_GRH (0x%x) set, got 0x%x", what, IBV_WC_GRH,
+		     wc->wc_flags);
+		ok = 0;
+	}
+	if (wc->src_qp != sender->qp_num) {
+		fail("%s: wc.src_qp: expected 0x%x (the sender's qp_num), got 0x%x", what,
+		     sender->qp_num, wc->src_qp);
+		ok = 0;
+	}
+	check_imm(wc, what, with_imm, imm_host);
+	/* Sender and receiver are on this host: both GIDs are ours. */
+	if (grh && !check_grh(grh, E.gid.raw, E.gid.raw, what))
+		ok = 0;
+	if (grh && (wc->wc_flags & IBV_WC_GRH) && !check_ah_from_wc(wc, grh, what))
+		ok = 0;
+	return ok;
+}
+
+struct ud_env {
+	struct ibv_cq *a_scq, *a_rcq, *b_scq, *b_rcq;
+	struct ibv_qp *a, *b; /* sender, receiver (both can do both) */
+	struct ibv_ah *ah;    /* to our own GID */
+	struct buf *src, *dst;
+	struct ibv_mr *smr, *dmr;
+};
+
+static void ud_env_new(struct ud_env *u, size_t srcsz, size_t dstsz)
+{
+	u->a_scq = cq_new(256);
+	u->a_rcq = cq_new(256);
+	u->b_scq = cq_new(256);
+	u->b_rcq = cq_new(256);
+	u->a = ud_new(u->a_scq, u->a_rcq, QKEY);
+	u->b = ud_new(u->b_scq, u->b_rcq, QKEY);
+	u->ah = ah_new(&E.gid);
+	u->src = buf_alloc(srcsz, "send buffer");
+	u->dst = buf_alloc(dstsz, "receive buffer");
+	u->smr = reg(u->src->p, u->src->n, IBV_ACCESS_LOCAL_WRITE);
+	u->dmr = reg(u->dst->p, u->dst->n, IBV_ACCESS_LOCAL_WRITE);
+}
+
+static void ud_env_free(struct ud_env *u)
+{
+	ibv_destroy_qp(u->a);
+	ibv_destroy_qp(u->b);
+	int rc = ibv_destroy_ah(u->ah);
+	if (rc)
+		fail("ibv_destroy_ah returned %d (%s)", rc, strerror(rc));
+	ibv_destroy_cq(u->a_scq);
+	ibv_destroy_cq(u->a_rcq);
+	ibv_destroy_cq(u->b_scq);
+	ibv_destroy_cq(u->b_rcq);
+	dereg(u->smr);
+	dereg(u->dmr);
+	buf_free(u->src);
+	buf_free(u->dst);
+}
+
+static void case_ud_send(void)
+{
+	struct ud_env u;
+	ud_env_new(&u, 3 * 8192, 64 * 8192);
+	struct ibv_wc wc;
+	char what[200];
+	static const uint32_t sizes[] = { 1, 2, 7, 64, 1000, 1500, 4095, 4096 };
+
+	for (size_t si = 0; si < sizeof(sizes) / sizeof(sizes[0]); si++) {
+		for (int imm = 0; imm < 2; imm++) {
+			uint32_t len = sizes[si];
+			enum ibv_wr_opcode op = imm ? IBV_WR_SEND_WITH_IMM : IBV_WR_SEND;
+			set_step("UD %s of %u bytes", imm ? "SEND_WITH_IMM" : "SEND", len);
+			size_t roff = 3 + (si * 2 + imm) * 8192; /* unaligned */
+			size_t soff = 1 + (size_t)imm * 8192 + si;
+			struct ibv_sge rs = sge(u.dst->p + roff, GRH + UD_MTU + 100, u.dmr->lkey);
+			uint64_t rid = 0x1000 + si * 2 + imm;
+			recv1(u.b, rid, &rs, 1, "UD receive");
+			struct ibv_sge ss = sge(u.src->p + soff, len, u.smr->lkey);
+			uint32_t immv = 0xC0DE0000u + (uint32_t)si;
+			ud_send1(u.a, 0x2000 + si * 2 + imm, op, &ss, 1, u.ah, u.b->qp_num, QKEY, immv,
+				 "UD send");
+			expect_wc(u.a_scq, "sender completion", 0x2000 + si * 2 + imm, IBV_WC_SUCCESS,
+				  IBV_WC_SEND, u.a, NULL);
+			poll1(u.b_rcq, &wc, "receive completion");
+			snprintf(what, sizeof(what), "receive of a %u-byte %s", len,
+				 imm ? "SEND_WITH_IMM" : "SEND");
+			check_ud_recv(&wc, what, rid, u.b, u.a, len, imm, immv, u.dst->p + roff);
+			buf_accept(u.dst, roff, GRH); /* checked field by field above */
+			buf_expect(u.dst, roff + GRH, u.src->p + soff, len);
+			snprintf(what, sizeof(what),
+				 "receive buffer after a %u-byte message (payload at offset 40 of the "
+				 "receive, nothing after it)",
+				 len);
+			buf_check(u.dst, what);
+		}
+	}
+
+	set_step("B answers A through ibv_create_ah_from_wc");
+	{
+		size_t roff_b = 23 * 8192 + 3, roff_a = 23 * 8192 + 4096 + 5;
+		struct ibv_sge rs = sge(u.dst->p + roff_b, GRH + 100, u.dmr->lkey);
+		recv1(u.b, 0x1300, &rs, 1, "receive on B");
+		struct ibv_sge ra = sge(u.dst->p + roff_a, GRH + 100, u.dmr->lkey);
+		recv1(u.a, 0x1301, &ra, 1, "receive on A");
+		struct ibv_sge ss = sge(u.src->p + 50, 90, u.smr->lkey);
+		ud_send1(u.a, 0x2300, IBV_WR_SEND, &ss, 1, u.ah, u.b->qp_num, QKEY, 0, "request");
+		expect_wc(u.a_scq, "request sender completion", 0x2300, IBV_WC_SUCCESS, IBV_WC_SEND,
+			  u.a, NULL);
+		poll1(u.b_rcq, &wc, "request receive completion");
+		check_ud_recv(&wc, "request", 0x1300, u.b, u.a, 90, 0, 0, u.dst->p + roff_b);
+		errno = 0;
+		struct ibv_ah *back =
+			ibv_create_ah_from_wc(E.pd, &wc, (struct ibv_grh *)(u.dst->p + roff_b), 1);
+		if (!back)
+			fatal("ibv_create_ah_from_wc(request completion, its GRH, port 1) returned NULL, "
+			      "errno %d (%s)",
+			      errno, strerror(errno));
+		struct ibv_sge sb = sge(u.src->p + 500, 70, u.smr->lkey);
+		ud_send1(u.b, 0x2301, IBV_WR_SEND, &sb, 1, back, wc.src_qp, QKEY, 0, "reply");
+		expect_wc(u.b_scq, "reply sender completion", 0x2301, IBV_WC_SUCCESS, IBV_WC_SEND,
+			  u.b, NULL);
+		poll1(u.a_rcq, &wc, "reply receive completion");
+		check_ud_recv(&wc, "reply (AH from the request's completion)", 0x1301, u.a, u.b, 70, 0,
+			      0, u.dst->p + roff_a);
+		buf_accept(u.dst, roff_b, GRH);
+		buf_accept(u.dst, roff_a, GRH);
+		buf_expect(u.dst, roff_b + GRH, u.src->p + 50, 90);
+		buf_expect(u.dst, roff_a + GRH, u.src->p + 500, 70);
+		buf_check(u.dst, "receive buffers of request and reply");
+		int rc = ibv_destroy_ah(back);
+		if (rc)
+			fail("ibv_destroy_ah of the AH from ibv_create_ah_from_wc returned %d (%s)", rc,
+			     strerror(rc));
+	}
+
+	set_step("receive with the GRH in its own 40-byte SGE");
+	{
+		uint32_t len = 3000;
+		size_t goff = 20 * 8192 + 5, poff = 21 * 8192 + 9;
+		struct ibv_sge rs[2] = { sge(u.dst->p + goff, GRH, u.dmr->lkey),
+					 sge(u.dst->p + poff, UD_MTU, u.dmr->lkey) };
+		struct ibv_recv_wr rw, *bad = NULL;
+		memset(&rw, 0, sizeof(rw));
+		rw.wr_id = 0x1100;
+		rw.sg_list = rs;
+		rw.num_sge = 2;
+		int rc = ibv_post_recv(u.b, &rw, &bad);
+		if (rc)
+			fatal("ibv_post_recv with 2 SGEs returned %d (%s)", rc, strerror(rc));
+		struct ibv_sge ss = sge(u.src->p + 100, len, u.smr->lkey);
+		ud_send1(u.a, 0x2100, IBV_WR_SEND, &ss, 1, u.ah, u.b->qp_num, QKEY, 0, "UD send");
+		expect_wc(u.a_scq, "sender completion", 0x2100, IBV_WC_SUCCESS, IBV_WC_SEND, u.a,
+			  NULL);
+		poll1(u.b_rcq, &wc, "receive completion");
+		check_ud_recv(&wc, "receive into [GRH SGE, payload SGE]", 0x1100, u.b, u.a, len, 0, 0,
+			      u.dst->p + goff);
+		buf_accept(u.dst, goff, GRH);
+		buf_expect(u.dst, poff, u.src->p + 100, len);
+		buf_check(u.dst, "receive buffer (payload at the start of the second SGE)");
+	}
+
+	set_step("UD send to itself (A -> A)");
+	{
+		uint32_t len = 321;
+		size_t roff = 22 * 8192 + 1;
+		struct ibv_sge rs = sge(u.dst->p + roff, GRH + len, u.dmr->lkey);
+		recv1(u.a, 0x1200, &rs, 1, "receive on A");
+		struct ibv_sge ss = sge(u.src->p + 7, len, u.smr->lkey);
+		ud_send1(u.a, 0x2200, IBV_WR_SEND_WITH_IMM, &ss, 1, u.ah, u.a->qp_num, QKEY, 0x5E1F,
+			 "UD send to self");
+		expect_wc(u.a_scq, "sender completion", 0x2200, IBV_WC_SUCCESS, IBV_WC_SEND, u.a,
+			  NULL);
+		poll1(u.a_rcq, &wc, "receive completion on A");
+		check_ud_recv(&wc, "receive of A's message to itself (receive exactly len + 40)",
+			      0x1200, u.a, u.a, len, 1, 0x5E1F, u.dst->p + roff);
+		buf_accept(u.dst, roff, GRH);
+		buf_expect(u.dst, roff + GRH, u.src->p + 7, len);
+		buf_check(u.dst, "receive buffer");
+	}
+
+	set_step("burst: 32 receives, 32 sends, then poll");
+	{
+		enum { N = 32 };
+		int seen[N] = { 0 };
+		for (int k = 0; k < N; k++) {
+			struct ibv_sge rs = sge(u.dst->p + (size_t)(24 + k) * 8192, GRH + UD_MTU,
+						u.dmr->lkey);
+			recv1(u.b, 0x3000 + k, &rs, 1, "burst receive");
+		}
+		/* The messages overlap in the source: tag them all before posting. */
+		for (int k = 0; k < N; k++) {
+			uint32_t tag = 0xB0B00000u | (uint32_t)k;
+			buf_set(u.src, 16384 + 64 * (size_t)k, &tag, 4);
+		}
+		for (int k = 0; k < N; k++) {
+			uint32_t len = 8 + (uint32_t)(k * 127) % (UD_MTU - 8);
+			uint8_t *m = u.src->p + 16384 + 64 * (size_t)k;
+			struct ibv_sge ss = sge(m, len, u.smr->lkey);
+			ud_send1(u.a, 0x4000 + k, IBV_WR_SEND, &ss, 1, u.ah, u.b->qp_num, QKEY, 0,
+				 "burst send");
+		}
+		for (int k = 0; k < N; k++) {
+			snprintf(what, sizeof(what), "burst sender completion %d (in order)", k);
+			expect_wc(u.a_scq, what, 0x4000 + k, IBV_WC_SUCCESS, IBV_WC_SEND, u.a, NULL);
+		}
+		for (int n = 0; n < N; n++) {
+			poll1(u.b_rcq, &wc, "burst receive completion");
+			int64_t k = (int64_t)wc.wr_id - 0x3000;
+			if (k < 0 || k >= N || seen[k] || wc.status != IBV_WC_SUCCESS) {
+				char d[400];
+				describe_wc(&wc, d, sizeof(d));
+				fail("burst receive %d: expected a successful completion of a posted "
+				     "receive, got %s",
+				     n, d);
+				continue;
+			}
+			seen[k] = 1;
+			size_t roff = (size_t)(24 + k) * 8192;
+			uint32_t tag;
+			memcpy(&tag, u.dst->p + roff + GRH, 4);
+			int m = (int)(tag & 0xffff);
+			if ((tag & 0xffff0000u) != 0xB0B00000u || m >= N) {
+				fail("burst receive %" PRId64 ": no message tag after the GRH (got 0x%08x)",
+				     k, tag);
+				continue;
+			}
+			uint32_t len = 8 + (uint32_t)(m * 127) % (UD_MTU - 8);
+			snprintf(what, sizeof(what), "burst receive (slot %" PRId64 ", message %d)",
+				 k, m);
+			check_ud_recv(&wc, what, wc.wr_id, u.b, u.a, len, 0, 0, u.dst->p + roff);
+			buf_accept(u.dst, roff, GRH);
+			buf_expect(u.dst, roff + GRH, u.src->p + 16384 + 64 * (size_t)m, len);
+		}
+		buf_check(u.dst, "burst receive buffers");
+	}
+	expect_empty(u.b_rcq, 50, "receiver CQ at the end");
+	expect_empty(u.a_rcq, 10, "A's receive CQ at the end");
+	ud_env_free(&u);
+}
+
+static void case_ud_too_long(void)
+{
+	struct ud_env u;
+	ud_env_new(&u, 16384, 16384);
+	struct ibv_wc wc;
+
+	set_step("UD SEND of %d bytes (MTU %d) to a receive of 8232 bytes", UD_MTU + 1, UD_MTU);
+	struct ibv_sge rs = sge(u.dst->p + 1, GRH + 8192, u.dmr->lkey);
+	recv1(u.b, 0x1, &rs, 1, "large receive");
+	struct ibv_sge ss = sge(u.src->p, UD_MTU + 1, u.smr->lkey);
+	ud_send1(u.a, 0x2, IBV_WR_SEND, &ss, 1, u.ah, u.b->qp_num, QKEY, 0, "UD send of MTU + 1");
+	expect_wc(u.a_scq, "sender completion of a message larger than the MTU", 0x2,
+		  IBV_WC_LOC_LEN_ERR, -1, u.a, NULL);
+	expect_empty(u.b_rcq, DROP_WAIT_MS, "receiver (nothing is delivered)");
+	buf_check(u.dst, "receive buffer untouched");
+	/*
+	 * A send completion error takes a UD QP out of RTS: to SQE per the IB
+	 * specification (kernel rxe and others use ERR); either is accepted.
+	 */
+	enum ibv_qp_state st = qp_state(u.a);
+	if (st != IBV_QPS_SQE && st != IBV_QPS_ERR)
+		fail("UD sender after a LOC_LEN_ERR completion: expected IBV_QPS_SQE or IBV_QPS_ERR, "
+		     "got IBV_QPS_%s (%d)",
+		     state_str(st), (int)st);
+
+	set_step("UD SEND of 100 bytes into a 100-byte receive (no room for the GRH)");
+	/* The large receive is still posted on B: a fresh receiver. */
+	struct ibv_cq *c_scq = cq_new(16), *c_rcq = cq_new(16);
+	struct ibv_qp *c = ud_new(c_scq, c_rcq, QKEY);
+	struct ibv_qp *a2 = ud_new(u.a_scq, u.a_rcq, QKEY);
+	struct ibv_sge small = sge(u.dst->p + 9000, 100, u.dmr->lkey);
+	recv1(c, 0x3, &small, 1, "100-byte receive");
+	ss = sge(u.src->p + 5, 100, u.smr->lkey);
+	ud_send1(a2, 0x4, IBV_WR_SEND, &ss, 1, u.ah, c->qp_num, QKEY, 0, "UD send of 100 bytes");
+	expect_wc(u.a_scq, "sender completion (UD: independent of the receiver)", 0x4,
+		  IBV_WC_SUCCESS, IBV_WC_SEND, a2, NULL);
+	poll1(c_rcq, &wc, "receiver completion");
+	check_wc(&wc, "receive too small for GRH + payload", 0x3, IBV_WC_LOC_LEN_ERR, -1, c);
+
+	ibv_destroy_qp(c);
+	ibv_destroy_qp(a2);
+	ibv_destroy_cq(c_scq);
+	ibv_destroy_cq(c_rcq);
+	ud_env_free(&u);
+}
+
+/* A send that must be dropped: the sender completes, nothing arrives. */
+static void ud_expect_dropped(struct ibv_qp *sender, struct ibv_cq *scq, uint64_t wr_id,
+			      struct ibv_cq *watch, const char *what)
+{
+	char w[300];
+	snprintf(w, sizeof(w), "%s: sender completion (UD: success even if nothing is delivered)",
+		 what);
+	expect_wc(scq, w, wr_id, IBV_WC_SUCCESS, IBV_WC_SEND, sender, NULL);
+	snprintf(w, sizeof(w), "%s: receiver (the datagram must be dropped)", what);
+	expect_empty(watch, DROP_WAIT_MS, w);
+}
+
+/* Sends len bytes from src+soff and expects them in the receive at roff. */
+static void ud_expect_delivered(struct ud_env *u, struct ibv_qp *sender, struct ibv_cq *scq,
+				uint64_t wr_id, struct ibv_qp *rq, struct ibv_cq *rcq,
+				uint64_t rwr_id, size_t roff, size_t soff, uint32_t len,
+				const char *what)
+{
+	char w[300];
+	struct ibv_wc wc;
+	snprintf(w, sizeof(w), "%s: sender completion", what);
+	expect_wc(scq, w, wr_id, IBV_WC_SUCCESS, IBV_WC_SEND, sender, NULL);
+	snprintf(w, sizeof(w), "%s: receive completion", what);
+	poll1(rcq, &wc, w);
+	check_ud_recv(&wc, w, rwr_id, rq, sender, len, 0, 0, u->dst->p + roff);
+	buf_accept(u->dst, roff, GRH);
+	buf_expect(u->dst, roff + GRH, u->src->p + soff, len);
+	snprintf(w, sizeof(w), "%s: receive buffer", what);
+	buf_check(u->dst, w);
+}
+
+static void case_ud_qkey(void)
+{
+	struct ud_env u;
+	ud_env_new(&u, 8192, 8192);
+	struct ibv_sge rs, ss;
+
+	set_step("wrong Q_Key (0x11111112 to a QP with 0x11111111)");
+	rs = sge(u.dst->p + 1, GRH + 200, u.dmr->lkey);
+	recv1(u.b, 0x10, &rs, 1, "receive");
+	ss = sge(u.src->p + 0, 150, u.smr->lkey);
+	ud_send1(u.a, 0x20, IBV_WR_SEND, &ss, 1, u.ah, u.b->qp_num, QKEY + 1, 0, "send");
+	ud_expect_dropped(u.a, u.a_scq, 0x20, u.b_rcq, "wrong Q_Key");
+	buf_check(u.dst, "receive buffer untouched by the dropped datagram");
+
+	set_step("right Q_Key: the receive still posted gets this message");
+	ss = sge(u.src->p + 1000, 120, u.smr->lkey);
+	ud_send1(u.a, 0x21, IBV_WR_SEND, &ss, 1, u.ah, u.b->qp_num, QKEY, 0, "send");
+	ud_expect_delivered(&u, u.a, u.a_scq, 0x21, u.b, u.b_rcq, 0x10, 1, 1000, 120,
+			    "right Q_Key after a wrong one");
+
+	/* C: a UD QP whose own Q_Key differs from B's. */
+	struct ibv_cq *c_scq = cq_new(16), *c_rcq = cq_new(16);
+	struct ibv_qp *c = ud_new(c_scq, c_rcq, 0x22222222);
+
+	set_step("remote_qkey 0x80000000 from C (own Q_Key 0x22222222 != B's)");
+	rs = sge(u.dst->p + 2001, GRH + 200, u.dmr->lkey);
+	recv1(u.b, 0x11, &rs, 1, "receive");
+	ss = sge(u.src->p + 2000, 99, u.smr->lkey);
+	ud_send1(c, 0x30, IBV_WR_SEND, &ss, 1, u.ah, u.b->qp_num, 0x80000000u, 0, "send");
+	ud_expect_dropped(c, c_scq, 0x30, u.b_rcq,
+			  "high-bit remote_qkey from a QP whose own Q_Key is 0x22222222");
+	set_step("remote_qkey 0x91111111 from C (high bit: C's own Q_Key, not the low bits)");
+	ud_send1(c, 0x31, IBV_WR_SEND, &ss, 1, u.ah, u.b->qp_num, 0x91111111u, 0, "send");
+	ud_expect_dropped(c, c_scq, 0x31, u.b_rcq,
+			  "remote_qkey 0x91111111 from a QP whose own Q_Key is 0x22222222");
+	buf_check(u.dst, "receive buffer untouched by the dropped datagrams");
+
+	set_step("remote_qkey 0x80000000 from A (own Q_Key 0x11111111 = B's)");
+	ss = sge(u.src->p + 3000, 77, u.smr->lkey);
+	ud_send1(u.a, 0x22, IBV_WR_SEND, &ss, 1, u.ah, u.b->qp_num, 0x80000000u, 0, "send");
+	ud_expect_delivered(&u, u.a, u.a_scq, 0x22, u.b, u.b_rcq, 0x11, 2001, 3000, 77,
+			    "high-bit remote_qkey from a QP with the receiver's Q_Key");
+
+	set_step("B's Q_Key changed to 0x33333333 (RTS->RTS with IBV_QP_QKEY)");
+	struct ibv_qp_attr at;
+	memset(&at, 0, sizeof(at));
+	at.qp_state = IBV_QPS_RTS;
+	at.qkey = 0x33333333;
+	qp_must(ibv_modify_qp(u.b, &at, IBV_QP_STATE | IBV_QP_QKEY), u.b, "UD RTS->RTS (QKEY)");
+	struct ibv_qp_init_attr ia;
+	memset(&at, 0, sizeof(at));
+	int rc = ibv_query_qp(u.b, &at, IBV_QP_QKEY, &ia);
+	if (rc)
+		fail("ibv_query_qp(IBV_QP_QKEY) returned %d (%s)", rc, strerror(rc));
+	else
+		EXPECT_EQ("ibv_query_qp qkey after the modify", at.qkey, 0x33333333);
+	rs = sge(u.dst->p + 4001, GRH + 200, u.dmr->lkey);
+	recv1(u.b, 0x12, &rs, 1, "receive");
+	ss = sge(u.src->p + 4000, 55, u.smr->lkey);
+	ud_send1(u.a, 0x23, IBV_WR_SEND, &ss, 1, u.ah, u.b->qp_num, QKEY, 0, "send");
+	ud_expect_dropped(u.a, u.a_scq, 0x23, u.b_rcq, "the old Q_Key after a change");
+	ss = sge(u.src->p + 5000, 66, u.smr->lkey);
+	ud_send1(u.a, 0x24, IBV_WR_SEND, &ss, 1, u.ah, u.b->qp_num, 0x33333333, 0, "send");
+	ud_expect_delivered(&u, u.a, u.a_scq, 0x24, u.b, u.b_rcq, 0x12, 4001, 5000, 66,
+			    "the new Q_Key");
+
+	expect_empty(u.b_rcq, 50, "receiver CQ at the end");
+	ibv_destroy_qp(c);
+	ibv_destroy_cq(c_scq);
+	ibv_destroy_cq(c_rcq);
+	ud_env_free(&u);
+}
+
+static void case_ud_drop(void)
+{
+	struct ud_env u;
+	ud_env_new(&u, 8192, 8192);
+	struct ibv_sge rs, ss;
+
+	set_step("unknown remote_qpn");
+	rs = sge(u.dst->p + 1, GRH + 500, u.dmr->lkey);
+	recv1(u.b, 0x10, &rs, 1, "receive on B");
+	struct ibv_sge ra = sge(u.dst->p + 4001, GRH + 500, u.dmr->lkey);
+	recv1(u.a, 0x90, &ra, 1, "receive on A");
+	uint32_t unknown = (u.b->qp_num + 0x1234) & 0xffffff;
+	if (unknown == u.a->qp_num || unknown == u.b->qp_num || unknown < 2)
+		unknown = (unknown + 0x5000) & 0xffffff;
+	ss = sge(u.src->p, 300, u.smr->lkey);
+	ud_send1(u.a, 0x20, IBV_WR_SEND, &ss, 1, u.ah, unknown, QKEY, 0, "send");
+	ud_expect_dropped(u.a, u.a_scq, 0x20, u.b_rcq, "unknown remote_qpn");
+	expect_empty(u.a_rcq, 10, "A's own receive CQ");
+
+	set_step("AH to a GID that is not this host's");
+	union ibv_gid other = E.gid;
+	other.raw[15] ^= 0x5A;
+	other.raw[14] ^= 0x01;
+	struct ibv_ah *far = ah_new(&other);
+	ud_send1(u.a, 0x21, IBV_WR_SEND, &ss, 1, far, u.b->qp_num, QKEY, 0, "send");
+	ud_expect_dropped(u.a, u.a_scq, 0x21, u.b_rcq, "datagram addressed to another GID");
+	ibv_destroy_ah(far);
+
+	set_step("remote_qpn of an RC QP (in RTR, receive posted)");
+	struct ibv_cq *d_cq = cq_new(16);
+	struct qp_cfg cfg = CFG_DEFAULT;
+	struct ibv_qp *d = qp_create(IBV_QPT_RC, d_cq, d_cq, NULL, &cfg);
+	struct ibv_qp_attr at;
+	qp_must(qp_to_init(d, ACC_ALL), d, "RC RESET->INIT");
+	rtr_attr(&at, u.a->qp_num);
+	qp_must(ibv_modify_qp(d, &at, RC_RTR_MASK), d, "RC INIT->RTR");
+	struct ibv_sge rd = sge(u.dst->p + 6001, GRH + 500, u.dmr->lkey);
+	recv1(d, 0x40, &rd, 1, "receive on the RC QP");
+	ud_send1(u.a, 0x22, IBV_WR_SEND, &ss, 1, u.ah, d->qp_num, QKEY, 0, "send");
+	ud_expect_dropped(u.a, u.a_scq, 0x22, d_cq, "UD datagram to an RC QP");
+	/* An RC QP has no Q_Key: 0 must not match either. */
+	ud_send1(u.a, 0x26, IBV_WR_SEND, &ss, 1, u.ah, d->qp_num, 0, 0, "send");
+	ud_expect_dropped(u.a, u.a_scq, 0x26, d_cq, "UD datagram with Q_Key 0 to an RC QP");
+	expect_empty(u.b_rcq, 10, "B");
+
+	set_step("UD QP still in INIT (receive posted)");
+	struct ibv_cq *e_scq = cq_new(16), *e_rcq = cq_new(16);
+	struct ibv_qp *e = qp_create(IBV_QPT_UD, e_scq, e_rcq, NULL, &cfg);
+	ud_to_init(e, QKEY);
+	struct ibv_sge re = sge(u.dst->p + 2001, GRH + 500, u.dmr->lkey);
+	recv1(e, 0x50, &re, 1, "receive on a UD QP in INIT");
+	ud_send1(u.a, 0x23, IBV_WR_SEND, &ss, 1, u.ah, e->qp_num, QKEY, 0, "send");
+	ud_expect_dropped(u.a, u.a_scq, 0x23, e_rcq, "datagram to a UD QP in INIT");
+	buf_check(u.dst, "receive buffers untouched by all dropped datagrams");
+
+	set_step("the same QP moved to RTR receives into the receive posted in INIT");
+	ud_to_rtr(e);
+	ss = sge(u.src->p + 1000, 200, u.smr->lkey);
+	ud_send1(u.a, 0x24, IBV_WR_SEND, &ss, 1, u.ah, e->qp_num, QKEY, 0, "send");
+	ud_expect_delivered(&u, u.a, u.a_scq, 0x24, e, e_rcq, 0x50, 2001, 1000, 200,
+			    "datagram to a UD QP in RTR");
+
+	set_step("B's receive is still there after all the drops");
+	ss = sge(u.src->p + 3000, 400, u.smr->lkey);
+	ud_send1(u.a, 0x25, IBV_WR_SEND, &ss, 1, u.ah, u.b->qp_num, QKEY, 0, "send");
+	ud_expect_delivered(&u, u.a, u.a_scq, 0x25, u.b, u.b_rcq, 0x10, 1, 3000, 400,
+			    "datagram to B");
+	expect_empty(u.a_rcq, 10, "A's own receive CQ");
+	expect_empty(d_cq, 10, "the RC QP's CQ");
+
+	ibv_destroy_qp(d);
+	ibv_destroy_qp(e);
+	ibv_destroy_cq(d_cq);
+	ibv_destroy_cq(e_scq);
+	ibv_destroy_cq(e_rcq);
+	ud_env_free(&u);
+}
+
+static void case_ud_bad_wr(void)
+{
+	struct ud_env u;
+	ud_env_new(&u, 8192, 8192);
+	struct ibv_sge ss = sge(u.src->p, 8, u.smr->lkey);
+	struct ibv_send_wr wr;
+	static const struct {
+		enum ibv_wr_opcode op;
+		const char *name;
+	} bad_ops[] = {
+		{ IBV_WR_RDMA_WRITE, "IBV_WR_RDMA_WRITE" },
+		{ IBV_WR_RDMA_WRITE_WITH_IMM, "IBV_WR_RDMA_WRITE_WITH_IMM" },
+		{ IBV_WR_RDMA_READ, "IBV_WR_RDMA_READ" },
+		{ IBV_WR_ATOMIC_CMP_AND_SWP, "IBV_WR_ATOMIC_CMP_AND_SWP" },
+		{ IBV_WR_ATOMIC_FETCH_AND_ADD, "IBV_WR_ATOMIC_FETCH_AND_ADD" },
+	};
+	char w[200];
+	for (size_t i = 0; i < sizeof(bad_ops) / sizeof(bad_ops[0]); i++) {
+		set_step("%s on a UD QP", bad_ops[i].name);
+		wr_init(&wr, 0x100 + i, bad_ops[i].op, &ss, 1, IBV_SEND_SIGNALED);
+		wr.wr.ud.ah = u.ah;
+		wr.wr.ud.remote_qpn = u.b->qp_num;
+		wr.wr.ud.remote_qkey = QKEY;
+		snprintf(w, sizeof(w), "post_send of %s on a UD QP", bad_ops[i].name);
+		expect_post_send_rc(u.a, &wr, &wr, EINVAL, w);
+	}
+
+	set_step("UD SEND with a NULL ah");
+	wr_init(&wr, 0x200, IBV_WR_SEND, &ss, 1, IBV_SEND_SIGNALED);
+	wr.wr.ud.ah = NULL;
+	wr.wr.ud.remote_qpn = u.b->qp_num;
+	wr.wr.ud.remote_qkey = QKEY;
+	expect_post_send_rc(u.a, &wr, &wr, EINVAL, "post_send of a UD SEND without an AH");
+	expect_empty(u.a_scq, 100, "sender CQ: no completion for rejected WRs");
+	expect_state(u.a, IBV_QPS_RTS, "UD QP after rejected posts");
+
+	set_step("list [valid SEND, RDMA_WRITE]: bad_wr is the second, the first is delivered");
+	struct ibv_sge rs = sge(u.dst->p + 1, GRH + 100, u.dmr->lkey);
+	recv1(u.b, 0x10, &rs, 1, "receive");
+	struct ibv_send_wr two[2];
+	struct ibv_sge s1 = sge(u.src->p + 100, 60, u.smr->lkey);
+	wr_init(&two[0], 0x300, IBV_WR_SEND, &s1, 1, IBV_SEND_SIGNALED);
+	wr_init(&two[1], 0x301, IBV_WR_RDMA_WRITE, &ss, 1, IBV_SEND_SIGNALED);
+	for (int i = 0; i < 2; i++) {
+		two[i].wr.ud.ah = u.ah;
+		two[i].wr.ud.remote_qpn = u.b->qp_num;
+		two[i].wr.ud.remote_qkey = QKEY;
+	}
+	two[0].next = &two[1];
+	expect_post_send_rc(u.a, &two[0], &two[1], EINVAL, "post_send of [SEND, RDMA_WRITE]");
+	ud_expect_delivered(&u, u.a, u.a_scq, 0x300, u.b, u.b_rcq, 0x10, 1, 100, 60,
+			    "the valid first WR of the list");
+	expect_empty(u.a_scq, 50, "sender CQ: no completion for the rejected second WR");
+	ud_env_free(&u);
+}
+
+/* ------------------------------------------------------------------------ */
+/* UC                                                                        */
+
+static void case_uc_data(void)
+{
+	struct pair p;
+	pair_new(&p, IBV_QPT_UC, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+	expect_state(p.a, IBV_QPS_RTS, "UC A after connect");
+	expect_state(p.b, IBV_QPS_RTS, "UC B after connect");
+	size_t big = 1 << 20;
+	struct buf *src = buf_alloc(big + 8192, "source");
+	struct buf *dst = buf_alloc(big + 8192, "receive buffer");
+	struct buf *tgt = buf_alloc(big + 8192, "RDMA target");
+	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_mr *tmr = reg(tgt->p, tgt->n, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+	static const uint32_t sizes[] = { 1, 333, 4096, 4097, 70000, 1 << 20 };
+	char w[200];
+	uint64_t id = 0x100;
+
+	for (size_t si = 0; si < sizeof(sizes) / sizeof(sizes[0]); si++) {
+		uint32_t len = sizes[si];
+		for (int imm = 0; imm < 2; imm++) {
+			set_step("UC %s of %u bytes", imm ? "SEND_WITH_IMM" : "SEND", len);
+			size_t soff = 1 + si * 3 + (size_t)imm, roff = 5 + si + (size_t)imm * 2;
+			struct ibv_sge rs = sge(dst->p + roff, len + 64, dmr->lkey);
+			recv1(p.b, id, &rs, 1, "receive");
+			struct ibv_sge ss = sge(src->p + soff, len, smr->lkey);
+			uint32_t immv = 0xAB000000u | (uint32_t)id;
+			send1(p.a, id + 1, imm ? IBV_WR_SEND_WITH_IMM : IBV_WR_SEND, &ss, 1, 0, 0, immv,
+			      "send");
+			expect_wc(p.a_scq, "sender completion", id + 1, IBV_WC_SUCCESS, IBV_WC_SEND,
+				  p.a, NULL);
+			snprintf(w, sizeof(w), "receive of a %u-byte UC %s", len,
+				 imm ? "SEND_WITH_IMM" : "SEND");
+			expect_recv(p.b_rcq, w, id, p.b, len, imm, immv, IBV_WC_RECV, NULL);
+			buf_expect(dst, roff, src->p + soff, len);
+			buf_check(dst, w);
+			id += 2;
+		}
+	}
+
+	for (size_t si = 0; si < sizeof(sizes) / sizeof(sizes[0]); si++) {
+		uint32_t len = sizes[si];
+		set_step("UC RDMA_WRITE of %u bytes", len);
+		size_t soff = 7 + si, toff = 3 + si * 5;
+		struct ibv_sge ss = sge(src->p + soff, len, smr->lkey);
+		send1(p.a, id, IBV_WR_RDMA_WRITE, &ss, 1, addr_of(tgt->p + toff), tmr->rkey, 0,
+		      "RDMA_WRITE");
+		expect_wc(p.a_scq, "sender completion", id, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, p.a,
+			  NULL);
+		buf_expect(tgt, toff, src->p + soff, len);
+		snprintf(w, sizeof(w), "target after a %u-byte UC RDMA_WRITE", len);
+		buf_check(tgt, w);
+		expect_empty(p.b_rcq, 10, "receiver CQ (RDMA_WRITE consumes no receive)");
+		id++;
+	}
+
+	for (size_t si = 0; si < sizeof(sizes) / sizeof(sizes[0]); si++) {
+		uint32_t len = sizes[si];
+		set_step("UC RDMA_WRITE_WITH_IMM of %u bytes", len);
+		size_t soff = 11 + si, toff = 9 + si * 3;
+		struct buf *rb = buf_alloc(64, "receive buffer of RDMA_WRITE_WITH_IMM");
+		struct ibv_mr *rmr = reg(rb->p, rb->n, IBV_ACCESS_LOCAL_WRITE);
+		struct ibv_sge rs = sge(rb->p + 1, 32, rmr->lkey);
+		recv1(p.b, id, &rs, 1, "receive");
+		struct ibv_sge ss = sge(src->p + soff, len, smr->lkey);
+		uint32_t immv = 0x1A000000u | (uint32_t)id;
+		send1(p.a, id + 1, IBV_WR_RDMA_WRITE_WITH_IMM, &ss, 1, addr_of(tgt->p + toff),
+		      tmr->rkey, immv, "RDMA_WRITE_WITH_IMM");
+		expect_wc(p.a_scq, "sender completion", id + 1, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE,
+			  p.a, NULL);
+		snprintf(w, sizeof(w), "receive completion of a %u-byte UC RDMA_WRITE_WITH_IMM", len);
+		expect_recv(p.b_rcq, w, id, p.b, len, 1, immv, IBV_WC_RECV_RDMA_WITH_IMM, NULL);
+		buf_expect(tgt, toff, src->p + soff, len);
+		buf_check(tgt, w);
+		buf_check(rb, "receive buffer untouched by RDMA_WRITE_WITH_IMM");
+		dereg(rmr);
+		buf_free(rb);
+		id += 2;
+	}
+	expect_empty(p.b_rcq, 50, "receiver CQ at the end");
+	expect_empty(p.a_rcq, 10, "A's receive CQ");
+
+	pair_free(&p);
+	dereg(smr);
+	dereg(dmr);
+	dereg(tmr);
+	buf_free(src);
+	buf_free(dst);
+	buf_free(tgt);
+}
+
+static void case_uc_bad_wr(void)
+{
+	struct buf *b = buf_alloc(4096, "buffer");
+	struct ibv_mr *mr = reg(b->p, b->n, ACC_ALL);
+	struct ibv_qp_attr at;
+	int rc;
+
+	set_step("UC INIT->RTR with the RC-only attributes (MAX_DEST_RD_ATOMIC, MIN_RNR_TIMER)");
+	{
+		struct ibv_cq *cq = cq_new(16);
+		struct qp_cfg c = CFG_DEFAULT;
+		struct ibv_qp *q = qp_create(IBV_QPT_UC, cq, cq, NULL, &c);
+		qp_must(qp_to_init(q, IBV_ACCESS_REMOTE_WRITE), q, "UC RESET->INIT");
+		rtr_attr(&at, 0x10);
+		rc = ibv_modify_qp(q, &at, RC_RTR_MASK);
+		if (rc != EINVAL)
+			fail("UC INIT->RTR with the RC mask: expected %d (EINVAL), got %d (%s)", EINVAL,
+			     rc, strerror(rc));
+		expect_state(q, IBV_QPS_INIT, "UC QP after a rejected INIT->RTR");
+		rtr_attr(&at, 0x10);
+		qp_must(ibv_modify_qp(q, &at, UC_RTR_MASK), q, "UC INIT->RTR");
+		rts_attr(&at);
+		rc = ibv_modify_qp(q, &at, RC_RTS_MASK);
+		if (rc != EINVAL)
+			fail("UC RTR->RTS with the RC mask (TIMEOUT, RETRY_CNT, RNR_RETRY, "
+			     "MAX_QP_RD_ATOMIC): expected %d (EINVAL), got %d (%s)",
+			     EINVAL, rc, strerror(rc));
+		expect_state(q, IBV_QPS_RTR, "UC QP after a rejected RTR->RTS");
+		ibv_destroy_qp(q);
+		ibv_destroy_cq(cq);
+	}
+
+	struct pair p;
+	pair_new(&p, IBV_QPT_UC, ACC_RW);
+	struct ibv_sge a8 = sge(b->p + 8, 8, mr->lkey);
+	struct ibv_send_wr wr;
+	static const struct {
+		enum ibv_wr_opcode op;
+		const char *name;
+	} bad_ops[] = {
+		{ IBV_WR_RDMA_READ, "IBV_WR_RDMA_READ" },
+		{ IBV_WR_ATOMIC_CMP_AND_SWP, "IBV_WR_ATOMIC_CMP_AND_SWP" },
+		{ IBV_WR_ATOMIC_FETCH_AND_ADD, "IBV_WR_ATOMIC_FETCH_AND_ADD" },
+	};
+	char w[200];
+	for (size_t i = 0; i < sizeof(bad_ops) / sizeof(bad_ops[0]); i++) {
+		set_step("%s on a UC QP", bad_ops[i].name);
+		wr_init(&wr, 0x100 + i, bad_ops[i].op, &a8, 1, IBV_SEND_SIGNALED);
+		if (bad_ops[i].op == IBV_WR_RDMA_READ) {
+			wr.wr.rdma.remote_addr = addr_of(b->p + 1024);
+			wr.wr.rdma.rkey = mr->rkey;
+		} else {
+			wr.wr.atomic.remote_addr = addr_of(b->p + 1024);
+			wr.wr.atomic.rkey = mr->rkey;
+			wr.wr.atomic.compare_add = 1;
+		}
+		snprintf(w, sizeof(w), "post_send of %s on a UC QP", bad_ops[i].name);
+		expect_post_send_rc(p.a, &wr, &wr, EINVAL, w);
+	}
+	expect_empty(p.a_scq, 100, "sender CQ: no completion for rejected WRs");
+	buf_check(b, "buffer untouched by rejected WRs");
+	expect_state(p.a, IBV_QPS_RTS, "UC QP after rejected posts");
+
+	set_step("a valid SEND after the rejected WRs");
+	struct ibv_sge rs = sge(b->p + 2001, 100, mr->lkey);
+	recv1(p.b, 0x10, &rs, 1, "receive");
+	struct ibv_sge ss = sge(b->p + 3001, 50, mr->lkey);
+	send1(p.a, 0x11, IBV_WR_SEND, &ss, 1, 0, 0, 0, "send");
+	expect_wc(p.a_scq, "sender completion", 0x11, IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
+	expect_recv(p.b_rcq, "receive", 0x10, p.b, 50, 0, 0, IBV_WC_RECV, NULL);
+	buf_expect(b, 2001, b->p + 3001, 50);
+	buf_check(b, "buffer");
+
+	pair_free(&p);
+	dereg(mr);
+	buf_free(b);
+}
+
+static void case_uc_drop(void)
+{
+	struct pair p;
+	pair_new(&p, IBV_QPT_UC, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+	struct buf *src = buf_alloc(16384, "source");
+	struct buf *dst = buf_alloc(16384, "receive buffer");
+	struct buf *tgt = buf_alloc(4096, "RDMA target");
+	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_mr *tmr = reg(tgt->p, tgt->n, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+	struct ibv_sge ss, rs;
+
+	set_step("UC SEND with no receive posted");
+	ss = sge(src->p + 1, 3000, smr->lkey);
+	send1(p.a, 0x20, IBV_WR_SEND, &ss, 1, 0, 0, 0, "SEND without a receive");
+	expect_wc(p.a_scq, "sender completion of a dropped UC SEND (no ACK: success)", 0x20,
+		  IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
+	expect_empty(p.b_rcq, 50, "receiver CQ (nothing to receive into)");
+
+	set_step("UC RDMA_WRITE_WITH_IMM with no receive posted");
+	ss = sge(src->p + 5000, 500, smr->lkey);
+	send1(p.a, 0x21, IBV_WR_RDMA_WRITE_WITH_IMM, &ss, 1, addr_of(tgt->p + 16), tmr->rkey,
+	      0x77, "RDMA_WRITE_WITH_IMM without a receive");
+	expect_wc(p.a_scq, "sender completion of a dropped UC RDMA_WRITE_WITH_IMM", 0x21,
+		  IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, p.a, NULL);
+	/* Whether the data of a dropped write-with-immediate lands is not specified. */
+	buf_accept(tgt, 16, 500);
+
+	set_step("a receive posted afterwards gets the next SEND, not the dropped ones");
+	rs = sge(dst->p + 3, 8192, dmr->lkey);
+	recv1(p.b, 0x30, &rs, 1, "receive");
+	expect_empty(p.b_rcq, DROP_WAIT_MS,
+		     "receiver after posting a receive (the dropped messages must not arrive late)");
+	ss = sge(src->p + 9000, 1234, smr->lkey);
+	send1(p.a, 0x22, IBV_WR_SEND, &ss, 1, 0, 0, 0, "SEND");
+	expect_wc(p.a_scq, "sender completion", 0x22, IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
+	expect_recv(p.b_rcq, "receive of the SEND posted after the receive", 0x30, p.b, 1234, 0, 0,
+		    IBV_WC_RECV, NULL);
+	buf_expect(dst, 3, src->p + 9000, 1234);
+	buf_check(dst, "receive buffer (only the last SEND's data)");
+
+	set_step("UC RDMA_WRITE with an rkey the responder does not know");
+	struct ibv_mr *mrs[3] = { smr, dmr, tmr };
+	uint32_t badkey = unused_key(mrs, 3);
+	ss = sge(src->p + 100, 200, smr->lkey);
+	send1(p.a, 0x23, IBV_WR_RDMA_WRITE, &ss, 1, addr_of(tgt->p + 1000), badkey, 0,
+	      "RDMA_WRITE with a bad rkey");
+	expect_wc(p.a_scq, "sender completion (UC: no NAK, success)", 0x23, IBV_WC_SUCCESS,
+		  IBV_WC_RDMA_WRITE, p.a, NULL);
+	set_step("UC RDMA_WRITE beyond the end of the target MR");
+	send1(p.a, 0x24, IBV_WR_RDMA_WRITE, &ss, 1, addr_of(tgt->p + 4000), tmr->rkey, 0,
+	      "RDMA_WRITE out of bounds");
+	expect_wc(p.a_scq, "sender completion (UC: no NAK, success)", 0x24, IBV_WC_SUCCESS,
+		  IBV_WC_RDMA_WRITE, p.a, NULL);
+	buf_check(tgt, "RDMA target untouched by the dropped writes");
+	expect_empty(p.b_rcq, 50, "receiver CQ (a dropped RDMA_WRITE completes nothing)");
+	expect_state(p.a, IBV_QPS_RTS, "UC requester after dropped writes");
+	expect_state(p.b, IBV_QPS_RTS, "UC responder after dropped writes (silently dropped)");
+
+	set_step("the connection still works after the dropped writes");
+	ss = sge(src->p + 200, 300, smr->lkey);
+	send1(p.a, 0x25, IBV_WR_RDMA_WRITE, &ss, 1, addr_of(tgt->p + 2000), tmr->rkey, 0,
+	      "RDMA_WRITE");
+	expect_wc(p.a_scq, "sender completion", 0x25, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, p.a, NULL);
+	buf_expect(tgt, 2000, src->p + 200, 300);
+	buf_check(tgt, "RDMA target");
+	rs = sge(dst->p + 10000, 100, dmr->lkey);
+	recv1(p.b, 0x31, &rs, 1, "receive");
+	ss = sge(src->p + 300, 100, smr->lkey);
+	send1(p.a, 0x26, IBV_WR_SEND, &ss, 1, 0, 0, 0, "SEND");
+	expect_wc(p.a_scq, "sender completion", 0x26, IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
+	expect_recv(p.b_rcq, "receive", 0x31, p.b, 100, 0, 0, IBV_WC_RECV, NULL);
+	buf_expect(dst, 10000, src->p + 300, 100);
+	buf_check(dst, "receive buffer");
+
+	pair_free(&p);
+	dereg(smr);
+	dereg(dmr);
+	dereg(tmr);
+	buf_free(src);
+	buf_free(dst);
+	buf_free(tgt);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Atomics under contention                                                  */
+
+#define AT_QPS 4
+#define AT_FAA_N 500
+#define AT_DEPTH 64
+#define AT_SIG_EVERY 16
+#define AT_BATCH 16
+/*
+ * No QP may post more than AT_WINDOW operations beyond the slowest QP's
+ * completed ones: the QPs advance together, so their atomics interleave at
+ * the counter whatever the scheduling (a QP cannot finish before another
+ * one started).
+ */
+#define AT_WINDOW 48
+#define AT_CAS_K 100
+
+/* AT_QPS RC pairs A[i] -> B[i]; every A[i] completes on one send CQ. */
+struct at_env {
+	struct ibv_cq *scq, *other;
+	struct ibv_qp *a[AT_QPS], *b[AT_QPS];
+	struct buf *target;
+	struct ibv_mr *tmr;
+	uint64_t *counter;
+};
+
+static void at_env_new(struct at_env *t, int sig_all)
+{
+	struct qp_cfg c = CFG_DEFAULT;
+	c.send_wr = AT_DEPTH;
+	c.sig_all = sig_all;
+	t->scq = cq_new(1024);
+	t->other = cq_new(1024);
+	for (int i = 0; i < AT_QPS; i++) {
+		t->a[i] = qp_create(IBV_QPT_RC, t->scq, t->other, NULL, &c);
+		t->b[i] = qp_create(IBV_QPT_RC, t->other, t->other, NULL, &c);
+	}
+	for (int i = 0; i < AT_QPS; i++) {
+		rc_connect(t->a[i], t->b[i]->qp_num, ACC_ALL);
+		rc_connect(t->b[i], t->a[i]->qp_num, ACC_ALL);
+	}
+	t->target = buf_alloc(4096, "atomic target");
+	t->tmr = reg(t->target->p, t->target->n, ACC_ALL);
+	t->counter = (uint64_t *)(void *)(t->target->p + 64);
+	if (((uintptr_t)t->counter & 7) != 0)
+		fatal("test bug: counter not 8-byte aligned");
+	uint64_t zero = 0;
+	buf_set(t->target, 64, &zero, 8);
+}
+
+static void at_env_free(struct at_env *t)
+{
+	for (int i = 0; i < AT_QPS; i++) {
+		ibv_destroy_qp(t->a[i]);
+		ibv_destroy_qp(t->b[i]);
+	}
+	ibv_destroy_cq(t->scq);
+	ibv_destroy_cq(t->other);
+	dereg(t->tmr);
+	buf_free(t->target);
+}
+
+static int at_qp_index(struct at_env *t, uint32_t qpn)
+{
+	for (int i = 0; i < AT_QPS; i++)
+		if (t->a[i]->qp_num == qpn)
+			return i;
+	return -1;
+}
+
+static int faa_signaled(int j)
+{
+	return j % AT_SIG_EVERY == AT_SIG_EVERY - 1 || j == AT_FAA_N - 1;
+}
+
+static void case_atomic_faa_contention(void)
+{
+	struct at_env t;
+	at_env_new(&t, 0);
+	size_t nres = (size_t)AT_QPS * AT_FAA_N;
+	struct buf *res = buf_alloc(nres * 8 + 64, "FETCH_AND_ADD results");
+	struct ibv_mr *rmr = reg(res->p, res->n, IBV_ACCESS_LOCAL_WRITE);
+	/* Result of op j of QP i: res + 8 + (i*N + j)*8. */
+#define RES_AT(i, j) (res->p + 8 + ((size_t)(i) * AT_FAA_N + (size_t)(j)) * 8)
+	int posted[AT_QPS] = { 0 }, done[AT_QPS] = { 0 };
+	static struct ibv_send_wr wrs[AT_BATCH];
+	static struct ibv_sge sges[AT_BATCH];
+
+	set_step("%d QPs x %d FETCH_AND_ADD(1) on one counter, signaled every %d, in lockstep "
+		 "(window %d)",
+		 AT_QPS, AT_FAA_N, AT_SIG_EVERY, AT_WINDOW);
+	double last_progress = now_s();
+	for (;;) {
+		int all = 1, min_done = AT_FAA_N;
+		for (int i = 0; i < AT_QPS; i++)
+			min_done = done[i] < min_done ? done[i] : min_done;
+		for (int i = 0; i < AT_QPS; i++) {
+			if (done[i] < AT_FAA_N)
+				all = 0;
+			int n = 0;
+			while (n < AT_BATCH && posted[i] + n < AT_FAA_N &&
+			       posted[i] + n - done[i] < AT_DEPTH &&
+			       posted[i] + n < min_done + AT_WINDOW) {
+				int j = posted[i] + n;
+				sges[n] = sge(RES_AT(i, j), 8, rmr->lkey);
+				wr_init(&wrs[n], ((uint64_t)i << 32) | (uint64_t)j,
+					IBV_WR_ATOMIC_FETCH_AND_ADD, &sges[n], 1,
+					faa_signaled(j) ? IBV_SEND_SIGNALED : 0);
+				wrs[n].wr.atomic.remote_addr = addr_of(t.counter);
+				wrs[n].wr.atomic.rkey = t.tmr->rkey;
+				wrs[n].wr.atomic.compare_add = 1;
+				wrs[n].next = NULL;
+				if (n > 0)
+					wrs[n - 1].next = &wrs[n];
+				n++;
+			}
+			if (n > 0) {
+				struct ibv_send_wr *bad = NULL;
+				int rc = ibv_post_send(t.a[i], &wrs[0], &bad);
+				if (rc)
+					fatal("ibv_post_send of %d FETCH_AND_ADDs on A%d (posted %d, "
+					      "completed %d) returned %d (%s)",
+					      n, i, posted[i], done[i], rc, strerror(rc));
+				posted[i] += n;
+			}
+		}
+		if (all)
+			break;
+		struct ibv_wc wcs[32];
+		int got = ibv_poll_cq(t.scq, 32, wcs);
+		if (got < 0)
+			fatal("ibv_poll_cq returned %d", got);
+		for (int k = 0; k < got; k++) {
+			char d[400];
+			describe_wc(&wcs[k], d, sizeof(d));
+			int i = at_qp_index(&t, wcs[k].qp_num);
+			if (i < 0)
+				fatal("completion with a qp_num of none of the A QPs: %s", d);
+			int j = done[i];
+			while (j < AT_FAA_N && !faa_signaled(j))
+				j++;
+			if (!check_wc(&wcs[k], "FETCH_AND_ADD completion (the next signaled WR of its QP)",
+				      ((uint64_t)i << 32) | (uint64_t)j, IBV_WC_SUCCESS,
+				      IBV_WC_FETCH_ADD, t.a[i]))
+				fatal("cannot continue after a wrong completion");
+			if (wcs[k].byte_len != 8)
+				fail("FETCH_AND_ADD completion: wc.byte_len expected 8, got %u",
+				     wcs[k].byte_len);
+			done[i] = j + 1;
+		}
+		if (got > 0)
+			last_progress = now_s();
+		else if (now_s() - last_progress > POLL_TIMEOUT_S)
+			fatal("no FETCH_AND_ADD completion for %.0f s; completed per QP: %d %d %d %d of "
+			      "%d",
+			      POLL_TIMEOUT_S, done[0], done[1], done[2], done[3], AT_FAA_N);
+		else if (got == 0)
+			sched_yield();
+	}
+	expect_empty(t.scq, 50, "send CQ after every signaled completion");
+
+	set_step("final counter and returned values");
+	uint64_t final = *(volatile uint64_t *)t.counter;
+	EXPECT_EQ("counter after all FETCH_AND_ADDs (4 * N)", final, (uint64_t)nres);
+	buf_expect(t.target, 64, &final, 8);
+	buf_check(t.target, "atomic target (only the counter changed)");
+	uint8_t *seen = calloc(nres, 1);
+	int *owner = calloc(nres, sizeof(int));
+	if (!seen || !owner)
+		fatal("calloc failed");
+	int bad_values = 0;
+	for (int i = 0; i < AT_QPS; i++) {
+		uint64_t prev = 0;
+		for (int j = 0; j < AT_FAA_N; j++) {
+			uint64_t v;
+			memcpy(&v, RES_AT(i, j), 8);
+			if (v >= nres || seen[v]) {
+				if (bad_values++ < 10)
+					fail("FETCH_AND_ADD #%d of A%d returned %" PRIu64
+					     ": expected a value in 0..%zu not returned to any other "
+					     "FETCH_AND_ADD (%s)",
+					     j, i, v, nres - 1,
+					     v >= nres ? "out of range" : "duplicate");
+				continue;
+			}
+			seen[v] = 1;
+			owner[v] = i;
+			if (j > 0 && v <= prev && bad_values++ < 10)
+				fail("FETCH_AND_ADD #%d of A%d returned %" PRIu64 " after #%d returned %" PRIu64
+				     ": expected increasing values (one QP's atomics execute in order)",
+				     j, i, v, j - 1, prev);
+			prev = v;
+		}
+	}
+	if (bad_values)
+		fail("%d returned values were wrong in total", bad_values);
+	size_t missing = 0;
+	for (size_t v = 0; v < nres; v++)
+		missing += !seen[v];
+	if (missing)
+		fail("returned old values: expected exactly {0..%zu}, %zu values missing", nres - 1,
+		     missing);
+	int switches = 0;
+	for (size_t v = 1; v < nres; v++)
+		switches += seen[v] && seen[v - 1] && owner[v] != owner[v - 1];
+	printf("info: %d changes of QP along the counter's history (%d QPs)\n", switches, AT_QPS);
+	if (!bad_values && switches <= AT_QPS - 1)
+		fail("test validity: the QPs' atomics did not interleave (%d changes of QP along the "
+		     "counter's history); expected contention",
+		     switches);
+	buf_accept(res, 8, nres * 8);
+	buf_check(res, "results buffer outside the result slots");
+#undef RES_AT
+	free(seen);
+	free(owner);
+	dereg(rmr);
+	buf_free(res);
+	at_env_free(&t);
+}
+
+static void case_atomic_cas_contention(void)
+{
+	struct at_env t;
+	at_env_new(&t, 1);
+	struct buf *res = buf_alloc(AT_QPS * 8 + 16, "CMP_AND_SWP results");
+	struct ibv_mr *rmr = reg(res->p, res->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_send_wr wr;
+	struct ibv_sge s;
+	struct ibv_wc wc;
+
+	set_step("CMP_AND_SWP with a compare value that does not match");
+	uint64_t seven = 7;
+	buf_set(t.target, 64, &seven, 8);
+	s = sge(res->p + 8, 8, rmr->lkey);
+	wr_init(&wr, 0x1, IBV_WR_ATOMIC_CMP_AND_SWP, &s, 1, IBV_SEND_SIGNALED);
+	wr.wr.atomic.remote_addr = addr_of(t.counter);
+	wr.wr.atomic.rkey = t.tmr->rkey;
+	wr.wr.atomic.compare_add = 5;
+	wr.wr.atomic.swap = 99;
+	post_send_ok(t.a[0], &wr, "CMP_AND_SWP(5 -> 99)");
+	expect_wc(t.scq, "CMP_AND_SWP(5 -> 99) on 7", 0x1, IBV_WC_SUCCESS, IBV_WC_COMP_SWAP, t.a[0],
+		  NULL);
+	buf_expect(res, 8, &seven, 8);
+	buf_check(res, "result of a failed CMP_AND_SWP (the current value, 7)");
+	buf_check(t.target, "target after a failed CMP_AND_SWP (unchanged, 7)");
+	uint64_t zero = 0;
+	buf_set(t.target, 64, &zero, 8);
+
+	set_step("%d QPs increment one counter by CMP_AND_SWP until each succeeded %d times",
+		 AT_QPS, AT_CAS_K);
+	uint64_t guess[AT_QPS] = { 0 }, seq[AT_QPS] = { 0 };
+	int succ[AT_QPS] = { 0 }, fails[AT_QPS] = { 0 }, busy[AT_QPS] = { 0 };
+	size_t total = (size_t)AT_QPS * AT_CAS_K;
+	uint8_t *seen = calloc(total, 1);
+	if (!seen)
+		fatal("calloc failed");
+	int bad_values = 0, remaining = AT_QPS;
+	while (remaining > 0) {
+		/* Post every idle QP before polling: all race for the same value. */
+		for (int i = 0; i < AT_QPS; i++) {
+			if (busy[i] || succ[i] >= AT_CAS_K)
+				continue;
+			s = sge(res->p + 8 + 8 * i, 8, rmr->lkey);
+			wr_init(&wr, ((uint64_t)i << 32) | seq[i], IBV_WR_ATOMIC_CMP_AND_SWP, &s, 1,
+				IBV_SEND_SIGNALED);
+			wr.wr.atomic.remote_addr = addr_of(t.counter);
+			wr.wr.atomic.rkey = t.tmr->rkey;
+			wr.wr.atomic.compare_add = guess[i];
+			wr.wr.atomic.swap = guess[i] + 1;
+			post_send_ok(t.a[i], &wr, "CMP_AND_SWP");
+			busy[i] = 1;
+		}
+		poll1(t.scq, &wc, "CMP_AND_SWP completion");
+		int i = at_qp_index(&t, wc.qp_num);
+		if (i < 0 || !busy[i]) {
+			char d[400];
+			describe_wc(&wc, d, sizeof(d));
+			fatal("unexpected completion: %s", d);
+		}
+		if (!check_wc(&wc, "CMP_AND_SWP completion", ((uint64_t)i << 32) | seq[i],
+			      IBV_WC_SUCCESS, IBV_WC_COMP_SWAP, t.a[i]))
+			fatal("cannot continue after a wrong completion");
+		busy[i] = 0;
+		seq[i]++;
+		uint64_t old;
+		memcpy(&old, res->p + 8 + 8 * i, 8);
+		if (old == guess[i]) {
+			if (old >= total || seen[old]) {
+				if (bad_values++ < 10)
+					fail("successful CMP_AND_SWP(%" PRIu64 " -> %" PRIu64
+					     ") of A%d: the value %" PRIu64 " was %s",
+					     guess[i], guess[i] + 1, i, old,
+					     old >= total ? "beyond the number of increments"
+							  : "already swapped by another CMP_AND_SWP");
+			} else {
+				seen[old] = 1;
+			}
+			succ[i]++;
+			guess[i] = old + 1;
+			if (succ[i] == AT_CAS_K)
+				remaining--;
+		} else {
+			fails[i]++;
+			if (old > total && bad_values++ < 10)
+				fail("failed CMP_AND_SWP of A%d returned %" PRIu64
+				     ": expected the current counter (at most %zu)",
+				     i, old, total);
+			guess[i] = old;
+		}
+	}
+	uint64_t final = *(volatile uint64_t *)t.counter;
+	int nfails = 0;
+	for (int i = 0; i < AT_QPS; i++)
+		nfails += fails[i];
+	printf("info: %zu successful and %d failed CMP_AND_SWPs (per QP: %d %d %d %d failed)\n",
+	       total, nfails, fails[0], fails[1], fails[2], fails[3]);
+	set_step("final counter");
+	EXPECT_EQ("counter after the CMP_AND_SWP increments (total successes)", final, total);
+	size_t missing = 0;
+	for (size_t v = 0; v < total; v++)
+		missing += !seen[v];
+	if (missing)
+		fail("values swapped by successful CMP_AND_SWPs: expected exactly {0..%zu}, %zu missing",
+		     total - 1, missing);
+	if (nfails < AT_QPS - 1)
+		fail("expected at least %d failed CMP_AND_SWPs (the first round races %d QPs for the "
+		     "value 0), got %d",
+		     AT_QPS - 1, AT_QPS, nfails);
+	buf_expect(t.target, 64, &final, 8);
+	buf_check(t.target, "atomic target (only the counter changed)");
+	buf_accept(res, 8, AT_QPS * 8);
+	buf_check(res, "results buffer outside the result slots");
+	free(seen);
+	dereg(rmr);
+	buf_free(res);
+	at_env_free(&t);
+}
+
+/*
+ * One atomic on a fresh RC pair whose responder grants access_b; expects
+ * the requester completion status want (or alt, if >= 0) and the requester
+ * QP in ERR. The target must stay untouched.
+ */
+static void atomic_error(const char *what, enum ibv_wr_opcode op, struct buf *tgt,
+			 size_t off, int mr_access, int access_b, enum ibv_wc_status want,
+			 int alt)
+{
+	struct pair p;
+	set_step("%s", what);
+	pair_new(&p, IBV_QPT_RC, access_b);
+	struct ibv_mr *tmr = reg(tgt->p, tgt->n, mr_access);
+	struct buf *loc = buf_alloc(64, "local result");
+	struct ibv_mr *lmr = reg(loc->p, loc->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_sge s = sge(loc->p + 8, 8, lmr->lkey);
+	struct ibv_send_wr wr;
+	wr_init(&wr, 0xE1, op, &s, 1, IBV_SEND_SIGNALED);
+	wr.wr.atomic.remote_addr = addr_of(tgt->p + off);
+	wr.wr.atomic.rkey = tmr->rkey;
+	uint64_t cur;
+	memcpy(&cur, tgt->p + off, 8);
+	wr.wr.atomic.compare_add = op == IBV_WR_ATOMIC_CMP_AND_SWP ? cur : 1;
+	wr.wr.atomic.swap = 0x1234;
+	post_send_ok(p.a, &wr, what);
+	struct ibv_wc wc;
+	poll1(p.a_scq, &wc, "requester completion");
+	if (alt >= 0 && wc.status == (enum ibv_wc_status)alt)
+		want = alt;
+	check_wc(&wc, "requester completion", 0xE1, want, -1, p.a);
+	buf_check(tgt, "atomic target untouched");
+	buf_accept(loc, 8, 8); /* undefined after an error */
+	buf_check(loc, "local buffer outside the result");
+	expect_state(p.a, IBV_QPS_ERR, "RC requester after a remote error");
+	expect_empty(p.b_rcq, 50, "responder receive CQ");
+	pair_free(&p);
+	dereg(lmr);
+	buf_free(loc);
+	dereg(tmr);
+}
+
+static void case_atomic_misaligned(void)
+{
+	struct buf *tgt = buf_alloc(4096, "atomic target");
+	if (((uintptr_t)tgt->p & 7) != 0)
+		fatal("test bug: buffer not 8-byte aligned");
+	atomic_error("FETCH_AND_ADD at an address 4 bytes off 8-byte alignment",
+		     IBV_WR_ATOMIC_FETCH_AND_ADD, tgt, 68, ACC_ALL, ACC_ALL, IBV_WC_REM_INV_REQ_ERR,
+		     -1);
+	atomic_error("CMP_AND_SWP at an address 1 byte off 8-byte alignment",
+		     IBV_WR_ATOMIC_CMP_AND_SWP, tgt, 129, ACC_ALL, ACC_ALL, IBV_WC_REM_INV_REQ_ERR,
+		     -1);
+	buf_free(tgt);
+}
+
+static void case_atomic_no_access(void)
+{
+	struct buf *tgt = buf_alloc(4096, "atomic target");
+	atomic_error("FETCH_AND_ADD on an MR without REMOTE_ATOMIC", IBV_WR_ATOMIC_FETCH_AND_ADD,
+		     tgt, 64, ACC_RW, ACC_ALL, IBV_WC_REM_ACCESS_ERR, -1);
+	atomic_error("CMP_AND_SWP on an MR without REMOTE_ATOMIC", IBV_WR_ATOMIC_CMP_AND_SWP, tgt,
+		     128, ACC_RW, ACC_ALL, IBV_WC_REM_ACCESS_ERR, -1);
+	/*
+	 * The responder QP's access flags gate atomics too. Mellanox HCAs report
+	 * REM_ACCESS_ERR, kernel rxe REM_INV_REQ_ERR; either is accepted.
+	 */
+	atomic_error("FETCH_AND_ADD to a responder QP without REMOTE_ATOMIC in qp_access_flags",
+		     IBV_WR_ATOMIC_FETCH_AND_ADD, tgt, 64, ACC_ALL, ACC_RW, IBV_WC_REM_ACCESS_ERR,
+		     IBV_WC_REM_INV_REQ_ERR);
+	buf_free(tgt);
+}
+
+/* ------------------------------------------------------------------------ */
+
+static const struct {
+	const char *name;
+	void (*fn)(void);
+} cases[] = {
+	{ "srq_attrs", case_srq_attrs },
+	{ "srq_shared", case_srq_shared },
+	{ "srq_misuse", case_srq_misuse },
+	{ "srq_rnr", case_srq_rnr },
+	{ "ud_ah", case_ud_ah },
+	{ "ud_send", case_ud_send },
+	{ "ud_too_long", case_ud_too_long },
+	{ "ud_qkey", case_ud_qkey },
+	{ "ud_drop", case_ud_drop },
+	{ "ud_bad_wr", case_ud_bad_wr },
+	{ "uc_data", case_uc_data },
+	{ "uc_bad_wr", case_uc_bad_wr },
+	{ "uc_drop", case_uc_drop },
+	{ "atomic_faa_contention", case_atomic_faa_contention },
+	{ "atomic_cas_contention", case_atomic_cas_contention },
+	{ "atomic_misaligned", case_atomic_misaligned },
+	{ "atomic_no_access", case_atomic_no_access },
+};
+
+int main(int argc, char **argv)
+{
+	const size_t n = sizeof(cases) / sizeof(cases[0]);
+	if (argc != 2) {
+		fprintf(stderr, "usage: %s <case>|list\n", argv[0]);
+		return 2;
+	}
+	if (strcmp(argv[1], "list") == 0) {
+		for (size_t i = 0; i < n; i++)
+			printf("%s\n", cases[i].name);
+		return 0;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(argv[1], cases[i].name) != 0)
+			continue;
+		g_case = cases[i].name;
+		signal(SIGALRM, on_alarm);
+		alarm(WATCHDOG_S);
+		setvbuf(stdout, NULL, _IOLBF, 0);
+		env_open();
+		cases[i].fn();
+		set_step("close");
+		int rc = ibv_dealloc_pd(E.pd);
+		if (rc)
+			fail("ibv_dealloc_pd at the end returned %d (%s): an object was left behind", rc,
+			     strerror(rc));
+		ibv_close_device(E.ctx);
+		if (g_failures) {
+			fprintf(stderr, "FAIL %s: %d check(s) failed\n", g_case, g_failures);
+			return 1;
+		}
+		printf("PASS %s\n", g_case);
+		return 0;
+	}
+	fprintf(stderr, "unknown case '%s' (try 'list')\n", argv[1]);
+	return 2;
+}
