@@ -285,10 +285,10 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
             if !owned(&t.pds, pd, session, |p| p.session) {
                 return err(libc::EINVAL, "no such protection domain");
             }
-            if max_wr == 0 || max_wr > MAX_SRQ_WR || max_sge > MAX_SGE || srq_limit > max_wr {
+            if max_wr == 0 || max_wr > MAX_SRQ_WR || max_sge > MAX_SGE {
                 return err(
                     libc::EINVAL,
-                    format!("SRQ max_wr {max_wr} max_sge {max_sge} limit {srq_limit}"),
+                    format!("SRQ max_wr {max_wr} max_sge {max_sge} outside the device limits"),
                 );
             }
             if count(&t.srqs, session, |s| s.session) >= MAX_SRQ as usize {
@@ -300,7 +300,10 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
                 Err(e) => return err(libc::ENOMEM, format!("SRQ segment: {e}")),
             };
             let srq = t.handle();
-            let mut s = Srq::new(session, pd, map, layout, MAX_SGE, srq_limit);
+            // srq_limit is ignored at creation (ibv_create_srq(3)); it is
+            // armed with ibv_modify_srq.
+            let _ = srq_limit;
+            let mut s = Srq::new(session, pd, map, layout, MAX_SGE, 0);
             s.cookie = cookie;
             t.srqs.insert(srq, s);
             Answer {

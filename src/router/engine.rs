@@ -16,6 +16,10 @@ use super::memory::{ProcessMemory, Segments};
 use super::objects::{Stall, Tables};
 use super::qp_state::{self, QpKind, ERR, RESET, RTR, RTS, SQD, SQE};
 
+/// Most work requests, and bytes, one QP's send queue gets per pass.
+const PASS_WRS: u32 = 32;
+const PASS_BYTES: u64 = 1 << 20;
+
 /// Bytes moved per bounce-buffer step.
 const CHUNK: usize = 1 << 20;
 
@@ -295,11 +299,16 @@ impl Engine {
         }
     }
 
+    /// Runs a QP's send queue for at most [`PASS_WRS`] work requests or
+    /// [`PASS_BYTES`] bytes, so that one busy QP cannot starve the others
+    /// (every tenant of the host shares this thread); `service` comes back
+    /// to it on its next pass.
     fn run_send_queue(&mut self, h: u32, now: Instant) -> bool {
         let mut progress = false;
+        let (mut wrs, mut bytes) = (0u32, 0u64);
         loop {
             let qp = &self.tables.qps[&h];
-            if !matches!(qp.state(), RTS | SQD) {
+            if !matches!(qp.state(), RTS | SQD) || wrs >= PASS_WRS || bytes >= PASS_BYTES {
                 break;
             }
             let Some(pending) = qp.sq_pending() else {
@@ -329,6 +338,12 @@ impl Engine {
                 Outcome::Done => {
                     self.tables.qps.get_mut(&h).expect("qp").stall = None;
                     progress = true;
+                    wrs += 1;
+                    bytes += if wqe.send_flags & IBV_SEND_INLINE != 0 {
+                        u64::from(wqe.inline_len)
+                    } else {
+                        wqe.sges().iter().map(|s| u64::from(s.length)).sum()
+                    };
                 }
                 Outcome::Stalled(stall) => {
                     let qp = self.tables.qps.get_mut(&h).expect("qp");
