@@ -1,4 +1,5 @@
-//! Shared receive queues, UD and UC QPs, and atomics under contention:
+//! Shared receive queues, UD and UC QPs, atomics under contention, and
+//! fairness between QPs (one streaming QP must not starve another):
 //! `tests/c/fv_qp_types_check.c` uses the stock libibverbs API exactly as an
 //! application would, on fv0 served by a fresh router, with all its QPs in
 //! one process (RC/UC QPs connected to each other, UD QPs addressed to each
@@ -89,4 +90,5 @@ cases!(
     atomic_cas_contention,
     atomic_misaligned,
     atomic_no_access,
+    fairness,
 );

@@ -1,6 +1,7 @@
 /*
- * fv_qp_types_check: checks of shared receive queues, UD and UC QPs and
- * atomics under contention, for the flowverbs device fv0.
+ * fv_qp_types_check: checks of shared receive queues, UD and UC QPs,
+ * atomics under contention and fairness between QPs, for the flowverbs
+ * device fv0.
  *
  * Usage: fv_qp_types_check <case>      (fv_qp_types_check list  prints the cases)
  *
@@ -2817,6 +2818,301 @@ static void case_atomic_no_access(void)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Fairness between QPs                                                      */
+
+/*
+ * QP0 streams FAIR_WRITE-byte RDMA_WRITEs, FAIR_DEPTH in flight and refilled
+ * as they complete; after FAIR_WARMUP_S (and at least 2 * FAIR_DEPTH
+ * completions) QP1, another connected RC pair that has written once before,
+ * posts one small RDMA_WRITE. QP0 and QP1 share their send CQ, so the order
+ * of its completions is the order in which the device completed the two
+ * QPs' writes. QP0's "write time" is the median time from posting one of
+ * its writes to polling its completion, measured before QP1 posts.
+ *
+ * A device that serves one QP's send queue until it is empty (starvation)
+ * completes QP1's write only once QP0's queue runs dry: never while QP0
+ * keeps streaming, and only after every write QP0 had queued. A fair one
+ * completes it after a few of QP0's writes. The checks are relative to the
+ * run itself, never absolute times, and generous: machines are shared and
+ * noisy; the point is to catch starvation, not to measure latency.
+ */
+#define FAIR_WRITE (1u << 20)
+#define FAIR_DEPTH 64
+#define FAIR_SMALL 64
+#define FAIR_WARMUP_S 0.1
+/* QP1's write must complete within this many of QP0's median write times. */
+#define FAIR_BOUND_WRITES 50
+/* QP0 keeps streaming until this many of its writes completed after QP1's
+ * (or until FAIR_BOUND_WRITES of its write times passed since QP1 posted). */
+#define FAIR_AFTER 8
+#define FAIR_QP1_WRID 0xF1F1F1F1ULL
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+struct fair {
+	struct ibv_cq *scq;  /* send CQ of A0 and A1 */
+	struct ibv_cq *rcq;  /* every other queue */
+	struct ibv_qp *a0, *b0, *a1, *b1;
+	struct buf *src0, *dst0, *src1, *dst1;
+	struct ibv_mr *src0_mr, *dst0_mr, *src1_mr, *dst1_mr;
+	uint64_t posted, done;  /* QP0 writes; wr_id = sequence number */
+	double post_t[FAIR_DEPTH];
+	double *lat;            /* post-to-completion time of each QP0 write */
+	size_t nlat, cap;
+	int qp1;                /* QP1's completion was polled */
+	double qp1_t;           /* when */
+	uint64_t qp1_at;        /* QP0 completions polled before it */
+};
+
+/* Posts QP0 writes until FAIR_DEPTH are outstanding (one chained post). */
+static void fair_refill(struct fair *f)
+{
+	static struct ibv_send_wr wrs[FAIR_DEPTH];
+	static struct ibv_sge sges[FAIR_DEPTH];
+	int n = 0;
+	while (f->posted + n - f->done < FAIR_DEPTH) {
+		uint64_t seq = f->posted + n;
+		sges[n] = sge(f->src0->p, FAIR_WRITE, f->src0_mr->lkey);
+		wr_init(&wrs[n], seq, IBV_WR_RDMA_WRITE, &sges[n], 1, IBV_SEND_SIGNALED);
+		wrs[n].wr.rdma.remote_addr = addr_of(f->dst0->p);
+		wrs[n].wr.rdma.rkey = f->dst0_mr->rkey;
+		if (n > 0)
+			wrs[n - 1].next = &wrs[n];
+		n++;
+	}
+	if (n == 0)
+		return;
+	double t = now_s();
+	struct ibv_send_wr *bad = NULL;
+	int rc = ibv_post_send(f->a0, &wrs[0], &bad);
+	if (rc)
+		fatal("ibv_post_send of %d RDMA_WRITEs on QP0 (posted %" PRIu64 ", completed %" PRIu64
+		      ") returned %d (%s)",
+		      n, f->posted, f->done, rc, strerror(rc));
+	for (int i = 0; i < n; i++)
+		f->post_t[(f->posted + i) % FAIR_DEPTH] = t;
+	f->posted += n;
+}
+
+/*
+ * Polls the shared send CQ once; QP0's completions must come in order.
+ * Returns the number of completions polled.
+ */
+static int fair_poll(struct fair *f)
+{
+	struct ibv_wc wcs[32];
+	int got = ibv_poll_cq(f->scq, 32, wcs);
+	if (got < 0)
+		fatal("ibv_poll_cq returned %d", got);
+	double t = now_s();
+	for (int k = 0; k < got; k++) {
+		const struct ibv_wc *wc = &wcs[k];
+		if (wc->qp_num == f->a1->qp_num) {
+			if (f->qp1)
+				fatal("a second completion for QP1's single write");
+			if (!check_wc(wc, "QP1's small RDMA_WRITE", FAIR_QP1_WRID, IBV_WC_SUCCESS,
+				      IBV_WC_RDMA_WRITE, f->a1))
+				fatal("cannot continue after a wrong completion");
+			f->qp1 = 1;
+			f->qp1_t = t;
+			f->qp1_at = f->done;
+			continue;
+		}
+		if (!check_wc(wc, "QP0's RDMA_WRITE (the next one posted)", f->done, IBV_WC_SUCCESS,
+			      IBV_WC_RDMA_WRITE, f->a0))
+			fatal("cannot continue after a wrong completion");
+		if (f->done >= f->posted)
+			fatal("completion for a QP0 write that was never posted");
+		if (f->nlat == f->cap) {
+			f->cap = f->cap ? 2 * f->cap : 4096;
+			f->lat = realloc(f->lat, f->cap * sizeof(*f->lat));
+			if (!f->lat)
+				fatal("realloc failed");
+		}
+		f->lat[f->nlat++] = t - f->post_t[f->done % FAIR_DEPTH];
+		f->done++;
+	}
+	return got;
+}
+
+static double fair_median(const struct fair *f)
+{
+	double *s = xmalloc(f->nlat * sizeof(*s));
+	memcpy(s, f->lat, f->nlat * sizeof(*s));
+	qsort(s, f->nlat, sizeof(*s), cmp_double);
+	double m = s[f->nlat / 2];
+	free(s);
+	return m;
+}
+
+static void fair_idle(unsigned *spins)
+{
+	if (++*spins > 200)
+		usleep(50);
+	else
+		sched_yield();
+}
+
+static void case_fairness(void)
+{
+	struct fair f;
+	memset(&f, 0, sizeof(f));
+	struct qp_cfg c = CFG_DEFAULT;
+	c.send_wr = FAIR_DEPTH;
+	f.scq = cq_new(1024);
+	f.rcq = cq_new(1024);
+	f.a0 = qp_create(IBV_QPT_RC, f.scq, f.rcq, NULL, &c);
+	f.b0 = qp_create(IBV_QPT_RC, f.rcq, f.rcq, NULL, &c);
+	f.a1 = qp_create(IBV_QPT_RC, f.scq, f.rcq, NULL, &c);
+	f.b1 = qp_create(IBV_QPT_RC, f.rcq, f.rcq, NULL, &c);
+	rc_connect(f.a0, f.b0->qp_num, ACC_ALL);
+	rc_connect(f.b0, f.a0->qp_num, ACC_ALL);
+	rc_connect(f.a1, f.b1->qp_num, ACC_ALL);
+	rc_connect(f.b1, f.a1->qp_num, ACC_ALL);
+	f.src0 = buf_alloc(FAIR_WRITE, "QP0 source");
+	f.dst0 = buf_alloc(FAIR_WRITE, "QP0 target");
+	f.src1 = buf_alloc(FAIR_SMALL, "QP1 source");
+	f.dst1 = buf_alloc(4096, "QP1 target");
+	f.src0_mr = reg(f.src0->p, f.src0->n, IBV_ACCESS_LOCAL_WRITE);
+	f.dst0_mr = reg(f.dst0->p, f.dst0->n, ACC_RW);
+	f.src1_mr = reg(f.src1->p, f.src1->n, IBV_ACCESS_LOCAL_WRITE);
+	f.dst1_mr = reg(f.dst1->p, f.dst1->n, ACC_RW);
+	unsigned spins = 0;
+
+	/* QP1 writes once alone: what is timed below is waiting, not first use. */
+	set_step("QP1's first RDMA_WRITE, alone");
+	struct ibv_sge s1 = sge(f.src1->p, FAIR_SMALL, f.src1_mr->lkey);
+	send1(f.a1, FAIR_QP1_WRID - 1, IBV_WR_RDMA_WRITE, &s1, 1, addr_of(f.dst1->p),
+	      f.dst1_mr->rkey, 0, "QP1's first RDMA_WRITE");
+	expect_wc(f.scq, "QP1's first RDMA_WRITE", FAIR_QP1_WRID - 1, IBV_WC_SUCCESS,
+		  IBV_WC_RDMA_WRITE, f.a1, NULL);
+	buf_expect(f.dst1, 0, f.src1->p, FAIR_SMALL);
+
+	set_step("QP0 streams %u-byte RDMA_WRITEs, %d in flight, for %.0f ms", FAIR_WRITE,
+		 FAIR_DEPTH, FAIR_WARMUP_S * 1e3);
+	double t0 = now_s(), last = t0;
+	while (now_s() - t0 < FAIR_WARMUP_S || f.done < 2 * FAIR_DEPTH) {
+		fair_refill(&f);
+		if (fair_poll(&f) > 0)
+			last = now_s(), spins = 0;
+		else if (now_s() - last > POLL_TIMEOUT_S)
+			fatal("no QP0 completion for %.0f s (%" PRIu64 " of %" PRIu64 " completed)",
+			      POLL_TIMEOUT_S, f.done, f.posted);
+		else
+			fair_idle(&spins);
+	}
+	double median = fair_median(&f);
+	double per_write = (now_s() - t0) / (double)f.done;
+	double bound = FAIR_BOUND_WRITES * median;
+
+	set_step("QP1 posts one %d-byte RDMA_WRITE while QP0 streams (QP0's median write time "
+		 "%.3f ms)",
+		 FAIR_SMALL, median * 1e3);
+	/* Take what has completed and fill QP0's queue, then post: the QP0
+	 * completions ahead of QP1's in the CQ from here on are the writes QP1
+	 * waited behind (a starving device: all FAIR_DEPTH, and more). */
+	while (fair_poll(&f) > 0)
+		;
+	fair_refill(&f);
+	uint64_t done_at_post = f.done;
+	buf_expect(f.dst1, 512, f.src1->p, FAIR_SMALL);
+	double t1 = now_s();
+	send1(f.a1, FAIR_QP1_WRID, IBV_WR_RDMA_WRITE, &s1, 1, addr_of(f.dst1->p + 512),
+	      f.dst1_mr->rkey, 0, "QP1's small RDMA_WRITE");
+	/* QP0 keeps streaming until FAIR_AFTER of its writes completed after
+	 * QP1's, or for as long as the bound allows. */
+	last = t1;
+	for (;;) {
+		double now = now_s();
+		if ((f.qp1 && f.done - f.qp1_at >= FAIR_AFTER) || now - t1 > bound)
+			break;
+		fair_refill(&f);
+		if (fair_poll(&f) > 0)
+			last = now_s(), spins = 0;
+		else if (now - last > POLL_TIMEOUT_S)
+			fatal("no completion for %.0f s (QP0: %" PRIu64 " of %" PRIu64 " completed)",
+			      POLL_TIMEOUT_S, f.done, f.posted);
+		else
+			fair_idle(&spins);
+	}
+	double t_stop = now_s();
+	int while_streaming = f.qp1;
+
+	set_step("QP0 stops streaming; its %" PRIu64 " outstanding writes complete",
+		 f.posted - f.done);
+	last = now_s();
+	while (f.done < f.posted || !f.qp1) {
+		if (fair_poll(&f) > 0)
+			last = now_s(), spins = 0;
+		else if (now_s() - last > POLL_TIMEOUT_S)
+			fatal("no completion for %.0f s after QP0 stopped (QP0: %" PRIu64 " of %" PRIu64
+			      " completed; QP1's write %s)",
+			      POLL_TIMEOUT_S, f.done, f.posted,
+			      f.qp1 ? "completed" : "not completed");
+		else
+			fair_idle(&spins);
+	}
+	expect_empty(f.scq, 50, "shared send CQ after every write completed");
+
+	double lat1 = f.qp1_t - t1;
+	uint64_t ahead = f.qp1_at - done_at_post;
+	printf("info: QP0: median write time %.3f ms at %d in flight (%.3f ms per write, %" PRIu64
+	       " writes of %u bytes before QP1 posted); QP1's write: %.3f ms (%.2f of QP0's median "
+	       "write times), behind %" PRIu64 " of QP0's writes, %s\n",
+	       median * 1e3, FAIR_DEPTH, per_write * 1e3, done_at_post, FAIR_WRITE, lat1 * 1e3,
+	       lat1 / median, ahead,
+	       while_streaming ? "while QP0 streamed" : "after QP0 stopped");
+
+	set_step("QP1's write against QP0's stream");
+	if (!while_streaming)
+		fail("QP1's RDMA_WRITE completed only after QP0 stopped streaming, %.3f ms after its "
+		     "post (QP0 kept streaming for %.3f ms after QP1 posted, %d of its median write "
+		     "times of %.3f ms): expected it to complete while QP0 streams, within %d of "
+		     "QP0's median write times (one busy QP must not starve the others)",
+		     lat1 * 1e3, (t_stop - t1) * 1e3, FAIR_BOUND_WRITES, median * 1e3,
+		     FAIR_BOUND_WRITES);
+	else if (lat1 > bound)
+		fail("QP1's RDMA_WRITE took %.3f ms: expected less than %d of QP0's median write "
+		     "times of %.3f ms",
+		     lat1 * 1e3, FAIR_BOUND_WRITES, median * 1e3);
+	if (ahead >= FAIR_DEPTH / 2)
+		fail("QP1's RDMA_WRITE completed behind %" PRIu64 " of QP0's RDMA_WRITEs (QP0 had %d "
+		     "queued when QP1 posted): expected fewer than %d (a QP's write must not wait "
+		     "for another QP's whole queue)",
+		     ahead, FAIR_DEPTH, FAIR_DEPTH / 2);
+
+	set_step("data");
+	buf_check(f.dst1, "QP1 target (64 bytes written at offsets 0 and 512)");
+	memcpy(f.dst0->exp, f.src0->p, FAIR_WRITE);
+	buf_check(f.dst0, "QP0 target (the same source written over and over)");
+	buf_check(f.src0, "QP0 source");
+	buf_check(f.src1, "QP1 source");
+	expect_empty(f.rcq, 50, "receive CQ of the four QPs (RDMA_WRITE consumes no receive)");
+
+	struct ibv_qp *qps[4] = { f.a0, f.b0, f.a1, f.b1 };
+	for (int i = 0; i < 4; i++) {
+		int rc = ibv_destroy_qp(qps[i]);
+		if (rc)
+			fatal("ibv_destroy_qp returned %d (%s)", rc, strerror(rc));
+	}
+	ibv_destroy_cq(f.scq);
+	ibv_destroy_cq(f.rcq);
+	dereg(f.src0_mr);
+	dereg(f.dst0_mr);
+	dereg(f.src1_mr);
+	dereg(f.dst1_mr);
+	buf_free(f.src0);
+	buf_free(f.dst0);
+	buf_free(f.src1);
+	buf_free(f.dst1);
+	free(f.lat);
+}
+
+/* ------------------------------------------------------------------------ */
 
 static const struct {
 	const char *name;
@@ -2839,6 +3135,7 @@ static const struct {
 	{ "atomic_cas_contention", case_atomic_cas_contention },
 	{ "atomic_misaligned", case_atomic_misaligned },
 	{ "atomic_no_access", case_atomic_no_access },
+	{ "fairness", case_fairness },
 };
 
 int main(int argc, char **argv)
