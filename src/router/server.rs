@@ -152,7 +152,7 @@ impl Server {
         let spin_us = std::env::var("FLOWVERBS_ROUTER_SPIN_US")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(10);
+            .unwrap_or(0);
         info!(
             "router serving {} (GID ::ffff:{ip}), isolated mode",
             socket_path.display()
