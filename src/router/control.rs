@@ -116,7 +116,7 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
             if count(&t.mrs, session, |m| m.session) >= MAX_MR as usize {
                 return err(libc::ENOMEM, "too many memory regions");
             }
-            let memory = t.sessions[&session].memory;
+            let memory = t.sessions[&session].memory.clone();
             let writable = access & IBV_ACCESS_LOCAL_WRITE != 0;
             if length > 0 {
                 if let Err(e) = memory.check_mapped(addr, length, writable) {

@@ -510,7 +510,7 @@ impl Engine {
 
     fn memory_of(&self, h: u32) -> ProcessMemory {
         let s = self.tables.qps[&h].session;
-        self.tables.sessions[&s].memory
+        self.tables.sessions[&s].memory.clone()
     }
 
     /// A responder-side failure. RC: the requester's WQE gets `req_status`,

@@ -7,21 +7,104 @@
 //! protections and fork semantics are exactly as the application left them.
 //! The router checks every access against the memory regions first (keys,
 //! bounds, access flags); these functions only move bytes.
+//!
+//! A pid outlives nothing: once a client exits and is reaped, its number
+//! can be handed to another process. A session's memory therefore holds a
+//! pidfd and, before moving bytes, checks that the process has not exited
+//! (at most every [`RECHECK`], one `poll` of the pidfd). For another process
+//! to receive the same pid in between, the kernel's cyclic pid allocator
+//! would have to go around all of `pid_max` (at least 32768 pids) within
+//! that interval, far beyond any fork rate.
 
+use std::cell::Cell;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// How long an "it is still alive" answer is trusted.
+pub const RECHECK: Duration = Duration::from_millis(1);
+
+#[derive(Debug)]
+struct Liveness {
+    pidfd: OwnedFd,
+    checked_at: Cell<Option<Instant>>,
+    exited: Cell<bool>,
+}
 
 /// One client process's address space.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ProcessMemory {
     pub pid: i32,
+    liveness: Option<Rc<Liveness>>,
 }
 
 impl ProcessMemory {
+    /// The memory of a session's process, guarded against pid reuse.
+    pub fn of_session(pid: i32) -> io::Result<ProcessMemory> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this descriptor; we own it.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Ok(ProcessMemory {
+            pid,
+            liveness: Some(Rc::new(Liveness {
+                pidfd,
+                checked_at: Cell::new(None),
+                exited: Cell::new(false),
+            })),
+        })
+    }
+
+    /// The memory of a thread that is known to be alive right now (for
+    /// example blocked in a request to us), without the pid-reuse guard.
+    pub fn unchecked(pid: i32) -> ProcessMemory {
+        ProcessMemory {
+            pid,
+            liveness: None,
+        }
+    }
+
+    /// Err(ESRCH) once the process has exited.
+    fn check_alive(&self) -> io::Result<()> {
+        let Some(l) = &self.liveness else {
+            return Ok(());
+        };
+        let gone = || Err(io::Error::from_raw_os_error(libc::ESRCH));
+        if l.exited.get() {
+            return gone();
+        }
+        let now = Instant::now();
+        if l.checked_at
+            .get()
+            .is_some_and(|t| now.duration_since(t) < RECHECK)
+        {
+            return Ok(());
+        }
+        let mut pfd = libc::pollfd {
+            fd: l.pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no waiting.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        if n > 0 && pfd.revents != 0 {
+            l.exited.set(true);
+            return gone();
+        }
+        l.checked_at.set(Some(now));
+        Ok(())
+    }
+
     /// Reads `buf.len()` bytes at `addr`; a short read is `EFAULT`.
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
         if buf.is_empty() {
             return Ok(());
         }
+        self.check_alive()?;
         let local = libc::iovec {
             iov_base: buf.as_mut_ptr() as *mut libc::c_void,
             iov_len: buf.len(),
@@ -42,6 +125,7 @@ impl ProcessMemory {
         if buf.is_empty() {
             return Ok(());
         }
+        self.check_alive()?;
         let local = libc::iovec {
             iov_base: buf.as_ptr() as *mut libc::c_void,
             iov_len: buf.len(),
@@ -115,9 +199,7 @@ mod tests {
 
     #[test]
     fn reads_and_writes_own_memory() {
-        let me = ProcessMemory {
-            pid: std::process::id() as i32,
-        };
+        let me = ProcessMemory::of_session(std::process::id() as i32).unwrap();
         let mut src = vec![1u8, 2, 3, 4];
         let mut dst = [0u8; 4];
         me.read(src.as_ptr() as u64, &mut dst).unwrap();
@@ -172,6 +254,7 @@ impl ProcessMemory {
         if buf.is_empty() {
             return Ok(());
         }
+        self.check_alive()?;
         // SAFETY: `local` is our own writable buffer; remote iovecs are
         // checked by the kernel against the target process.
         let n = unsafe {
@@ -198,6 +281,7 @@ impl ProcessMemory {
         if buf.is_empty() {
             return Ok(());
         }
+        self.check_alive()?;
         // SAFETY: `local` is our own readable buffer, only read by the kernel.
         let n = unsafe {
             libc::process_vm_writev(
@@ -219,9 +303,7 @@ mod segment_tests {
 
     #[test]
     fn scatter_gather_streams() {
-        let me = ProcessMemory {
-            pid: std::process::id() as i32,
-        };
+        let me = ProcessMemory::of_session(std::process::id() as i32).unwrap();
         let src: Vec<u8> = (0..100u8).collect();
         let segs = vec![
             (src.as_ptr() as u64 + 10, 5),
@@ -240,5 +322,26 @@ mod segment_tests {
         assert_eq!(&dst[20..27], &[50, 51, 52, 53, 54, 55, 56]);
         assert_eq!(dst[0], 0);
         assert_eq!(dst[27], 0);
+    }
+}
+
+#[cfg(test)]
+mod liveness_tests {
+    use super::*;
+
+    #[test]
+    fn memory_of_an_exited_process_is_refused() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let mem = ProcessMemory::of_session(child.id() as i32).unwrap();
+        assert!(mem.check_alive().is_ok());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        std::thread::sleep(RECHECK * 2);
+        let mut buf = [0u8; 8];
+        let err = mem.read(0x1000, &mut buf).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ESRCH));
     }
 }

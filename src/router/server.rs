@@ -428,6 +428,7 @@ impl Server {
         }
         set_nonblocking(&async_events)?;
         set_nonblocking(&event_sock)?;
+        let memory = ProcessMemory::of_session(p.pid)?;
         let (seg_fd, segment) = segment("fv-session", SESSION_SEGMENT_SIZE)?;
         let doorbell = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
         let doorbell: OwnedFd = doorbell.into();
@@ -450,7 +451,7 @@ impl Server {
                 sock: p.sock,
                 doorbell,
                 segment,
-                memory: ProcessMemory { pid: p.pid },
+                memory,
                 uid: p.uid,
                 async_events,
                 event_sock,
@@ -599,7 +600,7 @@ impl Server {
                 // by the file system); its memory is the process's.
                 let written = is_pipe
                     && set_nonblocking(&w).is_ok()
-                    && ProcessMemory { pid: tid }
+                    && ProcessMemory::unchecked(tid)
                         .write(response, &(fd as u32).to_ne_bytes())
                         .is_ok();
                 if written {
