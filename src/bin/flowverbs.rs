@@ -246,12 +246,17 @@ fn environment(args: &EnvArgs) -> anyhow::Result<Vec<(&'static str, PathBuf)>> {
             args.runtime_dir.display()
         )
     })?;
-    let sysfs = runtime_dir.join("sysfs");
+    let sysfs = device_view(&runtime_dir).with_context(|| {
+        format!(
+            "asking the router in {} for this network namespace's device tree: is `flowverbs router --runtime-dir {}` running?",
+            runtime_dir.display(),
+            args.runtime_dir.display()
+        )
+    })?;
     if !sysfs.join("class/infiniband_verbs").is_dir() {
         bail!(
-            "no device tree at {}: is `flowverbs router --runtime-dir {}` running?",
-            sysfs.display(),
-            args.runtime_dir.display()
+            "the router answered with {}, which has no device tree",
+            sysfs.display()
         );
     }
     let mut vars = vec![("SYSFS_PATH", sysfs)];
@@ -269,6 +274,30 @@ fn environment(args: &EnvArgs) -> anyhow::Result<Vec<(&'static str, PathBuf)>> {
         }
     }
     Ok(vars)
+}
+
+/// Asks the router which `SYSFS_PATH` shows this process's network
+/// namespace its own GID (the router reads the namespace's address itself).
+fn device_view(runtime_dir: &Path) -> anyhow::Result<PathBuf> {
+    use flowverbs::wire::control::{self, Reply, Request};
+    use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
+    use std::os::fd::{AsFd, AsRawFd};
+    let sock = socket::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::connect(
+        sock.as_raw_fd(),
+        &UnixAddr::new(&runtime_dir.join("router.sock"))?,
+    )?;
+    control::send(sock.as_fd(), &Request::DeviceView, &[])?;
+    match control::recv::<Reply>(sock.as_fd(), MsgFlags::empty())?.0 {
+        Reply::DeviceView { sysfs_path } => Ok(PathBuf::from(sysfs_path)),
+        Reply::Error { message, .. } => bail!("the router refused: {message}"),
+        other => bail!("unexpected reply {other:?}"),
+    }
 }
 
 fn exec(args: &EnvArgs, program: &[OsString]) -> anyhow::Result<()> {

@@ -58,6 +58,10 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
     let t = &mut engine.tables;
     match request {
         Request::Hello { .. } => err(libc::EPROTO, "session already established"),
+        Request::DeviceView => err(
+            libc::EPROTO,
+            "DeviceView is asked on a connection of its own, before Hello",
+        ),
         Request::AllocPd => {
             if count(&t.pds, session, |p| p.session) >= MAX_PD as usize {
                 return err(libc::ENOMEM, "too many protection domains");

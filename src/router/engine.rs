@@ -25,8 +25,6 @@ const CHUNK: usize = 1 << 20;
 
 pub struct Engine {
     pub tables: Tables,
-    /// This router's GID (UD destinations must carry it).
-    pub gid: [u8; 16],
     bounce: Vec<u8>,
     handles: Vec<u32>,
 }
@@ -115,10 +113,9 @@ fn total_len(segs: &Segments) -> u64 {
 }
 
 impl Engine {
-    pub fn new(tables: Tables, gid: [u8; 16]) -> Engine {
+    pub fn new(tables: Tables) -> Engine {
         Engine {
             tables,
-            gid,
             bounce: vec![0; CHUNK],
             handles: Vec::new(),
         }
@@ -887,7 +884,7 @@ impl Engine {
         }
         let a = &self.tables.qps[&ha];
         let (qpn_a, a_qkey) = (a.qpn, a.attr.qkey);
-        let gid = self.gid;
+        let sgid = self.tables.sessions[&a.session].gid;
         let dest = self.tables.qpns.get(&w.remote_qpn).copied().filter(|hb| {
             let b = &self.tables.qps[hb];
             let qkey = if w.remote_qkey & 0x8000_0000 != 0 {
@@ -898,7 +895,7 @@ impl Engine {
             b.kind == QpKind::Ud
                 && matches!(b.state(), RTR | RTS | SQD | SQE)
                 && b.attr.qkey == qkey
-                && (w.ah_global == 0 || w.dgid == gid)
+                && (w.ah_global == 0 || w.dgid == self.tables.sessions[&b.session].gid)
         });
         let Some(hb) = dest else {
             self.finish_send(ha, w, len);
@@ -921,6 +918,7 @@ impl Engine {
             return Outcome::Stalled(Stall::CqFull);
         }
         let (rwqe, max_sge) = self.recv_head(hb);
+        let dgid = self.tables.sessions[&self.tables.qps[&hb].session].gid;
         let qpn_b = self.tables.qps[&hb].qpn;
         let recv_error = |status| Cqe {
             wr_id: rwqe.wr_id,
@@ -942,7 +940,7 @@ impl Engine {
         };
         let mem_b = self.memory_of(hb);
         let delivered = dst.and_then(|dst| {
-            let grh = grh(&gid, &gid, len as u32);
+            let grh = grh(&sgid, &dgid, len as u32);
             mem_b
                 .write_segments(&dst, 0, &grh)
                 .map_err(|_| IBV_WC_LOC_PROT_ERR)?;

@@ -59,6 +59,35 @@ pub fn host_ipv4() -> Ipv4Addr {
         .unwrap_or(Ipv4Addr::LOCALHOST)
 }
 
+/// The network namespace of a process, as the inode of /proc/PID/ns/net.
+pub fn netns_of(pid: i32) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(format!("/proc/{pid}/ns/net"))?.ino())
+}
+
+/// The first non-loopback local IPv4 address of a process's network
+/// namespace, read by the router from /proc/PID/net/fib_trie (the kernel's
+/// view of that namespace, not anything the process says).
+pub fn netns_ipv4(pid: i32) -> Option<Ipv4Addr> {
+    let trie = std::fs::read_to_string(format!("/proc/{pid}/net/fib_trie")).ok()?;
+    local_ipv4_from_fib_trie(&trie)
+}
+
+fn local_ipv4_from_fib_trie(trie: &str) -> Option<Ipv4Addr> {
+    let mut last: Option<Ipv4Addr> = None;
+    for line in trie.lines() {
+        let t = line.trim_start();
+        if let Some(addr) = t.strip_prefix("|-- ") {
+            last = addr.trim().parse().ok();
+        } else if t.starts_with("/32 host LOCAL") {
+            if let Some(ip) = last.filter(|ip| !ip.is_loopback()) {
+                return Some(ip);
+            }
+        }
+    }
+    None
+}
+
 /// The IPv4-mapped GID `::ffff:a.b.c.d`.
 pub fn gid_from_ipv4(ip: Ipv4Addr) -> [u8; 16] {
     ip.to_ipv6_mapped().octets()
@@ -73,6 +102,18 @@ pub fn node_guid_from_ipv4(ip: Ipv4Addr) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_address_from_fib_trie() {
+        let trie = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n     +-- 127.0.0.0/8 2 0 2\n        |-- 127.0.0.1\n           /32 host LOCAL\n     +-- 198.18.0.0/24 2 0 2\n        |-- 198.18.0.0\n           /24 link UNICAST\n        |-- 198.18.0.7\n           /32 host LOCAL\n";
+        assert_eq!(
+            local_ipv4_from_fib_trie(trie),
+            Some(Ipv4Addr::new(198, 18, 0, 7))
+        );
+        assert_eq!(local_ipv4_from_fib_trie("Main:\n"), None);
+        let me = std::process::id() as i32;
+        assert!(netns_of(me).is_ok());
+    }
 
     #[test]
     fn gid_is_ipv4_mapped() {

@@ -22,6 +22,9 @@ pub struct Session {
     pub doorbell: OwnedFd,
     pub segment: Mapping,
     pub memory: ProcessMemory,
+    /// GID 0 of the client: the IPv4-mapped address of its network
+    /// namespace, as the router read it.
+    pub gid: [u8; 16],
     pub uid: u32,
     /// Write end of the context's async-event pipe (nonblocking).
     pub async_events: OwnedFd,

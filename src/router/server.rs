@@ -68,6 +68,9 @@ pub struct Server {
     listener: OwnedFd,
     signals: SignalFd,
     socket_path: PathBuf,
+    runtime_dir: PathBuf,
+    /// The router's own network namespace (its processes get `gid`).
+    netns: u64,
     tree: Option<DeviceTree>,
     gid: [u8; 16],
     pending: HashMap<SessionId, Pending>,
@@ -158,13 +161,15 @@ impl Server {
             socket_path.display()
         );
         Ok(Server {
-            engine: Engine::new(Tables::new(), gid),
+            engine: Engine::new(Tables::new()),
             epoll,
             listener,
             signals,
             socket_path,
             tree: Some(tree),
             gid,
+            runtime_dir: dir.clone(),
+            netns: identity::netns_of(std::process::id() as i32)?,
             pending: HashMap::new(),
             next_session: 1,
             spin: Duration::from_micros(spin_us),
@@ -266,6 +271,7 @@ impl Server {
             fs.unmount();
         }
         std::fs::remove_file(&self.socket_path).ok();
+        super::sysfs::remove_netns_views(&self.runtime_dir);
         if let Some(tree) = self.tree.take() {
             tree.remove()?;
         }
@@ -379,6 +385,19 @@ impl Server {
                         }
                     }
                 }
+                Request::DeviceView => {
+                    let reply = match self.device_view(p.pid) {
+                        Ok(path) => Reply::DeviceView {
+                            sysfs_path: path.to_string_lossy().into_owned(),
+                        },
+                        Err(e) => Reply::Error {
+                            errno: libc::EIO,
+                            message: format!("{e:#}"),
+                        },
+                    };
+                    let _ = control::send(p.sock.as_fd(), &reply, &[]);
+                    return false;
+                }
                 Request::Hello { version } => {
                     let reply = Reply::Error {
                         errno: libc::EPROTO,
@@ -411,6 +430,36 @@ impl Server {
         }
     }
 
+    /// GID 0 of a client: the IPv4-mapped address of its network namespace
+    /// (read by the router from the kernel, never taken from the client),
+    /// and that namespace.
+    fn client_gid(&self, pid: i32) -> (u64, [u8; 16]) {
+        match identity::netns_of(pid) {
+            Ok(ns) if ns != self.netns => {
+                let ip = identity::netns_ipv4(pid).unwrap_or(std::net::Ipv4Addr::LOCALHOST);
+                (ns, identity::gid_from_ipv4(ip))
+            }
+            _ => (self.netns, self.gid),
+        }
+    }
+
+    /// The `SYSFS_PATH` that shows `pid`'s network namespace its own GID.
+    fn device_view(&self, pid: i32) -> anyhow::Result<PathBuf> {
+        let (ns, gid) = self.client_gid(pid);
+        match &self.tree {
+            Some(tree) if ns == self.netns => Ok(tree.sysfs_root().to_path_buf()),
+            _ => {
+                let ip = std::net::Ipv4Addr::new(gid[12], gid[13], gid[14], gid[15]);
+                super::sysfs::write_netns_view(
+                    &self.runtime_dir,
+                    ns,
+                    gid,
+                    identity::node_guid_from_ipv4(ip),
+                )
+            }
+        }
+    }
+
     fn open_session(
         &mut self,
         id: SessionId,
@@ -429,6 +478,7 @@ impl Server {
         set_nonblocking(&async_events)?;
         set_nonblocking(&event_sock)?;
         let memory = ProcessMemory::of_session(p.pid)?;
+        let (_, gid) = self.client_gid(p.pid);
         let (seg_fd, segment) = segment("fv-session", SESSION_SEGMENT_SIZE)?;
         let doorbell = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
         let doorbell: OwnedFd = doorbell.into();
@@ -452,6 +502,7 @@ impl Server {
                 doorbell,
                 segment,
                 memory,
+                gid,
                 uid: p.uid,
                 async_events,
                 event_sock,
@@ -464,7 +515,7 @@ impl Server {
         Ok(Answer {
             reply: Reply::Hello {
                 version: VERSION,
-                gid: self.gid,
+                gid,
                 session_segment_size: SESSION_SEGMENT_SIZE as u64,
                 cmd_file,
             },

@@ -117,27 +117,7 @@ impl DeviceTree {
     }
 
     fn populate(&mut self, name: &str, gid: [u8; 16], node_guid: u64) -> anyhow::Result<()> {
-        let verbs = self.sysfs_root.join("class/infiniband_verbs");
-        let udir = verbs.join(name);
-        let ibdev = self.ibdev_dir();
-        let port = ibdev.join("ports/1");
-        for d in [
-            &udir,
-            &port.join("gids"),
-            &port.join("gid_attrs/types"),
-            &port.join("pkeys"),
-        ] {
-            fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-        }
-        write_atomic(&verbs.join("abi_version"), "6")?;
-        write_atomic(&udir.join("ibdev"), IBDEV)?;
-        write_atomic(&udir.join("dev"), "0:0")?;
-        write_atomic(&udir.join("abi_version"), "1")?;
-        write_atomic(&ibdev.join("node_type"), "1: CA")?;
-        write_atomic(&ibdev.join("node_guid"), &format_node_guid(node_guid))?;
-        write_atomic(&port.join("gids/0"), &format_gid(gid))?;
-        write_atomic(&port.join("gid_attrs/types/0"), "RoCE v2")?;
-        write_atomic(&port.join("pkeys/0"), "0xffff")?;
+        write_sysfs(&self.sysfs_root, name, gid, node_guid)?;
         self.make_dev_node()
     }
 
@@ -248,6 +228,61 @@ impl Drop for DeviceTree {
             self.cleanup();
         }
     }
+}
+
+/// Writes the sysfs-like files of fv0 under `root` (what `SYSFS_PATH` names),
+/// with `name` as the uverbs folder.
+fn write_sysfs(root: &Path, name: &str, gid: [u8; 16], node_guid: u64) -> anyhow::Result<()> {
+    let verbs = root.join("class/infiniband_verbs");
+    let udir = verbs.join(name);
+    let ibdev = root.join("class/infiniband").join(IBDEV);
+    let port = ibdev.join("ports/1");
+    for d in [
+        &udir,
+        &port.join("gids"),
+        &port.join("gid_attrs/types"),
+        &port.join("pkeys"),
+    ] {
+        fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    write_atomic(&verbs.join("abi_version"), "6")?;
+    write_atomic(&udir.join("ibdev"), IBDEV)?;
+    write_atomic(&udir.join("dev"), "0:0")?;
+    write_atomic(&udir.join("abi_version"), "1")?;
+    write_atomic(&ibdev.join("node_type"), "1: CA")?;
+    write_atomic(&ibdev.join("node_guid"), &format_node_guid(node_guid))?;
+    write_atomic(&port.join("gids/0"), &format_gid(gid))?;
+    write_atomic(&port.join("gid_attrs/types/0"), "RoCE v2")?;
+    write_atomic(&port.join("pkeys/0"), "0xffff")
+}
+
+/// The device tree seen from another network namespace: the same device
+/// (uverbs folder, `/dev` node and router) with that namespace's GID, at
+/// `RUNTIME_DIR/netns/<id>/sysfs`. `router.sock` and `fuse` beside it are
+/// links to the router's own, so the provider finds them as usual.
+/// Returns the `SYSFS_PATH` for that namespace.
+pub fn write_netns_view(
+    runtime_dir: &Path,
+    netns: u64,
+    gid: [u8; 16],
+    node_guid: u64,
+) -> anyhow::Result<PathBuf> {
+    let base = runtime_dir.join("netns").join(netns.to_string());
+    let root = base.join("sysfs");
+    write_sysfs(&root, &uverbs_name(runtime_dir), gid, node_guid)?;
+    for link in ["router.sock", "fuse"] {
+        let path = base.join(link);
+        if path.symlink_metadata().is_err() {
+            std::os::unix::fs::symlink(Path::new("../..").join(link), &path)
+                .with_context(|| format!("linking {}", path.display()))?;
+        }
+    }
+    Ok(root)
+}
+
+/// Removes every namespace view (router shutdown).
+pub fn remove_netns_views(runtime_dir: &Path) {
+    let _ = fs::remove_dir_all(runtime_dir.join("netns"));
 }
 
 /// Writes `text` plus a newline to `path` through a temporary file and a

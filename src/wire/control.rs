@@ -81,6 +81,10 @@ pub enum Request {
     Hello {
         version: u32,
     },
+    /// First and only message of a short connection: which `SYSFS_PATH`
+    /// shows the caller's network namespace its own GID (answered with
+    /// [`Reply::DeviceView`]; the router creates that view if needed).
+    DeviceView,
     AllocPd,
     DeallocPd {
         pd: u32,
@@ -165,6 +169,9 @@ pub enum Reply {
         gid: [u8; 16],
         session_segment_size: u64,
         cmd_file: Option<String>,
+    },
+    DeviceView {
+        sysfs_path: String,
     },
     Pd {
         pd: u32,
