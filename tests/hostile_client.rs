@@ -159,6 +159,19 @@ impl Client {
 
     /// RESET -> INIT -> RTR -> RTS, connected to `dest_qpn`.
     fn connect_qp(&mut self, qp: u32, dest_qpn: u32, access: u32) {
+        self.connect_qp_via(
+            qp,
+            dest_qpn,
+            access,
+            AddressVector {
+                port_num: 1,
+                ..Default::default()
+            },
+        );
+    }
+
+    /// As `connect_qp`, with the given address vector.
+    fn connect_qp_via(&mut self, qp: u32, dest_qpn: u32, access: u32, av: AddressVector) {
         let init = QpAttr {
             qp_state: IBV_QPS_INIT,
             port_num: 1,
@@ -176,10 +189,7 @@ impl Client {
             dest_qp_num: dest_qpn,
             max_dest_rd_atomic: 1,
             min_rnr_timer: 12,
-            ah_attr: AddressVector {
-                port_num: 1,
-                ..Default::default()
-            },
+            ah_attr: av,
             ..Default::default()
         };
         self.ok(&Request::ModifyQp {
@@ -658,4 +668,37 @@ fn command_file_is_guarded() {
     let r = writer.join().unwrap();
     assert!(r.is_err(), "write returned {r:?}");
     assert_router_alive(&router);
+}
+
+#[test]
+fn a_path_to_another_gid_does_not_reach_a_local_qp() {
+    let router = Router::start();
+    let mut a = Client::new(&router);
+    let pd = a.pd();
+    let (cq, cq_map, cq_layout) = a.cq(8);
+    let (qp1, qpn1, map1, layout1, _f1) = a.qp(pd, cq);
+    let (qp2, qpn2, _map2, _layout2, _f2) = a.qp(pd, cq);
+    // QP1's path names a GID no session on this router has.
+    let elsewhere = AddressVector {
+        port_num: 1,
+        is_global: true,
+        dgid: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 203, 0, 113, 9],
+        ..Default::default()
+    };
+    a.connect_qp_via(qp1, qpn2, 0, elsewhere);
+    a.connect_qp(qp2, qpn1, 0);
+    let mut w = SendWqe::zeroed();
+    w.wr_id = 21;
+    w.opcode = IBV_WR_SEND;
+    w.send_flags = IBV_SEND_SIGNALED | IBV_SEND_INLINE;
+    w.inline_len = 8;
+    post(&map1, &layout1, 0, &w);
+    let _ = a.call(&Request::QueryQp { qp: qp1 });
+    let c = completions(&cq_map, &cq_layout, 0, 1);
+    assert_eq!(
+        (c[0].wr_id, c[0].status),
+        (21, IBV_WC_RETRY_EXC_ERR),
+        "{:?}",
+        c[0]
+    );
 }

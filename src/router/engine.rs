@@ -420,11 +420,21 @@ impl Engine {
 
     /// The connected peer of an RC/UC QP, if it is there and accepts
     /// packets from this QP.
+    /// A path with a GRH goes to the GID it names: the peer must be served
+    /// under that GID (its network namespace's address), as on a fabric
+    /// that routes by GID; without a GRH the peer is on this host.
     fn peer(&self, h: u32) -> Option<u32> {
         let a = &self.tables.qps[&h];
         let hb = *self.tables.qpns.get(&a.attr.dest_qp_num)?;
         let b = &self.tables.qps[&hb];
-        let ok = b.kind == a.kind
+        let routed = !a.attr.ah_attr.is_global
+            || self
+                .tables
+                .sessions
+                .get(&b.session)
+                .is_some_and(|s| s.gid == a.attr.ah_attr.dgid);
+        let ok = routed
+            && b.kind == a.kind
             && b.attr.dest_qp_num == a.qpn
             && matches!(b.state(), RTR | RTS | SQD | SQE);
         ok.then_some(hb)
