@@ -68,6 +68,12 @@ enum Cmd {
     Uninstall,
     /// Print the environment (KEY=VALUE lines) a process needs to see fv0.
     Env(EnvArgs),
+    /// Show the router's sessions: process, GID and the verbs objects each owns.
+    Status {
+        /// The router's runtime directory.
+        #[arg(long, default_value = DEFAULT_RUNTIME_DIR)]
+        runtime_dir: PathBuf,
+    },
     /// Run PROGRAM with that environment (execvp: no child process), with
     /// RDMA netlink blocked so that libibverbs reads the generated tree.
     Exec {
@@ -123,6 +129,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Exec { env, program } => exec(&env, &program),
+        Cmd::Status { runtime_dir } => status(&runtime_dir),
     }
 }
 
@@ -276,10 +283,12 @@ fn environment(args: &EnvArgs) -> anyhow::Result<Vec<(&'static str, PathBuf)>> {
     Ok(vars)
 }
 
-/// Asks the router which `SYSFS_PATH` shows this process's network
-/// namespace its own GID (the router reads the namespace's address itself).
-fn device_view(runtime_dir: &Path) -> anyhow::Result<PathBuf> {
-    use flowverbs::wire::control::{self, Reply, Request};
+/// Asks the router one question on a connection of its own.
+fn ask_router(
+    runtime_dir: &Path,
+    request: &flowverbs::wire::control::Request,
+) -> anyhow::Result<flowverbs::wire::control::Reply> {
+    use flowverbs::wire::control::{self, Reply};
     use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
     use std::os::fd::{AsFd, AsRawFd};
     let sock = socket::socket(
@@ -292,12 +301,65 @@ fn device_view(runtime_dir: &Path) -> anyhow::Result<PathBuf> {
         sock.as_raw_fd(),
         &UnixAddr::new(&runtime_dir.join("router.sock"))?,
     )?;
-    control::send(sock.as_fd(), &Request::DeviceView, &[])?;
+    control::send(sock.as_fd(), request, &[])?;
     match control::recv::<Reply>(sock.as_fd(), MsgFlags::empty())?.0 {
-        Reply::DeviceView { sysfs_path } => Ok(PathBuf::from(sysfs_path)),
         Reply::Error { message, .. } => bail!("the router refused: {message}"),
+        other => Ok(other),
+    }
+}
+
+/// Asks the router which `SYSFS_PATH` shows this process's network
+/// namespace its own GID (the router reads the namespace's address itself).
+fn device_view(runtime_dir: &Path) -> anyhow::Result<PathBuf> {
+    use flowverbs::wire::control::{Reply, Request};
+    match ask_router(runtime_dir, &Request::DeviceView)? {
+        Reply::DeviceView { sysfs_path } => Ok(PathBuf::from(sysfs_path)),
         other => bail!("unexpected reply {other:?}"),
     }
+}
+
+/// `flowverbs status`: one line per session.
+fn status(runtime_dir: &Path) -> anyhow::Result<()> {
+    use flowverbs::wire::control::{Reply, Request};
+    let reply = ask_router(runtime_dir, &Request::Status).with_context(|| {
+        format!(
+            "is `flowverbs router --runtime-dir {}` running?",
+            runtime_dir.display()
+        )
+    })?;
+    let Reply::Status { sessions } = reply else {
+        bail!("unexpected reply {reply:?}");
+    };
+    let mut out = io::stdout().lock();
+    writeln!(out, "{} session(s)", sessions.len())?;
+    let row = |pid: &dyn std::fmt::Display,
+               uid: &dyn std::fmt::Display,
+               gid: &dyn std::fmt::Display,
+               n: [&dyn std::fmt::Display; 5]| {
+        format!(
+            "{pid:>8} {uid:>6}  {gid:<22} {:>4} {:>4} {:>4} {:>4} {:>4}",
+            n[0], n[1], n[2], n[3], n[4]
+        )
+    };
+    writeln!(
+        out,
+        "{}",
+        row(&"PID", &"UID", &"GID", [&"PD", &"MR", &"CQ", &"QP", &"SRQ"])
+    )?;
+    for s in sessions {
+        let gid = std::net::Ipv6Addr::from(s.gid).to_string();
+        writeln!(
+            out,
+            "{}",
+            row(
+                &s.pid,
+                &s.uid,
+                &gid,
+                [&s.pds, &s.mrs, &s.cqs, &s.qps, &s.srqs]
+            )
+        )?;
+    }
+    Ok(())
 }
 
 fn exec(args: &EnvArgs, program: &[OsString]) -> anyhow::Result<()> {

@@ -58,9 +58,9 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
     let t = &mut engine.tables;
     match request {
         Request::Hello { .. } => err(libc::EPROTO, "session already established"),
-        Request::DeviceView => err(
+        Request::DeviceView | Request::Status => err(
             libc::EPROTO,
-            "DeviceView is asked on a connection of its own, before Hello",
+            "DeviceView and Status are asked on a connection of their own, before Hello",
         ),
         Request::AllocPd => {
             if count(&t.pds, session, |p| p.session) >= MAX_PD as usize {
@@ -443,4 +443,25 @@ pub fn close_session(engine: &mut Engine, session: SessionId) {
     t.mrs.retain(|_, m| m.session != session);
     t.pds.retain(|_, p| p.session != session);
     t.sessions.remove(&session);
+}
+
+/// The router's sessions and what each owns, for `flowverbs status`.
+pub fn status(engine: &Engine) -> Vec<crate::wire::control::SessionStatus> {
+    let t = &engine.tables;
+    let mut out: Vec<_> = t
+        .sessions
+        .iter()
+        .map(|(&id, s)| crate::wire::control::SessionStatus {
+            pid: s.memory.pid,
+            uid: s.uid,
+            gid: s.gid,
+            pds: count(&t.pds, id, |p| p.session) as u32,
+            mrs: count(&t.mrs, id, |m| m.session) as u32,
+            cqs: count(&t.cqs, id, |c| c.session) as u32,
+            qps: count(&t.qps, id, |q| q.session) as u32,
+            srqs: count(&t.srqs, id, |s| s.session) as u32,
+        })
+        .collect();
+    out.sort_by_key(|s| s.pid);
+    out
 }

@@ -385,6 +385,13 @@ impl Server {
                         }
                     }
                 }
+                Request::Status => {
+                    let reply = Reply::Status {
+                        sessions: super::control::status(&self.engine),
+                    };
+                    let _ = control::send(p.sock.as_fd(), &reply, &[]);
+                    return false;
+                }
                 Request::DeviceView => {
                     let reply = match self.device_view(p.pid) {
                         Ok(path) => Reply::DeviceView {

@@ -72,6 +72,19 @@ pub struct QpAttr {
     pub rate_limit: u32,
 }
 
+/// One session in [`Reply::Status`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionStatus {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: [u8; 16],
+    pub pds: u32,
+    pub mrs: u32,
+    pub cqs: u32,
+    pub qps: u32,
+    pub srqs: u32,
+}
+
 /// What a provider asks of the router.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -85,6 +98,9 @@ pub enum Request {
     /// shows the caller's network namespace its own GID (answered with
     /// [`Reply::DeviceView`]; the router creates that view if needed).
     DeviceView,
+    /// First and only message of a short connection: what the router
+    /// serves (answered with [`Reply::Status`]).
+    Status,
     AllocPd,
     DeallocPd {
         pd: u32,
@@ -172,6 +188,9 @@ pub enum Reply {
     },
     DeviceView {
         sysfs_path: String,
+    },
+    Status {
+        sessions: Vec<SessionStatus>,
     },
     Pd {
         pd: u32,
