@@ -62,19 +62,12 @@ pub(super) unsafe extern "C" fn create_cq(
             return null_with(unexpected(&reply));
         };
         let layout = CqLayout::new(capacity);
-        let built = take_one_fd(fds).and_then(|fd| {
-            if layout.capacity != capacity || layout.size as u64 != segment_size {
-                return Err(libc::EPROTO);
-            }
-            map_segment(&fd, segment_size)
-        });
-        let segment = match built {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = call(ctx, &Request::DestroyCq { cq });
-                return null_with(e);
-            }
-        };
+        let fits = layout.capacity == capacity && layout.size as u64 == segment_size;
+        let segment =
+            match map_created_segment(ctx, fds, fits, segment_size, Request::DestroyCq { cq }) {
+                Ok(s) => s,
+                Err(e) => return null_with(e),
+            };
         // SAFETY: the segment holds `capacity` CQEs at ring_offset.
         let ring =
             unsafe { RingSlots::new(segment.as_ptr().add(layout.ring_offset), CQE_SIZE, capacity) };

@@ -77,6 +77,29 @@ fn call(ctx: *mut ibv_context, req: &Request) -> Result<(Reply, Vec<OwnedFd>), E
     unsafe { inner(ctx) }.call(req)
 }
 
+/// Maps the one segment a create reply carries. `fits`: the reply's
+/// capacities give the layout the provider computes, of `segment_size`
+/// bytes. On any failure the router is asked to `undo` (destroy) the object
+/// it just created, and the errno is returned.
+fn map_created_segment(
+    ctx: *mut ibv_context,
+    fds: Vec<OwnedFd>,
+    fits: bool,
+    segment_size: u64,
+    undo: Request,
+) -> Result<Mapping, Errno> {
+    let mapped = take_one_fd(fds).and_then(|fd| {
+        if !fits {
+            return Err(libc::EPROTO);
+        }
+        map_segment(&fd, segment_size)
+    });
+    if mapped.is_err() {
+        let _ = call(ctx, &undo);
+    }
+    mapped
+}
+
 fn unexpected(r: &Reply) -> Errno {
     crate::fv_log!(1, "unexpected reply {r:?}");
     libc::EPROTO

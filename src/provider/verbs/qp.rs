@@ -111,21 +111,13 @@ pub(super) unsafe extern "C" fn create_qp(
             return null_with(unexpected(&reply));
         };
         let layout = QpLayout::new(sq_capacity, rq_capacity);
-        let built = take_one_fd(fds).and_then(|fd| {
-            if layout.sq_capacity != sq_capacity
-                || layout.rq_capacity != rq_capacity
-                || layout.size as u64 != segment_size
-            {
-                return Err(libc::EPROTO);
-            }
-            map_segment(&fd, segment_size)
-        });
-        let segment = match built {
+        let fits = layout.sq_capacity == sq_capacity
+            && layout.rq_capacity == rq_capacity
+            && layout.size as u64 == segment_size;
+        let undo = Request::DestroyQp { qp: handle };
+        let segment = match map_created_segment(ctx, fds, fits, segment_size, undo) {
             Ok(s) => s,
-            Err(e) => {
-                let _ = call(ctx, &Request::DestroyQp { qp: handle });
-                return null_with(e);
-            }
+            Err(e) => return null_with(e),
         };
         // SAFETY: the segment holds both queues at the layout's offsets.
         let (sq, rq) = unsafe {
