@@ -9,43 +9,22 @@
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
 
 /// Per-case limit; the program itself gives up on a completion after 10 s
 /// and has a 50 s watchdog.
 const CASE_TIMEOUT_SECS: u64 = 60;
 
+static CHECKER: CProgram = CProgram::new("fv_verbs_check.c");
+
 fn checker() -> &'static Path {
-    static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| {
-        compile_c(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/fv_verbs_check.c"))
-    })
+    CHECKER.path()
 }
 
 fn run_case(case: &str) {
     let exe = checker();
     let router = Router::start();
-    let mut cmd = router.command(exe);
-    cmd.arg(case);
-    let out = run_with_timeout(&mut cmd, CASE_TIMEOUT_SECS);
-    if !out.status.success() {
-        let log = router.stderr();
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        panic!(
-            "verbs case `{case}` failed{}\n{}--- router stderr (last 40 lines):\n{}\n",
-            if timed_out(&out) { " (timed out)" } else { "" },
-            show(&format!("fv_verbs_check {case}"), &out),
-            tail.join("\n")
-        );
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains(&format!("PASS {case}")),
-        "fv_verbs_check {case} exited 0 without reporting PASS:\n{}",
-        show(case, &out)
-    );
+    run_c_case(exe, case, &router, CASE_TIMEOUT_SECS, "verbs");
 }
 
 macro_rules! cases {
@@ -60,12 +39,7 @@ macro_rules! cases {
         /// The C program and this file list the same cases.
         #[test]
         fn case_list_matches() {
-            let out = run_with_timeout(std::process::Command::new(checker()).arg("list"), 30);
-            assert!(out.status.success(), "{}", show("fv_verbs_check list", &out));
-            let listed: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(str::to_owned)
-                .collect();
+            let listed = list_c_cases(checker());
             let here: Vec<String> = vec![$(stringify!($name).to_owned(),)* $(stringify!($other).to_owned()),*];
             assert_eq!(listed, here, "case lists differ (C program vs tests/verbs_semantics.rs)");
         }

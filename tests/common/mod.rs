@@ -16,7 +16,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -503,6 +503,87 @@ pub fn compile_c(src: &Path) -> PathBuf {
         panic!("compiling {} failed:\n{}", src.display(), show("gcc", &out));
     }
     exe
+}
+
+/// A C check program `tests/c/<src>`, compiled by [`compile_c`] at most once
+/// per test binary (the first test to need it compiles it; the others wait).
+/// Declare it as a `static`.
+pub struct CProgram {
+    src: &'static str,
+    exe: OnceLock<PathBuf>,
+}
+
+impl CProgram {
+    /// `src`: the file name under `tests/c`, e.g. `"fv_verbs_check.c"`.
+    pub const fn new(src: &'static str) -> CProgram {
+        CProgram {
+            src,
+            exe: OnceLock::new(),
+        }
+    }
+
+    /// The compiled executable (its file name is the source's stem).
+    pub fn path(&self) -> &Path {
+        self.exe.get_or_init(|| {
+            compile_c(
+                &Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/c")
+                    .join(self.src),
+            )
+        })
+    }
+}
+
+/// The executable's file name, e.g. `fv_verbs_check`, for messages.
+fn program_name(program: &Path) -> String {
+    program
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| program.display().to_string())
+}
+
+/// Runs `<program> <case>` (a compiled C check program) against `router`
+/// with a `secs`-second timeout and asserts that it exits 0 and prints
+/// `PASS <case>`. On failure the panic message shows the program's output
+/// and the last 40 lines of the router's stderr; `kind` names the case in
+/// it ("`<kind>` case `<case>` failed").
+pub fn run_c_case(program: &Path, case: &str, router: &Router, secs: u64, kind: &str) {
+    let name = program_name(program);
+    let mut cmd = router.command(program);
+    cmd.arg(case);
+    let out = run_with_timeout(&mut cmd, secs);
+    if !out.status.success() {
+        let log = router.stderr();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "{kind} case `{case}` failed{}\n{}--- router stderr (last 40 lines):\n{}\n",
+            if timed_out(&out) { " (timed out)" } else { "" },
+            show(&format!("{name} {case}"), &out),
+            tail.join("\n")
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("PASS {case}")),
+        "{name} {case} exited 0 without reporting PASS:\n{}",
+        show(case, &out)
+    );
+}
+
+/// The case names `<program> list` prints, one a line; asserts that it
+/// exits 0 (within 30 s).
+pub fn list_c_cases(program: &Path) -> Vec<String> {
+    let out = run_with_timeout(Command::new(program).arg("list"), 30);
+    assert!(
+        out.status.success(),
+        "{}",
+        show(&format!("{} list", program_name(program)), &out)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A result table printed by perftest: the column names of the line
