@@ -57,6 +57,14 @@ enum Cmd {
         runtime_dir: PathBuf,
         #[arg(long, value_enum, default_value_t = ModeArg::Isolated)]
         mode: ModeArg,
+        /// Accept connections from the routers of other hosts on IP:PORT
+        /// (a specific address: it is this router's name among routers).
+        #[arg(long, value_name = "IP:PORT")]
+        listen: Option<std::net::SocketAddr>,
+        /// A router on another host to connect to (repeatable). GIDs are
+        /// learned from the peers themselves.
+        #[arg(long = "peer", value_name = "IP:PORT", requires = "listen")]
+        peers: Vec<std::net::SocketAddr>,
     },
     /// Install the provider and /etc/libibverbs.d/flowverbs.driver.
     Install {
@@ -111,13 +119,23 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Cmd::Router { runtime_dir, mode } => {
+        Cmd::Router {
+            runtime_dir,
+            mode,
+            listen,
+            peers,
+        } => {
             let mode = match mode {
                 ModeArg::Isolated => flowverbs::router::Mode::Isolated,
                 ModeArg::Semi => flowverbs::router::Mode::Semi,
             };
-            flowverbs::router::run(flowverbs::router::Config { runtime_dir, mode })
-                .context("router failed")
+            flowverbs::router::run(flowverbs::router::Config {
+                runtime_dir,
+                mode,
+                listen,
+                peers,
+            })
+            .context("router failed")
         }
         Cmd::Install { provider } => install(provider),
         Cmd::Uninstall => uninstall(),

@@ -12,9 +12,12 @@ use crate::wire::entries::{Cqe, RecvWqe, SendWqe};
 use crate::wire::limits::{GRH_SIZE, MAX_INLINE_DATA, MAX_MSG_SIZE, UD_MTU};
 
 use super::events::{responder_error_event, AsyncTarget};
+use super::link::Links;
 use super::memory::{ProcessMemory, Segments};
 use super::objects::{Stall, Tables};
 use super::qp_state::{self, QpKind, ERR, RESET, RTR, RTS, SQD, SQE};
+
+mod remote;
 
 /// Most work requests, and bytes, one QP's send queue gets per pass.
 const PASS_WRS: u32 = 32;
@@ -27,6 +30,9 @@ pub struct Engine {
     pub tables: Tables,
     bounce: Vec<u8>,
     handles: Vec<u32>,
+    /// Connections to the routers of other hosts (None: this host only).
+    pub links: Option<Links>,
+    remote: remote::Remote,
 }
 
 /// Where a message's bytes come from.
@@ -118,6 +124,8 @@ impl Engine {
             tables,
             bounce: vec![0; CHUNK],
             handles: Vec::new(),
+            links: None,
+            remote: remote::Remote::default(),
         }
     }
 
@@ -126,24 +134,33 @@ impl Engine {
         let mut handles = std::mem::take(&mut self.handles);
         handles.clear();
         handles.extend(self.tables.qps.keys().copied());
-        let mut progress = false;
+        let mut progress = self.pump_links(now);
         for &h in &handles {
             progress |= self.service_qp(h, now);
         }
         self.handles = handles;
+        if self.links.is_some() {
+            progress |= self.serve_reads();
+            self.flush_links();
+        }
         progress
     }
 
     /// The earliest time a stalled request must fail.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.tables
+        let local = self
+            .tables
             .qps
             .values()
             .filter_map(|q| match q.stall {
                 Some(Stall::Retry { deadline, .. }) => deadline,
                 _ => None,
             })
-            .min()
+            .min();
+        match (local, self.remote_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn service_qp(&mut self, h: u32, now: Instant) -> bool {
@@ -179,7 +196,9 @@ impl Engine {
             return;
         };
         qp.stall = None;
-        if qp.srq != 0 {
+        let on_srq = qp.srq != 0;
+        self.remote_entered_error(h);
+        if on_srq {
             self.post_async_event(AsyncTarget::Qp(h), IBV_EVENT_QP_LAST_WQE_REACHED);
         }
     }
@@ -285,6 +304,7 @@ impl Engine {
 
     /// Discards everything posted on a QP's queues (modify to RESET).
     pub fn drain(&mut self, h: u32) {
+        self.forget_remote(h);
         if let Some(qp) = self.tables.qps.get_mut(&h) {
             let hdr = qp.header();
             let (sp, rp) = (hdr.sq.producer(), hdr.rq.producer());
@@ -301,6 +321,9 @@ impl Engine {
     /// (every tenant of the host shares this thread); `service` comes back
     /// to it on its next pass.
     fn run_send_queue(&mut self, h: u32, now: Instant) -> bool {
+        if let Some(peer) = self.remote_route(h) {
+            return self.run_remote(h, peer, now);
+        }
         let mut progress = false;
         let (mut wrs, mut bytes) = (0u32, 0u64);
         loop {
@@ -619,13 +642,13 @@ impl Engine {
         }
     }
 
-    fn execute(&mut self, ha: u32, w: &SendWqe, now: Instant) -> Outcome {
+    /// The requester's own checks of a send work request: opcode allowed
+    /// for the QP type, SGE count, inline length, local keys. Returns the
+    /// local segments, the message length and whether it is inline, or the
+    /// error status of its completion.
+    fn validate_send(&self, ha: u32, w: &SendWqe) -> Result<(Segments, u64, bool), u32> {
         let a = &self.tables.qps[&ha];
-        let kind = a.kind;
-        if self.cq_free(a.send_cq) == 0 {
-            return Outcome::Stalled(Stall::CqFull);
-        }
-        let allowed = match kind {
+        let allowed = match a.kind {
             QpKind::Rc => wc_opcode(w.opcode).is_some(),
             QpKind::Uc => matches!(
                 w.opcode,
@@ -634,8 +657,7 @@ impl Engine {
             QpKind::Ud => matches!(w.opcode, IBV_WR_SEND | IBV_WR_SEND_WITH_IMM),
         };
         if !allowed || w.num_sge > a.caps.max_send_sge.max(1) {
-            self.fail_requester(ha, w, IBV_WC_LOC_QP_OP_ERR);
-            return Outcome::Failed;
+            return Err(IBV_WC_LOC_QP_OP_ERR);
         }
         let inline = w.send_flags & IBV_SEND_INLINE != 0
             && matches!(
@@ -646,22 +668,28 @@ impl Engine {
             w.opcode,
             IBV_WR_RDMA_READ | IBV_WR_ATOMIC_CMP_AND_SWP | IBV_WR_ATOMIC_FETCH_AND_ADD
         );
-        let (local, len) = if inline {
+        if inline {
             if w.inline_len > MAX_INLINE_DATA {
-                self.fail_requester(ha, w, IBV_WC_LOC_LEN_ERR);
-                return Outcome::Failed;
+                return Err(IBV_WC_LOC_LEN_ERR);
             }
-            (Segments::new(), u64::from(w.inline_len))
-        } else {
-            match self.local_segments(ha, w.sges(), !reads_local) {
-                Ok(s) => {
-                    let l = total_len(&s);
-                    (s, l)
-                }
-                Err(status) => {
-                    self.fail_requester(ha, w, status);
-                    return Outcome::Failed;
-                }
+            return Ok((Segments::new(), u64::from(w.inline_len), true));
+        }
+        let s = self.local_segments(ha, w.sges(), !reads_local)?;
+        let l = total_len(&s);
+        Ok((s, l, false))
+    }
+
+    fn execute(&mut self, ha: u32, w: &SendWqe, now: Instant) -> Outcome {
+        let a = &self.tables.qps[&ha];
+        let kind = a.kind;
+        if self.cq_free(a.send_cq) == 0 {
+            return Outcome::Stalled(Stall::CqFull);
+        }
+        let (local, len, inline) = match self.validate_send(ha, w) {
+            Ok(v) => v,
+            Err(status) => {
+                self.fail_requester(ha, w, status);
+                return Outcome::Failed;
             }
         };
         let src = if inline {
@@ -886,58 +914,80 @@ impl Engine {
     /// A UD send: one datagram of at most the MTU to `remote_qpn`, delivered
     /// after a 40-byte GRH, or silently lost (unknown destination, wrong
     /// Q_Key, no receive posted) as on a real fabric. The sender's
-    /// completion does not depend on delivery.
+    /// completion does not depend on delivery. A datagram to a GID another
+    /// router serves goes over the link to it.
     fn execute_ud(&mut self, ha: u32, w: &SendWqe, src: &Source, len: u64) -> Outcome {
         if len > u64::from(UD_MTU) {
             self.fail_requester(ha, w, IBV_WC_LOC_LEN_ERR);
             return Outcome::Failed;
         }
         let a = &self.tables.qps[&ha];
-        let (qpn_a, a_qkey) = (a.qpn, a.attr.qkey);
+        let qkey = if w.remote_qkey & 0x8000_0000 != 0 {
+            a.attr.qkey
+        } else {
+            w.remote_qkey
+        };
+        let qpn_a = a.qpn;
         let sgid = self.tables.sessions[&a.session].gid;
+        if w.ah_global != 0 && !self.serves_locally(&w.dgid) {
+            match self.send_datagram(&sgid, qpn_a, w, qkey, src, len) {
+                Ok(()) => {}
+                Err(status) => {
+                    self.fail_requester(ha, w, status);
+                    return Outcome::Failed;
+                }
+            }
+            self.finish_send(ha, w, len);
+            return Outcome::Done;
+        }
         let dest = self.tables.qpns.get(&w.remote_qpn).copied().filter(|hb| {
             let b = &self.tables.qps[hb];
-            let qkey = if w.remote_qkey & 0x8000_0000 != 0 {
-                a_qkey
-            } else {
-                w.remote_qkey
-            };
             b.kind == QpKind::Ud
                 && matches!(b.state(), RTR | RTS | SQD | SQE)
                 && b.attr.qkey == qkey
                 && (w.ah_global == 0 || w.dgid == self.tables.sessions[&b.session].gid)
         });
-        let Some(hb) = dest else {
-            self.finish_send(ha, w, len);
-            return Outcome::Done;
-        };
+        if let Some(hb) = dest {
+            let solicited = w.send_flags & IBV_SEND_SOLICITED != 0;
+            let imm = (w.opcode == IBV_WR_SEND_WITH_IMM).then_some(w.imm_data);
+            if !self.deliver_ud(hb, &sgid, qpn_a, imm, solicited, src, len) {
+                return Outcome::Stalled(Stall::CqFull);
+            }
+        }
+        self.finish_send(ha, w, len);
+        Outcome::Done
+    }
+
+    /// Delivers one datagram of `len` bytes from `src` to UD QP `hb` (whose
+    /// Q_Key and state the caller checked): into the receive at the head of
+    /// its queue, after the GRH, or dropped if no receive is posted. False
+    /// if the receiver's CQ is full (nothing was consumed).
+    #[allow(clippy::too_many_arguments)]
+    fn deliver_ud(
+        &mut self,
+        hb: u32,
+        sgid: &[u8; 16],
+        src_qpn: u32,
+        imm: Option<u32>,
+        solicited: bool,
+        src: &Source,
+        len: u64,
+    ) -> bool {
         let recv_cq = self.tables.qps[&hb].recv_cq;
         match self.recv_pending(hb) {
             None => {
                 self.recv_violation(hb);
-                self.finish_send(ha, w, len);
-                return Outcome::Done;
+                return true;
             }
-            Some(0) => {
-                self.finish_send(ha, w, len);
-                return Outcome::Done;
-            }
+            Some(0) => return true,
             Some(_) => {}
         }
         if self.cq_free(recv_cq) == 0 {
-            return Outcome::Stalled(Stall::CqFull);
+            return false;
         }
         let (rwqe, max_sge) = self.recv_head(hb);
         let dgid = self.tables.sessions[&self.tables.qps[&hb].session].gid;
         let qpn_b = self.tables.qps[&hb].qpn;
-        let recv_error = |status| Cqe {
-            wr_id: rwqe.wr_id,
-            status,
-            opcode: IBV_WC_RECV,
-            qp_num: qpn_b,
-            src_qp: qpn_a,
-            ..Default::default()
-        };
         let dst = if rwqe.num_sge > max_sge.max(1) {
             Err(IBV_WC_LOC_QP_OP_ERR)
         } else {
@@ -950,7 +1000,7 @@ impl Engine {
         };
         let mem_b = self.memory_of(hb);
         let delivered = dst.and_then(|dst| {
-            let grh = grh(&sgid, &dgid, len as u32);
+            let grh = grh(sgid, &dgid, len as u32);
             mem_b
                 .write_segments(&dst, 0, &grh)
                 .map_err(|_| IBV_WC_LOC_PROT_ERR)?;
@@ -968,37 +1018,40 @@ impl Engine {
             Ok(())
         });
         let cqe = match delivered {
-            Ok(()) => {
-                let with_imm = w.opcode == IBV_WR_SEND_WITH_IMM;
-                Cqe {
-                    wr_id: rwqe.wr_id,
-                    status: IBV_WC_SUCCESS,
-                    opcode: IBV_WC_RECV,
-                    byte_len: len as u32 + GRH_SIZE,
-                    imm_data: if with_imm { w.imm_data } else { 0 },
-                    wc_flags: IBV_WC_GRH | if with_imm { IBV_WC_WITH_IMM } else { 0 },
-                    qp_num: qpn_b,
-                    src_qp: qpn_a,
-                    sl: SL_IPV4_GRH,
-                    ..Default::default()
-                }
-            }
-            Err(status) => recv_error(status),
+            Ok(()) => Cqe {
+                wr_id: rwqe.wr_id,
+                status: IBV_WC_SUCCESS,
+                opcode: IBV_WC_RECV,
+                byte_len: len as u32 + GRH_SIZE,
+                imm_data: imm.unwrap_or(0),
+                wc_flags: IBV_WC_GRH | if imm.is_some() { IBV_WC_WITH_IMM } else { 0 },
+                qp_num: qpn_b,
+                src_qp: src_qpn,
+                sl: SL_IPV4_GRH,
+                ..Default::default()
+            },
+            Err(status) => Cqe {
+                wr_id: rwqe.wr_id,
+                status,
+                opcode: IBV_WC_RECV,
+                qp_num: qpn_b,
+                src_qp: src_qpn,
+                ..Default::default()
+            },
         };
         let failed = cqe.status != IBV_WC_SUCCESS;
         self.consume_recv(hb);
-        let solicited = w.send_flags & IBV_SEND_SOLICITED != 0;
         self.publish_cqe(recv_cq, &cqe, solicited);
         if failed {
             self.to_error(hb);
         }
-        self.finish_send(ha, w, len);
-        Outcome::Done
+        true
     }
 
     /// Removes a QP; a peer still sending to it will time out as on a
     /// fabric whose responder vanished.
     pub fn remove_qp(&mut self, h: u32) {
+        self.forget_remote(h);
         if let Some(qp) = self.tables.qps.remove(&h) {
             self.tables.qpns.remove(&qp.qpn);
         }

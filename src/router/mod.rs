@@ -5,9 +5,11 @@ pub mod engine;
 pub mod events;
 pub mod fuse;
 pub mod identity;
+pub mod link;
 pub mod memory;
 pub mod objects;
 pub mod qp_state;
+pub mod registry;
 mod server;
 pub mod sysfs;
 
@@ -28,6 +30,10 @@ pub struct Config {
     /// Where the socket, the generated sysfs tree and other state live.
     pub runtime_dir: PathBuf,
     pub mode: Mode,
+    /// Where routers of other hosts connect (None: this host only).
+    pub listen: Option<std::net::SocketAddr>,
+    /// Routers of other hosts to connect to.
+    pub peers: Vec<std::net::SocketAddr>,
 }
 
 /// Runs the router in the foreground until SIGTERM or SIGINT.

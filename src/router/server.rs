@@ -37,6 +37,8 @@ use super::Config;
 const LISTENER: u64 = 0;
 const SIGNALS: u64 = 1;
 const CMDFS: u64 = 2;
+/// The links' own epoll set (see `link::Links::fd`).
+const LINKS: u64 = 3;
 const KIND_SOCKET: u64 = 2;
 const KIND_DOORBELL: u64 = 3;
 const KIND_EVENTS: u64 = 4;
@@ -160,8 +162,14 @@ impl Server {
             "router serving {} (GID ::ffff:{ip}), isolated mode",
             socket_path.display()
         );
+        let mut engine = Engine::new(Tables::new());
+        if let Some(listen) = config.listen {
+            let links = super::link::Links::new(listen, config.peers.clone())?;
+            epoll.add(links.fd(), EpollEvent::new(EpollFlags::EPOLLIN, LINKS))?;
+            engine.links = Some(links);
+        }
         Ok(Server {
-            engine: Engine::new(Tables::new()),
+            engine,
             epoll,
             listener,
             signals,
@@ -234,6 +242,7 @@ impl Server {
                 let data = ev.data();
                 match data {
                     LISTENER => self.accept(),
+                    LINKS => {} // serviced on every pass
                     CMDFS => self.on_cmdfs(),
                     SIGNALS => {
                         if let Ok(Some(sig)) = self.signals.read_signal() {
@@ -516,6 +525,7 @@ impl Server {
                 channels: HashMap::new(),
             },
         );
+        self.engine.announce_gids();
         self.engine
             .post_async_event(AsyncTarget::Port(id, 1), IBV_EVENT_PORT_ACTIVE);
         let cmd_file = self.cmdfs.as_ref().map(|_| CmdFs::session_file(id));
@@ -551,6 +561,7 @@ impl Server {
             self.finish_channel_request(id, Err(libc::EIO));
         }
         close_session(&mut self.engine, session);
+        self.engine.announce_gids();
     }
 
     /// Requests on the command file system. A `CREATE_COMP_CHANNEL` asks

@@ -6,6 +6,7 @@
 pub mod control;
 pub mod entries;
 pub mod events;
+pub mod link;
 pub mod ring;
 pub mod segment;
 

@@ -11,7 +11,16 @@ pub struct FvCq {
     pub(super) ring: RingSlots,
     /// Our consumer index; the lock serialises pollers of one CQ.
     pub(super) consumer: Mutex<u32>,
+    /// Polls in a row that found nothing (see [`EMPTY_POLLS_BEFORE_YIELD`]).
+    pub(super) empty_polls: std::sync::atomic::AtomicU32,
 }
+
+/// After this many empty polls in a row, `poll_cq` yields the CPU once per
+/// empty poll. Applications busy-poll their CQs; on a host with fewer cores
+/// than busy threads, the router that produces the completions would
+/// otherwise wait for the scheduler to preempt a poller. Yielding costs one
+/// cheap system call when nothing else wants the CPU.
+const EMPTY_POLLS_BEFORE_YIELD: u32 = 32;
 
 impl FvCq {
     /// # Safety
@@ -82,6 +91,7 @@ pub(super) unsafe extern "C" fn create_cq(
             segment,
             ring,
             consumer: Mutex::new(0),
+            empty_polls: std::sync::atomic::AtomicU32::new(0),
         }) as *mut ibv_cq
     })
 }
@@ -143,6 +153,16 @@ pub(super) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, num_entries: i32, wc: *
         if n > 0 {
             *consumer = consumer.wrapping_add(n);
             fcq.header().ring.publish_consumer(*consumer);
+            fcq.empty_polls
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            drop(consumer);
+            let empty = fcq
+                .empty_polls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if empty >= EMPTY_POLLS_BEFORE_YIELD {
+                std::thread::yield_now();
+            }
         }
         n as i32
     })

@@ -1,0 +1,794 @@
+//! Connections to the other routers (`--listen`, `--peer`).
+//!
+//! Each router dials every peer and sends only on the connection it dialed
+//! ("out"); it reads only the connections its peers dialed ("in"). So
+//! there is no tie-breaking between two routers dialing each other, and a
+//! peer that only one side names still gets a connection back: a Hello
+//! from an unknown router makes it a peer.
+//!
+//! A peer is *up* once both directions said Hello. Losing either
+//! direction, or a Hello with a new boot id (the peer restarted), takes it
+//! *down*: everything it served is forgotten and the engine fails the QPs
+//! connected there. Down peers are redialled with a backoff.
+//!
+//! Flow control: the engine queues data only while [`Peers::has_room`]
+//! (a few MiB per peer); small replies are always queued. Reading from a
+//! peer stops while the replies queued for it exceed [`OUT_HARD`], so a
+//! peer that does not read cannot grow this router's memory.
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use log::{debug, info, warn};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+
+use super::registry::{Gid, LocationRegistry, StaticRegistry};
+use crate::wire::link::{
+    decode_payload, encode_payload, Announce, FrameHeader, Hello, Kind, HEADER_LEN, MAX_CHUNK,
+};
+
+/// Queued bytes per peer under which the engine may queue more data.
+pub const OUT_SOFT: usize = 4 << 20;
+/// Queued bytes per peer above which this router stops reading from it.
+const OUT_HARD: usize = 32 << 20;
+/// Bytes read from one connection per call.
+const READ_STEP: usize = 1 << 20;
+const REDIAL_MIN: Duration = Duration::from_millis(100);
+const REDIAL_MAX: Duration = Duration::from_secs(1);
+
+const LISTENER: u64 = 0;
+
+pub type PeerId = usize;
+
+/// What happened to a peer, for the engine.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LinkEvent {
+    Up(PeerId),
+    /// The peer is gone; these GIDs it served are unreachable now.
+    Down(PeerId, Vec<Gid>),
+}
+
+/// Bytes waiting to be written, in order.
+#[derive(Default)]
+struct OutQueue {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl OutQueue {
+    fn len(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.start = 0;
+    }
+
+    /// Writes as much as the socket takes. Err: the connection is broken.
+    fn flush(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+        while self.start < self.buf.len() {
+            match stream.write(&self.buf[self.start..]) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => self.start += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.start == self.buf.len() {
+            self.clear();
+        } else if self.start > self.buf.len() / 2 && self.start > (1 << 20) {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        Ok(())
+    }
+}
+
+/// One router this router talks to.
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The connection we dialed (we write on it).
+    out: Option<TcpStream>,
+    out_token: u64,
+    connecting: bool,
+    queue: OutQueue,
+    /// The connection it dialed to us (we read it), once it said Hello.
+    inbound: Option<u64>,
+    boot_id: Option<u64>,
+    up: bool,
+    next_dial: Instant,
+    backoff: Duration,
+    /// Logged that it cannot be reached (logged once per outage).
+    told_unreachable: bool,
+}
+
+/// The routers and the bytes queued for them: what the engine sends on.
+pub struct Peers {
+    list: Vec<Peer>,
+    registry: StaticRegistry,
+    /// GIDs this router serves (announced to every peer).
+    served: Vec<Gid>,
+    me: Hello,
+}
+
+impl Peers {
+    /// The peer serving `gid`, if it is up.
+    pub fn locate(&self, gid: &Gid) -> Option<PeerId> {
+        let addr = self.registry.locate(gid)?;
+        self.list.iter().position(|p| p.addr == addr && p.up)
+    }
+
+    pub fn is_up(&self, peer: PeerId) -> bool {
+        self.list.get(peer).is_some_and(|p| p.up)
+    }
+
+    /// True while `peer` takes more data without exceeding [`OUT_SOFT`].
+    pub fn has_room(&self, peer: PeerId) -> bool {
+        self.list
+            .get(peer)
+            .is_some_and(|p| p.up && p.queue.len() < OUT_SOFT)
+    }
+
+    /// Queues one frame whose payload is `payload`. Frames to a peer that
+    /// is down are dropped (the engine learns of the outage separately).
+    pub fn send(&mut self, peer: PeerId, mut hdr: FrameHeader, payload: &[u8]) {
+        debug_assert!(payload.len() <= MAX_CHUNK);
+        hdr.payload_len = payload.len() as u32;
+        let Some(p) = self.list.get_mut(peer).filter(|p| p.up) else {
+            return;
+        };
+        p.queue.buf.extend_from_slice(&hdr.encode());
+        p.queue.buf.extend_from_slice(payload);
+    }
+
+    /// Queues one frame with a `len`-byte payload that `fill` writes in
+    /// place (straight from a process's memory). If `fill` fails nothing
+    /// is queued and its error is returned.
+    pub fn send_with<E>(
+        &mut self,
+        peer: PeerId,
+        mut hdr: FrameHeader,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        debug_assert!(len <= MAX_CHUNK);
+        hdr.payload_len = len as u32;
+        let Some(p) = self.list.get_mut(peer).filter(|p| p.up) else {
+            return Ok(());
+        };
+        let q = &mut p.queue.buf;
+        let at = q.len();
+        q.extend_from_slice(&hdr.encode());
+        q.resize(at + HEADER_LEN + len, 0);
+        if let Err(e) = fill(&mut q[at + HEADER_LEN..]) {
+            q.truncate(at);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// GIDs `peer` may speak for (its announcement).
+    pub fn serves(&self, peer: PeerId, gid: &Gid) -> bool {
+        self.list
+            .get(peer)
+            .is_some_and(|p| self.registry.locate(gid) == Some(p.addr))
+    }
+
+    fn announce_to(&mut self, peer: PeerId) {
+        let payload = encode_payload(&Announce {
+            gids: self.served.clone(),
+        });
+        let p = &mut self.list[peer];
+        let mut hdr = FrameHeader::new(Kind::Announce);
+        hdr.payload_len = payload.len() as u32;
+        p.queue.buf.extend_from_slice(&hdr.encode());
+        p.queue.buf.extend_from_slice(&payload);
+    }
+
+    fn find(&self, addr: SocketAddr) -> Option<PeerId> {
+        self.list.iter().position(|p| p.addr == addr)
+    }
+}
+
+/// A connection a peer dialed to us.
+struct Inbound {
+    stream: TcpStream,
+    peer: Option<PeerId>,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already handled.
+    start: usize,
+    readable: bool,
+}
+
+pub struct Links {
+    epoll: Epoll,
+    listener: TcpListener,
+    pub peers: Peers,
+    inbound: HashMap<u64, Inbound>,
+    next_token: u64,
+    events: Vec<LinkEvent>,
+}
+
+fn new_boot_id() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    u64::from_ne_bytes(b) ^ u64::from(std::process::id())
+}
+
+impl Links {
+    /// Listens on `listen` and prepares to dial `peers`.
+    pub fn new(listen: SocketAddr, peers: Vec<SocketAddr>) -> anyhow::Result<Links> {
+        if listen.ip().is_unspecified() {
+            anyhow::bail!(
+                "--listen {listen}: give the address peers reach this router at (it is its name among routers), not a wildcard"
+            );
+        }
+        let listener =
+            TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+        listener.set_nonblocking(true)?;
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        epoll.add(&listener, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))?;
+        let now = Instant::now();
+        let registry = StaticRegistry::new(peers.clone());
+        let mut links = Links {
+            epoll,
+            listener,
+            peers: Peers {
+                list: Vec::new(),
+                registry,
+                served: Vec::new(),
+                me: Hello {
+                    listen: listen.to_string(),
+                    boot_id: new_boot_id(),
+                },
+            },
+            inbound: HashMap::new(),
+            next_token: 1,
+            events: Vec::new(),
+        };
+        for addr in links.peers.registry.peers() {
+            if addr != listen && links.peers.find(addr).is_none() {
+                links.add_peer(addr, now);
+            }
+        }
+        info!(
+            "listening for routers on {listen}; peers: {}",
+            links
+                .peers
+                .list
+                .iter()
+                .map(|p| p.addr.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(links)
+    }
+
+    /// The descriptor the server's epoll watches: readable whenever any
+    /// link needs attention.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.epoll.0.as_fd()
+    }
+
+    fn token(&mut self) -> u64 {
+        let t = self.next_token;
+        self.next_token += 1;
+        t
+    }
+
+    fn add_peer(&mut self, addr: SocketAddr, now: Instant) -> PeerId {
+        self.peers.list.push(Peer {
+            addr,
+            out: None,
+            out_token: 0,
+            connecting: false,
+            queue: OutQueue::default(),
+            inbound: None,
+            boot_id: None,
+            up: false,
+            next_dial: now,
+            backoff: REDIAL_MIN,
+            told_unreachable: false,
+        });
+        self.peers.list.len() - 1
+    }
+
+    /// Sets the GIDs this router serves; announces them if they changed.
+    pub fn set_served(&mut self, mut gids: Vec<Gid>) {
+        gids.sort_unstable();
+        gids.dedup();
+        if gids == self.peers.served {
+            return;
+        }
+        self.peers.served = gids;
+        for i in 0..self.peers.list.len() {
+            if self.peers.list[i].out.is_some() && !self.peers.list[i].connecting {
+                self.peers.announce_to(i);
+            }
+        }
+    }
+
+    /// The earliest redial.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.peers
+            .list
+            .iter()
+            .filter(|p| p.out.is_none())
+            .map(|p| p.next_dial)
+            .min()
+    }
+
+    /// Peer events since the last call.
+    pub fn take_events(&mut self) -> Vec<LinkEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// True if some connection has more to read now (the caller keeps
+    /// polling instead of sleeping). Bytes waiting to be written do not
+    /// count: the epoll set reports when the socket takes more.
+    pub fn busy(&self) -> bool {
+        self.inbound.values().any(|c| {
+            c.readable
+                && c.peer
+                    .is_none_or(|i| self.peers.list[i].queue.len() <= OUT_HARD)
+        })
+    }
+
+    /// Accepts, dials, flushes and reads; frames are handed out by
+    /// [`Links::frames`].
+    pub fn poll_io(&mut self, now: Instant) {
+        let mut ready = [EpollEvent::empty(); 32];
+        loop {
+            let n = match self.epoll.wait(&mut ready, EpollTimeout::ZERO) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    warn!("link epoll: {e}");
+                    0
+                }
+            };
+            for ev in &ready[..n] {
+                self.on_ready(ev.data(), ev.events(), now);
+            }
+            if n < ready.len() {
+                break;
+            }
+        }
+        for i in 0..self.peers.list.len() {
+            let p = &self.peers.list[i];
+            if p.out.is_none() && now >= p.next_dial {
+                self.dial(i, now);
+            }
+            self.flush(i, now);
+        }
+        let tokens: Vec<u64> = self.inbound.keys().copied().collect();
+        for t in tokens {
+            self.read(t, now);
+        }
+    }
+
+    /// Writes what is queued for every peer.
+    pub fn flush_all(&mut self, now: Instant) {
+        for i in 0..self.peers.list.len() {
+            self.flush(i, now);
+        }
+    }
+
+    fn on_ready(&mut self, token: u64, events: EpollFlags, now: Instant) {
+        if token == LISTENER {
+            self.accept();
+            return;
+        }
+        if let Some(c) = self.inbound.get_mut(&token) {
+            c.readable = true;
+            return;
+        }
+        let Some(i) = self.peers.list.iter().position(|p| p.out_token == token) else {
+            return;
+        };
+        if self.peers.list[i].connecting {
+            if events.contains(EpollFlags::EPOLLOUT) || events.contains(EpollFlags::EPOLLERR) {
+                self.connected(i, now);
+            }
+            return;
+        }
+        if events.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP) {
+            // Nothing is ever sent to us on our own connection: readable
+            // means closed (or a confused peer).
+            let mut b = [0u8; 64];
+            let broken = match self.peers.list[i].out.as_mut().map(|s| s.read(&mut b)) {
+                Some(Ok(_)) => true,
+                Some(Err(e)) => e.kind() != ErrorKind::WouldBlock,
+                None => false,
+            };
+            if broken {
+                self.lost(i, "connection closed", now);
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, from)) => {
+                    if let Err(e) = stream.set_nonblocking(true) {
+                        warn!("router connection from {from}: {e}");
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    let t = self.token();
+                    if let Err(e) = self
+                        .epoll
+                        .add(&stream, EpollEvent::new(EpollFlags::EPOLLIN, t))
+                    {
+                        warn!("router connection from {from}: {e}");
+                        continue;
+                    }
+                    debug!("router connection from {from}");
+                    self.inbound.insert(
+                        t,
+                        Inbound {
+                            stream,
+                            peer: None,
+                            buf: Vec::new(),
+                            start: 0,
+                            readable: true,
+                        },
+                    );
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    warn!("accepting a router connection: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Starts a nonblocking connect to peer `i`.
+    fn dial(&mut self, i: PeerId, now: Instant) {
+        let addr = self.peers.list[i].addr;
+        let family = if addr.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        let started = socket::socket(
+            family,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .and_then(|fd: OwnedFd| {
+            match socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(addr)) {
+                Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => Ok(fd),
+                Err(e) => Err(e),
+            }
+        });
+        let t = self.token();
+        let p = &mut self.peers.list[i];
+        match started {
+            Ok(fd) => {
+                let stream = TcpStream::from(fd);
+                let _ = stream.set_nodelay(true);
+                if let Err(e) = self.epoll.add(
+                    &stream,
+                    EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT, t),
+                ) {
+                    warn!("peer {addr}: {e}");
+                    p.next_dial = now + p.backoff;
+                    return;
+                }
+                p.out = Some(stream);
+                p.out_token = t;
+                p.connecting = true;
+            }
+            Err(e) => self.unreachable(i, &e.to_string(), now),
+        }
+    }
+
+    fn unreachable(&mut self, i: PeerId, why: &str, now: Instant) {
+        let p = &mut self.peers.list[i];
+        if !p.told_unreachable {
+            info!("peer {} unreachable ({why}); retrying", p.addr);
+            p.told_unreachable = true;
+        } else {
+            debug!("peer {} unreachable ({why})", p.addr);
+        }
+        p.next_dial = now + p.backoff;
+        p.backoff = (p.backoff * 2).min(REDIAL_MAX);
+    }
+
+    /// A dial finished: say Hello and announce, or schedule a redial.
+    fn connected(&mut self, i: PeerId, now: Instant) {
+        let p = &mut self.peers.list[i];
+        let err = p
+            .out
+            .as_ref()
+            .map(|s| socket::getsockopt(s, sockopt::SocketError))
+            .unwrap_or(Ok(0));
+        match err {
+            Ok(0) => {}
+            Ok(e) => {
+                let why = nix::errno::Errno::from_raw(e).desc();
+                self.close_out(i);
+                self.unreachable(i, why, now);
+                return;
+            }
+            Err(e) => {
+                self.close_out(i);
+                self.unreachable(i, &e.to_string(), now);
+                return;
+            }
+        }
+        p.connecting = false;
+        p.backoff = REDIAL_MIN;
+        p.told_unreachable = false;
+        if let Some(s) = &p.out {
+            let _ = self
+                .epoll
+                .modify(s, &mut EpollEvent::new(EpollFlags::EPOLLIN, p.out_token));
+        }
+        debug!("connected to peer {}", p.addr);
+        let payload = encode_payload(&self.peers.me);
+        let mut hdr = FrameHeader::new(Kind::Hello);
+        hdr.payload_len = payload.len() as u32;
+        p.queue.clear();
+        p.queue.buf.extend_from_slice(&hdr.encode());
+        p.queue.buf.extend_from_slice(&payload);
+        self.peers.announce_to(i);
+        self.check_up(i);
+    }
+
+    fn check_up(&mut self, i: PeerId) {
+        let p = &mut self.peers.list[i];
+        if !p.up && p.out.is_some() && !p.connecting && p.inbound.is_some() {
+            p.up = true;
+            info!("peer {} up", p.addr);
+            self.events.push(LinkEvent::Up(i));
+        }
+    }
+
+    fn close_out(&mut self, i: PeerId) {
+        let p = &mut self.peers.list[i];
+        if let Some(s) = p.out.take() {
+            let _ = self.epoll.delete(&s);
+        }
+        p.connecting = false;
+        p.queue.clear();
+    }
+
+    /// Either direction to peer `i` broke: the peer is down.
+    fn lost(&mut self, i: PeerId, why: &str, now: Instant) {
+        self.close_out(i);
+        if let Some(t) = self.peers.list[i].inbound.take() {
+            if let Some(c) = self.inbound.remove(&t) {
+                let _ = self.epoll.delete(&c.stream);
+            }
+        }
+        let p = &mut self.peers.list[i];
+        p.next_dial = now + REDIAL_MIN;
+        p.backoff = REDIAL_MIN;
+        p.boot_id = None;
+        let was_up = std::mem::replace(&mut p.up, false);
+        let addr = p.addr;
+        let gids = self.peers.registry.forget(addr);
+        if was_up {
+            info!("peer {addr} down ({why})");
+            self.events.push(LinkEvent::Down(i, gids));
+        } else {
+            debug!("peer {addr}: {why}");
+        }
+    }
+
+    fn flush(&mut self, i: PeerId, now: Instant) {
+        let p = &mut self.peers.list[i];
+        if p.connecting || p.queue.len() == 0 {
+            return;
+        }
+        let Some(stream) = p.out.as_mut() else {
+            return;
+        };
+        if let Err(e) = p.queue.flush(stream) {
+            self.lost(i, &e.to_string(), now);
+            return;
+        }
+        let want = if p.queue.len() > 0 {
+            EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT
+        } else {
+            EpollFlags::EPOLLIN
+        };
+        if let Some(s) = &p.out {
+            let _ = self
+                .epoll
+                .modify(s, &mut EpollEvent::new(want, p.out_token));
+        }
+    }
+
+    fn drop_inbound(&mut self, t: u64, why: &str, now: Instant) {
+        let Some(c) = self.inbound.remove(&t) else {
+            return;
+        };
+        let _ = self.epoll.delete(&c.stream);
+        match c.peer {
+            Some(i) if self.peers.list[i].inbound == Some(t) => {
+                self.peers.list[i].inbound = None;
+                self.lost(i, why, now);
+            }
+            _ => debug!("router connection dropped: {why}"),
+        }
+    }
+
+    fn read(&mut self, t: u64, now: Instant) {
+        let Some(c) = self.inbound.get_mut(&t) else {
+            return;
+        };
+        if !c.readable {
+            return;
+        }
+        if let Some(i) = c.peer {
+            if self.peers.list[i].queue.len() > OUT_HARD {
+                return; // the peer is not reading our replies: wait.
+            }
+        }
+        if c.start > 0 && c.start == c.buf.len() {
+            c.buf.clear();
+            c.start = 0;
+        } else if c.start > (1 << 20) {
+            c.buf.drain(..c.start);
+            c.start = 0;
+        }
+        // Keep at most one step beyond a whole frame buffered.
+        if c.buf.len() - c.start > HEADER_LEN + MAX_CHUNK + READ_STEP {
+            return;
+        }
+        let at = c.buf.len();
+        c.buf.resize(at + READ_STEP, 0);
+        let r = c.stream.read(&mut c.buf[at..]);
+        match r {
+            Ok(0) => {
+                c.buf.truncate(at);
+                self.drop_inbound(t, "connection closed", now);
+            }
+            Ok(n) => {
+                c.buf.truncate(at + n);
+                if n < READ_STEP {
+                    c.readable = false;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                c.buf.truncate(at);
+                c.readable = false;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => c.buf.truncate(at),
+            Err(e) => {
+                c.buf.truncate(at);
+                self.drop_inbound(t, &e.to_string(), now);
+            }
+        }
+    }
+
+    /// Hands every complete data frame read so far to `f`, with the peer
+    /// it came from and the peers to answer on. Hello and Announce frames
+    /// are handled here; a frame that cannot be decoded, or a data frame
+    /// before Hello, closes the connection.
+    pub fn frames(
+        &mut self,
+        now: Instant,
+        mut f: impl FnMut(&mut Peers, PeerId, &FrameHeader, &[u8]),
+    ) {
+        let tokens: Vec<u64> = self.inbound.keys().copied().collect();
+        for t in tokens {
+            let Some(c) = self.inbound.get_mut(&t) else {
+                continue;
+            };
+            let buf = std::mem::take(&mut c.buf);
+            let mut start = c.start;
+            let mut failure: Option<String> = None;
+            while buf.len() - start >= HEADER_LEN {
+                let raw: &[u8; HEADER_LEN] =
+                    buf[start..start + HEADER_LEN].try_into().expect("header");
+                let hdr = match FrameHeader::decode(raw) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        failure = Some(format!("bad frame: {e}"));
+                        break;
+                    }
+                };
+                let end = start + HEADER_LEN + hdr.payload_len as usize;
+                if buf.len() < end {
+                    break;
+                }
+                let payload = &buf[start + HEADER_LEN..end];
+                let peer = self.inbound[&t].peer;
+                match (hdr.kind(), peer) {
+                    (Kind::Hello, None) => {
+                        if let Err(why) = self.hello(t, payload, now) {
+                            failure = Some(why);
+                            break;
+                        }
+                    }
+                    (Kind::Hello, Some(_)) => {
+                        failure = Some("second Hello".into());
+                        break;
+                    }
+                    (_, None) => {
+                        failure = Some("data before Hello".into());
+                        break;
+                    }
+                    (Kind::Announce, Some(i)) => {
+                        let Some(a) = decode_payload::<Announce>(payload) else {
+                            failure = Some("bad Announce".into());
+                            break;
+                        };
+                        let addr = self.peers.list[i].addr;
+                        let refused =
+                            self.peers
+                                .registry
+                                .learn(addr, &a.gids, &self.peers.served.clone());
+                        for g in refused {
+                            warn!(
+                                "peer {addr} announces GID {} that another router serves: ignored",
+                                std::net::Ipv6Addr::from(g)
+                            );
+                        }
+                        debug!("peer {addr} serves {} GIDs", a.gids.len());
+                    }
+                    (_, Some(i)) => {
+                        if self.peers.list[i].up {
+                            f(&mut self.peers, i, &hdr, payload);
+                        }
+                    }
+                }
+                start = end;
+            }
+            if let Some(why) = failure {
+                warn!("router connection: {why}; closing it");
+                self.drop_inbound(t, &why, now);
+                continue;
+            }
+            if let Some(c) = self.inbound.get_mut(&t) {
+                c.buf = buf;
+                c.start = start;
+            }
+        }
+    }
+
+    fn hello(&mut self, t: u64, payload: &[u8], now: Instant) -> Result<(), String> {
+        let hello: Hello = decode_payload(payload).ok_or("bad Hello")?;
+        let addr: SocketAddr = hello
+            .listen
+            .parse()
+            .map_err(|_| format!("Hello with address {:?}", hello.listen))?;
+        let i = match self.peers.find(addr) {
+            Some(i) => i,
+            None => {
+                info!("router {addr} introduced itself; adding it as a peer");
+                self.add_peer(addr, now)
+            }
+        };
+        let p = &self.peers.list[i];
+        if p.boot_id.is_some_and(|b| b != hello.boot_id) || p.inbound.is_some() {
+            // Restarted (or reconnected): everything from before is gone.
+            self.lost(i, "restarted", now);
+        }
+        let p = &mut self.peers.list[i];
+        p.boot_id = Some(hello.boot_id);
+        p.inbound = Some(t);
+        if p.out.is_none() {
+            p.next_dial = now;
+        }
+        if let Some(c) = self.inbound.get_mut(&t) {
+            c.peer = Some(i);
+        }
+        self.check_up(i);
+        Ok(())
+    }
+}
