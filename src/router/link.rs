@@ -36,8 +36,10 @@ use crate::wire::link::{
 pub const OUT_SOFT: usize = 4 << 20;
 /// Queued bytes per peer above which this router stops reading from it.
 const OUT_HARD: usize = 32 << 20;
-/// Bytes read from one connection per call.
+/// Bytes read from one connection per call (at most).
 const READ_STEP: usize = 1 << 20;
+/// An inbound connection's buffer: a whole frame and a read step.
+const IN_BUF: usize = HEADER_LEN + MAX_CHUNK + READ_STEP;
 const REDIAL_MIN: Duration = Duration::from_millis(100);
 const REDIAL_MAX: Duration = Duration::from_secs(1);
 
@@ -201,9 +203,10 @@ impl Peers {
 struct Inbound {
     stream: TcpStream,
     peer: Option<PeerId>,
+    /// Allocated once ([`IN_BUF`] bytes); `buf[start..end]` is unread.
     buf: Vec<u8>,
-    /// Bytes of `buf` already handled.
     start: usize,
+    end: usize,
     readable: bool,
 }
 
@@ -437,8 +440,9 @@ impl Links {
                         Inbound {
                             stream,
                             peer: None,
-                            buf: Vec::new(),
+                            buf: vec![0; IN_BUF],
                             start: 0,
+                            end: 0,
                             readable: true,
                         },
                     );
@@ -638,40 +642,30 @@ impl Links {
                 return; // the peer is not reading our replies: wait.
             }
         }
-        if c.start > 0 && c.start == c.buf.len() {
-            c.buf.clear();
+        if c.start == c.end {
             c.start = 0;
-        } else if c.start > (1 << 20) {
-            c.buf.drain(..c.start);
+            c.end = 0;
+        } else if c.buf.len() - c.end < READ_STEP / 2 {
+            c.buf.copy_within(c.start..c.end, 0);
+            c.end -= c.start;
             c.start = 0;
         }
-        // Keep at most one step beyond a whole frame buffered.
-        if c.buf.len() - c.start > HEADER_LEN + MAX_CHUNK + READ_STEP {
-            return;
+        let room = c.buf.len() - c.end;
+        if room == 0 {
+            return; // a whole frame is waiting to be handled
         }
-        let at = c.buf.len();
-        c.buf.resize(at + READ_STEP, 0);
-        let r = c.stream.read(&mut c.buf[at..]);
-        match r {
-            Ok(0) => {
-                c.buf.truncate(at);
-                self.drop_inbound(t, "connection closed", now);
-            }
+        let at = c.end;
+        match c.stream.read(&mut c.buf[at..]) {
+            Ok(0) => self.drop_inbound(t, "connection closed", now),
             Ok(n) => {
-                c.buf.truncate(at + n);
-                if n < READ_STEP {
+                c.end += n;
+                if n < room {
                     c.readable = false;
                 }
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                c.buf.truncate(at);
-                c.readable = false;
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => c.buf.truncate(at),
-            Err(e) => {
-                c.buf.truncate(at);
-                self.drop_inbound(t, &e.to_string(), now);
-            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => c.readable = false,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => self.drop_inbound(t, &e.to_string(), now),
         }
     }
 
@@ -690,9 +684,9 @@ impl Links {
                 continue;
             };
             let buf = std::mem::take(&mut c.buf);
-            let mut start = c.start;
+            let (mut start, end) = (c.start, c.end);
             let mut failure: Option<String> = None;
-            while buf.len() - start >= HEADER_LEN {
+            while end - start >= HEADER_LEN {
                 let raw: &[u8; HEADER_LEN] =
                     buf[start..start + HEADER_LEN].try_into().expect("header");
                 let hdr = match FrameHeader::decode(raw) {
@@ -702,11 +696,11 @@ impl Links {
                         break;
                     }
                 };
-                let end = start + HEADER_LEN + hdr.payload_len as usize;
-                if buf.len() < end {
+                let next = start + HEADER_LEN + hdr.payload_len as usize;
+                if end < next {
                     break;
                 }
-                let payload = &buf[start + HEADER_LEN..end];
+                let payload = &buf[start + HEADER_LEN..next];
                 let peer = self.inbound[&t].peer;
                 match (hdr.kind(), peer) {
                     (Kind::Hello, None) => {
@@ -747,7 +741,7 @@ impl Links {
                         }
                     }
                 }
-                start = end;
+                start = next;
             }
             if let Some(why) = failure {
                 warn!("router connection: {why}; closing it");
