@@ -599,6 +599,70 @@ impl PerftestTable {
     pub fn column(&self, prefix: &str) -> Option<usize> {
         self.columns.iter().position(|c| c.starts_with(prefix))
     }
+
+    /// The `#bytes` column: one message size per row.
+    pub fn sizes(&self) -> Vec<u64> {
+        self.rows.iter().map(|r| r[0] as u64).collect()
+    }
+
+    /// The `#iterations` column.
+    pub fn iterations(&self) -> Vec<u64> {
+        self.rows.iter().map(|r| r[1] as u64).collect()
+    }
+}
+
+/// The sizes perftest's `-a` runs: 2 to 2^23.
+pub fn perftest_all_sizes() -> Vec<u64> {
+    (1..=23).map(|i| 1u64 << i).collect()
+}
+
+/// Every row complete, every number non-negative, sizes, iterations and the
+/// measured quantities (average bandwidth, message rate, latencies)
+/// positive. (`BW peak` may be 0: the send_bw server prints 0.00 there.)
+pub fn check_perftest_table(t: &PerftestTable) -> Result<(), String> {
+    if t.rows.is_empty() {
+        return Err(format!("the result table has no rows: {t:?}"));
+    }
+    let bw = t.column("BW average").is_some();
+    let positive: Vec<usize> = if bw {
+        ["#bytes", "#iterations", "BW average", "MsgRate"]
+            .iter()
+            .filter_map(|c| t.column(c))
+            .collect()
+    } else {
+        [
+            "#bytes",
+            "#iterations",
+            "t_min",
+            "t_max",
+            "t_typical",
+            "t_avg",
+        ]
+        .iter()
+        .filter_map(|c| t.column(c))
+        .collect()
+    };
+    let needed = if bw { 4 } else { 6 };
+    if positive.len() != needed {
+        return Err(format!("unexpected table columns: {:?}", t.columns));
+    }
+    for row in &t.rows {
+        if row.len() < t.columns.len() {
+            return Err(format!("short row {row:?} for columns {:?}", t.columns));
+        }
+        if row.iter().any(|v| !v.is_finite() || *v < 0.0) {
+            return Err(format!("negative or non-finite value in row {row:?}"));
+        }
+        for &i in &positive {
+            if row[i] <= 0.0 {
+                return Err(format!(
+                    "column {} is not positive in row {row:?}",
+                    t.columns[i]
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Parses perftest's result table from a process's stdout. Column names
