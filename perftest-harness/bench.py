@@ -7,7 +7,10 @@ Measures, in one run:
     server and client as separate processes on 127.0.0.1;
   * the limits: single-core memcpy bandwidth, one-way cross-core latency,
     TCP over loopback (iperf3, qperf tcp_bw/tcp_lat);
-  * the router's CPU use when idle and during the runs.
+  * the router's CPU use when idle and during the runs;
+  * cross-host (issue 5; --no-crosshost skips it): two network namespaces
+    on a veth pair, a router in each (--listen/--peer), ib_send_bw from one
+    to the other and iperf3 over the same link, and their ratio at 64 KiB.
 Writes results.csv, meta.json, then calls report.py for results.md and the
 PNG plots. Never fails on a timing; a failed run is recorded and skipped.
 """
@@ -182,9 +185,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-def listening(port):
-    """Whether some socket listens on TCP port (IPv4 or IPv6), from /proc."""
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+def listening(port, pid=None):
+    """Whether some socket listens on TCP port (IPv4 or IPv6), from /proc:
+    in this process's network namespace, or in pid's."""
+    base = f"/proc/{pid}/net" if pid else "/proc/net"
+    for name in (base + "/tcp", base + "/tcp6"):
         try:
             with open(name) as f:
                 next(f)
@@ -197,10 +202,12 @@ def listening(port):
     return False
 
 
-def wait_listening(port, proc, secs=10):
+def wait_listening(port, proc, secs=10, in_proc_netns=False):
+    """Waits until something listens on port, in proc's network namespace
+    if in_proc_netns (proc runs under `ip netns exec`, which execs)."""
     deadline = time.monotonic() + secs
     while time.monotonic() < deadline:
-        if listening(port):
+        if listening(port, proc.pid if in_proc_netns else None):
             return True
         if proc.poll() is not None:
             return False
@@ -229,10 +236,19 @@ def cpu_seconds(pid):
 # the router
 
 class Router:
-    def __init__(self, fv, mode, work):
+    """A `flowverbs router --mode MODE` in its own runtime dir; inside the
+    network namespace `netns` if given (through nsenter, which enters only
+    the network namespace and execs, so self.proc.pid is the router's and
+    its FUSE mount stays visible to clients), with `extra` arguments."""
+
+    def __init__(self, fv, mode, work, name=None, netns=None, extra=(), log_level="warn"):
         self.fv = fv
         self.mode = mode
-        self.base = os.path.join(work, f"router-{mode}")
+        self.name = name or mode
+        self.netns = netns
+        self.extra = list(extra)
+        self.log_level = log_level
+        self.base = os.path.join(work, f"router-{self.name}")
         shutil.rmtree(self.base, ignore_errors=True)
         os.makedirs(self.base)
         self.runtime_dir = os.path.join(self.base, "run")
@@ -242,9 +258,11 @@ class Router:
 
     def start(self, secs=20):
         env = dict(os.environ)
-        env.setdefault("FLOWVERBS_LOG", "warn")
-        self.proc = spawn([self.fv, "router", "--runtime-dir", self.runtime_dir,
-                           "--mode", self.mode], self.log, env)
+        env.setdefault("FLOWVERBS_LOG", self.log_level)
+        argv = [self.fv, "router", "--runtime-dir", self.runtime_dir, "--mode", self.mode] + self.extra
+        if self.netns:
+            argv = ["nsenter", f"--net=/run/netns/{self.netns}"] + argv
+        self.proc = spawn(argv, self.log, env)
         sock = os.path.join(self.runtime_dir, "router.sock")
         deadline = time.monotonic() + secs
         while time.monotonic() < deadline:
@@ -312,32 +330,49 @@ def col(row, prefix):
     return None
 
 
+def exec_prefix(fv, provider, router, netns=None):
+    """argv prefix that runs a program with router's fv0 (inside netns)."""
+    pre = [fv, "exec", "--runtime-dir", router.runtime_dir, "--provider", provider, "--"]
+    return (["ip", "netns", "exec", netns] if netns else []) + pre
+
+
 class Perftest:
-    def __init__(self, fv, provider, router, raw_dir):
-        self.fv = fv
-        self.provider = provider
-        self.router = router
+    """Runs perftest server/client pairs. By default both on 127.0.0.1 with
+    one router; `server`/`client` (argv prefixes), `host` and `routers`
+    select other placements (the cross-host runs), `extra` adds arguments
+    to both sides."""
+
+    def __init__(self, fv, provider, router, raw_dir, label=None, server=None, client=None,
+                 host="127.0.0.1", routers=None, extra=(), in_netns=False):
         self.raw_dir = raw_dir
+        self.label = label or router.mode
+        self.server_pre = server or exec_prefix(fv, provider, router)
+        self.client_pre = client or self.server_pre
+        self.host = host
+        self.routers = routers or [router]
+        self.extra = list(extra)
+        self.in_netns = in_netns
         self.count = 0
+
+    def cpu(self):
+        return sum(r.cpu() for r in self.routers if r.alive())
 
     def run(self, test, args, timeout):
         """Runs server and client; returns (parsed client row or None,
         error message or None, router cpu seconds used, wall seconds)."""
         self.count += 1
-        tag = f"{self.router.mode}-{test}-{'_'.join(a.lstrip('-') for a in args)}-{self.count}"
+        tag = f"{self.label}-{test}-{'_'.join(a.lstrip('-') for a in args)}-{self.count}"
         srv_log = os.path.join(self.raw_dir, tag + ".server.txt")
         cli_log = os.path.join(self.raw_dir, tag + ".client.txt")
-        pre = [self.fv, "exec", "--runtime-dir", self.router.runtime_dir,
-               "--provider", self.provider, "--"]
-        cpu0 = self.router.cpu()
+        cpu0 = self.cpu()
         w0 = time.monotonic()
         deadline = w0 + timeout
         err = None
         for attempt in range(5):
             port = str(free_port())
-            base = [test, "-d", "fv0", "-F", "-p", port] + args
-            srv = spawn(pre + base, srv_log)
-            if not wait_listening(int(port), srv):
+            base = [test, "-d", "fv0", "-F", "-p", port] + self.extra + args
+            srv = spawn(self.server_pre + base, srv_log)
+            if not wait_listening(int(port), srv, in_proc_netns=self.in_netns):
                 finish(srv, time.monotonic() + 2)
                 if attempt < 4:
                     time.sleep(0.2)
@@ -346,7 +381,7 @@ class Perftest:
                 break
             cli = None
             for _ in range(10):
-                cli = spawn(pre + base + ["127.0.0.1"], cli_log)
+                cli = spawn(self.client_pre + base + [self.host], cli_log)
                 rc, to = finish(cli, deadline)
                 text = read_text(cli_log)
                 if rc == 0 or to or "Couldn't connect" not in text or srv.poll() is not None:
@@ -364,7 +399,7 @@ class Perftest:
                 err = f"server exit {src}: " + tail(read_text(srv_log))
             break
         wall = time.monotonic() - w0
-        cpu = (self.router.cpu() - cpu0) if self.router.alive() else 0.0
+        cpu = max(0.0, self.cpu() - cpu0)
         if err:
             return None, err, cpu, wall
         row = parse_perftest(read_text(cli_log))
@@ -380,6 +415,79 @@ def tail(text, n=3):
 
 def med(xs):
     return statistics.median(xs) if xs else None
+
+
+def run_tests(pt, tests, mode, plan, res, info, counter, routers):
+    """Every size of plan for each test through pt (a Perftest), with the
+    plan's repeats; records medians, failures and the routers' CPU under
+    `mode` in res. Raises RuntimeError if one of routers exits."""
+    for test in tests:
+        is_bw = test in BW_TESTS
+        cpu_sum = wall_sum = 0.0
+        for size in plan.sizes:
+            reps = plan.bw_repeats(size) if is_bw else plan.lat_repeats(size)
+            vals = {}
+            fails = []
+            for r in range(reps):
+                counter["done"] += 1
+                if is_bw:
+                    args = ["-s", str(size), "-D", str(plan.bw_duration)]
+                    timeout = 60
+                else:
+                    args = ["-s", str(size), "-n", str(plan.lat_iters(size))]
+                    timeout = 120
+                row, err, cpu, wall = pt.run(test, args, timeout)
+                cpu_sum += cpu
+                wall_sum += wall
+                head = (f"({counter['done']}/{counter['total']}) {mode} {test} "
+                        f"{human_size(size)} rep {r + 1}/{reps}")
+                if err:
+                    fails.append(err)
+                    info["failures"].append(f"{test} {size} B: {err}")
+                    progress(f"{head}: FAILED: {err}")
+                    continue
+                if is_bw:
+                    rate = col(row, "MsgRate")  # Mpps, 6 decimals
+                    bw = rate * 1e6 * size / 1e9 if rate is not None else col(row, "BW average") * 1048576 / 1e9
+                    vals.setdefault("bw", []).append(bw)
+                    vals.setdefault("msg_rate", []).append(rate or 0.0)
+                    vals.setdefault("iters", []).append(col(row, "#iterations") or 0)
+                    progress(f"{head}: {bw:.4g} GB/s")
+                else:
+                    for key, prefix in (("t_typical", "t_typical"), ("t_min", "t_min"),
+                                        ("t_avg", "t_avg"), ("t_p99", "99%"),
+                                        ("t_max", "t_max")):
+                        v = col(row, prefix)
+                        if v is not None:
+                            vals.setdefault(key, []).append(v)
+                    progress(f"{head}: t_typical {col(row, 't_typical')} us")
+            n = len(vals.get("bw", vals.get("t_typical", [])))
+            if is_bw and n:
+                res.add(test, mode, size, "bw_median", med(vals["bw"]), "GB/s", n,
+                        f"-D {plan.bw_duration}; client side; GB = 1e9 B")
+                res.add(test, mode, size, "bw_min", min(vals["bw"]), "GB/s", n)
+                res.add(test, mode, size, "bw_max", max(vals["bw"]), "GB/s", n)
+                res.add(test, mode, size, "msg_rate_median", med(vals["msg_rate"]), "Mmsg/s", n)
+            elif n:
+                note = f"-n {plan.lat_iters(size)}; client side"
+                if test == "ib_read_lat":
+                    note += "; a read is a round trip"
+                res.add(test, mode, size, "t_typical_median", med(vals["t_typical"]), "us", n, note)
+                if "t_min" in vals:
+                    res.add(test, mode, size, "t_min", min(vals["t_min"]), "us", n)
+                if "t_avg" in vals:
+                    res.add(test, mode, size, "t_avg_median", med(vals["t_avg"]), "us", n)
+                if "t_p99" in vals:
+                    res.add(test, mode, size, "t_p99_median", med(vals["t_p99"]), "us", n)
+            if fails:
+                res.add(test, mode, size, "failed_runs", len(fails), "runs", reps, fails[-1])
+            for router in routers:
+                if not router.alive():
+                    raise RuntimeError(f"the {router.name} router exited: " + tail(read_text(router.log)))
+        if wall_sum > 0:
+            who = "router CPU" if len(routers) == 1 else f"CPU of the {len(routers)} routers together"
+            res.add(test, mode, None, "router_cpu_percent", cpu_sum / wall_sum * 100,
+                    "% of one core", 1, f"{who} / wall time over this test's runs, incl. setup")
 
 
 def run_mode(mode, fv, provider, plan, work, raw_dir, res, meta, counter):
@@ -406,71 +514,7 @@ def run_mode(mode, fv, provider, plan, work, raw_dir, res, meta, counter):
         progress(f"{mode}: idle router: {pct:.2f} % of one core")
 
         pt = Perftest(fv, provider, router, raw_dir)
-        for test in BW_TESTS + LAT_TESTS:
-            is_bw = test in BW_TESTS
-            cpu_sum = wall_sum = 0.0
-            for size in plan.sizes:
-                reps = plan.bw_repeats(size) if is_bw else plan.lat_repeats(size)
-                vals = {}
-                fails = []
-                for r in range(reps):
-                    counter["done"] += 1
-                    if is_bw:
-                        args = ["-s", str(size), "-D", str(plan.bw_duration)]
-                        timeout = 60
-                    else:
-                        args = ["-s", str(size), "-n", str(plan.lat_iters(size))]
-                        timeout = 120
-                    row, err, cpu, wall = pt.run(test, args, timeout)
-                    cpu_sum += cpu
-                    wall_sum += wall
-                    head = (f"({counter['done']}/{counter['total']}) {mode} {test} "
-                            f"{human_size(size)} rep {r + 1}/{reps}")
-                    if err:
-                        fails.append(err)
-                        info["failures"].append(f"{test} {size} B: {err}")
-                        progress(f"{head}: FAILED: {err}")
-                        continue
-                    if is_bw:
-                        rate = col(row, "MsgRate")  # Mpps, 6 decimals
-                        bw = rate * 1e6 * size / 1e9 if rate is not None else col(row, "BW average") * 1048576 / 1e9
-                        vals.setdefault("bw", []).append(bw)
-                        vals.setdefault("msg_rate", []).append(rate or 0.0)
-                        vals.setdefault("iters", []).append(col(row, "#iterations") or 0)
-                        progress(f"{head}: {bw:.4g} GB/s")
-                    else:
-                        for key, prefix in (("t_typical", "t_typical"), ("t_min", "t_min"),
-                                            ("t_avg", "t_avg"), ("t_p99", "99%"),
-                                            ("t_max", "t_max")):
-                            v = col(row, prefix)
-                            if v is not None:
-                                vals.setdefault(key, []).append(v)
-                        progress(f"{head}: t_typical {col(row, 't_typical')} us")
-                n = len(vals.get("bw", vals.get("t_typical", [])))
-                if is_bw and n:
-                    res.add(test, mode, size, "bw_median", med(vals["bw"]), "GB/s", n,
-                            f"-D {plan.bw_duration}; client side; GB = 1e9 B")
-                    res.add(test, mode, size, "bw_min", min(vals["bw"]), "GB/s", n)
-                    res.add(test, mode, size, "bw_max", max(vals["bw"]), "GB/s", n)
-                    res.add(test, mode, size, "msg_rate_median", med(vals["msg_rate"]), "Mmsg/s", n)
-                elif n:
-                    note = f"-n {plan.lat_iters(size)}; client side"
-                    if test == "ib_read_lat":
-                        note += "; a read is a round trip"
-                    res.add(test, mode, size, "t_typical_median", med(vals["t_typical"]), "us", n, note)
-                    if "t_min" in vals:
-                        res.add(test, mode, size, "t_min", min(vals["t_min"]), "us", n)
-                    if "t_avg" in vals:
-                        res.add(test, mode, size, "t_avg_median", med(vals["t_avg"]), "us", n)
-                    if "t_p99" in vals:
-                        res.add(test, mode, size, "t_p99_median", med(vals["t_p99"]), "us", n)
-                if fails:
-                    res.add(test, mode, size, "failed_runs", len(fails), "runs", reps, fails[-1])
-                if not router.alive():
-                    raise RuntimeError(f"the {mode} router exited: " + tail(read_text(router.log)))
-            if wall_sum > 0:
-                res.add(test, mode, None, "router_cpu_percent", cpu_sum / wall_sum * 100,
-                        "% of one core", 1, "router CPU / wall time over this test's runs, incl. setup")
+        run_tests(pt, BW_TESTS + LAT_TESTS, mode, plan, res, info, counter, [router])
 
         # Idle again, after all clients have gone.
         progress(f"{mode}: idle router CPU after load over {plan.idle_seconds} s")
@@ -602,6 +646,197 @@ def run_limits(plan, work, raw_dir, res, meta):
 
 
 # --------------------------------------------------------------------------
+# cross-host: two "hosts" (network namespaces on a veth pair), one router
+# each, linked router to router over TCP (issue 5)
+
+CROSSHOST = "crosshost"  # the mode column of its rows
+CROSSHOST_SUBNET = 100  # host A 198.18.100.1/24, host B 198.18.100.2/24
+CROSSHOST_TESTS = ["ib_send_bw"]
+CROSSHOST_TARGET_PCT = 70.0  # ib_send_bw 64 KiB >= 70 % of iperf3 64 KiB, same link
+LINK_TIMEOUT_S = 30
+
+
+def ip(*args):
+    """Runs `ip ARGS`; raises RuntimeError with its message on failure."""
+    p = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    if p.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {(p.stderr or p.stdout).strip()}")
+
+
+class Hosts:
+    """Two network namespaces joined by a veth pair: A = 198.18.S.1/24,
+    B = 198.18.S.2/24. down() deletes what up() made."""
+
+    def __init__(self, subnet):
+        tag = str(os.getpid())
+        self.names = [f"fvbA{tag}", f"fvbB{tag}"]
+        self.addrs = [f"198.18.{subnet}.1", f"198.18.{subnet}.2"]
+        self.devs = [f"fvba{tag}", f"fvbb{tag}"]
+        self.made = []
+
+    def up(self):
+        for n in self.names:
+            ip("netns", "add", n)
+            self.made.append(n)
+            ip("-n", n, "link", "set", "lo", "up")
+        ip("link", "add", self.devs[0], "netns", self.names[0], "type", "veth",
+           "peer", "name", self.devs[1], "netns", self.names[1])
+        for n, dev, addr in zip(self.names, self.devs, self.addrs):
+            ip("-n", n, "addr", "add", f"{addr}/24", "dev", dev)
+            ip("-n", n, "link", "set", dev, "up")
+
+    def down(self):
+        for n in reversed(self.made):
+            subprocess.run(["ip", "netns", "del", n], capture_output=True, timeout=30)
+        self.made = []
+
+
+PEER_UP = r"peer {addr}:[0-9]+ up\b"
+
+
+def wait_linked(routers, hosts, secs):
+    """Waits until router i's log says `peer <the other host's addr>:PORT up`
+    for both. Returns None, or why not."""
+    deadline = time.monotonic() + secs
+    pending = {0, 1}
+    while pending and time.monotonic() < deadline:
+        for i in list(pending):
+            pat = PEER_UP.format(addr=re.escape(hosts.addrs[1 - i]))
+            if re.search(pat, read_text(routers[i].log)):
+                pending.discard(i)
+            elif not routers[i].alive():
+                return f"router {'AB'[i]} exited: " + tail(read_text(routers[i].log))
+        time.sleep(0.05)
+    if pending:
+        i = min(pending)
+        return (f"router {'AB'[i]} did not log `peer {hosts.addrs[1 - i]}:PORT up` within {secs} s; "
+                + "its log: " + (tail(read_text(routers[i].log)) or "empty"))
+    return None
+
+
+def iperf3_between(hosts, size, seconds, raw_dir):
+    """iperf3, 1 stream: server in A bound to A's address, client in B.
+    Returns (GB/s received, None) or (None, error)."""
+    port = free_port()
+    srv = spawn(["ip", "netns", "exec", hosts.names[0], "iperf3", "-s", "-1", "-p", str(port),
+                 "-B", hosts.addrs[0]], os.path.join(raw_dir, f"{CROSSHOST}-iperf3-server-{size}.txt"))
+    if not wait_listening(port, srv, 10, in_proc_netns=True):
+        finish(srv, time.monotonic())
+        return None, "iperf3 server did not listen"
+    cli_log = os.path.join(raw_dir, f"{CROSSHOST}-iperf3-client-{size}.json")
+    cli = spawn(["ip", "netns", "exec", hosts.names[1], "iperf3", "-c", hosts.addrs[0], "-p", str(port),
+                 "-t", str(seconds), "-l", str(size), "-J"], cli_log)
+    rc, _ = finish(cli, time.monotonic() + seconds + 30)
+    finish(srv, time.monotonic() + 5)
+    try:
+        j = json.loads(read_text(cli_log))
+        return j["end"]["sum_received"]["bits_per_second"] / 8 / 1e9, None
+    except (ValueError, KeyError) as e:
+        return None, f"exit {rc}: {e}: " + tail(read_text(cli_log))
+
+
+def crosshost_runs(plan):
+    return sum(plan.bw_repeats(s) for s in plan.sizes) * len(CROSSHOST_TESTS)
+
+
+def run_crosshost(fv, provider, plan, work, raw_dir, res, meta, counter):
+    """Host A and B (namespaces on a veth pair), a router in each with
+    --listen on its own address and --peer the other's; iperf3 B -> A and
+    ib_send_bw (server A, client B, GID index 0 = the namespace's address)
+    over the same link; the ratio at 64 KiB."""
+    info = {"available": False, "failures": [], "subnet": f"198.18.{CROSSHOST_SUBNET}.0/24"}
+    meta[CROSSHOST] = info
+
+    def unavailable(why):
+        msg = f"cross-host: not available ({why})"
+        progress(msg)
+        info["message"] = msg
+        res.add("mode", CROSSHOST, None, "available", 0, "bool", 1, why)
+        counter["skipped"] += crosshost_runs(plan)
+
+    hosts = Hosts(CROSSHOST_SUBNET)
+    routers = []
+    try:
+        progress(f"{CROSSHOST}: namespaces {hosts.names[0]} ({hosts.addrs[0]}) and "
+                 f"{hosts.names[1]} ({hosts.addrs[1]}) on a veth pair")
+        try:
+            hosts.up()
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            unavailable(f"could not build the namespaces: {e}")
+            return
+        ports = [free_port(), free_port()]
+        for i in (0, 1):
+            j = 1 - i
+            routers.append(Router(fv, "isolated", work, name=f"{CROSSHOST}-{'AB'[i]}",
+                                  netns=hosts.names[i], log_level="info",
+                                  extra=["--listen", f"{hosts.addrs[i]}:{ports[i]}",
+                                         "--peer", f"{hosts.addrs[j]}:{ports[j]}"]))
+        for i, r in enumerate(routers):
+            progress(f"{CROSSHOST}: starting router {'AB'[i]} in {hosts.names[i]}: {' '.join(r.extra)}")
+            if not r.start():
+                log = read_text(r.log)
+                if "--listen" in log and re.search(r"unexpected|unrecognized|unknown|invalid", log, re.I):
+                    unavailable("router does not support --listen")
+                else:
+                    unavailable(f"router {'AB'[i]} did not start: {r.error}")
+                return
+        why = wait_linked(routers, hosts, LINK_TIMEOUT_S)
+        if why:
+            unavailable(f"the routers did not link: {why}")
+            return
+        progress(f"{CROSSHOST}: routers linked")
+        info["available"] = True
+        info["message"] = (f"cross-host: host A {hosts.addrs[0]} and host B {hosts.addrs[1]}, "
+                           "one router each, linked over TCP on a veth pair")
+        res.add("mode", CROSSHOST, None, "available", 1, "bool")
+
+        for size in plan.iperf_sizes:
+            progress(f"{CROSSHOST}: iperf3 B -> A, {human_size(size)} writes, {plan.iperf_seconds} s")
+            bw, err = iperf3_between(hosts, size, plan.iperf_seconds, raw_dir)
+            if err:
+                res.add("iperf3_tcp", CROSSHOST, size, "failed_runs", 1, "runs", 1, err)
+                info["failures"].append(f"iperf3 {size} B: {err}")
+                progress(f"{CROSSHOST}: iperf3 {human_size(size)}: FAILED: {err}")
+                continue
+            res.add("iperf3_tcp", CROSSHOST, size, "bw", bw, "GB/s", 1,
+                    f"1 stream, -l {size}, -t {plan.iperf_seconds}, receiver side; B -> A over the veth pair")
+            progress(f"{CROSSHOST}: iperf3 {human_size(size)}: {bw:.3g} GB/s")
+
+        pt = Perftest(fv, provider, routers[0], raw_dir, label=CROSSHOST,
+                      server=exec_prefix(fv, provider, routers[0], hosts.names[0]),
+                      client=exec_prefix(fv, provider, routers[1], hosts.names[1]),
+                      host=hosts.addrs[0], routers=routers, extra=["-x", "0"], in_netns=True)
+        run_tests(pt, CROSSHOST_TESTS, CROSSHOST, plan, res, info, counter, routers)
+
+        send = None
+        iperf = None
+        for r in res.rows:
+            if r["mode"] == CROSSHOST and r["size_bytes"] == TARGET_BW_SIZE:
+                if r["test"] == "ib_send_bw" and r["metric"] == "bw_median":
+                    send = float(r["value"])
+                if r["test"] == "iperf3_tcp" and r["metric"] == "bw":
+                    iperf = float(r["value"])
+        if send is not None and iperf:
+            pct = send / iperf * 100
+            res.add("send_bw_vs_iperf3", CROSSHOST, TARGET_BW_SIZE, "ratio_percent", pct, "%", 1,
+                    f"ib_send_bw 64 KiB / iperf3 64 KiB writes, same two namespaces and link; "
+                    f"target >= {CROSSHOST_TARGET_PCT:.0f} %")
+            progress(f"{CROSSHOST}: ib_send_bw 64 KiB = {pct:.1f} % of iperf3 (target >= "
+                     f"{CROSSHOST_TARGET_PCT:.0f} %)")
+    except RuntimeError as e:
+        info["failures"].append(str(e))
+        progress(f"{CROSSHOST}: {e}")
+    finally:
+        for i, r in enumerate(routers):
+            st = r.stop()
+            if st and (st[1] or st[0] != 0):
+                info["failures"].append(f"router {'AB'[i]} stop: exit {st[0]}, killed={st[1]}")
+            if read_text(r.log).strip():
+                shutil.copy(r.log, os.path.join(raw_dir, f"router-{r.name}.log"))
+        hosts.down()
+
+
+# --------------------------------------------------------------------------
 
 def sh(cmd):
     try:
@@ -615,6 +850,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="a ~2-minute run: 6 sizes, fewer repeats")
     ap.add_argument("--modes", default="isolated,semi", help="comma-separated router modes")
     ap.add_argument("--out", help="output dir (default perftest-harness/results/<date>)")
+    ap.add_argument("--no-crosshost", action="store_true",
+                    help="skip the cross-host runs (two namespaces, a router each, linked over TCP)")
     ap.add_argument("--flowverbs", required=True, help="the flowverbs executable")
     ap.add_argument("--provider", required=True, help="libflowverbs.so to load as the provider")
     args = ap.parse_args()
@@ -642,7 +879,8 @@ def main():
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "quick": args.quick,
         "command": "sudo bash perftest-harness/run.sh" + (" --quick" if args.quick else "")
-                   + ("" if args.modes == "isolated,semi" else f" --modes {args.modes}"),
+                   + ("" if args.modes == "isolated,semi" else f" --modes {args.modes}")
+                   + (" --no-crosshost" if args.no_crosshost else ""),
         "requested_modes": modes,
         "modes": {},
         "sizes": plan.sizes,
@@ -669,9 +907,14 @@ def main():
     }
     per_mode = sum(plan.bw_repeats(s) for s in plan.sizes) * len(BW_TESTS) + \
         sum(plan.lat_repeats(s) for s in plan.sizes) * len(LAT_TESTS)
-    counter = {"done": 0, "total": per_mode * len(modes), "per_mode": per_mode, "skipped": 0}
+    cross = 0 if args.no_crosshost else crosshost_runs(plan)
+    counter = {"done": 0, "total": per_mode * len(modes) + cross, "per_mode": per_mode, "skipped": 0}
+    if args.no_crosshost:
+        meta[CROSSHOST] = {"available": False, "skipped": True,
+                           "message": "cross-host: skipped (--no-crosshost)"}
     progress(f"output: {out}")
-    progress(f"plan: {len(plan.sizes)} sizes, {per_mode} perftest runs per mode, modes {', '.join(modes)}")
+    progress(f"plan: {len(plan.sizes)} sizes, {per_mode} perftest runs per mode, modes {', '.join(modes)}"
+             + ("" if args.no_crosshost else f"; cross-host: {cross} runs"))
     interrupted = None
     try:
         run_limits(plan, work, raw_dir, res, meta)
@@ -680,6 +923,8 @@ def main():
             # Modes that did not run shrink the total.
             counter["total"] -= counter["skipped"]
             counter["skipped"] = 0
+        if not args.no_crosshost:
+            run_crosshost(args.flowverbs, provider, plan, work, raw_dir, res, meta, counter)
     except KeyboardInterrupt as e:
         interrupted = str(e) or "interrupted"
         progress(f"interrupted ({interrupted}); writing what was measured")

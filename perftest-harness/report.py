@@ -13,6 +13,8 @@ import sys
 BW_TESTS = ["ib_send_bw", "ib_write_bw", "ib_read_bw"]
 LAT_TESTS = ["ib_send_lat", "ib_write_lat", "ib_read_lat"]
 MODES_ORDER = ["isolated", "semi"]
+CROSSHOST = "crosshost"
+CROSSHOST_TARGET_PCT = 70.0
 
 
 def human_size(n):
@@ -92,6 +94,18 @@ class Data:
             return f"{mode}: not run"
         return m.get("message", f"{mode}: not available")
 
+    def crosshost(self):
+        """meta of the cross-host runs; None for result dirs older than them."""
+        return self.meta.get(CROSSHOST)
+
+    def crosshost_available(self):
+        c = self.crosshost()
+        return bool(c and c.get("available"))
+
+    def crosshost_msg(self):
+        c = self.crosshost()
+        return (c or {}).get("message", "cross-host: not run")
+
 
 def status(value, goal, le):
     if value is None:
@@ -103,7 +117,8 @@ def status(value, goal, le):
 def targets_table(d):
     one_way = d.get("core_pingpong", "limit", 64, "one_way_median")
     mc64 = d.get("memcpy", "limit", 65536, "bw_median")
-    lines = ["| Target (issue 4) | Mode | Measured | Goal | Status |",
+    head = "Target (issue 4; cross-host: issue 5)" if d.crosshost() is not None else "Target (issue 4)"
+    lines = [f"| {head} | Mode | Measured | Goal | Status |",
              "|---|---|---|---|---|"]
     goals = [("semi", 50.0, 0.5), ("isolated", 25.0, 5.0)]
     for mode, bw_goal, lat_goal in goals:
@@ -123,6 +138,17 @@ def targets_table(d):
         extra = f" ({fmt(ratio(lat, one_way))}× core one-way)" if one_way and lat else ""
         lines.append(f"| ib_send_lat 2 B t_typical ≤ {lat_goal:g} µs | {mode} | {fmt(lat)} µs{extra} | ≤ {lat_goal:g} µs | "
                      f"{status(lat, lat_goal, True)} |")
+    if d.crosshost() is not None:
+        goal = f"≥ {CROSSHOST_TARGET_PCT:.0f} %"
+        what = f"cross-host ib_send_bw 64 KiB ≥ {CROSSHOST_TARGET_PCT:.0f} % of iperf3 64 KiB on the same link"
+        if not d.crosshost_available():
+            lines.append(f"| {what} | {CROSSHOST} | – | {goal} | {d.crosshost_msg()} |")
+        else:
+            send = d.get("ib_send_bw", CROSSHOST, 65536, "bw_median")
+            ip3 = d.get("iperf3_tcp", CROSSHOST, 65536, "bw")
+            r = d.get("send_bw_vs_iperf3", CROSSHOST, 65536, "ratio_percent")
+            meas = f"{fmt(send)} GB/s = {pct(r)} of {fmt(ip3)} GB/s" if r is not None else "–"
+            lines.append(f"| {what} | {CROSSHOST} | {meas} | {goal} | {status(r, CROSSHOST_TARGET_PCT, False)} |")
     for mode in d.modes():
         if not d.available(mode):
             lines.append(f"| idle router ≤ 2 % of one core | {mode} | – | ≤ 2 % | {d.unavailable_msg(mode)} |")
@@ -191,6 +217,20 @@ def lat_table(d, mode):
     return "\n".join(out)
 
 
+def crosshost_table(d):
+    sends = dict(d.series("ib_send_bw", CROSSHOST, "bw_median"))
+    ip3 = dict(d.series("iperf3_tcp", CROSSHOST, "bw"))
+    out = ["| Size | ib_send_bw B → A | iperf3 B → A | ib_send_bw ÷ iperf3 | ib_send_bw, one host (isolated) |",
+           "|" + "---:|" * 5]
+    for s in sorted(set(sends) | set(ip3)):
+        send, tcp = sends.get(s), ip3.get(s)
+        r = ratio(send, tcp)
+        local = d.get("ib_send_bw", "isolated", s, "bw_median")
+        out.append(f"| {human_size(s)} | {fmt(send)} | {fmt(tcp)} | {pct(r * 100) if r is not None else '–'} | "
+                   f"{fmt(local)} |")
+    return "\n".join(out)
+
+
 def router_cpu_table(d):
     out = ["| Mode | idle, fresh | idle, after the runs | " + " | ".join(f"during {t}" for t in BW_TESTS + LAT_TESTS) + " |",
            "|---|" + "---:|" * (2 + len(BW_TESTS + LAT_TESTS))]
@@ -201,6 +241,9 @@ def router_cpu_table(d):
                 d.get("router_idle_after_load", mode, None, "cpu_percent")]
         vals += [d.get(t, mode, None, "router_cpu_percent") for t in BW_TESTS + LAT_TESTS]
         out.append(f"| {mode} | " + " | ".join(pct(v) for v in vals) + " |")
+    if d.crosshost_available():
+        vals = [None, None] + [d.get(t, CROSSHOST, None, "router_cpu_percent") for t in BW_TESTS + LAT_TESTS]
+        out.append(f"| {CROSSHOST} (both routers) | " + " | ".join(pct(v) for v in vals) + " |")
     return "\n".join(out)
 
 
@@ -222,7 +265,9 @@ def write_md(d, out_dir):
     for mode in d.modes():
         if not d.available(mode):
             L.append(f"- **{d.unavailable_msg(mode)}**")
-    if any(not d.available(x) for x in d.modes()):
+    if d.crosshost() is not None and not d.crosshost_available():
+        L.append(f"- **{d.crosshost_msg()}**")
+    if any(not d.available(x) for x in d.modes()) or (d.crosshost() is not None and not d.crosshost_available()):
         L.append("")
     L.append("## Targets")
     L.append("")
@@ -252,6 +297,18 @@ def write_md(d, out_dir):
         L.append("")
         L.append(lat_table(d, mode))
         L.append("")
+    if d.crosshost_available():
+        c = d.crosshost()
+        L.append("## Cross-host bandwidth (GB/s)")
+        L.append("")
+        L.append(f"Two network namespaces as hosts A and B on one veth pair ({c.get('subnet', '?')}), "
+                 "a router in each (`--listen` on its own address, `--peer` the other's). "
+                 "`ib_send_bw -d fv0 -x 0 -s SIZE -D 1`: server in A, client in B, client side, median of the "
+                 "repeats. iperf3: 1 stream, server in A, client in B, SIZE-byte writes, over the same link. "
+                 "The last column is the same test on one host, both processes on one router.")
+        L.append("")
+        L.append(crosshost_table(d))
+        L.append("")
     L.append("## Router CPU (% of one core)")
     L.append("")
     L.append("From utime + stime in /proc/<pid>/stat. Idle: a router with no client for the idle period. "
@@ -262,6 +319,7 @@ def write_md(d, out_dir):
     L.append("")
     fails = d.failures()
     mode_fail = [(mo, f) for mo in d.modes() for f in d.meta["modes"].get(mo, {}).get("failures", [])]
+    mode_fail += [(CROSSHOST, f) for f in (d.crosshost() or {}).get("failures", [])]
     if fails or mode_fail:
         L.append("## Failed runs")
         L.append("")
@@ -289,6 +347,10 @@ def write_md(d, out_dir):
              "they fit, so small and mid sizes show cache bandwidth, large sizes L3/DRAM bandwidth.")
     L.append("- Cross-core latency: two threads pinned to two CPUs alternately write one 64-byte-aligned line; "
              "one-way = half the round trip; median of the trials.")
+    if d.crosshost() is not None:
+        L.append("- Cross-host: the same perftest runs through `ip netns exec NS flowverbs exec`, each side with "
+                 "its own host's router (started with `nsenter --net`), GID index 0 (`-x 0`, the namespace's "
+                 "address); router CPU is the sum of both routers.")
     L.append("- Raw outputs of every run are in `raw/` of the dated result directory (not copied to `latest/`).")
     L.append("")
     with open(os.path.join(out_dir, "results.md"), "w") as f:
@@ -307,6 +369,8 @@ def plots(d, out_dir):
     markers = {"isolated": "o", "semi": "s"}
     styles = {"isolated": "-", "semi": "--"}
     unavailable = [d.unavailable_msg(m) for m in d.modes() if not d.available(m)]
+    if d.crosshost() is not None and not d.crosshost_available():
+        unavailable.append(d.crosshost_msg())
     date = d.meta["date"]
 
     def axes_common(ax, ylabel, title):
@@ -361,6 +425,18 @@ def plots(d, out_dir):
             hi = d.series(t, mode, "bw_max")
             if lo and hi and len(lo) == len(hi):
                 ax.fill_between([p[0] for p in lo], [p[1] for p in lo], [p[1] for p in hi], color=c, alpha=0.12, lw=0)
+    if d.crosshost_available():
+        pts = d.series("ib_send_bw", CROSSHOST, "bw_median")
+        if pts:
+            ax.plot(*zip(*pts), color="tab:red", ls="-.", marker="D", ms=4, label="ib_send_bw cross-host (B → A, a router per host)")
+        ip3 = d.series("iperf3_tcp", CROSSHOST, "bw")
+        if ip3:
+            ax.plot(*zip(*ip3), color="tab:red", ls="none", marker="v", ms=8,
+                    label="TCP between the namespaces (iperf3, 1 stream)")
+        ip64 = d.get("iperf3_tcp", CROSSHOST, 65536, "bw")
+        if ip64:
+            ax.plot([65536], [ip64 * CROSSHOST_TARGET_PCT / 100], ls="none", marker="X", ms=10, color="tab:brown",
+                    label=f"target cross-host: ib_send_bw 64 KiB ≥ {CROSSHOST_TARGET_PCT:.0f}% of iperf3")
     mc64 = d.get("memcpy", "limit", 65536, "bw_median")
     if mc64:
         for mode, frac, _ in targets:

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# flowverbs performance harness (issue 4): one command.
+# flowverbs performance harness (issues 4, 5): one command.
 #
-#   sudo bash perftest-harness/run.sh [--quick] [--modes isolated,semi] [--out DIR]
+#   sudo bash perftest-harness/run.sh [--quick] [--modes isolated,semi] [--no-crosshost] [--out DIR]
 #
 # Installs what it needs (Debian packages, Rust through scripts/setup.sh),
 # builds flowverbs in release mode, then runs bench.py: perftest
 # ib_{send,write,read}_{bw,lat} on fv0 for each router mode, the machine's
-# limits (memcpy, cross-core latency, TCP loopback) and the router's CPU use.
+# limits (memcpy, cross-core latency, TCP loopback), the router's CPU use,
+# and cross-host ib_send_bw vs iperf3 between two namespaces, a router each.
 # Results: perftest-harness/results/<date>/ and a copy in results/latest/.
 # The build honours CARGO_TARGET_DIR. Never fails on a timing.
 set -euo pipefail
@@ -17,7 +18,7 @@ cd "$repo"
 for a in "$@"; do
     case "$a" in
     -h | --help)
-        sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     esac

@@ -10,11 +10,6 @@ use std::process::Output;
 /// Per pair: generous, but nothing hangs the run.
 const PAIR_TIMEOUT_SECS: u64 = 120;
 
-/// The sizes `-a` runs: 2 to 2^23.
-fn all_sizes() -> Vec<u64> {
-    (1..=23).map(|i| 1u64 << i).collect()
-}
-
 struct Run {
     server: Output,
     table: PerftestTable,
@@ -29,80 +24,23 @@ fn perftest(prog: &str, args: &[&str]) -> Run {
     let (server, client) = (&pair.server, &pair.client);
     let table = parse_perftest_table(client)
         .unwrap_or_else(|| panic!("no result table in the client's output\n{}", report()));
-    check_table(&table).unwrap_or_else(|e| panic!("{e}\n{}", report()));
+    check_perftest_table(&table).unwrap_or_else(|e| panic!("{e}\n{}", report()));
     Run {
         server: server.clone(),
         table,
     }
 }
 
-/// Every row complete, every number non-negative, sizes, iterations and the
-/// measured quantities (average bandwidth, message rate, latencies)
-/// positive. (`BW peak` may be 0: the send_bw server prints 0.00 there.)
-fn check_table(t: &PerftestTable) -> Result<(), String> {
-    if t.rows.is_empty() {
-        return Err(format!("the result table has no rows: {t:?}"));
-    }
-    let bw = t.column("BW average").is_some();
-    let positive: Vec<usize> = if bw {
-        ["#bytes", "#iterations", "BW average", "MsgRate"]
-            .iter()
-            .filter_map(|c| t.column(c))
-            .collect()
-    } else {
-        [
-            "#bytes",
-            "#iterations",
-            "t_min",
-            "t_max",
-            "t_typical",
-            "t_avg",
-        ]
-        .iter()
-        .filter_map(|c| t.column(c))
-        .collect()
-    };
-    let needed = if bw { 4 } else { 6 };
-    if positive.len() != needed {
-        return Err(format!("unexpected table columns: {:?}", t.columns));
-    }
-    for row in &t.rows {
-        if row.len() < t.columns.len() {
-            return Err(format!("short row {row:?} for columns {:?}", t.columns));
-        }
-        if row.iter().any(|v| !v.is_finite() || *v < 0.0) {
-            return Err(format!("negative or non-finite value in row {row:?}"));
-        }
-        for &i in &positive {
-            if row[i] <= 0.0 {
-                return Err(format!(
-                    "column {} is not positive in row {row:?}",
-                    t.columns[i]
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn bytes(t: &PerftestTable) -> Vec<u64> {
-    t.rows.iter().map(|r| r[0] as u64).collect()
-}
-
-fn iterations(t: &PerftestTable) -> Vec<u64> {
-    t.rows.iter().map(|r| r[1] as u64).collect()
-}
-
 /// One row with this size and iteration count.
 fn assert_one_row(run: &Run, size: u64, iters: u64) {
-    assert_eq!(bytes(&run.table), [size], "{:?}", run.table);
-    assert_eq!(iterations(&run.table), [iters], "{:?}", run.table);
+    assert_eq!(run.table.sizes(), [size], "{:?}", run.table);
+    assert_eq!(run.table.iterations(), [iters], "{:?}", run.table);
 }
 
 /// One row per size from 2 to 2^23, each with `iters` iterations.
 fn assert_all_sizes(run: &Run, iters: u64) {
-    assert_eq!(bytes(&run.table), all_sizes(), "{:?}", run.table);
-    assert!(iterations(&run.table).iter().all(|&i| i == iters));
+    assert_eq!(run.table.sizes(), perftest_all_sizes(), "{:?}", run.table);
+    assert!(run.table.iterations().iter().all(|&i| i == iters));
 }
 
 fn assert_gbits(run: &Run) {
@@ -121,7 +59,7 @@ fn send_bw() {
     assert_one_row(&run, 65536, 200);
     // The send_bw server measures the receiving side and prints it too.
     let srv = parse_perftest_table(&run.server).expect("server table");
-    check_table(&srv).unwrap();
+    check_perftest_table(&srv).unwrap();
 }
 
 #[test]
@@ -143,15 +81,15 @@ fn send_bw_size_gbits() {
 #[test]
 fn send_bw_two_qps() {
     let run = perftest("ib_send_bw", &["-F", "-q", "2", "-n", "200"]);
-    assert_eq!(bytes(&run.table), [65536]);
+    assert_eq!(run.table.sizes(), [65536]);
 }
 
 #[test]
 fn send_bw_bidirectional() {
     let run = perftest("ib_send_bw", &["-F", "-b", "-s", "8192", "-n", "200"]);
-    assert_eq!(bytes(&run.table), [8192]);
+    assert_eq!(run.table.sizes(), [8192]);
     let srv = parse_perftest_table(&run.server).expect("server table with -b");
-    check_table(&srv).unwrap();
+    check_perftest_table(&srv).unwrap();
 }
 
 #[test]
@@ -230,21 +168,21 @@ fn write_bw_two_qps_gbits() {
         "ib_write_bw",
         &["-F", "-q", "2", "-s", "4096", "-n", "500", "--report_gbits"],
     );
-    assert_eq!(bytes(&run.table), [4096]);
+    assert_eq!(run.table.sizes(), [4096]);
     assert_gbits(&run);
 }
 
 #[test]
 fn write_bw_bidirectional() {
     let run = perftest("ib_write_bw", &["-F", "-b", "-n", "300"]);
-    assert_eq!(bytes(&run.table), [65536]);
+    assert_eq!(run.table.sizes(), [65536]);
 }
 
 #[test]
 fn write_bw_duration() {
     // -D: run for 2 seconds instead of a fixed number of iterations.
     let run = perftest("ib_write_bw", &["-F", "-D", "2", "-s", "4096"]);
-    assert_eq!(bytes(&run.table), [4096]);
+    assert_eq!(run.table.sizes(), [4096]);
 }
 
 // -------------------------------------------------------------- ib_write_lat
@@ -287,13 +225,13 @@ fn read_bw_two_qps_outstanding() {
         "ib_read_bw",
         &["-F", "-q", "2", "-o", "4", "-s", "16384", "-n", "200"],
     );
-    assert_eq!(bytes(&run.table), [16384]);
+    assert_eq!(run.table.sizes(), [16384]);
 }
 
 #[test]
 fn read_bw_bidirectional_gbits() {
     let run = perftest("ib_read_bw", &["-F", "-b", "-n", "200", "--report_gbits"]);
-    assert_eq!(bytes(&run.table), [65536]);
+    assert_eq!(run.table.sizes(), [65536]);
     assert_gbits(&run);
 }
 

@@ -6,6 +6,8 @@
 //! so not every helper is used by every binary.
 #![allow(dead_code)]
 
+pub mod topology;
+
 use std::borrow::BorrowMut;
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -16,7 +18,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -71,6 +73,8 @@ pub struct Router {
     lib_dir: PathBuf,
     stderr_path: PathBuf,
     child: Option<Child>,
+    /// The network namespace it runs in (None: the test's own).
+    netns: Option<String>,
 }
 
 impl Router {
@@ -83,6 +87,42 @@ impl Router {
     /// Like [`Router::start`], with extra arguments for `flowverbs router`
     /// (e.g. `&["--mode", "semi"]`).
     pub fn start_with(extra_args: &[&str]) -> Router {
+        Router::spawn(None, extra_args)
+    }
+
+    /// Like [`Router::start_with`], with the router inside the network
+    /// namespace `netns` (a name under /run/netns): it runs as
+    /// `nsenter --net=/run/netns/NETNS flowverbs router ...`.
+    ///
+    /// Not `ip netns exec`: that also gives the program a new mount
+    /// namespace, so the router's FUSE mount (`RUNTIME_DIR/fuse`) would be
+    /// invisible to its clients and `ibv_create_comp_channel` would fail.
+    /// nsenter enters only the network namespace and execs the router
+    /// (no fork), so [`Router::pid`] is the router's own pid and
+    /// [`Router::crash`] kills the router itself. Both are checked here:
+    /// the process must be `flowverbs` and live in `netns`.
+    pub fn start_in_netns(netns: &str, extra_args: &[&str]) -> Router {
+        let router = Router::spawn(Some(netns), extra_args);
+        let pid = router.pid().expect("a started router has a pid");
+        let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        let want_exe = fs::canonicalize(flowverbs_exe()).unwrap_or_else(|_| flowverbs_exe());
+        assert_eq!(
+            exe, want_exe,
+            "pid {pid} of the router started in {netns} is not the flowverbs executable"
+        );
+        let ns_of = |p: &str| fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+        let (have, want) = (
+            ns_of(&format!("/proc/{pid}/ns/net")),
+            ns_of(&format!("/run/netns/{netns}")),
+        );
+        assert!(
+            have.is_ok() && have.as_ref().ok() == want.as_ref().ok(),
+            "the router (pid {pid}) is not in network namespace {netns}: {have:?} vs {want:?}"
+        );
+        router
+    }
+
+    fn spawn(netns: Option<&str>, extra_args: &[&str]) -> Router {
         let base_dir = fresh_temp_dir("router");
         let runtime_dir = base_dir.join("run");
         let lib_dir = base_dir.join("lib");
@@ -94,7 +134,14 @@ impl Router {
 
         let stdout_path = base_dir.join("router.stdout");
         let stderr_path = base_dir.join("router.stderr");
-        let mut cmd = Command::new(flowverbs_exe());
+        let mut cmd = match netns {
+            None => Command::new(flowverbs_exe()),
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg(flowverbs_exe());
+                c
+            }
+        };
         cmd.arg("router")
             .arg("--runtime-dir")
             .arg(&runtime_dir)
@@ -112,6 +159,7 @@ impl Router {
             lib_dir,
             stderr_path,
             child: Some(child),
+            netns: netns.map(String::from),
         };
 
         let sock = router.runtime_dir.join("router.sock");
@@ -169,6 +217,78 @@ impl Router {
             cmd.env("FLOWVERBS_LOG", v);
         }
         cmd
+    }
+
+    /// A command that runs `program` inside the network namespace `netns`
+    /// with this router's fv0:
+    /// `ip netns exec NETNS flowverbs exec --runtime-dir DIR --provider LIB
+    /// -- PROGRAM`. `flowverbs exec` asks the router for the view of the
+    /// device tree that belongs to the namespace (its GID 0 is the
+    /// namespace's address). `FLOWVERBS_LOG` is inherited.
+    pub fn netns_command(&self, netns: &str, program: impl AsRef<OsStr>) -> Command {
+        let provider = format!("{}-rdmav34.so", self.rdmav_drivers().display());
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns])
+            .arg(flowverbs_exe())
+            .arg("exec")
+            .arg("--runtime-dir")
+            .arg(&self.runtime_dir)
+            .args(["--provider", &provider, "--"])
+            .arg(program);
+        cmd
+    }
+
+    /// The network namespace the router runs in (None: the test's own).
+    pub fn netns(&self) -> Option<&str> {
+        self.netns.as_deref()
+    }
+
+    /// Whether the router process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// How many lines of the router's log `matches` accepts.
+    pub fn count_log_lines(&self, matches: impl Fn(&str) -> bool) -> usize {
+        self.stderr().lines().filter(|l| matches(l)).count()
+    }
+
+    /// Waits until at least `count` lines of the router's log satisfy
+    /// `matches`. Panics, showing `what` and the log, if that takes longer
+    /// than `timeout` or the router exits first.
+    pub fn wait_for_log(
+        &mut self,
+        what: &str,
+        count: usize,
+        timeout: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.count_log_lines(&matches) >= count {
+                return;
+            }
+            let running = self.is_running();
+            if !running || Instant::now() >= deadline {
+                let why = if running {
+                    format!("within {timeout:?}")
+                } else {
+                    "before the router exited".to_string()
+                };
+                panic!(
+                    "the router{} did not log {what} {why}; its stderr:\n{}",
+                    self.netns
+                        .as_ref()
+                        .map(|n| format!(" in {n}"))
+                        .unwrap_or_default(),
+                    self.stderr()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The router's process id (None once it has been stopped).
@@ -304,12 +424,14 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// A spawned process whose stdout and stderr are collected by threads.
+/// A spawned process whose stdout and stderr are collected by threads, into
+/// buffers that can be read while it runs.
 struct Running {
     child: Child,
     pgid: i32,
-    out: thread::JoinHandle<Vec<u8>>,
-    err: thread::JoinHandle<Vec<u8>>,
+    out: Arc<Mutex<Vec<u8>>>,
+    err: Arc<Mutex<Vec<u8>>>,
+    readers: [thread::JoinHandle<()>; 2],
     what: String,
 }
 
@@ -322,6 +444,24 @@ fn describe_cmd(cmd: &Command) -> String {
     s
 }
 
+/// A thread appending everything `from` yields to `to`, as it comes.
+fn collect(
+    mut from: impl Read + Send + 'static,
+    to: Arc<Mutex<Vec<u8>>>,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => to.lock().unwrap().extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+    })
+}
+
 fn spawn(mut cmd: Command) -> Running {
     let what = describe_cmd(&cmd);
     cmd.stdin(Stdio::null())
@@ -332,23 +472,18 @@ fn spawn(mut cmd: Command) -> Running {
         .spawn()
         .unwrap_or_else(|e| panic!("spawning `{what}`: {e}"));
     let pgid = child.id() as i32;
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    let out = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = so.read_to_end(&mut v);
-        v
-    });
-    let err = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = se.read_to_end(&mut v);
-        v
-    });
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let err = Arc::new(Mutex::new(Vec::new()));
+    let readers = [
+        collect(child.stdout.take().unwrap(), out.clone()),
+        collect(child.stderr.take().unwrap(), err.clone()),
+    ];
     Running {
         child,
         pgid,
         out,
         err,
+        readers,
         what,
     }
 }
@@ -374,8 +509,11 @@ impl Running {
         };
         // Descendants that kept the pipes open are killed too.
         send_signal(-self.pgid, libc::SIGKILL);
-        let stdout = self.out.join().unwrap_or_default();
-        let mut stderr = self.err.join().unwrap_or_default();
+        for r in self.readers {
+            let _ = r.join();
+        }
+        let stdout = std::mem::take(&mut *self.out.lock().unwrap());
+        let mut stderr = std::mem::take(&mut *self.err.lock().unwrap());
         if timed_out {
             stderr.extend_from_slice(
                 format!("\n{TIMEOUT_MARKER}: `{}` was killed]\n", self.what).as_bytes(),
@@ -385,6 +523,66 @@ impl Running {
             status,
             stdout,
             stderr,
+        }
+    }
+}
+
+/// A process running in the background (its own process group, stdin from
+/// /dev/null) whose output can be watched while it runs. Dropping it
+/// without [`Background::finish`] kills its process group.
+pub struct Background(Option<Running>);
+
+impl Background {
+    /// Spawns `cmd` (a `Command` or a `&mut Command`).
+    pub fn start(cmd: impl BorrowMut<Command>) -> Background {
+        Background(Some(spawn(clone_command(cmd.borrow()))))
+    }
+
+    fn running(&mut self) -> &mut Running {
+        self.0.as_mut().expect("Background used after finish")
+    }
+
+    /// Its stdout so far.
+    pub fn stdout_so_far(&mut self) -> String {
+        String::from_utf8_lossy(&self.running().out.lock().unwrap()).into_owned()
+    }
+
+    /// Its exit status if it has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.running().try_wait()
+    }
+
+    /// Waits until its stdout contains `needle` (true) or until it exits or
+    /// `timeout` passes (false).
+    pub fn wait_for_stdout(&mut self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.stdout_so_far().contains(needle) {
+                return true;
+            }
+            if self.try_wait().is_some() {
+                // The readers may still hold the last bytes.
+                thread::sleep(Duration::from_millis(50));
+                return self.stdout_so_far().contains(needle);
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits at most `timeout` for it to exit, kills its process group then
+    /// (its stderr ends with [`TIMEOUT_MARKER`]), and returns its output.
+    pub fn finish(mut self, timeout: Duration) -> Output {
+        self.0.take().unwrap().finish(Instant::now() + timeout)
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(r) = self.0.take() {
+            r.finish(Instant::now());
         }
     }
 }
@@ -420,7 +618,7 @@ pub fn clone_command(cmd: &Command) -> Command {
 
 /// Whether a client's output says it could not reach the server's TCP port
 /// (perftest and the rdma-core pingpongs both print "Couldn't connect to").
-fn connect_failed(out: &Output) -> bool {
+pub fn connect_failed(out: &Output) -> bool {
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -599,6 +797,70 @@ impl PerftestTable {
     pub fn column(&self, prefix: &str) -> Option<usize> {
         self.columns.iter().position(|c| c.starts_with(prefix))
     }
+
+    /// The `#bytes` column: one message size per row.
+    pub fn sizes(&self) -> Vec<u64> {
+        self.rows.iter().map(|r| r[0] as u64).collect()
+    }
+
+    /// The `#iterations` column.
+    pub fn iterations(&self) -> Vec<u64> {
+        self.rows.iter().map(|r| r[1] as u64).collect()
+    }
+}
+
+/// The sizes perftest's `-a` runs: 2 to 2^23.
+pub fn perftest_all_sizes() -> Vec<u64> {
+    (1..=23).map(|i| 1u64 << i).collect()
+}
+
+/// Every row complete, every number non-negative, sizes, iterations and the
+/// measured quantities (average bandwidth, message rate, latencies)
+/// positive. (`BW peak` may be 0: the send_bw server prints 0.00 there.)
+pub fn check_perftest_table(t: &PerftestTable) -> Result<(), String> {
+    if t.rows.is_empty() {
+        return Err(format!("the result table has no rows: {t:?}"));
+    }
+    let bw = t.column("BW average").is_some();
+    let positive: Vec<usize> = if bw {
+        ["#bytes", "#iterations", "BW average", "MsgRate"]
+            .iter()
+            .filter_map(|c| t.column(c))
+            .collect()
+    } else {
+        [
+            "#bytes",
+            "#iterations",
+            "t_min",
+            "t_max",
+            "t_typical",
+            "t_avg",
+        ]
+        .iter()
+        .filter_map(|c| t.column(c))
+        .collect()
+    };
+    let needed = if bw { 4 } else { 6 };
+    if positive.len() != needed {
+        return Err(format!("unexpected table columns: {:?}", t.columns));
+    }
+    for row in &t.rows {
+        if row.len() < t.columns.len() {
+            return Err(format!("short row {row:?} for columns {:?}", t.columns));
+        }
+        if row.iter().any(|v| !v.is_finite() || *v < 0.0) {
+            return Err(format!("negative or non-finite value in row {row:?}"));
+        }
+        for &i in &positive {
+            if row[i] <= 0.0 {
+                return Err(format!(
+                    "column {} is not positive in row {row:?}",
+                    t.columns[i]
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Parses perftest's result table from a process's stdout. Column names

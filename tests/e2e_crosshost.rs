@@ -1,0 +1,459 @@
+//! End-to-end across hosts (issue 5): each "host" is a network namespace
+//! the test makes, with its own `flowverbs router` inside, listening on the
+//! host's address and dialing the other host's router
+//! (`--listen IP:PORT --peer IP:PORT`). Unmodified rdma-core and perftest
+//! programs run in one host against the other, and from a "container"
+//! namespace behind host A. Traffic only between the test's namespaces
+//! (198.18.0.0/15). Checks what the programs print and return, never
+//! timing; every process runs under a timeout.
+//!
+//! Each test uses its own subnet S (its container, if any, 198.18.(S+1).0/24)
+//! so that logs of different tests never look alike.
+
+mod common;
+
+use common::topology::*;
+use common::*;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::thread;
+use std::time::Duration;
+
+/// Per server/client pair: generous, but nothing hangs the run.
+const PAIR_TIMEOUT_SECS: u64 = 120;
+/// How long a client may take to exit after the router of its peer died.
+const EXIT_AFTER_PEER_DEATH: Duration = Duration::from_secs(30);
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The logs of the routers, for failure messages.
+fn router_logs(routers: &[(&str, &Router)]) -> String {
+    routers
+        .iter()
+        .map(|(name, r)| format!("--- router {name} stderr:\n{}\n", r.stderr()))
+        .collect()
+}
+
+/// The GID an rdma-core pingpong prints on its `local address` or
+/// `remote address` line (`... GID ::ffff:198.18.22.1`).
+fn pingpong_gid(out: &Output, which: &str) -> Option<String> {
+    let text = stdout(out);
+    let line = text.lines().find(|l| l.contains(which))?;
+    Some(line.split_once("GID ")?.1.trim().to_string())
+}
+
+/// `ibv_rc_pingpong -d fv0 -g 0 -c -n ITERS`: the server in `srv` with
+/// `srv_router`'s fv0, the client in `cli` with `cli_router`'s, connecting
+/// to `srv.addr`. Both must exit 0, report `iters` iterations, and print
+/// their own namespace's address as local GID and the other side's as
+/// remote GID.
+fn rc_pingpong_between(
+    srv_router: &Router,
+    srv: &Host,
+    cli_router: &Router,
+    cli: &Host,
+    iters: u64,
+    logs: &dyn Fn() -> String,
+) {
+    let port = free_port().to_string();
+    let n = iters.to_string();
+    let args = ["-d", "fv0", "-g", "0", "-c", "-n", &n, "-p", &port];
+    let mut server = srv_router.netns_command(&srv.netns, "ibv_rc_pingpong");
+    server.args(args);
+    let mut client = cli_router.netns_command(&cli.netns, "ibv_rc_pingpong");
+    client.args(args).arg(&srv.addr);
+    let (server, client) = run_pair(server, client, PAIR_TIMEOUT_SECS);
+    let report = || {
+        format!(
+            "{}{}{}",
+            show("server", &server),
+            show("client", &client),
+            logs()
+        )
+    };
+    assert!(
+        server.status.success() && client.status.success(),
+        "ibv_rc_pingpong from {} to {}:\n{}",
+        cli.netns,
+        srv.netns,
+        report()
+    );
+    for (out, me, peer) in [(&server, srv, cli), (&client, cli, srv)] {
+        let want_local = format!("::ffff:{}", me.addr);
+        let want_remote = format!("::ffff:{}", peer.addr);
+        assert_eq!(
+            pingpong_gid(out, "local address").as_deref(),
+            Some(want_local.as_str()),
+            "local GID of the side in {}\n{}",
+            me.netns,
+            report()
+        );
+        assert_eq!(
+            pingpong_gid(out, "remote address").as_deref(),
+            Some(want_remote.as_str()),
+            "remote GID seen by the side in {}\n{}",
+            me.netns,
+            report()
+        );
+        let r = parse_pingpong(out).unwrap_or_else(|| panic!("no summary\n{}", report()));
+        assert_eq!(r.iters, iters, "{}", report());
+        assert!(r.bytes > 0 && r.usec_per_iter > 0.0, "{r:?}\n{}", report());
+    }
+}
+
+/// A GID as perftest prints it: 16 bytes in decimal, `%02d`, joined by
+/// colons; `::ffff:198.18.24.1` is `00:...:00:255:255:198:18:24:01`.
+fn perftest_gid_of(ipv4: &str) -> String {
+    let mut bytes = vec!["00".to_string(); 10];
+    bytes.extend(["255".to_string(), "255".to_string()]);
+    bytes.extend(
+        ipv4.split('.')
+            .map(|o| format!("{:02}", o.parse::<u8>().expect("an IPv4 octet"))),
+    );
+    bytes.join(":")
+}
+
+/// The GID perftest prints after its `local address` or `remote address`
+/// line (` GID: 00:00:...`).
+fn perftest_gid(out: &Output, which: &str) -> Option<String> {
+    let text = stdout(out);
+    let mut lines = text.lines().skip_while(|l| !l.contains(which));
+    lines.next()?;
+    let line = lines.take(2).find(|l| l.trim_start().starts_with("GID:"))?;
+    Some(line.trim_start()["GID:".len()..].trim().to_string())
+}
+
+/// A perftest pair across the linked hosts: `prog -d fv0 -x 0 -F -p PORT
+/// ARGS` as server in host A, the same plus A's address as client in host
+/// B. Checks that both exit 0, that the client's local GID is B's address
+/// and its remote GID A's (GID index 0 is the namespace's address), and
+/// that its result table is complete with positive numbers. Returns the
+/// server's output and the client's table.
+fn perftest_across(
+    topo: &Topology,
+    linked: &LinkedRouters,
+    prog: &str,
+    args: &[&str],
+) -> (Output, PerftestTable) {
+    let [ra, rb] = &linked.routers;
+    let (a, b) = (&topo.hosts[A], &topo.hosts[B]);
+    let port = free_port().to_string();
+    let common_args = ["-d", "fv0", "-x", "0", "-F", "-p", &port];
+    let mut server = ra.netns_command(&a.netns, prog);
+    server.args(common_args).args(args);
+    let mut client = rb.netns_command(&b.netns, prog);
+    client.args(common_args).args(args).arg(&a.addr);
+    let (server, client) = run_pair(server, client, PAIR_TIMEOUT_SECS);
+    let report = || {
+        format!(
+            "`{prog} {}` server in host A, client in host B\n{}{}{}",
+            args.join(" "),
+            show("server", &server),
+            show("client", &client),
+            router_logs(&[("A", ra), ("B", rb)])
+        )
+    };
+    assert!(
+        server.status.success() && client.status.success(),
+        "{}",
+        report()
+    );
+    assert_eq!(
+        perftest_gid(&client, "local address"),
+        Some(perftest_gid_of(&b.addr)),
+        "the client's own GID\n{}",
+        report()
+    );
+    assert_eq!(
+        perftest_gid(&client, "remote address"),
+        Some(perftest_gid_of(&a.addr)),
+        "the server's GID as the client sees it\n{}",
+        report()
+    );
+    let table = parse_perftest_table(&client)
+        .unwrap_or_else(|| panic!("no result table in the client's output\n{}", report()));
+    check_perftest_table(&table).unwrap_or_else(|e| panic!("{e}\n{}", report()));
+    (server, table)
+}
+
+/// One row per size 2 B .. 8 MiB, each with `iters` iterations.
+fn assert_all_sizes(table: &PerftestTable, iters: u64) {
+    assert_eq!(table.sizes(), perftest_all_sizes(), "{table:?}");
+    assert!(table.iterations().iter().all(|&i| i == iters), "{table:?}");
+}
+
+// ------------------------------------------------------------ scaffolding
+// These need no link between routers and pass today.
+
+#[test]
+fn peer_log_lines_are_recognised() {
+    let l = "[2026-11-27T02:11:16Z INFO  flowverbs::router::link] peer 198.18.20.2:4791 up";
+    assert!(is_peer_line(l, "198.18.20.2", "up"));
+    assert!(!is_peer_line(l, "198.18.20.2", "down"));
+    assert!(!is_peer_line(l, "198.18.20.1", "up"));
+    assert!(!is_peer_line("peer 198.18.20.23:1 up", "198.18.20.2", "up"));
+    assert!(is_peer_line(
+        "x peer 198.18.20.2:1 down: EOF",
+        "198.18.20.2",
+        "down"
+    ));
+    assert!(!is_peer_line(
+        "peer 198.18.20.2:1 upgrade",
+        "198.18.20.2",
+        "up"
+    ));
+    assert!(!is_peer_line("peer 198.18.20.2: up", "198.18.20.2", "up"));
+}
+
+#[test]
+fn perftest_gids_are_recognised() {
+    assert_eq!(
+        perftest_gid_of("198.18.24.1"),
+        "00:00:00:00:00:00:00:00:00:00:255:255:198:18:24:01"
+    );
+}
+
+/// With one router per host namespace (no link yet), fv0 in each host and
+/// in the container (served by host A's router) has GID 0 = that
+/// namespace's own address.
+#[test]
+fn each_host_sees_its_own_gid() {
+    let topo = Topology::with_container(20);
+    let ra = Router::start_in_netns(&topo.hosts[A].netns, &[]);
+    let rb = Router::start_in_netns(&topo.hosts[B].netns, &[]);
+    for (router, host) in [
+        (&ra, &topo.hosts[A]),
+        (&rb, &topo.hosts[B]),
+        (&ra, topo.container()),
+    ] {
+        let gid = devinfo_gid0(router, &host.netns);
+        assert_eq!(
+            gid,
+            format!("::ffff:{}", host.addr),
+            "GID 0 in {}\n{}",
+            host.netns,
+            router_logs(&[("A", &ra), ("B", &rb)])
+        );
+    }
+}
+
+/// The topology carries TCP where the cross-host tests need it: between
+/// the hosts both ways, and from host B to the container behind host A
+/// (and back), through A's forwarding.
+#[test]
+fn topology_routes_tcp_between_hosts_and_to_the_container() {
+    let topo = Topology::with_container(40);
+    let (a, b, c) = (&topo.hosts[A], &topo.hosts[B], topo.container());
+    assert_tcp_reaches(&b.netns, &a.netns, &a.addr);
+    assert_tcp_reaches(&a.netns, &b.netns, &b.addr);
+    assert_tcp_reaches(&b.netns, &c.netns, &c.addr);
+    assert_tcp_reaches(&c.netns, &b.netns, &b.addr);
+}
+
+/// Every namespace of a topology exists while it lives and is gone after.
+#[test]
+fn topology_namespaces_are_removed_on_drop() {
+    let names = {
+        let topo = Topology::with_container(42);
+        let names = topo.namespace_names().to_vec();
+        assert_eq!(names.len(), 3);
+        for n in &names {
+            assert!(Path::new("/run/netns").join(n).exists(), "{n} missing");
+        }
+        names
+    };
+    for n in &names {
+        assert!(
+            !Path::new("/run/netns").join(n).exists(),
+            "{n} still exists after the topology was dropped"
+        );
+    }
+}
+
+/// `Router::crash` on a router started in a namespace kills the router
+/// process itself (nsenter execs it), and a new router can start there.
+#[test]
+fn crash_kills_the_router_in_its_namespace() {
+    let topo = Topology::two_hosts(44);
+    let mut r = Router::start_in_netns(&topo.hosts[A].netns, &[]);
+    let pid = r.pid().unwrap();
+    r.crash();
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "router pid {pid} still exists after crash()"
+    );
+    let r2 = Router::start_in_netns(&topo.hosts[A].netns, &[]);
+    assert_eq!(
+        devinfo_gid0(&r2, &topo.hosts[A].netns),
+        format!("::ffff:{}", topo.hosts[A].addr)
+    );
+}
+
+// ------------------------------------------- across hosts (needs issue 5)
+
+#[test]
+fn rc_pingpong_across_hosts() {
+    let topo = Topology::two_hosts(22);
+    let linked = topo.start_linked_routers();
+    let [ra, rb] = &linked.routers;
+    let logs = || router_logs(&[("A", ra), ("B", rb)]);
+    rc_pingpong_between(ra, &topo.hosts[A], rb, &topo.hosts[B], 200, &logs);
+}
+
+#[test]
+fn send_bw_all_sizes_across_hosts() {
+    let topo = Topology::two_hosts(24);
+    let linked = topo.start_linked_routers();
+    let (server, table) = perftest_across(&topo, &linked, "ib_send_bw", &["-a", "-n", "100"]);
+    assert_all_sizes(&table, 100);
+    // The send_bw server measures the receiving side and prints it too.
+    let srv = parse_perftest_table(&server).expect("a result table from the server");
+    check_perftest_table(&srv).unwrap_or_else(|e| panic!("server table: {e}"));
+    assert_eq!(srv.sizes(), perftest_all_sizes(), "{srv:?}");
+}
+
+#[test]
+fn write_lat_all_sizes_across_hosts() {
+    let topo = Topology::two_hosts(26);
+    let linked = topo.start_linked_routers();
+    let (_, table) = perftest_across(&topo, &linked, "ib_write_lat", &["-a", "-n", "100"]);
+    assert_all_sizes(&table, 100);
+}
+
+#[test]
+fn read_bw_all_sizes_across_hosts() {
+    let topo = Topology::two_hosts(28);
+    let linked = topo.start_linked_routers();
+    let (_, table) = perftest_across(&topo, &linked, "ib_read_bw", &["-a", "-n", "100"]);
+    assert_all_sizes(&table, 100);
+}
+
+/// A container namespace behind host A (its processes use A's router) is
+/// reached from host B by its own address: the client sees the container's
+/// GID, not host A's.
+#[test]
+fn rc_pingpong_from_host_b_to_a_container_behind_host_a() {
+    let topo = Topology::with_container(30);
+    let linked = topo.start_linked_routers();
+    let [ra, rb] = &linked.routers;
+    let logs = || router_logs(&[("A", ra), ("B", rb)]);
+    rc_pingpong_between(ra, topo.container(), rb, &topo.hosts[B], 200, &logs);
+}
+
+/// Starts `server`, then `client` (again while it cannot connect yet) until
+/// the client's stdout shows `ready`; panics if it exits before that.
+fn start_until(server: Command, client: Command, ready: &str) -> (Background, Background) {
+    let mut srv = Background::start(server);
+    thread::sleep(Duration::from_millis(300));
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut cli = Background::start(clone_command(&client));
+        if cli.wait_for_stdout(ready, Duration::from_secs(60)) {
+            return (srv, cli);
+        }
+        let out = cli.finish(Duration::from_secs(5));
+        if attempt < 10 && connect_failed(&out) && srv.try_wait().is_none() {
+            thread::sleep(Duration::from_millis(200 * attempt));
+            continue;
+        }
+        let srv_out = srv.finish(Duration::ZERO);
+        panic!(
+            "the client did not print {ready:?}:\n{}{}",
+            show("client", &out),
+            show("server", &srv_out)
+        );
+    }
+}
+
+/// Messages perftest prints when a transfer fails (a completion with an
+/// error status, a post or poll on a QP in error).
+const PERFTEST_FAILURES: &[&str] = &[
+    "Completion with error",
+    "Failed status",
+    "Couldn't post send",
+    "CQ failed",
+    "CQ error",
+];
+
+/// Router B dies (SIGKILL) in the middle of an `ib_send_bw` from host A to
+/// host B: the client in A gets errors and exits instead of hanging, router
+/// A logs the link down and runs on; a restarted router B (same listen
+/// address) links up again and new connections between A and B work.
+#[test]
+fn router_killed_mid_transfer_then_restarted() {
+    let topo = Topology::two_hosts(32);
+    let (a, b) = (&topo.hosts[A], &topo.hosts[B]);
+    let LinkedRouters {
+        routers: [mut ra, mut rb],
+        ports,
+    } = topo.start_linked_routers();
+
+    // A long run: 64 KiB sends for 60 s, server in B, client in A. The
+    // client's stdout is line-buffered (stdbuf) so that its `#bytes` header,
+    // printed once both QPs are connected and before the first send, shows
+    // when the transfer starts.
+    let port = free_port().to_string();
+    let args = [
+        "-d", "fv0", "-x", "0", "-F", "-p", &port, "-s", "65536", "-D", "60",
+    ];
+    let mut server = rb.netns_command(&b.netns, "ib_send_bw");
+    server.args(args);
+    let mut client = ra.netns_command(&a.netns, "stdbuf");
+    client.args(["-oL", "ib_send_bw"]).args(args).arg(&b.addr);
+    let (server, mut client) = start_until(server, client, "#bytes");
+    thread::sleep(Duration::from_secs(2));
+    if let Some(status) = client.try_wait() {
+        let out = client.finish(Duration::ZERO);
+        panic!(
+            "the client ended ({status}) before router B was killed:\n{}{}",
+            show("client", &out),
+            router_logs(&[("A", &ra), ("B", &rb)])
+        );
+    }
+
+    let ups = count_peer_lines(&ra, &b.addr, "up");
+    rb.crash();
+    let client = client.finish(EXIT_AFTER_PEER_DEATH);
+    let server = server.finish(Duration::from_secs(10));
+    let a_alive = ra.is_running();
+    let report = || {
+        format!(
+            "{}{}{}",
+            show("client in A", &client),
+            show("server in B", &server),
+            router_logs(&[("A", &ra), ("B (killed)", &rb)])
+        )
+    };
+    assert!(
+        !timed_out(&client),
+        "the client did not exit within {EXIT_AFTER_PEER_DEATH:?} of router B's death\n{}",
+        report()
+    );
+    assert!(
+        client.status.code().is_some_and(|c| c != 0),
+        "the client should exit with an error status\n{}",
+        report()
+    );
+    let text = format!(
+        "{}{}",
+        stdout(&client),
+        String::from_utf8_lossy(&client.stderr)
+    );
+    assert!(
+        PERFTEST_FAILURES.iter().any(|m| text.contains(m)),
+        "the client's output names no failed transfer (one of {PERFTEST_FAILURES:?})\n{}",
+        report()
+    );
+    assert!(a_alive, "router A exited\n{}", report());
+    wait_for_peer(&mut ra, &b.addr, "down", 1, PEER_LINK_TIMEOUT);
+
+    // Router B again, same address and port; the link comes back.
+    let mut rb2 = topo.start_router(B, ports);
+    wait_for_peer(&mut rb2, &a.addr, "up", 1, PEER_LINK_TIMEOUT);
+    wait_for_peer(&mut ra, &b.addr, "up", ups + 1, PEER_LINK_TIMEOUT);
+    let logs = || router_logs(&[("A", &ra), ("B (restarted)", &rb2)]);
+    rc_pingpong_between(&ra, a, &rb2, b, 100, &logs);
+}
