@@ -57,13 +57,40 @@ fn rc_pingpong_between(
     iters: u64,
     logs: &dyn Fn() -> String,
 ) {
+    pingpong_between(
+        "ibv_rc_pingpong",
+        &[],
+        srv_router,
+        srv,
+        cli_router,
+        cli,
+        iters,
+        logs,
+    );
+}
+
+/// Like [`rc_pingpong_between`] for any rdma-core pingpong `program`, with
+/// `extra` arguments on both sides. `-c` makes both sides check every
+/// received buffer's content.
+#[allow(clippy::too_many_arguments)]
+fn pingpong_between(
+    program: &str,
+    extra: &[&str],
+    srv_router: &Router,
+    srv: &Host,
+    cli_router: &Router,
+    cli: &Host,
+    iters: u64,
+    logs: &dyn Fn() -> String,
+) {
     let port = free_port().to_string();
     let n = iters.to_string();
-    let args = ["-d", "fv0", "-g", "0", "-c", "-n", &n, "-p", &port];
-    let mut server = srv_router.netns_command(&srv.netns, "ibv_rc_pingpong");
-    server.args(args);
-    let mut client = cli_router.netns_command(&cli.netns, "ibv_rc_pingpong");
-    client.args(args).arg(&srv.addr);
+    let mut args = vec!["-d", "fv0", "-g", "0", "-c", "-n", &n, "-p", &port];
+    args.extend_from_slice(extra);
+    let mut server = srv_router.netns_command(&srv.netns, program);
+    server.args(&args);
+    let mut client = cli_router.netns_command(&cli.netns, program);
+    client.args(&args).arg(&srv.addr);
     let (server, client) = run_pair(server, client, PAIR_TIMEOUT_SECS);
     let report = || {
         format!(
@@ -75,7 +102,7 @@ fn rc_pingpong_between(
     };
     assert!(
         server.status.success() && client.status.success(),
-        "ibv_rc_pingpong from {} to {}:\n{}",
+        "{program} {extra:?} from {} to {}:\n{}",
         cli.netns,
         srv.netns,
         report()
@@ -300,6 +327,45 @@ fn rc_pingpong_across_hosts() {
     let [ra, rb] = &linked.routers;
     let logs = || router_logs(&[("A", ra), ("B", rb)]);
     rc_pingpong_between(ra, &topo.hosts[A], rb, &topo.hosts[B], 200, &logs);
+}
+
+/// Every rdma-core pingpong with `-c` (each side checks the content of
+/// every message it receives) from host B to host A: RC with messages of
+/// several chunks on the link, RC with a one-deep receive queue (the
+/// responder NAKs receiver-not-ready and the requester resends), UC, UD
+/// (datagrams between routers) and SRQ.
+#[test]
+fn checked_pingpongs_across_hosts() {
+    let topo = Topology::two_hosts(32);
+    let linked = topo.start_linked_routers();
+    let [ra, rb] = &linked.routers;
+    let logs = || router_logs(&[("A", ra), ("B", rb)]);
+    let (a, b) = (&topo.hosts[A], &topo.hosts[B]);
+    let cases: [(&str, &[&str], u64); 5] = [
+        ("ibv_rc_pingpong", &["-s", "1048576", "-m", "4096"], 20),
+        ("ibv_rc_pingpong", &["-r", "1", "-s", "100000"], 300),
+        ("ibv_uc_pingpong", &[], 200),
+        ("ibv_ud_pingpong", &["-s", "2048"], 200),
+        ("ibv_srq_pingpong", &["-q", "4"], 100),
+    ];
+    for (program, extra, iters) in cases {
+        pingpong_between(program, extra, ra, a, rb, b, iters, &logs);
+    }
+}
+
+/// Atomics across hosts: `ib_atomic_bw` (fetch-and-add and compare-and-swap).
+#[test]
+fn atomics_across_hosts() {
+    let topo = Topology::two_hosts(34);
+    let linked = topo.start_linked_routers();
+    for op in ["FETCH_AND_ADD", "CMP_AND_SWAP"] {
+        let (_, table) = perftest_across(&topo, &linked, "ib_atomic_bw", &["-A", op, "-n", "500"]);
+        assert_eq!(table.sizes(), vec![8], "{op}: {table:?}");
+        assert!(
+            table.iterations().iter().all(|&i| i == 500),
+            "{op}: {table:?}"
+        );
+    }
 }
 
 #[test]
