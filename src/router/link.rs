@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
+use std::mem::MaybeUninit;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -151,14 +152,15 @@ impl Peers {
     }
 
     /// Queues one frame with a `len`-byte payload that `fill` writes in
-    /// place (straight from a process's memory). If `fill` fails nothing
-    /// is queued and its error is returned.
+    /// place (straight from a process's memory, without zeroing the space
+    /// first). `fill` must write every byte when it returns `Ok`; if it
+    /// fails, nothing is queued and its error is returned.
     pub fn send_with<E>(
         &mut self,
         peer: PeerId,
         mut hdr: FrameHeader,
         len: usize,
-        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+        fill: impl FnOnce(&mut [MaybeUninit<u8>]) -> Result<(), E>,
     ) -> Result<(), E> {
         debug_assert!(len <= MAX_CHUNK);
         hdr.payload_len = len as u32;
@@ -166,13 +168,12 @@ impl Peers {
             return Ok(());
         };
         let q = &mut p.queue.buf;
-        let at = q.len();
         q.extend_from_slice(&hdr.encode());
-        q.resize(at + HEADER_LEN + len, 0);
-        if let Err(e) = fill(&mut q[at + HEADER_LEN..]) {
-            q.truncate(at);
-            return Err(e);
-        }
+        q.reserve(len);
+        fill(&mut q.spare_capacity_mut()[..len])?;
+        // SAFETY: `fill` returned Ok, so it initialised these `len` bytes
+        // (within the capacity reserved above).
+        unsafe { q.set_len(q.len() + len) };
         Ok(())
     }
 
@@ -218,6 +219,17 @@ pub struct Links {
     next_token: u64,
     events: Vec<LinkEvent>,
 }
+
+/// Link sockets: no Nagle delay (acknowledgements are small and latency
+/// matters), and buffers big enough to keep a 64 KiB-message stream going
+/// between two passes of the router loop.
+fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let _ = socket::setsockopt(stream, sockopt::SndBuf, &SOCKET_BUFFER);
+    let _ = socket::setsockopt(stream, sockopt::RcvBuf, &SOCKET_BUFFER);
+}
+
+const SOCKET_BUFFER: usize = 4 << 20;
 
 fn new_boot_id() -> u64 {
     let mut b = [0u8; 8];
@@ -425,7 +437,7 @@ impl Links {
                         warn!("router connection from {from}: {e}");
                         continue;
                     }
-                    let _ = stream.set_nodelay(true);
+                    tune(&stream);
                     let t = self.token();
                     if let Err(e) = self
                         .epoll
@@ -481,7 +493,7 @@ impl Links {
         match started {
             Ok(fd) => {
                 let stream = TcpStream::from(fd);
-                let _ = stream.set_nodelay(true);
+                tune(&stream);
                 if let Err(e) = self.epoll.add(
                     &stream,
                     EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT, t),

@@ -18,6 +18,7 @@
 
 use std::cell::Cell;
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -246,6 +247,23 @@ impl ProcessMemory {
         offset: u64,
         buf: &mut [u8],
     ) -> io::Result<()> {
+        // SAFETY: a `&mut [u8]` is valid as `&mut [MaybeUninit<u8>]` as
+        // long as only initialised bytes are written to it, which the
+        // kernel does.
+        let uninit = unsafe {
+            std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut MaybeUninit<u8>, buf.len())
+        };
+        self.read_segments_uninit(segs, offset, uninit)
+    }
+
+    /// Like [`ProcessMemory::read_segments`] into memory that need not be
+    /// initialised; on `Ok` every byte of `buf` has been written.
+    pub fn read_segments_uninit(
+        &self,
+        segs: &[(u64, u64)],
+        offset: u64,
+        buf: &mut [MaybeUninit<u8>],
+    ) -> io::Result<()> {
         let remote = iovecs(segs, offset, buf.len() as u64);
         let local = libc::iovec {
             iov_base: buf.as_mut_ptr() as *mut libc::c_void,
@@ -256,7 +274,8 @@ impl ProcessMemory {
         }
         self.check_alive()?;
         // SAFETY: `local` is our own writable buffer; remote iovecs are
-        // checked by the kernel against the target process.
+        // checked by the kernel against the target process. `complete`
+        // fails unless all `buf.len()` bytes were written.
         let n = unsafe {
             libc::process_vm_readv(
                 self.pid,

@@ -331,9 +331,10 @@ impl Engine {
                 debug!("datagram to {} dropped: link full", gid_text(&w.dgid));
                 return Ok(());
             }
-            links.peers.send_with(peer, hdr, len as usize, |buf| {
-                src.read(0, buf).map_err(|_| IBV_WC_LOC_PROT_ERR)
-            })
+            let mut bytes = vec![0u8; len as usize];
+            src.read(0, &mut bytes).map_err(|_| IBV_WC_LOC_PROT_ERR)?;
+            links.peers.send(peer, hdr, &bytes);
+            Ok(())
         });
         r.unwrap_or(Ok(()))
     }
@@ -498,7 +499,9 @@ impl Engine {
                 Ok(())
             } else {
                 let local = &f.local;
-                peers.send_with(peer, hdr, n, |buf| mem.read_segments(local, off, buf))
+                peers.send_with(peer, hdr, n, |buf| {
+                    mem.read_segments_uninit(local, off, buf)
+                })
             };
             let f = &mut r.inflight[r.tx];
             if sent.is_err() {
@@ -1124,7 +1127,9 @@ impl Engine {
                     let segs = &rd.segs;
                     let off = rd.sent;
                     if peers
-                        .send_with(rd.peer, hdr, n, |buf| mem.read_segments(segs, off, buf))
+                        .send_with(rd.peer, hdr, n, |buf| {
+                            mem.read_segments_uninit(segs, off, buf)
+                        })
                         .is_err()
                     {
                         let (peer, mut req) = (rd.peer, rd.reply);
