@@ -368,6 +368,43 @@ fn atomics_across_hosts() {
     }
 }
 
+/// The peak resident memory of a router process, in KiB (`VmHWM`).
+fn peak_rss_kib(router: &Router) -> u64 {
+    let pid = router.pid().expect("router running");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+/// Many QPs share the link between two routers (`-q 8`), with 8 MiB
+/// messages: every QP finishes, and flow control keeps both routers'
+/// memory bounded (a few MiB of queued data per peer, not the 400 MiB
+/// each run moves).
+#[test]
+fn many_qps_share_the_link_with_bounded_router_memory() {
+    let topo = Topology::two_hosts(36);
+    let linked = topo.start_linked_routers();
+    let (_, table) = perftest_across(
+        &topo,
+        &linked,
+        "ib_write_bw",
+        &["-q", "8", "-s", "8388608", "-n", "50"],
+    );
+    assert_eq!(table.sizes(), vec![8388608], "{table:?}");
+    let (_, table) = perftest_across(&topo, &linked, "ib_send_bw", &["-q", "4", "-a", "-n", "50"]);
+    assert_eq!(table.sizes(), perftest_all_sizes(), "{table:?}");
+    for (name, r) in [("A", &linked.routers[A]), ("B", &linked.routers[B])] {
+        let kib = peak_rss_kib(r);
+        assert!(
+            kib < 128 * 1024,
+            "router {name} peaked at {kib} KiB resident: flow control did not bound it"
+        );
+    }
+}
+
 #[test]
 fn send_bw_all_sizes_across_hosts() {
     let topo = Topology::two_hosts(24);

@@ -28,7 +28,8 @@ use log::{debug, info, warn};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
 
-use super::registry::{Gid, LocationRegistry, StaticRegistry};
+use super::registry::{LocationRegistry, StaticRegistry};
+pub use super::transport::{Gid, PeerId, Transport};
 use crate::wire::link::{
     decode_payload, encode_payload, Announce, FrameHeader, Hello, Kind, HEADER_LEN, MAX_CHUNK,
 };
@@ -45,8 +46,6 @@ const REDIAL_MIN: Duration = Duration::from_millis(100);
 const REDIAL_MAX: Duration = Duration::from_secs(1);
 
 const LISTENER: u64 = 0;
-
-pub type PeerId = usize;
 
 /// What happened to a peer, for the engine.
 #[derive(Debug, PartialEq, Eq)]
@@ -121,27 +120,26 @@ pub struct Peers {
     me: Hello,
 }
 
-impl Peers {
-    /// The peer serving `gid`, if it is up.
-    pub fn locate(&self, gid: &Gid) -> Option<PeerId> {
+impl Transport for Peers {
+    fn locate(&self, gid: &Gid) -> Option<PeerId> {
         let addr = self.registry.locate(gid)?;
         self.list.iter().position(|p| p.addr == addr && p.up)
     }
 
-    pub fn is_up(&self, peer: PeerId) -> bool {
-        self.list.get(peer).is_some_and(|p| p.up)
+    fn serves(&self, peer: PeerId, gid: &Gid) -> bool {
+        self.list
+            .get(peer)
+            .is_some_and(|p| self.registry.locate(gid) == Some(p.addr))
     }
 
-    /// True while `peer` takes more data without exceeding [`OUT_SOFT`].
-    pub fn has_room(&self, peer: PeerId) -> bool {
+    /// Less than [`OUT_SOFT`] bytes wait for the peer.
+    fn has_room(&self, peer: PeerId) -> bool {
         self.list
             .get(peer)
             .is_some_and(|p| p.up && p.queue.len() < OUT_SOFT)
     }
 
-    /// Queues one frame whose payload is `payload`. Frames to a peer that
-    /// is down are dropped (the engine learns of the outage separately).
-    pub fn send(&mut self, peer: PeerId, mut hdr: FrameHeader, payload: &[u8]) {
+    fn send(&mut self, peer: PeerId, mut hdr: FrameHeader, payload: &[u8]) {
         debug_assert!(payload.len() <= MAX_CHUNK);
         hdr.payload_len = payload.len() as u32;
         let Some(p) = self.list.get_mut(peer).filter(|p| p.up) else {
@@ -151,17 +149,15 @@ impl Peers {
         p.queue.buf.extend_from_slice(payload);
     }
 
-    /// Queues one frame with a `len`-byte payload that `fill` writes in
-    /// place (straight from a process's memory, without zeroing the space
-    /// first). `fill` must write every byte when it returns `Ok`; if it
-    /// fails, nothing is queued and its error is returned.
-    pub fn send_with<E>(
+    /// The payload is read straight into the queue's spare capacity (no
+    /// zeroing first).
+    fn send_with(
         &mut self,
         peer: PeerId,
         mut hdr: FrameHeader,
         len: usize,
-        fill: impl FnOnce(&mut [MaybeUninit<u8>]) -> Result<(), E>,
-    ) -> Result<(), E> {
+        fill: &mut dyn FnMut(&mut [MaybeUninit<u8>]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
         debug_assert!(len <= MAX_CHUNK);
         hdr.payload_len = len as u32;
         let Some(p) = self.list.get_mut(peer).filter(|p| p.up) else {
@@ -170,20 +166,18 @@ impl Peers {
         let q = &mut p.queue.buf;
         q.extend_from_slice(&hdr.encode());
         q.reserve(len);
-        fill(&mut q.spare_capacity_mut()[..len])?;
+        if let Err(e) = fill(&mut q.spare_capacity_mut()[..len]) {
+            q.truncate(q.len() - HEADER_LEN);
+            return Err(e);
+        }
         // SAFETY: `fill` returned Ok, so it initialised these `len` bytes
         // (within the capacity reserved above).
         unsafe { q.set_len(q.len() + len) };
         Ok(())
     }
+}
 
-    /// GIDs `peer` may speak for (its announcement).
-    pub fn serves(&self, peer: PeerId, gid: &Gid) -> bool {
-        self.list
-            .get(peer)
-            .is_some_and(|p| self.registry.locate(gid) == Some(p.addr))
-    }
-
+impl Peers {
     fn announce_to(&mut self, peer: PeerId) {
         let payload = encode_payload(&Announce {
             gids: self.served.clone(),

@@ -12,6 +12,7 @@ pub mod qp_state;
 pub mod registry;
 mod server;
 pub mod sysfs;
+pub mod transport;
 
 use std::path::PathBuf;
 

@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-pub type Gid = [u8; 16];
+pub use super::transport::Gid;
 
 /// The questions the router asks about locations.
 pub trait LocationRegistry {

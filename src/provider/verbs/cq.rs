@@ -20,7 +20,21 @@ pub struct FvCq {
 /// than busy threads, the router that produces the completions would
 /// otherwise wait for the scheduler to preempt a poller. Yielding costs one
 /// cheap system call when nothing else wants the CPU.
+/// `FLOWVERBS_POLL_YIELD=N` sets it (0: never yield).
 const EMPTY_POLLS_BEFORE_YIELD: u32 = 32;
+
+fn empty_polls_before_yield() -> u32 {
+    static N: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("FLOWVERBS_POLL_YIELD")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(
+                EMPTY_POLLS_BEFORE_YIELD,
+                |n: u32| if n == 0 { u32::MAX } else { n },
+            )
+    })
+}
 
 impl FvCq {
     /// # Safety
@@ -160,7 +174,7 @@ pub(super) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, num_entries: i32, wc: *
             let empty = fcq
                 .empty_polls
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if empty >= EMPTY_POLLS_BEFORE_YIELD {
+            if empty >= empty_polls_before_yield() {
                 std::thread::yield_now();
             }
         }

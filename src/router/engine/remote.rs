@@ -28,9 +28,10 @@ use log::{debug, warn};
 
 use super::{total_len, wc_opcode, Engine, Source};
 use crate::router::events::{responder_error_event, AsyncTarget};
-use crate::router::link::{LinkEvent, Links, PeerId, Peers};
+use crate::router::link::{LinkEvent, Links};
 use crate::router::memory::Segments;
 use crate::router::qp_state::{self, QpKind, ERR, RTR, RTS, SQD, SQE};
+use crate::router::transport::{PeerId, Transport};
 use crate::sys::*;
 use crate::wire::entries::{Cqe, RecvWqe, SendWqe};
 use crate::wire::limits::{MAX_MSG_SIZE, UD_MTU};
@@ -46,7 +47,7 @@ const MAX_READS: usize = 256;
 const BUSY_DELAY: Duration = Duration::from_micros(50);
 const NO_QP_DELAY: Duration = Duration::from_millis(1);
 
-type Gid = [u8; 16];
+use crate::router::transport::Gid;
 
 /// One work request sent (or being sent) to a remote responder.
 struct InFlight {
@@ -409,7 +410,7 @@ impl Engine {
 
     /// Sends chunks of the requests in the window, taking new ones from
     /// the send queue, while the link has room and this pass's budget lasts.
-    fn transmit(&mut self, h: u32, peers: &mut Peers, now: Instant) -> bool {
+    fn transmit(&mut self, h: u32, peers: &mut dyn Transport, now: Instant) -> bool {
         let mut progress = false;
         let mut budget = PASS_BYTES;
         let qp = &self.tables.qps[&h];
@@ -499,7 +500,7 @@ impl Engine {
                 Ok(())
             } else {
                 let local = &f.local;
-                peers.send_with(peer, hdr, n, |buf| {
+                peers.send_with(peer, hdr, n, &mut |buf| {
                     mem.read_segments_uninit(local, off, buf)
                 })
             };
@@ -640,7 +641,7 @@ impl Engine {
     /// Dispatches one frame from a peer router.
     fn on_frame(
         &mut self,
-        peers: &mut Peers,
+        peers: &mut dyn Transport,
         from: PeerId,
         hdr: &FrameHeader,
         payload: &[u8],
@@ -708,7 +709,7 @@ impl Engine {
         }
     }
 
-    fn nak(peers: &mut Peers, from: PeerId, hdr: &FrameHeader, why: NakReason, aux: u32) {
+    fn nak(peers: &mut dyn Transport, from: PeerId, hdr: &FrameHeader, why: NakReason, aux: u32) {
         debug!(
             "qp {:#x}: NAK {why:?} for psn {} from qp {:#x}",
             hdr.dst_qpn, hdr.psn, hdr.src_qpn
@@ -719,7 +720,13 @@ impl Engine {
         peers.send(from, n, &[]);
     }
 
-    fn ack(peers: &mut Peers, from: PeerId, hdr: &FrameHeader, status: u32, payload: &[u8]) {
+    fn ack(
+        peers: &mut dyn Transport,
+        from: PeerId,
+        hdr: &FrameHeader,
+        status: u32,
+        payload: &[u8],
+    ) {
         let mut a = Self::reply(hdr, Kind::Ack);
         a.status = status;
         peers.send(from, a, payload);
@@ -749,7 +756,7 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     fn remote_responder_error(
         &mut self,
-        peers: &mut Peers,
+        peers: &mut dyn Transport,
         from: PeerId,
         hdr: &FrameHeader,
         hb: u32,
@@ -783,7 +790,13 @@ impl Engine {
         Self::ack(peers, from, hdr, status, &[]);
     }
 
-    fn on_request(&mut self, peers: &mut Peers, from: PeerId, hdr: &FrameHeader, payload: &[u8]) {
+    fn on_request(
+        &mut self,
+        peers: &mut dyn Transport,
+        from: PeerId,
+        hdr: &FrameHeader,
+        payload: &[u8],
+    ) {
         let Some(hb) = self.responder_qp(hdr) else {
             if hdr.offset == 0 {
                 Self::nak(peers, from, hdr, NakReason::NoQp, 0);
@@ -813,7 +826,7 @@ impl Engine {
     /// answers it. True if chunks are to be placed (an Inbound is set up).
     fn start_request(
         &mut self,
-        peers: &mut Peers,
+        peers: &mut dyn Transport,
         from: PeerId,
         hdr: &FrameHeader,
         hb: u32,
@@ -986,7 +999,7 @@ impl Engine {
     /// completes the receive (if any) and acknowledges.
     fn place_chunk(
         &mut self,
-        peers: &mut Peers,
+        peers: &mut dyn Transport,
         from: PeerId,
         hdr: &FrameHeader,
         hb: u32,
@@ -1051,7 +1064,13 @@ impl Engine {
         Self::ack(peers, from, hdr, IBV_WC_SUCCESS, &[]);
     }
 
-    fn remote_atomic(&mut self, peers: &mut Peers, from: PeerId, hdr: &FrameHeader, hb: u32) {
+    fn remote_atomic(
+        &mut self,
+        peers: &mut dyn Transport,
+        from: PeerId,
+        hdr: &FrameHeader,
+        hb: u32,
+    ) {
         if hdr.total_len != 8 || !hdr.remote_addr.is_multiple_of(8) {
             self.remote_responder_error(peers, from, hdr, hb, IBV_WC_REM_INV_REQ_ERR, None);
             return;
@@ -1096,7 +1115,7 @@ impl Engine {
             .unwrap_or(false)
     }
 
-    fn stream_reads(&mut self, peers: &mut Peers) -> bool {
+    fn stream_reads(&mut self, peers: &mut dyn Transport) -> bool {
         let mut progress = false;
         let hs: Vec<u32> = self
             .remote
@@ -1127,7 +1146,7 @@ impl Engine {
                     let segs = &rd.segs;
                     let off = rd.sent;
                     if peers
-                        .send_with(rd.peer, hdr, n, |buf| {
+                        .send_with(rd.peer, hdr, n, &mut |buf| {
                             mem.read_segments_uninit(segs, off, buf)
                         })
                         .is_err()
