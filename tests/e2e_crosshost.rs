@@ -405,6 +405,36 @@ fn many_qps_share_the_link_with_bounded_router_memory() {
     }
 }
 
+/// Fairness between QPs on one link: while `ib_write_bw` streams 8 MiB
+/// writes from B to A for 30 s, a checked `ibv_rc_pingpong` between the
+/// same hosts completes (long before the bulk transfer ends).
+#[test]
+fn a_bulk_transfer_does_not_starve_a_pingpong() {
+    let topo = Topology::two_hosts(38);
+    let linked = topo.start_linked_routers();
+    let [ra, rb] = &linked.routers;
+    let (a, b) = (&topo.hosts[A], &topo.hosts[B]);
+    let port = free_port().to_string();
+    let bulk_args = [
+        "-d", "fv0", "-x", "0", "-F", "-p", &port, "-s", "8388608", "-D", "30",
+    ];
+    let mut server = ra.netns_command(&a.netns, "ib_write_bw");
+    server.args(bulk_args);
+    let mut client = rb.netns_command(&b.netns, "stdbuf");
+    client
+        .args(["-oL", "ib_write_bw"])
+        .args(bulk_args)
+        .arg(&a.addr);
+    let (mut bulk_srv, mut bulk_cli) = start_until(server, client, "#bytes");
+    let logs = || router_logs(&[("A", ra), ("B", rb)]);
+    pingpong_between("ibv_rc_pingpong", &[], ra, a, rb, b, 200, &logs);
+    assert!(
+        bulk_cli.try_wait().is_none() && bulk_srv.try_wait().is_none(),
+        "the bulk transfer ended before the pingpong was done: not a fairness check\n{}",
+        bulk_cli.stdout_so_far()
+    );
+}
+
 #[test]
 fn send_bw_all_sizes_across_hosts() {
     let topo = Topology::two_hosts(24);
