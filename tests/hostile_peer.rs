@@ -246,3 +246,77 @@ fn a_peer_reaches_only_qps_connected_to_it() {
         router.stderr()
     );
 }
+
+/// `ibv_rc_pingpong`'s connection message: `LID:QPN:PSN:GID` in hex, with
+/// the GID's 16 bytes in order, NUL-terminated (52 bytes).
+fn pingpong_message(qpn: u32, gid: &[u8; 16]) -> Vec<u8> {
+    let hex: String = gid.iter().map(|b| format!("{b:02x}")).collect();
+    let mut m = format!("0000:{qpn:06x}:000000:{hex}").into_bytes();
+    m.push(0);
+    assert_eq!(m.len(), 52);
+    m
+}
+
+/// A peer router that completes the handshake, claims a GID, and then never
+/// answers: an unmodified `ibv_rc_pingpong` client connected to a QP
+/// "there" gets its send completed with IBV_WC_RETRY_EXC_ERR once the ACK
+/// timeout and retries are spent (pingpong's timeout 14, retry_cnt 7:
+/// about half a second), not a hang.
+#[test]
+fn a_peer_that_never_answers_ends_in_retry_exceeded() {
+    let (mut router, listen) = start_listening_router();
+    let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let fake_addr = fake.local_addr().unwrap().to_string();
+    let claimed: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 19, 7, 7];
+    let mut to_router = TcpStream::connect(&listen).unwrap();
+    to_router.write_all(&hello(&fake_addr)).unwrap();
+    to_router
+        .write_all(&frame(
+            FrameHeader::new(Kind::Announce),
+            &encode_payload(&Announce {
+                gids: vec![claimed],
+            }),
+        ))
+        .unwrap();
+    let (mut from_router, _) = fake.accept().expect("the router dials back");
+    let up = format!("peer {fake_addr} up");
+    router.wait_for_log(&up, 1, Duration::from_secs(10), |l| l.contains(&up));
+
+    // A pingpong "server" that only does the TCP exchange.
+    let oob = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = oob.local_addr().unwrap().port().to_string();
+    let exchange = std::thread::spawn(move || {
+        let (mut c, _) = oob.accept().unwrap();
+        let mut msg = [0u8; 52];
+        c.read_exact(&mut msg).unwrap();
+        c.write_all(&pingpong_message(0x4242, &claimed)).unwrap();
+        let mut done = [0u8; 5];
+        let _ = c.read_exact(&mut done);
+    });
+    let mut client = router.command("ibv_rc_pingpong");
+    client
+        .args(["-d", "fv0", "-g", "0", "-n", "5", "-p", &port])
+        .arg("127.0.0.1");
+    let out = run_with_timeout(&mut client, 60);
+    exchange.join().unwrap();
+    let report = format!("{}{}", show("client", &out), router.stderr());
+    assert!(!timed_out(&out), "the client hung\n{report}");
+    assert!(!out.status.success(), "{report}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("retry counter exceeded") || text.contains("status 12"),
+        "want IBV_WC_RETRY_EXC_ERR\n{report}"
+    );
+    // The requests did reach the claimed GID's router.
+    let frames = read_frames(&mut from_router, 1);
+    assert!(
+        frames
+            .iter()
+            .any(|h| h.kind == Kind::Request as u8 && h.dst_gid == claimed && h.dst_qpn == 0x4242),
+        "{frames:?}"
+    );
+}

@@ -676,6 +676,10 @@ impl Engine {
         }
         let s = self.local_segments(ha, w.sges(), !reads_local)?;
         let l = total_len(&s);
+        // Atomics: one 8-byte local SGE for the original value.
+        if !reads_local && w.opcode != IBV_WR_RDMA_READ && (l != 8 || s.len() != 1) {
+            return Err(IBV_WC_LOC_LEN_ERR);
+        }
         Ok((s, l, false))
     }
 
@@ -847,13 +851,10 @@ impl Engine {
                 }
             }
             _ => {
-                // Atomics: one 8-byte local SGE, an 8-byte aligned remote
-                // address. The router is single-threaded, so every atomic is
-                // atomic with respect to every other RDMA operation.
-                if len != 8 || local.len() != 1 {
-                    self.fail_requester(ha, w, IBV_WC_LOC_LEN_ERR);
-                    return Outcome::Failed;
-                }
+                // Atomics: an 8-byte aligned remote address (validate_send
+                // checked the one 8-byte local SGE). The router is
+                // single-threaded, so every atomic is atomic with respect to
+                // every other RDMA operation.
                 if !w.remote_addr.is_multiple_of(8) {
                     return self.responder_error(ha, w, IBV_WC_REM_INV_REQ_ERR, hb, None, len);
                 }

@@ -74,8 +74,11 @@ struct Requester {
     tx: usize,
     /// Send nothing before this instant (RNR timer, busy, no QP).
     resume_at: Option<Instant>,
-    /// When unanswered retries end in IBV_WC_RETRY_EXC_ERR.
-    retry_deadline: Option<Instant>,
+    /// When requests on the wire that got no useful answer (only "no QP",
+    /// or nothing at all) end in IBV_WC_RETRY_EXC_ERR: the IB ACK timeout
+    /// times (retry_cnt + 1), from the last answer. None: nothing on the
+    /// wire, or the QP's timeout is 0 (wait forever).
+    answer_deadline: Option<Instant>,
     /// A request failed: send nothing more (the QP goes to error when it
     /// reaches the head).
     halted: bool,
@@ -190,7 +193,7 @@ impl Engine {
             .remote
             .req
             .values()
-            .flat_map(|r| [r.resume_at, r.retry_deadline])
+            .flat_map(|r| [r.resume_at, r.answer_deadline])
             .flatten()
             .min();
         let l = self.links.as_ref().and_then(|l| l.next_deadline());
@@ -349,7 +352,7 @@ impl Engine {
             next_psn: 0,
             tx: 0,
             resume_at: None,
-            retry_deadline: None,
+            answer_deadline: None,
             halted: false,
         });
         let mut progress = self.complete_answered(h, now);
@@ -375,13 +378,13 @@ impl Engine {
             let Some(r) = self.remote.req.get_mut(&h) else {
                 return true;
             };
-            if r.retry_deadline.is_some_and(|d| now >= d) {
+            if r.answer_deadline.is_some_and(|d| now >= d) {
                 if let Some(f) = r.inflight.front_mut() {
                     if f.done.is_none() {
                         f.done = Some((IBV_WC_RETRY_EXC_ERR, 0));
                     }
                 }
-                r.retry_deadline = None;
+                r.answer_deadline = None;
             }
             let Some(front) = r.inflight.front() else {
                 return progress;
@@ -403,6 +406,9 @@ impl Engine {
             let r = self.remote.req.get_mut(&h).expect("requester");
             r.inflight.pop_front();
             r.tx = r.tx.saturating_sub(1);
+            if r.inflight.is_empty() {
+                r.answer_deadline = None;
+            }
             self.finish_send(h, &wqe, len);
             progress = true;
         }
@@ -423,6 +429,8 @@ impl Engine {
             dst_qpn: qp.attr.dest_qp_num,
             ..Default::default()
         };
+        let timeout = qp_state::ack_timeout_us(qp.attr.timeout)
+            .map(|t| Duration::from_micros(t * (u64::from(qp.attr.retry_cnt) + 1)));
         let mem = self.memory_of(h);
         loop {
             let peer = self.remote.req[&h].peer;
@@ -514,12 +522,14 @@ impl Engine {
             f.sent += n as u64;
             budget = budget.saturating_sub(n as u64 + 128);
             progress = true;
+            if r.answer_deadline.is_none() {
+                r.answer_deadline = timeout.map(|t| now + t);
+            }
             if !has_payload(f.wqe.opcode) || f.sent >= f.len {
                 f.complete = true;
                 r.tx += 1;
             }
         }
-        let _ = now;
         progress
     }
 
@@ -566,9 +576,13 @@ impl Engine {
         if r.inflight[i].done.is_some() {
             return;
         }
+        let no_qp = hdr.kind() == Kind::Nak && hdr.status == NakReason::NoQp as u32;
+        if !no_qp {
+            // A real answer: the responder is there; restart the clock.
+            r.answer_deadline = timeout.map(|t| now + t);
+        }
         match hdr.kind() {
             Kind::Ack => {
-                r.retry_deadline = None;
                 let f = &mut r.inflight[i];
                 let w = f.wqe;
                 let is_atomic = matches!(
@@ -625,8 +639,8 @@ impl Engine {
                         f.done = Some((IBV_WC_SUCCESS, f.len));
                         return;
                     }
-                    if r.retry_deadline.is_none() {
-                        r.retry_deadline = timeout.map(|t| now + t);
+                    if r.answer_deadline.is_none() {
+                        r.answer_deadline = timeout.map(|t| now + t);
                     }
                     Self::rewind(r, i, now + NO_QP_DELAY);
                 }
