@@ -30,6 +30,8 @@ pub struct Engine {
     pub tables: Tables,
     bounce: Vec<u8>,
     handles: Vec<u32>,
+    /// Where the next pass over the QPs starts (see `service`).
+    rotation: usize,
     /// Connections to the routers of other hosts (None: this host only).
     pub links: Option<Links>,
     remote: remote::Remote,
@@ -124,6 +126,7 @@ impl Engine {
             tables,
             bounce: vec![0; CHUNK],
             handles: Vec::new(),
+            rotation: 0,
             links: None,
             remote: remote::Remote::default(),
         }
@@ -134,6 +137,13 @@ impl Engine {
         let mut handles = std::mem::take(&mut self.handles);
         handles.clear();
         handles.extend(self.tables.qps.keys().copied());
+        // Start each pass at another QP: whoever comes first gets the
+        // shared resources first (link room, the CPU before a doorbell).
+        if !handles.is_empty() {
+            self.rotation = self.rotation.wrapping_add(1);
+            let k = self.rotation % handles.len();
+            handles.rotate_left(k);
+        }
         let mut progress = self.pump_links(now);
         for &h in &handles {
             progress |= self.service_qp(h, now);
@@ -450,13 +460,13 @@ impl Engine {
         let a = &self.tables.qps[&h];
         let hb = *self.tables.qpns.get(&a.attr.dest_qp_num)?;
         let b = &self.tables.qps[&hb];
-        let routed = !a.attr.ah_attr.is_global
-            || self
-                .tables
-                .sessions
-                .get(&b.session)
-                .is_some_and(|s| s.gid == a.attr.ah_attr.dgid);
+        let gid_of = |session| self.tables.sessions.get(&session).map(|s| s.gid);
+        let routed = !a.attr.ah_attr.is_global || gid_of(b.session) == Some(a.attr.ah_attr.dgid);
+        // And b's own path leads back here (not to a QP of another host
+        // that happens to have a's QPN).
+        let back = !b.attr.ah_attr.is_global || gid_of(a.session) == Some(b.attr.ah_attr.dgid);
         let ok = routed
+            && back
             && b.kind == a.kind
             && b.attr.dest_qp_num == a.qpn
             && matches!(b.state(), RTR | RTS | SQD | SQE);

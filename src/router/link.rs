@@ -42,6 +42,12 @@ const OUT_HARD: usize = 32 << 20;
 const READ_STEP: usize = 1 << 20;
 /// An inbound connection's buffer: a whole frame and a read step.
 const IN_BUF: usize = HEADER_LEN + MAX_CHUNK + READ_STEP;
+/// A connection must say Hello within this time.
+const HELLO_WITHIN: Duration = Duration::from_secs(10);
+/// Connections that have not said Hello yet, at most.
+const MAX_UNNAMED: usize = 64;
+/// Routers this router keeps track of, at most (configured or introduced).
+const MAX_PEERS: usize = 1024;
 const REDIAL_MIN: Duration = Duration::from_millis(100);
 const REDIAL_MAX: Duration = Duration::from_secs(1);
 
@@ -203,6 +209,7 @@ struct Inbound {
     start: usize,
     end: usize,
     readable: bool,
+    accepted_at: Instant,
 }
 
 pub struct Links {
@@ -215,12 +222,19 @@ pub struct Links {
 }
 
 /// Link sockets: no Nagle delay (acknowledgements are small and latency
-/// matters), and buffers big enough to keep a 64 KiB-message stream going
-/// between two passes of the router loop.
+/// matters), buffers big enough to keep a 64 KiB-message stream going
+/// between two passes of the router loop, and keepalives with a user
+/// timeout so that a peer host that vanished without closing (power loss,
+/// partition) is declared down within about ten seconds.
 fn tune(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
     let _ = socket::setsockopt(stream, sockopt::SndBuf, &SOCKET_BUFFER);
     let _ = socket::setsockopt(stream, sockopt::RcvBuf, &SOCKET_BUFFER);
+    let _ = socket::setsockopt(stream, sockopt::KeepAlive, &true);
+    let _ = socket::setsockopt(stream, sockopt::TcpKeepIdle, &3);
+    let _ = socket::setsockopt(stream, sockopt::TcpKeepInterval, &1);
+    let _ = socket::setsockopt(stream, sockopt::TcpKeepCount, &5);
+    let _ = socket::setsockopt(stream, sockopt::TcpUserTimeout, &10_000);
 }
 
 const SOCKET_BUFFER: usize = 4 << 20;
@@ -324,14 +338,20 @@ impl Links {
         }
     }
 
-    /// The earliest redial.
+    /// The earliest redial or Hello deadline.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.peers
+        let dial = self
+            .peers
             .list
             .iter()
             .filter(|p| p.out.is_none())
-            .map(|p| p.next_dial)
-            .min()
+            .map(|p| p.next_dial);
+        let hello = self
+            .inbound
+            .values()
+            .filter(|c| c.peer.is_none())
+            .map(|c| c.accepted_at + HELLO_WITHIN + Duration::from_millis(1));
+        dial.chain(hello).min()
     }
 
     /// Peer events since the last call.
@@ -381,6 +401,16 @@ impl Links {
         for t in tokens {
             self.read(t, now);
         }
+        let silent: Vec<u64> = self
+            .inbound
+            .iter()
+            .filter(|(_, c)| c.peer.is_none() && now.duration_since(c.accepted_at) > HELLO_WITHIN)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in silent {
+            warn!("router connection closed: no Hello within {HELLO_WITHIN:?}");
+            self.drop_inbound(t, "no Hello", now);
+        }
     }
 
     /// Writes what is queued for every peer.
@@ -392,7 +422,7 @@ impl Links {
 
     fn on_ready(&mut self, token: u64, events: EpollFlags, now: Instant) {
         if token == LISTENER {
-            self.accept();
+            self.accept(now);
             return;
         }
         if let Some(c) = self.inbound.get_mut(&token) {
@@ -423,10 +453,15 @@ impl Links {
         }
     }
 
-    fn accept(&mut self) {
+    fn accept(&mut self, now: Instant) {
         loop {
             match self.listener.accept() {
                 Ok((stream, from)) => {
+                    let unnamed = self.inbound.values().filter(|c| c.peer.is_none()).count();
+                    if unnamed >= MAX_UNNAMED {
+                        warn!("router connection from {from} refused: {unnamed} connections have not said Hello");
+                        continue;
+                    }
                     if let Err(e) = stream.set_nonblocking(true) {
                         warn!("router connection from {from}: {e}");
                         continue;
@@ -450,6 +485,7 @@ impl Links {
                             start: 0,
                             end: 0,
                             readable: true,
+                            accepted_at: now,
                         },
                     );
                 }
@@ -769,6 +805,9 @@ impl Links {
             .map_err(|_| format!("Hello with address {:?}", hello.listen))?;
         let i = match self.peers.find(addr) {
             Some(i) => i,
+            None if self.peers.list.len() >= MAX_PEERS => {
+                return Err(format!("Hello from {addr}: already {MAX_PEERS} peers"));
+            }
             None => {
                 info!("router {addr} introduced itself; adding it as a peer");
                 self.add_peer(addr, now)

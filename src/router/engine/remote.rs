@@ -45,9 +45,24 @@ const PASS_BYTES: u64 = 1 << 20;
 const MAX_READS: usize = 256;
 /// How soon a requester resends after "busy" and after "no QP".
 const BUSY_DELAY: Duration = Duration::from_micros(50);
+const BUSY_MAX: Duration = Duration::from_millis(10);
+/// UC has no ACK timeout: a request not answered within this time (its
+/// responder vanished with the link still up) completes as lost, which is
+/// what UC promises.
+const UC_LOST_AFTER: Duration = Duration::from_secs(1);
 const NO_QP_DELAY: Duration = Duration::from_millis(1);
 
 use crate::router::transport::Gid;
+
+/// How long requests on the wire may go without a useful answer: the IB
+/// ACK timeout times (retry_cnt + 1); for UC, [`UC_LOST_AFTER`].
+fn answer_timeout(qp: &crate::router::objects::Qp) -> Option<Duration> {
+    if qp.kind == QpKind::Uc {
+        return Some(UC_LOST_AFTER);
+    }
+    qp_state::ack_timeout_us(qp.attr.timeout)
+        .map(|t| Duration::from_micros(t * (u64::from(qp.attr.retry_cnt) + 1)))
+}
 
 /// One work request sent (or being sent) to a remote responder.
 struct InFlight {
@@ -79,9 +94,18 @@ struct Requester {
     /// times (retry_cnt + 1), from the last answer. None: nothing on the
     /// wire, or the QP's timeout is 0 (wait forever).
     answer_deadline: Option<Instant>,
-    /// A request failed: send nothing more (the QP goes to error when it
-    /// reaches the head).
-    halted: bool,
+    /// A request failed before it was sent: send nothing from it on (the
+    /// QP goes to error when it reaches the head).
+    halt_psn: Option<u32>,
+    /// After a NAK, only the NAKed request is resent until it is answered
+    /// (no stream of requests the responder would drop).
+    probe: Option<u32>,
+    /// How long to wait after the next "busy" NAK (doubles, up to
+    /// [`BUSY_MAX`]; reset by an Ack).
+    busy_delay: Duration,
+    /// The responder's router went away: once what was answered is
+    /// completed, the QP goes to the error state.
+    doomed: bool,
 }
 
 /// A message arriving in chunks.
@@ -92,6 +116,10 @@ struct Inbound {
     received: u64,
     /// The receive WQE it consumes (SEND, WRITE_WITH_IMM).
     recv: Option<RecvWqe>,
+    /// Whether `recv` has left its ring yet: a QP's own receive queue is
+    /// consumed when the message completes (nobody else takes from it); an
+    /// SRQ's at the start (other QPs take from it too).
+    recv_consumed: bool,
     dst: Segments,
     imm: u32,
     send_flags: u32,
@@ -116,6 +144,9 @@ struct Responder {
     epsn: u32,
     inbound: Option<Inbound>,
     reads: VecDeque<PendingRead>,
+    /// UC: an SRQ receive taken by a message that was abandoned halfway;
+    /// the next message uses it.
+    spare_recv: Option<RecvWqe>,
 }
 
 #[derive(Default)]
@@ -217,10 +248,16 @@ impl Engine {
             return;
         };
         r.reads.clear();
-        if let Some(Inbound {
-            recv: Some(rwqe), ..
-        }) = r.inbound.take()
-        {
+        let taken = match r.inbound.take() {
+            Some(Inbound {
+                recv: Some(w),
+                recv_consumed: true,
+                ..
+            }) => Some(w),
+            _ => None,
+        };
+        // (A receive still in its QP's own ring is flushed with the ring.)
+        for rwqe in taken.into_iter().chain(r.spare_recv.take()) {
             let qp = &self.tables.qps[&h];
             let cqe = Cqe {
                 wr_id: rwqe.wr_id,
@@ -230,7 +267,14 @@ impl Engine {
                 ..Default::default()
             };
             let cq = qp.recv_cq;
-            self.push_cqe(cq, &cqe);
+            if self.cq_free(cq) > 0 {
+                self.push_cqe(cq, &cqe);
+            } else {
+                warn!(
+                    "cq {cq}: full; the flush of an SRQ receive taken by qp {:#x} is lost",
+                    qp.qpn
+                );
+            }
         }
     }
 
@@ -286,15 +330,23 @@ impl Engine {
                 qp.qpn,
                 gid_text(&qp.attr.ah_attr.dgid)
             );
-            let head = match qp.sq_pending() {
-                Some(n) if n > 0 && matches!(qp.state(), RTS | SQD) => {
-                    Some(qp.sq.read::<SendWqe>(qp.sq_consumer))
+            let uc = qp.kind == QpKind::Uc;
+            match self.remote.req.get_mut(&h) {
+                Some(r) if !r.inflight.is_empty() => {
+                    // Requests already answered complete as answered; the
+                    // first unanswered one fails (UC: is lost), then the
+                    // QP goes to error (complete_answered, with CQ room).
+                    if uc {
+                        for f in r.inflight.iter_mut().filter(|f| f.done.is_none()) {
+                            f.done = Some((IBV_WC_SUCCESS, f.len));
+                        }
+                    } else if let Some(f) = r.inflight.iter_mut().find(|f| f.done.is_none()) {
+                        f.done = Some((IBV_WC_RETRY_EXC_ERR, 0));
+                    }
+                    r.halt_psn = Some(r.next_psn);
+                    r.doomed = true;
                 }
-                _ => None,
-            };
-            match head {
-                Some(w) => self.fail_requester(h, &w, IBV_WC_RETRY_EXC_ERR),
-                None => self.to_error(h),
+                _ => self.to_error(h),
             }
         }
     }
@@ -346,21 +398,27 @@ impl Engine {
     /// Runs the send queue of a QP whose peer is on another host: completes
     /// what was answered, then sends more as the window and the link allow.
     pub(super) fn run_remote(&mut self, h: u32, peer: PeerId, now: Instant) -> bool {
+        // PSNs start where the application said (`sq_psn`; the responder
+        // starts at its `rq_psn`), as on a fabric.
+        let sq_psn = self.tables.qps[&h].attr.sq_psn;
         self.remote.req.entry(h).or_insert_with(|| Requester {
             peer,
             inflight: VecDeque::new(),
-            next_psn: 0,
+            next_psn: sq_psn,
             tx: 0,
             resume_at: None,
             answer_deadline: None,
-            halted: false,
+            halt_psn: None,
+            probe: None,
+            busy_delay: BUSY_DELAY,
+            doomed: false,
         });
         let mut progress = self.complete_answered(h, now);
         if !self.remote.req.contains_key(&h) {
             return true; // failed: the QP is in the error state now
         }
         let r = &self.remote.req[&h];
-        if r.halted || r.resume_at.is_some_and(|t| now < t) {
+        if r.resume_at.is_some_and(|t| now < t) {
             return progress;
         }
         self.remote.req.get_mut(&h).expect("requester").resume_at = None;
@@ -379,26 +437,38 @@ impl Engine {
                 return true;
             };
             if r.answer_deadline.is_some_and(|d| now >= d) {
-                if let Some(f) = r.inflight.front_mut() {
-                    if f.done.is_none() {
-                        f.done = Some((IBV_WC_RETRY_EXC_ERR, 0));
-                    }
+                // The first request still waiting for an answer gives up.
+                let uc = self.tables.qps[&h].kind == QpKind::Uc;
+                if let Some(f) = r.inflight.iter_mut().find(|f| f.done.is_none()) {
+                    f.done = Some(if uc {
+                        (IBV_WC_SUCCESS, f.len)
+                    } else {
+                        (IBV_WC_RETRY_EXC_ERR, 0)
+                    });
                 }
                 r.answer_deadline = None;
             }
             let Some(front) = r.inflight.front() else {
+                if r.doomed {
+                    self.remote.req.remove(&h);
+                    self.to_error(h);
+                    return true;
+                }
                 return progress;
             };
             let Some((status, len)) = front.done else {
                 return progress;
             };
             let wqe = front.wqe;
+            let qp = &self.tables.qps[&h];
             if status != IBV_WC_SUCCESS {
+                if self.cq_free(qp.send_cq) == 0 {
+                    return progress; // the error completion needs room too
+                }
                 self.remote.req.remove(&h);
                 self.fail_requester(h, &wqe, status);
                 return true;
             }
-            let qp = &self.tables.qps[&h];
             let signaled = qp.sq_sig_all || wqe.send_flags & IBV_SEND_SIGNALED != 0;
             if signaled && self.cq_free(qp.send_cq) == 0 {
                 return progress;
@@ -429,8 +499,7 @@ impl Engine {
             dst_qpn: qp.attr.dest_qp_num,
             ..Default::default()
         };
-        let timeout = qp_state::ack_timeout_us(qp.attr.timeout)
-            .map(|t| Duration::from_micros(t * (u64::from(qp.attr.retry_cnt) + 1)));
+        let timeout = answer_timeout(qp);
         let mem = self.memory_of(h);
         loop {
             let peer = self.remote.req[&h].peer;
@@ -438,7 +507,18 @@ impl Engine {
                 break;
             }
             let r = self.remote.req.get_mut(&h).expect("requester");
+            if let Some(f) = r.inflight.get(r.tx) {
+                if r.halt_psn == Some(f.psn) {
+                    break;
+                }
+                if r.probe.is_some_and(|p| p != f.psn) {
+                    break; // only the NAKed request until it is answered
+                }
+            }
             if r.tx == r.inflight.len() {
+                if r.probe.is_some() || r.halt_psn.is_some() {
+                    break;
+                }
                 // Take the next work request from the send queue.
                 let qp = &self.tables.qps[&h];
                 let Some(pending) = qp.sq_pending() else {
@@ -455,12 +535,13 @@ impl Engine {
                     Ok(v) => v,
                     Err(status) => {
                         let r = self.remote.req.get_mut(&h).expect("requester");
-                        if r.inflight.is_empty() {
+                        let send_cq = self.tables.qps[&h].send_cq;
+                        if r.inflight.is_empty() && self.cq_free(send_cq) > 0 {
                             self.remote.req.remove(&h);
                             self.fail_requester(h, &wqe, status);
                             return true;
                         }
-                        break; // fails once it reaches the head
+                        break; // fails once it reaches the head (and has room)
                     }
                 };
                 let r = self.remote.req.get_mut(&h).expect("requester");
@@ -516,15 +597,14 @@ impl Engine {
             if sent.is_err() {
                 // The requester's own memory is gone: fails at the head.
                 f.done = Some((IBV_WC_LOC_PROT_ERR, 0));
-                r.halted = true;
+                r.halt_psn = Some(f.psn);
                 return true;
             }
             f.sent += n as u64;
             budget = budget.saturating_sub(n as u64 + 128);
             progress = true;
-            if r.answer_deadline.is_none() {
-                r.answer_deadline = timeout.map(|t| now + t);
-            }
+            // The ACK timer runs from the last packet sent, as on a NIC.
+            r.answer_deadline = timeout.map(|t| now + t);
             if !has_payload(f.wqe.opcode) || f.sent >= f.len {
                 f.complete = true;
                 r.tx += 1;
@@ -533,14 +613,20 @@ impl Engine {
         progress
     }
 
-    /// Resend from inflight entry `i` on (after a NAK), not before `at`.
-    fn rewind(r: &mut Requester, i: usize, at: Instant) {
+    /// Resend from inflight entry `i` on (after a NAK), not before `at`:
+    /// first entry `i` alone (a probe), the rest once it is answered. The
+    /// answer clock restarts when the resend starts.
+    fn rewind(r: &mut Requester, i: usize, at: Instant, timeout: Option<Duration>) {
         for f in r.inflight.iter_mut().skip(i) {
             f.sent = 0;
             f.complete = false;
         }
         r.tx = r.tx.min(i);
         r.resume_at = Some(at);
+        r.probe = Some(r.inflight[i].psn);
+        if r.answer_deadline.is_some() {
+            r.answer_deadline = timeout.map(|t| at + t);
+        }
     }
 
     /// An Ack, Nak or READ data for one of our requests.
@@ -552,8 +638,7 @@ impl Engine {
         let ok = self.tables.sessions[&a.session].gid == hdr.dst_gid
             && a.attr.ah_attr.dgid == hdr.src_gid
             && a.attr.dest_qp_num == hdr.src_qpn;
-        let timeout = qp_state::ack_timeout_us(a.attr.timeout)
-            .map(|t| Duration::from_micros(t * (u64::from(a.attr.retry_cnt) + 1)));
+        let timeout = answer_timeout(a);
         let (rnr_retry, kind) = (a.attr.rnr_retry, a.kind);
         let mem = self.memory_of(ha);
         let Some(r) = self
@@ -576,13 +661,18 @@ impl Engine {
         if r.inflight[i].done.is_some() {
             return;
         }
+        let psn = r.inflight[i].psn;
         let no_qp = hdr.kind() == Kind::Nak && hdr.status == NakReason::NoQp as u32;
         if !no_qp {
             // A real answer: the responder is there; restart the clock.
             r.answer_deadline = timeout.map(|t| now + t);
         }
+        if matches!(hdr.kind(), Kind::Ack | Kind::ReadData) && r.probe == Some(psn) {
+            r.probe = None; // accepted: stream again
+        }
         match hdr.kind() {
             Kind::Ack => {
+                r.busy_delay = BUSY_DELAY;
                 let f = &mut r.inflight[i];
                 let w = f.wqe;
                 let is_atomic = matches!(
@@ -601,7 +691,7 @@ impl Engine {
                     (IBV_WC_SUCCESS, f.len)
                 });
                 if f.done.is_some_and(|d| d.0 != IBV_WC_SUCCESS) {
-                    r.halted = true;
+                    r.halt_psn = Some(psn.wrapping_add(1));
                 }
             }
             Kind::ReadData => {
@@ -614,7 +704,7 @@ impl Engine {
                 }
                 if mem.write_segments(&f.local, hdr.offset, payload).is_err() {
                     f.done = Some((IBV_WC_LOC_PROT_ERR, 0));
-                    r.halted = true;
+                    r.halt_psn = Some(psn.wrapping_add(1));
                 }
             }
             Kind::Nak => match NakReason::from_u32(hdr.status) {
@@ -625,24 +715,34 @@ impl Engine {
                         f.done = Some((IBV_WC_SUCCESS, f.len));
                     } else if rnr_retry < 7 && f.rnr_tries > u32::from(rnr_retry) {
                         f.done = Some((IBV_WC_RNR_RETRY_EXC_ERR, 0));
-                        r.halted = true;
+                        r.halt_psn = Some(psn.wrapping_add(1));
                     } else {
                         let wait = Duration::from_micros(u64::from(hdr.aux).max(10));
-                        Self::rewind(r, i, now + wait);
+                        Self::rewind(r, i, now + wait, timeout);
                     }
                 }
-                Some(NakReason::Busy) => Self::rewind(r, i, now + BUSY_DELAY),
+                Some(NakReason::Busy) => {
+                    let wait = r.busy_delay;
+                    r.busy_delay = (wait * 2).min(BUSY_MAX);
+                    Self::rewind(r, i, now + wait, timeout);
+                }
                 Some(NakReason::NoQp) => {
                     if kind == QpKind::Uc {
                         // Nobody listens: an unreliable message is lost.
                         let f = &mut r.inflight[i];
                         f.done = Some((IBV_WC_SUCCESS, f.len));
+                        if r.probe == Some(psn) {
+                            r.probe = None;
+                        }
                         return;
                     }
                     if r.answer_deadline.is_none() {
                         r.answer_deadline = timeout.map(|t| now + t);
                     }
-                    Self::rewind(r, i, now + NO_QP_DELAY);
+                    let deadline = r.answer_deadline;
+                    Self::rewind(r, i, now + NO_QP_DELAY, timeout);
+                    // "No QP" is no answer: the clock keeps running.
+                    r.answer_deadline = deadline;
                 }
                 None => warn!("peer sent a NAK with reason {}; ignored", hdr.status),
             },
@@ -789,7 +889,12 @@ impl Engine {
                 ..Default::default()
             };
             let cq = b.recv_cq;
-            self.push_cqe(cq, &cqe);
+            if self.cq_free(cq) > 0 {
+                self.push_cqe(cq, &cqe);
+            } else {
+                warn!("cq {cq}: overrun by an error completion; QP moved to error");
+                self.post_async_event(AsyncTarget::Cq(cq), IBV_EVENT_CQ_ERR);
+            }
         } else if !uc && b.state() != ERR {
             self.post_async_event(AsyncTarget::Qp(hb), responder_error_event(req_status));
         }
@@ -802,6 +907,25 @@ impl Engine {
         }
         let status = if uc { IBV_WC_SUCCESS } else { req_status };
         Self::ack(peers, from, hdr, status, &[]);
+    }
+
+    /// A responder error that completes receive `rwqe` (taken for `inbound`)
+    /// with `recv_status`: a receive still in its QP's own ring leaves it.
+    #[allow(clippy::too_many_arguments)]
+    fn fail_with_recv(
+        &mut self,
+        peers: &mut dyn Transport,
+        from: PeerId,
+        hdr: &FrameHeader,
+        hb: u32,
+        req_status: u32,
+        recv: Option<(RecvWqe, u32)>,
+        consumed: bool,
+    ) {
+        if !consumed {
+            self.consume_recv(hb);
+        }
+        self.remote_responder_error(peers, from, hdr, hb, req_status, recv);
     }
 
     fn on_request(
@@ -817,7 +941,24 @@ impl Engine {
             }
             return;
         };
-        let r = self.remote.resp.entry(hb).or_default();
+        let (rq_psn, uc) = {
+            let b = &self.tables.qps[&hb];
+            (b.attr.rq_psn, b.kind == QpKind::Uc)
+        };
+        let r = self.remote.resp.entry(hb).or_insert_with(|| Responder {
+            epsn: rq_psn,
+            ..Default::default()
+        });
+        if uc && hdr.offset == 0 && hdr.psn != r.epsn {
+            // UC has no retransmission: a new message after a lost one
+            // resynchronises (an abandoned message's SRQ receive is kept).
+            r.epsn = hdr.psn;
+            if let Some(m) = r.inbound.take() {
+                if m.recv_consumed {
+                    r.spare_recv = m.recv;
+                }
+            }
+        }
         if hdr.psn != r.epsn {
             return; // behind a NAKed request: it comes again
         }
@@ -908,6 +1049,7 @@ impl Engine {
                     total_len: len,
                     received: 0,
                     recv: None,
+                    recv_consumed: false,
                     dst: Segments::new(),
                     imm: hdr.imm,
                     send_flags: hdr.send_flags,
@@ -959,16 +1101,32 @@ impl Engine {
                                 Self::nak(peers, from, hdr, NakReason::Busy, 0);
                                 return false;
                             }
-                            let (rwqe, max_sge) = self.recv_head(hb);
-                            self.consume_recv(hb);
+                            let on_srq = self.tables.qps[&hb].srq != 0;
+                            let spare = self
+                                .remote
+                                .resp
+                                .get_mut(&hb)
+                                .and_then(|r| r.spare_recv.take());
+                            let (rwqe, max_sge) = match spare {
+                                Some(w) => (w, self.recv_head(hb).1),
+                                None => {
+                                    let (w, m) = self.recv_head(hb);
+                                    if on_srq {
+                                        self.consume_recv(hb);
+                                    }
+                                    (w, m)
+                                }
+                            };
+                            inbound.recv_consumed = on_srq;
                             if rwqe.num_sge > max_sge.max(1) {
-                                self.remote_responder_error(
+                                self.fail_with_recv(
                                     peers,
                                     from,
                                     hdr,
                                     hb,
                                     IBV_WC_REM_OP_ERR,
                                     Some((rwqe, IBV_WC_LOC_QP_OP_ERR)),
+                                    on_srq,
                                 );
                                 return false;
                             }
@@ -976,24 +1134,26 @@ impl Engine {
                                 match self.local_segments(hb, rwqe.sges(), true) {
                                     Ok(d) if total_len(&d) >= len => inbound.dst = d,
                                     Ok(_) => {
-                                        self.remote_responder_error(
+                                        self.fail_with_recv(
                                             peers,
                                             from,
                                             hdr,
                                             hb,
                                             IBV_WC_REM_INV_REQ_ERR,
                                             Some((rwqe, IBV_WC_LOC_LEN_ERR)),
+                                            on_srq,
                                         );
                                         return false;
                                     }
                                     Err(_) => {
-                                        self.remote_responder_error(
+                                        self.fail_with_recv(
                                             peers,
                                             from,
                                             hdr,
                                             hb,
                                             IBV_WC_REM_OP_ERR,
                                             Some((rwqe, IBV_WC_LOC_PROT_ERR)),
+                                            on_srq,
                                         );
                                         return false;
                                     }
@@ -1022,10 +1182,10 @@ impl Engine {
         let mem_b = self.memory_of(hb);
         let r = self.remote.resp.get_mut(&hb).expect("responder");
         let m = r.inbound.as_mut().expect("inbound");
-        let (recv, opcode) = (m.recv, m.opcode);
+        let (recv, opcode, consumed) = (m.recv, m.opcode, m.recv_consumed || m.recv.is_none());
         if m.received + payload.len() as u64 > m.total_len {
             let recv = recv.map(|w| (w, IBV_WC_LOC_LEN_ERR));
-            self.remote_responder_error(peers, from, hdr, hb, IBV_WC_REM_INV_REQ_ERR, recv);
+            self.fail_with_recv(peers, from, hdr, hb, IBV_WC_REM_INV_REQ_ERR, recv, consumed);
             return;
         }
         if !m.discard && mem_b.write_segments(&m.dst, m.received, payload).is_err() {
@@ -1035,7 +1195,7 @@ impl Engine {
                 }
                 w => (IBV_WC_REM_ACCESS_ERR, w.map(|w| (w, IBV_WC_LOC_PROT_ERR))),
             };
-            self.remote_responder_error(peers, from, hdr, hb, status, recv);
+            self.fail_with_recv(peers, from, hdr, hb, status, recv, consumed);
             return;
         }
         m.received += payload.len() as u64;
@@ -1063,13 +1223,22 @@ impl Engine {
                 src_qp: m.src_qpn,
                 ..Default::default()
             };
+            let uc = b.kind == QpKind::Uc;
+            if !m.recv_consumed {
+                self.consume_recv(hb);
+            }
             if self.cq_free(recv_cq) == 0 {
                 // Room was checked when the message started; another
                 // sender filled the CQ meanwhile: a CQ overrun.
                 warn!("cq {recv_cq}: overrun by a remote message; QP moved to error");
                 self.post_async_event(AsyncTarget::Cq(recv_cq), IBV_EVENT_CQ_ERR);
                 self.to_error(hb);
-                Self::ack(peers, from, hdr, IBV_WC_REM_OP_ERR, &[]);
+                let status = if uc {
+                    IBV_WC_SUCCESS
+                } else {
+                    IBV_WC_REM_OP_ERR
+                };
+                Self::ack(peers, from, hdr, status, &[]);
                 return;
             }
             let solicited = m.send_flags & IBV_SEND_SOLICITED != 0;
