@@ -258,23 +258,31 @@ impl Engine {
         };
         // (A receive still in its QP's own ring is flushed with the ring.)
         for rwqe in taken.into_iter().chain(r.spare_recv.take()) {
-            let qp = &self.tables.qps[&h];
-            let cqe = Cqe {
-                wr_id: rwqe.wr_id,
-                status: IBV_WC_WR_FLUSH_ERR,
-                opcode: IBV_WC_RECV,
-                qp_num: qp.qpn,
-                ..Default::default()
-            };
-            let cq = qp.recv_cq;
-            if self.cq_free(cq) > 0 {
-                self.push_cqe(cq, &cqe);
-            } else {
-                warn!(
-                    "cq {cq}: full; the flush of an SRQ receive taken by qp {:#x} is lost",
-                    qp.qpn
-                );
-            }
+            self.complete_recv_with_error(h, &rwqe, IBV_WC_WR_FLUSH_ERR, 0);
+        }
+    }
+
+    /// Completes a receive that already left its ring with an error status;
+    /// a full CQ is an overrun (IBV_EVENT_CQ_ERR), as on a NIC.
+    fn complete_recv_with_error(&mut self, h: u32, rwqe: &RecvWqe, status: u32, src_qp: u32) {
+        let qp = &self.tables.qps[&h];
+        let cqe = Cqe {
+            wr_id: rwqe.wr_id,
+            status,
+            opcode: IBV_WC_RECV,
+            qp_num: qp.qpn,
+            src_qp,
+            ..Default::default()
+        };
+        let cq = qp.recv_cq;
+        if self.cq_free(cq) > 0 {
+            self.push_cqe(cq, &cqe);
+        } else {
+            warn!(
+                "cq {cq}: overrun by an error completion of qp {:#x}",
+                qp.qpn
+            );
+            self.post_async_event(AsyncTarget::Cq(cq), IBV_EVENT_CQ_ERR);
         }
     }
 
@@ -880,21 +888,7 @@ impl Engine {
         let b = &self.tables.qps[&hb];
         let uc = b.kind == QpKind::Uc;
         if let Some((rwqe, status)) = recv {
-            let cqe = Cqe {
-                wr_id: rwqe.wr_id,
-                status,
-                opcode: IBV_WC_RECV,
-                qp_num: b.qpn,
-                src_qp: hdr.src_qpn,
-                ..Default::default()
-            };
-            let cq = b.recv_cq;
-            if self.cq_free(cq) > 0 {
-                self.push_cqe(cq, &cqe);
-            } else {
-                warn!("cq {cq}: overrun by an error completion; QP moved to error");
-                self.post_async_event(AsyncTarget::Cq(cq), IBV_EVENT_CQ_ERR);
-            }
+            self.complete_recv_with_error(hb, &rwqe, status, hdr.src_qpn);
         } else if !uc && b.state() != ERR {
             self.post_async_event(AsyncTarget::Qp(hb), responder_error_event(req_status));
         }
