@@ -331,9 +331,10 @@ fn rc_pingpong_across_hosts() {
 
 /// Every rdma-core pingpong with `-c` (each side checks the content of
 /// every message it receives) from host B to host A: RC with messages of
-/// several chunks on the link, RC with a one-deep receive queue (the
-/// responder NAKs receiver-not-ready and the requester resends), UC, UD
-/// (datagrams between routers) and SRQ.
+/// several chunks on the link, RC with a one-deep receive queue, UC, UD
+/// (datagrams between routers) and SRQ. (Pingpongs alternate strictly, so
+/// they never meet receiver-not-ready; `tests/hostile_peer.rs` drives the
+/// RNR paths with a scripted peer.)
 #[test]
 fn checked_pingpongs_across_hosts() {
     let topo = Topology::two_hosts(32);

@@ -2,7 +2,9 @@
 //! link protocol wrongly: garbage, frames before Hello, oversized frames, a
 //! second Hello, requests for GIDs it never announced. The router must
 //! close such connections (or drop the frames), log why, and go on serving
-//! its own processes: never crash or hang. Loopback only.
+//! its own processes: never crash or hang. A scripted peer also drives
+//! paths that stock programs never reach across hosts (a silent responder,
+//! receiver-not-ready both ways). Loopback only.
 
 mod common;
 
@@ -318,5 +320,291 @@ fn a_peer_that_never_answers_ends_in_retry_exceeded() {
             .iter()
             .any(|h| h.kind == Kind::Request as u8 && h.dst_gid == claimed && h.dst_qpn == 0x4242),
         "{frames:?}"
+    );
+}
+
+// ------------------------------------------------ a scripted peer router
+
+/// Frames from a stream, one at a time (with their payloads).
+struct FrameReader {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl FrameReader {
+    fn new(stream: TcpStream) -> FrameReader {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        FrameReader {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next frame for which `want` holds (others are skipped), within
+    /// `timeout`; panics otherwise.
+    fn next_where(
+        &mut self,
+        timeout: Duration,
+        want: impl Fn(&FrameHeader) -> bool,
+    ) -> (FrameHeader, Vec<u8>) {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            while self.buf.len() >= HEADER_LEN {
+                let raw: &[u8; HEADER_LEN] = self.buf[..HEADER_LEN].try_into().unwrap();
+                let h = FrameHeader::decode(raw).expect("the router sends valid frames");
+                let end = HEADER_LEN + h.payload_len as usize;
+                if self.buf.len() < end {
+                    break;
+                }
+                let payload = self.buf[HEADER_LEN..end].to_vec();
+                self.buf.drain(..end);
+                if want(&h) {
+                    return (h, payload);
+                }
+                seen.push(h);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no such frame within {timeout:?}; saw {seen:?}"
+            );
+            let mut b = [0u8; 65536];
+            match self.stream.read(&mut b) {
+                Ok(0) => panic!("the router closed the connection; saw {seen:?}"),
+                Ok(n) => self.buf.extend_from_slice(&b[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => panic!("reading from the router: {e}"),
+            }
+        }
+    }
+}
+
+/// A fake router at `fake_gid` linked to `router`: (frames to the router,
+/// frames from it).
+fn scripted_peer(
+    router: &mut Router,
+    listen: &str,
+    fake_gid: [u8; 16],
+) -> (TcpStream, FrameReader) {
+    let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let fake_addr = fake.local_addr().unwrap().to_string();
+    let mut to_router = TcpStream::connect(listen).unwrap();
+    to_router.write_all(&hello(&fake_addr)).unwrap();
+    to_router
+        .write_all(&frame(
+            FrameHeader::new(Kind::Announce),
+            &encode_payload(&Announce {
+                gids: vec![fake_gid],
+            }),
+        ))
+        .unwrap();
+    let (from_router, _) = fake.accept().expect("the router dials back");
+    let up = format!("peer {fake_addr} up");
+    router.wait_for_log(&up, 1, Duration::from_secs(10), |l| l.contains(&up));
+    (to_router, FrameReader::new(from_router))
+}
+
+/// QPN and PSN from an `ibv_rc_pingpong` connection message.
+fn parse_pingpong_message(m: &[u8]) -> (u32, u32) {
+    let text = std::str::from_utf8(&m[..51]).unwrap();
+    let field = |i: usize| u32::from_str_radix(text.split(':').nth(i).unwrap(), 16).unwrap();
+    (field(1), field(2))
+}
+
+/// An answer (Ack or Nak) to request `req`, from the fake side.
+fn answer(req: &FrameHeader, kind: Kind, status: u32, aux: u32) -> Vec<u8> {
+    let mut h = FrameHeader::new(kind);
+    h.qp_kind = req.qp_kind;
+    h.psn = req.psn;
+    h.src_gid = req.dst_gid;
+    h.dst_gid = req.src_gid;
+    h.src_qpn = req.dst_qpn;
+    h.dst_qpn = req.src_qpn;
+    h.opcode = req.opcode;
+    h.status = status;
+    h.aux = aux;
+    frame(h, &[])
+}
+
+const FAKE_GID: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 19, 9, 9];
+const FAKE_QPN: u32 = 0x4242;
+
+/// Requester side of receiver-not-ready: the scripted responder NAKs an
+/// unmodified `ibv_rc_pingpong` client's first send twice (RNR), then
+/// accepts it; the router resends the same PSN after each RNR timer, the
+/// client never sees an error (rnr_retry 7), and once the peer's own send
+/// arrives the client completes its iteration.
+#[test]
+fn the_requester_resends_after_receiver_not_ready() {
+    let (mut router, listen) = start_listening_router();
+    let (mut to_router, mut from_router) = scripted_peer(&mut router, &listen, FAKE_GID);
+    let oob = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = oob.local_addr().unwrap().port().to_string();
+    let mut client = router.command("ibv_rc_pingpong");
+    client
+        .args(["-d", "fv0", "-g", "0", "-n", "1", "-s", "4096", "-p", &port])
+        .arg("127.0.0.1");
+    let client = Background::start(client);
+    let (mut c, _) = oob.accept().unwrap();
+    let mut msg = [0u8; 52];
+    c.read_exact(&mut msg).unwrap();
+    let (client_qpn, client_psn) = parse_pingpong_message(&msg);
+    c.write_all(&pingpong_message(FAKE_QPN, &FAKE_GID)).unwrap();
+    let mut done = [0u8; 5];
+    c.read_exact(&mut done).unwrap();
+
+    let is_send = |h: &FrameHeader| {
+        h.kind == Kind::Request as u8 && h.dst_qpn == FAKE_QPN && h.src_qpn == client_qpn
+    };
+    for attempt in 0..3 {
+        let (req, payload) = from_router.next_where(Duration::from_secs(10), is_send);
+        assert_eq!(req.psn, client_psn, "attempt {attempt}: the same PSN again");
+        assert_eq!((req.offset, req.total_len, payload.len()), (0, 4096, 4096));
+        let reply = if attempt < 2 {
+            answer(
+                &req,
+                Kind::Nak,
+                flowverbs::wire::link::NakReason::Rnr as u32,
+                2000,
+            )
+        } else {
+            answer(&req, Kind::Ack, 0, 0)
+        };
+        to_router.write_all(&reply).unwrap();
+    }
+    // Our send to the client (its rq_psn is the PSN we told it: 0).
+    let mut send = FrameHeader::new(Kind::Request);
+    send.qp_kind = QP_RC;
+    send.psn = 0;
+    send.src_gid = FAKE_GID;
+    send.dst_gid = router_gid(&router);
+    send.src_qpn = FAKE_QPN;
+    send.dst_qpn = client_qpn;
+    send.opcode = flowverbs::sys::IBV_WR_SEND;
+    send.total_len = 4096;
+    to_router.write_all(&frame(send, &[0x5a; 4096])).unwrap();
+    let (ack, _) = from_router.next_where(Duration::from_secs(10), |h| {
+        h.kind == Kind::Ack as u8 && h.dst_qpn == FAKE_QPN
+    });
+    assert_eq!((ack.psn, ack.status), (0, 0), "{ack:?}");
+    let out = client.finish(Duration::from_secs(30));
+    assert!(
+        out.status.success() && parse_pingpong(&out).is_some_and(|r| r.iters == 1),
+        "{}{}",
+        show("client", &out),
+        router.stderr()
+    );
+}
+
+/// Responder side of receiver-not-ready: an unmodified `ibv_rc_pingpong`
+/// server with one receive posted (`-r 1`) gets two sends back to back
+/// from the scripted requester; the router accepts the first and NAKs the
+/// second (RNR, with the server's RNR timer), then accepts it when it comes
+/// again after the server reposted. The server completes both iterations.
+#[test]
+fn the_responder_naks_receiver_not_ready() {
+    let (mut router, listen) = start_listening_router();
+    let (mut to_router, mut from_router) = scripted_peer(&mut router, &listen, FAKE_GID);
+    let port = free_port();
+    let mut server = router.command("ibv_rc_pingpong");
+    server
+        .args([
+            "-d", "fv0", "-g", "0", "-n", "2", "-r", "1", "-s", "4096", "-p",
+        ])
+        .arg(port.to_string());
+    let server = Background::start(server);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut c = loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("the pingpong server does not listen: {e}"),
+        }
+    };
+    c.write_all(&pingpong_message(FAKE_QPN, &FAKE_GID)).unwrap();
+    let mut msg = [0u8; 52];
+    c.read_exact(&mut msg).unwrap();
+    let (server_qpn, server_psn) = parse_pingpong_message(&msg);
+    c.write_all(b"done\0").unwrap();
+    // Give the server a moment to move its QP to RTR after the exchange.
+    std::thread::sleep(Duration::from_millis(300));
+
+    let send = |psn: u32| {
+        let mut h = FrameHeader::new(Kind::Request);
+        h.qp_kind = QP_RC;
+        h.psn = psn;
+        h.src_gid = FAKE_GID;
+        h.dst_gid = router_gid(&router);
+        h.src_qpn = FAKE_QPN;
+        h.dst_qpn = server_qpn;
+        h.opcode = flowverbs::sys::IBV_WR_SEND;
+        h.total_len = 4096;
+        frame(h, &[0x33; 4096])
+    };
+    // Both in one write: the router handles them in one pass, before the
+    // server can repost.
+    to_router.write_all(&[send(0), send(1)].concat()).unwrap();
+    let to_us = |h: &FrameHeader| h.dst_qpn == FAKE_QPN && h.src_qpn == server_qpn;
+    let (first, _) = from_router.next_where(Duration::from_secs(10), |h| {
+        to_us(h) && h.kind != Kind::Request as u8
+    });
+    assert_eq!(
+        (first.kind, first.psn, first.status),
+        (Kind::Ack as u8, 0, 0),
+        "{first:?}"
+    );
+    let (second, _) = from_router.next_where(Duration::from_secs(10), |h| {
+        to_us(h) && h.kind != Kind::Request as u8
+    });
+    assert_eq!(
+        (second.kind, second.psn, second.status),
+        (
+            Kind::Nak as u8,
+            1,
+            flowverbs::wire::link::NakReason::Rnr as u32
+        ),
+        "{second:?}"
+    );
+    assert!(second.aux > 0, "the NAK carries the server's RNR timer");
+    // The server answers our first message with a send of its own: ack it.
+    let (req, _) = from_router.next_where(Duration::from_secs(10), |h| {
+        to_us(h) && h.kind == Kind::Request as u8
+    });
+    assert_eq!(req.psn, server_psn);
+    to_router.write_all(&answer(&req, Kind::Ack, 0, 0)).unwrap();
+    // Resend the NAKed one until it is accepted (the server reposts).
+    let mut accepted = false;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(20));
+        to_router.write_all(&send(1)).unwrap();
+        let (a, _) = from_router.next_where(Duration::from_secs(10), |h| {
+            to_us(h)
+                && matches!(h.kind, k if k == Kind::Ack as u8 || k == Kind::Nak as u8)
+                && h.psn == 1
+        });
+        if a.kind == Kind::Ack as u8 {
+            assert_eq!(a.status, 0);
+            accepted = true;
+            break;
+        }
+    }
+    assert!(
+        accepted,
+        "the resent PSN 1 was never accepted\n{}",
+        router.stderr()
+    );
+    let (req, _) = from_router.next_where(Duration::from_secs(10), |h| {
+        to_us(h) && h.kind == Kind::Request as u8
+    });
+    assert_eq!(req.psn, server_psn.wrapping_add(1));
+    to_router.write_all(&answer(&req, Kind::Ack, 0, 0)).unwrap();
+    let out = server.finish(Duration::from_secs(30));
+    assert!(
+        out.status.success() && parse_pingpong(&out).is_some_and(|r| r.iters == 2),
+        "{}{}",
+        show("server", &out),
+        router.stderr()
     );
 }
