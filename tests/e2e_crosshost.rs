@@ -436,6 +436,56 @@ fn a_bulk_transfer_does_not_starve_a_pingpong() {
     );
 }
 
+/// UCX across hosts (Debian's unmodified `ucx_perftest`, only
+/// `rc_verbs,ud_verbs` on fv0): UCP tag matching, eager (latency) and
+/// rendezvous with 1 MiB messages (zero-copy RDMA between the routers).
+#[test]
+fn ucx_tag_matching_across_hosts() {
+    let topo = Topology::two_hosts(40);
+    let linked = topo.start_linked_routers();
+    let [ra, rb] = &linked.routers;
+    let (a, b) = (&topo.hosts[A], &topo.hosts[B]);
+    for args in [
+        &["-t", "tag_lat", "-n", "2000"][..],
+        &["-t", "tag_bw", "-s", "1048576", "-n", "200"][..],
+    ] {
+        let port = free_port().to_string();
+        let env = [
+            ("UCX_TLS", "rc_verbs,ud_verbs"),
+            ("UCX_NET_DEVICES", "fv0:1"),
+            ("UCX_WARN_UNUSED_ENV_VARS", "n"),
+        ];
+        let mut server = ra.netns_command(&a.netns, "ucx_perftest");
+        server.envs(env).args(["-p", &port]);
+        let mut client = rb.netns_command(&b.netns, "ucx_perftest");
+        client.envs(env).arg(&a.addr).args(["-p", &port]).args(args);
+        let (server, client) = run_pair(server, client, PAIR_TIMEOUT_SECS);
+        let report = || {
+            format!(
+                "`ucx_perftest {}`\n{}{}{}",
+                args.join(" "),
+                show("server", &server),
+                show("client", &client),
+                router_logs(&[("A", ra), ("B", rb)])
+            )
+        };
+        assert!(
+            server.status.success() && client.status.success(),
+            "{}",
+            report()
+        );
+        let n = args[args.iter().position(|a| *a == "-n").unwrap() + 1];
+        let fin = stdout(&client);
+        let fin = fin.lines().find(|l| l.starts_with("Final:")).unwrap_or("");
+        assert_eq!(
+            fin.split_whitespace().nth(1),
+            Some(n),
+            "the Final line counts every iteration\n{}",
+            report()
+        );
+    }
+}
+
 #[test]
 fn send_bw_all_sizes_across_hosts() {
     let topo = Topology::two_hosts(24);
