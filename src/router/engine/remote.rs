@@ -688,7 +688,14 @@ impl Engine {
                     IBV_WR_ATOMIC_CMP_AND_SWP | IBV_WR_ATOMIC_FETCH_AND_ADD
                 );
                 f.done = Some(if hdr.status != IBV_WC_SUCCESS {
-                    (hdr.status, 0)
+                    // Only the statuses a responder can cause reach the
+                    // application; anything else a peer says is an error
+                    // of the remote operation.
+                    let status = match hdr.status {
+                        IBV_WC_REM_ACCESS_ERR | IBV_WC_REM_INV_REQ_ERR => hdr.status,
+                        _ => IBV_WC_REM_OP_ERR,
+                    };
+                    (status, 0)
                 } else if is_atomic {
                     match <[u8; 8]>::try_from(payload) {
                         Ok(old) if mem.write(f.local[0].0, &old).is_ok() => (IBV_WC_SUCCESS, 8),
