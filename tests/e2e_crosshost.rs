@@ -486,6 +486,101 @@ fn ucx_tag_matching_across_hosts() {
     }
 }
 
+/// Open MPI over UCX across hosts: `mpirun` in host A starts rank 0 there
+/// and rank 1 in host B through an rsh agent that runs the command in B's
+/// namespace with B's fv0 (what ssh would do between real hosts). The two
+/// ranks exchange checked messages from 8 B to 1 MiB and run an allreduce,
+/// with only `rc_verbs,ud_verbs` allowed; both routers serve a rank.
+#[test]
+fn open_mpi_across_hosts() {
+    let topo = Topology::two_hosts(42);
+    let linked = topo.start_linked_routers();
+    let [ra, rb] = &linked.routers;
+    let (a, b) = (&topo.hosts[A], &topo.hosts[B]);
+    let dir = fresh_temp_dir("mpi-x");
+    let exe = dir.join("mpi_pingpong");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/mpi_pingpong.c");
+    let cc = Command::new("mpicc")
+        .args(["-O2", "-Wall", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .output()
+        .expect("mpicc");
+    assert!(cc.status.success(), "{}", show("mpicc", &cc));
+    let provider = |r: &Router| format!("{}-rdmav34.so", r.rdmav_drivers().display());
+    let agent = dir.join("agent.sh");
+    std::fs::write(
+        &agent,
+        format!(
+            "#!/bin/sh\n# plm_rsh_agent: HOST COMMAND... runs COMMAND in HOST's namespace with its fv0\n\
+             host=$1; shift\n\
+             case \"$host\" in\n\
+             {a_addr}) exec ip netns exec {a_ns} {fv} exec --runtime-dir {a_dir} --provider {a_lib} -- sh -c \"$*\" ;;\n\
+             {b_addr}) exec ip netns exec {b_ns} {fv} exec --runtime-dir {b_dir} --provider {b_lib} -- sh -c \"$*\" ;;\n\
+             esac\necho \"agent: unknown host $host\" >&2; exit 1\n",
+            a_addr = a.addr,
+            a_ns = a.netns,
+            a_dir = ra.runtime_dir.display(),
+            a_lib = provider(ra),
+            b_addr = b.addr,
+            b_ns = b.netns,
+            b_dir = rb.runtime_dir.display(),
+            b_lib = provider(rb),
+            fv = flowverbs_exe().display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let before_b = rb.count_log_lines(|l| l.contains("] session "));
+    let mut mpirun = ra.netns_command(&a.netns, "mpirun");
+    mpirun
+        .args([
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "-np",
+            "2",
+            "--host",
+        ])
+        .arg(format!("{}:1,{}:1", a.addr, b.addr))
+        .args(["--mca", "plm_rsh_agent"])
+        .arg(&agent)
+        .args([
+            "--mca",
+            "pml",
+            "ucx",
+            "--mca",
+            "btl",
+            "^vader,tcp,openib,uct",
+        ])
+        .args(["--mca", "osc", "^ucx"])
+        .args([
+            "-x",
+            "UCX_TLS=rc_verbs,ud_verbs",
+            "-x",
+            "UCX_NET_DEVICES=fv0:1",
+        ])
+        .arg(&exe);
+    let out = run_with_timeout(mpirun, 180);
+    let text = stdout(&out);
+    let report = format!(
+        "{}{}",
+        show("mpirun", &out),
+        router_logs(&[("A", ra), ("B", rb)])
+    );
+    assert!(out.status.success(), "{report}");
+    for size in [8, 4096, 65536, 1 << 20] {
+        assert!(
+            text.contains(&format!("size {size}:")),
+            "no result for {size} B\n{report}"
+        );
+    }
+    assert!(text.contains("allreduce 3"), "{report}");
+    assert!(
+        rb.count_log_lines(|l| l.contains("] session ")) > before_b,
+        "no rank used host B's router\n{report}"
+    );
+}
+
 #[test]
 fn send_bw_all_sizes_across_hosts() {
     let topo = Topology::two_hosts(24);
