@@ -1,5 +1,6 @@
 //! Shared receive queues, UD and UC QPs, atomics under contention, and
-//! fairness between QPs (one streaming QP must not starve another):
+//! fairness between QPs (one streaming QP must not starve another, one
+//! huge request must not hold the router):
 //! `tests/c/fv_qp_types_check.c` uses the stock libibverbs API exactly as an
 //! application would, on fv0 served by a fresh router, with all its QPs in
 //! one process (RC/UC QPs connected to each other, UD QPs addressed to each
@@ -65,4 +66,5 @@ cases!(
     atomic_misaligned,
     atomic_no_access,
     fairness,
+    huge_write_yields,
 );

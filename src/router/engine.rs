@@ -97,6 +97,8 @@ enum Outcome {
     Stalled(Stall),
     /// An error completion was written and the QP moved to the error state.
     Failed,
+    /// Part of a large message was moved; the rest follows on later passes.
+    InProgress,
 }
 
 /// Which side of a copy failed.
@@ -289,6 +291,7 @@ impl Engine {
 
     fn consume_send(&mut self, h: u32) {
         let qp = self.tables.qps.get_mut(&h).expect("qp");
+        qp.copied = 0;
         qp.sq_consumer = qp.sq_consumer.wrapping_add(1);
         qp.header().sq.publish_consumer(qp.sq_consumer);
     }
@@ -323,6 +326,7 @@ impl Engine {
             qp.header().sq.publish_consumer(sp);
             qp.header().rq.publish_consumer(rp);
             qp.stall = None;
+            qp.copied = 0;
         }
     }
 
@@ -387,6 +391,11 @@ impl Engine {
                     break;
                 }
                 Outcome::Failed => return true,
+                Outcome::InProgress => {
+                    // This QP's share of the pass is used up.
+                    progress = true;
+                    break;
+                }
             }
         }
         progress
@@ -527,15 +536,65 @@ impl Engine {
         Ok(vec![(addr, len)])
     }
 
-    /// Streams `len` bytes from `src` into `dst` (ascending order).
+    /// Streams the message of QP `ha`'s head work request from `src` into
+    /// `dst` (ascending order), at most [`PASS_BYTES`] per call: a large
+    /// message is moved over several passes, so that it cannot hold the
+    /// router (and every other tenant) for its whole length. Ok(true) once
+    /// all `len` bytes are there. Progress is kept in the QP (`copied`,
+    /// reset when the request leaves the queue); it restarts from 0 if the
+    /// peer changed meanwhile. `whole`: copy everything now (a receive
+    /// taken from an SRQ could go to another QP between passes).
+    #[allow(clippy::too_many_arguments)]
     fn copy(
         &mut self,
+        ha: u32,
+        hb: u32,
+        whole: bool,
         src: &Source,
         dst_mem: ProcessMemory,
         dst: &Segments,
         len: u64,
+    ) -> Result<bool, CopyError> {
+        let qp = &self.tables.qps[&ha];
+        let start = if qp.copied_to == hb {
+            qp.copied.min(len)
+        } else {
+            0
+        };
+        let end = if whole {
+            len
+        } else {
+            start.saturating_add(PASS_BYTES).min(len)
+        };
+        let r = self.copy_range(src, dst_mem, dst, start, end);
+        let qp = self.tables.qps.get_mut(&ha).expect("qp");
+        match r {
+            Ok(()) if end < len => {
+                qp.copied = end;
+                qp.copied_to = hb;
+                Ok(false)
+            }
+            Ok(()) => {
+                qp.copied = 0;
+                Ok(true)
+            }
+            Err(e) => {
+                qp.copied = 0;
+                Err(e)
+            }
+        }
+    }
+
+    /// Streams bytes `[start, end)` of `src` into the same bytes of `dst`.
+    fn copy_range(
+        &mut self,
+        src: &Source,
+        dst_mem: ProcessMemory,
+        dst: &Segments,
+        start: u64,
+        len: u64,
     ) -> Result<(), CopyError> {
-        let mut off = 0u64;
+        let mut off = start;
         while off < len {
             let n = ((len - off) as usize).min(CHUNK);
             let buf = &mut self.bounce[..n];
@@ -797,8 +856,10 @@ impl Engine {
                         len,
                     );
                 }
-                match self.copy(&src, mem_b, &dst, len) {
-                    Ok(()) => {}
+                let on_srq = self.tables.qps[&hb].srq != 0;
+                match self.copy(ha, hb, on_srq, &src, mem_b, &dst, len) {
+                    Ok(true) => {}
+                    Ok(false) => return Outcome::InProgress,
                     Err(CopyError::Source) => {
                         self.fail_requester(ha, w, IBV_WC_LOC_PROT_ERR);
                         return Outcome::Failed;
@@ -826,8 +887,11 @@ impl Engine {
                     Ok(d) => d,
                     Err(status) => return self.responder_error(ha, w, status, hb, None, len),
                 };
-                match self.copy(&src, mem_b, &dst, len) {
-                    Ok(()) => {}
+                // (WRITE_WITH_IMM's receive is checked on every pass and
+                // taken in the pass that moves the last byte.)
+                match self.copy(ha, hb, false, &src, mem_b, &dst, len) {
+                    Ok(true) => {}
+                    Ok(false) => return Outcome::InProgress,
                     Err(CopyError::Source) => {
                         self.fail_requester(ha, w, IBV_WC_LOC_PROT_ERR);
                         return Outcome::Failed;
@@ -849,8 +913,9 @@ impl Engine {
                     Err(status) => return self.responder_error(ha, w, status, hb, None, len),
                 };
                 let src = Source::Memory(mem_b, remote);
-                match self.copy(&src, mem_a, &local, len) {
-                    Ok(()) => {}
+                match self.copy(ha, hb, false, &src, mem_a, &local, len) {
+                    Ok(true) => {}
+                    Ok(false) => return Outcome::InProgress,
                     Err(CopyError::Source) => {
                         return self.responder_error(ha, w, IBV_WC_REM_ACCESS_ERR, hb, None, len)
                     }

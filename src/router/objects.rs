@@ -217,6 +217,10 @@ pub struct Qp {
     pub sq_consumer: u32,
     pub rq_consumer: u32,
     pub stall: Option<Stall>,
+    /// Bytes of the head send work request already moved to QP
+    /// `copied_to` (a large message moves over several passes).
+    pub copied: u64,
+    pub copied_to: u32,
     /// The client's `ibv_qp *`: the element of this QP's async events.
     pub cookie: u64,
     /// Async events written for this QP.
@@ -276,6 +280,8 @@ impl Qp {
             sq_consumer: 0,
             rq_consumer: 0,
             stall: None,
+            copied: 0,
+            copied_to: 0,
             cookie: 0,
             async_events: 0,
         }

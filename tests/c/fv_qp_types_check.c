@@ -2510,6 +2510,87 @@ static void fair_idle(unsigned *spins)
 		sched_yield();
 }
 
+/*
+ * One huge work request does not hold the device: QP0 posts a single
+ * HUGE_WRITE-byte RDMA_WRITE; HUGE_GAP_US later (the copy of so many bytes
+ * takes far longer) QP1 posts a small one. Their shared send CQ must report
+ * QP1's write first: a device that moved QP0's message in one go could take
+ * QP1's request only after finishing it. Then QP0's data is checked whole.
+ */
+#define HUGE_WRITE (128u << 20)
+#define HUGE_GAP_US 2000
+
+static void case_huge_write_yields(void)
+{
+	struct qp_cfg c = CFG_DEFAULT;
+	struct ibv_cq *scq = cq_new(16), *rcq = cq_new(16);
+	struct ibv_qp *a0 = qp_create(IBV_QPT_RC, scq, rcq, NULL, &c);
+	struct ibv_qp *b0 = qp_create(IBV_QPT_RC, rcq, rcq, NULL, &c);
+	struct ibv_qp *a1 = qp_create(IBV_QPT_RC, scq, rcq, NULL, &c);
+	struct ibv_qp *b1 = qp_create(IBV_QPT_RC, rcq, rcq, NULL, &c);
+	rc_connect(a0, b0->qp_num, ACC_ALL);
+	rc_connect(b0, a0->qp_num, ACC_ALL);
+	rc_connect(a1, b1->qp_num, ACC_ALL);
+	rc_connect(b1, a1->qp_num, ACC_ALL);
+	struct buf *src0 = buf_alloc(HUGE_WRITE, "QP0 source");
+	struct buf *dst0 = buf_alloc(HUGE_WRITE, "QP0 target");
+	struct buf *src1 = buf_alloc(FAIR_SMALL, "QP1 source");
+	struct buf *dst1 = buf_alloc(4096, "QP1 target");
+	struct ibv_mr *src0_mr = reg(src0->p, src0->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_mr *dst0_mr = reg(dst0->p, dst0->n, ACC_RW);
+	struct ibv_mr *src1_mr = reg(src1->p, src1->n, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_mr *dst1_mr = reg(dst1->p, dst1->n, ACC_RW);
+	struct ibv_sge s0 = sge(src0->p, HUGE_WRITE, src0_mr->lkey);
+	struct ibv_sge s1 = sge(src1->p, FAIR_SMALL, src1_mr->lkey);
+
+	/* Both QPs have written once: what follows is not first use. */
+	set_step("a small RDMA_WRITE on each QP, alone");
+	send1(a0, 1, IBV_WR_RDMA_WRITE, &s1, 1, addr_of(dst0->p), dst0_mr->rkey, 0, "QP0 warm-up");
+	expect_wc(scq, "QP0 warm-up", 1, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, a0, NULL);
+	buf_expect(dst0, 0, src1->p, FAIR_SMALL);
+	send1(a1, 2, IBV_WR_RDMA_WRITE, &s1, 1, addr_of(dst1->p), dst1_mr->rkey, 0, "QP1 warm-up");
+	expect_wc(scq, "QP1 warm-up", 2, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, a1, NULL);
+	buf_expect(dst1, 0, src1->p, FAIR_SMALL);
+
+	set_step("QP0 posts one %u MiB RDMA_WRITE; %d us later QP1 posts a %d-byte one",
+		 HUGE_WRITE >> 20, HUGE_GAP_US, FAIR_SMALL);
+	send1(a0, 10, IBV_WR_RDMA_WRITE, &s0, 1, addr_of(dst0->p), dst0_mr->rkey, 0,
+	      "QP0's huge RDMA_WRITE");
+	usleep(HUGE_GAP_US);
+	send1(a1, 11, IBV_WR_RDMA_WRITE, &s1, 1, addr_of(dst1->p + 512), dst1_mr->rkey, 0,
+	      "QP1's small RDMA_WRITE");
+	buf_expect(dst0, 0, src0->p, HUGE_WRITE);
+	buf_expect(dst1, 512, src1->p, FAIR_SMALL);
+	struct ibv_wc first, second;
+	poll1(scq, &first, "the first completion after both posts");
+	poll1(scq, &second, "the second completion after both posts");
+	if (first.qp_num != a1->qp_num)
+		fail("QP0's %u MiB write completed before QP1's small one, posted %d us after it: "
+		     "the huge request held the device",
+		     HUGE_WRITE >> 20, HUGE_GAP_US);
+	check_wc(first.qp_num == a1->qp_num ? &first : &second, "QP1's small RDMA_WRITE", 11,
+		 IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, a1);
+	check_wc(first.qp_num == a1->qp_num ? &second : &first, "QP0's huge RDMA_WRITE", 10,
+		 IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, a0);
+	buf_check(dst0, "QP0's target after the huge write");
+	buf_check(dst1, "QP1's target");
+
+	struct ibv_qp *qps[4] = { a0, b0, a1, b1 };
+	for (int i = 0; i < 4; i++) {
+		int rc = ibv_destroy_qp(qps[i]);
+		if (rc)
+			fatal("ibv_destroy_qp returned %d (%s)", rc, strerror(rc));
+	}
+	ibv_destroy_cq(scq);
+	ibv_destroy_cq(rcq);
+	struct ibv_mr *mrs[4] = { src0_mr, dst0_mr, src1_mr, dst1_mr };
+	for (int i = 0; i < 4; i++)
+		dereg(mrs[i]);
+	struct buf *bufs[4] = { src0, dst0, src1, dst1 };
+	for (int i = 0; i < 4; i++)
+		buf_free(bufs[i]);
+}
+
 static void case_fairness(void)
 {
 	struct fair f;
@@ -2686,6 +2767,7 @@ static const struct fv_case cases[] = {
 	{ "atomic_misaligned", case_atomic_misaligned },
 	{ "atomic_no_access", case_atomic_no_access },
 	{ "fairness", case_fairness },
+	{ "huge_write_yields", case_huge_write_yields },
 };
 
 int main(int argc, char **argv)
