@@ -151,6 +151,8 @@ struct Responder {
 
 #[derive(Default)]
 pub(super) struct Remote {
+    /// The GIDs of this router's sessions (kept by `announce_gids`).
+    served: std::collections::HashSet<Gid>,
     req: std::collections::HashMap<u32, Requester>,
     resp: std::collections::HashMap<u32, Responder>,
 }
@@ -186,15 +188,15 @@ impl Engine {
 
     /// True if some session of this router has GID `gid`.
     pub(super) fn serves_locally(&self, gid: &Gid) -> bool {
-        self.tables.sessions.values().any(|s| &s.gid == gid)
+        self.remote.served.contains(gid)
     }
 
-    /// Tells the peers which GIDs this router serves (after sessions came
-    /// or went).
+    /// Records which GIDs this router serves and tells the peers (call
+    /// whenever sessions come or go).
     pub fn announce_gids(&mut self) {
-        let gids: Vec<Gid> = self.tables.sessions.values().map(|s| s.gid).collect();
+        self.remote.served = self.tables.sessions.values().map(|s| s.gid).collect();
         if let Some(links) = self.links.as_mut() {
-            links.set_served(gids);
+            links.set_served(self.remote.served.iter().copied().collect());
         }
     }
 
