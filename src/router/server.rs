@@ -113,6 +113,13 @@ impl Server {
         // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 
+        // Listen for routers before router.sock appears: whoever sees the
+        // socket may expect the whole router to be there.
+        let links = match config.listen {
+            Some(listen) => Some(super::link::Links::new(listen, config.peers.clone())?),
+            None => None,
+        };
+
         let ip = identity::host_ipv4();
         let gid = identity::gid_from_ipv4(ip);
         let tree = DeviceTree::create(dir, gid, identity::node_guid_from_ipv4(ip))?;
@@ -163,8 +170,7 @@ impl Server {
             socket_path.display()
         );
         let mut engine = Engine::new(Tables::new());
-        if let Some(listen) = config.listen {
-            let links = super::link::Links::new(listen, config.peers.clone())?;
+        if let Some(links) = links {
             epoll.add(links.fd(), EpollEvent::new(EpollFlags::EPOLLIN, LINKS))?;
             engine.links = Some(links);
         }
