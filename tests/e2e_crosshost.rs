@@ -44,6 +44,29 @@ fn pingpong_gid(out: &Output, which: &str) -> Option<String> {
     Some(line.split_once("GID ")?.1.trim().to_string())
 }
 
+/// Runs `server` (in host A) and `client` (in host B) to completion; both
+/// must succeed. Returns their outputs and a report (outputs and both
+/// routers' logs) for further failure messages.
+fn run_across(
+    what: &str,
+    server: Command,
+    client: Command,
+    routers: [&Router; 2],
+) -> (Output, Output, String) {
+    let (server, client) = run_pair(server, client, PAIR_TIMEOUT_SECS);
+    let report = format!(
+        "{what}\n{}{}{}",
+        show("server", &server),
+        show("client", &client),
+        router_logs(&[("A", routers[0]), ("B", routers[1])])
+    );
+    assert!(
+        server.status.success() && client.status.success(),
+        "{report}"
+    );
+    (server, client, report)
+}
+
 /// `ibv_rc_pingpong -d fv0 -g 0 -c -n ITERS`: the server in `srv` with
 /// `srv_router`'s fv0, the client in `cli` with `cli_router`'s, connecting
 /// to `srv.addr`. Both must exit 0, report `iters` iterations, and print
@@ -172,21 +195,12 @@ fn perftest_across(
     server.args(common_args).args(args);
     let mut client = rb.netns_command(&b.netns, prog);
     client.args(common_args).args(args).arg(&a.addr);
-    let (server, client) = run_pair(server, client, PAIR_TIMEOUT_SECS);
-    let report = || {
-        format!(
-            "`{prog} {}` server in host A, client in host B\n{}{}{}",
-            args.join(" "),
-            show("server", &server),
-            show("client", &client),
-            router_logs(&[("A", ra), ("B", rb)])
-        )
-    };
-    assert!(
-        server.status.success() && client.status.success(),
-        "{}",
-        report()
+    let what = format!(
+        "`{prog} {}` server in host A, client in host B",
+        args.join(" ")
     );
+    let (server, client, report) = run_across(&what, server, client, [ra, rb]);
+    let report = || report.clone();
     assert_eq!(
         perftest_gid(&client, "local address"),
         Some(perftest_gid_of(&b.addr)),
@@ -459,21 +473,9 @@ fn ucx_tag_matching_across_hosts() {
         server.envs(env).args(["-p", &port]);
         let mut client = rb.netns_command(&b.netns, "ucx_perftest");
         client.envs(env).arg(&a.addr).args(["-p", &port]).args(args);
-        let (server, client) = run_pair(server, client, PAIR_TIMEOUT_SECS);
-        let report = || {
-            format!(
-                "`ucx_perftest {}`\n{}{}{}",
-                args.join(" "),
-                show("server", &server),
-                show("client", &client),
-                router_logs(&[("A", ra), ("B", rb)])
-            )
-        };
-        assert!(
-            server.status.success() && client.status.success(),
-            "{}",
-            report()
-        );
+        let what = format!("`ucx_perftest {}`", args.join(" "));
+        let (_, client, report) = run_across(&what, server, client, [ra, rb]);
+        let report = || report.clone();
         let n = args[args.iter().position(|a| *a == "-n").unwrap() + 1];
         let fin = stdout(&client);
         let fin = fin.lines().find(|l| l.starts_with("Final:")).unwrap_or("");
@@ -497,16 +499,8 @@ fn open_mpi_across_hosts() {
     let linked = topo.start_linked_routers();
     let [ra, rb] = &linked.routers;
     let (a, b) = (&topo.hosts[A], &topo.hosts[B]);
+    let exe = compile_mpi_pingpong();
     let dir = fresh_temp_dir("mpi-x");
-    let exe = dir.join("mpi_pingpong");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/mpi_pingpong.c");
-    let cc = Command::new("mpicc")
-        .args(["-O2", "-Wall", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .output()
-        .expect("mpicc");
-    assert!(cc.status.success(), "{}", show("mpicc", &cc));
     let provider = |r: &Router| format!("{}-rdmav34.so", r.rdmav_drivers().display());
     let agent = dir.join("agent.sh");
     std::fs::write(

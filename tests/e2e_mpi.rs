@@ -6,21 +6,10 @@
 mod common;
 
 use common::*;
-use std::path::Path;
-use std::process::Command;
 
 #[test]
 fn open_mpi_over_ucx_pingpong_and_allreduce() {
-    let out_dir = fresh_temp_dir("mpi");
-    let exe = out_dir.join("mpi_pingpong");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/mpi_pingpong.c");
-    let cc = Command::new("mpicc")
-        .args(["-O2", "-Wall", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .output()
-        .expect("mpicc");
-    assert!(cc.status.success(), "{}", show("mpicc", &cc));
+    let exe = compile_mpi_pingpong();
 
     let router = Router::start();
     let mut mpirun = router.command("mpirun");

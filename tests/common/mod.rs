@@ -703,6 +703,18 @@ pub fn compile_c(src: &Path) -> PathBuf {
     exe
 }
 
+/// Compiles `tests/c/mpi_pingpong.c` with Open MPI's `mpicc`; panics with
+/// the compiler's output on error. Returns the executable's path.
+pub fn compile_mpi_pingpong() -> PathBuf {
+    let exe = fresh_temp_dir("mpi").join("mpi_pingpong");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/mpi_pingpong.c");
+    let mut cmd = Command::new("mpicc");
+    cmd.args(["-O2", "-Wall", "-o"]).arg(&exe).arg(&src);
+    let out = run_with_timeout(&mut cmd, 120);
+    assert!(out.status.success(), "{}", show("mpicc", &out));
+    exe
+}
+
 /// A C check program `tests/c/<src>`, compiled by [`compile_c`] at most once
 /// per test binary (the first test to need it compiles it; the others wait).
 /// Declare it as a `static`.
