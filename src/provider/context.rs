@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
 
 use super::ffi::{guard, null_with};
+use super::send_slots::SendQueues;
 use super::verbs;
 use super::watcher::{self, Watcher};
 use crate::fv_log;
@@ -34,6 +35,8 @@ pub struct ContextInner {
     session: Arc<Mapping>,
     doorbell: OwnedFd,
     pub gid: [u8; 16],
+    /// Send-queue occupancy of this context's QPs, by QP number.
+    pub send_queues: SendQueues,
     /// The thread that serves the router's events and notices its death.
     watcher: Option<Watcher>,
 }
@@ -208,6 +211,7 @@ fn connect(device: *mut ibv_device) -> Result<Connected, Errno> {
     let watcher = watcher::start(event_sock, async_write, session.clone())?;
     Ok(Connected {
         inner: ContextInner {
+            send_queues: SendQueues::default(),
             client: Mutex::new(sock),
             session,
             doorbell,

@@ -8,10 +8,12 @@
 //! - [`context`]: device open/close, device and port queries, the session
 //!   with the router.
 //! - [`verbs`]: PD, MR, CQ and QP verbs, posting and polling.
+//! - [`send_slots`]: send-queue occupancy as applications see it.
 
 pub mod context;
 pub mod ffi;
 pub mod log;
+pub mod send_slots;
 pub mod verbs;
 pub mod watcher;
 

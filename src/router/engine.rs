@@ -257,7 +257,7 @@ impl Engine {
                 }
                 Queue::Recv => (qp.rq.read::<RecvWqe>(qp.rq_consumer).wr_id, IBV_WC_RECV),
             };
-            let cqe = Cqe {
+            let mut cqe = Cqe {
                 wr_id,
                 status: IBV_WC_WR_FLUSH_ERR,
                 opcode,
@@ -265,7 +265,7 @@ impl Engine {
                 ..Default::default()
             };
             match queue {
-                Queue::Send => self.consume_send(h),
+                Queue::Send => cqe.sq_index = self.consume_send(h),
                 Queue::Recv => self.consume_recv(h),
             }
             self.push_cqe(cq, &cqe);
@@ -289,11 +289,15 @@ impl Engine {
         self.to_error(h);
     }
 
-    fn consume_send(&mut self, h: u32) {
+    /// Frees the head send slot for the router; returns the new consumer
+    /// index, which the WR's completion carries (`Cqe::sq_index`) so that
+    /// the provider frees the slot for posting only once it is polled.
+    fn consume_send(&mut self, h: u32) -> u32 {
         let qp = self.tables.qps.get_mut(&h).expect("qp");
         qp.copied = 0;
         qp.sq_consumer = qp.sq_consumer.wrapping_add(1);
         qp.header().sq.publish_consumer(qp.sq_consumer);
+        qp.sq_consumer
     }
 
     fn consume_recv(&mut self, h: u32) {
@@ -406,7 +410,7 @@ impl Engine {
     /// freed before the completion that reports them is published.)
     fn fail_requester(&mut self, h: u32, wqe: &SendWqe, status: u32) {
         let qp = &self.tables.qps[&h];
-        let cqe = Cqe {
+        let mut cqe = Cqe {
             wr_id: wqe.wr_id,
             status,
             opcode: wc_opcode(wqe.opcode).unwrap_or(IBV_WC_SEND),
@@ -418,7 +422,7 @@ impl Engine {
             "qp {:#x}: wr {:#x} fails with status {}",
             qp.qpn, wqe.wr_id, status
         );
-        self.consume_send(h);
+        cqe.sq_index = self.consume_send(h);
         self.push_cqe(cq, &cqe);
         self.to_error(h);
     }
@@ -664,7 +668,7 @@ impl Engine {
     fn finish_send(&mut self, ha: u32, w: &SendWqe, byte_len: u64) {
         let a = &self.tables.qps[&ha];
         let signaled = a.sq_sig_all || w.send_flags & IBV_SEND_SIGNALED != 0;
-        let cqe = Cqe {
+        let mut cqe = Cqe {
             wr_id: w.wr_id,
             status: IBV_WC_SUCCESS,
             opcode: wc_opcode(w.opcode).unwrap_or(IBV_WC_SEND),
@@ -673,7 +677,7 @@ impl Engine {
             ..Default::default()
         };
         let cq = a.send_cq;
-        self.consume_send(ha);
+        cqe.sq_index = self.consume_send(ha);
         if signaled {
             self.push_cqe(cq, &cqe);
         }

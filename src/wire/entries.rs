@@ -79,11 +79,15 @@ pub struct Cqe {
     pub src_qp: u32,
     /// `enum ibv_wc_flags` bits.
     pub wc_flags: u32,
+    /// Send-side completions: the send queue's consumer index after the WR
+    /// this completion reports (its slot and every earlier one are free
+    /// once the completion is polled). 0 on receive completions.
+    pub sq_index: u32,
     pub pkey_index: u16,
     pub slid: u16,
     pub sl: u8,
     pub dlid_path_bits: u8,
-    pub _reserved: [u8; 18],
+    pub _reserved: [u8; 14],
 }
 
 // SAFETY: integers and arrays of integers only (the union's members both

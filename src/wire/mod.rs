@@ -11,7 +11,7 @@ pub mod ring;
 pub mod segment;
 
 /// Version of everything in this module; checked at session setup.
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 
 /// Device limits, advertised by the provider and enforced by the router.
 pub mod limits {

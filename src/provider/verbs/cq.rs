@@ -142,8 +142,13 @@ pub(super) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, num_entries: i32, wc: *
         let producer = fcq.header().ring.producer();
         let available = producer.wrapping_sub(*consumer).min(fcq.ring.capacity());
         let n = available.min(num_entries as u32);
+        // SAFETY: the CQ's context is ours.
+        let ctx = unsafe { inner(cq.read().context) };
         for i in 0..n {
             let c: Cqe = fcq.ring.read(consumer.wrapping_add(i));
+            if c.opcode < IBV_WC_RECV {
+                ctx.send_queues.retire(c.qp_num, c.sq_index);
+            }
             let w = ibv_wc {
                 wr_id: c.wr_id,
                 status: c.status,

@@ -21,10 +21,11 @@ use srq::*;
 use std::os::fd::OwnedFd;
 use std::ptr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::context::{self, inner, map_segment, take_one_fd, ContextInner, Errno};
 use super::ffi::{guard, null_with};
+use super::send_slots::SendSlots;
 use crate::sys::*;
 use crate::wire::control::{AddressVector, QpAttr, QpCaps, Reply, Request};
 use crate::wire::entries::{Cqe, RecvWqe, SendWqe, Sge, CQE_SIZE, RECV_WQE_SIZE, SEND_WQE_SIZE};

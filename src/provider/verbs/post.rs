@@ -129,8 +129,11 @@ pub(super) unsafe extern "C" fn post_send(
                 ret = libc::EINVAL;
                 break;
             }
+            // A slot is taken until the router has run the WR and the
+            // application has polled its completion (or a later one).
             let consumer = fqp.header().sq.consumer();
-            if producer.wrapping_sub(consumer) >= fqp.sq.capacity().min(fqp.caps.max_send_wr.max(1))
+            let slots = fqp.sq.capacity().min(fqp.caps.max_send_wr.max(1));
+            if producer.wrapping_sub(consumer) >= slots || fqp.send_slots.in_use(*producer) >= slots
             {
                 ret = libc::ENOMEM;
                 break;
@@ -152,6 +155,7 @@ pub(super) unsafe extern "C" fn post_send(
             unsafe { *bad_wr = cur };
         }
         if *producer != start {
+            fqp.send_slots.posted(*producer);
             fqp.header().sq.publish_producer(*producer);
             drop(producer);
             fqp.context().ring_doorbell();

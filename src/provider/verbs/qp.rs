@@ -20,6 +20,8 @@ pub struct FvQp {
     /// Producer indices; the locks serialise posters.
     pub(super) sq_producer: Mutex<u32>,
     pub(super) rq_producer: Mutex<u32>,
+    /// Send slots as the application sees them (freed by polling).
+    pub(super) send_slots: Arc<SendSlots>,
 }
 
 impl FvQp {
@@ -147,8 +149,12 @@ pub(super) unsafe extern "C" fn create_qp(
             state: AtomicU32::new(IBV_QPS_RESET),
             sq_producer: Mutex::new(0),
             rq_producer: Mutex::new(0),
+            send_slots: Arc::new(SendSlots::default()),
         };
+        let slots = b.send_slots.clone();
         let raw = slot.fill(b);
+        // SAFETY: ctx is ours (the PD's context).
+        unsafe { inner(ctx) }.send_queues.insert(qpn, slots);
         // SAFETY: `raw` is our fresh allocation; we fill the ibv_qp fields
         // libibverbs' ibv_create_qp leaves to the provider.
         unsafe {
@@ -266,6 +272,12 @@ pub(super) unsafe extern "C" fn modify_qp(
         match fqp.context().call(&req) {
             Ok(_) => {
                 if mask as u32 & IBV_QP_STATE != 0 {
+                    if a.qp_state == IBV_QPS_RESET {
+                        // The router discarded the queue (and its CQEs
+                        // still in the CQ are stale for the slots).
+                        let producer = fqp.sq_producer.lock().unwrap_or_else(|e| e.into_inner());
+                        fqp.send_slots.reset(*producer);
+                    }
                     fqp.state.store(a.qp_state, Ordering::Release);
                 }
                 0
@@ -341,6 +353,9 @@ pub(super) unsafe extern "C" fn destroy_qp(qp: *mut ibv_qp) -> i32 {
         let fqp = unsafe { FvQp::from_ibv(qp) };
         match fqp.context().call(&Request::DestroyQp { qp: fqp.handle() }) {
             Ok((Reply::Destroyed { events }, _)) => {
+                // SAFETY: reading the ibv_qp we filled in create_qp.
+                let qpn = unsafe { fqp.vqp.__bindgen_anon_1.qp.qp_num };
+                fqp.context().send_queues.remove(qpn);
                 // SAFETY: allocated by create_qp as a Box<FvQp>; the mutex
                 // was initialised there and stays valid if the QP is kept.
                 unsafe {
