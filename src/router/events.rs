@@ -105,16 +105,31 @@ impl Engine {
         let Some(c) = t.cqs.get_mut(&cq) else {
             return;
         };
-        c.ring.write(c.producer, cqe);
-        c.producer = c.producer.wrapping_add(1);
-        c.header().ring.publish_producer(c.producer);
-        let Some(fd) = c.channel else {
+        if !c.cq_ring().push(cqe) {
+            // Callers check room first; a client that moved its own
+            // indices loses the completion.
+            warn!("cq {cq}: full, completion of qp {:#x} lost", cqe.qp_num);
+            return;
+        }
+        let Some(_) = c.channel else {
             return;
         };
         let solicited = solicited || cqe.status != IBV_WC_SUCCESS;
         if !c.header().take_arm(solicited) {
             return;
         }
+        self.write_cq_event(cq);
+    }
+
+    /// Writes one completion event for `cq` to its channel.
+    pub fn write_cq_event(&mut self, cq: u32) {
+        let t = &mut self.tables;
+        let Some(c) = t.cqs.get_mut(&cq) else {
+            return;
+        };
+        let Some(fd) = c.channel else {
+            return;
+        };
         let pipe = t.sessions.get(&c.session).and_then(|s| s.channels.get(&fd));
         match pipe {
             Some(p) if write_record(p, &cq_event_record(c.cookie)) => {

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 
 use crate::wire::control::{QpAttr, QpCaps};
+use crate::wire::cq_ring::CqRing;
 use crate::wire::entries::{CQE_SIZE, RECV_WQE_SIZE, SEND_WQE_SIZE};
 use crate::wire::ring::RingSlots;
 use crate::wire::segment::{
@@ -71,9 +72,6 @@ pub struct Cq {
     pub session: SessionId,
     pub segment: Mapping,
     pub ring: RingSlots,
-    /// The router's own producer index (the one in shared memory is only
-    /// published, never read back).
-    pub producer: u32,
     /// The completion channel (its fd number in the client), if any.
     pub channel: Option<i32>,
     /// The client's `ibv_cq *`: what completion and async events carry.
@@ -103,7 +101,6 @@ impl Cq {
             session,
             segment,
             ring,
-            producer: 0,
             channel,
             cookie,
             events: 0,
@@ -115,13 +112,16 @@ impl Cq {
         unsafe { self.segment.header::<CqHeader>() }
     }
 
-    /// Free slots, judged from the consumer index the client published. A
-    /// nonsensical consumer index (ahead of us or too far behind) counts as
-    /// a full ring: the client only stalls itself.
+    /// The CQ's multi-producer ring (see `wire::cq_ring`).
+    pub fn cq_ring(&self) -> CqRing<'_> {
+        CqRing::new(self.header(), self.ring)
+    }
+
+    /// Free slots. Nonsensical indices (a confused client) count as a full
+    /// ring: the client only stalls itself and its peers, as it could by
+    /// not polling.
     pub fn free_slots(&self) -> u32 {
-        let consumer = self.header().ring.consumer();
-        let used = self.producer.wrapping_sub(consumer);
-        self.ring.capacity().saturating_sub(used)
+        self.cq_ring().free()
     }
 }
 

@@ -83,11 +83,16 @@ pub struct Cqe {
     /// this completion reports (its slot and every earlier one are free
     /// once the completion is polled). 0 on receive completions.
     pub sq_index: u32,
+    /// Written last (release) by whoever produced the entry: its ring
+    /// index + 1. The consumer takes entry `i` once `seq == i + 1`, so
+    /// several producers (the router, senders' providers in semi mode) can
+    /// fill one CQ (see `wire::cq_ring`).
+    pub seq: u32,
     pub pkey_index: u16,
     pub slid: u16,
     pub sl: u8,
     pub dlid_path_bits: u8,
-    pub _reserved: [u8; 14],
+    pub _reserved: [u8; 10],
 }
 
 // SAFETY: integers and arrays of integers only (the union's members both
@@ -135,4 +140,5 @@ const _: () = assert!(std::mem::size_of::<SendWqe>() == SEND_WQE_SIZE);
 const _: () = assert!(std::mem::offset_of!(SendWqe, payload) == 128);
 const _: () = assert!(std::mem::size_of::<RecvWqe>() == RECV_WQE_SIZE);
 const _: () = assert!(std::mem::size_of::<Cqe>() == CQE_SIZE);
+const _: () = assert!(std::mem::offset_of!(Cqe, seq) == 44);
 const _: () = assert!(std::mem::offset_of!(Cqe, wc_flags) == 36);

@@ -4,6 +4,7 @@
 //! [`VERSION`] changes whenever any layout here does.
 
 pub mod control;
+pub mod cq_ring;
 pub mod entries;
 pub mod events;
 pub mod link;
@@ -11,7 +12,7 @@ pub mod ring;
 pub mod segment;
 
 /// Version of everything in this module; checked at session setup.
-pub const VERSION: u32 = 6;
+pub const VERSION: u32 = 7;
 
 /// Device limits, advertised by the provider and enforced by the router.
 pub mod limits {

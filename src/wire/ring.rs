@@ -46,6 +46,20 @@ impl RingIndices {
     pub fn publish_consumer(&self, value: u32) {
         self.consumer.store(value, Ordering::Release)
     }
+    /// Several consumers (semi mode: a receive queue taken by a peer's
+    /// provider and flushed by the router): takes entry `expected` if no
+    /// one else did. Read the entry before claiming it; after the claim the
+    /// producer may reuse the slot.
+    pub fn claim_consumer(&self, expected: u32) -> bool {
+        self.consumer
+            .compare_exchange(
+                expected,
+                expected.wrapping_add(1),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
 }
 
 /// Number of entries between `from` and `to` on free-running indices.

@@ -49,6 +49,15 @@ pub struct QpHeader {
     /// Current `enum ibv_qp_state` as the router sees it (the router moves a
     /// QP to ERR on its own when a work request fails).
     pub state: AtomicU32,
+    /// What a semi-mode sender checks of this QP as its responder, written
+    /// by the router at every modify: `dest_qp_num`, `qp_access_flags`,
+    /// `min_rnr_timer`, `qp_type`, and whether its path leads to a QP of
+    /// this host (no GRH, or a GID served here).
+    pub dest_qpn: AtomicU32,
+    pub access: AtomicU32,
+    pub min_rnr_timer: AtomicU32,
+    pub qp_type: AtomicU32,
+    pub path_local: AtomicU32,
 }
 
 /// SRQ segment header.
@@ -84,6 +93,19 @@ pub struct CqHeader {
     /// [`ARMED_SOLICITED`] or [`ARMED_ANY`]. Set by the provider, consumed
     /// by the router; see [`CqHeader::arm`] for the ordering argument.
     pub arm: AtomicU32,
+    /// Set by a semi-mode producer that consumed the arm: the router writes
+    /// the completion event (it holds the channel) when its doorbell rings.
+    pub event_pending: AtomicU32,
+}
+
+impl Default for CqHeader {
+    fn default() -> Self {
+        CqHeader {
+            ring: RingIndices::default(),
+            arm: AtomicU32::new(DISARMED),
+            event_pending: AtomicU32::new(0),
+        }
+    }
 }
 
 pub const DISARMED: u32 = 0;
@@ -206,6 +228,13 @@ impl CqLayout {
 
 pub const SESSION_SEGMENT_SIZE: usize = PAGE;
 
+/// Semi mode: the router's table of live memory keys, one `u32` per MR
+/// slot (0: free), mapped read-only by every provider. A sender that cached
+/// a peer's MR checks `table[slot] == rkey` before each access, so a
+/// deregistered MR stops being reachable (as on a NIC) without a call.
+pub const KEY_TABLE_SLOTS: u32 = 1 << 20;
+pub const KEY_TABLE_SIZE: usize = KEY_TABLE_SLOTS as usize * 4;
+
 /// A shared mapping of a memfd segment, unmapped on drop.
 pub struct Mapping {
     ptr: NonNull<u8>,
@@ -312,10 +341,7 @@ mod tests {
 
     #[test]
     fn one_arm_one_event() {
-        let h = CqHeader {
-            ring: RingIndices::default(),
-            arm: AtomicU32::new(0),
-        };
+        let h = CqHeader::default();
         assert!(!h.take_arm(true));
         h.arm(true);
         assert!(!h.take_arm(false));

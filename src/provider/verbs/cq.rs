@@ -139,13 +139,14 @@ pub(super) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, num_entries: i32, wc: *
             return 0;
         }
         let mut consumer = fcq.consumer.lock().unwrap_or_else(|e| e.into_inner());
-        let producer = fcq.header().ring.producer();
-        let available = producer.wrapping_sub(*consumer).min(fcq.ring.capacity());
-        let n = available.min(num_entries as u32);
+        let ring = CqRing::new(fcq.header(), fcq.ring);
         // SAFETY: the CQ's context is ours.
-        let ctx = unsafe { inner(cq.read().context) };
-        for i in 0..n {
-            let c: Cqe = fcq.ring.read(consumer.wrapping_add(i));
+        let ctx = unsafe { inner((*cq).context) };
+        let mut n = 0u32;
+        while n < num_entries as u32 {
+            let Some(c) = ring.peek(consumer.wrapping_add(n)) else {
+                break;
+            };
             if c.opcode < IBV_WC_RECV {
                 ctx.send_queues.retire(c.qp_num, c.sq_index);
             }
@@ -166,8 +167,9 @@ pub(super) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, num_entries: i32, wc: *
                 sl: c.sl,
                 dlid_path_bits: c.dlid_path_bits,
             };
-            // SAFETY: the caller's array holds num_entries >= n entries.
-            unsafe { wc.add(i as usize).write(w) };
+            // SAFETY: the caller's array holds num_entries > n entries.
+            unsafe { wc.add(n as usize).write(w) };
+            n += 1;
         }
         if n > 0 {
             *consumer = consumer.wrapping_add(n);
