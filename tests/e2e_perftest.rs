@@ -1,6 +1,8 @@
 //! End-to-end: Debian's unmodified perftest binaries against fv0, server and
 //! client as separate processes on 127.0.0.1, each pair with its own router.
 //! Only the presence and sign of the results are checked, never timing.
+//! Every case runs twice: `isolated::` (the router copies) and `semi::`
+//! (`--mode semi`: the providers copy, the router only sets up).
 
 mod common;
 
@@ -16,10 +18,21 @@ struct Run {
 }
 
 /// Runs `prog -d fv0 -p <port> ARGS` as server, and the same plus
-/// `127.0.0.1` as client; checks both exit 0 and that the client printed
-/// a table whose numbers are present and positive.
-fn perftest(prog: &str, args: &[&str]) -> Run {
-    let pair = run_fv0_pair(prog, args, "127.0.0.1", PAIR_TIMEOUT_SECS);
+/// `127.0.0.1` as client, on a router started with `router_args`; checks
+/// both exit 0 and that the client printed a table whose numbers are
+/// present and positive. Semi mode: an RC QP pair (not UD, not on an SRQ)
+/// must have taken the semi path, which the router logs.
+fn perftest_in(router_args: &[&str], prog: &str, args: &[&str]) -> Run {
+    let pair = run_fv0_pair_with(router_args, prog, args, "127.0.0.1", PAIR_TIMEOUT_SECS);
+    let semi = router_args.contains(&"semi");
+    let router_path_only = args.contains(&"UD") || args.contains(&"--use-srq");
+    if semi && !router_path_only {
+        assert!(
+            pair.router.stderr().contains("semi path"),
+            "semi mode: the QPs did not take the semi path\n{}",
+            pair.report()
+        );
+    }
     let report = || pair.report();
     let (server, client) = (&pair.server, &pair.client);
     let table = parse_perftest_table(client)
@@ -51,226 +64,245 @@ fn assert_gbits(run: &Run) {
     );
 }
 
-// ---------------------------------------------------------------- ib_send_bw
+/// The cases, for one router mode.
+macro_rules! perftest_cases {
+    ($router_args:expr) => {
+        use super::*;
 
-#[test]
-fn send_bw() {
-    let run = perftest("ib_send_bw", &["-F", "-n", "200"]);
-    assert_one_row(&run, 65536, 200);
-    // The send_bw server measures the receiving side and prints it too.
-    let srv = parse_perftest_table(&run.server).expect("server table");
-    check_perftest_table(&srv).unwrap();
+        fn perftest(prog: &str, args: &[&str]) -> Run {
+            perftest_in($router_args, prog, args)
+        }
+
+        // ---------------------------------------------------------------- ib_send_bw
+
+        #[test]
+        fn send_bw() {
+            let run = perftest("ib_send_bw", &["-F", "-n", "200"]);
+            assert_one_row(&run, 65536, 200);
+            // The send_bw server measures the receiving side and prints it too.
+            let srv = parse_perftest_table(&run.server).expect("server table");
+            check_perftest_table(&srv).unwrap();
+        }
+
+        #[test]
+        fn send_bw_all_sizes() {
+            let run = perftest("ib_send_bw", &["-F", "-a", "-n", "50"]);
+            assert_all_sizes(&run, 50);
+        }
+
+        #[test]
+        fn send_bw_size_gbits() {
+            let run = perftest(
+                "ib_send_bw",
+                &["-F", "-s", "1024", "-n", "500", "--report_gbits"],
+            );
+            assert_one_row(&run, 1024, 500);
+            assert_gbits(&run);
+        }
+
+        #[test]
+        fn send_bw_two_qps() {
+            let run = perftest("ib_send_bw", &["-F", "-q", "2", "-n", "200"]);
+            assert_eq!(run.table.sizes(), [65536]);
+        }
+
+        #[test]
+        fn send_bw_bidirectional() {
+            let run = perftest("ib_send_bw", &["-F", "-b", "-s", "8192", "-n", "200"]);
+            assert_eq!(run.table.sizes(), [8192]);
+            let srv = parse_perftest_table(&run.server).expect("server table with -b");
+            check_perftest_table(&srv).unwrap();
+        }
+
+        #[test]
+        fn send_bw_srq() {
+            let run = perftest("ib_send_bw", &["-F", "--use-srq", "-n", "200"]);
+            assert_one_row(&run, 65536, 200);
+        }
+
+        #[test]
+        fn send_bw_ud() {
+            // UD messages are limited to the MTU (4096).
+            let run = perftest("ib_send_bw", &["-F", "-c", "UD", "-s", "2048", "-n", "200"]);
+            assert_one_row(&run, 2048, 200);
+        }
+
+        #[test]
+        fn send_bw_events() {
+            // -e sleeps on completion channels (DESIGN.md section 6).
+            let run = perftest("ib_send_bw", &["-F", "-e", "-n", "200"]);
+            assert_one_row(&run, 65536, 200);
+        }
+
+        // --------------------------------------------------------------- ib_send_lat
+
+        #[test]
+        fn send_lat() {
+            let run = perftest("ib_send_lat", &["-F", "-n", "200"]);
+            assert_one_row(&run, 2, 200);
+        }
+
+        #[test]
+        fn send_lat_events() {
+            // -e: both sides sleep on completion channels between messages.
+            let run = perftest("ib_send_lat", &["-F", "-e", "-n", "200"]);
+            assert_one_row(&run, 2, 200);
+        }
+
+        #[test]
+        fn send_lat_all_sizes() {
+            let run = perftest("ib_send_lat", &["-F", "-a", "-n", "50"]);
+            assert_all_sizes(&run, 50);
+        }
+
+        #[test]
+        fn send_lat_inline() {
+            let run = perftest("ib_send_lat", &["-F", "-s", "64", "-I", "64", "-n", "200"]);
+            assert_one_row(&run, 64, 200);
+        }
+
+        #[test]
+        fn send_lat_ud() {
+            let run = perftest(
+                "ib_send_lat",
+                &["-F", "-c", "UD", "-s", "1024", "-n", "200"],
+            );
+            assert_one_row(&run, 1024, 200);
+        }
+
+        // --------------------------------------------------------------- ib_write_bw
+
+        #[test]
+        fn write_bw() {
+            let run = perftest("ib_write_bw", &["-F", "-n", "500"]);
+            assert_one_row(&run, 65536, 500);
+        }
+
+        #[test]
+        fn write_bw_all_sizes() {
+            let run = perftest("ib_write_bw", &["-F", "-a", "-n", "50"]);
+            assert_all_sizes(&run, 50);
+        }
+
+        #[test]
+        fn write_bw_two_qps_gbits() {
+            let run = perftest(
+                "ib_write_bw",
+                &["-F", "-q", "2", "-s", "4096", "-n", "500", "--report_gbits"],
+            );
+            assert_eq!(run.table.sizes(), [4096]);
+            assert_gbits(&run);
+        }
+
+        #[test]
+        fn write_bw_bidirectional() {
+            let run = perftest("ib_write_bw", &["-F", "-b", "-n", "300"]);
+            assert_eq!(run.table.sizes(), [65536]);
+        }
+
+        #[test]
+        fn write_bw_duration() {
+            // -D: run for 2 seconds instead of a fixed number of iterations.
+            let run = perftest("ib_write_bw", &["-F", "-D", "2", "-s", "4096"]);
+            assert_eq!(run.table.sizes(), [4096]);
+        }
+
+        // -------------------------------------------------------------- ib_write_lat
+
+        #[test]
+        fn write_lat() {
+            let run = perftest("ib_write_lat", &["-F", "-n", "200"]);
+            assert_one_row(&run, 2, 200);
+        }
+
+        #[test]
+        fn write_lat_all_sizes() {
+            let run = perftest("ib_write_lat", &["-F", "-a", "-n", "50"]);
+            assert_all_sizes(&run, 50);
+        }
+
+        #[test]
+        fn write_lat_inline() {
+            let run = perftest("ib_write_lat", &["-F", "-s", "32", "-I", "32", "-n", "200"]);
+            assert_one_row(&run, 32, 200);
+        }
+
+        // ---------------------------------------------------------------- ib_read_bw
+
+        #[test]
+        fn read_bw() {
+            let run = perftest("ib_read_bw", &["-F", "-n", "200"]);
+            assert_one_row(&run, 65536, 200);
+        }
+
+        #[test]
+        fn read_bw_all_sizes() {
+            let run = perftest("ib_read_bw", &["-F", "-a", "-n", "50"]);
+            assert_all_sizes(&run, 50);
+        }
+
+        #[test]
+        fn read_bw_two_qps_outstanding() {
+            let run = perftest(
+                "ib_read_bw",
+                &["-F", "-q", "2", "-o", "4", "-s", "16384", "-n", "200"],
+            );
+            assert_eq!(run.table.sizes(), [16384]);
+        }
+
+        #[test]
+        fn read_bw_bidirectional_gbits() {
+            let run = perftest("ib_read_bw", &["-F", "-b", "-n", "200", "--report_gbits"]);
+            assert_eq!(run.table.sizes(), [65536]);
+            assert_gbits(&run);
+        }
+
+        // --------------------------------------------------------------- ib_read_lat
+
+        #[test]
+        fn read_lat() {
+            let run = perftest("ib_read_lat", &["-F", "-n", "200"]);
+            assert_one_row(&run, 2, 200);
+        }
+
+        #[test]
+        fn read_lat_all_sizes() {
+            let run = perftest("ib_read_lat", &["-F", "-a", "-n", "50"]);
+            assert_all_sizes(&run, 50);
+        }
+
+        #[test]
+        fn read_lat_size() {
+            let run = perftest("ib_read_lat", &["-F", "-s", "4096", "-n", "200"]);
+            assert_one_row(&run, 4096, 200);
+        }
+
+        // ------------------------------------------------------------------ atomics
+
+        #[test]
+        fn atomic_bw_fetch_add() {
+            let run = perftest("ib_atomic_bw", &["-F", "-n", "200"]);
+            assert_one_row(&run, 8, 200);
+        }
+
+        #[test]
+        fn atomic_bw_cmp_swap() {
+            let run = perftest("ib_atomic_bw", &["-F", "-A", "CMP_AND_SWAP", "-n", "200"]);
+            assert_one_row(&run, 8, 200);
+        }
+
+        #[test]
+        fn atomic_lat() {
+            let run = perftest("ib_atomic_lat", &["-F", "-n", "200"]);
+            assert_one_row(&run, 8, 200);
+        }
+    };
 }
 
-#[test]
-fn send_bw_all_sizes() {
-    let run = perftest("ib_send_bw", &["-F", "-a", "-n", "50"]);
-    assert_all_sizes(&run, 50);
+mod isolated {
+    perftest_cases!(&[]);
 }
 
-#[test]
-fn send_bw_size_gbits() {
-    let run = perftest(
-        "ib_send_bw",
-        &["-F", "-s", "1024", "-n", "500", "--report_gbits"],
-    );
-    assert_one_row(&run, 1024, 500);
-    assert_gbits(&run);
-}
-
-#[test]
-fn send_bw_two_qps() {
-    let run = perftest("ib_send_bw", &["-F", "-q", "2", "-n", "200"]);
-    assert_eq!(run.table.sizes(), [65536]);
-}
-
-#[test]
-fn send_bw_bidirectional() {
-    let run = perftest("ib_send_bw", &["-F", "-b", "-s", "8192", "-n", "200"]);
-    assert_eq!(run.table.sizes(), [8192]);
-    let srv = parse_perftest_table(&run.server).expect("server table with -b");
-    check_perftest_table(&srv).unwrap();
-}
-
-#[test]
-fn send_bw_srq() {
-    let run = perftest("ib_send_bw", &["-F", "--use-srq", "-n", "200"]);
-    assert_one_row(&run, 65536, 200);
-}
-
-#[test]
-fn send_bw_ud() {
-    // UD messages are limited to the MTU (4096).
-    let run = perftest("ib_send_bw", &["-F", "-c", "UD", "-s", "2048", "-n", "200"]);
-    assert_one_row(&run, 2048, 200);
-}
-
-#[test]
-fn send_bw_events() {
-    // -e sleeps on completion channels (DESIGN.md section 6).
-    let run = perftest("ib_send_bw", &["-F", "-e", "-n", "200"]);
-    assert_one_row(&run, 65536, 200);
-}
-
-// --------------------------------------------------------------- ib_send_lat
-
-#[test]
-fn send_lat() {
-    let run = perftest("ib_send_lat", &["-F", "-n", "200"]);
-    assert_one_row(&run, 2, 200);
-}
-
-#[test]
-fn send_lat_events() {
-    // -e: both sides sleep on completion channels between messages.
-    let run = perftest("ib_send_lat", &["-F", "-e", "-n", "200"]);
-    assert_one_row(&run, 2, 200);
-}
-
-#[test]
-fn send_lat_all_sizes() {
-    let run = perftest("ib_send_lat", &["-F", "-a", "-n", "50"]);
-    assert_all_sizes(&run, 50);
-}
-
-#[test]
-fn send_lat_inline() {
-    let run = perftest("ib_send_lat", &["-F", "-s", "64", "-I", "64", "-n", "200"]);
-    assert_one_row(&run, 64, 200);
-}
-
-#[test]
-fn send_lat_ud() {
-    let run = perftest(
-        "ib_send_lat",
-        &["-F", "-c", "UD", "-s", "1024", "-n", "200"],
-    );
-    assert_one_row(&run, 1024, 200);
-}
-
-// --------------------------------------------------------------- ib_write_bw
-
-#[test]
-fn write_bw() {
-    let run = perftest("ib_write_bw", &["-F", "-n", "500"]);
-    assert_one_row(&run, 65536, 500);
-}
-
-#[test]
-fn write_bw_all_sizes() {
-    let run = perftest("ib_write_bw", &["-F", "-a", "-n", "50"]);
-    assert_all_sizes(&run, 50);
-}
-
-#[test]
-fn write_bw_two_qps_gbits() {
-    let run = perftest(
-        "ib_write_bw",
-        &["-F", "-q", "2", "-s", "4096", "-n", "500", "--report_gbits"],
-    );
-    assert_eq!(run.table.sizes(), [4096]);
-    assert_gbits(&run);
-}
-
-#[test]
-fn write_bw_bidirectional() {
-    let run = perftest("ib_write_bw", &["-F", "-b", "-n", "300"]);
-    assert_eq!(run.table.sizes(), [65536]);
-}
-
-#[test]
-fn write_bw_duration() {
-    // -D: run for 2 seconds instead of a fixed number of iterations.
-    let run = perftest("ib_write_bw", &["-F", "-D", "2", "-s", "4096"]);
-    assert_eq!(run.table.sizes(), [4096]);
-}
-
-// -------------------------------------------------------------- ib_write_lat
-
-#[test]
-fn write_lat() {
-    let run = perftest("ib_write_lat", &["-F", "-n", "200"]);
-    assert_one_row(&run, 2, 200);
-}
-
-#[test]
-fn write_lat_all_sizes() {
-    let run = perftest("ib_write_lat", &["-F", "-a", "-n", "50"]);
-    assert_all_sizes(&run, 50);
-}
-
-#[test]
-fn write_lat_inline() {
-    let run = perftest("ib_write_lat", &["-F", "-s", "32", "-I", "32", "-n", "200"]);
-    assert_one_row(&run, 32, 200);
-}
-
-// ---------------------------------------------------------------- ib_read_bw
-
-#[test]
-fn read_bw() {
-    let run = perftest("ib_read_bw", &["-F", "-n", "200"]);
-    assert_one_row(&run, 65536, 200);
-}
-
-#[test]
-fn read_bw_all_sizes() {
-    let run = perftest("ib_read_bw", &["-F", "-a", "-n", "50"]);
-    assert_all_sizes(&run, 50);
-}
-
-#[test]
-fn read_bw_two_qps_outstanding() {
-    let run = perftest(
-        "ib_read_bw",
-        &["-F", "-q", "2", "-o", "4", "-s", "16384", "-n", "200"],
-    );
-    assert_eq!(run.table.sizes(), [16384]);
-}
-
-#[test]
-fn read_bw_bidirectional_gbits() {
-    let run = perftest("ib_read_bw", &["-F", "-b", "-n", "200", "--report_gbits"]);
-    assert_eq!(run.table.sizes(), [65536]);
-    assert_gbits(&run);
-}
-
-// --------------------------------------------------------------- ib_read_lat
-
-#[test]
-fn read_lat() {
-    let run = perftest("ib_read_lat", &["-F", "-n", "200"]);
-    assert_one_row(&run, 2, 200);
-}
-
-#[test]
-fn read_lat_all_sizes() {
-    let run = perftest("ib_read_lat", &["-F", "-a", "-n", "50"]);
-    assert_all_sizes(&run, 50);
-}
-
-#[test]
-fn read_lat_size() {
-    let run = perftest("ib_read_lat", &["-F", "-s", "4096", "-n", "200"]);
-    assert_one_row(&run, 4096, 200);
-}
-
-// ------------------------------------------------------------------ atomics
-
-#[test]
-fn atomic_bw_fetch_add() {
-    let run = perftest("ib_atomic_bw", &["-F", "-n", "200"]);
-    assert_one_row(&run, 8, 200);
-}
-
-#[test]
-fn atomic_bw_cmp_swap() {
-    let run = perftest("ib_atomic_bw", &["-F", "-A", "CMP_AND_SWAP", "-n", "200"]);
-    assert_one_row(&run, 8, 200);
-}
-
-#[test]
-fn atomic_lat() {
-    let run = perftest("ib_atomic_lat", &["-F", "-n", "200"]);
-    assert_one_row(&run, 8, 200);
+mod semi {
+    perftest_cases!(&["--mode", "semi"]);
 }

@@ -327,7 +327,8 @@ fn handles_and_limits_are_checked() {
             pd: pd_a,
             addr: 0x1000,
             length: 10,
-            access: 1
+            access: 1,
+            runs: vec![],
         }),
         libc::EINVAL
     );
@@ -338,7 +339,8 @@ fn handles_and_limits_are_checked() {
             pd: pd_b,
             addr: 0x10,
             length: 4096,
-            access: 1
+            access: 1,
+            runs: vec![],
         }),
         libc::EFAULT
     );
@@ -347,7 +349,8 @@ fn handles_and_limits_are_checked() {
             pd: pd_b,
             addr: u64::MAX - 5,
             length: 100,
-            access: 1
+            access: 1,
+            runs: vec![],
         }),
         libc::EINVAL
     );
@@ -356,7 +359,8 @@ fn handles_and_limits_are_checked() {
             pd: pd_b,
             addr: 0x1000,
             length: 8,
-            access: IBV_ACCESS_REMOTE_WRITE
+            access: IBV_ACCESS_REMOTE_WRITE,
+            runs: vec![],
         }),
         libc::EINVAL
     );
@@ -541,6 +545,7 @@ fn rkeys_of_other_tenants_are_refused() {
         addr: secret.as_ptr() as u64,
         length: 4096,
         access: IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ,
+        runs: vec![],
     });
     let Reply::Mr { rkey: b_rkey, .. } = r else {
         panic!()

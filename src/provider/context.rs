@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
 
 use super::ffi::{guard, null_with};
+use super::semi::SemiContext;
 use super::send_slots::SendQueues;
 use super::verbs;
 use super::watcher::{self, Watcher};
@@ -18,7 +19,7 @@ use crate::fv_log;
 use crate::sys::*;
 use crate::wire::control::{self, Reply, Request, WireError};
 use crate::wire::limits::*;
-use crate::wire::segment::{Mapping, SessionHeader};
+use crate::wire::segment::{Mapping, SessionHeader, KEY_TABLE_SIZE};
 use crate::wire::VERSION;
 
 /// The provider's context block, allocated by libibverbs
@@ -37,12 +38,17 @@ pub struct ContextInner {
     pub gid: [u8; 16],
     /// Send-queue occupancy of this context's QPs, by QP number.
     pub send_queues: SendQueues,
+    /// Semi mode (the router said so at Hello): see `provider::semi`.
+    pub semi: Option<SemiContext>,
     /// The thread that serves the router's events and notices its death.
     watcher: Option<Watcher>,
 }
 
 impl Drop for ContextInner {
     fn drop(&mut self) {
+        if let Some(s) = &self.semi {
+            s.stop();
+        }
         if let Some(w) = self.watcher.take() {
             w.stop();
         }
@@ -55,8 +61,17 @@ pub type Errno = i32;
 impl ContextInner {
     /// Sends a request and waits for its reply.
     pub fn call(&self, request: &Request) -> Result<(Reply, Vec<OwnedFd>), Errno> {
+        self.call_passing(request, &[])
+    }
+
+    /// As [`ContextInner::call`], passing `fds` with the request.
+    pub fn call_passing(
+        &self,
+        request: &Request,
+        fds: &[i32],
+    ) -> Result<(Reply, Vec<OwnedFd>), Errno> {
         let sock = self.client.lock().unwrap_or_else(|e| e.into_inner());
-        control::send(sock.as_fd(), request, &[]).map_err(wire_errno)?;
+        control::send(sock.as_fd(), request, fds).map_err(wire_errno)?;
         let (reply, fds) =
             control::recv::<Reply>(sock.as_fd(), MsgFlags::empty()).map_err(wire_errno)?;
         match reply {
@@ -76,6 +91,12 @@ impl ContextInner {
     /// After publishing work on a ring: wake the router if it said it
     /// sleeps. The SeqCst fence pairs with the router's (see the router's
     /// event loop): either it sees our producer index or we see its flag.
+    /// Wakes the router unconditionally (semi mode: a completion event to
+    /// write).
+    pub fn wake_router(&self) {
+        let _ = nix::unistd::write(&self.doorbell, &1u64.to_ne_bytes());
+    }
+
     pub fn ring_doorbell(&self) {
         fence(Ordering::SeqCst);
         if self.session().router_sleeping.load(Ordering::Relaxed) != 0 {
@@ -168,8 +189,9 @@ fn connect(device: *mut ibv_device) -> Result<Connected, Errno> {
             gid,
             session_segment_size,
             cmd_file,
+            semi,
             ..
-        } if fds.len() == 2 => (gid, session_segment_size, cmd_file),
+        } if fds.len() == 2 + usize::from(semi) => (gid, session_segment_size, cmd_file),
         Reply::Error { errno, message } => {
             fv_log!(1, "router refused the session: {message}");
             return Err(errno);
@@ -178,6 +200,15 @@ fn connect(device: *mut ibv_device) -> Result<Connected, Errno> {
             fv_log!(1, "unexpected reply to Hello: {other:?}");
             return Err(libc::EPROTO);
         }
+    };
+    let key_table = if fds.len() == 3 {
+        let fd = fds.pop().expect("three fds");
+        Some(
+            Mapping::map_read_only(&fd, KEY_TABLE_SIZE)
+                .map_err(|e| e.raw_os_error().unwrap_or(libc::ENOMEM))?,
+        )
+    } else {
+        None
     };
     let doorbell = fds.pop().expect("two fds");
     let segment = fds.pop().expect("two fds");
@@ -212,6 +243,7 @@ fn connect(device: *mut ibv_device) -> Result<Connected, Errno> {
     Ok(Connected {
         inner: ContextInner {
             send_queues: SendQueues::default(),
+            semi: key_table.map(SemiContext::new),
             client: Mutex::new(sock),
             session,
             doorbell,

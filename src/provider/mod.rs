@@ -9,10 +9,14 @@
 //!   with the router.
 //! - [`verbs`]: PD, MR, CQ and QP verbs, posting and polling.
 //! - [`send_slots`]: send-queue occupancy as applications see it.
+//! - [`arena`], [`semi`]: semi mode (registered pages in a shared memfd;
+//!   the sender's data path).
 
+pub mod arena;
 pub mod context;
 pub mod ffi;
 pub mod log;
+pub mod semi;
 pub mod send_slots;
 pub mod verbs;
 pub mod watcher;

@@ -22,7 +22,7 @@ pub struct Answer {
 }
 
 impl Answer {
-    fn ok(reply: Reply) -> Answer {
+    pub(super) fn ok(reply: Reply) -> Answer {
         Answer {
             reply,
             fds: Vec::new(),
@@ -30,7 +30,7 @@ impl Answer {
     }
 }
 
-fn err(errno: i32, message: impl Into<String>) -> Answer {
+pub(super) fn err(errno: i32, message: impl Into<String>) -> Answer {
     let message = message.into();
     debug!("request refused ({errno}): {message}");
     Answer::ok(Reply::Error { errno, message })
@@ -54,7 +54,13 @@ fn owned<T>(
     map.get(&handle).is_some_and(|v| owner(v) == session)
 }
 
-pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answer {
+pub fn handle(
+    engine: &mut Engine,
+    session: SessionId,
+    request: Request,
+    mut fds: Vec<OwnedFd>,
+) -> Answer {
+    let semi = engine.key_table.is_some();
     let t = &mut engine.tables;
     match request {
         Request::Hello { .. } => err(libc::EPROTO, "session already established"),
@@ -91,6 +97,7 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
             addr,
             length,
             access,
+            runs,
         } => {
             if !owned(&t.pds, pd, session, |p| p.session) {
                 return err(libc::EINVAL, "no such protection domain");
@@ -130,8 +137,31 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
                     );
                 }
             }
+            if !runs.is_empty() {
+                if !semi {
+                    return err(libc::EINVAL, "arena runs outside semi mode");
+                }
+                if let Err(why) = super::semi::check_runs(addr, length, &runs) {
+                    return err(libc::EINVAL, why);
+                }
+                if let Some(fd) = fds.pop() {
+                    t.sessions.get_mut(&session).expect("session").arena = Some(fd);
+                }
+                if t.sessions[&session].arena.is_none() {
+                    return err(libc::EINVAL, "arena runs without an arena");
+                }
+            }
             let mr = t.handle();
             let key = t.new_key();
+            let slot = if runs.is_empty() {
+                None
+            } else {
+                match engine.key_table.as_mut().and_then(|k| k.add(key)) {
+                    Some(s) => Some(s),
+                    None => return err(libc::ENOMEM, "key table full"),
+                }
+            };
+            let t = &mut engine.tables;
             t.keys.insert(key, mr);
             t.mrs.insert(
                 mr,
@@ -143,6 +173,8 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
                     access,
                     lkey: key,
                     rkey: key,
+                    slot,
+                    runs,
                 },
             );
             Answer::ok(Reply::Mr {
@@ -153,9 +185,12 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
         }
         Request::DeregMr { mr } => match t.mrs.get(&mr) {
             Some(m) if m.session == session => {
-                let key = m.lkey;
+                let (key, slot) = (m.lkey, m.slot);
                 t.keys.remove(&key);
                 t.mrs.remove(&mr);
+                if let (Some(slot), Some(k)) = (slot, engine.key_table.as_mut()) {
+                    k.remove(slot);
+                }
                 Answer::ok(Reply::Done)
             }
             _ => err(libc::EINVAL, "no such memory region"),
@@ -182,8 +217,11 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
                 Err(e) => return err(libc::ENOMEM, format!("CQ segment: {e}")),
             };
             let cq = t.handle();
-            t.cqs
-                .insert(cq, Cq::new(session, map, layout, channel, cookie));
+            let mut c = Cq::new(session, map, layout, channel, cookie);
+            if semi {
+                c.segment_fd = fd.try_clone().ok();
+            }
+            t.cqs.insert(cq, c);
             Answer {
                 reply: Reply::Cq {
                     cq,
@@ -266,6 +304,9 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
                 session, pd, kind, qpn, send_cq, recv_cq, srq, caps, sq_sig_all, map, layout,
             );
             q.cookie = cookie;
+            if semi {
+                q.segment_fd = fd.try_clone().ok();
+            }
             t.qps.insert(qp, q);
             Answer {
                 reply: Reply::Qp {
@@ -375,6 +416,9 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
             qp_state::apply(&mut q.attr, &attr, mask);
             let prev = q.state();
             q.set_state(next);
+            if next == qp_state::RESET {
+                q.semi = false;
+            }
             if next == qp_state::RESET && prev != qp_state::RESET {
                 let caps = q.caps;
                 q.attr = crate::wire::control::QpAttr {
@@ -386,8 +430,20 @@ pub fn handle(engine: &mut Engine, session: SessionId, request: Request) -> Answ
             if next == qp_state::ERR && prev != qp_state::ERR {
                 engine.entered_error(qp);
             }
+            engine.publish_responder_attrs(qp);
+            if next == qp_state::RTR && prev != qp_state::RTR {
+                if let Some(a) = engine.connect_semi(qp) {
+                    return a;
+                }
+            }
             Answer::ok(Reply::Done)
         }
+        Request::ResolveKey { qp, key } => engine.resolve_key(session, qp, key),
+        Request::SemiError {
+            qp,
+            own,
+            peer_event,
+        } => engine.semi_error(session, qp, own, peer_event),
         Request::QueryQp { qp } => match t.qps.get(&qp).filter(|q| q.session == session) {
             Some(q) => {
                 let mut attr = q.attr;

@@ -35,6 +35,8 @@ pub struct Engine {
     /// Connections to the routers of other hosts (None: this host only).
     pub links: Option<Links>,
     remote: remote::Remote,
+    /// Semi mode (`router::semi`): the table of live keys.
+    pub key_table: Option<super::semi::KeyTable>,
 }
 
 /// Where a message's bytes come from.
@@ -85,7 +87,7 @@ fn grh(sgid: &[u8; 16], dgid: &[u8; 16], payload_len: u32) -> [u8; 40] {
 const SL_IPV4_GRH: u8 = 2;
 
 /// The two work queues of a QP.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Queue {
     Send,
     Recv,
@@ -107,7 +109,7 @@ enum CopyError {
     Destination,
 }
 
-fn wc_opcode(wr_opcode: u32) -> Option<u32> {
+pub fn wc_opcode(wr_opcode: u32) -> Option<u32> {
     Some(match wr_opcode {
         IBV_WR_SEND | IBV_WR_SEND_WITH_IMM => IBV_WC_SEND,
         IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM => IBV_WC_RDMA_WRITE,
@@ -131,6 +133,7 @@ impl Engine {
             rotation: 0,
             links: None,
             remote: remote::Remote::default(),
+            key_table: None,
         }
     }
 
@@ -146,6 +149,7 @@ impl Engine {
             let k = self.rotation % handles.len();
             handles.rotate_left(k);
         }
+        self.fire_events();
         let mut progress = self.pump_links(now);
         for &h in &handles {
             progress |= self.service_qp(h, now);
@@ -181,6 +185,7 @@ impl Engine {
         };
         match qp.state() {
             ERR => self.flush(h),
+            RTS | SQD if qp.semi => false,
             RTS | SQD => self.run_send_queue(h, now),
             _ => false,
         }
@@ -236,6 +241,9 @@ impl Engine {
     fn flush_queue(&mut self, h: u32, queue: Queue) -> bool {
         let mut progress = false;
         loop {
+            if queue == Queue::Recv {
+                self.sync_rq(h);
+            }
             let qp = &self.tables.qps[&h];
             let (pending, cq) = match queue {
                 Queue::Send => (qp.sq_pending(), qp.send_cq),
@@ -266,10 +274,34 @@ impl Engine {
             };
             match queue {
                 Queue::Send => cqe.sq_index = self.consume_send(h),
+                Queue::Recv if self.key_table.is_some() => {
+                    // Semi mode: a peer's provider may take it meanwhile.
+                    let qp = self.tables.qps.get_mut(&h).expect("qp");
+                    if !qp.header().rq.claim_consumer(qp.rq_consumer) {
+                        continue;
+                    }
+                    qp.rq_consumer = qp.rq_consumer.wrapping_add(1);
+                }
                 Queue::Recv => self.consume_recv(h),
             }
             self.push_cqe(cq, &cqe);
             progress = true;
+        }
+    }
+
+    /// Semi mode: a QP's own receive queue is also taken by its peer's
+    /// provider (`router::semi`), so the router reads the shared consumer
+    /// index before it looks at the queue.
+    fn sync_rq(&mut self, h: u32) {
+        if self.key_table.is_none() {
+            return;
+        }
+        if let Some(qp) = self.tables.qps.get_mut(&h).filter(|q| q.srq == 0) {
+            let c = qp.header().rq.consumer();
+            let n = qp.header().rq.producer().wrapping_sub(c);
+            if n <= qp.rq.capacity() {
+                qp.rq_consumer = c;
+            }
         }
     }
 
@@ -803,6 +835,7 @@ impl Engine {
         let mut recv: Option<RecvWqe> = None;
         let mut recv_max_sge = 0;
         if consumes_recv {
+            self.sync_rq(hb);
             match self.recv_pending(hb) {
                 None => {
                     self.recv_violation(hb);
@@ -1134,6 +1167,14 @@ impl Engine {
         self.forget_remote(h);
         if let Some(qp) = self.tables.qps.remove(&h) {
             self.tables.qpns.remove(&qp.qpn);
+            // Semi-mode senders may still map its segment: no longer a
+            // responder for them.
+            qp.header()
+                .state
+                .store(RESET, std::sync::atomic::Ordering::Release);
+            qp.header()
+                .path_local
+                .store(0, std::sync::atomic::Ordering::Release);
         }
     }
 

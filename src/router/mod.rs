@@ -10,6 +10,7 @@ pub mod memory;
 pub mod objects;
 pub mod qp_state;
 pub mod registry;
+pub mod semi;
 mod server;
 pub mod sysfs;
 pub mod transport;
@@ -21,7 +22,7 @@ use std::path::PathBuf;
 pub enum Mode {
     /// The router copies between memory regions; full isolation.
     Isolated,
-    /// Providers write straight into their peers' memory (not yet supported).
+    /// Providers write straight into their peers' memory (`semi`).
     Semi,
 }
 
@@ -39,8 +40,5 @@ pub struct Config {
 
 /// Runs the router in the foreground until SIGTERM or SIGINT.
 pub fn run(config: Config) -> anyhow::Result<()> {
-    if config.mode == Mode::Semi {
-        anyhow::bail!("--mode semi is not supported yet; run the router in isolated mode");
-    }
     server::Server::start(&config)?.run()
 }

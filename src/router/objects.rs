@@ -34,6 +34,8 @@ pub struct Session {
     /// Completion channels: the read end's fd number in the client → the
     /// write end (nonblocking).
     pub channels: HashMap<i32, OwnedFd>,
+    /// Semi mode: the memfd that holds the client's registered pages.
+    pub arena: Option<OwnedFd>,
 }
 
 impl Session {
@@ -56,6 +58,10 @@ pub struct Mr {
     pub access: u32,
     pub lkey: u32,
     pub rkey: u32,
+    /// Semi mode: the MR's slot in the key table and where its pages lie
+    /// in the owner's arena (None: not shared).
+    pub slot: Option<u32>,
+    pub runs: Vec<crate::wire::control::ArenaRun>,
 }
 
 impl Mr {
@@ -71,6 +77,8 @@ impl Mr {
 pub struct Cq {
     pub session: SessionId,
     pub segment: Mapping,
+    /// Semi mode: the segment's memfd, for the providers of senders.
+    pub segment_fd: Option<OwnedFd>,
     pub ring: RingSlots,
     /// The completion channel (its fd number in the client), if any.
     pub channel: Option<i32>,
@@ -100,6 +108,7 @@ impl Cq {
         Cq {
             session,
             segment,
+            segment_fd: None,
             ring,
             channel,
             cookie,
@@ -225,6 +234,10 @@ pub struct Qp {
     pub cookie: u64,
     /// Async events written for this QP.
     pub async_events: u32,
+    /// Semi mode: the segment's memfd, for the providers of senders.
+    pub segment_fd: Option<OwnedFd>,
+    /// Semi mode: the provider runs this QP's send queue (`router::semi`).
+    pub semi: bool,
 }
 
 impl Qp {
@@ -284,6 +297,8 @@ impl Qp {
             copied_to: 0,
             cookie: 0,
             async_events: 0,
+            segment_fd: None,
+            semi: false,
         }
     }
 

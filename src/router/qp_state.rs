@@ -52,6 +52,13 @@ impl QpKind {
             _ => None,
         }
     }
+    pub fn ibv_type(self) -> u32 {
+        match self {
+            QpKind::Rc => IBV_QPT_RC,
+            QpKind::Uc => IBV_QPT_UC,
+            QpKind::Ud => IBV_QPT_UD,
+        }
+    }
 }
 
 /// (required, optional) attribute masks for `cur -> next`, or None when the

@@ -165,11 +165,19 @@ impl Server {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        info!(
-            "router serving {} (GID ::ffff:{ip}), isolated mode",
-            socket_path.display()
-        );
         let mut engine = Engine::new(Tables::new());
+        if config.mode == super::Mode::Semi {
+            engine.key_table = Some(super::semi::KeyTable::new()?);
+        }
+        info!(
+            "router serving {} (GID ::ffff:{ip}), {} mode",
+            socket_path.display(),
+            if engine.key_table.is_some() {
+                "semi-isolated"
+            } else {
+                "isolated"
+            }
+        );
         if let Some(links) = links {
             epoll.add(links.fd(), EpollEvent::new(EpollFlags::EPOLLIN, LINKS))?;
             engine.links = Some(links);
@@ -387,7 +395,8 @@ impl Server {
     }
 
     /// Answers one request; false if the session must be closed. Only
-    /// Hello carries descriptors; any others are closed.
+    /// Hello and (semi mode) RegMr carry descriptors; any others are
+    /// closed.
     fn on_request(&mut self, session: SessionId, request: Request, fds: Vec<OwnedFd>) -> bool {
         let answer = if let Some(p) = self.pending.remove(&session) {
             match request {
@@ -437,7 +446,7 @@ impl Server {
                 }
             }
         } else {
-            handle(&mut self.engine, session, request)
+            handle(&mut self.engine, session, request, fds)
         };
         let Some(sock) = self.sock_of(session) else {
             return false;
@@ -529,20 +538,29 @@ impl Server {
                 async_events,
                 event_sock,
                 channels: HashMap::new(),
+                arena: None,
             },
         );
         self.engine.announce_gids();
         self.engine
             .post_async_event(AsyncTarget::Port(id, 1), IBV_EVENT_PORT_ACTIVE);
         let cmd_file = self.cmdfs.as_ref().map(|_| CmdFs::session_file(id));
+        let key_table_fd = match &self.engine.key_table {
+            Some(k) => Some(k.fd().try_clone_to_owned()?),
+            None => None,
+        };
         Ok(Answer {
             reply: Reply::Hello {
                 version: VERSION,
                 gid,
                 session_segment_size: SESSION_SEGMENT_SIZE as u64,
                 cmd_file,
+                semi: key_table_fd.is_some(),
             },
-            fds: vec![seg_fd, provider_doorbell],
+            fds: [seg_fd, provider_doorbell]
+                .into_iter()
+                .chain(key_table_fd)
+                .collect(),
         })
     }
 

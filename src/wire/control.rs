@@ -85,6 +85,18 @@ pub struct SessionStatus {
     pub srqs: u32,
 }
 
+/// Semi mode: where a run of a registered range lives in its owner's
+/// arena memfd (`addr` page-aligned, `len` a multiple of the page size).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArenaRun {
+    pub addr: u64,
+    pub len: u64,
+    pub offset: u64,
+}
+
+/// Most runs one semi-mode registration may have.
+pub const MAX_ARENA_RUNS: usize = 256;
+
 /// What a provider asks of the router.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -106,11 +118,31 @@ pub enum Request {
         pd: u32,
     },
     /// Registers `[addr, addr + length)` of the caller's address space.
+    /// Semi mode: `runs` say where the range's pages live in the caller's
+    /// arena (empty: not shared); the arena's memfd comes with the first
+    /// registration that uses it (and again whenever it is a new one).
     RegMr {
         pd: u32,
         addr: u64,
         length: u64,
         access: u32,
+        runs: Vec<ArenaRun>,
+    },
+    /// Semi mode: the MR behind `key` at the responder of the caller's QP
+    /// `qp` (an rkey of a request, or an lkey of the responder's receive),
+    /// answered with [`Reply::Key`].
+    ResolveKey {
+        qp: u32,
+        key: u32,
+    },
+    /// Semi mode: a request of the caller's QP `qp` failed. `own`: the QP
+    /// goes to the error state; `peer_event`: its responder does too, after
+    /// this affiliated async event (0: none, the error was reported on a
+    /// receive).
+    SemiError {
+        qp: u32,
+        own: bool,
+        peer_event: Option<u32>,
     },
     DeregMr {
         mr: u32,
@@ -185,6 +217,8 @@ pub enum Reply {
         gid: [u8; 16],
         session_segment_size: u64,
         cmd_file: Option<String>,
+        /// Semi mode: a third fd, the key table (`segment::KEY_TABLE_SIZE`).
+        semi: bool,
     },
     DeviceView {
         sysfs_path: String,
@@ -217,6 +251,25 @@ pub enum Reply {
     },
     QpAttr {
         attr: QpAttr,
+    },
+    /// Semi mode, answer to a modify to RTR: the caller's provider sends
+    /// to `peer_qpn` itself. Carries two fds: the peer's QP segment and its
+    /// receive CQ's segment.
+    SemiPeer {
+        peer_qpn: u32,
+        peer_session: u64,
+        sq_capacity: u32,
+        rq_capacity: u32,
+        cq_capacity: u32,
+    },
+    /// Carries one fd: the owner's arena.
+    Key {
+        addr: u64,
+        length: u64,
+        access: u32,
+        slot: u32,
+        owner: u64,
+        runs: Vec<ArenaRun>,
     },
     /// Carries one fd: the SRQ segment.
     Srq {
@@ -386,6 +439,7 @@ mod tests {
             addr: 0x1234,
             length: 99,
             access: 7,
+            runs: vec![],
         };
         send(a.as_fd(), &req, &[a.as_raw_fd()]).unwrap();
         let (got, fds): (Request, _) = recv(b.as_fd(), MsgFlags::empty()).unwrap();

@@ -271,6 +271,28 @@ impl Mapping {
         })
     }
 
+    /// Maps `len` bytes of `fd` shared, read-only.
+    pub fn map_read_only(fd: impl AsFd, len: usize) -> std::io::Result<Mapping> {
+        // SAFETY: a fresh mapping at an address of the kernel's choosing.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd.as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Mapping {
+            ptr: NonNull::new(ptr as *mut u8).expect("mmap returned NULL"),
+            len,
+        })
+    }
+
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }

@@ -969,7 +969,18 @@ impl FvPair {
 /// Starts a router, runs `prog -d fv0 -p <port> ARGS` as server and the same
 /// plus `host` as client, and asserts that both exit 0.
 pub fn run_fv0_pair(prog: &str, args: &[&str], host: &str, timeout_secs: u64) -> FvPair {
-    let router = Router::start();
+    run_fv0_pair_with(&[], prog, args, host, timeout_secs)
+}
+
+/// As [`run_fv0_pair`], on a router started with `router_args`.
+pub fn run_fv0_pair_with(
+    router_args: &[&str],
+    prog: &str,
+    args: &[&str],
+    host: &str,
+    timeout_secs: u64,
+) -> FvPair {
+    let router = Router::start_with(router_args);
     let port = free_port().to_string();
     let mut server = router.command(prog);
     server.args(["-d", "fv0", "-p", &port]).args(args);

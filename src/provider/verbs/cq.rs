@@ -138,10 +138,13 @@ pub(super) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, num_entries: i32, wc: *
         if num_entries <= 0 {
             return 0;
         }
-        let mut consumer = fcq.consumer.lock().unwrap_or_else(|e| e.into_inner());
-        let ring = CqRing::new(fcq.header(), fcq.ring);
         // SAFETY: the CQ's context is ours.
         let ctx = unsafe { inner((*cq).context) };
+        if let Some(semi) = ctx.semi.as_ref() {
+            semi.progress();
+        }
+        let mut consumer = fcq.consumer.lock().unwrap_or_else(|e| e.into_inner());
+        let ring = CqRing::new(fcq.header(), fcq.ring);
         let mut n = 0u32;
         while n < num_entries as u32 {
             let Some(c) = ring.peek(consumer.wrapping_add(n)) else {

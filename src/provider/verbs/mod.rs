@@ -23,17 +23,22 @@ use std::ptr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::arena::Arena;
 use super::context::{self, inner, map_segment, take_one_fd, ContextInner, Errno};
 use super::ffi::{guard, null_with};
+use super::semi::{LocalMr, NewPath, SemiPath};
 use super::send_slots::SendSlots;
+use crate::fv_log;
 use crate::sys::*;
 use crate::wire::control::{AddressVector, QpAttr, QpCaps, Reply, Request};
+use crate::wire::control::{ArenaRun, MAX_ARENA_RUNS};
 use crate::wire::cq_ring::CqRing;
 use crate::wire::entries::{RecvWqe, SendWqe, Sge, CQE_SIZE, RECV_WQE_SIZE, SEND_WQE_SIZE};
 use crate::wire::limits::*;
 use crate::wire::ring::RingIndices;
 use crate::wire::ring::RingSlots;
 use crate::wire::segment::{CqHeader, CqLayout, Mapping, QpHeader, QpLayout, SrqHeader, SrqLayout};
+use std::os::fd::AsRawFd;
 
 #[repr(transparent)]
 pub struct ContextOps(pub verbs_context_ops);

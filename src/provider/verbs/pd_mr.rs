@@ -56,14 +56,43 @@ pub(super) unsafe extern "C" fn reg_mr(
         }
         // SAFETY: pd is one of ours.
         let (ctx, pdh) = unsafe { ((*pd).context, (*pd).handle) };
+        // SAFETY: ctx is ours (the PD's).
+        let cx = unsafe { inner(ctx) };
+        let (runs, arena_fd) = semi_share(cx, addr as u64, length as u64);
         let req = Request::RegMr {
             pd: pdh,
             addr: addr as u64,
             length: length as u64,
             access: access as u32,
+            runs,
         };
-        match call(ctx, &req) {
+        let fds: Vec<i32> = arena_fd.into_iter().collect();
+        match cx.call_passing(&req, &fds) {
             Ok((Reply::Mr { mr, lkey, rkey }, _)) => {
+                if let Some(semi) = cx.semi.as_ref() {
+                    if !fds.is_empty() {
+                        if let Some(a) = semi
+                            .arena
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .as_mut()
+                        {
+                            a.announced = true;
+                        }
+                    }
+                    semi.local_mrs
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(
+                            lkey,
+                            LocalMr {
+                                pd: pdh,
+                                addr: addr as u64,
+                                length: length as u64,
+                                access: access as u32,
+                            },
+                        );
+                }
                 // SAFETY: verbs_mr is plain C data; zero is a valid start.
                 let mut v: Box<verbs_mr> = Box::new(unsafe { std::mem::zeroed() });
                 v.ibv_mr.context = ctx;
@@ -86,9 +115,22 @@ pub(super) unsafe extern "C" fn reg_mr(
 pub(super) unsafe extern "C" fn dereg_mr(vmr: *mut verbs_mr) -> i32 {
     guard(libc::EIO, || {
         // SAFETY: vmr is one of ours (reg_mr).
-        let (ctx, handle) = unsafe { ((*vmr).ibv_mr.context, (*vmr).ibv_mr.handle) };
+        let (ctx, handle, lkey) = unsafe {
+            (
+                (*vmr).ibv_mr.context,
+                (*vmr).ibv_mr.handle,
+                (*vmr).ibv_mr.lkey,
+            )
+        };
         match call(ctx, &Request::DeregMr { mr: handle }) {
             Ok(_) => {
+                // SAFETY: ctx is ours.
+                if let Some(semi) = unsafe { inner(ctx) }.semi.as_ref() {
+                    semi.local_mrs
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&lkey);
+                }
                 // SAFETY: allocated by reg_mr as a Box<verbs_mr>.
                 drop(unsafe { Box::from_raw(vmr) });
                 0
@@ -96,4 +138,42 @@ pub(super) unsafe extern "C" fn dereg_mr(vmr: *mut verbs_mr) -> i32 {
             Err(e) => e,
         }
     })
+}
+
+/// Semi mode: moves the pages of a registration into the arena; the runs
+/// for the router, and the arena's fd if the router does not have it yet.
+/// Pages that cannot be moved leave the region unshared (peers then get
+/// IBV_WC_REM_ACCESS_ERR for it); `reg_mr` itself still succeeds.
+fn semi_share(cx: &ContextInner, addr: u64, length: u64) -> (Vec<ArenaRun>, Option<i32>) {
+    let Some(semi) = cx.semi.as_ref() else {
+        return (Vec::new(), None);
+    };
+    if length == 0 {
+        return (Vec::new(), None);
+    }
+    let mut guard = semi.arena.lock().unwrap_or_else(|e| e.into_inner());
+    if guard.is_none() {
+        match Arena::new() {
+            Ok(a) => *guard = Some(a),
+            Err(e) => {
+                fv_log!(2, "semi mode: no arena ({e}); memory regions stay unshared");
+                return (Vec::new(), None);
+            }
+        }
+    }
+    let arena = guard.as_mut().expect("arena");
+    match arena.share(addr, length) {
+        Ok(runs) if runs.len() <= MAX_ARENA_RUNS => {
+            let fd = (!arena.announced).then(|| arena.fd().as_raw_fd());
+            (runs, fd)
+        }
+        Ok(_) => (Vec::new(), None),
+        Err(e) => {
+            fv_log!(
+                2,
+                "semi mode: region {addr:#x}+{length} stays unshared: {e}"
+            );
+            (Vec::new(), None)
+        }
+    }
 }

@@ -118,6 +118,10 @@ pub(super) unsafe extern "C" fn post_send(
         // SAFETY: qp is ours.
         let fqp = unsafe { FvQp::from_ibv(qp) };
         let state = fqp.current_state();
+        let semi = fqp.semi.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(path) = semi {
+            return post_send_semi(fqp, state, &path, wr, bad_wr);
+        }
         let mut producer = fqp.sq_producer.lock().unwrap_or_else(|e| e.into_inner());
         let start = *producer;
         let mut cur = wr;
@@ -162,6 +166,56 @@ pub(super) unsafe extern "C" fn post_send(
         }
         ret
     })
+}
+
+/// Semi mode: the provider runs the work requests itself
+/// (`provider::semi`); the same checks at posting as for the router.
+fn post_send_semi(
+    fqp: &FvQp,
+    state: u32,
+    path: &Arc<Mutex<SemiPath>>,
+    wr: *mut ibv_send_wr,
+    bad_wr: *mut *mut ibv_send_wr,
+) -> i32 {
+    let mut producer = fqp.sq_producer.lock().unwrap_or_else(|e| e.into_inner());
+    let mut p = path.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cur = wr;
+    let mut ret = 0;
+    let slots = fqp.sq.capacity().min(fqp.caps.max_send_wr.max(1));
+    while !cur.is_null() {
+        // SAFETY: the caller's chain of work requests.
+        let w = unsafe { &*cur };
+        if !matches!(state, IBV_QPS_RTS | IBV_QPS_SQD | IBV_QPS_SQE | IBV_QPS_ERR) {
+            ret = libc::EINVAL;
+            break;
+        }
+        if fqp.send_slots.in_use(*producer) >= slots {
+            ret = libc::ENOMEM;
+            break;
+        }
+        match build_send_wqe(fqp, w) {
+            Ok(wqe) => {
+                *producer = producer.wrapping_add(1);
+                p.post(wqe, *producer);
+            }
+            Err(e) => {
+                ret = e;
+                break;
+            }
+        }
+        cur = w.next;
+    }
+    if ret != 0 && !bad_wr.is_null() {
+        // SAFETY: the caller's out-pointer.
+        unsafe { *bad_wr = cur };
+    }
+    fqp.send_slots.posted(*producer);
+    drop(producer);
+    if state == IBV_QPS_ERR {
+        p.error = true;
+    }
+    p.run();
+    ret
 }
 
 /// A receive ring the provider posts to: a QP's own queue or an SRQ.

@@ -22,6 +22,11 @@ pub struct FvQp {
     pub(super) rq_producer: Mutex<u32>,
     /// Send slots as the application sees them (freed by polling).
     pub(super) send_slots: Arc<SendSlots>,
+    /// Semi mode: this provider runs the send queue (`provider::semi`).
+    pub(super) semi: Mutex<Option<Arc<Mutex<SemiPath>>>>,
+    /// timeout, retry_cnt, rnr_retry as last set (for the semi path).
+    pub(super) retry_attrs: Mutex<(u8, u8, u8)>,
+    pub(super) sq_sig_all: bool,
 }
 
 impl FvQp {
@@ -150,6 +155,9 @@ pub(super) unsafe extern "C" fn create_qp(
             sq_producer: Mutex::new(0),
             rq_producer: Mutex::new(0),
             send_slots: Arc::new(SendSlots::default()),
+            semi: Mutex::new(None),
+            retry_attrs: Mutex::new((0, 0, 0)),
+            sq_sig_all: a.sq_sig_all != 0,
         };
         let slots = b.send_slots.clone();
         let raw = slot.fill(b);
@@ -270,8 +278,21 @@ pub(super) unsafe extern "C" fn modify_qp(
             mask: mask as u32,
         };
         match fqp.context().call(&req) {
-            Ok(_) => {
-                if mask as u32 & IBV_QP_STATE != 0 {
+            Ok((reply, fds)) => {
+                let m = mask as u32;
+                let mut r = fqp.retry_attrs.lock().unwrap_or_else(|e| e.into_inner());
+                if m & IBV_QP_TIMEOUT != 0 {
+                    r.0 = a.timeout;
+                }
+                if m & IBV_QP_RETRY_CNT != 0 {
+                    r.1 = a.retry_cnt;
+                }
+                if m & IBV_QP_RNR_RETRY != 0 {
+                    r.2 = a.rnr_retry;
+                }
+                let retry = *r;
+                drop(r);
+                if m & IBV_QP_STATE != 0 {
                     if a.qp_state == IBV_QPS_RESET {
                         // The router discarded the queue (and its CQEs
                         // still in the CQ are stale for the slots).
@@ -280,11 +301,68 @@ pub(super) unsafe extern "C" fn modify_qp(
                     }
                     fqp.state.store(a.qp_state, Ordering::Release);
                 }
+                if let Err(e) = semi_after_modify(fqp, m, a.qp_state, retry, &reply, fds) {
+                    return e;
+                }
                 0
             }
             Err(e) => e,
         }
     })
+}
+
+/// Semi mode: the path a modify created (RTR), changed or ended.
+fn semi_after_modify(
+    fqp: &FvQp,
+    mask: u32,
+    state: u32,
+    retry: (u8, u8, u8),
+    reply: &Reply,
+    fds: Vec<OwnedFd>,
+) -> Result<(), Errno> {
+    let ctx = fqp.context();
+    let Some(semi) = ctx.semi.as_ref() else {
+        return Ok(());
+    };
+    let mut slot = fqp.semi.lock().unwrap_or_else(|e| e.into_inner());
+    if mask & IBV_QP_STATE != 0 && state == IBV_QPS_RESET {
+        if let Some(p) = slot.take() {
+            semi.retire(&p);
+        }
+    }
+    if let Reply::SemiPeer { .. } = reply {
+        // SAFETY: reading the ibv_qp we filled in create_qp; its send CQ
+        // is one of ours and outlives the QP.
+        let (qpn, qp_type, pd, scq) = unsafe {
+            let q = &fqp.vqp.__bindgen_anon_1.qp;
+            (
+                q.qp_num,
+                q.qp_type,
+                (*q.pd).handle,
+                FvCq::from_ibv(q.send_cq),
+            )
+        };
+        let n = NewPath {
+            qp_handle: fqp.handle(),
+            qpn,
+            uc: qp_type == IBV_QPT_UC,
+            pd,
+            sq_sig_all: fqp.sq_sig_all,
+            max_send_sge: fqp.caps.max_send_sge,
+            send_cq_header: scq.header() as *const CqHeader,
+            send_cq_slots: scq.ring,
+        };
+        *slot = Some(SemiPath::connect(ctx, n, reply, fds)?);
+    }
+    if let Some(p) = slot.as_ref() {
+        let mut path = p.lock().unwrap_or_else(|e| e.into_inner());
+        (path.timeout, path.retry_cnt, path.rnr_retry) = retry;
+        if mask & IBV_QP_STATE != 0 && state == IBV_QPS_ERR {
+            path.error = true;
+            path.run();
+        }
+    }
+    Ok(())
 }
 
 pub(super) unsafe extern "C" fn query_qp(
@@ -341,7 +419,7 @@ pub(super) unsafe extern "C" fn query_qp(
         init.srq = base.srq;
         init.cap = out.cap;
         init.qp_type = base.qp_type;
-        init.sq_sig_all = 0;
+        init.sq_sig_all = i32::from(fqp.sq_sig_all);
         fqp.state.store(q.qp_state, Ordering::Release);
         0
     })
@@ -356,6 +434,10 @@ pub(super) unsafe extern "C" fn destroy_qp(qp: *mut ibv_qp) -> i32 {
                 // SAFETY: reading the ibv_qp we filled in create_qp.
                 let qpn = unsafe { fqp.vqp.__bindgen_anon_1.qp.qp_num };
                 fqp.context().send_queues.remove(qpn);
+                let path = fqp.semi.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let (Some(p), Some(semi)) = (path, fqp.context().semi.as_ref()) {
+                    semi.retire(&p);
+                }
                 // SAFETY: allocated by create_qp as a Box<FvQp>; the mutex
                 // was initialised there and stays valid if the QP is kept.
                 unsafe {
