@@ -3,7 +3,7 @@
 //! RC QPs of one process connected to each other. One test per case; each
 //! case checks one area (data integrity per opcode, completion fields, error
 //! statuses, flushing, QP states, memory registration) against the man pages
-//! and the InfiniBand specification. The C program prints every failed check
+//! and the InfiniBand specification, in isolated and in semi mode. The C program prints every failed check
 //! with what it expected and what it got.
 
 mod common;
@@ -21,20 +21,65 @@ fn checker() -> &'static Path {
     CHECKER.path()
 }
 
-fn run_case(case: &str) {
+/// Runs one case on a fresh router started with `router_args`.
+fn run_case(router_args: &[&str], case: &str) {
     let exe = checker();
-    let router = Router::start();
+    let router = Router::start_with(router_args);
     run_c_case(exe, case, &router, CASE_TIMEOUT_SECS, "verbs");
+    if router_args.contains(&"semi") && DATA_CASES.contains(&case) {
+        assert!(
+            router.stderr().contains("semi path"),
+            "semi mode: case {case} did not take the semi path:\n{}",
+            router.stderr()
+        );
+    }
 }
+
+/// Cases that move data between two connected RC QPs: in semi mode they
+/// must have taken the providers' path (a silent fallback to the router's
+/// copy would test the wrong thing).
+const DATA_CASES: &[&str] = &[
+    "send",
+    "send_imm",
+    "write",
+    "write_imm",
+    "read",
+    "atomics",
+    "inline",
+    "large",
+    "unsignaled",
+    "completion_fields",
+    "bad_lkey",
+    "bad_rkey",
+    "remote_oob",
+    "remote_access",
+    "recv_too_small",
+    "flush",
+    "rnr_wait",
+];
 
 macro_rules! cases {
     ($($name:ident),* $(,)?; also $($other:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                run_case(stringify!($name));
-            }
-        )*
+        /// Every case with the router copying (isolated mode).
+        mod isolated {
+            $(
+                #[test]
+                fn $name() {
+                    super::run_case(&[], stringify!($name));
+                }
+            )*
+        }
+
+        /// Every case again in semi mode: the providers run the RC data
+        /// path themselves; the semantics must be the same.
+        mod semi {
+            $(
+                #[test]
+                fn $name() {
+                    super::run_case(&["--mode", "semi"], stringify!($name));
+                }
+            )*
+        }
 
         /// The C program and this file list the same cases.
         #[test]
