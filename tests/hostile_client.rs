@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::Router;
 use flowverbs::sys::*;
-use flowverbs::wire::control::{self, AddressVector, QpAttr, QpCaps, Reply, Request};
+use flowverbs::wire::control::{self, AddressVector, ArenaRun, QpAttr, QpCaps, Reply, Request};
+use flowverbs::wire::cq_ring::CqRing;
 use flowverbs::wire::entries::{Cqe, SendWqe, Sge, CQE_SIZE, SEND_WQE_SIZE};
 use flowverbs::wire::ring::RingSlots;
 use flowverbs::wire::segment::{CqHeader, CqLayout, Mapping, QpHeader, QpLayout};
@@ -71,7 +72,9 @@ impl Client {
         let Reply::Hello { cmd_file, .. } = reply else {
             panic!("{reply:?}")
         };
-        assert_eq!(fds.len(), 2);
+        // Semi mode adds the key table.
+        assert!(fds.len() == 2 || fds.len() == 3, "{} fds", fds.len());
+        fds.truncate(1);
         Client {
             sock,
             _segment: fds.pop(),
@@ -81,7 +84,11 @@ impl Client {
     }
 
     fn call(&mut self, req: &Request) -> (Reply, Vec<OwnedFd>) {
-        control::send(self.sock.as_fd(), req, &[]).unwrap();
+        self.call_passing(req, &[])
+    }
+
+    fn call_passing(&mut self, req: &Request, fds: &[i32]) -> (Reply, Vec<OwnedFd>) {
+        control::send(self.sock.as_fd(), req, fds).unwrap();
         control::recv::<Reply>(self.sock.as_fd(), MsgFlags::empty()).expect("router answers")
     }
 
@@ -232,8 +239,8 @@ fn post(map: &Mapping, layout: &QpLayout, index: u32, wqe: &SendWqe) {
 /// Waits (bounded) for `n` completions and returns them.
 fn completions(map: &Mapping, layout: &CqLayout, from: u32, n: u32) -> Vec<Cqe> {
     // SAFETY: the segment starts with a CqHeader and holds the ring after it.
-    let (hdr, ring) = unsafe {
-        (
+    let ring = unsafe {
+        CqRing::new(
             map.header::<CqHeader>(),
             RingSlots::new(
                 map.as_ptr().add(layout.ring_offset),
@@ -243,15 +250,20 @@ fn completions(map: &Mapping, layout: &CqLayout, from: u32, n: u32) -> Vec<Cqe> 
         )
     };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while hdr.ring.producer().wrapping_sub(from) < n {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {n} completions"
-        );
-        std::thread::sleep(Duration::from_millis(1));
+    let mut out = Vec::new();
+    while out.len() < n as usize {
+        match ring.peek(from + out.len() as u32) {
+            Some(c) => out.push(c),
+            None => {
+                assert!(
+                    Instant::now() < deadline,
+                    "timed out waiting for {n} completions"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
     }
-    let out: Vec<Cqe> = (0..n).map(|i| ring.read::<Cqe>(from + i)).collect();
-    hdr.ring.publish_consumer(from + n);
+    ring.header.ring.publish_consumer(from + n);
     out
 }
 
@@ -706,4 +718,146 @@ fn a_path_to_another_gid_does_not_reach_a_local_qp() {
         "{:?}",
         c[0]
     );
+}
+
+/// Semi mode's control messages: arena runs, key resolution and error
+/// reports are checked like every other request; a QP gets its peer's rings
+/// only when the router connected it on the semi path, and keys only of its
+/// responder's protection domain.
+#[test]
+fn semi_mode_requests_are_checked() {
+    let router = Router::start_with(&["--mode", "semi"]);
+    let mut b = Client::new(&router);
+    let pd_b = b.pd();
+    let other_pd_b = b.pd();
+    let page = vec![0u8; 3 * 4096];
+    let addr = (page.as_ptr() as u64).next_multiple_of(4096);
+    let run = |offset| ArenaRun {
+        addr,
+        len: 4096,
+        offset,
+    };
+    let access = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE;
+    let reg = |pd, runs: Vec<ArenaRun>| Request::RegMr {
+        pd,
+        addr,
+        length: 4096,
+        access,
+        runs,
+    };
+    // Runs that do not cover the region, or point inside a page.
+    let short = ArenaRun { len: 0, ..run(0) };
+    assert_eq!(b.errno(&reg(pd_b, vec![short])), libc::EINVAL);
+    assert_eq!(b.errno(&reg(pd_b, vec![run(100)])), libc::EINVAL);
+    // Runs without an arena to point into.
+    assert_eq!(b.errno(&reg(pd_b, vec![run(0)])), libc::EINVAL);
+    // With an arena: shared.
+    let arena =
+        nix::sys::memfd::memfd_create(c"test-arena", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)
+            .unwrap();
+    nix::unistd::ftruncate(&arena, 4096).unwrap();
+    let (r, _) = b.call_passing(&reg(pd_b, vec![run(0)]), &[arena.as_raw_fd()]);
+    let Reply::Mr { rkey: shared, .. } = r else {
+        panic!("{r:?}")
+    };
+    let (r, _) = b.ok(&reg(pd_b, vec![]));
+    let Reply::Mr { rkey: unshared, .. } = r else {
+        panic!("{r:?}")
+    };
+    let (r, _) = b.ok(&reg(other_pd_b, vec![run(0)]));
+    let Reply::Mr { rkey: other_pd, .. } = r else {
+        panic!("{r:?}")
+    };
+
+    // A's QP on the semi path to B's QP.
+    let mut a = Client::new(&router);
+    let pd_a = a.pd();
+    let (cq_a, _m1, _l1) = a.cq(8);
+    let (qp_a, qpn_a, _m2, _l2, _f2) = a.qp(pd_a, cq_a);
+    let (cq_b, _m3, _l3) = b.cq(8);
+    let (qp_b, qpn_b, _m4, _l4, _f4) = b.qp(pd_b, cq_b);
+    b.connect_qp(qp_b, qpn_a, IBV_ACCESS_REMOTE_WRITE);
+    let (r, fds) = a.ok(&Request::ModifyQp {
+        qp: qp_a,
+        attr: QpAttr {
+            qp_state: IBV_QPS_INIT,
+            port_num: 1,
+            ..Default::default()
+        },
+        mask: 0x39,
+    });
+    assert!(matches!(r, Reply::Done) && fds.is_empty());
+    let (r, fds) = a.ok(&Request::ModifyQp {
+        qp: qp_a,
+        attr: QpAttr {
+            qp_state: IBV_QPS_RTR,
+            path_mtu: IBV_MTU_1024,
+            dest_qp_num: qpn_b,
+            max_dest_rd_atomic: 1,
+            min_rnr_timer: 12,
+            ah_attr: AddressVector {
+                port_num: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        mask: 0x129181,
+    });
+    assert!(
+        matches!(r, Reply::SemiPeer { peer_qpn, .. } if peer_qpn == qpn_b),
+        "{r:?}"
+    );
+    assert_eq!(fds.len(), 2, "the peer's QP and CQ segments");
+
+    let resolve = |key| Request::ResolveKey { qp: qp_a, key };
+    let (r, fds) = a.ok(&resolve(shared));
+    assert!(matches!(r, Reply::Key { .. }) && fds.len() == 1, "{r:?}");
+    assert_eq!(a.errno(&resolve(unshared)), libc::EACCES);
+    assert_eq!(a.errno(&resolve(other_pd)), libc::EACCES, "another PD");
+    assert_eq!(a.errno(&resolve(0x1234_5678)), libc::EACCES, "no such key");
+    // B's QP is on the semi path too (A's QP existed when B connected);
+    // its responder is A, so B's own key does not resolve through it.
+    assert_eq!(
+        b.errno(&Request::ResolveKey {
+            qp: qp_b,
+            key: shared
+        }),
+        libc::EACCES
+    );
+    // Handles of another session.
+    assert_eq!(
+        b.errno(&Request::ResolveKey {
+            qp: qp_a,
+            key: shared
+        }),
+        libc::EINVAL
+    );
+    assert_eq!(
+        b.errno(&Request::SemiError {
+            qp: qp_a,
+            own: true,
+            peer_event: None
+        }),
+        libc::EINVAL
+    );
+    // An error report moves exactly the QP and its peer to ERR.
+    a.ok(&Request::SemiError {
+        qp: qp_a,
+        own: true,
+        peer_event: Some(IBV_EVENT_QP_FATAL),
+    });
+    for (c, qp) in [(&mut a, qp_a), (&mut b, qp_b)] {
+        let (r, _) = c.ok(&Request::QueryQp { qp });
+        let Reply::QpAttr { attr } = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(attr.qp_state, IBV_QPS_ERR);
+    }
+    // Runs are refused by an isolated router.
+    let iso = Router::start();
+    let mut c = Client::new(&iso);
+    let pd_c = c.pd();
+    assert_eq!(c.errno(&reg(pd_c, vec![run(0)])), libc::EINVAL);
+    assert_router_alive(&router);
+    drop(page);
 }

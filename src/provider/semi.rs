@@ -147,6 +147,15 @@ impl SemiContext {
         if let Some(m) = arenas.get(&owner).filter(|m| m.len() as u64 >= need) {
             return Ok(m.clone());
         }
+        // An arena that its owner could shrink would fault (SIGBUS) here.
+        let seals = nix::fcntl::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            nix::fcntl::FcntlArg::F_GET_SEALS,
+        )
+        .map_err(|e| e as i32)?;
+        if seals & libc::F_SEAL_SHRINK == 0 {
+            return Err(libc::EPROTO);
+        }
         let size = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd))
             .map_err(|e| e as i32)?
             .st_size as u64;
