@@ -1,8 +1,8 @@
 //! Semi mode, the router's part: it decides who may map what and stays off
 //! the data path (DESIGN.md §3, `docs/NOTES.md` "What semi mode shares").
 //!
-//! - At a modify to RTR of an RC or UC QP whose peer is a QP of this host
-//!   without an SRQ, the router marks the QP `semi` (it no longer runs its
+//! - At a modify to RTR of an RC or UC QP whose peer is a QP of this host,
+//!   of a process of the same user, without an SRQ, the router marks the QP `semi` (it no longer runs its
 //!   send queue) and hands the provider the peer's QP segment and receive
 //!   CQ segment ([`Reply::SemiPeer`]). The provider then executes the QP's
 //!   work requests itself against those rings and the peer's memory.
@@ -136,9 +136,15 @@ impl Engine {
         }
         let hb = *self.tables.qpns.get(&a.attr.dest_qp_num)?;
         let b = self.tables.qps.get(&hb)?;
-        let gid_b = self.tables.sessions.get(&b.session)?.gid;
-        let routed = !a.attr.ah_attr.is_global || a.attr.ah_attr.dgid == gid_b;
-        if !routed || b.kind != a.kind || b.srq != 0 || hb == h {
+        let (sa, sb) = (
+            self.tables.sessions.get(&a.session)?,
+            self.tables.sessions.get(&b.session)?,
+        );
+        let routed = !a.attr.ah_attr.is_global || a.attr.ah_attr.dgid == sb.gid;
+        // Only processes of one user share memory; others keep the
+        // isolated path (the router copies).
+        let same_user = sa.uid == sb.uid;
+        if !routed || !same_user || b.kind != a.kind || b.srq != 0 || hb == h {
             return None;
         }
         let cq = self.tables.cqs.get(&b.recv_cq)?;
