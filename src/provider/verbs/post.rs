@@ -225,6 +225,9 @@ pub(super) struct RecvRing<'a> {
     pub(super) producer: &'a Mutex<u32>,
     pub(super) max_wr: u32,
     pub(super) max_sge: u32,
+    /// Ring the router's doorbell (not for a semi-mode QP: its peer's
+    /// provider takes the receives, the router does not wait for them).
+    pub(super) wake_router: bool,
 }
 
 /// Posts a chain of receive work requests; `refuse` (if non-zero) is the
@@ -274,7 +277,9 @@ pub(super) fn post_receives(
     if *producer != start {
         q.indices.publish_producer(*producer);
         drop(producer);
-        ctx.ring_doorbell();
+        if q.wake_router {
+            ctx.ring_doorbell();
+        }
     }
     ret
 }
@@ -300,6 +305,7 @@ pub(super) unsafe extern "C" fn post_recv(
             producer: &fqp.rq_producer,
             max_wr: fqp.caps.max_recv_wr,
             max_sge: fqp.caps.max_recv_sge,
+            wake_router: fqp.semi.lock().unwrap_or_else(|e| e.into_inner()).is_none(),
         };
         post_receives(q, fqp.context(), refuse, wr, bad_wr)
     })
