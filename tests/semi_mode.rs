@@ -247,3 +247,59 @@ fn frozen_router() {
     );
     assert_semi_paths(&router, "frozen_router", &pairs);
 }
+
+/// Semi mode shares memory only between processes of one user: a checked
+/// `ibv_rc_pingpong` between a server running as `nobody` and a client
+/// running as root works, over the router's path (no semi path in its log),
+/// while the same pair under one user takes the semi path.
+#[test]
+fn different_users_keep_the_routers_path() {
+    let router = Router::start_with(SEMI);
+    let port = free_port().to_string();
+    let args = ["-d", "fv0", "-g", "0", "-c", "-n", "200", "-p", &port];
+    // The provider where `nobody` can read it whatever the checkout's
+    // permissions (the router's own runtime folders are world-readable).
+    let lib = fresh_temp_dir("nobody-lib");
+    fs::copy(provider_lib(), lib.join("libflowverbs-rdmav34.so")).unwrap();
+    let mut server = router.command("setpriv");
+    server
+        .env("RDMAV_DRIVERS", lib.join("libflowverbs"))
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg("ibv_rc_pingpong")
+        .args(args);
+    let mut client = router.command("ibv_rc_pingpong");
+    client.args(args).arg("127.0.0.1");
+    let (s, c) = run_pair(server, client, CASE_TIMEOUT_SECS);
+    let log = router.stderr();
+    assert!(
+        s.status.success() && c.status.success(),
+        "{}{}--- router stderr:\n{log}",
+        show("server (uid 65534)", &s),
+        show("client (root)", &c)
+    );
+    assert!(
+        semi_paths(&log).is_empty(),
+        "processes of different users took the semi path:\n{log}"
+    );
+    assert!(
+        log.contains("uid 65534") && log.contains("uid 0"),
+        "the sessions were not of two users:\n{log}"
+    );
+    let _ = fs::remove_dir_all(&lib);
+
+    // The control: the same pair under one user shares.
+    let port = free_port().to_string();
+    let args = ["-d", "fv0", "-g", "0", "-c", "-n", "200", "-p", &port];
+    let mut server = router.command("ibv_rc_pingpong");
+    server.args(args);
+    let mut client = router.command("ibv_rc_pingpong");
+    client.args(args).arg("127.0.0.1");
+    let (s, c) = run_pair(server, client, CASE_TIMEOUT_SECS);
+    assert!(s.status.success() && c.status.success());
+    let paths = semi_paths(&router.stderr());
+    assert!(
+        paths.iter().any(|&(a, b)| paths.contains(&(b, a))),
+        "one user's pair did not take the semi path:\n{}",
+        router.stderr()
+    );
+}
