@@ -10,6 +10,12 @@
 //! exits or unmaps it. `MADV_DONTFORK` keeps a child from sharing them too
 //! (as `ibv_fork_init` would for a NIC).
 //!
+//! Only private anonymous memory (heap, stack, anonymous mappings) is moved:
+//! a file or shared mapping keeps its own backing (the application may
+//! reach those pages through the file or another process), so a region
+//! that touches one stays unshared and peers get `IBV_WC_REM_ACCESS_ERR`
+//! for it.
+//!
 //! Known limits: a page being written by another thread during
 //! `ibv_reg_mr` may lose that write; read-only memory becomes writable.
 
@@ -63,6 +69,13 @@ impl Arena {
             .checked_add(len)
             .map(|e| e.div_ceil(PAGE_U) * PAGE_U)
             .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        let maps = std::fs::read_to_string("/proc/self/maps")?;
+        if !self.movable(&maps, start, end) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "not private anonymous memory",
+            ));
+        }
         let mut out: Vec<ArenaRun> = Vec::new();
         let mut at = start;
         while at < end {
@@ -98,6 +111,46 @@ impl Arena {
             }
         }
         Ok(out)
+    }
+
+    /// True when every page of `[start, end)` is either in the arena
+    /// already or private anonymous memory (`maps`: /proc/self/maps).
+    fn movable(&self, maps: &str, start: u64, end: u64) -> bool {
+        let mut at = start;
+        for line in maps.lines() {
+            let mut f = line.split_whitespace();
+            let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+                continue;
+            };
+            let Some((lo, hi)) = range.split_once('-') else {
+                continue;
+            };
+            let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16))
+            else {
+                continue;
+            };
+            if hi <= at || lo >= end {
+                continue;
+            }
+            if lo > at {
+                return false; // a hole: not mapped
+            }
+            let path = f.nth(3).unwrap_or("");
+            let anonymous = perms.ends_with('p')
+                && (path.is_empty()
+                    || path == "[heap]"
+                    || path == "[stack]"
+                    || path.starts_with("[anon:"));
+            let ours = path.starts_with("/memfd:fv-arena");
+            if !anonymous && !ours {
+                return false;
+            }
+            at = hi;
+            if at >= end {
+                return true;
+            }
+        }
+        at >= end
     }
 
     /// Copies `[addr, addr + len)` (page-aligned, not shared yet) to the

@@ -305,7 +305,10 @@ pub(super) unsafe extern "C" fn post_recv(
             producer: &fqp.rq_producer,
             max_wr: fqp.caps.max_recv_wr,
             max_sge: fqp.caps.max_recv_sge,
-            wake_router: fqp.semi.lock().unwrap_or_else(|e| e.into_inner()).is_none(),
+            // (In ERR the router flushes them.)
+            wake_router: refuse == 0
+                && (fqp.current_state() == IBV_QPS_ERR
+                    || fqp.semi.lock().unwrap_or_else(|e| e.into_inner()).is_none()),
         };
         post_receives(q, fqp.context(), refuse, wr, bad_wr)
     })
