@@ -246,10 +246,12 @@ impl KeyView {
     }
 }
 
-/// A CQ segment's ring (own or the peer's).
+/// A CQ segment's ring (own or the peer's), with its consumer index as
+/// last read (see `CqRing::has_room`).
 struct CqView {
     header: *const CqHeader,
     slots: RingSlots,
+    seen: u32,
 }
 
 impl CqView {
@@ -257,6 +259,20 @@ impl CqView {
         // SAFETY: the header lives in a segment that outlives this view
         // (our own CQ outlives its QPs; the peer's is held in SemiPath).
         CqRing::new(unsafe { &*self.header }, self.slots)
+    }
+
+    fn has_room(&mut self) -> bool {
+        let mut seen = self.seen;
+        let room = self.ring().has_room(&mut seen);
+        self.seen = seen;
+        room
+    }
+
+    fn push(&mut self, cqe: &Cqe) -> bool {
+        let mut seen = self.seen;
+        let pushed = self.ring().push_seen(cqe, &mut seen);
+        self.seen = seen;
+        pushed
     }
 }
 
@@ -377,11 +393,13 @@ impl SemiPath {
             peer_cq: CqView {
                 header: cseg.as_ptr() as *const CqHeader,
                 slots: peer_cq_slots,
+                seen: 0,
             },
             _peer_cq_seg: cseg,
             send_cq: CqView {
                 header: n.send_cq_header,
                 slots: n.send_cq_slots,
+                seen: 0,
             },
             keys: HashMap::new(),
             pending: VecDeque::new(),
@@ -432,7 +450,7 @@ impl SemiPath {
                     sq_index: idx,
                     ..Default::default()
                 };
-                if !self.send_cq.ring().push(&cqe) {
+                if !self.send_cq.push(&cqe) {
                     break;
                 }
                 self.notify(false, false);
@@ -503,7 +521,7 @@ impl SemiPath {
                 ..Default::default()
             };
             // Room was checked before the request ran.
-            self.send_cq.ring().push(&cqe);
+            self.send_cq.push(&cqe);
             self.notify(false, false);
         }
     }
@@ -519,7 +537,7 @@ impl SemiPath {
             sq_index: idx,
             ..Default::default()
         };
-        self.send_cq.ring().push(&cqe);
+        self.send_cq.push(&cqe);
         self.notify(false, true);
         self.wait = None;
         self.error = true;
@@ -630,7 +648,7 @@ impl SemiPath {
     }
 
     fn execute(&mut self, w: &SendWqe, idx: u32, now: Instant) -> Step {
-        if self.send_cq.ring().free() == 0 {
+        if !self.send_cq.has_room() {
             return Step::Wait(Wait::Cq);
         }
         let allowed = if self.uc {
@@ -718,7 +736,7 @@ impl SemiPath {
                     .then(|| now + Duration::from_micros(timer * (u64::from(self.rnr_retry) + 1)));
                 return Step::Wait(Wait::Rnr { until });
             }
-            if self.peer_cq.ring().free() == 0 {
+            if !self.peer_cq.has_room() {
                 return Step::Wait(Wait::Cq);
             }
             recv = Some((self.peer_rq.read(c), c));
@@ -834,7 +852,7 @@ impl SemiPath {
                 src_qp: self.qpn,
                 ..Default::default()
             };
-            self.peer_cq.ring().push(&cqe);
+            self.peer_cq.push(&cqe);
             self.notify(true, w.send_flags & IBV_SEND_SOLICITED != 0);
         }
         self.complete(w, idx, result_len);
@@ -862,7 +880,7 @@ impl SemiPath {
                     src_qp: self.qpn,
                     ..Default::default()
                 };
-                self.peer_cq.ring().push(&cqe);
+                self.peer_cq.push(&cqe);
                 self.notify(true, true);
             }
         }

@@ -56,12 +56,34 @@ impl<'a> CqRing<'a> {
 
     /// Claims a slot and publishes `cqe` in it; false if the ring is full.
     pub fn push(&self, cqe: &Cqe) -> bool {
+        let mut seen = self.header.ring.consumer();
+        self.push_seen(cqe, &mut seen)
+    }
+
+    /// True when a slot is free, judged from `seen`, a consumer index read
+    /// earlier, and read again only if that says full. (The consumer index
+    /// only moves forward, so an old value can only underestimate the
+    /// room; re-reading it costs a cache line the consumer writes.)
+    pub fn has_room(&self, seen: &mut u32) -> bool {
+        let p = self.header.ring.producer.load(Ordering::Acquire);
+        self.room_for(p, seen)
+    }
+
+    fn room_for(&self, p: u32, seen: &mut u32) -> bool {
         let cap = self.slots.capacity();
+        if p.wrapping_sub(*seen) < cap {
+            return true;
+        }
+        *seen = self.header.ring.consumer();
+        p.wrapping_sub(*seen) < cap
+    }
+
+    /// As [`CqRing::push`], with the consumer index as last read in `seen`.
+    pub fn push_seen(&self, cqe: &Cqe, seen: &mut u32) -> bool {
         let producer = &self.header.ring.producer;
         let mut p = producer.load(Ordering::Relaxed);
         loop {
-            let c = self.header.ring.consumer();
-            if p.wrapping_sub(c) >= cap {
+            if !self.room_for(p, seen) {
                 return false;
             }
             match producer.compare_exchange_weak(

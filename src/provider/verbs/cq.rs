@@ -13,6 +13,10 @@ pub struct FvCq {
     pub(super) consumer: Mutex<u32>,
     /// Polls in a row that found nothing (see [`EMPTY_POLLS_BEFORE_YIELD`]).
     pub(super) empty_polls: std::sync::atomic::AtomicU32,
+    /// The router produces completions for this CQ (some QP using it is
+    /// not on the semi path, or receives through an SRQ); always true
+    /// outside semi mode. Only then does polling yield the CPU to it.
+    pub(super) router_fed: std::sync::atomic::AtomicBool,
 }
 
 /// After this many empty polls in a row, `poll_cq` yields the CPU once per
@@ -23,12 +27,7 @@ pub struct FvCq {
 /// `FLOWVERBS_POLL_YIELD=N` sets it (0: never yield).
 const EMPTY_POLLS_BEFORE_YIELD: u32 = 32;
 
-/// Semi mode: the router is not on the path of most completions, so a
-/// poller spins longer before it yields (a yield costs a scheduling round
-/// trip on a busy core, which is more than a whole semi-mode message).
-const EMPTY_POLLS_BEFORE_YIELD_SEMI: u32 = 1024;
-
-fn empty_polls_before_yield(semi: bool) -> u32 {
+fn empty_polls_before_yield(router_fed: bool) -> u32 {
     static N: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
     let configured = *N.get_or_init(|| {
         std::env::var("FLOWVERBS_POLL_YIELD")
@@ -36,10 +35,12 @@ fn empty_polls_before_yield(semi: bool) -> u32 {
             .and_then(|v| v.parse().ok())
             .map(|n: u32| if n == 0 { u32::MAX } else { n })
     });
-    configured.unwrap_or(if semi {
-        EMPTY_POLLS_BEFORE_YIELD_SEMI
-    } else {
+    // A CQ that only semi-mode peers fill needs no router: yielding would
+    // only add a scheduling round trip to every wait.
+    configured.unwrap_or(if router_fed {
         EMPTY_POLLS_BEFORE_YIELD
+    } else {
+        u32::MAX
     })
 }
 
@@ -113,6 +114,8 @@ pub(super) unsafe extern "C" fn create_cq(
             ring,
             consumer: Mutex::new(0),
             empty_polls: std::sync::atomic::AtomicU32::new(0),
+            // SAFETY: ctx is ours.
+            router_fed: std::sync::atomic::AtomicBool::new(unsafe { inner(ctx) }.semi.is_none()),
         }) as *mut ibv_cq
     })
 }
@@ -191,7 +194,7 @@ pub(super) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, num_entries: i32, wc: *
             let empty = fcq
                 .empty_polls
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if empty >= empty_polls_before_yield(ctx.semi.is_some()) {
+            if empty >= empty_polls_before_yield(fcq.router_fed.load(Ordering::Relaxed)) {
                 std::thread::yield_now();
             }
         }

@@ -119,69 +119,59 @@ pub(super) unsafe extern "C" fn post_send(
         let fqp = unsafe { FvQp::from_ibv(qp) };
         let state = fqp.current_state();
         let semi = fqp.semi.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(path) = semi {
-            return post_send_semi(fqp, state, &path, wr, bad_wr);
-        }
+        let slots = fqp.sq.capacity().min(fqp.caps.max_send_wr.max(1));
         let mut producer = fqp.sq_producer.lock().unwrap_or_else(|e| e.into_inner());
         let start = *producer;
-        let mut cur = wr;
-        let mut ret = 0;
-        while !cur.is_null() {
-            // SAFETY: the caller's chain of work requests.
-            let w = unsafe { &*cur };
-            if !matches!(state, IBV_QPS_RTS | IBV_QPS_SQD | IBV_QPS_SQE | IBV_QPS_ERR) {
-                ret = libc::EINVAL;
-                break;
-            }
-            // A slot is taken until the router has run the WR and the
-            // application has polled its completion (or a later one).
-            let consumer = fqp.header().sq.consumer();
-            let slots = fqp.sq.capacity().min(fqp.caps.max_send_wr.max(1));
-            if producer.wrapping_sub(consumer) >= slots || fqp.send_slots.in_use(*producer) >= slots
-            {
-                ret = libc::ENOMEM;
-                break;
-            }
-            match build_send_wqe(fqp, w) {
-                Ok(wqe) => {
-                    fqp.sq.write(*producer, &wqe);
-                    *producer = producer.wrapping_add(1);
-                }
-                Err(e) => {
-                    ret = e;
-                    break;
-                }
-            }
-            cur = w.next;
-        }
-        if ret != 0 && !bad_wr.is_null() {
-            // SAFETY: the caller's out-pointer.
-            unsafe { *bad_wr = cur };
-        }
-        if *producer != start {
+        // A slot is taken until the WR has run and the application has
+        // polled its completion (or a later one of the QP).
+        let free = |p: u32| fqp.send_slots.in_use(p) < slots;
+        let ret = if let Some(path) = semi {
+            // Semi mode: the provider runs the work requests itself
+            // (`provider::semi`), after the same checks at posting.
+            let mut path = path.lock().unwrap_or_else(|e| e.into_inner());
+            let ret = take_send_wrs(fqp, state, &mut producer, wr, bad_wr, free, |i, w| {
+                path.post(w, i.wrapping_add(1))
+            });
             fqp.send_slots.posted(*producer);
-            fqp.header().sq.publish_producer(*producer);
             drop(producer);
-            fqp.context().ring_doorbell();
-        }
+            if state == IBV_QPS_ERR {
+                path.error = true;
+            }
+            path.run();
+            ret
+        } else {
+            // ... and the router has consumed it from the ring.
+            let ring_free = |p: u32| p.wrapping_sub(fqp.header().sq.consumer()) < slots && free(p);
+            let ret = take_send_wrs(fqp, state, &mut producer, wr, bad_wr, ring_free, |i, w| {
+                fqp.sq.write(i, &w)
+            });
+            if *producer != start {
+                fqp.send_slots.posted(*producer);
+                fqp.header().sq.publish_producer(*producer);
+                drop(producer);
+                fqp.context().ring_doorbell();
+            }
+            ret
+        };
         ret
     })
 }
 
-/// Semi mode: the provider runs the work requests itself
-/// (`provider::semi`); the same checks at posting as for the router.
-fn post_send_semi(
+/// The checks at posting, for a chain of send work requests: each WR
+/// that passes (state, a free slot per `free`, its own fields) goes to
+/// `put` with its send-queue index. Returns the errno of the first WR that
+/// fails (and points `bad_wr` at it), or 0.
+fn take_send_wrs(
     fqp: &FvQp,
     state: u32,
-    path: &Arc<Mutex<SemiPath>>,
+    producer: &mut u32,
     wr: *mut ibv_send_wr,
     bad_wr: *mut *mut ibv_send_wr,
+    free: impl Fn(u32) -> bool,
+    mut put: impl FnMut(u32, SendWqe),
 ) -> i32 {
-    let mut producer = fqp.sq_producer.lock().unwrap_or_else(|e| e.into_inner());
-    let mut p = path.lock().unwrap_or_else(|e| e.into_inner());
     let mut cur = wr;
     let mut ret = 0;
-    let slots = fqp.sq.capacity().min(fqp.caps.max_send_wr.max(1));
     while !cur.is_null() {
         // SAFETY: the caller's chain of work requests.
         let w = unsafe { &*cur };
@@ -189,14 +179,14 @@ fn post_send_semi(
             ret = libc::EINVAL;
             break;
         }
-        if fqp.send_slots.in_use(*producer) >= slots {
+        if !free(*producer) {
             ret = libc::ENOMEM;
             break;
         }
         match build_send_wqe(fqp, w) {
             Ok(wqe) => {
+                put(*producer, wqe);
                 *producer = producer.wrapping_add(1);
-                p.post(wqe, *producer);
             }
             Err(e) => {
                 ret = e;
@@ -209,20 +199,22 @@ fn post_send_semi(
         // SAFETY: the caller's out-pointer.
         unsafe { *bad_wr = cur };
     }
-    fqp.send_slots.posted(*producer);
-    drop(producer);
-    if state == IBV_QPS_ERR {
-        p.error = true;
-    }
-    p.run();
     ret
+}
+
+/// The poster's side of a receive ring (under its lock): the next index
+/// and the consumer index as last read.
+#[derive(Debug, Default)]
+pub struct RecvProducer {
+    pub next: u32,
+    pub seen_consumer: u32,
 }
 
 /// A receive ring the provider posts to: a QP's own queue or an SRQ.
 pub(super) struct RecvRing<'a> {
     pub(super) ring: &'a RingSlots,
     pub(super) indices: &'a RingIndices,
-    pub(super) producer: &'a Mutex<u32>,
+    pub(super) producer: &'a Mutex<RecvProducer>,
     pub(super) max_wr: u32,
     pub(super) max_sge: u32,
     /// Ring the router's doorbell (not for a semi-mode QP: its peer's
@@ -239,10 +231,15 @@ pub(super) fn post_receives(
     wr: *mut ibv_recv_wr,
     bad_wr: *mut *mut ibv_recv_wr,
 ) -> i32 {
-    let mut producer = q.producer.lock().unwrap_or_else(|e| e.into_inner());
+    let mut guard = q.producer.lock().unwrap_or_else(|e| e.into_inner());
+    let RecvProducer {
+        next: producer,
+        seen_consumer,
+    } = &mut *guard;
     let start = *producer;
     let mut cur = wr;
     let mut ret = refuse;
+    let room = q.ring.capacity().min(q.max_wr.max(1));
     while ret == 0 && !cur.is_null() {
         // SAFETY: the caller's chain of work requests.
         let w = unsafe { &*cur };
@@ -250,9 +247,14 @@ pub(super) fn post_receives(
             ret = libc::EINVAL;
             break;
         }
-        if producer.wrapping_sub(q.indices.consumer()) >= q.ring.capacity().min(q.max_wr.max(1)) {
-            ret = libc::ENOMEM;
-            break;
+        // The consumer index only moves forward: read it again (a cache
+        // line its consumer writes) only when the last value says full.
+        if producer.wrapping_sub(*seen_consumer) >= room {
+            *seen_consumer = q.indices.consumer();
+            if producer.wrapping_sub(*seen_consumer) >= room {
+                ret = libc::ENOMEM;
+                break;
+            }
         }
         let mut r = RecvWqe::zeroed();
         r.wr_id = w.wr_id;
@@ -276,7 +278,7 @@ pub(super) fn post_receives(
     }
     if *producer != start {
         q.indices.publish_producer(*producer);
-        drop(producer);
+        drop(guard);
         if q.wake_router {
             ctx.ring_doorbell();
         }

@@ -19,7 +19,7 @@ pub struct FvQp {
     pub(super) state: AtomicU32,
     /// Producer indices; the locks serialise posters.
     pub(super) sq_producer: Mutex<u32>,
-    pub(super) rq_producer: Mutex<u32>,
+    pub(super) rq_producer: Mutex<RecvProducer>,
     /// Send slots as the application sees them (freed by polling).
     pub(super) send_slots: Arc<SendSlots>,
     /// Semi mode: this provider runs the send queue (`provider::semi`).
@@ -153,7 +153,7 @@ pub(super) unsafe extern "C" fn create_qp(
             caps,
             state: AtomicU32::new(IBV_QPS_RESET),
             sq_producer: Mutex::new(0),
-            rq_producer: Mutex::new(0),
+            rq_producer: Mutex::new(RecvProducer::default()),
             send_slots: Arc::new(SendSlots::default()),
             semi: Mutex::new(None),
             retry_attrs: Mutex::new((0, 0, 0)),
@@ -353,6 +353,27 @@ fn semi_after_modify(
             send_cq_slots: scq.ring,
         };
         *slot = Some(SemiPath::connect(ctx, n, reply, fds)?);
+    }
+    if mask & IBV_QP_STATE != 0 && state == IBV_QPS_RTR {
+        // Which of the QP's CQs the router will also fill (their pollers
+        // yield to it; see cq.rs).
+        // SAFETY: reading the ibv_qp we filled in create_qp; its CQs are
+        // ours and outlive it.
+        let (scq, rcq, via_router) = unsafe {
+            let q = &fqp.vqp.__bindgen_anon_1.qp;
+            let own_rq = q.srq.is_null() && q.qp_type != IBV_QPT_UD;
+            (
+                FvCq::from_ibv(q.send_cq),
+                FvCq::from_ibv(q.recv_cq),
+                !own_rq,
+            )
+        };
+        if slot.is_none() {
+            scq.router_fed.store(true, Ordering::Relaxed);
+        }
+        if slot.is_none() || via_router {
+            rcq.router_fed.store(true, Ordering::Relaxed);
+        }
     }
     if let Some(p) = slot.as_ref() {
         let mut path = p.lock().unwrap_or_else(|e| e.into_inner());

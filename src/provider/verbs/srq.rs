@@ -10,7 +10,7 @@ pub struct FvSrq {
     pub(super) segment: Mapping,
     pub(super) ring: RingSlots,
     pub(super) max_sge: u32,
-    pub(super) producer: Mutex<u32>,
+    pub(super) producer: Mutex<RecvProducer>,
 }
 
 impl FvSrq {
@@ -87,7 +87,7 @@ pub(super) unsafe extern "C" fn create_srq(
             segment,
             ring,
             max_sge,
-            producer: Mutex::new(0),
+            producer: Mutex::new(RecvProducer::default()),
         }) as *mut ibv_srq
     })
 }
