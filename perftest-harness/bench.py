@@ -371,7 +371,13 @@ class Perftest:
         for attempt in range(5):
             port = str(free_port())
             base = [test, "-d", "fv0", "-F", "-p", port] + self.extra + args
-            srv = spawn(self.server_pre + base, srv_log)
+            # Latency runs: server on CPU 0, client on CPU 1, as core_lat
+            # measures the floor (unpinned, the scheduler moves two
+            # busy-polling processes on two CPUs and the figure doubles).
+            pin_srv, pin_cli = ([], [])
+            if test.endswith("_lat") and not self.in_netns:
+                pin_srv, pin_cli = (["taskset", "-c", "0"], ["taskset", "-c", "1"])
+            srv = spawn(pin_srv + self.server_pre + base, srv_log)
             if not wait_listening(int(port), srv, in_proc_netns=self.in_netns):
                 finish(srv, time.monotonic() + 2)
                 if attempt < 4:
@@ -381,7 +387,7 @@ class Perftest:
                 break
             cli = None
             for _ in range(10):
-                cli = spawn(self.client_pre + base + [self.host], cli_log)
+                cli = spawn(pin_cli + self.client_pre + base + [self.host], cli_log)
                 rc, to = finish(cli, deadline)
                 text = read_text(cli_log)
                 if rc == 0 or to or "Couldn't connect" not in text or srv.poll() is not None:

@@ -291,7 +291,8 @@ def write_md(d, out_dir):
         L.append("")
         L.append(f"## Latency, {mode} mode (µs)")
         L.append("")
-        L.append("perftest `ib_*_lat -d fv0 -s SIZE -n N`, t_typical (the median), median of the repeats. "
+        L.append("perftest `ib_*_lat -d fv0 -s SIZE -n N`, server pinned to CPU 0 and client to CPU 1 "
+                 "(`taskset`, as the core one-way latency is measured), t_typical (the median), median of the repeats. "
                  "send and write are one-way (perftest halves the round trip); read is a full round trip. "
                  "TCP = qperf `tcp_lat` (one-way). floor = core one-way latency + SIZE / memcpy bandwidth.")
         L.append("")
