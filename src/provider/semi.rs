@@ -211,6 +211,9 @@ impl SemiContext {
     }
 }
 
+/// A piece of a message: where, how many bytes.
+type Seg = (*mut u8, usize);
+
 /// A peer's MR as this sender sees it.
 struct KeyView {
     addr: u64,
@@ -315,6 +318,8 @@ pub struct SemiPath {
     pub error: bool,
     /// The QP was destroyed or reset: nothing runs any more.
     pub dead: bool,
+    scratch_local: Vec<Seg>,
+    scratch_other: Vec<Seg>,
     me: std::sync::Weak<Mutex<SemiPath>>,
     ctx: *const ContextInner,
 }
@@ -406,6 +411,8 @@ impl SemiPath {
             wait: None,
             error: false,
             dead: false,
+            scratch_local: Vec::new(),
+            scratch_other: Vec::new(),
             me: std::sync::Weak::new(),
             ctx: ctx as *const ContextInner,
         };
@@ -600,10 +607,11 @@ impl SemiPath {
         addr: u64,
         len: u64,
         access: u32,
-    ) -> Result<Vec<(*mut u8, usize)>, u32> {
-        let mut out = Vec::new();
+        out: &mut Vec<Seg>,
+    ) -> Result<(), u32> {
+        out.clear();
         if len == 0 {
-            return Ok(out);
+            return Ok(());
         }
         let qp_access = self.peer().access.load(Ordering::Acquire);
         let k = self.key(key).ok_or(IBV_WC_REM_ACCESS_ERR)?;
@@ -614,21 +622,20 @@ impl SemiPath {
         if k.access & access == 0
             || qp_access & access == 0
             || !inside
-            || !k.segments(addr, len, &mut out)
+            || !k.segments(addr, len, out)
         {
             return Err(IBV_WC_REM_ACCESS_ERR);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The local SGEs of a request as pointers into our own memory.
-    fn local(&self, w: &SendWqe, write: bool) -> Result<Vec<(*mut u8, usize)>, u32> {
+    fn local(&self, w: &SendWqe, write: bool, out: &mut Vec<Seg>) -> Result<(), u32> {
         let mrs = self
             .semi()
             .local_mrs
             .read()
             .unwrap_or_else(|e| e.into_inner());
-        let mut out = Vec::new();
         for s in w.sges() {
             if s.length == 0 {
                 continue;
@@ -644,10 +651,30 @@ impl SemiPath {
             }
             out.push((s.addr as *mut u8, s.length as usize));
         }
-        Ok(out)
+        Ok(())
     }
 
+    /// Runs one request (with the path's scratch segment lists, kept to
+    /// avoid allocating per message).
     fn execute(&mut self, w: &SendWqe, idx: u32, now: Instant) -> Step {
+        let mut local = std::mem::take(&mut self.scratch_local);
+        let mut other = std::mem::take(&mut self.scratch_other);
+        local.clear();
+        other.clear();
+        let step = self.execute_with(w, idx, now, &mut local, &mut other);
+        self.scratch_local = local;
+        self.scratch_other = other;
+        step
+    }
+
+    fn execute_with(
+        &mut self,
+        w: &SendWqe,
+        idx: u32,
+        now: Instant,
+        local: &mut Vec<Seg>,
+        dst: &mut Vec<Seg>,
+    ) -> Step {
         if !self.send_cq.has_room() {
             return Step::Wait(Wait::Cq);
         }
@@ -672,23 +699,18 @@ impl SemiPath {
             w.opcode,
             IBV_WR_RDMA_READ | IBV_WR_ATOMIC_CMP_AND_SWP | IBV_WR_ATOMIC_FETCH_AND_ADD
         );
-        let inline_bytes;
-        let local = if inline {
+        if inline {
             if w.inline_len > MAX_INLINE_DATA {
                 self.fail(w, idx, IBV_WC_LOC_LEN_ERR, None);
                 return Step::Done;
             }
-            inline_bytes = w.inline_bytes().to_vec();
-            vec![(inline_bytes.as_ptr() as *mut u8, inline_bytes.len())]
-        } else {
-            match self.local(w, !reads_local) {
-                Ok(l) => l,
-                Err(s) => {
-                    self.fail(w, idx, s, None);
-                    return Step::Done;
-                }
-            }
-        };
+            // Read only, from the caller's copy of the WQE.
+            let b = w.inline_bytes();
+            local.push((b.as_ptr() as *mut u8, b.len()));
+        } else if let Err(s) = self.local(w, !reads_local, local) {
+            self.fail(w, idx, s, None);
+            return Step::Done;
+        }
         let len: u64 = local.iter().map(|s| s.1 as u64).sum();
         let atomic = matches!(
             w.opcode,
@@ -746,7 +768,6 @@ impl SemiPath {
         match w.opcode {
             IBV_WR_SEND | IBV_WR_SEND_WITH_IMM => {
                 let (r, _) = recv.expect("recv");
-                let mut dst = Vec::new();
                 let mut bad = r.num_sge > MAX_SGE;
                 if !bad {
                     for s in r.sges() {
@@ -757,7 +778,7 @@ impl SemiPath {
                             k.access & IBV_ACCESS_LOCAL_WRITE != 0
                                 && s.addr >= k.addr
                                 && s.addr + u64::from(s.length) <= k.addr + k.length
-                                && k.segments(s.addr, u64::from(s.length), &mut dst)
+                                && k.segments(s.addr, u64::from(s.length), dst)
                         });
                         if !ok {
                             bad = true;
@@ -786,17 +807,17 @@ impl SemiPath {
                         len,
                     );
                 }
-                copy_ascending(&local, &dst, len);
+                copy_ascending(local, dst, len);
             }
             IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM => {
-                match self.remote(w.rkey, w.remote_addr, len, IBV_ACCESS_REMOTE_WRITE) {
-                    Ok(dst) => copy_ascending(&local, &dst, len),
+                match self.remote(w.rkey, w.remote_addr, len, IBV_ACCESS_REMOTE_WRITE, dst) {
+                    Ok(()) => copy_ascending(local, dst, len),
                     Err(s) => return self.responder_error(w, idx, s, None, 0, len),
                 }
             }
             IBV_WR_RDMA_READ => {
-                match self.remote(w.rkey, w.remote_addr, len, IBV_ACCESS_REMOTE_READ) {
-                    Ok(src) => copy_ascending(&src, &local, len),
+                match self.remote(w.rkey, w.remote_addr, len, IBV_ACCESS_REMOTE_READ, dst) {
+                    Ok(()) => copy_ascending(dst, local, len),
                     Err(s) => return self.responder_error(w, idx, s, None, 0, len),
                 }
             }
@@ -804,13 +825,23 @@ impl SemiPath {
                 if !w.remote_addr.is_multiple_of(8) {
                     return self.responder_error(w, idx, IBV_WC_REM_INV_REQ_ERR, None, 0, len);
                 }
-                let target = match self.remote(w.rkey, w.remote_addr, 8, IBV_ACCESS_REMOTE_ATOMIC) {
-                    Ok(t) if t.len() == 1 && (t[0].0 as usize).is_multiple_of(8) => t[0].0,
-                    Ok(_) => {
-                        return self.responder_error(w, idx, IBV_WC_REM_ACCESS_ERR, None, 0, len)
-                    }
-                    Err(s) => return self.responder_error(w, idx, s, None, 0, len),
-                };
+                let target =
+                    match self.remote(w.rkey, w.remote_addr, 8, IBV_ACCESS_REMOTE_ATOMIC, dst) {
+                        Ok(()) if dst.len() == 1 && (dst[0].0 as usize).is_multiple_of(8) => {
+                            dst[0].0
+                        }
+                        Ok(()) => {
+                            return self.responder_error(
+                                w,
+                                idx,
+                                IBV_WC_REM_ACCESS_ERR,
+                                None,
+                                0,
+                                len,
+                            )
+                        }
+                        Err(s) => return self.responder_error(w, idx, s, None, 0, len),
+                    };
                 // SAFETY: 8 aligned bytes inside the peer's arena mapping;
                 // a real atomic, so it is atomic with the peer's CPU too.
                 let cell = unsafe { &*(target as *const AtomicU64) };
