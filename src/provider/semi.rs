@@ -23,12 +23,11 @@ use std::time::{Duration, Instant};
 
 use super::arena::Arena;
 use super::context::{ContextInner, Errno};
-use crate::router::engine::wc_opcode;
 use crate::router::qp_state::{ack_timeout_us, rnr_timer_us};
 use crate::sys::*;
 use crate::wire::control::{ArenaRun, Reply, Request};
 use crate::wire::cq_ring::CqRing;
-use crate::wire::entries::{Cqe, RecvWqe, SendWqe, CQE_SIZE, RECV_WQE_SIZE};
+use crate::wire::entries::{wc_opcode, Cqe, RecvWqe, SendWqe, Shape, CQE_SIZE, RECV_WQE_SIZE};
 use crate::wire::limits::*;
 use crate::wire::ring::RingSlots;
 use crate::wire::segment::{CqHeader, CqLayout, Mapping, QpHeader, QpLayout, KEY_TABLE_SLOTS};
@@ -678,32 +677,20 @@ impl SemiPath {
         if !self.send_cq.has_room() {
             return Step::Wait(Wait::Cq);
         }
-        let allowed = if self.uc {
-            matches!(
-                w.opcode,
-                IBV_WR_SEND | IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM
-            )
-        } else {
-            wc_opcode(w.opcode).is_some()
-        };
-        if !allowed || w.num_sge > self.max_send_sge.max(1) {
-            self.fail(w, idx, IBV_WC_LOC_QP_OP_ERR, None);
-            return Step::Done;
-        }
-        let inline = w.send_flags & IBV_SEND_INLINE != 0
-            && matches!(
-                w.opcode,
-                IBV_WR_SEND | IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM
-            );
-        let reads_local = !matches!(
-            w.opcode,
-            IBV_WR_RDMA_READ | IBV_WR_ATOMIC_CMP_AND_SWP | IBV_WR_ATOMIC_FETCH_AND_ADD
-        );
-        if inline {
-            if w.inline_len > MAX_INLINE_DATA {
-                self.fail(w, idx, IBV_WC_LOC_LEN_ERR, None);
+        let Shape {
+            inline,
+            reads_local,
+        } = match w.shape(
+            if self.uc { IBV_QPT_UC } else { IBV_QPT_RC },
+            self.max_send_sge,
+        ) {
+            Ok(shape) => shape,
+            Err(status) => {
+                self.fail(w, idx, status, None);
                 return Step::Done;
             }
+        };
+        if inline {
             // Read only, from the caller's copy of the WQE.
             let b = w.inline_bytes();
             local.push((b.as_ptr() as *mut u8, b.len()));

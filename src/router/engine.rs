@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use log::{debug, warn};
 
 use crate::sys::*;
-use crate::wire::entries::{Cqe, RecvWqe, SendWqe};
-use crate::wire::limits::{GRH_SIZE, MAX_INLINE_DATA, MAX_MSG_SIZE, UD_MTU};
+use crate::wire::entries::{wc_opcode, Cqe, RecvWqe, SendWqe, Shape};
+use crate::wire::limits::{GRH_SIZE, MAX_MSG_SIZE, UD_MTU};
 
 use super::events::{responder_error_event, AsyncTarget};
 use super::link::Links;
@@ -107,17 +107,6 @@ enum Outcome {
 enum CopyError {
     Source,
     Destination,
-}
-
-pub fn wc_opcode(wr_opcode: u32) -> Option<u32> {
-    Some(match wr_opcode {
-        IBV_WR_SEND | IBV_WR_SEND_WITH_IMM => IBV_WC_SEND,
-        IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM => IBV_WC_RDMA_WRITE,
-        IBV_WR_RDMA_READ => IBV_WC_RDMA_READ,
-        IBV_WR_ATOMIC_CMP_AND_SWP => IBV_WC_COMP_SWAP,
-        IBV_WR_ATOMIC_FETCH_AND_ADD => IBV_WC_FETCH_ADD,
-        _ => return None,
-    })
 }
 
 fn total_len(segs: &Segments) -> u64 {
@@ -753,30 +742,11 @@ impl Engine {
     /// error status of its completion.
     fn validate_send(&self, ha: u32, w: &SendWqe) -> Result<(Segments, u64, bool), u32> {
         let a = &self.tables.qps[&ha];
-        let allowed = match a.kind {
-            QpKind::Rc => wc_opcode(w.opcode).is_some(),
-            QpKind::Uc => matches!(
-                w.opcode,
-                IBV_WR_SEND | IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM
-            ),
-            QpKind::Ud => matches!(w.opcode, IBV_WR_SEND | IBV_WR_SEND_WITH_IMM),
-        };
-        if !allowed || w.num_sge > a.caps.max_send_sge.max(1) {
-            return Err(IBV_WC_LOC_QP_OP_ERR);
-        }
-        let inline = w.send_flags & IBV_SEND_INLINE != 0
-            && matches!(
-                w.opcode,
-                IBV_WR_SEND | IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM
-            );
-        let reads_local = !matches!(
-            w.opcode,
-            IBV_WR_RDMA_READ | IBV_WR_ATOMIC_CMP_AND_SWP | IBV_WR_ATOMIC_FETCH_AND_ADD
-        );
+        let Shape {
+            inline,
+            reads_local,
+        } = w.shape(a.kind.ibv_type(), a.caps.max_send_sge)?;
         if inline {
-            if w.inline_len > MAX_INLINE_DATA {
-                return Err(IBV_WC_LOC_LEN_ERR);
-            }
             return Ok((Segments::new(), u64::from(w.inline_len), true));
         }
         let s = self.local_segments(ha, w.sges(), !reads_local)?;

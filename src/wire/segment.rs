@@ -250,35 +250,22 @@ unsafe impl Sync for Mapping {}
 impl Mapping {
     /// Maps `len` bytes of `fd` shared, read-write.
     pub fn map(fd: impl AsFd, len: usize) -> std::io::Result<Mapping> {
+        Self::map_with(fd, len, libc::PROT_READ | libc::PROT_WRITE)
+    }
+
+    /// Maps `len` bytes of `fd` shared, read-only.
+    pub fn map_read_only(fd: impl AsFd, len: usize) -> std::io::Result<Mapping> {
+        Self::map_with(fd, len, libc::PROT_READ)
+    }
+
+    fn map_with(fd: impl AsFd, len: usize, prot: libc::c_int) -> std::io::Result<Mapping> {
         // SAFETY: a fresh mapping at an address of the kernel's choosing;
         // it aliases nothing in this process.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Mapping {
-            ptr: NonNull::new(ptr as *mut u8).expect("mmap returned NULL"),
-            len,
-        })
-    }
-
-    /// Maps `len` bytes of `fd` shared, read-only.
-    pub fn map_read_only(fd: impl AsFd, len: usize) -> std::io::Result<Mapping> {
-        // SAFETY: a fresh mapping at an address of the kernel's choosing.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
+                prot,
                 libc::MAP_SHARED,
                 fd.as_fd().as_raw_fd(),
                 0,

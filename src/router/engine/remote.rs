@@ -26,13 +26,14 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
-use super::{total_len, wc_opcode, Engine, Source};
+use super::{total_len, Engine, Source};
 use crate::router::events::{responder_error_event, AsyncTarget};
 use crate::router::link::{LinkEvent, Links};
 use crate::router::memory::Segments;
 use crate::router::qp_state::{self, QpKind, ERR, RTR, RTS, SQD, SQE};
 use crate::router::transport::{PeerId, Transport};
 use crate::sys::*;
+use crate::wire::entries::wc_opcode;
 use crate::wire::entries::{Cqe, RecvWqe, SendWqe};
 use crate::wire::limits::{MAX_MSG_SIZE, UD_MTU};
 use crate::wire::link::{FrameHeader, Kind, NakReason, MAX_CHUNK, QP_RC, QP_UC, QP_UD};
