@@ -65,31 +65,48 @@ struct Waiting {
 
 /// How often the progress thread retries while something waits.
 const RETRY_INTERVAL: Duration = Duration::from_micros(200);
+/// The longest interval, while nothing moves.
+const RETRY_INTERVAL_MAX: Duration = Duration::from_millis(5);
 
 impl Waiting {
-    fn progress(&self) {
+    /// Runs every waiting QP's queue once; true if any request left a
+    /// queue.
+    fn progress(&self) -> bool {
         if self.count.load(Ordering::Relaxed) == 0 {
-            return;
+            return false;
         }
         let waiting: Vec<_> = self.paths.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut moved = false;
         for p in waiting {
             // A poster holds it: it runs the queue itself.
             if let Ok(mut path) = p.try_lock() {
+                let before = path.pending.len();
                 path.run();
+                moved |= path.pending.len() != before;
             }
         }
+        moved
     }
 
+    /// Retries every [`RETRY_INTERVAL`] while requests wait and move;
+    /// while nothing moves (a peer that never posts a receive, with
+    /// infinite RNR retries) the interval doubles up to [`RETRY_INTERVAL_MAX`].
     fn thread(self: Arc<Self>) {
         let mut paths = self.paths.lock().unwrap_or_else(|e| e.into_inner());
+        let mut interval = RETRY_INTERVAL;
         while !self.stop.load(Ordering::Acquire) {
             if paths.is_empty() {
+                interval = RETRY_INTERVAL;
                 paths = self.kick.wait(paths).unwrap_or_else(|e| e.into_inner());
                 continue;
             }
             drop(paths);
-            std::thread::sleep(RETRY_INTERVAL);
-            self.progress();
+            std::thread::sleep(interval);
+            interval = if self.progress() {
+                RETRY_INTERVAL
+            } else {
+                (interval * 2).min(RETRY_INTERVAL_MAX)
+            };
             paths = self.paths.lock().unwrap_or_else(|e| e.into_inner());
         }
     }
