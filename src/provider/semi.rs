@@ -742,7 +742,6 @@ impl SemiPath {
             return Step::Wait(Wait::Retry { until });
         }
 
-        let with_imm = matches!(w.opcode, IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE_WITH_IMM);
         let consumes_recv = matches!(
             w.opcode,
             IBV_WR_SEND | IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE_WITH_IMM
@@ -872,21 +871,14 @@ impl SemiPath {
                 // The router flushed it meanwhile (the peer went to ERR).
                 return Step::Wait(Wait::Retry { until: Some(now) });
             }
-            let cqe = Cqe {
-                wr_id: r.wr_id,
-                status: IBV_WC_SUCCESS,
-                opcode: if w.opcode == IBV_WR_RDMA_WRITE_WITH_IMM {
-                    IBV_WC_RECV_RDMA_WITH_IMM
-                } else {
-                    IBV_WC_RECV
-                },
-                byte_len: len as u32,
-                imm_data: if with_imm { w.imm_data } else { 0 },
-                wc_flags: if with_imm { IBV_WC_WITH_IMM } else { 0 },
-                qp_num: self.peer_qpn,
-                src_qp: self.qpn,
-                ..Default::default()
-            };
+            let cqe = Cqe::received(
+                r.wr_id,
+                w.opcode,
+                len as u32,
+                w.imm_data,
+                self.peer_qpn,
+                self.qpn,
+            );
             self.peer_cq.push(&cqe);
             self.notify(true, w.send_flags & IBV_SEND_SOLICITED != 0);
         }

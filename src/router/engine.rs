@@ -795,7 +795,6 @@ impl Engine {
             self.tables.qps[&ha].qpn,
             self.tables.qps[&hb].qpn,
         );
-        let with_imm = matches!(w.opcode, IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE_WITH_IMM);
         let consumes_recv = matches!(
             w.opcode,
             IBV_WR_SEND | IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE_WITH_IMM
@@ -971,21 +970,7 @@ impl Engine {
         }
 
         if let Some(rwqe) = recv {
-            let cqe = Cqe {
-                wr_id: rwqe.wr_id,
-                status: IBV_WC_SUCCESS,
-                opcode: if w.opcode == IBV_WR_RDMA_WRITE_WITH_IMM {
-                    IBV_WC_RECV_RDMA_WITH_IMM
-                } else {
-                    IBV_WC_RECV
-                },
-                byte_len: len as u32,
-                imm_data: if with_imm { w.imm_data } else { 0 },
-                wc_flags: if with_imm { IBV_WC_WITH_IMM } else { 0 },
-                qp_num: qpn_b,
-                src_qp: qpn_a,
-                ..Default::default()
-            };
+            let cqe = Cqe::received(rwqe.wr_id, w.opcode, len as u32, w.imm_data, qpn_b, qpn_a);
             self.consume_recv(hb);
             let solicited = w.send_flags & IBV_SEND_SOLICITED != 0;
             self.publish_cqe(recv_cq, &cqe, solicited);

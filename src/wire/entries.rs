@@ -127,6 +127,37 @@ pub fn wc_opcode(wr_opcode: u32) -> Option<u32> {
     })
 }
 
+impl Cqe {
+    /// The successful receive completion of a message sent with
+    /// `wr_opcode` (SEND, SEND_WITH_IMM or RDMA_WRITE_WITH_IMM), as every
+    /// executor writes it.
+    pub fn received(
+        wr_id: u64,
+        wr_opcode: u32,
+        byte_len: u32,
+        imm_data: u32,
+        qp_num: u32,
+        src_qp: u32,
+    ) -> Cqe {
+        let with_imm = matches!(wr_opcode, IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE_WITH_IMM);
+        Cqe {
+            wr_id,
+            status: IBV_WC_SUCCESS,
+            opcode: if wr_opcode == IBV_WR_RDMA_WRITE_WITH_IMM {
+                IBV_WC_RECV_RDMA_WITH_IMM
+            } else {
+                IBV_WC_RECV
+            },
+            byte_len,
+            imm_data: if with_imm { imm_data } else { 0 },
+            wc_flags: if with_imm { IBV_WC_WITH_IMM } else { 0 },
+            qp_num,
+            src_qp,
+            ..Default::default()
+        }
+    }
+}
+
 impl SendWqe {
     /// The requester's first checks, the same for the router's engine and
     /// a semi-mode provider: the opcode is allowed for `qp_type`

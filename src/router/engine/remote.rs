@@ -1211,22 +1211,14 @@ impl Engine {
         if let Some(rwqe) = m.recv {
             let b = &self.tables.qps[&hb];
             let recv_cq = b.recv_cq;
-            let with_imm = matches!(m.opcode, IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE_WITH_IMM);
-            let cqe = Cqe {
-                wr_id: rwqe.wr_id,
-                status: IBV_WC_SUCCESS,
-                opcode: if m.opcode == IBV_WR_RDMA_WRITE_WITH_IMM {
-                    IBV_WC_RECV_RDMA_WITH_IMM
-                } else {
-                    IBV_WC_RECV
-                },
-                byte_len: m.total_len as u32,
-                imm_data: if with_imm { m.imm } else { 0 },
-                wc_flags: if with_imm { IBV_WC_WITH_IMM } else { 0 },
-                qp_num: b.qpn,
-                src_qp: m.src_qpn,
-                ..Default::default()
-            };
+            let cqe = Cqe::received(
+                rwqe.wr_id,
+                m.opcode,
+                m.total_len as u32,
+                m.imm,
+                b.qpn,
+                m.src_qpn,
+            );
             let uc = b.kind == QpKind::Uc;
             if !m.recv_consumed {
                 self.consume_recv(hb);
