@@ -147,6 +147,7 @@ impl Engine {
         if self.links.is_some() {
             progress |= self.serve_reads();
             self.flush_links();
+            progress |= self.link_room_opened();
         }
         progress
     }

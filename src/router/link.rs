@@ -219,6 +219,9 @@ pub struct Links {
     inbound: HashMap<u64, Inbound>,
     next_token: u64,
     events: Vec<LinkEvent>,
+    /// A flush took some peer's queue from full (`OUT_SOFT`) to having
+    /// room: work that stopped for room can go on (`take_room_opened`).
+    room_opened: bool,
 }
 
 /// Link sockets: no Nagle delay (acknowledgements are small and latency
@@ -275,6 +278,7 @@ impl Links {
             inbound: HashMap::new(),
             next_token: 1,
             events: Vec::new(),
+            room_opened: false,
         };
         for addr in links.peers.registry.peers() {
             if addr != listen && links.peers.find(addr).is_none() {
@@ -414,6 +418,13 @@ impl Links {
     }
 
     /// Writes what is queued for every peer.
+    /// True (once) if a flush made room on a link that was full since the
+    /// last call: the engine must run again, as nothing else may wake it
+    /// (a responder streaming READ data gets no frames while it waits).
+    pub fn take_room_opened(&mut self) -> bool {
+        std::mem::take(&mut self.room_opened)
+    }
+
     pub fn flush_all(&mut self, now: Instant) {
         for i in 0..self.peers.list.len() {
             self.flush(i, now);
@@ -642,9 +653,13 @@ impl Links {
         let Some(stream) = p.out.as_mut() else {
             return;
         };
+        let was_full = p.queue.len() >= OUT_SOFT;
         if let Err(e) = p.queue.flush(stream) {
             self.lost(i, &e.to_string(), now);
             return;
+        }
+        if was_full && p.queue.len() < OUT_SOFT {
+            self.room_opened = true;
         }
         let want = if p.queue.len() > 0 {
             EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT

@@ -318,6 +318,12 @@ impl Engine {
         self.with_links(|_, links| links.flush_all(Instant::now()));
     }
 
+    /// A full link got room since the last pass (see `Links::take_room_opened`).
+    pub(super) fn link_room_opened(&mut self) -> bool {
+        self.with_links(|_, links| links.take_room_opened())
+            .unwrap_or(false)
+    }
+
     /// Every QP connected to a GID of a router that went away moves to the
     /// error state; a request at the head of its send queue completes with
     /// IBV_WC_RETRY_EXC_ERR.
