@@ -67,13 +67,12 @@ pub struct SessionInfo {
 /// A request only the server can answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Call {
-    /// `CREATE_COMP_CHANNEL` from `session`, written by thread `tid` (a
-    /// thread of the session's process): write the new fd number at
-    /// `response` in that process, then [`CmdFs::reply_write`].
+    /// `CREATE_COMP_CHANNEL` from `session`, written by a thread of the
+    /// session's process: write the new fd number at `response` in the
+    /// session's address space, then [`CmdFs::reply_write`].
     CreateChannel {
         unique: u64,
         session: SessionId,
-        tid: i32,
         response: u64,
     },
 }
@@ -344,7 +343,6 @@ impl CmdFs {
                         return Some(Call::CreateChannel {
                             unique,
                             session: s,
-                            tid: tid as i32,
                             response: c.response,
                         })
                     }

@@ -29,7 +29,7 @@ use super::engine::Engine;
 use super::events::AsyncTarget;
 use super::fuse::{Call, CmdFs, SessionInfo};
 use super::identity;
-use super::memory::ProcessMemory;
+use super::memory::{Credentials, PidFd, ProcessMemory};
 use super::objects::{Session, SessionId, Tables};
 use super::sysfs::DeviceTree;
 use super::Config;
@@ -53,7 +53,6 @@ fn token(session: SessionId, kind: u64) -> u64 {
 struct ChannelRequest {
     unique: u64,
     session: SessionId,
-    tid: i32,
     response: u64,
 }
 
@@ -61,7 +60,9 @@ struct ChannelRequest {
 struct Pending {
     sock: OwnedFd,
     pid: i32,
-    uid: u32,
+    cred: Credentials,
+    /// The connecting process, named at accept (None: it is gone already).
+    process: Option<PidFd>,
 }
 
 pub struct Server {
@@ -339,7 +340,11 @@ impl Server {
                 Pending {
                     sock: fd,
                     pid: cred.pid(),
-                    uid: cred.uid(),
+                    cred: Credentials {
+                        uid: cred.uid(),
+                        gid: cred.gid(),
+                    },
+                    process: PidFd::open(cred.pid()).ok(),
                 },
             );
         }
@@ -508,7 +513,9 @@ impl Server {
         }
         set_nonblocking(&async_events)?;
         set_nonblocking(&event_sock)?;
-        let memory = ProcessMemory::of_session(p.pid)?;
+        let process = p.process.as_ref();
+        let memory =
+            ProcessMemory::of_session(p.pid, p.cred, || process.is_some_and(|f| !f.exited()))?;
         let (_, gid) = self.client_gid(p.pid);
         let (seg_fd, segment) = segment("fv-session", SESSION_SEGMENT_SIZE)?;
         let doorbell = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
@@ -525,7 +532,7 @@ impl Server {
             let _ = self.epoll.delete(&doorbell);
             return Err(e.into());
         }
-        info!("session {id}: pid {} uid {}", p.pid, p.uid);
+        info!("session {id}: pid {} uid {}", p.pid, p.cred.uid);
         self.engine.tables.sessions.insert(
             id,
             Session {
@@ -534,7 +541,7 @@ impl Server {
                 segment,
                 memory,
                 gid,
-                uid: p.uid,
+                uid: p.cred.uid,
                 async_events,
                 event_sock,
                 channels: HashMap::new(),
@@ -606,7 +613,6 @@ impl Server {
             let Call::CreateChannel {
                 unique,
                 session,
-                tid,
                 response,
             } = call;
             let id = self.next_channel_request;
@@ -616,7 +622,6 @@ impl Server {
                 ChannelRequest {
                     unique,
                     session,
-                    tid,
                     response,
                 },
             );
@@ -684,18 +689,20 @@ impl Server {
             .channel_requests
             .get(&id)
             .filter(|r| r.session == session)
-            .map(|r| (r.tid, r.response));
+            .map(|r| r.response);
         let registered = match (request, write_end) {
-            (Some((tid, response)), Some(w)) if fd >= 0 => {
+            (Some(response), Some(w)) if fd >= 0 => {
                 let is_pipe = nix::sys::stat::fstat(w.as_raw_fd())
                     .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFIFO);
                 // The writer is a thread of the session's process (checked
-                // by the file system); its memory is the process's.
+                // by the file system); the answer goes into the session's
+                // address space (never "whatever the pid is now": after an
+                // exec that is another program).
+                let memory = self.engine.tables.sessions.get(&session).map(|s| &s.memory);
                 let written = is_pipe
                     && set_nonblocking(&w).is_ok()
-                    && ProcessMemory::unchecked(tid)
-                        .write(response, &(fd as u32).to_ne_bytes())
-                        .is_ok();
+                    && memory
+                        .is_some_and(|m| m.write(response, &(fd as u32).to_ne_bytes()).is_ok());
                 if written {
                     if let Some(s) = self.engine.tables.sessions.get_mut(&session) {
                         s.channels.insert(fd, w);
