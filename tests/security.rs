@@ -185,3 +185,203 @@ fn exec_of_a_setuid_program_ends_memory_access_isolated() {
 fn exec_of_a_setuid_program_ends_memory_access_semi() {
     exec_attack(&["--mode", "semi"]);
 }
+
+/// `prog` compiled once per test binary.
+static FLOOD: common::CProgram = common::CProgram::new("fv_flood.c");
+static LIMITS: common::CProgram = common::CProgram::new("fv_limits_check.c");
+
+/// A command running `program` as user `uid` with this router's fv0.
+fn as_user(router: &Router, uid: u32, program: &Path) -> Command {
+    let mut cmd = router.command("setpriv");
+    let id = uid.to_string();
+    cmd.args(["--reuid", &id, "--regid", &id, "--clear-groups", "--"])
+        .arg(program);
+    cmd
+}
+
+/// The number after `key` in a line of `text` that starts with it.
+fn number_after(text: &str, key: &str) -> i64 {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(key))
+        .unwrap_or_else(|| panic!("no line `{key}` in:\n{text}"));
+    line[key.len()..]
+        .split(|c: char| !c.is_ascii_digit() && c != '-')
+        .find(|w| !w.is_empty())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// `ibv_devinfo -d fv0` as root works (the router serves clients).
+fn assert_serves(router: &Router, when: &str) {
+    let mut cmd = router.command("ibv_devinfo");
+    cmd.args(["-d", "fv0"]);
+    let out = run_with_timeout(&mut cmd, 60);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("PORT_ACTIVE"),
+        "the router did not serve a client {when}:\n{}--- router stderr:\n{}",
+        show("ibv_devinfo", &out),
+        router.stderr()
+    );
+}
+
+/// One user opening many connections that never say Hello: the router
+/// keeps 16 of them (per user), closes the rest at once, serves everyone
+/// else meanwhile, and logs a few throttled lines, not one per connection.
+#[test]
+fn connection_flood_is_capped_per_user() {
+    let router = Router::start_with(&["--hello-timeout", "60"]);
+    let sock = router.runtime_dir.join("router.sock");
+    let flood = |uid: u32| {
+        let mut cmd = as_user(&router, uid, FLOOD.path());
+        cmd.arg(&sock).args(["100", "16", "90"]);
+        common::Background::start(cmd)
+    };
+    let mut a = flood(ATTACKER_UID);
+    assert!(
+        a.wait_for_stdout("kept:", std::time::Duration::from_secs(60)),
+        "flooder: {}\n{}",
+        a.stdout_so_far(),
+        router.stderr()
+    );
+    let mut b = flood(ATTACKER_UID + 1);
+    assert!(
+        b.wait_for_stdout("kept:", std::time::Duration::from_secs(60)),
+        "second flooder: {}\n{}",
+        b.stdout_so_far(),
+        router.stderr()
+    );
+    for (name, f) in [("first", &mut a), ("second", &mut b)] {
+        let text = f.stdout_so_far();
+        assert_eq!(
+            number_after(&text, "kept:"),
+            16,
+            "{name} flooder: the router must keep exactly its per-user cap:\n{text}"
+        );
+    }
+    assert_serves(&router, "while two users flood it");
+    let refusals = router.count_log_lines(|l| l.contains("have not said Hello yet"));
+    assert!(
+        (1..=10).contains(&refusals),
+        "{refusals} log lines for ~170 refused connections (throttled: a few):\n{}",
+        router.stderr()
+    );
+}
+
+/// Connections that never say Hello are closed after the Hello timeout.
+#[test]
+fn connections_without_hello_are_closed() {
+    let router = Router::start_with(&["--hello-timeout", "1"]);
+    let sock = router.runtime_dir.join("router.sock");
+    let mut cmd = as_user(&router, ATTACKER_UID, FLOOD.path());
+    cmd.arg(&sock).args(["10", "16", "60"]);
+    let out = run_with_timeout(cmd, 90);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", show("flood", &out));
+    assert!(
+        text.contains("closed by the router: 10 of 10"),
+        "{}--- router stderr:\n{}",
+        show("flood", &out),
+        router.stderr()
+    );
+}
+
+/// Many users flood a router that has few descriptors (160): accept runs
+/// out of them. The router must not spin on its readable listener (it
+/// pauses it; its warnings are throttled), must serve clients once the
+/// flood is over, and must shut down cleanly (`Router`'s drop checks that
+/// the device tree and the mount are gone).
+#[test]
+fn descriptor_exhaustion_does_not_stop_the_router() {
+    let router = Router::start_under(
+        &["prlimit", "--nofile=160:160", "--"],
+        &["--hello-timeout", "2"],
+    );
+    let sock = router.runtime_dir.join("router.sock");
+    let flooders: Vec<common::Background> = (0..12)
+        .map(|i| {
+            let mut cmd = as_user(&router, 2000 + i, FLOOD.path());
+            cmd.arg(&sock).args(["40", "16", "30"]);
+            common::Background::start(cmd)
+        })
+        .collect();
+    for f in flooders {
+        let out = f.finish(std::time::Duration::from_secs(90));
+        assert!(out.status.success(), "{}", show("flood", &out));
+    }
+    let log = router.stderr();
+    assert!(
+        log.contains("Too many open files"),
+        "the flood did not exhaust the router's descriptors, so this proves nothing:\n{log}"
+    );
+    // A router that spins on its readable listener logs each pass
+    // (millions of lines); a throttled one a few a second.
+    let lines = log.lines().count();
+    assert!(
+        lines <= 300,
+        "{lines} log lines during the flood: the router spins on its listener:\n{}",
+        log.lines().take(50).collect::<Vec<_>>().join("\n")
+    );
+    assert_serves(&router, "after a descriptor flood");
+}
+
+/// Sessions per user and objects per context are capped, with errno and
+/// message; other users are not affected.
+#[test]
+fn sessions_and_objects_are_capped() {
+    let router = Router::start_with(&[
+        "--max-sessions-per-user",
+        "3",
+        "--max-objects-per-context",
+        "20",
+    ]);
+    let mut holder = as_user(&router, ATTACKER_UID, LIMITS.path());
+    holder.args(["contexts", "5", "60"]);
+    let mut holder = common::Background::start(holder);
+    assert!(
+        holder.wait_for_stdout("made", std::time::Duration::from_secs(60)),
+        "{}",
+        router.stderr()
+    );
+    assert!(
+        holder
+            .stdout_so_far()
+            .contains(&format!("made 3, then errno {}", libc::EMFILE)),
+        "{}\n{}",
+        holder.stdout_so_far(),
+        router.stderr()
+    );
+    // The same user again: no session left.
+    let mut more = as_user(&router, ATTACKER_UID, LIMITS.path());
+    more.args(["contexts", "1"]);
+    let out = run_with_timeout(more, 60);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("made 0, then errno {}", libc::EMFILE)),
+        "{}",
+        show("a fourth session", &out)
+    );
+    // Another user: unaffected.
+    let mut other = as_user(&router, ATTACKER_UID + 1, LIMITS.path());
+    other.args(["cqs", "30"]).env("FLOWVERBS_LOG", "info");
+    let out = run_with_timeout(other, 60);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("made 20, then errno {}", libc::ENOMEM)),
+        "{}\n{}",
+        show("CQs in one context", &out),
+        router.stderr()
+    );
+    // The provider says why (at FLOWVERBS_LOG=info).
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the router's limit per context"),
+        "{}",
+        show("CQs in one context", &out)
+    );
+    assert!(
+        router.stderr().contains("the router's limit per user"),
+        "{}",
+        router.stderr()
+    );
+}

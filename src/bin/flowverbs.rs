@@ -65,6 +65,15 @@ enum Cmd {
         /// learned from the peers themselves.
         #[arg(long = "peer", value_name = "IP:PORT", requires = "listen")]
         peers: Vec<std::net::SocketAddr>,
+        /// Most sessions (opened device contexts) one user may hold.
+        #[arg(long, value_name = "N", default_value_t = flowverbs::router::limits::Limits::default().sessions_per_uid)]
+        max_sessions_per_user: usize,
+        /// Seconds a client connection may take to say Hello.
+        #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+        hello_timeout: u64,
+        /// Most CQs, QPs, SRQs and completion channels one context may hold.
+        #[arg(long, value_name = "N", default_value_t = flowverbs::router::limits::Limits::default().objects_per_session)]
+        max_objects_per_context: usize,
     },
     /// Install the provider and /etc/libibverbs.d/flowverbs.driver.
     Install {
@@ -124,6 +133,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             mode,
             listen,
             peers,
+            max_sessions_per_user,
+            hello_timeout,
+            max_objects_per_context,
         } => {
             let mode = match mode {
                 ModeArg::Isolated => flowverbs::router::Mode::Isolated,
@@ -134,6 +146,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 mode,
                 listen,
                 peers,
+                limits: flowverbs::router::limits::Limits {
+                    sessions_per_uid: max_sessions_per_user,
+                    objects_per_session: max_objects_per_context,
+                    hello_within: std::time::Duration::from_secs(hello_timeout),
+                    ..Default::default()
+                },
             })
             .context("router failed")
         }

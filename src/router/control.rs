@@ -212,9 +212,15 @@ pub fn handle(
                 return err(libc::ENOMEM, "too many completion queues");
             }
             let layout = CqLayout::new(cqe);
+            if let Err(why) = t.charge(session) {
+                return err(libc::ENOMEM, why);
+            }
             let (fd, map) = match segment("fv-cq", layout.size) {
                 Ok(x) => x,
-                Err(e) => return err(libc::ENOMEM, format!("CQ segment: {e}")),
+                Err(e) => {
+                    t.release(session);
+                    return err(libc::ENOMEM, format!("CQ segment: {e}"));
+                }
             };
             let cq = t.handle();
             let mut c = Cq::new(session, map, layout, channel, cookie);
@@ -239,6 +245,7 @@ pub fn handle(
                 return err(libc::EBUSY, "completion queue still used by a QP");
             }
             let events = t.cqs.remove(&cq).map_or(0, |c| c.events);
+            t.release(session);
             Answer::ok(Reply::Destroyed { events })
         }
         Request::CreateQp {
@@ -294,9 +301,15 @@ pub fn handle(
             let Some(qpn) = t.new_qpn() else {
                 return err(libc::ENOMEM, "out of QP numbers");
             };
+            if let Err(why) = t.charge(session) {
+                return err(libc::ENOMEM, why);
+            }
             let (fd, map) = match segment("fv-qp", layout.size) {
                 Ok(x) => x,
-                Err(e) => return err(libc::ENOMEM, format!("QP segment: {e}")),
+                Err(e) => {
+                    t.release(session);
+                    return err(libc::ENOMEM, format!("QP segment: {e}"));
+                }
             };
             let qp = t.handle();
             t.qpns.insert(qpn, qp);
@@ -340,9 +353,15 @@ pub fn handle(
                 return err(libc::ENOMEM, "too many shared receive queues");
             }
             let layout = SrqLayout::new(max_wr);
+            if let Err(why) = t.charge(session) {
+                return err(libc::ENOMEM, why);
+            }
             let (fd, map) = match segment("fv-srq", layout.size) {
                 Ok(x) => x,
-                Err(e) => return err(libc::ENOMEM, format!("SRQ segment: {e}")),
+                Err(e) => {
+                    t.release(session);
+                    return err(libc::ENOMEM, format!("SRQ segment: {e}"));
+                }
             };
             let srq = t.handle();
             // srq_limit is ignored at creation (ibv_create_srq(3)); it is
@@ -403,6 +422,7 @@ pub fn handle(
                 return err(libc::EBUSY, "shared receive queue still used by a QP");
             }
             let events = t.srqs.remove(&srq).map_or(0, |s| s.async_events);
+            t.release(session);
             Answer::ok(Reply::Destroyed { events })
         }
         Request::ModifyQp { qp, attr, mask } => {
@@ -459,6 +479,7 @@ pub fn handle(
             }
             let events = t.qps[&qp].async_events;
             engine.remove_qp(qp);
+            engine.tables.release(session);
             Answer::ok(Reply::Destroyed { events })
         }
     }
@@ -498,7 +519,9 @@ pub fn close_session(engine: &mut Engine, session: SessionId) {
     }
     t.mrs.retain(|_, m| m.session != session);
     t.pds.retain(|_, p| p.session != session);
-    t.sessions.remove(&session);
+    if let Some(s) = t.sessions.remove(&session) {
+        t.budget.release(s.uid, s.objects);
+    }
 }
 
 /// The router's sessions and what each owns, for `flowverbs status`.

@@ -5,6 +5,7 @@ pub mod engine;
 pub mod events;
 pub mod fuse;
 pub mod identity;
+pub mod limits;
 pub mod link;
 pub mod memory;
 pub mod objects;
@@ -13,6 +14,7 @@ pub mod registry;
 pub mod semi;
 mod server;
 pub mod sysfs;
+pub mod throttle;
 pub mod transport;
 
 use std::path::PathBuf;
@@ -36,6 +38,8 @@ pub struct Config {
     pub listen: Option<std::net::SocketAddr>,
     /// Routers of other hosts to connect to.
     pub peers: Vec<std::net::SocketAddr>,
+    /// What clients may hold of the router (`limits`).
+    pub limits: limits::Limits,
 }
 
 /// Runs the router in the foreground until SIGTERM or SIGINT.

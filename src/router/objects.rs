@@ -12,6 +12,7 @@ use crate::wire::segment::{
     CqHeader, CqLayout, Mapping, QpHeader, QpLayout, SessionHeader, SrqHeader, SrqLayout,
 };
 
+use super::limits::{Budget, Limits};
 use super::memory::ProcessMemory;
 use super::qp_state::QpKind;
 
@@ -36,6 +37,8 @@ pub struct Session {
     pub channels: HashMap<i32, OwnedFd>,
     /// Semi mode: the memfd that holds the client's registered pages.
     pub arena: Option<OwnedFd>,
+    /// CQs, QPs, SRQs and completion channels it holds (see `limits`).
+    pub objects: usize,
 }
 
 impl Session {
@@ -344,13 +347,16 @@ pub struct Tables {
     pub qps: HashMap<u32, Qp>,
     /// QP number → QP handle.
     pub qpns: HashMap<u32, u32>,
+    /// What clients may hold, and what each user holds.
+    pub limits: Limits,
+    pub budget: Budget,
     next_handle: u32,
     next_qpn: u32,
     rng: u64,
 }
 
 impl Tables {
-    pub fn new() -> Tables {
+    pub fn new(limits: Limits) -> Tables {
         let mut seed = [0u8; 8];
         let _ = std::fs::File::open("/dev/urandom")
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed));
@@ -358,7 +364,27 @@ impl Tables {
             rng: u64::from_ne_bytes(seed) | 1,
             next_qpn: 0x100,
             next_handle: 1,
+            limits,
             ..Default::default()
+        }
+    }
+
+    /// Takes one object (CQ, QP, SRQ, channel) for `session`; Err: the
+    /// cap it reached.
+    pub fn charge(&mut self, session: SessionId) -> Result<(), String> {
+        let s = self.sessions.get_mut(&session).ok_or("no such session")?;
+        self.budget.charge(&self.limits, s.uid, s.objects)?;
+        s.objects += 1;
+        Ok(())
+    }
+
+    /// Gives back one object of `session`.
+    pub fn release(&mut self, session: SessionId) {
+        if let Some(s) = self.sessions.get_mut(&session) {
+            if s.objects > 0 {
+                s.objects -= 1;
+                self.budget.release(s.uid, 1);
+            }
         }
     }
 

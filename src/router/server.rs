@@ -29,9 +29,11 @@ use super::engine::Engine;
 use super::events::AsyncTarget;
 use super::fuse::{Call, CmdFs, SessionInfo};
 use super::identity;
-use super::memory::{Credentials, PidFd, ProcessMemory};
+use super::limits::Limits;
+use super::memory::{Credentials, PidFd, ProcessMemory, SessionMemoryError};
 use super::objects::{Session, SessionId, Tables};
 use super::sysfs::DeviceTree;
+use super::throttle::Throttled;
 use super::Config;
 
 const LISTENER: u64 = 0;
@@ -63,7 +65,13 @@ struct Pending {
     cred: Credentials,
     /// The connecting process, named at accept (None: it is gone already).
     process: Option<PidFd>,
+    /// When it was accepted: it must say Hello within `hello_within`.
+    since: Instant,
 }
+
+/// How long the listener is not watched after `accept` ran out of
+/// descriptors (it stays readable, so watching it would spin).
+const LISTENER_PAUSE: Duration = Duration::from_millis(100);
 
 pub struct Server {
     engine: Engine,
@@ -84,11 +92,18 @@ pub struct Server {
     cmdfs: Option<CmdFs>,
     channel_requests: HashMap<u64, ChannelRequest>,
     next_channel_request: u64,
+    limits: Limits,
+    /// The listener is out of the epoll set until then (descriptors ran
+    /// out).
+    listener_paused_until: Option<Instant>,
+    warn_accept: Throttled,
+    warn_refused: Throttled,
 }
 
 impl Server {
     pub fn start(config: &Config) -> anyhow::Result<Server> {
         let dir = &config.runtime_dir;
+        super::limits::raise_descriptor_limit();
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let socket_path = dir.join("router.sock");
         if socket_path.exists() {
@@ -166,7 +181,7 @@ impl Server {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        let mut engine = Engine::new(Tables::new());
+        let mut engine = Engine::new(Tables::new(config.limits.clone()));
         if config.mode == super::Mode::Semi {
             engine.key_table = Some(super::semi::KeyTable::new()?);
         }
@@ -199,6 +214,10 @@ impl Server {
             cmdfs,
             channel_requests: HashMap::new(),
             next_channel_request: 1,
+            limits: config.limits.clone(),
+            listener_paused_until: None,
+            warn_accept: Throttled::default(),
+            warn_refused: Throttled::default(),
         })
     }
 
@@ -236,7 +255,9 @@ impl Server {
                     continue;
                 }
                 sleeping = true;
-                match self.engine.next_deadline() {
+                let own = self.next_deadline();
+                let engine = self.engine.next_deadline();
+                match engine.into_iter().chain(own).min() {
                     Some(d) => {
                         let ms = d.saturating_duration_since(Instant::now()).as_millis() + 1;
                         EpollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(EpollTimeout::NONE)
@@ -253,6 +274,7 @@ impl Server {
                 self.set_sleeping(false);
                 idle_since = None;
             }
+            self.housekeeping(Instant::now());
             for ev in &events[..n] {
                 let data = ev.data();
                 match data {
@@ -291,6 +313,14 @@ impl Server {
                     .post_async_event(AsyncTarget::Device(id), IBV_EVENT_DEVICE_FATAL);
             }
         }
+        // Close every client's descriptors first: removing the tree needs
+        // descriptors, and a flood may have taken them all.
+        self.pending.clear();
+        self.channel_requests.clear();
+        let ids: Vec<SessionId> = self.engine.tables.sessions.keys().copied().collect();
+        for id in ids {
+            close_session(&mut self.engine, id);
+        }
         if let Some(fs) = self.cmdfs.take() {
             fs.unmount();
         }
@@ -303,6 +333,7 @@ impl Server {
     }
 
     fn accept(&mut self) {
+        let now = Instant::now();
         loop {
             let fd = match socket::accept4(
                 self.listener.as_raw_fd(),
@@ -313,40 +344,110 @@ impl Server {
                     unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
                 }
                 Err(nix::errno::Errno::EAGAIN) => return,
+                Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::ECONNABORTED) => continue,
                 Err(e) => {
-                    warn!("accept: {e}");
+                    // Out of descriptors (or memory): the connection stays
+                    // queued and the listener readable, so stop watching it
+                    // for a while instead of spinning on it.
+                    let _ = self.epoll.delete(&self.listener);
+                    self.listener_paused_until = Some(now + LISTENER_PAUSE);
+                    self.warn_accept.warn(now, || {
+                        format!("accepting a client: {e}; not accepting for {LISTENER_PAUSE:?}")
+                    });
                     return;
                 }
             };
             let cred = match socket::getsockopt(&fd, sockopt::PeerCredentials) {
                 Ok(c) => c,
                 Err(e) => {
-                    warn!("SO_PEERCRED: {e}");
+                    self.warn_accept.warn(now, || format!("SO_PEERCRED: {e}"));
                     continue;
                 }
             };
+            let uid = cred.uid();
+            let of_uid = self.pending.values().filter(|p| p.cred.uid == uid).count();
+            if of_uid >= self.limits.pending_per_uid
+                || self.pending.len() >= self.limits.pending_total
+            {
+                // Dropping the descriptor closes the connection.
+                self.warn_refused.warn(now, || {
+                    format!(
+                        "connection from pid {} uid {uid} closed: {of_uid} of its connections \
+                         ({} in all) have not said Hello yet",
+                        cred.pid(),
+                        self.pending.len()
+                    )
+                });
+                continue;
+            }
             let id = self.next_session;
             self.next_session += 1;
             if let Err(e) = self.epoll.add(
                 &fd,
                 EpollEvent::new(EpollFlags::EPOLLIN, token(id, KIND_SOCKET)),
             ) {
-                warn!("epoll add: {e}");
+                self.warn_accept.warn(now, || format!("epoll add: {e}"));
                 continue;
             }
-            debug!("connection {id} from pid {} uid {}", cred.pid(), cred.uid());
+            debug!("connection {id} from pid {} uid {uid}", cred.pid());
             self.pending.insert(
                 id,
                 Pending {
                     sock: fd,
                     pid: cred.pid(),
                     cred: Credentials {
-                        uid: cred.uid(),
+                        uid,
                         gid: cred.gid(),
                     },
                     process: PidFd::open(cred.pid()).ok(),
+                    since: now,
                 },
             );
+        }
+    }
+
+    /// When the loop must run again for the server's own timers: a
+    /// connection's Hello deadline, the listener's pause.
+    fn next_deadline(&self) -> Option<Instant> {
+        let hello = self
+            .pending
+            .values()
+            .map(|p| p.since + self.limits.hello_within)
+            .min();
+        hello.into_iter().chain(self.listener_paused_until).min()
+    }
+
+    /// Closes connections that did not say Hello in time; watches the
+    /// listener again after a pause.
+    fn housekeeping(&mut self, now: Instant) {
+        if self.listener_paused_until.is_some_and(|t| now >= t) {
+            self.listener_paused_until = None;
+            if let Err(e) = self.epoll.add(
+                &self.listener,
+                EpollEvent::new(EpollFlags::EPOLLIN, LISTENER),
+            ) {
+                warn!("watching the listener again: {e}");
+            }
+            // Connections may have queued meanwhile.
+            self.accept();
+        }
+        let within = self.limits.hello_within;
+        let late: Vec<SessionId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.since) >= within)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            if let Some(p) = self.pending.get(&id) {
+                let (pid, uid) = (p.pid, p.cred.uid);
+                self.warn_refused.warn(now, || {
+                    format!(
+                        "connection from pid {pid} uid {uid} closed: no Hello within {within:?}"
+                    )
+                });
+            }
+            self.close(id);
         }
     }
 
@@ -406,10 +507,17 @@ impl Server {
         let answer = if let Some(p) = self.pending.remove(&session) {
             match request {
                 Request::Hello { version } if version == VERSION && fds.len() == 2 => {
+                    let sock = p.sock.try_clone();
                     match self.open_session(session, p, fds) {
                         Ok(a) => a,
-                        Err(e) => {
-                            warn!("session {session}: {e:#}");
+                        Err((errno, message)) => {
+                            self.warn_refused.warn(Instant::now(), || {
+                                format!("session {session} refused: {message}")
+                            });
+                            if let Ok(sock) = sock {
+                                let reply = Reply::Error { errno, message };
+                                let _ = control::send(sock.as_fd(), &reply, &[]);
+                            }
                             return false;
                         }
                     }
@@ -496,11 +604,49 @@ impl Server {
         }
     }
 
+    /// Hello: a session for the process behind connection `id`, or the
+    /// errno and message of the refusal.
     fn open_session(
         &mut self,
         id: SessionId,
         p: Pending,
+        fds: Vec<OwnedFd>,
+    ) -> Result<Answer, (i32, String)> {
+        let uid = p.cred.uid;
+        let held = self
+            .engine
+            .tables
+            .sessions
+            .values()
+            .filter(|s| s.uid == uid)
+            .count();
+        if held >= self.limits.sessions_per_uid {
+            return Err((
+                libc::EMFILE,
+                format!("uid {uid} has {held} sessions open, the router's limit per user"),
+            ));
+        }
+        let process = p.process.as_ref();
+        let memory =
+            ProcessMemory::of_session(p.pid, p.cred, || process.is_some_and(|f| !f.exited()))
+                .map_err(|e| {
+                    let errno = match e {
+                        SessionMemoryError::Credentials { .. } => libc::EPERM,
+                        SessionMemoryError::Gone { .. } => libc::ESRCH,
+                        SessionMemoryError::Open { .. } => libc::EIO,
+                    };
+                    (errno, e.to_string())
+                })?;
+        self.start_session(id, p, fds, memory)
+            .map_err(|e| (libc::EIO, format!("{e:#}")))
+    }
+
+    fn start_session(
+        &mut self,
+        id: SessionId,
+        p: Pending,
         mut fds: Vec<OwnedFd>,
+        memory: ProcessMemory,
     ) -> anyhow::Result<Answer> {
         let event_sock = fds.pop().expect("two fds");
         let async_events = fds.pop().expect("two fds");
@@ -513,9 +659,6 @@ impl Server {
         }
         set_nonblocking(&async_events)?;
         set_nonblocking(&event_sock)?;
-        let process = p.process.as_ref();
-        let memory =
-            ProcessMemory::of_session(p.pid, p.cred, || process.is_some_and(|f| !f.exited()))?;
         let (_, gid) = self.client_gid(p.pid);
         let (seg_fd, segment) = segment("fv-session", SESSION_SEGMENT_SIZE)?;
         let doorbell = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
@@ -546,6 +689,7 @@ impl Server {
                 event_sock,
                 channels: HashMap::new(),
                 arena: None,
+                objects: 0,
             },
         );
         self.engine.announce_gids();
@@ -703,10 +847,30 @@ impl Server {
                     && set_nonblocking(&w).is_ok()
                     && memory
                         .is_some_and(|m| m.write(response, &(fd as u32).to_ne_bytes()).is_ok());
+                // A channel whose number the client reuses replaces the
+                // old one; a new number is one more object.
+                let t = &mut self.engine.tables;
+                let known = t
+                    .sessions
+                    .get(&session)
+                    .is_some_and(|s| s.channels.contains_key(&fd));
+                let charged = known
+                    || match t.charge(session) {
+                        Ok(()) => true,
+                        Err(why) => {
+                            self.warn_refused.warn(Instant::now(), || {
+                                format!("session {session}: completion channel refused: {why}")
+                            });
+                            false
+                        }
+                    };
+                let written = written && charged;
                 if written {
                     if let Some(s) = self.engine.tables.sessions.get_mut(&session) {
                         s.channels.insert(fd, w);
                     }
+                } else if charged && !known {
+                    self.engine.tables.release(session);
                 }
                 written
             }

@@ -122,7 +122,18 @@ impl Router {
         router
     }
 
+    /// Like [`Router::start_with`], with the router run by `wrapper` (a
+    /// command that execs its last arguments, e.g. `prlimit --nofile=N:N
+    /// --`), so that [`Router::pid`] is still the router's.
+    pub fn start_under(wrapper: &[&str], extra_args: &[&str]) -> Router {
+        Router::spawn_with(None, wrapper, extra_args)
+    }
+
     fn spawn(netns: Option<&str>, extra_args: &[&str]) -> Router {
+        Router::spawn_with(netns, &[], extra_args)
+    }
+
+    fn spawn_with(netns: Option<&str>, wrapper: &[&str], extra_args: &[&str]) -> Router {
         let base_dir = fresh_temp_dir("router");
         let runtime_dir = base_dir.join("run");
         let lib_dir = base_dir.join("lib");
@@ -134,9 +145,18 @@ impl Router {
 
         let stdout_path = base_dir.join("router.stdout");
         let stderr_path = base_dir.join("router.stderr");
-        let mut cmd = match netns {
-            None => Command::new(flowverbs_exe()),
-            Some(ns) => {
+        let mut cmd = match (netns, wrapper.split_first()) {
+            (None, None) => Command::new(flowverbs_exe()),
+            (None, Some((program, args))) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(flowverbs_exe());
+                c
+            }
+            (Some(ns), _) => {
+                assert!(
+                    wrapper.is_empty(),
+                    "a router in a namespace runs under nsenter only"
+                );
                 let mut c = Command::new("nsenter");
                 c.arg(format!("--net=/run/netns/{ns}")).arg(flowverbs_exe());
                 c
