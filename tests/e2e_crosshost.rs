@@ -730,3 +730,149 @@ fn router_killed_mid_transfer_then_restarted() {
     let logs = || router_logs(&[("A", &ra), ("B (restarted)", &rb2)]);
     rc_pingpong_between(&ra, a, &rb2, b, 100, &logs);
 }
+
+/// A Hello frame claiming to be the router at `listen`.
+fn hello_frame(listen: &str, boot_id: u64, mac: [u8; 32]) -> Vec<u8> {
+    use flowverbs::wire::link::{encode_payload, FrameHeader, Hello, Kind};
+    let payload = encode_payload(&Hello {
+        listen: listen.into(),
+        boot_id,
+        mac,
+    });
+    let mut h = FrameHeader::new(Kind::Hello);
+    h.payload_len = payload.len() as u32;
+    let mut v = h.encode().to_vec();
+    v.extend_from_slice(&payload);
+    v
+}
+
+/// From namespace `netns`: connects to the router at `to`, reads its
+/// challenge, sends `hello(challenge)`, and reports whether the router
+/// closed the connection within 10 s.
+fn hello_is_refused(
+    netns: &str,
+    to: std::net::SocketAddr,
+    hello: impl FnOnce(&[u8; 32]) -> Vec<u8> + Send + 'static,
+) -> bool {
+    in_netns(netns, move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("connecting to {to}: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut challenge = [0u8; 32];
+        s.read_exact(&mut challenge)
+            .expect("the router's challenge");
+        s.write_all(&hello(&challenge)).unwrap();
+        let mut b = [0u8; 256];
+        loop {
+            match s.read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) => {
+                    // A reset closes too; a timeout does not.
+                    return !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    );
+                }
+            }
+        }
+    })
+}
+
+/// A process on host B (same address as B's router) says Hello to A's
+/// router as "B" three times while the real link is up, and one in the
+/// container behind A claims to be B too. A refuses each connection
+/// (the live peer keeps its place; the address must be the sender's), never
+/// takes the link down, and a checked pingpong runs across afterwards.
+/// (The router before this check treated each such Hello as B restarting:
+/// both routers dropped the link and failed every cross-host QP.)
+#[test]
+fn impostor_hellos_leave_a_live_link_alone() {
+    let topo = Topology::with_container(46);
+    let linked = topo.start_linked_routers();
+    let [ra, rb] = &linked.routers;
+    let logs = || router_logs(&[("A", ra), ("B", rb)]);
+    let (a, b) = (&topo.hosts[A], &topo.hosts[B]);
+    let a_listen: std::net::SocketAddr = format!("{}:{}", a.addr, linked.ports[A]).parse().unwrap();
+    let b_listen = format!("{}:{}", b.addr, linked.ports[B]);
+    for (i, ns) in [&b.netns, &b.netns, &b.netns, &topo.container().netns]
+        .into_iter()
+        .enumerate()
+    {
+        let claim = b_listen.clone();
+        assert!(
+            hello_is_refused(ns, a_listen, move |_| hello_frame(
+                &claim,
+                1000 + i as u64,
+                [0; 32]
+            )),
+            "router A kept an impostor's connection from {ns}\n{}",
+            logs()
+        );
+    }
+    assert_eq!(
+        ra.count_log_lines(|l| l.contains("is connected already: a second connection is refused")),
+        3,
+        "{}",
+        logs()
+    );
+    assert_eq!(
+        ra.count_log_lines(|l| l.contains(&format!("Hello names {b_listen} but comes from"))),
+        1,
+        "{}",
+        logs()
+    );
+    assert_eq!(count_peer_lines(ra, &b.addr, "down"), 0, "{}", logs());
+    assert_eq!(count_peer_lines(rb, &a.addr, "down"), 0, "{}", logs());
+    rc_pingpong_between(ra, a, rb, b, 50, &logs);
+}
+
+/// Routers sharing a link key (`--link-key`) link up and carry a checked
+/// pingpong. While B is down, a process on B's address that does not hold
+/// the key cannot take B's place at A.
+#[test]
+fn routers_prove_a_shared_link_key() {
+    let topo = Topology::two_hosts(48);
+    let dir = fresh_temp_dir("linkkey");
+    let key = dir.join("key");
+    std::fs::write(&key, "a shared secret of the routers\n").unwrap();
+    let key_arg = key.to_string_lossy().into_owned();
+    let mut linked = topo.start_linked_routers_with(&["--link-key", &key_arg]);
+    let (a, b) = (&topo.hosts[A], &topo.hosts[B]);
+    {
+        let [ra, rb] = &linked.routers;
+        let logs = || router_logs(&[("A", ra), ("B", rb)]);
+        rc_pingpong_between(ra, a, rb, b, 50, &logs);
+    }
+    linked.routers[B].terminate();
+    wait_for_peer(
+        &mut linked.routers[A],
+        &b.addr,
+        "down",
+        1,
+        PEER_LINK_TIMEOUT,
+    );
+    let a_listen: std::net::SocketAddr = format!("{}:{}", a.addr, linked.ports[A]).parse().unwrap();
+    let b_listen = format!("{}:{}", b.addr, linked.ports[B]);
+    let claim = b_listen.clone();
+    let wrong = b"not the routers' key".to_vec();
+    assert!(
+        hello_is_refused(&b.netns, a_listen, move |c| {
+            let mac = flowverbs::router::link::hello_mac(&wrong, c, &claim, 7);
+            hello_frame(&claim, 7, mac)
+        }),
+        "router A accepted a Hello under the wrong key\n{}",
+        linked.routers[A].stderr()
+    );
+    assert_eq!(
+        linked.routers[A].count_log_lines(|l| l.contains(&format!(
+            "Hello from {b_listen} does not prove the link key"
+        ))),
+        1,
+        "{}",
+        linked.routers[A].stderr()
+    );
+    assert_eq!(count_peer_lines(&linked.routers[A], &b.addr, "up"), 1);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use flowverbs::wire::link::{
-    encode_payload, Announce, FrameHeader, Hello, Kind, HEADER_LEN, MAX_CHUNK, QP_RC,
+    encode_payload, Announce, FrameHeader, Hello, Kind, CHALLENGE_LEN, HEADER_LEN, MAX_CHUNK, QP_RC,
 };
 
 fn frame(hdr: FrameHeader, payload: &[u8]) -> Vec<u8> {
@@ -26,13 +26,26 @@ fn frame(hdr: FrameHeader, payload: &[u8]) -> Vec<u8> {
 }
 
 fn hello(listen: &str) -> Vec<u8> {
+    hello_with(listen, 42, [0; 32])
+}
+
+fn hello_with(listen: &str, boot_id: u64, mac: [u8; 32]) -> Vec<u8> {
     frame(
         FrameHeader::new(Kind::Hello),
         &encode_payload(&Hello {
             listen: listen.into(),
-            boot_id: 42,
+            boot_id,
+            mac,
         }),
     )
+}
+
+/// The challenge a router sends first on a connection to it.
+fn read_challenge(s: &mut TcpStream) -> [u8; CHALLENGE_LEN] {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut c = [0u8; CHALLENGE_LEN];
+    s.read_exact(&mut c).expect("the router's challenge");
+    c
 }
 
 /// True if the router closes `s` within 10 s (EOF or reset).
@@ -52,9 +65,11 @@ fn closed_by_router(s: &mut TcpStream) -> bool {
     false
 }
 
+/// A router listening on loopback that lets routers on 127.0.0.1 introduce
+/// themselves (the scripted peers).
 fn start_listening_router() -> (Router, String) {
     let listen = format!("127.0.0.1:{}", free_port());
-    let router = Router::start_with(&["--listen", &listen]);
+    let router = Router::start_with(&["--listen", &listen, "--accept-peers", "127.0.0.1/32"]);
     (router, listen)
 }
 
@@ -150,6 +165,7 @@ fn scripted_peer(
     let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let fake_addr = fake.local_addr().unwrap().to_string();
     let mut to_router = TcpStream::connect(listen).unwrap();
+    read_challenge(&mut to_router);
     to_router.write_all(&hello(&fake_addr)).unwrap();
     to_router
         .write_all(&frame(
@@ -159,7 +175,8 @@ fn scripted_peer(
             }),
         ))
         .unwrap();
-    let (from_router, _) = fake.accept().expect("the router dials back");
+    let (mut from_router, _) = fake.accept().expect("the router dials back");
+    from_router.write_all(&[0; CHALLENGE_LEN]).unwrap();
     let up = format!("peer {fake_addr} up");
     router.wait_for_log(&up, 1, Duration::from_secs(10), |l| l.contains(&up));
     (to_router, FrameReader::new(from_router))
@@ -187,6 +204,11 @@ fn malformed_link_input_closes_the_connection_and_the_router_goes_on() {
             "Hello with a bad address",
             hello("not an address"),
             "Hello with address",
+        ),
+        (
+            "Hello naming another host's address",
+            hello("198.18.99.2:7471"),
+            "but comes from 127.0.0.1",
         ),
         (
             "second Hello",
@@ -577,4 +599,71 @@ fn the_responder_naks_receiver_not_ready() {
         show("server", &out),
         router.stderr()
     );
+}
+
+/// Without `--accept-peers`, a router that is not a `--peer` cannot
+/// introduce itself: its Hello is refused and it is not dialled.
+#[test]
+fn unknown_routers_are_refused() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut router = Router::start_with(&["--listen", &listen]);
+    let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let fake_addr = fake.local_addr().unwrap().to_string();
+    let mut s = TcpStream::connect(&listen).unwrap();
+    read_challenge(&mut s);
+    s.write_all(&hello(&fake_addr)).unwrap();
+    assert!(closed_by_router(&mut s), "{}", router.stderr());
+    let refused = format!("Hello from {fake_addr}: not a --peer");
+    router.wait_for_log(&refused, 1, Duration::from_secs(10), |l| {
+        l.contains(&refused)
+    });
+    assert!(
+        !router.stderr().contains("introduced itself"),
+        "{}",
+        router.stderr()
+    );
+}
+
+/// With a link key, a Hello that proves it on this connection's challenge
+/// is accepted; the same bytes on a new connection (another challenge)
+/// are refused: a recorded Hello cannot be replayed.
+#[test]
+fn a_recorded_hello_cannot_be_replayed() {
+    let dir = fresh_temp_dir("linkkey");
+    let key_file = dir.join("key");
+    let key = b"sixteen or more secret bytes";
+    std::fs::write(&key_file, key).unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut router = Router::start_with(&[
+        "--listen",
+        &listen,
+        "--accept-peers",
+        "127.0.0.1/32",
+        "--link-key",
+        &key_file.to_string_lossy(),
+    ]);
+    let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let fake_addr = fake.local_addr().unwrap().to_string();
+    let mut first = TcpStream::connect(&listen).unwrap();
+    let challenge = read_challenge(&mut first);
+    let mac = flowverbs::router::link::hello_mac(key, &challenge, &fake_addr, 9);
+    let recorded = hello_with(&fake_addr, 9, mac);
+    first.write_all(&recorded).unwrap();
+    let introduced = format!("router {fake_addr} introduced itself");
+    router.wait_for_log(&introduced, 1, Duration::from_secs(10), |l| {
+        l.contains(&introduced)
+    });
+    // The same bytes on a new connection. (The key is checked before
+    // anything else, so whether the first connection is still up does not
+    // matter.)
+    let mut replay = TcpStream::connect(&listen).unwrap();
+    read_challenge(&mut replay);
+    replay.write_all(&recorded).unwrap();
+    assert!(closed_by_router(&mut replay), "{}", router.stderr());
+    let refused = format!("Hello from {fake_addr} does not prove the link key");
+    router.wait_for_log(&refused, 1, Duration::from_secs(10), |l| {
+        l.contains(&refused)
+    });
+    drop(first);
+    let _ = std::fs::remove_dir_all(dir);
 }

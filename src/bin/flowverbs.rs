@@ -65,6 +65,15 @@ enum Cmd {
         /// learned from the peers themselves.
         #[arg(long = "peer", value_name = "IP:PORT", requires = "listen")]
         peers: Vec<std::net::SocketAddr>,
+        /// Routers that are not a --peer but may connect from these
+        /// addresses (repeatable CIDR, e.g. 10.0.0.0/24); they get a
+        /// connection back. Without it only --peer routers are accepted.
+        #[arg(long = "accept-peers", value_name = "CIDR", requires = "listen")]
+        accept_peers: Vec<ipnet::IpNet>,
+        /// A file holding the routers' shared key: a router must prove it
+        /// to connect (HMAC of a challenge). The same file on every host.
+        #[arg(long, value_name = "FILE", requires = "listen")]
+        link_key: Option<PathBuf>,
         /// Most sessions (opened device contexts) one user may hold.
         #[arg(long, value_name = "N", default_value_t = flowverbs::router::limits::Limits::default().sessions_per_uid)]
         max_sessions_per_user: usize,
@@ -126,6 +135,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// The routers' shared key from `file`: its bytes, at least 16 of them
+/// (trailing newline and blanks removed).
+fn read_link_key(file: &Path) -> anyhow::Result<Vec<u8>> {
+    let mut key =
+        fs::read(file).with_context(|| format!("reading the link key {}", file.display()))?;
+    while key.last().is_some_and(|b| b.is_ascii_whitespace()) {
+        key.pop();
+    }
+    if key.len() < 16 {
+        bail!("the link key in {} has {} bytes; use at least 16 (e.g. `head -c 32 /dev/urandom | base64`)", file.display(), key.len());
+    }
+    Ok(key)
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Cmd::Router {
@@ -133,6 +156,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             mode,
             listen,
             peers,
+            accept_peers,
+            link_key,
             max_sessions_per_user,
             hello_timeout,
             max_objects_per_context,
@@ -151,6 +176,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     objects_per_session: max_objects_per_context,
                     hello_within: std::time::Duration::from_secs(hello_timeout),
                     ..Default::default()
+                },
+                link: flowverbs::router::link::LinkPolicy {
+                    key: link_key.map(|f| read_link_key(&f)).transpose()?,
+                    accept_from: accept_peers,
                 },
             })
             .context("router failed")

@@ -2,14 +2,24 @@
 //!
 //! Each router dials every peer and sends only on the connection it dialed
 //! ("out"); it reads only the connections its peers dialed ("in"). So
-//! there is no tie-breaking between two routers dialing each other, and a
-//! peer that only one side names still gets a connection back: a Hello
-//! from an unknown router makes it a peer.
+//! there is no tie-breaking between two routers dialing each other.
+//!
+//! Who may be a peer ([`LinkPolicy`]): a Hello names the sender's listen
+//! address, its identity among routers, and must come from that IP (a
+//! router dials from its listen address). A Hello from an address that is
+//! not a `--peer` is refused unless `--accept-peers` covers it (then the
+//! router becomes a peer and gets a connection back). A known peer that is
+//! connected already keeps its connection: a second one is refused, so a
+//! local process cannot take a live peer's place or make it look
+//! restarted. With a shared key (`--link-key`), the accepting side sends a
+//! random challenge first and the Hello must carry its HMAC: only routers
+//! holding the key get in, and a recorded Hello is useless.
 //!
 //! A peer is *up* once both directions said Hello. Losing either
-//! direction, or a Hello with a new boot id (the peer restarted), takes it
-//! *down*: everything it served is forgotten and the engine fails the QPs
-//! connected there. Down peers are redialled with a backoff.
+//! direction takes it *down*: everything it served is forgotten and the
+//! engine fails the QPs connected there (a peer that restarted closed both
+//! connections, so its new Hello starts afresh). Configured peers that are
+//! down are redialled with a backoff; introduced ones dial us again.
 //!
 //! Flow control: the engine queues data only while [`Peers::has_room`]
 //! (a few MiB per peer); small replies are always queued. Reading from a
@@ -28,11 +38,58 @@ use log::{debug, info, warn};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
 
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
 use super::registry::{LocationRegistry, StaticRegistry};
 pub use super::transport::{Gid, PeerId, Transport};
 use crate::wire::link::{
-    decode_payload, encode_payload, Announce, FrameHeader, Hello, Kind, HEADER_LEN, MAX_CHUNK,
+    decode_payload, encode_payload, Announce, FrameHeader, Hello, Kind, CHALLENGE_LEN, HEADER_LEN,
+    MAX_CHUNK,
 };
+
+/// Who may be a peer, and how routers prove it.
+#[derive(Clone, Debug, Default)]
+pub struct LinkPolicy {
+    /// The routers' shared key (`--link-key`): Hellos must prove it.
+    pub key: Option<Vec<u8>>,
+    /// Routers not named by `--peer` that may introduce themselves.
+    pub accept_from: Vec<ipnet::IpNet>,
+}
+
+/// The MAC a Hello carries: HMAC-SHA256 under `key` of the challenge, the
+/// listen address and the boot id.
+pub fn hello_mac(
+    key: &[u8],
+    challenge: &[u8; CHALLENGE_LEN],
+    listen: &str,
+    boot_id: u64,
+) -> [u8; 32] {
+    let mut m = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    m.update(b"flowverbs link hello v2");
+    m.update(challenge);
+    m.update(&(listen.len() as u64).to_le_bytes());
+    m.update(listen.as_bytes());
+    m.update(&boot_id.to_le_bytes());
+    m.finalize().into_bytes().into()
+}
+
+/// Whether `hello` proves `key` for `challenge` (constant-time compare).
+fn hello_proves(key: &[u8], challenge: &[u8; CHALLENGE_LEN], hello: &Hello) -> bool {
+    let mut m = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    m.update(b"flowverbs link hello v2");
+    m.update(challenge);
+    m.update(&(hello.listen.len() as u64).to_le_bytes());
+    m.update(hello.listen.as_bytes());
+    m.update(&hello.boot_id.to_le_bytes());
+    m.verify_slice(&hello.mac).is_ok()
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    b
+}
 
 /// Queued bytes per peer under which the engine may queue more data.
 pub const OUT_SOFT: usize = 4 << 20;
@@ -102,10 +159,16 @@ impl OutQueue {
 /// One router this router talks to.
 pub struct Peer {
     pub addr: SocketAddr,
+    /// Named by `--peer` (redialled while down); otherwise it introduced
+    /// itself and is dialled only while it is connected to us.
+    configured: bool,
     /// The connection we dialed (we write on it).
     out: Option<TcpStream>,
     out_token: u64,
+    /// Not ready to send: dialing, or waiting for the peer's challenge.
     connecting: bool,
+    /// The peer's challenge as it arrives (Some once the dial completed).
+    challenge: Option<Vec<u8>>,
     queue: OutQueue,
     /// The connection it dialed to us (we read it), once it said Hello.
     inbound: Option<u64>,
@@ -117,13 +180,23 @@ pub struct Peer {
     told_unreachable: bool,
 }
 
+impl Peer {
+    /// Configured peers are dialled until they answer; introduced ones
+    /// only while they are connected to us.
+    fn wants_dial(&self) -> bool {
+        self.configured || self.inbound.is_some()
+    }
+}
+
 /// The routers and the bytes queued for them: what the engine sends on.
 pub struct Peers {
     list: Vec<Peer>,
     registry: StaticRegistry,
     /// GIDs this router serves (announced to every peer).
     served: Vec<Gid>,
+    /// Our listen address and boot id (the Hello we send, MAC aside).
     me: Hello,
+    policy: LinkPolicy,
 }
 
 impl Transport for Peers {
@@ -184,6 +257,10 @@ impl Transport for Peers {
 }
 
 impl Peers {
+    fn me_addr(&self) -> SocketAddr {
+        self.me.listen.parse().expect("our own listen address")
+    }
+
     fn announce_to(&mut self, peer: PeerId) {
         let payload = encode_payload(&Announce {
             gids: self.served.clone(),
@@ -203,6 +280,10 @@ impl Peers {
 /// A connection a peer dialed to us.
 struct Inbound {
     stream: TcpStream,
+    /// Where it comes from (its Hello must name this IP).
+    from: SocketAddr,
+    /// What we sent it first; its Hello proves the key on it.
+    challenge: [u8; CHALLENGE_LEN],
     peer: Option<PeerId>,
     /// Allocated once ([`IN_BUF`] bytes); `buf[start..end]` is unread.
     buf: Vec<u8>,
@@ -250,7 +331,11 @@ fn new_boot_id() -> u64 {
 
 impl Links {
     /// Listens on `listen` and prepares to dial `peers`.
-    pub fn new(listen: SocketAddr, peers: Vec<SocketAddr>) -> anyhow::Result<Links> {
+    pub fn new(
+        listen: SocketAddr,
+        peers: Vec<SocketAddr>,
+        policy: LinkPolicy,
+    ) -> anyhow::Result<Links> {
         if listen.ip().is_unspecified() {
             anyhow::bail!(
                 "--listen {listen}: give the address peers reach this router at (it is its name among routers), not a wildcard"
@@ -273,7 +358,9 @@ impl Links {
                 me: Hello {
                     listen: listen.to_string(),
                     boot_id: new_boot_id(),
+                    mac: [0; 32],
                 },
+                policy,
             },
             inbound: HashMap::new(),
             next_token: 1,
@@ -282,7 +369,7 @@ impl Links {
         };
         for addr in links.peers.registry.peers() {
             if addr != listen && links.peers.find(addr).is_none() {
-                links.add_peer(addr, now);
+                links.add_peer(addr, true, now);
             }
         }
         info!(
@@ -310,12 +397,14 @@ impl Links {
         t
     }
 
-    fn add_peer(&mut self, addr: SocketAddr, now: Instant) -> PeerId {
+    fn add_peer(&mut self, addr: SocketAddr, configured: bool, now: Instant) -> PeerId {
         self.peers.list.push(Peer {
             addr,
+            configured,
             out: None,
             out_token: 0,
             connecting: false,
+            challenge: None,
             queue: OutQueue::default(),
             inbound: None,
             boot_id: None,
@@ -348,7 +437,7 @@ impl Links {
             .peers
             .list
             .iter()
-            .filter(|p| p.out.is_none())
+            .filter(|p| p.out.is_none() && p.wants_dial())
             .map(|p| p.next_dial);
         let hello = self
             .inbound
@@ -396,7 +485,7 @@ impl Links {
         }
         for i in 0..self.peers.list.len() {
             let p = &self.peers.list[i];
-            if p.out.is_none() && now >= p.next_dial {
+            if p.out.is_none() && p.wants_dial() && now >= p.next_dial {
                 self.dial(i, now);
             }
             self.flush(i, now);
@@ -444,8 +533,14 @@ impl Links {
             return;
         };
         if self.peers.list[i].connecting {
-            if events.contains(EpollFlags::EPOLLOUT) || events.contains(EpollFlags::EPOLLERR) {
-                self.connected(i, now);
+            if self.peers.list[i].challenge.is_none() {
+                if events.intersects(EpollFlags::EPOLLOUT | EpollFlags::EPOLLERR) {
+                    self.dialled(i, now);
+                }
+            } else if events
+                .intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP)
+            {
+                self.read_challenge(i, now);
             }
             return;
         }
@@ -478,6 +573,13 @@ impl Links {
                         continue;
                     }
                     tune(&stream);
+                    // The challenge goes first (a fresh socket's buffer
+                    // takes it whole).
+                    let challenge = random_bytes::<CHALLENGE_LEN>();
+                    if !matches!((&stream).write(&challenge), Ok(CHALLENGE_LEN)) {
+                        warn!("router connection from {from}: cannot send its challenge");
+                        continue;
+                    }
                     let t = self.token();
                     if let Err(e) = self
                         .epoll
@@ -491,6 +593,8 @@ impl Links {
                         t,
                         Inbound {
                             stream,
+                            from,
+                            challenge,
                             peer: None,
                             buf: vec![0; IN_BUF],
                             start: 0,
@@ -524,6 +628,10 @@ impl Links {
             None,
         )
         .and_then(|fd: OwnedFd| {
+            // From our listen address: the peer checks that our Hello
+            // comes from the address it names.
+            let me = SocketAddr::new(self.peers.me_addr().ip(), 0);
+            socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(me))?;
             match socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(addr)) {
                 Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => Ok(fd),
                 Err(e) => Err(e),
@@ -563,38 +671,74 @@ impl Links {
         p.backoff = (p.backoff * 2).min(REDIAL_MAX);
     }
 
-    /// A dial finished: say Hello and announce, or schedule a redial.
-    fn connected(&mut self, i: PeerId, now: Instant) {
+    /// A dial finished: wait for the peer's challenge, or schedule a
+    /// redial.
+    fn dialled(&mut self, i: PeerId, now: Instant) {
         let p = &mut self.peers.list[i];
         let err = p
             .out
             .as_ref()
             .map(|s| socket::getsockopt(s, sockopt::SocketError))
             .unwrap_or(Ok(0));
-        match err {
-            Ok(0) => {}
-            Ok(e) => {
-                let why = nix::errno::Errno::from_raw(e).desc();
+        let why = match err {
+            Ok(0) => None,
+            Ok(e) => Some(nix::errno::Errno::from_raw(e).desc().to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = why {
+            self.close_out(i);
+            self.unreachable(i, &why, now);
+            return;
+        }
+        p.challenge = Some(Vec::with_capacity(CHALLENGE_LEN));
+        if let Some(s) = &p.out {
+            let _ = self
+                .epoll
+                .modify(s, &mut EpollEvent::new(EpollFlags::EPOLLIN, p.out_token));
+        }
+    }
+
+    /// Reads the peer's challenge; once whole, says Hello and announces.
+    fn read_challenge(&mut self, i: PeerId, now: Instant) {
+        let p = &mut self.peers.list[i];
+        let (Some(stream), Some(got)) = (p.out.as_mut(), p.challenge.as_mut()) else {
+            return;
+        };
+        let mut b = [0u8; CHALLENGE_LEN];
+        let want = CHALLENGE_LEN - got.len();
+        match stream.read(&mut b[..want]) {
+            Ok(0) => {
                 self.close_out(i);
-                self.unreachable(i, why, now);
+                self.unreachable(i, "closed before its challenge", now);
                 return;
             }
+            Ok(n) => got.extend_from_slice(&b[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
             Err(e) => {
                 self.close_out(i);
                 self.unreachable(i, &e.to_string(), now);
                 return;
             }
         }
+        if got.len() == CHALLENGE_LEN {
+            let challenge: [u8; CHALLENGE_LEN] = got.as_slice().try_into().expect("whole");
+            self.connected(i, &challenge);
+        }
+    }
+
+    /// Says Hello (proving the key on `challenge`) and announces.
+    fn connected(&mut self, i: PeerId, challenge: &[u8; CHALLENGE_LEN]) {
+        let mut hello = self.peers.me.clone();
+        if let Some(key) = &self.peers.policy.key {
+            hello.mac = hello_mac(key, challenge, &hello.listen, hello.boot_id);
+        }
+        let p = &mut self.peers.list[i];
         p.connecting = false;
+        p.challenge = None;
         p.backoff = REDIAL_MIN;
         p.told_unreachable = false;
-        if let Some(s) = &p.out {
-            let _ = self
-                .epoll
-                .modify(s, &mut EpollEvent::new(EpollFlags::EPOLLIN, p.out_token));
-        }
         debug!("connected to peer {}", p.addr);
-        let payload = encode_payload(&self.peers.me);
+        let payload = encode_payload(&hello);
         let mut hdr = FrameHeader::new(Kind::Hello);
         hdr.payload_len = payload.len() as u32;
         p.queue.clear();
@@ -619,6 +763,7 @@ impl Links {
             let _ = self.epoll.delete(&s);
         }
         p.connecting = false;
+        p.challenge = None;
         p.queue.clear();
     }
 
@@ -818,22 +963,49 @@ impl Links {
             .listen
             .parse()
             .map_err(|_| format!("Hello with address {:?}", hello.listen))?;
+        let c = &self.inbound[&t];
+        if c.from.ip().to_canonical() != addr.ip().to_canonical() {
+            return Err(format!(
+                "Hello names {addr} but comes from {}: refused",
+                c.from.ip()
+            ));
+        }
+        if let Some(key) = &self.peers.policy.key {
+            if !hello_proves(key, &c.challenge, &hello) {
+                return Err(format!(
+                    "Hello from {addr} does not prove the link key: refused"
+                ));
+            }
+        }
         let i = match self.peers.find(addr) {
             Some(i) => i,
+            None if !self
+                .peers
+                .policy
+                .accept_from
+                .iter()
+                .any(|net| net.contains(&addr.ip())) =>
+            {
+                return Err(format!(
+                    "Hello from {addr}: not a --peer and not covered by --accept-peers: refused"
+                ));
+            }
             None if self.peers.list.len() >= MAX_PEERS => {
                 return Err(format!("Hello from {addr}: already {MAX_PEERS} peers"));
             }
             None => {
                 info!("router {addr} introduced itself; adding it as a peer");
-                self.add_peer(addr, now)
+                self.add_peer(addr, false, now)
             }
         };
-        let p = &self.peers.list[i];
-        if p.boot_id.is_some_and(|b| b != hello.boot_id) || p.inbound.is_some() {
-            // Restarted (or reconnected): everything from before is gone.
-            self.lost(i, "restarted", now);
-        }
         let p = &mut self.peers.list[i];
+        if p.inbound.is_some() {
+            // The peer's live connection stays; this one goes. (A peer
+            // that restarted closed its old connection first.)
+            return Err(format!(
+                "router {addr} is connected already: a second connection is refused"
+            ));
+        }
         p.boot_id = Some(hello.boot_id);
         p.inbound = Some(t);
         if p.out.is_none() {

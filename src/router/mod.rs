@@ -40,6 +40,8 @@ pub struct Config {
     pub peers: Vec<std::net::SocketAddr>,
     /// What clients may hold of the router (`limits`).
     pub limits: limits::Limits,
+    /// Who may be a peer router, and the routers' shared key (`link`).
+    pub link: link::LinkPolicy,
 }
 
 /// Runs the router in the foreground until SIGTERM or SIGINT.

@@ -132,7 +132,11 @@ impl Server {
         // Listen for routers before router.sock appears: whoever sees the
         // socket may expect the whole router to be there.
         let links = match config.listen {
-            Some(listen) => Some(super::link::Links::new(listen, config.peers.clone())?),
+            Some(listen) => Some(super::link::Links::new(
+                listen,
+                config.peers.clone(),
+                config.link.clone(),
+            )?),
             None => None,
         };
 

@@ -13,6 +13,11 @@
 //! behind the NAKed request is dropped, and the requester resends from it
 //! (go-back-N, as an RC responder does on a fabric).
 //!
+//! Before any frame, the accepting router writes [`CHALLENGE_LEN`] random
+//! bytes on the new connection; the dialing router reads them and proves
+//! in its Hello ([`Hello::mac`]) that it holds the routers' shared key, if
+//! one is configured.
+//!
 //! Everything decoded here comes from another host and is validated:
 //! [`FrameHeader::decode`] rejects a frame it cannot make sense of.
 
@@ -21,7 +26,9 @@ use serde::{Deserialize, Serialize};
 /// "FVLK": the first four bytes of every frame.
 pub const MAGIC: u32 = 0x4b4c_5646;
 /// Version of this module's format; peers of another version are refused.
-pub const LINK_VERSION: u16 = 1;
+pub const LINK_VERSION: u16 = 2;
+/// Bytes of the challenge an accepting router sends before anything else.
+pub const CHALLENGE_LEN: usize = 32;
 /// Bytes of every frame header.
 pub const HEADER_LEN: usize = 128;
 /// Most payload bytes in one frame (one chunk of a message).
@@ -270,6 +277,9 @@ pub struct Hello {
     /// Random per router start: a new value means the peer restarted and
     /// everything it served before is gone.
     pub boot_id: u64,
+    /// HMAC-SHA256 under the routers' shared key of the accepting router's
+    /// challenge, `listen` and `boot_id` (zeros when no key is configured).
+    pub mac: [u8; 32],
 }
 
 /// Payload of [`Kind::Announce`]: every GID the sender serves now.

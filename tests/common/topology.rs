@@ -198,17 +198,28 @@ impl Topology {
     /// Starts host i's router inside its namespace with
     /// [`Topology::router_args`]; does not wait for the link.
     pub fn start_router(&self, i: usize, ports: [u16; 2]) -> Router {
+        self.start_router_with(i, ports, &[])
+    }
+
+    /// [`Topology::start_router`] with `extra` arguments.
+    pub fn start_router_with(&self, i: usize, ports: [u16; 2], extra: &[&str]) -> Router {
         let args = self.router_args(i, ports);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra);
         Router::start_in_netns(&self.hosts[i].netns, &args)
     }
 
     /// Starts both hosts' routers ([`Topology::start_router`], fresh ports)
     /// and waits until each has logged that its link to the other is up.
     pub fn start_linked_routers(&self) -> LinkedRouters {
+        self.start_linked_routers_with(&[])
+    }
+
+    /// [`Topology::start_linked_routers`] with `extra` arguments for both.
+    pub fn start_linked_routers_with(&self, extra: &[&str]) -> LinkedRouters {
         let ports = [free_port(), free_port()];
-        let mut a = self.start_router(A, ports);
-        let mut b = self.start_router(B, ports);
+        let mut a = self.start_router_with(A, ports, extra);
+        let mut b = self.start_router_with(B, ports, extra);
         wait_for_peer(&mut a, &self.hosts[B].addr, "up", 1, PEER_LINK_TIMEOUT);
         wait_for_peer(&mut b, &self.hosts[A].addr, "up", 1, PEER_LINK_TIMEOUT);
         LinkedRouters {
