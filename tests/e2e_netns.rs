@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::topology::Topology;
+use common::topology::{ip, Topology};
 use common::*;
 
 #[test]
@@ -74,4 +74,53 @@ fn rc_pingpong_between_namespaces() {
 fn ud_pingpong_between_namespaces() {
     // UD: the router delivers only if the AH's GID is the receiver's.
     pingpong_across("ibv_ud_pingpong", 12);
+}
+
+/// `SYSFS_PATH` as `flowverbs env`, run inside `netns`, prints it.
+fn view_of(router: &Router, netns: &str) -> std::path::PathBuf {
+    let mut env = std::process::Command::new("ip");
+    env.args(["netns", "exec", netns])
+        .arg(flowverbs_exe())
+        .args(["env", "--runtime-dir"])
+        .arg(&router.runtime_dir)
+        .arg("--provider")
+        .arg(format!("{}-rdmav34.so", router.rdmav_drivers().display()));
+    let out = run_with_timeout(env, 30);
+    assert!(out.status.success(), "{}", show("flowverbs env", &out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let path = text
+        .lines()
+        .find_map(|l| l.strip_prefix("SYSFS_PATH="))
+        .unwrap_or_else(|| panic!("no SYSFS_PATH in {text}"));
+    std::path::PathBuf::from(path)
+}
+
+/// The router writes a view of its device tree for each network namespace
+/// that asks (`RUNTIME_DIR/netns/<id>`); a view goes when its namespace
+/// is gone (no process in it, no `ip netns` name), not before: a
+/// namespace that still exists keeps it for the programs it starts later.
+#[test]
+fn views_of_gone_namespaces_are_removed() {
+    let router = Router::start();
+    let ns = Topology::two_hosts(14);
+    let (a, b) = (&ns.hosts[0].netns, &ns.hosts[1].netns);
+    let view_a = view_of(&router, a);
+    let view_b = view_of(&router, b);
+    assert!(
+        view_a.starts_with(router.runtime_dir.join("netns")),
+        "{view_a:?}"
+    );
+    assert_ne!(view_a, view_b);
+    // Asked again, with both namespaces alive: both stay.
+    assert_eq!(view_of(&router, b), view_b);
+    assert!(view_a.exists() && view_b.exists());
+    // A goes; the next view anyone asks for sweeps A's away.
+    ip(&["netns", "del", a]);
+    assert_eq!(view_of(&router, b), view_b);
+    assert!(
+        !view_a.parent().unwrap().exists(),
+        "the view of a deleted namespace stays: {}",
+        view_a.display()
+    );
+    assert!(view_b.exists());
 }

@@ -769,14 +769,14 @@ fn semi_mode_requests_are_checked() {
         panic!("{r:?}")
     };
 
-    // A's QP on the semi path to B's QP.
+    // A's QP on the semi path to B's QP, which does not name A yet.
     let mut a = Client::new(&router);
     let pd_a = a.pd();
     let (cq_a, _m1, _l1) = a.cq(8);
     let (qp_a, qpn_a, _m2, _l2, _f2) = a.qp(pd_a, cq_a);
     let (cq_b, _m3, _l3) = b.cq(8);
     let (qp_b, qpn_b, _m4, _l4, _f4) = b.qp(pd_b, cq_b);
-    b.connect_qp(qp_b, qpn_a, IBV_ACCESS_REMOTE_WRITE);
+    let (qp_c, qpn_c, _m5, _l5, _f5) = b.qp(pd_b, cq_b);
     let (r, fds) = a.ok(&Request::ModifyQp {
         qp: qp_a,
         attr: QpAttr {
@@ -804,10 +804,43 @@ fn semi_mode_requests_are_checked() {
         mask: 0x129181,
     });
     assert!(
+        matches!(r, Reply::SemiPath { peer_qpn } if peer_qpn == qpn_b),
+        "{r:?}"
+    );
+    assert!(fds.is_empty(), "no rings before B names A");
+    // Naming B's QPN grants nothing of B: neither its rings nor its memory.
+    let connect_a = Request::SemiConnect { qp: qp_a };
+    assert_eq!(a.errno(&connect_a), libc::EAGAIN, "B does not name A");
+    assert_eq!(
+        a.errno(&Request::ResolveKey {
+            qp: qp_a,
+            key: shared
+        }),
+        libc::ENOENT,
+        "B does not name A"
+    );
+    // B connects to another QP (C, its own): still nothing for A.
+    b.connect_qp(qp_b, qpn_c, IBV_ACCESS_REMOTE_WRITE);
+    b.connect_qp(qp_c, qpn_b, IBV_ACCESS_REMOTE_WRITE);
+    assert_eq!(a.errno(&connect_a), libc::EAGAIN, "B names C, not A");
+    // B back to RESET, then connected to A: granted.
+    b.ok(&Request::ModifyQp {
+        qp: qp_b,
+        attr: QpAttr {
+            qp_state: IBV_QPS_RESET,
+            ..Default::default()
+        },
+        mask: 0x1,
+    });
+    b.connect_qp(qp_b, qpn_a, IBV_ACCESS_REMOTE_WRITE);
+    let (r, fds) = a.ok(&connect_a);
+    assert!(
         matches!(r, Reply::SemiPeer { peer_qpn, .. } if peer_qpn == qpn_b),
         "{r:?}"
     );
     assert_eq!(fds.len(), 2, "the peer's QP and CQ segments");
+    // Another session cannot ask for A's grant.
+    assert_eq!(b.errno(&connect_a), libc::EINVAL);
 
     let resolve = |key| Request::ResolveKey { qp: qp_a, key };
     let (r, fds) = a.ok(&resolve(shared));

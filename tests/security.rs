@@ -385,3 +385,151 @@ fn sessions_and_objects_are_capped() {
         router.stderr()
     );
 }
+
+/// `flowverbs status --json` of `router`, run as root of the host or as
+/// `uid`.
+fn status_json(router: &Router, uid: Option<u32>) -> serde_json::Value {
+    let mut cmd = match uid {
+        None => Command::new(common::flowverbs_exe()),
+        Some(u) => {
+            let mut c = Command::new("setpriv");
+            let id = u.to_string();
+            c.args(["--reuid", &id, "--regid", &id, "--clear-groups", "--"])
+                .arg(common::flowverbs_exe());
+            c
+        }
+    };
+    cmd.args(["status", "--json", "--runtime-dir"])
+        .arg(&router.runtime_dir);
+    let out = run_with_timeout(cmd, 30);
+    assert!(out.status.success(), "{}", show("flowverbs status", &out));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", show("flowverbs status --json", &out)))
+}
+
+/// The QPs of every session, as (session uid, qp type, state, path).
+fn qps_of(status: &serde_json::Value) -> Vec<(u64, String, String, String)> {
+    status["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .flat_map(|s| {
+            let uid = s["uid"].as_u64().unwrap();
+            s["qps"].as_array().unwrap().iter().map(move |q| {
+                (
+                    uid,
+                    q["type"].as_str().unwrap().to_string(),
+                    q["state"].as_str().unwrap().to_string(),
+                    q["path"].as_str().unwrap().to_string(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Runs an `ibv_rc_pingpong` pair (with many iterations, so that it is
+/// still running) on `router`, the server under `server_wrapper`, waits
+/// until `status` shows both RC QPs in RTS, and returns their paths. The
+/// pair is killed when the returned guards drop.
+fn running_pair_paths(
+    router: &Router,
+    server_wrapper: &[&str],
+) -> (Vec<String>, [common::Background; 2]) {
+    let port = common::free_port().to_string();
+    let args = ["-d", "fv0", "-g", "0", "-n", "100000000", "-p", &port];
+    let mut server = match server_wrapper.split_first() {
+        Some((prog, rest)) => {
+            let mut c = router.command(prog);
+            c.args(rest).arg("ibv_rc_pingpong");
+            c
+        }
+        None => router.command("ibv_rc_pingpong"),
+    };
+    server.args(args);
+    let server = common::Background::start(server);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut client;
+    loop {
+        let mut c = router.command("ibv_rc_pingpong");
+        c.args(args).arg("127.0.0.1");
+        client = common::Background::start(c);
+        // A client that cannot connect yet exits at once.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        if client.try_wait().is_none() || std::time::Instant::now() > deadline {
+            break;
+        }
+    }
+    loop {
+        let qps = qps_of(&status_json(router, None));
+        let rts: Vec<String> = qps
+            .iter()
+            .filter(|q| q.1 == "RC" && q.2 == "RTS")
+            .map(|q| q.3.clone())
+            .collect();
+        if rts.len() == 2 {
+            return (rts, [server, client]);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pair never had two RC QPs in RTS: {qps:?}\n{}",
+            router.stderr()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Semi mode shares memory only within a trust group: two root processes
+/// of one container (same user, pid and network namespaces) take the semi
+/// path; a root process in its own user namespace and a root process of
+/// the host keep the router's path. (The router before this check let any
+/// two processes of one uid map each other, so root containers without
+/// user namespaces all shared.)
+#[test]
+fn semi_mode_shares_only_within_a_trust_group() {
+    let router = Router::start_with(&["--mode", "semi"]);
+    let (paths, pair) = running_pair_paths(&router, &[]);
+    assert_eq!(paths, ["semi", "semi"], "{}", router.stderr());
+    drop(pair);
+    let (paths, pair) =
+        running_pair_paths(&router, &["unshare", "--user", "--map-root-user", "--"]);
+    assert_eq!(
+        paths,
+        ["router", "router"],
+        "root of another user namespace shares with root of the host\n{}",
+        router.stderr()
+    );
+    drop(pair);
+}
+
+/// `flowverbs status` shows an unprivileged user only its own sessions;
+/// root of the host sees all. (It showed every tenant's pid, uid and GID
+/// to anyone.)
+#[test]
+fn status_shows_a_user_only_its_own_sessions() {
+    let router = Router::start();
+    let mut mine = as_user(&router, ATTACKER_UID, LIMITS.path());
+    mine.args(["contexts", "2", "60"]);
+    let mut mine = common::Background::start(mine);
+    let mut root = router.command(LIMITS.path());
+    root.args(["contexts", "1", "60"]);
+    let mut root = common::Background::start(root);
+    for b in [&mut mine, &mut root] {
+        assert!(b.wait_for_stdout("made", std::time::Duration::from_secs(60)));
+    }
+    let uids = |v: &serde_json::Value| -> Vec<u64> {
+        let mut u: Vec<u64> = v["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["uid"].as_u64().unwrap())
+            .collect();
+        u.sort();
+        u
+    };
+    let all = status_json(&router, None);
+    assert_eq!(uids(&all), [0, 1000, 1000], "{all}");
+    let own = status_json(&router, Some(ATTACKER_UID));
+    assert_eq!(uids(&own), [1000, 1000], "{own}");
+    let other = status_json(&router, Some(ATTACKER_UID + 7));
+    assert_eq!(uids(&other), Vec::<u64>::new(), "{other}");
+}

@@ -48,6 +48,14 @@ enum ModeArg {
     Semi,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum SemiShareArg {
+    /// One uid in the same user, pid and network namespaces (default).
+    SameContainer,
+    /// One uid in the same user namespace.
+    SameUser,
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run the per-host router in the foreground (until SIGTERM/SIGINT).
@@ -57,6 +65,10 @@ enum Cmd {
         runtime_dir: PathBuf,
         #[arg(long, value_enum, default_value_t = ModeArg::Isolated)]
         mode: ModeArg,
+        /// Semi mode: which processes may map each other's registered
+        /// memory (others keep the router's path).
+        #[arg(long, value_enum, default_value_t = SemiShareArg::SameContainer)]
+        semi_share: SemiShareArg,
         /// Accept connections from the routers of other hosts on IP:PORT
         /// (a specific address: it is this router's name among routers).
         #[arg(long, value_name = "IP:PORT")]
@@ -94,11 +106,16 @@ enum Cmd {
     Uninstall,
     /// Print the environment (KEY=VALUE lines) a process needs to see fv0.
     Env(EnvArgs),
-    /// Show the router's sessions: process, GID and the verbs objects each owns.
+    /// Show the router's sessions: process, GID, the verbs objects each
+    /// owns and each QP's state and data path. Root of the host sees every
+    /// session; others see those of their own user (and namespaces).
     Status {
         /// The router's runtime directory.
         #[arg(long, default_value = DEFAULT_RUNTIME_DIR)]
         runtime_dir: PathBuf,
+        /// One JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// Run PROGRAM with that environment (execvp: no child process), with
     /// RDMA netlink blocked so that libibverbs reads the generated tree.
@@ -154,6 +171,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Router {
             runtime_dir,
             mode,
+            semi_share,
             listen,
             peers,
             accept_peers,
@@ -177,6 +195,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     hello_within: std::time::Duration::from_secs(hello_timeout),
                     ..Default::default()
                 },
+                semi_share: match semi_share {
+                    SemiShareArg::SameContainer => {
+                        flowverbs::router::semi::SemiShare::SameContainer
+                    }
+                    SemiShareArg::SameUser => flowverbs::router::semi::SemiShare::SameUser,
+                },
                 link: flowverbs::router::link::LinkPolicy {
                     key: link_key.map(|f| read_link_key(&f)).transpose()?,
                     accept_from: accept_peers,
@@ -194,7 +218,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Exec { env, program } => exec(&env, &program),
-        Cmd::Status { runtime_dir } => status(&runtime_dir),
+        Cmd::Status { runtime_dir, json } => status(&runtime_dir, json),
     }
 }
 
@@ -384,7 +408,32 @@ fn device_view(runtime_dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// `flowverbs status`: one line per session.
-fn status(runtime_dir: &Path) -> anyhow::Result<()> {
+fn qp_type_name(t: u32) -> &'static str {
+    match t {
+        2 => "RC",
+        3 => "UC",
+        4 => "UD",
+        _ => "?",
+    }
+}
+
+fn qp_state_name(s: u32) -> &'static str {
+    ["RESET", "INIT", "RTR", "RTS", "SQD", "SQE", "ERR"]
+        .get(s as usize)
+        .copied()
+        .unwrap_or("?")
+}
+
+fn qp_path_name(p: flowverbs::wire::control::QpPath) -> &'static str {
+    use flowverbs::wire::control::QpPath;
+    match p {
+        QpPath::Router => "router",
+        QpPath::Semi => "semi",
+        QpPath::Link => "link",
+    }
+}
+
+fn status(runtime_dir: &Path, json: bool) -> anyhow::Result<()> {
     use flowverbs::wire::control::{Reply, Request};
     let reply = ask_router(runtime_dir, &Request::Status).with_context(|| {
         format!(
@@ -396,6 +445,38 @@ fn status(runtime_dir: &Path) -> anyhow::Result<()> {
         bail!("unexpected reply {reply:?}");
     };
     let mut out = io::stdout().lock();
+    if json {
+        let sessions: Vec<serde_json::Value> = sessions
+            .iter()
+            .map(|s| {
+                let qps: Vec<serde_json::Value> = s
+                    .qp_list
+                    .iter()
+                    .map(|q| {
+                        serde_json::json!({
+                            "qpn": q.qpn,
+                            "type": qp_type_name(q.qp_type),
+                            "state": qp_state_name(q.state),
+                            "dest_qpn": q.dest_qpn,
+                            "path": qp_path_name(q.path),
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "pid": s.pid,
+                    "uid": s.uid,
+                    "gid": std::net::Ipv6Addr::from(s.gid).to_string(),
+                    "pds": s.pds,
+                    "mrs": s.mrs,
+                    "cqs": s.cqs,
+                    "srqs": s.srqs,
+                    "qps": qps,
+                })
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::json!({ "sessions": sessions }))?;
+        return Ok(());
+    }
     writeln!(out, "{} session(s)", sessions.len())?;
     let row = |pid: &dyn std::fmt::Display,
                uid: &dyn std::fmt::Display,
@@ -423,6 +504,18 @@ fn status(runtime_dir: &Path) -> anyhow::Result<()> {
                 [&s.pds, &s.mrs, &s.cqs, &s.qps, &s.srqs]
             )
         )?;
+        for q in &s.qp_list {
+            writeln!(
+                out,
+                "{:>10} QP {:#08x} {} {:<5} -> {:#08x} path {}",
+                "",
+                q.qpn,
+                qp_type_name(q.qp_type),
+                qp_state_name(q.state),
+                q.dest_qpn,
+                qp_path_name(q.path)
+            )?;
+        }
     }
     Ok(())
 }

@@ -309,6 +309,65 @@ enum Wait {
     Cq,
 }
 
+/// The responder's rings, as the router granted them (`Request::SemiConnect`).
+struct PeerRings {
+    _qp_seg: Mapping,
+    header: *const QpHeader,
+    rq: RingSlots,
+    _cq_seg: Mapping,
+    cq: CqView,
+}
+
+impl PeerRings {
+    /// From the router's [`Reply::SemiPeer`] and its two fds.
+    fn map(reply: &Reply, mut fds: Vec<OwnedFd>) -> Result<PeerRings, Errno> {
+        let &Reply::SemiPeer {
+            sq_capacity,
+            rq_capacity,
+            cq_capacity,
+            ..
+        } = reply
+        else {
+            return Err(libc::EPROTO);
+        };
+        if fds.len() != 2 {
+            return Err(libc::EPROTO);
+        }
+        let cq_fd = fds.pop().expect("two");
+        let qp_fd = fds.pop().expect("two");
+        let ql = QpLayout::new(sq_capacity, rq_capacity);
+        let cl = CqLayout::new(cq_capacity);
+        if ql.sq_capacity != sq_capacity
+            || ql.rq_capacity != rq_capacity
+            || cl.capacity != cq_capacity
+        {
+            return Err(libc::EPROTO);
+        }
+        let err = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::ENOMEM);
+        let qseg = Mapping::map(&qp_fd, ql.size).map_err(err)?;
+        let cseg = Mapping::map(&cq_fd, cl.size).map_err(err)?;
+        // SAFETY: both segments have the sizes of their layouts (the router
+        // sealed them at those sizes).
+        let (rq, cq_slots) = unsafe {
+            (
+                RingSlots::new(qseg.as_ptr().add(ql.rq_offset), RECV_WQE_SIZE, rq_capacity),
+                RingSlots::new(cseg.as_ptr().add(cl.ring_offset), CQE_SIZE, cq_capacity),
+            )
+        };
+        Ok(PeerRings {
+            header: qseg.as_ptr() as *const QpHeader,
+            _qp_seg: qseg,
+            rq,
+            cq: CqView {
+                header: cseg.as_ptr() as *const CqHeader,
+                slots: cq_slots,
+                seen: 0,
+            },
+            _cq_seg: cseg,
+        })
+    }
+}
+
 /// One semi-mode QP's send side.
 pub struct SemiPath {
     pub qp_handle: u32,
@@ -321,11 +380,8 @@ pub struct SemiPath {
     pub timeout: u8,
     pub retry_cnt: u8,
     pub rnr_retry: u8,
-    _peer_qp_seg: Mapping,
-    peer: *const QpHeader,
-    peer_rq: RingSlots,
-    _peer_cq_seg: Mapping,
-    peer_cq: CqView,
+    /// None until the router grants them (both QPs name each other).
+    rings: Option<PeerRings>,
     send_cq: CqView,
     keys: HashMap<u32, KeyView>,
     pending: VecDeque<(SendWqe, u32)>,
@@ -356,46 +412,15 @@ pub struct NewPath {
 }
 
 impl SemiPath {
-    /// From the router's [`Reply::SemiPeer`] and its two fds.
-    pub fn connect(
+    /// From the router's [`Reply::SemiPath`]: the QP runs here, to
+    /// `peer_qpn`, whose rings are asked for at the first request.
+    pub fn new(
         ctx: &ContextInner,
         n: NewPath,
         reply: &Reply,
-        mut fds: Vec<OwnedFd>,
     ) -> Result<Arc<Mutex<SemiPath>>, Errno> {
-        let &Reply::SemiPeer {
-            peer_qpn,
-            sq_capacity,
-            rq_capacity,
-            cq_capacity,
-            ..
-        } = reply
-        else {
+        let &Reply::SemiPath { peer_qpn } = reply else {
             return Err(libc::EPROTO);
-        };
-        if fds.len() != 2 {
-            return Err(libc::EPROTO);
-        }
-        let cq_fd = fds.pop().expect("two");
-        let qp_fd = fds.pop().expect("two");
-        let ql = QpLayout::new(sq_capacity, rq_capacity);
-        let cl = CqLayout::new(cq_capacity);
-        if ql.sq_capacity != sq_capacity
-            || ql.rq_capacity != rq_capacity
-            || cl.capacity != cq_capacity
-        {
-            return Err(libc::EPROTO);
-        }
-        let err = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::ENOMEM);
-        let qseg = Mapping::map(&qp_fd, ql.size).map_err(err)?;
-        let cseg = Mapping::map(&cq_fd, cl.size).map_err(err)?;
-        // SAFETY: both segments have the sizes of their layouts (the router
-        // sealed them at those sizes).
-        let (peer_rq, peer_cq_slots) = unsafe {
-            (
-                RingSlots::new(qseg.as_ptr().add(ql.rq_offset), RECV_WQE_SIZE, rq_capacity),
-                RingSlots::new(cseg.as_ptr().add(cl.ring_offset), CQE_SIZE, cq_capacity),
-            )
         };
         let path = SemiPath {
             qp_handle: n.qp_handle,
@@ -408,15 +433,7 @@ impl SemiPath {
             timeout: 0,
             retry_cnt: 0,
             rnr_retry: 0,
-            peer: qseg.as_ptr() as *const QpHeader,
-            _peer_qp_seg: qseg,
-            peer_rq,
-            peer_cq: CqView {
-                header: cseg.as_ptr() as *const CqHeader,
-                slots: peer_cq_slots,
-                seen: 0,
-            },
-            _peer_cq_seg: cseg,
+            rings: None,
             send_cq: CqView {
                 header: n.send_cq_header,
                 slots: n.send_cq_slots,
@@ -437,9 +454,33 @@ impl SemiPath {
         Ok(arc)
     }
 
+    /// Asks the router for the responder's rings; false until it grants
+    /// them (the responder does not name this QP yet).
+    fn attach(&mut self) -> bool {
+        if self.rings.is_some() {
+            return true;
+        }
+        let rings = self
+            .ctx()
+            .call(&Request::SemiConnect { qp: self.qp_handle })
+            .and_then(|(reply, fds)| PeerRings::map(&reply, fds));
+        match rings {
+            Ok(r) => {
+                self.rings = Some(r);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn rings(&mut self) -> &mut PeerRings {
+        self.rings.as_mut().expect("rings attached before use")
+    }
+
     fn peer(&self) -> &QpHeader {
-        // SAFETY: the peer's QP segment is mapped for the life of self.
-        unsafe { &*self.peer }
+        let r = self.rings.as_ref().expect("rings attached before use");
+        // SAFETY: the peer's QP segment is mapped for the life of `r`.
+        unsafe { &*r.header }
     }
 
     fn ctx(&self) -> &ContextInner {
@@ -523,7 +564,10 @@ impl SemiPath {
 
     /// After a push to a CQ: a completion event if it was armed for it.
     fn notify(&self, peer: bool, solicited: bool) {
-        let cq = if peer { &self.peer_cq } else { &self.send_cq };
+        let cq = match (peer, self.rings.as_ref()) {
+            (true, Some(r)) => &r.cq,
+            _ => &self.send_cq,
+        };
         // SAFETY: see CqView::ring.
         let h = unsafe { &*cq.header };
         if h.take_arm(solicited) {
@@ -725,7 +769,17 @@ impl SemiPath {
             return Step::Done;
         }
 
-        // The responder: receiving, connected back to us, on this host.
+        // The responder: its rings granted (it names us), receiving,
+        // connected back to us, on this host.
+        if !self.attach() {
+            if self.uc {
+                self.complete(w, idx, len);
+                return Step::Done;
+            }
+            let until = ack_timeout_us(self.timeout)
+                .map(|t| now + Duration::from_micros(t * (u64::from(self.retry_cnt) + 1)));
+            return Step::Wait(Wait::Retry { until });
+        }
         let p = self.peer();
         let peer_ok = matches!(
             p.state.load(Ordering::Acquire),
@@ -751,7 +805,7 @@ impl SemiPath {
             let rq = &self.peer().rq;
             let c = rq.consumer();
             let pending = rq.producer().wrapping_sub(c);
-            if pending == 0 || pending > self.peer_rq.capacity() {
+            if pending == 0 || pending > self.rings().rq.capacity() {
                 if self.uc {
                     self.complete(w, idx, len);
                     return Step::Done;
@@ -761,10 +815,10 @@ impl SemiPath {
                     .then(|| now + Duration::from_micros(timer * (u64::from(self.rnr_retry) + 1)));
                 return Step::Wait(Wait::Rnr { until });
             }
-            if !self.peer_cq.has_room() {
+            if !self.rings().cq.has_room() {
                 return Step::Wait(Wait::Cq);
             }
-            recv = Some((self.peer_rq.read(c), c));
+            recv = Some((self.rings().rq.read(c), c));
         }
 
         let mut result_len = len;
@@ -879,7 +933,7 @@ impl SemiPath {
                 self.peer_qpn,
                 self.qpn,
             );
-            self.peer_cq.push(&cqe);
+            self.rings().cq.push(&cqe);
             self.notify(true, w.send_flags & IBV_SEND_SOLICITED != 0);
         }
         self.complete(w, idx, result_len);
@@ -907,7 +961,7 @@ impl SemiPath {
                     src_qp: self.qpn,
                     ..Default::default()
                 };
-                self.peer_cq.push(&cqe);
+                self.rings().cq.push(&cqe);
                 self.notify(true, true);
             }
         }

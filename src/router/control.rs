@@ -459,6 +459,7 @@ pub fn handle(
             Answer::ok(Reply::Done)
         }
         Request::ResolveKey { qp, key } => engine.resolve_key(session, qp, key),
+        Request::SemiConnect { qp } => engine.semi_connect(session, qp),
         Request::SemiError {
             qp,
             own,
@@ -524,21 +525,42 @@ pub fn close_session(engine: &mut Engine, session: SessionId) {
     }
 }
 
-/// The router's sessions and what each owns, for `flowverbs status`.
-pub fn status(engine: &Engine) -> Vec<crate::wire::control::SessionStatus> {
+/// The router's sessions that `visible` accepts, and what each owns, for
+/// `flowverbs status`.
+pub fn status(
+    engine: &Engine,
+    visible: impl Fn(&super::objects::Session) -> bool,
+) -> Vec<crate::wire::control::SessionStatus> {
     let t = &engine.tables;
     let mut out: Vec<_> = t
         .sessions
         .iter()
-        .map(|(&id, s)| crate::wire::control::SessionStatus {
-            pid: s.memory.pid,
-            uid: s.uid,
-            gid: s.gid,
-            pds: count(&t.pds, id, |p| p.session) as u32,
-            mrs: count(&t.mrs, id, |m| m.session) as u32,
-            cqs: count(&t.cqs, id, |c| c.session) as u32,
-            qps: count(&t.qps, id, |q| q.session) as u32,
-            srqs: count(&t.srqs, id, |s| s.session) as u32,
+        .filter(|(_, s)| visible(s))
+        .map(|(&id, s)| {
+            let mut qp_list: Vec<_> = t
+                .qps
+                .iter()
+                .filter(|(_, q)| q.session == id)
+                .map(|(&h, q)| crate::wire::control::QpStatus {
+                    qpn: q.qpn,
+                    qp_type: q.kind.ibv_type(),
+                    state: q.state(),
+                    dest_qpn: q.attr.dest_qp_num,
+                    path: engine.path_of(h),
+                })
+                .collect();
+            qp_list.sort_by_key(|q| q.qpn);
+            crate::wire::control::SessionStatus {
+                pid: s.memory.pid,
+                uid: s.uid,
+                gid: s.gid,
+                pds: count(&t.pds, id, |p| p.session) as u32,
+                mrs: count(&t.mrs, id, |m| m.session) as u32,
+                cqs: count(&t.cqs, id, |c| c.session) as u32,
+                qps: qp_list.len() as u32,
+                srqs: count(&t.srqs, id, |s| s.session) as u32,
+                qp_list,
+            }
         })
         .collect();
     out.sort_by_key(|s| s.pid);

@@ -37,6 +37,8 @@ pub struct Engine {
     remote: remote::Remote,
     /// Semi mode (`router::semi`): the table of live keys.
     pub key_table: Option<super::semi::KeyTable>,
+    /// Semi mode: which sessions share memory.
+    pub semi_share: super::semi::SemiShare,
 }
 
 /// Where a message's bytes come from.
@@ -123,6 +125,7 @@ impl Engine {
             links: None,
             remote: remote::Remote::default(),
             key_table: None,
+            semi_share: Default::default(),
         }
     }
 
@@ -1131,6 +1134,25 @@ impl Engine {
             qp.header()
                 .path_local
                 .store(0, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Which path carries QP `h`'s sends (for `flowverbs status`).
+    pub fn path_of(&self, h: u32) -> crate::wire::control::QpPath {
+        use crate::wire::control::QpPath;
+        let Some(q) = self.tables.qps.get(&h) else {
+            return QpPath::Router;
+        };
+        if q.semi {
+            QpPath::Semi
+        } else if q.kind != QpKind::Ud
+            && q.attr.ah_attr.is_global
+            && self.links.is_some()
+            && !self.serves_locally(&q.attr.ah_attr.dgid)
+        {
+            QpPath::Link
+        } else {
+            QpPath::Router
         }
     }
 

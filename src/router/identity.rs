@@ -61,8 +61,39 @@ pub fn host_ipv4() -> Ipv4Addr {
 
 /// The network namespace of a process, as the inode of /proc/PID/ns/net.
 pub fn netns_of(pid: i32) -> std::io::Result<u64> {
+    namespace_of(pid, "net")
+}
+
+/// A namespace of a process (`kind`: net, user, pid, ...) as the inode of
+/// /proc/PID/ns/KIND.
+pub fn namespace_of(pid: i32, kind: &str) -> std::io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
-    Ok(std::fs::metadata(format!("/proc/{pid}/ns/net"))?.ino())
+    Ok(std::fs::metadata(format!("/proc/{pid}/ns/{kind}"))?.ino())
+}
+
+/// Every network namespace that has a process in it or an `ip netns` name
+/// (`/run/netns/*`), as inodes.
+pub fn live_network_namespaces() -> std::collections::HashSet<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut live = std::collections::HashSet::new();
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let name = p.file_name();
+            if name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+                if let Ok(m) = std::fs::metadata(p.path().join("ns/net")) {
+                    live.insert(m.ino());
+                }
+            }
+        }
+    }
+    if let Ok(named) = std::fs::read_dir("/run/netns") {
+        for n in named.flatten() {
+            if let Ok(m) = std::fs::metadata(n.path()) {
+                live.insert(m.ino());
+            }
+        }
+    }
+    live
 }
 
 /// The first non-loopback local IPv4 address of a process's network

@@ -42,6 +42,8 @@ pub struct Config {
     pub limits: limits::Limits,
     /// Who may be a peer router, and the routers' shared key (`link`).
     pub link: link::LinkPolicy,
+    /// Semi mode: which processes share memory (`semi::SemiShare`).
+    pub semi_share: semi::SemiShare,
 }
 
 /// Runs the router in the foreground until SIGTERM or SIGINT.

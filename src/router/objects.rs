@@ -28,6 +28,8 @@ pub struct Session {
     /// namespace, as the router read it.
     pub gid: [u8; 16],
     pub uid: u32,
+    /// Who it may share memory with in semi mode.
+    pub trust: super::semi::TrustGroup,
     /// Write end of the context's async-event pipe (nonblocking).
     pub async_events: OwnedFd,
     /// The router's end of the event socket (see `wire::control::Event`).

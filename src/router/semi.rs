@@ -1,15 +1,25 @@
 //! Semi mode, the router's part: it decides who may map what and stays off
 //! the data path (DESIGN.md §3, `docs/NOTES.md` "What semi mode shares").
 //!
-//! - At a modify to RTR of an RC or UC QP whose peer is a QP of this host,
-//!   of a process of the same user, without an SRQ, the router marks the QP `semi` (it no longer runs its
-//!   send queue) and hands the provider the peer's QP segment and receive
-//!   CQ segment ([`Reply::SemiPeer`]). The provider then executes the QP's
-//!   work requests itself against those rings and the peer's memory.
+//! - Who shares with whom: only processes of one trust group
+//!   ([`TrustGroup`], chosen by `--semi-share`): by default the same uid in
+//!   the same user, pid and network namespaces, i.e. one container as far
+//!   as the kernel tells (such processes can already trace each other);
+//!   `same-user` widens it to one uid in one user namespace. Containers
+//!   that run as root without user namespaces are different groups by
+//!   default (their pid and network namespaces differ).
+//! - At a modify to RTR of an RC or UC QP whose peer is a QP of this host
+//!   in the same trust group, without an SRQ, the router marks the QP
+//!   `semi` (it no longer runs its send queue) and tells the provider
+//!   ([`Reply::SemiPath`]). The provider asks for the peer's QP segment and
+//!   receive CQ segment when it first sends (`Request::SemiConnect`): they
+//!   are granted only once both QPs name each other, so a QP cannot take
+//!   another's rings by naming its QPN. The provider then executes the
+//!   QP's work requests itself against those rings and the peer's memory.
 //! - Registered pages live in a per-process arena memfd (the provider
 //!   remaps them there); the router keeps each MR's runs and hands the
-//!   arena to the providers of QPs connected to the MR's PD
-//!   (`Request::ResolveKey`), checking that the key belongs to the
+//!   arena to the providers of QPs connected (both ways) to a QP of the
+//!   MR's PD (`Request::ResolveKey`), checking that the key belongs to the
 //!   responder's session and PD.
 //! - The key table ([`KeyTable`]) tells cached senders when an MR is gone.
 //! - A producer that consumed a CQ's arm sets `event_pending` and rings
@@ -25,9 +35,53 @@ use super::engine::Engine;
 use super::events::AsyncTarget;
 use super::objects::SessionId;
 use super::qp_state::QpKind;
-use super::qp_state::ERR;
+use super::qp_state::{ERR, RTR, RTS, SQD, SQE};
 use crate::wire::control::{ArenaRun, Reply, MAX_ARENA_RUNS};
 use crate::wire::segment::{create_sealed_memfd, Mapping, KEY_TABLE_SIZE, KEY_TABLE_SLOTS, PAGE};
+
+/// Which sessions may share memory in semi mode (`--semi-share`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SemiShare {
+    /// Same uid, user, pid and network namespaces (one container).
+    #[default]
+    SameContainer,
+    /// Same uid and user namespace.
+    SameUser,
+}
+
+/// What the router knows of a session's process for sharing decisions,
+/// read from the kernel at Hello.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrustGroup {
+    pub uid: u32,
+    pub user_ns: u64,
+    pub pid_ns: u64,
+    pub net_ns: u64,
+}
+
+impl TrustGroup {
+    /// The trust group of process `pid` connected as `uid`.
+    pub fn of(pid: i32, uid: u32) -> std::io::Result<TrustGroup> {
+        use super::identity::namespace_of;
+        Ok(TrustGroup {
+            uid,
+            user_ns: namespace_of(pid, "user")?,
+            pid_ns: namespace_of(pid, "pid")?,
+            net_ns: namespace_of(pid, "net")?,
+        })
+    }
+
+    /// Whether the two may map each other's registered memory.
+    pub fn shares_with(&self, other: &TrustGroup, scope: SemiShare) -> bool {
+        let user = self.uid == other.uid && self.user_ns == other.user_ns;
+        match scope {
+            SemiShare::SameUser => user,
+            SemiShare::SameContainer => {
+                user && self.pid_ns == other.pid_ns && self.net_ns == other.net_ns
+            }
+        }
+    }
+}
 
 /// The live memory keys, one `u32` per slot, shared read-only with every
 /// provider of a semi-mode router.
@@ -126,53 +180,117 @@ impl Engine {
         hdr.path_local.store(u32::from(local), Ordering::Release);
     }
 
+    /// Whether QP `ha` may run on the semi path to QP `hb`: RC or UC of
+    /// the same type, `hb` without an SRQ, `ha`'s path leading to `hb`'s
+    /// GID (or no GRH), sessions of one trust group.
+    fn semi_pair(&self, ha: u32, hb: u32) -> bool {
+        let t = &self.tables;
+        let (Some(a), Some(b)) = (t.qps.get(&ha), t.qps.get(&hb)) else {
+            return false;
+        };
+        let (Some(sa), Some(sb)) = (t.sessions.get(&a.session), t.sessions.get(&b.session)) else {
+            return false;
+        };
+        let routed = !a.attr.ah_attr.is_global || a.attr.ah_attr.dgid == sb.gid;
+        matches!(a.kind, QpKind::Rc | QpKind::Uc)
+            && b.kind == a.kind
+            && b.srq == 0
+            && ha != hb
+            && routed
+            && sa.trust.shares_with(&sb.trust, self.semi_share)
+    }
+
+    /// QP `h`'s responder if both QPs name each other and it receives:
+    /// what a grant of its rings or memory needs.
+    fn connected_back(&self, h: u32) -> Option<u32> {
+        let t = &self.tables;
+        let a = t.qps.get(&h)?;
+        let hb = *t.qpns.get(&a.attr.dest_qp_num)?;
+        let b = t.qps.get(&hb)?;
+        let sa = t.sessions.get(&a.session)?;
+        let back = !b.attr.ah_attr.is_global || b.attr.ah_attr.dgid == sa.gid;
+        (b.attr.dest_qp_num == a.qpn && back && matches!(b.state(), RTR | RTS | SQD | SQE))
+            .then_some(hb)
+    }
+
     /// At a modify of QP `h` to RTR: if semi mode applies, marks it and
-    /// answers with its peer's rings.
+    /// tells the provider to run its send queue ([`Reply::SemiPath`]).
     pub fn connect_semi(&mut self, h: u32) -> Option<Answer> {
         self.key_table.as_ref()?;
         let a = self.tables.qps.get(&h)?;
-        if !matches!(a.kind, QpKind::Rc | QpKind::Uc) {
-            return None;
-        }
         let hb = *self.tables.qpns.get(&a.attr.dest_qp_num)?;
-        let b = self.tables.qps.get(&hb)?;
-        let (sa, sb) = (
-            self.tables.sessions.get(&a.session)?,
-            self.tables.sessions.get(&b.session)?,
-        );
-        let routed = !a.attr.ah_attr.is_global || a.attr.ah_attr.dgid == sb.gid;
-        // Only processes of one user share memory; others keep the
-        // isolated path (the router copies).
-        let same_user = sa.uid == sb.uid;
-        if !routed || !same_user || b.kind != a.kind || b.srq != 0 || hb == h {
+        if !self.semi_pair(h, hb) {
             return None;
         }
-        let cq = self.tables.cqs.get(&b.recv_cq)?;
-        let fds = vec![
-            b.segment_fd.as_ref()?.try_clone().ok()?,
-            cq.segment_fd.as_ref()?.try_clone().ok()?,
-        ];
-        let reply = Reply::SemiPeer {
-            peer_qpn: b.qpn,
-            peer_session: b.session,
-            sq_capacity: b.sq.capacity(),
-            rq_capacity: b.rq.capacity(),
-            cq_capacity: cq.ring.capacity(),
-        };
-        info!("qp {:#x}: semi path to qp {:#x}", a.qpn, b.qpn);
+        let peer_qpn = self.tables.qps[&hb].qpn;
+        info!(
+            "qp {:#x}: semi path to qp {peer_qpn:#x}",
+            self.tables.qps[&h].qpn
+        );
         self.tables.qps.get_mut(&h)?.semi = true;
-        Some(Answer { reply, fds })
+        Some(Answer::ok(Reply::SemiPath { peer_qpn }))
+    }
+
+    /// `Request::SemiConnect`: the rings of the responder of the session's
+    /// semi QP `h`, once the two QPs name each other.
+    pub fn semi_connect(&self, session: SessionId, h: u32) -> Answer {
+        let t = &self.tables;
+        if !t
+            .qps
+            .get(&h)
+            .is_some_and(|q| q.session == session && q.semi)
+        {
+            return err(libc::EINVAL, "no such semi-mode QP");
+        }
+        let Some(hb) = self.connected_back(h).filter(|hb| self.semi_pair(h, *hb)) else {
+            return err(
+                libc::EAGAIN,
+                "the responder QP is not connected back to this QP (yet)",
+            );
+        };
+        let b = &t.qps[&hb];
+        let Some(cq) = t.cqs.get(&b.recv_cq) else {
+            return err(libc::EAGAIN, "the responder's receive CQ is gone");
+        };
+        let fds = match (
+            b.segment_fd.as_ref().map(|f| f.try_clone()),
+            cq.segment_fd.as_ref().map(|f| f.try_clone()),
+        ) {
+            (Some(Ok(q)), Some(Ok(c))) => vec![q, c],
+            _ => return err(libc::EMFILE, "cannot pass the responder's rings"),
+        };
+        Answer {
+            reply: Reply::SemiPeer {
+                peer_qpn: b.qpn,
+                peer_session: b.session,
+                sq_capacity: b.sq.capacity(),
+                rq_capacity: b.rq.capacity(),
+                cq_capacity: cq.ring.capacity(),
+            },
+            fds,
+        }
     }
 
     /// `Request::ResolveKey`: the MR behind `key` at the responder of
-    /// the session's semi QP `h`.
+    /// the session's semi QP `h` (connected to it both ways).
     pub fn resolve_key(&self, session: SessionId, h: u32, key: u32) -> Answer {
         let t = &self.tables;
-        let Some(a) = t.qps.get(&h).filter(|q| q.session == session && q.semi) else {
+        if !t
+            .qps
+            .get(&h)
+            .is_some_and(|q| q.session == session && q.semi)
+        {
             return err(libc::EINVAL, "no such semi-mode QP");
-        };
-        let Some(b) = t.qpns.get(&a.attr.dest_qp_num).and_then(|hb| t.qps.get(hb)) else {
-            return err(libc::ENOENT, "the QP's peer is gone");
+        }
+        let Some(b) = self
+            .connected_back(h)
+            .filter(|hb| self.semi_pair(h, *hb))
+            .and_then(|hb| t.qps.get(&hb))
+        else {
+            return err(
+                libc::ENOENT,
+                "the QP's responder is gone or not connected back to it",
+            );
         };
         let mr = t
             .keys

@@ -58,6 +58,28 @@ struct ChannelRequest {
     response: u64,
 }
 
+/// Who asks `flowverbs status`.
+enum Viewer {
+    /// Root of the host (the router's user and pid namespaces): sees all.
+    HostRoot,
+    /// Sees the sessions of its own uid in its user and pid namespaces.
+    Tenant(super::semi::TrustGroup),
+    /// Its namespaces could not be read: sees nothing.
+    Nobody,
+}
+
+impl Viewer {
+    fn sees(&self, s: &Session) -> bool {
+        match self {
+            Viewer::HostRoot => true,
+            Viewer::Tenant(t) => {
+                s.trust.uid == t.uid && s.trust.user_ns == t.user_ns && s.trust.pid_ns == t.pid_ns
+            }
+            Viewer::Nobody => false,
+        }
+    }
+}
+
 /// A connection that has not said Hello yet.
 struct Pending {
     sock: OwnedFd,
@@ -93,6 +115,8 @@ pub struct Server {
     channel_requests: HashMap<u64, ChannelRequest>,
     next_channel_request: u64,
     limits: Limits,
+    /// The router's own namespaces (who is root of the host).
+    own_namespaces: super::semi::TrustGroup,
     /// The listener is out of the epoll set until then (descriptors ran
     /// out).
     listener_paused_until: Option<Instant>,
@@ -188,6 +212,7 @@ impl Server {
         let mut engine = Engine::new(Tables::new(config.limits.clone()));
         if config.mode == super::Mode::Semi {
             engine.key_table = Some(super::semi::KeyTable::new()?);
+            engine.semi_share = config.semi_share;
         }
         info!(
             "router serving {} (GID ::ffff:{ip}), {} mode",
@@ -219,6 +244,7 @@ impl Server {
             channel_requests: HashMap::new(),
             next_channel_request: 1,
             limits: config.limits.clone(),
+            own_namespaces: super::semi::TrustGroup::of(std::process::id() as i32, 0)?,
             listener_paused_until: None,
             warn_accept: Throttled::default(),
             warn_refused: Throttled::default(),
@@ -527,8 +553,9 @@ impl Server {
                     }
                 }
                 Request::Status => {
+                    let viewer = self.status_viewer(&p);
                     let reply = Reply::Status {
-                        sessions: super::control::status(&self.engine),
+                        sessions: super::control::status(&self.engine, |s| viewer.sees(s)),
                     };
                     let _ = control::send(p.sock.as_fd(), &reply, &[]);
                     return false;
@@ -597,6 +624,7 @@ impl Server {
         match &self.tree {
             Some(tree) if ns == self.netns => Ok(tree.sysfs_root().to_path_buf()),
             _ => {
+                self.sweep_views();
                 let ip = std::net::Ipv4Addr::new(gid[12], gid[13], gid[14], gid[15]);
                 super::sysfs::write_netns_view(
                     &self.runtime_dir,
@@ -605,6 +633,26 @@ impl Server {
                     identity::node_guid_from_ipv4(ip),
                 )
             }
+        }
+    }
+
+    /// Removes the views of network namespaces that are gone.
+    fn sweep_views(&self) {
+        super::sysfs::sweep_netns_views(&self.runtime_dir, &identity::live_network_namespaces());
+    }
+
+    /// Whose sessions a `Status` asker sees.
+    fn status_viewer(&self, p: &Pending) -> Viewer {
+        match super::semi::TrustGroup::of(p.pid, p.cred.uid) {
+            Ok(asker)
+                if p.cred.uid == 0
+                    && asker.user_ns == self.own_namespaces.user_ns
+                    && asker.pid_ns == self.own_namespaces.pid_ns =>
+            {
+                Viewer::HostRoot
+            }
+            Ok(asker) => Viewer::Tenant(asker),
+            Err(_) => Viewer::Nobody,
         }
     }
 
@@ -664,6 +712,7 @@ impl Server {
         set_nonblocking(&async_events)?;
         set_nonblocking(&event_sock)?;
         let (_, gid) = self.client_gid(p.pid);
+        let trust = super::semi::TrustGroup::of(p.pid, p.cred.uid)?;
         let (seg_fd, segment) = segment("fv-session", SESSION_SEGMENT_SIZE)?;
         let doorbell = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
         let doorbell: OwnedFd = doorbell.into();
@@ -689,6 +738,7 @@ impl Server {
                 memory,
                 gid,
                 uid: p.cred.uid,
+                trust,
                 async_events,
                 event_sock,
                 channels: HashMap::new(),
@@ -739,8 +789,27 @@ impl Server {
         for id in aborted {
             self.finish_channel_request(id, Err(libc::EIO));
         }
+        let netns = self
+            .engine
+            .tables
+            .sessions
+            .get(&session)
+            .map(|s| s.trust.net_ns);
         close_session(&mut self.engine, session);
         self.engine.announce_gids();
+        // The last session of another namespace: its view goes if the
+        // namespace is gone.
+        if let Some(ns) = netns.filter(|ns| *ns != self.netns) {
+            if !self
+                .engine
+                .tables
+                .sessions
+                .values()
+                .any(|s| s.trust.net_ns == ns)
+            {
+                self.sweep_views();
+            }
+        }
     }
 
     /// Requests on the command file system. A `CREATE_COMP_CHANNEL` asks

@@ -285,6 +285,22 @@ pub fn remove_netns_views(runtime_dir: &Path) {
     let _ = fs::remove_dir_all(runtime_dir.join("netns"));
 }
 
+/// Removes the views of network namespaces that are gone: no process
+/// lives in them and no `ip netns` name pins them (`live` lists the
+/// namespaces that are not gone). A namespace that still runs processes
+/// keeps its view, so a container's programs started later find it.
+pub fn sweep_netns_views(runtime_dir: &Path, live: &std::collections::HashSet<u64>) {
+    let Ok(entries) = fs::read_dir(runtime_dir.join("netns")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let id = e.file_name().to_string_lossy().parse::<u64>().ok();
+        if id.is_some_and(|id| !live.contains(&id)) {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// Writes `text` plus a newline to `path` through a temporary file and a
 /// rename, so that libibverbs' single `read()` never sees a partial file.
 fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {

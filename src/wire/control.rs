@@ -83,6 +83,32 @@ pub struct SessionStatus {
     pub cqs: u32,
     pub qps: u32,
     pub srqs: u32,
+    /// Every QP of the session.
+    pub qp_list: Vec<QpStatus>,
+}
+
+/// Which data path carries a QP's sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QpPath {
+    /// The router copies (isolated mode, or semi mode where it does not
+    /// apply).
+    Router,
+    /// Semi mode: the sender's provider writes into its peer's memory.
+    Semi,
+    /// To a QP of another host, over the routers' link.
+    Link,
+}
+
+/// One QP as `flowverbs status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QpStatus {
+    pub qpn: u32,
+    /// `ibv_qp_type`.
+    pub qp_type: u32,
+    /// `ibv_qp_state`.
+    pub state: u32,
+    pub dest_qpn: u32,
+    pub path: QpPath,
 }
 
 /// Semi mode: where a run of a registered range lives in its owner's
@@ -134,6 +160,12 @@ pub enum Request {
     ResolveKey {
         qp: u32,
         key: u32,
+    },
+    /// Semi mode: the rings of the responder of the caller's semi QP `qp`,
+    /// answered with [`Reply::SemiPeer`] once both QPs name each other
+    /// (`EAGAIN` until then).
+    SemiConnect {
+        qp: u32,
     },
     /// Semi mode: a request of the caller's QP `qp` failed. `own`: the QP
     /// goes to the error state; `peer_event`: its responder does too, after
@@ -252,9 +284,14 @@ pub enum Reply {
     QpAttr {
         attr: QpAttr,
     },
-    /// Semi mode, answer to a modify to RTR: the caller's provider sends
-    /// to `peer_qpn` itself. Carries two fds: the peer's QP segment and its
-    /// receive CQ's segment.
+    /// Semi mode, answer to a modify to RTR: the caller's provider runs
+    /// the QP's send queue itself, to `peer_qpn`, whose rings it asks for
+    /// with [`Request::SemiConnect`].
+    SemiPath {
+        peer_qpn: u32,
+    },
+    /// Semi mode, answer to [`Request::SemiConnect`]. Carries two fds: the
+    /// peer's QP segment and its receive CQ's segment.
     SemiPeer {
         peer_qpn: u32,
         peer_session: u64,

@@ -278,7 +278,7 @@ pub(super) unsafe extern "C" fn modify_qp(
             mask: mask as u32,
         };
         match fqp.context().call(&req) {
-            Ok((reply, fds)) => {
+            Ok((reply, _)) => {
                 let m = mask as u32;
                 let mut r = fqp.retry_attrs.lock().unwrap_or_else(|e| e.into_inner());
                 if m & IBV_QP_TIMEOUT != 0 {
@@ -301,7 +301,7 @@ pub(super) unsafe extern "C" fn modify_qp(
                     }
                     fqp.state.store(a.qp_state, Ordering::Release);
                 }
-                if let Err(e) = semi_after_modify(fqp, m, a.qp_state, retry, &reply, fds) {
+                if let Err(e) = semi_after_modify(fqp, m, a.qp_state, retry, &reply) {
                     return e;
                 }
                 0
@@ -318,7 +318,6 @@ fn semi_after_modify(
     state: u32,
     retry: (u8, u8, u8),
     reply: &Reply,
-    fds: Vec<OwnedFd>,
 ) -> Result<(), Errno> {
     let ctx = fqp.context();
     let Some(semi) = ctx.semi.as_ref() else {
@@ -330,7 +329,7 @@ fn semi_after_modify(
             semi.retire(&p);
         }
     }
-    if let Reply::SemiPeer { .. } = reply {
+    if let Reply::SemiPath { .. } = reply {
         // SAFETY: reading the ibv_qp we filled in create_qp; its send CQ
         // is one of ours and outlives the QP.
         let (qpn, qp_type, pd, scq) = unsafe {
@@ -352,7 +351,7 @@ fn semi_after_modify(
             send_cq_header: scq.header() as *const CqHeader,
             send_cq_slots: scq.ring,
         };
-        *slot = Some(SemiPath::connect(ctx, n, reply, fds)?);
+        *slot = Some(SemiPath::new(ctx, n, reply)?);
     }
     if mask & IBV_QP_STATE != 0 && state == IBV_QPS_RTR {
         // Which of the QP's CQs the router will also fill (their pollers
