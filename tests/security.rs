@@ -533,3 +533,42 @@ fn status_shows_a_user_only_its_own_sessions() {
     let other = status_json(&router, Some(ATTACKER_UID + 7));
     assert_eq!(uids(&other), Vec::<u64>::new(), "{other}");
 }
+
+/// SIGTERM while a flood holds every descriptor the router has: it must
+/// still exit 0 and remove its device tree, node and mount (the router
+/// before this check failed with "removing .../sysfs: Too many open
+/// files" and left a stale tree).
+#[test]
+fn shutdown_completes_under_descriptor_exhaustion() {
+    let mut router = Router::start_under(
+        &["prlimit", "--nofile=160:160", "--"],
+        &["--hello-timeout", "120"],
+    );
+    let sock = router.runtime_dir.join("router.sock");
+    let _flooders: Vec<common::Background> = (0..12)
+        .map(|i| {
+            let mut cmd = as_user(&router, 3000 + i, FLOOD.path());
+            cmd.arg(&sock).args(["40", "16", "120"]);
+            common::Background::start(cmd)
+        })
+        .collect();
+    router.wait_for_log(
+        "that accept ran out of descriptors",
+        1,
+        std::time::Duration::from_secs(60),
+        |l| l.contains("Too many open files"),
+    );
+    let sysfs = router.sysfs_path();
+    let status = router.terminate();
+    assert!(
+        status.success(),
+        "the router exited with {status}\n{}",
+        router.stderr()
+    );
+    assert!(
+        !sysfs.exists(),
+        "{} was left behind\n{}",
+        sysfs.display(),
+        router.stderr()
+    );
+}
