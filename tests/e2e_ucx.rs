@@ -13,8 +13,10 @@ use std::process::Command;
 const TIMEOUT_SECS: u64 = 120;
 
 /// Runs `ucx_perftest` as server and client with `env` and `args`; both must
-/// exit 0 and the client must print a `Final:` row of positive numbers.
-fn ucx_perftest(env: &[(&str, &str)], args: &[&str]) {
+/// exit 0 and the client must print a `Final:` row of positive numbers with
+/// as many iterations as asked (`-n`). Returns the router (stopped when
+/// dropped) for checks of what it moved.
+fn ucx_perftest(env: &[(&str, &str)], args: &[&str]) -> Router {
     let router = Router::start();
     let port = free_port().to_string();
     let prepare = |cmd: &mut Command| {
@@ -52,11 +54,27 @@ fn ucx_perftest(env: &[(&str, &str)], args: &[&str]) {
         .filter_map(|w| w.parse().ok())
         .collect();
     assert!(numbers.len() >= 7, "{last}\n{report}");
-    assert!(numbers[0] > 0.0, "iterations: {last}\n{report}");
+    let iters: f64 = args
+        .iter()
+        .position(|a| *a == "-n")
+        .map(|i| args[i + 1].parse().unwrap())
+        .expect("-n");
+    assert_eq!(numbers[0], iters, "iterations: {last}\n{report}");
     assert!(numbers.iter().all(|&x| x >= 0.0), "{last}\n{report}");
     assert!(
         numbers[numbers.len() - 1] > 0.0,
         "message rate: {last}\n{report}"
+    );
+    router
+}
+
+/// The router moved at least `min` of `what` (sends, writes, reads).
+fn assert_moved(router: &Router, what: &str, min: u64) {
+    let n = router.moved("router", what);
+    assert!(
+        n >= min,
+        "the router moved {n} {what}, expected at least {min}: {}",
+        router.status()
     );
 }
 
@@ -64,33 +82,39 @@ const UCT_FV0: &[(&str, &str)] = &[];
 
 #[test]
 fn uct_rc_verbs_am_lat() {
-    ucx_perftest(
+    let r = ucx_perftest(
         UCT_FV0,
         &[
             "-d", "fv0:1", "-x", "rc_verbs", "-t", "am_lat", "-n", "2000",
         ],
     );
+    // Ping-pong: 2000 active messages each way, as sends.
+    assert_moved(&r, "sends", 2 * 2000);
 }
 
 #[test]
 fn uct_ud_verbs_am_lat() {
-    ucx_perftest(
+    let r = ucx_perftest(
         UCT_FV0,
         &[
             "-d", "fv0:1", "-x", "ud_verbs", "-t", "am_lat", "-n", "2000",
         ],
     );
+    assert_moved(&r, "sends", 2 * 2000);
 }
 
 #[test]
 fn uct_rc_verbs_put_zcopy() {
-    ucx_perftest(
+    let r = ucx_perftest(
         UCT_FV0,
         &[
             "-d", "fv0:1", "-x", "rc_verbs", "-t", "put_bw", "-s", "65536", "-D", "zcopy", "-n",
             "1000",
         ],
     );
+    // Zero-copy puts are RDMA WRITEs of the whole message.
+    assert_moved(&r, "writes", 1000);
+    assert_moved(&r, "bytes", 1000 * 65536);
 }
 
 const UCP_FV0: &[(&str, &str)] = &[
@@ -100,10 +124,18 @@ const UCP_FV0: &[(&str, &str)] = &[
 
 #[test]
 fn ucp_tag_lat() {
-    ucx_perftest(UCP_FV0, &["-t", "tag_lat", "-n", "2000"]);
+    let r = ucx_perftest(UCP_FV0, &["-t", "tag_lat", "-n", "2000"]);
+    assert_moved(&r, "sends", 2 * 2000);
 }
 
+/// 1 MiB messages go by rendezvous: the receiver RDMA READs the data.
 #[test]
 fn ucp_tag_bw_rendezvous() {
-    ucx_perftest(UCP_FV0, &["-t", "tag_bw", "-s", "1048576", "-n", "200"]);
+    let r = ucx_perftest(UCP_FV0, &["-t", "tag_bw", "-s", "1048576", "-n", "200"]);
+    assert_moved(&r, "reads", 200);
+    assert!(
+        r.moved("router", "bytes") >= 200 * 1048576,
+        "{}",
+        r.status()
+    );
 }

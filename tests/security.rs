@@ -386,27 +386,6 @@ fn sessions_and_objects_are_capped() {
     );
 }
 
-/// `flowverbs status --json` of `router`, run as root of the host or as
-/// `uid`.
-fn status_json(router: &Router, uid: Option<u32>) -> serde_json::Value {
-    let mut cmd = match uid {
-        None => Command::new(common::flowverbs_exe()),
-        Some(u) => {
-            let mut c = Command::new("setpriv");
-            let id = u.to_string();
-            c.args(["--reuid", &id, "--regid", &id, "--clear-groups", "--"])
-                .arg(common::flowverbs_exe());
-            c
-        }
-    };
-    cmd.args(["status", "--json", "--runtime-dir"])
-        .arg(&router.runtime_dir);
-    let out = run_with_timeout(cmd, 30);
-    assert!(out.status.success(), "{}", show("flowverbs status", &out));
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", show("flowverbs status --json", &out)))
-}
-
 /// The QPs of every session, as (session uid, qp type, state, path).
 fn qps_of(status: &serde_json::Value) -> Vec<(u64, String, String, String)> {
     status["sessions"]
@@ -460,7 +439,7 @@ fn running_pair_paths(
         }
     }
     loop {
-        let qps = qps_of(&status_json(router, None));
+        let qps = qps_of(&router.status());
         let rts: Vec<String> = qps
             .iter()
             .filter(|q| q.1 == "RC" && q.2 == "RTS")
@@ -526,11 +505,11 @@ fn status_shows_a_user_only_its_own_sessions() {
         u.sort();
         u
     };
-    let all = status_json(&router, None);
+    let all = router.status();
     assert_eq!(uids(&all), [0, 1000, 1000], "{all}");
-    let own = status_json(&router, Some(ATTACKER_UID));
+    let own = router.status_as(Some(ATTACKER_UID));
     assert_eq!(uids(&own), [1000, 1000], "{own}");
-    let other = status_json(&router, Some(ATTACKER_UID + 7));
+    let other = router.status_as(Some(ATTACKER_UID + 7));
     assert_eq!(uids(&other), Vec::<u64>::new(), "{other}");
 }
 

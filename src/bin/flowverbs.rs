@@ -433,6 +433,25 @@ fn qp_path_name(p: flowverbs::wire::control::QpPath) -> &'static str {
     }
 }
 
+fn moved_json(m: &flowverbs::wire::control::Moved) -> serde_json::Value {
+    serde_json::json!({
+        "sends": m.sends,
+        "writes": m.writes,
+        "reads": m.reads,
+        "atomics": m.atomics,
+        "bytes": m.bytes,
+        "inline": m.inline,
+    })
+}
+
+fn moved_by_path_json(m: &flowverbs::wire::control::MovedByPath) -> serde_json::Value {
+    serde_json::json!({
+        "router": moved_json(&m.router),
+        "semi": moved_json(&m.semi),
+        "link": moved_json(&m.link),
+    })
+}
+
 fn status(runtime_dir: &Path, json: bool) -> anyhow::Result<()> {
     use flowverbs::wire::control::{Reply, Request};
     let reply = ask_router(runtime_dir, &Request::Status).with_context(|| {
@@ -441,7 +460,7 @@ fn status(runtime_dir: &Path, json: bool) -> anyhow::Result<()> {
             runtime_dir.display()
         )
     })?;
-    let Reply::Status { sessions } = reply else {
+    let Reply::Status { sessions, totals } = reply else {
         bail!("unexpected reply {reply:?}");
     };
     let mut out = io::stdout().lock();
@@ -459,6 +478,7 @@ fn status(runtime_dir: &Path, json: bool) -> anyhow::Result<()> {
                             "state": qp_state_name(q.state),
                             "dest_qpn": q.dest_qpn,
                             "path": qp_path_name(q.path),
+                            "moved": moved_by_path_json(&q.moved),
                         })
                     })
                     .collect();
@@ -474,7 +494,15 @@ fn status(runtime_dir: &Path, json: bool) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        writeln!(out, "{}", serde_json::json!({ "sessions": sessions }))?;
+        let mut doc = serde_json::json!({ "sessions": sessions });
+        if let Some(t) = totals {
+            doc["totals"] = serde_json::json!({
+                "sessions": t.sessions,
+                "qps": t.qps,
+                "moved": moved_by_path_json(&t.moved),
+            });
+        }
+        writeln!(out, "{doc}")?;
         return Ok(());
     }
     writeln!(out, "{} session(s)", sessions.len())?;
@@ -505,9 +533,13 @@ fn status(runtime_dir: &Path, json: bool) -> anyhow::Result<()> {
             )
         )?;
         for q in &s.qp_list {
+            let m = &q.moved;
+            let (msgs, bytes) = [m.router, m.semi, m.link].iter().fold((0, 0), |(n, b), x| {
+                (n + x.sends + x.writes + x.reads + x.atomics, b + x.bytes)
+            });
             writeln!(
                 out,
-                "{:>10} QP {:#08x} {} {:<5} -> {:#08x} path {}",
+                "{:>10} QP {:#08x} {} {:<5} -> {:#08x} path {:<6} {msgs} requests, {bytes} bytes",
                 "",
                 q.qpn,
                 qp_type_name(q.qp_type),
@@ -516,6 +548,22 @@ fn status(runtime_dir: &Path, json: bool) -> anyhow::Result<()> {
                 qp_path_name(q.path)
             )?;
         }
+    }
+    if let Some(t) = totals {
+        let line = |name: &str, m: &flowverbs::wire::control::Moved| {
+            format!(
+                "  {name:<6} {} sends, {} writes, {} reads, {} atomics, {} bytes",
+                m.sends, m.writes, m.reads, m.atomics, m.bytes
+            )
+        };
+        writeln!(
+            out,
+            "since start: {} session(s), {} QP(s)",
+            t.sessions, t.qps
+        )?;
+        writeln!(out, "{}", line("router", &t.moved.router))?;
+        writeln!(out, "{}", line("semi", &t.moved.semi))?;
+        writeln!(out, "{}", line("link", &t.moved.link))?;
     }
     Ok(())
 }

@@ -383,6 +383,8 @@ pub struct SemiPath {
     /// None until the router grants them (both QPs name each other).
     rings: Option<PeerRings>,
     send_cq: CqView,
+    /// The QP's own header: what this path moved is counted there.
+    own: *const QpHeader,
     keys: HashMap<u32, KeyView>,
     pending: VecDeque<(SendWqe, u32)>,
     wait: Option<Wait>,
@@ -409,6 +411,8 @@ pub struct NewPath {
     pub max_send_sge: u32,
     pub send_cq_header: *const CqHeader,
     pub send_cq_slots: RingSlots,
+    /// The QP's own header (its segment outlives the path).
+    pub own_header: *const QpHeader,
 }
 
 impl SemiPath {
@@ -439,6 +443,7 @@ impl SemiPath {
                 slots: n.send_cq_slots,
                 seen: 0,
             },
+            own: n.own_header,
             keys: HashMap::new(),
             pending: VecDeque::new(),
             wait: None,
@@ -577,6 +582,12 @@ impl SemiPath {
     }
 
     fn complete(&mut self, w: &SendWqe, idx: u32, byte_len: u64) {
+        // SAFETY: the QP's own segment outlives its path.
+        unsafe { &*self.own }.semi_moved.count(
+            w.opcode,
+            byte_len,
+            w.send_flags & IBV_SEND_INLINE != 0,
+        );
         if self.sq_sig_all || w.send_flags & IBV_SEND_SIGNALED != 0 {
             let cqe = Cqe {
                 wr_id: w.wr_id,

@@ -313,6 +313,8 @@ pub fn handle(
             };
             let qp = t.handle();
             t.qpns.insert(qpn, qp);
+            engine.totals.qps += 1;
+            let t = &mut engine.tables;
             let mut q = Qp::new(
                 session, pd, kind, qpn, send_cq, recv_cq, srq, caps, sq_sig_all, map, layout,
             );
@@ -525,6 +527,16 @@ pub fn close_session(engine: &mut Engine, session: SessionId) {
     }
 }
 
+/// What the router did since it started: closed QPs' counts plus the live
+/// ones'.
+pub fn totals(engine: &Engine) -> crate::wire::control::RouterTotals {
+    let mut t = engine.totals;
+    for q in engine.tables.qps.values() {
+        t.moved.add(&q.moved());
+    }
+    t
+}
+
 /// The router's sessions that `visible` accepts, and what each owns, for
 /// `flowverbs status`.
 pub fn status(
@@ -547,6 +559,7 @@ pub fn status(
                     state: q.state(),
                     dest_qpn: q.attr.dest_qp_num,
                     path: engine.path_of(h),
+                    moved: q.moved(),
                 })
                 .collect();
             qp_list.sort_by_key(|q| q.qpn);

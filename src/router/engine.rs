@@ -39,6 +39,8 @@ pub struct Engine {
     pub key_table: Option<super::semi::KeyTable>,
     /// Semi mode: which sessions share memory.
     pub semi_share: super::semi::SemiShare,
+    /// Since start: sessions, QPs, and what closed QPs moved.
+    pub totals: crate::wire::control::RouterTotals,
 }
 
 /// Where a message's bytes come from.
@@ -126,6 +128,7 @@ impl Engine {
             remote: remote::Remote::default(),
             key_table: None,
             semi_share: Default::default(),
+            totals: Default::default(),
         }
     }
 
@@ -702,6 +705,14 @@ impl Engine {
             ..Default::default()
         };
         let cq = a.send_cq;
+        let link = self.path_of(ha) == crate::wire::control::QpPath::Link;
+        let qp = self.tables.qps.get_mut(&ha).expect("qp");
+        let moved = if link {
+            &mut qp.moved.link
+        } else {
+            &mut qp.moved.router
+        };
+        moved.count(w.opcode, byte_len, w.send_flags & IBV_SEND_INLINE != 0);
         cqe.sq_index = self.consume_send(ha);
         if signaled {
             self.push_cqe(cq, &cqe);
@@ -1125,6 +1136,7 @@ impl Engine {
     pub fn remove_qp(&mut self, h: u32) {
         self.forget_remote(h);
         if let Some(qp) = self.tables.qps.remove(&h) {
+            self.totals.moved.add(&qp.moved());
             self.tables.qpns.remove(&qp.qpn);
             // Semi-mode senders may still map its segment: no longer a
             // responder for them.

@@ -243,6 +243,9 @@ pub struct Qp {
     pub segment_fd: Option<OwnedFd>,
     /// Semi mode: the provider runs this QP's send queue (`router::semi`).
     pub semi: bool,
+    /// Send work requests the router completed for it (router and link
+    /// parts; the semi part lives in the QP header).
+    pub moved: crate::wire::control::MovedByPath,
 }
 
 impl Qp {
@@ -304,7 +307,15 @@ impl Qp {
             async_events: 0,
             segment_fd: None,
             semi: false,
+            moved: Default::default(),
         }
+    }
+
+    /// Everything this QP completed, by path.
+    pub fn moved(&self) -> crate::wire::control::MovedByPath {
+        let mut m = self.moved;
+        m.semi = self.header().semi_moved.snapshot();
+        m
     }
 
     pub fn header(&self) -> &QpHeader {

@@ -556,6 +556,8 @@ impl Server {
                     let viewer = self.status_viewer(&p);
                     let reply = Reply::Status {
                         sessions: super::control::status(&self.engine, |s| viewer.sees(s)),
+                        totals: matches!(viewer, Viewer::HostRoot)
+                            .then(|| super::control::totals(&self.engine)),
                     };
                     let _ = control::send(p.sock.as_fd(), &reply, &[]);
                     return false;
@@ -729,6 +731,7 @@ impl Server {
             return Err(e.into());
         }
         info!("session {id}: pid {} uid {}", p.pid, p.cred.uid);
+        self.engine.totals.sessions += 1;
         self.engine.tables.sessions.insert(
             id,
             Session {

@@ -109,6 +109,83 @@ pub struct QpStatus {
     pub state: u32,
     pub dest_qpn: u32,
     pub path: QpPath,
+    /// Send work requests this QP completed, by the path that moved them.
+    pub moved: MovedByPath,
+}
+
+/// Work requests completed (as a requester) and their bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Moved {
+    /// SEND and SEND_WITH_IMM.
+    pub sends: u64,
+    /// RDMA_WRITE and RDMA_WRITE_WITH_IMM.
+    pub writes: u64,
+    pub reads: u64,
+    pub atomics: u64,
+    pub bytes: u64,
+    /// Requests whose data was inline in the work request.
+    pub inline: u64,
+}
+
+impl Moved {
+    pub fn kind_of(opcode: u32) -> crate::wire::segment::MovedKind {
+        use crate::sys::*;
+        use crate::wire::segment::MovedKind;
+        match opcode {
+            IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM => MovedKind::Write,
+            IBV_WR_RDMA_READ => MovedKind::Read,
+            IBV_WR_ATOMIC_CMP_AND_SWP | IBV_WR_ATOMIC_FETCH_AND_ADD => MovedKind::Atomic,
+            _ => MovedKind::Send,
+        }
+    }
+
+    pub fn count(&mut self, opcode: u32, bytes: u64, inline: bool) {
+        use crate::wire::segment::MovedKind;
+        match Moved::kind_of(opcode) {
+            MovedKind::Send => self.sends += 1,
+            MovedKind::Write => self.writes += 1,
+            MovedKind::Read => self.reads += 1,
+            MovedKind::Atomic => self.atomics += 1,
+        }
+        self.bytes += bytes;
+        self.inline += u64::from(inline);
+    }
+
+    pub fn add(&mut self, o: &Moved) {
+        self.sends += o.sends;
+        self.writes += o.writes;
+        self.reads += o.reads;
+        self.atomics += o.atomics;
+        self.bytes += o.bytes;
+        self.inline += o.inline;
+    }
+}
+
+/// [`Moved`] split by data path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovedByPath {
+    /// Copied by the router between two processes of this host.
+    pub router: Moved,
+    /// Moved by the sender's provider (semi mode; as its provider reports).
+    pub semi: Moved,
+    /// Carried to another host over the routers' link.
+    pub link: Moved,
+}
+
+impl MovedByPath {
+    pub fn add(&mut self, o: &MovedByPath) {
+        self.router.add(&o.router);
+        self.semi.add(&o.semi);
+        self.link.add(&o.link);
+    }
+}
+
+/// Everything the router did since it started (closed QPs included).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterTotals {
+    pub sessions: u64,
+    pub qps: u64,
+    pub moved: MovedByPath,
 }
 
 /// Semi mode: where a run of a registered range lives in its owner's
@@ -257,6 +334,8 @@ pub enum Reply {
     },
     Status {
         sessions: Vec<SessionStatus>,
+        /// Root of the host only (others get None).
+        totals: Option<RouterTotals>,
     },
     Pd {
         pd: u32,

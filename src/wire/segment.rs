@@ -58,6 +58,60 @@ pub struct QpHeader {
     pub min_rnr_timer: AtomicU32,
     pub qp_type: AtomicU32,
     pub path_local: AtomicU32,
+    /// What this QP's own provider moved on the semi path as a requester
+    /// (only that provider writes them; `flowverbs status` reports them).
+    pub semi_moved: MovedCounters,
+}
+
+/// Work requests completed, by kind, and their bytes, as counters in
+/// shared memory (one writer).
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct MovedCounters {
+    pub sends: std::sync::atomic::AtomicU64,
+    pub writes: std::sync::atomic::AtomicU64,
+    pub reads: std::sync::atomic::AtomicU64,
+    pub atomics: std::sync::atomic::AtomicU64,
+    pub bytes: std::sync::atomic::AtomicU64,
+    pub inline: std::sync::atomic::AtomicU64,
+}
+
+impl MovedCounters {
+    /// Counts one completed work request of `opcode` (`ibv_wr_opcode`).
+    pub fn count(&self, opcode: u32, bytes: u64, inline: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let add = |c: &std::sync::atomic::AtomicU64, n: u64| {
+            c.store(c.load(Relaxed).wrapping_add(n), Relaxed)
+        };
+        match crate::wire::control::Moved::kind_of(opcode) {
+            MovedKind::Send => add(&self.sends, 1),
+            MovedKind::Write => add(&self.writes, 1),
+            MovedKind::Read => add(&self.reads, 1),
+            MovedKind::Atomic => add(&self.atomics, 1),
+        }
+        add(&self.bytes, bytes);
+        add(&self.inline, u64::from(inline));
+    }
+
+    pub fn snapshot(&self) -> crate::wire::control::Moved {
+        use std::sync::atomic::Ordering::Relaxed;
+        crate::wire::control::Moved {
+            sends: self.sends.load(Relaxed),
+            writes: self.writes.load(Relaxed),
+            reads: self.reads.load(Relaxed),
+            atomics: self.atomics.load(Relaxed),
+            bytes: self.bytes.load(Relaxed),
+            inline: self.inline.load(Relaxed),
+        }
+    }
+}
+
+/// The kinds of work request a [`MovedCounters`] tells apart.
+pub enum MovedKind {
+    Send,
+    Write,
+    Read,
+    Atomic,
 }
 
 /// SRQ segment header.

@@ -258,6 +258,73 @@ impl Router {
         cmd
     }
 
+    /// `flowverbs status --json` of this router, asked by root of the host
+    /// (every session, and the totals since start).
+    pub fn status(&self) -> serde_json::Value {
+        self.status_as(None)
+    }
+
+    /// `flowverbs status --json`, asked as root of the host (None) or as
+    /// user `uid` (through `setpriv`).
+    pub fn status_as(&self, uid: Option<u32>) -> serde_json::Value {
+        let mut cmd = match (&self.netns, uid) {
+            (Some(ns), None) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg(flowverbs_exe());
+                c
+            }
+            (None, None) => Command::new(flowverbs_exe()),
+            (_, Some(u)) => {
+                let id = u.to_string();
+                let mut c = Command::new("setpriv");
+                c.args(["--reuid", &id, "--regid", &id, "--clear-groups", "--"])
+                    .arg(flowverbs_exe());
+                c
+            }
+        };
+        cmd.args(["status", "--json", "--runtime-dir"])
+            .arg(&self.runtime_dir);
+        let out = run_with_timeout(cmd, 30);
+        assert!(out.status.success(), "{}", show("flowverbs status", &out));
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", show("flowverbs status --json", &out)))
+    }
+
+    /// What the router moved since it started: `path` is router, semi or
+    /// link, `what` sends, writes, reads, atomics, bytes or inline.
+    pub fn moved(&self, path: &str, what: &str) -> u64 {
+        let s = self.status();
+        s["totals"]["moved"][path][what]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no totals.moved.{path}.{what} in {s}"))
+    }
+
+    /// How many QPs were created on this router since it started.
+    pub fn qps_created(&self) -> u64 {
+        let s = self.status();
+        s["totals"]["qps"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no totals.qps in {s}"))
+    }
+
+    /// Waits (at most `timeout`) until the router has `n` sessions.
+    pub fn wait_for_sessions(&self, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status();
+            let have = s["sessions"].as_array().map_or(0, |a| a.len());
+            if have == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the router has {have} sessions, not {n}, after {timeout:?}: {s}\n{}",
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The network namespace the router runs in (None: the test's own).
     pub fn netns(&self) -> Option<&str> {
         self.netns.as_deref()

@@ -350,6 +350,7 @@ fn semi_after_modify(
             max_send_sge: fqp.caps.max_send_sge,
             send_cq_header: scq.header() as *const CqHeader,
             send_cq_slots: scq.ring,
+            own_header: fqp.header() as *const QpHeader,
         };
         *slot = Some(SemiPath::new(ctx, n, reply)?);
     }
