@@ -441,6 +441,7 @@ fn moved_json(m: &flowverbs::wire::control::Moved) -> serde_json::Value {
         "atomics": m.atomics,
         "bytes": m.bytes,
         "inline": m.inline,
+        "errors": m.errors,
     })
 }
 
@@ -552,8 +553,8 @@ fn status(runtime_dir: &Path, json: bool) -> anyhow::Result<()> {
     if let Some(t) = totals {
         let line = |name: &str, m: &flowverbs::wire::control::Moved| {
             format!(
-                "  {name:<6} {} sends, {} writes, {} reads, {} atomics, {} bytes",
-                m.sends, m.writes, m.reads, m.atomics, m.bytes
+                "  {name:<6} {} sends, {} writes, {} reads, {} atomics, {} bytes; {} failed",
+                m.sends, m.writes, m.reads, m.atomics, m.bytes, m.errors
             )
         };
         writeln!(

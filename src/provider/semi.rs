@@ -607,6 +607,8 @@ impl SemiPath {
     /// The request fails with `status`; this QP goes to the error state
     /// (and the responder, if `peer_event` says so: Some(event or 0)).
     fn fail(&mut self, w: &SendWqe, idx: u32, status: u32, peer: Option<u32>) {
+        // SAFETY: the QP's own segment outlives its path.
+        unsafe { &*self.own }.semi_moved.count_error();
         let cqe = Cqe {
             wr_id: w.wr_id,
             status,

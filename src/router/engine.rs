@@ -450,6 +450,13 @@ impl Engine {
             "qp {:#x}: wr {:#x} fails with status {}",
             qp.qpn, wqe.wr_id, status
         );
+        let link = self.path_of(h) == crate::wire::control::QpPath::Link;
+        let qp = self.tables.qps.get_mut(&h).expect("qp");
+        if link {
+            qp.moved.link.errors += 1;
+        } else {
+            qp.moved.router.errors += 1;
+        }
         cqe.sq_index = self.consume_send(h);
         self.push_cqe(cq, &cqe);
         self.to_error(h);

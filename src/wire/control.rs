@@ -125,6 +125,9 @@ pub struct Moved {
     pub bytes: u64,
     /// Requests whose data was inline in the work request.
     pub inline: u64,
+    /// Requests that ended in an error completion (not counted above;
+    /// flushed ones are not counted at all).
+    pub errors: u64,
 }
 
 impl Moved {
@@ -158,6 +161,7 @@ impl Moved {
         self.atomics += o.atomics;
         self.bytes += o.bytes;
         self.inline += o.inline;
+        self.errors += o.errors;
     }
 }
 

@@ -74,6 +74,7 @@ pub struct MovedCounters {
     pub atomics: std::sync::atomic::AtomicU64,
     pub bytes: std::sync::atomic::AtomicU64,
     pub inline: std::sync::atomic::AtomicU64,
+    pub errors: std::sync::atomic::AtomicU64,
 }
 
 impl MovedCounters {
@@ -93,6 +94,13 @@ impl MovedCounters {
         add(&self.inline, u64::from(inline));
     }
 
+    /// Counts one request that ended in an error completion.
+    pub fn count_error(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.errors
+            .store(self.errors.load(Relaxed).wrapping_add(1), Relaxed);
+    }
+
     pub fn snapshot(&self) -> crate::wire::control::Moved {
         use std::sync::atomic::Ordering::Relaxed;
         crate::wire::control::Moved {
@@ -102,6 +110,7 @@ impl MovedCounters {
             atomics: self.atomics.load(Relaxed),
             bytes: self.bytes.load(Relaxed),
             inline: self.inline.load(Relaxed),
+            errors: self.errors.load(Relaxed),
         }
     }
 }

@@ -299,6 +299,45 @@ impl Router {
             .unwrap_or_else(|| panic!("no totals.moved.{path}.{what} in {s}"))
     }
 
+    /// Work requests (of every kind, failed ones too) the router counted on
+    /// `path` since it started.
+    pub fn requests(&self, path: &str) -> u64 {
+        ["sends", "writes", "reads", "atomics", "errors"]
+            .iter()
+            .map(|k| self.moved(path, k))
+            .sum()
+    }
+
+    /// Asserts that since it started the router moved requests on `path`
+    /// and none on the others (`what` names the run in the message).
+    pub fn assert_moved_only_on(&self, path: &str, what: &str) {
+        let status = self.status();
+        let n = |p: &str| -> u64 {
+            ["sends", "writes", "reads", "atomics", "errors"]
+                .iter()
+                .map(|k| status["totals"]["moved"][p][k].as_u64().expect("a counter"))
+                .sum()
+        };
+        assert!(
+            n(path) > 0,
+            "{what}: nothing moved on the {path} path: {}\n{}",
+            status["totals"],
+            self.stderr()
+        );
+        for other in ["router", "semi", "link"]
+            .into_iter()
+            .filter(|p| *p != path)
+        {
+            assert_eq!(
+                n(other),
+                0,
+                "{what}: requests moved on the {other} path: {}\n{}",
+                status["totals"],
+                self.stderr()
+            );
+        }
+    }
+
     /// How many QPs were created on this router since it started.
     pub fn qps_created(&self) -> u64 {
         let s = self.status();
@@ -714,6 +753,17 @@ pub fn connect_failed(out: &Output) -> bool {
     text.contains("Couldn't connect to")
         || text.contains("Unable to open file descriptor for socket connection")
         || text.contains("Connection refused")
+}
+
+/// Whether an rdma-core pingpong said its `-c` check found bad data (it
+/// prints `invalid data in page N` and still exits 0).
+pub fn invalid_data(out: &Output) -> bool {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.contains("invalid data")
 }
 
 /// Runs a server and then a client, both under one `secs`-second timeout.
