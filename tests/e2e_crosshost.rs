@@ -448,6 +448,15 @@ fn a_bulk_transfer_does_not_starve_a_pingpong() {
         "the bulk transfer ended before the pingpong was done: not a fairness check\n{}",
         bulk_cli.stdout_so_far()
     );
+    // The bulk transfer itself was healthy: still running (no error exit),
+    // and router B carried its 8 MiB writes to A over the link.
+    let writes = rb.moved("link", "writes");
+    let bytes = rb.moved("link", "bytes");
+    assert!(
+        writes >= 1 && bytes >= 8 << 20,
+        "router B carried {writes} writes ({bytes} bytes) of the bulk transfer\n{}",
+        logs()
+    );
 }
 
 /// UCX across hosts (Debian's unmodified `ucx_perftest`, only
@@ -677,7 +686,16 @@ fn router_killed_mid_transfer_then_restarted() {
     let mut client = ra.netns_command(&a.netns, "stdbuf");
     client.args(["-oL", "ib_send_bw"]).args(args).arg(&b.addr);
     let (server, mut client) = start_until(server, client, "#bytes");
-    thread::sleep(Duration::from_secs(2));
+    // Kill router B once the transfer is moving data over the link.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while ra.moved("link", "bytes") == 0 && client.try_wait().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no data moved in 30 s\n{}",
+            router_logs(&[("A", &ra), ("B", &rb)])
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
     if let Some(status) = client.try_wait() {
         let out = client.finish(Duration::ZERO);
         panic!(

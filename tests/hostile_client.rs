@@ -276,15 +276,25 @@ fn assert_router_alive(router: &Router) {
 fn malformed_control_messages_are_refused() {
     let router = Router::start();
 
-    // Garbage bytes: the connection is dropped.
+    // Garbage bytes: the router closes the connection (not a timeout: the
+    // receive must see the close).
+    let closed = |sock: &OwnedFd| {
+        matches!(
+            control::recv::<Reply>(sock.as_fd(), MsgFlags::empty()),
+            Err(control::WireError::Closed)
+        )
+    };
     let sock = connect(&router);
     nix::unistd::write(&sock, &[0xa5u8; 300]).unwrap();
-    assert!(control::recv::<Reply>(sock.as_fd(), MsgFlags::empty()).is_err());
+    assert!(closed(&sock), "garbage: the connection stays open");
 
-    // A request before Hello: dropped.
+    // A request before Hello: closed.
     let sock = connect(&router);
     control::send(sock.as_fd(), &Request::AllocPd, &[]).unwrap();
-    assert!(control::recv::<Reply>(sock.as_fd(), MsgFlags::empty()).is_err());
+    assert!(
+        closed(&sock),
+        "a request before Hello: the connection stays open"
+    );
 
     // Wrong version: an explicit error.
     let sock = connect(&router);
@@ -315,11 +325,14 @@ fn malformed_control_messages_are_refused() {
         );
     }
 
-    // Oversized message: dropped, router fine.
+    // Oversized message: closed, router fine.
     let sock = connect(&router);
     let big = vec![1u8; 60_000];
     let _ = nix::unistd::write(&sock, &big);
-    let _ = control::recv::<Reply>(sock.as_fd(), MsgFlags::empty());
+    assert!(
+        closed(&sock),
+        "an oversized message: the connection stays open"
+    );
 
     assert_router_alive(&router);
 }
@@ -605,9 +618,9 @@ fn peers_of_a_vanished_client_get_error_completions() {
     a.connect_qp(qp_a, qpn_b, 0);
     b.connect_qp(qp_b, qpn_a, 0);
     // B dies: its connection closes and the router drops its objects
-    // (given time to see the hang-up before A posts).
+    // (A posts once the router shows B's session gone).
     drop(b);
-    std::thread::sleep(Duration::from_millis(200));
+    router.wait_for_sessions(1, Duration::from_secs(10));
     let mut w = SendWqe::zeroed();
     w.wr_id = 11;
     w.opcode = IBV_WR_SEND;
@@ -680,7 +693,11 @@ fn command_file_is_guarded() {
     cmd.extend_from_slice(&1u16.to_ne_bytes());
     cmd.extend_from_slice(&8u64.to_ne_bytes());
     let writer = std::thread::spawn(move || nix::unistd::write(&f, &cmd));
-    std::thread::sleep(Duration::from_millis(300));
+    // The router asks our provider end for a pipe (the write is blocked in
+    // the file system meanwhile); we never answer, and hang up.
+    let (ev, _) = control::recv::<control::Event>(client._events.1.as_fd(), MsgFlags::empty())
+        .expect("the router asks for a pipe");
+    assert!(matches!(ev, control::Event::MakeChannel { .. }), "{ev:?}");
     drop(client);
     let r = writer.join().unwrap();
     assert!(r.is_err(), "write returned {r:?}");

@@ -241,6 +241,30 @@ fn malformed_link_input_closes_the_connection_and_the_router_goes_on() {
     );
 }
 
+/// The number of the first QP `router`'s status shows for which `want`
+/// holds; waits (10 s) for one.
+fn wait_for_qp(router: &Router, want: impl Fn(&serde_json::Value) -> bool) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = router.status();
+        let found = status["sessions"].as_array().and_then(|ss| {
+            ss.iter()
+                .flat_map(|s| s["qps"].as_array().into_iter().flatten())
+                .find(|q| want(q))
+                .and_then(|q| q["qpn"].as_u64())
+        });
+        if let Some(qpn) = found {
+            return qpn as u32;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no such QP within 10 s: {status}\n{}",
+            router.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// GID 0 of the router's own namespace, from the tree it generates.
 fn router_gid(router: &Router) -> [u8; 16] {
     let dir = router
@@ -270,15 +294,13 @@ fn a_peer_reaches_only_qps_connected_to_it() {
     server.args(args);
     let server = Background::start(server);
     let gid = router_gid(&router);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !router.stderr().contains("session 1:") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(300)); // its QP, after the session
+    // The server's real QP (learned from the router, not guessed), and
+    // numbers no QP has.
+    let real = wait_for_qp(&router, |_| true);
+    let qpns = [real, real + 0x100, real + 0x101, 0xff_fff0];
 
     let mut bytes = Vec::new();
-    let qpns = 0x100..0x110u32;
-    for qpn in qpns.clone() {
+    for qpn in qpns {
         for (src, kind) in [
             ([7u8; 16], Kind::Request),
             ([8u8; 16], Kind::Request),
@@ -520,8 +542,11 @@ fn the_responder_naks_receiver_not_ready() {
     c.read_exact(&mut msg).unwrap();
     let (server_qpn, server_psn) = parse_pingpong_message(&msg);
     c.write_all(b"done\0").unwrap();
-    // Give the server a moment to move its QP to RTR after the exchange.
-    std::thread::sleep(Duration::from_millis(300));
+    // The server moves its QP to RTR after the exchange: wait for it.
+    wait_for_qp(&router, |q| {
+        q["qpn"].as_u64() == Some(u64::from(server_qpn))
+            && matches!(q["state"].as_str(), Some("RTR") | Some("RTS"))
+    });
 
     let send = |psn: u32| {
         let mut h = FrameHeader::new(Kind::Request);

@@ -62,7 +62,9 @@
 #define NOTICE_LEN 16    /* the SEND that announces a WRITE or READ buffer */
 #define PATTERN_MOD 251  /* pattern bytes are 0..250 ... */
 #define POISON 0xFD      /* ... never the poison of unwritten receive buffers */
-#define GUARD 0xFC       /* ... nor the guard value */
+#define GUARD_IN 0xFC    /* ... nor the guards around receive buffers */
+#define GUARD_OUT 0xFB   /* ... nor (a different value, so that an overrun from a send
+			    buffer into a receive buffer's guard shows) around send buffers */
 #define UD_QKEY 0x11111111
 #define HDR_LEN 64       /* out-of-band records, NUL padded */
 #define REC_LEN 128
@@ -92,6 +94,7 @@ struct options {
 struct buffer {
 	uint8_t *base;
 	size_t len, after;
+	uint8_t guard;
 };
 
 struct remote_qp {
@@ -283,19 +286,25 @@ static void check_guards(const struct buffer *b, int k, const char *name)
 {
 	char where[96];
 	snprintf(where, sizeof(where), "(guard before the %s buffer)", name);
-	check_bytes(b->base - GUARD_LEN, GUARD_LEN, GUARD, "GUARD", k, where, 0);
+	check_bytes(b->base - GUARD_LEN, GUARD_LEN, b->guard, "GUARD", k, where, 0);
 	snprintf(where, sizeof(where), "(guard after the %s buffer, offset from its end)", name);
-	check_bytes(b->base + b->len, b->after, GUARD, "GUARD", k, where, 0);
+	check_bytes(b->base + b->len, b->after, b->guard, "GUARD", k, where, 0);
 }
 
 /* Carves the next buffer of len bytes out of the region (NULL region: sizing). */
-static struct buffer carve(size_t *off, size_t len)
+static struct buffer carve(size_t *off, size_t len, uint8_t guard, uint8_t fill)
 {
 	struct buffer b;
 	size_t end = (*off + GUARD_LEN + len + 63) / 64 * 64 + GUARD_LEN;
 	b.base = region ? region + *off + GUARD_LEN : NULL;
 	b.len = len;
 	b.after = end - (*off + GUARD_LEN + len);
+	b.guard = guard;
+	if (region) {
+		memset(b.base - GUARD_LEN, guard, GUARD_LEN);
+		memset(b.base, fill, len);
+		memset(b.base + len, guard, b.after);
+	}
 	*off = end;
 	return b;
 }
@@ -311,24 +320,18 @@ static void layout_buffers(void)
 	for (int pass = 0; pass < 2; pass++) {
 		off = 0;
 		for (int k = 0; k < opt.nqps; k++) {
-			qps[k].data_in = carve(&off, recv_len());
-			qps[k].data_out = carve(&off, opt.size);
-			qps[k].notice_in = carve(&off, NOTICE_LEN);
-			qps[k].notice_out = carve(&off, NOTICE_LEN);
+			qps[k].data_in = carve(&off, recv_len(), GUARD_IN, POISON);
+			qps[k].data_out = carve(&off, opt.size, GUARD_OUT, POISON);
+			qps[k].notice_in = carve(&off, NOTICE_LEN, GUARD_IN, POISON);
+			qps[k].notice_out = carve(&off, NOTICE_LEN, GUARD_OUT, POISON);
+			qps[k].last_sent = -1;
 		}
 		if (pass == 0) {
 			region_len = (off + 4095) / 4096 * 4096;
 			if (posix_memalign((void **)&region, 4096, region_len))
 				die("out of memory (%zu bytes)", region_len);
-			memset(region, GUARD, region_len);
+			memset(region, GUARD_IN, region_len); /* the tail after the last buffer */
 		}
-	}
-	for (int k = 0; k < opt.nqps; k++) {
-		memset(qps[k].data_in.base, POISON, qps[k].data_in.len);
-		memset(qps[k].notice_in.base, POISON, NOTICE_LEN);
-		memset(qps[k].data_out.base, POISON, opt.size);
-		memset(qps[k].notice_out.base, POISON, NOTICE_LEN);
-		qps[k].last_sent = -1;
 	}
 }
 

@@ -536,6 +536,27 @@ fn send_signal(pid: i32, sig: i32) {
     }
 }
 
+/// The IPv4 address GID 0 of fv0 must carry in the test's own network
+/// namespace, as the kernel lists it (`ip -4 -o addr show up`, not the
+/// router's code): the first global-scope address of an interface that is
+/// up, or 127.0.0.1 when there is none.
+pub fn kernel_ipv4() -> std::net::Ipv4Addr {
+    let out = run_with_timeout(
+        Command::new("ip").args(["-4", "-o", "addr", "show", "up", "scope", "global"]),
+        30,
+    );
+    assert!(out.status.success(), "{}", show("ip addr", &out));
+    // "2: eth0    inet 192.0.2.2/24 brd ... scope global eth0 ..."
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            let mut w = l.split_whitespace().skip_while(|w| *w != "inet");
+            w.next()?;
+            w.next()?.split('/').next()?.parse().ok()
+        })
+        .unwrap_or(std::net::Ipv4Addr::LOCALHOST)
+}
+
 /// A free TCP port on 127.0.0.1 (bind to port 0), for perftest `-p` and the
 /// pingpongs' `-p`. Never hands out the same port twice in one test binary.
 pub fn free_port() -> u16 {
