@@ -456,9 +456,9 @@ static void record_completion(const struct ibv_wc *wc)
 		    " opcode %d status %d (%s) qp_num 0x%06x", side_name, cur_msg, wc->wr_id,
 		    wc->opcode, wc->status, ibv_wc_status_str(wc->status), wc->qp_num);
 	if (wc->status != IBV_WC_SUCCESS)
-		die("COMPLETION side %s msg %ld qp %u: %s status got %d (%s) want 0 (success), "
-		    "vendor_err 0x%x", side_name, cur_msg, slot, kind_names[kind], wc->status,
-		    ibv_wc_status_str(wc->status), wc->vendor_err);
+		die("COMPLETION side %s msg %ld qp %u: %s status got %d (%s) want 0 (success) "
+		    "[qp_num 0x%06x vendor_err 0x%x]", side_name, cur_msg, slot, kind_names[kind],
+		    wc->status, ibv_wc_status_str(wc->status), wc->qp_num, wc->vendor_err);
 	p = pending_of(kind, slot);
 	p->wc = *wc;
 	p->done = true;
@@ -804,8 +804,11 @@ static void receive_remote_info(void)
 		 op_names[opt.op], opt.size, opt.iters, opt.nqps);
 	read_all(hdr, sizeof(hdr), "the options header");
 	hdr[HDR_LEN - 1] = 0;
-	if (strcmp(hdr, want))
+	if (strcmp(hdr, want)) {
+		if (!side) /* so that the client can say why too */
+			write_all(want, sizeof(want));
 		die("the peer's options differ: it has \"%s\", we have \"%s\"", hdr, want);
+	}
 	for (int k = 0; k < opt.nqps; k++) {
 		struct remote_qp *r = &qps[k].remote;
 		char hex[33];
@@ -861,8 +864,9 @@ static void open_device(void)
 		die("UD messages are at most the port's MTU (%u bytes); -s %zu is too large",
 		    128u << port.active_mtu, opt.size);
 	if (opt.gidx >= 0)
-		check_ret(ibv_query_gid(ctx, (uint8_t)opt.ib_port, opt.gidx, &local_gid),
-			  "ibv_query_gid");
+		if (ibv_query_gid(ctx, (uint8_t)opt.ib_port, opt.gidx, &local_gid))
+			die("ibv_query_gid(port %d, index %d) failed: %s", opt.ib_port, opt.gidx,
+			    strerror(errno));
 }
 
 static void fill_ah_attr(struct ibv_ah_attr *ah, const struct remote_qp *r)
@@ -983,7 +987,8 @@ static void destroy_resources(void)
 		check_ret(ibv_destroy_comp_channel(channel), "ibv_destroy_comp_channel");
 	check_ret(ibv_dereg_mr(mr), "ibv_dereg_mr");
 	check_ret(ibv_dealloc_pd(pd), "ibv_dealloc_pd");
-	check_ret(ibv_close_device(ctx), "ibv_close_device");
+	if (ibv_close_device(ctx)) /* 0 or -1 */
+		die("ibv_close_device failed: %s", strerror(errno));
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1033,11 +1038,12 @@ static void parse_options(int argc, char **argv)
 		case 'q': opt.nqps = (int)parse_num(optarg, 1, 1024, 'q'); break;
 		case 'e': opt.events = true; break;
 		case 'X': {
-			unsigned long long m, j;
-			if (sscanf(optarg, "%llu:%llu", &m, &j) != 2)
+			char *colon = strchr(optarg, ':');
+			if (!colon)
 				die("-X wants MSG:OFFSET");
-			opt.flip_msg = (long)m;
-			opt.flip_off = (size_t)j;
+			*colon = 0;
+			opt.flip_msg = parse_num(optarg, 0, 1L << 30, 'X');
+			opt.flip_off = (size_t)parse_num(colon + 1, 0, 1L << 30, 'X');
 			break;
 		}
 		default: usage();
