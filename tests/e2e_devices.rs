@@ -291,8 +291,17 @@ fn install_and_uninstall() {
         if driver.trim() != "driver flowverbs" {
             return Err(format!("{DRIVER}: {driver:?}"));
         }
-        // The installed provider is found by libibverbs itself.
+        // The installed provider is found by libibverbs itself, so `env`
+        // prints no RDMAV_DRIVERS.
         let router = Router::start();
+        let mut env = Command::new(flowverbs_exe());
+        env.args(["env", "--runtime-dir"]).arg(&router.runtime_dir);
+        let out = run_with_timeout(env, TIMEOUT);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() || !text.contains("SYSFS_PATH=") || text.contains("RDMAV_DRIVERS")
+        {
+            return Err(show("flowverbs env with the provider installed", &out));
+        }
         let mut cmd = Command::new("ibv_devinfo");
         cmd.env("SYSFS_PATH", router.sysfs_path())
             .env_remove("RDMAV_DRIVERS")

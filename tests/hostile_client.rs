@@ -131,6 +131,17 @@ impl Client {
     }
 
     fn qp(&mut self, pd: u32, cq: u32) -> (u32, u32, Mapping, QpLayout, OwnedFd) {
+        self.qp_with_cookie(pd, cq, 0)
+    }
+
+    /// An RC QP whose async events carry `cookie` (what would be the
+    /// `ibv_qp *`).
+    fn qp_with_cookie(
+        &mut self,
+        pd: u32,
+        cq: u32,
+        cookie: u64,
+    ) -> (u32, u32, Mapping, QpLayout, OwnedFd) {
         let caps = QpCaps {
             max_send_wr: 16,
             max_recv_wr: 16,
@@ -146,7 +157,7 @@ impl Client {
             srq: 0,
             caps,
             sq_sig_all: true,
-            cookie: 0,
+            cookie,
         });
         let Reply::Qp {
             qp,
@@ -264,6 +275,27 @@ fn completions(map: &Mapping, layout: &CqLayout, from: u32, n: u32) -> Vec<Cqe> 
         }
     }
     ring.header.ring.publish_consumer(from + n);
+    out
+}
+
+/// Every async event record queued for `client` so far, as (element,
+/// event type).
+fn async_events(client: &Client) -> Vec<(u64, u32)> {
+    use flowverbs::wire::events::ASYNC_EVENT_LEN;
+    let fd = client._events.0.as_fd();
+    nix::fcntl::fcntl(
+        fd.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    let mut rec = [0u8; ASYNC_EVENT_LEN];
+    while let Ok(ASYNC_EVENT_LEN) = nix::unistd::read(fd.as_raw_fd(), &mut rec) {
+        out.push((
+            u64::from_ne_bytes(rec[0..8].try_into().unwrap()),
+            u32::from_ne_bytes(rec[8..12].try_into().unwrap()),
+        ));
+    }
     out
 }
 
@@ -534,8 +566,10 @@ fn garbage_ring_entries_give_error_completions() {
         c[0]
     );
 
-    // An impossible producer index: the QP goes to error, nothing else.
-    let (qp3, qpn3, map3, _layout3, _fd3) = a.qp(pd, cq);
+    // An impossible producer index: the QP goes to error, nothing else, and
+    // the application gets IBV_EVENT_QP_FATAL for it.
+    const QP3_COOKIE: u64 = 0x00c0_ffee_0003;
+    let (qp3, qpn3, map3, _layout3, _fd3) = a.qp_with_cookie(pd, cq, QP3_COOKIE);
     a.connect_qp(qp3, qpn3, 0);
     // SAFETY: the segment starts with a QpHeader.
     let hdr3 = unsafe { map3.header::<QpHeader>() };
@@ -550,6 +584,11 @@ fn garbage_ring_entries_give_error_completions() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+    let events = async_events(&a);
+    assert!(
+        events.contains(&(QP3_COOKIE, IBV_EVENT_QP_FATAL)),
+        "no QP_FATAL for the QP with the impossible index: {events:x?}"
+    );
     // A garbage CQ consumer index only stalls this client.
     // SAFETY: the segment starts with a CqHeader.
     unsafe { cq_map.header::<CqHeader>() }

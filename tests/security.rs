@@ -511,6 +511,30 @@ fn status_shows_a_user_only_its_own_sessions() {
     assert_eq!(uids(&own), [1000, 1000], "{own}");
     let other = router.status_as(Some(ATTACKER_UID + 7));
     assert_eq!(uids(&other), Vec::<u64>::new(), "{other}");
+    // The table's UID column says the same.
+    let mut table = Command::new(common::flowverbs_exe());
+    table
+        .args(["status", "--runtime-dir"])
+        .arg(&router.runtime_dir);
+    let out = run_with_timeout(table, 30);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut column: Vec<u64> = text
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("PID"))
+        .skip(1)
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            // Session rows: PID UID GID and five counts.
+            (w.len() == 8).then(|| w[1].parse().ok()).flatten()
+        })
+        .collect();
+    column.sort();
+    assert_eq!(
+        column,
+        [0, 1000, 1000],
+        "{}",
+        show("flowverbs status", &out)
+    );
 }
 
 /// SIGTERM while a flood holds every descriptor the router has: it must

@@ -185,8 +185,6 @@ impl Server {
             std::os::unix::fs::PermissionsExt::from_mode(0o666),
         )?;
         socket::listen(&listener, Backlog::new(128)?)?;
-        std::fs::rename(&staging, &socket_path)
-            .with_context(|| format!("publishing {}", socket_path.display()))?;
 
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         epoll.add(&listener, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))?;
@@ -200,6 +198,10 @@ impl Server {
                 None
             }
         };
+        // Published last: whoever sees router.sock finds the whole router
+        // (its tree, its mount, its link listener).
+        std::fs::rename(&staging, &socket_path)
+            .with_context(|| format!("publishing {}", socket_path.display()))?;
         epoll.add(
             signals.as_fd(),
             EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS),

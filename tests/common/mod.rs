@@ -75,6 +75,26 @@ pub struct Router {
     child: Option<Child>,
     /// The network namespace it runs in (None: the test's own).
     netns: Option<String>,
+    /// The command line that starts it (see [`Router::launch`]).
+    launch: Vec<std::ffi::OsString>,
+}
+
+/// Whether a connection to the Unix socket at `path` is accepted (a router
+/// listens there).
+fn accepts(path: &Path) -> bool {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let Ok(sock) = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    ) else {
+        return false;
+    };
+    let Ok(addr) = UnixAddr::new(path) else {
+        return false;
+    };
+    connect(std::os::fd::AsRawFd::as_raw_fd(&sock), &addr).is_ok()
 }
 
 impl Router {
@@ -143,63 +163,114 @@ impl Router {
         std::os::unix::fs::symlink(provider_lib(), lib_dir.join("libflowverbs-rdmav34.so"))
             .expect("symlinking the provider");
 
-        let stdout_path = base_dir.join("router.stdout");
         let stderr_path = base_dir.join("router.stderr");
-        let mut cmd = match (netns, wrapper.split_first()) {
-            (None, None) => Command::new(flowverbs_exe()),
-            (None, Some((program, args))) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(flowverbs_exe());
-                c
-            }
+        let mut launch: Vec<std::ffi::OsString> = match (netns, wrapper.split_first()) {
+            (None, None) => vec![flowverbs_exe().into()],
+            (None, Some((program, args))) => std::iter::once(program)
+                .chain(args)
+                .map(|a| a.into())
+                .chain([flowverbs_exe().into()])
+                .collect(),
             (Some(ns), _) => {
                 assert!(
                     wrapper.is_empty(),
                     "a router in a namespace runs under nsenter only"
                 );
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/run/netns/{ns}")).arg(flowverbs_exe());
-                c
+                vec![
+                    "nsenter".into(),
+                    format!("--net=/run/netns/{ns}").into(),
+                    flowverbs_exe().into(),
+                ]
             }
         };
-        cmd.arg("router")
-            .arg("--runtime-dir")
-            .arg(&runtime_dir)
-            .args(extra_args)
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(&stdout_path).unwrap())
-            .stderr(fs::File::create(&stderr_path).unwrap());
-        if std::env::var_os("FLOWVERBS_LOG").is_none() {
-            cmd.env("FLOWVERBS_LOG", "info");
-        }
-        let child = cmd.spawn().expect("spawning flowverbs router");
+        launch.push("router".into());
+        launch.push("--runtime-dir".into());
+        launch.push(runtime_dir.clone().into());
+        launch.extend(extra_args.iter().map(|a| a.into()));
         let mut router = Router {
             runtime_dir,
             base_dir,
             lib_dir,
             stderr_path,
-            child: Some(child),
+            child: None,
             netns: netns.map(String::from),
+            launch,
         };
+        router.launch();
+        router
+    }
 
-        let sock = router.runtime_dir.join("router.sock");
+    /// Starts the router process (again, after [`Router::kill`]) in the
+    /// same runtime directory, appending to the same log, and waits (at
+    /// most 20 s) until its socket accepts connections.
+    pub fn launch(&mut self) {
+        assert!(self.child.is_none(), "the router is running already");
+        let log = || {
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.stderr_path)
+                .unwrap()
+        };
+        let mut cmd = Command::new(&self.launch[0]);
+        cmd.args(&self.launch[1..])
+            .stdin(Stdio::null())
+            .stdout(log())
+            .stderr(log());
+        if std::env::var_os("FLOWVERBS_LOG").is_none() {
+            cmd.env("FLOWVERBS_LOG", "info");
+        }
+        self.child = Some(cmd.spawn().expect("spawning flowverbs router"));
+        let sock = self.runtime_dir.join("router.sock");
         let deadline = Instant::now() + ROUTER_START_TIMEOUT;
         loop {
-            if sock.exists() {
-                return router;
+            if accepts(&sock) {
+                return;
             }
-            let child = router.child.as_mut().unwrap();
+            let child = self.child.as_mut().unwrap();
             if let Some(status) = child.try_wait().unwrap() {
-                router.child = None;
-                let log = router.stderr();
-                panic!("flowverbs router exited early with {status} before creating {}; its stderr:\n{log}", sock.display());
+                self.child = None;
+                let log = self.stderr();
+                panic!("flowverbs router exited early with {status} before serving {}; its stderr:\n{log}", sock.display());
             }
             if Instant::now() > deadline {
-                let log = router.stderr();
+                let log = self.stderr();
                 panic!(
-                    "flowverbs router did not create {} within {:?}; its stderr:\n{log}",
+                    "flowverbs router did not serve {} within {:?}; its stderr:\n{log}",
                     sock.display(),
                     ROUTER_START_TIMEOUT
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the router with SIGKILL and leaves everything it made in
+    /// place (device tree, node, FUSE mount), as a crash would; the next
+    /// [`Router::launch`] must cope.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends `sig` to the router and waits (10 s) for it to exit; returns
+    /// its exit status.
+    pub fn signal_and_wait(&mut self, sig: i32) -> ExitStatus {
+        let mut child = self.child.take().expect("the router is running");
+        send_signal(child.id() as i32, sig);
+        let deadline = Instant::now() + ROUTER_STOP_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the router did not exit within {ROUTER_STOP_TIMEOUT:?} of signal {sig}\n{}",
+                    self.stderr()
                 );
             }
             thread::sleep(Duration::from_millis(20));
