@@ -692,3 +692,143 @@ fn a_recorded_hello_cannot_be_replayed() {
     drop(first);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The router's view of its peer at `addr`: (bytes queued for it, whether
+/// it reads from it).
+fn peer_state(router: &Router, addr: &str) -> (u64, bool) {
+    let status = router.status();
+    let p = status["peers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["addr"].as_str() == Some(addr)))
+        .unwrap_or_else(|| panic!("no peer {addr} in {status}"));
+    (
+        p["queued"].as_u64().unwrap(),
+        p["reading"].as_bool().unwrap(),
+    )
+}
+
+/// A peer that sends requests but never reads the replies: once more than
+/// 32 MiB of replies wait for it, the router stops reading from it (so its
+/// memory stays bounded), serves its own processes meanwhile, and once the
+/// peer reads, it reads again and answers every request.
+#[test]
+fn a_peer_that_does_not_read_is_not_read_from() {
+    const CAP: u64 = 32 << 20;
+    let (mut router, listen) = start_listening_router();
+    let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let fake_addr = fake.local_addr().unwrap().to_string();
+    let mut to_router = TcpStream::connect(&listen).unwrap();
+    read_challenge(&mut to_router);
+    to_router.write_all(&hello(&fake_addr)).unwrap();
+    to_router
+        .write_all(&frame(
+            FrameHeader::new(Kind::Announce),
+            &encode_payload(&Announce {
+                gids: vec![[7; 16]],
+            }),
+        ))
+        .unwrap();
+    let (mut from_router, _) = fake.accept().expect("the router dials back");
+    from_router.write_all(&[0; CHALLENGE_LEN]).unwrap();
+    let up = format!("peer {fake_addr} up");
+    router.wait_for_log(&up, 1, Duration::from_secs(10), |l| l.contains(&up));
+    // A local session, so that the router serves its GID (a pingpong
+    // server waiting for a client that never comes).
+    let port = free_port().to_string();
+    let mut server = router.command("ibv_rc_pingpong");
+    server.args(["-d", "fv0", "-g", "0", "-p", &port]);
+    let _server = Background::start(server);
+    wait_for_qp(&router, |_| true);
+
+    // 1 MiB of requests to a QP that does not exist: one NAK each.
+    let mut h = FrameHeader::new(Kind::Request);
+    h.qp_kind = QP_RC;
+    h.src_gid = [7; 16];
+    h.dst_gid = router_gid(&router);
+    h.src_qpn = 0x777;
+    h.dst_qpn = 0xff_fff0;
+    h.opcode = flowverbs::sys::IBV_WR_RDMA_WRITE;
+    h.total_len = 4;
+    h.remote_addr = 0x1000;
+    let one = frame(h, b"evil");
+    let per_batch = (1 << 20) / one.len();
+    let batch: Vec<u8> = one
+        .iter()
+        .copied()
+        .cycle()
+        .take(per_batch * one.len())
+        .collect();
+    to_router.set_nonblocking(true).unwrap();
+    let mut written: u64 = 0;
+    let mut at = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(
+            written < 10 * CAP,
+            "{written} bytes of requests and the router still reads"
+        );
+        assert!(Instant::now() < deadline, "{}", router.stderr());
+        match to_router.write(&batch[at..]) {
+            Ok(n) => {
+                written += n as u64;
+                at = (at + n) % batch.len();
+                continue;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => panic!("writing to the router: {e}"),
+        }
+        // Our socket is full: is it because the router stopped reading?
+        let (queued, reading) = peer_state(&router, &fake_addr);
+        if !reading {
+            assert!(
+                (CAP..CAP + (2 << 20)).contains(&queued),
+                "{queued} bytes queued when the router stopped reading"
+            );
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Meanwhile it serves its own processes.
+    let out = run_with_timeout(router.command("ibv_devinfo").args(["-d", "fv0"]), 30);
+    assert!(out.status.success(), "{}", show("ibv_devinfo", &out));
+    // Finish the last partial frame, then read every reply: the router
+    // reads again and answers each request.
+    to_router.set_nonblocking(false).unwrap();
+    let rest = (one.len() - at % one.len()) % one.len();
+    to_router.write_all(&batch[at..at + rest]).unwrap();
+    written += rest as u64;
+    let requests = written / one.len() as u64;
+    from_router
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let (mut buf, mut at, mut naks) = (Vec::new(), 0usize, 0u64);
+    let mut chunk = vec![0u8; 1 << 20];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while naks < requests {
+        assert!(
+            Instant::now() < deadline,
+            "{naks} of {requests} requests answered\n{}",
+            router.stderr()
+        );
+        match from_router.read(&mut chunk) {
+            Ok(0) => panic!("the router closed the connection"),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => panic!("reading from the router: {e}"),
+        }
+        while buf.len() - at >= HEADER_LEN {
+            let raw: &[u8; HEADER_LEN] = buf[at..at + HEADER_LEN].try_into().unwrap();
+            let h = FrameHeader::decode(raw).expect("the router sends valid frames");
+            let end = at + HEADER_LEN + h.payload_len as usize;
+            if buf.len() < end {
+                break;
+            }
+            naks += u64::from(h.kind == Kind::Nak as u8);
+            at = end;
+        }
+        buf.drain(..at);
+        at = 0;
+    }
+    assert_eq!(naks, requests);
+    assert!(peer_state(&router, &fake_addr).1, "the router reads again");
+}

@@ -461,7 +461,12 @@ fn status(runtime_dir: &Path, json: bool) -> anyhow::Result<()> {
             runtime_dir.display()
         )
     })?;
-    let Reply::Status { sessions, totals } = reply else {
+    let Reply::Status {
+        sessions,
+        totals,
+        peers,
+    } = reply
+    else {
         bail!("unexpected reply {reply:?}");
     };
     let mut out = io::stdout().lock();
@@ -495,7 +500,18 @@ fn status(runtime_dir: &Path, json: bool) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        let mut doc = serde_json::json!({ "sessions": sessions });
+        let peers: Vec<serde_json::Value> = peers
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "addr": p.addr,
+                    "up": p.up,
+                    "queued": p.queued,
+                    "reading": p.reading,
+                })
+            })
+            .collect();
+        let mut doc = serde_json::json!({ "sessions": sessions, "peers": peers });
         if let Some(t) = totals {
             doc["totals"] = serde_json::json!({
                 "sessions": t.sessions,
@@ -565,6 +581,20 @@ fn status(runtime_dir: &Path, json: bool) -> anyhow::Result<()> {
         writeln!(out, "{}", line("router", &t.moved.router))?;
         writeln!(out, "{}", line("semi", &t.moved.semi))?;
         writeln!(out, "{}", line("link", &t.moved.link))?;
+    }
+    for p in &peers {
+        writeln!(
+            out,
+            "peer {} {}, {} bytes queued{}",
+            p.addr,
+            if p.up { "up" } else { "down" },
+            p.queued,
+            if p.reading {
+                ""
+            } else {
+                ", not read from (it does not read our replies)"
+            }
+        )?;
     }
     Ok(())
 }

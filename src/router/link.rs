@@ -463,6 +463,20 @@ impl Links {
         })
     }
 
+    /// Every peer, for `flowverbs status`.
+    pub fn status(&self) -> Vec<crate::wire::control::PeerStatus> {
+        self.peers
+            .list
+            .iter()
+            .map(|p| crate::wire::control::PeerStatus {
+                addr: p.addr.to_string(),
+                up: p.up,
+                queued: p.queue.len() as u64,
+                reading: p.queue.len() <= OUT_HARD,
+            })
+            .collect()
+    }
+
     /// Accepts, dials, flushes and reads; frames are handed out by
     /// [`Links::frames`].
     pub fn poll_io(&mut self, now: Instant) {

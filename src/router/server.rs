@@ -560,6 +560,10 @@ impl Server {
                         sessions: super::control::status(&self.engine, |s| viewer.sees(s)),
                         totals: matches!(viewer, Viewer::HostRoot)
                             .then(|| super::control::totals(&self.engine)),
+                        peers: match (&viewer, &self.engine.links) {
+                            (Viewer::HostRoot, Some(links)) => links.status(),
+                            _ => Vec::new(),
+                        },
                     };
                     let _ = control::send(p.sock.as_fd(), &reply, &[]);
                     return false;

@@ -184,6 +184,20 @@ impl MovedByPath {
     }
 }
 
+/// A router of another host, as `flowverbs status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Its listen address.
+    pub addr: String,
+    /// Both directions said Hello.
+    pub up: bool,
+    /// Bytes queued for it, not yet taken by its socket.
+    pub queued: u64,
+    /// Whether this router reads what it sends (false while the replies
+    /// queued for it exceed the cap: it is not reading them).
+    pub reading: bool,
+}
+
 /// Everything the router did since it started (closed QPs included).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouterTotals {
@@ -340,6 +354,8 @@ pub enum Reply {
         sessions: Vec<SessionStatus>,
         /// Root of the host only (others get None).
         totals: Option<RouterTotals>,
+        /// The routers of other hosts (root of the host only).
+        peers: Vec<PeerStatus>,
     },
     Pd {
         pd: u32,
