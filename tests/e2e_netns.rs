@@ -124,3 +124,23 @@ fn views_of_gone_namespaces_are_removed() {
     );
     assert!(view_b.exists());
 }
+
+/// Data integrity between namespaces through the host's router:
+/// `fv_xfer` checks every byte of every message both ways (RC and UD).
+#[test]
+fn checked_transfers_between_namespaces() {
+    let router = Router::start();
+    let ns = Topology::two_hosts(16);
+    for args in [
+        &["-t", "rc", "-o", "write_imm", "-s", "65536"][..],
+        &["-t", "ud", "-o", "send", "-s", "1024"][..],
+    ] {
+        let port = free_port().to_string();
+        let mut server = router.netns_command(&ns.hosts[0].netns, XFER.path());
+        server.args(["-p", &port]).args(args);
+        let mut client = router.netns_command(&ns.hosts[1].netns, XFER.path());
+        client.args(["-p", &port]).args(args).arg(&ns.hosts[0].addr);
+        let report = || format!("{args:?}\n--- router stderr:\n{}", router.stderr());
+        assert_xfer(server, client, 60, &report);
+    }
+}

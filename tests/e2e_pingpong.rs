@@ -1,10 +1,12 @@
 //! End-to-end: rdma-core's unmodified example programs (`ibv_*_pingpong`)
-//! against fv0, server and client as separate processes on 127.0.0.1.
+//! against fv0, server and client as separate processes on 127.0.0.1: a
+//! compatibility check. Their `-c` checks one byte per page and exits 0 on
+//! a mismatch, so data integrity is `tests/e2e_xfer.rs`'s; a run that prints
+//! `invalid data` fails here (`common::run_pair`).
 
 mod common;
 
 use common::*;
-use flowverbs::router::identity::host_ipv4;
 use std::process::Output;
 
 const PAIR_TIMEOUT_SECS: u64 = 90;
@@ -51,7 +53,7 @@ fn assert_counts(run: &Run, size: u64, iters: u64) {
 
 /// The GID both sides print for themselves: `::ffff:<host ip>`.
 fn assert_gids(run: &Run) {
-    let gid = format!("GID ::ffff:{}", host_ipv4());
+    let gid = format!("GID ::ffff:{}", kernel_ipv4());
     for out in [&run.server, &run.client] {
         let text = String::from_utf8_lossy(&out.stdout);
         let local = text

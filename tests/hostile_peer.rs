@@ -281,16 +281,17 @@ fn router_gid(router: &Router) -> [u8; 16] {
 /// A peer that completed the handshake (the router dialed back and says it
 /// is up) sends requests for the router's GID to QPs not connected to it,
 /// and frames from a GID it never announced. The first get "no QP" NAKs,
-/// the second nothing; a local checked pingpong runs meanwhile.
+/// the second nothing; a local checked transfer (`fv_xfer`) runs meanwhile.
 #[test]
 fn a_peer_reaches_only_qps_connected_to_it() {
     let (mut router, listen) = start_listening_router();
     let (mut to_router, mut from_router) = scripted_peer(&mut router, &listen, [7; 16]);
 
-    // A local session with a QP: a pingpong server waiting for its client.
+    // A local session with a QP: a checked-transfer server waiting for its
+    // client.
     let port = free_port().to_string();
-    let args = ["-d", "fv0", "-g", "0", "-c", "-n", "50", "-p", &port];
-    let mut server = router.command("ibv_rc_pingpong");
+    let args = ["-n", "50", "-p", &port];
+    let mut server = router.command(XFER.path());
     server.args(args);
     let server = Background::start(server);
     let gid = router_gid(&router);
@@ -347,12 +348,15 @@ fn a_peer_reaches_only_qps_connected_to_it() {
         "{answers:?}"
     );
 
-    let mut client = router.command("ibv_rc_pingpong");
+    let mut client = router.command(XFER.path());
     client.args(args).arg("127.0.0.1");
     let client = run_with_timeout(&mut client, 60);
     let server = server.finish(Duration::from_secs(60));
+    let checked = |o: &std::process::Output| {
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("checked each way")
+    };
     assert!(
-        server.status.success() && client.status.success(),
+        checked(&server) && checked(&client),
         "{}{}{}",
         show("server", &server),
         show("client", &client),

@@ -450,7 +450,7 @@ impl Engine {
             "qp {:#x}: wr {:#x} fails with status {}",
             qp.qpn, wqe.wr_id, status
         );
-        let link = self.path_of(h) == crate::wire::control::QpPath::Link;
+        let link = self.carried_by_link(h, wqe);
         let qp = self.tables.qps.get_mut(&h).expect("qp");
         if link {
             qp.moved.link.errors += 1;
@@ -712,7 +712,7 @@ impl Engine {
             ..Default::default()
         };
         let cq = a.send_cq;
-        let link = self.path_of(ha) == crate::wire::control::QpPath::Link;
+        let link = self.carried_by_link(ha, w);
         let qp = self.tables.qps.get_mut(&ha).expect("qp");
         let moved = if link {
             &mut qp.moved.link
@@ -1153,6 +1153,21 @@ impl Engine {
             qp.header()
                 .path_local
                 .store(0, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Whether work request `w` of QP `h` goes over the link: a connected
+    /// QP's path, or a datagram's address handle, names another host.
+    fn carried_by_link(&self, h: u32, w: &SendWqe) -> bool {
+        let ud = self
+            .tables
+            .qps
+            .get(&h)
+            .is_some_and(|q| q.kind == QpKind::Ud);
+        if ud {
+            self.links.is_some() && w.ah_global != 0 && !self.serves_locally(&w.dgid)
+        } else {
+            self.path_of(h) == crate::wire::control::QpPath::Link
         }
     }
 

@@ -893,6 +893,16 @@ pub fn run_pair(
         deadline.min(Instant::now() + Duration::from_secs(10))
     };
     let server_out = srv.finish(server_deadline);
+    // rdma-core's pingpongs report bad data (`-c`) on stdout and still exit
+    // 0: such a run fails here, whatever the caller checks.
+    for (name, out) in [("server", &server_out), ("client", &client_out)] {
+        assert!(
+            !invalid_data(out),
+            "the {name} reported invalid data:\n{}{}",
+            show("server", &server_out),
+            show("client", &client_out)
+        );
+    }
     (server_out, client_out)
 }
 
@@ -1023,6 +1033,28 @@ pub fn list_c_cases(program: &Path) -> Vec<String> {
         .lines()
         .map(str::to_owned)
         .collect()
+}
+
+/// `tests/c/fv_xfer.c`: a checked transfer (every byte of every message,
+/// both sides, exit 1 on the first mismatch).
+pub static XFER: CProgram = CProgram::new("fv_xfer.c");
+
+/// Runs a prepared `fv_xfer` server and client (each already given the
+/// same options; the client also the server's address) under `secs`, and
+/// asserts both exit 0 and print their "checked each way" line; `report`
+/// adds context (router logs) to a failure.
+pub fn assert_xfer(server: Command, client: Command, secs: u64, report: &dyn Fn() -> String) {
+    let (s, c) = run_pair(server, client, secs);
+    for (name, out) in [("server", &s), ("client", &c)] {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("bytes checked each way"),
+            "fv_xfer {name} failed:\n{}{}{}",
+            show("server", &s),
+            show("client", &c),
+            report()
+        );
+    }
 }
 
 /// A result table printed by perftest: the column names of the line
