@@ -16,9 +16,20 @@
 //! the router:
 //!
 //! - the secret word S that fills A's ungranted memory is searched for in
-//!   every readable mapping of B and of the router (the granted word G must
-//!   show up in B where B legitimately read it: the scan's own control);
+//!   every readable mapping of B and of the router;
 //! - the mappings and descriptors of B and the router are compared with A's.
+//!
+//! The scan's own controls, in the same run (a scan that finds nothing
+//! proves nothing): it must find S in every secret region of A (the word
+//! the runner looks for is the one A wrote); the granted word G in B where
+//! B legitimately read it; in the router, a word planted in its memory by
+//! a legitimate path (B leaves a receive whose wr_id is the word P posted
+//! in its receive ring, a segment the router maps), and G in a private
+//! mapping of the router: the last bytes the router copied before the
+//! pause (B's READ of MR_M, all G) are still in its copy buffer, which is
+//! where a leaked secret would sit. If the router ever cleared that buffer
+//! after each copy, this control fails: the router scan would then prove
+//! nothing about its copy buffer and needs another witness.
 //!
 //! What the scan shows: no 8-byte S word reached B by any path, not just
 //! the buffers the C program looked at (every attempt has its own slot, so
@@ -151,21 +162,30 @@ fn read_fds(pid: u32) -> Vec<Fd> {
 }
 
 /// Where an 8-byte word occurs in a process's readable memory.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Scan {
     hits: Vec<u64>,
     bytes: u64,
     unreadable: Vec<String>,
 }
 
-/// Reads every readable mapping of `pid` through `/proc/<pid>/mem` and
-/// records each address (any alignment) where `word`'s 8 bytes occur.
-fn scan_memory(pid: u32, maps: &[Map], word: u64) -> Scan {
+impl Scan {
+    /// Whether a hit lies in `[start, end)`.
+    fn hit_in(&self, start: u64, end: u64) -> bool {
+        self.hits.iter().any(|&h| start <= h && h < end)
+    }
+}
+
+/// Reads every readable mapping of `pid` through `/proc/<pid>/mem` once and
+/// records, for each of `words`, each address (any alignment) where its 8
+/// bytes occur.
+fn scan_memory(pid: u32, maps: &[Map], words: &[u64]) -> Vec<Scan> {
     const CHUNK: usize = 1 << 20;
-    let needle = word.to_ne_bytes();
+    let needles: Vec<[u8; 8]> = words.iter().map(|w| w.to_ne_bytes()).collect();
     let mem = fs::File::open(format!("/proc/{pid}/mem"))
         .unwrap_or_else(|e| panic!("opening /proc/{pid}/mem: {e}"));
     let mut scan = Scan::default();
+    let mut hits: Vec<Vec<u64>> = vec![Vec::new(); words.len()];
     let mut buf = vec![0u8; CHUNK + 7];
     for m in maps.iter().filter(|m| m.perms.starts_with('r')) {
         // `carry` bytes at the front of buf are the previous chunk's tail.
@@ -178,8 +198,10 @@ fn scan_memory(pid: u32, maps: &[Map], word: u64) -> Scan {
                     let len = carry + got;
                     let base = at - carry as u64;
                     for (i, w) in buf[..len].windows(8).enumerate() {
-                        if w == needle {
-                            scan.hits.push(base + i as u64);
+                        for (k, needle) in needles.iter().enumerate() {
+                            if w == needle {
+                                hits[k].push(base + i as u64);
+                            }
                         }
                     }
                     scan.bytes += got as u64;
@@ -195,7 +217,12 @@ fn scan_memory(pid: u32, maps: &[Map], word: u64) -> Scan {
             }
         }
     }
-    scan
+    hits.into_iter()
+        .map(|hits| Scan {
+            hits,
+            ..scan.clone()
+        })
+        .collect()
 }
 
 /// A `FV_ISO_READY` file: `pid N`, then `<kind> <start hex> <end hex> <name>`.
@@ -256,9 +283,12 @@ struct Paused {
     maps_r: Vec<Map>,
     fds_b: Vec<Fd>,
     fds_r: Vec<Fd>,
+    secret_in_a: Scan,
     secret_in_b: Scan,
     secret_in_r: Scan,
     granted_in_b: Scan,
+    granted_in_r: Scan,
+    planted_in_r: Scan,
 }
 
 struct Run {
@@ -299,18 +329,19 @@ impl Run {
     }
 }
 
-/// Two different random words, neither zero.
-fn random_words() -> (u64, u64) {
-    let mut b = [0u8; 16];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .expect("reading /dev/urandom");
-    let s = u64::from_ne_bytes(b[..8].try_into().unwrap()) | 1;
-    let g = u64::from_ne_bytes(b[8..].try_into().unwrap()) | 1;
-    if s == g {
-        (s, !g)
-    } else {
-        (s, g)
+/// Three different random words, none zero: the secret S, the granted G
+/// and the plant P.
+fn random_words() -> (u64, u64, u64) {
+    loop {
+        let mut b = [0u8; 24];
+        fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut b))
+            .expect("reading /dev/urandom");
+        let w = |i: usize| u64::from_ne_bytes(b[8 * i..8 * i + 8].try_into().unwrap()) | 1;
+        let (s, g, p) = (w(0), w(1), w(2));
+        if s != g && g != p && s != p {
+            return (s, g, p);
+        }
     }
 }
 
@@ -324,7 +355,7 @@ fn run(leaky: bool) -> Run {
     let sock = dir.join("a.sock");
     let (a_ready, b_ready, go): (PathBuf, PathBuf, PathBuf) =
         (dir.join("a.ready"), dir.join("b.ready"), dir.join("go"));
-    let (secret, granted) = random_words();
+    let (secret, granted, plant) = random_words();
 
     let mut a = router.command(exe);
     a.arg("target")
@@ -338,6 +369,7 @@ fn run(leaky: bool) -> Run {
         .env("FV_ISO_SOCK", &sock)
         .env("FV_ISO_READY", &b_ready)
         .env("FV_ISO_GO", &go)
+        .env("FV_ISO_PLANT", format!("{plant:016x}"))
         .env_remove("FV_ISO_TAGS");
     let ta = thread::spawn(move || run_with_timeout(a, RUN_TIMEOUT_SECS));
     let tb = thread::spawn(move || run_with_timeout(b, RUN_TIMEOUT_SECS));
@@ -357,12 +389,24 @@ fn run(leaky: bool) -> Run {
         let maps_a = read_maps(a.pid);
         let maps_b = read_maps(b.pid);
         let maps_r = read_maps(router_pid);
+        let [secret_in_b, granted_in_b]: [Scan; 2] =
+            scan_memory(b.pid, &maps_b, &[secret, granted])
+                .try_into()
+                .unwrap();
+        let [secret_in_r, granted_in_r, planted_in_r]: [Scan; 3] =
+            scan_memory(router_pid, &maps_r, &[secret, granted, plant])
+                .try_into()
+                .unwrap();
+        let [secret_in_a]: [Scan; 1] = scan_memory(a.pid, &maps_a, &[secret]).try_into().unwrap();
         Paused {
             fds_b: read_fds(b.pid),
             fds_r: read_fds(router_pid),
-            secret_in_b: scan_memory(b.pid, &maps_b, secret),
-            secret_in_r: scan_memory(router_pid, &maps_r, secret),
-            granted_in_b: scan_memory(b.pid, &maps_b, granted),
+            secret_in_a,
+            secret_in_b,
+            secret_in_r,
+            granted_in_b,
+            granted_in_r,
+            planted_in_r,
             a,
             b,
             router_pid,
@@ -395,23 +439,58 @@ fn a_peer_reaches_only_what_rdma_grants() {
     // scan, all reported together.
     let mut problems = run.failures();
 
-    // The scan's own control: B legitimately read MR1 and MR_M (both
-    // filled with G by A) into these slots.
+    // The scan's own controls (see the top of this file). A: the secret
+    // word the runner looks for is the one that fills A's secret regions.
+    for (kind, s, e, name) in p.a.ranges.iter().filter(|r| r.0 == "region") {
+        if !p.secret_in_a.hit_in(*s, *e) {
+            problems.push(format!(
+                "control: the scan did not find the secret word in A's own {kind} '{name}' \
+                 ({s:#x}-{e:#x}; {} bytes of A scanned, {} hits)",
+                p.secret_in_a.bytes,
+                p.secret_in_a.hits.len()
+            ));
+        }
+    }
+    // B legitimately read MR1 and MR_M (both filled with G by A) into these
+    // slots.
     for slot in [
         "READ of all of MR1",
         "READ of all of MR_M (pair kept for the pause)",
     ] {
         let (s, e) = p.b.range("slot", slot);
-        if !p.granted_in_b.hits.iter().any(|&h| s <= h && h < e) {
+        if !p.granted_in_b.hit_in(s, e) {
             problems.push(format!(
-                "the scan did not find the granted word in B's slot '{slot}' \
+                "control: the scan did not find the granted word in B's slot '{slot}' \
                  ({} bytes scanned, hits {:x?})",
                 p.granted_in_b.bytes, p.granted_in_b.hits
             ));
         }
     }
+    // The router: the word B planted in its receive ring (a segment the
+    // router maps), and G where the router copied it last (a private
+    // mapping: its copy buffer, not a shared ring segment).
     if p.secret_in_r.bytes == 0 {
         problems.push("nothing of the router was scanned".into());
+    }
+    if p.planted_in_r.hits.is_empty() {
+        problems.push(format!(
+            "control: the scan did not find the word B planted in its receive ring (mapped \
+             by the router) in the router's memory ({} bytes scanned, unreadable: {:?})",
+            p.planted_in_r.bytes, p.planted_in_r.unreadable
+        ));
+    }
+    let private = |h: &u64| {
+        p.maps_r
+            .iter()
+            .any(|m| m.start <= *h && *h < m.end && !m.shared())
+    };
+    if !p.granted_in_r.hits.iter().any(private) {
+        problems.push(format!(
+            "control: the scan did not find the granted word (the last bytes the router copied, \
+             B's READ of MR_M) in a private mapping of the router ({} bytes scanned, hits \
+             {:x?})",
+            p.granted_in_r.bytes, p.granted_in_r.hits
+        ));
     }
     for &h in &p.secret_in_b.hits {
         problems.push(format!(
@@ -436,12 +515,17 @@ fn a_peer_reaches_only_what_rdma_grants() {
     );
     eprintln!(
         "scanned {} bytes of B (unreadable: {:?}) and {} bytes of the router \
-         (pid {}, unreadable: {:?})",
+         (pid {}, unreadable: {:?}); controls: {} hits of S in A, {} of G in B, \
+         {} of P and {} of G in the router",
         p.secret_in_b.bytes,
         p.secret_in_b.unreadable,
         p.secret_in_r.bytes,
         p.router_pid,
-        p.secret_in_r.unreadable
+        p.secret_in_r.unreadable,
+        p.secret_in_a.hits.len(),
+        p.granted_in_b.hits.len(),
+        p.planted_in_r.hits.len(),
+        p.granted_in_r.hits.len()
     );
 }
 

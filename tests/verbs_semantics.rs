@@ -36,10 +36,11 @@ fn run_case(router_args: &[&str], case: &str) {
     }
 }
 
-/// Cases that move data between two connected RC QPs: in semi mode they
-/// must have taken the providers' path (a silent fallback to the router's
-/// copy would test the wrong thing), in isolated mode the router's (the
-/// router's counters say which).
+/// Cases that move (or try to move) data between two connected RC QPs: in
+/// semi mode they must have taken the providers' path (a silent fallback to
+/// the router's copy would test the wrong thing), in isolated mode the
+/// router's (the router's counters say which; a failed request counts as an
+/// error on its path).
 const DATA_CASES: &[&str] = &[
     "send",
     "send_imm",
@@ -58,6 +59,8 @@ const DATA_CASES: &[&str] = &[
     "recv_too_small",
     "flush",
     "rnr_wait",
+    "rnr_exceeded",
+    "events_pipe_full",
 ];
 
 macro_rules! cases {
@@ -115,11 +118,13 @@ cases!(
     flush,
     wrong_state,
     rnr_wait,
+    rnr_exceeded,
     many_qps,
     events_flood,
     events_channels,
     events_solicited,
     events_epoll,
+    events_pipe_full,
     async_qp_error,
     async_srq;
     also device_fatal,

@@ -33,7 +33,9 @@
  * slot of B's pool, never reused, so whatever B received stays there for the
  * runner's scan.
  *
- * At the end B keeps one connected QP pair (after a successful READ of MR_M),
+ * At the end B keeps one connected QP pair (after a successful READ of MR_M)
+ * with a receive posted whose wr_id is the word FV_ISO_PLANT (given to B
+ * only: the runner's proof that its scan reaches what the router maps),
  * both write FV_ISO_READY (pid, regions) and A waits for FV_ISO_GO: meanwhile
  * the runner inspects /proc/<pid>/{maps,fd,mem} of A, B and the router.
  *
@@ -189,13 +191,7 @@ static struct ibv_qp *rc_qp(struct ibv_pd *pd, struct ibv_cq *scq, struct ibv_cq
 static void rc_connect(struct ibv_qp *qp, uint32_t dest_qpn)
 {
 	struct ibv_qp_attr a;
-	int rc;
-	memset(&a, 0, sizeof(a));
-	a.qp_state = IBV_QPS_INIT;
-	a.port_num = 1;
-	a.qp_access_flags = ACC_ALL;
-	rc = ibv_modify_qp(qp, &a, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT |
-					   IBV_QP_ACCESS_FLAGS);
+	int rc = qp_to_init(qp, ACC_ALL);
 	if (rc)
 		fatal("ibv_modify_qp(qp 0x%x, INIT) returned %d (%s)", qp->qp_num, rc, strerror(rc));
 	memset(&a, 0, sizeof(a));
@@ -227,13 +223,6 @@ static void rc_connect(struct ibv_qp *qp, uint32_t dest_qpn)
 				   IBV_QP_RNR_RETRY | IBV_QP_MAX_QP_RD_ATOMIC);
 	if (rc)
 		fatal("ibv_modify_qp(qp 0x%x, RTS) returned %d (%s)", qp->qp_num, rc, strerror(rc));
-}
-
-static void destroy_qp(struct ibv_qp *qp)
-{
-	int rc = ibv_destroy_qp(qp);
-	if (rc)
-		fatal("ibv_destroy_qp returned %d (%s)", rc, strerror(rc));
 }
 
 /* ------------------------------------------------------------------------ */
@@ -436,8 +425,8 @@ static void case_target(void)
 	dereg(mrm);
 	dereg(norem);
 	dereg(mpd2);
-	ibv_dealloc_pd(pd2);
-	ibv_destroy_cq(cq);
+	dealloc_pd(pd2);
+	destroy_cq(cq);
 	close(g_sock);
 	printf("target: %d checks of %d secret regions, %d with changes; %d async events\n", checks,
 	       g_nregions, bad_after, g_async_events);
@@ -645,6 +634,24 @@ static void case_attacker(void)
 	struct ibv_qp *kept = attempt("READ of all of MR_M (pair kept for the pause)", R, L.mrm_len,
 				      mm, L.mrm_rkey, IBV_WC_SUCCESS, 1, NULL);
 
+	/*
+	 * The runner's control that its scan reaches the router: a receive
+	 * whose wr_id is the word FV_ISO_PLANT stays posted on the kept QP
+	 * during the pause, so the word is in B's receive ring, a segment the
+	 * router maps.
+	 */
+	set_step("plant FV_ISO_PLANT in the kept QP's receive ring");
+	uint64_t plant;
+	if (sscanf(need_env("FV_ISO_PLANT"), "%" SCNx64, &plant) != 1)
+		fatal("FV_ISO_PLANT must be a hex word, got '%s'", getenv("FV_ISO_PLANT"));
+	struct ibv_recv_wr pw, *pbad = NULL;
+	memset(&pw, 0, sizeof(pw));
+	pw.wr_id = plant;
+	int prc = ibv_post_recv(kept, &pw, &pbad);
+	if (prc)
+		fatal("ibv_post_recv(wr_id FV_ISO_PLANT, no SGE) on the kept QP returned %d (%s)", prc,
+		      strerror(prc));
+
 	set_step("pause");
 	char body[8192];
 	int o = 0;
@@ -667,8 +674,8 @@ static void case_attacker(void)
 	ask_a(CMD_END, 0, "end", NULL);
 	close(g_sock);
 	dereg(g_pool_mr);
-	ibv_destroy_cq(g_scq);
-	ibv_destroy_cq(g_rcq);
+	destroy_cq(g_scq);
+	destroy_cq(g_rcq);
 	printf("attacker: %d attempts, %d refused with the expected status\n", g_nslots, g_refused);
 }
 

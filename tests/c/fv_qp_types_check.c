@@ -113,18 +113,6 @@ static void qp_must(int rc, struct ibv_qp *qp, const char *what)
 
 /* --- RC and UC: connected ------------------------------------------------ */
 
-static int qp_to_init(struct ibv_qp *qp, int access)
-{
-	struct ibv_qp_attr a;
-	memset(&a, 0, sizeof(a));
-	a.qp_state = IBV_QPS_INIT;
-	a.pkey_index = 0;
-	a.port_num = 1;
-	a.qp_access_flags = access;
-	return ibv_modify_qp(qp, &a,
-			     IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS);
-}
-
 #define RC_RTR_MASK                                                                      \
 	(IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN |  \
 	 IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER)
@@ -220,15 +208,11 @@ static void pair_new(struct pair *p, enum ibv_qp_type type, int access_b)
 
 static void pair_free(struct pair *p)
 {
-	int rc;
-	if ((rc = ibv_destroy_qp(p->a)))
-		fatal("ibv_destroy_qp(A) returned %d (%s)", rc, strerror(rc));
-	if ((rc = ibv_destroy_qp(p->b)))
-		fatal("ibv_destroy_qp(B) returned %d (%s)", rc, strerror(rc));
+	destroy_qp(p->a);
+	destroy_qp(p->b);
 	struct ibv_cq *cqs[4] = { p->a_scq, p->a_rcq, p->b_scq, p->b_rcq };
 	for (int i = 0; i < 4; i++)
-		if ((rc = ibv_destroy_cq(cqs[i])))
-			fatal("ibv_destroy_cq returned %d (%s)", rc, strerror(rc));
+		destroy_cq(cqs[i]);
 }
 
 /* --- UD ----------------------------------------------------------------- */
@@ -275,13 +259,21 @@ static struct ibv_qp *ud_new(struct ibv_cq *scq, struct ibv_cq *rcq, uint32_t qk
 	return qp;
 }
 
+/*
+ * The hop limit of every AH made here; a RoCE v2 NIC sends it as the IPv4
+ * TTL, and the receiver's GRH area holds that TTL (loopback: no router
+ * decrements it). ibv_init_ah_from_wc turns the TTL back into the hop limit
+ * of the reply's AH, so replies carry it too.
+ */
+#define UD_HOP_LIMIT 64
+
 static void ah_attr_to(struct ibv_ah_attr *a, const union ibv_gid *dgid)
 {
 	memset(a, 0, sizeof(*a));
 	a->is_global = 1;
 	a->grh.dgid = *dgid;
 	a->grh.sgid_index = gid_index();
-	a->grh.hop_limit = 64;
+	a->grh.hop_limit = UD_HOP_LIMIT;
 	a->port_num = 1;
 }
 
@@ -435,13 +427,6 @@ static struct ibv_srq *srq_create(uint32_t max_wr, uint32_t max_sge, struct ibv_
 	return srq;
 }
 
-static void srq_destroy(struct ibv_srq *srq)
-{
-	int rc = ibv_destroy_srq(srq);
-	if (rc)
-		fatal("ibv_destroy_srq returned %d (%s)", rc, strerror(rc));
-}
-
 static struct ibv_srq_attr srq_query(struct ibv_srq *srq, const char *what)
 {
 	struct ibv_srq_attr a;
@@ -501,7 +486,7 @@ static void case_srq_attrs(void)
 	EXPECT_EQ("ibv_modify_srq(IBV_SRQ_LIMIT 0) return value", rc, 0);
 	q = srq_query(srq, "query after limit 0");
 	EXPECT_EQ("query_srq srq_limit after IBV_SRQ_LIMIT 0", q.srq_limit, 0);
-	srq_destroy(srq);
+	destroy_srq(srq);
 
 	set_step("ibv_create_srq at the maxima (max_wr 16384, max_sge 16)");
 	srq = srq_try_create(16384, 16, NULL, &got);
@@ -511,7 +496,7 @@ static void case_srq_attrs(void)
 	} else {
 		EXPECT_GE("written-back attr.max_wr (requested 16384)", got.max_wr, 16384);
 		EXPECT_GE("written-back attr.max_sge (requested 16)", got.max_sge, 16);
-		srq_destroy(srq);
+		destroy_srq(srq);
 	}
 
 	struct {
@@ -529,7 +514,7 @@ static void case_srq_attrs(void)
 		if (srq) {
 			fail("ibv_create_srq with %s: expected NULL with errno EINVAL, got an SRQ",
 			     over[i].what);
-			srq_destroy(srq);
+			destroy_srq(srq);
 		} else if (e != EINVAL) {
 			fail("ibv_create_srq with %s: expected errno %d (EINVAL), got %d (%s)",
 			     over[i].what, EINVAL, e, strerror(e));
@@ -578,7 +563,7 @@ static void case_srq_attrs(void)
 		many[i] = sge(b->p + i, 1, mr->lkey);
 	if (got.max_sge + 1 > 40)
 		fatal("written-back max_sge %u too large to test", got.max_sge);
-	srq_destroy(srq);
+	destroy_srq(srq);
 	srq = srq_create(16, 2, &got);
 	memset(&rw, 0, sizeof(rw));
 	rw.sg_list = many;
@@ -591,7 +576,7 @@ static void case_srq_attrs(void)
 	if (bad != &rw)
 		fail("ibv_post_srq_recv with too many SGEs: expected bad_wr = %p, got %p",
 		     (void *)&rw, (void *)bad);
-	srq_destroy(srq);
+	destroy_srq(srq);
 	dereg(mr);
 	buf_free(b);
 }
@@ -764,14 +749,14 @@ static void case_srq_shared(void)
 	expect_empty(b_scq, 10, "B send CQ");
 
 	for (int i = 0; i < SRQ_PAIRS; i++) {
-		ibv_destroy_qp(a[i]);
-		ibv_destroy_qp(b[i]);
+		destroy_qp(a[i]);
+		destroy_qp(b[i]);
 	}
-	srq_destroy(srq);
-	ibv_destroy_cq(a_scq);
-	ibv_destroy_cq(a_rcq);
-	ibv_destroy_cq(b_scq);
-	ibv_destroy_cq(rcq);
+	destroy_srq(srq);
+	destroy_cq(a_scq);
+	destroy_cq(a_rcq);
+	destroy_cq(b_scq);
+	destroy_cq(rcq);
 	dereg(smr);
 	dereg(dmr);
 	buf_free(src);
@@ -835,14 +820,14 @@ static void case_srq_misuse(void)
 	expect_empty(b_cq, 100, "receiver CQ (the rejected receive never completes)");
 
 	set_step("ibv_destroy_srq after its QP is destroyed");
-	ibv_destroy_qp(b);
+	destroy_qp(b);
 	rc = ibv_destroy_srq(srq);
 	if (rc)
 		fail("ibv_destroy_srq after destroying its only QP: expected 0, got %d (%s)", rc,
 		     strerror(rc));
-	ibv_destroy_qp(a);
-	ibv_destroy_cq(a_cq);
-	ibv_destroy_cq(b_cq);
+	destroy_qp(a);
+	destroy_cq(a_cq);
+	destroy_cq(b_cq);
 	dereg(smr);
 	dereg(dmr);
 	buf_free(src);
@@ -908,13 +893,13 @@ static void case_srq_rnr(void)
 	expect_empty(rcq, 50, "receive CQ at the end");
 
 	for (int i = 0; i < 2; i++) {
-		ibv_destroy_qp(a[i]);
-		ibv_destroy_qp(b[i]);
+		destroy_qp(a[i]);
+		destroy_qp(b[i]);
 	}
-	srq_destroy(srq);
-	ibv_destroy_cq(scq);
-	ibv_destroy_cq(rcq);
-	ibv_destroy_cq(other);
+	destroy_srq(srq);
+	destroy_cq(scq);
+	destroy_cq(rcq);
+	destroy_cq(other);
 	dereg(smr);
 	dereg(dmr);
 	buf_free(src);
@@ -942,8 +927,7 @@ static void case_ud_ah(void)
 		if (ah->context != E.ctx || ah->pd != E.pd)
 			fail("ah fields: expected context %p pd %p, got %p %p", (void *)E.ctx,
 			     (void *)E.pd, (void *)ah->context, (void *)ah->pd);
-		int rc = ibv_destroy_ah(ah);
-		EXPECT_EQ("ibv_destroy_ah return value", rc, 0);
+		destroy_ah(ah);
 	}
 
 	set_step("ibv_create_ah with port_num 2 (fv0 has one port)");
@@ -953,7 +937,7 @@ static void case_ud_ah(void)
 	ah = ibv_create_ah(E.pd, &a);
 	if (ah) {
 		fail("ibv_create_ah(port_num 2): expected NULL, got an AH");
-		ibv_destroy_ah(ah);
+		destroy_ah(ah);
 	} else if (errno == 0) {
 		fail("ibv_create_ah(port_num 2): returned NULL but errno is 0");
 	}
@@ -967,7 +951,7 @@ static void case_ud_ah(void)
 		fail("ibv_create_ah(sgid_index %d, beyond the GID table of length %d): expected NULL, "
 		     "got an AH",
 		     a.grh.sgid_index, E.port.gid_tbl_len);
-		ibv_destroy_ah(ah);
+		destroy_ah(ah);
 	}
 }
 
@@ -979,15 +963,38 @@ static int gid_is_ipv4(const uint8_t *g)
 }
 
 /*
- * Checks the 40-byte GRH area of a UD receive. For a RoCE v2 GID that is
- * IPv4-mapped (fv0's GID 0 is ::ffff:<host IPv4>), a NIC writes the packet's
- * IPv4 header into bytes 20..39 (bytes 0..19 undefined): this is the layout
- * rdma-core's ibv_init_ah_from_wc and kernel rxe/mlx5 use. Otherwise the
- * area is an IPv6-style GRH: version 6, SGID at 8..23, DGID at 24..39.
- * sgid is the sender's GID, dgid the receiver's.
+ * The IPv4 total length of a RoCE v2 UD SEND (only, with immediate) of len
+ * payload bytes, as a NIC sends it and writes it into the receiver's GRH
+ * area: IPv4 header (20) + UDP (8) + BTH (12) + DETH (8) [+ ImmDt (4)] +
+ * payload padded to a multiple of 4 (BTH PadCnt) + ICRC (4).
+ */
+static uint32_t roce_v2_ud_ip_len(uint32_t len, int with_imm)
+{
+	return 20 + 8 + 12 + 8 + (with_imm ? 4 : 0) + ((len + 3) & ~3u) + 4;
+}
+
+/*
+ * Checks the 40-byte GRH area of a UD receive of a len-byte SEND (with_imm:
+ * SEND_WITH_IMM). For a RoCE v2 GID that is IPv4-mapped (fv0's GID 0 is
+ * ::ffff:<host IPv4>), a NIC writes the packet's IPv4 header into bytes
+ * 20..39 (bytes 0..19 undefined): this is the layout rdma-core's
+ * ibv_init_ah_from_wc and kernel rxe/mlx5 use. Every field is checked
+ * against what the NIC writes: version/IHL 0x45, TOS (tos: the sender's AH
+ * traffic class), total length, TTL (ttl: the sender's AH hop limit),
+ * protocol 17 (UDP), a header checksum that verifies, source = the
+ * sender's GID's IPv4 address, destination = the receiver's.
+ * (Identification and flags vary between NICs and are not checked.)
+ * Otherwise the area is an IPv6-style GRH: version 6, SGID at 8..23, DGID
+ * at 24..39. sgid is the sender's GID, dgid the receiver's.
+ *
+ * Not covered here: every QP of these cases is in this process on this
+ * host, so sender and receiver have the same GID (fv0 has one, GID 0) and
+ * sgid == dgid. A router that wrote the receiver's GID (or its own) as the
+ * source, or swapped source and destination, passes these checks; only
+ * UD between two network namespaces or hosts (different GIDs) can tell.
  */
 static int check_grh(const uint8_t *grh, const uint8_t *sgid, const uint8_t *dgid,
-		     const char *what)
+		     uint32_t len, int with_imm, uint8_t ttl, uint8_t tos, const char *what)
 {
 	char e[64], g[64];
 	int ok = 1;
@@ -997,6 +1004,27 @@ static int check_grh(const uint8_t *grh, const uint8_t *sgid, const uint8_t *dgi
 			fail("%s: GRH area byte 20 (IPv4 version/IHL for an IPv4-mapped RoCE v2 GID): "
 			     "expected 0x45, got 0x%02x",
 			     what, ip[0]);
+			ok = 0;
+		}
+		if (ip[1] != tos) {
+			fail("%s: GRH area byte 21 (IPv4 TOS = the sender's AH traffic class): expected "
+			     "0x%02x, got 0x%02x",
+			     what, tos, ip[1]);
+			ok = 0;
+		}
+		uint32_t tot = (uint32_t)(ip[2] << 8 | ip[3]), want = roce_v2_ud_ip_len(len, with_imm);
+		if (tot != want) {
+			fail("%s: GRH area bytes 22..23 (IPv4 total length of a %u-byte UD SEND%s): "
+			     "expected %u (20 IPv4 + 8 UDP + 12 BTH + 8 DETH%s + %u payload and pad + 4 "
+			     "ICRC), got %u",
+			     what, len, with_imm ? "_WITH_IMM" : "", want, with_imm ? " + 4 ImmDt" : "",
+			     (len + 3) & ~3u, tot);
+			ok = 0;
+		}
+		if (ip[8] != ttl) {
+			fail("%s: GRH area byte 28 (IPv4 TTL = the sender's AH hop limit): expected %u, "
+			     "got %u",
+			     what, ttl, ip[8]);
 			ok = 0;
 		}
 		if (ip[9] != 17) {
@@ -1093,10 +1121,14 @@ static int check_ah_from_wc(const struct ibv_wc *wc, const uint8_t *grh, const c
 	return ok;
 }
 
-/* Checks a UD receive completion and the GRH area in front of the payload. */
-static int check_ud_recv(const struct ibv_wc *wc, const char *what, uint64_t wr_id,
-			 struct ibv_qp *rq, struct ibv_qp *sender, uint32_t len, int with_imm,
-			 uint32_t imm_host, const uint8_t *grh)
+/*
+ * Checks a UD receive completion and the GRH area in front of the payload,
+ * of a message the sender sent through an AH with hop limit ttl and traffic
+ * class tos.
+ */
+static int check_ud_recv_ah(const struct ibv_wc *wc, const char *what, uint64_t wr_id,
+			    struct ibv_qp *rq, struct ibv_qp *sender, uint32_t len, int with_imm,
+			    uint32_t imm_host, const uint8_t *grh, uint8_t ttl, uint8_t tos)
 {
 	int ok = check_wc(wc, what, wr_id, IBV_WC_SUCCESS, IBV_WC_RECV, rq);
 	if (wc->status != IBV_WC_SUCCESS)
@@ -1116,13 +1148,28 @@ static int check_ud_recv(const struct ibv_wc *wc, const char *what, uint64_t wr_
 		     sender->qp_num, wc->src_qp);
 		ok = 0;
 	}
+	/* RoCE v2 over IPv4: wc.sl carries the network header type (2 = IPv4). */
+	if (gid_is_ipv4(E.gid.raw) && wc->sl != 2) {
+		fail("%s: wc.sl: expected 2 (the GRH area holds an IPv4 header), got %u", what,
+		     wc->sl);
+		ok = 0;
+	}
 	check_imm(wc, what, with_imm, imm_host);
-	/* Sender and receiver are on this host: both GIDs are ours. */
-	if (grh && !check_grh(grh, E.gid.raw, E.gid.raw, what))
+	/* Sender and receiver are on this host: both GIDs are ours (see check_grh). */
+	if (grh && !check_grh(grh, E.gid.raw, E.gid.raw, len, with_imm, ttl, tos, what))
 		ok = 0;
 	if (grh && (wc->wc_flags & IBV_WC_GRH) && !check_ah_from_wc(wc, grh, what))
 		ok = 0;
 	return ok;
+}
+
+/* As check_ud_recv_ah, for a message sent through an AH of ah_attr_to. */
+static int check_ud_recv(const struct ibv_wc *wc, const char *what, uint64_t wr_id,
+			 struct ibv_qp *rq, struct ibv_qp *sender, uint32_t len, int with_imm,
+			 uint32_t imm_host, const uint8_t *grh)
+{
+	return check_ud_recv_ah(wc, what, wr_id, rq, sender, len, with_imm, imm_host, grh,
+				UD_HOP_LIMIT, 0);
 }
 
 struct ud_env {
@@ -1150,15 +1197,13 @@ static void ud_env_new(struct ud_env *u, size_t srcsz, size_t dstsz)
 
 static void ud_env_free(struct ud_env *u)
 {
-	ibv_destroy_qp(u->a);
-	ibv_destroy_qp(u->b);
-	int rc = ibv_destroy_ah(u->ah);
-	if (rc)
-		fail("ibv_destroy_ah returned %d (%s)", rc, strerror(rc));
-	ibv_destroy_cq(u->a_scq);
-	ibv_destroy_cq(u->a_rcq);
-	ibv_destroy_cq(u->b_scq);
-	ibv_destroy_cq(u->b_rcq);
+	destroy_qp(u->a);
+	destroy_qp(u->b);
+	destroy_ah(u->ah);
+	destroy_cq(u->a_scq);
+	destroy_cq(u->a_rcq);
+	destroy_cq(u->b_scq);
+	destroy_cq(u->b_rcq);
 	dereg(u->smr);
 	dereg(u->dmr);
 	buf_free(u->src);
@@ -1235,10 +1280,36 @@ static void case_ud_send(void)
 		buf_expect(u.dst, roff_b + GRH, u.src->p + 50, 90);
 		buf_expect(u.dst, roff_a + GRH, u.src->p + 500, 70);
 		buf_check(u.dst, "receive buffers of request and reply");
-		int rc = ibv_destroy_ah(back);
-		if (rc)
-			fail("ibv_destroy_ah of the AH from ibv_create_ah_from_wc returned %d (%s)", rc,
-			     strerror(rc));
+		destroy_ah(back);
+	}
+
+	set_step("AH with hop limit 17 and traffic class 0x28: the IPv4 TTL and TOS in the GRH area");
+	{
+		struct ibv_ah_attr aa;
+		ah_attr_to(&aa, &E.gid);
+		aa.grh.hop_limit = 17;
+		aa.grh.traffic_class = 0x28;
+		errno = 0;
+		struct ibv_ah *ah = ibv_create_ah(E.pd, &aa);
+		if (!ah)
+			fatal("ibv_create_ah(hop_limit 17, traffic_class 0x28) returned NULL, errno %d (%s)",
+			      errno, strerror(errno));
+		uint32_t len = 200;
+		size_t roff = 16 * 8192 + 11;
+		struct ibv_sge rs = sge(u.dst->p + roff, GRH + 300, u.dmr->lkey);
+		recv1(u.b, 0x1400, &rs, 1, "UD receive");
+		struct ibv_sge ss = sge(u.src->p + 300, len, u.smr->lkey);
+		ud_send1(u.a, 0x2400, IBV_WR_SEND, &ss, 1, ah, u.b->qp_num, QKEY, 0, "UD send");
+		expect_wc(u.a_scq, "sender completion", 0x2400, IBV_WC_SUCCESS, IBV_WC_SEND, u.a,
+			  NULL);
+		poll1(u.b_rcq, &wc, "receive completion");
+		check_ud_recv_ah(&wc, "receive of a SEND through an AH with hop limit 17, traffic "
+				      "class 0x28",
+				 0x1400, u.b, u.a, len, 0, 0, u.dst->p + roff, 17, 0x28);
+		buf_accept(u.dst, roff, GRH);
+		buf_expect(u.dst, roff + GRH, u.src->p + 300, len);
+		buf_check(u.dst, "receive buffer");
+		destroy_ah(ah);
 	}
 
 	set_step("receive with the GRH in its own 40-byte SGE");
@@ -1385,10 +1456,10 @@ static void case_ud_too_long(void)
 	poll1(c_rcq, &wc, "receiver completion");
 	check_wc(&wc, "receive too small for GRH + payload", 0x3, IBV_WC_LOC_LEN_ERR, -1, c);
 
-	ibv_destroy_qp(c);
-	ibv_destroy_qp(a2);
-	ibv_destroy_cq(c_scq);
-	ibv_destroy_cq(c_rcq);
+	destroy_qp(c);
+	destroy_qp(a2);
+	destroy_cq(c_scq);
+	destroy_cq(c_rcq);
 	ud_env_free(&u);
 }
 
@@ -1490,9 +1561,9 @@ static void case_ud_qkey(void)
 			    "the new Q_Key");
 
 	expect_empty(u.b_rcq, 50, "receiver CQ at the end");
-	ibv_destroy_qp(c);
-	ibv_destroy_cq(c_scq);
-	ibv_destroy_cq(c_rcq);
+	destroy_qp(c);
+	destroy_cq(c_scq);
+	destroy_cq(c_rcq);
 	ud_env_free(&u);
 }
 
@@ -1522,7 +1593,7 @@ static void case_ud_drop(void)
 	struct ibv_ah *far = ah_new(&other);
 	ud_send1(u.a, 0x21, IBV_WR_SEND, &ss, 1, far, u.b->qp_num, QKEY, 0, "send");
 	ud_expect_dropped(u.a, u.a_scq, 0x21, u.b_rcq, "datagram addressed to another GID");
-	ibv_destroy_ah(far);
+	destroy_ah(far);
 
 	set_step("remote_qpn of an RC QP (in RTR, receive posted)");
 	struct ibv_cq *d_cq = cq_new(16);
@@ -1566,11 +1637,11 @@ static void case_ud_drop(void)
 	expect_empty(u.a_rcq, 10, "A's own receive CQ");
 	expect_empty(d_cq, 10, "the RC QP's CQ");
 
-	ibv_destroy_qp(d);
-	ibv_destroy_qp(e);
-	ibv_destroy_cq(d_cq);
-	ibv_destroy_cq(e_scq);
-	ibv_destroy_cq(e_rcq);
+	destroy_qp(d);
+	destroy_qp(e);
+	destroy_cq(d_cq);
+	destroy_cq(e_scq);
+	destroy_cq(e_rcq);
 	ud_env_free(&u);
 }
 
@@ -1751,8 +1822,8 @@ static void case_uc_bad_wr(void)
 			     "MAX_QP_RD_ATOMIC): expected %d (EINVAL), got %d (%s)",
 			     EINVAL, rc, strerror(rc));
 		expect_state(q, IBV_QPS_RTR, "UC QP after a rejected RTR->RTS");
-		ibv_destroy_qp(q);
-		ibv_destroy_cq(cq);
+		destroy_qp(q);
+		destroy_cq(cq);
 	}
 
 	struct pair p;
@@ -1938,11 +2009,11 @@ static void at_env_new(struct at_env *t, int sig_all)
 static void at_env_free(struct at_env *t)
 {
 	for (int i = 0; i < AT_QPS; i++) {
-		ibv_destroy_qp(t->a[i]);
-		ibv_destroy_qp(t->b[i]);
+		destroy_qp(t->a[i]);
+		destroy_qp(t->b[i]);
 	}
-	ibv_destroy_cq(t->scq);
-	ibv_destroy_cq(t->other);
+	destroy_cq(t->scq);
+	destroy_cq(t->other);
 	dereg(t->tmr);
 	buf_free(t->target);
 }
@@ -2469,13 +2540,10 @@ static void case_huge_write_yields(void)
 	buf_check(dst1, "QP1's target");
 
 	struct ibv_qp *qps[4] = { a0, b0, a1, b1 };
-	for (int i = 0; i < 4; i++) {
-		int rc = ibv_destroy_qp(qps[i]);
-		if (rc)
-			fatal("ibv_destroy_qp returned %d (%s)", rc, strerror(rc));
-	}
-	ibv_destroy_cq(scq);
-	ibv_destroy_cq(rcq);
+	for (int i = 0; i < 4; i++)
+		destroy_qp(qps[i]);
+	destroy_cq(scq);
+	destroy_cq(rcq);
 	struct ibv_mr *mrs[4] = { src0_mr, dst0_mr, src1_mr, dst1_mr };
 	for (int i = 0; i < 4; i++)
 		dereg(mrs[i]);
@@ -2603,13 +2671,10 @@ static void case_fairness(void)
 	expect_empty(f.rcq, 50, "receive CQ of the four QPs (RDMA_WRITE consumes no receive)");
 
 	struct ibv_qp *qps[4] = { f.a0, f.b0, f.a1, f.b1 };
-	for (int i = 0; i < 4; i++) {
-		int rc = ibv_destroy_qp(qps[i]);
-		if (rc)
-			fatal("ibv_destroy_qp returned %d (%s)", rc, strerror(rc));
-	}
-	ibv_destroy_cq(f.scq);
-	ibv_destroy_cq(f.rcq);
+	for (int i = 0; i < 4; i++)
+		destroy_qp(qps[i]);
+	destroy_cq(f.scq);
+	destroy_cq(f.rcq);
 	dereg(f.src0_mr);
 	dereg(f.dst0_mr);
 	dereg(f.src1_mr);

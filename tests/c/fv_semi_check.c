@@ -82,18 +82,6 @@ static void qp_must(int rc, struct ibv_qp *qp, const char *what)
 		      strerror(rc));
 }
 
-static int qp_to_init(struct ibv_qp *qp, int access)
-{
-	struct ibv_qp_attr a;
-	memset(&a, 0, sizeof(a));
-	a.qp_state = IBV_QPS_INIT;
-	a.pkey_index = 0;
-	a.port_num = 1;
-	a.qp_access_flags = access;
-	return ibv_modify_qp(qp, &a,
-			     IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS);
-}
-
 #define RC_RTR_MASK                                                                      \
 	(IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN |  \
 	 IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER)
@@ -188,15 +176,11 @@ static void pair_new(struct pair *p, int access_b)
 
 static void pair_free(struct pair *p)
 {
-	int rc;
-	if ((rc = ibv_destroy_qp(p->a)))
-		fatal("ibv_destroy_qp(A) returned %d (%s)", rc, strerror(rc));
-	if ((rc = ibv_destroy_qp(p->b)))
-		fatal("ibv_destroy_qp(B) returned %d (%s)", rc, strerror(rc));
+	destroy_qp(p->a);
+	destroy_qp(p->b);
 	struct ibv_cq *cqs[4] = { p->a_scq, p->a_rcq, p->b_scq, p->b_rcq };
 	for (int i = 0; i < 4; i++)
-		if ((rc = ibv_destroy_cq(cqs[i])))
-			fatal("ibv_destroy_cq returned %d (%s)", rc, strerror(rc));
+		destroy_cq(cqs[i]);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -946,9 +930,7 @@ static void case_rnr_no_polling(void)
 	dereg(dmr);
 	buf_free(src);
 	buf_free(dst);
-	rc = ibv_destroy_comp_channel(ch);
-	if (rc)
-		fatal("ibv_destroy_comp_channel returned %d (%s)", rc, strerror(rc));
+	destroy_channel(ch);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -1,10 +1,12 @@
 /*
- * fv_test_util.h: helpers shared by the C check programs fv_verbs_check.c and
- * fv_qp_types_check.c (included by both; every definition is static).
+ * fv_test_util.h: helpers shared by the C check programs fv_verbs_check.c,
+ * fv_qp_types_check.c, fv_semi_check.c and fv_isolation_check.c (included by
+ * all; every definition is static).
  *
  * Failure reporting (fail/fatal/EXPECT_*, "FAIL <case> [<step>]: ..."), the
  * watchdog, random fill and shadow-checked buffers, opening the device
- * (fv0, or FV_VERBS_DEVICE / FV_VERBS_GID_INDEX), PD/MR/CQ helpers, QP state
+ * (fv0, or FV_VERBS_DEVICE / FV_VERBS_GID_INDEX), PD/MR/CQ helpers, checked
+ * destruction of every object, the RESET->INIT transition, QP state
  * queries, work-request building, completion description and polling for
  * "no completion", and the main() that runs one named case.
  *
@@ -358,6 +360,24 @@ static void dereg(struct ibv_mr *mr)
 		fatal("ibv_dereg_mr returned %d (%s)", rc, strerror(rc));
 }
 
+/*
+ * Checked destruction: the verbs return 0 or an errno value. A failure is a
+ * check failure (the case goes on); the return value is passed on. Where a
+ * case expects a failure (EBUSY) it calls the verb itself and checks the
+ * errno.
+ */
+static int destroy_rc(const char *verb, int rc)
+{
+	if (rc)
+		fail("%s returned %d (%s)", verb, rc, strerror(rc > 0 ? rc : errno));
+	return rc;
+}
+
+static int dealloc_pd(struct ibv_pd *pd)
+{
+	return destroy_rc("ibv_dealloc_pd", ibv_dealloc_pd(pd));
+}
+
 /* A key that is neither the lkey nor the rkey of any of the given MRs. */
 static uint32_t unused_key(struct ibv_mr *const *mrs, int n)
 {
@@ -383,6 +403,50 @@ static struct ibv_cq *cq_new(int cqe)
 	if (!cq)
 		fatal("ibv_create_cq(%d) returned NULL, errno %d (%s)", cqe, errno, strerror(errno));
 	return cq;
+}
+
+static int destroy_cq(struct ibv_cq *cq)
+{
+	return destroy_rc("ibv_destroy_cq", ibv_destroy_cq(cq));
+}
+
+static int destroy_qp(struct ibv_qp *qp)
+{
+	char verb[64];
+	snprintf(verb, sizeof(verb), "ibv_destroy_qp(qp 0x%x)", qp->qp_num);
+	return destroy_rc(verb, ibv_destroy_qp(qp));
+}
+
+static int destroy_srq(struct ibv_srq *srq)
+{
+	return destroy_rc("ibv_destroy_srq", ibv_destroy_srq(srq));
+}
+
+static int destroy_ah(struct ibv_ah *ah)
+{
+	return destroy_rc("ibv_destroy_ah", ibv_destroy_ah(ah));
+}
+
+static int destroy_channel(struct ibv_comp_channel *ch)
+{
+	return destroy_rc("ibv_destroy_comp_channel", ibv_destroy_comp_channel(ch));
+}
+
+/*
+ * RESET -> INIT with the masks of perftest. access: the qp_access_flags,
+ * exactly as given (0 = no remote access). The one definition for every
+ * check program. Returns ibv_modify_qp's result.
+ */
+static int qp_to_init(struct ibv_qp *qp, int access)
+{
+	struct ibv_qp_attr a;
+	memset(&a, 0, sizeof(a));
+	a.qp_state = IBV_QPS_INIT;
+	a.pkey_index = 0;
+	a.port_num = 1;
+	a.qp_access_flags = (unsigned)access;
+	return ibv_modify_qp(qp, &a,
+			     IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS);
 }
 
 static enum ibv_qp_state qp_state(struct ibv_qp *qp)
@@ -510,8 +574,12 @@ struct fv_case {
 /*
  * The main() of a check program: "list" prints the case names; otherwise
  * runs the named case under the watchdog, then closes the device.
- * check_dealloc_pd: a failing ibv_dealloc_pd at the end (an object was left
- * behind) is a check failure; otherwise its result is ignored.
+ * check_dealloc_pd: a failing ibv_dealloc_pd at the end (an object of the
+ * PD was left behind: a QP, MR, SRQ or AH) is a check failure; otherwise
+ * its result is ignored. Every check program passes 1; a case that cannot
+ * destroy what it made (the router is gone) ends the process itself. CQs
+ * and completion channels belong to the context, not the PD: a leaked one
+ * is not caught here.
  */
 static int fv_main(int argc, char **argv, const struct fv_case *cases, size_t n,
 		   int check_dealloc_pd)
