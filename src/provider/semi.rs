@@ -23,12 +23,13 @@ use std::time::{Duration, Instant};
 
 use super::arena::Arena;
 use super::context::{ContextInner, Errno};
-use crate::router::qp_state::{ack_timeout_us, rnr_timer_us};
 use crate::sys::*;
+use crate::verbs::access::{self, Region};
+use crate::verbs::opcode::{self, wc_opcode, Shape};
+use crate::verbs::{atomic, qp, receive};
 use crate::wire::control::{ArenaRun, Reply, Request};
 use crate::wire::cq_ring::CqRing;
-use crate::wire::entries::{wc_opcode, Cqe, RecvWqe, SendWqe, Shape, CQE_SIZE, RECV_WQE_SIZE};
-use crate::wire::limits::*;
+use crate::wire::entries::{Cqe, RecvWqe, SendWqe, CQE_SIZE, RECV_WQE_SIZE};
 use crate::wire::ring::RingSlots;
 use crate::wire::segment::{CqHeader, CqLayout, Mapping, QpHeader, QpLayout, KEY_TABLE_SLOTS};
 
@@ -241,6 +242,17 @@ struct KeyView {
 }
 
 impl KeyView {
+    /// The region as the semantics core checks it (PD already checked by
+    /// the router).
+    fn region(&self) -> Region {
+        Region {
+            pd: 0,
+            addr: self.addr,
+            length: self.length,
+            access: self.access,
+        }
+    }
+
     /// Pointers into the arena for `[addr, addr + len)` (inside the MR).
     fn segments(&self, addr: u64, len: u64, out: &mut Vec<(*mut u8, usize)>) -> bool {
         let end = addr + len;
@@ -673,13 +685,15 @@ impl SemiPath {
         self.keys.get(&key)
     }
 
-    /// `[addr, addr+len)` of the responder's MR `key` with `access`.
+    /// `[addr, addr+len)` of the responder's MR `key` with `access`. (The
+    /// router checked that the key is in the responder's PD when it
+    /// resolved it.)
     fn remote(
         &mut self,
         key: u32,
         addr: u64,
         len: u64,
-        access: u32,
+        want: u32,
         out: &mut Vec<Seg>,
     ) -> Result<(), u32> {
         out.clear();
@@ -687,16 +701,11 @@ impl SemiPath {
             return Ok(());
         }
         let qp_access = self.peer().access.load(Ordering::Acquire);
-        let k = self.key(key).ok_or(IBV_WC_REM_ACCESS_ERR)?;
-        let inside = addr >= k.addr
-            && addr
-                .checked_add(len)
-                .is_some_and(|e| e <= k.addr + k.length);
-        if k.access & access == 0
-            || qp_access & access == 0
-            || !inside
-            || !k.segments(addr, len, out)
-        {
+        let Some(k) = self.key(key) else {
+            return access::remote(None, 0, qp_access, addr, len, want);
+        };
+        access::remote(Some(&k.region()), 0, qp_access, addr, len, want)?;
+        if !k.segments(addr, len, out) {
             return Err(IBV_WC_REM_ACCESS_ERR);
         }
         Ok(())
@@ -709,22 +718,22 @@ impl SemiPath {
             .local_mrs
             .read()
             .unwrap_or_else(|e| e.into_inner());
+        let mut total = 0u64;
         for s in w.sges() {
-            if s.length == 0 {
-                continue;
-            }
-            let ok = mrs.get(&s.lkey).is_some_and(|m| {
-                m.pd == self.pd
-                    && s.addr >= m.addr
-                    && s.addr + u64::from(s.length) <= m.addr + m.length
-                    && (!write || m.access & IBV_ACCESS_LOCAL_WRITE != 0)
+            let len = u64::from(s.length);
+            total += len;
+            let region = mrs.get(&s.lkey).map(|m| Region {
+                pd: m.pd,
+                addr: m.addr,
+                length: m.length,
+                access: m.access,
             });
-            if !ok {
-                return Err(IBV_WC_LOC_PROT_ERR);
+            access::local(region.as_ref(), self.pd, s.addr, len, write)?;
+            if len > 0 {
+                out.push((s.addr as *mut u8, s.length as usize));
             }
-            out.push((s.addr as *mut u8, s.length as usize));
         }
-        Ok(())
+        access::message_len(total)
     }
 
     /// Runs one request (with the path's scratch segment lists, kept to
@@ -754,8 +763,12 @@ impl SemiPath {
         let Shape {
             inline,
             reads_local,
-        } = match w.shape(
+        } = match opcode::shape(
             if self.uc { IBV_QPT_UC } else { IBV_QPT_RC },
+            w.opcode,
+            w.send_flags,
+            w.num_sge,
+            w.inline_len,
             self.max_send_sge,
         ) {
             Ok(shape) => shape,
@@ -773,48 +786,32 @@ impl SemiPath {
             return Step::Done;
         }
         let len: u64 = local.iter().map(|s| s.1 as u64).sum();
-        let atomic = matches!(
-            w.opcode,
-            IBV_WR_ATOMIC_CMP_AND_SWP | IBV_WR_ATOMIC_FETCH_AND_ADD
-        );
-        if atomic && (len != 8 || local.len() != 1) {
-            self.fail(w, idx, IBV_WC_LOC_LEN_ERR, None);
-            return Step::Done;
+        if opcode::is_atomic(w.opcode) {
+            if let Err(status) = atomic::check_local(local.len(), len) {
+                self.fail(w, idx, status, None);
+                return Step::Done;
+            }
         }
 
         // The responder: its rings granted (it names us), receiving,
         // connected back to us, on this host.
-        if !self.attach() {
-            if self.uc {
-                self.complete(w, idx, len);
-                return Step::Done;
-            }
-            let until = ack_timeout_us(self.timeout)
-                .map(|t| now + Duration::from_micros(t * (u64::from(self.retry_cnt) + 1)));
-            return Step::Wait(Wait::Retry { until });
-        }
-        let p = self.peer();
-        let peer_ok = matches!(
-            p.state.load(Ordering::Acquire),
-            IBV_QPS_RTR | IBV_QPS_RTS | IBV_QPS_SQD | IBV_QPS_SQE
-        ) && p.dest_qpn.load(Ordering::Acquire) == self.qpn
-            && p.path_local.load(Ordering::Acquire) == 1;
+        let peer_ok = self.attach() && {
+            let p = self.peer();
+            qp::receives(p.state.load(Ordering::Acquire))
+                && p.dest_qpn.load(Ordering::Acquire) == self.qpn
+                && p.path_local.load(Ordering::Acquire) == 1
+        };
         if !peer_ok {
             if self.uc {
                 self.complete(w, idx, len);
                 return Step::Done;
             }
-            let until = ack_timeout_us(self.timeout)
-                .map(|t| now + Duration::from_micros(t * (u64::from(self.retry_cnt) + 1)));
+            let until = qp::retry_deadline(now, self.timeout, self.retry_cnt);
             return Step::Wait(Wait::Retry { until });
         }
 
-        let consumes_recv = matches!(
-            w.opcode,
-            IBV_WR_SEND | IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE_WITH_IMM
-        );
         let mut recv: Option<(RecvWqe, u32)> = None;
-        if consumes_recv {
+        if opcode::consumes_receive(w.opcode) {
             let rq = &self.peer().rq;
             let c = rq.consumer();
             let pending = rq.producer().wrapping_sub(c);
@@ -823,9 +820,8 @@ impl SemiPath {
                     self.complete(w, idx, len);
                     return Step::Done;
                 }
-                let timer = rnr_timer_us(self.peer().min_rnr_timer.load(Ordering::Acquire) as u8);
-                let until = (self.rnr_retry < 7)
-                    .then(|| now + Duration::from_micros(timer * (u64::from(self.rnr_retry) + 1)));
+                let timer = self.peer().min_rnr_timer.load(Ordering::Acquire) as u8;
+                let until = qp::rnr_deadline(now, self.rnr_retry, timer);
                 return Step::Wait(Wait::Rnr { until });
             }
             if !self.rings().cq.has_room() {
@@ -838,44 +834,21 @@ impl SemiPath {
         match w.opcode {
             IBV_WR_SEND | IBV_WR_SEND_WITH_IMM => {
                 let (r, _) = recv.expect("recv");
-                let mut bad = r.num_sge > MAX_SGE;
-                if !bad {
-                    for s in r.sges() {
-                        if s.length == 0 {
-                            continue;
-                        }
-                        let ok = self.key(s.lkey).is_some_and(|k| {
-                            k.access & IBV_ACCESS_LOCAL_WRITE != 0
-                                && s.addr >= k.addr
-                                && s.addr + u64::from(s.length) <= k.addr + k.length
-                                && k.segments(s.addr, u64::from(s.length), dst)
-                        });
-                        if !ok {
-                            bad = true;
-                            break;
-                        }
+                let max_sge = self.peer().max_recv_sge.load(Ordering::Acquire);
+                // The receive's keys were checked to be in the responder's
+                // PD by the router when it resolved them.
+                let sges = r.sges().iter().map(|s| {
+                    let n = u64::from(s.length);
+                    let view = self.key(s.lkey);
+                    let region = view.map(|k| k.region());
+                    access::local(region.as_ref(), 0, s.addr, n, true)?;
+                    if n > 0 && !view.is_some_and(|k| k.segments(s.addr, n, dst)) {
+                        return Err(IBV_WC_LOC_PROT_ERR);
                     }
-                }
-                if bad {
-                    return self.responder_error(
-                        w,
-                        idx,
-                        IBV_WC_REM_OP_ERR,
-                        recv,
-                        IBV_WC_LOC_PROT_ERR,
-                        len,
-                    );
-                }
-                let room: u64 = dst.iter().map(|d| d.1 as u64).sum();
-                if room < len {
-                    return self.responder_error(
-                        w,
-                        idx,
-                        IBV_WC_REM_INV_REQ_ERR,
-                        recv,
-                        IBV_WC_LOC_LEN_ERR,
-                        len,
-                    );
+                    Ok(n)
+                });
+                if let Err(f) = receive::check(r.num_sge, max_sge, sges, len) {
+                    return self.responder_error(w, idx, f.requester, recv, f.receive, len);
                 }
                 copy_ascending(local, dst, len);
             }
@@ -892,8 +865,8 @@ impl SemiPath {
                 }
             }
             _ => {
-                if !w.remote_addr.is_multiple_of(8) {
-                    return self.responder_error(w, idx, IBV_WC_REM_INV_REQ_ERR, None, 0, len);
+                if let Err(status) = atomic::check_target(w.remote_addr) {
+                    return self.responder_error(w, idx, status, None, 0, len);
                 }
                 let target =
                     match self.remote(w.rkey, w.remote_addr, 8, IBV_ACCESS_REMOTE_ATOMIC, dst) {
@@ -992,7 +965,7 @@ impl SemiPath {
         let event = if recv.is_some() {
             0
         } else {
-            responder_event(req_status)
+            crate::verbs::events::responder_error_event(req_status)
         };
         self.fail(w, idx, req_status, Some(event));
         Step::Done
@@ -1002,10 +975,6 @@ impl SemiPath {
 enum Step {
     Done,
     Wait(Wait),
-}
-
-fn responder_event(status: u32) -> u32 {
-    crate::router::events::responder_error_event(status)
 }
 
 /// Copies `len` bytes from `src` segments to `dst` segments in ascending

@@ -13,7 +13,7 @@ use crate::wire::segment::{create_sealed_memfd, CqLayout, Mapping, QpLayout, Srq
 
 use super::engine::Engine;
 use super::objects::{Cq, Mr, Pd, Qp, SessionId, Srq};
-use super::qp_state::{self, QpKind};
+use crate::verbs::qp::{self as qp_state, QpKind};
 
 /// A reply and the descriptors that travel with it.
 pub struct Answer {

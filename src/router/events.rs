@@ -139,17 +139,3 @@ impl Engine {
         }
     }
 }
-
-/// The affiliated async event of a responder QP that a request moved to
-/// the error state without a receive WQE to report the error on
-/// (InfiniBand spec, responder errors): an R_Key, bounds or access-rights
-/// violation is a "local access violation work queue error"; a malformed
-/// request (e.g. a misaligned atomic) an "invalid request local work queue
-/// error"; anything else a "local work queue catastrophic error".
-pub fn responder_error_event(requester_status: u32) -> u32 {
-    match requester_status {
-        IBV_WC_REM_ACCESS_ERR => IBV_EVENT_QP_ACCESS_ERR,
-        IBV_WC_REM_INV_REQ_ERR => IBV_EVENT_QP_REQ_ERR,
-        _ => IBV_EVENT_QP_FATAL,
-    }
-}

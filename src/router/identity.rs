@@ -119,16 +119,7 @@ fn local_ipv4_from_fib_trie(trie: &str) -> Option<Ipv4Addr> {
     None
 }
 
-/// The IPv4-mapped GID `::ffff:a.b.c.d`.
-pub fn gid_from_ipv4(ip: Ipv4Addr) -> [u8; 16] {
-    ip.to_ipv6_mapped().octets()
-}
-
-/// A node GUID derived from an IPv4 address: `02:66:76:ff` ("fv", locally
-/// administered) followed by the four address bytes.
-pub fn node_guid_from_ipv4(ip: Ipv4Addr) -> u64 {
-    0x0266_76ff_0000_0000 | u64::from(u32::from(ip))
-}
+pub use crate::verbs::identity::{gid_from_ipv4, node_guid_from_ipv4};
 
 #[cfg(test)]
 mod tests {
@@ -147,20 +138,6 @@ mod tests {
     }
 
     #[test]
-    fn gid_is_ipv4_mapped() {
-        let gid = gid_from_ipv4(Ipv4Addr::new(192, 0, 2, 2));
-        assert_eq!(
-            gid,
-            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 2]
-        );
-        assert_eq!(
-            std::net::Ipv6Addr::from(gid).to_string(),
-            "::ffff:192.0.2.2"
-        );
-        assert_eq!(gid_from_ipv4(Ipv4Addr::LOCALHOST)[12..], [127, 0, 0, 1]);
-    }
-
-    #[test]
     fn host_ip_is_not_loopback_unless_alone() {
         let ip = host_ipv4();
         let all = ipv4_addresses();
@@ -172,13 +149,5 @@ mod tests {
             assert_eq!(ip, all[0].1);
             assert!(all.iter().all(|(_, a)| !a.is_loopback()));
         }
-    }
-
-    #[test]
-    fn node_guid_embeds_ip() {
-        assert_eq!(
-            node_guid_from_ipv4(Ipv4Addr::new(10, 0, 0, 1)),
-            0x0266_76ff_0a00_0001
-        );
     }
 }

@@ -9,7 +9,6 @@ pub mod limits;
 pub mod link;
 pub mod memory;
 pub mod objects;
-pub mod qp_state;
 pub mod registry;
 pub mod semi;
 mod server;

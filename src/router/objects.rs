@@ -14,7 +14,7 @@ use crate::wire::segment::{
 
 use super::limits::{Budget, Limits};
 use super::memory::ProcessMemory;
-use super::qp_state::QpKind;
+use crate::verbs::qp::QpKind;
 
 pub type SessionId = u64;
 
@@ -280,7 +280,7 @@ impl Qp {
             )
         };
         let attr = QpAttr {
-            qp_state: super::qp_state::RESET,
+            qp_state: crate::verbs::qp::RESET,
             cap: caps,
             ..Default::default()
         };

@@ -34,8 +34,8 @@ use super::control::{err, Answer};
 use super::engine::Engine;
 use super::events::AsyncTarget;
 use super::objects::SessionId;
-use super::qp_state::QpKind;
-use super::qp_state::{ERR, RTR, RTS, SQD, SQE};
+use crate::verbs::qp::QpKind;
+use crate::verbs::qp::ERR;
 use crate::wire::control::{ArenaRun, Reply, MAX_ARENA_RUNS};
 use crate::wire::segment::{create_sealed_memfd, Mapping, KEY_TABLE_SIZE, KEY_TABLE_SLOTS, PAGE};
 
@@ -178,6 +178,8 @@ impl Engine {
             .store(u32::from(q.attr.min_rnr_timer), Ordering::Release);
         hdr.qp_type.store(q.kind.ibv_type(), Ordering::Release);
         hdr.path_local.store(u32::from(local), Ordering::Release);
+        hdr.max_recv_sge
+            .store(q.caps.max_recv_sge, Ordering::Release);
     }
 
     /// Whether QP `ha` may run on the semi path to QP `hb`: RC or UC of
@@ -209,8 +211,7 @@ impl Engine {
         let b = t.qps.get(&hb)?;
         let sa = t.sessions.get(&a.session)?;
         let back = !b.attr.ah_attr.is_global || b.attr.ah_attr.dgid == sa.gid;
-        (b.attr.dest_qp_num == a.qpn && back && matches!(b.state(), RTR | RTS | SQD | SQE))
-            .then_some(hb)
+        (b.attr.dest_qp_num == a.qpn && back && crate::verbs::qp::receives(b.state())).then_some(hb)
     }
 
     /// At a modify of QP `h` to RTR: if semi mode applies, marks it and

@@ -1,6 +1,8 @@
-//! The QP state machine and attribute checks of `ibv_modify_qp`, after the
-//! IB specification's table of required and optional attributes per
-//! transition (the same rules the kernel's `ib_modify_qp_is_ok` applies).
+//! QPs: their types, states and the state machine with the attribute
+//! checks of `ibv_modify_qp` (after the IB specification's table of
+//! required and optional attributes per transition, the rules the kernel's
+//! `ib_modify_qp_is_ok` applies), which states send and receive, and the
+//! RNR and ACK timers.
 
 use crate::sys::*;
 use crate::wire::control::QpAttr;
@@ -273,6 +275,17 @@ pub fn apply(cur: &mut QpAttr, new: &QpAttr, mask: u32) {
     take!(EN_SQD, en_sqd_async_notify);
 }
 
+/// Whether a QP in `state` accepts incoming requests as a responder (IB
+/// spec: RTR and the states after it, until an error).
+pub fn receives(state: u32) -> bool {
+    matches!(state, RTR | RTS | SQD | SQE)
+}
+
+/// Whether a QP in `state` runs its send queue.
+pub fn sends(state: u32) -> bool {
+    matches!(state, RTS | SQD)
+}
+
 /// The RNR NAK timer values of the IB specification, in microseconds.
 pub fn rnr_timer_us(code: u8) -> u64 {
     const TABLE: [u64; 32] = [
@@ -292,6 +305,39 @@ pub fn ack_timeout_us(timeout: u8) -> Option<u64> {
     }
 }
 
+/// How long a request may go unanswered before it fails with
+/// RETRY_EXC_ERR: the ACK timeout, `retry_cnt` + 1 times (never, for
+/// timeout 0).
+pub fn retry_timeout(timeout: u8, retry_cnt: u8) -> Option<std::time::Duration> {
+    ack_timeout_us(timeout)
+        .map(|t| std::time::Duration::from_micros(t * (u64::from(retry_cnt) + 1)))
+}
+
+/// When a request that gets no answer from `now` on fails with
+/// RETRY_EXC_ERR ([`retry_timeout`]).
+pub fn retry_deadline(
+    now: std::time::Instant,
+    timeout: u8,
+    retry_cnt: u8,
+) -> Option<std::time::Instant> {
+    retry_timeout(timeout, retry_cnt).map(|t| now + t)
+}
+
+/// When a request that meets receiver-not-ready fails with
+/// RNR_RETRY_EXC_ERR: the responder's RNR timer, `rnr_retry` + 1 times
+/// (never for rnr_retry 7, which means "retry forever").
+pub fn rnr_deadline(
+    now: std::time::Instant,
+    rnr_retry: u8,
+    responder_min_rnr_timer: u8,
+) -> Option<std::time::Instant> {
+    (rnr_retry < 7).then(|| {
+        now + std::time::Duration::from_micros(
+            rnr_timer_us(responder_min_rnr_timer) * (u64::from(rnr_retry) + 1),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,6 +349,38 @@ mod tests {
             dest_qp_num: 5,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn states_that_send_and_receive() {
+        for s in [RESET, INIT, RTR, RTS, SQD, SQE, ERR] {
+            assert_eq!(receives(s), [RTR, RTS, SQD, SQE].contains(&s), "state {s}");
+            assert_eq!(sends(s), [RTS, SQD].contains(&s), "state {s}");
+        }
+    }
+
+    #[test]
+    fn timers() {
+        let now = std::time::Instant::now();
+        assert_eq!(rnr_timer_us(0), 655_360);
+        assert_eq!(rnr_timer_us(12), 640);
+        assert_eq!(rnr_timer_us(31), 491_520);
+        assert_eq!(ack_timeout_us(0), None);
+        assert_eq!(ack_timeout_us(14), Some(67_108));
+        assert_eq!(retry_deadline(now, 0, 7), None);
+        assert_eq!(
+            retry_deadline(now, 14, 7),
+            Some(now + std::time::Duration::from_micros(67_108 * 8))
+        );
+        assert_eq!(
+            rnr_deadline(now, 7, 12),
+            None,
+            "rnr_retry 7 retries forever"
+        );
+        assert_eq!(
+            rnr_deadline(now, 2, 12),
+            Some(now + std::time::Duration::from_micros(640 * 3))
+        );
     }
 
     #[test]

@@ -49,7 +49,10 @@ pub struct SendWqe {
     pub remote_qkey: u32,
     pub ah_global: u32,
     pub dgid: [u8; 16],
-    pub _reserved: [u32; 11],
+    /// UD: the address handle's hop limit and traffic class (GRH).
+    pub hop_limit: u32,
+    pub traffic_class: u32,
+    pub _reserved: [u32; 9],
     pub payload: SendPayload,
 }
 
@@ -104,29 +107,6 @@ unsafe impl Plain for RecvWqe {}
 // SAFETY: as above.
 unsafe impl Plain for Cqe {}
 
-/// What a send work request asks of its executor, once its first checks
-/// passed ([`SendWqe::shape`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Shape {
-    /// The payload is the WQE's inline bytes (not SGEs).
-    pub inline: bool,
-    /// The local SGEs are read (SEND, WRITE), not written (READ, atomics).
-    pub reads_local: bool,
-}
-
-/// `enum ibv_wc_opcode` of a send work request's completion, or None for
-/// an opcode flowverbs does not run.
-pub fn wc_opcode(wr_opcode: u32) -> Option<u32> {
-    Some(match wr_opcode {
-        IBV_WR_SEND | IBV_WR_SEND_WITH_IMM => IBV_WC_SEND,
-        IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM => IBV_WC_RDMA_WRITE,
-        IBV_WR_RDMA_READ => IBV_WC_RDMA_READ,
-        IBV_WR_ATOMIC_CMP_AND_SWP => IBV_WC_COMP_SWAP,
-        IBV_WR_ATOMIC_FETCH_AND_ADD => IBV_WC_FETCH_ADD,
-        _ => return None,
-    })
-}
-
 impl Cqe {
     /// The successful receive completion of a message sent with
     /// `wr_opcode` (SEND, SEND_WITH_IMM or RDMA_WRITE_WITH_IMM), as every
@@ -159,33 +139,6 @@ impl Cqe {
 }
 
 impl SendWqe {
-    /// The requester's first checks, the same for the router's engine and
-    /// a semi-mode provider: the opcode is allowed for `qp_type`
-    /// (`enum ibv_qp_type`), at most `max_send_sge` SGEs, inline data
-    /// within the limit. Err: the completion status.
-    pub fn shape(&self, qp_type: u32, max_send_sge: u32) -> Result<Shape, u32> {
-        let op = self.opcode;
-        let send = matches!(op, IBV_WR_SEND | IBV_WR_SEND_WITH_IMM);
-        let send_or_write = send || matches!(op, IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM);
-        let allowed = match qp_type {
-            IBV_QPT_RC => wc_opcode(op).is_some(),
-            IBV_QPT_UC => send_or_write,
-            IBV_QPT_UD => send,
-            _ => false,
-        };
-        if !allowed || self.num_sge > max_send_sge.max(1) {
-            return Err(IBV_WC_LOC_QP_OP_ERR);
-        }
-        let inline = self.send_flags & IBV_SEND_INLINE != 0 && send_or_write;
-        if inline && self.inline_len > MAX_INLINE_DATA {
-            return Err(IBV_WC_LOC_LEN_ERR);
-        }
-        Ok(Shape {
-            inline,
-            reads_local: send_or_write,
-        })
-    }
-
     pub fn zeroed() -> Self {
         // SAFETY: all-zero is a valid SendWqe (Plain).
         unsafe { std::mem::zeroed() }
@@ -224,48 +177,3 @@ const _: () = assert!(std::mem::size_of::<RecvWqe>() == RECV_WQE_SIZE);
 const _: () = assert!(std::mem::size_of::<Cqe>() == CQE_SIZE);
 const _: () = assert!(std::mem::offset_of!(Cqe, seq) == 44);
 const _: () = assert!(std::mem::offset_of!(Cqe, wc_flags) == 36);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn wqe(opcode: u32, flags: u32, num_sge: u32, inline_len: u32) -> SendWqe {
-        let mut w = SendWqe::zeroed();
-        w.opcode = opcode;
-        w.send_flags = flags;
-        w.num_sge = num_sge;
-        w.inline_len = inline_len;
-        w
-    }
-
-    #[test]
-    fn shape_is_judged_per_qp_type() {
-        let read = wqe(IBV_WR_RDMA_READ, 0, 1, 0);
-        assert_eq!(
-            read.shape(IBV_QPT_RC, 1),
-            Ok(Shape {
-                inline: false,
-                reads_local: false
-            })
-        );
-        assert_eq!(read.shape(IBV_QPT_UC, 1), Err(IBV_WC_LOC_QP_OP_ERR));
-        let write = wqe(IBV_WR_RDMA_WRITE, 0, 1, 0);
-        assert_eq!(write.shape(IBV_QPT_UD, 1), Err(IBV_WC_LOC_QP_OP_ERR));
-        assert_eq!(write.shape(IBV_QPT_RC, 0).map(|s| s.reads_local), Ok(true));
-        assert_eq!(
-            wqe(IBV_WR_SEND, 0, 3, 0).shape(IBV_QPT_RC, 2),
-            Err(IBV_WC_LOC_QP_OP_ERR)
-        );
-        let big = wqe(IBV_WR_SEND, IBV_SEND_INLINE, 0, MAX_INLINE_DATA + 1);
-        assert_eq!(big.shape(IBV_QPT_UD, 1), Err(IBV_WC_LOC_LEN_ERR));
-        let small = wqe(IBV_WR_SEND, IBV_SEND_INLINE, 0, 8);
-        assert_eq!(small.shape(IBV_QPT_UD, 1).map(|s| s.inline), Ok(true));
-        // INLINE on a READ is ignored, as by NICs.
-        let r = wqe(IBV_WR_RDMA_READ, IBV_SEND_INLINE, 1, 9999).shape(IBV_QPT_RC, 1);
-        assert_eq!(r.map(|s| s.inline), Ok(false));
-        assert_eq!(
-            wqe(99, 0, 1, 0).shape(IBV_QPT_RC, 1),
-            Err(IBV_WC_LOC_QP_OP_ERR)
-        );
-    }
-}

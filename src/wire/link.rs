@@ -133,7 +133,8 @@ pub struct FrameHeader {
     pub qkey: u32,
     pub compare_add: u64,
     pub swap: u64,
-    /// Nak(Rnr): the responder's RNR timer in microseconds.
+    /// Nak(Rnr): the responder's RNR timer in microseconds. Datagram: the
+    /// sender's hop limit (bits 0-7) and traffic class (bits 8-15).
     pub aux: u32,
 }
 

@@ -58,6 +58,8 @@ pub struct QpHeader {
     pub min_rnr_timer: AtomicU32,
     pub qp_type: AtomicU32,
     pub path_local: AtomicU32,
+    /// Most SGEs a receive of this QP may have (its `max_recv_sge`).
+    pub max_recv_sge: AtomicU32,
     /// What this QP's own provider moved on the semi path as a requester
     /// (only that provider writes them; `flowverbs status` reports them).
     pub semi_moved: MovedCounters,

@@ -11,6 +11,8 @@ pub struct FvAh {
     pub ah: ibv_ah,
     pub(super) global: bool,
     pub(super) dgid: [u8; 16],
+    pub(super) hop_limit: u8,
+    pub(super) traffic_class: u8,
 }
 
 pub(super) unsafe extern "C" fn create_ah(pd: *mut ibv_pd, attr: *mut ibv_ah_attr) -> *mut ibv_ah {
@@ -29,6 +31,16 @@ pub(super) unsafe extern "C" fn create_ah(pd: *mut ibv_pd, attr: *mut ibv_ah_att
             global: a.is_global != 0,
             // SAFETY: ibv_gid is a union of plain bytes.
             dgid: unsafe { a.grh.dgid.raw },
+            hop_limit: if a.is_global != 0 {
+                a.grh.hop_limit
+            } else {
+                crate::verbs::ud::DEFAULT_HOP_LIMIT
+            },
+            traffic_class: if a.is_global != 0 {
+                a.grh.traffic_class
+            } else {
+                0
+            },
         });
         Box::into_raw(b) as *mut ibv_ah
     })

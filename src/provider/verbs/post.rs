@@ -35,6 +35,8 @@ pub(super) fn build_send_wqe(fqp: &FvQp, wr: &ibv_send_wr) -> Result<SendWqe, Er
         w.remote_qkey = ud.remote_qkey;
         w.ah_global = u32::from(ah.global);
         w.dgid = ah.dgid;
+        w.hop_limit = u32::from(ah.hop_limit);
+        w.traffic_class = u32::from(ah.traffic_class);
     }
     match wr.opcode {
         IBV_WR_SEND | IBV_WR_RDMA_WRITE | IBV_WR_RDMA_READ => {}

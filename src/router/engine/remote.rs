@@ -26,16 +26,17 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
-use super::{total_len, Engine, Source};
-use crate::router::events::{responder_error_event, AsyncTarget};
+use super::{Engine, Source};
+use crate::router::events::AsyncTarget;
 use crate::router::link::{LinkEvent, Links};
 use crate::router::memory::Segments;
-use crate::router::qp_state::{self, QpKind, ERR, RTR, RTS, SQD, SQE};
 use crate::router::transport::{PeerId, Transport};
 use crate::sys::*;
-use crate::wire::entries::wc_opcode;
+use crate::verbs::events::responder_error_event;
+use crate::verbs::qp::{self as qp_state, QpKind, ERR};
+use crate::verbs::{access, atomic, opcode, receive};
 use crate::wire::entries::{Cqe, RecvWqe, SendWqe};
-use crate::wire::limits::{MAX_MSG_SIZE, UD_MTU};
+use crate::wire::limits::UD_MTU;
 use crate::wire::link::{FrameHeader, Kind, NakReason, MAX_CHUNK, QP_RC, QP_UC, QP_UD};
 
 /// Work requests a QP may have on the wire ahead of its completions.
@@ -61,8 +62,7 @@ fn answer_timeout(qp: &crate::router::objects::Qp) -> Option<Duration> {
     if qp.kind == QpKind::Uc {
         return Some(UC_LOST_AFTER);
     }
-    qp_state::ack_timeout_us(qp.attr.timeout)
-        .map(|t| Duration::from_micros(t * (u64::from(qp.attr.retry_cnt) + 1)))
+    qp_state::retry_timeout(qp.attr.timeout, qp.attr.retry_cnt)
 }
 
 /// One work request sent (or being sent) to a remote responder.
@@ -166,11 +166,10 @@ fn qp_kind_code(kind: QpKind) -> u8 {
     }
 }
 
-fn has_payload(opcode: u32) -> bool {
-    matches!(
-        opcode,
-        IBV_WR_SEND | IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM
-    )
+/// A datagram frame's `aux`: the sender's hop limit and traffic class
+/// (for the receiver's GRH area).
+fn datagram_aux(hop_limit: u8, traffic_class: u8) -> u32 {
+    u32::from(hop_limit) | u32::from(traffic_class) << 8
 }
 
 fn gid_text(g: &Gid) -> String {
@@ -334,7 +333,7 @@ impl Engine {
             .iter()
             .filter(|(h, q)| {
                 q.kind != QpKind::Ud
-                    && matches!(q.state(), RTR | RTS | SQD | SQE)
+                    && qp_state::receives(q.state())
                     && ((q.attr.ah_attr.is_global && gids.contains(&q.attr.ah_attr.dgid))
                         || self.remote.req.get(h).is_some_and(|r| r.peer == peer))
             })
@@ -394,6 +393,7 @@ impl Engine {
             imm: w.imm_data,
             total_len: len,
             qkey,
+            aux: datagram_aux(w.hop_limit as u8, w.traffic_class as u8),
             ..Default::default()
         };
         let r = self.with_links(|_, links| {
@@ -593,7 +593,7 @@ impl Engine {
                 swap: w.swap,
                 ..base
             };
-            let n = if has_payload(w.opcode) {
+            let n = if opcode::carries_data(w.opcode) {
                 ((f.len - f.sent) as usize).min(MAX_CHUNK)
             } else {
                 0
@@ -622,7 +622,7 @@ impl Engine {
             progress = true;
             // The ACK timer runs from the last packet sent, as on a NIC.
             r.answer_deadline = timeout.map(|t| now + t);
-            if !has_payload(f.wqe.opcode) || f.sent >= f.len {
+            if !opcode::carries_data(f.wqe.opcode) || f.sent >= f.len {
                 f.complete = true;
                 r.tx += 1;
             }
@@ -692,10 +692,7 @@ impl Engine {
                 r.busy_delay = BUSY_DELAY;
                 let f = &mut r.inflight[i];
                 let w = f.wqe;
-                let is_atomic = matches!(
-                    w.opcode,
-                    IBV_WR_ATOMIC_CMP_AND_SWP | IBV_WR_ATOMIC_FETCH_AND_ADD
-                );
+                let is_atomic = opcode::is_atomic(w.opcode);
                 f.done = Some(if hdr.status != IBV_WC_SUCCESS {
                     // Only the statuses a responder can cause reach the
                     // application; anything else a peer says is an error
@@ -811,25 +808,23 @@ impl Engine {
         };
         let b = &self.tables.qps[&hb];
         let ok = b.kind == QpKind::Ud
-            && matches!(b.state(), RTR | RTS | SQD | SQE)
+            && qp_state::receives(b.state())
             && b.attr.qkey == hdr.qkey
             && self.tables.sessions[&b.session].gid == hdr.dst_gid;
         if !ok {
             return;
         }
-        let imm = (hdr.opcode == IBV_WR_SEND_WITH_IMM).then_some(hdr.imm);
-        let solicited = hdr.send_flags & IBV_SEND_SOLICITED != 0;
+        let d = super::Datagram {
+            sgid: hdr.src_gid,
+            src_qpn: hdr.src_qpn,
+            imm: (hdr.opcode == IBV_WR_SEND_WITH_IMM).then_some(hdr.imm),
+            solicited: hdr.send_flags & IBV_SEND_SOLICITED != 0,
+            hop_limit: (hdr.aux & 0xff) as u8,
+            traffic_class: (hdr.aux >> 8) as u8,
+        };
         let src = Source::Inline(payload.to_vec());
         // A full CQ drops the datagram, as a receiver without room would.
-        let _ = self.deliver_ud(
-            hb,
-            &hdr.src_gid,
-            hdr.src_qpn,
-            imm,
-            solicited,
-            &src,
-            payload.len() as u64,
-        );
+        let _ = self.deliver_ud(hb, &d, &src, payload.len() as u64);
     }
 
     /// The reply header for request `hdr` (addressed back to its sender).
@@ -882,7 +877,7 @@ impl Engine {
             && b.attr.ah_attr.is_global
             && b.attr.ah_attr.dgid == hdr.src_gid
             && b.attr.dest_qp_num == hdr.src_qpn
-            && matches!(b.state(), RTR | RTS | SQD | SQE);
+            && qp_state::receives(b.state());
         ok.then_some(hb)
     }
 
@@ -1000,14 +995,10 @@ impl Engine {
         let b = &self.tables.qps[&hb];
         let uc = b.kind == QpKind::Uc;
         let reads_pending = !self.remote.resp[&hb].reads.is_empty();
-        let allowed = if uc {
-            has_payload(hdr.opcode)
-        } else {
-            wc_opcode(hdr.opcode).is_some()
-        };
-        let sane = hdr.total_len <= u64::from(MAX_MSG_SIZE)
+        let allowed = opcode::allowed(b.kind.ibv_type(), hdr.opcode);
+        let sane = access::message_len(hdr.total_len).is_ok()
             && (payload.len() as u64) <= hdr.total_len
-            && (has_payload(hdr.opcode) || payload.is_empty());
+            && (opcode::carries_data(hdr.opcode) || payload.is_empty());
         if !allowed || !sane {
             self.remote_responder_error(peers, from, hdr, hb, IBV_WC_REM_INV_REQ_ERR, None);
             return false;
@@ -1044,15 +1035,12 @@ impl Engine {
                 }
                 false
             }
-            IBV_WR_ATOMIC_CMP_AND_SWP | IBV_WR_ATOMIC_FETCH_AND_ADD => {
+            op if opcode::is_atomic(op) => {
                 self.remote_atomic(peers, from, hdr, hb);
                 false
             }
             _ => {
-                let needs_recv = matches!(
-                    hdr.opcode,
-                    IBV_WR_SEND | IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE_WITH_IMM
-                );
+                let needs_recv = opcode::consumes_receive(hdr.opcode);
                 let mut inbound = Inbound {
                     psn: hdr.psn,
                     opcode: hdr.opcode,
@@ -1097,6 +1085,7 @@ impl Engine {
                         Some(0) if uc => inbound.discard = true,
                         Some(0) => {
                             let t = qp_state::rnr_timer_us(self.tables.qps[&hb].attr.min_rnr_timer);
+                            // (The requester counts its retries.)
                             Self::nak(
                                 peers,
                                 from,
@@ -1128,46 +1117,23 @@ impl Engine {
                                 }
                             };
                             inbound.recv_consumed = on_srq;
-                            if rwqe.num_sge > max_sge.max(1) {
-                                self.fail_with_recv(
-                                    peers,
-                                    from,
-                                    hdr,
-                                    hb,
-                                    IBV_WC_REM_OP_ERR,
-                                    Some((rwqe, IBV_WC_LOC_QP_OP_ERR)),
-                                    on_srq,
-                                );
-                                return false;
-                            }
-                            if hdr.opcode != IBV_WR_RDMA_WRITE_WITH_IMM {
-                                match self.local_segments(hb, rwqe.sges(), true) {
-                                    Ok(d) if total_len(&d) >= len => inbound.dst = d,
-                                    Ok(_) => {
-                                        self.fail_with_recv(
-                                            peers,
-                                            from,
-                                            hdr,
-                                            hb,
-                                            IBV_WC_REM_INV_REQ_ERR,
-                                            Some((rwqe, IBV_WC_LOC_LEN_ERR)),
-                                            on_srq,
-                                        );
-                                        return false;
-                                    }
-                                    Err(_) => {
-                                        self.fail_with_recv(
-                                            peers,
-                                            from,
-                                            hdr,
-                                            hb,
-                                            IBV_WC_REM_OP_ERR,
-                                            Some((rwqe, IBV_WC_LOC_PROT_ERR)),
-                                            on_srq,
-                                        );
-                                        return false;
-                                    }
+                            // A SEND's data lands in the receive; a WRITE
+                            // WITH IMM's receive only reports it.
+                            if receive::lands_in_receive(hdr.opcode) {
+                                let (dst, verdict) = self.receive_segments(hb, &rwqe, max_sge, len);
+                                if let Err(f) = verdict {
+                                    self.fail_with_recv(
+                                        peers,
+                                        from,
+                                        hdr,
+                                        hb,
+                                        f.requester,
+                                        Some((rwqe, f.receive)),
+                                        on_srq,
+                                    );
+                                    return false;
                                 }
+                                inbound.dst = dst;
                             }
                             inbound.recv = Some(rwqe);
                         }
@@ -1256,8 +1222,13 @@ impl Engine {
         hdr: &FrameHeader,
         hb: u32,
     ) {
-        if hdr.total_len != 8 || !hdr.remote_addr.is_multiple_of(8) {
-            self.remote_responder_error(peers, from, hdr, hb, IBV_WC_REM_INV_REQ_ERR, None);
+        let target = if hdr.total_len == 8 {
+            atomic::check_target(hdr.remote_addr)
+        } else {
+            Err(IBV_WC_REM_INV_REQ_ERR)
+        };
+        if let Err(status) = target {
+            self.remote_responder_error(peers, from, hdr, hb, status, None);
             return;
         }
         if let Err(status) =
@@ -1273,15 +1244,7 @@ impl Engine {
             return;
         }
         let cur = u64::from_ne_bytes(old);
-        let new = if hdr.opcode == IBV_WR_ATOMIC_CMP_AND_SWP {
-            if cur == hdr.compare_add {
-                hdr.swap
-            } else {
-                cur
-            }
-        } else {
-            cur.wrapping_add(hdr.compare_add)
-        };
+        let new = atomic::apply(hdr.opcode, cur, hdr.compare_add, hdr.swap);
         if new != cur && mem_b.write(hdr.remote_addr, &new.to_ne_bytes()).is_err() {
             self.remote_responder_error(peers, from, hdr, hb, IBV_WC_REM_ACCESS_ERR, None);
             return;
