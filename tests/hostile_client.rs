@@ -13,7 +13,9 @@ use common::Router;
 use flowverbs::sys::*;
 use flowverbs::wire::control::{self, AddressVector, ArenaRun, QpAttr, QpCaps, Reply, Request};
 use flowverbs::wire::cq_ring::CqRing;
-use flowverbs::wire::entries::{Cqe, SendWqe, Sge, CQE_SIZE, SEND_WQE_SIZE};
+use flowverbs::wire::entries::{
+    Cqe, RecvWqe, SendWqe, Sge, CQE_SIZE, RECV_WQE_SIZE, SEND_WQE_SIZE,
+};
 use flowverbs::wire::ring::RingSlots;
 use flowverbs::wire::segment::{CqHeader, CqLayout, Mapping, QpHeader, QpLayout};
 use flowverbs::wire::VERSION;
@@ -949,4 +951,77 @@ fn semi_mode_requests_are_checked() {
     assert_eq!(c.errno(&reg(pd_c, vec![run(0)])), libc::EINVAL);
     assert_router_alive(&router);
     drop(page);
+}
+
+static SEND_ONE: common::CProgram = common::CProgram::new("fv_send_one.c");
+
+/// A responder (driven by hand) posts a receive with more SGEs than its QP
+/// allows; a real provider SENDs into it. Every data path must answer as
+/// the semantics core says: the receive completes with LOC_QP_OP_ERR, the
+/// SEND with REM_OP_ERR. (Semi mode once checked a global maximum instead
+/// of the QP's, and reported LOC_PROT_ERR.)
+fn too_many_receive_sges(router_args: &[&str]) {
+    use std::io::{BufRead, BufReader, Write};
+    let router = Router::start_with(router_args);
+    let mut sender = router.command(SEND_ONE.path());
+    let mut sender = sender
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(sender.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("a line").unwrap();
+    let qpn_a = u32::from_str_radix(first.trim_start_matches("qpn 0x"), 16).unwrap();
+
+    let mut b = Client::new(&router);
+    let pd = b.pd();
+    let (cq, cq_map, cq_layout) = b.cq(8);
+    let (qp, qpn_b, map, layout, _fd) = b.qp(pd, cq);
+    b.connect_qp(qp, qpn_a, 0);
+    // A receive of MAX_SGE + 1 SGEs (the QP allows MAX_SGE).
+    let mut r = RecvWqe::zeroed();
+    r.wr_id = 0xbeef;
+    r.num_sge = flowverbs::wire::limits::MAX_SGE + 1;
+    // SAFETY: the segment holds the receive queue at rq_offset.
+    let rq = unsafe {
+        RingSlots::new(
+            map.as_ptr().add(layout.rq_offset),
+            RECV_WQE_SIZE,
+            layout.rq_capacity,
+        )
+    };
+    rq.write(0, &r);
+    // SAFETY: the segment starts with a QpHeader.
+    unsafe { map.header::<QpHeader>() }.rq.publish_producer(1);
+
+    let mut stdin = sender.stdin.take().unwrap();
+    writeln!(stdin, "{qpn_b:x}").unwrap();
+    drop(stdin);
+    let status = lines.next().expect("a status line").unwrap();
+    let _ = sender.wait();
+    assert_eq!(
+        status,
+        format!("status {IBV_WC_REM_OP_ERR}"),
+        "the SEND's completion\n{}",
+        router.stderr()
+    );
+    let _ = b.call(&Request::QueryQp { qp });
+    let c = completions(&cq_map, &cq_layout, 0, 1);
+    assert_eq!(
+        (c[0].wr_id, c[0].status),
+        (0xbeef, IBV_WC_LOC_QP_OP_ERR),
+        "the receive's completion {:?}\n{}",
+        c[0],
+        router.stderr()
+    );
+}
+
+#[test]
+fn too_many_receive_sges_isolated() {
+    too_many_receive_sges(&[]);
+}
+
+#[test]
+fn too_many_receive_sges_semi() {
+    too_many_receive_sges(&["--mode", "semi"]);
 }

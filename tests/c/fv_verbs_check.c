@@ -1348,6 +1348,17 @@ static void case_bad_lkey(void)
 	buf_check(dst, "recv buffer untouched");
 	pair_free(&p);
 
+	set_step("SEND with a valid lkey and an SGE whose end wraps past the top of the "
+		 "address space");
+	pair_new(&p, &c);
+	recv1(p.b, 0xB3, &rs, 1, "recv");
+	ss = sge((void *)(uintptr_t)(UINT64_MAX - 10), 100, smr->lkey);
+	send1(p.a, 0xBAD4, IBV_WR_SEND, &ss, 1, IBV_SEND_SIGNALED, 0, 0, "send");
+	expect_wc(p.a_scq, "requester completion", 0xBAD4, IBV_WC_LOC_PROT_ERR, -1, p.a, NULL);
+	expect_empty(p.b_rcq, 200, "responder: nothing must arrive");
+	buf_check(dst, "recv buffer untouched");
+	pair_free(&p);
+
 	set_step("SEND with the lkey of an MR of another PD");
 	struct ibv_pd *pd2 = ibv_alloc_pd(E.ctx);
 	if (!pd2)
@@ -1640,6 +1651,45 @@ static void case_recv_too_small(void)
 	dereg(smr);
 	dereg(dmr);
 	buf_free(src);
+	buf_free(dst);
+}
+
+/*
+ * Case: message_too_long. A SEND of 16 SGEs of 136 MiB each (all on one
+ * MR: 2176 MiB in all) exceeds the device's maximum message size (2 GiB):
+ * the requester completes it with LOC_LEN_ERR and nothing arrives. (Semi
+ * mode once had no such check and tried to deliver it.)
+ */
+static void case_message_too_long(void)
+{
+	const size_t piece = 136u << 20;
+	struct pair p;
+	struct qp_cfg c = CFG_DEFAULT;
+	c.send_sge = 16;
+	pair_new(&p, &c);
+	void *big = mmap(NULL, piece, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (big == MAP_FAILED)
+		fatal("mmap of %zu bytes failed", piece);
+	struct buf *dst = buf_alloc(4096, "recv buffer");
+	struct ibv_mr *smr = reg(big, piece, IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE);
+
+	set_step("SEND of 16 x %zu MiB = %zu MiB (more than 2048 MiB)", piece >> 20,
+		 (16 * piece) >> 20);
+	struct ibv_sge rs = sge(dst->p, 4096, dmr->lkey);
+	recv1(p.b, 0xB0, &rs, 1, "recv");
+	struct ibv_sge ss[16];
+	for (int i = 0; i < 16; i++)
+		ss[i] = sge(big, (uint32_t)piece, smr->lkey);
+	send1(p.a, 0xA0, IBV_WR_SEND, ss, 16, IBV_SEND_SIGNALED, 0, 0, "send");
+	expect_wc(p.a_scq, "requester completion", 0xA0, IBV_WC_LOC_LEN_ERR, -1, p.a, NULL);
+	expect_empty(p.b_rcq, 200, "responder: nothing must arrive");
+	buf_check(dst, "recv buffer untouched");
+
+	pair_free(&p);
+	dereg(smr);
+	dereg(dmr);
+	munmap(big, piece);
 	buf_free(dst);
 }
 
@@ -3128,6 +3178,7 @@ static const struct fv_case cases[] = {
 	{ "remote_oob", case_remote_oob },
 	{ "remote_access", case_remote_access },
 	{ "recv_too_small", case_recv_too_small },
+	{ "message_too_long", case_message_too_long },
 	{ "flush", case_flush },
 	{ "wrong_state", case_wrong_state },
 	{ "rnr_wait", case_rnr_wait },
