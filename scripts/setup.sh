@@ -4,7 +4,7 @@
 set -euo pipefail
 
 if [ "$(id -u)" != 0 ]; then
-    echo "setup.sh: run as root (sudo bash scripts/setup.sh)" >&2
+    echo "setup.sh: run as root" >&2
     exit 1
 fi
 
