@@ -1,5 +1,6 @@
 //! Control messages on the router's Unix socket (`SOCK_SEQPACKET`, one
-//! message per packet, bincode-encoded, file descriptors as SCM_RIGHTS).
+//! message per packet, encoded by `wire::codec`, file descriptors as
+//! SCM_RIGHTS).
 //!
 //! The provider sends a [`Request`] and waits for the matching [`Reply`];
 //! control verbs are synchronous, the data path never uses the socket.
@@ -470,20 +471,15 @@ pub enum WireError {
     Malformed(String),
 }
 
-fn codec() -> impl bincode::Options {
-    use bincode::Options;
-    bincode::DefaultOptions::new()
-        .with_limit(MAX_MESSAGE as u64)
-        .with_fixint_encoding()
-        .reject_trailing_bytes()
-}
-
 /// Sends one message with optional file descriptors.
 pub fn send<T: Serialize>(sock: BorrowedFd<'_>, msg: &T, fds: &[RawFd]) -> Result<(), WireError> {
-    use bincode::Options;
-    let bytes = codec()
-        .serialize(msg)
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    let bytes = super::codec::encode(msg);
+    if bytes.len() > MAX_MESSAGE {
+        return Err(WireError::Malformed(format!(
+            "a message of {} bytes (at most {MAX_MESSAGE})",
+            bytes.len()
+        )));
+    }
     let iov = [IoSlice::new(&bytes)];
     let cmsg = [ControlMessage::ScmRights(fds)];
     let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
@@ -506,7 +502,6 @@ pub fn recv<T: for<'de> Deserialize<'de>>(
     sock: BorrowedFd<'_>,
     flags: MsgFlags,
 ) -> Result<(T, Vec<OwnedFd>), WireError> {
-    use bincode::Options;
     let mut buf = vec![0u8; MAX_MESSAGE];
     let mut cmsg_space = nix::cmsg_space!([RawFd; MAX_FDS]);
     let (len, truncated, fds) = loop {
@@ -549,9 +544,7 @@ pub fn recv<T: for<'de> Deserialize<'de>>(
     if fds.len() > MAX_FDS {
         return Err(WireError::Malformed("too many descriptors".into()));
     }
-    let msg = codec()
-        .deserialize(&buf[..len])
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    let msg = super::codec::decode(&buf[..len]).map_err(WireError::Malformed)?;
     Ok((msg, fds))
 }
 

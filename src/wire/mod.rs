@@ -3,6 +3,7 @@
 //! messages on the router's Unix socket. Both sides use this one module;
 //! [`VERSION`] changes whenever any layout here does.
 
+pub mod codec;
 pub mod control;
 pub mod cq_ring;
 pub mod entries;
@@ -12,7 +13,7 @@ pub mod ring;
 pub mod segment;
 
 /// Version of everything in this module; checked at session setup.
-pub const VERSION: u32 = 8;
+pub const VERSION: u32 = 9;
 
 /// Device limits, advertised by the provider and enforced by the router.
 pub mod limits {
