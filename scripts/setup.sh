@@ -29,7 +29,8 @@ if [ ! -e /dev/fuse ]; then
     modprobe fuse 2>/dev/null || echo "setup.sh: no /dev/fuse: completion channels will be unavailable" >&2
 fi
 
-# Rust: Debian 12's cargo is too old (1.65); we need cargo >= 1.77 (rustup's).
+# Rust: Debian 12's cargo is too old (1.65); we need the workspace's
+# rust-version (Cargo.toml: 1.87), i.e. rustup's.
 # shellcheck source=scripts/cargo-env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/cargo-env.sh"
 cargo_ok() {
@@ -40,7 +41,7 @@ cargo_ok() {
     major=${v%%.*}
     minor=${v#*.}
     minor=${minor%%.*}
-    [ "$major" -gt 1 ] || { [ "$major" -eq 1 ] && [ "$minor" -ge 77 ]; }
+    [ "$major" -gt 1 ] || { [ "$major" -eq 1 ] && [ "$minor" -ge 87 ]; }
 }
 if ! cargo_ok; then
     echo "setup.sh: installing a Rust toolchain with rustup" >&2
@@ -52,7 +53,7 @@ if ! cargo_ok; then
             sh -s -- -y -q --profile minimal --default-toolchain stable >/dev/null
     fi
     source "$(dirname "${BASH_SOURCE[0]}")/cargo-env.sh"
-    cargo_ok || { echo "setup.sh: no cargo >= 1.77 after installing" >&2; exit 1; }
+    cargo_ok || { echo "setup.sh: no cargo >= 1.87 after installing" >&2; exit 1; }
 fi
 if command -v rustup >/dev/null 2>&1; then
     for c in rustfmt clippy; do

@@ -1,0 +1,217 @@
+//! Completion queues: creation, polling, arming.
+
+use super::*;
+
+// ---------------------------------------------------------------- CQ ----
+
+#[repr(C)]
+pub struct FvCq {
+    pub vcq: verbs_cq,
+    pub(super) segment: Mapping,
+    pub(super) ring: RingSlots,
+    /// Our consumer index; the lock serialises pollers of one CQ.
+    pub(super) consumer: Mutex<u32>,
+    /// Polls in a row that found nothing (see [`EMPTY_POLLS_BEFORE_YIELD`]).
+    pub(super) empty_polls: std::sync::atomic::AtomicU32,
+    /// The router produces completions for this CQ (some QP using it is
+    /// not on the semi path, or receives through an SRQ); always true
+    /// outside semi mode. Only then does polling yield the CPU to it.
+    pub(super) router_fed: std::sync::atomic::AtomicBool,
+}
+
+/// After this many empty polls in a row, `poll_cq` yields the CPU once per
+/// empty poll. Applications busy-poll their CQs; on a host with fewer cores
+/// than busy threads, the router that produces the completions would
+/// otherwise wait for the scheduler to preempt a poller. Yielding costs one
+/// cheap system call when nothing else wants the CPU.
+/// `FLOWVERBS_POLL_YIELD=N` sets it (0: never yield).
+const EMPTY_POLLS_BEFORE_YIELD: u32 = 32;
+
+fn empty_polls_before_yield(router_fed: bool) -> u32 {
+    static N: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    let configured = *N.get_or_init(|| {
+        std::env::var("FLOWVERBS_POLL_YIELD")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(|n: u32| if n == 0 { u32::MAX } else { n })
+    });
+    // A CQ that only semi-mode peers fill needs no router: yielding would
+    // only add a scheduling round trip to every wait.
+    configured.unwrap_or(if router_fed {
+        EMPTY_POLLS_BEFORE_YIELD
+    } else {
+        u32::MAX
+    })
+}
+
+impl FvCq {
+    /// # Safety
+    /// `cq` must come from [`create_cq`].
+    pub(super) unsafe fn from_ibv<'a>(cq: *mut ibv_cq) -> &'a FvCq {
+        // SAFETY: the caller promises `cq` came from create_cq: it starts
+        // a live `FvCq` (the ibv struct is its first member).
+        unsafe { &*(cq as *const FvCq) }
+    }
+    pub(super) fn header(&self) -> &CqHeader {
+        // SAFETY: the CQ segment starts with a CqHeader.
+        unsafe { self.segment.header::<CqHeader>() }
+    }
+}
+
+pub(super) unsafe extern "C" fn create_cq(
+    ctx: *mut ibv_context,
+    cqe: i32,
+    channel: *mut ibv_comp_channel,
+    comp_vector: i32,
+) -> *mut ibv_cq {
+    guard(ptr::null_mut(), || {
+        if cqe < 1 || cqe as u32 > MAX_CQE || comp_vector != 0 {
+            return null_with(libc::EINVAL);
+        }
+        let channel = if channel.is_null() {
+            None
+        } else {
+            // SAFETY: a channel of this context, from ibv_create_comp_channel.
+            Some(unsafe { (*channel).fd })
+        };
+        // The CQ's address is its cookie (what ibv_get_cq_event reads), so
+        // it is allocated first and filled once the router has answered.
+        let slot = Slot::<FvCq>::new();
+        let req = Request::CreateCq {
+            cqe: cqe as u32,
+            channel,
+            cookie: slot.cookie(),
+        };
+        let (reply, fds) = match call(ctx, &req) {
+            Ok(x) => x,
+            Err(e) => return null_with(e),
+        };
+        let Reply::Cq {
+            cq,
+            capacity,
+            segment_size,
+        } = reply
+        else {
+            return null_with(unexpected(&reply));
+        };
+        let layout = CqLayout::new(capacity);
+        let fits = layout.capacity == capacity && layout.size as u64 == segment_size;
+        let segment =
+            match map_created_segment(ctx, fds, fits, segment_size, Request::DestroyCq { cq }) {
+                Ok(s) => s,
+                Err(e) => return null_with(e),
+            };
+        // SAFETY: the segment holds `capacity` CQEs at ring_offset.
+        let ring =
+            unsafe { RingSlots::new(segment.as_ptr().add(layout.ring_offset), CQE_SIZE, capacity) };
+        // SAFETY: verbs_cq is plain C data; libibverbs' wrapper initialises
+        // the mutex, cond and channel fields (verbs_init_cq) after we return.
+        let mut vcq: verbs_cq = unsafe { std::mem::zeroed() };
+        vcq.__bindgen_anon_1.cq.context = ctx;
+        vcq.__bindgen_anon_1.cq.handle = cq;
+        vcq.__bindgen_anon_1.cq.cqe = capacity as i32;
+        slot.fill(FvCq {
+            vcq,
+            segment,
+            ring,
+            consumer: Mutex::new(0),
+            empty_polls: std::sync::atomic::AtomicU32::new(0),
+            // SAFETY: ctx is ours.
+            router_fed: std::sync::atomic::AtomicBool::new(unsafe { inner(ctx) }.semi.is_none()),
+        }) as *mut ibv_cq
+    })
+}
+
+pub(super) unsafe extern "C" fn destroy_cq(cq: *mut ibv_cq) -> i32 {
+    guard(libc::EIO, || {
+        // SAFETY: cq is one of ours.
+        let (ctx, handle) = unsafe { ((*cq).context, (*cq).handle) };
+        match call(ctx, &Request::DestroyCq { cq: handle }) {
+            Ok((Reply::Destroyed { events }, _)) => {
+                // SAFETY: allocated by create_cq as a Box<FvCq>; libibverbs
+                // initialised its mutex (verbs_init_cq).
+                unsafe {
+                    free_unless_events_pending(cq as *mut FvCq, &mut (*cq).mutex, events, || {
+                        (*cq).comp_events_completed
+                    })
+                };
+                0
+            }
+            Ok((r, _)) => unexpected(&r),
+            Err(e) => e,
+        }
+    })
+}
+
+pub(super) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, num_entries: i32, wc: *mut ibv_wc) -> i32 {
+    guard(-1, || {
+        // SAFETY: cq is one of ours.
+        let fcq = unsafe { FvCq::from_ibv(cq) };
+        if num_entries <= 0 {
+            return 0;
+        }
+        // SAFETY: the CQ's context is ours.
+        let ctx = unsafe { inner((*cq).context) };
+        if let Some(semi) = ctx.semi.as_ref() {
+            semi.progress();
+        }
+        let mut consumer = fcq.consumer.lock().unwrap_or_else(|e| e.into_inner());
+        let ring = CqRing::new(fcq.header(), fcq.ring);
+        let mut n = 0u32;
+        while n < num_entries as u32 {
+            let Some(c) = ring.peek(consumer.wrapping_add(n)) else {
+                break;
+            };
+            if c.opcode < IBV_WC_RECV {
+                ctx.send_queues.retire(c.qp_num, c.sq_index);
+            }
+            let w = ibv_wc {
+                wr_id: c.wr_id,
+                status: c.status,
+                opcode: c.opcode,
+                vendor_err: c.vendor_err,
+                byte_len: c.byte_len,
+                __bindgen_anon_1: ibv_wc__bindgen_ty_1 {
+                    imm_data: c.imm_data,
+                },
+                qp_num: c.qp_num,
+                src_qp: c.src_qp,
+                wc_flags: c.wc_flags,
+                pkey_index: c.pkey_index,
+                slid: c.slid,
+                sl: c.sl,
+                dlid_path_bits: c.dlid_path_bits,
+            };
+            // SAFETY: the caller's array holds num_entries > n entries.
+            unsafe { wc.add(n as usize).write(w) };
+            n += 1;
+        }
+        if n > 0 {
+            *consumer = consumer.wrapping_add(n);
+            fcq.header().ring.publish_consumer(*consumer);
+            fcq.empty_polls
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            drop(consumer);
+            let empty = fcq
+                .empty_polls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if empty >= empty_polls_before_yield(fcq.router_fed.load(Ordering::Relaxed)) {
+                std::thread::yield_now();
+            }
+        }
+        n as i32
+    })
+}
+
+pub(super) unsafe extern "C" fn req_notify_cq(cq: *mut ibv_cq, solicited_only: i32) -> i32 {
+    guard(libc::EIO, || {
+        // SAFETY: cq is one of ours.
+        let fcq = unsafe { FvCq::from_ibv(cq) };
+        // The router consumes the arm when it publishes the next CQE (of
+        // the right kind) and writes one event to the CQ's channel; without
+        // a channel the arm is harmless. Ordering: wire::segment::CqHeader.
+        fcq.header().arm(solicited_only != 0);
+        0
+    })
+}

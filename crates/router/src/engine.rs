@@ -1,0 +1,1168 @@
+//! The isolated data path: the router consumes send queues, executes each
+//! work request against the memory regions it concerns (checking keys,
+//! bounds, access rights and QP state as an RC responder would) and writes
+//! completions. Everything read from a ring is untrusted.
+
+use std::time::Instant;
+
+use log::{debug, warn};
+
+use flowverbs_sys::*;
+use flowverbs_verbs::access::{self, Region};
+use flowverbs_verbs::opcode::{self, wc_opcode, Shape};
+use flowverbs_verbs::{atomic, receive, ud};
+use flowverbs_wire::entries::{Cqe, RecvWqe, SendWqe};
+use flowverbs_wire::limits::GRH_SIZE;
+
+use super::events::AsyncTarget;
+use super::link::Links;
+use super::memory::{ProcessMemory, Segments};
+use super::objects::{Stall, Tables};
+use flowverbs_verbs::events::responder_error_event;
+use flowverbs_verbs::qp::{self as qp_state, QpKind, ERR, RESET, RTS, SQD};
+
+mod remote;
+
+/// Most work requests, and bytes, one QP's send queue gets per pass.
+const PASS_WRS: u32 = 32;
+const PASS_BYTES: u64 = 1 << 20;
+
+/// Bytes moved per bounce-buffer step.
+const CHUNK: usize = 1 << 20;
+
+pub struct Engine {
+    pub tables: Tables,
+    bounce: Vec<u8>,
+    handles: Vec<u32>,
+    /// Where the next pass over the QPs starts (see `service`).
+    rotation: usize,
+    /// Connections to the routers of other hosts (None: this host only).
+    pub links: Option<Links>,
+    remote: remote::Remote,
+    /// Semi mode (`router::semi`): the table of live keys.
+    pub key_table: Option<super::semi::KeyTable>,
+    /// Semi mode: which sessions share memory.
+    pub semi_share: super::semi::SemiShare,
+    /// Since start: sessions, QPs, and what closed QPs moved.
+    pub totals: flowverbs_wire::control::RouterTotals,
+}
+
+/// Where a message's bytes come from.
+enum Source {
+    Inline(Vec<u8>),
+    Memory(ProcessMemory, Segments),
+}
+
+impl Source {
+    fn read(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        match self {
+            Source::Inline(bytes) => {
+                buf.copy_from_slice(&bytes[offset as usize..offset as usize + buf.len()]);
+                Ok(())
+            }
+            Source::Memory(mem, segs) => mem.read_segments(segs, offset, buf),
+        }
+    }
+}
+
+/// A datagram arriving at a UD QP: who sent it and how.
+pub(super) struct Datagram {
+    pub sgid: [u8; 16],
+    pub src_qpn: u32,
+    pub imm: Option<u32>,
+    pub solicited: bool,
+    pub hop_limit: u8,
+    pub traffic_class: u8,
+}
+
+/// The two work queues of a QP.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Queue {
+    Send,
+    Recv,
+}
+
+/// What became of one send work request.
+enum Outcome {
+    Done,
+    Stalled(Stall),
+    /// An error completion was written and the QP moved to the error state.
+    Failed,
+    /// Part of a large message was moved; the rest follows on later passes.
+    InProgress,
+}
+
+/// Which side of a copy failed.
+enum CopyError {
+    Source,
+    Destination,
+}
+
+fn total_len(segs: &Segments) -> u64 {
+    segs.iter().map(|s| s.1).sum()
+}
+
+impl Engine {
+    pub fn new(tables: Tables) -> Engine {
+        Engine {
+            tables,
+            bounce: vec![0; CHUNK],
+            handles: Vec::new(),
+            rotation: 0,
+            links: None,
+            remote: remote::Remote::default(),
+            key_table: None,
+            semi_share: Default::default(),
+            totals: Default::default(),
+        }
+    }
+
+    /// Runs every queue once; true if any work request made progress.
+    pub fn service(&mut self, now: Instant) -> bool {
+        let mut handles = std::mem::take(&mut self.handles);
+        handles.clear();
+        handles.extend(self.tables.qps.keys().copied());
+        // Start each pass at another QP: whoever comes first gets the
+        // shared resources first (link room, the CPU before a doorbell).
+        if !handles.is_empty() {
+            self.rotation = self.rotation.wrapping_add(1);
+            let k = self.rotation % handles.len();
+            handles.rotate_left(k);
+        }
+        self.fire_events();
+        let mut progress = self.pump_links(now);
+        for &h in &handles {
+            progress |= self.service_qp(h, now);
+        }
+        self.handles = handles;
+        if self.links.is_some() {
+            progress |= self.serve_reads();
+            self.flush_links();
+            progress |= self.link_room_opened();
+        }
+        progress
+    }
+
+    /// The earliest time a stalled request must fail.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let local = self
+            .tables
+            .qps
+            .values()
+            .filter_map(|q| match q.stall {
+                Some(Stall::Retry { deadline, .. }) => deadline,
+                _ => None,
+            })
+            .min();
+        match (local, self.remote_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn service_qp(&mut self, h: u32, now: Instant) -> bool {
+        let Some(qp) = self.tables.qps.get(&h) else {
+            return false;
+        };
+        match qp.state() {
+            ERR => self.flush(h),
+            RTS | SQD if qp.semi => false,
+            RTS | SQD => self.run_send_queue(h, now),
+            _ => false,
+        }
+    }
+
+    /// Moves a QP to the error state; its queues are flushed by `service`.
+    pub fn to_error(&mut self, h: u32) {
+        let Some(qp) = self.tables.qps.get_mut(&h) else {
+            return;
+        };
+        if qp.state() == ERR {
+            return;
+        }
+        debug!("qp {:#x} -> error", qp.qpn);
+        qp.set_state(ERR);
+        self.entered_error(h);
+    }
+
+    /// Once for every entry into the error state, whether the router or
+    /// the application (modify to ERR) moved the QP there: stalls end, and
+    /// a QP on an SRQ raises LAST_WQE_REACHED (nothing more will be taken
+    /// from the SRQ for it).
+    pub fn entered_error(&mut self, h: u32) {
+        let Some(qp) = self.tables.qps.get_mut(&h) else {
+            return;
+        };
+        qp.stall = None;
+        let on_srq = qp.srq != 0;
+        self.remote_entered_error(h);
+        if on_srq {
+            self.post_async_event(AsyncTarget::Qp(h), IBV_EVENT_QP_LAST_WQE_REACHED);
+        }
+    }
+
+    /// Publishes a CQE that is not a solicited receive (see `publish_cqe`).
+    fn push_cqe(&mut self, cq: u32, cqe: &Cqe) {
+        self.publish_cqe(cq, cqe, false);
+    }
+
+    fn cq_free(&self, cq: u32) -> u32 {
+        self.tables.cqs.get(&cq).map_or(0, |c| c.free_slots())
+    }
+
+    /// Completes every posted work request of a QP in the error state with
+    /// IBV_WC_WR_FLUSH_ERR, as far as its CQs have room.
+    fn flush(&mut self, h: u32) -> bool {
+        let sent = self.flush_queue(h, Queue::Send);
+        sent | self.flush_queue(h, Queue::Recv)
+    }
+
+    /// Flushes one queue of a QP in the error state, as far as its CQ has
+    /// room. True if anything was completed (or the queue was resynced).
+    fn flush_queue(&mut self, h: u32, queue: Queue) -> bool {
+        let mut progress = false;
+        loop {
+            if queue == Queue::Recv {
+                self.sync_rq(h);
+            }
+            let qp = &self.tables.qps[&h];
+            let (pending, cq) = match queue {
+                Queue::Send => (qp.sq_pending(), qp.send_cq),
+                // Receives of an SRQ belong to the SRQ, not to this QP.
+                Queue::Recv if qp.srq != 0 => return progress,
+                Queue::Recv => (qp.rq_pending(), qp.recv_cq),
+            };
+            let Some(pending) = pending else {
+                self.resync_after_violation(h);
+                return true;
+            };
+            if pending == 0 || self.cq_free(cq) == 0 {
+                return progress;
+            }
+            let (wr_id, opcode) = match queue {
+                Queue::Send => {
+                    let w: SendWqe = qp.sq.read(qp.sq_consumer);
+                    (w.wr_id, wc_opcode(w.opcode).unwrap_or(IBV_WC_SEND))
+                }
+                Queue::Recv => (qp.rq.read::<RecvWqe>(qp.rq_consumer).wr_id, IBV_WC_RECV),
+            };
+            let mut cqe = Cqe {
+                wr_id,
+                status: IBV_WC_WR_FLUSH_ERR,
+                opcode,
+                qp_num: qp.qpn,
+                ..Default::default()
+            };
+            match queue {
+                Queue::Send => cqe.sq_index = self.consume_send(h),
+                Queue::Recv if self.key_table.is_some() => {
+                    // Semi mode: a peer's provider may take it meanwhile.
+                    let qp = self.tables.qps.get_mut(&h).expect("qp");
+                    if !qp.header().rq.claim_consumer(qp.rq_consumer) {
+                        continue;
+                    }
+                    qp.rq_consumer = qp.rq_consumer.wrapping_add(1);
+                }
+                Queue::Recv => self.consume_recv(h),
+            }
+            self.push_cqe(cq, &cqe);
+            progress = true;
+        }
+    }
+
+    /// Semi mode: a QP's own receive queue is also taken by its peer's
+    /// provider (`router::semi`), so the router reads the shared consumer
+    /// index before it looks at the queue.
+    fn sync_rq(&mut self, h: u32) {
+        if self.key_table.is_none() {
+            return;
+        }
+        if let Some(qp) = self.tables.qps.get_mut(&h).filter(|q| q.srq == 0) {
+            let c = qp.header().rq.consumer();
+            let n = qp.header().rq.producer().wrapping_sub(c);
+            if n <= qp.rq.capacity() {
+                qp.rq_consumer = c;
+            }
+        }
+    }
+
+    /// A client published an impossible producer index: its QP goes to the
+    /// error state and the router drops what it cannot make sense of.
+    fn resync_after_violation(&mut self, h: u32) {
+        if let Some(qp) = self.tables.qps.get(&h) {
+            warn!(
+                "qp {:#x}: impossible ring index from the client; QP moved to error",
+                qp.qpn
+            );
+        }
+        if self.tables.qps.get(&h).is_some_and(|q| q.state() != ERR) {
+            self.post_async_event(AsyncTarget::Qp(h), IBV_EVENT_QP_FATAL);
+        }
+        self.drain(h);
+        self.to_error(h);
+    }
+
+    /// Frees the head send slot for the router; returns the new consumer
+    /// index, which the WR's completion carries (`Cqe::sq_index`) so that
+    /// the provider frees the slot for posting only once it is polled.
+    fn consume_send(&mut self, h: u32) -> u32 {
+        let qp = self.tables.qps.get_mut(&h).expect("qp");
+        qp.copied = 0;
+        qp.sq_consumer = qp.sq_consumer.wrapping_add(1);
+        qp.header().sq.publish_consumer(qp.sq_consumer);
+        qp.sq_consumer
+    }
+
+    fn consume_recv(&mut self, h: u32) {
+        let qp = self.tables.qps.get_mut(&h).expect("qp");
+        let srq_handle = qp.srq;
+        if srq_handle == 0 {
+            qp.rq_consumer = qp.rq_consumer.wrapping_add(1);
+            qp.header().rq.publish_consumer(qp.rq_consumer);
+            return;
+        }
+        let Some(srq) = self.tables.srqs.get_mut(&srq_handle) else {
+            return;
+        };
+        srq.consumer = srq.consumer.wrapping_add(1);
+        srq.header().rq.publish_consumer(srq.consumer);
+        if srq.limit > 0 && srq.pending().is_some_and(|n| n < srq.limit) {
+            srq.limit = 0;
+            self.post_async_event(AsyncTarget::Srq(srq_handle), IBV_EVENT_SRQ_LIMIT_REACHED);
+        }
+    }
+
+    /// Discards everything posted on a QP's queues (modify to RESET).
+    pub fn drain(&mut self, h: u32) {
+        self.forget_remote(h);
+        if let Some(qp) = self.tables.qps.get_mut(&h) {
+            let hdr = qp.header();
+            let (sp, rp) = (hdr.sq.producer(), hdr.rq.producer());
+            qp.sq_consumer = sp;
+            qp.rq_consumer = rp;
+            qp.header().sq.publish_consumer(sp);
+            qp.header().rq.publish_consumer(rp);
+            qp.stall = None;
+            qp.copied = 0;
+        }
+    }
+
+    /// Runs a QP's send queue for at most [`PASS_WRS`] work requests or
+    /// [`PASS_BYTES`] bytes, so that one busy QP cannot starve the others
+    /// (every tenant of the host shares this thread); `service` comes back
+    /// to it on its next pass.
+    fn run_send_queue(&mut self, h: u32, now: Instant) -> bool {
+        if let Some(peer) = self.remote_route(h) {
+            return self.run_remote(h, peer, now);
+        }
+        let mut progress = false;
+        let (mut wrs, mut bytes) = (0u32, 0u64);
+        loop {
+            let qp = &self.tables.qps[&h];
+            if !matches!(qp.state(), RTS | SQD) || wrs >= PASS_WRS || bytes >= PASS_BYTES {
+                break;
+            }
+            let Some(pending) = qp.sq_pending() else {
+                self.resync_after_violation(h);
+                return true;
+            };
+            if pending == 0 {
+                break;
+            }
+            let wqe: SendWqe = qp.sq.read(qp.sq_consumer);
+            if let Some(Stall::Retry {
+                deadline: Some(d),
+                rnr,
+            }) = qp.stall
+            {
+                if now >= d {
+                    let status = if rnr {
+                        IBV_WC_RNR_RETRY_EXC_ERR
+                    } else {
+                        IBV_WC_RETRY_EXC_ERR
+                    };
+                    self.fail_requester(h, &wqe, status);
+                    return true;
+                }
+            }
+            match self.execute(h, &wqe, now) {
+                Outcome::Done => {
+                    self.tables.qps.get_mut(&h).expect("qp").stall = None;
+                    progress = true;
+                    wrs += 1;
+                    bytes += if wqe.send_flags & IBV_SEND_INLINE != 0 {
+                        u64::from(wqe.inline_len)
+                    } else {
+                        wqe.sges().iter().map(|s| u64::from(s.length)).sum()
+                    };
+                }
+                Outcome::Stalled(stall) => {
+                    let qp = self.tables.qps.get_mut(&h).expect("qp");
+                    // Keep the first deadline: retries count from the first try.
+                    if !matches!(
+                        (qp.stall, stall),
+                        (Some(Stall::Retry { .. }), Stall::Retry { .. })
+                    ) {
+                        qp.stall = Some(stall);
+                    }
+                    break;
+                }
+                Outcome::Failed => return true,
+                Outcome::InProgress => {
+                    // This QP's share of the pass is used up.
+                    progress = true;
+                    break;
+                }
+            }
+        }
+        progress
+    }
+
+    /// Consumes the WQE at the head of the send queue, writes its error
+    /// completion and moves the QP to the error state. (Slots are always
+    /// freed before the completion that reports them is published.)
+    fn fail_requester(&mut self, h: u32, wqe: &SendWqe, status: u32) {
+        let qp = &self.tables.qps[&h];
+        let mut cqe = Cqe {
+            wr_id: wqe.wr_id,
+            status,
+            opcode: wc_opcode(wqe.opcode).unwrap_or(IBV_WC_SEND),
+            qp_num: qp.qpn,
+            ..Default::default()
+        };
+        let cq = qp.send_cq;
+        debug!(
+            "qp {:#x}: wr {:#x} fails with status {}",
+            qp.qpn, wqe.wr_id, status
+        );
+        let link = self.carried_by_link(h, wqe);
+        let qp = self.tables.qps.get_mut(&h).expect("qp");
+        if link {
+            qp.moved.link.errors += 1;
+        } else {
+            qp.moved.router.errors += 1;
+        }
+        cqe.sq_index = self.consume_send(h);
+        self.push_cqe(cq, &cqe);
+        self.to_error(h);
+    }
+
+    /// The memory region behind `key` if it belongs to `session`, as the
+    /// semantics core checks it.
+    fn region(&self, session: super::objects::SessionId, key: u32) -> Option<Region> {
+        self.tables
+            .keys
+            .get(&key)
+            .and_then(|m| self.tables.mrs.get(m))
+            .filter(|m| m.session == session && m.lkey == key)
+            .map(|m| Region {
+                pd: m.pd,
+                addr: m.addr,
+                length: m.length,
+                access: m.access,
+            })
+    }
+
+    /// Resolves local SGEs against the QP's protection domain. `write`: the
+    /// memory will be written (needs IBV_ACCESS_LOCAL_WRITE).
+    fn local_segments(
+        &self,
+        h: u32,
+        sges: &[flowverbs_wire::entries::Sge],
+        write: bool,
+    ) -> Result<Segments, u32> {
+        let qp = &self.tables.qps[&h];
+        let mut segs = Segments::with_capacity(sges.len());
+        let mut total: u64 = 0;
+        for sge in sges {
+            let len = u64::from(sge.length);
+            total += len;
+            let region = self.region(qp.session, sge.lkey);
+            access::local(region.as_ref(), qp.pd, sge.addr, len, write)?;
+            if len > 0 {
+                segs.push((sge.addr, len));
+            }
+        }
+        access::message_len(total)?;
+        Ok(segs)
+    }
+
+    /// The connected peer of an RC/UC QP, if it is there and accepts
+    /// packets from this QP.
+    /// A path with a GRH goes to the GID it names: the peer must be served
+    /// under that GID (its network namespace's address), as on a fabric
+    /// that routes by GID; without a GRH the peer is on this host.
+    fn peer(&self, h: u32) -> Option<u32> {
+        let a = &self.tables.qps[&h];
+        let hb = *self.tables.qpns.get(&a.attr.dest_qp_num)?;
+        let b = &self.tables.qps[&hb];
+        let gid_of = |session| self.tables.sessions.get(&session).map(|s| s.gid);
+        let routed = !a.attr.ah_attr.is_global || gid_of(b.session) == Some(a.attr.ah_attr.dgid);
+        // And b's own path leads back here (not to a QP of another host
+        // that happens to have a's QPN).
+        let back = !b.attr.ah_attr.is_global || gid_of(a.session) == Some(b.attr.ah_attr.dgid);
+        let ok = routed
+            && back
+            && b.kind == a.kind
+            && b.attr.dest_qp_num == a.qpn
+            && qp_state::receives(b.state());
+        ok.then_some(hb)
+    }
+
+    fn retry_stall(&self, h: u32, now: Instant) -> Stall {
+        let a = &self.tables.qps[&h];
+        Stall::Retry {
+            deadline: qp_state::retry_deadline(now, a.attr.timeout, a.attr.retry_cnt),
+            rnr: false,
+        }
+    }
+
+    fn rnr_stall(&self, ha: u32, hb: u32, now: Instant) -> Stall {
+        let a = &self.tables.qps[&ha];
+        let b = &self.tables.qps[&hb];
+        Stall::Retry {
+            deadline: qp_state::rnr_deadline(now, a.attr.rnr_retry, b.attr.min_rnr_timer),
+            rnr: true,
+        }
+    }
+
+    /// Checks an incoming RDMA access at the responder: rkey in the
+    /// responder's PD, access rights on both MR and QP, bounds.
+    fn remote_segment(
+        &self,
+        hb: u32,
+        rkey: u32,
+        addr: u64,
+        len: u64,
+        want: u32,
+    ) -> Result<Segments, u32> {
+        let b = &self.tables.qps[&hb];
+        let region = self.region(b.session, rkey);
+        access::remote(
+            region.as_ref(),
+            b.pd,
+            b.attr.qp_access_flags,
+            addr,
+            len,
+            want,
+        )?;
+        Ok(if len == 0 {
+            Vec::new()
+        } else {
+            vec![(addr, len)]
+        })
+    }
+
+    /// Streams the message of QP `ha`'s head work request from `src` into
+    /// `dst` (ascending order), at most [`PASS_BYTES`] per call: a large
+    /// message is moved over several passes, so that it cannot hold the
+    /// router (and every other tenant) for its whole length. Ok(true) once
+    /// all `len` bytes are there. Progress is kept in the QP (`copied`,
+    /// reset when the request leaves the queue); it restarts from 0 if the
+    /// peer changed meanwhile. `whole`: copy everything now (a receive
+    /// taken from an SRQ could go to another QP between passes).
+    #[allow(clippy::too_many_arguments)]
+    fn copy(
+        &mut self,
+        ha: u32,
+        hb: u32,
+        whole: bool,
+        src: &Source,
+        dst_mem: ProcessMemory,
+        dst: &Segments,
+        len: u64,
+    ) -> Result<bool, CopyError> {
+        let qp = &self.tables.qps[&ha];
+        let start = if qp.copied_to == hb {
+            qp.copied.min(len)
+        } else {
+            0
+        };
+        let end = if whole {
+            len
+        } else {
+            start.saturating_add(PASS_BYTES).min(len)
+        };
+        let r = self.copy_range(src, dst_mem, dst, start, end);
+        let qp = self.tables.qps.get_mut(&ha).expect("qp");
+        match r {
+            Ok(()) if end < len => {
+                qp.copied = end;
+                qp.copied_to = hb;
+                Ok(false)
+            }
+            Ok(()) => {
+                qp.copied = 0;
+                Ok(true)
+            }
+            Err(e) => {
+                qp.copied = 0;
+                Err(e)
+            }
+        }
+    }
+
+    /// Streams bytes `[start, end)` of `src` into the same bytes of `dst`.
+    fn copy_range(
+        &mut self,
+        src: &Source,
+        dst_mem: ProcessMemory,
+        dst: &Segments,
+        start: u64,
+        len: u64,
+    ) -> Result<(), CopyError> {
+        let mut off = start;
+        while off < len {
+            let n = ((len - off) as usize).min(CHUNK);
+            let buf = &mut self.bounce[..n];
+            src.read(off, buf).map_err(|_| CopyError::Source)?;
+            dst_mem
+                .write_segments(dst, off, buf)
+                .map_err(|_| CopyError::Destination)?;
+            off += n as u64;
+        }
+        Ok(())
+    }
+
+    fn memory_of(&self, h: u32) -> ProcessMemory {
+        let s = self.tables.qps[&h].session;
+        self.tables.sessions[&s].memory.clone()
+    }
+
+    /// A responder-side failure. RC: the requester's WQE gets `req_status`,
+    /// the responder optionally completes `recv` with `resp_status`, and
+    /// both QPs go to the error state. UC has no acknowledgements: the
+    /// requester completes successfully and only the responder sees the
+    /// error (if a receive was involved).
+    fn responder_error(
+        &mut self,
+        ha: u32,
+        wqe: &SendWqe,
+        req_status: u32,
+        hb: u32,
+        recv: Option<(RecvWqe, u32)>,
+        len: u64,
+    ) -> Outcome {
+        if let Some((rwqe, status)) = recv {
+            let b = &self.tables.qps[&hb];
+            let cqe = Cqe {
+                wr_id: rwqe.wr_id,
+                status,
+                opcode: IBV_WC_RECV,
+                qp_num: b.qpn,
+                src_qp: self.tables.qps[&ha].qpn,
+                ..Default::default()
+            };
+            let cq = b.recv_cq;
+            self.consume_recv(hb);
+            self.push_cqe(cq, &cqe);
+        }
+        if self.tables.qps[&ha].kind == QpKind::Uc {
+            if recv.is_some() {
+                self.to_error(hb);
+            }
+            self.finish_send(ha, wqe, len);
+            return Outcome::Done;
+        }
+        let responder_was_ok = self.tables.qps.get(&hb).is_some_and(|q| q.state() != ERR);
+        if recv.is_none() && responder_was_ok {
+            // No receive WQE to report the error on: an affiliated event
+            // (before LAST_WQE_REACHED, which to_error raises for SRQ QPs).
+            self.post_async_event(AsyncTarget::Qp(hb), responder_error_event(req_status));
+        }
+        self.to_error(hb);
+        self.fail_requester(ha, wqe, req_status);
+        Outcome::Failed
+    }
+
+    /// Frees the send slot and, if the WR is signaled, completes it
+    /// successfully. (The slot is freed before the completion is visible: a
+    /// poster that sees the completion may reuse the slot at once.)
+    fn finish_send(&mut self, ha: u32, w: &SendWqe, byte_len: u64) {
+        let a = &self.tables.qps[&ha];
+        let signaled = a.sq_sig_all || w.send_flags & IBV_SEND_SIGNALED != 0;
+        let mut cqe = Cqe {
+            wr_id: w.wr_id,
+            status: IBV_WC_SUCCESS,
+            opcode: wc_opcode(w.opcode).unwrap_or(IBV_WC_SEND),
+            byte_len: byte_len as u32,
+            qp_num: a.qpn,
+            ..Default::default()
+        };
+        let cq = a.send_cq;
+        let link = self.carried_by_link(ha, w);
+        let qp = self.tables.qps.get_mut(&ha).expect("qp");
+        let moved = if link {
+            &mut qp.moved.link
+        } else {
+            &mut qp.moved.router
+        };
+        moved.count(w.opcode, byte_len, w.send_flags & IBV_SEND_INLINE != 0);
+        cqe.sq_index = self.consume_send(ha);
+        if signaled {
+            self.push_cqe(cq, &cqe);
+        }
+    }
+
+    /// Where the receive WQEs of a QP come from: its own queue or its SRQ.
+    fn recv_pending(&self, h: u32) -> Option<u32> {
+        let qp = &self.tables.qps[&h];
+        if qp.srq != 0 {
+            self.tables.srqs.get(&qp.srq).and_then(|s| s.pending())
+        } else {
+            qp.rq_pending()
+        }
+    }
+
+    fn recv_head(&self, h: u32) -> (RecvWqe, u32) {
+        let qp = &self.tables.qps[&h];
+        match self.tables.srqs.get(&qp.srq).filter(|_| qp.srq != 0) {
+            Some(s) => (s.ring.read(s.consumer), s.max_sge),
+            None => (qp.rq.read(qp.rq_consumer), qp.caps.max_recv_sge),
+        }
+    }
+
+    /// The segments of receive `rwqe` of QP `hb` (whose queue allows
+    /// `max_sge`) for a message of `len` bytes, and the semantics core's
+    /// verdict on it.
+    fn receive_segments(
+        &self,
+        hb: u32,
+        rwqe: &RecvWqe,
+        max_sge: u32,
+        len: u64,
+    ) -> (Segments, Result<(), receive::Fault>) {
+        let b = &self.tables.qps[&hb];
+        let mut segs = Segments::new();
+        let checked = rwqe.sges().iter().map(|sge| {
+            let n = u64::from(sge.length);
+            let region = self.region(b.session, sge.lkey);
+            access::local(region.as_ref(), b.pd, sge.addr, n, true)?;
+            if n > 0 {
+                segs.push((sge.addr, n));
+            }
+            Ok(n)
+        });
+        let verdict = receive::check(rwqe.num_sge, max_sge, checked, len);
+        (segs, verdict)
+    }
+
+    /// A receive queue with an impossible producer index: an SRQ drops what
+    /// it holds; a QP's own queue takes the QP to the error state.
+    fn recv_violation(&mut self, h: u32) {
+        let srq = self.tables.qps[&h].srq;
+        match self.tables.srqs.get_mut(&srq).filter(|_| srq != 0) {
+            Some(s) => {
+                warn!("srq {srq}: impossible ring index from the client; its receives are dropped");
+                s.consumer = s.header().rq.producer();
+                s.header().rq.publish_consumer(s.consumer);
+            }
+            None => self.resync_after_violation(h),
+        }
+    }
+
+    /// The requester's own checks of a send work request: opcode allowed
+    /// for the QP type, SGE count, inline length, local keys. Returns the
+    /// local segments, the message length and whether it is inline, or the
+    /// error status of its completion.
+    fn validate_send(&self, ha: u32, w: &SendWqe) -> Result<(Segments, u64, bool), u32> {
+        let a = &self.tables.qps[&ha];
+        let Shape {
+            inline,
+            reads_local,
+        } = opcode::shape(
+            a.kind.ibv_type(),
+            w.opcode,
+            w.send_flags,
+            w.num_sge,
+            w.inline_len,
+            a.caps.max_send_sge,
+        )?;
+        if inline {
+            return Ok((Segments::new(), u64::from(w.inline_len), true));
+        }
+        let s = self.local_segments(ha, w.sges(), !reads_local)?;
+        let l = total_len(&s);
+        if opcode::is_atomic(w.opcode) {
+            atomic::check_local(s.len(), l)?;
+        }
+        Ok((s, l, false))
+    }
+
+    fn execute(&mut self, ha: u32, w: &SendWqe, now: Instant) -> Outcome {
+        let a = &self.tables.qps[&ha];
+        let kind = a.kind;
+        if self.cq_free(a.send_cq) == 0 {
+            return Outcome::Stalled(Stall::CqFull);
+        }
+        let (local, len, inline) = match self.validate_send(ha, w) {
+            Ok(v) => v,
+            Err(status) => {
+                self.fail_requester(ha, w, status);
+                return Outcome::Failed;
+            }
+        };
+        let src = if inline {
+            Source::Inline(w.inline_bytes().to_vec())
+        } else {
+            Source::Memory(self.memory_of(ha), local.clone())
+        };
+        if kind == QpKind::Ud {
+            return self.execute_ud(ha, w, &src, len);
+        }
+        let uc = kind == QpKind::Uc;
+        let Some(hb) = self.peer(ha) else {
+            if uc {
+                // Nobody listens: an unreliable message is simply lost.
+                self.finish_send(ha, w, len);
+                return Outcome::Done;
+            }
+            return Outcome::Stalled(self.retry_stall(ha, now));
+        };
+        let mem_a = self.memory_of(ha);
+        let mem_b = self.memory_of(hb);
+        let (recv_cq, qpn_a, qpn_b) = (
+            self.tables.qps[&hb].recv_cq,
+            self.tables.qps[&ha].qpn,
+            self.tables.qps[&hb].qpn,
+        );
+        let consumes_recv = opcode::consumes_receive(w.opcode);
+
+        // A receive WQE at the responder, if the operation needs one.
+        let mut recv: Option<RecvWqe> = None;
+        let mut recv_max_sge = 0;
+        if consumes_recv {
+            self.sync_rq(hb);
+            match self.recv_pending(hb) {
+                None => {
+                    self.recv_violation(hb);
+                    return Outcome::Stalled(self.retry_stall(ha, now));
+                }
+                Some(0) if uc => {
+                    self.finish_send(ha, w, len);
+                    return Outcome::Done;
+                }
+                Some(0) => return Outcome::Stalled(self.rnr_stall(ha, hb, now)),
+                Some(_) => {}
+            }
+            if self.cq_free(recv_cq) == 0 {
+                return Outcome::Stalled(Stall::CqFull);
+            }
+            let (r, max) = self.recv_head(hb);
+            recv = Some(r);
+            recv_max_sge = max;
+        }
+
+        let mut result_len = len;
+        match w.opcode {
+            IBV_WR_SEND | IBV_WR_SEND_WITH_IMM => {
+                let rwqe = recv.expect("recv");
+                let (dst, fault) = self.receive_segments(hb, &rwqe, recv_max_sge, len);
+                if let Err(f) = fault {
+                    return self.responder_error(
+                        ha,
+                        w,
+                        f.requester,
+                        hb,
+                        Some((rwqe, f.receive)),
+                        len,
+                    );
+                }
+                let on_srq = self.tables.qps[&hb].srq != 0;
+                match self.copy(ha, hb, on_srq, &src, mem_b, &dst, len) {
+                    Ok(true) => {}
+                    Ok(false) => return Outcome::InProgress,
+                    Err(CopyError::Source) => {
+                        self.fail_requester(ha, w, IBV_WC_LOC_PROT_ERR);
+                        return Outcome::Failed;
+                    }
+                    Err(CopyError::Destination) => {
+                        return self.responder_error(
+                            ha,
+                            w,
+                            IBV_WC_REM_OP_ERR,
+                            hb,
+                            Some((rwqe, IBV_WC_LOC_PROT_ERR)),
+                            len,
+                        )
+                    }
+                }
+            }
+            IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM => {
+                let dst = match self.remote_segment(
+                    hb,
+                    w.rkey,
+                    w.remote_addr,
+                    len,
+                    IBV_ACCESS_REMOTE_WRITE,
+                ) {
+                    Ok(d) => d,
+                    Err(status) => return self.responder_error(ha, w, status, hb, None, len),
+                };
+                // (WRITE_WITH_IMM's receive is checked on every pass and
+                // taken in the pass that moves the last byte.)
+                match self.copy(ha, hb, false, &src, mem_b, &dst, len) {
+                    Ok(true) => {}
+                    Ok(false) => return Outcome::InProgress,
+                    Err(CopyError::Source) => {
+                        self.fail_requester(ha, w, IBV_WC_LOC_PROT_ERR);
+                        return Outcome::Failed;
+                    }
+                    Err(CopyError::Destination) => {
+                        return self.responder_error(ha, w, IBV_WC_REM_ACCESS_ERR, hb, None, len)
+                    }
+                }
+            }
+            IBV_WR_RDMA_READ => {
+                let remote = match self.remote_segment(
+                    hb,
+                    w.rkey,
+                    w.remote_addr,
+                    len,
+                    IBV_ACCESS_REMOTE_READ,
+                ) {
+                    Ok(r) => r,
+                    Err(status) => return self.responder_error(ha, w, status, hb, None, len),
+                };
+                let src = Source::Memory(mem_b, remote);
+                match self.copy(ha, hb, false, &src, mem_a, &local, len) {
+                    Ok(true) => {}
+                    Ok(false) => return Outcome::InProgress,
+                    Err(CopyError::Source) => {
+                        return self.responder_error(ha, w, IBV_WC_REM_ACCESS_ERR, hb, None, len)
+                    }
+                    Err(CopyError::Destination) => {
+                        self.fail_requester(ha, w, IBV_WC_LOC_PROT_ERR);
+                        return Outcome::Failed;
+                    }
+                }
+            }
+            _ => {
+                // Atomics: an 8-byte aligned remote address (validate_send
+                // checked the one 8-byte local SGE). The router is
+                // single-threaded, so every atomic is atomic with respect to
+                // every other RDMA operation.
+                if let Err(status) = atomic::check_target(w.remote_addr) {
+                    return self.responder_error(ha, w, status, hb, None, len);
+                }
+                if let Err(status) =
+                    self.remote_segment(hb, w.rkey, w.remote_addr, 8, IBV_ACCESS_REMOTE_ATOMIC)
+                {
+                    return self.responder_error(ha, w, status, hb, None, len);
+                }
+                let mut old = [0u8; 8];
+                if mem_b.read(w.remote_addr, &mut old).is_err() {
+                    return self.responder_error(ha, w, IBV_WC_REM_ACCESS_ERR, hb, None, len);
+                }
+                let cur = u64::from_ne_bytes(old);
+                let new = atomic::apply(w.opcode, cur, w.compare_add, w.swap);
+                if new != cur && mem_b.write(w.remote_addr, &new.to_ne_bytes()).is_err() {
+                    return self.responder_error(ha, w, IBV_WC_REM_ACCESS_ERR, hb, None, len);
+                }
+                if mem_a.write(local[0].0, &old).is_err() {
+                    self.fail_requester(ha, w, IBV_WC_LOC_PROT_ERR);
+                    return Outcome::Failed;
+                }
+                result_len = 8;
+            }
+        }
+
+        if let Some(rwqe) = recv {
+            let cqe = Cqe::received(rwqe.wr_id, w.opcode, len as u32, w.imm_data, qpn_b, qpn_a);
+            self.consume_recv(hb);
+            let solicited = w.send_flags & IBV_SEND_SOLICITED != 0;
+            self.publish_cqe(recv_cq, &cqe, solicited);
+        }
+        self.finish_send(ha, w, result_len);
+        Outcome::Done
+    }
+
+    /// A UD send: one datagram of at most the MTU to `remote_qpn`, delivered
+    /// after a 40-byte GRH, or silently lost (unknown destination, wrong
+    /// Q_Key, no receive posted) as on a real fabric. The sender's
+    /// completion does not depend on delivery. A datagram to a GID another
+    /// router serves goes over the link to it.
+    fn execute_ud(&mut self, ha: u32, w: &SendWqe, src: &Source, len: u64) -> Outcome {
+        if let Err(status) = ud::check_len(len) {
+            self.fail_requester(ha, w, status);
+            return Outcome::Failed;
+        }
+        let a = &self.tables.qps[&ha];
+        let qkey = ud::qkey(w.remote_qkey, a.attr.qkey);
+        let qpn_a = a.qpn;
+        let sgid = self.tables.sessions[&a.session].gid;
+        if w.ah_global != 0 && !self.serves_locally(&w.dgid) {
+            match self.send_datagram(&sgid, qpn_a, w, qkey, src, len) {
+                Ok(()) => {}
+                Err(status) => {
+                    self.fail_requester(ha, w, status);
+                    return Outcome::Failed;
+                }
+            }
+            self.finish_send(ha, w, len);
+            return Outcome::Done;
+        }
+        let dest = self.tables.qpns.get(&w.remote_qpn).copied().filter(|hb| {
+            let b = &self.tables.qps[hb];
+            b.kind == QpKind::Ud
+                && qp_state::receives(b.state())
+                && b.attr.qkey == qkey
+                && (w.ah_global == 0 || w.dgid == self.tables.sessions[&b.session].gid)
+        });
+        if let Some(hb) = dest {
+            let d = Datagram {
+                sgid,
+                src_qpn: qpn_a,
+                imm: (w.opcode == IBV_WR_SEND_WITH_IMM).then_some(w.imm_data),
+                solicited: w.send_flags & IBV_SEND_SOLICITED != 0,
+                hop_limit: w.hop_limit as u8,
+                traffic_class: w.traffic_class as u8,
+            };
+            if !self.deliver_ud(hb, &d, src, len) {
+                return Outcome::Stalled(Stall::CqFull);
+            }
+        }
+        self.finish_send(ha, w, len);
+        Outcome::Done
+    }
+
+    /// Delivers one datagram of `len` bytes from `src` to UD QP `hb` (whose
+    /// Q_Key and state the caller checked): into the receive at the head of
+    /// its queue, after the GRH, or dropped if no receive is posted. False
+    /// if the receiver's CQ is full (nothing was consumed).
+    #[allow(clippy::too_many_arguments)]
+    fn deliver_ud(&mut self, hb: u32, d: &Datagram, src: &Source, len: u64) -> bool {
+        let (sgid, src_qpn, imm, solicited) = (&d.sgid, d.src_qpn, d.imm, d.solicited);
+        let recv_cq = self.tables.qps[&hb].recv_cq;
+        match self.recv_pending(hb) {
+            None => {
+                self.recv_violation(hb);
+                return true;
+            }
+            Some(0) => return true,
+            Some(_) => {}
+        }
+        if self.cq_free(recv_cq) == 0 {
+            return false;
+        }
+        let (rwqe, max_sge) = self.recv_head(hb);
+        let dgid = self.tables.sessions[&self.tables.qps[&hb].session].gid;
+        let qpn_b = self.tables.qps[&hb].qpn;
+        let (segs, verdict) = self.receive_segments(hb, &rwqe, max_sge, len + u64::from(GRH_SIZE));
+        let dst = verdict.map(|()| segs).map_err(|f| f.receive);
+        let mem_b = self.memory_of(hb);
+        let delivered = dst.and_then(|dst| {
+            let grh = ud::grh(
+                sgid,
+                &dgid,
+                &ud::Packet {
+                    payload_len: len as u32,
+                    with_imm: imm.is_some(),
+                    hop_limit: d.hop_limit,
+                    traffic_class: d.traffic_class,
+                },
+            );
+            mem_b
+                .write_segments(&dst, 0, &grh)
+                .map_err(|_| IBV_WC_LOC_PROT_ERR)?;
+            // The payload follows the GRH in the receive's byte stream.
+            let mut off = 0u64;
+            while off < len {
+                let n = ((len - off) as usize).min(CHUNK);
+                let buf = &mut self.bounce[..n];
+                src.read(off, buf).map_err(|_| IBV_WC_LOC_PROT_ERR)?;
+                mem_b
+                    .write_segments(&dst, u64::from(GRH_SIZE) + off, buf)
+                    .map_err(|_| IBV_WC_LOC_PROT_ERR)?;
+                off += n as u64;
+            }
+            Ok(())
+        });
+        let cqe = match delivered {
+            Ok(()) => Cqe {
+                wr_id: rwqe.wr_id,
+                status: IBV_WC_SUCCESS,
+                opcode: IBV_WC_RECV,
+                byte_len: len as u32 + GRH_SIZE,
+                imm_data: imm.unwrap_or(0),
+                wc_flags: IBV_WC_GRH | if imm.is_some() { IBV_WC_WITH_IMM } else { 0 },
+                qp_num: qpn_b,
+                src_qp: src_qpn,
+                sl: flowverbs_verbs::ud::SL_IPV4_GRH,
+                ..Default::default()
+            },
+            Err(status) => Cqe {
+                wr_id: rwqe.wr_id,
+                status,
+                opcode: IBV_WC_RECV,
+                qp_num: qpn_b,
+                src_qp: src_qpn,
+                ..Default::default()
+            },
+        };
+        let failed = cqe.status != IBV_WC_SUCCESS;
+        self.consume_recv(hb);
+        self.publish_cqe(recv_cq, &cqe, solicited);
+        if failed {
+            self.to_error(hb);
+        }
+        true
+    }
+
+    /// Removes a QP; a peer still sending to it will time out as on a
+    /// fabric whose responder vanished.
+    pub fn remove_qp(&mut self, h: u32) {
+        self.forget_remote(h);
+        if let Some(qp) = self.tables.qps.remove(&h) {
+            self.totals.moved.add(&qp.moved());
+            self.tables.qpns.remove(&qp.qpn);
+            // Semi-mode senders may still map its segment: no longer a
+            // responder for them.
+            qp.header()
+                .state
+                .store(RESET, std::sync::atomic::Ordering::Release);
+            qp.header()
+                .path_local
+                .store(0, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Whether work request `w` of QP `h` goes over the link: a connected
+    /// QP's path, or a datagram's address handle, names another host.
+    fn carried_by_link(&self, h: u32, w: &SendWqe) -> bool {
+        let ud = self
+            .tables
+            .qps
+            .get(&h)
+            .is_some_and(|q| q.kind == QpKind::Ud);
+        if ud {
+            self.links.is_some() && w.ah_global != 0 && !self.serves_locally(&w.dgid)
+        } else {
+            self.path_of(h) == flowverbs_wire::control::QpPath::Link
+        }
+    }
+
+    /// Which path carries QP `h`'s sends (for `flowverbs status`).
+    pub fn path_of(&self, h: u32) -> flowverbs_wire::control::QpPath {
+        use flowverbs_wire::control::QpPath;
+        let Some(q) = self.tables.qps.get(&h) else {
+            return QpPath::Router;
+        };
+        if q.semi {
+            QpPath::Semi
+        } else if q.kind != QpKind::Ud
+            && q.attr.ah_attr.is_global
+            && self.links.is_some()
+            && !self.serves_locally(&q.attr.ah_attr.dgid)
+        {
+            QpPath::Link
+        } else {
+            QpPath::Router
+        }
+    }
+
+    /// True when a QP in RESET must not keep entries around.
+    pub fn is_reset(&self, h: u32) -> bool {
+        self.tables.qps.get(&h).is_some_and(|q| q.state() == RESET)
+    }
+}

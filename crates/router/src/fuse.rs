@@ -1,0 +1,373 @@
+//! The router's command file system: a tiny FUSE file system, mounted at
+//! `RUNTIME_DIR/fuse`, served on the router's own event loop over the raw
+//! `/dev/fuse` protocol (no libfuse, no extra thread).
+//!
+//! Why: stock libibverbs creates a completion channel by writing the
+//! `CREATE_COMP_CHANNEL` command to `context->cmd_fd` and reading the new
+//! fd from the caller's response buffer as soon as `write` returns
+//! (DESIGN.md section 6). A FUSE `write` is synchronous: the writer sleeps
+//! until the file system answers, so the router can put the answer in
+//! place first. The provider opens its session's file here (`<session>`)
+//! and makes it its context's `cmd_fd`.
+//!
+//! The file system holds one regular file per session and nothing else:
+//! - `open` is allowed only to the session's own process (the opener's
+//!   thread group id must be the session's pid from SO_PEERCRED);
+//! - `write` of a well-formed `CREATE_COMP_CHANNEL` (by the session's
+//!   process) is handed to the server ([`Call::CreateChannel`]) and
+//!   answered later ([`CmdFs::reply_write`]); any other write fails with
+//!   `EOPNOTSUPP`; reads fail with `EINVAL`;
+//! - `ioctl` fails with `ENOTTY`, so libibverbs falls back to its write
+//!   path and to sysfs for GID queries;
+//! - everything else is answered `ENOSYS` (the kernel then stops asking).
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use log::{debug, warn};
+
+use super::objects::SessionId;
+
+const FUSE_LOOKUP: u32 = 1;
+const FUSE_FORGET: u32 = 2;
+const FUSE_GETATTR: u32 = 3;
+const FUSE_OPEN: u32 = 14;
+const FUSE_READ: u32 = 15;
+const FUSE_WRITE: u32 = 16;
+const FUSE_RELEASE: u32 = 18;
+const FUSE_FLUSH: u32 = 25;
+const FUSE_INIT: u32 = 26;
+const FUSE_OPENDIR: u32 = 27;
+const FUSE_READDIR: u32 = 28;
+const FUSE_RELEASEDIR: u32 = 29;
+const FUSE_INTERRUPT: u32 = 36;
+const FUSE_DESTROY: u32 = 38;
+const FUSE_IOCTL: u32 = 39;
+const FUSE_BATCH_FORGET: u32 = 42;
+
+const ROOT_ID: u64 = 1;
+const KERNEL_MAJOR: u32 = 7;
+/// The protocol minor we speak (7.31: 64-byte init reply, 40-byte
+/// write_in); the kernel adapts to an older minor than its own.
+const OUR_MINOR: u32 = 31;
+const MAX_WRITE: u32 = 64 * 1024;
+const IN_HEADER: usize = 40;
+const WRITE_IN: usize = 40;
+const FOPEN_DIRECT_IO: u32 = 1;
+const FOPEN_NONSEEKABLE: u32 = 4;
+
+/// What the file system needs to know about a session.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionInfo {
+    pub pid: i32,
+    pub uid: u32,
+}
+
+/// A request only the server can answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// `CREATE_COMP_CHANNEL` from `session`, written by a thread of the
+    /// session's process: write the new fd number at `response` in the
+    /// session's address space, then [`CmdFs::reply_write`].
+    CreateChannel {
+        unique: u64,
+        session: SessionId,
+        response: u64,
+    },
+}
+
+/// The mounted file system and its `/dev/fuse` connection.
+pub struct CmdFs {
+    dev: OwnedFd,
+    mountpoint: PathBuf,
+    buf: Vec<u8>,
+}
+
+/// Reads `Tgid:` of a thread from /proc: the process a FUSE request's
+/// thread id belongs to.
+fn thread_group(tid: u32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn mount_error(what: &str, e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("{what}: {e}"))
+}
+
+impl CmdFs {
+    /// The mount point under a runtime directory.
+    pub fn mountpoint(runtime_dir: &Path) -> PathBuf {
+        runtime_dir.join("fuse")
+    }
+
+    /// Mounts the file system at `RUNTIME_DIR/fuse` (needs CAP_SYS_ADMIN).
+    /// A stale mount left by a router that died is detached first.
+    pub fn mount(runtime_dir: &Path) -> io::Result<CmdFs> {
+        let mountpoint = Self::mountpoint(runtime_dir);
+        let _ = nix::mount::umount2(&mountpoint, nix::mount::MntFlags::MNT_DETACH);
+        std::fs::create_dir_all(&mountpoint)?;
+        let dev = nix::fcntl::open(
+            "/dev/fuse",
+            nix::fcntl::OFlag::O_RDWR
+                | nix::fcntl::OFlag::O_CLOEXEC
+                | nix::fcntl::OFlag::O_NONBLOCK,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| mount_error("opening /dev/fuse", e))?;
+        // SAFETY: open returned a new descriptor that we own.
+        let dev = unsafe { OwnedFd::from_raw_fd(dev) };
+        let options = format!(
+            "fd={},rootmode=40755,user_id=0,group_id=0,allow_other",
+            dev.as_raw_fd()
+        );
+        nix::mount::mount(
+            Some("flowverbs"),
+            &mountpoint,
+            Some("fuse"),
+            nix::mount::MsFlags::MS_NOSUID
+                | nix::mount::MsFlags::MS_NODEV
+                | nix::mount::MsFlags::MS_NOEXEC,
+            Some(options.as_str()),
+        )
+        .map_err(|e| mount_error(&format!("mounting FUSE at {}", mountpoint.display()), e))?;
+        debug!("command file system mounted at {}", mountpoint.display());
+        Ok(CmdFs {
+            dev,
+            mountpoint,
+            buf: vec![0; MAX_WRITE as usize + 64 * 1024],
+        })
+    }
+
+    /// The `/dev/fuse` descriptor, for epoll.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.dev.as_fd()
+    }
+
+    /// The file a session's provider opens as its `cmd_fd`, relative to
+    /// the runtime directory.
+    pub fn session_file(session: SessionId) -> String {
+        format!("fuse/{session}")
+    }
+
+    /// Detaches the mount; requests in flight fail with ENOTCONN.
+    pub fn unmount(self) {
+        if let Err(e) = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH) {
+            warn!("unmounting {}: {e}", self.mountpoint.display());
+        }
+        let _ = std::fs::remove_dir(&self.mountpoint);
+    }
+
+    /// Reads and answers every queued request. `session` tells who owns a
+    /// session (None: no such session). Returns the requests that need the
+    /// server.
+    pub fn process(&mut self, session: impl Fn(SessionId) -> Option<SessionInfo>) -> Vec<Call> {
+        let mut calls = Vec::new();
+        loop {
+            let n = match nix::unistd::read(self.dev.as_raw_fd(), &mut self.buf) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EAGAIN) => break,
+                // The request was interrupted before we read it.
+                Err(nix::errno::Errno::ENOENT) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    warn!("reading /dev/fuse: {e}");
+                    break;
+                }
+            };
+            if n < IN_HEADER {
+                continue;
+            }
+            let req = self.buf[..n].to_vec();
+            if let Some(call) = self.answer(&req, &session) {
+                calls.push(call);
+            }
+        }
+        calls
+    }
+
+    /// Answers a `CREATE_COMP_CHANNEL` write: `Ok(())` (the whole command
+    /// was consumed) or an errno.
+    pub fn reply_write(&self, unique: u64, result: Result<(), i32>) {
+        match result {
+            Ok(()) => {
+                let mut out = [0u8; 8];
+                out[0..4].copy_from_slice(
+                    &(flowverbs_wire::events::CREATE_COMP_CHANNEL_LEN as u32).to_ne_bytes(),
+                );
+                self.reply(unique, 0, &out);
+            }
+            Err(errno) => self.reply(unique, errno, &[]),
+        }
+    }
+
+    fn reply(&self, unique: u64, errno: i32, body: &[u8]) {
+        let body = if errno != 0 { &[][..] } else { body };
+        let mut out = Vec::with_capacity(16 + body.len());
+        out.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+        out.extend_from_slice(&(-errno).to_ne_bytes());
+        out.extend_from_slice(&unique.to_ne_bytes());
+        out.extend_from_slice(body);
+        // ENOENT: the request was interrupted (its caller is gone).
+        if let Err(e) = nix::unistd::write(&self.dev, &out) {
+            if e != nix::errno::Errno::ENOENT {
+                warn!("answering FUSE request {unique}: {e}");
+            }
+        }
+    }
+
+    fn answer(
+        &self,
+        req: &[u8],
+        session: &impl Fn(SessionId) -> Option<SessionInfo>,
+    ) -> Option<Call> {
+        let u32_at = |o: usize| u32::from_ne_bytes(req[o..o + 4].try_into().expect("4 bytes"));
+        let u64_at = |o: usize| u64::from_ne_bytes(req[o..o + 8].try_into().expect("8 bytes"));
+        let opcode = u32_at(4);
+        let unique = u64_at(8);
+        let nodeid = u64_at(16);
+        let uid = u32_at(24);
+        let tid = u32_at(32);
+        let body = &req[IN_HEADER..];
+        // The session a node stands for (node 1 is the root folder).
+        let node_session = |node: u64| -> Option<(SessionId, SessionInfo)> {
+            let s = node.checked_sub(1).filter(|s| *s > 0)?;
+            session(s).map(|i| (s, i))
+        };
+        // The caller must be a thread of the session's process.
+        let caller_is = |info: &SessionInfo| -> bool {
+            tid != 0 && thread_group(tid) == Some(info.pid) && (uid == info.uid || uid == 0)
+        };
+        match opcode {
+            FUSE_INIT => {
+                let major = if body.len() >= 4 {
+                    u32_at(IN_HEADER)
+                } else {
+                    0
+                };
+                let readahead = if body.len() >= 12 {
+                    u32_at(IN_HEADER + 8)
+                } else {
+                    0
+                };
+                if major != KERNEL_MAJOR {
+                    warn!("FUSE protocol {major} is not {KERNEL_MAJOR}");
+                    self.reply(unique, libc::EPROTO, &[]);
+                    return None;
+                }
+                let mut out = [0u8; 64];
+                out[0..4].copy_from_slice(&KERNEL_MAJOR.to_ne_bytes());
+                out[4..8].copy_from_slice(&OUR_MINOR.to_ne_bytes());
+                out[8..12].copy_from_slice(&readahead.to_ne_bytes());
+                // flags 0; max_background 16, congestion_threshold 12.
+                out[16..18].copy_from_slice(&16u16.to_ne_bytes());
+                out[18..20].copy_from_slice(&12u16.to_ne_bytes());
+                out[20..24].copy_from_slice(&MAX_WRITE.to_ne_bytes());
+                out[24..28].copy_from_slice(&1u32.to_ne_bytes()); // time_gran
+                self.reply(unique, 0, &out);
+            }
+            FUSE_LOOKUP => {
+                let name = body.split(|b| *b == 0).next().unwrap_or_default();
+                let s = std::str::from_utf8(name)
+                    .ok()
+                    .and_then(|n| n.parse::<SessionId>().ok())
+                    .filter(|s| nodeid == ROOT_ID && session(*s).is_some());
+                match s {
+                    Some(s) => {
+                        let mut out = vec![0u8; 40];
+                        out[0..8].copy_from_slice(&(s + 1).to_ne_bytes());
+                        // generation, entry_valid, attr_valid: 0 (no caching).
+                        out.extend_from_slice(&attr(s + 1, false, session(s).map_or(0, |i| i.uid)));
+                        self.reply(unique, 0, &out);
+                    }
+                    None => self.reply(unique, libc::ENOENT, &[]),
+                }
+            }
+            FUSE_FORGET | FUSE_BATCH_FORGET | FUSE_INTERRUPT => {}
+            FUSE_GETATTR => {
+                let owner = node_session(nodeid).map(|(_, i)| i.uid);
+                if nodeid == ROOT_ID || owner.is_some() {
+                    let mut out = vec![0u8; 16];
+                    out.extend_from_slice(&attr(nodeid, nodeid == ROOT_ID, owner.unwrap_or(0)));
+                    self.reply(unique, 0, &out);
+                } else {
+                    self.reply(unique, libc::ENOENT, &[]);
+                }
+            }
+            FUSE_OPEN => match node_session(nodeid) {
+                Some((s, info)) if caller_is(&info) => {
+                    let mut out = [0u8; 16];
+                    out[0..8].copy_from_slice(&s.to_ne_bytes());
+                    out[8..12]
+                        .copy_from_slice(&(FOPEN_DIRECT_IO | FOPEN_NONSEEKABLE).to_ne_bytes());
+                    self.reply(unique, 0, &out);
+                }
+                Some(_) => {
+                    warn!("FUSE open of session {nodeid}'s file by thread {tid}: not its process");
+                    self.reply(unique, libc::EACCES, &[]);
+                }
+                None => self.reply(unique, libc::ENOENT, &[]),
+            },
+            FUSE_OPENDIR if nodeid == ROOT_ID => self.reply(unique, 0, &[0u8; 16]),
+            FUSE_READDIR | FUSE_RELEASEDIR | FUSE_RELEASE | FUSE_FLUSH => {
+                self.reply(unique, 0, &[])
+            }
+            FUSE_DESTROY => self.reply(unique, 0, &[]),
+            FUSE_READ => self.reply(unique, libc::EINVAL, &[]),
+            FUSE_IOCTL => self.reply(unique, libc::ENOTTY, &[]),
+            FUSE_WRITE => {
+                if body.len() < WRITE_IN {
+                    self.reply(unique, libc::EINVAL, &[]);
+                    return None;
+                }
+                let fh = u64_at(IN_HEADER);
+                let size = u32_at(IN_HEADER + 16) as usize;
+                let data = &body[WRITE_IN..];
+                let target = node_session(nodeid).filter(|(s, _)| *s == fh);
+                let Some((s, info)) = target else {
+                    self.reply(unique, libc::EBADF, &[]);
+                    return None;
+                };
+                if !caller_is(&info) {
+                    warn!("write to session {s}'s command file by thread {tid}: not its process");
+                    self.reply(unique, libc::EACCES, &[]);
+                    return None;
+                }
+                let cmd = (size == data.len())
+                    .then(|| flowverbs_wire::events::CreateCompChannel::parse(data))
+                    .flatten();
+                match cmd {
+                    Some(c) => {
+                        return Some(Call::CreateChannel {
+                            unique,
+                            session: s,
+                            response: c.response,
+                        })
+                    }
+                    None => self.reply(unique, libc::EOPNOTSUPP, &[]),
+                }
+            }
+            _ => self.reply(unique, libc::ENOSYS, &[]),
+        }
+        None
+    }
+}
+
+/// `struct fuse_attr` of the root folder or of a session's file (owned by
+/// the session's user; the mode is informative, `open` checks the pid).
+fn attr(ino: u64, dir: bool, uid: u32) -> [u8; 88] {
+    let mut a = [0u8; 88];
+    a[0..8].copy_from_slice(&ino.to_ne_bytes());
+    let (mode, nlink) = if dir {
+        (libc::S_IFDIR | 0o755, 2u32)
+    } else {
+        (libc::S_IFREG | 0o600, 1u32)
+    };
+    a[60..64].copy_from_slice(&mode.to_ne_bytes());
+    a[64..68].copy_from_slice(&nlink.to_ne_bytes());
+    a[68..72].copy_from_slice(&uid.to_ne_bytes());
+    a[80..84].copy_from_slice(&4096u32.to_ne_bytes()); // blksize
+    a
+}

@@ -1,0 +1,1034 @@
+//! Connections to the other routers (`--listen`, `--peer`).
+//!
+//! Each router dials every peer and sends only on the connection it dialed
+//! ("out"); it reads only the connections its peers dialed ("in"). So
+//! there is no tie-breaking between two routers dialing each other.
+//!
+//! Who may be a peer ([`LinkPolicy`]): a Hello names the sender's listen
+//! address, its identity among routers, and must come from that IP (a
+//! router dials from its listen address). A Hello from an address that is
+//! not a `--peer` is refused unless `--accept-peers` covers it (then the
+//! router becomes a peer and gets a connection back). A known peer that is
+//! connected already keeps its connection: a second one is refused, so a
+//! local process cannot take a live peer's place or make it look
+//! restarted. With a shared key (`--link-key`), the accepting side sends a
+//! random challenge first and the Hello must carry its HMAC: only routers
+//! holding the key get in, and a recorded Hello is useless.
+//!
+//! A peer is *up* once both directions said Hello. Losing either
+//! direction takes it *down*: everything it served is forgotten and the
+//! engine fails the QPs connected there (a peer that restarted closed both
+//! connections, so its new Hello starts afresh). Configured peers that are
+//! down are redialled with a backoff; introduced ones dial us again.
+//!
+//! Flow control: the engine queues data only while [`Peers::has_room`]
+//! (a few MiB per peer); small replies are always queued. Reading from a
+//! peer stops while the replies queued for it exceed [`OUT_HARD`], so a
+//! peer that does not read cannot grow this router's memory.
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::mem::MaybeUninit;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use log::{debug, info, warn};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::registry::{LocationRegistry, StaticRegistry};
+pub use super::transport::{Gid, PeerId, Transport};
+use flowverbs_wire::link::{
+    decode_payload, encode_payload, Announce, FrameHeader, Hello, Kind, CHALLENGE_LEN, HEADER_LEN,
+    MAX_CHUNK,
+};
+
+/// Who may be a peer, and how routers prove it.
+#[derive(Clone, Debug, Default)]
+pub struct LinkPolicy {
+    /// The routers' shared key (`--link-key`): Hellos must prove it.
+    pub key: Option<Vec<u8>>,
+    /// Routers not named by `--peer` that may introduce themselves.
+    pub accept_from: Vec<ipnet::IpNet>,
+}
+
+/// The MAC a Hello carries: HMAC-SHA256 under `key` of the challenge, the
+/// listen address and the boot id.
+pub fn hello_mac(
+    key: &[u8],
+    challenge: &[u8; CHALLENGE_LEN],
+    listen: &str,
+    boot_id: u64,
+) -> [u8; 32] {
+    let mut m = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    m.update(b"flowverbs link hello v2");
+    m.update(challenge);
+    m.update(&(listen.len() as u64).to_le_bytes());
+    m.update(listen.as_bytes());
+    m.update(&boot_id.to_le_bytes());
+    m.finalize().into_bytes().into()
+}
+
+/// Whether `hello` proves `key` for `challenge` (constant-time compare).
+fn hello_proves(key: &[u8], challenge: &[u8; CHALLENGE_LEN], hello: &Hello) -> bool {
+    let mut m = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    m.update(b"flowverbs link hello v2");
+    m.update(challenge);
+    m.update(&(hello.listen.len() as u64).to_le_bytes());
+    m.update(hello.listen.as_bytes());
+    m.update(&hello.boot_id.to_le_bytes());
+    m.verify_slice(&hello.mac).is_ok()
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    b
+}
+
+/// Queued bytes per peer under which the engine may queue more data.
+pub const OUT_SOFT: usize = 4 << 20;
+/// Queued bytes per peer above which this router stops reading from it.
+const OUT_HARD: usize = 32 << 20;
+/// Bytes read from one connection per call (at most).
+const READ_STEP: usize = 1 << 20;
+/// An inbound connection's buffer: a whole frame and a read step.
+const IN_BUF: usize = HEADER_LEN + MAX_CHUNK + READ_STEP;
+/// A connection must say Hello within this time.
+const HELLO_WITHIN: Duration = Duration::from_secs(10);
+/// Connections that have not said Hello yet, at most.
+const MAX_UNNAMED: usize = 64;
+/// Routers this router keeps track of, at most (configured or introduced).
+const MAX_PEERS: usize = 1024;
+const REDIAL_MIN: Duration = Duration::from_millis(100);
+const REDIAL_MAX: Duration = Duration::from_secs(1);
+
+const LISTENER: u64 = 0;
+
+/// What happened to a peer, for the engine.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LinkEvent {
+    Up(PeerId),
+    /// The peer is gone; these GIDs it served are unreachable now.
+    Down(PeerId, Vec<Gid>),
+}
+
+/// Bytes waiting to be written, in order.
+#[derive(Default)]
+struct OutQueue {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl OutQueue {
+    fn len(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.start = 0;
+    }
+
+    /// Writes as much as the socket takes. Err: the connection is broken.
+    fn flush(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+        while self.start < self.buf.len() {
+            match stream.write(&self.buf[self.start..]) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => self.start += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.start == self.buf.len() {
+            self.clear();
+        } else if self.start > self.buf.len() / 2 && self.start > (1 << 20) {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        Ok(())
+    }
+}
+
+/// One router this router talks to.
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// Named by `--peer` (redialled while down); otherwise it introduced
+    /// itself and is dialled only while it is connected to us.
+    configured: bool,
+    /// The connection we dialed (we write on it).
+    out: Option<TcpStream>,
+    out_token: u64,
+    /// Not ready to send: dialing, or waiting for the peer's challenge.
+    connecting: bool,
+    /// The peer's challenge as it arrives (Some once the dial completed).
+    challenge: Option<Vec<u8>>,
+    queue: OutQueue,
+    /// The connection it dialed to us (we read it), once it said Hello.
+    inbound: Option<u64>,
+    boot_id: Option<u64>,
+    up: bool,
+    next_dial: Instant,
+    backoff: Duration,
+    /// Logged that it cannot be reached (logged once per outage).
+    told_unreachable: bool,
+}
+
+impl Peer {
+    /// Configured peers are dialled until they answer; introduced ones
+    /// only while they are connected to us.
+    fn wants_dial(&self) -> bool {
+        self.configured || self.inbound.is_some()
+    }
+}
+
+/// The routers and the bytes queued for them: what the engine sends on.
+pub struct Peers {
+    list: Vec<Peer>,
+    registry: StaticRegistry,
+    /// GIDs this router serves (announced to every peer).
+    served: Vec<Gid>,
+    /// Our listen address and boot id (the Hello we send, MAC aside).
+    me: Hello,
+    policy: LinkPolicy,
+}
+
+impl Transport for Peers {
+    fn locate(&self, gid: &Gid) -> Option<PeerId> {
+        let addr = self.registry.locate(gid)?;
+        self.list.iter().position(|p| p.addr == addr && p.up)
+    }
+
+    fn serves(&self, peer: PeerId, gid: &Gid) -> bool {
+        self.list
+            .get(peer)
+            .is_some_and(|p| self.registry.locate(gid) == Some(p.addr))
+    }
+
+    /// Less than [`OUT_SOFT`] bytes wait for the peer.
+    fn has_room(&self, peer: PeerId) -> bool {
+        self.list
+            .get(peer)
+            .is_some_and(|p| p.up && p.queue.len() < OUT_SOFT)
+    }
+
+    fn send(&mut self, peer: PeerId, mut hdr: FrameHeader, payload: &[u8]) {
+        debug_assert!(payload.len() <= MAX_CHUNK);
+        hdr.payload_len = payload.len() as u32;
+        let Some(p) = self.list.get_mut(peer).filter(|p| p.up) else {
+            return;
+        };
+        p.queue.buf.extend_from_slice(&hdr.encode());
+        p.queue.buf.extend_from_slice(payload);
+    }
+
+    /// The payload is read straight into the queue's spare capacity (no
+    /// zeroing first).
+    fn send_with(
+        &mut self,
+        peer: PeerId,
+        mut hdr: FrameHeader,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [MaybeUninit<u8>]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        debug_assert!(len <= MAX_CHUNK);
+        hdr.payload_len = len as u32;
+        let Some(p) = self.list.get_mut(peer).filter(|p| p.up) else {
+            return Ok(());
+        };
+        let q = &mut p.queue.buf;
+        q.extend_from_slice(&hdr.encode());
+        q.reserve(len);
+        if let Err(e) = fill(&mut q.spare_capacity_mut()[..len]) {
+            q.truncate(q.len() - HEADER_LEN);
+            return Err(e);
+        }
+        // SAFETY: `fill` returned Ok, so it initialised these `len` bytes
+        // (within the capacity reserved above).
+        unsafe { q.set_len(q.len() + len) };
+        Ok(())
+    }
+}
+
+impl Peers {
+    fn me_addr(&self) -> SocketAddr {
+        self.me.listen.parse().expect("our own listen address")
+    }
+
+    fn announce_to(&mut self, peer: PeerId) {
+        let payload = encode_payload(&Announce {
+            gids: self.served.clone(),
+        });
+        let p = &mut self.list[peer];
+        let mut hdr = FrameHeader::new(Kind::Announce);
+        hdr.payload_len = payload.len() as u32;
+        p.queue.buf.extend_from_slice(&hdr.encode());
+        p.queue.buf.extend_from_slice(&payload);
+    }
+
+    fn find(&self, addr: SocketAddr) -> Option<PeerId> {
+        self.list.iter().position(|p| p.addr == addr)
+    }
+}
+
+/// A connection a peer dialed to us.
+struct Inbound {
+    stream: TcpStream,
+    /// Where it comes from (its Hello must name this IP).
+    from: SocketAddr,
+    /// What we sent it first; its Hello proves the key on it.
+    challenge: [u8; CHALLENGE_LEN],
+    peer: Option<PeerId>,
+    /// Allocated once ([`IN_BUF`] bytes); `buf[start..end]` is unread.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    readable: bool,
+    accepted_at: Instant,
+}
+
+pub struct Links {
+    epoll: Epoll,
+    listener: TcpListener,
+    pub peers: Peers,
+    inbound: HashMap<u64, Inbound>,
+    next_token: u64,
+    events: Vec<LinkEvent>,
+    /// A flush took some peer's queue from full (`OUT_SOFT`) to having
+    /// room: work that stopped for room can go on (`take_room_opened`).
+    room_opened: bool,
+}
+
+/// Link sockets: no Nagle delay (acknowledgements are small and latency
+/// matters), buffers big enough to keep a 64 KiB-message stream going
+/// between two passes of the router loop, and keepalives with a user
+/// timeout so that a peer host that vanished without closing (power loss,
+/// partition) is declared down within about ten seconds.
+fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let _ = socket::setsockopt(stream, sockopt::SndBuf, &SOCKET_BUFFER);
+    let _ = socket::setsockopt(stream, sockopt::RcvBuf, &SOCKET_BUFFER);
+    let _ = socket::setsockopt(stream, sockopt::KeepAlive, &true);
+    let _ = socket::setsockopt(stream, sockopt::TcpKeepIdle, &3);
+    let _ = socket::setsockopt(stream, sockopt::TcpKeepInterval, &1);
+    let _ = socket::setsockopt(stream, sockopt::TcpKeepCount, &5);
+    let _ = socket::setsockopt(stream, sockopt::TcpUserTimeout, &10_000);
+}
+
+const SOCKET_BUFFER: usize = 4 << 20;
+
+fn new_boot_id() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    u64::from_ne_bytes(b) ^ u64::from(std::process::id())
+}
+
+impl Links {
+    /// Listens on `listen` and prepares to dial `peers`.
+    pub fn new(
+        listen: SocketAddr,
+        peers: Vec<SocketAddr>,
+        policy: LinkPolicy,
+    ) -> anyhow::Result<Links> {
+        if listen.ip().is_unspecified() {
+            anyhow::bail!(
+                "--listen {listen}: give the address peers reach this router at (it is its name among routers), not a wildcard"
+            );
+        }
+        let listener =
+            TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+        listener.set_nonblocking(true)?;
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        epoll.add(&listener, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))?;
+        let now = Instant::now();
+        let registry = StaticRegistry::new(peers.clone());
+        let mut links = Links {
+            epoll,
+            listener,
+            peers: Peers {
+                list: Vec::new(),
+                registry,
+                served: Vec::new(),
+                me: Hello {
+                    listen: listen.to_string(),
+                    boot_id: new_boot_id(),
+                    mac: [0; 32],
+                },
+                policy,
+            },
+            inbound: HashMap::new(),
+            next_token: 1,
+            events: Vec::new(),
+            room_opened: false,
+        };
+        for addr in links.peers.registry.peers() {
+            if addr != listen && links.peers.find(addr).is_none() {
+                links.add_peer(addr, true, now);
+            }
+        }
+        info!(
+            "listening for routers on {listen}; peers: {}",
+            links
+                .peers
+                .list
+                .iter()
+                .map(|p| p.addr.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(links)
+    }
+
+    /// The descriptor the server's epoll watches: readable whenever any
+    /// link needs attention.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.epoll.0.as_fd()
+    }
+
+    fn token(&mut self) -> u64 {
+        let t = self.next_token;
+        self.next_token += 1;
+        t
+    }
+
+    fn add_peer(&mut self, addr: SocketAddr, configured: bool, now: Instant) -> PeerId {
+        self.peers.list.push(Peer {
+            addr,
+            configured,
+            out: None,
+            out_token: 0,
+            connecting: false,
+            challenge: None,
+            queue: OutQueue::default(),
+            inbound: None,
+            boot_id: None,
+            up: false,
+            next_dial: now,
+            backoff: REDIAL_MIN,
+            told_unreachable: false,
+        });
+        self.peers.list.len() - 1
+    }
+
+    /// Sets the GIDs this router serves; announces them if they changed.
+    pub fn set_served(&mut self, mut gids: Vec<Gid>) {
+        gids.sort_unstable();
+        gids.dedup();
+        if gids == self.peers.served {
+            return;
+        }
+        self.peers.served = gids;
+        for i in 0..self.peers.list.len() {
+            if self.peers.list[i].out.is_some() && !self.peers.list[i].connecting {
+                self.peers.announce_to(i);
+            }
+        }
+    }
+
+    /// The earliest redial or Hello deadline.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let dial = self
+            .peers
+            .list
+            .iter()
+            .filter(|p| p.out.is_none() && p.wants_dial())
+            .map(|p| p.next_dial);
+        let hello = self
+            .inbound
+            .values()
+            .filter(|c| c.peer.is_none())
+            .map(|c| c.accepted_at + HELLO_WITHIN + Duration::from_millis(1));
+        dial.chain(hello).min()
+    }
+
+    /// Peer events since the last call.
+    pub fn take_events(&mut self) -> Vec<LinkEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// True if some connection has more to read now (the caller keeps
+    /// polling instead of sleeping). Bytes waiting to be written do not
+    /// count: the epoll set reports when the socket takes more.
+    pub fn busy(&self) -> bool {
+        self.inbound.values().any(|c| {
+            c.readable
+                && c.peer
+                    .is_none_or(|i| self.peers.list[i].queue.len() <= OUT_HARD)
+        })
+    }
+
+    /// Every peer, for `flowverbs status`.
+    pub fn status(&self) -> Vec<flowverbs_wire::control::PeerStatus> {
+        self.peers
+            .list
+            .iter()
+            .map(|p| flowverbs_wire::control::PeerStatus {
+                addr: p.addr.to_string(),
+                up: p.up,
+                queued: p.queue.len() as u64,
+                reading: p.queue.len() <= OUT_HARD,
+            })
+            .collect()
+    }
+
+    /// Accepts, dials, flushes and reads; frames are handed out by
+    /// [`Links::frames`].
+    pub fn poll_io(&mut self, now: Instant) {
+        let mut ready = [EpollEvent::empty(); 32];
+        loop {
+            let n = match self.epoll.wait(&mut ready, EpollTimeout::ZERO) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    warn!("link epoll: {e}");
+                    0
+                }
+            };
+            for ev in &ready[..n] {
+                self.on_ready(ev.data(), ev.events(), now);
+            }
+            if n < ready.len() {
+                break;
+            }
+        }
+        for i in 0..self.peers.list.len() {
+            let p = &self.peers.list[i];
+            if p.out.is_none() && p.wants_dial() && now >= p.next_dial {
+                self.dial(i, now);
+            }
+            self.flush(i, now);
+        }
+        let tokens: Vec<u64> = self.inbound.keys().copied().collect();
+        for t in tokens {
+            self.read(t, now);
+        }
+        let silent: Vec<u64> = self
+            .inbound
+            .iter()
+            .filter(|(_, c)| c.peer.is_none() && now.duration_since(c.accepted_at) > HELLO_WITHIN)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in silent {
+            warn!("router connection closed: no Hello within {HELLO_WITHIN:?}");
+            self.drop_inbound(t, "no Hello", now);
+        }
+    }
+
+    /// Writes what is queued for every peer.
+    /// True (once) if a flush made room on a link that was full since the
+    /// last call: the engine must run again, as nothing else may wake it
+    /// (a responder streaming READ data gets no frames while it waits).
+    pub fn take_room_opened(&mut self) -> bool {
+        std::mem::take(&mut self.room_opened)
+    }
+
+    pub fn flush_all(&mut self, now: Instant) {
+        for i in 0..self.peers.list.len() {
+            self.flush(i, now);
+        }
+    }
+
+    fn on_ready(&mut self, token: u64, events: EpollFlags, now: Instant) {
+        if token == LISTENER {
+            self.accept(now);
+            return;
+        }
+        if let Some(c) = self.inbound.get_mut(&token) {
+            c.readable = true;
+            return;
+        }
+        let Some(i) = self.peers.list.iter().position(|p| p.out_token == token) else {
+            return;
+        };
+        if self.peers.list[i].connecting {
+            if self.peers.list[i].challenge.is_none() {
+                if events.intersects(EpollFlags::EPOLLOUT | EpollFlags::EPOLLERR) {
+                    self.dialled(i, now);
+                }
+            } else if events
+                .intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP)
+            {
+                self.read_challenge(i, now);
+            }
+            return;
+        }
+        if events.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP) {
+            // Nothing is ever sent to us on our own connection: readable
+            // means closed (or a confused peer).
+            let mut b = [0u8; 64];
+            let broken = match self.peers.list[i].out.as_mut().map(|s| s.read(&mut b)) {
+                Some(Ok(_)) => true,
+                Some(Err(e)) => e.kind() != ErrorKind::WouldBlock,
+                None => false,
+            };
+            if broken {
+                self.lost(i, "connection closed", now);
+            }
+        }
+    }
+
+    fn accept(&mut self, now: Instant) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, from)) => {
+                    let unnamed = self.inbound.values().filter(|c| c.peer.is_none()).count();
+                    if unnamed >= MAX_UNNAMED {
+                        warn!("router connection from {from} refused: {unnamed} connections have not said Hello");
+                        continue;
+                    }
+                    if let Err(e) = stream.set_nonblocking(true) {
+                        warn!("router connection from {from}: {e}");
+                        continue;
+                    }
+                    tune(&stream);
+                    // The challenge goes first (a fresh socket's buffer
+                    // takes it whole).
+                    let challenge = random_bytes::<CHALLENGE_LEN>();
+                    if !matches!((&stream).write(&challenge), Ok(CHALLENGE_LEN)) {
+                        warn!("router connection from {from}: cannot send its challenge");
+                        continue;
+                    }
+                    let t = self.token();
+                    if let Err(e) = self
+                        .epoll
+                        .add(&stream, EpollEvent::new(EpollFlags::EPOLLIN, t))
+                    {
+                        warn!("router connection from {from}: {e}");
+                        continue;
+                    }
+                    debug!("router connection from {from}");
+                    self.inbound.insert(
+                        t,
+                        Inbound {
+                            stream,
+                            from,
+                            challenge,
+                            peer: None,
+                            buf: vec![0; IN_BUF],
+                            start: 0,
+                            end: 0,
+                            readable: true,
+                            accepted_at: now,
+                        },
+                    );
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    warn!("accepting a router connection: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Starts a nonblocking connect to peer `i`.
+    fn dial(&mut self, i: PeerId, now: Instant) {
+        let addr = self.peers.list[i].addr;
+        let family = if addr.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        let started = socket::socket(
+            family,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .and_then(|fd: OwnedFd| {
+            // From our listen address: the peer checks that our Hello
+            // comes from the address it names.
+            let me = SocketAddr::new(self.peers.me_addr().ip(), 0);
+            socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(me))?;
+            match socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(addr)) {
+                Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => Ok(fd),
+                Err(e) => Err(e),
+            }
+        });
+        let t = self.token();
+        let p = &mut self.peers.list[i];
+        match started {
+            Ok(fd) => {
+                let stream = TcpStream::from(fd);
+                tune(&stream);
+                if let Err(e) = self.epoll.add(
+                    &stream,
+                    EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT, t),
+                ) {
+                    warn!("peer {addr}: {e}");
+                    p.next_dial = now + p.backoff;
+                    return;
+                }
+                p.out = Some(stream);
+                p.out_token = t;
+                p.connecting = true;
+            }
+            Err(e) => self.unreachable(i, &e.to_string(), now),
+        }
+    }
+
+    fn unreachable(&mut self, i: PeerId, why: &str, now: Instant) {
+        let p = &mut self.peers.list[i];
+        if !p.told_unreachable {
+            info!("peer {} unreachable ({why}); retrying", p.addr);
+            p.told_unreachable = true;
+        } else {
+            debug!("peer {} unreachable ({why})", p.addr);
+        }
+        p.next_dial = now + p.backoff;
+        p.backoff = (p.backoff * 2).min(REDIAL_MAX);
+    }
+
+    /// A dial finished: wait for the peer's challenge, or schedule a
+    /// redial.
+    fn dialled(&mut self, i: PeerId, now: Instant) {
+        let p = &mut self.peers.list[i];
+        let err = p
+            .out
+            .as_ref()
+            .map(|s| socket::getsockopt(s, sockopt::SocketError))
+            .unwrap_or(Ok(0));
+        let why = match err {
+            Ok(0) => None,
+            Ok(e) => Some(nix::errno::Errno::from_raw(e).desc().to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = why {
+            self.close_out(i);
+            self.unreachable(i, &why, now);
+            return;
+        }
+        p.challenge = Some(Vec::with_capacity(CHALLENGE_LEN));
+        if let Some(s) = &p.out {
+            let _ = self
+                .epoll
+                .modify(s, &mut EpollEvent::new(EpollFlags::EPOLLIN, p.out_token));
+        }
+    }
+
+    /// Reads the peer's challenge; once whole, says Hello and announces.
+    fn read_challenge(&mut self, i: PeerId, now: Instant) {
+        let p = &mut self.peers.list[i];
+        let (Some(stream), Some(got)) = (p.out.as_mut(), p.challenge.as_mut()) else {
+            return;
+        };
+        let mut b = [0u8; CHALLENGE_LEN];
+        let want = CHALLENGE_LEN - got.len();
+        match stream.read(&mut b[..want]) {
+            Ok(0) => {
+                self.close_out(i);
+                self.unreachable(i, "closed before its challenge", now);
+                return;
+            }
+            Ok(n) => got.extend_from_slice(&b[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+            Err(e) => {
+                self.close_out(i);
+                self.unreachable(i, &e.to_string(), now);
+                return;
+            }
+        }
+        if got.len() == CHALLENGE_LEN {
+            let challenge: [u8; CHALLENGE_LEN] = got.as_slice().try_into().expect("whole");
+            self.connected(i, &challenge);
+        }
+    }
+
+    /// Says Hello (proving the key on `challenge`) and announces.
+    fn connected(&mut self, i: PeerId, challenge: &[u8; CHALLENGE_LEN]) {
+        let mut hello = self.peers.me.clone();
+        if let Some(key) = &self.peers.policy.key {
+            hello.mac = hello_mac(key, challenge, &hello.listen, hello.boot_id);
+        }
+        let p = &mut self.peers.list[i];
+        p.connecting = false;
+        p.challenge = None;
+        p.backoff = REDIAL_MIN;
+        p.told_unreachable = false;
+        debug!("connected to peer {}", p.addr);
+        let payload = encode_payload(&hello);
+        let mut hdr = FrameHeader::new(Kind::Hello);
+        hdr.payload_len = payload.len() as u32;
+        p.queue.clear();
+        p.queue.buf.extend_from_slice(&hdr.encode());
+        p.queue.buf.extend_from_slice(&payload);
+        self.peers.announce_to(i);
+        self.check_up(i);
+    }
+
+    fn check_up(&mut self, i: PeerId) {
+        let p = &mut self.peers.list[i];
+        if !p.up && p.out.is_some() && !p.connecting && p.inbound.is_some() {
+            p.up = true;
+            info!("peer {} up", p.addr);
+            self.events.push(LinkEvent::Up(i));
+        }
+    }
+
+    fn close_out(&mut self, i: PeerId) {
+        let p = &mut self.peers.list[i];
+        if let Some(s) = p.out.take() {
+            let _ = self.epoll.delete(&s);
+        }
+        p.connecting = false;
+        p.challenge = None;
+        p.queue.clear();
+    }
+
+    /// Either direction to peer `i` broke: the peer is down.
+    fn lost(&mut self, i: PeerId, why: &str, now: Instant) {
+        self.close_out(i);
+        if let Some(t) = self.peers.list[i].inbound.take() {
+            if let Some(c) = self.inbound.remove(&t) {
+                let _ = self.epoll.delete(&c.stream);
+            }
+        }
+        let p = &mut self.peers.list[i];
+        p.next_dial = now + REDIAL_MIN;
+        p.backoff = REDIAL_MIN;
+        p.boot_id = None;
+        let was_up = std::mem::replace(&mut p.up, false);
+        let addr = p.addr;
+        let gids = self.peers.registry.forget(addr);
+        if was_up {
+            info!("peer {addr} down ({why})");
+            self.events.push(LinkEvent::Down(i, gids));
+        } else {
+            debug!("peer {addr}: {why}");
+        }
+    }
+
+    fn flush(&mut self, i: PeerId, now: Instant) {
+        let p = &mut self.peers.list[i];
+        if p.connecting || p.queue.len() == 0 {
+            return;
+        }
+        let Some(stream) = p.out.as_mut() else {
+            return;
+        };
+        let was_full = p.queue.len() >= OUT_SOFT;
+        if let Err(e) = p.queue.flush(stream) {
+            self.lost(i, &e.to_string(), now);
+            return;
+        }
+        if was_full && p.queue.len() < OUT_SOFT {
+            self.room_opened = true;
+        }
+        let want = if p.queue.len() > 0 {
+            EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT
+        } else {
+            EpollFlags::EPOLLIN
+        };
+        if let Some(s) = &p.out {
+            let _ = self
+                .epoll
+                .modify(s, &mut EpollEvent::new(want, p.out_token));
+        }
+    }
+
+    fn drop_inbound(&mut self, t: u64, why: &str, now: Instant) {
+        let Some(c) = self.inbound.remove(&t) else {
+            return;
+        };
+        let _ = self.epoll.delete(&c.stream);
+        match c.peer {
+            Some(i) if self.peers.list[i].inbound == Some(t) => {
+                self.peers.list[i].inbound = None;
+                self.lost(i, why, now);
+            }
+            _ => debug!("router connection dropped: {why}"),
+        }
+    }
+
+    fn read(&mut self, t: u64, now: Instant) {
+        let Some(c) = self.inbound.get_mut(&t) else {
+            return;
+        };
+        if !c.readable {
+            return;
+        }
+        if let Some(i) = c.peer {
+            if self.peers.list[i].queue.len() > OUT_HARD {
+                return; // the peer is not reading our replies: wait.
+            }
+        }
+        if c.start == c.end {
+            c.start = 0;
+            c.end = 0;
+        } else if c.buf.len() - c.end < READ_STEP / 2 {
+            c.buf.copy_within(c.start..c.end, 0);
+            c.end -= c.start;
+            c.start = 0;
+        }
+        let room = c.buf.len() - c.end;
+        if room == 0 {
+            return; // a whole frame is waiting to be handled
+        }
+        let at = c.end;
+        match c.stream.read(&mut c.buf[at..]) {
+            Ok(0) => self.drop_inbound(t, "connection closed", now),
+            Ok(n) => {
+                c.end += n;
+                if n < room {
+                    c.readable = false;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => c.readable = false,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => self.drop_inbound(t, &e.to_string(), now),
+        }
+    }
+
+    /// Hands every complete data frame read so far to `f`, with the peer
+    /// it came from and the peers to answer on. Hello and Announce frames
+    /// are handled here; a frame that cannot be decoded, or a data frame
+    /// before Hello, closes the connection.
+    pub fn frames(
+        &mut self,
+        now: Instant,
+        mut f: impl FnMut(&mut Peers, PeerId, &FrameHeader, &[u8]),
+    ) {
+        let tokens: Vec<u64> = self.inbound.keys().copied().collect();
+        for t in tokens {
+            let Some(c) = self.inbound.get_mut(&t) else {
+                continue;
+            };
+            let buf = std::mem::take(&mut c.buf);
+            let (mut start, end) = (c.start, c.end);
+            let mut failure: Option<String> = None;
+            while end - start >= HEADER_LEN {
+                let raw: &[u8; HEADER_LEN] =
+                    buf[start..start + HEADER_LEN].try_into().expect("header");
+                let hdr = match FrameHeader::decode(raw) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        failure = Some(format!("bad frame: {e}"));
+                        break;
+                    }
+                };
+                let next = start + HEADER_LEN + hdr.payload_len as usize;
+                if end < next {
+                    break;
+                }
+                let payload = &buf[start + HEADER_LEN..next];
+                let peer = self.inbound[&t].peer;
+                match (hdr.kind(), peer) {
+                    (Kind::Hello, None) => {
+                        if let Err(why) = self.hello(t, payload, now) {
+                            failure = Some(why);
+                            break;
+                        }
+                    }
+                    (Kind::Hello, Some(_)) => {
+                        failure = Some("second Hello".into());
+                        break;
+                    }
+                    (_, None) => {
+                        failure = Some("data before Hello".into());
+                        break;
+                    }
+                    (Kind::Announce, Some(i)) => {
+                        let Some(a) = decode_payload::<Announce>(payload) else {
+                            failure = Some("bad Announce".into());
+                            break;
+                        };
+                        let addr = self.peers.list[i].addr;
+                        let refused =
+                            self.peers
+                                .registry
+                                .learn(addr, &a.gids, &self.peers.served.clone());
+                        for g in refused {
+                            warn!(
+                                "peer {addr} announces GID {} that another router serves: ignored",
+                                std::net::Ipv6Addr::from(g)
+                            );
+                        }
+                        debug!("peer {addr} serves {} GIDs", a.gids.len());
+                    }
+                    (_, Some(i)) => {
+                        if self.peers.list[i].up {
+                            f(&mut self.peers, i, &hdr, payload);
+                        }
+                    }
+                }
+                start = next;
+            }
+            if let Some(why) = failure {
+                warn!("router connection: {why}; closing it");
+                self.drop_inbound(t, &why, now);
+                continue;
+            }
+            if let Some(c) = self.inbound.get_mut(&t) {
+                c.buf = buf;
+                c.start = start;
+            }
+        }
+    }
+
+    fn hello(&mut self, t: u64, payload: &[u8], now: Instant) -> Result<(), String> {
+        let hello: Hello = decode_payload(payload).ok_or("bad Hello")?;
+        let addr: SocketAddr = hello
+            .listen
+            .parse()
+            .map_err(|_| format!("Hello with address {:?}", hello.listen))?;
+        let c = &self.inbound[&t];
+        if c.from.ip().to_canonical() != addr.ip().to_canonical() {
+            return Err(format!(
+                "Hello names {addr} but comes from {}: refused",
+                c.from.ip()
+            ));
+        }
+        if let Some(key) = &self.peers.policy.key {
+            if !hello_proves(key, &c.challenge, &hello) {
+                return Err(format!(
+                    "Hello from {addr} does not prove the link key: refused"
+                ));
+            }
+        }
+        let i = match self.peers.find(addr) {
+            Some(i) => i,
+            None if !self
+                .peers
+                .policy
+                .accept_from
+                .iter()
+                .any(|net| net.contains(&addr.ip())) =>
+            {
+                return Err(format!(
+                    "Hello from {addr}: not a --peer and not covered by --accept-peers: refused"
+                ));
+            }
+            None if self.peers.list.len() >= MAX_PEERS => {
+                return Err(format!("Hello from {addr}: already {MAX_PEERS} peers"));
+            }
+            None => {
+                info!("router {addr} introduced itself; adding it as a peer");
+                self.add_peer(addr, false, now)
+            }
+        };
+        let p = &mut self.peers.list[i];
+        if p.inbound.is_some() {
+            // The peer's live connection stays; this one goes. (A peer
+            // that restarted closed its old connection first.)
+            return Err(format!(
+                "router {addr} is connected already: a second connection is refused"
+            ));
+        }
+        p.boot_id = Some(hello.boot_id);
+        p.inbound = Some(t);
+        if p.out.is_none() {
+            p.next_dial = now;
+        }
+        if let Some(c) = self.inbound.get_mut(&t) {
+            c.peer = Some(i);
+        }
+        self.check_up(i);
+        Ok(())
+    }
+}

@@ -1,0 +1,444 @@
+//! The router's tables of verbs objects. Every object records the session
+//! that owns it; a handle from one session never reaches another's object.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+
+use flowverbs_wire::control::{QpAttr, QpCaps};
+use flowverbs_wire::cq_ring::CqRing;
+use flowverbs_wire::entries::{CQE_SIZE, RECV_WQE_SIZE, SEND_WQE_SIZE};
+use flowverbs_wire::ring::RingSlots;
+use flowverbs_wire::segment::{
+    CqHeader, CqLayout, Mapping, QpHeader, QpLayout, SessionHeader, SrqHeader, SrqLayout,
+};
+
+use super::limits::{Budget, Limits};
+use super::memory::ProcessMemory;
+use flowverbs_verbs::qp::QpKind;
+
+pub type SessionId = u64;
+
+/// One client context (one `ibv_open_device`).
+pub struct Session {
+    pub sock: OwnedFd,
+    pub doorbell: OwnedFd,
+    pub segment: Mapping,
+    pub memory: ProcessMemory,
+    /// GID 0 of the client: the IPv4-mapped address of its network
+    /// namespace, as the router read it.
+    pub gid: [u8; 16],
+    pub uid: u32,
+    /// Who it may share memory with in semi mode.
+    pub trust: super::semi::TrustGroup,
+    /// Write end of the context's async-event pipe (nonblocking).
+    pub async_events: OwnedFd,
+    /// The router's end of the event socket (see `wire::control::Event`).
+    pub event_sock: OwnedFd,
+    /// Completion channels: the read end's fd number in the client → the
+    /// write end (nonblocking).
+    pub channels: HashMap<i32, OwnedFd>,
+    /// Semi mode: the memfd that holds the client's registered pages.
+    pub arena: Option<OwnedFd>,
+    /// CQs, QPs, SRQs and completion channels it holds (see `limits`).
+    pub objects: usize,
+}
+
+impl Session {
+    pub fn header(&self) -> &SessionHeader {
+        // SAFETY: the session segment is a page we created and sized for
+        // this header.
+        unsafe { self.segment.header::<SessionHeader>() }
+    }
+}
+
+pub struct Pd {
+    pub session: SessionId,
+}
+
+pub struct Mr {
+    pub session: SessionId,
+    pub pd: u32,
+    pub addr: u64,
+    pub length: u64,
+    pub access: u32,
+    pub lkey: u32,
+    pub rkey: u32,
+    /// Semi mode: the MR's slot in the key table and where its pages lie
+    /// in the owner's arena (None: not shared).
+    pub slot: Option<u32>,
+    pub runs: Vec<flowverbs_wire::control::ArenaRun>,
+}
+
+impl Mr {
+    /// True when `[addr, addr+len)` lies inside the region.
+    pub fn contains(&self, addr: u64, len: u64) -> bool {
+        match addr.checked_add(len) {
+            Some(end) => addr >= self.addr && end <= self.addr + self.length,
+            None => false,
+        }
+    }
+}
+
+pub struct Cq {
+    pub session: SessionId,
+    pub segment: Mapping,
+    /// Semi mode: the segment's memfd, for the providers of senders.
+    pub segment_fd: Option<OwnedFd>,
+    pub ring: RingSlots,
+    /// The completion channel (its fd number in the client), if any.
+    pub channel: Option<i32>,
+    /// The client's `ibv_cq *`: what completion and async events carry.
+    pub cookie: u64,
+    /// Completion events written for this CQ.
+    pub events: u32,
+}
+
+impl Cq {
+    pub fn new(
+        session: SessionId,
+        segment: Mapping,
+        layout: CqLayout,
+        channel: Option<i32>,
+        cookie: u64,
+    ) -> Cq {
+        // SAFETY: the segment was created with `layout.size` bytes, which
+        // holds `capacity` entries after `ring_offset`.
+        let ring = unsafe {
+            RingSlots::new(
+                segment.as_ptr().add(layout.ring_offset),
+                CQE_SIZE,
+                layout.capacity,
+            )
+        };
+        Cq {
+            session,
+            segment,
+            segment_fd: None,
+            ring,
+            channel,
+            cookie,
+            events: 0,
+        }
+    }
+
+    pub fn header(&self) -> &CqHeader {
+        // SAFETY: the segment starts with a CqHeader (see CqLayout).
+        unsafe { self.segment.header::<CqHeader>() }
+    }
+
+    /// The CQ's multi-producer ring (see `wire::cq_ring`).
+    pub fn cq_ring(&self) -> CqRing<'_> {
+        CqRing::new(self.header(), self.ring)
+    }
+
+    /// Free slots. Nonsensical indices (a confused client) count as a full
+    /// ring: the client only stalls itself and its peers, as it could by
+    /// not polling.
+    pub fn free_slots(&self) -> u32 {
+        self.cq_ring().free()
+    }
+}
+
+/// A shared receive queue: a receive ring consumed on behalf of every QP
+/// attached to it.
+pub struct Srq {
+    pub session: SessionId,
+    pub pd: u32,
+    pub segment: Mapping,
+    pub ring: RingSlots,
+    pub consumer: u32,
+    pub max_sge: u32,
+    /// Armed limit (0: not armed): when fewer receives remain, the router
+    /// raises IBV_EVENT_SRQ_LIMIT_REACHED and disarms.
+    pub limit: u32,
+    /// The client's `ibv_srq *`: the element of this SRQ's async events.
+    pub cookie: u64,
+    /// Async events written for this SRQ.
+    pub async_events: u32,
+}
+
+impl Srq {
+    pub fn new(
+        session: SessionId,
+        pd: u32,
+        segment: Mapping,
+        layout: SrqLayout,
+        max_sge: u32,
+        limit: u32,
+    ) -> Srq {
+        // SAFETY: the segment holds `capacity` receive WQEs at ring_offset.
+        let ring = unsafe {
+            RingSlots::new(
+                segment.as_ptr().add(layout.ring_offset),
+                RECV_WQE_SIZE,
+                layout.capacity,
+            )
+        };
+        Srq {
+            session,
+            pd,
+            segment,
+            ring,
+            consumer: 0,
+            max_sge,
+            limit,
+            cookie: 0,
+            async_events: 0,
+        }
+    }
+
+    pub fn header(&self) -> &SrqHeader {
+        // SAFETY: the segment starts with an SrqHeader (see SrqLayout).
+        unsafe { self.segment.header::<SrqHeader>() }
+    }
+
+    /// Posted receives not yet consumed, or None for an impossible index.
+    pub fn pending(&self) -> Option<u32> {
+        let n = self.header().rq.producer().wrapping_sub(self.consumer);
+        (n <= self.ring.capacity()).then_some(n)
+    }
+}
+
+/// A send work request the router could not finish yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stall {
+    /// Waiting for a receive at the responder (RNR) or for the responder to
+    /// become reachable; fails when the deadline passes (None: never).
+    Retry {
+        deadline: Option<std::time::Instant>,
+        rnr: bool,
+    },
+    /// Waiting for room in a completion queue.
+    CqFull,
+}
+
+pub struct Qp {
+    pub session: SessionId,
+    pub pd: u32,
+    pub kind: QpKind,
+    pub qpn: u32,
+    pub send_cq: u32,
+    pub recv_cq: u32,
+    /// Shared receive queue, 0 for none.
+    pub srq: u32,
+    pub caps: QpCaps,
+    pub sq_sig_all: bool,
+    pub attr: QpAttr,
+    pub segment: Mapping,
+    pub sq: RingSlots,
+    pub rq: RingSlots,
+    /// The router's own consumer indices.
+    pub sq_consumer: u32,
+    pub rq_consumer: u32,
+    pub stall: Option<Stall>,
+    /// Bytes of the head send work request already moved to QP
+    /// `copied_to` (a large message moves over several passes).
+    pub copied: u64,
+    pub copied_to: u32,
+    /// The client's `ibv_qp *`: the element of this QP's async events.
+    pub cookie: u64,
+    /// Async events written for this QP.
+    pub async_events: u32,
+    /// Semi mode: the segment's memfd, for the providers of senders.
+    pub segment_fd: Option<OwnedFd>,
+    /// Semi mode: the provider runs this QP's send queue (`router::semi`).
+    pub semi: bool,
+    /// Send work requests the router completed for it (router and link
+    /// parts; the semi part lives in the QP header).
+    pub moved: flowverbs_wire::control::MovedByPath,
+}
+
+impl Qp {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        session: SessionId,
+        pd: u32,
+        kind: QpKind,
+        qpn: u32,
+        send_cq: u32,
+        recv_cq: u32,
+        srq: u32,
+        caps: QpCaps,
+        sq_sig_all: bool,
+        segment: Mapping,
+        layout: QpLayout,
+    ) -> Qp {
+        // SAFETY: the segment holds `layout.size` bytes, with the queues at
+        // the offsets QpLayout computed for these capacities.
+        let (sq, rq) = unsafe {
+            (
+                RingSlots::new(
+                    segment.as_ptr().add(layout.sq_offset),
+                    SEND_WQE_SIZE,
+                    layout.sq_capacity,
+                ),
+                RingSlots::new(
+                    segment.as_ptr().add(layout.rq_offset),
+                    RECV_WQE_SIZE,
+                    layout.rq_capacity,
+                ),
+            )
+        };
+        let attr = QpAttr {
+            qp_state: flowverbs_verbs::qp::RESET,
+            cap: caps,
+            ..Default::default()
+        };
+        Qp {
+            session,
+            pd,
+            kind,
+            qpn,
+            send_cq,
+            recv_cq,
+            srq,
+            caps,
+            sq_sig_all,
+            attr,
+            segment,
+            sq,
+            rq,
+            sq_consumer: 0,
+            rq_consumer: 0,
+            stall: None,
+            copied: 0,
+            copied_to: 0,
+            cookie: 0,
+            async_events: 0,
+            segment_fd: None,
+            semi: false,
+            moved: Default::default(),
+        }
+    }
+
+    /// Everything this QP completed, by path.
+    pub fn moved(&self) -> flowverbs_wire::control::MovedByPath {
+        let mut m = self.moved;
+        m.semi = self.header().semi_moved.snapshot();
+        m
+    }
+
+    pub fn header(&self) -> &QpHeader {
+        // SAFETY: the segment starts with a QpHeader (see QpLayout).
+        unsafe { self.segment.header::<QpHeader>() }
+    }
+
+    pub fn state(&self) -> u32 {
+        self.attr.qp_state
+    }
+
+    pub fn set_state(&mut self, state: u32) {
+        self.attr.qp_state = state;
+        self.header()
+            .state
+            .store(state, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Posted send WQEs not yet consumed, or None if the client's producer
+    /// index is impossible (a protocol violation).
+    pub fn sq_pending(&self) -> Option<u32> {
+        let n = self.header().sq.producer().wrapping_sub(self.sq_consumer);
+        (n <= self.sq.capacity()).then_some(n)
+    }
+
+    pub fn rq_pending(&self) -> Option<u32> {
+        let n = self.header().rq.producer().wrapping_sub(self.rq_consumer);
+        (n <= self.rq.capacity()).then_some(n)
+    }
+}
+
+/// Every object the router serves, by handle.
+#[derive(Default)]
+pub struct Tables {
+    pub sessions: HashMap<SessionId, Session>,
+    pub pds: HashMap<u32, Pd>,
+    pub mrs: HashMap<u32, Mr>,
+    /// lkey/rkey → MR handle (lkey and rkey are the same value).
+    pub keys: HashMap<u32, u32>,
+    pub cqs: HashMap<u32, Cq>,
+    pub srqs: HashMap<u32, Srq>,
+    pub qps: HashMap<u32, Qp>,
+    /// QP number → QP handle.
+    pub qpns: HashMap<u32, u32>,
+    /// What clients may hold, and what each user holds.
+    pub limits: Limits,
+    pub budget: Budget,
+    next_handle: u32,
+    next_qpn: u32,
+    rng: u64,
+}
+
+impl Tables {
+    pub fn new(limits: Limits) -> Tables {
+        let mut seed = [0u8; 8];
+        let _ = std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed));
+        Tables {
+            rng: u64::from_ne_bytes(seed) | 1,
+            next_qpn: 0x100,
+            next_handle: 1,
+            limits,
+            ..Default::default()
+        }
+    }
+
+    /// Takes one object (CQ, QP, SRQ, channel) for `session`; Err: the
+    /// cap it reached.
+    pub fn charge(&mut self, session: SessionId) -> Result<(), String> {
+        let s = self.sessions.get_mut(&session).ok_or("no such session")?;
+        self.budget.charge(&self.limits, s.uid, s.objects)?;
+        s.objects += 1;
+        Ok(())
+    }
+
+    /// Gives back one object of `session`.
+    pub fn release(&mut self, session: SessionId) {
+        if let Some(s) = self.sessions.get_mut(&session) {
+            if s.objects > 0 {
+                s.objects -= 1;
+                self.budget.release(s.uid, 1);
+            }
+        }
+    }
+
+    pub fn handle(&mut self) -> u32 {
+        let h = self.next_handle;
+        self.next_handle = self.next_handle.wrapping_add(1).max(1);
+        h
+    }
+
+    fn random(&mut self) -> u32 {
+        // xorshift64*: keys need to be hard to guess, not cryptographic.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32
+    }
+
+    /// A fresh memory key, unique among live ones (never 0).
+    pub fn new_key(&mut self) -> u32 {
+        loop {
+            let k = self.random();
+            if k != 0 && !self.keys.contains_key(&k) {
+                return k;
+            }
+        }
+    }
+
+    /// A fresh 24-bit QP number unique on this router (0 and 1 are special
+    /// in IB and never used).
+    pub fn new_qpn(&mut self) -> Option<u32> {
+        for _ in 0..=flowverbs_wire::limits::MAX_QPN {
+            let q = self.next_qpn;
+            self.next_qpn = if q >= flowverbs_wire::limits::MAX_QPN {
+                2
+            } else {
+                q + 1
+            };
+            if !self.qpns.contains_key(&q) {
+                return Some(q);
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,40 @@
+//! What the engine needs from whatever carries frames between routers.
+//!
+//! [`crate::link::Peers`] serves it over TCP. A host RDMA NIC could
+//! serve it later without touching the engine: one RC QP per peer router,
+//! each frame a SEND (header and payload in one message, or the payload
+//! written with RDMA WRITE into a buffer the peer advertised), `has_room`
+//! backed by the send queue's depth and the peer's advertised credits. The
+//! frames and their meaning (`wire::link`) stay the same.
+
+use std::io;
+use std::mem::MaybeUninit;
+
+use flowverbs_wire::link::FrameHeader;
+
+/// A router this one exchanges frames with.
+pub type PeerId = usize;
+
+pub type Gid = [u8; 16];
+
+pub trait Transport {
+    /// The peer that serves `gid`, if it is known and reachable now.
+    fn locate(&self, gid: &Gid) -> Option<PeerId>;
+    /// True if `peer` announced `gid`: a router speaks only for its GIDs.
+    fn serves(&self, peer: PeerId, gid: &Gid) -> bool;
+    /// True while `peer` takes more data without exceeding its budget
+    /// (flow control: the engine stops producing data, never replies).
+    fn has_room(&self, peer: PeerId) -> bool;
+    /// Queues one frame. Frames to a peer that is down are dropped (the
+    /// engine hears of the outage separately).
+    fn send(&mut self, peer: PeerId, hdr: FrameHeader, payload: &[u8]);
+    /// Queues one frame whose `len`-byte payload `fill` writes in place
+    /// (every byte, when it returns Ok). If `fill` fails, nothing is queued.
+    fn send_with(
+        &mut self,
+        peer: PeerId,
+        hdr: FrameHeader,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [MaybeUninit<u8>]) -> io::Result<()>,
+    ) -> io::Result<()>;
+}

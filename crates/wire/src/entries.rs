@@ -1,0 +1,179 @@
+//! Fixed-size entries carried on the rings: send and receive work queue
+//! entries (provider → router) and completion entries (router → provider).
+//! All are `#[repr(C)]` integers only, so any bit pattern is a valid value
+//! and the router validates contents, never layout.
+
+use super::limits::{MAX_INLINE_DATA, MAX_SGE};
+use super::ring::Plain;
+use flowverbs_sys::*;
+
+/// One scatter/gather element, as in `struct ibv_sge`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sge {
+    pub addr: u64,
+    pub length: u32,
+    pub lkey: u32,
+}
+
+/// Payload of a send WQE: either SGEs or inline bytes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub union SendPayload {
+    pub sge: [Sge; MAX_SGE as usize],
+    pub inline: [u8; MAX_INLINE_DATA as usize],
+}
+
+/// A send work request as posted by `ibv_post_send`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SendWqe {
+    pub wr_id: u64,
+    /// `enum ibv_wr_opcode`.
+    pub opcode: u32,
+    /// `enum ibv_send_flags` bits.
+    pub send_flags: u32,
+    /// Number of SGEs in `payload.sge` (0 when inline).
+    pub num_sge: u32,
+    /// Number of bytes in `payload.inline` when `send_flags` has INLINE.
+    pub inline_len: u32,
+    /// Immediate data, in network byte order as the application gave it.
+    pub imm_data: u32,
+    pub rkey: u32,
+    pub remote_addr: u64,
+    pub compare_add: u64,
+    pub swap: u64,
+    /// UD: destination QP number and Q_Key, and the address handle's
+    /// destination GID (valid when `ah_global` is 1).
+    pub remote_qpn: u32,
+    pub remote_qkey: u32,
+    pub ah_global: u32,
+    pub dgid: [u8; 16],
+    /// UD: the address handle's hop limit and traffic class (GRH).
+    pub hop_limit: u32,
+    pub traffic_class: u32,
+    pub _reserved: [u32; 9],
+    pub payload: SendPayload,
+}
+
+/// A receive work request as posted by `ibv_post_recv`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RecvWqe {
+    pub wr_id: u64,
+    pub num_sge: u32,
+    pub _reserved: u32,
+    pub sge: [Sge; MAX_SGE as usize],
+}
+
+/// A work completion, the router's rendering of `struct ibv_wc`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cqe {
+    pub wr_id: u64,
+    /// `enum ibv_wc_status`.
+    pub status: u32,
+    /// `enum ibv_wc_opcode`.
+    pub opcode: u32,
+    pub vendor_err: u32,
+    pub byte_len: u32,
+    /// Immediate data in network byte order.
+    pub imm_data: u32,
+    pub qp_num: u32,
+    pub src_qp: u32,
+    /// `enum ibv_wc_flags` bits.
+    pub wc_flags: u32,
+    /// Send-side completions: the send queue's consumer index after the WR
+    /// this completion reports (its slot and every earlier one are free
+    /// once the completion is polled). 0 on receive completions.
+    pub sq_index: u32,
+    /// Written last (release) by whoever produced the entry: its ring
+    /// index + 1. The consumer takes entry `i` once `seq == i + 1`, so
+    /// several producers (the router, senders' providers in semi mode) can
+    /// fill one CQ (see `wire::cq_ring`).
+    pub seq: u32,
+    pub pkey_index: u16,
+    pub slid: u16,
+    pub sl: u8,
+    pub dlid_path_bits: u8,
+    pub _reserved: [u8; 10],
+}
+
+// SAFETY: integers and arrays of integers only (the union's members both
+// are), so every bit pattern is valid.
+unsafe impl Plain for SendWqe {}
+// SAFETY: as above.
+unsafe impl Plain for RecvWqe {}
+// SAFETY: as above.
+unsafe impl Plain for Cqe {}
+
+impl Cqe {
+    /// The successful receive completion of a message sent with
+    /// `wr_opcode` (SEND, SEND_WITH_IMM or RDMA_WRITE_WITH_IMM), as every
+    /// executor writes it.
+    pub fn received(
+        wr_id: u64,
+        wr_opcode: u32,
+        byte_len: u32,
+        imm_data: u32,
+        qp_num: u32,
+        src_qp: u32,
+    ) -> Cqe {
+        let with_imm = matches!(wr_opcode, IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE_WITH_IMM);
+        Cqe {
+            wr_id,
+            status: IBV_WC_SUCCESS,
+            opcode: if wr_opcode == IBV_WR_RDMA_WRITE_WITH_IMM {
+                IBV_WC_RECV_RDMA_WITH_IMM
+            } else {
+                IBV_WC_RECV
+            },
+            byte_len,
+            imm_data: if with_imm { imm_data } else { 0 },
+            wc_flags: if with_imm { IBV_WC_WITH_IMM } else { 0 },
+            qp_num,
+            src_qp,
+            ..Default::default()
+        }
+    }
+}
+
+impl SendWqe {
+    pub fn zeroed() -> Self {
+        // SAFETY: all-zero is a valid SendWqe (Plain).
+        unsafe { std::mem::zeroed() }
+    }
+    /// The SGEs, clamped to the maximum (the router checks num_sge itself).
+    pub fn sges(&self) -> &[Sge] {
+        let n = (self.num_sge as usize).min(MAX_SGE as usize);
+        // SAFETY: both union members are Plain arrays; reading either is sound.
+        unsafe { &self.payload.sge[..n] }
+    }
+    pub fn inline_bytes(&self) -> &[u8] {
+        let n = (self.inline_len as usize).min(MAX_INLINE_DATA as usize);
+        // SAFETY: as above.
+        unsafe { &self.payload.inline[..n] }
+    }
+}
+
+impl RecvWqe {
+    pub fn zeroed() -> Self {
+        // SAFETY: all-zero is a valid RecvWqe (Plain).
+        unsafe { std::mem::zeroed() }
+    }
+    pub fn sges(&self) -> &[Sge] {
+        &self.sge[..(self.num_sge as usize).min(MAX_SGE as usize)]
+    }
+}
+
+pub const SEND_WQE_SIZE: usize = 384;
+pub const RECV_WQE_SIZE: usize = 272;
+pub const CQE_SIZE: usize = 64;
+
+const _: () = assert!(std::mem::size_of::<Sge>() == 16);
+const _: () = assert!(std::mem::size_of::<SendWqe>() == SEND_WQE_SIZE);
+const _: () = assert!(std::mem::offset_of!(SendWqe, payload) == 128);
+const _: () = assert!(std::mem::size_of::<RecvWqe>() == RECV_WQE_SIZE);
+const _: () = assert!(std::mem::size_of::<Cqe>() == CQE_SIZE);
+const _: () = assert!(std::mem::offset_of!(Cqe, seq) == 44);
+const _: () = assert!(std::mem::offset_of!(Cqe, wc_flags) == 36);
