@@ -939,14 +939,7 @@ impl SemiPath {
     ) -> Step {
         if let Some((r, c)) = recv {
             if self.peer().rq.claim_consumer(c) {
-                let cqe = Cqe {
-                    wr_id: r.wr_id,
-                    status: recv_status,
-                    opcode: IBV_WC_RECV,
-                    qp_num: self.peer_qpn,
-                    src_qp: self.qpn,
-                    ..Default::default()
-                };
+                let cqe = Cqe::receive_failed(r.wr_id, recv_status, self.peer_qpn, self.qpn);
                 self.rings().cq.push(&cqe);
                 self.notify(true, true);
             }

@@ -645,14 +645,7 @@ impl Engine {
     ) -> Outcome {
         if let Some((rwqe, status)) = recv {
             let b = &self.tables.qps[&hb];
-            let cqe = Cqe {
-                wr_id: rwqe.wr_id,
-                status,
-                opcode: IBV_WC_RECV,
-                qp_num: b.qpn,
-                src_qp: self.tables.qps[&ha].qpn,
-                ..Default::default()
-            };
+            let cqe = Cqe::receive_failed(rwqe.wr_id, status, b.qpn, self.tables.qps[&ha].qpn);
             let cq = b.recv_cq;
             self.consume_recv(hb);
             self.push_cqe(cq, &cqe);
@@ -1091,14 +1084,7 @@ impl Engine {
                 sl: flowverbs_verbs::ud::SL_IPV4_GRH,
                 ..Default::default()
             },
-            Err(status) => Cqe {
-                wr_id: rwqe.wr_id,
-                status,
-                opcode: IBV_WC_RECV,
-                qp_num: qpn_b,
-                src_qp: src_qpn,
-                ..Default::default()
-            },
+            Err(status) => Cqe::receive_failed(rwqe.wr_id, status, qpn_b, src_qpn),
         };
         let failed = cqe.status != IBV_WC_SUCCESS;
         self.consume_recv(hb);

@@ -108,6 +108,19 @@ unsafe impl Plain for RecvWqe {}
 unsafe impl Plain for Cqe {}
 
 impl Cqe {
+    /// The completion of a receive that failed with `status` (a responder
+    /// error), as every executor writes it.
+    pub fn receive_failed(wr_id: u64, status: u32, qp_num: u32, src_qp: u32) -> Cqe {
+        Cqe {
+            wr_id,
+            status,
+            opcode: IBV_WC_RECV,
+            qp_num,
+            src_qp,
+            ..Default::default()
+        }
+    }
+
     /// The successful receive completion of a message sent with
     /// `wr_opcode` (SEND, SEND_WITH_IMM or RDMA_WRITE_WITH_IMM), as every
     /// executor writes it.

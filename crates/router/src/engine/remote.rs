@@ -268,14 +268,7 @@ impl Engine {
     /// a full CQ is an overrun (IBV_EVENT_CQ_ERR), as on a NIC.
     fn complete_recv_with_error(&mut self, h: u32, rwqe: &RecvWqe, status: u32, src_qp: u32) {
         let qp = &self.tables.qps[&h];
-        let cqe = Cqe {
-            wr_id: rwqe.wr_id,
-            status,
-            opcode: IBV_WC_RECV,
-            qp_num: qp.qpn,
-            src_qp,
-            ..Default::default()
-        };
+        let cqe = Cqe::receive_failed(rwqe.wr_id, status, qp.qpn, src_qp);
         let cq = qp.recv_cq;
         if self.cq_free(cq) > 0 {
             self.push_cqe(cq, &cqe);
