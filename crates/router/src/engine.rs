@@ -10,9 +10,8 @@ use log::{debug, warn};
 use flowverbs_sys::*;
 use flowverbs_verbs::access::{self, Region};
 use flowverbs_verbs::opcode::{self, wc_opcode, Shape};
-use flowverbs_verbs::{atomic, receive, ud};
+use flowverbs_verbs::{atomic, receive};
 use flowverbs_wire::entries::{Cqe, RecvWqe, SendWqe};
-use flowverbs_wire::limits::GRH_SIZE;
 
 use super::events::AsyncTarget;
 use super::link::Links;
@@ -21,7 +20,10 @@ use super::objects::{Stall, Tables};
 use flowverbs_verbs::events::responder_error_event;
 use flowverbs_verbs::qp::{self as qp_state, QpKind, ERR, RESET, RTS, SQD};
 
+mod datagram;
 mod remote;
+
+pub(super) use datagram::Datagram;
 
 /// Most work requests, and bytes, one QP's send queue gets per pass.
 const PASS_WRS: u32 = 32;
@@ -65,16 +67,6 @@ impl Source {
     }
 }
 
-/// A datagram arriving at a UD QP: who sent it and how.
-pub(super) struct Datagram {
-    pub sgid: [u8; 16],
-    pub src_qpn: u32,
-    pub imm: Option<u32>,
-    pub solicited: bool,
-    pub hop_limit: u8,
-    pub traffic_class: u8,
-}
-
 /// The two work queues of a QP.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Queue {
@@ -96,6 +88,29 @@ enum Outcome {
 enum CopyError {
     Source,
     Destination,
+}
+
+/// Runs an atomic `op` on the 8 bytes at `addr` of a responder's memory
+/// (whose key, access and alignment were checked) and returns the value
+/// they held. The router is single-threaded, so every atomic is atomic with
+/// respect to every other RDMA operation it runs. Err: REM_ACCESS_ERR.
+fn atomic_at(
+    mem: &ProcessMemory,
+    addr: u64,
+    op: u32,
+    compare_add: u64,
+    swap: u64,
+) -> Result<[u8; 8], u32> {
+    let mut old = [0u8; 8];
+    mem.read(addr, &mut old)
+        .map_err(|_| IBV_WC_REM_ACCESS_ERR)?;
+    let cur = u64::from_ne_bytes(old);
+    let new = atomic::apply(op, cur, compare_add, swap);
+    if new != cur {
+        mem.write(addr, &new.to_ne_bytes())
+            .map_err(|_| IBV_WC_REM_ACCESS_ERR)?;
+    }
+    Ok(old)
 }
 
 fn total_len(segs: &Segments) -> u64 {
@@ -932,9 +947,7 @@ impl Engine {
             }
             _ => {
                 // Atomics: an 8-byte aligned remote address (validate_send
-                // checked the one 8-byte local SGE). The router is
-                // single-threaded, so every atomic is atomic with respect to
-                // every other RDMA operation.
+                // checked the one 8-byte local SGE).
                 if let Err(status) = atomic::check_target(w.remote_addr) {
                     return self.responder_error(ha, w, status, hb, None, len);
                 }
@@ -943,15 +956,10 @@ impl Engine {
                 {
                     return self.responder_error(ha, w, status, hb, None, len);
                 }
-                let mut old = [0u8; 8];
-                if mem_b.read(w.remote_addr, &mut old).is_err() {
-                    return self.responder_error(ha, w, IBV_WC_REM_ACCESS_ERR, hb, None, len);
-                }
-                let cur = u64::from_ne_bytes(old);
-                let new = atomic::apply(w.opcode, cur, w.compare_add, w.swap);
-                if new != cur && mem_b.write(w.remote_addr, &new.to_ne_bytes()).is_err() {
-                    return self.responder_error(ha, w, IBV_WC_REM_ACCESS_ERR, hb, None, len);
-                }
+                let old = match atomic_at(&mem_b, w.remote_addr, w.opcode, w.compare_add, w.swap) {
+                    Ok(old) => old,
+                    Err(status) => return self.responder_error(ha, w, status, hb, None, len),
+                };
                 if mem_a.write(local[0].0, &old).is_err() {
                     self.fail_requester(ha, w, IBV_WC_LOC_PROT_ERR);
                     return Outcome::Failed;
@@ -968,131 +976,6 @@ impl Engine {
         }
         self.finish_send(ha, w, result_len);
         Outcome::Done
-    }
-
-    /// A UD send: one datagram of at most the MTU to `remote_qpn`, delivered
-    /// after a 40-byte GRH, or silently lost (unknown destination, wrong
-    /// Q_Key, no receive posted) as on a real fabric. The sender's
-    /// completion does not depend on delivery. A datagram to a GID another
-    /// router serves goes over the link to it.
-    fn execute_ud(&mut self, ha: u32, w: &SendWqe, src: &Source, len: u64) -> Outcome {
-        if let Err(status) = ud::check_len(len) {
-            self.fail_requester(ha, w, status);
-            return Outcome::Failed;
-        }
-        let a = &self.tables.qps[&ha];
-        let qkey = ud::qkey(w.remote_qkey, a.attr.qkey);
-        let qpn_a = a.qpn;
-        let sgid = self.tables.sessions[&a.session].gid;
-        if w.ah_global != 0 && !self.serves_locally(&w.dgid) {
-            match self.send_datagram(&sgid, qpn_a, w, qkey, src, len) {
-                Ok(()) => {}
-                Err(status) => {
-                    self.fail_requester(ha, w, status);
-                    return Outcome::Failed;
-                }
-            }
-            self.finish_send(ha, w, len);
-            return Outcome::Done;
-        }
-        let dest = self.tables.qpns.get(&w.remote_qpn).copied().filter(|hb| {
-            let b = &self.tables.qps[hb];
-            b.kind == QpKind::Ud
-                && qp_state::receives(b.state())
-                && b.attr.qkey == qkey
-                && (w.ah_global == 0 || w.dgid == self.tables.sessions[&b.session].gid)
-        });
-        if let Some(hb) = dest {
-            let d = Datagram {
-                sgid,
-                src_qpn: qpn_a,
-                imm: (w.opcode == IBV_WR_SEND_WITH_IMM).then_some(w.imm_data),
-                solicited: w.send_flags & IBV_SEND_SOLICITED != 0,
-                hop_limit: w.hop_limit as u8,
-                traffic_class: w.traffic_class as u8,
-            };
-            if !self.deliver_ud(hb, &d, src, len) {
-                return Outcome::Stalled(Stall::CqFull);
-            }
-        }
-        self.finish_send(ha, w, len);
-        Outcome::Done
-    }
-
-    /// Delivers one datagram of `len` bytes from `src` to UD QP `hb` (whose
-    /// Q_Key and state the caller checked): into the receive at the head of
-    /// its queue, after the GRH, or dropped if no receive is posted. False
-    /// if the receiver's CQ is full (nothing was consumed).
-    #[allow(clippy::too_many_arguments)]
-    fn deliver_ud(&mut self, hb: u32, d: &Datagram, src: &Source, len: u64) -> bool {
-        let (sgid, src_qpn, imm, solicited) = (&d.sgid, d.src_qpn, d.imm, d.solicited);
-        let recv_cq = self.tables.qps[&hb].recv_cq;
-        match self.recv_pending(hb) {
-            None => {
-                self.recv_violation(hb);
-                return true;
-            }
-            Some(0) => return true,
-            Some(_) => {}
-        }
-        if self.cq_free(recv_cq) == 0 {
-            return false;
-        }
-        let (rwqe, max_sge) = self.recv_head(hb);
-        let dgid = self.tables.sessions[&self.tables.qps[&hb].session].gid;
-        let qpn_b = self.tables.qps[&hb].qpn;
-        let (segs, verdict) = self.receive_segments(hb, &rwqe, max_sge, len + u64::from(GRH_SIZE));
-        let dst = verdict.map(|()| segs).map_err(|f| f.receive);
-        let mem_b = self.memory_of(hb);
-        let delivered = dst.and_then(|dst| {
-            let grh = ud::grh(
-                sgid,
-                &dgid,
-                &ud::Packet {
-                    payload_len: len as u32,
-                    with_imm: imm.is_some(),
-                    hop_limit: d.hop_limit,
-                    traffic_class: d.traffic_class,
-                },
-            );
-            mem_b
-                .write_segments(&dst, 0, &grh)
-                .map_err(|_| IBV_WC_LOC_PROT_ERR)?;
-            // The payload follows the GRH in the receive's byte stream.
-            let mut off = 0u64;
-            while off < len {
-                let n = ((len - off) as usize).min(CHUNK);
-                let buf = &mut self.bounce[..n];
-                src.read(off, buf).map_err(|_| IBV_WC_LOC_PROT_ERR)?;
-                mem_b
-                    .write_segments(&dst, u64::from(GRH_SIZE) + off, buf)
-                    .map_err(|_| IBV_WC_LOC_PROT_ERR)?;
-                off += n as u64;
-            }
-            Ok(())
-        });
-        let cqe = match delivered {
-            Ok(()) => Cqe {
-                wr_id: rwqe.wr_id,
-                status: IBV_WC_SUCCESS,
-                opcode: IBV_WC_RECV,
-                byte_len: len as u32 + GRH_SIZE,
-                imm_data: imm.unwrap_or(0),
-                wc_flags: IBV_WC_GRH | if imm.is_some() { IBV_WC_WITH_IMM } else { 0 },
-                qp_num: qpn_b,
-                src_qp: src_qpn,
-                sl: flowverbs_verbs::ud::SL_IPV4_GRH,
-                ..Default::default()
-            },
-            Err(status) => Cqe::receive_failed(rwqe.wr_id, status, qpn_b, src_qpn),
-        };
-        let failed = cqe.status != IBV_WC_SUCCESS;
-        self.consume_recv(hb);
-        self.publish_cqe(recv_cq, &cqe, solicited);
-        if failed {
-            self.to_error(hb);
-        }
-        true
     }
 
     /// Removes a QP; a peer still sending to it will time out as on a

@@ -1231,17 +1231,19 @@ impl Engine {
             return;
         }
         let mem_b = self.memory_of(hb);
-        let mut old = [0u8; 8];
-        if mem_b.read(hdr.remote_addr, &mut old).is_err() {
-            self.remote_responder_error(peers, from, hdr, hb, IBV_WC_REM_ACCESS_ERR, None);
-            return;
-        }
-        let cur = u64::from_ne_bytes(old);
-        let new = atomic::apply(hdr.opcode, cur, hdr.compare_add, hdr.swap);
-        if new != cur && mem_b.write(hdr.remote_addr, &new.to_ne_bytes()).is_err() {
-            self.remote_responder_error(peers, from, hdr, hb, IBV_WC_REM_ACCESS_ERR, None);
-            return;
-        }
+        let old = match super::atomic_at(
+            &mem_b,
+            hdr.remote_addr,
+            hdr.opcode,
+            hdr.compare_add,
+            hdr.swap,
+        ) {
+            Ok(old) => old,
+            Err(status) => {
+                self.remote_responder_error(peers, from, hdr, hb, status, None);
+                return;
+            }
+        };
         let r = self.remote.resp.get_mut(&hb).expect("responder");
         r.epsn = r.epsn.wrapping_add(1);
         Self::ack(peers, from, hdr, IBV_WC_SUCCESS, &old);

@@ -1,0 +1,147 @@
+//! Protection domains and memory regions: `ibv_alloc_pd`, `ibv_dealloc_pd`, `ibv_reg_mr`, `ibv_dereg_mr`.
+//! Every handle is checked to belong to the requesting session; every
+//! value against the device limits.
+
+use super::*;
+
+pub(super) fn alloc_pd(engine: &mut Engine, session: SessionId) -> Answer {
+    let t = &mut engine.tables;
+    if count(&t.pds, session, |p| p.session) >= MAX_PD as usize {
+        return err(libc::ENOMEM, "too many protection domains");
+    }
+    let pd = t.handle();
+    t.pds.insert(pd, Pd { session });
+    Answer::ok(Reply::Pd { pd })
+}
+
+pub(super) fn dealloc_pd(engine: &mut Engine, session: SessionId, pd: u32) -> Answer {
+    let t = &mut engine.tables;
+    if !owned(&t.pds, pd, session, |p| p.session) {
+        return err(libc::EINVAL, "no such protection domain");
+    }
+    let busy = t.mrs.values().any(|m| m.pd == pd)
+        || t.qps.values().any(|q| q.pd == pd)
+        || t.srqs.values().any(|s| s.pd == pd);
+    if busy {
+        return err(
+            libc::EBUSY,
+            "protection domain still has memory regions or QPs",
+        );
+    }
+    t.pds.remove(&pd);
+    Answer::ok(Reply::Done)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn reg_mr(
+    engine: &mut Engine,
+    session: SessionId,
+    pd: u32,
+    addr: u64,
+    length: u64,
+    access: u32,
+    runs: Vec<ArenaRun>,
+    mut fds: Vec<OwnedFd>,
+) -> Answer {
+    let semi = engine.key_table.is_some();
+    let t = &mut engine.tables;
+    if !owned(&t.pds, pd, session, |p| p.session) {
+        return err(libc::EINVAL, "no such protection domain");
+    }
+    let known = IBV_ACCESS_LOCAL_WRITE
+        | IBV_ACCESS_REMOTE_WRITE
+        | IBV_ACCESS_REMOTE_READ
+        | IBV_ACCESS_REMOTE_ATOMIC
+        | IBV_ACCESS_ZERO_BASED
+        | IBV_ACCESS_RELAXED_ORDERING;
+    if access & !known != 0 || access & IBV_ACCESS_ZERO_BASED != 0 {
+        return err(
+            libc::EINVAL,
+            format!("unsupported access flags {access:#x}"),
+        );
+    }
+    let needs_local_write = IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_ATOMIC;
+    if access & needs_local_write != 0 && access & IBV_ACCESS_LOCAL_WRITE == 0 {
+        return err(
+            libc::EINVAL,
+            "remote write/atomic access requires IBV_ACCESS_LOCAL_WRITE",
+        );
+    }
+    if length > MAX_MR_SIZE || addr.checked_add(length).is_none() {
+        return err(libc::EINVAL, "memory region too large");
+    }
+    if count(&t.mrs, session, |m| m.session) >= MAX_MR as usize {
+        return err(libc::ENOMEM, "too many memory regions");
+    }
+    let memory = t.sessions[&session].memory.clone();
+    let writable = access & IBV_ACCESS_LOCAL_WRITE != 0;
+    if length > 0 {
+        if let Err(e) = memory.check_mapped(addr, length, writable) {
+            return err(
+                e.raw_os_error().unwrap_or(libc::EFAULT),
+                "range is not mapped (with the needed protection)",
+            );
+        }
+    }
+    if !runs.is_empty() {
+        if !semi {
+            return err(libc::EINVAL, "arena runs outside semi mode");
+        }
+        if let Err(why) = crate::semi::check_runs(addr, length, &runs) {
+            return err(libc::EINVAL, why);
+        }
+        if let Some(fd) = fds.pop() {
+            t.sessions.get_mut(&session).expect("session").arena = Some(fd);
+        }
+        if t.sessions[&session].arena.is_none() {
+            return err(libc::EINVAL, "arena runs without an arena");
+        }
+    }
+    let mr = t.handle();
+    let key = t.new_key();
+    let slot = if runs.is_empty() {
+        None
+    } else {
+        match engine.key_table.as_mut().and_then(|k| k.add(key)) {
+            Some(s) => Some(s),
+            None => return err(libc::ENOMEM, "key table full"),
+        }
+    };
+    let t = &mut engine.tables;
+    t.keys.insert(key, mr);
+    t.mrs.insert(
+        mr,
+        Mr {
+            session,
+            pd,
+            addr,
+            length,
+            access,
+            lkey: key,
+            rkey: key,
+            slot,
+            runs,
+        },
+    );
+    Answer::ok(Reply::Mr {
+        mr,
+        lkey: key,
+        rkey: key,
+    })
+}
+
+pub(super) fn dereg_mr(engine: &mut Engine, session: SessionId, mr: u32) -> Answer {
+    let t = &mut engine.tables;
+    match t.mrs.get(&mr) {
+        Some(m) if m.session == session => {
+            let (key, slot) = (m.lkey, m.slot);
+            t.keys.remove(&key);
+            t.mrs.remove(&mr);
+            if let (Some(slot), Some(k)) = (slot, engine.key_table.as_mut()) {
+                k.remove(slot);
+            }
+            Answer::ok(Reply::Done)
+        }
+        _ => err(libc::EINVAL, "no such memory region"),
+    }
+}

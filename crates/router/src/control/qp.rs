@@ -1,0 +1,163 @@
+//! Queue pairs: `ibv_create_qp`, `ibv_modify_qp`, `ibv_query_qp`, `ibv_destroy_qp`.
+//! Every handle is checked to belong to the requesting session; every
+//! value against the device limits.
+
+use super::*;
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn create_qp(
+    engine: &mut Engine,
+    session: SessionId,
+    pd: u32,
+    qp_type: u32,
+    send_cq: u32,
+    recv_cq: u32,
+    srq: u32,
+    caps: QpCaps,
+    sq_sig_all: bool,
+    cookie: u64,
+) -> Answer {
+    let semi = engine.key_table.is_some();
+    let t = &mut engine.tables;
+    let Some(kind) = QpKind::from_ibv(qp_type) else {
+        return err(
+            libc::EOPNOTSUPP,
+            format!("QP type {qp_type} is not supported"),
+        );
+    };
+    if !owned(&t.pds, pd, session, |p| p.session) {
+        return err(libc::EINVAL, "no such protection domain");
+    }
+    if srq != 0 && !owned(&t.srqs, srq, session, |s| s.session) {
+        return err(libc::EINVAL, "no such shared receive queue");
+    }
+    for cq in [send_cq, recv_cq] {
+        if !owned(&t.cqs, cq, session, |c| c.session) {
+            return err(libc::EINVAL, "no such completion queue");
+        }
+    }
+    if caps.max_send_wr > MAX_QP_WR
+        || caps.max_recv_wr > MAX_QP_WR
+        || caps.max_send_sge > MAX_SGE
+        || caps.max_recv_sge > MAX_SGE
+        || caps.max_inline_data > MAX_INLINE_DATA
+    {
+        return err(
+            libc::EINVAL,
+            format!("QP capabilities {caps:?} exceed the device limits"),
+        );
+    }
+    if count(&t.qps, session, |q| q.session) >= MAX_QP as usize {
+        return err(libc::ENOMEM, "too many QPs");
+    }
+    let rq_wr = if srq != 0 { 1 } else { caps.max_recv_wr };
+    let layout = QpLayout::new(caps.max_send_wr, rq_wr);
+    let caps = QpCaps {
+        max_send_wr: layout.sq_capacity,
+        max_recv_wr: if srq != 0 { 0 } else { layout.rq_capacity },
+        max_send_sge: MAX_SGE,
+        max_recv_sge: if srq != 0 { 0 } else { MAX_SGE },
+        max_inline_data: MAX_INLINE_DATA,
+    };
+    let Some(qpn) = t.new_qpn() else {
+        return err(libc::ENOMEM, "out of QP numbers");
+    };
+    if let Err(why) = t.charge(session) {
+        return err(libc::ENOMEM, why);
+    }
+    let (fd, map) = match segment("fv-qp", layout.size) {
+        Ok(x) => x,
+        Err(e) => {
+            t.release(session);
+            return err(libc::ENOMEM, format!("QP segment: {e}"));
+        }
+    };
+    let qp = t.handle();
+    t.qpns.insert(qpn, qp);
+    engine.totals.qps += 1;
+    let t = &mut engine.tables;
+    let mut q = Qp::new(
+        session, pd, kind, qpn, send_cq, recv_cq, srq, caps, sq_sig_all, map, layout,
+    );
+    q.cookie = cookie;
+    if semi {
+        q.segment_fd = fd.try_clone().ok();
+    }
+    t.qps.insert(qp, q);
+    Answer {
+        reply: Reply::Qp {
+            qp,
+            qpn,
+            caps,
+            sq_capacity: layout.sq_capacity,
+            rq_capacity: layout.rq_capacity,
+            segment_size: layout.size as u64,
+        },
+        fds: vec![fd],
+    }
+}
+
+pub(super) fn modify_qp(
+    engine: &mut Engine,
+    session: SessionId,
+    qp: u32,
+    attr: QpAttr,
+    mask: u32,
+) -> Answer {
+    let t = &mut engine.tables;
+    let Some(q) = t.qps.get_mut(&qp).filter(|q| q.session == session) else {
+        return err(libc::EINVAL, "no such QP");
+    };
+    let next = match qp_state::check_modify(q.kind, q.state(), &attr, mask) {
+        Ok(n) => n,
+        Err(qp_state::Invalid(why)) => return err(libc::EINVAL, why),
+    };
+    qp_state::apply(&mut q.attr, &attr, mask);
+    let prev = q.state();
+    q.set_state(next);
+    if next == qp_state::RESET {
+        q.semi = false;
+    }
+    if next == qp_state::RESET && prev != qp_state::RESET {
+        let caps = q.caps;
+        q.attr = flowverbs_wire::control::QpAttr {
+            cap: caps,
+            ..Default::default()
+        };
+        engine.drain(qp);
+    }
+    if next == qp_state::ERR && prev != qp_state::ERR {
+        engine.entered_error(qp);
+    }
+    engine.publish_responder_attrs(qp);
+    if next == qp_state::RTR && prev != qp_state::RTR {
+        if let Some(a) = engine.connect_semi(qp) {
+            return a;
+        }
+    }
+    Answer::ok(Reply::Done)
+}
+
+pub(super) fn query_qp(engine: &mut Engine, session: SessionId, qp: u32) -> Answer {
+    let t = &mut engine.tables;
+    match t.qps.get(&qp).filter(|q| q.session == session) {
+        Some(q) => {
+            let mut attr = q.attr;
+            attr.cur_qp_state = attr.qp_state;
+            attr.cap = q.caps;
+            Answer::ok(Reply::QpAttr { attr })
+        }
+        None => err(libc::EINVAL, "no such QP"),
+    }
+}
+
+pub(super) fn destroy_qp(engine: &mut Engine, session: SessionId, qp: u32) -> Answer {
+    let t = &mut engine.tables;
+    if !owned(&t.qps, qp, session, |q| q.session) {
+        return err(libc::EINVAL, "no such QP");
+    }
+    let events = t.qps[&qp].async_events;
+    engine.remove_qp(qp);
+    engine.tables.release(session);
+    Answer::ok(Reply::Destroyed { events })
+}
