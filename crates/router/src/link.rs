@@ -220,7 +220,7 @@ impl Transport for Peers {
 
     fn send(&mut self, peer: PeerId, mut hdr: FrameHeader, payload: &[u8]) {
         debug_assert!(payload.len() <= MAX_CHUNK);
-        hdr.payload_len = payload.len() as u32;
+        hdr.payload_len = (payload.len() as u32).into();
         let Some(p) = self.list.get_mut(peer).filter(|p| p.up) else {
             return;
         };
@@ -238,7 +238,7 @@ impl Transport for Peers {
         fill: &mut dyn FnMut(&mut [MaybeUninit<u8>]) -> std::io::Result<()>,
     ) -> std::io::Result<()> {
         debug_assert!(len <= MAX_CHUNK);
-        hdr.payload_len = len as u32;
+        hdr.payload_len = (len as u32).into();
         let Some(p) = self.list.get_mut(peer).filter(|p| p.up) else {
             return Ok(());
         };
@@ -267,7 +267,7 @@ impl Peers {
         });
         let p = &mut self.list[peer];
         let mut hdr = FrameHeader::new(Kind::Announce);
-        hdr.payload_len = payload.len() as u32;
+        hdr.payload_len = (payload.len() as u32).into();
         p.queue.buf.extend_from_slice(&hdr.encode());
         p.queue.buf.extend_from_slice(&payload);
     }
@@ -754,7 +754,7 @@ impl Links {
         debug!("connected to peer {}", p.addr);
         let payload = encode_payload(&hello);
         let mut hdr = FrameHeader::new(Kind::Hello);
-        hdr.payload_len = payload.len() as u32;
+        hdr.payload_len = (payload.len() as u32).into();
         p.queue.clear();
         p.queue.buf.extend_from_slice(&hdr.encode());
         p.queue.buf.extend_from_slice(&payload);
@@ -912,7 +912,7 @@ impl Links {
                         break;
                     }
                 };
-                let next = start + HEADER_LEN + hdr.payload_len as usize;
+                let next = start + HEADER_LEN + hdr.payload_len.get() as usize;
                 if end < next {
                     break;
                 }

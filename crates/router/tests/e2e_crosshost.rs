@@ -800,7 +800,7 @@ fn hello_frame(listen: &str, boot_id: u64, mac: [u8; 32]) -> Vec<u8> {
         mac,
     });
     let mut h = FrameHeader::new(Kind::Hello);
-    h.payload_len = payload.len() as u32;
+    h.payload_len = (payload.len() as u32).into();
     let mut v = h.encode().to_vec();
     v.extend_from_slice(&payload);
     v

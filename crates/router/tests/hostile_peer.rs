@@ -19,7 +19,7 @@ use flowverbs_wire::link::{
 
 fn frame(hdr: FrameHeader, payload: &[u8]) -> Vec<u8> {
     let mut h = hdr;
-    h.payload_len = payload.len() as u32;
+    h.payload_len = (payload.len() as u32).into();
     let mut v = h.encode().to_vec();
     v.extend_from_slice(payload);
     v
@@ -106,7 +106,7 @@ impl FrameReader {
         while self.buf.len() >= HEADER_LEN {
             let raw: &[u8; HEADER_LEN] = self.buf[..HEADER_LEN].try_into().unwrap();
             let h = FrameHeader::decode(raw).expect("the router sends valid frames");
-            let end = HEADER_LEN + h.payload_len as usize;
+            let end = HEADER_LEN + h.payload_len.get() as usize;
             if self.buf.len() < end {
                 break;
             }
@@ -129,7 +129,7 @@ impl FrameReader {
             while self.buf.len() >= HEADER_LEN {
                 let raw: &[u8; HEADER_LEN] = self.buf[..HEADER_LEN].try_into().unwrap();
                 let h = FrameHeader::decode(raw).expect("the router sends valid frames");
-                let end = HEADER_LEN + h.payload_len as usize;
+                let end = HEADER_LEN + h.payload_len.get() as usize;
                 if self.buf.len() < end {
                     break;
                 }
@@ -312,12 +312,12 @@ fn a_peer_reaches_only_qps_connected_to_it() {
             h.qp_kind = QP_RC;
             h.src_gid = src;
             h.dst_gid = gid;
-            h.src_qpn = 0x777;
-            h.dst_qpn = qpn;
-            h.opcode = flowverbs_sys::IBV_WR_RDMA_WRITE;
-            h.total_len = 4;
-            h.remote_addr = 0x1000;
-            h.rkey = qpn;
+            h.src_qpn = 0x777.into();
+            h.dst_qpn = qpn.into();
+            h.opcode = (flowverbs_sys::IBV_WR_RDMA_WRITE).into();
+            h.total_len = 4.into();
+            h.remote_addr = 0x1000.into();
+            h.rkey = qpn.into();
             bytes.extend(frame(h, b"evil"));
         }
     }
@@ -335,11 +335,14 @@ fn a_peer_reaches_only_qps_connected_to_it() {
     );
     for n in &naks {
         assert_eq!(
-            n.status,
+            n.status.get(),
             flowverbs_wire::link::NakReason::NoQp as u32,
             "{n:?}"
         );
-        assert_eq!((n.dst_gid, n.dst_qpn, n.src_gid), ([7; 16], 0x777, gid));
+        assert_eq!(
+            (n.dst_gid, n.dst_qpn.get(), n.src_gid),
+            ([7; 16], 0x777, gid)
+        );
     }
     assert!(
         answers.iter().all(|h| h.kind == Kind::Nak as u8
@@ -417,9 +420,9 @@ fn a_peer_that_never_answers_ends_in_retry_exceeded() {
     // The requests did reach the claimed GID's router.
     let frames = from_router.frames_for(1);
     assert!(
-        frames
-            .iter()
-            .any(|h| h.kind == Kind::Request as u8 && h.dst_gid == claimed && h.dst_qpn == 0x4242),
+        frames.iter().any(|h| h.kind == Kind::Request as u8
+            && h.dst_gid == claimed
+            && h.dst_qpn.get() == 0x4242),
         "{frames:?}"
     );
 }
@@ -441,8 +444,8 @@ fn answer(req: &FrameHeader, kind: Kind, status: u32, aux: u32) -> Vec<u8> {
     h.src_qpn = req.dst_qpn;
     h.dst_qpn = req.src_qpn;
     h.opcode = req.opcode;
-    h.status = status;
-    h.aux = aux;
+    h.status = status.into();
+    h.aux = aux.into();
     frame(h, &[])
 }
 
@@ -474,12 +477,21 @@ fn the_requester_resends_after_receiver_not_ready() {
     c.read_exact(&mut done).unwrap();
 
     let is_send = |h: &FrameHeader| {
-        h.kind == Kind::Request as u8 && h.dst_qpn == FAKE_QPN && h.src_qpn == client_qpn
+        h.kind == Kind::Request as u8
+            && h.dst_qpn.get() == FAKE_QPN
+            && h.src_qpn.get() == client_qpn
     };
     for attempt in 0..3 {
         let (req, payload) = from_router.next_where(Duration::from_secs(10), is_send);
-        assert_eq!(req.psn, client_psn, "attempt {attempt}: the same PSN again");
-        assert_eq!((req.offset, req.total_len, payload.len()), (0, 4096, 4096));
+        assert_eq!(
+            req.psn.get(),
+            client_psn,
+            "attempt {attempt}: the same PSN again"
+        );
+        assert_eq!(
+            (req.offset.get(), req.total_len.get(), payload.len()),
+            (0, 4096, 4096)
+        );
         let reply = if attempt < 2 {
             answer(
                 &req,
@@ -495,18 +507,18 @@ fn the_requester_resends_after_receiver_not_ready() {
     // Our send to the client (its rq_psn is the PSN we told it: 0).
     let mut send = FrameHeader::new(Kind::Request);
     send.qp_kind = QP_RC;
-    send.psn = 0;
+    send.psn = 0.into();
     send.src_gid = FAKE_GID;
     send.dst_gid = router_gid(&router);
-    send.src_qpn = FAKE_QPN;
-    send.dst_qpn = client_qpn;
-    send.opcode = flowverbs_sys::IBV_WR_SEND;
-    send.total_len = 4096;
+    send.src_qpn = FAKE_QPN.into();
+    send.dst_qpn = client_qpn.into();
+    send.opcode = flowverbs_sys::IBV_WR_SEND.into();
+    send.total_len = 4096.into();
     to_router.write_all(&frame(send, &[0x5a; 4096])).unwrap();
     let (ack, _) = from_router.next_where(Duration::from_secs(10), |h| {
-        h.kind == Kind::Ack as u8 && h.dst_qpn == FAKE_QPN
+        h.kind == Kind::Ack as u8 && h.dst_qpn.get() == FAKE_QPN
     });
-    assert_eq!((ack.psn, ack.status), (0, 0), "{ack:?}");
+    assert_eq!((ack.psn.get(), ack.status.get()), (0, 0), "{ack:?}");
     let out = client.finish(Duration::from_secs(30));
     assert!(
         out.status.success() && parse_pingpong(&out).is_some_and(|r| r.iters == 1),
@@ -555,24 +567,24 @@ fn the_responder_naks_receiver_not_ready() {
     let send = |psn: u32| {
         let mut h = FrameHeader::new(Kind::Request);
         h.qp_kind = QP_RC;
-        h.psn = psn;
+        h.psn = psn.into();
         h.src_gid = FAKE_GID;
         h.dst_gid = router_gid(&router);
-        h.src_qpn = FAKE_QPN;
-        h.dst_qpn = server_qpn;
-        h.opcode = flowverbs_sys::IBV_WR_SEND;
-        h.total_len = 4096;
+        h.src_qpn = FAKE_QPN.into();
+        h.dst_qpn = server_qpn.into();
+        h.opcode = (flowverbs_sys::IBV_WR_SEND).into();
+        h.total_len = 4096.into();
         frame(h, &[0x33; 4096])
     };
     // Both in one write: the router handles them in one pass, before the
     // server can repost.
     to_router.write_all(&[send(0), send(1)].concat()).unwrap();
-    let to_us = |h: &FrameHeader| h.dst_qpn == FAKE_QPN && h.src_qpn == server_qpn;
+    let to_us = |h: &FrameHeader| h.dst_qpn.get() == FAKE_QPN && h.src_qpn.get() == server_qpn;
     let (first, _) = from_router.next_where(Duration::from_secs(10), |h| {
         to_us(h) && h.kind != Kind::Request as u8
     });
     assert_eq!(
-        (first.kind, first.psn, first.status),
+        (first.kind, first.psn.get(), first.status.get()),
         (Kind::Ack as u8, 0, 0),
         "{first:?}"
     );
@@ -580,7 +592,7 @@ fn the_responder_naks_receiver_not_ready() {
         to_us(h) && h.kind != Kind::Request as u8
     });
     assert_eq!(
-        (second.kind, second.psn, second.status),
+        (second.kind, second.psn.get(), second.status.get()),
         (
             Kind::Nak as u8,
             1,
@@ -588,12 +600,15 @@ fn the_responder_naks_receiver_not_ready() {
         ),
         "{second:?}"
     );
-    assert!(second.aux > 0, "the NAK carries the server's RNR timer");
+    assert!(
+        second.aux.get() > 0,
+        "the NAK carries the server's RNR timer"
+    );
     // The server answers our first message with a send of its own: ack it.
     let (req, _) = from_router.next_where(Duration::from_secs(10), |h| {
         to_us(h) && h.kind == Kind::Request as u8
     });
-    assert_eq!(req.psn, server_psn);
+    assert_eq!(req.psn.get(), server_psn);
     to_router.write_all(&answer(&req, Kind::Ack, 0, 0)).unwrap();
     // Resend the NAKed one until it is accepted (the server reposts).
     let mut accepted = false;
@@ -603,10 +618,10 @@ fn the_responder_naks_receiver_not_ready() {
         let (a, _) = from_router.next_where(Duration::from_secs(10), |h| {
             to_us(h)
                 && matches!(h.kind, k if k == Kind::Ack as u8 || k == Kind::Nak as u8)
-                && h.psn == 1
+                && h.psn.get() == 1
         });
         if a.kind == Kind::Ack as u8 {
-            assert_eq!(a.status, 0);
+            assert_eq!(a.status.get(), 0);
             accepted = true;
             break;
         }
@@ -619,7 +634,7 @@ fn the_responder_naks_receiver_not_ready() {
     let (req, _) = from_router.next_where(Duration::from_secs(10), |h| {
         to_us(h) && h.kind == Kind::Request as u8
     });
-    assert_eq!(req.psn, server_psn.wrapping_add(1));
+    assert_eq!(req.psn.get(), server_psn.wrapping_add(1));
     to_router.write_all(&answer(&req, Kind::Ack, 0, 0)).unwrap();
     let out = server.finish(Duration::from_secs(30));
     assert!(
@@ -749,11 +764,11 @@ fn a_peer_that_does_not_read_is_not_read_from() {
     h.qp_kind = QP_RC;
     h.src_gid = [7; 16];
     h.dst_gid = router_gid(&router);
-    h.src_qpn = 0x777;
-    h.dst_qpn = 0xff_fff0;
-    h.opcode = flowverbs_sys::IBV_WR_RDMA_WRITE;
-    h.total_len = 4;
-    h.remote_addr = 0x1000;
+    h.src_qpn = 0x777.into();
+    h.dst_qpn = 0xff_fff0.into();
+    h.opcode = (flowverbs_sys::IBV_WR_RDMA_WRITE).into();
+    h.total_len = 4.into();
+    h.remote_addr = 0x1000.into();
     let one = frame(h, b"evil");
     let per_batch = (1 << 20) / one.len();
     let batch: Vec<u8> = one
@@ -823,7 +838,7 @@ fn a_peer_that_does_not_read_is_not_read_from() {
         while buf.len() - at >= HEADER_LEN {
             let raw: &[u8; HEADER_LEN] = buf[at..at + HEADER_LEN].try_into().unwrap();
             let h = FrameHeader::decode(raw).expect("the router sends valid frames");
-            let end = at + HEADER_LEN + h.payload_len as usize;
+            let end = at + HEADER_LEN + h.payload_len.get() as usize;
             if buf.len() < end {
                 break;
             }

@@ -22,6 +22,7 @@
 //! [`FrameHeader::decode`] rejects a frame it cannot make sense of.
 
 use serde::{Deserialize, Serialize};
+use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// "FVLK": the first four bytes of every frame.
 pub const MAGIC: u32 = 0x4b4c_5646;
@@ -104,38 +105,66 @@ pub const QP_RC: u8 = 1;
 pub const QP_UC: u8 = 2;
 pub const QP_UD: u8 = 3;
 
-/// A frame header. Which fields mean something depends on `kind`; unused
-/// ones are zero.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Little-endian integer types of the frame header (zerocopy's: a field
+/// is read with `.get()` and written with `.into()` or `.set()`).
+pub use zerocopy::little_endian::{U16, U32, U64};
+
+/// A frame header, exactly as it travels: `#[repr(C)]` with little-endian
+/// fields and no padding, so the bytes on the wire are this struct's bytes
+/// and no offset is written anywhere else. Which fields mean something
+/// depends on `kind`; unused ones are zero. `Default` (and [`Self::new`])
+/// stamp the magic and this router's link version.
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 pub struct FrameHeader {
+    /// [`MAGIC`].
+    pub magic: U32,
+    /// [`LINK_VERSION`].
+    pub version: U16,
+    /// [`Kind`].
     pub kind: u8,
+    /// [`QP_RC`], [`QP_UC`] or [`QP_UD`].
     pub qp_kind: u8,
-    pub payload_len: u32,
-    pub psn: u32,
+    pub payload_len: U32,
+    pub psn: U32,
     pub src_gid: [u8; 16],
     pub dst_gid: [u8; 16],
-    pub src_qpn: u32,
-    pub dst_qpn: u32,
+    pub src_qpn: U32,
+    pub dst_qpn: U32,
     /// `ibv_wr_opcode` of a request or datagram.
-    pub opcode: u32,
+    pub opcode: U32,
     /// Ack: `ibv_wc_status`; Nak: [`NakReason`].
-    pub status: u32,
-    pub send_flags: u32,
+    pub status: U32,
+    pub send_flags: U32,
     /// Immediate data, in the byte order the application posted it.
-    pub imm: u32,
+    pub imm: U32,
     /// Offset of this chunk in its message.
-    pub offset: u64,
+    pub offset: U64,
     /// Length of the whole message.
-    pub total_len: u64,
-    pub remote_addr: u64,
-    pub rkey: u32,
+    pub total_len: U64,
+    pub remote_addr: U64,
+    pub rkey: U32,
     /// Datagram: the Q_Key it was sent with.
-    pub qkey: u32,
-    pub compare_add: u64,
-    pub swap: u64,
+    pub qkey: U32,
+    pub compare_add: U64,
+    pub swap: U64,
     /// Nak(Rnr): the responder's RNR timer in microseconds. Datagram: the
     /// sender's hop limit (bits 0-7) and traffic class (bits 8-15).
-    pub aux: u32,
+    pub aux: U32,
+    pub _reserved: [u8; 4],
+}
+
+const _: () = assert!(std::mem::size_of::<FrameHeader>() == HEADER_LEN);
+
+impl Default for FrameHeader {
+    fn default() -> Self {
+        let mut h = FrameHeader::new_zeroed();
+        h.magic = MAGIC.into();
+        h.version = LINK_VERSION.into();
+        h
+    }
 }
 
 /// Why a received header was refused.
@@ -151,43 +180,6 @@ pub enum FrameError {
     TooLong(u32),
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
-fn gid_at(b: &[u8], at: usize) -> [u8; 16] {
-    b[at..at + 16].try_into().expect("16 bytes")
-}
-
-// Field offsets in the encoded header.
-const O_MAGIC: usize = 0;
-const O_VERSION: usize = 4;
-const O_KIND: usize = 6;
-const O_QP_KIND: usize = 7;
-const O_PAYLOAD_LEN: usize = 8;
-const O_PSN: usize = 12;
-const O_SRC_GID: usize = 16;
-const O_DST_GID: usize = 32;
-const O_SRC_QPN: usize = 48;
-const O_DST_QPN: usize = 52;
-const O_OPCODE: usize = 56;
-const O_STATUS: usize = 60;
-const O_SEND_FLAGS: usize = 64;
-const O_IMM: usize = 68;
-const O_OFFSET: usize = 72;
-const O_TOTAL_LEN: usize = 80;
-const O_REMOTE_ADDR: usize = 88;
-const O_RKEY: usize = 96;
-const O_QKEY: usize = 100;
-const O_COMPARE_ADD: usize = 104;
-const O_SWAP: usize = 112;
-const O_AUX: usize = 120;
-const _: () = assert!(O_AUX + 4 <= HEADER_LEN);
-
 impl FrameHeader {
     pub fn new(kind: Kind) -> FrameHeader {
         FrameHeader {
@@ -200,73 +192,28 @@ impl FrameHeader {
         Kind::from_u8(self.kind).expect("decoded headers have a known kind")
     }
 
+    /// The bytes on the wire.
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
-        let mut put = |at: usize, bytes: &[u8]| b[at..at + bytes.len()].copy_from_slice(bytes);
-        put(O_MAGIC, &MAGIC.to_le_bytes());
-        put(O_VERSION, &LINK_VERSION.to_le_bytes());
-        put(O_KIND, &[self.kind]);
-        put(O_QP_KIND, &[self.qp_kind]);
-        put(O_PAYLOAD_LEN, &self.payload_len.to_le_bytes());
-        put(O_PSN, &self.psn.to_le_bytes());
-        put(O_SRC_GID, &self.src_gid);
-        put(O_DST_GID, &self.dst_gid);
-        put(O_SRC_QPN, &self.src_qpn.to_le_bytes());
-        put(O_DST_QPN, &self.dst_qpn.to_le_bytes());
-        put(O_OPCODE, &self.opcode.to_le_bytes());
-        put(O_STATUS, &self.status.to_le_bytes());
-        put(O_SEND_FLAGS, &self.send_flags.to_le_bytes());
-        put(O_IMM, &self.imm.to_le_bytes());
-        put(O_OFFSET, &self.offset.to_le_bytes());
-        put(O_TOTAL_LEN, &self.total_len.to_le_bytes());
-        put(O_REMOTE_ADDR, &self.remote_addr.to_le_bytes());
-        put(O_RKEY, &self.rkey.to_le_bytes());
-        put(O_QKEY, &self.qkey.to_le_bytes());
-        put(O_COMPARE_ADD, &self.compare_add.to_le_bytes());
-        put(O_SWAP, &self.swap.to_le_bytes());
-        put(O_AUX, &self.aux.to_le_bytes());
+        b.copy_from_slice(self.as_bytes());
         b
     }
 
-    /// Decodes and checks the parts every frame must get right; the
-    /// meaning of the fields is checked by whoever acts on the frame.
+    /// Checks the parts every frame must get right; the meaning of the
+    /// fields is checked by whoever acts on the frame.
     pub fn decode(b: &[u8; HEADER_LEN]) -> Result<FrameHeader, FrameError> {
-        let magic = u32_at(b, O_MAGIC);
-        if magic != MAGIC {
-            return Err(FrameError::Magic(magic));
+        let h = FrameHeader::read_from_bytes(b).expect("HEADER_LEN bytes are one header");
+        if h.magic.get() != MAGIC {
+            return Err(FrameError::Magic(h.magic.get()));
         }
-        let version = u16::from_le_bytes([b[O_VERSION], b[O_VERSION + 1]]);
-        if version != LINK_VERSION {
-            return Err(FrameError::Version(version));
+        if h.version.get() != LINK_VERSION {
+            return Err(FrameError::Version(h.version.get()));
         }
-        let kind = b[O_KIND];
-        Kind::from_u8(kind).ok_or(FrameError::Kind(kind))?;
-        let payload_len = u32_at(b, O_PAYLOAD_LEN);
-        if payload_len as usize > MAX_CHUNK {
-            return Err(FrameError::TooLong(payload_len));
+        Kind::from_u8(h.kind).ok_or(FrameError::Kind(h.kind))?;
+        if h.payload_len.get() as usize > MAX_CHUNK {
+            return Err(FrameError::TooLong(h.payload_len.get()));
         }
-        Ok(FrameHeader {
-            kind,
-            qp_kind: b[O_QP_KIND],
-            payload_len,
-            psn: u32_at(b, O_PSN),
-            src_gid: gid_at(b, O_SRC_GID),
-            dst_gid: gid_at(b, O_DST_GID),
-            src_qpn: u32_at(b, O_SRC_QPN),
-            dst_qpn: u32_at(b, O_DST_QPN),
-            opcode: u32_at(b, O_OPCODE),
-            status: u32_at(b, O_STATUS),
-            send_flags: u32_at(b, O_SEND_FLAGS),
-            imm: u32_at(b, O_IMM),
-            offset: u64_at(b, O_OFFSET),
-            total_len: u64_at(b, O_TOTAL_LEN),
-            remote_addr: u64_at(b, O_REMOTE_ADDR),
-            rkey: u32_at(b, O_RKEY),
-            qkey: u32_at(b, O_QKEY),
-            compare_add: u64_at(b, O_COMPARE_ADD),
-            swap: u64_at(b, O_SWAP),
-            aux: u32_at(b, O_AUX),
-        })
+        Ok(h)
     }
 }
 
@@ -307,44 +254,56 @@ mod tests {
         let h = FrameHeader {
             kind: Kind::Request as u8,
             qp_kind: QP_RC,
-            payload_len: 4096,
-            psn: 7,
+            payload_len: 4096.into(),
+            psn: 7.into(),
             src_gid: [1; 16],
             dst_gid: [2; 16],
-            src_qpn: 0x123,
-            dst_qpn: 0x456,
-            opcode: 2,
-            status: 0,
-            send_flags: 2,
-            imm: 0xdead_beef,
-            offset: 1 << 33,
-            total_len: 1 << 34,
-            remote_addr: 0x7fff_0000_1000,
-            rkey: 99,
-            qkey: 0x1111,
-            compare_add: 5,
-            swap: 6,
-            aux: 640,
+            src_qpn: 0x123.into(),
+            dst_qpn: 0x456.into(),
+            opcode: 2.into(),
+            send_flags: 2.into(),
+            imm: 0xdead_beef.into(),
+            offset: (1 << 33).into(),
+            total_len: (1 << 34).into(),
+            remote_addr: 0x7fff_0000_1000.into(),
+            rkey: 99.into(),
+            qkey: 0x1111.into(),
+            compare_add: 5.into(),
+            swap: 6.into(),
+            aux: 640.into(),
+            ..Default::default()
         };
-        assert_eq!(FrameHeader::decode(&h.encode()), Ok(h));
+        let bytes = h.encode();
+        // Little-endian on every host, at the documented places.
+        assert_eq!(&bytes[0..4], b"FVLK");
+        assert_eq!(&bytes[12..16], &7u32.to_le_bytes());
+        assert_eq!(&bytes[72..80], &(1u64 << 33).to_le_bytes());
+        assert_eq!(&bytes[120..124], &640u32.to_le_bytes());
+        assert_eq!(FrameHeader::decode(&bytes), Ok(h));
     }
 
     #[test]
     fn bad_headers_are_refused() {
-        let good = FrameHeader::new(Kind::Ack).encode();
-        let mut b = good;
-        b[0] ^= 1;
-        assert!(matches!(FrameHeader::decode(&b), Err(FrameError::Magic(_))));
-        let mut b = good;
-        b[O_VERSION] = 9;
-        assert_eq!(FrameHeader::decode(&b), Err(FrameError::Version(9)));
-        let mut b = good;
-        b[O_KIND] = 0;
-        assert_eq!(FrameHeader::decode(&b), Err(FrameError::Kind(0)));
-        let mut b = good;
-        b[O_PAYLOAD_LEN..O_PAYLOAD_LEN + 4].copy_from_slice(&(MAX_CHUNK as u32 + 1).to_le_bytes());
+        let good = FrameHeader::new(Kind::Ack);
+        let mut h = good;
+        h.magic = (MAGIC ^ 1).into();
         assert!(matches!(
-            FrameHeader::decode(&b),
+            FrameHeader::decode(&h.encode()),
+            Err(FrameError::Magic(_))
+        ));
+        let mut h = good;
+        h.version = 9.into();
+        assert_eq!(
+            FrameHeader::decode(&h.encode()),
+            Err(FrameError::Version(9))
+        );
+        let mut h = good;
+        h.kind = 0;
+        assert_eq!(FrameHeader::decode(&h.encode()), Err(FrameError::Kind(0)));
+        let mut h = good;
+        h.payload_len = (MAX_CHUNK as u32 + 1).into();
+        assert!(matches!(
+            FrameHeader::decode(&h.encode()),
             Err(FrameError::TooLong(_))
         ));
     }

@@ -379,14 +379,14 @@ impl Engine {
             qp_kind: QP_UD,
             src_gid: *sgid,
             dst_gid: w.dgid,
-            src_qpn,
-            dst_qpn: w.remote_qpn,
-            opcode: w.opcode,
-            send_flags: w.send_flags,
-            imm: w.imm_data,
-            total_len: len,
-            qkey,
-            aux: datagram_aux(w.hop_limit as u8, w.traffic_class as u8),
+            src_qpn: src_qpn.into(),
+            dst_qpn: w.remote_qpn.into(),
+            opcode: w.opcode.into(),
+            send_flags: w.send_flags.into(),
+            imm: w.imm_data.into(),
+            total_len: len.into(),
+            qkey: qkey.into(),
+            aux: (datagram_aux(w.hop_limit as u8, w.traffic_class as u8)).into(),
             ..Default::default()
         };
         let r = self.with_links(|_, links| {
@@ -505,8 +505,8 @@ impl Engine {
             qp_kind: qp_kind_code(qp.kind),
             src_gid: self.tables.sessions[&qp.session].gid,
             dst_gid: qp.attr.ah_attr.dgid,
-            src_qpn: qp.qpn,
-            dst_qpn: qp.attr.dest_qp_num,
+            src_qpn: qp.qpn.into(),
+            dst_qpn: qp.attr.dest_qp_num.into(),
             ..Default::default()
         };
         let timeout = answer_timeout(qp);
@@ -574,16 +574,16 @@ impl Engine {
             let f = &mut r.inflight[r.tx];
             let w = &f.wqe;
             let mut hdr = FrameHeader {
-                psn: f.psn,
-                opcode: w.opcode,
-                send_flags: w.send_flags,
-                imm: w.imm_data,
-                offset: f.sent,
-                total_len: f.len,
-                remote_addr: w.remote_addr,
-                rkey: w.rkey,
-                compare_add: w.compare_add,
-                swap: w.swap,
+                psn: f.psn.into(),
+                opcode: w.opcode.into(),
+                send_flags: w.send_flags.into(),
+                imm: w.imm_data.into(),
+                offset: f.sent.into(),
+                total_len: f.len.into(),
+                remote_addr: w.remote_addr.into(),
+                rkey: w.rkey.into(),
+                compare_add: w.compare_add.into(),
+                swap: w.swap.into(),
                 ..base
             };
             let n = if opcode::carries_data(w.opcode) {
@@ -591,7 +591,7 @@ impl Engine {
             } else {
                 0
             };
-            hdr.payload_len = n as u32;
+            hdr.payload_len = (n as u32).into();
             let (off, inline) = (f.sent, f.inline);
             let sent = if inline {
                 let bytes = &w.inline_bytes()[off as usize..off as usize + n];
@@ -641,13 +641,13 @@ impl Engine {
 
     /// An Ack, Nak or READ data for one of our requests.
     fn on_response(&mut self, from: PeerId, hdr: &FrameHeader, payload: &[u8], now: Instant) {
-        let Some(&ha) = self.tables.qpns.get(&hdr.dst_qpn) else {
+        let Some(&ha) = self.tables.qpns.get(&hdr.dst_qpn.get()) else {
             return;
         };
         let a = &self.tables.qps[&ha];
         let ok = self.tables.sessions[&a.session].gid == hdr.dst_gid
             && a.attr.ah_attr.dgid == hdr.src_gid
-            && a.attr.dest_qp_num == hdr.src_qpn;
+            && a.attr.dest_qp_num == hdr.src_qpn.get();
         let timeout = answer_timeout(a);
         let (rnr_retry, kind) = (a.attr.rnr_retry, a.kind);
         let mem = self.memory_of(ha);
@@ -662,7 +662,7 @@ impl Engine {
         let Some(front) = r.inflight.front() else {
             return;
         };
-        let i = hdr.psn.wrapping_sub(front.psn) as usize;
+        let i = hdr.psn.get().wrapping_sub(front.psn) as usize;
         // Requests on the wire: those completely sent, and one partly sent.
         let on_wire = r.tx + usize::from(r.inflight.get(r.tx).is_some_and(|f| f.sent > 0));
         if i >= on_wire {
@@ -672,7 +672,7 @@ impl Engine {
             return;
         }
         let psn = r.inflight[i].psn;
-        let no_qp = hdr.kind() == Kind::Nak && hdr.status == NakReason::NoQp as u32;
+        let no_qp = hdr.kind() == Kind::Nak && hdr.status.get() == NakReason::NoQp as u32;
         if !no_qp {
             // A real answer: the responder is there; restart the clock.
             r.answer_deadline = timeout.map(|t| now + t);
@@ -686,12 +686,12 @@ impl Engine {
                 let f = &mut r.inflight[i];
                 let w = f.wqe;
                 let is_atomic = opcode::is_atomic(w.opcode);
-                f.done = Some(if hdr.status != IBV_WC_SUCCESS {
+                f.done = Some(if hdr.status.get() != IBV_WC_SUCCESS {
                     // Only the statuses a responder can cause reach the
                     // application; anything else a peer says is an error
                     // of the remote operation.
-                    let status = match hdr.status {
-                        IBV_WC_REM_ACCESS_ERR | IBV_WC_REM_INV_REQ_ERR => hdr.status,
+                    let status = match hdr.status.get() {
+                        IBV_WC_REM_ACCESS_ERR | IBV_WC_REM_INV_REQ_ERR => hdr.status.get(),
                         _ => IBV_WC_REM_OP_ERR,
                     };
                     (status, 0)
@@ -710,18 +710,21 @@ impl Engine {
             }
             Kind::ReadData => {
                 let f = &mut r.inflight[i];
-                let end = hdr.offset.checked_add(payload.len() as u64);
+                let end = hdr.offset.get().checked_add(payload.len() as u64);
                 let fits = f.wqe.opcode == IBV_WR_RDMA_READ && end.is_some_and(|e| e <= f.len);
                 if !fits {
                     warn!("peer sent READ data that does not fit the request; ignored");
                     return;
                 }
-                if mem.write_segments(&f.local, hdr.offset, payload).is_err() {
+                if mem
+                    .write_segments(&f.local, hdr.offset.get(), payload)
+                    .is_err()
+                {
                     f.done = Some((IBV_WC_LOC_PROT_ERR, 0));
                     r.halt_psn = Some(psn.wrapping_add(1));
                 }
             }
-            Kind::Nak => match NakReason::from_u32(hdr.status) {
+            Kind::Nak => match NakReason::from_u32(hdr.status.get()) {
                 Some(NakReason::Rnr) => {
                     let f = &mut r.inflight[i];
                     f.rnr_tries += 1;
@@ -731,7 +734,7 @@ impl Engine {
                         f.done = Some((IBV_WC_RNR_RETRY_EXC_ERR, 0));
                         r.halt_psn = Some(psn.wrapping_add(1));
                     } else {
-                        let wait = Duration::from_micros(u64::from(hdr.aux).max(10));
+                        let wait = Duration::from_micros(u64::from(hdr.aux.get()).max(10));
                         Self::rewind(r, i, now + wait, timeout);
                     }
                 }
@@ -758,7 +761,7 @@ impl Engine {
                     // "No QP" is no answer: the clock keeps running.
                     r.answer_deadline = deadline;
                 }
-                None => warn!("peer sent a NAK with reason {}; ignored", hdr.status),
+                None => warn!("peer sent a NAK with reason {}; ignored", hdr.status.get()),
             },
             _ => {}
         }
@@ -796,24 +799,24 @@ impl Engine {
         if payload.len() > UD_MTU as usize || hdr.qp_kind != QP_UD {
             return;
         }
-        let Some(&hb) = self.tables.qpns.get(&hdr.dst_qpn) else {
+        let Some(&hb) = self.tables.qpns.get(&hdr.dst_qpn.get()) else {
             return;
         };
         let b = &self.tables.qps[&hb];
         let ok = b.kind == QpKind::Ud
             && qp_state::receives(b.state())
-            && b.attr.qkey == hdr.qkey
+            && b.attr.qkey == hdr.qkey.get()
             && self.tables.sessions[&b.session].gid == hdr.dst_gid;
         if !ok {
             return;
         }
         let d = super::Datagram {
             sgid: hdr.src_gid,
-            src_qpn: hdr.src_qpn,
-            imm: (hdr.opcode == IBV_WR_SEND_WITH_IMM).then_some(hdr.imm),
-            solicited: hdr.send_flags & IBV_SEND_SOLICITED != 0,
-            hop_limit: (hdr.aux & 0xff) as u8,
-            traffic_class: (hdr.aux >> 8) as u8,
+            src_qpn: hdr.src_qpn.get(),
+            imm: (hdr.opcode.get() == IBV_WR_SEND_WITH_IMM).then_some(hdr.imm.get()),
+            solicited: hdr.send_flags.get() & IBV_SEND_SOLICITED != 0,
+            hop_limit: (hdr.aux.get() & 0xff) as u8,
+            traffic_class: (hdr.aux.get() >> 8) as u8,
         };
         let src = Source::Inline(payload.to_vec());
         // A full CQ drops the datagram, as a receiver without room would.
@@ -838,11 +841,13 @@ impl Engine {
     fn nak(peers: &mut dyn Transport, from: PeerId, hdr: &FrameHeader, why: NakReason, aux: u32) {
         debug!(
             "qp {:#x}: NAK {why:?} for psn {} from qp {:#x}",
-            hdr.dst_qpn, hdr.psn, hdr.src_qpn
+            hdr.dst_qpn.get(),
+            hdr.psn.get(),
+            hdr.src_qpn.get()
         );
         let mut n = Self::reply(hdr, Kind::Nak);
-        n.status = why as u32;
-        n.aux = aux;
+        n.status = (why as u32).into();
+        n.aux = aux.into();
         peers.send(from, n, &[]);
     }
 
@@ -854,7 +859,7 @@ impl Engine {
         payload: &[u8],
     ) {
         let mut a = Self::reply(hdr, Kind::Ack);
-        a.status = status;
+        a.status = status.into();
         peers.send(from, a, payload);
     }
 
@@ -862,14 +867,14 @@ impl Engine {
     /// sender: same type, connected to exactly that GID and QPN, in a state
     /// that receives.
     fn responder_qp(&self, hdr: &FrameHeader) -> Option<u32> {
-        let &hb = self.tables.qpns.get(&hdr.dst_qpn)?;
+        let &hb = self.tables.qpns.get(&hdr.dst_qpn.get())?;
         let b = &self.tables.qps[&hb];
         let ok = qp_kind_code(b.kind) == hdr.qp_kind
             && b.kind != QpKind::Ud
             && self.tables.sessions[&b.session].gid == hdr.dst_gid
             && b.attr.ah_attr.is_global
             && b.attr.ah_attr.dgid == hdr.src_gid
-            && b.attr.dest_qp_num == hdr.src_qpn
+            && b.attr.dest_qp_num == hdr.src_qpn.get()
             && qp_state::receives(b.state());
         ok.then_some(hb)
     }
@@ -892,7 +897,7 @@ impl Engine {
         let b = &self.tables.qps[&hb];
         let uc = b.kind == QpKind::Uc;
         if let Some((rwqe, status)) = recv {
-            self.complete_recv_with_error(hb, &rwqe, status, hdr.src_qpn);
+            self.complete_recv_with_error(hb, &rwqe, status, hdr.src_qpn.get());
         } else if !uc && b.state() != ERR {
             self.post_async_event(AsyncTarget::Qp(hb), responder_error_event(req_status));
         }
@@ -934,7 +939,7 @@ impl Engine {
         payload: &[u8],
     ) {
         let Some(hb) = self.responder_qp(hdr) else {
-            if hdr.offset == 0 {
+            if hdr.offset.get() == 0 {
                 Self::nak(peers, from, hdr, NakReason::NoQp, 0);
             }
             return;
@@ -947,25 +952,25 @@ impl Engine {
             epsn: rq_psn,
             ..Default::default()
         });
-        if uc && hdr.offset == 0 && hdr.psn != r.epsn {
+        if uc && hdr.offset.get() == 0 && hdr.psn.get() != r.epsn {
             // UC has no retransmission: a new message after a lost one
             // resynchronises (an abandoned message's SRQ receive is kept).
-            r.epsn = hdr.psn;
+            r.epsn = hdr.psn.get();
             if let Some(m) = r.inbound.take() {
                 if m.recv_consumed {
                     r.spare_recv = m.recv;
                 }
             }
         }
-        if hdr.psn != r.epsn {
+        if hdr.psn.get() != r.epsn {
             return; // behind a NAKed request: it comes again
         }
         let continues = r
             .inbound
             .as_ref()
-            .is_some_and(|m| m.psn == hdr.psn && m.received == hdr.offset);
+            .is_some_and(|m| m.psn == hdr.psn.get() && m.received == hdr.offset.get());
         if !continues {
-            if hdr.offset != 0 || r.inbound.is_some() {
+            if hdr.offset.get() != 0 || r.inbound.is_some() {
                 return;
             }
             if !self.start_request(peers, from, hdr, hb, payload) {
@@ -988,27 +993,28 @@ impl Engine {
         let b = &self.tables.qps[&hb];
         let uc = b.kind == QpKind::Uc;
         let reads_pending = !self.remote.resp[&hb].reads.is_empty();
-        let allowed = opcode::allowed(b.kind.ibv_type(), hdr.opcode);
-        let sane = access::message_len(hdr.total_len).is_ok()
-            && (payload.len() as u64) <= hdr.total_len
-            && (opcode::carries_data(hdr.opcode) || payload.is_empty());
+        let allowed = opcode::allowed(b.kind.ibv_type(), hdr.opcode.get());
+        let sane = access::message_len(hdr.total_len.get()).is_ok()
+            && (payload.len() as u64) <= hdr.total_len.get()
+            && (opcode::carries_data(hdr.opcode.get()) || payload.is_empty());
         if !allowed || !sane {
             self.remote_responder_error(peers, from, hdr, hb, IBV_WC_REM_INV_REQ_ERR, None);
             return false;
         }
         if reads_pending
-            && (hdr.opcode != IBV_WR_RDMA_READ || self.remote.resp[&hb].reads.len() >= MAX_READS)
+            && (hdr.opcode.get() != IBV_WR_RDMA_READ
+                || self.remote.resp[&hb].reads.len() >= MAX_READS)
         {
             Self::nak(peers, from, hdr, NakReason::Busy, 0);
             return false;
         }
-        let len = hdr.total_len;
-        match hdr.opcode {
+        let len = hdr.total_len.get();
+        match hdr.opcode.get() {
             IBV_WR_RDMA_READ => {
                 match self.remote_segment(
                     hb,
-                    hdr.rkey,
-                    hdr.remote_addr,
+                    hdr.rkey.get(),
+                    hdr.remote_addr.get(),
                     len,
                     IBV_ACCESS_REMOTE_READ,
                 ) {
@@ -1017,7 +1023,7 @@ impl Engine {
                         r.epsn = r.epsn.wrapping_add(1);
                         r.reads.push_back(PendingRead {
                             peer: from,
-                            psn: hdr.psn,
+                            psn: hdr.psn.get(),
                             reply: Self::reply(hdr, Kind::ReadData),
                             segs,
                             len,
@@ -1033,25 +1039,28 @@ impl Engine {
                 false
             }
             _ => {
-                let needs_recv = opcode::consumes_receive(hdr.opcode);
+                let needs_recv = opcode::consumes_receive(hdr.opcode.get());
                 let mut inbound = Inbound {
-                    psn: hdr.psn,
-                    opcode: hdr.opcode,
+                    psn: hdr.psn.get(),
+                    opcode: hdr.opcode.get(),
                     total_len: len,
                     received: 0,
                     recv: None,
                     recv_consumed: false,
                     dst: Segments::new(),
-                    imm: hdr.imm,
-                    send_flags: hdr.send_flags,
-                    src_qpn: hdr.src_qpn,
+                    imm: hdr.imm.get(),
+                    send_flags: hdr.send_flags.get(),
+                    src_qpn: hdr.src_qpn.get(),
                     discard: false,
                 };
-                if matches!(hdr.opcode, IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM) {
+                if matches!(
+                    hdr.opcode.get(),
+                    IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM
+                ) {
                     match self.remote_segment(
                         hb,
-                        hdr.rkey,
-                        hdr.remote_addr,
+                        hdr.rkey.get(),
+                        hdr.remote_addr.get(),
                         len,
                         IBV_ACCESS_REMOTE_WRITE,
                     ) {
@@ -1112,7 +1121,7 @@ impl Engine {
                             inbound.recv_consumed = on_srq;
                             // A SEND's data lands in the receive; a WRITE
                             // WITH IMM's receive only reports it.
-                            if receive::lands_in_receive(hdr.opcode) {
+                            if receive::lands_in_receive(hdr.opcode.get()) {
                                 let (dst, verdict) = self.receive_segments(hb, &rwqe, max_sge, len);
                                 if let Err(f) = verdict {
                                     self.fail_with_recv(
@@ -1215,8 +1224,8 @@ impl Engine {
         hdr: &FrameHeader,
         hb: u32,
     ) {
-        let target = if hdr.total_len == 8 {
-            atomic::check_target(hdr.remote_addr)
+        let target = if hdr.total_len.get() == 8 {
+            atomic::check_target(hdr.remote_addr.get())
         } else {
             Err(IBV_WC_REM_INV_REQ_ERR)
         };
@@ -1224,19 +1233,23 @@ impl Engine {
             self.remote_responder_error(peers, from, hdr, hb, status, None);
             return;
         }
-        if let Err(status) =
-            self.remote_segment(hb, hdr.rkey, hdr.remote_addr, 8, IBV_ACCESS_REMOTE_ATOMIC)
-        {
+        if let Err(status) = self.remote_segment(
+            hb,
+            hdr.rkey.get(),
+            hdr.remote_addr.get(),
+            8,
+            IBV_ACCESS_REMOTE_ATOMIC,
+        ) {
             self.remote_responder_error(peers, from, hdr, hb, status, None);
             return;
         }
         let mem_b = self.memory_of(hb);
         let old = match super::atomic_at(
             &mem_b,
-            hdr.remote_addr,
-            hdr.opcode,
-            hdr.compare_add,
-            hdr.swap,
+            hdr.remote_addr.get(),
+            hdr.opcode.get(),
+            hdr.compare_add.get(),
+            hdr.swap.get(),
         ) {
             Ok(old) => old,
             Err(status) => {
@@ -1282,8 +1295,8 @@ impl Engine {
                 if rd.sent < rd.len {
                     let n = ((rd.len - rd.sent) as usize).min(MAX_CHUNK);
                     let hdr = FrameHeader {
-                        offset: rd.sent,
-                        total_len: rd.len,
+                        offset: rd.sent.into(),
+                        total_len: rd.len.into(),
                         ..rd.reply
                     };
                     let segs = &rd.segs;
@@ -1315,9 +1328,9 @@ impl Engine {
                 }
                 let mut ack = rd.reply;
                 ack.kind = Kind::Ack as u8;
-                ack.status = IBV_WC_SUCCESS;
+                ack.status = IBV_WC_SUCCESS.into();
                 let (peer, psn) = (rd.peer, rd.psn);
-                debug_assert_eq!(ack.psn, psn);
+                debug_assert_eq!(ack.psn.get(), psn);
                 peers.send(peer, ack, &[]);
                 r.reads.pop_front();
             }
