@@ -29,7 +29,7 @@ use flowverbs_verbs::opcode::{self, wc_opcode, Shape};
 use flowverbs_verbs::{atomic, qp, receive};
 use flowverbs_wire::control::{ArenaRun, Reply, Request};
 use flowverbs_wire::cq_ring::CqRing;
-use flowverbs_wire::entries::{Cqe, RecvWqe, SendWqe, CQE_SIZE, RECV_WQE_SIZE};
+use flowverbs_wire::entries::{Cqe, RecvWqe, SendWqe};
 use flowverbs_wire::ring::RingSlots;
 use flowverbs_wire::segment::{CqHeader, CqLayout, Mapping, QpHeader, QpLayout, KEY_TABLE_SLOTS};
 
@@ -281,7 +281,7 @@ impl KeyView {
 /// last read (see `CqRing::has_room`).
 struct CqView {
     header: *const CqHeader,
-    slots: RingSlots,
+    slots: RingSlots<Cqe>,
     seen: u32,
 }
 
@@ -325,7 +325,7 @@ enum Wait {
 struct PeerRings {
     _qp_seg: Mapping,
     header: *const QpHeader,
-    rq: RingSlots,
+    rq: RingSlots<RecvWqe>,
     _cq_seg: Mapping,
     cq: CqView,
 }
@@ -362,8 +362,8 @@ impl PeerRings {
         // sealed them at those sizes).
         let (rq, cq_slots) = unsafe {
             (
-                RingSlots::new(qseg.as_ptr().add(ql.rq_offset), RECV_WQE_SIZE, rq_capacity),
-                RingSlots::new(cseg.as_ptr().add(cl.ring_offset), CQE_SIZE, cq_capacity),
+                RingSlots::new(qseg.as_ptr().add(ql.rq_offset), rq_capacity),
+                RingSlots::new(cseg.as_ptr().add(cl.ring_offset), cq_capacity),
             )
         };
         Ok(PeerRings {
@@ -422,7 +422,7 @@ pub struct NewPath {
     pub sq_sig_all: bool,
     pub max_send_sge: u32,
     pub send_cq_header: *const CqHeader,
-    pub send_cq_slots: RingSlots,
+    pub send_cq_slots: RingSlots<Cqe>,
     /// The QP's own header (its segment outlives the path).
     pub own_header: *const QpHeader,
 }

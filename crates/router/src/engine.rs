@@ -259,7 +259,7 @@ impl Engine {
                     let w: SendWqe = qp.sq.read(qp.sq_consumer);
                     (w.wr_id, wc_opcode(w.opcode).unwrap_or(IBV_WC_SEND))
                 }
-                Queue::Recv => (qp.rq.read::<RecvWqe>(qp.rq_consumer).wr_id, IBV_WC_RECV),
+                Queue::Recv => (qp.rq.read(qp.rq_consumer).wr_id, IBV_WC_RECV),
             };
             let mut cqe = Cqe {
                 wr_id,

@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 
 use flowverbs_wire::control::{QpAttr, QpCaps};
 use flowverbs_wire::cq_ring::CqRing;
-use flowverbs_wire::entries::{CQE_SIZE, RECV_WQE_SIZE, SEND_WQE_SIZE};
+use flowverbs_wire::entries::{Cqe, RecvWqe, SendWqe};
 use flowverbs_wire::ring::RingSlots;
 use flowverbs_wire::segment::{
     CqHeader, CqLayout, Mapping, QpHeader, QpLayout, SessionHeader, SrqHeader, SrqLayout,
@@ -84,7 +84,7 @@ pub struct Cq {
     pub segment: Mapping,
     /// Semi mode: the segment's memfd, for the providers of senders.
     pub segment_fd: Option<OwnedFd>,
-    pub ring: RingSlots,
+    pub ring: RingSlots<Cqe>,
     /// The completion channel (its fd number in the client), if any.
     pub channel: Option<i32>,
     /// The client's `ibv_cq *`: what completion and async events carry.
@@ -103,13 +103,8 @@ impl Cq {
     ) -> Cq {
         // SAFETY: the segment was created with `layout.size` bytes, which
         // holds `capacity` entries after `ring_offset`.
-        let ring = unsafe {
-            RingSlots::new(
-                segment.as_ptr().add(layout.ring_offset),
-                CQE_SIZE,
-                layout.capacity,
-            )
-        };
+        let ring =
+            unsafe { RingSlots::new(segment.as_ptr().add(layout.ring_offset), layout.capacity) };
         Cq {
             session,
             segment,
@@ -145,7 +140,7 @@ pub struct Srq {
     pub session: SessionId,
     pub pd: u32,
     pub segment: Mapping,
-    pub ring: RingSlots,
+    pub ring: RingSlots<RecvWqe>,
     pub consumer: u32,
     pub max_sge: u32,
     /// Armed limit (0: not armed): when fewer receives remain, the router
@@ -167,13 +162,8 @@ impl Srq {
         limit: u32,
     ) -> Srq {
         // SAFETY: the segment holds `capacity` receive WQEs at ring_offset.
-        let ring = unsafe {
-            RingSlots::new(
-                segment.as_ptr().add(layout.ring_offset),
-                RECV_WQE_SIZE,
-                layout.capacity,
-            )
-        };
+        let ring =
+            unsafe { RingSlots::new(segment.as_ptr().add(layout.ring_offset), layout.capacity) };
         Srq {
             session,
             pd,
@@ -225,8 +215,8 @@ pub struct Qp {
     pub sq_sig_all: bool,
     pub attr: QpAttr,
     pub segment: Mapping,
-    pub sq: RingSlots,
-    pub rq: RingSlots,
+    pub sq: RingSlots<SendWqe>,
+    pub rq: RingSlots<RecvWqe>,
     /// The router's own consumer indices.
     pub sq_consumer: u32,
     pub rq_consumer: u32,
@@ -267,16 +257,8 @@ impl Qp {
         // the offsets QpLayout computed for these capacities.
         let (sq, rq) = unsafe {
             (
-                RingSlots::new(
-                    segment.as_ptr().add(layout.sq_offset),
-                    SEND_WQE_SIZE,
-                    layout.sq_capacity,
-                ),
-                RingSlots::new(
-                    segment.as_ptr().add(layout.rq_offset),
-                    RECV_WQE_SIZE,
-                    layout.rq_capacity,
-                ),
+                RingSlots::new(segment.as_ptr().add(layout.sq_offset), layout.sq_capacity),
+                RingSlots::new(segment.as_ptr().add(layout.rq_offset), layout.rq_capacity),
             )
         };
         let attr = QpAttr {

@@ -13,7 +13,7 @@ use common::Router;
 use flowverbs_sys::*;
 use flowverbs_wire::control::{self, AddressVector, ArenaRun, QpAttr, QpCaps, Reply, Request};
 use flowverbs_wire::cq_ring::CqRing;
-use flowverbs_wire::entries::{Cqe, RecvWqe, SendWqe, Sge, CQE_SIZE, RECV_WQE_SIZE, SEND_WQE_SIZE};
+use flowverbs_wire::entries::{Cqe, RecvWqe, SendWqe, Sge};
 use flowverbs_wire::ring::RingSlots;
 use flowverbs_wire::segment::{CqHeader, CqLayout, Mapping, QpHeader, QpLayout};
 use flowverbs_wire::VERSION;
@@ -234,13 +234,7 @@ impl Client {
 
 fn post(map: &Mapping, layout: &QpLayout, index: u32, wqe: &SendWqe) {
     // SAFETY: the segment holds the send queue at sq_offset.
-    let sq = unsafe {
-        RingSlots::new(
-            map.as_ptr().add(layout.sq_offset),
-            SEND_WQE_SIZE,
-            layout.sq_capacity,
-        )
-    };
+    let sq = unsafe { RingSlots::new(map.as_ptr().add(layout.sq_offset), layout.sq_capacity) };
     sq.write(index, wqe);
     // SAFETY: the segment starts with a QpHeader.
     let hdr = unsafe { map.header::<QpHeader>() };
@@ -253,11 +247,7 @@ fn completions(map: &Mapping, layout: &CqLayout, from: u32, n: u32) -> Vec<Cqe> 
     let ring = unsafe {
         CqRing::new(
             map.header::<CqHeader>(),
-            RingSlots::new(
-                map.as_ptr().add(layout.ring_offset),
-                CQE_SIZE,
-                layout.capacity,
-            ),
+            RingSlots::new(map.as_ptr().add(layout.ring_offset), layout.capacity),
         )
     };
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -517,11 +507,7 @@ fn garbage_ring_entries_give_error_completions() {
     // A WQE of pseudo-random bytes.
     let mut seed = 0x1234_5678_9abc_def0u64;
     let mut wqe = SendWqe::zeroed();
-    // SAFETY: SendWqe is Plain; we fill it with arbitrary bytes on purpose.
-    let bytes = unsafe {
-        std::slice::from_raw_parts_mut(&mut wqe as *mut SendWqe as *mut u8, SEND_WQE_SIZE)
-    };
-    for b in bytes.iter_mut() {
+    for b in zerocopy::IntoBytes::as_mut_bytes(&mut wqe) {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
@@ -555,7 +541,7 @@ fn garbage_ring_entries_give_error_completions() {
         length: 64,
         lkey: 0xdead_beef,
     };
-    w.payload.sge = sges;
+    w.payload = sges;
     post(&map2, &layout2, 0, &w);
     let _ = a.call(&Request::QueryQp { qp: qp2 });
     let c = completions(&cq_map, &cq_layout, 1, 1);
@@ -981,13 +967,7 @@ fn too_many_receive_sges(router_args: &[&str]) {
     r.wr_id = 0xbeef;
     r.num_sge = flowverbs_wire::limits::MAX_SGE + 1;
     // SAFETY: the segment holds the receive queue at rq_offset.
-    let rq = unsafe {
-        RingSlots::new(
-            map.as_ptr().add(layout.rq_offset),
-            RECV_WQE_SIZE,
-            layout.rq_capacity,
-        )
-    };
+    let rq = unsafe { RingSlots::new(map.as_ptr().add(layout.rq_offset), layout.rq_capacity) };
     rq.write(0, &r);
     // SAFETY: the segment starts with a QpHeader.
     unsafe { map.header::<QpHeader>() }.rq.publish_producer(1);

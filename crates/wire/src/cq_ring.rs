@@ -31,19 +31,18 @@ use super::segment::CqHeader;
 #[derive(Clone, Copy)]
 pub struct CqRing<'a> {
     pub header: &'a CqHeader,
-    pub slots: RingSlots,
+    pub slots: RingSlots<Cqe>,
 }
 
 impl<'a> CqRing<'a> {
-    pub fn new(header: &'a CqHeader, slots: RingSlots) -> Self {
+    pub fn new(header: &'a CqHeader, slots: RingSlots<Cqe>) -> Self {
         CqRing { header, slots }
     }
 
     fn seq(&self, index: u32) -> &AtomicU32 {
-        let off = std::mem::offset_of!(Cqe, seq);
-        // SAFETY: the slot holds a Cqe (CQE_SIZE bytes) and `seq` is a
-        // 4-aligned u32 inside it; the mapping outlives `self`.
-        unsafe { &*(self.slots.slot_ptr(index).add(off) as *const AtomicU32) }
+        // SAFETY: the slot holds an aligned Cqe whose `seq` is a u32 (same
+        // size and alignment as AtomicU32); the mapping outlives `self`.
+        unsafe { AtomicU32::from_ptr(&raw mut (*self.slots.slot_ptr(index)).seq) }
     }
 
     /// Free slots. A nonsensical index pair (a confused consumer) counts as
@@ -116,22 +115,21 @@ impl<'a> CqRing<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entries::CQE_SIZE;
 
     #[repr(C, align(64))]
     struct Seg {
         header: CqHeader,
-        ring: [u8; 4 * CQE_SIZE],
+        ring: [Cqe; 4],
     }
 
     #[test]
     fn several_producers_one_consumer() {
         let seg: &'static mut Seg = Box::leak(Box::new(Seg {
             header: CqHeader::default(),
-            ring: [0; 4 * CQE_SIZE],
+            ring: [Cqe::default(); 4],
         }));
         // SAFETY: four CQE slots in a leaked (static) allocation.
-        let slots = unsafe { RingSlots::new(seg.ring.as_mut_ptr(), CQE_SIZE, 4) };
+        let slots = unsafe { RingSlots::new(seg.ring.as_mut_ptr().cast(), 4) };
         let ring = CqRing::new(&seg.header, slots);
         assert_eq!(ring.peek(0), None);
         let total = 4000u64;

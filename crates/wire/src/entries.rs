@@ -1,41 +1,37 @@
 //! Fixed-size entries carried on the rings: send and receive work queue
 //! entries (provider → router) and completion entries (router → provider).
-//! All are `#[repr(C)]` integers only, so any bit pattern is a valid value
-//! and the router validates contents, never layout.
+//! All are `#[repr(C)]` integers only with no padding (zerocopy's
+//! `FromBytes` and `IntoBytes`, checked at compile time), so any bit
+//! pattern is a valid value, the router validates contents, never layout,
+//! and no uninitialised byte ever reaches the other process.
 
 use super::limits::{MAX_INLINE_DATA, MAX_SGE};
-use super::ring::Plain;
 use flowverbs_sys::*;
+use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
 /// One scatter/gather element, as in `struct ibv_sge`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct Sge {
     pub addr: u64,
     pub length: u32,
     pub lkey: u32,
 }
 
-/// Payload of a send WQE: either SGEs or inline bytes.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub union SendPayload {
-    pub sge: [Sge; MAX_SGE as usize],
-    pub inline: [u8; MAX_INLINE_DATA as usize],
-}
-
 /// A send work request as posted by `ibv_post_send`.
 #[repr(C)]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct SendWqe {
     pub wr_id: u64,
     /// `enum ibv_wr_opcode`.
     pub opcode: u32,
     /// `enum ibv_send_flags` bits.
     pub send_flags: u32,
-    /// Number of SGEs in `payload.sge` (0 when inline).
+    /// Number of SGEs in `payload` (0 when inline).
     pub num_sge: u32,
-    /// Number of bytes in `payload.inline` when `send_flags` has INLINE.
+    /// Number of inline bytes in `payload` when `send_flags` has INLINE.
     pub inline_len: u32,
     /// Immediate data, in network byte order as the application gave it.
     pub imm_data: u32,
@@ -53,12 +49,15 @@ pub struct SendWqe {
     pub hop_limit: u32,
     pub traffic_class: u32,
     pub _reserved: [u32; 9],
-    pub payload: SendPayload,
+    /// The SGEs, or the inline bytes (`inline_bytes`, `inline_mut`).
+    pub payload: [Sge; MAX_SGE as usize],
 }
+
+const _: () = assert!(MAX_SGE as usize * 16 == MAX_INLINE_DATA as usize);
 
 /// A receive work request as posted by `ibv_post_recv`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct RecvWqe {
     pub wr_id: u64,
     pub num_sge: u32,
@@ -68,7 +67,9 @@ pub struct RecvWqe {
 
 /// A work completion, the router's rendering of `struct ibv_wc`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct Cqe {
     pub wr_id: u64,
     /// `enum ibv_wc_status`.
@@ -98,14 +99,6 @@ pub struct Cqe {
     pub dlid_path_bits: u8,
     pub _reserved: [u8; 10],
 }
-
-// SAFETY: integers and arrays of integers only (the union's members both
-// are), so every bit pattern is valid.
-unsafe impl Plain for SendWqe {}
-// SAFETY: as above.
-unsafe impl Plain for RecvWqe {}
-// SAFETY: as above.
-unsafe impl Plain for Cqe {}
 
 impl Cqe {
     /// The completion of a receive that failed with `status` (a responder
@@ -153,26 +146,25 @@ impl Cqe {
 
 impl SendWqe {
     pub fn zeroed() -> Self {
-        // SAFETY: all-zero is a valid SendWqe (Plain).
-        unsafe { std::mem::zeroed() }
+        Self::new_zeroed()
     }
     /// The SGEs, clamped to the maximum (the router checks num_sge itself).
     pub fn sges(&self) -> &[Sge] {
-        let n = (self.num_sge as usize).min(MAX_SGE as usize);
-        // SAFETY: both union members are Plain arrays; reading either is sound.
-        unsafe { &self.payload.sge[..n] }
+        &self.payload[..(self.num_sge as usize).min(MAX_SGE as usize)]
     }
+    /// The inline bytes, clamped to the maximum.
     pub fn inline_bytes(&self) -> &[u8] {
-        let n = (self.inline_len as usize).min(MAX_INLINE_DATA as usize);
-        // SAFETY: as above.
-        unsafe { &self.payload.inline[..n] }
+        &self.payload.as_bytes()[..(self.inline_len as usize).min(MAX_INLINE_DATA as usize)]
+    }
+    /// The payload as inline bytes, to fill.
+    pub fn inline_mut(&mut self) -> &mut [u8] {
+        self.payload.as_mut_bytes()
     }
 }
 
 impl RecvWqe {
     pub fn zeroed() -> Self {
-        // SAFETY: all-zero is a valid RecvWqe (Plain).
-        unsafe { std::mem::zeroed() }
+        Self::new_zeroed()
     }
     pub fn sges(&self) -> &[Sge] {
         &self.sge[..(self.num_sge as usize).min(MAX_SGE as usize)]

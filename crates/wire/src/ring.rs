@@ -11,6 +11,8 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use zerocopy::{FromBytes, IntoBytes};
+
 /// The two indices of a ring, each on its own cache line (128 bytes).
 #[repr(C, align(64))]
 pub struct RingIndices {
@@ -68,73 +70,80 @@ pub fn distance(from: u32, to: u32) -> u32 {
     to.wrapping_sub(from)
 }
 
-/// A view of a ring's entry array: base pointer, entry size, capacity.
-#[derive(Clone, Copy, Debug)]
-pub struct RingSlots {
-    base: *mut u8,
-    entry_size: usize,
+/// A view of a ring's entry array: `capacity` entries of type `T`.
+///
+/// `T` is one of the `wire::entries` types: `FromBytes` (every bit pattern
+/// is a value, so a peer writing garbage or writing concurrently can only
+/// produce values the reader validates) and `IntoBytes` (no padding, so
+/// writing an entry leaks no uninitialised bytes to the other process).
+pub struct RingSlots<T> {
+    base: *mut T,
     mask: u32,
+}
+
+impl<T> Clone for RingSlots<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for RingSlots<T> {}
+
+impl<T> std::fmt::Debug for RingSlots<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingSlots")
+            .field("base", &self.base)
+            .field("capacity", &self.capacity())
+            .finish()
+    }
 }
 
 // SAFETY: RingSlots is only a pointer into a shared mapping that outlives
 // it; synchronisation is by the ring indices, as documented above.
-unsafe impl Send for RingSlots {}
+unsafe impl<T> Send for RingSlots<T> {}
 // SAFETY: as above.
-unsafe impl Sync for RingSlots {}
+unsafe impl<T> Sync for RingSlots<T> {}
 
-impl RingSlots {
+impl<T> RingSlots<T> {
+    pub fn capacity(&self) -> u32 {
+        self.mask + 1
+    }
+}
+
+impl<T: FromBytes + IntoBytes> RingSlots<T> {
     /// # Safety
-    /// `base` must point to `capacity * entry_size` bytes that stay mapped
-    /// for the life of this value; `capacity` must be a power of two.
-    pub unsafe fn new(base: *mut u8, entry_size: usize, capacity: u32) -> Self {
-        debug_assert!(capacity.is_power_of_two());
+    /// `base` must point to `capacity` entries of `T`, aligned for `T`,
+    /// that stay mapped for the life of this value; `capacity` must be a
+    /// power of two (segment layouts guarantee both).
+    pub unsafe fn new(base: *mut u8, capacity: u32) -> Self {
+        assert!(capacity.is_power_of_two(), "ring capacity {capacity}");
+        assert!(base.cast::<T>().is_aligned(), "misaligned ring");
         RingSlots {
-            base,
-            entry_size,
+            base: base.cast(),
             mask: capacity - 1,
         }
     }
 
-    pub fn capacity(&self) -> u32 {
-        self.mask + 1
-    }
-
-    fn slot(&self, index: u32) -> *mut u8 {
+    /// Pointer to entry `index` (modulo the capacity).
+    pub fn slot_ptr(&self, index: u32) -> *mut T {
         // SAFETY: (index & mask) < capacity, so the offset stays inside the
         // array that `new`'s caller guaranteed.
-        unsafe {
-            self.base
-                .add((index & self.mask) as usize * self.entry_size)
-        }
+        unsafe { self.base.add((index & self.mask) as usize) }
     }
 
-    /// Copies entry `index` out of the ring. Any bit pattern is a valid `T`
-    /// (entries are plain integers), so a peer writing concurrently can only
-    /// produce garbage values, which the reader validates.
-    pub fn read<T: Copy + Plain>(&self, index: u32) -> T {
-        debug_assert!(std::mem::size_of::<T>() <= self.entry_size);
-        // SAFETY: the slot is inside the mapping and large enough for T;
-        // T is Plain (no invalid bit patterns); read_volatile tolerates a
+    /// Copies entry `index` out of the ring.
+    pub fn read(&self, index: u32) -> T {
+        // SAFETY: the slot is inside the mapping and aligned; T is
+        // FromBytes (no invalid bit patterns); read_volatile tolerates a
         // concurrent writer in the other process.
-        unsafe { std::ptr::read_volatile(self.slot(index) as *const T) }
+        unsafe { std::ptr::read_volatile(self.slot_ptr(index)) }
     }
 
     /// Writes entry `index`.
-    pub fn write<T: Copy + Plain>(&self, index: u32, value: &T) {
-        debug_assert!(std::mem::size_of::<T>() <= self.entry_size);
-        // SAFETY: the slot is inside the mapping and large enough for T.
-        unsafe { std::ptr::write_volatile(self.slot(index) as *mut T, *value) }
-    }
-
-    /// Raw pointer to entry `index`, for filling large entries in place.
-    pub fn slot_ptr(&self, index: u32) -> *mut u8 {
-        self.slot(index)
+    pub fn write(&self, index: u32, value: &T)
+    where
+        T: Copy,
+    {
+        // SAFETY: the slot is inside the mapping and aligned.
+        unsafe { std::ptr::write_volatile(self.slot_ptr(index), *value) }
     }
 }
-
-/// Marker for `#[repr(C)]` types made only of integers and arrays of them:
-/// every bit pattern is a valid value.
-///
-/// # Safety
-/// Implement only for such types.
-pub unsafe trait Plain {}

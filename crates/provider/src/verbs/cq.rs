@@ -8,7 +8,7 @@ use super::*;
 pub struct FvCq {
     pub vcq: verbs_cq,
     pub(super) segment: Mapping,
-    pub(super) ring: RingSlots,
+    pub(super) ring: RingSlots<Cqe>,
     /// Our consumer index; the lock serialises pollers of one CQ.
     pub(super) consumer: Mutex<u32>,
     /// Polls in a row that found nothing (see [`EMPTY_POLLS_BEFORE_YIELD`]).
@@ -102,8 +102,7 @@ pub(super) unsafe extern "C" fn create_cq(
                 Err(e) => return null_with(e),
             };
         // SAFETY: the segment holds `capacity` CQEs at ring_offset.
-        let ring =
-            unsafe { RingSlots::new(segment.as_ptr().add(layout.ring_offset), CQE_SIZE, capacity) };
+        let ring = unsafe { RingSlots::new(segment.as_ptr().add(layout.ring_offset), capacity) };
         // SAFETY: verbs_cq is plain C data; libibverbs' wrapper initialises
         // the mutex, cond and channel fields (verbs_init_cq) after we return.
         let mut vcq: verbs_cq = unsafe { std::mem::zeroed() };

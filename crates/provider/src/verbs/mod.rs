@@ -33,7 +33,7 @@ use flowverbs_sys::*;
 use flowverbs_wire::control::{AddressVector, QpAttr, QpCaps, Reply, Request};
 use flowverbs_wire::control::{ArenaRun, MAX_ARENA_RUNS};
 use flowverbs_wire::cq_ring::CqRing;
-use flowverbs_wire::entries::{RecvWqe, SendWqe, Sge, CQE_SIZE, RECV_WQE_SIZE, SEND_WQE_SIZE};
+use flowverbs_wire::entries::{Cqe, RecvWqe, SendWqe, Sge};
 use flowverbs_wire::limits::*;
 use flowverbs_wire::ring::RingIndices;
 use flowverbs_wire::ring::RingSlots;

@@ -89,21 +89,17 @@ pub(super) fn build_send_wqe(fqp: &FvQp, wr: &ibv_send_wr) -> Result<SendWqe, Er
             let src = unsafe {
                 std::slice::from_raw_parts(s.addr as usize as *const u8, s.length as usize)
             };
-            // SAFETY: writing the inline member of a union of plain bytes.
-            unsafe { w.payload.inline[off..off + src.len()].copy_from_slice(src) };
+            w.inline_mut()[off..off + src.len()].copy_from_slice(src);
             off += src.len();
         }
         w.inline_len = off as u32;
         w.num_sge = 0;
     } else {
         for (i, s) in sges.iter().enumerate() {
-            // SAFETY: writing the sge member of a union of plain data.
-            unsafe {
-                w.payload.sge[i] = Sge {
-                    addr: s.addr,
-                    length: s.length,
-                    lkey: s.lkey,
-                }
+            w.payload[i] = Sge {
+                addr: s.addr,
+                length: s.length,
+                lkey: s.lkey,
             };
         }
         w.num_sge = sges.len() as u32;
@@ -214,7 +210,7 @@ pub struct RecvProducer {
 
 /// A receive ring the provider posts to: a QP's own queue or an SRQ.
 pub(super) struct RecvRing<'a> {
-    pub(super) ring: &'a RingSlots,
+    pub(super) ring: &'a RingSlots<RecvWqe>,
     pub(super) indices: &'a RingIndices,
     pub(super) producer: &'a Mutex<RecvProducer>,
     pub(super) max_wr: u32,

@@ -11,8 +11,8 @@ pub struct FvQp {
     /// PABI-34 builds use (344 to 360): see the contract, §1.
     pub(super) _pad: [u64; 2],
     pub(super) segment: Mapping,
-    pub(super) sq: RingSlots,
-    pub(super) rq: RingSlots,
+    pub(super) sq: RingSlots<SendWqe>,
+    pub(super) rq: RingSlots<RecvWqe>,
     pub(super) caps: QpCaps,
     /// Our view of the state, as set by modify_qp; the router may move the
     /// QP to ERR on its own (QpHeader::state).
@@ -131,16 +131,8 @@ pub(super) unsafe extern "C" fn create_qp(
         // SAFETY: the segment holds both queues at the layout's offsets.
         let (sq, rq) = unsafe {
             (
-                RingSlots::new(
-                    segment.as_ptr().add(layout.sq_offset),
-                    SEND_WQE_SIZE,
-                    sq_capacity,
-                ),
-                RingSlots::new(
-                    segment.as_ptr().add(layout.rq_offset),
-                    RECV_WQE_SIZE,
-                    rq_capacity,
-                ),
+                RingSlots::new(segment.as_ptr().add(layout.sq_offset), sq_capacity),
+                RingSlots::new(segment.as_ptr().add(layout.rq_offset), rq_capacity),
             )
         };
         // SAFETY: verbs_qp is plain C data; all-zero is its initial value

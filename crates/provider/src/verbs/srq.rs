@@ -8,7 +8,7 @@ use super::*;
 pub struct FvSrq {
     pub vsrq: verbs_srq,
     pub(super) segment: Mapping,
-    pub(super) ring: RingSlots,
+    pub(super) ring: RingSlots<RecvWqe>,
     pub(super) max_sge: u32,
     pub(super) producer: Mutex<RecvProducer>,
 }
@@ -69,13 +69,7 @@ pub(super) unsafe extern "C" fn create_srq(
                 Err(e) => return null_with(e),
             };
         // SAFETY: the segment holds `capacity` receive WQEs at ring_offset.
-        let ring = unsafe {
-            RingSlots::new(
-                segment.as_ptr().add(layout.ring_offset),
-                RECV_WQE_SIZE,
-                capacity,
-            )
-        };
+        let ring = unsafe { RingSlots::new(segment.as_ptr().add(layout.ring_offset), capacity) };
         // SAFETY: verbs_srq is plain C data; libibverbs' wrapper fills
         // context, srq_context, pd, mutex, cond and events_completed.
         let mut vsrq: verbs_srq = unsafe { std::mem::zeroed() };
