@@ -5,7 +5,6 @@ use std::ffi::CStr;
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::ptr;
-use std::sync::atomic::{fence, Ordering};
 use std::sync::{Arc, Mutex};
 
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
@@ -88,19 +87,17 @@ impl ContextInner {
         unsafe { self.session.header::<SessionHeader>() }
     }
 
-    /// After publishing work on a ring: wake the router if it said it
-    /// sleeps. The SeqCst fence pairs with the router's (see the router's
-    /// event loop): either it sees our producer index or we see its flag.
     /// Wakes the router unconditionally (semi mode: a completion event to
     /// write).
     pub fn wake_router(&self) {
         let _ = nix::unistd::write(&self.doorbell, &1u64.to_ne_bytes());
     }
 
+    /// After publishing work on a ring: wakes the router if it may sleep
+    /// (the ordering argument: wire::segment, `impl SessionHeader`).
     pub fn ring_doorbell(&self) {
-        fence(Ordering::SeqCst);
-        if self.session().router_sleeping.load(Ordering::Relaxed) != 0 {
-            let _ = nix::unistd::write(&self.doorbell, &1u64.to_ne_bytes());
+        if self.session().doorbell_needed() {
+            self.wake_router();
         }
     }
 }

@@ -255,9 +255,7 @@ impl Server {
 
     fn set_sleeping(&self, sleeping: bool) {
         for s in self.engine.tables.sessions.values() {
-            s.header()
-                .router_sleeping
-                .store(u32::from(sleeping), Ordering::SeqCst);
+            s.header().announce_router_sleep(sleeping);
         }
     }
 
@@ -274,11 +272,8 @@ impl Server {
             } else if now.duration_since(*idle_since.get_or_insert(now)) < self.spin {
                 EpollTimeout::ZERO
             } else {
-                // Announce the sleep, then look once more: a provider that
-                // published before seeing the flag is caught here; one that
-                // publishes after it sees the flag and rings the doorbell.
-                // (SeqCst store + fence here, release store + SeqCst fence +
-                // load in the provider: at least one side sees the other.)
+                // Announce the sleep, fence, look once more (the argument:
+                // wire::segment, `impl SessionHeader`).
                 self.set_sleeping(true);
                 fence(Ordering::SeqCst);
                 if self.engine.service(Instant::now()) {

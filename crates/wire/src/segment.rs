@@ -21,8 +21,10 @@ fn round_up(n: usize, to: usize) -> usize {
 /// Session segment header: one page shared by a client and the router.
 #[repr(C)]
 pub struct SessionHeader {
-    /// Set by the router (SeqCst) before it sleeps; a provider that
-    /// publishes work and then sees it set writes the doorbell eventfd.
+    /// 1 while the router sleeps (or is about to): a provider that
+    /// publishes work and then sees it writes the doorbell eventfd. Only
+    /// through [`SessionHeader::announce_router_sleep`] and
+    /// [`SessionHeader::doorbell_needed`], which carry the ordering argument.
     pub router_sleeping: AtomicU32,
     /// Set by the router when it shuts down.
     pub router_gone: AtomicU32,
@@ -170,6 +172,46 @@ impl Default for CqHeader {
             arm: AtomicU32::new(DISARMED),
             event_pending: AtomicU32::new(0),
         }
+    }
+}
+
+/// The router's sleep and the providers' doorbell, solved here once.
+///
+/// The router spins over the rings while there is work; when there is none
+/// for a while it blocks in epoll until a doorbell (an eventfd per
+/// session), a control message or a deadline. A provider publishes a WQE
+/// (release store of the ring's producer index) and then decides whether
+/// to ring the doorbell, a system call it skips while the router spins.
+///
+/// Lost wake-up: the provider publishes and reads `router_sleeping` as 0
+/// while the router announces its sleep and then looks at the rings
+/// without seeing that WQE; the router then blocks with work pending. As
+/// for completion events (below), this is the store-buffering pattern and
+/// needs a SeqCst fence on each side between its write and its read:
+///
+/// - router: [`SessionHeader::announce_router_sleep`] on every session
+///   (SeqCst store), one `fence(SeqCst)`, one more pass over the rings,
+///   then block;
+/// - provider: publish the producer index, then
+///   [`SessionHeader::doorbell_needed`] (fence(SeqCst), then load).
+///
+/// With both fences at least one side sees the other's write: the router's
+/// last pass finds the WQE, or the provider sees the flag and rings. A
+/// doorbell rung while the router is awake only costs one empty eventfd
+/// read.
+impl SessionHeader {
+    /// Router side: `sleeping` true before it blocks (then fence(SeqCst)
+    /// and look at the rings once more), false when it wakes.
+    pub fn announce_router_sleep(&self, sleeping: bool) {
+        self.router_sleeping
+            .store(u32::from(sleeping), Ordering::SeqCst);
+    }
+
+    /// Provider side, after publishing work: true if the router may be
+    /// asleep and the doorbell must be rung.
+    pub fn doorbell_needed(&self) -> bool {
+        fence(Ordering::SeqCst);
+        self.router_sleeping.load(Ordering::Relaxed) != 0
     }
 }
 
