@@ -303,7 +303,7 @@ pub unsafe extern "C" fn alloc_context(
         // to sysfs). The router's command file serves CREATE_COMP_CHANNEL
         // writes (router::fuse); without it, /dev/full makes
         // ibv_create_comp_channel fail cleanly instead of returning a
-        // garbage fd (contract §5.1).
+        // garbage fd (docs/verbs-provider-contract.md, section 3).
         let cmd = cmd_file.or_else(|| {
             std::fs::OpenOptions::new()
                 .write(true)
@@ -312,8 +312,8 @@ pub unsafe extern "C" fn alloc_context(
                 .map(OwnedFd::from)
         });
         if let Some(cmd) = cmd {
-            // SAFETY: we own cmd_fd from here on (contract §4.7).
-            unsafe { libc::close(vctx.context.cmd_fd) };
+            // We own cmd_fd from here on (docs/verbs-provider-contract.md, section 3).
+            let _ = nix::unistd::close(vctx.context.cmd_fd);
             vctx.context.cmd_fd = cmd.into_raw_fd();
         }
         // libibverbs closes async_fd (and cmd_fd) in verbs_uninit_context.

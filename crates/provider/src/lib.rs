@@ -25,7 +25,7 @@ use std::ptr;
 
 use flowverbs_sys::*;
 
-/// Name-matches IB devices called `fv<digits>` (see contract §3.4).
+/// Name-matches IB devices called `fv<digits>` (docs/verbs-provider-contract.md, section 2).
 static MATCH_TABLE: [MatchEnt; 2] = [
     MatchEnt(verbs_match_ent {
         driver_data: ptr::null_mut(),

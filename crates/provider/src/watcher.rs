@@ -140,9 +140,9 @@ fn serve(shared: &Shared, event: Event, made: &mut HashMap<i32, u64>) {
                     let msg = EventReply::ChannelMade { id, fd };
                     if control::send(shared.sock.as_fd(), &msg, &[write.as_raw_fd()]).is_err() {
                         made.remove(&fd);
-                        // SAFETY: we made this fd just now and nobody else
-                        // has seen its number.
-                        unsafe { libc::close(fd) };
+                        // We made this fd just now; nobody else has seen
+                        // its number.
+                        let _ = nix::unistd::close(fd);
                     }
                 }
                 Err(e) => {
@@ -157,9 +157,9 @@ fn serve(shared: &Shared, event: Event, made: &mut HashMap<i32, u64>) {
         Event::DropChannel { id, fd } => {
             if made.get(&fd) == Some(&id) {
                 made.remove(&fd);
-                // SAFETY: a pipe end we made whose channel the router
-                // could not set up: the application never got its number.
-                unsafe { libc::close(fd) };
+                // A pipe end we made whose channel the router could not
+                // set up: the application never got its number.
+                let _ = nix::unistd::close(fd);
             }
         }
     }

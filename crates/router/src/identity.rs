@@ -1,53 +1,25 @@
 //! The host's RDMA identity: GID 0 is the IPv4-mapped address of the
 //! router's own IP (DESIGN.md section 7).
 
-use std::ffi::CStr;
 use std::net::Ipv4Addr;
+
+use nix::net::if_::InterfaceFlags;
 
 /// The IPv4 addresses of the up, non-loopback interfaces of this network
 /// namespace, in `getifaddrs` order, with their interface names.
 pub fn ipv4_addresses() -> Vec<(String, Ipv4Addr)> {
-    let mut out = Vec::new();
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs writes a list head into `head`; we free it below.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return out;
-    }
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a non-null node of the list getifaddrs returned,
-        // valid until freeifaddrs.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        let flags = ifa.ifa_flags as libc::c_int;
-        if ifa.ifa_addr.is_null() || flags & libc::IFF_UP == 0 || flags & libc::IFF_LOOPBACK != 0 {
-            continue;
-        }
-        // SAFETY: ifa_addr is non-null and points to a sockaddr of at least
-        // the size of its family's struct.
-        let family = unsafe { (*ifa.ifa_addr).sa_family };
-        if family as libc::c_int != libc::AF_INET {
-            continue;
-        }
-        // SAFETY: the family is AF_INET, so the address is a sockaddr_in.
-        let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-        let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-        if ip.is_loopback() {
-            continue;
-        }
-        let name = if ifa.ifa_name.is_null() {
-            String::new()
-        } else {
-            // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-            unsafe { CStr::from_ptr(ifa.ifa_name) }
-                .to_string_lossy()
-                .into_owned()
-        };
-        out.push((name, ip));
-    }
-    // SAFETY: `head` came from a successful getifaddrs and is freed once.
-    unsafe { libc::freeifaddrs(head) };
-    out
+    let Ok(list) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    list.filter(|ifa| {
+        ifa.flags.contains(InterfaceFlags::IFF_UP)
+            && !ifa.flags.contains(InterfaceFlags::IFF_LOOPBACK)
+    })
+    .filter_map(|ifa| {
+        let ip = ifa.address?.as_sockaddr_in()?.ip();
+        (!ip.is_loopback()).then_some((ifa.interface_name, ip))
+    })
+    .collect()
 }
 
 /// The first non-loopback, up IPv4 address of the router's network

@@ -18,7 +18,6 @@
 //! The port reports `gid_tbl_len` 1: exactly one `gids` file.
 
 use anyhow::{bail, Context};
-use std::ffi::CString;
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -122,8 +121,6 @@ impl DeviceTree {
     }
 
     fn make_dev_node(&mut self) -> anyhow::Result<()> {
-        let path = CString::new(self.dev_node.as_os_str().as_bytes())
-            .context("device node path contains NUL")?;
         // Another router may remove an empty /dev/infiniband between our
         // create_dir and mknod: retry a few times.
         for _ in 0..5 {
@@ -137,10 +134,13 @@ impl DeviceTree {
                 fs::remove_file(&self.dev_node)
                     .with_context(|| format!("removing stale {}", self.dev_node.display()))?;
             }
-            let dev = libc::makedev(NODE_MAJOR, NODE_MINOR);
-            // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
-            let rc = unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, dev) };
-            if rc == 0 {
+            let made = nix::sys::stat::mknod(
+                &self.dev_node,
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::from_bits_truncate(0o666),
+                nix::sys::stat::makedev(NODE_MAJOR.into(), NODE_MINOR.into()),
+            );
+            if made.is_ok() {
                 // mknod applies the umask; make the node usable by everyone.
                 fs::set_permissions(
                     &self.dev_node,
@@ -149,9 +149,9 @@ impl DeviceTree {
                 .with_context(|| format!("chmod {}", self.dev_node.display()))?;
                 return Ok(());
             }
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::ENOENT) {
-                return Err(err).with_context(|| {
+            let err = made.unwrap_err();
+            if err != nix::errno::Errno::ENOENT {
+                return Err(io::Error::from(err)).with_context(|| {
                     format!(
                         "mknod {} c {NODE_MAJOR} {NODE_MINOR} (needs root or CAP_MKNOD)",
                         self.dev_node.display()
@@ -338,8 +338,7 @@ mod tests {
     }
 
     fn is_root() -> bool {
-        // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() == 0 }
+        nix::unistd::geteuid().is_root()
     }
 
     #[test]

@@ -123,7 +123,7 @@ fn uc_pingpong() {
 #[test]
 fn ud_pingpong() {
     // UD messages must fit the MTU (4096). The default size is 1024 (the
-    // --help text of v44 says 2048, the code uses 1024: contract §8).
+    // --help text of v44 says 2048, the code uses 1024).
     let run = pingpong("ibv_ud_pingpong", &["-g", "0", "-c", "-n", "300"]);
     assert_counts(&run, 1024, 300);
     let big = pingpong(

@@ -8,7 +8,7 @@ use super::*;
 pub struct FvQp {
     pub vqp: verbs_qp,
     /// Padding so that `verbs_qp.comp_mask` reads as 0 at the offsets other
-    /// PABI-34 builds use (344 to 360): see the contract, §1.
+    /// PABI-34 builds use (344 to 360): see docs/verbs-provider-contract.md, section 5.
     pub(super) _pad: [u64; 2],
     pub(super) segment: Mapping,
     pub(super) sq: RingSlots<SendWqe>,
