@@ -235,15 +235,19 @@ impl Engine {
         Some(Answer::ok(Reply::SemiPath { peer_qpn }))
     }
 
+    /// True if `h` is a semi-mode QP of `session`.
+    fn is_own_semi_qp(&self, session: SessionId, h: u32) -> bool {
+        self.tables
+            .qps
+            .get(&h)
+            .is_some_and(|q| q.session == session && q.semi)
+    }
+
     /// `Request::SemiConnect`: the rings of the responder of the session's
     /// semi QP `h`, once the two QPs name each other.
     pub fn semi_connect(&self, session: SessionId, h: u32) -> Answer {
         let t = &self.tables;
-        if !t
-            .qps
-            .get(&h)
-            .is_some_and(|q| q.session == session && q.semi)
-        {
+        if !self.is_own_semi_qp(session, h) {
             return err(libc::EINVAL, "no such semi-mode QP");
         }
         let Some(hb) = self.connected_back(h).filter(|hb| self.semi_pair(h, *hb)) else {
@@ -279,11 +283,7 @@ impl Engine {
     /// the session's semi QP `h` (connected to it both ways).
     pub fn resolve_key(&self, session: SessionId, h: u32, key: u32) -> Answer {
         let t = &self.tables;
-        if !t
-            .qps
-            .get(&h)
-            .is_some_and(|q| q.session == session && q.semi)
-        {
+        if !self.is_own_semi_qp(session, h) {
             return err(libc::EINVAL, "no such semi-mode QP");
         }
         let Some(b) = self
