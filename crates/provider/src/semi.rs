@@ -30,8 +30,10 @@ use flowverbs_verbs::{atomic, qp, receive};
 use flowverbs_wire::control::{ArenaRun, Reply, Request};
 use flowverbs_wire::cq_ring::CqRing;
 use flowverbs_wire::entries::{Cqe, RecvWqe, SendWqe};
-use flowverbs_wire::ring::RingSlots;
-use flowverbs_wire::segment::{CqHeader, CqLayout, Mapping, QpHeader, QpLayout, KEY_TABLE_SLOTS};
+use flowverbs_wire::ring::{RingSlots, Take};
+use flowverbs_wire::segment::{
+    CqHeader, CqLayout, Mapping, QpHeader, QpLayout, SrqHeader, SrqLayout, KEY_TABLE_SLOTS,
+};
 
 /// A region this process registered (for its own local-key checks).
 #[derive(Clone, Copy, Debug)]
@@ -328,6 +330,22 @@ struct PeerRings {
     rq: RingSlots<RecvWqe>,
     _cq_seg: Mapping,
     cq: CqView,
+    /// The responder's SRQ, if it receives through one.
+    srq: Option<SrqView>,
+}
+
+/// A responder's SRQ: receives taken by compare-and-swap, shared with the
+/// router and other senders.
+struct SrqView {
+    segment: Mapping,
+    ring: RingSlots<RecvWqe>,
+}
+
+impl SrqView {
+    fn header(&self) -> &SrqHeader {
+        // SAFETY: the segment starts with an SrqHeader and lives in self.
+        unsafe { self.segment.header::<SrqHeader>() }
+    }
 }
 
 impl PeerRings {
@@ -337,14 +355,31 @@ impl PeerRings {
             sq_capacity,
             rq_capacity,
             cq_capacity,
+            srq_capacity,
             ..
         } = reply
         else {
             return Err(libc::EPROTO);
         };
-        if fds.len() != 2 {
+        if fds.len() != 2 + usize::from(srq_capacity != 0) {
             return Err(libc::EPROTO);
         }
+        let err = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::ENOMEM);
+        let srq = match srq_capacity {
+            0 => None,
+            capacity => {
+                let layout = SrqLayout::new(capacity);
+                if layout.capacity != capacity {
+                    return Err(libc::EPROTO);
+                }
+                let segment = Mapping::map(&fds.pop().expect("three"), layout.size).map_err(err)?;
+                // SAFETY: the segment has its layout's size (sealed by the
+                // router) and holds `capacity` receives at ring_offset.
+                let ring =
+                    unsafe { RingSlots::new(segment.as_ptr().add(layout.ring_offset), capacity) };
+                Some(SrqView { segment, ring })
+            }
+        };
         let cq_fd = fds.pop().expect("two");
         let qp_fd = fds.pop().expect("two");
         let ql = QpLayout::new(sq_capacity, rq_capacity);
@@ -355,7 +390,6 @@ impl PeerRings {
         {
             return Err(libc::EPROTO);
         }
-        let err = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::ENOMEM);
         let qseg = Mapping::map(&qp_fd, ql.size).map_err(err)?;
         let cseg = Mapping::map(&cq_fd, cl.size).map_err(err)?;
         // SAFETY: both segments have the sizes of their layouts (the router
@@ -376,6 +410,7 @@ impl PeerRings {
                 seen: 0,
             },
             _cq_seg: cseg,
+            srq,
         })
     }
 }
@@ -810,12 +845,23 @@ impl SemiPath {
             return Step::Wait(Wait::Retry { until });
         }
 
-        let mut recv: Option<(RecvWqe, u32)> = None;
+        let mut recv: Option<Recv> = None;
         if opcode::consumes_receive(w.opcode) {
-            let rq = &self.peer().rq;
-            let c = rq.consumer();
-            let pending = rq.producer().wrapping_sub(c);
-            if pending == 0 || pending > self.rings().rq.capacity() {
+            let pending = match &self.rings().srq {
+                Some(srq) => srq.header().rq.pending(srq.ring.capacity()),
+                None => {
+                    let capacity = self.rings().rq.capacity();
+                    self.peer().rq.pending(capacity)
+                }
+            };
+            if pending.is_some_and(|n| n > 0) && !self.rings().cq.has_room() {
+                return Step::Wait(Wait::Cq);
+            }
+            recv = match pending {
+                Some(n) if n > 0 => self.receive(receive::lands_in_receive(w.opcode)),
+                _ => None,
+            };
+            if recv.is_none() {
                 if self.uc {
                     self.complete(w, idx, len);
                     return Step::Done;
@@ -824,17 +870,14 @@ impl SemiPath {
                 let until = qp::rnr_deadline(now, self.rnr_retry, timer);
                 return Step::Wait(Wait::Rnr { until });
             }
-            if !self.rings().cq.has_room() {
-                return Step::Wait(Wait::Cq);
-            }
-            recv = Some((self.rings().rq.read(c), c));
         }
 
         let mut result_len = len;
         match w.opcode {
             IBV_WR_SEND | IBV_WR_SEND_WITH_IMM => {
-                let (r, _) = recv.expect("recv");
-                let max_sge = self.peer().max_recv_sge.load(Ordering::Acquire);
+                let Recv {
+                    wqe: r, max_sge, ..
+                } = recv.expect("recv");
                 // The receive's keys were checked to be in the responder's
                 // PD by the router when it resolved them.
                 let sges = r.sges().iter().map(|s| {
@@ -906,11 +949,24 @@ impl SemiPath {
             }
         }
 
-        if let Some((r, c)) = recv {
-            if !self.peer().rq.claim_consumer(c) {
-                // The router flushed it meanwhile (the peer went to ERR).
-                return Step::Wait(Wait::Retry { until: Some(now) });
-            }
+        if let Some(r) = recv {
+            let from_own = matches!(r.from, RecvFrom::Own { .. });
+            let Some(r) = self.finish_receive(r) else {
+                if from_own {
+                    // The router flushed it meanwhile (the peer went to ERR).
+                    return Step::Wait(Wait::Retry { until: Some(now) });
+                }
+                // WRITE_WITH_IMM on an SRQ whose receives other messages
+                // took meanwhile: receiver not ready, the write is retried
+                // (UC: lost).
+                if self.uc {
+                    self.complete(w, idx, len);
+                    return Step::Done;
+                }
+                let timer = self.peer().min_rnr_timer.load(Ordering::Acquire) as u8;
+                let until = qp::rnr_deadline(now, self.rnr_retry, timer);
+                return Step::Wait(Wait::Rnr { until });
+            };
             let cqe = Cqe::received(
                 r.wr_id,
                 w.opcode,
@@ -933,12 +989,12 @@ impl SemiPath {
         w: &SendWqe,
         idx: u32,
         req_status: u32,
-        recv: Option<(RecvWqe, u32)>,
+        recv: Option<Recv>,
         recv_status: u32,
         len: u64,
     ) -> Step {
-        if let Some((r, c)) = recv {
-            if self.peer().rq.claim_consumer(c) {
+        if let Some(r) = recv {
+            if let Some(r) = self.finish_receive(r) {
                 let cqe = Cqe::receive_failed(r.wr_id, recv_status, self.peer_qpn, self.qpn);
                 self.rings().cq.push(&cqe);
                 self.notify(true, true);
@@ -968,6 +1024,93 @@ impl SemiPath {
 enum Step {
     Done,
     Wait(Wait),
+}
+
+/// The receive a message uses at the responder.
+#[derive(Clone, Copy)]
+struct Recv {
+    wqe: RecvWqe,
+    /// The most SGEs its queue allows (the QP's or the SRQ's).
+    max_sge: u32,
+    /// Where it was read: the QP's own queue at index `at` (taken when the
+    /// message completes), or an SRQ.
+    from: RecvFrom,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RecvFrom {
+    Own {
+        at: u32,
+    },
+    /// Taken from the SRQ already (its data lands in it).
+    SrqTaken,
+    /// Read at the SRQ's head, not taken (WRITE_WITH_IMM: taken when the
+    /// message completes, whichever receive is at the head then).
+    SrqHead,
+}
+
+impl SemiPath {
+    /// The receive at the responder's head. `lands`: the message's data
+    /// lands in it, so an SRQ's is taken now, before anything is written
+    /// (other senders and the router take from the same SRQ). None: no
+    /// receive (any more).
+    fn receive(&mut self, lands: bool) -> Option<Recv> {
+        if self.rings().srq.is_none() {
+            let c = self.peer().rq.consumer();
+            let max_sge = self.peer().max_recv_sge.load(Ordering::Acquire);
+            return Some(Recv {
+                wqe: self.rings().rq.read(c),
+                max_sge,
+                from: RecvFrom::Own { at: c },
+            });
+        }
+        let srq = self.rings().srq.as_ref().expect("srq");
+        let max_sge = srq.header().max_sge.load(Ordering::Acquire);
+        if !lands {
+            let wqe = srq.ring.read(srq.header().rq.consumer());
+            return Some(Recv {
+                wqe,
+                max_sge,
+                from: RecvFrom::SrqHead,
+            });
+        }
+        let wqe = self.take_srq()?;
+        Some(Recv {
+            wqe,
+            max_sge,
+            from: RecvFrom::SrqTaken,
+        })
+    }
+
+    /// Takes the receive at the head of the responder's SRQ; raises the
+    /// SRQ's limit event (through the router) if this take crossed it.
+    fn take_srq(&mut self) -> Option<RecvWqe> {
+        let srq = self.rings().srq.as_ref().expect("srq");
+        let Take::Taken {
+            entry, remaining, ..
+        } = srq.header().rq.take(&srq.ring)
+        else {
+            return None;
+        };
+        if srq
+            .header()
+            .disarm_limit(remaining, receive::srq_limit_reached)
+        {
+            srq.header().limit_event_pending.store(1, Ordering::Release);
+            self.ctx().wake_router();
+        }
+        Some(entry)
+    }
+
+    /// The receive the message completes: its own queue's entry, if still
+    /// there to take; an SRQ's taken entry; or the SRQ's head taken now.
+    fn finish_receive(&mut self, r: Recv) -> Option<RecvWqe> {
+        match r.from {
+            RecvFrom::Own { at } => self.peer().rq.claim_consumer(at).then_some(r.wqe),
+            RecvFrom::SrqTaken => Some(r.wqe),
+            RecvFrom::SrqHead => self.take_srq(),
+        }
+    }
 }
 
 /// Copies `len` bytes from `src` segments to `dst` segments in ascending

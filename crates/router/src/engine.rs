@@ -12,6 +12,7 @@ use flowverbs_verbs::access::{self, Region};
 use flowverbs_verbs::opcode::{self, wc_opcode, Shape};
 use flowverbs_verbs::{atomic, receive};
 use flowverbs_wire::entries::{Cqe, RecvWqe, SendWqe};
+use flowverbs_wire::ring::Take;
 
 use super::events::AsyncTarget;
 use super::link::Links;
@@ -328,22 +329,73 @@ impl Engine {
         qp.sq_consumer
     }
 
+    /// Frees the head of QP `h`'s own receive queue after the message that
+    /// used it (an SRQ's receives are taken when a message starts, with
+    /// [`Engine::take_recv`]).
     fn consume_recv(&mut self, h: u32) {
         let qp = self.tables.qps.get_mut(&h).expect("qp");
-        let srq_handle = qp.srq;
-        if srq_handle == 0 {
+        if qp.srq == 0 {
             qp.rq_consumer = qp.rq_consumer.wrapping_add(1);
             qp.header().rq.publish_consumer(qp.rq_consumer);
-            return;
         }
-        let Some(srq) = self.tables.srqs.get_mut(&srq_handle) else {
-            return;
+    }
+
+    /// Takes the receive at the head of QP `h`'s queue for a message that
+    /// lands in it, before writing anything: an SRQ's (other QPs, and in
+    /// semi mode senders' providers, take from it too), or a datagram's
+    /// (in semi mode several senders' providers take from a UD QP). Raises
+    /// SRQ_LIMIT_REACHED when the take crosses the SRQ's armed limit.
+    pub(super) fn take_recv(&mut self, h: u32) -> Take<(RecvWqe, u32)> {
+        let qp = &self.tables.qps[&h];
+        let srq_handle = qp.srq;
+        if srq_handle == 0 {
+            let max_sge = qp.caps.max_recv_sge;
+            let taken = qp.header().rq.take(&qp.rq);
+            let qp = self.tables.qps.get_mut(&h).expect("qp");
+            return match taken {
+                Take::Taken {
+                    entry,
+                    index,
+                    remaining,
+                } => {
+                    qp.rq_consumer = index.wrapping_add(1);
+                    Take::Taken {
+                        entry: (entry, max_sge),
+                        index,
+                        remaining,
+                    }
+                }
+                Take::Empty => Take::Empty,
+                Take::Violation => Take::Violation,
+            };
+        }
+        let Some(srq) = self.tables.srqs.get(&srq_handle) else {
+            return Take::Empty;
         };
-        srq.consumer = srq.consumer.wrapping_add(1);
-        srq.header().rq.publish_consumer(srq.consumer);
-        if srq.limit > 0 && srq.pending().is_some_and(|n| n < srq.limit) {
-            srq.limit = 0;
-            self.post_async_event(AsyncTarget::Srq(srq_handle), IBV_EVENT_SRQ_LIMIT_REACHED);
+        match srq.header().rq.take(&srq.ring) {
+            Take::Taken {
+                entry,
+                index,
+                remaining,
+            } => {
+                let max_sge = srq.max_sge;
+                if srq
+                    .header()
+                    .disarm_limit(remaining, receive::srq_limit_reached)
+                {
+                    self.post_async_event(
+                        AsyncTarget::Srq(srq_handle),
+                        IBV_EVENT_SRQ_LIMIT_REACHED,
+                    );
+                }
+                Take::Taken {
+                    entry: (entry, max_sge),
+                    index,
+                    remaining,
+                }
+            }
+            Take::Empty => Take::Empty,
+            Take::Violation => Take::Violation,
         }
     }
 
@@ -722,10 +774,12 @@ impl Engine {
         }
     }
 
+    /// The receive at the head of QP `h`'s queue, left there (a message
+    /// that only reports an immediate takes it when it completes).
     fn recv_head(&self, h: u32) -> (RecvWqe, u32) {
         let qp = &self.tables.qps[&h];
         match self.tables.srqs.get(&qp.srq).filter(|_| qp.srq != 0) {
-            Some(s) => (s.ring.read(s.consumer), s.max_sge),
+            Some(s) => (s.ring.read(s.header().rq.consumer()), s.max_sge),
             None => (qp.rq.read(qp.rq_consumer), qp.caps.max_recv_sge),
         }
     }
@@ -762,8 +816,7 @@ impl Engine {
         match self.tables.srqs.get_mut(&srq).filter(|_| srq != 0) {
             Some(s) => {
                 warn!("srq {srq}: impossible ring index from the client; its receives are dropped");
-                s.consumer = s.header().rq.producer();
-                s.header().rq.publish_consumer(s.consumer);
+                s.header().rq.publish_consumer(s.header().rq.producer());
             }
             None => self.resync_after_violation(h),
         }
@@ -835,6 +888,7 @@ impl Engine {
             self.tables.qps[&hb].qpn,
         );
         let consumes_recv = opcode::consumes_receive(w.opcode);
+        let on_srq = self.tables.qps[&hb].srq != 0;
 
         // A receive WQE at the responder, if the operation needs one.
         let mut recv: Option<RecvWqe> = None;
@@ -856,7 +910,23 @@ impl Engine {
             if self.cq_free(recv_cq) == 0 {
                 return Outcome::Stalled(Stall::CqFull);
             }
-            let (r, max) = self.recv_head(hb);
+            let (r, max) = if on_srq && receive::lands_in_receive(w.opcode) {
+                // Its data lands in the receive: take it first.
+                match self.take_recv(hb) {
+                    Take::Taken { entry, .. } => entry,
+                    Take::Empty if uc => {
+                        self.finish_send(ha, w, len);
+                        return Outcome::Done;
+                    }
+                    Take::Empty => return Outcome::Stalled(self.rnr_stall(ha, hb, now)),
+                    Take::Violation => {
+                        self.recv_violation(hb);
+                        return Outcome::Stalled(self.retry_stall(ha, now));
+                    }
+                }
+            } else {
+                self.recv_head(hb)
+            };
             recv = Some(r);
             recv_max_sge = max;
         }
@@ -876,7 +946,6 @@ impl Engine {
                         len,
                     );
                 }
-                let on_srq = self.tables.qps[&hb].srq != 0;
                 match self.copy(ha, hb, on_srq, &src, mem_b, &dst, len) {
                     Ok(true) => {}
                     Ok(false) => return Outcome::InProgress,
@@ -968,7 +1037,24 @@ impl Engine {
             }
         }
 
-        if let Some(rwqe) = recv {
+        if let Some(mut rwqe) = recv {
+            if on_srq && !receive::lands_in_receive(w.opcode) {
+                // WRITE_WITH_IMM: the receive only reports the immediate
+                // and is taken now, as the message completes.
+                match self.take_recv(hb) {
+                    Take::Taken { entry, .. } => rwqe = entry.0,
+                    Take::Empty if uc => {
+                        self.finish_send(ha, w, len);
+                        return Outcome::Done;
+                    }
+                    // Taken by another QP meanwhile: the requester retries.
+                    Take::Empty => return Outcome::Stalled(self.rnr_stall(ha, hb, now)),
+                    Take::Violation => {
+                        self.recv_violation(hb);
+                        return Outcome::Stalled(self.retry_stall(ha, now));
+                    }
+                }
+            }
             let cqe = Cqe::received(rwqe.wr_id, w.opcode, len as u32, w.imm_data, qpn_b, qpn_a);
             self.consume_recv(hb);
             let solicited = w.send_flags & IBV_SEND_SOLICITED != 0;

@@ -141,11 +141,10 @@ pub struct Srq {
     pub pd: u32,
     pub segment: Mapping,
     pub ring: RingSlots<RecvWqe>,
-    pub consumer: u32,
+    /// Semi mode: the segment's memfd, for the providers of senders to
+    /// its QPs.
+    pub segment_fd: Option<OwnedFd>,
     pub max_sge: u32,
-    /// Armed limit (0: not armed): when fewer receives remain, the router
-    /// raises IBV_EVENT_SRQ_LIMIT_REACHED and disarms.
-    pub limit: u32,
     /// The client's `ibv_srq *`: the element of this SRQ's async events.
     pub cookie: u64,
     /// Async events written for this SRQ.
@@ -159,7 +158,6 @@ impl Srq {
         segment: Mapping,
         layout: SrqLayout,
         max_sge: u32,
-        limit: u32,
     ) -> Srq {
         // SAFETY: the segment holds `capacity` receive WQEs at ring_offset.
         let ring =
@@ -169,9 +167,8 @@ impl Srq {
             pd,
             segment,
             ring,
-            consumer: 0,
+            segment_fd: None,
             max_sge,
-            limit,
             cookie: 0,
             async_events: 0,
         }
@@ -182,10 +179,9 @@ impl Srq {
         unsafe { self.segment.header::<SrqHeader>() }
     }
 
-    /// Posted receives not yet consumed, or None for an impossible index.
+    /// Posted receives not yet taken, or None for an impossible index.
     pub fn pending(&self) -> Option<u32> {
-        let n = self.header().rq.producer().wrapping_sub(self.consumer);
-        (n <= self.ring.capacity()).then_some(n)
+        self.header().rq.pending(self.ring.capacity())
     }
 }
 

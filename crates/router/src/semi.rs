@@ -9,10 +9,10 @@
 //!   that run as root without user namespaces are different groups by
 //!   default (their pid and network namespaces differ).
 //! - At a modify to RTR of an RC or UC QP whose peer is a QP of this host
-//!   in the same trust group, without an SRQ, the router marks the QP
+//!   in the same trust group, the router marks the QP
 //!   `semi` (it no longer runs its send queue) and tells the provider
-//!   ([`Reply::SemiPath`]). The provider asks for the peer's QP segment and
-//!   receive CQ segment when it first sends (`Request::SemiConnect`): they
+//!   ([`Reply::SemiPath`]). The provider asks for the peer's QP segment,
+//!   receive CQ segment and SRQ segment (if it has one) when it first sends (`Request::SemiConnect`): they
 //!   are granted only once both QPs name each other, so a QP cannot take
 //!   another's rings by naming its QPN. The provider then executes the
 //!   QP's work requests itself against those rings and the peer's memory.
@@ -34,6 +34,7 @@ use super::control::{err, Answer};
 use super::engine::Engine;
 use super::events::AsyncTarget;
 use super::objects::SessionId;
+use flowverbs_sys::IBV_EVENT_SRQ_LIMIT_REACHED;
 use flowverbs_verbs::qp::QpKind;
 use flowverbs_verbs::qp::ERR;
 use flowverbs_wire::control::{ArenaRun, Reply, MAX_ARENA_RUNS};
@@ -185,8 +186,9 @@ impl Engine {
     }
 
     /// Whether QP `ha` may run on the semi path to QP `hb`: RC or UC of
-    /// the same type, `hb` without an SRQ, `ha`'s path leading to `hb`'s
-    /// GID (or no GRH), sessions of one trust group.
+    /// the same type, `ha`'s path leading to `hb`'s GID (or no GRH),
+    /// sessions of one trust group. (`hb` may receive through an SRQ: its
+    /// receives are taken by compare-and-swap, as everyone takes them.)
     fn semi_pair(&self, ha: u32, hb: u32) -> bool {
         let t = &self.tables;
         let (Some(a), Some(b)) = (t.qps.get(&ha), t.qps.get(&hb)) else {
@@ -198,7 +200,6 @@ impl Engine {
         let routed = !a.attr.ah_attr.is_global || a.attr.ah_attr.dgid == sb.gid;
         matches!(a.kind, QpKind::Rc | QpKind::Uc)
             && b.kind == a.kind
-            && b.srq == 0
             && ha != hb
             && routed
             && sa.trust.shares_with(&sb.trust, self.semi_share)
@@ -260,13 +261,23 @@ impl Engine {
         let Some(cq) = t.cqs.get(&b.recv_cq) else {
             return err(libc::EAGAIN, "the responder's receive CQ is gone");
         };
-        let fds = match (
-            b.segment_fd.as_ref().map(|f| f.try_clone()),
-            cq.segment_fd.as_ref().map(|f| f.try_clone()),
-        ) {
-            (Some(Ok(q)), Some(Ok(c))) => vec![q, c],
-            _ => return err(libc::EMFILE, "cannot pass the responder's rings"),
+        let srq = match b.srq {
+            0 => None,
+            h => match t.srqs.get(&h) {
+                Some(s) => Some(s),
+                None => return err(libc::EAGAIN, "the responder's SRQ is gone"),
+            },
         };
+        let mut fds = Vec::with_capacity(3);
+        let segments = [b.segment_fd.as_ref(), cq.segment_fd.as_ref()]
+            .into_iter()
+            .chain(srq.map(|s| s.segment_fd.as_ref()));
+        for fd in segments {
+            match fd.map(|f| f.try_clone()) {
+                Some(Ok(f)) => fds.push(f),
+                _ => return err(libc::EMFILE, "cannot pass the responder's rings"),
+            }
+        }
         Answer {
             reply: Reply::SemiPeer {
                 peer_qpn: b.qpn,
@@ -274,6 +285,7 @@ impl Engine {
                 sq_capacity: b.sq.capacity(),
                 rq_capacity: b.rq.capacity(),
                 cq_capacity: cq.ring.capacity(),
+                srq_capacity: srq.map_or(0, |s| s.ring.capacity()),
             },
             fds,
         }
@@ -359,7 +371,8 @@ impl Engine {
         Answer::ok(Reply::Done)
     }
 
-    /// Writes the completion events that semi-mode producers asked for.
+    /// Writes the completion events and SRQ limit events that semi-mode
+    /// producers asked for.
     pub fn fire_events(&mut self) {
         if self.key_table.is_none() {
             return;
@@ -374,6 +387,16 @@ impl Engine {
             .collect();
         for cq in fired {
             self.write_cq_event(cq);
+        }
+        let limits: Vec<u32> = self
+            .tables
+            .srqs
+            .iter()
+            .filter(|(_, s)| s.header().limit_event_pending.swap(0, Ordering::AcqRel) != 0)
+            .map(|(h, _)| *h)
+            .collect();
+        for srq in limits {
+            self.post_async_event(AsyncTarget::Srq(srq), IBV_EVENT_SRQ_LIMIT_REACHED);
         }
     }
 }

@@ -23,23 +23,25 @@ fn checker() -> &'static Path {
 }
 
 /// Runs one case on a fresh router started with `router_args`, then checks
-/// from the router's counters which path moved the case's data: UD and SRQ
-/// QPs always the router's; RC and UC pairs the semi path in semi mode.
+/// from the router's counters which path moved the case's data: UD QPs
+/// always the router's; RC and UC pairs, also those receiving through an
+/// SRQ, the semi path in semi mode.
 fn run_case(router_args: &[&str], case: &str) {
     let exe = checker();
     let router = Router::start_with(router_args);
     run_c_case(exe, case, &router, CASE_TIMEOUT_SECS, "QP-type");
     let semi = router_args.contains(&"semi");
     let connected_data = [
+        "srq_shared",
+        "srq_misuse",
+        "srq_rnr",
         "uc_data",
         "uc_drop",
         "atomic_faa_contention",
         "atomic_cas_contention",
     ];
-    // (ud_ah and srq_attrs make no QPs.)
-    let router_only = (case.starts_with("ud_") || case.starts_with("srq_"))
-        && !["ud_ah", "srq_attrs"].contains(&case);
-    if router_only {
+    // (ud_ah makes no QPs.)
+    if case.starts_with("ud_") && case != "ud_ah" {
         router.assert_moved_only_on("router", case);
     } else if connected_data.contains(&case) {
         router.assert_moved_only_on(if semi { "semi" } else { "router" }, case);
@@ -64,8 +66,8 @@ macro_rules! cases {
             )*
         }
 
-        /// Semi mode: RC/UC pairs take the providers' path, UD and SRQ
-        /// QPs the router's; the semantics must be the same.
+        /// Semi mode: RC/UC pairs (also on SRQs) take the providers' path,
+        /// UD QPs the router's; the semantics must be the same.
         mod semi {
             $(
                 #[test]

@@ -62,6 +62,7 @@ const DATA_CASES: &[&str] = &[
     "rnr_wait",
     "rnr_exceeded",
     "events_pipe_full",
+    "async_srq",
 ];
 
 macro_rules! cases {

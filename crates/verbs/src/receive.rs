@@ -20,6 +20,13 @@ pub fn lands_in_receive(op: u32) -> bool {
     matches!(op, IBV_WR_SEND | IBV_WR_SEND_WITH_IMM)
 }
 
+/// Whether taking a receive from an SRQ armed with `limit` (0: not
+/// armed), leaving `remaining`, raises `IBV_EVENT_SRQ_LIMIT_REACHED`:
+/// fewer receives than the limit are left (ibv_modify_srq(3)).
+pub fn srq_limit_reached(remaining: u32, limit: u32) -> bool {
+    limit > 0 && remaining < limit
+}
+
 /// Checks a receive of `num_sge` SGEs on a queue that allows `max_sge`
 /// (the QP's `max_recv_sge`, or its SRQ's), whose SGEs passed
 /// [`crate::access::local`] with write access or not (`sges`: each
@@ -65,6 +72,18 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn srq_limit() {
+        assert!(!srq_limit_reached(0, 0), "not armed");
+        assert!(srq_limit_reached(0, 1));
+        assert!(srq_limit_reached(3, 4));
+        assert!(
+            !srq_limit_reached(4, 4),
+            "fewer than the limit, not as many"
+        );
+        assert!(!srq_limit_reached(10, 4));
+    }
 
     #[test]
     fn the_ladder_in_order() {

@@ -390,14 +390,17 @@ pub enum Reply {
     SemiPath {
         peer_qpn: u32,
     },
-    /// Semi mode, answer to [`Request::SemiConnect`]. Carries two fds: the
-    /// peer's QP segment and its receive CQ's segment.
+    /// Semi mode, answer to [`Request::SemiConnect`]. Carries two or three
+    /// fds: the peer's QP segment, its receive CQ's segment and, if it
+    /// receives through one, its SRQ's segment.
     SemiPeer {
         peer_qpn: u32,
         peer_session: u64,
         sq_capacity: u32,
         rq_capacity: u32,
         cq_capacity: u32,
+        /// The responder's SRQ (0: it has none; otherwise a third fd).
+        srq_capacity: u32,
     },
     /// Carries one fd: the owner's arena.
     Key {

@@ -64,6 +64,58 @@ impl RingIndices {
     }
 }
 
+/// What [`RingIndices::take`] found at the head of a ring that several
+/// consumers share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Take<T> {
+    /// Nothing posted.
+    Empty,
+    /// The producer index is impossible (more entries than the ring
+    /// holds): a confused or hostile producer.
+    Violation,
+    /// This caller took `entry` (index `index`); `remaining` entries are
+    /// left behind it.
+    Taken {
+        entry: T,
+        index: u32,
+        remaining: u32,
+    },
+}
+
+impl RingIndices {
+    /// Takes the entry at the head for this caller alone, when several
+    /// consumers share the ring (an SRQ: the router and, in semi mode, the
+    /// providers of senders). The entry is read before it is claimed
+    /// (after the claim its producer may reuse the slot); a lost race
+    /// reads the new head and tries again.
+    pub fn take<T: FromBytes + IntoBytes>(&self, slots: &RingSlots<T>) -> Take<T> {
+        loop {
+            let c = self.consumer();
+            let n = distance(c, self.producer());
+            if n == 0 {
+                return Take::Empty;
+            }
+            if n > slots.capacity() {
+                return Take::Violation;
+            }
+            let entry = slots.read(c);
+            if self.claim_consumer(c) {
+                return Take::Taken {
+                    entry,
+                    index: c,
+                    remaining: n - 1,
+                };
+            }
+        }
+    }
+
+    /// Entries posted and not taken, or None for an impossible index.
+    pub fn pending(&self, capacity: u32) -> Option<u32> {
+        let n = distance(self.consumer(), self.producer());
+        (n <= capacity).then_some(n)
+    }
+}
+
 /// Number of entries between `from` and `to` on free-running indices.
 #[inline]
 pub fn distance(from: u32, to: u32) -> u32 {
@@ -145,5 +197,92 @@ impl<T: FromBytes + IntoBytes> RingSlots<T> {
     {
         // SAFETY: the slot is inside the mapping and aligned.
         unsafe { std::ptr::write_volatile(self.slot_ptr(index), *value) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entries::RecvWqe;
+    use std::collections::HashSet;
+
+    #[repr(C, align(64))]
+    struct Ring {
+        indices: RingIndices,
+        slots: [RecvWqe; 8],
+    }
+
+    #[test]
+    fn take_hands_each_entry_to_one_consumer() {
+        let ring: &'static mut Ring = Box::leak(Box::new(Ring {
+            indices: RingIndices::default(),
+            slots: [RecvWqe::zeroed(); 8],
+        }));
+        // SAFETY: eight entries in a leaked (static) allocation.
+        let slots = unsafe { RingSlots::<RecvWqe>::new(ring.slots.as_mut_ptr().cast(), 8) };
+        let indices = &ring.indices;
+        assert!(matches!(indices.take(&slots), Take::Empty));
+        let total = 20_000u64;
+        let taken: Vec<Vec<u64>> = std::thread::scope(|s| {
+            let consumers: Vec<_> = (0..3)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut mine = Vec::new();
+                        loop {
+                            match indices.take(&slots) {
+                                Take::Taken { entry, .. } => mine.push(entry.wr_id),
+                                Take::Empty if indices.consumer() as u64 == total => break,
+                                Take::Empty => std::hint::spin_loop(),
+                                Take::Violation => panic!("violation"),
+                            }
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            let mut p = 0u32;
+            while u64::from(p) < total {
+                if distance(indices.consumer(), p) < slots.capacity() {
+                    let mut w = RecvWqe::zeroed();
+                    w.wr_id = u64::from(p);
+                    slots.write(p, &w);
+                    p += 1;
+                    indices.publish_producer(p);
+                }
+            }
+            consumers.into_iter().map(|c| c.join().unwrap()).collect()
+        });
+        let all: Vec<u64> = taken.iter().flatten().copied().collect();
+        assert_eq!(all.len() as u64, total, "every entry taken once");
+        assert_eq!(
+            all.iter().copied().collect::<HashSet<_>>().len() as u64,
+            total
+        );
+        for mine in &taken {
+            assert!(mine.windows(2).all(|w| w[0] < w[1]), "each in ring order");
+        }
+    }
+
+    #[test]
+    fn take_refuses_an_impossible_producer() {
+        let ring: &'static mut Ring = Box::leak(Box::new(Ring {
+            indices: RingIndices::default(),
+            slots: [RecvWqe::zeroed(); 8],
+        }));
+        // SAFETY: as above.
+        let slots = unsafe { RingSlots::<RecvWqe>::new(ring.slots.as_mut_ptr().cast(), 8) };
+        ring.indices.publish_producer(9);
+        assert!(matches!(ring.indices.take(&slots), Take::Violation));
+        assert_eq!(ring.indices.pending(8), None);
+        ring.indices.publish_producer(3);
+        assert!(matches!(
+            ring.indices.take(&slots),
+            Take::Taken {
+                index: 0,
+                remaining: 2,
+                ..
+            }
+        ));
+        assert_eq!(ring.indices.pending(8), Some(2));
     }
 }

@@ -127,10 +127,35 @@ pub enum MovedKind {
     Atomic,
 }
 
-/// SRQ segment header.
+/// SRQ segment header. Several consumers take receives from one SRQ: the
+/// router, and in semi mode the providers of senders to its QPs; each
+/// takes with [`RingIndices::take`] (compare-and-swap of `rq.consumer`).
 #[repr(C)]
 pub struct SrqHeader {
     pub rq: RingIndices,
+    /// The armed limit (`srq_limit`; 0: not armed). Written by the router
+    /// (modify_srq); whoever takes the receive that crosses it disarms it
+    /// ([`SrqHeader::disarm_limit`]) and raises the event.
+    pub limit: AtomicU32,
+    /// Set by a semi-mode provider that disarmed the limit: the router
+    /// writes `IBV_EVENT_SRQ_LIMIT_REACHED` when its doorbell rings.
+    pub limit_event_pending: AtomicU32,
+    /// The SRQ's `max_sge`, written by the router at creation.
+    pub max_sge: AtomicU32,
+}
+
+impl SrqHeader {
+    /// After a take that left `remaining` receives: true if this caller
+    /// disarmed the limit (`crossed(remaining, limit)`, the verbs rule) and
+    /// so must raise the event; at most one caller per arming does.
+    pub fn disarm_limit(&self, remaining: u32, crossed: impl Fn(u32, u32) -> bool) -> bool {
+        let limit = self.limit.load(Ordering::Acquire);
+        crossed(remaining, limit)
+            && self
+                .limit
+                .compare_exchange(limit, 0, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
 }
 
 /// Byte layout of an SRQ segment: the header page, then the receive ring.

@@ -3,6 +3,7 @@
 //! value against the device limits.
 
 use super::*;
+use std::sync::atomic::Ordering;
 
 pub(super) fn create_srq(
     engine: &mut Engine,
@@ -37,13 +38,17 @@ pub(super) fn create_srq(
             return err(libc::ENOMEM, format!("SRQ segment: {e}"));
         }
     };
-    let srq = t.handle();
+    let srq = engine.tables.handle();
     // srq_limit is ignored at creation (ibv_create_srq(3)); it is
     // armed with ibv_modify_srq.
     let _ = srq_limit;
-    let mut s = Srq::new(session, pd, map, layout, MAX_SGE, 0);
+    let mut s = Srq::new(session, pd, map, layout, MAX_SGE);
     s.cookie = cookie;
-    t.srqs.insert(srq, s);
+    s.header().max_sge.store(MAX_SGE, Ordering::Release);
+    if engine.key_table.is_some() {
+        s.segment_fd = fd.try_clone().ok();
+    }
+    engine.tables.srqs.insert(srq, s);
     Answer {
         reply: Reply::Srq {
             srq,
@@ -80,7 +85,7 @@ pub(super) fn modify_srq(
         if srq_limit > s.ring.capacity() {
             return err(libc::EINVAL, format!("srq_limit {srq_limit} above max_wr"));
         }
-        s.limit = srq_limit;
+        s.header().limit.store(srq_limit, Ordering::Release);
     }
     Answer::ok(Reply::Done)
 }
@@ -91,7 +96,7 @@ pub(super) fn query_srq(engine: &mut Engine, session: SessionId, srq: u32) -> An
         Some(s) => Answer::ok(Reply::SrqAttr {
             max_wr: s.ring.capacity(),
             max_sge: s.max_sge,
-            srq_limit: s.limit,
+            srq_limit: s.header().limit.load(Ordering::Acquire),
         }),
         None => err(libc::EINVAL, "no such shared receive queue"),
     }

@@ -6,6 +6,7 @@ use flowverbs_verbs::qp::{self as qp_state, QpKind};
 use flowverbs_verbs::ud;
 use flowverbs_wire::entries::{Cqe, SendWqe};
 use flowverbs_wire::limits::GRH_SIZE;
+use flowverbs_wire::ring::Take;
 
 use super::{Engine, Outcome, Source, CHUNK};
 use crate::objects::Stall;
@@ -89,7 +90,16 @@ impl Engine {
         if self.cq_free(recv_cq) == 0 {
             return false;
         }
-        let (rwqe, max_sge) = self.recv_head(hb);
+        // Taken before anything is written (other senders take from the
+        // same queue); a lost race finds it empty: the datagram drops.
+        let (rwqe, max_sge) = match self.take_recv(hb) {
+            Take::Taken { entry, .. } => entry,
+            Take::Empty => return true,
+            Take::Violation => {
+                self.recv_violation(hb);
+                return true;
+            }
+        };
         let dgid = self.tables.sessions[&self.tables.qps[&hb].session].gid;
         let qpn_b = self.tables.qps[&hb].qpn;
         let (segs, verdict) = self.receive_segments(hb, &rwqe, max_sge, len + u64::from(GRH_SIZE));
@@ -138,7 +148,6 @@ impl Engine {
             Err(status) => Cqe::receive_failed(rwqe.wr_id, status, qpn_b, src_qpn),
         };
         let failed = cqe.status != IBV_WC_SUCCESS;
-        self.consume_recv(hb);
         self.publish_cqe(recv_cq, &cqe, solicited);
         if failed {
             self.to_error(hb);
