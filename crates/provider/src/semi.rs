@@ -372,7 +372,7 @@ impl PeerRings {
                 if layout.capacity != capacity {
                     return Err(libc::EPROTO);
                 }
-                let segment = Mapping::map(&fds.pop().expect("three"), layout.size).map_err(err)?;
+                let segment = Mapping::map(fds.pop().expect("three"), layout.size).map_err(err)?;
                 // SAFETY: the segment has its layout's size (sealed by the
                 // router) and holds `capacity` receives at ring_offset.
                 let ring =
