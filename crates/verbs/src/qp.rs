@@ -338,6 +338,12 @@ pub fn rnr_deadline(
     })
 }
 
+/// Whether a request that met its `naks`-th RNR NAK fails with
+/// RNR_RETRY_EXC_ERR: it may be retried `rnr_retry` times (7: forever).
+pub fn rnr_retries_exhausted(rnr_retry: u8, naks: u32) -> bool {
+    rnr_retry < 7 && naks > u32::from(rnr_retry)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,6 +387,27 @@ mod tests {
             rnr_deadline(now, 2, 12),
             Some(now + std::time::Duration::from_micros(640 * 3))
         );
+    }
+
+    #[test]
+    fn rnr_retries() {
+        // (rnr_retry, NAKs so far, exhausted)
+        let table = [
+            (0, 1, true),
+            (2, 1, false),
+            (2, 2, false),
+            (2, 3, true),
+            (6, 7, true),
+            (7, 1, false),
+            (7, u32::MAX, false),
+        ];
+        for (rnr_retry, naks, exhausted) in table {
+            assert_eq!(
+                rnr_retries_exhausted(rnr_retry, naks),
+                exhausted,
+                "rnr_retry {rnr_retry}, {naks} NAKs"
+            );
+        }
     }
 
     #[test]
