@@ -381,17 +381,25 @@ impl ProcessMemory {
     }
 }
 
+/// The test process's own address space, as a session's (unit tests use
+/// it for memory regions).
+#[cfg(test)]
+pub fn this_process() -> ProcessMemory {
+    let me = std::fs::metadata("/proc/self").expect("/proc/self");
+    let cred = Credentials {
+        uid: me.uid(),
+        gid: me.gid(),
+    };
+    ProcessMemory::of_session(std::process::id() as i32, cred, || true)
+        .expect("the test process's own memory")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn me() -> ProcessMemory {
-        let me = std::fs::metadata("/proc/self").unwrap();
-        let cred = Credentials {
-            uid: me.uid(),
-            gid: me.gid(),
-        };
-        ProcessMemory::of_session(std::process::id() as i32, cred, || true).unwrap()
+        this_process()
     }
 
     #[test]

@@ -38,3 +38,78 @@ pub trait Transport {
         fill: &mut dyn FnMut(&mut [MaybeUninit<u8>]) -> io::Result<()>,
     ) -> io::Result<()>;
 }
+
+/// A transport that keeps frames in memory, for unit tests: each frame
+/// sent waits in `sent`, in order, until the test delivers it, drops it
+/// or delivers it out of order.
+#[cfg(test)]
+pub mod in_memory {
+    use std::collections::{HashMap, HashSet, VecDeque};
+
+    use super::*;
+
+    /// One frame as it was sent.
+    #[derive(Clone, Debug)]
+    pub struct Frame {
+        pub peer: PeerId,
+        pub hdr: FrameHeader,
+        pub payload: Vec<u8>,
+    }
+
+    #[derive(Default)]
+    pub struct InMemoryTransport {
+        /// Frames sent and not taken yet, oldest first.
+        pub sent: VecDeque<Frame>,
+        /// Peers without room: nothing but replies is sent to them.
+        pub full: HashSet<PeerId>,
+        /// The peer that serves each GID.
+        pub gids: HashMap<Gid, PeerId>,
+    }
+
+    impl InMemoryTransport {
+        /// Every frame sent since the last call, oldest first.
+        pub fn take(&mut self) -> Vec<Frame> {
+            self.sent.drain(..).collect()
+        }
+    }
+
+    impl Transport for InMemoryTransport {
+        fn locate(&self, gid: &Gid) -> Option<PeerId> {
+            self.gids.get(gid).copied()
+        }
+
+        fn serves(&self, peer: PeerId, gid: &Gid) -> bool {
+            self.gids.get(gid) == Some(&peer)
+        }
+
+        fn has_room(&self, peer: PeerId) -> bool {
+            !self.full.contains(&peer)
+        }
+
+        fn send(&mut self, peer: PeerId, mut hdr: FrameHeader, payload: &[u8]) {
+            hdr.payload_len = (payload.len() as u32).into();
+            self.sent.push_back(Frame {
+                peer,
+                hdr,
+                payload: payload.to_vec(),
+            });
+        }
+
+        fn send_with(
+            &mut self,
+            peer: PeerId,
+            mut hdr: FrameHeader,
+            len: usize,
+            fill: &mut dyn FnMut(&mut [MaybeUninit<u8>]) -> io::Result<()>,
+        ) -> io::Result<()> {
+            let mut payload = Vec::with_capacity(len);
+            fill(&mut payload.spare_capacity_mut()[..len])?;
+            // SAFETY: `fill` returned Ok, so it initialised these `len`
+            // bytes (within the capacity reserved above).
+            unsafe { payload.set_len(len) };
+            hdr.payload_len = (len as u32).into();
+            self.sent.push_back(Frame { peer, hdr, payload });
+            Ok(())
+        }
+    }
+}
