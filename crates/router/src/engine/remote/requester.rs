@@ -82,6 +82,7 @@ impl Retries {
 
 /// A work request that passed the requester's own checks: where its bytes
 /// are (or that they are inline) and how many.
+#[derive(Clone)]
 pub(super) struct Checked {
     pub local: Segments,
     pub len: u64,
@@ -522,3 +523,6 @@ impl Requester {
         true
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -350,3 +350,6 @@ pub(super) fn ack(
     a.status = status.into();
     peers.send(from, a, payload);
 }
+
+#[cfg(test)]
+mod tests;
