@@ -24,6 +24,8 @@
 mod requester;
 mod responder;
 mod serve;
+#[cfg(test)]
+mod tests;
 
 use std::time::Instant;
 
@@ -274,19 +276,30 @@ impl Engine {
             Some(r) => r,
             None => Requester::new(peer, self.tables.qps[&h].attr.sq_psn),
         };
-        match self.drive_requester(h, &mut r, now) {
-            Some(progress) => {
+        let Some(progress) = self.complete_answered(h, &mut r, now) else {
+            return true;
+        };
+        let sent = self
+            .with_links(|eng, links| eng.send_requests(h, &mut r, &mut links.peers, now))
+            .unwrap_or(Some(false));
+        match sent {
+            Some(sent) => {
                 self.remote.req.insert(h, r);
-                progress
+                progress | sent
             }
             None => true,
         }
     }
 
-    /// Completes what `r` got answered, then sends. None: the QP failed
-    /// and is in the error state now.
-    fn drive_requester(&mut self, h: u32, r: &mut Requester, now: Instant) -> Option<bool> {
-        let mut progress = self.complete_answered(h, r, now)?;
+    /// Lets `r` send QP `h`'s requests on `peers`. Some: whether it sent
+    /// anything; None: the QP failed and is in the error state now.
+    fn send_requests(
+        &mut self,
+        h: u32,
+        r: &mut Requester,
+        peers: &mut dyn Transport,
+        now: Instant,
+    ) -> Option<bool> {
         let qp = &self.tables.qps[&h];
         let base = FrameHeader {
             kind: Kind::Request as u8,
@@ -299,26 +312,21 @@ impl Engine {
         };
         let retries = Retries::of(qp);
         let mem = self.memory_of(h);
-        let sent = self.with_links(|eng, links| {
-            let sq = PostedSends { engine: eng, h };
-            r.transmit(&base, &retries, &mem, &sq, &mut links.peers, now)
-        });
-        match sent {
-            None => {}
-            Some(Transmitted::Sent(p)) => progress |= p,
-            Some(Transmitted::Violation) => {
+        let sq = PostedSends { engine: self, h };
+        match r.transmit(&base, &retries, &mem, &sq, peers, now) {
+            Transmitted::Sent(sent) => Some(sent),
+            Transmitted::Violation => {
                 self.resync_after_violation(h);
-                return None;
+                None
             }
-            Some(Transmitted::Refused(wqe, status)) => {
+            Transmitted::Refused(wqe, status) => {
                 if self.cq_free(self.tables.qps[&h].send_cq) == 0 {
-                    return Some(progress); // the error completion needs room
+                    return Some(false); // the error completion needs room
                 }
                 self.fail_requester(h, &wqe, status);
-                return None;
+                None
             }
         }
-        Some(progress)
     }
 
     /// Completes answered requests at the head, in order, as far as the
