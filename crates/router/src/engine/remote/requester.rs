@@ -158,6 +158,9 @@ pub(super) struct Requester {
     /// or nothing at all) give up: the answer timeout from the last frame
     /// sent or the last answer. None: nothing on the wire, or no timeout.
     answer_deadline: Option<Instant>,
+    /// The last answer was "no QP": nobody answered since the answer clock
+    /// started, and resending does not restart it (a real answer does).
+    no_qp: bool,
     /// A request failed before it was answered: send nothing from this PSN
     /// on (the QP goes to error when the failure reaches the head).
     halt_psn: Option<u32>,
@@ -183,6 +186,7 @@ impl Requester {
             tx: 0,
             resume_at: None,
             answer_deadline: None,
+            no_qp: false,
             halt_psn: None,
             probe: None,
             busy_delay: BUSY_DELAY,
@@ -354,8 +358,11 @@ impl Requester {
             if !carries_data || f.sent >= f.len {
                 self.tx += 1;
             }
-            // The ACK timer runs from the last packet sent, as on a NIC.
-            self.answer_deadline = retries.answer_timeout.map(|t| now + t);
+            // The ACK timer runs from the last packet sent, as on a NIC;
+            // not a resend after "no QP", which answered nothing.
+            if !self.no_qp {
+                self.answer_deadline = retries.answer_timeout.map(|t| now + t);
+            }
         }
         Transmitted::Sent(progress)
     }
@@ -386,6 +393,7 @@ impl Requester {
         if !no_qp {
             // A real answer: the responder is there; restart the clock.
             self.answer_deadline = retries.answer_timeout.map(|t| now + t);
+            self.no_qp = false;
         }
         if matches!(hdr.kind(), Kind::Ack | Kind::ReadData) && self.probe == Some(psn) {
             self.probe = None; // accepted: stream again
@@ -480,8 +488,10 @@ impl Requester {
                 }
                 let deadline = self.answer_deadline;
                 self.rewind(i, now + NO_QP_DELAY, timeout);
-                // "No QP" is no answer: the clock keeps running.
+                // "No QP" is no answer: the clock keeps running, through
+                // the resends too.
                 self.answer_deadline = deadline;
+                self.no_qp = true;
             }
         }
     }

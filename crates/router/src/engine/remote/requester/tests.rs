@@ -418,6 +418,68 @@ fn a_lost_chunk_ends_in_retry_exc_err_at_the_answer_timeout() {
     assert_eq!(b.complete(), [(1, IBV_WC_RETRY_EXC_ERR, 0)]);
 }
 
+/// "No QP" is no answer: the requester resends every millisecond, but
+/// the answer clock started by the first send keeps running, and the
+/// request fails when it runs out, as one nobody answers would.
+#[test]
+fn no_qp_naks_end_in_retry_exc_err_at_the_answer_timeout() {
+    // timeout 10 (4.194 ms), retry_cnt 1: 8.388 ms.
+    let mut b = Bench::new(Retries::new(QpKind::Rc, 10, 1, 7));
+    let timeout = b.retries.answer_timeout.expect("timeout 10");
+    b.post_send(1, 4);
+    let mut sent = b.transmit();
+    let mut resends = 0;
+    let done = loop {
+        assert!(resends < 100, "still resending after {resends} NAKs");
+        for f in &sent {
+            b.nak(&f.hdr, NakReason::NoQp, 0);
+        }
+        // The engine wakes at the requester's next deadline.
+        b.now = b.r.next_deadline().expect("a resend or the timeout is due");
+        let done = b.complete();
+        if !done.is_empty() {
+            break done;
+        }
+        sent = b.transmit();
+        assert_eq!(chunks(&sent), [(100, 0, 4)]);
+        resends += 1;
+    };
+    assert_eq!(done, [(1, IBV_WC_RETRY_EXC_ERR, 0)]);
+    assert_eq!(b.now, b.start + timeout, "from the first send");
+    assert_eq!(resends, 8, "one resend a millisecond meanwhile");
+}
+
+/// A responder QP that comes up after "no QP" NAKs (its application was
+/// slower): the probe is accepted, and from that answer on the clock runs
+/// from each frame sent again.
+#[test]
+fn after_no_qp_a_real_answer_restarts_the_clock() {
+    let mut b = Bench::rc();
+    let timeout = b.retries.answer_timeout.expect("RC with timeout 14");
+    b.post_send(1, 4);
+    b.post_send(2, 4);
+    let sent = b.transmit();
+    b.nak(&sent[0].hdr, NakReason::NoQp, 0);
+    b.nak(&sent[1].hdr, NakReason::NoQp, 0);
+    b.later(NO_QP_DELAY);
+    let probe = b.transmit();
+    assert_eq!(chunks(&probe), [(100, 0, 4)]);
+    assert_eq!(
+        b.r.next_deadline(),
+        Some(b.start + timeout),
+        "no restart yet"
+    );
+    b.ack(&probe[0].hdr);
+    assert_eq!(b.complete(), [ok(1, 4)]);
+    b.later(Duration::from_millis(1));
+    assert_eq!(chunks(&b.transmit()), [(101, 0, 4)]);
+    assert_eq!(
+        b.r.next_deadline(),
+        Some(b.now + timeout),
+        "from the last frame"
+    );
+}
+
 /// An answer restarts the clock of the requests still on the wire.
 #[test]
 fn an_answer_restarts_the_answer_clock() {
