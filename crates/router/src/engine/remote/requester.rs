@@ -215,16 +215,19 @@ impl Requester {
 
     /// The request at the head of the window and what the engine is to do
     /// with it. First ends the wait for an answer if the answer timeout
-    /// passed: the first request still waiting gives up (RC: with
-    /// IBV_WC_RETRY_EXC_ERR; UC: it is lost, which is a success).
+    /// passed: RC's first request still waiting gives up with
+    /// IBV_WC_RETRY_EXC_ERR; UC's messages on the wire were all unanswered
+    /// that long, and all are lost (which is a success).
     pub fn head(&mut self, now: Instant, retries: &Retries) -> Head<'_> {
         if self.answer_deadline.is_some_and(|d| now >= d) {
-            if let Some(f) = self.inflight.iter_mut().find(|f| f.done.is_none()) {
-                f.done = Some(if retries.unreliable {
-                    (IBV_WC_SUCCESS, f.len)
-                } else {
-                    (IBV_WC_RETRY_EXC_ERR, 0)
-                });
+            if retries.unreliable {
+                for i in 0..self.on_wire() {
+                    if self.inflight[i].done.is_none() {
+                        self.lose(i);
+                    }
+                }
+            } else if let Some(f) = self.inflight.iter_mut().find(|f| f.done.is_none()) {
+                f.done = Some((IBV_WC_RETRY_EXC_ERR, 0));
             }
             self.answer_deadline = None;
         }
@@ -383,9 +386,7 @@ impl Requester {
             return;
         };
         let i = hdr.psn.get().wrapping_sub(front.psn) as usize;
-        // Requests on the wire: those completely sent, and one partly sent.
-        let on_wire = self.tx + usize::from(self.inflight.get(self.tx).is_some_and(|f| f.sent > 0));
-        if i >= on_wire || self.inflight[i].done.is_some() {
+        if i >= self.on_wire() || self.inflight[i].done.is_some() {
             return;
         }
         let psn = self.inflight[i].psn;
@@ -494,6 +495,18 @@ impl Requester {
                 self.no_qp = true;
             }
         }
+    }
+
+    /// How many requests are on the wire: those completely sent, and one
+    /// partly sent.
+    fn on_wire(&self) -> usize {
+        self.tx + usize::from(self.inflight.get(self.tx).is_some_and(|f| f.sent > 0))
+    }
+
+    /// UC message `i` is lost (nobody took it): it completes successfully.
+    fn lose(&mut self, i: usize) {
+        let f = &mut self.inflight[i];
+        f.done = Some((IBV_WC_SUCCESS, f.len));
     }
 
     /// Resend from inflight entry `i` on (after a NAK), not before `at`:

@@ -562,6 +562,21 @@ fn uc_messages_nobody_takes_are_lost_not_failed() {
     assert_eq!(b.complete(), [ok(3, 4)], "unanswered: lost");
 }
 
+/// UC: when the answer timeout runs out, every message on the wire
+/// was unanswered for that long; all are lost (complete), not only the
+/// first one.
+#[test]
+fn uc_messages_nobody_answers_all_complete_as_lost() {
+    let mut b = Bench::uc();
+    for wr in 1..=3 {
+        b.post_send(wr, 4);
+    }
+    assert_eq!(b.transmit().len(), 3);
+    b.now = b.r.next_deadline().expect("the answer timeout");
+    assert_eq!(b.now, b.start + UC_LOST_AFTER);
+    assert_eq!(b.complete(), [ok(1, 4), ok(2, 4), ok(3, 4)]);
+}
+
 #[test]
 fn the_window_and_the_link_limit_what_is_sent() {
     let mut b = Bench::rc();
