@@ -461,7 +461,7 @@ impl Requester {
                 let f = &mut self.inflight[i];
                 f.rnr_naks += 1;
                 if retries.unreliable {
-                    f.done = Some((IBV_WC_SUCCESS, f.len));
+                    self.lose(i);
                 } else if qp_state::rnr_retries_exhausted(retries.rnr_retry, f.rnr_naks) {
                     f.done = Some((IBV_WC_RNR_RETRY_EXC_ERR, 0));
                     self.halt_psn = Some(f.psn.wrapping_add(1));
@@ -475,14 +475,8 @@ impl Requester {
                 self.busy_delay = (wait * 2).min(BUSY_MAX);
                 self.rewind(i, now + wait, timeout);
             }
-            NakReason::NoQp if retries.unreliable => {
-                // Nobody listens: an unreliable message is lost.
-                let f = &mut self.inflight[i];
-                f.done = Some((IBV_WC_SUCCESS, f.len));
-                if self.probe == Some(f.psn) {
-                    self.probe = None;
-                }
-            }
+            // Nobody listens: an unreliable message is lost.
+            NakReason::NoQp if retries.unreliable => self.lose(i),
             NakReason::NoQp => {
                 if self.answer_deadline.is_none() {
                     self.answer_deadline = timeout.map(|t| now + t);
@@ -503,10 +497,14 @@ impl Requester {
         self.tx + usize::from(self.inflight.get(self.tx).is_some_and(|f| f.sent > 0))
     }
 
-    /// UC message `i` is lost (nobody took it): it completes successfully.
+    /// UC message `i` is lost (nobody took it): it completes successfully,
+    /// and if it was being resent alone after a NAK, the rest go on.
     fn lose(&mut self, i: usize) {
         let f = &mut self.inflight[i];
         f.done = Some((IBV_WC_SUCCESS, f.len));
+        if self.probe == Some(f.psn) {
+            self.probe = None;
+        }
     }
 
     /// Resend from inflight entry `i` on (after a NAK), not before `at`:
@@ -535,8 +533,10 @@ impl Requester {
             return false;
         }
         if retries.unreliable {
-            for f in self.inflight.iter_mut().filter(|f| f.done.is_none()) {
-                f.done = Some((IBV_WC_SUCCESS, f.len));
+            for i in 0..self.inflight.len() {
+                if self.inflight[i].done.is_none() {
+                    self.lose(i);
+                }
             }
         } else if let Some(f) = self.inflight.iter_mut().find(|f| f.done.is_none()) {
             f.done = Some((IBV_WC_RETRY_EXC_ERR, 0));

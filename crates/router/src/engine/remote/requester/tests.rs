@@ -577,6 +577,35 @@ fn uc_messages_nobody_answers_all_complete_as_lost() {
     assert_eq!(b.complete(), [ok(1, 4), ok(2, 4), ok(3, 4)]);
 }
 
+/// UC after a busy NAK: the message resent alone meets "receiver not
+/// ready" and is lost; the messages behind it go on.
+#[test]
+fn uc_messages_behind_a_lost_probe_go_on() {
+    let mut b = Bench::uc();
+    b.post_send(1, 4);
+    b.post_send(2, 4);
+    let sent = b.transmit();
+    b.nak(&sent[0].hdr, NakReason::Busy, 0);
+    b.later(BUSY_DELAY);
+    let probe = b.transmit();
+    assert_eq!(chunks(&probe), [(100, 0, 4)]);
+    b.nak(&probe[0].hdr, NakReason::Rnr, 640);
+    assert_eq!(b.complete(), [ok(1, 4)], "lost");
+    assert_eq!(chunks(&b.transmit()), [(101, 0, 4)]);
+
+    // The same when nothing answers the probe at all.
+    let mut b = Bench::uc();
+    b.post_send(1, 4);
+    b.post_send(2, 4);
+    let sent = b.transmit();
+    b.nak(&sent[0].hdr, NakReason::Busy, 0);
+    b.later(BUSY_DELAY);
+    assert_eq!(chunks(&b.transmit()), [(100, 0, 4)]);
+    b.later(UC_LOST_AFTER);
+    assert_eq!(b.complete(), [ok(1, 4)], "lost");
+    assert_eq!(chunks(&b.transmit()), [(101, 0, 4)]);
+}
+
 #[test]
 fn the_window_and_the_link_limit_what_is_sent() {
     let mut b = Bench::rc();
