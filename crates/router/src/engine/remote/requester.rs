@@ -136,7 +136,8 @@ struct InFlight {
     len: u64,
     local: Segments,
     inline: bool,
-    /// Bytes sent so far (requests without payload: 0, then `len`).
+    /// Bytes sent so far (requests without payload stay at 0; `tx` says
+    /// whether they went).
     sent: u64,
     /// RNR NAKs it met.
     rnr_naks: u32,
