@@ -345,7 +345,7 @@ impl Engine {
     /// semi mode senders' providers, take from it too), or a datagram's
     /// (in semi mode several senders' providers take from a UD QP). Raises
     /// SRQ_LIMIT_REACHED when the take crosses the SRQ's armed limit.
-    pub(super) fn take_recv(&mut self, h: u32) -> Take<(RecvWqe, u32)> {
+    pub(in crate::engine) fn take_recv(&mut self, h: u32) -> Take<(RecvWqe, u32)> {
         let qp = &self.tables.qps[&h];
         let srq_handle = qp.srq;
         if srq_handle == 0 {

@@ -16,6 +16,7 @@ use flowverbs_verbs::qp::{self as qp_state, QpKind, ERR};
 use flowverbs_verbs::{access, atomic, opcode, receive};
 use flowverbs_wire::entries::{Cqe, RecvWqe};
 use flowverbs_wire::link::{FrameHeader, NakReason};
+use flowverbs_wire::ring::Take;
 
 impl Engine {
     /// One chunk of a request from router `from`.
@@ -188,10 +189,7 @@ impl Engine {
                 return Some(());
             }
             Some(0) => {
-                let t = qp_state::rnr_timer_us(self.tables.qps[&hb].attr.min_rnr_timer);
-                // (The requester counts its retries.)
-                let t = t.min(u64::from(u32::MAX)) as u32;
-                nak(peers, from, hdr, NakReason::Rnr, t);
+                self.nak_rnr(peers, from, hdr, hb);
                 return None;
             }
             Some(_) => {}
@@ -202,13 +200,25 @@ impl Engine {
         }
         let (rwqe, max_sge) = match r.take_spare_recv() {
             Some(w) => (w, self.recv_head(hb).1),
-            None => {
-                let head = self.recv_head(hb);
-                if on_srq {
-                    self.consume_recv(hb);
+            // Other QPs (and senders' providers) take from an SRQ too:
+            // taken now, before anything is written.
+            None if on_srq => match self.take_recv(hb) {
+                Take::Taken { entry, .. } => entry,
+                Take::Empty if uc => {
+                    m.discard = true;
+                    return Some(());
                 }
-                head
-            }
+                Take::Empty => {
+                    self.nak_rnr(peers, from, hdr, hb);
+                    return None;
+                }
+                Take::Violation => {
+                    self.recv_violation(hb);
+                    nak(peers, from, hdr, NakReason::NoQp, 0);
+                    return None;
+                }
+            },
+            None => self.recv_head(hb),
         };
         m.recv_consumed = on_srq;
         // A SEND's data lands in the receive; a WRITE WITH IMM's receive
@@ -225,6 +235,19 @@ impl Engine {
         }
         m.recv = Some(rwqe);
         Some(())
+    }
+
+    /// "Receiver not ready", with QP `hb`'s RNR timer (the requester
+    /// counts its retries).
+    fn nak_rnr(&self, peers: &mut dyn Transport, from: PeerId, hdr: &FrameHeader, hb: u32) {
+        let t = qp_state::rnr_timer_us(self.tables.qps[&hb].attr.min_rnr_timer);
+        nak(
+            peers,
+            from,
+            hdr,
+            NakReason::Rnr,
+            t.min(u64::from(u32::MAX)) as u32,
+        );
     }
 
     /// What follows placing a chunk: nothing until the last one; then the
