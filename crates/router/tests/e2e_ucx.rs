@@ -17,7 +17,12 @@ const TIMEOUT_SECS: u64 = 120;
 /// as many iterations as asked (`-n`). Returns the router (stopped when
 /// dropped) for checks of what it moved.
 fn ucx_perftest(env: &[(&str, &str)], args: &[&str]) -> Router {
-    let router = Router::start();
+    ucx_perftest_on(&[], env, args)
+}
+
+/// As [`ucx_perftest`], on a router started with `router_args`.
+fn ucx_perftest_on(router_args: &[&str], env: &[(&str, &str)], args: &[&str]) -> Router {
+    let router = Router::start_with(router_args);
     let port = free_port().to_string();
     let prepare = |cmd: &mut Command| {
         for (k, v) in env {
@@ -138,4 +143,33 @@ fn ucp_tag_bw_rendezvous() {
         "{}",
         r.status()
     );
+}
+
+/// Semi mode: UCX's rc_verbs receives through an SRQ; its QPs take the
+/// providers' path all the same (nothing moves on the router's).
+#[test]
+fn semi_uct_rc_verbs_am_lat() {
+    let r = ucx_perftest_on(
+        &["--mode", "semi"],
+        UCT_FV0,
+        &[
+            "-d", "fv0:1", "-x", "rc_verbs", "-t", "am_lat", "-n", "2000",
+        ],
+    );
+    assert!(r.moved("semi", "sends") >= 2 * 2000, "{}", r.status());
+    r.assert_moved_only_on("semi", "rc_verbs am_lat in semi mode");
+}
+
+#[test]
+fn semi_uct_rc_verbs_put_zcopy() {
+    let r = ucx_perftest_on(
+        &["--mode", "semi"],
+        UCT_FV0,
+        &[
+            "-d", "fv0:1", "-x", "rc_verbs", "-t", "put_bw", "-s", "65536", "-D", "zcopy", "-n",
+            "1000",
+        ],
+    );
+    assert!(r.moved("semi", "bytes") >= 1000 * 65536, "{}", r.status());
+    r.assert_moved_only_on("semi", "rc_verbs put_bw in semi mode");
 }

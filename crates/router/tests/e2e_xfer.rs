@@ -83,8 +83,9 @@ macro_rules! xfer_cases {
                     &[
                         &["-t", "srq", "-o", "send", "-s", "4096", "-q", "2"],
                         &["-t", "srq", "-o", "send_imm", "-s", "65536"],
+                        &["-t", "srq", "-o", "write_imm", "-s", "4096", "-q", "2"],
                     ],
-                    "router",
+                    $connected_path,
                 );
             }
 
