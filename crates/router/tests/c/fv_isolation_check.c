@@ -62,18 +62,11 @@
 #include <unistd.h>
 
 #include "fv_test_util.h"
+#include "fv_completions.h"
 
 /* The whole run (the pause included) must end within this. */
 #define RUN_WATCHDOG_S 240
 #define PAGE 4096
-
-static const char *need_env(const char *name)
-{
-	const char *v = getenv(name);
-	if (!v || !*v)
-		fatal("%s is not set (tests/isolation.rs sets it)", name);
-	return v;
-}
 
 /* ------------------------------------------------------------------------ */
 /* Control channel (addresses, keys, QP numbers; never memory contents)      */
@@ -168,61 +161,16 @@ static void write_ready(const char *body)
 /* ------------------------------------------------------------------------ */
 /* RC QPs                                                                    */
 
-static struct ibv_qp *rc_qp(struct ibv_pd *pd, struct ibv_cq *scq, struct ibv_cq *rcq)
+/*
+ * An RC QP of E.pd with room for a few single-SGE WRs, every WR signaled;
+ * connected with rc_connect (all remote access, to this host's GID: A and B
+ * share fv0 and the namespace; g_rd_atomic 1).
+ */
+static struct ibv_qp *rc_qp(struct ibv_cq *scq, struct ibv_cq *rcq)
 {
-	struct ibv_qp_init_attr ia;
-	memset(&ia, 0, sizeof(ia));
-	ia.send_cq = scq;
-	ia.recv_cq = rcq;
-	ia.qp_type = IBV_QPT_RC;
-	ia.sq_sig_all = 1;
-	ia.cap.max_send_wr = 4;
-	ia.cap.max_recv_wr = 4;
-	ia.cap.max_send_sge = 1;
-	ia.cap.max_recv_sge = 1;
-	errno = 0;
-	struct ibv_qp *qp = ibv_create_qp(pd, &ia);
-	if (!qp)
-		fatal("ibv_create_qp(RC) returned NULL, errno %d (%s)", errno, strerror(errno));
-	return qp;
-}
-
-/* RESET -> INIT (all remote access) -> RTR -> RTS, to dest_qpn on fv0. */
-static void rc_connect(struct ibv_qp *qp, uint32_t dest_qpn)
-{
-	struct ibv_qp_attr a;
-	int rc = qp_to_init(qp, ACC_ALL);
-	if (rc)
-		fatal("ibv_modify_qp(qp 0x%x, INIT) returned %d (%s)", qp->qp_num, rc, strerror(rc));
-	memset(&a, 0, sizeof(a));
-	a.qp_state = IBV_QPS_RTR;
-	a.path_mtu = (E.port.active_mtu >= IBV_MTU_256 && E.port.active_mtu <= IBV_MTU_4096)
-			     ? E.port.active_mtu
-			     : IBV_MTU_1024;
-	a.dest_qp_num = dest_qpn;
-	a.max_dest_rd_atomic = 1;
-	a.min_rnr_timer = 12;
-	a.ah_attr.is_global = 1;
-	a.ah_attr.grh.dgid = E.gid; /* A and B share fv0 and the namespace */
-	a.ah_attr.grh.sgid_index = gid_index();
-	a.ah_attr.grh.hop_limit = 1;
-	a.ah_attr.port_num = 1;
-	rc = ibv_modify_qp(qp, &a,
-			   IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN |
-				   IBV_QP_RQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER);
-	if (rc)
-		fatal("ibv_modify_qp(qp 0x%x, RTR) returned %d (%s)", qp->qp_num, rc, strerror(rc));
-	memset(&a, 0, sizeof(a));
-	a.qp_state = IBV_QPS_RTS;
-	a.timeout = 14;
-	a.retry_cnt = 7;
-	a.rnr_retry = 7;
-	a.max_rd_atomic = 1;
-	rc = ibv_modify_qp(qp, &a,
-			   IBV_QP_STATE | IBV_QP_SQ_PSN | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT |
-				   IBV_QP_RNR_RETRY | IBV_QP_MAX_QP_RD_ATOMIC);
-	if (rc)
-		fatal("ibv_modify_qp(qp 0x%x, RTS) returned %d (%s)", qp->qp_num, rc, strerror(rc));
+	static const struct qp_cfg c = { .send_wr = 4, .recv_wr = 4, .send_sge = 1,
+					 .recv_sge = 1, .sig_all = 1, .access = ACC_ALL };
+	return qp_create(IBV_QPT_RC, scq, rcq, NULL, &c);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -379,8 +327,8 @@ static void case_target(void)
 			drain_async();
 			if (cur)
 				destroy_qp(cur);
-			cur = rc_qp(E.pd, cq, cq);
-			rc_connect(cur, q.qpn);
+			cur = rc_qp(cq, cq);
+			rc_connect(cur, q.qpn, ACC_ALL);
 			r.qpn = cur->qp_num;
 		} else if (q.cmd == CMD_CHECK) {
 			set_step("check after: %s", q.what);
@@ -459,22 +407,6 @@ static void ask_a(uint32_t cmd, uint32_t qpn, const char *what, struct resp *r)
 		fatal("the target closed the control socket");
 }
 
-/* Waits for one completion on g_scq (a bound against a hang, not a timing check). */
-static void poll_one(struct ibv_wc *wc)
-{
-	double end = now_s() + 60;
-	for (;;) {
-		int n = ibv_poll_cq(g_scq, 1, wc);
-		if (n < 0)
-			fatal("ibv_poll_cq returned %d", n);
-		if (n == 1)
-			return;
-		if (now_s() > end)
-			fatal("no completion within 60 s");
-		usleep(50);
-	}
-}
-
 static uint8_t *slot_sge(int k)
 {
 	return g_pool.p + (size_t)k * SLOT + SLOT_OFF;
@@ -497,29 +429,20 @@ static struct ibv_qp *attempt(const char *name, enum ibv_wr_opcode op, uint32_t 
 	if (slot)
 		*slot = k;
 
-	struct ibv_qp *qp = rc_qp(E.pd, g_scq, g_rcq);
+	struct ibv_qp *qp = rc_qp(g_scq, g_rcq);
 	struct resp r;
 	ask_a(CMD_QP, qp->qp_num, name, &r);
-	rc_connect(qp, r.qpn);
+	rc_connect(qp, r.qpn, ACC_ALL);
 
-	int atomic = op == IBV_WR_ATOMIC_FETCH_AND_ADD || op == IBV_WR_ATOMIC_CMP_AND_SWP;
+	int atomic = is_atomic(op);
 	struct ibv_sge s = sge(slot_sge(k), atomic ? 8 : len, g_pool_mr->lkey);
-	struct ibv_send_wr wr, *bad = NULL;
+	struct ibv_send_wr wr;
 	wr_init(&wr, 0x150 + (uint64_t)k, op, &s, 1, IBV_SEND_SIGNALED);
-	if (atomic) {
-		wr.wr.atomic.remote_addr = raddr;
-		wr.wr.atomic.rkey = rkey;
-		wr.wr.atomic.compare_add = 1;
-		wr.wr.atomic.swap = 0x5157415053574150ULL;
-	} else {
-		wr.wr.rdma.remote_addr = raddr;
-		wr.wr.rdma.rkey = rkey;
-	}
-	int rc = ibv_post_send(qp, &wr, &bad);
-	if (rc)
-		fatal("ibv_post_send returned %d (%s)", rc, strerror(rc));
+	wr_remote(&wr, raddr, rkey, 1, 0x5157415053574150ULL);
+	post_send_ok(qp, &wr, name);
+	/* A bound against a hang, not a timing check. */
 	struct ibv_wc wc;
-	poll_one(&wc);
+	poll1_within(g_scq, &wc, "the attempt's completion", 60);
 	char d[400];
 	describe_wc(&wc, d, sizeof(d));
 	if (wc.wr_id != wr.wr_id || wc.status != want)
@@ -644,13 +567,7 @@ static void case_attacker(void)
 	uint64_t plant;
 	if (sscanf(need_env("FV_ISO_PLANT"), "%" SCNx64, &plant) != 1)
 		fatal("FV_ISO_PLANT must be a hex word, got '%s'", getenv("FV_ISO_PLANT"));
-	struct ibv_recv_wr pw, *pbad = NULL;
-	memset(&pw, 0, sizeof(pw));
-	pw.wr_id = plant;
-	int prc = ibv_post_recv(kept, &pw, &pbad);
-	if (prc)
-		fatal("ibv_post_recv(wr_id FV_ISO_PLANT, no SGE) on the kept QP returned %d (%s)", prc,
-		      strerror(prc));
+	recv1(kept, plant, NULL, 0, "the receive with wr_id FV_ISO_PLANT, no SGE, on the kept QP");
 
 	set_step("pause");
 	char body[8192];
@@ -686,5 +603,6 @@ static const struct fv_case cases[] = {
 
 int main(int argc, char **argv)
 {
+	g_rd_atomic = 1; /* max_rd_atomic and max_dest_rd_atomic of every connection */
 	return fv_main(argc, argv, cases, sizeof(cases) / sizeof(cases[0]), 1);
 }

@@ -52,218 +52,17 @@
 #include "fv_completions.h"
 
 /* ------------------------------------------------------------------------ */
-/* RC QPs connected to each other (as in fv_qp_types_check.c)                */
-
-static struct ibv_qp *qp_create(struct ibv_cq *scq, struct ibv_cq *rcq)
-{
-	struct ibv_qp_init_attr ia;
-	memset(&ia, 0, sizeof(ia));
-	ia.send_cq = scq;
-	ia.recv_cq = rcq;
-	ia.qp_type = IBV_QPT_RC;
-	ia.sq_sig_all = 1;
-	ia.cap.max_send_wr = 64;
-	ia.cap.max_recv_wr = 64;
-	ia.cap.max_send_sge = 4;
-	ia.cap.max_recv_sge = 4;
-	errno = 0;
-	struct ibv_qp *qp = ibv_create_qp(E.pd, &ia);
-	if (!qp)
-		fatal("ibv_create_qp(RC, send_wr 64 recv_wr 64 send_sge 4 recv_sge 4) returned NULL, "
-		      "errno %d (%s)",
-		      errno, strerror(errno));
-	return qp;
-}
-
-static void qp_must(int rc, struct ibv_qp *qp, const char *what)
-{
-	if (rc)
-		fatal("ibv_modify_qp(RC qp 0x%x, %s) returned %d (%s)", qp->qp_num, what, rc,
-		      strerror(rc));
-}
-
-#define RC_RTR_MASK                                                                      \
-	(IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN |  \
-	 IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER)
-#define RC_RTS_MASK                                                                      \
-	(IBV_QP_STATE | IBV_QP_SQ_PSN | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT |              \
-	 IBV_QP_RNR_RETRY | IBV_QP_MAX_QP_RD_ATOMIC)
-
-static uint8_t rd_atom(void)
-{
-	int n = E.dev.max_qp_rd_atom;
-	return (uint8_t)(n < 1 ? 1 : (n > 16 ? 16 : n));
-}
-
-static void rtr_attr(struct ibv_qp_attr *a, uint32_t dest_qpn)
-{
-	memset(a, 0, sizeof(*a));
-	a->qp_state = IBV_QPS_RTR;
-	a->path_mtu = (E.port.active_mtu >= IBV_MTU_256 && E.port.active_mtu <= IBV_MTU_4096)
-			      ? E.port.active_mtu
-			      : IBV_MTU_1024;
-	a->dest_qp_num = dest_qpn;
-	a->rq_psn = 0;
-	a->max_dest_rd_atomic = rd_atom();
-	a->min_rnr_timer = 12;
-	a->ah_attr.is_global = 1;
-	a->ah_attr.grh.dgid = E.gid;
-	a->ah_attr.grh.sgid_index = gid_index();
-	a->ah_attr.grh.hop_limit = 1;
-	a->ah_attr.port_num = 1;
-}
-
-/* rnr_retry 7: a SEND waits for a receive forever (IB: infinite retries). */
-static void rts_attr(struct ibv_qp_attr *a)
-{
-	memset(a, 0, sizeof(*a));
-	a->qp_state = IBV_QPS_RTS;
-	a->sq_psn = 0;
-	a->timeout = 14;
-	a->retry_cnt = 7;
-	a->rnr_retry = 7;
-	a->max_rd_atomic = rd_atom();
-}
-
-/* RC: RESET -> INIT (access) -> RTR -> RTS, the masks of perftest. */
-static void rc_connect(struct ibv_qp *qp, uint32_t dest_qpn, int access)
-{
-	struct ibv_qp_attr a;
-	qp_must(qp_to_init(qp, access), qp, "RC RESET->INIT");
-	rtr_attr(&a, dest_qpn);
-	qp_must(ibv_modify_qp(qp, &a, RC_RTR_MASK), qp, "RC INIT->RTR");
-	rts_attr(&a);
-	qp_must(ibv_modify_qp(qp, &a, RC_RTS_MASK), qp, "RC RTR->RTS");
-}
-
-/* Two connected RC QPs; each has its own send and recv CQ. */
-struct pair {
-	struct ibv_cq *a_scq, *a_rcq, *b_scq, *b_rcq;
-	struct ibv_qp *a, *b;
-};
-
-static struct ibv_cq *cq_new_ch(int cqe, struct ibv_comp_channel *ch)
-{
-	errno = 0;
-	struct ibv_cq *cq = ibv_create_cq(E.ctx, cqe, NULL, ch, 0);
-	if (!cq)
-		fatal("ibv_create_cq(%d%s) returned NULL, errno %d (%s)", cqe,
-		      ch ? ", with a completion channel" : "", errno, strerror(errno));
-	return cq;
-}
+/* Two RC QPs of this process connected to each other                        */
 
 /*
- * A and B connected to each other; B's receive CQ uses b_rcq_channel (may
- * be NULL).
+ * A and B (fv_test_util.h's pair: CFG_DEFAULT, all access), each with its
+ * own send and receive CQ; B's receive CQ uses the channel ch (may be NULL).
  */
-static void pair_new_ch(struct pair *p, int access_b, struct ibv_comp_channel *b_rcq_channel)
+static void pair_new(struct pair *p, struct ibv_comp_channel *ch)
 {
+	struct qp_cfg c = CFG_DEFAULT;
 	set_step("create and connect two RC QPs");
-	p->a_scq = cq_new(1024);
-	p->a_rcq = cq_new(1024);
-	p->b_scq = cq_new(1024);
-	p->b_rcq = cq_new_ch(1024, b_rcq_channel);
-	p->a = qp_create(p->a_scq, p->a_rcq);
-	p->b = qp_create(p->b_scq, p->b_rcq);
-	rc_connect(p->a, p->b->qp_num, ACC_ALL);
-	rc_connect(p->b, p->a->qp_num, access_b);
-}
-
-static void pair_new(struct pair *p, int access_b)
-{
-	pair_new_ch(p, access_b, NULL);
-}
-
-static void pair_free(struct pair *p)
-{
-	destroy_qp(p->a);
-	destroy_qp(p->b);
-	struct ibv_cq *cqs[4] = { p->a_scq, p->a_rcq, p->b_scq, p->b_rcq };
-	for (int i = 0; i < 4; i++)
-		destroy_cq(cqs[i]);
-}
-
-/* ------------------------------------------------------------------------ */
-/* Posting and polling (as in fv_qp_types_check.c)                           */
-
-static void post_send_ok(struct ibv_qp *qp, struct ibv_send_wr *wr, const char *what)
-{
-	struct ibv_send_wr *bad = NULL;
-	int rc = ibv_post_send(qp, wr, &bad);
-	if (rc)
-		fatal("%s: ibv_post_send(RC qp 0x%x, wr_id 0x%" PRIx64 ") returned %d (%s)", what,
-		      qp->qp_num, wr->wr_id, rc, strerror(rc));
-}
-
-/* Posts a single-WR RC send of the given opcode (not atomics). */
-static void send1(struct ibv_qp *qp, uint64_t wr_id, enum ibv_wr_opcode op, struct ibv_sge *sg,
-		  int n, uint64_t raddr, uint32_t rkey, uint32_t imm_host, const char *what)
-{
-	struct ibv_send_wr wr;
-	wr_init(&wr, wr_id, op, sg, n, IBV_SEND_SIGNALED);
-	wr.wr.rdma.remote_addr = raddr;
-	wr.wr.rdma.rkey = rkey;
-	wr.imm_data = htonl(imm_host);
-	post_send_ok(qp, &wr, what);
-}
-
-static void recv1(struct ibv_qp *qp, uint64_t wr_id, struct ibv_sge *sg, int n, const char *what)
-{
-	struct ibv_recv_wr wr, *bad = NULL;
-	memset(&wr, 0, sizeof(wr));
-	wr.wr_id = wr_id;
-	wr.sg_list = sg;
-	wr.num_sge = n;
-	int rc = ibv_post_recv(qp, &wr, &bad);
-	if (rc)
-		fatal("%s: ibv_post_recv(RC qp 0x%x, wr_id 0x%" PRIx64 ") returned %d (%s)", what,
-		      qp->qp_num, wr_id, rc, strerror(rc));
-}
-
-/* Waits up to POLL_TIMEOUT_S for one completion; fatal on timeout or error. */
-
-/*
- * Checks a completion. opcode < 0: do not check the opcode (it is undefined
- * when status != success). qp: if non-NULL, wc->qp_num must be its number.
- */
-
-/* Polls one completion and checks it; returns 1 if every field matched. */
-
-/* A successful requester completion that carries byte_len (READ, atomics). */
-static void expect_wc_len(struct ibv_cq *cq, const char *what, uint64_t wr_id, int opcode,
-			  struct ibv_qp *qp, uint32_t byte_len)
-{
-	struct ibv_wc wc;
-	expect_wc(cq, what, wr_id, IBV_WC_SUCCESS, opcode, qp, &wc);
-	if (wc.status == IBV_WC_SUCCESS && wc.byte_len != byte_len)
-		fail("%s: wc.byte_len: expected %u, got %u", what, byte_len, wc.byte_len);
-}
-
-/* Checks the immediate-data fields of a successful receive completion. */
-
-/*
- * Polls a successful receive completion of qp, sent by src, and checks
- * byte_len, src_qp and the immediate data.
- */
-static int expect_recv(struct ibv_cq *cq, const char *what, uint64_t wr_id, struct ibv_qp *qp,
-		       struct ibv_qp *src, uint32_t byte_len, int with_imm, uint32_t imm_host,
-		       int opcode)
-{
-	struct ibv_wc wc;
-	int ok = expect_wc(cq, what, wr_id, IBV_WC_SUCCESS, opcode, qp, &wc);
-	if (wc.status != IBV_WC_SUCCESS)
-		return 0;
-	if (wc.byte_len != byte_len) {
-		fail("%s: wc.byte_len: expected %u, got %u", what, byte_len, wc.byte_len);
-		ok = 0;
-	}
-	if (wc.src_qp != src->qp_num) {
-		fail("%s: wc.src_qp: expected 0x%x (the sender), got 0x%x", what, src->qp_num,
-		     wc.src_qp);
-		ok = 0;
-	}
-	check_imm(&wc, what, with_imm, imm_host);
-	return ok;
+	pair_new_rc(p, &c, &c, ch);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -303,22 +102,6 @@ static void *xmemalign(size_t n)
 	if (posix_memalign(&p, 4096, n) != 0 || !p)
 		fatal("posix_memalign(4096, %zu) failed", n);
 	return p;
-}
-
-static const char *env_file(const char *name)
-{
-	const char *v = getenv(name);
-	if (!v || !*v)
-		fatal("environment variable %s is not set (the runner names the file)", name);
-	return v;
-}
-
-static void touch_file(const char *path)
-{
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0)
-		fatal("creating %s: %s", path, strerror(errno));
-	close(fd);
 }
 
 static void wait_file(const char *path, double secs)
@@ -378,7 +161,7 @@ static void fz_send(struct fz *f, size_t len, int with_imm)
 	expect_wc(f->p.a_scq, w, id + 1, IBV_WC_SUCCESS, IBV_WC_SEND, f->p.a, NULL);
 	snprintf(w, sizeof(w), "receive completion of a %zu-byte %s into a %zu-byte buffer", len,
 		 with_imm ? "SEND_WITH_IMM" : "SEND", room);
-	expect_recv(f->p.b_rcq, w, id, f->p.b, f->p.a, (uint32_t)len, with_imm, imm, IBV_WC_RECV);
+	expect_recv_from(f->p.b_rcq, w, id, f->p.b, f->p.a, (uint32_t)len, with_imm, imm, IBV_WC_RECV);
 	buf_expect(f->rbuf, roff, f->src->p + soff, len);
 	snprintf(w, sizeof(w), "receive buffer after a %zu-byte %s", len,
 		 with_imm ? "SEND_WITH_IMM" : "SEND");
@@ -410,7 +193,7 @@ static void fz_write(struct fz *f, size_t len, int with_imm)
 	expect_wc(f->p.a_scq, w, id + 1, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, f->p.a, NULL);
 	if (with_imm) {
 		snprintf(w, sizeof(w), "receive completion of a %zu-byte RDMA_WRITE_WITH_IMM", len);
-		expect_recv(f->p.b_rcq, w, id, f->p.b, f->p.a, (uint32_t)len, 1, imm,
+		expect_recv_from(f->p.b_rcq, w, id, f->p.b, f->p.a, (uint32_t)len, 1, imm,
 			    IBV_WC_RECV_RDMA_WITH_IMM);
 		buf_check(f->rbuf, "receive buffer untouched by RDMA_WRITE_WITH_IMM");
 	}
@@ -478,7 +261,7 @@ static void fz_atomic(struct fz *f, int cas, int hit)
 static void fz_new(struct fz *f)
 {
 	memset(f, 0, sizeof(*f));
-	pair_new(&f->p, ACC_ALL);
+	pair_new(&f->p, NULL);
 	set_step("register the buffers");
 	f->src = buf_alloc(FZ_BIG + FZ_SLACK, "A: source");
 	f->lres = buf_alloc(FZ_BIG + FZ_SLACK, "A: RDMA_READ destination");
@@ -538,8 +321,8 @@ static size_t fz_size(int i, size_t max)
 static void case_frozen_router(void)
 {
 	struct fz f;
-	const char *ready = env_file("FV_READY_FILE");
-	const char *go = env_file("FV_GO_FILE");
+	const char *ready = need_env("FV_READY_FILE");
+	const char *go = need_env("FV_GO_FILE");
 
 	fz_new(&f);
 	fz_warm_up(&f);
@@ -605,11 +388,7 @@ static void case_frozen_router(void)
 	 * the last line tells the runner to continue the router.
 	 */
 	set_step("exit with the router stopped");
-	int failed = g_failures != 0;
-	if (failed)
-		fprintf(stderr, "FAIL %s: %d check(s) failed\n", g_case, g_failures);
-	else
-		printf("PASS %s\n", g_case);
+	int failed = fv_verdict();
 	fflush(stderr);
 	printf("%s\n", FZ_FINISHED);
 	fflush(stdout);
@@ -716,7 +495,7 @@ static void case_spin_on_memory(void)
 {
 	struct pair p;
 	char w[300];
-	pair_new(&p, ACC_ALL);
+	pair_new(&p, NULL);
 	set_step("register the buffers");
 	uint8_t *src = xmemalign(SP_N);
 	memset(src, 0, SP_N);
@@ -860,11 +639,8 @@ static void case_rnr_no_polling(void)
 {
 	struct pair p;
 	set_step("ibv_create_comp_channel");
-	errno = 0;
-	struct ibv_comp_channel *ch = ibv_create_comp_channel(E.ctx);
-	if (!ch)
-		fatal("ibv_create_comp_channel returned NULL, errno %d (%s)", errno, strerror(errno));
-	pair_new_ch(&p, ACC_ALL, ch);
+	struct ibv_comp_channel *ch = chan_new();
+	pair_new(&p, ch);
 	set_step("register the buffers");
 	struct buf *src = buf_alloc(RNR_LEN + 64, "A: source");
 	struct buf *dst = buf_alloc(RNR_LEN + 256, "B: receive buffer");
@@ -916,7 +692,7 @@ static void case_rnr_no_polling(void)
 		ibv_ack_cq_events(ev_cq, 1);
 
 	set_step("poll B's receive CQ after the event");
-	expect_recv(p.b_rcq, "B's receive completion", 0xB0, p.b, p.a, RNR_LEN, 0, 0, IBV_WC_RECV);
+	expect_recv_from(p.b_rcq, "B's receive completion", 0xB0, p.b, p.a, RNR_LEN, 0, 0, IBV_WC_RECV);
 	buf_expect(dst, 16, src->p + 7, RNR_LEN);
 	buf_check(dst, "B's receive buffer");
 	set_step("poll A's send CQ afterwards");
@@ -939,7 +715,7 @@ static void case_rnr_no_polling(void)
 static void case_dereg_revokes(void)
 {
 	struct pair p;
-	pair_new(&p, ACC_ALL);
+	pair_new(&p, NULL);
 	set_step("register the buffers");
 	struct buf *src = buf_alloc(16384, "A: source");
 	struct buf *m2buf = buf_alloc(16384, "B: memory of m2");

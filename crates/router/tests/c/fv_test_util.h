@@ -1,14 +1,20 @@
 /*
- * fv_test_util.h: helpers shared by the C check programs fv_verbs_check.c,
- * fv_qp_types_check.c, fv_semi_check.c and fv_isolation_check.c (included by
- * all; every definition is static).
+ * fv_test_util.h: helpers shared by the C programs of tests/c (included by
+ * each; every definition is static). The check programs fv_verbs_check.c,
+ * fv_qp_types_check.c, fv_semi_check.c and fv_isolation_check.c use all of
+ * it; fv_send_one.c, fv_exec_attacker.c and fv_limits_check.c, which report
+ * in their own way and do not call env_open, use only the helpers that
+ * return an error instead of failing (device_named, open_device_named,
+ * qp_try_create, rc_connect_path with a path of grh 0, wait_wc).
  *
  * Failure reporting (fail/fatal/EXPECT_*, "FAIL <case> [<step>]: ..."), the
  * watchdog, random fill and shadow-checked buffers, opening the device
  * (fv0, or FV_VERBS_DEVICE / FV_VERBS_GID_INDEX), PD/MR/CQ helpers, checked
- * destruction of every object, the RESET->INIT transition, QP state
- * queries, work-request building, completion description and polling for
- * "no completion", and the main() that runs one named case.
+ * destruction of every object, QP creation, the RESET->INIT->RTR->RTS
+ * transitions, connected pairs of QPs, QP state queries, work-request
+ * building and posting, completion description and polling for "no
+ * completion", and the main() that runs one named case. Waiting for and
+ * checking completions is in fv_completions.h.
  *
  * A program may use only some of these helpers, so unused-function warnings
  * are silenced for this header only.
@@ -23,6 +29,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <sched.h>
 #include <signal.h>
@@ -32,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -94,6 +102,20 @@ static void fatal(const char *fmt, ...)
 	exit(1);
 }
 
+/*
+ * The verdict of the case: "FAIL <case>: N check(s) failed" on stderr or
+ * "PASS <case>" on stdout. Returns the exit status (1 or 0).
+ */
+static int fv_verdict(void)
+{
+	if (g_failures) {
+		fprintf(stderr, "FAIL %s: %d check(s) failed\n", g_case, g_failures);
+		return 1;
+	}
+	printf("PASS %s\n", g_case);
+	return 0;
+}
+
 static void on_alarm(int sig)
 {
 	static const char m1[] = "FAIL watchdog: case did not finish within the watchdog time; last step: ";
@@ -137,6 +159,24 @@ static void sleep_ms(unsigned ms)
 	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
 	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
 		;
+}
+
+/* The value of an environment variable the test runner sets (fatal if unset). */
+static const char *need_env(const char *name)
+{
+	const char *v = getenv(name);
+	if (!v || !*v)
+		fatal("environment variable %s is not set (the test runner sets it)", name);
+	return v;
+}
+
+/* Creates (or truncates) the file path: a signal to the test runner. */
+static void touch_file(const char *path)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		fatal("creating %s: %s", path, strerror(errno));
+	close(fd);
 }
 
 static uint64_t g_rng = 0x9E3779B97F4A7C15ULL;
@@ -292,6 +332,33 @@ static int gid_index(void)
 	return g && *g ? atoi(g) : 0;
 }
 
+/* The device of list (n entries) named name, or NULL. */
+static struct ibv_device *device_named(struct ibv_device **list, int n, const char *name)
+{
+	for (int i = 0; list && i < n; i++) {
+		const char *nm = ibv_get_device_name(list[i]);
+		if (nm && strcmp(nm, name) == 0)
+			return list[i];
+	}
+	return NULL;
+}
+
+/* Opens the device named name: NULL (errno set) if there is none or it fails to open. */
+static struct ibv_context *open_device_named(const char *name)
+{
+	int n = 0;
+	struct ibv_device **list = ibv_get_device_list(&n);
+	if (!list)
+		return NULL;
+	struct ibv_device *dev = device_named(list, n, name);
+	struct ibv_context *ctx = dev ? ibv_open_device(dev) : NULL;
+	int e = dev ? errno : ENODEV;
+	ibv_free_device_list(list);
+	if (!ctx)
+		errno = e;
+	return ctx;
+}
+
 static void env_open(void)
 {
 	int n = 0;
@@ -300,12 +367,10 @@ static void env_open(void)
 	struct ibv_device **list = ibv_get_device_list(&n);
 	if (!list)
 		fatal("ibv_get_device_list returned NULL, errno %d (%s)", errno, strerror(errno));
-	struct ibv_device *dev = NULL;
+	struct ibv_device *dev = device_named(list, n, dev_name());
 	char names[512] = "";
 	for (int i = 0; i < n; i++) {
 		const char *nm = ibv_get_device_name(list[i]);
-		if (nm && strcmp(nm, dev_name()) == 0)
-			dev = list[i];
 		if (strlen(names) + strlen(nm ? nm : "(null)") + 3 < sizeof(names)) {
 			strcat(names, " ");
 			strcat(names, nm ? nm : "(null)");
@@ -378,6 +443,25 @@ static int dealloc_pd(struct ibv_pd *pd)
 	return destroy_rc("ibv_dealloc_pd", ibv_dealloc_pd(pd));
 }
 
+/*
+ * A create verb (call, e.g. "ibv_create_qp", with what) that must refuse
+ * with EINVAL: obj is what it returned, e the errno right after it. Reports
+ * a failure otherwise; returns 1 if it made an object anyway (noun, e.g. "a
+ * QP"), which the caller then destroys.
+ */
+static int made_despite_einval(const void *obj, int e, const char *call, const char *what,
+			       const char *noun)
+{
+	if (obj) {
+		fail("%s with %s: expected NULL with errno EINVAL, got %s", call, what, noun);
+		return 1;
+	}
+	if (e != EINVAL)
+		fail("%s with %s: expected errno EINVAL (%d), got %d (%s)", call, what, EINVAL, e,
+		     strerror(e));
+	return 0;
+}
+
 /* A key that is neither the lkey nor the rkey of any of the given MRs. */
 static uint32_t unused_key(struct ibv_mr *const *mrs, int n)
 {
@@ -396,13 +480,34 @@ static uint32_t unused_key(struct ibv_mr *const *mrs, int n)
 /* ------------------------------------------------------------------------ */
 /* CQ, QP                                                                    */
 
-static struct ibv_cq *cq_new(int cqe)
+/* A CQ of cqe entries; ch: its completion channel (may be NULL), cq_ctx its cq_context. */
+static struct ibv_cq *cq_new_ch(int cqe, struct ibv_comp_channel *ch, void *cq_ctx)
 {
 	errno = 0;
-	struct ibv_cq *cq = ibv_create_cq(E.ctx, cqe, NULL, NULL, 0);
-	if (!cq)
-		fatal("ibv_create_cq(%d) returned NULL, errno %d (%s)", cqe, errno, strerror(errno));
+	struct ibv_cq *cq = ibv_create_cq(E.ctx, cqe, cq_ctx, ch, 0);
+	if (!cq) {
+		int e = errno;
+		char c[64] = "";
+		if (ch)
+			snprintf(c, sizeof(c), ", completion channel fd %d", ch->fd);
+		fatal("ibv_create_cq(%d%s) returned NULL, errno %d (%s)", cqe, c, e, strerror(e));
+	}
 	return cq;
+}
+
+static struct ibv_cq *cq_new(int cqe)
+{
+	return cq_new_ch(cqe, NULL, NULL);
+}
+
+static struct ibv_comp_channel *chan_new(void)
+{
+	errno = 0;
+	struct ibv_comp_channel *ch = ibv_create_comp_channel(E.ctx);
+	if (!ch)
+		fatal("ibv_create_comp_channel returned NULL, errno %d (%s)", errno,
+		      strerror(errno));
+	return ch;
 }
 
 static int destroy_cq(struct ibv_cq *cq)
@@ -437,13 +542,18 @@ static int destroy_channel(struct ibv_comp_channel *ch)
  * exactly as given (0 = no remote access). The one definition for every
  * check program. Returns ibv_modify_qp's result.
  */
+static void init_attr(struct ibv_qp_attr *a)
+{
+	memset(a, 0, sizeof(*a));
+	a->qp_state = IBV_QPS_INIT;
+	a->pkey_index = 0;
+	a->port_num = 1;
+}
+
 static int qp_to_init(struct ibv_qp *qp, int access)
 {
 	struct ibv_qp_attr a;
-	memset(&a, 0, sizeof(a));
-	a.qp_state = IBV_QPS_INIT;
-	a.pkey_index = 0;
-	a.port_num = 1;
+	init_attr(&a);
 	a.qp_access_flags = (unsigned)access;
 	return ibv_modify_qp(qp, &a,
 			     IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS);
@@ -484,6 +594,294 @@ static void expect_state(struct ibv_qp *qp, enum ibv_qp_state want, const char *
 }
 
 /* ------------------------------------------------------------------------ */
+/* Creating and connecting QPs                                               */
+
+struct qp_cfg {
+	uint32_t send_wr, recv_wr, send_sge, recv_sge, inline_sz;
+	int sig_all;
+	int access; /* qp_access_flags for INIT where a program connects by cfg (0 = none) */
+};
+
+#define CFG_DEFAULT                                                                      \
+	{ .send_wr = 64, .recv_wr = 64, .send_sge = 4, .recv_sge = 4, .inline_sz = 0,   \
+	  .sig_all = 1, .access = ACC_ALL }
+
+static const char *qpt_str(enum ibv_qp_type t)
+{
+	switch (t) {
+	case IBV_QPT_RC: return "RC";
+	case IBV_QPT_UC: return "UC";
+	case IBV_QPT_UD: return "UD";
+	default: return "?";
+	}
+}
+
+/* ibv_create_qp; NULL with errno set on failure. cap_out: the caps written back. */
+static struct ibv_qp *qp_try_create(struct ibv_pd *pd, enum ibv_qp_type type, struct ibv_cq *scq,
+				    struct ibv_cq *rcq, struct ibv_srq *srq,
+				    const struct qp_cfg *c, struct ibv_qp_cap *cap_out)
+{
+	struct ibv_qp_init_attr ia;
+	memset(&ia, 0, sizeof(ia));
+	ia.send_cq = scq;
+	ia.recv_cq = rcq;
+	ia.srq = srq;
+	ia.qp_type = type;
+	ia.sq_sig_all = c->sig_all;
+	ia.cap.max_send_wr = c->send_wr;
+	ia.cap.max_recv_wr = c->recv_wr;
+	ia.cap.max_send_sge = c->send_sge;
+	ia.cap.max_recv_sge = c->recv_sge;
+	ia.cap.max_inline_data = c->inline_sz;
+	errno = 0;
+	struct ibv_qp *qp = ibv_create_qp(pd, &ia);
+	if (qp && cap_out)
+		*cap_out = ia.cap;
+	return qp;
+}
+
+/* A QP of E.pd; fatal if it cannot be made or has fewer send WRs than requested. */
+static struct ibv_qp *qp_create_cap(enum ibv_qp_type type, struct ibv_cq *scq, struct ibv_cq *rcq,
+				    struct ibv_srq *srq, const struct qp_cfg *c,
+				    struct ibv_qp_cap *cap_out)
+{
+	struct ibv_qp_cap cap;
+	struct ibv_qp *qp = qp_try_create(E.pd, type, scq, rcq, srq, c, &cap);
+	if (!qp)
+		fatal("ibv_create_qp(%s, send_wr %u recv_wr %u send_sge %u recv_sge %u inline %u%s) "
+		      "returned NULL, errno %d (%s)",
+		      qpt_str(type), c->send_wr, c->recv_wr, c->send_sge, c->recv_sge, c->inline_sz,
+		      srq ? ", with an SRQ" : "", errno, strerror(errno));
+	if (cap.max_send_wr < c->send_wr)
+		fatal("ibv_create_qp(%s): returned cap.max_send_wr %u < requested %u", qpt_str(type),
+		      cap.max_send_wr, c->send_wr);
+	if (cap_out)
+		*cap_out = cap;
+	return qp;
+}
+
+static struct ibv_qp *qp_create(enum ibv_qp_type type, struct ibv_cq *scq, struct ibv_cq *rcq,
+				struct ibv_srq *srq, const struct qp_cfg *c)
+{
+	return qp_create_cap(type, scq, rcq, srq, c, NULL);
+}
+
+static void qp_must(int rc, struct ibv_qp *qp, const char *what)
+{
+	if (rc)
+		fatal("ibv_modify_qp(%s qp 0x%x, %s) returned %d (%s)", qpt_str(qp->qp_type),
+		      qp->qp_num, what, rc, strerror(rc));
+}
+
+/* Moves qp to state (only IBV_QP_STATE); fatal on failure. */
+static void qp_to_state(struct ibv_qp *qp, enum ibv_qp_state state, const char *what)
+{
+	struct ibv_qp_attr a;
+	memset(&a, 0, sizeof(a));
+	a.qp_state = state;
+	qp_must(ibv_modify_qp(qp, &a, IBV_QP_STATE), qp, what);
+}
+
+/* The masks of perftest. */
+#define RC_RTR_MASK                                                                      \
+	(IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN |  \
+	 IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER)
+#define RC_RTS_MASK                                                                      \
+	(IBV_QP_STATE | IBV_QP_SQ_PSN | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT |              \
+	 IBV_QP_RNR_RETRY | IBV_QP_MAX_QP_RD_ATOMIC)
+
+/* How a connected QP reaches its peer (RTR) and retries (RTS). */
+struct rc_path {
+	/*
+	 * 1: a GRH to this host's GID (E.gid, gid_index(), hop limit 1), the
+	 * port's active MTU; 0: no GRH, MTU 1024 (for programs that do not
+	 * call env_open).
+	 */
+	int grh;
+	uint8_t rd_atomic; /* max_dest_rd_atomic (RTR) and max_rd_atomic (RTS) */
+	uint8_t min_rnr_timer, retry_cnt, rnr_retry;
+};
+
+/*
+ * The rd_atomic of this program's connections: 0 (the default) = the
+ * device's max_qp_rd_atom, clamped to 1..16; a program may set it.
+ */
+static uint8_t g_rd_atomic;
+
+static uint8_t rd_atom(void)
+{
+	if (g_rd_atomic)
+		return g_rd_atomic;
+	int n = E.dev.max_qp_rd_atom;
+	return (uint8_t)(n < 1 ? 1 : (n > 16 ? 16 : n));
+}
+
+/* GRH, rd_atom(), min_rnr_timer 12 (0.64 ms), retry_cnt 7, rnr_retry 7 (a SEND waits for a
+ * receive forever). */
+static struct rc_path rc_path_default(void)
+{
+	struct rc_path p = { .grh = 1, .rd_atomic = rd_atom(), .min_rnr_timer = 12,
+			     .retry_cnt = 7, .rnr_retry = 7 };
+	return p;
+}
+
+static void rtr_attr_path(struct ibv_qp_attr *a, uint32_t dest_qpn, const struct rc_path *p)
+{
+	memset(a, 0, sizeof(*a));
+	a->qp_state = IBV_QPS_RTR;
+	a->path_mtu = (p->grh && E.port.active_mtu >= IBV_MTU_256 &&
+		       E.port.active_mtu <= IBV_MTU_4096)
+			      ? E.port.active_mtu
+			      : IBV_MTU_1024;
+	a->dest_qp_num = dest_qpn;
+	a->rq_psn = 0;
+	a->max_dest_rd_atomic = p->rd_atomic;
+	a->min_rnr_timer = p->min_rnr_timer;
+	if (p->grh) {
+		a->ah_attr.is_global = 1;
+		a->ah_attr.grh.dgid = E.gid;
+		a->ah_attr.grh.sgid_index = gid_index();
+		a->ah_attr.grh.hop_limit = 1;
+	}
+	a->ah_attr.port_num = 1;
+}
+
+static void rts_attr_path(struct ibv_qp_attr *a, const struct rc_path *p)
+{
+	memset(a, 0, sizeof(*a));
+	a->qp_state = IBV_QPS_RTS;
+	a->sq_psn = 0;
+	a->timeout = 14;
+	a->retry_cnt = p->retry_cnt;
+	a->rnr_retry = p->rnr_retry;
+	a->max_rd_atomic = p->rd_atomic;
+}
+
+/* The RTR and RTS attributes of rc_path_default(). */
+static void rtr_attr(struct ibv_qp_attr *a, uint32_t dest_qpn)
+{
+	struct rc_path p = rc_path_default();
+	rtr_attr_path(a, dest_qpn, &p);
+}
+
+static void rts_attr(struct ibv_qp_attr *a)
+{
+	struct rc_path p = rc_path_default();
+	rts_attr_path(a, &p);
+}
+
+/*
+ * RC: RESET -> INIT (qp_access_flags access, as given; 0 = none) -> RTR ->
+ * RTS, the masks of perftest. Returns 0, or what the failing ibv_modify_qp
+ * returned with *failed naming the transition.
+ */
+static int rc_connect_path(struct ibv_qp *qp, uint32_t dest_qpn, int access,
+			   const struct rc_path *p, const char **failed)
+{
+	struct ibv_qp_attr a;
+	int rc = qp_to_init(qp, access);
+	*failed = "RC RESET->INIT";
+	if (rc)
+		return rc;
+	rtr_attr_path(&a, dest_qpn, p);
+	rc = ibv_modify_qp(qp, &a, RC_RTR_MASK);
+	*failed = "RC INIT->RTR";
+	if (rc)
+		return rc;
+	rts_attr_path(&a, p);
+	*failed = "RC RTR->RTS";
+	return ibv_modify_qp(qp, &a, RC_RTS_MASK);
+}
+
+/* rc_connect with B's min_rnr_timer and A's rnr_retry as given. */
+static void rc_connect_rnr(struct ibv_qp *qp, uint32_t dest_qpn, int access,
+			   uint8_t min_rnr_timer, uint8_t rnr_retry)
+{
+	struct rc_path p = rc_path_default();
+	const char *failed = "";
+	p.min_rnr_timer = min_rnr_timer;
+	p.rnr_retry = rnr_retry;
+	int rc = rc_connect_path(qp, dest_qpn, access, &p, &failed);
+	qp_must(rc, qp, failed);
+}
+
+/* RC: RESET -> INIT (access) -> RTR -> RTS to dest_qpn, rc_path_default(); fatal on failure. */
+static void rc_connect(struct ibv_qp *qp, uint32_t dest_qpn, int access)
+{
+	rc_connect_rnr(qp, dest_qpn, access, 12, 7);
+}
+
+/* ibv_create_srq of E.pd; NULL with errno set on failure. out: the attributes written back. */
+static struct ibv_srq *srq_try_create(uint32_t max_wr, uint32_t max_sge, void *ctx,
+				      struct ibv_srq_attr *out)
+{
+	struct ibv_srq_init_attr ia;
+	memset(&ia, 0, sizeof(ia));
+	ia.srq_context = ctx;
+	ia.attr.max_wr = max_wr;
+	ia.attr.max_sge = max_sge;
+	errno = 0;
+	struct ibv_srq *srq = ibv_create_srq(E.pd, &ia);
+	if (out)
+		*out = ia.attr;
+	return srq;
+}
+
+static struct ibv_srq *srq_create(uint32_t max_wr, uint32_t max_sge, struct ibv_srq_attr *out)
+{
+	struct ibv_srq_attr got;
+	struct ibv_srq *srq = srq_try_create(max_wr, max_sge, NULL, &got);
+	if (!srq)
+		fatal("ibv_create_srq(max_wr %u, max_sge %u) returned NULL, errno %d (%s)", max_wr,
+		      max_sge, errno, strerror(errno));
+	if (got.max_wr < max_wr || got.max_sge < max_sge)
+		fatal("ibv_create_srq(max_wr %u, max_sge %u) wrote back max_wr %u, max_sge %u",
+		      max_wr, max_sge, got.max_wr, got.max_sge);
+	if (out)
+		*out = got;
+	return srq;
+}
+
+/* Two QPs of one type, each with its own send and recv CQ (1024 entries). */
+struct pair {
+	struct ibv_cq *a_scq, *a_rcq, *b_scq, *b_rcq;
+	struct ibv_qp *a, *b;
+	struct ibv_qp_cap a_cap, b_cap;
+};
+
+/* The CQs and the two QPs of a pair, in RESET; b_rcq_ch: B's receive CQ's channel (may be NULL). */
+static void pair_create(struct pair *p, enum ibv_qp_type type, const struct qp_cfg *ca,
+			const struct qp_cfg *cb, struct ibv_comp_channel *b_rcq_ch)
+{
+	p->a_scq = cq_new(1024);
+	p->a_rcq = cq_new(1024);
+	p->b_scq = cq_new(1024);
+	p->b_rcq = cq_new_ch(1024, b_rcq_ch, NULL);
+	p->a = qp_create_cap(type, p->a_scq, p->a_rcq, NULL, ca, &p->a_cap);
+	p->b = qp_create_cap(type, p->b_scq, p->b_rcq, NULL, cb, &p->b_cap);
+	if (p->a->qp_num == p->b->qp_num)
+		fail("two QPs got the same qp_num 0x%x", p->a->qp_num);
+}
+
+/* An RC pair connected to each other: A with ca->access, B with cb->access. */
+static void pair_new_rc(struct pair *p, const struct qp_cfg *ca, const struct qp_cfg *cb,
+			struct ibv_comp_channel *b_rcq_ch)
+{
+	pair_create(p, IBV_QPT_RC, ca, cb, b_rcq_ch);
+	rc_connect(p->a, p->b->qp_num, ca->access);
+	rc_connect(p->b, p->a->qp_num, cb->access);
+}
+
+static void pair_free(struct pair *p)
+{
+	destroy_qp(p->a);
+	destroy_qp(p->b);
+	struct ibv_cq *cqs[4] = { p->a_scq, p->a_rcq, p->b_scq, p->b_rcq };
+	for (int i = 0; i < 4; i++)
+		destroy_cq(cqs[i]);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Posting and polling                                                       */
 
 static struct ibv_sge sge(const void *addr, uint32_t len, uint32_t lkey)
@@ -503,17 +901,119 @@ static void wr_init(struct ibv_send_wr *wr, uint64_t wr_id, enum ibv_wr_opcode o
 	wr->send_flags = flags;
 }
 
+static void rwr_init(struct ibv_recv_wr *wr, uint64_t wr_id, struct ibv_sge *sg, int n)
+{
+	memset(wr, 0, sizeof(*wr));
+	wr->wr_id = wr_id;
+	wr->sg_list = sg;
+	wr->num_sge = n;
+}
+
+static int is_atomic(enum ibv_wr_opcode op)
+{
+	return op == IBV_WR_ATOMIC_FETCH_AND_ADD || op == IBV_WR_ATOMIC_CMP_AND_SWP;
+}
+
+/* The remote side of wr: wr.atomic (compare_add, swap) for an atomic opcode, else wr.rdma. */
+static void wr_remote(struct ibv_send_wr *wr, uint64_t raddr, uint32_t rkey, uint64_t compare_add,
+		      uint64_t swap)
+{
+	if (is_atomic(wr->opcode)) {
+		wr->wr.atomic.remote_addr = raddr;
+		wr->wr.atomic.rkey = rkey;
+		wr->wr.atomic.compare_add = compare_add;
+		wr->wr.atomic.swap = swap;
+	} else {
+		wr->wr.rdma.remote_addr = raddr;
+		wr->wr.rdma.rkey = rkey;
+	}
+}
+
+/* ibv_post_send of wr (a list, maybe); fatal on failure. */
+static void post_send_ok(struct ibv_qp *qp, struct ibv_send_wr *wr, const char *what)
+{
+	struct ibv_send_wr *bad = NULL;
+	int rc = ibv_post_send(qp, wr, &bad);
+	if (rc)
+		fatal("%s: ibv_post_send(%s qp 0x%x, wr_id 0x%" PRIx64 ") returned %d (%s)", what,
+		      qpt_str(qp->qp_type), qp->qp_num, wr->wr_id, rc, strerror(rc));
+}
+
+/* Posts one send WR of opcode op (RDMA or send; raddr/rkey for RDMA, imm_host for _WITH_IMM). */
+static void post_send1(struct ibv_qp *qp, uint64_t wr_id, enum ibv_wr_opcode op,
+		       struct ibv_sge *sg, int n, unsigned flags, uint64_t raddr, uint32_t rkey,
+		       uint32_t imm_host, const char *what)
+{
+	struct ibv_send_wr wr;
+	wr_init(&wr, wr_id, op, sg, n, flags);
+	wr.wr.rdma.remote_addr = raddr;
+	wr.wr.rdma.rkey = rkey;
+	wr.imm_data = htonl(imm_host);
+	post_send_ok(qp, &wr, what);
+}
+
+/* post_send1, signaled. */
+static void send1(struct ibv_qp *qp, uint64_t wr_id, enum ibv_wr_opcode op, struct ibv_sge *sg,
+		  int n, uint64_t raddr, uint32_t rkey, uint32_t imm_host, const char *what)
+{
+	post_send1(qp, wr_id, op, sg, n, IBV_SEND_SIGNALED, raddr, rkey, imm_host, what);
+}
+
+static void recv1(struct ibv_qp *qp, uint64_t wr_id, struct ibv_sge *sg, int n, const char *what)
+{
+	struct ibv_recv_wr wr, *bad = NULL;
+	rwr_init(&wr, wr_id, sg, n);
+	int rc = ibv_post_recv(qp, &wr, &bad);
+	if (rc)
+		fatal("%s: ibv_post_recv(%s qp 0x%x, wr_id 0x%" PRIx64 ") returned %d (%s)", what,
+		      qpt_str(qp->qp_type), qp->qp_num, wr_id, rc, strerror(rc));
+}
+
+static void srq_recv1(struct ibv_srq *srq, uint64_t wr_id, struct ibv_sge *sg, int n,
+		      const char *what)
+{
+	struct ibv_recv_wr wr, *bad = NULL;
+	rwr_init(&wr, wr_id, sg, n);
+	int rc = ibv_post_srq_recv(srq, &wr, &bad);
+	if (rc)
+		fatal("%s: ibv_post_srq_recv(wr_id 0x%" PRIx64 ") returned %d (%s)", what, wr_id, rc,
+		      strerror(rc));
+}
+
+/* Checks what ibv_post_<verb> returned: want_rc and, if want_bad, bad_wr = want_bad. */
+static void check_post_rc(const char *verb, int rc, const void *badp, const void *want_bad,
+			  int want_rc, const char *what)
+{
+	if (rc != want_rc)
+		fail("%s: %s: expected %d (%s), got %d (%s)", what, verb, want_rc, strerror(want_rc),
+		     rc, strerror(rc));
+	if (want_bad && badp != want_bad)
+		fail("%s: %s: expected bad_wr = %p (the offending WR), got %p", what, verb, want_bad,
+		     badp);
+}
+
 static void expect_post_send_rc(struct ibv_qp *qp, struct ibv_send_wr *wr,
 				struct ibv_send_wr *want_bad, int want_rc, const char *what)
 {
 	struct ibv_send_wr *badp = NULL;
 	int rc = ibv_post_send(qp, wr, &badp);
-	if (rc != want_rc)
-		fail("%s: ibv_post_send: expected %d (%s), got %d (%s)", what, want_rc,
-		     strerror(want_rc), rc, strerror(rc));
-	if (want_bad && badp != want_bad)
-		fail("%s: ibv_post_send: expected bad_wr = %p (the offending WR), got %p", what,
-		     (void *)want_bad, (void *)badp);
+	check_post_rc("ibv_post_send", rc, badp, want_bad, want_rc, what);
+}
+
+static void expect_post_recv_rc(struct ibv_qp *qp, struct ibv_recv_wr *wr,
+				struct ibv_recv_wr *want_bad, int want_rc, const char *what)
+{
+	struct ibv_recv_wr *badp = NULL;
+	int rc = ibv_post_recv(qp, wr, &badp);
+	check_post_rc("ibv_post_recv", rc, badp, want_bad, want_rc, what);
+}
+
+static void expect_post_srq_recv_rc(struct ibv_srq *srq, struct ibv_recv_wr *wr,
+				    struct ibv_recv_wr *want_bad, int want_rc, const char *what)
+{
+	struct ibv_recv_wr *badp = NULL;
+	int rc = ibv_post_srq_recv(srq, wr, &badp);
+	check_post_rc("ibv_post_srq_recv", rc, badp, want_bad, want_rc, what);
 }
 
 static const char *wc_opcode_str(int op)
@@ -608,12 +1108,7 @@ static int fv_main(int argc, char **argv, const struct fv_case *cases, size_t n,
 			fail("ibv_dealloc_pd at the end returned %d (%s): an object was left behind", rc,
 			     strerror(rc));
 		ibv_close_device(E.ctx);
-		if (g_failures) {
-			fprintf(stderr, "FAIL %s: %d check(s) failed\n", g_case, g_failures);
-			return 1;
-		}
-		printf("PASS %s\n", g_case);
-		return 0;
+		return fv_verdict();
 	}
 	fprintf(stderr, "unknown case '%s' (try 'list')\n", argv[1]);
 	return 2;
