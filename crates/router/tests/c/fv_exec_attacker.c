@@ -34,6 +34,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fv_test_util.h"
+#include "fv_completions.h"
+
 #define NQP 3
 #define ACCESS (IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_WRITE)
 
@@ -46,15 +49,7 @@ static void die(const char *what)
 
 static struct ibv_context *open_fv0(void)
 {
-	int n = 0;
-	struct ibv_device **list = ibv_get_device_list(&n);
-	if (!list)
-		die("ibv_get_device_list");
-	struct ibv_context *ctx = NULL;
-	for (int i = 0; i < n; i++)
-		if (!strcmp(ibv_get_device_name(list[i]), "fv0"))
-			ctx = ibv_open_device(list[i]);
-	ibv_free_device_list(list);
+	struct ibv_context *ctx = open_device_named("fv0");
 	if (!ctx)
 		die("opening fv0");
 	return ctx;
@@ -62,77 +57,42 @@ static struct ibv_context *open_fv0(void)
 
 static struct ibv_qp *rc_qp(struct ibv_pd *pd, struct ibv_cq *cq)
 {
-	struct ibv_qp_init_attr a = {
-		.send_cq = cq,
-		.recv_cq = cq,
-		.cap = {.max_send_wr = 4, .max_recv_wr = 4, .max_send_sge = 1, .max_recv_sge = 1},
-		.qp_type = IBV_QPT_RC,
-		.sq_sig_all = 1,
-	};
-	struct ibv_qp *qp = ibv_create_qp(pd, &a);
+	static const struct qp_cfg c = { .send_wr = 4, .recv_wr = 4, .send_sge = 1, .recv_sge = 1,
+					 .sig_all = 1 };
+	struct ibv_qp *qp = qp_try_create(pd, IBV_QPT_RC, cq, cq, NULL, &c, NULL);
 	if (!qp)
 		die("ibv_create_qp");
 	return qp;
 }
 
-/* RESET -> INIT -> RTR -> RTS towards dest_qpn on this host (no GRH). */
+/* RESET -> INIT -> RTR -> RTS towards dest_qpn on this host (no GRH), one retry. */
 static void connect_qp(struct ibv_qp *qp, uint32_t dest_qpn)
 {
-	struct ibv_qp_attr a = {
-		.qp_state = IBV_QPS_INIT,
-		.port_num = 1,
-		.qp_access_flags = ACCESS,
-	};
-	if (ibv_modify_qp(qp, &a, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS))
-		die("modify to INIT");
-	memset(&a, 0, sizeof(a));
-	a.qp_state = IBV_QPS_RTR;
-	a.path_mtu = IBV_MTU_1024;
-	a.dest_qp_num = dest_qpn;
-	a.max_dest_rd_atomic = 1;
-	a.min_rnr_timer = 12;
-	a.ah_attr.port_num = 1;
-	if (ibv_modify_qp(qp, &a,
-			  IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN |
-				  IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER))
-		die("modify to RTR");
-	memset(&a, 0, sizeof(a));
-	a.qp_state = IBV_QPS_RTS;
-	a.timeout = 14;
-	a.retry_cnt = 1;
-	a.rnr_retry = 1;
-	a.max_rd_atomic = 1;
-	if (ibv_modify_qp(qp, &a,
-			  IBV_QP_STATE | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY |
-				  IBV_QP_SQ_PSN | IBV_QP_MAX_QP_RD_ATOMIC))
-		die("modify to RTS");
+	static const struct rc_path path = { .grh = 0, .rd_atomic = 1, .min_rnr_timer = 12,
+					     .retry_cnt = 1, .rnr_retry = 1 };
+	const char *failed = "";
+	int rc = rc_connect_path(qp, dest_qpn, ACCESS, &path, &failed);
+	if (rc) {
+		errno = rc;
+		die(failed);
+	}
 }
 
-/* Posts one RDMA op on qp and waits (15 s) for its completion status. */
+/* Posts one RDMA op on qp and waits (15 s) for its completion status; -1: none came. */
 static int rdma(struct ibv_qp *qp, struct ibv_cq *cq, enum ibv_wr_opcode op, void *local,
 		uint32_t len, uint32_t lkey, uint64_t remote, uint32_t rkey)
 {
-	struct ibv_sge sge = {.addr = (uintptr_t)local, .length = len, .lkey = lkey};
-	struct ibv_send_wr wr = {.wr_id = 1, .sg_list = &sge, .num_sge = 1, .opcode = op};
-	struct ibv_send_wr *bad;
-	wr.wr.rdma.remote_addr = remote;
-	wr.wr.rdma.rkey = rkey;
+	struct ibv_sge s = sge(local, len, lkey);
+	struct ibv_send_wr wr, *bad;
+	wr_init(&wr, 1, op, &s, 1, 0);
+	wr_remote(&wr, remote, rkey, 0, 0);
 	if (ibv_post_send(qp, &wr, &bad))
 		die("ibv_post_send");
-	struct timespec start, now;
-	clock_gettime(CLOCK_MONOTONIC, &start);
-	for (;;) {
-		struct ibv_wc wc;
-		int n = ibv_poll_cq(cq, 1, &wc);
-		if (n < 0)
-			die("ibv_poll_cq");
-		if (n == 1)
-			return wc.status;
-		clock_gettime(CLOCK_MONOTONIC, &now);
-		if (now.tv_sec - start.tv_sec > 15)
-			return -1;
-		usleep(100);
-	}
+	struct ibv_wc wc;
+	int n = wait_wc(cq, &wc, 15);
+	if (n < 0)
+		die("ibv_poll_cq");
+	return n > 0 ? (int)wc.status : -1;
 }
 
 static void hex(const uint8_t *p, size_t n, char *out)

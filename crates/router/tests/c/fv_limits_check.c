@@ -16,15 +16,18 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "fv_test_util.h"
+
 static struct ibv_device *fv0(void)
 {
 	int n = 0;
 	struct ibv_device **list = ibv_get_device_list(&n);
-	for (int i = 0; list && i < n; i++)
-		if (!strcmp(ibv_get_device_name(list[i]), "fv0"))
-			return list[i];
-	fprintf(stderr, "no fv0\n");
-	exit(2);
+	struct ibv_device *dev = device_named(list, n, "fv0");
+	if (!dev) {
+		fprintf(stderr, "no fv0\n");
+		exit(2);
+	}
+	return dev;
 }
 
 int main(int argc, char **argv)

@@ -15,8 +15,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "fv_test_util.h"
+#include "fv_completions.h"
 
 static void die(const char *what)
 {
@@ -26,8 +28,7 @@ static void die(const char *what)
 
 int main(void)
 {
-	struct ibv_device **list = ibv_get_device_list(NULL);
-	struct ibv_context *ctx = list && list[0] ? ibv_open_device(list[0]) : NULL;
+	struct ibv_context *ctx = open_device_named(dev_name());
 	if (!ctx)
 		die("opening the device");
 	struct ibv_pd *pd = ibv_alloc_pd(ctx);
@@ -36,14 +37,9 @@ int main(void)
 	struct ibv_mr *mr = pd ? ibv_reg_mr(pd, buf, sizeof(buf), IBV_ACCESS_LOCAL_WRITE) : NULL;
 	if (!pd || !cq || !mr)
 		die("PD/CQ/MR");
-	struct ibv_qp_init_attr ia = {
-		.send_cq = cq,
-		.recv_cq = cq,
-		.cap = {.max_send_wr = 2, .max_recv_wr = 2, .max_send_sge = 1, .max_recv_sge = 1},
-		.qp_type = IBV_QPT_RC,
-		.sq_sig_all = 1,
-	};
-	struct ibv_qp *qp = ibv_create_qp(pd, &ia);
+	static const struct qp_cfg c = { .send_wr = 2, .recv_wr = 2, .send_sge = 1, .recv_sge = 1,
+					 .sig_all = 1 };
+	struct ibv_qp *qp = qp_try_create(pd, IBV_QPT_RC, cq, cq, NULL, &c, NULL);
 	if (!qp)
 		die("ibv_create_qp");
 	printf("qpn 0x%x\n", qp->qp_num);
@@ -51,51 +47,28 @@ int main(void)
 	unsigned dest;
 	if (scanf("%x", &dest) != 1)
 		die("reading the responder's QPN");
-	struct ibv_qp_attr a = {.qp_state = IBV_QPS_INIT, .port_num = 1};
-	if (ibv_modify_qp(qp, &a, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS))
-		die("INIT");
-	memset(&a, 0, sizeof(a));
-	a.qp_state = IBV_QPS_RTR;
-	a.path_mtu = IBV_MTU_1024;
-	a.dest_qp_num = dest;
-	a.max_dest_rd_atomic = 1;
-	a.min_rnr_timer = 12;
-	a.ah_attr.port_num = 1;
-	if (ibv_modify_qp(qp, &a,
-			  IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN |
-				  IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER))
-		die("RTR");
-	memset(&a, 0, sizeof(a));
-	a.qp_state = IBV_QPS_RTS;
-	a.timeout = 14;
-	a.retry_cnt = 7;
-	a.rnr_retry = 7;
-	a.max_rd_atomic = 1;
-	if (ibv_modify_qp(qp, &a,
-			  IBV_QP_STATE | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY |
-				  IBV_QP_SQ_PSN | IBV_QP_MAX_QP_RD_ATOMIC))
-		die("RTS");
-	struct ibv_sge s = {.addr = (uintptr_t)buf, .length = sizeof(buf), .lkey = mr->lkey};
-	struct ibv_send_wr wr = {.wr_id = 1, .sg_list = &s, .num_sge = 1, .opcode = IBV_WR_SEND};
-	struct ibv_send_wr *bad;
+	/* On this host without a GRH; no remote access; retry and rnr_retry 7. */
+	static const struct rc_path path = { .grh = 0, .rd_atomic = 1, .min_rnr_timer = 12,
+					     .retry_cnt = 7, .rnr_retry = 7 };
+	const char *failed = "";
+	int rc = rc_connect_path(qp, dest, 0, &path, &failed);
+	if (rc) {
+		errno = rc;
+		die(failed);
+	}
+	struct ibv_sge s = sge(buf, sizeof(buf), mr->lkey);
+	struct ibv_send_wr wr, *bad;
+	wr_init(&wr, 1, IBV_WR_SEND, &s, 1, 0);
 	if (ibv_post_send(qp, &wr, &bad))
 		die("ibv_post_send");
-	time_t start = time(NULL);
 	struct ibv_wc wc;
-	for (;;) {
-		int n = ibv_poll_cq(cq, 1, &wc);
-		if (n < 0)
-			die("ibv_poll_cq");
-		if (n == 1) {
-			printf("status %d\n", wc.status);
-			break;
-		}
-		if (time(NULL) - start > 10) {
-			printf("status none\n");
-			break;
-		}
-		usleep(100);
-	}
+	int n = wait_wc(cq, &wc, 10);
+	if (n < 0)
+		die("ibv_poll_cq");
+	if (n > 0)
+		printf("status %d\n", wc.status);
+	else
+		printf("status none\n");
 	fflush(stdout);
 	return 0;
 }
