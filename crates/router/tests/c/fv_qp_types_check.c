@@ -265,9 +265,8 @@ static void case_srq_attrs(void)
 
 	set_step("ibv_post_srq_recv until full");
 	srq = srq_create(16, 2, &got);
-	struct buf *b = buf_alloc(256, "recv buffer");
-	struct ibv_mr *mr = reg(b->p, b->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_sge s = sge(b->p, 64, mr->lkey);
+	struct buf *b = buf_reg(256, "recv buffer", IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_sge s = buf_sge(b, 0, 64);
 	struct ibv_recv_wr rw, *bad;
 	uint32_t ok = 0, limit = got.max_wr * 2 + 16;
 	rc = 0;
@@ -302,7 +301,7 @@ static void case_srq_attrs(void)
 	set_step("ibv_post_srq_recv with more SGEs than max_sge");
 	struct ibv_sge many[40];
 	for (int i = 0; i < 40; i++)
-		many[i] = sge(b->p + i, 1, mr->lkey);
+		many[i] = buf_sge(b, i, 1);
 	if (got.max_sge + 1 > 40)
 		fatal("written-back max_sge %u too large to test", got.max_sge);
 	destroy_srq(srq);
@@ -319,7 +318,6 @@ static void case_srq_attrs(void)
 		fail("ibv_post_srq_recv with too many SGEs: expected bad_wr = %p, got %p",
 		     (void *)&rw, (void *)bad);
 	destroy_srq(srq);
-	dereg(mr);
 	buf_free(b);
 }
 
@@ -360,10 +358,9 @@ static void case_srq_shared(void)
 		rc_connect(a[i], b[i]->qp_num, ACC_ALL);
 		rc_connect(b[i], a[i]->qp_num, ACC_ALL);
 	}
-	struct buf *src = buf_alloc(SRQ_TOTAL * SRQ_SLOT, "send buffers");
-	struct buf *dst = buf_alloc(SRQ_TOTAL * SRQ_SLOT, "SRQ receive slots");
-	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE);
+	struct buf *src = buf_reg(SRQ_TOTAL * SRQ_SLOT, "send buffers", IBV_ACCESS_LOCAL_WRITE);
+	struct buf *dst = buf_reg(SRQ_TOTAL * SRQ_SLOT, "SRQ receive slots",
+				  IBV_ACCESS_LOCAL_WRITE);
 
 	/*
 	 * Receive k uses slot k: even k one SGE [0, 256), odd k two SGEs
@@ -379,11 +376,11 @@ static void case_srq_shared(void)
 		rw[k].wr_id = 0x50000 + k;
 		rw[k].sg_list = rs[k];
 		if (k % 2 == 0) {
-			rs[k][0] = sge(slot, SRQ_SLOT, dmr->lkey);
+			rs[k][0] = sge(slot, SRQ_SLOT, dst->mr->lkey);
 			rw[k].num_sge = 1;
 		} else {
-			rs[k][0] = sge(slot, 80, dmr->lkey);
-			rs[k][1] = sge(slot + 128, 128, dmr->lkey);
+			rs[k][0] = sge(slot, 80, dst->mr->lkey);
+			rs[k][1] = sge(slot + 128, 128, dst->mr->lkey);
 			rw[k].num_sge = 2;
 		}
 		rw[k].next = k + 1 < SRQ_TOTAL ? &rw[k + 1] : NULL;
@@ -401,7 +398,7 @@ static void case_srq_shared(void)
 			uint8_t *m = src->p + (size_t)(i * SRQ_NMSG + j) * SRQ_SLOT;
 			uint32_t tag = SRQ_TAG | (uint32_t)(i << 8) | (uint32_t)j;
 			buf_set(src, m - src->p, &tag, 4);
-			struct ibv_sge s = sge(m, srq_msg_len(i, j), smr->lkey);
+			struct ibv_sge s = sge(m, srq_msg_len(i, j), src->mr->lkey);
 			send1(a[i], ((uint64_t)i << 32) | (uint64_t)j, IBV_WR_SEND, &s, 1, 0, 0, 0,
 			      "SEND");
 		}
@@ -499,8 +496,6 @@ static void case_srq_shared(void)
 	destroy_cq(a_rcq);
 	destroy_cq(b_scq);
 	destroy_cq(rcq);
-	dereg(smr);
-	dereg(dmr);
 	buf_free(src);
 	buf_free(dst);
 }
@@ -514,13 +509,11 @@ static void case_srq_misuse(void)
 	struct ibv_qp *b = qp_create(IBV_QPT_RC, b_cq, b_cq, srq, &c);
 	rc_connect(a, b->qp_num, ACC_ALL);
 	rc_connect(b, a->qp_num, ACC_ALL);
-	struct buf *src = buf_alloc(4096, "source");
-	struct buf *dst = buf_alloc(4096, "receive buffers");
-	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE);
+	struct buf *src = buf_reg(4096, "source", IBV_ACCESS_LOCAL_WRITE);
+	struct buf *dst = buf_reg(4096, "receive buffers", IBV_ACCESS_LOCAL_WRITE);
 
 	set_step("ibv_post_recv on a QP that has an SRQ");
-	struct ibv_sge r = sge(dst->p + 2048, 512, dmr->lkey);
+	struct ibv_sge r = buf_sge(dst, 2048, 512);
 	struct ibv_recv_wr rw, *bad = NULL;
 	memset(&rw, 0, sizeof(rw));
 	rw.wr_id = 0xBAD;
@@ -535,9 +528,9 @@ static void case_srq_misuse(void)
 		     (void *)bad);
 
 	set_step("SEND to the QP: uses the SRQ receive, not the rejected one");
-	struct ibv_sge rs = sge(dst->p + 5, 300, dmr->lkey);
+	struct ibv_sge rs = buf_sge(dst, 5, 300);
 	srq_recv1(srq, 0x600, &rs, 1, "SRQ receive");
-	struct ibv_sge ss = sge(src->p + 3, 200, smr->lkey);
+	struct ibv_sge ss = buf_sge(src, 3, 200);
 	buf_expect(dst, 5, src->p + 3, 200);
 	send1(a, 0x601, IBV_WR_SEND, &ss, 1, 0, 0, 0, "SEND");
 	expect_wc(a_cq, "sender completion", 0x601, IBV_WC_SUCCESS, IBV_WC_SEND, a, NULL);
@@ -551,9 +544,9 @@ static void case_srq_misuse(void)
 		      b->qp_num, EBUSY, rc, strerror(rc));
 
 	set_step("the SRQ still works after the refused destroy");
-	rs = sge(dst->p + 1000, 300, dmr->lkey);
+	rs = buf_sge(dst, 1000, 300);
 	srq_recv1(srq, 0x602, &rs, 1, "SRQ receive");
-	ss = sge(src->p + 1000, 77, smr->lkey);
+	ss = buf_sge(src, 1000, 77);
 	buf_expect(dst, 1000, src->p + 1000, 77);
 	send1(a, 0x603, IBV_WR_SEND, &ss, 1, 0, 0, 0, "SEND");
 	expect_wc(a_cq, "sender completion", 0x603, IBV_WC_SUCCESS, IBV_WC_SEND, a, NULL);
@@ -570,8 +563,6 @@ static void case_srq_misuse(void)
 	destroy_qp(a);
 	destroy_cq(a_cq);
 	destroy_cq(b_cq);
-	dereg(smr);
-	dereg(dmr);
 	buf_free(src);
 	buf_free(dst);
 }
@@ -590,16 +581,14 @@ static void case_srq_rnr(void)
 		rc_connect(a[i], b[i]->qp_num, ACC_ALL);
 		rc_connect(b[i], a[i]->qp_num, ACC_ALL);
 	}
-	struct buf *src = buf_alloc(8192, "source");
-	struct buf *dst = buf_alloc(8192, "receive buffers");
-	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE);
+	struct buf *src = buf_reg(8192, "source", IBV_ACCESS_LOCAL_WRITE);
+	struct buf *dst = buf_reg(8192, "receive buffers", IBV_ACCESS_LOCAL_WRITE);
 	uint32_t len[2] = { 1500, 999 };
 	size_t soff[2] = { 1, 4001 };
 
 	set_step("SENDs from A0 and A1 while the SRQ is empty (rnr_retry 7)");
 	for (int i = 0; i < 2; i++) {
-		struct ibv_sge s = sge(src->p + soff[i], len[i], smr->lkey);
+		struct ibv_sge s = buf_sge(src, soff[i], len[i]);
 		send1(a[i], 0x700 + i, IBV_WR_SEND, &s, 1, 0, 0, 0, "SEND");
 	}
 	expect_empty(scq, 200, "senders while no SRQ receive is posted");
@@ -608,7 +597,7 @@ static void case_srq_rnr(void)
 	int got_first = -1;
 	for (int r = 0; r < 2; r++) {
 		set_step("SRQ receive %d posted late", r);
-		struct ibv_sge rs = sge(dst->p + 3 + 4096 * r, 2000, dmr->lkey);
+		struct ibv_sge rs = buf_sge(dst, 3 + 4096 * r, 2000);
 		srq_recv1(srq, 0x710 + r, &rs, 1, "late SRQ receive");
 		struct ibv_wc wc;
 		char d[400];
@@ -642,8 +631,6 @@ static void case_srq_rnr(void)
 	destroy_cq(scq);
 	destroy_cq(rcq);
 	destroy_cq(other);
-	dereg(smr);
-	dereg(dmr);
 	buf_free(src);
 	buf_free(dst);
 }
@@ -918,8 +905,7 @@ struct ud_env {
 	struct ibv_cq *a_scq, *a_rcq, *b_scq, *b_rcq;
 	struct ibv_qp *a, *b; /* sender, receiver (both can do both) */
 	struct ibv_ah *ah;    /* to our own GID */
-	struct buf *src, *dst;
-	struct ibv_mr *smr, *dmr;
+	struct buf *src, *dst; /* registered (buf_reg) */
 };
 
 static void ud_env_new(struct ud_env *u, size_t srcsz, size_t dstsz)
@@ -931,10 +917,8 @@ static void ud_env_new(struct ud_env *u, size_t srcsz, size_t dstsz)
 	u->a = ud_new(u->a_scq, u->a_rcq, QKEY);
 	u->b = ud_new(u->b_scq, u->b_rcq, QKEY);
 	u->ah = ah_new(&E.gid);
-	u->src = buf_alloc(srcsz, "send buffer");
-	u->dst = buf_alloc(dstsz, "receive buffer");
-	u->smr = reg(u->src->p, u->src->n, IBV_ACCESS_LOCAL_WRITE);
-	u->dmr = reg(u->dst->p, u->dst->n, IBV_ACCESS_LOCAL_WRITE);
+	u->src = buf_reg(srcsz, "send buffer", IBV_ACCESS_LOCAL_WRITE);
+	u->dst = buf_reg(dstsz, "receive buffer", IBV_ACCESS_LOCAL_WRITE);
 }
 
 static void ud_env_free(struct ud_env *u)
@@ -946,8 +930,6 @@ static void ud_env_free(struct ud_env *u)
 	destroy_cq(u->a_rcq);
 	destroy_cq(u->b_scq);
 	destroy_cq(u->b_rcq);
-	dereg(u->smr);
-	dereg(u->dmr);
 	buf_free(u->src);
 	buf_free(u->dst);
 }
@@ -967,10 +949,10 @@ static void case_ud_send(void)
 			set_step("UD %s of %u bytes", imm ? "SEND_WITH_IMM" : "SEND", len);
 			size_t roff = 3 + (si * 2 + imm) * 8192; /* unaligned */
 			size_t soff = 1 + (size_t)imm * 8192 + si;
-			struct ibv_sge rs = sge(u.dst->p + roff, GRH + UD_MTU + 100, u.dmr->lkey);
+			struct ibv_sge rs = buf_sge(u.dst, roff, GRH + UD_MTU + 100);
 			uint64_t rid = 0x1000 + si * 2 + imm;
 			recv1(u.b, rid, &rs, 1, "UD receive");
-			struct ibv_sge ss = sge(u.src->p + soff, len, u.smr->lkey);
+			struct ibv_sge ss = buf_sge(u.src, soff, len);
 			uint32_t immv = 0xC0DE0000u + (uint32_t)si;
 			ud_send1(u.a, 0x2000 + si * 2 + imm, op, &ss, 1, u.ah, u.b->qp_num, QKEY, immv,
 				 "UD send");
@@ -993,11 +975,11 @@ static void case_ud_send(void)
 	set_step("B answers A through ibv_create_ah_from_wc");
 	{
 		size_t roff_b = 23 * 8192 + 3, roff_a = 23 * 8192 + 4096 + 5;
-		struct ibv_sge rs = sge(u.dst->p + roff_b, GRH + 100, u.dmr->lkey);
+		struct ibv_sge rs = buf_sge(u.dst, roff_b, GRH + 100);
 		recv1(u.b, 0x1300, &rs, 1, "receive on B");
-		struct ibv_sge ra = sge(u.dst->p + roff_a, GRH + 100, u.dmr->lkey);
+		struct ibv_sge ra = buf_sge(u.dst, roff_a, GRH + 100);
 		recv1(u.a, 0x1301, &ra, 1, "receive on A");
-		struct ibv_sge ss = sge(u.src->p + 50, 90, u.smr->lkey);
+		struct ibv_sge ss = buf_sge(u.src, 50, 90);
 		ud_send1(u.a, 0x2300, IBV_WR_SEND, &ss, 1, u.ah, u.b->qp_num, QKEY, 0, "request");
 		expect_wc(u.a_scq, "request sender completion", 0x2300, IBV_WC_SUCCESS, IBV_WC_SEND,
 			  u.a, NULL);
@@ -1010,7 +992,7 @@ static void case_ud_send(void)
 			fatal("ibv_create_ah_from_wc(request completion, its GRH, port 1) returned NULL, "
 			      "errno %d (%s)",
 			      errno, strerror(errno));
-		struct ibv_sge sb = sge(u.src->p + 500, 70, u.smr->lkey);
+		struct ibv_sge sb = buf_sge(u.src, 500, 70);
 		ud_send1(u.b, 0x2301, IBV_WR_SEND, &sb, 1, back, wc.src_qp, QKEY, 0, "reply");
 		expect_wc(u.b_scq, "reply sender completion", 0x2301, IBV_WC_SUCCESS, IBV_WC_SEND,
 			  u.b, NULL);
@@ -1038,9 +1020,9 @@ static void case_ud_send(void)
 			      errno, strerror(errno));
 		uint32_t len = 200;
 		size_t roff = 16 * 8192 + 11;
-		struct ibv_sge rs = sge(u.dst->p + roff, GRH + 300, u.dmr->lkey);
+		struct ibv_sge rs = buf_sge(u.dst, roff, GRH + 300);
 		recv1(u.b, 0x1400, &rs, 1, "UD receive");
-		struct ibv_sge ss = sge(u.src->p + 300, len, u.smr->lkey);
+		struct ibv_sge ss = buf_sge(u.src, 300, len);
 		ud_send1(u.a, 0x2400, IBV_WR_SEND, &ss, 1, ah, u.b->qp_num, QKEY, 0, "UD send");
 		expect_wc(u.a_scq, "sender completion", 0x2400, IBV_WC_SUCCESS, IBV_WC_SEND, u.a,
 			  NULL);
@@ -1058,8 +1040,7 @@ static void case_ud_send(void)
 	{
 		uint32_t len = 3000;
 		size_t goff = 20 * 8192 + 5, poff = 21 * 8192 + 9;
-		struct ibv_sge rs[2] = { sge(u.dst->p + goff, GRH, u.dmr->lkey),
-					 sge(u.dst->p + poff, UD_MTU, u.dmr->lkey) };
+		struct ibv_sge rs[2] = { buf_sge(u.dst, goff, GRH),  buf_sge(u.dst, poff, UD_MTU) };
 		struct ibv_recv_wr rw, *bad = NULL;
 		memset(&rw, 0, sizeof(rw));
 		rw.wr_id = 0x1100;
@@ -1068,7 +1049,7 @@ static void case_ud_send(void)
 		int rc = ibv_post_recv(u.b, &rw, &bad);
 		if (rc)
 			fatal("ibv_post_recv with 2 SGEs returned %d (%s)", rc, strerror(rc));
-		struct ibv_sge ss = sge(u.src->p + 100, len, u.smr->lkey);
+		struct ibv_sge ss = buf_sge(u.src, 100, len);
 		ud_send1(u.a, 0x2100, IBV_WR_SEND, &ss, 1, u.ah, u.b->qp_num, QKEY, 0, "UD send");
 		expect_wc(u.a_scq, "sender completion", 0x2100, IBV_WC_SUCCESS, IBV_WC_SEND, u.a,
 			  NULL);
@@ -1084,9 +1065,9 @@ static void case_ud_send(void)
 	{
 		uint32_t len = 321;
 		size_t roff = 22 * 8192 + 1;
-		struct ibv_sge rs = sge(u.dst->p + roff, GRH + len, u.dmr->lkey);
+		struct ibv_sge rs = buf_sge(u.dst, roff, GRH + len);
 		recv1(u.a, 0x1200, &rs, 1, "receive on A");
-		struct ibv_sge ss = sge(u.src->p + 7, len, u.smr->lkey);
+		struct ibv_sge ss = buf_sge(u.src, 7, len);
 		ud_send1(u.a, 0x2200, IBV_WR_SEND_WITH_IMM, &ss, 1, u.ah, u.a->qp_num, QKEY, 0x5E1F,
 			 "UD send to self");
 		expect_wc(u.a_scq, "sender completion", 0x2200, IBV_WC_SUCCESS, IBV_WC_SEND, u.a,
@@ -1105,7 +1086,7 @@ static void case_ud_send(void)
 		int seen[N] = { 0 };
 		for (int k = 0; k < N; k++) {
 			struct ibv_sge rs = sge(u.dst->p + (size_t)(24 + k) * 8192, GRH + UD_MTU,
-						u.dmr->lkey);
+						u.dst->mr->lkey);
 			recv1(u.b, 0x3000 + k, &rs, 1, "burst receive");
 		}
 		/* The messages overlap in the source: tag them all before posting. */
@@ -1116,7 +1097,7 @@ static void case_ud_send(void)
 		for (int k = 0; k < N; k++) {
 			uint32_t len = 8 + (uint32_t)(k * 127) % (UD_MTU - 8);
 			uint8_t *m = u.src->p + 16384 + 64 * (size_t)k;
-			struct ibv_sge ss = sge(m, len, u.smr->lkey);
+			struct ibv_sge ss = sge(m, len, u.src->mr->lkey);
 			ud_send1(u.a, 0x4000 + k, IBV_WR_SEND, &ss, 1, u.ah, u.b->qp_num, QKEY, 0,
 				 "burst send");
 		}
@@ -1166,9 +1147,9 @@ static void case_ud_too_long(void)
 	struct ibv_wc wc;
 
 	set_step("UD SEND of %d bytes (MTU %d) to a receive of 8232 bytes", UD_MTU + 1, UD_MTU);
-	struct ibv_sge rs = sge(u.dst->p + 1, GRH + 8192, u.dmr->lkey);
+	struct ibv_sge rs = buf_sge(u.dst, 1, GRH + 8192);
 	recv1(u.b, 0x1, &rs, 1, "large receive");
-	struct ibv_sge ss = sge(u.src->p, UD_MTU + 1, u.smr->lkey);
+	struct ibv_sge ss = buf_sge(u.src, 0, UD_MTU + 1);
 	ud_send1(u.a, 0x2, IBV_WR_SEND, &ss, 1, u.ah, u.b->qp_num, QKEY, 0, "UD send of MTU + 1");
 	expect_wc(u.a_scq, "sender completion of a message larger than the MTU", 0x2,
 		  IBV_WC_LOC_LEN_ERR, -1, u.a, NULL);
@@ -1189,9 +1170,9 @@ static void case_ud_too_long(void)
 	struct ibv_cq *c_scq = cq_new(16), *c_rcq = cq_new(16);
 	struct ibv_qp *c = ud_new(c_scq, c_rcq, QKEY);
 	struct ibv_qp *a2 = ud_new(u.a_scq, u.a_rcq, QKEY);
-	struct ibv_sge small = sge(u.dst->p + 9000, 100, u.dmr->lkey);
+	struct ibv_sge small = buf_sge(u.dst, 9000, 100);
 	recv1(c, 0x3, &small, 1, "100-byte receive");
-	ss = sge(u.src->p + 5, 100, u.smr->lkey);
+	ss = buf_sge(u.src, 5, 100);
 	ud_send1(a2, 0x4, IBV_WR_SEND, &ss, 1, u.ah, c->qp_num, QKEY, 0, "UD send of 100 bytes");
 	expect_wc(u.a_scq, "sender completion (UD: independent of the receiver)", 0x4,
 		  IBV_WC_SUCCESS, IBV_WC_SEND, a2, NULL);
@@ -1243,15 +1224,15 @@ static void case_ud_qkey(void)
 	struct ibv_sge rs, ss;
 
 	set_step("wrong Q_Key (0x11111112 to a QP with 0x11111111)");
-	rs = sge(u.dst->p + 1, GRH + 200, u.dmr->lkey);
+	rs = buf_sge(u.dst, 1, GRH + 200);
 	recv1(u.b, 0x10, &rs, 1, "receive");
-	ss = sge(u.src->p + 0, 150, u.smr->lkey);
+	ss = buf_sge(u.src, 0, 150);
 	ud_send1(u.a, 0x20, IBV_WR_SEND, &ss, 1, u.ah, u.b->qp_num, QKEY + 1, 0, "send");
 	ud_expect_dropped(u.a, u.a_scq, 0x20, u.b_rcq, "wrong Q_Key");
 	buf_check(u.dst, "receive buffer untouched by the dropped datagram");
 
 	set_step("right Q_Key: the receive still posted gets this message");
-	ss = sge(u.src->p + 1000, 120, u.smr->lkey);
+	ss = buf_sge(u.src, 1000, 120);
 	ud_send1(u.a, 0x21, IBV_WR_SEND, &ss, 1, u.ah, u.b->qp_num, QKEY, 0, "send");
 	ud_expect_delivered(&u, u.a, u.a_scq, 0x21, u.b, u.b_rcq, 0x10, 1, 1000, 120,
 			    "right Q_Key after a wrong one");
@@ -1261,9 +1242,9 @@ static void case_ud_qkey(void)
 	struct ibv_qp *c = ud_new(c_scq, c_rcq, 0x22222222);
 
 	set_step("remote_qkey 0x80000000 from C (own Q_Key 0x22222222 != B's)");
-	rs = sge(u.dst->p + 2001, GRH + 200, u.dmr->lkey);
+	rs = buf_sge(u.dst, 2001, GRH + 200);
 	recv1(u.b, 0x11, &rs, 1, "receive");
-	ss = sge(u.src->p + 2000, 99, u.smr->lkey);
+	ss = buf_sge(u.src, 2000, 99);
 	ud_send1(c, 0x30, IBV_WR_SEND, &ss, 1, u.ah, u.b->qp_num, 0x80000000u, 0, "send");
 	ud_expect_dropped(c, c_scq, 0x30, u.b_rcq,
 			  "high-bit remote_qkey from a QP whose own Q_Key is 0x22222222");
@@ -1274,7 +1255,7 @@ static void case_ud_qkey(void)
 	buf_check(u.dst, "receive buffer untouched by the dropped datagrams");
 
 	set_step("remote_qkey 0x80000000 from A (own Q_Key 0x11111111 = B's)");
-	ss = sge(u.src->p + 3000, 77, u.smr->lkey);
+	ss = buf_sge(u.src, 3000, 77);
 	ud_send1(u.a, 0x22, IBV_WR_SEND, &ss, 1, u.ah, u.b->qp_num, 0x80000000u, 0, "send");
 	ud_expect_delivered(&u, u.a, u.a_scq, 0x22, u.b, u.b_rcq, 0x11, 2001, 3000, 77,
 			    "high-bit remote_qkey from a QP with the receiver's Q_Key");
@@ -1292,12 +1273,12 @@ static void case_ud_qkey(void)
 		fail("ibv_query_qp(IBV_QP_QKEY) returned %d (%s)", rc, strerror(rc));
 	else
 		EXPECT_EQ("ibv_query_qp qkey after the modify", at.qkey, 0x33333333);
-	rs = sge(u.dst->p + 4001, GRH + 200, u.dmr->lkey);
+	rs = buf_sge(u.dst, 4001, GRH + 200);
 	recv1(u.b, 0x12, &rs, 1, "receive");
-	ss = sge(u.src->p + 4000, 55, u.smr->lkey);
+	ss = buf_sge(u.src, 4000, 55);
 	ud_send1(u.a, 0x23, IBV_WR_SEND, &ss, 1, u.ah, u.b->qp_num, QKEY, 0, "send");
 	ud_expect_dropped(u.a, u.a_scq, 0x23, u.b_rcq, "the old Q_Key after a change");
-	ss = sge(u.src->p + 5000, 66, u.smr->lkey);
+	ss = buf_sge(u.src, 5000, 66);
 	ud_send1(u.a, 0x24, IBV_WR_SEND, &ss, 1, u.ah, u.b->qp_num, 0x33333333, 0, "send");
 	ud_expect_delivered(&u, u.a, u.a_scq, 0x24, u.b, u.b_rcq, 0x12, 4001, 5000, 66,
 			    "the new Q_Key");
@@ -1316,14 +1297,14 @@ static void case_ud_drop(void)
 	struct ibv_sge rs, ss;
 
 	set_step("unknown remote_qpn");
-	rs = sge(u.dst->p + 1, GRH + 500, u.dmr->lkey);
+	rs = buf_sge(u.dst, 1, GRH + 500);
 	recv1(u.b, 0x10, &rs, 1, "receive on B");
-	struct ibv_sge ra = sge(u.dst->p + 4001, GRH + 500, u.dmr->lkey);
+	struct ibv_sge ra = buf_sge(u.dst, 4001, GRH + 500);
 	recv1(u.a, 0x90, &ra, 1, "receive on A");
 	uint32_t unknown = (u.b->qp_num + 0x1234) & 0xffffff;
 	if (unknown == u.a->qp_num || unknown == u.b->qp_num || unknown < 2)
 		unknown = (unknown + 0x5000) & 0xffffff;
-	ss = sge(u.src->p, 300, u.smr->lkey);
+	ss = buf_sge(u.src, 0, 300);
 	ud_send1(u.a, 0x20, IBV_WR_SEND, &ss, 1, u.ah, unknown, QKEY, 0, "send");
 	ud_expect_dropped(u.a, u.a_scq, 0x20, u.b_rcq, "unknown remote_qpn");
 	expect_empty(u.a_rcq, 10, "A's own receive CQ");
@@ -1345,7 +1326,7 @@ static void case_ud_drop(void)
 	qp_must(qp_to_init(d, ACC_ALL), d, "RC RESET->INIT");
 	rtr_attr(&at, u.a->qp_num);
 	qp_must(ibv_modify_qp(d, &at, RC_RTR_MASK), d, "RC INIT->RTR");
-	struct ibv_sge rd = sge(u.dst->p + 6001, GRH + 500, u.dmr->lkey);
+	struct ibv_sge rd = buf_sge(u.dst, 6001, GRH + 500);
 	recv1(d, 0x40, &rd, 1, "receive on the RC QP");
 	ud_send1(u.a, 0x22, IBV_WR_SEND, &ss, 1, u.ah, d->qp_num, QKEY, 0, "send");
 	ud_expect_dropped(u.a, u.a_scq, 0x22, d_cq, "UD datagram to an RC QP");
@@ -1358,7 +1339,7 @@ static void case_ud_drop(void)
 	struct ibv_cq *e_scq = cq_new(16), *e_rcq = cq_new(16);
 	struct ibv_qp *e = qp_create(IBV_QPT_UD, e_scq, e_rcq, NULL, &cfg);
 	ud_to_init(e, QKEY);
-	struct ibv_sge re = sge(u.dst->p + 2001, GRH + 500, u.dmr->lkey);
+	struct ibv_sge re = buf_sge(u.dst, 2001, GRH + 500);
 	recv1(e, 0x50, &re, 1, "receive on a UD QP in INIT");
 	ud_send1(u.a, 0x23, IBV_WR_SEND, &ss, 1, u.ah, e->qp_num, QKEY, 0, "send");
 	ud_expect_dropped(u.a, u.a_scq, 0x23, e_rcq, "datagram to a UD QP in INIT");
@@ -1366,13 +1347,13 @@ static void case_ud_drop(void)
 
 	set_step("the same QP moved to RTR receives into the receive posted in INIT");
 	ud_to_rtr(e);
-	ss = sge(u.src->p + 1000, 200, u.smr->lkey);
+	ss = buf_sge(u.src, 1000, 200);
 	ud_send1(u.a, 0x24, IBV_WR_SEND, &ss, 1, u.ah, e->qp_num, QKEY, 0, "send");
 	ud_expect_delivered(&u, u.a, u.a_scq, 0x24, e, e_rcq, 0x50, 2001, 1000, 200,
 			    "datagram to a UD QP in RTR");
 
 	set_step("B's receive is still there after all the drops");
-	ss = sge(u.src->p + 3000, 400, u.smr->lkey);
+	ss = buf_sge(u.src, 3000, 400);
 	ud_send1(u.a, 0x25, IBV_WR_SEND, &ss, 1, u.ah, u.b->qp_num, QKEY, 0, "send");
 	ud_expect_delivered(&u, u.a, u.a_scq, 0x25, u.b, u.b_rcq, 0x10, 1, 3000, 400,
 			    "datagram to B");
@@ -1391,7 +1372,7 @@ static void case_ud_bad_wr(void)
 {
 	struct ud_env u;
 	ud_env_new(&u, 8192, 8192);
-	struct ibv_sge ss = sge(u.src->p, 8, u.smr->lkey);
+	struct ibv_sge ss = buf_sge(u.src, 0, 8);
 	struct ibv_send_wr wr;
 	static const struct {
 		enum ibv_wr_opcode op;
@@ -1424,10 +1405,10 @@ static void case_ud_bad_wr(void)
 	expect_state(u.a, IBV_QPS_RTS, "UD QP after rejected posts");
 
 	set_step("list [valid SEND, RDMA_WRITE]: bad_wr is the second, the first is delivered");
-	struct ibv_sge rs = sge(u.dst->p + 1, GRH + 100, u.dmr->lkey);
+	struct ibv_sge rs = buf_sge(u.dst, 1, GRH + 100);
 	recv1(u.b, 0x10, &rs, 1, "receive");
 	struct ibv_send_wr two[2];
-	struct ibv_sge s1 = sge(u.src->p + 100, 60, u.smr->lkey);
+	struct ibv_sge s1 = buf_sge(u.src, 100, 60);
 	wr_init(&two[0], 0x300, IBV_WR_SEND, &s1, 1, IBV_SEND_SIGNALED);
 	wr_init(&two[1], 0x301, IBV_WR_RDMA_WRITE, &ss, 1, IBV_SEND_SIGNALED);
 	for (int i = 0; i < 2; i++) {
@@ -1453,12 +1434,10 @@ static void case_uc_data(void)
 	expect_state(p.a, IBV_QPS_RTS, "UC A after connect");
 	expect_state(p.b, IBV_QPS_RTS, "UC B after connect");
 	size_t big = 1 << 20;
-	struct buf *src = buf_alloc(big + 8192, "source");
-	struct buf *dst = buf_alloc(big + 8192, "receive buffer");
-	struct buf *tgt = buf_alloc(big + 8192, "RDMA target");
-	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_mr *tmr = reg(tgt->p, tgt->n, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+	struct buf *src = buf_reg(big + 8192, "source", IBV_ACCESS_LOCAL_WRITE);
+	struct buf *dst = buf_reg(big + 8192, "receive buffer", IBV_ACCESS_LOCAL_WRITE);
+	struct buf *tgt = buf_reg(big + 8192, "RDMA target",
+				  IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
 	static const uint32_t sizes[] = { 1, 333, 4096, 4097, 70000, 1 << 20 };
 	char w[200];
 	uint64_t id = 0x100;
@@ -1468,9 +1447,9 @@ static void case_uc_data(void)
 		for (int imm = 0; imm < 2; imm++) {
 			set_step("UC %s of %u bytes", imm ? "SEND_WITH_IMM" : "SEND", len);
 			size_t soff = 1 + si * 3 + (size_t)imm, roff = 5 + si + (size_t)imm * 2;
-			struct ibv_sge rs = sge(dst->p + roff, len + 64, dmr->lkey);
+			struct ibv_sge rs = buf_sge(dst, roff, len + 64);
 			recv1(p.b, id, &rs, 1, "receive");
-			struct ibv_sge ss = sge(src->p + soff, len, smr->lkey);
+			struct ibv_sge ss = buf_sge(src, soff, len);
 			uint32_t immv = 0xAB000000u | (uint32_t)id;
 			send1(p.a, id + 1, imm ? IBV_WR_SEND_WITH_IMM : IBV_WR_SEND, &ss, 1, 0, 0, immv,
 			      "send");
@@ -1489,8 +1468,8 @@ static void case_uc_data(void)
 		uint32_t len = sizes[si];
 		set_step("UC RDMA_WRITE of %u bytes", len);
 		size_t soff = 7 + si, toff = 3 + si * 5;
-		struct ibv_sge ss = sge(src->p + soff, len, smr->lkey);
-		send1(p.a, id, IBV_WR_RDMA_WRITE, &ss, 1, addr_of(tgt->p + toff), tmr->rkey, 0,
+		struct ibv_sge ss = buf_sge(src, soff, len);
+		send1(p.a, id, IBV_WR_RDMA_WRITE, &ss, 1, addr_of(tgt->p + toff), tgt->mr->rkey, 0,
 		      "RDMA_WRITE");
 		expect_wc(p.a_scq, "sender completion", id, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, p.a,
 			  NULL);
@@ -1509,10 +1488,10 @@ static void case_uc_data(void)
 		struct ibv_mr *rmr = reg(rb->p, rb->n, IBV_ACCESS_LOCAL_WRITE);
 		struct ibv_sge rs = sge(rb->p + 1, 32, rmr->lkey);
 		recv1(p.b, id, &rs, 1, "receive");
-		struct ibv_sge ss = sge(src->p + soff, len, smr->lkey);
+		struct ibv_sge ss = buf_sge(src, soff, len);
 		uint32_t immv = 0x1A000000u | (uint32_t)id;
 		send1(p.a, id + 1, IBV_WR_RDMA_WRITE_WITH_IMM, &ss, 1, addr_of(tgt->p + toff),
-		      tmr->rkey, immv, "RDMA_WRITE_WITH_IMM");
+		      tgt->mr->rkey, immv, "RDMA_WRITE_WITH_IMM");
 		expect_wc(p.a_scq, "sender completion", id + 1, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE,
 			  p.a, NULL);
 		snprintf(w, sizeof(w), "receive completion of a %u-byte UC RDMA_WRITE_WITH_IMM", len);
@@ -1528,9 +1507,6 @@ static void case_uc_data(void)
 	expect_empty(p.a_rcq, 10, "A's receive CQ");
 
 	pair_free(&p);
-	dereg(smr);
-	dereg(dmr);
-	dereg(tmr);
 	buf_free(src);
 	buf_free(dst);
 	buf_free(tgt);
@@ -1538,8 +1514,7 @@ static void case_uc_data(void)
 
 static void case_uc_bad_wr(void)
 {
-	struct buf *b = buf_alloc(4096, "buffer");
-	struct ibv_mr *mr = reg(b->p, b->n, ACC_ALL);
+	struct buf *b = buf_reg(4096, "buffer", ACC_ALL);
 	struct ibv_qp_attr at;
 	int rc;
 
@@ -1570,7 +1545,7 @@ static void case_uc_bad_wr(void)
 
 	struct pair p;
 	pair_new(&p, IBV_QPT_UC, ACC_RW);
-	struct ibv_sge a8 = sge(b->p + 8, 8, mr->lkey);
+	struct ibv_sge a8 = buf_sge(b, 8, 8);
 	struct ibv_send_wr wr;
 	static const struct {
 		enum ibv_wr_opcode op;
@@ -1586,10 +1561,10 @@ static void case_uc_bad_wr(void)
 		wr_init(&wr, 0x100 + i, bad_ops[i].op, &a8, 1, IBV_SEND_SIGNALED);
 		if (bad_ops[i].op == IBV_WR_RDMA_READ) {
 			wr.wr.rdma.remote_addr = addr_of(b->p + 1024);
-			wr.wr.rdma.rkey = mr->rkey;
+			wr.wr.rdma.rkey = b->mr->rkey;
 		} else {
 			wr.wr.atomic.remote_addr = addr_of(b->p + 1024);
-			wr.wr.atomic.rkey = mr->rkey;
+			wr.wr.atomic.rkey = b->mr->rkey;
 			wr.wr.atomic.compare_add = 1;
 		}
 		snprintf(w, sizeof(w), "post_send of %s on a UC QP", bad_ops[i].name);
@@ -1600,9 +1575,9 @@ static void case_uc_bad_wr(void)
 	expect_state(p.a, IBV_QPS_RTS, "UC QP after rejected posts");
 
 	set_step("a valid SEND after the rejected WRs");
-	struct ibv_sge rs = sge(b->p + 2001, 100, mr->lkey);
+	struct ibv_sge rs = buf_sge(b, 2001, 100);
 	recv1(p.b, 0x10, &rs, 1, "receive");
-	struct ibv_sge ss = sge(b->p + 3001, 50, mr->lkey);
+	struct ibv_sge ss = buf_sge(b, 3001, 50);
 	send1(p.a, 0x11, IBV_WR_SEND, &ss, 1, 0, 0, 0, "send");
 	expect_wc(p.a_scq, "sender completion", 0x11, IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
 	expect_recv(p.b_rcq, "receive", 0x10, p.b, 50, 0, 0, IBV_WC_RECV, NULL);
@@ -1610,7 +1585,6 @@ static void case_uc_bad_wr(void)
 	buf_check(b, "buffer");
 
 	pair_free(&p);
-	dereg(mr);
 	buf_free(b);
 }
 
@@ -1618,24 +1592,22 @@ static void case_uc_drop(void)
 {
 	struct pair p;
 	pair_new(&p, IBV_QPT_UC, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
-	struct buf *src = buf_alloc(16384, "source");
-	struct buf *dst = buf_alloc(16384, "receive buffer");
-	struct buf *tgt = buf_alloc(4096, "RDMA target");
-	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_mr *tmr = reg(tgt->p, tgt->n, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+	struct buf *src = buf_reg(16384, "source", IBV_ACCESS_LOCAL_WRITE);
+	struct buf *dst = buf_reg(16384, "receive buffer", IBV_ACCESS_LOCAL_WRITE);
+	struct buf *tgt = buf_reg(4096, "RDMA target",
+				  IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
 	struct ibv_sge ss, rs;
 
 	set_step("UC SEND with no receive posted");
-	ss = sge(src->p + 1, 3000, smr->lkey);
+	ss = buf_sge(src, 1, 3000);
 	send1(p.a, 0x20, IBV_WR_SEND, &ss, 1, 0, 0, 0, "SEND without a receive");
 	expect_wc(p.a_scq, "sender completion of a dropped UC SEND (no ACK: success)", 0x20,
 		  IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
 	expect_empty(p.b_rcq, 50, "receiver CQ (nothing to receive into)");
 
 	set_step("UC RDMA_WRITE_WITH_IMM with no receive posted");
-	ss = sge(src->p + 5000, 500, smr->lkey);
-	send1(p.a, 0x21, IBV_WR_RDMA_WRITE_WITH_IMM, &ss, 1, addr_of(tgt->p + 16), tmr->rkey,
+	ss = buf_sge(src, 5000, 500);
+	send1(p.a, 0x21, IBV_WR_RDMA_WRITE_WITH_IMM, &ss, 1, addr_of(tgt->p + 16), tgt->mr->rkey,
 	      0x77, "RDMA_WRITE_WITH_IMM without a receive");
 	expect_wc(p.a_scq, "sender completion of a dropped UC RDMA_WRITE_WITH_IMM", 0x21,
 		  IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, p.a, NULL);
@@ -1643,11 +1615,11 @@ static void case_uc_drop(void)
 	buf_accept(tgt, 16, 500);
 
 	set_step("a receive posted afterwards gets the next SEND, not the dropped ones");
-	rs = sge(dst->p + 3, 8192, dmr->lkey);
+	rs = buf_sge(dst, 3, 8192);
 	recv1(p.b, 0x30, &rs, 1, "receive");
 	expect_empty(p.b_rcq, DROP_WAIT_MS,
 		     "receiver after posting a receive (the dropped messages must not arrive late)");
-	ss = sge(src->p + 9000, 1234, smr->lkey);
+	ss = buf_sge(src, 9000, 1234);
 	send1(p.a, 0x22, IBV_WR_SEND, &ss, 1, 0, 0, 0, "SEND");
 	expect_wc(p.a_scq, "sender completion", 0x22, IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
 	expect_recv(p.b_rcq, "receive of the SEND posted after the receive", 0x30, p.b, 1234, 0, 0,
@@ -1656,15 +1628,15 @@ static void case_uc_drop(void)
 	buf_check(dst, "receive buffer (only the last SEND's data)");
 
 	set_step("UC RDMA_WRITE with an rkey the responder does not know");
-	struct ibv_mr *mrs[3] = { smr, dmr, tmr };
+	struct ibv_mr *mrs[3] = { src->mr, dst->mr, tgt->mr };
 	uint32_t badkey = unused_key(mrs, 3);
-	ss = sge(src->p + 100, 200, smr->lkey);
+	ss = buf_sge(src, 100, 200);
 	send1(p.a, 0x23, IBV_WR_RDMA_WRITE, &ss, 1, addr_of(tgt->p + 1000), badkey, 0,
 	      "RDMA_WRITE with a bad rkey");
 	expect_wc(p.a_scq, "sender completion (UC: no NAK, success)", 0x23, IBV_WC_SUCCESS,
 		  IBV_WC_RDMA_WRITE, p.a, NULL);
 	set_step("UC RDMA_WRITE beyond the end of the target MR");
-	send1(p.a, 0x24, IBV_WR_RDMA_WRITE, &ss, 1, addr_of(tgt->p + 4000), tmr->rkey, 0,
+	send1(p.a, 0x24, IBV_WR_RDMA_WRITE, &ss, 1, addr_of(tgt->p + 4000), tgt->mr->rkey, 0,
 	      "RDMA_WRITE out of bounds");
 	expect_wc(p.a_scq, "sender completion (UC: no NAK, success)", 0x24, IBV_WC_SUCCESS,
 		  IBV_WC_RDMA_WRITE, p.a, NULL);
@@ -1674,15 +1646,15 @@ static void case_uc_drop(void)
 	expect_state(p.b, IBV_QPS_RTS, "UC responder after dropped writes (silently dropped)");
 
 	set_step("the connection still works after the dropped writes");
-	ss = sge(src->p + 200, 300, smr->lkey);
-	send1(p.a, 0x25, IBV_WR_RDMA_WRITE, &ss, 1, addr_of(tgt->p + 2000), tmr->rkey, 0,
+	ss = buf_sge(src, 200, 300);
+	send1(p.a, 0x25, IBV_WR_RDMA_WRITE, &ss, 1, addr_of(tgt->p + 2000), tgt->mr->rkey, 0,
 	      "RDMA_WRITE");
 	expect_wc(p.a_scq, "sender completion", 0x25, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, p.a, NULL);
 	buf_expect(tgt, 2000, src->p + 200, 300);
 	buf_check(tgt, "RDMA target");
-	rs = sge(dst->p + 10000, 100, dmr->lkey);
+	rs = buf_sge(dst, 10000, 100);
 	recv1(p.b, 0x31, &rs, 1, "receive");
-	ss = sge(src->p + 300, 100, smr->lkey);
+	ss = buf_sge(src, 300, 100);
 	send1(p.a, 0x26, IBV_WR_SEND, &ss, 1, 0, 0, 0, "SEND");
 	expect_wc(p.a_scq, "sender completion", 0x26, IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
 	expect_recv(p.b_rcq, "receive", 0x31, p.b, 100, 0, 0, IBV_WC_RECV, NULL);
@@ -1690,9 +1662,6 @@ static void case_uc_drop(void)
 	buf_check(dst, "receive buffer");
 
 	pair_free(&p);
-	dereg(smr);
-	dereg(dmr);
-	dereg(tmr);
 	buf_free(src);
 	buf_free(dst);
 	buf_free(tgt);
@@ -1719,8 +1688,7 @@ static void case_uc_drop(void)
 struct at_env {
 	struct ibv_cq *scq, *other;
 	struct ibv_qp *a[AT_QPS], *b[AT_QPS];
-	struct buf *target;
-	struct ibv_mr *tmr;
+	struct buf *target; /* registered (buf_reg) */
 	uint64_t *counter;
 };
 
@@ -1739,8 +1707,7 @@ static void at_env_new(struct at_env *t, int sig_all)
 		rc_connect(t->a[i], t->b[i]->qp_num, ACC_ALL);
 		rc_connect(t->b[i], t->a[i]->qp_num, ACC_ALL);
 	}
-	t->target = buf_alloc(4096, "atomic target");
-	t->tmr = reg(t->target->p, t->target->n, ACC_ALL);
+	t->target = buf_reg(4096, "atomic target", ACC_ALL);
 	t->counter = (uint64_t *)(void *)(t->target->p + 64);
 	if (((uintptr_t)t->counter & 7) != 0)
 		fatal("test bug: counter not 8-byte aligned");
@@ -1756,7 +1723,6 @@ static void at_env_free(struct at_env *t)
 	}
 	destroy_cq(t->scq);
 	destroy_cq(t->other);
-	dereg(t->tmr);
 	buf_free(t->target);
 }
 
@@ -1778,8 +1744,7 @@ static void case_atomic_faa_contention(void)
 	struct at_env t;
 	at_env_new(&t, 0);
 	size_t nres = (size_t)AT_QPS * AT_FAA_N;
-	struct buf *res = buf_alloc(nres * 8 + 64, "FETCH_AND_ADD results");
-	struct ibv_mr *rmr = reg(res->p, res->n, IBV_ACCESS_LOCAL_WRITE);
+	struct buf *res = buf_reg(nres * 8 + 64, "FETCH_AND_ADD results", IBV_ACCESS_LOCAL_WRITE);
 	/* Result of op j of QP i: res + 8 + (i*N + j)*8. */
 #define RES_AT(i, j) (res->p + 8 + ((size_t)(i) * AT_FAA_N + (size_t)(j)) * 8)
 	int posted[AT_QPS] = { 0 }, done[AT_QPS] = { 0 };
@@ -1802,12 +1767,12 @@ static void case_atomic_faa_contention(void)
 			       posted[i] + n - done[i] < AT_DEPTH &&
 			       posted[i] + n < min_done + AT_WINDOW) {
 				int j = posted[i] + n;
-				sges[n] = sge(RES_AT(i, j), 8, rmr->lkey);
+				sges[n] = sge(RES_AT(i, j), 8, res->mr->lkey);
 				wr_init(&wrs[n], ((uint64_t)i << 32) | (uint64_t)j,
 					IBV_WR_ATOMIC_FETCH_AND_ADD, &sges[n], 1,
 					faa_signaled(j) ? IBV_SEND_SIGNALED : 0);
 				wrs[n].wr.atomic.remote_addr = addr_of(t.counter);
-				wrs[n].wr.atomic.rkey = t.tmr->rkey;
+				wrs[n].wr.atomic.rkey = t.target->mr->rkey;
 				wrs[n].wr.atomic.compare_add = 1;
 				wrs[n].next = NULL;
 				if (n > 0)
@@ -1913,7 +1878,6 @@ static void case_atomic_faa_contention(void)
 #undef RES_AT
 	free(seen);
 	free(owner);
-	dereg(rmr);
 	buf_free(res);
 	at_env_free(&t);
 }
@@ -1922,8 +1886,7 @@ static void case_atomic_cas_contention(void)
 {
 	struct at_env t;
 	at_env_new(&t, 1);
-	struct buf *res = buf_alloc(AT_QPS * 8 + 16, "CMP_AND_SWP results");
-	struct ibv_mr *rmr = reg(res->p, res->n, IBV_ACCESS_LOCAL_WRITE);
+	struct buf *res = buf_reg(AT_QPS * 8 + 16, "CMP_AND_SWP results", IBV_ACCESS_LOCAL_WRITE);
 	struct ibv_send_wr wr;
 	struct ibv_sge s;
 	struct ibv_wc wc;
@@ -1931,10 +1894,10 @@ static void case_atomic_cas_contention(void)
 	set_step("CMP_AND_SWP with a compare value that does not match");
 	uint64_t seven = 7;
 	buf_set(t.target, 64, &seven, 8);
-	s = sge(res->p + 8, 8, rmr->lkey);
+	s = buf_sge(res, 8, 8);
 	wr_init(&wr, 0x1, IBV_WR_ATOMIC_CMP_AND_SWP, &s, 1, IBV_SEND_SIGNALED);
 	wr.wr.atomic.remote_addr = addr_of(t.counter);
-	wr.wr.atomic.rkey = t.tmr->rkey;
+	wr.wr.atomic.rkey = t.target->mr->rkey;
 	wr.wr.atomic.compare_add = 5;
 	wr.wr.atomic.swap = 99;
 	post_send_ok(t.a[0], &wr, "CMP_AND_SWP(5 -> 99)");
@@ -1960,11 +1923,11 @@ static void case_atomic_cas_contention(void)
 		for (int i = 0; i < AT_QPS; i++) {
 			if (busy[i] || succ[i] >= AT_CAS_K)
 				continue;
-			s = sge(res->p + 8 + 8 * i, 8, rmr->lkey);
+			s = buf_sge(res, 8 + 8 * i, 8);
 			wr_init(&wr, ((uint64_t)i << 32) | seq[i], IBV_WR_ATOMIC_CMP_AND_SWP, &s, 1,
 				IBV_SEND_SIGNALED);
 			wr.wr.atomic.remote_addr = addr_of(t.counter);
-			wr.wr.atomic.rkey = t.tmr->rkey;
+			wr.wr.atomic.rkey = t.target->mr->rkey;
 			wr.wr.atomic.compare_add = guess[i];
 			wr.wr.atomic.swap = guess[i] + 1;
 			post_send_ok(t.a[i], &wr, "CMP_AND_SWP");
@@ -2031,7 +1994,6 @@ static void case_atomic_cas_contention(void)
 	buf_accept(res, 8, AT_QPS * 8);
 	buf_check(res, "results buffer outside the result slots");
 	free(seen);
-	dereg(rmr);
 	buf_free(res);
 	at_env_free(&t);
 }
@@ -2049,9 +2011,8 @@ static void atomic_error(const char *what, enum ibv_wr_opcode op, struct buf *tg
 	set_step("%s", what);
 	pair_new(&p, IBV_QPT_RC, access_b);
 	struct ibv_mr *tmr = reg(tgt->p, tgt->n, mr_access);
-	struct buf *loc = buf_alloc(64, "local result");
-	struct ibv_mr *lmr = reg(loc->p, loc->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_sge s = sge(loc->p + 8, 8, lmr->lkey);
+	struct buf *loc = buf_reg(64, "local result", IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_sge s = buf_sge(loc, 8, 8);
 	struct ibv_send_wr wr;
 	wr_init(&wr, 0xE1, op, &s, 1, IBV_SEND_SIGNALED);
 	wr.wr.atomic.remote_addr = addr_of(tgt->p + off);
@@ -2072,7 +2033,6 @@ static void atomic_error(const char *what, enum ibv_wr_opcode op, struct buf *tg
 	expect_state(p.a, IBV_QPS_ERR, "RC requester after a remote error");
 	expect_empty(p.b_rcq, 50, "responder receive CQ");
 	pair_free(&p);
-	dereg(lmr);
 	buf_free(loc);
 	dereg(tmr);
 }
@@ -2137,8 +2097,7 @@ struct fair {
 	struct ibv_cq *scq;  /* send CQ of A0 and A1 */
 	struct ibv_cq *rcq;  /* every other queue */
 	struct ibv_qp *a0, *b0, *a1, *b1;
-	struct buf *src0, *dst0, *src1, *dst1;
-	struct ibv_mr *src0_mr, *dst0_mr, *src1_mr, *dst1_mr;
+	struct buf *src0, *dst0, *src1, *dst1; /* registered (buf_reg) */
 	uint64_t posted, done;  /* QP0 writes; wr_id = sequence number */
 	int qp1;                /* QP1's completion was polled */
 	uint64_t qp1_at;        /* QP0 completions polled before it */
@@ -2152,10 +2111,10 @@ static void fair_refill(struct fair *f)
 	int n = 0;
 	while (f->posted + n - f->done < FAIR_DEPTH) {
 		uint64_t seq = f->posted + n;
-		sges[n] = sge(f->src0->p, FAIR_WRITE, f->src0_mr->lkey);
+		sges[n] = buf_sge(f->src0, 0, FAIR_WRITE);
 		wr_init(&wrs[n], seq, IBV_WR_RDMA_WRITE, &sges[n], 1, IBV_SEND_SIGNALED);
 		wrs[n].wr.rdma.remote_addr = addr_of(f->dst0->p);
-		wrs[n].wr.rdma.rkey = f->dst0_mr->rkey;
+		wrs[n].wr.rdma.rkey = f->dst0->mr->rkey;
 		if (n > 0)
 			wrs[n - 1].next = &wrs[n];
 		n++;
@@ -2232,29 +2191,25 @@ static void case_huge_write_yields(void)
 	rc_connect(b0, a0->qp_num, ACC_ALL);
 	rc_connect(a1, b1->qp_num, ACC_ALL);
 	rc_connect(b1, a1->qp_num, ACC_ALL);
-	struct buf *src0 = buf_alloc(HUGE_WRITE, "QP0 source");
-	struct buf *dst0 = buf_alloc(HUGE_WRITE, "QP0 target");
-	struct buf *src1 = buf_alloc(FAIR_SMALL, "QP1 source");
-	struct buf *dst1 = buf_alloc(4096, "QP1 target");
-	struct ibv_mr *src0_mr = reg(src0->p, src0->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_mr *dst0_mr = reg(dst0->p, dst0->n, ACC_RW);
-	struct ibv_mr *src1_mr = reg(src1->p, src1->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_mr *dst1_mr = reg(dst1->p, dst1->n, ACC_RW);
-	struct ibv_sge s0 = sge(src0->p, HUGE_WRITE, src0_mr->lkey);
-	struct ibv_sge s1 = sge(src1->p, FAIR_SMALL, src1_mr->lkey);
+	struct buf *src0 = buf_reg(HUGE_WRITE, "QP0 source", IBV_ACCESS_LOCAL_WRITE);
+	struct buf *dst0 = buf_reg(HUGE_WRITE, "QP0 target", ACC_RW);
+	struct buf *src1 = buf_reg(FAIR_SMALL, "QP1 source", IBV_ACCESS_LOCAL_WRITE);
+	struct buf *dst1 = buf_reg(4096, "QP1 target", ACC_RW);
+	struct ibv_sge s0 = buf_sge(src0, 0, HUGE_WRITE);
+	struct ibv_sge s1 = buf_sge(src1, 0, FAIR_SMALL);
 
 	/* Both QPs have written once: what follows is not first use. */
 	set_step("a small RDMA_WRITE on each QP, alone");
-	send1(a0, 1, IBV_WR_RDMA_WRITE, &s1, 1, addr_of(dst0->p), dst0_mr->rkey, 0, "QP0 warm-up");
+	send1(a0, 1, IBV_WR_RDMA_WRITE, &s1, 1, addr_of(dst0->p), dst0->mr->rkey, 0, "QP0 warm-up");
 	expect_wc(scq, "QP0 warm-up", 1, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, a0, NULL);
 	buf_expect(dst0, 0, src1->p, FAIR_SMALL);
-	send1(a1, 2, IBV_WR_RDMA_WRITE, &s1, 1, addr_of(dst1->p), dst1_mr->rkey, 0, "QP1 warm-up");
+	send1(a1, 2, IBV_WR_RDMA_WRITE, &s1, 1, addr_of(dst1->p), dst1->mr->rkey, 0, "QP1 warm-up");
 	expect_wc(scq, "QP1 warm-up", 2, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, a1, NULL);
 	buf_expect(dst1, 0, src1->p, FAIR_SMALL);
 
 	set_step("QP0 posts one %u MiB RDMA_WRITE; once it started, QP1 posts a %d-byte one",
 		 HUGE_WRITE >> 20, FAIR_SMALL);
-	send1(a0, 10, IBV_WR_RDMA_WRITE, &s0, 1, addr_of(dst0->p), dst0_mr->rkey, 0,
+	send1(a0, 10, IBV_WR_RDMA_WRITE, &s0, 1, addr_of(dst0->p), dst0->mr->rkey, 0,
 	      "QP0's huge RDMA_WRITE");
 	/* Writes land in ascending order: the first bytes say it started. */
 	double t0 = now_s();
@@ -2263,7 +2218,7 @@ static void case_huge_write_yields(void)
 			fatal("QP0's huge write did not start within %.0f s", POLL_TIMEOUT_S);
 		sched_yield();
 	}
-	send1(a1, 11, IBV_WR_RDMA_WRITE, &s1, 1, addr_of(dst1->p + 512), dst1_mr->rkey, 0,
+	send1(a1, 11, IBV_WR_RDMA_WRITE, &s1, 1, addr_of(dst1->p + 512), dst1->mr->rkey, 0,
 	      "QP1's small RDMA_WRITE");
 	buf_expect(dst0, 0, src0->p, HUGE_WRITE);
 	buf_expect(dst1, 512, src1->p, FAIR_SMALL);
@@ -2286,9 +2241,6 @@ static void case_huge_write_yields(void)
 		destroy_qp(qps[i]);
 	destroy_cq(scq);
 	destroy_cq(rcq);
-	struct ibv_mr *mrs[4] = { src0_mr, dst0_mr, src1_mr, dst1_mr };
-	for (int i = 0; i < 4; i++)
-		dereg(mrs[i]);
 	struct buf *bufs[4] = { src0, dst0, src1, dst1 };
 	for (int i = 0; i < 4; i++)
 		buf_free(bufs[i]);
@@ -2310,21 +2262,17 @@ static void case_fairness(void)
 	rc_connect(f.b0, f.a0->qp_num, ACC_ALL);
 	rc_connect(f.a1, f.b1->qp_num, ACC_ALL);
 	rc_connect(f.b1, f.a1->qp_num, ACC_ALL);
-	f.src0 = buf_alloc(FAIR_WRITE, "QP0 source");
-	f.dst0 = buf_alloc(FAIR_WRITE, "QP0 target");
-	f.src1 = buf_alloc(FAIR_SMALL, "QP1 source");
-	f.dst1 = buf_alloc(4096, "QP1 target");
-	f.src0_mr = reg(f.src0->p, f.src0->n, IBV_ACCESS_LOCAL_WRITE);
-	f.dst0_mr = reg(f.dst0->p, f.dst0->n, ACC_RW);
-	f.src1_mr = reg(f.src1->p, f.src1->n, IBV_ACCESS_LOCAL_WRITE);
-	f.dst1_mr = reg(f.dst1->p, f.dst1->n, ACC_RW);
+	f.src0 = buf_reg(FAIR_WRITE, "QP0 source", IBV_ACCESS_LOCAL_WRITE);
+	f.dst0 = buf_reg(FAIR_WRITE, "QP0 target", ACC_RW);
+	f.src1 = buf_reg(FAIR_SMALL, "QP1 source", IBV_ACCESS_LOCAL_WRITE);
+	f.dst1 = buf_reg(4096, "QP1 target", ACC_RW);
 	unsigned spins = 0;
 
 	/* QP1 writes once alone: what is timed below is waiting, not first use. */
 	set_step("QP1's first RDMA_WRITE, alone");
-	struct ibv_sge s1 = sge(f.src1->p, FAIR_SMALL, f.src1_mr->lkey);
+	struct ibv_sge s1 = buf_sge(f.src1, 0, FAIR_SMALL);
 	send1(f.a1, FAIR_QP1_WRID - 1, IBV_WR_RDMA_WRITE, &s1, 1, addr_of(f.dst1->p),
-	      f.dst1_mr->rkey, 0, "QP1's first RDMA_WRITE");
+	      f.dst1->mr->rkey, 0, "QP1's first RDMA_WRITE");
 	expect_wc(f.scq, "QP1's first RDMA_WRITE", FAIR_QP1_WRID - 1, IBV_WC_SUCCESS,
 		  IBV_WC_RDMA_WRITE, f.a1, NULL);
 	buf_expect(f.dst1, 0, f.src1->p, FAIR_SMALL);
@@ -2353,7 +2301,7 @@ static void case_fairness(void)
 	uint64_t done_at_post = f.done;
 	buf_expect(f.dst1, 512, f.src1->p, FAIR_SMALL);
 	send1(f.a1, FAIR_QP1_WRID, IBV_WR_RDMA_WRITE, &s1, 1, addr_of(f.dst1->p + 512),
-	      f.dst1_mr->rkey, 0, "QP1's small RDMA_WRITE");
+	      f.dst1->mr->rkey, 0, "QP1's small RDMA_WRITE");
 	/* QP0 keeps streaming until FAIR_AFTER of its writes completed after
 	 * QP1's, or until FAIR_STARVED completed without QP1's. */
 	last = now_s();
@@ -2417,10 +2365,6 @@ static void case_fairness(void)
 		destroy_qp(qps[i]);
 	destroy_cq(f.scq);
 	destroy_cq(f.rcq);
-	dereg(f.src0_mr);
-	dereg(f.dst0_mr);
-	dereg(f.src1_mr);
-	dereg(f.dst1_mr);
 	buf_free(f.src0);
 	buf_free(f.dst0);
 	buf_free(f.src1);

@@ -134,8 +134,6 @@ struct fz {
 	struct pair p;
 	struct buf *src, *lres, *ares;
 	struct buf *rbuf, *tgt, *rsrc, *atom;
-	struct ibv_mr *smr, *lmr, *amr;
-	struct ibv_mr *rmr, *tmr, *qmr, *xmr;
 	uint64_t id;
 	unsigned ops;
 };
@@ -151,9 +149,9 @@ static void fz_send(struct fz *f, size_t len, int with_imm)
 	uint64_t id = f->id;
 	f->id += 2;
 	buf_randomize(f->src, soff, len);
-	struct ibv_sge rs = sge(f->rbuf->p + roff, (uint32_t)room, f->rmr->lkey);
+	struct ibv_sge rs = buf_sge(f->rbuf, roff, (uint32_t)room);
 	recv1(f->p.b, id, &rs, 1, "receive");
-	struct ibv_sge ss = sge(f->src->p + soff, (uint32_t)len, f->smr->lkey);
+	struct ibv_sge ss = buf_sge(f->src, soff, (uint32_t)len);
 	send1(f->p.a, id + 1, with_imm ? IBV_WR_SEND_WITH_IMM : IBV_WR_SEND, &ss, 1, 0, 0, imm,
 	      with_imm ? "SEND_WITH_IMM" : "SEND");
 	snprintf(w, sizeof(w), "sender completion of a %zu-byte %s", len,
@@ -161,7 +159,8 @@ static void fz_send(struct fz *f, size_t len, int with_imm)
 	expect_wc(f->p.a_scq, w, id + 1, IBV_WC_SUCCESS, IBV_WC_SEND, f->p.a, NULL);
 	snprintf(w, sizeof(w), "receive completion of a %zu-byte %s into a %zu-byte buffer", len,
 		 with_imm ? "SEND_WITH_IMM" : "SEND", room);
-	expect_recv_from(f->p.b_rcq, w, id, f->p.b, f->p.a, (uint32_t)len, with_imm, imm, IBV_WC_RECV);
+	expect_recv_from(f->p.b_rcq, w, id, f->p.b, f->p.a, (uint32_t)len, with_imm, imm,
+			 IBV_WC_RECV);
 	buf_expect(f->rbuf, roff, f->src->p + soff, len);
 	snprintf(w, sizeof(w), "receive buffer after a %zu-byte %s", len,
 		 with_imm ? "SEND_WITH_IMM" : "SEND");
@@ -181,12 +180,12 @@ static void fz_write(struct fz *f, size_t len, int with_imm)
 	buf_randomize(f->src, soff, len);
 	if (with_imm) {
 		/* Consumes a receive but writes nothing into its buffer. */
-		struct ibv_sge rs = sge(f->rbuf->p + 8, 64, f->rmr->lkey);
+		struct ibv_sge rs = buf_sge(f->rbuf, 8, 64);
 		recv1(f->p.b, id, &rs, 1, "receive for RDMA_WRITE_WITH_IMM");
 	}
-	struct ibv_sge ss = sge(f->src->p + soff, (uint32_t)len, f->smr->lkey);
+	struct ibv_sge ss = buf_sge(f->src, soff, (uint32_t)len);
 	send1(f->p.a, id + 1, with_imm ? IBV_WR_RDMA_WRITE_WITH_IMM : IBV_WR_RDMA_WRITE, &ss, 1,
-	      addr_of(f->tgt->p + toff), f->tmr->rkey, imm,
+	      addr_of(f->tgt->p + toff), f->tgt->mr->rkey, imm,
 	      with_imm ? "RDMA_WRITE_WITH_IMM" : "RDMA_WRITE");
 	snprintf(w, sizeof(w), "sender completion of a %zu-byte %s", len,
 		 with_imm ? "RDMA_WRITE_WITH_IMM" : "RDMA_WRITE");
@@ -212,9 +211,9 @@ static void fz_read(struct fz *f, size_t len)
 	size_t loff = rnd_range(0, f->lres->n - len);
 	uint64_t id = f->id++;
 	buf_randomize(f->rsrc, roff, len);
-	struct ibv_sge ls = sge(f->lres->p + loff, (uint32_t)len, f->lmr->lkey);
-	send1(f->p.a, id, IBV_WR_RDMA_READ, &ls, 1, addr_of(f->rsrc->p + roff), f->qmr->rkey, 0,
-	      "RDMA_READ");
+	struct ibv_sge ls = buf_sge(f->lres, loff, (uint32_t)len);
+	send1(f->p.a, id, IBV_WR_RDMA_READ, &ls, 1, addr_of(f->rsrc->p + roff), f->rsrc->mr->rkey,
+	      0, "RDMA_READ");
 	snprintf(w, sizeof(w), "completion of a %zu-byte RDMA_READ", len);
 	expect_wc_len(f->p.a_scq, w, id, IBV_WC_RDMA_READ, f->p.a, (uint32_t)len);
 	buf_expect(f->lres, loff, f->rsrc->p + roff, len);
@@ -233,12 +232,12 @@ static void fz_atomic(struct fz *f, int cas, int hit)
 	uint64_t old, add = rnd64(), swap = rnd64(), now_v, res;
 	uint64_t id = f->id++;
 	memcpy(&old, f->atom->p + 8 * k, 8);
-	struct ibv_sge s = sge(f->ares->p + 8 * j, 8, f->amr->lkey);
+	struct ibv_sge s = buf_sge(f->ares, 8 * j, 8);
 	struct ibv_send_wr wr;
 	wr_init(&wr, id, cas ? IBV_WR_ATOMIC_CMP_AND_SWP : IBV_WR_ATOMIC_FETCH_AND_ADD, &s, 1,
 		IBV_SEND_SIGNALED);
 	wr.wr.atomic.remote_addr = addr_of(f->atom->p + 8 * k);
-	wr.wr.atomic.rkey = f->xmr->rkey;
+	wr.wr.atomic.rkey = f->atom->mr->rkey;
 	wr.wr.atomic.compare_add = cas ? (hit ? old : old ^ 0x0101010101010101ULL) : add;
 	wr.wr.atomic.swap = swap;
 	snprintf(w, sizeof(w), "%s%s on target word %zu",
@@ -263,22 +262,18 @@ static void fz_new(struct fz *f)
 	memset(f, 0, sizeof(*f));
 	pair_new(&f->p, NULL);
 	set_step("register the buffers");
-	f->src = buf_alloc(FZ_BIG + FZ_SLACK, "A: source");
-	f->lres = buf_alloc(FZ_BIG + FZ_SLACK, "A: RDMA_READ destination");
-	f->ares = buf_alloc(64, "A: atomic results");
-	f->rbuf = buf_alloc(FZ_MAX_SEND + 256, "B: receive buffers");
-	f->tgt = buf_alloc(FZ_BIG + FZ_SLACK, "B: RDMA_WRITE target");
-	f->rsrc = buf_alloc(FZ_BIG + FZ_SLACK, "B: RDMA_READ source");
-	f->atom = buf_alloc(64, "B: atomic targets");
+	f->src = buf_reg(FZ_BIG + FZ_SLACK, "A: source", IBV_ACCESS_LOCAL_WRITE);
+	f->lres = buf_reg(FZ_BIG + FZ_SLACK, "A: RDMA_READ destination", IBV_ACCESS_LOCAL_WRITE);
+	f->ares = buf_reg(64, "A: atomic results", IBV_ACCESS_LOCAL_WRITE);
+	f->rbuf = buf_reg(FZ_MAX_SEND + 256, "B: receive buffers", IBV_ACCESS_LOCAL_WRITE);
+	f->tgt = buf_reg(FZ_BIG + FZ_SLACK, "B: RDMA_WRITE target",
+			 IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+	f->rsrc = buf_reg(FZ_BIG + FZ_SLACK, "B: RDMA_READ source",
+			  IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ);
+	f->atom = buf_reg(64, "B: atomic targets",
+			  IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_ATOMIC);
 	if (((uintptr_t)f->atom->p & 7) != 0)
 		fatal("test bug: atomic targets not 8-byte aligned");
-	f->smr = reg(f->src->p, f->src->n, IBV_ACCESS_LOCAL_WRITE);
-	f->lmr = reg(f->lres->p, f->lres->n, IBV_ACCESS_LOCAL_WRITE);
-	f->amr = reg(f->ares->p, f->ares->n, IBV_ACCESS_LOCAL_WRITE);
-	f->rmr = reg(f->rbuf->p, f->rbuf->n, IBV_ACCESS_LOCAL_WRITE);
-	f->tmr = reg(f->tgt->p, f->tgt->n, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
-	f->qmr = reg(f->rsrc->p, f->rsrc->n, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ);
-	f->xmr = reg(f->atom->p, f->atom->n, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_ATOMIC);
 	f->id = 0x1000;
 }
 
@@ -642,10 +637,8 @@ static void case_rnr_no_polling(void)
 	struct ibv_comp_channel *ch = chan_new();
 	pair_new(&p, ch);
 	set_step("register the buffers");
-	struct buf *src = buf_alloc(RNR_LEN + 64, "A: source");
-	struct buf *dst = buf_alloc(RNR_LEN + 256, "B: receive buffer");
-	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE);
+	struct buf *src = buf_reg(RNR_LEN + 64, "A: source", IBV_ACCESS_LOCAL_WRITE);
+	struct buf *dst = buf_reg(RNR_LEN + 256, "B: receive buffer", IBV_ACCESS_LOCAL_WRITE);
 
 	set_step("ibv_req_notify_cq(B's receive CQ, solicited_only 0)");
 	int rc = ibv_req_notify_cq(p.b_rcq, 0);
@@ -653,11 +646,11 @@ static void case_rnr_no_polling(void)
 		fatal("ibv_req_notify_cq returned %d (%s)", rc, strerror(rc));
 
 	set_step("SEND of %u bytes from A while B has no receive posted (rnr_retry 7)", RNR_LEN);
-	struct ibv_sge ss = sge(src->p + 7, RNR_LEN, smr->lkey);
+	struct ibv_sge ss = buf_sge(src, 7, RNR_LEN);
 	send1(p.a, 0xA0, IBV_WR_SEND, &ss, 1, 0, 0, 0, "SEND");
 
 	RN.b = p.b;
-	RN.s = sge(dst->p + 16, RNR_LEN + 100, dmr->lkey);
+	RN.s = buf_sge(dst, 16, RNR_LEN + 100);
 	RN.posted_at = 0;
 	pthread_t th;
 	rc = pthread_create(&th, NULL, rnr_poster, NULL);
@@ -692,7 +685,8 @@ static void case_rnr_no_polling(void)
 		ibv_ack_cq_events(ev_cq, 1);
 
 	set_step("poll B's receive CQ after the event");
-	expect_recv_from(p.b_rcq, "B's receive completion", 0xB0, p.b, p.a, RNR_LEN, 0, 0, IBV_WC_RECV);
+	expect_recv_from(p.b_rcq, "B's receive completion", 0xB0, p.b, p.a, RNR_LEN, 0, 0,
+			 IBV_WC_RECV);
 	buf_expect(dst, 16, src->p + 7, RNR_LEN);
 	buf_check(dst, "B's receive buffer");
 	set_step("poll A's send CQ afterwards");
@@ -702,8 +696,6 @@ static void case_rnr_no_polling(void)
 
 	set_step("clean up");
 	pair_free(&p);
-	dereg(smr);
-	dereg(dmr);
 	buf_free(src);
 	buf_free(dst);
 	destroy_channel(ch);
@@ -717,9 +709,8 @@ static void case_dereg_revokes(void)
 	struct pair p;
 	pair_new(&p, NULL);
 	set_step("register the buffers");
-	struct buf *src = buf_alloc(16384, "A: source");
+	struct buf *src = buf_reg(16384, "A: source", IBV_ACCESS_LOCAL_WRITE);
 	struct buf *m2buf = buf_alloc(16384, "B: memory of m2");
-	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
 	struct ibv_mr *m2 =
 		reg(m2buf->p, m2buf->n, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
 	uint32_t rkey = m2->rkey;
@@ -728,7 +719,7 @@ static void case_dereg_revokes(void)
 		size_t len = i ? 9000 : 5000, soff = 3 + (size_t)i * 100, toff = 100 + (size_t)i * 11;
 		set_step("RDMA_WRITE %d of %zu bytes to B's m2 (registered)", i + 1, len);
 		buf_randomize(src, soff, len);
-		struct ibv_sge s = sge(src->p + soff, (uint32_t)len, smr->lkey);
+		struct ibv_sge s = buf_sge(src, soff, (uint32_t)len);
 		send1(p.a, 0xD0 + (uint64_t)i, IBV_WR_RDMA_WRITE, &s, 1, addr_of(m2buf->p + toff), rkey,
 		      0, "RDMA_WRITE");
 		if (!expect_wc(p.a_scq, "completion of the RDMA_WRITE to a registered MR",
@@ -743,7 +734,7 @@ static void case_dereg_revokes(void)
 
 	set_step("RDMA_WRITE with m2's old rkey 0x%x after B deregistered it", rkey);
 	buf_randomize(src, 0, 4096);
-	struct ibv_sge s = sge(src->p, 4096, smr->lkey);
+	struct ibv_sge s = buf_sge(src, 0, 4096);
 	send1(p.a, 0xDD, IBV_WR_RDMA_WRITE, &s, 1, addr_of(m2buf->p + 200), rkey, 0,
 	      "RDMA_WRITE with a revoked rkey");
 	expect_wc(p.a_scq, "completion of the RDMA_WRITE with the revoked rkey", 0xDD,
@@ -755,7 +746,6 @@ static void case_dereg_revokes(void)
 
 	set_step("clean up");
 	pair_free(&p);
-	dereg(smr);
 	buf_free(src);
 	buf_free(m2buf);
 }

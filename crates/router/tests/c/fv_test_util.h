@@ -244,8 +244,11 @@ struct buf {
 	uint8_t *exp;
 	size_t n;
 	const char *name;
-	int owned; /* 1: malloc'd by buf_alloc */
+	int owned;         /* 1: malloc'd by buf_alloc */
+	struct ibv_mr *mr; /* buf_reg: the MR of the whole buffer (buf_free deregisters it) */
 };
+
+static void dereg(struct ibv_mr *mr);
 
 static void buf_wrap(struct buf *b, void *mem, size_t n, const char *name)
 {
@@ -253,6 +256,7 @@ static void buf_wrap(struct buf *b, void *mem, size_t n, const char *name)
 	b->n = n;
 	b->name = name;
 	b->owned = 0;
+	b->mr = NULL;
 	b->exp = xmalloc(n);
 	fill_random(b->p, n);
 	memcpy(b->exp, b->p, n);
@@ -268,6 +272,8 @@ static struct buf *buf_alloc(size_t n, const char *name)
 
 static void buf_free(struct buf *b)
 {
+	if (b->mr)
+		dereg(b->mr);
 	free(b->exp);
 	if (b->owned) {
 		free(b->p);
@@ -423,6 +429,14 @@ static void dereg(struct ibv_mr *mr)
 	int rc = ibv_dereg_mr(mr);
 	if (rc)
 		fatal("ibv_dereg_mr returned %d (%s)", rc, strerror(rc));
+}
+
+/* buf_alloc, registered whole with access (b->mr, deregistered by buf_free). */
+static struct buf *buf_reg(size_t n, const char *name, int access)
+{
+	struct buf *b = buf_alloc(n, name);
+	b->mr = reg(b->p, b->n, access);
+	return b;
 }
 
 /*
@@ -648,13 +662,13 @@ static struct ibv_qp *qp_create_cap(enum ibv_qp_type type, struct ibv_cq *scq, s
 	struct ibv_qp_cap cap;
 	struct ibv_qp *qp = qp_try_create(E.pd, type, scq, rcq, srq, c, &cap);
 	if (!qp)
-		fatal("ibv_create_qp(%s, send_wr %u recv_wr %u send_sge %u recv_sge %u inline %u%s) "
-		      "returned NULL, errno %d (%s)",
+		fatal("ibv_create_qp(%s, send_wr %u recv_wr %u send_sge %u recv_sge %u inline "
+		      "%u%s) returned NULL, errno %d (%s)",
 		      qpt_str(type), c->send_wr, c->recv_wr, c->send_sge, c->recv_sge, c->inline_sz,
 		      srq ? ", with an SRQ" : "", errno, strerror(errno));
 	if (cap.max_send_wr < c->send_wr)
-		fatal("ibv_create_qp(%s): returned cap.max_send_wr %u < requested %u", qpt_str(type),
-		      cap.max_send_wr, c->send_wr);
+		fatal("ibv_create_qp(%s): returned cap.max_send_wr %u < requested %u",
+		      qpt_str(type), cap.max_send_wr, c->send_wr);
 	if (cap_out)
 		*cap_out = cap;
 	return qp;
@@ -890,6 +904,12 @@ static struct ibv_sge sge(const void *addr, uint32_t len, uint32_t lkey)
 	return s;
 }
 
+/* An SGE of [off, off + len) of b, with the lkey of b->mr (see buf_reg). */
+static struct ibv_sge buf_sge(const struct buf *b, size_t off, uint32_t len)
+{
+	return sge(b->p + off, len, b->mr->lkey);
+}
+
 static void wr_init(struct ibv_send_wr *wr, uint64_t wr_id, enum ibv_wr_opcode op,
 		    struct ibv_sge *sg, int n, unsigned flags)
 {
@@ -976,8 +996,8 @@ static void srq_recv1(struct ibv_srq *srq, uint64_t wr_id, struct ibv_sge *sg, i
 	rwr_init(&wr, wr_id, sg, n);
 	int rc = ibv_post_srq_recv(srq, &wr, &bad);
 	if (rc)
-		fatal("%s: ibv_post_srq_recv(wr_id 0x%" PRIx64 ") returned %d (%s)", what, wr_id, rc,
-		      strerror(rc));
+		fatal("%s: ibv_post_srq_recv(wr_id 0x%" PRIx64 ") returned %d (%s)", what, wr_id,
+		      rc, strerror(rc));
 }
 
 /* Checks what ibv_post_<verb> returned: want_rc and, if want_bad, bad_wr = want_bad. */
@@ -985,11 +1005,11 @@ static void check_post_rc(const char *verb, int rc, const void *badp, const void
 			  int want_rc, const char *what)
 {
 	if (rc != want_rc)
-		fail("%s: %s: expected %d (%s), got %d (%s)", what, verb, want_rc, strerror(want_rc),
-		     rc, strerror(rc));
+		fail("%s: %s: expected %d (%s), got %d (%s)", what, verb, want_rc,
+		     strerror(want_rc), rc, strerror(rc));
 	if (want_bad && badp != want_bad)
-		fail("%s: %s: expected bad_wr = %p (the offending WR), got %p", what, verb, want_bad,
-		     badp);
+		fail("%s: %s: expected bad_wr = %p (the offending WR), got %p", what, verb,
+		     want_bad, badp);
 }
 
 static void expect_post_send_rc(struct ibv_qp *qp, struct ibv_send_wr *wr,

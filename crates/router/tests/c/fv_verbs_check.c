@@ -335,18 +335,15 @@ static void case_send(void)
 	struct pair p;
 	struct qp_cfg c = CFG_DEFAULT;
 	pair_new(&p, &c);
-	struct buf *src = buf_alloc(8192, "send source");
-	struct buf *dst = buf_alloc(8192, "recv destination");
-	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE);
+	struct buf *src = buf_reg(8192, "send source", IBV_ACCESS_LOCAL_WRITE);
+	struct buf *dst = buf_reg(8192, "recv destination", IBV_ACCESS_LOCAL_WRITE);
 
 	/* 3 send SGEs (17 + 1000 + 2500 = 3517) into 2 recv SGEs of 2000 each. */
 	set_step("SEND 3 SGEs -> 2 recv SGEs");
-	struct ibv_sge rs[2] = { sge(dst->p + 5, 2000, dmr->lkey),
-				 sge(dst->p + 4099, 2000, dmr->lkey) };
+	struct ibv_sge rs[2] = { buf_sge(dst, 5, 2000),  buf_sge(dst, 4099, 2000) };
 	recv1(p.b, 0x5EC0, rs, 2, "recv");
-	struct ibv_sge ss[3] = { sge(src->p + 3, 17, smr->lkey), sge(src->p + 1111, 1000, smr->lkey),
-				 sge(src->p + 3001, 2500, smr->lkey) };
+	struct ibv_sge ss[3] = { buf_sge(src, 3, 17), buf_sge(src, 1111, 1000),
+				 buf_sge(src, 3001, 2500) };
 	uint8_t msg[3517];
 	memcpy(msg, src->p + 3, 17);
 	memcpy(msg + 17, src->p + 1111, 1000);
@@ -362,7 +359,7 @@ static void case_send(void)
 	/* Exactly filling both recv SGEs. */
 	set_step("SEND 4000 bytes exactly filling 2 recv SGEs");
 	recv1(p.b, 0x5EC1, rs, 2, "recv");
-	struct ibv_sge s1 = sge(src->p + 4001, 4000, smr->lkey);
+	struct ibv_sge s1 = buf_sge(src, 4001, 4000);
 	buf_expect(dst, 5, src->p + 4001, 2000);
 	buf_expect(dst, 4099, src->p + 6001, 2000);
 	send1(p.a, 0x5E1D, IBV_WR_SEND, &s1, 1, 0, 0, 0, "send");
@@ -381,8 +378,6 @@ static void case_send(void)
 	expect_empty(p.a_scq, 100, "no further sender completions");
 	expect_empty(p.b_rcq, 100, "no further receiver completions");
 	pair_free(&p);
-	dereg(smr);
-	dereg(dmr);
 	buf_free(src);
 	buf_free(dst);
 }
@@ -395,15 +390,13 @@ static void case_send_imm(void)
 	struct pair p;
 	struct qp_cfg c = CFG_DEFAULT;
 	pair_new(&p, &c);
-	struct buf *src = buf_alloc(4096, "send source");
-	struct buf *dst = buf_alloc(4096, "recv destination");
-	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE);
+	struct buf *src = buf_reg(4096, "send source", IBV_ACCESS_LOCAL_WRITE);
+	struct buf *dst = buf_reg(4096, "recv destination", IBV_ACCESS_LOCAL_WRITE);
 
 	set_step("SEND_WITH_IMM 777 bytes");
-	struct ibv_sge rs = sge(dst->p + 3, 1000, dmr->lkey);
+	struct ibv_sge rs = buf_sge(dst, 3, 1000);
 	recv1(p.b, 0x1111, &rs, 1, "recv");
-	struct ibv_sge ss = sge(src->p + 9, 777, smr->lkey);
+	struct ibv_sge ss = buf_sge(src, 9, 777);
 	buf_expect(dst, 3, src->p + 9, 777);
 	struct ibv_send_wr wr;
 	wr_init(&wr, 0x2222, IBV_WR_SEND_WITH_IMM, &ss, 1, IBV_SEND_SIGNALED);
@@ -425,8 +418,6 @@ static void case_send_imm(void)
 	buf_check(dst, "destination");
 
 	pair_free(&p);
-	dereg(smr);
-	dereg(dmr);
 	buf_free(src);
 	buf_free(dst);
 }
@@ -439,21 +430,19 @@ static void case_write(void)
 	struct pair p;
 	struct qp_cfg c = CFG_DEFAULT;
 	pair_new(&p, &c);
-	struct buf *src = buf_alloc(8192, "write source");
+	struct buf *src = buf_reg(8192, "write source", IBV_ACCESS_LOCAL_WRITE);
 	struct buf *dst = buf_alloc(8192, "write target");
-	struct buf *rb = buf_alloc(256, "posted recv buffer");
-	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
+	struct buf *rb = buf_reg(256, "posted recv buffer", IBV_ACCESS_LOCAL_WRITE);
 	/* The target MR is the sub-range [16, 16+4096) of dst. */
 	struct ibv_mr *dmr = reg(dst->p + 16, 4096, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
-	struct ibv_mr *rmr = reg(rb->p, rb->n, IBV_ACCESS_LOCAL_WRITE);
 
 	/* A posted receive must not be consumed by a plain RDMA_WRITE. */
-	struct ibv_sge rs = sge(rb->p + 1, 64, rmr->lkey);
+	struct ibv_sge rs = buf_sge(rb, 1, 64);
 	recv1(p.b, 0x7777, &rs, 1, "recv");
 
 	set_step("RDMA_WRITE 3 SGEs (100+3000+33) to target+17");
-	struct ibv_sge ss[3] = { sge(src->p + 1, 100, smr->lkey), sge(src->p + 2000, 3000, smr->lkey),
-				 sge(src->p + 7000, 33, smr->lkey) };
+	struct ibv_sge ss[3] = { buf_sge(src, 1, 100), buf_sge(src, 2000, 3000),
+				 buf_sge(src, 7000, 33) };
 	buf_expect(dst, 16 + 17, src->p + 1, 100);
 	buf_expect(dst, 16 + 117, src->p + 2000, 3000);
 	buf_expect(dst, 16 + 3117, src->p + 7000, 33);
@@ -465,7 +454,7 @@ static void case_write(void)
 	buf_check(src, "source unchanged");
 
 	set_step("RDMA_WRITE of 7 bytes ending exactly at the end of the MR");
-	struct ibv_sge s1 = sge(src->p + 5000, 7, smr->lkey);
+	struct ibv_sge s1 = buf_sge(src, 5000, 7);
 	buf_expect(dst, 16 + 4096 - 7, src->p + 5000, 7);
 	send1(p.a, 0x3002, IBV_WR_RDMA_WRITE, &s1, 1, addr_of(dst->p + 16 + 4096 - 7), dmr->rkey, 0,
 	      "write");
@@ -479,9 +468,7 @@ static void case_write(void)
 	expect_empty(p.b_scq, 10, "responder send CQ");
 
 	pair_free(&p);
-	dereg(smr);
 	dereg(dmr);
-	dereg(rmr);
 	buf_free(src);
 	buf_free(dst);
 	buf_free(rb);
@@ -495,24 +482,21 @@ static void case_write_imm(void)
 	struct pair p;
 	struct qp_cfg c = CFG_DEFAULT;
 	pair_new(&p, &c);
-	struct buf *src = buf_alloc(8192, "write source");
-	struct buf *dst = buf_alloc(8192, "write target");
-	struct buf *rb = buf_alloc(256, "posted recv buffer");
-	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
-	struct ibv_mr *rmr = reg(rb->p, rb->n, IBV_ACCESS_LOCAL_WRITE);
+	struct buf *src = buf_reg(8192, "write source", IBV_ACCESS_LOCAL_WRITE);
+	struct buf *dst = buf_reg(8192, "write target",
+				  IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+	struct buf *rb = buf_reg(256, "posted recv buffer", IBV_ACCESS_LOCAL_WRITE);
 
 	set_step("RDMA_WRITE_WITH_IMM 2049 bytes, recv with a 64-byte SGE");
-	struct ibv_sge rs = sge(rb->p + 1, 64, rmr->lkey);
+	struct ibv_sge rs = buf_sge(rb, 1, 64);
 	recv1(p.b, 0xA, &rs, 1, "recv");
-	struct ibv_sge ss[2] = { sge(src->p + 7, 1024, smr->lkey),
-				 sge(src->p + 3000, 1025, smr->lkey) };
+	struct ibv_sge ss[2] = { buf_sge(src, 7, 1024),  buf_sge(src, 3000, 1025) };
 	buf_expect(dst, 33, src->p + 7, 1024);
 	buf_expect(dst, 33 + 1024, src->p + 3000, 1025);
 	struct ibv_send_wr wr;
 	wr_init(&wr, 0x4001, IBV_WR_RDMA_WRITE_WITH_IMM, ss, 2, IBV_SEND_SIGNALED);
 	wr.wr.rdma.remote_addr = addr_of(dst->p + 33);
-	wr.wr.rdma.rkey = dmr->rkey;
+	wr.wr.rdma.rkey = dst->mr->rkey;
 	wr.imm_data = htonl(0x01020304);
 	post_send_ok(p.a, &wr, "write_with_imm");
 	expect_wc(p.a_scq, "requester completion", 0x4001, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, p.a,
@@ -524,11 +508,11 @@ static void case_write_imm(void)
 
 	set_step("RDMA_WRITE_WITH_IMM 100 bytes, recv without SGEs");
 	recv1(p.b, 0xB, NULL, 0, "recv");
-	struct ibv_sge s1 = sge(src->p + 6001, 100, smr->lkey);
+	struct ibv_sge s1 = buf_sge(src, 6001, 100);
 	buf_expect(dst, 5001, src->p + 6001, 100);
 	wr_init(&wr, 0x4002, IBV_WR_RDMA_WRITE_WITH_IMM, &s1, 1, IBV_SEND_SIGNALED);
 	wr.wr.rdma.remote_addr = addr_of(dst->p + 5001);
-	wr.wr.rdma.rkey = dmr->rkey;
+	wr.wr.rdma.rkey = dst->mr->rkey;
 	wr.imm_data = htonl(0xFEDCBA98);
 	post_send_ok(p.a, &wr, "write_with_imm");
 	expect_wc(p.a_scq, "requester completion", 0x4002, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, p.a,
@@ -539,9 +523,6 @@ static void case_write_imm(void)
 	expect_empty(p.b_rcq, 100, "no further responder completions");
 
 	pair_free(&p);
-	dereg(smr);
-	dereg(dmr);
-	dereg(rmr);
 	buf_free(src);
 	buf_free(dst);
 	buf_free(rb);
@@ -555,17 +536,16 @@ static void case_read(void)
 	struct pair p;
 	struct qp_cfg c = CFG_DEFAULT;
 	pair_new(&p, &c);
-	struct buf *remote = buf_alloc(8192, "read source (remote)");
-	struct buf *local = buf_alloc(8192, "read destination (local)");
-	struct ibv_mr *rmr = reg(remote->p, remote->n, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ);
-	struct ibv_mr *lmr = reg(local->p, local->n, IBV_ACCESS_LOCAL_WRITE);
+	struct buf *remote = buf_reg(8192, "read source (remote)",
+				     IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ);
+	struct buf *local = buf_reg(8192, "read destination (local)", IBV_ACCESS_LOCAL_WRITE);
 
 	set_step("RDMA_READ 3345 bytes from remote+111 into 2 local SGEs");
-	struct ibv_sge ls[2] = { sge(local->p + 3, 1000, lmr->lkey),
-				 sge(local->p + 2001, 2345, lmr->lkey) };
+	struct ibv_sge ls[2] = { buf_sge(local, 3, 1000),  buf_sge(local, 2001, 2345) };
 	buf_expect(local, 3, remote->p + 111, 1000);
 	buf_expect(local, 2001, remote->p + 1111, 2345);
-	send1(p.a, 0x6001, IBV_WR_RDMA_READ, ls, 2, addr_of(remote->p + 111), rmr->rkey, 0, "read");
+	send1(p.a, 0x6001, IBV_WR_RDMA_READ, ls, 2, addr_of(remote->p + 111), remote->mr->rkey, 0,
+	      "read");
 	struct ibv_wc wc;
 	expect_wc(p.a_scq, "requester completion", 0x6001, IBV_WC_SUCCESS, IBV_WC_RDMA_READ, p.a, &wc);
 	EXPECT_EQ("RDMA_READ wc.byte_len", wc.byte_len, 3345);
@@ -573,9 +553,9 @@ static void case_read(void)
 	buf_check(remote, "remote source unchanged");
 
 	set_step("RDMA_READ 1 byte from the last byte of the MR");
-	struct ibv_sge l1 = sge(local->p + 7000, 1, lmr->lkey);
+	struct ibv_sge l1 = buf_sge(local, 7000, 1);
 	buf_expect(local, 7000, remote->p + 8191, 1);
-	send1(p.a, 0x6002, IBV_WR_RDMA_READ, &l1, 1, addr_of(remote->p + 8191), rmr->rkey, 0,
+	send1(p.a, 0x6002, IBV_WR_RDMA_READ, &l1, 1, addr_of(remote->p + 8191), remote->mr->rkey, 0,
 	      "read");
 	expect_wc(p.a_scq, "requester completion", 0x6002, IBV_WC_SUCCESS, IBV_WC_RDMA_READ, p.a, &wc);
 	EXPECT_EQ("RDMA_READ wc.byte_len", wc.byte_len, 1);
@@ -584,8 +564,6 @@ static void case_read(void)
 	expect_empty(p.b_rcq, 50, "responder recv CQ");
 	expect_empty(p.b_scq, 10, "responder send CQ");
 	pair_free(&p);
-	dereg(rmr);
-	dereg(lmr);
 	buf_free(remote);
 	buf_free(local);
 }
@@ -617,23 +595,21 @@ static void case_atomics(void)
 	struct pair p;
 	struct qp_cfg c = CFG_DEFAULT;
 	pair_new(&p, &c);
-	struct buf *remote = buf_alloc(4096, "atomic target (remote)");
-	struct buf *local = buf_alloc(256, "atomic result (local)");
-	struct ibv_mr *rmr = reg(remote->p, remote->n, ACC_ALL);
-	struct ibv_mr *lmr = reg(local->p, local->n, IBV_ACCESS_LOCAL_WRITE);
+	struct buf *remote = buf_reg(4096, "atomic target (remote)", ACC_ALL);
+	struct buf *local = buf_reg(256, "atomic result (local)", IBV_ACCESS_LOCAL_WRITE);
 	uint8_t *t = remote->p + 64; /* 8-byte aligned (malloc gives 16) */
 	if (((uintptr_t)t & 7) != 0)
 		fatal("test bug: target not 8-byte aligned");
 	uint64_t v0 = 0x0102030405060708ULL, v, res;
-	struct ibv_sge ls = sge(local->p + 24, 8, lmr->lkey);
+	struct ibv_sge ls = buf_sge(local, 24, 8);
 
 	set_step("FETCH_AND_ADD");
 	buf_set(remote, 64, &v0, 8);
 	v = v0 + 0x1111;
 	buf_expect(remote, 64, &v, 8);
 	buf_expect(local, 24, &v0, 8);
-	atomic1(&p, 0x8001, IBV_WR_ATOMIC_FETCH_AND_ADD, &ls, addr_of(t), rmr->rkey, 0x1111, 0,
-		IBV_WC_FETCH_ADD, "FETCH_AND_ADD +0x1111");
+	atomic1(&p, 0x8001, IBV_WR_ATOMIC_FETCH_AND_ADD, &ls, addr_of(t), remote->mr->rkey, 0x1111,
+		0, IBV_WC_FETCH_ADD, "FETCH_AND_ADD +0x1111");
 	buf_check(remote, "remote after FETCH_AND_ADD (target = original + 0x1111)");
 	buf_check(local, "local after FETCH_AND_ADD (result = original value)");
 
@@ -642,14 +618,14 @@ static void case_atomics(void)
 	res = v;
 	buf_expect(remote, 64, &s1, 8);
 	buf_expect(local, 24, &res, 8);
-	atomic1(&p, 0x8002, IBV_WR_ATOMIC_CMP_AND_SWP, &ls, addr_of(t), rmr->rkey, v, s1,
+	atomic1(&p, 0x8002, IBV_WR_ATOMIC_CMP_AND_SWP, &ls, addr_of(t), remote->mr->rkey, v, s1,
 		IBV_WC_COMP_SWAP, "CMP_AND_SWP (compare matches)");
 	buf_check(remote, "remote after matching CMP_AND_SWP (target = swap)");
 	buf_check(local, "local after matching CMP_AND_SWP (result = original value)");
 
 	set_step("CMP_AND_SWP (not equal)");
 	buf_expect(local, 24, &s1, 8);
-	atomic1(&p, 0x8003, IBV_WR_ATOMIC_CMP_AND_SWP, &ls, addr_of(t), rmr->rkey, 0x5555,
+	atomic1(&p, 0x8003, IBV_WR_ATOMIC_CMP_AND_SWP, &ls, addr_of(t), remote->mr->rkey, 0x5555,
 		0x1234567812345678ULL, IBV_WC_COMP_SWAP, "CMP_AND_SWP (compare differs)");
 	buf_check(remote, "remote after failed CMP_AND_SWP (unchanged)");
 	buf_check(local, "local after failed CMP_AND_SWP (result = current value)");
@@ -659,7 +635,7 @@ static void case_atomics(void)
 	buf_set(remote, 64, &mx, 8);
 	buf_expect(remote, 64, &one, 8);
 	buf_expect(local, 24, &mx, 8);
-	atomic1(&p, 0x8004, IBV_WR_ATOMIC_FETCH_AND_ADD, &ls, addr_of(t), rmr->rkey, 2, 0,
+	atomic1(&p, 0x8004, IBV_WR_ATOMIC_FETCH_AND_ADD, &ls, addr_of(t), remote->mr->rkey, 2, 0,
 		IBV_WC_FETCH_ADD, "FETCH_AND_ADD 2 to UINT64_MAX");
 	buf_check(remote, "remote after wrapping FETCH_AND_ADD (target = 1)");
 	buf_check(local, "local after wrapping FETCH_AND_ADD");
@@ -670,14 +646,12 @@ static void case_atomics(void)
 	w1 = w0 + 7;
 	buf_expect(remote, 4088, &w1, 8);
 	buf_expect(local, 24, &w0, 8);
-	atomic1(&p, 0x8005, IBV_WR_ATOMIC_FETCH_AND_ADD, &ls, addr_of(remote->p + 4088), rmr->rkey, 7,
-		0, IBV_WC_FETCH_ADD, "FETCH_AND_ADD at MR end - 8");
+	atomic1(&p, 0x8005, IBV_WR_ATOMIC_FETCH_AND_ADD, &ls, addr_of(remote->p + 4088),
+		remote->mr->rkey, 7, 0, IBV_WC_FETCH_ADD, "FETCH_AND_ADD at MR end - 8");
 	buf_check(remote, "remote");
 	buf_check(local, "local");
 
 	pair_free(&p);
-	dereg(rmr);
-	dereg(lmr);
 	buf_free(remote);
 	buf_free(local);
 }
@@ -695,14 +669,14 @@ static void case_inline(void)
 	EXPECT_GE("QP A cap.max_inline_data", p.a_cap.max_inline_data, 256);
 
 	const size_t stride = 301;
-	struct buf *dst = buf_alloc(5 + 258 * stride, "recv slots");
-	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+	struct buf *dst = buf_reg(5 + 258 * stride, "recv slots",
+				  IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
 	uint8_t *src = xmalloc(512); /* never registered */
 	uint8_t data[512];
 
 	set_step("post 257 receives");
 	for (int n = 1; n <= 257; n++) {
-		struct ibv_sge rs = sge(dst->p + 5 + (size_t)(n - 1) * stride, 300, dmr->lkey);
+		struct ibv_sge rs = buf_sge(dst, 5 + (size_t)(n - 1) * stride, 300);
 		recv1(p.b, 1000 + n, &rs, 1, "recv");
 	}
 	for (int n = 1; n <= 256; n++) {
@@ -747,14 +721,13 @@ static void case_inline(void)
 	buf_expect(dst, 7, data, 200);
 	struct ibv_sge ws = sge(src, 200, 0);
 	post_send1(p.a, 0x1A1, IBV_WR_RDMA_WRITE, &ws, 1, IBV_SEND_SIGNALED | IBV_SEND_INLINE,
-		   addr_of(dst->p + 7), dmr->rkey, 0, "inline write");
+		   addr_of(dst->p + 7), dst->mr->rkey, 0, "inline write");
 	memset(src, 0xEE, 512);
 	expect_wc(p.a_scq, "inline write completion", 0x1A1, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, p.a,
 		  NULL);
 	buf_check(dst, "after inline RDMA_WRITE");
 
 	pair_free(&p);
-	dereg(dmr);
 	buf_free(dst);
 	free(src);
 	free(s1);
@@ -771,17 +744,16 @@ static void case_large(void)
 	struct pair p;
 	struct qp_cfg c = CFG_DEFAULT;
 	pair_new(&p, &c);
-	struct buf *src = buf_alloc(L + 64, "4 MiB source");
-	struct buf *dst = buf_alloc(L + 64, "4 MiB destination");
-	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+	struct buf *src = buf_reg(L + 64, "4 MiB source", IBV_ACCESS_LOCAL_WRITE);
+	struct buf *dst = buf_reg(L + 64, "4 MiB destination",
+				  IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
 	if (E.port.max_msg_sz < L)
 		fail("port_attr.max_msg_sz: expected >= %zu, got %u", L, E.port.max_msg_sz);
 
 	set_step("4 MiB SEND");
-	struct ibv_sge rs = sge(dst->p + 5, L, dmr->lkey);
+	struct ibv_sge rs = buf_sge(dst, 5, L);
 	recv1(p.b, 0x4E, &rs, 1, "recv");
-	struct ibv_sge ss = sge(src->p + 7, L, smr->lkey);
+	struct ibv_sge ss = buf_sge(src, 7, L);
 	buf_expect(dst, 5, src->p + 7, L);
 	send1(p.a, 0x45, IBV_WR_SEND, &ss, 1, 0, 0, 0, "send");
 	expect_wc(p.a_scq, "sender completion", 0x45, IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
@@ -793,16 +765,15 @@ static void case_large(void)
 	fill_random(fresh, L);
 	buf_set(src, 3, fresh, L);
 	free(fresh);
-	ss = sge(src->p + 3, L, smr->lkey);
+	ss = buf_sge(src, 3, L);
 	buf_expect(dst, 11, src->p + 3, L);
-	send1(p.a, 0x46, IBV_WR_RDMA_WRITE, &ss, 1, addr_of(dst->p + 11), dmr->rkey, 0, "write");
+	send1(p.a, 0x46, IBV_WR_RDMA_WRITE, &ss, 1, addr_of(dst->p + 11), dst->mr->rkey, 0,
+	      "write");
 	expect_wc(p.a_scq, "requester completion", 0x46, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, p.a, NULL);
 	buf_check(dst, "destination after 4 MiB RDMA_WRITE");
 	buf_check(src, "source unchanged");
 
 	pair_free(&p);
-	dereg(smr);
-	dereg(dmr);
 	buf_free(src);
 	buf_free(dst);
 }
@@ -817,18 +788,16 @@ static void case_unsignaled(void)
 	c.sig_all = 0;
 	c.send_wr = 16;
 	pair_new(&p, &c);
-	struct buf *src = buf_alloc(4096, "source");
-	struct buf *dst = buf_alloc(16 * 128, "recv slots");
-	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE);
+	struct buf *src = buf_reg(4096, "source", IBV_ACCESS_LOCAL_WRITE);
+	struct buf *dst = buf_reg(16 * 128, "recv slots", IBV_ACCESS_LOCAL_WRITE);
 
 	set_step("sq_sig_all=0: 10 unsignaled SENDs + 1 signaled");
 	for (int i = 1; i <= 11; i++) {
-		struct ibv_sge rs = sge(dst->p + i * 128, 100, dmr->lkey);
+		struct ibv_sge rs = buf_sge(dst, i * 128, 100);
 		recv1(p.b, 0x100 + i, &rs, 1, "recv");
 	}
 	for (int i = 1; i <= 11; i++) {
-		struct ibv_sge ss = sge(src->p + i * 200, 20 + i, smr->lkey);
+		struct ibv_sge ss = buf_sge(src, i * 200, 20 + i);
 		buf_expect(dst, (size_t)i * 128, src->p + i * 200, 20 + i);
 		post_send1(p.a, i, IBV_WR_SEND, &ss, 1, i == 11 ? IBV_SEND_SIGNALED : 0, 0, 0, 0,
 			   "send");
@@ -845,18 +814,19 @@ static void case_unsignaled(void)
 	set_step("unsignaled WRs keep the send queue usable (3 rounds of 16)");
 	for (int round = 0; round < 3; round++) {
 		for (int i = 0; i < 16; i++) {
-			struct ibv_sge rs = sge(dst->p + i * 128, 100, dmr->lkey);
+			struct ibv_sge rs = buf_sge(dst, i * 128, 100);
 			recv1(p.b, 0x200 + i, &rs, 1, "recv");
 		}
 		for (int i = 0; i < 16; i++) {
-			struct ibv_sge ss = sge(src->p + i * 10, 10, smr->lkey);
+			struct ibv_sge ss = buf_sge(src, i * 10, 10);
 			post_send1(p.a, 0x300 + i, IBV_WR_SEND, &ss, 1,
 				   i == 15 ? IBV_SEND_SIGNALED : 0, 0, 0, 0, "send");
 		}
 		expect_wc(p.a_scq, "signaled send completion", 0x30F, IBV_WC_SUCCESS, IBV_WC_SEND,
 			  p.a, NULL);
 		for (int i = 0; i < 16; i++)
-			expect_recv(p.b_rcq, "receive", 0x200 + i, p.b, 10, 0, 0, IBV_WC_RECV, NULL);
+			expect_recv(p.b_rcq, "receive", 0x200 + i, p.b, 10, 0, 0, IBV_WC_RECV,
+				    NULL);
 	}
 	expect_empty(p.a_scq, 100, "send CQ");
 	pair_free(&p);
@@ -865,11 +835,11 @@ static void case_unsignaled(void)
 	c.sig_all = 1;
 	pair_new(&p, &c);
 	for (int i = 0; i < 3; i++) {
-		struct ibv_sge rs = sge(dst->p + i * 128, 100, dmr->lkey);
+		struct ibv_sge rs = buf_sge(dst, i * 128, 100);
 		recv1(p.b, 0x400 + i, &rs, 1, "recv");
 	}
 	for (int i = 0; i < 3; i++) {
-		struct ibv_sge ss = sge(src->p, 5, smr->lkey);
+		struct ibv_sge ss = buf_sge(src, 0, 5);
 		post_send1(p.a, 21 + i, IBV_WR_SEND, &ss, 1, 0, 0, 0, 0, "send");
 	}
 	for (int i = 0; i < 3; i++)
@@ -877,8 +847,6 @@ static void case_unsignaled(void)
 			  IBV_WC_SEND, p.a, NULL);
 	expect_empty(p.a_scq, 100, "send CQ");
 	pair_free(&p);
-	dereg(smr);
-	dereg(dmr);
 	buf_free(src);
 	buf_free(dst);
 }
@@ -916,17 +884,16 @@ static void case_completion_fields(void)
 	struct ibv_qp *b = qp_create(IBV_QPT_RC, cq, cq, NULL, &c);
 	rc_connect(a, b->qp_num, ACC_ALL);
 	rc_connect(b, a->qp_num, ACC_ALL);
-	struct buf *buf = buf_alloc(8192, "buffer");
-	struct ibv_mr *mr = reg(buf->p, buf->n, ACC_ALL);
+	struct buf *buf = buf_reg(8192, "buffer", ACC_ALL);
 	struct ibv_wc wcs[2];
 	const struct ibv_wc *w;
 
 	set_step("A SENDs 123 bytes to B");
-	struct ibv_sge rb = sge(buf->p + 4000, 500, mr->lkey);
+	struct ibv_sge rb = buf_sge(buf, 4000, 500);
 	recv1(b, 0xB0, &rb, 1, "recv on B");
-	struct ibv_sge ra = sge(buf->p + 5000, 500, mr->lkey);
+	struct ibv_sge ra = buf_sge(buf, 5000, 500);
 	recv1(a, 0xA0, &ra, 1, "recv on A");
-	struct ibv_sge s = sge(buf->p + 1, 123, mr->lkey);
+	struct ibv_sge s = buf_sge(buf, 1, 123);
 	send1(a, 0xA1, IBV_WR_SEND, &s, 1, 0, 0, 0, "send A->B");
 	poll_n(cq, wcs, 2, "A->B completions");
 	if ((w = find_wc(wcs, 2, 0xA1, "A's send completion"))) {
@@ -939,7 +906,7 @@ static void case_completion_fields(void)
 	}
 
 	set_step("B SENDs 321 bytes to A");
-	s = sge(buf->p + 201, 321, mr->lkey);
+	s = buf_sge(buf, 201, 321);
 	send1(b, 0xB1, IBV_WR_SEND, &s, 1, 0, 0, 0, "send B->A");
 	poll_n(cq, wcs, 2, "B->A completions");
 	if ((w = find_wc(wcs, 2, 0xB1, "B's send completion")))
@@ -951,19 +918,20 @@ static void case_completion_fields(void)
 	}
 
 	set_step("A RDMA_WRITE, B RDMA_READ");
-	s = sge(buf->p + 600, 50, mr->lkey);
-	send1(a, 0xA2, IBV_WR_RDMA_WRITE, &s, 1, addr_of(buf->p + 7000), mr->rkey, 0, "write A");
+	s = buf_sge(buf, 600, 50);
+	send1(a, 0xA2, IBV_WR_RDMA_WRITE, &s, 1, addr_of(buf->p + 7000), buf->mr->rkey, 0,
+	      "write A");
 	expect_wc(cq, "A's RDMA_WRITE completion", 0xA2, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, a, NULL);
-	s = sge(buf->p + 700, 60, mr->lkey);
-	send1(b, 0xB2, IBV_WR_RDMA_READ, &s, 1, addr_of(buf->p + 7100), mr->rkey, 0, "read B");
+	s = buf_sge(buf, 700, 60);
+	send1(b, 0xB2, IBV_WR_RDMA_READ, &s, 1, addr_of(buf->p + 7100), buf->mr->rkey, 0, "read B");
 	struct ibv_wc wc;
 	expect_wc(cq, "B's RDMA_READ completion", 0xB2, IBV_WC_SUCCESS, IBV_WC_RDMA_READ, b, &wc);
 	EXPECT_EQ("B's RDMA_READ completion: wc.byte_len", wc.byte_len, 60);
 
 	set_step("polling several completions at once");
-	struct ibv_sge r2 = sge(buf->p + 4000, 500, mr->lkey);
+	struct ibv_sge r2 = buf_sge(buf, 4000, 500);
 	recv1(b, 0xB3, &r2, 1, "recv on B");
-	s = sge(buf->p + 1, 10, mr->lkey);
+	s = buf_sge(buf, 1, 10);
 	send1(a, 0xA3, IBV_WR_SEND, &s, 1, 0, 0, 0, "send A->B");
 	struct ibv_wc many[8];
 	int got = 0;
@@ -992,7 +960,6 @@ static void case_completion_fields(void)
 	destroy_qp(a);
 	destroy_qp(b);
 	destroy_cq(cq);
-	dereg(mr);
 	buf_free(buf);
 }
 
@@ -1003,15 +970,13 @@ static void case_bad_lkey(void)
 {
 	struct pair p;
 	struct qp_cfg c = CFG_DEFAULT;
-	struct buf *src = buf_alloc(4096, "source");
-	struct buf *dst = buf_alloc(4096, "recv buffer");
-	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_mr *mrs[2] = { smr, dmr };
+	struct buf *src = buf_reg(4096, "source", IBV_ACCESS_LOCAL_WRITE);
+	struct buf *dst = buf_reg(4096, "recv buffer", IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_mr *mrs[2] = { src->mr, dst->mr };
 
 	set_step("SEND with an lkey that does not exist");
 	pair_new(&p, &c);
-	struct ibv_sge rs = sge(dst->p, 4096, dmr->lkey);
+	struct ibv_sge rs = buf_sge(dst, 0, 4096);
 	recv1(p.b, 0xB0, &rs, 1, "recv");
 	struct ibv_sge ss = sge(src->p, 64, unused_key(mrs, 2));
 	send1(p.a, 0xBAD1, IBV_WR_SEND, &ss, 1, 0, 0, 0, "send");
@@ -1023,7 +988,7 @@ static void case_bad_lkey(void)
 	set_step("SEND with a valid lkey but an SGE beyond the end of its MR");
 	pair_new(&p, &c);
 	recv1(p.b, 0xB1, &rs, 1, "recv");
-	ss = sge(src->p + 4096 - 10, 64, smr->lkey);
+	ss = buf_sge(src, 4096 - 10, 64);
 	send1(p.a, 0xBAD2, IBV_WR_SEND, &ss, 1, 0, 0, 0, "send");
 	expect_wc(p.a_scq, "requester completion", 0xBAD2, IBV_WC_LOC_PROT_ERR, -1, p.a, NULL);
 	expect_empty(p.b_rcq, 200, "responder: nothing must arrive");
@@ -1034,7 +999,7 @@ static void case_bad_lkey(void)
 		 "address space");
 	pair_new(&p, &c);
 	recv1(p.b, 0xB3, &rs, 1, "recv");
-	ss = sge((void *)(uintptr_t)(UINT64_MAX - 10), 100, smr->lkey);
+	ss = sge((void *)(uintptr_t)(UINT64_MAX - 10), 100, src->mr->lkey);
 	send1(p.a, 0xBAD4, IBV_WR_SEND, &ss, 1, 0, 0, 0, "send");
 	expect_wc(p.a_scq, "requester completion", 0xBAD4, IBV_WC_LOC_PROT_ERR, -1, p.a, NULL);
 	expect_empty(p.b_rcq, 200, "responder: nothing must arrive");
@@ -1059,7 +1024,7 @@ static void case_bad_lkey(void)
 
 	set_step("RDMA_READ into a local SGE with an lkey that does not exist");
 	struct ibv_mr *rmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ);
-	struct ibv_mr *mrs3[3] = { smr, dmr, rmr };
+	struct ibv_mr *mrs3[3] = { src->mr, dst->mr, rmr };
 	pair_new(&p, &c);
 	ss = sge(src->p, 64, unused_key(mrs3, 3));
 	send1(p.a, 0xBAD4, IBV_WR_RDMA_READ, &ss, 1, addr_of(dst->p), rmr->rkey, 0, "read");
@@ -1068,8 +1033,6 @@ static void case_bad_lkey(void)
 	pair_free(&p);
 	dereg(rmr);
 
-	dereg(smr);
-	dereg(dmr);
 	buf_free(src);
 	buf_free(dst);
 }
@@ -1117,13 +1080,11 @@ static void remote_error2(const char *what, enum ibv_wr_opcode op, struct ibv_sg
 
 static void case_bad_rkey(void)
 {
-	struct buf *loc = buf_alloc(4096, "local buffer");
-	struct buf *tgt = buf_alloc(4096, "remote buffer");
-	struct ibv_mr *lmr = reg(loc->p, loc->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_mr *tmr = reg(tgt->p, tgt->n, ACC_ALL);
-	struct ibv_mr *mrs[2] = { lmr, tmr };
+	struct buf *loc = buf_reg(4096, "local buffer", IBV_ACCESS_LOCAL_WRITE);
+	struct buf *tgt = buf_reg(4096, "remote buffer", ACC_ALL);
+	struct ibv_mr *mrs[2] = { loc->mr, tgt->mr };
 	uint32_t bogus = unused_key(mrs, 2);
-	struct ibv_sge ls = sge(loc->p + 8, 64, lmr->lkey);
+	struct ibv_sge ls = buf_sge(loc, 8, 64);
 
 	remote_error("RDMA_WRITE with an rkey that does not exist", IBV_WR_RDMA_WRITE, &ls,
 		     addr_of(tgt->p + 8), bogus, IBV_WC_REM_ACCESS_ERR, NULL);
@@ -1138,7 +1099,7 @@ static void case_bad_rkey(void)
 	struct ibv_mr *gmr = reg(gone->p, gone->n, ACC_ALL);
 	uint32_t stale = gmr->rkey;
 	dereg(gmr);
-	if (stale == tmr->rkey || stale == lmr->rkey)
+	if (stale == tgt->mr->rkey || stale == loc->mr->rkey)
 		fail("a deregistered MR's rkey 0x%x equals a live MR's key", stale);
 	remote_error("RDMA_WRITE with the rkey of a deregistered MR", IBV_WR_RDMA_WRITE, &ls,
 		     addr_of(gone->p + 8), stale, IBV_WC_REM_ACCESS_ERR, NULL);
@@ -1146,13 +1107,11 @@ static void case_bad_rkey(void)
 
 	/* A valid rkey used with an address in another MR's range. */
 	remote_error("RDMA_WRITE with a valid rkey and the address of another buffer",
-		     IBV_WR_RDMA_WRITE, &ls, addr_of(gone->p + 8), tmr->rkey,
+		     IBV_WR_RDMA_WRITE, &ls, addr_of(gone->p + 8), tgt->mr->rkey,
 		     IBV_WC_REM_ACCESS_ERR, NULL);
 	buf_check(gone, "other buffer untouched");
 	buf_check(tgt, "remote buffer untouched");
 
-	dereg(lmr);
-	dereg(tmr);
 	buf_free(loc);
 	buf_free(tgt);
 	buf_free(gone);
@@ -1160,12 +1119,11 @@ static void case_bad_rkey(void)
 
 static void case_remote_oob(void)
 {
-	struct buf *loc = buf_alloc(8192, "local buffer");
+	struct buf *loc = buf_reg(8192, "local buffer", IBV_ACCESS_LOCAL_WRITE);
 	struct buf *tgt = buf_alloc(8192, "remote buffer");
-	struct ibv_mr *lmr = reg(loc->p, loc->n, IBV_ACCESS_LOCAL_WRITE);
 	/* The remote MR is [1000, 5096) of the remote buffer. */
 	struct ibv_mr *tmr = reg(tgt->p + 1000, 4096, ACC_ALL);
-	struct ibv_sge ls = sge(loc->p + 8, 16, lmr->lkey);
+	struct ibv_sge ls = buf_sge(loc, 8, 16);
 	uint8_t *end = tgt->p + 1000 + 4096;
 
 	remote_error("RDMA_WRITE of 16 bytes at MR end - 8", IBV_WR_RDMA_WRITE, &ls,
@@ -1182,7 +1140,7 @@ static void case_remote_oob(void)
 	buf_accept(tgt, 1000, 8);
 	buf_check(tgt, "remote buffer outside the MR untouched");
 
-	struct ibv_sge big = sge(loc->p, 4097, lmr->lkey);
+	struct ibv_sge big = buf_sge(loc, 0, 4097);
 	remote_error("RDMA_WRITE of MR length + 1 at MR start", IBV_WR_RDMA_WRITE, &big,
 		     addr_of(tgt->p + 1000), tmr->rkey, IBV_WC_REM_ACCESS_ERR, NULL);
 	buf_accept(tgt, 1000, 4096);
@@ -1204,13 +1162,12 @@ static void case_remote_oob(void)
 	buf_accept(loc, 8, 16);
 	buf_check(loc, "local buffer outside the READ's SGE untouched");
 
-	struct ibv_sge a8 = sge(loc->p + 64, 8, lmr->lkey);
+	struct ibv_sge a8 = buf_sge(loc, 64, 8);
 	remote_error("FETCH_AND_ADD at MR end (8 bytes past the last valid)", IBV_WR_ATOMIC_FETCH_AND_ADD,
 		     &a8, addr_of(end), tmr->rkey, IBV_WC_REM_ACCESS_ERR, NULL);
 	buf_accept(loc, 64, 8);
 	buf_check(tgt, "remote buffer untouched");
 
-	dereg(lmr);
 	dereg(tmr);
 	buf_free(loc);
 	buf_free(tgt);
@@ -1218,11 +1175,10 @@ static void case_remote_oob(void)
 
 static void case_remote_access(void)
 {
-	struct buf *loc = buf_alloc(4096, "local buffer");
+	struct buf *loc = buf_reg(4096, "local buffer", IBV_ACCESS_LOCAL_WRITE);
 	struct buf *tgt = buf_alloc(4096, "remote buffer");
-	struct ibv_mr *lmr = reg(loc->p, loc->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_sge ls = sge(loc->p + 8, 64, lmr->lkey);
-	struct ibv_sge a8 = sge(loc->p + 128, 8, lmr->lkey);
+	struct ibv_sge ls = buf_sge(loc, 8, 64);
+	struct ibv_sge a8 = buf_sge(loc, 128, 8);
 	struct ibv_mr *m;
 
 	m = reg(tgt->p, tgt->n, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ |
@@ -1302,7 +1258,6 @@ static void case_remote_access(void)
 	buf_check(tgt, "remote buffer untouched");
 	dereg(m);
 
-	dereg(lmr);
 	buf_free(loc);
 	buf_free(tgt);
 }
@@ -1312,15 +1267,13 @@ static void case_recv_too_small(void)
 	struct pair p;
 	struct qp_cfg c = CFG_DEFAULT;
 	pair_new(&p, &c);
-	struct buf *src = buf_alloc(2000, "source");
-	struct buf *dst = buf_alloc(2000, "recv buffer");
-	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE);
+	struct buf *src = buf_reg(2000, "source", IBV_ACCESS_LOCAL_WRITE);
+	struct buf *dst = buf_reg(2000, "recv buffer", IBV_ACCESS_LOCAL_WRITE);
 
 	set_step("SEND 1000 bytes into a 100-byte receive");
-	struct ibv_sge rs = sge(dst->p + 50, 100, dmr->lkey);
+	struct ibv_sge rs = buf_sge(dst, 50, 100);
 	recv1(p.b, 0xB0, &rs, 1, "recv");
-	struct ibv_sge ss = sge(src->p + 3, 1000, smr->lkey);
+	struct ibv_sge ss = buf_sge(src, 3, 1000);
 	send1(p.a, 0xA0, IBV_WR_SEND, &ss, 1, 0, 0, 0, "send");
 	expect_wc(p.b_rcq, "receiver completion", 0xB0, IBV_WC_LOC_LEN_ERR, -1, p.b, NULL);
 	expect_wc(p.a_scq, "requester completion", 0xA0, IBV_WC_REM_INV_REQ_ERR, -1, p.a, NULL);
@@ -1329,8 +1282,6 @@ static void case_recv_too_small(void)
 	buf_check(src, "source unchanged");
 
 	pair_free(&p);
-	dereg(smr);
-	dereg(dmr);
 	buf_free(src);
 	buf_free(dst);
 }
@@ -1351,13 +1302,12 @@ static void case_message_too_long(void)
 	void *big = mmap(NULL, piece, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (big == MAP_FAILED)
 		fatal("mmap of %zu bytes failed", piece);
-	struct buf *dst = buf_alloc(4096, "recv buffer");
+	struct buf *dst = buf_reg(4096, "recv buffer", IBV_ACCESS_LOCAL_WRITE);
 	struct ibv_mr *smr = reg(big, piece, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE);
 
 	set_step("SEND of 16 x %zu MiB = %zu MiB (more than 2048 MiB)", piece >> 20,
 		 (16 * piece) >> 20);
-	struct ibv_sge rs = sge(dst->p, 4096, dmr->lkey);
+	struct ibv_sge rs = buf_sge(dst, 0, 4096);
 	recv1(p.b, 0xB0, &rs, 1, "recv");
 	struct ibv_sge ss[16];
 	for (int i = 0; i < 16; i++)
@@ -1369,7 +1319,6 @@ static void case_message_too_long(void)
 
 	pair_free(&p);
 	dereg(smr);
-	dereg(dmr);
 	munmap(big, piece);
 	buf_free(dst);
 }
@@ -1391,11 +1340,10 @@ static void case_flush(void)
 {
 	struct pair p;
 	struct qp_cfg c = CFG_DEFAULT;
-	struct buf *b = buf_alloc(8192, "buffer");
-	struct ibv_mr *mr = reg(b->p, b->n, ACC_ALL);
-	struct ibv_mr *mrs[1] = { mr };
-	struct ibv_sge s64 = sge(b->p + 100, 64, mr->lkey);
-	struct ibv_sge r = sge(b->p + 4096, 1024, mr->lkey);
+	struct buf *b = buf_reg(8192, "buffer", ACC_ALL);
+	struct ibv_mr *mrs[1] = { b->mr };
+	struct ibv_sge s64 = buf_sge(b, 100, 64);
+	struct ibv_sge r = buf_sge(b, 4096, 1024);
 	g_soft_timeouts = 1; /* each step uses a fresh pair: report all missing flushes */
 
 	/* 1. Explicit transition to ERR flushes the outstanding receives. */
@@ -1433,7 +1381,7 @@ static void case_flush(void)
 	expect_flushes(p.a_scq, p.a, 0xC0, 1, "SEND queued behind the failing one");
 	expect_state(p.a, IBV_QPS_ERR, "requester after LOC_PROT_ERR");
 	send1(p.a, 0xC1, IBV_WR_SEND, &s64, 1, 0, 0, 0, "send after error");
-	send1(p.a, 0xC2, IBV_WR_RDMA_WRITE, &s64, 1, addr_of(b->p + 6000), mr->rkey, 0,
+	send1(p.a, 0xC2, IBV_WR_RDMA_WRITE, &s64, 1, addr_of(b->p + 6000), b->mr->rkey, 0,
 	      "write after error");
 	expect_flushes(p.a_scq, p.a, 0xC1, 2, "WR posted after the error");
 	expect_flushes(p.a_rcq, p.a, 0xA1, 2, "receive posted on the requester before the error");
@@ -1456,7 +1404,7 @@ static void case_flush(void)
 	/* 4. Receive too small: both sides get an error and go to ERR. */
 	set_step("recv too small: both QPs in ERR, remaining receives flushed");
 	pair_new(&p, &c);
-	struct ibv_sge small = sge(b->p + 4096, 10, mr->lkey);
+	struct ibv_sge small = buf_sge(b, 4096, 10);
 	recv1(p.b, 0xB5, &small, 1, "small recv on B");
 	recv1(p.b, 0xB6, &r, 1, "recv on B");
 	recv1(p.b, 0xB7, &r, 1, "recv on B");
@@ -1489,7 +1437,6 @@ static void case_flush(void)
 	expect_recv(p.b_rcq, "recv after reconnect", 0xB8, p.b, 64, 0, 0, IBV_WC_RECV, NULL);
 	pair_free(&p);
 
-	dereg(mr);
 	buf_free(b);
 }
 
@@ -1503,10 +1450,9 @@ static void case_wrong_state(void)
 	struct ibv_qp_cap cap_a, cap_b;
 	struct ibv_qp *a = qp_create_cap(IBV_QPT_RC, cq_a, cq_a, NULL, &c, &cap_a);
 	struct ibv_qp *b = qp_create_cap(IBV_QPT_RC, cq_b, cq_b, NULL, &c, &cap_b);
-	struct buf *buf = buf_alloc(8192, "buffer");
-	struct ibv_mr *mr = reg(buf->p, buf->n, ACC_ALL);
-	struct ibv_sge s = sge(buf->p + 10, 32, mr->lkey);
-	struct ibv_sge r = sge(buf->p + 4096, 512, mr->lkey);
+	struct buf *buf = buf_reg(8192, "buffer", ACC_ALL);
+	struct ibv_sge s = buf_sge(buf, 10, 32);
+	struct ibv_sge r = buf_sge(buf, 4096, 512);
 	struct ibv_send_wr wr;
 	struct ibv_recv_wr rwr;
 	struct ibv_qp_attr at;
@@ -1576,7 +1522,7 @@ static void case_wrong_state(void)
 		fatal("returned caps too large to test (max_send_sge %u, max_recv_sge %u)",
 		      cap_a.max_send_sge, cap_b.max_recv_sge);
 	for (int i = 0; i < 64; i++)
-		many[i] = sge(buf->p + i * 8, 4, mr->lkey);
+		many[i] = buf_sge(buf, i * 8, 4);
 	wr_init(&wr, 0x55, IBV_WR_SEND, many, ns, IBV_SEND_SIGNALED);
 	char what[128];
 	snprintf(what, sizeof(what), "post_send with %u SGEs (cap.max_send_sge %u)", ns,
@@ -1620,13 +1566,13 @@ static void case_wrong_state(void)
 	int got_rc = 0;
 	struct ibv_send_wr *badp = NULL;
 	struct ibv_send_wr fw;
-	struct ibv_sge f8 = sge(buf->p, 8, mr->lkey);
+	struct ibv_sge f8 = buf_sge(buf, 0, 8);
 	if (limit > 1000)
 		fatal("returned cap.max_send_wr %u for a request of 8: too large to test", capw);
 	for (uint32_t i = 0; i < limit; i++) {
 		wr_init(&fw, 0x9000 + i, IBV_WR_RDMA_WRITE, &f8, 1, IBV_SEND_SIGNALED);
 		fw.wr.rdma.remote_addr = addr_of(buf->p + 2048);
-		fw.wr.rdma.rkey = mr->rkey;
+		fw.wr.rdma.rkey = buf->mr->rkey;
 		badp = NULL;
 		got_rc = ibv_post_send(p.a, &fw, &badp);
 		if (got_rc)
@@ -1658,12 +1604,11 @@ static void case_wrong_state(void)
 	expect_empty(p.a_scq, 50, "no completion for the rejected WR");
 	wr_init(&fw, 0x9999, IBV_WR_RDMA_WRITE, &f8, 1, IBV_SEND_SIGNALED);
 	fw.wr.rdma.remote_addr = addr_of(buf->p + 2048);
-	fw.wr.rdma.rkey = mr->rkey;
+	fw.wr.rdma.rkey = buf->mr->rkey;
 	expect_post_send_rc(p.a, &fw, NULL, 0, "post_send after draining the CQ");
 	expect_wc(p.a_scq, "post after draining", 0x9999, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, p.a, NULL);
 	pair_free(&p);
 
-	dereg(mr);
 	buf_free(buf);
 }
 
@@ -1675,16 +1620,14 @@ static void case_rnr_wait(void)
 	struct pair p;
 	struct qp_cfg c = CFG_DEFAULT;
 	pair_new(&p, &c);
-	struct buf *src = buf_alloc(4096, "source");
-	struct buf *dst = buf_alloc(4096, "recv buffer");
-	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE);
+	struct buf *src = buf_reg(4096, "source", IBV_ACCESS_LOCAL_WRITE);
+	struct buf *dst = buf_reg(4096, "recv buffer", IBV_ACCESS_LOCAL_WRITE);
 
 	set_step("SEND before the peer posted a receive (rnr_retry 7)");
-	struct ibv_sge ss = sge(src->p + 1, 1500, smr->lkey);
+	struct ibv_sge ss = buf_sge(src, 1, 1500);
 	send1(p.a, 0x7A, IBV_WR_SEND, &ss, 1, 0, 0, 0, "send");
 	expect_empty(p.a_scq, 200, "requester while no receive is posted");
-	struct ibv_sge rs = sge(dst->p + 2, 2000, dmr->lkey);
+	struct ibv_sge rs = buf_sge(dst, 2, 2000);
 	buf_expect(dst, 2, src->p + 1, 1500);
 	recv1(p.b, 0x7B, &rs, 1, "late recv");
 	expect_wc(p.a_scq, "requester completion", 0x7A, IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
@@ -1693,12 +1636,12 @@ static void case_rnr_wait(void)
 
 	set_step("3 SENDs before receives, receives posted one by one");
 	for (int i = 0; i < 3; i++) {
-		ss = sge(src->p + 100 * i, 50 + i, smr->lkey);
+		ss = buf_sge(src, 100 * i, 50 + i);
 		send1(p.a, 0x80 + i, IBV_WR_SEND, &ss, 1, 0, 0, 0, "send");
 	}
 	for (int i = 0; i < 3; i++) {
 		sleep_ms(50);
-		rs = sge(dst->p + 1000 * i + 7, 200, dmr->lkey);
+		rs = buf_sge(dst, 1000 * i + 7, 200);
 		buf_expect(dst, 1000 * i + 7, src->p + 100 * i, 50 + i);
 		recv1(p.b, 0x90 + i, &rs, 1, "late recv");
 		expect_recv(p.b_rcq, "receiver completion", 0x90 + i, p.b, 50 + i, 0, 0,
@@ -1709,8 +1652,6 @@ static void case_rnr_wait(void)
 	buf_check(dst, "recv buffer");
 
 	pair_free(&p);
-	dereg(smr);
-	dereg(dmr);
 	buf_free(src);
 	buf_free(dst);
 }
@@ -1732,10 +1673,8 @@ static void case_rnr_exceeded(void)
 {
 	struct pair p;
 	struct qp_cfg c = CFG_DEFAULT;
-	struct buf *src = buf_alloc(4096, "source");
-	struct buf *dst = buf_alloc(4096, "receive buffers");
-	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_mr *dmr = reg(dst->p, dst->n, ACC_ALL);
+	struct buf *src = buf_reg(4096, "source", IBV_ACCESS_LOCAL_WRITE);
+	struct buf *dst = buf_reg(4096, "receive buffers", ACC_ALL);
 
 	set_step("connect A (rnr_retry %d) and B (min_rnr_timer %d)", RNR_X_RETRY, RNR_X_TIMER);
 	pair_create(&p, IBV_QPT_RC, &c, &c, NULL);
@@ -1757,15 +1696,15 @@ static void case_rnr_exceeded(void)
 		EXPECT_EQ("B's min_rnr_timer (ibv_query_qp)", qa.min_rnr_timer, RNR_X_TIMER);
 
 	set_step("A: a receive posted; SEND to B (no receive posted), an RDMA_WRITE behind it");
-	struct ibv_sge ra = sge(dst->p + 3000, 500, dmr->lkey);
+	struct ibv_sge ra = buf_sge(dst, 3000, 500);
 	recv1(p.a, 0xA1, &ra, 1, "receive on A");
-	struct ibv_sge ss = sge(src->p + 5, 700, smr->lkey);
-	struct ibv_sge ws = sge(src->p + 1000, 64, smr->lkey);
+	struct ibv_sge ss = buf_sge(src, 5, 700);
+	struct ibv_sge ws = buf_sge(src, 1000, 64);
 	struct ibv_send_wr w[2];
 	wr_init(&w[0], 0x51, IBV_WR_SEND, &ss, 1, IBV_SEND_SIGNALED);
 	wr_init(&w[1], 0x52, IBV_WR_RDMA_WRITE, &ws, 1, IBV_SEND_SIGNALED);
 	w[1].wr.rdma.remote_addr = addr_of(dst->p + 2000);
-	w[1].wr.rdma.rkey = dmr->rkey;
+	w[1].wr.rdma.rkey = dst->mr->rkey;
 	w[0].next = &w[1];
 	post_send_ok(p.a, &w[0], "[SEND, RDMA_WRITE]");
 	expect_wc(p.a_scq, "the SEND nobody receives (rnr_retry used up)", 0x51,
@@ -1782,15 +1721,13 @@ static void case_rnr_exceeded(void)
 
 	set_step("the responder: not in error, and the failed SEND never arrives");
 	expect_state(p.b, IBV_QPS_RTS, "responder after sending RNR NAKs");
-	struct ibv_sge rb = sge(dst->p + 7, 1000, dmr->lkey);
+	struct ibv_sge rb = buf_sge(dst, 7, 1000);
 	recv1(p.b, 0xB1, &rb, 1, "late receive on B");
 	expect_empty(p.b_rcq, 200, "B's receive CQ (the SEND failed: it must not be delivered late)");
 	buf_check(dst, "receive buffers and RDMA_WRITE target untouched");
 	expect_empty(p.a_scq, 10, "A's send CQ at the end");
 
 	pair_free(&p);
-	dereg(smr);
-	dereg(dmr);
 	buf_free(src);
 	buf_free(dst);
 }
@@ -1821,15 +1758,13 @@ static void case_many_qps(void)
 		rc_connect(qp[i], qp[i ^ 1]->qp_num, ACC_ALL);
 
 	static uint8_t msgs[NQPS][NMSG][MSGLEN]; /* msgs[sender][seq] */
-	struct buf *src = buf_alloc(NQPS * NMSG * MSGLEN, "send buffers");
-	struct buf *dst = buf_alloc(NQPS * NMSG * SLOT, "recv slots");
-	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE);
+	struct buf *src = buf_reg(NQPS * NMSG * MSGLEN, "send buffers", IBV_ACCESS_LOCAL_WRITE);
+	struct buf *dst = buf_reg(NQPS * NMSG * SLOT, "recv slots", IBV_ACCESS_LOCAL_WRITE);
 
 	set_step("post receives and sends on all QPs");
 	for (int q = 0; q < NQPS; q++)
 		for (int m = 0; m < NMSG; m++) {
-			struct ibv_sge rs = sge(dst->p + (size_t)(q * NMSG + m) * SLOT, SLOT, dmr->lkey);
+			struct ibv_sge rs = buf_sge(dst, (size_t)(q * NMSG + m) * SLOT, SLOT);
 			recv1(qp[q], 0x10000 | (q << 8) | m, &rs, 1, "recv");
 		}
 	for (int q = 0; q < NQPS; q++)
@@ -1842,7 +1777,7 @@ static void case_many_qps(void)
 			buf_set(src, off, mp, MSGLEN);
 			/* peer q^1 receives message m from q into its slot m */
 			buf_expect(dst, (size_t)((q ^ 1) * NMSG + m) * SLOT, mp, MSGLEN);
-			struct ibv_sge ss = sge(src->p + off, MSGLEN, smr->lkey);
+			struct ibv_sge ss = buf_sge(src, off, MSGLEN);
 			send1(qp[q], 0x20000 | (q << 8) | m, IBV_WR_SEND, &ss, 1, 0, 0, 0, "send");
 		}
 
@@ -1908,8 +1843,6 @@ static void case_many_qps(void)
 		destroy_qp(qp[i]);
 	destroy_cq(scq);
 	destroy_cq(rcq);
-	dereg(smr);
-	dereg(dmr);
 	buf_free(src);
 	buf_free(dst);
 }
@@ -2068,10 +2001,8 @@ static void *flood_receiver(void *arg)
 
 static void case_events_flood(void)
 {
-	struct buf *src = buf_alloc(64, "source");
-	struct buf *dst = buf_alloc(64 * FLOOD_RECVS, "receive buffers");
-	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE);
+	struct buf *src = buf_reg(64, "source", IBV_ACCESS_LOCAL_WRITE);
+	struct buf *dst = buf_reg(64 * FLOOD_RECVS, "receive buffers", IBV_ACCESS_LOCAL_WRITE);
 	struct qp_cfg ca = CFG_DEFAULT, cb = CFG_DEFAULT;
 	ca.send_wr = 256;
 	cb.recv_wr = FLOOD_RECVS;
@@ -2084,7 +2015,7 @@ static void case_events_flood(void)
 	F.b = qp_create(IBV_QPT_RC, scq, F.rcq, NULL, &cb);
 	rc_connect(a, F.b->qp_num, ACC_ALL);
 	rc_connect(F.b, a->qp_num, ACC_ALL);
-	F.rs = sge(dst->p, 64, dmr->lkey);
+	F.rs = buf_sge(dst, 0, 64);
 	for (int i = 0; i < FLOOD_RECVS; i++)
 		flood_repost(i);
 
@@ -2092,7 +2023,7 @@ static void case_events_flood(void)
 	pthread_t t;
 	if (pthread_create(&t, NULL, flood_receiver, NULL))
 		fatal("pthread_create failed");
-	struct ibv_sge ss = sge(src->p, 8, smr->lkey);
+	struct ibv_sge ss = buf_sge(src, 0, 8);
 	long sent = 0, done = 0;
 	struct ibv_wc wc[32];
 	while (sent < FLOOD_MSGS) {
@@ -2161,8 +2092,6 @@ static void case_events_flood(void)
 	destroy_cq(F.rcq);
 	destroy_cq(scq);
 	destroy_channel(F.ch);
-	dereg(smr);
-	dereg(dmr);
 	buf_free(src);
 	buf_free(dst);
 }
@@ -2171,12 +2100,10 @@ static void case_events_flood(void)
 
 static void case_events_channels(void)
 {
-	struct buf *bx = buf_alloc(4096, "x buffer");
-	struct buf *by = buf_alloc(4096, "y buffer");
-	struct ibv_mr *mx = reg(bx->p, bx->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_mr *my = reg(by->p, by->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_sge sx = sge(bx->p, 64, mx->lkey), rx = sge(bx->p + 1024, 64, mx->lkey);
-	struct ibv_sge sy = sge(by->p, 64, my->lkey), ry = sge(by->p + 1024, 64, my->lkey);
+	struct buf *bx = buf_reg(4096, "x buffer", IBV_ACCESS_LOCAL_WRITE);
+	struct buf *by = buf_reg(4096, "y buffer", IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_sge sx = buf_sge(bx, 0, 64), rx = buf_sge(bx, 1024, 64);
+	struct ibv_sge sy = buf_sge(by, 0, 64), ry = buf_sge(by, 1024, 64);
 	static int t1a, t1b, t2, t3;
 	struct qp_cfg c = CFG_DEFAULT;
 
@@ -2236,8 +2163,6 @@ static void case_events_channels(void)
 	struct ibv_cq *cq4 = cq_new_ch(4, ch4, NULL);
 	destroy_cq(cq4);
 	destroy_channel(ch4);
-	dereg(mx);
-	dereg(my);
 	buf_free(bx);
 	buf_free(by);
 }
@@ -2246,11 +2171,9 @@ static void case_events_channels(void)
 
 static void case_events_solicited(void)
 {
-	struct buf *bs = buf_alloc(4096, "source");
-	struct buf *bd = buf_alloc(4096, "destination");
-	struct ibv_mr *ms = reg(bs->p, bs->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_mr *md = reg(bd->p, bd->n, ACC_ALL);
-	struct ibv_sge ss = sge(bs->p, 16, ms->lkey), rs = sge(bd->p, 64, md->lkey);
+	struct buf *bs = buf_reg(4096, "source", IBV_ACCESS_LOCAL_WRITE);
+	struct buf *bd = buf_reg(4096, "destination", ACC_ALL);
+	struct ibv_sge ss = buf_sge(bs, 0, 16), rs = buf_sge(bd, 0, 64);
 	struct qp_cfg c = CFG_DEFAULT;
 
 	set_step("setup");
@@ -2283,7 +2206,7 @@ static void case_events_solicited(void)
 	wr_init(&wr, 3, IBV_WR_RDMA_WRITE_WITH_IMM, &ss, 1, IBV_SEND_SIGNALED | IBV_SEND_SOLICITED);
 	wr.imm_data = htonl(0x1234);
 	wr.wr.rdma.remote_addr = addr_of(bd->p + 2048);
-	wr.wr.rdma.rkey = md->rkey;
+	wr.wr.rdma.rkey = bd->mr->rkey;
 	post_send_ok(a, &wr, "write with imm");
 	expect_cq_event(ch, rcq, NULL, "solicited RDMA_WRITE_WITH_IMM");
 	expect_one_wc(rcq, IBV_WC_SUCCESS, "receive of the write's immediate");
@@ -2314,8 +2237,6 @@ static void case_events_solicited(void)
 	destroy_cq(rcq);
 	destroy_cq(scq);
 	destroy_channel(ch);
-	dereg(ms);
-	dereg(md);
 	buf_free(bs);
 	buf_free(bd);
 }
@@ -2324,11 +2245,9 @@ static void case_events_solicited(void)
 
 static void case_events_epoll(void)
 {
-	struct buf *bs = buf_alloc(4096, "source");
-	struct buf *bd = buf_alloc(4096, "destination");
-	struct ibv_mr *ms = reg(bs->p, bs->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_mr *md = reg(bd->p, bd->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_sge ss = sge(bs->p, 16, ms->lkey), rs = sge(bd->p, 64, md->lkey);
+	struct buf *bs = buf_reg(4096, "source", IBV_ACCESS_LOCAL_WRITE);
+	struct buf *bd = buf_reg(4096, "destination", IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_sge ss = buf_sge(bs, 0, 16), rs = buf_sge(bd, 0, 64);
 	struct qp_cfg c = CFG_DEFAULT;
 
 	set_step("setup");
@@ -2385,8 +2304,6 @@ static void case_events_epoll(void)
 	destroy_qp(b);
 	destroy_cq(cq);
 	destroy_channel(ch);
-	dereg(ms);
-	dereg(md);
 	buf_free(bs);
 	buf_free(bd);
 }
@@ -2443,10 +2360,8 @@ static void pf_round(int arm_rcq, int arm_scq)
 
 static void case_events_pipe_full(void)
 {
-	struct buf *src = buf_alloc(64, "source");
-	struct buf *dst = buf_alloc(64, "receive buffer");
-	struct ibv_mr *smr = reg(src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_mr *dmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE);
+	struct buf *src = buf_reg(64, "source", IBV_ACCESS_LOCAL_WRITE);
+	struct buf *dst = buf_reg(64, "receive buffer", IBV_ACCESS_LOCAL_WRITE);
 	struct qp_cfg c = CFG_DEFAULT;
 
 	set_step("setup");
@@ -2460,8 +2375,8 @@ static void case_events_pipe_full(void)
 	PF.b = qp_create(IBV_QPT_RC, PF.b_scq, PF.rcq, NULL, &c);
 	rc_connect(PF.a, PF.b->qp_num, ACC_ALL);
 	rc_connect(PF.b, PF.a->qp_num, ACC_ALL);
-	PF.ss = sge(src->p, 8, smr->lkey);
-	PF.rs = sge(dst->p, 64, dmr->lkey);
+	PF.ss = buf_sge(src, 0, 8);
+	PF.rs = buf_sge(dst, 0, 64);
 	int fd = PF.ch->fd;
 	int cap = fcntl(fd, F_GETPIPE_SZ);
 	if (cap <= 0)
@@ -2558,8 +2473,6 @@ static void case_events_pipe_full(void)
 	destroy_cq(PF.b_scq);
 	destroy_channel(PF.ch);
 	destroy_channel(PF.bch);
-	dereg(smr);
-	dereg(dmr);
 	buf_free(src);
 	buf_free(dst);
 }
@@ -2591,11 +2504,9 @@ static void expect_no_async_event(int ms, const char *what)
 
 static void case_async_qp_error(void)
 {
-	struct buf *loc = buf_alloc(4096, "local buffer");
-	struct buf *tgt = buf_alloc(4096, "remote buffer");
-	struct ibv_mr *lmr = reg(loc->p, loc->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_mr *tmr = reg(tgt->p, tgt->n, ACC_ALL);
-	struct ibv_mr *mrs[2] = { lmr, tmr };
+	struct buf *loc = buf_reg(4096, "local buffer", IBV_ACCESS_LOCAL_WRITE);
+	struct buf *tgt = buf_reg(4096, "remote buffer", ACC_ALL);
+	struct ibv_mr *mrs[2] = { loc->mr, tgt->mr };
 	struct qp_cfg c = CFG_DEFAULT;
 	struct pair p;
 	struct ibv_wc wc;
@@ -2605,7 +2516,7 @@ static void case_async_qp_error(void)
 
 	set_step("RDMA_WRITE with a bad rkey: QP_ACCESS_ERR at the responder");
 	pair_new(&p, &c);
-	struct ibv_sge ls = sge(loc->p, 64, lmr->lkey);
+	struct ibv_sge ls = buf_sge(loc, 0, 64);
 	send1(p.a, 1, IBV_WR_RDMA_WRITE, &ls, 1, addr_of(tgt->p), unused_key(mrs, 2), 0, "write");
 	poll1(p.a_scq, &wc, "requester completion");
 	check_wc(&wc, "requester completion", 1, IBV_WC_REM_ACCESS_ERR, -1, p.a);
@@ -2616,11 +2527,11 @@ static void case_async_qp_error(void)
 
 	set_step("misaligned atomic: QP_REQ_ERR at the responder");
 	pair_new(&p, &c);
-	struct ibv_sge a8 = sge(loc->p + 128, 8, lmr->lkey);
+	struct ibv_sge a8 = buf_sge(loc, 128, 8);
 	struct ibv_send_wr wr;
 	wr_init(&wr, 2, IBV_WR_ATOMIC_FETCH_AND_ADD, &a8, 1, IBV_SEND_SIGNALED);
 	wr.wr.atomic.remote_addr = addr_of(tgt->p + 4);
-	wr.wr.atomic.rkey = tmr->rkey;
+	wr.wr.atomic.rkey = tgt->mr->rkey;
 	wr.wr.atomic.compare_add = 1;
 	post_send_ok(p.a, &wr, "misaligned atomic");
 	poll1(p.a_scq, &wc, "requester completion");
@@ -2629,8 +2540,6 @@ static void case_async_qp_error(void)
 	expect_no_async_event(200, "nothing more");
 	pair_free(&p);
 
-	dereg(lmr);
-	dereg(tmr);
 	buf_free(loc);
 	buf_free(tgt);
 }
@@ -2652,11 +2561,9 @@ static void expect_srq_event(struct ibv_srq *srq, const char *name)
 
 static void case_async_srq(void)
 {
-	struct buf *bs = buf_alloc(4096, "source");
-	struct buf *bd = buf_alloc(4096, "destination");
-	struct ibv_mr *ms = reg(bs->p, bs->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_mr *md = reg(bd->p, bd->n, IBV_ACCESS_LOCAL_WRITE);
-	struct ibv_sge ss = sge(bs->p, 16, ms->lkey), rs = sge(bd->p, 64, md->lkey);
+	struct buf *bs = buf_reg(4096, "source", IBV_ACCESS_LOCAL_WRITE);
+	struct buf *bd = buf_reg(4096, "destination", IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_sge ss = buf_sge(bs, 0, 16), rs = buf_sge(bd, 0, 64);
 	struct qp_cfg c = CFG_DEFAULT;
 
 	expect_port_active();
@@ -2703,8 +2610,6 @@ static void case_async_srq(void)
 	destroy_qp(b);
 	destroy_srq(srq);
 	destroy_cq(cq);
-	dereg(ms);
-	dereg(md);
 	buf_free(bs);
 	buf_free(bd);
 }
