@@ -273,30 +273,14 @@ static void case_srq_attrs(void)
 	if (got.max_wr > 4096)
 		fatal("ibv_create_srq(max_wr 16) wrote back max_wr %u: too large to test", got.max_wr);
 	for (uint32_t i = 0; i < limit; i++) {
-		memset(&rw, 0, sizeof(rw));
-		rw.wr_id = i;
-		rw.sg_list = &s;
-		rw.num_sge = 1;
+		rwr_init(&rw, i, &s, 1);
 		bad = NULL;
 		rc = ibv_post_srq_recv(srq, &rw, &bad);
 		if (rc)
 			break;
 		ok++;
 	}
-	if (rc == 0)
-		fail("posted %u receives to an SRQ with max_wr %u: expected ENOMEM, every post "
-		     "succeeded", ok, got.max_wr);
-	else {
-		if (rc != ENOMEM)
-			fail("SRQ full (after %u posts, max_wr %u): expected %d (ENOMEM), got %d (%s)",
-			     ok, got.max_wr, ENOMEM, rc, strerror(rc));
-		if (bad != &rw)
-			fail("SRQ full: expected bad_wr = the rejected WR %p, got %p", (void *)&rw,
-			     (void *)bad);
-		if (ok < got.max_wr)
-			fail("SRQ full: only %u posts accepted, expected at least max_wr = %u", ok,
-			     got.max_wr);
-	}
+	check_queue_full("SRQ", "max_wr", got.max_wr, ok, rc, bad, &rw);
 
 	set_step("ibv_post_srq_recv with more SGEs than max_sge");
 	struct ibv_sge many[40];
@@ -306,17 +290,11 @@ static void case_srq_attrs(void)
 		fatal("written-back max_sge %u too large to test", got.max_sge);
 	destroy_srq(srq);
 	srq = srq_create(16, 2, &got);
-	memset(&rw, 0, sizeof(rw));
-	rw.sg_list = many;
-	rw.num_sge = got.max_sge + 1;
-	bad = NULL;
-	rc = ibv_post_srq_recv(srq, &rw, &bad);
-	if (rc != EINVAL)
-		fail("ibv_post_srq_recv with %u SGEs (max_sge %u): expected %d (EINVAL), got %d (%s)",
-		     got.max_sge + 1, got.max_sge, EINVAL, rc, strerror(rc));
-	if (bad != &rw)
-		fail("ibv_post_srq_recv with too many SGEs: expected bad_wr = %p, got %p",
-		     (void *)&rw, (void *)bad);
+	rwr_init(&rw, 0, many, (int)got.max_sge + 1);
+	char w[100];
+	snprintf(w, sizeof(w), "ibv_post_srq_recv with %u SGEs (max_sge %u)", got.max_sge + 1,
+		 got.max_sge);
+	expect_post_srq_recv_rc(srq, &rw, &rw, EINVAL, w);
 	destroy_srq(srq);
 	buf_free(b);
 }
@@ -343,9 +321,8 @@ static void case_srq_shared(void)
 	struct ibv_cq *a_scq = cq_new(1024), *a_rcq = cq_new(64);
 	struct ibv_cq *b_scq = cq_new(64), *rcq = cq_new(1024);
 	struct ibv_qp *a[SRQ_PAIRS], *b[SRQ_PAIRS];
-	struct qp_cfg c = CFG_DEFAULT;
 	for (int i = 0; i < SRQ_PAIRS; i++) {
-		a[i] = qp_create(IBV_QPT_RC, a_scq, a_rcq, NULL, &c);
+		a[i] = rc_qp_new(a_scq, a_rcq);
 		struct qp_cfg cb = CFG_DEFAULT;
 		if (i == 0)
 			cb.recv_wr = cb.recv_sge = 0; /* ignored with an SRQ */
@@ -355,8 +332,7 @@ static void case_srq_shared(void)
 			     (void *)b[i]->srq);
 	}
 	for (int i = 0; i < SRQ_PAIRS; i++) {
-		rc_connect(a[i], b[i]->qp_num, ACC_ALL);
-		rc_connect(b[i], a[i]->qp_num, ACC_ALL);
+		rc_connect_both(a[i], b[i]);
 	}
 	struct buf *src = buf_reg(SRQ_TOTAL * SRQ_SLOT, "send buffers", IBV_ACCESS_LOCAL_WRITE);
 	struct buf *dst = buf_reg(SRQ_TOTAL * SRQ_SLOT, "SRQ receive slots",
@@ -371,17 +347,14 @@ static void case_srq_shared(void)
 	static struct ibv_recv_wr rw[SRQ_TOTAL];
 	static struct ibv_sge rs[SRQ_TOTAL][2];
 	for (int k = 0; k < SRQ_TOTAL; k++) {
-		uint8_t *slot = dst->p + (size_t)k * SRQ_SLOT;
-		memset(&rw[k], 0, sizeof(rw[k]));
-		rw[k].wr_id = 0x50000 + k;
-		rw[k].sg_list = rs[k];
+		size_t slot = (size_t)k * SRQ_SLOT;
 		if (k % 2 == 0) {
-			rs[k][0] = sge(slot, SRQ_SLOT, dst->mr->lkey);
-			rw[k].num_sge = 1;
+			rs[k][0] = buf_sge(dst, slot, SRQ_SLOT);
+			rwr_init(&rw[k], 0x50000 + k, rs[k], 1);
 		} else {
-			rs[k][0] = sge(slot, 80, dst->mr->lkey);
-			rs[k][1] = sge(slot + 128, 128, dst->mr->lkey);
-			rw[k].num_sge = 2;
+			rs[k][0] = buf_sge(dst, slot, 80);
+			rs[k][1] = buf_sge(dst, slot + 128, 128);
+			rwr_init(&rw[k], 0x50000 + k, rs[k], 2);
 		}
 		rw[k].next = k + 1 < SRQ_TOTAL ? &rw[k + 1] : NULL;
 	}
@@ -507,25 +480,15 @@ static void case_srq_misuse(void)
 	struct qp_cfg c = CFG_DEFAULT;
 	struct ibv_qp *a = qp_create(IBV_QPT_RC, a_cq, a_cq, NULL, &c);
 	struct ibv_qp *b = qp_create(IBV_QPT_RC, b_cq, b_cq, srq, &c);
-	rc_connect(a, b->qp_num, ACC_ALL);
-	rc_connect(b, a->qp_num, ACC_ALL);
+	rc_connect_both(a, b);
 	struct buf *src = buf_reg(4096, "source", IBV_ACCESS_LOCAL_WRITE);
 	struct buf *dst = buf_reg(4096, "receive buffers", IBV_ACCESS_LOCAL_WRITE);
 
 	set_step("ibv_post_recv on a QP that has an SRQ");
 	struct ibv_sge r = buf_sge(dst, 2048, 512);
-	struct ibv_recv_wr rw, *bad = NULL;
-	memset(&rw, 0, sizeof(rw));
-	rw.wr_id = 0xBAD;
-	rw.sg_list = &r;
-	rw.num_sge = 1;
-	int rc = ibv_post_recv(b, &rw, &bad);
-	if (rc != EINVAL)
-		fail("ibv_post_recv on a QP with an SRQ: expected %d (EINVAL), got %d (%s)", EINVAL,
-		     rc, strerror(rc));
-	if (bad != &rw)
-		fail("ibv_post_recv on a QP with an SRQ: expected bad_wr = %p, got %p", (void *)&rw,
-		     (void *)bad);
+	struct ibv_recv_wr rw;
+	rwr_init(&rw, 0xBAD, &r, 1);
+	expect_post_recv_rc(b, &rw, &rw, EINVAL, "ibv_post_recv on a QP with an SRQ");
 
 	set_step("SEND to the QP: uses the SRQ receive, not the rejected one");
 	struct ibv_sge rs = buf_sge(dst, 5, 300);
@@ -538,7 +501,7 @@ static void case_srq_misuse(void)
 	buf_check(dst, "receive buffers (SRQ buffer filled; the rejected receive's untouched)");
 
 	set_step("ibv_destroy_srq while a QP uses it");
-	rc = ibv_destroy_srq(srq);
+	int rc = ibv_destroy_srq(srq);
 	if (rc != EBUSY)
 		fatal("ibv_destroy_srq while QP 0x%x is attached: expected %d (EBUSY), got %d (%s)",
 		      b->qp_num, EBUSY, rc, strerror(rc));
@@ -578,8 +541,7 @@ static void case_srq_rnr(void)
 		b[i] = qp_create(IBV_QPT_RC, other, rcq, srq, &c);
 	}
 	for (int i = 0; i < 2; i++) {
-		rc_connect(a[i], b[i]->qp_num, ACC_ALL);
-		rc_connect(b[i], a[i]->qp_num, ACC_ALL);
+		rc_connect_both(a[i], b[i]);
 	}
 	struct buf *src = buf_reg(8192, "source", IBV_ACCESS_LOCAL_WRITE);
 	struct buf *dst = buf_reg(8192, "receive buffers", IBV_ACCESS_LOCAL_WRITE);
@@ -603,7 +565,7 @@ static void case_srq_rnr(void)
 		char d[400];
 		poll1(rcq, &wc, "receive completion after posting an SRQ receive");
 		describe_wc(&wc, d, sizeof(d));
-		int i = wc.qp_num == b[0]->qp_num ? 0 : wc.qp_num == b[1]->qp_num ? 1 : -1;
+		int i = qp_index(b, 2, wc.qp_num);
 		if (i < 0 || i == got_first) {
 			fail("receive %d: expected a completion on %s, got %s", r,
 			     got_first < 0 ? "B0 or B1" : (got_first ? "B0" : "B1"), d);
@@ -1040,15 +1002,8 @@ static void case_ud_send(void)
 	{
 		uint32_t len = 3000;
 		size_t goff = 20 * 8192 + 5, poff = 21 * 8192 + 9;
-		struct ibv_sge rs[2] = { buf_sge(u.dst, goff, GRH),  buf_sge(u.dst, poff, UD_MTU) };
-		struct ibv_recv_wr rw, *bad = NULL;
-		memset(&rw, 0, sizeof(rw));
-		rw.wr_id = 0x1100;
-		rw.sg_list = rs;
-		rw.num_sge = 2;
-		int rc = ibv_post_recv(u.b, &rw, &bad);
-		if (rc)
-			fatal("ibv_post_recv with 2 SGEs returned %d (%s)", rc, strerror(rc));
+		struct ibv_sge rs[2] = { buf_sge(u.dst, goff, GRH), buf_sge(u.dst, poff, UD_MTU) };
+		recv1(u.b, 0x1100, rs, 2, "receive with 2 SGEs");
 		struct ibv_sge ss = buf_sge(u.src, 100, len);
 		ud_send1(u.a, 0x2100, IBV_WR_SEND, &ss, 1, u.ah, u.b->qp_num, QKEY, 0, "UD send");
 		expect_wc(u.a_scq, "sender completion", 0x2100, IBV_WC_SUCCESS, IBV_WC_SEND, u.a,
@@ -1516,7 +1471,6 @@ static void case_uc_bad_wr(void)
 {
 	struct buf *b = buf_reg(4096, "buffer", ACC_ALL);
 	struct ibv_qp_attr at;
-	int rc;
 
 	set_step("UC INIT->RTR with the RC-only attributes (MAX_DEST_RD_ATOMIC, MIN_RNR_TIMER)");
 	{
@@ -1525,20 +1479,14 @@ static void case_uc_bad_wr(void)
 		struct ibv_qp *q = qp_create(IBV_QPT_UC, cq, cq, NULL, &c);
 		qp_must(qp_to_init(q, IBV_ACCESS_REMOTE_WRITE), q, "UC RESET->INIT");
 		rtr_attr(&at, 0x10);
-		rc = ibv_modify_qp(q, &at, RC_RTR_MASK);
-		if (rc != EINVAL)
-			fail("UC INIT->RTR with the RC mask: expected %d (EINVAL), got %d (%s)", EINVAL,
-			     rc, strerror(rc));
-		expect_state(q, IBV_QPS_INIT, "UC QP after a rejected INIT->RTR");
+		expect_modify_einval(q, &at, RC_RTR_MASK, IBV_QPS_INIT,
+				     "UC INIT->RTR with the RC mask");
 		rtr_attr(&at, 0x10);
 		qp_must(ibv_modify_qp(q, &at, UC_RTR_MASK), q, "UC INIT->RTR");
 		rts_attr(&at);
-		rc = ibv_modify_qp(q, &at, RC_RTS_MASK);
-		if (rc != EINVAL)
-			fail("UC RTR->RTS with the RC mask (TIMEOUT, RETRY_CNT, RNR_RETRY, "
-			     "MAX_QP_RD_ATOMIC): expected %d (EINVAL), got %d (%s)",
-			     EINVAL, rc, strerror(rc));
-		expect_state(q, IBV_QPS_RTR, "UC QP after a rejected RTR->RTS");
+		expect_modify_einval(q, &at, RC_RTS_MASK, IBV_QPS_RTR,
+				     "UC RTR->RTS with the RC mask (TIMEOUT, RETRY_CNT, RNR_RETRY, "
+				     "MAX_QP_RD_ATOMIC)");
 		destroy_qp(q);
 		destroy_cq(cq);
 	}
@@ -1559,14 +1507,7 @@ static void case_uc_bad_wr(void)
 	for (size_t i = 0; i < sizeof(bad_ops) / sizeof(bad_ops[0]); i++) {
 		set_step("%s on a UC QP", bad_ops[i].name);
 		wr_init(&wr, 0x100 + i, bad_ops[i].op, &a8, 1, IBV_SEND_SIGNALED);
-		if (bad_ops[i].op == IBV_WR_RDMA_READ) {
-			wr.wr.rdma.remote_addr = addr_of(b->p + 1024);
-			wr.wr.rdma.rkey = b->mr->rkey;
-		} else {
-			wr.wr.atomic.remote_addr = addr_of(b->p + 1024);
-			wr.wr.atomic.rkey = b->mr->rkey;
-			wr.wr.atomic.compare_add = 1;
-		}
+		wr_remote(&wr, addr_of(b->p + 1024), b->mr->rkey, 1, 0);
 		snprintf(w, sizeof(w), "post_send of %s on a UC QP", bad_ops[i].name);
 		expect_post_send_rc(p.a, &wr, &wr, EINVAL, w);
 	}
@@ -1704,8 +1645,7 @@ static void at_env_new(struct at_env *t, int sig_all)
 		t->b[i] = qp_create(IBV_QPT_RC, t->other, t->other, NULL, &c);
 	}
 	for (int i = 0; i < AT_QPS; i++) {
-		rc_connect(t->a[i], t->b[i]->qp_num, ACC_ALL);
-		rc_connect(t->b[i], t->a[i]->qp_num, ACC_ALL);
+		rc_connect_both(t->a[i], t->b[i]);
 	}
 	t->target = buf_reg(4096, "atomic target", ACC_ALL);
 	t->counter = (uint64_t *)(void *)(t->target->p + 64);
@@ -1724,14 +1664,6 @@ static void at_env_free(struct at_env *t)
 	destroy_cq(t->scq);
 	destroy_cq(t->other);
 	buf_free(t->target);
-}
-
-static int at_qp_index(struct at_env *t, uint32_t qpn)
-{
-	for (int i = 0; i < AT_QPS; i++)
-		if (t->a[i]->qp_num == qpn)
-			return i;
-	return -1;
 }
 
 static int faa_signaled(int j)
@@ -1771,9 +1703,7 @@ static void case_atomic_faa_contention(void)
 				wr_init(&wrs[n], ((uint64_t)i << 32) | (uint64_t)j,
 					IBV_WR_ATOMIC_FETCH_AND_ADD, &sges[n], 1,
 					faa_signaled(j) ? IBV_SEND_SIGNALED : 0);
-				wrs[n].wr.atomic.remote_addr = addr_of(t.counter);
-				wrs[n].wr.atomic.rkey = t.target->mr->rkey;
-				wrs[n].wr.atomic.compare_add = 1;
+				wr_remote(&wrs[n], addr_of(t.counter), t.target->mr->rkey, 1, 0);
 				wrs[n].next = NULL;
 				if (n > 0)
 					wrs[n - 1].next = &wrs[n];
@@ -1798,7 +1728,7 @@ static void case_atomic_faa_contention(void)
 		for (int k = 0; k < got; k++) {
 			char d[400];
 			describe_wc(&wcs[k], d, sizeof(d));
-			int i = at_qp_index(&t, wcs[k].qp_num);
+			int i = qp_index(t.a, AT_QPS, wcs[k].qp_num);
 			if (i < 0)
 				fatal("completion with a qp_num of none of the A QPs: %s", d);
 			int j = done[i];
@@ -1896,10 +1826,7 @@ static void case_atomic_cas_contention(void)
 	buf_set(t.target, 64, &seven, 8);
 	s = buf_sge(res, 8, 8);
 	wr_init(&wr, 0x1, IBV_WR_ATOMIC_CMP_AND_SWP, &s, 1, IBV_SEND_SIGNALED);
-	wr.wr.atomic.remote_addr = addr_of(t.counter);
-	wr.wr.atomic.rkey = t.target->mr->rkey;
-	wr.wr.atomic.compare_add = 5;
-	wr.wr.atomic.swap = 99;
+	wr_remote(&wr, addr_of(t.counter), t.target->mr->rkey, 5, 99);
 	post_send_ok(t.a[0], &wr, "CMP_AND_SWP(5 -> 99)");
 	expect_wc(t.scq, "CMP_AND_SWP(5 -> 99) on 7", 0x1, IBV_WC_SUCCESS, IBV_WC_COMP_SWAP, t.a[0],
 		  NULL);
@@ -1926,15 +1853,12 @@ static void case_atomic_cas_contention(void)
 			s = buf_sge(res, 8 + 8 * i, 8);
 			wr_init(&wr, ((uint64_t)i << 32) | seq[i], IBV_WR_ATOMIC_CMP_AND_SWP, &s, 1,
 				IBV_SEND_SIGNALED);
-			wr.wr.atomic.remote_addr = addr_of(t.counter);
-			wr.wr.atomic.rkey = t.target->mr->rkey;
-			wr.wr.atomic.compare_add = guess[i];
-			wr.wr.atomic.swap = guess[i] + 1;
+			wr_remote(&wr, addr_of(t.counter), t.target->mr->rkey, guess[i], guess[i] + 1);
 			post_send_ok(t.a[i], &wr, "CMP_AND_SWP");
 			busy[i] = 1;
 		}
 		poll1(t.scq, &wc, "CMP_AND_SWP completion");
-		int i = at_qp_index(&t, wc.qp_num);
+		int i = qp_index(t.a, AT_QPS, wc.qp_num);
 		if (i < 0 || !busy[i]) {
 			char d[400];
 			describe_wc(&wc, d, sizeof(d));
@@ -2014,19 +1938,13 @@ static void atomic_error(const char *what, enum ibv_wr_opcode op, struct buf *tg
 	struct buf *loc = buf_reg(64, "local result", IBV_ACCESS_LOCAL_WRITE);
 	struct ibv_sge s = buf_sge(loc, 8, 8);
 	struct ibv_send_wr wr;
-	wr_init(&wr, 0xE1, op, &s, 1, IBV_SEND_SIGNALED);
-	wr.wr.atomic.remote_addr = addr_of(tgt->p + off);
-	wr.wr.atomic.rkey = tmr->rkey;
 	uint64_t cur;
 	memcpy(&cur, tgt->p + off, 8);
-	wr.wr.atomic.compare_add = op == IBV_WR_ATOMIC_CMP_AND_SWP ? cur : 1;
-	wr.wr.atomic.swap = 0x1234;
+	wr_init(&wr, 0xE1, op, &s, 1, IBV_SEND_SIGNALED);
+	wr_remote(&wr, addr_of(tgt->p + off), tmr->rkey,
+		  op == IBV_WR_ATOMIC_CMP_AND_SWP ? cur : 1, 0x1234);
 	post_send_ok(p.a, &wr, what);
-	struct ibv_wc wc;
-	poll1(p.a_scq, &wc, "requester completion");
-	if (alt >= 0 && wc.status == (enum ibv_wc_status)alt)
-		want = alt;
-	check_wc(&wc, "requester completion", 0xE1, want, -1, p.a);
+	expect_wc_alt(p.a_scq, "requester completion", 0xE1, want, alt, p.a);
 	buf_check(tgt, "atomic target untouched");
 	buf_accept(loc, 8, 8); /* undefined after an error */
 	buf_check(loc, "local buffer outside the result");
@@ -2113,8 +2031,7 @@ static void fair_refill(struct fair *f)
 		uint64_t seq = f->posted + n;
 		sges[n] = buf_sge(f->src0, 0, FAIR_WRITE);
 		wr_init(&wrs[n], seq, IBV_WR_RDMA_WRITE, &sges[n], 1, IBV_SEND_SIGNALED);
-		wrs[n].wr.rdma.remote_addr = addr_of(f->dst0->p);
-		wrs[n].wr.rdma.rkey = f->dst0->mr->rkey;
+		wr_remote(&wrs[n], addr_of(f->dst0->p), f->dst0->mr->rkey, 0, 0);
 		if (n > 0)
 			wrs[n - 1].next = &wrs[n];
 		n++;
@@ -2181,16 +2098,13 @@ static void fair_idle(unsigned *spins)
 
 static void case_huge_write_yields(void)
 {
-	struct qp_cfg c = CFG_DEFAULT;
 	struct ibv_cq *scq = cq_new(16), *rcq = cq_new(16);
-	struct ibv_qp *a0 = qp_create(IBV_QPT_RC, scq, rcq, NULL, &c);
-	struct ibv_qp *b0 = qp_create(IBV_QPT_RC, rcq, rcq, NULL, &c);
-	struct ibv_qp *a1 = qp_create(IBV_QPT_RC, scq, rcq, NULL, &c);
-	struct ibv_qp *b1 = qp_create(IBV_QPT_RC, rcq, rcq, NULL, &c);
-	rc_connect(a0, b0->qp_num, ACC_ALL);
-	rc_connect(b0, a0->qp_num, ACC_ALL);
-	rc_connect(a1, b1->qp_num, ACC_ALL);
-	rc_connect(b1, a1->qp_num, ACC_ALL);
+	struct ibv_qp *a0 = rc_qp_new(scq, rcq);
+	struct ibv_qp *b0 = rc_qp_new(rcq, rcq);
+	struct ibv_qp *a1 = rc_qp_new(scq, rcq);
+	struct ibv_qp *b1 = rc_qp_new(rcq, rcq);
+	rc_connect_both(a0, b0);
+	rc_connect_both(a1, b1);
 	struct buf *src0 = buf_reg(HUGE_WRITE, "QP0 source", IBV_ACCESS_LOCAL_WRITE);
 	struct buf *dst0 = buf_reg(HUGE_WRITE, "QP0 target", ACC_RW);
 	struct buf *src1 = buf_reg(FAIR_SMALL, "QP1 source", IBV_ACCESS_LOCAL_WRITE);
@@ -2258,10 +2172,8 @@ static void case_fairness(void)
 	f.b0 = qp_create(IBV_QPT_RC, f.rcq, f.rcq, NULL, &c);
 	f.a1 = qp_create(IBV_QPT_RC, f.scq, f.rcq, NULL, &c);
 	f.b1 = qp_create(IBV_QPT_RC, f.rcq, f.rcq, NULL, &c);
-	rc_connect(f.a0, f.b0->qp_num, ACC_ALL);
-	rc_connect(f.b0, f.a0->qp_num, ACC_ALL);
-	rc_connect(f.a1, f.b1->qp_num, ACC_ALL);
-	rc_connect(f.b1, f.a1->qp_num, ACC_ALL);
+	rc_connect_both(f.a0, f.b0);
+	rc_connect_both(f.a1, f.b1);
 	f.src0 = buf_reg(FAIR_WRITE, "QP0 source", IBV_ACCESS_LOCAL_WRITE);
 	f.dst0 = buf_reg(FAIR_WRITE, "QP0 target", ACC_RW);
 	f.src1 = buf_reg(FAIR_SMALL, "QP1 source", IBV_ACCESS_LOCAL_WRITE);

@@ -236,10 +236,8 @@ static void fz_atomic(struct fz *f, int cas, int hit)
 	struct ibv_send_wr wr;
 	wr_init(&wr, id, cas ? IBV_WR_ATOMIC_CMP_AND_SWP : IBV_WR_ATOMIC_FETCH_AND_ADD, &s, 1,
 		IBV_SEND_SIGNALED);
-	wr.wr.atomic.remote_addr = addr_of(f->atom->p + 8 * k);
-	wr.wr.atomic.rkey = f->atom->mr->rkey;
-	wr.wr.atomic.compare_add = cas ? (hit ? old : old ^ 0x0101010101010101ULL) : add;
-	wr.wr.atomic.swap = swap;
+	wr_remote(&wr, addr_of(f->atom->p + 8 * k), f->atom->mr->rkey,
+		  cas ? (hit ? old : old ^ 0x0101010101010101ULL) : add, swap);
 	snprintf(w, sizeof(w), "%s%s on target word %zu",
 		 cas ? "CMP_AND_SWP" : "FETCH_AND_ADD",
 		 cas ? (hit ? " (compare matches)" : " (compare differs)") : "", k);

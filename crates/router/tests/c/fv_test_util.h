@@ -607,6 +607,19 @@ static void expect_state(struct ibv_qp *qp, enum ibv_qp_state want, const char *
 		     what, qp->qp_num, state_str(want), state_str(s), (int)s);
 }
 
+/* ibv_modify_qp(qp, a, mask), the transition what, must return EINVAL and leave qp in stays. */
+static void expect_modify_einval(struct ibv_qp *qp, struct ibv_qp_attr *a, int mask,
+				 enum ibv_qp_state stays, const char *what)
+{
+	char w[300];
+	int rc = ibv_modify_qp(qp, a, mask);
+	if (rc != EINVAL)
+		fail("ibv_modify_qp %s: expected %d (EINVAL), got %d (%s)", what, EINVAL, rc,
+		     strerror(rc));
+	snprintf(w, sizeof(w), "after the rejected %s", what);
+	expect_state(qp, stays, w);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Creating and connecting QPs                                               */
 
@@ -678,6 +691,13 @@ static struct ibv_qp *qp_create(enum ibv_qp_type type, struct ibv_cq *scq, struc
 				struct ibv_srq *srq, const struct qp_cfg *c)
 {
 	return qp_create_cap(type, scq, rcq, srq, c, NULL);
+}
+
+/* An RC QP of E.pd configured by CFG_DEFAULT. */
+static struct ibv_qp *rc_qp_new(struct ibv_cq *scq, struct ibv_cq *rcq)
+{
+	struct qp_cfg c = CFG_DEFAULT;
+	return qp_create(IBV_QPT_RC, scq, rcq, NULL, &c);
 }
 
 static void qp_must(int rc, struct ibv_qp *qp, const char *what)
@@ -856,6 +876,22 @@ static struct ibv_srq *srq_create(uint32_t max_wr, uint32_t max_sge, struct ibv_
 	return srq;
 }
 
+/* Connects RC QPs a and b to each other, both with all remote access (rc_connect). */
+static void rc_connect_both(struct ibv_qp *a, struct ibv_qp *b)
+{
+	rc_connect(a, b->qp_num, ACC_ALL);
+	rc_connect(b, a->qp_num, ACC_ALL);
+}
+
+/* The index of the QP numbered qp_num among qps[0..n), or -1. */
+static int qp_index(struct ibv_qp *const *qps, int n, uint32_t qp_num)
+{
+	for (int i = 0; i < n; i++)
+		if (qps[i]->qp_num == qp_num)
+			return i;
+	return -1;
+}
+
 /* Two QPs of one type, each with its own send and recv CQ (1024 entries). */
 struct pair {
 	struct ibv_cq *a_scq, *a_rcq, *b_scq, *b_rcq;
@@ -1010,6 +1046,32 @@ static void check_post_rc(const char *verb, int rc, const void *badp, const void
 	if (want_bad && badp != want_bad)
 		fail("%s: %s: expected bad_wr = %p (the offending WR), got %p", what, verb,
 		     want_bad, badp);
+}
+
+/*
+ * After posting to a queue (e.g. "send queue") of capacity cap (cap_name,
+ * e.g. "cap.max_send_wr") WR after WR without polling until a post failed:
+ * ok posts were accepted, the last one returned rc (0: none failed) and
+ * bad_wr badp; want_bad is the WR it posted. A full queue must refuse with
+ * ENOMEM, that WR as bad_wr, and not before cap posts were accepted.
+ */
+static void check_queue_full(const char *queue, const char *cap_name, uint32_t cap, uint32_t ok,
+			     int rc, const void *badp, const void *want_bad)
+{
+	if (rc == 0) {
+		fail("posted %u WRs to a %s with %s %u without polling: expected ENOMEM, every post "
+		     "succeeded",
+		     ok, queue, cap_name, cap);
+		return;
+	}
+	if (rc != ENOMEM)
+		fail("%s full (after %u posts, %s %u): expected %d (ENOMEM), got %d (%s)", queue, ok,
+		     cap_name, cap, ENOMEM, rc, strerror(rc));
+	if (badp != want_bad)
+		fail("%s full: expected bad_wr = the rejected WR %p, got %p", queue, want_bad, badp);
+	if (ok < cap)
+		fail("%s full: only %u posts accepted, expected at least %s = %u", queue, ok, cap_name,
+		     cap);
 }
 
 static void expect_post_send_rc(struct ibv_qp *qp, struct ibv_send_wr *wr,

@@ -41,10 +41,12 @@
 #include "fv_test_util.h"
 #include "fv_completions.h"
 
-/* Two RC QPs connected to each other (fv_test_util.h's pair), both configured by c. */
+/* Two RC QPs connected to each other (fv_test_util.h's pair), both configured by c (NULL:
+ * CFG_DEFAULT). */
 static void pair_new(struct pair *p, const struct qp_cfg *c)
 {
-	pair_new_rc(p, c, c, NULL);
+	struct qp_cfg d = CFG_DEFAULT;
+	pair_new_rc(p, c ? c : &d, c ? c : &d, NULL);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -333,14 +335,13 @@ static void case_mr_neighbours(void)
 static void case_send(void)
 {
 	struct pair p;
-	struct qp_cfg c = CFG_DEFAULT;
-	pair_new(&p, &c);
+	pair_new(&p, NULL);
 	struct buf *src = buf_reg(8192, "send source", IBV_ACCESS_LOCAL_WRITE);
 	struct buf *dst = buf_reg(8192, "recv destination", IBV_ACCESS_LOCAL_WRITE);
 
 	/* 3 send SGEs (17 + 1000 + 2500 = 3517) into 2 recv SGEs of 2000 each. */
 	set_step("SEND 3 SGEs -> 2 recv SGEs");
-	struct ibv_sge rs[2] = { buf_sge(dst, 5, 2000),  buf_sge(dst, 4099, 2000) };
+	struct ibv_sge rs[2] = { buf_sge(dst, 5, 2000), buf_sge(dst, 4099, 2000) };
 	recv1(p.b, 0x5EC0, rs, 2, "recv");
 	struct ibv_sge ss[3] = { buf_sge(src, 3, 17), buf_sge(src, 1111, 1000),
 				 buf_sge(src, 3001, 2500) };
@@ -388,8 +389,7 @@ static void case_send(void)
 static void case_send_imm(void)
 {
 	struct pair p;
-	struct qp_cfg c = CFG_DEFAULT;
-	pair_new(&p, &c);
+	pair_new(&p, NULL);
 	struct buf *src = buf_reg(4096, "send source", IBV_ACCESS_LOCAL_WRITE);
 	struct buf *dst = buf_reg(4096, "recv destination", IBV_ACCESS_LOCAL_WRITE);
 
@@ -398,10 +398,7 @@ static void case_send_imm(void)
 	recv1(p.b, 0x1111, &rs, 1, "recv");
 	struct ibv_sge ss = buf_sge(src, 9, 777);
 	buf_expect(dst, 3, src->p + 9, 777);
-	struct ibv_send_wr wr;
-	wr_init(&wr, 0x2222, IBV_WR_SEND_WITH_IMM, &ss, 1, IBV_SEND_SIGNALED);
-	wr.imm_data = htonl(0xDEADBEEF);
-	post_send_ok(p.a, &wr, "send_with_imm");
+	send1(p.a, 0x2222, IBV_WR_SEND_WITH_IMM, &ss, 1, 0, 0, 0xDEADBEEF, "send_with_imm");
 	expect_wc(p.a_scq, "sender completion", 0x2222, IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
 	expect_recv(p.b_rcq, "receiver completion", 0x1111, p.b, 777, 1, 0xDEADBEEF, IBV_WC_RECV,
 		    NULL);
@@ -409,9 +406,7 @@ static void case_send_imm(void)
 
 	set_step("zero-length SEND_WITH_IMM into a recv without SGEs");
 	recv1(p.b, 0x1112, NULL, 0, "recv");
-	wr_init(&wr, 0x2223, IBV_WR_SEND_WITH_IMM, NULL, 0, IBV_SEND_SIGNALED);
-	wr.imm_data = htonl(0x00C0FFEE);
-	post_send_ok(p.a, &wr, "send_with_imm");
+	send1(p.a, 0x2223, IBV_WR_SEND_WITH_IMM, NULL, 0, 0, 0, 0x00C0FFEE, "send_with_imm");
 	expect_wc(p.a_scq, "sender completion", 0x2223, IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
 	expect_recv(p.b_rcq, "receiver completion", 0x1112, p.b, 0, 1, 0x00C0FFEE, IBV_WC_RECV,
 		    NULL);
@@ -428,8 +423,7 @@ static void case_send_imm(void)
 static void case_write(void)
 {
 	struct pair p;
-	struct qp_cfg c = CFG_DEFAULT;
-	pair_new(&p, &c);
+	pair_new(&p, NULL);
 	struct buf *src = buf_reg(8192, "write source", IBV_ACCESS_LOCAL_WRITE);
 	struct buf *dst = buf_alloc(8192, "write target");
 	struct buf *rb = buf_reg(256, "posted recv buffer", IBV_ACCESS_LOCAL_WRITE);
@@ -480,8 +474,7 @@ static void case_write(void)
 static void case_write_imm(void)
 {
 	struct pair p;
-	struct qp_cfg c = CFG_DEFAULT;
-	pair_new(&p, &c);
+	pair_new(&p, NULL);
 	struct buf *src = buf_reg(8192, "write source", IBV_ACCESS_LOCAL_WRITE);
 	struct buf *dst = buf_reg(8192, "write target",
 				  IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
@@ -490,15 +483,11 @@ static void case_write_imm(void)
 	set_step("RDMA_WRITE_WITH_IMM 2049 bytes, recv with a 64-byte SGE");
 	struct ibv_sge rs = buf_sge(rb, 1, 64);
 	recv1(p.b, 0xA, &rs, 1, "recv");
-	struct ibv_sge ss[2] = { buf_sge(src, 7, 1024),  buf_sge(src, 3000, 1025) };
+	struct ibv_sge ss[2] = { buf_sge(src, 7, 1024), buf_sge(src, 3000, 1025) };
 	buf_expect(dst, 33, src->p + 7, 1024);
 	buf_expect(dst, 33 + 1024, src->p + 3000, 1025);
-	struct ibv_send_wr wr;
-	wr_init(&wr, 0x4001, IBV_WR_RDMA_WRITE_WITH_IMM, ss, 2, IBV_SEND_SIGNALED);
-	wr.wr.rdma.remote_addr = addr_of(dst->p + 33);
-	wr.wr.rdma.rkey = dst->mr->rkey;
-	wr.imm_data = htonl(0x01020304);
-	post_send_ok(p.a, &wr, "write_with_imm");
+	send1(p.a, 0x4001, IBV_WR_RDMA_WRITE_WITH_IMM, ss, 2, addr_of(dst->p + 33), dst->mr->rkey,
+	      0x01020304, "write_with_imm");
 	expect_wc(p.a_scq, "requester completion", 0x4001, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, p.a,
 		  NULL);
 	expect_recv(p.b_rcq, "responder completion", 0xA, p.b, 2049, 1, 0x01020304,
@@ -510,11 +499,8 @@ static void case_write_imm(void)
 	recv1(p.b, 0xB, NULL, 0, "recv");
 	struct ibv_sge s1 = buf_sge(src, 6001, 100);
 	buf_expect(dst, 5001, src->p + 6001, 100);
-	wr_init(&wr, 0x4002, IBV_WR_RDMA_WRITE_WITH_IMM, &s1, 1, IBV_SEND_SIGNALED);
-	wr.wr.rdma.remote_addr = addr_of(dst->p + 5001);
-	wr.wr.rdma.rkey = dst->mr->rkey;
-	wr.imm_data = htonl(0xFEDCBA98);
-	post_send_ok(p.a, &wr, "write_with_imm");
+	send1(p.a, 0x4002, IBV_WR_RDMA_WRITE_WITH_IMM, &s1, 1, addr_of(dst->p + 5001), dst->mr->rkey,
+	      0xFEDCBA98, "write_with_imm");
 	expect_wc(p.a_scq, "requester completion", 0x4002, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, p.a,
 		  NULL);
 	expect_recv(p.b_rcq, "responder completion", 0xB, p.b, 100, 1, 0xFEDCBA98,
@@ -534,21 +520,18 @@ static void case_write_imm(void)
 static void case_read(void)
 {
 	struct pair p;
-	struct qp_cfg c = CFG_DEFAULT;
-	pair_new(&p, &c);
+	pair_new(&p, NULL);
 	struct buf *remote = buf_reg(8192, "read source (remote)",
 				     IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ);
 	struct buf *local = buf_reg(8192, "read destination (local)", IBV_ACCESS_LOCAL_WRITE);
 
 	set_step("RDMA_READ 3345 bytes from remote+111 into 2 local SGEs");
-	struct ibv_sge ls[2] = { buf_sge(local, 3, 1000),  buf_sge(local, 2001, 2345) };
+	struct ibv_sge ls[2] = { buf_sge(local, 3, 1000), buf_sge(local, 2001, 2345) };
 	buf_expect(local, 3, remote->p + 111, 1000);
 	buf_expect(local, 2001, remote->p + 1111, 2345);
 	send1(p.a, 0x6001, IBV_WR_RDMA_READ, ls, 2, addr_of(remote->p + 111), remote->mr->rkey, 0,
 	      "read");
-	struct ibv_wc wc;
-	expect_wc(p.a_scq, "requester completion", 0x6001, IBV_WC_SUCCESS, IBV_WC_RDMA_READ, p.a, &wc);
-	EXPECT_EQ("RDMA_READ wc.byte_len", wc.byte_len, 3345);
+	expect_wc_len(p.a_scq, "requester completion", 0x6001, IBV_WC_RDMA_READ, p.a, 3345);
 	buf_check(local, "local destination");
 	buf_check(remote, "remote source unchanged");
 
@@ -557,8 +540,7 @@ static void case_read(void)
 	buf_expect(local, 7000, remote->p + 8191, 1);
 	send1(p.a, 0x6002, IBV_WR_RDMA_READ, &l1, 1, addr_of(remote->p + 8191), remote->mr->rkey, 0,
 	      "read");
-	expect_wc(p.a_scq, "requester completion", 0x6002, IBV_WC_SUCCESS, IBV_WC_RDMA_READ, p.a, &wc);
-	EXPECT_EQ("RDMA_READ wc.byte_len", wc.byte_len, 1);
+	expect_wc_len(p.a_scq, "requester completion", 0x6002, IBV_WC_RDMA_READ, p.a, 1);
 	buf_check(local, "local destination");
 
 	expect_empty(p.b_rcq, 50, "responder recv CQ");
@@ -576,25 +558,16 @@ static void atomic1(struct pair *p, uint64_t wr_id, enum ibv_wr_opcode op, struc
 		    int wc_opcode, const char *what)
 {
 	struct ibv_send_wr wr;
-	struct ibv_wc wc;
-	char w[200];
 	wr_init(&wr, wr_id, op, ls, 1, IBV_SEND_SIGNALED);
-	wr.wr.atomic.remote_addr = raddr;
-	wr.wr.atomic.rkey = rkey;
-	wr.wr.atomic.compare_add = compare_add;
-	wr.wr.atomic.swap = swap;
+	wr_remote(&wr, raddr, rkey, compare_add, swap);
 	post_send_ok(p->a, &wr, what);
-	expect_wc(p->a_scq, what, wr_id, IBV_WC_SUCCESS, wc_opcode, p->a, &wc);
-	snprintf(w, sizeof(w), "%s: wc.byte_len", what);
-	if (wc.status == IBV_WC_SUCCESS)
-		EXPECT_EQ(w, wc.byte_len, 8);
+	expect_wc_len(p->a_scq, what, wr_id, wc_opcode, p->a, 8);
 }
 
 static void case_atomics(void)
 {
 	struct pair p;
-	struct qp_cfg c = CFG_DEFAULT;
-	pair_new(&p, &c);
+	pair_new(&p, NULL);
 	struct buf *remote = buf_reg(4096, "atomic target (remote)", ACC_ALL);
 	struct buf *local = buf_reg(256, "atomic result (local)", IBV_ACCESS_LOCAL_WRITE);
 	uint8_t *t = remote->p + 64; /* 8-byte aligned (malloc gives 16) */
@@ -742,8 +715,7 @@ static void case_large(void)
 {
 	const size_t L = 4u << 20;
 	struct pair p;
-	struct qp_cfg c = CFG_DEFAULT;
-	pair_new(&p, &c);
+	pair_new(&p, NULL);
 	struct buf *src = buf_reg(L + 64, "4 MiB source", IBV_ACCESS_LOCAL_WRITE);
 	struct buf *dst = buf_reg(L + 64, "4 MiB destination",
 				  IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
@@ -875,18 +847,38 @@ static const struct ibv_wc *find_wc(const struct ibv_wc *wcs, int n, uint64_t wr
 	return NULL;
 }
 
+/*
+ * Among wcs[0..n): the completions of from's SEND send_id and of to's
+ * receive recv_id (len bytes, src_qp = from), in any order.
+ */
+static void check_send_recv(const struct ibv_wc *wcs, int n, struct ibv_qp *from,
+			    const char *from_name, uint64_t send_id, struct ibv_qp *to,
+			    const char *to_name, uint64_t recv_id, uint32_t len)
+{
+	char w[100], f[200];
+	const struct ibv_wc *wc;
+	snprintf(w, sizeof(w), "%s's send completion", from_name);
+	if ((wc = find_wc(wcs, n, send_id, w)))
+		check_wc(wc, w, send_id, IBV_WC_SUCCESS, IBV_WC_SEND, from);
+	snprintf(w, sizeof(w), "%s's recv completion", to_name);
+	if ((wc = find_wc(wcs, n, recv_id, w))) {
+		check_wc(wc, w, recv_id, IBV_WC_SUCCESS, IBV_WC_RECV, to);
+		snprintf(f, sizeof(f), "%s: wc.src_qp (= %s's qp_num)", w, from_name);
+		EXPECT_EQ(f, wc->src_qp, from->qp_num);
+		snprintf(f, sizeof(f), "%s: wc.byte_len", w);
+		EXPECT_EQ(f, wc->byte_len, len);
+	}
+}
+
 static void case_completion_fields(void)
 {
 	/* Both QPs share one CQ for sends and receives. */
 	struct ibv_cq *cq = cq_new(256);
-	struct qp_cfg c = CFG_DEFAULT;
-	struct ibv_qp *a = qp_create(IBV_QPT_RC, cq, cq, NULL, &c);
-	struct ibv_qp *b = qp_create(IBV_QPT_RC, cq, cq, NULL, &c);
-	rc_connect(a, b->qp_num, ACC_ALL);
-	rc_connect(b, a->qp_num, ACC_ALL);
+	struct ibv_qp *a = rc_qp_new(cq, cq);
+	struct ibv_qp *b = rc_qp_new(cq, cq);
+	rc_connect_both(a, b);
 	struct buf *buf = buf_reg(8192, "buffer", ACC_ALL);
 	struct ibv_wc wcs[2];
-	const struct ibv_wc *w;
 
 	set_step("A SENDs 123 bytes to B");
 	struct ibv_sge rb = buf_sge(buf, 4000, 500);
@@ -896,26 +888,13 @@ static void case_completion_fields(void)
 	struct ibv_sge s = buf_sge(buf, 1, 123);
 	send1(a, 0xA1, IBV_WR_SEND, &s, 1, 0, 0, 0, "send A->B");
 	poll_n(cq, wcs, 2, "A->B completions");
-	if ((w = find_wc(wcs, 2, 0xA1, "A's send completion"))) {
-		check_wc(w, "A's send completion", 0xA1, IBV_WC_SUCCESS, IBV_WC_SEND, a);
-	}
-	if ((w = find_wc(wcs, 2, 0xB0, "B's recv completion"))) {
-		check_wc(w, "B's recv completion", 0xB0, IBV_WC_SUCCESS, IBV_WC_RECV, b);
-		EXPECT_EQ("B's recv completion: wc.src_qp (= A's qp_num)", w->src_qp, a->qp_num);
-		EXPECT_EQ("B's recv completion: wc.byte_len", w->byte_len, 123);
-	}
+	check_send_recv(wcs, 2, a, "A", 0xA1, b, "B", 0xB0, 123);
 
 	set_step("B SENDs 321 bytes to A");
 	s = buf_sge(buf, 201, 321);
 	send1(b, 0xB1, IBV_WR_SEND, &s, 1, 0, 0, 0, "send B->A");
 	poll_n(cq, wcs, 2, "B->A completions");
-	if ((w = find_wc(wcs, 2, 0xB1, "B's send completion")))
-		check_wc(w, "B's send completion", 0xB1, IBV_WC_SUCCESS, IBV_WC_SEND, b);
-	if ((w = find_wc(wcs, 2, 0xA0, "A's recv completion"))) {
-		check_wc(w, "A's recv completion", 0xA0, IBV_WC_SUCCESS, IBV_WC_RECV, a);
-		EXPECT_EQ("A's recv completion: wc.src_qp (= B's qp_num)", w->src_qp, b->qp_num);
-		EXPECT_EQ("A's recv completion: wc.byte_len", w->byte_len, 321);
-	}
+	check_send_recv(wcs, 2, b, "B", 0xB1, a, "A", 0xA0, 321);
 
 	set_step("A RDMA_WRITE, B RDMA_READ");
 	s = buf_sge(buf, 600, 50);
@@ -924,9 +903,7 @@ static void case_completion_fields(void)
 	expect_wc(cq, "A's RDMA_WRITE completion", 0xA2, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, a, NULL);
 	s = buf_sge(buf, 700, 60);
 	send1(b, 0xB2, IBV_WR_RDMA_READ, &s, 1, addr_of(buf->p + 7100), buf->mr->rkey, 0, "read B");
-	struct ibv_wc wc;
-	expect_wc(cq, "B's RDMA_READ completion", 0xB2, IBV_WC_SUCCESS, IBV_WC_RDMA_READ, b, &wc);
-	EXPECT_EQ("B's RDMA_READ completion: wc.byte_len", wc.byte_len, 60);
+	expect_wc_len(cq, "B's RDMA_READ completion", 0xB2, IBV_WC_RDMA_READ, b, 60);
 
 	set_step("polling several completions at once");
 	struct ibv_sge r2 = buf_sge(buf, 4000, 500);
@@ -946,15 +923,8 @@ static void case_completion_fields(void)
 	}
 	if (got != 2)
 		fail("expected exactly 2 completions (A's send, B's recv), got %d", got);
-	else {
-		if ((w = find_wc(many, 2, 0xA3, "A's send")))
-			check_wc(w, "A's send", 0xA3, IBV_WC_SUCCESS, IBV_WC_SEND, a);
-		if ((w = find_wc(many, 2, 0xB3, "B's recv"))) {
-			check_wc(w, "B's recv", 0xB3, IBV_WC_SUCCESS, IBV_WC_RECV, b);
-			EXPECT_EQ("B's recv: wc.src_qp", w->src_qp, a->qp_num);
-			EXPECT_EQ("B's recv: wc.byte_len", w->byte_len, 10);
-		}
-	}
+	else
+		check_send_recv(many, 2, a, "A", 0xA3, b, "B", 0xB3, 10);
 	expect_empty(cq, 100, "shared CQ at the end");
 
 	destroy_qp(a);
@@ -966,67 +936,54 @@ static void case_completion_fields(void)
 /* ------------------------------------------------------------------------ */
 /* Error cases                                                               */
 
+/*
+ * A SEND from a fresh pair whose local SGE ss must fail the lkey check
+ * (IBV_WC_LOC_PROT_ERR); nothing may arrive in B's receive (all of dst).
+ */
+static void bad_lkey_send(const char *what, struct ibv_sge ss, struct buf *dst, uint64_t recv_id,
+			  uint64_t send_id)
+{
+	struct pair p;
+	set_step("%s", what);
+	pair_new(&p, NULL);
+	struct ibv_sge rs = buf_sge(dst, 0, 4096);
+	recv1(p.b, recv_id, &rs, 1, "recv");
+	send1(p.a, send_id, IBV_WR_SEND, &ss, 1, 0, 0, 0, "send");
+	expect_wc(p.a_scq, "requester completion", send_id, IBV_WC_LOC_PROT_ERR, -1, p.a, NULL);
+	expect_empty(p.b_rcq, 200, "responder: nothing must arrive");
+	buf_check(dst, "recv buffer untouched");
+	pair_free(&p);
+}
+
 static void case_bad_lkey(void)
 {
 	struct pair p;
-	struct qp_cfg c = CFG_DEFAULT;
 	struct buf *src = buf_reg(4096, "source", IBV_ACCESS_LOCAL_WRITE);
 	struct buf *dst = buf_reg(4096, "recv buffer", IBV_ACCESS_LOCAL_WRITE);
 	struct ibv_mr *mrs[2] = { src->mr, dst->mr };
 
-	set_step("SEND with an lkey that does not exist");
-	pair_new(&p, &c);
-	struct ibv_sge rs = buf_sge(dst, 0, 4096);
-	recv1(p.b, 0xB0, &rs, 1, "recv");
-	struct ibv_sge ss = sge(src->p, 64, unused_key(mrs, 2));
-	send1(p.a, 0xBAD1, IBV_WR_SEND, &ss, 1, 0, 0, 0, "send");
-	expect_wc(p.a_scq, "requester completion", 0xBAD1, IBV_WC_LOC_PROT_ERR, -1, p.a, NULL);
-	expect_empty(p.b_rcq, 200, "responder: nothing must arrive");
-	buf_check(dst, "recv buffer untouched");
-	pair_free(&p);
+	bad_lkey_send("SEND with an lkey that does not exist", sge(src->p, 64, unused_key(mrs, 2)),
+		      dst, 0xB0, 0xBAD1);
+	bad_lkey_send("SEND with a valid lkey but an SGE beyond the end of its MR",
+		      buf_sge(src, 4096 - 10, 64), dst, 0xB1, 0xBAD2);
+	bad_lkey_send("SEND with a valid lkey and an SGE whose end wraps past the top of the "
+		      "address space",
+		      sge((void *)(uintptr_t)(UINT64_MAX - 10), 100, src->mr->lkey), dst, 0xB3, 0xBAD4);
 
-	set_step("SEND with a valid lkey but an SGE beyond the end of its MR");
-	pair_new(&p, &c);
-	recv1(p.b, 0xB1, &rs, 1, "recv");
-	ss = buf_sge(src, 4096 - 10, 64);
-	send1(p.a, 0xBAD2, IBV_WR_SEND, &ss, 1, 0, 0, 0, "send");
-	expect_wc(p.a_scq, "requester completion", 0xBAD2, IBV_WC_LOC_PROT_ERR, -1, p.a, NULL);
-	expect_empty(p.b_rcq, 200, "responder: nothing must arrive");
-	buf_check(dst, "recv buffer untouched");
-	pair_free(&p);
-
-	set_step("SEND with a valid lkey and an SGE whose end wraps past the top of the "
-		 "address space");
-	pair_new(&p, &c);
-	recv1(p.b, 0xB3, &rs, 1, "recv");
-	ss = sge((void *)(uintptr_t)(UINT64_MAX - 10), 100, src->mr->lkey);
-	send1(p.a, 0xBAD4, IBV_WR_SEND, &ss, 1, 0, 0, 0, "send");
-	expect_wc(p.a_scq, "requester completion", 0xBAD4, IBV_WC_LOC_PROT_ERR, -1, p.a, NULL);
-	expect_empty(p.b_rcq, 200, "responder: nothing must arrive");
-	buf_check(dst, "recv buffer untouched");
-	pair_free(&p);
-
-	set_step("SEND with the lkey of an MR of another PD");
 	struct ibv_pd *pd2 = ibv_alloc_pd(E.ctx);
 	if (!pd2)
 		fatal("ibv_alloc_pd (second) failed: errno %d", errno);
 	struct ibv_mr *omr = reg_pd(pd2, src->p, src->n, IBV_ACCESS_LOCAL_WRITE);
-	pair_new(&p, &c);
-	recv1(p.b, 0xB2, &rs, 1, "recv");
-	ss = sge(src->p, 64, omr->lkey);
-	send1(p.a, 0xBAD3, IBV_WR_SEND, &ss, 1, 0, 0, 0, "send");
-	expect_wc(p.a_scq, "requester completion", 0xBAD3, IBV_WC_LOC_PROT_ERR, -1, p.a, NULL);
-	expect_empty(p.b_rcq, 200, "responder: nothing must arrive");
-	buf_check(dst, "recv buffer untouched");
-	pair_free(&p);
+	bad_lkey_send("SEND with the lkey of an MR of another PD", sge(src->p, 64, omr->lkey), dst,
+		      0xB2, 0xBAD3);
 	dereg(omr);
 	dealloc_pd(pd2);
 
 	set_step("RDMA_READ into a local SGE with an lkey that does not exist");
 	struct ibv_mr *rmr = reg(dst->p, dst->n, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ);
 	struct ibv_mr *mrs3[3] = { src->mr, dst->mr, rmr };
-	pair_new(&p, &c);
-	ss = sge(src->p, 64, unused_key(mrs3, 3));
+	pair_new(&p, NULL);
+	struct ibv_sge ss = sge(src->p, 64, unused_key(mrs3, 3));
 	send1(p.a, 0xBAD4, IBV_WR_RDMA_READ, &ss, 1, addr_of(dst->p), rmr->rkey, 0, "read");
 	expect_wc(p.a_scq, "requester completion", 0xBAD4, IBV_WC_LOC_PROT_ERR, -1, p.a, NULL);
 	buf_check(src, "source buffer (never a valid target) untouched");
@@ -1060,20 +1017,9 @@ static void remote_error2(const char *what, enum ibv_wr_opcode op, struct ibv_sg
 	pair_new_rc(&p, &c, cb ? cb : &c, NULL);
 	struct ibv_send_wr wr;
 	wr_init(&wr, 0xE1, op, ls, 1, IBV_SEND_SIGNALED);
-	if (op == IBV_WR_ATOMIC_FETCH_AND_ADD || op == IBV_WR_ATOMIC_CMP_AND_SWP) {
-		wr.wr.atomic.remote_addr = raddr;
-		wr.wr.atomic.rkey = rkey;
-		wr.wr.atomic.compare_add = 1;
-	} else {
-		wr.wr.rdma.remote_addr = raddr;
-		wr.wr.rdma.rkey = rkey;
-	}
+	wr_remote(&wr, raddr, rkey, 1, 0);
 	post_send_ok(p.a, &wr, what);
-	struct ibv_wc wc;
-	poll1(p.a_scq, &wc, "requester completion");
-	if (alt >= 0 && wc.status == (enum ibv_wc_status)alt)
-		want = alt;
-	check_wc(&wc, "requester completion", 0xE1, want, -1, p.a);
+	expect_wc_alt(p.a_scq, "requester completion", 0xE1, want, alt, p.a);
 	expect_empty(p.b_rcq, 50, "responder recv CQ");
 	pair_free(&p);
 }
@@ -1265,8 +1211,7 @@ static void case_remote_access(void)
 static void case_recv_too_small(void)
 {
 	struct pair p;
-	struct qp_cfg c = CFG_DEFAULT;
-	pair_new(&p, &c);
+	pair_new(&p, NULL);
 	struct buf *src = buf_reg(2000, "source", IBV_ACCESS_LOCAL_WRITE);
 	struct buf *dst = buf_reg(2000, "recv buffer", IBV_ACCESS_LOCAL_WRITE);
 
@@ -1339,7 +1284,6 @@ static void expect_flushes(struct ibv_cq *cq, struct ibv_qp *qp, uint64_t first,
 static void case_flush(void)
 {
 	struct pair p;
-	struct qp_cfg c = CFG_DEFAULT;
 	struct buf *b = buf_reg(8192, "buffer", ACC_ALL);
 	struct ibv_mr *mrs[1] = { b->mr };
 	struct ibv_sge s64 = buf_sge(b, 100, 64);
@@ -1348,13 +1292,10 @@ static void case_flush(void)
 
 	/* 1. Explicit transition to ERR flushes the outstanding receives. */
 	set_step("ibv_modify_qp(IBV_QPS_ERR) with 3 posted receives");
-	pair_new(&p, &c);
+	pair_new(&p, NULL);
 	for (int i = 0; i < 3; i++)
 		recv1(p.b, 0xF1 + i, &r, 1, "recv");
-	struct ibv_qp_attr a;
-	memset(&a, 0, sizeof(a));
-	a.qp_state = IBV_QPS_ERR;
-	qp_must(ibv_modify_qp(p.b, &a, IBV_QP_STATE), p.b, "-> ERR");
+	qp_to_state(p.b, IBV_QPS_ERR, "-> ERR");
 	expect_state(p.b, IBV_QPS_ERR, "after modify to ERR");
 	expect_flushes(p.b_rcq, p.b, 0xF1, 3, "posted receive flushed by modify(ERR)");
 	set_step("posting to a QP in ERR");
@@ -1367,7 +1308,7 @@ static void case_flush(void)
 
 	/* 2. A local protection error moves the requester to ERR. */
 	set_step("bad lkey: requester state and flushes");
-	pair_new(&p, &c);
+	pair_new(&p, NULL);
 	recv1(p.a, 0xA1, &r, 1, "recv on A");
 	recv1(p.a, 0xA2, &r, 1, "recv on A");
 	recv1(p.b, 0xB1, &r, 1, "recv on B");
@@ -1390,7 +1331,7 @@ static void case_flush(void)
 
 	/* 3. A remote access error moves the requester to ERR. */
 	set_step("bad rkey: requester state and flushes");
-	pair_new(&p, &c);
+	pair_new(&p, NULL);
 	recv1(p.a, 0xA3, &r, 1, "recv on A");
 	send1(p.a, 0xE2, IBV_WR_RDMA_WRITE, &s64, 1, addr_of(b->p + 6000), unused_key(mrs, 1), 0,
 	      "write with bad rkey");
@@ -1403,7 +1344,7 @@ static void case_flush(void)
 
 	/* 4. Receive too small: both sides get an error and go to ERR. */
 	set_step("recv too small: both QPs in ERR, remaining receives flushed");
-	pair_new(&p, &c);
+	pair_new(&p, NULL);
 	struct ibv_sge small = buf_sge(b, 4096, 10);
 	recv1(p.b, 0xB5, &small, 1, "small recv on B");
 	recv1(p.b, 0xB6, &r, 1, "recv on B");
@@ -1420,17 +1361,13 @@ static void case_flush(void)
 
 	/* 5. Back to RESET and reconnect: the QP is usable again. */
 	set_step("ERR -> RESET -> INIT -> RTR -> RTS reuses the QP pair");
-	pair_new(&p, &c);
-	memset(&a, 0, sizeof(a));
-	a.qp_state = IBV_QPS_ERR;
-	qp_must(ibv_modify_qp(p.a, &a, IBV_QP_STATE), p.a, "A -> ERR");
-	qp_must(ibv_modify_qp(p.b, &a, IBV_QP_STATE), p.b, "B -> ERR");
-	a.qp_state = IBV_QPS_RESET;
-	qp_must(ibv_modify_qp(p.a, &a, IBV_QP_STATE), p.a, "A -> RESET");
-	qp_must(ibv_modify_qp(p.b, &a, IBV_QP_STATE), p.b, "B -> RESET");
+	pair_new(&p, NULL);
+	qp_to_state(p.a, IBV_QPS_ERR, "A -> ERR");
+	qp_to_state(p.b, IBV_QPS_ERR, "B -> ERR");
+	qp_to_state(p.a, IBV_QPS_RESET, "A -> RESET");
+	qp_to_state(p.b, IBV_QPS_RESET, "B -> RESET");
 	expect_state(p.a, IBV_QPS_RESET, "after modify to RESET");
-	rc_connect(p.a, p.b->qp_num, ACC_ALL);
-	rc_connect(p.b, p.a->qp_num, ACC_ALL);
+	rc_connect_both(p.a, p.b);
 	recv1(p.b, 0xB8, &r, 1, "recv on B");
 	send1(p.a, 0xC5, IBV_WR_SEND, &s64, 1, 0, 0, 0, "send after reconnect");
 	expect_wc(p.a_scq, "send after reconnect", 0xC5, IBV_WC_SUCCESS, IBV_WC_SEND, p.a, NULL);
@@ -1457,10 +1394,7 @@ static void case_wrong_state(void)
 	struct ibv_recv_wr rwr;
 	struct ibv_qp_attr at;
 
-	memset(&rwr, 0, sizeof(rwr));
-	rwr.wr_id = 0x1717;
-	rwr.sg_list = &r;
-	rwr.num_sge = 1;
+	rwr_init(&rwr, 0x1717, &r, 1);
 
 	set_step("QP in RESET");
 	expect_state(a, IBV_QPS_RESET, "new QP");
@@ -1468,17 +1402,9 @@ static void case_wrong_state(void)
 	expect_post_send_rc(a, &wr, &wr, EINVAL, "post_send in RESET");
 	expect_post_recv_rc(b, &rwr, &rwr, EINVAL, "post_recv in RESET");
 	rtr_attr(&at, b->qp_num);
-	int rc = ibv_modify_qp(a, &at, RC_RTR_MASK);
-	if (rc != EINVAL)
-		fail("ibv_modify_qp RESET->RTR: expected %d (EINVAL), got %d (%s)", EINVAL, rc,
-		     strerror(rc));
-	expect_state(a, IBV_QPS_RESET, "after a rejected RESET->RTR");
+	expect_modify_einval(a, &at, RC_RTR_MASK, IBV_QPS_RESET, "RESET->RTR");
 	rts_attr(&at);
-	rc = ibv_modify_qp(a, &at, RC_RTS_MASK);
-	if (rc != EINVAL)
-		fail("ibv_modify_qp RESET->RTS: expected %d (EINVAL), got %d (%s)", EINVAL, rc,
-		     strerror(rc));
-	expect_state(a, IBV_QPS_RESET, "after a rejected RESET->RTS");
+	expect_modify_einval(a, &at, RC_RTS_MASK, IBV_QPS_RESET, "RESET->RTS");
 
 	set_step("QP in INIT");
 	qp_must(qp_to_init(a, ACC_ALL), a, "RESET->INIT");
@@ -1488,11 +1414,8 @@ static void case_wrong_state(void)
 	expect_post_send_rc(a, &wr, &wr, EINVAL, "post_send in INIT");
 	expect_post_recv_rc(b, &rwr, NULL, 0, "post_recv in INIT (allowed)");
 	rtr_attr(&at, b->qp_num);
-	rc = ibv_modify_qp(a, &at, RC_RTR_MASK & ~IBV_QP_DEST_QPN);
-	if (rc != EINVAL)
-		fail("ibv_modify_qp INIT->RTR without IBV_QP_DEST_QPN: expected %d (EINVAL), got %d (%s)",
-		     EINVAL, rc, strerror(rc));
-	expect_state(a, IBV_QPS_INIT, "after a rejected INIT->RTR");
+	expect_modify_einval(a, &at, RC_RTR_MASK & ~IBV_QP_DEST_QPN, IBV_QPS_INIT,
+			     "INIT->RTR without IBV_QP_DEST_QPN");
 
 	set_step("QP in RTR");
 	rtr_attr(&at, b->qp_num);
@@ -1529,10 +1452,7 @@ static void case_wrong_state(void)
 		 cap_a.max_send_sge);
 	expect_post_send_rc(a, &wr, &wr, EINVAL, what);
 	struct ibv_recv_wr rw2;
-	memset(&rw2, 0, sizeof(rw2));
-	rw2.wr_id = 0x56;
-	rw2.sg_list = many;
-	rw2.num_sge = nr;
+	rwr_init(&rw2, 0x56, many, nr);
 	snprintf(what, sizeof(what), "post_recv with %u SGEs (cap.max_recv_sge %u)", nr,
 		 cap_b.max_recv_sge);
 	expect_post_recv_rc(b, &rw2, &rw2, EINVAL, what);
@@ -1571,31 +1491,14 @@ static void case_wrong_state(void)
 		fatal("returned cap.max_send_wr %u for a request of 8: too large to test", capw);
 	for (uint32_t i = 0; i < limit; i++) {
 		wr_init(&fw, 0x9000 + i, IBV_WR_RDMA_WRITE, &f8, 1, IBV_SEND_SIGNALED);
-		fw.wr.rdma.remote_addr = addr_of(buf->p + 2048);
-		fw.wr.rdma.rkey = buf->mr->rkey;
+		wr_remote(&fw, addr_of(buf->p + 2048), buf->mr->rkey, 0, 0);
 		badp = NULL;
 		got_rc = ibv_post_send(p.a, &fw, &badp);
 		if (got_rc)
 			break;
 		ok++;
 	}
-	if (got_rc == 0)
-		fail("posted %u WRs on a QP with cap.max_send_wr %u without polling: expected ENOMEM, "
-		     "every post succeeded",
-		     ok, capw);
-	else {
-		if (got_rc != ENOMEM)
-			fail("send queue full (after %u posts, cap.max_send_wr %u): expected %d "
-			     "(ENOMEM), got %d (%s)",
-			     ok, capw, ENOMEM, got_rc, strerror(got_rc));
-		if (badp != &fw)
-			fail("send queue full: expected bad_wr = the rejected WR %p, got %p",
-			     (void *)&fw, (void *)badp);
-		if (ok < capw)
-			fail("send queue full: only %u posts accepted, expected at least "
-			     "cap.max_send_wr = %u",
-			     ok, capw);
-	}
+	check_queue_full("send queue", "cap.max_send_wr", capw, ok, got_rc, badp, &fw);
 	for (uint32_t i = 0; i < ok; i++) {
 		char w[80];
 		snprintf(w, sizeof(w), "completion %u of %u accepted WRs", i + 1, ok);
@@ -1603,8 +1506,7 @@ static void case_wrong_state(void)
 	}
 	expect_empty(p.a_scq, 50, "no completion for the rejected WR");
 	wr_init(&fw, 0x9999, IBV_WR_RDMA_WRITE, &f8, 1, IBV_SEND_SIGNALED);
-	fw.wr.rdma.remote_addr = addr_of(buf->p + 2048);
-	fw.wr.rdma.rkey = buf->mr->rkey;
+	wr_remote(&fw, addr_of(buf->p + 2048), buf->mr->rkey, 0, 0);
 	expect_post_send_rc(p.a, &fw, NULL, 0, "post_send after draining the CQ");
 	expect_wc(p.a_scq, "post after draining", 0x9999, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, p.a, NULL);
 	pair_free(&p);
@@ -1618,8 +1520,7 @@ static void case_wrong_state(void)
 static void case_rnr_wait(void)
 {
 	struct pair p;
-	struct qp_cfg c = CFG_DEFAULT;
-	pair_new(&p, &c);
+	pair_new(&p, NULL);
 	struct buf *src = buf_reg(4096, "source", IBV_ACCESS_LOCAL_WRITE);
 	struct buf *dst = buf_reg(4096, "recv buffer", IBV_ACCESS_LOCAL_WRITE);
 
@@ -1703,8 +1604,7 @@ static void case_rnr_exceeded(void)
 	struct ibv_send_wr w[2];
 	wr_init(&w[0], 0x51, IBV_WR_SEND, &ss, 1, IBV_SEND_SIGNALED);
 	wr_init(&w[1], 0x52, IBV_WR_RDMA_WRITE, &ws, 1, IBV_SEND_SIGNALED);
-	w[1].wr.rdma.remote_addr = addr_of(dst->p + 2000);
-	w[1].wr.rdma.rkey = dst->mr->rkey;
+	wr_remote(&w[1], addr_of(dst->p + 2000), dst->mr->rkey, 0, 0);
 	w[0].next = &w[1];
 	post_send_ok(p.a, &w[0], "[SEND, RDMA_WRITE]");
 	expect_wc(p.a_scq, "the SEND nobody receives (rnr_retry used up)", 0x51,
@@ -1741,15 +1641,32 @@ static void case_rnr_exceeded(void)
 #define MSGLEN 200
 #define SLOT 256
 
+/*
+ * Polls one completion from the kind ("send" or "recv") CQ that all of qp
+ * share; returns the index of the QP it names, or -1 (a failure) if none.
+ */
+static int poll_shared(struct ibv_cq *cq, struct ibv_qp *const *qp, struct ibv_wc *wc,
+		       const char *kind)
+{
+	char w[80], d[400];
+	snprintf(w, sizeof(w), "%s completion on the shared %s CQ", kind, kind);
+	poll1(cq, wc, w);
+	int q = qp_index(qp, NQPS, wc->qp_num);
+	if (q < 0) {
+		describe_wc(wc, d, sizeof(d));
+		fail("%s completion with a qp_num of none of our QPs: %s", kind, d);
+	}
+	return q;
+}
+
 static void case_many_qps(void)
 {
 	struct ibv_cq *scq = cq_new(1024), *rcq = cq_new(1024);
-	struct qp_cfg c = CFG_DEFAULT;
 	struct ibv_qp *qp[NQPS];
 	/* qp[2i] and qp[2i+1] are connected to each other. */
 	set_step("create and connect %d QPs sharing one send CQ and one recv CQ", NQPS);
 	for (int i = 0; i < NQPS; i++)
-		qp[i] = qp_create(IBV_QPT_RC, scq, rcq, NULL, &c);
+		qp[i] = rc_qp_new(scq, rcq);
 	for (int i = 0; i < NQPS; i++)
 		for (int j = i + 1; j < NQPS; j++)
 			if (qp[i]->qp_num == qp[j]->qp_num)
@@ -1785,17 +1702,9 @@ static void case_many_qps(void)
 	int next_send[NQPS] = { 0 }, next_recv[NQPS] = { 0 }, src_qp_reported[NQPS] = { 0 };
 	for (int i = 0; i < NQPS * NMSG; i++) {
 		struct ibv_wc wc;
-		char d[400];
-		poll1(scq, &wc, "send completion on the shared send CQ");
-		describe_wc(&wc, d, sizeof(d));
-		int q = -1;
-		for (int k = 0; k < NQPS; k++)
-			if (qp[k]->qp_num == wc.qp_num)
-				q = k;
-		if (q < 0) {
-			fail("send completion with a qp_num of none of our QPs: %s", d);
+		int q = poll_shared(scq, qp, &wc, "send");
+		if (q < 0)
 			continue;
-		}
 		uint64_t want = 0x20000 | (q << 8) | next_send[q];
 		check_wc(&wc, "send completion (wr_id must belong to the QP named by qp_num, in order)",
 			 want, IBV_WC_SUCCESS, IBV_WC_SEND, qp[q]);
@@ -1804,17 +1713,9 @@ static void case_many_qps(void)
 	set_step("recv completions");
 	for (int i = 0; i < NQPS * NMSG; i++) {
 		struct ibv_wc wc;
-		char d[400];
-		poll1(rcq, &wc, "recv completion on the shared recv CQ");
-		describe_wc(&wc, d, sizeof(d));
-		int q = -1;
-		for (int k = 0; k < NQPS; k++)
-			if (qp[k]->qp_num == wc.qp_num)
-				q = k;
-		if (q < 0) {
-			fail("recv completion with a qp_num of none of our QPs: %s", d);
+		int q = poll_shared(rcq, qp, &wc, "recv");
+		if (q < 0)
 			continue;
-		}
 		uint64_t want = 0x10000 | (q << 8) | next_recv[q];
 		if (check_wc(&wc, "recv completion (wr_id must belong to the QP named by qp_num, in order)",
 			     want, IBV_WC_SUCCESS, IBV_WC_RECV, qp[q])) {
@@ -2013,8 +1914,7 @@ static void case_events_flood(void)
 	struct ibv_cq *scq = cq_new(256);
 	struct ibv_qp *a = qp_create(IBV_QPT_RC, scq, scq, NULL, &ca);
 	F.b = qp_create(IBV_QPT_RC, scq, F.rcq, NULL, &cb);
-	rc_connect(a, F.b->qp_num, ACC_ALL);
-	rc_connect(F.b, a->qp_num, ACC_ALL);
+	rc_connect_both(a, F.b);
 	F.rs = buf_sge(dst, 0, 64);
 	for (int i = 0; i < FLOOD_RECVS; i++)
 		flood_repost(i);
@@ -2105,7 +2005,6 @@ static void case_events_channels(void)
 	struct ibv_sge sx = buf_sge(bx, 0, 64), rx = buf_sge(bx, 1024, 64);
 	struct ibv_sge sy = buf_sge(by, 0, 64), ry = buf_sge(by, 1024, 64);
 	static int t1a, t1b, t2, t3;
-	struct qp_cfg c = CFG_DEFAULT;
 
 	set_step("three channels");
 	struct ibv_comp_channel *ch1 = chan_new(), *ch2 = chan_new(), *ch3 = chan_new();
@@ -2116,10 +2015,9 @@ static void case_events_channels(void)
 	struct ibv_cq *cq1a = cq_new_ch(16, ch1, &t1a), *cq1b = cq_new_ch(16, ch1, &t1b);
 	struct ibv_cq *cq2 = cq_new_ch(16, ch2, &t2), *cq3 = cq_new_ch(16, ch3, &t3);
 	/* x: send CQ cq2, recv CQ cq1a; y: send CQ cq3, recv CQ cq1b. */
-	struct ibv_qp *x = qp_create(IBV_QPT_RC, cq2, cq1a, NULL, &c);
-	struct ibv_qp *y = qp_create(IBV_QPT_RC, cq3, cq1b, NULL, &c);
-	rc_connect(x, y->qp_num, ACC_ALL);
-	rc_connect(y, x->qp_num, ACC_ALL);
+	struct ibv_qp *x = rc_qp_new(cq2, cq1a);
+	struct ibv_qp *y = rc_qp_new(cq3, cq1b);
+	rc_connect_both(x, y);
 
 	set_step("x sends to y; cq1a, cq1b, cq2 armed");
 	arm(cq1a, 0);
@@ -2174,16 +2072,14 @@ static void case_events_solicited(void)
 	struct buf *bs = buf_reg(4096, "source", IBV_ACCESS_LOCAL_WRITE);
 	struct buf *bd = buf_reg(4096, "destination", ACC_ALL);
 	struct ibv_sge ss = buf_sge(bs, 0, 16), rs = buf_sge(bd, 0, 64);
-	struct qp_cfg c = CFG_DEFAULT;
 
 	set_step("setup");
 	struct ibv_comp_channel *ch = chan_new();
 	struct ibv_cq *rcq = cq_new_ch(64, ch, NULL);
 	struct ibv_cq *scq = cq_new(64);
-	struct ibv_qp *a = qp_create(IBV_QPT_RC, scq, scq, NULL, &c);
-	struct ibv_qp *b = qp_create(IBV_QPT_RC, scq, rcq, NULL, &c);
-	rc_connect(a, b->qp_num, ACC_ALL);
-	rc_connect(b, a->qp_num, ACC_ALL);
+	struct ibv_qp *a = rc_qp_new(scq, scq);
+	struct ibv_qp *b = rc_qp_new(scq, rcq);
+	rc_connect_both(a, b);
 	for (int i = 0; i < 8; i++)
 		recv1(b, 100 + i, &rs, 1, "recv");
 
@@ -2202,12 +2098,8 @@ static void case_events_solicited(void)
 
 	set_step("solicited-only, RDMA_WRITE_WITH_IMM with IBV_SEND_SOLICITED");
 	arm(rcq, 1);
-	struct ibv_send_wr wr;
-	wr_init(&wr, 3, IBV_WR_RDMA_WRITE_WITH_IMM, &ss, 1, IBV_SEND_SIGNALED | IBV_SEND_SOLICITED);
-	wr.imm_data = htonl(0x1234);
-	wr.wr.rdma.remote_addr = addr_of(bd->p + 2048);
-	wr.wr.rdma.rkey = bd->mr->rkey;
-	post_send_ok(a, &wr, "write with imm");
+	post_send1(a, 3, IBV_WR_RDMA_WRITE_WITH_IMM, &ss, 1, IBV_SEND_SIGNALED | IBV_SEND_SOLICITED,
+		   addr_of(bd->p + 2048), bd->mr->rkey, 0x1234, "write with imm");
 	expect_cq_event(ch, rcq, NULL, "solicited RDMA_WRITE_WITH_IMM");
 	expect_one_wc(rcq, IBV_WC_SUCCESS, "receive of the write's immediate");
 	expect_one_wc(scq, IBV_WC_SUCCESS, "write");
@@ -2222,8 +2114,7 @@ static void case_events_solicited(void)
 
 	set_step("solicited-only: an error completion counts as solicited");
 	arm(rcq, 1);
-	struct ibv_qp_attr attr = { .qp_state = IBV_QPS_ERR };
-	qp_must(ibv_modify_qp(b, &attr, IBV_QP_STATE), b, "->ERR");
+	qp_to_state(b, IBV_QPS_ERR, "->ERR");
 	expect_cq_event(ch, rcq, NULL, "flushed receive");
 	struct ibv_wc wc;
 	poll1(rcq, &wc, "flushed receive");
@@ -2248,7 +2139,6 @@ static void case_events_epoll(void)
 	struct buf *bs = buf_reg(4096, "source", IBV_ACCESS_LOCAL_WRITE);
 	struct buf *bd = buf_reg(4096, "destination", IBV_ACCESS_LOCAL_WRITE);
 	struct ibv_sge ss = buf_sge(bs, 0, 16), rs = buf_sge(bd, 0, 64);
-	struct qp_cfg c = CFG_DEFAULT;
 
 	set_step("setup");
 	struct ibv_comp_channel *ch = chan_new();
@@ -2256,10 +2146,9 @@ static void case_events_epoll(void)
 	if (fl < 0 || fcntl(ch->fd, F_SETFL, fl | O_NONBLOCK) < 0)
 		fatal("fcntl(channel fd, O_NONBLOCK): %s", strerror(errno));
 	struct ibv_cq *cq = cq_new_ch(64, ch, NULL);
-	struct ibv_qp *a = qp_create(IBV_QPT_RC, cq, cq, NULL, &c);
-	struct ibv_qp *b = qp_create(IBV_QPT_RC, cq, cq, NULL, &c);
-	rc_connect(a, b->qp_num, ACC_ALL);
-	rc_connect(b, a->qp_num, ACC_ALL);
+	struct ibv_qp *a = rc_qp_new(cq, cq);
+	struct ibv_qp *b = rc_qp_new(cq, cq);
+	rc_connect_both(a, b);
 	int ep = epoll_create1(EPOLL_CLOEXEC);
 	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = 77 }, out[4];
 	if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, ch->fd, &ev))
@@ -2362,7 +2251,6 @@ static void case_events_pipe_full(void)
 {
 	struct buf *src = buf_reg(64, "source", IBV_ACCESS_LOCAL_WRITE);
 	struct buf *dst = buf_reg(64, "receive buffer", IBV_ACCESS_LOCAL_WRITE);
-	struct qp_cfg c = CFG_DEFAULT;
 
 	set_step("setup");
 	PF.ch = chan_new();
@@ -2371,10 +2259,9 @@ static void case_events_pipe_full(void)
 	PF.scq = cq_new_ch(64, PF.bch, &PF.btag);
 	PF.a_rcq = cq_new(16);
 	PF.b_scq = cq_new(16);
-	PF.a = qp_create(IBV_QPT_RC, PF.scq, PF.a_rcq, NULL, &c);
-	PF.b = qp_create(IBV_QPT_RC, PF.b_scq, PF.rcq, NULL, &c);
-	rc_connect(PF.a, PF.b->qp_num, ACC_ALL);
-	rc_connect(PF.b, PF.a->qp_num, ACC_ALL);
+	PF.a = rc_qp_new(PF.scq, PF.a_rcq);
+	PF.b = rc_qp_new(PF.b_scq, PF.rcq);
+	rc_connect_both(PF.a, PF.b);
 	PF.ss = buf_sge(src, 0, 8);
 	PF.rs = buf_sge(dst, 0, 64);
 	int fd = PF.ch->fd;
@@ -2507,35 +2394,29 @@ static void case_async_qp_error(void)
 	struct buf *loc = buf_reg(4096, "local buffer", IBV_ACCESS_LOCAL_WRITE);
 	struct buf *tgt = buf_reg(4096, "remote buffer", ACC_ALL);
 	struct ibv_mr *mrs[2] = { loc->mr, tgt->mr };
-	struct qp_cfg c = CFG_DEFAULT;
 	struct pair p;
-	struct ibv_wc wc;
 
 	expect_port_active();
 	expect_no_async_event(100, "after PORT_ACTIVE");
 
 	set_step("RDMA_WRITE with a bad rkey: QP_ACCESS_ERR at the responder");
-	pair_new(&p, &c);
+	pair_new(&p, NULL);
 	struct ibv_sge ls = buf_sge(loc, 0, 64);
 	send1(p.a, 1, IBV_WR_RDMA_WRITE, &ls, 1, addr_of(tgt->p), unused_key(mrs, 2), 0, "write");
-	poll1(p.a_scq, &wc, "requester completion");
-	check_wc(&wc, "requester completion", 1, IBV_WC_REM_ACCESS_ERR, -1, p.a);
+	expect_wc(p.a_scq, "requester completion", 1, IBV_WC_REM_ACCESS_ERR, -1, p.a, NULL);
 	expect_qp_event(p.b, IBV_EVENT_QP_ACCESS_ERR, "IBV_EVENT_QP_ACCESS_ERR");
 	expect_state(p.b, IBV_QPS_ERR, "responder after the access error");
 	expect_no_async_event(200, "no event for the requester (its completion reports it)");
 	pair_free(&p);
 
 	set_step("misaligned atomic: QP_REQ_ERR at the responder");
-	pair_new(&p, &c);
+	pair_new(&p, NULL);
 	struct ibv_sge a8 = buf_sge(loc, 128, 8);
 	struct ibv_send_wr wr;
 	wr_init(&wr, 2, IBV_WR_ATOMIC_FETCH_AND_ADD, &a8, 1, IBV_SEND_SIGNALED);
-	wr.wr.atomic.remote_addr = addr_of(tgt->p + 4);
-	wr.wr.atomic.rkey = tgt->mr->rkey;
-	wr.wr.atomic.compare_add = 1;
+	wr_remote(&wr, addr_of(tgt->p + 4), tgt->mr->rkey, 1, 0);
 	post_send_ok(p.a, &wr, "misaligned atomic");
-	poll1(p.a_scq, &wc, "requester completion");
-	check_wc(&wc, "requester completion", 2, IBV_WC_REM_INV_REQ_ERR, -1, p.a);
+	expect_wc(p.a_scq, "requester completion", 2, IBV_WC_REM_INV_REQ_ERR, -1, p.a, NULL);
 	expect_qp_event(p.b, IBV_EVENT_QP_REQ_ERR, "IBV_EVENT_QP_REQ_ERR");
 	expect_no_async_event(200, "nothing more");
 	pair_free(&p);
@@ -2564,17 +2445,15 @@ static void case_async_srq(void)
 	struct buf *bs = buf_reg(4096, "source", IBV_ACCESS_LOCAL_WRITE);
 	struct buf *bd = buf_reg(4096, "destination", IBV_ACCESS_LOCAL_WRITE);
 	struct ibv_sge ss = buf_sge(bs, 0, 16), rs = buf_sge(bd, 0, 64);
-	struct qp_cfg c = CFG_DEFAULT;
 
 	expect_port_active();
 	set_step("setup: B receives from an SRQ");
 	struct ibv_srq *srq = srq_create(16, 1, NULL);
 	struct ibv_cq *cq = cq_new(64);
-	struct ibv_qp *a = qp_create(IBV_QPT_RC, cq, cq, NULL, &c);
+	struct ibv_qp *a = rc_qp_new(cq, cq);
 	struct qp_cfg cb = { .send_wr = 16, .send_sge = 1, .sig_all = 1 }; /* receives: the SRQ's */
 	struct ibv_qp *b = qp_create(IBV_QPT_RC, cq, cq, srq, &cb);
-	rc_connect(a, b->qp_num, ACC_ALL);
-	rc_connect(b, a->qp_num, ACC_ALL);
+	rc_connect_both(a, b);
 	for (int i = 0; i < 4; i++)
 		srq_recv1(srq, 50 + i, &rs, 1, "SRQ receive");
 	struct ibv_srq_attr sa = { .srq_limit = 2 };
@@ -2601,8 +2480,7 @@ static void case_async_srq(void)
 	expect_no_async_event(200, "limit disarmed");
 
 	set_step("B to ERR: QP_LAST_WQE_REACHED");
-	struct ibv_qp_attr attr = { .qp_state = IBV_QPS_ERR };
-	qp_must(ibv_modify_qp(b, &attr, IBV_QP_STATE), b, "->ERR");
+	qp_to_state(b, IBV_QPS_ERR, "->ERR");
 	expect_qp_event(b, IBV_EVENT_QP_LAST_WQE_REACHED, "IBV_EVENT_QP_LAST_WQE_REACHED");
 
 	set_step("teardown");
