@@ -1,8 +1,8 @@
 /*
  * Waiting for and checking work completions: shared by the C programs of
- * tests/c (include after fv_test_util.h). wait_wc returns what it found
- * and reports nothing (for the programs that report in their own way); the
- * rest reports through fail/fatal.
+ * tests/c (include after fv_test_util.h). wait_wc and post_and_wait return
+ * what they found and report nothing (for the programs that report in their
+ * own way); the rest reports through fail/fatal.
  *
  * A program may use only some of these helpers, so unused-function warnings
  * are silenced for this header only.
@@ -34,6 +34,30 @@ static int wait_wc(struct ibv_cq *cq, struct ibv_wc *wc, double secs)
 		else
 			sched_yield();
 	}
+}
+
+/*
+ * Posts wr on qp and waits up to secs for one completion on cq (for the
+ * programs that report in their own way). Returns its status, -1 if none
+ * came, or -2 with errno set and *failed naming the verb that failed.
+ */
+static int post_and_wait(struct ibv_qp *qp, struct ibv_send_wr *wr, struct ibv_cq *cq,
+			 double secs, const char **failed)
+{
+	struct ibv_send_wr *bad = NULL;
+	int rc = ibv_post_send(qp, wr, &bad);
+	if (rc) {
+		errno = rc;
+		*failed = "ibv_post_send";
+		return -2;
+	}
+	struct ibv_wc wc;
+	int n = wait_wc(cq, &wc, secs);
+	if (n < 0) {
+		*failed = "ibv_poll_cq";
+		return -2;
+	}
+	return n > 0 ? (int)wc.status : -1;
 }
 
 /*

@@ -68,10 +68,8 @@ static struct ibv_qp *rc_qp(struct ibv_pd *pd, struct ibv_cq *cq)
 /* RESET -> INIT -> RTR -> RTS towards dest_qpn on this host (no GRH), one retry. */
 static void connect_qp(struct ibv_qp *qp, uint32_t dest_qpn)
 {
-	static const struct rc_path path = { .grh = 0, .rd_atomic = 1, .min_rnr_timer = 12,
-					     .retry_cnt = 1, .rnr_retry = 1 };
 	const char *failed = "";
-	int rc = rc_connect_path(qp, dest_qpn, ACCESS, &path, &failed);
+	int rc = rc_connect_local(qp, dest_qpn, ACCESS, 1, &failed);
 	if (rc) {
 		errno = rc;
 		die(failed);
@@ -83,16 +81,14 @@ static int rdma(struct ibv_qp *qp, struct ibv_cq *cq, enum ibv_wr_opcode op, voi
 		uint32_t len, uint32_t lkey, uint64_t remote, uint32_t rkey)
 {
 	struct ibv_sge s = sge(local, len, lkey);
-	struct ibv_send_wr wr, *bad;
+	struct ibv_send_wr wr;
+	const char *failed = "";
 	wr_init(&wr, 1, op, &s, 1, 0);
 	wr_remote(&wr, remote, rkey, 0, 0);
-	if (ibv_post_send(qp, &wr, &bad))
-		die("ibv_post_send");
-	struct ibv_wc wc;
-	int n = wait_wc(cq, &wc, 15);
-	if (n < 0)
-		die("ibv_poll_cq");
-	return n > 0 ? (int)wc.status : -1;
+	int status = post_and_wait(qp, &wr, cq, 15, &failed);
+	if (status == -2)
+		die(failed);
+	return status;
 }
 
 static void hex(const uint8_t *p, size_t n, char *out)

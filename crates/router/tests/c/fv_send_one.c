@@ -48,25 +48,20 @@ int main(void)
 	if (scanf("%x", &dest) != 1)
 		die("reading the responder's QPN");
 	/* On this host without a GRH; no remote access; retry and rnr_retry 7. */
-	static const struct rc_path path = { .grh = 0, .rd_atomic = 1, .min_rnr_timer = 12,
-					     .retry_cnt = 7, .rnr_retry = 7 };
 	const char *failed = "";
-	int rc = rc_connect_path(qp, dest, 0, &path, &failed);
+	int rc = rc_connect_local(qp, dest, 0, 7, &failed);
 	if (rc) {
 		errno = rc;
 		die(failed);
 	}
 	struct ibv_sge s = sge(buf, sizeof(buf), mr->lkey);
-	struct ibv_send_wr wr, *bad;
+	struct ibv_send_wr wr;
 	wr_init(&wr, 1, IBV_WR_SEND, &s, 1, 0);
-	if (ibv_post_send(qp, &wr, &bad))
-		die("ibv_post_send");
-	struct ibv_wc wc;
-	int n = wait_wc(cq, &wc, 10);
-	if (n < 0)
-		die("ibv_poll_cq");
-	if (n > 0)
-		printf("status %d\n", wc.status);
+	int status = post_and_wait(qp, &wr, cq, 10, &failed);
+	if (status == -2)
+		die(failed);
+	if (status >= 0)
+		printf("status %d\n", status);
 	else
 		printf("status none\n");
 	fflush(stdout);

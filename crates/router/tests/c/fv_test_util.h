@@ -5,7 +5,8 @@
  * it; fv_send_one.c, fv_exec_attacker.c and fv_limits_check.c, which report
  * in their own way and do not call env_open, use only the helpers that
  * return an error instead of failing (device_named, open_device_named,
- * qp_try_create, rc_connect_path with a path of grh 0, wait_wc).
+ * qp_try_create, rc_connect_local, wait_wc; fv_xfer.c only set_step and
+ * now_s).
  *
  * Failure reporting (fail/fatal/EXPECT_*, "FAIL <case> [<step>]: ..."), the
  * watchdog, random fill and shadow-checked buffers, opening the device
@@ -825,6 +826,20 @@ static int rc_connect_path(struct ibv_qp *qp, uint32_t dest_qpn, int access,
 	rts_attr_path(&a, p);
 	*failed = "RC RTR->RTS";
 	return ibv_modify_qp(qp, &a, RC_RTS_MASK);
+}
+
+/*
+ * For programs that do not call env_open: connects qp to dest_qpn on this
+ * host without a GRH (MTU 1024, rd_atomic 1, min_rnr_timer 12), with
+ * qp_access_flags access and retry_cnt = rnr_retry = retry. Returns as
+ * rc_connect_path.
+ */
+static int rc_connect_local(struct ibv_qp *qp, uint32_t dest_qpn, int access, uint8_t retry,
+			    const char **failed)
+{
+	struct rc_path p = { .grh = 0, .rd_atomic = 1, .min_rnr_timer = 12, .retry_cnt = retry,
+			     .rnr_retry = retry };
+	return rc_connect_path(qp, dest_qpn, access, &p, failed);
 }
 
 /* rc_connect with B's min_rnr_timer and A's rnr_retry as given. */

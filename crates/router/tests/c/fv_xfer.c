@@ -57,6 +57,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fv_test_util.h"
+
 #define GUARD_LEN 64     /* guard bytes in front of every buffer (and at least after) */
 #define GRH_LEN 40       /* GRH area in front of a UD receive */
 #define NOTICE_LEN 16    /* the SEND that announces a WRITE or READ buffer */
@@ -144,17 +146,8 @@ static long cur_msg = -1;
 /* ------------------------------------------------------------------------ */
 /* Failing                                                                   */
 
-static char step[256] = "starting";
+/* The step (set_step, g_step) is fv_test_util.h's. */
 static char timeout_text[32];
-
-static void set_step(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void set_step(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(step, sizeof(step), fmt, ap);
-	va_end(ap);
-}
 
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 static void die(const char *fmt, ...)
@@ -173,21 +166,21 @@ static void die(const char *fmt, ...)
 static void check_ret(int ret, const char *call)
 {
 	if (ret)
-		die("%s failed: %s (%d) [%s side, %s]", call, strerror(ret), ret, side_name, step);
+		die("%s failed: %s (%d) [%s side, %s]", call, strerror(ret), ret, side_name, g_step);
 }
 
 /* ibv_create_*, ibv_reg_mr ... return NULL and set errno. */
 static void *check_ptr(void *p, const char *call)
 {
 	if (!p)
-		die("%s failed: %s [%s side, %s]", call, strerror(errno), side_name, step);
+		die("%s failed: %s [%s side, %s]", call, strerror(errno), side_name, g_step);
 	return p;
 }
 
-static void on_alarm(int sig)
+static void xfer_on_alarm(int sig)
 {
 	const char *parts[] = { "fv_xfer: TIMEOUT after ", timeout_text, " s on the ", side_name,
-				" side; last step: ", step, "\n" };
+				" side; last step: ", g_step, "\n" };
 	(void)sig;
 	for (size_t p = 0; p < sizeof(parts) / sizeof(parts[0]); p++)
 		if (write(2, parts[p], strlen(parts[p])) < 0)
@@ -206,7 +199,7 @@ static void start_watchdog(void)
 			die("FV_XFER_TIMEOUT must be a number of seconds (0: no watchdog)");
 	}
 	snprintf(timeout_text, sizeof(timeout_text), "%lu", secs);
-	signal(SIGALRM, on_alarm);
+	signal(SIGALRM, xfer_on_alarm);
 	alarm((unsigned)secs);
 }
 
@@ -441,7 +434,7 @@ static void check_peer_alive(void)
 	n = recv(sock, &c, 1, MSG_PEEK | MSG_DONTWAIT);
 	if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
 		die("the peer closed the out-of-band connection (it failed or was stopped) "
-		    "[%s side, %s]", side_name, step);
+		    "[%s side, %s]", side_name, g_step);
 	if (n > 0)
 		watch_sock = false; /* it finished and sent its final byte */
 }
@@ -483,7 +476,7 @@ static void wait_for_event(void)
 	if (!fds[0].revents)
 		return;
 	if (ibv_get_cq_event(channel, &ev_cq, &ev_ctx))
-		die("ibv_get_cq_event failed: %s [%s side, %s]", strerror(errno), side_name, step);
+		die("ibv_get_cq_event failed: %s [%s side, %s]", strerror(errno), side_name, g_step);
 	if (ev_cq != cq)
 		die("ibv_get_cq_event returned CQ %p, not ours (%p)", (void *)ev_cq, (void *)cq);
 	ibv_ack_cq_events(cq, 1);
@@ -509,7 +502,7 @@ static int wait_completion(enum wr_kind kind, int slot, struct ibv_wc *out)
 		}
 		n = ibv_poll_cq(cq, 16, wcs);
 		if (n < 0)
-			die("ibv_poll_cq failed (%d) [%s side, %s]", n, side_name, step);
+			die("ibv_poll_cq failed (%d) [%s side, %s]", n, side_name, g_step);
 		for (int w = 0; w < n; w++)
 			record_completion(&wcs[w]);
 		if (n > 0)
@@ -1063,13 +1056,6 @@ static void parse_options(int argc, char **argv)
 	if (opt.flip_msg >= 0 && (opt.flip_msg >= opt.iters || opt.flip_off >= opt.size))
 		die("-X %ld:%zu is outside the %d messages of %zu bytes", opt.flip_msg, opt.flip_off,
 		    opt.iters, opt.size);
-}
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 int main(int argc, char **argv)
