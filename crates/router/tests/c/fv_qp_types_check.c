@@ -159,6 +159,14 @@ static void gid_str(const uint8_t *g, char *out, size_t n)
 /* ------------------------------------------------------------------------ */
 /* Posting                                                                   */
 
+/* The UD address of wr. */
+static void wr_ud(struct ibv_send_wr *wr, struct ibv_ah *ah, uint32_t rqpn, uint32_t rqkey)
+{
+	wr->wr.ud.ah = ah;
+	wr->wr.ud.remote_qpn = rqpn;
+	wr->wr.ud.remote_qkey = rqkey;
+}
+
 /* Posts a single UD send (SEND or SEND_WITH_IMM). */
 static void ud_send1(struct ibv_qp *qp, uint64_t wr_id, enum ibv_wr_opcode op, struct ibv_sge *sg,
 		     int n, struct ibv_ah *ah, uint32_t rqpn, uint32_t rqkey, uint32_t imm_host,
@@ -166,11 +174,33 @@ static void ud_send1(struct ibv_qp *qp, uint64_t wr_id, enum ibv_wr_opcode op, s
 {
 	struct ibv_send_wr wr;
 	wr_init(&wr, wr_id, op, sg, n, IBV_SEND_SIGNALED);
-	wr.wr.ud.ah = ah;
-	wr.wr.ud.remote_qpn = rqpn;
-	wr.wr.ud.remote_qkey = rqkey;
+	wr_ud(&wr, ah, rqpn, rqkey);
 	wr.imm_data = htonl(imm_host);
 	post_send_ok(qp, &wr, what);
+}
+
+/*
+ * Each of the opcodes ops[0..n), which qp's type does not support, posted
+ * alone on qp (one SGE s): refused with EINVAL, the WR as bad_wr. A UD WR is
+ * addressed to ah and rqpn (Q_Key QKEY), another to raddr and rkey.
+ */
+static void expect_bad_opcodes(struct ibv_qp *qp, const enum ibv_wr_opcode *ops, size_t n,
+			       struct ibv_sge *s, struct ibv_ah *ah, uint32_t rqpn, uint64_t raddr,
+			       uint32_t rkey)
+{
+	char w[200];
+	const char *qpt = qpt_str(qp->qp_type);
+	for (size_t i = 0; i < n; i++) {
+		struct ibv_send_wr wr;
+		set_step("%s on a %s QP", wr_opcode_str(ops[i]), qpt);
+		wr_init(&wr, 0x100 + i, ops[i], s, 1, IBV_SEND_SIGNALED);
+		if (qp->qp_type == IBV_QPT_UD)
+			wr_ud(&wr, ah, rqpn, QKEY);
+		else
+			wr_remote(&wr, raddr, rkey, 1, 0);
+		snprintf(w, sizeof(w), "post_send of %s on a %s QP", wr_opcode_str(ops[i]), qpt);
+		expect_post_send_rc(qp, &wr, &wr, EINVAL, w);
+	}
 }
 
 /* ------------------------------------------------------------------------ */
@@ -665,6 +695,25 @@ static uint32_t roce_v2_ud_ip_len(uint32_t len, int with_imm)
 }
 
 /*
+ * The address at got (n = 4: an IPv4 address, 16: a GID) in a GRH area must
+ * equal want (whose, e.g. "the sender's GID"; field: where it is).
+ */
+static int check_grh_addr(const uint8_t *got, const uint8_t *want, int n, const char *field,
+			  const char *whose, const char *what)
+{
+	char e[64], g[64];
+	int af = n == 4 ? AF_INET : AF_INET6;
+	if (memcmp(got, want, (size_t)n) == 0)
+		return 1;
+	if (!inet_ntop(af, want, e, sizeof(e)))
+		snprintf(e, sizeof(e), "?");
+	if (!inet_ntop(af, got, g, sizeof(g)))
+		snprintf(g, sizeof(g), "?");
+	fail("%s: GRH %s: expected %s %s, got %s", what, field, whose, e, g);
+	return 0;
+}
+
+/*
  * Checks the 40-byte GRH area of a UD receive of a len-byte SEND (with_imm:
  * SEND_WITH_IMM). For a RoCE v2 GID that is IPv4-mapped (fv0's GID 0 is
  * ::ffff:<host IPv4>), a NIC writes the packet's IPv4 header into bytes
@@ -687,7 +736,6 @@ static uint32_t roce_v2_ud_ip_len(uint32_t len, int with_imm)
 static int check_grh(const uint8_t *grh, const uint8_t *sgid, const uint8_t *dgid,
 		     uint32_t len, int with_imm, uint8_t ttl, uint8_t tos, const char *what)
 {
-	char e[64], g[64];
 	int ok = 1;
 	if (gid_is_ipv4(sgid)) {
 		const uint8_t *ip = grh + 20;
@@ -723,22 +771,10 @@ static int check_grh(const uint8_t *grh, const uint8_t *sgid, const uint8_t *dgi
 			     ip[9]);
 			ok = 0;
 		}
-		if (memcmp(ip + 12, sgid + 12, 4) != 0) {
-			inet_ntop(AF_INET, sgid + 12, e, sizeof(e));
-			inet_ntop(AF_INET, ip + 12, g, sizeof(g));
-			fail("%s: GRH area bytes 32..35 (IPv4 source): expected the sender's address "
-			     "%s, got %s",
-			     what, e, g);
-			ok = 0;
-		}
-		if (memcmp(ip + 16, dgid + 12, 4) != 0) {
-			inet_ntop(AF_INET, dgid + 12, e, sizeof(e));
-			inet_ntop(AF_INET, ip + 16, g, sizeof(g));
-			fail("%s: GRH area bytes 36..39 (IPv4 destination): expected the receiver's "
-			     "address %s, got %s",
-			     what, e, g);
-			ok = 0;
-		}
+		ok &= check_grh_addr(ip + 12, sgid + 12, 4, "area bytes 32..35 (IPv4 source)",
+				     "the sender's address", what);
+		ok &= check_grh_addr(ip + 16, dgid + 12, 4, "area bytes 36..39 (IPv4 destination)",
+				     "the receiver's address", what);
 		uint32_t sum = 0;
 		for (int i = 0; i < 20; i += 2)
 			sum += (uint32_t)(ip[i] << 8 | ip[i + 1]);
@@ -757,19 +793,8 @@ static int check_grh(const uint8_t *grh, const uint8_t *sgid, const uint8_t *dgi
 		     grh[0]);
 		ok = 0;
 	}
-	if (memcmp(grh + 8, sgid, 16) != 0) {
-		gid_str(sgid, e, sizeof(e));
-		gid_str(grh + 8, g, sizeof(g));
-		fail("%s: GRH bytes 8..23 (SGID): expected the sender's GID %s, got %s", what, e, g);
-		ok = 0;
-	}
-	if (memcmp(grh + 24, dgid, 16) != 0) {
-		gid_str(dgid, e, sizeof(e));
-		gid_str(grh + 24, g, sizeof(g));
-		fail("%s: GRH bytes 24..39 (DGID): expected the receiver's GID %s, got %s", what, e,
-		     g);
-		ok = 0;
-	}
+	ok &= check_grh_addr(grh + 8, sgid, 16, "bytes 8..23 (SGID)", "the sender's GID", what);
+	ok &= check_grh_addr(grh + 24, dgid, 16, "bytes 24..39 (DGID)", "the receiver's GID", what);
 	return ok;
 }
 
@@ -1221,12 +1246,7 @@ static void case_ud_qkey(void)
 	at.qp_state = IBV_QPS_RTS;
 	at.qkey = 0x33333333;
 	qp_must(ibv_modify_qp(u.b, &at, IBV_QP_STATE | IBV_QP_QKEY), u.b, "UD RTS->RTS (QKEY)");
-	struct ibv_qp_init_attr ia;
-	memset(&at, 0, sizeof(at));
-	int rc = ibv_query_qp(u.b, &at, IBV_QP_QKEY, &ia);
-	if (rc)
-		fail("ibv_query_qp(IBV_QP_QKEY) returned %d (%s)", rc, strerror(rc));
-	else
+	if (query_qp_attr(u.b, IBV_QP_QKEY, &at, "ibv_query_qp(IBV_QP_QKEY)"))
 		EXPECT_EQ("ibv_query_qp qkey after the modify", at.qkey, 0x33333333);
 	rs = buf_sge(u.dst, 4001, GRH + 200);
 	recv1(u.b, 0x12, &rs, 1, "receive");
@@ -1329,32 +1349,16 @@ static void case_ud_bad_wr(void)
 	ud_env_new(&u, 8192, 8192);
 	struct ibv_sge ss = buf_sge(u.src, 0, 8);
 	struct ibv_send_wr wr;
-	static const struct {
-		enum ibv_wr_opcode op;
-		const char *name;
-	} bad_ops[] = {
-		{ IBV_WR_RDMA_WRITE, "IBV_WR_RDMA_WRITE" },
-		{ IBV_WR_RDMA_WRITE_WITH_IMM, "IBV_WR_RDMA_WRITE_WITH_IMM" },
-		{ IBV_WR_RDMA_READ, "IBV_WR_RDMA_READ" },
-		{ IBV_WR_ATOMIC_CMP_AND_SWP, "IBV_WR_ATOMIC_CMP_AND_SWP" },
-		{ IBV_WR_ATOMIC_FETCH_AND_ADD, "IBV_WR_ATOMIC_FETCH_AND_ADD" },
+	static const enum ibv_wr_opcode bad_ops[] = {
+		IBV_WR_RDMA_WRITE,	   IBV_WR_RDMA_WRITE_WITH_IMM,	 IBV_WR_RDMA_READ,
+		IBV_WR_ATOMIC_CMP_AND_SWP, IBV_WR_ATOMIC_FETCH_AND_ADD,
 	};
-	char w[200];
-	for (size_t i = 0; i < sizeof(bad_ops) / sizeof(bad_ops[0]); i++) {
-		set_step("%s on a UD QP", bad_ops[i].name);
-		wr_init(&wr, 0x100 + i, bad_ops[i].op, &ss, 1, IBV_SEND_SIGNALED);
-		wr.wr.ud.ah = u.ah;
-		wr.wr.ud.remote_qpn = u.b->qp_num;
-		wr.wr.ud.remote_qkey = QKEY;
-		snprintf(w, sizeof(w), "post_send of %s on a UD QP", bad_ops[i].name);
-		expect_post_send_rc(u.a, &wr, &wr, EINVAL, w);
-	}
+	expect_bad_opcodes(u.a, bad_ops, sizeof(bad_ops) / sizeof(bad_ops[0]), &ss, u.ah,
+			   u.b->qp_num, 0, 0);
 
 	set_step("UD SEND with a NULL ah");
 	wr_init(&wr, 0x200, IBV_WR_SEND, &ss, 1, IBV_SEND_SIGNALED);
-	wr.wr.ud.ah = NULL;
-	wr.wr.ud.remote_qpn = u.b->qp_num;
-	wr.wr.ud.remote_qkey = QKEY;
+	wr_ud(&wr, NULL, u.b->qp_num, QKEY);
 	expect_post_send_rc(u.a, &wr, &wr, EINVAL, "post_send of a UD SEND without an AH");
 	expect_empty(u.a_scq, 100, "sender CQ: no completion for rejected WRs");
 	expect_state(u.a, IBV_QPS_RTS, "UD QP after rejected posts");
@@ -1366,11 +1370,8 @@ static void case_ud_bad_wr(void)
 	struct ibv_sge s1 = buf_sge(u.src, 100, 60);
 	wr_init(&two[0], 0x300, IBV_WR_SEND, &s1, 1, IBV_SEND_SIGNALED);
 	wr_init(&two[1], 0x301, IBV_WR_RDMA_WRITE, &ss, 1, IBV_SEND_SIGNALED);
-	for (int i = 0; i < 2; i++) {
-		two[i].wr.ud.ah = u.ah;
-		two[i].wr.ud.remote_qpn = u.b->qp_num;
-		two[i].wr.ud.remote_qkey = QKEY;
-	}
+	for (int i = 0; i < 2; i++)
+		wr_ud(&two[i], u.ah, u.b->qp_num, QKEY);
 	two[0].next = &two[1];
 	expect_post_send_rc(u.a, &two[0], &two[1], EINVAL, "post_send of [SEND, RDMA_WRITE]");
 	ud_expect_delivered(&u, u.a, u.a_scq, 0x300, u.b, u.b_rcq, 0x10, 1, 100, 60,
@@ -1494,23 +1495,11 @@ static void case_uc_bad_wr(void)
 	struct pair p;
 	pair_new(&p, IBV_QPT_UC, ACC_RW);
 	struct ibv_sge a8 = buf_sge(b, 8, 8);
-	struct ibv_send_wr wr;
-	static const struct {
-		enum ibv_wr_opcode op;
-		const char *name;
-	} bad_ops[] = {
-		{ IBV_WR_RDMA_READ, "IBV_WR_RDMA_READ" },
-		{ IBV_WR_ATOMIC_CMP_AND_SWP, "IBV_WR_ATOMIC_CMP_AND_SWP" },
-		{ IBV_WR_ATOMIC_FETCH_AND_ADD, "IBV_WR_ATOMIC_FETCH_AND_ADD" },
+	static const enum ibv_wr_opcode bad_ops[] = {
+		IBV_WR_RDMA_READ, IBV_WR_ATOMIC_CMP_AND_SWP, IBV_WR_ATOMIC_FETCH_AND_ADD,
 	};
-	char w[200];
-	for (size_t i = 0; i < sizeof(bad_ops) / sizeof(bad_ops[0]); i++) {
-		set_step("%s on a UC QP", bad_ops[i].name);
-		wr_init(&wr, 0x100 + i, bad_ops[i].op, &a8, 1, IBV_SEND_SIGNALED);
-		wr_remote(&wr, addr_of(b->p + 1024), b->mr->rkey, 1, 0);
-		snprintf(w, sizeof(w), "post_send of %s on a UC QP", bad_ops[i].name);
-		expect_post_send_rc(p.a, &wr, &wr, EINVAL, w);
-	}
+	expect_bad_opcodes(p.a, bad_ops, sizeof(bad_ops) / sizeof(bad_ops[0]), &a8, NULL, 0,
+			   addr_of(b->p + 1024), b->mr->rkey);
 	expect_empty(p.a_scq, 100, "sender CQ: no completion for rejected WRs");
 	buf_check(b, "buffer untouched by rejected WRs");
 	expect_state(p.a, IBV_QPS_RTS, "UC QP after rejected posts");

@@ -279,23 +279,51 @@ static void fz_new(struct fz *f)
  * Once each opcode and each of B's keys (rmr through a SEND's receive,
  * tmr, qmr, xmr): the first use of a key asks the router.
  */
+/*
+ * The operations of frozen_router, in the order it runs them: the warm-up
+ * does each once with warm_len bytes (CMP_AND_SWP twice: the compare
+ * matching, then not); with the router stopped, each runs n times with
+ * fz_size(i, max) bytes (atomics: 8 bytes, CMP_AND_SWP's compare matching
+ * every other time).
+ */
+enum fz_op { FZ_SEND, FZ_SEND_IMM, FZ_WRITE, FZ_WRITE_IMM, FZ_READ, FZ_FAA, FZ_CAS };
+static const struct {
+	enum fz_op op;
+	const char *name;
+	size_t warm_len;
+	int n;
+	size_t max; /* 0: an atomic */
+} fz_plan[] = {
+	{ FZ_SEND, "SEND", 100, 500, FZ_MAX_SEND },
+	{ FZ_SEND_IMM, "SEND_WITH_IMM", 200, 40, FZ_MAX_SEND },
+	{ FZ_WRITE, "RDMA_WRITE", 1000, 200, FZ_BIG },
+	{ FZ_WRITE_IMM, "RDMA_WRITE_WITH_IMM", 2000, 40, FZ_BIG },
+	{ FZ_READ, "RDMA_READ", 3000, 200, FZ_BIG },
+	{ FZ_FAA, "FETCH_AND_ADD", 0, 50, 0 },
+	{ FZ_CAS, "CMP_AND_SWP", 0, 50, 0 },
+};
+
+/* Operation op of len bytes; hit: whether a CMP_AND_SWP's compare matches. */
+static void fz_do(struct fz *f, enum fz_op op, size_t len, int hit)
+{
+	switch (op) {
+	case FZ_SEND: fz_send(f, len, 0); break;
+	case FZ_SEND_IMM: fz_send(f, len, 1); break;
+	case FZ_WRITE: fz_write(f, len, 0); break;
+	case FZ_WRITE_IMM: fz_write(f, len, 1); break;
+	case FZ_READ: fz_read(f, len); break;
+	case FZ_FAA: fz_atomic(f, 0, 0); break;
+	case FZ_CAS: fz_atomic(f, 1, hit); break;
+	}
+}
+
 static void fz_warm_up(struct fz *f)
 {
-	set_step("warm-up (router running): SEND");
-	fz_send(f, 100, 0);
-	set_step("warm-up (router running): SEND_WITH_IMM");
-	fz_send(f, 200, 1);
-	set_step("warm-up (router running): RDMA_WRITE");
-	fz_write(f, 1000, 0);
-	set_step("warm-up (router running): RDMA_WRITE_WITH_IMM");
-	fz_write(f, 2000, 1);
-	set_step("warm-up (router running): RDMA_READ");
-	fz_read(f, 3000);
-	set_step("warm-up (router running): FETCH_AND_ADD");
-	fz_atomic(f, 0, 0);
-	set_step("warm-up (router running): CMP_AND_SWP");
-	fz_atomic(f, 1, 1);
-	fz_atomic(f, 1, 0);
+	for (size_t k = 0; k < sizeof(fz_plan) / sizeof(fz_plan[0]); k++) {
+		set_step("warm-up (router running): %s", fz_plan[k].name);
+		fz_do(f, fz_plan[k].op, fz_plan[k].warm_len, 1);
+	}
+	fz_do(f, FZ_CAS, 0, 0);
 }
 
 /* Sizes every data test goes through, besides random ones. */
@@ -332,39 +360,20 @@ static void case_frozen_router(void)
 	/* From here on the router is stopped (SIGSTOP): nothing may need it. */
 	double t0 = now_s();
 	unsigned ops0 = f.ops;
-	for (int i = 0; i < 500; i++) {
-		size_t len = fz_size(i, FZ_MAX_SEND);
-		set_step("router stopped: SEND %d of 500 (%zu bytes)", i + 1, len);
-		fz_send(&f, len, 0);
-	}
-	for (int i = 0; i < 40; i++) {
-		size_t len = fz_size(i, FZ_MAX_SEND);
-		set_step("router stopped: SEND_WITH_IMM %d of 40 (%zu bytes)", i + 1, len);
-		fz_send(&f, len, 1);
-	}
-	for (int i = 0; i < 200; i++) {
-		size_t len = fz_size(i, FZ_BIG);
-		set_step("router stopped: RDMA_WRITE %d of 200 (%zu bytes)", i + 1, len);
-		fz_write(&f, len, 0);
-	}
-	for (int i = 0; i < 40; i++) {
-		size_t len = fz_size(i, FZ_BIG);
-		set_step("router stopped: RDMA_WRITE_WITH_IMM %d of 40 (%zu bytes)", i + 1, len);
-		fz_write(&f, len, 1);
-	}
-	for (int i = 0; i < 200; i++) {
-		size_t len = fz_size(i, FZ_BIG);
-		set_step("router stopped: RDMA_READ %d of 200 (%zu bytes)", i + 1, len);
-		fz_read(&f, len);
-	}
-	for (int i = 0; i < 50; i++) {
-		set_step("router stopped: FETCH_AND_ADD %d of 50", i + 1);
-		fz_atomic(&f, 0, 0);
-	}
-	for (int i = 0; i < 50; i++) {
-		set_step("router stopped: CMP_AND_SWP %d of 50 (%s)", i + 1,
-			 i % 2 ? "compare differs" : "compare matches");
-		fz_atomic(&f, 1, i % 2 == 0);
+	for (size_t k = 0; k < sizeof(fz_plan) / sizeof(fz_plan[0]); k++) {
+		const char *name = fz_plan[k].name;
+		int n = fz_plan[k].n;
+		for (int i = 0; i < n; i++) {
+			size_t len = fz_plan[k].max ? fz_size(i, fz_plan[k].max) : 0;
+			if (len)
+				set_step("router stopped: %s %d of %d (%zu bytes)", name, i + 1, n, len);
+			else if (fz_plan[k].op == FZ_CAS)
+				set_step("router stopped: %s %d of %d (%s)", name, i + 1, n,
+					 i % 2 ? "compare differs" : "compare matches");
+			else
+				set_step("router stopped: %s %d of %d", name, i + 1, n);
+			fz_do(&f, fz_plan[k].op, len, i % 2 == 0);
+		}
 	}
 	set_step("router stopped: no stray completions");
 	expect_empty(f.p.b_rcq, 20, "B's receive CQ at the end");

@@ -586,6 +586,17 @@ static enum ibv_qp_state qp_state(struct ibv_qp *qp)
 	return a.qp_state;
 }
 
+/* ibv_query_qp(qp, mask) into *a (zeroed first); a failure (what names it) returns 0. */
+static int query_qp_attr(struct ibv_qp *qp, int mask, struct ibv_qp_attr *a, const char *what)
+{
+	struct ibv_qp_init_attr ia;
+	memset(a, 0, sizeof(*a));
+	int rc = ibv_query_qp(qp, a, mask, &ia);
+	if (rc)
+		fail("%s returned %d (%s)", what, rc, strerror(rc));
+	return rc == 0;
+}
+
 static const char *state_str(int s)
 {
 	switch (s) {
@@ -1111,6 +1122,20 @@ static void expect_post_srq_recv_rc(struct ibv_srq *srq, struct ibv_recv_wr *wr,
 	struct ibv_recv_wr *badp = NULL;
 	int rc = ibv_post_srq_recv(srq, wr, &badp);
 	check_post_rc("ibv_post_srq_recv", rc, badp, want_bad, want_rc, what);
+}
+
+static const char *wr_opcode_str(enum ibv_wr_opcode op)
+{
+	switch (op) {
+	case IBV_WR_RDMA_WRITE: return "IBV_WR_RDMA_WRITE";
+	case IBV_WR_RDMA_WRITE_WITH_IMM: return "IBV_WR_RDMA_WRITE_WITH_IMM";
+	case IBV_WR_SEND: return "IBV_WR_SEND";
+	case IBV_WR_SEND_WITH_IMM: return "IBV_WR_SEND_WITH_IMM";
+	case IBV_WR_RDMA_READ: return "IBV_WR_RDMA_READ";
+	case IBV_WR_ATOMIC_CMP_AND_SWP: return "IBV_WR_ATOMIC_CMP_AND_SWP";
+	case IBV_WR_ATOMIC_FETCH_AND_ADD: return "IBV_WR_ATOMIC_FETCH_AND_ADD";
+	default: return "(another opcode)";
+	}
 }
 
 static const char *wc_opcode_str(int op)

@@ -1582,18 +1582,9 @@ static void case_rnr_exceeded(void)
 	rc_connect_rnr(p.a, p.b->qp_num, ACC_ALL, 12, RNR_X_RETRY);
 	rc_connect_rnr(p.b, p.a->qp_num, ACC_ALL, RNR_X_TIMER, 7);
 	struct ibv_qp_attr qa;
-	struct ibv_qp_init_attr qia;
-	memset(&qa, 0, sizeof(qa));
-	int rc = ibv_query_qp(p.a, &qa, IBV_QP_RNR_RETRY, &qia);
-	if (rc)
-		fail("ibv_query_qp(A, IBV_QP_RNR_RETRY) returned %d (%s)", rc, strerror(rc));
-	else
+	if (query_qp_attr(p.a, IBV_QP_RNR_RETRY, &qa, "ibv_query_qp(A, IBV_QP_RNR_RETRY)"))
 		EXPECT_EQ("A's rnr_retry (ibv_query_qp)", qa.rnr_retry, RNR_X_RETRY);
-	memset(&qa, 0, sizeof(qa));
-	rc = ibv_query_qp(p.b, &qa, IBV_QP_MIN_RNR_TIMER, &qia);
-	if (rc)
-		fail("ibv_query_qp(B, IBV_QP_MIN_RNR_TIMER) returned %d (%s)", rc, strerror(rc));
-	else
+	if (query_qp_attr(p.b, IBV_QP_MIN_RNR_TIMER, &qa, "ibv_query_qp(B, IBV_QP_MIN_RNR_TIMER)"))
 		EXPECT_EQ("B's min_rnr_timer (ibv_query_qp)", qa.min_rnr_timer, RNR_X_TIMER);
 
 	set_step("A: a receive posted; SEND to B (no receive posted), an RDMA_WRITE behind it");
