@@ -226,14 +226,6 @@ static int check_regions(const char *after)
 	return bad;
 }
 
-static uint8_t *map_anon(size_t n)
-{
-	void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED)
-		fatal("mmap(%zu, anonymous private) failed: %s", n, strerror(errno));
-	return p;
-}
-
 static int g_async_events;
 
 /* Acknowledges the async events that have arrived (QP_ACCESS_ERR of the
@@ -257,8 +249,7 @@ static void case_target(void)
 		fatal("FV_ISO_TAGS must be two different hex words, got '%s'", tags);
 	const char *leaky_env = getenv("FV_ISO_LEAKY");
 	int leaky = leaky_env && strcmp(leaky_env, "1") == 0;
-	int fl = fcntl(E.ctx->async_fd, F_GETFL);
-	fcntl(E.ctx->async_fd, F_SETFL, fl | O_NONBLOCK);
+	set_nonblock(E.ctx->async_fd, "async_fd");
 
 	uint8_t *P = map_anon(2 * PAGE);
 	protect(P, 1000, "canary before MR1 (same page)", secret);

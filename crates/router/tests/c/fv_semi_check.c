@@ -96,14 +96,6 @@ static size_t rnd_size(size_t lo, size_t hi)
 	}
 }
 
-static void *xmemalign(size_t n)
-{
-	void *p = NULL;
-	if (posix_memalign(&p, 4096, n) != 0 || !p)
-		fatal("posix_memalign(4096, %zu) failed", n);
-	return p;
-}
-
 static void wait_file(const char *path, double secs)
 {
 	double end = now_s() + secs;

@@ -40,6 +40,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -171,6 +172,14 @@ static const char *need_env(const char *name)
 	return v;
 }
 
+/* Makes fd (what names it) nonblocking; fatal on failure. */
+static void set_nonblock(int fd, const char *what)
+{
+	int fl = fcntl(fd, F_GETFL);
+	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+		fatal("fcntl(%s, O_NONBLOCK): %s", what, strerror(errno));
+}
+
 /* Creates (or truncates) the file path: a signal to the test runner. */
 static void touch_file(const char *path)
 {
@@ -211,6 +220,24 @@ static void *xmalloc(size_t n)
 	void *p = malloc(n);
 	if (!p)
 		fatal("malloc(%zu) failed", n);
+	return p;
+}
+
+/* n bytes aligned to a page. */
+static void *xmemalign(size_t n)
+{
+	void *p = NULL;
+	if (posix_memalign(&p, 4096, n) != 0 || !p)
+		fatal("posix_memalign(4096, %zu) failed", n);
+	return p;
+}
+
+/* n bytes of fresh anonymous private memory (mmap). */
+static uint8_t *map_anon(size_t n)
+{
+	void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		fatal("mmap(%zu, anonymous private) failed: %s", n, strerror(errno));
 	return p;
 }
 

@@ -232,9 +232,7 @@ static void case_mr_neighbours(void)
 
 	/* 2. Page-aligned posix_memalign region. */
 	set_step("posix_memalign(4096, 12288) region");
-	void *al = NULL;
-	if (posix_memalign(&al, 4096, 3 * 4096))
-		fatal("posix_memalign failed");
+	void *al = xmemalign(3 * 4096);
 	struct buf ab;
 	buf_wrap(&ab, al, 3 * 4096, "posix_memalign(4096, 12288)");
 	mr = reg(ab.p, ab.n, acc);
@@ -249,9 +247,7 @@ static void case_mr_neighbours(void)
 	/* 3. mmap(MAP_PRIVATE|MAP_ANONYMOUS) region, registered partially then wholly. */
 	set_step("mmap(MAP_PRIVATE|MAP_ANONYMOUS) 4 pages");
 	size_t ml = 4 * 4096;
-	void *m = mmap(NULL, ml, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (m == MAP_FAILED)
-		fatal("mmap failed: %s", strerror(errno));
+	void *m = map_anon(ml);
 	struct buf mb;
 	buf_wrap(&mb, m, ml, "mmap 4 pages");
 	mr = reg(mb.p + 100, 9000, acc);
@@ -1244,9 +1240,7 @@ static void case_message_too_long(void)
 	struct qp_cfg c = CFG_DEFAULT;
 	c.send_sge = 16;
 	pair_new(&p, &c);
-	void *big = mmap(NULL, piece, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (big == MAP_FAILED)
-		fatal("mmap of %zu bytes failed", piece);
+	void *big = map_anon(piece);
 	struct buf *dst = buf_reg(4096, "recv buffer", IBV_ACCESS_LOCAL_WRITE);
 	struct ibv_mr *smr = reg(big, piece, IBV_ACCESS_LOCAL_WRITE);
 
@@ -2133,9 +2127,7 @@ static void case_events_epoll(void)
 
 	set_step("setup");
 	struct ibv_comp_channel *ch = chan_new();
-	int fl = fcntl(ch->fd, F_GETFL);
-	if (fl < 0 || fcntl(ch->fd, F_SETFL, fl | O_NONBLOCK) < 0)
-		fatal("fcntl(channel fd, O_NONBLOCK): %s", strerror(errno));
+	set_nonblock(ch->fd, "channel fd");
 	struct ibv_cq *cq = cq_new_ch(64, ch, NULL);
 	struct ibv_qp *a = rc_qp_new(cq, cq);
 	struct ibv_qp *b = rc_qp_new(cq, cq);
@@ -2306,9 +2298,7 @@ static void case_events_pipe_full(void)
 	EXPECT_EQ("bytes in the full pipe after the dropped events", pipe_bytes(fd), cap);
 
 	set_step("read every event (nonblocking) until EAGAIN");
-	int fl = fcntl(fd, F_GETFL);
-	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
-		fatal("fcntl(channel fd, O_NONBLOCK): %s", strerror(errno));
+	set_nonblock(fd, "channel fd");
 	int got = 0, wrong = 0, e = 0;
 	for (;;) {
 		struct ibv_cq *cq = NULL;
@@ -2523,6 +2513,7 @@ static void case_device_fatal(void)
 	ibv_ack_async_event(&ev);
 
 	set_step("exactly one DEVICE_FATAL");
+	/* The router is gone: a failure here shows as a blocked read (the watchdog). */
 	int fl = fcntl(E.ctx->async_fd, F_GETFL);
 	fcntl(E.ctx->async_fd, F_SETFL, fl | O_NONBLOCK);
 	uint8_t rec[16];
