@@ -1,21 +1,22 @@
 /*
  * fv_test_util.h: helpers shared by the C programs of tests/c (included by
  * each; every definition is static). The check programs fv_verbs_check.c,
- * fv_qp_types_check.c, fv_semi_check.c and fv_isolation_check.c use all of
- * it; fv_send_one.c, fv_exec_attacker.c and fv_limits_check.c, which report
- * in their own way and do not call env_open, use only the helpers that
- * return an error instead of failing (device_named, open_device_named,
- * qp_try_create, rc_connect_local, wait_wc; fv_xfer.c only set_step and
- * now_s).
+ * fv_qp_types_check.c, fv_semi_check.c and fv_isolation_check.c report
+ * through it and run from fv_main. fv_send_one.c, fv_exec_attacker.c and
+ * fv_limits_check.c report in their own way and do not call env_open: they
+ * use only helpers that return an error instead of reporting one
+ * (device_named, open_device_named, qp_try_create, rc_connect_local, and
+ * fv_completions.h's post_and_wait); fv_xfer.c uses set_step and now_s.
  *
  * Failure reporting (fail/fatal/EXPECT_*, "FAIL <case> [<step>]: ..."), the
- * watchdog, random fill and shadow-checked buffers, opening the device
- * (fv0, or FV_VERBS_DEVICE / FV_VERBS_GID_INDEX), PD/MR/CQ helpers, checked
- * destruction of every object, QP creation, the RESET->INIT->RTR->RTS
- * transitions, connected pairs of QPs, QP state queries, work-request
- * building and posting, completion description and polling for "no
- * completion", and the main() that runs one named case. Waiting for and
- * checking completions is in fv_completions.h.
+ * watchdog, random fill and shadow-checked buffers (optionally registered:
+ * buf_reg), opening the device (fv0, or FV_VERBS_DEVICE /
+ * FV_VERBS_GID_INDEX), PD/MR/CQ/SRQ helpers, checked destruction of every
+ * object, QP creation, the RESET->INIT->RTR->RTS transitions, connected
+ * pairs of QPs, QP state queries, work-request building and posting,
+ * completion description and polling for "no completion", and the main()
+ * that runs one named case. Waiting for and checking completions is in
+ * fv_completions.h.
  *
  * A program may use only some of these helpers, so unused-function warnings
  * are silenced for this header only.
