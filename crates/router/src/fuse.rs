@@ -5,7 +5,7 @@
 //! Why: stock libibverbs creates a completion channel by writing the
 //! `CREATE_COMP_CHANNEL` command to `context->cmd_fd` and reading the new
 //! fd from the caller's response buffer as soon as `write` returns
-//! (DESIGN.md section 6). A FUSE `write` is synchronous: the writer sleeps
+//! (docs/verbs-provider-contract.md section 3). A FUSE `write` is synchronous: the writer sleeps
 //! until the file system answers, so the router can put the answer in
 //! place first. The provider opens its session's file here (`<session>`)
 //! and makes it its context's `cmd_fd`.

@@ -1,5 +1,5 @@
 //! The host's RDMA identity: GID 0 is the IPv4-mapped address of the
-//! router's own IP (DESIGN.md section 7).
+//! router's own IP, as a RoCE v2 NIC with that address would have.
 
 use std::net::Ipv4Addr;
 

@@ -18,7 +18,7 @@ pub mod transport;
 
 use std::path::PathBuf;
 
-/// How the router moves data (see DESIGN.md section 3).
+/// How the router moves data (docs/DESIGN.md section 2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// The router copies between memory regions; full isolation.

@@ -1,5 +1,5 @@
 //! Semi mode, the router's part: it decides who may map what and stays off
-//! the data path (DESIGN.md §3, `docs/NOTES.md` "What semi mode shares").
+//! the data path (docs/DESIGN.md section 3, `docs/NOTES.md` "What semi mode shares").
 //!
 //! - Who shares with whom: only processes of one trust group
 //!   ([`TrustGroup`], chosen by `--semi-share`): by default the same uid in

@@ -182,7 +182,7 @@ macro_rules! perftest_cases {
 
         #[test]
         fn send_bw_events() {
-            // -e sleeps on completion channels (DESIGN.md section 6).
+            // -e sleeps on completion channels (docs/verbs-provider-contract.md section 3).
             let run = perftest("ib_send_bw", &["-F", "-e", "-n", "200"]);
             assert_one_row(&run, 65536, 200);
         }

@@ -109,7 +109,7 @@ fn rc_pingpong_small_rx_depth() {
 
 #[test]
 fn rc_pingpong_events() {
-    // -e sleeps on completion channels (DESIGN.md section 6).
+    // -e sleeps on completion channels (docs/verbs-provider-contract.md section 3).
     let run = pingpong("ibv_rc_pingpong", &["-g", "0", "-e", "-n", "200"]);
     assert_counts(&run, 4096, 200);
 }

@@ -19,7 +19,7 @@
 //!
 //! A producer that claims a slot and dies before publishing it blocks the
 //! consumer at that slot. Only semi mode, where senders' providers are
-//! trusted with their peers' rings, has such producers (DESIGN.md §3).
+//! trusted with their peers' rings, has such producers (docs/DESIGN.md section 3).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -612,7 +612,7 @@ fn exec(args: &EnvArgs, program: &[OsString]) -> anyhow::Result<()> {
 
 /// A seccomp filter making `socket(AF_NETLINK, *, NETLINK_RDMA)` fail with
 /// EPROTONOSUPPORT, so that libibverbs falls back to `SYSFS_PATH` even on a
-/// kernel with RDMA loaded (DESIGN.md section 2, first trap).
+/// kernel with RDMA loaded (docs/verbs-provider-contract.md section 2, "Netlink first").
 mod seccomp {
     use anyhow::bail;
     use std::io;
