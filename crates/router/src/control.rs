@@ -117,7 +117,10 @@ pub fn handle(
         Request::QuerySrq { srq } => srq::query_srq(engine, session, srq),
         Request::DestroySrq { srq } => srq::destroy_srq(engine, session, srq),
         Request::ModifyQp { qp, attr, mask } => qp::modify_qp(engine, session, qp, attr, mask),
-        Request::ResolveKey { qp, key } => engine.resolve_key(session, qp, key),
+        Request::ResolveKey { qp, key, dest_qpn } => engine.resolve_key(session, qp, key, dest_qpn),
+        Request::SemiDatagramPeer { qp, dest_qpn, dgid } => {
+            engine.semi_datagram_peer(session, qp, dest_qpn, dgid)
+        }
         Request::SemiConnect { qp } => engine.semi_connect(session, qp),
         Request::SemiError {
             qp,

@@ -255,31 +255,30 @@ impl Engine {
             if pending == 0 || self.cq_free(cq) == 0 {
                 return progress;
             }
-            let (wr_id, opcode) = match queue {
-                Queue::Send => {
-                    let w: SendWqe = qp.sq.read(qp.sq_consumer);
-                    (w.wr_id, wc_opcode(w.opcode).unwrap_or(IBV_WC_SEND))
-                }
-                Queue::Recv => (qp.rq.read(qp.rq_consumer).wr_id, IBV_WC_RECV),
-            };
-            let mut cqe = Cqe {
+            let flushed = |wr_id, opcode| Cqe {
                 wr_id,
                 status: IBV_WC_WR_FLUSH_ERR,
                 opcode,
                 qp_num: qp.qpn,
                 ..Default::default()
             };
-            match queue {
-                Queue::Send => cqe.sq_index = self.consume_send(h),
-                Queue::Recv if self.key_table.is_some() => {
-                    // Semi mode: a peer's provider may take it meanwhile.
-                    let qp = self.tables.qps.get_mut(&h).expect("qp");
-                    if !qp.header().rq.claim_consumer(qp.rq_consumer) {
-                        continue;
-                    }
-                    qp.rq_consumer = qp.rq_consumer.wrapping_add(1);
+            if queue == Queue::Send {
+                let w: SendWqe = qp.sq.read(qp.sq_consumer);
+                let cqe = flushed(w.wr_id, wc_opcode(w.opcode).unwrap_or(IBV_WC_SEND));
+                self.retire_send(h, &w, Some((cq, cqe)));
+                progress = true;
+                continue;
+            }
+            let cqe = flushed(qp.rq.read(qp.rq_consumer).wr_id, IBV_WC_RECV);
+            if self.key_table.is_some() {
+                // Semi mode: a sender's provider may take it meanwhile.
+                let qp = self.tables.qps.get_mut(&h).expect("qp");
+                if !qp.header().rq.claim_consumer(qp.rq_consumer) {
+                    continue;
                 }
-                Queue::Recv => self.consume_recv(h),
+                qp.rq_consumer = qp.rq_consumer.wrapping_add(1);
+            } else {
+                self.consume_recv(h);
             }
             self.push_cqe(cq, &cqe);
             progress = true;
@@ -318,15 +317,21 @@ impl Engine {
         self.to_error(h);
     }
 
-    /// Frees the head send slot for the router; returns the new consumer
-    /// index, which the WR's completion carries (`Cqe::sq_index`) so that
-    /// the provider frees the slot for posting only once it is polled.
-    fn consume_send(&mut self, h: u32) -> u32 {
+    /// Retires the head send WQE `w` of QP `h`: its completion (if any,
+    /// on CQ `cq`) carries the WQE's `sq_index`, so that the provider frees
+    /// the slot for posting only once it is polled; it is published before
+    /// the consumer index moves, because a semi-mode UD sender runs its
+    /// own datagrams once the router has consumed every earlier WQE, and
+    /// their completions must come after the router's.
+    fn retire_send(&mut self, h: u32, w: &SendWqe, completion: Option<(u32, Cqe)>) {
+        if let Some((cq, mut cqe)) = completion {
+            cqe.sq_index = w.sq_index;
+            self.push_cqe(cq, &cqe);
+        }
         let qp = self.tables.qps.get_mut(&h).expect("qp");
         qp.copied = 0;
         qp.sq_consumer = qp.sq_consumer.wrapping_add(1);
         qp.header().sq.publish_consumer(qp.sq_consumer);
-        qp.sq_consumer
     }
 
     /// Frees the head of QP `h`'s own receive queue after the message that
@@ -490,7 +495,7 @@ impl Engine {
     /// freed before the completion that reports them is published.)
     fn fail_requester(&mut self, h: u32, wqe: &SendWqe, status: u32) {
         let qp = &self.tables.qps[&h];
-        let mut cqe = Cqe {
+        let cqe = Cqe {
             wr_id: wqe.wr_id,
             status,
             opcode: wc_opcode(wqe.opcode).unwrap_or(IBV_WC_SEND),
@@ -509,8 +514,7 @@ impl Engine {
         } else {
             qp.moved.router.errors += 1;
         }
-        cqe.sq_index = self.consume_send(h);
-        self.push_cqe(cq, &cqe);
+        self.retire_send(h, wqe, Some((cq, cqe)));
         self.to_error(h);
     }
 
@@ -741,7 +745,7 @@ impl Engine {
     fn finish_send(&mut self, ha: u32, w: &SendWqe, byte_len: u64) {
         let a = &self.tables.qps[&ha];
         let signaled = a.sq_sig_all || w.send_flags & IBV_SEND_SIGNALED != 0;
-        let mut cqe = Cqe {
+        let cqe = Cqe {
             wr_id: w.wr_id,
             status: IBV_WC_SUCCESS,
             opcode: wc_opcode(w.opcode).unwrap_or(IBV_WC_SEND),
@@ -758,10 +762,7 @@ impl Engine {
             &mut qp.moved.router
         };
         moved.count(w.opcode, byte_len, w.send_flags & IBV_SEND_INLINE != 0);
-        cqe.sq_index = self.consume_send(ha);
-        if signaled {
-            self.push_cqe(cq, &cqe);
-        }
+        self.retire_send(ha, w, signaled.then_some((cq, cqe)));
     }
 
     /// Where the receive WQEs of a QP come from: its own queue or its SRQ.

@@ -183,6 +183,7 @@ impl Engine {
         hdr.path_local.store(u32::from(local), Ordering::Release);
         hdr.max_recv_sge
             .store(q.caps.max_recv_sge, Ordering::Release);
+        hdr.qkey.store(q.attr.qkey, Ordering::Release);
     }
 
     /// Whether QP `ha` may run on the semi path to QP `hb`: RC or UC of
@@ -247,7 +248,6 @@ impl Engine {
     /// `Request::SemiConnect`: the rings of the responder of the session's
     /// semi QP `h`, once the two QPs name each other.
     pub fn semi_connect(&self, session: SessionId, h: u32) -> Answer {
-        let t = &self.tables;
         if !self.is_own_semi_qp(session, h) {
             return err(libc::EINVAL, "no such semi-mode QP");
         }
@@ -257,6 +257,13 @@ impl Engine {
                 "the responder QP is not connected back to this QP (yet)",
             );
         };
+        self.grant_rings(hb)
+    }
+
+    /// The segments of QP `hb`'s receive side (its QP segment, receive CQ
+    /// and SRQ), for a sender's provider ([`Reply::SemiPeer`]).
+    fn grant_rings(&self, hb: u32) -> Answer {
+        let t = &self.tables;
         let b = &t.qps[&hb];
         let Some(cq) = t.cqs.get(&b.recv_cq) else {
             return err(libc::EAGAIN, "the responder's receive CQ is gone");
@@ -293,21 +300,28 @@ impl Engine {
 
     /// `Request::ResolveKey`: the MR behind `key` at the responder of
     /// the session's semi QP `h` (connected to it both ways).
-    pub fn resolve_key(&self, session: SessionId, h: u32, key: u32) -> Answer {
+    pub fn resolve_key(&self, session: SessionId, h: u32, key: u32, dest_qpn: u32) -> Answer {
         let t = &self.tables;
-        if !self.is_own_semi_qp(session, h) {
-            return err(libc::EINVAL, "no such semi-mode QP");
-        }
-        let Some(b) = self
-            .connected_back(h)
-            .filter(|hb| self.semi_pair(h, *hb))
-            .and_then(|hb| t.qps.get(&hb))
-        else {
-            return err(
-                libc::ENOENT,
-                "the QP's responder is gone or not connected back to it",
-            );
+        let responder = if dest_qpn != 0 {
+            match self.datagram_peer(session, h, dest_qpn, None) {
+                Ok(hb) => hb,
+                Err(answer) => return answer,
+            }
+        } else {
+            if !self.is_own_semi_qp(session, h) {
+                return err(libc::EINVAL, "no such semi-mode QP");
+            }
+            match self.connected_back(h).filter(|hb| self.semi_pair(h, *hb)) {
+                Some(hb) => hb,
+                None => {
+                    return err(
+                        libc::ENOENT,
+                        "the QP's responder is gone or not connected back to it",
+                    )
+                }
+            }
         };
+        let b = &t.qps[&responder];
         let mr = t
             .keys
             .get(&key)
@@ -338,6 +352,61 @@ impl Engine {
                 runs: mr.runs.clone(),
             },
             fds: vec![fd],
+        }
+    }
+
+    /// UD QP `dest_qpn` (at `dgid`, if given) as a destination the
+    /// session's UD QP `h` may deliver to itself: both UD, their processes
+    /// of one trust group.
+    fn datagram_peer(
+        &self,
+        session: SessionId,
+        h: u32,
+        dest_qpn: u32,
+        dgid: Option<[u8; 16]>,
+    ) -> Result<u32, Answer> {
+        let t = &self.tables;
+        if self.key_table.is_none() {
+            return Err(err(libc::EINVAL, "the router is not in semi mode"));
+        }
+        let Some(a) = t
+            .qps
+            .get(&h)
+            .filter(|q| q.session == session && q.kind == QpKind::Ud)
+        else {
+            return Err(err(libc::EINVAL, "no such UD QP"));
+        };
+        let Some(&hb) = t.qpns.get(&dest_qpn) else {
+            return Err(err(libc::ENOENT, "no such destination QP on this host"));
+        };
+        let b = &t.qps[&hb];
+        let (Some(sa), Some(sb)) = (t.sessions.get(&a.session), t.sessions.get(&b.session)) else {
+            return Err(err(libc::ENOENT, "no such destination QP on this host"));
+        };
+        if b.kind != QpKind::Ud || dgid.is_some_and(|g| g != sb.gid) {
+            return Err(err(libc::ENOENT, "no such destination QP on this host"));
+        }
+        if !sa.trust.shares_with(&sb.trust, self.semi_share) {
+            return Err(err(
+                libc::EPERM,
+                "the destination's process is of another trust group",
+            ));
+        }
+        Ok(hb)
+    }
+
+    /// `Request::SemiDatagramPeer`: the rings of UD QP `dest_qpn` for the
+    /// session's UD QP `h`.
+    pub fn semi_datagram_peer(
+        &self,
+        session: SessionId,
+        h: u32,
+        dest_qpn: u32,
+        dgid: Option<[u8; 16]>,
+    ) -> Answer {
+        match self.datagram_peer(session, h, dest_qpn, dgid) {
+            Ok(hb) => self.grant_rings(hb),
+            Err(answer) => answer,
         }
     }
 

@@ -856,7 +856,8 @@ fn semi_mode_requests_are_checked() {
     assert_eq!(
         a.errno(&Request::ResolveKey {
             qp: qp_a,
-            key: shared
+            key: shared,
+            dest_qpn: 0,
         }),
         libc::ENOENT,
         "B does not name A"
@@ -884,7 +885,11 @@ fn semi_mode_requests_are_checked() {
     // Another session cannot ask for A's grant.
     assert_eq!(b.errno(&connect_a), libc::EINVAL);
 
-    let resolve = |key| Request::ResolveKey { qp: qp_a, key };
+    let resolve = |key| Request::ResolveKey {
+        qp: qp_a,
+        key,
+        dest_qpn: 0,
+    };
     let (r, fds) = a.ok(&resolve(shared));
     assert!(matches!(r, Reply::Key { .. }) && fds.len() == 1, "{r:?}");
     assert_eq!(a.errno(&resolve(unshared)), libc::EACCES);
@@ -895,7 +900,8 @@ fn semi_mode_requests_are_checked() {
     assert_eq!(
         b.errno(&Request::ResolveKey {
             qp: qp_b,
-            key: shared
+            key: shared,
+            dest_qpn: 0,
         }),
         libc::EACCES
     );
@@ -903,7 +909,8 @@ fn semi_mode_requests_are_checked() {
     assert_eq!(
         b.errno(&Request::ResolveKey {
             qp: qp_a,
-            key: shared
+            key: shared,
+            dest_qpn: 0,
         }),
         libc::EINVAL
     );

@@ -252,10 +252,22 @@ pub enum Request {
     },
     /// Semi mode: the MR behind `key` at the responder of the caller's QP
     /// `qp` (an rkey of a request, or an lkey of the responder's receive),
-    /// answered with [`Reply::Key`].
+    /// answered with [`Reply::Key`]. The responder: `qp`'s connected peer,
+    /// or for a UD QP the UD QP `dest_qpn` (0 for connected QPs).
     ResolveKey {
         qp: u32,
         key: u32,
+        dest_qpn: u32,
+    },
+    /// Semi mode: the rings of UD QP `dest_qpn` (at GID `dgid`, when the
+    /// address handle has a GRH), for the caller's UD QP `qp` to deliver
+    /// datagrams itself; answered with [`Reply::SemiPeer`] if the two QPs'
+    /// processes share memory (their trust group), otherwise refused: the
+    /// datagrams go through the router.
+    SemiDatagramPeer {
+        qp: u32,
+        dest_qpn: u32,
+        dgid: Option<[u8; 16]>,
     },
     /// Semi mode: the rings of the responder of the caller's semi QP `qp`,
     /// answered with [`Reply::SemiPeer`] once both QPs name each other

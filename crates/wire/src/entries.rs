@@ -48,7 +48,10 @@ pub struct SendWqe {
     /// UD: the address handle's hop limit and traffic class (GRH).
     pub hop_limit: u32,
     pub traffic_class: u32,
-    pub _reserved: [u32; 9],
+    /// The WR's send-queue index + 1, as the provider counts WRs; its
+    /// completion carries it back (`Cqe::sq_index`).
+    pub sq_index: u32,
+    pub _reserved: [u32; 8],
     /// The SGEs, or the inline bytes (`inline_bytes`, `inline_mut`).
     pub payload: [Sge; MAX_SGE as usize],
 }
@@ -84,9 +87,9 @@ pub struct Cqe {
     pub src_qp: u32,
     /// `enum ibv_wc_flags` bits.
     pub wc_flags: u32,
-    /// Send-side completions: the send queue's consumer index after the WR
-    /// this completion reports (its slot and every earlier one are free
-    /// once the completion is polled). 0 on receive completions.
+    /// Send-side completions: the reported WR's `SendWqe::sq_index` (its
+    /// slot and every earlier one are free once the completion is polled).
+    /// 0 on receive completions.
     pub sq_index: u32,
     /// Written last (release) by whoever produced the entry: its ring
     /// index + 1. The consumer takes entry `i` once `seq == i + 1`, so
@@ -139,6 +142,33 @@ impl Cqe {
             wc_flags: if with_imm { IBV_WC_WITH_IMM } else { 0 },
             qp_num,
             src_qp,
+            ..Default::default()
+        }
+    }
+}
+
+impl Cqe {
+    /// The successful receive completion of a datagram of `len` bytes
+    /// (after its 40-byte GRH area) from QP `src_qp`, as every executor
+    /// writes it.
+    pub fn datagram_received(
+        wr_id: u64,
+        len: u32,
+        imm: Option<u32>,
+        qp_num: u32,
+        src_qp: u32,
+        sl: u8,
+    ) -> Cqe {
+        Cqe {
+            wr_id,
+            status: IBV_WC_SUCCESS,
+            opcode: IBV_WC_RECV,
+            byte_len: len + super::limits::GRH_SIZE,
+            imm_data: imm.unwrap_or(0),
+            wc_flags: IBV_WC_GRH | if imm.is_some() { IBV_WC_WITH_IMM } else { 0 },
+            qp_num,
+            src_qp,
+            sl,
             ..Default::default()
         }
     }

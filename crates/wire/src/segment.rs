@@ -62,6 +62,8 @@ pub struct QpHeader {
     pub path_local: AtomicU32,
     /// Most SGEs a receive of this QP may have (its `max_recv_sge`).
     pub max_recv_sge: AtomicU32,
+    /// Its Q_Key (UD).
+    pub qkey: AtomicU32,
     /// What this QP's own provider moved on the semi path as a requester
     /// (only that provider writes them; `flowverbs status` reports them).
     pub semi_moved: MovedCounters,

@@ -182,7 +182,8 @@ fn take_send_wrs(
             break;
         }
         match build_send_wqe(fqp, w) {
-            Ok(wqe) => {
+            Ok(mut wqe) => {
+                wqe.sq_index = producer.wrapping_add(1);
                 put(*producer, wqe);
                 *producer = producer.wrapping_add(1);
             }

@@ -133,18 +133,9 @@ impl Engine {
             Ok(())
         });
         let cqe = match delivered {
-            Ok(()) => Cqe {
-                wr_id: rwqe.wr_id,
-                status: IBV_WC_SUCCESS,
-                opcode: IBV_WC_RECV,
-                byte_len: len as u32 + GRH_SIZE,
-                imm_data: imm.unwrap_or(0),
-                wc_flags: IBV_WC_GRH | if imm.is_some() { IBV_WC_WITH_IMM } else { 0 },
-                qp_num: qpn_b,
-                src_qp: src_qpn,
-                sl: flowverbs_verbs::ud::SL_IPV4_GRH,
-                ..Default::default()
-            },
+            Ok(()) => {
+                Cqe::datagram_received(rwqe.wr_id, len as u32, imm, qpn_b, src_qpn, ud::SL_IPV4_GRH)
+            }
             Err(status) => Cqe::receive_failed(rwqe.wr_id, status, qpn_b, src_qpn),
         };
         let failed = cqe.status != IBV_WC_SUCCESS;

@@ -1,317 +1,21 @@
-//! Semi mode, sender side: the provider executes its QP's work requests
-//! itself, against its peer's receive ring, CQ and registered pages, which
-//! the router let it map (`router::semi`). Posting and polling make no
-//! system call; the router is asked only on a key's first use and on
-//! errors.
-//!
-//! The checks and statuses are those of the router's engine
-//! (`router::engine::Engine::execute`): opcode and SGE checks, local keys
-//! (in this provider's own table), the responder's state, back path, QP
-//! access flags, then the MR's access, bounds and liveness (key table);
-//! RNR and retry waits with the same timers; responder errors move both
-//! QPs to the error state through the router ([`Request::SemiError`]).
-//!
-//! Progress: a request that must wait (no receive posted, a full CQ, no
-//! peer yet) stays queued here and is retried from `ibv_post_send` and
-//! `ibv_poll_cq` of any CQ of the context.
+//! Semi mode for connected QPs (RC, UC): the provider executes its QP's
+//! work requests against its one responder's rings and memory.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::OwnedFd;
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use super::arena::Arena;
-use super::context::{ContextInner, Errno};
+use super::{copy_ascending, CqView, KeyView, PeerRings, Seg, SemiContext};
+use crate::context::{ContextInner, Errno};
 use flowverbs_sys::*;
 use flowverbs_verbs::access::{self, Region};
 use flowverbs_verbs::opcode::{self, wc_opcode, Shape};
 use flowverbs_verbs::{atomic, qp, receive};
-use flowverbs_wire::control::{ArenaRun, Reply, Request};
-use flowverbs_wire::cq_ring::CqRing;
+use flowverbs_wire::control::{Reply, Request};
 use flowverbs_wire::entries::{Cqe, RecvWqe, SendWqe};
 use flowverbs_wire::ring::{RingSlots, Take};
-use flowverbs_wire::segment::{
-    CqHeader, CqLayout, Mapping, QpHeader, QpLayout, SrqHeader, SrqLayout, KEY_TABLE_SLOTS,
-};
-
-/// A region this process registered (for its own local-key checks).
-#[derive(Clone, Copy, Debug)]
-pub struct LocalMr {
-    pub pd: u32,
-    pub addr: u64,
-    pub length: u64,
-    pub access: u32,
-}
-
-/// Semi-mode state of one context.
-pub struct SemiContext {
-    keys: Mapping,
-    pub arena: Mutex<Option<Arena>>,
-    pub local_mrs: RwLock<HashMap<u32, LocalMr>>,
-    /// Peers' arenas by owner session.
-    arenas: Mutex<HashMap<u64, Arc<Mapping>>>,
-    waiting: Arc<Waiting>,
-    progress_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-/// QPs with queued work requests, and the thread that retries them when
-/// the application calls nothing (it waits on a completion channel while
-/// a send waits for a receive, as a NIC would keep retrying).
-#[derive(Default)]
-struct Waiting {
-    paths: Mutex<Vec<Arc<Mutex<SemiPath>>>>,
-    count: AtomicU32,
-    stop: std::sync::atomic::AtomicBool,
-    kick: std::sync::Condvar,
-}
-
-/// How often the progress thread retries while something waits.
-const RETRY_INTERVAL: Duration = Duration::from_micros(200);
-/// The longest interval, while nothing moves.
-const RETRY_INTERVAL_MAX: Duration = Duration::from_millis(5);
-
-impl Waiting {
-    /// Runs every waiting QP's queue once; true if any request left a
-    /// queue.
-    fn progress(&self) -> bool {
-        if self.count.load(Ordering::Relaxed) == 0 {
-            return false;
-        }
-        let waiting: Vec<_> = self.paths.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let mut moved = false;
-        for p in waiting {
-            // A poster holds it: it runs the queue itself.
-            if let Ok(mut path) = p.try_lock() {
-                let before = path.pending.len();
-                path.run();
-                moved |= path.pending.len() != before;
-            }
-        }
-        moved
-    }
-
-    /// Retries every [`RETRY_INTERVAL`] while requests wait and move;
-    /// while nothing moves (a peer that never posts a receive, with
-    /// infinite RNR retries) the interval doubles up to [`RETRY_INTERVAL_MAX`].
-    fn thread(self: Arc<Self>) {
-        let mut paths = self.paths.lock().unwrap_or_else(|e| e.into_inner());
-        let mut interval = RETRY_INTERVAL;
-        while !self.stop.load(Ordering::Acquire) {
-            if paths.is_empty() {
-                interval = RETRY_INTERVAL;
-                paths = self.kick.wait(paths).unwrap_or_else(|e| e.into_inner());
-                continue;
-            }
-            drop(paths);
-            std::thread::sleep(interval);
-            interval = if self.progress() {
-                RETRY_INTERVAL
-            } else {
-                (interval * 2).min(RETRY_INTERVAL_MAX)
-            };
-            paths = self.paths.lock().unwrap_or_else(|e| e.into_inner());
-        }
-    }
-}
-
-impl Drop for SemiContext {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-impl SemiContext {
-    /// Stops the progress thread (context close).
-    pub fn stop(&self) {
-        self.waiting.stop.store(true, Ordering::Release);
-        {
-            let _g = self.waiting.paths.lock().unwrap_or_else(|e| e.into_inner());
-            self.waiting.kick.notify_all();
-        }
-        if let Some(t) = self
-            .progress_thread
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            let _ = t.join();
-        }
-    }
-}
-
-impl SemiContext {
-    pub fn new(keys: Mapping) -> SemiContext {
-        SemiContext {
-            keys,
-            arena: Mutex::new(None),
-            local_mrs: RwLock::new(HashMap::new()),
-            arenas: Mutex::new(HashMap::new()),
-            waiting: Arc::new(Waiting::default()),
-            progress_thread: Mutex::new(None),
-        }
-    }
-
-    fn key_live(&self, slot: u32, key: u32) -> bool {
-        if slot >= KEY_TABLE_SLOTS {
-            return false;
-        }
-        // SAFETY: slot is inside the table mapping, u32-aligned.
-        let w = unsafe { &*(self.keys.as_ptr().add(slot as usize * 4) as *const AtomicU32) };
-        w.load(Ordering::Acquire) == key
-    }
-
-    fn arena_of(&self, owner: u64, fd: OwnedFd, need: u64) -> Result<Arc<Mapping>, Errno> {
-        let mut arenas = self.arenas.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = arenas.get(&owner).filter(|m| m.len() as u64 >= need) {
-            return Ok(m.clone());
-        }
-        // An arena that its owner could shrink would fault (SIGBUS) here.
-        let seals = nix::fcntl::fcntl(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            nix::fcntl::FcntlArg::F_GET_SEALS,
-        )
-        .map_err(|e| e as i32)?;
-        if seals & libc::F_SEAL_SHRINK == 0 {
-            return Err(libc::EPROTO);
-        }
-        let size = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd))
-            .map_err(|e| e as i32)?
-            .st_size as u64;
-        if size < need {
-            return Err(libc::EPROTO);
-        }
-        let m = Arc::new(
-            Mapping::map(&fd, size as usize)
-                .map_err(|e| e.raw_os_error().unwrap_or(libc::ENOMEM))?,
-        );
-        arenas.insert(owner, m.clone());
-        Ok(m)
-    }
-
-    /// Runs the queued work of every waiting QP (from `ibv_poll_cq`).
-    pub fn progress(&self) {
-        self.waiting.progress();
-    }
-
-    fn wait(&self, p: &Arc<Mutex<SemiPath>>) {
-        let mut w = self.waiting.paths.lock().unwrap_or_else(|e| e.into_inner());
-        if !w.iter().any(|x| Arc::ptr_eq(x, p)) {
-            w.push(p.clone());
-            self.waiting.count.store(w.len() as u32, Ordering::Relaxed);
-            self.waiting.kick.notify_all();
-        }
-        drop(w);
-        let mut t = self
-            .progress_thread
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if t.is_none() {
-            let waiting = self.waiting.clone();
-            *t = std::thread::Builder::new()
-                .name("flowverbs-semi".into())
-                .spawn(move || waiting.thread())
-                .ok();
-        }
-    }
-
-    /// The QP is destroyed or reset: its path never runs again.
-    pub fn retire(&self, p: &Arc<Mutex<SemiPath>>) {
-        self.unwait(p);
-        p.lock().unwrap_or_else(|e| e.into_inner()).dead = true;
-    }
-
-    pub fn unwait(&self, p: &Arc<Mutex<SemiPath>>) {
-        let mut w = self.waiting.paths.lock().unwrap_or_else(|e| e.into_inner());
-        if w.iter().any(|x| Arc::ptr_eq(x, p)) {
-            w.retain(|x| !Arc::ptr_eq(x, p));
-            self.waiting.count.store(w.len() as u32, Ordering::Relaxed);
-        }
-    }
-}
-
-/// A piece of a message: where, how many bytes.
-type Seg = (*mut u8, usize);
-
-/// A peer's MR as this sender sees it.
-struct KeyView {
-    addr: u64,
-    length: u64,
-    access: u32,
-    slot: u32,
-    runs: Vec<ArenaRun>,
-    arena: Arc<Mapping>,
-}
-
-impl KeyView {
-    /// The region as the semantics core checks it (PD already checked by
-    /// the router).
-    fn region(&self) -> Region {
-        Region {
-            pd: 0,
-            addr: self.addr,
-            length: self.length,
-            access: self.access,
-        }
-    }
-
-    /// Pointers into the arena for `[addr, addr + len)` (inside the MR).
-    fn segments(&self, addr: u64, len: u64, out: &mut Vec<(*mut u8, usize)>) -> bool {
-        let end = addr + len;
-        let mut at = addr;
-        for r in &self.runs {
-            if at >= end {
-                break;
-            }
-            if r.addr + r.len <= at || r.addr > at {
-                continue;
-            }
-            let n = (r.addr + r.len).min(end) - at;
-            let off = r.offset + (at - r.addr);
-            if off + n > self.arena.len() as u64 {
-                return false;
-            }
-            // SAFETY: off + n is inside the arena mapping (checked).
-            out.push((unsafe { self.arena.as_ptr().add(off as usize) }, n as usize));
-            at += n;
-        }
-        at >= end
-    }
-}
-
-/// A CQ segment's ring (own or the peer's), with its consumer index as
-/// last read (see `CqRing::has_room`).
-struct CqView {
-    header: *const CqHeader,
-    slots: RingSlots<Cqe>,
-    seen: u32,
-}
-
-impl CqView {
-    fn ring(&self) -> CqRing<'_> {
-        // SAFETY: the header lives in a segment that outlives this view
-        // (our own CQ outlives its QPs; the peer's is held in SemiPath).
-        CqRing::new(unsafe { &*self.header }, self.slots)
-    }
-
-    fn has_room(&mut self) -> bool {
-        let mut seen = self.seen;
-        let room = self.ring().has_room(&mut seen);
-        self.seen = seen;
-        room
-    }
-
-    fn push(&mut self, cqe: &Cqe) -> bool {
-        let mut seen = self.seen;
-        let pushed = self.ring().push_seen(cqe, &mut seen);
-        self.seen = seen;
-        pushed
-    }
-}
-
-// SAFETY: the raw pointers point into shared mappings kept alive by the
-// owner of this value (see CqView::ring).
-unsafe impl Send for CqView {}
+use flowverbs_wire::segment::{CqHeader, QpHeader};
 
 /// Why the head request waits.
 enum Wait {
@@ -321,98 +25,6 @@ enum Wait {
     Retry { until: Option<Instant> },
     /// A CQ is full.
     Cq,
-}
-
-/// The responder's rings, as the router granted them (`Request::SemiConnect`).
-struct PeerRings {
-    _qp_seg: Mapping,
-    header: *const QpHeader,
-    rq: RingSlots<RecvWqe>,
-    _cq_seg: Mapping,
-    cq: CqView,
-    /// The responder's SRQ, if it receives through one.
-    srq: Option<SrqView>,
-}
-
-/// A responder's SRQ: receives taken by compare-and-swap, shared with the
-/// router and other senders.
-struct SrqView {
-    segment: Mapping,
-    ring: RingSlots<RecvWqe>,
-}
-
-impl SrqView {
-    fn header(&self) -> &SrqHeader {
-        // SAFETY: the segment starts with an SrqHeader and lives in self.
-        unsafe { self.segment.header::<SrqHeader>() }
-    }
-}
-
-impl PeerRings {
-    /// From the router's [`Reply::SemiPeer`] and its two fds.
-    fn map(reply: &Reply, mut fds: Vec<OwnedFd>) -> Result<PeerRings, Errno> {
-        let &Reply::SemiPeer {
-            sq_capacity,
-            rq_capacity,
-            cq_capacity,
-            srq_capacity,
-            ..
-        } = reply
-        else {
-            return Err(libc::EPROTO);
-        };
-        if fds.len() != 2 + usize::from(srq_capacity != 0) {
-            return Err(libc::EPROTO);
-        }
-        let err = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::ENOMEM);
-        let srq = match srq_capacity {
-            0 => None,
-            capacity => {
-                let layout = SrqLayout::new(capacity);
-                if layout.capacity != capacity {
-                    return Err(libc::EPROTO);
-                }
-                let segment = Mapping::map(fds.pop().expect("three"), layout.size).map_err(err)?;
-                // SAFETY: the segment has its layout's size (sealed by the
-                // router) and holds `capacity` receives at ring_offset.
-                let ring =
-                    unsafe { RingSlots::new(segment.as_ptr().add(layout.ring_offset), capacity) };
-                Some(SrqView { segment, ring })
-            }
-        };
-        let cq_fd = fds.pop().expect("two");
-        let qp_fd = fds.pop().expect("two");
-        let ql = QpLayout::new(sq_capacity, rq_capacity);
-        let cl = CqLayout::new(cq_capacity);
-        if ql.sq_capacity != sq_capacity
-            || ql.rq_capacity != rq_capacity
-            || cl.capacity != cq_capacity
-        {
-            return Err(libc::EPROTO);
-        }
-        let qseg = Mapping::map(&qp_fd, ql.size).map_err(err)?;
-        let cseg = Mapping::map(&cq_fd, cl.size).map_err(err)?;
-        // SAFETY: both segments have the sizes of their layouts (the router
-        // sealed them at those sizes).
-        let (rq, cq_slots) = unsafe {
-            (
-                RingSlots::new(qseg.as_ptr().add(ql.rq_offset), rq_capacity),
-                RingSlots::new(cseg.as_ptr().add(cl.ring_offset), cq_capacity),
-            )
-        };
-        Ok(PeerRings {
-            header: qseg.as_ptr() as *const QpHeader,
-            _qp_seg: qseg,
-            rq,
-            cq: CqView {
-                header: cseg.as_ptr() as *const CqHeader,
-                slots: cq_slots,
-                seen: 0,
-            },
-            _cq_seg: cseg,
-            srq,
-        })
-    }
 }
 
 /// One semi-mode QP's send side.
@@ -542,6 +154,11 @@ impl SemiPath {
 
     fn semi(&self) -> &SemiContext {
         self.ctx().semi.as_ref().expect("semi context")
+    }
+
+    /// Work requests queued here.
+    pub(super) fn queued(&self) -> usize {
+        self.pending.len()
     }
 
     /// Queues a work request (`index`: its send-queue index + 1) and runs
@@ -689,6 +306,7 @@ impl SemiPath {
             .call(&Request::ResolveKey {
                 qp: self.qp_handle,
                 key,
+                dest_qpn: 0,
             })
             .ok()?;
         let Reply::Key {
@@ -1110,53 +728,5 @@ impl SemiPath {
             RecvFrom::SrqTaken => Some(r.wqe),
             RecvFrom::SrqHead => self.take_srq(),
         }
-    }
-}
-
-/// Copies `len` bytes from `src` segments to `dst` segments in ascending
-/// address order: 64 KiB pieces with a release fence between them, and the
-/// last 64 bytes one by one after all the others, so that a peer spinning
-/// on the end of a buffer (NCCL) sees everything before it.
-fn copy_ascending(src: &[(*mut u8, usize)], dst: &[(*mut u8, usize)], len: u64) {
-    const PIECE: usize = 64 * 1024;
-    const TAIL: u64 = 64;
-    let bulk = len.saturating_sub(TAIL);
-    let (mut si, mut so, mut di, mut dof) = (0usize, 0usize, 0usize, 0usize);
-    let mut done = 0u64;
-    while done < len {
-        while si < src.len() && so == src[si].1 {
-            si += 1;
-            so = 0;
-        }
-        while di < dst.len() && dof == dst[di].1 {
-            di += 1;
-            dof = 0;
-        }
-        if si >= src.len() || di >= dst.len() {
-            return;
-        }
-        let mut n = (src[si].1 - so)
-            .min(dst[di].1 - dof)
-            .min((len - done) as usize);
-        if done < bulk {
-            n = n.min((bulk - done) as usize).min(PIECE);
-            // SAFETY: both ranges lie inside checked segments (registered
-            // memory of this process, or the peer's arena mapping).
-            unsafe { std::ptr::copy_nonoverlapping(src[si].0.add(so), dst[di].0.add(dof), n) };
-            fence(Ordering::Release);
-        } else {
-            if done == bulk {
-                fence(Ordering::SeqCst);
-            }
-            n = 1;
-            // SAFETY: as above; one byte at a time, in order.
-            unsafe {
-                let b = std::ptr::read_volatile(src[si].0.add(so));
-                std::ptr::write_volatile(dst[di].0.add(dof), b);
-            }
-        }
-        so += n;
-        dof += n;
-        done += n as u64;
     }
 }
