@@ -305,7 +305,7 @@ impl Engine {
         let responder = if dest_qpn != 0 {
             match self.datagram_peer(session, h, dest_qpn, None) {
                 Ok(hb) => hb,
-                Err(answer) => return answer,
+                Err((errno, why)) => return err(errno, why),
             }
         } else {
             if !self.is_own_semi_qp(session, h) {
@@ -364,30 +364,30 @@ impl Engine {
         h: u32,
         dest_qpn: u32,
         dgid: Option<[u8; 16]>,
-    ) -> Result<u32, Answer> {
+    ) -> Result<u32, (i32, &'static str)> {
         let t = &self.tables;
         if self.key_table.is_none() {
-            return Err(err(libc::EINVAL, "the router is not in semi mode"));
+            return Err((libc::EINVAL, "the router is not in semi mode"));
         }
         let Some(a) = t
             .qps
             .get(&h)
             .filter(|q| q.session == session && q.kind == QpKind::Ud)
         else {
-            return Err(err(libc::EINVAL, "no such UD QP"));
+            return Err((libc::EINVAL, "no such UD QP"));
         };
         let Some(&hb) = t.qpns.get(&dest_qpn) else {
-            return Err(err(libc::ENOENT, "no such destination QP on this host"));
+            return Err((libc::ENOENT, "no such destination QP on this host"));
         };
         let b = &t.qps[&hb];
         let (Some(sa), Some(sb)) = (t.sessions.get(&a.session), t.sessions.get(&b.session)) else {
-            return Err(err(libc::ENOENT, "no such destination QP on this host"));
+            return Err((libc::ENOENT, "no such destination QP on this host"));
         };
         if b.kind != QpKind::Ud || dgid.is_some_and(|g| g != sb.gid) {
-            return Err(err(libc::ENOENT, "no such destination QP on this host"));
+            return Err((libc::ENOENT, "no such destination QP on this host"));
         }
         if !sa.trust.shares_with(&sb.trust, self.semi_share) {
-            return Err(err(
+            return Err((
                 libc::EPERM,
                 "the destination's process is of another trust group",
             ));
@@ -406,7 +406,7 @@ impl Engine {
     ) -> Answer {
         match self.datagram_peer(session, h, dest_qpn, dgid) {
             Ok(hb) => self.grant_rings(hb),
-            Err(answer) => answer,
+            Err((errno, why)) => err(errno, why),
         }
     }
 
