@@ -288,7 +288,7 @@ impl Engine {
     /// Semi mode: a QP's own receive queue is also taken by its peer's
     /// provider (`router::semi`), so the router reads the shared consumer
     /// index before it looks at the queue.
-    fn sync_rq(&mut self, h: u32) {
+    pub(super) fn sync_rq(&mut self, h: u32) {
         if self.key_table.is_none() {
             return;
         }

@@ -289,6 +289,7 @@ impl Engine {
             reply: Reply::SemiPeer {
                 peer_qpn: b.qpn,
                 peer_session: b.session,
+                peer_gid: t.sessions.get(&b.session).map_or([0; 16], |s| s.gid),
                 sq_capacity: b.sq.capacity(),
                 rq_capacity: b.rq.capacity(),
                 cq_capacity: cq.ring.capacity(),

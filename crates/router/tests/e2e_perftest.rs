@@ -32,9 +32,9 @@ fn arg_after<'a>(args: &[&'a str], flag: &str) -> Option<&'a str> {
 /// `127.0.0.1` as client, on a router started with `router_args`; checks
 /// both exit 0, that the client printed a table whose numbers are present
 /// and positive, and what the router counted:
-/// - the path: semi mode moves RC pairs (also on an SRQ, not UD) on the
-///   semi path with the router's own counters flat; everything else moves
-///   on the router's path;
+/// - the path: semi mode moves everything on the semi path (RC pairs,
+///   also on an SRQ, and UD datagrams between the two processes) with the
+///   router's own counters flat; isolated mode on the router's path;
 /// - the operation (sends, writes, reads or atomics): at least as many as
 ///   the iterations asked for (`-n`; per size with `-a`, per QP with
 ///   `-q`);
@@ -43,8 +43,7 @@ fn arg_after<'a>(args: &[&'a str], flag: &str) -> Option<&'a str> {
 fn perftest_in(router_args: &[&str], prog: &str, args: &[&str]) -> Run {
     let pair = run_fv0_pair_with(router_args, prog, args, "127.0.0.1", PAIR_TIMEOUT_SECS);
     let semi = router_args.contains(&"semi");
-    let router_path_only = args.contains(&"UD");
-    let (on, off) = if semi && !router_path_only {
+    let (on, off) = if semi {
         ("semi", ["router", "link"])
     } else {
         ("router", ["semi", "link"])

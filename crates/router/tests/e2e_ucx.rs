@@ -173,3 +173,29 @@ fn semi_uct_rc_verbs_put_zcopy() {
     assert!(r.moved("semi", "bytes") >= 1000 * 65536, "{}", r.status());
     r.assert_moved_only_on("semi", "rc_verbs put_bw in semi mode");
 }
+
+#[test]
+fn semi_uct_ud_verbs_am_lat() {
+    let r = ucx_perftest_on(
+        &["--mode", "semi"],
+        UCT_FV0,
+        &[
+            "-d", "fv0:1", "-x", "ud_verbs", "-t", "am_lat", "-n", "2000",
+        ],
+    );
+    assert!(r.moved("semi", "sends") >= 2 * 2000, "{}", r.status());
+    r.assert_moved_only_on("semi", "ud_verbs am_lat in semi mode");
+}
+
+/// UCP on rc_verbs with ud_verbs for wire-up, in semi mode: every request
+/// of both transports on the semi path.
+#[test]
+fn semi_ucp_tag_lat() {
+    let r = ucx_perftest_on(
+        &["--mode", "semi"],
+        UCP_FV0,
+        &["-t", "tag_lat", "-n", "2000"],
+    );
+    assert!(r.moved("semi", "sends") >= 2 * 2000, "{}", r.status());
+    r.assert_moved_only_on("semi", "UCP tag_lat in semi mode");
+}

@@ -97,7 +97,7 @@ macro_rules! xfer_cases {
                         &["-t", "ud", "-o", "send", "-s", "2048"],
                         &["-t", "ud", "-o", "send_imm", "-s", "64", "-q", "2"],
                     ],
-                    "router",
+                    $connected_path,
                 );
             }
         }

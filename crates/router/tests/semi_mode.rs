@@ -195,6 +195,20 @@ fn frozen_router() {
 /// one user takes the semi path (the router's counters say which).
 #[test]
 fn different_users_keep_the_routers_path() {
+    users_decide_the_path("ibv_rc_pingpong");
+}
+
+/// Datagrams too: a UD QP's provider delivers only to processes it shares
+/// memory with.
+#[test]
+fn different_users_keep_the_routers_path_for_datagrams() {
+    users_decide_the_path("ibv_ud_pingpong");
+}
+
+/// `prog` (a pingpong with `-c`) between a process of uid 65534 and one of
+/// root moves everything on the router's path; between two of root, on
+/// the semi path.
+fn users_decide_the_path(prog: &str) {
     let router = Router::start_with(SEMI);
     let port = free_port().to_string();
     let args = ["-d", "fv0", "-g", "0", "-c", "-n", "200", "-p", &port];
@@ -206,9 +220,9 @@ fn different_users_keep_the_routers_path() {
     server
         .env("RDMAV_DRIVERS", lib.join("libflowverbs"))
         .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
-        .arg("ibv_rc_pingpong")
+        .arg(prog)
         .args(args);
-    let mut client = router.command("ibv_rc_pingpong");
+    let mut client = router.command(prog);
     client.args(args).arg("127.0.0.1");
     let (s, c) = run_pair(server, client, CASE_TIMEOUT_SECS);
     let log = router.stderr();
@@ -218,22 +232,27 @@ fn different_users_keep_the_routers_path() {
         show("server (uid 65534)", &s),
         show("client (root)", &c)
     );
-    router.assert_moved_only_on("router", "a pair of two users");
+    router.assert_moved_only_on("router", &format!("{prog} between two users"));
     let _ = fs::remove_dir_all(&lib);
 
     // The control: the same pair under one user shares.
     let before = router.requests("router");
     let port = free_port().to_string();
     let args = ["-d", "fv0", "-g", "0", "-c", "-n", "200", "-p", &port];
-    let mut server = router.command("ibv_rc_pingpong");
+    let mut server = router.command(prog);
     server.args(args);
-    let mut client = router.command("ibv_rc_pingpong");
+    let mut client = router.command(prog);
     client.args(args).arg("127.0.0.1");
     let (s, c) = run_pair(server, client, CASE_TIMEOUT_SECS);
-    assert!(s.status.success() && c.status.success());
+    assert!(
+        s.status.success() && c.status.success(),
+        "{}{}",
+        show("server", &s),
+        show("client", &c)
+    );
     assert!(
         router.requests("semi") >= 2 * 200,
-        "one user's pair did not take the semi path: {}",
+        "one user's {prog} pair did not take the semi path: {}",
         router.status()
     );
     assert_eq!(router.requests("router"), before, "{}", router.status());

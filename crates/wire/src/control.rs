@@ -408,6 +408,8 @@ pub enum Reply {
     SemiPeer {
         peer_qpn: u32,
         peer_session: u64,
+        /// The GID of the peer's session (a datagram's GRH names it).
+        peer_gid: [u8; 16],
         sq_capacity: u32,
         rq_capacity: u32,
         cq_capacity: u32,

@@ -1,15 +1,15 @@
 //! Semi mode for connected QPs (RC, UC): the provider executes its QP's
 //! work requests against its one responder's rings and memory.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::{copy_ascending, CqView, KeyView, PeerRings, Seg, SemiContext};
+use super::{copy_ascending, CqView, KeyCache, KeyView, PeerRings, Seg, SemiContext};
 use crate::context::{ContextInner, Errno};
 use flowverbs_sys::*;
-use flowverbs_verbs::access::{self, Region};
+use flowverbs_verbs::access;
 use flowverbs_verbs::opcode::{self, wc_opcode, Shape};
 use flowverbs_verbs::{atomic, qp, receive};
 use flowverbs_wire::control::{Reply, Request};
@@ -44,7 +44,7 @@ pub struct SemiPath {
     send_cq: CqView,
     /// The QP's own header: what this path moved is counted there.
     own: *const QpHeader,
-    keys: HashMap<u32, KeyView>,
+    keys: KeyCache,
     pending: VecDeque<(SendWqe, u32)>,
     wait: Option<Wait>,
     /// The QP is in the error state: everything queued is flushed.
@@ -103,7 +103,7 @@ impl SemiPath {
                 seen: 0,
             },
             own: n.own_header,
-            keys: HashMap::new(),
+            keys: KeyCache::default(),
             pending: VecDeque::new(),
             wait: None,
             error: false,
@@ -237,12 +237,7 @@ impl SemiPath {
             (true, Some(r)) => &r.cq,
             _ => &self.send_cq,
         };
-        // SAFETY: see CqView::ring.
-        let h = unsafe { &*cq.header };
-        if h.take_arm(solicited) {
-            h.event_pending.store(1, Ordering::Release);
-            self.ctx().wake_router();
-        }
+        cq.notify(self.ctx(), solicited);
     }
 
     fn complete(&mut self, w: &SendWqe, idx: u32, byte_len: u64) {
@@ -294,48 +289,9 @@ impl SemiPath {
 
     /// The peer's MR behind `key`, if live.
     fn key(&mut self, key: u32) -> Option<&KeyView> {
-        let live = |s: &Self, k: &KeyView| s.semi().key_live(k.slot, key);
-        if let Some(k) = self.keys.get(&key) {
-            if live(self, k) {
-                return self.keys.get(&key);
-            }
-            self.keys.remove(&key);
-        }
-        let (reply, fds) = self
-            .ctx()
-            .call(&Request::ResolveKey {
-                qp: self.qp_handle,
-                key,
-                dest_qpn: 0,
-            })
-            .ok()?;
-        let Reply::Key {
-            addr,
-            length,
-            access,
-            slot,
-            owner,
-            runs,
-        } = reply
-        else {
-            return None;
-        };
-        let need = runs.iter().map(|r| r.offset + r.len).max().unwrap_or(0);
-        let fd = fds.into_iter().next()?;
-        let arena = self.semi().arena_of(owner, fd, need).ok()?;
-        let view = KeyView {
-            addr,
-            length,
-            access,
-            slot,
-            runs,
-            arena,
-        };
-        if !live(self, &view) {
-            return None;
-        }
-        self.keys.insert(key, view);
-        self.keys.get(&key)
+        // SAFETY: the context outlives its QPs and their paths.
+        let ctx = unsafe { &*self.ctx };
+        self.keys.get(ctx, self.qp_handle, 0, key)
     }
 
     /// `[addr, addr+len)` of the responder's MR `key` with `access`. (The
@@ -366,27 +322,7 @@ impl SemiPath {
 
     /// The local SGEs of a request as pointers into our own memory.
     fn local(&self, w: &SendWqe, write: bool, out: &mut Vec<Seg>) -> Result<(), u32> {
-        let mrs = self
-            .semi()
-            .local_mrs
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
-        let mut total = 0u64;
-        for s in w.sges() {
-            let len = u64::from(s.length);
-            total += len;
-            let region = mrs.get(&s.lkey).map(|m| Region {
-                pd: m.pd,
-                addr: m.addr,
-                length: m.length,
-                access: m.access,
-            });
-            access::local(region.as_ref(), self.pd, s.addr, len, write)?;
-            if len > 0 {
-                out.push((s.addr as *mut u8, s.length as usize));
-            }
-        }
-        access::message_len(total)
+        self.semi().local_segments(self.pd, w, write, out)
     }
 
     /// Runs one request (with the path's scratch segment lists, kept to

@@ -16,8 +16,10 @@
 //! `ibv_poll_cq` of any CQ of the context.
 
 mod connected;
+mod datagram;
 
 pub use connected::{NewPath, SemiPath};
+pub use datagram::{DatagramPath, NewDatagramPath};
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -26,11 +28,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use super::arena::Arena;
-use super::context::Errno;
-use flowverbs_verbs::access::Region;
-use flowverbs_wire::control::{ArenaRun, Reply};
+use super::context::{ContextInner, Errno};
+use flowverbs_verbs::access::{self, Region};
+use flowverbs_verbs::receive;
+use flowverbs_wire::control::{ArenaRun, Reply, Request};
 use flowverbs_wire::cq_ring::CqRing;
-use flowverbs_wire::entries::{Cqe, RecvWqe};
+use flowverbs_wire::entries::{Cqe, RecvWqe, SendWqe};
 use flowverbs_wire::ring::RingSlots;
 use flowverbs_wire::segment::{
     CqHeader, CqLayout, Mapping, QpHeader, QpLayout, SrqHeader, SrqLayout, KEY_TABLE_SLOTS,
@@ -190,6 +193,35 @@ impl SemiContext {
         Ok(m)
     }
 
+    /// The local SGEs of a request of a QP in PD `pd` as pointers into
+    /// this process's memory (checked against its own registrations), or
+    /// the status of its failure.
+    fn local_segments(
+        &self,
+        pd: u32,
+        w: &SendWqe,
+        write: bool,
+        out: &mut Vec<Seg>,
+    ) -> Result<(), u32> {
+        let mrs = self.local_mrs.read().unwrap_or_else(|e| e.into_inner());
+        let mut total = 0u64;
+        for s in w.sges() {
+            let len = u64::from(s.length);
+            total += len;
+            let region = mrs.get(&s.lkey).map(|m| Region {
+                pd: m.pd,
+                addr: m.addr,
+                length: m.length,
+                access: m.access,
+            });
+            access::local(region.as_ref(), pd, s.addr, len, write)?;
+            if len > 0 {
+                out.push((s.addr as *mut u8, s.length as usize));
+            }
+        }
+        access::message_len(total)
+    }
+
     /// Runs the queued work of every waiting QP (from `ibv_poll_cq`).
     pub fn progress(&self) {
         self.waiting.progress();
@@ -242,6 +274,68 @@ struct KeyView {
     slot: u32,
     runs: Vec<ArenaRun>,
     arena: Arc<Mapping>,
+}
+
+/// The responder MRs a QP has resolved, by key (asked of the router on a
+/// key's first use; dropped once the key table says the key is gone).
+#[derive(Default)]
+struct KeyCache(HashMap<u32, KeyView>);
+
+impl KeyCache {
+    /// The MR behind `key` at the responder of the context's QP
+    /// `qp_handle` (its connected peer, or UD QP `dest_qpn`), if live.
+    fn get(
+        &mut self,
+        ctx: &ContextInner,
+        qp_handle: u32,
+        dest_qpn: u32,
+        key: u32,
+    ) -> Option<&KeyView> {
+        let semi = ctx.semi.as_ref()?;
+        if self
+            .0
+            .get(&key)
+            .is_some_and(|k| !semi.key_live(k.slot, key))
+        {
+            self.0.remove(&key);
+        }
+        if let std::collections::hash_map::Entry::Vacant(entry) = self.0.entry(key) {
+            let (reply, fds) = ctx
+                .call(&Request::ResolveKey {
+                    qp: qp_handle,
+                    key,
+                    dest_qpn,
+                })
+                .ok()?;
+            let Reply::Key {
+                addr,
+                length,
+                access,
+                slot,
+                owner,
+                runs,
+            } = reply
+            else {
+                return None;
+            };
+            let need = runs.iter().map(|r| r.offset + r.len).max().unwrap_or(0);
+            let fd = fds.into_iter().next()?;
+            let arena = semi.arena_of(owner, fd, need).ok()?;
+            if !semi.key_live(slot, key) {
+                return None;
+            }
+            let view = KeyView {
+                addr,
+                length,
+                access,
+                slot,
+                runs,
+                arena,
+            };
+            entry.insert(view);
+        }
+        self.0.get(&key)
+    }
 }
 
 impl KeyView {
@@ -302,6 +396,17 @@ impl CqView {
         room
     }
 
+    /// After a push: a completion event if the CQ was armed for it (the
+    /// router writes it: it holds the channel).
+    fn notify(&self, ctx: &ContextInner, solicited: bool) {
+        // SAFETY: see CqView::ring.
+        let h = unsafe { &*self.header };
+        if h.take_arm(solicited) {
+            h.event_pending.store(1, Ordering::Release);
+            ctx.wake_router();
+        }
+    }
+
     fn push(&mut self, cqe: &Cqe) -> bool {
         let mut seen = self.seen;
         let pushed = self.ring().push_seen(cqe, &mut seen);
@@ -316,6 +421,8 @@ unsafe impl Send for CqView {}
 
 /// The responder's rings, as the router granted them (`Request::SemiConnect`).
 struct PeerRings {
+    qpn: u32,
+    gid: [u8; 16],
     _qp_seg: Mapping,
     header: *const QpHeader,
     rq: RingSlots<RecvWqe>,
@@ -340,9 +447,58 @@ impl SrqView {
 }
 
 impl PeerRings {
+    fn header(&self) -> &QpHeader {
+        // SAFETY: the peer's QP segment is mapped for the life of self.
+        unsafe { &*self.header }
+    }
+
+    /// The receive at the head of the peer's queue (its SRQ's, if it has
+    /// one), left there: (entry, its index, the most SGEs its queue
+    /// allows). None if nothing is posted (or the indices are impossible).
+    fn peek_receive(&self) -> Option<(RecvWqe, u32, u32)> {
+        let (indices, slots, max_sge) = match &self.srq {
+            Some(srq) => (
+                &srq.header().rq,
+                &srq.ring,
+                srq.header().max_sge.load(Ordering::Acquire),
+            ),
+            None => (
+                &self.header().rq,
+                &self.rq,
+                self.header().max_recv_sge.load(Ordering::Acquire),
+            ),
+        };
+        let at = indices.consumer();
+        match indices.pending(slots.capacity()) {
+            Some(n) if n > 0 => Some((slots.read(at), at, max_sge)),
+            _ => None,
+        }
+    }
+
+    /// Takes receive `at` (read with [`PeerRings::peek_receive`]) if no
+    /// one else took it meanwhile; on an SRQ, raises its limit event
+    /// (through the router) if this take crossed it.
+    fn claim_receive(&self, ctx: &ContextInner, at: u32) -> bool {
+        let Some(srq) = &self.srq else {
+            return self.header().rq.claim_consumer(at);
+        };
+        let h = srq.header();
+        if !h.rq.claim_consumer(at) {
+            return false;
+        }
+        let remaining = h.rq.producer().wrapping_sub(at.wrapping_add(1));
+        if h.disarm_limit(remaining, receive::srq_limit_reached) {
+            h.limit_event_pending.store(1, Ordering::Release);
+            ctx.wake_router();
+        }
+        true
+    }
+
     /// From the router's [`Reply::SemiPeer`] and its two fds.
     fn map(reply: &Reply, mut fds: Vec<OwnedFd>) -> Result<PeerRings, Errno> {
         let &Reply::SemiPeer {
+            peer_qpn,
+            peer_gid,
             sq_capacity,
             rq_capacity,
             cq_capacity,
@@ -392,6 +548,8 @@ impl PeerRings {
             )
         };
         Ok(PeerRings {
+            qpn: peer_qpn,
+            gid: peer_gid,
             header: qseg.as_ptr() as *const QpHeader,
             _qp_seg: qseg,
             rq,

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use super::arena::Arena;
 use super::context::{self, inner, map_segment, take_one_fd, ContextInner, Errno};
 use super::ffi::{guard, null_with};
-use super::semi::{LocalMr, NewPath, SemiPath};
+use super::semi::{DatagramPath, LocalMr, NewDatagramPath, NewPath, SemiPath};
 use super::send_slots::SendSlots;
 use crate::fv_log;
 use flowverbs_sys::*;

@@ -137,6 +137,26 @@ pub(super) unsafe extern "C" fn post_send(
             }
             path.run();
             ret
+        } else if let Some(datagrams) = &fqp.datagrams {
+            // Semi mode, UD: datagrams to QPs of this trust group are
+            // delivered here (`provider::semi::datagram`), the others go
+            // to the router's ring, in order.
+            let mut path = datagrams.lock().unwrap_or_else(|e| e.into_inner());
+            let ring_start = path.ring_producer;
+            let now = std::time::Instant::now();
+            let ret = take_send_wrs(fqp, state, &mut producer, wr, bad_wr, free, |_, w| {
+                if !path.deliver(&w, now) {
+                    fqp.sq.write(path.ring_producer, &w);
+                    path.ring_producer = path.ring_producer.wrapping_add(1);
+                }
+            });
+            fqp.send_slots.posted(*producer);
+            drop(producer);
+            if path.ring_producer != ring_start {
+                fqp.header().sq.publish_producer(path.ring_producer);
+                fqp.context().ring_doorbell();
+            }
+            ret
         } else {
             // ... and the router has consumed it from the ring.
             let ring_free = |p: u32| p.wrapping_sub(fqp.header().sq.consumer()) < slots && free(p);

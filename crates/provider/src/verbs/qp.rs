@@ -24,6 +24,8 @@ pub struct FvQp {
     pub(super) send_slots: Arc<SendSlots>,
     /// Semi mode: this provider runs the send queue (`provider::semi`).
     pub(super) semi: Mutex<Option<Arc<Mutex<SemiPath>>>>,
+    /// Semi mode, UD QPs: the datagrams this provider delivers itself.
+    pub(super) datagrams: Option<Mutex<DatagramPath>>,
     /// timeout, retry_cnt, rnr_retry as last set (for the semi path).
     pub(super) retry_attrs: Mutex<(u8, u8, u8)>,
     pub(super) sq_sig_all: bool,
@@ -138,6 +140,26 @@ pub(super) unsafe extern "C" fn create_qp(
         // SAFETY: verbs_qp is plain C data; all-zero is its initial value
         // (comp_mask 0: no ibv_qp_ex).
         let vqp: verbs_qp = unsafe { std::mem::zeroed() };
+        // SAFETY: ctx is ours (the PD's context).
+        let context = unsafe { inner(ctx) };
+        let datagrams = match (&context.semi, a.qp_type) {
+            (Some(_), IBV_QPT_UD) => {
+                // SAFETY: the send CQ is ours and outlives the QP.
+                let scq = unsafe { FvCq::from_ibv(a.send_cq) };
+                let n = NewDatagramPath {
+                    qp_handle: handle,
+                    qpn,
+                    pd: pdh,
+                    sq_sig_all: a.sq_sig_all != 0,
+                    max_send_sge: caps.max_send_sge,
+                    send_cq_header: scq.header() as *const CqHeader,
+                    send_cq_slots: scq.ring,
+                    own_header: segment.as_ptr() as *const QpHeader,
+                };
+                Some(Mutex::new(DatagramPath::new(context, n)))
+            }
+            _ => None,
+        };
         let b = FvQp {
             vqp,
             _pad: [0; 2],
@@ -150,6 +172,7 @@ pub(super) unsafe extern "C" fn create_qp(
             rq_producer: Mutex::new(RecvProducer::default()),
             send_slots: Arc::new(SendSlots::default()),
             semi: Mutex::new(None),
+            datagrams,
             retry_attrs: Mutex::new((0, 0, 0)),
             sq_sig_all: a.sq_sig_all != 0,
         };

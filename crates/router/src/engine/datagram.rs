@@ -79,6 +79,8 @@ impl Engine {
     pub(super) fn deliver_ud(&mut self, hb: u32, d: &Datagram, src: &Source, len: u64) -> bool {
         let (sgid, src_qpn, imm, solicited) = (&d.sgid, d.src_qpn, d.imm, d.solicited);
         let recv_cq = self.tables.qps[&hb].recv_cq;
+        // Senders' providers take from the queue too (semi mode).
+        self.sync_rq(hb);
         match self.recv_pending(hb) {
             None => {
                 self.recv_violation(hb);
