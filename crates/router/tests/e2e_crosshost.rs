@@ -485,10 +485,16 @@ fn a_bulk_transfer_does_not_starve_a_pingpong() {
     let (mut bulk_srv, mut bulk_cli) = start_until(server, client, "#bytes");
     let logs = || router_logs(&[("A", ra), ("B", rb)]);
     pingpong_between("ibv_rc_pingpong", &[], ra, a, rb, b, 200, &logs);
+    let (cli, srv) = (bulk_cli.try_wait(), bulk_srv.try_wait());
     assert!(
-        bulk_cli.try_wait().is_none() && bulk_srv.try_wait().is_none(),
-        "the bulk transfer ended before the pingpong was done: not a fairness check\n{}",
-        bulk_cli.stdout_so_far()
+        cli.is_none() && srv.is_none(),
+        "the bulk transfer ended before the pingpong was done (client {cli:?}, server \
+         {srv:?}): not a fairness check\n--- client stdout:\n{}--- client stderr:\n{}\
+         --- server stderr:\n{}{}",
+        bulk_cli.stdout_so_far(),
+        bulk_cli.stderr_so_far(),
+        bulk_srv.stderr_so_far(),
+        logs()
     );
     // The bulk transfer itself was healthy: still running (no error exit),
     // and router B carried its 8 MiB writes to A over the link.

@@ -765,6 +765,11 @@ impl Background {
         String::from_utf8_lossy(&self.running().out.lock().unwrap()).into_owned()
     }
 
+    /// Its stderr so far.
+    pub fn stderr_so_far(&mut self) -> String {
+        String::from_utf8_lossy(&self.running().err.lock().unwrap()).into_owned()
+    }
+
     /// Its exit status if it has exited.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
         self.running().try_wait()
