@@ -9,7 +9,7 @@ use log::{debug, warn};
 
 use flowverbs_sys::*;
 use flowverbs_verbs::access::{self, Region};
-use flowverbs_verbs::opcode::{self, wc_opcode, Shape};
+use flowverbs_verbs::opcode::{self, completion_opcode, Shape};
 use flowverbs_verbs::{atomic, receive};
 use flowverbs_wire::entries::{Cqe, RecvWqe, SendWqe};
 use flowverbs_wire::ring::Take;
@@ -255,21 +255,21 @@ impl Engine {
             if pending == 0 || self.cq_free(cq) == 0 {
                 return progress;
             }
-            let flushed = |wr_id, opcode| Cqe {
-                wr_id,
-                status: IBV_WC_WR_FLUSH_ERR,
-                opcode,
-                qp_num: qp.qpn,
-                ..Default::default()
-            };
             if queue == Queue::Send {
                 let w: SendWqe = qp.sq.read(qp.sq_consumer);
-                let cqe = flushed(w.wr_id, wc_opcode(w.opcode).unwrap_or(IBV_WC_SEND));
+                let op = completion_opcode(w.opcode);
+                let cqe = Cqe::sent(&w, op, IBV_WC_WR_FLUSH_ERR, 0, qp.qpn);
                 self.retire_send(h, &w, Some((cq, cqe)));
                 progress = true;
                 continue;
             }
-            let cqe = flushed(qp.rq.read(qp.rq_consumer).wr_id, IBV_WC_RECV);
+            let cqe = Cqe {
+                wr_id: qp.rq.read(qp.rq_consumer).wr_id,
+                status: IBV_WC_WR_FLUSH_ERR,
+                opcode: IBV_WC_RECV,
+                qp_num: qp.qpn,
+                ..Default::default()
+            };
             if self.key_table.is_some() {
                 // Semi mode: a sender's provider may take it meanwhile.
                 let qp = self.tables.qps.get_mut(&h).expect("qp");
@@ -324,8 +324,8 @@ impl Engine {
     /// own datagrams once the router has consumed every earlier WQE, and
     /// their completions must come after the router's.
     fn retire_send(&mut self, h: u32, w: &SendWqe, completion: Option<(u32, Cqe)>) {
-        if let Some((cq, mut cqe)) = completion {
-            cqe.sq_index = w.sq_index;
+        debug_assert!(completion.is_none_or(|(_, c)| c.sq_index == w.sq_index));
+        if let Some((cq, cqe)) = completion {
             self.push_cqe(cq, &cqe);
         }
         let qp = self.tables.qps.get_mut(&h).expect("qp");
@@ -356,52 +356,26 @@ impl Engine {
         if srq_handle == 0 {
             let max_sge = qp.caps.max_recv_sge;
             let taken = qp.header().rq.take(&qp.rq);
-            let qp = self.tables.qps.get_mut(&h).expect("qp");
-            return match taken {
-                Take::Taken {
-                    entry,
-                    index,
-                    remaining,
-                } => {
-                    qp.rq_consumer = index.wrapping_add(1);
-                    Take::Taken {
-                        entry: (entry, max_sge),
-                        index,
-                        remaining,
-                    }
-                }
-                Take::Empty => Take::Empty,
-                Take::Violation => Take::Violation,
-            };
+            if let Take::Taken { index, .. } = taken {
+                let qp = self.tables.qps.get_mut(&h).expect("qp");
+                qp.rq_consumer = index.wrapping_add(1);
+            }
+            return taken.map(|w| (w, max_sge));
         }
         let Some(srq) = self.tables.srqs.get(&srq_handle) else {
             return Take::Empty;
         };
-        match srq.header().rq.take(&srq.ring) {
-            Take::Taken {
-                entry,
-                index,
-                remaining,
-            } => {
-                let max_sge = srq.max_sge;
-                if srq
-                    .header()
-                    .disarm_limit(remaining, receive::srq_limit_reached)
-                {
-                    self.post_async_event(
-                        AsyncTarget::Srq(srq_handle),
-                        IBV_EVENT_SRQ_LIMIT_REACHED,
-                    );
-                }
-                Take::Taken {
-                    entry: (entry, max_sge),
-                    index,
-                    remaining,
-                }
-            }
-            Take::Empty => Take::Empty,
-            Take::Violation => Take::Violation,
+        let (taken, max_sge) = (srq.header().rq.take(&srq.ring), srq.max_sge);
+        let crossed = match taken {
+            Take::Taken { remaining, .. } => srq
+                .header()
+                .disarm_limit(remaining, receive::srq_limit_reached),
+            _ => false,
+        };
+        if crossed {
+            self.post_async_event(AsyncTarget::Srq(srq_handle), IBV_EVENT_SRQ_LIMIT_REACHED);
         }
+        taken.map(|w| (w, max_sge))
     }
 
     /// Discards everything posted on a QP's queues (modify to RESET).
@@ -495,13 +469,7 @@ impl Engine {
     /// freed before the completion that reports them is published.)
     fn fail_requester(&mut self, h: u32, wqe: &SendWqe, status: u32) {
         let qp = &self.tables.qps[&h];
-        let cqe = Cqe {
-            wr_id: wqe.wr_id,
-            status,
-            opcode: wc_opcode(wqe.opcode).unwrap_or(IBV_WC_SEND),
-            qp_num: qp.qpn,
-            ..Default::default()
-        };
+        let cqe = Cqe::sent(wqe, completion_opcode(wqe.opcode), status, 0, qp.qpn);
         let cq = qp.send_cq;
         debug!(
             "qp {:#x}: wr {:#x} fails with status {}",
@@ -744,15 +712,14 @@ impl Engine {
     /// poster that sees the completion may reuse the slot at once.)
     fn finish_send(&mut self, ha: u32, w: &SendWqe, byte_len: u64) {
         let a = &self.tables.qps[&ha];
-        let signaled = a.sq_sig_all || w.send_flags & IBV_SEND_SIGNALED != 0;
-        let cqe = Cqe {
-            wr_id: w.wr_id,
-            status: IBV_WC_SUCCESS,
-            opcode: wc_opcode(w.opcode).unwrap_or(IBV_WC_SEND),
-            byte_len: byte_len as u32,
-            qp_num: a.qpn,
-            ..Default::default()
-        };
+        let signaled = opcode::signaled(a.sq_sig_all, w.send_flags);
+        let cqe = Cqe::sent(
+            w,
+            completion_opcode(w.opcode),
+            IBV_WC_SUCCESS,
+            byte_len,
+            a.qpn,
+        );
         let cq = a.send_cq;
         let link = self.carried_by_link(ha, w);
         let qp = self.tables.qps.get_mut(&ha).expect("qp");

@@ -42,6 +42,19 @@ pub fn wc_opcode(op: u32) -> Option<u32> {
     })
 }
 
+/// The `ibv_wc_opcode` of a send work request's completion, also for a
+/// request whose opcode is not one (its error completion says SEND).
+pub fn completion_opcode(op: u32) -> u32 {
+    wc_opcode(op).unwrap_or(IBV_WC_SEND)
+}
+
+/// Whether a send work request's successful completion is reported: every
+/// one on a QP created with `sq_sig_all`, otherwise those posted with
+/// IBV_SEND_SIGNALED (error completions always are).
+pub fn signaled(sq_sig_all: bool, send_flags: u32) -> bool {
+    sq_sig_all || send_flags & IBV_SEND_SIGNALED != 0
+}
+
 /// Whether a QP of `qp_type` (`enum ibv_qp_type`) may post `op`: RC every
 /// operation, UC SENDs and WRITEs, UD SENDs.
 pub fn allowed(qp_type: u32, op: u32) -> bool {

@@ -104,6 +104,24 @@ pub struct Cqe {
 }
 
 impl Cqe {
+    /// The completion of send work request `w` (its `sq_index` included)
+    /// with `status`; `opcode` is its `ibv_wc_opcode`.
+    pub fn sent(w: &SendWqe, opcode: u32, status: u32, byte_len: u64, qp_num: u32) -> Cqe {
+        Cqe {
+            wr_id: w.wr_id,
+            status,
+            opcode,
+            byte_len: if status == IBV_WC_SUCCESS {
+                byte_len as u32
+            } else {
+                0
+            },
+            qp_num,
+            sq_index: w.sq_index,
+            ..Default::default()
+        }
+    }
+
     /// The completion of a receive that failed with `status` (a responder
     /// error), as every executor writes it.
     pub fn receive_failed(wr_id: u64, status: u32, qp_num: u32, src_qp: u32) -> Cqe {

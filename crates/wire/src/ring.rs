@@ -82,6 +82,25 @@ pub enum Take<T> {
     },
 }
 
+impl<T> Take<T> {
+    /// The same outcome with the taken entry mapped by `f`.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Take<U> {
+        match self {
+            Take::Empty => Take::Empty,
+            Take::Violation => Take::Violation,
+            Take::Taken {
+                entry,
+                index,
+                remaining,
+            } => Take::Taken {
+                entry: f(entry),
+                index,
+                remaining,
+            },
+        }
+    }
+}
+
 impl RingIndices {
     /// Takes the entry at the head for this caller alone, when several
     /// consumers share the ring (an SRQ: the router and, in semi mode, the

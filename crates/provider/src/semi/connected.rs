@@ -10,7 +10,7 @@ use super::{copy_ascending, CqView, KeyCache, KeyView, PeerRings, Seg, SemiConte
 use crate::context::{ContextInner, Errno};
 use flowverbs_sys::*;
 use flowverbs_verbs::access;
-use flowverbs_verbs::opcode::{self, wc_opcode, Shape};
+use flowverbs_verbs::opcode::{self, completion_opcode, Shape};
 use flowverbs_verbs::{atomic, qp, receive};
 use flowverbs_wire::control::{Reply, Request};
 use flowverbs_wire::entries::{Cqe, RecvWqe, SendWqe};
@@ -45,7 +45,7 @@ pub struct SemiPath {
     /// The QP's own header: what this path moved is counted there.
     own: *const QpHeader,
     keys: KeyCache,
-    pending: VecDeque<(SendWqe, u32)>,
+    pending: VecDeque<SendWqe>,
     wait: Option<Wait>,
     /// The QP is in the error state: everything queued is flushed.
     pub error: bool,
@@ -161,10 +161,9 @@ impl SemiPath {
         self.pending.len()
     }
 
-    /// Queues a work request (`index`: its send-queue index + 1) and runs
-    /// what can run.
-    pub fn post(&mut self, w: SendWqe, index: u32) {
-        self.pending.push_back((w, index));
+    /// Queues a work request (run by [`SemiPath::run`]).
+    pub fn post(&mut self, w: SendWqe) {
+        self.pending.push_back(w);
     }
 
     /// Runs queued requests in order until one must wait.
@@ -173,16 +172,15 @@ impl SemiPath {
             return;
         }
         let now = Instant::now();
-        while let Some(&(w, idx)) = self.pending.front() {
+        while let Some(&w) = self.pending.front() {
             if self.error {
-                let cqe = Cqe {
-                    wr_id: w.wr_id,
-                    status: IBV_WC_WR_FLUSH_ERR,
-                    opcode: wc_opcode(w.opcode).unwrap_or(IBV_WC_SEND),
-                    qp_num: self.qpn,
-                    sq_index: idx,
-                    ..Default::default()
-                };
+                let cqe = Cqe::sent(
+                    &w,
+                    completion_opcode(w.opcode),
+                    IBV_WC_WR_FLUSH_ERR,
+                    0,
+                    self.qpn,
+                );
                 if !self.send_cq.push(&cqe) {
                     break;
                 }
@@ -190,7 +188,7 @@ impl SemiPath {
                 self.pending.pop_front();
                 continue;
             }
-            match self.execute(&w, idx, now) {
+            match self.execute(&w, now) {
                 Step::Done => {
                     self.wait = None;
                     self.pending.pop_front();
@@ -206,7 +204,7 @@ impl SemiPath {
                             Wait::Rnr { .. } => IBV_WC_RNR_RETRY_EXC_ERR,
                             _ => IBV_WC_RETRY_EXC_ERR,
                         };
-                        self.fail(&w, idx, status, None);
+                        self.fail(&w, status, None);
                         self.pending.pop_front();
                         continue;
                     }
@@ -240,23 +238,16 @@ impl SemiPath {
         cq.notify(self.ctx(), solicited);
     }
 
-    fn complete(&mut self, w: &SendWqe, idx: u32, byte_len: u64) {
+    fn complete(&mut self, w: &SendWqe, byte_len: u64) {
         // SAFETY: the QP's own segment outlives its path.
         unsafe { &*self.own }.semi_moved.count(
             w.opcode,
             byte_len,
             w.send_flags & IBV_SEND_INLINE != 0,
         );
-        if self.sq_sig_all || w.send_flags & IBV_SEND_SIGNALED != 0 {
-            let cqe = Cqe {
-                wr_id: w.wr_id,
-                status: IBV_WC_SUCCESS,
-                opcode: wc_opcode(w.opcode).unwrap_or(IBV_WC_SEND),
-                byte_len: byte_len as u32,
-                qp_num: self.qpn,
-                sq_index: idx,
-                ..Default::default()
-            };
+        if opcode::signaled(self.sq_sig_all, w.send_flags) {
+            let op = completion_opcode(w.opcode);
+            let cqe = Cqe::sent(w, op, IBV_WC_SUCCESS, byte_len, self.qpn);
             // Room was checked before the request ran.
             self.send_cq.push(&cqe);
             self.notify(false, false);
@@ -265,17 +256,10 @@ impl SemiPath {
 
     /// The request fails with `status`; this QP goes to the error state
     /// (and the responder, if `peer_event` says so: Some(event or 0)).
-    fn fail(&mut self, w: &SendWqe, idx: u32, status: u32, peer: Option<u32>) {
+    fn fail(&mut self, w: &SendWqe, status: u32, peer: Option<u32>) {
         // SAFETY: the QP's own segment outlives its path.
         unsafe { &*self.own }.semi_moved.count_error();
-        let cqe = Cqe {
-            wr_id: w.wr_id,
-            status,
-            opcode: wc_opcode(w.opcode).unwrap_or(IBV_WC_SEND),
-            qp_num: self.qpn,
-            sq_index: idx,
-            ..Default::default()
-        };
+        let cqe = Cqe::sent(w, completion_opcode(w.opcode), status, 0, self.qpn);
         self.send_cq.push(&cqe);
         self.notify(false, true);
         self.wait = None;
@@ -327,12 +311,12 @@ impl SemiPath {
 
     /// Runs one request (with the path's scratch segment lists, kept to
     /// avoid allocating per message).
-    fn execute(&mut self, w: &SendWqe, idx: u32, now: Instant) -> Step {
+    fn execute(&mut self, w: &SendWqe, now: Instant) -> Step {
         let mut local = std::mem::take(&mut self.scratch_local);
         let mut other = std::mem::take(&mut self.scratch_other);
         local.clear();
         other.clear();
-        let step = self.execute_with(w, idx, now, &mut local, &mut other);
+        let step = self.execute_with(w, now, &mut local, &mut other);
         self.scratch_local = local;
         self.scratch_other = other;
         step
@@ -341,7 +325,6 @@ impl SemiPath {
     fn execute_with(
         &mut self,
         w: &SendWqe,
-        idx: u32,
         now: Instant,
         local: &mut Vec<Seg>,
         dst: &mut Vec<Seg>,
@@ -362,7 +345,7 @@ impl SemiPath {
         ) {
             Ok(shape) => shape,
             Err(status) => {
-                self.fail(w, idx, status, None);
+                self.fail(w, status, None);
                 return Step::Done;
             }
         };
@@ -371,13 +354,13 @@ impl SemiPath {
             let b = w.inline_bytes();
             local.push((b.as_ptr() as *mut u8, b.len()));
         } else if let Err(s) = self.local(w, !reads_local, local) {
-            self.fail(w, idx, s, None);
+            self.fail(w, s, None);
             return Step::Done;
         }
         let len: u64 = local.iter().map(|s| s.1 as u64).sum();
         if opcode::is_atomic(w.opcode) {
             if let Err(status) = atomic::check_local(local.len(), len) {
-                self.fail(w, idx, status, None);
+                self.fail(w, status, None);
                 return Step::Done;
             }
         }
@@ -392,7 +375,7 @@ impl SemiPath {
         };
         if !peer_ok {
             if self.uc {
-                self.complete(w, idx, len);
+                self.complete(w, len);
                 return Step::Done;
             }
             let until = qp::retry_deadline(now, self.timeout, self.retry_cnt);
@@ -417,7 +400,7 @@ impl SemiPath {
             };
             if recv.is_none() {
                 if self.uc {
-                    self.complete(w, idx, len);
+                    self.complete(w, len);
                     return Step::Done;
                 }
                 let timer = self.peer().min_rnr_timer.load(Ordering::Acquire) as u8;
@@ -445,25 +428,25 @@ impl SemiPath {
                     Ok(n)
                 });
                 if let Err(f) = receive::check(r.num_sge, max_sge, sges, len) {
-                    return self.responder_error(w, idx, f.requester, recv, f.receive, len);
+                    return self.responder_error(w, f.requester, recv, f.receive, len);
                 }
                 copy_ascending(local, dst, len);
             }
             IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM => {
                 match self.remote(w.rkey, w.remote_addr, len, IBV_ACCESS_REMOTE_WRITE, dst) {
                     Ok(()) => copy_ascending(local, dst, len),
-                    Err(s) => return self.responder_error(w, idx, s, None, 0, len),
+                    Err(s) => return self.responder_error(w, s, None, 0, len),
                 }
             }
             IBV_WR_RDMA_READ => {
                 match self.remote(w.rkey, w.remote_addr, len, IBV_ACCESS_REMOTE_READ, dst) {
                     Ok(()) => copy_ascending(dst, local, len),
-                    Err(s) => return self.responder_error(w, idx, s, None, 0, len),
+                    Err(s) => return self.responder_error(w, s, None, 0, len),
                 }
             }
             _ => {
                 if let Err(status) = atomic::check_target(w.remote_addr) {
-                    return self.responder_error(w, idx, status, None, 0, len);
+                    return self.responder_error(w, status, None, 0, len);
                 }
                 let target =
                     match self.remote(w.rkey, w.remote_addr, 8, IBV_ACCESS_REMOTE_ATOMIC, dst) {
@@ -471,16 +454,9 @@ impl SemiPath {
                             dst[0].0
                         }
                         Ok(()) => {
-                            return self.responder_error(
-                                w,
-                                idx,
-                                IBV_WC_REM_ACCESS_ERR,
-                                None,
-                                0,
-                                len,
-                            )
+                            return self.responder_error(w, IBV_WC_REM_ACCESS_ERR, None, 0, len)
                         }
-                        Err(s) => return self.responder_error(w, idx, s, None, 0, len),
+                        Err(s) => return self.responder_error(w, s, None, 0, len),
                     };
                 // SAFETY: 8 aligned bytes inside the peer's arena mapping;
                 // a real atomic, so it is atomic with the peer's CPU too.
@@ -514,7 +490,7 @@ impl SemiPath {
                 // took meanwhile: receiver not ready, the write is retried
                 // (UC: lost).
                 if self.uc {
-                    self.complete(w, idx, len);
+                    self.complete(w, len);
                     return Step::Done;
                 }
                 let timer = self.peer().min_rnr_timer.load(Ordering::Acquire) as u8;
@@ -532,7 +508,7 @@ impl SemiPath {
             self.rings().cq.push(&cqe);
             self.notify(true, w.send_flags & IBV_SEND_SOLICITED != 0);
         }
-        self.complete(w, idx, result_len);
+        self.complete(w, result_len);
         Step::Done
     }
 
@@ -541,7 +517,6 @@ impl SemiPath {
     fn responder_error(
         &mut self,
         w: &SendWqe,
-        idx: u32,
         req_status: u32,
         recv: Option<Recv>,
         recv_status: u32,
@@ -562,7 +537,7 @@ impl SemiPath {
                     peer_event: Some(0),
                 });
             }
-            self.complete(w, idx, len);
+            self.complete(w, len);
             return Step::Done;
         }
         let event = if recv.is_some() {
@@ -570,7 +545,7 @@ impl SemiPath {
         } else {
             flowverbs_verbs::events::responder_error_event(req_status)
         };
-        self.fail(w, idx, req_status, Some(event));
+        self.fail(w, req_status, Some(event));
         Step::Done
     }
 }

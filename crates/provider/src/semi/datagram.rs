@@ -21,7 +21,7 @@ use super::{copy_ascending, CqView, KeyCache, PeerRings, Seg, SemiContext};
 use crate::context::ContextInner;
 use flowverbs_sys::*;
 use flowverbs_verbs::access;
-use flowverbs_verbs::opcode::{self, wc_opcode};
+use flowverbs_verbs::opcode::{self, completion_opcode};
 use flowverbs_verbs::{qp, receive, ud};
 use flowverbs_wire::control::Request;
 use flowverbs_wire::entries::{Cqe, SendWqe};
@@ -174,7 +174,7 @@ impl DatagramPath {
         if ud::check_len(len).is_err() {
             return false;
         }
-        let signaled = self.sq_sig_all || w.send_flags & IBV_SEND_SIGNALED != 0;
+        let signaled = opcode::signaled(self.sq_sig_all, w.send_flags);
         if signaled && !self.send_cq.has_room() {
             return false;
         }
@@ -257,15 +257,13 @@ impl DatagramPath {
             .semi_moved
             .count(w.opcode, len, w.send_flags & IBV_SEND_INLINE != 0);
         if signaled {
-            let cqe = Cqe {
-                wr_id: w.wr_id,
-                status: IBV_WC_SUCCESS,
-                opcode: wc_opcode(w.opcode).unwrap_or(IBV_WC_SEND),
-                byte_len: len as u32,
-                qp_num: self.qpn,
-                sq_index: w.sq_index,
-                ..Default::default()
-            };
+            let cqe = Cqe::sent(
+                w,
+                completion_opcode(w.opcode),
+                IBV_WC_SUCCESS,
+                len,
+                self.qpn,
+            );
             self.send_cq.push(&cqe);
             self.send_cq.notify(ctx, false);
         }

@@ -127,8 +127,8 @@ pub(super) unsafe extern "C" fn post_send(
             // Semi mode: the provider runs the work requests itself
             // (`provider::semi`), after the same checks at posting.
             let mut path = path.lock().unwrap_or_else(|e| e.into_inner());
-            let ret = take_send_wrs(fqp, state, &mut producer, wr, bad_wr, free, |i, w| {
-                path.post(w, i.wrapping_add(1))
+            let ret = take_send_wrs(fqp, state, &mut producer, wr, bad_wr, free, |_, w| {
+                path.post(w)
             });
             fqp.send_slots.posted(*producer);
             drop(producer);

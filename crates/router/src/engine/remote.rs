@@ -355,7 +355,7 @@ impl Engine {
                 self.fail_requester(h, &wqe, status);
                 return None;
             }
-            let signaled = qp.sq_sig_all || wqe.send_flags & IBV_SEND_SIGNALED != 0;
+            let signaled = flowverbs_verbs::opcode::signaled(qp.sq_sig_all, wqe.send_flags);
             if signaled && self.cq_free(qp.send_cq) == 0 {
                 return Some(progress);
             }
