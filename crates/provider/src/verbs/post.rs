@@ -140,7 +140,9 @@ pub(super) unsafe extern "C" fn post_send(
         } else if let Some(datagrams) = &fqp.datagrams {
             // Semi mode, UD: datagrams to QPs of this trust group are
             // delivered here (`provider::semi::datagram`), the others go
-            // to the router's ring, in order.
+            // to the router's ring, in order (a subset of the WRs the
+            // application counts as posted: the ring, twice `max_send_wr`,
+            // has room for them, see below).
             let mut path = datagrams.lock().unwrap_or_else(|e| e.into_inner());
             let ring_start = path.ring_producer;
             let now = std::time::Instant::now();
@@ -158,8 +160,13 @@ pub(super) unsafe extern "C" fn post_send(
             }
             ret
         } else {
-            // ... and the router has consumed it from the ring.
-            let ring_free = |p: u32| p.wrapping_sub(fqp.header().sq.consumer()) < slots && free(p);
+            // ... and the router has consumed it from the ring. The router
+            // publishes a completion before it moves the consumer index past
+            // its WR, one WR at a time: a slot the application has freed is
+            // at most one WR away from the ring's free space, and the ring
+            // holds twice `max_send_wr` (`QpLayout` as the router makes it).
+            let ring = fqp.sq.capacity();
+            let ring_free = |p: u32| p.wrapping_sub(fqp.header().sq.consumer()) < ring && free(p);
             let ret = take_send_wrs(fqp, state, &mut producer, wr, bad_wr, ring_free, |i, w| {
                 fqp.sq.write(i, &w)
             });

@@ -51,9 +51,15 @@ pub(super) fn create_qp(
         return err(libc::ENOMEM, "too many QPs");
     }
     let rq_wr = if srq != 0 { 1 } else { caps.max_recv_wr };
-    let layout = QpLayout::new(caps.max_send_wr, rq_wr);
+    // The send ring has room for twice the application's send queue: the
+    // router publishes a WR's completion before it moves the ring's
+    // consumer index past the WR (`Engine::retire_send`), so for a moment
+    // one more WR than the application counts as posted is still on the
+    // ring (see `provider::verbs::post::post_send`).
+    let max_send_wr = caps.max_send_wr.max(1).next_power_of_two();
+    let layout = QpLayout::new(2 * max_send_wr, rq_wr);
     let caps = QpCaps {
-        max_send_wr: layout.sq_capacity,
+        max_send_wr,
         max_recv_wr: if srq != 0 { 0 } else { layout.rq_capacity },
         max_send_sge: MAX_SGE,
         max_recv_sge: if srq != 0 { 0 } else { MAX_SGE },

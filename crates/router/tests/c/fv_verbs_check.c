@@ -1503,6 +1503,31 @@ static void case_wrong_state(void)
 	wr_remote(&fw, addr_of(buf->p + 2048), buf->mr->rkey, 0, 0);
 	expect_post_send_rc(p.a, &fw, NULL, 0, "post_send after draining the CQ");
 	expect_wc(p.a_scq, "post after draining", 0x9999, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, p.a, NULL);
+
+	set_step("send queue kept full: each polled completion frees its slot at once");
+	uint32_t kept = 0;
+	for (uint32_t i = 0; i < capw; i++) {
+		wr_init(&fw, i, IBV_WR_RDMA_WRITE, &f8, 1, IBV_SEND_SIGNALED);
+		wr_remote(&fw, addr_of(buf->p + 2048), buf->mr->rkey, 0, 0);
+		expect_post_send_rc(p.a, &fw, NULL, 0, "post_send filling the queue");
+	}
+	for (uint32_t i = 0; i < 5000; i++) {
+		char w[80];
+		snprintf(w, sizeof(w), "completion %u of a full queue", i);
+		expect_wc(p.a_scq, w, i, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, p.a, NULL);
+		wr_init(&fw, capw + i, IBV_WR_RDMA_WRITE, &f8, 1, IBV_SEND_SIGNALED);
+		wr_remote(&fw, addr_of(buf->p + 2048), buf->mr->rkey, 0, 0);
+		snprintf(w, sizeof(w), "post_send right after completion %u was polled", i);
+		int rc = ibv_post_send(p.a, &fw, &badp);
+		if (rc != 0) {
+			fail("%s: ibv_post_send returned %d (%s), expected 0", w, rc, strerror(rc));
+			break;
+		}
+		kept++;
+	}
+	for (uint32_t i = 5000; kept == 5000 && i < 5000 + capw; i++)
+		expect_wc(p.a_scq, "the last completions", i, IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, p.a,
+			  NULL);
 	pair_free(&p);
 
 	buf_free(buf);
