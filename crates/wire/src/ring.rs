@@ -109,13 +109,11 @@ impl RingIndices {
     /// reads the new head and tries again.
     pub fn take<T: FromBytes + IntoBytes>(&self, slots: &RingSlots<T>) -> Take<T> {
         loop {
-            let c = self.consumer();
-            let n = distance(c, self.producer());
+            let Some((c, n)) = self.snapshot(slots.capacity()) else {
+                return Take::Violation;
+            };
             if n == 0 {
                 return Take::Empty;
-            }
-            if n > slots.capacity() {
-                return Take::Violation;
             }
             let entry = slots.read(c);
             if self.claim_consumer(c) {
@@ -130,8 +128,27 @@ impl RingIndices {
 
     /// Entries posted and not taken, or None for an impossible index.
     pub fn pending(&self, capacity: u32) -> Option<u32> {
-        let n = distance(self.consumer(), self.producer());
-        (n <= capacity).then_some(n)
+        self.snapshot(capacity).map(|(_, n)| n)
+    }
+
+    /// The consumer index and the number of entries behind it, or None if
+    /// the producer index is impossible. With several consumers the
+    /// consumer index read first may be stale by the time the producer
+    /// index is read (others took entries, the producer refilled their
+    /// slots), which looks like more entries than the ring holds: only a
+    /// consumer index that is the same before and after reading the
+    /// producer's convicts the producer.
+    fn snapshot(&self, capacity: u32) -> Option<(u32, u32)> {
+        loop {
+            let c = self.consumer();
+            let n = distance(c, self.producer());
+            if n <= capacity {
+                return Some((c, n));
+            }
+            if self.consumer() == c {
+                return None;
+            }
+        }
     }
 }
 
