@@ -1092,9 +1092,14 @@ pub fn perftest_all_sizes() -> Vec<u64> {
     (1..=23).map(|i| 1u64 << i).collect()
 }
 
-/// Every row complete, every number non-negative, sizes, iterations and the
-/// measured quantities (average bandwidth, message rate, latencies)
-/// positive. (`BW peak` may be 0: the send_bw server prints 0.00 there.)
+/// Every row complete, every number non-negative, sizes and iterations
+/// positive, and the measured quantities (average bandwidth, message rate,
+/// latencies) positive in some row. Not in every row: they are timings,
+/// and perftest's clock is the time-stamp counter of whichever CPU the
+/// process runs on; a run has printed 0.00 MB/s for one size of
+/// `ib_read_bw -a` between its neighbours' 700 MB/s. What moved is checked
+/// by the exit status and by the tests that compare bytes. (`BW peak` may
+/// be 0 everywhere: the send_bw server prints 0.00 there.)
 pub fn check_perftest_table(t: &PerftestTable) -> Result<(), String> {
     if t.rows.is_empty() {
         return Err(format!("the result table has no rows: {t:?}"));
@@ -1129,13 +1134,18 @@ pub fn check_perftest_table(t: &PerftestTable) -> Result<(), String> {
         if row.iter().any(|v| !v.is_finite() || *v < 0.0) {
             return Err(format!("negative or non-finite value in row {row:?}"));
         }
-        for &i in &positive {
+        for &i in &positive[..2] {
             if row[i] <= 0.0 {
                 return Err(format!(
                     "column {} is not positive in row {row:?}",
                     t.columns[i]
                 ));
             }
+        }
+    }
+    for &i in &positive[2..] {
+        if t.rows.iter().all(|row| row[i] <= 0.0) {
+            return Err(format!("column {} is 0 in every row", t.columns[i]));
         }
     }
     Ok(())
