@@ -6,8 +6,9 @@
 //! unreadable memory), then maps that place over the page
 //! (`MAP_FIXED | MAP_SHARED`). The application's addresses and contents are
 //! unchanged; overlapping and repeated registrations reuse the pages already
-//! there. Pages are never moved back: a page stays shared until the process
-//! exits or unmaps it. `MADV_DONTFORK` keeps a child from sharing them too
+//! there (the process's own mappings say which: /proc/self/maps). Pages are
+//! never moved back: a page stays shared until the process exits or unmaps
+//! it; the arena space of unmapped pages is not reused. `MADV_DONTFORK` keeps a child from sharing them too
 //! (as `ibv_fork_init` would for a NIC).
 //!
 //! Only private anonymous memory (heap, stack, anonymous mappings) is moved:
@@ -19,7 +20,6 @@
 //! Known limits: a page being written by another thread during
 //! `ibv_reg_mr` may lose that write; read-only memory becomes writable.
 
-use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use flowverbs_wire::control::ArenaRun;
@@ -29,9 +29,9 @@ const PAGE_U: u64 = PAGE as u64;
 
 pub struct Arena {
     fd: OwnedFd,
+    /// The memfd's inode, to recognise its mappings in /proc/self/maps.
+    inode: u64,
     size: u64,
-    /// Shared runs by start address: (length, arena offset); disjoint.
-    runs: BTreeMap<u64, (u64, u64)>,
     /// The router has this memfd.
     pub announced: bool,
 }
@@ -49,10 +49,11 @@ impl Arena {
             fd.as_raw_fd(),
             FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK),
         )?;
+        let inode = nix::sys::stat::fstat(fd.as_raw_fd())?.st_ino;
         Ok(Arena {
             fd,
+            inode,
             size: 0,
-            runs: BTreeMap::new(),
             announced: false,
         })
     }
@@ -63,6 +64,12 @@ impl Arena {
 
     /// Moves the pages of `[addr, addr + len)` into the arena (those not
     /// there yet) and returns where each run of them lies.
+    ///
+    /// Which pages are in the arena is read from /proc/self/maps, never
+    /// remembered: the application may unmap registered pages and map new
+    /// memory at the same addresses (a freed and reallocated buffer, which
+    /// UCX's registration cache registers again), and those new pages must
+    /// move in too. Nothing moves unless every page of the range can.
     pub fn share(&mut self, addr: u64, len: u64) -> std::io::Result<Vec<ArenaRun>> {
         let start = addr & !(PAGE_U - 1);
         let end = addr
@@ -70,41 +77,17 @@ impl Arena {
             .map(|e| e.div_ceil(PAGE_U) * PAGE_U)
             .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
         let maps = std::fs::read_to_string("/proc/self/maps")?;
-        if !self.movable(&maps, start, end) {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::Unsupported,
-                "not private anonymous memory",
-            ));
-        }
+        let plan = self.plan(&maps, start, end)?;
         let mut out: Vec<ArenaRun> = Vec::new();
-        let mut at = start;
-        while at < end {
-            // The run containing `at`, if any.
-            let existing = self
-                .runs
-                .range(..=at)
-                .next_back()
-                .filter(|(&s, &(l, _))| s + l > at)
-                .map(|(&s, &(l, o))| (s, l, o));
-            let run = match existing {
-                Some((s, l, o)) => {
-                    let n = (s + l).min(end) - at;
-                    ArenaRun {
-                        addr: at,
-                        len: n,
-                        offset: o + (at - s),
-                    }
-                }
-                None => {
-                    let next = self
-                        .runs
-                        .range(at..)
-                        .next()
-                        .map_or(end, |(&s, _)| s.min(end));
-                    self.move_in(at, next - at)?
-                }
+        for (at, n, offset) in plan {
+            let run = match offset {
+                Some(offset) => ArenaRun {
+                    addr: at,
+                    len: n,
+                    offset,
+                },
+                None => self.move_in(at, n)?,
             };
-            at += run.len;
             match out.last_mut() {
                 Some(l) if l.offset + l.len == run.offset => l.len += run.len,
                 _ => out.push(run),
@@ -113,44 +96,52 @@ impl Arena {
         Ok(out)
     }
 
-    /// True when every page of `[start, end)` is either in the arena
-    /// already or private anonymous memory (`maps`: /proc/self/maps).
-    fn movable(&self, maps: &str, start: u64, end: u64) -> bool {
+    /// The pieces of `[start, end)` as `maps` (/proc/self/maps) shows them:
+    /// `(addr, len, Some(arena offset))` for pages mapped from this arena,
+    /// `(addr, len, None)` for private anonymous memory (heap, stack,
+    /// anonymous mappings) to move in. Anything else (a hole, a file or
+    /// shared mapping, whose pages the application may reach another way)
+    /// refuses the whole range.
+    fn plan(
+        &self,
+        maps: &str,
+        start: u64,
+        end: u64,
+    ) -> std::io::Result<Vec<(u64, u64, Option<u64>)>> {
+        let refuse =
+            |why: &str| std::io::Error::new(std::io::ErrorKind::Unsupported, why.to_owned());
+        let mut plan = Vec::new();
         let mut at = start;
-        for line in maps.lines() {
-            let mut f = line.split_whitespace();
-            let (Some(range), Some(perms)) = (f.next(), f.next()) else {
-                continue;
-            };
-            let Some((lo, hi)) = range.split_once('-') else {
-                continue;
-            };
-            let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16))
-            else {
-                continue;
-            };
-            if hi <= at || lo >= end {
+        for m in maps.lines().filter_map(MapsLine::parse) {
+            if m.hi <= at || m.lo >= end {
                 continue;
             }
-            if lo > at {
-                return false; // a hole: not mapped
+            if m.lo > at {
+                return Err(refuse("not mapped"));
             }
-            let path = f.nth(3).unwrap_or("");
-            let anonymous = perms.ends_with('p')
-                && (path.is_empty()
-                    || path == "[heap]"
-                    || path == "[stack]"
-                    || path.starts_with("[anon:"));
-            let ours = path.starts_with("/memfd:fv-arena");
-            if !anonymous && !ours {
-                return false;
+            let stop = m.hi.min(end);
+            let arena = m.path.starts_with("/memfd:fv-arena")
+                && m.inode == self.inode
+                && m.perms.ends_with('s');
+            let anonymous = m.perms.ends_with('p')
+                && m.inode == 0
+                && (m.path.is_empty()
+                    || m.path == "[heap]"
+                    || m.path == "[stack]"
+                    || m.path.starts_with("[anon:"));
+            if arena {
+                plan.push((at, stop - at, Some(m.offset + (at - m.lo))));
+            } else if anonymous {
+                plan.push((at, stop - at, None));
+            } else {
+                return Err(refuse("not private anonymous memory"));
             }
-            at = hi;
+            at = stop;
             if at >= end {
-                return true;
+                return Ok(plan);
             }
         }
-        at >= end
+        Err(refuse("not mapped"))
     }
 
     /// Copies `[addr, addr + len)` (page-aligned, not shared yet) to the
@@ -194,7 +185,149 @@ impl Arena {
         }
         // SAFETY: advice on the range we just mapped.
         unsafe { libc::madvise(p, len as usize, libc::MADV_DONTFORK) };
-        self.runs.insert(addr, (len, offset));
         Ok(ArenaRun { addr, len, offset })
+    }
+}
+
+/// One line of /proc/self/maps: `lo-hi perms offset dev inode path`.
+struct MapsLine<'a> {
+    lo: u64,
+    hi: u64,
+    perms: &'a str,
+    offset: u64,
+    inode: u64,
+    path: &'a str,
+}
+
+impl<'a> MapsLine<'a> {
+    fn parse(line: &'a str) -> Option<MapsLine<'a>> {
+        let mut f = line.split_whitespace();
+        let (lo, hi) = f.next()?.split_once('-')?;
+        let perms = f.next()?;
+        let offset = u64::from_str_radix(f.next()?, 16).ok()?;
+        let _dev = f.next()?;
+        let inode = f.next()?.parse().ok()?;
+        Some(MapsLine {
+            lo: u64::from_str_radix(lo, 16).ok()?,
+            hi: u64::from_str_radix(hi, 16).ok()?,
+            perms,
+            offset,
+            inode,
+            path: f.next().unwrap_or(""),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAPS: &str = "\
+7f0000000000-7f0000002000 rw-s 00003000 00:01 4242                       /memfd:fv-arena (deleted)
+7f0000002000-7f0000004000 rw-p 00000000 00:00 0 
+7f0000004000-7f0000005000 rw-p 00002000 fd:01 777                        /usr/lib/x.so
+7f0000006000-7f0000007000 rw-s 00000000 00:01 999                        /memfd:fv-arena (deleted)
+7f0000007000-7f0000008000 rw-p 00000000 00:00 0                          [heap]
+";
+
+    fn arena() -> Arena {
+        let mut a = Arena::new().expect("memfd");
+        a.inode = 4242;
+        a
+    }
+
+    #[test]
+    fn pages_mapped_from_the_arena_keep_their_place_the_others_move_in() {
+        let a = arena();
+        let base = 0x7f00_0000_0000u64;
+        assert_eq!(
+            a.plan(MAPS, base + 0x1000, base + 0x3000).unwrap(),
+            vec![
+                (base + 0x1000, 0x1000, Some(0x4000)),
+                (base + 0x2000, 0x1000, None)
+            ]
+        );
+        assert_eq!(
+            a.plan(MAPS, base + 0x7000, base + 0x8000).unwrap(),
+            vec![(base + 0x7000, 0x1000, None)]
+        );
+    }
+
+    #[test]
+    fn files_holes_and_other_arenas_refuse_the_range() {
+        let a = arena();
+        let base = 0x7f00_0000_0000u64;
+        for (lo, hi) in [
+            (0x3000, 0x5000),
+            (0x5000, 0x6000),
+            (0x6000, 0x7000),
+            (0x7000, 0x9000),
+        ] {
+            assert!(
+                a.plan(MAPS, base + lo, base + hi).is_err(),
+                "{lo:#x}..{hi:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_page_unmapped_and_mapped_again_moves_in_again() {
+        let mut a = Arena::new().expect("memfd");
+        let len = 2 * PAGE;
+        // SAFETY: a fresh private anonymous mapping of our own.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let addr = p as u64;
+        let first = a.share(addr, len as u64).expect("share");
+        assert_eq!(
+            first,
+            vec![ArenaRun {
+                addr,
+                len: len as u64,
+                offset: 0
+            }]
+        );
+        assert_eq!(
+            a.share(addr + 10, 100).unwrap()[0].offset,
+            0,
+            "shared already"
+        );
+        // SAFETY: replaces our own mapping with fresh anonymous memory.
+        let q = unsafe {
+            libc::mmap(
+                p,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        assert_eq!(q, p);
+        // SAFETY: the page is mapped read-write.
+        unsafe { *(p as *mut u8) = 7 };
+        let again = a.share(addr, len as u64).expect("share");
+        assert_eq!(
+            again,
+            vec![ArenaRun {
+                addr,
+                len: len as u64,
+                offset: len as u64
+            }]
+        );
+        let mut byte = [0u8; 1];
+        nix::sys::uio::pread(&a.fd, &mut byte, len as i64).expect("pread");
+        assert_eq!(byte[0], 7, "the new page's content is in the arena");
+        // SAFETY: our own mapping.
+        unsafe { libc::munmap(p, len) };
     }
 }
