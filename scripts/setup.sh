@@ -8,7 +8,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-packages=(libibverbs-dev ibverbs-utils perftest ucx-utils openmpi-bin libopenmpi-dev libclang-dev clang iproute2
+packages=(libibverbs-dev ibverbs-utils perftest ucx-utils openmpi-bin libopenmpi-dev netpipe-openmpi libclang-dev clang iproute2
           build-essential pkg-config ca-certificates curl)
 missing=()
 for p in "${packages[@]}"; do

@@ -1,17 +1,24 @@
 //! End-to-end: Open MPI (Debian's openmpi-bin, pml ucx) over UCX over fv0,
-//! unmodified: two ranks on this host exchange checked messages from 8 B to
-//! 1 MiB (eager and rendezvous) and run an allreduce. Only rc_verbs and
-//! ud_verbs are allowed, so nothing but fv0 can carry the traffic.
+//! unmodified. Only rc_verbs and ud_verbs are allowed, so nothing but fv0
+//! can carry the traffic; the router's counters say which path it took
+//! (semi mode: the providers', isolated mode: the router's copy).
+//!
+//! - two ranks exchange checked messages from 8 B to 1 MiB (eager and
+//!   rendezvous) and run an allreduce (a program of ours);
+//! - Debian's NetPIPE (`netpipe-openmpi`) in integrity mode (`-i`): every
+//!   message from a few bytes to 1 MiB (NetPIPE's sizes: powers of two and
+//!   halfway points, perturbed), is filled with a
+//!   pattern and compared on arrival. Its buffers are allocated anew for
+//!   each size, so UCX registers pages that were unmapped and mapped again
+//!   at the same addresses.
 
 mod common;
 
 use common::*;
+use std::process::Command;
 
-#[test]
-fn open_mpi_over_ucx_pingpong_and_allreduce() {
-    let exe = compile_mpi_pingpong();
-
-    let router = Router::start();
+/// `mpirun` of two ranks of `program` on this host, pml ucx over fv0.
+fn mpirun(router: &Router, program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut mpirun = router.command("mpirun");
     mpirun
         .args(["--allow-run-as-root", "--oversubscribe", "-np", "2"])
@@ -33,8 +40,31 @@ fn open_mpi_over_ucx_pingpong_and_allreduce() {
             "-x",
             "UCX_NET_DEVICES=fv0:1",
         ])
-        .arg(&exe);
-    let out = run_with_timeout(mpirun, 180);
+        .arg(program);
+    mpirun
+}
+
+/// The path a router of `mode` moves this host's MPI traffic on.
+fn path_of(mode: &str) -> &'static str {
+    if mode == "semi" {
+        "semi"
+    } else {
+        "router"
+    }
+}
+
+fn router_in(mode: &str) -> Router {
+    if mode == "semi" {
+        Router::start_with(&["--mode", "semi"])
+    } else {
+        Router::start()
+    }
+}
+
+fn pingpong_and_allreduce(mode: &str) {
+    let exe = compile_mpi_pingpong();
+    let router = router_in(mode);
+    let out = run_with_timeout(mpirun(&router, &exe), 180);
     let text = String::from_utf8_lossy(&out.stdout);
     let report = format!(
         "{}--- router stderr:\n{}",
@@ -49,4 +79,84 @@ fn open_mpi_over_ucx_pingpong_and_allreduce() {
         );
     }
     assert!(text.contains("allreduce 3"), "{report}");
+    router.assert_moved_only_on(path_of(mode), "MPI pingpong and allreduce");
+}
+
+#[test]
+fn open_mpi_over_ucx_pingpong_and_allreduce() {
+    pingpong_and_allreduce("isolated");
+}
+
+#[test]
+fn open_mpi_over_ucx_pingpong_and_allreduce_semi() {
+    pingpong_and_allreduce("semi");
+}
+
+/// NetPIPE's result lines in integrity mode:
+/// `  N:    SIZE bytes  REPS times -->  Integrity check passed` (or
+/// `... --> Integrity check failed: ...`). Returns (size, passed) per line.
+fn netpipe_integrity_lines(stdout: &str) -> Vec<(u64, bool)> {
+    stdout
+        .lines()
+        .filter(|l| l.contains("Integrity check"))
+        .filter_map(|l| {
+            let (_, rest) = l.split_once(':')?;
+            let size = rest.split_whitespace().next()?.parse().ok()?;
+            Some((size, l.contains("Integrity check passed")))
+        })
+        .collect()
+}
+
+fn netpipe_integrity(mode: &str) {
+    const UPTO: u64 = 1 << 20;
+    let router = router_in(mode);
+    let dir = fresh_temp_dir("netpipe");
+    let mut cmd = mpirun(&router, "NPopenmpi");
+    cmd.current_dir(&dir)
+        .args(["-i", "-u", &(UPTO + 1).to_string(), "-o"])
+        .arg(dir.join("np.out"));
+    let out = run_with_timeout(cmd, 300);
+    let _ = std::fs::remove_dir_all(&dir);
+    // NetPIPE prints its result lines on stderr.
+    let text = String::from_utf8_lossy(&out.stderr);
+    let report = format!(
+        "{}--- router stderr:\n{}",
+        show("mpirun NPopenmpi -i", &out),
+        router.stderr()
+    );
+    let lines = netpipe_integrity_lines(&text);
+    let failed: Vec<u64> = lines.iter().filter(|l| !l.1).map(|l| l.0).collect();
+    assert!(
+        failed.is_empty(),
+        "integrity failed at {failed:?} B\n{report}"
+    );
+    assert!(out.status.success(), "{report}");
+    let sizes: Vec<u64> = lines.iter().map(|l| l.0).collect();
+    assert!(
+        sizes.first() <= Some(&8) && sizes.last() >= Some(&UPTO) && sizes.len() >= 30,
+        "NetPIPE checked sizes {sizes:?}, expected a few bytes up to {UPTO} B\n{report}"
+    );
+    router.assert_moved_only_on(path_of(mode), "NetPIPE -i");
+}
+
+#[test]
+fn netpipe_integrity_over_ucx_isolated() {
+    netpipe_integrity("isolated");
+}
+
+#[test]
+fn netpipe_integrity_over_ucx_semi() {
+    netpipe_integrity("semi");
+}
+
+#[test]
+fn netpipe_lines_are_recognised() {
+    let out = "  0:       1 bytes  17717 times -->  Integrity check passed\n\
+               \x20 1:       2 bytes   9970 times -->  Integrity check passed\n\
+               33:  393217 bytes    344 times --> Integrity check failed: Expecting 32768 but received 0\n\
+               Primary job  terminated normally";
+    assert_eq!(
+        netpipe_integrity_lines(out),
+        vec![(1, true), (2, true), (393217, false)]
+    );
 }
