@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::{copy_ascending, CqView, KeyCache, KeyView, PeerRings, Seg, SemiContext};
+use super::{copy_ascending, CqView, KeyCache, KeyView, PeerRings, Scratch, Seg, SemiContext};
 use crate::context::{ContextInner, Errno};
 use flowverbs_sys::*;
 use flowverbs_verbs::access;
@@ -51,8 +51,7 @@ pub struct SemiPath {
     pub error: bool,
     /// The QP was destroyed or reset: nothing runs any more.
     pub dead: bool,
-    scratch_local: Vec<Seg>,
-    scratch_other: Vec<Seg>,
+    scratch: Scratch,
     me: std::sync::Weak<Mutex<SemiPath>>,
     ctx: *const ContextInner,
 }
@@ -108,8 +107,7 @@ impl SemiPath {
             wait: None,
             error: false,
             dead: false,
-            scratch_local: Vec::new(),
-            scratch_other: Vec::new(),
+            scratch: Scratch::default(),
             me: std::sync::Weak::new(),
             ctx: ctx as *const ContextInner,
         };
@@ -309,16 +307,24 @@ impl SemiPath {
         self.semi().local_segments(self.pd, w, write, out)
     }
 
+    /// A message that needs a receive finds none: UC drops it (the
+    /// sender completes), RC waits out the responder's RNR timer.
+    fn no_receive(&mut self, w: &SendWqe, len: u64, now: Instant) -> Step {
+        if self.uc {
+            self.complete(w, len);
+            return Step::Done;
+        }
+        let timer = self.peer().min_rnr_timer.load(Ordering::Acquire) as u8;
+        let until = qp::rnr_deadline(now, self.rnr_retry, timer);
+        Step::Wait(Wait::Rnr { until })
+    }
+
     /// Runs one request (with the path's scratch segment lists, kept to
     /// avoid allocating per message).
     fn execute(&mut self, w: &SendWqe, now: Instant) -> Step {
-        let mut local = std::mem::take(&mut self.scratch_local);
-        let mut other = std::mem::take(&mut self.scratch_other);
-        local.clear();
-        other.clear();
+        let (mut local, mut other) = self.scratch.take();
         let step = self.execute_with(w, now, &mut local, &mut other);
-        self.scratch_local = local;
-        self.scratch_other = other;
+        self.scratch.put_back(local, other);
         step
     }
 
@@ -399,13 +405,7 @@ impl SemiPath {
                 _ => None,
             };
             if recv.is_none() {
-                if self.uc {
-                    self.complete(w, len);
-                    return Step::Done;
-                }
-                let timer = self.peer().min_rnr_timer.load(Ordering::Acquire) as u8;
-                let until = qp::rnr_deadline(now, self.rnr_retry, timer);
-                return Step::Wait(Wait::Rnr { until });
+                return self.no_receive(w, len, now);
             }
         }
 
@@ -489,13 +489,7 @@ impl SemiPath {
                 // WRITE_WITH_IMM on an SRQ whose receives other messages
                 // took meanwhile: receiver not ready, the write is retried
                 // (UC: lost).
-                if self.uc {
-                    self.complete(w, len);
-                    return Step::Done;
-                }
-                let timer = self.peer().min_rnr_timer.load(Ordering::Acquire) as u8;
-                let until = qp::rnr_deadline(now, self.rnr_retry, timer);
-                return Step::Wait(Wait::Rnr { until });
+                return self.no_receive(w, len, now);
             };
             let cqe = Cqe::received(
                 r.wr_id,

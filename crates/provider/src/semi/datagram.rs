@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::{copy_ascending, CqView, KeyCache, PeerRings, Seg, SemiContext};
+use super::{copy_ascending, CqView, KeyCache, PeerRings, Scratch, Seg, SemiContext};
 use crate::context::ContextInner;
 use flowverbs_sys::*;
 use flowverbs_verbs::access;
@@ -56,8 +56,7 @@ pub struct DatagramPath {
     pub ring_producer: u32,
     peers: HashMap<Dest, Peer>,
     refused: HashMap<Dest, Instant>,
-    scratch_local: Vec<Seg>,
-    scratch_remote: Vec<Seg>,
+    scratch: Scratch,
     ctx: *const ContextInner,
 }
 
@@ -95,8 +94,7 @@ impl DatagramPath {
             ring_producer: 0,
             peers: HashMap::new(),
             refused: HashMap::new(),
-            scratch_local: Vec::new(),
-            scratch_remote: Vec::new(),
+            scratch: Scratch::default(),
             ctx: ctx as *const ContextInner,
         }
     }
@@ -132,13 +130,9 @@ impl DatagramPath {
         if !self.ring_idle() || !self.sending() {
             return false;
         }
-        let mut local = std::mem::take(&mut self.scratch_local);
-        let mut remote = std::mem::take(&mut self.scratch_remote);
-        local.clear();
-        remote.clear();
+        let (mut local, mut remote) = self.scratch.take();
         let done = self.deliver_with(w, now, &mut local, &mut remote);
-        self.scratch_local = local;
-        self.scratch_remote = remote;
+        self.scratch.put_back(local, remote);
         done
     }
 

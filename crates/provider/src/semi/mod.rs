@@ -266,6 +266,32 @@ impl SemiContext {
 /// A piece of a message: where, how many bytes.
 type Seg = (*mut u8, usize);
 
+/// The two segment lists (ours, the peer's) a path fills for each
+/// request, kept between requests so that running one does not allocate.
+#[derive(Default)]
+pub(super) struct Scratch {
+    local: Vec<Seg>,
+    remote: Vec<Seg>,
+}
+
+impl Scratch {
+    /// Both lists, empty (the path lends them to itself while it runs).
+    pub(super) fn take(&mut self) -> (Vec<Seg>, Vec<Seg>) {
+        let (mut local, mut remote) = (
+            std::mem::take(&mut self.local),
+            std::mem::take(&mut self.remote),
+        );
+        local.clear();
+        remote.clear();
+        (local, remote)
+    }
+
+    pub(super) fn put_back(&mut self, local: Vec<Seg>, remote: Vec<Seg>) {
+        self.local = local;
+        self.remote = remote;
+    }
+}
+
 /// A peer's MR as this sender sees it.
 struct KeyView {
     addr: u64,

@@ -959,6 +959,21 @@ pub fn compile_mpi_pingpong() -> PathBuf {
     exe
 }
 
+/// Checks what `mpirun` of `mpi_pingpong` printed: success, a result line
+/// for each size from 8 B to 1 MiB, and the allreduce (`report` goes in
+/// the failure message).
+pub fn assert_mpi_pingpong_ran(out: &Output, report: &str) {
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}");
+    for size in [8, 4096, 65536, 1 << 20] {
+        assert!(
+            text.contains(&format!("size {size}:")),
+            "no result for {size} B\n{report}"
+        );
+    }
+    assert!(text.contains("allreduce 3"), "{report}");
+}
+
 /// A C check program `tests/c/<src>`, compiled by [`compile_c`] at most once
 /// per test binary (the first test to need it compiles it; the others wait).
 /// Declare it as a `static`.
