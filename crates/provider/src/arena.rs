@@ -20,6 +20,7 @@
 //! Known limits: a page being written by another thread during
 //! `ibv_reg_mr` may lose that write; read-only memory becomes writable.
 
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use flowverbs_wire::control::ArenaRun;
@@ -32,9 +33,22 @@ pub struct Arena {
     /// The memfd's inode, to recognise its mappings in /proc/self/maps.
     inode: u64,
     size: u64,
+    /// The arena ranges (offsets) of each live memory region, by lkey.
+    held: HashMap<u32, Vec<(u64, u64)>>,
+    /// Arena ranges with pages in them (moved in, not punched), by start.
+    filled: BTreeMap<u64, u64>,
+    /// Where pages were moved: address -> (length, arena offset). Some may
+    /// be gone (unmapped); /proc/self/maps says which are still there.
+    placed: BTreeMap<u64, (u64, u64)>,
+    /// Bytes moved in since the last reclaim.
+    moved_since_reclaim: u64,
     /// The router has this memfd.
     pub announced: bool,
 }
+
+/// Arena space is reclaimed once this much was moved in since the last
+/// time (so that deregistering does not read /proc/self/maps every time).
+const RECLAIM_AFTER: u64 = 32 << 20;
 
 impl Arena {
     pub fn new() -> std::io::Result<Arena> {
@@ -54,6 +68,10 @@ impl Arena {
             fd,
             inode,
             size: 0,
+            held: HashMap::new(),
+            filled: BTreeMap::new(),
+            placed: BTreeMap::new(),
+            moved_since_reclaim: 0,
             announced: false,
         })
     }
@@ -96,6 +114,89 @@ impl Arena {
         Ok(out)
     }
 
+    /// Memory region `lkey` lives on the arena's `runs`.
+    pub fn hold(&mut self, lkey: u32, runs: &[ArenaRun]) {
+        let ranges = runs.iter().map(|r| (r.offset, r.offset + r.len)).collect();
+        self.held.insert(lkey, ranges);
+    }
+
+    /// Memory region `lkey` is gone. Arena pages that neither a live
+    /// region nor a mapping of this process uses any more (the application
+    /// unmapped them) are given back to the system, now and then.
+    pub fn release(&mut self, lkey: u32) {
+        self.held.remove(&lkey);
+        if self.moved_since_reclaim >= RECLAIM_AFTER {
+            if let Ok(maps) = std::fs::read_to_string("/proc/self/maps") {
+                self.reclaim(&maps);
+            }
+        }
+    }
+
+    /// Punches out every filled arena range that no live region holds and
+    /// that is no longer where it was placed (`maps`: /proc/self/maps). A
+    /// peer still writing there (with a key it resolved before the region
+    /// went) writes into pages no one reads, as a NIC would into pages the
+    /// region no longer pins; a read of them returns zeros.
+    ///
+    /// Only placements count as mapped, not every mapping of the memfd: a
+    /// QP of this process whose peer is in this process too maps the whole
+    /// arena as a peer's (`semi::KeyCache`), and that must not keep
+    /// everything alive.
+    fn reclaim(&mut self, maps: &str) {
+        self.moved_since_reclaim = 0;
+        let mut placed = BTreeMap::new();
+        for m in maps.lines().filter_map(MapsLine::parse) {
+            if !m.is_arena(self.inode) {
+                continue;
+            }
+            let shift = m.offset.wrapping_sub(m.lo);
+            for (&addr, &(len, offset)) in self.placed.range(..m.hi) {
+                let (lo, hi) = (addr.max(m.lo), (addr + len).min(m.hi));
+                if hi > lo && offset.wrapping_sub(addr) == shift {
+                    placed.insert(lo, (hi - lo, offset + (lo - addr)));
+                }
+            }
+        }
+        self.placed = placed;
+        let mut live: Vec<(u64, u64)> = self
+            .placed
+            .values()
+            .map(|&(len, offset)| (offset, offset + len))
+            .chain(self.held.values().flatten().copied())
+            .collect();
+        live.sort_unstable();
+        let mut filled = BTreeMap::new();
+        for (&start, &end) in &self.filled {
+            let mut at = start;
+            for &(lo, hi) in live.iter().filter(|&&(lo, hi)| hi > start && lo < end) {
+                if lo > at {
+                    self.punch(at, lo);
+                }
+                let keep = (lo.max(at), hi.min(end));
+                if keep.1 > keep.0 {
+                    filled.insert(keep.0, keep.1);
+                }
+                at = at.max(hi.min(end));
+            }
+            if at < end {
+                self.punch(at, end);
+            }
+        }
+        self.filled = filled;
+    }
+
+    fn punch(&self, start: u64, end: u64) {
+        use nix::fcntl::{fallocate, FallocateFlags};
+        let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        // A failure leaves the pages in place: space, not correctness.
+        let _ = fallocate(
+            self.fd.as_raw_fd(),
+            flags,
+            start as libc::off_t,
+            (end - start) as libc::off_t,
+        );
+    }
+
     /// The pieces of `[start, end)` as `maps` (/proc/self/maps) shows them:
     /// `(addr, len, Some(arena offset))` for pages mapped from this arena,
     /// `(addr, len, None)` for private anonymous memory (heap, stack,
@@ -120,9 +221,7 @@ impl Arena {
                 return Err(refuse("not mapped"));
             }
             let stop = m.hi.min(end);
-            let arena = m.path.starts_with("/memfd:fv-arena")
-                && m.inode == self.inode
-                && m.perms.ends_with('s');
+            let arena = m.is_arena(self.inode);
             let anonymous = m.perms.ends_with('p')
                 && m.inode == 0
                 && (m.path.is_empty()
@@ -185,6 +284,9 @@ impl Arena {
         }
         // SAFETY: advice on the range we just mapped.
         unsafe { libc::madvise(p, len as usize, libc::MADV_DONTFORK) };
+        self.filled.insert(offset, offset + len);
+        self.placed.insert(addr, (len, offset));
+        self.moved_since_reclaim += len;
         Ok(ArenaRun { addr, len, offset })
     }
 }
@@ -200,6 +302,11 @@ struct MapsLine<'a> {
 }
 
 impl<'a> MapsLine<'a> {
+    /// A shared mapping of the arena whose memfd has inode `inode`.
+    fn is_arena(&self, inode: u64) -> bool {
+        self.path.starts_with("/memfd:fv-arena") && self.inode == inode && self.perms.ends_with('s')
+    }
+
     fn parse(line: &'a str) -> Option<MapsLine<'a>> {
         let mut f = line.split_whitespace();
         let (lo, hi) = f.next()?.split_once('-')?;
@@ -268,6 +375,78 @@ mod tests {
                 "{lo:#x}..{hi:#x}"
             );
         }
+    }
+
+    fn blocks(a: &Arena) -> i64 {
+        nix::sys::stat::fstat(a.fd.as_raw_fd())
+            .expect("fstat")
+            .st_blocks
+    }
+
+    fn anonymous(len: usize) -> *mut libc::c_void {
+        // SAFETY: a fresh private anonymous mapping of our own.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        p
+    }
+
+    #[test]
+    fn pages_no_region_holds_and_no_mapping_shows_are_punched_out() {
+        let mut a = Arena::new().expect("memfd");
+        let len = 4 * PAGE;
+        let (p, q) = (anonymous(len), anonymous(len));
+        for x in [p, q] {
+            // SAFETY: both are mapped read-write, `len` bytes.
+            unsafe { std::ptr::write_bytes(x as *mut u8, 0x5a, len) };
+        }
+        let rp = a.share(p as u64, len as u64).expect("share p");
+        let rq = a.share(q as u64, len as u64).expect("share q");
+        a.hold(1, &rp);
+        a.hold(2, &rq);
+        let full = blocks(&a);
+        assert!(full > 0);
+        // SAFETY: our own mappings.
+        unsafe {
+            libc::munmap(p, len);
+            libc::munmap(q, len);
+        }
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+        a.reclaim(&maps);
+        assert_eq!(blocks(&a), full, "both regions still hold their pages");
+        a.held.remove(&1);
+        a.reclaim(&maps);
+        assert_eq!(blocks(&a), full / 2, "region 1's pages are punched out");
+        let mut byte = [0u8; 1];
+        nix::sys::uio::pread(&a.fd, &mut byte, rq[0].offset as i64).expect("pread");
+        assert_eq!(byte[0], 0x5a, "region 2's pages keep their content");
+        a.held.remove(&2);
+        a.reclaim(&maps);
+        assert_eq!(blocks(&a), 0);
+    }
+
+    #[test]
+    fn mapped_pages_are_kept_without_a_region() {
+        let mut a = Arena::new().expect("memfd");
+        let len = 2 * PAGE;
+        let p = anonymous(len);
+        // SAFETY: mapped read-write.
+        unsafe { std::ptr::write_bytes(p as *mut u8, 1, len) };
+        a.share(p as u64, len as u64).expect("share");
+        let full = blocks(&a);
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+        a.reclaim(&maps);
+        assert_eq!(blocks(&a), full, "the application still maps them");
+        // SAFETY: our own mapping.
+        unsafe { libc::munmap(p, len) };
     }
 
     #[test]

@@ -67,7 +67,8 @@ macro_rules! cases {
 cases!(
     spin_on_memory,
     rnr_no_polling,
-    dereg_revokes;
+    dereg_revokes,
+    reregister_fresh_memory;
     also frozen_router,
 );
 

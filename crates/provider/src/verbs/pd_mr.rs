@@ -64,21 +64,20 @@ pub(super) unsafe extern "C" fn reg_mr(
             addr: addr as u64,
             length: length as u64,
             access: access as u32,
-            runs,
+            runs: runs.clone(),
         };
         let fds: Vec<i32> = arena_fd.into_iter().collect();
         match cx.call_passing(&req, &fds) {
             Ok((Reply::Mr { mr, lkey, rkey }, _)) => {
                 if let Some(semi) = cx.semi.as_ref() {
-                    if !fds.is_empty() {
-                        if let Some(a) = semi
-                            .arena
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .as_mut()
-                        {
-                            a.announced = true;
-                        }
+                    if let Some(a) = semi
+                        .arena
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .as_mut()
+                    {
+                        a.announced |= !fds.is_empty();
+                        a.hold(lkey, &runs);
                     }
                     semi.local_mrs
                         .write()
@@ -130,6 +129,14 @@ pub(super) unsafe extern "C" fn dereg_mr(vmr: *mut verbs_mr) -> i32 {
                         .write()
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&lkey);
+                    if let Some(a) = semi
+                        .arena
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .as_mut()
+                    {
+                        a.release(lkey);
+                    }
                 }
                 // SAFETY: allocated by reg_mr as a Box<verbs_mr>.
                 drop(unsafe { Box::from_raw(vmr) });

@@ -750,12 +750,88 @@ static void case_dereg_revokes(void)
 }
 
 /* ------------------------------------------------------------------------ */
+/* reregister_fresh_memory                                                   */
+
+/* Bytes of pages the arena (this process's memfd "fv-arena") holds, from
+ * its descriptor in /proc/self/fd; -1 if there is none. */
+static long long arena_bytes(void)
+{
+	char path[64], target[256];
+	for (int fd = 0; fd < 4096; fd++) {
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+		ssize_t n = readlink(path, target, sizeof(target) - 1);
+		if (n <= 0)
+			continue;
+		target[n] = 0;
+		if (strstr(target, "memfd:fv-arena")) {
+			struct stat st;
+			if (fstat(fd, &st) != 0)
+				fatal("fstat of the arena: %s", strerror(errno));
+			return (long long)st.st_blocks * 512;
+		}
+	}
+	return -1;
+}
+
+#define FRESH_ROUNDS 96
+#define FRESH_SIZE (4u << 20)
+#define FRESH_LIMIT (128ll << 20)
+
+/* What UCX's registration cache and NetPIPE do: memory is mapped, registered,
+ * written by the peer, deregistered and unmapped, over and over, the kernel
+ * handing out the same addresses again. Every RDMA_WRITE must land in the
+ * memory the application sees now, and the arena must not keep every
+ * buffer ever registered (96 x 4 MiB). */
+static void case_reregister_fresh_memory(void)
+{
+	struct pair p;
+	pair_new(&p, NULL);
+	struct buf *src = buf_reg(8192, "A: source", IBV_ACCESS_LOCAL_WRITE);
+	long long most = 0;
+	for (int i = 0; i < FRESH_ROUNDS; i++) {
+		set_step("round %d: fresh %u B mapping, registered, written by A", i, FRESH_SIZE);
+		uint8_t *m = map_anon(FRESH_SIZE);
+		memset(m, 0xEE, FRESH_SIZE);
+		struct ibv_mr *mr =
+			reg(m, FRESH_SIZE, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+		size_t off = ((size_t)i * 40961) % (FRESH_SIZE - 8192);
+		buf_randomize(src, 0, 8192);
+		struct ibv_sge s = buf_sge(src, 0, 8192);
+		send1(p.a, 0xF000 + (uint64_t)i, IBV_WR_RDMA_WRITE, &s, 1, addr_of(m + off), mr->rkey, 0,
+		      "RDMA_WRITE into the fresh mapping");
+		if (!expect_wc(p.a_scq, "completion of the RDMA_WRITE", 0xF000 + (uint64_t)i,
+			       IBV_WC_SUCCESS, IBV_WC_RDMA_WRITE, p.a, NULL))
+			fatal("the RDMA_WRITE must succeed");
+		if (!compare_bytes(m + off, src->p, 8192, "the fresh mapping after the RDMA_WRITE"))
+			fatal("round %d at %p: the write did not land in the memory the application sees",
+			      i, (void *)m);
+		dereg(mr);
+		if (munmap(m, FRESH_SIZE) != 0)
+			fatal("munmap: %s", strerror(errno));
+		long long held = arena_bytes();
+		if (held > most)
+			most = held;
+	}
+	set_step("the arena after %d rounds", FRESH_ROUNDS);
+	printf("arena held at most %lld bytes over %d rounds of %u B\n", most, FRESH_ROUNDS,
+	       FRESH_SIZE);
+	if (most < 0)
+		fail("no arena found: the registrations were not shared");
+	else if (most > FRESH_LIMIT)
+		fail("the arena held %lld bytes (limit %lld): unmapped, deregistered buffers are kept",
+		     most, FRESH_LIMIT);
+	pair_free(&p);
+	buf_free(src);
+}
+
+/* ------------------------------------------------------------------------ */
 
 static const struct fv_case cases[] = {
 	{ "frozen_router", case_frozen_router },
 	{ "spin_on_memory", case_spin_on_memory },
 	{ "rnr_no_polling", case_rnr_no_polling },
 	{ "dereg_revokes", case_dereg_revokes },
+	{ "reregister_fresh_memory", case_reregister_fresh_memory },
 };
 
 int main(int argc, char **argv)
