@@ -8,7 +8,7 @@
 //! here: `posted` is the producer index, `retired` advances when `poll_cq`
 //! returns a send-side completion (`Cqe::sq_index`).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -51,7 +51,7 @@ impl SendSlots {
 /// The send queues of one context by QP number, for `poll_cq` (a CQ may
 /// serve several QPs).
 #[derive(Debug, Default)]
-pub struct SendQueues(RwLock<HashMap<u32, Arc<SendSlots>>>);
+pub struct SendQueues(RwLock<FxHashMap<u32, Arc<SendSlots>>>);
 
 impl SendQueues {
     pub fn insert(&self, qpn: u32, slots: Arc<SendSlots>) {

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::{copy_ascending, CqView, KeyCache, KeyView, PeerRings, Scratch, Seg, SemiContext};
+use super::{
+    copy_ascending, Clock, CqView, KeyCache, KeyView, PeerRings, Scratch, Seg, SemiContext,
+};
 use crate::context::{ContextInner, Errno};
 use flowverbs_sys::*;
 use flowverbs_verbs::access;
@@ -169,7 +171,7 @@ impl SemiPath {
         if self.dead {
             return;
         }
-        let now = Instant::now();
+        let mut clock = Clock::default();
         while let Some(&w) = self.pending.front() {
             if self.error {
                 let cqe = Cqe::sent(
@@ -186,7 +188,7 @@ impl SemiPath {
                 self.pending.pop_front();
                 continue;
             }
-            match self.execute(&w, now) {
+            match self.execute(&w, &mut clock) {
                 Step::Done => {
                     self.wait = None;
                     self.pending.pop_front();
@@ -194,7 +196,9 @@ impl SemiPath {
                 Step::Wait(wait) => {
                     let expired = match (&self.wait, &wait) {
                         (Some(Wait::Rnr { until: Some(t) }), Wait::Rnr { .. })
-                        | (Some(Wait::Retry { until: Some(t) }), Wait::Retry { .. }) => now >= *t,
+                        | (Some(Wait::Retry { until: Some(t) }), Wait::Retry { .. }) => {
+                            clock.now() >= *t
+                        }
                         _ => false,
                     };
                     if expired {
@@ -309,21 +313,21 @@ impl SemiPath {
 
     /// A message that needs a receive finds none: UC drops it (the
     /// sender completes), RC waits out the responder's RNR timer.
-    fn no_receive(&mut self, w: &SendWqe, len: u64, now: Instant) -> Step {
+    fn no_receive(&mut self, w: &SendWqe, len: u64, clock: &mut Clock) -> Step {
         if self.uc {
             self.complete(w, len);
             return Step::Done;
         }
         let timer = self.peer().min_rnr_timer.load(Ordering::Acquire) as u8;
-        let until = qp::rnr_deadline(now, self.rnr_retry, timer);
+        let until = qp::rnr_deadline(clock.now(), self.rnr_retry, timer);
         Step::Wait(Wait::Rnr { until })
     }
 
     /// Runs one request (with the path's scratch segment lists, kept to
     /// avoid allocating per message).
-    fn execute(&mut self, w: &SendWqe, now: Instant) -> Step {
+    fn execute(&mut self, w: &SendWqe, clock: &mut Clock) -> Step {
         let (mut local, mut other) = self.scratch.take();
-        let step = self.execute_with(w, now, &mut local, &mut other);
+        let step = self.execute_with(w, clock, &mut local, &mut other);
         self.scratch.put_back(local, other);
         step
     }
@@ -331,7 +335,7 @@ impl SemiPath {
     fn execute_with(
         &mut self,
         w: &SendWqe,
-        now: Instant,
+        clock: &mut Clock,
         local: &mut Vec<Seg>,
         dst: &mut Vec<Seg>,
     ) -> Step {
@@ -384,7 +388,7 @@ impl SemiPath {
                 self.complete(w, len);
                 return Step::Done;
             }
-            let until = qp::retry_deadline(now, self.timeout, self.retry_cnt);
+            let until = qp::retry_deadline(clock.now(), self.timeout, self.retry_cnt);
             return Step::Wait(Wait::Retry { until });
         }
 
@@ -405,7 +409,7 @@ impl SemiPath {
                 _ => None,
             };
             if recv.is_none() {
-                return self.no_receive(w, len, now);
+                return self.no_receive(w, len, clock);
             }
         }
 
@@ -484,12 +488,14 @@ impl SemiPath {
             let Some(r) = self.finish_receive(r) else {
                 if from_own {
                     // The router flushed it meanwhile (the peer went to ERR).
-                    return Step::Wait(Wait::Retry { until: Some(now) });
+                    return Step::Wait(Wait::Retry {
+                        until: Some(clock.now()),
+                    });
                 }
                 // WRITE_WITH_IMM on an SRQ whose receives other messages
                 // took meanwhile: receiver not ready, the write is retried
                 // (UC: lost).
-                return self.no_receive(w, len, now);
+                return self.no_receive(w, len, clock);
             };
             let cqe = Cqe::received(
                 r.wr_id,

@@ -15,9 +15,11 @@
 //! the router take from the same queue.
 
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::time::{Duration, Instant};
 
-use super::{copy_ascending, CqView, KeyCache, PeerRings, Scratch, Seg, SemiContext};
+use super::{copy_ascending, Clock, CqView, KeyCache, PeerRings, Scratch, Seg, SemiContext};
 use crate::context::ContextInner;
 use flowverbs_sys::*;
 use flowverbs_verbs::access;
@@ -54,7 +56,7 @@ pub struct DatagramPath {
     own: *const QpHeader,
     /// Work requests put on the router's send ring (its producer index).
     pub ring_producer: u32,
-    peers: HashMap<Dest, Peer>,
+    peers: FxHashMap<Dest, Peer>,
     refused: HashMap<Dest, Instant>,
     scratch: Scratch,
     ctx: *const ContextInner,
@@ -92,7 +94,7 @@ impl DatagramPath {
             },
             own: n.own_header,
             ring_producer: 0,
-            peers: HashMap::new(),
+            peers: FxHashMap::default(),
             refused: HashMap::new(),
             scratch: Scratch::default(),
             ctx: ctx as *const ContextInner,
@@ -126,12 +128,12 @@ impl DatagramPath {
 
     /// Delivers work request `w` (send-queue index + 1 `sq_index`) here and
     /// completes it, if this provider can; false: it goes to the router.
-    pub fn deliver(&mut self, w: &SendWqe, now: Instant) -> bool {
+    pub fn deliver(&mut self, w: &SendWqe, clock: &mut Clock) -> bool {
         if !self.ring_idle() || !self.sending() {
             return false;
         }
         let (mut local, mut remote) = self.scratch.take();
-        let done = self.deliver_with(w, now, &mut local, &mut remote);
+        let done = self.deliver_with(w, clock, &mut local, &mut remote);
         self.scratch.put_back(local, remote);
         done
     }
@@ -139,7 +141,7 @@ impl DatagramPath {
     fn deliver_with(
         &mut self,
         w: &SendWqe,
-        now: Instant,
+        clock: &mut Clock,
         local: &mut Vec<Seg>,
         dst: &mut Vec<Seg>,
     ) -> bool {
@@ -176,7 +178,7 @@ impl DatagramPath {
         let own_qkey = self.own().qkey.load(std::sync::atomic::Ordering::Acquire);
         let qkey = ud::qkey(w.remote_qkey, own_qkey);
         let (ctx, qp_handle, qpn) = (self.ctx, self.qp_handle, self.qpn);
-        let Some(peer) = self.peer(dest, now) else {
+        let Some(peer) = self.peer(dest, clock) else {
             return false;
         };
         // SAFETY: the context outlives its QPs and their paths.
@@ -266,12 +268,12 @@ impl DatagramPath {
 
     /// The receive side of destination `dest`, granted by the router (asked
     /// once; a refusal is remembered for [`REASK_AFTER`]).
-    fn peer(&mut self, dest: Dest, now: Instant) -> Option<&mut Peer> {
+    fn peer(&mut self, dest: Dest, clock: &mut Clock) -> Option<&mut Peer> {
         if !self.peers.contains_key(&dest) {
             if self
                 .refused
                 .get(&dest)
-                .is_some_and(|t| now.duration_since(*t) < REASK_AFTER)
+                .is_some_and(|t| clock.now().duration_since(*t) < REASK_AFTER)
             {
                 return None;
             }
@@ -293,7 +295,7 @@ impl DatagramPath {
                     self.peers.insert(dest, peer);
                 }
                 Err(_) => {
-                    self.refused.insert(dest, now);
+                    self.refused.insert(dest, clock.now());
                     return None;
                 }
             }

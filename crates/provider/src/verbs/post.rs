@@ -145,9 +145,9 @@ pub(super) unsafe extern "C" fn post_send(
             // has room for them, see below).
             let mut path = datagrams.lock().unwrap_or_else(|e| e.into_inner());
             let ring_start = path.ring_producer;
-            let now = std::time::Instant::now();
+            let mut clock = crate::semi::Clock::default();
             let ret = take_send_wrs(fqp, state, &mut producer, wr, bad_wr, free, |_, w| {
-                if !path.deliver(&w, now) {
+                if !path.deliver(&w, &mut clock) {
                     fqp.sq.write(path.ring_producer, &w);
                     path.ring_producer = path.ring_producer.wrapping_add(1);
                 }
