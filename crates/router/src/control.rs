@@ -44,7 +44,7 @@ pub(super) fn err(errno: i32, message: impl Into<String>) -> Answer {
 }
 
 fn count<T>(
-    map: &std::collections::HashMap<u32, T>,
+    map: &rustc_hash::FxHashMap<u32, T>,
     session: SessionId,
     owner: impl Fn(&T) -> SessionId,
 ) -> usize {
@@ -53,7 +53,7 @@ fn count<T>(
 
 /// True when `handle` names an object of `session` in `map`.
 fn owned<T>(
-    map: &std::collections::HashMap<u32, T>,
+    map: &rustc_hash::FxHashMap<u32, T>,
     handle: u32,
     session: SessionId,
     owner: impl Fn(&T) -> SessionId,
