@@ -453,18 +453,7 @@ mod tests {
     fn a_page_unmapped_and_mapped_again_moves_in_again() {
         let mut a = Arena::new().expect("memfd");
         let len = 2 * PAGE;
-        // SAFETY: a fresh private anonymous mapping of our own.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
+        let p = anonymous(len);
         let addr = p as u64;
         let first = a.share(addr, len as u64).expect("share");
         assert_eq!(
