@@ -141,6 +141,8 @@ struct InFlight {
     sent: u64,
     /// RNR NAKs it met.
     rnr_naks: u32,
+    /// READ: bytes of the answer received, contiguous from the start.
+    received: u64,
     /// (status, byte_len) once the responder answered.
     done: Option<(u32, u64)>,
 }
@@ -314,6 +316,7 @@ impl Requester {
                     inline: c.inline,
                     sent: 0,
                     rnr_naks: 0,
+                    received: 0,
                     done: None,
                 });
             }
@@ -429,6 +432,16 @@ impl Requester {
                 Ok(_) => (IBV_WC_LOC_PROT_ERR, 0),
                 Err(_) => (IBV_WC_REM_OP_ERR, 0),
             }
+        } else if f.wqe.opcode == IBV_WR_RDMA_READ && f.received < f.len {
+            // The responder sends every byte of a READ before its Ack, on
+            // the same ordered stream: an Ack that comes first is a broken
+            // or lying peer, and success would hand the application a
+            // buffer that was never filled.
+            warn!(
+                "peer acknowledged a READ of {} bytes after sending {}",
+                f.len, f.received
+            );
+            (IBV_WC_REM_OP_ERR, 0)
         } else {
             (IBV_WC_SUCCESS, f.len)
         };
@@ -452,6 +465,8 @@ impl Requester {
         {
             f.done = Some((IBV_WC_LOC_PROT_ERR, 0));
             self.halt_psn = Some(f.psn.wrapping_add(1));
+        } else if hdr.offset.get() <= f.received {
+            f.received = f.received.max(end.unwrap_or(0));
         }
     }
 

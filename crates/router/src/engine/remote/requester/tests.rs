@@ -541,8 +541,37 @@ fn read_data_that_does_not_fit_is_ignored() {
     let sent = b.transmit();
     b.answer(&sent[0].hdr, Kind::ReadData, 0, 0, b"too long");
     b.ack(&sent[0].hdr);
-    assert_eq!(b.complete(), [ok(1, 4)]);
+    assert_eq!(
+        b.complete(),
+        [(1, IBV_WC_REM_OP_ERR, 0)],
+        "acknowledged without a byte that fits"
+    );
     assert_eq!(b.buffers[read], [0; 4]);
+}
+
+/// The Ack of a READ comes after all its data; an Ack before (a broken
+/// or lying peer) fails the READ instead of completing an unfilled buffer.
+/// Data sent again after a rewind counts once.
+#[test]
+fn a_read_acknowledged_before_all_its_data_fails() {
+    let mut b = Bench::rc();
+    b.post(1, IBV_WR_RDMA_READ, vec![0; 12]);
+    let sent = b.transmit();
+    b.answer(&sent[0].hdr, Kind::ReadData, 0, 0, b"hello ");
+    b.ack(&sent[0].hdr);
+    assert_eq!(b.complete(), [(1, IBV_WC_REM_OP_ERR, 0)]);
+
+    let mut b = Bench::rc();
+    let read = b.post(1, IBV_WR_RDMA_READ, vec![0; 12]);
+    let sent = b.transmit();
+    b.answer(&sent[0].hdr, Kind::ReadData, 0, 0, b"hello ");
+    b.answer(&sent[0].hdr, Kind::ReadData, 0, 0, b"hello ");
+    let mut second = reply_to(&sent[0].hdr, Kind::ReadData);
+    second.offset = 6.into();
+    b.r.on_answer(&second, b"world!", &b.retries, &b.mem, b.now);
+    b.ack(&sent[0].hdr);
+    assert_eq!(b.complete(), [ok(1, 12)]);
+    assert_eq!(b.buffers[read], b"hello world!");
 }
 
 /// UC resends nothing: a message the responder cannot take is lost,
