@@ -105,7 +105,11 @@ impl Engine {
         let Some(c) = t.cqs.get_mut(&cq) else {
             return;
         };
-        if !c.cq_ring().push(cqe) {
+        let cqe = Cqe {
+            from_router: 1,
+            ..*cqe
+        };
+        if !c.cq_ring().push(&cqe) {
             // Callers check room first; a client that moved its own
             // indices loses the completion.
             warn!("cq {cq}: full, completion of qp {:#x} lost", cqe.qp_num);

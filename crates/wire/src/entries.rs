@@ -100,7 +100,11 @@ pub struct Cqe {
     pub slid: u16,
     pub sl: u8,
     pub dlid_path_bits: u8,
-    pub _reserved: [u8; 10],
+    /// 1 when the router produced the entry (set by the router as it
+    /// publishes): the consumer's provider then yields to the router when
+    /// it polls this CQ in vain (`provider::verbs::cq`). A hint only.
+    pub from_router: u8,
+    pub _reserved: [u8; 9],
 }
 
 impl Cqe {

@@ -13,9 +13,11 @@ pub struct FvCq {
     pub(super) consumer: Mutex<u32>,
     /// Polls in a row that found nothing (see [`EMPTY_POLLS_BEFORE_YIELD`]).
     pub(super) empty_polls: std::sync::atomic::AtomicU32,
-    /// The router produces completions for this CQ (some QP using it is
-    /// not on the semi path, or receives through an SRQ); always true
-    /// outside semi mode. Only then does polling yield the CPU to it.
+    /// The router produces completions for this CQ: some QP using it is
+    /// not on the semi path, or a completion the router produced was
+    /// polled from it (an SRQ's or a UD QP's receives, which semi senders
+    /// and the router both fill; a flush). Always true outside semi mode.
+    /// Only then does polling yield the CPU to the router.
     pub(super) router_fed: std::sync::atomic::AtomicBool,
 }
 
@@ -163,6 +165,9 @@ pub(super) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, num_entries: i32, wc: *
             };
             if c.opcode < IBV_WC_RECV {
                 ctx.send_queues.retire(c.qp_num, c.sq_index);
+            }
+            if c.from_router != 0 {
+                fcq.router_fed.store(true, Ordering::Relaxed);
             }
             let w = ibv_wc {
                 wr_id: c.wr_id,
