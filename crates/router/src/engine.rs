@@ -367,9 +367,11 @@ impl Engine {
         };
         let (taken, max_sge) = (srq.header().rq.take(&srq.ring), srq.max_sge);
         let crossed = match taken {
-            Take::Taken { remaining, .. } => srq
-                .header()
-                .disarm_limit(remaining, receive::srq_limit_reached),
+            Take::Taken { remaining, .. } => {
+                srq.header().receives_taken();
+                srq.header()
+                    .disarm_limit(remaining, receive::srq_limit_reached)
+            }
             _ => false,
         };
         if crossed {
@@ -559,6 +561,9 @@ impl Engine {
     fn rnr_stall(&self, ha: u32, hb: u32, now: Instant) -> Stall {
         let a = &self.tables.qps[&ha];
         let b = &self.tables.qps[&hb];
+        if let Some(srq) = self.tables.srqs.get(&b.srq) {
+            srq.header().wait_for_receives();
+        }
         Stall::Retry {
             deadline: qp_state::rnr_deadline(now, a.attr.rnr_retry, b.attr.min_rnr_timer),
             rnr: true,

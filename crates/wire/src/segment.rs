@@ -144,9 +144,40 @@ pub struct SrqHeader {
     pub limit_event_pending: AtomicU32,
     /// The SRQ's `max_sge`, written by the router at creation.
     pub max_sge: AtomicU32,
+    /// Set by the router while a request on its path waits for a receive
+    /// of this SRQ (receiver not ready), cleared when it takes one: only
+    /// then does posting a receive ring its doorbell (semi senders take
+    /// receives themselves, and a sleeping router woken for nothing costs
+    /// the poster's core a reschedule). See [`SrqHeader::router_waits`].
+    pub router_waiting: AtomicU32,
 }
 
 impl SrqHeader {
+    /// Router: a request waits for a receive of this SRQ. Called before
+    /// the router's last look at the rings before it sleeps (its passes
+    /// run the waiting request again), so with the poster's fence in
+    /// [`SrqHeader::router_waits`] either the router sees the new receive
+    /// or the poster sees this flag (store buffering, as for the doorbell).
+    pub fn wait_for_receives(&self) {
+        if self.router_waiting.load(Ordering::Relaxed) == 0 {
+            self.router_waiting.store(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Router: it took a receive; whoever still waits sets the flag again
+    /// on its next try.
+    pub fn receives_taken(&self) {
+        if self.router_waiting.load(Ordering::Relaxed) != 0 {
+            self.router_waiting.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Poster, after publishing receives: must the router be woken?
+    pub fn router_waits(&self) -> bool {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.router_waiting.load(Ordering::Relaxed) != 0
+    }
+
     /// After a take that left `remaining` receives: true if this caller
     /// disarmed the limit (`crossed(remaining, limit)`, the verbs rule) and
     /// so must raise the event; at most one caller per arming does.

@@ -13,12 +13,14 @@ pub struct FvCq {
     pub(super) consumer: Mutex<u32>,
     /// Polls in a row that found nothing (see [`EMPTY_POLLS_BEFORE_YIELD`]).
     pub(super) empty_polls: std::sync::atomic::AtomicU32,
-    /// The router produces completions for this CQ: some QP using it is
-    /// not on the semi path, or a completion the router produced was
-    /// polled from it (an SRQ's or a UD QP's receives, which semi senders
-    /// and the router both fill; a flush). Always true outside semi mode.
-    /// Only then does polling yield the CPU to the router.
-    pub(super) router_fed: std::sync::atomic::AtomicBool,
+    /// Completions polled since the last one the router produced
+    /// (saturating): while it is below [`PEER_COMPLETIONS_TO_STOP_YIELDING`]
+    /// the router is feeding this CQ, and polling yields the CPU to it.
+    /// Isolated mode starts at 0 (the router produces everything); semi
+    /// mode starts saturated, so a CQ only semi peers fill (or that shares
+    /// a QP with no traffic on the router's path, such as UCX's loopback
+    /// QP) is polled without yielding, as on a NIC.
+    pub(super) since_router: std::sync::atomic::AtomicU32,
 }
 
 /// After this many empty polls in a row, `poll_cq` yields the CPU once per
@@ -28,6 +30,10 @@ pub struct FvCq {
 /// cheap system call when nothing else wants the CPU.
 /// `FLOWVERBS_POLL_YIELD=N` sets it (0: never yield).
 const EMPTY_POLLS_BEFORE_YIELD: u32 = 32;
+
+/// Completions from semi peers in a row after which a CQ counts as no
+/// longer fed by the router.
+const PEER_COMPLETIONS_TO_STOP_YIELDING: u32 = 64;
 
 fn empty_polls_before_yield(router_fed: bool) -> u32 {
     static N: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
@@ -118,7 +124,13 @@ pub(super) unsafe extern "C" fn create_cq(
             consumer: Mutex::new(0),
             empty_polls: std::sync::atomic::AtomicU32::new(0),
             // SAFETY: ctx is ours.
-            router_fed: std::sync::atomic::AtomicBool::new(unsafe { inner(ctx) }.semi.is_none()),
+            since_router: std::sync::atomic::AtomicU32::new(
+                if unsafe { inner(ctx) }.semi.is_none() {
+                    0
+                } else {
+                    u32::MAX
+                },
+            ),
         }) as *mut ibv_cq
     })
 }
@@ -159,6 +171,9 @@ pub(super) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, num_entries: i32, wc: *
         let mut consumer = fcq.consumer.lock().unwrap_or_else(|e| e.into_inner());
         let ring = CqRing::new(fcq.header(), fcq.ring);
         let mut n = 0u32;
+        // Completions from semi peers, before and after the last one the
+        // router produced in this batch (if any).
+        let (mut from_peers, mut from_router) = (0u32, None::<u32>);
         while n < num_entries as u32 {
             let Some(c) = ring.peek(consumer.wrapping_add(n)) else {
                 break;
@@ -167,7 +182,11 @@ pub(super) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, num_entries: i32, wc: *
                 ctx.send_queues.retire(c.qp_num, c.sq_index);
             }
             if c.from_router != 0 {
-                fcq.router_fed.store(true, Ordering::Relaxed);
+                from_router = Some(0);
+            } else if let Some(k) = from_router.as_mut() {
+                *k += 1;
+            } else {
+                from_peers += 1;
             }
             let w = ibv_wc {
                 wr_id: c.wr_id,
@@ -191,6 +210,14 @@ pub(super) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, num_entries: i32, wc: *
             n += 1;
         }
         if n > 0 {
+            let since = match from_router {
+                Some(k) => k,
+                None => fcq
+                    .since_router
+                    .load(Ordering::Relaxed)
+                    .saturating_add(from_peers),
+            };
+            fcq.since_router.store(since, Ordering::Relaxed);
             *consumer = consumer.wrapping_add(n);
             fcq.header().ring.publish_consumer(*consumer);
             fcq.empty_polls
@@ -200,7 +227,9 @@ pub(super) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, num_entries: i32, wc: *
             let empty = fcq
                 .empty_polls
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if empty >= empty_polls_before_yield(fcq.router_fed.load(Ordering::Relaxed)) {
+            let router_fed =
+                fcq.since_router.load(Ordering::Relaxed) < PEER_COMPLETIONS_TO_STOP_YIELDING;
+            if empty >= empty_polls_before_yield(router_fed) {
                 std::thread::yield_now();
             }
         }

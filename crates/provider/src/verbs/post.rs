@@ -243,9 +243,20 @@ pub(super) struct RecvRing<'a> {
     pub(super) producer: &'a Mutex<RecvProducer>,
     pub(super) max_wr: u32,
     pub(super) max_sge: u32,
-    /// Ring the router's doorbell (not for a semi-mode QP: its peer's
-    /// provider takes the receives, the router does not wait for them).
-    pub(super) wake_router: bool,
+    /// When posting must wake the router.
+    pub(super) wake_router: WakeRouter<'a>,
+}
+
+/// Whether posting receives wakes the router.
+pub(super) enum WakeRouter<'a> {
+    /// The router takes these receives (isolated mode; a QP in the error
+    /// state, whose receives it flushes).
+    Always,
+    /// Semi senders take them, or nobody waits for them (UD: a datagram
+    /// without a receive is dropped).
+    Never,
+    /// An SRQ: only while a request on the router's path waits for one.
+    IfWaiting(&'a SrqHeader),
 }
 
 /// Posts a chain of receive work requests; `refuse` (if non-zero) is the
@@ -305,7 +316,12 @@ pub(super) fn post_receives(
     if *producer != start {
         q.indices.publish_producer(*producer);
         drop(guard);
-        if q.wake_router {
+        let wake = match q.wake_router {
+            WakeRouter::Always => true,
+            WakeRouter::Never => false,
+            WakeRouter::IfWaiting(srq) => srq.router_waits(),
+        };
+        if wake {
             ctx.ring_doorbell();
         }
     }
@@ -334,9 +350,17 @@ pub(super) unsafe extern "C" fn post_recv(
             max_wr: fqp.caps.max_recv_wr,
             max_sge: fqp.caps.max_recv_sge,
             // (In ERR the router flushes them.)
-            wake_router: refuse == 0
-                && (fqp.current_state() == IBV_QPS_ERR
-                    || fqp.semi.lock().unwrap_or_else(|e| e.into_inner()).is_none()),
+            wake_router: if refuse != 0 {
+                WakeRouter::Never
+            } else if fqp.current_state() == IBV_QPS_ERR {
+                WakeRouter::Always
+            } else if fqp.datagrams.is_some()
+                || fqp.semi.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+            {
+                WakeRouter::Never
+            } else {
+                WakeRouter::Always
+            },
         };
         post_receives(q, fqp.context(), refuse, wr, bad_wr)
     })

@@ -371,20 +371,6 @@ fn semi_after_modify(
         };
         *slot = Some(SemiPath::new(ctx, n, reply)?);
     }
-    if mask & IBV_QP_STATE != 0 && state == IBV_QPS_RTR && slot.is_none() && fqp.datagrams.is_none()
-    {
-        // The router runs this QP: its pollers yield to it (see cq.rs).
-        // (Receives of an SRQ or a UD QP may also come from the router;
-        // poll_cq learns that from the completions themselves.)
-        // SAFETY: reading the ibv_qp we filled in create_qp; its CQs are
-        // ours and outlive it.
-        let (scq, rcq) = unsafe {
-            let q = &fqp.vqp.__bindgen_anon_1.qp;
-            (FvCq::from_ibv(q.send_cq), FvCq::from_ibv(q.recv_cq))
-        };
-        scq.router_fed.store(true, Ordering::Relaxed);
-        rcq.router_fed.store(true, Ordering::Relaxed);
-    }
     if let Some(p) = slot.as_ref() {
         let mut path = p.lock().unwrap_or_else(|e| e.into_inner());
         (path.timeout, path.retry_cnt, path.rnr_retry) = retry;
