@@ -1190,7 +1190,14 @@ def run_mpi(fv, provider, plan, work, raw_dir, res, meta, counter):
                 head = f"({counter['done']}/{counter['total']}) mpi netpipe {mode} rep {rep + 1}/{plan.mpi_repeats}"
                 progress(f"{head}: mpirun ... NPopenmpi -p 0 -u {plan.mpi_upper}")
                 before = moved_by_path(fv, router) if router else None
+                load0, w0 = read_text("/proc/loadavg").split()[:1], time.monotonic()
                 got, err = netpipe_once(argv, plan.mpi_upper, out_file, os.path.join(raw_dir, tag + ".txt"))
+                # The 1-minute load average around each run: other work on
+                # the machine shows here (the two ranks alone make about 2).
+                info.setdefault("netpipe_runs", []).append({
+                    "mode": mode, "run": rep + 1, "seconds": round(time.monotonic() - w0, 1),
+                    "loadavg_1min": [float(x) for x in load0 + read_text("/proc/loadavg").split()[:1]],
+                    "ok": err is None})
                 path = ""
                 if router is not None:
                     after = moved_by_path(fv, router)

@@ -420,6 +420,12 @@ def mpi_section(d):
                  f"at start, `{m.get('loadavg_end', '?')}` at end); flowverbs `{v.get('flowverbs_git', '?')}`, "
                  f"netpipe-openmpi {v.get('netpipe-openmpi', '?')}, openmpi-bin {v.get('openmpi-bin', '?')}, "
                  f"ucx-utils {v.get('ucx-utils', '?')}. Reported, not asserted.")
+        runs = m.get("netpipe_runs", [])
+        loads = [x for r in runs for x in r.get("loadavg_1min", [])]
+        if loads:
+            L[-1] += (f" 1-minute load average before and after the NetPIPE runs: {min(loads):.2f} to "
+                      f"{max(loads):.2f} (the two busy-polling ranks alone make about 2; more means other "
+                      "work shared the CPUs).")
         L.append("")
     for key in ("netpipe_message", "ucx_message"):
         if m.get(key):
