@@ -85,7 +85,7 @@ class Plan:
         # MPI step: NetPIPE's own sizes (powers of two and the halfway
         # points, -p 0) up to mpi_upper, every mode once per repeat.
         self.mpi_upper = (1 << 20) if quick else (8 << 20)
-        self.mpi_repeats = 1 if quick else 3
+        self.mpi_repeats = 1 if quick else 5
         self.ucx_lat_sizes = [8, 65536] if quick else [8, 4096, 65536]
         self.ucx_bw_sizes = [65536, 1 << 20] if quick else [8, 65536, 1 << 20, 8 << 20]
         self.ucx_repeats = 1 if quick else 3
@@ -1227,6 +1227,9 @@ def run_mpi(fv, provider, plan, work, raw_dir, res, meta, counter):
                          + note_more) if first else "")
                 res.add("netpipe", mode, size, "bw", size / t / 1e9, "GB/s", len(ts),
                         "size / one-way time; GB = 1e9 B" if first else "")
+                if len(ts) > 1:  # the spread of the runs
+                    res.add("netpipe", mode, size, "latency_us_min", min(ts) * 1e6, "us", len(ts))
+                    res.add("netpipe", mode, size, "latency_us_max", max(ts) * 1e6, "us", len(ts))
             if fails[mode]:
                 res.add("netpipe", mode, None, "failed_runs", len(fails[mode]), "runs", runs[mode], fails[mode][-1])
 

@@ -322,6 +322,27 @@ def mpi_summary(d):
     return "MPI (NetPIPE, pml ucx): " + "; ".join(parts) + "."
 
 
+def mpi_spread_table(d):
+    """min–max of the runs at the targets' sizes, per mode."""
+    out = ["| Mode | runs | 8 B latency, min–max (µs) | 8 MiB bandwidth, min–max (GB/s) |", "|---|---:|---:|---:|"]
+    any_row = False
+    for mode in MPI_MODES:
+        lo = d.get("netpipe", mode, MPI_TARGET_LAT_SIZE, "latency_us_min")
+        hi = d.get("netpipe", mode, MPI_TARGET_LAT_SIZE, "latency_us_max")
+        blo = d.get("netpipe", mode, MPI_TARGET_BW_SIZE, "latency_us_max")
+        bhi = d.get("netpipe", mode, MPI_TARGET_BW_SIZE, "latency_us_min")
+        n = next((r["repeats"] for r in d.rows if r["test"] == "netpipe" and r["mode"] == mode
+                  and r["metric"] == "latency_us"), "?")
+        if lo is None and blo is None:
+            continue
+        any_row = True
+        lat = f"{fmt(lo)}–{fmt(hi)}" if lo is not None else "–"
+        bw = (f"{fmt(MPI_TARGET_BW_SIZE / blo / 1e3)}–{fmt(MPI_TARGET_BW_SIZE / bhi / 1e3)}"
+              if blo and bhi else "–")
+        out.append(f"| {MPI_LABEL[mode]} | {n} | {lat} | {bw} |")
+    return "\n".join(out) if any_row else None
+
+
 def mpi_available(d, mode):
     m = (mpi_meta(d) or {}).get("modes", {}).get(mode)
     return m is None or m.get("available", True)
@@ -439,6 +460,12 @@ def mpi_section(d):
     L.append("")
     L.append(mpi_targets_table(d))
     L.append("")
+    spread = mpi_spread_table(d)
+    if spread:
+        L.append("The values are medians of the runs; their spread at the targets' sizes:")
+        L.append("")
+        L.append(spread)
+        L.append("")
     L.append("### NetPIPE one-way latency (µs)")
     L.append("")
     L.append("Half the round trip of a ping-pong, NetPIPE's best of 3 trials, median of the runs.")
@@ -504,6 +531,13 @@ def mpi_plot(d, out_dir):
             ax_bw.plot(*zip(*bw), color=colors[mode], ls=styles[mode], marker=".", ms=5, label=MPI_LABEL[mode])
         if lat:
             ax_lat.plot(*zip(*lat), color=colors[mode], ls=styles[mode], marker=".", ms=5, label=MPI_LABEL[mode])
+        lo = dict(d.series("netpipe", mode, "latency_us_min"))
+        hi = dict(d.series("netpipe", mode, "latency_us_max"))
+        xs = sorted(set(lo) & set(hi))
+        if xs:  # the spread of the runs, shaded
+            ax_lat.fill_between(xs, [lo[x] for x in xs], [hi[x] for x in xs], color=colors[mode], alpha=0.12, lw=0)
+            ax_bw.fill_between(xs, [x / hi[x] / 1e3 for x in xs], [x / lo[x] / 1e3 for x in xs],
+                               color=colors[mode], alpha=0.12, lw=0)
     vb = mpi_bw(d, "vader", MPI_TARGET_BW_SIZE)
     if vb:
         ax_bw.plot([MPI_TARGET_BW_SIZE], [vb * MPI_TARGET_BW_PCT / 100], ls="none", marker="P", ms=11,
@@ -524,10 +558,12 @@ def mpi_plot(d, out_dir):
         ax.minorticks_off()
         ax.set_xlabel("message size")
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{title} (Open MPI, 2 ranks on one host), {date}", fontsize=10)
+        ax.set_title(title, fontsize=10)
         ax.grid(True, which="major", alpha=0.35)
     ax_bw.legend(loc="lower right", fontsize=8, framealpha=0.9)
     ax_lat.legend(loc="upper left", fontsize=8, framealpha=0.9)
+    fig.suptitle(f"Open MPI, 2 ranks on one host: median of the runs, shaded: min–max of the runs; {date}",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "mpi.png"), dpi=110)
     plt.close(fig)
