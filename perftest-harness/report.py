@@ -582,9 +582,8 @@ def write_md(d, out_dir):
              f"flowverbs `{v['flowverbs_git']}`, perftest {v['perftest']}, iperf3 {v['iperf3']}, qperf {v['qperf']}.")
     L.append("")
     for u in m.get("updates", []):
-        L.append(f"Since then, the {', '.join(u['steps'])} step(s) were measured again by `{u['command']}` "
-                 f"at {u['date']} ({u.get('duration_s', '?')} s, flowverbs `{u.get('flowverbs_git', '?')}`); "
-                 "their sections come from that run.")
+        L.append(f"The sections of the {', '.join(u['steps'])} step(s) come from a later run: `{u['command']}` "
+                 f"at {u['date']} ({u.get('duration_s', '?')} s, flowverbs `{u.get('flowverbs_git', '?')}`).")
         L.append("")
     if m.get("interrupted"):
         L.append(f"**The run was interrupted ({m['interrupted']}); the tables hold what was measured.**")
