@@ -10,7 +10,12 @@ Measures, in one run:
   * the router's CPU use when idle and during the runs;
   * cross-host (issue 5; --no-crosshost skips it): two network namespaces
     on a veth pair, a router in each (--listen/--peer), ib_send_bw from one
-    to the other and iperf3 over the same link, and their ratio at 64 KiB.
+    to the other and iperf3 over the same link, and their ratio at 64 KiB;
+  * MPI (issue 11; --no-mpi skips it): Debian's NetPIPE over Open MPI with
+    pml ucx on fv0 (semi and isolated routers) beside the vader and TCP
+    BTLs, and ucx_perftest UCP tag_lat/tag_bw on fv0 and over UCX's shared
+    memory; which data path each fv0 run moved on (router counters).
+--only STEPS runs some steps (limits, modes, crosshost, mpi).
 Writes results.csv, meta.json, then calls report.py for results.md and the
 PNG plots. Never fails on a timing; a failed run is recorded and skipped.
 """
@@ -22,6 +27,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -76,6 +82,13 @@ class Plan:
         self.iperf_sizes = [65536] if quick else [8192, 65536, 1 << 20]
         self.qperf_seconds = 1
         self.qperf_sizes = self.sizes if quick else ALL_SIZES
+        # MPI step: NetPIPE's own sizes (powers of two and the halfway
+        # points, -p 0) up to mpi_upper, every mode once per repeat.
+        self.mpi_upper = (1 << 20) if quick else (8 << 20)
+        self.mpi_repeats = 1 if quick else 5
+        self.ucx_lat_sizes = [8, 65536] if quick else [8, 4096, 65536]
+        self.ucx_bw_sizes = [65536, 1 << 20] if quick else [8, 65536, 1 << 20, 8 << 20]
+        self.ucx_repeats = 1 if quick else 3
 
     def bw_repeats(self, size):
         if size == TARGET_BW_SIZE:
@@ -95,6 +108,12 @@ class Plan:
         budget = (1 << 27) if self.quick else (1 << 28)
         lo, hi = (20, 2000) if self.quick else (50, 5000)
         return max(lo, min(hi, budget // size))
+
+    def ucx_iters(self, test, size):
+        # ucx_perftest -n: well under a second per run in isolated mode.
+        if test == "tag_lat":
+            return max(1000, min(20000, (1 << 27) // size))
+        return max(100, min(100000, (1 << 30) // size))
 
 
 class Results:
@@ -165,6 +184,36 @@ def finish(p, deadline):
     return p.returncode, timed_out
 
 
+def session_members(sid):
+    """Pids of the processes in session sid (from /proc), except sid itself.
+    spawn() makes every child a session leader, so these are processes it
+    started; mpirun puts each rank in a process group of its own, but they
+    stay in mpirun's session."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == sid:
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                s = f.read()
+        except OSError:
+            continue
+        fields = s[s.rindex(")") + 2:].split()
+        if int(fields[3]) == sid:  # field 6: session
+            pids.append(int(d))
+    return pids
+
+
+def kill_session(p, sig=signal.SIGKILL):
+    """Sends sig to p's group and to every other process of its session."""
+    kill_group(p, sig)
+    for pid in session_members(p.pid):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
 def cleanup_all():
     for p in list(LIVE):
         if p.poll() is None:
@@ -176,6 +225,7 @@ def cleanup_all():
         if p.poll() is None:
             kill_group(p)
             p.wait()
+        kill_session(p)  # leftovers in other groups (mpirun's ranks)
     LIVE.clear()
 
 
@@ -843,6 +893,490 @@ def run_crosshost(fv, provider, plan, work, raw_dir, res, meta, counter):
 
 
 # --------------------------------------------------------------------------
+# MPI (issue 11): what users run. Debian's NetPIPE (netpipe-openmpi) over
+# Open MPI with pml ucx on fv0 (a semi and an isolated router), beside Open
+# MPI's own shared-memory (vader) and TCP BTLs in the same run; ucx_perftest
+# UCP tag matching on fv0 and over UCX's shared-memory transports.
+
+MPI = "mpi"  # the meta key of this step
+NETPIPE = "/usr/bin/NPopenmpi"
+MPI_FV0_MODES = ["semi", "isolated"]
+MPI_MODES = MPI_FV0_MODES + ["vader", "tcp"]
+UCX_SHM = "sm"  # the mode column of ucx_perftest over UCX_TLS=sm
+UCX_MODES = MPI_FV0_MODES + [UCX_SHM]
+UCX_LAT, UCX_BW = "tag_lat", "tag_bw"
+# The test column of every row this step writes (what --only mpi replaces).
+MPI_TESTS = ["netpipe", "ucx_tag_lat", "ucx_tag_bw", "netpipe_vs_vader", "mpi_router"]
+MPI_TARGET_LAT_SIZE = 8
+MPI_TARGET_LAT_X = 2.0  # NetPIPE 8 B latency, fv0 semi <= 2x vader
+MPI_TARGET_BW_SIZE = 8 << 20
+MPI_TARGET_BW_PCT = 80.0  # NetPIPE 8 MiB bandwidth, fv0 semi >= 80 % of vader
+EXPECTED_PATH = {"semi": "semi", "isolated": "router"}  # where a mode's requests move
+PATHS = ["semi", "router", "link"]
+MOVED_KEYS = ["sends", "writes", "reads", "atomics", "errors"]
+NETPIPE_TIMEOUT_S = 300
+UCX_TIMEOUT_S = 90
+
+# Two ranks on this host, rank 0 bound to core 0 and rank 1 to core 1 (Open
+# MPI's default for -np 2, made explicit; --report-bindings shows it in raw/).
+MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", "--bind-to", "core",
+          "--report-bindings"]
+MPI_ARGS = {
+    # Only rc_verbs and ud_verbs: nothing but fv0 can carry the traffic
+    # (as crates/router/tests/e2e_mpi.rs).
+    "fv0": ["--mca", "pml", "ucx", "--mca", "btl", "^vader,tcp,openib,uct", "--mca", "osc", "^ucx",
+            "-x", "SYSFS_PATH", "-x", "RDMAV_DRIVERS", "-x", "UCX_TLS=rc_verbs,ud_verbs",
+            "-x", "UCX_NET_DEVICES=fv0:1"],
+    "vader": ["--mca", "pml", "ob1", "--mca", "btl", "self,vader"],
+    "tcp": ["--mca", "pml", "ob1", "--mca", "btl", "self,tcp", "--mca", "btl_tcp_if_include", "lo"],
+}
+UCX_ENV = {
+    "fv0": {"UCX_TLS": "rc_verbs,ud_verbs", "UCX_NET_DEVICES": "fv0:1"},
+    UCX_SHM: {"UCX_TLS": "sm"},
+}
+
+
+def mpi_runs(plan):
+    ucx = (len(plan.ucx_lat_sizes) + len(plan.ucx_bw_sizes)) * len(UCX_MODES) * plan.ucx_repeats
+    return plan.mpi_repeats * len(MPI_MODES) + ucx
+
+
+def moved_by_path(fv, router):
+    """Requests each data path has moved since the router started
+    (`flowverbs status --json`, totals.moved.PATH.{sends,writes,reads,
+    atomics,errors}), as {path: n}; None if the router did not answer."""
+    try:
+        out = subprocess.run([fv, "status", "--runtime-dir", router.runtime_dir, "--json"],
+                             capture_output=True, text=True, timeout=30)
+        moved = json.loads(out.stdout)["totals"]["moved"]
+        return {p: sum(int(moved[p].get(k, 0)) for k in MOVED_KEYS) for p in PATHS}
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def path_check(mode, before, after):
+    """(ok, {path: requests moved between before and after}, text): whether a
+    run of `mode` moved requests only on the path its mode promises."""
+    want = EXPECTED_PATH[mode]
+    if before is None or after is None:
+        return False, None, f"router counters unreadable; expected only {want}"
+    d = {p: after[p] - before[p] for p in PATHS}
+    ok = d[want] > 0 and all(d[p] == 0 for p in PATHS if p != want)
+    text = ("requests moved: " + ", ".join(f"{p} {d[p]}" for p in PATHS)
+            + f"; expected only {want}: " + ("ok" if ok else "MISMATCH"))
+    return ok, d, text
+
+
+def finish_session(p, deadline):
+    """finish() for mpirun, whose ranks live in process groups of their own
+    in its session: on timeout, SIGTERM (mpirun stops its ranks), then
+    SIGKILL to the whole session 10 s later. Returns (returncode, timed_out)."""
+    timed_out = False
+    while p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if p.poll() is None:
+        timed_out = True
+        kill_group(p, signal.SIGTERM)
+        t = time.monotonic() + 10
+        while p.poll() is None and time.monotonic() < t:
+            time.sleep(0.05)
+        kill_session(p)
+        p.wait()
+    kill_session(p)  # leftovers, if any
+    if p in LIVE:
+        LIVE.remove(p)
+    return p.returncode, timed_out
+
+
+def generic_command(argv, fv, provider, router, out_file):
+    """argv as a shell line, with this run's paths replaced by names."""
+    subst = {fv: "flowverbs", provider: "LIBDIR/libflowverbs-rdmav34.so", out_file: "OUT"}
+    if router is not None:
+        subst[router.runtime_dir] = "DIR"
+    return shlex.join(subst.get(a, a) for a in argv)
+
+
+def netpipe_argv(fv, provider, mode, router, upper, out_file):
+    np_args = [NETPIPE, "-p", "0", "-u", str(upper), "-o", out_file]
+    if router is not None:
+        return exec_prefix(fv, provider, router) + MPIRUN + MPI_ARGS["fv0"] + np_args
+    return MPIRUN + MPI_ARGS[mode] + np_args
+
+
+def parse_netpipe(path):
+    """NetPIPE's -o file: one line per size, `bytes Mbps seconds`, where
+    seconds is the one-way time (half the round trip; the best of its 3
+    trials, each nrepeat round trips) and Mbps = 8 * bytes / seconds / 2^20.
+    The seconds column has 8 decimals (10 ns), Mbps 6, so the time is taken
+    from Mbps (0.16 us reads 0.1601 us). Returns {bytes: seconds}."""
+    times = {}
+    for line in read_text(path).splitlines():
+        t = line.split()
+        if len(t) >= 3:
+            try:
+                size, mbps, secs = int(t[0]), float(t[1]), float(t[2])
+            except ValueError:
+                continue
+            if size > 0 and mbps > 0:
+                secs = 8 * size / (mbps * 1048576)
+            if secs > 0:
+                times[size] = secs
+    return times
+
+
+def netpipe_once(argv, upper, out_file, log):
+    """Runs one NetPIPE; ({bytes: one-way seconds}, None) or (None, error)."""
+    p = spawn(argv, log)
+    rc, to = finish_session(p, time.monotonic() + NETPIPE_TIMEOUT_S)
+    if to:
+        return None, f"timed out after {NETPIPE_TIMEOUT_S} s: " + tail(read_text(log))
+    if rc != 0:
+        return None, f"exit {rc}: " + tail(read_text(log))
+    times = parse_netpipe(out_file)
+    if not times:
+        return None, "no rows in NetPIPE's -o file: " + tail(read_text(log))
+    if max(times) < upper:
+        return None, f"NetPIPE stopped at {max(times)} B, not {upper} B: " + tail(read_text(log))
+    return times, None
+
+
+def parse_ucx_final(text):
+    """The numbers of ucx_perftest's `Final:` row: iterations, latency (us)
+    50th percentile / average / overall, bandwidth (MB/s, 2^20 B/s) average
+    / overall, message rate (msg/s) average / overall. None without one."""
+    for line in text.splitlines():
+        if line.startswith("Final:"):
+            try:
+                nums = [float(w) for w in line.split()[1:]]
+            except ValueError:
+                return None
+            return nums if len(nums) >= 8 else None
+    return None
+
+
+def ucx_once(fv, provider, mode, router, test, size, iters, raw_dir, tag):
+    """One ucx_perftest server/client pair on 127.0.0.1 (through `flowverbs
+    exec` on fv0, directly over UCX's shared memory for `sm`); latency runs
+    pinned to CPUs 0 and 1 as perftest's. Returns (Final numbers, None) or
+    (None, error)."""
+    env = dict(os.environ)
+    env.update(UCX_ENV["fv0" if router is not None else UCX_SHM])
+    env["UCX_WARN_UNUSED_ENV_VARS"] = "n"
+    pre = exec_prefix(fv, provider, router) if router is not None else []
+    pin_srv, pin_cli = (["taskset", "-c", "0"], ["taskset", "-c", "1"]) if test == UCX_LAT else ([], [])
+    srv_log = os.path.join(raw_dir, tag + ".server.txt")
+    cli_log = os.path.join(raw_dir, tag + ".client.txt")
+    deadline = time.monotonic() + UCX_TIMEOUT_S
+    err = "server did not listen"
+    for _ in range(3):
+        port = free_port()
+        srv = spawn(pin_srv + pre + ["ucx_perftest", "-p", str(port)], srv_log, env)
+        if not wait_listening(port, srv):
+            finish(srv, time.monotonic() + 2)
+            err = "server did not listen: " + tail(read_text(srv_log))
+            time.sleep(0.2)
+            continue
+        cli = spawn(pin_cli + pre + ["ucx_perftest", "127.0.0.1", "-p", str(port), "-t", test,
+                                     "-s", str(size), "-n", str(iters)], cli_log, env)
+        rc, to = finish(cli, deadline)
+        src, sto = finish(srv, deadline if rc == 0 else time.monotonic() + 5)
+        if to:
+            return None, f"client timed out after {UCX_TIMEOUT_S} s: " + tail(read_text(cli_log))
+        if rc != 0:
+            return None, f"client exit {rc}: " + tail(read_text(cli_log))
+        if sto or src != 0:
+            return None, f"server exit {src}{' (timed out)' if sto else ''}: " + tail(read_text(srv_log))
+        nums = parse_ucx_final(read_text(cli_log))
+        if nums is None:
+            return None, "no Final: row in the client's output"
+        if int(nums[0]) != iters:
+            return None, f"Final: {int(nums[0])} iterations, not {iters}"
+        return nums, None
+    return None, err
+
+
+def run_mpi(fv, provider, plan, work, raw_dir, res, meta, counter):
+    """NetPIPE over Open MPI on fv0 (semi, isolated), vader and TCP, every
+    mode once per repeat (interleaved); ucx_perftest tag_lat/tag_bw on fv0
+    and over UCX's shared memory. Records medians, each fv0 run's data path
+    and the ratios to vader."""
+    t_start = time.monotonic()
+    info = {"available": True, "failures": [], "modes": {}, "commands": {}, "ucx_commands": {},
+            "paths": {"netpipe": {}, "ucx_perftest": {}},
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "loadavg_start": read_text("/proc/loadavg").strip(),
+            "upper": plan.mpi_upper,
+            "plan": {"netpipe": f"NPopenmpi -p 0 -u {plan.mpi_upper}, {plan.mpi_repeats} run(s) per mode, "
+                                "modes interleaved; per size the median of the runs (each run's value is "
+                                "NetPIPE's best of 3 trials)",
+                     "ucx": f"ucx_perftest -t tag_lat -s {{{','.join(map(str, plan.ucx_lat_sizes))}}}, "
+                            f"-t tag_bw -s {{{','.join(map(str, plan.ucx_bw_sizes))}}}, "
+                            f"{plan.ucx_repeats} run(s) each, median"},
+            "versions": {
+                "flowverbs_git": sh(["git", "-C", REPO, "describe", "--always", "--dirty"]),
+                "netpipe-openmpi": sh(["dpkg-query", "-W", "-f=${Version}", "netpipe-openmpi"]),
+                "openmpi-bin": sh(["dpkg-query", "-W", "-f=${Version}", "openmpi-bin"]),
+                "ucx-utils": sh(["dpkg-query", "-W", "-f=${Version}", "ucx-utils"]),
+            }}
+    meta[MPI] = info
+    have_np = os.access(NETPIPE, os.X_OK) and shutil.which("mpirun") is not None
+    have_ucx = shutil.which("ucx_perftest") is not None
+    if not have_np:
+        msg = f"NetPIPE: not available (no {NETPIPE} or mpirun; apt-get install netpipe-openmpi openmpi-bin)"
+        info["netpipe_message"] = msg
+        progress(f"mpi: {msg}")
+        counter["total"] -= plan.mpi_repeats * len(MPI_MODES)
+    if not have_ucx:
+        msg = "ucx_perftest: not available (apt-get install ucx-utils)"
+        info["ucx_message"] = msg
+        progress(f"mpi: {msg}")
+        counter["total"] -= mpi_runs(plan) - plan.mpi_repeats * len(MPI_MODES)
+    routers = {}
+    try:
+        for mode in MPI_FV0_MODES:
+            r = Router(fv, mode, work, name=f"mpi-{mode}")
+            progress(f"mpi: starting a {mode} router ({r.runtime_dir})")
+            if r.start():
+                routers[mode] = r
+                info["modes"][mode] = {"available": True}
+                res.add("mpi_router", mode, None, "available", 1, "bool")
+            else:
+                msg = f"{mode}: not available (router refused: {r.error})"
+                progress(f"mpi: {msg}")
+                info["modes"][mode] = {"available": False, "message": msg}
+                res.add("mpi_router", mode, None, "available", 0, "bool", 1, f"router refused: {r.error}")
+                counter["total"] -= (plan.mpi_repeats if have_np else 0) + (
+                    (len(plan.ucx_lat_sizes) + len(plan.ucx_bw_sizes)) * plan.ucx_repeats if have_ucx else 0)
+
+        def check_routers():
+            for m, r in routers.items():
+                if not r.alive():
+                    raise RuntimeError(f"the mpi-{m} router exited: " + tail(read_text(r.log)))
+
+        def record_path(tool, test, mode, run_label, before, after):
+            ok, d, text = path_check(mode, before, after)
+            p = info["paths"][tool].setdefault(mode, {"runs": 0, "ok": 0, "moved": {x: 0 for x in PATHS}})
+            p["runs"] += 1
+            p["ok"] += 1 if ok else 0
+            for x in PATHS:
+                p["moved"][x] += (d or {}).get(x, 0)
+            res.add(test, mode, None, "path_ok", 1 if ok else 0, "bool", 1, f"{run_label}: {text}")
+            if not ok:
+                info["failures"].append(f"{tool} {mode} {run_label}: {text}")
+            return ok, text
+
+        def path_summary(tool, mode):
+            p = info["paths"][tool].get(mode)
+            if not p:
+                return ""
+            return (f"; paths: only {EXPECTED_PATH[mode]} in {p['ok']}/{p['runs']} runs (requests moved: "
+                    + ", ".join(f"{x} {p['moved'][x]}" for x in PATHS) + ")")
+
+        # NetPIPE: every mode once per repeat, interleaved.
+        times = {m: {} for m in MPI_MODES}
+        fails = {m: [] for m in MPI_MODES}
+        runs = {m: 0 for m in MPI_MODES}
+        for rep in range(plan.mpi_repeats if have_np else 0):
+            for mode in MPI_MODES:
+                router = routers.get(mode)
+                if mode in MPI_FV0_MODES and router is None:
+                    continue
+                counter["done"] += 1
+                runs[mode] += 1
+                tag = f"mpi-netpipe-{mode}-{rep + 1}"
+                out_file = os.path.join(raw_dir, tag + ".np")
+                argv = netpipe_argv(fv, provider, mode, router, plan.mpi_upper, out_file)
+                info["commands"].setdefault(mode, generic_command(argv, fv, provider, router, out_file))
+                head = f"({counter['done']}/{counter['total']}) mpi netpipe {mode} rep {rep + 1}/{plan.mpi_repeats}"
+                progress(f"{head}: mpirun ... NPopenmpi -p 0 -u {plan.mpi_upper}")
+                before = moved_by_path(fv, router) if router else None
+                load0, w0 = read_text("/proc/loadavg").split()[:1], time.monotonic()
+                got, err = netpipe_once(argv, plan.mpi_upper, out_file, os.path.join(raw_dir, tag + ".txt"))
+                # The 1-minute load average around each run: other work on
+                # the machine shows here (the two ranks alone make about 2).
+                info.setdefault("netpipe_runs", []).append({
+                    "mode": mode, "run": rep + 1, "seconds": round(time.monotonic() - w0, 1),
+                    "loadavg_1min": [float(x) for x in load0 + read_text("/proc/loadavg").split()[:1]],
+                    "ok": err is None})
+                path = ""
+                if router is not None:
+                    after = moved_by_path(fv, router)
+                    _, path = record_path("netpipe", "netpipe", mode, f"run {rep + 1}", before, after)
+                    path = "; " + path
+                if err:
+                    fails[mode].append(err)
+                    info["failures"].append(f"netpipe {mode} run {rep + 1}: {err}")
+                    progress(f"{head}: FAILED: {err}")
+                    check_routers()
+                    continue
+                for size, secs in got.items():
+                    times[mode].setdefault(size, []).append(secs)
+                t8 = got.get(MPI_TARGET_LAT_SIZE)
+                top = max(got)
+                progress(f"{head}: {MPI_TARGET_LAT_SIZE} B {t8 * 1e6 if t8 else float('nan'):.3g} us, "
+                         f"{human_size(top)} {top / got[top] / 1e9:.3g} GB/s{path}")
+                check_routers()
+        for mode in MPI_MODES:
+            note_more = path_summary("netpipe", mode)
+            for size in sorted(times[mode]):
+                ts = times[mode][size]
+                t = med(ts)
+                first = size == min(times[mode])
+                res.add("netpipe", mode, size, "latency_us", t * 1e6, "us", len(ts),
+                        ("one-way: half the round trip, NetPIPE's best of 3 trials; median of the runs"
+                         + note_more) if first else "")
+                res.add("netpipe", mode, size, "bw", size / t / 1e9, "GB/s", len(ts),
+                        "size / one-way time; GB = 1e9 B" if first else "")
+                if len(ts) > 1:  # the spread of the runs
+                    res.add("netpipe", mode, size, "latency_us_min", min(ts) * 1e6, "us", len(ts))
+                    res.add("netpipe", mode, size, "latency_us_max", max(ts) * 1e6, "us", len(ts))
+            if fails[mode]:
+                res.add("netpipe", mode, None, "failed_runs", len(fails[mode]), "runs", runs[mode], fails[mode][-1])
+
+        def lat(mode, size):
+            ts = times.get(mode, {}).get(size)
+            return med(ts) if ts else None
+
+        for mode in ["semi", "isolated", "tcp"]:
+            v, base = lat(mode, MPI_TARGET_LAT_SIZE), lat("vader", MPI_TARGET_LAT_SIZE)
+            if v and base:
+                res.add("netpipe_vs_vader", mode, MPI_TARGET_LAT_SIZE, "latency_ratio", v / base, "x", 1,
+                        f"NetPIPE {MPI_TARGET_LAT_SIZE} B one-way latency / vader's"
+                        + (f"; target <= {MPI_TARGET_LAT_X:g}x" if mode == "semi" else ""))
+            v, base = lat(mode, MPI_TARGET_BW_SIZE), lat("vader", MPI_TARGET_BW_SIZE)
+            if v and base:
+                res.add("netpipe_vs_vader", mode, MPI_TARGET_BW_SIZE, "bw_percent", base / v * 100, "%", 1,
+                        "NetPIPE 8 MiB bandwidth / vader's"
+                        + (f"; target >= {MPI_TARGET_BW_PCT:.0f} %" if mode == "semi" else ""))
+
+        # ucx_perftest: UCP tag matching, fv0 and UCX's shared memory.
+        tests = [(UCX_LAT, s) for s in plan.ucx_lat_sizes] + [(UCX_BW, s) for s in plan.ucx_bw_sizes]
+        vals = {}
+        ufails = {}
+        for rep in range(plan.ucx_repeats if have_ucx else 0):
+            for test, size in tests:
+                iters = plan.ucx_iters(test, size)
+                for mode in UCX_MODES:
+                    router = routers.get(mode)
+                    if mode in MPI_FV0_MODES and router is None:
+                        continue
+                    counter["done"] += 1
+                    name = "ucx_" + test
+                    tag = f"mpi-ucx-{mode}-{test}-{size}-{rep + 1}"
+                    head = (f"({counter['done']}/{counter['total']}) mpi ucx_perftest {test} {mode} "
+                            f"{human_size(size)} rep {rep + 1}/{plan.ucx_repeats}")
+                    env = UCX_ENV["fv0" if router is not None else UCX_SHM]
+                    info["ucx_commands"].setdefault(
+                        "fv0" if router is not None else UCX_SHM,
+                        " ".join(f"{k}={v}" for k, v in env.items()) + " "
+                        + (f"flowverbs exec --runtime-dir DIR --provider LIBDIR/libflowverbs-rdmav34.so -- "
+                           if router is not None else "")
+                        + "ucx_perftest [127.0.0.1] -p PORT -t TEST -s SIZE -n ITERS")
+                    before = moved_by_path(fv, router) if router else None
+                    nums, err = ucx_once(fv, provider, mode, router, test, size, iters, raw_dir, tag)
+                    path = ""
+                    if router is not None:
+                        after = moved_by_path(fv, router)
+                        _, path = record_path("ucx_perftest", name, mode,
+                                              f"{test} {size} B run {rep + 1}", before, after)
+                        path = "; " + path
+                    key = (name, mode, size)
+                    if err:
+                        ufails.setdefault(key, []).append(err)
+                        info["failures"].append(f"ucx_perftest {test} {mode} {size} B run {rep + 1}: {err}")
+                        progress(f"{head}: FAILED: {err}")
+                        check_routers()
+                        continue
+                    v = vals.setdefault(key, {})
+                    v.setdefault("iters", iters)
+                    if test == UCX_LAT:
+                        v.setdefault("lat", []).append(nums[1])
+                        v.setdefault("lat_avg", []).append(nums[3])
+                        progress(f"{head}: {nums[1]:.3g} us (50th percentile), {nums[3]:.3g} us average{path}")
+                    else:
+                        v.setdefault("bw", []).append(nums[5] * 1048576 / 1e9)
+                        v.setdefault("rate", []).append(nums[7] / 1e6)
+                        progress(f"{head}: {nums[5] * 1048576 / 1e9:.3g} GB/s{path}")
+                    check_routers()
+        for (name, mode, size), v in sorted(vals.items()):
+            more = path_summary("ucx_perftest", mode) if size == min(s for (n2, m2, s) in vals
+                                                                    if (n2, m2) == (name, mode)) else ""
+            if "lat" in v:
+                res.add(name, mode, size, "latency_us", med(v["lat"]), "us", len(v["lat"]),
+                        f"-n {v['iters']}; one-way (half the round trip), 50th percentile; median of the runs" + more)
+                res.add(name, mode, size, "latency_avg_us", med(v["lat_avg"]), "us", len(v["lat_avg"]),
+                        "one-way, overall average")
+            else:
+                res.add(name, mode, size, "bw", med(v["bw"]), "GB/s", len(v["bw"]),
+                        f"-n {v['iters']}; overall bandwidth, MB/s x 2^20 / 1e9; median of the runs" + more)
+                res.add(name, mode, size, "msg_rate", med(v["rate"]), "Mmsg/s", len(v["rate"]))
+        for (name, mode, size), errs in sorted(ufails.items()):
+            res.add(name, mode, size, "failed_runs", len(errs), "runs", plan.ucx_repeats, errs[-1])
+    except RuntimeError as e:
+        info["failures"].append(str(e))
+        progress(f"mpi: {e}")
+    finally:
+        for mode, r in routers.items():
+            st = r.stop()
+            if st and (st[1] or st[0] != 0):
+                info["failures"].append(f"mpi-{mode} router stop: exit {st[0]}, killed={st[1]}")
+            if read_text(r.log).strip():
+                shutil.copy(r.log, os.path.join(raw_dir, f"router-mpi-{mode}.log"))
+        info["duration_s"] = round(time.monotonic() - t_start)
+        info["loadavg_end"] = read_text("/proc/loadavg").strip()
+
+
+# --------------------------------------------------------------------------
+# steps, and a partial run (--only) merged into results/latest
+
+STEPS = ["limits", "modes", "crosshost", MPI]
+# The meta.json keys each step writes.
+STEP_META = {"limits": ["cpus"], "modes": ["modes", "requested_modes", "sizes", "plan"],
+             "crosshost": [CROSSHOST], MPI: [MPI]}
+
+
+def step_of(row):
+    """The step that wrote a results.csv row."""
+    if row["test"] in MPI_TESTS:
+        return MPI
+    if row["mode"] == CROSSHOST:
+        return "crosshost"
+    if row["mode"] == "limit":
+        return "limits"
+    return "modes"
+
+
+def merge_into_latest(res, meta, steps, latest):
+    """results/latest after a partial run: the rows and meta of `steps`
+    come from this run, everything else stays; meta "updates" says which
+    steps were replaced, when and by which command. Then report.py."""
+    with open(os.path.join(latest, "results.csv"), newline="") as f:
+        old = [r for r in csv.DictReader(f) if step_of(r) not in steps]
+    merged = Results(os.path.join(latest, "results.csv"))
+    merged.rows = old + list(res.rows)
+    merged.flush()
+    with open(os.path.join(latest, "meta.json")) as f:
+        base = json.load(f)
+    for step in steps:
+        for key in STEP_META[step]:
+            if key in meta:
+                base[key] = meta[key]
+            else:
+                base.pop(key, None)
+    # An earlier partial run of the same steps is superseded.
+    base["updates"] = [u for u in base.get("updates", []) if not set(u["steps"]) <= set(steps)]
+    base["updates"].append({
+        "steps": steps, "date": meta["date"], "command": meta["command"],
+        "duration_s": meta.get("duration_s"), "flowverbs_git": meta["versions"]["flowverbs_git"],
+        "loadavg_start": meta["host"]["loadavg_start"], "loadavg_end": meta["host"].get("loadavg_end"),
+    })
+    with open(os.path.join(latest, "meta.json"), "w") as f:
+        json.dump(base, f, indent=1)
+        f.write("\n")
+    subprocess.run([sys.executable, os.path.join(HERE, "report.py"), latest])
+
+
+# --------------------------------------------------------------------------
 
 def sh(cmd):
     try:
@@ -858,11 +1392,26 @@ def main():
     ap.add_argument("--out", help="output dir (default perftest-harness/results/<date>)")
     ap.add_argument("--no-crosshost", action="store_true",
                     help="skip the cross-host runs (two namespaces, a router each, linked over TCP)")
+    ap.add_argument("--no-mpi", action="store_true",
+                    help="skip the MPI step (NetPIPE over Open MPI, ucx_perftest)")
+    ap.add_argument("--only", metavar="STEPS",
+                    help=f"run only these steps (comma-separated: {', '.join(STEPS)}); without --out the "
+                         "results replace those steps' rows in results/latest and keep the others")
     ap.add_argument("--flowverbs", required=True, help="the flowverbs executable")
     ap.add_argument("--provider", required=True, help="libflowverbs.so to load as the provider")
     args = ap.parse_args()
 
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    steps = list(STEPS)
+    if args.only:
+        steps = [x.strip() for x in args.only.split(",") if x.strip()]
+        unknown = [x for x in steps if x not in STEPS]
+        if unknown or not steps:
+            ap.error(f"--only: unknown step(s) {', '.join(unknown) or '(none)'}; steps: {', '.join(STEPS)}")
+    if args.no_crosshost and "crosshost" in steps:
+        steps.remove("crosshost")
+    if args.no_mpi and MPI in steps:
+        steps.remove(MPI)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()] if "modes" in steps else []
     plan = Plan(args.quick)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H%M%S")
     results_root = os.path.join(HERE, "results")
@@ -886,7 +1435,10 @@ def main():
         "quick": args.quick,
         "command": "sudo bash perftest-harness/run.sh" + (" --quick" if args.quick else "")
                    + ("" if args.modes == "isolated,semi" else f" --modes {args.modes}")
-                   + (" --no-crosshost" if args.no_crosshost else ""),
+                   + (" --no-crosshost" if args.no_crosshost else "")
+                   + (" --no-mpi" if args.no_mpi else "")
+                   + (f" --only {','.join(steps)}" if args.only else ""),
+        "steps": steps,
         "requested_modes": modes,
         "modes": {},
         "sizes": plan.sizes,
@@ -913,24 +1465,35 @@ def main():
     }
     per_mode = sum(plan.bw_repeats(s) for s in plan.sizes) * len(BW_TESTS) + \
         sum(plan.lat_repeats(s) for s in plan.sizes) * len(LAT_TESTS)
-    cross = 0 if args.no_crosshost else crosshost_runs(plan)
-    counter = {"done": 0, "total": per_mode * len(modes) + cross, "per_mode": per_mode, "skipped": 0}
+    cross = crosshost_runs(plan) if "crosshost" in steps else 0
+    mpi = mpi_runs(plan) if MPI in steps else 0
+    counter = {"done": 0, "total": per_mode * len(modes) + cross + mpi, "per_mode": per_mode, "skipped": 0}
+    # Steps left out by --no-* are named in the outputs; steps left out by
+    # --only are not mentioned (a partial run).
     if args.no_crosshost:
         meta[CROSSHOST] = {"available": False, "skipped": True,
                            "message": "cross-host: skipped (--no-crosshost)"}
+    if args.no_mpi:
+        meta[MPI] = {"available": False, "skipped": True, "message": "MPI: skipped (--no-mpi)"}
     progress(f"output: {out}")
-    progress(f"plan: {len(plan.sizes)} sizes, {per_mode} perftest runs per mode, modes {', '.join(modes)}"
-             + ("" if args.no_crosshost else f"; cross-host: {cross} runs"))
+    progress(f"steps: {', '.join(steps)}"
+             + (f"; {len(plan.sizes)} sizes, {per_mode} perftest runs per mode, modes {', '.join(modes)}"
+                if modes else "")
+             + (f"; cross-host: {cross} runs" if cross else "")
+             + (f"; mpi: {mpi} runs" if mpi else ""))
     interrupted = None
     try:
-        run_limits(plan, work, raw_dir, res, meta)
+        if "limits" in steps:
+            run_limits(plan, work, raw_dir, res, meta)
         for mode in modes:
             run_mode(mode, args.flowverbs, provider, plan, work, raw_dir, res, meta, counter)
             # Modes that did not run shrink the total.
             counter["total"] -= counter["skipped"]
             counter["skipped"] = 0
-        if not args.no_crosshost:
+        if "crosshost" in steps:
             run_crosshost(args.flowverbs, provider, plan, work, raw_dir, res, meta, counter)
+        if MPI in steps:
+            run_mpi(args.flowverbs, provider, plan, work, raw_dir, res, meta, counter)
     except KeyboardInterrupt as e:
         interrupted = str(e) or "interrupted"
         progress(f"interrupted ({interrupted}); writing what was measured")
@@ -952,15 +1515,23 @@ def main():
 
     if not args.out and not interrupted:
         latest = os.path.join(results_root, "latest")
-        shutil.rmtree(latest, ignore_errors=True)
-        shutil.copytree(out, latest, ignore=shutil.ignore_patterns("raw"))
-        progress(f"copied to {latest} (without raw/)")
+        if args.only and os.path.exists(os.path.join(latest, "meta.json")):
+            merge_into_latest(res, meta, steps, latest)
+            progress(f"merged into {latest}: the rows of {', '.join(steps)} replaced, the others kept")
+        else:
+            shutil.rmtree(latest, ignore_errors=True)
+            shutil.copytree(out, latest, ignore=shutil.ignore_patterns("raw"))
+            progress(f"copied to {latest} (without raw/)")
     md = os.path.join(out, "results.md")
     if os.path.exists(md):
         text = read_text(md)
         m = re.search(r"## Targets.*?(?=\n## )", text, re.S)
         if m:
             print()
+            print(m.group(0).strip())
+            print()
+        m = re.search(r"^MPI \(NetPIPE.*$", text, re.M)
+        if m:
             print(m.group(0).strip())
             print()
     progress(f"done in {elapsed()}: {out}")

@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """Turns a harness output dir (results.csv + meta.json) into results.md,
-bw.png and lat.png. Run by bench.py; can be re-run by hand:
+bw.png and lat.png, and mpi.png when the MPI step ran. Run by bench.py; can
+be re-run by hand:
 
     /usr/bin/python3 perftest-harness/report.py perftest-harness/results/latest
 """
@@ -80,6 +81,11 @@ class Data:
 
     def failures(self):
         return [r for r in self.rows if r["metric"] == "failed_runs"]
+
+    def has_perftest(self):
+        """Whether the perftest steps (limits, modes, cross-host) ran, not
+        only the MPI step (--only mpi)."""
+        return bool(self.modes()) or any(r["mode"] in ("limit", CROSSHOST) for r in self.rows)
 
     def modes(self):
         req = self.meta.get("requested_modes", [])
@@ -247,6 +253,322 @@ def router_cpu_table(d):
     return "\n".join(out)
 
 
+# --------------------------------------------------------------------------
+# MPI (issue 11): NetPIPE over Open MPI and ucx_perftest
+
+MPI = "mpi"
+MPI_MODES = ["semi", "isolated", "vader", "tcp"]
+MPI_FV0_MODES = ["semi", "isolated"]
+UCX_MODES = ["semi", "isolated", "sm"]
+MPI_TARGET_LAT_SIZE = 8
+MPI_TARGET_LAT_X = 2.0
+MPI_TARGET_BW_SIZE = 8 << 20
+MPI_TARGET_BW_PCT = 80.0
+MPI_LAT_SIZES = [8, 64, 4096, 65536]
+MPI_BW_SIZES = [65536, 1 << 20, 8 << 20]
+MPI_LABEL = {"semi": "fv0 semi (pml ucx)", "isolated": "fv0 isolated (pml ucx)",
+             "vader": "vader (pml ob1, shared memory)", "tcp": "TCP (pml ob1, btl tcp over lo)"}
+UCX_LABEL = {"semi": "fv0 semi", "isolated": "fv0 isolated", "sm": "UCX shared memory (UCX_TLS=sm)"}
+
+
+def mpi_meta(d):
+    """meta of the MPI step; None for result dirs older than it."""
+    return d.meta.get(MPI)
+
+
+def mpi_ran(d):
+    m = mpi_meta(d)
+    return bool(m) and not m.get("skipped")
+
+
+def mpi_lat(d, mode, size):
+    return d.get("netpipe", mode, size, "latency_us")
+
+
+def mpi_bw(d, mode, size):
+    return d.get("netpipe", mode, size, "bw")
+
+
+def times(x):
+    return "–" if x is None else f"{x:.3g}×" if x < 100 else f"{x:.0f}×"
+
+
+def mpi_ratios(d, mode):
+    """(8 B latency ÷ vader, 8 MiB bandwidth as % of vader), None where not measured."""
+    lat = ratio(mpi_lat(d, mode, MPI_TARGET_LAT_SIZE), mpi_lat(d, "vader", MPI_TARGET_LAT_SIZE))
+    bw = ratio(mpi_bw(d, mode, MPI_TARGET_BW_SIZE), mpi_bw(d, "vader", MPI_TARGET_BW_SIZE))
+    return lat, (bw * 100 if bw is not None else None)
+
+
+def mpi_summary(d):
+    """The one-line summary of the ratios."""
+    upper = (mpi_meta(d) or {}).get("upper")
+    not_measured = (f"not measured (NetPIPE ran up to {human_size(upper)})"
+                    if upper and upper < MPI_TARGET_BW_SIZE else "not measured")
+    parts = []
+    for mode, name in (("semi", "fv0 semi"), ("isolated", "isolated"), ("tcp", "TCP BTL")):
+        lat, bw = mpi_ratios(d, mode)
+        if lat is None and bw is None:
+            parts.append(f"{name}: no data")
+            continue
+        s_lat = f"8 B latency = {lat:.1f}x vader" if lat is not None else "8 B latency: not measured"
+        s_bw = f"8 MiB bandwidth = {bw:.0f}% of vader" if bw is not None else f"8 MiB bandwidth: {not_measured}"
+        if mode == "semi":
+            if lat is not None:
+                s_lat += f" (target <= {MPI_TARGET_LAT_X:g}x: {'met' if lat <= MPI_TARGET_LAT_X else 'not met'})"
+            if bw is not None:
+                s_bw += f" (target >= {MPI_TARGET_BW_PCT:.0f}%: {'met' if bw >= MPI_TARGET_BW_PCT else 'not met'})"
+        parts.append(f"{name}{'' if mode == 'semi' else ':'} {s_lat}, {s_bw}")
+    return "MPI (NetPIPE, pml ucx): " + "; ".join(parts) + "."
+
+
+def mpi_spread_table(d):
+    """min–max of the runs at the targets' sizes, per mode."""
+    out = ["| Mode | runs | 8 B latency, min–max (µs) | 8 MiB bandwidth, min–max (GB/s) |", "|---|---:|---:|---:|"]
+    any_row = False
+    for mode in MPI_MODES:
+        lo = d.get("netpipe", mode, MPI_TARGET_LAT_SIZE, "latency_us_min")
+        hi = d.get("netpipe", mode, MPI_TARGET_LAT_SIZE, "latency_us_max")
+        blo = d.get("netpipe", mode, MPI_TARGET_BW_SIZE, "latency_us_max")
+        bhi = d.get("netpipe", mode, MPI_TARGET_BW_SIZE, "latency_us_min")
+        n = next((r["repeats"] for r in d.rows if r["test"] == "netpipe" and r["mode"] == mode
+                  and r["metric"] == "latency_us"), "?")
+        if lo is None and blo is None:
+            continue
+        any_row = True
+        lat = f"{fmt(lo)}–{fmt(hi)}" if lo is not None else "–"
+        bw = (f"{fmt(MPI_TARGET_BW_SIZE / blo / 1e3)}–{fmt(MPI_TARGET_BW_SIZE / bhi / 1e3)}"
+              if blo and bhi else "–")
+        out.append(f"| {MPI_LABEL[mode]} | {n} | {lat} | {bw} |")
+    return "\n".join(out) if any_row else None
+
+
+def mpi_available(d, mode):
+    m = (mpi_meta(d) or {}).get("modes", {}).get(mode)
+    return m is None or m.get("available", True)
+
+
+def mpi_targets_table(d):
+    out = ["| Target (issue 11) | Mode | Measured | Goal | Status |", "|---|---|---|---|---|"]
+    base_l = mpi_lat(d, "vader", MPI_TARGET_LAT_SIZE)
+    base_b = mpi_bw(d, "vader", MPI_TARGET_BW_SIZE)
+    for mode in MPI_FV0_MODES:
+        goal_l = f"≤ {MPI_TARGET_LAT_X:g}×" if mode == "semi" else "(semi's target, for comparison)"
+        goal_b = f"≥ {MPI_TARGET_BW_PCT:.0f} %" if mode == "semi" else "(semi's target, for comparison)"
+        what_l = f"NetPIPE 8 B one-way latency ≤ {MPI_TARGET_LAT_X:g}× vader"
+        what_b = f"NetPIPE 8 MiB bandwidth ≥ {MPI_TARGET_BW_PCT:.0f} % of vader"
+        if not mpi_available(d, mode):
+            msg = mpi_meta(d)["modes"][mode].get("message", f"{mode}: not available")
+            out.append(f"| {what_l} | {mode} | – | {goal_l} | {msg} |")
+            out.append(f"| {what_b} | {mode} | – | {goal_b} | {msg} |")
+            continue
+        lat, bw = mpi_ratios(d, mode)
+        v = mpi_lat(d, mode, MPI_TARGET_LAT_SIZE)
+        meas = f"{fmt(v)} µs = {times(lat)} vader ({fmt(base_l)} µs)" if lat is not None else "–"
+        st = status(lat, MPI_TARGET_LAT_X, True) if mode == "semi" else "–"
+        out.append(f"| {what_l} | {mode} | {meas} | {goal_l} | {st} |")
+        v = mpi_bw(d, mode, MPI_TARGET_BW_SIZE)
+        meas = f"{fmt(v)} GB/s = {pct(bw)} of vader ({fmt(base_b)} GB/s)" if bw is not None else "–"
+        st = status(bw, MPI_TARGET_BW_PCT, False) if mode == "semi" else "–"
+        out.append(f"| {what_b} | {mode} | {meas} | {goal_b} | {st} |")
+    return "\n".join(out)
+
+
+def mpi_lat_table(d):
+    out = ["| Size | " + " | ".join(MPI_LABEL[m] for m in MPI_MODES)
+           + " | semi ÷ vader | isolated ÷ vader | TCP ÷ vader |",
+           "|" + "---:|" * (1 + len(MPI_MODES) + 3)]
+    for s in MPI_LAT_SIZES:
+        v = {m: mpi_lat(d, m, s) for m in MPI_MODES}
+        out.append(f"| {human_size(s)} | " + " | ".join(fmt(v[m]) for m in MPI_MODES) + " | "
+                   + " | ".join(times(ratio(v[m], v["vader"])) for m in ("semi", "isolated", "tcp")) + " |")
+    return "\n".join(out)
+
+
+def mpi_bw_table(d):
+    out = ["| Size | " + " | ".join(MPI_LABEL[m] for m in MPI_MODES)
+           + " | semi ÷ vader | isolated ÷ vader | TCP ÷ vader |",
+           "|" + "---:|" * (1 + len(MPI_MODES) + 3)]
+    for s in MPI_BW_SIZES:
+        v = {m: mpi_bw(d, m, s) for m in MPI_MODES}
+        r = {m: ratio(v[m], v["vader"]) for m in MPI_MODES}
+        out.append(f"| {human_size(s)} | " + " | ".join(fmt(v[m]) for m in MPI_MODES) + " | "
+                   + " | ".join(pct(r[m] * 100) if r[m] is not None else "–" for m in ("semi", "isolated", "tcp"))
+                   + " |")
+    return "\n".join(out)
+
+
+def mpi_paths_table(d):
+    paths = (mpi_meta(d) or {}).get("paths", {})
+    out = ["| Runs | Mode | Expected path | Runs only on it | Requests moved: semi / router / link |",
+           "|---|---|---|---:|---|"]
+    for tool in ("netpipe", "ucx_perftest"):
+        for mode in MPI_FV0_MODES:
+            p = paths.get(tool, {}).get(mode)
+            if not p:
+                continue
+            want = "semi" if mode == "semi" else "router"
+            ok = f"{p['ok']}/{p['runs']}" + ("" if p["ok"] == p["runs"] else " **(mismatch)**")
+            mv = p["moved"]
+            out.append(f"| {'NetPIPE' if tool == 'netpipe' else 'ucx_perftest'} | {mode} | {want} | {ok} | "
+                       f"{mv.get('semi', 0)} / {mv.get('router', 0)} / {mv.get('link', 0)} |")
+    return "\n".join(out)
+
+
+def mpi_ucx_table(d):
+    out = ["| Test | Size | " + " | ".join(UCX_LABEL[m] for m in UCX_MODES) + " | semi vs sm | isolated vs sm |",
+           "|---|" + "---:|" * (1 + len(UCX_MODES) + 2)]
+    for test, metric, unit in (("ucx_tag_lat", "latency_us", "µs, one-way, median"), ("ucx_tag_bw", "bw", "GB/s")):
+        sizes = sorted({s for m in UCX_MODES for s, _ in d.series(test, m, metric)})
+        for s in sizes:
+            v = {m: d.get(test, m, s, metric) for m in UCX_MODES}
+            if metric == "bw":
+                rs = [pct(ratio(v[m], v["sm"]) * 100) if ratio(v[m], v["sm"]) is not None else "–"
+                      for m in MPI_FV0_MODES]
+            else:
+                rs = [times(ratio(v[m], v["sm"])) for m in MPI_FV0_MODES]
+            out.append(f"| {test[4:]} ({unit}) | {human_size(s)} | " + " | ".join(fmt(v[m]) for m in UCX_MODES)
+                       + " | " + " | ".join(rs) + " |")
+    return "\n".join(out)
+
+
+def mpi_section(d):
+    m = mpi_meta(d)
+    L = ["## MPI: NetPIPE over Open MPI, ucx_perftest (issue 11)", ""]
+    if m.get("date"):
+        v = m.get("versions", {})
+        L.append(f"Measured {m['date']} ({m.get('duration_s', '?')} s; load average `{m.get('loadavg_start', '?')}` "
+                 f"at start, `{m.get('loadavg_end', '?')}` at end); flowverbs `{v.get('flowverbs_git', '?')}`, "
+                 f"netpipe-openmpi {v.get('netpipe-openmpi', '?')}, openmpi-bin {v.get('openmpi-bin', '?')}, "
+                 f"ucx-utils {v.get('ucx-utils', '?')}. Reported, not asserted.")
+        runs = m.get("netpipe_runs", [])
+        loads = [x for r in runs for x in r.get("loadavg_1min", [])]
+        if loads:
+            L[-1] += (f" 1-minute load average before and after the NetPIPE runs: {min(loads):.2f} to "
+                      f"{max(loads):.2f} (the two busy-polling ranks alone make about 2; more means other "
+                      "work shared the CPUs).")
+        L.append("")
+    for key in ("netpipe_message", "ucx_message"):
+        if m.get(key):
+            L.append(f"- **{m[key]}**")
+    for mode in MPI_FV0_MODES:
+        if not mpi_available(d, mode):
+            L.append(f"- **{m['modes'][mode].get('message')}**")
+    if L[-1].startswith("- "):
+        L.append("")
+    L.append(mpi_summary(d))
+    L.append("")
+    L.append(mpi_targets_table(d))
+    L.append("")
+    spread = mpi_spread_table(d)
+    if spread:
+        L.append("The values are medians of the runs; their spread at the targets' sizes:")
+        L.append("")
+        L.append(spread)
+        L.append("")
+    L.append("### NetPIPE one-way latency (µs)")
+    L.append("")
+    L.append("Half the round trip of a ping-pong, NetPIPE's best of 3 trials, median of the runs.")
+    L.append("")
+    L.append(mpi_lat_table(d))
+    L.append("")
+    L.append("### NetPIPE bandwidth (GB/s)")
+    L.append("")
+    L.append("Size ÷ one-way time (NetPIPE's ping-pong throughput), GB = 10^9 B.")
+    L.append("")
+    L.append(mpi_bw_table(d))
+    L.append("")
+    L.append("### Data paths of the fv0 runs")
+    L.append("")
+    L.append("Requests (sends, writes, reads, atomics, errors) each path moved during the runs, from the "
+             "router's counters (`flowverbs status --json`, before and after each run). Semi mode must move "
+             "only on the semi path, isolated only on the router's; a fallback shows here and in the "
+             "`path_ok` rows of results.csv.")
+    L.append("")
+    L.append(mpi_paths_table(d))
+    L.append("")
+    if any(r["test"] in ("ucx_tag_lat", "ucx_tag_bw") for r in d.rows):
+        L.append("### ucx_perftest, UCP tag matching")
+        L.append("")
+        L.append("`tag_lat`: one-way latency (half the round trip), 50th percentile, median of the runs; "
+                 "`tag_bw`: overall bandwidth (ucx_perftest's MB/s are 2^20 B/s; shown in GB = 10^9 B). "
+                 "semi vs sm: latency as a multiple, bandwidth as a percentage of UCX over shared memory.")
+        L.append("")
+        L.append(mpi_ucx_table(d))
+        L.append("")
+    L.append("![MPI bandwidth and latency vs message size](mpi.png)")
+    L.append("")
+    L.append("How it was measured:")
+    L.append("")
+    L.append(f"- NetPIPE: {m.get('plan', {}).get('netpipe', '?')}. The fv0 modes each have their own router "
+             "(`flowverbs router --mode semi|isolated`), started by the harness. Command lines:")
+    for mode in MPI_MODES:
+        c = m.get("commands", {}).get(mode)
+        if c:
+            L.append(f"  - {mode}: `{c}`")
+    L.append(f"- ucx_perftest: {m.get('plan', {}).get('ucx', '?')}; server and client on 127.0.0.1, "
+             "latency runs pinned to CPUs 0 and 1 (`taskset`), bandwidth runs not. Command lines:")
+    for k, c in m.get("ucx_commands", {}).items():
+        L.append(f"  - {k}: `{c}`")
+    L.append("- Open MPI binds rank 0 to core 0 and rank 1 to core 1 (`--bind-to core`); the router is not "
+             "pinned and shares the two CPUs with the ranks.")
+    L.append("")
+    return "\n".join(L)
+
+
+def mpi_plot(d, out_dir):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"semi": "tab:red", "isolated": "tab:blue", "vader": "black", "tcp": "grey"}
+    styles = {"semi": "-", "isolated": "-", "vader": "--", "tcp": ":"}
+    fig, (ax_bw, ax_lat) = plt.subplots(1, 2, figsize=(14, 6.2))
+    for mode in MPI_MODES:
+        bw = d.series("netpipe", mode, "bw")
+        lat = d.series("netpipe", mode, "latency_us")
+        if bw:
+            ax_bw.plot(*zip(*bw), color=colors[mode], ls=styles[mode], marker=".", ms=5, label=MPI_LABEL[mode])
+        if lat:
+            ax_lat.plot(*zip(*lat), color=colors[mode], ls=styles[mode], marker=".", ms=5, label=MPI_LABEL[mode])
+        lo = dict(d.series("netpipe", mode, "latency_us_min"))
+        hi = dict(d.series("netpipe", mode, "latency_us_max"))
+        xs = sorted(set(lo) & set(hi))
+        if xs:  # the spread of the runs, shaded
+            ax_lat.fill_between(xs, [lo[x] for x in xs], [hi[x] for x in xs], color=colors[mode], alpha=0.12, lw=0)
+            ax_bw.fill_between(xs, [x / hi[x] / 1e3 for x in xs], [x / lo[x] / 1e3 for x in xs],
+                               color=colors[mode], alpha=0.12, lw=0)
+    vb = mpi_bw(d, "vader", MPI_TARGET_BW_SIZE)
+    if vb:
+        ax_bw.plot([MPI_TARGET_BW_SIZE], [vb * MPI_TARGET_BW_PCT / 100], ls="none", marker="P", ms=11,
+                   color="tab:red", alpha=0.6, label=f"target semi: 8 MiB ≥ {MPI_TARGET_BW_PCT:.0f}% of vader")
+    vl = mpi_lat(d, "vader", MPI_TARGET_LAT_SIZE)
+    if vl:
+        ax_lat.plot([MPI_TARGET_LAT_SIZE], [vl * MPI_TARGET_LAT_X], ls="none", marker="P", ms=11,
+                    color="tab:red", alpha=0.6, label=f"target semi: 8 B ≤ {MPI_TARGET_LAT_X:g}× vader")
+    sizes = sorted({s for m in MPI_MODES for s, _ in d.series("netpipe", m, "bw")}) or [1, 1 << 23]
+    ticks = [1 << i for i in range(0, 24, 2) if sizes[0] <= (1 << i) <= sizes[-1]]
+    date = (mpi_meta(d) or {}).get("date", d.meta.get("date", ""))
+    for ax, ylabel, title in ((ax_bw, "bandwidth (GB/s, 10^9 B/s)", "NetPIPE bandwidth"),
+                              (ax_lat, "one-way latency (µs)", "NetPIPE one-way latency")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([human_size(t).replace(" ", "\u202f") for t in ticks], rotation=45, ha="right")
+        ax.minorticks_off()
+        ax.set_xlabel("message size")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="major", alpha=0.35)
+    ax_bw.legend(loc="lower right", fontsize=8, framealpha=0.9)
+    ax_lat.legend(loc="upper left", fontsize=8, framealpha=0.9)
+    fig.suptitle(f"Open MPI, 2 ranks on one host: median of the runs, shaded: min–max of the runs; {date}",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "mpi.png"), dpi=110)
+    plt.close(fig)
+
+
 def write_md(d, out_dir):
     m = d.meta
     h = m["host"]
@@ -259,9 +581,14 @@ def write_md(d, out_dir):
              f"load average at start `{h['loadavg_start']}`, at end `{h.get('loadavg_end', '?')}`. "
              f"flowverbs `{v['flowverbs_git']}`, perftest {v['perftest']}, iperf3 {v['iperf3']}, qperf {v['qperf']}.")
     L.append("")
+    for u in m.get("updates", []):
+        L.append(f"The sections of the {', '.join(u['steps'])} step(s) come from a later run: `{u['command']}` "
+                 f"at {u['date']} ({u.get('duration_s', '?')} s, flowverbs `{u.get('flowverbs_git', '?')}`).")
+        L.append("")
     if m.get("interrupted"):
         L.append(f"**The run was interrupted ({m['interrupted']}); the tables hold what was measured.**")
         L.append("")
+    perf = d.has_perftest()
     for mode in d.modes():
         if not d.available(mode):
             L.append(f"- **{d.unavailable_msg(mode)}**")
@@ -269,16 +596,20 @@ def write_md(d, out_dir):
         L.append(f"- **{d.crosshost_msg()}**")
     if any(not d.available(x) for x in d.modes()) or (d.crosshost() is not None and not d.crosshost_available()):
         L.append("")
-    L.append("## Targets")
-    L.append("")
-    L.append("Reported, not asserted. GB = 10^9 bytes; µs = microseconds.")
-    L.append("")
-    L.append(targets_table(d))
-    L.append("")
-    L.append("## Limits of this machine")
-    L.append("")
-    L.append(limits_section(d))
-    L.append("")
+    if perf:
+        L.append("## Targets")
+        L.append("")
+        L.append("Reported, not asserted. GB = 10^9 bytes; µs = microseconds.")
+        L.append("")
+        L.append(targets_table(d))
+        L.append("")
+        if mpi_ran(d):
+            L.append(mpi_summary(d))
+            L.append("")
+        L.append("## Limits of this machine")
+        L.append("")
+        L.append(limits_section(d))
+        L.append("")
     for mode in d.modes():
         if not d.available(mode):
             continue
@@ -310,48 +641,57 @@ def write_md(d, out_dir):
         L.append("")
         L.append(crosshost_table(d))
         L.append("")
-    L.append("## Router CPU (% of one core)")
-    L.append("")
-    L.append("From utime + stime in /proc/<pid>/stat. Idle: a router with no client for the idle period. "
-             "During a test: router CPU time / wall time summed over that test's runs (including connection setup). "
-             "Resolution: one clock tick (10 ms) over the idle period, i.e. 0.1 % for 10 s.")
-    L.append("")
-    L.append(router_cpu_table(d))
-    L.append("")
+    if perf:
+        L.append("## Router CPU (% of one core)")
+        L.append("")
+        L.append("From utime + stime in /proc/<pid>/stat. Idle: a router with no client for the idle period. "
+                 "During a test: router CPU time / wall time summed over that test's runs (including connection "
+                 "setup). Resolution: one clock tick (10 ms) over the idle period, i.e. 0.1 % for 10 s.")
+        L.append("")
+        L.append(router_cpu_table(d))
+        L.append("")
+    if mpi_ran(d):
+        L.append(mpi_section(d))
+    elif mpi_meta(d):
+        L.append(f"- **{mpi_meta(d).get('message', 'MPI: not run')}**")
+        L.append("")
     fails = d.failures()
     mode_fail = [(mo, f) for mo in d.modes() for f in d.meta["modes"].get(mo, {}).get("failures", [])]
     mode_fail += [(CROSSHOST, f) for f in (d.crosshost() or {}).get("failures", [])]
+    mode_fail += [(MPI, f) for f in (mpi_meta(d) or {}).get("failures", [])]
     if fails or mode_fail:
         L.append("## Failed runs")
         L.append("")
         for r in fails:
-            L.append(f"- {r['test']} {r['mode']} {r['size_bytes']} B: {r['value']} of {r['repeats']} runs failed; last: {r['note']}")
+            size = f" {r['size_bytes']} B" if r["size_bytes"] else ""
+            L.append(f"- {r['test']} {r['mode']}{size}: {r['value']} of {r['repeats']} runs failed; last: {r['note']}")
         for mo, f in mode_fail:
             if not any(f.endswith(r["note"]) for r in fails):
                 L.append(f"- {mo}: {f}")
         L.append("")
-    L.append("## Plots")
-    L.append("")
-    L.append("![bandwidth vs message size](bw.png)")
-    L.append("")
-    L.append("![latency vs message size](lat.png)")
-    L.append("")
-    L.append("## Method")
-    L.append("")
-    L.append(f"- Bandwidth runs: {m['plan']['bw']}. Latency runs: {m['plan']['lat']}.")
-    L.append("- Each perftest run is a fresh server and client process pair on 127.0.0.1 (`flowverbs exec`), "
-             "unmodified Debian perftest, against a router started by the harness in its own runtime directory. "
-             "Nothing is pinned: the router and both perftest processes share the machine's CPUs, "
-             "as an application would.")
-    L.append("- memcpy: one thread pinned to one CPU, two page-aligned buffers written once, repeated "
-             "`memcpy` through a function pointer, median of the trials. Buffers stay warm in the caches where "
-             "they fit, so small and mid sizes show cache bandwidth, large sizes L3/DRAM bandwidth.")
-    L.append("- Cross-core latency: two threads pinned to two CPUs alternately write one 64-byte-aligned line; "
-             "one-way = half the round trip; median of the trials.")
-    if d.crosshost() is not None:
-        L.append("- Cross-host: the same perftest runs through `ip netns exec NS flowverbs exec`, each side with "
-                 "its own host's router (started with `nsenter --net`), GID index 0 (`-x 0`, the namespace's "
-                 "address); router CPU is the sum of both routers.")
+    if perf:
+        L.append("## Plots")
+        L.append("")
+        L.append("![bandwidth vs message size](bw.png)")
+        L.append("")
+        L.append("![latency vs message size](lat.png)")
+        L.append("")
+        L.append("## Method")
+        L.append("")
+        L.append(f"- Bandwidth runs: {m['plan']['bw']}. Latency runs: {m['plan']['lat']}.")
+        L.append("- Each perftest run is a fresh server and client process pair on 127.0.0.1 (`flowverbs exec`), "
+                 "unmodified Debian perftest, against a router started by the harness in its own runtime directory. "
+                 "Nothing is pinned: the router and both perftest processes share the machine's CPUs, "
+                 "as an application would.")
+        L.append("- memcpy: one thread pinned to one CPU, two page-aligned buffers written once, repeated "
+                 "`memcpy` through a function pointer, median of the trials. Buffers stay warm in the caches where "
+                 "they fit, so small and mid sizes show cache bandwidth, large sizes L3/DRAM bandwidth.")
+        L.append("- Cross-core latency: two threads pinned to two CPUs alternately write one 64-byte-aligned line; "
+                 "one-way = half the round trip; median of the trials.")
+        if d.crosshost() is not None:
+            L.append("- Cross-host: the same perftest runs through `ip netns exec NS flowverbs exec`, each side with "
+                     "its own host's router (started with `nsenter --net`), GID index 0 (`-x 0`, the namespace's "
+                     "address); router CPU is the sum of both routers.")
     L.append("- Raw outputs of every run are in `raw/` of the dated result directory (not copied to `latest/`).")
     L.append("")
     with open(os.path.join(out_dir, "results.md"), "w") as f:
@@ -486,7 +826,10 @@ def main():
     d = Data(out_dir)
     write_md(d, out_dir)
     try:
-        plots(d, out_dir)
+        if d.has_perftest():
+            plots(d, out_dir)
+        if mpi_ran(d) and any(r["test"] == "netpipe" for r in d.rows):
+            mpi_plot(d, out_dir)
     except ImportError as e:
         print(f"report.py: no plots ({e}); install python3-matplotlib", file=sys.stderr)
         return 1

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# flowverbs performance harness (issues 4, 5): one command.
+# flowverbs performance harness (issues 4, 5, 11): one command.
 #
-#   sudo bash perftest-harness/run.sh [--quick] [--modes isolated,semi] [--no-crosshost] [--out DIR]
+#   sudo bash perftest-harness/run.sh [--quick] [--modes isolated,semi] [--no-crosshost]
+#                                     [--no-mpi] [--only STEPS] [--out DIR]
 #
 # Installs what it needs (Debian packages, Rust through scripts/setup.sh),
 # builds flowverbs in release mode, then runs bench.py: perftest
 # ib_{send,write,read}_{bw,lat} on fv0 for each router mode, the machine's
 # limits (memcpy, cross-core latency, TCP loopback), the router's CPU use,
-# and cross-host ib_send_bw vs iperf3 between two namespaces, a router each.
+# cross-host ib_send_bw vs iperf3 between two namespaces, a router each, and
+# MPI: NetPIPE over Open MPI (pml ucx on fv0 semi/isolated, vader, TCP) and
+# ucx_perftest tag matching. STEPS: limits,modes,crosshost,mpi (e.g. --only mpi).
 # Results: perftest-harness/results/<date>/ and a copy in results/latest/.
 # The build honours CARGO_TARGET_DIR. Never fails on a timing.
 set -euo pipefail
@@ -18,7 +21,7 @@ cd "$repo"
 for a in "$@"; do
     case "$a" in
     -h | --help)
-        sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     esac
@@ -31,7 +34,7 @@ fi
 
 echo "== setup (packages, Rust)" >&2
 bash scripts/setup.sh
-packages=(perftest iperf3 qperf python3-matplotlib build-essential)
+packages=(perftest iperf3 qperf python3-matplotlib build-essential netpipe-openmpi openmpi-bin ucx-utils)
 missing=()
 for p in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
