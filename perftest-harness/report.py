@@ -681,8 +681,9 @@ def write_md(d, out_dir):
         L.append(f"- Bandwidth runs: {m['plan']['bw']}. Latency runs: {m['plan']['lat']}.")
         L.append("- Each perftest run is a fresh server and client process pair on 127.0.0.1 (`flowverbs exec`), "
                  "unmodified Debian perftest, against a router started by the harness in its own runtime directory. "
-                 "Nothing is pinned: the router and both perftest processes share the machine's CPUs, "
-                 "as an application would.")
+                 "Latency runs pin the server to CPU 0 and the client to CPU 1 (`taskset`, as the core "
+                 "latency is measured); bandwidth runs are not pinned. The router is never pinned: it shares "
+                 "the machine's CPUs with the perftest processes, as with an application.")
         L.append("- memcpy: one thread pinned to one CPU, two page-aligned buffers written once, repeated "
                  "`memcpy` through a function pointer, median of the trials. Buffers stay warm in the caches where "
                  "they fit, so small and mid sizes show cache bandwidth, large sizes L3/DRAM bandwidth.")
