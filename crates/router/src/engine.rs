@@ -342,6 +342,7 @@ impl Engine {
         if qp.srq == 0 {
             qp.rq_consumer = qp.rq_consumer.wrapping_add(1);
             qp.header().rq.publish_consumer(qp.rq_consumer);
+            qp.header().rq_router_waiting.receives_taken();
         }
     }
 
@@ -357,6 +358,7 @@ impl Engine {
             let max_sge = qp.caps.max_recv_sge;
             let taken = qp.header().rq.take(&qp.rq);
             if let Take::Taken { index, .. } = taken {
+                qp.header().rq_router_waiting.receives_taken();
                 let qp = self.tables.qps.get_mut(&h).expect("qp");
                 qp.rq_consumer = index.wrapping_add(1);
             }
@@ -368,7 +370,7 @@ impl Engine {
         let (taken, max_sge) = (srq.header().rq.take(&srq.ring), srq.max_sge);
         let crossed = match taken {
             Take::Taken { remaining, .. } => {
-                srq.header().receives_taken();
+                srq.header().router_waiting.receives_taken();
                 srq.header()
                     .disarm_limit(remaining, receive::srq_limit_reached)
             }
@@ -561,8 +563,9 @@ impl Engine {
     fn rnr_stall(&self, ha: u32, hb: u32, now: Instant) -> Stall {
         let a = &self.tables.qps[&ha];
         let b = &self.tables.qps[&hb];
-        if let Some(srq) = self.tables.srqs.get(&b.srq) {
-            srq.header().wait_for_receives();
+        match self.tables.srqs.get(&b.srq) {
+            Some(srq) => srq.header().router_waiting.wait_for_receives(),
+            None => b.header().rq_router_waiting.wait_for_receives(),
         }
         Stall::Retry {
             deadline: qp_state::rnr_deadline(now, a.attr.rnr_retry, b.attr.min_rnr_timer),

@@ -64,6 +64,9 @@ pub struct QpHeader {
     pub max_recv_sge: AtomicU32,
     /// Its Q_Key (UD).
     pub qkey: AtomicU32,
+    /// Whether a request on the router's path waits for a receive of
+    /// its own receive queue.
+    pub rq_router_waiting: RouterWaiting,
     /// What this QP's own provider moved on the semi path as a requester
     /// (only that provider writes them; `flowverbs status` reports them).
     pub semi_moved: MovedCounters,
@@ -129,6 +132,45 @@ pub enum MovedKind {
     Atomic,
 }
 
+/// Whether the router waits for receives of a queue (a QP's own or an
+/// SRQ): set while a request on its path found the queue empty (receiver
+/// not ready), cleared when it takes a receive. Only then does posting a
+/// receive ring its doorbell: semi senders take receives themselves, a
+/// datagram without a receive is dropped, and a sleeping router woken for
+/// nothing costs the poster's core a reschedule.
+///
+/// The router sets it before its last look at the rings before it sleeps
+/// (its passes run the waiting request again), and the poster publishes
+/// its receive before it reads the flag, each with a full fence between:
+/// either the router sees the new receive or the poster sees the flag
+/// (store buffering, as for the doorbell itself).
+#[repr(transparent)]
+#[derive(Default)]
+pub struct RouterWaiting(AtomicU32);
+
+impl RouterWaiting {
+    /// Router: a request waits for a receive of this queue.
+    pub fn wait_for_receives(&self) {
+        if self.0.load(Ordering::Relaxed) == 0 {
+            self.0.store(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Router: it took a receive; whoever still waits sets the flag again
+    /// on its next try.
+    pub fn receives_taken(&self) {
+        if self.0.load(Ordering::Relaxed) != 0 {
+            self.0.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Poster, after publishing receives: must the router be woken?
+    pub fn router_waits(&self) -> bool {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.0.load(Ordering::Relaxed) != 0
+    }
+}
+
 /// SRQ segment header. Several consumers take receives from one SRQ: the
 /// router, and in semi mode the providers of senders to its QPs; each
 /// takes with [`RingIndices::take`] (compare-and-swap of `rq.consumer`).
@@ -144,40 +186,12 @@ pub struct SrqHeader {
     pub limit_event_pending: AtomicU32,
     /// The SRQ's `max_sge`, written by the router at creation.
     pub max_sge: AtomicU32,
-    /// Set by the router while a request on its path waits for a receive
-    /// of this SRQ (receiver not ready), cleared when it takes one: only
-    /// then does posting a receive ring its doorbell (semi senders take
-    /// receives themselves, and a sleeping router woken for nothing costs
-    /// the poster's core a reschedule). See [`SrqHeader::router_waits`].
-    pub router_waiting: AtomicU32,
+    /// Whether a request on the router's path waits for one of its
+    /// receives.
+    pub router_waiting: RouterWaiting,
 }
 
 impl SrqHeader {
-    /// Router: a request waits for a receive of this SRQ. Called before
-    /// the router's last look at the rings before it sleeps (its passes
-    /// run the waiting request again), so with the poster's fence in
-    /// [`SrqHeader::router_waits`] either the router sees the new receive
-    /// or the poster sees this flag (store buffering, as for the doorbell).
-    pub fn wait_for_receives(&self) {
-        if self.router_waiting.load(Ordering::Relaxed) == 0 {
-            self.router_waiting.store(1, Ordering::SeqCst);
-        }
-    }
-
-    /// Router: it took a receive; whoever still waits sets the flag again
-    /// on its next try.
-    pub fn receives_taken(&self) {
-        if self.router_waiting.load(Ordering::Relaxed) != 0 {
-            self.router_waiting.store(0, Ordering::Relaxed);
-        }
-    }
-
-    /// Poster, after publishing receives: must the router be woken?
-    pub fn router_waits(&self) -> bool {
-        std::sync::atomic::fence(Ordering::SeqCst);
-        self.router_waiting.load(Ordering::Relaxed) != 0
-    }
-
     /// After a take that left `remaining` receives: true if this caller
     /// disarmed the limit (`crossed(remaining, limit)`, the verbs rule) and
     /// so must raise the event; at most one caller per arming does.

@@ -249,14 +249,14 @@ pub(super) struct RecvRing<'a> {
 
 /// Whether posting receives wakes the router.
 pub(super) enum WakeRouter<'a> {
-    /// The router takes these receives (isolated mode; a QP in the error
-    /// state, whose receives it flushes).
+    /// A QP in the error state: the router flushes its receives.
     Always,
     /// Semi senders take them, or nobody waits for them (UD: a datagram
     /// without a receive is dropped).
     Never,
-    /// An SRQ: only while a request on the router's path waits for one.
-    IfWaiting(&'a SrqHeader),
+    /// Only while a request on the router's path waits for one (a QP's
+    /// own queue in isolated mode, an SRQ).
+    IfWaiting(&'a flowverbs_wire::segment::RouterWaiting),
 }
 
 /// Posts a chain of receive work requests; `refuse` (if non-zero) is the
@@ -319,7 +319,7 @@ pub(super) fn post_receives(
         let wake = match q.wake_router {
             WakeRouter::Always => true,
             WakeRouter::Never => false,
-            WakeRouter::IfWaiting(srq) => srq.router_waits(),
+            WakeRouter::IfWaiting(w) => w.router_waits(),
         };
         if wake {
             ctx.ring_doorbell();
@@ -337,7 +337,10 @@ pub(super) unsafe extern "C" fn post_recv(
         // SAFETY: qp is ours.
         let fqp = unsafe { FvQp::from_ibv(qp) };
         // SAFETY: reading the ibv_qp we filled in create_qp.
-        let has_srq = unsafe { !fqp.vqp.__bindgen_anon_1.qp.srq.is_null() };
+        let (has_srq, ud) = unsafe {
+            let q = &fqp.vqp.__bindgen_anon_1.qp;
+            (!q.srq.is_null(), q.qp_type == IBV_QPT_UD)
+        };
         let refuse = if has_srq || fqp.current_state() == IBV_QPS_RESET {
             libc::EINVAL
         } else {
@@ -354,12 +357,10 @@ pub(super) unsafe extern "C" fn post_recv(
                 WakeRouter::Never
             } else if fqp.current_state() == IBV_QPS_ERR {
                 WakeRouter::Always
-            } else if fqp.datagrams.is_some()
-                || fqp.semi.lock().unwrap_or_else(|e| e.into_inner()).is_some()
-            {
+            } else if ud || fqp.semi.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
                 WakeRouter::Never
             } else {
-                WakeRouter::Always
+                WakeRouter::IfWaiting(&fqp.header().rq_router_waiting)
             },
         };
         post_receives(q, fqp.context(), refuse, wr, bad_wr)

@@ -171,7 +171,7 @@ pub(super) unsafe extern "C" fn post_srq_recv(
             producer: &fsrq.producer,
             max_wr: fsrq.ring.capacity(),
             max_sge: fsrq.max_sge,
-            wake_router: WakeRouter::IfWaiting(fsrq.header()),
+            wake_router: WakeRouter::IfWaiting(&fsrq.header().router_waiting),
         };
         post_receives(q, fsrq.context(), 0, wr, bad_wr)
     })
