@@ -374,28 +374,26 @@ def mpi_targets_table(d):
     return "\n".join(out)
 
 
-def mpi_lat_table(d):
+def mpi_size_table(d, sizes, value, show_ratio):
+    """One row per size: each mode's value, then semi, isolated and TCP
+    against vader (shown by show_ratio, which gets None when missing)."""
     out = ["| Size | " + " | ".join(MPI_LABEL[m] for m in MPI_MODES)
            + " | semi ÷ vader | isolated ÷ vader | TCP ÷ vader |",
            "|" + "---:|" * (1 + len(MPI_MODES) + 3)]
-    for s in MPI_LAT_SIZES:
-        v = {m: mpi_lat(d, m, s) for m in MPI_MODES}
+    for s in sizes:
+        v = {m: value(d, m, s) for m in MPI_MODES}
         out.append(f"| {human_size(s)} | " + " | ".join(fmt(v[m]) for m in MPI_MODES) + " | "
-                   + " | ".join(times(ratio(v[m], v["vader"])) for m in ("semi", "isolated", "tcp")) + " |")
+                   + " | ".join(show_ratio(ratio(v[m], v["vader"])) for m in ("semi", "isolated", "tcp"))
+                   + " |")
     return "\n".join(out)
+
+
+def mpi_lat_table(d):
+    return mpi_size_table(d, MPI_LAT_SIZES, mpi_lat, times)
 
 
 def mpi_bw_table(d):
-    out = ["| Size | " + " | ".join(MPI_LABEL[m] for m in MPI_MODES)
-           + " | semi ÷ vader | isolated ÷ vader | TCP ÷ vader |",
-           "|" + "---:|" * (1 + len(MPI_MODES) + 3)]
-    for s in MPI_BW_SIZES:
-        v = {m: mpi_bw(d, m, s) for m in MPI_MODES}
-        r = {m: ratio(v[m], v["vader"]) for m in MPI_MODES}
-        out.append(f"| {human_size(s)} | " + " | ".join(fmt(v[m]) for m in MPI_MODES) + " | "
-                   + " | ".join(pct(r[m] * 100) if r[m] is not None else "–" for m in ("semi", "isolated", "tcp"))
-                   + " |")
-    return "\n".join(out)
+    return mpi_size_table(d, MPI_BW_SIZES, mpi_bw, lambda r: pct(r * 100) if r is not None else "–")
 
 
 def mpi_paths_table(d):
