@@ -55,14 +55,40 @@ pub fn provider_lib() -> PathBuf {
     lib
 }
 
-/// A fresh, empty, unique directory under the system temp dir.
-/// The caller removes it.
+/// A fresh, empty, unique directory under the system temp dir. Whatever
+/// of it is left when the test process exits (compiled programs, scripts,
+/// a killed router's files) is removed then.
 pub fn fresh_temp_dir(tag: &str) -> PathBuf {
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
     let dir = std::env::temp_dir().join(format!("fvt-{}-{}-{}", tag, std::process::id(), n));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    remove_at_exit(&dir);
     dir
+}
+
+/// Directories [`fresh_temp_dir`] made, removed by [`remove_temp_dirs`].
+static TEMP_DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+extern "C" fn remove_temp_dirs() {
+    if let Ok(dirs) = TEMP_DIRS.lock() {
+        for d in dirs.iter() {
+            let _ = fs::remove_dir_all(d);
+        }
+    }
+}
+
+fn remove_at_exit(dir: &Path) {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    // SAFETY: atexit with a function that neither unwinds nor calls exit;
+    // the test harness ends with exit(3), which runs it after every test.
+    REGISTER.call_once(|| unsafe {
+        libc::atexit(remove_temp_dirs);
+    });
+    TEMP_DIRS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(dir.to_owned());
 }
 
 /// A running `flowverbs router` with its own runtime directory.
