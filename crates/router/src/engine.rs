@@ -560,6 +560,9 @@ impl Engine {
         }
     }
 
+    /// Request `ha` waits for a receive of `hb` (receiver not ready): its
+    /// stall, and the flag that makes `hb`'s next receive post (or its
+    /// SRQ's) wake the router (`wire::segment::RouterWaiting`).
     fn rnr_stall(&self, ha: u32, hb: u32, now: Instant) -> Stall {
         let a = &self.tables.qps[&ha];
         let b = &self.tables.qps[&hb];

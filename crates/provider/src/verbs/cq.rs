@@ -171,9 +171,7 @@ pub(super) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, num_entries: i32, wc: *
         let mut consumer = fcq.consumer.lock().unwrap_or_else(|e| e.into_inner());
         let ring = CqRing::new(fcq.header(), fcq.ring);
         let mut n = 0u32;
-        // Completions from semi peers, before and after the last one the
-        // router produced in this batch (if any).
-        let (mut from_peers, mut from_router) = (0u32, None::<u32>);
+        let mut since_router = fcq.since_router.load(Ordering::Relaxed);
         while n < num_entries as u32 {
             let Some(c) = ring.peek(consumer.wrapping_add(n)) else {
                 break;
@@ -181,13 +179,11 @@ pub(super) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, num_entries: i32, wc: *
             if c.opcode < IBV_WC_RECV {
                 ctx.send_queues.retire(c.qp_num, c.sq_index);
             }
-            if c.from_router != 0 {
-                from_router = Some(0);
-            } else if let Some(k) = from_router.as_mut() {
-                *k += 1;
+            since_router = if c.from_router != 0 {
+                0
             } else {
-                from_peers += 1;
-            }
+                since_router.saturating_add(1)
+            };
             let w = ibv_wc {
                 wr_id: c.wr_id,
                 status: c.status,
@@ -210,14 +206,7 @@ pub(super) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, num_entries: i32, wc: *
             n += 1;
         }
         if n > 0 {
-            let since = match from_router {
-                Some(k) => k,
-                None => fcq
-                    .since_router
-                    .load(Ordering::Relaxed)
-                    .saturating_add(from_peers),
-            };
-            fcq.since_router.store(since, Ordering::Relaxed);
+            fcq.since_router.store(since_router, Ordering::Relaxed);
             *consumer = consumer.wrapping_add(n);
             fcq.header().ring.publish_consumer(*consumer);
             fcq.empty_polls
