@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
 
 use super::ffi::{guard, null_with};
+use super::nic::NicContext;
 use super::semi::SemiContext;
 use super::send_slots::SendQueues;
 use super::verbs;
@@ -39,6 +40,8 @@ pub struct ContextInner {
     pub send_queues: SendQueues,
     /// Semi mode (the router said so at Hello): see `provider::semi`.
     pub semi: Option<SemiContext>,
+    /// Semi mode over a NIC (the router named one at Hello): `provider::nic`.
+    pub nic: Option<NicContext>,
     /// The thread that serves the router's events and notices its death.
     watcher: Option<Watcher>,
 }
@@ -187,14 +190,15 @@ fn connect(device: *mut ibv_device) -> Result<Connected, Errno> {
     drop(router_end);
     let (reply, mut fds) =
         control::recv::<Reply>(sock.as_fd(), MsgFlags::empty()).map_err(wire_errno)?;
-    let (gid, seg_size, cmd_file) = match reply {
+    let (gid, seg_size, cmd_file, nic) = match reply {
         Reply::Hello {
             gid,
             session_segment_size,
             cmd_file,
             semi,
+            nic,
             ..
-        } if fds.len() == 2 + usize::from(semi) => (gid, session_segment_size, cmd_file),
+        } if fds.len() == 2 + usize::from(semi) => (gid, session_segment_size, cmd_file, nic),
         Reply::Error { errno, message } => {
             fv_log!(1, "router refused the session: {message}");
             return Err(errno);
@@ -246,6 +250,7 @@ fn connect(device: *mut ibv_device) -> Result<Connected, Errno> {
     Ok(Connected {
         inner: ContextInner {
             send_queues: SendQueues::default(),
+            nic: nic.filter(|_| key_table.is_some()).map(NicContext::new),
             semi: key_table.map(SemiContext::new),
             client: Mutex::new(sock),
             session,

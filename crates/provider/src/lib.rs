@@ -11,11 +11,14 @@
 //! - [`send_slots`]: send-queue occupancy as applications see it.
 //! - [`arena`], [`semi`]: semi mode (registered pages in a shared memfd;
 //!   the sender's data path).
+//! - [`nic`]: semi mode over a real NIC (fv0 objects backed by the real
+//!   device's, the data path on the vendor provider).
 
 pub mod arena;
 pub mod context;
 pub mod ffi;
 pub mod log;
+pub mod nic;
 pub mod semi;
 pub mod send_slots;
 pub mod verbs;

@@ -81,7 +81,10 @@ pub fn handle(
             length,
             access,
             runs,
-        } => pd_mr::reg_mr(engine, session, pd, addr, length, access, runs, fds),
+            nic_key,
+        } => pd_mr::reg_mr(
+            engine, session, pd, addr, length, access, runs, nic_key, fds,
+        ),
         Request::DeregMr { mr } => pd_mr::dereg_mr(engine, session, mr),
         Request::CreateCq {
             cqe,
@@ -98,8 +101,9 @@ pub fn handle(
             caps,
             sq_sig_all,
             cookie,
+            nic_qpn,
         } => qp::create_qp(
-            engine, session, pd, qp_type, send_cq, recv_cq, srq, caps, sq_sig_all, cookie,
+            engine, session, pd, qp_type, send_cq, recv_cq, srq, caps, sq_sig_all, cookie, nic_qpn,
         ),
         Request::CreateSrq {
             pd,

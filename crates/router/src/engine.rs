@@ -46,6 +46,8 @@ pub struct Engine {
     pub key_table: Option<super::semi::KeyTable>,
     /// Semi mode: which sessions share memory.
     pub semi_share: super::semi::SemiShare,
+    /// Semi mode over a NIC (`router::nic_path`).
+    pub nic: Option<super::nic_path::NicPaths>,
     /// Since start: sessions, QPs, and what closed QPs moved.
     pub totals: flowverbs_wire::control::RouterTotals,
 }
@@ -129,6 +131,7 @@ impl Engine {
             remote: remote::Remote::default(),
             key_table: None,
             semi_share: Default::default(),
+            nic: None,
             totals: Default::default(),
         }
     }
@@ -1082,7 +1085,9 @@ impl Engine {
         let Some(q) = self.tables.qps.get(&h) else {
             return QpPath::Router;
         };
-        if q.semi {
+        if q.on_nic {
+            QpPath::Nic
+        } else if q.semi {
             QpPath::Semi
         } else if q.kind != QpKind::Ud
             && q.attr.ah_attr.is_global

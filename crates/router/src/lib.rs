@@ -8,6 +8,8 @@ pub mod identity;
 pub mod limits;
 pub mod link;
 pub mod memory;
+pub mod nic;
+pub mod nic_path;
 pub mod objects;
 pub mod registry;
 pub mod semi;
@@ -43,6 +45,12 @@ pub struct Config {
     pub link: link::LinkPolicy,
     /// Semi mode: which processes share memory (`semi::SemiShare`).
     pub semi_share: semi::SemiShare,
+    /// Semi mode: the real device that carries connected QPs to other
+    /// hosts (`nic`); None: the link carries them.
+    pub nic: Option<nic::Nic>,
+    /// Semi mode over a NIC: QPs between two processes of this host go
+    /// over the NIC too (loopback), not through shared memory. For tests.
+    pub nic_loopback: bool,
 }
 
 /// Runs the router in the foreground until SIGTERM or SIGINT.

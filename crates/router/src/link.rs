@@ -178,6 +178,8 @@ pub struct Peer {
     backoff: Duration,
     /// Logged that it cannot be reached (logged once per outage).
     told_unreachable: bool,
+    /// The physical GID of its NIC, as it announced (semi mode over a NIC).
+    nic_gid: Option<Gid>,
 }
 
 impl Peer {
@@ -194,6 +196,8 @@ pub struct Peers {
     registry: StaticRegistry,
     /// GIDs this router serves (announced to every peer).
     served: Vec<Gid>,
+    /// The physical GID of this router's NIC (announced with `served`).
+    nic_gid: Option<Gid>,
     /// Our listen address and boot id (the Hello we send, MAC aside).
     me: Hello,
     policy: LinkPolicy,
@@ -264,6 +268,7 @@ impl Peers {
     fn announce_to(&mut self, peer: PeerId) {
         let payload = encode_payload(&Announce {
             gids: self.served.clone(),
+            nic_gid: self.nic_gid,
         });
         let p = &mut self.list[peer];
         let mut hdr = FrameHeader::new(Kind::Announce);
@@ -274,6 +279,12 @@ impl Peers {
 
     fn find(&self, addr: SocketAddr) -> Option<PeerId> {
         self.list.iter().position(|p| p.addr == addr)
+    }
+
+    /// The physical GID of the NIC of the router serving `gid`, if that
+    /// router is up and announced one.
+    pub fn nic_serving(&self, gid: &Gid) -> Option<Gid> {
+        self.list.get(self.locate(gid)?)?.nic_gid
     }
 }
 
@@ -355,6 +366,7 @@ impl Links {
                 list: Vec::new(),
                 registry,
                 served: Vec::new(),
+                nic_gid: None,
                 me: Hello {
                     listen: listen.to_string(),
                     boot_id: new_boot_id(),
@@ -412,11 +424,18 @@ impl Links {
             next_dial: now,
             backoff: REDIAL_MIN,
             told_unreachable: false,
+            nic_gid: None,
         });
         self.peers.list.len() - 1
     }
 
     /// Sets the GIDs this router serves; announces them if they changed.
+    /// Announces this router's NIC (before any peer is up: call once,
+    /// right after [`Links::new`]).
+    pub fn set_nic_gid(&mut self, gid: Option<Gid>) {
+        self.peers.nic_gid = gid;
+    }
+
     pub fn set_served(&mut self, mut gids: Vec<Gid>) {
         gids.sort_unstable();
         gids.dedup();
@@ -793,6 +812,7 @@ impl Links {
         p.next_dial = now + REDIAL_MIN;
         p.backoff = REDIAL_MIN;
         p.boot_id = None;
+        p.nic_gid = None;
         let was_up = std::mem::replace(&mut p.up, false);
         let addr = p.addr;
         let gids = self.peers.registry.forget(addr);
@@ -949,7 +969,15 @@ impl Links {
                                 std::net::Ipv6Addr::from(g)
                             );
                         }
-                        debug!("peer {addr} serves {} GIDs", a.gids.len());
+                        self.peers.list[i].nic_gid = a.nic_gid;
+                        debug!(
+                            "peer {addr} serves {} GIDs{}",
+                            a.gids.len(),
+                            a.nic_gid.map_or(String::new(), |g| format!(
+                                ", NIC GID {}",
+                                std::net::Ipv6Addr::from(g)
+                            ))
+                        );
                     }
                     (_, Some(i)) => {
                         if self.peers.list[i].up {

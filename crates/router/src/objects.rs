@@ -231,6 +231,12 @@ pub struct Qp {
     pub segment_fd: Option<OwnedFd>,
     /// Semi mode: the provider runs this QP's send queue (`router::semi`).
     pub semi: bool,
+    /// Semi mode over a NIC: a QP of the real device backs this one (its
+    /// QPN is the real QP's), so its path may be the NIC.
+    pub nic_backed: bool,
+    /// Its path is the NIC: the provider posts to the real device, the
+    /// router never sees its work requests.
+    pub on_nic: bool,
     /// Send work requests the router completed for it (router and link
     /// parts; the semi part lives in the QP header).
     pub moved: flowverbs_wire::control::MovedByPath,
@@ -287,6 +293,8 @@ impl Qp {
             async_events: 0,
             segment_fd: None,
             semi: false,
+            nic_backed: false,
+            on_nic: false,
             moved: Default::default(),
         }
     }

@@ -215,6 +215,10 @@ impl Server {
         if config.mode == super::Mode::Semi {
             engine.key_table = Some(super::semi::KeyTable::new()?);
             engine.semi_share = config.semi_share;
+            engine.nic = config.nic.clone().map(|nic| super::nic_path::NicPaths {
+                nic,
+                loopback: config.nic_loopback,
+            });
         }
         info!(
             "router serving {} (GID ::ffff:{ip}), {} mode",
@@ -225,7 +229,21 @@ impl Server {
                 "isolated"
             }
         );
-        if let Some(links) = links {
+        match &engine.nic {
+            Some(n) => info!(
+                "semi mode posts to the NIC {}{}",
+                n.nic,
+                if n.loopback {
+                    ", also between processes of this host"
+                } else {
+                    ""
+                }
+            ),
+            None if engine.key_table.is_some() => info!("semi mode without a NIC"),
+            None => {}
+        }
+        if let Some(mut links) = links {
+            links.set_nic_gid(engine.nic.as_ref().map(|n| n.nic.gid));
             epoll.add(links.fd(), EpollEvent::new(EpollFlags::EPOLLIN, LINKS))?;
             engine.links = Some(links);
         }
@@ -567,6 +585,7 @@ impl Server {
                     let reply = match self.device_view(p.pid) {
                         Ok(path) => Reply::DeviceView {
                             sysfs_path: path.to_string_lossy().into_owned(),
+                            nic: self.engine.nic.as_ref().map(|n| n.binding()),
                         },
                         Err(e) => Reply::Error {
                             errno: libc::EIO,
@@ -765,6 +784,12 @@ impl Server {
                 session_segment_size: SESSION_SEGMENT_SIZE as u64,
                 cmd_file,
                 semi: key_table_fd.is_some(),
+                nic: self
+                    .engine
+                    .nic
+                    .as_ref()
+                    .filter(|_| key_table_fd.is_some())
+                    .map(|n| n.binding()),
             },
             fds: [seg_fd, provider_doorbell]
                 .into_iter()

@@ -12,6 +12,9 @@
 //! /dev/infiniband/U                                     char device 1:3 (/dev/null's numbers)
 //! ```
 //!
+//! The host's real RDMA devices, if any, are linked in beside fv0
+//! (`nic::link_real_devices`).
+//!
 //! `S` is `RUNTIME_DIR/sysfs` (what `SYSFS_PATH` must be) and `U` is
 //! [`uverbs_name`], unique per runtime directory, so that routers with
 //! different runtime directories never touch each other's files.
@@ -253,7 +256,15 @@ fn write_sysfs(root: &Path, name: &str, gid: [u8; 16], node_guid: u64) -> anyhow
     write_atomic(&ibdev.join("node_guid"), &format_node_guid(node_guid))?;
     write_atomic(&port.join("gids/0"), &format_gid(gid))?;
     write_atomic(&port.join("gid_attrs/types/0"), "RoCE v2")?;
-    write_atomic(&port.join("pkeys/0"), "0xffff")
+    write_atomic(&port.join("pkeys/0"), "0xffff")?;
+    // The host's real devices stay visible beside fv0.
+    if let Err(e) = crate::nic::link_real_devices(root, Path::new(crate::nic::SYSFS)) {
+        log::warn!(
+            "the real RDMA devices are not listed in {}: {e:#}",
+            root.display()
+        );
+    }
+    Ok(())
 }
 
 /// The device tree seen from another network namespace: the same device

@@ -158,6 +158,7 @@ impl Client {
             caps,
             sq_sig_all: true,
             cookie,
+            nic_qpn: None,
         });
         let Reply::Qp {
             qp,
@@ -376,6 +377,7 @@ fn handles_and_limits_are_checked() {
             length: 10,
             access: 1,
             runs: vec![],
+            nic_key: None,
         }),
         libc::EINVAL
     );
@@ -388,6 +390,7 @@ fn handles_and_limits_are_checked() {
             length: 4096,
             access: 1,
             runs: vec![],
+            nic_key: None,
         }),
         libc::EFAULT
     );
@@ -398,6 +401,7 @@ fn handles_and_limits_are_checked() {
             length: 100,
             access: 1,
             runs: vec![],
+            nic_key: None,
         }),
         libc::EINVAL
     );
@@ -408,6 +412,7 @@ fn handles_and_limits_are_checked() {
             length: 8,
             access: IBV_ACCESS_REMOTE_WRITE,
             runs: vec![],
+            nic_key: None,
         }),
         libc::EINVAL
     );
@@ -437,6 +442,7 @@ fn handles_and_limits_are_checked() {
             caps,
             sq_sig_all: false,
             cookie: 0,
+            nic_qpn: None,
         }),
         libc::EINVAL
     );
@@ -461,6 +467,7 @@ fn handles_and_limits_are_checked() {
             caps: QpCaps::default(),
             sq_sig_all: false,
             cookie: 0,
+            nic_qpn: None,
         }),
         libc::EINVAL
     );
@@ -476,6 +483,7 @@ fn handles_and_limits_are_checked() {
             caps: QpCaps::default(),
             sq_sig_all: false,
             cookie: 0,
+            nic_qpn: None,
         }),
         libc::EINVAL
     );
@@ -596,6 +604,7 @@ fn rkeys_of_other_tenants_are_refused() {
         length: 4096,
         access: IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ,
         runs: vec![],
+        nic_key: None,
     });
     let Reply::Mr { rkey: b_rkey, .. } = r else {
         panic!()
@@ -786,6 +795,7 @@ fn semi_mode_requests_are_checked() {
         length: 4096,
         access,
         runs,
+        nic_key: None,
     };
     // Runs that do not cover the region, or point inside a page.
     let short = ArenaRun { len: 0, ..run(0) };
@@ -793,6 +803,16 @@ fn semi_mode_requests_are_checked() {
     assert_eq!(b.errno(&reg(pd_b, vec![run(100)])), libc::EINVAL);
     // Runs without an arena to point into.
     assert_eq!(b.errno(&reg(pd_b, vec![run(0)])), libc::EINVAL);
+    // A NIC's key, on a router without a NIC.
+    let nic_key = Request::RegMr {
+        pd: pd_b,
+        addr,
+        length: 4096,
+        access,
+        runs: vec![],
+        nic_key: Some(0x1234),
+    };
+    assert_eq!(b.errno(&nic_key), libc::EINVAL);
     // With an arena: shared.
     let arena =
         nix::sys::memfd::memfd_create(c"test-arena", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)
@@ -819,6 +839,19 @@ fn semi_mode_requests_are_checked() {
     let (cq_b, _m3, _l3) = b.cq(8);
     let (qp_b, qpn_b, _m4, _l4, _f4) = b.qp(pd_b, cq_b);
     let (qp_c, qpn_c, _m5, _l5, _f5) = b.qp(pd_b, cq_b);
+    // A NIC's QP number, on a router without a NIC.
+    let nic_qp = Request::CreateQp {
+        pd: pd_b,
+        qp_type: IBV_QPT_RC,
+        send_cq: cq_b,
+        recv_cq: cq_b,
+        srq: 0,
+        caps: QpCaps::default(),
+        sq_sig_all: false,
+        cookie: 0,
+        nic_qpn: Some(0x42),
+    };
+    assert_eq!(b.errno(&nic_qp), libc::EINVAL);
     let (r, fds) = a.ok(&Request::ModifyQp {
         qp: qp_a,
         attr: QpAttr {

@@ -172,6 +172,7 @@ fn scripted_peer(
             FrameHeader::new(Kind::Announce),
             &encode_payload(&Announce {
                 gids: vec![fake_gid],
+                nic_gid: None,
             }),
         ))
         .unwrap();
@@ -744,6 +745,7 @@ fn a_peer_that_does_not_read_is_not_read_from() {
             FrameHeader::new(Kind::Announce),
             &encode_payload(&Announce {
                 gids: vec![[7; 16]],
+                nic_gid: None,
             }),
         ))
         .unwrap();

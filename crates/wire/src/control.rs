@@ -98,6 +98,20 @@ pub enum QpPath {
     Semi,
     /// To a QP of another host, over the routers' link.
     Link,
+    /// Semi mode over a NIC: the provider posts to the real device.
+    Nic,
+}
+
+/// The real RDMA device a semi-mode session uses ([`Reply::Hello`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicBinding {
+    /// Its libibverbs name (`ibv_get_device_name`), e.g. `mlx5_0`, `rxe0`.
+    pub device: String,
+    pub port: u8,
+    /// The index of this host's RoCE v2 IPv4 GID in the port's table.
+    pub gid_index: u8,
+    /// Its uverbs node under `/dev/infiniband`.
+    pub uverbs: String,
 }
 
 /// One QP as `flowverbs status` shows it.
@@ -249,6 +263,10 @@ pub enum Request {
         length: u64,
         access: u32,
         runs: Vec<ArenaRun>,
+        /// Semi mode over a NIC: the key the NIC gave the same range
+        /// (`ibv_reg_mr` on the real device), which becomes the MR's lkey
+        /// and rkey so that work requests carry it to the NIC unchanged.
+        nic_key: Option<u32>,
     },
     /// Semi mode: the MR behind `key` at the responder of the caller's QP
     /// `qp` (an rkey of a request, or an lkey of the responder's receive),
@@ -310,6 +328,9 @@ pub enum Request {
         sq_sig_all: bool,
         /// The `ibv_qp *`, the element of the QP's async events.
         cookie: u64,
+        /// Semi mode over a NIC: the number of the real device's QP that
+        /// backs this one, which becomes its QP number (valid on the wire).
+        nic_qpn: Option<u32>,
     },
     CreateSrq {
         pd: u32,
@@ -359,9 +380,14 @@ pub enum Reply {
         cmd_file: Option<String>,
         /// Semi mode: a third fd, the key table (`segment::KEY_TABLE_SIZE`).
         semi: bool,
+        /// Semi mode over a NIC: the real device that backs connected QPs
+        /// whose peer is on another host.
+        nic: Option<NicBinding>,
     },
     DeviceView {
         sysfs_path: String,
+        /// Semi mode over a NIC: the device a container also needs.
+        nic: Option<NicBinding>,
     },
     Status {
         sessions: Vec<SessionStatus>,
@@ -401,6 +427,16 @@ pub enum Reply {
     /// with [`Request::SemiConnect`].
     SemiPath {
         peer_qpn: u32,
+    },
+    /// Semi mode over a NIC, answer to a modify to RTR of a QP backed by
+    /// the real device: its peer is reached through the NIC. The provider
+    /// moves the real QP to RTR with `dgid` (the physical GID of the NIC
+    /// of the peer's host) and `sgid_index` (this host's NIC GID) in place
+    /// of the application's virtual GIDs; everything else is the
+    /// application's.
+    NicPath {
+        dgid: [u8; 16],
+        sgid_index: u8,
     },
     /// Semi mode, answer to [`Request::SemiConnect`]. Carries two or three
     /// fds: the peer's QP segment, its receive CQ's segment and, if it
@@ -586,6 +622,7 @@ mod tests {
             length: 99,
             access: 7,
             runs: vec![],
+            nic_key: None,
         };
         send(a.as_fd(), &req, &[a.as_raw_fd()]).unwrap();
         let (got, fds): (Request, _) = recv(b.as_fd(), MsgFlags::empty()).unwrap();

@@ -27,7 +27,7 @@ use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligne
 /// "FVLK": the first four bytes of every frame.
 pub const MAGIC: u32 = 0x4b4c_5646;
 /// Version of this module's format; peers of another version are refused.
-pub const LINK_VERSION: u16 = 2;
+pub const LINK_VERSION: u16 = 3;
 /// Bytes of the challenge an accepting router sends before anything else.
 pub const CHALLENGE_LEN: usize = 32;
 /// Bytes of every frame header.
@@ -234,6 +234,9 @@ pub struct Hello {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Announce {
     pub gids: Vec<[u8; 16]>,
+    /// Semi mode over a NIC: the physical GID of the sender's NIC, where
+    /// QPs reach the GIDs above without the link.
+    pub nic_gid: Option<[u8; 16]>,
 }
 
 /// Decodes the payload of a Hello or Announce frame (`wire::codec`).
@@ -312,6 +315,7 @@ mod tests {
     fn payloads_round_trip_and_garbage_is_refused() {
         let a = Announce {
             gids: vec![[3; 16], [4; 16]],
+            nic_gid: Some([5; 16]),
         };
         assert_eq!(decode_payload::<Announce>(&encode_payload(&a)), Some(a));
         assert_eq!(decode_payload::<Hello>(&[0xff; 7]), None);

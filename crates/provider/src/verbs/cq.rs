@@ -21,6 +21,9 @@ pub struct FvCq {
     /// a QP with no traffic on the router's path, such as UCX's loopback
     /// QP) is polled without yielding, as on a NIC.
     pub(super) since_router: std::sync::atomic::AtomicU32,
+    /// Semi mode over a NIC: the real device's twin, polled first (NULL:
+    /// none).
+    pub(super) nic: *mut ibv_cq,
 }
 
 /// After this many empty polls in a row, `poll_cq` yields the CPU once per
@@ -111,6 +114,18 @@ pub(super) unsafe extern "C" fn create_cq(
             };
         // SAFETY: the segment holds `capacity` CQEs at ring_offset.
         let ring = unsafe { RingSlots::new(segment.as_ptr().add(layout.ring_offset), capacity) };
+        // SAFETY: ctx is ours.
+        let nic = match unsafe { inner(ctx) }.nic.as_ref() {
+            Some(n) if channel.is_none() => n.create_cq(cqe, slot.cookie() as *mut libc::c_void),
+            Some(_) => {
+                // Completion events of the real device are not forwarded
+                // to fv0's channels yet: such a CQ has no twin, and its
+                // QPs keep fv0's own paths.
+                crate::fv_log!(3, "a CQ with a completion channel gets no NIC twin");
+                ptr::null_mut()
+            }
+            None => ptr::null_mut(),
+        };
         // SAFETY: verbs_cq is plain C data; libibverbs' wrapper initialises
         // the mutex, cond and channel fields (verbs_init_cq) after we return.
         let mut vcq: verbs_cq = unsafe { std::mem::zeroed() };
@@ -131,6 +146,7 @@ pub(super) unsafe extern "C" fn create_cq(
                     u32::MAX
                 },
             ),
+            nic,
         }) as *mut ibv_cq
     })
 }
@@ -139,6 +155,16 @@ pub(super) unsafe extern "C" fn destroy_cq(cq: *mut ibv_cq) -> i32 {
     guard(libc::EIO, || {
         // SAFETY: cq is one of ours.
         let (ctx, handle) = unsafe { ((*cq).context, (*cq).handle) };
+        // The twin first: the device refuses (EBUSY) a CQ still in use.
+        // SAFETY: cq is one of ours.
+        let nic = unsafe { FvCq::from_ibv(cq) }.nic;
+        if !nic.is_null() {
+            if let Err(e) = crate::nic::destroy_cq(nic) {
+                return e;
+            }
+            // SAFETY: ours; the twin is gone.
+            unsafe { (*(cq as *mut FvCq)).nic = ptr::null_mut() };
+        }
         match call(ctx, &Request::DestroyCq { cq: handle }) {
             Ok((Reply::Destroyed { events }, _)) => {
                 // SAFETY: allocated by create_cq as a Box<FvCq>; libibverbs
@@ -163,6 +189,19 @@ pub(super) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, num_entries: i32, wc: *
         if num_entries <= 0 {
             return 0;
         }
+        // The twin's completions first, straight from the vendor provider.
+        let from_nic = if fcq.nic.is_null() {
+            0
+        } else {
+            // SAFETY: a live real CQ; the caller's array holds num_entries.
+            let n = unsafe { crate::nic::poll_cq(fcq.nic, num_entries, wc) };
+            if n < 0 || n == num_entries {
+                return n;
+            }
+            n
+        };
+        // SAFETY: the caller's array holds num_entries > from_nic entries.
+        let (wc, num_entries) = (unsafe { wc.add(from_nic as usize) }, num_entries - from_nic);
         // SAFETY: the CQ's context is ours.
         let ctx = unsafe { inner((*cq).context) };
         if let Some(semi) = ctx.semi.as_ref() {
@@ -218,11 +257,11 @@ pub(super) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, num_entries: i32, wc: *
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let router_fed =
                 fcq.since_router.load(Ordering::Relaxed) < PEER_COMPLETIONS_TO_STOP_YIELDING;
-            if empty >= empty_polls_before_yield(router_fed) {
+            if from_nic == 0 && empty >= empty_polls_before_yield(router_fed) {
                 std::thread::yield_now();
             }
         }
-        n as i32
+        from_nic + n as i32
     })
 }
 
@@ -234,6 +273,11 @@ pub(super) unsafe extern "C" fn req_notify_cq(cq: *mut ibv_cq, solicited_only: i
         // the right kind) and writes one event to the CQ's channel; without
         // a channel the arm is harmless. Ordering: wire::segment::CqHeader.
         fcq.header().arm(solicited_only != 0);
-        0
+        if fcq.nic.is_null() {
+            0
+        } else {
+            // SAFETY: a live real CQ.
+            unsafe { crate::nic::req_notify_cq(fcq.nic, solicited_only) }
+        }
     })
 }

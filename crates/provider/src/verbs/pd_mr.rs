@@ -7,16 +7,33 @@ use super::*;
 #[repr(C)]
 pub struct FvPd {
     pub pd: ibv_pd,
+    /// Semi mode over a NIC: the real device's twin (NULL: none).
+    pub(super) nic: *mut ibv_pd,
+}
+
+impl FvPd {
+    /// # Safety
+    /// `pd` must come from [`alloc_pd`].
+    pub(super) unsafe fn from_ibv<'a>(pd: *mut ibv_pd) -> &'a FvPd {
+        // SAFETY: the caller promises `pd` starts a live FvPd.
+        unsafe { &*(pd as *const FvPd) }
+    }
 }
 
 pub(super) unsafe extern "C" fn alloc_pd(ctx: *mut ibv_context) -> *mut ibv_pd {
     guard(ptr::null_mut(), || match call(ctx, &Request::AllocPd) {
         Ok((Reply::Pd { pd }, _)) => {
+            // SAFETY: ctx is ours.
+            let nic = unsafe { inner(ctx) }
+                .nic
+                .as_ref()
+                .map_or(ptr::null_mut(), |n| n.alloc_pd());
             let b = Box::new(FvPd {
                 pd: ibv_pd {
                     context: ctx,
                     handle: pd,
                 },
+                nic,
             });
             Box::into_raw(b) as *mut ibv_pd
         }
@@ -28,7 +45,15 @@ pub(super) unsafe extern "C" fn alloc_pd(ctx: *mut ibv_context) -> *mut ibv_pd {
 pub(super) unsafe extern "C" fn dealloc_pd(pd: *mut ibv_pd) -> i32 {
     guard(libc::EIO, || {
         // SAFETY: pd is one of ours (alloc_pd).
-        let (ctx, handle) = unsafe { ((*pd).context, (*pd).handle) };
+        let (ctx, handle, nic) = unsafe { ((*pd).context, (*pd).handle, FvPd::from_ibv(pd).nic) };
+        // The twin first: the device refuses (EBUSY) a PD still in use.
+        if !nic.is_null() {
+            if let Err(e) = crate::nic::dealloc_pd(nic) {
+                return e;
+            }
+            // SAFETY: ours; the twin is gone.
+            unsafe { (*(pd as *mut FvPd)).nic = ptr::null_mut() };
+        }
         match call(ctx, &Request::DeallocPd { pd: handle }) {
             Ok(_) => {
                 // SAFETY: allocated by alloc_pd as a Box<FvPd>.
@@ -41,6 +66,15 @@ pub(super) unsafe extern "C" fn dealloc_pd(pd: *mut ibv_pd) -> i32 {
 }
 
 // ---------------------------------------------------------------- MR ----
+
+/// A memory region: libibverbs' `verbs_mr` first.
+#[repr(C)]
+pub struct FvMr {
+    pub vmr: verbs_mr,
+    /// Semi mode over a NIC: the real registration whose keys this MR
+    /// carries (NULL: none).
+    nic: *mut ibv_mr,
+}
 
 pub(super) unsafe extern "C" fn reg_mr(
     pd: *mut ibv_pd,
@@ -59,16 +93,47 @@ pub(super) unsafe extern "C" fn reg_mr(
         // SAFETY: ctx is ours (the PD's).
         let cx = unsafe { inner(ctx) };
         let (runs, arena_fd) = semi_share(cx, addr as u64, length as u64);
-        let req = Request::RegMr {
-            pd: pdh,
-            addr: addr as u64,
-            length: length as u64,
-            access: access as u32,
-            runs: runs.clone(),
+        // The twin registers the range where it now lives (after the
+        // arena move above), and lends fv0 its keys.
+        // SAFETY: pd is one of ours.
+        let nic_pd = unsafe { FvPd::from_ibv(pd) }.nic;
+        let mut nic_mr = if nic_pd.is_null() {
+            ptr::null_mut()
+        } else {
+            crate::nic::reg_mr(nic_pd, addr, length, access)
         };
         let fds: Vec<i32> = arena_fd.into_iter().collect();
-        match cx.call_passing(&req, &fds) {
+        let reply = loop {
+            let req = Request::RegMr {
+                pd: pdh,
+                addr: addr as u64,
+                length: length as u64,
+                access: access as u32,
+                runs: runs.clone(),
+                // SAFETY: a live real MR.
+                nic_key: (!nic_mr.is_null()).then(|| unsafe { (*nic_mr).lkey }),
+            };
+            match cx.call_passing(&req, &fds) {
+                Err(libc::EBUSY) if !nic_mr.is_null() => {
+                    // The NIC's key is taken on the router: fv0-only.
+                    let _ = crate::nic::dereg_mr(nic_mr);
+                    nic_mr = ptr::null_mut();
+                }
+                other => break other,
+            }
+        };
+        if reply.is_err() && !nic_mr.is_null() {
+            let _ = crate::nic::dereg_mr(nic_mr);
+        }
+        match reply {
             Ok((Reply::Mr { mr, lkey, rkey }, _)) => {
+                // A NIC registration without remote access has rkey 0.
+                let rkey = if nic_mr.is_null() {
+                    rkey
+                } else {
+                    // SAFETY: a live real MR.
+                    unsafe { (*nic_mr).rkey }
+                };
                 if let Some(semi) = cx.semi.as_ref() {
                     if let Some(a) = semi
                         .arena
@@ -92,17 +157,20 @@ pub(super) unsafe extern "C" fn reg_mr(
                             },
                         );
                 }
-                // SAFETY: verbs_mr is plain C data; zero is a valid start.
-                let mut v: Box<verbs_mr> = Box::new(unsafe { std::mem::zeroed() });
-                v.ibv_mr.context = ctx;
-                v.ibv_mr.pd = pd;
-                v.ibv_mr.addr = addr;
-                v.ibv_mr.length = length;
-                v.ibv_mr.handle = mr;
-                v.ibv_mr.lkey = lkey;
-                v.ibv_mr.rkey = rkey;
-                v.mr_type = 0; // IBV_MR_TYPE_MR
-                v.access = access;
+                let mut v = Box::new(FvMr {
+                    // SAFETY: verbs_mr is plain C data; zero is a valid start.
+                    vmr: unsafe { std::mem::zeroed() },
+                    nic: nic_mr,
+                });
+                v.vmr.ibv_mr.context = ctx;
+                v.vmr.ibv_mr.pd = pd;
+                v.vmr.ibv_mr.addr = addr;
+                v.vmr.ibv_mr.length = length;
+                v.vmr.ibv_mr.handle = mr;
+                v.vmr.ibv_mr.lkey = lkey;
+                v.vmr.ibv_mr.rkey = rkey;
+                v.vmr.mr_type = 0; // IBV_MR_TYPE_MR
+                v.vmr.access = access;
                 Box::into_raw(v) as *mut ibv_mr
             }
             Ok((r, _)) => null_with(unexpected(&r)),
@@ -114,13 +182,21 @@ pub(super) unsafe extern "C" fn reg_mr(
 pub(super) unsafe extern "C" fn dereg_mr(vmr: *mut verbs_mr) -> i32 {
     guard(libc::EIO, || {
         // SAFETY: vmr is one of ours (reg_mr).
-        let (ctx, handle, lkey) = unsafe {
+        let (ctx, handle, lkey, nic) = unsafe {
             (
                 (*vmr).ibv_mr.context,
                 (*vmr).ibv_mr.handle,
                 (*vmr).ibv_mr.lkey,
+                (*(vmr as *mut FvMr)).nic,
             )
         };
+        if !nic.is_null() {
+            if let Err(e) = crate::nic::dereg_mr(nic) {
+                return e;
+            }
+            // SAFETY: ours; the twin is gone.
+            unsafe { (*(vmr as *mut FvMr)).nic = ptr::null_mut() };
+        }
         match call(ctx, &Request::DeregMr { mr: handle }) {
             Ok(_) => {
                 // SAFETY: ctx is ours.
@@ -138,8 +214,8 @@ pub(super) unsafe extern "C" fn dereg_mr(vmr: *mut verbs_mr) -> i32 {
                         a.release(lkey);
                     }
                 }
-                // SAFETY: allocated by reg_mr as a Box<verbs_mr>.
-                drop(unsafe { Box::from_raw(vmr) });
+                // SAFETY: allocated by reg_mr as a Box<FvMr>.
+                drop(unsafe { Box::from_raw(vmr as *mut FvMr) });
                 0
             }
             Err(e) => e,

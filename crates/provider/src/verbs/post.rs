@@ -115,6 +115,10 @@ pub(super) unsafe extern "C" fn post_send(
     guard(libc::EIO, || {
         // SAFETY: qp is ours.
         let fqp = unsafe { FvQp::from_ibv(qp) };
+        if let Some(n) = fqp.nic.as_ref().filter(|n| n.route() == Route::Nic) {
+            // SAFETY: the caller's chain, as ibv_post_send takes it.
+            return unsafe { n.post_send(wr, bad_wr) };
+        }
         let state = fqp.current_state();
         let semi = fqp.semi.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let slots = fqp.sq.capacity().min(fqp.caps.max_send_wr.max(1));
@@ -336,6 +340,29 @@ pub(super) unsafe extern "C" fn post_recv(
     guard(libc::EIO, || {
         // SAFETY: qp is ours.
         let fqp = unsafe { FvQp::from_ibv(qp) };
+        if let Some(n) = &fqp.nic {
+            match n.route() {
+                // SAFETY: the caller's chain, as ibv_post_recv takes it.
+                Route::Nic => return unsafe { n.post_recv(wr, bad_wr) },
+                Route::Undecided if fqp.current_state() != IBV_QPS_RESET => {
+                    let max = (fqp.caps.max_recv_wr, fqp.caps.max_recv_sge);
+                    // SAFETY: as above.
+                    return unsafe { n.hold_receive(wr, bad_wr, max.0, max.1) };
+                }
+                _ => {}
+            }
+        }
+        post_own_receives(fqp, wr, bad_wr)
+    })
+}
+
+/// Posts receives on the QP's own ring (every path but the NIC's).
+pub(super) fn post_own_receives(
+    fqp: &FvQp,
+    wr: *mut ibv_recv_wr,
+    bad_wr: *mut *mut ibv_recv_wr,
+) -> i32 {
+    {
         // SAFETY: reading the ibv_qp we filled in create_qp.
         let (has_srq, ud) = unsafe {
             let q = &fqp.vqp.__bindgen_anon_1.qp;
@@ -364,5 +391,5 @@ pub(super) unsafe extern "C" fn post_recv(
             },
         };
         post_receives(q, fqp.context(), refuse, wr, bad_wr)
-    })
+    }
 }

@@ -29,6 +29,8 @@ pub struct FvQp {
     /// timeout, retry_cnt, rnr_retry as last set (for the semi path).
     pub(super) retry_attrs: Mutex<(u8, u8, u8)>,
     pub(super) sq_sig_all: bool,
+    /// Semi mode over a NIC: the real device's twin (`provider::nic`).
+    pub(super) nic: Option<NicQp>,
 }
 
 impl FvQp {
@@ -96,19 +98,26 @@ pub(super) unsafe extern "C" fn create_qp(
         // The QP's address is the element of its async events: allocate
         // first, fill after the router's answer.
         let slot = Slot::<FvQp>::new();
-        let req = Request::CreateQp {
-            pd: pdh,
-            qp_type: a.qp_type,
-            send_cq: scq,
-            recv_cq: rcq,
-            srq,
-            caps,
-            sq_sig_all: a.sq_sig_all != 0,
-            cookie: slot.cookie(),
-        };
-        let (reply, fds) = match call(ctx, &req) {
-            Ok(x) => x,
-            Err(e) => return null_with(e),
+        // SAFETY: ctx is ours (the PD's context).
+        let mut nic = nic_twin(unsafe { inner(ctx) }, pd, a);
+        let (reply, fds) = loop {
+            let req = Request::CreateQp {
+                pd: pdh,
+                qp_type: a.qp_type,
+                send_cq: scq,
+                recv_cq: rcq,
+                srq,
+                caps,
+                sq_sig_all: a.sq_sig_all != 0,
+                cookie: slot.cookie(),
+                nic_qpn: nic.as_ref().map(|(q, _)| q.qpn()),
+            };
+            match call(ctx, &req) {
+                Ok(x) => break x,
+                // The NIC's QP number is taken on the router: fv0-only.
+                Err(libc::EBUSY) if nic.is_some() => nic = None,
+                Err(e) => return null_with(e),
+            }
         };
         let Reply::Qp {
             qp: handle,
@@ -124,7 +133,20 @@ pub(super) unsafe extern "C" fn create_qp(
         let layout = QpLayout::new(sq_capacity, rq_capacity);
         let fits = layout.sq_capacity == sq_capacity
             && layout.rq_capacity == rq_capacity
-            && layout.size as u64 == segment_size;
+            && layout.size as u64 == segment_size
+            && nic.as_ref().is_none_or(|(q, _)| q.qpn() == qpn);
+        // What the application may use: what both the router and the twin
+        // give.
+        let caps = match &nic {
+            Some((_, real)) => QpCaps {
+                max_send_wr: caps.max_send_wr.min(real.max_send_wr),
+                max_recv_wr: caps.max_recv_wr.min(real.max_recv_wr),
+                max_send_sge: caps.max_send_sge.min(real.max_send_sge),
+                max_recv_sge: caps.max_recv_sge.min(real.max_recv_sge),
+                max_inline_data: caps.max_inline_data.min(real.max_inline_data),
+            },
+            None => caps,
+        };
         let undo = Request::DestroyQp { qp: handle };
         let segment = match map_created_segment(ctx, fds, fits, segment_size, undo) {
             Ok(s) => s,
@@ -175,6 +197,7 @@ pub(super) unsafe extern "C" fn create_qp(
             datagrams,
             retry_attrs: Mutex::new((0, 0, 0)),
             sq_sig_all: a.sq_sig_all != 0,
+            nic: nic.map(|(q, _)| q),
         };
         let slots = b.send_slots.clone();
         let raw = slot.fill(b);
@@ -211,6 +234,41 @@ pub(super) unsafe extern "C" fn create_qp(
         a.cap.max_inline_data = caps.max_inline_data;
         raw as *mut ibv_qp
     })
+}
+
+/// Semi mode over a NIC: the real twin of an RC or UC QP without an SRQ
+/// whose PD and CQs have twins, and the capabilities the device gave it.
+fn nic_twin(
+    ctx: &ContextInner,
+    pd: *mut ibv_pd,
+    a: &ibv_qp_init_attr,
+) -> Option<(NicQp, ibv_qp_cap)> {
+    let nic = ctx.nic.as_ref()?;
+    if !matches!(a.qp_type, IBV_QPT_RC | IBV_QPT_UC) || !a.srq.is_null() {
+        return None;
+    }
+    // SAFETY: pd and both CQs are ours (checked non-NULL by the caller).
+    let (real_pd, scq, rcq) = unsafe {
+        (
+            FvPd::from_ibv(pd).nic,
+            FvCq::from_ibv(a.send_cq).nic,
+            FvCq::from_ibv(a.recv_cq).nic,
+        )
+    };
+    if real_pd.is_null() || scq.is_null() || rcq.is_null() {
+        return None;
+    }
+    let mut init = ibv_qp_init_attr {
+        qp_context: a.qp_context,
+        send_cq: scq,
+        recv_cq: rcq,
+        srq: ptr::null_mut(),
+        cap: a.cap,
+        qp_type: a.qp_type,
+        sq_sig_all: a.sq_sig_all,
+    };
+    let q = nic.create_qp(real_pd, &mut init)?;
+    Some((q, init.cap))
 }
 
 pub(super) fn av_from(ah: &ibv_ah_attr) -> AddressVector {
@@ -321,6 +379,16 @@ pub(super) unsafe extern "C" fn modify_qp(
                 if let Err(e) = semi_after_modify(fqp, m, a.qp_state, retry, &reply) {
                     return e;
                 }
+                if let Some(n) = &fqp.nic {
+                    let path = match reply {
+                        Reply::NicPath { dgid, sgid_index } => Some((dgid, sgid_index)),
+                        _ => None,
+                    };
+                    match n.after_modify(a, m, path) {
+                        Ok(held) => post_held_on_ring(fqp, held),
+                        Err(e) => return e,
+                    }
+                }
                 0
             }
             Err(e) => e,
@@ -380,6 +448,31 @@ fn semi_after_modify(
         }
     }
     Ok(())
+}
+
+/// Posts receives that waited for the path (semi mode over a NIC) on
+/// fv0's own ring, as if they had been posted there.
+fn post_held_on_ring(fqp: &FvQp, mut held: Vec<crate::nic::HeldReceive>) {
+    let mut wrs: Vec<ibv_recv_wr> = held
+        .iter_mut()
+        .map(|h| ibv_recv_wr {
+            wr_id: h.wr_id,
+            next: ptr::null_mut(),
+            sg_list: h.sges.as_mut_ptr(),
+            num_sge: h.sges.len() as i32,
+        })
+        .collect();
+    for i in 1..wrs.len() {
+        let next: *mut ibv_recv_wr = &mut wrs[i];
+        wrs[i - 1].next = next;
+    }
+    if let Some(first) = wrs.first_mut() {
+        let mut bad = ptr::null_mut();
+        let r = post_own_receives(fqp, first, &mut bad);
+        if r != 0 {
+            crate::fv_log!(1, "receives held for the path are lost: errno {r}");
+        }
+    }
 }
 
 pub(super) unsafe extern "C" fn query_qp(
@@ -444,6 +537,10 @@ pub(super) unsafe extern "C" fn query_qp(
 
 pub(super) unsafe extern "C" fn destroy_qp(qp: *mut ibv_qp) -> i32 {
     guard(libc::EIO, || {
+        // The twin first (its CQs and PD must be free when the
+        // application destroys them next). SAFETY: qp is ours, and the
+        // application is destroying it: nothing else uses it now.
+        drop(unsafe { (*(qp as *mut FvQp)).nic.take() });
         // SAFETY: qp is ours.
         let fqp = unsafe { FvQp::from_ibv(qp) };
         match fqp.context().call(&Request::DestroyQp { qp: fqp.handle() }) {

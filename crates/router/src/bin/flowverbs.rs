@@ -69,6 +69,16 @@ enum Cmd {
         /// memory (others keep the router's path).
         #[arg(long, value_enum, default_value_t = SemiShareArg::SameContainer)]
         semi_share: SemiShareArg,
+        /// Semi mode: the real RDMA device (and port, default 1) that
+        /// carries connected QPs to other hosts; `auto` (default): the
+        /// device whose GID table holds an address of this host, if any;
+        /// `none`: the routers' link carries them.
+        #[arg(long, value_name = "DEVICE[:PORT]|auto|none", default_value = "auto")]
+        nic: String,
+        /// Semi mode over a NIC: QPs between processes of this host go
+        /// over the NIC too, not through shared memory (for testing).
+        #[arg(long)]
+        nic_loopback: bool,
         /// Accept connections from the routers of other hosts on IP:PORT
         /// (a specific address: it is this router's name among routers).
         #[arg(long, value_name = "IP:PORT")]
@@ -172,6 +182,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime_dir,
             mode,
             semi_share,
+            nic,
+            nic_loopback,
             listen,
             peers,
             accept_peers,
@@ -184,6 +196,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ModeArg::Isolated => flowverbs_router::Mode::Isolated,
                 ModeArg::Semi => flowverbs_router::Mode::Semi,
             };
+            let nic = choose_nic(mode, &nic, nic_loopback)?;
             flowverbs_router::run(flowverbs_router::Config {
                 runtime_dir,
                 mode,
@@ -199,6 +212,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     SemiShareArg::SameContainer => flowverbs_router::semi::SemiShare::SameContainer,
                     SemiShareArg::SameUser => flowverbs_router::semi::SemiShare::SameUser,
                 },
+                nic,
+                nic_loopback,
                 link: flowverbs_router::link::LinkPolicy {
                     key: link_key.map(|f| read_link_key(&f)).transpose()?,
                     accept_from: accept_peers,
@@ -210,7 +225,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Uninstall => uninstall(),
         Cmd::Env(args) => {
             let mut out = io::stdout().lock();
-            for (k, v) in environment(&args)? {
+            let (vars, nic) = environment(&args)?;
+            if let Some(nic) = nic {
+                eprintln!("{}", nic_needs(&nic));
+            }
+            for (k, v) in vars {
                 writeln!(out, "{k}={}", v.display())?;
             }
             Ok(())
@@ -328,19 +347,55 @@ fn rdmav_drivers_for(provider: &Path) -> anyhow::Result<PathBuf> {
     Ok(dir.join(stem))
 }
 
+/// The NIC `--nic` names (semi mode only).
+fn choose_nic(
+    mode: flowverbs_router::Mode,
+    spec: &str,
+    loopback: bool,
+) -> anyhow::Result<Option<flowverbs_router::nic::Nic>> {
+    use flowverbs_router::nic;
+    let sysfs = Path::new(nic::SYSFS);
+    if mode != flowverbs_router::Mode::Semi {
+        if spec != "auto" && spec != "none" || loopback {
+            bail!("--nic and --nic-loopback need --mode semi");
+        }
+        return Ok(None);
+    }
+    let chosen = match spec {
+        "none" => None,
+        "auto" => {
+            let addrs: Vec<std::net::Ipv4Addr> = flowverbs_router::identity::ipv4_addresses()
+                .into_iter()
+                .map(|(_, a)| a)
+                .collect();
+            nic::automatic(sysfs, &addrs)
+        }
+        named => Some(nic::named(sysfs, named)?),
+    };
+    if loopback && chosen.is_none() {
+        bail!("--nic-loopback needs a NIC (--nic DEVICE)");
+    }
+    Ok(chosen)
+}
+
 /// The variables a process needs to see the router's fv0 (see README):
 /// - `SYSFS_PATH=<runtime dir>/sysfs` (the provider finds the router's
 ///   socket beside it);
 /// - `RDMAV_DRIVERS`, unless the provider is installed system-wide: from
 ///   `--provider`, else `libflowverbs-rdmav34.so` beside this executable.
-fn environment(args: &EnvArgs) -> anyhow::Result<Vec<(&'static str, PathBuf)>> {
+type NicBinding = flowverbs_wire::control::NicBinding;
+/// `KEY=VALUE` pairs of an environment.
+type Vars = Vec<(&'static str, PathBuf)>;
+
+/// The variables, and the router's NIC (semi mode over a NIC).
+fn environment(args: &EnvArgs) -> anyhow::Result<(Vars, Option<NicBinding>)> {
     let runtime_dir = fs::canonicalize(&args.runtime_dir).with_context(|| {
         format!(
             "runtime dir {}: is `flowverbs router` running?",
             args.runtime_dir.display()
         )
     })?;
-    let sysfs = device_view(&runtime_dir).with_context(|| {
+    let (sysfs, nic) = device_view(&runtime_dir).with_context(|| {
         format!(
             "asking the router in {} for this network namespace's device tree: is `flowverbs router --runtime-dir {}` running?",
             runtime_dir.display(),
@@ -367,7 +422,7 @@ fn environment(args: &EnvArgs) -> anyhow::Result<Vec<(&'static str, PathBuf)>> {
             );
         }
     }
-    Ok(vars)
+    Ok((vars, nic))
 }
 
 /// Asks the router one question on a connection of its own.
@@ -397,12 +452,37 @@ fn ask_router(
 
 /// Asks the router which `SYSFS_PATH` shows this process's network
 /// namespace its own GID (the router reads the namespace's address itself).
-fn device_view(runtime_dir: &Path) -> anyhow::Result<PathBuf> {
+fn device_view(runtime_dir: &Path) -> anyhow::Result<(PathBuf, Option<NicBinding>)> {
     use flowverbs_wire::control::{Reply, Request};
     match ask_router(runtime_dir, &Request::DeviceView)? {
-        Reply::DeviceView { sysfs_path } => Ok(PathBuf::from(sysfs_path)),
+        Reply::DeviceView { sysfs_path, nic } => Ok((PathBuf::from(sysfs_path), nic)),
         other => bail!("unexpected reply {other:?}"),
     }
+}
+
+/// What a container needs beyond fv0's own environment for semi mode's
+/// NIC path: the device node and libibverbs' provider of the device.
+fn nic_needs(nic: &NicBinding) -> String {
+    let driver = nic
+        .device
+        .trim_end_matches(|c: char| c.is_ascii_digit())
+        .trim_end_matches('_');
+    let file = format!("lib{driver}-rdmav34.so");
+    let library = [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib64",
+    ]
+    .iter()
+    .map(|d| Path::new(d).join("libibverbs").join(&file))
+    .find(|p| p.is_file())
+    .map_or(file.clone(), |p| p.display().to_string());
+    format!(
+        "flowverbs: semi mode posts to the NIC {} (port {}): a container also needs \
+         /dev/infiniband/{} and libibverbs' provider for it ({library}, \
+         with /etc/libibverbs.d/{driver}.driver)",
+        nic.device, nic.port, nic.uverbs
+    )
 }
 
 /// `flowverbs status`: one line per session.
@@ -427,6 +507,7 @@ fn qp_path_name(p: flowverbs_wire::control::QpPath) -> &'static str {
     match p {
         QpPath::Router => "router",
         QpPath::Semi => "semi",
+        QpPath::Nic => "nic",
         QpPath::Link => "link",
     }
 }
@@ -598,7 +679,7 @@ fn status(runtime_dir: &Path, json: bool) -> anyhow::Result<()> {
 }
 
 fn exec(args: &EnvArgs, program: &[OsString]) -> anyhow::Result<()> {
-    let vars = environment(args)?;
+    let (vars, _) = environment(args)?;
     if let Err(e) = seccomp::block_rdma_netlink() {
         log::warn!(
             "could not block RDMA netlink (fv0 may be invisible if the kernel has RDMA): {e:#}"

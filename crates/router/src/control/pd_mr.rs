@@ -41,8 +41,21 @@ pub(super) fn reg_mr(
     length: u64,
     access: u32,
     runs: Vec<ArenaRun>,
+    nic_key: Option<u32>,
     mut fds: Vec<OwnedFd>,
 ) -> Answer {
+    let nic_key = match engine
+        .nic
+        .as_ref()
+        .map(|n| n.claim_key(&engine.tables, nic_key))
+    {
+        Some(Err(why)) => return err(libc::EBUSY, why),
+        Some(Ok(k)) => k,
+        None if nic_key.is_some() => {
+            return err(libc::EINVAL, "a NIC key, but this router has no NIC")
+        }
+        None => None,
+    };
     let semi = engine.key_table.is_some();
     let t = &mut engine.tables;
     if !owned(&t.pds, pd, session, |p| p.session) {
@@ -98,7 +111,7 @@ pub(super) fn reg_mr(
         }
     }
     let mr = t.handle();
-    let key = t.new_key();
+    let key = nic_key.unwrap_or_else(|| t.new_key());
     let slot = if runs.is_empty() {
         None
     } else {

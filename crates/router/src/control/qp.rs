@@ -16,8 +16,19 @@ pub(super) fn create_qp(
     caps: QpCaps,
     sq_sig_all: bool,
     cookie: u64,
+    nic_qpn: Option<u32>,
 ) -> Answer {
     let semi = engine.key_table.is_some();
+    let nic_qpn = match engine.nic.as_ref() {
+        Some(n) => match n.claim_qpn(&engine.tables, qp_type, srq, nic_qpn) {
+            Ok(q) => q,
+            Err((errno, why)) => return err(errno, why),
+        },
+        None if nic_qpn.is_some() => {
+            return err(libc::EINVAL, "a NIC QP number, but this router has no NIC")
+        }
+        None => None,
+    };
     let t = &mut engine.tables;
     let Some(kind) = QpKind::from_ibv(qp_type) else {
         return err(
@@ -65,7 +76,7 @@ pub(super) fn create_qp(
         max_recv_sge: if srq != 0 { 0 } else { MAX_SGE },
         max_inline_data: MAX_INLINE_DATA,
     };
-    let Some(qpn) = t.new_qpn() else {
+    let Some(qpn) = nic_qpn.or_else(|| t.new_qpn()) else {
         return err(libc::ENOMEM, "out of QP numbers");
     };
     if let Err(why) = t.charge(session) {
@@ -86,6 +97,7 @@ pub(super) fn create_qp(
         session, pd, kind, qpn, send_cq, recv_cq, srq, caps, sq_sig_all, map, layout,
     );
     q.cookie = cookie;
+    q.nic_backed = nic_qpn.is_some();
     if semi {
         q.segment_fd = fd.try_clone().ok();
     }
@@ -118,11 +130,30 @@ pub(super) fn modify_qp(
         Ok(n) => n,
         Err(qp_state::Invalid(why)) => return err(libc::EINVAL, why),
     };
+    // A QP backed by the NIC learns its path at RTR, before anything
+    // changes: a path nothing serves is refused with the QP untouched.
+    let nic_path = if q.nic_backed && next == qp_state::RTR && q.state() != qp_state::RTR {
+        let mut merged = q.attr;
+        qp_state::apply(&mut merged, &attr, mask);
+        let nic = engine.nic.as_ref().expect("NIC-backed QPs need a NIC");
+        match nic.path_at_rtr(&merged, engine) {
+            Ok(p) => p,
+            Err(why) => {
+                log::warn!("qp {:#x}: {why}", engine.tables.qps[&qp].qpn);
+                return err(libc::EINVAL, why);
+            }
+        }
+    } else {
+        None
+    };
+    let t = &mut engine.tables;
+    let q = t.qps.get_mut(&qp).expect("checked above");
     qp_state::apply(&mut q.attr, &attr, mask);
     let prev = q.state();
     q.set_state(next);
     if next == qp_state::RESET {
         q.semi = false;
+        q.on_nic = false;
     }
     if next == qp_state::RESET && prev != qp_state::RESET {
         let caps = q.caps;
@@ -136,6 +167,10 @@ pub(super) fn modify_qp(
         engine.entered_error(qp);
     }
     engine.publish_responder_attrs(qp);
+    if let Some(path) = nic_path {
+        engine.tables.qps.get_mut(&qp).expect("live").on_nic = true;
+        return Answer::ok(path);
+    }
     if next == qp_state::RTR && prev != qp_state::RTR {
         if let Some(a) = engine.connect_semi(qp) {
             return a;

@@ -105,7 +105,7 @@ impl Engine {
     }
 
     /// True if some session of this router has GID `gid`.
-    pub(super) fn serves_locally(&self, gid: &Gid) -> bool {
+    pub(crate) fn serves_locally(&self, gid: &Gid) -> bool {
         self.remote.served.contains(gid)
     }
 

@@ -105,6 +105,7 @@ impl Testbed {
             },
             sq_sig_all: true,
             cookie: 0,
+            nic_qpn: None,
         };
         let h = match control::handle(&mut self.eng, SESSION, create, vec![]).reply {
             Reply::Qp { qp, .. } => qp,

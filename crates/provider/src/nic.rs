@@ -1,0 +1,451 @@
+//! Semi mode over a NIC: fv0's objects backed by the real device's.
+//!
+//! When the router names a real device at Hello ([`NicBinding`]), the
+//! provider opens it through the stock libibverbs (lazily, at the first
+//! PD or CQ) and gives every fv0 PD, MR and CQ a twin on it, and every RC
+//! or UC QP without an SRQ a twin QP. The twins' numbers are fv0's: the QP
+//! number and the memory keys the application sees are the NIC's, valid on
+//! the wire, and the router only checks they are free.
+//!
+//! At the modify to RTR the router decides the QP's path: `NicPath` (the
+//! peer's host has a NIC) moves the twin to RTR with the physical GIDs the
+//! router gave, and from then on `ibv_post_send`, `ibv_post_recv`,
+//! `ibv_poll_cq` and `ibv_req_notify_cq` call the vendor provider's
+//! functions straight through the real context's ops (no router, no copy);
+//! any other answer keeps fv0's own paths (shared memory on this host, the
+//! routers' link), and the twin stays in INIT, unused. Until that answer a
+//! QP's receives wait here ([`NicQp::hold_receive`]) and then go where the
+//! path is.
+
+use std::ffi::CStr;
+use std::ptr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use crate::context::Errno;
+use crate::fv_log;
+use flowverbs_sys::*;
+use flowverbs_wire::control::NicBinding;
+
+/// The real device of a context, opened at first use.
+pub struct NicContext {
+    binding: NicBinding,
+    device: OnceLock<Option<RealContext>>,
+}
+
+struct RealContext(*mut ibv_context);
+// SAFETY: an ibv_context is used from any thread (libibverbs' contract).
+unsafe impl Send for RealContext {}
+// SAFETY: as above.
+unsafe impl Sync for RealContext {}
+
+impl Drop for RealContext {
+    fn drop(&mut self) {
+        // SAFETY: opened by `open` and closed only here.
+        unsafe { ibv_close_device(self.0) };
+    }
+}
+
+/// Opens the device called `name` through libibverbs' own device list.
+fn open(name: &str) -> Option<RealContext> {
+    let mut n = 0i32;
+    // SAFETY: libibverbs' public API; the list is freed below.
+    let list = unsafe { ibv_get_device_list(&mut n) };
+    if list.is_null() {
+        fv_log!(
+            1,
+            "NIC {name}: no device list ({})",
+            std::io::Error::last_os_error()
+        );
+        return None;
+    }
+    let mut opened = None;
+    for i in 0..n.max(0) as usize {
+        // SAFETY: the list holds n devices.
+        let dev = unsafe { *list.add(i) };
+        // SAFETY: a device of the list; its name is a C string.
+        let dev_name = unsafe { CStr::from_ptr(ibv_get_device_name(dev)) };
+        if dev_name.to_bytes() == name.as_bytes() {
+            // SAFETY: a device of the list (which stays valid until freed;
+            // an opened device outlives the list).
+            let ctx = unsafe { ibv_open_device(dev) };
+            if ctx.is_null() {
+                fv_log!(
+                    1,
+                    "NIC {name}: cannot open it ({}); is /dev/infiniband given to this container?",
+                    std::io::Error::last_os_error()
+                );
+            } else {
+                opened = Some(RealContext(ctx));
+            }
+            break;
+        }
+    }
+    // SAFETY: the list from ibv_get_device_list above.
+    unsafe { ibv_free_device_list(list) };
+    if opened.is_none() {
+        fv_log!(
+            2,
+            "NIC {name}: not in this process's device list; fv0 keeps its own paths"
+        );
+    }
+    opened
+}
+
+impl NicContext {
+    pub fn new(binding: NicBinding) -> NicContext {
+        fv_log!(
+            3,
+            "semi mode over NIC {} port {}",
+            binding.device,
+            binding.port
+        );
+        NicContext {
+            binding,
+            device: OnceLock::new(),
+        }
+    }
+
+    /// The real device's context (opened on first use), if it opens.
+    fn context(&self) -> Option<*mut ibv_context> {
+        self.device
+            .get_or_init(|| open(&self.binding.device))
+            .as_ref()
+            .map(|c| c.0)
+    }
+
+    /// A PD on the real device (NULL if the device is unavailable).
+    pub fn alloc_pd(&self) -> *mut ibv_pd {
+        match self.context() {
+            // SAFETY: a live real context.
+            Some(c) => unsafe { ibv_alloc_pd(c) },
+            None => ptr::null_mut(),
+        }
+    }
+
+    /// A CQ on the real device whose completions carry `cq_context` (the
+    /// fv0 CQ), or NULL.
+    pub(crate) fn create_cq(&self, cqe: i32, cq_context: *mut libc::c_void) -> *mut ibv_cq {
+        match self.context() {
+            // SAFETY: a live real context; no channel, vector 0.
+            Some(c) => unsafe { ibv_create_cq(c, cqe, cq_context, ptr::null_mut(), 0) },
+            None => ptr::null_mut(),
+        }
+    }
+
+    /// A QP on the real device (NULL if the device refuses it); `init`'s
+    /// CQs must be real ones, its capabilities are updated by the device.
+    pub(crate) fn create_qp(&self, pd: *mut ibv_pd, init: &mut ibv_qp_init_attr) -> Option<NicQp> {
+        // SAFETY: pd is a real PD; init names real CQs.
+        let qp = unsafe { ibv_create_qp(pd, init) };
+        if qp.is_null() {
+            fv_log!(
+                2,
+                "NIC {}: QP refused ({}); this QP keeps fv0's own paths",
+                self.binding.device,
+                std::io::Error::last_os_error()
+            );
+            return None;
+        }
+        Some(NicQp {
+            qp,
+            port: self.binding.port,
+            route: AtomicU8::new(Route::Undecided as u8),
+            held: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+/// Destroys a real object (the fv0 object goes first only if this works).
+pub(crate) fn dealloc_pd(pd: *mut ibv_pd) -> Result<(), Errno> {
+    // SAFETY: a real PD of ours.
+    errno_of(unsafe { ibv_dealloc_pd(pd) })
+}
+
+pub(crate) fn dereg_mr(mr: *mut ibv_mr) -> Result<(), Errno> {
+    // SAFETY: a real MR of ours.
+    errno_of(unsafe { ibv_dereg_mr(mr) })
+}
+
+pub(crate) fn destroy_cq(cq: *mut ibv_cq) -> Result<(), Errno> {
+    // SAFETY: a real CQ of ours.
+    errno_of(unsafe { ibv_destroy_cq(cq) })
+}
+
+/// Registers a range on the real device (NULL if it refuses).
+pub(crate) fn reg_mr(
+    pd: *mut ibv_pd,
+    addr: *mut libc::c_void,
+    length: usize,
+    access: i32,
+) -> *mut ibv_mr {
+    // SAFETY: a real PD; the range is the application's, as given to fv0.
+    let mr = unsafe { ibv_reg_mr(pd, addr, length, access) };
+    if mr.is_null() {
+        fv_log!(
+            2,
+            "NIC: registration of {addr:p}+{length} refused ({}); it stays fv0-only",
+            std::io::Error::last_os_error()
+        );
+    }
+    mr
+}
+
+/// Polls a real CQ straight through its provider's function.
+///
+/// # Safety
+/// `cq` must be a live real CQ and `wc` hold `n` entries.
+#[inline]
+pub unsafe fn poll_cq(cq: *mut ibv_cq, n: i32, wc: *mut ibv_wc) -> i32 {
+    // SAFETY: the caller's promise; the ops are the vendor provider's.
+    unsafe {
+        let poll = (*(*cq).context).ops.poll_cq.expect("every provider polls");
+        poll(cq, n, wc)
+    }
+}
+
+/// Arms a real CQ.
+///
+/// # Safety
+/// `cq` must be a live real CQ.
+pub unsafe fn req_notify_cq(cq: *mut ibv_cq, solicited_only: i32) -> i32 {
+    // SAFETY: the caller's promise.
+    unsafe {
+        let arm = (*(*cq).context)
+            .ops
+            .req_notify_cq
+            .expect("every provider arms");
+        arm(cq, solicited_only)
+    }
+}
+
+fn errno_of(r: i32) -> Result<(), Errno> {
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(r)
+    }
+}
+
+/// Where a NIC-backed QP's work goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Route {
+    /// Not at RTR yet: receives wait in [`NicQp::held`].
+    Undecided,
+    /// The real QP carries everything.
+    Nic,
+    /// fv0's own paths; the real QP is unused.
+    Own,
+}
+
+/// A receive posted before the path was known.
+pub struct HeldReceive {
+    pub wr_id: u64,
+    pub sges: Vec<ibv_sge>,
+}
+
+/// The real QP behind a fv0 QP.
+pub struct NicQp {
+    qp: *mut ibv_qp,
+    port: u8,
+    route: AtomicU8,
+    held: Mutex<Vec<HeldReceive>>,
+}
+
+// SAFETY: the real QP is used from any thread (libibverbs' contract); the
+// rest is atomics and a mutex.
+unsafe impl Send for NicQp {}
+// SAFETY: as above.
+unsafe impl Sync for NicQp {}
+
+impl Drop for NicQp {
+    fn drop(&mut self) {
+        // SAFETY: created by NicContext::create_qp, destroyed only here.
+        let r = unsafe { ibv_destroy_qp(self.qp) };
+        if r != 0 {
+            fv_log!(1, "NIC: destroying QP {:#x}: errno {r}", self.qpn());
+        }
+    }
+}
+
+impl NicQp {
+    pub fn qpn(&self) -> u32 {
+        // SAFETY: a live real QP.
+        unsafe { (*self.qp).qp_num }
+    }
+
+    pub fn route(&self) -> Route {
+        match self.route.load(Ordering::Acquire) {
+            0 => Route::Undecided,
+            1 => Route::Nic,
+            _ => Route::Own,
+        }
+    }
+
+    fn set_route(&self, r: Route) {
+        self.route.store(r as u8, Ordering::Release);
+    }
+
+    /// Posts sends to the real QP.
+    ///
+    /// # Safety
+    /// `wr` and `bad` as `ibv_post_send` takes them.
+    #[inline]
+    pub unsafe fn post_send(&self, wr: *mut ibv_send_wr, bad: *mut *mut ibv_send_wr) -> i32 {
+        // SAFETY: a live real QP and the caller's chain.
+        unsafe {
+            let post = (*(*self.qp).context)
+                .ops
+                .post_send
+                .expect("every provider posts");
+            post(self.qp, wr, bad)
+        }
+    }
+
+    /// Posts receives to the real QP.
+    ///
+    /// # Safety
+    /// `wr` and `bad` as `ibv_post_recv` takes them.
+    #[inline]
+    pub unsafe fn post_recv(&self, wr: *mut ibv_recv_wr, bad: *mut *mut ibv_recv_wr) -> i32 {
+        // SAFETY: a live real QP and the caller's chain.
+        unsafe {
+            let post = (*(*self.qp).context)
+                .ops
+                .post_recv
+                .expect("every provider posts");
+            post(self.qp, wr, bad)
+        }
+    }
+
+    /// Before the path is known: keeps a chain of receives (at most
+    /// `max_wr` in all, `max_sge` SGEs each) for [`NicQp::after_modify`].
+    ///
+    /// # Safety
+    /// `wr` and `bad` as `ibv_post_recv` takes them.
+    pub unsafe fn hold_receive(
+        &self,
+        mut wr: *mut ibv_recv_wr,
+        bad: *mut *mut ibv_recv_wr,
+        max_wr: u32,
+        max_sge: u32,
+    ) -> i32 {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        while !wr.is_null() {
+            // SAFETY: the caller's chain.
+            let w = unsafe { &*wr };
+            let errno = if w.num_sge < 0 || w.num_sge as u32 > max_sge.max(1) {
+                libc::EINVAL
+            } else if held.len() >= max_wr.max(1) as usize {
+                libc::ENOMEM
+            } else {
+                0
+            };
+            if errno != 0 {
+                if !bad.is_null() {
+                    // SAFETY: the caller's out-pointer.
+                    unsafe { *bad = wr };
+                }
+                return errno;
+            }
+            let sges = if w.num_sge == 0 {
+                Vec::new()
+            } else {
+                // SAFETY: sg_list holds num_sge entries.
+                unsafe { std::slice::from_raw_parts(w.sg_list, w.num_sge as usize) }.to_vec()
+            };
+            held.push(HeldReceive {
+                wr_id: w.wr_id,
+                sges,
+            });
+            wr = w.next;
+        }
+        0
+    }
+
+    /// Mirrors a modify the router accepted onto the real QP, and settles
+    /// the path at RTR: `nic_path` is the router's `NicPath` answer (the
+    /// physical destination GID and this host's GID index), None for any
+    /// other answer. Returns the receives held for fv0's own path (to be
+    /// posted there), if the path became fv0's.
+    pub fn after_modify(
+        &self,
+        attr: &ibv_qp_attr,
+        mask: u32,
+        nic_path: Option<([u8; 16], u8)>,
+    ) -> Result<Vec<HeldReceive>, Errno> {
+        let target = (mask & IBV_QP_STATE != 0).then_some(attr.qp_state);
+        match (self.route(), nic_path) {
+            (_, Some((dgid, sgid_index))) => {
+                let mut a = *attr;
+                a.ah_attr.is_global = 1;
+                a.ah_attr.grh.dgid.raw = dgid;
+                a.ah_attr.grh.sgid_index = sgid_index;
+                self.modify(a, mask)?;
+                self.set_route(Route::Nic);
+                self.post_held()?;
+                Ok(Vec::new())
+            }
+            (Route::Undecided, None) if matches!(target, Some(IBV_QPS_RTR | IBV_QPS_ERR)) => {
+                // The router's own paths: the real QP stays where it is.
+                self.set_route(Route::Own);
+                Ok(std::mem::take(
+                    &mut *self.held.lock().unwrap_or_else(|e| e.into_inner()),
+                ))
+            }
+            (Route::Undecided | Route::Nic, None) => {
+                self.modify(*attr, mask)?;
+                if target == Some(IBV_QPS_RESET) {
+                    self.set_route(Route::Undecided);
+                    self.held.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                }
+                Ok(Vec::new())
+            }
+            (Route::Own, None) => {
+                if target == Some(IBV_QPS_RESET) {
+                    self.modify(*attr, mask)?;
+                    self.set_route(Route::Undecided);
+                }
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// `ibv_modify_qp` on the real QP, on the real port.
+    fn modify(&self, mut a: ibv_qp_attr, mask: u32) -> Result<(), Errno> {
+        if mask & IBV_QP_PORT != 0 {
+            a.port_num = self.port;
+        }
+        if mask & IBV_QP_AV != 0 {
+            a.ah_attr.port_num = self.port;
+        }
+        // SAFETY: a live real QP; `a` is a full attribute block.
+        let r = unsafe { ibv_modify_qp(self.qp, &mut a, mask as i32) };
+        if r != 0 {
+            fv_log!(
+                2,
+                "NIC: modify of QP {:#x} (mask {mask:#x}) refused: errno {r}",
+                self.qpn()
+            );
+        }
+        errno_of(r)
+    }
+
+    /// Posts the receives held before RTR to the real QP.
+    fn post_held(&self) -> Result<(), Errno> {
+        let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()));
+        for mut h in held {
+            let mut wr = ibv_recv_wr {
+                wr_id: h.wr_id,
+                next: ptr::null_mut(),
+                sg_list: h.sges.as_mut_ptr(),
+                num_sge: h.sges.len() as i32,
+            };
+            let mut bad = ptr::null_mut();
+            // SAFETY: one work request built just above.
+            errno_of(unsafe { self.post_recv(&mut wr, &mut bad) })?;
+        }
+        Ok(())
+    }
+}
