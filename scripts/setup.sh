@@ -9,7 +9,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 packages=(libibverbs-dev ibverbs-utils perftest ucx-utils openmpi-bin libopenmpi-dev netpipe-openmpi libclang-dev clang iproute2
-          build-essential pkg-config ca-certificates curl)
+          build-essential pkg-config ca-certificates curl qemu-system-x86)
 missing=()
 for p in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -61,4 +61,13 @@ if command -v rustup >/dev/null 2>&1; then
             rustup -q component add "$c"
         fi
     done
+fi
+
+# The NIC tests boot Debian's kernel with Soft-RoCE devices under QEMU
+# (scripts/rxe-vm, scripts/rxe-vm.md): fill its cache (kernel package,
+# busybox, initramfs; downloaded once) so that tests do not.
+if ! out=$("$(dirname "${BASH_SOURCE[0]}")/rxe-vm" prepare 2>&1); then
+    echo "$out" >&2
+    echo "setup.sh: rxe-vm prepare failed" >&2
+    exit 1
 fi

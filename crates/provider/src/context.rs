@@ -421,7 +421,7 @@ pub unsafe extern "C" fn query_device_ex(
 /// # Safety
 /// Called by libibverbs with pointers it owns, as the PABI 34 op table says.
 pub unsafe extern "C" fn query_port(
-    _ctx: *mut ibv_context,
+    ctx: *mut ibv_context,
     port: u8,
     attr: *mut ibv_port_attr,
 ) -> i32 {
@@ -433,7 +433,14 @@ pub unsafe extern "C" fn query_port(
         let a = unsafe { &mut *attr };
         a.state = IBV_PORT_ACTIVE;
         a.max_mtu = IBV_MTU_4096;
-        a.active_mtu = IBV_MTU_4096;
+        // Semi mode over a NIC: the real link's MTU (a larger path MTU
+        // would be dropped there).
+        // SAFETY: ctx is ours.
+        a.active_mtu = unsafe { inner(ctx) }
+            .nic
+            .as_ref()
+            .and_then(|n| n.active_mtu())
+            .unwrap_or(IBV_MTU_4096);
         a.gid_tbl_len = 1;
         a.port_cap_flags = 0;
         a.max_msg_sz = MAX_MSG_SIZE;

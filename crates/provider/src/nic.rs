@@ -33,7 +33,11 @@ pub struct NicContext {
     device: OnceLock<Option<RealContext>>,
 }
 
-struct RealContext(*mut ibv_context);
+struct RealContext {
+    ctx: *mut ibv_context,
+    /// The port's active MTU (`ibv_mtu`), as it was at opening.
+    active_mtu: u32,
+}
 // SAFETY: an ibv_context is used from any thread (libibverbs' contract).
 unsafe impl Send for RealContext {}
 // SAFETY: as above.
@@ -42,12 +46,27 @@ unsafe impl Sync for RealContext {}
 impl Drop for RealContext {
     fn drop(&mut self) {
         // SAFETY: opened by `open` and closed only here.
-        unsafe { ibv_close_device(self.0) };
+        unsafe { ibv_close_device(self.ctx) };
     }
 }
 
+/// `ibv_query_port` of a real context, through its provider's
+/// `verbs_context` (the exported symbol takes the old, shorter struct).
+fn query_port(ctx: *mut ibv_context, port: u8) -> Option<ibv_port_attr> {
+    let mut attr = ibv_port_attr::default();
+    // SAFETY: a real context opened by libibverbs sits inside its
+    // verbs_context (PABI 34 layout, asserted in flowverbs-sys); its
+    // query_port takes the full struct and its size.
+    let r = unsafe {
+        let v = (ctx as *mut u8).sub(std::mem::offset_of!(verbs_context, context))
+            as *mut verbs_context;
+        (*v).query_port?(ctx, port, &mut attr, std::mem::size_of::<ibv_port_attr>())
+    };
+    (r == 0).then_some(attr)
+}
+
 /// Opens the device called `name` through libibverbs' own device list.
-fn open(name: &str) -> Option<RealContext> {
+fn open(name: &str, port: u8) -> Option<RealContext> {
     let mut n = 0i32;
     // SAFETY: libibverbs' public API; the list is freed below.
     let list = unsafe { ibv_get_device_list(&mut n) };
@@ -76,7 +95,8 @@ fn open(name: &str) -> Option<RealContext> {
                     std::io::Error::last_os_error()
                 );
             } else {
-                opened = Some(RealContext(ctx));
+                let active_mtu = query_port(ctx, port).map_or(IBV_MTU_1024, |a| a.active_mtu);
+                opened = Some(RealContext { ctx, active_mtu });
             }
             break;
         }
@@ -108,10 +128,19 @@ impl NicContext {
 
     /// The real device's context (opened on first use), if it opens.
     fn context(&self) -> Option<*mut ibv_context> {
+        self.opened().map(|c| c.ctx)
+    }
+
+    fn opened(&self) -> Option<&RealContext> {
         self.device
-            .get_or_init(|| open(&self.binding.device))
+            .get_or_init(|| open(&self.binding.device, self.binding.port))
             .as_ref()
-            .map(|c| c.0)
+    }
+
+    /// The real port's active MTU (what fv0's port reports too: a path MTU
+    /// above it would be dropped on the real link).
+    pub fn active_mtu(&self) -> Option<u32> {
+        self.opened().map(|c| c.active_mtu)
     }
 
     /// A PD on the real device (NULL if the device is unavailable).
@@ -150,6 +179,7 @@ impl NicContext {
         Some(NicQp {
             qp,
             port: self.binding.port,
+            mtu: self.active_mtu().unwrap_or(IBV_MTU_1024),
             route: AtomicU8::new(Route::Undecided as u8),
             held: Mutex::new(Vec::new()),
         })
@@ -249,6 +279,8 @@ pub struct HeldReceive {
 pub struct NicQp {
     qp: *mut ibv_qp,
     port: u8,
+    /// The real port's active MTU: path MTUs are clamped to it.
+    mtu: u32,
     route: AtomicU8,
     held: Mutex<Vec<HeldReceive>>,
 }
@@ -419,6 +451,9 @@ impl NicQp {
         }
         if mask & IBV_QP_AV != 0 {
             a.ah_attr.port_num = self.port;
+        }
+        if mask & IBV_QP_PATH_MTU != 0 {
+            a.path_mtu = a.path_mtu.min(self.mtu);
         }
         // SAFETY: a live real QP; `a` is a full attribute block.
         let r = unsafe { ibv_modify_qp(self.qp, &mut a, mask as i32) };

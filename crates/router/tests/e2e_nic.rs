@@ -1,0 +1,338 @@
+//! Semi mode over a real NIC, with real RDMA devices: Debian's kernel with
+//! Soft-RoCE under QEMU (`scripts/rxe-vm`), two "hosts" in it
+//! (`tests/nic/two_hosts.sh`): router A posts to rxe0 and serves container
+//! namespace fv_a (10.77.1.2), router B posts to rxe1 and serves fv_b
+//! (10.77.2.2); the routers are linked. Unmodified programs run in the
+//! containers under `flowverbs exec`; each scenario is checked by what the
+//! programs print and return, and by where the data went: the real
+//! devices' packet counters rise by at least the number of messages while
+//! neither router moves a byte (link or copy).
+//!
+//! One VM runs every scenario (booting it takes 5-20 s under TCG); the
+//! first test to need it starts it, the others wait for its results.
+
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Output};
+use std::sync::OnceLock;
+
+/// Host A's container address (servers run there; clients in host B's
+/// container connect to it).
+const SERVER: &str = "10.77.1.2";
+
+/// One program, or a server and its client, in the containers.
+struct Scenario {
+    name: &'static str,
+    /// Both sides' TCP port (a server waits for it) or None: one program
+    /// alone, in host A's container.
+    port: Option<u16>,
+    /// The command line (the server's; the client's gets SERVER appended).
+    command: String,
+}
+
+fn perftest(name: &'static str, port: u16, program: &str, args: &str) -> Scenario {
+    Scenario {
+        name,
+        port: Some(port),
+        command: format!("{program} -d fv0 -x 0 -F -p {port} {args}"),
+    }
+}
+
+fn pingpong(name: &'static str, program: &str, args: &str) -> Scenario {
+    Scenario {
+        name,
+        port: Some(18515),
+        command: format!("{program} -d fv0 -g 0 {args}"),
+    }
+}
+
+fn scenarios(nic_check: &Path) -> Vec<Scenario> {
+    vec![
+        Scenario {
+            name: "devices",
+            port: None,
+            command: "ibv_devices".into(),
+        },
+        Scenario {
+            name: "unknown_gid",
+            port: None,
+            command: format!("{} unknown_gid", nic_check.display()),
+        },
+        pingpong("rc_pingpong", "ibv_rc_pingpong", "-n 500 -c"),
+        perftest("send_bw_all", 18601, "ib_send_bw", "-a -n 20"),
+        perftest("write_lat", 18602, "ib_write_lat", "-n 500"),
+        perftest("read_bw", 18603, "ib_read_bw", "-n 200"),
+        perftest("atomic_bw", 18604, "ib_atomic_bw", "-n 500"),
+    ]
+}
+
+/// The results of the one VM run.
+struct VmRun {
+    dir: PathBuf,
+    /// What rxe-vm and the script printed (for failure messages).
+    console: String,
+}
+
+fn rxe_vm() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/rxe-vm")
+}
+
+/// The VM run, made by the first test that asks (a failed run fails every
+/// test with its report; it is not tried again).
+fn vm() -> &'static VmRun {
+    static RUN: OnceLock<Result<VmRun, String>> = OnceLock::new();
+    match RUN.get_or_init(run_vm) {
+        Ok(run) => run,
+        Err(report) => panic!("{report}"),
+    }
+}
+
+fn run_vm() -> Result<VmRun, String> {
+    {
+        let dir = fresh_temp_dir("nic-vm");
+        let provider = dir.join("provider");
+        std::fs::create_dir_all(&provider).unwrap();
+        std::fs::copy(provider_lib(), provider.join("libflowverbs-rdmav34.so")).unwrap();
+        let nic_check =
+            compile_c(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/fv_nic_check.c"));
+        let mut script = String::new();
+        for s in scenarios(&nic_check) {
+            match s.port {
+                Some(port) => script.push_str(&format!(
+                    "scenario {} {port} '{}' '{} {SERVER}'\n",
+                    s.name, s.command, s.command
+                )),
+                None => script.push_str(&format!("alone {} a '{}'\n", s.name, s.command)),
+            }
+        }
+        let scenarios_file = dir.join("scenarios.sh");
+        std::fs::write(&scenarios_file, script).unwrap();
+        let two_hosts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/nic/two_hosts.sh");
+        let mut cmd = Command::new(rxe_vm());
+        cmd.args(["run", "--modules", "fuse", "--timeout", "900", "--rw"])
+            .arg(&dir)
+            .args(["--", "bash"])
+            .arg(two_hosts)
+            .arg(&dir)
+            .arg(flowverbs_exe())
+            .arg(&provider)
+            .arg(&scenarios_file);
+        let out = run_with_timeout(&mut cmd, 1000);
+        let console = show("rxe-vm", &out);
+        let run = VmRun { dir, console };
+        if out.status.success() && run.console.contains("two_hosts: done") {
+            Ok(run)
+        } else {
+            Err(format!("the VM run failed:\n{}", run.report()))
+        }
+    }
+}
+
+impl VmRun {
+    fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.dir.join(file)).unwrap_or_default()
+    }
+
+    /// One side's output (`server` or `client`) of a scenario.
+    fn output(&self, name: &str, side: &str) -> Output {
+        let rc: i32 = self
+            .read(&format!("{name}.{side}.rc"))
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}: no exit status of the {side}\n{}", self.report()));
+        Output {
+            status: ExitStatus::from_raw((rc & 0xff) << 8),
+            stdout: self.read(&format!("{name}.{side}.out")).into_bytes(),
+            stderr: self.read(&format!("{name}.{side}.err")).into_bytes(),
+        }
+    }
+
+    /// A counter's rise across a scenario (`rxe0_sent`, `rxe1_rcvd`, `cpu_a`, `cpu_b`).
+    fn rise(&self, name: &str, counter: &str) -> u64 {
+        let mut at: HashMap<String, u64> = HashMap::new();
+        for line in self.read(&format!("{name}.counters")).lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if let [key, when, value] = f[..] {
+                if key == counter {
+                    at.insert(when.into(), value.parse().unwrap_or(0));
+                }
+            }
+        }
+        match (at.get("before"), at.get("after")) {
+            (Some(b), Some(a)) => a.saturating_sub(*b),
+            _ => panic!("{name}: no {counter} counter\n{}", self.report()),
+        }
+    }
+
+    /// What router `host` moved across a scenario itself (link and copy
+    /// bytes, from its `status --json` totals).
+    fn router_bytes(&self, name: &str, host: &str) -> u64 {
+        let total = |when: &str| -> u64 {
+            let text = self.read(&format!("{name}.status_{host}.{when}.json"));
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{name}: status of {host} {when}: {e}: {text:?}"));
+            let moved = &v["totals"]["moved"];
+            ["link", "router"]
+                .iter()
+                .map(|p| moved[p]["bytes"].as_u64().expect("bytes"))
+                .sum()
+        };
+        total("after") - total("before")
+    }
+
+    fn report(&self) -> String {
+        format!(
+            "{}\n--- router A ---\n{}\n--- router B ---\n{}",
+            self.console,
+            self.read("router_a.log"),
+            self.read("router_b.log")
+        )
+    }
+
+    fn scenario_report(&self, name: &str) -> String {
+        let mut r = String::new();
+        for side in ["server", "client"] {
+            if self.dir.join(format!("{name}.{side}.rc")).exists() {
+                r.push_str(&show(&format!("{name} {side}"), &self.output(name, side)));
+            }
+        }
+        r.push_str(&self.read(&format!("{name}.counters")));
+        format!("{r}\n{}", self.report())
+    }
+
+    /// Both sides succeeded; returns (server, client).
+    fn pair_ok(&self, name: &str) -> (Output, Output) {
+        let (s, c) = (self.output(name, "server"), self.output(name, "client"));
+        assert!(
+            s.status.success() && c.status.success(),
+            "{}",
+            self.scenario_report(name)
+        );
+        (s, c)
+    }
+
+    /// The data went over the NIC: rxe0 sent and rxe1 received at least
+    /// `messages` packets, and neither router moved a byte itself.
+    fn assert_on_nic(&self, name: &str, messages: u64) {
+        let report = || self.scenario_report(name);
+        let (sent, rcvd) = (self.rise(name, "rxe0_sent"), self.rise(name, "rxe1_rcvd"));
+        assert!(
+            sent >= messages && rcvd >= messages,
+            "rxe0 sent {sent}, rxe1 received {rcvd} packets; expected at least {messages}\n{}",
+            report()
+        );
+        for host in ["a", "b"] {
+            assert_eq!(
+                self.router_bytes(name, host),
+                0,
+                "router {host} moved bytes itself\n{}",
+                report()
+            );
+        }
+        eprintln!(
+            "{name}: rxe0 sent {sent}, rxe1 received {rcvd} packets; router CPU ticks A {} B {}",
+            self.rise(name, "cpu_a"),
+            self.rise(name, "cpu_b")
+        );
+    }
+}
+
+#[test]
+fn exec_lists_fv0_beside_the_real_devices() {
+    let vm = vm();
+    let out = vm.output("devices", "client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", vm.scenario_report("devices"));
+    for dev in ["fv0", "rxe0", "rxe1"] {
+        assert!(
+            text.lines()
+                .any(|l| l.split_whitespace().next() == Some(dev)),
+            "{dev} not listed\n{}",
+            vm.scenario_report("devices")
+        );
+    }
+}
+
+#[test]
+fn a_path_to_an_unknown_gid_is_refused() {
+    let vm = vm();
+    let out = vm.output("unknown_gid", "client");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("returned EINVAL"),
+        "{}",
+        vm.scenario_report("unknown_gid")
+    );
+    assert!(
+        vm.read("router_a.log")
+            .contains("no router serves GID ::ffff:10.99.99.99"),
+        "the refusal is not logged with its reason\n{}",
+        vm.report()
+    );
+}
+
+#[test]
+fn rc_pingpong_checked_over_the_nic() {
+    let vm = vm();
+    let (server, client) = vm.pair_ok("rc_pingpong");
+    // The container behind host A is reached at its own address.
+    for (out, local, remote) in [
+        (&server, "10.77.1.2", "10.77.2.2"),
+        (&client, "10.77.2.2", "10.77.1.2"),
+    ] {
+        let text = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("local address:  LID 0x0000")
+                && text.contains(&format!("GID ::ffff:{local}"))
+                && text.contains(&format!("GID ::ffff:{remote}")),
+            "{}",
+            vm.scenario_report("rc_pingpong")
+        );
+        let r =
+            parse_pingpong(out).unwrap_or_else(|| panic!("{}", vm.scenario_report("rc_pingpong")));
+        assert_eq!(r.iters, 500, "{}", vm.scenario_report("rc_pingpong"));
+    }
+    vm.assert_on_nic("rc_pingpong", 500);
+}
+
+fn perftest_checked(name: &str, iters: u64) {
+    let vm = vm();
+    let (_, client) = vm.pair_ok(name);
+    let table = parse_perftest_table(&client)
+        .unwrap_or_else(|| panic!("no result table\n{}", vm.scenario_report(name)));
+    check_perftest_table(&table).unwrap_or_else(|e| panic!("{e}\n{}", vm.scenario_report(name)));
+    vm.assert_on_nic(name, iters);
+}
+
+#[test]
+fn send_bw_all_sizes_over_the_nic() {
+    let vm = vm();
+    perftest_checked("send_bw_all", 20);
+    let (_, client) = vm.pair_ok("send_bw_all");
+    let table = parse_perftest_table(&client).expect("table");
+    assert_eq!(
+        table.sizes(),
+        perftest_all_sizes(),
+        "{}",
+        vm.scenario_report("send_bw_all")
+    );
+}
+
+#[test]
+fn write_lat_over_the_nic() {
+    perftest_checked("write_lat", 500);
+}
+
+#[test]
+fn read_bw_over_the_nic() {
+    perftest_checked("read_bw", 200);
+}
+
+#[test]
+fn atomic_bw_over_the_nic() {
+    perftest_checked("atomic_bw", 500);
+}
