@@ -42,6 +42,8 @@ pub struct ContextInner {
     pub semi: Option<SemiContext>,
     /// Semi mode over a NIC (the router named one at Hello): `provider::nic`.
     pub nic: Option<NicContext>,
+    /// The write ends of this context's completion channels.
+    pub channel_writers: watcher::ChannelWriters,
     /// The thread that serves the router's events and notices its death.
     watcher: Option<Watcher>,
 }
@@ -246,11 +248,18 @@ fn connect(device: *mut ibv_device) -> Result<Connected, Errno> {
             }
         }
     });
-    let watcher = watcher::start(event_sock, async_write, session.clone())?;
+    let channel_writers = watcher::ChannelWriters::default();
+    let watcher = watcher::start(
+        event_sock,
+        async_write,
+        session.clone(),
+        channel_writers.clone(),
+    )?;
     Ok(Connected {
         inner: ContextInner {
             send_queues: SendQueues::default(),
             nic: nic.filter(|_| key_table.is_some()).map(NicContext::new),
+            channel_writers,
             semi: key_table.map(SemiContext::new),
             client: Mutex::new(sock),
             session,

@@ -18,6 +18,7 @@
 //! path is.
 
 use std::ffi::CStr;
+use std::os::fd::OwnedFd;
 use std::ptr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -30,7 +31,122 @@ use flowverbs_wire::control::NicBinding;
 /// The real device of a context, opened at first use.
 pub struct NicContext {
     binding: NicBinding,
+    /// The completion events of real CQs that have an fv0 channel (made
+    /// with the first such CQ). Declared before `device`: it goes first.
+    events: OnceLock<Option<EventForwarder>>,
     device: OnceLock<Option<RealContext>>,
+}
+
+/// What a completion event of a real CQ becomes: called with the real
+/// CQ's `cq_context` (the fv0 CQ) on the forwarder's thread.
+pub type Deliver = Box<dyn Fn(*mut libc::c_void) + Send>;
+
+/// A thread that takes the completion events of the real device's CQs
+/// (one real channel per context) and hands each to `Deliver`, which
+/// writes it to the fv0 CQ's own channel: the application waits on fv0's
+/// channel only and sees both kinds of events there.
+struct EventForwarder {
+    channel: *mut ibv_comp_channel,
+    stop: OwnedFd,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+// SAFETY: the channel is only used by the forwarder's thread and, after
+// that thread is joined, destroyed by Drop.
+unsafe impl Send for EventForwarder {}
+// SAFETY: as above.
+unsafe impl Sync for EventForwarder {}
+
+struct ChannelPtr(*mut ibv_comp_channel);
+// SAFETY: moved to the forwarder's thread, its only user until joined.
+unsafe impl Send for ChannelPtr {}
+
+impl EventForwarder {
+    fn start(ctx: *mut ibv_context, deliver: Deliver) -> Option<EventForwarder> {
+        // SAFETY: a live real context.
+        let channel = unsafe { ibv_create_comp_channel(ctx) };
+        if channel.is_null() {
+            fv_log!(
+                1,
+                "NIC: no completion channel ({})",
+                std::io::Error::last_os_error()
+            );
+            return None;
+        }
+        // SAFETY: the channel just made.
+        let fd = unsafe { (*channel).fd };
+        let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).ok()?;
+        let nonblock = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(nonblock)).ok()?;
+        let stop = nix::sys::eventfd::EventFd::from_flags(nix::sys::eventfd::EfdFlags::EFD_CLOEXEC)
+            .ok()?;
+        let stop_fd: OwnedFd = stop.into();
+        let stop_for_thread = stop_fd.try_clone().ok()?;
+        let ch = ChannelPtr(channel);
+        let thread = std::thread::Builder::new()
+            .name("flowverbs-nic-events".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let ch = ch;
+                forward_events(ch.0, &stop_for_thread, &deliver)
+            })
+            .ok()?;
+        Some(EventForwarder {
+            channel,
+            stop: stop_fd,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EventForwarder {
+    fn drop(&mut self) {
+        let _ = nix::unistd::write(&self.stop, &1u64.to_ne_bytes());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        // SAFETY: ours; its thread is gone and its CQs destroyed (the
+        // application destroys CQs before closing the device).
+        unsafe { ibv_destroy_comp_channel(self.channel) };
+    }
+}
+
+/// The forwarder's loop: sleeps in poll(2) on the real channel and `stop`.
+fn forward_events(channel: *mut ibv_comp_channel, stop: &OwnedFd, deliver: &Deliver) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::{AsFd, BorrowedFd};
+    let _ = nix::sys::signal::SigSet::all().thread_block();
+    // SAFETY: the channel's fd stays open until this thread is joined.
+    let chan_fd = unsafe { BorrowedFd::borrow_raw((*channel).fd) };
+    loop {
+        let mut fds = [
+            PollFd::new(chan_fd, PollFlags::POLLIN),
+            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                fv_log!(1, "NIC events: poll: {e}");
+                return;
+            }
+        }
+        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+            return;
+        }
+        loop {
+            let mut cq = ptr::null_mut();
+            let mut cq_context = ptr::null_mut();
+            // SAFETY: our channel (non-blocking: EAGAIN when drained).
+            if unsafe { ibv_get_cq_event(channel, &mut cq, &mut cq_context) } != 0 {
+                break;
+            }
+            // Delivered before the acknowledgement: destroying the real CQ
+            // waits for it, so no event reaches a fv0 CQ being destroyed.
+            deliver(cq_context);
+            // SAFETY: the CQ the event came from.
+            unsafe { ibv_ack_cq_events(cq, 1) };
+        }
+    }
 }
 
 struct RealContext {
@@ -122,6 +238,7 @@ impl NicContext {
         );
         NicContext {
             binding,
+            events: OnceLock::new(),
             device: OnceLock::new(),
         }
     }
@@ -153,13 +270,30 @@ impl NicContext {
     }
 
     /// A CQ on the real device whose completions carry `cq_context` (the
-    /// fv0 CQ), or NULL.
-    pub(crate) fn create_cq(&self, cqe: i32, cq_context: *mut libc::c_void) -> *mut ibv_cq {
-        match self.context() {
-            // SAFETY: a live real context; no channel, vector 0.
-            Some(c) => unsafe { ibv_create_cq(c, cqe, cq_context, ptr::null_mut(), 0) },
+    /// fv0 CQ), or NULL. `with_events`: the fv0 CQ has a completion
+    /// channel; the real CQ's events go to `Deliver` (the same one for
+    /// every CQ of the context: the first given is kept).
+    pub(crate) fn create_cq(
+        &self,
+        cqe: i32,
+        cq_context: *mut libc::c_void,
+        with_events: Option<Deliver>,
+    ) -> *mut ibv_cq {
+        let Some(c) = self.context() else {
+            return ptr::null_mut();
+        };
+        let channel = match with_events {
             None => ptr::null_mut(),
-        }
+            Some(deliver) => match self
+                .events
+                .get_or_init(|| EventForwarder::start(c, deliver))
+            {
+                Some(f) => f.channel,
+                None => return ptr::null_mut(),
+            },
+        };
+        // SAFETY: a live real context and, if any, its channel; vector 0.
+        unsafe { ibv_create_cq(c, cqe, cq_context, channel, 0) }
     }
 
     /// A QP on the real device (NULL if the device refuses it); `init`'s

@@ -37,6 +37,12 @@ struct Shared {
     closing: AtomicBool,
 }
 
+/// The write ends of the completion channels the watcher made, by the
+/// channel's fd (its read end): semi mode over a NIC writes the completion
+/// events of real CQs there too (`provider::nic`). A number the
+/// application closed and a new channel reuses is overwritten.
+pub type ChannelWriters = Arc<std::sync::Mutex<HashMap<i32, OwnedFd>>>;
+
 /// The running watcher of one context.
 pub struct Watcher {
     shared: Arc<Shared>,
@@ -45,7 +51,12 @@ pub struct Watcher {
 
 /// Starts the watcher. `async_write`: the write end of the async-event
 /// pipe (for DEVICE_FATAL); `session`: the session segment.
-pub fn start(sock: OwnedFd, async_write: OwnedFd, session: Arc<Mapping>) -> Result<Watcher, Errno> {
+pub fn start(
+    sock: OwnedFd,
+    async_write: OwnedFd,
+    session: Arc<Mapping>,
+    writers: ChannelWriters,
+) -> Result<Watcher, Errno> {
     let shared = Arc::new(Shared {
         sock,
         closing: AtomicBool::new(false),
@@ -54,7 +65,7 @@ pub fn start(sock: OwnedFd, async_write: OwnedFd, session: Arc<Mapping>) -> Resu
     let thread = std::thread::Builder::new()
         .name("flowverbs-watch".into())
         .stack_size(256 * 1024)
-        .spawn(move || run(&s, &async_write, &session))
+        .spawn(move || run(&s, &async_write, &session, &writers))
         .map_err(|e| e.raw_os_error().unwrap_or(libc::EAGAIN))?;
     Ok(Watcher {
         shared,
@@ -81,7 +92,7 @@ fn block_signals() {
     let _ = all.thread_block();
 }
 
-fn run(shared: &Shared, async_write: &OwnedFd, session: &Mapping) {
+fn run(shared: &Shared, async_write: &OwnedFd, session: &Mapping, writers: &ChannelWriters) {
     block_signals();
     // Pipes made for channels, by read-end number: only those may be
     // closed on the router's word (Event::DropChannel).
@@ -103,7 +114,7 @@ fn run(shared: &Shared, async_write: &OwnedFd, session: &Mapping) {
         let mut gone = revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR);
         loop {
             match control::recv::<Event>(shared.sock.as_fd(), MsgFlags::MSG_DONTWAIT) {
-                Ok((event, _)) => serve(shared, event, &mut made),
+                Ok((event, _)) => serve(shared, event, &mut made, writers),
                 Err(WireError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(WireError::Malformed(m)) => fv_log!(1, "watcher: bad event: {m}"),
                 Err(_) => {
@@ -129,7 +140,7 @@ fn run(shared: &Shared, async_write: &OwnedFd, session: &Mapping) {
     }
 }
 
-fn serve(shared: &Shared, event: Event, made: &mut HashMap<i32, u64>) {
+fn serve(shared: &Shared, event: Event, made: &mut HashMap<i32, u64>, writers: &ChannelWriters) {
     match event {
         Event::MakeChannel { id } => {
             let reply = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
@@ -137,6 +148,12 @@ fn serve(shared: &Shared, event: Event, made: &mut HashMap<i32, u64>) {
                 Ok((read, write)) => {
                     let fd = read.into_raw_fd();
                     made.insert(fd, id);
+                    let mut w = writers.lock().unwrap_or_else(|e| e.into_inner());
+                    match write.try_clone() {
+                        Ok(dup) => drop(w.insert(fd, dup)),
+                        Err(_) => drop(w.remove(&fd)),
+                    }
+                    drop(w);
                     let msg = EventReply::ChannelMade { id, fd };
                     if control::send(shared.sock.as_fd(), &msg, &[write.as_raw_fd()]).is_err() {
                         made.remove(&fd);

@@ -67,6 +67,8 @@ fn scenarios(nic_check: &Path) -> Vec<Scenario> {
         perftest("write_lat", 18602, "ib_write_lat", "-n 500"),
         perftest("read_bw", 18603, "ib_read_bw", "-n 200"),
         perftest("atomic_bw", 18604, "ib_atomic_bw", "-n 500"),
+        perftest("send_bw_events", 18605, "ib_send_bw", "-e -n 500"),
+        pingpong("rc_pingpong_events", "ibv_rc_pingpong", "-n 300 -c -e"),
     ]
 }
 
@@ -335,4 +337,23 @@ fn read_bw_over_the_nic() {
 #[test]
 fn atomic_bw_over_the_nic() {
     perftest_checked("atomic_bw", 500);
+}
+
+/// Completion channels: the real CQs' events reach the programs through
+/// fv0's channels.
+#[test]
+fn send_bw_with_completion_events_over_the_nic() {
+    perftest_checked("send_bw_events", 500);
+}
+
+#[test]
+fn rc_pingpong_with_completion_events_over_the_nic() {
+    let vm = vm();
+    let (server, client) = vm.pair_ok("rc_pingpong_events");
+    for out in [&server, &client] {
+        let r = parse_pingpong(out)
+            .unwrap_or_else(|| panic!("{}", vm.scenario_report("rc_pingpong_events")));
+        assert_eq!(r.iters, 300, "{}", vm.scenario_report("rc_pingpong_events"));
+    }
+    vm.assert_on_nic("rc_pingpong_events", 300);
 }

@@ -24,6 +24,26 @@ pub struct FvCq {
     /// Semi mode over a NIC: the real device's twin, polled first (NULL:
     /// none).
     pub(super) nic: *mut ibv_cq,
+    /// The completion channel's fd (-1: none), where the twin's events
+    /// are written too.
+    channel_fd: i32,
+    /// Completion events of the twin written to the channel (the router
+    /// counts its own).
+    nic_events: AtomicU32,
+}
+
+/// Semi mode over a NIC: a completion event of a CQ's real twin, written
+/// to the fv0 CQ's channel as the router writes its own (the `ibv_cq *`).
+fn deliver_nic_event(writers: &crate::watcher::ChannelWriters, cq_context: *mut libc::c_void) {
+    // SAFETY: the twin's cq_context is its fv0 CQ, which outlives the
+    // twin (destroy_cq destroys the twin first, and that waits for this
+    // event's acknowledgement, which comes after this call).
+    let fcq = unsafe { &*(cq_context as *const FvCq) };
+    fcq.nic_events.fetch_add(1, Ordering::SeqCst);
+    let writers = writers.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(w) = writers.get(&fcq.channel_fd) {
+        let _ = nix::unistd::write(w, &(cq_context as u64).to_ne_bytes());
+    }
 }
 
 /// After this many empty polls in a row, `poll_cq` yields the CPU once per
@@ -115,14 +135,14 @@ pub(super) unsafe extern "C" fn create_cq(
         // SAFETY: the segment holds `capacity` CQEs at ring_offset.
         let ring = unsafe { RingSlots::new(segment.as_ptr().add(layout.ring_offset), capacity) };
         // SAFETY: ctx is ours.
-        let nic = match unsafe { inner(ctx) }.nic.as_ref() {
-            Some(n) if channel.is_none() => n.create_cq(cqe, slot.cookie() as *mut libc::c_void),
-            Some(_) => {
-                // Completion events of the real device are not forwarded
-                // to fv0's channels yet: such a CQ has no twin, and its
-                // QPs keep fv0's own paths.
-                crate::fv_log!(3, "a CQ with a completion channel gets no NIC twin");
-                ptr::null_mut()
+        let cx = unsafe { inner(ctx) };
+        let nic = match cx.nic.as_ref() {
+            Some(n) => {
+                let writers = cx.channel_writers.clone();
+                let deliver = channel.map(|_| -> crate::nic::Deliver {
+                    Box::new(move |cq_context| deliver_nic_event(&writers, cq_context))
+                });
+                n.create_cq(cqe, slot.cookie() as *mut libc::c_void, deliver)
             }
             None => ptr::null_mut(),
         };
@@ -147,6 +167,8 @@ pub(super) unsafe extern "C" fn create_cq(
                 },
             ),
             nic,
+            channel_fd: channel.unwrap_or(-1),
+            nic_events: AtomicU32::new(0),
         }) as *mut ibv_cq
     })
 }
@@ -167,6 +189,12 @@ pub(super) unsafe extern "C" fn destroy_cq(cq: *mut ibv_cq) -> i32 {
         }
         match call(ctx, &Request::DestroyCq { cq: handle }) {
             Ok((Reply::Destroyed { events }, _)) => {
+                // SAFETY: cq is ours.
+                let events = events.wrapping_add(
+                    unsafe { FvCq::from_ibv(cq) }
+                        .nic_events
+                        .load(Ordering::SeqCst),
+                );
                 // SAFETY: allocated by create_cq as a Box<FvCq>; libibverbs
                 // initialised its mutex (verbs_init_cq).
                 unsafe {
