@@ -41,6 +41,8 @@ fn main() {
         .allowlist_function("ibv_destroy_comp_channel")
         .allowlist_function("ibv_get_cq_event")
         .allowlist_function("ibv_ack_cq_events")
+        .allowlist_function("ibv_create_srq")
+        .allowlist_function("ibv_destroy_srq")
         .default_enum_style(bindgen::EnumVariation::Consts)
         .prepend_enum_name(false)
         .derive_default(true)

@@ -14,7 +14,7 @@
 //! functions straight through the real context's ops (no router, no copy);
 //! any other answer keeps fv0's own paths (shared memory on this host, the
 //! routers' link), and the twin stays in INIT, unused. Until that answer a
-//! QP's receives wait here ([`NicQp::hold_receive`]) and then go where the
+//! QP's receives wait here ([`Receives::hold`]) and then go where the
 //! path is.
 
 use std::ffi::CStr;
@@ -314,8 +314,30 @@ impl NicContext {
             qp,
             port: self.binding.port,
             mtu: self.active_mtu().unwrap_or(IBV_MTU_1024),
-            route: AtomicU8::new(Route::Undecided as u8),
-            held: Mutex::new(Vec::new()),
+            receives: Receives::default(),
+        })
+    }
+
+    /// An SRQ on the real device (None if it refuses).
+    pub(crate) fn create_srq(
+        &self,
+        pd: *mut ibv_pd,
+        init: &mut ibv_srq_init_attr,
+    ) -> Option<NicSrq> {
+        // SAFETY: pd is a real PD; init is a full attribute block.
+        let srq = unsafe { ibv_create_srq(pd, init) };
+        if srq.is_null() {
+            fv_log!(
+                2,
+                "NIC {}: SRQ refused ({}); it and its QPs keep fv0's own paths",
+                self.binding.device,
+                std::io::Error::last_os_error()
+            );
+            return None;
+        }
+        Some(NicSrq {
+            srq,
+            receives: Receives::default(),
         })
     }
 }
@@ -409,38 +431,43 @@ pub struct HeldReceive {
     pub sges: Vec<ibv_sge>,
 }
 
-/// The real QP behind a fv0 QP.
-pub struct NicQp {
-    qp: *mut ibv_qp,
-    port: u8,
-    /// The real port's active MTU: path MTUs are clamped to it.
-    mtu: u32,
+/// Links held receives into one chain of work requests (pointing into
+/// `held`, which must outlive the chain's use); the chain's head is the
+/// first element.
+pub fn chain(held: &mut [HeldReceive]) -> Vec<ibv_recv_wr> {
+    let mut wrs: Vec<ibv_recv_wr> = held
+        .iter_mut()
+        .map(|h| ibv_recv_wr {
+            wr_id: h.wr_id,
+            next: ptr::null_mut(),
+            sg_list: h.sges.as_mut_ptr(),
+            num_sge: h.sges.len() as i32,
+        })
+        .collect();
+    for i in 1..wrs.len() {
+        let next: *mut ibv_recv_wr = &mut wrs[i];
+        wrs[i - 1].next = next;
+    }
+    wrs
+}
+
+/// Where the receives of a receive queue backed by the NIC go (a QP's own
+/// queue or an SRQ), and those posted before that was known.
+pub struct Receives {
     route: AtomicU8,
     held: Mutex<Vec<HeldReceive>>,
 }
 
-// SAFETY: the real QP is used from any thread (libibverbs' contract); the
-// rest is atomics and a mutex.
-unsafe impl Send for NicQp {}
-// SAFETY: as above.
-unsafe impl Sync for NicQp {}
-
-impl Drop for NicQp {
-    fn drop(&mut self) {
-        // SAFETY: created by NicContext::create_qp, destroyed only here.
-        let r = unsafe { ibv_destroy_qp(self.qp) };
-        if r != 0 {
-            fv_log!(1, "NIC: destroying QP {:#x}: errno {r}", self.qpn());
+impl Default for Receives {
+    fn default() -> Self {
+        Receives {
+            route: AtomicU8::new(Route::Undecided as u8),
+            held: Mutex::new(Vec::new()),
         }
     }
 }
 
-impl NicQp {
-    pub fn qpn(&self) -> u32 {
-        // SAFETY: a live real QP.
-        unsafe { (*self.qp).qp_num }
-    }
-
+impl Receives {
     pub fn route(&self) -> Route {
         match self.route.load(Ordering::Acquire) {
             0 => Route::Undecided,
@@ -453,44 +480,16 @@ impl NicQp {
         self.route.store(r as u8, Ordering::Release);
     }
 
-    /// Posts sends to the real QP.
-    ///
-    /// # Safety
-    /// `wr` and `bad` as `ibv_post_send` takes them.
-    #[inline]
-    pub unsafe fn post_send(&self, wr: *mut ibv_send_wr, bad: *mut *mut ibv_send_wr) -> i32 {
-        // SAFETY: a live real QP and the caller's chain.
-        unsafe {
-            let post = (*(*self.qp).context)
-                .ops
-                .post_send
-                .expect("every provider posts");
-            post(self.qp, wr, bad)
-        }
-    }
-
-    /// Posts receives to the real QP.
-    ///
-    /// # Safety
-    /// `wr` and `bad` as `ibv_post_recv` takes them.
-    #[inline]
-    pub unsafe fn post_recv(&self, wr: *mut ibv_recv_wr, bad: *mut *mut ibv_recv_wr) -> i32 {
-        // SAFETY: a live real QP and the caller's chain.
-        unsafe {
-            let post = (*(*self.qp).context)
-                .ops
-                .post_recv
-                .expect("every provider posts");
-            post(self.qp, wr, bad)
-        }
+    fn take_held(&self) -> Vec<HeldReceive> {
+        std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Before the path is known: keeps a chain of receives (at most
-    /// `max_wr` in all, `max_sge` SGEs each) for [`NicQp::after_modify`].
+    /// `max_wr` in all, `max_sge` SGEs each), as `ibv_post_recv` would.
     ///
     /// # Safety
     /// `wr` and `bad` as `ibv_post_recv` takes them.
-    pub unsafe fn hold_receive(
+    pub unsafe fn hold(
         &self,
         mut wr: *mut ibv_recv_wr,
         bad: *mut *mut ibv_recv_wr,
@@ -530,6 +529,161 @@ impl NicQp {
         0
     }
 
+    /// The path is known: `Nic` posts the held receives with `post` (one
+    /// at a time); `Own` hands them back, for fv0's ring. A route already
+    /// settled stays (an SRQ follows its first QP).
+    fn settle(
+        &self,
+        route: Route,
+        post: impl Fn(*mut ibv_recv_wr) -> i32,
+    ) -> Result<Vec<HeldReceive>, Errno> {
+        if self.route() != Route::Undecided {
+            return Ok(Vec::new());
+        }
+        self.set_route(route);
+        let held = self.take_held();
+        if route != Route::Nic {
+            return Ok(held);
+        }
+        for mut h in held {
+            let mut wr = ibv_recv_wr {
+                wr_id: h.wr_id,
+                next: ptr::null_mut(),
+                sg_list: h.sges.as_mut_ptr(),
+                num_sge: h.sges.len() as i32,
+            };
+            errno_of(post(&mut wr))?;
+        }
+        Ok(Vec::new())
+    }
+
+    fn reset(&self) {
+        self.set_route(Route::Undecided);
+        self.take_held();
+    }
+}
+
+/// The real SRQ behind a fv0 SRQ: it follows the path of its first QP.
+pub struct NicSrq {
+    srq: *mut ibv_srq,
+    pub receives: Receives,
+}
+
+// SAFETY: the real SRQ is used from any thread (libibverbs' contract).
+unsafe impl Send for NicSrq {}
+// SAFETY: as above.
+unsafe impl Sync for NicSrq {}
+
+impl Drop for NicSrq {
+    fn drop(&mut self) {
+        // SAFETY: created by NicContext::create_srq, destroyed only here.
+        let r = unsafe { ibv_destroy_srq(self.srq) };
+        if r != 0 {
+            fv_log!(1, "NIC: destroying an SRQ: errno {r}");
+        }
+    }
+}
+
+impl NicSrq {
+    pub fn raw(&self) -> *mut ibv_srq {
+        self.srq
+    }
+
+    /// Posts receives to the real SRQ.
+    ///
+    /// # Safety
+    /// `wr` and `bad` as `ibv_post_srq_recv` takes them.
+    #[inline]
+    pub unsafe fn post_recv(&self, wr: *mut ibv_recv_wr, bad: *mut *mut ibv_recv_wr) -> i32 {
+        // SAFETY: a live real SRQ and the caller's chain.
+        unsafe {
+            let post = (*(*self.srq).context)
+                .ops
+                .post_srq_recv
+                .expect("every provider with SRQs posts to them");
+            post(self.srq, wr, bad)
+        }
+    }
+
+    /// One of its QPs reached RTR on `route`: the first one decides (see
+    /// [`Receives::settle`]).
+    pub fn settle(&self, route: Route) -> Result<Vec<HeldReceive>, Errno> {
+        self.receives.settle(route, |wr| {
+            let mut bad = ptr::null_mut();
+            // SAFETY: one work request built by settle.
+            unsafe { self.post_recv(wr, &mut bad) }
+        })
+    }
+}
+
+/// The real QP behind a fv0 QP.
+pub struct NicQp {
+    qp: *mut ibv_qp,
+    port: u8,
+    /// The real port's active MTU: path MTUs are clamped to it.
+    mtu: u32,
+    /// Its own receive queue (unused with an SRQ).
+    pub receives: Receives,
+}
+
+// SAFETY: the real QP is used from any thread (libibverbs' contract); the
+// rest is atomics and a mutex.
+unsafe impl Send for NicQp {}
+// SAFETY: as above.
+unsafe impl Sync for NicQp {}
+
+impl Drop for NicQp {
+    fn drop(&mut self) {
+        // SAFETY: created by NicContext::create_qp, destroyed only here.
+        let r = unsafe { ibv_destroy_qp(self.qp) };
+        if r != 0 {
+            fv_log!(1, "NIC: destroying QP {:#x}: errno {r}", self.qpn());
+        }
+    }
+}
+
+impl NicQp {
+    pub fn qpn(&self) -> u32 {
+        // SAFETY: a live real QP.
+        unsafe { (*self.qp).qp_num }
+    }
+
+    pub fn route(&self) -> Route {
+        self.receives.route()
+    }
+
+    /// Posts sends to the real QP.
+    ///
+    /// # Safety
+    /// `wr` and `bad` as `ibv_post_send` takes them.
+    #[inline]
+    pub unsafe fn post_send(&self, wr: *mut ibv_send_wr, bad: *mut *mut ibv_send_wr) -> i32 {
+        // SAFETY: a live real QP and the caller's chain.
+        unsafe {
+            let post = (*(*self.qp).context)
+                .ops
+                .post_send
+                .expect("every provider posts");
+            post(self.qp, wr, bad)
+        }
+    }
+
+    /// Posts receives to the real QP.
+    ///
+    /// # Safety
+    /// `wr` and `bad` as `ibv_post_recv` takes them.
+    #[inline]
+    pub unsafe fn post_recv(&self, wr: *mut ibv_recv_wr, bad: *mut *mut ibv_recv_wr) -> i32 {
+        // SAFETY: a live real QP and the caller's chain.
+        unsafe {
+            let post = (*(*self.qp).context)
+                .ops
+                .post_recv
+                .expect("every provider posts");
+            post(self.qp, wr, bad)
+        }
+    }
+
     /// Mirrors a modify the router accepted onto the real QP, and settles
     /// the path at RTR: `nic_path` is the router's `NicPath` answer (the
     /// physical destination GID and this host's GID index), None for any
@@ -549,29 +703,27 @@ impl NicQp {
                 a.ah_attr.grh.dgid.raw = dgid;
                 a.ah_attr.grh.sgid_index = sgid_index;
                 self.modify(a, mask)?;
-                self.set_route(Route::Nic);
-                self.post_held()?;
-                Ok(Vec::new())
+                self.receives.settle(Route::Nic, |wr| {
+                    let mut bad = ptr::null_mut();
+                    // SAFETY: one work request built by settle.
+                    unsafe { self.post_recv(wr, &mut bad) }
+                })
             }
             (Route::Undecided, None) if matches!(target, Some(IBV_QPS_RTR | IBV_QPS_ERR)) => {
                 // The router's own paths: the real QP stays where it is.
-                self.set_route(Route::Own);
-                Ok(std::mem::take(
-                    &mut *self.held.lock().unwrap_or_else(|e| e.into_inner()),
-                ))
+                self.receives.settle(Route::Own, |_| 0)
             }
             (Route::Undecided | Route::Nic, None) => {
                 self.modify(*attr, mask)?;
                 if target == Some(IBV_QPS_RESET) {
-                    self.set_route(Route::Undecided);
-                    self.held.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                    self.receives.reset();
                 }
                 Ok(Vec::new())
             }
             (Route::Own, None) => {
                 if target == Some(IBV_QPS_RESET) {
                     self.modify(*attr, mask)?;
-                    self.set_route(Route::Undecided);
+                    self.receives.reset();
                 }
                 Ok(Vec::new())
             }
@@ -599,22 +751,5 @@ impl NicQp {
             );
         }
         errno_of(r)
-    }
-
-    /// Posts the receives held before RTR to the real QP.
-    fn post_held(&self) -> Result<(), Errno> {
-        let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()));
-        for mut h in held {
-            let mut wr = ibv_recv_wr {
-                wr_id: h.wr_id,
-                next: ptr::null_mut(),
-                sg_list: h.sges.as_mut_ptr(),
-                num_sge: h.sges.len() as i32,
-            };
-            let mut bad = ptr::null_mut();
-            // SAFETY: one work request built just above.
-            errno_of(unsafe { self.post_recv(&mut wr, &mut bad) })?;
-        }
-        Ok(())
     }
 }

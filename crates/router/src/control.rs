@@ -111,7 +111,8 @@ pub fn handle(
             max_sge,
             srq_limit,
             cookie,
-        } => srq::create_srq(engine, session, pd, max_wr, max_sge, srq_limit, cookie),
+            nic,
+        } => srq::create_srq(engine, session, pd, max_wr, max_sge, srq_limit, cookie, nic),
         Request::ModifySrq {
             srq,
             max_wr,

@@ -52,7 +52,8 @@ impl NicPaths {
 
     /// The QP number a NIC QP brings (`Request::CreateQp::nic_qpn`), if it
     /// is a valid number, free on this router, for a connected QP without
-    /// an SRQ (the kinds the NIC path carries).
+    /// an SRQ or with one the NIC backs too (the kinds the NIC path
+    /// carries).
     pub fn claim_qpn(
         &self,
         t: &Tables,
@@ -63,10 +64,12 @@ impl NicPaths {
         let Some(q) = qpn else {
             return Ok(None);
         };
-        if qp_type != IBV_QPT_RC && qp_type != IBV_QPT_UC || srq != 0 {
+        let srq_on_nic = srq == 0 || t.srqs.get(&srq).is_some_and(|s| s.nic_backed);
+        if qp_type != IBV_QPT_RC && qp_type != IBV_QPT_UC || !srq_on_nic {
             return Err((
                 libc::EINVAL,
-                "only RC and UC QPs without an SRQ are backed by the NIC".into(),
+                "only RC and UC QPs, without an SRQ or with one the NIC backs, are backed by the NIC"
+                    .into(),
             ));
         }
         if !(2..=flowverbs_wire::limits::MAX_QPN).contains(&q) {
@@ -81,11 +84,37 @@ impl NicPaths {
         Ok(Some(q))
     }
 
-    /// The path of a NIC-backed QP whose attributes become `attr` at RTR:
-    /// `Some(Reply::NicPath)` for the NIC, None for the paths of today
-    /// (shared memory on this host, the link to a router without a NIC),
-    /// Err for a GID no router serves.
-    pub fn path_at_rtr(&self, attr: &QpAttr, engine: &Engine) -> Result<Option<Reply>, String> {
+    /// The path of QP `h`, whose attributes become `attr` at RTR:
+    /// `Some(Reply::NicPath)` for the NIC, None for fv0's own paths (shared
+    /// memory or the router on this host, the link to a router without a
+    /// NIC), Err for a GID no router serves or a path its SRQ cannot
+    /// serve.
+    ///
+    /// A NIC-backed QP to another host goes over the NIC if that host's
+    /// router has one; to this host, through shared memory, unless
+    /// `--nic-loopback` or one of the two QPs already receives from the
+    /// NIC. An SRQ takes the kind of path of its first QP; every later QP
+    /// follows it (over NIC loopback on this host, over the link to a host
+    /// with a NIC), and one whose path cannot is refused.
+    pub fn path_at_rtr(
+        &self,
+        h: u32,
+        attr: &QpAttr,
+        engine: &Engine,
+    ) -> Result<Option<Reply>, String> {
+        let t = &engine.tables;
+        let q = &t.qps[&h];
+        let srq_on_nic = |srq: u32| t.srqs.get(&srq).and_then(|s| s.on_nic);
+        let srq_route = srq_on_nic(q.srq);
+        if !q.nic_backed {
+            return match srq_route {
+                Some(true) => Err(format!(
+                    "QP {:#x} has no twin on the NIC, but its SRQ receives from the NIC",
+                    q.qpn
+                )),
+                _ => Ok(None),
+            };
+        }
         let through_nic = |dgid| {
             Some(Reply::NicPath {
                 dgid,
@@ -95,11 +124,13 @@ impl NicPaths {
         let av = &attr.ah_attr;
         // Without a GRH the peer is on this host (as everywhere in fv0).
         if !av.is_global || engine.serves_locally(&av.dgid) {
-            return Ok(if self.loopback {
-                through_nic(self.nic.gid)
-            } else {
-                None
-            });
+            let peer_on_nic = t
+                .qpns
+                .get(&attr.dest_qp_num)
+                .and_then(|p| t.qps.get(p))
+                .is_some_and(|p| p.on_nic || srq_on_nic(p.srq) == Some(true));
+            let nic = self.loopback || srq_route == Some(true) || peer_on_nic;
+            return Ok(if nic { through_nic(self.nic.gid) } else { None });
         }
         let name = std::net::Ipv6Addr::from(av.dgid);
         let Some(links) = engine.links.as_ref() else {
@@ -110,6 +141,13 @@ impl NicPaths {
         if links.peers.locate(&av.dgid).is_none() {
             return Err(format!("no router serves GID {name}"));
         }
-        Ok(links.peers.nic_serving(&av.dgid).and_then(through_nic))
+        match (links.peers.nic_serving(&av.dgid), srq_route) {
+            (Some(_), Some(false)) | (None, None | Some(false)) => Ok(None),
+            (Some(g), _) => Ok(through_nic(g)),
+            (None, Some(true)) => Err(format!(
+                "the SRQ of QP {:#x} receives from the NIC, and the host of GID {name} has none",
+                q.qpn
+            )),
+        }
     }
 }

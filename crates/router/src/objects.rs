@@ -151,6 +151,12 @@ pub struct Srq {
     pub cookie: u64,
     /// Async events written for this SRQ.
     pub async_events: u32,
+    /// Semi mode over a NIC: the real device backs it too.
+    pub nic_backed: bool,
+    /// Where its receives go, once its first QP reached RTR: the NIC
+    /// (true) or fv0's own ring (false). Every QP of the SRQ must then
+    /// take the same kind of path (`router::nic_path`).
+    pub on_nic: Option<bool>,
 }
 
 impl Srq {
@@ -173,6 +179,8 @@ impl Srq {
             max_sge,
             cookie: 0,
             async_events: 0,
+            nic_backed: false,
+            on_nic: None,
         }
     }
 

@@ -69,6 +69,7 @@ fn scenarios(nic_check: &Path) -> Vec<Scenario> {
         perftest("atomic_bw", 18604, "ib_atomic_bw", "-n 500"),
         perftest("send_bw_events", 18605, "ib_send_bw", "-e -n 500"),
         pingpong("rc_pingpong_events", "ibv_rc_pingpong", "-n 300 -c -e"),
+        pingpong("srq_pingpong", "ibv_srq_pingpong", "-n 300 -c"),
     ]
 }
 
@@ -344,6 +345,19 @@ fn atomic_bw_over_the_nic() {
 #[test]
 fn send_bw_with_completion_events_over_the_nic() {
     perftest_checked("send_bw_events", 500);
+}
+
+/// A shared receive queue on the NIC (ibv_srq_pingpong: 16 QPs, one SRQ).
+#[test]
+fn srq_pingpong_checked_over_the_nic() {
+    let vm = vm();
+    let (server, client) = vm.pair_ok("srq_pingpong");
+    for out in [&server, &client] {
+        let r =
+            parse_pingpong(out).unwrap_or_else(|| panic!("{}", vm.scenario_report("srq_pingpong")));
+        assert_eq!(r.iters, 300, "{}", vm.scenario_report("srq_pingpong"));
+    }
+    vm.assert_on_nic("srq_pingpong", 300);
 }
 
 #[test]

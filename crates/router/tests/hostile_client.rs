@@ -453,6 +453,7 @@ fn handles_and_limits_are_checked() {
         max_sge: 1,
         srq_limit: 0,
         cookie: 0,
+        nic: false,
     });
     let Reply::Srq { srq: srq_a, .. } = r else {
         panic!("{r:?}")

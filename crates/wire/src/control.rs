@@ -339,6 +339,9 @@ pub enum Request {
         srq_limit: u32,
         /// The `ibv_srq *`, the element of the SRQ's async events.
         cookie: u64,
+        /// Semi mode over a NIC: the real device backs this SRQ too (its
+        /// QPs may then be backed by the NIC).
+        nic: bool,
     },
     /// `mask`: IBV_SRQ_MAX_WR and/or IBV_SRQ_LIMIT.
     ModifySrq {

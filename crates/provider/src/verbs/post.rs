@@ -347,7 +347,7 @@ pub(super) unsafe extern "C" fn post_recv(
                 Route::Undecided if fqp.current_state() != IBV_QPS_RESET => {
                     let max = (fqp.caps.max_recv_wr, fqp.caps.max_recv_sge);
                     // SAFETY: as above.
-                    return unsafe { n.hold_receive(wr, bad_wr, max.0, max.1) };
+                    return unsafe { n.receives.hold(wr, bad_wr, max.0, max.1) };
                 }
                 _ => {}
             }

@@ -244,9 +244,18 @@ fn nic_twin(
     a: &ibv_qp_init_attr,
 ) -> Option<(NicQp, ibv_qp_cap)> {
     let nic = ctx.nic.as_ref()?;
-    if !matches!(a.qp_type, IBV_QPT_RC | IBV_QPT_UC) || !a.srq.is_null() {
+    if !matches!(a.qp_type, IBV_QPT_RC | IBV_QPT_UC) {
         return None;
     }
+    let real_srq = if a.srq.is_null() {
+        ptr::null_mut()
+    } else {
+        // SAFETY: the caller's SRQ is one of ours.
+        match &unsafe { FvSrq::from_ibv(a.srq) }.nic {
+            Some(s) => s.raw(),
+            None => return None,
+        }
+    };
     // SAFETY: pd and both CQs are ours (checked non-NULL by the caller).
     let (real_pd, scq, rcq) = unsafe {
         (
@@ -262,7 +271,7 @@ fn nic_twin(
         qp_context: a.qp_context,
         send_cq: scq,
         recv_cq: rcq,
-        srq: ptr::null_mut(),
+        srq: real_srq,
         cap: a.cap,
         qp_type: a.qp_type,
         sq_sig_all: a.sq_sig_all,
@@ -388,6 +397,9 @@ pub(super) unsafe extern "C" fn modify_qp(
                         Ok(held) => post_held_on_ring(fqp, held),
                         Err(e) => return e,
                     }
+                    if let Err(e) = settle_srq(fqp, n.route()) {
+                        return e;
+                    }
                 }
                 0
             }
@@ -450,22 +462,36 @@ fn semi_after_modify(
     Ok(())
 }
 
+/// Semi mode over a NIC: the first QP of an SRQ backed by the NIC that
+/// settles its path settles the SRQ's (the router keeps the others on the
+/// same kind of path); receives held for fv0's own path go to its ring.
+fn settle_srq(fqp: &FvQp, route: Route) -> Result<(), Errno> {
+    // SAFETY: reading the ibv_qp we filled in create_qp.
+    let srq = unsafe { fqp.vqp.__bindgen_anon_1.qp.srq };
+    if srq.is_null() || route == Route::Undecided {
+        return Ok(());
+    }
+    // SAFETY: the QP's SRQ is one of ours and outlives it.
+    let fsrq = unsafe { FvSrq::from_ibv(srq) };
+    let Some(n) = &fsrq.nic else {
+        return Ok(());
+    };
+    let mut held = n.settle(route)?;
+    let mut wrs = crate::nic::chain(&mut held);
+    if let Some(first) = wrs.first_mut() {
+        let mut bad = ptr::null_mut();
+        let r = post_own_srq_receives(fsrq, first, &mut bad);
+        if r != 0 {
+            crate::fv_log!(1, "SRQ receives held for the path are lost: errno {r}");
+        }
+    }
+    Ok(())
+}
+
 /// Posts receives that waited for the path (semi mode over a NIC) on
 /// fv0's own ring, as if they had been posted there.
 fn post_held_on_ring(fqp: &FvQp, mut held: Vec<crate::nic::HeldReceive>) {
-    let mut wrs: Vec<ibv_recv_wr> = held
-        .iter_mut()
-        .map(|h| ibv_recv_wr {
-            wr_id: h.wr_id,
-            next: ptr::null_mut(),
-            sg_list: h.sges.as_mut_ptr(),
-            num_sge: h.sges.len() as i32,
-        })
-        .collect();
-    for i in 1..wrs.len() {
-        let next: *mut ibv_recv_wr = &mut wrs[i];
-        wrs[i - 1].next = next;
-    }
+    let mut wrs = crate::nic::chain(&mut held);
     if let Some(first) = wrs.first_mut() {
         let mut bad = ptr::null_mut();
         let r = post_own_receives(fqp, first, &mut bad);

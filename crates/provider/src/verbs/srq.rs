@@ -11,6 +11,8 @@ pub struct FvSrq {
     pub(super) ring: RingSlots<RecvWqe>,
     pub(super) max_sge: u32,
     pub(super) producer: Mutex<RecvProducer>,
+    /// Semi mode over a NIC: the real device's twin (`provider::nic`).
+    pub(super) nic: Option<crate::nic::NicSrq>,
 }
 
 impl FvSrq {
@@ -41,12 +43,29 @@ pub(super) unsafe extern "C" fn create_srq(
         // The SRQ's address is the element of its async events: allocate
         // first, fill after the router's answer.
         let slot = Slot::<FvSrq>::new();
+        // SAFETY: ctx is ours; pd is ours.
+        let (cx, real_pd) = unsafe { (inner(ctx), FvPd::from_ibv(pd).nic) };
+        let nic = match &cx.nic {
+            Some(n) if !real_pd.is_null() => {
+                let mut init = ibv_srq_init_attr {
+                    srq_context: a.srq_context,
+                    attr: ibv_srq_attr {
+                        max_wr: a.attr.max_wr,
+                        max_sge: a.attr.max_sge,
+                        srq_limit: 0,
+                    },
+                };
+                n.create_srq(real_pd, &mut init)
+            }
+            _ => None,
+        };
         let req = Request::CreateSrq {
             pd: pdh,
             max_wr: a.attr.max_wr,
             max_sge: a.attr.max_sge,
             srq_limit: a.attr.srq_limit,
             cookie: slot.cookie(),
+            nic: nic.is_some(),
         };
         let (reply, fds) = match call(ctx, &req) {
             Ok(x) => x,
@@ -84,6 +103,7 @@ pub(super) unsafe extern "C" fn create_srq(
             ring,
             max_sge,
             producer: Mutex::new(RecvProducer::default()),
+            nic,
         }) as *mut ibv_srq
     })
 }
@@ -136,6 +156,9 @@ pub(super) unsafe extern "C" fn query_srq(srq: *mut ibv_srq, attr: *mut ibv_srq_
 
 pub(super) unsafe extern "C" fn destroy_srq(srq: *mut ibv_srq) -> i32 {
     guard(libc::EIO, || {
+        // The twin first. SAFETY: srq is ours, and the application is
+        // destroying it: nothing else uses it now.
+        drop(unsafe { (*(srq as *mut FvSrq)).nic.take() });
         // SAFETY: srq is ours.
         let fsrq = unsafe { FvSrq::from_ibv(srq) };
         match fsrq.context().call(&Request::DestroySrq {
@@ -165,6 +188,29 @@ pub(super) unsafe extern "C" fn post_srq_recv(
     guard(libc::EIO, || {
         // SAFETY: srq is ours.
         let fsrq = unsafe { FvSrq::from_ibv(srq) };
+        if let Some(n) = &fsrq.nic {
+            match n.receives.route() {
+                // SAFETY: the caller's chain, as ibv_post_srq_recv takes it.
+                Route::Nic => return unsafe { n.post_recv(wr, bad_wr) },
+                Route::Undecided => {
+                    let max = (fsrq.ring.capacity(), fsrq.max_sge);
+                    // SAFETY: as above.
+                    return unsafe { n.receives.hold(wr, bad_wr, max.0, max.1) };
+                }
+                Route::Own => {}
+            }
+        }
+        post_own_srq_receives(fsrq, wr, bad_wr)
+    })
+}
+
+/// Posts receives on the SRQ's own ring (every path but the NIC's).
+pub(super) fn post_own_srq_receives(
+    fsrq: &FvSrq,
+    wr: *mut ibv_recv_wr,
+    bad_wr: *mut *mut ibv_recv_wr,
+) -> i32 {
+    {
         let q = RecvRing {
             ring: &fsrq.ring,
             indices: &fsrq.header().rq,
@@ -174,5 +220,5 @@ pub(super) unsafe extern "C" fn post_srq_recv(
             wake_router: WakeRouter::IfWaiting(&fsrq.header().router_waiting),
         };
         post_receives(q, fsrq.context(), 0, wr, bad_wr)
-    })
+    }
 }

@@ -132,11 +132,11 @@ pub(super) fn modify_qp(
     };
     // A QP backed by the NIC learns its path at RTR, before anything
     // changes: a path nothing serves is refused with the QP untouched.
-    let nic_path = if q.nic_backed && next == qp_state::RTR && q.state() != qp_state::RTR {
+    let nic_path = if next == qp_state::RTR && q.state() != qp_state::RTR {
         let mut merged = q.attr;
         qp_state::apply(&mut merged, &attr, mask);
-        let nic = engine.nic.as_ref().expect("NIC-backed QPs need a NIC");
-        match nic.path_at_rtr(&merged, engine) {
+        let nic = engine.nic.as_ref();
+        match nic.map_or(Ok(None), |n| n.path_at_rtr(qp, &merged, engine)) {
             Ok(p) => p,
             Err(why) => {
                 log::warn!("qp {:#x}: {why}", engine.tables.qps[&qp].qpn);
@@ -167,6 +167,12 @@ pub(super) fn modify_qp(
         engine.entered_error(qp);
     }
     engine.publish_responder_attrs(qp);
+    let srq = engine.tables.qps[&qp].srq;
+    if let Some(s) = engine.tables.srqs.get_mut(&srq).filter(|s| s.nic_backed) {
+        if next == qp_state::RTR && s.on_nic.is_none() {
+            s.on_nic = Some(nic_path.is_some());
+        }
+    }
     if let Some(path) = nic_path {
         engine.tables.qps.get_mut(&qp).expect("live").on_nic = true;
         return Answer::ok(path);

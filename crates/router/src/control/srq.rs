@@ -5,6 +5,7 @@
 use super::*;
 use std::sync::atomic::Ordering;
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn create_srq(
     engine: &mut Engine,
     session: SessionId,
@@ -13,7 +14,11 @@ pub(super) fn create_srq(
     max_sge: u32,
     srq_limit: u32,
     cookie: u64,
+    nic: bool,
 ) -> Answer {
+    if nic && engine.nic.is_none() {
+        return err(libc::EINVAL, "a NIC-backed SRQ, but this router has no NIC");
+    }
     let t = &mut engine.tables;
     if !owned(&t.pds, pd, session, |p| p.session) {
         return err(libc::EINVAL, "no such protection domain");
@@ -44,6 +49,7 @@ pub(super) fn create_srq(
     let _ = srq_limit;
     let mut s = Srq::new(session, pd, map, layout, MAX_SGE);
     s.cookie = cookie;
+    s.nic_backed = nic;
     s.header().max_sge.store(MAX_SGE, Ordering::Release);
     if engine.key_table.is_some() {
         s.segment_fd = fd.try_clone().ok();
