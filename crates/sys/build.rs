@@ -42,6 +42,8 @@ fn main() {
         .allowlist_function("ibv_get_cq_event")
         .allowlist_function("ibv_ack_cq_events")
         .allowlist_function("ibv_create_srq")
+        .allowlist_function("ibv_create_ah")
+        .allowlist_function("ibv_destroy_ah")
         .allowlist_function("ibv_destroy_srq")
         .default_enum_style(bindgen::EnumVariation::Consts)
         .prepend_enum_name(false)

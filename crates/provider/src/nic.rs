@@ -21,7 +21,7 @@ use std::ffi::CStr;
 use std::os::fd::OwnedFd;
 use std::ptr;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::context::Errno;
 use crate::fv_log;
@@ -31,6 +31,10 @@ use flowverbs_wire::control::NicBinding;
 /// The real device of a context, opened at first use.
 pub struct NicContext {
     binding: NicBinding,
+    /// Its UD QPs on the NIC (for the GRH rewrite).
+    ud_qps: UdQps,
+    /// The fv0 GIDs of datagram senders, as the router said.
+    sources: Mutex<Sources>,
     /// The completion events of real CQs that have an fv0 channel (made
     /// with the first such CQ). Declared before `device`: it goes first.
     events: OnceLock<Option<EventForwarder>>,
@@ -238,6 +242,8 @@ impl NicContext {
         );
         NicContext {
             binding,
+            ud_qps: UdQps::default(),
+            sources: Mutex::new(Default::default()),
             events: OnceLock::new(),
             device: OnceLock::new(),
         }
@@ -252,6 +258,11 @@ impl NicContext {
         self.device
             .get_or_init(|| open(&self.binding.device, self.binding.port))
             .as_ref()
+    }
+
+    /// The real port this context posts to.
+    pub fn port(&self) -> u8 {
+        self.binding.port
     }
 
     /// The real port's active MTU (what fv0's port reports too: a path MTU
@@ -315,7 +326,85 @@ impl NicContext {
             port: self.binding.port,
             mtu: self.active_mtu().unwrap_or(IBV_MTU_1024),
             receives: Receives::default(),
+            ud: None,
         })
+    }
+
+    /// A UD QP's twin is on the NIC from the start (each datagram names its
+    /// destination); its receives are tracked for the GRH rewrite.
+    pub(crate) fn track_ud(&self, q: &mut NicQp) {
+        q.receives.set_route(Route::Nic);
+        let r = Arc::new(UdReceives::default());
+        q.ud = Some(r.clone());
+        self.ud_qps
+            .by_qpn
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(q.qpn(), r);
+        self.ud_qps.any.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn untrack_ud(&self, qpn: u32) {
+        self.ud_qps
+            .by_qpn
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&qpn);
+    }
+
+    /// After a poll of a real CQ: for each receive of a UD QP on the NIC,
+    /// the GRH the NIC wrote names the sender's and this host's NICs; it is
+    /// rewritten to name the sender's fv0 GID (`ask` asks the router, once
+    /// per sender) and ours (`own_gid`), as fv0 addresses them, so that
+    /// `ibv_create_ah_from_wc` answers the sender.
+    pub(crate) fn rewrite_grhs(
+        &self,
+        wcs: &[ibv_wc],
+        own_gid: [u8; 16],
+        ask: impl Fn([u8; 16], u32) -> Option<[u8; 16]>,
+    ) {
+        if !self.ud_qps.any.load(Ordering::Acquire) {
+            return;
+        }
+        for wc in wcs.iter().filter(|w| w.opcode & IBV_WC_RECV != 0) {
+            let qps = self.ud_qps.by_qpn.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(r) = qps.get(&wc.qp_num).cloned() else {
+                continue;
+            };
+            drop(qps);
+            let buffer = r
+                .buffers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front();
+            let Some((addr, len)) = buffer else {
+                continue;
+            };
+            if wc.status != IBV_WC_SUCCESS || wc.wc_flags & IBV_WC_GRH == 0 || len < 40 {
+                continue;
+            }
+            // SAFETY: the first 40 bytes of the receive buffer the
+            // application posted; it sees them only after this poll.
+            let grh = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, 40) };
+            let Some(nic_src) = grh_source(grh) else {
+                continue;
+            };
+            let key = (nic_src, wc.src_qp);
+            let cached = self
+                .sources
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&key)
+                .copied();
+            let Some(src) = cached.or_else(|| ask(nic_src, wc.src_qp)) else {
+                continue;
+            };
+            self.sources
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key, src);
+            grh_rewrite(grh, src, own_gid);
+        }
     }
 
     /// An SRQ on the real device (None if it refuses).
@@ -339,6 +428,42 @@ impl NicContext {
             srq,
             receives: Receives::default(),
         })
+    }
+}
+
+/// The sender's NIC GID in a received GRH: RoCE v2 over IPv4 leaves an
+/// IPv4 header in its last 20 bytes (where `ibv_init_ah_from_wc` reads
+/// it), otherwise the GRH's own source GID.
+fn grh_source(grh: &[u8]) -> Option<[u8; 16]> {
+    if grh[0] >> 4 != 6 && grh[20] >> 4 == 4 {
+        let mut g = [0u8; 16];
+        g[10] = 0xff;
+        g[11] = 0xff;
+        g[12..16].copy_from_slice(&grh[32..36]);
+        return Some(g);
+    }
+    grh[8..24].try_into().ok()
+}
+
+/// Writes `src` and `dst` (fv0 GIDs) where [`grh_source`] reads, fixing
+/// the IPv4 header's checksum.
+fn grh_rewrite(grh: &mut [u8], src: [u8; 16], dst: [u8; 16]) {
+    if grh[0] >> 4 != 6 && grh[20] >> 4 == 4 {
+        grh[32..36].copy_from_slice(&src[12..16]);
+        grh[36..40].copy_from_slice(&dst[12..16]);
+        grh[30] = 0;
+        grh[31] = 0;
+        let mut sum: u32 = grh[20..40]
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        grh[30..32].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    } else {
+        grh[8..24].copy_from_slice(&src);
+        grh[24..40].copy_from_slice(&dst);
     }
 }
 
@@ -624,6 +749,28 @@ pub struct NicQp {
     mtu: u32,
     /// Its own receive queue (unused with an SRQ).
     pub receives: Receives,
+    /// UD: the receive buffers posted, in order (see [`UdReceives`]).
+    pub ud: Option<Arc<UdReceives>>,
+}
+
+/// A UD QP on the NIC: the buffers of its posted receives, oldest first
+/// (a UD QP without an SRQ completes its receives in posting order), so
+/// that polling finds the GRH of each received datagram and shows the
+/// sender's fv0 GID there instead of its NIC's
+/// ([`NicContext::rewrite_grhs`]).
+#[derive(Default)]
+pub struct UdReceives {
+    buffers: Mutex<std::collections::VecDeque<(u64, u32)>>,
+}
+
+/// A datagram sender's NIC GID and QPN -> its fv0 GID.
+type Sources = rustc_hash::FxHashMap<([u8; 16], u32), [u8; 16]>;
+
+/// What polling needs to know of a context's UD QPs on the NIC.
+#[derive(Default)]
+struct UdQps {
+    any: std::sync::atomic::AtomicBool,
+    by_qpn: Mutex<rustc_hash::FxHashMap<u32, Arc<UdReceives>>>,
 }
 
 // SAFETY: the real QP is used from any thread (libibverbs' contract); the
@@ -668,12 +815,57 @@ impl NicQp {
         }
     }
 
-    /// Posts receives to the real QP.
+    /// Posts receives to the real QP (a UD QP's buffers are recorded first,
+    /// for the GRH rewrite).
     ///
     /// # Safety
     /// `wr` and `bad` as `ibv_post_recv` takes them.
     #[inline]
     pub unsafe fn post_recv(&self, wr: *mut ibv_recv_wr, bad: *mut *mut ibv_recv_wr) -> i32 {
+        let Some(ud) = &self.ud else {
+            // SAFETY: a live real QP and the caller's chain.
+            return unsafe { self.post_recv_raw(wr, bad) };
+        };
+        let mut buffers = ud.buffers.lock().unwrap_or_else(|e| e.into_inner());
+        let before = buffers.len();
+        let mut cur = wr;
+        while !cur.is_null() {
+            // SAFETY: the caller's chain.
+            let w = unsafe { &*cur };
+            let first = if w.num_sge > 0 && !w.sg_list.is_null() {
+                // SAFETY: sg_list holds num_sge > 0 entries.
+                let s = unsafe { &*w.sg_list };
+                (s.addr, s.length)
+            } else {
+                (0, 0)
+            };
+            buffers.push_back(first);
+            cur = w.next;
+        }
+        let mut failed: *mut ibv_recv_wr = ptr::null_mut();
+        // SAFETY: as above.
+        let r = unsafe { self.post_recv_raw(wr, &mut failed) };
+        if r != 0 {
+            // The work requests from `failed` on were not posted.
+            let mut posted = 0;
+            let mut cur = wr;
+            while !cur.is_null() && cur != failed {
+                posted += 1;
+                // SAFETY: the caller's chain.
+                cur = unsafe { (*cur).next };
+            }
+            buffers.truncate(before + posted);
+            if !bad.is_null() {
+                // SAFETY: the caller's out-pointer.
+                unsafe { *bad = failed };
+            }
+        }
+        r
+    }
+
+    /// # Safety
+    /// As [`NicQp::post_recv`].
+    unsafe fn post_recv_raw(&self, wr: *mut ibv_recv_wr, bad: *mut *mut ibv_recv_wr) -> i32 {
         // SAFETY: a live real QP and the caller's chain.
         unsafe {
             let post = (*(*self.qp).context)
@@ -681,6 +873,76 @@ impl NicQp {
                 .post_recv
                 .expect("every provider posts");
             post(self.qp, wr, bad)
+        }
+    }
+
+    /// UD: posts sends to the real QP with each address handle replaced by
+    /// its twin (`twin_of` gives it; NULL: the destination cannot be
+    /// reached on the NIC, EINVAL for that work request).
+    ///
+    /// # Safety
+    /// `wr` and `bad` as `ibv_post_send` takes them.
+    pub unsafe fn post_ud_send(
+        &self,
+        wr: *mut ibv_send_wr,
+        bad: *mut *mut ibv_send_wr,
+        twin_of: impl Fn(*mut ibv_ah) -> *mut ibv_ah,
+    ) -> i32 {
+        let mut originals = Vec::new();
+        let mut copies: Vec<ibv_send_wr> = Vec::new();
+        let mut cur = wr;
+        let mut refused = None;
+        while !cur.is_null() {
+            // SAFETY: the caller's chain.
+            let mut c = unsafe { *cur };
+            // SAFETY: `ud` is the active member for UD QPs.
+            let twin = twin_of(unsafe { c.wr.ud.ah });
+            if twin.is_null() {
+                refused = Some(cur);
+                break;
+            }
+            c.wr.ud.ah = twin;
+            c.next = ptr::null_mut();
+            originals.push(cur);
+            copies.push(c);
+            // SAFETY: the caller's chain.
+            cur = unsafe { (*cur).next };
+        }
+        for i in 1..copies.len() {
+            let next: *mut ibv_send_wr = &mut copies[i];
+            copies[i - 1].next = next;
+        }
+        if let Some(first) = copies.first_mut() {
+            let mut failed: *mut ibv_send_wr = ptr::null_mut();
+            // SAFETY: a live real QP and the copied chain.
+            let r = unsafe {
+                let post = (*(*self.qp).context)
+                    .ops
+                    .post_send
+                    .expect("every provider posts");
+                post(self.qp, first, &mut failed)
+            };
+            if r != 0 {
+                let base: *const ibv_send_wr = copies.as_ptr();
+                // SAFETY: `failed` points into `copies`.
+                let i = unsafe { (failed as *const ibv_send_wr).offset_from(base) };
+                if !bad.is_null() {
+                    let original = usize::try_from(i).ok().and_then(|i| originals.get(i));
+                    // SAFETY: the caller's out-pointer.
+                    unsafe { *bad = original.copied().unwrap_or(wr) };
+                }
+                return r;
+            }
+        }
+        match refused {
+            Some(w) => {
+                if !bad.is_null() {
+                    // SAFETY: the caller's out-pointer.
+                    unsafe { *bad = w };
+                }
+                libc::EINVAL
+            }
+            None => 0,
         }
     }
 

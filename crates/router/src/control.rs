@@ -127,6 +127,20 @@ pub fn handle(
             engine.semi_datagram_peer(session, qp, dest_qpn, dgid)
         }
         Request::SemiConnect { qp } => engine.semi_connect(session, qp),
+        Request::NicAddress { dgid } => match engine.nic.as_ref() {
+            Some(n) => match n.address(&dgid, engine) {
+                Ok(r) => Answer::ok(r),
+                Err((errno, why)) => err(errno, why),
+            },
+            None => err(libc::EINVAL, "this router has no NIC"),
+        },
+        Request::NicSource { nic_gid, qpn } => match engine.nic.as_ref() {
+            Some(n) => match n.source(&nic_gid, qpn, engine) {
+                Ok(r) => Answer::ok(r),
+                Err(why) => err(libc::ENOENT, why),
+            },
+            None => err(libc::EINVAL, "this router has no NIC"),
+        },
         Request::SemiError {
             qp,
             own,

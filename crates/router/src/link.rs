@@ -180,6 +180,8 @@ pub struct Peer {
     told_unreachable: bool,
     /// The physical GID of its NIC, as it announced (semi mode over a NIC).
     nic_gid: Option<Gid>,
+    /// Its UD QPs on that NIC and their GIDs, as it announced.
+    nic_ud_qps: HashMap<u32, Gid>,
 }
 
 impl Peer {
@@ -198,6 +200,8 @@ pub struct Peers {
     served: Vec<Gid>,
     /// The physical GID of this router's NIC (announced with `served`).
     nic_gid: Option<Gid>,
+    /// This router's UD QPs on its NIC (announced with `served`).
+    nic_ud_qps: Vec<(u32, Gid)>,
     /// Our listen address and boot id (the Hello we send, MAC aside).
     me: Hello,
     policy: LinkPolicy,
@@ -269,6 +273,7 @@ impl Peers {
         let payload = encode_payload(&Announce {
             gids: self.served.clone(),
             nic_gid: self.nic_gid,
+            nic_ud_qps: self.nic_ud_qps.clone(),
         });
         let p = &mut self.list[peer];
         let mut hdr = FrameHeader::new(Kind::Announce);
@@ -285,6 +290,17 @@ impl Peers {
     /// router is up and announced one.
     pub fn nic_serving(&self, gid: &Gid) -> Option<Gid> {
         self.list.get(self.locate(gid)?)?.nic_gid
+    }
+
+    /// The GID of UD QP `qpn` on the NIC whose physical GID is `nic_gid`,
+    /// as the router of that NIC announced it.
+    pub fn nic_source(&self, nic_gid: &Gid, qpn: u32) -> Option<Gid> {
+        self.list
+            .iter()
+            .find(|p| p.up && p.nic_gid.as_ref() == Some(nic_gid))?
+            .nic_ud_qps
+            .get(&qpn)
+            .copied()
     }
 }
 
@@ -367,6 +383,7 @@ impl Links {
                 registry,
                 served: Vec::new(),
                 nic_gid: None,
+                nic_ud_qps: Vec::new(),
                 me: Hello {
                     listen: listen.to_string(),
                     boot_id: new_boot_id(),
@@ -425,6 +442,7 @@ impl Links {
             backoff: REDIAL_MIN,
             told_unreachable: false,
             nic_gid: None,
+            nic_ud_qps: HashMap::new(),
         });
         self.peers.list.len() - 1
     }
@@ -436,13 +454,17 @@ impl Links {
         self.peers.nic_gid = gid;
     }
 
-    pub fn set_served(&mut self, mut gids: Vec<Gid>) {
+    /// Announces the GIDs this router serves and its UD QPs on its NIC
+    /// to every peer, if they changed.
+    pub fn set_served(&mut self, mut gids: Vec<Gid>, mut nic_ud_qps: Vec<(u32, Gid)>) {
         gids.sort_unstable();
         gids.dedup();
-        if gids == self.peers.served {
+        nic_ud_qps.sort_unstable();
+        if gids == self.peers.served && nic_ud_qps == self.peers.nic_ud_qps {
             return;
         }
         self.peers.served = gids;
+        self.peers.nic_ud_qps = nic_ud_qps;
         for i in 0..self.peers.list.len() {
             if self.peers.list[i].out.is_some() && !self.peers.list[i].connecting {
                 self.peers.announce_to(i);
@@ -813,6 +835,7 @@ impl Links {
         p.backoff = REDIAL_MIN;
         p.boot_id = None;
         p.nic_gid = None;
+        p.nic_ud_qps.clear();
         let was_up = std::mem::replace(&mut p.up, false);
         let addr = p.addr;
         let gids = self.peers.registry.forget(addr);
@@ -970,6 +993,7 @@ impl Links {
                             );
                         }
                         self.peers.list[i].nic_gid = a.nic_gid;
+                        self.peers.list[i].nic_ud_qps = a.nic_ud_qps.iter().copied().collect();
                         debug!(
                             "peer {addr} serves {} GIDs{}",
                             a.gids.len(),

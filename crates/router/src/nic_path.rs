@@ -11,7 +11,7 @@
 //! router serves is refused. The router never opens the device and never
 //! sees the work requests of a QP on the NIC.
 
-use flowverbs_sys::{IBV_QPT_RC, IBV_QPT_UC};
+use flowverbs_sys::{IBV_QPT_RC, IBV_QPT_UC, IBV_QPT_UD};
 use flowverbs_wire::control::{NicBinding, QpAttr, Reply};
 
 use super::engine::Engine;
@@ -65,10 +65,16 @@ impl NicPaths {
             return Ok(None);
         };
         let srq_on_nic = srq == 0 || t.srqs.get(&srq).is_some_and(|s| s.nic_backed);
-        if qp_type != IBV_QPT_RC && qp_type != IBV_QPT_UC || !srq_on_nic {
+        let kind_on_nic = match qp_type {
+            IBV_QPT_RC | IBV_QPT_UC => srq_on_nic,
+            IBV_QPT_UD => srq == 0,
+            _ => false,
+        };
+        if !kind_on_nic {
             return Err((
                 libc::EINVAL,
-                "only RC and UC QPs, without an SRQ or with one the NIC backs, are backed by the NIC"
+                "only RC and UC QPs (without an SRQ or with one the NIC backs) and UD QPs \
+                 without an SRQ are backed by the NIC"
                     .into(),
             ));
         }
@@ -84,6 +90,58 @@ impl NicPaths {
         Ok(Some(q))
     }
 
+    /// Where a datagram to `dgid` goes on the NIC (`Request::NicAddress`,
+    /// for an address handle of a UD QP on the NIC): this host's NIC for a
+    /// GID of this host, the NIC of the host serving it otherwise; Err for
+    /// a GID no router serves or whose host has no NIC.
+    pub fn address(&self, dgid: &[u8; 16], engine: &Engine) -> Result<Reply, (i32, String)> {
+        let path = |dgid| Reply::NicPath {
+            dgid,
+            sgid_index: self.nic.gid_index,
+        };
+        if engine.serves_locally(dgid) {
+            return Ok(path(self.nic.gid));
+        }
+        let name = std::net::Ipv6Addr::from(*dgid);
+        let links = engine.links.as_ref();
+        if links.and_then(|l| l.peers.locate(dgid)).is_none() {
+            return Err((libc::EINVAL, format!("no router serves GID {name}")));
+        }
+        match links.and_then(|l| l.peers.nic_serving(dgid)) {
+            Some(g) => Ok(path(g)),
+            None => Err((
+                libc::EINVAL,
+                format!("the host of GID {name} has no NIC: datagrams on the NIC cannot reach it"),
+            )),
+        }
+    }
+
+    /// The GID of UD QP `qpn` on the NIC whose physical GID is `nic_gid`
+    /// (`Request::NicSource`): a QP of this router if `nic_gid` is this
+    /// host's NIC, else what the NIC's router announced.
+    pub fn source(&self, nic_gid: &[u8; 16], qpn: u32, engine: &Engine) -> Result<Reply, String> {
+        let t = &engine.tables;
+        let found = if *nic_gid == self.nic.gid {
+            t.qpns
+                .get(&qpn)
+                .and_then(|h| t.qps.get(h))
+                .filter(|q| q.nic_backed)
+                .and_then(|q| t.sessions.get(&q.session))
+                .map(|s| s.gid)
+        } else {
+            engine
+                .links
+                .as_ref()
+                .and_then(|l| l.peers.nic_source(nic_gid, qpn))
+        };
+        found.map(|gid| Reply::NicSource { gid }).ok_or_else(|| {
+            format!(
+                "no UD QP {qpn:#x} known on the NIC {}",
+                std::net::Ipv6Addr::from(*nic_gid)
+            )
+        })
+    }
+
     /// The path of QP `h`, whose attributes become `attr` at RTR:
     /// `Some(Reply::NicPath)` for the NIC, None for fv0's own paths (shared
     /// memory or the router on this host, the link to a router without a
@@ -92,10 +150,13 @@ impl NicPaths {
     ///
     /// A NIC-backed QP to another host goes over the NIC if that host's
     /// router has one; to this host, through shared memory, unless
-    /// `--nic-loopback` or one of the two QPs already receives from the
-    /// NIC. An SRQ takes the kind of path of its first QP; every later QP
-    /// follows it (over NIC loopback on this host, over the link to a host
-    /// with a NIC), and one whose path cannot is refused.
+    /// `--nic-loopback` or one of the two QPs receives from the NIC (or
+    /// will: it has an SRQ on the NIC). A QP with an SRQ on the NIC takes
+    /// the NIC for every peer (NIC loopback on this host), so that the
+    /// SRQ's receives serve all its QPs: UCX, for one, connects a loopback
+    /// QP on its SRQ before any remote one. A QP whose SRQ a QP without a
+    /// twin settled on fv0's ring stays on fv0's paths, and one whose path
+    /// cannot reach the SRQ's is refused.
     pub fn path_at_rtr(
         &self,
         h: u32,
@@ -128,8 +189,8 @@ impl NicPaths {
                 .qpns
                 .get(&attr.dest_qp_num)
                 .and_then(|p| t.qps.get(p))
-                .is_some_and(|p| p.on_nic || srq_on_nic(p.srq) == Some(true));
-            let nic = self.loopback || srq_route == Some(true) || peer_on_nic;
+                .is_some_and(|p| p.on_nic || p.nic_backed && p.srq != 0);
+            let nic = (self.loopback || q.srq != 0 || peer_on_nic) && srq_route != Some(false);
             return Ok(if nic { through_nic(self.nic.gid) } else { None });
         }
         let name = std::net::Ipv6Addr::from(av.dgid);

@@ -173,6 +173,7 @@ fn scripted_peer(
             &encode_payload(&Announce {
                 gids: vec![fake_gid],
                 nic_gid: None,
+                nic_ud_qps: vec![],
             }),
         ))
         .unwrap();
@@ -746,6 +747,7 @@ fn a_peer_that_does_not_read_is_not_read_from() {
             &encode_payload(&Announce {
                 gids: vec![[7; 16]],
                 nic_gid: None,
+                nic_ud_qps: vec![],
             }),
         ))
         .unwrap();

@@ -287,6 +287,18 @@ pub enum Request {
         dest_qpn: u32,
         dgid: Option<[u8; 16]>,
     },
+    /// Semi mode over a NIC: where a datagram to `dgid` goes on the NIC
+    /// (for `ibv_create_ah`), answered with [`Reply::NicPath`].
+    NicAddress {
+        dgid: [u8; 16],
+    },
+    /// Semi mode over a NIC: the GID of the UD QP `qpn` on the NIC whose
+    /// physical GID is `nic_gid` (the sender of a datagram, as the NIC's
+    /// GRH names it), answered with [`Reply::NicSource`].
+    NicSource {
+        nic_gid: [u8; 16],
+        qpn: u32,
+    },
     /// Semi mode: the rings of the responder of the caller's semi QP `qp`,
     /// answered with [`Reply::SemiPeer`] once both QPs name each other
     /// (`EAGAIN` until then).
@@ -440,6 +452,10 @@ pub enum Reply {
     NicPath {
         dgid: [u8; 16],
         sgid_index: u8,
+    },
+    /// Semi mode over a NIC, answer to [`Request::NicSource`].
+    NicSource {
+        gid: [u8; 16],
     },
     /// Semi mode, answer to [`Request::SemiConnect`]. Carries two or three
     /// fds: the peer's QP segment, its receive CQ's segment and, if it

@@ -237,6 +237,10 @@ pub struct Announce {
     /// Semi mode over a NIC: the physical GID of the sender's NIC, where
     /// QPs reach the GIDs above without the link.
     pub nic_gid: Option<[u8; 16]>,
+    /// Semi mode over a NIC: the sender's UD QPs on that NIC and the GID
+    /// each belongs to (a receiver shows it in a datagram's GRH, where the
+    /// NIC wrote the physical GID).
+    pub nic_ud_qps: Vec<(u32, [u8; 16])>,
 }
 
 /// Decodes the payload of a Hello or Announce frame (`wire::codec`).
@@ -316,6 +320,7 @@ mod tests {
         let a = Announce {
             gids: vec![[3; 16], [4; 16]],
             nic_gid: Some([5; 16]),
+            nic_ud_qps: vec![(0x11, [3; 16])],
         };
         assert_eq!(decode_payload::<Announce>(&encode_payload(&a)), Some(a));
         assert_eq!(decode_payload::<Hello>(&[0xff; 7]), None);

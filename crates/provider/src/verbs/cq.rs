@@ -223,6 +223,20 @@ pub(super) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, num_entries: i32, wc: *
         } else {
             // SAFETY: a live real CQ; the caller's array holds num_entries.
             let n = unsafe { crate::nic::poll_cq(fcq.nic, num_entries, wc) };
+            if n > 0 {
+                // SAFETY: the CQ's context is ours.
+                let ctx = unsafe { inner((*cq).context) };
+                if let Some(nic) = &ctx.nic {
+                    // SAFETY: the real provider filled n entries.
+                    let wcs = unsafe { std::slice::from_raw_parts(wc, n as usize) };
+                    nic.rewrite_grhs(wcs, ctx.gid, |nic_gid, qpn| {
+                        match ctx.call(&Request::NicSource { nic_gid, qpn }) {
+                            Ok((Reply::NicSource { gid }, _)) => Some(gid),
+                            _ => None,
+                        }
+                    });
+                }
+            }
             if n < 0 || n == num_entries {
                 return n;
             }

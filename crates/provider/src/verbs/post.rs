@@ -116,8 +116,12 @@ pub(super) unsafe extern "C" fn post_send(
         // SAFETY: qp is ours.
         let fqp = unsafe { FvQp::from_ibv(qp) };
         if let Some(n) = fqp.nic.as_ref().filter(|n| n.route() == Route::Nic) {
-            // SAFETY: the caller's chain, as ibv_post_send takes it.
-            return unsafe { n.post_send(wr, bad_wr) };
+            if n.ud.is_none() {
+                // SAFETY: the caller's chain, as ibv_post_send takes it.
+                return unsafe { n.post_send(wr, bad_wr) };
+            }
+            // SAFETY: as above; every AH of ours is an FvAh.
+            return unsafe { n.post_ud_send(wr, bad_wr, |ah| (*(ah as *const FvAh)).nic) };
         }
         let state = fqp.current_state();
         let semi = fqp.semi.lock().unwrap_or_else(|e| e.into_inner()).clone();

@@ -244,7 +244,9 @@ fn nic_twin(
     a: &ibv_qp_init_attr,
 ) -> Option<(NicQp, ibv_qp_cap)> {
     let nic = ctx.nic.as_ref()?;
-    if !matches!(a.qp_type, IBV_QPT_RC | IBV_QPT_UC) {
+    if !matches!(a.qp_type, IBV_QPT_RC | IBV_QPT_UC | IBV_QPT_UD)
+        || a.qp_type == IBV_QPT_UD && !a.srq.is_null()
+    {
         return None;
     }
     let real_srq = if a.srq.is_null() {
@@ -276,7 +278,10 @@ fn nic_twin(
         qp_type: a.qp_type,
         sq_sig_all: a.sq_sig_all,
     };
-    let q = nic.create_qp(real_pd, &mut init)?;
+    let mut q = nic.create_qp(real_pd, &mut init)?;
+    if a.qp_type == IBV_QPT_UD {
+        nic.track_ud(&mut q);
+    }
     Some((q, init.cap))
 }
 
@@ -566,7 +571,13 @@ pub(super) unsafe extern "C" fn destroy_qp(qp: *mut ibv_qp) -> i32 {
         // The twin first (its CQs and PD must be free when the
         // application destroys them next). SAFETY: qp is ours, and the
         // application is destroying it: nothing else uses it now.
-        drop(unsafe { (*(qp as *mut FvQp)).nic.take() });
+        let twin = unsafe { (*(qp as *mut FvQp)).nic.take() };
+        // SAFETY: the QP's context is ours.
+        let cx = unsafe { inner((*qp).context) };
+        if let (Some(t), Some(n)) = (&twin, cx.nic.as_ref()) {
+            n.untrack_ud(t.qpn());
+        }
+        drop(twin);
         // SAFETY: qp is ours.
         let fqp = unsafe { FvQp::from_ibv(qp) };
         match fqp.context().call(&Request::DestroyQp { qp: fqp.handle() }) {

@@ -10,6 +10,8 @@ pub struct FvSrq {
     pub(super) segment: Mapping,
     pub(super) ring: RingSlots<RecvWqe>,
     pub(super) max_sge: u32,
+    /// Receives it holds, as the application was told.
+    pub(super) max_wr: u32,
     pub(super) producer: Mutex<RecvProducer>,
     /// Semi mode over a NIC: the real device's twin (`provider::nic`).
     pub(super) nic: Option<crate::nic::NicSrq>,
@@ -56,8 +58,15 @@ pub(super) unsafe extern "C" fn create_srq(
                     },
                 };
                 n.create_srq(real_pd, &mut init)
+                    .map(|s| (s, init.attr.max_wr))
             }
             _ => None,
+        };
+        // What the application may post: what both the router and the twin
+        // hold (receives held before the path go to either).
+        let (nic, twin_max_wr) = match nic {
+            Some((s, max_wr)) => (Some(s), max_wr),
+            None => (None, u32::MAX),
         };
         let req = Request::CreateSrq {
             pd: pdh,
@@ -95,13 +104,15 @@ pub(super) unsafe extern "C" fn create_srq(
         vsrq.srq.handle = srq;
         vsrq.srq.context = ctx;
         vsrq.srq_type = IBV_SRQT_BASIC;
-        a.attr.max_wr = capacity;
+        let max_wr = capacity.min(twin_max_wr);
+        a.attr.max_wr = max_wr;
         a.attr.max_sge = max_sge;
         slot.fill(FvSrq {
             vsrq,
             segment,
             ring,
             max_sge,
+            max_wr,
             producer: Mutex::new(RecvProducer::default()),
             nic,
         }) as *mut ibv_srq
@@ -193,7 +204,7 @@ pub(super) unsafe extern "C" fn post_srq_recv(
                 // SAFETY: the caller's chain, as ibv_post_srq_recv takes it.
                 Route::Nic => return unsafe { n.post_recv(wr, bad_wr) },
                 Route::Undecided => {
-                    let max = (fsrq.ring.capacity(), fsrq.max_sge);
+                    let max = (fsrq.max_wr, fsrq.max_sge);
                     // SAFETY: as above.
                     return unsafe { n.receives.hold(wr, bad_wr, max.0, max.1) };
                 }
@@ -215,7 +226,7 @@ pub(super) fn post_own_srq_receives(
             ring: &fsrq.ring,
             indices: &fsrq.header().rq,
             producer: &fsrq.producer,
-            max_wr: fsrq.ring.capacity(),
+            max_wr: fsrq.max_wr,
             max_sge: fsrq.max_sge,
             wake_router: WakeRouter::IfWaiting(&fsrq.header().router_waiting),
         };

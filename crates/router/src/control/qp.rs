@@ -98,10 +98,17 @@ pub(super) fn create_qp(
     );
     q.cookie = cookie;
     q.nic_backed = nic_qpn.is_some();
+    // A UD QP on the NIC is there from the start: its datagrams name
+    // their destination one by one (address handles on the NIC).
+    q.on_nic = q.nic_backed && kind == QpKind::Ud;
+    let announce = q.on_nic;
     if semi {
         q.segment_fd = fd.try_clone().ok();
     }
     t.qps.insert(qp, q);
+    if announce {
+        engine.announce_gids();
+    }
     Answer {
         reply: Reply::Qp {
             qp,
@@ -204,7 +211,11 @@ pub(super) fn destroy_qp(engine: &mut Engine, session: SessionId, qp: u32) -> An
         return err(libc::EINVAL, "no such QP");
     }
     let events = t.qps[&qp].async_events;
+    let announce = t.qps[&qp].on_nic && t.qps[&qp].kind == QpKind::Ud;
     engine.remove_qp(qp);
+    if announce {
+        engine.announce_gids();
+    }
     engine.tables.release(session);
     Answer::ok(Reply::Destroyed { events })
 }

@@ -113,8 +113,15 @@ impl Engine {
     /// whenever sessions come or go).
     pub fn announce_gids(&mut self) {
         self.remote.served = self.tables.sessions.values().map(|s| s.gid).collect();
+        let t = &self.tables;
+        let nic_ud_qps = t
+            .qps
+            .values()
+            .filter(|q| q.kind == QpKind::Ud && q.nic_backed)
+            .filter_map(|q| Some((q.qpn, t.sessions.get(&q.session)?.gid)))
+            .collect();
         if let Some(links) = self.links.as_mut() {
-            links.set_served(self.remote.served.iter().copied().collect());
+            links.set_served(self.remote.served.iter().copied().collect(), nic_ud_qps);
         }
     }
 

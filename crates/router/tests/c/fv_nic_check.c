@@ -9,11 +9,18 @@
  *                 serves fails with EINVAL and leaves the QP in INIT; the
  *                 same QP then connects to a GID that is served (this
  *                 process's own) and reaches RTS;
+ *   ud_grh        a datagram between two UD QPs of this process (over the
+ *                 NIC, in loopback) arrives with a GRH that names this
+ *                 process's fv0 GID, not the NIC's: ibv_init_ah_from_wc
+ *                 gives an address handle back to the sender's GID, and
+ *                 ibv_create_ah_from_wc one that reaches it (an answer
+ *                 sent with it arrives).
  *
  * Exit status: 0 = every check passed; 1 = at least one check failed;
  * 2 = usage error; 3 = watchdog.
  */
 #include "fv_test_util.h"
+#include "fv_completions.h"
 
 static void case_unknown_gid(void)
 {
@@ -51,8 +58,112 @@ static void case_unknown_gid(void)
 	destroy_cq(cq);
 }
 
+#define UD_QKEY 0x11111111
+
+static void ud_ready(struct ibv_qp *qp)
+{
+	struct ibv_qp_attr a;
+	init_attr(&a);
+	a.qkey = UD_QKEY;
+	qp_must(ibv_modify_qp(qp, &a, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_QKEY),
+		qp, "UD RESET->INIT");
+	qp_to_state(qp, IBV_QPS_RTR, "UD INIT->RTR");
+	memset(&a, 0, sizeof(a));
+	a.qp_state = IBV_QPS_RTS;
+	a.sq_psn = 0;
+	qp_must(ibv_modify_qp(qp, &a, IBV_QP_STATE | IBV_QP_SQ_PSN), qp, "UD RTR->RTS");
+}
+
+/* Sends 64 bytes from `from` to `to` through `ah`; returns the receive's
+ * completion (the GRH is in the first 40 bytes of rbuf). */
+static void ud_exchange(struct ibv_qp *from, struct ibv_qp *to, struct ibv_cq *cq,
+			struct ibv_ah *ah, struct buf *sbuf, struct buf *rbuf, struct ibv_wc *wc)
+{
+	struct ibv_sge rs = { .addr = addr_of(rbuf->p), .length = 40 + 64, .lkey = rbuf->mr->lkey };
+	struct ibv_recv_wr rwr = { .wr_id = 7, .sg_list = &rs, .num_sge = 1 }, *rbad;
+	if (ibv_post_recv(to, &rwr, &rbad))
+		fatal("ibv_post_recv failed");
+	struct ibv_sge ss = { .addr = addr_of(sbuf->p), .length = 64, .lkey = sbuf->mr->lkey };
+	struct ibv_send_wr swr = { .wr_id = 8, .sg_list = &ss, .num_sge = 1, .opcode = IBV_WR_SEND,
+				   .send_flags = IBV_SEND_SIGNALED };
+	swr.wr.ud.ah = ah;
+	swr.wr.ud.remote_qpn = to->qp_num;
+	swr.wr.ud.remote_qkey = UD_QKEY;
+	struct ibv_send_wr *sbad;
+	if (ibv_post_send(from, &swr, &sbad))
+		fatal("ibv_post_send failed");
+	/* Both completions land on the one CQ, in either order. */
+	int got_recv = 0;
+	for (int i = 0; i < 2; i++) {
+		struct ibv_wc w;
+		poll1(cq, &w, "UD completion"); /* fatal if none comes */
+		if (w.status != IBV_WC_SUCCESS)
+			fatal("UD completion wr_id %llu: status %s", (unsigned long long)w.wr_id,
+			      ibv_wc_status_str(w.status));
+		if (w.wr_id == 7) {
+			*wc = w;
+			got_recv = 1;
+		}
+	}
+	if (!got_recv)
+		fatal("no receive completion");
+}
+
+static void case_ud_grh(void)
+{
+	struct ibv_cq *cq = cq_new(16);
+	struct qp_cfg cfg = CFG_DEFAULT;
+	struct ibv_qp *a = qp_create(IBV_QPT_UD, cq, cq, NULL, &cfg);
+	struct ibv_qp *b = qp_create(IBV_QPT_UD, cq, cq, NULL, &cfg);
+	ud_ready(a);
+	ud_ready(b);
+	struct buf *sbuf = buf_reg(4096, "send", IBV_ACCESS_LOCAL_WRITE);
+	struct buf *rbuf = buf_reg(4096, "recv", IBV_ACCESS_LOCAL_WRITE);
+	struct ibv_ah_attr aa = { .is_global = 1, .port_num = 1 };
+	aa.grh.dgid = E.gid;
+	aa.grh.sgid_index = gid_index();
+	aa.grh.hop_limit = 1;
+	set_step("create_ah to our own GID");
+	struct ibv_ah *ah = ibv_create_ah(E.pd, &aa);
+	if (!ah)
+		fatal("ibv_create_ah: %s", strerror(errno));
+	struct ibv_wc wc;
+	set_step("datagram a -> b");
+	ud_exchange(a, b, cq, ah, sbuf, rbuf, &wc);
+	if (!(wc.wc_flags & IBV_WC_GRH))
+		fail("the receive has no GRH (wc_flags %#x)", wc.wc_flags);
+	if (wc.src_qp != a->qp_num)
+		fail("src_qp %#x, expected %#x", wc.src_qp, a->qp_num);
+	set_step("ibv_init_ah_from_wc");
+	struct ibv_ah_attr back;
+	memset(&back, 0, sizeof(back));
+	if (ibv_init_ah_from_wc(E.ctx, 1, &wc, (struct ibv_grh *)rbuf->p, &back))
+		fail("ibv_init_ah_from_wc: %s", strerror(errno));
+	else if (memcmp(back.grh.dgid.raw, E.gid.raw, 16) != 0) {
+		char got[INET6_ADDRSTRLEN], want[INET6_ADDRSTRLEN];
+		inet_ntop(AF_INET6, back.grh.dgid.raw, got, sizeof(got));
+		inet_ntop(AF_INET6, E.gid.raw, want, sizeof(want));
+		fail("the GRH names %s, expected the sender's fv0 GID %s", got, want);
+	} else
+		printf("GRH: the sender's fv0 GID\n");
+	set_step("ibv_create_ah_from_wc, datagram b -> a");
+	struct ibv_ah *reply = ibv_create_ah_from_wc(E.pd, &wc, (struct ibv_grh *)rbuf->p, 1);
+	if (!reply)
+		fatal("ibv_create_ah_from_wc: %s", strerror(errno));
+	ud_exchange(b, a, cq, reply, sbuf, rbuf, &wc);
+	printf("answered through ibv_create_ah_from_wc\n");
+	destroy_ah(reply);
+	destroy_ah(ah);
+	buf_free(sbuf);
+	buf_free(rbuf);
+	destroy_qp(a);
+	destroy_qp(b);
+	destroy_cq(cq);
+}
+
 static const struct fv_case cases[] = {
 	{ "unknown_gid", case_unknown_gid },
+	{ "ud_grh", case_ud_grh },
 };
 
 int main(int argc, char **argv)
