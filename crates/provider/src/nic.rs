@@ -670,14 +670,20 @@ impl Receives {
         if route != Route::Nic {
             return Ok(held);
         }
-        for mut h in held {
+        let n = held.len();
+        for (i, mut h) in held.into_iter().enumerate() {
             let mut wr = ibv_recv_wr {
                 wr_id: h.wr_id,
                 next: ptr::null_mut(),
                 sg_list: h.sges.as_mut_ptr(),
                 num_sge: h.sges.len() as i32,
             };
-            errno_of(post(&mut wr))?;
+            errno_of(post(&mut wr)).inspect_err(|e| {
+                fv_log!(
+                    1,
+                    "NIC: receive {i} of {n} held for the path refused by the device: errno {e}"
+                )
+            })?;
         }
         Ok(Vec::new())
     }

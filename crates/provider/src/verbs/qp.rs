@@ -399,7 +399,9 @@ pub(super) unsafe extern "C" fn modify_qp(
                         _ => None,
                     };
                     match n.after_modify(a, m, path) {
-                        Ok(held) => post_held_on_ring(fqp, held),
+                        Ok(held) => {
+                            post_held(held, "QP", |wr, bad| post_own_receives(fqp, wr, bad))
+                        }
                         Err(e) => return e,
                     }
                     if let Err(e) = settle_srq(fqp, n.route()) {
@@ -481,27 +483,24 @@ fn settle_srq(fqp: &FvQp, route: Route) -> Result<(), Errno> {
     let Some(n) = &fsrq.nic else {
         return Ok(());
     };
-    let mut held = n.settle(route)?;
-    let mut wrs = crate::nic::chain(&mut held);
-    if let Some(first) = wrs.first_mut() {
-        let mut bad = ptr::null_mut();
-        let r = post_own_srq_receives(fsrq, first, &mut bad);
-        if r != 0 {
-            crate::fv_log!(1, "SRQ receives held for the path are lost: errno {r}");
-        }
-    }
+    let held = n.settle(route)?;
+    post_held(held, "SRQ", |wr, bad| post_own_srq_receives(fsrq, wr, bad));
     Ok(())
 }
 
 /// Posts receives that waited for the path (semi mode over a NIC) on
-/// fv0's own ring, as if they had been posted there.
-fn post_held_on_ring(fqp: &FvQp, mut held: Vec<crate::nic::HeldReceive>) {
+/// fv0's own ring (`post`), as if they had been posted there.
+fn post_held(
+    mut held: Vec<crate::nic::HeldReceive>,
+    what: &str,
+    post: impl FnOnce(*mut ibv_recv_wr, *mut *mut ibv_recv_wr) -> i32,
+) {
     let mut wrs = crate::nic::chain(&mut held);
     if let Some(first) = wrs.first_mut() {
         let mut bad = ptr::null_mut();
-        let r = post_own_receives(fqp, first, &mut bad);
+        let r = post(first, &mut bad);
         if r != 0 {
-            crate::fv_log!(1, "receives held for the path are lost: errno {r}");
+            crate::fv_log!(1, "{what} receives held for the path are lost: errno {r}");
         }
     }
 }

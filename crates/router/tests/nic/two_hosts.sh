@@ -38,6 +38,13 @@ for h in a b; do
   ip -n fv_$h route add default via 10.77.$n.1
 done
 
+# Resolve the wire's neighbours once: the kernel resolves a RoCE path's
+# MAC when a QP connects, and a cold neighbour entry can fail that modify.
+for pair in "198.18.0.1 198.18.0.2" "198.18.0.2 198.18.0.1"; do
+  set -- $pair
+  /run/rxe-vm/busybox ping -c 1 -W 2 -I "$1" "$2" >/dev/null 2>&1 || true
+done
+
 FLOWVERBS_LOG=$ROUTER_LOG_LEVEL "$FV" router --runtime-dir /run/fv_a --mode semi --nic rxe0 \
   --listen 127.0.0.1:7471 --peer 127.0.0.2:7472 2>"$OUT/router_a.log" &
 PID_A=$!
@@ -59,20 +66,6 @@ on() {
   shift
   timeout -k 5 120 ip netns exec fv_$h "$FV" exec --runtime-dir /run/fv_$h --provider "$PROV/libflowverbs-rdmav34.so" -- "$@"
 }
-
-# plm_rsh_agent for Open MPI: `agent.sh HOST COMMAND...` runs COMMAND in
-# HOST's container with its fv0 (what ssh would do between real hosts).
-cat >"$OUT/agent.sh" <<AGENT
-#!/bin/sh
-host=\$1; shift
-case "\$host" in
-10.77.1.2) exec ip netns exec fv_a "$FV" exec --runtime-dir /run/fv_a --provider "$PROV/libflowverbs-rdmav34.so" -- sh -c "\$*" ;;
-10.77.2.2) exec ip netns exec fv_b "$FV" exec --runtime-dir /run/fv_b --provider "$PROV/libflowverbs-rdmav34.so" -- sh -c "\$*" ;;
-esac
-echo "agent: unknown host \$host" >&2
-exit 1
-AGENT
-chmod +x "$OUT/agent.sh"
 
 counter() { cat /sys/class/infiniband/$1/ports/1/hw_counters/$2; }
 cpu_ticks() { awk '{print $14 + $15}' /proc/$1/stat; }
