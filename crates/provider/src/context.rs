@@ -249,11 +249,12 @@ fn connect(device: *mut ibv_device) -> Result<Connected, Errno> {
         }
     });
     let channel_writers = watcher::ChannelWriters::default();
+    let with_nic = nic.is_some() && key_table.is_some();
     let watcher = watcher::start(
         event_sock,
         async_write,
         session.clone(),
-        channel_writers.clone(),
+        with_nic.then(|| channel_writers.clone()),
     )?;
     Ok(Connected {
         inner: ContextInner {

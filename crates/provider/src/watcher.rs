@@ -40,7 +40,9 @@ struct Shared {
 /// The write ends of the completion channels the watcher made, by the
 /// channel's fd (its read end): semi mode over a NIC writes the completion
 /// events of real CQs there too (`provider::nic`). A number the
-/// application closed and a new channel reuses is overwritten.
+/// application closed and a new channel reuses is overwritten. Kept only
+/// with a NIC (a write end held here would keep a channel's reader from
+/// seeing the router go away), and dropped when the router goes.
 pub type ChannelWriters = Arc<std::sync::Mutex<HashMap<i32, OwnedFd>>>;
 
 /// The running watcher of one context.
@@ -55,7 +57,7 @@ pub fn start(
     sock: OwnedFd,
     async_write: OwnedFd,
     session: Arc<Mapping>,
-    writers: ChannelWriters,
+    writers: Option<ChannelWriters>,
 ) -> Result<Watcher, Errno> {
     let shared = Arc::new(Shared {
         sock,
@@ -65,7 +67,7 @@ pub fn start(
     let thread = std::thread::Builder::new()
         .name("flowverbs-watch".into())
         .stack_size(256 * 1024)
-        .spawn(move || run(&s, &async_write, &session, &writers))
+        .spawn(move || run(&s, &async_write, &session, writers.as_ref()))
         .map_err(|e| e.raw_os_error().unwrap_or(libc::EAGAIN))?;
     Ok(Watcher {
         shared,
@@ -92,7 +94,12 @@ fn block_signals() {
     let _ = all.thread_block();
 }
 
-fn run(shared: &Shared, async_write: &OwnedFd, session: &Mapping, writers: &ChannelWriters) {
+fn run(
+    shared: &Shared,
+    async_write: &OwnedFd,
+    session: &Mapping,
+    writers: Option<&ChannelWriters>,
+) {
     block_signals();
     // Pipes made for channels, by read-end number: only those may be
     // closed on the router's word (Event::DropChannel).
@@ -124,6 +131,11 @@ fn run(shared: &Shared, async_write: &OwnedFd, session: &Mapping, writers: &Chan
             }
         }
         if gone {
+            // Channels must see the router's end close (EOF wakes a
+            // thread blocked in ibv_get_cq_event).
+            if let Some(w) = writers {
+                w.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            }
             if shared.closing.load(Ordering::SeqCst) {
                 return;
             }
@@ -140,7 +152,12 @@ fn run(shared: &Shared, async_write: &OwnedFd, session: &Mapping, writers: &Chan
     }
 }
 
-fn serve(shared: &Shared, event: Event, made: &mut HashMap<i32, u64>, writers: &ChannelWriters) {
+fn serve(
+    shared: &Shared,
+    event: Event,
+    made: &mut HashMap<i32, u64>,
+    writers: Option<&ChannelWriters>,
+) {
     match event {
         Event::MakeChannel { id } => {
             let reply = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
@@ -148,12 +165,13 @@ fn serve(shared: &Shared, event: Event, made: &mut HashMap<i32, u64>, writers: &
                 Ok((read, write)) => {
                     let fd = read.into_raw_fd();
                     made.insert(fd, id);
-                    let mut w = writers.lock().unwrap_or_else(|e| e.into_inner());
-                    match write.try_clone() {
-                        Ok(dup) => drop(w.insert(fd, dup)),
-                        Err(_) => drop(w.remove(&fd)),
+                    if let Some(writers) = writers {
+                        let mut w = writers.lock().unwrap_or_else(|e| e.into_inner());
+                        match write.try_clone() {
+                            Ok(dup) => drop(w.insert(fd, dup)),
+                            Err(_) => drop(w.remove(&fd)),
+                        }
                     }
-                    drop(w);
                     let msg = EventReply::ChannelMade { id, fd };
                     if control::send(shared.sock.as_fd(), &msg, &[write.as_raw_fd()]).is_err() {
                         made.remove(&fd);

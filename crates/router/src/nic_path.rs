@@ -212,3 +212,62 @@ impl NicPaths {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::Limits;
+    use flowverbs_sys::IBV_QPT_UD;
+
+    fn paths() -> NicPaths {
+        NicPaths {
+            nic: Nic {
+                device: "rxe0".into(),
+                port: 1,
+                gid_index: 1,
+                gid: [9; 16],
+                address: std::net::Ipv4Addr::new(198, 18, 0, 1),
+                uverbs: "uverbs0".into(),
+            },
+            loopback: false,
+        }
+    }
+
+    #[test]
+    fn numbers_of_the_nic_must_be_free_and_valid() {
+        let n = paths();
+        let mut t = Tables::new(Limits::default());
+        t.keys.insert(0x1234, 1);
+        t.qpns.insert(0x11, 1);
+        assert_eq!(n.claim_key(&t, None), Ok(None));
+        assert_eq!(n.claim_key(&t, Some(0x4321)), Ok(Some(0x4321)));
+        assert!(n.claim_key(&t, Some(0)).is_err());
+        assert!(n.claim_key(&t, Some(0x1234)).is_err());
+        assert_eq!(n.claim_qpn(&t, IBV_QPT_RC, 0, None), Ok(None));
+        assert_eq!(n.claim_qpn(&t, IBV_QPT_RC, 0, Some(0x12)), Ok(Some(0x12)));
+        assert_eq!(n.claim_qpn(&t, IBV_QPT_UD, 0, Some(0x12)), Ok(Some(0x12)));
+        let errno = |r: Result<Option<u32>, (i32, String)>| r.map_err(|(e, _)| e);
+        assert_eq!(
+            errno(n.claim_qpn(&t, IBV_QPT_RC, 0, Some(0x11))),
+            Err(libc::EBUSY)
+        );
+        assert_eq!(
+            errno(n.claim_qpn(&t, IBV_QPT_RC, 0, Some(1))),
+            Err(libc::EINVAL)
+        );
+        assert_eq!(
+            errno(n.claim_qpn(&t, IBV_QPT_RC, 0, Some(1 << 24))),
+            Err(libc::EINVAL)
+        );
+        // An SRQ the NIC does not back (here: none of that handle), and UD
+        // with an SRQ.
+        assert_eq!(
+            errno(n.claim_qpn(&t, IBV_QPT_RC, 7, Some(0x12))),
+            Err(libc::EINVAL)
+        );
+        assert_eq!(
+            errno(n.claim_qpn(&t, IBV_QPT_UD, 7, Some(0x12))),
+            Err(libc::EINVAL)
+        );
+    }
+}
