@@ -14,8 +14,13 @@ Measures, in one run:
   * MPI (issue 11; --no-mpi skips it): Debian's NetPIPE over Open MPI with
     pml ucx on fv0 (semi and isolated routers) beside the vader and TCP
     BTLs, and ucx_perftest UCP tag_lat/tag_bw on fv0 and over UCX's shared
-    memory; which data path each fv0 run moved on (router counters).
---only STEPS runs some steps (limits, modes, crosshost, mpi).
+    memory; which data path each fv0 run moved on (router counters);
+  * NIC (--no-nic skips it): semi mode over a real NIC in a VM
+    (scripts/rxe-vm, Soft-RoCE rxe0/rxe1), two hosts' containers
+    (crates/router/tests/nic/two_hosts.sh): ib_send_bw/ib_write_bw 64 KiB and
+    ib_write_lat/ib_send_lat 2 B, raw rxe vs fv0 over it, alternating, and
+    the ratios fv0/raw.
+--only STEPS runs some steps (limits, modes, crosshost, mpi, nic).
 Writes results.csv, meta.json, then calls report.py for results.md and the
 PNG plots. Never fails on a timing; a failed run is recorded and skipped.
 """
@@ -89,6 +94,8 @@ class Plan:
         self.ucx_lat_sizes = [8, 65536] if quick else [8, 4096, 65536]
         self.ucx_bw_sizes = [65536, 1 << 20] if quick else [8, 65536, 1 << 20, 8 << 20]
         self.ucx_repeats = 1 if quick else 3
+        # NIC step: every (test, path) this many times, in one VM.
+        self.nic_repeats = 1 if quick else 3
 
     def bw_repeats(self, size):
         if size == TARGET_BW_SIZE:
@@ -1327,16 +1334,367 @@ def run_mpi(fv, provider, plan, work, raw_dir, res, meta, counter):
 
 
 # --------------------------------------------------------------------------
+# NIC: semi mode over a real NIC, measured against the NIC itself. One
+# scripts/rxe-vm run (Debian's kernel under QEMU/TCG, Soft-RoCE rxe0 and
+# rxe1 on one veth wire) of crates/router/tests/nic/two_hosts.sh: router A
+# (--mode semi --nic rxe0) serves container namespace fv_a (10.77.1.2),
+# router B (--nic rxe1) serves fv_b (10.77.2.2). perftest between the two
+# containers, server in fv_a and client in fv_b, both under `flowverbs
+# exec`: raw (the programs open rxe0/rxe1 themselves) and on fv0 (whose QPs
+# the provider backs with rxe0's/rxe1's), alternating.
+
+NIC = "nic"  # the meta key, and the mode column of its availability and ratio rows
+NIC_PATHS = ["raw", "fv0"]
+NIC_MODE = {"raw": "nic_raw", "fv0": "nic_fv0"}  # the mode column of its measurements
+NIC_BW_TESTS = ["ib_send_bw", "ib_write_bw"]
+NIC_LAT_TESTS = ["ib_write_lat", "ib_send_lat"]
+NIC_BW_SIZE = 65536
+NIC_LAT_SIZE = 2
+NIC_ITERS = 2000
+NIC_TARGET_BW_PCT = 95.0  # fv0 bandwidth >= 95 % of raw
+NIC_TARGET_LAT_X = 1.05  # fv0 latency (t_typical) <= 1.05x raw
+NIC_SERVER = "10.77.1.2"  # host A's container, fv_a
+NIC_PORT0 = 18700  # run k's perftest port is NIC_PORT0 + k
+NIC_VM_TIMEOUT_S = 900  # rxe-vm --timeout
+# (device, GID index) of the server (fv_a) and the client (fv_b). GID 1 of
+# rxe0/rxe1 is their IPv4 RoCE v2 GID; GID 0 of fv0 the container's address.
+NIC_DEV = {"raw": (("rxe0", 1), ("rxe1", 1)), "fv0": (("fv0", 0), ("fv0", 0))}
+RXE_VM = os.path.join(REPO, "scripts", "rxe-vm")
+TWO_HOSTS = os.path.join(REPO, "crates", "router", "tests", "nic", "two_hosts.sh")
+NIC_VM_COMMAND = ("scripts/rxe-vm run --modules fuse --timeout {t} --rw WORKDIR -- bash "
+                  "crates/router/tests/nic/two_hosts.sh WORKDIR FLOWVERBS PROVIDER_DIR SCENARIOS")
+
+
+def nic_runs(plan):
+    return (len(NIC_BW_TESTS) + len(NIC_LAT_TESTS)) * len(NIC_PATHS) * plan.nic_repeats
+
+
+def nic_command(test, path, side, port):
+    """The perftest command line of one side (`server` in fv_a, `client` in
+    fv_b). Latency runs pin the server to CPU 0 and the client to CPU 1 (of
+    the VM), as the modes' runs on the host."""
+    dev, gid = NIC_DEV[path][0 if side == "server" else 1]
+    size = NIC_BW_SIZE if test in NIC_BW_TESTS else NIC_LAT_SIZE
+    argv = [test, "-d", dev, "-x", str(gid), "-F", "-p", str(port), "-s", str(size), "-n", str(NIC_ITERS)]
+    if test in NIC_LAT_TESTS:
+        argv = ["taskset", "-c", "0" if side == "server" else "1"] + argv
+    if side == "client":
+        argv.append(NIC_SERVER)
+    return shlex.join(argv)
+
+
+def nic_counters(vm_dir, name):
+    """What moved during run `name`, from two_hosts.sh's snapshots: {rxe0_sent,
+    rxe1_rcvd: packets, router_bytes: bytes both routers moved themselves
+    (link, router copies, semi)}; a key is missing where unreadable."""
+    at = {}
+    for line in read_text(os.path.join(vm_dir, name + ".counters")).splitlines():
+        t = line.split()
+        if len(t) == 3 and t[2].isdigit():
+            at[(t[0], t[1])] = int(t[2])
+    out = {}
+    for key in ("rxe0_sent", "rxe1_rcvd"):
+        if (key, "before") in at and (key, "after") in at:
+            out[key] = at[(key, "after")] - at[(key, "before")]
+    try:
+        total = 0
+        for host in "ab":
+            for when, sign in (("before", -1), ("after", 1)):
+                moved = json.loads(read_text(os.path.join(vm_dir, f"{name}.status_{host}.{when}.json")))
+                moved = moved["totals"]["moved"]
+                total += sign * sum(int(moved[p]["bytes"]) for p in PATHS)
+        out["router_bytes"] = total
+    except (ValueError, KeyError, TypeError):
+        pass
+    return out
+
+
+def nic_result(vm_dir, name):
+    """The client's result row of run `name` ({column: value}, None) or
+    (None, error)."""
+    def rc(side):
+        v = read_text(os.path.join(vm_dir, f"{name}.{side}.rc")).strip()
+        return int(v) if v.lstrip("-").isdigit() else None
+
+    def why(side, code):
+        text = read_text(os.path.join(vm_dir, f"{name}.{side}.err")) or \
+            read_text(os.path.join(vm_dir, f"{name}.{side}.out"))
+        what = "timed out after 120 s (two_hosts.sh)" if code == 124 else f"exit {code}"
+        return f"{side} {what}: " + tail(text)
+
+    crc, src = rc("client"), rc("server")
+    if crc is None:
+        return None, "did not run (the VM stopped before it)"
+    if crc != 0:
+        return None, why("client", crc)
+    if src not in (0, None):
+        return None, why("server", src)
+    row = parse_perftest(read_text(os.path.join(vm_dir, f"{name}.client.out")))
+    if row is None:
+        return None, "no result table in the client's output"
+    return row, None
+
+
+def qemu_pids():
+    """Pids of the QEMU processes on this host (from /proc/*/comm)."""
+    pids = set()
+    for d in os.listdir("/proc"):
+        if d.isdigit() and read_text(f"/proc/{d}/comm").startswith("qemu-system"):
+            pids.add(int(d))
+    return pids
+
+
+def run_nic(fv, provider, plan, raw_dir, res, meta, counter):
+    """One VM: router A on rxe0 serving fv_a, router B on rxe1 serving fv_b;
+    ib_send_bw/ib_write_bw at 64 KiB and ib_write_lat/ib_send_lat at 2 B
+    between the two containers, raw and on fv0 alternately, the first path
+    of each pair flipping every repeat. Records the medians per (test,
+    path), their ratios fv0/raw, and whether each fv0 run stayed on the NIC
+    (the routers moved no byte themselves, the devices' counters rose)."""
+    t_start = time.monotonic()
+    info = {"available": False, "failures": [],
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "loadavg_start": read_text("/proc/loadavg").strip(),
+            "repeats": plan.nic_repeats, "iters": NIC_ITERS,
+            "vm_command": NIC_VM_COMMAND.format(t=NIC_VM_TIMEOUT_S),
+            "commands": {}, "order": [],
+            "paths": {"runs": 0, "ok": 0, "rxe0_sent": 0, "rxe1_rcvd": 0, "router_bytes": 0},
+            "versions": {
+                "flowverbs_git": sh(["git", "-C", REPO, "describe", "--always", "--dirty"]),
+                "perftest": sh(["dpkg-query", "-W", "-f=${Version}", "perftest"]),
+                "qemu": sh(["dpkg-query", "-W", "-f=${Version}", "qemu-system-x86"]),
+            }}
+    meta[NIC] = info
+    total = nic_runs(plan)
+
+    def unavailable(why):
+        msg = f"NIC: not available ({why})"
+        progress(msg)
+        info["message"] = msg
+        res.add("mode", NIC, None, "available", 0, "bool", 1, why)
+        counter["total"] -= total - done["n"]
+
+    done = {"n": 0}
+    if not (os.access(RXE_VM, os.X_OK) and os.path.exists(TWO_HOSTS)):
+        unavailable(f"no {os.path.relpath(RXE_VM, REPO)} or {os.path.relpath(TWO_HOSTS, REPO)}")
+        return
+    vm_dir = os.path.join(raw_dir, NIC)  # the VM's --rw dir: two_hosts.sh's OUT
+    os.makedirs(vm_dir, exist_ok=True)
+
+    # The runs, in order: per repeat, per test, raw and fv0 (fv0 first in
+    # every second repeat), so that a slow minute of the VM hits both.
+    runs = []
+    for rep in range(plan.nic_repeats):
+        order = NIC_PATHS if rep % 2 == 0 else NIC_PATHS[::-1]
+        for test in NIC_BW_TESTS + NIC_LAT_TESTS:
+            for path in order:
+                size = NIC_BW_SIZE if test in NIC_BW_TESTS else NIC_LAT_SIZE
+                runs.append({"name": f"{test}-{path}-{rep + 1}", "test": test, "path": path, "rep": rep,
+                             "size": size, "port": NIC_PORT0 + len(runs)})
+    lines = ['echo "nic-vm kernel $(uname -r) cpus $(nproc)"']
+    for r in runs:
+        srv = nic_command(r["test"], r["path"], "server", r["port"])
+        cli = nic_command(r["test"], r["path"], "client", r["port"])
+        lines.append(f"scenario {r['name']} {r['port']} {shlex.quote(srv)} {shlex.quote(cli)}")
+        lines.append(f'echo "nic-done {r["name"]}"')
+        info["order"].append(r["name"])
+        info["commands"].setdefault(r["path"], {}).setdefault(r["test"], {
+            "server": nic_command(r["test"], r["path"], "server", "PORT"),
+            "client": nic_command(r["test"], r["path"], "client", "PORT")})
+    scenarios = os.path.join(vm_dir, "scenarios.sh")
+    with open(scenarios, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+    vals = {}  # (test, path) -> {metric: [values]}
+    by_rep = {}  # (test, rep) -> {path: value}: the pairs
+    fails = {}  # (test, path) -> [errors]
+
+    def collect(r):
+        done["n"] += 1
+        counter["done"] += 1
+        test, path = r["test"], r["path"]
+        head = (f"({counter['done']}/{counter['total']}) nic {test} {path} {human_size(r['size'])} "
+                f"rep {r['rep'] + 1}/{plan.nic_repeats}")
+        row, err = nic_result(vm_dir, r["name"])
+        path_note = ""
+        if path == "fv0" and err is None:
+            c = nic_counters(vm_dir, r["name"])
+            ok = c.get("router_bytes") == 0 and c.get("rxe0_sent", 0) > 0 and c.get("rxe1_rcvd", 0) > 0
+            p = info["paths"]
+            p["runs"] += 1
+            p["ok"] += 1 if ok else 0
+            for k in ("rxe0_sent", "rxe1_rcvd", "router_bytes"):
+                p[k] += c.get(k, 0)
+            text = (f"rxe0 sent {c.get('rxe0_sent', '?')} packets, rxe1 received {c.get('rxe1_rcvd', '?')}; "
+                    f"the routers moved {c.get('router_bytes', '?')} B themselves (link, router, semi); "
+                    "expected only the NIC: " + ("ok" if ok else "MISMATCH"))
+            res.add(test, NIC_MODE[path], None, "path_ok", 1 if ok else 0, "bool", 1, f"run {r['rep'] + 1}: {text}")
+            if not ok:
+                info["failures"].append(f"{test} fv0 run {r['rep'] + 1}: {text}")
+            path_note = "; " + ("on the NIC only" if ok else text)
+        if err:
+            fails.setdefault((test, path), []).append(err)
+            info["failures"].append(f"{test} {path} run {r['rep'] + 1}: {err}")
+            progress(f"{head}: FAILED: {err}")
+            return
+        v = vals.setdefault((test, path), {})
+        if test in NIC_BW_TESTS:
+            bw = col(row, "BW average") * 1048576 / 1e9  # perftest's MB are 2^20 B
+            v.setdefault("bw", []).append(bw)
+            v.setdefault("msg_rate", []).append(col(row, "MsgRate") or 0.0)
+            by_rep.setdefault((test, r["rep"]), {})[path] = bw
+            progress(f"{head}: {bw * 1000:.4g} MB/s{path_note}")
+        else:
+            for key, prefix in (("t_typical", "t_typical"), ("t_min", "t_min"), ("t_avg", "t_avg"),
+                                ("t_p99", "99%")):
+                x = col(row, prefix)
+                if x is not None:
+                    v.setdefault(key, []).append(x)
+            by_rep.setdefault((test, r["rep"]), {})[path] = col(row, "t_typical")
+            progress(f"{head}: t_typical {col(row, 't_typical')} us{path_note}")
+
+    argv = [RXE_VM, "run", "--modules", "fuse", "--timeout", str(NIC_VM_TIMEOUT_S), "--rw", vm_dir, "--",
+            "bash", TWO_HOSTS, vm_dir, fv, os.path.dirname(provider), scenarios]
+    log = os.path.join(raw_dir, "nic-vm.txt")
+    progress(f"nic: one VM (scripts/rxe-vm, TCG), {len(runs)} perftest runs: raw rxe1 -> rxe0 and fv0 "
+             f"over them, alternating, {plan.nic_repeats} repeat(s)")
+    names = {r["name"]: r for r in runs}
+    seen = set()
+    w0 = time.monotonic()
+    p = spawn(argv, log)
+    # Other VMs share the host's CPUs with this one: sampled every 5 s.
+    others = info["other_vms"] = {"samples": 0, "with_others": 0, "pids": []}
+    try:
+        deadline = w0 + NIC_VM_TIMEOUT_S + 60
+        timed_out = False
+        tick = 0
+        while True:
+            finished = p.poll() is not None
+            if tick % 10 == 0 and not finished:
+                pids = qemu_pids() - set(session_members(p.pid))
+                others["samples"] += 1
+                others["with_others"] += 1 if pids else 0
+                others["pids"] = sorted(set(others["pids"]) | pids)
+            tick += 1
+            text = read_text(log)
+            m = re.search(r"^nic-vm kernel (\S+) cpus (\d+)$", text, re.M)
+            if m and "vm" not in info:
+                info["vm"] = {"kernel": m.group(1), "cpus": int(m.group(2))}
+                progress(f"nic: VM up (Linux {m.group(1)}, {m.group(2)} vCPUs), routers started")
+            for name in re.findall(r"^nic-done (\S+)$", text, re.M):
+                if name in names and name not in seen:
+                    seen.add(name)
+                    collect(names[name])
+            if finished:
+                break
+            if time.monotonic() > deadline:
+                timed_out = True
+                break
+            time.sleep(0.5)
+        rc, to = finish_session(p, time.monotonic() if timed_out else time.monotonic() + 10)
+        info["vm_seconds"] = round(time.monotonic() - w0)
+        text = read_text(log)
+        vm_ok = rc == 0 and not to and "two_hosts: done" in text
+        if not vm_ok:
+            what = {124: "timed out (rxe-vm --timeout)", 125: "the VM or its setup failed"}.get(rc, "")
+            why = (f"scripts/rxe-vm exit {rc}{' (' + what + ')' if what else ''}"
+                   f"{', killed after ' + str(NIC_VM_TIMEOUT_S + 60) + ' s' if to else ''}: "
+                   + (tail(text) or "no output"))
+            info["failures"].append(f"VM: {why}")
+            if not seen:
+                unavailable(why)
+                return
+            progress(f"nic: {why}")
+        info["available"] = True
+        info["message"] = ("NIC: router A (--mode semi --nic rxe0) serving fv_a 10.77.1.2, router B "
+                           "(--nic rxe1) serving fv_b 10.77.2.2, in one VM")
+        res.add("mode", NIC, None, "available", 1, "bool")
+        for r in runs:  # those the VM did not reach
+            if r["name"] not in seen:
+                collect(r)
+
+        # Medians per (test, path), the ratios fv0 / raw.
+        for test in NIC_BW_TESTS + NIC_LAT_TESTS:
+            is_bw = test in NIC_BW_TESTS
+            size = NIC_BW_SIZE if is_bw else NIC_LAT_SIZE
+            for path in NIC_PATHS:
+                v = vals.get((test, path), {})
+                mode = NIC_MODE[path]
+                where = ("client side (fv_b, rxe1) -> server (fv_a, rxe0)" if path == "raw"
+                         else "client side, fv0 -> fv0, backed by rxe1 -> rxe0")
+                if is_bw and v.get("bw"):
+                    n = len(v["bw"])
+                    res.add(test, mode, size, "bw_median", med(v["bw"]), "GB/s", n,
+                            f"-n {NIC_ITERS}; {where}; BW average (MB/s of 2^20 B) x 2^20 / 1e9; "
+                            "GB = 1e9 B; median of the runs")
+                    res.add(test, mode, size, "bw_min", min(v["bw"]), "GB/s", n)
+                    res.add(test, mode, size, "bw_max", max(v["bw"]), "GB/s", n)
+                    res.add(test, mode, size, "msg_rate_median", med(v["msg_rate"]), "Mmsg/s", n)
+                elif v.get("t_typical"):
+                    n = len(v["t_typical"])
+                    res.add(test, mode, size, "t_typical_median", med(v["t_typical"]), "us", n,
+                            f"-n {NIC_ITERS}; {where}; one-way (half the round trip); server on CPU 0, "
+                            "client on CPU 1 of the VM; median of the runs")
+                    res.add(test, mode, size, "t_typical_min", min(v["t_typical"]), "us", n)
+                    res.add(test, mode, size, "t_typical_max", max(v["t_typical"]), "us", n)
+                    if v.get("t_min"):
+                        res.add(test, mode, size, "t_min", min(v["t_min"]), "us", n)
+                    if v.get("t_avg"):
+                        res.add(test, mode, size, "t_avg_median", med(v["t_avg"]), "us", n)
+                    if v.get("t_p99"):
+                        res.add(test, mode, size, "t_p99_median", med(v["t_p99"]), "us", n)
+                if fails.get((test, path)):
+                    errs = fails[(test, path)]
+                    res.add(test, mode, size, "failed_runs", len(errs), "runs", plan.nic_repeats, errs[-1])
+            metric = "bw" if is_bw else "t_typical"
+            raw, fv0 = (med(vals.get((test, p), {}).get(metric, [])) for p in NIC_PATHS)
+            if raw and fv0:
+                pairs = [by_rep[(test, rep)] for rep in range(plan.nic_repeats)
+                         if len(by_rep.get((test, rep), {})) == 2 and by_rep[(test, rep)]["raw"]]
+                per = [x["fv0"] / x["raw"] for x in pairs]
+                if is_bw:
+                    r = fv0 / raw * 100
+                    res.add(f"{test}_fv0_vs_raw", NIC, size, "ratio_percent", r, "%", len(per),
+                            f"median fv0 / median raw; target >= {NIC_TARGET_BW_PCT:.0f} %; per repeat: "
+                            + ", ".join(f"{x * 100:.1f}" for x in per))
+                    progress(f"nic: {test} {human_size(size)}: fv0 = {r:.1f} % of raw "
+                             f"(target >= {NIC_TARGET_BW_PCT:.0f} %)")
+                    best = [max(vals[(test, p)]["bw"]) for p in NIC_PATHS]
+                    res.add(f"{test}_fv0_vs_raw", NIC, size, "best_ratio_percent", best[1] / best[0] * 100, "%",
+                            1, "fv0's best run / raw's best run (the least disturbed run of each path); "
+                               "beside the target, less sensitive to the VM's noise")
+                else:
+                    r = fv0 / raw
+                    res.add(f"{test}_fv0_vs_raw", NIC, size, "latency_ratio", r, "x", len(per),
+                            f"median fv0 t_typical / median raw; target <= {NIC_TARGET_LAT_X:g}x; per repeat: "
+                            + ", ".join(f"{x:.3f}" for x in per))
+                    progress(f"nic: {test} {human_size(size)}: fv0 = {r:.3f}x raw "
+                             f"(target <= {NIC_TARGET_LAT_X:g}x)")
+                    lows = [min(vals[(test, p)].get("t_min") or [0]) for p in NIC_PATHS]
+                    if all(lows):
+                        res.add(f"{test}_fv0_vs_raw", NIC, size, "t_min_ratio", lows[1] / lows[0], "x", 1,
+                                "fv0's lowest t_min / raw's (the fastest single round trip of all runs); "
+                                "beside the target, less sensitive to the VM's noise")
+    finally:
+        if p.poll() is None:
+            finish_session(p, time.monotonic())
+        info["duration_s"] = round(time.monotonic() - t_start)
+        info["loadavg_end"] = read_text("/proc/loadavg").strip()
+
+
+# --------------------------------------------------------------------------
 # steps, and a partial run (--only) merged into results/latest
 
-STEPS = ["limits", "modes", "crosshost", MPI]
+STEPS = ["limits", "modes", "crosshost", MPI, NIC]
 # The meta.json keys each step writes.
 STEP_META = {"limits": ["cpus"], "modes": ["modes", "requested_modes", "sizes", "plan"],
-             "crosshost": [CROSSHOST], MPI: [MPI]}
+             "crosshost": [CROSSHOST], MPI: [MPI], NIC: [NIC]}
 
 
 def step_of(row):
     """The step that wrote a results.csv row."""
+    if row["mode"] == NIC or row["mode"] in NIC_MODE.values():
+        return NIC
     if row["test"] in MPI_TESTS:
         return MPI
     if row["mode"] == CROSSHOST:
@@ -1394,6 +1752,8 @@ def main():
                     help="skip the cross-host runs (two namespaces, a router each, linked over TCP)")
     ap.add_argument("--no-mpi", action="store_true",
                     help="skip the MPI step (NetPIPE over Open MPI, ucx_perftest)")
+    ap.add_argument("--no-nic", action="store_true",
+                    help="skip the NIC step (semi mode over Soft-RoCE in a VM, raw vs fv0)")
     ap.add_argument("--only", metavar="STEPS",
                     help=f"run only these steps (comma-separated: {', '.join(STEPS)}); without --out the "
                          "results replace those steps' rows in results/latest and keep the others")
@@ -1411,6 +1771,8 @@ def main():
         steps.remove("crosshost")
     if args.no_mpi and MPI in steps:
         steps.remove(MPI)
+    if args.no_nic and NIC in steps:
+        steps.remove(NIC)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()] if "modes" in steps else []
     plan = Plan(args.quick)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H%M%S")
@@ -1437,6 +1799,7 @@ def main():
                    + ("" if args.modes == "isolated,semi" else f" --modes {args.modes}")
                    + (" --no-crosshost" if args.no_crosshost else "")
                    + (" --no-mpi" if args.no_mpi else "")
+                   + (" --no-nic" if args.no_nic else "")
                    + (f" --only {','.join(steps)}" if args.only else ""),
         "steps": steps,
         "requested_modes": modes,
@@ -1467,7 +1830,8 @@ def main():
         sum(plan.lat_repeats(s) for s in plan.sizes) * len(LAT_TESTS)
     cross = crosshost_runs(plan) if "crosshost" in steps else 0
     mpi = mpi_runs(plan) if MPI in steps else 0
-    counter = {"done": 0, "total": per_mode * len(modes) + cross + mpi, "per_mode": per_mode, "skipped": 0}
+    nic = nic_runs(plan) if NIC in steps else 0
+    counter = {"done": 0, "total": per_mode * len(modes) + cross + mpi + nic, "per_mode": per_mode, "skipped": 0}
     # Steps left out by --no-* are named in the outputs; steps left out by
     # --only are not mentioned (a partial run).
     if args.no_crosshost:
@@ -1475,12 +1839,15 @@ def main():
                            "message": "cross-host: skipped (--no-crosshost)"}
     if args.no_mpi:
         meta[MPI] = {"available": False, "skipped": True, "message": "MPI: skipped (--no-mpi)"}
+    if args.no_nic:
+        meta[NIC] = {"available": False, "skipped": True, "message": "NIC: skipped (--no-nic)"}
     progress(f"output: {out}")
     progress(f"steps: {', '.join(steps)}"
              + (f"; {len(plan.sizes)} sizes, {per_mode} perftest runs per mode, modes {', '.join(modes)}"
                 if modes else "")
              + (f"; cross-host: {cross} runs" if cross else "")
-             + (f"; mpi: {mpi} runs" if mpi else ""))
+             + (f"; mpi: {mpi} runs" if mpi else "")
+             + (f"; nic: {nic} runs in one VM" if nic else ""))
     interrupted = None
     try:
         if "limits" in steps:
@@ -1494,6 +1861,8 @@ def main():
             run_crosshost(args.flowverbs, provider, plan, work, raw_dir, res, meta, counter)
         if MPI in steps:
             run_mpi(args.flowverbs, provider, plan, work, raw_dir, res, meta, counter)
+        if NIC in steps:
+            run_nic(args.flowverbs, provider, plan, raw_dir, res, meta, counter)
     except KeyboardInterrupt as e:
         interrupted = str(e) or "interrupted"
         progress(f"interrupted ({interrupted}); writing what was measured")
@@ -1530,10 +1899,11 @@ def main():
             print()
             print(m.group(0).strip())
             print()
-        m = re.search(r"^MPI \(NetPIPE.*$", text, re.M)
-        if m:
-            print(m.group(0).strip())
-            print()
+        for pat in (r"^MPI \(NetPIPE.*$", r"^NIC \(semi mode.*$"):
+            m = re.search(pat, text, re.M)
+            if m:
+                print(m.group(0).strip())
+                print()
     progress(f"done in {elapsed()}: {out}")
     return 130 if interrupted else 0
 

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Turns a harness output dir (results.csv + meta.json) into results.md,
 bw.png and lat.png, and mpi.png when the MPI step ran. Run by bench.py; can
-be re-run by hand:
+be re-run by hand (the NIC step has a section in results.md, no plot):
 
     /usr/bin/python3 perftest-harness/report.py perftest-harness/results/latest
 """
@@ -567,6 +567,255 @@ def mpi_plot(d, out_dir):
     plt.close(fig)
 
 
+# --------------------------------------------------------------------------
+# NIC: semi mode over a real NIC (Soft-RoCE in a VM), raw vs fv0
+
+NIC = "nic"
+NIC_PATHS = ["raw", "fv0"]
+NIC_MODE = {"raw": "nic_raw", "fv0": "nic_fv0"}
+NIC_BW_TESTS = ["ib_send_bw", "ib_write_bw"]
+NIC_LAT_TESTS = ["ib_write_lat", "ib_send_lat"]
+NIC_BW_SIZE = 65536
+NIC_LAT_SIZE = 2
+NIC_TARGET_BW_PCT = 95.0
+NIC_TARGET_LAT_X = 1.05
+NIC_TITLE = "NIC (semi mode over Soft-RoCE, in a VM)"
+
+
+def nic_meta(d):
+    """meta of the NIC step; None for result dirs older than it."""
+    return d.meta.get(NIC)
+
+
+def nic_ran(d):
+    m = nic_meta(d)
+    return bool(m) and not m.get("skipped")
+
+
+def nic_available(d):
+    return bool((nic_meta(d) or {}).get("available"))
+
+
+def nic_value(d, test, path):
+    """The median of a (test, path): bandwidth in GB/s or t_typical in µs."""
+    if test in NIC_BW_TESTS:
+        return d.get(test, NIC_MODE[path], NIC_BW_SIZE, "bw_median")
+    return d.get(test, NIC_MODE[path], NIC_LAT_SIZE, "t_typical_median")
+
+
+def nic_ratio(d, test):
+    """fv0 ÷ raw: % for bandwidth, × for latency; None where not measured."""
+    if test in NIC_BW_TESTS:
+        return d.get(f"{test}_fv0_vs_raw", NIC, NIC_BW_SIZE, "ratio_percent")
+    return d.get(f"{test}_fv0_vs_raw", NIC, NIC_LAT_SIZE, "latency_ratio")
+
+
+def nic_status(d, test):
+    if test in NIC_BW_TESTS:
+        return status(nic_ratio(d, test), NIC_TARGET_BW_PCT, False)
+    return status(nic_ratio(d, test), NIC_TARGET_LAT_X, True)
+
+
+def nic_summary(d):
+    """The one-line summary of the ratios."""
+    if not nic_available(d):
+        return f"{NIC_TITLE}: {(nic_meta(d) or {}).get('message', 'NIC: not run')}."
+    parts = []
+    for tests, goal in ((NIC_BW_TESTS, f"target >= {NIC_TARGET_BW_PCT:.0f}%"),
+                        (NIC_LAT_TESTS, f"target <= {NIC_TARGET_LAT_X:g}x")):
+        vals, sts = [], []
+        for test in tests:
+            r = nic_ratio(d, test)
+            if test in NIC_BW_TESTS:
+                vals.append(f"{test} 64 KiB = {r:.0f}% of raw" if r is not None else f"{test} 64 KiB: no data")
+            else:
+                vals.append(f"{test} 2 B = {r:.2f}x raw" if r is not None else f"{test} 2 B: no data")
+            sts.append(nic_status(d, test).replace("*", ""))
+        parts.append(", ".join(vals) + f" ({goal}: {', '.join(sts)})")
+    return f"{NIC_TITLE}: fv0 " + "; ".join(parts) + "."
+
+
+def nic_targets_table(d):
+    out = ["| Target (semi mode over a NIC) | Measured | Goal | Status |", "|---|---|---|---|"]
+    for test in NIC_BW_TESTS + NIC_LAT_TESTS:
+        raw, fv0, r = nic_value(d, test, "raw"), nic_value(d, test, "fv0"), nic_ratio(d, test)
+        if test in NIC_BW_TESTS:
+            what = f"{test} 64 KiB, fv0 ≥ {NIC_TARGET_BW_PCT:.0f} % of raw"
+            meas = (f"{fmt(fv0 * 1000)} MB/s = {pct(r)} of {fmt(raw * 1000)} MB/s"
+                    if r is not None and raw and fv0 else "–")
+            goal = f"≥ {NIC_TARGET_BW_PCT:.0f} %"
+        else:
+            what = f"{test} 2 B t_typical, fv0 ≤ {NIC_TARGET_LAT_X:g}× raw"
+            meas = f"{fmt(fv0)} µs = {r:.3f}× {fmt(raw)} µs" if r is not None and raw and fv0 else "–"
+            goal = f"≤ {NIC_TARGET_LAT_X:g}×"
+        out.append(f"| {what} | {meas} | {goal} | {nic_status(d, test)} |")
+    return "\n".join(out)
+
+
+def nic_pairs(d, test):
+    """fv0 ÷ raw of each repeat's pair (% for bandwidth, × for latency),
+    from the ratio row's note; [] where not measured."""
+    size = NIC_BW_SIZE if test in NIC_BW_TESTS else NIC_LAT_SIZE
+    for r in d.rows:
+        if r["test"] == f"{test}_fv0_vs_raw" and r["mode"] == NIC and r["size_bytes"] == str(size):
+            per = r["note"].split("per repeat:", 1)
+            try:
+                return [float(x) for x in per[1].split(",")] if len(per) == 2 and per[1].strip() else []
+            except ValueError:
+                return []
+    return []
+
+
+def nic_per_repeat(d, test):
+    pairs = nic_pairs(d, test)
+    if not pairs:
+        return "–"
+    return ", ".join(f"{x:.1f} %" if test in NIC_BW_TESTS else f"{x:.3f}×" for x in pairs)
+
+
+def nic_noise_note(d):
+    """A sentence when the pairs' ratios spread wider than the targets'
+    margin (5 %): then a status says little about fv0."""
+    wide = []
+    for test in NIC_BW_TESTS + NIC_LAT_TESTS:
+        pairs = nic_pairs(d, test)
+        if len(pairs) < 2:
+            continue
+        scale = 100 if test in NIC_BW_TESTS else 1
+        lo, hi = min(pairs) / scale, max(pairs) / scale
+        if hi - lo > 0.05:
+            wide.append(f"{test} {lo * 100:.0f}–{hi * 100:.0f} %")
+    if not wide:
+        return None
+    return ("The ratio of each repeat's pair, fv0 ÷ raw, spreads wider than the targets' 5 % margin ("
+            + ", ".join(wide) + "): the VM's noise is larger than the difference the targets look for, "
+            "so a met or not met here is not a verdict on fv0.")
+
+
+def nic_table(d):
+    out = ["| Test | Size | raw rxe1 → rxe0 | fv0 over the NIC | fv0 ÷ raw | per repeat (fv0 ÷ raw) "
+           "| raw, min–max | fv0, min–max | best: fv0 ÷ raw | runs raw / fv0 |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for test in NIC_BW_TESTS + NIC_LAT_TESTS:
+        is_bw = test in NIC_BW_TESTS
+        size = NIC_BW_SIZE if is_bw else NIC_LAT_SIZE
+        scale = 1000 if is_bw else 1  # GB/s -> MB/s
+        lo_m, hi_m = ("bw_min", "bw_max") if is_bw else ("t_typical_min", "t_typical_max")
+        cells, spread, runs = [], [], []
+        for path in NIC_PATHS:
+            v = nic_value(d, test, path)
+            cells.append(fmt(v * scale) if v is not None else "–")
+            lo, hi = d.get(test, NIC_MODE[path], size, lo_m), d.get(test, NIC_MODE[path], size, hi_m)
+            spread.append(f"{fmt(lo * scale)}–{fmt(hi * scale)}" if lo is not None and hi is not None else "–")
+            n = next((r["repeats"] for r in d.rows if r["test"] == test and r["mode"] == NIC_MODE[path]
+                      and r["metric"] in ("bw_median", "t_typical_median")), "0")
+            runs.append(n)
+        r = nic_ratio(d, test)
+        rs = (pct(r) if is_bw else times(r)) if r is not None else "–"
+        unit = "MB/s" if is_bw else "µs, t_typical"
+        if is_bw:
+            b = d.get(f"{test}_fv0_vs_raw", NIC, size, "best_ratio_percent")
+            best = f"{pct(b)} (best runs)" if b is not None else "–"
+        else:
+            b = d.get(f"{test}_fv0_vs_raw", NIC, size, "t_min_ratio")
+            lows = [d.get(test, NIC_MODE[p], size, "t_min") for p in NIC_PATHS]
+            best = (f"{times(b)} (t_min {fmt(lows[1])} ÷ {fmt(lows[0])} µs)"
+                    if b is not None and all(lows) else "–")
+        out.append(f"| {test} ({unit}) | {human_size(size)} | {cells[0]} | {cells[1]} | {rs} | "
+                   f"{nic_per_repeat(d, test)} | {spread[0]} | {spread[1]} | {best} | {' / '.join(runs)} |")
+    return "\n".join(out)
+
+
+def nic_section(d):
+    m = nic_meta(d)
+    L = [f"## {NIC_TITLE}", ""]
+    v = m.get("versions", {})
+    vm = m.get("vm", {})
+    if m.get("date"):
+        L.append(f"Measured {m['date']} ({m.get('duration_s', '?')} s, of which the VM {m.get('vm_seconds', '?')} s; "
+                 f"host load average `{m.get('loadavg_start', '?')}` at start, `{m.get('loadavg_end', '?')}` at end); "
+                 f"flowverbs `{v.get('flowverbs_git', '?')}`, perftest {v.get('perftest', '?')}, "
+                 f"qemu {v.get('qemu', '?')}" + (f", guest Linux {vm['kernel']}" if vm.get("kernel") else "")
+                 + ". Reported, not asserted.")
+        o = m.get("other_vms")
+        if o and o.get("samples"):
+            if o.get("with_others"):
+                L[-1] += (f" **Another QEMU VM ran on the host in {o['with_others']} of {o['samples']} samples "
+                          f"(every 5 s) of this VM's time** (pids {', '.join(map(str, o.get('pids', [])))}): it "
+                          "shared the CPUs, so these runs are noisier than on a quiet host.")
+            else:
+                L[-1] += " No other QEMU VM ran on the host meanwhile (sampled every 5 s)."
+        L.append("")
+    if not nic_available(d):
+        L.append(f"- **{m.get('message', 'NIC: not available')}**")
+        L.append("")
+    else:
+        L.append(nic_summary(d))
+        L.append("")
+        L.append(nic_targets_table(d))
+        L.append("")
+        note = nic_noise_note(d)
+        if note:
+            L.append(note)
+            L.append("")
+        L.append("### raw vs fv0")
+        L.append("")
+        L.append("The same perftest between the same two containers, once on the real devices (raw: the "
+                 "programs open rxe0 and rxe1 themselves) and once on fv0 (whose QPs the provider backs with "
+                 "rxe0's and rxe1's): client in host B's container, server in host A's. Bandwidth in MB/s "
+                 "(10^6 B/s, from perftest's BW average), client side; latency t_typical in µs, one-way (half "
+                 "the round trip), client side. Medians of the runs; fv0 ÷ raw is the ratio of the medians (the "
+                 "targets' measure), per repeat the ratio of each repeat's adjacent pair. best: the least "
+                 "disturbed measurement of each path, less sensitive to the VM's noise (not the target): the "
+                 "best run's bandwidth, and the lowest t_min (the fastest single round trip of all runs).")
+        L.append("")
+        L.append(nic_table(d))
+        L.append("")
+        p = m.get("paths", {})
+        if p.get("runs"):
+            L.append(f"Data path of the fv0 runs: only the NIC in {p['ok']}/{p['runs']} runs"
+                     + ("" if p["ok"] == p["runs"] else " **(mismatch)**")
+                     + f" (the routers moved {p.get('router_bytes', '?')} B themselves, on the link, by their "
+                     f"own copies or on the semi path; rxe0 sent {p.get('rxe0_sent', '?')} packets and rxe1 "
+                     f"received {p.get('rxe1_rcvd', '?')} during them; the `path_ok` rows of results.csv have "
+                     "each run).")
+            L.append("")
+    L.append("How it was measured:")
+    L.append("")
+    L.append(f"- One VM: `{m.get('vm_command', '?')}`. `scripts/rxe-vm` boots Debian's kernel"
+             + (f" ({vm['kernel']})" if vm.get("kernel") else "")
+             + " under QEMU with TCG (no KVM: every instruction is emulated)"
+             + (f", {vm['cpus']} vCPUs" if vm.get("cpus") else "")
+             + ", on this host's root file system; Soft-RoCE (`rdma_rxe`) devices rxe0 "
+             "(198.18.0.1) and rxe1 (198.18.0.2) on the two ends of one veth wire.")
+    L.append("- Two hosts in it (`crates/router/tests/nic/two_hosts.sh`): router A `flowverbs router --mode semi "
+             "--nic rxe0` serves container namespace fv_a (10.77.1.2), router B `--nic rxe1` serves fv_b "
+             "(10.77.2.2); the routers are linked over loopback.")
+    L.append("- Same placement for both paths: the server in fv_a and the client in fv_b, both started with "
+             "`ip netns exec fv_X flowverbs exec --runtime-dir /run/fv_X --provider .../libflowverbs-rdmav34.so "
+             "-- bash -c CMD`. raw opens rxe0 / rxe1 with GID index 1 (their IPv4 RoCE v2 GID); fv0 opens fv0 "
+             "with GID index 0 (the container's address) and, the peer being on another host, its QPs are "
+             "rxe0's / rxe1's and it posts and polls straight through the vendor provider (librxe). "
+             "Commands (`PORT` is each run's own):")
+    for path in NIC_PATHS:
+        for test, c in m.get("commands", {}).get(path, {}).items():
+            L.append(f"  - {path} {test}: server `{c['server']}`, client `{c['client']}`")
+    L.append(f"- Order: {m.get('repeats', '?')} repeat(s); per repeat, per test, raw and fv0 back to back, "
+             "fv0 first in every second repeat (raw, fv0 / fv0, raw / ...), so that a slow minute of the VM "
+             "hits both paths. Latency runs pin the server to CPU 0 and the client to CPU 1 of the VM "
+             "(`taskset`), bandwidth runs are not pinned. The routers must move no byte themselves during the "
+             "fv0 runs (their counters).")
+    L.append("- What the numbers mean: Soft-RoCE under TCG measures the emulator, not RDMA. Absolute numbers "
+             "are 2–3 orders of magnitude below hardware and vary by tens of percent from run to run "
+             "(`scripts/rxe-vm.md`); only the ratio of the two paths, measured alternately in the same VM, "
+             "means something, and only within the spread of the runs shown above.")
+    L.append("- Raw outputs: `raw/nic/` (each run's `NAME.{server,client}.{out,err,rc}`, counters and "
+             "routers' status before and after, the routers' logs, `scenarios.sh`) and `raw/nic-vm.txt` "
+             "(the VM's output) in the dated result directory.")
+    L.append("")
+    return "\n".join(L)
+
+
 def write_md(d, out_dir):
     m = d.meta
     h = m["host"]
@@ -603,6 +852,9 @@ def write_md(d, out_dir):
         L.append("")
         if mpi_ran(d):
             L.append(mpi_summary(d))
+            L.append("")
+        if nic_ran(d):
+            L.append(nic_summary(d))
             L.append("")
         L.append("## Limits of this machine")
         L.append("")
@@ -653,10 +905,16 @@ def write_md(d, out_dir):
     elif mpi_meta(d):
         L.append(f"- **{mpi_meta(d).get('message', 'MPI: not run')}**")
         L.append("")
+    if nic_ran(d):
+        L.append(nic_section(d))
+    elif nic_meta(d):
+        L.append(f"- **{nic_meta(d).get('message', 'NIC: not run')}**")
+        L.append("")
     fails = d.failures()
     mode_fail = [(mo, f) for mo in d.modes() for f in d.meta["modes"].get(mo, {}).get("failures", [])]
     mode_fail += [(CROSSHOST, f) for f in (d.crosshost() or {}).get("failures", [])]
     mode_fail += [(MPI, f) for f in (mpi_meta(d) or {}).get("failures", [])]
+    mode_fail += [(NIC, f) for f in (nic_meta(d) or {}).get("failures", [])]
     if fails or mode_fail:
         L.append("## Failed runs")
         L.append("")

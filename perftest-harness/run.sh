@@ -2,7 +2,7 @@
 # flowverbs performance harness (issues 4, 5, 11): one command.
 #
 #   sudo bash perftest-harness/run.sh [--quick] [--modes isolated,semi] [--no-crosshost]
-#                                     [--no-mpi] [--only STEPS] [--out DIR]
+#                                     [--no-mpi] [--no-nic] [--only STEPS] [--out DIR]
 #
 # Installs what it needs (Debian packages, Rust through scripts/setup.sh),
 # builds flowverbs in release mode, then runs bench.py: perftest
@@ -10,7 +10,10 @@
 # limits (memcpy, cross-core latency, TCP loopback), the router's CPU use,
 # cross-host ib_send_bw vs iperf3 between two namespaces, a router each, and
 # MPI: NetPIPE over Open MPI (pml ucx on fv0 semi/isolated, vader, TCP) and
-# ucx_perftest tag matching. STEPS: limits,modes,crosshost,mpi (e.g. --only mpi).
+# ucx_perftest tag matching; and semi mode over a real NIC: one VM
+# (scripts/rxe-vm, Soft-RoCE) with two hosts' containers, ib_send_bw/
+# ib_write_bw 64 KiB and ib_write_lat/ib_send_lat 2 B on the raw rxe devices
+# vs fv0 over them. STEPS: limits,modes,crosshost,mpi,nic (e.g. --only nic).
 # Results: perftest-harness/results/<date>/ and a copy in results/latest/.
 # The build honours CARGO_TARGET_DIR. Never fails on a timing.
 set -euo pipefail
@@ -21,7 +24,7 @@ cd "$repo"
 for a in "$@"; do
     case "$a" in
     -h | --help)
-        sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     esac
@@ -34,7 +37,7 @@ fi
 
 echo "== setup (packages, Rust)" >&2
 bash scripts/setup.sh
-packages=(perftest iperf3 qperf python3-matplotlib build-essential netpipe-openmpi openmpi-bin ucx-utils)
+packages=(perftest iperf3 qperf python3-matplotlib build-essential netpipe-openmpi openmpi-bin ucx-utils ibverbs-providers)
 missing=()
 for p in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
