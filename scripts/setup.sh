@@ -9,7 +9,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 packages=(libibverbs-dev ibverbs-utils perftest ucx-utils openmpi-bin libopenmpi-dev netpipe-openmpi libclang-dev clang iproute2
-          build-essential pkg-config ca-certificates curl qemu-system-x86)
+          build-essential pkg-config ca-certificates curl qemu-system-x86 ibverbs-providers)
 missing=()
 for p in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
