@@ -1,6 +1,6 @@
 /* MPI ping-pong with data checks and an allreduce: run by tests/e2e_mpi.rs
  * with Open MPI over UCX over fv0. Exit 0 only if every byte and the sum
- * are right. */
+ * are right. MPI_PINGPONG_ITERS: round trips per size (default 200). */
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,8 +10,11 @@ int main(int argc, char **argv) {
     int rank, size; MPI_Comm_rank(MPI_COMM_WORLD, &rank); MPI_Comm_size(MPI_COMM_WORLD, &size);
     if (size != 2) { if (!rank) fprintf(stderr, "needs 2 ranks\n"); MPI_Abort(MPI_COMM_WORLD, 2); }
     int sizes[] = {8, 4096, 65536, 1 << 20};
+    const char *env_iters = getenv("MPI_PINGPONG_ITERS");
+    int iters = env_iters ? atoi(env_iters) : 200;
+    if (iters < 1) iters = 1;
     for (int s = 0; s < 4; s++) {
-        int n = sizes[s], iters = 200;
+        int n = sizes[s];
         unsigned char *buf = malloc(n);
         double t0 = MPI_Wtime();
         for (int i = 0; i < iters; i++) {

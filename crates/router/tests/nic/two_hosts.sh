@@ -67,6 +67,20 @@ on() {
   timeout -k 5 120 ip netns exec fv_$h "$FV" exec --runtime-dir /run/fv_$h --provider "$PROV/libflowverbs-rdmav34.so" -- "$@"
 }
 
+# plm_rsh_agent for Open MPI: `agent.sh HOST COMMAND...` runs COMMAND in
+# HOST's container with its fv0 (what ssh would do between real hosts).
+cat >"$OUT/agent.sh" <<AGENT
+#!/bin/sh
+host=\$1; shift
+case "\$host" in
+10.77.1.2) exec ip netns exec fv_a "$FV" exec --runtime-dir /run/fv_a --provider "$PROV/libflowverbs-rdmav34.so" -- sh -c "\$*" ;;
+10.77.2.2) exec ip netns exec fv_b "$FV" exec --runtime-dir /run/fv_b --provider "$PROV/libflowverbs-rdmav34.so" -- sh -c "\$*" ;;
+esac
+echo "agent: unknown host \$host" >&2
+exit 1
+AGENT
+chmod +x "$OUT/agent.sh"
+
 counter() { cat /sys/class/infiniband/$1/ports/1/hw_counters/$2; }
 cpu_ticks() { awk '{print $14 + $15}' /proc/$1/stat; }
 
