@@ -436,11 +436,8 @@ impl NicContext {
 /// it), otherwise the GRH's own source GID.
 fn grh_source(grh: &[u8]) -> Option<[u8; 16]> {
     if grh[0] >> 4 != 6 && grh[20] >> 4 == 4 {
-        let mut g = [0u8; 16];
-        g[10] = 0xff;
-        g[11] = 0xff;
-        g[12..16].copy_from_slice(&grh[32..36]);
-        return Some(g);
+        let src = std::net::Ipv4Addr::new(grh[32], grh[33], grh[34], grh[35]);
+        return Some(flowverbs_verbs::identity::gid_from_ipv4(src));
     }
     grh[8..24].try_into().ok()
 }

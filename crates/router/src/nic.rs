@@ -6,6 +6,7 @@
 //! the provider opens the device in the application's process.
 
 use anyhow::{bail, Context};
+use flowverbs_verbs::identity::ipv4_from_gid;
 use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -84,12 +85,6 @@ pub fn parse_spec(spec: &str) -> anyhow::Result<(String, u8)> {
     Ok((device.to_string(), port))
 }
 
-/// The IPv4 address an IPv4-mapped GID (`::ffff:a.b.c.d`) holds.
-pub fn gid_ipv4(gid: &[u8; 16]) -> Option<Ipv4Addr> {
-    let mapped = gid[..10].iter().all(|b| *b == 0) && gid[10] == 0xff && gid[11] == 0xff;
-    mapped.then(|| Ipv4Addr::new(gid[12], gid[13], gid[14], gid[15]))
-}
-
 /// Parses sysfs' GID text: eight ':'-separated groups of four hex digits.
 pub fn parse_gid(text: &str) -> Option<[u8; 16]> {
     let groups: Vec<&str> = text.trim().split(':').collect();
@@ -121,7 +116,7 @@ fn ipv4_gids(sysfs: &Path, device: &str, port: u8) -> Vec<(u8, [u8; 16], Ipv4Add
             let gid = parse_gid(&fs::read_to_string(e.path()).ok()?)?;
             let kind =
                 fs::read_to_string(dir.join("gid_attrs/types").join(index.to_string())).ok()?;
-            let address = gid_ipv4(&gid).filter(|a| !a.is_unspecified())?;
+            let address = ipv4_from_gid(&gid).filter(|a| !a.is_unspecified())?;
             (kind.trim() == "RoCE v2").then_some((index, gid, address))
         })
         .collect();
@@ -267,7 +262,7 @@ mod tests {
         let nic = named(&sysfs, "rxe0").unwrap();
         assert_eq!((nic.gid_index, nic.address), (1, addr));
         assert_eq!(nic.uverbs, "uverbs3");
-        assert_eq!(gid_ipv4(&nic.gid), Some(addr));
+        assert_eq!(ipv4_from_gid(&nic.gid), Some(addr));
         assert!(named(&sysfs, "rxe9")
             .unwrap_err()
             .to_string()
@@ -297,9 +292,9 @@ mod tests {
     #[test]
     fn gids_parse() {
         let g = parse_gid("0000:0000:0000:0000:0000:ffff:c612:0001").unwrap();
-        assert_eq!(gid_ipv4(&g), Some(Ipv4Addr::new(198, 18, 0, 1)));
+        assert_eq!(ipv4_from_gid(&g), Some(Ipv4Addr::new(198, 18, 0, 1)));
         assert!(parse_gid("0000:0000").is_none());
         assert!(parse_gid("zzzz:0000:0000:0000:0000:ffff:c612:0001").is_none());
-        assert_eq!(gid_ipv4(&[0xfe; 16]), None);
+        assert_eq!(ipv4_from_gid(&[0xfe; 16]), None);
     }
 }

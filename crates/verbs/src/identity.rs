@@ -8,6 +8,11 @@ pub fn gid_from_ipv4(ip: Ipv4Addr) -> [u8; 16] {
     ip.to_ipv6_mapped().octets()
 }
 
+/// The address an IPv4-mapped GID holds (None for any other GID).
+pub fn ipv4_from_gid(gid: &[u8; 16]) -> Option<Ipv4Addr> {
+    std::net::Ipv6Addr::from(*gid).to_ipv4_mapped()
+}
+
 /// A node GUID derived from an IPv4 address: `02:66:76:ff` ("fv", locally
 /// administered) followed by the four address bytes.
 pub fn node_guid_from_ipv4(ip: Ipv4Addr) -> u64 {

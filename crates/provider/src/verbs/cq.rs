@@ -217,6 +217,8 @@ pub(super) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, num_entries: i32, wc: *
         if num_entries <= 0 {
             return 0;
         }
+        // SAFETY: the CQ's context is ours.
+        let ctx = unsafe { inner((*cq).context) };
         // The twin's completions first, straight from the vendor provider.
         let from_nic = if fcq.nic.is_null() {
             0
@@ -224,8 +226,6 @@ pub(super) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, num_entries: i32, wc: *
             // SAFETY: a live real CQ; the caller's array holds num_entries.
             let n = unsafe { crate::nic::poll_cq(fcq.nic, num_entries, wc) };
             if n > 0 {
-                // SAFETY: the CQ's context is ours.
-                let ctx = unsafe { inner((*cq).context) };
                 if let Some(nic) = &ctx.nic {
                     // SAFETY: the real provider filled n entries.
                     let wcs = unsafe { std::slice::from_raw_parts(wc, n as usize) };
@@ -244,8 +244,6 @@ pub(super) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, num_entries: i32, wc: *
         };
         // SAFETY: the caller's array holds num_entries > from_nic entries.
         let (wc, num_entries) = (unsafe { wc.add(from_nic as usize) }, num_entries - from_nic);
-        // SAFETY: the CQ's context is ours.
-        let ctx = unsafe { inner((*cq).context) };
         if let Some(semi) = ctx.semi.as_ref() {
             semi.progress();
         }
