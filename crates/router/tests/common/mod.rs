@@ -1133,60 +1133,44 @@ pub fn perftest_all_sizes() -> Vec<u64> {
     (1..=23).map(|i| 1u64 << i).collect()
 }
 
-/// Every row complete, every number non-negative, sizes and iterations
-/// positive, and the measured quantities (average bandwidth, message rate,
-/// latencies) positive in some row. Not in every row: they are timings,
-/// and perftest's clock is the time-stamp counter of whichever CPU the
-/// process runs on; a run has printed 0.00 MB/s for one size of
-/// `ib_read_bw -a` between its neighbours' 700 MB/s. What moved is checked
-/// by the exit status and by the tests that compare bytes. (`BW peak` may
-/// be 0 everywhere: the send_bw server prints 0.00 there.)
+/// The table has the columns of its kind (bandwidth or latency), every row
+/// is complete, and sizes and iterations are finite and positive. The
+/// measured quantities (bandwidth, message rate, latencies) are not
+/// checked: they are timings, and perftest derives them from the
+/// time-stamp counter and a CPU frequency it samples at the end of each
+/// size. On a loaded machine that sampling fails (perftest prints
+/// "Correlation coefficient r^2: ... < 0.9" and divides by 0): a CI run
+/// has printed `inf` and `NaN` for one size of `ib_send_lat -a`, and
+/// another 0.00 MB/s for one size of `ib_read_bw -a` between its
+/// neighbours' 700 MB/s. What moved is checked by the exit status, by the
+/// router's counters and by the tests that compare bytes.
 pub fn check_perftest_table(t: &PerftestTable) -> Result<(), String> {
     if t.rows.is_empty() {
         return Err(format!("the result table has no rows: {t:?}"));
     }
-    let bw = t.column("BW average").is_some();
-    let positive: Vec<usize> = if bw {
-        ["#bytes", "#iterations", "BW average", "MsgRate"]
-            .iter()
-            .filter_map(|c| t.column(c))
-            .collect()
+    let measured: &[&str] = if t.column("BW average").is_some() {
+        &["BW average", "MsgRate"]
     } else {
-        [
-            "#bytes",
-            "#iterations",
-            "t_min",
-            "t_max",
-            "t_typical",
-            "t_avg",
-        ]
-        .iter()
-        .filter_map(|c| t.column(c))
-        .collect()
+        &["t_min", "t_max", "t_typical", "t_avg"]
     };
-    let needed = if bw { 4 } else { 6 };
-    if positive.len() != needed {
+    if measured.iter().any(|c| t.column(c).is_none()) {
         return Err(format!("unexpected table columns: {:?}", t.columns));
     }
+    let counts = ["#bytes", "#iterations"].map(|c| t.column(c));
+    let [Some(bytes), Some(iterations)] = counts else {
+        return Err(format!("unexpected table columns: {:?}", t.columns));
+    };
     for row in &t.rows {
         if row.len() < t.columns.len() {
             return Err(format!("short row {row:?} for columns {:?}", t.columns));
         }
-        if row.iter().any(|v| !v.is_finite() || *v < 0.0) {
-            return Err(format!("negative or non-finite value in row {row:?}"));
-        }
-        for &i in &positive[..2] {
-            if row[i] <= 0.0 {
+        for i in [bytes, iterations] {
+            if !row[i].is_finite() || row[i] <= 0.0 {
                 return Err(format!(
-                    "column {} is not positive in row {row:?}",
+                    "column {} is not a positive number in row {row:?}",
                     t.columns[i]
                 ));
             }
-        }
-    }
-    for &i in &positive[2..] {
-        if t.rows.iter().all(|row| row[i] <= 0.0) {
-            return Err(format!("column {} is 0 in every row", t.columns[i]));
         }
     }
     Ok(())
