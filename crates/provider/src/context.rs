@@ -250,6 +250,8 @@ fn connect(device: *mut ibv_device) -> Result<Connected, Errno> {
     });
     let channel_writers = watcher::ChannelWriters::default();
     let with_nic = nic.is_some() && key_table.is_some();
+    // The NIC's async events are written to the same pipe.
+    let nic_async = with_nic.then(|| async_write.try_clone().ok()).flatten();
     let watcher = watcher::start(
         event_sock,
         async_write,
@@ -259,7 +261,9 @@ fn connect(device: *mut ibv_device) -> Result<Connected, Errno> {
     Ok(Connected {
         inner: ContextInner {
             send_queues: SendQueues::default(),
-            nic: nic.filter(|_| key_table.is_some()).map(NicContext::new),
+            nic: nic
+                .filter(|_| key_table.is_some())
+                .map(|binding| NicContext::new(binding, nic_async)),
             channel_writers,
             semi: key_table.map(SemiContext::new),
             client: Mutex::new(sock),

@@ -88,6 +88,11 @@ fn scenarios(dir: &Path, nic_check: &Path, mpi_pingpong: &Path) -> Vec<Scenario>
             port: None,
             command: format!("{} ud_grh", nic_check.display()),
         },
+        Scenario {
+            name: "srq_limit",
+            port: None,
+            command: format!("{} srq_limit", nic_check.display()),
+        },
     ]
 }
 
@@ -402,6 +407,29 @@ fn ud_grh_shows_the_senders_fv0_gid() {
         "{}",
         vm.scenario_report("ud_grh")
     );
+}
+
+/// The real device's async events reach fv0's async fd, for fv0's
+/// objects: an SRQ on the NIC crosses its limit (armed through fv0's
+/// `ibv_modify_srq`), and the application sees SRQ_LIMIT_REACHED for its
+/// fv0 SRQ, once; destroying the SRQ after acknowledging it returns.
+#[test]
+fn the_nics_async_events_reach_fv0() {
+    let vm = vm();
+    let out = vm.output("srq_limit", "client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report = || vm.scenario_report("srq_limit");
+    assert!(
+        out.status.success()
+            && text.contains("SRQ_LIMIT_REACHED from the NIC, for fv0's SRQ")
+            && text.contains("destroyed"),
+        "{}",
+        report()
+    );
+    // The two sends went over the NIC (in loopback on rxe0), not through
+    // fv0's own paths, whose router raises the same event.
+    assert!(vm.rise("srq_limit", "rxe0_sent") >= 2, "{}", report());
+    assert_eq!(vm.router_bytes("srq_limit", "a"), 0, "{}", report());
 }
 
 /// A shared receive queue on the NIC (ibv_srq_pingpong: 16 QPs, one SRQ).

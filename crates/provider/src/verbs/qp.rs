@@ -202,7 +202,12 @@ pub(super) unsafe extern "C" fn create_qp(
         let slots = b.send_slots.clone();
         let raw = slot.fill(b);
         // SAFETY: ctx is ours (the PD's context).
-        unsafe { inner(ctx) }.send_queues.insert(qpn, slots);
+        let context = unsafe { inner(ctx) };
+        context.send_queues.insert(qpn, slots);
+        // SAFETY: `raw` is our fresh allocation, filled above.
+        if let (Some(n), Some(twin)) = (&context.nic, unsafe { &(*raw).nic }) {
+            n.adopt(twin.raw() as *const _, raw as u64);
+        }
         // SAFETY: `raw` is our fresh allocation; we fill the ibv_qp fields
         // libibverbs' ibv_create_qp leaves to the provider.
         unsafe {
@@ -573,8 +578,10 @@ pub(super) unsafe extern "C" fn destroy_qp(qp: *mut ibv_qp) -> i32 {
         let twin = unsafe { (*(qp as *mut FvQp)).nic.take() };
         // SAFETY: the QP's context is ours.
         let cx = unsafe { inner((*qp).context) };
+        let mut nic_events = 0;
         if let (Some(t), Some(n)) = (&twin, cx.nic.as_ref()) {
             n.untrack_ud(t.qpn());
+            nic_events = n.forget(t.raw() as *const _);
         }
         drop(twin);
         // SAFETY: qp is ours.
@@ -591,9 +598,12 @@ pub(super) unsafe extern "C" fn destroy_qp(qp: *mut ibv_qp) -> i32 {
                 // SAFETY: allocated by create_qp as a Box<FvQp>; the mutex
                 // was initialised there and stays valid if the QP is kept.
                 unsafe {
-                    free_unless_events_pending(qp as *mut FvQp, &mut (*qp).mutex, events, || {
-                        (*qp).events_completed
-                    })
+                    free_unless_events_pending(
+                        qp as *mut FvQp,
+                        &mut (*qp).mutex,
+                        events.wrapping_add(nic_events),
+                        || (*qp).events_completed,
+                    )
                 };
                 0
             }

@@ -107,7 +107,7 @@ pub(super) unsafe extern "C" fn create_srq(
         let max_wr = capacity.min(twin_max_wr);
         a.attr.max_wr = max_wr;
         a.attr.max_sge = max_sge;
-        slot.fill(FvSrq {
+        let raw = slot.fill(FvSrq {
             vsrq,
             segment,
             ring,
@@ -115,7 +115,12 @@ pub(super) unsafe extern "C" fn create_srq(
             max_wr,
             producer: Mutex::new(RecvProducer::default()),
             nic,
-        }) as *mut ibv_srq
+        });
+        // SAFETY: `raw` is our fresh allocation, filled above.
+        if let (Some(n), Some(twin)) = (&cx.nic, unsafe { &(*raw).nic }) {
+            n.adopt(twin.raw() as *const _, raw as u64);
+        }
+        raw as *mut ibv_srq
     })
 }
 
@@ -133,7 +138,17 @@ pub(super) unsafe extern "C" fn modify_srq(
             srq_limit: a.srq_limit,
             mask: mask as u32,
         };
-        fsrq.context().call(&req).map_or_else(|e| e, |_| 0)
+        if let Err(e) = fsrq.context().call(&req) {
+            return e;
+        }
+        // The limit is armed on the twin too: the receives are on one of
+        // the two queues, and the one that holds them raises the event.
+        match &fsrq.nic {
+            Some(twin) if mask as u32 & IBV_SRQ_LIMIT != 0 => {
+                twin.arm_limit(a.srq_limit).map_or_else(|e| e, |()| 0)
+            }
+            _ => 0,
+        }
     })
 }
 
@@ -169,9 +184,14 @@ pub(super) unsafe extern "C" fn destroy_srq(srq: *mut ibv_srq) -> i32 {
     guard(libc::EIO, || {
         // The twin first. SAFETY: srq is ours, and the application is
         // destroying it: nothing else uses it now.
-        drop(unsafe { (*(srq as *mut FvSrq)).nic.take() });
+        let twin = unsafe { (*(srq as *mut FvSrq)).nic.take() };
         // SAFETY: srq is ours.
         let fsrq = unsafe { FvSrq::from_ibv(srq) };
+        let nic_events = match (&twin, fsrq.context().nic.as_ref()) {
+            (Some(t), Some(n)) => n.forget(t.raw() as *const _),
+            _ => 0,
+        };
+        drop(twin);
         match fsrq.context().call(&Request::DestroySrq {
             srq: fsrq.vsrq.srq.handle,
         }) {
@@ -179,9 +199,12 @@ pub(super) unsafe extern "C" fn destroy_srq(srq: *mut ibv_srq) -> i32 {
                 // SAFETY: allocated by create_srq as a Box<FvSrq>;
                 // libibverbs initialised its mutex (ibv_create_srq).
                 unsafe {
-                    free_unless_events_pending(srq as *mut FvSrq, &mut (*srq).mutex, events, || {
-                        (*srq).events_completed
-                    })
+                    free_unless_events_pending(
+                        srq as *mut FvSrq,
+                        &mut (*srq).mutex,
+                        events.wrapping_add(nic_events),
+                        || (*srq).events_completed,
+                    )
                 };
                 0
             }

@@ -15,11 +15,19 @@
  *                 gives an address handle back to the sender's GID, and
  *                 ibv_create_ah_from_wc one that reaches it (an answer
  *                 sent with it arrives).
+ *   srq_limit     an RC QP on an SRQ and its peer, both of this process
+ *                 (over the NIC, in loopback: a QP on an SRQ takes the
+ *                 NIC): the SRQ's limit, armed with ibv_modify_srq, is
+ *                 crossed by two sends; the real device raises
+ *                 SRQ_LIMIT_REACHED, and fv0's async fd delivers it for
+ *                 fv0's SRQ, once; everything is then destroyed (which
+ *                 waits for the acknowledgement).
  *
  * Exit status: 0 = every check passed; 1 = at least one check failed;
  * 2 = usage error; 3 = watchdog.
  */
 #include "fv_test_util.h"
+#include <poll.h>
 #include "fv_completions.h"
 
 static void case_unknown_gid(void)
@@ -161,9 +169,100 @@ static void case_ud_grh(void)
 	destroy_cq(cq);
 }
 
+/* The next async event within `secs` other than a port event, or 0 (fv0's
+ * async fd is non-blocking here). Port events are printed and skipped: a
+ * real device raises PORT_ACTIVE whenever its network device changes (Soft-RoCE
+ * does, during these tests), and an application must expect them. */
+static int async_within(struct ibv_async_event *ev, double secs)
+{
+	double end = now_s() + secs;
+	do {
+		if (ibv_get_async_event(E.ctx, ev) == 0) {
+			if (ev->event_type != IBV_EVENT_PORT_ACTIVE &&
+			    ev->event_type != IBV_EVENT_PORT_ERR)
+				return 1;
+			printf("port event: %s, port %d\n", ibv_event_type_str(ev->event_type),
+			       ev->element.port_num);
+			ibv_ack_async_event(ev);
+			continue;
+		}
+		if (errno != EAGAIN)
+			fatal("ibv_get_async_event: %s", strerror(errno));
+		struct pollfd p = { .fd = E.ctx->async_fd, .events = POLLIN };
+		poll(&p, 1, 100);
+	} while (now_s() < end);
+	return 0;
+}
+
+static void case_srq_limit(void)
+{
+	struct ibv_cq *cq = cq_new(32);
+	struct ibv_srq_attr got;
+	struct ibv_srq *srq = srq_create(8, 1, &got);
+	struct qp_cfg cfg = CFG_DEFAULT;
+	struct ibv_qp *on_srq = qp_create(IBV_QPT_RC, cq, cq, srq, &cfg);
+	struct ibv_qp *peer = rc_qp_new(cq, cq);
+	rc_connect_both(on_srq, peer);
+	set_nonblock(E.ctx->async_fd, "async_fd");
+	struct buf *b = buf_reg(4096, "buffers", IBV_ACCESS_LOCAL_WRITE);
+
+	set_step("four receives on the SRQ, limit 3");
+	for (int i = 0; i < 4; i++) {
+		struct ibv_sge sg = buf_sge(b, 1024 + 64 * i, 64);
+		srq_recv1(srq, 100 + i, &sg, 1, "SRQ receive");
+	}
+	struct ibv_srq_attr m = { .srq_limit = 3 };
+	int rc = ibv_modify_srq(srq, &m, IBV_SRQ_LIMIT);
+	if (rc)
+		fatal("ibv_modify_srq(IBV_SRQ_LIMIT 3): %d (%s)", rc, strerror(rc));
+
+	set_step("two sends: 2 receives left, below the limit");
+	for (int i = 0; i < 2; i++) {
+		struct ibv_sge sg = buf_sge(b, 64 * i, 64);
+		send1(peer, 1 + i, IBV_WR_SEND, &sg, 1, 0, 0, 0, "send");
+	}
+	for (int i = 0; i < 4; i++) {
+		struct ibv_wc wc;
+		poll1(cq, &wc, "completion");
+		if (wc.status != IBV_WC_SUCCESS)
+			fatal("completion wr_id %llu: %s", (unsigned long long)wc.wr_id,
+			      ibv_wc_status_str(wc.status));
+	}
+
+	set_step("the async event");
+	struct ibv_async_event ev;
+	if (!async_within(&ev, POLL_TIMEOUT_S)) {
+		fail("no async event within %.0f s", POLL_TIMEOUT_S);
+	} else {
+		if (ev.event_type != IBV_EVENT_SRQ_LIMIT_REACHED)
+			fail("async event %s, expected SRQ_LIMIT_REACHED",
+			     ibv_event_type_str(ev.event_type));
+		else if (ev.element.srq != srq)
+			fail("SRQ_LIMIT_REACHED for %p, expected fv0's SRQ %p",
+			     (void *)ev.element.srq, (void *)srq);
+		else
+			printf("SRQ_LIMIT_REACHED from the NIC, for fv0's SRQ\n");
+		ibv_ack_async_event(&ev);
+	}
+	set_step("no second event");
+	if (async_within(&ev, 1.0)) {
+		fail("a second async event: %s", ibv_event_type_str(ev.event_type));
+		ibv_ack_async_event(&ev);
+	}
+
+	set_step("destroy");
+	destroy_qp(on_srq);
+	destroy_qp(peer);
+	destroy_srq(srq);
+	buf_free(b);
+	destroy_cq(cq);
+	printf("destroyed\n");
+}
+
 static const struct fv_case cases[] = {
 	{ "unknown_gid", case_unknown_gid },
 	{ "ud_grh", case_ud_grh },
+	{ "srq_limit", case_srq_limit },
 };
 
 int main(int argc, char **argv)

@@ -28,6 +28,10 @@ use crate::fv_log;
 use flowverbs_sys::*;
 use flowverbs_wire::control::NicBinding;
 
+mod events;
+pub use events::Deliver;
+use events::{AsyncEvents, CompletionEvents, Elements};
+
 /// The real device of a context, opened at first use.
 pub struct NicContext {
     binding: NicBinding,
@@ -37,120 +41,15 @@ pub struct NicContext {
     sources: Mutex<Sources>,
     /// The completion events of real CQs that have an fv0 channel (made
     /// with the first such CQ). Declared before `device`: it goes first.
-    events: OnceLock<Option<EventForwarder>>,
+    events: OnceLock<Option<CompletionEvents>>,
+    /// The real context's async events, forwarded to fv0's async fd from
+    /// its opening on. Before `device` too.
+    async_events: OnceLock<Option<AsyncEvents>>,
+    /// The write end of fv0's async-event pipe (until the forwarder takes it).
+    fv0_async: Mutex<Option<OwnedFd>>,
+    /// The fv0 QPs and SRQs behind the real ones, for their async events.
+    elements: Arc<Elements>,
     device: OnceLock<Option<RealContext>>,
-}
-
-/// What a completion event of a real CQ becomes: called with the real
-/// CQ's `cq_context` (the fv0 CQ) on the forwarder's thread.
-pub type Deliver = Box<dyn Fn(*mut libc::c_void) + Send>;
-
-/// A thread that takes the completion events of the real device's CQs
-/// (one real channel per context) and hands each to `Deliver`, which
-/// writes it to the fv0 CQ's own channel: the application waits on fv0's
-/// channel only and sees both kinds of events there.
-struct EventForwarder {
-    channel: *mut ibv_comp_channel,
-    stop: OwnedFd,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-// SAFETY: the channel is only used by the forwarder's thread and, after
-// that thread is joined, destroyed by Drop.
-unsafe impl Send for EventForwarder {}
-// SAFETY: as above.
-unsafe impl Sync for EventForwarder {}
-
-struct ChannelPtr(*mut ibv_comp_channel);
-// SAFETY: moved to the forwarder's thread, its only user until joined.
-unsafe impl Send for ChannelPtr {}
-
-impl EventForwarder {
-    fn start(ctx: *mut ibv_context, deliver: Deliver) -> Option<EventForwarder> {
-        // SAFETY: a live real context.
-        let channel = unsafe { ibv_create_comp_channel(ctx) };
-        if channel.is_null() {
-            fv_log!(
-                1,
-                "NIC: no completion channel ({})",
-                std::io::Error::last_os_error()
-            );
-            return None;
-        }
-        // SAFETY: the channel just made.
-        let fd = unsafe { (*channel).fd };
-        let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).ok()?;
-        let nonblock = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(nonblock)).ok()?;
-        let stop = nix::sys::eventfd::EventFd::from_flags(nix::sys::eventfd::EfdFlags::EFD_CLOEXEC)
-            .ok()?;
-        let stop_fd: OwnedFd = stop.into();
-        let stop_for_thread = stop_fd.try_clone().ok()?;
-        let ch = ChannelPtr(channel);
-        let thread = std::thread::Builder::new()
-            .name("flowverbs-nic-events".into())
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                let ch = ch;
-                forward_events(ch.0, &stop_for_thread, &deliver)
-            })
-            .ok()?;
-        Some(EventForwarder {
-            channel,
-            stop: stop_fd,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for EventForwarder {
-    fn drop(&mut self) {
-        let _ = nix::unistd::write(&self.stop, &1u64.to_ne_bytes());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        // SAFETY: ours; its thread is gone and its CQs destroyed (the
-        // application destroys CQs before closing the device).
-        unsafe { ibv_destroy_comp_channel(self.channel) };
-    }
-}
-
-/// The forwarder's loop: sleeps in poll(2) on the real channel and `stop`.
-fn forward_events(channel: *mut ibv_comp_channel, stop: &OwnedFd, deliver: &Deliver) {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::{AsFd, BorrowedFd};
-    let _ = nix::sys::signal::SigSet::all().thread_block();
-    // SAFETY: the channel's fd stays open until this thread is joined.
-    let chan_fd = unsafe { BorrowedFd::borrow_raw((*channel).fd) };
-    loop {
-        let mut fds = [
-            PollFd::new(chan_fd, PollFlags::POLLIN),
-            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => {
-                fv_log!(1, "NIC events: poll: {e}");
-                return;
-            }
-        }
-        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
-            return;
-        }
-        loop {
-            let mut cq = ptr::null_mut();
-            let mut cq_context = ptr::null_mut();
-            // SAFETY: our channel (non-blocking: EAGAIN when drained).
-            if unsafe { ibv_get_cq_event(channel, &mut cq, &mut cq_context) } != 0 {
-                break;
-            }
-            // Delivered before the acknowledgement: destroying the real CQ
-            // waits for it, so no event reaches a fv0 CQ being destroyed.
-            deliver(cq_context);
-            // SAFETY: the CQ the event came from.
-            unsafe { ibv_ack_cq_events(cq, 1) };
-        }
-    }
 }
 
 struct RealContext {
@@ -233,7 +132,8 @@ fn open(name: &str, port: u8) -> Option<RealContext> {
 }
 
 impl NicContext {
-    pub fn new(binding: NicBinding) -> NicContext {
+    /// `fv0_async`: the write end of the context's async-event pipe.
+    pub fn new(binding: NicBinding, fv0_async: Option<OwnedFd>) -> NicContext {
         fv_log!(
             3,
             "semi mode over NIC {} port {}",
@@ -245,6 +145,9 @@ impl NicContext {
             ud_qps: UdQps::default(),
             sources: Mutex::new(Default::default()),
             events: OnceLock::new(),
+            async_events: OnceLock::new(),
+            fv0_async: Mutex::new(fv0_async),
+            elements: Arc::default(),
             device: OnceLock::new(),
         }
     }
@@ -255,9 +158,37 @@ impl NicContext {
     }
 
     fn opened(&self) -> Option<&RealContext> {
-        self.device
+        let opened = self
+            .device
             .get_or_init(|| open(&self.binding.device, self.binding.port))
-            .as_ref()
+            .as_ref()?;
+        self.async_events.get_or_init(|| {
+            let write = self
+                .fv0_async
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()?;
+            let forwarder =
+                AsyncEvents::start(opened.ctx, write, self.elements.clone(), self.binding.port);
+            if forwarder.is_none() {
+                fv_log!(1, "NIC: its async events cannot be forwarded to fv0");
+            }
+            forwarder
+        });
+        Some(opened)
+    }
+
+    /// The async events of real QP or SRQ `real` are fv0's `element`'s
+    /// (the address of the fv0 object) from now on.
+    pub fn adopt(&self, real: *const libc::c_void, element: u64) {
+        self.elements.adopt(real as usize, element);
+    }
+
+    /// Stops forwarding the async events of `real` (before it is
+    /// destroyed); returns how many were forwarded, which the fv0 object's
+    /// destruction waits for the application to acknowledge.
+    pub fn forget(&self, real: *const libc::c_void) -> u32 {
+        self.elements.forget(real as usize)
     }
 
     /// The real port this context posts to.
@@ -297,9 +228,9 @@ impl NicContext {
             None => ptr::null_mut(),
             Some(deliver) => match self
                 .events
-                .get_or_init(|| EventForwarder::start(c, deliver))
+                .get_or_init(|| CompletionEvents::start(c, deliver))
             {
-                Some(f) => f.channel,
+                Some(f) => f.channel(),
                 None => return ptr::null_mut(),
             },
         };
@@ -717,6 +648,17 @@ impl NicSrq {
         self.srq
     }
 
+    /// Arms the real SRQ's limit (`ibv_modify_srq(3)` with `IBV_SRQ_LIMIT`).
+    pub fn arm_limit(&self, srq_limit: u32) -> Result<(), Errno> {
+        let mut attr = ibv_srq_attr {
+            max_wr: 0,
+            max_sge: 0,
+            srq_limit,
+        };
+        // SAFETY: a live real SRQ and a full attribute block.
+        errno_of(unsafe { ibv_modify_srq(self.srq, &mut attr, IBV_SRQ_LIMIT as i32) })
+    }
+
     /// Posts receives to the real SRQ.
     ///
     /// # Safety
@@ -793,6 +735,10 @@ impl Drop for NicQp {
 }
 
 impl NicQp {
+    pub fn raw(&self) -> *mut ibv_qp {
+        self.qp
+    }
+
     pub fn qpn(&self) -> u32 {
         // SAFETY: a live real QP.
         unsafe { (*self.qp).qp_num }
