@@ -127,13 +127,15 @@ pub fn handle(
             engine.semi_datagram_peer(session, qp, dest_qpn, dgid)
         }
         Request::SemiConnect { qp } => engine.semi_connect(session, qp),
-        Request::NicAddress { dgid } => match engine.nic.as_ref() {
-            Some(n) => match n.address(&dgid, engine) {
-                Ok(r) => Answer::ok(r),
-                Err((errno, why)) => err(errno, why),
-            },
-            None => err(libc::EINVAL, "this router has no NIC"),
-        },
+        Request::NicAddress { dgid } => {
+            match (engine.nic.as_ref(), engine.tables.sessions.get(&session)) {
+                (Some(n), Some(s)) => match n.address(&s.gid, &dgid, engine) {
+                    Ok(r) => Answer::ok(r),
+                    Err((errno, why)) => err(errno, why),
+                },
+                _ => err(libc::EINVAL, "this router has no NIC"),
+            }
+        }
         Request::NicSource { nic_gid, qpn } => match engine.nic.as_ref() {
             Some(n) => match n.source(&nic_gid, qpn, engine) {
                 Ok(r) => Answer::ok(r),
@@ -235,6 +237,11 @@ pub fn status(
                 cqs: count(&t.cqs, id, |c| c.session) as u32,
                 qps: qp_list.len() as u32,
                 srqs: count(&t.srqs, id, |s| s.session) as u32,
+                nic: engine
+                    .nic
+                    .as_ref()
+                    .filter(|_| engine.key_table.is_some())
+                    .map(|n| n.nic_for(&s.gid).device.clone()),
                 qp_list,
             }
         })

@@ -45,9 +45,9 @@ pub struct Config {
     pub link: link::LinkPolicy,
     /// Semi mode: which processes share memory (`semi::SemiShare`).
     pub semi_share: semi::SemiShare,
-    /// Semi mode: the real device that carries connected QPs to other
-    /// hosts (`nic`); None: the link carries them.
-    pub nic: Option<nic::Nic>,
+    /// Semi mode: the real devices that carry QPs to other hosts (`nic`),
+    /// each GID of this host on one of them; none: the link carries them.
+    pub nics: Vec<nic::Nic>,
     /// Semi mode over a NIC: QPs between two processes of this host go
     /// over the NIC too (loopback), not through shared memory. For tests.
     pub nic_loopback: bool,

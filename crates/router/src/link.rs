@@ -178,10 +178,12 @@ pub struct Peer {
     backoff: Duration,
     /// Logged that it cannot be reached (logged once per outage).
     told_unreachable: bool,
-    /// The physical GID of its NIC, as it announced (semi mode over a NIC).
-    nic_gid: Option<Gid>,
-    /// Its UD QPs on that NIC and their GIDs, as it announced.
-    nic_ud_qps: HashMap<u32, Gid>,
+    /// The physical GID of the NIC each of its GIDs posts to, as it
+    /// announced (semi mode over a NIC).
+    nic_of: HashMap<Gid, Gid>,
+    /// Its UD QPs on its NICs, by (NIC GID, QPN), and their GIDs, as it
+    /// announced.
+    nic_ud_qps: HashMap<(Gid, u32), Gid>,
 }
 
 impl Peer {
@@ -198,9 +200,10 @@ pub struct Peers {
     registry: StaticRegistry,
     /// GIDs this router serves (announced to every peer).
     served: Vec<Gid>,
-    /// The physical GID of this router's NIC (announced with `served`).
-    nic_gid: Option<Gid>,
-    /// This router's UD QPs on its NIC (announced with `served`).
+    /// The physical GID of the NIC of each GID served (announced with
+    /// `served`).
+    nic_gids: Vec<(Gid, Gid)>,
+    /// This router's UD QPs on its NICs (announced with `served`).
     nic_ud_qps: Vec<(u32, Gid)>,
     /// Our listen address and boot id (the Hello we send, MAC aside).
     me: Hello,
@@ -272,7 +275,7 @@ impl Peers {
     fn announce_to(&mut self, peer: PeerId) {
         let payload = encode_payload(&Announce {
             gids: self.served.clone(),
-            nic_gid: self.nic_gid,
+            nic_gids: self.nic_gids.clone(),
             nic_ud_qps: self.nic_ud_qps.clone(),
         });
         let p = &mut self.list[peer];
@@ -286,21 +289,19 @@ impl Peers {
         self.list.iter().position(|p| p.addr == addr)
     }
 
-    /// The physical GID of the NIC of the router serving `gid`, if that
-    /// router is up and announced one.
+    /// The physical GID of the NIC `gid` posts to, if the router serving
+    /// it is up and announced one.
     pub fn nic_serving(&self, gid: &Gid) -> Option<Gid> {
-        self.list.get(self.locate(gid)?)?.nic_gid
+        self.list.get(self.locate(gid)?)?.nic_of.get(gid).copied()
     }
 
     /// The GID of UD QP `qpn` on the NIC whose physical GID is `nic_gid`,
-    /// as the router of that NIC announced it.
+    /// as a router with that NIC announced it.
     pub fn nic_source(&self, nic_gid: &Gid, qpn: u32) -> Option<Gid> {
         self.list
             .iter()
-            .find(|p| p.up && p.nic_gid.as_ref() == Some(nic_gid))?
-            .nic_ud_qps
-            .get(&qpn)
-            .copied()
+            .filter(|p| p.up)
+            .find_map(|p| p.nic_ud_qps.get(&(*nic_gid, qpn)).copied())
     }
 }
 
@@ -382,7 +383,7 @@ impl Links {
                 list: Vec::new(),
                 registry,
                 served: Vec::new(),
-                nic_gid: None,
+                nic_gids: Vec::new(),
                 nic_ud_qps: Vec::new(),
                 me: Hello {
                     listen: listen.to_string(),
@@ -441,29 +442,33 @@ impl Links {
             next_dial: now,
             backoff: REDIAL_MIN,
             told_unreachable: false,
-            nic_gid: None,
+            nic_of: HashMap::new(),
             nic_ud_qps: HashMap::new(),
         });
         self.peers.list.len() - 1
     }
 
-    /// Sets the GIDs this router serves; announces them if they changed.
-    /// Announces this router's NIC (before any peer is up: call once,
-    /// right after [`Links::new`]).
-    pub fn set_nic_gid(&mut self, gid: Option<Gid>) {
-        self.peers.nic_gid = gid;
-    }
-
-    /// Announces the GIDs this router serves and its UD QPs on its NIC
-    /// to every peer, if they changed.
-    pub fn set_served(&mut self, mut gids: Vec<Gid>, mut nic_ud_qps: Vec<(u32, Gid)>) {
+    /// Announces the GIDs this router serves, the NIC each posts to (by
+    /// its physical GID) and its UD QPs on its NICs to every peer, if they
+    /// changed.
+    pub fn set_served(
+        &mut self,
+        mut gids: Vec<Gid>,
+        mut nic_gids: Vec<(Gid, Gid)>,
+        mut nic_ud_qps: Vec<(u32, Gid)>,
+    ) {
         gids.sort_unstable();
         gids.dedup();
+        nic_gids.sort_unstable();
         nic_ud_qps.sort_unstable();
-        if gids == self.peers.served && nic_ud_qps == self.peers.nic_ud_qps {
+        if gids == self.peers.served
+            && nic_gids == self.peers.nic_gids
+            && nic_ud_qps == self.peers.nic_ud_qps
+        {
             return;
         }
         self.peers.served = gids;
+        self.peers.nic_gids = nic_gids;
         self.peers.nic_ud_qps = nic_ud_qps;
         for i in 0..self.peers.list.len() {
             if self.peers.list[i].out.is_some() && !self.peers.list[i].connecting {
@@ -834,7 +839,7 @@ impl Links {
         p.next_dial = now + REDIAL_MIN;
         p.backoff = REDIAL_MIN;
         p.boot_id = None;
-        p.nic_gid = None;
+        p.nic_of.clear();
         p.nic_ud_qps.clear();
         let was_up = std::mem::replace(&mut p.up, false);
         let addr = p.addr;
@@ -986,21 +991,36 @@ impl Links {
                             self.peers
                                 .registry
                                 .learn(addr, &a.gids, &self.peers.served.clone());
-                        for g in refused {
+                        for g in &refused {
                             warn!(
                                 "peer {addr} announces GID {} that another router serves: ignored",
-                                std::net::Ipv6Addr::from(g)
+                                std::net::Ipv6Addr::from(*g)
                             );
                         }
-                        self.peers.list[i].nic_gid = a.nic_gid;
-                        self.peers.list[i].nic_ud_qps = a.nic_ud_qps.iter().copied().collect();
+                        // Only its own GIDs' NICs count (a peer cannot name
+                        // the NIC of a GID another router serves).
+                        let own: std::collections::HashSet<Gid> = a
+                            .gids
+                            .iter()
+                            .filter(|g| !refused.contains(g))
+                            .copied()
+                            .collect();
+                        let p = &mut self.peers.list[i];
+                        p.nic_of = a
+                            .nic_gids
+                            .iter()
+                            .filter(|(g, _)| own.contains(g))
+                            .copied()
+                            .collect();
+                        p.nic_ud_qps = a
+                            .nic_ud_qps
+                            .iter()
+                            .filter_map(|&(qpn, gid)| Some(((*p.nic_of.get(&gid)?, qpn), gid)))
+                            .collect();
                         debug!(
-                            "peer {addr} serves {} GIDs{}",
+                            "peer {addr} serves {} GIDs, {} of them on a NIC",
                             a.gids.len(),
-                            a.nic_gid.map_or(String::new(), |g| format!(
-                                ", NIC GID {}",
-                                std::net::Ipv6Addr::from(g)
-                            ))
+                            a.nic_gids.len()
                         );
                     }
                     (_, Some(i)) => {

@@ -10,6 +10,15 @@
 //! this host keeps shared memory (unless `--nic-loopback`); a GID no
 //! router serves is refused. The router never opens the device and never
 //! sees the work requests of a QP on the NIC.
+//!
+//! A router may have several NICs (`--nic` given more than once: rails).
+//! Each GID of this host (a container's network namespace) posts to one
+//! of them, assigned at its first session ([`NicPaths::assign`]) and kept
+//! while it has sessions; a QP's source GID index is its own NIC's, and a
+//! peer is reached at the physical GID of the peer's NIC, which its router
+//! announces per GID.
+
+use std::collections::{HashMap, HashSet};
 
 use flowverbs_sys::{IBV_QPT_RC, IBV_QPT_UC, IBV_QPT_UD};
 use flowverbs_wire::control::{NicBinding, QpAttr, Reply};
@@ -19,23 +28,101 @@ use super::nic::Nic;
 use super::objects::Tables;
 use crate::transport::Transport;
 
-/// This router's NIC and how it is used.
+type Gid = [u8; 16];
+
+/// This router's NICs and how they are used.
 #[derive(Clone, Debug)]
 pub struct NicPaths {
-    pub nic: Nic,
+    /// At least one.
+    nics: Vec<Nic>,
     /// Peers on this host are reached through the NIC too.
     pub loopback: bool,
+    /// The NIC (index in `nics`) each GID of this host posts to.
+    assigned: HashMap<Gid, usize>,
 }
 
-impl NicPaths {
+impl Nic {
     /// What a provider (and `flowverbs env`) is told of the NIC.
     pub fn binding(&self) -> NicBinding {
         NicBinding {
-            device: self.nic.device.clone(),
-            port: self.nic.port,
-            gid_index: self.nic.gid_index,
-            uverbs: self.nic.uverbs.clone(),
+            device: self.device.clone(),
+            port: self.port,
+            gid_index: self.gid_index,
+            uverbs: self.uverbs.clone(),
         }
+    }
+}
+
+impl NicPaths {
+    /// None without NICs.
+    pub fn new(nics: Vec<Nic>, loopback: bool) -> Option<NicPaths> {
+        (!nics.is_empty()).then(|| NicPaths {
+            nics,
+            loopback,
+            assigned: HashMap::new(),
+        })
+    }
+
+    pub fn nics(&self) -> &[Nic] {
+        &self.nics
+    }
+
+    /// The NIC `gid` posts to: the one assigned, or else the one it would
+    /// get ([`NicPaths::assign`]).
+    pub fn nic_for(&self, gid: &Gid) -> &Nic {
+        &self.nics[self
+            .assigned
+            .get(gid)
+            .copied()
+            .unwrap_or_else(|| self.choose(gid))]
+    }
+
+    /// The NIC with the fewest GIDs assigned; among equals, the one the
+    /// GID's IPv4 address picks (modulo their number), so that a lone
+    /// container gets the same NIC each time.
+    fn choose(&self, gid: &Gid) -> usize {
+        let mut load = vec![0usize; self.nics.len()];
+        for &i in self.assigned.values() {
+            load[i] += 1;
+        }
+        let least = load.iter().copied().min().unwrap_or(0);
+        let tied: Vec<usize> = (0..load.len()).filter(|&i| load[i] == least).collect();
+        let address = u32::from_be_bytes([gid[12], gid[13], gid[14], gid[15]]) as usize;
+        tied[address % tied.len()]
+    }
+
+    /// Assigns `gid` its NIC (at the first session of that GID); returns
+    /// it and whether it was new.
+    pub fn assign(&mut self, gid: &Gid) -> (&Nic, bool) {
+        let new = !self.assigned.contains_key(gid);
+        if new {
+            let i = self.choose(gid);
+            self.assigned.insert(*gid, i);
+        }
+        (&self.nics[self.assigned[gid]], new)
+    }
+
+    /// Forgets the GIDs that no longer have a session.
+    pub fn retain(&mut self, served: &HashSet<Gid>) {
+        self.assigned.retain(|g, _| served.contains(g));
+    }
+
+    /// Each GID of this host with the physical GID of its NIC (announced
+    /// to the peers).
+    pub fn nic_gids(&self) -> Vec<(Gid, Gid)> {
+        let mut v: Vec<(Gid, Gid)> = self
+            .assigned
+            .iter()
+            .map(|(g, &i)| (*g, self.nics[i].gid))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The NIC of the session of QP `h`.
+    fn nic_of_qp(&self, t: &Tables, h: u32) -> Option<&Nic> {
+        let q = t.qps.get(&h)?;
+        Some(self.nic_for(&t.sessions.get(&q.session)?.gid))
     }
 
     /// The key a NIC registration brings (`Request::RegMr::nic_key`), if it
@@ -94,13 +181,20 @@ impl NicPaths {
     /// for an address handle of a UD QP on the NIC): this host's NIC for a
     /// GID of this host, the NIC of the host serving it otherwise; Err for
     /// a GID no router serves or whose host has no NIC.
-    pub fn address(&self, dgid: &[u8; 16], engine: &Engine) -> Result<Reply, (i32, String)> {
+    /// `own`: the asking session's GID (its NIC gives the source GID
+    /// index).
+    pub fn address(
+        &self,
+        own: &Gid,
+        dgid: &[u8; 16],
+        engine: &Engine,
+    ) -> Result<Reply, (i32, String)> {
         let path = |dgid| Reply::NicPath {
             dgid,
-            sgid_index: self.nic.gid_index,
+            sgid_index: self.nic_for(own).gid_index,
         };
         if engine.serves_locally(dgid) {
-            return Ok(path(self.nic.gid));
+            return Ok(path(self.nic_for(dgid).gid));
         }
         let name = std::net::Ipv6Addr::from(*dgid);
         let links = engine.links.as_ref();
@@ -117,17 +211,18 @@ impl NicPaths {
     }
 
     /// The GID of UD QP `qpn` on the NIC whose physical GID is `nic_gid`
-    /// (`Request::NicSource`): a QP of this router if `nic_gid` is this
-    /// host's NIC, else what the NIC's router announced.
+    /// (`Request::NicSource`): a QP of this router if `nic_gid` is one of
+    /// this host's NICs, else what the NIC's router announced.
     pub fn source(&self, nic_gid: &[u8; 16], qpn: u32, engine: &Engine) -> Result<Reply, String> {
         let t = &engine.tables;
-        let found = if *nic_gid == self.nic.gid {
+        let found = if self.nics.iter().any(|n| n.gid == *nic_gid) {
             t.qpns
                 .get(&qpn)
                 .and_then(|h| t.qps.get(h))
                 .filter(|q| q.nic_backed)
                 .and_then(|q| t.sessions.get(&q.session))
                 .map(|s| s.gid)
+                .filter(|g| self.nic_for(g).gid == *nic_gid)
         } else {
             engine
                 .links
@@ -176,22 +271,30 @@ impl NicPaths {
                 _ => Ok(None),
             };
         }
+        let Some(own) = self.nic_of_qp(t, h) else {
+            return Ok(None);
+        };
         let through_nic = |dgid| {
             Some(Reply::NicPath {
                 dgid,
-                sgid_index: self.nic.gid_index,
+                sgid_index: own.gid_index,
             })
         };
         let av = &attr.ah_attr;
         // Without a GRH the peer is on this host (as everywhere in fv0).
         if !av.is_global || engine.serves_locally(&av.dgid) {
-            let peer_on_nic = t
-                .qpns
-                .get(&attr.dest_qp_num)
-                .and_then(|p| t.qps.get(p))
+            let peer = t.qpns.get(&attr.dest_qp_num).copied();
+            let peer_on_nic = peer
+                .and_then(|p| t.qps.get(&p))
                 .is_some_and(|p| p.on_nic || p.nic_backed && p.srq != 0);
             let nic = (self.loopback || q.srq != 0 || peer_on_nic) && srq_route != Some(false);
-            return Ok(if nic { through_nic(self.nic.gid) } else { None });
+            // The peer's NIC: its QP's session's, or its GID's.
+            let peer_nic = match peer.and_then(|p| self.nic_of_qp(t, p)) {
+                Some(n) => n,
+                None if av.is_global => self.nic_for(&av.dgid),
+                None => own,
+            };
+            return Ok(if nic { through_nic(peer_nic.gid) } else { None });
         }
         let name = std::net::Ipv6Addr::from(av.dgid);
         let Some(links) = engine.links.as_ref() else {
@@ -219,18 +322,47 @@ mod tests {
     use crate::limits::Limits;
     use flowverbs_sys::IBV_QPT_UD;
 
-    fn paths() -> NicPaths {
-        NicPaths {
-            nic: Nic {
-                device: "rxe0".into(),
-                port: 1,
-                gid_index: 1,
-                gid: [9; 16],
-                address: std::net::Ipv4Addr::new(198, 18, 0, 1),
-                uverbs: "uverbs0".into(),
-            },
-            loopback: false,
+    fn nic(i: u8) -> Nic {
+        Nic {
+            device: format!("rxe{i}"),
+            port: 1,
+            gid_index: 1 + i,
+            gid: [9 + i; 16],
+            address: std::net::Ipv4Addr::new(198, 18, 0, 1 + i),
+            uverbs: format!("uverbs{i}"),
         }
+    }
+
+    fn paths() -> NicPaths {
+        NicPaths::new(vec![nic(0)], false).unwrap()
+    }
+
+    fn gid(ip: [u8; 4]) -> Gid {
+        let mut g = [0u8; 16];
+        g[10] = 0xff;
+        g[11] = 0xff;
+        g[12..].copy_from_slice(&ip);
+        g
+    }
+
+    #[test]
+    fn each_gid_gets_one_nic_and_they_are_spread() {
+        assert!(NicPaths::new(Vec::new(), false).is_none());
+        let mut n = NicPaths::new(vec![nic(0), nic(1)], false).unwrap();
+        let (a, b, c) = (gid([10, 0, 0, 2]), gid([10, 0, 0, 3]), gid([10, 0, 0, 4]));
+        // Alone, a GID's address picks among equals: even -> rxe0, odd -> rxe1.
+        assert_eq!(n.nic_for(&a).device, "rxe0");
+        assert_eq!(n.nic_for(&b).device, "rxe1");
+        let (first, new) = n.assign(&b);
+        assert_eq!((first.device.as_str(), new), ("rxe1", true));
+        assert!(!n.assign(&b).1, "kept");
+        // The least loaded next, whatever the address.
+        assert_eq!(n.assign(&c).0.device, "rxe0");
+        assert_eq!(n.nic_gids(), vec![(b, [10; 16]), (c, [9; 16])]);
+        // A GID without sessions is forgotten.
+        n.retain(&[c].into_iter().collect());
+        assert_eq!(n.nic_gids(), vec![(c, [9; 16])]);
+        assert_eq!(n.assign(&a).0.device, "rxe1");
     }
 
     #[test]

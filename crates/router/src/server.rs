@@ -215,10 +215,7 @@ impl Server {
         if config.mode == super::Mode::Semi {
             engine.key_table = Some(super::semi::KeyTable::new()?);
             engine.semi_share = config.semi_share;
-            engine.nic = config.nic.clone().map(|nic| super::nic_path::NicPaths {
-                nic,
-                loopback: config.nic_loopback,
-            });
+            engine.nic = super::nic_path::NicPaths::new(config.nics.clone(), config.nic_loopback);
         }
         info!(
             "router serving {} (GID ::ffff:{ip}), {} mode",
@@ -230,20 +227,18 @@ impl Server {
             }
         );
         match &engine.nic {
-            Some(n) => info!(
-                "semi mode posts to the NIC {}{}",
-                n.nic,
-                if n.loopback {
-                    ", also between processes of this host"
-                } else {
-                    ""
+            Some(n) => {
+                for nic in n.nics() {
+                    info!("semi mode posts to the NIC {nic}");
                 }
-            ),
+                if n.loopback {
+                    info!("semi mode uses the NIC between processes of this host too");
+                }
+            }
             None if engine.key_table.is_some() => info!("semi mode without a NIC"),
             None => {}
         }
-        if let Some(mut links) = links {
-            links.set_nic_gid(engine.nic.as_ref().map(|n| n.nic.gid));
+        if let Some(links) = links {
             epoll.add(links.fd(), EpollEvent::new(EpollFlags::EPOLLIN, LINKS))?;
             engine.links = Some(links);
         }
@@ -582,10 +577,11 @@ impl Server {
                     return false;
                 }
                 Request::DeviceView => {
+                    let (_, gid) = self.client_gid(p.pid);
                     let reply = match self.device_view(p.pid) {
                         Ok(path) => Reply::DeviceView {
                             sysfs_path: path.to_string_lossy().into_owned(),
-                            nic: self.engine.nic.as_ref().map(|n| n.binding()),
+                            nic: self.engine.nic.as_ref().map(|n| n.nic_for(&gid).binding()),
                         },
                         Err(e) => Reply::Error {
                             errno: libc::EIO,
@@ -769,6 +765,21 @@ impl Server {
                 objects: 0,
             },
         );
+        let semi = self.engine.key_table.is_some();
+        let nic = match self.engine.nic.as_mut().filter(|_| semi) {
+            Some(paths) => {
+                let (nic, new) = paths.assign(&gid);
+                if new {
+                    info!(
+                        "GID {} posts to the NIC {}",
+                        std::net::Ipv6Addr::from(gid),
+                        nic.device
+                    );
+                }
+                Some(nic.binding())
+            }
+            None => None,
+        };
         self.engine.announce_gids();
         self.engine
             .post_async_event(AsyncTarget::Port(id, 1), IBV_EVENT_PORT_ACTIVE);
@@ -784,12 +795,7 @@ impl Server {
                 session_segment_size: SESSION_SEGMENT_SIZE as u64,
                 cmd_file,
                 semi: key_table_fd.is_some(),
-                nic: self
-                    .engine
-                    .nic
-                    .as_ref()
-                    .filter(|_| key_table_fd.is_some())
-                    .map(|n| n.binding()),
+                nic,
             },
             fds: [seg_fd, provider_doorbell]
                 .into_iter()

@@ -1,8 +1,9 @@
 //! Semi mode over a real NIC, with real RDMA devices: Debian's kernel with
 //! Soft-RoCE under QEMU (`scripts/rxe-vm`), two "hosts" in it
 //! (`tests/nic/two_hosts.sh`): router A posts to rxe0 and serves container
-//! namespace fv_a (10.77.1.2), router B posts to rxe1 and serves fv_b
-//! (10.77.2.2); the routers are linked. Unmodified programs run in the
+//! namespace fv_a (10.77.1.2); router B has two NICs and serves fv_b
+//! (10.77.2.2), which posts to rxe1, and fv_c (10.77.3.3), which posts to
+//! rxe0; the routers are linked. Unmodified programs run in the
 //! containers under `flowverbs exec`; each scenario is checked by what the
 //! programs print and return, and by where the data went: the real
 //! devices' packet counters rise by at least the number of messages while
@@ -32,6 +33,9 @@ struct Scenario {
     port: Option<u16>,
     /// The command line (the server's; the client's gets SERVER appended).
     command: String,
+    /// The client's container: `b` (on router B's first NIC, rxe1) or `c`
+    /// (on its second, rxe0).
+    client: &'static str,
 }
 
 fn perftest(name: &'static str, port: u16, program: &str, args: &str) -> Scenario {
@@ -39,6 +43,7 @@ fn perftest(name: &'static str, port: u16, program: &str, args: &str) -> Scenari
         name,
         port: Some(port),
         command: format!("{program} -d fv0 -x 0 -F -p {port} {args}"),
+        client: "b",
     }
 }
 
@@ -47,6 +52,7 @@ fn pingpong(name: &'static str, program: &str, args: &str) -> Scenario {
         name,
         port: Some(18515),
         command: format!("{program} -d fv0 -g 0 {args}"),
+        client: "b",
     }
 }
 
@@ -56,11 +62,13 @@ fn scenarios(dir: &Path, nic_check: &Path, mpi_pingpong: &Path) -> Vec<Scenario>
             name: "devices",
             port: None,
             command: "ibv_devices".into(),
+            client: "b",
         },
         Scenario {
             name: "unknown_gid",
             port: None,
             command: format!("{} unknown_gid", nic_check.display()),
+            client: "b",
         },
         pingpong("rc_pingpong", "ibv_rc_pingpong", "-n 500 -c"),
         perftest("send_bw_all", 18601, "ib_send_bw", "-a -n 20"),
@@ -72,6 +80,10 @@ fn scenarios(dir: &Path, nic_check: &Path, mpi_pingpong: &Path) -> Vec<Scenario>
         pingpong("srq_pingpong", "ibv_srq_pingpong", "-n 300 -c"),
         pingpong("ud_pingpong", "ibv_ud_pingpong", "-n 300 -c"),
         Scenario {
+            client: "c",
+            ..pingpong("second_nic", "ibv_rc_pingpong", "-n 200 -c")
+        },
+        Scenario {
             name: "open_mpi",
             port: None,
             command: format!(
@@ -82,16 +94,19 @@ fn scenarios(dir: &Path, nic_check: &Path, mpi_pingpong: &Path) -> Vec<Scenario>
                 agent = dir.join("agent.sh").display(),
                 exe = mpi_pingpong.display()
             ),
+            client: "b",
         },
         Scenario {
             name: "ud_grh",
             port: None,
             command: format!("{} ud_grh", nic_check.display()),
+            client: "b",
         },
         Scenario {
             name: "srq_limit",
             port: None,
             command: format!("{} srq_limit", nic_check.display()),
+            client: "b",
         },
     ]
 }
@@ -130,8 +145,8 @@ fn run_vm() -> Result<VmRun, String> {
         for s in scenarios(&dir, &nic_check, &mpi_pingpong) {
             match s.port {
                 Some(port) => script.push_str(&format!(
-                    "scenario {} {port} '{}' '{} {SERVER}'\n",
-                    s.name, s.command, s.command
+                    "scenario {} {port} '{}' '{} {SERVER}' {}\n",
+                    s.name, s.command, s.command, s.client
                 )),
                 None => script.push_str(&format!("alone {} a '{}'\n", s.name, s.command)),
             }
@@ -325,13 +340,20 @@ fn rc_pingpong_checked_over_the_nic() {
 /// A pingpong pair succeeded, both sides report `iters` iterations, and
 /// the data went over the NIC. Returns (server, client).
 fn pingpong_checked(name: &str, iters: u64) -> (Output, Output) {
+    let pair = pingpong_passed(name, iters);
+    vm().assert_on_nic(name, iters);
+    pair
+}
+
+/// Both sides of a pingpong passed (`-c`: data checked) with `iters`
+/// round trips.
+fn pingpong_passed(name: &str, iters: u64) -> (Output, Output) {
     let vm = vm();
     let (server, client) = vm.pair_ok(name);
     for out in [&server, &client] {
         let r = parse_pingpong(out).unwrap_or_else(|| panic!("{}", vm.scenario_report(name)));
         assert_eq!(r.iters, iters, "{}", vm.scenario_report(name));
     }
-    vm.assert_on_nic(name, iters);
     (server, client)
 }
 
@@ -430,6 +452,41 @@ fn the_nics_async_events_reach_fv0() {
     // fv0's own paths, whose router raises the same event.
     assert!(vm.rise("srq_limit", "rxe0_sent") >= 2, "{}", report());
     assert_eq!(vm.router_bytes("srq_limit", "a"), 0, "{}", report());
+}
+
+/// A router with two NICs puts each container on one: fv_c's pingpong with
+/// host A goes over rxe0 (router B's second NIC; host A's too, so the
+/// packets loop back in rxe0), and rxe1, where router B put fv_b, carries
+/// none of it.
+#[test]
+fn a_router_with_two_nics_puts_each_container_on_one() {
+    let vm = vm();
+    pingpong_passed("second_nic", 200);
+    let report = || vm.scenario_report("second_nic");
+    for counter in ["rxe0_sent", "rxe0_rcvd"] {
+        assert!(
+            vm.rise("second_nic", counter) >= 400,
+            "{counter}\n{}",
+            report()
+        );
+    }
+    for counter in ["rxe1_sent", "rxe1_rcvd"] {
+        assert_eq!(vm.rise("second_nic", counter), 0, "{counter}\n{}", report());
+    }
+    for host in ["a", "b"] {
+        assert_eq!(vm.router_bytes("second_nic", host), 0, "{}", report());
+    }
+    let log = vm.read("router_b.log");
+    for said in [
+        "GID ::ffff:10.77.2.2 posts to the NIC rxe1",
+        "GID ::ffff:10.77.3.3 posts to the NIC rxe0",
+    ] {
+        assert!(
+            log.contains(said),
+            "router B did not say {said:?}\n{}",
+            vm.report()
+        );
+    }
 }
 
 /// A shared receive queue on the NIC (ibv_srq_pingpong: 16 QPs, one SRQ).

@@ -172,7 +172,7 @@ fn scripted_peer(
             FrameHeader::new(Kind::Announce),
             &encode_payload(&Announce {
                 gids: vec![fake_gid],
-                nic_gid: None,
+                nic_gids: vec![],
                 nic_ud_qps: vec![],
             }),
         ))
@@ -746,7 +746,7 @@ fn a_peer_that_does_not_read_is_not_read_from() {
             FrameHeader::new(Kind::Announce),
             &encode_payload(&Announce {
                 gids: vec![[7; 16]],
-                nic_gid: None,
+                nic_gids: vec![],
                 nic_ud_qps: vec![],
             }),
         ))

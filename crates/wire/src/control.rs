@@ -84,6 +84,8 @@ pub struct SessionStatus {
     pub cqs: u32,
     pub qps: u32,
     pub srqs: u32,
+    /// Semi mode over a NIC: the real device the session posts to.
+    pub nic: Option<String>,
     /// Every QP of the session.
     pub qp_list: Vec<QpStatus>,
 }

@@ -27,7 +27,7 @@ use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligne
 /// "FVLK": the first four bytes of every frame.
 pub const MAGIC: u32 = 0x4b4c_5646;
 /// Version of this module's format; peers of another version are refused.
-pub const LINK_VERSION: u16 = 3;
+pub const LINK_VERSION: u16 = 4;
 /// Bytes of the challenge an accepting router sends before anything else.
 pub const CHALLENGE_LEN: usize = 32;
 /// Bytes of every frame header.
@@ -234,10 +234,10 @@ pub struct Hello {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Announce {
     pub gids: Vec<[u8; 16]>,
-    /// Semi mode over a NIC: the physical GID of the sender's NIC, where
-    /// QPs reach the GIDs above without the link.
-    pub nic_gid: Option<[u8; 16]>,
-    /// Semi mode over a NIC: the sender's UD QPs on that NIC and the GID
+    /// Semi mode over a NIC: for each GID above that posts to a NIC, the
+    /// physical GID of that NIC, where QPs reach it without the link.
+    pub nic_gids: Vec<([u8; 16], [u8; 16])>,
+    /// Semi mode over a NIC: the sender's UD QPs on its NICs and the GID
     /// each belongs to (a receiver shows it in a datagram's GRH, where the
     /// NIC wrote the physical GID).
     pub nic_ud_qps: Vec<(u32, [u8; 16])>,
@@ -319,7 +319,7 @@ mod tests {
     fn payloads_round_trip_and_garbage_is_refused() {
         let a = Announce {
             gids: vec![[3; 16], [4; 16]],
-            nic_gid: Some([5; 16]),
+            nic_gids: vec![([3; 16], [5; 16])],
             nic_ud_qps: vec![(0x11, [3; 16])],
         };
         assert_eq!(decode_payload::<Announce>(&encode_payload(&a)), Some(a));

@@ -76,6 +76,11 @@ pub static CONTEXT_OPS: ContextOps = ContextOps(verbs_context_ops {
     ..ZERO_OPS
 });
 
+/// Twins made for one fv0 QP or MR before it goes without one: each one's
+/// QP number or key was already taken on the router (a router with several
+/// NICs sees the numbers of each device, which may coincide).
+const MAX_TWIN_TRIES: usize = 8;
+
 const ZERO_OPS: verbs_context_ops = {
     // SAFETY: verbs_context_ops is pointers and Option<fn>s only; all-zero
     // means "not provided" (libibverbs keeps its dummy for those slots).

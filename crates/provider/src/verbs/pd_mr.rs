@@ -103,6 +103,7 @@ pub(super) unsafe extern "C" fn reg_mr(
             crate::nic::reg_mr(nic_pd, addr, length, access)
         };
         let fds: Vec<i32> = arena_fd.into_iter().collect();
+        let mut taken = Vec::new();
         let reply = loop {
             let req = Request::RegMr {
                 pd: pdh,
@@ -115,13 +116,23 @@ pub(super) unsafe extern "C" fn reg_mr(
             };
             match cx.call_passing(&req, &fds) {
                 Err(libc::EBUSY) if !nic_mr.is_null() => {
-                    // The NIC's key is taken on the router: fv0-only.
-                    let _ = crate::nic::dereg_mr(nic_mr);
-                    nic_mr = ptr::null_mut();
+                    // The NIC's key is taken on the router (a router with
+                    // several NICs sees each device's keys): another
+                    // registration, kept apart until the device has given
+                    // a free key; after a few, fv0-only.
+                    taken.push(nic_mr);
+                    nic_mr = if taken.len() < super::MAX_TWIN_TRIES {
+                        crate::nic::reg_mr(nic_pd, addr, length, access)
+                    } else {
+                        ptr::null_mut()
+                    };
                 }
                 other => break other,
             }
         };
+        for mr in taken {
+            let _ = crate::nic::dereg_mr(mr);
+        }
         if reply.is_err() && !nic_mr.is_null() {
             let _ = crate::nic::dereg_mr(nic_mr);
         }

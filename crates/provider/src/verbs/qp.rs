@@ -99,7 +99,12 @@ pub(super) unsafe extern "C" fn create_qp(
         // first, fill after the router's answer.
         let slot = Slot::<FvQp>::new();
         // SAFETY: ctx is ours (the PD's context).
-        let mut nic = nic_twin(unsafe { inner(ctx) }, pd, a);
+        let cx = unsafe { inner(ctx) };
+        let mut nic = nic_twin(cx, pd, a);
+        // Twins whose number another QP of the router already has (a
+        // router with several NICs sees each device's numbers): kept until
+        // the device has given a free one, so that it gives a new one.
+        let mut taken = Vec::new();
         let (reply, fds) = loop {
             let req = Request::CreateQp {
                 pd: pdh,
@@ -114,8 +119,14 @@ pub(super) unsafe extern "C" fn create_qp(
             };
             match call(ctx, &req) {
                 Ok(x) => break x,
-                // The NIC's QP number is taken on the router: fv0-only.
-                Err(libc::EBUSY) if nic.is_some() => nic = None,
+                // The NIC's QP number is taken on the router: another
+                // twin, a few times; then fv0-only.
+                Err(libc::EBUSY) if nic.is_some() => {
+                    taken.extend(nic.take());
+                    if taken.len() < super::MAX_TWIN_TRIES {
+                        nic = nic_twin(cx, pd, a);
+                    }
+                }
                 Err(e) => return null_with(e),
             }
         };

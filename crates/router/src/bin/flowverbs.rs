@@ -69,12 +69,13 @@ enum Cmd {
         /// memory (others keep the router's path).
         #[arg(long, value_enum, default_value_t = SemiShareArg::SameContainer)]
         semi_share: SemiShareArg,
-        /// Semi mode: the real RDMA device (and port, default 1) that
-        /// carries connected QPs to other hosts; `auto` (default): the
+        /// Semi mode: a real RDMA device (and port, default 1) that
+        /// carries QPs to other hosts; repeatable (rails: each container
+        /// posts to one of them, spread evenly); `auto` (default): the
         /// device whose GID table holds an address of this host, if any;
         /// `none`: the routers' link carries them.
-        #[arg(long, value_name = "DEVICE[:PORT]|auto|none", default_value = "auto")]
-        nic: String,
+        #[arg(long, value_name = "DEVICE[:PORT]|auto|none", default_values_t = ["auto".to_string()])]
+        nic: Vec<String>,
         /// Semi mode over a NIC: QPs between processes of this host go
         /// over the NIC too, not through shared memory (for testing).
         #[arg(long)]
@@ -196,7 +197,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ModeArg::Isolated => flowverbs_router::Mode::Isolated,
                 ModeArg::Semi => flowverbs_router::Mode::Semi,
             };
-            let nic = choose_nic(mode, &nic, nic_loopback)?;
+            let nics = choose_nics(mode, &nic, nic_loopback)?;
             flowverbs_router::run(flowverbs_router::Config {
                 runtime_dir,
                 mode,
@@ -212,7 +213,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     SemiShareArg::SameContainer => flowverbs_router::semi::SemiShare::SameContainer,
                     SemiShareArg::SameUser => flowverbs_router::semi::SemiShare::SameUser,
                 },
-                nic,
+                nics,
                 nic_loopback,
                 link: flowverbs_router::link::LinkPolicy {
                     key: link_key.map(|f| read_link_key(&f)).transpose()?,
@@ -347,32 +348,45 @@ fn rdmav_drivers_for(provider: &Path) -> anyhow::Result<PathBuf> {
     Ok(dir.join(stem))
 }
 
-/// The NIC `--nic` names (semi mode only).
-fn choose_nic(
+/// The NICs the `--nic` options name (semi mode only).
+fn choose_nics(
     mode: flowverbs_router::Mode,
-    spec: &str,
+    specs: &[String],
     loopback: bool,
-) -> anyhow::Result<Option<flowverbs_router::nic::Nic>> {
+) -> anyhow::Result<Vec<flowverbs_router::nic::Nic>> {
     use flowverbs_router::nic;
     let sysfs = Path::new(nic::SYSFS);
+    let keyword = |s: &String| s == "auto" || s == "none";
+    if specs.len() > 1 && specs.iter().any(keyword) {
+        bail!("--nic auto and --nic none stand alone (several --nic name devices)");
+    }
     if mode != flowverbs_router::Mode::Semi {
-        if spec != "auto" && spec != "none" || loopback {
+        if !specs.iter().all(keyword) || loopback {
             bail!("--nic and --nic-loopback need --mode semi");
         }
-        return Ok(None);
+        return Ok(Vec::new());
     }
-    let chosen = match spec {
-        "none" => None,
-        "auto" => {
-            let addrs: Vec<std::net::Ipv4Addr> = flowverbs_router::identity::ipv4_addresses()
-                .into_iter()
-                .map(|(_, a)| a)
-                .collect();
-            nic::automatic(sysfs, &addrs)
+    let mut chosen = Vec::new();
+    for spec in specs {
+        match spec.as_str() {
+            "none" => {}
+            "auto" => {
+                let addrs: Vec<std::net::Ipv4Addr> = flowverbs_router::identity::ipv4_addresses()
+                    .into_iter()
+                    .map(|(_, a)| a)
+                    .collect();
+                chosen.extend(nic::automatic(sysfs, &addrs));
+            }
+            named => {
+                let n = nic::named(sysfs, named)?;
+                if chosen.contains(&n) {
+                    bail!("--nic {named} is given twice");
+                }
+                chosen.push(n);
+            }
         }
-        named => Some(nic::named(sysfs, named)?),
-    };
-    if loopback && chosen.is_none() {
+    }
+    if loopback && chosen.is_empty() {
         bail!("--nic-loopback needs a NIC (--nic DEVICE)");
     }
     Ok(chosen)
@@ -575,6 +589,7 @@ fn status(runtime_dir: &Path, json: bool) -> anyhow::Result<()> {
                     "mrs": s.mrs,
                     "cqs": s.cqs,
                     "srqs": s.srqs,
+                    "nic": s.nic,
                     "qps": qps,
                 })
             })
@@ -628,6 +643,9 @@ fn status(runtime_dir: &Path, json: bool) -> anyhow::Result<()> {
                 [&s.pds, &s.mrs, &s.cqs, &s.qps, &s.srqs]
             )
         )?;
+        if let Some(nic) = &s.nic {
+            writeln!(out, "{:>10} posts to the NIC {nic}", "")?;
+        }
         for q in &s.qp_list {
             let m = &q.moved;
             let (msgs, bytes) = [m.router, m.semi, m.link].iter().fold((0, 0), |(n, b), x| {

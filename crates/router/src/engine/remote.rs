@@ -120,8 +120,19 @@ impl Engine {
             .filter(|q| q.kind == QpKind::Ud && q.nic_backed)
             .filter_map(|q| Some((q.qpn, t.sessions.get(&q.session)?.gid)))
             .collect();
+        let nic_gids = match self.nic.as_mut() {
+            Some(n) => {
+                n.retain(&self.remote.served);
+                n.nic_gids()
+            }
+            None => Vec::new(),
+        };
         if let Some(links) = self.links.as_mut() {
-            links.set_served(self.remote.served.iter().copied().collect(), nic_ud_qps);
+            links.set_served(
+                self.remote.served.iter().copied().collect(),
+                nic_gids,
+                nic_ud_qps,
+            );
         }
     }
 
