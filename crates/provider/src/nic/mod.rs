@@ -533,12 +533,21 @@ impl Receives {
         self.route.store(r as u8, Ordering::Release);
     }
 
-    fn take_held(&self) -> Vec<HeldReceive> {
-        std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()))
+    fn lock_held(&self) -> std::sync::MutexGuard<'_, Vec<HeldReceive>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Before the path is known: keeps a chain of receives (at most
-    /// `max_wr` in all, `max_sge` SGEs each), as `ibv_post_recv` would.
+    /// `max_wr` in all, `max_sge` SGEs each), as `ibv_post_recv` would,
+    /// and returns what `ibv_post_recv` returns. None: the path became
+    /// known meanwhile (another thread's modify to RTR); the caller posts
+    /// on that path instead.
+    ///
+    /// The race with [`Receives::settle`] is argued once, here: both run
+    /// under the `held` lock; `settle` posts the receives held so far and
+    /// only then publishes the route, before it unlocks. So a receive is
+    /// either held before `settle` takes the held ones (and posted by it,
+    /// in order), or finds the route published and goes after them.
     ///
     /// # Safety
     /// `wr` and `bad` as `ibv_post_recv` takes them.
@@ -548,8 +557,11 @@ impl Receives {
         bad: *mut *mut ibv_recv_wr,
         max_wr: u32,
         max_sge: u32,
-    ) -> i32 {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+    ) -> Option<i32> {
+        let mut held = self.lock_held();
+        if self.route() != Route::Undecided {
+            return None;
+        }
         while !wr.is_null() {
             // SAFETY: the caller's chain.
             let w = unsafe { &*wr };
@@ -565,7 +577,7 @@ impl Receives {
                     // SAFETY: the caller's out-pointer.
                     unsafe { *bad = wr };
                 }
-                return errno;
+                return Some(errno);
             }
             let sges = if w.num_sge == 0 {
                 Vec::new()
@@ -579,46 +591,52 @@ impl Receives {
             });
             wr = w.next;
         }
-        0
+        Some(0)
     }
 
-    /// The path is known: `Nic` posts the held receives with `post` (one
-    /// at a time); `Own` hands them back, for fv0's ring. A route already
-    /// settled stays (an SRQ follows its first QP).
+    /// The path is known: `Nic` posts the held receives with `post_nic`
+    /// (one at a time), `Own` hands them to `post_own` (fv0's ring); then
+    /// the route is published (the order [`Receives::hold`] relies on). A
+    /// route already settled stays (an SRQ follows its first QP).
     fn settle(
         &self,
         route: Route,
-        post: impl Fn(*mut ibv_recv_wr) -> i32,
-    ) -> Result<Vec<HeldReceive>, Errno> {
+        post_nic: impl Fn(*mut ibv_recv_wr) -> i32,
+        post_own: impl FnOnce(Vec<HeldReceive>),
+    ) -> Result<(), Errno> {
+        let mut held = self.lock_held();
         if self.route() != Route::Undecided {
-            return Ok(Vec::new());
+            return Ok(());
         }
+        let held = std::mem::take(&mut *held);
+        let posted = if route == Route::Nic {
+            let n = held.len();
+            held.into_iter().enumerate().try_for_each(|(i, mut h)| {
+                let mut wr = ibv_recv_wr {
+                    wr_id: h.wr_id,
+                    next: ptr::null_mut(),
+                    sg_list: h.sges.as_mut_ptr(),
+                    num_sge: h.sges.len() as i32,
+                };
+                errno_of(post_nic(&mut wr)).inspect_err(|e| {
+                    fv_log!(
+                        1,
+                        "NIC: receive {i} of {n} held for the path refused by the device: errno {e}"
+                    )
+                })
+            })
+        } else {
+            post_own(held);
+            Ok(())
+        };
         self.set_route(route);
-        let held = self.take_held();
-        if route != Route::Nic {
-            return Ok(held);
-        }
-        let n = held.len();
-        for (i, mut h) in held.into_iter().enumerate() {
-            let mut wr = ibv_recv_wr {
-                wr_id: h.wr_id,
-                next: ptr::null_mut(),
-                sg_list: h.sges.as_mut_ptr(),
-                num_sge: h.sges.len() as i32,
-            };
-            errno_of(post(&mut wr)).inspect_err(|e| {
-                fv_log!(
-                    1,
-                    "NIC: receive {i} of {n} held for the path refused by the device: errno {e}"
-                )
-            })?;
-        }
-        Ok(Vec::new())
+        posted
     }
 
     fn reset(&self) {
+        let mut held = self.lock_held();
+        held.clear();
         self.set_route(Route::Undecided);
-        self.take_held();
     }
 }
 
@@ -676,13 +694,21 @@ impl NicSrq {
     }
 
     /// One of its QPs reached RTR on `route`: the first one decides (see
-    /// [`Receives::settle`]).
-    pub fn settle(&self, route: Route) -> Result<Vec<HeldReceive>, Errno> {
-        self.receives.settle(route, |wr| {
-            let mut bad = ptr::null_mut();
-            // SAFETY: one work request built by settle.
-            unsafe { self.post_recv(wr, &mut bad) }
-        })
+    /// [`Receives::settle`]; `post_own` posts held receives on fv0's ring).
+    pub fn settle(
+        &self,
+        route: Route,
+        post_own: impl FnOnce(Vec<HeldReceive>),
+    ) -> Result<(), Errno> {
+        self.receives.settle(
+            route,
+            |wr| {
+                let mut bad = ptr::null_mut();
+                // SAFETY: one work request built by settle.
+                unsafe { self.post_recv(wr, &mut bad) }
+            },
+            post_own,
+        )
     }
 }
 
@@ -898,14 +924,15 @@ impl NicQp {
     /// Mirrors a modify the router accepted onto the real QP, and settles
     /// the path at RTR: `nic_path` is the router's `NicPath` answer (the
     /// physical destination GID and this host's GID index), None for any
-    /// other answer. Returns the receives held for fv0's own path (to be
-    /// posted there), if the path became fv0's.
+    /// other answer. If the path became fv0's, the receives held until
+    /// then go to `post_own` (fv0's ring).
     pub fn after_modify(
         &self,
         attr: &ibv_qp_attr,
         mask: u32,
         nic_path: Option<([u8; 16], u8)>,
-    ) -> Result<Vec<HeldReceive>, Errno> {
+        post_own: impl FnOnce(Vec<HeldReceive>),
+    ) -> Result<(), Errno> {
         let target = (mask & IBV_QP_STATE != 0).then_some(attr.qp_state);
         match (self.route(), nic_path) {
             (_, Some((dgid, sgid_index))) => {
@@ -914,29 +941,33 @@ impl NicQp {
                 a.ah_attr.grh.dgid.raw = dgid;
                 a.ah_attr.grh.sgid_index = sgid_index;
                 self.modify(a, mask)?;
-                self.receives.settle(Route::Nic, |wr| {
-                    let mut bad = ptr::null_mut();
-                    // SAFETY: one work request built by settle.
-                    unsafe { self.post_recv(wr, &mut bad) }
-                })
+                self.receives.settle(
+                    Route::Nic,
+                    |wr| {
+                        let mut bad = ptr::null_mut();
+                        // SAFETY: one work request built by settle.
+                        unsafe { self.post_recv(wr, &mut bad) }
+                    },
+                    post_own,
+                )
             }
             (Route::Undecided, None) if matches!(target, Some(IBV_QPS_RTR | IBV_QPS_ERR)) => {
                 // The router's own paths: the real QP stays where it is.
-                self.receives.settle(Route::Own, |_| 0)
+                self.receives.settle(Route::Own, |_| 0, post_own)
             }
             (Route::Undecided | Route::Nic, None) => {
                 self.modify(*attr, mask)?;
                 if target == Some(IBV_QPS_RESET) {
                     self.receives.reset();
                 }
-                Ok(Vec::new())
+                Ok(())
             }
             (Route::Own, None) => {
                 if target == Some(IBV_QPS_RESET) {
                     self.modify(*attr, mask)?;
                     self.receives.reset();
                 }
-                Ok(Vec::new())
+                Ok(())
             }
         }
     }
@@ -962,5 +993,68 @@ impl NicQp {
             );
         }
         errno_of(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One thread posts receives 0..N one by one while another settles the
+    /// path: each receive reaches the path's queue once, in posting order,
+    /// whether it was held or posted after the path was known.
+    fn race(route: Route) {
+        const N: u64 = 1000;
+        let r = Arc::new(Receives::default());
+        let queue = Arc::new(Mutex::new(Vec::new()));
+        let poster = std::thread::spawn({
+            let (r, queue) = (r.clone(), queue.clone());
+            move || {
+                for i in 0..N {
+                    let mut wr = ibv_recv_wr {
+                        wr_id: i,
+                        next: ptr::null_mut(),
+                        sg_list: ptr::null_mut(),
+                        num_sge: 0,
+                    };
+                    loop {
+                        if r.route() != Route::Undecided {
+                            queue.lock().unwrap().push(i);
+                            break;
+                        }
+                        // SAFETY: one work request without SGEs.
+                        if let Some(rc) = unsafe { r.hold(&mut wr, ptr::null_mut(), N as u32, 1) } {
+                            assert_eq!(rc, 0);
+                            break;
+                        }
+                    }
+                    // Slow enough that the path settles mid-way.
+                    std::thread::sleep(std::time::Duration::from_micros(20));
+                }
+            }
+        });
+        while r.lock_held().len() < 100 {
+            std::thread::yield_now();
+        }
+        let to_queue = |id: u64| queue.lock().unwrap().push(id);
+        r.settle(
+            route,
+            |wr| {
+                // SAFETY: settle's one work request.
+                to_queue(unsafe { (*wr).wr_id });
+                0
+            },
+            |held| held.iter().for_each(|h| to_queue(h.wr_id)),
+        )
+        .unwrap();
+        poster.join().unwrap();
+        assert_eq!(*queue.lock().unwrap(), (0..N).collect::<Vec<_>>());
+        assert_eq!(r.route(), route);
+    }
+
+    #[test]
+    fn receives_posted_while_the_path_settles_keep_their_order() {
+        race(Route::Nic);
+        race(Route::Own);
     }
 }

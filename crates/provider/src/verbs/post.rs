@@ -345,15 +345,19 @@ pub(super) unsafe extern "C" fn post_recv(
         // SAFETY: qp is ours.
         let fqp = unsafe { FvQp::from_ibv(qp) };
         if let Some(n) = &fqp.nic {
-            match n.route() {
-                // SAFETY: the caller's chain, as ibv_post_recv takes it.
-                Route::Nic => return unsafe { n.post_recv(wr, bad_wr) },
-                Route::Undecided if fqp.current_state() != IBV_QPS_RESET => {
-                    let max = (fqp.caps.max_recv_wr, fqp.caps.max_recv_sge);
-                    // SAFETY: as above.
-                    return unsafe { n.receives.hold(wr, bad_wr, max.0, max.1) };
+            loop {
+                match n.route() {
+                    // SAFETY: the caller's chain, as ibv_post_recv takes it.
+                    Route::Nic => return unsafe { n.post_recv(wr, bad_wr) },
+                    Route::Undecided if fqp.current_state() != IBV_QPS_RESET => {
+                        let max = (fqp.caps.max_recv_wr, fqp.caps.max_recv_sge);
+                        // SAFETY: as above. None: the path is known now.
+                        if let Some(r) = unsafe { n.receives.hold(wr, bad_wr, max.0, max.1) } {
+                            return r;
+                        }
+                    }
+                    _ => break,
                 }
-                _ => {}
             }
         }
         post_own_receives(fqp, wr, bad_wr)

@@ -414,11 +414,10 @@ pub(super) unsafe extern "C" fn modify_qp(
                         Reply::NicPath { dgid, sgid_index } => Some((dgid, sgid_index)),
                         _ => None,
                     };
-                    match n.after_modify(a, m, path) {
-                        Ok(held) => {
-                            post_held(held, "QP", |wr, bad| post_own_receives(fqp, wr, bad))
-                        }
-                        Err(e) => return e,
+                    let own =
+                        |held| post_held(held, "QP", |wr, bad| post_own_receives(fqp, wr, bad));
+                    if let Err(e) = n.after_modify(a, m, path, own) {
+                        return e;
                     }
                     if let Err(e) = settle_srq(fqp, n.route()) {
                         return e;
@@ -499,9 +498,9 @@ fn settle_srq(fqp: &FvQp, route: Route) -> Result<(), Errno> {
     let Some(n) = &fsrq.nic else {
         return Ok(());
     };
-    let held = n.settle(route)?;
-    post_held(held, "SRQ", |wr, bad| post_own_srq_receives(fsrq, wr, bad));
-    Ok(())
+    n.settle(route, |held| {
+        post_held(held, "SRQ", |wr, bad| post_own_srq_receives(fsrq, wr, bad))
+    })
 }
 
 /// Posts receives that waited for the path (semi mode over a NIC) on

@@ -223,15 +223,19 @@ pub(super) unsafe extern "C" fn post_srq_recv(
         // SAFETY: srq is ours.
         let fsrq = unsafe { FvSrq::from_ibv(srq) };
         if let Some(n) = &fsrq.nic {
-            match n.receives.route() {
-                // SAFETY: the caller's chain, as ibv_post_srq_recv takes it.
-                Route::Nic => return unsafe { n.post_recv(wr, bad_wr) },
-                Route::Undecided => {
-                    let max = (fsrq.max_wr, fsrq.max_sge);
-                    // SAFETY: as above.
-                    return unsafe { n.receives.hold(wr, bad_wr, max.0, max.1) };
+            loop {
+                match n.receives.route() {
+                    // SAFETY: the caller's chain, as ibv_post_srq_recv takes it.
+                    Route::Nic => return unsafe { n.post_recv(wr, bad_wr) },
+                    Route::Undecided => {
+                        let max = (fsrq.max_wr, fsrq.max_sge);
+                        // SAFETY: as above. None: the path is known now.
+                        if let Some(r) = unsafe { n.receives.hold(wr, bad_wr, max.0, max.1) } {
+                            return r;
+                        }
+                    }
+                    Route::Own => break,
                 }
-                Route::Own => {}
             }
         }
         post_own_srq_receives(fsrq, wr, bad_wr)
