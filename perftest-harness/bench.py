@@ -1757,6 +1757,8 @@ def main():
     ap.add_argument("--only", metavar="STEPS",
                     help=f"run only these steps (comma-separated: {', '.join(STEPS)}); without --out the "
                          "results replace those steps' rows in results/latest and keep the others")
+    ap.add_argument("--nic-repeats", type=int, metavar="N",
+                    help="NIC step: run every (test, path) N times (default 3; 1 with --quick)")
     ap.add_argument("--flowverbs", required=True, help="the flowverbs executable")
     ap.add_argument("--provider", required=True, help="libflowverbs.so to load as the provider")
     args = ap.parse_args()
@@ -1775,6 +1777,10 @@ def main():
         steps.remove(NIC)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()] if "modes" in steps else []
     plan = Plan(args.quick)
+    if args.nic_repeats:
+        if args.nic_repeats < 1:
+            ap.error("--nic-repeats: at least 1")
+        plan.nic_repeats = args.nic_repeats
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H%M%S")
     results_root = os.path.join(HERE, "results")
     out = os.path.abspath(args.out or os.path.join(results_root, stamp))
@@ -1800,6 +1806,7 @@ def main():
                    + (" --no-crosshost" if args.no_crosshost else "")
                    + (" --no-mpi" if args.no_mpi else "")
                    + (" --no-nic" if args.no_nic else "")
+                   + (f" --nic-repeats {args.nic_repeats}" if args.nic_repeats else "")
                    + (f" --only {','.join(steps)}" if args.only else ""),
         "steps": steps,
         "requested_modes": modes,

@@ -2,7 +2,7 @@
 # flowverbs performance harness (issues 4, 5, 11): one command.
 #
 #   sudo bash perftest-harness/run.sh [--quick] [--modes isolated,semi] [--no-crosshost]
-#                                     [--no-mpi] [--no-nic] [--only STEPS] [--out DIR]
+#                                     [--no-mpi] [--no-nic] [--nic-repeats N] [--only STEPS] [--out DIR]
 #
 # Installs what it needs (Debian packages, Rust through scripts/setup.sh),
 # builds flowverbs in release mode, then runs bench.py: perftest

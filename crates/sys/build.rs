@@ -46,6 +46,7 @@ fn main() {
         .allowlist_function("ibv_destroy_ah")
         .allowlist_function("ibv_destroy_srq")
         .allowlist_function("ibv_modify_srq")
+        .allowlist_function("ibv_query_qp")
         .allowlist_function("ibv_get_async_event")
         .allowlist_function("ibv_ack_async_event")
         .default_enum_style(bindgen::EnumVariation::Consts)

@@ -108,6 +108,12 @@ fn scenarios(dir: &Path, nic_check: &Path, mpi_pingpong: &Path) -> Vec<Scenario>
             command: format!("{} srq_limit", nic_check.display()),
             client: "b",
         },
+        Scenario {
+            name: "qp_error",
+            port: None,
+            command: format!("{} qp_error", nic_check.display()),
+            client: "b",
+        },
     ]
 }
 
@@ -452,6 +458,28 @@ fn the_nics_async_events_reach_fv0() {
     // fv0's own paths, whose router raises the same event.
     assert!(vm.rise("srq_limit", "rxe0_sent") >= 2, "{}", report());
     assert_eq!(vm.router_bytes("srq_limit", "a"), 0, "{}", report());
+}
+
+/// A QP on the NIC that the device moves to ERR (a send to a destroyed
+/// peer exhausts its retries) is reported in ERR by `ibv_query_qp`,
+/// although the router, which never sees its traffic, still has it in RTS.
+#[test]
+fn query_qp_reports_the_devices_state() {
+    let vm = vm();
+    let out = vm.output("qp_error", "client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text.contains("send to a destroyed QP: RETRY_EXC_ERR")
+            && text.contains("ibv_query_qp: ERR, as the device has it"),
+        "{}",
+        vm.scenario_report("qp_error")
+    );
+    assert!(
+        vm.rise("qp_error", "rxe0_sent") >= 1,
+        "{}",
+        vm.scenario_report("qp_error")
+    );
 }
 
 /// A router with two NICs puts each container on one: fv_c's pingpong with

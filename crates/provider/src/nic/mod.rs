@@ -973,6 +973,17 @@ impl NicQp {
     }
 
     /// `ibv_modify_qp` on the real QP, on the real port.
+    /// The real QP's state (it moves to ERR by itself on a transport
+    /// error, which the router does not see), or None if it cannot say.
+    pub fn state(&self) -> Option<u32> {
+        // SAFETY: plain C data, filled by the device.
+        let (mut attr, mut init): (ibv_qp_attr, ibv_qp_init_attr) =
+            unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+        // SAFETY: a live real QP and full attribute blocks.
+        let r = unsafe { ibv_query_qp(self.qp, &mut attr, IBV_QP_STATE as i32, &mut init) };
+        (r == 0).then_some(attr.qp_state)
+    }
+
     fn modify(&self, mut a: ibv_qp_attr, mask: u32) -> Result<(), Errno> {
         if mask & IBV_QP_PORT != 0 {
             a.port_num = self.port;

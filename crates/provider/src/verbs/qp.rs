@@ -534,8 +534,14 @@ pub(super) unsafe extern "C" fn query_qp(
             Ok((r, _)) => return unexpected(&r),
             Err(e) => return e,
         };
-        out.qp_state = q.qp_state;
-        out.cur_qp_state = q.cur_qp_state;
+        // On the NIC, the real QP's state: a transport error moves it to
+        // ERR without the router knowing.
+        let state = match fqp.nic.as_ref().filter(|n| n.route() == Route::Nic) {
+            Some(n) => n.state().unwrap_or(q.qp_state),
+            None => q.qp_state,
+        };
+        out.qp_state = state;
+        out.cur_qp_state = state;
         out.path_mtu = q.path_mtu;
         out.path_mig_state = q.path_mig_state;
         out.qkey = q.qkey;
@@ -575,7 +581,7 @@ pub(super) unsafe extern "C" fn query_qp(
         init.cap = out.cap;
         init.qp_type = base.qp_type;
         init.sq_sig_all = i32::from(fqp.sq_sig_all);
-        fqp.state.store(q.qp_state, Ordering::Release);
+        fqp.state.store(state, Ordering::Release);
         0
     })
 }

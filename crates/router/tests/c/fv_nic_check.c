@@ -22,6 +22,11 @@
  *                 SRQ_LIMIT_REACHED, and fv0's async fd delivers it for
  *                 fv0's SRQ, once; everything is then destroyed (which
  *                 waits for the acknowledgement).
+ *   qp_error      the same pair over the NIC; the peer is destroyed and
+ *                 a send to it fails with RETRY_EXC_ERR (the device's
+ *                 transport error, which the router never sees);
+ *                 ibv_query_qp then reports the QP in ERR, as the device
+ *                 has it.
  *
  * Exit status: 0 = every check passed; 1 = at least one check failed;
  * 2 = usage error; 3 = watchdog.
@@ -259,10 +264,55 @@ static void case_srq_limit(void)
 	printf("destroyed\n");
 }
 
+static void case_qp_error(void)
+{
+	struct ibv_cq *cq = cq_new(32);
+	struct ibv_srq_attr got;
+	struct ibv_srq *srq = srq_create(8, 1, &got);
+	struct qp_cfg cfg = CFG_DEFAULT;
+	struct ibv_qp *on_srq = qp_create(IBV_QPT_RC, cq, cq, srq, &cfg);
+	struct ibv_qp *peer = rc_qp_new(cq, cq);
+	/* retry_cnt 3: Soft-RoCE retries forever at 7 (the IB spec gives
+	 * that meaning to rnr_retry 7 only). */
+	struct rc_path p = rc_path_default();
+	p.retry_cnt = 3;
+	const char *failed = "";
+	qp_must(rc_connect_path(on_srq, peer->qp_num, ACC_ALL, &p, &failed), on_srq, failed);
+	rc_connect(peer, on_srq->qp_num, ACC_ALL);
+	struct buf *b = buf_reg(4096, "buffers", IBV_ACCESS_LOCAL_WRITE);
+	expect_state(on_srq, IBV_QPS_RTS, "connected");
+
+	set_step("the peer goes; a send to it");
+	destroy_qp(peer);
+	struct ibv_sge sg = buf_sge(b, 0, 64);
+	send1(on_srq, 1, IBV_WR_SEND, &sg, 1, 0, 0, 0, "send to a destroyed QP");
+	struct ibv_wc wc;
+	poll1(cq, &wc, "the send's completion");
+	if (wc.status != IBV_WC_RETRY_EXC_ERR)
+		fail("the send completed with %s, expected RETRY_EXC_ERR",
+		     ibv_wc_status_str(wc.status));
+	else
+		printf("send to a destroyed QP: RETRY_EXC_ERR\n");
+
+	set_step("ibv_query_qp");
+	if (qp_state(on_srq) != IBV_QPS_ERR)
+		fail("ibv_query_qp: %s, expected ERR after the transport error",
+		     state_str(qp_state(on_srq)));
+	else
+		printf("ibv_query_qp: ERR, as the device has it\n");
+
+	set_step("destroy");
+	destroy_qp(on_srq);
+	destroy_srq(srq);
+	buf_free(b);
+	destroy_cq(cq);
+}
+
 static const struct fv_case cases[] = {
 	{ "unknown_gid", case_unknown_gid },
 	{ "ud_grh", case_ud_grh },
 	{ "srq_limit", case_srq_limit },
+	{ "qp_error", case_qp_error },
 };
 
 int main(int argc, char **argv)
