@@ -789,8 +789,8 @@ def nic_section(d):
              + ", on this host's root file system; Soft-RoCE (`rdma_rxe`) devices rxe0 "
              "(198.18.0.1) and rxe1 (198.18.0.2) on the two ends of one veth wire.")
     L.append("- Two hosts in it (`crates/router/tests/nic/two_hosts.sh`): router A `flowverbs router --mode semi "
-             "--nic rxe0` serves container namespace fv_a (10.77.1.2), router B `--nic rxe1` serves fv_b "
-             "(10.77.2.2); the routers are linked over loopback.")
+             "--nic rxe0` serves container namespace fv_a (10.77.1.2), router B `--nic rxe1 --nic rxe0` serves fv_b "
+             "(10.77.2.2, which it puts on rxe1); the routers are linked over loopback.")
     L.append("- Same placement for both paths: the server in fv_a and the client in fv_b, both started with "
              "`ip netns exec fv_X flowverbs exec --runtime-dir /run/fv_X --provider .../libflowverbs-rdmav34.so "
              "-- bash -c CMD`. raw opens rxe0 / rxe1 with GID index 1 (their IPv4 RoCE v2 GID); fv0 opens fv0 "

@@ -199,17 +199,56 @@ static int async_within(struct ibv_async_event *ev, double secs)
 	return 0;
 }
 
+/* An RC QP on an SRQ (8 receives) and its peer, both of this process and
+ * on one CQ, connected over the NIC: a QP on an SRQ takes the NIC, and its
+ * peer follows. `retry_cnt`: the first QP's. */
+struct srq_pair {
+	struct ibv_cq *cq;
+	struct ibv_srq *srq;
+	struct ibv_qp *on_srq, *peer;
+	struct buf *b;
+};
+
+static struct srq_pair srq_pair_new(uint8_t retry_cnt)
+{
+	struct srq_pair p;
+	struct ibv_srq_attr got;
+	struct qp_cfg cfg = CFG_DEFAULT;
+	p.cq = cq_new(32);
+	p.srq = srq_create(8, 1, &got);
+	p.on_srq = qp_create(IBV_QPT_RC, p.cq, p.cq, p.srq, &cfg);
+	p.peer = rc_qp_new(p.cq, p.cq);
+	struct rc_path path = rc_path_default();
+	path.retry_cnt = retry_cnt;
+	const char *failed = "";
+	qp_must(rc_connect_path(p.on_srq, p.peer->qp_num, ACC_ALL, &path, &failed), p.on_srq,
+		failed);
+	rc_connect(p.peer, p.on_srq->qp_num, ACC_ALL);
+	p.b = buf_reg(4096, "buffers", IBV_ACCESS_LOCAL_WRITE);
+	return p;
+}
+
+/* Destroys what is left of the pair (a NULL QP is gone already). */
+static void srq_pair_free(struct srq_pair *p)
+{
+	set_step("destroy");
+	if (p->on_srq)
+		destroy_qp(p->on_srq);
+	if (p->peer)
+		destroy_qp(p->peer);
+	destroy_srq(p->srq);
+	buf_free(p->b);
+	destroy_cq(p->cq);
+}
+
 static void case_srq_limit(void)
 {
-	struct ibv_cq *cq = cq_new(32);
-	struct ibv_srq_attr got;
-	struct ibv_srq *srq = srq_create(8, 1, &got);
-	struct qp_cfg cfg = CFG_DEFAULT;
-	struct ibv_qp *on_srq = qp_create(IBV_QPT_RC, cq, cq, srq, &cfg);
-	struct ibv_qp *peer = rc_qp_new(cq, cq);
-	rc_connect_both(on_srq, peer);
+	struct srq_pair p = srq_pair_new(7);
+	struct ibv_cq *cq = p.cq;
+	struct ibv_srq *srq = p.srq;
+	struct ibv_qp *peer = p.peer;
+	struct buf *b = p.b;
 	set_nonblock(E.ctx->async_fd, "async_fd");
-	struct buf *b = buf_reg(4096, "buffers", IBV_ACCESS_LOCAL_WRITE);
 
 	set_step("four receives on the SRQ, limit 3");
 	for (int i = 0; i < 4; i++) {
@@ -255,35 +294,23 @@ static void case_srq_limit(void)
 		ibv_ack_async_event(&ev);
 	}
 
-	set_step("destroy");
-	destroy_qp(on_srq);
-	destroy_qp(peer);
-	destroy_srq(srq);
-	buf_free(b);
-	destroy_cq(cq);
+	srq_pair_free(&p);
 	printf("destroyed\n");
 }
 
 static void case_qp_error(void)
 {
-	struct ibv_cq *cq = cq_new(32);
-	struct ibv_srq_attr got;
-	struct ibv_srq *srq = srq_create(8, 1, &got);
-	struct qp_cfg cfg = CFG_DEFAULT;
-	struct ibv_qp *on_srq = qp_create(IBV_QPT_RC, cq, cq, srq, &cfg);
-	struct ibv_qp *peer = rc_qp_new(cq, cq);
 	/* retry_cnt 3: Soft-RoCE retries forever at 7 (the IB spec gives
 	 * that meaning to rnr_retry 7 only). */
-	struct rc_path p = rc_path_default();
-	p.retry_cnt = 3;
-	const char *failed = "";
-	qp_must(rc_connect_path(on_srq, peer->qp_num, ACC_ALL, &p, &failed), on_srq, failed);
-	rc_connect(peer, on_srq->qp_num, ACC_ALL);
-	struct buf *b = buf_reg(4096, "buffers", IBV_ACCESS_LOCAL_WRITE);
+	struct srq_pair p = srq_pair_new(3);
+	struct ibv_qp *on_srq = p.on_srq;
+	struct ibv_cq *cq = p.cq;
+	struct buf *b = p.b;
 	expect_state(on_srq, IBV_QPS_RTS, "connected");
 
 	set_step("the peer goes; a send to it");
-	destroy_qp(peer);
+	destroy_qp(p.peer);
+	p.peer = NULL;
 	struct ibv_sge sg = buf_sge(b, 0, 64);
 	send1(on_srq, 1, IBV_WR_SEND, &sg, 1, 0, 0, 0, "send to a destroyed QP");
 	struct ibv_wc wc;
@@ -300,12 +327,7 @@ static void case_qp_error(void)
 		     state_str(qp_state(on_srq)));
 	else
 		printf("ibv_query_qp: ERR, as the device has it\n");
-
-	set_step("destroy");
-	destroy_qp(on_srq);
-	destroy_srq(srq);
-	buf_free(b);
-	destroy_cq(cq);
+	srq_pair_free(&p);
 }
 
 static const struct fv_case cases[] = {
