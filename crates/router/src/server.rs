@@ -29,7 +29,7 @@ use super::engine::Engine;
 use super::events::AsyncTarget;
 use super::fuse::{Call, CmdFs, SessionInfo};
 use super::identity;
-use super::limits::Limits;
+use super::limits::{Cap, Limits, Usage};
 use super::memory::{Credentials, PidFd, ProcessMemory, SessionMemoryError};
 use super::objects::{Session, SessionId, Tables};
 use super::sysfs::DeviceTree;
@@ -410,6 +410,7 @@ impl Server {
                 || self.pending.len() >= self.limits.pending_total
             {
                 // Dropping the descriptor closes the connection.
+                self.engine.tables.budget.refused(Cap::Connections);
                 self.warn_refused.warn(now, || {
                     format!(
                         "connection from pid {} uid {uid} closed: {of_uid} of its connections \
@@ -572,6 +573,13 @@ impl Server {
                             (Viewer::HostRoot, Some(links)) => links.status(),
                             _ => Vec::new(),
                         },
+                        limits: match viewer {
+                            Viewer::HostRoot => {
+                                let t = &self.engine.tables;
+                                t.budget.status(&t.limits)
+                            }
+                            _ => Vec::new(),
+                        },
                     };
                     let _ = control::send(p.sock.as_fd(), &reply, &[]);
                     return false;
@@ -691,9 +699,13 @@ impl Server {
             .filter(|s| s.uid == uid)
             .count();
         if held >= self.limits.sessions_per_uid {
+            self.engine.tables.budget.refused(Cap::SessionsPerUser);
             return Err((
-                libc::EMFILE,
-                format!("uid {uid} has {held} sessions open, the router's limit per user"),
+                Cap::SessionsPerUser.errno(),
+                format!(
+                    "uid {uid} has {held} sessions open, the router's limit per user \
+                     (--max-sessions-per-user)"
+                ),
             ));
         }
         let process = p.process.as_ref();
@@ -762,7 +774,8 @@ impl Server {
                 event_sock,
                 channels: HashMap::new(),
                 arena: None,
-                objects: 0,
+                usage: Usage::default(),
+                rate: Default::default(),
             },
         );
         let semi = self.engine.key_table.is_some();
@@ -963,11 +976,14 @@ impl Server {
                     .get(&session)
                     .is_some_and(|s| s.channels.contains_key(&fd));
                 let charged = known
-                    || match t.charge(session) {
+                    || match t.charge(session, Usage::channel()) {
                         Ok(()) => true,
-                        Err(why) => {
+                        Err(r) => {
                             self.warn_refused.warn(Instant::now(), || {
-                                format!("session {session}: completion channel refused: {why}")
+                                format!(
+                                    "session {session}: completion channel refused: {}",
+                                    r.message
+                                )
                             });
                             false
                         }
@@ -978,7 +994,7 @@ impl Server {
                         s.channels.insert(fd, w);
                     }
                 } else if charged && !known {
-                    self.engine.tables.release(session);
+                    self.engine.tables.release(session, Usage::channel());
                 }
                 written
             }
