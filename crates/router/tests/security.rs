@@ -267,6 +267,13 @@ fn connection_flood_is_capped_per_user() {
         "{refusals} log lines for ~170 refused connections (throttled: a few):\n{}",
         router.stderr()
     );
+    // Each closed connection is counted in `flowverbs status`.
+    let counted = self::refusals(&router, "connections_before_hello");
+    assert!(
+        (100..=200).contains(&counted),
+        "{counted} refused connections counted for ~170:\n{}",
+        router.status()
+    );
 }
 
 /// Connections that never say Hello are closed after the Hello timeout.
