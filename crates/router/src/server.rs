@@ -955,6 +955,9 @@ impl Server {
             .get(&id)
             .filter(|r| r.session == session)
             .map(|r| r.response);
+        // A cap's refusal fails ibv_create_comp_channel with the cap's
+        // errno (and was logged, throttled); anything else with EIO.
+        let mut capped = None;
         let registered = match (request, write_end) {
             (Some(response), Some(w)) if fd >= 0 => {
                 let is_pipe = nix::sys::stat::fstat(w.as_raw_fd())
@@ -979,6 +982,7 @@ impl Server {
                     || match t.charge(session, Usage::channel()) {
                         Ok(()) => true,
                         Err(r) => {
+                            capped = Some(r.errno());
                             self.warn_refused.warn(Instant::now(), || {
                                 format!(
                                     "session {session}: completion channel refused: {}",
@@ -1004,7 +1008,9 @@ impl Server {
             debug!("session {session}: completion channel fd {fd}");
             self.finish_channel_request(id, Ok(()));
         } else {
-            warn!("session {session}: completion channel {id} could not be set up");
+            if capped.is_none() {
+                warn!("session {session}: completion channel {id} could not be set up");
+            }
             if fd >= 0 {
                 if let Some(s) = self.engine.tables.sessions.get(&session) {
                     let _ =
@@ -1012,7 +1018,7 @@ impl Server {
                 }
             }
             if request.is_some() {
-                self.finish_channel_request(id, Err(libc::EIO));
+                self.finish_channel_request(id, Err(capped.unwrap_or(libc::EIO)));
             }
         }
     }

@@ -430,7 +430,8 @@ fn limits_check(router: &Router, uid: u32, args: &[&str]) -> (String, String) {
 /// makes `made[0]` objects in a first context of one user (kept open), then
 /// `made[1]` in a second context of the same user, and another user
 /// `made[2]`, each refused next with ENOMEM, the provider naming the
-/// router flag `flags[i]` that refused. Afterwards the router serves root,
+/// router flag `flags[i]` that refused (empty: the provider is not told,
+/// as for completion channels, made through the command file system). Afterwards the router serves root,
 /// and `flowverbs status` counts each refusal under `caps` (name, count).
 fn object_cap(
     router_args: &[&str],
@@ -482,6 +483,26 @@ fn object_cap(
     for (name, n) in caps {
         assert_eq!(refusals(&router, name), *n, "{}", router.status());
     }
+}
+
+/// Completion channels count as objects (a pipe each in the router):
+/// `ibv_create_comp_channel` fails with ENOMEM past the objects caps, and
+/// the router says which (the channel's write gets only the errno).
+#[test]
+fn completion_channels_are_capped_as_objects() {
+    object_cap(
+        &[
+            "--max-objects-per-context",
+            "3",
+            "--max-objects-per-user",
+            "5",
+        ],
+        "channels",
+        "0",
+        [3, 2, 3],
+        ["", "", ""],
+        &[("objects_per_context", 2), ("objects_per_user", 1)],
+    );
 }
 
 /// QPs, per context and per user (ENOMEM).

@@ -6,6 +6,7 @@
  *   contexts  opens up to K contexts of fv0
  *   cqs       creates up to K CQs of SIZE entries (default 4) in one context
  *   qps       creates up to K RC QPs (one CQ, tiny queues) in one context
+ *   channels  creates up to K completion channels in one context
  *   mrs       registers up to K MRs of SIZE bytes (default 4096, one
  *             buffer registered K times) in one context
  *   rate      K times: ibv_alloc_pd (a control request), then
@@ -61,7 +62,7 @@ static struct ibv_pd *one_pd(struct ibv_context *ctx)
 int main(int argc, char **argv)
 {
 	if (argc < 3 || argc > 5) {
-		fprintf(stderr, "usage: %s contexts|cqs|qps|mrs|rate K [HOLD [SIZE]]\n", argv[0]);
+		fprintf(stderr, "usage: %s contexts|cqs|channels|qps|mrs|rate K [HOLD [SIZE]]\n", argv[0]);
 		return 2;
 	}
 	int k = atoi(argv[2]);
@@ -79,6 +80,14 @@ int main(int argc, char **argv)
 		struct ibv_context *ctx = one_context(dev);
 		for (; made < k; made++) {
 			if (!ibv_create_cq(ctx, size ? (int)size : 4, NULL, NULL, 0)) {
+				err = errno;
+				break;
+			}
+		}
+	} else if (!strcmp(argv[1], "channels")) {
+		struct ibv_context *ctx = one_context(dev);
+		for (; made < k; made++) {
+			if (!ibv_create_comp_channel(ctx)) {
 				err = errno;
 				break;
 			}
