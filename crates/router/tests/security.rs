@@ -575,6 +575,22 @@ fn registered_bytes_are_capped_per_user() {
     );
 }
 
+/// The same in semi mode, where the provider has moved the pages into its
+/// arena before it asks, and the router charges before it takes a slot of
+/// the key table.
+#[test]
+fn registered_bytes_are_capped_per_user_semi() {
+    let flag = "--max-registered-bytes-per-user";
+    object_cap(
+        &["--mode", "semi", flag, "1M"],
+        "mrs",
+        "262144",
+        [4, 0, 4],
+        [flag, flag, flag],
+        &[("registered_bytes_per_user", 3)],
+    );
+}
+
 /// Queue entries per user, the depths of its queues (ENOMEM): CQs of
 /// 1000 entries get rings of 1024, four of them fill 4096.
 #[test]
