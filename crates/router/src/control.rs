@@ -19,6 +19,7 @@ use flowverbs_wire::limits::*;
 use flowverbs_wire::segment::{create_sealed_memfd, CqLayout, Mapping, QpLayout, SrqLayout};
 
 use super::engine::Engine;
+use super::limits::Usage;
 use super::objects::{Cq, Mr, Pd, Qp, SessionId, Srq};
 use flowverbs_verbs::qp::{self as qp_state, QpKind};
 
@@ -41,6 +42,12 @@ pub(super) fn err(errno: i32, message: impl Into<String>) -> Answer {
     let message = message.into();
     debug!("request refused ({errno}): {message}");
     Answer::ok(Reply::Error { errno, message })
+}
+
+/// A verb refused by one of the router's caps (`limits`): its errno and
+/// message, which the provider logs (at `FLOWVERBS_LOG=info`).
+pub(super) fn refused(r: crate::limits::Refusal) -> Answer {
+    err(r.errno(), r.message)
 }
 
 fn count<T>(
@@ -67,6 +74,12 @@ pub fn handle(
     request: Request,
     fds: Vec<OwnedFd>,
 ) -> Answer {
+    if let Err(r) = engine
+        .tables
+        .admit_request(session, &request, std::time::Instant::now())
+    {
+        return refused(r);
+    }
     match request {
         Request::Hello { .. } => err(libc::EPROTO, "session already established"),
         Request::DeviceView | Request::Status => err(
@@ -187,8 +200,9 @@ pub fn close_session(engine: &mut Engine, session: SessionId) {
     }
     t.mrs.retain(|_, m| m.session != session);
     t.pds.retain(|_, p| p.session != session);
-    if let Some(s) = t.sessions.remove(&session) {
-        t.budget.release(s.uid, s.objects);
+    if let Some(mut s) = t.sessions.remove(&session) {
+        let held = s.usage;
+        t.budget.release(s.uid, &mut s.usage, held);
     }
 }
 

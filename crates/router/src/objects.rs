@@ -14,7 +14,7 @@ use flowverbs_wire::segment::{
     CqHeader, CqLayout, Mapping, QpHeader, QpLayout, SessionHeader, SrqHeader, SrqLayout,
 };
 
-use super::limits::{Budget, Limits};
+use super::limits::{Budget, Limits, Refusal, RequestRate, Usage};
 use super::memory::ProcessMemory;
 use flowverbs_verbs::qp::QpKind;
 
@@ -41,8 +41,10 @@ pub struct Session {
     pub channels: HashMap<i32, OwnedFd>,
     /// Semi mode: the memfd that holds the client's registered pages.
     pub arena: Option<OwnedFd>,
-    /// CQs, QPs, SRQs and completion channels it holds (see `limits`).
-    pub objects: usize,
+    /// What it holds, against the caps (see `limits`).
+    pub usage: Usage,
+    /// Its control requests, against the rate cap.
+    pub rate: RequestRate,
 }
 
 impl Session {
@@ -379,23 +381,50 @@ impl Tables {
         }
     }
 
-    /// Takes one object (CQ, QP, SRQ, channel) for `session`; Err: the
-    /// cap it reached.
-    pub fn charge(&mut self, session: SessionId) -> Result<(), String> {
-        let s = self.sessions.get_mut(&session).ok_or("no such session")?;
-        self.budget.charge(&self.limits, s.uid, s.objects)?;
-        s.objects += 1;
-        Ok(())
+    /// Takes what a new object costs (`limits::Usage`) for `session`;
+    /// Err: the cap it reached (counted). A session that is gone has
+    /// nothing to charge (its caller finds it gone too).
+    pub fn charge(&mut self, session: SessionId, more: Usage) -> Result<(), Refusal> {
+        match self.sessions.get_mut(&session) {
+            Some(s) => self.budget.charge(&self.limits, s.uid, &mut s.usage, more),
+            None => Ok(()),
+        }
     }
 
-    /// Gives back one object of `session`.
-    pub fn release(&mut self, session: SessionId) {
+    /// Gives back what an object of `session` cost.
+    pub fn release(&mut self, session: SessionId, less: Usage) {
         if let Some(s) = self.sessions.get_mut(&session) {
-            if s.objects > 0 {
-                s.objects -= 1;
-                self.budget.release(s.uid, 1);
-            }
+            self.budget.release(s.uid, &mut s.usage, less);
         }
+    }
+
+    /// Takes one of `session`'s control requests per second if `request`
+    /// counts against it (`limits::rate_limited`); Err: refused (counted).
+    pub fn admit_request(
+        &mut self,
+        session: SessionId,
+        request: &flowverbs_wire::control::Request,
+        now: std::time::Instant,
+    ) -> Result<(), Refusal> {
+        use super::limits::Cap;
+        if !super::limits::rate_limited(request) {
+            return Ok(());
+        }
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return Ok(());
+        };
+        let per_second = self.limits.requests_per_second;
+        if s.rate.admit(per_second, now) {
+            return Ok(());
+        }
+        self.budget.refused(Cap::RequestsPerSecond);
+        Err(Refusal {
+            cap: Cap::RequestsPerSecond,
+            message: format!(
+                "this context sent more than {per_second} control requests in a second, \
+                 the router's limit per context (--max-requests-per-second); try again"
+            ),
+        })
     }
 
     pub fn handle(&mut self) -> u32 {

@@ -29,7 +29,7 @@ use super::engine::Engine;
 use super::events::AsyncTarget;
 use super::fuse::{Call, CmdFs, SessionInfo};
 use super::identity;
-use super::limits::Limits;
+use super::limits::{Cap, Limits, Usage};
 use super::memory::{Credentials, PidFd, ProcessMemory, SessionMemoryError};
 use super::objects::{Session, SessionId, Tables};
 use super::sysfs::DeviceTree;
@@ -410,6 +410,7 @@ impl Server {
                 || self.pending.len() >= self.limits.pending_total
             {
                 // Dropping the descriptor closes the connection.
+                self.engine.tables.budget.refused(Cap::Connections);
                 self.warn_refused.warn(now, || {
                     format!(
                         "connection from pid {} uid {uid} closed: {of_uid} of its connections \
@@ -572,6 +573,13 @@ impl Server {
                             (Viewer::HostRoot, Some(links)) => links.status(),
                             _ => Vec::new(),
                         },
+                        limits: match viewer {
+                            Viewer::HostRoot => {
+                                let t = &self.engine.tables;
+                                t.budget.status(&t.limits)
+                            }
+                            _ => Vec::new(),
+                        },
                     };
                     let _ = control::send(p.sock.as_fd(), &reply, &[]);
                     return false;
@@ -691,9 +699,13 @@ impl Server {
             .filter(|s| s.uid == uid)
             .count();
         if held >= self.limits.sessions_per_uid {
+            self.engine.tables.budget.refused(Cap::SessionsPerUser);
             return Err((
-                libc::EMFILE,
-                format!("uid {uid} has {held} sessions open, the router's limit per user"),
+                Cap::SessionsPerUser.errno(),
+                format!(
+                    "uid {uid} has {held} sessions open, the router's limit per user \
+                     (--max-sessions-per-user)"
+                ),
             ));
         }
         let process = p.process.as_ref();
@@ -762,7 +774,8 @@ impl Server {
                 event_sock,
                 channels: HashMap::new(),
                 arena: None,
-                objects: 0,
+                usage: Usage::default(),
+                rate: Default::default(),
             },
         );
         let semi = self.engine.key_table.is_some();
@@ -942,6 +955,9 @@ impl Server {
             .get(&id)
             .filter(|r| r.session == session)
             .map(|r| r.response);
+        // A cap's refusal fails ibv_create_comp_channel with the cap's
+        // errno (and was logged, throttled); anything else with EIO.
+        let mut capped = None;
         let registered = match (request, write_end) {
             (Some(response), Some(w)) if fd >= 0 => {
                 let is_pipe = nix::sys::stat::fstat(w.as_raw_fd())
@@ -963,11 +979,15 @@ impl Server {
                     .get(&session)
                     .is_some_and(|s| s.channels.contains_key(&fd));
                 let charged = known
-                    || match t.charge(session) {
+                    || match t.charge(session, Usage::channel()) {
                         Ok(()) => true,
-                        Err(why) => {
+                        Err(r) => {
+                            capped = Some(r.errno());
                             self.warn_refused.warn(Instant::now(), || {
-                                format!("session {session}: completion channel refused: {why}")
+                                format!(
+                                    "session {session}: completion channel refused: {}",
+                                    r.message
+                                )
                             });
                             false
                         }
@@ -978,7 +998,7 @@ impl Server {
                         s.channels.insert(fd, w);
                     }
                 } else if charged && !known {
-                    self.engine.tables.release(session);
+                    self.engine.tables.release(session, Usage::channel());
                 }
                 written
             }
@@ -988,7 +1008,9 @@ impl Server {
             debug!("session {session}: completion channel fd {fd}");
             self.finish_channel_request(id, Ok(()));
         } else {
-            warn!("session {session}: completion channel {id} could not be set up");
+            if capped.is_none() {
+                warn!("session {session}: completion channel {id} could not be set up");
+            }
             if fd >= 0 {
                 if let Some(s) = self.engine.tables.sessions.get(&session) {
                     let _ =
@@ -996,7 +1018,7 @@ impl Server {
                 }
             }
             if request.is_some() {
-                self.finish_channel_request(id, Err(libc::EIO));
+                self.finish_channel_request(id, Err(capped.unwrap_or(libc::EIO)));
             }
         }
     }

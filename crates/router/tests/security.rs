@@ -267,6 +267,13 @@ fn connection_flood_is_capped_per_user() {
         "{refusals} log lines for ~170 refused connections (throttled: a few):\n{}",
         router.stderr()
     );
+    // Each closed connection is counted in `flowverbs status`.
+    let counted = self::refusals(&router, "connections_before_hello");
+    assert!(
+        (100..=200).contains(&counted),
+        "{counted} refused connections counted for ~170:\n{}",
+        router.status()
+    );
 }
 
 /// Connections that never say Hello are closed after the Hello timeout.
@@ -384,6 +391,252 @@ fn sessions_and_objects_are_capped() {
         "{}",
         router.stderr()
     );
+    // Counted in `flowverbs status`: the holder's fourth context and the
+    // fourth session, then the 21st CQ.
+    assert_eq!(refusals(&router, "sessions_per_user"), 2);
+    assert_eq!(refusals(&router, "objects_per_context"), 1);
+}
+
+/// How many times cap `name` refused, from `flowverbs status --json` (as
+/// root of the host, who sees the caps).
+fn refusals(router: &Router, name: &str) -> u64 {
+    let status = router.status();
+    status["limits"][name]["refused"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no cap {name} in status: {status}"))
+}
+
+/// Runs `fv_limits_check ARGS` as `uid` (the provider logging at info, so
+/// that it says why the router refused) and returns what it printed on
+/// stdout and on stderr.
+fn limits_check(router: &Router, uid: u32, args: &[&str]) -> (String, String) {
+    let mut cmd = as_user(router, uid, LIMITS.path());
+    cmd.args(args).env("FLOWVERBS_LOG", "info");
+    let out = run_with_timeout(cmd, 120);
+    assert!(
+        out.status.success(),
+        "{}\n--- router stderr:\n{}",
+        show("fv_limits_check", &out),
+        router.stderr()
+    );
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// One cap on what a user's contexts hold, hit from real programs: with the
+/// router started with `router_args`, `fv_limits_check CASE 10 HOLD SIZE`
+/// makes `made[0]` objects in a first context of one user (kept open), then
+/// `made[1]` in a second context of the same user, and another user
+/// `made[2]`, each refused next with ENOMEM, the provider naming the
+/// router flag `flags[i]` that refused (empty: the provider is not told,
+/// as for completion channels, made through the command file system). Afterwards the router serves root,
+/// and `flowverbs status` counts each refusal under `caps` (name, count).
+fn object_cap(
+    router_args: &[&str],
+    case: &str,
+    size: &str,
+    made: [i64; 3],
+    flags: [&str; 3],
+    caps: &[(&str, u64)],
+) {
+    let router = Router::start_with(router_args);
+    let mut holder = as_user(&router, ATTACKER_UID, LIMITS.path());
+    holder
+        .args([case, "10", "60", size])
+        .env("FLOWVERBS_LOG", "info");
+    let mut holder = common::Background::start(holder);
+    assert!(
+        holder.wait_for_stdout("made", std::time::Duration::from_secs(60)),
+        "{}\n{}",
+        holder.stdout_so_far(),
+        router.stderr()
+    );
+    // Its stderr was written before "made", but its reader may lag.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !holder.stderr_so_far().contains(flags[0]) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let runs = [
+        (holder.stdout_so_far(), holder.stderr_so_far()),
+        limits_check(&router, ATTACKER_UID, &[case, "10", "0", size]),
+        limits_check(&router, ATTACKER_UID + 1, &[case, "10", "0", size]),
+    ];
+    let who = ["first context", "second context, same user", "another user"];
+    for (i, (stdout, stderr)) in runs.iter().enumerate() {
+        let expected = format!("made {}, then errno {}", made[i], libc::ENOMEM);
+        assert!(
+            stdout.contains(&expected),
+            "{case}, {}: expected {expected:?}:\n{stdout}{stderr}\n--- router stderr:\n{}",
+            who[i],
+            router.stderr()
+        );
+        assert!(
+            stderr.contains(flags[i]),
+            "{case}, {}: the provider does not say that {} refused:\n{stderr}",
+            who[i],
+            flags[i]
+        );
+    }
+    assert_serves(&router, &format!("after the {case} cap"));
+    for (name, n) in caps {
+        assert_eq!(refusals(&router, name), *n, "{}", router.status());
+    }
+}
+
+/// Completion channels count as objects (a pipe each in the router):
+/// `ibv_create_comp_channel` fails with ENOMEM past the objects caps, and
+/// the router says which (the channel's write gets only the errno).
+#[test]
+fn completion_channels_are_capped_as_objects() {
+    object_cap(
+        &[
+            "--max-objects-per-context",
+            "3",
+            "--max-objects-per-user",
+            "5",
+        ],
+        "channels",
+        "0",
+        [3, 2, 3],
+        ["", "", ""],
+        &[("objects_per_context", 2), ("objects_per_user", 1)],
+    );
+}
+
+/// QPs, per context and per user (ENOMEM).
+#[test]
+fn qps_are_capped_per_context_and_per_user() {
+    object_cap(
+        &["--max-qps-per-context", "4", "--max-qps-per-user", "6"],
+        "qps",
+        "1",
+        [4, 2, 4],
+        [
+            "--max-qps-per-context",
+            "--max-qps-per-user",
+            "--max-qps-per-context",
+        ],
+        &[("qps_per_context", 2), ("qps_per_user", 1)],
+    );
+}
+
+/// CQs, per context and per user (ENOMEM), counted apart from QPs.
+#[test]
+fn cqs_are_capped_per_context_and_per_user() {
+    object_cap(
+        &["--max-cqs-per-context", "3", "--max-cqs-per-user", "5"],
+        "cqs",
+        "4",
+        [3, 2, 3],
+        [
+            "--max-cqs-per-context",
+            "--max-cqs-per-user",
+            "--max-cqs-per-context",
+        ],
+        &[
+            ("cqs_per_context", 2),
+            ("cqs_per_user", 1),
+            ("qps_per_user", 0),
+        ],
+    );
+}
+
+/// MRs, per context and per user (ENOMEM).
+#[test]
+fn mrs_are_capped_per_context_and_per_user() {
+    object_cap(
+        &["--max-mrs-per-context", "3", "--max-mrs-per-user", "5"],
+        "mrs",
+        "4096",
+        [3, 2, 3],
+        [
+            "--max-mrs-per-context",
+            "--max-mrs-per-user",
+            "--max-mrs-per-context",
+        ],
+        &[("mrs_per_context", 2), ("mrs_per_user", 1)],
+    );
+}
+
+/// Registered bytes per user, the sum of its MRs' lengths (ENOMEM, as
+/// a NIC past RLIMIT_MEMLOCK): four MRs of 256 KiB fill 1 MiB.
+#[test]
+fn registered_bytes_are_capped_per_user() {
+    let flag = "--max-registered-bytes-per-user";
+    object_cap(
+        &[flag, "1M"],
+        "mrs",
+        "262144",
+        [4, 0, 4],
+        [flag, flag, flag],
+        &[("registered_bytes_per_user", 3)],
+    );
+}
+
+/// The same in semi mode, where the provider has moved the pages into its
+/// arena before it asks, and the router charges before it takes a slot of
+/// the key table.
+#[test]
+fn registered_bytes_are_capped_per_user_semi() {
+    let flag = "--max-registered-bytes-per-user";
+    object_cap(
+        &["--mode", "semi", flag, "1M"],
+        "mrs",
+        "262144",
+        [4, 0, 4],
+        [flag, flag, flag],
+        &[("registered_bytes_per_user", 3)],
+    );
+}
+
+/// Queue entries per user, the depths of its queues (ENOMEM): CQs of
+/// 1000 entries get rings of 1024, four of them fill 4096.
+#[test]
+fn queue_entries_are_capped_per_user() {
+    let flag = "--max-queue-entries-per-user";
+    object_cap(
+        &[flag, "4096"],
+        "cqs",
+        "1000",
+        [4, 0, 4],
+        [flag, flag, flag],
+        &[("queue_entries_per_user", 3)],
+    );
+}
+
+/// Control requests per second per context: a burst of 2000 ibv_alloc_pd
+/// against a cap of 20 a second gets EAGAIN (however fast or slow the
+/// machine: 2000 requests would have to take 100 s to pass), and the
+/// router answers the next context (another user's burst of 5, within its
+/// own full bucket) and root.
+#[test]
+fn control_requests_are_rate_limited_per_context() {
+    let router = Router::start_with(&["--max-requests-per-second", "20"]);
+    let (stdout, stderr) = limits_check(&router, ATTACKER_UID, &["rate", "2000"]);
+    assert!(
+        stdout.contains(&format!("then errno {}", libc::EAGAIN)),
+        "{stdout}{stderr}\n--- router stderr:\n{}",
+        router.stderr()
+    );
+    let refused = number_after(&stdout, "refused");
+    assert!(refused >= 1, "{stdout}");
+    assert!(
+        number_after(&stdout, "made") >= 20,
+        "a full bucket admits 20 at once:\n{stdout}"
+    );
+    assert!(
+        stderr.contains("--max-requests-per-second"),
+        "the provider does not say why:\n{stderr}"
+    );
+    assert_eq!(refusals(&router, "requests_per_second"), refused as u64);
+    let (stdout, _) = limits_check(&router, ATTACKER_UID + 1, &["rate", "5"]);
+    assert!(
+        stdout.contains("made 5, then errno 0") && stdout.contains("refused 0 of 5"),
+        "{stdout}"
+    );
+    assert_serves(&router, "after a burst of control requests");
 }
 
 /// The QPs of every session, as (session uid, qp type, state, path).

@@ -223,6 +223,18 @@ pub struct RouterTotals {
     pub moved: MovedByPath,
 }
 
+/// One of the router's caps on what clients hold or ask (`router::limits`),
+/// as `flowverbs status` shows it to root of the host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapStatus {
+    /// Its name, e.g. `qps_per_user` (the router flag without `--max-`).
+    pub name: String,
+    /// The configured cap (None: no cap).
+    pub limit: Option<u64>,
+    /// Requests or connections it refused since the router started.
+    pub refused: u64,
+}
+
 /// Semi mode: where a run of a registered range lives in its owner's
 /// arena memfd (`addr` page-aligned, `len` a multiple of the page size).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -412,6 +424,8 @@ pub enum Reply {
         totals: Option<RouterTotals>,
         /// The routers of other hosts (root of the host only).
         peers: Vec<PeerStatus>,
+        /// The router's caps and their refusals (root of the host only).
+        limits: Vec<CapStatus>,
     },
     Pd {
         pd: u32,

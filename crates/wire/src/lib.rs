@@ -13,7 +13,7 @@ pub mod ring;
 pub mod segment;
 
 /// Version of everything in this module; checked at session setup.
-pub const VERSION: u32 = 15;
+pub const VERSION: u32 = 16;
 
 /// Device limits, advertised by the provider and enforced by the router.
 pub mod limits {

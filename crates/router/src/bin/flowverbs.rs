@@ -97,15 +97,12 @@ enum Cmd {
         /// to connect (HMAC of a challenge). The same file on every host.
         #[arg(long, value_name = "FILE", requires = "listen")]
         link_key: Option<PathBuf>,
-        /// Most sessions (opened device contexts) one user may hold.
-        #[arg(long, value_name = "N", default_value_t = flowverbs_router::limits::Limits::default().sessions_per_uid)]
-        max_sessions_per_user: usize,
         /// Seconds a client connection may take to say Hello.
         #[arg(long, value_name = "SECONDS", default_value_t = 5)]
         hello_timeout: u64,
-        /// Most CQs, QPs, SRQs and completion channels one context may hold.
-        #[arg(long, value_name = "N", default_value_t = flowverbs_router::limits::Limits::default().objects_per_session)]
-        max_objects_per_context: usize,
+        /// Caps per user and per context.
+        #[command(flatten)]
+        limits: Box<LimitArgs>,
     },
     /// Install the provider and /etc/libibverbs.d/flowverbs.driver.
     Install {
@@ -137,6 +134,78 @@ enum Cmd {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         program: Vec<OsString>,
     },
+}
+
+/// What clients may hold of the router and how fast they may ask
+/// (`flowverbs_router::limits`).
+#[derive(clap::Args, Debug)]
+struct LimitArgs {
+    /// Most sessions (opened device contexts) one user may hold.
+    #[arg(long, value_name = "N", default_value_t = flowverbs_router::limits::Limits::default().sessions_per_uid)]
+    max_sessions_per_user: usize,
+    /// Most CQs, QPs, SRQs and completion channels one context may hold.
+    #[arg(long, value_name = "N", default_value_t = flowverbs_router::limits::Limits::default().objects_per_session)]
+    max_objects_per_context: usize,
+    /// Most CQs, QPs, SRQs and completion channels one user may hold
+    /// [default: a quarter of the router's descriptors and mappings].
+    #[arg(long, value_name = "N")]
+    max_objects_per_user: Option<usize>,
+    /// Most QPs one context may hold.
+    #[arg(long, value_name = "N", default_value_t = flowverbs_router::limits::Limits::default().qps_per_session)]
+    max_qps_per_context: u64,
+    /// Most QPs one user may hold [default: as --max-objects-per-user].
+    #[arg(long, value_name = "N")]
+    max_qps_per_user: Option<u64>,
+    /// Most CQs one context may hold.
+    #[arg(long, value_name = "N", default_value_t = flowverbs_router::limits::Limits::default().cqs_per_session)]
+    max_cqs_per_context: u64,
+    /// Most CQs one user may hold [default: as --max-objects-per-user].
+    #[arg(long, value_name = "N")]
+    max_cqs_per_user: Option<u64>,
+    /// Most MRs one context may hold.
+    #[arg(long, value_name = "N", default_value_t = flowverbs_router::limits::Limits::default().mrs_per_session)]
+    max_mrs_per_context: u64,
+    /// Most MRs one user may hold.
+    #[arg(long, value_name = "N", default_value_t = flowverbs_router::limits::Limits::default().mrs_per_uid)]
+    max_mrs_per_user: u64,
+    /// Most bytes one user may have registered (the sum of its MRs'
+    /// lengths; suffixes K, M, G, T) [default: no cap].
+    #[arg(long, value_name = "BYTES", value_parser = flowverbs_router::limits::parse_bytes)]
+    max_registered_bytes_per_user: Option<u64>,
+    /// Most queue entries one user may hold: the depths of its send
+    /// and receive queues, SRQs and CQs, which bound its outstanding
+    /// work requests and completions.
+    #[arg(long, value_name = "N", default_value_t = flowverbs_router::limits::Limits::default().queue_entries_per_uid)]
+    max_queue_entries_per_user: u64,
+    /// Most control requests (creating, modifying or querying objects)
+    /// one context may send per second, and at once; more fail with
+    /// EAGAIN.
+    #[arg(long, value_name = "N", default_value_t = flowverbs_router::limits::Limits::default().requests_per_second,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_requests_per_second: u32,
+}
+
+impl LimitArgs {
+    fn limits(&self, hello_timeout: u64) -> flowverbs_router::limits::Limits {
+        let d = flowverbs_router::limits::Limits::default();
+        let objects_per_uid = self.max_objects_per_user.unwrap_or(d.objects_per_uid);
+        flowverbs_router::limits::Limits {
+            sessions_per_uid: self.max_sessions_per_user,
+            objects_per_session: self.max_objects_per_context,
+            objects_per_uid,
+            hello_within: std::time::Duration::from_secs(hello_timeout),
+            qps_per_session: self.max_qps_per_context,
+            qps_per_uid: self.max_qps_per_user.unwrap_or(objects_per_uid as u64),
+            cqs_per_session: self.max_cqs_per_context,
+            cqs_per_uid: self.max_cqs_per_user.unwrap_or(objects_per_uid as u64),
+            mrs_per_session: self.max_mrs_per_context,
+            mrs_per_uid: self.max_mrs_per_user,
+            registered_bytes_per_uid: self.max_registered_bytes_per_user,
+            queue_entries_per_uid: self.max_queue_entries_per_user,
+            requests_per_second: self.max_requests_per_second,
+            ..d
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -189,9 +258,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             peers,
             accept_peers,
             link_key,
-            max_sessions_per_user,
             hello_timeout,
-            max_objects_per_context,
+            limits,
         } => {
             let mode = match mode {
                 ModeArg::Isolated => flowverbs_router::Mode::Isolated,
@@ -203,12 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 mode,
                 listen,
                 peers,
-                limits: flowverbs_router::limits::Limits {
-                    sessions_per_uid: max_sessions_per_user,
-                    objects_per_session: max_objects_per_context,
-                    hello_within: std::time::Duration::from_secs(hello_timeout),
-                    ..Default::default()
-                },
+                limits: limits.limits(hello_timeout),
                 semi_share: match semi_share {
                     SemiShareArg::SameContainer => flowverbs_router::semi::SemiShare::SameContainer,
                     SemiShareArg::SameUser => flowverbs_router::semi::SemiShare::SameUser,
@@ -558,6 +621,7 @@ fn status(runtime_dir: &Path, json: bool) -> anyhow::Result<()> {
         sessions,
         totals,
         peers,
+        limits,
     } = reply
     else {
         bail!("unexpected reply {reply:?}");
@@ -606,6 +670,18 @@ fn status(runtime_dir: &Path, json: bool) -> anyhow::Result<()> {
             })
             .collect();
         let mut doc = serde_json::json!({ "sessions": sessions, "peers": peers });
+        if !limits.is_empty() {
+            let caps: serde_json::Map<String, serde_json::Value> = limits
+                .iter()
+                .map(|c| {
+                    (
+                        c.name.clone(),
+                        serde_json::json!({ "limit": c.limit, "refused": c.refused }),
+                    )
+                })
+                .collect();
+            doc["limits"] = caps.into();
+        }
         if let Some(t) = totals {
             doc["totals"] = serde_json::json!({
                 "sessions": t.sessions,
@@ -678,6 +754,13 @@ fn status(runtime_dir: &Path, json: bool) -> anyhow::Result<()> {
         writeln!(out, "{}", line("router", &t.moved.router))?;
         writeln!(out, "{}", line("semi", &t.moved.semi))?;
         writeln!(out, "{}", line("link", &t.moved.link))?;
+    }
+    if !limits.is_empty() {
+        writeln!(out, "  {:<26} {:>14} {:>8}", "CAP", "LIMIT", "REFUSED")?;
+        for c in &limits {
+            let limit = c.limit.map_or("none".to_string(), |l| l.to_string());
+            writeln!(out, "  {:<26} {limit:>14} {:>8}", c.name, c.refused)?;
+        }
     }
     for p in &peers {
         writeln!(

@@ -25,13 +25,14 @@ pub(super) fn create_cq(
         return err(libc::ENOMEM, "too many completion queues");
     }
     let layout = CqLayout::new(cqe);
-    if let Err(why) = t.charge(session) {
-        return err(libc::ENOMEM, why);
+    let cost = Usage::cq(layout.capacity);
+    if let Err(r) = t.charge(session, cost) {
+        return refused(r);
     }
     let (fd, map) = match segment("fv-cq", layout.size) {
         Ok(x) => x,
         Err(e) => {
-            t.release(session);
+            t.release(session, cost);
             return err(libc::ENOMEM, format!("CQ segment: {e}"));
         }
     };
@@ -59,7 +60,10 @@ pub(super) fn destroy_cq(engine: &mut Engine, session: SessionId, cq: u32) -> An
     if t.qps.values().any(|q| q.send_cq == cq || q.recv_cq == cq) {
         return err(libc::EBUSY, "completion queue still used by a QP");
     }
-    let events = t.cqs.remove(&cq).map_or(0, |c| c.events);
-    t.release(session);
+    let Some(c) = t.cqs.remove(&cq) else {
+        return err(libc::EINVAL, "no such completion queue");
+    };
+    t.release(session, Usage::cq(c.ring.capacity()));
+    let events = c.events;
     Answer::ok(Reply::Destroyed { events })
 }

@@ -110,6 +110,10 @@ pub(super) fn reg_mr(
             return err(libc::EINVAL, "arena runs without an arena");
         }
     }
+    let cost = Usage::mr(length);
+    if let Err(r) = t.charge(session, cost) {
+        return refused(r);
+    }
     let mr = t.handle();
     let key = nic_key.unwrap_or_else(|| t.new_key());
     let slot = if runs.is_empty() {
@@ -117,7 +121,10 @@ pub(super) fn reg_mr(
     } else {
         match engine.key_table.as_mut().and_then(|k| k.add(key)) {
             Some(s) => Some(s),
-            None => return err(libc::ENOMEM, "key table full"),
+            None => {
+                engine.tables.release(session, cost);
+                return err(libc::ENOMEM, "key table full");
+            }
         }
     };
     let t = &mut engine.tables;
@@ -147,9 +154,10 @@ pub(super) fn dereg_mr(engine: &mut Engine, session: SessionId, mr: u32) -> Answ
     let t = &mut engine.tables;
     match t.mrs.get(&mr) {
         Some(m) if m.session == session => {
-            let (key, slot) = (m.lkey, m.slot);
+            let (key, slot, cost) = (m.lkey, m.slot, Usage::mr(m.length));
             t.keys.remove(&key);
             t.mrs.remove(&mr);
+            t.release(session, cost);
             if let (Some(slot), Some(k)) = (slot, engine.key_table.as_mut()) {
                 k.remove(slot);
             }

@@ -79,13 +79,14 @@ pub(super) fn create_qp(
     let Some(qpn) = nic_qpn.or_else(|| t.new_qpn()) else {
         return err(libc::ENOMEM, "out of QP numbers");
     };
-    if let Err(why) = t.charge(session) {
-        return err(libc::ENOMEM, why);
+    let cost = Usage::qp(layout.sq_capacity + layout.rq_capacity);
+    if let Err(r) = t.charge(session, cost) {
+        return refused(r);
     }
     let (fd, map) = match segment("fv-qp", layout.size) {
         Ok(x) => x,
         Err(e) => {
-            t.release(session);
+            t.release(session, cost);
             return err(libc::ENOMEM, format!("QP segment: {e}"));
         }
     };
@@ -212,10 +213,11 @@ pub(super) fn destroy_qp(engine: &mut Engine, session: SessionId, qp: u32) -> An
     }
     let events = t.qps[&qp].async_events;
     let announce = t.qps[&qp].on_nic && t.qps[&qp].kind == QpKind::Ud;
+    let cost = Usage::qp(t.qps[&qp].sq.capacity() + t.qps[&qp].rq.capacity());
     engine.remove_qp(qp);
     if announce {
         engine.announce_gids();
     }
-    engine.tables.release(session);
+    engine.tables.release(session, cost);
     Answer::ok(Reply::Destroyed { events })
 }

@@ -33,13 +33,14 @@ pub(super) fn create_srq(
         return err(libc::ENOMEM, "too many shared receive queues");
     }
     let layout = SrqLayout::new(max_wr);
-    if let Err(why) = t.charge(session) {
-        return err(libc::ENOMEM, why);
+    let cost = Usage::srq(layout.capacity);
+    if let Err(r) = t.charge(session, cost) {
+        return refused(r);
     }
     let (fd, map) = match segment("fv-srq", layout.size) {
         Ok(x) => x,
         Err(e) => {
-            t.release(session);
+            t.release(session, cost);
             return err(libc::ENOMEM, format!("SRQ segment: {e}"));
         }
     };
@@ -116,7 +117,10 @@ pub(super) fn destroy_srq(engine: &mut Engine, session: SessionId, srq: u32) -> 
     if t.qps.values().any(|q| q.srq == srq) {
         return err(libc::EBUSY, "shared receive queue still used by a QP");
     }
-    let events = t.srqs.remove(&srq).map_or(0, |s| s.async_events);
-    t.release(session);
+    let Some(s) = t.srqs.remove(&srq) else {
+        return err(libc::EINVAL, "no such shared receive queue");
+    };
+    t.release(session, Usage::srq(s.ring.capacity()));
+    let events = s.async_events;
     Answer::ok(Reply::Destroyed { events })
 }

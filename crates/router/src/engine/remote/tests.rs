@@ -63,7 +63,8 @@ impl Testbed {
             event_sock: dev_null(),
             channels: Default::default(),
             arena: None,
-            objects: 0,
+            usage: Default::default(),
+            rate: Default::default(),
         };
         eng.tables.sessions.insert(SESSION, session);
         eng.announce_gids();
