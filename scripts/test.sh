@@ -13,5 +13,12 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy -q --all-targets -- -D warnings
 echo "== cargo build --release --all-targets"
 cargo build -q --release --all-targets
+echo "== cargo fmt and clippy of the fuzz targets"
+cargo fmt --check --manifest-path fuzz/Cargo.toml
+cargo clippy -q --manifest-path fuzz/Cargo.toml --all-targets --target-dir target/fuzz-clippy -- -D warnings
 echo "== cargo test --release"
-cargo test --release --no-fail-fast -- --test-threads=2
+status=0
+cargo test --release --no-fail-fast -- --test-threads=2 || status=$?
+echo "== fuzz targets, 60 s each (scripts/fuzz.sh)"
+bash scripts/fuzz.sh 60 || status=1
+exit $status

@@ -76,7 +76,7 @@ pub fn netns_ipv4(pid: i32) -> Option<Ipv4Addr> {
     local_ipv4_from_fib_trie(&trie)
 }
 
-fn local_ipv4_from_fib_trie(trie: &str) -> Option<Ipv4Addr> {
+pub fn local_ipv4_from_fib_trie(trie: &str) -> Option<Ipv4Addr> {
     let mut last: Option<Ipv4Addr> = None;
     for line in trie.lines() {
         let t = line.trim_start();

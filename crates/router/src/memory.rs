@@ -381,9 +381,9 @@ impl ProcessMemory {
     }
 }
 
-/// The test process's own address space, as a session's (unit tests use
-/// it for memory regions).
-#[cfg(test)]
+/// The test process's own address space, as a session's (unit tests and
+/// the fuzz targets use it for memory regions).
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn this_process() -> ProcessMemory {
     let me = std::fs::metadata("/proc/self").expect("/proc/self");
     let cred = Credentials {

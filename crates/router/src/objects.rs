@@ -381,6 +381,105 @@ impl Tables {
         }
     }
 
+    /// The tables' invariants (checked by the fuzz targets after every
+    /// request, and by tests): every object belongs to a live session;
+    /// what an object refers to (a QP's PD, CQs and SRQ, an MR's or SRQ's
+    /// PD) exists and belongs to the same session; the key and QP-number
+    /// indexes name live objects with those numbers, and every MR and QP is
+    /// indexed. Err says the first broken one.
+    pub fn check(&self) -> Result<(), String> {
+        let live = |s: &SessionId, what: &str, h: &u32| {
+            if self.sessions.contains_key(s) {
+                Ok(())
+            } else {
+                Err(format!("{what} {h} belongs to session {s}, which is gone"))
+            }
+        };
+        let same =
+            |owner: SessionId, what: &str, h: u32, of: Option<SessionId>, name: &str| match of {
+                Some(o) if o == owner => Ok(()),
+                Some(o) => Err(format!(
+                    "{what} {h} (session {owner}) uses {name} of session {o}"
+                )),
+                None => Err(format!("{what} {h} uses a {name} that does not exist")),
+            };
+        for (h, p) in &self.pds {
+            live(&p.session, "PD", h)?;
+        }
+        for (h, m) in &self.mrs {
+            live(&m.session, "MR", h)?;
+            same(
+                m.session,
+                "MR",
+                *h,
+                self.pds.get(&m.pd).map(|p| p.session),
+                "a PD",
+            )?;
+            if self.keys.get(&m.lkey) != Some(h) {
+                return Err(format!(
+                    "MR {h}: its key {:#x} is not indexed to it",
+                    m.lkey
+                ));
+            }
+        }
+        for (k, h) in &self.keys {
+            match self.mrs.get(h) {
+                Some(m) if m.lkey == *k || m.rkey == *k => {}
+                _ => return Err(format!("key {k:#x} names MR {h}, which does not have it")),
+            }
+        }
+        for (h, c) in &self.cqs {
+            live(&c.session, "CQ", h)?;
+        }
+        for (h, q) in &self.srqs {
+            live(&q.session, "SRQ", h)?;
+            same(
+                q.session,
+                "SRQ",
+                *h,
+                self.pds.get(&q.pd).map(|p| p.session),
+                "a PD",
+            )?;
+        }
+        for (h, q) in &self.qps {
+            live(&q.session, "QP", h)?;
+            same(
+                q.session,
+                "QP",
+                *h,
+                self.pds.get(&q.pd).map(|p| p.session),
+                "a PD",
+            )?;
+            for cq in [q.send_cq, q.recv_cq] {
+                same(
+                    q.session,
+                    "QP",
+                    *h,
+                    self.cqs.get(&cq).map(|c| c.session),
+                    "a CQ",
+                )?;
+            }
+            if q.srq != 0 {
+                let of = self.srqs.get(&q.srq).map(|s| s.session);
+                same(q.session, "QP", *h, of, "an SRQ")?;
+            }
+            if self.qpns.get(&q.qpn) != Some(h) {
+                return Err(format!(
+                    "QP {h}: its number {:#x} is not indexed to it",
+                    q.qpn
+                ));
+            }
+        }
+        for (n, h) in &self.qpns {
+            if self.qps.get(h).map(|q| q.qpn) != Some(*n) {
+                return Err(format!(
+                    "QP number {n:#x} names QP {h}, which does not have it"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Takes what a new object costs (`limits::Usage`) for `session`;
     /// Err: the cap it reached (counted). A session that is gone has
     /// nothing to charge (its caller finds it gone too).
@@ -466,5 +565,21 @@ impl Tables {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_finds_an_object_of_a_session_that_is_gone() {
+        let mut t = Tables::new(Limits::default());
+        assert_eq!(t.check(), Ok(()));
+        t.pds.insert(7, Pd { session: 3 });
+        assert!(t.check().unwrap_err().contains("PD 7 belongs to session 3"));
+        t.pds.clear();
+        t.qpns.insert(0x100, 9);
+        assert!(t.check().unwrap_err().contains("names QP 9"));
     }
 }

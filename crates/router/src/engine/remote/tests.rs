@@ -41,6 +41,15 @@ fn dev_null() -> OwnedFd {
         .into()
 }
 
+/// Whatever a test did, the tables stay consistent.
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.eng.tables.check().expect("consistent tables");
+        }
+    }
+}
+
 impl Testbed {
     fn new() -> Testbed {
         let mut eng = Engine::new(Tables::new(Limits::default()));
