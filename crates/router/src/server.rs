@@ -585,9 +585,8 @@ impl Server {
                     return false;
                 }
                 Request::DeviceView => {
-                    let (_, gid) = self.client_gid(p.pid);
                     let reply = match self.device_view(p.pid) {
-                        Ok(path) => Reply::DeviceView {
+                        Ok((path, gid)) => Reply::DeviceView {
                             sysfs_path: path.to_string_lossy().into_owned(),
                             nic: self.engine.nic.as_ref().map(|n| n.nic_for(&gid).binding()),
                         },
@@ -644,11 +643,12 @@ impl Server {
         }
     }
 
-    /// The `SYSFS_PATH` that shows `pid`'s network namespace its own GID.
-    fn device_view(&self, pid: i32) -> anyhow::Result<PathBuf> {
+    /// The `SYSFS_PATH` that shows `pid`'s network namespace its own GID,
+    /// and that GID.
+    fn device_view(&self, pid: i32) -> anyhow::Result<(PathBuf, [u8; 16])> {
         let (ns, gid) = self.client_gid(pid);
-        match &self.tree {
-            Some(tree) if ns == self.netns => Ok(tree.sysfs_root().to_path_buf()),
+        let path = match &self.tree {
+            Some(tree) if ns == self.netns => tree.sysfs_root().to_path_buf(),
             _ => {
                 self.sweep_views();
                 let ip = std::net::Ipv4Addr::new(gid[12], gid[13], gid[14], gid[15]);
@@ -657,9 +657,10 @@ impl Server {
                     ns,
                     gid,
                     identity::node_guid_from_ipv4(ip),
-                )
+                )?
             }
-        }
+        };
+        Ok((path, gid))
     }
 
     /// Removes the views of network namespaces that are gone.
