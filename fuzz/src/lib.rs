@@ -14,6 +14,8 @@ use flowverbs_router::semi::{KeyTable, TrustGroup};
 use flowverbs_wire::control::Request;
 use flowverbs_wire::segment::SESSION_SEGMENT_SIZE;
 
+pub mod traffic;
+
 /// Where the `control` target maps [`BUFFER_LEN`] bytes of its own memory
 /// (the same address in every run, so that seeds can register it).
 pub const BUFFER_ADDR: u64 = 0x5e00_0000_0000;
@@ -87,40 +89,58 @@ fn dev_null() -> OwnedFd {
 /// A fresh engine with the two sessions (their memory is this process's),
 /// in semi mode or isolated mode.
 pub fn engine(semi: bool) -> Engine {
-    map_buffer();
-    let mut eng = Engine::new(Tables::new(Limits::default()));
-    if semi {
-        eng.key_table = Some(KeyTable::new().expect("a key table"));
-    }
+    let mut eng = bare_engine(semi, 1);
     for (id, uid, net) in SESSIONS {
-        let (_, segment) =
-            control::segment("fv-fuzz-session", SESSION_SEGMENT_SIZE).expect("a segment");
-        let mut gid = [0u8; 16];
-        gid[10] = 0xff;
-        gid[11] = 0xff;
-        gid[12..].copy_from_slice(&[10, 0, 0, net]);
-        let session = Session {
-            sock: dev_null(),
-            doorbell: dev_null(),
-            segment,
-            memory: this_process(),
-            gid,
-            uid,
-            trust: TrustGroup {
-                uid,
-                user_ns: 1,
-                pid_ns: 1,
-                net_ns: u64::from(net),
-            },
-            async_events: dev_null(),
-            event_sock: dev_null(),
-            channels: Default::default(),
-            arena: None,
-            usage: Default::default(),
-            rate: Default::default(),
-        };
-        eng.tables.sessions.insert(id, session);
+        add_session(&mut eng, id, uid, net);
     }
     eng.announce_gids();
     eng
+}
+
+/// An engine without sessions; `seed` chooses its memory keys.
+pub fn bare_engine(semi: bool, seed: u64) -> Engine {
+    map_buffer();
+    let mut eng = Engine::new(Tables::new(Limits::default()));
+    eng.tables.seed_keys(seed);
+    if semi {
+        eng.key_table = Some(KeyTable::new().expect("a key table"));
+    }
+    eng
+}
+
+/// The GID of the session in network namespace `net`: ::ffff:10.0.0.net.
+pub fn session_gid(net: u8) -> [u8; 16] {
+    let mut gid = [0u8; 16];
+    gid[10] = 0xff;
+    gid[11] = 0xff;
+    gid[12..].copy_from_slice(&[10, 0, 0, net]);
+    gid
+}
+
+/// Adds session `id` of user `uid` in network namespace `net` (call
+/// `announce_gids` after the last one).
+pub fn add_session(eng: &mut Engine, id: SessionId, uid: u32, net: u8) {
+    let (_, segment) =
+        control::segment("fv-fuzz-session", SESSION_SEGMENT_SIZE).expect("a segment");
+    let session = Session {
+        sock: dev_null(),
+        doorbell: dev_null(),
+        segment,
+        memory: this_process(),
+        gid: session_gid(net),
+        uid,
+        trust: TrustGroup {
+            uid,
+            user_ns: 1,
+            pid_ns: 1,
+            net_ns: u64::from(net),
+        },
+        async_events: dev_null(),
+        event_sock: dev_null(),
+        channels: Default::default(),
+        arena: None,
+        usage: Default::default(),
+        rate: Default::default(),
+    };
+    eng.tables.sessions.insert(id, session);
 }

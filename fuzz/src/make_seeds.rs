@@ -186,4 +186,107 @@ fn main() {
     write(&text, "gid", b"0000:0000:0000:0000:0000:ffff:c612:0001\n");
     write(&text, "nic_spec", b"rxe0:1");
     write(&text, "bytes", b"64M");
+
+    traffic_seeds(&format!("{root}/traffic"));
+}
+
+/// One action of the `traffic` target (see `flowverbs_fuzz::traffic`).
+enum Act {
+    /// Endpoint, QP index, opcode index, flags, length, key choice.
+    Send(u8, u8, u8, u8, u16, u8),
+    /// Endpoint, queue (3: the SRQ), length.
+    Recv(u8, u8, u16),
+    Service(u8),
+    /// From host, action (0 deliver, 2 duplicate, 3 reorder, 4 corrupt).
+    Deliver(u8, u8),
+    Wait(u16),
+    LinkDown,
+    Poll(u8),
+}
+
+fn traffic_seed(two_hosts: bool, acts: &[Act]) -> Vec<u8> {
+    let mut v = vec![u8::from(two_hosts)];
+    for a in acts {
+        match *a {
+            Act::Send(e, q, opc, flags, len, keys) => {
+                v.extend([0, e, q, opc, flags]);
+                v.extend(len.to_le_bytes());
+                v.extend([16, 0, 32, 0, keys, 1, 0, 0, 0, 7, 0, 0, 0]);
+            }
+            Act::Recv(e, which, len) => {
+                v.extend([2, e, which]);
+                v.extend(len.to_le_bytes());
+                v.extend([64, 0, 0]);
+            }
+            Act::Service(h) => v.extend([3, h]),
+            Act::Deliver(from, action) => v.extend([4, from, action, 0x13, 0x02]),
+            Act::Wait(ms) => {
+                v.push(5);
+                v.extend(ms.to_le_bytes());
+            }
+            Act::LinkDown => v.extend([7, 0]),
+            Act::Poll(e) => v.extend([9, e]),
+        }
+    }
+    v
+}
+
+fn traffic_seeds(dir: &str) {
+    use Act::*;
+    // Every opcode on the RC QP (and SEND on UC, UD and the SRQ's QP), with
+    // receives posted first; for two hosts each pass is followed by the
+    // frames crossing both ways.
+    let mut acts = Vec::new();
+    for q in 0..4 {
+        for _ in 0..4 {
+            acts.push(Recv(1, q, 512));
+        }
+    }
+    for opc in 0..7 {
+        acts.push(Send(0, 0, opc, 2, if opc >= 5 { 8 } else { 300 }, 0));
+    }
+    for q in 1..4 {
+        acts.push(Send(0, q, 0, 2, 200, 0));
+    }
+    acts.push(Send(0, 0, 0, 2 | 8, 40, 0)); // inline
+    acts.push(Send(0, 0, 2, 2, 64, 1 << 2)); // write to a read-only MR
+    acts.push(Send(0, 0, 2, 2, 64, 2 << 2)); // write with the requester's own rkey
+    acts.push(Send(0, 0, 0, 2, 64, 2)); // send from the peer's MR
+    for round in 0..6 {
+        acts.push(Service(round % 2));
+        for _ in 0..4 {
+            acts.push(Deliver(0, 0));
+            acts.push(Deliver(1, 0));
+        }
+        acts.push(Poll(0));
+        acts.push(Poll(1));
+    }
+    for two in [false, true] {
+        write(
+            dir,
+            &format!("every_opcode_hosts{}", 1 + u8::from(two)),
+            &traffic_seed(two, &acts),
+        );
+    }
+    // Two hosts: frames lost, duplicated, reordered and corrupted, time
+    // passing (retransmission), then the link lost with requests in flight.
+    let mut faults = vec![Recv(1, 0, 4096), Recv(1, 0, 4096), Recv(1, 3, 4096)];
+    for opc in [0, 2, 4, 5] {
+        faults.push(Send(0, 0, opc, 2, 8, 0));
+    }
+    faults.push(Service(0));
+    for action in [1, 2, 3, 4, 0, 0] {
+        faults.push(Deliver(0, action));
+    }
+    faults.extend([
+        Service(1),
+        Deliver(1, 2),
+        Deliver(1, 0),
+        Wait(500),
+        Service(0),
+    ]);
+    faults.extend([Deliver(0, 0), Deliver(0, 0), Service(1), Deliver(1, 0)]);
+    faults.extend([Send(0, 0, 0, 2, 100, 0), Service(0), LinkDown, Service(0)]);
+    faults.extend([Wait(5000), Service(0), Poll(0), Service(1), Poll(1)]);
+    write(dir, "link_faults", &traffic_seed(true, &faults));
 }

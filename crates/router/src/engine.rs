@@ -41,6 +41,10 @@ pub struct Engine {
     rotation: usize,
     /// Connections to the routers of other hosts (None: this host only).
     pub links: Option<Links>,
+    /// Unit tests and fuzz targets: other routers played by an in-memory
+    /// transport, used where the links would be.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub wire: Option<super::transport::in_memory::InMemoryTransport>,
     remote: remote::Remote,
     /// Semi mode (`router::semi`): the table of live keys.
     pub key_table: Option<super::semi::KeyTable>,
@@ -128,6 +132,8 @@ impl Engine {
             handles: Vec::new(),
             rotation: 0,
             links: None,
+            #[cfg(any(test, feature = "fuzzing"))]
+            wire: None,
             remote: remote::Remote::default(),
             key_table: None,
             semi_share: Default::default(),
@@ -154,7 +160,7 @@ impl Engine {
             progress |= self.service_qp(h, now);
         }
         self.handles = handles;
-        if self.links.is_some() {
+        if self.has_peers() {
             progress |= self.serve_reads();
             self.flush_links();
             progress |= self.link_room_opened();
@@ -1073,7 +1079,7 @@ impl Engine {
             .get(&h)
             .is_some_and(|q| q.kind == QpKind::Ud);
         if ud {
-            self.links.is_some() && w.ah_global != 0 && !self.serves_locally(&w.dgid)
+            self.has_peers() && w.ah_global != 0 && !self.serves_locally(&w.dgid)
         } else {
             self.path_of(h) == flowverbs_wire::control::QpPath::Link
         }
@@ -1091,7 +1097,7 @@ impl Engine {
             QpPath::Semi
         } else if q.kind != QpKind::Ud
             && q.attr.ah_attr.is_global
-            && self.links.is_some()
+            && self.has_peers()
             && !self.serves_locally(&q.attr.ah_attr.dgid)
         {
             QpPath::Link

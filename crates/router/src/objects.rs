@@ -540,6 +540,13 @@ impl Tables {
         (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32
     }
 
+    /// Fuzz targets: keys from a known seed, so that an input names the
+    /// same keys in every run.
+    #[cfg(feature = "fuzzing")]
+    pub fn seed_keys(&mut self, seed: u64) {
+        self.rng = seed | 1;
+    }
+
     /// A fresh memory key, unique among live ones (never 0).
     pub fn new_key(&mut self) -> u32 {
         loop {

@@ -39,10 +39,11 @@ pub trait Transport {
     ) -> io::Result<()>;
 }
 
-/// A transport that keeps frames in memory, for unit tests: each frame
+/// A transport that keeps frames in memory, for unit tests and fuzz
+/// targets: each frame
 /// sent waits in `sent`, in order, until the test delivers it, drops it
 /// or delivers it out of order.
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod in_memory {
     use std::collections::{HashMap, HashSet, VecDeque};
 

@@ -104,6 +104,53 @@ impl Engine {
         Some(r)
     }
 
+    /// Runs `f` with the transport to the other routers taken out of the
+    /// engine: the links' peers, or (unit tests and fuzz targets) the
+    /// in-memory wire. None if this router has neither.
+    fn with_peers<R>(&mut self, f: impl FnOnce(&mut Engine, &mut dyn Transport) -> R) -> Option<R> {
+        if self.links.is_some() {
+            return self.with_links(|eng, links| f(eng, &mut links.peers));
+        }
+        #[cfg(any(test, feature = "fuzzing"))]
+        if let Some(mut wire) = self.wire.take() {
+            let r = f(self, &mut wire);
+            self.wire = Some(wire);
+            return Some(r);
+        }
+        None
+    }
+
+    /// The transport to the other routers, if this router has one.
+    fn peers(&self) -> Option<&dyn Transport> {
+        if let Some(links) = &self.links {
+            return Some(&links.peers);
+        }
+        #[cfg(any(test, feature = "fuzzing"))]
+        if let Some(wire) = &self.wire {
+            return Some(wire);
+        }
+        None
+    }
+
+    /// True if this router reaches other routers.
+    pub(super) fn has_peers(&self) -> bool {
+        self.peers().is_some()
+    }
+
+    /// Unit tests and fuzz targets: one frame from router `from`, as the
+    /// links hand it to the engine (replies go to the in-memory wire).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn deliver_frame(&mut self, from: PeerId, hdr: &FrameHeader, payload: &[u8], now: Instant) {
+        self.with_peers(|eng, peers| eng.on_frame(peers, from, hdr, payload, now));
+    }
+
+    /// Unit tests and fuzz targets: router `peer`, which served `gids`,
+    /// went away (as the links report it).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn lose_peer(&mut self, peer: PeerId, gids: &[Gid]) {
+        self.peer_down(peer, gids);
+    }
+
     /// True if some session of this router has GID `gid`.
     pub(crate) fn serves_locally(&self, gid: &Gid) -> bool {
         self.remote.served.contains(gid)
@@ -143,7 +190,7 @@ impl Engine {
         if let Some(peer) = self.remote.req.get(&h).and_then(Requester::in_flight_to) {
             return Some(peer);
         }
-        let links = self.links.as_ref()?;
+        let peers = self.peers()?;
         let a = &self.tables.qps[&h];
         if a.kind == QpKind::Ud || !a.attr.ah_attr.is_global {
             return None;
@@ -152,7 +199,7 @@ impl Engine {
         if self.serves_locally(&dgid) {
             return None;
         }
-        links.peers.locate(&dgid)
+        peers.locate(&dgid)
     }
 
     /// The earliest instant a remote requester or a link must be looked at
@@ -298,7 +345,7 @@ impl Engine {
             return true;
         };
         let sent = self
-            .with_links(|eng, links| eng.send_requests(h, &mut r, &mut links.peers, now))
+            .with_peers(|eng, peers| eng.send_requests(h, &mut r, peers, now))
             .unwrap_or(Some(false));
         match sent {
             Some(sent) => {
@@ -457,17 +504,17 @@ impl Engine {
             aux: (datagram_aux(w.hop_limit as u8, w.traffic_class as u8)).into(),
             ..Default::default()
         };
-        let r = self.with_links(|_, links| {
-            let Some(peer) = links.peers.locate(&w.dgid) else {
+        let r = self.with_peers(|_, peers| {
+            let Some(peer) = peers.locate(&w.dgid) else {
                 return Ok(());
             };
-            if !links.peers.has_room(peer) {
+            if !peers.has_room(peer) {
                 debug!("datagram to {} dropped: link full", gid_text(&w.dgid));
                 return Ok(());
             }
             let mut bytes = vec![0u8; len as usize];
             src.read(0, &mut bytes).map_err(|_| IBV_WC_LOC_PROT_ERR)?;
-            links.peers.send(peer, hdr, &bytes);
+            peers.send(peer, hdr, &bytes);
             Ok(())
         });
         r.unwrap_or(Ok(()))

@@ -406,7 +406,7 @@ impl Engine {
         if !self.remote.resp.values().any(Responder::has_reads) {
             return false;
         }
-        self.with_links(|eng, links| eng.stream_reads(&mut links.peers))
+        self.with_peers(|eng, peers| eng.stream_reads(peers))
             .unwrap_or(false)
     }
 
