@@ -626,7 +626,7 @@ fn detach_mount(path: &Path) {
     }
 }
 
-fn send_signal(pid: i32, sig: i32) {
+pub fn send_signal(pid: i32, sig: i32) {
     // SAFETY: kill(2) has no memory-safety preconditions; pid is our child's.
     unsafe {
         libc::kill(pid, sig);
@@ -819,6 +819,12 @@ impl Background {
             }
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Its process group (its own pid): `send_signal(-pgid, …)` reaches
+    /// it and every process it started.
+    pub fn pgid(&mut self) -> i32 {
+        self.running().pgid
     }
 
     /// Waits at most `timeout` for it to exit, kills its process group then
