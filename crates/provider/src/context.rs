@@ -5,6 +5,7 @@ use std::ffi::CStr;
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::ptr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
@@ -46,6 +47,8 @@ pub struct ContextInner {
     pub channel_writers: watcher::ChannelWriters,
     /// The thread that serves the router's events and notices its death.
     watcher: Option<Watcher>,
+    /// The QPs whose work the flush completes once the router is gone.
+    pub flushable: crate::verbs::Flushable,
 }
 
 impl Drop for ContextInner {
@@ -90,6 +93,12 @@ impl ContextInner {
     fn session(&self) -> &SessionHeader {
         // SAFETY: the session segment is a page sized for this header.
         unsafe { self.session.header::<SessionHeader>() }
+    }
+
+    /// True once the router is gone (`IBV_EVENT_DEVICE_FATAL` was posted,
+    /// by the router as it shut down or by the watcher when it vanished).
+    pub fn router_gone(&self) -> bool {
+        self.session().device_fatal_posted.load(Ordering::Acquire) != 0
     }
 
     /// Wakes the router unconditionally (semi mode: a completion event to
@@ -271,6 +280,7 @@ fn connect(device: *mut ibv_device) -> Result<Connected, Errno> {
             doorbell,
             gid,
             watcher: Some(watcher),
+            flushable: Default::default(),
         },
         async_read,
         cmd_file,

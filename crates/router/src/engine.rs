@@ -272,13 +272,8 @@ impl Engine {
                 progress = true;
                 continue;
             }
-            let cqe = Cqe {
-                wr_id: qp.rq.read(qp.rq_consumer).wr_id,
-                status: IBV_WC_WR_FLUSH_ERR,
-                opcode: IBV_WC_RECV,
-                qp_num: qp.qpn,
-                ..Default::default()
-            };
+            let wr_id = qp.rq.read(qp.rq_consumer).wr_id;
+            let cqe = Cqe::receive_failed(wr_id, IBV_WC_WR_FLUSH_ERR, qp.qpn, 0);
             if self.key_table.is_some() {
                 // Semi mode: a sender's provider may take it meanwhile.
                 let qp = self.tables.qps.get_mut(&h).expect("qp");

@@ -270,13 +270,6 @@ struct Event {
     scope: Scope,
     start: Instant,
     end: Instant,
-    /// A router was killed: its clients get IBV_EVENT_DEVICE_FATAL, but
-    /// their outstanding work requests never complete (fv0 does not flush
-    /// them, as mlx5 does; docs/NOTES.md), so a run whose side on that
-    /// router waits for a completion, and whose other side waits for a
-    /// receive on an SRQ (which a QP's error does not flush), waits
-    /// until its watchdog.
-    strands: bool,
 }
 
 /// The outcome of one run of a pair.
@@ -594,7 +587,6 @@ fn soak_with_chaos() {
                     scope: Scope::Run(pair, run),
                     start: t0,
                     end: Instant::now(),
-                    strands: false,
                 });
                 continue;
             }
@@ -630,7 +622,6 @@ fn soak_with_chaos() {
             scope: Scope::HostB(fabric),
             start: t0,
             end: Instant::now(),
-            strands: kind == 1,
         });
         if Instant::now() >= next_minute {
             next_minute += Duration::from_secs(60);
@@ -669,9 +660,8 @@ fn soak_with_chaos() {
             .collect()
     };
     let excused = |r: &RunRecord| !touching(r).is_empty();
-    let stranded = |r: &RunRecord| touching(r).iter().any(|e| e.strands && e.start <= r.end);
     let mut problems = Vec::new();
-    let (mut ok, mut failed_excused, mut error_completions, mut strandings) = (0, 0, 0, 0);
+    let (mut ok, mut failed_excused, mut error_completions) = (0, 0, 0);
     let (mut messages, mut bytes) = (0u64, 0u64);
     for r in &records {
         messages += r.messages;
@@ -681,8 +671,6 @@ fn soak_with_chaos() {
                 "WRONG DATA in pair {} run {}:\n{}",
                 r.pair, r.run, r.report
             ));
-        } else if r.hung && stranded(r) {
-            strandings += 1;
         } else if r.hung && (r.traffic.reliable() || !excused(r)) {
             problems.push(format!(
                 "HANG in pair {} run {}:\n{}",
@@ -733,7 +721,7 @@ fn soak_with_chaos() {
     }
     println!(
         "soak summary: {} s, {} runs ({ok} checked ok, {failed_excused} failed under a fault, \
-         {error_completions} of them on an error completion, {strandings} stranded by a router kill), \
+         {error_completions} of them on an error completion), \
          {messages} messages and {bytes} bytes \
          checked, {kills} client kills, {restarts} router restarts, {stops} router stops, \
          {flaps} link flaps, {} leaks, {} problems (seed {seed})",

@@ -263,30 +263,22 @@ pub(super) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, num_entries: i32, wc: *
             } else {
                 since_router.saturating_add(1)
             };
-            let w = ibv_wc {
-                wr_id: c.wr_id,
-                status: c.status,
-                opcode: c.opcode,
-                vendor_err: c.vendor_err,
-                byte_len: c.byte_len,
-                __bindgen_anon_1: ibv_wc__bindgen_ty_1 {
-                    imm_data: c.imm_data,
-                },
-                qp_num: c.qp_num,
-                src_qp: c.src_qp,
-                wc_flags: c.wc_flags,
-                pkey_index: c.pkey_index,
-                slid: c.slid,
-                sl: c.sl,
-                dlid_path_bits: c.dlid_path_bits,
-            };
             // SAFETY: the caller's array holds num_entries > n entries.
-            unsafe { wc.add(n as usize).write(w) };
+            unsafe { wc.add(n as usize).write(wc_of(&c)) };
             n += 1;
+        }
+        let taken = n;
+        if n < num_entries as u32 && ctx.router_gone() {
+            // SAFETY: the caller's array holds num_entries > n entries; cq
+            // is one of this context's.
+            n += unsafe {
+                ctx.flushable
+                    .flush(ctx, cq, wc.add(n as usize), num_entries as u32 - n)
+            };
         }
         if n > 0 {
             fcq.since_router.store(since_router, Ordering::Relaxed);
-            *consumer = consumer.wrapping_add(n);
+            *consumer = consumer.wrapping_add(taken);
             fcq.header().ring.publish_consumer(*consumer);
             fcq.empty_polls
                 .store(0, std::sync::atomic::Ordering::Relaxed);
@@ -303,6 +295,27 @@ pub(super) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, num_entries: i32, wc: *
         }
         from_nic + n as i32
     })
+}
+
+/// A completion as `ibv_poll_cq` returns it.
+pub(super) fn wc_of(c: &Cqe) -> ibv_wc {
+    ibv_wc {
+        wr_id: c.wr_id,
+        status: c.status,
+        opcode: c.opcode,
+        vendor_err: c.vendor_err,
+        byte_len: c.byte_len,
+        __bindgen_anon_1: ibv_wc__bindgen_ty_1 {
+            imm_data: c.imm_data,
+        },
+        qp_num: c.qp_num,
+        src_qp: c.src_qp,
+        wc_flags: c.wc_flags,
+        pkey_index: c.pkey_index,
+        slid: c.slid,
+        sl: c.sl,
+        dlid_path_bits: c.dlid_path_bits,
+    }
 }
 
 pub(super) unsafe extern "C" fn req_notify_cq(cq: *mut ibv_cq, solicited_only: i32) -> i32 {

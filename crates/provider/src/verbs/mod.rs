@@ -6,6 +6,7 @@
 
 mod ah;
 mod cq;
+mod flush;
 mod pd_mr;
 mod post;
 mod qp;
@@ -13,6 +14,7 @@ mod srq;
 
 use ah::*;
 use cq::*;
+pub use flush::Flushable;
 use pd_mr::*;
 use post::*;
 use qp::*;

@@ -215,6 +215,7 @@ pub(super) unsafe extern "C" fn create_qp(
         // SAFETY: ctx is ours (the PD's context).
         let context = unsafe { inner(ctx) };
         context.send_queues.insert(qpn, slots);
+        context.flushable.add(raw);
         // SAFETY: `raw` is our fresh allocation, filled above.
         if let (Some(n), Some(twin)) = (&context.nic, unsafe { &(*raw).nic }) {
             n.adopt(twin.raw() as *const _, raw as u64);
@@ -607,6 +608,7 @@ pub(super) unsafe extern "C" fn destroy_qp(qp: *mut ibv_qp) -> i32 {
                 // SAFETY: reading the ibv_qp we filled in create_qp.
                 let qpn = unsafe { fqp.vqp.__bindgen_anon_1.qp.qp_num };
                 fqp.context().send_queues.remove(qpn);
+                fqp.context().flushable.remove(fqp);
                 let path = fqp.semi.lock().unwrap_or_else(|e| e.into_inner()).take();
                 if let (Some(p), Some(semi)) = (path, fqp.context().semi.as_ref()) {
                     semi.retire(&p);

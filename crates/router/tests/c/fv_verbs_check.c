@@ -2516,6 +2516,10 @@ static void *fatal_cq_waiter(void *arg)
  * Waits, blocked in ibv_get_async_event, for the router to go away; the test
  * runner kills or stops it once FV_READY_FILE exists. DEVICE_FATAL must
  * arrive exactly once, and a thread blocked in ibv_get_cq_event must return.
+ * Then, as a NIC's driver does after a fatal error, every work request the
+ * router had not completed, and every one posted since, completes with
+ * IBV_WC_WR_FLUSH_ERR, in order: a SEND stalled on a peer without receives
+ * (infinite RNR retries) and receives of a QP in INIT.
  */
 static void case_device_fatal(void)
 {
@@ -2524,6 +2528,23 @@ static void case_device_fatal(void)
 	g_fatal_ch = chan_new();
 	struct ibv_cq *cq = cq_new_ch(16, g_fatal_ch, NULL);
 	arm(cq, 0);
+	struct ibv_cq *pcq = cq_new(16);
+	struct ibv_qp *a = rc_qp_new(pcq, pcq), *b = rc_qp_new(pcq, pcq), *c = rc_qp_new(pcq, pcq);
+	rc_connect(a, b->qp_num, 0);
+	rc_connect(b, a->qp_num, 0);
+	struct ibv_send_wr swr;
+	wr_init(&swr, 0xa1, IBV_WR_SEND, NULL, 0, IBV_SEND_SIGNALED);
+	post_send_ok(a, &swr, "a SEND that waits for a receive forever");
+	qp_must(qp_to_init(c, 0), c, "INIT");
+	for (uint64_t id = 0xc1; id <= 0xc2; id++) {
+		struct ibv_recv_wr rwr, *bad = NULL;
+		rwr_init(&rwr, id, NULL, 0);
+		if (ibv_post_recv(c, &rwr, &bad))
+			fatal("ibv_post_recv before the router went away failed");
+	}
+	struct ibv_wc early;
+	sleep_ms(200);
+	EXPECT_EQ("completions before the router went away", ibv_poll_cq(pcq, 1, &early), 0);
 	pthread_t t;
 	if (pthread_create(&t, NULL, fatal_cq_waiter, NULL))
 		fatal("pthread_create failed");
@@ -2555,6 +2576,42 @@ static void case_device_fatal(void)
 		fatal("ibv_get_cq_event still blocked 10 s after the router went away");
 	EXPECT_EQ("ibv_get_cq_event on a dead router's channel", g_fatal_get_rc, -1);
 	printf("device_fatal: DEVICE_FATAL received\n");
+
+	set_step("outstanding work completes with IBV_WC_WR_FLUSH_ERR");
+	struct ibv_recv_wr late, *bad = NULL;
+	rwr_init(&late, 0xc3, NULL, 0);
+	EXPECT_EQ("ibv_post_recv after the router went away", ibv_post_recv(c, &late, &bad), 0);
+	const struct {
+		uint64_t wr_id;
+		struct ibv_qp *qp;
+		enum ibv_wc_opcode opcode;
+	} want[] = { { 0xa1, a, IBV_WC_SEND }, { 0xc1, c, IBV_WC_RECV }, { 0xc2, c, IBV_WC_RECV },
+		     { 0xc3, c, IBV_WC_RECV } };
+	struct ibv_wc got[8];
+	int got_n = 0;
+	for (int tries = 0; tries < 100 && got_n < 4; tries++) {
+		int k = ibv_poll_cq(pcq, 8 - got_n, got + got_n);
+		if (k < 0)
+			fatal("ibv_poll_cq after the router went away returned %d", k);
+		got_n += k;
+		if (!k)
+			sleep_ms(20);
+	}
+	EXPECT_EQ("flush completions", got_n, 4);
+	/* The send queue's and the receive queue's may interleave; each in order. */
+	for (int i = 0, s = 0, r = 1; i < got_n && i < 4; i++) {
+		int k = got[i].qp_num == a->qp_num ? s++ : r++;
+		if (k >= 4 || got[i].qp_num != want[k].qp->qp_num) {
+			fail("flush completion %d: wr_id 0x%" PRIx64 " of qp 0x%x out of order", i,
+			     got[i].wr_id, got[i].qp_num);
+			continue;
+		}
+		EXPECT_EQ("flushed wr_id", got[i].wr_id, want[k].wr_id);
+		EXPECT_EQ("flushed status", got[i].status, IBV_WC_WR_FLUSH_ERR);
+		EXPECT_EQ("flushed opcode", got[i].opcode, want[k].opcode);
+	}
+	EXPECT_EQ("completions after the flush", ibv_poll_cq(pcq, 8, got), 0);
+	printf("device_fatal: %d work requests flushed\n", got_n);
 
 	/*
 	 * The router is gone: what this case made (the CQ, the channel, the
