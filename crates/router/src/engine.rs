@@ -156,6 +156,7 @@ impl Engine {
         }
         self.fire_events();
         let mut progress = self.pump_links(now);
+        self.count_link_bytes();
         for &h in &handles {
             progress |= self.service_qp(h, now);
         }

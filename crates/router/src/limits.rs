@@ -26,7 +26,12 @@
 //!   and completions than that can be outstanding, and the rings' memory
 //!   (384 bytes a send entry, 272 a receive, 64 a completion) is bounded
 //!   by it;
-//! - control requests per second per context ([`RequestRate`]).
+//! - control requests per second per context ([`RequestRate`]);
+//! - link bytes in flight per user: what its QPs have sent to other hosts
+//!   and not had answered ([`Limits::link_allowance`]). Past it, the
+//!   user's QPs wait for answers before they send more (flow control, as
+//!   a NIC's send queue waits for credits): no verb fails, and each pass
+//!   that holds a QP back counts as a refusal.
 //!
 //! Every resource cap fails the verb with `ENOMEM`, as a NIC out of
 //! resources does (and as `ib_umem_get` does past `RLIMIT_MEMLOCK`); the
@@ -64,6 +69,9 @@ pub struct Limits {
     pub queue_entries_per_uid: u64,
     /// Control requests per second per context, and as many at once.
     pub requests_per_second: u32,
+    /// Bytes one user's QPs may have on the links, sent and not answered
+    /// (None: no cap beyond the links' own).
+    pub link_bytes_per_uid: Option<u64>,
 }
 
 impl Default for Limits {
@@ -91,6 +99,7 @@ impl Default for Limits {
             // At most 6 GiB of rings (a send entry is 384 bytes).
             queue_entries_per_uid: 1 << 24,
             requests_per_second: 10_000,
+            link_bytes_per_uid: None,
         }
     }
 }
@@ -236,10 +245,12 @@ pub enum Cap {
     RegisteredBytesPerUser,
     QueueEntriesPerUser,
     RequestsPerSecond,
+    /// Flow control, not a refusal of a verb (see [`Limits::link_allowance`]).
+    LinkBytesPerUser,
 }
 
 impl Cap {
-    pub const ALL: [Cap; 13] = [
+    pub const ALL: [Cap; 14] = [
         Cap::Connections,
         Cap::SessionsPerUser,
         Cap::ObjectsPerContext,
@@ -253,6 +264,7 @@ impl Cap {
         Cap::RegisteredBytesPerUser,
         Cap::QueueEntriesPerUser,
         Cap::RequestsPerSecond,
+        Cap::LinkBytesPerUser,
     ];
 
     pub fn name(self) -> &'static str {
@@ -270,14 +282,16 @@ impl Cap {
             Cap::RegisteredBytesPerUser => "registered_bytes_per_user",
             Cap::QueueEntriesPerUser => "queue_entries_per_user",
             Cap::RequestsPerSecond => "requests_per_second",
+            Cap::LinkBytesPerUser => "link_bytes_per_user",
         }
     }
 
-    /// The errno of a verb this cap refuses.
+    /// The errno of a verb this cap refuses (the link cap refuses none:
+    /// it delays).
     pub fn errno(self) -> i32 {
         match self {
             Cap::Connections | Cap::SessionsPerUser => libc::EMFILE,
-            Cap::RequestsPerSecond => libc::EAGAIN,
+            Cap::RequestsPerSecond | Cap::LinkBytesPerUser => libc::EAGAIN,
             _ => libc::ENOMEM,
         }
     }
@@ -298,6 +312,7 @@ impl Cap {
             Cap::RegisteredBytesPerUser => return l.registered_bytes_per_uid,
             Cap::QueueEntriesPerUser => l.queue_entries_per_uid,
             Cap::RequestsPerSecond => l.requests_per_second.into(),
+            Cap::LinkBytesPerUser => return l.link_bytes_per_uid,
         })
     }
 
@@ -320,6 +335,15 @@ impl Refusal {
 }
 
 impl Limits {
+    /// How many more bytes a user whose QPs have `in_flight` bytes on the
+    /// links (sent, not answered) may send now; None: no cap. A QP given
+    /// any allowance sends at least one chunk, so a cap below the chunk
+    /// size slows a user down but never stalls it.
+    pub fn link_allowance(&self, in_flight: u64) -> Option<u64> {
+        self.link_bytes_per_uid
+            .map(|cap| cap.saturating_sub(in_flight))
+    }
+
     /// The rule: may a context that holds `session`, of user `uid` whose
     /// contexts hold `user` in all, take `more`? The first cap it would
     /// pass (per context before per user) refuses.
@@ -703,6 +727,17 @@ mod tests {
         assert!(!rate_limited(&Request::DestroyQp { qp: 1 }));
         assert!(!rate_limited(&Request::DeregMr { mr: 1 }));
         assert!(!rate_limited(&Request::SemiConnect { qp: 1 }));
+    }
+
+    #[test]
+    fn link_allowance_is_what_the_cap_leaves() {
+        let mut l = Limits::default();
+        assert_eq!(l.link_allowance(1 << 40), None, "no cap by default");
+        l.link_bytes_per_uid = Some(256 << 10);
+        assert_eq!(l.link_allowance(0), Some(256 << 10));
+        assert_eq!(l.link_allowance(100 << 10), Some(156 << 10));
+        assert_eq!(l.link_allowance(256 << 10), Some(0));
+        assert_eq!(l.link_allowance(1 << 30), Some(0), "past the cap: nothing");
     }
 
     #[test]

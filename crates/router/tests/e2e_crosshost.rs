@@ -410,6 +410,73 @@ fn checked_transfers_across_hosts() {
     }
 }
 
+/// The cap on link bytes per user (`--max-link-bytes-per-user 256K`):
+/// root's two QPs moving 1 MiB WRITEs between the hosts are held back
+/// while 256 KiB of theirs are unanswered (the routers count the passes
+/// they held them in `status`), every byte still arrives checked, and a
+/// pair of another user running at the same time is served.
+#[test]
+fn link_bytes_cap_holds_one_user_back_and_serves_another() {
+    let topo = Topology::two_hosts(52);
+    let linked = topo.start_linked_routers_with(&["--max-link-bytes-per-user", "256K"]);
+    let [ra, rb] = &linked.routers;
+    let logs = || router_logs(&[("A", ra), ("B", rb)]);
+    let (a, b) = (&topo.hosts[A], &topo.hosts[B]);
+    let pair = |user: Option<&str>, args: &[&str]| {
+        let port = free_port().to_string();
+        let program = |router: &Router, netns: &str| {
+            let mut cmd = match user {
+                Some(uid) => {
+                    let mut c = router.netns_command(netns, "setpriv");
+                    c.args(["--reuid", uid, "--regid", uid, "--clear-groups", "--"]);
+                    c.arg(XFER.path());
+                    c
+                }
+                None => router.netns_command(netns, XFER.path()),
+            };
+            cmd.args(["-p", &port]).args(args);
+            cmd
+        };
+        let server = program(ra, &a.netns);
+        let mut client = program(rb, &b.netns);
+        client.arg(&a.addr);
+        (server, client)
+    };
+    let (root_server, root_client) = pair(
+        None,
+        &[
+            "-t", "rc", "-o", "write", "-s", "1048576", "-n", "30", "-q", "2",
+        ],
+    );
+    let (user_server, user_client) = pair(
+        Some("1000"),
+        &["-t", "rc", "-o", "send", "-s", "4096", "-n", "300"],
+    );
+    thread::scope(|s| {
+        let capped =
+            s.spawn(|| assert_xfer(root_server, root_client, PAIR_TIMEOUT_SECS, &|| logs()));
+        assert_xfer(user_server, user_client, PAIR_TIMEOUT_SECS, &|| logs());
+        capped.join().expect("the capped pair");
+    });
+    let held: u64 = [ra, rb]
+        .iter()
+        .map(|r| {
+            r.status()["limits"]["link_bytes_per_user"]["refused"]
+                .as_u64()
+                .expect("the cap in status")
+        })
+        .sum();
+    assert!(held > 0, "the cap never held a QP back\n{}", logs());
+    for r in [ra, rb] {
+        assert_eq!(
+            r.status()["limits"]["link_bytes_per_user"]["limit"].as_u64(),
+            Some(256 << 10),
+            "{}",
+            logs()
+        );
+    }
+}
+
 /// Atomics across hosts: `ib_atomic_bw` (fetch-and-add and compare-and-swap).
 #[test]
 fn atomics_across_hosts() {

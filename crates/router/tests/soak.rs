@@ -476,11 +476,38 @@ fn env_number(name: &str, default: u64) -> u64 {
 }
 
 /// Waits until no run is live (the workers finish their current runs).
-fn settle(workers: Vec<thread::JoinHandle<Vec<RunRecord>>>) -> Vec<RunRecord> {
-    workers
+/// Waits until no run is live (the workers finish their current runs);
+/// every run ends within its limits, so a worker still busy long after
+/// is stuck, and the soak fails naming it, with what its processes are
+/// blocked in, instead of hanging.
+fn settle(workers: Vec<thread::JoinHandle<Vec<RunRecord>>>) -> Result<Vec<RunRecord>, String> {
+    let deadline = Instant::now() + 3 * RUN_LIMIT + CONNECT_PATIENCE;
+    while Instant::now() < deadline && !workers.iter().all(|w| w.is_finished()) {
+        thread::sleep(Duration::from_millis(200));
+    }
+    let stuck: Vec<usize> = (0..workers.len())
+        .filter(|&i| !workers[i].is_finished())
+        .collect();
+    if !stuck.is_empty() {
+        let ps = run_with_timeout(
+            Command::new("ps").args(["-eo", "pid,pgid,stat,wchan:32,args"]),
+            30,
+        );
+        let blocked: Vec<String> = String::from_utf8_lossy(&ps.stdout)
+            .lines()
+            .filter(|l| l.contains("fv_xfer") || l.contains("ib_atomic"))
+            .map(str::to_string)
+            .collect();
+        return Err(format!(
+            "pair workers {stuck:?} still busy {:?} after the chaos stopped; their processes:\n{}",
+            3 * RUN_LIMIT + CONNECT_PATIENCE,
+            blocked.join("\n")
+        ));
+    }
+    Ok(workers
         .into_iter()
         .flat_map(|w| w.join().expect("a pair worker panicked"))
-        .collect()
+        .collect())
 }
 
 #[test]
@@ -643,7 +670,10 @@ fn soak_with_chaos() {
         }
     }
     stop.store(true, Ordering::SeqCst);
-    let records = settle(workers);
+    let records = match settle(workers) {
+        Ok(r) => r,
+        Err(stuck) => panic!("{stuck}\n{}\n{}", fabrics[0].logs(), fabrics[1].logs()),
+    };
     thread::sleep(Duration::from_secs(3));
 
     // Judge every run.

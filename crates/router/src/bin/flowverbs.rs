@@ -177,6 +177,11 @@ struct LimitArgs {
     /// work requests and completions.
     #[arg(long, value_name = "N", default_value_t = flowverbs_router::limits::Limits::default().queue_entries_per_uid)]
     max_queue_entries_per_user: u64,
+    /// Most bytes one user's QPs may have on the links to other hosts,
+    /// sent and not yet answered (suffixes K, M, G, T); past it they wait
+    /// for answers before sending more [default: no cap].
+    #[arg(long, value_name = "BYTES", value_parser = flowverbs_router::limits::parse_bytes)]
+    max_link_bytes_per_user: Option<u64>,
     /// Most control requests (creating, modifying or querying objects)
     /// one context may send per second, and at once; more fail with
     /// EAGAIN.
@@ -203,6 +208,7 @@ impl LimitArgs {
             registered_bytes_per_uid: self.max_registered_bytes_per_user,
             queue_entries_per_uid: self.max_queue_entries_per_user,
             requests_per_second: self.max_requests_per_second,
+            link_bytes_per_uid: self.max_link_bytes_per_user,
             ..d
         }
     }

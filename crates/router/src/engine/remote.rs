@@ -51,6 +51,53 @@ pub(super) struct Remote {
     served: std::collections::HashSet<Gid>,
     req: std::collections::HashMap<u32, Requester>,
     resp: std::collections::HashMap<u32, Responder>,
+    /// With a cap on link bytes per user: each user's unanswered bytes on
+    /// the links, counted at the start of a pass and grown as its QPs send.
+    link_bytes: std::collections::HashMap<u32, u64>,
+}
+
+/// The transport as one user's QP sees it under the link-bytes cap: no
+/// room once its allowance is spent (a frame started with allowance left
+/// goes whole).
+struct Allowance<'a> {
+    peers: &'a mut dyn Transport,
+    left: u64,
+    /// Bytes sent through it.
+    sent: u64,
+}
+
+impl Transport for Allowance<'_> {
+    fn locate(&self, gid: &Gid) -> Option<PeerId> {
+        self.peers.locate(gid)
+    }
+    fn serves(&self, peer: PeerId, gid: &Gid) -> bool {
+        self.peers.serves(peer, gid)
+    }
+    fn has_room(&self, peer: PeerId) -> bool {
+        self.left > 0 && self.peers.has_room(peer)
+    }
+    fn send(&mut self, peer: PeerId, hdr: FrameHeader, payload: &[u8]) {
+        self.spend(payload.len());
+        self.peers.send(peer, hdr, payload);
+    }
+    fn send_with(
+        &mut self,
+        peer: PeerId,
+        hdr: FrameHeader,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [std::mem::MaybeUninit<u8>]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        self.peers.send_with(peer, hdr, len, fill)?;
+        self.spend(len);
+        Ok(())
+    }
+}
+
+impl Allowance<'_> {
+    fn spend(&mut self, n: usize) {
+        self.left = self.left.saturating_sub(n as u64);
+        self.sent += n as u64;
+    }
 }
 
 fn qp_kind_code(kind: QpKind) -> u8 {
@@ -218,6 +265,26 @@ impl Engine {
         }
     }
 
+    /// With a cap on link bytes per user: counts each user's unanswered
+    /// bytes on the links (call at the start of a pass).
+    pub(super) fn count_link_bytes(&mut self) {
+        self.remote.link_bytes.clear();
+        if self.tables.limits.link_bytes_per_uid.is_none() {
+            return;
+        }
+        for (h, r) in &self.remote.req {
+            let Some(s) = self
+                .tables
+                .qps
+                .get(h)
+                .and_then(|q| self.tables.sessions.get(&q.session))
+            else {
+                continue;
+            };
+            *self.remote.link_bytes.entry(s.uid).or_default() += r.unanswered_bytes();
+        }
+    }
+
     /// A QP was reset or destroyed: its remote state goes.
     pub(super) fn forget_remote(&mut self, h: u32) {
         self.remote.req.remove(&h);
@@ -345,7 +412,7 @@ impl Engine {
             return true;
         };
         let sent = self
-            .with_peers(|eng, peers| eng.send_requests(h, &mut r, peers, now))
+            .with_peers(|eng, peers| eng.send_within_allowance(h, &mut r, peers, now))
             .unwrap_or(Some(false));
         match sent {
             Some(sent) => {
@@ -354,6 +421,42 @@ impl Engine {
             }
             None => true,
         }
+    }
+
+    /// [`Engine::send_requests`] within the allowance of the QP's user
+    /// under the link-bytes cap (`limits::Limits::link_allowance`).
+    fn send_within_allowance(
+        &mut self,
+        h: u32,
+        r: &mut Requester,
+        peers: &mut dyn Transport,
+        now: Instant,
+    ) -> Option<bool> {
+        let uid = self.tables.sessions[&self.tables.qps[&h].session].uid;
+        let in_flight = self.remote.link_bytes.get(&uid).copied().unwrap_or(0);
+        let Some(left) = self.tables.limits.link_allowance(in_flight) else {
+            return self.send_requests(h, r, peers, now);
+        };
+        let mut capped = Allowance {
+            peers,
+            left,
+            sent: 0,
+        };
+        let sent = self.send_requests(h, r, &mut capped, now);
+        *self.remote.link_bytes.entry(uid).or_default() += capped.sent;
+        // Held back: the allowance ran out with more to send while the
+        // link itself had room.
+        let pending = self.tables.qps.get(&h).and_then(|q| q.sq_pending());
+        let held = sent.is_some()
+            && capped.left == 0
+            && capped.peers.has_room(r.peer())
+            && pending.is_some_and(|p| r.has_more(p));
+        if held {
+            self.tables
+                .budget
+                .refused(crate::limits::Cap::LinkBytesPerUser);
+        }
+        sent
     }
 
     /// Lets `r` send QP `h`'s requests on `peers`. Some: whether it sent

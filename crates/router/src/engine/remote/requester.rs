@@ -197,6 +197,26 @@ impl Requester {
         }
     }
 
+    /// Bytes of its completely sent requests that are not answered yet.
+    /// A request partly sent is not counted: it is answered only once all
+    /// of it arrived, so holding it back for its own bytes would wait
+    /// forever (its answer timer would end it).
+    pub fn unanswered_bytes(&self) -> u64 {
+        self.inflight
+            .iter()
+            .take(self.tx)
+            .filter(|f| f.done.is_none())
+            .map(|f| f.sent)
+            .sum()
+    }
+
+    /// Whether it has more to send than it sent: a request not completely
+    /// sent, or work requests in a send queue with `pending` posted that
+    /// it has not taken.
+    pub fn has_more(&self, pending: u32) -> bool {
+        self.tx < self.inflight.len() || pending as usize > self.inflight.len()
+    }
+
     pub fn peer(&self) -> PeerId {
         self.peer
     }
