@@ -650,3 +650,113 @@ fn attr_of(ino: u64, mode: u32, nlink: u32, uid: u32, size: u64) -> [u8; 88] {
     a[80..84].copy_from_slice(&4096u32.to_ne_bytes()); // blksize
     a
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> SysTree {
+        SysTree::new(
+            "uverbs_fv01234567",
+            &[(
+                "uverbs3".into(),
+                "rxe0".into(),
+                "/sys/devices/virtual/infiniband_verbs/uverbs3".into(),
+                "/sys/devices/virtual/infiniband/rxe0".into(),
+            )],
+        )
+    }
+
+    fn walk(t: &SysTree, path: &str) -> Option<u64> {
+        path.split('/')
+            .try_fold(ROOT_ID, |dir, name| t.lookup(dir, name.as_bytes()))
+    }
+
+    #[test]
+    fn tree_answers_each_view_with_its_own_gid() {
+        let t = tree();
+        let a = View {
+            gid: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1],
+            node_guid: 0x0266_76ff_0a00_0001,
+        };
+        let b = View {
+            gid: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 2],
+            node_guid: 2,
+        };
+        let gid = walk(&t, "sysfs/class/infiniband/fv0/ports/1/gids/0").unwrap();
+        assert_eq!(
+            t.file(gid, &a).unwrap(),
+            b"0000:0000:0000:0000:0000:ffff:0a00:0001\n"
+        );
+        assert_eq!(
+            t.file(gid, &b).unwrap(),
+            b"0000:0000:0000:0000:0000:ffff:0a00:0002\n"
+        );
+        let guid = walk(&t, "sysfs/class/infiniband/fv0/node_guid").unwrap();
+        assert_eq!(t.file(guid, &a).unwrap(), b"0266:76ff:0a00:0001\n");
+        let ibdev = walk(&t, "sysfs/class/infiniband_verbs/uverbs_fv01234567/ibdev").unwrap();
+        assert_eq!(t.file(ibdev, &a).unwrap(), b"fv0\n");
+        for p in [
+            "sysfs/class/infiniband_verbs/abi_version",
+            "sysfs/class/infiniband/fv0/node_type",
+            "sysfs/class/infiniband/fv0/ports/1/gid_attrs/types/0",
+            "sysfs/class/infiniband/fv0/ports/1/pkeys/0",
+        ] {
+            let n = walk(&t, p).unwrap_or_else(|| panic!("{p}"));
+            assert!(t.file(n, &a).is_some(), "{p}");
+        }
+        // Folders and links are not files; unknown names and ids are absent.
+        assert!(t.file(walk(&t, "sysfs/class").unwrap(), &a).is_none());
+        assert!(walk(&t, "sysfs/class/infiniband/fv1").is_none());
+        assert!(t.node(TREE_BASE + 10_000).is_none());
+        assert!(t.node(5).is_none());
+        assert!(t.attr(ROOT_ID).is_none());
+    }
+
+    #[test]
+    fn tree_links_and_listing() {
+        let t = tree();
+        let link = |p: &str| match &t.node(walk(&t, p).unwrap()).unwrap().kind {
+            Kind::Link(target) => target.clone(),
+            k => panic!("{p}: {k:?}"),
+        };
+        assert_eq!(link("router.sock"), "../router.sock");
+        assert_eq!(link("fuse"), ".");
+        assert_eq!(
+            link("sysfs/class/infiniband/rxe0"),
+            "/sys/devices/virtual/infiniband/rxe0"
+        );
+        let names = |p: &str| -> Vec<String> {
+            let dir = walk(&t, p).unwrap();
+            t.children(dir).map(|(_, n)| n.name.clone()).collect()
+        };
+        assert_eq!(
+            names("sysfs/class/infiniband_verbs"),
+            ["abi_version", "uverbs_fv01234567", "uverbs3"]
+        );
+        assert_eq!(names("sysfs/class/infiniband"), ["fv0", "rxe0"]);
+        let root: Vec<String> = t.children(ROOT_ID).map(|(_, n)| n.name.clone()).collect();
+        assert_eq!(root, ["router.sock", "fuse", "sysfs"]);
+        // Attributes: mode and size of each kind.
+        let mode = |p: &str| {
+            let a = t.attr(walk(&t, p).unwrap()).unwrap();
+            u32::from_ne_bytes(a[60..64].try_into().unwrap())
+        };
+        assert_eq!(mode("sysfs/class"), libc::S_IFDIR | 0o555);
+        assert_eq!(
+            mode("sysfs/class/infiniband/fv0/node_type"),
+            libc::S_IFREG | 0o444
+        );
+        assert_eq!(mode("fuse"), libc::S_IFLNK | 0o777);
+    }
+
+    #[test]
+    fn dirents_are_aligned() {
+        let mut out = Vec::new();
+        push_dirent(&mut out, 7, 1, b"abc", libc::DT_REG.into());
+        assert_eq!(out.len(), dirent_len(b"abc"));
+        assert_eq!(out.len(), 32);
+        push_dirent(&mut out, 8, 2, b"12345678", libc::DT_DIR.into());
+        assert_eq!(out.len(), 32 + 32);
+    }
+}

@@ -1073,3 +1073,25 @@ fn set_nonblocking(fd: &OwnedFd) -> nix::Result<()> {
     fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reader_view_of_a_vanished_thread_is_none() {
+        let me = std::process::id() as i32;
+        let own_netns = identity::netns_of(me).unwrap();
+        let own_gid = [7u8; 16];
+        // A reader in the router's namespace gets the router's GID.
+        let v = reader_view(me, own_netns, own_gid).expect("this process exists");
+        assert_eq!(v.gid, own_gid);
+        // A reader that is gone gets nothing (the FUSE request: ESRCH).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        child.wait().unwrap();
+        assert!(reader_view(pid, own_netns, own_gid).is_none());
+        assert!(reader_view(0, own_netns, own_gid).is_none());
+        assert!(reader_view(-1, own_netns, own_gid).is_none());
+    }
+}

@@ -640,6 +640,14 @@ fn cdi(
             runtime_dir.display()
         )
     })?;
+    // Every container reads the tree the router's FUSE mount serves.
+    if !dir.join("fuse/sysfs/class/infiniband_verbs").is_dir() {
+        bail!(
+            "the router in {} serves no device tree at fuse/sysfs (it could not mount FUSE: \
+             it needs CAP_SYS_ADMIN and /dev/fuse; see its log)",
+            dir.display()
+        );
+    }
     let dev_node = Path::new("/dev/infiniband").join(flowverbs_router::sysfs::uverbs_name(&dir));
     if !dev_node.exists() {
         bail!("the router's device node {} is missing", dev_node.display());
