@@ -185,6 +185,15 @@ impl Drop for Podman {
     }
 }
 
+/// Runs one step of a test, printing how long it took (visible with
+/// `--nocapture`).
+fn step<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    let t = std::time::Instant::now();
+    let r = f();
+    eprintln!("e2e_containers: {what}: {:.1} s", t.elapsed().as_secs_f64());
+    r
+}
+
 /// Both exited 0; the message shows both and the router's log.
 fn assert_pair_ok(what: &str, server: &Output, client: &Output, router: &Router) {
     assert!(
@@ -303,6 +312,53 @@ fn host_and_container(p: &Podman, router: &Router, n: u8) {
     assert_perftest_gids("the container's client", &c, &p.ip(n), &host);
 }
 
+/// Open MPI in a container: two ranks of our checked pingpong and
+/// allreduce (compiled on the host against the same Debian Open MPI and
+/// bound read-only into the container), pml ucx over fv0 only.
+fn mpi_in_container(p: &Podman, router: &Router, n: u8) {
+    let exe = compile_mpi_pingpong();
+    let mut c = p.cmd();
+    c.args(["run", "--rm", "--name"])
+        .arg(format!("{}-mpi", p.prefix))
+        .args(["--network", &p.network, "--ip", &p.ip(n)])
+        .args(["--cap-drop=all", "--user", "1000:1000"])
+        .args(["--device", "flowverbs.io/rdma=fv0", "-v"])
+        .arg(format!("{}:/opt/fvct/mpi_pingpong:ro", exe.display()))
+        .arg(&p.image)
+        .args(["mpirun", "--oversubscribe", "-np", "2"])
+        .args([
+            "--mca",
+            "pml",
+            "ucx",
+            "--mca",
+            "btl",
+            "^vader,tcp,openib,uct",
+        ])
+        .args([
+            "--mca",
+            "osc",
+            "^ucx",
+            "-x",
+            "SYSFS_PATH",
+            "-x",
+            "RDMAV_DRIVERS",
+        ])
+        .args([
+            "-x",
+            "UCX_TLS=rc_verbs,ud_verbs",
+            "-x",
+            "UCX_NET_DEVICES=fv0:1",
+        ])
+        .arg("/opt/fvct/mpi_pingpong");
+    let out = run_with_timeout(c, 240);
+    let report = format!(
+        "{}--- router stderr:\n{}",
+        show("mpirun in a container", &out),
+        router.stderr()
+    );
+    assert_mpi_pingpong_ran(&out, &report);
+}
+
 /// The local and remote GIDs perftest printed are those of `local` and
 /// `remote` (perftest prints the 16 bytes in decimal: `...:255:255:10:213:1:13`).
 fn assert_perftest_gids(what: &str, out: &Output, local: &str, remote: &str) {
@@ -330,11 +386,20 @@ fn isolated_mode_containers() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let router = Router::start();
     let p = Podman::new(&router, "iso");
-    devinfo_in_container(&p, &router, 10);
-    rc_pingpong_between_containers(&p, &router, "pp", 11, 12);
-    perftest_between_containers(&p, &router, "ib_send_bw", &["-e"], "send", 13, 14);
-    perftest_between_containers(&p, &router, "ib_write_bw", &[], "write", 15, 16);
-    host_and_container(&p, &router, 17);
+    step("devinfo_in_container", || {
+        devinfo_in_container(&p, &router, 10)
+    });
+    step("rc_pingpong_between_containers", || {
+        rc_pingpong_between_containers(&p, &router, "pp", 11, 12)
+    });
+    step("perftest_between_containers", || {
+        perftest_between_containers(&p, &router, "ib_send_bw", &["-e"], "send", 13, 14)
+    });
+    step("perftest_between_containers", || {
+        perftest_between_containers(&p, &router, "ib_write_bw", &[], "write", 15, 16)
+    });
+    step("host_and_container", || host_and_container(&p, &router, 17));
+    step("mpi_in_container", || mpi_in_container(&p, &router, 18));
     router.assert_moved_only_on("router", "isolated mode, containers");
 }
 
@@ -343,9 +408,13 @@ fn semi_mode_containers() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let router = Router::start_with(&["--mode", "semi"]);
     let p = Podman::new(&router, "semi");
-    devinfo_in_container(&p, &router, 20);
+    step("devinfo_in_container", || {
+        devinfo_in_container(&p, &router, 20)
+    });
     // Two containers: two trust groups, the router's path.
-    perftest_between_containers(&p, &router, "ib_send_bw", &["-e"], "send", 21, 22);
+    step("perftest_between_containers", || {
+        perftest_between_containers(&p, &router, "ib_send_bw", &["-e"], "send", 21, 22)
+    });
     let before = router.requests("semi");
     // Server and client in one container: one trust group, the semi path.
     let script = "ib_send_bw -d fv0 -x 0 -e -s 65536 -n 500 > /tmp/s.out 2>&1 & s=$!; \
@@ -353,7 +422,9 @@ fn semi_mode_containers() {
           grep -q \"Couldn't connect\" /tmp/c.out || { cat /tmp/c.out; exit 1; }; \
           i=$((i+1)); [ $i -lt 150 ] || exit 1; sleep 0.2; done; \
         wait $s; st=$?; cat /tmp/c.out; echo ---server; cat /tmp/s.out; exit $st";
-    let out = run_with_timeout(p.run("one", 23, &["sh", "-c", script]), 180);
+    let out = step("pair in one container", || {
+        run_with_timeout(p.run("one", 23, &["sh", "-c", script]), 180)
+    });
     assert!(
         out.status.success(),
         "{}--- router:\n{}",
@@ -367,7 +438,14 @@ fn semi_mode_containers() {
         "the pair in one container did not take the semi path: {}",
         router.status()
     );
-    host_and_container(&p, &router, 24);
+    step("host_and_container", || host_and_container(&p, &router, 24));
+    let before = router.requests("semi");
+    step("mpi_in_container", || mpi_in_container(&p, &router, 25));
+    assert!(
+        router.requests("semi") > before,
+        "MPI in one container did not take the semi path: {}",
+        router.status()
+    );
 }
 
 #[test]
