@@ -91,7 +91,7 @@ impl Podman {
         .unwrap();
         let spec = PathBuf::from(format!("/var/run/cdi/{prefix}.json"));
         let subnet = 10 + (pid % 200) as u8;
-        let mut podman = Podman {
+        let podman = Podman {
             network: format!("{prefix}-net"),
             prefix,
             subnet,
@@ -125,7 +125,6 @@ impl Podman {
             .arg(&podman.spec);
         let out = run_with_timeout(cdi, 30);
         assert!(out.status.success(), "{}", show("flowverbs cdi", &out));
-        podman.subnet = subnet;
         podman
     }
 
