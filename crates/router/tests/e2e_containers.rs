@@ -581,3 +581,88 @@ fn seccomp_profile_is_applied() {
         show("ibv_devinfo under the profile", &out)
     );
 }
+
+/// `flowverbs cdi` picks the spec version the installed podman accepts
+/// (podman 4.3 rejects 0.6.0: then the device is unknown), writes the
+/// spec's parts for this router, and fails clearly without a router.
+#[test]
+fn cdi_spec_for_this_podman() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let router = Router::start();
+    let mut cdi = Command::new(flowverbs_exe());
+    cdi.arg("cdi")
+        .arg("--runtime-dir")
+        .arg(&router.runtime_dir)
+        .arg("--provider")
+        .arg(provider_lib())
+        .args(["--output", "-"]);
+    let out = run_with_timeout(cdi, 30);
+    assert!(out.status.success(), "{}", show("flowverbs cdi", &out));
+    let spec: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let version = Command::new("podman").arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&version.stdout);
+    let want = flowverbs_router::containers::cdi_version_for_podman(Some(&version));
+    assert_eq!(spec["cdiVersion"], want, "{version}");
+    let edits = &spec["devices"][0]["containerEdits"];
+    let node = format!("/dev/infiniband/{}", router.uverbs_name());
+    assert_eq!(edits["deviceNodes"][0]["path"], node.as_str());
+    let dir = fs::canonicalize(&router.runtime_dir).unwrap();
+    assert_eq!(edits["mounts"][0]["hostPath"], dir.to_str().unwrap());
+    assert_eq!(edits["mounts"][0]["options"][0], "rbind");
+    assert!(edits["env"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!(format!(
+            "SYSFS_PATH={}/fuse/sysfs",
+            dir.display()
+        ))));
+
+    // podman takes the version chosen (Podman::new writes the spec with
+    // the default version); the next one, 0.6.0, podman 4.3 does not take.
+    let p = Podman::new(&router, "cdiver");
+    let out = run_with_timeout(p.run("chosen", 51, &["true"]), 120);
+    assert!(
+        out.status.success(),
+        "podman ({version}) refused the spec of version {want}\n{}",
+        show("podman run", &out)
+    );
+    if want == "0.5.0" {
+        let mut newer = Command::new(flowverbs_exe());
+        newer
+            .arg("cdi")
+            .arg("--runtime-dir")
+            .arg(&router.runtime_dir)
+            .arg("--provider")
+            .arg(provider_lib())
+            .args(["--cdi-version", "0.6.0", "--output"])
+            .arg(&p.spec);
+        let out = run_with_timeout(newer, 30);
+        assert!(
+            out.status.success(),
+            "{}",
+            show("flowverbs cdi 0.6.0", &out)
+        );
+        let out = run_with_timeout(p.run("v060", 50, &["true"]), 120);
+        assert!(
+            !out.status.success()
+                && String::from_utf8_lossy(&out.stderr)
+                    .contains("unresolvable CDI devices flowverbs.io/rdma=fv0"),
+            "podman ({version}) took a 0.6.0 spec: the version choice is stale\n{}",
+            show("podman run", &out)
+        );
+    }
+
+    // No router: a clear error.
+    let mut none = Command::new(flowverbs_exe());
+    none.args(["cdi", "--output", "-", "--provider"])
+        .arg(provider_lib())
+        .arg("--runtime-dir")
+        .arg(fresh_temp_dir("norouter"));
+    let out = run_with_timeout(none, 30);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is `flowverbs router --runtime-dir"),
+        "{}",
+        show("flowverbs cdi without a router", &out)
+    );
+}
