@@ -193,6 +193,74 @@ fn step<T>(what: &str, f: impl FnOnce() -> T) -> T {
     r
 }
 
+/// The TCP port perftest and the rdma-core pingpongs exchange addresses on.
+const EXCHANGE_PORT: u16 = 18515;
+
+/// Runs `server` (a `podman run` of container `server_name`), waits until
+/// it listens on [`EXCHANGE_PORT`] in its network namespace (read by the
+/// test from `/proc/<pid>/net/tcp*` of the container's process, so no
+/// connection disturbs the server), then runs `client`. No retry and no
+/// sleep to tune: a slow container start only makes the wait longer
+/// (bounded by `secs`, a guard against hangs). Returns (server, client).
+fn container_pair(
+    p: &Podman,
+    server: Command,
+    server_name: &str,
+    client: Command,
+    secs: u64,
+) -> (Output, Output) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let mut srv = Background::start(server);
+    let name = format!("{}-{server_name}", p.prefix);
+    let listen = format!(":{EXCHANGE_PORT:04X} ");
+    loop {
+        let pid = p
+            .cmd()
+            .args(["inspect", "--format", "{{.State.Pid}}", &name])
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|p| !p.is_empty() && p != "0");
+        let listening = pid.is_some_and(|pid| {
+            ["tcp", "tcp6"].iter().any(|f| {
+                fs::read_to_string(format!("/proc/{pid}/net/{f}")).is_ok_and(|t| {
+                    t.lines().skip(1).any(|l| {
+                        let w: Vec<&str> = l.split_whitespace().collect();
+                        w.len() > 3 && format!("{} ", w[1]).ends_with(&listen) && w[3] == "0A"
+                    })
+                })
+            })
+        });
+        if listening {
+            break;
+        }
+        if srv.try_wait().is_some() || std::time::Instant::now() >= deadline {
+            let out = srv.finish(Duration::from_secs(1));
+            panic!(
+                "the server container did not listen on port {EXCHANGE_PORT}\n{}",
+                show("server", &out)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    let c = run_with_timeout(client, left.as_secs().max(1));
+    let s = srv.finish(if c.status.success() {
+        deadline.saturating_duration_since(std::time::Instant::now())
+    } else {
+        Duration::from_secs(10)
+    });
+    for (name, out) in [("server", &s), ("client", &c)] {
+        assert!(
+            !invalid_data(out),
+            "the {name} reported invalid data:\n{}{}",
+            show("server", &s),
+            show("client", &c)
+        );
+    }
+    (s, c)
+}
+
 /// Both exited 0; the message shows both and the router's log.
 fn assert_pair_ok(what: &str, server: &Output, client: &Output, router: &Router) {
     assert!(
@@ -219,7 +287,7 @@ fn rc_pingpong_between_containers(p: &Podman, router: &Router, tag: &str, a: u8,
     let server = p.run(&format!("{tag}-srv"), a, &args);
     let mut client = p.run(&format!("{tag}-cli"), b, &args);
     client.arg(p.ip(a));
-    let (s, c) = run_pair(server, client, 120);
+    let (s, c) = container_pair(p, server, &format!("{tag}-srv"), client, 180);
     assert_pair_ok("ibv_rc_pingpong between containers", &s, &c, router);
     for (name, out, own, peer) in [("server", &s, a, b), ("client", &c, b, a)] {
         let text = String::from_utf8_lossy(&out.stdout);
@@ -285,7 +353,7 @@ fn perftest_between_containers(
     let server = p.run(&format!("{tag}-srv"), a, &args);
     let mut client = p.run(&format!("{tag}-cli"), b, &args);
     client.arg(p.ip(a));
-    let (s, c) = run_pair(server, client, 180);
+    let (s, c) = container_pair(p, server, &format!("{tag}-srv"), client, 180);
     assert_perftest(&format!("{program} between containers"), &s, &c, router);
     assert_perftest_gids(program, &s, &p.ip(a), &p.ip(b));
     assert_perftest_gids(program, &c, &p.ip(b), &p.ip(a));
@@ -416,10 +484,12 @@ fn semi_mode_containers() {
     });
     let before = router.requests("semi");
     // Server and client in one container: one trust group, the semi path.
+    // The client tries again while the server does not listen yet (no
+    // bound but the run's timeout, a guard against hangs).
     let script = "ib_send_bw -d fv0 -x 0 -e -s 65536 -n 500 > /tmp/s.out 2>&1 & s=$!; \
-        i=0; until ib_send_bw -d fv0 -x 0 -e -s 65536 -n 500 127.0.0.1 > /tmp/c.out 2>&1; do \
+        until ib_send_bw -d fv0 -x 0 -e -s 65536 -n 500 127.0.0.1 > /tmp/c.out 2>&1; do \
           grep -q \"Couldn't connect\" /tmp/c.out || { cat /tmp/c.out; exit 1; }; \
-          i=$((i+1)); [ $i -lt 150 ] || exit 1; sleep 0.2; done; \
+          sleep 0.2; done; \
         wait $s; st=$?; cat /tmp/c.out; echo ---server; cat /tmp/s.out; exit $st";
     let out = step("pair in one container", || {
         run_with_timeout(p.run("one", 23, &["sh", "-c", script]), 180)
