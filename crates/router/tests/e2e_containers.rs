@@ -482,6 +482,12 @@ fn semi_mode_containers() {
     step("perftest_between_containers", || {
         perftest_between_containers(&p, &router, "ib_send_bw", &["-e"], "send", 21, 22)
     });
+    step("perftest_between_containers", || {
+        perftest_between_containers(&p, &router, "ib_write_bw", &[], "write", 26, 27)
+    });
+    step("rc_pingpong_between_containers", || {
+        rc_pingpong_between_containers(&p, &router, "pp", 28, 29)
+    });
     let before = router.requests("semi");
     // Server and client in one container: one trust group, the semi path.
     // The client tries again while the server does not listen yet (no
