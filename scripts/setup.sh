@@ -9,7 +9,11 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 packages=(libibverbs-dev ibverbs-utils perftest ucx-utils openmpi-bin libopenmpi-dev netpipe-openmpi libclang-dev clang iproute2
-          build-essential pkg-config ca-certificates curl qemu-system-x86 ibverbs-providers)
+          build-essential pkg-config ca-certificates curl qemu-system-x86 ibverbs-providers
+          # The container tests (crates/router/tests/e2e_containers.rs):
+          # podman with runc (crun fails on mixed cgroup hierarchies),
+          # netavark for the bridge network, debootstrap for the image.
+          podman runc netavark aardvark-dns iptables debootstrap debian-archive-keyring)
 missing=()
 for p in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

@@ -20,6 +20,20 @@
 //! - `ioctl` fails with `ENOTTY`, so libibverbs falls back to its write
 //!   path and to sysfs for GID queries;
 //! - everything else is answered `ENOSYS` (the kernel then stops asking).
+//!
+//! Beside the session files it serves the device tree, read-only, at
+//! `fuse/sysfs` ([`SysTree`]): the same folders as `RUNTIME_DIR/sysfs`, but
+//! every reader gets the GID (and node GUID) of its own network namespace,
+//! found from the FUSE request's thread id (the router reads the thread's
+//! namespace and address from /proc; the reader says nothing). So one
+//! `SYSFS_PATH=RUNTIME_DIR/fuse/sysfs` serves every container, which is
+//! what a static CDI spec needs (`flowverbs cdi`). `fuse/router.sock`
+//! (-> `../router.sock`) and `fuse/fuse` (-> `.`) are links, so that the
+//! provider finds the router and its command files beside that tree as it
+//! does beside `RUNTIME_DIR/sysfs`. A reader whose thread is gone, or is
+//! not visible in the router's pid namespace, gets `ESRCH`; a reader never
+//! sees another namespace's view (nothing in the tree names or lists
+//! other namespaces).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -32,6 +46,7 @@ use super::objects::SessionId;
 const FUSE_LOOKUP: u32 = 1;
 const FUSE_FORGET: u32 = 2;
 const FUSE_GETATTR: u32 = 3;
+const FUSE_READLINK: u32 = 5;
 const FUSE_OPEN: u32 = 14;
 const FUSE_READ: u32 = 15;
 const FUSE_WRITE: u32 = 16;
@@ -56,6 +71,161 @@ const IN_HEADER: usize = 40;
 const WRITE_IN: usize = 40;
 const FOPEN_DIRECT_IO: u32 = 1;
 const FOPEN_NONSEEKABLE: u32 = 4;
+/// Node ids of the device tree start here (session files are
+/// `session + 1`, far below).
+const TREE_BASE: u64 = 1 << 48;
+
+/// The device tree as one reader sees it: its namespace's GID and node
+/// GUID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct View {
+    pub gid: [u8; 16],
+    pub node_guid: u64,
+}
+
+/// What a file of the device tree holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Content {
+    Text(String),
+    /// The reader's GID (`ports/1/gids/0`).
+    Gid,
+    /// The reader's node GUID.
+    NodeGuid,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File(Content),
+    Link(String),
+}
+
+#[derive(Clone, Debug)]
+struct Node {
+    /// The node id of the folder holding it (`ROOT_ID` for the mount's root).
+    parent: u64,
+    name: String,
+    kind: Kind,
+}
+
+/// The read-only device tree served at `fuse/sysfs`, plus the two links
+/// in the mount's root. Its shape is the same for every reader; the
+/// contents of two files depend on the reader ([`View`]).
+#[derive(Clone, Debug, Default)]
+pub struct SysTree {
+    nodes: Vec<Node>,
+}
+
+impl SysTree {
+    /// The tree of fv0 (uverbs folder `uverbs`, the router's
+    /// `/dev/infiniband` name) and, as links into the kernel's sysfs, the
+    /// host's real RDMA devices (`real`: uverbs name, device name and
+    /// their resolved sysfs folders).
+    pub fn new(uverbs: &str, real: &[(String, String, PathBuf, PathBuf)]) -> SysTree {
+        let mut t = SysTree::default();
+        t.add(ROOT_ID, "router.sock", Kind::Link("../router.sock".into()));
+        t.add(ROOT_ID, "fuse", Kind::Link(".".into()));
+        let text = |s: &str| Kind::File(Content::Text(s.into()));
+        let root = t.add(ROOT_ID, "sysfs", Kind::Dir);
+        let class = t.add(root, "class", Kind::Dir);
+        let verbs = t.add(class, "infiniband_verbs", Kind::Dir);
+        t.add(verbs, "abi_version", text("6"));
+        let u = t.add(verbs, uverbs, Kind::Dir);
+        t.add(u, "ibdev", text(crate::sysfs::IBDEV));
+        t.add(u, "dev", text("0:0"));
+        t.add(u, "abi_version", text("1"));
+        let ib = t.add(class, "infiniband", Kind::Dir);
+        let dev = t.add(ib, crate::sysfs::IBDEV, Kind::Dir);
+        t.add(dev, "node_type", text("1: CA"));
+        t.add(dev, "node_guid", Kind::File(Content::NodeGuid));
+        let ports = t.add(dev, "ports", Kind::Dir);
+        let port = t.add(ports, "1", Kind::Dir);
+        let gids = t.add(port, "gids", Kind::Dir);
+        t.add(gids, "0", Kind::File(Content::Gid));
+        let attrs = t.add(port, "gid_attrs", Kind::Dir);
+        let types = t.add(attrs, "types", Kind::Dir);
+        t.add(types, "0", text("RoCE v2"));
+        let pkeys = t.add(port, "pkeys", Kind::Dir);
+        t.add(pkeys, "0", text("0xffff"));
+        for (uverbs, device, uverbs_dir, device_dir) in real {
+            t.add(
+                verbs,
+                uverbs,
+                Kind::Link(uverbs_dir.to_string_lossy().into()),
+            );
+            t.add(ib, device, Kind::Link(device_dir.to_string_lossy().into()));
+        }
+        t
+    }
+
+    fn add(&mut self, parent: u64, name: &str, kind: Kind) -> u64 {
+        self.nodes.push(Node {
+            parent,
+            name: name.into(),
+            kind,
+        });
+        TREE_BASE + self.nodes.len() as u64 - 1
+    }
+
+    fn node(&self, ino: u64) -> Option<&Node> {
+        self.nodes
+            .get(usize::try_from(ino.checked_sub(TREE_BASE)?).ok()?)
+    }
+
+    fn lookup(&self, parent: u64, name: &[u8]) -> Option<u64> {
+        self.nodes
+            .iter()
+            .position(|n| n.parent == parent && n.name.as_bytes() == name)
+            .map(|i| TREE_BASE + i as u64)
+    }
+
+    /// The entries of folder `dir`: (node id, name, kind).
+    fn children(&self, dir: u64) -> impl Iterator<Item = (u64, &Node)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(move |(_, n)| n.parent == dir)
+            .map(|(i, n)| (TREE_BASE + i as u64, n))
+    }
+
+    /// The bytes of file `ino` as `view`'s reader sees them (None: not a
+    /// file).
+    fn file(&self, ino: u64, view: &View) -> Option<Vec<u8>> {
+        let text = match &self.node(ino)?.kind {
+            Kind::File(Content::Text(t)) => t.clone(),
+            Kind::File(Content::Gid) => crate::sysfs::format_gid(view.gid),
+            Kind::File(Content::NodeGuid) => crate::sysfs::format_node_guid(view.node_guid),
+            _ => return None,
+        };
+        Some(format!("{text}\n").into_bytes())
+    }
+
+    fn attr(&self, ino: u64) -> Option<[u8; 88]> {
+        let (mode, nlink, size) = match &self.node(ino)?.kind {
+            Kind::Dir => (libc::S_IFDIR | 0o555, 2, 0),
+            // sysfs' size: libibverbs reads once into a bigger buffer.
+            Kind::File(_) => (libc::S_IFREG | 0o444, 1, 4096),
+            Kind::Link(t) => (libc::S_IFLNK | 0o777, 1, t.len() as u64),
+        };
+        Some(attr_of(ino, mode, nlink, 0, size))
+    }
+}
+
+/// Appends one `struct fuse_dirent` to `out`.
+fn push_dirent(out: &mut Vec<u8>, ino: u64, off: u64, name: &[u8], kind: u32) {
+    out.extend_from_slice(&ino.to_ne_bytes());
+    out.extend_from_slice(&off.to_ne_bytes());
+    out.extend_from_slice(&(name.len() as u32).to_ne_bytes());
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(name);
+    while !out.len().is_multiple_of(8) {
+        out.push(0);
+    }
+}
+
+fn dirent_len(name: &[u8]) -> usize {
+    (24 + name.len()).div_ceil(8) * 8
+}
 
 /// What the file system needs to know about a session.
 #[derive(Clone, Copy, Debug)]
@@ -82,6 +252,7 @@ pub struct CmdFs {
     dev: OwnedFd,
     mountpoint: PathBuf,
     buf: Vec<u8>,
+    tree: SysTree,
 }
 
 /// Reads `Tgid:` of a thread from /proc: the process a FUSE request's
@@ -106,7 +277,7 @@ impl CmdFs {
 
     /// Mounts the file system at `RUNTIME_DIR/fuse` (needs CAP_SYS_ADMIN).
     /// A stale mount left by a router that died is detached first.
-    pub fn mount(runtime_dir: &Path) -> io::Result<CmdFs> {
+    pub fn mount(runtime_dir: &Path, tree: SysTree) -> io::Result<CmdFs> {
         let mountpoint = Self::mountpoint(runtime_dir);
         let _ = nix::mount::umount2(&mountpoint, nix::mount::MntFlags::MNT_DETACH);
         std::fs::create_dir_all(&mountpoint)?;
@@ -139,6 +310,7 @@ impl CmdFs {
             dev,
             mountpoint,
             buf: vec![0; MAX_WRITE as usize + 64 * 1024],
+            tree,
         })
     }
 
@@ -162,9 +334,15 @@ impl CmdFs {
     }
 
     /// Reads and answers every queued request. `session` tells who owns a
-    /// session (None: no such session). Returns the requests that need the
+    /// session (None: no such session); `view` gives the device tree as
+    /// the thread with that id (in the router's pid namespace) must see it
+    /// (None: the thread is gone). Returns the requests that need the
     /// server.
-    pub fn process(&mut self, session: impl Fn(SessionId) -> Option<SessionInfo>) -> Vec<Call> {
+    pub fn process(
+        &mut self,
+        session: impl Fn(SessionId) -> Option<SessionInfo>,
+        view: impl Fn(i32) -> Option<View>,
+    ) -> Vec<Call> {
         let mut calls = Vec::new();
         loop {
             let n = match nix::unistd::read(self.dev.as_raw_fd(), &mut self.buf) {
@@ -181,7 +359,7 @@ impl CmdFs {
                 continue;
             }
             let req = self.buf[..n].to_vec();
-            if let Some(call) = self.answer(&req, &session) {
+            if let Some(call) = self.answer(&req, &session, &view) {
                 calls.push(call);
             }
         }
@@ -222,6 +400,7 @@ impl CmdFs {
         &self,
         req: &[u8],
         session: &impl Fn(SessionId) -> Option<SessionInfo>,
+        view: &impl Fn(i32) -> Option<View>,
     ) -> Option<Call> {
         let u32_at = |o: usize| u32::from_ne_bytes(req[o..o + 4].try_into().expect("4 bytes"));
         let u64_at = |o: usize| u64::from_ne_bytes(req[o..o + 8].try_into().expect("8 bytes"));
@@ -233,7 +412,7 @@ impl CmdFs {
         let body = &req[IN_HEADER..];
         // The session a node stands for (node 1 is the root folder).
         let node_session = |node: u64| -> Option<(SessionId, SessionInfo)> {
-            let s = node.checked_sub(1).filter(|s| *s > 0)?;
+            let s = node.checked_sub(1).filter(|s| *s > 0 && node < TREE_BASE)?;
             session(s).map(|i| (s, i))
         };
         // The caller must be a thread of the session's process.
@@ -270,6 +449,13 @@ impl CmdFs {
             }
             FUSE_LOOKUP => {
                 let name = body.split(|b| *b == 0).next().unwrap_or_default();
+                if let Some(ino) = self.tree.lookup(nodeid, name) {
+                    let mut out = vec![0u8; 40];
+                    out[0..8].copy_from_slice(&ino.to_ne_bytes());
+                    out.extend_from_slice(&self.tree.attr(ino).expect("a tree node"));
+                    self.reply(unique, 0, &out);
+                    return None;
+                }
                 let s = std::str::from_utf8(name)
                     .ok()
                     .and_then(|n| n.parse::<SessionId>().ok())
@@ -286,6 +472,95 @@ impl CmdFs {
                 }
             }
             FUSE_FORGET | FUSE_BATCH_FORGET | FUSE_INTERRUPT => {}
+            FUSE_GETATTR if nodeid >= TREE_BASE => match self.tree.attr(nodeid) {
+                Some(a) => {
+                    let mut out = vec![0u8; 16];
+                    out.extend_from_slice(&a);
+                    self.reply(unique, 0, &out);
+                }
+                None => self.reply(unique, libc::ENOENT, &[]),
+            },
+            FUSE_READLINK => match self.tree.node(nodeid).map(|n| &n.kind) {
+                Some(Kind::Link(target)) => self.reply(unique, 0, target.as_bytes()),
+                _ => self.reply(unique, libc::EINVAL, &[]),
+            },
+            FUSE_OPEN if nodeid >= TREE_BASE => {
+                let flags = if body.len() >= 4 {
+                    u32_at(IN_HEADER)
+                } else {
+                    0
+                };
+                match self.tree.node(nodeid).map(|n| &n.kind) {
+                    Some(Kind::File(_)) if flags & libc::O_ACCMODE as u32 == 0 => {
+                        // Direct I/O: every read comes to us (no page
+                        // cache shared between readers of other views).
+                        let mut out = [0u8; 16];
+                        out[8..12].copy_from_slice(&FOPEN_DIRECT_IO.to_ne_bytes());
+                        self.reply(unique, 0, &out);
+                    }
+                    Some(Kind::File(_)) => self.reply(unique, libc::EACCES, &[]),
+                    Some(_) => self.reply(unique, libc::EISDIR, &[]),
+                    None => self.reply(unique, libc::ENOENT, &[]),
+                }
+            }
+            FUSE_READ if nodeid >= TREE_BASE => {
+                if body.len() < 20 {
+                    self.reply(unique, libc::EINVAL, &[]);
+                    return None;
+                }
+                let offset = u64_at(IN_HEADER + 8);
+                let size = u32_at(IN_HEADER + 16) as usize;
+                let Some(v) = i32::try_from(tid).ok().filter(|t| *t > 0).and_then(view) else {
+                    debug!("FUSE read of the device tree by thread {tid}: no such thread");
+                    self.reply(unique, libc::ESRCH, &[]);
+                    return None;
+                };
+                match self.tree.file(nodeid, &v) {
+                    Some(data) => {
+                        let start = usize::try_from(offset)
+                            .unwrap_or(usize::MAX)
+                            .min(data.len());
+                        let end = start.saturating_add(size).min(data.len());
+                        self.reply(unique, 0, &data[start..end]);
+                    }
+                    None => self.reply(unique, libc::EISDIR, &[]),
+                }
+            }
+            FUSE_OPENDIR
+                if matches!(
+                    self.tree.node(nodeid),
+                    Some(Node {
+                        kind: Kind::Dir,
+                        ..
+                    })
+                ) =>
+            {
+                self.reply(unique, 0, &[0u8; 16])
+            }
+            FUSE_READDIR if nodeid == ROOT_ID || nodeid >= TREE_BASE => {
+                if body.len() < 20 {
+                    self.reply(unique, libc::EINVAL, &[]);
+                    return None;
+                }
+                let offset = u64_at(IN_HEADER + 8);
+                let size = u32_at(IN_HEADER + 16) as usize;
+                let mut out = Vec::new();
+                for (i, (ino, n)) in self.tree.children(nodeid).enumerate() {
+                    if (i as u64) < offset {
+                        continue;
+                    }
+                    if out.len() + dirent_len(n.name.as_bytes()) > size {
+                        break;
+                    }
+                    let kind = match n.kind {
+                        Kind::Dir => libc::DT_DIR,
+                        Kind::File(_) => libc::DT_REG,
+                        Kind::Link(_) => libc::DT_LNK,
+                    };
+                    push_dirent(&mut out, ino, i as u64 + 1, n.name.as_bytes(), kind.into());
+                }
+                self.reply(unique, 0, &out);
+            }
             FUSE_GETATTR => {
                 let owner = node_session(nodeid).map(|(_, i)| i.uid);
                 if nodeid == ROOT_ID || owner.is_some() {
@@ -358,16 +633,130 @@ impl CmdFs {
 /// `struct fuse_attr` of the root folder or of a session's file (owned by
 /// the session's user; the mode is informative, `open` checks the pid).
 fn attr(ino: u64, dir: bool, uid: u32) -> [u8; 88] {
+    if dir {
+        attr_of(ino, libc::S_IFDIR | 0o755, 2, uid, 0)
+    } else {
+        attr_of(ino, libc::S_IFREG | 0o600, 1, uid, 0)
+    }
+}
+
+fn attr_of(ino: u64, mode: u32, nlink: u32, uid: u32, size: u64) -> [u8; 88] {
     let mut a = [0u8; 88];
     a[0..8].copy_from_slice(&ino.to_ne_bytes());
-    let (mode, nlink) = if dir {
-        (libc::S_IFDIR | 0o755, 2u32)
-    } else {
-        (libc::S_IFREG | 0o600, 1u32)
-    };
+    a[8..16].copy_from_slice(&size.to_ne_bytes());
     a[60..64].copy_from_slice(&mode.to_ne_bytes());
     a[64..68].copy_from_slice(&nlink.to_ne_bytes());
     a[68..72].copy_from_slice(&uid.to_ne_bytes());
     a[80..84].copy_from_slice(&4096u32.to_ne_bytes()); // blksize
     a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> SysTree {
+        SysTree::new(
+            "uverbs_fv01234567",
+            &[(
+                "uverbs3".into(),
+                "rxe0".into(),
+                "/sys/devices/virtual/infiniband_verbs/uverbs3".into(),
+                "/sys/devices/virtual/infiniband/rxe0".into(),
+            )],
+        )
+    }
+
+    fn walk(t: &SysTree, path: &str) -> Option<u64> {
+        path.split('/')
+            .try_fold(ROOT_ID, |dir, name| t.lookup(dir, name.as_bytes()))
+    }
+
+    #[test]
+    fn tree_answers_each_view_with_its_own_gid() {
+        let t = tree();
+        let a = View {
+            gid: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1],
+            node_guid: 0x0266_76ff_0a00_0001,
+        };
+        let b = View {
+            gid: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 2],
+            node_guid: 2,
+        };
+        let gid = walk(&t, "sysfs/class/infiniband/fv0/ports/1/gids/0").unwrap();
+        assert_eq!(
+            t.file(gid, &a).unwrap(),
+            b"0000:0000:0000:0000:0000:ffff:0a00:0001\n"
+        );
+        assert_eq!(
+            t.file(gid, &b).unwrap(),
+            b"0000:0000:0000:0000:0000:ffff:0a00:0002\n"
+        );
+        let guid = walk(&t, "sysfs/class/infiniband/fv0/node_guid").unwrap();
+        assert_eq!(t.file(guid, &a).unwrap(), b"0266:76ff:0a00:0001\n");
+        let ibdev = walk(&t, "sysfs/class/infiniband_verbs/uverbs_fv01234567/ibdev").unwrap();
+        assert_eq!(t.file(ibdev, &a).unwrap(), b"fv0\n");
+        for p in [
+            "sysfs/class/infiniband_verbs/abi_version",
+            "sysfs/class/infiniband/fv0/node_type",
+            "sysfs/class/infiniband/fv0/ports/1/gid_attrs/types/0",
+            "sysfs/class/infiniband/fv0/ports/1/pkeys/0",
+        ] {
+            let n = walk(&t, p).unwrap_or_else(|| panic!("{p}"));
+            assert!(t.file(n, &a).is_some(), "{p}");
+        }
+        // Folders and links are not files; unknown names and ids are absent.
+        assert!(t.file(walk(&t, "sysfs/class").unwrap(), &a).is_none());
+        assert!(walk(&t, "sysfs/class/infiniband/fv1").is_none());
+        assert!(t.node(TREE_BASE + 10_000).is_none());
+        assert!(t.node(5).is_none());
+        assert!(t.attr(ROOT_ID).is_none());
+    }
+
+    #[test]
+    fn tree_links_and_listing() {
+        let t = tree();
+        let link = |p: &str| match &t.node(walk(&t, p).unwrap()).unwrap().kind {
+            Kind::Link(target) => target.clone(),
+            k => panic!("{p}: {k:?}"),
+        };
+        assert_eq!(link("router.sock"), "../router.sock");
+        assert_eq!(link("fuse"), ".");
+        assert_eq!(
+            link("sysfs/class/infiniband/rxe0"),
+            "/sys/devices/virtual/infiniband/rxe0"
+        );
+        let names = |p: &str| -> Vec<String> {
+            let dir = walk(&t, p).unwrap();
+            t.children(dir).map(|(_, n)| n.name.clone()).collect()
+        };
+        assert_eq!(
+            names("sysfs/class/infiniband_verbs"),
+            ["abi_version", "uverbs_fv01234567", "uverbs3"]
+        );
+        assert_eq!(names("sysfs/class/infiniband"), ["fv0", "rxe0"]);
+        let root: Vec<String> = t.children(ROOT_ID).map(|(_, n)| n.name.clone()).collect();
+        assert_eq!(root, ["router.sock", "fuse", "sysfs"]);
+        // Attributes: mode and size of each kind.
+        let mode = |p: &str| {
+            let a = t.attr(walk(&t, p).unwrap()).unwrap();
+            u32::from_ne_bytes(a[60..64].try_into().unwrap())
+        };
+        assert_eq!(mode("sysfs/class"), libc::S_IFDIR | 0o555);
+        assert_eq!(
+            mode("sysfs/class/infiniband/fv0/node_type"),
+            libc::S_IFREG | 0o444
+        );
+        assert_eq!(mode("fuse"), libc::S_IFLNK | 0o777);
+    }
+
+    #[test]
+    fn dirents_are_aligned() {
+        let mut out = Vec::new();
+        push_dirent(&mut out, 7, 1, b"abc", libc::DT_REG.into());
+        assert_eq!(out.len(), dirent_len(b"abc"));
+        assert_eq!(out.len(), 32);
+        push_dirent(&mut out, 8, 2, b"12345678", libc::DT_DIR.into());
+        assert_eq!(out.len(), 32 + 32);
+    }
 }

@@ -1,5 +1,6 @@
 //! The per-host router: serves the fv0 device to local processes.
 
+pub mod containers;
 pub mod control;
 pub mod engine;
 pub mod events;

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ use flowverbs_wire::VERSION;
 use super::control::{close_session, handle, segment, Answer};
 use super::engine::Engine;
 use super::events::AsyncTarget;
-use super::fuse::{Call, CmdFs, SessionInfo};
+use super::fuse::{Call, CmdFs, SessionInfo, SysTree, View};
 use super::identity;
 use super::limits::{Cap, Limits, Usage};
 use super::memory::{Credentials, PidFd, ProcessMemory, SessionMemoryError};
@@ -124,6 +124,34 @@ pub struct Server {
     warn_refused: Throttled,
 }
 
+/// GID 0 of the process or thread `pid` (of a router in namespace
+/// `own_netns` whose own GID is `own_gid`), and its network namespace.
+fn client_gid(pid: i32, own_netns: u64, own_gid: [u8; 16]) -> (u64, [u8; 16]) {
+    match identity::netns_of(pid) {
+        Ok(ns) if ns != own_netns => {
+            let ip = identity::netns_ipv4(pid).unwrap_or(std::net::Ipv4Addr::LOCALHOST);
+            (ns, identity::gid_from_ipv4(ip))
+        }
+        _ => (own_netns, own_gid),
+    }
+}
+
+/// The device tree as thread `tid` must see it (its network namespace's
+/// GID and node GUID), or None if the thread is gone. The thread is the
+/// one blocked in the FUSE request, so its id cannot name another
+/// process until the request is answered or interrupted.
+fn reader_view(tid: i32, own_netns: u64, own_gid: [u8; 16]) -> Option<View> {
+    identity::netns_of(tid).ok()?;
+    let (_, gid) = client_gid(tid, own_netns, own_gid);
+    // Gone between the two reads: answer nothing rather than a guess.
+    identity::netns_of(tid).ok()?;
+    let ip = std::net::Ipv4Addr::new(gid[12], gid[13], gid[14], gid[15]);
+    Some(View {
+        gid,
+        node_guid: identity::node_guid_from_ipv4(ip),
+    })
+}
+
 impl Server {
     pub fn start(config: &Config) -> anyhow::Result<Server> {
         let dir = &config.runtime_dir;
@@ -188,7 +216,21 @@ impl Server {
 
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         epoll.add(&listener, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))?;
-        let cmdfs = match CmdFs::mount(dir) {
+        let real: Vec<_> = super::nic::real_devices(Path::new(super::nic::SYSFS))
+            .into_iter()
+            .map(|d| {
+                let sys = Path::new(super::nic::SYSFS).join("class");
+                let resolve = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
+                (
+                    resolve(sys.join("infiniband_verbs").join(&d.uverbs)),
+                    resolve(sys.join("infiniband").join(&d.device)),
+                    d,
+                )
+            })
+            .map(|(u, i, d)| (d.uverbs, d.device, u, i))
+            .collect();
+        let sys_tree = SysTree::new(&super::sysfs::uverbs_name(dir), &real);
+        let cmdfs = match CmdFs::mount(dir, sys_tree) {
             Ok(fs) => {
                 epoll.add(fs.fd(), EpollEvent::new(EpollFlags::EPOLLIN, CMDFS))?;
                 Some(fs)
@@ -634,16 +676,12 @@ impl Server {
     /// (read by the router from the kernel, never taken from the client),
     /// and that namespace.
     fn client_gid(&self, pid: i32) -> (u64, [u8; 16]) {
-        match identity::netns_of(pid) {
-            Ok(ns) if ns != self.netns => {
-                let ip = identity::netns_ipv4(pid).unwrap_or(std::net::Ipv4Addr::LOCALHOST);
-                (ns, identity::gid_from_ipv4(ip))
-            }
-            _ => (self.netns, self.gid),
-        }
+        client_gid(pid, self.netns, self.gid)
     }
 
     /// The `SYSFS_PATH` that shows `pid`'s network namespace its own GID,
+    /// written on disk under the runtime directory (`flowverbs env`; the
+    /// FUSE tree at `fuse/sysfs` shows every reader its own without it),
     /// and that GID.
     fn device_view(&self, pid: i32) -> anyhow::Result<(PathBuf, [u8; 16])> {
         let (ns, gid) = self.client_gid(pid);
@@ -869,12 +907,16 @@ impl Server {
             return;
         };
         let sessions = &self.engine.tables.sessions;
-        let calls = fs.process(|id| {
-            sessions.get(&id).map(|s| SessionInfo {
-                pid: s.memory.pid,
-                uid: s.uid,
-            })
-        });
+        let (own_netns, own_gid) = (self.netns, self.gid);
+        let calls = fs.process(
+            |id| {
+                sessions.get(&id).map(|s| SessionInfo {
+                    pid: s.memory.pid,
+                    uid: s.uid,
+                })
+            },
+            |tid| reader_view(tid, own_netns, own_gid),
+        );
         for call in calls {
             let Call::CreateChannel {
                 unique,
@@ -1030,4 +1072,26 @@ fn set_nonblocking(fd: &OwnedFd) -> nix::Result<()> {
     let flags = OFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?);
     fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reader_view_of_a_vanished_thread_is_none() {
+        let me = std::process::id() as i32;
+        let own_netns = identity::netns_of(me).unwrap();
+        let own_gid = [7u8; 16];
+        // A reader in the router's namespace gets the router's GID.
+        let v = reader_view(me, own_netns, own_gid).expect("this process exists");
+        assert_eq!(v.gid, own_gid);
+        // A reader that is gone gets nothing (the FUSE request: ESRCH).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        child.wait().unwrap();
+        assert!(reader_view(pid, own_netns, own_gid).is_none());
+        assert!(reader_view(0, own_netns, own_gid).is_none());
+        assert!(reader_view(-1, own_netns, own_gid).is_none());
+    }
 }

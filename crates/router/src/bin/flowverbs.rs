@@ -28,6 +28,11 @@ const PROVIDER_SUFFIX: &str = "-rdmav34.so";
 /// What cargo builds.
 const BUILT_PROVIDER: &str = "libflowverbs.so";
 const DEFAULT_RUNTIME_DIR: &str = "/run/flowverbs";
+/// A spec for the running router: transient, like the router (CDI reads
+/// /etc/cdi and /var/run/cdi; the latter wins).
+const DEFAULT_CDI_SPEC: &str = "/var/run/cdi/flowverbs.json";
+/// containers-common's default profile (podman's).
+const DEFAULT_SECCOMP_BASE: &str = "/usr/share/containers/seccomp.json";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -124,6 +129,39 @@ enum Cmd {
         /// One JSON object instead of the table.
         #[arg(long)]
         json: bool,
+    },
+    /// Write the CDI spec that gives containers fv0 of the running router
+    /// (`podman run --device flowverbs.io/rdma=fv0`): its device node, its
+    /// runtime directory (recursive bind), the provider and the
+    /// environment; in semi mode over a NIC also the real devices' nodes
+    /// and providers.
+    Cdi {
+        /// The router's runtime directory.
+        #[arg(long, default_value = DEFAULT_RUNTIME_DIR)]
+        runtime_dir: PathBuf,
+        /// The provider the containers get [default: the one `flowverbs
+        /// install` put in libibverbs' folder].
+        #[arg(long)]
+        provider: Option<PathBuf>,
+        /// Where to write the spec (`-`: standard output).
+        #[arg(long, short, default_value = DEFAULT_CDI_SPEC)]
+        output: PathBuf,
+        /// The spec's `cdiVersion` [default: the newest the installed
+        /// podman accepts: 0.5.0 before podman 4.8, else 0.6.0].
+        #[arg(long, value_name = "VERSION")]
+        cdi_version: Option<String>,
+    },
+    /// Print an OCI seccomp profile for containers using fv0 on a host
+    /// whose kernel has RDMA: the base profile (podman's default) plus the
+    /// rule `flowverbs exec` installs, socket(AF_NETLINK, *, NETLINK_RDMA)
+    /// failing with EPROTONOSUPPORT.
+    SeccompProfile {
+        /// The profile to extend.
+        #[arg(long, default_value = DEFAULT_SECCOMP_BASE)]
+        base: PathBuf,
+        /// The netlink protocol to deny (tests use one the kernel has).
+        #[arg(long, hide = true, default_value_t = flowverbs_router::containers::NETLINK_RDMA)]
+        netlink_protocol: u64,
     },
     /// Run PROGRAM with that environment (execvp: no child process), with
     /// RDMA netlink blocked so that libibverbs reads the generated tree.
@@ -305,6 +343,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Exec { env, program } => exec(&env, &program),
+        Cmd::Cdi {
+            runtime_dir,
+            provider,
+            output,
+            cdi_version,
+        } => cdi(&runtime_dir, provider, &output, cdi_version),
+        Cmd::SeccompProfile {
+            base,
+            netlink_protocol,
+        } => {
+            let text = fs::read_to_string(&base).with_context(|| {
+                format!(
+                    "reading the base profile {} (give --base FILE)",
+                    base.display()
+                )
+            })?;
+            let base: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", base.display()))?;
+            let profile = flowverbs_router::containers::seccomp_profile(&base, netlink_protocol)?;
+            let mut out = io::stdout().lock();
+            serde_json::to_writer_pretty(&mut out, &profile)?;
+            writeln!(out)?;
+            Ok(())
+        }
         Cmd::Status { runtime_dir, json } => status(&runtime_dir, json),
     }
 }
@@ -543,13 +605,14 @@ fn device_view(runtime_dir: &Path) -> anyhow::Result<(PathBuf, Option<NicBinding
     }
 }
 
-/// What a container needs beyond fv0's own environment for semi mode's
-/// NIC path: the device node and libibverbs' provider of the device.
-fn nic_needs(nic: &NicBinding) -> String {
-    let driver = nic
-        .device
+/// libibverbs' provider of a real device: its driver name (from the
+/// device's name: `mlx5_0` -> `mlx5`, `rxe0` -> `rxe`), and the library
+/// if this host has it.
+fn vendor_provider(device: &str) -> (String, Option<PathBuf>) {
+    let driver = device
         .trim_end_matches(|c: char| c.is_ascii_digit())
-        .trim_end_matches('_');
+        .trim_end_matches('_')
+        .to_string();
     let file = format!("lib{driver}-rdmav34.so");
     let library = [
         "/usr/lib/x86_64-linux-gnu",
@@ -558,8 +621,105 @@ fn nic_needs(nic: &NicBinding) -> String {
     ]
     .iter()
     .map(|d| Path::new(d).join("libibverbs").join(&file))
-    .find(|p| p.is_file())
-    .map_or(file.clone(), |p| p.display().to_string());
+    .find(|p| p.is_file());
+    (driver, library)
+}
+
+/// `flowverbs cdi`.
+fn cdi(
+    runtime_dir: &Path,
+    provider: Option<PathBuf>,
+    output: &Path,
+    cdi_version: Option<String>,
+) -> anyhow::Result<()> {
+    use flowverbs_router::containers::{cdi_spec, cdi_version_for_podman, CdiInput, VendorDevice};
+    let dir = fs::canonicalize(runtime_dir).with_context(|| {
+        format!(
+            "runtime dir {}: is `flowverbs router` running?",
+            runtime_dir.display()
+        )
+    })?;
+    let (_, nic) = device_view(&dir).with_context(|| {
+        format!(
+            "asking the router in {}: is `flowverbs router --runtime-dir {}` running?",
+            dir.display(),
+            runtime_dir.display()
+        )
+    })?;
+    // Every container reads the tree the router's FUSE mount serves.
+    if !dir.join("fuse/sysfs/class/infiniband_verbs").is_dir() {
+        bail!(
+            "the router in {} serves no device tree at fuse/sysfs (it could not mount FUSE: \
+             it needs CAP_SYS_ADMIN and /dev/fuse; see its log)",
+            dir.display()
+        );
+    }
+    let dev_node = Path::new("/dev/infiniband").join(flowverbs_router::sysfs::uverbs_name(&dir));
+    if !dev_node.exists() {
+        bail!("the router's device node {} is missing", dev_node.display());
+    }
+    let provider = match provider {
+        Some(p) => fs::canonicalize(&p).with_context(|| format!("provider {}", p.display()))?,
+        None if system_installed() => Path::new(PROVIDER_DIR).join(PROVIDER_FILE),
+        None => bail!(
+            "the provider is not installed ({PROVIDER_DIR}/{PROVIDER_FILE}): run `flowverbs install` or pass --provider PATH"
+        ),
+    };
+    // Semi mode over a NIC: every real device (a container posts to the
+    // one the router assigns it, which a static spec cannot know).
+    let mut vendor = Vec::new();
+    if nic.is_some() {
+        let sysfs = Path::new(flowverbs_router::nic::SYSFS);
+        for d in flowverbs_router::nic::real_devices(sysfs) {
+            let (driver, library) = vendor_provider(&d.device);
+            if library.is_none() {
+                log::warn!(
+                    "no libibverbs provider for {} (lib{driver}-rdmav34.so) on this host",
+                    d.device
+                );
+            }
+            let driver_file = Path::new("/etc/libibverbs.d").join(format!("{driver}.driver"));
+            vendor.push(VendorDevice {
+                node: Path::new("/dev/infiniband").join(&d.uverbs),
+                library: library.map(|l| fs::canonicalize(&l).unwrap_or(l)),
+                driver_file: driver_file.is_file().then_some(driver_file),
+            });
+        }
+    }
+    let cdi_version = cdi_version.unwrap_or_else(|| {
+        let podman = std::process::Command::new("podman")
+            .arg("--version")
+            .output();
+        let text = podman
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        cdi_version_for_podman(text.as_deref()).to_string()
+    });
+    let spec = cdi_spec(&CdiInput {
+        cdi_version,
+        runtime_dir: dir,
+        dev_node,
+        provider,
+        vendor,
+    });
+    let text = serde_json::to_string_pretty(&spec)? + "\n";
+    if output == Path::new("-") {
+        io::stdout().lock().write_all(text.as_bytes())?;
+    } else {
+        install_file(output, |tmp| fs::write(tmp, &text))?;
+        eprintln!("flowverbs: wrote {}", output.display());
+    }
+    Ok(())
+}
+
+/// What a container needs beyond fv0's own environment for semi mode's
+/// NIC path: the device node and libibverbs' provider of the device.
+fn nic_needs(nic: &NicBinding) -> String {
+    let (driver, library) = vendor_provider(&nic.device);
+    let library = library.map_or(format!("lib{driver}-rdmav34.so"), |p| {
+        p.display().to_string()
+    });
     format!(
         "flowverbs: semi mode posts to the NIC {} (port {}): a container also needs \
          /dev/infiniband/{} and libibverbs' provider for it ({library}, \
