@@ -2,17 +2,11 @@
 //! (a sequence of control requests, each from one of two sessions) and the
 //! engine it drives.
 
-use std::fs::OpenOptions;
-use std::os::fd::OwnedFd;
-
-use flowverbs_router::control;
 use flowverbs_router::engine::Engine;
 use flowverbs_router::limits::Limits;
-use flowverbs_router::memory::this_process;
 use flowverbs_router::objects::{Session, SessionId, Tables};
 use flowverbs_router::semi::{KeyTable, TrustGroup};
 use flowverbs_wire::control::Request;
-use flowverbs_wire::segment::SESSION_SEGMENT_SIZE;
 
 pub mod traffic;
 
@@ -77,15 +71,6 @@ pub fn steps(data: &[u8]) -> (bool, Vec<(SessionId, Option<Request>)>) {
     (mode & 1 == 1, out)
 }
 
-fn dev_null() -> OwnedFd {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .expect("/dev/null")
-        .into()
-}
-
 /// A fresh engine with the two sessions (their memory is this process's),
 /// in semi mode or isolated mode.
 pub fn engine(semi: bool) -> Engine {
@@ -120,27 +105,12 @@ pub fn session_gid(net: u8) -> [u8; 16] {
 /// Adds session `id` of user `uid` in network namespace `net` (call
 /// `announce_gids` after the last one).
 pub fn add_session(eng: &mut Engine, id: SessionId, uid: u32, net: u8) {
-    let (_, segment) =
-        control::segment("fv-fuzz-session", SESSION_SEGMENT_SIZE).expect("a segment");
-    let session = Session {
-        sock: dev_null(),
-        doorbell: dev_null(),
-        segment,
-        memory: this_process(),
-        gid: session_gid(net),
+    let trust = TrustGroup {
         uid,
-        trust: TrustGroup {
-            uid,
-            user_ns: 1,
-            pid_ns: 1,
-            net_ns: u64::from(net),
-        },
-        async_events: dev_null(),
-        event_sock: dev_null(),
-        channels: Default::default(),
-        arena: None,
-        usage: Default::default(),
-        rate: Default::default(),
+        user_ns: 1,
+        pid_ns: 1,
+        net_ns: u64::from(net),
     };
+    let session = Session::of_this_process(session_gid(net), uid, trust);
     eng.tables.sessions.insert(id, session);
 }

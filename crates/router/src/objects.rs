@@ -48,6 +48,43 @@ pub struct Session {
 }
 
 impl Session {
+    /// Unit tests and fuzz targets: a session of this process (its memory
+    /// is the caller's own, /dev/null stands for its sockets and event
+    /// descriptors), with `gid`, of user `uid`, in trust group `trust`.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn of_this_process(gid: [u8; 16], uid: u32, trust: crate::semi::TrustGroup) -> Session {
+        let dev_null = || -> OwnedFd {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .expect("/dev/null")
+                .into()
+        };
+        let (_, segment) = crate::control::segment(
+            "fv-test-session",
+            flowverbs_wire::segment::SESSION_SEGMENT_SIZE,
+        )
+        .expect("a session segment");
+        Session {
+            sock: dev_null(),
+            doorbell: dev_null(),
+            segment,
+            memory: crate::memory::this_process(),
+            gid,
+            uid,
+            trust,
+            async_events: dev_null(),
+            event_sock: dev_null(),
+            channels: Default::default(),
+            arena: None,
+            usage: Default::default(),
+            rate: Default::default(),
+        }
+    }
+}
+
+impl Session {
     pub fn header(&self) -> &SessionHeader {
         // SAFETY: the session segment is a page we created and sized for
         // this header.

@@ -2,18 +2,13 @@
 //! session (this test process, whose memory it uses), a CQ and QPs made by
 //! the control requests, and links played by an in-memory transport.
 
-use std::fs::OpenOptions;
-use std::os::fd::OwnedFd;
-
 use super::*;
 use crate::control;
 use crate::limits::Limits;
-use crate::memory::this_process;
 use crate::objects::{Session, SessionId, Tables};
 use crate::transport::in_memory::InMemoryTransport;
 use flowverbs_verbs::qp::{ERR, INIT, RTS};
 use flowverbs_wire::control::{QpCaps, Reply, Request};
-use flowverbs_wire::segment::SESSION_SEGMENT_SIZE;
 use responder::reply_to;
 
 const SESSION: SessionId = 1;
@@ -32,15 +27,6 @@ struct Testbed {
     now: Instant,
 }
 
-fn dev_null() -> OwnedFd {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .expect("/dev/null")
-        .into()
-}
-
 /// Whatever a test did, the tables stay consistent.
 impl Drop for Testbed {
     fn drop(&mut self) {
@@ -53,28 +39,13 @@ impl Drop for Testbed {
 impl Testbed {
     fn new() -> Testbed {
         let mut eng = Engine::new(Tables::new(Limits::default()));
-        let (_, segment) =
-            control::segment("fv-test-session", SESSION_SEGMENT_SIZE).expect("a session segment");
-        let session = Session {
-            sock: dev_null(),
-            doorbell: dev_null(),
-            segment,
-            memory: this_process(),
-            gid: LOCAL_GID,
+        let trust = crate::semi::TrustGroup {
             uid: 0,
-            trust: crate::semi::TrustGroup {
-                uid: 0,
-                user_ns: 0,
-                pid_ns: 0,
-                net_ns: 0,
-            },
-            async_events: dev_null(),
-            event_sock: dev_null(),
-            channels: Default::default(),
-            arena: None,
-            usage: Default::default(),
-            rate: Default::default(),
+            user_ns: 0,
+            pid_ns: 0,
+            net_ns: 0,
         };
+        let session = Session::of_this_process(LOCAL_GID, 0, trust);
         eng.tables.sessions.insert(SESSION, session);
         eng.announce_gids();
         let pd = match control::handle(&mut eng, SESSION, Request::AllocPd, vec![]).reply {
