@@ -8,6 +8,7 @@ use flowverbs_router::objects::{Session, SessionId, Tables};
 use flowverbs_router::semi::{KeyTable, TrustGroup};
 use flowverbs_wire::control::Request;
 
+pub mod fuse_requests;
 pub mod traffic;
 
 /// Where the `control` target maps [`BUFFER_LEN`] bytes of its own memory

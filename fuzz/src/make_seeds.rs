@@ -4,7 +4,12 @@
 //! `cargo run --manifest-path fuzz/Cargo.toml --target-dir target/fuzz-seeds --bin make_seeds` (plain
 //! build, no sanitizer flags needed).
 
+use flowverbs_fuzz::fuse_requests::{shaped, OPCODES};
 use flowverbs_fuzz::{encode_step, BUFFER_ADDR};
+use flowverbs_router::fuse::{
+    FUSE_DESTROY, FUSE_FLUSH, FUSE_GETATTR, FUSE_INIT, FUSE_IOCTL, FUSE_LOOKUP, FUSE_OPEN,
+    FUSE_OPENDIR, FUSE_READ, FUSE_READDIR, FUSE_READLINK, FUSE_RELEASE, FUSE_WRITE,
+};
 use flowverbs_wire::control::{QpAttr, QpCaps, Request};
 use flowverbs_wire::link::{encode_payload, Announce, FrameHeader, Hello, Kind};
 
@@ -188,6 +193,105 @@ fn main() {
     write(&text, "bytes", b"64M");
 
     traffic_seeds(&format!("{root}/traffic"));
+    fuse_seeds(&format!("{root}/fuse_requests"));
+}
+
+/// Index of `opcode` in `fuse_requests::OPCODES`.
+fn op(opcode: u32) -> u8 {
+    OPCODES
+        .iter()
+        .position(|o| *o == opcode)
+        .expect("a listed opcode") as u8
+}
+
+/// A `fuse_read_in` (also READDIR's): offset and size.
+fn read_in(offset: u64, size: u32) -> Vec<u8> {
+    let mut v = vec![0u8; 40];
+    v[8..16].copy_from_slice(&offset.to_ne_bytes());
+    v[16..20].copy_from_slice(&size.to_ne_bytes());
+    v
+}
+
+/// What the kernel sends when libibverbs reads the device tree (threads
+/// of two namespaces) and when it creates a completion channel (the
+/// session's own thread, then a foreign one).
+fn fuse_seeds(dir: &str) {
+    // Node bytes: 0 the root, 1 session 1's file, 4 + i the tree's node i
+    // (the order of `SysTree::new`: 2 sysfs, 3 class, 10 infiniband,
+    // 11 fv0, 14 ports, 15 "1", 16 gids, 17 "0", 24 rxe0).
+    let (root, session1, tree) = (0u8, 1u8, |i: u8| i + 4);
+    let (own, other_ns, foreign) = (0u8, 2u8, 3u8);
+    let mut init = Vec::new();
+    for w in [7u32, 31, 0x20000, 0] {
+        init.extend_from_slice(&w.to_ne_bytes());
+    }
+    let mut sysfs = shaped(op(FUSE_INIT), root, own, 2, &init);
+    for (parent, name) in [
+        (root, "sysfs"),
+        (tree(2), "class"),
+        (tree(3), "infiniband"),
+        (tree(10), "fv0"),
+        (tree(11), "ports"),
+        (tree(14), "1"),
+        (tree(15), "gids"),
+        (tree(16), "0"),
+    ] {
+        sysfs.extend(shaped(
+            op(FUSE_LOOKUP),
+            parent,
+            own,
+            0,
+            format!("{name}\0").as_bytes(),
+        ));
+    }
+    sysfs.extend(shaped(op(FUSE_GETATTR), tree(17), own, 0, &[0; 16]));
+    sysfs.extend(shaped(op(FUSE_OPEN), tree(17), own, 0, &[0; 8]));
+    sysfs.extend(shaped(op(FUSE_READ), tree(17), own, 0, &read_in(0, 4096)));
+    sysfs.extend(shaped(op(FUSE_READ), tree(17), other_ns, 1, &read_in(5, 8)));
+    sysfs.extend(shaped(op(FUSE_OPENDIR), tree(15), own, 0, &[0; 8]));
+    sysfs.extend(shaped(
+        op(FUSE_READDIR),
+        tree(15),
+        own,
+        0,
+        &read_in(0, 4096),
+    ));
+    sysfs.extend(shaped(op(FUSE_READLINK), tree(24), own, 0, &[]));
+    sysfs.extend(shaped(op(FUSE_RELEASE), tree(17), own, 0, &[0; 24]));
+    write(dir, "sysfs", &sysfs);
+
+    let mut cmd = Vec::new();
+    cmd.extend_from_slice(&17u32.to_ne_bytes());
+    cmd.extend_from_slice(&4u16.to_ne_bytes());
+    cmd.extend_from_slice(&2u16.to_ne_bytes());
+    cmd.extend_from_slice(&0x7fff_0000u64.to_ne_bytes());
+    let mut write_in = vec![0u8; 40];
+    write_in[0..8].copy_from_slice(&1u64.to_ne_bytes());
+    write_in[16..20].copy_from_slice(&(cmd.len() as u32).to_ne_bytes());
+    write_in.extend_from_slice(&cmd);
+    let mut session = shaped(op(FUSE_LOOKUP), root, own, 0, b"1\0");
+    session.extend(shaped(
+        op(FUSE_OPEN),
+        session1,
+        own,
+        0,
+        &[2, 0, 0, 0, 0, 0, 0, 0],
+    ));
+    session.extend(shaped(op(FUSE_WRITE), session1, own, 0, &write_in));
+    session.extend(shaped(
+        op(FUSE_OPEN),
+        session1,
+        foreign,
+        0,
+        &[2, 0, 0, 0, 0, 0, 0, 0],
+    ));
+    session.extend(shaped(op(FUSE_WRITE), session1, other_ns, 1, &write_in));
+    session.extend(shaped(op(FUSE_IOCTL), session1, own, 0, &[0; 32]));
+    session.extend(shaped(op(FUSE_FLUSH), session1, own, 0, &[0; 24]));
+    session.extend(shaped(op(FUSE_DESTROY), root, own, 2, &[]));
+    // A raw step: a request shorter than its header.
+    session.extend([1, 8, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+    write(dir, "session", &session);
 }
 
 /// One action of the `traffic` target (see `flowverbs_fuzz::traffic`).

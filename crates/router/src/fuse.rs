@@ -43,37 +43,37 @@ use log::{debug, warn};
 
 use super::objects::SessionId;
 
-const FUSE_LOOKUP: u32 = 1;
-const FUSE_FORGET: u32 = 2;
-const FUSE_GETATTR: u32 = 3;
-const FUSE_READLINK: u32 = 5;
-const FUSE_OPEN: u32 = 14;
-const FUSE_READ: u32 = 15;
-const FUSE_WRITE: u32 = 16;
-const FUSE_RELEASE: u32 = 18;
-const FUSE_FLUSH: u32 = 25;
-const FUSE_INIT: u32 = 26;
-const FUSE_OPENDIR: u32 = 27;
-const FUSE_READDIR: u32 = 28;
-const FUSE_RELEASEDIR: u32 = 29;
-const FUSE_INTERRUPT: u32 = 36;
-const FUSE_DESTROY: u32 = 38;
-const FUSE_IOCTL: u32 = 39;
-const FUSE_BATCH_FORGET: u32 = 42;
+pub const FUSE_LOOKUP: u32 = 1;
+pub const FUSE_FORGET: u32 = 2;
+pub const FUSE_GETATTR: u32 = 3;
+pub const FUSE_READLINK: u32 = 5;
+pub const FUSE_OPEN: u32 = 14;
+pub const FUSE_READ: u32 = 15;
+pub const FUSE_WRITE: u32 = 16;
+pub const FUSE_RELEASE: u32 = 18;
+pub const FUSE_FLUSH: u32 = 25;
+pub const FUSE_INIT: u32 = 26;
+pub const FUSE_OPENDIR: u32 = 27;
+pub const FUSE_READDIR: u32 = 28;
+pub const FUSE_RELEASEDIR: u32 = 29;
+pub const FUSE_INTERRUPT: u32 = 36;
+pub const FUSE_DESTROY: u32 = 38;
+pub const FUSE_IOCTL: u32 = 39;
+pub const FUSE_BATCH_FORGET: u32 = 42;
 
-const ROOT_ID: u64 = 1;
+pub const ROOT_ID: u64 = 1;
 const KERNEL_MAJOR: u32 = 7;
 /// The protocol minor we speak (7.31: 64-byte init reply, 40-byte
 /// write_in); the kernel adapts to an older minor than its own.
 const OUR_MINOR: u32 = 31;
 const MAX_WRITE: u32 = 64 * 1024;
-const IN_HEADER: usize = 40;
-const WRITE_IN: usize = 40;
+pub const IN_HEADER: usize = 40;
+pub const WRITE_IN: usize = 40;
 const FOPEN_DIRECT_IO: u32 = 1;
 const FOPEN_NONSEEKABLE: u32 = 4;
 /// Node ids of the device tree start here (session files are
 /// `session + 1`, far below).
-const TREE_BASE: u64 = 1 << 48;
+pub const TREE_BASE: u64 = 1 << 48;
 
 /// The device tree as one reader sees it: its namespace's GID and node
 /// GUID.
@@ -190,7 +190,7 @@ impl SysTree {
 
     /// The bytes of file `ino` as `view`'s reader sees them (None: not a
     /// file).
-    fn file(&self, ino: u64, view: &View) -> Option<Vec<u8>> {
+    pub fn file(&self, ino: u64, view: &View) -> Option<Vec<u8>> {
         let text = match &self.node(ino)?.kind {
             Kind::File(Content::Text(t)) => t.clone(),
             Kind::File(Content::Gid) => crate::sysfs::format_gid(view.gid),
@@ -256,8 +256,8 @@ pub struct CmdFs {
 }
 
 /// Reads `Tgid:` of a thread from /proc: the process a FUSE request's
-/// thread id belongs to.
-fn thread_group(tid: u32) -> Option<i32> {
+/// thread id belongs to ([`Callers::thread_group`] of the router).
+pub fn thread_group(tid: u32) -> Option<i32> {
     let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
     status
         .lines()
@@ -333,16 +333,9 @@ impl CmdFs {
         let _ = std::fs::remove_dir(&self.mountpoint);
     }
 
-    /// Reads and answers every queued request. `session` tells who owns a
-    /// session (None: no such session); `view` gives the device tree as
-    /// the thread with that id (in the router's pid namespace) must see it
-    /// (None: the thread is gone). Returns the requests that need the
-    /// server.
-    pub fn process(
-        &mut self,
-        session: impl Fn(SessionId) -> Option<SessionInfo>,
-        view: impl Fn(i32) -> Option<View>,
-    ) -> Vec<Call> {
+    /// Reads and answers every queued request ([`answer`]). Returns the
+    /// requests that need the server.
+    pub fn process(&mut self, callers: &impl Callers) -> Vec<Call> {
         let mut calls = Vec::new();
         loop {
             let n = match nix::unistd::read(self.dev.as_raw_fd(), &mut self.buf) {
@@ -355,12 +348,14 @@ impl CmdFs {
                     break;
                 }
             };
-            if n < IN_HEADER {
-                continue;
-            }
-            let req = self.buf[..n].to_vec();
-            if let Some(call) = self.answer(&req, &session, &view) {
-                calls.push(call);
+            match answer(&self.tree, &self.buf[..n], callers) {
+                Answer::Reply {
+                    unique,
+                    errno,
+                    body,
+                } => self.reply(unique, errno, &body),
+                Answer::Call(call) => calls.push(call),
+                Answer::Nothing => {}
             }
         }
         calls
@@ -395,238 +390,272 @@ impl CmdFs {
             }
         }
     }
+}
 
-    fn answer(
-        &self,
-        req: &[u8],
-        session: &impl Fn(SessionId) -> Option<SessionInfo>,
-        view: &impl Fn(i32) -> Option<View>,
-    ) -> Option<Call> {
-        let u32_at = |o: usize| u32::from_ne_bytes(req[o..o + 4].try_into().expect("4 bytes"));
-        let u64_at = |o: usize| u64::from_ne_bytes(req[o..o + 8].try_into().expect("8 bytes"));
-        let opcode = u32_at(4);
-        let unique = u64_at(8);
-        let nodeid = u64_at(16);
-        let uid = u32_at(24);
-        let tid = u32_at(32);
-        let body = &req[IN_HEADER..];
-        // The session a node stands for (node 1 is the root folder).
-        let node_session = |node: u64| -> Option<(SessionId, SessionInfo)> {
-            let s = node.checked_sub(1).filter(|s| *s > 0 && node < TREE_BASE)?;
-            session(s).map(|i| (s, i))
-        };
-        // The caller must be a thread of the session's process.
-        let caller_is = |info: &SessionInfo| -> bool {
-            tid != 0 && thread_group(tid) == Some(info.pid) && (uid == info.uid || uid == 0)
-        };
-        match opcode {
-            FUSE_INIT => {
-                let major = if body.len() >= 4 {
-                    u32_at(IN_HEADER)
-                } else {
-                    0
-                };
-                let readahead = if body.len() >= 12 {
-                    u32_at(IN_HEADER + 8)
-                } else {
-                    0
-                };
-                if major != KERNEL_MAJOR {
-                    warn!("FUSE protocol {major} is not {KERNEL_MAJOR}");
-                    self.reply(unique, libc::EPROTO, &[]);
-                    return None;
-                }
-                let mut out = [0u8; 64];
-                out[0..4].copy_from_slice(&KERNEL_MAJOR.to_ne_bytes());
-                out[4..8].copy_from_slice(&OUR_MINOR.to_ne_bytes());
-                out[8..12].copy_from_slice(&readahead.to_ne_bytes());
-                // flags 0; max_background 16, congestion_threshold 12.
-                out[16..18].copy_from_slice(&16u16.to_ne_bytes());
-                out[18..20].copy_from_slice(&12u16.to_ne_bytes());
-                out[20..24].copy_from_slice(&MAX_WRITE.to_ne_bytes());
-                out[24..28].copy_from_slice(&1u32.to_ne_bytes()); // time_gran
-                self.reply(unique, 0, &out);
+/// What the file system asks the router about a request's caller;
+/// [`answer`] does no I/O of its own.
+pub trait Callers {
+    /// Who owns session `id` (None: no such session).
+    fn session(&self, id: SessionId) -> Option<SessionInfo>;
+    /// The device tree as the thread `tid` (in the router's pid namespace)
+    /// must see it (None: the thread is gone).
+    fn view(&self, tid: i32) -> Option<View>;
+    /// The process (thread group) thread `tid` belongs to.
+    fn thread_group(&self, tid: u32) -> Option<i32>;
+}
+
+/// The answer to one FUSE request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Reply now: `errno` 0 and `body`, or an errno and no body.
+    Reply {
+        unique: u64,
+        errno: i32,
+        body: Vec<u8>,
+    },
+    /// Only the server can answer ([`CmdFs::reply_write`] later).
+    Call(Call),
+    /// No reply: the request has none (`FORGET`, `INTERRUPT`) or is too
+    /// short to have a header.
+    Nothing,
+}
+
+fn reply(unique: u64, errno: i32, body: &[u8]) -> Answer {
+    Answer::Reply {
+        unique,
+        errno,
+        body: if errno == 0 {
+            body.to_vec()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// Answers one request `req` (header and body, as read from `/dev/fuse`)
+/// against the device tree `tree`.
+pub fn answer(tree: &SysTree, req: &[u8], callers: &impl Callers) -> Answer {
+    if req.len() < IN_HEADER {
+        return Answer::Nothing;
+    }
+    let u32_at = |o: usize| u32::from_ne_bytes(req[o..o + 4].try_into().expect("4 bytes"));
+    let u64_at = |o: usize| u64::from_ne_bytes(req[o..o + 8].try_into().expect("8 bytes"));
+    let opcode = u32_at(4);
+    let unique = u64_at(8);
+    let nodeid = u64_at(16);
+    let uid = u32_at(24);
+    let tid = u32_at(32);
+    let body = &req[IN_HEADER..];
+    // The session a node stands for (node 1 is the root folder).
+    let node_session = |node: u64| -> Option<(SessionId, SessionInfo)> {
+        let s = node.checked_sub(1).filter(|s| *s > 0 && node < TREE_BASE)?;
+        callers.session(s).map(|i| (s, i))
+    };
+    // The caller must be a thread of the session's process.
+    let caller_is = |info: &SessionInfo| -> bool {
+        tid != 0 && callers.thread_group(tid) == Some(info.pid) && (uid == info.uid || uid == 0)
+    };
+    match opcode {
+        FUSE_INIT => {
+            let major = if body.len() >= 4 {
+                u32_at(IN_HEADER)
+            } else {
+                0
+            };
+            let readahead = if body.len() >= 12 {
+                u32_at(IN_HEADER + 8)
+            } else {
+                0
+            };
+            if major != KERNEL_MAJOR {
+                warn!("FUSE protocol {major} is not {KERNEL_MAJOR}");
+                return reply(unique, libc::EPROTO, &[]);
             }
-            FUSE_LOOKUP => {
-                let name = body.split(|b| *b == 0).next().unwrap_or_default();
-                if let Some(ino) = self.tree.lookup(nodeid, name) {
-                    let mut out = vec![0u8; 40];
-                    out[0..8].copy_from_slice(&ino.to_ne_bytes());
-                    out.extend_from_slice(&self.tree.attr(ino).expect("a tree node"));
-                    self.reply(unique, 0, &out);
-                    return None;
-                }
-                let s = std::str::from_utf8(name)
-                    .ok()
-                    .and_then(|n| n.parse::<SessionId>().ok())
-                    .filter(|s| nodeid == ROOT_ID && session(*s).is_some());
-                match s {
-                    Some(s) => {
-                        let mut out = vec![0u8; 40];
-                        out[0..8].copy_from_slice(&(s + 1).to_ne_bytes());
-                        // generation, entry_valid, attr_valid: 0 (no caching).
-                        out.extend_from_slice(&attr(s + 1, false, session(s).map_or(0, |i| i.uid)));
-                        self.reply(unique, 0, &out);
-                    }
-                    None => self.reply(unique, libc::ENOENT, &[]),
-                }
-            }
-            FUSE_FORGET | FUSE_BATCH_FORGET | FUSE_INTERRUPT => {}
-            FUSE_GETATTR if nodeid >= TREE_BASE => match self.tree.attr(nodeid) {
-                Some(a) => {
-                    let mut out = vec![0u8; 16];
-                    out.extend_from_slice(&a);
-                    self.reply(unique, 0, &out);
-                }
-                None => self.reply(unique, libc::ENOENT, &[]),
-            },
-            FUSE_READLINK => match self.tree.node(nodeid).map(|n| &n.kind) {
-                Some(Kind::Link(target)) => self.reply(unique, 0, target.as_bytes()),
-                _ => self.reply(unique, libc::EINVAL, &[]),
-            },
-            FUSE_OPEN if nodeid >= TREE_BASE => {
-                let flags = if body.len() >= 4 {
-                    u32_at(IN_HEADER)
-                } else {
-                    0
-                };
-                match self.tree.node(nodeid).map(|n| &n.kind) {
-                    Some(Kind::File(_)) if flags & libc::O_ACCMODE as u32 == 0 => {
-                        // Direct I/O: every read comes to us (no page
-                        // cache shared between readers of other views).
-                        let mut out = [0u8; 16];
-                        out[8..12].copy_from_slice(&FOPEN_DIRECT_IO.to_ne_bytes());
-                        self.reply(unique, 0, &out);
-                    }
-                    Some(Kind::File(_)) => self.reply(unique, libc::EACCES, &[]),
-                    Some(_) => self.reply(unique, libc::EISDIR, &[]),
-                    None => self.reply(unique, libc::ENOENT, &[]),
-                }
-            }
-            FUSE_READ if nodeid >= TREE_BASE => {
-                if body.len() < 20 {
-                    self.reply(unique, libc::EINVAL, &[]);
-                    return None;
-                }
-                let offset = u64_at(IN_HEADER + 8);
-                let size = u32_at(IN_HEADER + 16) as usize;
-                let Some(v) = i32::try_from(tid).ok().filter(|t| *t > 0).and_then(view) else {
-                    debug!("FUSE read of the device tree by thread {tid}: no such thread");
-                    self.reply(unique, libc::ESRCH, &[]);
-                    return None;
-                };
-                match self.tree.file(nodeid, &v) {
-                    Some(data) => {
-                        let start = usize::try_from(offset)
-                            .unwrap_or(usize::MAX)
-                            .min(data.len());
-                        let end = start.saturating_add(size).min(data.len());
-                        self.reply(unique, 0, &data[start..end]);
-                    }
-                    None => self.reply(unique, libc::EISDIR, &[]),
-                }
-            }
-            FUSE_OPENDIR
-                if matches!(
-                    self.tree.node(nodeid),
-                    Some(Node {
-                        kind: Kind::Dir,
-                        ..
-                    })
-                ) =>
-            {
-                self.reply(unique, 0, &[0u8; 16])
-            }
-            FUSE_READDIR if nodeid == ROOT_ID || nodeid >= TREE_BASE => {
-                if body.len() < 20 {
-                    self.reply(unique, libc::EINVAL, &[]);
-                    return None;
-                }
-                let offset = u64_at(IN_HEADER + 8);
-                let size = u32_at(IN_HEADER + 16) as usize;
-                let mut out = Vec::new();
-                for (i, (ino, n)) in self.tree.children(nodeid).enumerate() {
-                    if (i as u64) < offset {
-                        continue;
-                    }
-                    if out.len() + dirent_len(n.name.as_bytes()) > size {
-                        break;
-                    }
-                    let kind = match n.kind {
-                        Kind::Dir => libc::DT_DIR,
-                        Kind::File(_) => libc::DT_REG,
-                        Kind::Link(_) => libc::DT_LNK,
-                    };
-                    push_dirent(&mut out, ino, i as u64 + 1, n.name.as_bytes(), kind.into());
-                }
-                self.reply(unique, 0, &out);
-            }
-            FUSE_GETATTR => {
-                let owner = node_session(nodeid).map(|(_, i)| i.uid);
-                if nodeid == ROOT_ID || owner.is_some() {
-                    let mut out = vec![0u8; 16];
-                    out.extend_from_slice(&attr(nodeid, nodeid == ROOT_ID, owner.unwrap_or(0)));
-                    self.reply(unique, 0, &out);
-                } else {
-                    self.reply(unique, libc::ENOENT, &[]);
-                }
-            }
-            FUSE_OPEN => match node_session(nodeid) {
-                Some((s, info)) if caller_is(&info) => {
-                    let mut out = [0u8; 16];
-                    out[0..8].copy_from_slice(&s.to_ne_bytes());
-                    out[8..12]
-                        .copy_from_slice(&(FOPEN_DIRECT_IO | FOPEN_NONSEEKABLE).to_ne_bytes());
-                    self.reply(unique, 0, &out);
-                }
-                Some(_) => {
-                    warn!("FUSE open of session {nodeid}'s file by thread {tid}: not its process");
-                    self.reply(unique, libc::EACCES, &[]);
-                }
-                None => self.reply(unique, libc::ENOENT, &[]),
-            },
-            FUSE_OPENDIR if nodeid == ROOT_ID => self.reply(unique, 0, &[0u8; 16]),
-            FUSE_READDIR | FUSE_RELEASEDIR | FUSE_RELEASE | FUSE_FLUSH => {
-                self.reply(unique, 0, &[])
-            }
-            FUSE_DESTROY => self.reply(unique, 0, &[]),
-            FUSE_READ => self.reply(unique, libc::EINVAL, &[]),
-            FUSE_IOCTL => self.reply(unique, libc::ENOTTY, &[]),
-            FUSE_WRITE => {
-                if body.len() < WRITE_IN {
-                    self.reply(unique, libc::EINVAL, &[]);
-                    return None;
-                }
-                let fh = u64_at(IN_HEADER);
-                let size = u32_at(IN_HEADER + 16) as usize;
-                let data = &body[WRITE_IN..];
-                let target = node_session(nodeid).filter(|(s, _)| *s == fh);
-                let Some((s, info)) = target else {
-                    self.reply(unique, libc::EBADF, &[]);
-                    return None;
-                };
-                if !caller_is(&info) {
-                    warn!("write to session {s}'s command file by thread {tid}: not its process");
-                    self.reply(unique, libc::EACCES, &[]);
-                    return None;
-                }
-                let cmd = (size == data.len())
-                    .then(|| flowverbs_wire::events::CreateCompChannel::parse(data))
-                    .flatten();
-                match cmd {
-                    Some(c) => {
-                        return Some(Call::CreateChannel {
-                            unique,
-                            session: s,
-                            response: c.response,
-                        })
-                    }
-                    None => self.reply(unique, libc::EOPNOTSUPP, &[]),
-                }
-            }
-            _ => self.reply(unique, libc::ENOSYS, &[]),
+            let mut out = [0u8; 64];
+            out[0..4].copy_from_slice(&KERNEL_MAJOR.to_ne_bytes());
+            out[4..8].copy_from_slice(&OUR_MINOR.to_ne_bytes());
+            out[8..12].copy_from_slice(&readahead.to_ne_bytes());
+            // flags 0; max_background 16, congestion_threshold 12.
+            out[16..18].copy_from_slice(&16u16.to_ne_bytes());
+            out[18..20].copy_from_slice(&12u16.to_ne_bytes());
+            out[20..24].copy_from_slice(&MAX_WRITE.to_ne_bytes());
+            out[24..28].copy_from_slice(&1u32.to_ne_bytes()); // time_gran
+            reply(unique, 0, &out)
         }
-        None
+        FUSE_LOOKUP => {
+            let name = body.split(|b| *b == 0).next().unwrap_or_default();
+            if let Some(ino) = tree.lookup(nodeid, name) {
+                let mut out = vec![0u8; 40];
+                out[0..8].copy_from_slice(&ino.to_ne_bytes());
+                out.extend_from_slice(&tree.attr(ino).expect("a tree node"));
+                return reply(unique, 0, &out);
+            }
+            let s = std::str::from_utf8(name)
+                .ok()
+                .and_then(|n| n.parse::<SessionId>().ok())
+                .filter(|s| nodeid == ROOT_ID && callers.session(*s).is_some());
+            match s {
+                Some(s) => {
+                    let mut out = vec![0u8; 40];
+                    out[0..8].copy_from_slice(&(s + 1).to_ne_bytes());
+                    // generation, entry_valid, attr_valid: 0 (no caching).
+                    out.extend_from_slice(&attr(
+                        s + 1,
+                        false,
+                        callers.session(s).map_or(0, |i| i.uid),
+                    ));
+                    reply(unique, 0, &out)
+                }
+                None => reply(unique, libc::ENOENT, &[]),
+            }
+        }
+        FUSE_FORGET | FUSE_BATCH_FORGET | FUSE_INTERRUPT => Answer::Nothing,
+        FUSE_GETATTR if nodeid >= TREE_BASE => match tree.attr(nodeid) {
+            Some(a) => {
+                let mut out = vec![0u8; 16];
+                out.extend_from_slice(&a);
+                reply(unique, 0, &out)
+            }
+            None => reply(unique, libc::ENOENT, &[]),
+        },
+        FUSE_READLINK => match tree.node(nodeid).map(|n| &n.kind) {
+            Some(Kind::Link(target)) => reply(unique, 0, target.as_bytes()),
+            _ => reply(unique, libc::EINVAL, &[]),
+        },
+        FUSE_OPEN if nodeid >= TREE_BASE => {
+            let flags = if body.len() >= 4 {
+                u32_at(IN_HEADER)
+            } else {
+                0
+            };
+            match tree.node(nodeid).map(|n| &n.kind) {
+                Some(Kind::File(_)) if flags & libc::O_ACCMODE as u32 == 0 => {
+                    // Direct I/O: every read comes to us (no page
+                    // cache shared between readers of other views).
+                    let mut out = [0u8; 16];
+                    out[8..12].copy_from_slice(&FOPEN_DIRECT_IO.to_ne_bytes());
+                    reply(unique, 0, &out)
+                }
+                Some(Kind::File(_)) => reply(unique, libc::EACCES, &[]),
+                Some(_) => reply(unique, libc::EISDIR, &[]),
+                None => reply(unique, libc::ENOENT, &[]),
+            }
+        }
+        FUSE_READ if nodeid >= TREE_BASE => {
+            if body.len() < 20 {
+                return reply(unique, libc::EINVAL, &[]);
+            }
+            let offset = u64_at(IN_HEADER + 8);
+            let size = u32_at(IN_HEADER + 16) as usize;
+            let Some(v) = i32::try_from(tid)
+                .ok()
+                .filter(|t| *t > 0)
+                .and_then(|t| callers.view(t))
+            else {
+                debug!("FUSE read of the device tree by thread {tid}: no such thread");
+                return reply(unique, libc::ESRCH, &[]);
+            };
+            match tree.file(nodeid, &v) {
+                Some(data) => {
+                    let start = usize::try_from(offset)
+                        .unwrap_or(usize::MAX)
+                        .min(data.len());
+                    let end = start.saturating_add(size).min(data.len());
+                    reply(unique, 0, &data[start..end])
+                }
+                None => reply(unique, libc::EISDIR, &[]),
+            }
+        }
+        FUSE_OPENDIR
+            if matches!(
+                tree.node(nodeid),
+                Some(Node {
+                    kind: Kind::Dir,
+                    ..
+                })
+            ) =>
+        {
+            reply(unique, 0, &[0u8; 16])
+        }
+        FUSE_READDIR if nodeid == ROOT_ID || nodeid >= TREE_BASE => {
+            if body.len() < 20 {
+                return reply(unique, libc::EINVAL, &[]);
+            }
+            let offset = u64_at(IN_HEADER + 8);
+            let size = u32_at(IN_HEADER + 16) as usize;
+            let mut out = Vec::new();
+            for (i, (ino, n)) in tree.children(nodeid).enumerate() {
+                if (i as u64) < offset {
+                    continue;
+                }
+                if out.len() + dirent_len(n.name.as_bytes()) > size {
+                    break;
+                }
+                let kind = match n.kind {
+                    Kind::Dir => libc::DT_DIR,
+                    Kind::File(_) => libc::DT_REG,
+                    Kind::Link(_) => libc::DT_LNK,
+                };
+                push_dirent(&mut out, ino, i as u64 + 1, n.name.as_bytes(), kind.into());
+            }
+            reply(unique, 0, &out)
+        }
+        FUSE_GETATTR => {
+            let owner = node_session(nodeid).map(|(_, i)| i.uid);
+            if nodeid == ROOT_ID || owner.is_some() {
+                let mut out = vec![0u8; 16];
+                out.extend_from_slice(&attr(nodeid, nodeid == ROOT_ID, owner.unwrap_or(0)));
+                reply(unique, 0, &out)
+            } else {
+                reply(unique, libc::ENOENT, &[])
+            }
+        }
+        FUSE_OPEN => match node_session(nodeid) {
+            Some((s, info)) if caller_is(&info) => {
+                let mut out = [0u8; 16];
+                out[0..8].copy_from_slice(&s.to_ne_bytes());
+                out[8..12].copy_from_slice(&(FOPEN_DIRECT_IO | FOPEN_NONSEEKABLE).to_ne_bytes());
+                reply(unique, 0, &out)
+            }
+            Some(_) => {
+                warn!("FUSE open of session {nodeid}'s file by thread {tid}: not its process");
+                reply(unique, libc::EACCES, &[])
+            }
+            None => reply(unique, libc::ENOENT, &[]),
+        },
+        FUSE_OPENDIR if nodeid == ROOT_ID => reply(unique, 0, &[0u8; 16]),
+        FUSE_READDIR | FUSE_RELEASEDIR | FUSE_RELEASE | FUSE_FLUSH => reply(unique, 0, &[]),
+        FUSE_DESTROY => reply(unique, 0, &[]),
+        FUSE_READ => reply(unique, libc::EINVAL, &[]),
+        FUSE_IOCTL => reply(unique, libc::ENOTTY, &[]),
+        FUSE_WRITE => {
+            if body.len() < WRITE_IN {
+                return reply(unique, libc::EINVAL, &[]);
+            }
+            let fh = u64_at(IN_HEADER);
+            let size = u32_at(IN_HEADER + 16) as usize;
+            let data = &body[WRITE_IN..];
+            let target = node_session(nodeid).filter(|(s, _)| *s == fh);
+            let Some((s, info)) = target else {
+                return reply(unique, libc::EBADF, &[]);
+            };
+            if !caller_is(&info) {
+                warn!("write to session {s}'s command file by thread {tid}: not its process");
+                return reply(unique, libc::EACCES, &[]);
+            }
+            let cmd = (size == data.len())
+                .then(|| flowverbs_wire::events::CreateCompChannel::parse(data))
+                .flatten();
+            match cmd {
+                Some(c) => Answer::Call(Call::CreateChannel {
+                    unique,
+                    session: s,
+                    response: c.response,
+                }),
+                None => reply(unique, libc::EOPNOTSUPP, &[]),
+            }
+        }
+        _ => reply(unique, libc::ENOSYS, &[]),
     }
 }
 

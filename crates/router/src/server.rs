@@ -18,6 +18,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{
     self, sockopt, AddressFamily, Backlog, MsgFlags, SockFlag, SockType, UnixAddr,
 };
+use rustc_hash::FxHashMap;
 
 use flowverbs_sys::{IBV_EVENT_DEVICE_FATAL, IBV_EVENT_PORT_ACTIVE};
 use flowverbs_wire::control::{self, Event, EventReply, Reply, Request, WireError};
@@ -27,7 +28,7 @@ use flowverbs_wire::VERSION;
 use super::control::{close_session, handle, segment, Answer};
 use super::engine::Engine;
 use super::events::AsyncTarget;
-use super::fuse::{Call, CmdFs, SessionInfo, SysTree, View};
+use super::fuse::{Call, Callers, CmdFs, SessionInfo, SysTree, View};
 use super::identity;
 use super::limits::{Cap, Limits, Usage};
 use super::memory::{Credentials, PidFd, ProcessMemory, SessionMemoryError};
@@ -150,6 +151,30 @@ fn reader_view(tid: i32, own_netns: u64, own_gid: [u8; 16]) -> Option<View> {
         gid,
         node_guid: identity::node_guid_from_ipv4(ip),
     })
+}
+
+/// What the command file system asks the router about a request's caller.
+struct FuseCallers<'a> {
+    sessions: &'a FxHashMap<SessionId, Session>,
+    own_netns: u64,
+    own_gid: [u8; 16],
+}
+
+impl Callers for FuseCallers<'_> {
+    fn session(&self, id: SessionId) -> Option<SessionInfo> {
+        self.sessions.get(&id).map(|s| SessionInfo {
+            pid: s.memory.pid,
+            uid: s.uid,
+        })
+    }
+
+    fn view(&self, tid: i32) -> Option<View> {
+        reader_view(tid, self.own_netns, self.own_gid)
+    }
+
+    fn thread_group(&self, tid: u32) -> Option<i32> {
+        super::fuse::thread_group(tid)
+    }
 }
 
 impl Server {
@@ -906,17 +931,11 @@ impl Server {
         let Some(fs) = self.cmdfs.as_mut() else {
             return;
         };
-        let sessions = &self.engine.tables.sessions;
-        let (own_netns, own_gid) = (self.netns, self.gid);
-        let calls = fs.process(
-            |id| {
-                sessions.get(&id).map(|s| SessionInfo {
-                    pid: s.memory.pid,
-                    uid: s.uid,
-                })
-            },
-            |tid| reader_view(tid, own_netns, own_gid),
-        );
+        let calls = fs.process(&FuseCallers {
+            sessions: &self.engine.tables.sessions,
+            own_netns: self.netns,
+            own_gid: self.gid,
+        });
         for call in calls {
             let Call::CreateChannel {
                 unique,
