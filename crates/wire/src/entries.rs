@@ -109,9 +109,15 @@ pub struct Cqe {
 
 impl Cqe {
     /// The completion of send work request `w` (its `sq_index` included)
-    /// with `status`; `opcode` is its `ibv_wc_opcode`.
+    /// with `status`; `opcode` is its `ibv_wc_opcode`. A successful
+    /// SEND_WITH_IMM or RDMA_WRITE_WITH_IMM is flagged `IBV_WC_WITH_IMM`
+    /// (its immediate data 0), as Soft-RoCE and mlx5 flag the requester's
+    /// completion.
     pub fn sent(w: &SendWqe, opcode: u32, status: u32, byte_len: u64, qp_num: u32) -> Cqe {
+        let with_imm = status == IBV_WC_SUCCESS
+            && matches!(w.opcode, IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE_WITH_IMM);
         Cqe {
+            wc_flags: if with_imm { IBV_WC_WITH_IMM } else { 0 },
             wr_id: w.wr_id,
             status,
             opcode,

@@ -30,6 +30,11 @@ pub struct FvCq {
     /// Completion events of the twin written to the channel (the router
     /// counts its own).
     nic_events: AtomicU32,
+    /// An extended CQ's current completion (`ibv_start_poll` /
+    /// `ibv_next_poll` fill it, the `ibv_wc_read_*` calls read it). Only the
+    /// thread between start and end of a poll touches it (the verbs
+    /// contract).
+    pub(super) current: std::cell::UnsafeCell<ibv_wc>,
 }
 
 /// Semi mode over a NIC: a completion event of a CQ's real twin, written
@@ -96,8 +101,28 @@ pub(super) unsafe extern "C" fn create_cq(
     comp_vector: i32,
 ) -> *mut ibv_cq {
     guard(ptr::null_mut(), || {
+        // SAFETY: libibverbs passes its context and the caller's channel.
+        match unsafe { new_cq(ctx, cqe, channel, comp_vector) } {
+            Ok(cq) => cq as *mut ibv_cq,
+            Err(e) => null_with(e),
+        }
+    })
+}
+
+/// Creates a CQ (`ibv_create_cq` and `ibv_create_cq_ex`): asks the router,
+/// maps the ring, and makes the real twin in semi mode over a NIC.
+///
+/// # Safety
+/// `ctx` is one of our contexts; `channel` is NULL or one of its channels.
+pub(super) unsafe fn new_cq(
+    ctx: *mut ibv_context,
+    cqe: i32,
+    channel: *mut ibv_comp_channel,
+    comp_vector: i32,
+) -> Result<*mut FvCq, Errno> {
+    {
         if cqe < 1 || cqe as u32 > MAX_CQE || comp_vector != 0 {
-            return null_with(libc::EINVAL);
+            return Err(libc::EINVAL);
         }
         let channel = if channel.is_null() {
             None
@@ -113,25 +138,18 @@ pub(super) unsafe extern "C" fn create_cq(
             channel,
             cookie: slot.cookie(),
         };
-        let (reply, fds) = match call(ctx, &req) {
-            Ok(x) => x,
-            Err(e) => return null_with(e),
-        };
+        let (reply, fds) = call(ctx, &req)?;
         let Reply::Cq {
             cq,
             capacity,
             segment_size,
         } = reply
         else {
-            return null_with(unexpected(&reply));
+            return Err(unexpected(&reply));
         };
         let layout = CqLayout::new(capacity);
         let fits = layout.capacity == capacity && layout.size as u64 == segment_size;
-        let segment =
-            match map_created_segment(ctx, fds, fits, segment_size, Request::DestroyCq { cq }) {
-                Ok(s) => s,
-                Err(e) => return null_with(e),
-            };
+        let segment = map_created_segment(ctx, fds, fits, segment_size, Request::DestroyCq { cq })?;
         // SAFETY: the segment holds `capacity` CQEs at ring_offset.
         let ring = unsafe { RingSlots::new(segment.as_ptr().add(layout.ring_offset), capacity) };
         // SAFETY: ctx is ours.
@@ -152,7 +170,7 @@ pub(super) unsafe extern "C" fn create_cq(
         vcq.__bindgen_anon_1.cq.context = ctx;
         vcq.__bindgen_anon_1.cq.handle = cq;
         vcq.__bindgen_anon_1.cq.cqe = capacity as i32;
-        slot.fill(FvCq {
+        Ok(slot.fill(FvCq {
             vcq,
             segment,
             ring,
@@ -169,8 +187,10 @@ pub(super) unsafe extern "C" fn create_cq(
             nic,
             channel_fd: channel.unwrap_or(-1),
             nic_events: AtomicU32::new(0),
-        }) as *mut ibv_cq
-    })
+            // SAFETY: ibv_wc is plain C data.
+            current: std::cell::UnsafeCell::new(unsafe { std::mem::zeroed() }),
+        }))
+    }
 }
 
 pub(super) unsafe extern "C" fn destroy_cq(cq: *mut ibv_cq) -> i32 {

@@ -6,6 +6,7 @@
 
 mod ah;
 mod cq;
+mod cq_ex;
 mod flush;
 mod pd_mr;
 mod post;
@@ -14,6 +15,7 @@ mod srq;
 
 use ah::*;
 use cq::*;
+use cq_ex::*;
 pub use flush::Flushable;
 use pd_mr::*;
 use post::*;
@@ -56,6 +58,7 @@ pub static CONTEXT_OPS: ContextOps = ContextOps(verbs_context_ops {
     reg_mr: Some(reg_mr),
     dereg_mr: Some(dereg_mr),
     create_cq: Some(create_cq),
+    create_cq_ex: Some(create_cq_ex),
     destroy_cq: Some(destroy_cq),
     poll_cq: Some(poll_cq),
     req_notify_cq: Some(req_notify_cq),
