@@ -1,5 +1,6 @@
 //! The kernel text the router parses: a network namespace's
-//! `/proc/PID/net/fib_trie` (its address, hence its GID), a sysfs GID,
+//! `/proc/PID/net/fib_trie` (its address, hence its GID), its
+//! `/proc/PID/net/route` (the interface with that address), a sysfs GID,
 //! and the `--nic` and byte-count arguments. No panic, and what comes out
 //! is well formed.
 #![no_main]
@@ -13,6 +14,12 @@ fuzz_target!(|data: &[u8]| {
         assert!(
             !ip.is_loopback(),
             "a loopback address taken for the namespace's"
+        );
+    }
+    if let Some(name) = identity::netdev_from_routes(&text, std::net::Ipv4Addr::new(192, 0, 2, 2)) {
+        assert!(
+            !name.is_empty() && name.len() < 16 && !name.contains(['/', ' ', '\t', '\n']),
+            "{name:?} taken for an interface name"
         );
     }
     if let Some(gid) = nic::parse_gid(&text) {

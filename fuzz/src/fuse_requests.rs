@@ -75,6 +75,7 @@ pub fn view(last: u8) -> View {
     View {
         gid,
         node_guid: 0x0266_76ff_0a00_0000 | u64::from(last),
+        netdev: (last != 3).then(|| format!("veth{last}")),
     }
 }
 

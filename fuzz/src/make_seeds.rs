@@ -189,6 +189,13 @@ fn main() {
         b"Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n     +-- 127.0.0.0/8 2 0 2\n        |-- 127.0.0.1\n           /32 host LOCAL\n     +-- 198.18.0.0/24 2 0 2\n        |-- 198.18.0.0\n           /24 link UNICAST\n        |-- 198.18.0.7\n           /32 host LOCAL\n",
     );
     write(&text, "gid", b"0000:0000:0000:0000:0000:ffff:c612:0001\n");
+    write(
+        &text,
+        "route",
+        b"Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+          eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+          eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n",
+    );
     write(&text, "nic_spec", b"rxe0:1");
     write(&text, "bytes", b"64M");
 
@@ -218,7 +225,7 @@ fn read_in(offset: u64, size: u32) -> Vec<u8> {
 fn fuse_seeds(dir: &str) {
     // Node bytes: 0 the root, 1 session 1's file, 4 + i the tree's node i
     // (the order of `SysTree::new`: 2 sysfs, 3 class, 10 infiniband,
-    // 11 fv0, 14 ports, 15 "1", 16 gids, 17 "0", 24 rxe0).
+    // 11 fv0, 14 ports, 15 "1", 16 gids, 17 "0", 22 ndevs/0, 26 rxe0).
     let (root, session1, tree) = (0u8, 1u8, |i: u8| i + 4);
     let (own, other_ns, foreign) = (0u8, 2u8, 3u8);
     let mut init = Vec::new();
@@ -256,7 +263,8 @@ fn fuse_seeds(dir: &str) {
         0,
         &read_in(0, 4096),
     ));
-    sysfs.extend(shaped(op(FUSE_READLINK), tree(24), own, 0, &[]));
+    sysfs.extend(shaped(op(FUSE_READ), tree(22), own, 0, &read_in(0, 4096)));
+    sysfs.extend(shaped(op(FUSE_READLINK), tree(26), own, 0, &[]));
     sysfs.extend(shaped(op(FUSE_RELEASE), tree(17), own, 0, &[0; 24]));
     write(dir, "sysfs", &sysfs);
 

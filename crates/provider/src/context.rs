@@ -433,6 +433,7 @@ pub unsafe extern "C" fn query_device_ex(
         o.max_ah = i32::MAX;
         o.local_ca_ack_delay = 15;
         o.phys_port_cnt = 1;
+        a.phys_port_cnt_ex = 1;
         a.max_dm_size = 0;
         let n = attr_size.min(std::mem::size_of::<ibv_device_attr_ex>());
         // SAFETY: the caller's buffer holds attr_size bytes; we write at

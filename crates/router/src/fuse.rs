@@ -75,13 +75,7 @@ const FOPEN_NONSEEKABLE: u32 = 4;
 /// `session + 1`, far below).
 pub const TREE_BASE: u64 = 1 << 48;
 
-/// The device tree as one reader sees it: its namespace's GID and node
-/// GUID.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct View {
-    pub gid: [u8; 16],
-    pub node_guid: u64,
-}
+pub use crate::sysfs::View;
 
 /// What a file of the device tree holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,6 +85,8 @@ enum Content {
     Gid,
     /// The reader's node GUID.
     NodeGuid,
+    /// The reader's interface with its address (`gid_attrs/ndevs/0`).
+    Netdev,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,6 +141,8 @@ impl SysTree {
         let attrs = t.add(port, "gid_attrs", Kind::Dir);
         let types = t.add(attrs, "types", Kind::Dir);
         t.add(types, "0", text("RoCE v2"));
+        let ndevs = t.add(attrs, "ndevs", Kind::Dir);
+        t.add(ndevs, "0", Kind::File(Content::Netdev));
         let pkeys = t.add(port, "pkeys", Kind::Dir);
         t.add(pkeys, "0", text("0xffff"));
         for (uverbs, device, uverbs_dir, device_dir) in real {
@@ -195,6 +193,11 @@ impl SysTree {
             Kind::File(Content::Text(t)) => t.clone(),
             Kind::File(Content::Gid) => crate::sysfs::format_gid(view.gid),
             Kind::File(Content::NodeGuid) => crate::sysfs::format_node_guid(view.node_guid),
+            // No interface: an empty file, which libibverbs reads as no netdev.
+            Kind::File(Content::Netdev) => match &view.netdev {
+                Some(n) => n.clone(),
+                None => return Some(Vec::new()),
+            },
             _ => return None,
         };
         Some(format!("{text}\n").into_bytes())
@@ -707,10 +710,12 @@ mod tests {
         let a = View {
             gid: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1],
             node_guid: 0x0266_76ff_0a00_0001,
+            netdev: Some("eth0".into()),
         };
         let b = View {
             gid: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 2],
             node_guid: 2,
+            netdev: None,
         };
         let gid = walk(&t, "sysfs/class/infiniband/fv0/ports/1/gids/0").unwrap();
         assert_eq!(
@@ -721,6 +726,9 @@ mod tests {
             t.file(gid, &b).unwrap(),
             b"0000:0000:0000:0000:0000:ffff:0a00:0002\n"
         );
+        let ndev = walk(&t, "sysfs/class/infiniband/fv0/ports/1/gid_attrs/ndevs/0").unwrap();
+        assert_eq!(t.file(ndev, &a).unwrap(), b"eth0\n");
+        assert_eq!(t.file(ndev, &b).unwrap(), b"");
         let guid = walk(&t, "sysfs/class/infiniband/fv0/node_guid").unwrap();
         assert_eq!(t.file(guid, &a).unwrap(), b"0266:76ff:0a00:0001\n");
         let ibdev = walk(&t, "sysfs/class/infiniband_verbs/uverbs_fv01234567/ibdev").unwrap();

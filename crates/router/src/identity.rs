@@ -68,6 +68,40 @@ pub fn live_network_namespaces() -> std::collections::HashSet<u64> {
     live
 }
 
+/// The interface of a process's network namespace that carries `ip` (the
+/// namespace's address, hence its GID): the `ndevs` entry of the GID.
+/// Read from /proc/PID/net/route, the kernel's routes of that namespace.
+pub fn netns_netdev(pid: i32, ip: Ipv4Addr) -> Option<String> {
+    let routes = std::fs::read_to_string(format!("/proc/{pid}/net/route")).ok()?;
+    netdev_from_routes(&routes, ip)
+}
+
+/// The interface of the most specific directly connected route (no
+/// gateway) whose network holds `ip`, from the text of /proc/net/route
+/// (addresses and masks as hexadecimal in host byte order). None for a
+/// name that is no interface name (empty, longer than 15 bytes, or with
+/// '/' or white space).
+pub fn netdev_from_routes(routes: &str, ip: Ipv4Addr) -> Option<String> {
+    let ip = u32::from_ne_bytes(ip.octets());
+    let hex = |f: &str| u32::from_str_radix(f, 16).ok();
+    routes
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (name, dest, gateway, mask) = (
+                f.first()?,
+                hex(f.get(1)?)?,
+                hex(f.get(2)?)?,
+                hex(f.get(7)?)?,
+            );
+            (gateway == 0 && mask != 0 && ip & mask == dest).then_some((mask.count_ones(), *name))
+        })
+        .max_by_key(|(bits, _)| *bits)
+        .map(|(_, name)| name.to_owned())
+        .filter(|n| !n.is_empty() && n.len() < 16 && !n.contains('/'))
+}
+
 /// The first non-loopback local IPv4 address of a process's network
 /// namespace, read by the router from /proc/PID/net/fib_trie (the kernel's
 /// view of that namespace, not anything the process says).
@@ -96,6 +130,27 @@ pub use flowverbs_verbs::identity::{gid_from_ipv4, node_guid_from_ipv4};
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn netdev_from_the_route_table() {
+        let routes =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+            eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+            eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+            veth7\t000212C6\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+            veth8\t800212C6\t00000000\t0001\t0\t0\t0\t80FFFFFF\t0\t0\t0\n";
+        let at = |a, b, c, d| netdev_from_routes(routes, Ipv4Addr::new(a, b, c, d));
+        assert_eq!(at(192, 0, 2, 2).as_deref(), Some("eth0"));
+        assert_eq!(at(198, 18, 2, 5).as_deref(), Some("veth7"));
+        // The longer prefix wins.
+        assert_eq!(at(198, 18, 2, 200).as_deref(), Some("veth8"));
+        // Only the default route (through a gateway) reaches it: no netdev.
+        assert_eq!(at(10, 0, 0, 1), None);
+        assert_eq!(netdev_from_routes("", Ipv4Addr::new(192, 0, 2, 2)), None);
+        let bad = "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n\
+            a/b\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\n";
+        assert_eq!(netdev_from_routes(bad, Ipv4Addr::new(192, 0, 2, 2)), None);
+    }
 
     #[test]
     fn local_address_from_fib_trie() {

@@ -146,11 +146,21 @@ fn reader_view(tid: i32, own_netns: u64, own_gid: [u8; 16]) -> Option<View> {
     let (_, gid) = client_gid(tid, own_netns, own_gid);
     // Gone between the two reads: answer nothing rather than a guess.
     identity::netns_of(tid).ok()?;
+    let view = namespace_view(tid, gid);
+    // Gone meanwhile: its routes may be another process's.
+    identity::netns_of(tid).ok()?;
+    Some(view)
+}
+
+/// The device tree for the network namespace of process (or thread) `pid`,
+/// whose GID is `gid`.
+fn namespace_view(pid: i32, gid: [u8; 16]) -> View {
     let ip = std::net::Ipv4Addr::new(gid[12], gid[13], gid[14], gid[15]);
-    Some(View {
+    View {
         gid,
         node_guid: identity::node_guid_from_ipv4(ip),
-    })
+        netdev: identity::netns_netdev(pid, ip),
+    }
 }
 
 /// What the command file system asks the router about a request's caller.
@@ -219,7 +229,7 @@ impl Server {
 
         let ip = identity::host_ipv4();
         let gid = identity::gid_from_ipv4(ip);
-        let tree = DeviceTree::create(dir, gid, identity::node_guid_from_ipv4(ip))?;
+        let tree = DeviceTree::create(dir, &namespace_view(std::process::id() as i32, gid))?;
 
         let listener = socket::socket(
             AddressFamily::Unix,
@@ -714,13 +724,7 @@ impl Server {
             Some(tree) if ns == self.netns => tree.sysfs_root().to_path_buf(),
             _ => {
                 self.sweep_views();
-                let ip = std::net::Ipv4Addr::new(gid[12], gid[13], gid[14], gid[15]);
-                super::sysfs::write_netns_view(
-                    &self.runtime_dir,
-                    ns,
-                    gid,
-                    identity::node_guid_from_ipv4(ip),
-                )?
+                super::sysfs::write_netns_view(&self.runtime_dir, ns, &namespace_view(pid, gid))?
             }
         };
         Ok((path, gid))

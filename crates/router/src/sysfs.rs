@@ -8,6 +8,7 @@
 //! S/class/infiniband/fv0/node_guid                      "xxxx:xxxx:xxxx:xxxx"
 //! S/class/infiniband/fv0/ports/1/gids/0                 eight ':'-separated groups
 //! S/class/infiniband/fv0/ports/1/gid_attrs/types/0      "RoCE v2"
+//! S/class/infiniband/fv0/ports/1/gid_attrs/ndevs/0      the interface with the address
 //! S/class/infiniband/fv0/ports/1/pkeys/0                "0xffff"
 //! /dev/infiniband/U                                     char device 1:3 (/dev/null's numbers)
 //! ```
@@ -25,6 +26,16 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+
+/// The device tree as one network namespace sees it: its GID, its node
+/// GUID and the interface that carries its address (the GID's `ndevs`
+/// entry; None: no file, and libibverbs reports no netdev).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct View {
+    pub gid: [u8; 16],
+    pub node_guid: u64,
+    pub netdev: Option<String>,
+}
 
 /// The IB device name the provider serves.
 pub const IBDEV: &str = "fv0";
@@ -91,7 +102,7 @@ impl DeviceTree {
     /// Creates `RUNTIME_DIR/sysfs/…` and the `/dev/infiniband/<uverbs name>`
     /// node. A stale tree left by a previous router with the same runtime
     /// directory is replaced.
-    pub fn create(runtime_dir: &Path, gid: [u8; 16], node_guid: u64) -> anyhow::Result<DeviceTree> {
+    pub fn create(runtime_dir: &Path, view: &View) -> anyhow::Result<DeviceTree> {
         fs::create_dir_all(runtime_dir)
             .with_context(|| format!("creating runtime dir {}", runtime_dir.display()))?;
         let name = uverbs_name(runtime_dir);
@@ -106,7 +117,7 @@ impl DeviceTree {
             fs::remove_dir_all(&tree.sysfs_root)
                 .with_context(|| format!("removing stale {}", tree.sysfs_root.display()))?;
         }
-        if let Err(e) = tree.populate(&name, gid, node_guid) {
+        if let Err(e) = tree.populate(&name, view) {
             tree.cleanup();
             return Err(e);
         }
@@ -118,8 +129,8 @@ impl DeviceTree {
         Ok(tree)
     }
 
-    fn populate(&mut self, name: &str, gid: [u8; 16], node_guid: u64) -> anyhow::Result<()> {
-        write_sysfs(&self.sysfs_root, name, gid, node_guid)?;
+    fn populate(&mut self, name: &str, view: &View) -> anyhow::Result<()> {
+        write_sysfs(&self.sysfs_root, name, view)?;
         self.make_dev_node()
     }
 
@@ -235,7 +246,7 @@ impl Drop for DeviceTree {
 
 /// Writes the sysfs-like files of fv0 under `root` (what `SYSFS_PATH` names),
 /// with `name` as the uverbs folder.
-fn write_sysfs(root: &Path, name: &str, gid: [u8; 16], node_guid: u64) -> anyhow::Result<()> {
+fn write_sysfs(root: &Path, name: &str, view: &View) -> anyhow::Result<()> {
     let verbs = root.join("class/infiniband_verbs");
     let udir = verbs.join(name);
     let ibdev = root.join("class/infiniband").join(IBDEV);
@@ -244,6 +255,7 @@ fn write_sysfs(root: &Path, name: &str, gid: [u8; 16], node_guid: u64) -> anyhow
         &udir,
         &port.join("gids"),
         &port.join("gid_attrs/types"),
+        &port.join("gid_attrs/ndevs"),
         &port.join("pkeys"),
     ] {
         fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
@@ -253,9 +265,15 @@ fn write_sysfs(root: &Path, name: &str, gid: [u8; 16], node_guid: u64) -> anyhow
     write_atomic(&udir.join("dev"), "0:0")?;
     write_atomic(&udir.join("abi_version"), "1")?;
     write_atomic(&ibdev.join("node_type"), "1: CA")?;
-    write_atomic(&ibdev.join("node_guid"), &format_node_guid(node_guid))?;
-    write_atomic(&port.join("gids/0"), &format_gid(gid))?;
+    write_atomic(&ibdev.join("node_guid"), &format_node_guid(view.node_guid))?;
+    write_atomic(&port.join("gids/0"), &format_gid(view.gid))?;
     write_atomic(&port.join("gid_attrs/types/0"), "RoCE v2")?;
+    match &view.netdev {
+        Some(n) => write_atomic(&port.join("gid_attrs/ndevs/0"), n)?,
+        None => {
+            let _ = fs::remove_file(port.join("gid_attrs/ndevs/0"));
+        }
+    }
     write_atomic(&port.join("pkeys/0"), "0xffff")?;
     // The host's real devices stay visible beside fv0.
     if let Err(e) = crate::nic::link_real_devices(root, Path::new(crate::nic::SYSFS)) {
@@ -272,15 +290,10 @@ fn write_sysfs(root: &Path, name: &str, gid: [u8; 16], node_guid: u64) -> anyhow
 /// `RUNTIME_DIR/netns/<id>/sysfs`. `router.sock` and `fuse` beside it are
 /// links to the router's own, so the provider finds them as usual.
 /// Returns the `SYSFS_PATH` for that namespace.
-pub fn write_netns_view(
-    runtime_dir: &Path,
-    netns: u64,
-    gid: [u8; 16],
-    node_guid: u64,
-) -> anyhow::Result<PathBuf> {
+pub fn write_netns_view(runtime_dir: &Path, netns: u64, view: &View) -> anyhow::Result<PathBuf> {
     let base = runtime_dir.join("netns").join(netns.to_string());
     let root = base.join("sysfs");
-    write_sysfs(&root, &uverbs_name(runtime_dir), gid, node_guid)?;
+    write_sysfs(&root, &uverbs_name(runtime_dir), view)?;
     for link in ["router.sock", "fuse"] {
         let path = base.join(link);
         if path.symlink_metadata().is_err() {
@@ -387,8 +400,21 @@ mod tests {
         let run = temp_dir("tree");
         let run2 = temp_dir("tree2");
         let gid = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 2];
-        let tree = DeviceTree::create(&run, gid, 0x0002_c9ff_fe00_0001).unwrap();
-        let tree2 = DeviceTree::create(&run2, gid, 2).unwrap();
+        let view = View {
+            gid,
+            node_guid: 0x0002_c9ff_fe00_0001,
+            netdev: Some("eth7".into()),
+        };
+        let tree = DeviceTree::create(&run, &view).unwrap();
+        let tree2 = DeviceTree::create(
+            &run2,
+            &View {
+                node_guid: 2,
+                netdev: None,
+                ..view
+            },
+        )
+        .unwrap();
         let s = tree.sysfs_root().to_path_buf();
         assert_eq!(s, run.join("sysfs"));
         let read = |p: &str| fs::read_to_string(s.join(p)).unwrap();
@@ -413,6 +439,13 @@ mod tests {
             read("class/infiniband/fv0/ports/1/gid_attrs/types/0"),
             "RoCE v2\n"
         );
+        assert_eq!(
+            read("class/infiniband/fv0/ports/1/gid_attrs/ndevs/0"),
+            "eth7\n"
+        );
+        assert!(!run2
+            .join("sysfs/class/infiniband/fv0/ports/1/gid_attrs/ndevs/0")
+            .exists());
         assert_eq!(read("class/infiniband/fv0/ports/1/pkeys/0"), "0xffff\n");
         let gids: Vec<_> = fs::read_dir(s.join("class/infiniband/fv0/ports/1/gids"))
             .unwrap()

@@ -194,4 +194,4 @@ macro_rules! cases {
     };
 }
 
-cases!(cq_ex, cq_ex_batch_end);
+cases!(cq_ex, cq_ex_batch_end, roce_answers);

@@ -127,6 +127,14 @@ fn check(ok: bool, why: impl FnOnce() -> String) -> Result<(), Invalid> {
     }
 }
 
+/// fv0's port is RoCE (link layer Ethernet): every address vector, of an
+/// address handle or of a connected QP's path, needs a GRH, since the GID
+/// is the only address there is. A real RoCE device refuses one without
+/// (EINVAL).
+pub fn roce_address(is_global: bool) -> bool {
+    is_global
+}
+
 /// Checks `ibv_modify_qp(attr, mask)` on a QP of `kind` in state `cur` and
 /// returns the state it moves to.
 pub fn check_modify(kind: QpKind, cur: u32, attr: &QpAttr, mask: u32) -> Result<u32, Invalid> {
@@ -181,6 +189,9 @@ pub fn check_modify(kind: QpKind, cur: u32, attr: &QpAttr, mask: u32) -> Result<
     if mask & AV != 0 {
         check(attr.ah_attr.port_num <= 1, || {
             format!("ah port_num {}", attr.ah_attr.port_num)
+        })?;
+        check(roce_address(attr.ah_attr.is_global), || {
+            "an address vector without a GRH on a RoCE port".into()
         })?;
         check(
             !attr.ah_attr.is_global || attr.ah_attr.sgid_index == 0,
@@ -353,8 +364,24 @@ mod tests {
             qp_state: RTR,
             path_mtu: IBV_MTU_1024,
             dest_qp_num: 5,
+            ah_attr: flowverbs_wire::control::AddressVector {
+                is_global: true,
+                ..Default::default()
+            },
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn roce_path_needs_a_grh() {
+        let local = QpAttr {
+            ah_attr: Default::default(),
+            ..rtr_attr()
+        };
+        let uc_rtr = STATE | AV | MTU | DEST_QPN | IBV_QP_RQ_PSN;
+        assert!(check_modify(QpKind::Rc, INIT, &local, 0x129181).is_err());
+        assert!(check_modify(QpKind::Uc, INIT, &local, uc_rtr).is_err());
+        assert_eq!(check_modify(QpKind::Uc, INIT, &rtr_attr(), uc_rtr), Ok(RTR));
     }
 
     #[test]

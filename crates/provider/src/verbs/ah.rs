@@ -63,18 +63,16 @@ pub(super) unsafe extern "C" fn create_ah(pd: *mut ibv_pd, attr: *mut ibv_ah_att
     guard(ptr::null_mut(), || {
         // SAFETY: pd is ours, attr the caller's.
         let (ctx, a) = unsafe { ((*pd).context, &*attr) };
-        if a.port_num != 1 || (a.is_global != 0 && a.grh.sgid_index != 0) {
+        if a.port_num != 1
+            || !flowverbs_verbs::qp::roce_address(a.is_global != 0)
+            || a.grh.sgid_index != 0
+        {
             return null_with(libc::EINVAL);
         }
         // SAFETY: ctx is ours.
         let cx = unsafe { inner(ctx) };
-        // Without a GRH the destination is on this host.
-        let dgid = if a.is_global != 0 {
-            // SAFETY: ibv_gid is a union of plain bytes.
-            unsafe { a.grh.dgid.raw }
-        } else {
-            cx.gid
-        };
+        // SAFETY: ibv_gid is a union of plain bytes.
+        let dgid = unsafe { a.grh.dgid.raw };
         let nic = match nic_twin(cx, pd, a, dgid) {
             Ok(n) => n,
             Err(e) => return null_with(e),

@@ -18,6 +18,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <net/if.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -341,9 +342,138 @@ static void case_cq_ex_batch_end(void)
 	buf_free(buf);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Case: roce_answers                                                        */
+
+static const char *gid_type_str(uint32_t t)
+{
+	switch (t) {
+	case IBV_GID_TYPE_IB: return "IB";
+	case IBV_GID_TYPE_ROCE_V1: return "RoCE v1";
+	case IBV_GID_TYPE_ROCE_V2: return "RoCE v2";
+	default: return "another type";
+	}
+}
+
+/*
+ * What a RoCE device answers about itself: ibv_query_device_ex against
+ * ibv_query_device, the GID entry of the device's IPv4-mapped GID through
+ * ibv_query_gid_ex and ibv_query_gid_table, and the address handles and
+ * RC paths without a GRH that a RoCE port must refuse.
+ */
+static void case_roce_answers(void)
+{
+	set_step("ibv_query_device_ex");
+	struct ibv_device_attr_ex dx;
+	memset(&dx, 0, sizeof(dx));
+	int rc = ibv_query_device_ex(E.ctx, NULL, &dx);
+	say("query_device_ex: %s", errno_name(rc));
+	if (rc)
+		fail("ibv_query_device_ex returned %d", rc);
+	say("phys_port_cnt_ex equals phys_port_cnt: %s",
+	    dx.phys_port_cnt_ex == E.dev.phys_port_cnt ? "yes" : "no");
+	if (dx.phys_port_cnt_ex != E.dev.phys_port_cnt)
+		fail("phys_port_cnt_ex %u, phys_port_cnt %u", dx.phys_port_cnt_ex,
+		     E.dev.phys_port_cnt);
+	say("orig_attr equals ibv_query_device: %s",
+	    dx.orig_attr.max_qp_wr == E.dev.max_qp_wr && dx.orig_attr.max_sge == E.dev.max_sge &&
+			    dx.orig_attr.max_cqe == E.dev.max_cqe &&
+			    dx.orig_attr.max_mr_size == E.dev.max_mr_size &&
+			    dx.orig_attr.phys_port_cnt == E.dev.phys_port_cnt ?
+		    "yes" :
+		    "no");
+
+	set_step("ibv_query_gid_ex(port 1, index %d)", gid_index());
+	struct ibv_gid_entry ge;
+	memset(&ge, 0, sizeof(ge));
+	rc = ibv_query_gid_ex(E.ctx, 1, gid_index(), &ge, 0);
+	say("query_gid_ex: %s", errno_name(rc));
+	if (rc) {
+		fail("ibv_query_gid_ex returned %d (%s)", rc, strerror(rc));
+	} else {
+		int same = memcmp(ge.gid.raw, E.gid.raw, 16) == 0;
+		say("query_gid_ex: type %s, same GID as ibv_query_gid %s, port %u, netdev %s",
+		    gid_type_str(ge.gid_type), same ? "yes" : "no", ge.port_num,
+		    ge.ndev_ifindex ? "named" : "none");
+		if (!same || ge.gid_type != IBV_GID_TYPE_ROCE_V2 || ge.port_num != 1 ||
+		    (int)ge.gid_index != gid_index())
+			fail("ibv_query_gid_ex: entry {index %u, port %u, type %u}, GID %s",
+			     ge.gid_index, ge.port_num, ge.gid_type, same ? "same" : "different");
+		if (!ge.ndev_ifindex)
+			fail("ibv_query_gid_ex: no netdev for a RoCE GID");
+		char name[IF_NAMESIZE] = "";
+		if (ge.ndev_ifindex && !if_indextoname(ge.ndev_ifindex, name))
+			fail("ibv_query_gid_ex: netdev index %u is no interface of this namespace",
+			     ge.ndev_ifindex);
+	}
+	set_step("ibv_query_gid_ex of an index past the table");
+	rc = ibv_query_gid_ex(E.ctx, 1, E.port.gid_tbl_len, &ge, 0);
+	say("query_gid_ex past the table: %s", rc ? "refused" : "0");
+	if (rc == 0)
+		fail("ibv_query_gid_ex(index gid_tbl_len %d) returned 0", E.port.gid_tbl_len);
+
+	set_step("ibv_query_gid_table");
+	struct ibv_gid_entry table[1024];
+	ssize_t n = ibv_query_gid_table(E.ctx, table, 1024, 0);
+	int found = 0;
+	for (ssize_t i = 0; i < n; i++)
+		if (memcmp(table[i].gid.raw, E.gid.raw, 16) == 0 && table[i].port_num == 1 &&
+		    (int)table[i].gid_index == gid_index() &&
+		    table[i].gid_type == IBV_GID_TYPE_ROCE_V2)
+			found = 1;
+	say("query_gid_table: %s, the GID listed as RoCE v2: %s", n > 0 ? "entries" : "none",
+	    found ? "yes" : "no");
+	if (n <= 0 || !found)
+		fail("ibv_query_gid_table returned %zd, GID %d as RoCE v2 on port 1: %s", n,
+		     gid_index(), found ? "yes" : "no");
+
+	set_step("ibv_create_ah without a GRH on the RoCE port");
+	struct ibv_ah_attr ah = { .dlid = 1, .port_num = 1, .is_global = 0 };
+	errno = 0;
+	struct ibv_ah *h = ibv_create_ah(E.pd, &ah);
+	int e = h ? 0 : errno;
+	say("create_ah without a GRH: %s", h ? "made" : errno_name(e));
+	if (h) {
+		fail("ibv_create_ah without a GRH on a RoCE port: made (expected EINVAL)");
+		ibv_destroy_ah(h);
+	} else if (e != EINVAL) {
+		fail("ibv_create_ah without a GRH: errno %d (%s), expected EINVAL", e, strerror(e));
+	}
+	set_step("ibv_create_ah with a GRH");
+	ah.is_global = 1;
+	ah.grh.dgid = E.gid;
+	ah.grh.sgid_index = gid_index();
+	ah.grh.hop_limit = 64;
+	h = ibv_create_ah(E.pd, &ah);
+	say("create_ah with a GRH: %s", h ? "made" : errno_name(errno));
+	if (!h)
+		fail("ibv_create_ah with a GRH to our own GID: errno %d (%s)", errno,
+		     strerror(errno));
+	else
+		destroy_ah(h);
+
+	set_step("an RC QP to RTR without a GRH on the RoCE port");
+	struct ibv_cq *cq = cq_new(16);
+	struct ibv_qp *qp = rc_qp_new(cq, cq);
+	if (qp_to_init(qp, ACC_ALL))
+		fatal("RESET->INIT failed");
+	struct ibv_qp_attr a;
+	rtr_attr(&a, qp->qp_num);
+	a.ah_attr.is_global = 0;
+	a.ah_attr.dlid = 1;
+	rc = ibv_modify_qp(qp, &a, RC_RTR_MASK);
+	say("modify_qp to RTR without a GRH: %s", errno_name(rc));
+	if (rc != EINVAL)
+		fail("INIT->RTR without a GRH on a RoCE port: %d (%s), expected EINVAL", rc,
+		     strerror(rc));
+	destroy_qp(qp);
+	destroy_cq(cq);
+}
+
 static const struct fv_case cases[] = {
 	{ "cq_ex", case_cq_ex },
 	{ "cq_ex_batch_end", case_cq_ex_batch_end },
+	{ "roce_answers", case_roce_answers },
 };
 
 int main(int argc, char **argv)
