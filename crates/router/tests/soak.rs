@@ -341,12 +341,12 @@ fn run_pair_once(
     live.lock()
         .unwrap()
         .insert(pair, (run, server.pgid(), client.pgid()));
-    let c = client.finish(RUN_LIMIT);
+    let c = client.finish_diagnosed(RUN_LIMIT);
     // Both sides print the peer's address once they exchanged QP numbers;
     // a server whose client never got that far waits for a connection,
     // which is not a hang: it is stopped.
     let connected = String::from_utf8_lossy(&c.stdout).contains("remote address");
-    let s = server.finish(if c.status.success() {
+    let s = server.finish_diagnosed(if c.status.success() {
         RUN_LIMIT
     } else if connected {
         Duration::from_secs(15)

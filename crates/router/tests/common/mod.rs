@@ -706,6 +706,71 @@ fn collect(
     })
 }
 
+/// What every thread of process group `pgid` is doing: state and wait
+/// channel, kernel stack, and a gdb backtrace of each process.
+fn group_state(pgid: i32) -> String {
+    let mut out = String::from("--- the process group at the timeout:\n");
+    let read = |p: String| std::fs::read_to_string(p).unwrap_or_default();
+    let pids: Vec<i32> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    for pid in pids {
+        let stat = read(format!("/proc/{pid}/stat"));
+        // Fields after the command's closing parenthesis: state ppid pgrp.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.get(2).and_then(|g| g.parse::<i32>().ok()) != Some(pgid) {
+            continue;
+        }
+        let cmdline = read(format!("/proc/{pid}/cmdline")).replace('\0', " ");
+        out.push_str(&format!("process {pid}: {cmdline}\n"));
+        let tids: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for tid in tids {
+            let t = format!("/proc/{pid}/task/{tid}");
+            let tstat = read(format!("{t}/stat"));
+            let state = tstat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next().map(str::to_owned))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "  thread {tid}: state {state}, wchan {}\n{}",
+                read(format!("{t}/wchan")),
+                read(format!("{t}/stack"))
+                    .lines()
+                    .map(|l| format!("    {l}\n"))
+                    .collect::<String>()
+            ));
+        }
+        let gdb = run_with_timeout(
+            Command::new("gdb").args([
+                "-batch",
+                "-p",
+                &pid.to_string(),
+                "-ex",
+                "thread apply all bt 20",
+            ]),
+            30,
+        );
+        for l in String::from_utf8_lossy(&gdb.stdout)
+            .lines()
+            .filter(|l| l.starts_with('#') || l.starts_with("Thread"))
+        {
+            out.push_str(&format!("  {l}\n"));
+        }
+    }
+    out
+}
+
 fn spawn(mut cmd: Command) -> Running {
     let what = describe_cmd(&cmd);
     cmd.stdin(Stdio::null())
@@ -738,13 +803,24 @@ impl Running {
     }
 
     /// Waits until `deadline`; kills the whole process group then.
-    fn finish(mut self, deadline: Instant) -> Output {
+    fn finish(self, deadline: Instant) -> Output {
+        self.finish_with(deadline, false)
+    }
+
+    /// [`Running::finish`]; with `diagnose`, a process group killed at the
+    /// deadline first has what each of its threads is blocked in (state,
+    /// kernel stack, gdb backtrace) added to its stderr.
+    fn finish_with(mut self, deadline: Instant, diagnose: bool) -> Output {
         let mut timed_out = false;
+        let mut diagnosis = String::new();
         let status = loop {
             if let Some(status) = self.try_wait() {
                 break status;
             }
             if Instant::now() >= deadline {
+                if diagnose {
+                    diagnosis = group_state(self.pgid);
+                }
                 send_signal(-self.pgid, libc::SIGKILL);
                 timed_out = true;
                 break self.child.wait().expect("waitpid");
@@ -762,6 +838,7 @@ impl Running {
             stderr.extend_from_slice(
                 format!("\n{TIMEOUT_MARKER}: `{}` was killed]\n", self.what).as_bytes(),
             );
+            stderr.extend_from_slice(diagnosis.as_bytes());
         }
         Output {
             status,
@@ -831,6 +908,16 @@ impl Background {
     /// (its stderr ends with [`TIMEOUT_MARKER`]), and returns its output.
     pub fn finish(mut self, timeout: Duration) -> Output {
         self.0.take().unwrap().finish(Instant::now() + timeout)
+    }
+
+    /// [`Background::finish`], and if it is killed at the timeout, what each
+    /// thread of its processes was blocked in (state, kernel stack, gdb
+    /// backtrace) follows the marker in its stderr.
+    pub fn finish_diagnosed(mut self, timeout: Duration) -> Output {
+        self.0
+            .take()
+            .unwrap()
+            .finish_with(Instant::now() + timeout, true)
     }
 }
 
