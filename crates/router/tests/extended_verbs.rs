@@ -26,12 +26,24 @@ const INTENDED: &[(&str, &str, &str, &str)] = &[];
 /// Cases that fail on rxe0 because rxe0 departs from the man pages there
 /// (case, why); fv0 must pass them, rxe0 must still fail them (a fixed rxe
 /// makes the entry stale, and the test says so).
-const RXE_DEPARTS: &[(&str, &str)] = &[(
-    "cq_ex_batch_end",
-    "rxe ends the batch itself when ibv_next_poll returns ENOENT (it stores its consumer \
+const RXE_DEPARTS: &[(&str, &str)] = &[
+    (
+        "cq_ex_batch_end",
+        "rxe ends the batch itself when ibv_next_poll returns ENOENT (it stores its consumer \
      index and unlocks); the ibv_end_poll that ibv_create_cq_ex(3) asks for then advances the \
      index past the producer, and the CQ returns stale completions",
-)];
+    ),
+    (
+        "qp_ex_sge_list",
+        "rxe's ibv_wr_set_sge_list gives every SGE the first one's length: SGEs of 40 and 60 \
+         bytes arrive as 80 bytes, the last 40 of them from the wrong place",
+    ),
+    (
+        "qp_ex_inline",
+        "rxe's ibv_wr_set_inline_data_list sends an empty message (byte_len 0 at the \
+         receiver); ibv_wr_set_inline_data on an RDMA_WRITE stalled its QP in our tries",
+    ),
+];
 
 fn checker() -> &'static Path {
     CHECKER.path()
@@ -194,4 +206,11 @@ macro_rules! cases {
     };
 }
 
-cases!(cq_ex, cq_ex_batch_end, roce_answers);
+cases!(
+    cq_ex,
+    cq_ex_batch_end,
+    roce_answers,
+    qp_ex,
+    qp_ex_sge_list,
+    qp_ex_inline
+);

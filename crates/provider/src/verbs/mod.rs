@@ -11,6 +11,7 @@ mod flush;
 mod pd_mr;
 mod post;
 mod qp;
+mod qp_ex;
 mod srq;
 
 use ah::*;
@@ -20,6 +21,7 @@ pub use flush::Flushable;
 use pd_mr::*;
 use post::*;
 use qp::*;
+use qp_ex::*;
 use srq::*;
 
 use std::os::fd::OwnedFd;
@@ -63,6 +65,7 @@ pub static CONTEXT_OPS: ContextOps = ContextOps(verbs_context_ops {
     poll_cq: Some(poll_cq),
     req_notify_cq: Some(req_notify_cq),
     create_qp: Some(create_qp),
+    create_qp_ex: Some(create_qp_ex),
     modify_qp: Some(modify_qp),
     query_qp: Some(query_qp),
     destroy_qp: Some(destroy_qp),

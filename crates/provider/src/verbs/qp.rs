@@ -31,6 +31,8 @@ pub struct FvQp {
     pub(super) sq_sig_all: bool,
     /// Semi mode over a NIC: the real device's twin (`provider::nic`).
     pub(super) nic: Option<NicQp>,
+    /// Extended QPs: the `ibv_wr_*` batch being built (`qp_ex`).
+    pub(super) batch: Mutex<Batch>,
 }
 
 impl FvQp {
@@ -209,6 +211,7 @@ pub(super) unsafe extern "C" fn create_qp(
             retry_attrs: Mutex::new((0, 0, 0)),
             sq_sig_all: a.sq_sig_all != 0,
             nic: nic.map(|(q, _)| q),
+            batch: Mutex::new(Batch::default()),
         };
         let slots = b.send_slots.clone();
         let raw = slot.fill(b);

@@ -470,10 +470,261 @@ static void case_roce_answers(void)
 	destroy_cq(cq);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Case: qp_ex                                                               */
+
+/* An RC QP made with ibv_create_qp_ex and the given send operations (NULL: errno). */
+static struct ibv_qp *qp_ex_try(enum ibv_qp_type type, struct ibv_cq *cq, uint64_t ops)
+{
+	struct ibv_qp_init_attr_ex a = {
+		.send_cq = cq,
+		.recv_cq = cq,
+		.cap = { .max_send_wr = 32, .max_recv_wr = 32, .max_send_sge = 4, .max_recv_sge = 4,
+			 .max_inline_data = 64 },
+		.qp_type = type,
+		.comp_mask = IBV_QP_INIT_ATTR_PD | IBV_QP_INIT_ATTR_SEND_OPS_FLAGS,
+		.pd = E.pd,
+		.send_ops_flags = ops,
+	};
+	errno = 0;
+	return ibv_create_qp_ex(E.ctx, &a);
+}
+
+/* Polls n completions (any order) into wcs; fatal if they do not come. */
+static void poll_some(struct ibv_cq *cq, struct ibv_wc *wcs, int n, const char *what)
+{
+	for (int i = 0; i < n; i++)
+		poll1(cq, &wcs[i], what);
+}
+
+static const struct ibv_wc *wc_with_id(const struct ibv_wc *wcs, int n, uint64_t id)
+{
+	for (int i = 0; i < n; i++)
+		if (wcs[i].wr_id == id)
+			return &wcs[i];
+	fail("no completion with wr_id 0x%" PRIx64, id);
+	return NULL;
+}
+
+/* Says a completion's defined fields (status; opcode, byte_len and imm only on success). */
+static void say_wc(const char *what, const struct ibv_wc *wc)
+{
+	if (!wc)
+		return;
+	if (wc->status != IBV_WC_SUCCESS) {
+		say("%s: status %s", what, ibv_wc_status_str(wc->status));
+		fail("%s: status %s", what, ibv_wc_status_str(wc->status));
+		return;
+	}
+	char imm[32] = "";
+	if (wc->wc_flags & IBV_WC_WITH_IMM)
+		snprintf(imm, sizeof(imm), " imm 0x%08x", ntohl(wc->imm_data));
+	say("%s: status %s opcode %s byte_len %u%s", what, ibv_wc_status_str(wc->status),
+	    wc_opcode_str(wc->opcode), wc->opcode & IBV_WC_RECV ? wc->byte_len : 0, imm);
+}
+
+static void case_qp_ex(void)
+{
+	const uint64_t rc_ops = IBV_QP_EX_WITH_SEND | IBV_QP_EX_WITH_SEND_WITH_IMM |
+				IBV_QP_EX_WITH_RDMA_WRITE | IBV_QP_EX_WITH_RDMA_WRITE_WITH_IMM |
+				IBV_QP_EX_WITH_RDMA_READ | IBV_QP_EX_WITH_ATOMIC_CMP_AND_SWP |
+				IBV_QP_EX_WITH_ATOMIC_FETCH_AND_ADD;
+	struct ibv_cq *cq = cq_new(128);
+
+	set_step("ibv_qp_to_qp_ex of a QP made by ibv_create_qp");
+	struct ibv_qp *plain = rc_qp_new(cq, cq);
+	say("qp_to_qp_ex of a plain QP: %s", ibv_qp_to_qp_ex(plain) ? "an ibv_qp_ex" : "NULL");
+	destroy_qp(plain);
+
+	set_step("ibv_create_qp_ex, RC, every RC operation");
+	struct ibv_qp *a = qp_ex_try(IBV_QPT_RC, cq, rc_ops);
+	struct ibv_qp *b = qp_ex_try(IBV_QPT_RC, cq, rc_ops);
+	say("create_qp_ex RC: %s", a && b ? "made" : errno_name(errno));
+	if (!a || !b)
+		fatal("ibv_create_qp_ex returned NULL, errno %d (%s)", errno, strerror(errno));
+	struct ibv_qp_ex *ax = ibv_qp_to_qp_ex(a);
+	say("qp_to_qp_ex: %s", ax ? "an ibv_qp_ex" : "NULL");
+	if (!ax)
+		fatal("ibv_qp_to_qp_ex returned NULL for a QP made with send_ops_flags");
+	rc_connect_both(a, b);
+	struct buf *buf = buf_reg(16384, "buffer", ACC_ALL);
+	struct ibv_wc wcs[8];
+
+	set_step("a batch: SEND, SEND_WITH_IMM, RDMA_WRITE, RDMA_WRITE_WITH_IMM");
+	for (int i = 0; i < 3; i++) {
+		struct ibv_sge r = buf_sge(buf, 8000 + 1000 * i, 1000);
+		recv1(b, 0xB0 + i, &r, 1, "recv on B");
+	}
+	ibv_wr_start(ax);
+	ax->wr_id = 0xA0;
+	ax->wr_flags = IBV_SEND_SIGNALED;
+	ibv_wr_send(ax);
+	ibv_wr_set_sge(ax, buf->mr->lkey, addr_of(buf->p + 100), 300);
+	ax->wr_id = 0xA1;
+	ibv_wr_send_imm(ax, htonl(0x1234));
+	ibv_wr_set_sge(ax, buf->mr->lkey, addr_of(buf->p + 500), 40);
+	ax->wr_id = 0xA2;
+	ibv_wr_rdma_write(ax, buf->mr->rkey, addr_of(buf->p + 12000));
+	ibv_wr_set_sge(ax, buf->mr->lkey, addr_of(buf->p + 3000), 222);
+	ax->wr_id = 0xA3;
+	ibv_wr_rdma_write_imm(ax, buf->mr->rkey, addr_of(buf->p + 13000), htonl(0xBEEF));
+	ibv_wr_set_sge(ax, buf->mr->lkey, addr_of(buf->p + 900), 77);
+	int rc = ibv_wr_complete(ax);
+	say("wr_complete of four: %s", errno_name(rc));
+	if (rc)
+		fatal("ibv_wr_complete returned %d (%s)", rc, strerror(rc));
+	buf_expect(buf, 8000, buf->exp + 100, 300);
+	buf_expect(buf, 9000, buf->exp + 500, 40);
+	buf_expect(buf, 12000, buf->exp + 3000, 222);
+	buf_expect(buf, 13000, buf->exp + 900, 77);
+	poll_some(cq, wcs, 7, "the batch's completions");
+	say_wc("SEND at A", wc_with_id(wcs, 7, 0xA0));
+	say_wc("SEND_WITH_IMM at A", wc_with_id(wcs, 7, 0xA1));
+	say_wc("RDMA_WRITE at A", wc_with_id(wcs, 7, 0xA2));
+	say_wc("RDMA_WRITE_WITH_IMM at A", wc_with_id(wcs, 7, 0xA3));
+	say_wc("SEND at B", wc_with_id(wcs, 7, 0xB0));
+	say_wc("SEND_WITH_IMM at B", wc_with_id(wcs, 7, 0xB1));
+	say_wc("RDMA_WRITE_WITH_IMM at B", wc_with_id(wcs, 7, 0xB2));
+	buf_check(buf, "after the first batch");
+
+	set_step("a batch: RDMA_READ, FETCH_AND_ADD, CMP_AND_SWP");
+	uint64_t *counter = (uint64_t *)(buf->p + 14000);
+	uint64_t seven = 7;
+	buf_set(buf, 14000, &seven, 8);
+	ibv_wr_start(ax);
+	ax->wr_id = 0xA4;
+	ax->wr_flags = IBV_SEND_SIGNALED;
+	ibv_wr_rdma_read(ax, buf->mr->rkey, addr_of(buf->p + 1000));
+	ibv_wr_set_sge(ax, buf->mr->lkey, addr_of(buf->p + 2000), 123);
+	ax->wr_id = 0xA5;
+	ibv_wr_atomic_fetch_add(ax, buf->mr->rkey, addr_of(counter), 5);
+	ibv_wr_set_sge(ax, buf->mr->lkey, addr_of(buf->p + 14008), 8);
+	rc = ibv_wr_complete(ax);
+	say("wr_complete of read and fetch-add: %s", errno_name(rc));
+	if (rc)
+		fatal("ibv_wr_complete returned %d", rc);
+	buf_expect(buf, 2000, buf->exp + 1000, 123);
+	uint64_t twelve = 12;
+	buf_expect(buf, 14000, &twelve, 8);
+	buf_expect(buf, 14008, &seven, 8);
+	poll_some(cq, wcs, 2, "read and fetch-add");
+	say_wc("RDMA_READ at A", wc_with_id(wcs, 2, 0xA4));
+	say_wc("FETCH_ADD at A", wc_with_id(wcs, 2, 0xA5));
+	ibv_wr_start(ax);
+	ax->wr_id = 0xA6;
+	ibv_wr_atomic_cmp_swp(ax, buf->mr->rkey, addr_of(counter), 12, 99);
+	ibv_wr_set_sge(ax, buf->mr->lkey, addr_of(buf->p + 14016), 8);
+	rc = ibv_wr_complete(ax);
+	say("wr_complete of cmp-swap: %s", errno_name(rc));
+	uint64_t ninety_nine = 99;
+	buf_expect(buf, 14000, &ninety_nine, 8);
+	buf_expect(buf, 14016, &twelve, 8);
+	poll_some(cq, wcs, 1, "cmp-swap");
+	say_wc("COMP_SWAP at A", wc_with_id(wcs, 1, 0xA6));
+	buf_check(buf, "after the second batch");
+
+	set_step("ibv_wr_abort posts nothing");
+	ibv_wr_start(ax);
+	ax->wr_id = 0xA7;
+	ibv_wr_rdma_write(ax, buf->mr->rkey, addr_of(buf->p + 15000));
+	ibv_wr_set_sge(ax, buf->mr->lkey, addr_of(buf->p), 64);
+	ibv_wr_abort(ax);
+	say("after wr_abort: %s", expect_empty(cq, 300, "after ibv_wr_abort") ? "nothing" : "a completion");
+	buf_check(buf, "after the aborted batch");
+
+	set_step("an empty batch");
+	ibv_wr_start(ax);
+	rc = ibv_wr_complete(ax);
+	say("wr_complete of nothing: %s", errno_name(rc));
+
+	destroy_qp(a);
+	destroy_qp(b);
+	destroy_cq(cq);
+	buf_free(buf);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Cases: qp_ex_sge_list, qp_ex_inline                                       */
+
+/* Two connected extended RC QPs with SEND on a fresh CQ, a receive posted on B. */
+struct ex_pair {
+	struct ibv_cq *cq;
+	struct ibv_qp *a, *b;
+	struct ibv_qp_ex *ax;
+	struct buf *buf;
+};
+
+static void ex_pair_new(struct ex_pair *p)
+{
+	uint64_t ops = IBV_QP_EX_WITH_SEND | IBV_QP_EX_WITH_RDMA_WRITE;
+	p->cq = cq_new(64);
+	p->a = qp_ex_try(IBV_QPT_RC, p->cq, ops);
+	p->b = qp_ex_try(IBV_QPT_RC, p->cq, ops);
+	if (!p->a || !p->b)
+		fatal("ibv_create_qp_ex returned NULL, errno %d (%s)", errno, strerror(errno));
+	p->ax = ibv_qp_to_qp_ex(p->a);
+	rc_connect_both(p->a, p->b);
+	p->buf = buf_reg(16384, "buffer", ACC_ALL);
+	struct ibv_sge r = buf_sge(p->buf, 8000, 1000);
+	recv1(p->b, 0xB0, &r, 1, "recv on B");
+	ibv_wr_start(p->ax);
+	p->ax->wr_id = 0xA0;
+	p->ax->wr_flags = IBV_SEND_SIGNALED;
+}
+
+/* Completes the batch, polls the SEND's two completions, checks the buffer. */
+static void ex_pair_finish(struct ex_pair *p, const char *what)
+{
+	int rc = ibv_wr_complete(p->ax);
+	say("%s: wr_complete %s", what, errno_name(rc));
+	if (rc)
+		fatal("ibv_wr_complete returned %d (%s)", rc, strerror(rc));
+	struct ibv_wc wcs[2];
+	poll_some(p->cq, wcs, 2, what);
+	say_wc("SEND at A", wc_with_id(wcs, 2, 0xA0));
+	say_wc("SEND at B", wc_with_id(wcs, 2, 0xB0));
+	buf_check(p->buf, what);
+	destroy_qp(p->a);
+	destroy_qp(p->b);
+	destroy_cq(p->cq);
+	buf_free(p->buf);
+}
+
+static void case_qp_ex_sge_list(void)
+{
+	struct ex_pair p;
+	ex_pair_new(&p);
+	set_step("SEND of two SGEs (40 and 60 bytes) set with ibv_wr_set_sge_list");
+	ibv_wr_send(p.ax);
+	struct ibv_sge two[2] = { buf_sge(p.buf, 500, 40), buf_sge(p.buf, 700, 60) };
+	ibv_wr_set_sge_list(p.ax, 2, two);
+	buf_expect(p.buf, 8000, p.buf->exp + 500, 40);
+	buf_expect(p.buf, 8040, p.buf->exp + 700, 60);
+	ex_pair_finish(&p, "a SEND of an SGE list");
+}
+
+static void case_qp_ex_inline(void)
+{
+	struct ex_pair p;
+	ex_pair_new(&p);
+	set_step("SEND of inline data set with ibv_wr_set_inline_data_list (the buffers reused at once)");
+	char one[] = "inline bytes, ", two[] = "copied at the setter";
+	struct ibv_data_buf bufs[2] = { { one, strlen(one) }, { two, strlen(two) } };
+	ibv_wr_send(p.ax);
+	ibv_wr_set_inline_data_list(p.ax, 2, bufs);
+	buf_expect(p.buf, 8000, "inline bytes, copied at the setter", strlen(one) + strlen(two));
+	memset(one, 'x', sizeof(one));
+	memset(two, 'y', sizeof(two));
+	ex_pair_finish(&p, "a SEND of inline data");
+}
+
 static const struct fv_case cases[] = {
 	{ "cq_ex", case_cq_ex },
 	{ "cq_ex_batch_end", case_cq_ex_batch_end },
 	{ "roce_answers", case_roce_answers },
+	{ "qp_ex", case_qp_ex },
+	{ "qp_ex_sge_list", case_qp_ex_sge_list },
+	{ "qp_ex_inline", case_qp_ex_inline },
 };
 
 int main(int argc, char **argv)
