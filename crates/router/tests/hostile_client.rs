@@ -26,6 +26,8 @@ struct Client {
     /// ends when the event socket hangs up).
     _events: (OwnedFd, OwnedFd),
     cmd_file: Option<String>,
+    /// The session's GID 0.
+    gid: [u8; 16],
 }
 
 /// A pipe's read end and write end, and an event socket pair (ours,
@@ -69,7 +71,7 @@ impl Client {
         .unwrap();
         let (reply, mut fds) =
             control::recv::<Reply>(sock.as_fd(), MsgFlags::empty()).expect("router answers");
-        let Reply::Hello { cmd_file, .. } = reply else {
+        let Reply::Hello { cmd_file, gid, .. } = reply else {
             panic!("{reply:?}")
         };
         // Semi mode adds the key table.
@@ -80,6 +82,7 @@ impl Client {
             _segment: fds.pop(),
             _events: (async_read, ours),
             cmd_file,
+            gid,
         }
     }
 
@@ -176,17 +179,21 @@ impl Client {
         (qp, qpn, map, QpLayout::new(sq_capacity, rq_capacity), fd)
     }
 
-    /// RESET -> INIT -> RTR -> RTS, connected to `dest_qpn`.
+    /// RESET -> INIT -> RTR -> RTS, connected to `dest_qpn` of this
+    /// router (the path names the session's own GID: fv0 is RoCE).
     fn connect_qp(&mut self, qp: u32, dest_qpn: u32, access: u32) {
-        self.connect_qp_via(
-            qp,
-            dest_qpn,
-            access,
-            AddressVector {
-                port_num: 1,
-                ..Default::default()
-            },
-        );
+        let av = self.own_path();
+        self.connect_qp_via(qp, dest_qpn, access, av);
+    }
+
+    /// An address vector to this session's own GID.
+    fn own_path(&self) -> AddressVector {
+        AddressVector {
+            port_num: 1,
+            is_global: true,
+            dgid: self.gid,
+            ..Default::default()
+        }
     }
 
     /// As `connect_qp`, with the given address vector.
@@ -871,10 +878,7 @@ fn semi_mode_requests_are_checked() {
             dest_qp_num: qpn_b,
             max_dest_rd_atomic: 1,
             min_rnr_timer: 12,
-            ah_attr: AddressVector {
-                port_num: 1,
-                ..Default::default()
-            },
+            ah_attr: a.own_path(),
             ..Default::default()
         },
         mask: 0x129181,

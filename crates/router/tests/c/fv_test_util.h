@@ -768,8 +768,9 @@ static void qp_to_state(struct ibv_qp *qp, enum ibv_qp_state state, const char *
 struct rc_path {
 	/*
 	 * 1: a GRH to this host's GID (E.gid, gid_index(), hop limit 1), the
-	 * port's active MTU; 0: no GRH, MTU 1024 (for programs that do not
-	 * call env_open).
+	 * port's active MTU; 2 (for programs that do not call env_open): a
+	 * GRH to GID 0 of the QP's own device, MTU 1024. fv0, like every
+	 * RoCE device, refuses a path without a GRH.
 	 */
 	int grh;
 	uint8_t rd_atomic; /* max_dest_rd_atomic (RTR) and max_rd_atomic (RTS) */
@@ -803,7 +804,7 @@ static void rtr_attr_path(struct ibv_qp_attr *a, uint32_t dest_qpn, const struct
 {
 	memset(a, 0, sizeof(*a));
 	a->qp_state = IBV_QPS_RTR;
-	a->path_mtu = (p->grh && E.port.active_mtu >= IBV_MTU_256 &&
+	a->path_mtu = (p->grh == 1 && E.port.active_mtu >= IBV_MTU_256 &&
 		       E.port.active_mtu <= IBV_MTU_4096)
 			      ? E.port.active_mtu
 			      : IBV_MTU_1024;
@@ -811,7 +812,7 @@ static void rtr_attr_path(struct ibv_qp_attr *a, uint32_t dest_qpn, const struct
 	a->rq_psn = 0;
 	a->max_dest_rd_atomic = p->rd_atomic;
 	a->min_rnr_timer = p->min_rnr_timer;
-	if (p->grh) {
+	if (p->grh == 1) {
 		a->ah_attr.is_global = 1;
 		a->ah_attr.grh.dgid = E.gid;
 		a->ah_attr.grh.sgid_index = gid_index();
@@ -858,6 +859,13 @@ static int rc_connect_path(struct ibv_qp *qp, uint32_t dest_qpn, int access,
 	if (rc)
 		return rc;
 	rtr_attr_path(&a, dest_qpn, p);
+	if (p->grh == 2) {
+		*failed = "ibv_query_gid(port 1, index 0)";
+		if (ibv_query_gid(qp->context, 1, 0, &a.ah_attr.grh.dgid))
+			return errno ? errno : EINVAL;
+		a.ah_attr.is_global = 1;
+		a.ah_attr.grh.hop_limit = 1;
+	}
 	rc = ibv_modify_qp(qp, &a, RC_RTR_MASK);
 	*failed = "RC INIT->RTR";
 	if (rc)
@@ -869,14 +877,14 @@ static int rc_connect_path(struct ibv_qp *qp, uint32_t dest_qpn, int access,
 
 /*
  * For programs that do not call env_open: connects qp to dest_qpn on this
- * host without a GRH (MTU 1024, rd_atomic 1, min_rnr_timer 12), with
+ * host (a GRH to its device's GID 0, MTU 1024, rd_atomic 1, min_rnr_timer 12), with
  * qp_access_flags access and retry_cnt = rnr_retry = retry. Returns as
  * rc_connect_path.
  */
 static int rc_connect_local(struct ibv_qp *qp, uint32_t dest_qpn, int access, uint8_t retry,
 			    const char **failed)
 {
-	struct rc_path p = { .grh = 0, .rd_atomic = 1, .min_rnr_timer = 12, .retry_cnt = retry,
+	struct rc_path p = { .grh = 2, .rd_atomic = 1, .min_rnr_timer = 12, .retry_cnt = retry,
 			     .rnr_retry = retry };
 	return rc_connect_path(qp, dest_qpn, access, &p, failed);
 }
