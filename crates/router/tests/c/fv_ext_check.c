@@ -718,6 +718,123 @@ static void case_qp_ex_inline(void)
 	ex_pair_finish(&p, "a SEND of inline data");
 }
 
+/* ------------------------------------------------------------------------ */
+/* Case: qp_attrs                                                            */
+
+/*
+ * Says what ibv_query_qp answers for the attributes a connected RC QP was
+ * given (connected: 0 in INIT, where only state, port, P_Key index and
+ * access are defined).
+ */
+static void say_queried(struct ibv_qp *qp, const char *when, int connected)
+{
+	struct ibv_qp_attr q;
+	struct ibv_qp_init_attr init;
+	memset(&q, 0, sizeof(q));
+	int mask = IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS |
+		   IBV_QP_PATH_MTU | IBV_QP_RQ_PSN | IBV_QP_SQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC |
+		   IBV_QP_MAX_QP_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER | IBV_QP_TIMEOUT |
+		   IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY | IBV_QP_AV | IBV_QP_DEST_QPN;
+	int rc = ibv_query_qp(qp, &q, mask, &init);
+	if (rc) {
+		say("query_qp %s: %s", when, errno_name(rc));
+		fail("ibv_query_qp returned %d", rc);
+		return;
+	}
+	say("query_qp %s: state %s, port %u, pkey_index %u, access 0x%x", when,
+	    state_str(q.qp_state), q.port_num, q.pkey_index, q.qp_access_flags);
+	if (connected) {
+		say("query_qp %s: path_mtu %d, rq_psn 0x%x, sq_psn 0x%x, max_dest_rd_atomic %u, "
+		    "max_rd_atomic %u, min_rnr_timer %u, timeout %u, retry_cnt %u, rnr_retry %u, "
+		    "dest_qp_num %s, GRH %u, sgid_index %s, dgid %s",
+		    when, q.path_mtu, q.rq_psn, q.sq_psn, q.max_dest_rd_atomic, q.max_rd_atomic,
+		    q.min_rnr_timer, q.timeout, q.retry_cnt, q.rnr_retry,
+		    q.dest_qp_num == qp->qp_num ? "its own" : "another", q.ah_attr.is_global,
+		    q.ah_attr.grh.sgid_index == gid_index() ? "the one set" : "another",
+		    memcmp(q.ah_attr.grh.dgid.raw, E.gid.raw, 16) == 0 ? "the one set" : "another");
+		say("hop_limit %s: %u", when, q.ah_attr.grh.hop_limit);
+	}
+	say("query_qp %s: init_attr qp_type %s, cap max_send_wr %s, max_send_sge %s", when,
+	    qpt_str(init.qp_type), init.cap.max_send_wr >= 20 ? ">= 20" : "< 20",
+	    init.cap.max_send_sge >= 2 ? ">= 2" : "< 2");
+}
+
+/*
+ * ibv_query_qp returns what ibv_modify_qp set, and ibv_modify_qp refuses
+ * an attribute the state transition does not take (EINVAL, the QP
+ * unchanged).
+ */
+static void case_qp_attrs(void)
+{
+	struct ibv_cq *cq = cq_new(16);
+	struct qp_cfg c = { 20, 20, 2, 2, 0, 1, 0 };
+	struct ibv_qp *qp = qp_create(IBV_QPT_RC, cq, cq, NULL, &c);
+	struct ibv_qp_attr a;
+
+	set_step("RESET->INIT with an attribute it does not take (SQ_PSN)");
+	init_attr(&a);
+	a.qp_access_flags = IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ;
+	a.sq_psn = 5;
+	int rc = ibv_modify_qp(qp, &a,
+			       IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS |
+				       IBV_QP_SQ_PSN);
+	say("RESET->INIT with SQ_PSN: %s, state %s", errno_name(rc), state_str(qp_state(qp)));
+	if (rc != EINVAL)
+		fail("RESET->INIT with IBV_QP_SQ_PSN: %d, expected EINVAL", rc);
+
+	set_step("RESET->INIT without PKEY_INDEX (a required attribute)");
+	rc = ibv_modify_qp(qp, &a, IBV_QP_STATE | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS);
+	say("RESET->INIT without PKEY_INDEX: %s, state %s", errno_name(rc),
+	    state_str(qp_state(qp)));
+	if (rc != EINVAL)
+		fail("RESET->INIT without IBV_QP_PKEY_INDEX: %d, expected EINVAL", rc);
+
+	set_step("RESET->INIT->RTR->RTS with chosen values");
+	rc = ibv_modify_qp(qp, &a,
+			   IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS);
+	if (rc)
+		fatal("RESET->INIT returned %d", rc);
+	say_queried(qp, "in INIT", 0);
+	rtr_attr(&a, qp->qp_num);
+	a.rq_psn = 0x123456;
+	a.min_rnr_timer = 14;
+	a.max_dest_rd_atomic = 1;
+	a.path_mtu = IBV_MTU_1024;
+	a.ah_attr.grh.hop_limit = 33;
+	rc = ibv_modify_qp(qp, &a, RC_RTR_MASK);
+	if (rc)
+		fatal("INIT->RTR returned %d", rc);
+	rts_attr(&a);
+	a.sq_psn = 0x654321;
+	a.timeout = 17;
+	a.retry_cnt = 5;
+	a.rnr_retry = 6;
+	a.max_rd_atomic = 1;
+	rc = ibv_modify_qp(qp, &a, RC_RTS_MASK);
+	if (rc)
+		fatal("RTR->RTS returned %d", rc);
+	say_queried(qp, "in RTS", 1);
+
+	set_step("RTS->RTS with an attribute it does not take (PATH_MTU)");
+	memset(&a, 0, sizeof(a));
+	a.qp_state = IBV_QPS_RTS;
+	a.path_mtu = IBV_MTU_512;
+	rc = ibv_modify_qp(qp, &a, IBV_QP_STATE | IBV_QP_PATH_MTU);
+	say("RTS->RTS with PATH_MTU: %s", errno_name(rc));
+	if (rc != EINVAL)
+		fail("RTS->RTS with IBV_QP_PATH_MTU: %d, expected EINVAL", rc);
+	say_queried(qp, "after the refused change", 1);
+
+	set_step("RTS->RTS changing MIN_RNR_TIMER (allowed)");
+	a.min_rnr_timer = 20;
+	rc = ibv_modify_qp(qp, &a, IBV_QP_STATE | IBV_QP_MIN_RNR_TIMER);
+	say("RTS->RTS with MIN_RNR_TIMER: %s", errno_name(rc));
+	say_queried(qp, "after RTS->RTS", 1);
+
+	destroy_qp(qp);
+	destroy_cq(cq);
+}
+
 static const struct fv_case cases[] = {
 	{ "cq_ex", case_cq_ex },
 	{ "cq_ex_batch_end", case_cq_ex_batch_end },
@@ -725,6 +842,7 @@ static const struct fv_case cases[] = {
 	{ "qp_ex", case_qp_ex },
 	{ "qp_ex_sge_list", case_qp_ex_sge_list },
 	{ "qp_ex_inline", case_qp_ex_inline },
+	{ "qp_attrs", case_qp_attrs },
 };
 
 int main(int argc, char **argv)
