@@ -136,6 +136,26 @@ static int next_poll_wait(struct ibv_cq_ex *cq, const char *what)
 	}
 }
 
+/* An extended CQ (standard wc_flags, on channel ch or none) under two connected RC QPs. */
+struct cq_ex_pair {
+	struct ibv_cq_ex *cq;
+	struct ibv_cq *plain; /* ibv_cq_ex_to_cq(cq) */
+	struct ibv_qp *a, *b;
+};
+
+static struct cq_ex_pair cq_ex_pair_new(struct ibv_comp_channel *ch)
+{
+	struct cq_ex_pair p;
+	p.cq = cq_ex_try(64, IBV_WC_STANDARD_FLAGS, 0, 0, ch);
+	if (!p.cq)
+		fatal("ibv_create_cq_ex returned NULL, errno %d (%s)", errno, strerror(errno));
+	p.plain = ibv_cq_ex_to_cq(p.cq);
+	p.a = rc_qp_new(p.plain, p.plain);
+	p.b = rc_qp_new(p.plain, p.plain);
+	rc_connect_both(p.a, p.b);
+	return p;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Case: cq_ex                                                               */
 
@@ -153,13 +173,10 @@ static void case_cq_ex(void)
 
 	set_step("an extended CQ under two RC QPs");
 	struct ibv_comp_channel *ch = chan_new();
-	struct ibv_cq_ex *cq = cq_ex_try(64, std_flags, 0, 0, ch);
-	if (!cq)
-		fatal("ibv_create_cq_ex returned NULL, errno %d (%s)", errno, strerror(errno));
-	struct ibv_cq *plain = ibv_cq_ex_to_cq(cq);
-	struct ibv_qp *a = rc_qp_new(plain, plain);
-	struct ibv_qp *b = rc_qp_new(plain, plain);
-	rc_connect_both(a, b);
+	struct cq_ex_pair p = cq_ex_pair_new(ch);
+	struct ibv_cq_ex *cq = p.cq;
+	struct ibv_cq *plain = p.plain;
+	struct ibv_qp *a = p.a, *b = p.b;
 	struct buf *buf = buf_reg(8192, "buffer", ACC_ALL);
 
 	set_step("ibv_start_poll on an empty CQ");
@@ -288,13 +305,10 @@ static void case_cq_ex(void)
  */
 static void case_cq_ex_batch_end(void)
 {
-	struct ibv_cq_ex *cq = cq_ex_try(64, IBV_WC_STANDARD_FLAGS, 0, 0, NULL);
-	if (!cq)
-		fatal("ibv_create_cq_ex returned NULL, errno %d (%s)", errno, strerror(errno));
-	struct ibv_cq *plain = ibv_cq_ex_to_cq(cq);
-	struct ibv_qp *a = rc_qp_new(plain, plain);
-	struct ibv_qp *b = rc_qp_new(plain, plain);
-	rc_connect_both(a, b);
+	struct cq_ex_pair p = cq_ex_pair_new(NULL);
+	struct ibv_cq_ex *cq = p.cq;
+	struct ibv_cq *plain = p.plain;
+	struct ibv_qp *a = p.a, *b = p.b;
 	struct buf *buf = buf_reg(4096, "buffer", ACC_ALL);
 
 	for (int round = 0; round < 3; round++) {
