@@ -208,6 +208,14 @@ impl Fabric {
         let router = &self.routers[if spot == Spot::HostB { B } else { A }];
         let mut cmd = router.netns_command(self.netns(spot), program);
         cmd.env("FV_XFER_TIMEOUT", XFER_WATCHDOG_SECS.to_string());
+        // Slowness is no fault: an RC retry every second (not 67 ms), and a
+        // client that waits for its server to listen. A stopped or killed
+        // router still fails a run (within RUN_LIMIT).
+        cmd.env("FV_XFER_RC_TIMEOUT", "18");
+        cmd.env(
+            "FV_XFER_CONNECT_SECS",
+            CONNECT_PATIENCE.as_secs().to_string(),
+        );
         cmd
     }
 

@@ -37,6 +37,10 @@
  * "fv_xfer: MISMATCH|GUARD|COMPLETION side ... msg ... qp ...", a failed
  * verbs call, the peer going away, "Couldn't connect to" for the client);
  * 2: the watchdog fired (FV_XFER_TIMEOUT seconds, default 120; 0: none).
+ * FV_XFER_RC_TIMEOUT: the RC QPs' local ACK timeout exponent (default 14);
+ * FV_XFER_CONNECT_SECS: how long a client retries a refused TCP connection
+ * (default 0). The soak sets both, so that a machine loaded far beyond its
+ * cores fails a run only for a fault, not for being slow.
  */
 #define _GNU_SOURCE
 #include <infiniband/verbs.h>
@@ -724,6 +728,8 @@ static void read_all(void *buf, size_t len, const char *what)
 	}
 }
 
+static long parse_num(const char *s, long min, long max, char flag);
+
 static void tcp_connect_or_listen(void)
 {
 	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM }, *res, *a;
@@ -739,16 +745,25 @@ static void tcp_connect_or_listen(void)
 			die("Couldn't connect to %s:%d (%s)", opt.host, opt.tcp_port, gai_strerror(err));
 		die("getaddrinfo for port %d: %s", opt.tcp_port, gai_strerror(err));
 	}
-	for (a = res; a; a = a->ai_next) {
-		fd = socket(a->ai_family, a->ai_socktype, a->ai_protocol);
-		if (fd < 0)
-			continue;
-		if (opt.host ? !connect(fd, a->ai_addr, a->ai_addrlen)
-			     : (!setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) &&
-				!bind(fd, a->ai_addr, a->ai_addrlen) && !listen(fd, 1)))
+	/* FV_XFER_CONNECT_SECS: how long a client keeps trying while the
+	 * server does not listen yet (default 0: one try). */
+	const char *patience_env = getenv("FV_XFER_CONNECT_SECS");
+	double give_up = now_s() + (patience_env ? atof(patience_env) : 0);
+	for (;;) {
+		for (a = res; a; a = a->ai_next) {
+			fd = socket(a->ai_family, a->ai_socktype, a->ai_protocol);
+			if (fd < 0)
+				continue;
+			if (opt.host ? !connect(fd, a->ai_addr, a->ai_addrlen)
+				     : (!setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) &&
+					!bind(fd, a->ai_addr, a->ai_addrlen) && !listen(fd, 1)))
+				break;
+			close(fd);
+			fd = -1;
+		}
+		if (fd >= 0 || !opt.host || now_s() >= give_up)
 			break;
-		close(fd);
-		fd = -1;
+		usleep(100 * 1000);
 	}
 	freeaddrinfo(res);
 	if (fd < 0) {
@@ -958,7 +973,10 @@ static void connect_qps(void)
 		a.sq_psn = q->psn;
 		mask = IBV_QP_STATE | IBV_QP_SQ_PSN;
 		if (opt.transport == T_RC || opt.transport == T_SRQ) {
-			a.timeout = 14;
+			/* FV_XFER_RC_TIMEOUT: the local ACK timeout exponent
+			 * (4.096 us * 2^N; default 14, 67 ms). */
+			const char *t = getenv("FV_XFER_RC_TIMEOUT");
+			a.timeout = t ? (uint8_t)parse_num(t, 0, 31, 'T') : 14;
 			a.retry_cnt = 7;
 			a.rnr_retry = 7;
 			a.max_rd_atomic = 1;
