@@ -27,8 +27,8 @@
 //! already made keep working, but a *new* path (`resolve`, at the RTR
 //! transition of a QP) is refused with the reason, because a stale cache
 //! could name a router that no longer serves the GID. Everything comes
-//! back on reconnect (a fresh snapshot replaces the cache; GIDs that went
-//! meanwhile are reported gone).
+//! back on reconnect (a fresh snapshot replaces the cache; routers that went
+//! meanwhile are reported, and their links closed).
 //!
 //! Everything read from etcd is untrusted: keys and values that do not
 //! parse are skipped with a (counted, rate-limited) warning.
@@ -228,9 +228,6 @@ enum Command {
 /// What the cache learned that the links must act on.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Change {
-    /// These GIDs are no longer served where they were (deleted, moved
-    /// to another router, or their router's lease expired).
-    GidsGone(Vec<Gid>),
     /// The router at this address went (None) or registered with this
     /// boot id: a link to another run of it is stale.
     Router(SocketAddr, Option<u64>),
@@ -308,17 +305,11 @@ impl EtcdRegistry {
     /// act on. Never blocks.
     pub fn poll(&mut self) -> Vec<Change> {
         let _ = self.wake.read();
-        let mut gone: Vec<Gid> = Vec::new();
         let mut changes = Vec::new();
         while let Ok(u) = self.updates.try_recv() {
             match u {
                 Update::Snapshot { routers, gids } => {
                     self.applied += (routers.len() + gids.len()) as u64;
-                    for (g, owner) in &self.gids {
-                        if gids.get(g) != Some(owner) {
-                            gone.push(*g);
-                        }
-                    }
                     for (r, boot) in &self.routers {
                         match routers.get(r) {
                             Some(b) if b == boot => {}
@@ -340,13 +331,10 @@ impl EtcdRegistry {
                 }
                 Update::Gid(g, owner) => {
                     self.applied += 1;
-                    let old = match owner {
+                    match owner {
                         Some(a) => self.gids.insert(g, a),
                         None => self.gids.remove(&g),
                     };
-                    if old.is_some() && old != owner {
-                        gone.push(g);
-                    }
                 }
                 Update::Health(h) => {
                     match (&self.health, &h) {
@@ -359,11 +347,6 @@ impl EtcdRegistry {
                     self.health = h;
                 }
             }
-        }
-        if !gone.is_empty() {
-            gone.sort_unstable();
-            gone.dedup();
-            changes.insert(0, Change::GidsGone(gone));
         }
         changes
     }
@@ -933,7 +916,7 @@ mod tests {
     /// The cache as the data path sees it, fed by hand (the registry
     /// thread's side is tested against a real etcd in tests/e2e_etcd.rs).
     #[test]
-    fn cache_reports_gids_that_went_or_moved() {
+    fn cache_follows_updates_and_reports_routers_that_went() {
         let a: SocketAddr = "198.18.70.1:1".parse().unwrap();
         let b: SocketAddr = "198.18.70.2:1".parse().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -964,10 +947,8 @@ mod tests {
         // b restarts (new boot id) and g1 moves to a.
         tx.send(Update::Router(b, Some(3))).unwrap();
         tx.send(Update::Gid(g1, Some(a))).unwrap();
-        assert_eq!(
-            r.poll(),
-            vec![Change::GidsGone(vec![g1]), Change::Router(b, Some(3))]
-        );
+        assert_eq!(r.poll(), vec![Change::Router(b, Some(3))]);
+        assert!(r.resolve(&g1).unwrap_err().contains("none of its sessions"));
         // etcd goes away: lookups are refused, the cache stays.
         tx.send(Update::Health(Err("etcd down".into()))).unwrap();
         r.poll();
@@ -982,11 +963,10 @@ mod tests {
             gids: [(g1, a)].into(),
         })
         .unwrap();
-        let mut ch = r.poll();
-        ch.sort_by_key(|c| format!("{c:?}"));
+        assert_eq!(r.poll(), vec![Change::Router(b, None)]);
         assert_eq!(
-            ch,
-            vec![Change::GidsGone(vec![g2]), Change::Router(b, None)]
+            super::super::registry::LocationRegistry::locate(&r, &g2),
+            None
         );
     }
 }

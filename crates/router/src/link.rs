@@ -119,9 +119,6 @@ pub enum LinkEvent {
     Up(PeerId),
     /// The peer is gone; these GIDs it served are unreachable now.
     Down(PeerId, Vec<Gid>),
-    /// These GIDs are no longer served where they were (the etcd
-    /// registry: deleted, moved, or their router's lease expired).
-    Gone(Vec<Gid>),
 }
 
 /// Bytes waiting to be written, in order.
@@ -529,16 +526,18 @@ impl Links {
             .is_some_and(|r| r.health().is_ok() && r.locate(gid).is_none())
     }
 
-    /// Applies the etcd registry's updates to the cache: GIDs that went
-    /// are reported (their QPs fail), links to routers whose registration
-    /// went or changed are closed.
+    /// Applies the etcd registry's updates to the cache; links to routers
+    /// whose registration went (lease expired) or changed (a new run) are
+    /// closed, which fails the QPs connected through them. A GID that
+    /// went or moved fails nothing by itself: its QPs are gone with their
+    /// process (or answer "no such QP" from its new router, which ends
+    /// requests as on a fabric).
     fn poll_registry(&mut self, now: Instant) {
         let Registry::Etcd(r) = &mut self.peers.registry else {
             return;
         };
         for change in r.poll() {
             match change {
-                Change::GidsGone(gids) => self.events.push(LinkEvent::Gone(gids)),
                 Change::Router(addr, boot) => {
                     let Some(i) = self.peers.find(addr) else {
                         continue;

@@ -578,25 +578,16 @@ impl Server {
     fn on_socket(&mut self, session: SessionId, events: EpollFlags) {
         // Handle every queued message, then hang-ups.
         loop {
-            if self.deferred.contains_key(&session) {
-                if events.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
-                    self.close(session);
-                    return;
-                }
-                // Another request before the held one's answer: answer
-                // the held one now (replies go in order).
-                if !self.answer_one_deferred(session) {
-                    self.close(session);
-                    return;
-                }
-            }
             let Some(sock) = self.sock_of(session) else {
                 return;
             };
             let msg = control::recv::<Request>(sock, MsgFlags::MSG_DONTWAIT);
             match msg {
                 Ok((request, fds)) => {
-                    if !self.on_request(session, request, fds) {
+                    // Another request before a held one's answer: the
+                    // held one is answered now (replies go in order).
+                    if !self.answer_one_deferred(session) || !self.on_request(session, request, fds)
+                    {
                         self.close(session);
                         return;
                     }

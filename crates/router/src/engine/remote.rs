@@ -195,7 +195,7 @@ impl Engine {
     /// went away (as the links report it).
     #[cfg(any(test, feature = "fuzzing"))]
     pub fn lose_peer(&mut self, peer: PeerId, gids: &[Gid]) {
-        self.peer_down(Some(peer), gids);
+        self.peer_down(peer, gids);
     }
 
     /// True if some session of this router has GID `gid`.
@@ -343,16 +343,7 @@ impl Engine {
             progress = true;
             match ev {
                 LinkEvent::Up(_) => self.announce_gids(),
-                LinkEvent::Down(peer, gids) => self.peer_down(Some(peer), &gids),
-                LinkEvent::Gone(gids) => {
-                    // A GID that moved here is no loss for the QPs of
-                    // this host.
-                    let gids: Vec<Gid> = gids
-                        .into_iter()
-                        .filter(|g| !self.serves_locally(g))
-                        .collect();
-                    self.peer_down(None, &gids);
-                }
+                LinkEvent::Down(peer, gids) => self.peer_down(peer, &gids),
             }
         }
         progress
@@ -373,7 +364,7 @@ impl Engine {
     /// error state: at once if nothing is in flight; otherwise once the
     /// requests it answered are completed, in order, and the first
     /// unanswered one failed with IBV_WC_RETRY_EXC_ERR (UC: is lost).
-    fn peer_down(&mut self, peer: Option<PeerId>, gids: &[Gid]) {
+    fn peer_down(&mut self, peer: PeerId, gids: &[Gid]) {
         let hit: Vec<u32> = self
             .tables
             .qps
@@ -382,11 +373,7 @@ impl Engine {
                 q.kind != QpKind::Ud
                     && qp_state::receives(q.state())
                     && ((q.attr.ah_attr.is_global && gids.contains(&q.attr.ah_attr.dgid))
-                        || self
-                            .remote
-                            .req
-                            .get(h)
-                            .is_some_and(|r| Some(r.peer()) == peer))
+                        || self.remote.req.get(h).is_some_and(|r| r.peer() == peer))
             })
             .map(|(h, _)| *h)
             .collect();

@@ -180,7 +180,7 @@ fn a_lost_peer_fails_every_qp_connected_to_its_gids() {
     t.send(elsewhere, OTHER);
     assert_eq!(t.completions(answered_first), [], "answers wait for a pass");
 
-    t.eng.peer_down(Some(LOST), &[LOST_GID]);
+    t.eng.peer_down(LOST, &[LOST_GID]);
     assert_eq!(t.state(idle), ERR, "nothing in flight: at once");
     assert_eq!(
         t.state(answered_first),
@@ -224,7 +224,7 @@ fn a_lost_peer_fails_a_qp_whose_requests_are_in_flight_to_it() {
     let moved = t.qp(QpKind::Rc, OTHER_GID, RTS);
     t.post_send(moved, 1);
     t.send(moved, LOST);
-    t.eng.peer_down(Some(LOST), &[LOST_GID]);
+    t.eng.peer_down(LOST, &[LOST_GID]);
     t.eng.service(t.now);
     assert_eq!(t.completions(moved), [(1, IBV_WC_RETRY_EXC_ERR)]);
     assert_eq!(t.state(moved), ERR);
