@@ -421,7 +421,7 @@ fn etcd_outage_keeps_connections_and_refuses_new_ones_until_it_is_back() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let before = na.router.moved("link", "bytes");
     while na.router.moved("link", "bytes") == before {
-        if !client_bg.as_mut().is_some_and(|c| c.try_wait().is_none()) {
+        if client_bg.as_mut().is_none_or(|c| c.try_wait().is_some()) {
             client_bg = Some(Background::start(clone_command(&client)));
         }
         assert!(
