@@ -67,11 +67,9 @@ fn logs(nodes: &[&Node], etcd: &Etcd) -> String {
         .iter()
         .map(|n| format!("--- router {} stderr:\n{}\n", n.listen, n.router.stderr()))
         .collect();
-    s.push_str(&format!(
-        "--- etcd {} holds: {:?}\n",
-        etcd.endpoint(),
-        etcd.get_prefix("/flowverbs/")
-    ));
+    // Not get_prefix: etcd may be down (the report must not panic).
+    let out = etcd.ctl(&["get", "--prefix", "/flowverbs/"]);
+    s.push_str(&show(&format!("etcd {} holds", etcd.endpoint()), &out));
     s
 }
 
