@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 const PAIR_TIMEOUT_SECS: u64 = 120;
 /// Lease TTL of the test routers: a killed router's keys go within it.
-const TTL: &str = "2";
+/// Not shorter: on this loaded 2-core machine a 2 s lease once expired
+/// right after etcd's restart (see docs/NOTES.md, "Clusters").
+const TTL: &str = "5";
 const ETCD_WAIT: Duration = Duration::from_secs(30);
 
 const ROUTERS: &str = "/flowverbs/routers/";
@@ -405,10 +407,13 @@ fn etcd_outage_keeps_connections_and_refuses_new_ones_until_it_is_back() {
     let (a, b) = (&star.hosts[0], &star.hosts[1]);
 
     // A transfer of fixed duration, from A to B, connected before the
-    // outage.
+    // outage. `-u 20`: a QP timeout of 4 s, not perftest's 67 ms, so that
+    // a router starved of CPU while etcd restarts on this loaded 2-core
+    // machine is not taken for a dead peer (seen once in four runs with
+    // the default): the test is about etcd, not about timing.
     let port = free_port().to_string();
     let bw_args = [
-        "-d", "fv0", "-x", "0", "-F", "-p", &port, "-s", "4096", "-D", "12",
+        "-d", "fv0", "-x", "0", "-F", "-p", &port, "-s", "4096", "-D", "12", "-u", "20",
     ];
     let mut server = nb.router.netns_command(&b.netns, "ib_send_bw");
     server.args(bw_args);
@@ -489,6 +494,13 @@ fn etcd_outage_keeps_connections_and_refuses_new_ones_until_it_is_back() {
     etcd.start();
     wait_in_sync(&mut na.router, 2);
     wait_in_sync(&mut nb.router, 2);
+    let keys = [
+        format!("{ROUTERS}{}", na.listen),
+        format!("{ROUTERS}{}", nb.listen),
+    ];
+    etcd.wait_for(ROUTERS, "both routers registered again", ETCD_WAIT, |kvs| {
+        keys.iter().all(|k| kvs.iter().any(|(key, _)| key == k))
+    });
     let bw_client = bw_client.finish(Duration::from_secs(PAIR_TIMEOUT_SECS));
     let bw_server = server.finish(Duration::from_secs(30));
     let report = || {
@@ -565,4 +577,48 @@ fn two_routers_claiming_one_gid_the_first_keeps_it() {
         owner_is(&nb),
     );
     drop(h2);
+}
+
+/// A registry that is not `etcd://HOST:PORT[,...]`, or a TTL out of
+/// range, stops the router before it starts, with the reason.
+#[test]
+fn a_bad_registry_is_refused_at_start() {
+    for (args, want) in [
+        (
+            &["--registry", "http://198.18.70.254:2379"][..],
+            "expected etcd://HOST:PORT",
+        ),
+        (
+            &["--registry", "etcd://198.18.70.254"][..],
+            "expected HOST:PORT",
+        ),
+        (&["--registry", "etcd://198.18.70.254:0"][..], "bad port"),
+        (
+            &[
+                "--registry",
+                "etcd://198.18.70.254:2379",
+                "--registry-ttl",
+                "0",
+            ][..],
+            "between 1 and 3600",
+        ),
+    ] {
+        let dir = fresh_temp_dir("badreg");
+        let mut cmd = Command::new(flowverbs_exe());
+        cmd.arg("router")
+            .arg("--runtime-dir")
+            .arg(dir.join("run"))
+            .args(["--listen", "127.0.0.1:1"])
+            .args(args);
+        let out = run_with_timeout(cmd, 30);
+        assert!(
+            out.status.code() == Some(1) && String::from_utf8_lossy(&out.stderr).contains(want),
+            "{args:?}: want exit 1 and {want:?}\n{}",
+            show("flowverbs router", &out)
+        );
+        assert!(
+            !dir.join("run").join("router.sock").exists(),
+            "{args:?}: the router got as far as its socket"
+        );
+    }
 }
