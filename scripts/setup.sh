@@ -13,7 +13,11 @@ packages=(libibverbs-dev ibverbs-utils perftest ucx-utils openmpi-bin libopenmpi
           # The container tests (crates/router/tests/e2e_containers.rs):
           # podman with runc (crun fails on mixed cgroup hierarchies),
           # netavark for the bridge network, debootstrap for the image.
-          podman runc netavark aardvark-dns iptables debootstrap debian-archive-keyring)
+          podman runc netavark aardvark-dns iptables debootstrap debian-archive-keyring
+          # The etcd location registry: protoc builds the etcd-client crate's
+          # gRPC code; the tests (crates/router/tests/e2e_etcd.rs) and the
+          # scale benchmark start their own etcd (3.4 in Debian 12).
+          protobuf-compiler etcd-server etcd-client)
 missing=()
 for p in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

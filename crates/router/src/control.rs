@@ -7,6 +7,7 @@
 mod cq;
 mod pd_mr;
 mod qp;
+pub use qp::waits_for_registry;
 mod srq;
 
 use std::os::fd::{AsRawFd, OwnedFd};

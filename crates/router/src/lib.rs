@@ -3,6 +3,7 @@
 pub mod containers;
 pub mod control;
 pub mod engine;
+pub mod etcd;
 pub mod events;
 pub mod fuse;
 pub mod identity;
@@ -40,6 +41,9 @@ pub struct Config {
     pub listen: Option<std::net::SocketAddr>,
     /// Routers of other hosts to connect to.
     pub peers: Vec<std::net::SocketAddr>,
+    /// Where GIDs are registered: None for the static registry (`--peer`
+    /// and announcements), or etcd (`--registry`).
+    pub registry: Option<etcd::EtcdConfig>,
     /// What clients may hold of the router (`limits`).
     pub limits: limits::Limits,
     /// Who may be a peer router, and the routers' shared key (`link`).

@@ -41,7 +41,8 @@ use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, Sockadd
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::registry::{LocationRegistry, StaticRegistry};
+use super::etcd::{Change, EtcdConfig, EtcdRegistry};
+use super::registry::{LocationRegistry, Registry, StaticRegistry};
 pub use super::transport::{Gid, PeerId, Transport};
 use flowverbs_wire::link::{
     decode_payload, encode_payload, Announce, FrameHeader, Hello, Kind, CHALLENGE_LEN, HEADER_LEN,
@@ -109,6 +110,8 @@ const REDIAL_MIN: Duration = Duration::from_millis(100);
 const REDIAL_MAX: Duration = Duration::from_secs(1);
 
 const LISTENER: u64 = 0;
+/// The etcd registry's wake-up descriptor (updates for the cache).
+const REGISTRY: u64 = u64::MAX;
 
 /// What happened to a peer, for the engine.
 #[derive(Debug, PartialEq, Eq)]
@@ -197,7 +200,7 @@ impl Peer {
 /// The routers and the bytes queued for them: what the engine sends on.
 pub struct Peers {
     list: Vec<Peer>,
-    registry: StaticRegistry,
+    pub registry: Registry,
     /// GIDs this router serves (announced to every peer).
     served: Vec<Gid>,
     /// The physical GID of the NIC of each GID served (announced with
@@ -363,6 +366,7 @@ impl Links {
         listen: SocketAddr,
         peers: Vec<SocketAddr>,
         policy: LinkPolicy,
+        etcd: Option<EtcdConfig>,
     ) -> anyhow::Result<Links> {
         if listen.ip().is_unspecified() {
             anyhow::bail!(
@@ -375,7 +379,15 @@ impl Links {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         epoll.add(&listener, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))?;
         let now = Instant::now();
-        let registry = StaticRegistry::new(peers.clone());
+        let boot_id = new_boot_id();
+        let registry = match etcd {
+            Some(config) => {
+                let r = EtcdRegistry::start(config, listen, boot_id)?;
+                epoll.add(r.wake_fd(), EpollEvent::new(EpollFlags::EPOLLIN, REGISTRY))?;
+                Registry::Etcd(Box::new(r))
+            }
+            None => Registry::Static(StaticRegistry::new(peers.clone())),
+        };
         let mut links = Links {
             epoll,
             listener,
@@ -387,7 +399,7 @@ impl Links {
                 nic_ud_qps: Vec::new(),
                 me: Hello {
                     listen: listen.to_string(),
-                    boot_id: new_boot_id(),
+                    boot_id,
                     mac: [0; 32],
                 },
                 policy,
@@ -467,12 +479,84 @@ impl Links {
         {
             return;
         }
+        if let Some(r) = self.peers.registry.etcd() {
+            r.serve(&gids);
+        }
         self.peers.served = gids;
         self.peers.nic_gids = nic_gids;
         self.peers.nic_ud_qps = nic_ud_qps;
         for i in 0..self.peers.list.len() {
             if self.peers.list[i].out.is_some() && !self.peers.list[i].connecting {
                 self.peers.announce_to(i);
+            }
+        }
+    }
+
+    /// A QP is about to use the path to `gid` (its RTR transition). With
+    /// the etcd registry: the router serving it is looked up in the cache
+    /// and dialled if it is not connected yet; Err (with the reason) if
+    /// the registry cannot name one now. The static registry: Ok.
+    pub fn route_to(&mut self, gid: &Gid, now: Instant) -> Result<(), String> {
+        let Some(r) = self.peers.registry.etcd() else {
+            return Ok(());
+        };
+        let addr = r.resolve(gid)?;
+        match self.peers.find(addr) {
+            Some(i) => self.peers.list[i].configured = true,
+            None if self.peers.list.len() >= MAX_PEERS => {
+                return Err(format!(
+                "GID {} is served by router {addr}, but this router has {MAX_PEERS} peers already",
+                std::net::Ipv6Addr::from(*gid)
+            ))
+            }
+            None => {
+                info!("connecting to router {addr} (on demand)");
+                self.add_peer(addr, true, now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a new path to `gid` should wait for the etcd registry: it
+    /// is in sync but does not know the GID (yet).
+    pub fn route_pending(&self, gid: &Gid) -> bool {
+        self.peers
+            .registry
+            .etcd()
+            .is_some_and(|r| r.health().is_ok() && r.locate(gid).is_none())
+    }
+
+    /// Applies the etcd registry's updates to the cache; links to routers
+    /// whose registration went (lease expired) or changed (a new run) are
+    /// closed, which fails the QPs connected through them. A GID that
+    /// went or moved fails nothing by itself: its QPs are gone with their
+    /// process (or answer "no such QP" from its new router, which ends
+    /// requests as on a fabric).
+    fn poll_registry(&mut self, now: Instant) {
+        let Registry::Etcd(r) = &mut self.peers.registry else {
+            return;
+        };
+        for change in r.poll() {
+            match change {
+                Change::Router(addr, boot) => {
+                    let Some(i) = self.peers.find(addr) else {
+                        continue;
+                    };
+                    let p = &mut self.peers.list[i];
+                    if boot.is_none() {
+                        // Dialled again only when a QP needs it.
+                        p.configured = false;
+                    }
+                    let connected = p.out.is_some() || p.inbound.is_some();
+                    let stale = p.boot_id.is_some_and(|b| Some(b) != boot);
+                    if stale || (boot.is_none() && connected) {
+                        let why = match boot {
+                            None => "its registration in etcd is gone",
+                            Some(_) => "it registered again with a new boot id",
+                        };
+                        self.lost(i, why, now);
+                    }
+                }
             }
         }
     }
@@ -526,6 +610,7 @@ impl Links {
     /// Accepts, dials, flushes and reads; frames are handed out by
     /// [`Links::frames`].
     pub fn poll_io(&mut self, now: Instant) {
+        self.poll_registry(now);
         let mut ready = [EpollEvent::empty(); 32];
         loop {
             let n = match self.epoll.wait(&mut ready, EpollTimeout::ZERO) {
@@ -584,6 +669,9 @@ impl Links {
         if token == LISTENER {
             self.accept(now);
             return;
+        }
+        if token == REGISTRY {
+            return; // read on every pass (`poll_registry`)
         }
         if let Some(c) = self.inbound.get_mut(&token) {
             c.readable = true;
@@ -1063,14 +1151,29 @@ impl Links {
                 ));
             }
         }
+        let etcd = self.peers.registry.etcd();
+        if let Some(r) = etcd {
+            // A router registered in etcd, in the run it registered.
+            match r.router_boot(&addr) {
+                Some(b) if b == hello.boot_id => {}
+                Some(b) => {
+                    return Err(format!(
+                        "Hello from {addr} with boot id {:016x}, but etcd registers boot id {b:016x}: refused",
+                        hello.boot_id
+                    ))
+                }
+                None => return Err(format!("Hello from {addr}: not registered in etcd: refused")),
+            }
+        }
         let i = match self.peers.find(addr) {
             Some(i) => i,
-            None if !self
-                .peers
-                .policy
-                .accept_from
-                .iter()
-                .any(|net| net.contains(&addr.ip())) =>
+            None if etcd.is_none()
+                && !self
+                    .peers
+                    .policy
+                    .accept_from
+                    .iter()
+                    .any(|net| net.contains(&addr.ip())) =>
             {
                 return Err(format!(
                     "Hello from {addr}: not a --peer and not covered by --accept-peers: refused"

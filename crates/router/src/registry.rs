@@ -9,15 +9,11 @@
 //! their announcements over the link (`wire::link::Announce`), so no address
 //! map is ever written by hand.
 //!
-//! A distributed store backs the same interface for large clusters. With
-//! etcd, a router would keep one lease (TTL a few seconds, kept alive while
-//! it runs) and `put /flowverbs/routers/<listen addr>` and
-//! `/flowverbs/gids/<gid hex> = <listen addr>` under it, the GID keys with a
-//! transaction that fails if the key exists (one router per GID). `peers`
-//! is a prefix read of `/flowverbs/routers/`; `locate` reads the GID key
-//! (cached, kept current by a watch on `/flowverbs/gids/`). A crashed
-//! router's lease expires and its keys disappear, which the watch turns
-//! into `forget`. That backend is not implemented.
+//! [`crate::etcd::EtcdRegistry`] backs the same interface for large
+//! clusters (`--registry etcd://...`): routers and GIDs are keys under
+//! leases in etcd, the router keeps a copy kept current by a watch, and
+//! connects to another router only when a QP needs it (see `etcd.rs` for
+//! the key layout and the threads).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,6 +32,51 @@ pub trait LocationRegistry {
     fn forget(&mut self, router: SocketAddr) -> Vec<Gid>;
     /// The router serving `gid`, if it is known and reachable.
     fn locate(&self, gid: &Gid) -> Option<SocketAddr>;
+}
+
+/// The registry a router runs with.
+pub enum Registry {
+    Static(StaticRegistry),
+    Etcd(Box<crate::etcd::EtcdRegistry>),
+}
+
+impl Registry {
+    fn get(&self) -> &dyn LocationRegistry {
+        match self {
+            Registry::Static(r) => r,
+            Registry::Etcd(r) => r.as_ref(),
+        }
+    }
+
+    fn get_mut(&mut self) -> &mut dyn LocationRegistry {
+        match self {
+            Registry::Static(r) => r,
+            Registry::Etcd(r) => r.as_mut(),
+        }
+    }
+
+    /// The etcd registry, if that is the one.
+    pub fn etcd(&self) -> Option<&crate::etcd::EtcdRegistry> {
+        match self {
+            Registry::Etcd(r) => Some(r),
+            Registry::Static(_) => None,
+        }
+    }
+}
+
+impl LocationRegistry for Registry {
+    fn peers(&self) -> Vec<SocketAddr> {
+        self.get().peers()
+    }
+    fn learn(&mut self, router: SocketAddr, gids: &[Gid], local: &[Gid]) -> Vec<Gid> {
+        self.get_mut().learn(router, gids, local)
+    }
+    fn forget(&mut self, router: SocketAddr) -> Vec<Gid> {
+        self.get_mut().forget(router)
+    }
+    fn locate(&self, gid: &Gid) -> Option<SocketAddr> {
+        self.get().locate(gid)
+    }
 }
 
 /// Peers from the command line; GIDs from the peers' announcements.

@@ -92,6 +92,16 @@ struct Pending {
     since: Instant,
 }
 
+/// A ModifyQp held until the location registry knows its GID
+/// (`control::waits_for_registry`), and when it is answered regardless.
+struct Deferred {
+    request: Request,
+    until: Instant,
+}
+
+/// How long a ModifyQp waits for the registry to learn a GID.
+const REGISTRY_WAIT: Duration = Duration::from_secs(3);
+
 /// How long the listener is not watched after `accept` ran out of
 /// descriptors (it stays readable, so watching it would spin).
 const LISTENER_PAUSE: Duration = Duration::from_millis(100);
@@ -123,6 +133,9 @@ pub struct Server {
     listener_paused_until: Option<Instant>,
     warn_accept: Throttled,
     warn_refused: Throttled,
+    /// Requests held for the location registry, by session (a session's
+    /// requests are answered in order: one held request at most).
+    deferred: HashMap<SessionId, Deferred>,
 }
 
 /// GID 0 of the process or thread `pid` (of a router in namespace
@@ -223,6 +236,7 @@ impl Server {
                 listen,
                 config.peers.clone(),
                 config.link.clone(),
+                config.registry.clone(),
             )?),
             None => None,
         };
@@ -340,6 +354,7 @@ impl Server {
             listener_paused_until: None,
             warn_accept: Throttled::default(),
             warn_refused: Throttled::default(),
+            deferred: HashMap::new(),
         })
     }
 
@@ -354,7 +369,10 @@ impl Server {
         let mut idle_since: Option<Instant> = None;
         loop {
             let now = Instant::now();
-            let worked = self.engine.service(now);
+            let mut worked = self.engine.service(now);
+            if !self.deferred.is_empty() {
+                worked |= self.answer_deferred(now);
+            }
             let mut sleeping = false;
             let timeout = if worked {
                 idle_since = None;
@@ -532,7 +550,12 @@ impl Server {
             .values()
             .map(|p| p.since + self.limits.hello_within)
             .min();
-        hello.into_iter().chain(self.listener_paused_until).min()
+        let deferred = self.deferred.values().map(|d| d.until).min();
+        hello
+            .into_iter()
+            .chain(self.listener_paused_until)
+            .chain(deferred)
+            .min()
     }
 
     /// Closes connections that did not say Hello in time; watches the
@@ -596,7 +619,10 @@ impl Server {
             let msg = control::recv::<Request>(sock, MsgFlags::MSG_DONTWAIT);
             match msg {
                 Ok((request, fds)) => {
-                    if !self.on_request(session, request, fds) {
+                    // Another request before a held one's answer: the
+                    // held one is answered now (replies go in order).
+                    if !self.answer_one_deferred(session) || !self.on_request(session, request, fds)
+                    {
                         self.close(session);
                         return;
                     }
@@ -692,8 +718,62 @@ impl Server {
                 }
             }
         } else {
+            if let Request::ModifyQp { qp, attr, mask } = &request {
+                if fds.is_empty()
+                    && super::control::waits_for_registry(&self.engine, session, *qp, attr, *mask)
+                {
+                    debug!("session {session}: ModifyQp waits for the location registry");
+                    self.deferred.insert(
+                        session,
+                        Deferred {
+                            request,
+                            until: Instant::now() + REGISTRY_WAIT,
+                        },
+                    );
+                    return true;
+                }
+            }
             handle(&mut self.engine, session, request, fds)
         };
+        self.reply(session, answer)
+    }
+
+    /// Answers the held requests whose GID the registry now knows (or
+    /// whose wait is over). True if any was answered.
+    fn answer_deferred(&mut self, now: Instant) -> bool {
+        let ready: Vec<SessionId> = self
+            .deferred
+            .iter()
+            .filter(|(s, d)| {
+                now >= d.until
+                    || match &d.request {
+                        Request::ModifyQp { qp, attr, mask } => {
+                            !super::control::waits_for_registry(&self.engine, **s, *qp, attr, *mask)
+                        }
+                        _ => true,
+                    }
+            })
+            .map(|(s, _)| *s)
+            .collect();
+        for &s in &ready {
+            if !self.answer_one_deferred(s) {
+                self.close(s);
+            }
+        }
+        !ready.is_empty()
+    }
+
+    /// Answers session `session`'s held request; false if the session
+    /// must be closed.
+    fn answer_one_deferred(&mut self, session: SessionId) -> bool {
+        let Some(d) = self.deferred.remove(&session) else {
+            return true;
+        };
+        let answer = handle(&mut self.engine, session, d.request, Vec::new());
+        self.reply(session, answer)
+    }
+
+    fn reply(&mut self, session: SessionId, answer: Answer) -> bool {
         let Some(sock) = self.sock_of(session) else {
             return false;
         };
@@ -886,6 +966,7 @@ impl Server {
     }
 
     fn close(&mut self, session: SessionId) {
+        self.deferred.remove(&session);
         if let Some(p) = self.pending.remove(&session) {
             let _ = self.epoll.delete(&p.sock);
             return;

@@ -93,6 +93,25 @@ enum Cmd {
         /// learned from the peers themselves.
         #[arg(long = "peer", value_name = "IP:PORT", requires = "listen")]
         peers: Vec<std::net::SocketAddr>,
+        /// Where routers register themselves and their GIDs and look up
+        /// each other's: etcd://HOST:PORT[,HOST:PORT...] (etcd v3). Without
+        /// it, routers come from --peer and GIDs from their announcements.
+        /// With it, routers connect to each other on demand.
+        #[arg(
+            long,
+            value_name = "etcd://HOST:PORT[,...]",
+            requires = "listen",
+            conflicts_with = "peers"
+        )]
+        registry: Option<String>,
+        /// Seconds a router's etcd registrations outlive it (its lease).
+        #[arg(
+            long,
+            value_name = "SECONDS",
+            default_value_t = 10,
+            requires = "registry"
+        )]
+        registry_ttl: u64,
         /// Routers that are not a --peer but may connect from these
         /// addresses (repeatable CIDR, e.g. 10.0.0.0/24); they get a
         /// connection back. Without it only --peer routers are accepted.
@@ -300,11 +319,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             nic_loopback,
             listen,
             peers,
+            registry,
+            registry_ttl,
             accept_peers,
             link_key,
             hello_timeout,
             limits,
         } => {
+            let registry = registry
+                .map(|url| flowverbs_router::etcd::EtcdConfig::parse(&url, registry_ttl))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!(e))?;
             let mode = match mode {
                 ModeArg::Isolated => flowverbs_router::Mode::Isolated,
                 ModeArg::Semi => flowverbs_router::Mode::Semi,
@@ -315,6 +340,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 mode,
                 listen,
                 peers,
+                registry,
                 limits: limits.limits(hello_timeout),
                 semi_share: match semi_share {
                     SemiShareArg::SameContainer => flowverbs_router::semi::SemiShare::SameContainer,

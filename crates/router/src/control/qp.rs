@@ -138,6 +138,24 @@ pub(super) fn modify_qp(
         Ok(n) => n,
         Err(qp_state::Invalid(why)) => return err(libc::EINVAL, why),
     };
+    // A connected QP whose path leads to another host: with the etcd
+    // registry its router is looked up (in the cache) and dialled now; a
+    // GID no router serves, or a registry that cannot answer, is refused
+    // with the QP untouched.
+    if next == qp_state::RTR && q.state() != qp_state::RTR && q.kind != QpKind::Ud {
+        let mut merged = q.attr;
+        qp_state::apply(&mut merged, &attr, mask);
+        let dgid = merged.ah_attr.dgid;
+        if merged.ah_attr.is_global && !engine.serves_locally(&dgid) {
+            if let Some(links) = engine.links.as_mut() {
+                if let Err(why) = links.route_to(&dgid, std::time::Instant::now()) {
+                    log::warn!("qp {:#x}: {why}", engine.tables.qps[&qp].qpn);
+                    return err(libc::EHOSTUNREACH, why);
+                }
+            }
+        }
+    }
+    let q = engine.tables.qps.get_mut(&qp).expect("checked above");
     // A QP backed by the NIC learns its path at RTR, before anything
     // changes: a path nothing serves is refused with the QP untouched.
     let nic_path = if next == qp_state::RTR && q.state() != qp_state::RTR {
@@ -191,6 +209,38 @@ pub(super) fn modify_qp(
         }
     }
     Answer::ok(Reply::Done)
+}
+
+/// Whether this ModifyQp must wait for the location registry: the RTR
+/// transition of a connected QP whose path names a GID of another host
+/// that the etcd registry (in sync) does not know yet: it may be a GID
+/// registered a moment ago, whose watch event is on its way. The server
+/// holds the request (not the data path) and answers it once the GID is
+/// known or its wait is over (`modify_qp` then fails it).
+pub fn waits_for_registry(
+    engine: &Engine,
+    session: SessionId,
+    qp: u32,
+    attr: &QpAttr,
+    mask: u32,
+) -> bool {
+    let Some(links) = engine.links.as_ref() else {
+        return false;
+    };
+    let Some(q) = engine.tables.qps.get(&qp).filter(|q| q.session == session) else {
+        return false;
+    };
+    if q.kind == QpKind::Ud || q.state() == qp_state::RTR {
+        return false;
+    }
+    if qp_state::check_modify(q.kind, q.state(), attr, mask) != Ok(qp_state::RTR) {
+        return false;
+    }
+    let mut merged = q.attr;
+    qp_state::apply(&mut merged, attr, mask);
+    merged.ah_attr.is_global
+        && !engine.serves_locally(&merged.ah_attr.dgid)
+        && links.route_pending(&merged.ah_attr.dgid)
 }
 
 pub(super) fn query_qp(engine: &mut Engine, session: SessionId, qp: u32) -> Answer {

@@ -6,6 +6,7 @@
 //! so not every helper is used by every binary.
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod topology;
 
 use std::borrow::BorrowMut;

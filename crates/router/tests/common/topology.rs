@@ -358,3 +358,196 @@ pub fn devinfo_gid0(router: &Router, netns: &str) -> String {
         .map(|(_, v)| v.trim().split(',').next().unwrap_or("").trim().to_string())
         .unwrap_or_default()
 }
+
+/// Hosts on one switch: a "switch" namespace holding a bridge with
+/// 198.18.S.254/24 (where a test's etcd listens), and `n` host namespaces
+/// 198.18.S.(i+1)/24, each with a veth onto the bridge. Containers
+/// ([`Star::add_container`]) hang off one host each and can move to
+/// another ([`Star::move_container`]). Everything is removed on drop.
+///
+/// ```text
+///   host 0  198.18.S.1 --+
+///   host 1  198.18.S.2 --+-- bridge 198.18.S.254 (switch namespace)
+///   ...                  |
+///   host n-1             +
+/// ```
+pub struct Star {
+    pub subnet: u8,
+    pub hosts: Vec<Host>,
+    /// The switch namespace and its address on the bridge.
+    pub switch: Host,
+    tag: String,
+    namespaces: Namespaces,
+}
+
+/// A container namespace of a [`Star`]: its address, the host it is
+/// behind, and the name of its veth (in the container).
+#[derive(Debug, Clone)]
+pub struct Container {
+    pub ns: Host,
+    pub at: usize,
+    /// The container's subnet C: it has 198.18.C.2, its host 198.18.C.1.
+    pub subnet: u8,
+    dev: String,
+    /// Whether the other hosts route to it (through its host).
+    routed: bool,
+}
+
+impl Star {
+    pub fn new(subnet: u8, n: usize) -> Star {
+        assert!((1..=200).contains(&n), "{n} hosts");
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let tag = format!(
+            "{}s{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut namespaces = Namespaces(Vec::new());
+        let mut add_ns = |name: String| {
+            ip(&["netns", "add", &name]);
+            namespaces.0.push(name.clone());
+            ip(&["-n", &name, "link", "set", "lo", "up"]);
+            name
+        };
+        let sw = add_ns(format!("fvsw{tag}"));
+        let hosts: Vec<Host> = (0..n)
+            .map(|i| Host {
+                netns: add_ns(format!("fvs{i}h{tag}")),
+                addr: format!("198.18.{subnet}.{}", i + 1),
+            })
+            .collect();
+        let switch = Host {
+            netns: sw,
+            addr: format!("198.18.{subnet}.254"),
+        };
+        let br = "br0";
+        ip(&["-n", &switch.netns, "link", "add", br, "type", "bridge"]);
+        ip(&[
+            "-n",
+            &switch.netns,
+            "addr",
+            "add",
+            &format!("{}/24", switch.addr),
+            "dev",
+            br,
+        ]);
+        ip(&["-n", &switch.netns, "link", "set", br, "up"]);
+        for (i, h) in hosts.iter().enumerate() {
+            let (dh, ds) = (format!("fs{i}h{tag}"), format!("fs{i}s{tag}"));
+            veth(&h.netns, &dh, &switch.netns, &ds);
+            ip(&["-n", &switch.netns, "link", "set", &ds, "master", br]);
+            ip(&["-n", &switch.netns, "link", "set", &ds, "up"]);
+            ip(&[
+                "-n",
+                &h.netns,
+                "addr",
+                "add",
+                &format!("{}/24", h.addr),
+                "dev",
+                &dh,
+            ]);
+            ip(&["-n", &h.netns, "link", "set", &dh, "up"]);
+        }
+        Star {
+            subnet,
+            hosts,
+            switch,
+            tag,
+            namespaces,
+        }
+    }
+
+    /// A container namespace (198.18.C.2/24, default route via its host's
+    /// 198.18.C.1/24) behind host `at`. With `routed`, the other hosts
+    /// route 198.18.C.0/24 through host `at` (forwarding on there).
+    pub fn add_container(&mut self, at: usize, subnet: u8, routed: bool) -> Container {
+        let n = self.namespaces.0.len();
+        let name = format!("fvs{n}c{}", self.tag);
+        ip(&["netns", "add", &name]);
+        self.namespaces.0.push(name.clone());
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        let c = Container {
+            ns: Host {
+                netns: name,
+                addr: format!("198.18.{subnet}.2"),
+            },
+            at,
+            subnet,
+            dev: format!("fs{n}c{}", self.tag),
+            routed,
+        };
+        self.plug(&c, at);
+        c
+    }
+
+    /// Connects container `c` to host `at` and points the routes there.
+    fn plug(&self, c: &Container, at: usize) {
+        let host = &self.hosts[at].netns;
+        let hdev = format!("{}h", c.dev);
+        veth(host, &hdev, &c.ns.netns, &c.dev);
+        let (gw, net) = (
+            format!("198.18.{}.1", c.subnet),
+            format!("198.18.{}.0/24", c.subnet),
+        );
+        ip(&["-n", host, "addr", "add", &format!("{gw}/24"), "dev", &hdev]);
+        ip(&["-n", host, "link", "set", &hdev, "up"]);
+        let cn = &c.ns.netns;
+        ip(&[
+            "-n",
+            cn,
+            "addr",
+            "add",
+            &format!("{}/24", c.ns.addr),
+            "dev",
+            &c.dev,
+        ]);
+        ip(&["-n", cn, "link", "set", &c.dev, "up"]);
+        ip(&["-n", cn, "route", "add", "default", "via", &gw]);
+        if c.routed {
+            let out = run_with_timeout(
+                Command::new("ip").args([
+                    "netns",
+                    "exec",
+                    host,
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    "net.ipv4.ip_forward=1",
+                ]),
+                30,
+            );
+            assert!(out.status.success(), "{}", show("sysctl ip_forward", &out));
+            for (i, h) in self.hosts.iter().enumerate() {
+                if i != at {
+                    ip(&[
+                        "-n",
+                        &h.netns,
+                        "route",
+                        "replace",
+                        &net,
+                        "via",
+                        &self.hosts[at].addr,
+                    ]);
+                }
+            }
+        }
+    }
+
+    /// Moves container `c` from its host to host `to` (its address stays):
+    /// its veth goes, a new one joins it to `to`, routes follow.
+    pub fn move_container(&self, c: &mut Container, to: usize) {
+        ip(&["-n", &c.ns.netns, "link", "del", &c.dev]);
+        if c.routed {
+            // Host `to` had a route through the old host; it is attached now.
+            ip(&[
+                "-n",
+                &self.hosts[to].netns,
+                "route",
+                "del",
+                &format!("198.18.{}.0/24", c.subnet),
+            ]);
+        }
+        c.at = to;
+        self.plug(c, to);
+    }
+}
