@@ -36,14 +36,6 @@ fn router_logs(routers: &[(&str, &Router)]) -> String {
         .collect()
 }
 
-/// The GID an rdma-core pingpong prints on its `local address` or
-/// `remote address` line (`... GID ::ffff:198.18.22.1`).
-fn pingpong_gid(out: &Output, which: &str) -> Option<String> {
-    let text = stdout(out);
-    let line = text.lines().find(|l| l.contains(which))?;
-    Some(line.split_once("GID ")?.1.trim().to_string())
-}
-
 /// Runs `server` (in host A) and `client` (in host B) to completion; both
 /// must succeed. Returns their outputs and a report (outputs and both
 /// routers' logs) for further failure messages.
@@ -130,27 +122,7 @@ fn pingpong_between(
         srv.netns,
         report()
     );
-    for (out, me, peer) in [(&server, srv, cli), (&client, cli, srv)] {
-        let want_local = format!("::ffff:{}", me.addr);
-        let want_remote = format!("::ffff:{}", peer.addr);
-        assert_eq!(
-            pingpong_gid(out, "local address").as_deref(),
-            Some(want_local.as_str()),
-            "local GID of the side in {}\n{}",
-            me.netns,
-            report()
-        );
-        assert_eq!(
-            pingpong_gid(out, "remote address").as_deref(),
-            Some(want_remote.as_str()),
-            "remote GID seen by the side in {}\n{}",
-            me.netns,
-            report()
-        );
-        let r = parse_pingpong(out).unwrap_or_else(|| panic!("no summary\n{}", report()));
-        assert_eq!(r.iters, iters, "{}", report());
-        assert!(r.bytes > 0 && r.usec_per_iter > 0.0, "{r:?}\n{}", report());
-    }
+    check_pingpong_sides(&server, &client, srv, cli, iters, &report);
 }
 
 /// A GID as perftest prints it: 16 bytes in decimal, `%02d`, joined by

@@ -33,6 +33,28 @@ pub struct Host {
 /// topology panics halfway).
 struct Namespaces(Vec<String>);
 
+impl Namespaces {
+    /// Creates namespace `name` with its loopback up; deleted on drop.
+    fn add(&mut self, name: String) -> String {
+        ip(&["netns", "add", &name]);
+        self.0.push(name.clone());
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        name
+    }
+}
+
+/// A tag unique per process and topology (`kind` tells the topology's
+/// kind apart), short enough that interface names made with it stay
+/// within IFNAMSIZ (15 characters).
+fn unique_tag(kind: char) -> String {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}{kind}{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
 impl Drop for Namespaces {
     fn drop(&mut self) {
         for n in self.0.iter().rev() {
@@ -80,21 +102,9 @@ impl Topology {
 
     fn build(subnet: u8, container: bool) -> Topology {
         assert!(subnet < 255, "subnet {subnet}: S+1 must be a valid octet");
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        // Unique per process and topology; interface names stay within
-        // IFNAMSIZ (15 characters).
-        let tag = format!(
-            "{}x{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        );
+        let tag = unique_tag('x');
         let mut namespaces = Namespaces(Vec::new());
-        let mut add_ns = |name: String| {
-            ip(&["netns", "add", &name]);
-            namespaces.0.push(name.clone());
-            ip(&["-n", &name, "link", "set", "lo", "up"]);
-            name
-        };
+        let mut add_ns = |name: String| namespaces.add(name);
         let (na, nb) = (add_ns(format!("fvhA{tag}")), add_ns(format!("fvhB{tag}")));
         let nc = container.then(|| add_ns(format!("fvhC{tag}")));
 
@@ -396,19 +406,9 @@ pub struct Container {
 impl Star {
     pub fn new(subnet: u8, n: usize) -> Star {
         assert!((1..=200).contains(&n), "{n} hosts");
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let tag = format!(
-            "{}s{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        );
+        let tag = unique_tag('s');
         let mut namespaces = Namespaces(Vec::new());
-        let mut add_ns = |name: String| {
-            ip(&["netns", "add", &name]);
-            namespaces.0.push(name.clone());
-            ip(&["-n", &name, "link", "set", "lo", "up"]);
-            name
-        };
+        let mut add_ns = |name: String| namespaces.add(name);
         let sw = add_ns(format!("fvsw{tag}"));
         let hosts: Vec<Host> = (0..n)
             .map(|i| Host {
@@ -549,5 +549,49 @@ impl Star {
         }
         c.at = to;
         self.plug(c, to);
+    }
+}
+
+/// The GID an rdma-core pingpong prints on its `local address` or
+/// `remote address` line (`... GID ::ffff:198.18.22.1`).
+pub fn pingpong_gid(out: &Output, which: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.contains(which))?;
+    Some(line.split_once("GID ")?.1.trim().to_string())
+}
+
+/// Checks both sides of a pingpong between hosts `srv` and `cli` (both
+/// exited 0): each names its own host's GID as local and the other's as
+/// remote, ran `iters` iterations and printed no `invalid data`.
+/// `report` gives the outputs and logs for a failure message.
+pub fn check_pingpong_sides(
+    server: &Output,
+    client: &Output,
+    srv: &Host,
+    cli: &Host,
+    iters: u64,
+    report: &dyn Fn() -> String,
+) {
+    for (out, me, peer) in [(server, srv, cli), (client, cli, srv)] {
+        let want_local = format!("::ffff:{}", me.addr);
+        let want_remote = format!("::ffff:{}", peer.addr);
+        assert_eq!(
+            pingpong_gid(out, "local address").as_deref(),
+            Some(want_local.as_str()),
+            "local GID of the side in {}\n{}",
+            me.netns,
+            report()
+        );
+        assert_eq!(
+            pingpong_gid(out, "remote address").as_deref(),
+            Some(want_remote.as_str()),
+            "remote GID seen by the side in {}\n{}",
+            me.netns,
+            report()
+        );
+        let r = parse_pingpong(out).unwrap_or_else(|| panic!("no summary\n{}", report()));
+        assert_eq!(r.iters, iters, "{}", report());
+        assert!(r.bytes > 0 && r.usec_per_iter > 0.0, "{r:?}\n{}", report());
+        assert!(!invalid_data(out), "{}", report());
     }
 }
