@@ -5,6 +5,7 @@
 //! value is checked against the device limits.
 
 mod cq;
+mod mw;
 mod pd_mr;
 mod qp;
 pub use qp::waits_for_registry;
@@ -21,7 +22,7 @@ use flowverbs_wire::segment::{create_sealed_memfd, CqLayout, Mapping, QpLayout, 
 
 use super::engine::Engine;
 use super::limits::Usage;
-use super::objects::{Cq, Mr, Pd, Qp, SessionId, Srq};
+use super::objects::{Cq, Mr, Mw, Pd, Qp, SessionId, Srq};
 use flowverbs_verbs::qp::{self as qp_state, QpKind};
 
 /// A reply and the descriptors that travel with it.
@@ -100,6 +101,10 @@ pub fn handle(
             engine, session, pd, addr, length, access, runs, nic_key, fds,
         ),
         Request::DeregMr { mr } => pd_mr::dereg_mr(engine, session, mr),
+        Request::AllocMw { pd, mw_type } => mw::alloc_mw(engine, session, pd, mw_type),
+        Request::DeallocMw { mw } => mw::dealloc_mw(engine, session, mw),
+        Request::SemiWindow { qp, op } => engine.semi_window(session, qp, &op),
+        Request::SemiInvalidate { qp, rkey } => engine.semi_invalidate(session, qp, rkey),
         Request::CreateCq {
             cqe,
             channel,
@@ -187,19 +192,29 @@ pub fn close_session(engine: &mut Engine, session: SessionId) {
     for h in qps {
         engine.remove_qp(h);
     }
+    let windows: Vec<u32> = engine
+        .tables
+        .mws
+        .iter()
+        .filter(|(_, w)| w.session == session)
+        .map(|(h, _)| *h)
+        .collect();
+    for h in windows {
+        mw::remove_mw(engine, h);
+    }
+    let mrs: Vec<u32> = engine
+        .tables
+        .mrs
+        .iter()
+        .filter(|(_, m)| m.session == session)
+        .map(|(h, _)| *h)
+        .collect();
+    for h in mrs {
+        pd_mr::remove_mr(engine, h);
+    }
     let t = &mut engine.tables;
     t.cqs.retain(|_, c| c.session != session);
     t.srqs.retain(|_, s| s.session != session);
-    let keys: Vec<u32> = t
-        .mrs
-        .values()
-        .filter(|m| m.session == session)
-        .map(|m| m.lkey)
-        .collect();
-    for k in keys {
-        t.keys.remove(&k);
-    }
-    t.mrs.retain(|_, m| m.session != session);
     t.pds.retain(|_, p| p.session != session);
     if let Some(mut s) = t.sessions.remove(&session) {
         let held = s.usage;

@@ -23,6 +23,7 @@ use flowverbs_verbs::qp::{self as qp_state, QpKind, ERR, RESET, RTS, SQD};
 
 mod datagram;
 mod remote;
+mod window;
 
 pub(super) use datagram::Datagram;
 
@@ -592,7 +593,7 @@ impl Engine {
         want: u32,
     ) -> Result<Segments, u32> {
         let b = &self.tables.qps[&hb];
-        let region = self.region(b.session, rkey);
+        let region = self.remote_region(hb, rkey);
         access::remote(
             region.as_ref(),
             b.pd,
@@ -847,6 +848,9 @@ impl Engine {
                 return Outcome::Failed;
             }
         };
+        if opcode::is_local(w.opcode) {
+            return self.run_window_op(ha, w);
+        }
         let src = if inline {
             Source::Inline(w.inline_bytes().to_vec())
         } else {
@@ -917,7 +921,7 @@ impl Engine {
 
         let mut result_len = len;
         match w.opcode {
-            IBV_WR_SEND | IBV_WR_SEND_WITH_IMM => {
+            IBV_WR_SEND | IBV_WR_SEND_WITH_IMM | IBV_WR_SEND_WITH_INV => {
                 let rwqe = recv.expect("recv");
                 let (dst, fault) = self.receive_segments(hb, &rwqe, recv_max_sge, len);
                 if let Err(f) = fault {
@@ -1037,6 +1041,11 @@ impl Engine {
                         self.recv_violation(hb);
                         return Outcome::Stalled(self.retry_stall(ha, now));
                     }
+                }
+            }
+            if w.opcode == IBV_WR_SEND_WITH_INV {
+                if let Err(status) = self.invalidate_at_responder(hb, w.imm_data) {
+                    return self.responder_error(ha, w, status, hb, Some((rwqe, status)), len);
                 }
             }
             let cqe = Cqe::received(rwqe.wr_id, w.opcode, len as u32, w.imm_data, qpn_b, qpn_a);

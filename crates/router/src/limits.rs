@@ -497,6 +497,7 @@ pub fn rate_limited(request: &Request) -> bool {
         | Request::CreateCq { .. }
         | Request::CreateQp { .. }
         | Request::CreateSrq { .. }
+        | Request::AllocMw { .. }
         | Request::ModifySrq { .. }
         | Request::QuerySrq { .. }
         | Request::ModifyQp { .. }
@@ -507,6 +508,9 @@ pub fn rate_limited(request: &Request) -> bool {
         | Request::Status
         | Request::DeallocPd { .. }
         | Request::DeregMr { .. }
+        | Request::DeallocMw { .. }
+        | Request::SemiWindow { .. }
+        | Request::SemiInvalidate { .. }
         | Request::DestroyCq { .. }
         | Request::DestroyQp { .. }
         | Request::DestroySrq { .. }

@@ -120,6 +120,16 @@ impl Mr {
     }
 }
 
+/// A memory window (`ibv_alloc_mw`): its state under the rules of
+/// `flowverbs_verbs::window`.
+pub struct Mw {
+    pub session: SessionId,
+    pub window: flowverbs_verbs::window::Window,
+    /// Semi mode: the window's slot in the key table while it is bound
+    /// (providers that cached its rkey see it go).
+    pub slot: Option<u32>,
+}
+
 pub struct Cq {
     pub session: SessionId,
     pub segment: Mapping,
@@ -391,6 +401,10 @@ pub struct Tables {
     pub mrs: FxHashMap<u32, Mr>,
     /// lkey/rkey → MR handle (lkey and rkey are the same value).
     pub keys: FxHashMap<u32, u32>,
+    pub mws: FxHashMap<u32, Mw>,
+    /// A window's rkey index (its upper 24 bits) → its handle. No MR key
+    /// has the index of a window.
+    pub window_keys: FxHashMap<u32, u32>,
     pub cqs: FxHashMap<u32, Cq>,
     pub srqs: FxHashMap<u32, Srq>,
     pub qps: FxHashMap<u32, Qp>,
@@ -463,6 +477,25 @@ impl Tables {
             match self.mrs.get(h) {
                 Some(m) if m.lkey == *k || m.rkey == *k => {}
                 _ => return Err(format!("key {k:#x} names MR {h}, which does not have it")),
+            }
+        }
+        for (h, w) in &self.mws {
+            live(&w.session, "MW", h)?;
+            let pd = self.pds.get(&w.window.pd).map(|p| p.session);
+            same(w.session, "MW", *h, pd, "a PD")?;
+            if self.window_keys.get(&(w.window.rkey >> 8)) != Some(h) {
+                return Err(format!("MW {h}: its rkey index is not indexed to it"));
+            }
+            if let Some(b) = &w.window.binding {
+                let mr = self.mrs.get(&b.mr).map(|m| m.session);
+                same(w.session, "MW", *h, mr, "an MR")?;
+            }
+        }
+        for (i, h) in &self.window_keys {
+            if self.mws.get(h).map(|w| w.window.rkey >> 8) != Some(*i) {
+                return Err(format!(
+                    "window index {i:#x} names MW {h}, which does not have it"
+                ));
             }
         }
         for (h, c) in &self.cqs {
@@ -588,7 +621,23 @@ impl Tables {
     pub fn new_key(&mut self) -> u32 {
         loop {
             let k = self.random();
-            if k != 0 && !self.keys.contains_key(&k) {
+            if k != 0 && !self.keys.contains_key(&k) && !self.window_keys.contains_key(&(k >> 8)) {
+                return k;
+            }
+        }
+    }
+
+    /// A fresh rkey for a new memory window: its index (upper 24 bits) is
+    /// no other window's, and no MR key has it, so every key byte a bind
+    /// may choose stays the window's.
+    pub fn new_window_key(&mut self) -> u32 {
+        loop {
+            let k = self.random();
+            let index = k >> 8;
+            let free = index != 0
+                && !self.window_keys.contains_key(&index)
+                && (0..=0xffu32).all(|b| !self.keys.contains_key(&((k & !0xff) | b)));
+            if free {
                 return k;
             }
         }

@@ -312,7 +312,7 @@ impl Engine {
             if !self.is_own_semi_qp(session, h) {
                 return err(libc::EINVAL, "no such semi-mode QP");
             }
-            match self.connected_back(h).filter(|hb| self.semi_pair(h, *hb)) {
+            match self.semi_responder(session, h) {
                 Some(hb) => hb,
                 None => {
                     return err(
@@ -328,32 +328,61 @@ impl Engine {
             .get(&key)
             .and_then(|m| t.mrs.get(m))
             .filter(|m| m.session == b.session && m.pd == b.pd);
-        let Some(mr) = mr else {
-            return err(
-                libc::EACCES,
-                "key is not in the responder's protection domain",
-            );
+        // A key of a memory region, or of a window bound for this
+        // responder (its range and rights, the region's pages, its own slot).
+        let (region, slot, mr) = match mr {
+            Some(m) => ((m.addr, m.length, m.access), m.slot, m),
+            None => {
+                let window = t
+                    .window_keys
+                    .get(&(key >> 8))
+                    .and_then(|w| t.mws.get(w))
+                    .filter(|w| w.session == b.session && w.window.pd == b.pd);
+                let reach = window.and_then(|w| {
+                    let r = w.window.region(key, responder)?;
+                    let m = t.mrs.get(&w.window.binding?.mr)?;
+                    Some(((r.addr, r.length, r.access), w.slot, m))
+                });
+                let Some(reach) = reach else {
+                    return err(
+                        libc::EACCES,
+                        "key is not in the responder's protection domain",
+                    );
+                };
+                reach
+            }
         };
-        let (Some(slot), Some(arena)) = (
-            mr.slot,
+        let (Some(slot), Some(arena), false) = (
+            slot,
             t.sessions.get(&b.session).and_then(|s| s.arena.as_ref()),
+            mr.runs.is_empty(),
         ) else {
             return err(libc::EACCES, "memory region is not shared (semi mode)");
         };
         let Ok(fd) = arena.try_clone() else {
             return err(libc::EMFILE, "cannot pass the arena");
         };
+        let (addr, length, access) = region;
         Answer {
             reply: Reply::Key {
-                addr: mr.addr,
-                length: mr.length,
-                access: mr.access,
+                addr,
+                length,
+                access,
                 slot,
                 owner: b.session,
                 runs: mr.runs.clone(),
             },
             fds: vec![fd],
         }
+    }
+
+    /// The responder of the session's connected semi QP `h`, if both name
+    /// each other.
+    pub(crate) fn semi_responder(&self, session: SessionId, h: u32) -> Option<u32> {
+        if !self.is_own_semi_qp(session, h) {
+            return None;
+        }
+        self.connected_back(h).filter(|hb| self.semi_pair(h, *hb))
     }
 
     /// UD QP `dest_qpn` (at `dgid`, if given) as a destination the

@@ -15,6 +15,7 @@
 //! - [`atomic`]: atomic operations' target and arithmetic;
 //! - [`events`]: which async event a responder's error raises;
 //! - [`ud`]: datagrams: the GRH area, Q_Keys, the MTU;
+//! - [`window`]: memory windows: binding, invalidation, what an rkey reaches;
 //! - [`identity`]: GIDs and GUIDs from IPv4 addresses.
 
 pub mod access;
@@ -25,3 +26,4 @@ pub mod opcode;
 pub mod qp;
 pub mod receive;
 pub mod ud;
+pub mod window;

@@ -5,25 +5,28 @@
 use flowverbs_sys::*;
 use flowverbs_wire::limits::MAX_INLINE_DATA;
 
-/// SEND, SEND_WITH_IMM and RDMA_WRITE_WITH_IMM take a receive at the
-/// responder.
+/// The SENDs and RDMA_WRITE_WITH_IMM take a receive at the responder.
 pub fn consumes_receive(op: u32) -> bool {
-    matches!(
-        op,
-        IBV_WR_SEND | IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE_WITH_IMM
-    )
+    is_send(op) || op == IBV_WR_RDMA_WRITE_WITH_IMM
 }
 
 /// SENDs and RDMA WRITEs carry the requester's data to the responder.
 pub fn carries_data(op: u32) -> bool {
-    matches!(
-        op,
-        IBV_WR_SEND | IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM
-    )
+    is_send(op) || matches!(op, IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM)
 }
 
 pub fn is_send(op: u32) -> bool {
-    matches!(op, IBV_WR_SEND | IBV_WR_SEND_WITH_IMM)
+    matches!(
+        op,
+        IBV_WR_SEND | IBV_WR_SEND_WITH_IMM | IBV_WR_SEND_WITH_INV
+    )
+}
+
+/// BIND_MW and LOCAL_INV change the requester's own memory windows: they
+/// run at the requester, in send-queue order, and reach no peer
+/// ([`window`](super::window)).
+pub fn is_local(op: u32) -> bool {
+    matches!(op, IBV_WR_BIND_MW | IBV_WR_LOCAL_INV)
 }
 
 pub fn is_atomic(op: u32) -> bool {
@@ -33,11 +36,13 @@ pub fn is_atomic(op: u32) -> bool {
 /// The `ibv_wc_opcode` reported for a completed send work request.
 pub fn wc_opcode(op: u32) -> Option<u32> {
     Some(match op {
-        IBV_WR_SEND | IBV_WR_SEND_WITH_IMM => IBV_WC_SEND,
+        IBV_WR_SEND | IBV_WR_SEND_WITH_IMM | IBV_WR_SEND_WITH_INV => IBV_WC_SEND,
         IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM => IBV_WC_RDMA_WRITE,
         IBV_WR_RDMA_READ => IBV_WC_RDMA_READ,
         IBV_WR_ATOMIC_CMP_AND_SWP => IBV_WC_COMP_SWAP,
         IBV_WR_ATOMIC_FETCH_AND_ADD => IBV_WC_FETCH_ADD,
+        IBV_WR_BIND_MW => IBV_WC_BIND_MW,
+        IBV_WR_LOCAL_INV => IBV_WC_LOCAL_INV,
         _ => return None,
     })
 }
@@ -56,12 +61,13 @@ pub fn signaled(sq_sig_all: bool, send_flags: u32) -> bool {
 }
 
 /// Whether a QP of `qp_type` (`enum ibv_qp_type`) may post `op`: RC every
-/// operation, UC SENDs and WRITEs, UD SENDs.
+/// operation, UC SENDs, WRITEs and the window operations, UD SEND and
+/// SEND_WITH_IMM.
 pub fn allowed(qp_type: u32, op: u32) -> bool {
     match qp_type {
         IBV_QPT_RC => wc_opcode(op).is_some(),
-        IBV_QPT_UC => carries_data(op),
-        IBV_QPT_UD => is_send(op),
+        IBV_QPT_UC => carries_data(op) || is_local(op),
+        IBV_QPT_UD => matches!(op, IBV_WR_SEND | IBV_WR_SEND_WITH_IMM),
         _ => false,
     }
 }
@@ -105,7 +111,7 @@ pub fn shape(
 mod tests {
     use super::*;
 
-    const OPS: [u32; 7] = [
+    const OPS: [u32; 10] = [
         IBV_WR_RDMA_WRITE,
         IBV_WR_RDMA_WRITE_WITH_IMM,
         IBV_WR_SEND,
@@ -113,10 +119,13 @@ mod tests {
         IBV_WR_RDMA_READ,
         IBV_WR_ATOMIC_CMP_AND_SWP,
         IBV_WR_ATOMIC_FETCH_AND_ADD,
+        IBV_WR_SEND_WITH_INV,
+        IBV_WR_BIND_MW,
+        IBV_WR_LOCAL_INV,
     ];
 
-    /// Every opcode on every QP type (IB spec: RC all, UC SEND and WRITE,
-    /// UD SEND only).
+    /// Every opcode on every QP type (IB spec: RC all, UC SENDs, WRITEs and
+    /// the window operations, UD SEND and SEND_WITH_IMM only).
     #[test]
     fn opcode_by_qp_type() {
         for op in OPS {
@@ -125,11 +134,14 @@ mod tests {
                 IBV_WR_RDMA_WRITE_WITH_IMM,
                 IBV_WR_SEND,
                 IBV_WR_SEND_WITH_IMM,
+                IBV_WR_SEND_WITH_INV,
             ]
             .contains(&op);
             let send = [IBV_WR_SEND, IBV_WR_SEND_WITH_IMM].contains(&op);
+            let local = [IBV_WR_BIND_MW, IBV_WR_LOCAL_INV].contains(&op);
+            assert_eq!(is_local(op), local);
             assert!(allowed(IBV_QPT_RC, op), "{op}");
-            assert_eq!(allowed(IBV_QPT_UC, op), data, "{op}");
+            assert_eq!(allowed(IBV_QPT_UC, op), data || local, "{op}");
             assert_eq!(allowed(IBV_QPT_UD, op), send, "{op}");
             assert!(!allowed(99, op));
             let want = if allowed(IBV_QPT_UD, op) {
@@ -154,11 +166,15 @@ mod tests {
                 [
                     IBV_WR_SEND,
                     IBV_WR_SEND_WITH_IMM,
+                    IBV_WR_SEND_WITH_INV,
                     IBV_WR_RDMA_WRITE_WITH_IMM
                 ]
                 .contains(&op)
             );
         }
+        assert_eq!(wc_opcode(IBV_WR_SEND_WITH_INV), Some(IBV_WC_SEND));
+        assert_eq!(wc_opcode(IBV_WR_BIND_MW), Some(IBV_WC_BIND_MW));
+        assert_eq!(wc_opcode(IBV_WR_LOCAL_INV), Some(IBV_WC_LOCAL_INV));
         assert_eq!(
             wc_opcode(IBV_WR_RDMA_WRITE_WITH_IMM),
             Some(IBV_WC_RDMA_WRITE)

@@ -331,6 +331,29 @@ pub enum Request {
     DeregMr {
         mr: u32,
     },
+    /// `ibv_alloc_mw` in `pd`: a window of `mw_type` (`enum ibv_mw_type`),
+    /// answered with [`Reply::Mw`].
+    AllocMw {
+        pd: u32,
+        mw_type: u32,
+    },
+    DeallocMw {
+        mw: u32,
+    },
+    /// Semi mode: the caller's QP `qp` reached a window operation in its
+    /// send queue (what its provider runs itself goes to the router, which
+    /// owns the windows), answered with [`Reply::WcStatus`].
+    SemiWindow {
+        qp: u32,
+        op: WindowOp,
+    },
+    /// Semi mode: a SEND_WITH_INV of the caller's QP `qp` was delivered;
+    /// the responder invalidates `rkey` (answered with
+    /// [`Reply::WcStatus`], the requester's status).
+    SemiInvalidate {
+        qp: u32,
+        rkey: u32,
+    },
     /// `channel`: the completion channel's fd number in the caller (one
     /// the router made with [`Event::MakeChannel`]); `cookie`: the
     /// `ibv_cq *`, written to the channel for each completion event and to
@@ -395,6 +418,40 @@ pub enum Request {
     },
 }
 
+/// A window operation of a send queue (`IBV_WR_BIND_MW` or
+/// `IBV_WR_LOCAL_INV`), as the router runs it
+/// (`flowverbs_verbs::window`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowOp {
+    /// `IBV_WR_BIND_MW` or `IBV_WR_LOCAL_INV`.
+    pub opcode: u32,
+    /// BIND_MW: the window's handle, the region's lkey (0: none), the
+    /// range and rights.
+    pub mw: u32,
+    pub lkey: u32,
+    pub addr: u64,
+    pub length: u64,
+    pub access: u32,
+    /// BIND_MW: the new rkey (its low byte is the consumer's key);
+    /// LOCAL_INV: the rkey to invalidate.
+    pub rkey: u32,
+}
+
+impl WindowOp {
+    /// The window operation of send work request `w`.
+    pub fn of(w: &crate::entries::SendWqe) -> WindowOp {
+        WindowOp {
+            opcode: w.opcode,
+            mw: w.mw,
+            lkey: w.mw_lkey,
+            addr: w.remote_addr,
+            length: w.compare_add,
+            access: w.mw_access,
+            rkey: w.rkey,
+        }
+    }
+}
+
 /// The router's answer to one [`Request`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
@@ -426,6 +483,14 @@ pub enum Reply {
         peers: Vec<PeerStatus>,
         /// The router's caps and their refusals (root of the host only).
         limits: Vec<CapStatus>,
+    },
+    Mw {
+        mw: u32,
+        rkey: u32,
+    },
+    /// The status of a work request's completion (`enum ibv_wc_status`).
+    WcStatus {
+        status: u32,
     },
     Pd {
         pd: u32,

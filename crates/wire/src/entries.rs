@@ -33,8 +33,11 @@ pub struct SendWqe {
     pub num_sge: u32,
     /// Number of inline bytes in `payload` when `send_flags` has INLINE.
     pub inline_len: u32,
-    /// Immediate data, in network byte order as the application gave it.
+    /// Immediate data, in network byte order as the application gave it;
+    /// SEND_WITH_INV: the rkey to invalidate at the responder.
     pub imm_data: u32,
+    /// RDMA and atomics: the remote key. BIND_MW: the window's new rkey.
+    /// LOCAL_INV: the rkey to invalidate.
     pub rkey: u32,
     pub remote_addr: u64,
     pub compare_add: u64,
@@ -51,7 +54,12 @@ pub struct SendWqe {
     /// The WR's send-queue index + 1, as the provider counts WRs; its
     /// completion carries it back (`Cqe::sq_index`).
     pub sq_index: u32,
-    pub _reserved: [u32; 8],
+    /// BIND_MW: the window (its handle), the region's lkey, the rights
+    /// granted; the range is `remote_addr` and `compare_add` (its length).
+    pub mw: u32,
+    pub mw_lkey: u32,
+    pub mw_access: u32,
+    pub _reserved: [u32; 5],
     /// The SGEs, or the inline bytes (`inline_bytes`, `inline_mut`).
     pub payload: [Sge; MAX_SGE as usize],
 }
@@ -157,6 +165,7 @@ impl Cqe {
         src_qp: u32,
     ) -> Cqe {
         let with_imm = matches!(wr_opcode, IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE_WITH_IMM);
+        let with_inv = wr_opcode == IBV_WR_SEND_WITH_INV;
         Cqe {
             wr_id,
             status: IBV_WC_SUCCESS,
@@ -166,8 +175,15 @@ impl Cqe {
                 IBV_WC_RECV
             },
             byte_len,
-            imm_data: if with_imm { imm_data } else { 0 },
-            wc_flags: if with_imm { IBV_WC_WITH_IMM } else { 0 },
+            // (`ibv_wc`'s imm_data and invalidated_rkey share their bytes.)
+            imm_data: if with_imm || with_inv { imm_data } else { 0 },
+            wc_flags: if with_imm {
+                IBV_WC_WITH_IMM
+            } else if with_inv {
+                IBV_WC_WITH_INV
+            } else {
+                0
+            },
             qp_num,
             src_qp,
             ..Default::default()

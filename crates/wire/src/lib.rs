@@ -29,6 +29,8 @@ pub mod limits {
     pub const MAX_CQ: u32 = 16384;
     pub const MAX_MR: u32 = 65536;
     pub const MAX_PD: u32 = 65536;
+    /// Memory windows per context.
+    pub const MAX_MW: u32 = 65536;
     /// Largest registrable region and message.
     pub const MAX_MR_SIZE: u64 = 1 << 40;
     pub const MAX_MSG_SIZE: u32 = 1 << 31;

@@ -14,7 +14,7 @@ use flowverbs_sys::*;
 use flowverbs_verbs::access;
 use flowverbs_verbs::opcode::{self, completion_opcode, Shape};
 use flowverbs_verbs::{atomic, qp, receive};
-use flowverbs_wire::control::{Reply, Request};
+use flowverbs_wire::control::{Reply, Request, WindowOp};
 use flowverbs_wire::entries::{Cqe, RecvWqe, SendWqe};
 use flowverbs_wire::ring::{RingSlots, Take};
 use flowverbs_wire::segment::{CqHeader, QpHeader};
@@ -273,6 +273,15 @@ impl SemiPath {
         });
     }
 
+    /// What the router answers a window request with: a completion
+    /// status (LOC_QP_OP_ERR if it cannot be asked).
+    fn router_status(&self, req: &Request) -> u32 {
+        match self.ctx().call(req) {
+            Ok((Reply::WcStatus { status }, _)) => status,
+            _ => IBV_WC_LOC_QP_OP_ERR,
+        }
+    }
+
     /// The peer's MR behind `key`, if live.
     fn key(&mut self, key: u32) -> Option<&KeyView> {
         // SAFETY: the context outlives its QPs and their paths.
@@ -374,6 +383,17 @@ impl SemiPath {
                 return Step::Done;
             }
         }
+        if opcode::is_local(w.opcode) {
+            let op = Request::SemiWindow {
+                qp: self.qp_handle,
+                op: WindowOp::of(w),
+            };
+            match self.router_status(&op) {
+                IBV_WC_SUCCESS => self.complete(w, 0),
+                status => self.fail(w, status, None),
+            }
+            return Step::Done;
+        }
 
         // The responder: its rings granted (it names us), receiving,
         // connected back to us, on this host.
@@ -415,7 +435,7 @@ impl SemiPath {
 
         let mut result_len = len;
         match w.opcode {
-            IBV_WR_SEND | IBV_WR_SEND_WITH_IMM => {
+            IBV_WR_SEND | IBV_WR_SEND_WITH_IMM | IBV_WR_SEND_WITH_INV => {
                 let Recv {
                     wqe: r, max_sge, ..
                 } = recv.expect("recv");
@@ -435,6 +455,16 @@ impl SemiPath {
                     return self.responder_error(w, f.requester, recv, f.receive, len);
                 }
                 copy_ascending(local, dst, len);
+                if w.opcode == IBV_WR_SEND_WITH_INV {
+                    let inv = Request::SemiInvalidate {
+                        qp: self.qp_handle,
+                        rkey: w.imm_data,
+                    };
+                    let status = self.router_status(&inv);
+                    if status != IBV_WC_SUCCESS {
+                        return self.responder_error(w, status, recv, status, len);
+                    }
+                }
             }
             IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM => {
                 match self.remote(w.rkey, w.remote_addr, len, IBV_ACCESS_REMOTE_WRITE, dst) {

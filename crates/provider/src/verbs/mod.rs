@@ -8,6 +8,7 @@ mod ah;
 mod cq;
 mod cq_ex;
 mod flush;
+mod mw;
 mod pd_mr;
 mod post;
 mod qp;
@@ -18,6 +19,7 @@ use ah::*;
 use cq::*;
 use cq_ex::*;
 pub use flush::Flushable;
+use mw::*;
 use pd_mr::*;
 use post::*;
 use qp::*;
@@ -59,6 +61,9 @@ pub static CONTEXT_OPS: ContextOps = ContextOps(verbs_context_ops {
     dealloc_pd: Some(dealloc_pd),
     reg_mr: Some(reg_mr),
     dereg_mr: Some(dereg_mr),
+    alloc_mw: Some(alloc_mw),
+    dealloc_mw: Some(dealloc_mw),
+    bind_mw: Some(bind_mw),
     create_cq: Some(create_cq),
     create_cq_ex: Some(create_cq_ex),
     destroy_cq: Some(destroy_cq),

@@ -12,15 +12,7 @@ pub(super) fn build_send_wqe(fqp: &FvQp, wr: &ibv_send_wr) -> Result<SendWqe, Er
     w.send_flags = wr.send_flags;
     // SAFETY: reading the ibv_qp we filled in create_qp.
     let qp_type = unsafe { fqp.vqp.__bindgen_anon_1.qp.qp_type };
-    let allowed = match qp_type {
-        IBV_QPT_UD => matches!(wr.opcode, IBV_WR_SEND | IBV_WR_SEND_WITH_IMM),
-        IBV_QPT_UC => matches!(
-            wr.opcode,
-            IBV_WR_SEND | IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM
-        ),
-        _ => true,
-    };
-    if !allowed {
+    if !flowverbs_verbs::opcode::allowed(qp_type, wr.opcode) {
         return Err(libc::EINVAL);
     }
     if qp_type == IBV_QPT_UD {
@@ -39,13 +31,41 @@ pub(super) fn build_send_wqe(fqp: &FvQp, wr: &ibv_send_wr) -> Result<SendWqe, Er
         w.traffic_class = u32::from(ah.traffic_class);
     }
     match wr.opcode {
-        IBV_WR_SEND | IBV_WR_RDMA_WRITE | IBV_WR_RDMA_READ => {}
         IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE_WITH_IMM => {
             // SAFETY: imm_data is the active member for these opcodes.
             w.imm_data = unsafe { wr.__bindgen_anon_1.imm_data };
         }
-        IBV_WR_ATOMIC_CMP_AND_SWP | IBV_WR_ATOMIC_FETCH_AND_ADD => {}
-        _ => return Err(libc::EINVAL),
+        IBV_WR_SEND_WITH_INV => {
+            // SAFETY: invalidate_rkey is the active member for it.
+            w.imm_data = unsafe { wr.__bindgen_anon_1.invalidate_rkey };
+        }
+        IBV_WR_LOCAL_INV => {
+            // SAFETY: as above.
+            w.rkey = unsafe { wr.__bindgen_anon_1.invalidate_rkey };
+        }
+        IBV_WR_BIND_MW => {
+            // SAFETY: bind_mw is the active member for BIND_MW.
+            let b = unsafe { wr.__bindgen_anon_2.bind_mw };
+            if b.mw.is_null() {
+                return Err(libc::EINVAL);
+            }
+            // SAFETY: the caller's window (one of ours) and region.
+            unsafe {
+                w.mw = (*b.mw).handle;
+                w.mw_lkey = if b.bind_info.mr.is_null() {
+                    0
+                } else {
+                    (*b.bind_info.mr).lkey
+                };
+            }
+            w.rkey = b.rkey;
+            w.remote_addr = b.bind_info.addr;
+            w.compare_add = b.bind_info.length;
+            w.mw_access = b.bind_info.mw_access_flags;
+            // A bind carries no data.
+            return Ok(w);
+        }
+        _ => {}
     }
     // SAFETY: the union member matching the opcode; all are plain data.
     unsafe {
@@ -72,11 +92,8 @@ pub(super) fn build_send_wqe(fqp: &FvQp, wr: &ibv_send_wr) -> Result<SendWqe, Er
         // SAFETY: the caller promises sg_list has num_sge entries.
         unsafe { std::slice::from_raw_parts(wr.sg_list, wr.num_sge as usize) }
     };
-    let inline = wr.send_flags & IBV_SEND_INLINE != 0
-        && matches!(
-            wr.opcode,
-            IBV_WR_SEND | IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM
-        );
+    let inline =
+        wr.send_flags & IBV_SEND_INLINE != 0 && flowverbs_verbs::opcode::carries_data(wr.opcode);
     if inline {
         let total: u64 = sges.iter().map(|s| u64::from(s.length)).sum();
         if total > u64::from(fqp.caps.max_inline_data) {

@@ -37,20 +37,13 @@ pub struct Batch {
     send_ops: u64,
 }
 
-/// The operations each QP type can do (`ibv_wr_post(3)`'s table, without
-/// memory windows, invalidation, TSO and atomic write, which fv0 lacks).
+/// The operations each QP type can do: `IBV_QP_EX_WITH_<op>` is bit
+/// `IBV_WR_<op>`, allowed as `ibv_post_send` allows it
+/// (`flowverbs_verbs::opcode::allowed`: no TSO or atomic write on fv0).
 fn supported_ops(qp_type: u32) -> u64 {
-    let send = (IBV_QP_EX_WITH_SEND | IBV_QP_EX_WITH_SEND_WITH_IMM) as u64;
-    let write = (IBV_QP_EX_WITH_RDMA_WRITE | IBV_QP_EX_WITH_RDMA_WRITE_WITH_IMM) as u64;
-    let rc_only = (IBV_QP_EX_WITH_RDMA_READ
-        | IBV_QP_EX_WITH_ATOMIC_CMP_AND_SWP
-        | IBV_QP_EX_WITH_ATOMIC_FETCH_AND_ADD) as u64;
-    match qp_type {
-        IBV_QPT_RC => send | write | rc_only,
-        IBV_QPT_UC => send | write,
-        IBV_QPT_UD => send,
-        _ => 0,
-    }
+    (IBV_WR_RDMA_WRITE..=IBV_WR_SEND_WITH_INV)
+        .filter(|&op| flowverbs_verbs::opcode::allowed(qp_type, op))
+        .fold(0, |ops, op| ops | 1 << op)
 }
 
 pub(super) unsafe extern "C" fn create_qp_ex(
@@ -127,6 +120,9 @@ pub(super) unsafe extern "C" fn create_qp_ex(
         x.wr_set_inline_data = Some(wr_set_inline_data);
         x.wr_set_inline_data_list = Some(wr_set_inline_data_list);
         x.wr_set_ud_addr = Some(wr_set_ud_addr);
+        x.wr_send_inv = Some(wr_send_inv);
+        x.wr_local_inv = Some(wr_local_inv);
+        x.wr_bind_mw = Some(wr_bind_mw);
         qp
     })
 }
@@ -251,6 +247,52 @@ unsafe extern "C" fn wr_send_imm(qp: *mut ibv_qp_ex, imm: __be32) {
             true,
             |w| w.__bindgen_anon_1.imm_data = imm,
         )
+    }
+}
+
+unsafe extern "C" fn wr_send_inv(qp: *mut ibv_qp_ex, invalidate_rkey: u32) {
+    // SAFETY: as wr_send.
+    unsafe {
+        build(
+            qp,
+            IBV_WR_SEND_WITH_INV,
+            IBV_QP_EX_WITH_SEND_WITH_INV,
+            true,
+            |w| w.__bindgen_anon_1.invalidate_rkey = invalidate_rkey,
+        )
+    }
+}
+
+unsafe extern "C" fn wr_local_inv(qp: *mut ibv_qp_ex, invalidate_rkey: u32) {
+    // SAFETY: as wr_send.
+    unsafe {
+        build(qp, IBV_WR_LOCAL_INV, IBV_QP_EX_WITH_LOCAL_INV, false, |w| {
+            w.__bindgen_anon_1.invalidate_rkey = invalidate_rkey
+        })
+    }
+}
+
+unsafe extern "C" fn wr_bind_mw(
+    qp: *mut ibv_qp_ex,
+    mw: *mut ibv_mw,
+    rkey: u32,
+    bind_info: *const ibv_mw_bind_info,
+) {
+    // SAFETY: the caller's bind information, read now (its copy goes in
+    // the work request); a NULL one leaves the request without a window,
+    // which ibv_wr_complete refuses.
+    let info = unsafe { bind_info.as_ref().copied() };
+    // SAFETY: as wr_send.
+    unsafe {
+        build(qp, IBV_WR_BIND_MW, IBV_QP_EX_WITH_BIND_MW, false, |w| {
+            if let Some(bind_info) = info {
+                w.__bindgen_anon_2.bind_mw = ibv_send_wr__bindgen_ty_4__bindgen_ty_1 {
+                    mw,
+                    rkey,
+                    bind_info,
+                };
+            }
+        })
     }
 }
 

@@ -20,12 +20,13 @@ pub(super) fn dealloc_pd(engine: &mut Engine, session: SessionId, pd: u32) -> An
         return err(libc::EINVAL, "no such protection domain");
     }
     let busy = t.mrs.values().any(|m| m.pd == pd)
+        || t.mws.values().any(|w| w.window.pd == pd)
         || t.qps.values().any(|q| q.pd == pd)
         || t.srqs.values().any(|s| s.pd == pd);
     if busy {
         return err(
             libc::EBUSY,
-            "protection domain still has memory regions or QPs",
+            "protection domain still has memory regions, windows or QPs",
         );
     }
     t.pds.remove(&pd);
@@ -65,6 +66,7 @@ pub(super) fn reg_mr(
         | IBV_ACCESS_REMOTE_WRITE
         | IBV_ACCESS_REMOTE_READ
         | IBV_ACCESS_REMOTE_ATOMIC
+        | IBV_ACCESS_MW_BIND
         | IBV_ACCESS_ZERO_BASED
         | IBV_ACCESS_RELAXED_ORDERING;
     if access & !known != 0 || access & IBV_ACCESS_ZERO_BASED != 0 {
@@ -150,19 +152,32 @@ pub(super) fn reg_mr(
     })
 }
 
+/// A region with memory windows bound to it stays (EINVAL, as rxe: IB
+/// spec 10.6.7.2.1, the windows must be unbound first).
 pub(super) fn dereg_mr(engine: &mut Engine, session: SessionId, mr: u32) -> Answer {
+    let t = &engine.tables;
+    if !owned(&t.mrs, mr, session, |m| m.session) {
+        return err(libc::EINVAL, "no such memory region");
+    }
+    let bound = t
+        .mws
+        .values()
+        .any(|w| w.window.binding.is_some_and(|b| b.mr == mr));
+    if bound {
+        return err(libc::EINVAL, "memory windows are bound to the region");
+    }
+    remove_mr(engine, mr);
+    Answer::ok(Reply::Done)
+}
+
+/// Removes region `mr`: its key, its key-table slot and what it cost.
+pub(super) fn remove_mr(engine: &mut Engine, mr: u32) {
     let t = &mut engine.tables;
-    match t.mrs.get(&mr) {
-        Some(m) if m.session == session => {
-            let (key, slot, cost) = (m.lkey, m.slot, Usage::mr(m.length));
-            t.keys.remove(&key);
-            t.mrs.remove(&mr);
-            t.release(session, cost);
-            if let (Some(slot), Some(k)) = (slot, engine.key_table.as_mut()) {
-                k.remove(slot);
-            }
-            Answer::ok(Reply::Done)
+    if let Some(m) = t.mrs.remove(&mr) {
+        t.keys.remove(&m.lkey);
+        t.release(m.session, Usage::mr(m.length));
+        if let (Some(slot), Some(k)) = (m.slot, engine.key_table.as_mut()) {
+            k.remove(slot);
         }
-        _ => err(libc::EINVAL, "no such memory region"),
     }
 }

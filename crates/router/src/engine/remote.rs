@@ -494,6 +494,15 @@ impl Engine {
                 self.fail_requester(h, &wqe, status);
                 None
             }
+            Transmitted::Local(wqe) => {
+                if self.cq_free(self.tables.qps[&h].send_cq) == 0 {
+                    return Some(false);
+                }
+                match self.run_window_op(h, &wqe) {
+                    super::Outcome::Failed => None,
+                    _ => Some(true),
+                }
+            }
         }
     }
 

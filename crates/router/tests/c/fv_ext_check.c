@@ -849,6 +849,399 @@ static void case_qp_attrs(void)
 	destroy_cq(cq);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Memory windows: cases mw_type1 and mw_type2                              */
+
+/* The MR a window is bound to: every right and IBV_ACCESS_MW_BIND. */
+#define ACC_MW (ACC_ALL | IBV_ACCESS_MW_BIND)
+/* The window lies at [WIN_OFF, WIN_OFF + WIN_LEN) of its 16 KiB MR. */
+#define WIN_OFF 4096
+#define WIN_LEN 4096
+
+/* Two connected RC QPs (A owns the window, B accesses it) on one CQ. */
+struct mw_pair {
+	struct ibv_cq *cq;
+	struct ibv_qp *a, *b;
+};
+
+static struct mw_pair mw_pair_new(void)
+{
+	struct mw_pair p;
+	p.cq = cq_new(32);
+	p.a = rc_qp_new(p.cq, p.cq);
+	p.b = rc_qp_new(p.cq, p.cq);
+	rc_connect_both(p.a, p.b);
+	return p;
+}
+
+static void mw_pair_free(struct mw_pair *p)
+{
+	destroy_qp(p->a);
+	destroy_qp(p->b);
+	destroy_cq(p->cq);
+}
+
+static struct ibv_mw *mw_alloc(enum ibv_mw_type type, const char *what)
+{
+	set_step("ibv_alloc_mw %s", what);
+	errno = 0;
+	struct ibv_mw *mw = ibv_alloc_mw(E.pd, type);
+	say("alloc_mw %s: %s", what, mw ? "made" : errno_name(errno));
+	if (mw && mw->type != type)
+		fail("alloc_mw %s: type %d", what, (int)mw->type);
+	return mw;
+}
+
+/* Waits for one completion on cq and says its status (and opcode when successful). */
+static enum ibv_wc_status say_next_wc(struct ibv_cq *cq, uint64_t wr_id, const char *what)
+{
+	struct ibv_wc wc;
+	poll1(cq, &wc, what);
+	say("%s: status %s%s%s", what, ibv_wc_status_str(wc.status),
+	    wc.status == IBV_WC_SUCCESS ? " opcode " : "",
+	    wc.status == IBV_WC_SUCCESS ? wc_opcode_str(wc.opcode) : "");
+	if (wc.wr_id != wr_id)
+		fail("%s: wr_id 0x%" PRIx64 ", expected 0x%" PRIx64, what, wc.wr_id, wr_id);
+	return wc.status;
+}
+
+/* ibv_bind_mw (type 1) of [off, off + len) of mr with access; says the return and completion. */
+static int bind1(struct ibv_qp *qp, struct ibv_cq *cq, struct ibv_mw *mw, struct ibv_mr *mr,
+		 size_t off, size_t len, unsigned access, const char *what)
+{
+	set_step("ibv_bind_mw: %s", what);
+	struct ibv_mw_bind b = {
+		.wr_id = 0xB1,
+		.send_flags = IBV_SEND_SIGNALED,
+		.bind_info = { .mr = mr,
+			       .addr = mr ? addr_of(mr->addr) + off : 0,
+			       .length = len,
+			       .mw_access_flags = access },
+	};
+	int rc = ibv_bind_mw(qp, mw, &b);
+	say("bind_mw %s: %s", what, errno_name(rc));
+	if (rc)
+		return -1;
+	return say_next_wc(cq, 0xB1, what);
+}
+
+/* IBV_WR_BIND_MW (type 2) of [off, off + len) of mr under rkey; says the completion. */
+static int bind2(struct ibv_qp *qp, struct ibv_cq *cq, struct ibv_mw *mw, uint32_t rkey,
+		 struct ibv_mr *mr, size_t off, size_t len, unsigned access, const char *what)
+{
+	set_step("IBV_WR_BIND_MW: %s", what);
+	struct ibv_send_wr wr, *bad = NULL;
+	memset(&wr, 0, sizeof(wr));
+	wr.wr_id = 0xB2;
+	wr.opcode = IBV_WR_BIND_MW;
+	wr.send_flags = IBV_SEND_SIGNALED;
+	wr.bind_mw.mw = mw;
+	wr.bind_mw.rkey = rkey;
+	wr.bind_mw.bind_info.mr = mr;
+	wr.bind_mw.bind_info.addr = addr_of(mr->addr) + off;
+	wr.bind_mw.bind_info.length = len;
+	wr.bind_mw.bind_info.mw_access_flags = access;
+	int rc = ibv_post_send(qp, &wr, &bad);
+	if (rc) {
+		say("post BIND_MW %s: %s", what, errno_name(rc));
+		return -1;
+	}
+	enum ibv_wc_status st = say_next_wc(cq, 0xB2, what);
+	/*
+	 * The window's rkey is now rkey. rxe matches the next bind's window by
+	 * mw->rkey, which its provider leaves as it was: keep it current, as an
+	 * application on rxe must.
+	 */
+	if (st == IBV_WC_SUCCESS)
+		mw->rkey = rkey;
+	return st;
+}
+
+/* IBV_WR_LOCAL_INV of rkey on qp; says the completion. */
+static int local_inv(struct ibv_qp *qp, struct ibv_cq *cq, uint32_t rkey, const char *what)
+{
+	set_step("IBV_WR_LOCAL_INV: %s", what);
+	struct ibv_send_wr wr, *bad = NULL;
+	memset(&wr, 0, sizeof(wr));
+	wr.wr_id = 0x1A;
+	wr.opcode = IBV_WR_LOCAL_INV;
+	wr.send_flags = IBV_SEND_SIGNALED;
+	wr.invalidate_rkey = rkey;
+	int rc = ibv_post_send(qp, &wr, &bad);
+	if (rc) {
+		say("post LOCAL_INV %s: %s", what, errno_name(rc));
+		return -1;
+	}
+	return say_next_wc(cq, 0x1A, what);
+}
+
+/*
+ * B accesses A's window memory win at offset off (len bytes) through rkey with op (WRITE,
+ * READ or FETCH_AND_ADD) from its buffer src; says the status and checks the data moved.
+ */
+static enum ibv_wc_status access_win(struct mw_pair *p, struct buf *win, struct buf *src,
+				     enum ibv_wr_opcode op, size_t off, uint32_t len, uint32_t rkey,
+				     const char *what)
+{
+	set_step("%s", what);
+	struct ibv_sge s = buf_sge(src, 64, len);
+	struct ibv_send_wr wr;
+	wr_init(&wr, 0xAC, op, &s, 1, IBV_SEND_SIGNALED);
+	if (op == IBV_WR_ATOMIC_FETCH_AND_ADD) {
+		wr.wr.atomic.remote_addr = addr_of(win->p) + off;
+		wr.wr.atomic.rkey = rkey;
+		wr.wr.atomic.compare_add = 1;
+	} else {
+		wr.wr.rdma.remote_addr = addr_of(win->p) + off;
+		wr.wr.rdma.rkey = rkey;
+	}
+	post_send_ok(p->b, &wr, what);
+	enum ibv_wc_status st = say_next_wc(p->cq, 0xAC, what);
+	if (st == IBV_WC_SUCCESS && op == IBV_WR_RDMA_WRITE)
+		buf_expect(win, off, src->exp + 64, len);
+	if (st == IBV_WC_SUCCESS && op == IBV_WR_RDMA_READ)
+		buf_expect(src, 64, win->exp + off, len);
+	if (op == IBV_WR_ATOMIC_FETCH_AND_ADD && st == IBV_WC_SUCCESS) {
+		buf_accept(win, off, 8);
+		buf_accept(src, 64, 8);
+	}
+	buf_check(win, "the window's MR");
+	buf_check(src, "B's buffer");
+	return st;
+}
+
+static void case_mw_type1(void)
+{
+	struct buf *win = buf_reg(16384, "window MR", ACC_MW);
+	struct buf *plain = buf_reg(16384, "MR without MW_BIND", ACC_ALL);
+	struct buf *src = buf_reg(8192, "B's buffer", ACC_ALL);
+	const unsigned rw = IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ;
+
+	struct ibv_mw *mw = mw_alloc(IBV_MW_TYPE_1, "type 1");
+	if (!mw)
+		fatal("ibv_alloc_mw(type 1) returned NULL, errno %d", errno);
+	struct mw_pair p = mw_pair_new();
+
+	uint32_t before = mw->rkey;
+	if (bind1(p.a, p.cq, mw, win->mr, WIN_OFF, WIN_LEN, rw, "read/write") != IBV_WC_SUCCESS)
+		fatal("binding the window failed");
+	say("rkey after the bind: %s", mw->rkey != before ? "new" : "unchanged");
+	if ((mw->rkey & ~0xffu) != (before & ~0xffu))
+		fail("the bind changed the rkey's index: 0x%x -> 0x%x", before, mw->rkey);
+	uint32_t first = mw->rkey;
+
+	access_win(&p, win, src, IBV_WR_RDMA_WRITE, WIN_OFF, 100, mw->rkey,
+		   "WRITE 100 B into the window");
+	access_win(&p, win, src, IBV_WR_RDMA_READ, WIN_OFF + 200, 300, mw->rkey,
+		   "READ 300 B from the window");
+	access_win(&p, win, src, IBV_WR_RDMA_WRITE, 100, 64, win->mr->rkey,
+		   "WRITE through the MR's own rkey");
+	mw_pair_free(&p);
+	p = mw_pair_new();
+	access_win(&p, win, src, IBV_WR_RDMA_WRITE, WIN_OFF + WIN_LEN - 50, 100, mw->rkey,
+		   "WRITE across the window's end");
+	mw_pair_free(&p);
+	p = mw_pair_new();
+	access_win(&p, win, src, IBV_WR_RDMA_WRITE, WIN_OFF - 8, 16, mw->rkey,
+		   "WRITE across the window's start");
+	mw_pair_free(&p);
+	p = mw_pair_new();
+	access_win(&p, win, src, IBV_WR_ATOMIC_FETCH_AND_ADD, WIN_OFF, 8, mw->rkey,
+		   "FETCH_ADD without the atomic right");
+	mw_pair_free(&p);
+
+	p = mw_pair_new();
+	if (bind1(p.a, p.cq, mw, win->mr, WIN_OFF, WIN_LEN, IBV_ACCESS_REMOTE_READ,
+		  "read only (a rebind)") == IBV_WC_SUCCESS) {
+		say("rkey after the rebind: %s", mw->rkey != first ? "new" : "unchanged");
+		access_win(&p, win, src, IBV_WR_RDMA_READ, WIN_OFF, 64, mw->rkey,
+			   "READ through the rebound window");
+		mw_pair_free(&p);
+		p = mw_pair_new();
+		access_win(&p, win, src, IBV_WR_RDMA_READ, WIN_OFF, 64, first,
+			   "READ through the first bind's rkey");
+		mw_pair_free(&p);
+		p = mw_pair_new();
+		access_win(&p, win, src, IBV_WR_RDMA_WRITE, WIN_OFF, 64, mw->rkey,
+			   "WRITE to the read-only window");
+		mw_pair_free(&p);
+		p = mw_pair_new();
+	}
+
+	uint32_t bound = mw->rkey;
+	/* (with the MR given: rxe's provider dereferences bind_info.mr even for length 0) */
+	bind1(p.a, p.cq, mw, win->mr, WIN_OFF, 0, 0, "unbind (length 0)");
+	access_win(&p, win, src, IBV_WR_RDMA_READ, WIN_OFF, 64, bound,
+		   "READ through the unbound window's rkey");
+	mw_pair_free(&p);
+
+	set_step("ibv_dealloc_mw");
+	int rc = ibv_dealloc_mw(mw);
+	say("dealloc_mw: %s", errno_name(rc));
+
+	/*
+	 * Binds that fail, each on a window of its own (rxe's provider takes the
+	 * next rkey as it posts, so a failed bind leaves its window unusable).
+	 */
+	struct {
+		struct ibv_mr *mr;
+		size_t off, len;
+		unsigned access;
+		const char *what;
+	} bad[] = {
+		{ plain->mr, WIN_OFF, WIN_LEN, rw, "to an MR without MW_BIND" },
+		{ win->mr, 12288, 8192, rw, "past the MR's end" },
+		{ win->mr, WIN_OFF - 8, 16, rw, "before the MR's start" },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct ibv_mw *w = ibv_alloc_mw(E.pd, IBV_MW_TYPE_1);
+		if (!w)
+			fatal("ibv_alloc_mw(type 1) returned NULL, errno %d", errno);
+		p = mw_pair_new();
+		if (i == 2) {
+			/* (the MR starts at the buffer; bind below it) */
+			bad[i].off = 0;
+			struct ibv_mw_bind b = { .wr_id = 0xB1, .send_flags = IBV_SEND_SIGNALED,
+						 .bind_info = { .mr = win->mr,
+								.addr = addr_of(win->p) - 8,
+								.length = 16,
+								.mw_access_flags = rw } };
+			set_step("ibv_bind_mw: %s", bad[i].what);
+			rc = ibv_bind_mw(p.a, w, &b);
+			say("bind_mw %s: %s", bad[i].what, errno_name(rc));
+			if (rc == 0)
+				say_next_wc(p.cq, 0xB1, bad[i].what);
+		} else {
+			bind1(p.a, p.cq, w, bad[i].mr, bad[i].off, bad[i].len, bad[i].access,
+			      bad[i].what);
+		}
+		mw_pair_free(&p);
+		ibv_dealloc_mw(w);
+	}
+	buf_free(src);
+	buf_free(plain);
+	buf_free(win);
+}
+
+static void case_mw_type2(void)
+{
+	struct buf *win = buf_reg(16384, "window MR", ACC_MW);
+	struct buf *plain = buf_reg(16384, "MR without MW_BIND", ACC_ALL);
+	struct buf *src = buf_reg(8192, "B's buffer", ACC_ALL);
+	const unsigned wr_ = IBV_ACCESS_REMOTE_WRITE;
+
+	struct ibv_mw *mw = mw_alloc(IBV_MW_TYPE_2, "type 2");
+	if (!mw)
+		fatal("ibv_alloc_mw(type 2) returned NULL, errno %d", errno);
+	struct mw_pair p = mw_pair_new();
+
+	set_step("ibv_bind_mw on a type 2 window");
+	struct ibv_mw_bind b1 = { .wr_id = 1,
+				  .send_flags = IBV_SEND_SIGNALED,
+				  .bind_info = { .mr = win->mr,
+						 .addr = addr_of(win->p),
+						 .length = 64,
+						 .mw_access_flags = wr_ } };
+	int rc = ibv_bind_mw(p.a, mw, &b1);
+	say("bind_mw on type 2: %s", errno_name(rc));
+	if (rc == 0)
+		fail("ibv_bind_mw accepted a type 2 window");
+
+	uint32_t k = ibv_inc_rkey(mw->rkey);
+	bind2(p.a, p.cq, mw, k, plain->mr, WIN_OFF, WIN_LEN, wr_, "to an MR without MW_BIND");
+	mw_pair_free(&p);
+	/*
+	 * A bound type 2 window is invalidated or deallocated before its QP
+	 * goes (rxe's QP destruction waits for the window forever otherwise).
+	 */
+	p = mw_pair_new();
+	if (bind2(p.a, p.cq, mw, k, win->mr, WIN_OFF, WIN_LEN, wr_, "write") != IBV_WC_SUCCESS)
+		fatal("binding the window failed");
+	access_win(&p, win, src, IBV_WR_RDMA_WRITE, WIN_OFF + 8, 500, k,
+		   "WRITE 500 B into the window");
+	struct mw_pair q = mw_pair_new();
+	access_win(&q, win, src, IBV_WR_RDMA_WRITE, WIN_OFF + 8, 16, k,
+		   "WRITE into the window through another QP");
+	mw_pair_free(&q);
+	local_inv(p.a, p.cq, k, "the bound window");
+	access_win(&p, win, src, IBV_WR_RDMA_WRITE, WIN_OFF + 8, 16, k,
+		   "WRITE after LOCAL_INV");
+	mw_pair_free(&p);
+
+	/* Rebound under a new key, then invalidated by the peer's SEND_WITH_INV. */
+	p = mw_pair_new();
+	k = ibv_inc_rkey(k);
+	if (bind2(p.a, p.cq, mw, k, win->mr, WIN_OFF, WIN_LEN, wr_, "again, a new key") !=
+	    IBV_WC_SUCCESS)
+		fatal("rebinding the window failed");
+	set_step("SEND_WITH_INV of the window's rkey, B to A");
+	struct ibv_sge r = buf_sge(src, 4096, 256);
+	recv1(p.a, 0xE0, &r, 1, "recv on A");
+	struct ibv_sge s = buf_sge(src, 0, 32);
+	struct ibv_send_wr wr, *bad = NULL;
+	wr_init(&wr, 0xE1, IBV_WR_SEND_WITH_INV, &s, 1, IBV_SEND_SIGNALED);
+	wr.invalidate_rkey = k;
+	rc = ibv_post_send(p.b, &wr, &bad);
+	if (rc)
+		fatal("post SEND_WITH_INV: %d", rc);
+	buf_expect(src, 4096, src->exp, 32);
+	for (int i = 0; i < 2; i++) {
+		struct ibv_wc wc;
+		poll1(p.cq, &wc, "SEND_WITH_INV's completions");
+		if (wc.wr_id == 0xE0) {
+			say("SEND_WITH_INV at A: status %s opcode %s byte_len %u%s%s",
+			    ibv_wc_status_str(wc.status), wc_opcode_str(wc.opcode), wc.byte_len,
+			    wc.wc_flags & IBV_WC_WITH_INV ? " WITH_INV" : "",
+			    wc.wc_flags & IBV_WC_WITH_IMM ? " WITH_IMM" : "");
+			say("invalidated rkey: %s",
+			    !(wc.wc_flags & IBV_WC_WITH_INV) ? "not reported"
+			    : wc.invalidated_rkey == k	     ? "the window's"
+							     : "another");
+		} else {
+			say("SEND_WITH_INV at B: status %s opcode %s", ibv_wc_status_str(wc.status),
+			    wc_opcode_str(wc.opcode));
+		}
+	}
+	buf_check(src, "B's buffer");
+	access_win(&p, win, src, IBV_WR_RDMA_WRITE, WIN_OFF, 16, k, "WRITE after SEND_WITH_INV");
+	mw_pair_free(&p);
+
+	/* A bound window: its MR cannot go, and deallocating it ends access. */
+	p = mw_pair_new();
+	k = ibv_inc_rkey(k);
+	if (bind2(p.a, p.cq, mw, k, win->mr, WIN_OFF, WIN_LEN, wr_, "a third time") !=
+	    IBV_WC_SUCCESS)
+		fatal("binding the window a third time failed");
+	set_step("ibv_dereg_mr of the MR under a bound window");
+	rc = ibv_dereg_mr(win->mr);
+	say("dereg_mr under a bound window: %s", errno_name(rc));
+	if (rc == 0)
+		win->mr = reg(win->p, win->n, ACC_MW);
+	set_step("ibv_dealloc_mw of a bound window");
+	rc = ibv_dealloc_mw(mw);
+	say("dealloc_mw of a bound window: %s", errno_name(rc));
+	access_win(&p, win, src, IBV_WR_RDMA_WRITE, WIN_OFF, 16, k, "WRITE after dealloc_mw");
+	mw_pair_free(&p);
+
+	/* A type 1 window cannot be bound by a work request, nor invalidated. */
+	struct ibv_mw *t1 = mw_alloc(IBV_MW_TYPE_1, "type 1");
+	if (t1) {
+		p = mw_pair_new();
+		bind2(p.a, p.cq, t1, ibv_inc_rkey(t1->rkey), win->mr, WIN_OFF, WIN_LEN, wr_,
+		      "a type 1 window");
+		mw_pair_free(&p);
+		p = mw_pair_new();
+		if (bind1(p.a, p.cq, t1, win->mr, WIN_OFF, WIN_LEN, wr_, "type 1 to invalidate") ==
+		    IBV_WC_SUCCESS)
+			local_inv(p.a, p.cq, t1->rkey, "a type 1 window");
+		mw_pair_free(&p);
+		ibv_dealloc_mw(t1);
+	}
+	buf_free(src);
+	buf_free(plain);
+	buf_free(win);
+}
+
 static const struct fv_case cases[] = {
 	{ "cq_ex", case_cq_ex },
 	{ "cq_ex_batch_end", case_cq_ex_batch_end },
@@ -857,6 +1250,8 @@ static const struct fv_case cases[] = {
 	{ "qp_ex_sge_list", case_qp_ex_sge_list },
 	{ "qp_ex_inline", case_qp_ex_inline },
 	{ "qp_attrs", case_qp_attrs },
+	{ "mw_type1", case_mw_type1 },
+	{ "mw_type2", case_mw_type2 },
 };
 
 int main(int argc, char **argv)

@@ -127,6 +127,10 @@ pub(super) enum Transmitted {
     /// flight ahead of it: it completes with this status (once its CQ has
     /// room) and the QP moves to the error state.
     Refused(Box<SendWqe>, u32),
+    /// The next work request is a window operation with nothing in flight
+    /// ahead of it: the engine runs it (`engine::window`). (One behind
+    /// requests in flight waits for them: a bind takes effect in order.)
+    Local(Box<SendWqe>),
 }
 
 /// One work request sent (or being sent) to the responder.
@@ -319,6 +323,12 @@ impl Requester {
                     break;
                 }
                 let (wqe, checked) = sq.get(self.inflight.len() as u32);
+                if opcode::is_local(wqe.opcode) && checked.is_ok() {
+                    if self.inflight.is_empty() {
+                        return Transmitted::Local(Box::new(wqe));
+                    }
+                    break;
+                }
                 let c = match checked {
                     Ok(c) => c,
                     Err(status) if self.inflight.is_empty() => {

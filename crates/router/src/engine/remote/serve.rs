@@ -283,6 +283,13 @@ impl Engine {
             Placed::Complete(m) => m,
         };
         if let Some(rwqe) = m.recv {
+            if m.opcode == IBV_WR_SEND_WITH_INV {
+                if let Err(status) = self.invalidate_at_responder(hb, m.imm) {
+                    let recv = Some((rwqe, status));
+                    self.fail_with_recv(peers, from, hdr, hb, status, recv, m.recv_consumed);
+                    return;
+                }
+            }
             let b = &self.tables.qps[&hb];
             let recv_cq = b.recv_cq;
             let cqe = Cqe::received(

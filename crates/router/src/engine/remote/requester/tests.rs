@@ -135,6 +135,7 @@ impl Bench {
             Transmitted::Refused(w, status) => {
                 panic!("unexpected refusal of wr {} ({status})", w.wr_id)
             }
+            Transmitted::Local(w) => panic!("unexpected window operation {}", w.wr_id),
         }
         self.wire.take()
     }
@@ -243,6 +244,29 @@ fn messages_go_out_in_chunks_in_psn_order() {
     assert_eq!(b.complete(), [ok(1, big as u64)]);
     b.ack(&sent[2].hdr);
     assert_eq!(b.complete(), [ok(2, 5)]);
+}
+
+/// A window operation runs at the requester in send-queue order: only
+/// once every request ahead of it is answered, and none behind it goes
+/// out before it ran.
+#[test]
+fn window_operations_wait_for_the_requests_ahead() {
+    let mut b = Bench::rc();
+    b.post_send(1, 8);
+    b.post(2, IBV_WR_BIND_MW, Vec::new());
+    b.post_send(3, 8);
+    let sent = b.transmit();
+    assert_eq!(chunks(&sent), [(100, 0, 8)], "nothing past the bind");
+    assert_eq!(b.transmit().len(), 0, "still waiting for the SEND's answer");
+    b.ack(&sent[0].hdr);
+    assert_eq!(b.complete(), [ok(1, 8)]);
+    match b.transmit_raw() {
+        Transmitted::Local(w) => assert_eq!(w.wr_id, 2),
+        _ => panic!("the bind is next, with nothing in flight"),
+    }
+    // The engine ran it and took it off the queue.
+    b.sq.completed += 1;
+    assert_eq!(chunks(&b.transmit()), [(101, 0, 8)]);
 }
 
 #[test]
