@@ -342,8 +342,9 @@ fn checked_pingpongs_across_hosts() {
 
 /// Data integrity across hosts: `fv_xfer` (every byte of every message
 /// checked on both sides) from host B to host A, every transport and
-/// operation, 1 MiB messages (several link chunks) included; the routers'
-/// counters show the link carried them.
+/// operation, 1 MiB messages (several link chunks) included, and WRITEs
+/// through memory windows that the last SEND_WITH_INV invalidates; the
+/// routers' counters show the link carried them.
 #[test]
 fn checked_transfers_across_hosts() {
     let topo = Topology::two_hosts(50);
@@ -351,8 +352,11 @@ fn checked_transfers_across_hosts() {
     let [ra, rb] = &linked.routers;
     let logs = || router_logs(&[("A", ra), ("B", rb)]);
     let (a, b) = (&topo.hosts[A], &topo.hosts[B]);
-    let runs: [&[&str]; 9] = [
+    let runs: [&[&str]; 10] = [
         &["-t", "rc", "-o", "send", "-s", "1048576", "-n", "20"],
+        &[
+            "-t", "rc", "-o", "write_mw", "-s", "70000", "-n", "20", "-q", "2",
+        ],
         &["-t", "rc", "-o", "send_imm", "-s", "4096"],
         &["-t", "rc", "-o", "write", "-s", "300000", "-n", "30"],
         &["-t", "rc", "-o", "write_imm", "-s", "64"],

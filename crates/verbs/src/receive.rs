@@ -17,7 +17,7 @@ pub struct Fault {
 /// Whether a message of `op` (`enum ibv_wr_opcode`) is written into its
 /// receive's SGEs (SENDs; a datagram always).
 pub fn lands_in_receive(op: u32) -> bool {
-    matches!(op, IBV_WR_SEND | IBV_WR_SEND_WITH_IMM)
+    crate::opcode::is_send(op)
 }
 
 /// Whether taking a receive from an SRQ armed with `limit` (0: not
@@ -118,6 +118,7 @@ mod tests {
     fn only_sends_land_in_the_receive() {
         assert!(lands_in_receive(IBV_WR_SEND));
         assert!(lands_in_receive(IBV_WR_SEND_WITH_IMM));
+        assert!(lands_in_receive(IBV_WR_SEND_WITH_INV));
         assert!(!lands_in_receive(IBV_WR_RDMA_WRITE_WITH_IMM));
         assert!(!lands_in_receive(IBV_WR_RDMA_WRITE));
         assert!(!lands_in_receive(IBV_WR_RDMA_READ));

@@ -155,6 +155,7 @@ impl Moved {
             IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM => MovedKind::Write,
             IBV_WR_RDMA_READ => MovedKind::Read,
             IBV_WR_ATOMIC_CMP_AND_SWP | IBV_WR_ATOMIC_FETCH_AND_ADD => MovedKind::Atomic,
+            IBV_WR_BIND_MW | IBV_WR_LOCAL_INV => MovedKind::Nothing,
             _ => MovedKind::Send,
         }
     }
@@ -166,6 +167,7 @@ impl Moved {
             MovedKind::Write => self.writes += 1,
             MovedKind::Read => self.reads += 1,
             MovedKind::Atomic => self.atomics += 1,
+            MovedKind::Nothing => return,
         }
         self.bytes += bytes;
         self.inline += u64::from(inline);

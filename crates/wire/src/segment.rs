@@ -98,6 +98,7 @@ impl MovedCounters {
             MovedKind::Write => add(&self.writes, 1),
             MovedKind::Read => add(&self.reads, 1),
             MovedKind::Atomic => add(&self.atomics, 1),
+            MovedKind::Nothing => return,
         }
         add(&self.bytes, bytes);
         add(&self.inline, u64::from(inline));
@@ -130,6 +131,9 @@ pub enum MovedKind {
     Write,
     Read,
     Atomic,
+    /// The window operations (BIND_MW, LOCAL_INV) move nothing and are
+    /// not counted.
+    Nothing,
 }
 
 /// Whether the router waits for receives of a queue (a QP's own or an

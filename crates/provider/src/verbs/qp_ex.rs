@@ -440,12 +440,9 @@ unsafe extern "C" fn wr_set_sge_list(qp: *mut ibv_qp_ex, n: usize, list: *const 
 /// # Safety
 /// `bufs` are the caller's buffers, each readable for its length.
 unsafe fn copy_inline(p: &mut Pending, bufs: &[(*const u8, usize)]) -> Result<(), Errno> {
-    // Inline data is for SEND and RDMA_WRITE only (ibv_wr_post(3)).
+    // Inline data is for the SENDs and RDMA_WRITEs only (ibv_wr_post(3)).
     let op = p.wr.as_ref().map_or(u32::MAX, |w| w.opcode);
-    if !matches!(
-        op,
-        IBV_WR_SEND | IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM
-    ) {
+    if !flowverbs_verbs::opcode::carries_data(op) {
         return Err(libc::EINVAL);
     }
     let total = bufs.iter().try_fold(0usize, |t, (_, l)| t.checked_add(*l));

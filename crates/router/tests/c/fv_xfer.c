@@ -17,7 +17,7 @@
  *   -g GIDX     GID index (default 0; -1: no GRH)
  *   -p TCPPORT  out-of-band TCP port (default 18515)
  *   -t rc|uc|ud|srq   transport (default rc; srq: RC QPs on one SRQ per side)
- *   -o send|send_imm|write|write_imm|read   operation (default send)
+ *   -o send|send_imm|write|write_imm|read|write_mw   operation (default send)
  *   -s SIZE     bytes per message (default 4096; UD: at most the port MTU)
  *   -n ITERS    messages each way (default 100)
  *   -q NQPS     QPs per side (default 1; message i uses QP i % NQPS)
@@ -30,6 +30,11 @@
  * write: RDMA WRITE into the peer's receive buffer, then a small SEND notice.
  * write_imm: RDMA WRITE WITH IMM (imm = htonl(i)). read: the owner fills its
  * buffer and SENDs a notice; the peer RDMA READs it and checks it.
+ * write_mw (RC): as write, but each side's receive buffer is reached only
+ * through a type 2 memory window bound over exactly that buffer on its QP;
+ * the last notice is a SEND_WITH_INV of the peer's window, whose receive
+ * must carry IBV_WC_WITH_INV and that rkey, after which the window must be
+ * free (a new bind of it succeeds).
  *
  * Output: the pingpongs' "local address:" / "remote address:" lines and
  * throughput lines on stdout, then "fv_xfer: N messages of S bytes checked
@@ -76,13 +81,15 @@
 #define REC_LEN 128
 
 enum transport { T_RC, T_UC, T_UD, T_SRQ };
-enum operation { OP_SEND, OP_SEND_IMM, OP_WRITE, OP_WRITE_IMM, OP_READ };
+enum operation { OP_SEND, OP_SEND_IMM, OP_WRITE, OP_WRITE_IMM, OP_READ, OP_WRITE_MW };
 static const char *const transport_names[] = { "rc", "uc", "ud", "srq" };
-static const char *const op_names[] = { "send", "send_imm", "write", "write_imm", "read" };
+static const char *const op_names[] = { "send",	"send_imm", "write",
+					"write_imm", "read",	    "write_mw" };
 
 /* What a work request was, encoded in the upper half of its wr_id. */
-enum wr_kind { WK_RECV, WK_DATA, WK_NOTICE, WK_READ, WK_COUNT };
-static const char *const kind_names[] = { "receive", "data send", "notice send", "RDMA READ" };
+enum wr_kind { WK_RECV, WK_DATA, WK_NOTICE, WK_READ, WK_BIND, WK_COUNT };
+static const char *const kind_names[] = { "receive", "data send", "notice send", "RDMA READ",
+					  "window bind" };
 
 struct options {
 	const char *dev, *host;
@@ -117,6 +124,8 @@ struct qp_ctx {
 	struct buffer data_in, data_out, notice_in, notice_out;
 	long last_sent; /* the message data_out holds, -1: none yet */
 	struct remote_qp remote;
+	struct ibv_mw *mw; /* write_mw: the window over data_in, under mw_rkey */
+	uint32_t mw_rkey;
 };
 
 struct pending {
@@ -413,6 +422,8 @@ static void post_send_wr(long msg, int k, enum wr_kind kind, enum ibv_wr_opcode 
 
 	if (opcode == IBV_WR_SEND_WITH_IMM || opcode == IBV_WR_RDMA_WRITE_WITH_IMM)
 		wr.imm_data = htonl((uint32_t)msg);
+	if (opcode == IBV_WR_SEND_WITH_INV)
+		wr.invalidate_rkey = q->remote.rkey;
 	if (opcode == IBV_WR_RDMA_WRITE || opcode == IBV_WR_RDMA_WRITE_WITH_IMM ||
 	    opcode == IBV_WR_RDMA_READ) {
 		wr.wr.rdma.remote_addr = remote_addr;
@@ -588,6 +599,43 @@ static void check_grh(const uint8_t *g, const struct ibv_wc *wc, long msg, int k
 	    side_name, msg, k, g[0], g[20], g[32], g[33], g[34], g[35], g[36], g[37], g[38], g[39]);
 }
 
+/* Binds QP k's window over its receive buffer under rkey (write_mw). */
+static void bind_window(int k, uint32_t rkey)
+{
+	struct qp_ctx *q = &qps[k];
+	struct ibv_send_wr wr = { .wr_id = wr_id_of(WK_BIND, k), .opcode = IBV_WR_BIND_MW,
+				  .send_flags = IBV_SEND_SIGNALED };
+	struct ibv_send_wr *bad;
+	struct ibv_wc wc;
+
+	set_step("binding qp %d's window", k);
+	wr.bind_mw.mw = q->mw;
+	wr.bind_mw.rkey = rkey;
+	wr.bind_mw.bind_info.mr = mr;
+	wr.bind_mw.bind_info.addr = (uintptr_t)q->data_in.base;
+	wr.bind_mw.bind_info.length = opt.size;
+	wr.bind_mw.bind_info.mw_access_flags = IBV_ACCESS_REMOTE_WRITE;
+	mark_posted(WK_BIND, k);
+	check_ret(ibv_post_send(q->qp, &wr, &bad), "ibv_post_send(BIND_MW)");
+	wait_completion(WK_BIND, k, &wc);
+	if (wc.opcode != IBV_WC_BIND_MW)
+		completion_mismatch(cur_msg, k, &wc, "opcode", wc.opcode, IBV_WC_BIND_MW);
+	q->mw_rkey = rkey;
+	q->mw->rkey = rkey; /* as an application on rxe keeps it */
+}
+
+/* The receive of the peer's SEND_WITH_INV: flagged, naming our window's
+ * rkey; the window is free again (a bind under the next key succeeds). */
+static void check_invalidated(long msg, int k, const struct ibv_wc *wc)
+{
+	if (!(wc->wc_flags & IBV_WC_WITH_INV))
+		completion_mismatch(msg, k, wc, "IBV_WC_WITH_INV flag", 0, 1);
+	if (wc->invalidated_rkey != qps[k].mw_rkey)
+		completion_mismatch(msg, k, wc, "invalidated_rkey", wc->invalidated_rkey,
+				    qps[k].mw_rkey);
+	bind_window(k, ibv_inc_rkey(qps[k].mw_rkey));
+}
+
 static void check_notice(const uint8_t *p, long msg, int k)
 {
 	uint8_t want[NOTICE_LEN];
@@ -623,11 +671,14 @@ static void send_message(long msg, int k)
 		break;
 	case OP_WRITE:
 	case OP_WRITE_IMM:
+	case OP_WRITE_MW:
 		post_send_wr(msg, k, WK_DATA, imm ? IBV_WR_RDMA_WRITE_WITH_IMM : IBV_WR_RDMA_WRITE,
 			     &q->data_out, q->remote.in_addr);
 		if (!imm) { /* RC/UC ordering: the notice arrives after the data */
+			bool inv = opt.op == OP_WRITE_MW && msg >= opt.iters - opt.nqps;
 			make_notice(q->notice_out.base, side, msg);
-			post_send_wr(msg, k, WK_NOTICE, IBV_WR_SEND, &q->notice_out, 0);
+			post_send_wr(msg, k, WK_NOTICE, inv ? IBV_WR_SEND_WITH_INV : IBV_WR_SEND,
+				     &q->notice_out, 0);
 		}
 		wait_completion(WK_DATA, k, &wc);
 		check_completion(msg, k, &wc, IBV_WC_RDMA_WRITE, -1, false);
@@ -674,6 +725,13 @@ static void receive_message(long msg, int k)
 		check_completion(msg, k, &wc, IBV_WC_RECV, NOTICE_LEN, false);
 		check_notice(qps[slot].notice_in.base, msg, k);
 		busy_notice = slot;
+		break;
+	case OP_WRITE_MW:
+		check_completion(msg, k, &wc, IBV_WC_RECV, NOTICE_LEN, false);
+		check_notice(qps[slot].notice_in.base, msg, k);
+		busy_notice = slot;
+		if (msg >= opt.iters - opt.nqps) /* the QP's last message: SEND_WITH_INV */
+			check_invalidated(msg, k, &wc);
 		break;
 	case OP_WRITE_IMM: /* the receive's buffer is not used */
 		check_completion(msg, k, &wc, IBV_WC_RECV_RDMA_WITH_IMM, (long long)opt.size, true);
@@ -804,7 +862,8 @@ static void send_local_info(void)
 		snprintf(rec, sizeof(rec), "%06x %06x %04x %016" PRIx64 " %016" PRIx64 " %08x %s",
 			 qps[k].qp->qp_num, qps[k].psn, local_lid,
 			 (uint64_t)(uintptr_t)qps[k].data_in.base,
-			 (uint64_t)(uintptr_t)qps[k].data_out.base, mr->rkey, hex);
+			 (uint64_t)(uintptr_t)qps[k].data_out.base,
+			 opt.op == OP_WRITE_MW ? qps[k].mw_rkey : mr->rkey, hex);
 		write_all(rec, sizeof(rec));
 	}
 }
@@ -896,7 +955,8 @@ static void fill_ah_attr(struct ibv_ah_attr *ah, const struct remote_qp *r)
 
 static void create_resources(void)
 {
-	int access = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ;
+	int access = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ |
+		     (opt.op == OP_WRITE_MW ? IBV_ACCESS_MW_BIND : 0);
 	int cqe = 4 * opt.nqps + 4;
 	char gidtext[INET6_ADDRSTRLEN];
 
@@ -929,10 +989,14 @@ static void create_resources(void)
 			a.qkey = UD_QKEY;
 			mask |= IBV_QP_QKEY;
 		} else {
-			a.qp_access_flags = (unsigned)access;
+			a.qp_access_flags = (unsigned)access & ~IBV_ACCESS_MW_BIND;
 			mask |= IBV_QP_ACCESS_FLAGS;
 		}
 		check_ret(ibv_modify_qp(q->qp, &a, mask), "ibv_modify_qp(INIT)");
+		if (opt.op == OP_WRITE_MW) {
+			q->mw = check_ptr(ibv_alloc_mw(pd, IBV_MW_TYPE_2), "ibv_alloc_mw");
+			q->mw_rkey = ibv_inc_rkey(q->mw->rkey); /* what the peer is told */
+		}
 		format_gid(&local_gid, gidtext, sizeof(gidtext));
 		printf("  local address:  QPN 0x%06x, PSN 0x%06x, GID %s\n", q->qp->qp_num, q->psn,
 		       gidtext);
@@ -990,6 +1054,9 @@ static void connect_qps(void)
 static void destroy_resources(void)
 {
 	set_step("destroying verbs resources");
+	for (int k = 0; k < opt.nqps; k++)
+		if (qps[k].mw) /* (bound: before its QP, which rxe needs) */
+			check_ret(ibv_dealloc_mw(qps[k].mw), "ibv_dealloc_mw");
 	for (int k = 0; k < opt.nqps; k++) {
 		check_ret(ibv_destroy_qp(qps[k].qp), "ibv_destroy_qp");
 		if (qps[k].ah)
@@ -1047,7 +1114,7 @@ static void parse_options(int argc, char **argv)
 		case 'g': opt.gidx = (int)parse_num(optarg, -1, 255, 'g'); break;
 		case 'p': opt.tcp_port = (int)parse_num(optarg, 1, 65535, 'p'); break;
 		case 't': opt.transport = (enum transport)parse_name(optarg, transport_names, 4, 't'); break;
-		case 'o': opt.op = (enum operation)parse_name(optarg, op_names, 5, 'o'); break;
+		case 'o': opt.op = (enum operation)parse_name(optarg, op_names, 6, 'o'); break;
 		case 's': opt.size = (size_t)parse_num(optarg, 1, 1L << 30, 's'); break;
 		case 'n': opt.iters = (int)parse_num(optarg, 1, 1L << 30, 'n'); break;
 		case 'q': opt.nqps = (int)parse_num(optarg, 1, 1024, 'q'); break;
@@ -1073,6 +1140,10 @@ static void parse_options(int argc, char **argv)
 		die("-t ud allows only -o send or send_imm");
 	if (opt.transport == T_UC && opt.op == OP_READ)
 		die("-t uc does not allow -o read");
+	if (opt.op == OP_WRITE_MW && opt.transport != T_RC)
+		die("-o write_mw needs -t rc");
+	if (opt.op == OP_WRITE_MW && opt.iters < opt.nqps)
+		die("-o write_mw needs at least one message per QP (-n >= -q)");
 	if (opt.transport == T_UD && opt.size > 4096)
 		die("-t ud: -s is at most 4096");
 	if (opt.flip_msg >= 0 && (opt.flip_msg >= opt.iters || opt.flip_off >= opt.size))
@@ -1108,6 +1179,17 @@ int main(int argc, char **argv)
 		receive_remote_info();
 		connect_qps();
 		send_local_info();
+	}
+	if (opt.op == OP_WRITE_MW) {
+		/* Every window is bound before either side writes through one. */
+		char c = 'B';
+		for (int k = 0; k < opt.nqps; k++)
+			bind_window(k, qps[k].mw_rkey);
+		set_step("window handshake");
+		write_all(&c, 1);
+		read_all(&c, 1, "the window handshake");
+		if (c != 'B')
+			die("unexpected window handshake byte 0x%02x from the peer", (unsigned char)c);
 	}
 	watch_sock = true;
 
