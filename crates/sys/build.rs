@@ -31,6 +31,7 @@ fn main() {
         .allowlist_function("ibv_alloc_pd")
         .allowlist_function("ibv_dealloc_pd")
         .allowlist_function("ibv_reg_mr")
+        .allowlist_function("ibv_reg_mr_iova2")
         .allowlist_function("ibv_dereg_mr")
         .allowlist_function("ibv_create_cq")
         .allowlist_function("ibv_destroy_cq")

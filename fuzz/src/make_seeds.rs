@@ -88,6 +88,7 @@ fn main() {
             Request::RegMr {
                 pd: 1,
                 addr: BUFFER_ADDR,
+                iova: BUFFER_ADDR,
                 length: 4096,
                 access: 0xf,
                 runs: Vec::new(),

@@ -132,6 +132,7 @@ impl Endpoint {
             Request::RegMr {
                 pd,
                 addr,
+                iova: addr,
                 length,
                 access,
                 runs: Vec::new(),

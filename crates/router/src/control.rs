@@ -93,13 +93,15 @@ pub fn handle(
         Request::RegMr {
             pd,
             addr,
+            iova,
             length,
             access,
             runs,
             nic_key,
-        } => pd_mr::reg_mr(
-            engine, session, pd, addr, length, access, runs, nic_key, fds,
-        ),
+        } => {
+            let range = pd_mr::Range { addr, iova, length };
+            pd_mr::reg_mr(engine, session, pd, range, access, runs, nic_key, fds)
+        }
         Request::DeregMr { mr } => pd_mr::dereg_mr(engine, session, mr),
         Request::AllocMw { pd, mw_type } => mw::alloc_mw(engine, session, pd, mw_type),
         Request::DeallocMw { mw } => mw::dealloc_mw(engine, session, mw),

@@ -504,12 +504,7 @@ impl Engine {
             .get(&key)
             .and_then(|m| self.tables.mrs.get(m))
             .filter(|m| m.session == session && m.lkey == key)
-            .map(|m| Region {
-                pd: m.pd,
-                addr: m.addr,
-                length: m.length,
-                access: m.access,
-            })
+            .map(|m| m.region())
     }
 
     /// Resolves local SGEs against the QP's protection domain. `write`: the
@@ -528,8 +523,8 @@ impl Engine {
             total += len;
             let region = self.region(qp.session, sge.lkey);
             access::local(region.as_ref(), qp.pd, sge.addr, len, write)?;
-            if len > 0 {
-                segs.push((sge.addr, len));
+            if let Some(r) = region.filter(|_| len > 0) {
+                segs.push((r.va_of(sge.addr), len));
             }
         }
         access::message_len(total)?;
@@ -602,10 +597,9 @@ impl Engine {
             len,
             want,
         )?;
-        Ok(if len == 0 {
-            Vec::new()
-        } else {
-            vec![(addr, len)]
+        Ok(match region.filter(|_| len > 0) {
+            Some(r) => vec![(r.va_of(addr), len)],
+            None => Vec::new(),
         })
     }
 
@@ -785,8 +779,8 @@ impl Engine {
             let n = u64::from(sge.length);
             let region = self.region(b.session, sge.lkey);
             access::local(region.as_ref(), b.pd, sge.addr, n, true)?;
-            if n > 0 {
-                segs.push((sge.addr, n));
+            if let Some(r) = region.filter(|_| n > 0) {
+                segs.push((r.va_of(sge.addr), n));
             }
             Ok(n)
         });
@@ -1008,12 +1002,17 @@ impl Engine {
                 if let Err(status) = atomic::check_target(w.remote_addr) {
                     return self.responder_error(ha, w, status, hb, None, len);
                 }
-                if let Err(status) =
-                    self.remote_segment(hb, w.rkey, w.remote_addr, 8, IBV_ACCESS_REMOTE_ATOMIC)
-                {
-                    return self.responder_error(ha, w, status, hb, None, len);
-                }
-                let old = match atomic_at(&mem_b, w.remote_addr, w.opcode, w.compare_add, w.swap) {
+                let target = match self.remote_segment(
+                    hb,
+                    w.rkey,
+                    w.remote_addr,
+                    8,
+                    IBV_ACCESS_REMOTE_ATOMIC,
+                ) {
+                    Ok(segs) => segs[0].0,
+                    Err(status) => return self.responder_error(ha, w, status, hb, None, len),
+                };
+                let old = match atomic_at(&mem_b, target, w.opcode, w.compare_add, w.swap) {
                     Ok(old) => old,
                     Err(status) => return self.responder_error(ha, w, status, hb, None, len),
                 };

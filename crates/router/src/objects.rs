@@ -99,7 +99,10 @@ pub struct Pd {
 pub struct Mr {
     pub session: SessionId,
     pub pd: u32,
+    /// Where the region lies in its process, and how work requests
+    /// address it (`ibv_reg_mr_iova2`; the same for `ibv_reg_mr`).
     pub addr: u64,
+    pub iova: u64,
     pub length: u64,
     pub access: u32,
     pub lkey: u32,
@@ -111,11 +114,14 @@ pub struct Mr {
 }
 
 impl Mr {
-    /// True when `[addr, addr+len)` lies inside the region.
-    pub fn contains(&self, addr: u64, len: u64) -> bool {
-        match addr.checked_add(len) {
-            Some(end) => addr >= self.addr && end <= self.addr + self.length,
-            None => false,
+    /// The region as the semantics core checks it.
+    pub fn region(&self) -> flowverbs_verbs::access::Region {
+        flowverbs_verbs::access::Region {
+            pd: self.pd,
+            addr: self.iova,
+            length: self.length,
+            access: self.access,
+            va: self.addr,
         }
     }
 }

@@ -331,7 +331,7 @@ impl Engine {
         // A key of a memory region, or of a window bound for this
         // responder (its range and rights, the region's pages, its own slot).
         let (region, slot, mr) = match mr {
-            Some(m) => ((m.addr, m.length, m.access), m.slot, m),
+            Some(m) => (m.region(), m.slot, m),
             None => {
                 let window = t
                     .window_keys
@@ -341,7 +341,7 @@ impl Engine {
                 let reach = window.and_then(|w| {
                     let r = w.window.region(key, responder)?;
                     let m = t.mrs.get(&w.window.binding?.mr)?;
-                    Some(((r.addr, r.length, r.access), w.slot, m))
+                    Some((r, w.slot, m))
                 });
                 let Some(reach) = reach else {
                     return err(
@@ -362,12 +362,12 @@ impl Engine {
         let Ok(fd) = arena.try_clone() else {
             return err(libc::EMFILE, "cannot pass the arena");
         };
-        let (addr, length, access) = region;
         Answer {
             reply: Reply::Key {
-                addr,
-                length,
-                access,
+                addr: region.addr,
+                length: region.length,
+                va: region.va,
+                access: region.access,
                 slot,
                 owner: b.session,
                 runs: mr.runs.clone(),

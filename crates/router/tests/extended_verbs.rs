@@ -258,5 +258,6 @@ cases!(
     qp_ex_inline,
     qp_attrs,
     mw_type1,
-    mw_type2
+    mw_type2,
+    mr_variants
 );

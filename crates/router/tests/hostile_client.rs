@@ -381,6 +381,7 @@ fn handles_and_limits_are_checked() {
         b.errno(&Request::RegMr {
             pd: pd_a,
             addr: 0x1000,
+            iova: 0x1000,
             length: 10,
             access: 1,
             runs: vec![],
@@ -394,6 +395,7 @@ fn handles_and_limits_are_checked() {
         b.errno(&Request::RegMr {
             pd: pd_b,
             addr: 0x10,
+            iova: 0x10,
             length: 4096,
             access: 1,
             runs: vec![],
@@ -405,6 +407,7 @@ fn handles_and_limits_are_checked() {
         b.errno(&Request::RegMr {
             pd: pd_b,
             addr: u64::MAX - 5,
+            iova: u64::MAX - 5,
             length: 100,
             access: 1,
             runs: vec![],
@@ -416,6 +419,7 @@ fn handles_and_limits_are_checked() {
         b.errno(&Request::RegMr {
             pd: pd_b,
             addr: 0x1000,
+            iova: 0x1000,
             length: 8,
             access: IBV_ACCESS_REMOTE_WRITE,
             runs: vec![],
@@ -609,6 +613,7 @@ fn rkeys_of_other_tenants_are_refused() {
     let (r, _) = b.ok(&Request::RegMr {
         pd: pd_b,
         addr: secret.as_ptr() as u64,
+        iova: secret.as_ptr() as u64,
         length: 4096,
         access: IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ,
         runs: vec![],
@@ -800,6 +805,7 @@ fn semi_mode_requests_are_checked() {
     let reg = |pd, runs: Vec<ArenaRun>| Request::RegMr {
         pd,
         addr,
+        iova: addr,
         length: 4096,
         access,
         runs,
@@ -815,6 +821,7 @@ fn semi_mode_requests_are_checked() {
     let nic_key = Request::RegMr {
         pd: pd_b,
         addr,
+        iova: addr,
         length: 4096,
         access,
         runs: vec![],

@@ -7,7 +7,9 @@
 use flowverbs_sys::*;
 use flowverbs_wire::limits::MAX_MSG_SIZE;
 
-/// A memory region as a check sees it.
+/// A memory region as a check sees it: `[addr, addr + length)` as work
+/// requests address it (its IOVA, `ibv_reg_mr_iova2`), which lies at `va`
+/// in its owner's memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Region {
     pub pd: u32,
@@ -15,9 +17,16 @@ pub struct Region {
     pub length: u64,
     /// `ibv_access_flags` it was registered with.
     pub access: u32,
+    pub va: u64,
 }
 
 impl Region {
+    /// Where address `addr` of the region (checked to lie inside it) is
+    /// in its owner's memory.
+    pub fn va_of(&self, addr: u64) -> u64 {
+        self.va.wrapping_add(addr.wrapping_sub(self.addr))
+    }
+
     /// True when `[addr, addr + len)` lies inside the region (no overflow
     /// anywhere).
     pub fn contains(&self, addr: u64, len: u64) -> bool {
@@ -108,6 +117,7 @@ mod tests {
             addr: 0x1000,
             length: 0x100,
             access,
+            va: 0x1000,
         }
     }
 
@@ -186,6 +196,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A region registered under an IOVA: checked in the IOVA's space,
+    /// translated to where it lies.
+    #[test]
+    fn iova_translation() {
+        let r = Region {
+            va: 0x7f00_0000_1000,
+            ..region(IBV_ACCESS_LOCAL_WRITE)
+        };
+        assert_eq!(local(Some(&r), 1, 0x1080, 16, true), Ok(()));
+        assert_eq!(r.va_of(0x1080), 0x7f00_0000_1080);
+        assert_eq!(
+            local(Some(&r), 1, 0x7f00_0000_1080, 16, true),
+            Err(IBV_WC_LOC_PROT_ERR),
+            "its address is not its IOVA"
+        );
     }
 
     #[test]

@@ -39,8 +39,11 @@ impl Kind {
 pub struct Binding {
     /// The memory region's handle (it cannot be deregistered meanwhile).
     pub mr: u32,
+    /// The range in the region's address space (its IOVA), and where it
+    /// lies in the owner's memory.
     pub addr: u64,
     pub length: u64,
+    pub va: u64,
     /// `IBV_ACCESS_REMOTE_*` rights.
     pub access: u32,
     /// Type 2: the QP that bound it (the only one it is reached through).
@@ -123,6 +126,7 @@ impl Window {
                 mr,
                 addr: b.addr,
                 length: b.length,
+                va: region.va_of(b.addr),
                 access: b.access,
                 qp: (self.kind == Kind::Type2).then_some(b.qp),
             }),
@@ -158,6 +162,7 @@ impl Window {
             addr: b.addr,
             length: b.length,
             access: b.access,
+            va: b.va,
         })
     }
 }
@@ -183,6 +188,7 @@ mod tests {
             addr: 0x1000,
             length: 0x4000,
             access,
+            va: 0x9000,
         }
     }
 
@@ -208,6 +214,7 @@ mod tests {
         assert_eq!(b.rkey, 0xabcd_0042, "index kept, key byte the consumer's");
         let got = b.region(b.rkey, 99).expect("type 1: any QP");
         assert_eq!((got.addr, got.length), (0x2000, 0x1000));
+        assert_eq!(got.va_of(0x2010), 0xa010, "the region's translation");
         assert!(b.region(w.rkey, 99).is_none(), "the old rkey is gone");
         // The checks of access::remote then apply to the window's range.
         let at = |addr, len| access::remote(Some(&got), 1, ALL, addr, len, IBV_ACCESS_REMOTE_WRITE);

@@ -273,9 +273,13 @@ pub enum Request {
     /// Semi mode: `runs` say where the range's pages live in the caller's
     /// arena (empty: not shared); the arena's memfd comes with the first
     /// registration that uses it (and again whenever it is a new one).
+    /// `[addr, addr + length)` of the caller's memory, addressed by work
+    /// requests as `[iova, iova + length)` (`ibv_reg_mr_iova2`; `iova` is
+    /// `addr` for `ibv_reg_mr`).
     RegMr {
         pd: u32,
         addr: u64,
+        iova: u64,
         length: u64,
         access: u32,
         runs: Vec<ArenaRun>,
@@ -555,9 +559,12 @@ pub enum Reply {
         srq_capacity: u32,
     },
     /// Carries one fd: the owner's arena.
+    /// What a key reaches: `[addr, addr + length)` as work requests
+    /// address it, which lies at `va` in its owner's memory.
     Key {
         addr: u64,
         length: u64,
+        va: u64,
         access: u32,
         slot: u32,
         owner: u64,
@@ -721,6 +728,7 @@ mod tests {
         let req = Request::RegMr {
             pd: 1,
             addr: 0x1234,
+            iova: 0x1234,
             length: 99,
             access: 7,
             runs: vec![],

@@ -416,10 +416,11 @@ pub(crate) fn reg_mr(
     pd: *mut ibv_pd,
     addr: *mut libc::c_void,
     length: usize,
+    iova: u64,
     access: i32,
 ) -> *mut ibv_mr {
     // SAFETY: a real PD; the range is the application's, as given to fv0.
-    let mr = unsafe { ibv_reg_mr(pd, addr, length, access) };
+    let mr = unsafe { ibv_reg_mr_iova2(pd, addr, length, iova, access as u32) };
     if mr.is_null() {
         fv_log!(
             2,

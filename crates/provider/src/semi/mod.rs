@@ -41,20 +41,13 @@ use flowverbs_wire::segment::{
     CqHeader, CqLayout, Mapping, QpHeader, QpLayout, SrqHeader, SrqLayout, KEY_TABLE_SLOTS,
 };
 
-/// A region this process registered (for its own local-key checks).
-#[derive(Clone, Copy, Debug)]
-pub struct LocalMr {
-    pub pd: u32,
-    pub addr: u64,
-    pub length: u64,
-    pub access: u32,
-}
-
 /// Semi-mode state of one context.
 pub struct SemiContext {
     keys: Mapping,
     pub arena: Mutex<Option<Arena>>,
-    pub local_mrs: RwLock<FxHashMap<u32, LocalMr>>,
+    /// The regions this process registered, by lkey (for its own
+    /// local-key checks).
+    pub local_mrs: RwLock<FxHashMap<u32, Region>>,
     /// Peers' arenas by owner session.
     arenas: Mutex<HashMap<u64, Arc<Mapping>>>,
     waiting: Arc<Waiting>,
@@ -210,15 +203,10 @@ impl SemiContext {
         for s in w.sges() {
             let len = u64::from(s.length);
             total += len;
-            let region = mrs.get(&s.lkey).map(|m| Region {
-                pd: m.pd,
-                addr: m.addr,
-                length: m.length,
-                access: m.access,
-            });
-            access::local(region.as_ref(), pd, s.addr, len, write)?;
-            if len > 0 {
-                out.push((s.addr as *mut u8, s.length as usize));
+            let region = mrs.get(&s.lkey);
+            access::local(region, pd, s.addr, len, write)?;
+            if let Some(r) = region.filter(|_| len > 0) {
+                out.push((r.va_of(s.addr) as *mut u8, s.length as usize));
             }
         }
         access::message_len(total)
@@ -306,10 +294,12 @@ impl Scratch {
     }
 }
 
-/// A peer's MR as this sender sees it.
+/// A peer's MR (or window) as this sender sees it: `[addr, addr +
+/// length)` as work requests address it, at `va` in the peer.
 struct KeyView {
     addr: u64,
     length: u64,
+    va: u64,
     access: u32,
     slot: u32,
     runs: Vec<ArenaRun>,
@@ -350,6 +340,7 @@ impl KeyCache {
             let Reply::Key {
                 addr,
                 length,
+                va,
                 access,
                 slot,
                 owner,
@@ -367,6 +358,7 @@ impl KeyCache {
             let view = KeyView {
                 addr,
                 length,
+                va,
                 access,
                 slot,
                 runs,
@@ -387,11 +379,14 @@ impl KeyView {
             addr: self.addr,
             length: self.length,
             access: self.access,
+            va: self.va,
         }
     }
 
-    /// Pointers into the arena for `[addr, addr + len)` (inside the MR).
+    /// Pointers into the arena for `[addr, addr + len)` (inside the MR,
+    /// as work requests address it).
     fn segments(&self, addr: u64, len: u64, out: &mut Vec<(*mut u8, usize)>) -> bool {
+        let addr = self.region().va_of(addr);
         let end = addr + len;
         let mut at = addr;
         for r in &self.runs {

@@ -35,7 +35,7 @@ use super::arena::Arena;
 use super::context::{self, inner, map_segment, take_one_fd, ContextInner, Errno};
 use super::ffi::{guard, null_with};
 use super::nic::{NicQp, Route};
-use super::semi::{DatagramPath, LocalMr, NewDatagramPath, NewPath, SemiPath};
+use super::semi::{DatagramPath, NewDatagramPath, NewPath, SemiPath};
 use super::send_slots::SendSlots;
 use crate::fv_log;
 use flowverbs_sys::*;

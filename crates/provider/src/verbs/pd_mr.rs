@@ -84,10 +84,6 @@ pub(super) unsafe extern "C" fn reg_mr(
     access: i32,
 ) -> *mut ibv_mr {
     guard(ptr::null_mut(), || {
-        if hca_va != addr as u64 {
-            // IOVA-based registration is not supported yet.
-            return null_with(libc::EOPNOTSUPP);
-        }
         // SAFETY: pd is one of ours.
         let (ctx, pdh) = unsafe { ((*pd).context, (*pd).handle) };
         // SAFETY: ctx is ours (the PD's).
@@ -100,7 +96,7 @@ pub(super) unsafe extern "C" fn reg_mr(
         let mut nic_mr = if nic_pd.is_null() {
             ptr::null_mut()
         } else {
-            crate::nic::reg_mr(nic_pd, addr, length, access)
+            crate::nic::reg_mr(nic_pd, addr, length, hca_va, access)
         };
         let fds: Vec<i32> = arena_fd.into_iter().collect();
         let mut taken = Vec::new();
@@ -108,6 +104,7 @@ pub(super) unsafe extern "C" fn reg_mr(
             let req = Request::RegMr {
                 pd: pdh,
                 addr: addr as u64,
+                iova: hca_va,
                 length: length as u64,
                 access: access as u32,
                 runs: runs.clone(),
@@ -122,7 +119,7 @@ pub(super) unsafe extern "C" fn reg_mr(
                     // a free key; after a few, fv0-only.
                     taken.push(nic_mr);
                     nic_mr = if taken.len() < super::MAX_TWIN_TRIES {
-                        crate::nic::reg_mr(nic_pd, addr, length, access)
+                        crate::nic::reg_mr(nic_pd, addr, length, hca_va, access)
                     } else {
                         ptr::null_mut()
                     };
@@ -160,11 +157,12 @@ pub(super) unsafe extern "C" fn reg_mr(
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(
                             lkey,
-                            LocalMr {
+                            flowverbs_verbs::access::Region {
                                 pd: pdh,
-                                addr: addr as u64,
+                                addr: hca_va,
                                 length: length as u64,
                                 access: access as u32,
+                                va: addr as u64,
                             },
                         );
                 }

@@ -33,13 +33,20 @@ pub(super) fn dealloc_pd(engine: &mut Engine, session: SessionId, pd: u32) -> An
     Answer::ok(Reply::Done)
 }
 
+/// What an MR registers: `[addr, addr + length)` of the caller's memory,
+/// addressed as `[iova, iova + length)`.
+pub(super) struct Range {
+    pub addr: u64,
+    pub iova: u64,
+    pub length: u64,
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) fn reg_mr(
     engine: &mut Engine,
     session: SessionId,
     pd: u32,
-    addr: u64,
-    length: u64,
+    range: Range,
     access: u32,
     runs: Vec<ArenaRun>,
     nic_key: Option<u32>,
@@ -82,7 +89,11 @@ pub(super) fn reg_mr(
             "remote write/atomic access requires IBV_ACCESS_LOCAL_WRITE",
         );
     }
-    if length > MAX_MR_SIZE || addr.checked_add(length).is_none() {
+    let Range { addr, iova, length } = range;
+    if length > MAX_MR_SIZE
+        || addr.checked_add(length).is_none()
+        || iova.checked_add(length).is_none()
+    {
         return err(libc::EINVAL, "memory region too large");
     }
     if count(&t.mrs, session, |m| m.session) >= MAX_MR as usize {
@@ -137,6 +148,7 @@ pub(super) fn reg_mr(
             session,
             pd,
             addr,
+            iova,
             length,
             access,
             lkey: key,

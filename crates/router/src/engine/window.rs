@@ -54,15 +54,7 @@ impl Engine {
             .get(&op.lkey)
             .and_then(|m| Some((*m, t.mrs.get(m)?)))
             .filter(|(_, m)| m.session == session && m.lkey == op.lkey)
-            .map(|(handle, m)| {
-                let region = Region {
-                    pd: m.pd,
-                    addr: m.addr,
-                    length: m.length,
-                    access: m.access,
-                };
-                (handle, region)
-            });
+            .map(|(handle, m)| (handle, m.region()));
         let bind = Bind {
             qp: h,
             qp_pd: pd,

@@ -1010,6 +1010,47 @@ static enum ibv_wc_status access_win(struct mw_pair *p, struct buf *win, struct 
 	return st;
 }
 
+/*
+ * access_win for a region registered under an IOVA: B accesses A's memory mem at
+ * base + off (base: the IOVA, or another address) and the data is checked at offset off.
+ */
+static enum ibv_wc_status access_iova(struct mw_pair *p, struct buf *mem, struct buf *src,
+				      enum ibv_wr_opcode op, uint64_t base, size_t off, uint32_t len,
+				      uint32_t rkey, const char *what)
+{
+	/* access_win addresses addr_of(win->p) + off: shift the buffer's view by base. */
+	struct buf view = *mem;
+	view.p = (uint8_t *)(uintptr_t)base;
+	set_step("%s", what);
+	struct ibv_sge s = buf_sge(src, 64, len);
+	struct ibv_send_wr wr;
+	wr_init(&wr, 0xAC, op, &s, 1, IBV_SEND_SIGNALED);
+	if (op == IBV_WR_ATOMIC_FETCH_AND_ADD) {
+		wr.wr.atomic.remote_addr = addr_of(view.p) + off;
+		wr.wr.atomic.rkey = rkey;
+		wr.wr.atomic.compare_add = 1;
+	} else {
+		wr.wr.rdma.remote_addr = addr_of(view.p) + off;
+		wr.wr.rdma.rkey = rkey;
+	}
+	post_send_ok(p->b, &wr, what);
+	enum ibv_wc_status st = say_next_wc(p->cq, 0xAC, what);
+	if (st == IBV_WC_SUCCESS && op == IBV_WR_RDMA_WRITE)
+		buf_expect(mem, off, src->exp + 64, len);
+	if (st == IBV_WC_SUCCESS && op == IBV_WR_RDMA_READ)
+		buf_expect(src, 64, mem->exp + off, len);
+	if (st == IBV_WC_SUCCESS && op == IBV_WR_ATOMIC_FETCH_AND_ADD) {
+		uint64_t old;
+		memcpy(&old, mem->exp + off, 8);
+		uint64_t now = old + 1;
+		buf_expect(src, 64, &old, 8);
+		buf_expect(mem, off, &now, 8);
+	}
+	buf_check(mem, "the IOVA region");
+	buf_check(src, "B's buffer");
+	return st;
+}
+
 static void case_mw_type1(void)
 {
 	struct buf *win = buf_reg(16384, "window MR", ACC_MW);
@@ -1242,6 +1283,86 @@ static void case_mw_type2(void)
 	buf_free(win);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Case: mr_variants                                                         */
+
+/*
+ * A region registered with ibv_reg_mr_iova2 under an IOVA other than its
+ * address: remote and local addresses are in the IOVA's space, which
+ * lies far from the buffer (the same offset in the page).
+ */
+static void case_mr_variants(void)
+{
+	struct buf *mem = buf_alloc(16384, "IOVA region");
+	struct buf *src = buf_reg(16384, "B's buffer", ACC_ALL);
+	uint64_t va = addr_of(mem->p);
+	uint64_t iova = 0x100000000000ull + (va & 0xfff);
+	struct mw_pair p;
+
+	set_step("ibv_reg_mr_iova2 with an IOVA other than the address");
+	errno = 0;
+	struct ibv_mr *mr = ibv_reg_mr_iova2(E.pd, mem->p, mem->n, iova, ACC_MW);
+	say("reg_mr_iova2: %s", mr ? "made" : errno_name(errno));
+	if (!mr)
+		fatal("ibv_reg_mr_iova2 returned NULL, errno %d (%s)", errno, strerror(errno));
+	mem->mr = mr;
+
+	p = mw_pair_new();
+	access_iova(&p, mem, src, IBV_WR_RDMA_WRITE, iova, 4096, 100, mr->rkey,
+		    "WRITE 100 B at IOVA + 4096");
+	access_iova(&p, mem, src, IBV_WR_RDMA_READ, iova, 8000, 64, mr->rkey,
+		    "READ 64 B at IOVA + 8000");
+	access_iova(&p, mem, src, IBV_WR_ATOMIC_FETCH_AND_ADD, iova, 64, 8, mr->rkey,
+		    "FETCH_ADD at IOVA + 64");
+
+	set_step("SEND from the IOVA region (its SGE in IOVA space)");
+	struct ibv_sge r = buf_sge(src, 9000, 300);
+	recv1(p.b, 0xC0, &r, 1, "recv on B");
+	struct ibv_sge s = { .addr = iova + 200, .length = 300, .lkey = mr->lkey };
+	send1(p.a, 0xC1, IBV_WR_SEND, &s, 1, 0, 0, 0, "send A->B");
+	buf_expect(src, 9000, mem->exp + 200, 300);
+	for (int i = 0; i < 2; i++) {
+		struct ibv_wc wc;
+		poll1(p.cq, &wc, "the SEND's completions");
+		say("SEND from IOVA space, %s: status %s", wc.wr_id == 0xC0 ? "receive" : "send",
+		    ibv_wc_status_str(wc.status));
+	}
+	buf_check(src, "B's buffer");
+
+	set_step("a type 1 window over IOVA + 4096");
+	struct ibv_mw *mw = ibv_alloc_mw(E.pd, IBV_MW_TYPE_1);
+	if (!mw)
+		fatal("ibv_alloc_mw(type 1) returned NULL, errno %d", errno);
+	struct ibv_mw_bind b = { .wr_id = 0xB1, .send_flags = IBV_SEND_SIGNALED,
+				 .bind_info = { .mr = mr, .addr = iova + 4096, .length = 4096,
+						.mw_access_flags = IBV_ACCESS_REMOTE_WRITE } };
+	int rc = ibv_bind_mw(p.a, mw, &b);
+	say("bind_mw in IOVA space: %s", errno_name(rc));
+	if (rc == 0 && say_next_wc(p.cq, 0xB1, "bind in IOVA space") == IBV_WC_SUCCESS)
+		access_iova(&p, mem, src, IBV_WR_RDMA_WRITE, iova, 4096 + 16, 32, mw->rkey,
+			    "WRITE through the window at IOVA + 4112");
+	mw_pair_free(&p);
+	ibv_dealloc_mw(mw);
+
+	p = mw_pair_new();
+	access_iova(&p, mem, src, IBV_WR_RDMA_WRITE, va, 4096, 16, mr->rkey,
+		    "WRITE at the buffer's address instead of its IOVA");
+	mw_pair_free(&p);
+
+	set_step("ibv_reg_dmabuf_mr of a descriptor that is no dma-buf");
+	errno = 0;
+	struct ibv_mr *dm = ibv_reg_dmabuf_mr(E.pd, 0, 4096, 0, 0, IBV_ACCESS_LOCAL_WRITE);
+	say("reg_dmabuf_mr: %s", dm ? "made" : errno_name(errno));
+	if (dm)
+		dereg(dm);
+
+	set_step("ibv_rereg_mr changing the access");
+	rc = ibv_rereg_mr(mr, IBV_REREG_MR_CHANGE_ACCESS, NULL, NULL, 0, IBV_ACCESS_LOCAL_WRITE);
+	say("rereg_mr of the access: %d", rc);
+	buf_free(src);
+	buf_free(mem);
+}
+
 static const struct fv_case cases[] = {
 	{ "cq_ex", case_cq_ex },
 	{ "cq_ex_batch_end", case_cq_ex_batch_end },
@@ -1252,6 +1373,7 @@ static const struct fv_case cases[] = {
 	{ "qp_attrs", case_qp_attrs },
 	{ "mw_type1", case_mw_type1 },
 	{ "mw_type2", case_mw_type2 },
+	{ "mr_variants", case_mr_variants },
 };
 
 int main(int argc, char **argv)

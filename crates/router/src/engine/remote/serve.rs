@@ -342,11 +342,11 @@ impl Engine {
             .and_then(|()| {
                 self.remote_segment(hb, hdr.rkey.get(), addr, 8, IBV_ACCESS_REMOTE_ATOMIC)
             })
-            .and_then(|_| {
+            .and_then(|segs| {
                 let mem_b = self.memory_of(hb);
                 let (op, compare_add, swap) =
                     (hdr.opcode.get(), hdr.compare_add.get(), hdr.swap.get());
-                crate::engine::atomic_at(&mem_b, addr, op, compare_add, swap)
+                crate::engine::atomic_at(&mem_b, segs[0].0, op, compare_add, swap)
             });
         match old {
             Ok(old) => {
