@@ -110,6 +110,64 @@ fn main() {
             &control_seed(semi, &lifecycle),
         );
     }
+    // Memory windows: a window of each type over an MR, bound (semi mode
+    // asks the router), invalidated, the MR's deregistration refused
+    // while one is bound, and another session's tries.
+    let window_op = |opcode, mw, rkey, length| Request::SemiWindow {
+        qp: 3,
+        op: flowverbs_wire::control::WindowOp {
+            opcode,
+            mw,
+            lkey: 0,
+            addr: BUFFER_ADDR,
+            length,
+            access: 0x2,
+            rkey,
+        },
+    };
+    let windows = [
+        (0, Request::AllocPd),
+        (
+            0,
+            Request::CreateCq {
+                cqe: 16,
+                channel: None,
+                cookie: 0x2000,
+            },
+        ),
+        (0, qp(1, 2, 0, RC)),
+        (0, modify(3, 1, 0x1 | 0x10 | 0x8 | 0x20)),
+        (
+            0,
+            Request::RegMr {
+                pd: 1,
+                addr: BUFFER_ADDR,
+                iova: 0x1000_0000,
+                length: 4096,
+                access: 0x1f,
+                runs: Vec::new(),
+                nic_key: None,
+            },
+        ),
+        (0, Request::AllocMw { pd: 1, mw_type: 1 }),
+        (0, Request::AllocMw { pd: 1, mw_type: 2 }),
+        (0, window_op(8, 5, 0x01, 64)),
+        (0, window_op(8, 6, 0x02, 64)),
+        (0, Request::DeregMr { mr: 4 }),
+        (0, window_op(7, 0, 0x02, 0)),
+        (1, Request::AllocMw { pd: 1, mw_type: 2 }),
+        (1, Request::DeallocMw { mw: 6 }),
+        (0, Request::SemiInvalidate { qp: 3, rkey: 0x02 }),
+        (0, Request::DeallocMw { mw: 5 }),
+        (0, Request::DeallocMw { mw: 6 }),
+    ];
+    for semi in [false, true] {
+        write(
+            &control,
+            &format!("windows_semi{}", u8::from(semi)),
+            &control_seed(semi, &windows),
+        );
+    }
     let srq = [
         (0, Request::AllocPd),
         (
