@@ -61,6 +61,7 @@ pub static CONTEXT_OPS: ContextOps = ContextOps(verbs_context_ops {
     dealloc_pd: Some(dealloc_pd),
     reg_mr: Some(reg_mr),
     dereg_mr: Some(dereg_mr),
+    rereg_mr: Some(rereg_mr),
     alloc_mw: Some(alloc_mw),
     dealloc_mw: Some(dealloc_mw),
     bind_mw: Some(bind_mw),

@@ -74,6 +74,8 @@ pub struct FvMr {
     /// Semi mode over a NIC: the real registration whose keys this MR
     /// carries (NULL: none).
     nic: *mut ibv_mr,
+    /// How work requests address it (`ibv_reg_mr_iova2`).
+    iova: u64,
 }
 
 pub(super) unsafe extern "C" fn reg_mr(
@@ -170,6 +172,7 @@ pub(super) unsafe extern "C" fn reg_mr(
                     // SAFETY: verbs_mr is plain C data; zero is a valid start.
                     vmr: unsafe { std::mem::zeroed() },
                     nic: nic_mr,
+                    iova: hca_va,
                 });
                 v.vmr.ibv_mr.context = ctx;
                 v.vmr.ibv_mr.pd = pd;
@@ -191,44 +194,99 @@ pub(super) unsafe extern "C" fn reg_mr(
 pub(super) unsafe extern "C" fn dereg_mr(vmr: *mut verbs_mr) -> i32 {
     guard(libc::EIO, || {
         // SAFETY: vmr is one of ours (reg_mr).
-        let (ctx, handle, lkey, nic) = unsafe {
-            (
-                (*vmr).ibv_mr.context,
-                (*vmr).ibv_mr.handle,
-                (*vmr).ibv_mr.lkey,
-                (*(vmr as *mut FvMr)).nic,
-            )
-        };
-        if !nic.is_null() {
-            if let Err(e) = crate::nic::dereg_mr(nic) {
-                return e;
-            }
-            // SAFETY: ours; the twin is gone.
-            unsafe { (*(vmr as *mut FvMr)).nic = ptr::null_mut() };
-        }
-        match call(ctx, &Request::DeregMr { mr: handle }) {
-            Ok(_) => {
-                // SAFETY: ctx is ours.
-                if let Some(semi) = unsafe { inner(ctx) }.semi.as_ref() {
-                    semi.local_mrs
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&lkey);
-                    if let Some(a) = semi
-                        .arena
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .as_mut()
-                    {
-                        a.release(lkey);
-                    }
-                }
+        match release_mr(unsafe { &mut *(vmr as *mut FvMr) }) {
+            Ok(()) => {
                 // SAFETY: allocated by reg_mr as a Box<FvMr>.
                 drop(unsafe { Box::from_raw(vmr as *mut FvMr) });
                 0
             }
             Err(e) => e,
         }
+    })
+}
+
+/// Ends registration `m` (its NIC twin, the router's MR, the semi-mode
+/// records), leaving the struct to its owner.
+fn release_mr(m: &mut FvMr) -> Result<(), Errno> {
+    let (ctx, handle, lkey) = (m.vmr.ibv_mr.context, m.vmr.ibv_mr.handle, m.vmr.ibv_mr.lkey);
+    if !m.nic.is_null() {
+        crate::nic::dereg_mr(m.nic)?;
+        m.nic = ptr::null_mut();
+    }
+    call(ctx, &Request::DeregMr { mr: handle })?;
+    // SAFETY: ctx is ours.
+    if let Some(semi) = unsafe { inner(ctx) }.semi.as_ref() {
+        semi.local_mrs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&lkey);
+        if let Some(a) = semi
+            .arena
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            a.release(lkey);
+        }
+    }
+    Ok(())
+}
+
+/// `ibv_rereg_mr`: what `ibv_rereg_mr(3)` calls a deregistration followed
+/// by a registration, done the other way round so that a failure leaves
+/// the region as it was: a new registration with what `flags` change (the
+/// rest as it was, the IOVA too unless the translation changes), then the
+/// old one's end; the `ibv_mr` takes the new handle and keys (old keys stop
+/// working). A region with memory windows bound stays (EINVAL).
+pub(super) unsafe extern "C" fn rereg_mr(
+    vmr: *mut verbs_mr,
+    flags: i32,
+    pd: *mut ibv_pd,
+    addr: *mut libc::c_void,
+    length: usize,
+    access: i32,
+) -> i32 {
+    guard(libc::EIO, || {
+        let known =
+            IBV_REREG_MR_CHANGE_TRANSLATION | IBV_REREG_MR_CHANGE_PD | IBV_REREG_MR_CHANGE_ACCESS;
+        let flags = flags as u32;
+        if flags & !known != 0 {
+            return libc::EINVAL;
+        }
+        // SAFETY: vmr is one of ours (reg_mr).
+        let old = unsafe { &mut *(vmr as *mut FvMr) };
+        let m = &old.vmr.ibv_mr;
+        let pd = if flags & IBV_REREG_MR_CHANGE_PD != 0 {
+            pd
+        } else {
+            m.pd
+        };
+        let (addr, length, iova) = if flags & IBV_REREG_MR_CHANGE_TRANSLATION != 0 {
+            (addr, length, addr as u64)
+        } else {
+            (m.addr, m.length, old.iova)
+        };
+        let access = if flags & IBV_REREG_MR_CHANGE_ACCESS != 0 {
+            access
+        } else {
+            old.vmr.access
+        };
+        // SAFETY: pd is ours (the caller's or the region's).
+        let fresh = unsafe { reg_mr(pd, addr, length, iova, access) };
+        if fresh.is_null() {
+            return std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EINVAL);
+        }
+        if let Err(e) = release_mr(old) {
+            // SAFETY: fresh is the registration just made.
+            unsafe { dereg_mr(fresh as *mut verbs_mr) };
+            return e;
+        }
+        // SAFETY: reg_mr made fresh as a Box<FvMr>; its contents move into
+        // the caller's region and the box goes without a deregistration.
+        *old = *unsafe { Box::from_raw(fresh as *mut FvMr) };
+        0
     })
 }
 

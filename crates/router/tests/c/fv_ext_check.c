@@ -1355,11 +1355,96 @@ static void case_mr_variants(void)
 	say("reg_dmabuf_mr: %s", dm ? "made" : errno_name(errno));
 	if (dm)
 		dereg(dm);
-
-	set_step("ibv_rereg_mr changing the access");
-	rc = ibv_rereg_mr(mr, IBV_REREG_MR_CHANGE_ACCESS, NULL, NULL, 0, IBV_ACCESS_LOCAL_WRITE);
-	say("rereg_mr of the access: %d", rc);
 	buf_free(src);
+	buf_free(mem);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Case: mr_rereg                                                            */
+
+/* A status the case requires (its canonical line is said already). */
+static void want(enum ibv_wc_status got, enum ibv_wc_status exp)
+{
+	if (got != exp)
+		fail("status %s, expected %s", ibv_wc_status_str(got), ibv_wc_status_str(exp));
+}
+
+/* ibv_rereg_mr(3) of mr; says and checks its return. */
+static int rereg(struct ibv_mr *mr, int flags, struct ibv_pd *pd, struct buf *b, int access,
+		 const char *what)
+{
+	set_step("ibv_rereg_mr: %s", what);
+	int rc = ibv_rereg_mr(mr, flags, pd, b ? b->p : NULL, b ? b->n : 0, access);
+	say("rereg_mr %s: %d", what, rc);
+	if (rc)
+		fail("ibv_rereg_mr(%s) returned %d, errno %d (%s)", what, rc, errno, strerror(errno));
+	return rc;
+}
+
+static void case_mr_rereg(void)
+{
+	struct buf *mem = buf_reg(16384, "the region", ACC_ALL);
+	struct buf *other = buf_alloc(16384, "another range");
+	struct buf *src = buf_reg(16384, "B's buffer", ACC_ALL);
+	struct ibv_mr *mr = mem->mr;
+	struct mw_pair p = mw_pair_new();
+	want(access_win(&p, mem, src, IBV_WR_RDMA_WRITE, 100, 64, mr->rkey, "WRITE before"),
+	     IBV_WC_SUCCESS);
+	uint32_t before = mr->rkey;
+
+	if (rereg(mr, IBV_REREG_MR_CHANGE_ACCESS, NULL, NULL,
+		  IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ, "to read only"))
+		return;
+	want(access_win(&p, mem, src, IBV_WR_RDMA_READ, 200, 64, mr->rkey, "READ after"),
+	     IBV_WC_SUCCESS);
+	mw_pair_free(&p);
+	p = mw_pair_new();
+	want(access_win(&p, mem, src, IBV_WR_RDMA_WRITE, 300, 64, mr->rkey, "WRITE after"),
+	     IBV_WC_REM_ACCESS_ERR);
+	mw_pair_free(&p);
+	if (mr->rkey != before) {
+		p = mw_pair_new();
+		want(access_win(&p, mem, src, IBV_WR_RDMA_READ, 200, 64, before,
+				"READ under the old rkey"),
+		     IBV_WC_REM_ACCESS_ERR);
+		mw_pair_free(&p);
+	}
+
+	/* The region now covers the other range (same access). */
+	if (rereg(mr, IBV_REREG_MR_CHANGE_TRANSLATION, NULL, other, 0, "to another range"))
+		return;
+	if (mr->addr != other->p || mr->length != other->n)
+		fail("mr->addr/length: %p+%zu, expected %p+%zu", mr->addr, mr->length,
+		     (void *)other->p, other->n);
+	p = mw_pair_new();
+	want(access_win(&p, other, src, IBV_WR_RDMA_READ, 500, 128, mr->rkey,
+			"READ of the new range"),
+	     IBV_WC_SUCCESS);
+	want(access_win(&p, mem, src, IBV_WR_RDMA_READ, 500, 128, mr->rkey,
+			"READ of the old range"),
+	     IBV_WC_REM_ACCESS_ERR);
+	mw_pair_free(&p);
+
+	/* Into another PD: no longer reachable from QPs of the first one. */
+	struct ibv_pd *pd2 = ibv_alloc_pd(E.ctx);
+	if (!pd2)
+		fatal("ibv_alloc_pd returned NULL");
+	if (rereg(mr, IBV_REREG_MR_CHANGE_PD, pd2, NULL, 0, "to another PD"))
+		return;
+	p = mw_pair_new();
+	want(access_win(&p, other, src, IBV_WR_RDMA_READ, 500, 128, mr->rkey,
+			"READ from a QP of the first PD"),
+	     IBV_WC_REM_ACCESS_ERR);
+	mw_pair_free(&p);
+	set_step("ibv_dereg_mr after the re-registrations");
+	int rc = ibv_dereg_mr(mr);
+	say("dereg_mr: %s", errno_name(rc));
+	if (rc)
+		fail("ibv_dereg_mr after the re-registrations: %d", rc);
+	mem->mr = NULL;
+	dealloc_pd(pd2);
+	buf_free(src);
+	buf_free(other);
 	buf_free(mem);
 }
 
@@ -1374,6 +1459,7 @@ static const struct fv_case cases[] = {
 	{ "mw_type1", case_mw_type1 },
 	{ "mw_type2", case_mw_type2 },
 	{ "mr_variants", case_mr_variants },
+	{ "mr_rereg", case_mr_rereg },
 };
 
 int main(int argc, char **argv)
