@@ -49,6 +49,12 @@ const INTENDED: &[(&str, &str, &str, &str)] = &[
         "as above",
     ),
     (
+        "qp_ex_windows",
+        "invalidated rkey at the receiver: the window's",
+        "invalidated rkey at the receiver: not reported",
+        "as in mw_type2, for ibv_wr_send_inv",
+    ),
+    (
         "qp_attrs",
         "hop_limit ",
         "hop_limit ",
@@ -265,5 +271,6 @@ cases!(
     mw_type1,
     mw_type2,
     mr_variants,
-    mr_rereg
+    mr_rereg,
+    qp_ex_windows
 );

@@ -1448,6 +1448,120 @@ static void case_mr_rereg(void)
 	buf_free(mem);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Case: qp_ex_windows                                                       */
+
+/*
+ * The builder's window operations: ibv_wr_bind_mw of a type 2 window,
+ * RDMA through it, ibv_wr_local_inv, a rebind, and the peer's
+ * ibv_wr_send_inv.
+ */
+static void case_qp_ex_windows(void)
+{
+	const uint64_t ops = IBV_QP_EX_WITH_SEND | IBV_QP_EX_WITH_RDMA_WRITE |
+			     IBV_QP_EX_WITH_BIND_MW | IBV_QP_EX_WITH_LOCAL_INV |
+			     IBV_QP_EX_WITH_SEND_WITH_INV;
+	struct ibv_cq *cq = cq_new(64);
+	struct ibv_qp *a = qp_ex_try(IBV_QPT_RC, cq, ops);
+	struct ibv_qp *b = qp_ex_try(IBV_QPT_RC, cq, ops);
+	say("create_qp_ex with the window operations: %s", a && b ? "made" : errno_name(errno));
+	if (!a || !b)
+		fatal("ibv_create_qp_ex returned NULL, errno %d (%s)", errno, strerror(errno));
+	struct ibv_qp_ex *ax = ibv_qp_to_qp_ex(a), *bx = ibv_qp_to_qp_ex(b);
+	rc_connect_both(a, b);
+	struct buf *win = buf_reg(16384, "window MR", ACC_MW);
+	struct buf *src = buf_reg(16384, "B's buffer", ACC_ALL);
+	struct ibv_mw *mw = ibv_alloc_mw(E.pd, IBV_MW_TYPE_2);
+	if (!mw)
+		fatal("ibv_alloc_mw(type 2) returned NULL, errno %d", errno);
+	struct ibv_wc wc;
+
+	for (int round = 0; round < 2; round++) {
+		uint32_t k = ibv_inc_rkey(mw->rkey);
+		struct ibv_mw_bind_info info = { .mr = win->mr, .addr = addr_of(win->p) + WIN_OFF,
+						 .length = WIN_LEN,
+						 .mw_access_flags = IBV_ACCESS_REMOTE_WRITE };
+		set_step("ibv_wr_bind_mw, round %d", round);
+		ibv_wr_start(ax);
+		ax->wr_id = 0xB2;
+		ax->wr_flags = IBV_SEND_SIGNALED;
+		ibv_wr_bind_mw(ax, mw, k, &info);
+		int rc = ibv_wr_complete(ax);
+		say("wr_bind_mw, round %d: %s", round, errno_name(rc));
+		if (rc)
+			fatal("ibv_wr_complete of a bind returned %d", rc);
+		poll1(cq, &wc, "the bind");
+		say_wc("bind", &wc);
+		mw->rkey = k; /* as an application on rxe keeps it */
+
+		set_step("B writes through the window, round %d", round);
+		ibv_wr_start(bx);
+		bx->wr_id = 0xBB;
+		bx->wr_flags = IBV_SEND_SIGNALED;
+		ibv_wr_rdma_write(bx, k, addr_of(win->p) + WIN_OFF + 64);
+		ibv_wr_set_sge(bx, src->mr->lkey, addr_of(src->p), 200);
+		if (ibv_wr_complete(bx))
+			fatal("ibv_wr_complete of a WRITE failed");
+		buf_expect(win, WIN_OFF + 64, src->exp, 200);
+		poll1(cq, &wc, "the WRITE");
+		say_wc("WRITE through the window", &wc);
+		buf_check(win, "the window's MR");
+
+		if (round == 0) {
+			set_step("ibv_wr_local_inv");
+			ibv_wr_start(ax);
+			ax->wr_id = 0x1A;
+			ax->wr_flags = IBV_SEND_SIGNALED;
+			ibv_wr_local_inv(ax, k);
+			if (ibv_wr_complete(ax))
+				fatal("ibv_wr_complete of a LOCAL_INV failed");
+			poll1(cq, &wc, "the LOCAL_INV");
+			say_wc("local invalidation", &wc);
+		} else {
+			set_step("ibv_wr_send_inv from B");
+			struct ibv_sge r = buf_sge(src, 8192, 64);
+			recv1(a, 0xE0, &r, 1, "recv on A");
+			ibv_wr_start(bx);
+			bx->wr_id = 0xE1;
+			bx->wr_flags = IBV_SEND_SIGNALED;
+			ibv_wr_send_inv(bx, k);
+			ibv_wr_set_sge(bx, src->mr->lkey, addr_of(src->p) + 100, 48);
+			if (ibv_wr_complete(bx))
+				fatal("ibv_wr_complete of a SEND_WITH_INV failed");
+			buf_expect(src, 8192, src->exp + 100, 48);
+			struct ibv_wc two[2];
+			poll_some(cq, two, 2, "the SEND_WITH_INV");
+			const struct ibv_wc *recv = wc_with_id(two, 2, 0xE0);
+			say_wc("SEND_WITH_INV, sender", wc_with_id(two, 2, 0xE1));
+			say_wc("SEND_WITH_INV, receiver", recv);
+			if (recv)
+				say("invalidated rkey at the receiver: %s",
+				    !(recv->wc_flags & IBV_WC_WITH_INV) ? "not reported"
+				    : recv->invalidated_rkey == k	 ? "the window's"
+									 : "another");
+			buf_check(src, "B's buffer");
+		}
+	}
+	/* Free again after the SEND_WITH_INV: a third bind succeeds. */
+	uint32_t k = ibv_inc_rkey(mw->rkey);
+	struct ibv_mw_bind_info info = { .mr = win->mr, .addr = addr_of(win->p), .length = 64,
+					 .mw_access_flags = IBV_ACCESS_REMOTE_WRITE };
+	ibv_wr_start(ax);
+	ax->wr_id = 0xB3;
+	ax->wr_flags = IBV_SEND_SIGNALED;
+	ibv_wr_bind_mw(ax, mw, k, &info);
+	if (ibv_wr_complete(ax))
+		fatal("ibv_wr_complete of the third bind failed");
+	poll1(cq, &wc, "the third bind");
+	say_wc("a third bind", &wc);
+	ibv_dealloc_mw(mw);
+	destroy_qp(a);
+	destroy_qp(b);
+	destroy_cq(cq);
+	buf_free(src);
+	buf_free(win);
+}
+
 static const struct fv_case cases[] = {
 	{ "cq_ex", case_cq_ex },
 	{ "cq_ex_batch_end", case_cq_ex_batch_end },
@@ -1460,6 +1574,7 @@ static const struct fv_case cases[] = {
 	{ "mw_type2", case_mw_type2 },
 	{ "mr_variants", case_mr_variants },
 	{ "mr_rereg", case_mr_rereg },
+	{ "qp_ex_windows", case_qp_ex_windows },
 };
 
 int main(int argc, char **argv)
