@@ -60,6 +60,18 @@ fn count<T>(
     map.values().filter(|v| owner(v) == session).count()
 }
 
+/// The handles of `session`'s objects in `map`.
+fn handles_of<T>(
+    map: &rustc_hash::FxHashMap<u32, T>,
+    session: SessionId,
+    owner: impl Fn(&T) -> SessionId,
+) -> Vec<u32> {
+    map.iter()
+        .filter(|(_, v)| owner(v) == session)
+        .map(|(h, _)| *h)
+        .collect()
+}
+
 /// True when `handle` names an object of `session` in `map`.
 fn owned<T>(
     map: &rustc_hash::FxHashMap<u32, T>,
@@ -184,34 +196,13 @@ pub fn segment(name: &str, size: usize) -> std::io::Result<(OwnedFd, Mapping)> {
 
 /// Releases everything a session owned.
 pub fn close_session(engine: &mut Engine, session: SessionId) {
-    let qps: Vec<u32> = engine
-        .tables
-        .qps
-        .iter()
-        .filter(|(_, q)| q.session == session)
-        .map(|(h, _)| *h)
-        .collect();
-    for h in qps {
+    for h in handles_of(&engine.tables.qps, session, |q| q.session) {
         engine.remove_qp(h);
     }
-    let windows: Vec<u32> = engine
-        .tables
-        .mws
-        .iter()
-        .filter(|(_, w)| w.session == session)
-        .map(|(h, _)| *h)
-        .collect();
-    for h in windows {
+    for h in handles_of(&engine.tables.mws, session, |w| w.session) {
         mw::remove_mw(engine, h);
     }
-    let mrs: Vec<u32> = engine
-        .tables
-        .mrs
-        .iter()
-        .filter(|(_, m)| m.session == session)
-        .map(|(h, _)| *h)
-        .collect();
-    for h in mrs {
+    for h in handles_of(&engine.tables.mrs, session, |m| m.session) {
         pd_mr::remove_mr(engine, h);
     }
     let t = &mut engine.tables;

@@ -976,61 +976,25 @@ static int local_inv(struct ibv_qp *qp, struct ibv_cq *cq, uint32_t rkey, const 
 }
 
 /*
- * B accesses A's window memory win at offset off (len bytes) through rkey with op (WRITE,
- * READ or FETCH_AND_ADD) from its buffer src; says the status and checks the data moved.
+ * B accesses A's memory mem through rkey with op (WRITE, READ or FETCH_AND_ADD) at
+ * remote address base + off (base: where the region is addressed: the buffer, its IOVA,
+ * or another address), len bytes from or into its buffer src at 64; says the status and
+ * checks that the data moved, at offset off of mem, exactly when it succeeded.
  */
-static enum ibv_wc_status access_win(struct mw_pair *p, struct buf *win, struct buf *src,
-				     enum ibv_wr_opcode op, size_t off, uint32_t len, uint32_t rkey,
-				     const char *what)
+static enum ibv_wc_status access_at(struct mw_pair *p, struct buf *mem, struct buf *src,
+				    enum ibv_wr_opcode op, uint64_t base, size_t off, uint32_t len,
+				    uint32_t rkey, const char *what)
 {
 	set_step("%s", what);
 	struct ibv_sge s = buf_sge(src, 64, len);
 	struct ibv_send_wr wr;
 	wr_init(&wr, 0xAC, op, &s, 1, IBV_SEND_SIGNALED);
 	if (op == IBV_WR_ATOMIC_FETCH_AND_ADD) {
-		wr.wr.atomic.remote_addr = addr_of(win->p) + off;
+		wr.wr.atomic.remote_addr = base + off;
 		wr.wr.atomic.rkey = rkey;
 		wr.wr.atomic.compare_add = 1;
 	} else {
-		wr.wr.rdma.remote_addr = addr_of(win->p) + off;
-		wr.wr.rdma.rkey = rkey;
-	}
-	post_send_ok(p->b, &wr, what);
-	enum ibv_wc_status st = say_next_wc(p->cq, 0xAC, what);
-	if (st == IBV_WC_SUCCESS && op == IBV_WR_RDMA_WRITE)
-		buf_expect(win, off, src->exp + 64, len);
-	if (st == IBV_WC_SUCCESS && op == IBV_WR_RDMA_READ)
-		buf_expect(src, 64, win->exp + off, len);
-	if (op == IBV_WR_ATOMIC_FETCH_AND_ADD && st == IBV_WC_SUCCESS) {
-		buf_accept(win, off, 8);
-		buf_accept(src, 64, 8);
-	}
-	buf_check(win, "the window's MR");
-	buf_check(src, "B's buffer");
-	return st;
-}
-
-/*
- * access_win for a region registered under an IOVA: B accesses A's memory mem at
- * base + off (base: the IOVA, or another address) and the data is checked at offset off.
- */
-static enum ibv_wc_status access_iova(struct mw_pair *p, struct buf *mem, struct buf *src,
-				      enum ibv_wr_opcode op, uint64_t base, size_t off, uint32_t len,
-				      uint32_t rkey, const char *what)
-{
-	/* access_win addresses addr_of(win->p) + off: shift the buffer's view by base. */
-	struct buf view = *mem;
-	view.p = (uint8_t *)(uintptr_t)base;
-	set_step("%s", what);
-	struct ibv_sge s = buf_sge(src, 64, len);
-	struct ibv_send_wr wr;
-	wr_init(&wr, 0xAC, op, &s, 1, IBV_SEND_SIGNALED);
-	if (op == IBV_WR_ATOMIC_FETCH_AND_ADD) {
-		wr.wr.atomic.remote_addr = addr_of(view.p) + off;
-		wr.wr.atomic.rkey = rkey;
-		wr.wr.atomic.compare_add = 1;
-	} else {
-		wr.wr.rdma.remote_addr = addr_of(view.p) + off;
+		wr.wr.rdma.remote_addr = base + off;
 		wr.wr.rdma.rkey = rkey;
 	}
 	post_send_ok(p->b, &wr, what);
@@ -1046,9 +1010,17 @@ static enum ibv_wc_status access_iova(struct mw_pair *p, struct buf *mem, struct
 		buf_expect(src, 64, &old, 8);
 		buf_expect(mem, off, &now, 8);
 	}
-	buf_check(mem, "the IOVA region");
+	buf_check(mem, mem->name);
 	buf_check(src, "B's buffer");
 	return st;
+}
+
+/* access_at of memory addressed by its own address (an MR's, or a window's over it). */
+static enum ibv_wc_status access_win(struct mw_pair *p, struct buf *win, struct buf *src,
+				     enum ibv_wr_opcode op, size_t off, uint32_t len, uint32_t rkey,
+				     const char *what)
+{
+	return access_at(p, win, src, op, addr_of(win->p), off, len, rkey, what);
 }
 
 static void case_mw_type1(void)
@@ -1308,11 +1280,11 @@ static void case_mr_variants(void)
 	mem->mr = mr;
 
 	p = mw_pair_new();
-	access_iova(&p, mem, src, IBV_WR_RDMA_WRITE, iova, 4096, 100, mr->rkey,
+	access_at(&p, mem, src, IBV_WR_RDMA_WRITE, iova, 4096, 100, mr->rkey,
 		    "WRITE 100 B at IOVA + 4096");
-	access_iova(&p, mem, src, IBV_WR_RDMA_READ, iova, 8000, 64, mr->rkey,
+	access_at(&p, mem, src, IBV_WR_RDMA_READ, iova, 8000, 64, mr->rkey,
 		    "READ 64 B at IOVA + 8000");
-	access_iova(&p, mem, src, IBV_WR_ATOMIC_FETCH_AND_ADD, iova, 64, 8, mr->rkey,
+	access_at(&p, mem, src, IBV_WR_ATOMIC_FETCH_AND_ADD, iova, 64, 8, mr->rkey,
 		    "FETCH_ADD at IOVA + 64");
 
 	set_step("SEND from the IOVA region (its SGE in IOVA space)");
@@ -1339,13 +1311,13 @@ static void case_mr_variants(void)
 	int rc = ibv_bind_mw(p.a, mw, &b);
 	say("bind_mw in IOVA space: %s", errno_name(rc));
 	if (rc == 0 && say_next_wc(p.cq, 0xB1, "bind in IOVA space") == IBV_WC_SUCCESS)
-		access_iova(&p, mem, src, IBV_WR_RDMA_WRITE, iova, 4096 + 16, 32, mw->rkey,
+		access_at(&p, mem, src, IBV_WR_RDMA_WRITE, iova, 4096 + 16, 32, mw->rkey,
 			    "WRITE through the window at IOVA + 4112");
 	mw_pair_free(&p);
 	ibv_dealloc_mw(mw);
 
 	p = mw_pair_new();
-	access_iova(&p, mem, src, IBV_WR_RDMA_WRITE, va, 4096, 16, mr->rkey,
+	access_at(&p, mem, src, IBV_WR_RDMA_WRITE, va, 4096, 16, mr->rkey,
 		    "WRITE at the buffer's address instead of its IOVA");
 	mw_pair_free(&p);
 
