@@ -187,6 +187,15 @@ unsafe extern "C" fn wr_complete(qp: *mut ibv_qp_ex) -> i32 {
             }
             wrs.push(wr);
         }
+        // Nor unless the send queue has room for all of them (a batch is
+        // posted whole or not at all; a thread posting to the same QP
+        // meanwhile can still take the room).
+        let on_nic = fqp.nic.as_ref().is_some_and(|n| n.route() == Route::Nic);
+        let slots = fqp.sq.capacity().min(fqp.caps.max_send_wr.max(1));
+        let producer = *fqp.sq_producer.lock().unwrap_or_else(|e| e.into_inner());
+        if !on_nic && fqp.send_slots.in_use(producer) + wrs.len() as u32 > slots {
+            return libc::ENOMEM;
+        }
         for i in 1..wrs.len() {
             let next: *mut ibv_send_wr = &mut wrs[i];
             wrs[i - 1].next = next;

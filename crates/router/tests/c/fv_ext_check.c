@@ -1534,6 +1534,113 @@ static void case_qp_ex_windows(void)
 	buf_free(win);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Case: qp_ex_full                                                          */
+
+/*
+ * A batch that does not fit in the send queue: ibv_wr_complete fails with
+ * ENOMEM and posts none of it (ibv_wr_post(3): the WRs are posted only if
+ * ibv_wr_complete succeeds).
+ */
+static void case_qp_ex_full(void)
+{
+	struct ibv_cq *cq = cq_new(64);
+	struct ibv_qp_init_attr_ex ia = {
+		.send_cq = cq,
+		.recv_cq = cq,
+		.cap = { .max_send_wr = 4, .max_recv_wr = 16, .max_send_sge = 1, .max_recv_sge = 1 },
+		.qp_type = IBV_QPT_RC,
+		.comp_mask = IBV_QP_INIT_ATTR_PD | IBV_QP_INIT_ATTR_SEND_OPS_FLAGS,
+		.pd = E.pd,
+		.send_ops_flags = IBV_QP_EX_WITH_SEND | IBV_QP_EX_WITH_RDMA_WRITE,
+	};
+	struct ibv_qp *a = ibv_create_qp_ex(E.ctx, &ia);
+	if (!a)
+		fatal("ibv_create_qp_ex returned NULL, errno %d (%s)", errno, strerror(errno));
+	unsigned cap = ia.cap.max_send_wr;
+	struct ibv_qp *b = rc_qp_new(cq, cq);
+	rc_connect_both(a, b);
+	struct ibv_qp_ex *ax = ibv_qp_to_qp_ex(a);
+	struct buf *buf = buf_reg(16384, "buffer", ACC_ALL);
+
+	set_step("%u SENDs that wait for receives at B", cap - 1);
+	for (unsigned i = 0; i < cap - 1; i++) {
+		struct ibv_sge s = buf_sge(buf, 100 * i, 16);
+		send1(a, 0x50 + i, IBV_WR_SEND, &s, 1, 0, 0, 0, "a SEND that waits");
+	}
+	set_step("a batch of two WRITEs with one slot left");
+	ibv_wr_start(ax);
+	for (int i = 0; i < 2; i++) {
+		ax->wr_id = 0x70 + i;
+		ax->wr_flags = IBV_SEND_SIGNALED;
+		ibv_wr_rdma_write(ax, buf->mr->rkey, addr_of(buf->p) + 8192 + 64 * i);
+		ibv_wr_set_sge(ax, buf->mr->lkey, addr_of(buf->p) + 4096, 32);
+	}
+	int rc = ibv_wr_complete(ax);
+	say("wr_complete of a batch that does not fit: %s", errno_name(rc));
+	if (rc != ENOMEM)
+		fail("ibv_wr_complete returned %d, expected ENOMEM", rc);
+	if (rc == 0) {
+		buf_expect(buf, 8192, buf->exp + 4096, 32);
+		buf_expect(buf, 8192 + 64, buf->exp + 4096, 32);
+	}
+
+	set_step("receives at B: the SENDs complete, and nothing else");
+	for (unsigned i = 0; i < cap - 1; i++) {
+		struct ibv_sge r = buf_sge(buf, 12000 + 100 * i, 16);
+		recv1(b, 0x90 + i, &r, 1, "recv on B");
+		buf_expect(buf, 12000 + 100 * i, buf->exp + 100 * i, 16);
+	}
+	unsigned sends = 0, recvs = 0, others = 0;
+	for (unsigned i = 0; i < 2 * (cap - 1); i++) {
+		struct ibv_wc wc;
+		poll1(cq, &wc, "the SENDs' completions");
+		if (wc.status != IBV_WC_SUCCESS)
+			fail("completion 0x%" PRIx64 ": status %s", wc.wr_id,
+			     ibv_wc_status_str(wc.status));
+		if (wc.wr_id >= 0x50 && wc.wr_id < 0x50 + cap)
+			sends++;
+		else if (wc.wr_id >= 0x90 && wc.wr_id < 0x90 + cap)
+			recvs++;
+		else
+			others++;
+	}
+	struct ibv_wc extra;
+	int n = wait_wc(cq, &extra, 0.3);
+	say("after the receives: %s SENDs and receives completed, %s more",
+	    sends == cap - 1 && recvs == cap - 1 && !others ? "all" : "not all",
+	    n > 0 ? "a completion" : "nothing");
+	if (n > 0)
+		fail("an extra completion: wr_id 0x%" PRIx64 " (part of the refused batch?)",
+		     extra.wr_id);
+	buf_check(buf, "buffer");
+
+	set_step("the same batch, now that it fits");
+	ibv_wr_start(ax);
+	for (int i = 0; i < 2; i++) {
+		ax->wr_id = 0x70 + i;
+		ax->wr_flags = IBV_SEND_SIGNALED;
+		ibv_wr_rdma_write(ax, buf->mr->rkey, addr_of(buf->p) + 8192 + 64 * i);
+		ibv_wr_set_sge(ax, buf->mr->lkey, addr_of(buf->p) + 4096, 32);
+	}
+	rc = ibv_wr_complete(ax);
+	say("wr_complete of a batch that fits: %s", errno_name(rc));
+	if (rc)
+		fatal("ibv_wr_complete returned %d", rc);
+	buf_expect(buf, 8192, buf->exp + 4096, 32);
+	buf_expect(buf, 8192 + 64, buf->exp + 4096, 32);
+	for (int i = 0; i < 2; i++) {
+		struct ibv_wc wc;
+		poll1(cq, &wc, "the WRITEs");
+		say_wc("a WRITE of the batch", &wc);
+	}
+	buf_check(buf, "buffer");
+	destroy_qp(a);
+	destroy_qp(b);
+	destroy_cq(cq);
+	buf_free(buf);
+}
+
 static const struct fv_case cases[] = {
 	{ "cq_ex", case_cq_ex },
 	{ "cq_ex_batch_end", case_cq_ex_batch_end },
@@ -1547,6 +1654,7 @@ static const struct fv_case cases[] = {
 	{ "mr_variants", case_mr_variants },
 	{ "mr_rereg", case_mr_rereg },
 	{ "qp_ex_windows", case_qp_ex_windows },
+	{ "qp_ex_full", case_qp_ex_full },
 };
 
 int main(int argc, char **argv)
