@@ -651,6 +651,154 @@ fn rkeys_of_other_tenants_are_refused() {
     );
 }
 
+/// A QP connected to itself and a WQE builder for the window tests.
+fn bind_wqe(wr_id: u64, mw: u32, lkey: u32, addr: u64, rkey: u32) -> SendWqe {
+    let mut w = SendWqe::zeroed();
+    w.wr_id = wr_id;
+    w.opcode = IBV_WR_BIND_MW;
+    w.send_flags = IBV_SEND_SIGNALED;
+    w.mw = mw;
+    w.mw_lkey = lkey;
+    w.remote_addr = addr;
+    w.compare_add = 4096;
+    w.mw_access = IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ;
+    w.rkey = rkey;
+    w
+}
+
+/// Memory windows are their owner's: another tenant can neither
+/// deallocate, bind nor invalidate one, nor reach memory through its rkey
+/// (on the router's data path and through the semi-mode requests), and
+/// the owner's window still works afterwards.
+#[test]
+fn windows_of_other_tenants_are_refused() {
+    let router = Router::start();
+    let access = IBV_ACCESS_LOCAL_WRITE
+        | IBV_ACCESS_REMOTE_WRITE
+        | IBV_ACCESS_REMOTE_READ
+        | IBV_ACCESS_MW_BIND;
+    let reg = |c: &mut Client, pd: u32, buf: &[u8]| match c
+        .ok(&Request::RegMr {
+            pd,
+            addr: buf.as_ptr() as u64,
+            iova: buf.as_ptr() as u64,
+            length: buf.len() as u64,
+            access,
+            runs: vec![],
+            nic_key: None,
+        })
+        .0
+    {
+        Reply::Mr { lkey, .. } => lkey,
+        r => panic!("{r:?}"),
+    };
+    let window = |c: &mut Client, pd: u32| match c.ok(&Request::AllocMw { pd, mw_type: 1 }).0 {
+        Reply::Mw { mw, rkey } => (mw, rkey),
+        r => panic!("{r:?}"),
+    };
+    // Tenant B binds a window over its secret.
+    let mut b = Client::new(&router);
+    let pd_b = b.pd();
+    let secret = vec![0x5au8; 4096];
+    let lkey_b = reg(&mut b, pd_b, &secret);
+    let (mw_b, rkey) = window(&mut b, pd_b);
+    let bound = (rkey & !0xff) | (rkey.wrapping_add(1) & 0xff);
+    let (cq_b, cq_map_b, cq_layout_b) = b.cq(8);
+    let (qp_b, qpn_b, map_b, layout_b, _fd_b) = b.qp(pd_b, cq_b);
+    b.connect_qp(
+        qp_b,
+        qpn_b,
+        IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ,
+    );
+    let addr = secret.as_ptr() as u64;
+    post(
+        &map_b,
+        &layout_b,
+        0,
+        &bind_wqe(1, mw_b, lkey_b, addr, bound),
+    );
+    let _ = b.call(&Request::QueryQp { qp: qp_b });
+    let c = completions(&cq_map_b, &cq_layout_b, 0, 1);
+    assert_eq!((c[0].status, c[0].opcode), (IBV_WC_SUCCESS, IBV_WC_BIND_MW));
+
+    // Tenant A tries everything with B's window.
+    let mut a = Client::new(&router);
+    assert_eq!(a.errno(&Request::DeallocMw { mw: mw_b }), libc::EINVAL);
+    assert_eq!(
+        a.errno(&Request::AllocMw {
+            pd: pd_b,
+            mw_type: 1
+        }),
+        libc::EINVAL
+    );
+    let pd = a.pd();
+    assert_eq!(a.errno(&Request::AllocMw { pd, mw_type: 7 }), libc::EINVAL);
+    let mine = vec![0u8; 4096];
+    let lkey_a = reg(&mut a, pd, &mine);
+    let (cq, cq_map, cq_layout) = a.cq(8);
+    let mut done = 0;
+    let mut attempt = |a: &mut Client, w: SendWqe, want: u32| {
+        let (qp, qpn, map, layout, _fd) = a.qp(pd, cq);
+        a.connect_qp(qp, qpn, IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ);
+        post(&map, &layout, 0, &w);
+        let _ = a.call(&Request::QueryQp { qp });
+        let c = completions(&cq_map, &cq_layout, done, 1);
+        done += 1;
+        assert_eq!((c[0].wr_id, c[0].status), (w.wr_id, want), "{:?}", c[0]);
+        qp
+    };
+    // Binding B's window to A's memory.
+    let next = (bound & !0xff) | (bound.wrapping_add(1) & 0xff);
+    let bind = bind_wqe(2, mw_b, lkey_a, mine.as_ptr() as u64, next);
+    attempt(&mut a, bind, IBV_WC_MW_BIND_ERR);
+    // Invalidating it.
+    let mut inv = SendWqe::zeroed();
+    inv.wr_id = 3;
+    inv.opcode = IBV_WR_LOCAL_INV;
+    inv.send_flags = IBV_SEND_SIGNALED;
+    inv.rkey = bound;
+    attempt(&mut a, inv, IBV_WC_LOC_QP_OP_ERR);
+    // Writing through its rkey.
+    let mut w = SendWqe::zeroed();
+    w.wr_id = 4;
+    w.opcode = IBV_WR_RDMA_WRITE;
+    w.send_flags = IBV_SEND_SIGNALED | IBV_SEND_INLINE;
+    w.inline_len = 16;
+    w.remote_addr = addr;
+    w.rkey = bound;
+    let qp = attempt(&mut a, w, IBV_WC_REM_ACCESS_ERR);
+    // The semi-mode requests (this router is in isolated mode, and the QP
+    // is not a semi QP anyway).
+    let op = control::WindowOp::of(&bind_wqe(5, mw_b, lkey_a, 0, next));
+    assert_eq!(a.errno(&Request::SemiWindow { qp, op }), libc::EINVAL);
+    let inv = Request::SemiInvalidate { qp, rkey: bound };
+    assert_eq!(a.errno(&inv), libc::ENOENT);
+    assert!(
+        secret.iter().all(|&x| x == 0x5a),
+        "another tenant's memory was written"
+    );
+    let _ = lkey_a;
+
+    // B's window is as B left it: B reads through it.
+    let mut r = SendWqe::zeroed();
+    r.wr_id = 6;
+    r.opcode = IBV_WR_RDMA_READ;
+    r.send_flags = IBV_SEND_SIGNALED;
+    r.num_sge = 1;
+    r.payload[0] = Sge {
+        addr: addr + 2048,
+        length: 16,
+        lkey: lkey_b,
+    };
+    r.remote_addr = addr;
+    r.rkey = bound;
+    post(&map_b, &layout_b, 1, &r);
+    let _ = b.call(&Request::QueryQp { qp: qp_b });
+    let c = completions(&cq_map_b, &cq_layout_b, 1, 1);
+    assert_eq!((c[0].wr_id, c[0].status), (6, IBV_WC_SUCCESS), "{:?}", c[0]);
+    assert_router_alive(&router);
+}
+
 #[test]
 fn peers_of_a_vanished_client_get_error_completions() {
     let router = Router::start();
