@@ -1077,7 +1077,10 @@ impl Server {
             let netns = identity::netns_of(tid).ok()?;
             let (_, gid) = client_gid(tid, own_netns, own_gid);
             let local = if netns == own_netns {
-                identity::ipv4_addresses().into_iter().map(|(_, a)| a).collect()
+                identity::ipv4_addresses()
+                    .into_iter()
+                    .map(|(_, a)| a)
+                    .collect()
             } else {
                 Vec::new()
             };

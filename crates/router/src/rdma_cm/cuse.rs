@@ -39,8 +39,14 @@ pub struct From {
 /// One request from the CUSE device.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request<'a> {
-    Init { unique: u64, major: u32 },
-    Open { unique: u64, from: From },
+    Init {
+        unique: u64,
+        major: u32,
+    },
+    Open {
+        unique: u64,
+        from: From,
+    },
     Write {
         unique: u64,
         fh: u64,
@@ -48,15 +54,23 @@ pub enum Request<'a> {
         data: &'a [u8],
         from: From,
     },
-    Release { unique: u64, fh: u64 },
+    Release {
+        unique: u64,
+        fh: u64,
+    },
     Poll {
         unique: u64,
         fh: u64,
         kh: Option<u64>,
     },
-    Interrupt { unique: u64 },
+    Interrupt {
+        unique: u64,
+    },
     /// Answered at once with this errno (0: success, no body).
-    Simple { unique: u64, errno: i32 },
+    Simple {
+        unique: u64,
+        errno: i32,
+    },
     /// Too short to answer.
     Nothing,
 }
@@ -79,7 +93,11 @@ pub fn parse(req: &[u8]) -> Request<'_> {
     match opcode {
         CUSE_INIT => Request::Init {
             unique,
-            major: if body.len() >= 4 { u32_at(IN_HEADER) } else { 0 },
+            major: if body.len() >= 4 {
+                u32_at(IN_HEADER)
+            } else {
+                0
+            },
         },
         FUSE_OPEN => Request::Open { unique, from },
         FUSE_WRITE => {

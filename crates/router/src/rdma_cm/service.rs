@@ -146,12 +146,14 @@ impl RdmaCmService {
                 // As the kernel's ucma refuses a descriptor written by
                 // other credentials than its opener's.
                 if from.uid != owner && from.uid != 0 {
-                    warn!("rdma_cm: file {fh} of uid {owner} written by uid {}", from.uid);
+                    warn!(
+                        "rdma_cm: file {fh} of uid {owner} written by uid {}",
+                        from.uid
+                    );
                     return self.dev.reply(unique, libc::EACCES, &[]);
                 }
                 let tid = from.tid as i32;
-                let (Some(tgid), Some(v)) = (crate::fuse::thread_group(from.tid), view(tid))
-                else {
+                let (Some(tgid), Some(v)) = (crate::fuse::thread_group(from.tid), view(tid)) else {
                     return self.dev.reply(unique, libc::ESRCH, &[]);
                 };
                 let caller = Caller {
@@ -240,10 +242,12 @@ impl RdmaCmService {
     /// pollers.
     fn pump(&mut self) {
         let waiting = &mut self.waiting;
-        let answered = self.cm.pump(&mut |unique, addr, bytes| match waiting.get_mut(&unique) {
-            Some(m) => m.write(addr, bytes),
-            None => Err(libc::EINTR),
-        });
+        let answered = self
+            .cm
+            .pump(&mut |unique, addr, bytes| match waiting.get_mut(&unique) {
+                Some(m) => m.write(addr, bytes),
+                None => Err(libc::EINTR),
+            });
         for (unique, result) in answered {
             self.waiting.remove(&unique);
             match result {

@@ -396,9 +396,18 @@ impl Cm {
             return err(libc::EBADF);
         }
         let p = &data[HDR..];
-        let need = |n: usize| if p.len() < n { err(libc::EINVAL) } else { Ok(()) };
+        let need = |n: usize| {
+            if p.len() < n {
+                err(libc::EINVAL)
+            } else {
+                Ok(())
+            }
+        };
         let need_out = |n: usize| if out < n { err(libc::ENOSPC) } else { Ok(()) };
-        debug!("rdma_cm: file {file} command {cmd} ({inlen} bytes) by {}", caller.tgid);
+        debug!(
+            "rdma_cm: file {file} command {cmd} ({inlen} bytes) by {}",
+            caller.tgid
+        );
         match cmd {
             CMD_CREATE_ID => {
                 need(CREATE_ID_LEN)?;
@@ -1211,11 +1220,15 @@ impl Cm {
         // Bound to an address (not the wildcard): fv0 is the device.
         let on_device = id.src.is_some_and(|s| !s.ip.is_unspecified());
         if on_device {
-            let ip = flowverbs_verbs::identity::ipv4_from_gid(&id.gid)
-                .unwrap_or(Ipv4Addr::LOCALHOST);
+            let ip =
+                flowverbs_verbs::identity::ipv4_from_gid(&id.gid).unwrap_or(Ipv4Addr::LOCALHOST);
             let guid = flowverbs_verbs::identity::node_guid_from_ipv4(ip);
             r[0..8].copy_from_slice(&guid.to_be_bytes());
-            let dgid = if id.dst.is_some() { id.peer_gid } else { [0; 16] };
+            let dgid = if id.dst.is_some() {
+                id.peer_gid
+            } else {
+                [0; 16]
+            };
             path_rec(&id.gid, &dgid, &mut r[8..72]);
             r[196] = 1;
         }
@@ -1244,8 +1257,8 @@ impl Cm {
         let id = &self.ids[&h];
         let mut r = [0u8; QUERY_ADDR_RESP];
         if id.src.is_some_and(|s| !s.ip.is_unspecified()) {
-            let ip = flowverbs_verbs::identity::ipv4_from_gid(&id.gid)
-                .unwrap_or(Ipv4Addr::LOCALHOST);
+            let ip =
+                flowverbs_verbs::identity::ipv4_from_gid(&id.gid).unwrap_or(Ipv4Addr::LOCALHOST);
             let guid = flowverbs_verbs::identity::node_guid_from_ipv4(ip);
             r[0..8].copy_from_slice(&guid.to_be_bytes());
             r[8] = 1;
@@ -1282,7 +1295,13 @@ impl Cm {
             pad,
         };
         let file = id.file;
-        self.queue(file, Event { resp, counts_for: h });
+        self.queue(
+            file,
+            Event {
+                resp,
+                counts_for: h,
+            },
+        );
     }
 
     fn queue(&mut self, file: FileId, ev: Event) {
@@ -1316,7 +1335,8 @@ impl Cm {
                 id.agreed.peer_qpn = param.qp_num;
                 id.agreed.peer_psn = psn;
                 // What the peer serves bounds what this side may ask.
-                id.agreed.initiator_depth = id.agreed.initiator_depth.min(param.responder_resources);
+                id.agreed.initiator_depth =
+                    id.agreed.initiator_depth.min(param.responder_resources);
                 id.state = State::RepRcvd;
                 let conn = ConnParam {
                     qp_num: param.qp_num,

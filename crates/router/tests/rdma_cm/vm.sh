@@ -1,0 +1,102 @@
+#!/bin/bash
+# Runs inside scripts/rxe-vm --modules fuse,cuse (crates/router/tests/rdma_cm.rs).
+#
+# Usage: vm.sh OUT FLOWVERBS PROVIDER CHECKER
+#   OUT       a directory writable from the VM (results for the test)
+#   FLOWVERBS the flowverbs executable
+#   PROVIDER  libflowverbs-rdmav34.so
+#   CHECKER   tests/c/fv_cm_check, compiled
+#
+# 1. Placement: with the kernel's rdma_ucm loaded (/dev/infiniband/rdma_cm is
+#    the kernel's), a router serves its device under another name; it is
+#    gone once the router stops.
+# 2. The kernel's rdma_ucm is unloaded (a host without kernel RDMA) and one
+#    router serves /dev/infiniband/rdma_cm; every scenario runs under
+#    `flowverbs exec` against it. Scenario NAME writes
+#    OUT/NAME.{server,client}.{out,err,rc}.
+set -u
+OUT=$1 FV=$2 PROV=$3 CHK=$4
+BB=/run/rxe-vm/busybox
+LOG=${FLOWVERBS_LOG:-info}
+unset FLOWVERBS_LOG
+
+stat -c '%t:%T' /dev/infiniband/rdma_cm >"$OUT/placement.kernel_before"
+FLOWVERBS_LOG=$LOG "$FV" router --runtime-dir /run/fv_b 2>"$OUT/router_b.log" &
+PID_B=$!
+for _ in $(seq 100); do [ -S /run/fv_b/router.sock ] && break; sleep 0.1; done
+ls /dev/infiniband >"$OUT/placement.during"
+kill -TERM $PID_B
+wait $PID_B
+echo $? >"$OUT/placement.router_rc"
+ls /dev/infiniband >"$OUT/placement.after"
+stat -c '%t:%T' /dev/infiniband/rdma_cm >"$OUT/placement.kernel_after"
+
+$BB rmmod rdma_ucm || echo "rmmod rdma_ucm failed"
+FLOWVERBS_LOG=$LOG "$FV" router --runtime-dir /run/fv 2>"$OUT/router.log" &
+PID_A=$!
+for _ in $(seq 100); do [ -S /run/fv/router.sock ] && break; sleep 0.1; done
+ls -l /dev/infiniband >"$OUT/devices"
+
+# on CMD...: CMD with the router's fv0, killed after 120 s (a hang fails its
+# scenario, not the run).
+on() {
+  timeout -k 5 120 "$FV" exec --runtime-dir /run/fv --provider "$PROV" -- "$@"
+}
+
+# pair NAME SERVER_CMD CLIENT_CMD: the server, then (once it listens) the
+# client.
+pair() {
+  local n=$1 s=$2 c=$3
+  on $s >"$OUT/$n.server.out" 2>"$OUT/$n.server.err" &
+  local sp=$!
+  sleep 1
+  on $c >"$OUT/$n.client.out" 2>"$OUT/$n.client.err"
+  echo $? >"$OUT/$n.client.rc"
+  wait $sp
+  echo $? >"$OUT/$n.server.rc"
+  echo "rdma_cm vm: $n: client $(cat "$OUT/$n.client.rc") server $(cat "$OUT/$n.server.rc")"
+}
+
+# alone NAME CMD
+alone() {
+  local n=$1
+  shift
+  on "$@" >"$OUT/$n.client.out" 2>"$OUT/$n.client.err"
+  echo $? >"$OUT/$n.client.rc"
+  echo "rdma_cm vm: $n: $(cat "$OUT/$n.client.rc")"
+}
+
+pair rping "rping -s -a 127.0.0.1 -p 7174 -C 1000 -v" "rping -c -a 127.0.0.1 -p 7174 -C 1000 -v"
+pair send_bw "ib_send_bw -R -d fv0 -n 500" "ib_send_bw -R -d fv0 -n 500 127.0.0.1"
+pair write_lat "ib_write_lat -R -d fv0 -n 500" "ib_write_lat -R -d fv0 -n 500 127.0.0.1"
+pair read_bw "ib_read_bw -R -d fv0 -n 500" "ib_read_bw -R -d fv0 -n 500 127.0.0.1"
+
+# A killed server: its client gets DISCONNECTED. The server is not under
+# `timeout` so that its pid is rping's (flowverbs exec execs it).
+"$FV" exec --runtime-dir /run/fv --provider "$PROV" -- \
+  rping -s -a 127.0.0.1 -p 7175 -C 1000000 -v >"$OUT/killed.server.out" 2>"$OUT/killed.server.err" &
+SP=$!
+sleep 1
+on rping -c -a 127.0.0.1 -p 7175 -C 1000000 -v >"$OUT/killed.client.out" 2>"$OUT/killed.client.err" &
+CP=$!
+for _ in $(seq 300); do
+  [ "$(wc -l <"$OUT/killed.client.out")" -ge 20 ] && break
+  sleep 0.1
+done
+kill -KILL $SP
+wait $SP
+wait $CP
+echo $? >"$OUT/killed.client.rc"
+echo "rdma_cm vm: killed: client $(cat "$OUT/killed.client.rc")"
+
+port=7200
+for c in destroy_counts migrate nonblock_poll hidden_child reject backlog; do
+  port=$((port + 10))
+  alone "$c" "$CHK" "$c" "$port"
+done
+FV_CM_IDS=4096 alone hostile "$CHK" hostile
+
+kill -TERM $PID_A
+wait $PID_A
+echo $? >"$OUT/router.rc"
+echo "rdma_cm vm: done"
