@@ -248,14 +248,6 @@ impl SockAddr {
             16
         }
     }
-
-    pub fn len(&self) -> usize {
-        if self.v6 {
-            28
-        } else {
-            16
-        }
-    }
 }
 
 /// `struct rdma_ucm_conn_param`, the parts the router uses.

@@ -257,7 +257,7 @@ impl CuseDevice {
     }
 
     /// Reads the next request: `Ok(None)` when none is queued.
-    pub fn next(&mut self) -> io::Result<Option<&[u8]>> {
+    pub fn next_request(&mut self) -> io::Result<Option<&[u8]>> {
         loop {
             match nix::unistd::read(self.dev.as_raw_fd(), &mut self.buf) {
                 Ok(n) => return Ok(Some(&self.buf[..n])),

@@ -106,7 +106,7 @@ impl RdmaCmService {
     /// of a writer's thread (None: gone).
     pub fn process(&mut self, view: &dyn Fn(i32) -> Option<NetView>) {
         loop {
-            let req = match self.dev.next() {
+            let req = match self.dev.next_request() {
                 Ok(Some(r)) => r.to_vec(),
                 Ok(None) => break,
                 Err(e) => {

@@ -78,6 +78,10 @@ impl Default for CmLimits {
     }
 }
 
+/// Writes an event into a blocked GET_EVENT's memory: (request, address,
+/// bytes).
+pub type EventWriter<'a> = dyn FnMut(u64, u64, &[u8]) -> Result<(), i32> + 'a;
+
 /// What a command comes to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -319,10 +323,7 @@ impl Cm {
     /// Answers blocked GET_EVENTs that have an event now: `write(unique,
     /// response, bytes)` puts an event into its writer's memory. Returns
     /// each answered request with its result.
-    pub fn pump(
-        &mut self,
-        write: &mut dyn FnMut(u64, u64, &[u8]) -> Result<(), i32>,
-    ) -> Vec<(u64, Result<(), i32>)> {
+    pub fn pump(&mut self, write: &mut EventWriter<'_>) -> Vec<(u64, Result<(), i32>)> {
         let mut answered = Vec::new();
         let files: Vec<FileId> = self
             .files
@@ -1106,7 +1107,7 @@ impl Cm {
             }
             // IB path records: accepted, not used (fv0 has one path).
             (1, 1) => {
-                if len == 0 || len % 72 != 0 {
+                if len == 0 || !len.is_multiple_of(72) {
                     return err(libc::EINVAL);
                 }
                 let id = self.ids.get_mut(&h).expect("exists");
@@ -1462,6 +1463,11 @@ impl Cm {
             },
         );
         self.ids.get_mut(&listener).expect("exists").pending += 1;
+        // The requester knows its child from now on: its destroy or death
+        // withdraws the request (a REJ to the child).
+        if let Some(r) = self.ids.get_mut(&from) {
+            r.peer = Some(h);
+        }
         let conn = ConnParam {
             qp_num: param.qp_num,
             private_data: param.private_data,
@@ -1506,4 +1512,315 @@ fn parse_addr(b: &[u8]) -> Result<SockAddr, i32> {
         AddrError::Family => libc::EAFNOSUPPORT,
         AddrError::Invalid => libc::EINVAL,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// Memory as a map of addresses; addresses below 0x1000 are not
+    /// writable (EFAULT).
+    #[derive(Default)]
+    struct Fake(HashMap<u64, Vec<u8>>);
+
+    impl Memory for Fake {
+        fn write(&mut self, addr: u64, bytes: &[u8]) -> Result<(), i32> {
+            if addr < 0x1000 {
+                return Err(libc::EFAULT);
+            }
+            self.0.insert(addr, bytes.to_vec());
+            Ok(())
+        }
+        fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), i32> {
+            let v = self.0.get(&addr).ok_or(libc::EFAULT)?;
+            buf.copy_from_slice(&v[..buf.len()]);
+            Ok(())
+        }
+    }
+
+    const RESP: u64 = 0x10_0000;
+
+    fn caller() -> Caller {
+        Caller {
+            tgid: 100,
+            uid: 1000,
+            netns: 7,
+            gid: flowverbs_verbs::identity::gid_from_ipv4(Ipv4Addr::new(10, 0, 0, 1)),
+            local: vec![],
+        }
+    }
+
+    fn cmd(c: u32, payload: &[u8], out: u16) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&c.to_ne_bytes());
+        v.extend_from_slice(&(payload.len() as u16).to_ne_bytes());
+        v.extend_from_slice(&out.to_ne_bytes());
+        v.extend_from_slice(payload);
+        v
+    }
+
+    struct T {
+        cm: Cm,
+        mem: Fake,
+    }
+
+    impl T {
+        fn new(limits: CmLimits) -> T {
+            let mut cm = Cm::new(limits);
+            cm.open(1, 1000).unwrap();
+            cm.open(2, 1000).unwrap();
+            T {
+                cm,
+                mem: Fake::default(),
+            }
+        }
+        fn run(&mut self, file: FileId, data: &[u8]) -> Result<(), i32> {
+            match self
+                .cm
+                .command(file, &caller(), 9, true, data, &mut self.mem)
+            {
+                Outcome::Done(r) => r,
+                Outcome::Blocked => panic!("blocked"),
+            }
+        }
+        fn create(&mut self, file: FileId, uid: u64) -> Handle {
+            let mut p = [0u8; CREATE_ID_LEN];
+            put_u64(&mut p, 0, uid);
+            put_u64(&mut p, 8, RESP);
+            put_u16(&mut p, 16, PS_TCP);
+            self.run(file, &cmd(CMD_CREATE_ID, &p, 4)).unwrap();
+            u32_at(&self.mem.0[&RESP], 0)
+        }
+        fn destroy(&mut self, file: FileId, h: Handle) -> Result<u32, i32> {
+            let mut p = [0u8; DESTROY_ID_LEN];
+            put_u64(&mut p, 0, RESP);
+            put_u32(&mut p, 8, h);
+            self.run(file, &cmd(CMD_DESTROY_ID, &p, 4))?;
+            Ok(u32_at(&self.mem.0[&RESP], 0))
+        }
+        fn bind(&mut self, file: FileId, h: Handle, family: u16, port: u16) -> Result<(), i32> {
+            let mut p = [0u8; BIND_LEN];
+            put_u32(&mut p, 0, h);
+            put_u16(&mut p, 4, 16);
+            put_u16(&mut p, 8, family);
+            p[10..12].copy_from_slice(&port.to_be_bytes());
+            p[12..16].copy_from_slice(&[127, 0, 0, 1]);
+            self.run(file, &cmd(CMD_BIND, &p, 0))
+        }
+        fn listen(&mut self, file: FileId, h: Handle, backlog: u32) {
+            let mut p = [0u8; LISTEN_LEN];
+            put_u32(&mut p, 0, h);
+            put_u32(&mut p, 4, backlog);
+            self.run(file, &cmd(CMD_LISTEN, &p, 0)).unwrap();
+        }
+        fn event(&mut self, file: FileId) -> Result<EventView, i32> {
+            let mut p = [0u8; GET_EVENT_LEN];
+            put_u64(&mut p, 0, RESP);
+            self.run(file, &cmd(CMD_GET_EVENT, &p, EVENT_RESP as u16))?;
+            let b = &self.mem.0[&RESP];
+            Ok(EventView {
+                uid: u64_at(b, 0),
+                id: u32_at(b, 8),
+                event: u32_at(b, 12),
+                status: u32_at(b, 16) as i32,
+                qp_num: u32_at(b, 20),
+            })
+        }
+        /// An id of `file` resolved to 127.0.0.1:`port` and connected with
+        /// QP number `qpn`.
+        fn connect(&mut self, file: FileId, port: u16, qpn: u32) -> Handle {
+            let h = self.create(file, 0xc1);
+            let mut p = [0u8; RESOLVE_IP_LEN];
+            put_u16(&mut p, 28, AF_INET);
+            p[30..32].copy_from_slice(&port.to_be_bytes());
+            p[32..36].copy_from_slice(&[127, 0, 0, 1]);
+            put_u32(&mut p, 56, h);
+            self.run(file, &cmd(CMD_RESOLVE_IP, &p, 0)).unwrap();
+            assert_eq!(self.event(file).unwrap().event, EV_ADDR_RESOLVED);
+            let mut p = [0u8; RESOLVE_ROUTE_LEN];
+            put_u32(&mut p, 0, h);
+            self.run(file, &cmd(CMD_RESOLVE_ROUTE, &p, 0)).unwrap();
+            assert_eq!(self.event(file).unwrap().event, EV_ROUTE_RESOLVED);
+            let mut p = [0u8; CONNECT_LEN];
+            put_u32(&mut p, 0, qpn);
+            p[266] = 4; // responder resources
+            p[267] = 4; // initiator depth
+            p[269] = 7;
+            put_u32(&mut p, 272, h);
+            self.run(file, &cmd(CMD_CONNECT, &p, 0)).unwrap();
+            h
+        }
+        fn accept(&mut self, file: FileId, h: Handle, uid: u64, qpn: u32) -> Result<(), i32> {
+            let mut p = [0u8; ACCEPT_LEN];
+            put_u64(&mut p, 0, uid);
+            put_u32(&mut p, 8, qpn);
+            p[8 + 266] = 4;
+            p[8 + 267] = 4;
+            put_u32(&mut p, 280, h);
+            self.run(file, &cmd(CMD_ACCEPT, &p, 0))
+        }
+        fn qp_attr(&mut self, file: FileId, h: Handle, state: u32) -> Vec<u8> {
+            let mut p = [0u8; INIT_QP_ATTR_LEN];
+            put_u64(&mut p, 0, RESP);
+            put_u32(&mut p, 8, h);
+            put_u32(&mut p, 12, state);
+            self.run(file, &cmd(CMD_INIT_QP_ATTR, &p, QP_ATTR_RESP as u16))
+                .unwrap();
+            self.mem.0[&RESP].clone()
+        }
+    }
+
+    #[derive(Debug)]
+    struct EventView {
+        uid: u64,
+        id: Handle,
+        event: u32,
+        status: i32,
+        qp_num: u32,
+    }
+
+    #[test]
+    fn ids_belong_to_their_file_and_af_ib_fails() {
+        let mut t = T::new(CmLimits::default());
+        let h = t.create(1, 5);
+        assert_eq!(t.destroy(2, h), Err(libc::EINVAL));
+        assert_eq!(t.destroy(1, h + 1000), Err(libc::ENOENT));
+        assert_eq!(t.bind(1, h, AF_IB, 0), Err(libc::EAFNOSUPPORT));
+        assert_eq!(t.bind(1, h, AF_INET, 7000), Ok(()));
+        let other = t.create(1, 6);
+        assert_eq!(t.bind(1, other, AF_INET, 7000), Err(libc::EADDRINUSE));
+        assert_eq!(t.destroy(1, h), Ok(0));
+        assert_eq!(t.bind(1, other, AF_INET, 7000), Ok(()));
+        // Short payload, bad header, small response.
+        assert_eq!(t.run(1, &cmd(CMD_CREATE_ID, &[0; 8], 4)), Err(libc::EINVAL));
+        assert_eq!(t.run(1, &[0; 4]), Err(libc::EINVAL));
+        let mut p = [0u8; CREATE_ID_LEN];
+        put_u64(&mut p, 8, 8); // not writable
+        put_u16(&mut p, 16, PS_TCP);
+        assert_eq!(t.run(1, &cmd(CMD_CREATE_ID, &p, 4)), Err(libc::EFAULT));
+        assert_eq!(t.cm.id_count(), 1, "the id whose answer failed is gone");
+        assert_eq!(t.run(1, &cmd(CMD_CREATE_ID, &p, 2)), Err(libc::ENOSPC));
+    }
+
+    #[test]
+    fn a_connection_end_to_end_with_exact_counts() {
+        let mut t = T::new(CmLimits::default());
+        let l = t.create(1, 0xaa);
+        t.bind(1, l, AF_INET, 7100).unwrap();
+        t.listen(1, l, 8);
+        let c = t.connect(2, 7100, 0x11);
+        let req = t.event(1).unwrap();
+        assert_eq!(
+            (req.event, req.uid, req.qp_num),
+            (EV_CONNECT_REQUEST, 0xaa, 0x11)
+        );
+        let child = req.id;
+        assert_ne!(child, l);
+        t.accept(1, child, 0xcc, 0x22).unwrap();
+        let rep = t.event(2).unwrap();
+        assert_eq!(
+            (rep.event, rep.id, rep.uid, rep.qp_num),
+            (EV_CONNECT_RESPONSE, c, 0xc1, 0x22)
+        );
+        // RTR on both sides names the other's QP and PSN.
+        let (ca, la) = (t.qp_attr(2, c, QPS_RTR), t.qp_attr(1, child, QPS_RTR));
+        let (cs, ls) = (t.qp_attr(2, c, QPS_RTS), t.qp_attr(1, child, QPS_RTS));
+        assert_eq!(u32_at(&ca, 32), 0x22);
+        assert_eq!(u32_at(&la, 32), 0x11);
+        assert_eq!(
+            u32_at(&ca, 24),
+            u32_at(&ls, 28),
+            "client rq_psn = server sq_psn"
+        );
+        assert_eq!(
+            u32_at(&la, 24),
+            u32_at(&cs, 28),
+            "server rq_psn = client sq_psn"
+        );
+        assert_eq!(ca[69], 1, "a GRH");
+        t.accept(2, c, 0, 0).unwrap(); // the RTU
+        let est = t.event(1).unwrap();
+        assert_eq!((est.event, est.id, est.uid), (EV_ESTABLISHED, child, 0xcc));
+        // The client's process dies: the server's child is disconnected.
+        t.cm.release(2);
+        let d = t.event(1).unwrap();
+        assert_eq!((d.event, d.id), (EV_DISCONNECTED, child));
+        // Counts: the listener read one event, the child two.
+        assert_eq!(t.destroy(1, child), Ok(2));
+        assert_eq!(t.destroy(1, l), Ok(1));
+        assert_eq!(t.cm.id_count(), 0);
+    }
+
+    #[test]
+    fn a_child_is_hidden_until_accepted_and_backlog_rejects() {
+        let mut t = T::new(CmLimits::default());
+        let l = t.create(1, 0xaa);
+        t.bind(1, l, AF_INET, 7200).unwrap();
+        t.listen(1, l, 1);
+        let c1 = t.connect(2, 7200, 1);
+        let child = t.event(1).unwrap().id;
+        let c2 = t.connect(2, 7200, 2);
+        let rej = t.event(2).unwrap();
+        assert_eq!(
+            (rej.event, rej.id, rej.status),
+            (EV_REJECTED, c2, REJ_CONSUMER_DEFINED)
+        );
+        // The first requester withdraws: its child's REJECTED stays hidden
+        // (librdmacm has no context for it), and it cannot be accepted.
+        t.destroy(2, c1).unwrap();
+        assert_eq!(t.event(1).map(|e| e.event), Err(libc::EAGAIN));
+        assert_eq!(t.accept(1, child, 0xcc, 3), Err(libc::EINVAL));
+        assert_eq!(t.event(1).map(|e| e.event), Err(libc::EAGAIN));
+        assert_eq!(t.destroy(1, child), Ok(0));
+        // No listener: invalid service id.
+        let c3 = t.connect(2, 7201, 4);
+        let e = t.event(2).unwrap();
+        assert_eq!(
+            (e.event, e.id, e.status),
+            (EV_REJECTED, c3, REJ_INVALID_SERVICE_ID)
+        );
+    }
+
+    #[test]
+    fn get_event_blocks_until_an_event_and_wakes_pollers() {
+        let mut t = T::new(CmLimits::default());
+        let mut p = [0u8; GET_EVENT_LEN];
+        put_u64(&mut p, 0, RESP);
+        let data = cmd(CMD_GET_EVENT, &p, EVENT_RESP as u16);
+        let o = t.cm.command(1, &caller(), 42, false, &data, &mut t.mem);
+        assert_eq!(o, Outcome::Blocked);
+        assert!(!t.cm.poll(1, Some(77)));
+        let h = t.create(1, 5);
+        let mut rp = [0u8; RESOLVE_IP_LEN];
+        put_u16(&mut rp, 28, AF_INET);
+        rp[32..36].copy_from_slice(&[127, 0, 0, 1]);
+        put_u32(&mut rp, 56, h);
+        t.run(1, &cmd(CMD_RESOLVE_IP, &rp, 0)).unwrap();
+        assert_eq!(t.cm.take_wakeups(), vec![77]);
+        let mut written = Vec::new();
+        let answered = t.cm.pump(&mut |u, a, b| {
+            written.push((u, a, u32_at(b, 12)));
+            Ok(())
+        });
+        assert_eq!(answered, vec![(42, Ok(()))]);
+        assert_eq!(written, vec![(42, RESP, EV_ADDR_RESOLVED)]);
+        assert_eq!(t.destroy(1, h), Ok(1));
+    }
+
+    #[test]
+    fn per_user_id_limit() {
+        let mut t = T::new(CmLimits {
+            ids_per_user: 2,
+            ..CmLimits::default()
+        });
+        t.create(1, 1);
+        t.create(2, 2);
+        let mut p = [0u8; CREATE_ID_LEN];
+        put_u64(&mut p, 8, RESP);
+        put_u16(&mut p, 16, PS_TCP);
+        assert_eq!(t.run(1, &cmd(CMD_CREATE_ID, &p, 4)), Err(libc::ENOMEM));
+        t.cm.release(2);
+        assert_eq!(t.run(1, &cmd(CMD_CREATE_ID, &p, 4)), Ok(()));
+    }
 }
