@@ -170,6 +170,34 @@ fn rping_1000_pings_with_their_data() {
     }
 }
 
+/// A server in one network namespace, its client in another: the
+/// client's address resolves to the server's namespace's GID; a port is
+/// its namespace's only.
+#[test]
+fn rping_between_two_network_namespaces() {
+    let run = vm();
+    let (server, client) = run.pair_succeeded("netns");
+    let client: Vec<&str> = client.lines().collect();
+    assert_eq!(client.len(), 100, "{}", tail(&client.join("\n"), 5));
+    for (i, line) in client.iter().enumerate() {
+        assert_eq!(*line, format!("ping data: {}", rping_line(i)));
+    }
+    assert_eq!(server.lines().count(), 100);
+    let other = run.output("netns_port", "client");
+    assert!(
+        !other.status.success() && !String::from_utf8_lossy(&other.stdout).contains("ping data"),
+        "a client reached another namespace's port through its own address: {}",
+        show("client", &other)
+    );
+    assert_eq!(
+        run.read("netns_port.own.rc").trim(),
+        "0",
+        "{}",
+        run.read("netns_port.own.err")
+    );
+    assert_eq!(run.read("netns_port.server.rc").trim(), "0");
+}
+
 /// A perftest result table has a row for `size` bytes and `iters`
 /// iterations.
 fn assert_result_row(name: &str, out: &str, size: &str, iters: &str) {

@@ -856,7 +856,9 @@ impl Cm {
                 });
                 self.bind(h, caller, src)?;
             }
-            State::Bound | State::AddrResolved => {}
+            // Once resolved, again is EINVAL (as the kernel's): each
+            // resolution queues an event, and the queue stays bounded.
+            State::Bound => {}
             _ => return err(libc::EINVAL),
         }
         let id = self.ids.get_mut(&h).expect("exists");
@@ -1110,10 +1112,13 @@ impl Cm {
                 if len == 0 || !len.is_multiple_of(72) {
                     return err(libc::EINVAL);
                 }
+                // As RESOLVE_ROUTE: librdmacm waits for ROUTE_RESOLVED.
                 let id = self.ids.get_mut(&h).expect("exists");
-                if id.state == State::AddrResolved {
-                    id.state = State::RouteResolved;
+                if id.state != State::AddrResolved {
+                    return err(libc::EINVAL);
                 }
+                id.state = State::RouteResolved;
+                self.event(h, EV_ROUTE_RESOLVED, 0, ConnParam::default(), 0);
                 Ok(())
             }
             _ => err(libc::ENOSYS),
@@ -1806,6 +1811,20 @@ mod tests {
         assert_eq!(answered, vec![(42, Ok(()))]);
         assert_eq!(written, vec![(42, RESP, EV_ADDR_RESOLVED)]);
         assert_eq!(t.destroy(1, h), Ok(1));
+    }
+
+    #[test]
+    fn an_id_resolves_once_so_its_events_stay_bounded() {
+        let mut t = T::new(CmLimits::default());
+        let h = t.create(1, 5);
+        let mut p = [0u8; RESOLVE_IP_LEN];
+        put_u16(&mut p, 28, AF_INET);
+        p[32..36].copy_from_slice(&[127, 0, 0, 1]);
+        put_u32(&mut p, 56, h);
+        t.run(1, &cmd(CMD_RESOLVE_IP, &p, 0)).unwrap();
+        assert_eq!(t.run(1, &cmd(CMD_RESOLVE_IP, &p, 0)), Err(libc::EINVAL));
+        assert_eq!(t.event(1).unwrap().event, EV_ADDR_RESOLVED);
+        assert_eq!(t.event(1).map(|e| e.event), Err(libc::EAGAIN));
     }
 
     #[test]

@@ -71,6 +71,47 @@ pair send_bw "ib_send_bw -R -d fv0 -n 500" "ib_send_bw -R -d fv0 -n 500 127.0.0.
 pair write_lat "ib_write_lat -R -d fv0 -n 500" "ib_write_lat -R -d fv0 -n 500 127.0.0.1"
 pair read_bw "ib_read_bw -R -d fv0 -n 500" "ib_read_bw -R -d fv0 -n 500 127.0.0.1"
 
+# Two network namespaces (two containers of one host): the server listens
+# on its namespace's address, the client (in the other) resolves that
+# address to the server's fv0 GID.
+sysctl -qw net.ipv4.ip_forward=1
+for n in 1 2; do
+  ip netns add fv_n$n
+  ip link add fvh$n type veth peer name fvc$n
+  ip link set fvc$n netns fv_n$n
+  ip addr add 10.77.$n.1/24 dev fvh$n
+  ip link set fvh$n up
+  ip -n fv_n$n addr add 10.77.$n.2/24 dev fvc$n
+  ip -n fv_n$n link set fvc$n up
+  ip -n fv_n$n link set lo up
+  ip -n fv_n$n route add default via 10.77.$n.1
+done
+in_ns() {
+  local ns=$1
+  shift
+  timeout -k 5 120 ip netns exec "$ns" "$FV" exec --runtime-dir /run/fv --provider "$PROV" -- "$@"
+}
+in_ns fv_n1 rping -s -a 10.77.1.2 -p 7176 -C 100 -v >"$OUT/netns.server.out" 2>"$OUT/netns.server.err" &
+SP=$!
+sleep 1
+in_ns fv_n2 rping -c -a 10.77.1.2 -p 7176 -C 100 -v >"$OUT/netns.client.out" 2>"$OUT/netns.client.err"
+echo $? >"$OUT/netns.client.rc"
+wait $SP
+echo $? >"$OUT/netns.server.rc"
+# The client in fv_n2 must not reach a server by an address of its own
+# namespace that only fv_n1 listens on (ports are per namespace).
+in_ns fv_n1 rping -s -a 10.77.1.2 -p 7177 -C 1 -v >"$OUT/netns_port.server.out" 2>"$OUT/netns_port.server.err" &
+SP=$!
+sleep 1
+in_ns fv_n2 rping -c -a 10.77.2.2 -p 7177 -C 1 -v >"$OUT/netns_port.client.out" 2>"$OUT/netns_port.client.err"
+echo $? >"$OUT/netns_port.client.rc"
+# The server's own namespace reaches it (and it ends).
+in_ns fv_n1 rping -c -a 10.77.1.2 -p 7177 -C 1 -v >"$OUT/netns_port.own.out" 2>"$OUT/netns_port.own.err"
+echo $? >"$OUT/netns_port.own.rc"
+wait $SP
+echo $? >"$OUT/netns_port.server.rc"
+echo "rdma_cm vm: netns: client $(cat "$OUT/netns.client.rc") server $(cat "$OUT/netns.server.rc")"
+
 # A killed server: its client gets DISCONNECTED. The server is not under
 # `timeout` so that its pid is rping's (flowverbs exec execs it).
 "$FV" exec --runtime-dir /run/fv --provider "$PROV" -- \
