@@ -15,13 +15,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <rdma/rdma_cma.h>
 
 /* The kernel ABI's commands (rdma_user_cm.h clashes with rdma_cma.h). */
 enum { CMD_CREATE_ID = 0, CMD_DESTROY_ID = 1, CMD_BIND_IP = 2, CMD_CONNECT = 6,
-       CMD_GET_EVENT = 12, CMD_BIND = 20 };
+       CMD_GET_EVENT = 12, CMD_MIGRATE_ID = 18, CMD_BIND = 20 };
 struct ucm_hdr { uint32_t cmd; uint16_t in, out; };
 struct ucm_create_id { uint64_t uid, response; uint16_t ps; uint8_t qp_type, reserved[5]; };
 struct ucm_destroy_id { uint64_t response; uint32_t id, reserved; };
@@ -307,6 +308,29 @@ static void hostile(void)
 	CHECK(read(fd, evbuf, 8) == -1 && errno == EINVAL, "read: %s", strerror(errno));
 	d.id = id;
 	CHECK(cmd(fd, CMD_DESTROY_ID, &d, sizeof d, 4) == 0 && reported == 0, "destroy");
+	/* another user writing to this descriptor (inherited): EACCES */
+	pid_t pid = fork();
+	if (pid == 0) {
+		uint32_t x;
+		struct ucm_create_id cc = { .uid = 1, .response = (uintptr_t)&x, .ps = RDMA_PS_TCP };
+		if (setuid(65534) != 0)
+			_exit(3);
+		_exit(cmd(fd, CMD_CREATE_ID, &cc, sizeof cc, 4) == EACCES ? 0 : 1);
+	}
+	int st = -1;
+	waitpid(pid, &st, 0);
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "another user's write: status %x", st);
+	/* MIGRATE_ID naming a descriptor that is not this device's: EINVAL */
+	uint32_t mig = create(fd, RDMA_PS_TCP), mresp;
+	struct { uint64_t response; uint32_t id, fd; } m = { (uintptr_t)&mresp, mig, 0 };
+	CHECK(cmd(fd2, CMD_MIGRATE_ID, &m, sizeof m, 4) == EINVAL, "migrate from stdin");
+	m.fd = 999;
+	CHECK(cmd(fd2, CMD_MIGRATE_ID, &m, sizeof m, 4) == EBADF, "migrate from a closed fd");
+	m.fd = fd;
+	CHECK(cmd(fd2, CMD_MIGRATE_ID, &m, sizeof m, 4) == 0 && mresp == 0, "migrate to fd2");
+	d.id = mig;
+	CHECK(cmd(fd, CMD_DESTROY_ID, &d, sizeof d, 4) == EINVAL, "destroy a migrated id on its old fd");
+	CHECK(cmd(fd2, CMD_DESTROY_ID, &d, sizeof d, 4) == 0, "destroy a migrated id on its new fd");
 	/* the per-user id limit (FV_CM_IDS ids, set by the test) */
 	const char *lim = getenv("FV_CM_IDS");
 	if (lim) {
