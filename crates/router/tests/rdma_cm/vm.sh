@@ -23,7 +23,7 @@ unset FLOWVERBS_LOG
 stat -c '%t:%T' /dev/infiniband/rdma_cm >"$OUT/placement.kernel_before"
 FLOWVERBS_LOG=$LOG "$FV" router --runtime-dir /run/fv_b 2>"$OUT/router_b.log" &
 PID_B=$!
-for _ in $(seq 100); do [ -S /run/fv_b/router.sock ] && break; sleep 0.1; done
+for _ in $(seq 600); do [ -S /run/fv_b/router.sock ] && break; sleep 0.1; done
 ls /dev/infiniband >"$OUT/placement.during"
 kill -TERM $PID_B
 wait $PID_B
@@ -34,7 +34,7 @@ stat -c '%t:%T' /dev/infiniband/rdma_cm >"$OUT/placement.kernel_after"
 $BB rmmod rdma_ucm || echo "rmmod rdma_ucm failed"
 FLOWVERBS_LOG=$LOG "$FV" router --runtime-dir /run/fv 2>"$OUT/router.log" &
 PID_A=$!
-for _ in $(seq 100); do [ -S /run/fv/router.sock ] && break; sleep 0.1; done
+for _ in $(seq 600); do [ -S /run/fv/router.sock ] && break; sleep 0.1; done
 ls -l /dev/infiniband >"$OUT/devices"
 
 # on CMD...: CMD with the router's fv0, killed after 120 s (a hang fails its
@@ -43,15 +43,31 @@ on() {
   timeout -k 5 120 "$FV" exec --runtime-dir /run/fv --provider "$PROV" -- "$@"
 }
 
-# pair NAME SERVER_CMD CLIENT_CMD: the server, then (once it listens) the
-# client.
+# retry_client PREFIX CMD...: CMD (a client) with its output in
+# PREFIX.{out,err,rc}, again while it is refused because its server does
+# not listen yet (REJECTED with status 8, invalid service id, as rping and
+# perftest print it): a slow start is no failure. At most 60 s.
+retry_client() {
+  local p=$1 rc=0
+  shift
+  for _ in $(seq 120); do
+    "$@" >"$p.out" 2>"$p.err"
+    rc=$?
+    if [ $rc -ne 0 ] && grep -qE 'RDMA_CM_EVENT_REJECTED, error 8|Unexpected CM event bl blka 8' "$p.err"; then
+      sleep 0.5
+      continue
+    fi
+    break
+  done
+  echo $rc >"$p.rc"
+}
+
+# pair NAME SERVER_CMD CLIENT_CMD: the server, then the client.
 pair() {
   local n=$1 s=$2 c=$3
   on $s >"$OUT/$n.server.out" 2>"$OUT/$n.server.err" &
   local sp=$!
-  sleep 1
-  on $c >"$OUT/$n.client.out" 2>"$OUT/$n.client.err"
-  echo $? >"$OUT/$n.client.rc"
+  retry_client "$OUT/$n.client" on $c
   wait $sp
   echo $? >"$OUT/$n.server.rc"
   echo "rdma_cm vm: $n: client $(cat "$OUT/$n.client.rc") server $(cat "$OUT/$n.server.rc")"
@@ -93,23 +109,23 @@ in_ns() {
 }
 in_ns fv_n1 rping -s -a 10.77.1.2 -p 7176 -C 100 -v >"$OUT/netns.server.out" 2>"$OUT/netns.server.err" &
 SP=$!
-sleep 1
-in_ns fv_n2 rping -c -a 10.77.1.2 -p 7176 -C 100 -v >"$OUT/netns.client.out" 2>"$OUT/netns.client.err"
-echo $? >"$OUT/netns.client.rc"
+retry_client "$OUT/netns.client" in_ns fv_n2 rping -c -a 10.77.1.2 -p 7176 -C 100 -v
 wait $SP
 echo $? >"$OUT/netns.server.rc"
 # The client in fv_n2 must not reach a server by an address of its own
-# namespace that only fv_n1 listens on (ports are per namespace).
-in_ns fv_n1 rping -s -a 10.77.1.2 -p 7177 -C 1 -v >"$OUT/netns_port.server.out" 2>"$OUT/netns_port.server.err" &
+# namespace that only fv_n1 listens on (ports are per namespace). A
+# persistent server (its pid is rping's), reached from its own namespace
+# before and after the refused client (so it was listening then).
+ip netns exec fv_n1 "$FV" exec --runtime-dir /run/fv --provider "$PROV" -- \
+  rping -s -P -a 10.77.1.2 -p 7177 -C 1 -v >"$OUT/netns_port.server.out" 2>"$OUT/netns_port.server.err" &
 SP=$!
-sleep 1
+retry_client "$OUT/netns_port.before" in_ns fv_n1 rping -c -a 10.77.1.2 -p 7177 -C 1 -v
 in_ns fv_n2 rping -c -a 10.77.2.2 -p 7177 -C 1 -v >"$OUT/netns_port.client.out" 2>"$OUT/netns_port.client.err"
 echo $? >"$OUT/netns_port.client.rc"
-# The server's own namespace reaches it (and it ends).
-in_ns fv_n1 rping -c -a 10.77.1.2 -p 7177 -C 1 -v >"$OUT/netns_port.own.out" 2>"$OUT/netns_port.own.err"
-echo $? >"$OUT/netns_port.own.rc"
+in_ns fv_n1 rping -c -a 10.77.1.2 -p 7177 -C 1 -v >"$OUT/netns_port.after.out" 2>"$OUT/netns_port.after.err"
+echo $? >"$OUT/netns_port.after.rc"
+kill -TERM $SP
 wait $SP
-echo $? >"$OUT/netns_port.server.rc"
 echo "rdma_cm vm: netns: client $(cat "$OUT/netns.client.rc") server $(cat "$OUT/netns.server.rc")"
 
 # A killed server: its client gets DISCONNECTED. The server is not under
@@ -117,17 +133,15 @@ echo "rdma_cm vm: netns: client $(cat "$OUT/netns.client.rc") server $(cat "$OUT
 "$FV" exec --runtime-dir /run/fv --provider "$PROV" -- \
   rping -s -a 127.0.0.1 -p 7175 -C 1000000 -v >"$OUT/killed.server.out" 2>"$OUT/killed.server.err" &
 SP=$!
-sleep 1
-on rping -c -a 127.0.0.1 -p 7175 -C 1000000 -v >"$OUT/killed.client.out" 2>"$OUT/killed.client.err" &
+retry_client "$OUT/killed.client" on rping -c -a 127.0.0.1 -p 7175 -C 1000000 -v &
 CP=$!
-for _ in $(seq 300); do
-  [ "$(wc -l <"$OUT/killed.client.out")" -ge 20 ] && break
+for _ in $(seq 600); do
+  [ "$(wc -l <"$OUT/killed.client.out" 2>/dev/null || echo 0)" -ge 20 ] && break
   sleep 0.1
 done
 kill -KILL $SP
 wait $SP
 wait $CP
-echo $? >"$OUT/killed.client.rc"
 echo "rdma_cm vm: killed: client $(cat "$OUT/killed.client.rc")"
 
 port=7200
