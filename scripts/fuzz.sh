@@ -7,7 +7,7 @@
 #
 # Usage: bash scripts/fuzz.sh [SECONDS] [TARGET...]
 #   SECONDS  per target (default 60); TARGETs: control traffic
-#            link_frames kernel_text fuse_requests (default: all)
+#            link_frames kernel_text fuse_requests rdma_cm (default: all)
 # Each target starts from its committed seeds (fuzz/corpus/TARGET) and
 # writes what it finds to a scratch corpus (not committed). A crash, a
 # leak, a timeout (10 s per input) or a failed invariant stops the target:
@@ -20,7 +20,7 @@ source scripts/cargo-env.sh
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(control traffic link_frames kernel_text fuse_requests)
+[ ${#targets[@]} -gt 0 ] || targets=(control traffic link_frames kernel_text fuse_requests rdma_cm)
 
 triple=$(rustc -vV | sed -n 's/^host: //p')
 export RUSTC_BOOTSTRAP=1

@@ -124,6 +124,9 @@ impl SysTree {
         let text = |s: &str| Kind::File(Content::Text(s.into()));
         let root = t.add(ROOT_ID, "sysfs", Kind::Dir);
         let class = t.add(root, "class", Kind::Dir);
+        let misc = t.add(class, "misc", Kind::Dir);
+        let cm = t.add(misc, "rdma_cm", Kind::Dir);
+        t.add(cm, "abi_version", text("4"));
         let verbs = t.add(class, "infiniband_verbs", Kind::Dir);
         t.add(verbs, "abi_version", text("6"));
         let u = t.add(verbs, uverbs, Kind::Dir);

@@ -13,6 +13,7 @@ pub mod memory;
 pub mod nic;
 pub mod nic_path;
 pub mod objects;
+pub mod rdma_cm;
 pub mod registry;
 pub mod semi;
 mod server;

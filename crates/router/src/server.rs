@@ -42,6 +42,8 @@ const SIGNALS: u64 = 1;
 const CMDFS: u64 = 2;
 /// The links' own epoll set (see `link::Links::fd`).
 const LINKS: u64 = 3;
+/// The rdma_cm CUSE device (`rdma_cm`).
+const RDMA_CM: u64 = 5;
 const KIND_SOCKET: u64 = 2;
 const KIND_DOORBELL: u64 = 3;
 const KIND_EVENTS: u64 = 4;
@@ -123,6 +125,8 @@ pub struct Server {
     /// The command file system (None if FUSE could not be mounted: then
     /// completion channels are not available).
     cmdfs: Option<CmdFs>,
+    /// librdmacm's device, served through CUSE (None without /dev/cuse).
+    rdma_cm: Option<super::rdma_cm::RdmaCmService>,
     channel_requests: HashMap<u64, ChannelRequest>,
     next_channel_request: u64,
     limits: Limits,
@@ -289,6 +293,19 @@ impl Server {
                 None
             }
         };
+        let rdma_cm = match super::rdma_cm::RdmaCmService::start(
+            &super::rdma_cm::device_name(&super::sysfs::uverbs_name(dir)),
+            super::rdma_cm::CmLimits::default(),
+        ) {
+            Ok(cm) => {
+                epoll.add(cm.fd(), EpollEvent::new(EpollFlags::EPOLLIN, RDMA_CM))?;
+                Some(cm)
+            }
+            Err(e) => {
+                info!("{e}; rdma_cm is not served");
+                None
+            }
+        };
         // Published last: whoever sees router.sock finds the whole router
         // (its tree, its mount, its link listener).
         std::fs::rename(&staging, &socket_path)
@@ -347,6 +364,7 @@ impl Server {
             next_session: 1,
             spin: Duration::from_micros(spin_us),
             cmdfs,
+            rdma_cm,
             channel_requests: HashMap::new(),
             next_channel_request: 1,
             limits: config.limits.clone(),
@@ -416,6 +434,7 @@ impl Server {
                     LISTENER => self.accept(),
                     LINKS => {} // serviced on every pass
                     CMDFS => self.on_cmdfs(),
+                    RDMA_CM => self.on_rdma_cm(),
                     SIGNALS => {
                         if let Ok(Some(sig)) = self.signals.read_signal() {
                             info!("signal {}: shutting down", sig.ssi_signo);
@@ -459,6 +478,7 @@ impl Server {
         if let Some(fs) = self.cmdfs.take() {
             fs.unmount();
         }
+        drop(self.rdma_cm.take());
         std::fs::remove_file(&self.socket_path).ok();
         super::sysfs::remove_netns_views(&self.runtime_dir);
         if let Some(tree) = self.tree.take() {
@@ -1047,6 +1067,27 @@ impl Server {
                 warn!("session {session}: cannot ask for a completion channel: {sent:?}");
                 self.finish_channel_request(id, Err(libc::EIO));
             }
+        }
+    }
+
+    /// Commands to librdmacm's device.
+    fn on_rdma_cm(&mut self) {
+        let (own_netns, own_gid) = (self.netns, self.gid);
+        let view = |tid: i32| -> Option<super::rdma_cm::NetView> {
+            let netns = identity::netns_of(tid).ok()?;
+            let (_, gid) = client_gid(tid, own_netns, own_gid);
+            let local = if netns == own_netns {
+                identity::ipv4_addresses()
+                    .into_iter()
+                    .map(|(_, a)| a)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            Some(super::rdma_cm::NetView { netns, gid, local })
+        };
+        if let Some(cm) = self.rdma_cm.as_mut() {
+            cm.process(&view);
         }
     }
 

@@ -261,6 +261,10 @@ fn write_sysfs(root: &Path, name: &str, view: &View) -> anyhow::Result<()> {
         fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
     write_atomic(&verbs.join("abi_version"), "6")?;
+    // librdmacm's ABI (its device is served through CUSE: rdma_cm).
+    let cm = root.join("class/misc/rdma_cm");
+    fs::create_dir_all(&cm).with_context(|| format!("creating {}", cm.display()))?;
+    write_atomic(&cm.join("abi_version"), "4")?;
     write_atomic(&udir.join("ibdev"), IBDEV)?;
     write_atomic(&udir.join("dev"), "0:0")?;
     write_atomic(&udir.join("abi_version"), "1")?;

@@ -1,0 +1,267 @@
+//! The router's `rdma_cm` device: [`CuseDevice`] requests fed to [`Cm`],
+//! responses written into the writer's memory.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::os::unix::fs::MetadataExt;
+
+use log::{debug, info, warn};
+
+use super::cuse::{self, CuseDevice, Request};
+use super::state::{Caller, Cm, CmLimits, FileId, Memory, Outcome};
+use crate::memory::{Credentials, ProcessMemory};
+
+/// What the router knows of a thread's network namespace.
+pub struct NetView {
+    pub netns: u64,
+    pub gid: [u8; 16],
+    pub local: Vec<Ipv4Addr>,
+}
+
+/// The writer's memory, opened at its first use.
+struct WriterMemory {
+    tgid: i32,
+    cred: Credentials,
+    mem: Option<Result<ProcessMemory, ()>>,
+}
+
+impl WriterMemory {
+    fn get(&mut self) -> Result<&ProcessMemory, i32> {
+        let (tgid, cred) = (self.tgid, self.cred);
+        let m = self.mem.get_or_insert_with(|| {
+            // The writer is blocked in its write: `tgid` names it.
+            ProcessMemory::of_session(tgid, cred, || true).map_err(|e| {
+                debug!("rdma_cm: memory of {tgid}: {e}");
+            })
+        });
+        m.as_ref().map_err(|_| libc::EFAULT)
+    }
+}
+
+impl Memory for WriterMemory {
+    fn write(&mut self, addr: u64, bytes: &[u8]) -> Result<(), i32> {
+        let m = self.get()?;
+        // /proc/PID/mem writes through read-only mappings: check first,
+        // as copy_to_user would fail there.
+        m.check_mapped(addr, bytes.len() as u64, true)
+            .map_err(|_| libc::EFAULT)?;
+        m.write(addr, bytes).map_err(|_| libc::EFAULT)
+    }
+
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), i32> {
+        let m = self.get()?;
+        m.check_mapped(addr, buf.len() as u64, false)
+            .map_err(|_| libc::EFAULT)?;
+        m.read(addr, buf).map_err(|_| libc::EFAULT)
+    }
+}
+
+/// The served device.
+pub struct RdmaCmService {
+    dev: CuseDevice,
+    rdev: u64,
+    cm: Cm,
+    next_fh: FileId,
+    /// Blocked GET_EVENTs: the writer's memory, by request.
+    waiting: HashMap<u64, WriterMemory>,
+}
+
+/// The device name under /dev: `infiniband/rdma_cm` where no kernel (or
+/// other router) has it, else `infiniband/rdma_cm_fv<hash>` with the hash
+/// of the router's `uverbs_fv<hash>` node.
+pub fn device_name(uverbs: &str) -> String {
+    if std::path::Path::new("/dev/infiniband/rdma_cm").exists() {
+        format!(
+            "infiniband/rdma_cm_fv{}",
+            uverbs.trim_start_matches("uverbs_fv")
+        )
+    } else {
+        "infiniband/rdma_cm".to_owned()
+    }
+}
+
+impl RdmaCmService {
+    pub fn start(devname: &str, limits: CmLimits) -> std::io::Result<RdmaCmService> {
+        let dev = CuseDevice::create(devname)?;
+        let rdev = std::fs::metadata(&dev.path)?.rdev();
+        info!("rdma_cm served at {}", dev.path.display());
+        Ok(RdmaCmService {
+            dev,
+            rdev,
+            cm: Cm::new(limits),
+            next_fh: 1,
+            waiting: HashMap::new(),
+        })
+    }
+
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.dev.fd()
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.dev.path
+    }
+
+    /// Answers every queued request; `view(tid)` is the network namespace
+    /// of a writer's thread (None: gone).
+    pub fn process(&mut self, view: &dyn Fn(i32) -> Option<NetView>) {
+        loop {
+            let req = match self.dev.next_request() {
+                Ok(Some(r)) => r.to_vec(),
+                Ok(None) => break,
+                Err(e) => {
+                    warn!("reading the rdma_cm CUSE device: {e}");
+                    break;
+                }
+            };
+            self.one(&req, view);
+        }
+        self.pump();
+    }
+
+    fn one(&mut self, req: &[u8], view: &dyn Fn(i32) -> Option<NetView>) {
+        match cuse::parse(req) {
+            Request::Init { unique, .. } => self.dev.reply(unique, libc::EPROTO, &[]),
+            Request::Open { unique, from } => {
+                let fh = self.next_fh;
+                self.next_fh += 1;
+                match self.cm.open(fh, from.uid) {
+                    Ok(()) => {
+                        debug!("rdma_cm: file {fh} opened by thread {}", from.tid);
+                        self.dev.reply(unique, 0, &cuse::open_reply(fh));
+                    }
+                    Err(e) => self.dev.reply(unique, e, &[]),
+                }
+            }
+            Request::Write {
+                unique,
+                fh,
+                nonblock,
+                data,
+                from,
+            } => {
+                let Some(owner) = self.cm.file_uid(fh) else {
+                    return self.dev.reply(unique, libc::EBADF, &[]);
+                };
+                // As the kernel's ucma refuses a descriptor written by
+                // other credentials than its opener's.
+                if from.uid != owner && from.uid != 0 {
+                    warn!(
+                        "rdma_cm: file {fh} of uid {owner} written by uid {}",
+                        from.uid
+                    );
+                    return self.dev.reply(unique, libc::EACCES, &[]);
+                }
+                let tid = from.tid as i32;
+                let (Some(tgid), Some(v)) = (crate::fuse::thread_group(from.tid), view(tid)) else {
+                    return self.dev.reply(unique, libc::ESRCH, &[]);
+                };
+                let caller = Caller {
+                    tgid,
+                    uid: from.uid,
+                    netns: v.netns,
+                    gid: v.gid,
+                    local: v.local,
+                };
+                if let Err(e) = self.check_migrate(tgid, data) {
+                    return self.dev.reply(unique, e, &[]);
+                }
+                let mut mem = WriterMemory {
+                    tgid,
+                    cred: Credentials {
+                        uid: from.uid,
+                        gid: from.gid,
+                    },
+                    mem: None,
+                };
+                match self
+                    .cm
+                    .command(fh, &caller, unique, nonblock, data, &mut mem)
+                {
+                    Outcome::Done(Ok(())) => {
+                        let mut out = [0u8; 8];
+                        out[0..4].copy_from_slice(&(data.len() as u32).to_ne_bytes());
+                        self.dev.reply(unique, 0, &out);
+                    }
+                    Outcome::Done(Err(e)) => {
+                        debug!("rdma_cm: file {fh}: command failed: errno {e}");
+                        self.dev.reply(unique, e, &[]);
+                    }
+                    Outcome::Blocked => {
+                        // Bind the memory now: the request may be answered
+                        // after its thread is gone.
+                        let _ = mem.get();
+                        self.waiting.insert(unique, mem);
+                    }
+                }
+            }
+            Request::Release { unique, fh } => {
+                for u in self.cm.release(fh) {
+                    self.waiting.remove(&u);
+                    self.dev.reply(u, libc::EBADF, &[]);
+                }
+                debug!("rdma_cm: file {fh} released");
+                self.dev.reply(unique, 0, &[]);
+            }
+            Request::Poll { unique, fh, kh } => {
+                let readable = self.cm.poll(fh, kh);
+                let mut out = [0u8; 8];
+                if readable {
+                    let ev = (libc::POLLIN | libc::POLLRDNORM) as u32;
+                    out[0..4].copy_from_slice(&ev.to_ne_bytes());
+                }
+                self.dev.reply(unique, 0, &out);
+            }
+            Request::Interrupt { unique } => {
+                if self.cm.interrupt(unique) {
+                    self.waiting.remove(&unique);
+                    self.dev.reply(unique, libc::EINTR, &[]);
+                }
+            }
+            Request::Simple { unique, errno } => self.dev.reply(unique, errno, &[]),
+            Request::Nothing => {}
+        }
+    }
+
+    /// MIGRATE_ID names the id's old descriptor by number in the writer's
+    /// table: it must be an rdma_cm descriptor of this device.
+    fn check_migrate(&self, tgid: i32, data: &[u8]) -> Result<(), i32> {
+        use super::abi::*;
+        if data.len() < HDR + MIGRATE_ID_LEN || u32_at(data, 0) != CMD_MIGRATE_ID {
+            return Ok(());
+        }
+        let fd = u32_at(data, HDR + 12);
+        let m = std::fs::metadata(format!("/proc/{tgid}/fd/{fd}")).map_err(|_| libc::EBADF)?;
+        if m.rdev() != self.rdev {
+            return Err(libc::EINVAL);
+        }
+        Ok(())
+    }
+
+    /// Answers blocked GET_EVENTs that have their event now, and wakes
+    /// pollers.
+    fn pump(&mut self) {
+        let waiting = &mut self.waiting;
+        let answered = self
+            .cm
+            .pump(&mut |unique, addr, bytes| match waiting.get_mut(&unique) {
+                Some(m) => m.write(addr, bytes),
+                None => Err(libc::EINTR),
+            });
+        for (unique, result) in answered {
+            self.waiting.remove(&unique);
+            match result {
+                Ok(()) => {
+                    let mut out = [0u8; 8];
+                    let n = (super::abi::HDR + super::abi::GET_EVENT_LEN) as u32;
+                    out[0..4].copy_from_slice(&n.to_ne_bytes());
+                    self.dev.reply(unique, 0, &out);
+                }
+                Err(e) => self.dev.reply(unique, e, &[]),
+            }
+        }
+        for kh in self.cm.take_wakeups() {
+            self.dev.notify_poll(kh);
+        }
+    }
+}

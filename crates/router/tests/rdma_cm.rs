@@ -1,0 +1,344 @@
+//! rdma_cm on fv0 (issue 16): the router serves librdmacm's device through
+//! CUSE, and Debian's unmodified `rping` and perftest (`-R`) connect
+//! through it. CUSE needs the kernel's `cuse` module, which this machine's
+//! kernel lacks, so everything runs in one boot of `scripts/rxe-vm --modules
+//! fuse,cuse` (Debian's kernel; `tests/rdma_cm/vm.sh`), made by the first
+//! test that asks; each test checks its scenario's output.
+
+mod common;
+
+use common::*;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Output};
+use std::sync::OnceLock;
+
+/// The results of the one VM run.
+struct VmRun {
+    dir: PathBuf,
+    console: String,
+}
+
+fn vm() -> &'static VmRun {
+    static RUN: OnceLock<Result<VmRun, String>> = OnceLock::new();
+    match RUN.get_or_init(run_vm) {
+        Ok(run) => run,
+        Err(report) => panic!("{report}"),
+    }
+}
+
+/// Compiles `tests/c/fv_cm_check.c` against librdmacm.
+fn checker(dir: &Path) -> PathBuf {
+    let exe = dir.join("fv_cm_check");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/fv_cm_check.c");
+    let mut cmd = Command::new("gcc");
+    cmd.args(["-O2", "-Wall", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .args(["-lrdmacm", "-libverbs"]);
+    let out = run_with_timeout(&mut cmd, 120);
+    assert!(out.status.success(), "{}", show("gcc fv_cm_check.c", &out));
+    exe
+}
+
+fn run_vm() -> Result<VmRun, String> {
+    let dir = fresh_temp_dir("rdma-cm-vm");
+    let provider = dir.join("libflowverbs-rdmav34.so");
+    std::fs::copy(provider_lib(), &provider).unwrap();
+    let check = checker(&dir);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/rdma_cm/vm.sh");
+    let mut cmd = Command::new("bash");
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/rxe-vm"))
+        .args(["run", "--modules", "fuse,cuse", "--timeout", "900", "--rw"])
+        .arg(&dir)
+        .args(["--", "bash"])
+        .arg(script)
+        .arg(&dir)
+        .arg(flowverbs_exe())
+        .arg(&provider)
+        .arg(&check);
+    let out = run_with_timeout(&mut cmd, 1000);
+    let console = show("rxe-vm", &out);
+    let run = VmRun { dir, console };
+    if out.status.success() && run.console.contains("rdma_cm vm: done") {
+        Ok(run)
+    } else {
+        Err(format!("the VM run failed:\n{}", run.report()))
+    }
+}
+
+impl VmRun {
+    fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.dir.join(file)).unwrap_or_default()
+    }
+
+    fn report(&self) -> String {
+        format!(
+            "{}\n--- router log (tail):\n{}",
+            self.console,
+            tail(&self.read("router.log"), 60)
+        )
+    }
+
+    /// One side's output (`server` or `client`) of a scenario.
+    fn output(&self, name: &str, side: &str) -> Output {
+        let rc: i32 = self
+            .read(&format!("{name}.{side}.rc"))
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}: no exit status of the {side}\n{}", self.report()));
+        Output {
+            status: ExitStatus::from_raw((rc & 0xff) << 8),
+            stdout: self.read(&format!("{name}.{side}.out")).into_bytes(),
+            stderr: self.read(&format!("{name}.{side}.err")).into_bytes(),
+        }
+    }
+
+    /// Both sides of a scenario, which must have succeeded.
+    fn pair_succeeded(&self, name: &str) -> (String, String) {
+        let (s, c) = (self.output(name, "server"), self.output(name, "client"));
+        assert!(
+            s.status.success() && c.status.success(),
+            "{name}:\n{}\n{}\n{}",
+            show("server", &s),
+            show("client", &c),
+            self.report()
+        );
+        (
+            String::from_utf8_lossy(&s.stdout).into_owned(),
+            String::from_utf8_lossy(&c.stdout).into_owned(),
+        )
+    }
+
+    /// A checker case, which must have passed.
+    fn case_passed(&self, name: &str) {
+        let c = self.output(name, "client");
+        assert!(
+            c.status.success()
+                && String::from_utf8_lossy(&c.stdout).contains(&format!("PASS {name}")),
+            "{}\n{}",
+            show(&format!("fv_cm_check {name}"), &c),
+            self.report()
+        );
+    }
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// What rping prints for ping `i` (64-byte buffers): `rdma-ping-<i>: `
+/// then letters from 'A' + i % 58, one up per byte, 'z' wrapping to 'A',
+/// up to the 63rd byte.
+fn rping_line(i: usize) -> String {
+    let mut s = format!("rdma-ping-{i}: ");
+    let mut c = b'A' + (i % 58) as u8;
+    while s.len() < 63 {
+        s.push(c as char);
+        c = if c >= b'z' { b'A' } else { c + 1 };
+    }
+    s
+}
+
+#[test]
+fn rping_1000_pings_with_their_data() {
+    let run = vm();
+    let (server, client) = run.pair_succeeded("rping");
+    let client: Vec<&str> = client.lines().collect();
+    let server: Vec<&str> = server.lines().collect();
+    assert_eq!(
+        client.len(),
+        1000,
+        "client lines:\n{}",
+        tail(&client.join("\n"), 5)
+    );
+    assert_eq!(
+        server.len(),
+        1000,
+        "server lines:\n{}",
+        tail(&server.join("\n"), 5)
+    );
+    for i in 0..1000 {
+        let want = rping_line(i);
+        assert_eq!(client[i], format!("ping data: {want}"), "client ping {i}");
+        assert_eq!(
+            server[i],
+            format!("server ping data: {want}"),
+            "server ping {i}"
+        );
+    }
+}
+
+/// A server in one network namespace, its client in another: the
+/// client's address resolves to the server's namespace's GID; a port is
+/// its namespace's only.
+#[test]
+fn rping_between_two_network_namespaces() {
+    let run = vm();
+    let (server, client) = run.pair_succeeded("netns");
+    let client: Vec<&str> = client.lines().collect();
+    assert_eq!(client.len(), 100, "{}", tail(&client.join("\n"), 5));
+    for (i, line) in client.iter().enumerate() {
+        assert_eq!(*line, format!("ping data: {}", rping_line(i)));
+    }
+    assert_eq!(server.lines().count(), 100);
+    let other = run.output("netns_port", "client");
+    assert!(
+        !other.status.success() && !String::from_utf8_lossy(&other.stdout).contains("ping data"),
+        "a client reached another namespace's port through its own address: {}",
+        show("client", &other)
+    );
+    // Its server was listening before and after: its own namespace
+    // reached it.
+    for side in ["before", "after"] {
+        assert_eq!(
+            run.read(&format!("netns_port.{side}.rc")).trim(),
+            "0",
+            "the server's own namespace, {side}: {}",
+            run.read(&format!("netns_port.{side}.err"))
+        );
+    }
+}
+
+/// A perftest result table has a row for `size` bytes and `iters`
+/// iterations.
+fn assert_result_row(name: &str, out: &str, size: &str, iters: &str) {
+    let row = out.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() >= 3 && f[0] == size && f[1] == iters && f[2].parse::<f64>().is_ok()
+    });
+    assert!(row, "{name}: no result row for {size} B x {iters}:\n{out}");
+}
+
+#[test]
+fn ib_send_bw_over_rdma_cm() {
+    let (server, client) = vm().pair_succeeded("send_bw");
+    assert_result_row("client", &client, "65536", "500");
+    assert_result_row("server", &server, "65536", "500");
+}
+
+#[test]
+fn ib_write_lat_over_rdma_cm() {
+    let (_, client) = vm().pair_succeeded("write_lat");
+    assert_result_row("client", &client, "2", "500");
+}
+
+#[test]
+fn ib_read_bw_over_rdma_cm() {
+    let (_, client) = vm().pair_succeeded("read_bw");
+    assert_result_row("client", &client, "65536", "500");
+}
+
+/// The server is killed mid-run: the router destroys its ids, and its
+/// client gets DISCONNECTED (rping prints it and stops).
+#[test]
+fn a_killed_peer_disconnects_its_client() {
+    let run = vm();
+    let c = run.output("killed", "client");
+    let err = String::from_utf8_lossy(&c.stderr);
+    let pings = String::from_utf8_lossy(&c.stdout)
+        .lines()
+        .filter(|l| l.starts_with("ping data: rdma-ping-"))
+        .count();
+    assert!(pings >= 20, "the client never ran: {}", show("client", &c));
+    assert!(
+        err.contains("client DISCONNECT EVENT"),
+        "no DISCONNECTED for the client:\n{}\n{}",
+        show("client", &c),
+        run.report()
+    );
+    assert_ne!(
+        c.status.code(),
+        Some(124),
+        "the client hung: {}",
+        show("client", &c)
+    );
+}
+
+/// librdmacm's start-up probe binds AF_IB under its global lock: the bind
+/// must fail, or every program deadlocks. The hostile case checks the
+/// errno; here, that programs get past the probe at all (a fresh channel,
+/// ids, events).
+#[test]
+fn af_ib_probe_fails_and_programs_start() {
+    vm().case_passed("nonblock_poll");
+    vm().case_passed("hostile");
+}
+
+/// rdma_destroy_id waits for the count DESTROY_ID returns.
+#[test]
+fn destroy_id_counts_exactly() {
+    vm().case_passed("destroy_counts");
+}
+
+/// MIGRATE_ID moves an id with its unread events and returns its count.
+#[test]
+fn migrate_id_moves_events_and_counts() {
+    vm().case_passed("migrate");
+}
+
+/// A request withdrawn before its ACCEPT shows nothing to the listener and
+/// cannot be accepted. (That a child's events stay hidden until its
+/// ACCEPT is checked by the unit tests: librdmacm drops such events
+/// itself, so no program sees the difference.)
+#[test]
+fn a_withdrawn_request_shows_nothing_and_cannot_be_accepted() {
+    vm().case_passed("hidden_child");
+}
+
+#[test]
+fn reject_reaches_the_requester_with_its_data() {
+    vm().case_passed("reject");
+}
+
+/// Pending connection requests are bounded by the listener's backlog.
+#[test]
+fn backlog_bounds_pending_requests() {
+    vm().case_passed("backlog");
+}
+
+/// Malformed commands, foreign ids, response pointers outside the
+/// writer's writable memory, the per-user id limit: each with its errno.
+#[test]
+fn hostile_commands_get_their_errno() {
+    vm().case_passed("hostile");
+}
+
+/// With the kernel's rdma_cm present, a router serves `rdma_cm_fv<hash>`
+/// and leaves the kernel's node alone; without it, `rdma_cm` itself.
+#[test]
+fn placement_beside_and_without_the_kernel() {
+    let run = vm();
+    let during = run.read("placement.during");
+    let ours: Vec<&str> = during
+        .lines()
+        .filter(|l| l.starts_with("rdma_cm_fv"))
+        .collect();
+    assert_eq!(ours.len(), 1, "during:\n{during}\n{}", run.report());
+    assert!(
+        during.lines().any(|l| l == "rdma_cm"),
+        "kernel node gone:\n{during}"
+    );
+    assert_eq!(
+        run.read("placement.router_rc").trim(),
+        "0",
+        "{}",
+        run.read("router_b.log")
+    );
+    let after = run.read("placement.after");
+    assert!(!after.contains("rdma_cm_fv"), "left behind:\n{after}");
+    assert_eq!(
+        run.read("placement.kernel_before"),
+        run.read("placement.kernel_after"),
+        "the kernel's node changed"
+    );
+    // Without the kernel's, the router's node is /dev/infiniband/rdma_cm
+    // (every scenario above used it) and no other.
+    let devices = run.read("devices");
+    assert!(
+        devices.lines().any(|l| l.ends_with(" rdma_cm")) && !devices.contains("rdma_cm_fv"),
+        "{devices}"
+    );
+    assert_eq!(run.read("router.rc").trim(), "0", "{}", run.report());
+}
