@@ -42,7 +42,24 @@ fn caller(n: u8) -> Caller {
         tgid: 100 + i32::from(n),
         uid: 1000,
         netns: u64::from(n % 2),
-        gid: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, n % 2 + 1],
+        gid: [
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0xff,
+            0xff,
+            10,
+            0,
+            0,
+            n % 2 + 1,
+        ],
         local: vec![],
     }
 }
@@ -86,7 +103,10 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         let answered = cm.pump(&mut |u, addr, bytes| {
-            assert!(blocked.contains(&u), "answered a request that was not waiting");
+            assert!(
+                blocked.contains(&u),
+                "answered a request that was not waiting"
+            );
             Fake.write(addr, bytes)
         });
         for (u, _) in answered {
@@ -96,7 +116,10 @@ fuzz_target!(|data: &[u8]| {
     }
     for f in 1..=3 {
         for u in cm.release(f) {
-            assert!(blocked.remove(&u), "released a request that was not waiting");
+            assert!(
+                blocked.remove(&u),
+                "released a request that was not waiting"
+            );
         }
     }
     assert_eq!(cm.id_count(), 0, "ids left after every file was released");

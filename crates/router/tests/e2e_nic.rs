@@ -14,11 +14,11 @@
 
 mod common;
 
+use common::vm::VmRun;
 use common::*;
 use std::collections::HashMap;
-use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Output};
+use std::path::Path;
+use std::process::Output;
 use std::sync::OnceLock;
 
 /// Host A's container address (servers run there; clients in host B's
@@ -117,17 +117,6 @@ fn scenarios(dir: &Path, nic_check: &Path, mpi_pingpong: &Path) -> Vec<Scenario>
     ]
 }
 
-/// The results of the one VM run.
-struct VmRun {
-    dir: PathBuf,
-    /// What rxe-vm and the script printed (for failure messages).
-    console: String,
-}
-
-fn rxe_vm() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/rxe-vm")
-}
-
 /// The VM run, made by the first test that asks (a failed run fails every
 /// test with its report; it is not tried again).
 fn vm() -> &'static VmRun {
@@ -160,45 +149,14 @@ fn run_vm() -> Result<VmRun, String> {
         let scenarios_file = dir.join("scenarios.sh");
         std::fs::write(&scenarios_file, script).unwrap();
         let two_hosts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/nic/two_hosts.sh");
-        let mut cmd = Command::new(rxe_vm());
-        cmd.args(["run", "--modules", "fuse", "--timeout", "900", "--rw"])
-            .arg(&dir)
-            .args(["--", "bash"])
-            .arg(two_hosts)
-            .arg(&dir)
-            .arg(flowverbs_exe())
-            .arg(&provider)
-            .arg(&scenarios_file);
-        let out = run_with_timeout(&mut cmd, 1000);
-        let console = show("rxe-vm", &out);
-        let run = VmRun { dir, console };
-        if out.status.success() && run.console.contains("two_hosts: done") {
-            Ok(run)
-        } else {
-            Err(format!("the VM run failed:\n{}", run.report()))
-        }
+        let exe = flowverbs_exe();
+        let args = [exe.as_path(), provider.as_path(), scenarios_file.as_path()];
+        let logs = &["router_a.log", "router_b.log"];
+        VmRun::boot("fuse", dir, &two_hosts, &args, "two_hosts: done", logs)
     }
 }
 
 impl VmRun {
-    fn read(&self, file: &str) -> String {
-        std::fs::read_to_string(self.dir.join(file)).unwrap_or_default()
-    }
-
-    /// One side's output (`server` or `client`) of a scenario.
-    fn output(&self, name: &str, side: &str) -> Output {
-        let rc: i32 = self
-            .read(&format!("{name}.{side}.rc"))
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}: no exit status of the {side}\n{}", self.report()));
-        Output {
-            status: ExitStatus::from_raw((rc & 0xff) << 8),
-            stdout: self.read(&format!("{name}.{side}.out")).into_bytes(),
-            stderr: self.read(&format!("{name}.{side}.err")).into_bytes(),
-        }
-    }
-
     /// A counter's rise across a scenario (`rxe0_sent`, `rxe1_rcvd`, `cpu_a`, `cpu_b`).
     fn rise(&self, name: &str, counter: &str) -> u64 {
         let mut at: HashMap<String, u64> = HashMap::new();
@@ -230,15 +188,6 @@ impl VmRun {
                 .sum()
         };
         total("after") - total("before")
-    }
-
-    fn report(&self) -> String {
-        format!(
-            "{}\n--- router A ---\n{}\n--- router B ---\n{}",
-            self.console,
-            self.read("router_a.log"),
-            self.read("router_b.log")
-        )
     }
 
     fn scenario_report(&self, name: &str) -> String {

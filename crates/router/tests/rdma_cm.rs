@@ -7,17 +7,11 @@
 
 mod common;
 
+use common::vm::VmRun;
 use common::*;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Output};
+use std::process::Command;
 use std::sync::OnceLock;
-
-/// The results of the one VM run.
-struct VmRun {
-    dir: PathBuf,
-    console: String,
-}
 
 fn vm() -> &'static VmRun {
     static RUN: OnceLock<Result<VmRun, String>> = OnceLock::new();
@@ -47,53 +41,19 @@ fn run_vm() -> Result<VmRun, String> {
     std::fs::copy(provider_lib(), &provider).unwrap();
     let check = checker(&dir);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/rdma_cm/vm.sh");
-    let mut cmd = Command::new("bash");
-    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/rxe-vm"))
-        .args(["run", "--modules", "fuse,cuse", "--timeout", "900", "--rw"])
-        .arg(&dir)
-        .args(["--", "bash"])
-        .arg(script)
-        .arg(&dir)
-        .arg(flowverbs_exe())
-        .arg(&provider)
-        .arg(&check);
-    let out = run_with_timeout(&mut cmd, 1000);
-    let console = show("rxe-vm", &out);
-    let run = VmRun { dir, console };
-    if out.status.success() && run.console.contains("rdma_cm vm: done") {
-        Ok(run)
-    } else {
-        Err(format!("the VM run failed:\n{}", run.report()))
-    }
+    let exe = flowverbs_exe();
+    let args = [exe.as_path(), provider.as_path(), check.as_path()];
+    VmRun::boot(
+        "fuse,cuse",
+        dir,
+        &script,
+        &args,
+        "rdma_cm vm: done",
+        &["router.log"],
+    )
 }
 
 impl VmRun {
-    fn read(&self, file: &str) -> String {
-        std::fs::read_to_string(self.dir.join(file)).unwrap_or_default()
-    }
-
-    fn report(&self) -> String {
-        format!(
-            "{}\n--- router log (tail):\n{}",
-            self.console,
-            tail(&self.read("router.log"), 60)
-        )
-    }
-
-    /// One side's output (`server` or `client`) of a scenario.
-    fn output(&self, name: &str, side: &str) -> Output {
-        let rc: i32 = self
-            .read(&format!("{name}.{side}.rc"))
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}: no exit status of the {side}\n{}", self.report()));
-        Output {
-            status: ExitStatus::from_raw((rc & 0xff) << 8),
-            stdout: self.read(&format!("{name}.{side}.out")).into_bytes(),
-            stderr: self.read(&format!("{name}.{side}.err")).into_bytes(),
-        }
-    }
-
     /// Both sides of a scenario, which must have succeeded.
     fn pair_succeeded(&self, name: &str) -> (String, String) {
         let (s, c) = (self.output(name, "server"), self.output(name, "client"));

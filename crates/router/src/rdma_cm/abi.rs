@@ -266,6 +266,22 @@ pub struct ConnParam {
 }
 
 impl ConnParam {
+    /// What the other side's event reports of these parameters (a REQ's
+    /// or REP's): the sender's resources and depth swap roles.
+    pub fn as_received(&self) -> ConnParam {
+        ConnParam {
+            qp_num: self.qp_num,
+            private_data: self.private_data.clone(),
+            srq: self.srq,
+            responder_resources: self.initiator_depth,
+            initiator_depth: self.responder_resources,
+            flow_control: self.flow_control,
+            retry_count: self.retry_count,
+            rnr_retry_count: self.rnr_retry_count,
+            ..ConnParam::default()
+        }
+    }
+
     /// Parses 272 bytes; `None` if `private_data_len` is over 256.
     pub fn parse(b: &[u8]) -> Option<ConnParam> {
         let len = b[264] as usize;

@@ -1344,17 +1344,7 @@ impl Cm {
                 id.agreed.initiator_depth =
                     id.agreed.initiator_depth.min(param.responder_resources);
                 id.state = State::RepRcvd;
-                let conn = ConnParam {
-                    qp_num: param.qp_num,
-                    private_data: param.private_data,
-                    srq: param.srq,
-                    responder_resources: param.initiator_depth,
-                    initiator_depth: param.responder_resources,
-                    flow_control: param.flow_control,
-                    retry_count: param.retry_count,
-                    rnr_retry_count: param.rnr_retry_count,
-                    ..ConnParam::default()
-                };
+                let conn = param.as_received();
                 self.event(to, EV_CONNECT_RESPONSE, 0, conn, REP_PRIVATE_DATA);
             }
             Msg::Rtu if state == State::RepSent => {
@@ -1473,17 +1463,7 @@ impl Cm {
         if let Some(r) = self.ids.get_mut(&from) {
             r.peer = Some(h);
         }
-        let conn = ConnParam {
-            qp_num: param.qp_num,
-            private_data: param.private_data,
-            srq: param.srq,
-            responder_resources: param.initiator_depth,
-            initiator_depth: param.responder_resources,
-            flow_control: param.flow_control,
-            retry_count: param.retry_count,
-            rnr_retry_count: param.rnr_retry_count,
-            ..ConnParam::default()
-        };
+        let conn = param.as_received();
         let pad = if ps == PS_IB {
             REQ_PRIVATE_DATA
         } else {

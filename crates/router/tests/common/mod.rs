@@ -8,6 +8,7 @@
 
 pub mod etcd;
 pub mod topology;
+pub mod vm;
 
 use std::borrow::BorrowMut;
 use std::collections::HashSet;
