@@ -383,14 +383,8 @@ impl CmdFs {
     }
 
     fn reply(&self, unique: u64, errno: i32, body: &[u8]) {
-        let body = if errno != 0 { &[][..] } else { body };
-        let mut out = Vec::with_capacity(16 + body.len());
-        out.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
-        out.extend_from_slice(&(-errno).to_ne_bytes());
-        out.extend_from_slice(&unique.to_ne_bytes());
-        out.extend_from_slice(body);
         // ENOENT: the request was interrupted (its caller is gone).
-        if let Err(e) = nix::unistd::write(&self.dev, &out) {
+        if let Err(e) = nix::unistd::write(&self.dev, &reply_message(unique, errno, body)) {
             if e != nix::errno::Errno::ENOENT {
                 warn!("answering FUSE request {unique}: {e}");
             }
@@ -438,20 +432,67 @@ fn reply(unique: u64, errno: i32, body: &[u8]) -> Answer {
     }
 }
 
+/// A request's header (`struct fuse_in_header`), as `/dev/fuse` and
+/// `/dev/cuse` deliver it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InHeader {
+    pub opcode: u32,
+    pub unique: u64,
+    pub nodeid: u64,
+    pub uid: u32,
+    pub gid: u32,
+    /// The calling thread, in the router's pid namespace.
+    pub tid: u32,
+}
+
+impl InHeader {
+    /// The header of request `req` and its body; None if it is too short.
+    pub fn parse(req: &[u8]) -> Option<(InHeader, &[u8])> {
+        if req.len() < IN_HEADER {
+            return None;
+        }
+        let u32_at = |o: usize| u32::from_ne_bytes(req[o..o + 4].try_into().expect("4 bytes"));
+        let u64_at = |o: usize| u64::from_ne_bytes(req[o..o + 8].try_into().expect("8 bytes"));
+        let h = InHeader {
+            opcode: u32_at(4),
+            unique: u64_at(8),
+            nodeid: u64_at(16),
+            uid: u32_at(24),
+            gid: u32_at(28),
+            tid: u32_at(32),
+        };
+        Some((h, &req[IN_HEADER..]))
+    }
+}
+
+/// The reply to request `unique` as written to the device: `struct
+/// fuse_out_header`, then `body` (none with an error).
+pub fn reply_message(unique: u64, errno: i32, body: &[u8]) -> Vec<u8> {
+    let body = if errno != 0 { &[][..] } else { body };
+    let mut out = Vec::with_capacity(16 + body.len());
+    out.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+    out.extend_from_slice(&(-errno).to_ne_bytes());
+    out.extend_from_slice(&unique.to_ne_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
 /// Answers one request `req` (header and body, as read from `/dev/fuse`)
 /// against the device tree `tree`.
 pub fn answer(tree: &SysTree, req: &[u8], callers: &impl Callers) -> Answer {
-    if req.len() < IN_HEADER {
+    let Some((header, body)) = InHeader::parse(req) else {
         return Answer::Nothing;
-    }
+    };
+    let InHeader {
+        opcode,
+        unique,
+        nodeid,
+        uid,
+        tid,
+        ..
+    } = header;
     let u32_at = |o: usize| u32::from_ne_bytes(req[o..o + 4].try_into().expect("4 bytes"));
     let u64_at = |o: usize| u64::from_ne_bytes(req[o..o + 8].try_into().expect("8 bytes"));
-    let opcode = u32_at(4);
-    let unique = u64_at(8);
-    let nodeid = u64_at(16);
-    let uid = u32_at(24);
-    let tid = u32_at(32);
-    let body = &req[IN_HEADER..];
     // The session a node stands for (node 1 is the root folder).
     let node_session = |node: u64| -> Option<(SessionId, SessionInfo)> {
         let s = node.checked_sub(1).filter(|s| *s > 0 && node < TREE_BASE)?;

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use log::{debug, warn};
 
 use crate::fuse::{
-    FUSE_FLUSH, FUSE_INTERRUPT, FUSE_IOCTL, FUSE_OPEN, FUSE_READ, FUSE_RELEASE, FUSE_WRITE,
-    IN_HEADER, WRITE_IN,
+    reply_message, InHeader, FUSE_FLUSH, FUSE_INTERRUPT, FUSE_IOCTL, FUSE_OPEN, FUSE_READ,
+    FUSE_RELEASE, FUSE_WRITE, IN_HEADER, WRITE_IN,
 };
 
 pub const CUSE_INIT: u32 = 4096;
@@ -77,19 +77,17 @@ pub enum Request<'a> {
 
 /// Parses one request as read from `/dev/cuse`.
 pub fn parse(req: &[u8]) -> Request<'_> {
-    if req.len() < IN_HEADER {
+    let Some((header, body)) = InHeader::parse(req) else {
         return Request::Nothing;
-    }
+    };
     let u32_at = |o: usize| u32::from_ne_bytes(req[o..o + 4].try_into().expect("4 bytes"));
     let u64_at = |o: usize| u64::from_ne_bytes(req[o..o + 8].try_into().expect("8 bytes"));
-    let opcode = u32_at(4);
-    let unique = u64_at(8);
+    let (opcode, unique) = (header.opcode, header.unique);
     let from = From {
-        uid: u32_at(24),
-        gid: u32_at(28),
-        tid: u32_at(32),
+        uid: header.uid,
+        gid: header.gid,
+        tid: header.tid,
     };
-    let body = &req[IN_HEADER..];
     match opcode {
         CUSE_INIT => Request::Init {
             unique,
@@ -302,13 +300,7 @@ impl Drop for CuseDevice {
 }
 
 fn write_reply(dev: &OwnedFd, unique: u64, errno: i32, body: &[u8]) -> nix::Result<usize> {
-    let body = if errno != 0 { &[][..] } else { body };
-    let mut out = Vec::with_capacity(16 + body.len());
-    out.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
-    out.extend_from_slice(&(-errno).to_ne_bytes());
-    out.extend_from_slice(&unique.to_ne_bytes());
-    out.extend_from_slice(body);
-    nix::unistd::write(dev, &out)
+    nix::unistd::write(dev, &reply_message(unique, errno, body))
 }
 
 fn is_char_device(path: &Path) -> bool {
