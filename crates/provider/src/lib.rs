@@ -16,6 +16,7 @@
 
 pub mod arena;
 pub mod context;
+pub mod cq_rings;
 pub mod ffi;
 pub mod log;
 pub mod nic;

@@ -22,7 +22,7 @@ use flowverbs_wire::segment::{create_sealed_memfd, CqLayout, Mapping, QpLayout, 
 
 use super::engine::Engine;
 use super::limits::Usage;
-use super::objects::{Cq, Mr, Mw, Pd, Qp, SessionId, Srq};
+use super::objects::{Cq, Mr, Mw, NewRing, Pd, Qp, SessionId, Srq};
 use flowverbs_verbs::qp::{self as qp_state, QpKind};
 
 /// A reply and the descriptors that travel with it.
@@ -125,6 +125,8 @@ pub fn handle(
             cookie,
         } => cq::create_cq(engine, session, cqe, channel, cookie),
         Request::DestroyCq { cq } => cq::destroy_cq(engine, session, cq),
+        Request::ResizeCq { cq, cqe } => cq::resize_cq(engine, session, cq, cqe),
+        Request::CommitCqResize { cq } => cq::commit_cq_resize(engine, session, cq),
         Request::CreateQp {
             pd,
             qp_type,

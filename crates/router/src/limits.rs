@@ -180,6 +180,14 @@ impl Usage {
         }
     }
 
+    /// A CQ's extra ring (`ibv_resize_cq`) of `entries` completions.
+    pub fn cq_ring(entries: u32) -> Usage {
+        Usage {
+            queue_entries: entries.into(),
+            ..Usage::default()
+        }
+    }
+
     /// An SRQ of `entries` receives.
     pub fn srq(entries: u32) -> Usage {
         Usage {
@@ -495,6 +503,7 @@ pub fn rate_limited(request: &Request) -> bool {
         Request::AllocPd
         | Request::RegMr { .. }
         | Request::CreateCq { .. }
+        | Request::ResizeCq { .. }
         | Request::CreateQp { .. }
         | Request::CreateSrq { .. }
         | Request::AllocMw { .. }
@@ -512,6 +521,7 @@ pub fn rate_limited(request: &Request) -> bool {
         | Request::SemiWindow { .. }
         | Request::SemiInvalidate { .. }
         | Request::DestroyCq { .. }
+        | Request::CommitCqResize { .. }
         | Request::DestroyQp { .. }
         | Request::DestroySrq { .. }
         | Request::ResolveKey { .. }

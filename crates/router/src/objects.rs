@@ -148,6 +148,38 @@ pub struct Cq {
     pub cookie: u64,
     /// Completion events written for this CQ.
     pub events: u32,
+    /// Rings that `ibv_resize_cq` moved away from, until the consumer has
+    /// drained them (their headers still take semi producers' events).
+    pub retired: Vec<RetiredRing>,
+    /// A resize's new ring, made but not yet committed.
+    pub resizing: Option<NewRing>,
+}
+
+/// A CQ ring frozen by a resize (`wire::cq_ring`).
+pub struct RetiredRing {
+    pub segment: Mapping,
+    /// Completions lie in it up to this index (exclusive).
+    pub end: u32,
+    pub capacity: u32,
+}
+
+impl RetiredRing {
+    pub fn header(&self) -> &CqHeader {
+        // SAFETY: the segment starts with a CqHeader (see CqLayout).
+        unsafe { self.segment.header::<CqHeader>() }
+    }
+
+    /// The consumer took everything up to `end`.
+    pub fn drained(&self) -> bool {
+        self.header().ring.consumer() == self.end
+    }
+}
+
+/// The ring an uncommitted `ibv_resize_cq` made.
+pub struct NewRing {
+    pub segment: Mapping,
+    pub fd: OwnedFd,
+    pub layout: CqLayout,
 }
 
 impl Cq {
@@ -170,7 +202,81 @@ impl Cq {
             channel,
             cookie,
             events: 0,
+            retired: Vec::new(),
+            resizing: None,
         }
+    }
+
+    /// `ibv_resize_cq`'s commit: freezes the current ring, copies its arm
+    /// to `new` and produces into `new` from now on (the argument is at
+    /// `wire::cq_ring`). Returns the old ring's `end`.
+    pub fn move_to(&mut self, new: NewRing, semi: bool) -> u32 {
+        let end = self.cq_ring().freeze();
+        // SAFETY: the new segment was created with `layout.size` bytes,
+        // which hold `capacity` entries after `ring_offset`.
+        let ring = unsafe {
+            RingSlots::new(
+                new.segment.as_ptr().add(new.layout.ring_offset),
+                new.layout.capacity,
+            )
+        };
+        let old = std::mem::replace(&mut self.segment, new.segment);
+        let capacity = std::mem::replace(&mut self.ring, ring).capacity();
+        // SAFETY: the old segment starts with a CqHeader.
+        let arm = unsafe { old.header::<CqHeader>() }
+            .arm
+            .load(std::sync::atomic::Ordering::SeqCst);
+        self.header()
+            .arm
+            .fetch_max(arm, std::sync::atomic::Ordering::SeqCst);
+        self.segment_fd = semi.then_some(new.fd);
+        self.retired.push(RetiredRing {
+            segment: old,
+            end,
+            capacity,
+        });
+        end
+    }
+
+    /// Forgets the retired rings the consumer has drained; returns their
+    /// entries (to release from the session's budget).
+    pub fn drop_drained(&mut self) -> u32 {
+        let mut freed = 0;
+        self.retired.retain(|r| {
+            let keep = !r.drained();
+            if !keep {
+                freed += r.capacity;
+            }
+            keep
+        });
+        freed
+    }
+
+    /// Completions the CQ holds: published or claimed, not yet polled, in
+    /// its ring and in the rings a resize left.
+    pub fn outstanding(&self) -> u32 {
+        let cap = self.ring.capacity();
+        let h = &self.header().ring;
+        let here = h
+            .producer
+            .load(std::sync::atomic::Ordering::Acquire)
+            .wrapping_sub(h.consumer())
+            .min(cap);
+        self.retired.iter().fold(here, |n, r| {
+            let left = r
+                .end
+                .wrapping_sub(r.header().ring.consumer())
+                .min(r.capacity);
+            n.saturating_add(left)
+        })
+    }
+
+    /// Every ring entry the CQ holds: its ring, retired rings and an
+    /// uncommitted resize's (what its session is charged).
+    pub fn entries_held(&self) -> u32 {
+        let retired: u32 = self.retired.iter().map(|r| r.capacity).sum();
+        let resizing = self.resizing.as_ref().map_or(0, |n| n.layout.capacity);
+        self.ring.capacity() + retired + resizing
     }
 
     pub fn header(&self) -> &CqHeader {

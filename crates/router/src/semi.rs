@@ -476,12 +476,21 @@ impl Engine {
         if self.key_table.is_none() {
             return;
         }
+        // A CQ's rings: its own and those a resize left, whose late
+        // producers may still raise an event there (`wire::cq_ring`).
         let fired: Vec<u32> = self
             .tables
             .cqs
             .iter()
             .filter(|(_, c)| c.channel.is_some())
-            .filter(|(_, c)| c.header().event_pending.swap(0, Ordering::AcqRel) != 0)
+            .filter(|(_, c)| {
+                let headers =
+                    std::iter::once(c.header()).chain(c.retired.iter().map(|r| r.header()));
+                headers
+                    .filter(|h| h.event_pending.swap(0, Ordering::AcqRel) != 0)
+                    .count()
+                    > 0
+            })
             .map(|(h, _)| *h)
             .collect();
         for cq in fired {

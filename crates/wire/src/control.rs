@@ -372,6 +372,20 @@ pub enum Request {
     DestroyCq {
         cq: u32,
     },
+    /// `ibv_resize_cq`, first step: a new, empty ring of at least `cqe`
+    /// entries (answered with [`Reply::Cq`] and its segment). Nothing
+    /// moves until [`Request::CommitCqResize`]; a second `ResizeCq`
+    /// replaces an uncommitted one.
+    ResizeCq {
+        cq: u32,
+        cqe: u32,
+    },
+    /// `ibv_resize_cq`, second step, once the caller has mapped the new
+    /// segment: the router freezes the old ring (`wire::cq_ring`), produces
+    /// into the new one from now on, and answers [`Reply::CqMoved`].
+    CommitCqResize {
+        cq: u32,
+    },
     CreateQp {
         pd: u32,
         qp_type: u32,
@@ -511,6 +525,12 @@ pub enum Reply {
         cq: u32,
         capacity: u32,
         segment_size: u64,
+    },
+    /// Answer to [`Request::CommitCqResize`]: the old ring holds
+    /// completions up to index `end` (exclusive); the consumer drains them,
+    /// then polls the new ring.
+    CqMoved {
+        end: u32,
     },
     /// Carries one fd: the QP segment.
     Qp {

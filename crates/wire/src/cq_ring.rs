@@ -20,6 +20,31 @@
 //! A producer that claims a slot and dies before publishing it blocks the
 //! consumer at that slot. Only semi mode, where senders' providers are
 //! trusted with their peers' rings, has such producers (docs/DESIGN.md section 3).
+//!
+//! Resizing (`ibv_resize_cq`), argued once here. A ring cannot grow in
+//! place (slot = index mod capacity), and producers in other processes
+//! claim slots without asking anyone, so a resize moves the CQ to a new
+//! ring and freezes the old one with one atomic step, [`CqRing::freeze`]:
+//! the router adds `capacity` to the producer index and keeps the old value
+//! as the ring's `end`.
+//!
+//! - Every slot before `end` was claimed by a real producer, which
+//!   publishes it as usual; the consumer drains them.
+//! - Slot `end` is claimed by nobody who publishes, so the consumer never
+//!   passes it, and the producer index stays `capacity` or more ahead of
+//!   the consumer's: the ring looks full to every producer, forever. No
+//!   claim after the freeze can succeed, so none is lost.
+//! - A producer that finds the ring full and [`CqRing::moved`] set asks
+//!   for the new ring (the router's engine swaps its own at once; a semi
+//!   producer re-maps the CQ). Its entries in the old ring precede its
+//!   entries in the new one, and the consumer drains the old ring up to
+//!   `end` before it polls the new one, so each producer's order holds.
+//! - Completion events: the router copies the old ring's arm to the new
+//!   one when it swaps; the consumer arms every ring it has not drained.
+//!   A producer that published into the old ring and then consumes the old
+//!   arm raises the event there (`event_pending`), which the router still
+//!   watches. One arm can then yield two events (one per ring) during a
+//!   resize, never none.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -105,6 +130,25 @@ impl<'a> CqRing<'a> {
         true
     }
 
+    /// Router side, `ibv_resize_cq`: no producer can claim a slot of this
+    /// ring any more (see the module's argument). Returns `end`: the
+    /// consumer finds published entries up to it, and none from it on.
+    pub fn freeze(&self) -> u32 {
+        let end = self
+            .header
+            .ring
+            .producer
+            .fetch_add(self.slots.capacity(), Ordering::AcqRel);
+        self.header.moved.store(1, Ordering::Release);
+        end
+    }
+
+    /// True once the router froze this ring: a producer that finds it
+    /// full must look for the CQ's new ring.
+    pub fn moved(&self) -> bool {
+        self.header.moved.load(Ordering::Acquire) != 0
+    }
+
     /// Consumer side: entry `index` if it has been published.
     pub fn peek(&self, index: u32) -> Option<Cqe> {
         (self.seq(index).load(Ordering::Acquire) == index.wrapping_add(1))
@@ -160,5 +204,40 @@ mod tests {
             }
         });
         assert_eq!(ring.free(), 4);
+    }
+
+    #[test]
+    fn a_frozen_ring_takes_nothing_more_and_ends_where_claims_stopped() {
+        let seg: &'static mut Seg = Box::leak(Box::new(Seg {
+            header: CqHeader::default(),
+            ring: [Cqe::default(); 4],
+        }));
+        // SAFETY: four CQE slots in a leaked (static) allocation.
+        let slots = unsafe { RingSlots::new(seg.ring.as_mut_ptr().cast(), 4) };
+        let ring = CqRing::new(&seg.header, slots);
+        let cqe = |wr_id| Cqe {
+            wr_id,
+            ..Default::default()
+        };
+        for i in 0..6u64 {
+            assert!(ring.push(&cqe(i)) || i >= 4);
+            if i == 1 {
+                // The consumer takes two: room for two more.
+                assert!(ring.peek(0).is_some() && ring.peek(1).is_some());
+                ring.header.ring.publish_consumer(2);
+            }
+        }
+        assert!(!ring.moved());
+        let end = ring.freeze();
+        assert_eq!(end, 6);
+        assert!(ring.moved());
+        // Nothing more gets in, even once the consumer drained everything.
+        for c in 2..end {
+            assert_eq!(ring.peek(c).map(|e| e.wr_id), Some(u64::from(c)));
+        }
+        ring.header.ring.publish_consumer(end);
+        assert!(!ring.push(&cqe(99)));
+        assert_eq!(ring.free(), 0);
+        assert_eq!(ring.peek(end), None);
     }
 }

@@ -239,6 +239,9 @@ pub struct CqHeader {
     /// Set by a semi-mode producer that consumed the arm: the router writes
     /// the completion event (it holds the channel) when its doorbell rings.
     pub event_pending: AtomicU32,
+    /// Set by the router when it froze this ring for `ibv_resize_cq`
+    /// (`wire::cq_ring`): producers that find it full look for the new one.
+    pub moved: AtomicU32,
 }
 
 impl Default for CqHeader {
@@ -247,6 +250,7 @@ impl Default for CqHeader {
             ring: RingIndices::default(),
             arm: AtomicU32::new(DISARMED),
             event_pending: AtomicU32::new(0),
+            moved: AtomicU32::new(0),
         }
     }
 }

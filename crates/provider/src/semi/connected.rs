@@ -10,14 +10,15 @@ use super::{
     copy_ascending, Clock, CqView, KeyCache, KeyView, PeerRings, Scratch, Seg, SemiContext,
 };
 use crate::context::{ContextInner, Errno};
+use crate::cq_rings::CqRings;
 use flowverbs_sys::*;
 use flowverbs_verbs::access;
 use flowverbs_verbs::opcode::{self, completion_opcode, Shape};
 use flowverbs_verbs::{atomic, qp, receive};
 use flowverbs_wire::control::{Reply, Request, WindowOp};
 use flowverbs_wire::entries::{Cqe, RecvWqe, SendWqe};
-use flowverbs_wire::ring::{RingSlots, Take};
-use flowverbs_wire::segment::{CqHeader, QpHeader};
+use flowverbs_wire::ring::Take;
+use flowverbs_wire::segment::QpHeader;
 
 /// Why the head request waits.
 enum Wait {
@@ -69,8 +70,8 @@ pub struct NewPath {
     pub pd: u32,
     pub sq_sig_all: bool,
     pub max_send_sge: u32,
-    pub send_cq_header: *const CqHeader,
-    pub send_cq_slots: RingSlots<Cqe>,
+    /// The QP's send CQ (which outlives it).
+    pub send_cq: *const CqRings,
     /// The QP's own header (its segment outlives the path).
     pub own_header: *const QpHeader,
 }
@@ -98,11 +99,7 @@ impl SemiPath {
             retry_cnt: 0,
             rnr_retry: 0,
             rings: None,
-            send_cq: CqView {
-                header: n.send_cq_header,
-                slots: n.send_cq_slots,
-                seen: 0,
-            },
+            send_cq: CqView::own(ctx, n.send_cq),
             own: n.own_header,
             keys: KeyCache::default(),
             pending: VecDeque::new(),
@@ -124,10 +121,7 @@ impl SemiPath {
         if self.rings.is_some() {
             return true;
         }
-        let rings = self
-            .ctx()
-            .call(&Request::SemiConnect { qp: self.qp_handle })
-            .and_then(|(reply, fds)| PeerRings::map(&reply, fds));
+        let rings = PeerRings::grant(self.ctx(), Request::SemiConnect { qp: self.qp_handle });
         match rings {
             Ok(r) => {
                 self.rings = Some(r);

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::{copy_ascending, Clock, CqView, KeyCache, PeerRings, Scratch, Seg, SemiContext};
 use crate::context::ContextInner;
+use crate::cq_rings::CqRings;
 use flowverbs_sys::*;
 use flowverbs_verbs::access;
 use flowverbs_verbs::opcode::{self, completion_opcode};
@@ -28,8 +29,7 @@ use flowverbs_verbs::{qp, receive, ud};
 use flowverbs_wire::control::Request;
 use flowverbs_wire::entries::{Cqe, SendWqe};
 use flowverbs_wire::limits::GRH_SIZE;
-use flowverbs_wire::ring::RingSlots;
-use flowverbs_wire::segment::{CqHeader, QpHeader};
+use flowverbs_wire::segment::QpHeader;
 
 /// How long a destination the router refused (another host, another trust
 /// group, no such QP yet) goes through the router before it is asked again.
@@ -74,8 +74,8 @@ pub struct NewDatagramPath {
     pub pd: u32,
     pub sq_sig_all: bool,
     pub max_send_sge: u32,
-    pub send_cq_header: *const CqHeader,
-    pub send_cq_slots: RingSlots<Cqe>,
+    /// The QP's send CQ (which outlives it).
+    pub send_cq: *const CqRings,
     pub own_header: *const QpHeader,
 }
 
@@ -87,11 +87,7 @@ impl DatagramPath {
             pd: n.pd,
             sq_sig_all: n.sq_sig_all,
             max_send_sge: n.max_send_sge,
-            send_cq: CqView {
-                header: n.send_cq_header,
-                slots: n.send_cq_slots,
-                seen: 0,
-            },
+            send_cq: CqView::own(ctx, n.send_cq),
             own: n.own_header,
             ring_producer: 0,
             peers: FxHashMap::default(),
@@ -277,14 +273,14 @@ impl DatagramPath {
             {
                 return None;
             }
-            let granted = self
-                .ctx()
-                .call(&Request::SemiDatagramPeer {
+            let granted = PeerRings::grant(
+                self.ctx(),
+                Request::SemiDatagramPeer {
                     qp: self.qp_handle,
                     dest_qpn: dest.0,
                     dgid: dest.1,
-                })
-                .and_then(|(reply, fds)| PeerRings::map(&reply, fds));
+                },
+            );
             match granted {
                 Ok(rings) => {
                     self.refused.remove(&dest);

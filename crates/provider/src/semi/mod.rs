@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use super::arena::Arena;
 use super::context::{ContextInner, Errno};
+use super::cq_rings::CqRings;
 use flowverbs_verbs::access::{self, Region};
 use flowverbs_verbs::receive;
 use flowverbs_wire::control::{ArenaRun, Reply, Request};
@@ -410,25 +411,102 @@ impl KeyView {
 }
 
 /// A CQ segment's ring (own or the peer's), with its consumer index as
-/// last read (see `CqRing::has_room`).
+/// last read (see `CqRing::has_room`). It follows the CQ when
+/// `ibv_resize_cq` moves it (`wire::cq_ring`): a ring found full and moved
+/// is looked up again, so a completion never goes to a frozen ring.
 struct CqView {
     header: *const CqHeader,
     slots: RingSlots<Cqe>,
     seen: u32,
+    source: CqSource,
+    ctx: *const ContextInner,
+}
+
+/// Where a [`CqView`]'s ring comes from.
+enum CqSource {
+    /// This process's own CQ (a QP's send CQ): its rings.
+    Own(*const CqRings),
+    /// A responder's receive CQ, mapped here; `grant` asks the router for
+    /// the responder's rings again, `qpn` is the responder's.
+    Peer {
+        _segment: Mapping,
+        grant: Request,
+        qpn: u32,
+    },
 }
 
 impl CqView {
+    /// A view of this process's CQ `rings`.
+    fn own(ctx: &ContextInner, rings: *const CqRings) -> CqView {
+        // SAFETY: the CQ outlives the QPs that use it (destroying it first
+        // fails with EBUSY), so its rings outlive this view.
+        let current = unsafe { &*rings }.current();
+        CqView {
+            header: current.header(),
+            slots: current.slots(),
+            seen: 0,
+            source: CqSource::Own(rings),
+            ctx,
+        }
+    }
+
     fn ring(&self) -> CqRing<'_> {
         // SAFETY: the header lives in a segment that outlives this view
-        // (our own CQ outlives its QPs; the peer's is held in SemiPath).
+        // (our own CQ's rings outlive its QPs; the peer's is held in
+        // `source`).
         CqRing::new(unsafe { &*self.header }, self.slots)
     }
 
     fn has_room(&mut self) -> bool {
-        let mut seen = self.seen;
-        let room = self.ring().has_room(&mut seen);
-        self.seen = seen;
-        room
+        loop {
+            let mut seen = self.seen;
+            let room = self.ring().has_room(&mut seen);
+            self.seen = seen;
+            if room || !self.follow() {
+                return room;
+            }
+        }
+    }
+
+    /// The ring is full: if a resize moved the CQ, switches to its new
+    /// ring (true).
+    fn follow(&mut self) -> bool {
+        if !self.ring().moved() {
+            return false;
+        }
+        match &mut self.source {
+            CqSource::Own(rings) => {
+                // SAFETY: see `CqView::own`.
+                let rings = unsafe { &**rings };
+                // The resizing thread switches right after the router's
+                // answer; until then this producer waits (it cannot
+                // complete into either ring before the switch).
+                let mut current = rings.current();
+                while std::ptr::eq(current.header(), self.header) {
+                    std::thread::yield_now();
+                    current = rings.current();
+                }
+                self.header = current.header();
+                self.slots = current.slots();
+            }
+            CqSource::Peer { grant, qpn, .. } => {
+                // SAFETY: the context outlives its QPs and their paths.
+                let ctx = unsafe { &*self.ctx };
+                let Ok(again) = PeerRings::grant(ctx, grant.clone()) else {
+                    return false;
+                };
+                if again.qpn != *qpn {
+                    return false;
+                }
+                let view = again.cq;
+                if std::ptr::eq(view.header, self.header) {
+                    return false;
+                }
+                *self = view;
+            }
+        }
+        self.seen = 0;
+        true
     }
 
     /// After a push: a completion event if the CQ was armed for it (the
@@ -443,10 +521,14 @@ impl CqView {
     }
 
     fn push(&mut self, cqe: &Cqe) -> bool {
-        let mut seen = self.seen;
-        let pushed = self.ring().push_seen(cqe, &mut seen);
-        self.seen = seen;
-        pushed
+        loop {
+            let mut seen = self.seen;
+            let pushed = self.ring().push_seen(cqe, &mut seen);
+            self.seen = seen;
+            if pushed || !self.follow() {
+                return pushed;
+            }
+        }
     }
 }
 
@@ -461,7 +543,6 @@ struct PeerRings {
     _qp_seg: Mapping,
     header: *const QpHeader,
     rq: RingSlots<RecvWqe>,
-    _cq_seg: Mapping,
     cq: CqView,
     /// The responder's SRQ, if it receives through one.
     srq: Option<SrqView>,
@@ -529,8 +610,22 @@ impl PeerRings {
         true
     }
 
-    /// From the router's [`Reply::SemiPeer`] and its two fds.
-    fn map(reply: &Reply, mut fds: Vec<OwnedFd>) -> Result<PeerRings, Errno> {
+    /// Asks the router for a responder's rings with `grant`
+    /// (`Request::SemiConnect` or `Request::SemiDatagramPeer`) and maps
+    /// them.
+    fn grant(ctx: &ContextInner, grant: Request) -> Result<PeerRings, Errno> {
+        let (reply, fds) = ctx.call(&grant)?;
+        PeerRings::map(ctx, grant, &reply, fds)
+    }
+
+    /// From the router's [`Reply::SemiPeer`] to `grant` and its two or
+    /// three fds.
+    fn map(
+        ctx: &ContextInner,
+        grant: Request,
+        reply: &Reply,
+        mut fds: Vec<OwnedFd>,
+    ) -> Result<PeerRings, Errno> {
         let &Reply::SemiPeer {
             peer_qpn,
             peer_gid,
@@ -592,8 +687,13 @@ impl PeerRings {
                 header: cseg.as_ptr() as *const CqHeader,
                 slots: cq_slots,
                 seen: 0,
+                source: CqSource::Peer {
+                    _segment: cseg,
+                    grant,
+                    qpn: peer_qpn,
+                },
+                ctx,
             },
-            _cq_seg: cseg,
             srq,
         })
     }

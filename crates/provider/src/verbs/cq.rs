@@ -1,16 +1,19 @@
-//! Completion queues: creation, polling, arming.
+//! Completion queues: creation, polling, arming, resizing.
 
 use super::*;
+use crate::cq_rings::{CqRings, CqSegment};
+use std::collections::VecDeque;
 
 // ---------------------------------------------------------------- CQ ----
 
 #[repr(C)]
 pub struct FvCq {
     pub vcq: verbs_cq,
-    pub(super) segment: Mapping,
-    pub(super) ring: RingSlots<Cqe>,
-    /// Our consumer index; the lock serialises pollers of one CQ.
-    pub(super) consumer: Mutex<u32>,
+    /// Its rings: the current one, and those `ibv_resize_cq` left.
+    pub(super) rings: CqRings,
+    /// Where polling is; the lock serialises pollers (and resizes) of one
+    /// CQ.
+    pub(super) consumer: Mutex<Consumer>,
     /// Polls in a row that found nothing (see [`EMPTY_POLLS_BEFORE_YIELD`]).
     pub(super) empty_polls: std::sync::atomic::AtomicU32,
     /// Completions polled since the last one the router produced
@@ -35,6 +38,86 @@ pub struct FvCq {
     /// thread between start and end of a poll touches it (the verbs
     /// contract).
     pub(super) current: std::cell::UnsafeCell<ibv_wc>,
+}
+
+/// The consumer's place: its index in the current ring, and the rings a
+/// resize left that it has not drained yet, oldest first (the protocol is
+/// argued at `wire::cq_ring`).
+pub(super) struct Consumer {
+    index: u32,
+    draining: VecDeque<Draining>,
+}
+
+/// An old ring with completions left in it, up to `end`.
+struct Draining {
+    ring: *const CqSegment,
+    index: u32,
+    end: u32,
+}
+
+// SAFETY: `ring` points into the CQ's `CqRings`, which keeps every ring
+// mapped for the life of the CQ that holds this value.
+unsafe impl Send for Draining {}
+
+impl Consumer {
+    fn new() -> Consumer {
+        Consumer {
+            index: 0,
+            draining: VecDeque::new(),
+        }
+    }
+
+    /// Takes up to `max` published completions in order, the old rings'
+    /// first; `each` gets every one with its position. A ring whose next
+    /// entry is claimed but not yet published stops the take there (each
+    /// producer's order holds across rings).
+    fn take(&mut self, rings: &CqRings, max: u32, mut each: impl FnMut(&Cqe, u32)) -> u32 {
+        let mut n = 0;
+        while let Some(d) = self.draining.front_mut() {
+            // SAFETY: see `Draining`.
+            let old = unsafe { &*d.ring };
+            if d.index == d.end {
+                // Tells the router it may forget this ring.
+                old.header().ring.publish_consumer(d.end);
+                self.draining.pop_front();
+                continue;
+            }
+            if n == max {
+                return n;
+            }
+            let Some(c) = old.ring().peek(d.index) else {
+                return n;
+            };
+            each(&c, n);
+            d.index = d.index.wrapping_add(1);
+            n += 1;
+        }
+        let current = rings.current();
+        let ring = current.ring();
+        let start = n;
+        while n < max {
+            let Some(c) = ring.peek(self.index) else {
+                break;
+            };
+            each(&c, n);
+            self.index = self.index.wrapping_add(1);
+            n += 1;
+        }
+        if n > start {
+            current.header().ring.publish_consumer(self.index);
+        }
+        n
+    }
+
+    /// `ibv_req_notify_cq`: arms the current ring and every ring not yet
+    /// drained (a late producer there raises the event on that ring).
+    fn arm(&self, rings: &CqRings, solicited_only: bool) {
+        rings.current().header().arm(solicited_only);
+        for d in &self.draining {
+            // SAFETY: see `Draining`.
+            unsafe { &*d.ring }.header().arm(solicited_only);
+        }
+    }
 }
 
 /// Semi mode over a NIC: a completion event of a CQ's real twin, written
@@ -87,10 +170,6 @@ impl FvCq {
         // SAFETY: the caller promises `cq` came from create_cq: it starts
         // a live `FvCq` (the ibv struct is its first member).
         unsafe { &*(cq as *const FvCq) }
-    }
-    pub(super) fn header(&self) -> &CqHeader {
-        // SAFETY: the CQ segment starts with a CqHeader.
-        unsafe { self.segment.header::<CqHeader>() }
     }
 }
 
@@ -150,8 +229,6 @@ pub(super) unsafe fn new_cq(
         let layout = CqLayout::new(capacity);
         let fits = layout.capacity == capacity && layout.size as u64 == segment_size;
         let segment = map_created_segment(ctx, fds, fits, segment_size, Request::DestroyCq { cq })?;
-        // SAFETY: the segment holds `capacity` CQEs at ring_offset.
-        let ring = unsafe { RingSlots::new(segment.as_ptr().add(layout.ring_offset), capacity) };
         // SAFETY: ctx is ours.
         let cx = unsafe { inner(ctx) };
         let nic = match cx.nic.as_ref() {
@@ -172,9 +249,8 @@ pub(super) unsafe fn new_cq(
         vcq.__bindgen_anon_1.cq.cqe = capacity as i32;
         Ok(slot.fill(FvCq {
             vcq,
-            segment,
-            ring,
-            consumer: Mutex::new(0),
+            rings: CqRings::new(CqSegment::new(segment, layout)),
+            consumer: Mutex::new(Consumer::new()),
             empty_polls: std::sync::atomic::AtomicU32::new(0),
             // SAFETY: ctx is ours.
             since_router: std::sync::atomic::AtomicU32::new(
@@ -268,13 +344,8 @@ pub(super) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, num_entries: i32, wc: *
             semi.progress();
         }
         let mut consumer = fcq.consumer.lock().unwrap_or_else(|e| e.into_inner());
-        let ring = CqRing::new(fcq.header(), fcq.ring);
-        let mut n = 0u32;
         let mut since_router = fcq.since_router.load(Ordering::Relaxed);
-        while n < num_entries as u32 {
-            let Some(c) = ring.peek(consumer.wrapping_add(n)) else {
-                break;
-            };
+        let mut n = consumer.take(&fcq.rings, num_entries as u32, |c, at| {
             if c.opcode < IBV_WC_RECV {
                 ctx.send_queues.retire(c.qp_num, c.sq_index);
             }
@@ -283,11 +354,9 @@ pub(super) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, num_entries: i32, wc: *
             } else {
                 since_router.saturating_add(1)
             };
-            // SAFETY: the caller's array holds num_entries > n entries.
-            unsafe { wc.add(n as usize).write(wc_of(&c)) };
-            n += 1;
-        }
-        let taken = n;
+            // SAFETY: the caller's array holds num_entries > at entries.
+            unsafe { wc.add(at as usize).write(wc_of(c)) };
+        });
         if n < num_entries as u32 && ctx.router_gone() {
             // SAFETY: the caller's array holds num_entries > n entries; cq
             // is one of this context's.
@@ -298,8 +367,6 @@ pub(super) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, num_entries: i32, wc: *
         }
         if n > 0 {
             fcq.since_router.store(since_router, Ordering::Relaxed);
-            *consumer = consumer.wrapping_add(taken);
-            fcq.header().ring.publish_consumer(*consumer);
             fcq.empty_polls
                 .store(0, std::sync::atomic::Ordering::Relaxed);
         } else {
@@ -345,12 +412,80 @@ pub(super) unsafe extern "C" fn req_notify_cq(cq: *mut ibv_cq, solicited_only: i
         // The router consumes the arm when it publishes the next CQE (of
         // the right kind) and writes one event to the CQ's channel; without
         // a channel the arm is harmless. Ordering: wire::segment::CqHeader.
-        fcq.header().arm(solicited_only != 0);
+        fcq.consumer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .arm(&fcq.rings, solicited_only != 0);
         if fcq.nic.is_null() {
             0
         } else {
             // SAFETY: a live real CQ.
             unsafe { crate::nic::req_notify_cq(fcq.nic, solicited_only) }
         }
+    })
+}
+
+/// `ibv_resize_cq`: the router makes a ring of at least `cqe` entries, this
+/// process maps it, then the router moves the CQ there (two requests, so
+/// that a failure to map leaves the CQ as it was). The consumer drains the
+/// old ring first. Not offered for a CQ with a NIC twin (EOPNOTSUPP).
+pub(super) unsafe extern "C" fn resize_cq(cq: *mut ibv_cq, cqe: i32) -> i32 {
+    guard(libc::EIO, || {
+        // SAFETY: cq is one of ours.
+        let fcq = unsafe { FvCq::from_ibv(cq) };
+        if !fcq.nic.is_null() {
+            return libc::EOPNOTSUPP;
+        }
+        if cqe < 1 || cqe as u32 > MAX_CQE {
+            return libc::EINVAL;
+        }
+        // SAFETY: cq is one of ours.
+        let (ctx, handle) = unsafe { ((*cq).context, (*cq).handle) };
+        let next = match call(
+            ctx,
+            &Request::ResizeCq {
+                cq: handle,
+                cqe: cqe as u32,
+            },
+        ) {
+            Ok((
+                Reply::Cq {
+                    capacity,
+                    segment_size,
+                    ..
+                },
+                fds,
+            )) => {
+                let layout = CqLayout::new(capacity);
+                if layout.capacity != capacity || layout.size as u64 != segment_size {
+                    return libc::EPROTO;
+                }
+                match take_one_fd(fds).and_then(|fd| map_segment(&fd, segment_size)) {
+                    Ok(m) => CqSegment::new(m, layout),
+                    Err(e) => return e,
+                }
+            }
+            Ok((r, _)) => return unexpected(&r),
+            Err(e) => return e,
+        };
+        let capacity = next.slots().capacity();
+        // Pollers wait while the CQ moves; this process's semi paths that
+        // find the old ring moved wait for `switch_to` (`CqView`).
+        let mut consumer = fcq.consumer.lock().unwrap_or_else(|e| e.into_inner());
+        let end = match call(ctx, &Request::CommitCqResize { cq: handle }) {
+            Ok((Reply::CqMoved { end }, _)) => end,
+            Ok((r, _)) => return unexpected(&r),
+            Err(e) => return e,
+        };
+        let old = fcq.rings.switch_to(next);
+        let index = std::mem::replace(&mut consumer.index, 0);
+        consumer.draining.push_back(Draining {
+            ring: old,
+            index,
+            end,
+        });
+        // SAFETY: cq is ours; its users read `cqe` as the capacity.
+        unsafe { (*cq).cqe = capacity as i32 };
+        0
     })
 }

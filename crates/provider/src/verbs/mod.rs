@@ -41,14 +41,11 @@ use crate::fv_log;
 use flowverbs_sys::*;
 use flowverbs_wire::control::{AddressVector, QpAttr, QpCaps, Reply, Request};
 use flowverbs_wire::control::{ArenaRun, MAX_ARENA_RUNS};
-use flowverbs_wire::cq_ring::CqRing;
 use flowverbs_wire::entries::{Cqe, RecvWqe, SendWqe, Sge};
 use flowverbs_wire::limits::*;
 use flowverbs_wire::ring::RingIndices;
 use flowverbs_wire::ring::RingSlots;
-use flowverbs_wire::segment::{
-    CqHeader, CqLayout, Mapping, QpHeader, QpLayout, SrqHeader, SrqLayout,
-};
+use flowverbs_wire::segment::{CqLayout, Mapping, QpHeader, QpLayout, SrqHeader, SrqLayout};
 use std::os::fd::AsRawFd;
 
 #[repr(transparent)]
@@ -67,6 +64,7 @@ pub static CONTEXT_OPS: ContextOps = ContextOps(verbs_context_ops {
     bind_mw: Some(bind_mw),
     create_cq: Some(create_cq),
     create_cq_ex: Some(create_cq_ex),
+    resize_cq: Some(resize_cq),
     destroy_cq: Some(destroy_cq),
     poll_cq: Some(poll_cq),
     req_notify_cq: Some(req_notify_cq),

@@ -187,8 +187,7 @@ pub(super) unsafe extern "C" fn create_qp(
                     pd: pdh,
                     sq_sig_all: a.sq_sig_all != 0,
                     max_send_sge: caps.max_send_sge,
-                    send_cq_header: scq.header() as *const CqHeader,
-                    send_cq_slots: scq.ring,
+                    send_cq: &scq.rings,
                     own_header: segment.as_ptr() as *const QpHeader,
                 };
                 Some(Mutex::new(DatagramPath::new(context, n)))
@@ -471,8 +470,7 @@ fn semi_after_modify(
             pd,
             sq_sig_all: fqp.sq_sig_all,
             max_send_sge: fqp.caps.max_send_sge,
-            send_cq_header: scq.header() as *const CqHeader,
-            send_cq_slots: scq.ring,
+            send_cq: &scq.rings,
             own_header: fqp.header() as *const QpHeader,
         };
         *slot = Some(SemiPath::new(ctx, n, reply)?);

@@ -1,4 +1,4 @@
-//! Completion queues: `ibv_create_cq`, `ibv_destroy_cq`.
+//! Completion queues: `ibv_create_cq`, `ibv_resize_cq`, `ibv_destroy_cq`.
 //! Every handle is checked to belong to the requesting session; every
 //! value against the device limits.
 
@@ -64,6 +64,84 @@ pub(super) fn destroy_cq(engine: &mut Engine, session: SessionId, cq: u32) -> An
         return err(libc::EINVAL, "no such completion queue");
     };
     t.release(session, Usage::cq(c.ring.capacity()));
+    t.release(
+        session,
+        Usage::cq_ring(c.entries_held() - c.ring.capacity()),
+    );
     let events = c.events;
     Answer::ok(Reply::Destroyed { events })
+}
+
+/// `ibv_resize_cq`, first step: a new ring of at least `cqe` entries, for
+/// the caller to map. As on rxe, `cqe` below the completions the CQ holds
+/// is EINVAL (they stay in the old ring until polled, but the verb
+/// promises room for them).
+pub(super) fn resize_cq(engine: &mut Engine, session: SessionId, cq: u32, cqe: u32) -> Answer {
+    let t = &mut engine.tables;
+    if !owned(&t.cqs, cq, session, |c| c.session) {
+        return err(libc::EINVAL, "no such completion queue");
+    }
+    if cqe == 0 || cqe > MAX_CQE {
+        return err(libc::EINVAL, format!("cqe {cqe} outside 1..={MAX_CQE}"));
+    }
+    let held = t.cqs[&cq].outstanding();
+    if cqe < held {
+        return err(
+            libc::EINVAL,
+            format!("cqe {cqe} is below the {held} completions the CQ holds"),
+        );
+    }
+    let layout = CqLayout::new(cqe);
+    let cost = Usage::cq_ring(layout.capacity);
+    if let Err(r) = t.charge(session, cost) {
+        return refused(r);
+    }
+    let made = segment("fv-cq", layout.size).and_then(|(fd, map)| Ok((fd.try_clone()?, fd, map)));
+    let (theirs, fd, segment) = match made {
+        Ok(x) => x,
+        Err(e) => {
+            t.release(session, cost);
+            return err(libc::ENOMEM, format!("CQ segment: {e}"));
+        }
+    };
+    let c = t.cqs.get_mut(&cq).expect("owned");
+    let replaced = c.resizing.replace(NewRing {
+        segment,
+        fd,
+        layout,
+    });
+    if let Some(r) = replaced {
+        t.release(session, Usage::cq_ring(r.layout.capacity));
+    }
+    Answer {
+        reply: Reply::Cq {
+            cq,
+            capacity: layout.capacity,
+            segment_size: layout.size as u64,
+        },
+        fds: vec![theirs],
+    }
+}
+
+/// `ibv_resize_cq`, second step: the CQ moves to the ring of the first
+/// step (`Cq::move_to`).
+pub(super) fn commit_cq_resize(engine: &mut Engine, session: SessionId, cq: u32) -> Answer {
+    let semi = engine.key_table.is_some();
+    let t = &mut engine.tables;
+    if !owned(&t.cqs, cq, session, |c| c.session) {
+        return err(libc::EINVAL, "no such completion queue");
+    }
+    let c = t.cqs.get_mut(&cq).expect("owned");
+    let Some(new) = c.resizing.take() else {
+        return err(libc::EINVAL, "no resize of this completion queue under way");
+    };
+    let old_capacity = c.ring.capacity();
+    let end = c.move_to(new, semi);
+    let freed = c.drop_drained();
+    debug!(
+        "cq {cq}: resized from {old_capacity} to {}, old ring ends at {end}",
+        c.ring.capacity()
+    );
+    t.release(session, Usage::cq_ring(freed));
+    Answer::ok(Reply::CqMoved { end })
 }
