@@ -168,6 +168,39 @@ fn main() {
             &control_seed(semi, &windows),
         );
     }
+    // ibv_resize_cq: resizes committed with and without a QP on the CQ,
+    // one replaced before its commit, another session's tries, and a
+    // commit with none under way.
+    let resizes = [
+        (0, Request::AllocPd),
+        (
+            0,
+            Request::CreateCq {
+                cqe: 16,
+                channel: None,
+                cookie: 0x2000,
+            },
+        ),
+        (0, Request::ResizeCq { cq: 2, cqe: 64 }),
+        (0, Request::CommitCqResize { cq: 2 }),
+        (0, qp(1, 2, 0, RC)),
+        (0, Request::ResizeCq { cq: 2, cqe: 4 }),
+        (0, Request::ResizeCq { cq: 2, cqe: 65535 }),
+        (1, Request::CommitCqResize { cq: 2 }),
+        (0, Request::CommitCqResize { cq: 2 }),
+        (0, Request::CommitCqResize { cq: 2 }),
+        (1, Request::ResizeCq { cq: 2, cqe: 8 }),
+        (0, Request::DestroyQp { qp: 3 }),
+        (0, Request::ResizeCq { cq: 2, cqe: 1 }),
+        (0, Request::DestroyCq { cq: 2 }),
+    ];
+    for semi in [false, true] {
+        write(
+            &control,
+            &format!("resizes_semi{}", u8::from(semi)),
+            &control_seed(semi, &resizes),
+        );
+    }
     let srq = [
         (0, Request::AllocPd),
         (

@@ -364,7 +364,9 @@ fn checked_transfers_across_hosts() {
         &["-t", "uc", "-o", "write", "-s", "65536"],
         &["-t", "srq", "-o", "send", "-s", "8192", "-q", "2"],
         &["-t", "ud", "-o", "send_imm", "-s", "2048"],
-        &["-t", "rc", "-o", "send", "-s", "4096", "-q", "3", "-e"],
+        &[
+            "-t", "rc", "-o", "send", "-s", "4096", "-q", "3", "-e", "-z", "2",
+        ],
     ];
     for args in runs {
         let port = free_port().to_string();

@@ -278,5 +278,7 @@ cases!(
     mr_variants,
     mr_rereg,
     qp_ex_windows,
-    qp_ex_full
+    qp_ex_full,
+    resize_cq,
+    resize_cq_traffic
 );

@@ -14,6 +14,7 @@ use flowverbs_sys::*;
 use flowverbs_wire::control::{self, AddressVector, ArenaRun, QpAttr, QpCaps, Reply, Request};
 use flowverbs_wire::cq_ring::CqRing;
 use flowverbs_wire::entries::{Cqe, RecvWqe, SendWqe, Sge};
+use flowverbs_wire::limits::MAX_CQE;
 use flowverbs_wire::ring::RingSlots;
 use flowverbs_wire::segment::{CqHeader, CqLayout, Mapping, QpHeader, QpLayout};
 use flowverbs_wire::VERSION;
@@ -300,6 +301,80 @@ fn async_events(client: &Client) -> Vec<(u64, u32)> {
 fn assert_router_alive(router: &Router) {
     let mut c = Client::new(router);
     c.pd();
+}
+
+/// `ibv_resize_cq`'s two requests: only the owner resizes, a commit needs
+/// a resize, sizes are checked; the rings a resize leaves are charged to
+/// the user until drained, so resizing forever without polling ends at
+/// the budget, while resizing a drained CQ never does.
+#[test]
+fn resizes_are_checked_and_charged() {
+    let router = Router::start();
+    let mut a = Client::new(&router);
+    let mut b = Client::new(&router);
+    let (cq, map, _layout) = a.cq(8);
+    let resize = |cqe| Request::ResizeCq { cq, cqe };
+    assert_eq!(b.errno(&resize(16)), libc::EINVAL);
+    assert_eq!(b.errno(&Request::CommitCqResize { cq }), libc::EINVAL);
+    assert_eq!(a.errno(&Request::CommitCqResize { cq }), libc::EINVAL);
+    assert_eq!(a.errno(&resize(0)), libc::EINVAL);
+    assert_eq!(a.errno(&resize(MAX_CQE + 1)), libc::EINVAL);
+    // B's resize changed nothing: A's uncommitted resize is A's own.
+    a.ok(&resize(16));
+    assert_eq!(b.errno(&Request::CommitCqResize { cq }), libc::EINVAL);
+    a.ok(&Request::CommitCqResize { cq });
+
+    // Drained (empty) rings are released at the next resize: far more
+    // resizes to the largest size than the user's entry budget holds.
+    let budget_in_largest_cqs = (1u32 << 24) / (MAX_CQE + 1);
+    for _ in 0..budget_in_largest_cqs + 40 {
+        a.ok(&resize(MAX_CQE));
+        a.ok(&Request::CommitCqResize { cq });
+    }
+
+    // A client that claims completions it never polls (it writes the
+    // producer index of its own ring) keeps every frozen ring: refused at
+    // the budget, and the router lives on.
+    let (cq2, map2, _) = a.cq(8);
+    drop(map);
+    let mut refused = None;
+    let mut ring = map2;
+    for i in 0..budget_in_largest_cqs + 40 {
+        // SAFETY: the segment starts with a CqHeader.
+        unsafe { ring.header::<CqHeader>() }
+            .ring
+            .producer
+            .store(3, std::sync::atomic::Ordering::Release);
+        let (r, fds) = a.call(&Request::ResizeCq {
+            cq: cq2,
+            cqe: MAX_CQE,
+        });
+        if let Reply::Error { errno, .. } = r {
+            refused = Some((i, errno));
+            break;
+        }
+        let Reply::Cq { segment_size, .. } = r else {
+            panic!("{r:?}")
+        };
+        a.ok(&Request::CommitCqResize { cq: cq2 });
+        ring = Mapping::map(&fds[0], segment_size as usize).unwrap();
+    }
+    let (at, errno) = refused.expect("never refused: frozen rings are not charged");
+    assert!(
+        at > 100,
+        "refused too early, at resize {at} (errno {errno})"
+    );
+    assert_router_alive(&router);
+    // Destroying the CQ gives everything back.
+    a.ok(&Request::DestroyCq { cq: cq2 });
+    a.ok(&Request::DestroyCq { cq });
+    let (cq3, _m3, _) = a.cq(MAX_CQE);
+    for _ in 0..4 {
+        a.ok(&Request::ResizeCq {
+            cq: cq3,
+            cqe: MAX_CQE,
+        });
+    }
 }
 
 #[test]

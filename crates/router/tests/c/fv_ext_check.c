@@ -19,6 +19,9 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <net/if.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1641,6 +1644,275 @@ static void case_qp_ex_full(void)
 	buf_free(buf);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Case: resize_cq                                                           */
+
+/* ibv_resize_cq(cq, cqe), said as "resize <what>: <errno>"; on success cq->cqe must cover cqe. */
+static int resize(struct ibv_cq *cq, int cqe, const char *what)
+{
+	set_step("ibv_resize_cq(%d): %s", cqe, what);
+	int rc = ibv_resize_cq(cq, cqe);
+	say("resize %s: %s", what, errno_name(rc));
+	if (rc == 0 && cq->cqe < cqe)
+		fail("%s: ibv_resize_cq(%d) returned 0 but cq->cqe is %d", what, cqe, cq->cqe);
+	return rc;
+}
+
+/*
+ * n SENDs of 16 bytes A->B (wr_ids 0xA000 + i and, received, 0xB000 + i for
+ * i in [first, first + n)), waiting for their send completions on scq: a
+ * receive completion is written before the acknowledgement that completes
+ * the send (on rxe as on fv0), so B's receive CQ then holds all n.
+ */
+static void sends_landed(struct ibv_qp *a, struct ibv_qp *b, struct ibv_cq *scq, struct buf *buf,
+			 int first, int n)
+{
+	for (int i = first; i < first + n; i++) {
+		struct ibv_sge r = buf_sge(buf, 2048 + 16 * (i % 64), 16);
+		recv1(b, 0xB000 + i, &r, 1, "recv on B");
+	}
+	for (int i = first; i < first + n; i++) {
+		buf->p[16 * (i % 64)] = (uint8_t)i;
+		struct ibv_sge s = buf_sge(buf, 16 * (i % 64), 16);
+		send1(a, 0xA000 + i, IBV_WR_SEND, &s, 1, 0, 0, 0, "send A->B");
+	}
+	for (int i = first; i < first + n; i++)
+		expect_wc(scq, "a send's completion", 0xA000 + i, IBV_WC_SUCCESS, IBV_WC_SEND, a, NULL);
+}
+
+/* Polls the receive completions [first, first + n) from cq, in order, data checked. */
+static void receives_in_order(struct ibv_cq *cq, struct ibv_qp *b, struct buf *buf, int first,
+			      int n, const char *when)
+{
+	int ok = 1;
+	for (int i = first; i < first + n; i++) {
+		struct ibv_wc wc;
+		ok &= expect_wc(cq, when, 0xB000 + i, IBV_WC_SUCCESS, IBV_WC_RECV, b, &wc);
+		if (wc.status == IBV_WC_SUCCESS && wc.byte_len != 16) {
+			fail("%s: receive %d: byte_len %u, expected 16", when, i, wc.byte_len);
+			ok = 0;
+		}
+		if (buf->p[2048 + 16 * (i % 64)] != (uint8_t)i) {
+			fail("%s: receive %d holds message %u", when, i, buf->p[2048 + 16 * (i % 64)]);
+			ok = 0;
+		}
+	}
+	say("%s: %d receives, in order, data checked: %s", when, n, ok ? "yes" : "no");
+}
+
+/* Nothing more on cq. */
+static void cq_empty(struct ibv_cq *cq, const char *when)
+{
+	struct ibv_wc wc;
+	int n = ibv_poll_cq(cq, 1, &wc);
+	say("%s: CQ empty: %s", when, n == 0 ? "yes" : "no");
+	if (n != 0)
+		fail("%s: ibv_poll_cq returned %d (wr_id 0x%" PRIx64 ")", when, n, wc.wr_id);
+}
+
+/*
+ * ibv_resize_cq(3): grows and shrinks a CQ that holds completions, which
+ * are all polled afterwards, once each, in order; a size below what the CQ
+ * holds, 0 or above max_cqe is EINVAL and changes nothing; a CQ armed
+ * before a resize still gets its event.
+ */
+static void case_resize_cq(void)
+{
+	struct ibv_comp_channel *ch = chan_new();
+	struct ibv_cq *cq = cq_new_ch(8, ch, NULL);
+	struct ibv_cq *scq = cq_new(64);
+	struct ibv_qp *a = rc_qp_new(scq, scq);
+	struct ibv_qp *b = rc_qp_new(scq, cq);
+	rc_connect_both(a, b);
+	struct buf *buf = buf_reg(4096, "buffer", ACC_ALL);
+
+	sends_landed(a, b, scq, buf, 0, 6);
+	resize(cq, 4, "below the 6 completions held");
+	resize(cq, 0, "to 0");
+	resize(cq, E.dev.max_cqe + 1, "above max_cqe");
+	resize(cq, 64, "to 64 with 6 held");
+	receives_in_order(cq, b, buf, 0, 2, "after growing");
+	sends_landed(a, b, scq, buf, 6, 6);
+	resize(cq, 9, "below the 10 completions held");
+	resize(cq, 16, "to 16 with 10 held");
+	resize(cq, 12, "to 12 with 10 held");
+	receives_in_order(cq, b, buf, 2, 10, "after shrinking");
+	cq_empty(cq, "after shrinking");
+
+	set_step("an event armed before a resize");
+	if (ibv_req_notify_cq(cq, 0))
+		fail("ibv_req_notify_cq failed");
+	resize(cq, 32, "while armed");
+	sends_landed(a, b, scq, buf, 12, 1);
+	struct pollfd pfd = { .fd = ch->fd, .events = POLLIN };
+	int ready = poll(&pfd, 1, 10000);
+	say("event after the resize: %s", ready == 1 ? "yes" : "no");
+	if (ready == 1) {
+		struct ibv_cq *ev_cq;
+		void *ev_ctx;
+		if (ibv_get_cq_event(ch, &ev_cq, &ev_ctx) || ev_cq != cq)
+			fail("ibv_get_cq_event: not this CQ's event");
+		else
+			ibv_ack_cq_events(cq, 1);
+	} else {
+		fail("no completion event within 10 s of a receive on a CQ armed before a resize");
+	}
+	receives_in_order(cq, b, buf, 12, 1, "after the event");
+	cq_empty(cq, "at the end");
+	destroy_qp(a);
+	destroy_qp(b);
+	destroy_cq(cq);
+	destroy_cq(scq);
+	destroy_channel(ch);
+	buf_free(buf);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Case: resize_cq_traffic                                                   */
+
+/*
+ * A thread sends while another polls and resizes: A's sends and B's
+ * receives complete on one CQ, which the polling thread resizes every
+ * RT_EVERY completions through RT_SIZES (shrinking only to what the sender's
+ * window can hold). Every send and receive must complete once, in order,
+ * with its data. In semi mode the sending thread writes both completions
+ * itself, into rings the resize moves.
+ */
+#define RT_MESSAGES 6000
+#define RT_WINDOW 8
+#define RT_EVERY 61
+static const int rt_sizes[] = { 64, 16, 1024, 32, 256, 17, 4096 };
+
+struct rt_shared {
+	struct ibv_qp *a;
+	struct buf *buf;
+	volatile int stop;
+	int sent;             /* by the sender */
+	int completed;        /* sends completed, by the poller (atomic) */
+	int post_failed;
+};
+
+static void *rt_sender(void *arg)
+{
+	struct rt_shared *t = arg;
+	for (int i = 0; i < RT_MESSAGES && !t->stop; i++) {
+		while (i - __atomic_load_n(&t->completed, __ATOMIC_ACQUIRE) >= RT_WINDOW && !t->stop)
+			sched_yield();
+		uint8_t *m = t->buf->p + 64 * (i % RT_WINDOW);
+		memcpy(m, &i, sizeof(i));
+		struct ibv_sge s = buf_sge(t->buf, 64 * (i % RT_WINDOW), 64);
+		struct ibv_send_wr wr, *bad = NULL;
+		wr_init(&wr, (uint64_t)i, IBV_WR_SEND, &s, 1, IBV_SEND_SIGNALED);
+		int rc = ibv_post_send(t->a, &wr, &bad);
+		if (rc) {
+			t->post_failed = rc;
+			break;
+		}
+		t->sent = i + 1;
+	}
+	return NULL;
+}
+
+static void case_resize_cq_traffic(void)
+{
+	struct ibv_cq *cq = cq_new(64);
+	struct qp_cfg c = CFG_DEFAULT;
+	struct ibv_qp *a = qp_create(IBV_QPT_RC, cq, cq, NULL, &c);
+	struct ibv_qp *b = qp_create(IBV_QPT_RC, cq, cq, NULL, &c);
+	rc_connect_both(a, b);
+	struct buf *sbuf = buf_reg(64 * RT_WINDOW, "send buffer", ACC_ALL);
+	struct buf *rbuf = buf_reg(64 * 2 * RT_WINDOW, "receive buffer", ACC_ALL);
+	/* B always has twice the sender's window of receives posted. */
+	int posted = 0;
+	for (; posted < 2 * RT_WINDOW; posted++) {
+		struct ibv_sge r = buf_sge(rbuf, 64 * (posted % (2 * RT_WINDOW)), 64);
+		recv1(b, (uint64_t)posted, &r, 1, "recv on B");
+	}
+	struct rt_shared t = { .a = a, .buf = sbuf };
+	pthread_t th;
+	if (pthread_create(&th, NULL, rt_sender, &t))
+		fatal("pthread_create failed");
+	int sends = 0, recvs = 0, polled = 0, resizes = 0, resize_failed = 0, bad = 0;
+	double give_up = now_s() + 120;
+	set_step("sending %d messages while resizing", RT_MESSAGES);
+	while ((sends < RT_MESSAGES || recvs < RT_MESSAGES) && !bad) {
+		struct ibv_wc wc[8];
+		int n = ibv_poll_cq(cq, 8, wc);
+		if (n < 0) {
+			fail("ibv_poll_cq returned %d", n);
+			break;
+		}
+		if (n == 0) {
+			if (t.post_failed || now_s() > give_up) {
+				fail("stuck after %d sends and %d receives completed (%d posted, "
+				     "post error %d, %d resizes)",
+				     sends, recvs, t.sent, t.post_failed, resizes);
+				break;
+			}
+			sched_yield();
+			continue;
+		}
+		for (int k = 0; k < n && !bad; k++) {
+			const struct ibv_wc *w = &wc[k];
+			if (w->status != IBV_WC_SUCCESS) {
+				fail("completion %d: status %s (wr_id %" PRIu64 ", qp 0x%x)", polled,
+				     ibv_wc_status_str(w->status), w->wr_id, w->qp_num);
+				bad = 1;
+			} else if (w->qp_num == a->qp_num && w->opcode == IBV_WC_SEND) {
+				if (w->wr_id != (uint64_t)sends) {
+					fail("send completion %d has wr_id %" PRIu64, sends, w->wr_id);
+					bad = 1;
+				}
+				sends++;
+				__atomic_store_n(&t.completed, sends, __ATOMIC_RELEASE);
+			} else if (w->qp_num == b->qp_num && w->opcode == IBV_WC_RECV) {
+				int m = -1;
+				memcpy(&m, rbuf->p + 64 * (w->wr_id % (2 * RT_WINDOW)), sizeof(m));
+				if (w->wr_id != (uint64_t)recvs || w->byte_len != 64 || m != recvs) {
+					fail("receive %d: wr_id %" PRIu64 ", %u bytes, message %d", recvs,
+					     w->wr_id, w->byte_len, m);
+					bad = 1;
+				}
+				recvs++;
+				if (posted < RT_MESSAGES) {
+					struct ibv_sge r =
+						buf_sge(rbuf, 64 * (posted % (2 * RT_WINDOW)), 64);
+					recv1(b, (uint64_t)posted, &r, 1, "recv on B");
+					posted++;
+				}
+			} else {
+				fail("completion %d: opcode %s of qp 0x%x", polled,
+				     wc_opcode_str(w->opcode), w->qp_num);
+				bad = 1;
+			}
+			polled++;
+			if (polled % RT_EVERY == 0) {
+				int size = rt_sizes[resizes % (sizeof(rt_sizes) / sizeof(rt_sizes[0]))];
+				int rc = ibv_resize_cq(cq, size);
+				if (rc) {
+					fail("resize %d to %d after %d completions: %d (%s)", resizes,
+					     size, polled, rc, strerror(rc));
+					resize_failed++;
+				} else if (cq->cqe < size) {
+					fail("resize %d to %d: cq->cqe %d", resizes, size, cq->cqe);
+				}
+				resizes++;
+			}
+		}
+	}
+	t.stop = 1;
+	pthread_join(th, NULL);
+	say("traffic: %d sends and %d receives completed, in order, data checked: %s", sends, recvs,
+	    sends == RT_MESSAGES && recvs == RT_MESSAGES && !bad ? "yes" : "no");
+	say("traffic: every resize returned 0: %s", resizes > 0 && !resize_failed ? "yes" : "no");
+	cq_empty(cq, "after the traffic");
+	destroy_qp(a);
+	destroy_qp(b);
+	destroy_cq(cq);
+	buf_free(sbuf);
+	buf_free(rbuf);
+}
+
 static const struct fv_case cases[] = {
 	{ "cq_ex", case_cq_ex },
 	{ "cq_ex_batch_end", case_cq_ex_batch_end },
@@ -1655,6 +1927,8 @@ static const struct fv_case cases[] = {
 	{ "mr_rereg", case_mr_rereg },
 	{ "qp_ex_windows", case_qp_ex_windows },
 	{ "qp_ex_full", case_qp_ex_full },
+	{ "resize_cq", case_resize_cq },
+	{ "resize_cq_traffic", case_resize_cq_traffic },
 };
 
 int main(int argc, char **argv)

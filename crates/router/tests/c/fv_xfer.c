@@ -22,6 +22,8 @@
  *   -n ITERS    messages each way (default 100)
  *   -q NQPS     QPs per side (default 1; message i uses QP i % NQPS)
  *   -e          wait for completions on a completion channel
+ *   -z N        ibv_resize_cq the CQ after every N rounds, between four times
+ *               its size and its size (completions may be pending)
  *   -X I:J      self-test: flip byte J of our own message I after filling it
  *
  * Each round i: the client's message i goes to the server, which checks it,
@@ -98,6 +100,7 @@ struct options {
 	enum operation op;
 	size_t size;
 	bool events;
+	int resize_every; /* -z: 0 = never */
 	long flip_msg; /* -X: -1 = none */
 	size_t flip_off;
 };
@@ -953,11 +956,32 @@ static void fill_ah_attr(struct ibv_ah_attr *ah, const struct remote_qp *r)
 	}
 }
 
+/* The CQ's size at creation (and the smaller of -z's two sizes). */
+static int cq_entries(void)
+{
+	return 4 * opt.nqps + 4;
+}
+
+/* -z: after round i, every resize_every rounds, the CQ grows to four times
+ * its size or shrinks back, with whatever completions it holds. */
+static void maybe_resize_cq(long i)
+{
+	if (!opt.resize_every || (i + 1) % opt.resize_every)
+		return;
+	int cqe = ((i + 1) / opt.resize_every) % 2 ? 4 * cq_entries() : cq_entries();
+	set_step("ibv_resize_cq(%d) after message %ld", cqe, i);
+	int rc = ibv_resize_cq(cq, cqe);
+	if (rc)
+		die("ibv_resize_cq(%d) after message %ld: %s", cqe, i, strerror(rc));
+	if (cq->cqe < cqe)
+		die("ibv_resize_cq(%d) returned 0 but cq->cqe is %d", cqe, cq->cqe);
+}
+
 static void create_resources(void)
 {
 	int access = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ |
 		     (opt.op == OP_WRITE_MW ? IBV_ACCESS_MW_BIND : 0);
-	int cqe = 4 * opt.nqps + 4;
+	int cqe = cq_entries();
 	char gidtext[INET6_ADDRSTRLEN];
 
 	set_step("creating verbs resources");
@@ -1081,7 +1105,7 @@ static void usage(void)
 	fprintf(stderr,
 		"usage: fv_xfer [-d DEV] [-i IBPORT] [-g GIDX] [-p TCPPORT] [-t rc|uc|ud|srq]\n"
 		"               [-o send|send_imm|write|write_imm|read] [-s SIZE] [-n ITERS]\n"
-		"               [-q NQPS] [-e] [HOST]\n");
+		"               [-q NQPS] [-e] [-z N] [HOST]\n");
 	exit(1);
 }
 
@@ -1107,7 +1131,7 @@ static int parse_name(const char *s, const char *const *names, int n, char flag)
 static void parse_options(int argc, char **argv)
 {
 	int c;
-	while ((c = getopt(argc, argv, "d:i:g:p:t:o:s:n:q:eX:h")) != -1) {
+	while ((c = getopt(argc, argv, "d:i:g:p:t:o:s:n:q:ez:X:h")) != -1) {
 		switch (c) {
 		case 'd': opt.dev = optarg; break;
 		case 'i': opt.ib_port = (int)parse_num(optarg, 1, 255, 'i'); break;
@@ -1119,6 +1143,7 @@ static void parse_options(int argc, char **argv)
 		case 'n': opt.iters = (int)parse_num(optarg, 1, 1L << 30, 'n'); break;
 		case 'q': opt.nqps = (int)parse_num(optarg, 1, 1024, 'q'); break;
 		case 'e': opt.events = true; break;
+		case 'z': opt.resize_every = (int)parse_num(optarg, 1, 1L << 30, 'z'); break;
 		case 'X': {
 			char *colon = strchr(optarg, ':');
 			if (!colon)
@@ -1204,6 +1229,7 @@ int main(int argc, char **argv)
 			receive_message(i, k);
 			send_message(i, k);
 		}
+		maybe_resize_cq(i);
 	}
 	secs = now_s() - start;
 	set_step("final checks");
