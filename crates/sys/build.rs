@@ -35,6 +35,7 @@ fn main() {
         .allowlist_function("ibv_dereg_mr")
         .allowlist_function("ibv_create_cq")
         .allowlist_function("ibv_destroy_cq")
+        .allowlist_function("ibv_resize_cq")
         .allowlist_function("ibv_create_qp")
         .allowlist_function("ibv_modify_qp")
         .allowlist_function("ibv_destroy_qp")

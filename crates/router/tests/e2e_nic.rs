@@ -114,6 +114,12 @@ fn scenarios(dir: &Path, nic_check: &Path, mpi_pingpong: &Path) -> Vec<Scenario>
             command: format!("{} qp_error", nic_check.display()),
             client: "b",
         },
+        Scenario {
+            name: "resize_cq",
+            port: None,
+            command: format!("{} resize_cq", nic_check.display()),
+            client: "b",
+        },
     ]
 }
 
@@ -428,6 +434,29 @@ fn query_qp_reports_the_devices_state() {
         vm.rise("qp_error", "rxe0_sent") >= 1,
         "{}",
         vm.scenario_report("qp_error")
+    );
+}
+
+/// `ibv_resize_cq` of a CQ whose QPs are on the NIC: the device's twin is
+/// resized with fv0's ring; completions arriving during the resize come
+/// once each, with their data, and the device carried the messages.
+#[test]
+fn resize_cq_over_the_nic() {
+    let vm = vm();
+    let out = vm.output("resize_cq", "client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text.contains("resize over the NIC: 60 writes completed into the grown CQ")
+            && text
+                .contains("resize over the NIC: 12 sends and 12 receives, once each, data checked"),
+        "{}",
+        vm.scenario_report("resize_cq")
+    );
+    assert!(
+        vm.rise("resize_cq", "rxe0_sent") >= 72,
+        "{}",
+        vm.scenario_report("resize_cq")
     );
 }
 

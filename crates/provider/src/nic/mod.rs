@@ -406,6 +406,12 @@ pub(crate) fn dereg_mr(mr: *mut ibv_mr) -> Result<(), Errno> {
     errno_of(unsafe { ibv_dereg_mr(mr) })
 }
 
+/// `ibv_resize_cq` of a real CQ (its device's errno on failure).
+pub(crate) fn resize_cq(cq: *mut ibv_cq, cqe: i32) -> Result<(), Errno> {
+    // SAFETY: a real CQ of ours.
+    errno_of(unsafe { ibv_resize_cq(cq, cqe) })
+}
+
 pub(crate) fn destroy_cq(cq: *mut ibv_cq) -> Result<(), Errno> {
     // SAFETY: a real CQ of ours.
     errno_of(unsafe { ibv_destroy_cq(cq) })

@@ -428,16 +428,19 @@ pub(super) unsafe extern "C" fn req_notify_cq(cq: *mut ibv_cq, solicited_only: i
 /// `ibv_resize_cq`: the router makes a ring of at least `cqe` entries, this
 /// process maps it, then the router moves the CQ there (two requests, so
 /// that a failure to map leaves the CQ as it was). The consumer drains the
-/// old ring first. Not offered for a CQ with a NIC twin (EOPNOTSUPP).
+/// old ring first. A CQ with a NIC twin (semi mode over a NIC) has the
+/// twin resized first, with the device's own rules.
 pub(super) unsafe extern "C" fn resize_cq(cq: *mut ibv_cq, cqe: i32) -> i32 {
     guard(libc::EIO, || {
         // SAFETY: cq is one of ours.
         let fcq = unsafe { FvCq::from_ibv(cq) };
-        if !fcq.nic.is_null() {
-            return libc::EOPNOTSUPP;
-        }
         if cqe < 1 || cqe as u32 > MAX_CQE {
             return libc::EINVAL;
+        }
+        if !fcq.nic.is_null() {
+            if let Err(e) = crate::nic::resize_cq(fcq.nic, cqe) {
+                return e;
+            }
         }
         // SAFETY: cq is one of ours.
         let (ctx, handle) = unsafe { ((*cq).context, (*cq).handle) };

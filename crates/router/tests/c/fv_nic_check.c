@@ -27,6 +27,11 @@
  *                 transport error, which the router never sees);
  *                 ibv_query_qp then reports the QP in ERR, as the device
  *                 has it.
+ *   resize_cq     the same pair over the NIC on a CQ of 8: grown to 128,
+ *                 it takes 60 RDMA WRITE completions before any is polled
+ *                 (the device's twin CQ must have grown too); then resized
+ *                 while sends and receives complete into it, growing and
+ *                 shrinking; every completion arrives once with its data.
  *
  * Exit status: 0 = every check passed; 1 = at least one check failed;
  * 2 = usage error; 3 = watchdog.
@@ -201,7 +206,7 @@ static int async_within(struct ibv_async_event *ev, double secs)
 
 /* An RC QP on an SRQ (8 receives) and its peer, both of this process and
  * on one CQ, connected over the NIC: a QP on an SRQ takes the NIC, and its
- * peer follows. `retry_cnt`: the first QP's. */
+ * peer follows. `retry_cnt`: the first QP's; `cqe`: the CQ's size. */
 struct srq_pair {
 	struct ibv_cq *cq;
 	struct ibv_srq *srq;
@@ -209,12 +214,12 @@ struct srq_pair {
 	struct buf *b;
 };
 
-static struct srq_pair srq_pair_new(uint8_t retry_cnt)
+static struct srq_pair srq_pair_new(uint8_t retry_cnt, int cqe)
 {
 	struct srq_pair p;
 	struct ibv_srq_attr got;
 	struct qp_cfg cfg = CFG_DEFAULT;
-	p.cq = cq_new(32);
+	p.cq = cq_new(cqe);
 	p.srq = srq_create(8, 1, &got);
 	p.on_srq = qp_create(IBV_QPT_RC, p.cq, p.cq, p.srq, &cfg);
 	p.peer = rc_qp_new(p.cq, p.cq);
@@ -243,7 +248,7 @@ static void srq_pair_free(struct srq_pair *p)
 
 static void case_srq_limit(void)
 {
-	struct srq_pair p = srq_pair_new(7);
+	struct srq_pair p = srq_pair_new(7, 32);
 	struct ibv_cq *cq = p.cq;
 	struct ibv_srq *srq = p.srq;
 	struct ibv_qp *peer = p.peer;
@@ -302,7 +307,7 @@ static void case_qp_error(void)
 {
 	/* retry_cnt 3: Soft-RoCE retries forever at 7 (the IB spec gives
 	 * that meaning to rnr_retry 7 only). */
-	struct srq_pair p = srq_pair_new(3);
+	struct srq_pair p = srq_pair_new(3, 32);
 	struct ibv_qp *on_srq = p.on_srq;
 	struct ibv_cq *cq = p.cq;
 	struct buf *b = p.b;
@@ -330,11 +335,114 @@ static void case_qp_error(void)
 	srq_pair_free(&p);
 }
 
+/* Four sends peer -> on_srq of 64 bytes (message byte = round * 4 + i + 1),
+ * then ibv_resize_cq(cq, cqe) at once, then all eight completions polled
+ * and checked, with the data. Returns 1 if all were right. */
+static int resize_round(struct srq_pair *p, int round, int cqe)
+{
+	struct buf *b = p->b;
+	for (int i = 0; i < 4; i++) {
+		struct ibv_sge sg = buf_sge(b, 1024 + 64 * i, 64);
+		srq_recv1(p->srq, 100 + i, &sg, 1, "SRQ receive");
+	}
+	for (int i = 0; i < 4; i++) {
+		memset(b->p + 64 * i, round * 4 + i + 1, 64);
+		struct ibv_sge sg = buf_sge(b, 64 * i, 64);
+		send1(p->peer, 1 + i, IBV_WR_SEND, &sg, 1, 0, 0, 0, "send");
+	}
+	set_step("round %d: ibv_resize_cq(%d) with completions arriving", round, cqe);
+	int rc = ibv_resize_cq(p->cq, cqe);
+	if (rc) {
+		fail("ibv_resize_cq(%d): %d (%s)", cqe, rc, strerror(rc));
+		return 0;
+	}
+	if (p->cq->cqe < cqe)
+		fail("ibv_resize_cq(%d): cq->cqe %d", cqe, p->cq->cqe);
+	int sends = 0, recvs = 0, ok = 1;
+	for (int k = 0; k < 8; k++) {
+		struct ibv_wc wc;
+		if (!poll1(p->cq, &wc, "completion"))
+			return 0;
+		if (wc.status != IBV_WC_SUCCESS) {
+			fail("completion wr_id %llu: %s", (unsigned long long)wc.wr_id,
+			     ibv_wc_status_str(wc.status));
+			ok = 0;
+		} else if (wc.opcode == IBV_WC_SEND && wc.wr_id == (uint64_t)(1 + sends)) {
+			sends++;
+		} else if (wc.opcode == IBV_WC_RECV && wc.wr_id == (uint64_t)(100 + recvs) &&
+			   wc.byte_len == 64) {
+			uint8_t got = b->p[1024 + 64 * recvs];
+			if (got != round * 4 + recvs + 1) {
+				fail("receive %d holds message byte %u", recvs, got);
+				ok = 0;
+			}
+			recvs++;
+		} else {
+			fail("completion %d: opcode %d wr_id %llu byte_len %u out of order", k,
+			     wc.opcode, (unsigned long long)wc.wr_id, wc.byte_len);
+			ok = 0;
+		}
+	}
+	struct ibv_wc extra;
+	if (ibv_poll_cq(p->cq, 1, &extra) != 0) {
+		fail("round %d: a ninth completion (wr_id %llu)", round,
+		     (unsigned long long)extra.wr_id);
+		ok = 0;
+	}
+	return ok && sends == 4 && recvs == 4;
+}
+
+/* After growing a CQ of 8 to 128: 60 signaled RDMA WRITEs complete into it
+ * before any is polled, more than the twin held before the resize. */
+static int writes_fill_grown_cq(struct srq_pair *p)
+{
+	enum { N = 60, LEN = 64 };
+	struct buf *dst = buf_reg(N * LEN, "write target", ACC_ALL);
+	struct buf *src = buf_reg(N * LEN, "write source", ACC_ALL);
+	set_step("ibv_resize_cq(128) of a CQ of 8");
+	int rc = ibv_resize_cq(p->cq, 128);
+	if (rc) {
+		fail("ibv_resize_cq(128): %d (%s)", rc, strerror(rc));
+		return 0;
+	}
+	for (int i = 0; i < N; i++) {
+		memset(src->p + LEN * i, 0x40 + i, LEN);
+		buf_expect(dst, LEN * i, src->p + LEN * i, LEN);
+		struct ibv_sge sg = buf_sge(src, LEN * i, LEN);
+		send1(p->peer, 1000 + i, IBV_WR_RDMA_WRITE, &sg, 1, addr_of(dst->p + LEN * i),
+		      dst->mr->rkey, 0, "RDMA WRITE");
+	}
+	set_step("the %d writes' completions, polled only once all were posted", N);
+	int ok = 1;
+	for (int i = 0; i < N; i++)
+		ok &= expect_wc(p->cq, "a write's completion", 1000 + i, IBV_WC_SUCCESS,
+				IBV_WC_RDMA_WRITE, p->peer, NULL);
+	ok &= buf_check(dst, "after the writes");
+	buf_free(src);
+	buf_free(dst);
+	return ok;
+}
+
+static void case_resize_cq(void)
+{
+	struct srq_pair p = srq_pair_new(7, 8);
+	int ok = writes_fill_grown_cq(&p);
+	if (ok)
+		printf("resize over the NIC: 60 writes completed into the grown CQ\n");
+	ok &= resize_round(&p, 0, 64);
+	ok &= resize_round(&p, 1, 16);
+	ok &= resize_round(&p, 2, 256);
+	if (ok)
+		printf("resize over the NIC: 12 sends and 12 receives, once each, data checked\n");
+	srq_pair_free(&p);
+}
+
 static const struct fv_case cases[] = {
 	{ "unknown_gid", case_unknown_gid },
 	{ "ud_grh", case_ud_grh },
 	{ "srq_limit", case_srq_limit },
 	{ "qp_error", case_qp_error },
+	{ "resize_cq", case_resize_cq },
 };
 
 int main(int argc, char **argv)
