@@ -149,13 +149,34 @@ fn main() {
                 nic_key: None,
             },
         ),
-        (0, Request::AllocMw { pd: 1, mw_type: 1 }),
-        (0, Request::AllocMw { pd: 1, mw_type: 2 }),
+        (
+            0,
+            Request::AllocMw {
+                pd: 1,
+                mw_type: 1,
+                nic_rkey: None,
+            },
+        ),
+        (
+            0,
+            Request::AllocMw {
+                pd: 1,
+                mw_type: 2,
+                nic_rkey: None,
+            },
+        ),
         (0, window_op(8, 5, 0x01, 64)),
         (0, window_op(8, 6, 0x02, 64)),
         (0, Request::DeregMr { mr: 4 }),
         (0, window_op(7, 0, 0x02, 0)),
-        (1, Request::AllocMw { pd: 1, mw_type: 2 }),
+        (
+            1,
+            Request::AllocMw {
+                pd: 1,
+                mw_type: 2,
+                nic_rkey: None,
+            },
+        ),
         (1, Request::DeallocMw { mw: 6 }),
         (0, Request::SemiInvalidate { qp: 3, rkey: 0x02 }),
         (0, Request::DeallocMw { mw: 5 }),

@@ -434,12 +434,10 @@ pub unsafe extern "C" fn query_device_ex(
         o.local_ca_ack_delay = 15;
         o.phys_port_cnt = 1;
         a.phys_port_cnt_ex = 1;
-        // Memory windows, type 1 and 2B, where the router serves them (not
-        // yet with a NIC).
-        if inner.nic.is_none() {
-            o.device_cap_flags |= IBV_DEVICE_MEM_WINDOW | IBV_DEVICE_MEM_WINDOW_TYPE_2B;
-            o.max_mw = MAX_MW as i32;
-        }
+        // Memory windows, type 1 and 2B (over a NIC, QPs on the device
+        // bind the windows' twins there).
+        o.device_cap_flags |= IBV_DEVICE_MEM_WINDOW | IBV_DEVICE_MEM_WINDOW_TYPE_2B;
+        o.max_mw = MAX_MW as i32;
         a.device_cap_flags_ex = u64::from(o.device_cap_flags);
         a.max_dm_size = 0;
         let n = attr_size.min(std::mem::size_of::<ibv_device_attr_ex>());

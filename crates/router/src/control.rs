@@ -115,7 +115,11 @@ pub fn handle(
             pd_mr::reg_mr(engine, session, pd, range, access, runs, nic_key, fds)
         }
         Request::DeregMr { mr } => pd_mr::dereg_mr(engine, session, mr),
-        Request::AllocMw { pd, mw_type } => mw::alloc_mw(engine, session, pd, mw_type),
+        Request::AllocMw {
+            pd,
+            mw_type,
+            nic_rkey,
+        } => mw::alloc_mw(engine, session, pd, mw_type, nic_rkey),
         Request::DeallocMw { mw } => mw::dealloc_mw(engine, session, mw),
         Request::SemiWindow { qp, op } => engine.semi_window(session, qp, &op),
         Request::SemiInvalidate { qp, rkey } => engine.semi_invalidate(session, qp, rkey),

@@ -130,7 +130,7 @@ impl NicPaths {
     pub fn claim_key(&self, t: &Tables, key: Option<u32>) -> Result<Option<u32>, String> {
         match key {
             Some(0) => Err("NIC key 0".into()),
-            Some(k) if t.keys.contains_key(&k) => {
+            Some(k) if t.keys.contains_key(&k) || t.window_keys.contains_key(&(k >> 8)) => {
                 Err(format!("NIC key {k:#x} is already a key of this router"))
             }
             k => Ok(k),

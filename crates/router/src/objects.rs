@@ -745,14 +745,19 @@ impl Tables {
     pub fn new_window_key(&mut self) -> u32 {
         loop {
             let k = self.random();
-            let index = k >> 8;
-            let free = index != 0
-                && !self.window_keys.contains_key(&index)
-                && (0..=0xffu32).all(|b| !self.keys.contains_key(&((k & !0xff) | b)));
-            if free {
+            if self.window_key_free(k) {
                 return k;
             }
         }
+    }
+
+    /// True if a window may take rkey `k`: its index is not 0, no other
+    /// window's, and no MR key has it.
+    pub fn window_key_free(&self, k: u32) -> bool {
+        let index = k >> 8;
+        index != 0
+            && !self.window_keys.contains_key(&index)
+            && (0..=0xffu32).all(|b| !self.keys.contains_key(&((k & !0xff) | b)))
     }
 
     /// A fresh 24-bit QP number unique on this router (0 and 1 are special

@@ -120,6 +120,12 @@ fn scenarios(dir: &Path, nic_check: &Path, mpi_pingpong: &Path) -> Vec<Scenario>
             command: format!("{} resize_cq", nic_check.display()),
             client: "b",
         },
+        Scenario {
+            name: "mw",
+            port: None,
+            command: format!("{} mw", nic_check.display()),
+            client: "b",
+        },
     ]
 }
 
@@ -457,6 +463,31 @@ fn resize_cq_over_the_nic() {
         vm.rise("resize_cq", "rxe0_sent") >= 72,
         "{}",
         vm.scenario_report("resize_cq")
+    );
+}
+
+/// Memory windows over the NIC: binds of type 2 (`IBV_WR_BIND_MW`) and
+/// type 1 (`ibv_bind_mw`) on a QP on the device bind the device's twins;
+/// the peer's writes through them land, and fail after `LOCAL_INV`.
+#[test]
+fn memory_windows_over_the_nic() {
+    let vm = vm();
+    let out = vm.output("mw", "client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text.contains("mw over the NIC: type 2 window bound, a write through it landed")
+            && text.contains("mw over the NIC: type 1 window bound, a write through it landed")
+            && text.contains(
+                "mw over the NIC: after LOCAL_INV a write through the window: REM_ACCESS_ERR"
+            ),
+        "{}",
+        vm.scenario_report("mw")
+    );
+    assert!(
+        vm.rise("mw", "rxe0_sent") >= 2,
+        "{}",
+        vm.scenario_report("mw")
     );
 }
 

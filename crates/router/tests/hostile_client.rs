@@ -767,7 +767,14 @@ fn windows_of_other_tenants_are_refused() {
         Reply::Mr { lkey, .. } => lkey,
         r => panic!("{r:?}"),
     };
-    let window = |c: &mut Client, pd: u32| match c.ok(&Request::AllocMw { pd, mw_type: 1 }).0 {
+    let window = |c: &mut Client, pd: u32| match c
+        .ok(&Request::AllocMw {
+            pd,
+            mw_type: 1,
+            nic_rkey: None,
+        })
+        .0
+    {
         Reply::Mw { mw, rkey } => (mw, rkey),
         r => panic!("{r:?}"),
     };
@@ -798,16 +805,34 @@ fn windows_of_other_tenants_are_refused() {
 
     // Tenant A tries everything with B's window.
     let mut a = Client::new(&router);
+    // A NIC twin's rkey on a router without a NIC: refused.
+    let pd_a = a.pd();
+    assert_eq!(
+        a.errno(&Request::AllocMw {
+            pd: pd_a,
+            mw_type: 1,
+            nic_rkey: Some(0x1234_5600),
+        }),
+        libc::EINVAL
+    );
     assert_eq!(a.errno(&Request::DeallocMw { mw: mw_b }), libc::EINVAL);
     assert_eq!(
         a.errno(&Request::AllocMw {
             pd: pd_b,
-            mw_type: 1
+            mw_type: 1,
+            nic_rkey: None,
         }),
         libc::EINVAL
     );
     let pd = a.pd();
-    assert_eq!(a.errno(&Request::AllocMw { pd, mw_type: 7 }), libc::EINVAL);
+    assert_eq!(
+        a.errno(&Request::AllocMw {
+            pd,
+            mw_type: 7,
+            nic_rkey: None,
+        }),
+        libc::EINVAL
+    );
     let mine = vec![0u8; 4096];
     let lkey_a = reg(&mut a, pd, &mine);
     let (cq, cq_map, cq_layout) = a.cq(8);

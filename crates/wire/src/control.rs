@@ -339,9 +339,12 @@ pub enum Request {
     },
     /// `ibv_alloc_mw` in `pd`: a window of `mw_type` (`enum ibv_mw_type`),
     /// answered with [`Reply::Mw`].
+    /// `nic_rkey`: semi mode over a NIC, the rkey of the window's twin on
+    /// the real device, which the window takes (as `RegMr::nic_key`).
     AllocMw {
         pd: u32,
         mw_type: u32,
+        nic_rkey: Option<u32>,
     },
     DeallocMw {
         mw: u32,

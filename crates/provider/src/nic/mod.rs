@@ -406,6 +406,28 @@ pub(crate) fn dereg_mr(mr: *mut ibv_mr) -> Result<(), Errno> {
     errno_of(unsafe { ibv_dereg_mr(mr) })
 }
 
+/// A memory window on the real device (NULL if it refuses), through its
+/// context's ops as `ibv_alloc_mw` does.
+pub(crate) fn alloc_mw(pd: *mut ibv_pd, mw_type: ibv_mw_type) -> *mut ibv_mw {
+    // SAFETY: a real PD of ours; its context's ops are the vendor's.
+    unsafe {
+        match (*(*pd).context).ops.alloc_mw {
+            Some(alloc) => alloc(pd, mw_type),
+            None => ptr::null_mut(),
+        }
+    }
+}
+
+pub(crate) fn dealloc_mw(mw: *mut ibv_mw) -> Result<(), Errno> {
+    // SAFETY: a real window of ours; its context's ops are the vendor's.
+    unsafe {
+        match (*(*mw).context).ops.dealloc_mw {
+            Some(dealloc) => errno_of(dealloc(mw)),
+            None => Err(libc::EOPNOTSUPP),
+        }
+    }
+}
+
 /// `ibv_resize_cq` of a real CQ (its device's errno on failure).
 pub(crate) fn resize_cq(cq: *mut ibv_cq, cqe: i32) -> Result<(), Errno> {
     // SAFETY: a real CQ of ours.

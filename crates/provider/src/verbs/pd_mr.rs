@@ -73,7 +73,7 @@ pub struct FvMr {
     pub vmr: verbs_mr,
     /// Semi mode over a NIC: the real registration whose keys this MR
     /// carries (NULL: none).
-    nic: *mut ibv_mr,
+    pub(super) nic: *mut ibv_mr,
     /// How work requests address it (`ibv_reg_mr_iova2`).
     iova: u64,
 }

@@ -134,8 +134,9 @@ pub(super) unsafe extern "C" fn post_send(
         let fqp = unsafe { FvQp::from_ibv(qp) };
         if let Some(n) = fqp.nic.as_ref().filter(|n| n.route() == Route::Nic) {
             if n.ud.is_none() {
-                // SAFETY: the caller's chain, as ibv_post_send takes it.
-                return unsafe { n.post_send(wr, bad_wr) };
+                // SAFETY: the caller's chain, as ibv_post_send takes it;
+                // window binds name the device's twins.
+                return unsafe { post_with_twins(wr, bad_wr, |w, b| n.post_send(w, b)) };
             }
             // SAFETY: as above; every AH of ours is an FvAh.
             return unsafe { n.post_ud_send(wr, bad_wr, |ah| (*(ah as *const FvAh)).nic) };

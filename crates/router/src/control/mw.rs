@@ -4,12 +4,25 @@
 use super::*;
 use flowverbs_verbs::window::{Kind, Window};
 
-pub(super) fn alloc_mw(engine: &mut Engine, session: SessionId, pd: u32, mw_type: u32) -> Answer {
-    if engine.nic.is_some() {
-        return err(
-            libc::EOPNOTSUPP,
-            "memory windows are not served on a router with a NIC yet",
-        );
+/// `nic_rkey`: semi mode over a NIC, the rkey of the window's twin on the
+/// device, which the window takes if no window or MR of this router has
+/// its index (EBUSY otherwise: the provider makes another twin).
+pub(super) fn alloc_mw(
+    engine: &mut Engine,
+    session: SessionId,
+    pd: u32,
+    mw_type: u32,
+    nic_rkey: Option<u32>,
+) -> Answer {
+    match (&engine.nic, nic_rkey) {
+        (None, Some(_)) => return err(libc::EINVAL, "a NIC rkey, but this router has no NIC"),
+        (Some(_), Some(k)) if !engine.tables.window_key_free(k) => {
+            return err(
+                libc::EBUSY,
+                format!("NIC window rkey {k:#x}: its index is taken on this router"),
+            )
+        }
+        _ => {}
     }
     let Some(kind) = Kind::from_verbs(mw_type) else {
         return err(libc::EINVAL, format!("no memory window type {mw_type}"));
@@ -22,7 +35,7 @@ pub(super) fn alloc_mw(engine: &mut Engine, session: SessionId, pd: u32, mw_type
         return err(libc::ENOMEM, "too many memory windows");
     }
     let mw = t.handle();
-    let rkey = t.new_window_key();
+    let rkey = nic_rkey.unwrap_or_else(|| t.new_window_key());
     t.window_keys.insert(rkey >> 8, mw);
     t.mws.insert(
         mw,

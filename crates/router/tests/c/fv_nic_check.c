@@ -32,6 +32,12 @@
  *                 (the device's twin CQ must have grown too); then resized
  *                 while sends and receives complete into it, growing and
  *                 shrinking; every completion arrives once with its data.
+ *   mw            the same pair over the NIC: a type 2 window bound with
+ *                 IBV_WR_BIND_MW and a type 1 window bound with
+ *                 ibv_bind_mw (the device's twins of the window and the
+ *                 region are bound), the peer's RDMA WRITEs through each
+ *                 land (data checked); after IBV_WR_LOCAL_INV a write
+ *                 through the type 2 window fails with REM_ACCESS_ERR.
  *
  * Exit status: 0 = every check passed; 1 = at least one check failed;
  * 2 = usage error; 3 = watchdog.
@@ -437,12 +443,126 @@ static void case_resize_cq(void)
 	srq_pair_free(&p);
 }
 
+/* The peer's RDMA WRITE of `len` bytes of `byte` to `at` with `rkey`;
+ * returns its completion status. */
+static enum ibv_wc_status write_through(struct srq_pair *p, struct buf *src, uint8_t *at,
+					uint32_t rkey, uint8_t byte, uint64_t wr_id)
+{
+	memset(src->p, byte, 4096);
+	struct ibv_sge sg = buf_sge(src, 0, 4096);
+	send1(p->peer, wr_id, IBV_WR_RDMA_WRITE, &sg, 1, addr_of(at), rkey, 0, "RDMA WRITE");
+	struct ibv_wc wc;
+	if (!poll1(p->cq, &wc, "the write's completion"))
+		return IBV_WC_GENERAL_ERR;
+	if (wc.wr_id != wr_id)
+		fail("completion wr_id %llu, expected %llu", (unsigned long long)wc.wr_id,
+		     (unsigned long long)wr_id);
+	return wc.status;
+}
+
+/* One completion of on_srq's own work request wr_id: its status. */
+static enum ibv_wc_status own_completion(struct srq_pair *p, uint64_t wr_id, const char *what)
+{
+	struct ibv_wc wc;
+	if (!poll1(p->cq, &wc, what))
+		return IBV_WC_GENERAL_ERR;
+	if (wc.wr_id != wr_id)
+		fail("%s: completion wr_id %llu", what, (unsigned long long)wc.wr_id);
+	return wc.status;
+}
+
+static void case_mw(void)
+{
+	struct srq_pair p = srq_pair_new(3, 64);
+	struct buf *dst = buf_reg(8192, "window target", ACC_ALL | IBV_ACCESS_MW_BIND);
+	struct buf *src = buf_reg(4096, "write source", ACC_ALL);
+
+	set_step("a type 2 window bound with IBV_WR_BIND_MW on the QP on the NIC");
+	struct ibv_mw *mw2 = ibv_alloc_mw(E.pd, IBV_MW_TYPE_2);
+	if (!mw2)
+		fatal("ibv_alloc_mw(type 2): %s", strerror(errno));
+	struct ibv_send_wr wr, *bad = NULL;
+	memset(&wr, 0, sizeof(wr));
+	wr.wr_id = 21;
+	wr.opcode = IBV_WR_BIND_MW;
+	wr.send_flags = IBV_SEND_SIGNALED;
+	wr.bind_mw.mw = mw2;
+	wr.bind_mw.rkey = ibv_inc_rkey(mw2->rkey);
+	wr.bind_mw.bind_info.mr = dst->mr;
+	wr.bind_mw.bind_info.addr = addr_of(dst->p + 4096);
+	wr.bind_mw.bind_info.length = 4096;
+	wr.bind_mw.bind_info.mw_access_flags = IBV_ACCESS_REMOTE_WRITE;
+	int rc = ibv_post_send(p.on_srq, &wr, &bad);
+	if (rc)
+		fatal("ibv_post_send(BIND_MW): %d (%s)", rc, strerror(rc));
+	enum ibv_wc_status st = own_completion(&p, 21, "the bind's completion");
+	if (st != IBV_WC_SUCCESS)
+		fail("type 2 bind: %s", ibv_wc_status_str(st));
+	mw2->rkey = wr.bind_mw.rkey; /* the application keeps the window's rkey (rxe needs it) */
+	st = write_through(&p, src, dst->p + 4096, mw2->rkey, 0x5a, 22);
+	memset(dst->exp + 4096, 0x5a, 4096);
+	if (st == IBV_WC_SUCCESS && buf_check(dst, "after the write through the type 2 window"))
+		printf("mw over the NIC: type 2 window bound, a write through it landed\n");
+	else
+		fail("write through the type 2 window: %s", ibv_wc_status_str(st));
+
+	set_step("a type 1 window bound with ibv_bind_mw");
+	struct ibv_mw *mw1 = ibv_alloc_mw(E.pd, IBV_MW_TYPE_1);
+	if (!mw1)
+		fatal("ibv_alloc_mw(type 1): %s", strerror(errno));
+	struct ibv_mw_bind mb = { .wr_id = 23, .send_flags = IBV_SEND_SIGNALED };
+	mb.bind_info.mr = dst->mr;
+	mb.bind_info.addr = addr_of(dst->p);
+	mb.bind_info.length = 4096;
+	mb.bind_info.mw_access_flags = IBV_ACCESS_REMOTE_WRITE;
+	rc = ibv_bind_mw(p.on_srq, mw1, &mb);
+	if (rc)
+		fatal("ibv_bind_mw(type 1): %d (%s)", rc, strerror(rc));
+	st = own_completion(&p, 23, "the type 1 bind's completion");
+	if (st != IBV_WC_SUCCESS)
+		fail("type 1 bind: %s", ibv_wc_status_str(st));
+	st = write_through(&p, src, dst->p, mw1->rkey, 0xa5, 24);
+	memset(dst->exp, 0xa5, 4096);
+	if (st == IBV_WC_SUCCESS && buf_check(dst, "after the write through the type 1 window"))
+		printf("mw over the NIC: type 1 window bound, a write through it landed\n");
+	else
+		fail("write through the type 1 window: %s", ibv_wc_status_str(st));
+
+	set_step("IBV_WR_LOCAL_INV of the type 2 window, then a write through it");
+	memset(&wr, 0, sizeof(wr));
+	wr.wr_id = 25;
+	wr.opcode = IBV_WR_LOCAL_INV;
+	wr.send_flags = IBV_SEND_SIGNALED;
+	wr.invalidate_rkey = mw2->rkey;
+	rc = ibv_post_send(p.on_srq, &wr, &bad);
+	if (rc)
+		fatal("ibv_post_send(LOCAL_INV): %d (%s)", rc, strerror(rc));
+	st = own_completion(&p, 25, "the invalidation's completion");
+	if (st != IBV_WC_SUCCESS)
+		fail("LOCAL_INV: %s", ibv_wc_status_str(st));
+	st = write_through(&p, src, dst->p + 4096, mw2->rkey, 0x77, 26);
+	if (st == IBV_WC_REM_ACCESS_ERR && buf_check(dst, "after the refused write"))
+		printf("mw over the NIC: after LOCAL_INV a write through the window: "
+		       "REM_ACCESS_ERR\n");
+	else
+		fail("write through the invalidated window: %s, expected REM_ACCESS_ERR",
+		     ibv_wc_status_str(st));
+
+	set_step("deallocate the windows");
+	if (ibv_dealloc_mw(mw1) || ibv_dealloc_mw(mw2))
+		fail("ibv_dealloc_mw failed: %s", strerror(errno));
+	buf_free(src);
+	srq_pair_free(&p);
+	buf_free(dst);
+}
+
 static const struct fv_case cases[] = {
 	{ "unknown_gid", case_unknown_gid },
 	{ "ud_grh", case_ud_grh },
 	{ "srq_limit", case_srq_limit },
 	{ "qp_error", case_qp_error },
 	{ "resize_cq", case_resize_cq },
+	{ "mw", case_mw },
 };
 
 int main(int argc, char **argv)
