@@ -3,6 +3,7 @@
 //! value against the device limits.
 
 use super::*;
+use crate::objects::Tables;
 
 pub(super) fn create_cq(
     engine: &mut Engine,
@@ -25,16 +26,9 @@ pub(super) fn create_cq(
         return err(libc::ENOMEM, "too many completion queues");
     }
     let layout = CqLayout::new(cqe);
-    let cost = Usage::cq(layout.capacity);
-    if let Err(r) = t.charge(session, cost) {
-        return refused(r);
-    }
-    let (fd, map) = match segment("fv-cq", layout.size) {
+    let (fd, map) = match charged_ring(t, session, layout, Usage::cq(layout.capacity)) {
         Ok(x) => x,
-        Err(e) => {
-            t.release(session, cost);
-            return err(libc::ENOMEM, format!("CQ segment: {e}"));
-        }
+        Err(refusal) => return *refusal,
     };
     let cq = t.handle();
     let mut c = Cq::new(session, map, layout, channel, cookie);
@@ -42,6 +36,26 @@ pub(super) fn create_cq(
         c.segment_fd = fd.try_clone().ok();
     }
     t.cqs.insert(cq, c);
+    ring_answer(cq, layout, fd)
+}
+
+/// A CQ ring's segment of `layout`, its `cost` charged to `session`
+/// (released again if the segment cannot be made).
+fn charged_ring(
+    t: &mut Tables,
+    session: SessionId,
+    layout: CqLayout,
+    cost: Usage,
+) -> Result<(OwnedFd, Mapping), Box<Answer>> {
+    t.charge(session, cost).map_err(|r| Box::new(refused(r)))?;
+    segment("fv-cq", layout.size).map_err(|e| {
+        t.release(session, cost);
+        Box::new(err(libc::ENOMEM, format!("CQ segment: {e}")))
+    })
+}
+
+/// The answer that hands a CQ ring's segment to its provider.
+fn ring_answer(cq: u32, layout: CqLayout, fd: OwnedFd) -> Answer {
     Answer {
         reply: Reply::Cq {
             cq,
@@ -93,15 +107,15 @@ pub(super) fn resize_cq(engine: &mut Engine, session: SessionId, cq: u32, cqe: u
     }
     let layout = CqLayout::new(cqe);
     let cost = Usage::cq_ring(layout.capacity);
-    if let Err(r) = t.charge(session, cost) {
-        return refused(r);
-    }
-    let made = segment("fv-cq", layout.size).and_then(|(fd, map)| Ok((fd.try_clone()?, fd, map)));
-    let (theirs, fd, segment) = match made {
+    let (fd, segment) = match charged_ring(t, session, layout, cost) {
         Ok(x) => x,
+        Err(refusal) => return *refusal,
+    };
+    let theirs = match fd.try_clone() {
+        Ok(f) => f,
         Err(e) => {
             t.release(session, cost);
-            return err(libc::ENOMEM, format!("CQ segment: {e}"));
+            return err(libc::EMFILE, format!("CQ segment: {e}"));
         }
     };
     let c = t.cqs.get_mut(&cq).expect("owned");
@@ -113,14 +127,7 @@ pub(super) fn resize_cq(engine: &mut Engine, session: SessionId, cq: u32, cqe: u
     if let Some(r) = replaced {
         t.release(session, Usage::cq_ring(r.layout.capacity));
     }
-    Answer {
-        reply: Reply::Cq {
-            cq,
-            capacity: layout.capacity,
-            segment_size: layout.size as u64,
-        },
-        fds: vec![theirs],
-    }
+    ring_answer(cq, layout, theirs)
 }
 
 /// `ibv_resize_cq`, second step: the CQ moves to the ring of the first
