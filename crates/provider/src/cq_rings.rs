@@ -7,7 +7,7 @@
 //! ones, kept mapped until the CQ is destroyed because such a path may hold
 //! a pointer into one until it sees it moved.
 
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::Mutex;
 
 use flowverbs_wire::cq_ring::CqRing;
@@ -53,6 +53,9 @@ pub struct CqRings {
     /// vector grows.
     #[allow(clippy::vec_box)]
     all: Mutex<Vec<Box<CqSegment>>>,
+    /// A resize of this CQ is under way in this process: from before the
+    /// router freezes the current ring until `switch_to`.
+    resizing: AtomicBool,
 }
 
 impl CqRings {
@@ -61,7 +64,18 @@ impl CqRings {
         CqRings {
             current: AtomicPtr::new(&mut *first),
             all: Mutex::new(vec![first]),
+            resizing: AtomicBool::new(false),
         }
+    }
+
+    /// Marks a resize under way (true) or over (false).
+    pub fn set_resizing(&self, on: bool) {
+        self.resizing.store(on, Ordering::SeqCst);
+    }
+
+    /// True while a resize of this CQ is under way in this process.
+    pub fn resizing(&self) -> bool {
+        self.resizing.load(Ordering::SeqCst)
     }
 
     /// The ring completions go to now.

@@ -422,6 +422,12 @@ struct CqView {
     ctx: *const ContextInner,
 }
 
+/// Rings a [`CqView`] follows for one completion: more resizes than this
+/// while one completion is written would be absurd; the bound keeps a
+/// peer that marks a full ring moved (it shares the ring) from keeping a
+/// producer asking for rings forever.
+const MAX_FOLLOWS: usize = 8;
+
 /// Where a [`CqView`]'s ring comes from.
 enum CqSource {
     /// This process's own CQ (a QP's send CQ): its rings.
@@ -458,7 +464,7 @@ impl CqView {
     }
 
     fn has_room(&mut self) -> bool {
-        loop {
+        for _ in 0..MAX_FOLLOWS {
             let mut seen = self.seen;
             let room = self.ring().has_room(&mut seen);
             self.seen = seen;
@@ -466,6 +472,7 @@ impl CqView {
                 return room;
             }
         }
+        false
     }
 
     /// The ring is full: if a resize moved the CQ, switches to its new
@@ -480,12 +487,22 @@ impl CqView {
                 let rings = unsafe { &**rings };
                 // The resizing thread switches right after the router's
                 // answer; until then this producer waits (it cannot
-                // complete into either ring before the switch).
-                let mut current = rings.current();
-                while std::ptr::eq(current.header(), self.header) {
+                // complete into either ring before the switch). A ring
+                // marked moved with no resize under way (a peer wrote the
+                // flag) is only full.
+                let current = loop {
+                    let under_way = rings.resizing();
+                    // Read after the flag: a switch made before the flag
+                    // went down is seen here.
+                    let current = rings.current();
+                    if !std::ptr::eq(current.header(), self.header) {
+                        break current;
+                    }
+                    if !under_way {
+                        return false;
+                    }
                     std::thread::yield_now();
-                    current = rings.current();
-                }
+                };
                 self.header = current.header();
                 self.slots = current.slots();
             }
@@ -521,7 +538,7 @@ impl CqView {
     }
 
     fn push(&mut self, cqe: &Cqe) -> bool {
-        loop {
+        for _ in 0..MAX_FOLLOWS {
             let mut seen = self.seen;
             let pushed = self.ring().push_seen(cqe, &mut seen);
             self.seen = seen;
@@ -529,6 +546,7 @@ impl CqView {
                 return pushed;
             }
         }
+        false
     }
 }
 

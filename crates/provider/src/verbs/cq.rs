@@ -475,12 +475,20 @@ pub(super) unsafe extern "C" fn resize_cq(cq: *mut ibv_cq, cqe: i32) -> i32 {
         // Pollers wait while the CQ moves; this process's semi paths that
         // find the old ring moved wait for `switch_to` (`CqView`).
         let mut consumer = fcq.consumer.lock().unwrap_or_else(|e| e.into_inner());
+        fcq.rings.set_resizing(true);
         let end = match call(ctx, &Request::CommitCqResize { cq: handle }) {
             Ok((Reply::CqMoved { end }, _)) => end,
-            Ok((r, _)) => return unexpected(&r),
-            Err(e) => return e,
+            Ok((r, _)) => {
+                fcq.rings.set_resizing(false);
+                return unexpected(&r);
+            }
+            Err(e) => {
+                fcq.rings.set_resizing(false);
+                return e;
+            }
         };
         let old = fcq.rings.switch_to(next);
+        fcq.rings.set_resizing(false);
         let index = std::mem::replace(&mut consumer.index, 0);
         consumer.draining.push_back(Draining {
             ring: old,
