@@ -162,7 +162,12 @@ fn perftest_across(
     let [ra, rb] = &linked.routers;
     let (a, b) = (&topo.hosts[A], &topo.hosts[B]);
     let port = free_port().to_string();
-    let common_args = ["-d", "fv0", "-x", "0", "-F", "-p", &port];
+    // `-u 20`: an ACK timeout of about 4 s per try, not perftest's 67 ms.
+    // These are checks of what arrives, not of speed: on a starved machine
+    // the routers may answer late, and a late answer must not become
+    // RETRY_EXC_ERR (seen once with the default, load average 5 on 2
+    // cores, `ib_write_lat -a` at 4 MiB).
+    let common_args = ["-d", "fv0", "-x", "0", "-F", "-u", "20", "-p", &port];
     let mut server = ra.netns_command(&a.netns, prog);
     server.args(common_args).args(args);
     let mut client = rb.netns_command(&b.netns, prog);
