@@ -1913,6 +1913,101 @@ static void case_resize_cq_traffic(void)
 	buf_free(rbuf);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Case: qp_ex_misuse                                                        */
+
+/* ibv_wr_complete of a misbuilt batch: EINVAL (ibv_wr_post(3): a failed
+ * ibv_wr_complete posts none of the batch). */
+static void complete_refused(struct ibv_qp_ex *ax, const char *what)
+{
+	set_step("%s", what);
+	int rc = ibv_wr_complete(ax);
+	say("%s: wr_complete %s", what, errno_name(rc));
+	if (rc != EINVAL)
+		fail("%s: ibv_wr_complete returned %d (%s), expected EINVAL", what, rc,
+		     strerror(rc));
+}
+
+/*
+ * Misuse of the builder, each in its own batch: a data setter with no
+ * operation before it, an operation the QP was not created for
+ * (send_ops_flags), a second data setter for one operation, inline data
+ * for an RDMA READ. Each batch fails as a whole; a SEND built correctly
+ * afterwards is the only thing that reaches the peer and completes.
+ */
+static void case_qp_ex_misuse(void)
+{
+	struct ibv_cq *cq = cq_new(64);
+	uint64_t ops = IBV_QP_EX_WITH_SEND | IBV_QP_EX_WITH_RDMA_READ;
+	struct ibv_qp *a = qp_ex_try(IBV_QPT_RC, cq, ops);
+	struct ibv_qp *b = qp_ex_try(IBV_QPT_RC, cq, ops);
+	if (!a || !b)
+		fatal("ibv_create_qp_ex returned NULL, errno %d (%s)", errno, strerror(errno));
+	struct ibv_qp_ex *ax = ibv_qp_to_qp_ex(a);
+	rc_connect_both(a, b);
+	struct buf *buf = buf_reg(16384, "buffer", ACC_ALL);
+	uint32_t lkey = buf->mr->lkey, rkey = buf->mr->rkey;
+	uint64_t base = addr_of(buf->p);
+	struct ibv_sge r = buf_sge(buf, 8000, 1000);
+	recv1(b, 0xB0, &r, 1, "recv on B");
+
+	ibv_wr_start(ax);
+	ax->wr_id = 0xE0;
+	ax->wr_flags = IBV_SEND_SIGNALED;
+	ibv_wr_set_sge(ax, lkey, base, 16);
+	complete_refused(ax, "a data setter before any operation");
+
+	ibv_wr_start(ax);
+	ax->wr_id = 0xE1;
+	ax->wr_flags = IBV_SEND_SIGNALED;
+	ibv_wr_rdma_write(ax, rkey, base + 4096);
+	ibv_wr_set_sge(ax, lkey, base, 16);
+	complete_refused(ax, "an RDMA WRITE on a QP made for SEND and READ");
+
+	ibv_wr_start(ax);
+	ax->wr_id = 0xE2;
+	ax->wr_flags = IBV_SEND_SIGNALED;
+	ibv_wr_send(ax);
+	ibv_wr_set_sge(ax, lkey, base, 16);
+	ibv_wr_set_sge(ax, lkey, base + 16, 16);
+	complete_refused(ax, "a SEND given two data setters");
+
+	ibv_wr_start(ax);
+	ax->wr_id = 0xE3;
+	ax->wr_flags = IBV_SEND_SIGNALED;
+	ibv_wr_rdma_read(ax, rkey, base + 4096);
+	ibv_wr_set_inline_data(ax, buf->p, 16);
+	complete_refused(ax, "an RDMA READ given inline data");
+
+	set_step("a SEND built correctly after the refused batches");
+	ibv_wr_start(ax);
+	ax->wr_id = 0xA0;
+	ax->wr_flags = IBV_SEND_SIGNALED;
+	ibv_wr_send(ax);
+	ibv_wr_set_sge(ax, lkey, base + 100, 64);
+	buf_expect(buf, 8000, buf->exp + 100, 64);
+	int rc = ibv_wr_complete(ax);
+	say("the correct SEND: wr_complete %s", errno_name(rc));
+	if (rc)
+		fatal("ibv_wr_complete returned %d (%s)", rc, strerror(rc));
+	struct ibv_wc wcs[2];
+	poll_some(cq, wcs, 2, "the SEND's completions");
+	const struct ibv_wc *at_a = wc_with_id(wcs, 2, 0xA0), *at_b = wc_with_id(wcs, 2, 0xB0);
+	say("the first two completions are the SEND's at A and at B: %s",
+	    at_a && at_b ? "yes" : "no");
+	if (!at_a || !at_b)
+		fail("the first two completions are not the correct SEND's (wr_ids 0x%" PRIx64
+		     ", 0x%" PRIx64 ")", wcs[0].wr_id, wcs[1].wr_id);
+	say_wc("SEND at A", at_a);
+	say_wc("SEND at B", at_b);
+	buf_check(buf, "after the correct SEND");
+	cq_empty(cq, "after the correct SEND");
+	destroy_qp(a);
+	destroy_qp(b);
+	destroy_cq(cq);
+	buf_free(buf);
+}
+
 static const struct fv_case cases[] = {
 	{ "cq_ex", case_cq_ex },
 	{ "cq_ex_batch_end", case_cq_ex_batch_end },
@@ -1929,6 +2024,7 @@ static const struct fv_case cases[] = {
 	{ "qp_ex_full", case_qp_ex_full },
 	{ "resize_cq", case_resize_cq },
 	{ "resize_cq_traffic", case_resize_cq_traffic },
+	{ "qp_ex_misuse", case_qp_ex_misuse },
 };
 
 int main(int argc, char **argv)
