@@ -23,6 +23,43 @@ static CHECKER: CProgram = CProgram::new("fv_ext_check.c");
 /// specification and the man pages where rxe does not.
 const INTENDED: &[(&str, &str, &str, &str)] = &[
     (
+        "spec_statuses",
+        "SEND with an unknown lkey: wr_id the SEND's, status local protection error",
+        "SEND with an unknown lkey: wr_id the SEND's, status local QP operation error",
+        "an lkey that names no region is a local protection error (IB spec, completion \
+         statuses: Local Protection Error, \"the local buffer is not registered\"); rxe reports \
+         a QP operation error",
+    ),
+    (
+        "spec_statuses",
+        "receive too small, at the responder: local length error",
+        "receive too small, at the responder: local QP operation error",
+        "a message longer than its receive buffer completes the receive with Local Length \
+         Error (IB spec, responder: \"message too long for the receive\")",
+    ),
+    (
+        "spec_statuses",
+        "receive too small, at the requester: remote invalid request error",
+        "receive too small, at the requester: remote operation error",
+        "the responder answers a too-long SEND with the NAK Invalid Request, which the \
+         requester completes as Remote Invalid Request Error",
+    ),
+    (
+        "spec_statuses",
+        "misaligned FETCH_ADD: post 0, status remote invalid request error",
+        "misaligned FETCH_ADD: post EINVAL",
+        "the 8-byte alignment of an atomic's remote address is the responder's check (NAK \
+         Invalid Request: Remote Invalid Request Error); ibv_post_send(3) lists no such EINVAL \
+         and a requester cannot know the remote layout; rxe refuses it at post",
+    ),
+    (
+        "spec_statuses",
+        "a receive posted in ERR: Work Request Flushed Error",
+        "a receive posted in ERR: no completion within 10 s",
+        "a work request posted to a QP in the Error state completes with a flush error (IB \
+         spec, QP Error state; ibv_post_recv(3)); rxe keeps it without completing it",
+    ),
+    (
         "mw_type1",
         "WRITE across the window's end: status remote access error",
         "WRITE across the window's end: status success",
@@ -288,5 +325,6 @@ cases!(
     qp_ex_full,
     resize_cq,
     resize_cq_traffic,
-    qp_ex_misuse
+    qp_ex_misuse,
+    spec_statuses
 );
