@@ -190,6 +190,67 @@ fn ib_read_bw_over_rdma_cm() {
     assert_result_row("client", &client, "65536", "500");
 }
 
+/// udaddy: UD ids through SIDR (the client's ESTABLISHED carries the
+/// server's QP number, qkey and address), two of them, 100 messages each
+/// way on each; every line both print is checked, in order.
+#[test]
+fn udaddy_over_sidr() {
+    let (server, client) = vm().pair_succeeded("udaddy");
+    let s: Vec<&str> = server.lines().collect();
+    assert_eq!(
+        s,
+        [
+            "udaddy: starting server",
+            "receiving data transfers",
+            "sending replies",
+            "data transfers complete",
+            "test complete",
+            "return status 0"
+        ],
+        "server:\n{server}"
+    );
+    let c: Vec<&str> = client.lines().collect();
+    assert_eq!(
+        c,
+        [
+            "udaddy: starting client",
+            "udaddy: connecting",
+            "initiating data transfers",
+            "receiving data transfers",
+            "data transfers complete",
+            "test complete",
+            "return status 0"
+        ],
+        "client:\n{client}"
+    );
+}
+
+/// A udaddy client with no server: SIDR's "unsupported service" reaches it
+/// as UNREACHABLE with status 1, and it fails.
+#[test]
+fn udaddy_without_a_server_is_unreachable() {
+    let run = vm();
+    let c = run.output("udaddy_unreachable", "client");
+    let out = String::from_utf8_lossy(&c.stdout);
+    assert!(
+        !c.status.success() && out.contains("udaddy: event: RDMA_CM_EVENT_UNREACHABLE, error: 1\n"),
+        "{}\n{}",
+        show("udaddy alone", &c),
+        run.report()
+    );
+}
+
+/// UD through librdmacm with real UD QPs: UNREACHABLE with SIDR status 1
+/// (no listener) and 2 (refused); the request's private data; the
+/// client's ESTABLISHED names the server's QP and the UDP qkey, and its
+/// address carries 40 messages whose every byte is checked, answered
+/// through an address made from the completion; no event for the server
+/// after its ACCEPT or when its client goes.
+#[test]
+fn ud_ids_through_sidr_with_checked_data() {
+    vm().case_passed("ud");
+}
+
 /// The server is killed mid-run: the router destroys its ids, and its
 /// client gets DISCONNECTED (rping prints it and stops).
 #[test]
