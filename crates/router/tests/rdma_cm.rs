@@ -1,6 +1,6 @@
 //! rdma_cm on fv0 (issue 16): the router serves librdmacm's device through
-//! CUSE, and Debian's unmodified `rping` and perftest (`-R`) connect
-//! through it. CUSE needs the kernel's `cuse` module, which this machine's
+//! CUSE, and Debian's unmodified `rping`, perftest (`-R`), `udaddy` (UD)
+//! and libfabric's `fi_pingpong` (verbs, MSG) connect through it. CUSE needs the kernel's `cuse` module, which this machine's
 //! kernel lacks, so everything runs in one boot of `scripts/rxe-vm --modules
 //! fuse,cuse` (Debian's kernel; `tests/rdma_cm/vm.sh`), made by the first
 //! test that asks; each test checks its scenario's output.
@@ -249,6 +249,29 @@ fn udaddy_without_a_server_is_unreachable() {
 #[test]
 fn ud_ids_through_sidr_with_checked_data() {
     vm().case_passed("ud");
+}
+
+/// libfabric's verbs provider over rdma_cm (MSG endpoints; the library
+/// polls the rdma_cm descriptor through epoll and reads events without
+/// blocking): fi_pingpong with data checks, 100 iterations of each size
+/// from 64 bytes to 1 MiB, both sides succeed.
+#[test]
+fn fi_pingpong_verbs_msg() {
+    let (_, client) = vm().pair_succeeded("fi_msg");
+    let rows: Vec<Vec<&str>> = client
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|w| w.len() == 8 && w[0] != "bytes")
+        .collect();
+    let sizes: Vec<&str> = rows.iter().map(|w| w[0]).collect();
+    assert_eq!(
+        sizes,
+        ["64", "256", "1k", "4k", "64k", "1m"],
+        "client:\n{client}"
+    );
+    for w in &rows {
+        assert_eq!((w[1], w[2]), ("100", "=100"), "client:\n{client}");
+    }
 }
 
 /// The server is killed mid-run: the router destroys its ids, and its

@@ -291,6 +291,17 @@ impl ConnParam {
         }
     }
 
+    /// What a REQ or REP carries of these parameters: the retry counts
+    /// are 3-bit fields, so more than 7 is 7 (the kernel's CM clamps them
+    /// so; libfabric's verbs provider asks for 15).
+    pub fn as_sent(self) -> ConnParam {
+        ConnParam {
+            retry_count: self.retry_count.min(7),
+            rnr_retry_count: self.rnr_retry_count.min(7),
+            ..self
+        }
+    }
+
     /// Parses 272 bytes; `None` if `private_data_len` is over 256.
     pub fn parse(b: &[u8]) -> Option<ConnParam> {
         let len = b[264] as usize;

@@ -922,6 +922,7 @@ impl Cm {
     }
 
     fn connect(&mut self, h: Handle, param: ConnParam) -> Result<(), i32> {
+        let param = param.as_sent();
         if param.private_data.len() > self.req_private_data(h) {
             return err(libc::EINVAL);
         }
@@ -1034,6 +1035,7 @@ impl Cm {
     }
 
     fn accept(&mut self, h: Handle, uid: u64, param: ConnParam) -> Result<(), i32> {
+        let param = param.as_sent();
         let state = self.ids[&h].state;
         match state {
             State::ReqRcvd if self.ids[&h].qp_type == QPT_UD => self.accept_ud(h, uid, param),
@@ -1781,7 +1783,8 @@ mod tests {
             put_u32(&mut p, 0, qpn);
             p[266] = 4; // responder resources
             p[267] = 4; // initiator depth
-            p[269] = 7;
+            p[269] = 15; // retry count: more than the REQ carries
+            p[270] = 9; // RNR retry count: likewise
             put_u32(&mut p, 272, h);
             self.run(file, &cmd(CMD_CONNECT, &p, 0)).unwrap();
             h
@@ -1874,6 +1877,9 @@ mod tests {
             "server rq_psn = client sq_psn"
         );
         assert_eq!(ca[69], 1, "a GRH");
+        // The retry counts the REQ carries are 3 bits: 15 and 9 are 7.
+        assert_eq!((cs[135], cs[136]), (7, 7), "client retry, rnr_retry");
+        assert_eq!(ls[135], 7, "server retry");
         t.accept(2, c, 0, 0).unwrap(); // the RTU
         let est = t.event(1).unwrap();
         assert_eq!((est.event, est.id, est.uid), (EV_ESTABLISHED, child, 0xcc));

@@ -93,6 +93,26 @@ pair read_bw "ib_read_bw -R -d fv0 -n 500" "ib_read_bw -R -d fv0 -n 500 127.0.0.
 pair udaddy "udaddy -c 2 -C 100" "udaddy -s 127.0.0.1 -c 2 -C 100"
 alone udaddy_unreachable udaddy -s 127.0.0.1
 
+# libfabric's verbs provider (a MSG endpoint: rdma_cm in epoll, nonblocking
+# GET_EVENT), fi_pingpong with its data checks (-c), 100 iterations of each
+# size. Its control socket (TCP, loopback) must listen before the client
+# starts: wait for it (at most 60 s) instead of sleeping.
+wait_listen() {
+  for _ in $(seq 600); do
+    ss -Hltn "sport = :$1" | grep -q . && return 0
+    sleep 0.1
+  done
+}
+FI="fi_pingpong -p verbs -e msg -d fv0 -c -I 100"
+on $FI -B 47600 >"$OUT/fi_msg.server.out" 2>"$OUT/fi_msg.server.err" &
+SP=$!
+wait_listen 47600
+on $FI -P 47600 127.0.0.1 >"$OUT/fi_msg.client.out" 2>"$OUT/fi_msg.client.err"
+echo $? >"$OUT/fi_msg.client.rc"
+wait $SP
+echo $? >"$OUT/fi_msg.server.rc"
+echo "rdma_cm vm: fi_msg: client $(cat "$OUT/fi_msg.client.rc") server $(cat "$OUT/fi_msg.server.rc")"
+
 # Two network namespaces (two containers of one host): the server listens
 # on its namespace's address, the client (in the other) resolves that
 # address to the server's fv0 GID.
