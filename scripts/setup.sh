@@ -14,8 +14,9 @@ packages=(libibverbs-dev ibverbs-utils perftest ucx-utils openmpi-bin libopenmpi
           # podman with runc (crun fails on mixed cgroup hierarchies),
           # netavark for the bridge network, debootstrap for the image.
           podman runc netavark aardvark-dns iptables debootstrap debian-archive-keyring
-          # rdma_cm (crates/router/tests/rdma_cm.rs): rping, librdmacm's headers.
-          rdmacm-utils librdmacm-dev
+          # rdma_cm (crates/router/tests/rdma_cm.rs): rping and udaddy,
+          # librdmacm's headers, libfabric's fi_pingpong.
+          rdmacm-utils librdmacm-dev libfabric-bin
           # The etcd location registry: protoc builds the etcd-client crate's
           # gRPC code; the tests (crates/router/tests/e2e_etcd.rs) and the
           # scale benchmark start their own etcd (3.4 in Debian 12).

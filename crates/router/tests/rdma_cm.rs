@@ -1,6 +1,6 @@
 //! rdma_cm on fv0 (issue 16): the router serves librdmacm's device through
-//! CUSE, and Debian's unmodified `rping` and perftest (`-R`) connect
-//! through it. CUSE needs the kernel's `cuse` module, which this machine's
+//! CUSE, and Debian's unmodified `rping`, perftest (`-R`), `udaddy` (UD)
+//! and libfabric's `fi_pingpong` (verbs, MSG) connect through it. CUSE needs the kernel's `cuse` module, which this machine's
 //! kernel lacks, so everything runs in one boot of `scripts/rxe-vm --modules
 //! fuse,cuse` (Debian's kernel; `tests/rdma_cm/vm.sh`), made by the first
 //! test that asks; each test checks its scenario's output.
@@ -188,6 +188,90 @@ fn ib_write_lat_over_rdma_cm() {
 fn ib_read_bw_over_rdma_cm() {
     let (_, client) = vm().pair_succeeded("read_bw");
     assert_result_row("client", &client, "65536", "500");
+}
+
+/// udaddy: UD ids through SIDR (the client's ESTABLISHED carries the
+/// server's QP number, qkey and address), two of them, 100 messages each
+/// way on each; every line both print is checked, in order.
+#[test]
+fn udaddy_over_sidr() {
+    let (server, client) = vm().pair_succeeded("udaddy");
+    let s: Vec<&str> = server.lines().collect();
+    assert_eq!(
+        s,
+        [
+            "udaddy: starting server",
+            "receiving data transfers",
+            "sending replies",
+            "data transfers complete",
+            "test complete",
+            "return status 0"
+        ],
+        "server:\n{server}"
+    );
+    let c: Vec<&str> = client.lines().collect();
+    assert_eq!(
+        c,
+        [
+            "udaddy: starting client",
+            "udaddy: connecting",
+            "initiating data transfers",
+            "receiving data transfers",
+            "data transfers complete",
+            "test complete",
+            "return status 0"
+        ],
+        "client:\n{client}"
+    );
+}
+
+/// A udaddy client with no server: SIDR's "unsupported service" reaches it
+/// as UNREACHABLE with status 1, and it fails.
+#[test]
+fn udaddy_without_a_server_is_unreachable() {
+    let run = vm();
+    let c = run.output("udaddy_unreachable", "client");
+    let out = String::from_utf8_lossy(&c.stdout);
+    assert!(
+        !c.status.success() && out.contains("udaddy: event: RDMA_CM_EVENT_UNREACHABLE, error: 1\n"),
+        "{}\n{}",
+        show("udaddy alone", &c),
+        run.report()
+    );
+}
+
+/// UD through librdmacm with real UD QPs: UNREACHABLE with SIDR status 1
+/// (no listener) and 2 (refused); the request's private data; the
+/// client's ESTABLISHED names the server's QP and the UDP qkey, and its
+/// address carries 40 messages whose every byte is checked, answered
+/// through an address made from the completion; no event for the server
+/// after its ACCEPT or when its client goes.
+#[test]
+fn ud_ids_through_sidr_with_checked_data() {
+    vm().case_passed("ud");
+}
+
+/// libfabric's verbs provider over rdma_cm (MSG endpoints; the library
+/// polls the rdma_cm descriptor through epoll and reads events without
+/// blocking): fi_pingpong with data checks, 100 iterations of each size
+/// from 64 bytes to 1 MiB, both sides succeed.
+#[test]
+fn fi_pingpong_verbs_msg() {
+    let (_, client) = vm().pair_succeeded("fi_msg");
+    let rows: Vec<Vec<&str>> = client
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|w| w.len() == 8 && w[0] != "bytes")
+        .collect();
+    let sizes: Vec<&str> = rows.iter().map(|w| w[0]).collect();
+    assert_eq!(
+        sizes,
+        ["64", "256", "1k", "4k", "64k", "1m"],
+        "client:\n{client}"
+    );
+    for w in &rows {
+        assert_eq!((w[1], w[2]), ("100", "=100"), "client:\n{client}");
+    }
 }
 
 /// The server is killed mid-run: the router destroys its ids, and its

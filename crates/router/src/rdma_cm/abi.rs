@@ -104,6 +104,15 @@ pub const REQ_PRIVATE_DATA: usize = 92;
 pub const REQ_PRIVATE_DATA_IP: usize = 56;
 pub const REP_PRIVATE_DATA: usize = 196;
 pub const REJ_PRIVATE_DATA: usize = 148;
+/// SIDR (UD) messages: a SIDR REQ's private data (216 bytes) less the
+/// address header for IP port spaces, and a SIDR REP's.
+pub const SIDR_REQ_PRIVATE_DATA: usize = 216;
+pub const SIDR_REQ_PRIVATE_DATA_IP: usize = 180;
+pub const SIDR_REP_PRIVATE_DATA: usize = 136;
+/// SIDR REP statuses (what an UNREACHABLE event reports): no one serves
+/// the service id, or its server refused.
+pub const SIDR_UNSUPPORTED: i32 = 1;
+pub const SIDR_REJECT: i32 = 2;
 
 /// Address families.
 pub const AF_INET: u16 = 2;
@@ -282,6 +291,17 @@ impl ConnParam {
         }
     }
 
+    /// What a REQ or REP carries of these parameters: the retry counts
+    /// are 3-bit fields, so more than 7 is 7 (the kernel's CM clamps them
+    /// so; libfabric's verbs provider asks for 15).
+    pub fn as_sent(self) -> ConnParam {
+        ConnParam {
+            retry_count: self.retry_count.min(7),
+            rnr_retry_count: self.rnr_retry_count.min(7),
+            ..self
+        }
+    }
+
     /// Parses 272 bytes; `None` if `private_data_len` is over 256.
     pub fn parse(b: &[u8]) -> Option<ConnParam> {
         let len = b[264] as usize;
@@ -317,6 +337,46 @@ impl ConnParam {
     }
 }
 
+/// `struct rdma_ucm_ud_param`, what a UD id's events carry instead of
+/// the connection parameters: the remote QP, its qkey and an address
+/// (`struct ib_uverbs_ah_attr`: a global route to `dgid`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UdParam {
+    pub qp_num: u32,
+    pub qkey: u32,
+    /// Whether the address is set (then global, port 1, source GID
+    /// index 0).
+    pub has_ah: bool,
+    pub dgid: [u8; 16],
+    pub hop_limit: u8,
+    pub traffic_class: u8,
+    pub private_data: Vec<u8>,
+}
+
+impl UdParam {
+    /// Writes 304 bytes; private data padded to `pad` bytes.
+    pub fn write(&self, out: &mut [u8], pad: usize) {
+        put_u32(out, 0, self.qp_num);
+        put_u32(out, 4, self.qkey);
+        if self.has_ah {
+            // ah_attr at 8: grh (dgid, flow_label, sgid_index, hop_limit,
+            // traffic_class), dlid, sl, src_path_bits, static_rate,
+            // is_global at 29, port_num at 30.
+            out[8..24].copy_from_slice(&self.dgid);
+            out[8 + 21] = self.hop_limit;
+            out[8 + 22] = self.traffic_class;
+            out[8 + 29] = 1;
+            out[8 + 30] = 1;
+        }
+        let n = self.private_data.len().min(MAX_PRIVATE_DATA);
+        out[40..40 + n].copy_from_slice(&self.private_data[..n]);
+        out[296] = pad.max(n).min(MAX_PRIVATE_DATA) as u8;
+    }
+}
+
+/// The size of `struct rdma_ucm_ud_param`.
+pub const UD_PARAM_LEN: usize = 304;
+
 /// One event as GET_EVENT returns it (`struct rdma_ucm_event_resp`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventResp {
@@ -325,6 +385,9 @@ pub struct EventResp {
     pub event: u32,
     pub status: i32,
     pub conn: ConnParam,
+    /// A UD id's parameters: written instead of `conn` (the two share
+    /// the event's union).
+    pub ud: Option<UdParam>,
     /// How many private data bytes the receiver sees (the CM message's
     /// size), 0 for none.
     pub pad: usize,
@@ -337,7 +400,10 @@ impl EventResp {
         put_u32(&mut out, 8, self.id);
         put_u32(&mut out, 12, self.event);
         put_u32(&mut out, 16, self.status as u32);
-        self.conn.write(&mut out[20..20 + CONN_PARAM_LEN], self.pad);
+        match &self.ud {
+            Some(ud) => ud.write(&mut out[20..20 + UD_PARAM_LEN], self.pad),
+            None => self.conn.write(&mut out[20..20 + CONN_PARAM_LEN], self.pad),
+        }
         out
     }
 }

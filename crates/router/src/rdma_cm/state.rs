@@ -174,6 +174,8 @@ struct Id {
     agreed: Agreed,
     events_reported: u32,
     tos: u8,
+    /// A UD id's qkey once set (by INIT_QP_ATTR or ACCEPT), 0 before.
+    qkey: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -201,6 +203,14 @@ enum Msg {
         psn: u32,
     },
     Rtu,
+    /// A SIDR REP that grants (a UD id's answer): the server's QP, qkey
+    /// and GID. A refusal is a `Rej`.
+    SidrRep {
+        qpn: u32,
+        qkey: u32,
+        gid: [u8; 16],
+        private_data: Vec<u8>,
+    },
     Rej {
         reason: i32,
         private_data: Vec<u8>,
@@ -694,6 +704,7 @@ impl Cm {
                 agreed: Agreed::default(),
                 events_reported: 0,
                 tos: 0,
+                qkey: 0,
             },
         );
         Ok(h)
@@ -911,16 +922,13 @@ impl Cm {
     }
 
     fn connect(&mut self, h: Handle, param: ConnParam) -> Result<(), i32> {
+        let param = param.as_sent();
         if param.private_data.len() > self.req_private_data(h) {
             return err(libc::EINVAL);
         }
         let id = &self.ids[&h];
         if id.state != State::RouteResolved {
             return err(libc::EINVAL);
-        }
-        if id.qp_type == QPT_UD {
-            // SIDR (UD) is not served yet.
-            return err(libc::ENOSYS);
         }
         let (src, dst, gid, peer_gid, ps) = (
             id.src.expect("bound"),
@@ -976,16 +984,61 @@ impl Cm {
         Ok(())
     }
 
+    /// What a REQ (a SIDR REQ for UD) of id `h` carries of private data.
     fn req_private_data(&self, h: Handle) -> usize {
-        match self.ids.get(&h).map(|i| i.ps) {
-            Some(PS_IB) => REQ_PRIVATE_DATA,
+        match self.ids.get(&h).map(|i| (i.ps, i.qp_type == QPT_UD)) {
+            Some((PS_IB, false)) => REQ_PRIVATE_DATA,
+            Some((PS_IB, true)) => SIDR_REQ_PRIVATE_DATA,
+            Some((_, true)) => SIDR_REQ_PRIVATE_DATA_IP,
             _ => REQ_PRIVATE_DATA_IP,
         }
     }
 
+    /// ACCEPT of a UD child: the SIDR REP (the server's QP and qkey) goes
+    /// to the requester; no connection remains between the two (no
+    /// ESTABLISHED here, no DREQ later). A requester that went away
+    /// meanwhile gets nothing (a SIDR REP into the void, as the kernel's).
+    fn accept_ud(&mut self, h: Handle, uid: u64, param: ConnParam) -> Result<(), i32> {
+        if param.private_data.len() > SIDR_REP_PRIVATE_DATA {
+            return err(libc::EINVAL);
+        }
+        let id = &self.ids[&h];
+        // The qkey is the id's once set (the QP was moved to INIT with
+        // it); another is EINVAL, as the kernel's.
+        let qkey = match (id.qkey, param.qkey) {
+            (0, 0) => RDMA_UDP_QKEY,
+            (0, q) => q,
+            (k, 0) => k,
+            (k, q) if k == q => k,
+            _ => return err(libc::EINVAL),
+        };
+        let (listener, owner, peer, gid) = (id.listener, id.owner_uid, id.peer, id.gid);
+        self.unpend(listener, owner);
+        let id = self.ids.get_mut(&h).expect("exists");
+        id.uid = uid;
+        id.qkey = qkey;
+        id.agreed.qpn = param.qp_num;
+        id.state = State::Established;
+        id.peer = None;
+        if let Some(p) = peer {
+            self.on_msg(
+                p,
+                Msg::SidrRep {
+                    qpn: param.qp_num,
+                    qkey,
+                    gid,
+                    private_data: param.private_data,
+                },
+            );
+        }
+        Ok(())
+    }
+
     fn accept(&mut self, h: Handle, uid: u64, param: ConnParam) -> Result<(), i32> {
+        let param = param.as_sent();
         let state = self.ids[&h].state;
         match state {
+            State::ReqRcvd if self.ids[&h].qp_type == QPT_UD => self.accept_ud(h, uid, param),
             State::ReqRcvd => {
                 if param.private_data.len() > REP_PRIVATE_DATA {
                     return err(libc::EINVAL);
@@ -1038,6 +1091,10 @@ impl Cm {
         if !matches!(id.state, State::ReqRcvd | State::RepRcvd) {
             return err(libc::EINVAL);
         }
+        // A UD child's refusal is a SIDR REP, which carries less.
+        if id.qp_type == QPT_UD && private_data.len() > SIDR_REP_PRIVATE_DATA {
+            return err(libc::EINVAL);
+        }
         let (listener, owner, peer, state) = (id.listener, id.owner_uid, id.peer, id.state);
         if state == State::ReqRcvd {
             self.unpend(listener, owner);
@@ -1057,6 +1114,15 @@ impl Cm {
 
     fn disconnect(&mut self, h: Handle) -> Result<(), i32> {
         let id = &self.ids[&h];
+        if id.qp_type == QPT_UD {
+            // A UD id has no connection to end: 0 once it sent or
+            // answered a SIDR REQ, no event (the kernel's answer); EINVAL
+            // before.
+            return match id.state {
+                State::ReqSent | State::Established | State::Done => Ok(()),
+                _ => err(libc::EINVAL),
+            };
+        }
         match id.state {
             State::Established | State::RepSent | State::RepRcvd => {
                 let peer = id.peer;
@@ -1152,7 +1218,12 @@ impl Cm {
         reported
     }
 
-    fn init_qp_attr(&self, h: Handle, state: u32) -> Result<QpAttr, i32> {
+    fn init_qp_attr(&mut self, h: Handle, state: u32) -> Result<QpAttr, i32> {
+        let id = self.ids.get_mut(&h).expect("owned");
+        if id.qp_type == QPT_UD && state == QPS_INIT && id.qkey == 0 {
+            // The id's qkey from now on (what ACCEPT's SIDR REP reports).
+            id.qkey = RDMA_UDP_QKEY;
+        }
         let id = &self.ids[&h];
         let connected = matches!(
             id.state,
@@ -1170,7 +1241,7 @@ impl Cm {
                 q.mask = QP_STATE | QP_PKEY_INDEX | QP_PORT;
                 if ud {
                     q.mask |= QP_QKEY;
-                    q.qkey = RDMA_UDP_QKEY;
+                    q.qkey = id.qkey;
                 } else {
                     q.mask |= QP_ACCESS_FLAGS;
                     q.access = ACCESS_REMOTE_WRITE;
@@ -1285,6 +1356,23 @@ impl Cm {
     /// Queues an event of id `h` on its file (dropped while the id is a
     /// child not yet accepted: the kernel hides those too).
     fn event(&mut self, h: Handle, event: u32, status: i32, conn: ConnParam, pad: usize) {
+        self.emit(h, event, status, conn, None, pad);
+    }
+
+    /// A UD id's event: its parameters are `ud`.
+    fn event_ud(&mut self, h: Handle, event: u32, status: i32, ud: UdParam, pad: usize) {
+        self.emit(h, event, status, ConnParam::default(), Some(ud), pad);
+    }
+
+    fn emit(
+        &mut self,
+        h: Handle,
+        event: u32,
+        status: i32,
+        conn: ConnParam,
+        ud: Option<UdParam>,
+        pad: usize,
+    ) {
         let Some(id) = self.ids.get(&h) else {
             return;
         };
@@ -1298,6 +1386,7 @@ impl Cm {
             event,
             status,
             conn,
+            ud,
             pad,
         };
         let file = id.file;
@@ -1346,6 +1435,47 @@ impl Cm {
                 id.state = State::RepRcvd;
                 let conn = param.as_received();
                 self.event(to, EV_CONNECT_RESPONSE, 0, conn, REP_PRIVATE_DATA);
+            }
+            Msg::SidrRep {
+                qpn,
+                qkey,
+                gid,
+                private_data,
+            } if state == State::ReqSent => {
+                let id = self.ids.get_mut(&to).expect("exists");
+                id.state = State::Established;
+                id.peer = None;
+                id.agreed.peer_qpn = qpn;
+                let ud = UdParam {
+                    qp_num: qpn,
+                    qkey,
+                    has_ah: true,
+                    dgid: gid,
+                    hop_limit: 64,
+                    traffic_class: id.tos,
+                    private_data,
+                };
+                self.event_ud(to, EV_ESTABLISHED, 0, ud, SIDR_REP_PRIVATE_DATA);
+            }
+            // A UD requester refused: UNREACHABLE with the SIDR status
+            // (no listener, or its server refused or went away).
+            Msg::Rej {
+                reason,
+                private_data,
+            } if state == State::ReqSent && id.qp_type == QPT_UD => {
+                let id = self.ids.get_mut(&to).expect("exists");
+                id.state = State::Done;
+                id.peer = None;
+                let status = if reason == REJ_INVALID_SERVICE_ID {
+                    SIDR_UNSUPPORTED
+                } else {
+                    SIDR_REJECT
+                };
+                let ud = UdParam {
+                    private_data,
+                    ..UdParam::default()
+                };
+                self.event_ud(to, EV_UNREACHABLE, status, ud, SIDR_REP_PRIVATE_DATA);
             }
             Msg::Rtu if state == State::RepSent => {
                 let id = self.ids.get_mut(&to).expect("exists");
@@ -1455,6 +1585,7 @@ impl Cm {
                 },
                 events_reported: 0,
                 tos: 0,
+                qkey: 0,
             },
         );
         self.ids.get_mut(&listener).expect("exists").pending += 1;
@@ -1463,11 +1594,21 @@ impl Cm {
         if let Some(r) = self.ids.get_mut(&from) {
             r.peer = Some(h);
         }
-        let conn = param.as_received();
-        let pad = if ps == PS_IB {
-            REQ_PRIVATE_DATA
+        let ud = qp_type == QPT_UD;
+        let (conn, udp) = if ud {
+            let u = UdParam {
+                private_data: param.private_data.clone(),
+                ..UdParam::default()
+            };
+            (ConnParam::default(), Some(u))
         } else {
-            REQ_PRIVATE_DATA_IP
+            (param.as_received(), None)
+        };
+        let pad = match (ps, ud) {
+            (PS_IB, false) => REQ_PRIVATE_DATA,
+            (PS_IB, true) => SIDR_REQ_PRIVATE_DATA,
+            (_, true) => SIDR_REQ_PRIVATE_DATA_IP,
+            _ => REQ_PRIVATE_DATA_IP,
         };
         let resp = EventResp {
             uid: luid,
@@ -1475,6 +1616,7 @@ impl Cm {
             event: EV_CONNECT_REQUEST,
             status: 0,
             conn,
+            ud: udp,
             pad,
         };
         self.queue(
@@ -1570,10 +1712,14 @@ mod tests {
             }
         }
         fn create(&mut self, file: FileId, uid: u64) -> Handle {
+            self.create_ps(file, uid, PS_TCP, 2)
+        }
+        fn create_ps(&mut self, file: FileId, uid: u64, ps: u16, qp_type: u8) -> Handle {
             let mut p = [0u8; CREATE_ID_LEN];
             put_u64(&mut p, 0, uid);
             put_u64(&mut p, 8, RESP);
-            put_u16(&mut p, 16, PS_TCP);
+            put_u16(&mut p, 16, ps);
+            p[18] = qp_type;
             self.run(file, &cmd(CMD_CREATE_ID, &p, 4)).unwrap();
             u32_at(&self.mem.0[&RESP], 0)
         }
@@ -1599,11 +1745,14 @@ mod tests {
             put_u32(&mut p, 4, backlog);
             self.run(file, &cmd(CMD_LISTEN, &p, 0)).unwrap();
         }
-        fn event(&mut self, file: FileId) -> Result<EventView, i32> {
+        fn raw_event(&mut self, file: FileId) -> Result<Vec<u8>, i32> {
             let mut p = [0u8; GET_EVENT_LEN];
             put_u64(&mut p, 0, RESP);
             self.run(file, &cmd(CMD_GET_EVENT, &p, EVENT_RESP as u16))?;
-            let b = &self.mem.0[&RESP];
+            Ok(self.mem.0[&RESP].clone())
+        }
+        fn event(&mut self, file: FileId) -> Result<EventView, i32> {
+            let b = &self.raw_event(file)?;
             Ok(EventView {
                 uid: u64_at(b, 0),
                 id: u32_at(b, 8),
@@ -1615,7 +1764,10 @@ mod tests {
         /// An id of `file` resolved to 127.0.0.1:`port` and connected with
         /// QP number `qpn`.
         fn connect(&mut self, file: FileId, port: u16, qpn: u32) -> Handle {
-            let h = self.create(file, 0xc1);
+            self.connect_ps(file, port, qpn, PS_TCP, 2)
+        }
+        fn connect_ps(&mut self, file: FileId, port: u16, qpn: u32, ps: u16, qpt: u8) -> Handle {
+            let h = self.create_ps(file, 0xc1, ps, qpt);
             let mut p = [0u8; RESOLVE_IP_LEN];
             put_u16(&mut p, 28, AF_INET);
             p[30..32].copy_from_slice(&port.to_be_bytes());
@@ -1631,7 +1783,8 @@ mod tests {
             put_u32(&mut p, 0, qpn);
             p[266] = 4; // responder resources
             p[267] = 4; // initiator depth
-            p[269] = 7;
+            p[269] = 15; // retry count: more than the REQ carries
+            p[270] = 9; // RNR retry count: likewise
             put_u32(&mut p, 272, h);
             self.run(file, &cmd(CMD_CONNECT, &p, 0)).unwrap();
             h
@@ -1724,6 +1877,9 @@ mod tests {
             "server rq_psn = client sq_psn"
         );
         assert_eq!(ca[69], 1, "a GRH");
+        // The retry counts the REQ carries are 3 bits: 15 and 9 are 7.
+        assert_eq!((cs[135], cs[136]), (7, 7), "client retry, rnr_retry");
+        assert_eq!(ls[135], 7, "server retry");
         t.accept(2, c, 0, 0).unwrap(); // the RTU
         let est = t.event(1).unwrap();
         assert_eq!((est.event, est.id, est.uid), (EV_ESTABLISHED, child, 0xcc));
@@ -1735,6 +1891,67 @@ mod tests {
         assert_eq!(t.destroy(1, child), Ok(2));
         assert_eq!(t.destroy(1, l), Ok(1));
         assert_eq!(t.cm.id_count(), 0);
+    }
+
+    #[test]
+    fn ud_ids_get_sidr_answers() {
+        let mut t = T::new(CmLimits::default());
+        // No listener: UNREACHABLE with SIDR status 1 (unsupported).
+        let lone = t.connect_ps(2, 7300, 0x31, PS_UDP, QPT_UD);
+        let u = t.event(2).unwrap();
+        assert_eq!(
+            (u.event, u.id, u.status),
+            (EV_UNREACHABLE, lone, SIDR_UNSUPPORTED)
+        );
+        let l = t.create_ps(1, 0xaa, PS_UDP, QPT_UD);
+        t.bind(1, l, AF_INET, 7300).unwrap();
+        t.listen(1, l, 8);
+        let c = t.connect_ps(2, 7300, 0x31, PS_UDP, QPT_UD);
+        let req = t.raw_event(1).unwrap();
+        assert_eq!(
+            (u32_at(&req, 12), u64_at(&req, 0)),
+            (EV_CONNECT_REQUEST, 0xaa)
+        );
+        assert_eq!(
+            req[20 + 296] as usize,
+            SIDR_REQ_PRIVATE_DATA_IP,
+            "a SIDR REQ's private data length, in the UD layout"
+        );
+        let child = u32_at(&req, 8);
+        let init = t.qp_attr(1, child, QPS_INIT);
+        assert_eq!(u32_at(&init, 0) & QP_QKEY, QP_QKEY);
+        assert_eq!(u32_at(&init, 20), RDMA_UDP_QKEY);
+        // Another qkey than the QP's is refused.
+        let mut p = [0u8; ACCEPT_LEN];
+        put_u32(&mut p, 8 + 4, 0x999);
+        put_u32(&mut p, 280, child);
+        assert_eq!(t.run(1, &cmd(CMD_ACCEPT, &p, 0)), Err(libc::EINVAL));
+        t.accept(1, child, 0xcc, 0x42).unwrap();
+        let est = t.raw_event(2).unwrap();
+        assert_eq!((u32_at(&est, 12), u32_at(&est, 8)), (EV_ESTABLISHED, c));
+        assert_eq!(u32_at(&est, 20), 0x42, "the server's QP");
+        assert_eq!(u32_at(&est, 24), RDMA_UDP_QKEY, "its qkey");
+        assert_eq!(est[28..44], caller().gid, "the server's GID");
+        assert_eq!((est[28 + 29], est[28 + 30]), (1, 1), "global, port 1");
+        assert_eq!(est[20 + 296] as usize, SIDR_REP_PRIVATE_DATA);
+        // SIDR ends there: no ESTABLISHED for the server, no DREQ.
+        assert_eq!(t.event(1).err(), Some(libc::EAGAIN));
+        let mut p = [0u8; DISCONNECT_LEN];
+        put_u32(&mut p, 0, c);
+        assert_eq!(t.run(2, &cmd(CMD_DISCONNECT, &p, 0)), Ok(()));
+        assert_eq!(t.destroy(2, c), Ok(3));
+        assert_eq!(t.event(1).err(), Some(libc::EAGAIN));
+        // A refusal: UNREACHABLE with status 2.
+        let c2 = t.connect_ps(2, 7300, 0x33, PS_UDP, QPT_UD);
+        let child2 = t.event(1).unwrap().id;
+        let mut p = [0u8; REJECT_LEN];
+        put_u32(&mut p, 0, child2);
+        assert_eq!(t.run(1, &cmd(CMD_REJECT, &p, 0)), Ok(()));
+        let u = t.event(2).unwrap();
+        assert_eq!((u.event, u.id, u.status), (EV_UNREACHABLE, c2, SIDR_REJECT));
+        assert_eq!(t.destroy(1, child), Ok(0));
+        assert_eq!(t.destroy(1, child2), Ok(0));
+        assert_eq!(t.destroy(1, l), Ok(2));
     }
 
     #[test]

@@ -4,7 +4,7 @@
  *   fv_cm_check CASE [PORT]
  *
  * Cases: destroy_counts, migrate, nonblock_poll, hidden_child PORT,
- * reject PORT, backlog PORT, hostile. Prints "PASS CASE" and exits 0, or
+ * reject PORT, backlog PORT, ud PORT, hostile. Prints "PASS CASE" and exits 0, or
  * "FAIL CASE: why" and exits 1. A hang is the test's timeout. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -229,6 +229,192 @@ static void backlog(int port)
 	rdma_destroy_id(l);
 }
 
+/* UD through SIDR, with real UD QPs and checked data: a request to no
+ * listener is UNREACHABLE (status 1), a refused one UNREACHABLE (status 2);
+ * an accepted one gives the client ESTABLISHED with the server's QP number,
+ * the UDP qkey and an address it sends through; the server sees the
+ * request's private data, answers each message through an address made
+ * from the completion (as udaddy does); every byte is checked both ways. */
+#define UD_MSGS 40
+#define UD_LEN 200
+#define UD_GRH 40
+struct ud_end {
+	struct ibv_pd *pd;
+	struct ibv_cq *cq;
+	struct ibv_mr *mr;
+	uint8_t buf[UD_MSGS + 1][UD_GRH + UD_LEN];
+};
+
+static void ud_qp(struct rdma_cm_id *id, struct ud_end *e)
+{
+	e->pd = ibv_alloc_pd(id->verbs);
+	CHECK(e->pd, "alloc_pd: %s", strerror(errno));
+	e->cq = ibv_create_cq(id->verbs, 4 * UD_MSGS, NULL, NULL, 0);
+	CHECK(e->cq, "create_cq: %s", strerror(errno));
+	e->mr = ibv_reg_mr(e->pd, e->buf, sizeof e->buf, IBV_ACCESS_LOCAL_WRITE);
+	CHECK(e->mr, "reg_mr: %s", strerror(errno));
+	struct ibv_qp_init_attr a = { .send_cq = e->cq, .recv_cq = e->cq, .qp_type = IBV_QPT_UD,
+				      .cap = { .max_send_wr = UD_MSGS + 1, .max_recv_wr = UD_MSGS + 1,
+					       .max_send_sge = 1, .max_recv_sge = 1 } };
+	CHECK(rdma_create_qp(id, e->pd, &a) == 0, "rdma_create_qp (UD): %s", strerror(errno));
+	struct ibv_qp_attr qa;
+	struct ibv_qp_init_attr qi;
+	CHECK(ibv_query_qp(id->qp, &qa, IBV_QP_QKEY | IBV_QP_STATE, &qi) == 0, "query_qp");
+	CHECK(qa.qp_state == IBV_QPS_RTS && qa.qkey == 0x01234567,
+	      "UD QP after rdma_create_qp: state %d qkey %#x", qa.qp_state, qa.qkey);
+	for (int i = 0; i < UD_MSGS; i++) {
+		struct ibv_sge sge = { (uintptr_t)e->buf[i], UD_GRH + UD_LEN, e->mr->lkey };
+		struct ibv_recv_wr wr = { .wr_id = i, .sg_list = &sge, .num_sge = 1 }, *bad;
+		CHECK(ibv_post_recv(id->qp, &wr, &bad) == 0, "post_recv");
+	}
+}
+
+static void ud_fill(uint8_t *p, int i, int salt)
+{
+	for (int j = 0; j < UD_LEN; j++)
+		p[j] = (uint8_t)(i * 31 + j * 7 + salt);
+}
+
+static void ud_send(struct rdma_cm_id *id, struct ud_end *e, struct ibv_ah *ah, uint32_t qpn,
+		    uint32_t qkey, int i, int salt)
+{
+	uint8_t *p = e->buf[UD_MSGS] + UD_GRH;
+	ud_fill(p, i, salt);
+	struct ibv_sge sge = { (uintptr_t)p, UD_LEN, e->mr->lkey };
+	struct ibv_send_wr wr = { .wr_id = 1000 + i, .sg_list = &sge, .num_sge = 1,
+				  .opcode = IBV_WR_SEND, .send_flags = IBV_SEND_SIGNALED }, *bad;
+	wr.wr.ud.ah = ah;
+	wr.wr.ud.remote_qpn = qpn;
+	wr.wr.ud.remote_qkey = qkey;
+	CHECK(ibv_post_send(id->qp, &wr, &bad) == 0, "post_send: %s", strerror(errno));
+}
+
+/* The next completion of `e` of kind `recv` (a receive) or a send. */
+static struct ibv_wc ud_wait(struct ud_end *e, int recv)
+{
+	struct ibv_wc wc;
+	for (long n = 0; n < 20000000; n++) {
+		int r = ibv_poll_cq(e->cq, 1, &wc);
+		CHECK(r >= 0, "poll_cq");
+		if (r == 0) {
+			if (n > 1000)
+				usleep(100);
+			continue;
+		}
+		CHECK(wc.status == IBV_WC_SUCCESS, "completion %s", ibv_wc_status_str(wc.status));
+		if (!!(wc.opcode & IBV_WC_RECV) == recv)
+			return wc;
+	}
+	FAIL("no %s completion", recv ? "receive" : "send");
+}
+
+static struct rdma_cm_id *ud_resolved(struct rdma_event_channel *ch, int port)
+{
+	struct rdma_cm_id *id;
+	CHECK(rdma_create_id(ch, &id, NULL, RDMA_PS_UDP) == 0, "create_id: %s", strerror(errno));
+	struct sockaddr_in d = addr_of("127.0.0.1", port);
+	CHECK(rdma_resolve_addr(id, NULL, (struct sockaddr *)&d, 2000) == 0, "resolve_addr");
+	rdma_ack_cm_event(expect(ch, RDMA_CM_EVENT_ADDR_RESOLVED));
+	CHECK(rdma_resolve_route(id, 2000) == 0, "resolve_route");
+	rdma_ack_cm_event(expect(ch, RDMA_CM_EVENT_ROUTE_RESOLVED));
+	return id;
+}
+
+static void ud(int port)
+{
+	struct rdma_event_channel *ls = rdma_create_event_channel(), *cs = rdma_create_event_channel();
+	CHECK(ls && cs, "channels");
+	/* No listener: UNREACHABLE, SIDR status 1 (unsupported service). */
+	struct rdma_cm_id *c = ud_resolved(cs, port + 1);
+	CHECK(rdma_connect(c, NULL) == 0, "connect: %s", strerror(errno));
+	struct rdma_cm_event *ev = expect(cs, RDMA_CM_EVENT_UNREACHABLE);
+	CHECK(ev->status == 1, "no listener: status %d", ev->status);
+	rdma_ack_cm_event(ev);
+	rdma_destroy_id(c);
+
+	struct rdma_cm_id *l;
+	CHECK(rdma_create_id(ls, &l, NULL, RDMA_PS_UDP) == 0, "create_id");
+	struct sockaddr_in a = addr_of("127.0.0.1", port);
+	CHECK(rdma_bind_addr(l, (struct sockaddr *)&a) == 0, "bind: %s", strerror(errno));
+	CHECK(rdma_listen(l, 4) == 0, "listen: %s", strerror(errno));
+
+	/* Refused: UNREACHABLE, SIDR status 2 (rejected). */
+	c = ud_resolved(cs, port);
+	CHECK(rdma_connect(c, NULL) == 0, "connect: %s", strerror(errno));
+	ev = expect(ls, RDMA_CM_EVENT_CONNECT_REQUEST);
+	struct rdma_cm_id *refused = ev->id;
+	rdma_ack_cm_event(ev);
+	CHECK(rdma_reject(refused, NULL, 0) == 0, "reject: %s", strerror(errno));
+	ev = expect(cs, RDMA_CM_EVENT_UNREACHABLE);
+	CHECK(ev->status == 2, "rejected: status %d", ev->status);
+	rdma_ack_cm_event(ev);
+	rdma_destroy_id(c);
+	rdma_destroy_id(refused);
+
+	/* Accepted, with data both ways. */
+	static struct ud_end ce, se;
+	c = ud_resolved(cs, port);
+	ud_qp(c, &ce);
+	struct rdma_conn_param cp = { .private_data = "ud-hello", .private_data_len = 9 };
+	CHECK(rdma_connect(c, &cp) == 0, "connect: %s", strerror(errno));
+	ev = expect(ls, RDMA_CM_EVENT_CONNECT_REQUEST);
+	struct rdma_cm_id *child = ev->id;
+	CHECK(ev->param.ud.private_data_len >= 9 &&
+	      memcmp(ev->param.ud.private_data, "ud-hello", 9) == 0, "request private data (len %d)",
+	      ev->param.ud.private_data_len);
+	rdma_ack_cm_event(ev);
+	ud_qp(child, &se);
+	struct rdma_conn_param sp = { .qp_num = child->qp->qp_num };
+	CHECK(rdma_accept(child, &sp) == 0, "accept: %s", strerror(errno));
+	ev = expect(cs, RDMA_CM_EVENT_ESTABLISHED);
+	CHECK(ev->param.ud.qp_num == child->qp->qp_num, "ESTABLISHED names QP %u, the server's is %u",
+	      ev->param.ud.qp_num, child->qp->qp_num);
+	CHECK(ev->param.ud.qkey == 0x01234567, "qkey %#x", ev->param.ud.qkey);
+	CHECK(ev->param.ud.ah_attr.is_global == 1, "no GRH in the address");
+	struct ibv_ah *ah = ibv_create_ah(ce.pd, &ev->param.ud.ah_attr);
+	CHECK(ah, "create_ah from the event: %s", strerror(errno));
+	uint32_t sqpn = ev->param.ud.qp_num, qkey = ev->param.ud.qkey;
+	rdma_ack_cm_event(ev);
+	nonblocking(ls);
+	no_event(ls, "the server after a SIDR accept");
+
+	struct ibv_ah *back = NULL;
+	for (int i = 0; i < UD_MSGS; i++) {
+		ud_send(c, &ce, ah, sqpn, qkey, i, 1);
+		ud_wait(&ce, 0);
+		struct ibv_wc wc = ud_wait(&se, 1);
+		CHECK(wc.byte_len == UD_GRH + UD_LEN, "received %u bytes", wc.byte_len);
+		CHECK(wc.src_qp == c->qp->qp_num, "from QP %u, not %u", wc.src_qp, c->qp->qp_num);
+		uint8_t want[UD_LEN];
+		ud_fill(want, i, 1);
+		CHECK(memcmp(se.buf[wc.wr_id] + UD_GRH, want, UD_LEN) == 0, "server: message %d differs",
+		      i);
+		if (!back) {
+			back = ibv_create_ah_from_wc(se.pd, &wc, (struct ibv_grh *)se.buf[wc.wr_id],
+						     child->port_num);
+			CHECK(back, "create_ah_from_wc: %s", strerror(errno));
+		}
+		ud_send(child, &se, back, wc.src_qp, qkey, i, 2);
+		ud_wait(&se, 0);
+		wc = ud_wait(&ce, 1);
+		ud_fill(want, i, 2);
+		CHECK(wc.src_qp == sqpn, "reply from QP %u", wc.src_qp);
+		CHECK(memcmp(ce.buf[wc.wr_id] + UD_GRH, want, UD_LEN) == 0, "client: reply %d differs",
+		      i);
+	}
+	/* Either end goes without telling the other (no DREQ in SIDR). */
+	CHECK(rdma_disconnect(c) == 0, "disconnect of a UD id: %s", strerror(errno));
+	ibv_destroy_ah(ah);
+	ibv_destroy_ah(back);
+	rdma_destroy_qp(c);
+	CHECK(rdma_destroy_id(c) == 0, "destroy client");
+	usleep(100000);
+	no_event(ls, "the server after its client went");
+	rdma_destroy_qp(child);
+	CHECK(rdma_destroy_id(child) == 0, "destroy child");
+	CHECK(rdma_destroy_id(l) == 0, "destroy listener");
+}
+
 /* Raw commands, each with its errno. */
 static int cmd(int fd, uint32_t c, void *payload, uint16_t in, uint16_t out)
 {
@@ -367,6 +553,8 @@ int main(int argc, char **argv)
 		reject(port);
 	else if (!strcmp(the_case, "backlog"))
 		backlog(port);
+	else if (!strcmp(the_case, "ud"))
+		ud(port);
 	else if (!strcmp(the_case, "hostile"))
 		hostile();
 	else

@@ -46,14 +46,15 @@ on() {
 # retry_client PREFIX CMD...: CMD (a client) with its output in
 # PREFIX.{out,err,rc}, again while it is refused because its server does
 # not listen yet (REJECTED with status 8, invalid service id, as rping and
-# perftest print it): a slow start is no failure. At most 60 s.
+# perftest print it; for UD, UNREACHABLE with SIDR status 1, as udaddy
+# prints it): a slow start is no failure. At most 60 s.
 retry_client() {
   local p=$1 rc=0
   shift
   for _ in $(seq 120); do
     "$@" >"$p.out" 2>"$p.err"
     rc=$?
-    if [ $rc -ne 0 ] && grep -qE 'RDMA_CM_EVENT_REJECTED, error 8|Unexpected CM event bl blka 8' "$p.err"; then
+    if [ $rc -ne 0 ] && grep -qE 'RDMA_CM_EVENT_REJECTED, error 8|Unexpected CM event bl blka 8|RDMA_CM_EVENT_UNREACHABLE, error: 1$' "$p.err" "$p.out"; then
       sleep 0.5
       continue
     fi
@@ -86,6 +87,31 @@ pair rping "rping -s -a 127.0.0.1 -p 7174 -C 1000 -v" "rping -c -a 127.0.0.1 -p 
 pair send_bw "ib_send_bw -R -d fv0 -n 500" "ib_send_bw -R -d fv0 -n 500 127.0.0.1"
 pair write_lat "ib_write_lat -R -d fv0 -n 500" "ib_write_lat -R -d fv0 -n 500 127.0.0.1"
 pair read_bw "ib_read_bw -R -d fv0 -n 500" "ib_read_bw -R -d fv0 -n 500 127.0.0.1"
+# UD through SIDR: two ids, 100 messages each way on each (udaddy's port
+# is always 7174, UDP port space). Then a client alone: no one serves the
+# port, UNREACHABLE.
+pair udaddy "udaddy -c 2 -C 100" "udaddy -s 127.0.0.1 -c 2 -C 100"
+alone udaddy_unreachable udaddy -s 127.0.0.1
+
+# libfabric's verbs provider (a MSG endpoint: rdma_cm in epoll, nonblocking
+# GET_EVENT), fi_pingpong with its data checks (-c), 100 iterations of each
+# size. Its control socket (TCP, loopback) must listen before the client
+# starts: wait for it (at most 60 s) instead of sleeping.
+wait_listen() {
+  for _ in $(seq 600); do
+    ss -Hltn "sport = :$1" | grep -q . && return 0
+    sleep 0.1
+  done
+}
+FI="fi_pingpong -p verbs -e msg -d fv0 -c -I 100"
+on $FI -B 47600 >"$OUT/fi_msg.server.out" 2>"$OUT/fi_msg.server.err" &
+SP=$!
+wait_listen 47600
+on $FI -P 47600 127.0.0.1 >"$OUT/fi_msg.client.out" 2>"$OUT/fi_msg.client.err"
+echo $? >"$OUT/fi_msg.client.rc"
+wait $SP
+echo $? >"$OUT/fi_msg.server.rc"
+echo "rdma_cm vm: fi_msg: client $(cat "$OUT/fi_msg.client.rc") server $(cat "$OUT/fi_msg.server.rc")"
 
 # Two network namespaces (two containers of one host): the server listens
 # on its namespace's address, the client (in the other) resolves that
@@ -145,7 +171,7 @@ wait $CP
 echo "rdma_cm vm: killed: client $(cat "$OUT/killed.client.rc")"
 
 port=7200
-for c in destroy_counts migrate nonblock_poll hidden_child reject backlog; do
+for c in destroy_counts migrate nonblock_poll hidden_child reject backlog ud; do
   port=$((port + 10))
   alone "$c" "$CHK" "$c" "$port"
 done
