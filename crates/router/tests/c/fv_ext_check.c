@@ -861,15 +861,16 @@ static void case_qp_attrs(void)
 #define WIN_OFF 4096
 #define WIN_LEN 4096
 
-/* Two connected RC QPs (A owns the window, B accesses it) on one CQ. */
-struct mw_pair {
+/* Two connected RC QPs on one CQ (in the window cases, A owns the window
+ * and B accesses it). */
+struct rc_pair {
 	struct ibv_cq *cq;
 	struct ibv_qp *a, *b;
 };
 
-static struct mw_pair mw_pair_new(void)
+static struct rc_pair rc_pair_new(void)
 {
-	struct mw_pair p;
+	struct rc_pair p;
 	p.cq = cq_new(32);
 	p.a = rc_qp_new(p.cq, p.cq);
 	p.b = rc_qp_new(p.cq, p.cq);
@@ -877,7 +878,7 @@ static struct mw_pair mw_pair_new(void)
 	return p;
 }
 
-static void mw_pair_free(struct mw_pair *p)
+static void rc_pair_free(struct rc_pair *p)
 {
 	destroy_qp(p->a);
 	destroy_qp(p->b);
@@ -984,7 +985,7 @@ static int local_inv(struct ibv_qp *qp, struct ibv_cq *cq, uint32_t rkey, const 
  * or another address), len bytes from or into its buffer src at 64; says the status and
  * checks that the data moved, at offset off of mem, exactly when it succeeded.
  */
-static enum ibv_wc_status access_at(struct mw_pair *p, struct buf *mem, struct buf *src,
+static enum ibv_wc_status access_at(struct rc_pair *p, struct buf *mem, struct buf *src,
 				    enum ibv_wr_opcode op, uint64_t base, size_t off, uint32_t len,
 				    uint32_t rkey, const char *what)
 {
@@ -1019,7 +1020,7 @@ static enum ibv_wc_status access_at(struct mw_pair *p, struct buf *mem, struct b
 }
 
 /* access_at of memory addressed by its own address (an MR's, or a window's over it). */
-static enum ibv_wc_status access_win(struct mw_pair *p, struct buf *win, struct buf *src,
+static enum ibv_wc_status access_win(struct rc_pair *p, struct buf *win, struct buf *src,
 				     enum ibv_wr_opcode op, size_t off, uint32_t len, uint32_t rkey,
 				     const char *what)
 {
@@ -1036,7 +1037,7 @@ static void case_mw_type1(void)
 	struct ibv_mw *mw = mw_alloc(IBV_MW_TYPE_1, "type 1");
 	if (!mw)
 		fatal("ibv_alloc_mw(type 1) returned NULL, errno %d", errno);
-	struct mw_pair p = mw_pair_new();
+	struct rc_pair p = rc_pair_new();
 
 	uint32_t before = mw->rkey;
 	if (bind1(p.a, p.cq, mw, win->mr, WIN_OFF, WIN_LEN, rw, "read/write") != IBV_WC_SUCCESS)
@@ -1052,36 +1053,36 @@ static void case_mw_type1(void)
 		   "READ 300 B from the window");
 	access_win(&p, win, src, IBV_WR_RDMA_WRITE, 100, 64, win->mr->rkey,
 		   "WRITE through the MR's own rkey");
-	mw_pair_free(&p);
-	p = mw_pair_new();
+	rc_pair_free(&p);
+	p = rc_pair_new();
 	access_win(&p, win, src, IBV_WR_RDMA_WRITE, WIN_OFF + WIN_LEN - 50, 100, mw->rkey,
 		   "WRITE across the window's end");
-	mw_pair_free(&p);
-	p = mw_pair_new();
+	rc_pair_free(&p);
+	p = rc_pair_new();
 	access_win(&p, win, src, IBV_WR_RDMA_WRITE, WIN_OFF - 8, 16, mw->rkey,
 		   "WRITE across the window's start");
-	mw_pair_free(&p);
-	p = mw_pair_new();
+	rc_pair_free(&p);
+	p = rc_pair_new();
 	access_win(&p, win, src, IBV_WR_ATOMIC_FETCH_AND_ADD, WIN_OFF, 8, mw->rkey,
 		   "FETCH_ADD without the atomic right");
-	mw_pair_free(&p);
+	rc_pair_free(&p);
 
-	p = mw_pair_new();
+	p = rc_pair_new();
 	if (bind1(p.a, p.cq, mw, win->mr, WIN_OFF, WIN_LEN, IBV_ACCESS_REMOTE_READ,
 		  "read only (a rebind)") == IBV_WC_SUCCESS) {
 		say("rkey after the rebind: %s", mw->rkey != first ? "new" : "unchanged");
 		access_win(&p, win, src, IBV_WR_RDMA_READ, WIN_OFF, 64, mw->rkey,
 			   "READ through the rebound window");
-		mw_pair_free(&p);
-		p = mw_pair_new();
+		rc_pair_free(&p);
+		p = rc_pair_new();
 		access_win(&p, win, src, IBV_WR_RDMA_READ, WIN_OFF, 64, first,
 			   "READ through the first bind's rkey");
-		mw_pair_free(&p);
-		p = mw_pair_new();
+		rc_pair_free(&p);
+		p = rc_pair_new();
 		access_win(&p, win, src, IBV_WR_RDMA_WRITE, WIN_OFF, 64, mw->rkey,
 			   "WRITE to the read-only window");
-		mw_pair_free(&p);
-		p = mw_pair_new();
+		rc_pair_free(&p);
+		p = rc_pair_new();
 	}
 
 	uint32_t bound = mw->rkey;
@@ -1089,7 +1090,7 @@ static void case_mw_type1(void)
 	bind1(p.a, p.cq, mw, win->mr, WIN_OFF, 0, 0, "unbind (length 0)");
 	access_win(&p, win, src, IBV_WR_RDMA_READ, WIN_OFF, 64, bound,
 		   "READ through the unbound window's rkey");
-	mw_pair_free(&p);
+	rc_pair_free(&p);
 
 	set_step("ibv_dealloc_mw");
 	int rc = ibv_dealloc_mw(mw);
@@ -1113,7 +1114,7 @@ static void case_mw_type1(void)
 		struct ibv_mw *w = ibv_alloc_mw(E.pd, IBV_MW_TYPE_1);
 		if (!w)
 			fatal("ibv_alloc_mw(type 1) returned NULL, errno %d", errno);
-		p = mw_pair_new();
+		p = rc_pair_new();
 		if (i == 2) {
 			/* (the MR starts at the buffer; bind below it) */
 			bad[i].off = 0;
@@ -1131,7 +1132,7 @@ static void case_mw_type1(void)
 			bind1(p.a, p.cq, w, bad[i].mr, bad[i].off, bad[i].len, bad[i].access,
 			      bad[i].what);
 		}
-		mw_pair_free(&p);
+		rc_pair_free(&p);
 		ibv_dealloc_mw(w);
 	}
 	buf_free(src);
@@ -1149,7 +1150,7 @@ static void case_mw_type2(void)
 	struct ibv_mw *mw = mw_alloc(IBV_MW_TYPE_2, "type 2");
 	if (!mw)
 		fatal("ibv_alloc_mw(type 2) returned NULL, errno %d", errno);
-	struct mw_pair p = mw_pair_new();
+	struct rc_pair p = rc_pair_new();
 
 	set_step("ibv_bind_mw on a type 2 window");
 	struct ibv_mw_bind b1 = { .wr_id = 1,
@@ -1165,27 +1166,27 @@ static void case_mw_type2(void)
 
 	uint32_t k = ibv_inc_rkey(mw->rkey);
 	bind2(p.a, p.cq, mw, k, plain->mr, WIN_OFF, WIN_LEN, wr_, "to an MR without MW_BIND");
-	mw_pair_free(&p);
+	rc_pair_free(&p);
 	/*
 	 * A bound type 2 window is invalidated or deallocated before its QP
 	 * goes (rxe's QP destruction waits for the window forever otherwise).
 	 */
-	p = mw_pair_new();
+	p = rc_pair_new();
 	if (bind2(p.a, p.cq, mw, k, win->mr, WIN_OFF, WIN_LEN, wr_, "write") != IBV_WC_SUCCESS)
 		fatal("binding the window failed");
 	access_win(&p, win, src, IBV_WR_RDMA_WRITE, WIN_OFF + 8, 500, k,
 		   "WRITE 500 B into the window");
-	struct mw_pair q = mw_pair_new();
+	struct rc_pair q = rc_pair_new();
 	access_win(&q, win, src, IBV_WR_RDMA_WRITE, WIN_OFF + 8, 16, k,
 		   "WRITE into the window through another QP");
-	mw_pair_free(&q);
+	rc_pair_free(&q);
 	local_inv(p.a, p.cq, k, "the bound window");
 	access_win(&p, win, src, IBV_WR_RDMA_WRITE, WIN_OFF + 8, 16, k,
 		   "WRITE after LOCAL_INV");
-	mw_pair_free(&p);
+	rc_pair_free(&p);
 
 	/* Rebound under a new key, then invalidated by the peer's SEND_WITH_INV. */
-	p = mw_pair_new();
+	p = rc_pair_new();
 	k = ibv_inc_rkey(k);
 	if (bind2(p.a, p.cq, mw, k, win->mr, WIN_OFF, WIN_LEN, wr_, "again, a new key") !=
 	    IBV_WC_SUCCESS)
@@ -1220,10 +1221,10 @@ static void case_mw_type2(void)
 	}
 	buf_check(src, "B's buffer");
 	access_win(&p, win, src, IBV_WR_RDMA_WRITE, WIN_OFF, 16, k, "WRITE after SEND_WITH_INV");
-	mw_pair_free(&p);
+	rc_pair_free(&p);
 
 	/* A bound window: its MR cannot go, and deallocating it ends access. */
-	p = mw_pair_new();
+	p = rc_pair_new();
 	k = ibv_inc_rkey(k);
 	if (bind2(p.a, p.cq, mw, k, win->mr, WIN_OFF, WIN_LEN, wr_, "a third time") !=
 	    IBV_WC_SUCCESS)
@@ -1237,20 +1238,20 @@ static void case_mw_type2(void)
 	rc = ibv_dealloc_mw(mw);
 	say("dealloc_mw of a bound window: %s", errno_name(rc));
 	access_win(&p, win, src, IBV_WR_RDMA_WRITE, WIN_OFF, 16, k, "WRITE after dealloc_mw");
-	mw_pair_free(&p);
+	rc_pair_free(&p);
 
 	/* A type 1 window cannot be bound by a work request, nor invalidated. */
 	struct ibv_mw *t1 = mw_alloc(IBV_MW_TYPE_1, "type 1");
 	if (t1) {
-		p = mw_pair_new();
+		p = rc_pair_new();
 		bind2(p.a, p.cq, t1, ibv_inc_rkey(t1->rkey), win->mr, WIN_OFF, WIN_LEN, wr_,
 		      "a type 1 window");
-		mw_pair_free(&p);
-		p = mw_pair_new();
+		rc_pair_free(&p);
+		p = rc_pair_new();
 		if (bind1(p.a, p.cq, t1, win->mr, WIN_OFF, WIN_LEN, wr_, "type 1 to invalidate") ==
 		    IBV_WC_SUCCESS)
 			local_inv(p.a, p.cq, t1->rkey, "a type 1 window");
-		mw_pair_free(&p);
+		rc_pair_free(&p);
 		ibv_dealloc_mw(t1);
 	}
 	buf_free(src);
@@ -1272,7 +1273,7 @@ static void case_mr_variants(void)
 	struct buf *src = buf_reg(16384, "B's buffer", ACC_ALL);
 	uint64_t va = addr_of(mem->p);
 	uint64_t iova = 0x100000000000ull + (va & 0xfff);
-	struct mw_pair p;
+	struct rc_pair p;
 
 	set_step("ibv_reg_mr_iova2 with an IOVA other than the address");
 	errno = 0;
@@ -1282,7 +1283,7 @@ static void case_mr_variants(void)
 		fatal("ibv_reg_mr_iova2 returned NULL, errno %d (%s)", errno, strerror(errno));
 	mem->mr = mr;
 
-	p = mw_pair_new();
+	p = rc_pair_new();
 	access_at(&p, mem, src, IBV_WR_RDMA_WRITE, iova, 4096, 100, mr->rkey,
 		    "WRITE 100 B at IOVA + 4096");
 	access_at(&p, mem, src, IBV_WR_RDMA_READ, iova, 8000, 64, mr->rkey,
@@ -1316,13 +1317,13 @@ static void case_mr_variants(void)
 	if (rc == 0 && say_next_wc(p.cq, 0xB1, "bind in IOVA space") == IBV_WC_SUCCESS)
 		access_at(&p, mem, src, IBV_WR_RDMA_WRITE, iova, 4096 + 16, 32, mw->rkey,
 			    "WRITE through the window at IOVA + 4112");
-	mw_pair_free(&p);
+	rc_pair_free(&p);
 	ibv_dealloc_mw(mw);
 
-	p = mw_pair_new();
+	p = rc_pair_new();
 	access_at(&p, mem, src, IBV_WR_RDMA_WRITE, va, 4096, 16, mr->rkey,
 		    "WRITE at the buffer's address instead of its IOVA");
-	mw_pair_free(&p);
+	rc_pair_free(&p);
 
 	set_step("ibv_reg_dmabuf_mr of a descriptor that is no dma-buf");
 	errno = 0;
@@ -1362,7 +1363,7 @@ static void case_mr_rereg(void)
 	struct buf *other = buf_alloc(16384, "another range");
 	struct buf *src = buf_reg(16384, "B's buffer", ACC_ALL);
 	struct ibv_mr *mr = mem->mr;
-	struct mw_pair p = mw_pair_new();
+	struct rc_pair p = rc_pair_new();
 	want(access_win(&p, mem, src, IBV_WR_RDMA_WRITE, 100, 64, mr->rkey, "WRITE before"),
 	     IBV_WC_SUCCESS);
 	uint32_t before = mr->rkey;
@@ -1372,17 +1373,17 @@ static void case_mr_rereg(void)
 		return;
 	want(access_win(&p, mem, src, IBV_WR_RDMA_READ, 200, 64, mr->rkey, "READ after"),
 	     IBV_WC_SUCCESS);
-	mw_pair_free(&p);
-	p = mw_pair_new();
+	rc_pair_free(&p);
+	p = rc_pair_new();
 	want(access_win(&p, mem, src, IBV_WR_RDMA_WRITE, 300, 64, mr->rkey, "WRITE after"),
 	     IBV_WC_REM_ACCESS_ERR);
-	mw_pair_free(&p);
+	rc_pair_free(&p);
 	if (mr->rkey != before) {
-		p = mw_pair_new();
+		p = rc_pair_new();
 		want(access_win(&p, mem, src, IBV_WR_RDMA_READ, 200, 64, before,
 				"READ under the old rkey"),
 		     IBV_WC_REM_ACCESS_ERR);
-		mw_pair_free(&p);
+		rc_pair_free(&p);
 	}
 
 	/* The region now covers the other range (same access). */
@@ -1391,14 +1392,14 @@ static void case_mr_rereg(void)
 	if (mr->addr != other->p || mr->length != other->n)
 		fail("mr->addr/length: %p+%zu, expected %p+%zu", mr->addr, mr->length,
 		     (void *)other->p, other->n);
-	p = mw_pair_new();
+	p = rc_pair_new();
 	want(access_win(&p, other, src, IBV_WR_RDMA_READ, 500, 128, mr->rkey,
 			"READ of the new range"),
 	     IBV_WC_SUCCESS);
 	want(access_win(&p, mem, src, IBV_WR_RDMA_READ, 500, 128, mr->rkey,
 			"READ of the old range"),
 	     IBV_WC_REM_ACCESS_ERR);
-	mw_pair_free(&p);
+	rc_pair_free(&p);
 
 	/* Into another PD: no longer reachable from QPs of the first one. */
 	struct ibv_pd *pd2 = ibv_alloc_pd(E.ctx);
@@ -1406,11 +1407,11 @@ static void case_mr_rereg(void)
 		fatal("ibv_alloc_pd returned NULL");
 	if (rereg(mr, IBV_REREG_MR_CHANGE_PD, pd2, NULL, 0, "to another PD"))
 		return;
-	p = mw_pair_new();
+	p = rc_pair_new();
 	want(access_win(&p, other, src, IBV_WR_RDMA_READ, 500, 128, mr->rkey,
 			"READ from a QP of the first PD"),
 	     IBV_WC_REM_ACCESS_ERR);
-	mw_pair_free(&p);
+	rc_pair_free(&p);
 	set_step("ibv_dereg_mr after the re-registrations");
 	int rc = ibv_dereg_mr(mr);
 	say("dereg_mr: %s", errno_name(rc));
@@ -2011,32 +2012,6 @@ static void case_qp_ex_misuse(void)
 /* ------------------------------------------------------------------------ */
 /* Case: spec_statuses                                                       */
 
-/* A fresh connected RC pair on its own CQ, and a buffer for it. */
-struct spec_pair {
-	struct ibv_cq *cq;
-	struct ibv_qp *a, *b;
-	struct buf *buf;
-};
-
-static struct spec_pair spec_pair_new(void)
-{
-	struct spec_pair p;
-	p.cq = cq_new(16);
-	p.a = rc_qp_new(p.cq, p.cq);
-	p.b = rc_qp_new(p.cq, p.cq);
-	rc_connect_both(p.a, p.b);
-	p.buf = buf_reg(8192, "buffer", ACC_ALL);
-	return p;
-}
-
-static void spec_pair_free(struct spec_pair *p)
-{
-	destroy_qp(p->a);
-	destroy_qp(p->b);
-	destroy_cq(p->cq);
-	buf_free(p->buf);
-}
-
 /* The completion with wr_id among the next n of cq (NULL-safe status string). */
 static const char *status_of(const struct ibv_wc *wcs, int n, uint64_t wr_id)
 {
@@ -2058,12 +2033,13 @@ static const char *status_of(const struct ibv_wc *wcs, int n, uint64_t wr_id)
  */
 static void case_spec_statuses(void)
 {
-	struct spec_pair p = spec_pair_new();
+	struct rc_pair p = rc_pair_new();
+	struct buf *buf = buf_reg(8192, "buffer", ACC_ALL);
 	set_step("a SEND with an unknown lkey");
-	struct ibv_sge r = buf_sge(p.buf, 4096, 64);
+	struct ibv_sge r = buf_sge(buf, 4096, 64);
 	recv1(p.b, 0x10, &r, 1, "recv on B");
-	struct ibv_sge bad = buf_sge(p.buf, 0, 16);
-	bad.lkey = unused_key(&p.buf->mr, 1);
+	struct ibv_sge bad = buf_sge(buf, 0, 16);
+	bad.lkey = unused_key(&buf->mr, 1);
 	send1(p.a, 0x11, IBV_WR_SEND, &bad, 1, 0, 0, 0, "a SEND with an unknown lkey");
 	struct ibv_wc wc;
 	poll1(p.cq, &wc, "the SEND's completion");
@@ -2071,13 +2047,13 @@ static void case_spec_statuses(void)
 	    ibv_wc_status_str(wc.status));
 	if (wc.status == IBV_WC_SUCCESS)
 		fail("a SEND with an unknown lkey succeeded");
-	spec_pair_free(&p);
+	rc_pair_free(&p);
 
-	p = spec_pair_new();
+	p = rc_pair_new();
 	set_step("a SEND of 64 bytes into a receive of 16");
-	r = buf_sge(p.buf, 4096, 16);
+	r = buf_sge(buf, 4096, 16);
 	recv1(p.b, 0x20, &r, 1, "recv on B");
-	struct ibv_sge s = buf_sge(p.buf, 0, 64);
+	struct ibv_sge s = buf_sge(buf, 0, 64);
 	send1(p.a, 0x21, IBV_WR_SEND, &s, 1, 0, 0, 0, "a SEND too long");
 	struct ibv_wc two[2];
 	poll_some(p.cq, two, 2, "the two completions");
@@ -2085,15 +2061,15 @@ static void case_spec_statuses(void)
 	say("receive too small, at the requester: %s", status_of(two, 2, 0x21));
 	if (two[0].status == IBV_WC_SUCCESS || two[1].status == IBV_WC_SUCCESS)
 		fail("a SEND longer than its receive completed successfully");
-	spec_pair_free(&p);
+	rc_pair_free(&p);
 
-	p = spec_pair_new();
+	p = rc_pair_new();
 	set_step("a FETCH_ADD at an address that is not 8-byte aligned");
-	struct ibv_sge at = buf_sge(p.buf, 0, 8);
+	struct ibv_sge at = buf_sge(buf, 0, 8);
 	struct ibv_send_wr wr, *badwr = NULL;
 	wr_init(&wr, 0x31, IBV_WR_ATOMIC_FETCH_AND_ADD, &at, 1, IBV_SEND_SIGNALED);
-	wr.wr.atomic.remote_addr = addr_of(p.buf->p + 4096 + 4);
-	wr.wr.atomic.rkey = p.buf->mr->rkey;
+	wr.wr.atomic.remote_addr = addr_of(buf->p + 4096 + 4);
+	wr.wr.atomic.rkey = buf->mr->rkey;
 	wr.wr.atomic.compare_add = 1;
 	int rc = ibv_post_send(p.a, &wr, &badwr);
 	if (rc == 0) {
@@ -2104,17 +2080,18 @@ static void case_spec_statuses(void)
 	} else {
 		say("misaligned FETCH_ADD: post %s", errno_name(rc));
 	}
-	spec_pair_free(&p);
+	rc_pair_free(&p);
 
-	p = spec_pair_new();
+	p = rc_pair_new();
 	set_step("a receive posted to a QP in the error state");
 	qp_to_state(p.b, IBV_QPS_ERR, "B to ERR");
-	r = buf_sge(p.buf, 4096, 64);
+	r = buf_sge(buf, 4096, 64);
 	recv1(p.b, 0x41, &r, 1, "recv on B in ERR");
 	int n = wait_wc(p.cq, &wc, 10);
 	say("a receive posted in ERR: %s",
 	    n == 1 ? ibv_wc_status_str(wc.status) : "no completion within 10 s");
-	spec_pair_free(&p);
+	rc_pair_free(&p);
+	buf_free(buf);
 }
 
 static const struct fv_case cases[] = {
