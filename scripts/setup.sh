@@ -18,9 +18,11 @@ packages=(libibverbs-dev ibverbs-utils perftest ucx-utils openmpi-bin libopenmpi
           # librdmacm's headers, libfabric's fi_pingpong.
           rdmacm-utils librdmacm-dev libfabric-bin
           # The etcd location registry: protoc builds the etcd-client crate's
-          # gRPC code; the tests (crates/router/tests/e2e_etcd.rs) and the
-          # scale benchmark start their own etcd (3.4 in Debian 12).
-          protobuf-compiler etcd-server etcd-client)
+          # gRPC code (with the well-known types of libprotobuf-dev, only
+          # recommended by protobuf-compiler); the tests
+          # (crates/router/tests/e2e_etcd.rs) and the scale benchmark start
+          # their own etcd (3.4 in Debian 12).
+          protobuf-compiler libprotobuf-dev etcd-server etcd-client)
 missing=()
 for p in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
