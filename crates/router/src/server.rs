@@ -299,10 +299,12 @@ impl Server {
         ) {
             Ok(cm) => {
                 epoll.add(cm.fd(), EpollEvent::new(EpollFlags::EPOLLIN, RDMA_CM))?;
+                super::rdma_cm::service::publish_node(dir, Some(cm.path()))?;
                 Some(cm)
             }
             Err(e) => {
                 info!("{e}; rdma_cm is not served");
+                super::rdma_cm::service::publish_node(dir, None)?;
                 None
             }
         };
@@ -388,6 +390,7 @@ impl Server {
         loop {
             let now = Instant::now();
             let mut worked = self.engine.service(now);
+            self.exchange_cm();
             if !self.deferred.is_empty() {
                 worked |= self.answer_deferred(now);
             }
@@ -478,7 +481,9 @@ impl Server {
         if let Some(fs) = self.cmdfs.take() {
             fs.unmount();
         }
-        drop(self.rdma_cm.take());
+        if self.rdma_cm.take().is_some() {
+            super::rdma_cm::service::publish_node(&self.runtime_dir, None).ok();
+        }
         std::fs::remove_file(&self.socket_path).ok();
         super::sysfs::remove_netns_views(&self.runtime_dir);
         if let Some(tree) = self.tree.take() {
@@ -1070,6 +1075,19 @@ impl Server {
         }
     }
 
+    /// rdma_cm messages between this router's ids and other routers'
+    /// (dropped if this router does not serve rdma_cm).
+    fn exchange_cm(&mut self) {
+        let frames = self.engine.take_cm_frames();
+        let lost = self.engine.take_cm_lost();
+        if let Some(cm) = self.rdma_cm.as_mut() {
+            let engine = &mut self.engine;
+            cm.exchange(frames, &lost, &mut |src, dst, payload| {
+                engine.send_cm(src, dst, payload)
+            });
+        }
+    }
+
     /// Commands to librdmacm's device.
     fn on_rdma_cm(&mut self) {
         let (own_netns, own_gid) = (self.netns, self.gid);
@@ -1089,6 +1107,7 @@ impl Server {
         if let Some(cm) = self.rdma_cm.as_mut() {
             cm.process(&view);
         }
+        self.exchange_cm();
     }
 
     /// Ends a pending `ibv_create_comp_channel`: its write returns.

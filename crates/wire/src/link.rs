@@ -27,7 +27,7 @@ use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligne
 /// "FVLK": the first four bytes of every frame.
 pub const MAGIC: u32 = 0x4b4c_5646;
 /// Version of this module's format; peers of another version are refused.
-pub const LINK_VERSION: u16 = 4;
+pub const LINK_VERSION: u16 = 5;
 /// Bytes of the challenge an accepting router sends before anything else.
 pub const CHALLENGE_LEN: usize = 32;
 /// Bytes of every frame header.
@@ -56,6 +56,10 @@ pub enum Kind {
     ReadData = 6,
     /// One UD datagram (payload: the message, at most the UD MTU).
     Datagram = 7,
+    /// One rdma_cm message between two ids (REQ, REP, ...: the router's
+    /// `rdma_cm::link` encodes and checks the payload), from the id of
+    /// GID `src_gid` to the router serving `dst_gid`.
+    Cm = 8,
 }
 
 impl Kind {
@@ -68,6 +72,7 @@ impl Kind {
             5 => Kind::Nak,
             6 => Kind::ReadData,
             7 => Kind::Datagram,
+            8 => Kind::Cm,
             _ => return None,
         })
     }

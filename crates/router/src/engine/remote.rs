@@ -54,6 +54,11 @@ pub(super) struct Remote {
     /// With a cap on link bytes per user: each user's unanswered bytes on
     /// the links, counted at the start of a pass and grown as its QPs send.
     link_bytes: std::collections::HashMap<u32, u64>,
+    /// rdma_cm frames from other routers (source GID, destination GID,
+    /// payload), for the server's connection manager.
+    cm_frames: Vec<(Gid, Gid, Vec<u8>)>,
+    /// GIDs of routers that went away, for the connection manager.
+    cm_lost: Vec<Gid>,
 }
 
 /// The transport as one user's QP sees it under the link-bytes cap: no
@@ -196,6 +201,42 @@ impl Engine {
     #[cfg(any(test, feature = "fuzzing"))]
     pub fn lose_peer(&mut self, peer: PeerId, gids: &[Gid]) {
         self.peer_down(peer, gids);
+    }
+
+    /// rdma_cm frames that arrived from other routers since the last call:
+    /// (source GID, destination GID, payload).
+    pub(crate) fn take_cm_frames(&mut self) -> Vec<(Gid, Gid, Vec<u8>)> {
+        std::mem::take(&mut self.remote.cm_frames)
+    }
+
+    /// GIDs whose routers went away since the last call.
+    pub(crate) fn take_cm_lost(&mut self) -> Vec<Gid> {
+        std::mem::take(&mut self.remote.cm_lost)
+    }
+
+    /// Sends an rdma_cm frame from `src` (a GID of this router) to the
+    /// router serving `dst`, written out at once; false if no other router
+    /// that is up serves `dst`.
+    pub(crate) fn send_cm(&mut self, src: Gid, dst: Gid, payload: &[u8]) -> bool {
+        if self.serves_locally(&dst) {
+            return false;
+        }
+        let sent = self.with_peers(|_, peers| {
+            let peer = peers.locate(&dst)?;
+            let hdr = FrameHeader {
+                kind: Kind::Cm as u8,
+                src_gid: src,
+                dst_gid: dst,
+                ..Default::default()
+            };
+            peers.send(peer, hdr, payload);
+            Some(())
+        });
+        let sent = sent.flatten().is_some();
+        if sent {
+            self.flush_links();
+        }
+        sent
     }
 
     /// True if some session of this router has GID `gid`.
@@ -365,6 +406,7 @@ impl Engine {
     /// requests it answered are completed, in order, and the first
     /// unanswered one failed with IBV_WC_RETRY_EXC_ERR (UC: is lost).
     fn peer_down(&mut self, peer: PeerId, gids: &[Gid]) {
+        self.remote.cm_lost.extend_from_slice(gids);
         let hit: Vec<u32> = self
             .tables
             .qps
@@ -583,6 +625,10 @@ impl Engine {
             Kind::Request => self.on_request(peers, from, hdr, payload),
             Kind::Ack | Kind::Nak | Kind::ReadData => self.on_response(from, hdr, payload, now),
             Kind::Datagram => self.on_datagram(hdr, payload),
+            Kind::Cm => self
+                .remote
+                .cm_frames
+                .push((hdr.src_gid, hdr.dst_gid, payload.to_vec())),
             Kind::Hello | Kind::Announce => {}
         }
     }

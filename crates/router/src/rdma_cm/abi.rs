@@ -171,7 +171,7 @@ pub fn put_u64(b: &mut [u8], o: usize, v: u64) {
 /// An IP socket address as fv0 knows them: IPv4 (an IPv6 socket address
 /// counts when it is `::` or IPv4-mapped), and the family the caller used
 /// (echoed back in answers).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct SockAddr {
     pub v6: bool,
     pub ip: Ipv4Addr,
@@ -260,7 +260,7 @@ impl SockAddr {
 }
 
 /// `struct rdma_ucm_conn_param`, the parts the router uses.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConnParam {
     pub qp_num: u32,
     pub qkey: u32,

@@ -7,10 +7,13 @@
 //! - [`state`]: ids, ports per network namespace, connection messages
 //!   (REQ/REP/RTU/REJ/DREQ between ids), events; pure and fuzzable;
 //! - [`cuse`]: `/dev/cuse` requests, parsed (pure) and served;
+//! - [`link`]: the messages between ids of two routers, as the link
+//!   carries them, checked (pure);
 //! - [`service`]: the glue the server's event loop calls.
 
 pub mod abi;
 pub mod cuse;
+pub mod link;
 pub mod service;
 pub mod state;
 

@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use log::{debug, info, warn};
 
 use super::cuse::{self, CuseDevice, Request};
-use super::state::{Caller, Cm, CmLimits, FileId, Memory, Outcome};
+use super::state::{Caller, Cm, CmLimits, FileId, Gid, Memory, Outcome};
 use crate::memory::{Credentials, ProcessMemory};
 
 /// What the router knows of a thread's network namespace.
@@ -64,6 +64,36 @@ pub struct RdmaCmService {
     next_fh: FileId,
     /// Blocked GET_EVENTs: the writer's memory, by request.
     waiting: HashMap<u64, WriterMemory>,
+}
+
+/// The file in the router's runtime directory naming its rdma_cm node
+/// (absent: the router serves none), for `flowverbs exec`.
+pub const NODE_FILE: &str = "rdma_cm.node";
+
+/// Records (or, with None, removes the record of) the node this router
+/// serves rdma_cm at.
+pub fn publish_node(
+    runtime_dir: &std::path::Path,
+    node: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let file = runtime_dir.join(NODE_FILE);
+    match node {
+        Some(n) => std::fs::write(&file, format!("{}\n", n.display()))
+            .with_context(|| format!("writing {}", file.display())),
+        None => match std::fs::remove_file(&file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", file.display()))
+            }
+            _ => Ok(()),
+        },
+    }
+}
+
+/// The node the router of `runtime_dir` serves rdma_cm at, if any.
+pub fn served_node(runtime_dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    let text = std::fs::read_to_string(runtime_dir.join(NODE_FILE)).ok()?;
+    Some(std::path::PathBuf::from(text.trim_end()))
 }
 
 /// The device name under /dev: `infiniband/rdma_cm` where no kernel (or
@@ -221,6 +251,38 @@ impl RdmaCmService {
             Request::Simple { unique, errno } => self.dev.reply(unique, errno, &[]),
             Request::Nothing => {}
         }
+    }
+
+    /// The connection manager and the other routers: `frames` that came
+    /// from them (source GID, destination GID, payload; one that does not
+    /// check out is dropped), the GIDs of routers that went away; then
+    /// every message for an id of another router goes out through `send`
+    /// (one that no router takes, `send` false, is bounced), and events
+    /// are delivered.
+    pub fn exchange(
+        &mut self,
+        frames: Vec<(Gid, Gid, Vec<u8>)>,
+        lost: &[Gid],
+        send: &mut dyn FnMut(Gid, Gid, &[u8]) -> bool,
+    ) {
+        if frames.is_empty() && lost.is_empty() && !self.cm.has_outgoing() {
+            return;
+        }
+        for (src, dst, payload) in frames {
+            match super::link::decode(&payload) {
+                Ok(f) => self.cm.on_link(src, dst, f),
+                Err(e) => warn!("rdma_cm: a frame from another router refused: {e}"),
+            }
+        }
+        if !lost.is_empty() {
+            self.cm.peers_lost(lost);
+        }
+        for out in self.cm.take_outgoing() {
+            if !send(out.src, out.dst, &super::link::encode(&out.frame)) {
+                self.cm.bounce(out);
+            }
+        }
+        self.pump();
     }
 
     /// MIGRATE_ID names the id's old descriptor by number in the writer's

@@ -1,21 +1,54 @@
 //! The connection manager's rules: ids, their files, ports per network
 //! namespace, connection establishment as messages between ids (REQ, REP,
-//! RTU, REJ, DREQ, so that a link between routers can carry them later),
-//! and the event queues. No I/O: the caller's memory is reached through
-//! [`Memory`], and blocked GET_EVENTs are handed back to the plumbing
-//! ([`Cm::pump`]).
+//! RTU, REJ, DREQ, SIDR REP), and the event queues. No I/O: the caller's
+//! memory is reached through [`Memory`], blocked GET_EVENTs are handed
+//! back to the plumbing ([`Cm::pump`]), and messages for an id of another
+//! router wait in [`Cm::take_outgoing`] for the link to carry them
+//! ([`super::link`] checks what comes back).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
 
 use super::abi::{self, *};
 use log::debug;
+use serde::{Deserialize, Serialize};
 
 /// An open file of the device (one `rdma_create_event_channel`).
 pub type FileId = u64;
 /// An id's handle, unique in the router (what the library calls
 /// `handle`).
 pub type Handle = u32;
+
+/// A GID (an id's, or the one a router serves).
+pub type Gid = [u8; 16];
+
+/// An id's counterpart in a connection: an id of this router, or id
+/// `handle` of the router serving `gid` (reached over the link; handle 0
+/// while a REQ waits for its first answer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    Here(Handle),
+    There(Gid, Handle),
+}
+
+/// A message for an id of another router: the link carries `frame` from
+/// `src` (the sending id's GID) to the router serving `dst`.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub src: Gid,
+    pub dst: Gid,
+    pub frame: Frame,
+}
+
+/// What one link frame of kind `Cm` carries: `msg` from id `from` to id
+/// `to` (0: a REQ, for whoever listens at its destination; or a
+/// withdrawal, for whoever answers `from`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Frame {
+    pub to: Handle,
+    pub from: Handle,
+    pub msg: Msg,
+}
 
 /// Who wrote a command: the plumbing finds it from the request's thread.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,7 +197,7 @@ struct Id {
     dst: Option<SockAddr>,
     /// The port this id holds in its namespace.
     port_key: Option<PortKey>,
-    peer: Option<Handle>,
+    peer: Option<End>,
     peer_gid: [u8; 16],
     /// A child: its listener.
     listener: Option<Handle>,
@@ -185,11 +218,12 @@ struct PortKey {
     port: u16,
 }
 
-/// A CM message between two ids (what a CM MAD carries between hosts).
-#[derive(Clone, Debug)]
-enum Msg {
+/// A CM message between two ids (what a CM MAD carries between hosts);
+/// who sends it travels beside it ([`End`], [`Frame::from`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Msg {
     Req {
-        from: Handle,
+        /// The requester's GID (across the link: the frame's source).
         gid: [u8; 16],
         src: SockAddr,
         dst: SockAddr,
@@ -198,7 +232,6 @@ enum Msg {
         psn: u32,
     },
     Rep {
-        from: Handle,
         param: ConnParam,
         psn: u32,
     },
@@ -232,6 +265,8 @@ pub struct Cm {
     files_of_user: HashMap<u32, usize>,
     /// Poll handles to wake ([`Cm::take_wakeups`]).
     wakeups: Vec<u64>,
+    /// Messages for ids of other routers ([`Cm::take_outgoing`]).
+    outbox: Vec<Outgoing>,
 }
 
 const EPHEMERAL: std::ops::RangeInclusive<u16> = 32768..=60999;
@@ -254,6 +289,7 @@ impl Cm {
             pending_of_user: HashMap::new(),
             files_of_user: HashMap::new(),
             wakeups: Vec::new(),
+            outbox: Vec::new(),
         }
     }
 
@@ -629,7 +665,7 @@ impl Cm {
                 // An async QP event the library forwards (communication
                 // established): the RTU a lost-RTU path waits for.
                 if self.ids[&h].state == State::RepSent {
-                    self.on_msg(h, Msg::Rtu);
+                    self.on_msg(h, End::Here(h), Msg::Rtu);
                 }
                 Ok(false)
             }
@@ -740,22 +776,15 @@ impl Cm {
             self.unpend(id.listener, id.owner_uid);
         }
         if let Some(peer) = id.peer {
+            let me = (id.gid, h);
+            let rej = |reason| Msg::Rej {
+                reason,
+                private_data: Vec::new(),
+            };
             match id.state {
-                State::ReqSent => self.on_msg(
-                    peer,
-                    Msg::Rej {
-                        reason: REJ_TIMEOUT,
-                        private_data: Vec::new(),
-                    },
-                ),
-                State::ReqRcvd | State::RepSent => self.on_msg(
-                    peer,
-                    Msg::Rej {
-                        reason: REJ_CONSUMER_DEFINED,
-                        private_data: Vec::new(),
-                    },
-                ),
-                State::RepRcvd | State::Established => self.on_msg(peer, Msg::Dreq),
+                State::ReqSent => self.send(me, peer, rej(REJ_TIMEOUT)),
+                State::ReqRcvd | State::RepSent => self.send(me, peer, rej(REJ_CONSUMER_DEFINED)),
+                State::RepRcvd | State::Established => self.send(me, peer, Msg::Dreq),
                 _ => {}
             }
         }
@@ -946,42 +975,60 @@ impl Cm {
         id.agreed.retry_count = param.retry_count;
         id.agreed.rnr_retry_count = param.rnr_retry_count;
         id.state = State::ReqSent;
+        let req = Msg::Req {
+            gid,
+            src,
+            dst,
+            ps,
+            param,
+            psn,
+        };
         // Where the REQ goes: a listener of the destination GID's
-        // namespace on this router.
-        let listener = self
-            .ids
+        // namespace on this router; else the router serving that GID
+        // (the plumbing bounces it if none does: [`Cm::bounce`]).
+        match self.listener_of(peer_gid, ps, dst) {
+            Some(l) => self.on_msg(l, End::Here(h), req),
+            None => {
+                let to = End::There(peer_gid, 0);
+                self.ids.get_mut(&h).expect("exists").peer = Some(to);
+                self.send((gid, h), to, req);
+            }
+        }
+        Ok(())
+    }
+
+    /// The id listening at `dst` (port space `ps`) in the namespace of
+    /// `gid`, if any.
+    fn listener_of(&self, gid: Gid, ps: u16, dst: SockAddr) -> Option<Handle> {
+        self.ids
             .iter()
             .find(|(_, l)| {
                 l.state == State::Listening
                     && l.ps == ps
-                    && l.gid == peer_gid
+                    && l.gid == gid
                     && l.src.is_some_and(|s| {
                         s.port == dst.port && (s.ip.is_unspecified() || s.ip == dst.ip)
                     })
             })
-            .map(|(k, _)| *k);
-        match listener {
-            Some(l) => self.on_msg(
-                l,
-                Msg::Req {
-                    from: h,
-                    gid,
-                    src,
-                    dst,
-                    ps,
-                    param,
-                    psn,
+            .map(|(k, _)| *k)
+    }
+
+    /// Sends `msg` from id `from` (its GID and handle: it may be gone
+    /// already) to `to`: at once to an id here, through the outbox to an
+    /// id of another router.
+    fn send(&mut self, from: (Gid, Handle), to: End, msg: Msg) {
+        match to {
+            End::Here(t) => self.on_msg(t, End::Here(from.1), msg),
+            End::There(dst, t) => self.outbox.push(Outgoing {
+                src: from.0,
+                dst,
+                frame: Frame {
+                    to: t,
+                    from: from.1,
+                    msg,
                 },
-            ),
-            None => self.on_msg(
-                h,
-                Msg::Rej {
-                    reason: REJ_INVALID_SERVICE_ID,
-                    private_data: Vec::new(),
-                },
-            ),
+            }),
         }
-        Ok(())
     }
 
     /// What a REQ (a SIDR REQ for UD) of id `h` carries of private data.
@@ -1021,7 +1068,8 @@ impl Cm {
         id.state = State::Established;
         id.peer = None;
         if let Some(p) = peer {
-            self.on_msg(
+            self.send(
+                (gid, h),
                 p,
                 Msg::SidrRep {
                     qpn: param.qp_num,
@@ -1055,30 +1103,27 @@ impl Cm {
                 id.agreed.initiator_depth = param.initiator_depth;
                 id.agreed.rnr_retry_count = param.rnr_retry_count;
                 id.state = State::RepSent;
-                let peer = id.peer;
+                let (peer, gid) = (id.peer, id.gid);
                 match peer {
-                    Some(p) if self.ids.contains_key(&p) => self.on_msg(
-                        p,
-                        Msg::Rep {
-                            from: h,
-                            param,
-                            psn,
-                        },
-                    ),
-                    // The requester went away meanwhile.
-                    _ => {
-                        let id = self.ids.get_mut(&h).expect("exists");
-                        id.state = State::Done;
-                        self.event(h, EV_REJECTED, REJ_TIMEOUT, ConnParam::default(), 0);
+                    Some(End::Here(p)) if !self.ids.contains_key(&p) => {}
+                    Some(p) => {
+                        self.send((gid, h), p, Msg::Rep { param, psn });
+                        return Ok(());
                     }
+                    None => {}
                 }
+                // The requester went away meanwhile.
+                let id = self.ids.get_mut(&h).expect("exists");
+                id.state = State::Done;
+                self.event(h, EV_REJECTED, REJ_TIMEOUT, ConnParam::default(), 0);
                 Ok(())
             }
             State::RepRcvd => {
                 let id = self.ids.get_mut(&h).expect("exists");
                 id.state = State::Established;
                 if let Some(p) = id.peer {
-                    self.on_msg(p, Msg::Rtu);
+                    let gid = id.gid;
+                    self.send((gid, h), p, Msg::Rtu);
                 }
                 Ok(())
             }
@@ -1095,13 +1140,15 @@ impl Cm {
         if id.qp_type == QPT_UD && private_data.len() > SIDR_REP_PRIVATE_DATA {
             return err(libc::EINVAL);
         }
-        let (listener, owner, peer, state) = (id.listener, id.owner_uid, id.peer, id.state);
+        let (listener, owner, peer, state, gid) =
+            (id.listener, id.owner_uid, id.peer, id.state, id.gid);
         if state == State::ReqRcvd {
             self.unpend(listener, owner);
         }
         self.ids.get_mut(&h).expect("exists").state = State::Done;
         if let Some(p) = peer {
-            self.on_msg(
+            self.send(
+                (gid, h),
                 p,
                 Msg::Rej {
                     reason: REJ_CONSUMER_DEFINED,
@@ -1125,13 +1172,13 @@ impl Cm {
         }
         match id.state {
             State::Established | State::RepSent | State::RepRcvd => {
-                let peer = id.peer;
+                let (peer, gid) = (id.peer, id.gid);
                 self.ids.get_mut(&h).expect("exists").state = State::Done;
                 // The DREP comes back at once: this side is disconnected
                 // too.
                 self.event(h, EV_DISCONNECTED, 0, ConnParam::default(), 0);
                 if let Some(p) = peer {
-                    self.on_msg(p, Msg::Dreq);
+                    self.send((gid, h), p, Msg::Dreq);
                 }
                 Ok(())
             }
@@ -1408,15 +1455,28 @@ impl Cm {
         }
     }
 
-    /// A CM message arrives at id `to`.
-    fn on_msg(&mut self, to: Handle, msg: Msg) {
+    /// A CM message from `from` arrives at id `to`. One from another
+    /// router counts only if it comes from the id's counterpart there
+    /// (or, while a REQ waits for its first answer, from the router it
+    /// went to); a REQ only if `to` listens.
+    fn on_msg(&mut self, to: Handle, from: End, msg: Msg) {
         let Some(id) = self.ids.get(&to) else {
             return;
         };
         let state = id.state;
+        let answers = match (from, id.peer) {
+            (End::Here(_), _) => true,
+            (End::There(g, f), Some(End::There(pg, p))) => {
+                g == pg && (f == p || (p == 0 && state == State::ReqSent))
+            }
+            (End::There(..), _) => matches!(msg, Msg::Req { .. }) && state == State::Listening,
+        };
+        if !answers {
+            debug!("rdma_cm: id {to} in {state:?}: {msg:?} from {from:?}, not its peer; dropped");
+            return;
+        }
         match msg {
             Msg::Req {
-                from,
                 gid,
                 src,
                 dst,
@@ -1424,7 +1484,7 @@ impl Cm {
                 param,
                 psn,
             } => self.on_req(to, from, gid, src, dst, ps, param, psn),
-            Msg::Rep { from, param, psn } if state == State::ReqSent => {
+            Msg::Rep { param, psn } if state == State::ReqSent => {
                 let id = self.ids.get_mut(&to).expect("exists");
                 id.peer = Some(from);
                 id.agreed.peer_qpn = param.qp_num;
@@ -1519,7 +1579,7 @@ impl Cm {
     fn on_req(
         &mut self,
         listener: Handle,
-        from: Handle,
+        from: End,
         gid: [u8; 16],
         src: SockAddr,
         dst: SockAddr,
@@ -1535,8 +1595,9 @@ impl Cm {
                 >= self.limits.pending_per_user
             || self.ids_of_user.get(&owner).copied().unwrap_or(0) >= self.limits.ids_per_user;
         if full {
-            debug!("rdma_cm: listener {listener} full; rejecting {from}");
-            self.on_msg(
+            debug!("rdma_cm: listener {listener} full; rejecting {from:?}");
+            self.send(
+                (lgid, listener),
                 from,
                 Msg::Rej {
                     reason: REJ_CONSUMER_DEFINED,
@@ -1590,9 +1651,13 @@ impl Cm {
         );
         self.ids.get_mut(&listener).expect("exists").pending += 1;
         // The requester knows its child from now on: its destroy or death
-        // withdraws the request (a REJ to the child).
-        if let Some(r) = self.ids.get_mut(&from) {
-            r.peer = Some(h);
+        // withdraws the request (a REJ to the child). One of another
+        // router learns it from the answer, and withdraws to handle 0
+        // meanwhile ([`Cm::on_link`] finds the child).
+        if let End::Here(r) = from {
+            if let Some(r) = self.ids.get_mut(&r) {
+                r.peer = Some(End::Here(h));
+            }
         }
         let ud = qp_type == QPT_UD;
         let (conn, udp) = if ud {
@@ -1626,6 +1691,155 @@ impl Cm {
                 counts_for: listener,
             },
         );
+    }
+
+    /// Messages for ids of other routers, in the order they were sent.
+    pub fn take_outgoing(&mut self) -> Vec<Outgoing> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    pub fn has_outgoing(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+
+    /// No other router took `out`: its destination GID is this router's
+    /// own (and no id listens there), or no router that is up serves it
+    /// (yet: a server's router serves its GID once it opens fv0). A REQ's
+    /// requester is refused as one to a port no one listens on (REJECTED
+    /// with status 8; for UD, UNREACHABLE with SIDR status 1), which a
+    /// client may try again. Other messages go nowhere (their ids hear
+    /// of a lost router from [`Cm::peers_lost`]).
+    pub fn bounce(&mut self, out: Outgoing) {
+        let Frame {
+            to: 0,
+            from,
+            msg: Msg::Req { .. },
+        } = out.frame
+        else {
+            return;
+        };
+        let waiting = self
+            .ids
+            .get(&from)
+            .is_some_and(|i| i.state == State::ReqSent && i.peer == Some(End::There(out.dst, 0)));
+        if !waiting {
+            return;
+        }
+        let rej = Msg::Rej {
+            reason: REJ_INVALID_SERVICE_ID,
+            private_data: Vec::new(),
+        };
+        self.on_msg(from, End::Here(from), rej);
+    }
+
+    /// A REQ that no one answered: UNREACHABLE with -ETIMEDOUT, as the
+    /// kernel reports a REQ (or SIDR REQ) out of retries.
+    fn unreachable(&mut self, h: Handle) {
+        let Some(id) = self.ids.get_mut(&h) else {
+            return;
+        };
+        id.state = State::Done;
+        id.peer = None;
+        if id.qp_type == QPT_UD {
+            let ud = UdParam::default();
+            self.event_ud(
+                h,
+                EV_UNREACHABLE,
+                -libc::ETIMEDOUT,
+                ud,
+                SIDR_REP_PRIVATE_DATA,
+            );
+        } else {
+            self.event(h, EV_UNREACHABLE, -libc::ETIMEDOUT, ConnParam::default(), 0);
+        }
+    }
+
+    /// A frame from the router serving `src` for GID `dst` of this router
+    /// (the link checked both; [`super::link::decode`] checked the
+    /// frame). A REQ goes to whoever listens at its destination in the
+    /// namespace of `dst` (none: REJ with status 8 back); a withdrawal
+    /// (to 0) to the id that answers its sender; anything else to its id
+    /// if that id's GID is `dst` and its peer the sender. A REP for an id
+    /// that is gone is refused, so that its sender does not wait.
+    pub fn on_link(&mut self, src: Gid, dst: Gid, frame: Frame) {
+        let from = End::There(src, frame.from);
+        if let Msg::Req {
+            src: a,
+            dst: b,
+            ps,
+            param,
+            psn,
+            ..
+        } = frame.msg
+        {
+            // The requester's GID is the frame's source, whatever it says.
+            let req = Msg::Req {
+                gid: src,
+                src: a,
+                dst: b,
+                ps,
+                param,
+                psn,
+            };
+            match self.listener_of(dst, ps, b) {
+                Some(l) => self.on_msg(l, from, req),
+                None => {
+                    let rej = Msg::Rej {
+                        reason: REJ_INVALID_SERVICE_ID,
+                        private_data: Vec::new(),
+                    };
+                    self.send((dst, 0), from, rej);
+                }
+            }
+            return;
+        }
+        let to = if frame.to == 0 {
+            self.ids
+                .iter()
+                .find(|(_, i)| i.gid == dst && i.peer == Some(from))
+                .map(|(h, _)| *h)
+        } else {
+            Some(frame.to).filter(|h| self.ids.get(h).is_some_and(|i| i.gid == dst))
+        };
+        match (to, frame.msg) {
+            (Some(to), msg) => self.on_msg(to, from, msg),
+            (None, Msg::Rep { .. }) => {
+                let rej = Msg::Rej {
+                    reason: REJ_TIMEOUT,
+                    private_data: Vec::new(),
+                };
+                self.send((dst, frame.to), from, rej);
+            }
+            (None, msg) => debug!("rdma_cm: {msg:?} from {from:?} for no id; dropped"),
+        }
+    }
+
+    /// The routers serving `gids` went away: every id connected (or
+    /// connecting) to an id of theirs ends as if its peer had: a REQ
+    /// unanswered is UNREACHABLE (-ETIMEDOUT), a request received is
+    /// withdrawn, a connection is DISCONNECTED.
+    pub fn peers_lost(&mut self, gids: &[Gid]) {
+        let hit: Vec<(Handle, End, State)> = self
+            .ids
+            .iter()
+            .filter_map(|(h, i)| match i.peer {
+                Some(p @ End::There(g, _)) if gids.contains(&g) => Some((*h, p, i.state)),
+                _ => None,
+            })
+            .collect();
+        for (h, peer, state) in hit {
+            match state {
+                State::ReqSent => self.unreachable(h),
+                State::ReqRcvd => {
+                    let rej = Msg::Rej {
+                        reason: REJ_TIMEOUT,
+                        private_data: Vec::new(),
+                    };
+                    self.on_msg(h, peer, rej);
+                }
+                _ => self.on_msg(h, peer, Msg::Dreq),
+            }
+        }
     }
 
     /// Ids held now (for status and tests).
@@ -1690,6 +1904,12 @@ mod tests {
     struct T {
         cm: Cm,
         mem: Fake,
+        /// No other router: messages for one are bounced.
+        alone: bool,
+        /// Who writes the commands.
+        who: Caller,
+        /// The address bound and connected to.
+        ip: [u8; 4],
     }
 
     impl T {
@@ -1700,16 +1920,28 @@ mod tests {
             T {
                 cm,
                 mem: Fake::default(),
+                alone: true,
+                who: caller(),
+                ip: [127, 0, 0, 1],
             }
         }
+        /// A command from `caller()` on `file`; its messages for other
+        /// routers are bounced (a router without links).
         fn run(&mut self, file: FileId, data: &[u8]) -> Result<(), i32> {
-            match self
-                .cm
-                .command(file, &caller(), 9, true, data, &mut self.mem)
-            {
+            let who = self.who.clone();
+            self.run_as(file, &who, data)
+        }
+        fn run_as(&mut self, file: FileId, who: &Caller, data: &[u8]) -> Result<(), i32> {
+            let r = match self.cm.command(file, who, 9, true, data, &mut self.mem) {
                 Outcome::Done(r) => r,
                 Outcome::Blocked => panic!("blocked"),
+            };
+            if self.alone {
+                for out in self.cm.take_outgoing() {
+                    self.cm.bounce(out);
+                }
             }
+            r
         }
         fn create(&mut self, file: FileId, uid: u64) -> Handle {
             self.create_ps(file, uid, PS_TCP, 2)
@@ -1736,7 +1968,7 @@ mod tests {
             put_u16(&mut p, 4, 16);
             put_u16(&mut p, 8, family);
             p[10..12].copy_from_slice(&port.to_be_bytes());
-            p[12..16].copy_from_slice(&[127, 0, 0, 1]);
+            p[12..16].copy_from_slice(&self.ip);
             self.run(file, &cmd(CMD_BIND, &p, 0))
         }
         fn listen(&mut self, file: FileId, h: Handle, backlog: u32) {
@@ -1771,7 +2003,7 @@ mod tests {
             let mut p = [0u8; RESOLVE_IP_LEN];
             put_u16(&mut p, 28, AF_INET);
             p[30..32].copy_from_slice(&port.to_be_bytes());
-            p[32..36].copy_from_slice(&[127, 0, 0, 1]);
+            p[32..36].copy_from_slice(&self.ip);
             put_u32(&mut p, 56, h);
             self.run(file, &cmd(CMD_RESOLVE_IP, &p, 0)).unwrap();
             assert_eq!(self.event(file).unwrap().event, EV_ADDR_RESOLVED);
@@ -1891,6 +2123,152 @@ mod tests {
         assert_eq!(t.destroy(1, child), Ok(2));
         assert_eq!(t.destroy(1, l), Ok(1));
         assert_eq!(t.cm.id_count(), 0);
+    }
+
+    /// Two routers: A's commands come from 10.0.0.1, B's from 10.0.0.2;
+    /// both bind and connect to 10.0.0.1 (A).
+    fn two_routers() -> (T, T) {
+        let mut a = T::new(CmLimits::default());
+        let mut b = T::new(CmLimits::default());
+        for (t, last) in [(&mut a, 1), (&mut b, 2)] {
+            t.alone = false;
+            t.who.gid = flowverbs_verbs::identity::gid_from_ipv4(Ipv4Addr::new(10, 0, 0, last));
+            t.ip = [10, 0, 0, 1];
+        }
+        (a, b)
+    }
+
+    /// Carries the messages each router has for the other, through the
+    /// link's encoding, until none is left.
+    fn carry(a: &mut T, b: &mut T) {
+        loop {
+            let (from_a, from_b) = (a.cm.take_outgoing(), b.cm.take_outgoing());
+            if from_a.is_empty() && from_b.is_empty() {
+                return;
+            }
+            for (outs, to) in [(from_a, &mut *b), (from_b, &mut *a)] {
+                for o in outs {
+                    assert_eq!(o.dst, to.who.gid, "{o:?} for the other router");
+                    let f = super::super::link::decode(&super::super::link::encode(&o.frame))
+                        .expect("frames we send check out");
+                    to.cm.on_link(o.src, o.dst, f);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn connections_between_two_routers() {
+        let (mut a, mut b) = two_routers();
+        let (ga, gb) = (a.who.gid, b.who.gid);
+        let l = a.create(1, 0xaa);
+        a.bind(1, l, AF_INET, 7400).unwrap();
+        a.listen(1, l, 8);
+        let c = b.connect(2, 7400, 0x11);
+        assert_eq!(b.event(2).map(|e| e.event), Err(libc::EAGAIN));
+        carry(&mut a, &mut b);
+        let req = a.event(1).unwrap();
+        assert_eq!((req.event, req.qp_num), (EV_CONNECT_REQUEST, 0x11));
+        let child = req.id;
+        a.accept(1, child, 0xcc, 0x22).unwrap();
+        carry(&mut a, &mut b);
+        let rep = b.event(2).unwrap();
+        assert_eq!(
+            (rep.event, rep.id, rep.qp_num),
+            (EV_CONNECT_RESPONSE, c, 0x22)
+        );
+        let rtr = b.qp_attr(2, c, 2);
+        assert_eq!(u32_at(&rtr, 32), 0x22, "dest_qp_num");
+        assert_eq!(rtr[40..56], ga, "dgid");
+        b.accept(2, c, 0xc1, 0).unwrap(); // the RTU
+        carry(&mut a, &mut b);
+        let est = a.event(1).unwrap();
+        assert_eq!((est.event, est.id, est.uid), (EV_ESTABLISHED, child, 0xcc));
+        // Forged: a DREQ from a GID that is not the peer's, or from
+        // another id of the peer's router, changes nothing.
+        let ghost = flowverbs_verbs::identity::gid_from_ipv4(Ipv4Addr::new(10, 0, 0, 9));
+        for (src, from) in [(ghost, c), (gb, c + 100), (gb, 0)] {
+            let f = Frame {
+                to: child,
+                from,
+                msg: Msg::Dreq,
+            };
+            a.cm.on_link(src, ga, f);
+            assert_eq!(a.event(1).map(|e| e.event), Err(libc::EAGAIN));
+        }
+        // The client's process dies: the server's child is disconnected.
+        b.cm.release(2);
+        carry(&mut a, &mut b);
+        let d = a.event(1).unwrap();
+        assert_eq!((d.event, d.id), (EV_DISCONNECTED, child));
+        assert_eq!(a.destroy(1, child), Ok(2));
+        b.cm.open(2, 1000).unwrap();
+
+        // No listener on A's port: REJECTED with status 8.
+        let c2 = b.connect(2, 7401, 0x12);
+        carry(&mut a, &mut b);
+        let e = b.event(2).unwrap();
+        assert_eq!(
+            (e.event, e.id, e.status),
+            (EV_REJECTED, c2, REJ_INVALID_SERVICE_ID)
+        );
+
+        // A request withdrawn before its answer: the child cannot be
+        // accepted, and says nothing.
+        let c3 = b.connect(2, 7400, 0x13);
+        carry(&mut a, &mut b);
+        let child3 = a.event(1).unwrap().id;
+        b.destroy(2, c3).unwrap();
+        carry(&mut a, &mut b);
+        assert_eq!(a.accept(1, child3, 0xcc, 0x23), Err(libc::EINVAL));
+        assert_eq!(a.event(1).map(|e| e.event), Err(libc::EAGAIN));
+        a.destroy(1, child3).unwrap();
+
+        // A REP for a requester that is gone (its withdrawal lost): the
+        // child is refused, not left waiting.
+        let c4 = b.connect(2, 7400, 0x14);
+        carry(&mut a, &mut b);
+        let child4 = a.event(1).unwrap().id;
+        b.destroy(2, c4).unwrap();
+        b.cm.take_outgoing();
+        a.accept(1, child4, 0xcc, 0x24).unwrap();
+        carry(&mut a, &mut b);
+        let e = a.event(1).unwrap();
+        assert_eq!(
+            (e.event, e.id, e.status),
+            (EV_REJECTED, child4, REJ_TIMEOUT)
+        );
+        a.destroy(1, child4).unwrap();
+
+        // A's router goes away: B's connection is DISCONNECTED, its
+        // request in flight UNREACHABLE (-ETIMEDOUT).
+        let c5 = b.connect(2, 7400, 0x15);
+        carry(&mut a, &mut b);
+        let child5 = a.event(1).unwrap().id;
+        a.accept(1, child5, 0xcc, 0x25).unwrap();
+        carry(&mut a, &mut b);
+        assert_eq!(b.event(2).unwrap().event, EV_CONNECT_RESPONSE);
+        b.accept(2, c5, 0xc1, 0).unwrap();
+        carry(&mut a, &mut b);
+        assert_eq!(a.event(1).unwrap().event, EV_ESTABLISHED);
+        let c6 = b.connect(2, 7400, 0x16);
+        b.cm.take_outgoing();
+        b.cm.peers_lost(&[ga]);
+        let mut seen: Vec<(Handle, u32, i32)> = Vec::new();
+        while let Ok(e) = b.event(2) {
+            seen.push((e.id, e.event, e.status));
+        }
+        seen.sort();
+        let mut want = vec![
+            (c5, EV_DISCONNECTED, 0),
+            (c6, EV_UNREACHABLE, -libc::ETIMEDOUT),
+        ];
+        want.sort();
+        assert_eq!(seen, want);
+        // ... and A, told of B's, disconnects its side.
+        a.cm.peers_lost(&[gb]);
+        let e = a.event(1).unwrap();
+        assert_eq!((e.event, e.id), (EV_DISCONNECTED, child5));
     }
 
     #[test]
