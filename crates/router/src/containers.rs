@@ -64,6 +64,10 @@ pub struct CdiInput {
     pub provider: PathBuf,
     /// Semi mode over a NIC: the real devices.
     pub vendor: Vec<VendorDevice>,
+    /// The router's rdma_cm node, if it serves one: the container sees it
+    /// at `/dev/infiniband/rdma_cm`, where librdmacm opens it, whatever
+    /// its name on the host.
+    pub rdma_cm: Option<PathBuf>,
 }
 
 /// The CDI spec: device `fv0` of kind [`CDI_KIND`]. Every container gets
@@ -74,6 +78,12 @@ pub fn cdi_spec(input: &CdiInput) -> Value {
     let dir = input.runtime_dir.to_string_lossy();
     let provider_in = Path::new(CONTAINER_PROVIDER_DIR).join("libflowverbs-rdmav34.so");
     let mut nodes = vec![json!({ "path": input.dev_node.to_string_lossy() })];
+    if let Some(cm) = &input.rdma_cm {
+        nodes.push(json!({
+            "path": "/dev/infiniband/rdma_cm",
+            "hostPath": cm.to_string_lossy(),
+        }));
+    }
     let mut mounts = vec![
         // rbind, not bind: the FUSE mount at RUNTIME_DIR/fuse (completion
         // channels and the device tree) is a mount of its own.
@@ -467,6 +477,7 @@ mod tests {
                 library: Some("/usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav34.so".into()),
                 driver_file: Some("/etc/libibverbs.d/rxe.driver".into()),
             }],
+            rdma_cm: Some("/dev/infiniband/rdma_cm_fv12345678".into()),
         };
         let s = cdi_spec(&input);
         assert_eq!(s["kind"], CDI_KIND);
@@ -485,7 +496,14 @@ mod tests {
             e["deviceNodes"][0]["path"],
             "/dev/infiniband/uverbs_fv12345678"
         );
-        assert_eq!(e["deviceNodes"][1]["path"], "/dev/infiniband/uverbs0");
+        assert_eq!(
+            e["deviceNodes"][1],
+            json!({
+                "path": "/dev/infiniband/rdma_cm",
+                "hostPath": "/dev/infiniband/rdma_cm_fv12345678"
+            })
+        );
+        assert_eq!(e["deviceNodes"][2]["path"], "/dev/infiniband/uverbs0");
         assert_eq!(e["mounts"][0]["options"][0], "rbind");
         assert_eq!(e["mounts"][0]["containerPath"], "/run/flowverbs");
         assert_eq!(

@@ -184,6 +184,10 @@ enum Cmd {
     },
     /// Run PROGRAM with that environment (execvp: no child process), with
     /// RDMA netlink blocked so that libibverbs reads the generated tree.
+    /// Where the router's rdma_cm node is not /dev/infiniband/rdma_cm (a
+    /// host whose kernel or another router has that name), PROGRAM runs in
+    /// a mount namespace of its own with the router's node mounted there
+    /// (root only; otherwise a warning), so that librdmacm opens it.
     Exec {
         #[command(flatten)]
         env: EnvArgs,
@@ -722,12 +726,14 @@ fn cdi(
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
         cdi_version_for_podman(text.as_deref()).to_string()
     });
+    let rdma_cm = flowverbs_router::rdma_cm::service::served_node(&dir);
     let spec = cdi_spec(&CdiInput {
         cdi_version,
         runtime_dir: dir,
         dev_node,
         provider,
         vendor,
+        rdma_cm,
     });
     let text = serde_json::to_string_pretty(&spec)? + "\n";
     if output == Path::new("-") {
@@ -973,6 +979,9 @@ fn status(runtime_dir: &Path, json: bool) -> anyhow::Result<()> {
 
 fn exec(args: &EnvArgs, program: &[OsString]) -> anyhow::Result<()> {
     let (vars, _) = environment(args)?;
+    if let Err(e) = map_rdma_cm(&args.runtime_dir) {
+        log::warn!("{e:#}");
+    }
     if let Err(e) = seccomp::block_rdma_netlink() {
         log::warn!(
             "could not block RDMA netlink (fv0 may be invisible if the kernel has RDMA): {e:#}"
@@ -982,6 +991,49 @@ fn exec(args: &EnvArgs, program: &[OsString]) -> anyhow::Result<()> {
     cmd.args(&program[1..]).envs(vars);
     let err = cmd.exec();
     bail!("cannot execute {}: {err}", program[0].to_string_lossy())
+}
+
+/// librdmacm opens /dev/infiniband/rdma_cm whatever the device tree says
+/// (without RDMA netlink it has no other name): if the router serves its
+/// rdma_cm device at another node, this process moves to a mount namespace
+/// of its own (mounts from the host still propagate into it) where the
+/// router's node is bind-mounted over that path.
+fn map_rdma_cm(runtime_dir: &Path) -> anyhow::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    const CM: &str = "/dev/infiniband/rdma_cm";
+    let Some(node) = flowverbs_router::rdma_cm::service::served_node(runtime_dir) else {
+        return Ok(());
+    };
+    if node == Path::new(CM) {
+        return Ok(());
+    }
+    let cannot = || {
+        format!(
+            "cannot map the router's rdma_cm device {} at {CM} (librdmacm will not reach fv0's;              run as root, or map it there yourself, as the CDI spec does for containers)",
+            node.display()
+        )
+    };
+    if !Path::new(CM).exists() {
+        bail!("{}: {CM} does not exist to mount over", cannot());
+    }
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).with_context(cannot)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .with_context(cannot)?;
+    mount(
+        Some(&node),
+        CM,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .with_context(cannot)?;
+    Ok(())
 }
 
 /// A seccomp filter making `socket(AF_NETLINK, *, NETLINK_RDMA)` fail with
