@@ -101,25 +101,25 @@ fn rping_line(i: usize) -> String {
     s
 }
 
-#[test]
-fn rping_1000_pings_with_their_data() {
-    let run = vm();
-    let (server, client) = run.pair_succeeded("rping");
+/// Scenario `name` of rping -v -C `n`: both sides printed every ping, in
+/// order, with its data.
+fn assert_rping_pings(name: &str, n: usize) {
+    let (server, client) = vm().pair_succeeded(name);
     let client: Vec<&str> = client.lines().collect();
     let server: Vec<&str> = server.lines().collect();
     assert_eq!(
         client.len(),
-        1000,
+        n,
         "client lines:\n{}",
         tail(&client.join("\n"), 5)
     );
     assert_eq!(
         server.len(),
-        1000,
+        n,
         "server lines:\n{}",
         tail(&server.join("\n"), 5)
     );
-    for i in 0..1000 {
+    for i in 0..n {
         let want = rping_line(i);
         assert_eq!(client[i], format!("ping data: {want}"), "client ping {i}");
         assert_eq!(
@@ -128,6 +128,11 @@ fn rping_1000_pings_with_their_data() {
             "server ping {i}"
         );
     }
+}
+
+#[test]
+fn rping_1000_pings_with_their_data() {
+    assert_rping_pings("rping", 1000);
 }
 
 /// A server in one network namespace, its client in another: the
@@ -195,7 +200,12 @@ fn ib_read_bw_over_rdma_cm() {
 /// way on each; every line both print is checked, in order.
 #[test]
 fn udaddy_over_sidr() {
-    let (server, client) = vm().pair_succeeded("udaddy");
+    assert_udaddy_lines("udaddy");
+}
+
+/// Scenario `name` of udaddy -c 2 -C 100: every line both sides print.
+fn assert_udaddy_lines(name: &str) {
+    let (server, client) = vm().pair_succeeded(name);
     let s: Vec<&str> = server.lines().collect();
     assert_eq!(
         s,
@@ -278,8 +288,14 @@ fn fi_pingpong_verbs_msg() {
 /// client gets DISCONNECTED (rping prints it and stops).
 #[test]
 fn a_killed_peer_disconnects_its_client() {
+    assert_disconnected_midway("killed");
+}
+
+/// Scenario `name`: an rping client that ran (20 pings at least) got
+/// DISCONNECTED and did not hang.
+fn assert_disconnected_midway(name: &str) {
     let run = vm();
-    let c = run.output("killed", "client");
+    let c = run.output(name, "client");
     let err = String::from_utf8_lossy(&c.stderr);
     let pings = String::from_utf8_lossy(&c.stdout)
         .lines()
@@ -385,4 +401,53 @@ fn placement_beside_and_without_the_kernel() {
         "{devices}"
     );
     assert_eq!(run.read("router.rc").trim(), "0", "{}", run.report());
+}
+
+// ---- two routers, as two hosts (tests/rdma_cm/two_routers.sh) ----------
+
+/// Each router serves rdma_cm at a node of its own beside the root
+/// router's `/dev/infiniband/rdma_cm`, and says which in its runtime
+/// directory (what `flowverbs exec` and the CDI spec map).
+#[test]
+fn two_routers_serve_nodes_of_their_own() {
+    let nodes = vm().read("x_nodes");
+    let nodes: Vec<&str> = nodes.split_whitespace().collect();
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    for n in &nodes {
+        assert!(n.starts_with("/dev/infiniband/rdma_cm_fv"), "{nodes:?}");
+    }
+    assert_ne!(nodes[0], nodes[1]);
+}
+
+/// rping between a server behind router A and a client behind router B:
+/// the REQ, REP and RTU cross the link, and every ping with its data.
+#[test]
+fn rping_between_two_routers() {
+    assert_rping_pings("x_rping", 300);
+}
+
+#[test]
+fn ib_send_bw_between_two_routers() {
+    let (server, client) = vm().pair_succeeded("x_send_bw");
+    assert_result_row("client", &client, "65536", "200");
+    assert_result_row("server", &server, "65536", "200");
+}
+
+#[test]
+fn ib_write_lat_between_two_routers() {
+    let (_, client) = vm().pair_succeeded("x_write_lat");
+    assert_result_row("client", &client, "2", "200");
+}
+
+#[test]
+fn ib_read_bw_between_two_routers() {
+    let (_, client) = vm().pair_succeeded("x_read_bw");
+    assert_result_row("client", &client, "65536", "200");
+}
+
+/// Router A dies: router B's ids connected through it are DISCONNECTED.
+#[test]
+fn a_lost_router_disconnects_the_clients_of_its_ids() {
+    assert_disconnected_midway("x_lost");
+    assert_eq!(vm().read("router_B.rc").trim(), "0", "router B's exit");
 }

@@ -170,6 +170,9 @@ wait $SP
 wait $CP
 echo "rdma_cm vm: killed: client $(cat "$OUT/killed.client.rc")"
 
+# Two routers, as two hosts (tests/rdma_cm/two_routers.sh).
+. "$(dirname "$0")/two_routers.sh"
+
 port=7200
 for c in destroy_counts migrate nonblock_poll hidden_child reject backlog ud; do
   port=$((port + 10))
