@@ -8,12 +8,20 @@
 //!   memory refuses every other address range: EFAULT);
 //! - once every file is released, no id is left (nothing leaks: ports,
 //!   children, counters), and a fresh id can be made.
+//!
+//! Steps may instead be link frames from another router (checked by
+//! `rdma_cm::link::decode`, then `Cm::on_link`), or that router's loss;
+//! messages for other routers are bounced or lost, as the link decides.
 #![no_main]
 
 use std::collections::HashSet;
 
 use flowverbs_router::rdma_cm::abi::{u32_at, HDR};
+use flowverbs_router::rdma_cm::link;
 use flowverbs_router::rdma_cm::state::{Caller, Cm, CmLimits, Memory, Outcome};
+
+/// The GID of the other router's ids.
+const REMOTE: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 9];
 use libfuzzer_sys::fuzz_target;
 
 /// Writable: [0x1000, 0x3000). Readable: the same.
@@ -77,10 +85,13 @@ fuzz_target!(|data: &[u8]| {
     let mut blocked = HashSet::new();
     let mut unique = 0u64;
     // Each command: [file, writer, nonblock, len] then len bytes (a whole
-    // write: header and payload).
+    // write: header and payload). A file byte with its top bit set makes
+    // the bytes a link frame from REMOTE to the writer's GID instead (and
+    // with `nonblock`, REMOTE's router is lost after it).
     let mut rest = data;
     while rest.len() >= 4 {
-        let (file, writer, nonblock, len) = (
+        let (from_link, file, writer, nonblock, len) = (
+            rest[0] & 0x80 != 0,
             u64::from(rest[0] % 3 + 1),
             rest[1] % 2,
             rest[2] & 1 == 1,
@@ -91,6 +102,22 @@ fuzz_target!(|data: &[u8]| {
         let (write, tail) = rest.split_at(n);
         rest = tail;
         unique += 1;
+        if from_link {
+            if let Ok(f) = link::decode(write) {
+                cm.on_link(REMOTE, caller(writer).gid, f);
+            }
+            if nonblock {
+                cm.peers_lost(&[REMOTE]);
+            }
+        }
+        for out in cm.take_outgoing() {
+            if unique.is_multiple_of(2) {
+                cm.bounce(out);
+            }
+        }
+        if from_link {
+            continue;
+        }
         match cm.command(file, &caller(writer), unique, nonblock, write, &mut Fake) {
             Outcome::Done(_) => {}
             Outcome::Blocked => {
