@@ -57,6 +57,19 @@ pub struct Config {
     /// Semi mode over a NIC: QPs between two processes of this host go
     /// over the NIC too (loopback), not through shared memory. For tests.
     pub nic_loopback: bool,
+    /// Where librdmacm's device is served (`rdma_cm`).
+    pub rdma_cm: RdmaCmNode,
+}
+
+/// The node the router serves rdma_cm at.
+#[derive(Clone, Debug)]
+pub enum RdmaCmNode {
+    /// `/dev/infiniband/rdma_cm` if free, else one named after the router.
+    Default,
+    /// This name under /dev (only: taken is an error).
+    Named(String),
+    /// Not served.
+    None,
 }
 
 /// Runs the router in the foreground until SIGTERM or SIGINT.

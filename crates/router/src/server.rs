@@ -10,7 +10,7 @@ use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{SigSet, Signal};
@@ -293,21 +293,27 @@ impl Server {
                 None
             }
         };
-        let rdma_cm = match super::rdma_cm::RdmaCmService::start(
-            &super::rdma_cm::device_name(&super::sysfs::uverbs_name(dir)),
-            super::rdma_cm::CmLimits::default(),
-        ) {
-            Ok(cm) => {
-                epoll.add(cm.fd(), EpollEvent::new(EpollFlags::EPOLLIN, RDMA_CM))?;
-                super::rdma_cm::service::publish_node(dir, Some(cm.path()))?;
-                Some(cm)
+        let names = match &config.rdma_cm {
+            super::RdmaCmNode::Default => {
+                super::rdma_cm::device_names(&super::sysfs::uverbs_name(dir))
             }
-            Err(e) => {
-                info!("{e}; rdma_cm is not served");
-                super::rdma_cm::service::publish_node(dir, None)?;
-                None
-            }
+            super::RdmaCmNode::Named(name) => vec![name.clone()],
+            super::RdmaCmNode::None => Vec::new(),
         };
+        let rdma_cm =
+            match super::rdma_cm::RdmaCmService::start(&names, super::rdma_cm::CmLimits::default())
+            {
+                Ok(cm) => {
+                    epoll.add(cm.fd(), EpollEvent::new(EpollFlags::EPOLLIN, RDMA_CM))?;
+                    super::rdma_cm::service::publish_node(dir, Some(cm.path()))?;
+                    Some(cm)
+                }
+                Err(e) => {
+                    info!("{e}; rdma_cm is not served");
+                    super::rdma_cm::service::publish_node(dir, None)?;
+                    None
+                }
+            };
         // Published last: whoever sees router.sock finds the whole router
         // (its tree, its mount, its link listener).
         std::fs::rename(&staging, &socket_path)
@@ -1082,9 +1088,12 @@ impl Server {
         let lost = self.engine.take_cm_lost();
         if let Some(cm) = self.rdma_cm.as_mut() {
             let engine = &mut self.engine;
-            cm.exchange(frames, &lost, &mut |src, dst, payload| {
+            let worked = cm.exchange(frames, &lost, &mut |src, dst, payload| {
                 engine.send_cm(src, dst, payload)
             });
+            if worked {
+                engine.hold_cm_gids(cm.gids_held());
+            }
         }
     }
 
@@ -1105,9 +1114,19 @@ impl Server {
             Some(super::rdma_cm::NetView { netns, gid, local })
         };
         if let Some(cm) = self.rdma_cm.as_mut() {
-            cm.process(&view);
+            if let Err(e) = cm.process(&view) {
+                error!("rdma_cm at {}: {e}; no longer served", cm.path().display());
+                let _ = self.epoll.delete(cm.fd());
+                self.rdma_cm = None;
+                super::rdma_cm::service::publish_node(&self.runtime_dir, None).ok();
+            }
         }
+        // The messages first, then the GIDs no id needs any more are
+        // withdrawn (a released file's DREQs come from a GID still served).
         self.exchange_cm();
+        if let Some(cm) = self.rdma_cm.as_ref() {
+            self.engine.hold_cm_gids(cm.gids_held());
+        }
     }
 
     /// Ends a pending `ibv_create_comp_channel`: its write returns.

@@ -124,6 +124,12 @@ enum Cmd {
         /// Seconds a client connection may take to say Hello.
         #[arg(long, value_name = "SECONDS", default_value_t = 5)]
         hello_timeout: u64,
+        /// The node to serve rdma_cm at, under /dev (e.g.
+        /// infiniband/rdma_cm_a), or `none`. Default:
+        /// infiniband/rdma_cm if it is free, else
+        /// infiniband/rdma_cm_fv<hash> (RUNTIME_DIR/rdma_cm.node says which).
+        #[arg(long, value_name = "NAME|none")]
+        rdma_cm_node: Option<String>,
         /// Caps per user and per context.
         #[command(flatten)]
         limits: Box<LimitArgs>,
@@ -328,8 +334,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             accept_peers,
             link_key,
             hello_timeout,
+            rdma_cm_node,
             limits,
         } => {
+            let rdma_cm = match rdma_cm_node.as_deref() {
+                None => flowverbs_router::RdmaCmNode::Default,
+                Some("none") => flowverbs_router::RdmaCmNode::None,
+                Some(name) => flowverbs_router::RdmaCmNode::Named(
+                    flowverbs_router::rdma_cm::node_name(name).map_err(|e| anyhow::anyhow!(e))?,
+                ),
+            };
             let registry = registry
                 .map(|url| flowverbs_router::etcd::EtcdConfig::parse(&url, registry_ttl))
                 .transpose()
@@ -352,6 +366,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 nics,
                 nic_loopback,
+                rdma_cm,
                 link: flowverbs_router::link::LinkPolicy {
                     key: link_key.map(|f| read_link_key(&f)).transpose()?,
                     accept_from: accept_peers,

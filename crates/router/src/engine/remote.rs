@@ -47,8 +47,12 @@ const PASS_BYTES: u64 = 1 << 20;
 
 #[derive(Default)]
 pub(super) struct Remote {
-    /// The GIDs of this router's sessions (kept by `announce_gids`).
+    /// The GIDs this router serves: its sessions' and `cm_held`
+    /// (kept by `announce_gids`).
     served: std::collections::HashSet<Gid>,
+    /// GIDs the connection manager still speaks for across the links
+    /// (`hold_cm_gids`).
+    cm_held: std::collections::BTreeSet<Gid>,
     req: std::collections::HashMap<u32, Requester>,
     resp: std::collections::HashMap<u32, Responder>,
     /// With a cap on link bytes per user: each user's unanswered bytes on
@@ -244,10 +248,23 @@ impl Engine {
         self.remote.served.contains(gid)
     }
 
+    /// The GIDs of rdma_cm ids connected to other routers, which this
+    /// router goes on serving while they last, with or without a session
+    /// (announced again if they changed).
+    pub(crate) fn hold_cm_gids(&mut self, gids: std::collections::BTreeSet<Gid>) {
+        if gids != self.remote.cm_held {
+            self.remote.cm_held = gids;
+            self.announce_gids();
+        }
+    }
+
     /// Records which GIDs this router serves and tells the peers (call
     /// whenever sessions come or go).
     pub fn announce_gids(&mut self) {
         self.remote.served = self.tables.sessions.values().map(|s| s.gid).collect();
+        self.remote
+            .served
+            .extend(self.remote.cm_held.iter().copied());
         let t = &self.tables;
         let nic_ud_qps = t
             .qps

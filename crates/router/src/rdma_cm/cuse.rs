@@ -188,6 +188,16 @@ pub struct CuseDevice {
     buf: Vec<u8>,
 }
 
+/// True if the kernel ended the connection of `dev` (polls as an error).
+fn aborted(dev: &OwnedFd) -> io::Result<bool> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(dev.as_fd(), PollFlags::POLLIN)];
+    poll(&mut fds, PollTimeout::ZERO).map_err(|e| cuse_error("polling /dev/cuse", e))?;
+    Ok(fds[0]
+        .revents()
+        .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP)))
+}
+
 fn cuse_error(what: &str, e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("{what}: {e}"))
 }
@@ -225,6 +235,15 @@ impl CuseDevice {
                 ))
             }
         }
+        // The kernel handles the reply within the write: a name another
+        // CUSE device holds (a router that started at the same instant)
+        // aborts the connection, which polls as an error.
+        if aborted(&dev)? {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("/dev/{devname} is another CUSE device's"),
+            ));
+        }
         let flags = nix::fcntl::fcntl(dev.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)
             .map_err(|e| cuse_error("F_GETFL", e))?;
         let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
@@ -254,13 +273,21 @@ impl CuseDevice {
         self.dev.as_fd()
     }
 
-    /// Reads the next request: `Ok(None)` when none is queued.
+    /// Reads the next request: `Ok(None)` when none is queued; an error
+    /// of kind `NotConnected` once the kernel ended the connection (the
+    /// device is gone for good).
     pub fn next_request(&mut self) -> io::Result<Option<&[u8]>> {
         loop {
             match nix::unistd::read(self.dev.as_raw_fd(), &mut self.buf) {
                 Ok(n) => return Ok(Some(&self.buf[..n])),
                 Err(nix::errno::Errno::EAGAIN) => return Ok(None),
                 Err(nix::errno::Errno::ENOENT) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::ENODEV) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        "the kernel ended the CUSE connection",
+                    ))
+                }
                 Err(e) => return Err(e.into()),
             }
         }

@@ -17,5 +17,5 @@ pub mod link;
 pub mod service;
 pub mod state;
 
-pub use service::{device_name, NetView, RdmaCmService};
+pub use service::{device_names, node_name, NetView, RdmaCmService};
 pub use state::{Caller, Cm, CmLimits, Memory, Outcome};

@@ -96,23 +96,52 @@ pub fn served_node(runtime_dir: &std::path::Path) -> Option<std::path::PathBuf> 
     Some(std::path::PathBuf::from(text.trim_end()))
 }
 
-/// The device name under /dev: `infiniband/rdma_cm` where no kernel (or
-/// other router) has it, else `infiniband/rdma_cm_fv<hash>` with the hash
-/// of the router's `uverbs_fv<hash>` node.
-pub fn device_name(uverbs: &str) -> String {
-    if std::path::Path::new("/dev/infiniband/rdma_cm").exists() {
-        format!(
-            "infiniband/rdma_cm_fv{}",
-            uverbs.trim_start_matches("uverbs_fv")
-        )
+/// A node name under /dev as the operator gives it (`/dev/` may lead):
+/// relative, plain components, no `..`.
+pub fn node_name(name: &str) -> Result<String, String> {
+    let rel = name.strip_prefix("/dev/").unwrap_or(name);
+    let plain = !rel.is_empty()
+        && rel
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'));
+    if plain {
+        Ok(rel.to_owned())
     } else {
-        "infiniband/rdma_cm".to_owned()
+        Err(format!(
+            "the rdma_cm node {name:?} must be a name under /dev, such as infiniband/rdma_cm_a"
+        ))
+    }
+}
+
+/// The device names under /dev to try, in order: `infiniband/rdma_cm`
+/// where no kernel (or other router) has it, then
+/// `infiniband/rdma_cm_fv<hash>` with the hash of the router's
+/// `uverbs_fv<hash>` node (two routers that start together may both find
+/// the first free; the kernel gives it to one).
+pub fn device_names(uverbs: &str) -> Vec<String> {
+    let own = format!(
+        "infiniband/rdma_cm_fv{}",
+        uverbs.trim_start_matches("uverbs_fv")
+    );
+    if std::path::Path::new("/dev/infiniband/rdma_cm").exists() {
+        vec![own]
+    } else {
+        vec!["infiniband/rdma_cm".to_owned(), own]
     }
 }
 
 impl RdmaCmService {
-    pub fn start(devname: &str, limits: CmLimits) -> std::io::Result<RdmaCmService> {
-        let dev = CuseDevice::create(devname)?;
+    /// Serves rdma_cm at the first of `devnames` the kernel grants.
+    pub fn start(devnames: &[String], limits: CmLimits) -> std::io::Result<RdmaCmService> {
+        let mut dev = Err(std::io::Error::other("not asked to serve it"));
+        for name in devnames {
+            dev = CuseDevice::create(name);
+            match &dev {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                _ => break,
+            }
+        }
+        let dev = dev?;
         let rdev = std::fs::metadata(&dev.path)?.rdev();
         info!("rdma_cm served at {}", dev.path.display());
         Ok(RdmaCmService {
@@ -133,12 +162,14 @@ impl RdmaCmService {
     }
 
     /// Answers every queued request; `view(tid)` is the network namespace
-    /// of a writer's thread (None: gone).
-    pub fn process(&mut self, view: &dyn Fn(i32) -> Option<NetView>) {
+    /// of a writer's thread (None: gone). Err: the device is gone (the
+    /// kernel ended its connection), and with it every file.
+    pub fn process(&mut self, view: &dyn Fn(i32) -> Option<NetView>) -> std::io::Result<()> {
         loop {
             let req = match self.dev.next_request() {
                 Ok(Some(r)) => r.to_vec(),
                 Ok(None) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotConnected => return Err(e),
                 Err(e) => {
                     warn!("reading the rdma_cm CUSE device: {e}");
                     break;
@@ -147,6 +178,7 @@ impl RdmaCmService {
             self.one(&req, view);
         }
         self.pump();
+        Ok(())
     }
 
     fn one(&mut self, req: &[u8], view: &dyn Fn(i32) -> Option<NetView>) {
@@ -258,15 +290,15 @@ impl RdmaCmService {
     /// check out is dropped), the GIDs of routers that went away; then
     /// every message for an id of another router goes out through `send`
     /// (one that no router takes, `send` false, is bounced), and events
-    /// are delivered.
+    /// are delivered. False if there was nothing to do.
     pub fn exchange(
         &mut self,
         frames: Vec<(Gid, Gid, Vec<u8>)>,
         lost: &[Gid],
         send: &mut dyn FnMut(Gid, Gid, &[u8]) -> bool,
-    ) {
+    ) -> bool {
         if frames.is_empty() && lost.is_empty() && !self.cm.has_outgoing() {
-            return;
+            return false;
         }
         for (src, dst, payload) in frames {
             match super::link::decode(&payload) {
@@ -283,6 +315,13 @@ impl RdmaCmService {
             }
         }
         self.pump();
+        true
+    }
+
+    /// The GIDs the router must go on serving for rdma_cm
+    /// ([`Cm::gids_held`]).
+    pub fn gids_held(&self) -> std::collections::BTreeSet<Gid> {
+        self.cm.gids_held()
     }
 
     /// MIGRATE_ID names the id's old descriptor by number in the writer's
@@ -324,6 +363,34 @@ impl RdmaCmService {
         }
         for kh in self.cm.take_wakeups() {
             self.dev.notify_poll(kh);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_name;
+
+    #[test]
+    fn node_names_stay_under_dev() {
+        assert_eq!(
+            node_name("infiniband/rdma_cm_a").unwrap(),
+            "infiniband/rdma_cm_a"
+        );
+        assert_eq!(
+            node_name("/dev/infiniband/rdma_cm").unwrap(),
+            "infiniband/rdma_cm"
+        );
+        for bad in [
+            "",
+            "/dev/",
+            "../etc/x",
+            "infiniband/../../x",
+            "a//b",
+            "/etc/passwd",
+            "./x",
+        ] {
+            assert!(node_name(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -6,7 +6,7 @@
 //! router wait in [`Cm::take_outgoing`] for the link to carry them
 //! ([`super::link`] checks what comes back).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::Ipv4Addr;
 
 use super::abi::{self, *};
@@ -1842,6 +1842,23 @@ impl Cm {
         }
     }
 
+    /// The GIDs other routers must reach this router at for rdma_cm: those
+    /// of its listeners and of its ids that have (or wait for) a peer on
+    /// another router. The router announces them as it does its verbs
+    /// sessions' GIDs, with or without a session: a server may listen
+    /// before it opens fv0 (udaddy's does: librdmacm opens the device of a
+    /// wildcard listener only for its first request), and a process that
+    /// dies closes its verbs session before its rdma_cm file, whose
+    /// release sends DREQs that must come from a GID the other router
+    /// still takes frames from.
+    pub fn gids_held(&self) -> BTreeSet<Gid> {
+        self.ids
+            .values()
+            .filter(|i| i.state == State::Listening || matches!(i.peer, Some(End::There(..))))
+            .map(|i| i.gid)
+            .collect()
+    }
+
     /// Ids held now (for status and tests).
     pub fn id_count(&self) -> usize {
         self.ids.len()
@@ -2164,7 +2181,11 @@ mod tests {
         let l = a.create(1, 0xaa);
         a.bind(1, l, AF_INET, 7400).unwrap();
         a.listen(1, l, 8);
+        // A listener's GID is served before any verbs session has it.
+        assert_eq!(a.cm.gids_held(), BTreeSet::from([ga]));
+        assert_eq!(b.cm.gids_held(), BTreeSet::new());
         let c = b.connect(2, 7400, 0x11);
+        assert_eq!(b.cm.gids_held(), BTreeSet::from([gb]));
         assert_eq!(b.event(2).map(|e| e.event), Err(libc::EAGAIN));
         carry(&mut a, &mut b);
         let req = a.event(1).unwrap();
@@ -2184,6 +2205,10 @@ mod tests {
         carry(&mut a, &mut b);
         let est = a.event(1).unwrap();
         assert_eq!((est.event, est.id, est.uid), (EV_ESTABLISHED, child, 0xcc));
+        // Each router goes on serving its GID while the connection lasts
+        // (its process's verbs session may close first).
+        assert_eq!(a.cm.gids_held(), BTreeSet::from([ga]));
+        assert_eq!(b.cm.gids_held(), BTreeSet::from([gb]));
         // Forged: a DREQ from a GID that is not the peer's, or from
         // another id of the peer's router, changes nothing.
         let ghost = flowverbs_verbs::identity::gid_from_ipv4(Ipv4Addr::new(10, 0, 0, 9));
@@ -2201,6 +2226,7 @@ mod tests {
         carry(&mut a, &mut b);
         let d = a.event(1).unwrap();
         assert_eq!((d.event, d.id), (EV_DISCONNECTED, child));
+        assert_eq!(b.cm.gids_held(), BTreeSet::new());
         assert_eq!(a.destroy(1, child), Ok(2));
         b.cm.open(2, 1000).unwrap();
 
@@ -2269,6 +2295,8 @@ mod tests {
         a.cm.peers_lost(&[gb]);
         let e = a.event(1).unwrap();
         assert_eq!((e.event, e.id), (EV_DISCONNECTED, child5));
+        a.cm.release(1);
+        assert_eq!(a.cm.gids_held(), BTreeSet::new());
     }
 
     #[test]
