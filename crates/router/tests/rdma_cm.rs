@@ -267,7 +267,22 @@ fn ud_ids_through_sidr_with_checked_data() {
 /// from 64 bytes to 1 MiB, both sides succeed.
 #[test]
 fn fi_pingpong_verbs_msg() {
-    let (_, client) = vm().pair_succeeded("fi_msg");
+    assert_fi_pingpong_rows("fi_msg");
+}
+
+/// libfabric's RDM endpoints (`verbs;ofi_rxm`: ofi_rxm over verbs MSG
+/// endpoints, connected through rdma_cm), with `FI_UNIVERSE_SIZE=16` (at
+/// the default ofi_rxm asks for a CQ above `max_cqe`, refused as on rxe):
+/// the same sizes and counts, data checked.
+#[test]
+fn fi_pingpong_verbs_rxm_rdm() {
+    assert_fi_pingpong_rows("fi_rxm");
+}
+
+/// Scenario `name` of fi_pingpong -c -I 100: both sides succeed, and the
+/// client's result rows are 100 iterations of each size, 64 B to 1 MiB.
+fn assert_fi_pingpong_rows(name: &str) {
+    let (_, client) = vm().pair_succeeded(name);
     let rows: Vec<Vec<&str>> = client
         .lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
@@ -443,6 +458,52 @@ fn ib_write_lat_between_two_routers() {
 fn ib_read_bw_between_two_routers() {
     let (_, client) = vm().pair_succeeded("x_read_bw");
     assert_result_row("client", &client, "65536", "200");
+}
+
+/// udaddy (UD through SIDR) between the routers: the server listens on the
+/// wildcard address without a verbs session yet, so router A announces
+/// the listener's GID itself.
+#[test]
+fn udaddy_between_two_routers() {
+    assert_udaddy_lines("x_udaddy");
+}
+
+/// The server behind router A is killed: its process closes its verbs
+/// session before its rdma_cm file, and the DREQ of the file's release
+/// still reaches the client behind router B.
+#[test]
+fn a_killed_server_disconnects_its_client_across_routers() {
+    assert_disconnected_midway("x_killed");
+}
+
+/// Two routers started together on a host without kernel RDMA: one gets
+/// `/dev/infiniband/rdma_cm`, the other a node of its own, and each serves
+/// an rping. A third, told to serve the name already taken, serves no
+/// rdma_cm and says why.
+#[test]
+fn routers_started_together_serve_a_node_each() {
+    let run = vm();
+    let files = run.read("race_3.files");
+    assert!(files.contains("router.sock"), "{files}");
+    assert!(
+        !files.contains("rdma_cm.node"),
+        "the refused router published a node:\n{files}"
+    );
+    let log = run.read("race_3.log");
+    assert!(
+        log.contains("/dev/infiniband/rdma_cm is another CUSE device's; rdma_cm is not served"),
+        "{log}"
+    );
+    let nodes = run.read("race.nodes");
+    let mut nodes: Vec<&str> = nodes.split_whitespace().collect();
+    nodes.sort();
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    assert_ne!(nodes[0], nodes[1], "{nodes:?}\n{}", run.report());
+    for n in &nodes {
+        assert!(n.starts_with("/dev/infiniband/rdma_cm"), "{nodes:?}");
+    }
+    assert_rping_pings("race_1", 3);
+    assert_rping_pings("race_2", 3);
 }
 
 /// Router A dies: router B's ids connected through it are DISCONNECTED.

@@ -48,11 +48,25 @@ xpair x_rping "rping -s -a 10.77.1.2 -p 7180 -C 300 -v" "rping -c -a 10.77.1.2 -
 xpair x_send_bw "ib_send_bw -R -d fv0 -n 200" "ib_send_bw -R -d fv0 -n 200 10.77.1.2"
 xpair x_write_lat "ib_write_lat -R -d fv0 -n 200" "ib_write_lat -R -d fv0 -n 200 10.77.1.2"
 xpair x_read_bw "ib_read_bw -R -d fv0 -n 200" "ib_read_bw -R -d fv0 -n 200 10.77.1.2"
-# Not here yet (docs/NOTES.md, rdma_cm, "Left"): udaddy across the two
-# routers (the client stayed UNREACHABLE), and a killed server's DREQ
-# (dropped by router B: router A no longer announces the GID once the
-# server's verbs session closes, and the link drops frames from GIDs a
-# router does not serve).
+# UD through SIDR across the link. udaddy's server listens on the wildcard
+# address and opens fv0 only for its first request: router A announces
+# the GID of a listener without a verbs session.
+xpair x_udaddy "udaddy -c 2 -C 100" "udaddy -s 10.77.1.2 -c 2 -C 100"
+
+# The server behind A is killed mid-run: its verbs session closes before
+# its rdma_cm file is released, and the DREQ of that release must still
+# reach router B (A goes on announcing the GID while an id needs it).
+# Not under `timeout`, so that its pid is rping's.
+ip netns exec fv_n1 "$FV" exec --runtime-dir /run/fvA --provider "$PROV" -- \
+  rping -s -a 10.77.1.2 -p 7184 -C 1000000 -v >"$OUT/x_killed.server.out" 2>"$OUT/x_killed.server.err" &
+SP=$!
+retry_client "$OUT/x_killed.client" onB rping -c -a 10.77.1.2 -p 7184 -C 1000000 -v &
+CP=$!
+wait_lines "$OUT/x_killed.client.out" 20
+kill -KILL $SP
+wait $SP
+wait $CP
+echo "rdma_cm vm: x_killed: client $(cat "$OUT/x_killed.client.rc")"
 
 # Router A itself dies mid-run: router B loses the link, and the client
 # behind it gets DISCONNECTED.
@@ -60,10 +74,7 @@ onA rping -s -a 10.77.1.2 -p 7182 -C 1000000 -v >"$OUT/x_lost.server.out" 2>"$OU
 SP=$!
 retry_client "$OUT/x_lost.client" onB rping -c -a 10.77.1.2 -p 7182 -C 1000000 -v &
 CP=$!
-for _ in $(seq 600); do
-  [ "$(wc -l <"$OUT/x_lost.client.out" 2>/dev/null || echo 0)" -ge 20 ] && break
-  sleep 0.1
-done
+wait_lines "$OUT/x_lost.client.out" 20
 kill -KILL $PID_RA
 wait $PID_RA
 wait $CP
