@@ -271,9 +271,9 @@ fn fi_pingpong_verbs_msg() {
 }
 
 /// libfabric's RDM endpoints (`verbs;ofi_rxm`: ofi_rxm over verbs MSG
-/// endpoints, connected through rdma_cm), with `FI_UNIVERSE_SIZE=16` (at
-/// the default ofi_rxm asks for a CQ above `max_cqe`, refused as on rxe):
-/// the same sizes and counts, data checked.
+/// endpoints, connected through rdma_cm), with libfabric's defaults (a
+/// verbs CQ of 65536 entries, which rxe would refuse): the same sizes and
+/// counts, data checked.
 #[test]
 fn fi_pingpong_verbs_rxm_rdm() {
     assert_fi_pingpong_rows("fi_rxm");

@@ -23,8 +23,11 @@ pub mod limits {
     pub const MAX_INLINE_DATA: u32 = 256;
     /// Work requests per send or receive queue.
     pub const MAX_QP_WR: u32 = 16384;
-    /// Entries per completion queue.
-    pub const MAX_CQE: u32 = 65535;
+    /// Entries per completion queue: what mlx5 devices report (2^22 - 1).
+    /// libfabric's ofi_rxm asks for (128 + 128) x 256 = 65536 entries by
+    /// default; rings are sparse until used, and every entry counts
+    /// against the user's queue-entry budget.
+    pub const MAX_CQE: u32 = (1 << 22) - 1;
     pub const MAX_QP: u32 = 16384;
     pub const MAX_CQ: u32 = 16384;
     pub const MAX_MR: u32 = 65536;
