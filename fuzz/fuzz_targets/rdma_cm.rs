@@ -11,14 +11,14 @@
 //!
 //! Steps may instead be link frames from another router (checked by
 //! `rdma_cm::link::decode`, then `Cm::on_link`), or that router's loss;
-//! messages for other routers are bounced or lost, as the link decides.
+//! messages for other routers are sent, held for a link, expire or bounce.
 #![no_main]
 
 use std::collections::HashSet;
 
 use flowverbs_router::rdma_cm::abi::{u32_at, HDR};
 use flowverbs_router::rdma_cm::link;
-use flowverbs_router::rdma_cm::state::{Caller, Cm, CmLimits, Memory, Outcome};
+use flowverbs_router::rdma_cm::state::{Caller, Cm, CmLimits, Memory, Outcome, Route};
 
 /// The GID of the other router's ids.
 const REMOTE: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 9];
@@ -84,6 +84,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut blocked = HashSet::new();
     let mut unique = 0u64;
+    let start = std::time::Instant::now();
     // Each command: [file, writer, nonblock, len] then len bytes (a whole
     // write: header and payload). A file byte with its top bit set makes
     // the bytes a link frame from REMOTE to the writer's GID instead (and
@@ -110,11 +111,15 @@ fuzz_target!(|data: &[u8]| {
                 cm.peers_lost(&[REMOTE]);
             }
         }
-        for out in cm.take_outgoing() {
-            if unique.is_multiple_of(2) {
-                cm.bounce(out);
-            }
-        }
+        // Messages for other routers: sent, held for a link being dialled
+        // (the clock moves on by a second per command, so some expire), or
+        // bounced.
+        let now = start + std::time::Duration::from_secs(unique);
+        let mut k = unique;
+        cm.flush_outgoing(now, &mut |_| {
+            k += 1;
+            [Route::Sent, Route::Dialing, Route::Nowhere][(k % 3) as usize]
+        });
         if from_link {
             continue;
         }

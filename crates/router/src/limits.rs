@@ -72,6 +72,8 @@ pub struct Limits {
     /// Bytes one user's QPs may have on the links, sent and not answered
     /// (None: no cap beyond the links' own).
     pub link_bytes_per_uid: Option<u64>,
+    /// rdma_cm's ids, pending requests, backlogs and files.
+    pub rdma_cm: crate::rdma_cm::CmLimits,
 }
 
 impl Default for Limits {
@@ -100,6 +102,7 @@ impl Default for Limits {
             queue_entries_per_uid: 1 << 24,
             requests_per_second: 10_000,
             link_bytes_per_uid: None,
+            rdma_cm: crate::rdma_cm::CmLimits::default(),
         }
     }
 }

@@ -517,6 +517,12 @@ impl Links {
         Ok(())
     }
 
+    /// True with the etcd registry: routers are dialled when a path needs
+    /// them ([`Links::route_to`]).
+    pub fn dials_on_demand(&self) -> bool {
+        self.peers.registry.etcd().is_some()
+    }
+
     /// Whether a new path to `gid` should wait for the etcd registry: it
     /// is in sync but does not know the GID (yet).
     pub fn route_pending(&self, gid: &Gid) -> bool {

@@ -300,20 +300,18 @@ impl Server {
             super::RdmaCmNode::Named(name) => vec![name.clone()],
             super::RdmaCmNode::None => Vec::new(),
         };
-        let rdma_cm =
-            match super::rdma_cm::RdmaCmService::start(&names, super::rdma_cm::CmLimits::default())
-            {
-                Ok(cm) => {
-                    epoll.add(cm.fd(), EpollEvent::new(EpollFlags::EPOLLIN, RDMA_CM))?;
-                    super::rdma_cm::service::publish_node(dir, Some(cm.path()))?;
-                    Some(cm)
-                }
-                Err(e) => {
-                    info!("{e}; rdma_cm is not served");
-                    super::rdma_cm::service::publish_node(dir, None)?;
-                    None
-                }
-            };
+        let rdma_cm = match super::rdma_cm::RdmaCmService::start(&names, config.limits.rdma_cm) {
+            Ok(cm) => {
+                epoll.add(cm.fd(), EpollEvent::new(EpollFlags::EPOLLIN, RDMA_CM))?;
+                super::rdma_cm::service::publish_node(dir, Some(cm.path()))?;
+                Some(cm)
+            }
+            Err(e) => {
+                info!("{e}; rdma_cm is not served");
+                super::rdma_cm::service::publish_node(dir, None)?;
+                None
+            }
+        };
         // Published last: whoever sees router.sock finds the whole router
         // (its tree, its mount, its link listener).
         std::fs::rename(&staging, &socket_path)
@@ -582,10 +580,12 @@ impl Server {
             .map(|p| p.since + self.limits.hello_within)
             .min();
         let deferred = self.deferred.values().map(|d| d.until).min();
+        let cm = self.rdma_cm.as_ref().and_then(|c| c.next_deadline());
         hello
             .into_iter()
             .chain(self.listener_paused_until)
             .chain(deferred)
+            .chain(cm)
             .min()
     }
 
@@ -712,6 +712,10 @@ impl Server {
                                 let t = &self.engine.tables;
                                 t.budget.status(&t.limits)
                             }
+                            _ => Vec::new(),
+                        },
+                        rdma_cm: match (&viewer, &self.rdma_cm) {
+                            (Viewer::HostRoot, Some(cm)) => cm.status(),
                             _ => Vec::new(),
                         },
                     };
@@ -1088,8 +1092,9 @@ impl Server {
         let lost = self.engine.take_cm_lost();
         if let Some(cm) = self.rdma_cm.as_mut() {
             let engine = &mut self.engine;
-            let worked = cm.exchange(frames, &lost, &mut |src, dst, payload| {
-                engine.send_cm(src, dst, payload)
+            let now = Instant::now();
+            let worked = cm.exchange(frames, &lost, now, &mut |src, dst, payload| {
+                engine.send_cm(src, dst, payload, now)
             });
             if worked {
                 engine.hold_cm_gids(cm.gids_held());

@@ -49,7 +49,7 @@ fn run_vm() -> Result<VmRun, String> {
         &script,
         &args,
         "rdma_cm vm: done",
-        &["router.log"],
+        &["router.log", "router_F.log"],
     )
 }
 
@@ -504,6 +504,29 @@ fn routers_started_together_serve_a_node_each() {
     }
     assert_rping_pings("race_1", 3);
     assert_rping_pings("race_2", 3);
+}
+
+/// Two routers that know each other only through etcd: the client's REQ
+/// makes its router dial the server's on demand, and waits for the link
+/// (refused, the client would retry for a minute and fail).
+#[test]
+fn rping_between_routers_found_through_etcd() {
+    assert_rping_pings("x_etcd", 100);
+}
+
+/// `flowverbs status` on router B, while its client's rping runs, shows
+/// the client's id established with an id of router A.
+#[test]
+fn status_shows_rdma_cm_ids() {
+    let status = vm().read("x_lost.status");
+    let id = status
+        .lines()
+        .find(|l| l.contains(" tcp ") && l.contains(" established "))
+        .unwrap_or_else(|| panic!("no established id:\n{status}"));
+    assert!(
+        id.ends_with("-> 10.77.1.2:7182 (router of ::ffff:10.77.1.2)"),
+        "{status}"
+    );
 }
 
 /// Router A dies: router B's ids connected through it are DISCONNECTED.

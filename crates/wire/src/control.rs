@@ -217,6 +217,27 @@ pub struct PeerStatus {
     pub reading: bool,
 }
 
+/// An rdma_cm id, as `flowverbs status` shows it to root of the host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CmIdStatus {
+    /// The user whose rdma_cm descriptor holds it.
+    pub uid: u32,
+    /// Its network namespace (inode).
+    pub netns: u64,
+    /// `tcp`, `udp`, `ipoib` or `ib` (the port space).
+    pub port_space: String,
+    /// `idle`, `bound`, `addr-resolved`, `route-resolved`, `listening`,
+    /// `req-sent`, `req-received`, `rep-sent`, `rep-received`,
+    /// `established` or `done`.
+    pub state: String,
+    /// Its address (`IP:PORT`), once bound.
+    pub local: Option<String>,
+    /// Its peer's address, once known.
+    pub remote: Option<String>,
+    /// Its peer's GID when the peer is an id of another router.
+    pub remote_router_gid: Option<[u8; 16]>,
+}
+
 /// Everything the router did since it started (closed QPs included).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouterTotals {
@@ -506,6 +527,8 @@ pub enum Reply {
         peers: Vec<PeerStatus>,
         /// The router's caps and their refusals (root of the host only).
         limits: Vec<CapStatus>,
+        /// rdma_cm ids (root of the host only).
+        rdma_cm: Vec<CmIdStatus>,
     },
     Mw {
         mw: u32,

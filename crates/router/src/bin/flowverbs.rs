@@ -255,6 +255,26 @@ struct LimitArgs {
     #[arg(long, value_name = "N", default_value_t = flowverbs_router::limits::Limits::default().requests_per_second,
           value_parser = clap::value_parser!(u32).range(1..))]
     max_requests_per_second: u32,
+    /// Most rdma_cm ids one user may hold (the children of connection
+    /// requests included); more fail with ENOMEM, requests are rejected.
+    #[arg(long, value_name = "N", default_value_t = flowverbs_router::rdma_cm::CmLimits::default().ids_per_user,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_cm_ids_per_user: usize,
+    /// Most connection requests one user's listeners may hold unanswered;
+    /// more are rejected.
+    #[arg(long, value_name = "N", default_value_t = flowverbs_router::rdma_cm::CmLimits::default().pending_per_user,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_cm_pending_per_user: usize,
+    /// The largest listen backlog (a larger or non-positive one asks for
+    /// this).
+    #[arg(long, value_name = "N", default_value_t = flowverbs_router::rdma_cm::CmLimits::default().max_backlog,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_cm_backlog: usize,
+    /// Most rdma_cm descriptors one user may hold open; more fail with
+    /// EMFILE.
+    #[arg(long, value_name = "N", default_value_t = flowverbs_router::rdma_cm::CmLimits::default().files_per_user,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_cm_files_per_user: usize,
 }
 
 impl LimitArgs {
@@ -276,6 +296,12 @@ impl LimitArgs {
             queue_entries_per_uid: self.max_queue_entries_per_user,
             requests_per_second: self.max_requests_per_second,
             link_bytes_per_uid: self.max_link_bytes_per_user,
+            rdma_cm: flowverbs_router::rdma_cm::CmLimits {
+                ids_per_user: self.max_cm_ids_per_user,
+                pending_per_user: self.max_cm_pending_per_user,
+                max_backlog: self.max_cm_backlog,
+                files_per_user: self.max_cm_files_per_user,
+            },
             ..d
         }
     }
@@ -835,6 +861,7 @@ fn status(runtime_dir: &Path, json: bool) -> anyhow::Result<()> {
         totals,
         peers,
         limits,
+        rdma_cm,
     } = reply
     else {
         bail!("unexpected reply {reply:?}");
@@ -882,7 +909,23 @@ fn status(runtime_dir: &Path, json: bool) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        let mut doc = serde_json::json!({ "sessions": sessions, "peers": peers });
+        let cm_ids: Vec<serde_json::Value> = rdma_cm
+            .iter()
+            .map(|i| {
+                serde_json::json!({
+                    "uid": i.uid,
+                    "netns": i.netns,
+                    "port_space": i.port_space,
+                    "state": i.state,
+                    "local": i.local,
+                    "remote": i.remote,
+                    "remote_router_gid": i.remote_router_gid
+                        .map(|g| std::net::Ipv6Addr::from(g).to_string()),
+                })
+            })
+            .collect();
+        let mut doc =
+            serde_json::json!({ "sessions": sessions, "peers": peers, "rdma_cm": cm_ids });
         if !limits.is_empty() {
             let caps: serde_json::Map<String, serde_json::Value> = limits
                 .iter()
@@ -988,6 +1031,25 @@ fn status(runtime_dir: &Path, json: bool) -> anyhow::Result<()> {
                 ", not read from (it does not read our replies)"
             }
         )?;
+    }
+    if !rdma_cm.is_empty() {
+        writeln!(out, "{} rdma_cm id(s)", rdma_cm.len())?;
+        for i in &rdma_cm {
+            let there = i
+                .remote_router_gid
+                .map(|g| format!(" (router of {})", std::net::Ipv6Addr::from(g)))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "  uid {:>6} netns {:>10} {:<5} {:<14} {} -> {}{there}",
+                i.uid,
+                i.netns,
+                i.port_space,
+                i.state,
+                i.local.as_deref().unwrap_or("-"),
+                i.remote.as_deref().unwrap_or("-"),
+            )?;
+        }
     }
     Ok(())
 }

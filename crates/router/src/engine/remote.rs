@@ -33,6 +33,7 @@ use log::{debug, warn};
 
 use super::{Engine, Source};
 use crate::link::{LinkEvent, Links};
+use crate::rdma_cm::Route;
 use crate::transport::{Gid, PeerId, Transport};
 use flowverbs_sys::*;
 use flowverbs_verbs::qp::{self as qp_state, QpKind};
@@ -219,11 +220,12 @@ impl Engine {
     }
 
     /// Sends an rdma_cm frame from `src` (a GID of this router) to the
-    /// router serving `dst`, written out at once; false if no other router
-    /// that is up serves `dst`.
-    pub(crate) fn send_cm(&mut self, src: Gid, dst: Gid, payload: &[u8]) -> bool {
+    /// router serving `dst`, written out at once. With the etcd registry,
+    /// a router not connected yet is dialled, and the frame must wait
+    /// (`Dialing`); `Nowhere` if no other router serves `dst`.
+    pub(crate) fn send_cm(&mut self, src: Gid, dst: Gid, payload: &[u8], now: Instant) -> Route {
         if self.serves_locally(&dst) {
-            return false;
+            return Route::Nowhere;
         }
         let sent = self.with_peers(|_, peers| {
             let peer = peers.locate(&dst)?;
@@ -236,11 +238,20 @@ impl Engine {
             peers.send(peer, hdr, payload);
             Some(())
         });
-        let sent = sent.flatten().is_some();
-        if sent {
+        if sent.flatten().is_some() {
             self.flush_links();
+            return Route::Sent;
         }
-        sent
+        match self.links.as_mut() {
+            Some(links) if links.dials_on_demand() => match links.route_to(&dst, now) {
+                Ok(()) => Route::Dialing,
+                Err(why) => {
+                    debug!("rdma_cm: no router for {}: {why}", gid_text(&dst));
+                    Route::Nowhere
+                }
+            },
+            _ => Route::Nowhere,
+        }
     }
 
     /// True if some session of this router has GID `gid`.

@@ -18,4 +18,4 @@ pub mod service;
 pub mod state;
 
 pub use service::{device_names, node_name, NetView, RdmaCmService};
-pub use state::{Caller, Cm, CmLimits, Memory, Outcome};
+pub use state::{Caller, Cm, CmLimits, Memory, Outcome, Route};

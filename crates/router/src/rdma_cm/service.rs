@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use log::{debug, info, warn};
 
 use super::cuse::{self, CuseDevice, Request};
-use super::state::{Caller, Cm, CmLimits, FileId, Gid, Memory, Outcome};
+use super::state::{Caller, Cm, CmLimits, FileId, Gid, Memory, Outcome, Route};
 use crate::memory::{Credentials, ProcessMemory};
 
 /// What the router knows of a thread's network namespace.
@@ -289,13 +289,14 @@ impl RdmaCmService {
     /// from them (source GID, destination GID, payload; one that does not
     /// check out is dropped), the GIDs of routers that went away; then
     /// every message for an id of another router goes out through `send`
-    /// (one that no router takes, `send` false, is bounced), and events
-    /// are delivered. False if there was nothing to do.
+    /// ([`Cm::flush_outgoing`]), and events are delivered. False if there
+    /// was nothing to do.
     pub fn exchange(
         &mut self,
         frames: Vec<(Gid, Gid, Vec<u8>)>,
         lost: &[Gid],
-        send: &mut dyn FnMut(Gid, Gid, &[u8]) -> bool,
+        now: std::time::Instant,
+        send: &mut dyn FnMut(Gid, Gid, &[u8]) -> Route,
     ) -> bool {
         if frames.is_empty() && lost.is_empty() && !self.cm.has_outgoing() {
             return false;
@@ -309,13 +310,21 @@ impl RdmaCmService {
         if !lost.is_empty() {
             self.cm.peers_lost(lost);
         }
-        for out in self.cm.take_outgoing() {
-            if !send(out.src, out.dst, &super::link::encode(&out.frame)) {
-                self.cm.bounce(out);
-            }
-        }
+        self.cm.flush_outgoing(now, &mut |out| {
+            send(out.src, out.dst, &super::link::encode(&out.frame))
+        });
         self.pump();
         true
+    }
+
+    /// Every id, for `flowverbs status`.
+    pub fn status(&self) -> Vec<flowverbs_wire::control::CmIdStatus> {
+        self.cm.status()
+    }
+
+    /// When a message waiting for a link must be given up.
+    pub fn next_deadline(&self) -> Option<std::time::Instant> {
+        self.cm.next_deadline()
     }
 
     /// The GIDs the router must go on serving for rdma_cm

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
 
 use super::abi::{self, *};
 use log::debug;
@@ -169,6 +170,24 @@ enum State {
     Done,
 }
 
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            State::Idle => "idle",
+            State::Bound => "bound",
+            State::AddrResolved => "addr-resolved",
+            State::RouteResolved => "route-resolved",
+            State::Listening => "listening",
+            State::ReqSent => "req-sent",
+            State::ReqRcvd => "req-received",
+            State::RepSent => "rep-sent",
+            State::RepRcvd => "rep-received",
+            State::Established => "established",
+            State::Done => "done",
+        }
+    }
+}
+
 /// Connection parameters an id agreed on.
 #[derive(Clone, Copy, Debug, Default)]
 struct Agreed {
@@ -267,6 +286,24 @@ pub struct Cm {
     wakeups: Vec<u64>,
     /// Messages for ids of other routers ([`Cm::take_outgoing`]).
     outbox: Vec<Outgoing>,
+    /// Messages waiting for a link to the router of their destination
+    /// (being dialled), in order, each until its deadline ([`Cm::hold`]).
+    held: VecDeque<(Outgoing, Instant)>,
+}
+
+/// How long a message waits for a link being dialled before its REQ is
+/// UNREACHABLE (as the kernel's REQ out of retries, sooner).
+pub const HOLD_FOR_LINK: Duration = Duration::from_secs(10);
+
+/// Where a message for another router went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Sent,
+    /// The router serving the destination is known and being dialled:
+    /// the message waits ([`Cm::hold`]).
+    Dialing,
+    /// No router serves it ([`Cm::bounce`]).
+    Nowhere,
 }
 
 const EPHEMERAL: std::ops::RangeInclusive<u16> = 32768..=60999;
@@ -290,6 +327,7 @@ impl Cm {
             files_of_user: HashMap::new(),
             wakeups: Vec::new(),
             outbox: Vec::new(),
+            held: VecDeque::new(),
         }
     }
 
@@ -1699,7 +1737,55 @@ impl Cm {
     }
 
     pub fn has_outgoing(&self) -> bool {
-        !self.outbox.is_empty()
+        !self.outbox.is_empty() || !self.held.is_empty()
+    }
+
+    /// Sends every message for another router through `send`, in order:
+    /// first those held, then the outbox. A message whose router is being
+    /// dialled is held until `now` + [`HOLD_FOR_LINK`], and so is every
+    /// later one to the same GID (their order stays); one held past its
+    /// deadline fails its REQ (UNREACHABLE, -ETIMEDOUT); one no router
+    /// takes is bounced.
+    pub fn flush_outgoing(&mut self, now: Instant, send: &mut dyn FnMut(&Outgoing) -> Route) {
+        let mut queue = std::mem::take(&mut self.held);
+        queue.extend(
+            std::mem::take(&mut self.outbox)
+                .into_iter()
+                .map(|o| (o, now + HOLD_FOR_LINK)),
+        );
+        let mut waiting: BTreeSet<Gid> = BTreeSet::new();
+        for (out, until) in queue {
+            if now >= until {
+                self.undelivered(out);
+                continue;
+            }
+            if waiting.contains(&out.dst) {
+                self.held.push_back((out, until));
+                continue;
+            }
+            match send(&out) {
+                Route::Sent => {}
+                Route::Dialing => {
+                    waiting.insert(out.dst);
+                    self.held.push_back((out, until));
+                }
+                Route::Nowhere => self.bounce(out),
+            }
+        }
+    }
+
+    /// When a held message's deadline comes.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.held.iter().map(|(_, until)| *until).min()
+    }
+
+    /// A message that waited too long for its link: a REQ whose requester
+    /// still waits is UNREACHABLE (-ETIMEDOUT); others go nowhere (their
+    /// ids hear of a lost router from [`Cm::peers_lost`]).
+    fn undelivered(&mut self, out: Outgoing) {
+        if let Some(from) = self.requester_waiting(&out) {
+            self.unreachable(from);
+        }
     }
 
     /// No other router took `out`: its destination GID is this router's
@@ -1710,26 +1796,30 @@ impl Cm {
     /// client may try again. Other messages go nowhere (their ids hear
     /// of a lost router from [`Cm::peers_lost`]).
     pub fn bounce(&mut self, out: Outgoing) {
+        if let Some(from) = self.requester_waiting(&out) {
+            let rej = Msg::Rej {
+                reason: REJ_INVALID_SERVICE_ID,
+                private_data: Vec::new(),
+            };
+            self.on_msg(from, End::Here(from), rej);
+        }
+    }
+
+    /// If `out` is a REQ whose requester still waits for its first answer:
+    /// that requester.
+    fn requester_waiting(&self, out: &Outgoing) -> Option<Handle> {
         let Frame {
             to: 0,
             from,
             msg: Msg::Req { .. },
         } = out.frame
         else {
-            return;
+            return None;
         };
-        let waiting = self
-            .ids
+        self.ids
             .get(&from)
-            .is_some_and(|i| i.state == State::ReqSent && i.peer == Some(End::There(out.dst, 0)));
-        if !waiting {
-            return;
-        }
-        let rej = Msg::Rej {
-            reason: REJ_INVALID_SERVICE_ID,
-            private_data: Vec::new(),
-        };
-        self.on_msg(from, End::Here(from), rej);
+            .is_some_and(|i| i.state == State::ReqSent && i.peer == Some(End::There(out.dst, 0)))
+            .then_some(from)
     }
 
     /// A REQ that no one answered: UNREACHABLE with -ETIMEDOUT, as the
@@ -1856,6 +1946,32 @@ impl Cm {
             .values()
             .filter(|i| i.state == State::Listening || matches!(i.peer, Some(End::There(..))))
             .map(|i| i.gid)
+            .collect()
+    }
+
+    /// Every id, for `flowverbs status`.
+    pub fn status(&self) -> Vec<flowverbs_wire::control::CmIdStatus> {
+        let addr = |a: &Option<SockAddr>| a.map(|a| format!("{}:{}", a.ip, a.port));
+        self.ids
+            .values()
+            .map(|i| flowverbs_wire::control::CmIdStatus {
+                uid: i.owner_uid,
+                netns: i.netns,
+                port_space: match i.ps {
+                    PS_TCP => "tcp",
+                    PS_UDP => "udp",
+                    PS_IPOIB => "ipoib",
+                    _ => "ib",
+                }
+                .to_owned(),
+                state: i.state.name().to_owned(),
+                local: addr(&i.src),
+                remote: addr(&i.dst),
+                remote_router_gid: match i.peer {
+                    Some(End::There(g, _)) => Some(g),
+                    _ => None,
+                },
+            })
             .collect()
     }
 
@@ -2172,6 +2288,65 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Messages wait for a link being dialled, in order, and a REQ that
+    /// waits too long is UNREACHABLE (-ETIMEDOUT).
+    #[test]
+    fn messages_wait_for_a_link_being_dialled() {
+        let (mut a, mut b) = two_routers();
+        let l = a.create(1, 0xaa);
+        a.bind(1, l, AF_INET, 7400).unwrap();
+        a.listen(1, l, 8);
+        let t0 = Instant::now();
+        let c = b.connect(2, 7400, 0x11);
+        let mut tried = Vec::new();
+        b.cm.flush_outgoing(t0, &mut |o| {
+            tried.push(o.frame.clone());
+            Route::Dialing
+        });
+        assert_eq!(tried.len(), 1);
+        assert_eq!(b.cm.next_deadline(), Some(t0 + HOLD_FOR_LINK));
+        assert!(b.cm.take_outgoing().is_empty() && b.cm.has_outgoing());
+        // Withdrawn while held: the withdrawal waits behind the REQ (not
+        // even tried), and both go once the link is up, in order.
+        b.destroy(2, c).unwrap();
+        let mut tries = 0;
+        b.cm.flush_outgoing(t0 + Duration::from_secs(1), &mut |_| {
+            tries += 1;
+            Route::Dialing
+        });
+        assert_eq!(
+            tries, 1,
+            "only the first message to a GID being dialled is tried"
+        );
+        let mut sent = Vec::new();
+        b.cm.flush_outgoing(t0 + Duration::from_secs(2), &mut |o| {
+            sent.push(o.clone());
+            Route::Sent
+        });
+        assert!(matches!(sent[0].frame.msg, Msg::Req { .. }), "{sent:?}");
+        assert!(matches!(sent[1].frame.msg, Msg::Rej { .. }), "{sent:?}");
+        assert!(!b.cm.has_outgoing() && b.cm.next_deadline().is_none());
+        for o in sent {
+            a.cm.on_link(o.src, o.dst, o.frame);
+        }
+        let child = a.event(1).unwrap().id;
+        assert_eq!(a.accept(1, child, 0xcc, 0x22), Err(libc::EINVAL));
+
+        // A link that never comes: UNREACHABLE once the deadline passes.
+        let c2 = b.connect(2, 7400, 0x12);
+        b.cm.flush_outgoing(t0, &mut |_| Route::Dialing);
+        assert_eq!(b.event(2).map(|e| e.event), Err(libc::EAGAIN));
+        b.cm.flush_outgoing(t0 + HOLD_FOR_LINK, &mut |_| {
+            panic!("tried after its deadline")
+        });
+        let e = b.event(2).unwrap();
+        assert_eq!(
+            (e.event, e.id, e.status),
+            (EV_UNREACHABLE, c2, -libc::ETIMEDOUT)
+        );
+        assert!(!b.cm.has_outgoing());
     }
 
     #[test]

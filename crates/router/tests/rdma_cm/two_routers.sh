@@ -33,11 +33,13 @@ onB() {
   timeout -k 5 120 ip netns exec fv_n2 "$FV" exec --runtime-dir /run/fvB --provider "$PROV" -- "$@"
 }
 
-# xpair NAME SERVER_CMD CLIENT_CMD: the server behind A, the client behind B.
+# xpair NAME SERVER_CMD CLIENT_CMD: the server behind A, the client behind B
+# (once the server listens, if LISTEN="PS PORT" is set).
 xpair() {
   local n=$1 s=$2 c=$3
   onA $s >"$OUT/$n.server.out" 2>"$OUT/$n.server.err" &
   local sp=$!
+  [ -n "${LISTEN:-}" ] && wait_listener /run/fvA $LISTEN
   retry_client "$OUT/$n.client" onB $c
   wait $sp
   echo $? >"$OUT/$n.server.rc"
@@ -51,7 +53,7 @@ xpair x_read_bw "ib_read_bw -R -d fv0 -n 200" "ib_read_bw -R -d fv0 -n 200 10.77
 # UD through SIDR across the link. udaddy's server listens on the wildcard
 # address and opens fv0 only for its first request: router A announces
 # the GID of a listener without a verbs session.
-xpair x_udaddy "udaddy -c 2 -C 100" "udaddy -s 10.77.1.2 -c 2 -C 100"
+LISTEN="udp 7174" xpair x_udaddy "udaddy -c 2 -C 100" "udaddy -s 10.77.1.2 -c 2 -C 100"
 
 # The server behind A is killed mid-run: its verbs session closes before
 # its rdma_cm file is released, and the DREQ of that release must still
@@ -75,6 +77,7 @@ SP=$!
 retry_client "$OUT/x_lost.client" onB rping -c -a 10.77.1.2 -p 7182 -C 1000000 -v &
 CP=$!
 wait_lines "$OUT/x_lost.client.out" 20
+"$FV" status --runtime-dir /run/fvB >"$OUT/x_lost.status" 2>&1
 kill -KILL $PID_RA
 wait $PID_RA
 wait $CP

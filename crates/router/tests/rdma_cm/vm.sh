@@ -59,11 +59,25 @@ retry_client() {
   echo $rc >"$p.rc"
 }
 
-# pair NAME SERVER_CMD CLIENT_CMD: the server, then the client.
+# wait_listener RT PS PORT: until the router of RT shows (flowverbs
+# status) an rdma_cm id listening on PORT in port space PS (at most 60 s).
+# udaddy needs it: a client that starts first is refused for one of its
+# ids, quits, and leaves the server short of a connection; no retry helps.
+wait_listener() {
+  local end=$((SECONDS + 60))
+  while [ $SECONDS -lt $end ]; do
+    "$FV" status --runtime-dir "$1" | grep -qE " $2 +listening +[0-9.]+:$3 " && return 0
+    sleep 0.1
+  done
+}
+
+# pair NAME SERVER_CMD CLIENT_CMD: the server, then the client (once the
+# server listens, if LISTEN="PS PORT" is set).
 pair() {
   local n=$1 s=$2 c=$3
   on $s >"$OUT/$n.server.out" 2>"$OUT/$n.server.err" &
   local sp=$!
+  [ -n "${LISTEN:-}" ] && wait_listener "${RT:-/run/fv}" $LISTEN
   retry_client "$OUT/$n.client" on $c
   wait $sp
   echo $? >"$OUT/$n.server.rc"
@@ -112,8 +126,9 @@ done
 kill -TERM $PID_S1 $PID_S2 $PID_S3
 wait $PID_S1 $PID_S2 $PID_S3
 
-# The router of every scenario below: it serves /dev/infiniband/rdma_cm.
-FLOWVERBS_LOG=$LOG "$FV" router --runtime-dir /run/fv 2>"$OUT/router.log" &
+# The router of every scenario below: it serves /dev/infiniband/rdma_cm,
+# with a cap of 300 rdma_cm ids per user (the hostile case fills it).
+FLOWVERBS_LOG=$LOG "$FV" router --runtime-dir /run/fv --max-cm-ids-per-user 300 2>"$OUT/router.log" &
 PID_A=$!
 for _ in $(seq 600); do [ -S /run/fv/router.sock ] && break; sleep 0.1; done
 ls -l /dev/infiniband >"$OUT/devices"
@@ -125,7 +140,7 @@ pair read_bw "ib_read_bw -R -d fv0 -n 500" "ib_read_bw -R -d fv0 -n 500 127.0.0.
 # UD through SIDR: two ids, 100 messages each way on each (udaddy's port
 # is always 7174, UDP port space). Then a client alone: no one serves the
 # port, UNREACHABLE.
-pair udaddy "udaddy -c 2 -C 100" "udaddy -s 127.0.0.1 -c 2 -C 100"
+LISTEN="udp 7174" pair udaddy "udaddy -c 2 -C 100" "udaddy -s 127.0.0.1 -c 2 -C 100"
 alone udaddy_unreachable udaddy -s 127.0.0.1
 
 # libfabric's verbs provider (a MSG endpoint: rdma_cm in epoll, nonblocking
@@ -213,13 +228,15 @@ echo "rdma_cm vm: killed: client $(cat "$OUT/killed.client.rc")"
 
 # Two routers, as two hosts (tests/rdma_cm/two_routers.sh).
 . "$(dirname "$0")/two_routers.sh"
+# Two routers found through etcd (tests/rdma_cm/etcd.sh).
+. "$(dirname "$0")/etcd.sh"
 
 port=7200
 for c in destroy_counts migrate nonblock_poll hidden_child reject backlog ud; do
   port=$((port + 10))
   alone "$c" "$CHK" "$c" "$port"
 done
-FV_CM_IDS=4096 alone hostile "$CHK" hostile
+FV_CM_IDS=300 alone hostile "$CHK" hostile
 
 kill -TERM $PID_A
 wait $PID_A
