@@ -12,13 +12,8 @@ etcd --name fvcm --data-dir /tmp/etcd-cm \
   --initial-cluster fvcm=http://127.0.0.1:2380 >"$OUT/etcd.log" 2>&1 &
 PID_ETCD=$!
 for _ in $(seq 300); do etcdctl --endpoints $EP endpoint health >/dev/null 2>&1 && break; sleep 0.2; done
-for r in E F; do
-  n=1
-  [ $r = F ] && n=2
-  nsenter --net=/run/netns/fv_n$n env FLOWVERBS_LOG=$LOG "$FV" router --runtime-dir /run/fv$r \
-    --listen 10.77.$n.2:7710 --registry etcd://10.77.1.1:2379 2>"$OUT/router_$r.log" &
-  eval "PID_R$r=\$!"
-done
+ns_router E 1 --listen 10.77.1.2:7710 --registry etcd://10.77.1.1:2379
+ns_router F 2 --listen 10.77.2.2:7710 --registry etcd://10.77.1.1:2379
 for r in E F; do
   for _ in $(seq 600); do grep -q 'in sync with etcd' "$OUT/router_$r.log" && break; sleep 0.1; done
 done

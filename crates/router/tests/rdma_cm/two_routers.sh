@@ -9,14 +9,8 @@
 # exec`, which would give them a mount namespace of their own): their FUSE
 # mounts (completion channels) must be visible to their clients.
 
-for r in A B; do
-  n=1
-  peer=2
-  [ $r = B ] && n=2 && peer=1
-  nsenter --net=/run/netns/fv_n$n env FLOWVERBS_LOG=$LOG "$FV" router --runtime-dir /run/fv$r \
-    --listen 10.77.$n.2:7700 --peer 10.77.$peer.2:7700 2>"$OUT/router_$r.log" &
-  eval "PID_R$r=\$!"
-done
+ns_router A 1 --listen 10.77.1.2:7700 --peer 10.77.2.2:7700
+ns_router B 2 --listen 10.77.2.2:7700 --peer 10.77.1.2:7700
 for r in A B; do
   for _ in $(seq 600); do [ -S /run/fv$r/router.sock ] && break; sleep 0.1; done
 done
@@ -58,17 +52,7 @@ LISTEN="udp 7174" xpair x_udaddy "udaddy -c 2 -C 100" "udaddy -s 10.77.1.2 -c 2 
 # The server behind A is killed mid-run: its verbs session closes before
 # its rdma_cm file is released, and the DREQ of that release must still
 # reach router B (A goes on announcing the GID while an id needs it).
-# Not under `timeout`, so that its pid is rping's.
-ip netns exec fv_n1 "$FV" exec --runtime-dir /run/fvA --provider "$PROV" -- \
-  rping -s -a 10.77.1.2 -p 7184 -C 1000000 -v >"$OUT/x_killed.server.out" 2>"$OUT/x_killed.server.err" &
-SP=$!
-retry_client "$OUT/x_killed.client" onB rping -c -a 10.77.1.2 -p 7184 -C 1000000 -v &
-CP=$!
-wait_lines "$OUT/x_killed.client.out" 20
-kill -KILL $SP
-wait $SP
-wait $CP
-echo "rdma_cm vm: x_killed: client $(cat "$OUT/x_killed.client.rc")"
+killed_server x_killed 10.77.1.2 7184 onB ip netns exec fv_n1 "$FV" exec --runtime-dir /run/fvA --provider "$PROV" --
 
 # Router A itself dies mid-run: router B loses the link, and the client
 # behind it gets DISCONNECTED.

@@ -213,18 +213,38 @@ kill -TERM $SP
 wait $SP
 echo "rdma_cm vm: netns: client $(cat "$OUT/netns.client.rc") server $(cat "$OUT/netns.server.rc")"
 
-# A killed server: its client gets DISCONNECTED. The server is not under
-# `timeout` so that its pid is rping's (flowverbs exec execs it).
-"$FV" exec --runtime-dir /run/fv --provider "$PROV" -- \
-  rping -s -a 127.0.0.1 -p 7175 -C 1000000 -v >"$OUT/killed.server.out" 2>"$OUT/killed.server.err" &
-SP=$!
-retry_client "$OUT/killed.client" on rping -c -a 127.0.0.1 -p 7175 -C 1000000 -v &
-CP=$!
-wait_lines "$OUT/killed.client.out" 20
-kill -KILL $SP
-wait $SP
-wait $CP
-echo "rdma_cm vm: killed: client $(cat "$OUT/killed.client.rc")"
+# killed_server NAME ADDR PORT CLIENT_FN SERVER_PREFIX...: an rping
+# server (run by SERVER_PREFIX, not under `timeout`, so that its pid is
+# rping's: flowverbs exec execs it) killed once its client (run by
+# CLIENT_FN) printed 20 pings.
+killed_server() {
+  local n=$1 addr=$2 port=$3 client=$4
+  shift 4
+  "$@" rping -s -a "$addr" -p "$port" -C 1000000 -v >"$OUT/$n.server.out" 2>"$OUT/$n.server.err" &
+  local sp=$!
+  retry_client "$OUT/$n.client" "$client" rping -c -a "$addr" -p "$port" -C 1000000 -v &
+  local cp=$!
+  wait_lines "$OUT/$n.client.out" 20
+  kill -KILL $sp
+  wait $sp
+  wait $cp
+  echo "rdma_cm vm: $n: client $(cat "$OUT/$n.client.rc")"
+}
+
+# ns_router R N ARGS...: router R in fv_nN's network namespace only (not
+# `ip netns exec`, which would give it a mount namespace of its own and
+# hide its FUSE mount from its clients), runtime directory /run/fvR, log
+# OUT/router_R.log; its pid in PID_RR.
+ns_router() {
+  local r=$1 n=$2
+  shift 2
+  nsenter --net=/run/netns/fv_n$n env FLOWVERBS_LOG=$LOG "$FV" router --runtime-dir /run/fv$r "$@" \
+    2>"$OUT/router_$r.log" &
+  eval "PID_R$r=\$!"
+}
+
+# A killed server: its client gets DISCONNECTED.
+killed_server killed 127.0.0.1 7175 on "$FV" exec --runtime-dir /run/fv --provider "$PROV" --
 
 # Two routers, as two hosts (tests/rdma_cm/two_routers.sh).
 . "$(dirname "$0")/two_routers.sh"
