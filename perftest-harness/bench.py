@@ -926,7 +926,7 @@ UCX_TIMEOUT_S = 90
 
 # Two ranks on this host, rank 0 bound to core 0 and rank 1 to core 1 (Open
 # MPI's default for -np 2, made explicit; --report-bindings shows it in raw/).
-MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", "--bind-to", "core",
+MPIRUN = ["mpirun.openmpi", "--allow-run-as-root", "--oversubscribe", "-np", "2", "--bind-to", "core",
           "--report-bindings"]
 MPI_ARGS = {
     # Only rc_verbs and ud_verbs: nothing but fv0 can carry the traffic
@@ -1126,7 +1126,7 @@ def run_mpi(fv, provider, plan, work, raw_dir, res, meta, counter):
                 "ucx-utils": sh(["dpkg-query", "-W", "-f=${Version}", "ucx-utils"]),
             }}
     meta[MPI] = info
-    have_np = os.access(NETPIPE, os.X_OK) and shutil.which("mpirun") is not None
+    have_np = os.access(NETPIPE, os.X_OK) and shutil.which("mpirun.openmpi") is not None
     have_ucx = shutil.which("ucx_perftest") is not None
     if not have_np:
         msg = f"NetPIPE: not available (no {NETPIPE} or mpirun; apt-get install netpipe-openmpi openmpi-bin)"

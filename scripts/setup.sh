@@ -17,6 +17,9 @@ packages=(libibverbs-dev ibverbs-utils perftest ucx-utils openmpi-bin libopenmpi
           # rdma_cm (crates/router/tests/rdma_cm.rs): rping and udaddy,
           # librdmacm's headers, libfabric's fi_pingpong.
           rdmacm-utils librdmacm-dev libfabric-bin
+          # MPICH (crates/router/tests/e2e_mpi.rs), built on UCX; Open MPI
+          # stays the default mpirun/mpicc (tests name *.openmpi anyway).
+          mpich libmpich-dev
           # The etcd location registry: protoc builds the etcd-client crate's
           # gRPC code (with the well-known types of libprotobuf-dev, only
           # recommended by protobuf-compiler); the tests

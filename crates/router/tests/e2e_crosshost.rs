@@ -633,7 +633,7 @@ fn open_mpi_across_hosts() {
     .unwrap();
     std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let before_b = rb.count_log_lines(|l| l.contains("] session "));
-    let mut mpirun = ra.netns_command(&a.netns, "mpirun");
+    let mut mpirun = ra.netns_command(&a.netns, "mpirun.openmpi");
     mpirun
         .args([
             "--allow-run-as-root",

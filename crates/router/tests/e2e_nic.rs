@@ -87,7 +87,7 @@ fn scenarios(dir: &Path, nic_check: &Path, mpi_pingpong: &Path) -> Vec<Scenario>
             name: "open_mpi",
             port: None,
             command: format!(
-                "mpirun --allow-run-as-root --oversubscribe -np 2 --host {SERVER}:1,10.77.2.2:1 \
+                "mpirun.openmpi --allow-run-as-root --oversubscribe -np 2 --host {SERVER}:1,10.77.2.2:1 \
                  --mca plm_rsh_agent {agent} --mca pml ucx --mca btl ^vader,tcp,openib,uct \
                  --mca osc ^ucx -x UCX_TLS=rc_verbs,ud_verbs -x UCX_NET_DEVICES=fv0:1 \
                  -x UCX_UD_VERBS_ETH_DGID_CHECK=n -x MPI_PINGPONG_ITERS=20 {exe}",

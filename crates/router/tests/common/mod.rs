@@ -437,6 +437,20 @@ impl Router {
         }
     }
 
+    /// At least `bytes` moved on `path` since the router started (a few
+    /// wire-up messages on fv0 do not prove the data went there).
+    pub fn assert_moved_bytes_on(&self, path: &str, bytes: u64, what: &str) {
+        let status = self.status();
+        let moved = status["totals"]["moved"][path]["bytes"]
+            .as_u64()
+            .expect("a counter");
+        assert!(
+            moved >= bytes,
+            "{what}: {moved} bytes moved on the {path} path, expected {bytes} at least: {}",
+            status["totals"]
+        );
+    }
+
     /// How many QPs were created on this router since it started.
     pub fn qps_created(&self) -> u64 {
         let s = self.status();
@@ -1071,12 +1085,19 @@ pub fn compile_c(src: &Path) -> PathBuf {
 /// Compiles `tests/c/mpi_pingpong.c` with Open MPI's `mpicc`; panics with
 /// the compiler's output on error. Returns the executable's path.
 pub fn compile_mpi_pingpong() -> PathBuf {
+    compile_mpi_pingpong_with("mpicc.openmpi")
+}
+
+/// `tests/c/mpi_pingpong.c` built by the MPI compiler wrapper `mpicc`
+/// (Open MPI's `mpicc.openmpi`, MPICH's `mpicc.mpich`: both are installed,
+/// and `mpicc` is whichever the alternatives chose).
+pub fn compile_mpi_pingpong_with(mpicc: &str) -> PathBuf {
     let exe = fresh_temp_dir("mpi").join("mpi_pingpong");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/mpi_pingpong.c");
-    let mut cmd = Command::new("mpicc");
+    let mut cmd = Command::new(mpicc);
     cmd.args(["-O2", "-Wall", "-o"]).arg(&exe).arg(&src);
     let out = run_with_timeout(&mut cmd, 120);
-    assert!(out.status.success(), "{}", show("mpicc", &out));
+    assert!(out.status.success(), "{}", show(mpicc, &out));
     exe
 }
 
