@@ -20,6 +20,9 @@ packages=(libibverbs-dev ibverbs-utils perftest ucx-utils openmpi-bin libopenmpi
           # MPICH (crates/router/tests/e2e_mpi.rs), built on UCX; Open MPI
           # stays the default mpirun/mpicc (tests name *.openmpi anyway).
           mpich libmpich-dev
+          # UCX's client/server example (libucx-dev's examples and headers,
+          # crates/router/tests/rdma_cm.rs).
+          libucx-dev
           # The etcd location registry: protoc builds the etcd-client crate's
           # gRPC code (with the well-known types of libprotobuf-dev, only
           # recommended by protobuf-compiler); the tests

@@ -35,14 +35,41 @@ fn checker(dir: &Path) -> PathBuf {
     exe
 }
 
+/// UCX's client/server example as Debian ships it (`libucx-dev`'s
+/// `examples/ucp_client_server.c`), compiled against libucp.
+fn ucp_client_server(dir: &Path) -> PathBuf {
+    let exe = dir.join("ucp_client_server");
+    let examples = Path::new("/usr/share/doc/libucx-dev/examples");
+    let mut cmd = Command::new("gcc");
+    cmd.args(["-O2", "-I"])
+        .arg(examples)
+        .arg("-o")
+        .arg(&exe)
+        .arg(examples.join("ucp_client_server.c"))
+        .args(["-lucp", "-lucs"]);
+    let out = run_with_timeout(&mut cmd, 120);
+    assert!(
+        out.status.success(),
+        "{} (scripts/setup.sh installs libucx-dev)",
+        show("gcc ucp_client_server.c", &out)
+    );
+    exe
+}
+
 fn run_vm() -> Result<VmRun, String> {
     let dir = fresh_temp_dir("rdma-cm-vm");
     let provider = dir.join("libflowverbs-rdmav34.so");
     std::fs::copy(provider_lib(), &provider).unwrap();
     let check = checker(&dir);
+    let ucp = ucp_client_server(&dir);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/rdma_cm/vm.sh");
     let exe = flowverbs_exe();
-    let args = [exe.as_path(), provider.as_path(), check.as_path()];
+    let args = [
+        exe.as_path(),
+        provider.as_path(),
+        check.as_path(),
+        ucp.as_path(),
+    ];
     VmRun::boot(
         "fuse,cuse",
         dir,
@@ -297,6 +324,43 @@ fn assert_fi_pingpong_rows(name: &str) {
     for w in &rows {
         assert_eq!((w[1], w[2]), ("100", "=100"), "client:\n{client}");
     }
+}
+
+/// UCX connecting by socket address through rdma_cm (the only connection
+/// manager allowed) over fv0: Debian's `ucp_client_server` example, 100
+/// tagged messages of 64 KiB. The example prints the first and last
+/// message each side sent or received: each must be its whole pattern
+/// (`A` to `Z` over and over, 65535 bytes and a final `.`). The example
+/// itself checks nothing; rxe0 with the kernel's rdma_cm prints the same
+/// lines, and the same "Connection reset by remote peer" and "failed to
+/// close ep" when the client leaves first.
+#[test]
+fn ucx_connects_by_socket_address_through_rdma_cm() {
+    let run = vm();
+    let client = run.output("ucx_sockaddr", "client");
+    let pattern: String = (0..65535u32)
+        .map(|i| char::from(b'A' + (i % 26) as u8))
+        .chain(std::iter::once('.'))
+        .collect();
+    let count = |text: &str| text.lines().filter(|l| l.trim_end() == pattern).count();
+    let client_out = String::from_utf8_lossy(&client.stdout);
+    assert!(
+        client.status.success() && count(&client_out) == 2,
+        "{}\n{}",
+        show("ucp_client_server client", &client),
+        run.report()
+    );
+    let server = run.read("ucx_sockaddr.server.out");
+    let received = server
+        .lines()
+        .filter(|l| l.trim_end() == "UCX data message was received")
+        .count();
+    assert!(
+        received == 2 && count(&server) == 2,
+        "server:\n{}\n{}",
+        tail(&server, 40),
+        run.report()
+    );
 }
 
 /// The server is killed mid-run: the router destroys its ids, and its

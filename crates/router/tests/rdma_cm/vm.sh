@@ -1,11 +1,12 @@
 #!/bin/bash
 # Runs inside scripts/rxe-vm --modules fuse,cuse (crates/router/tests/rdma_cm.rs).
 #
-# Usage: vm.sh OUT FLOWVERBS PROVIDER CHECKER
+# Usage: vm.sh OUT FLOWVERBS PROVIDER CHECKER UCP
 #   OUT       a directory writable from the VM (results for the test)
 #   FLOWVERBS the flowverbs executable
 #   PROVIDER  libflowverbs-rdmav34.so
 #   CHECKER   tests/c/fv_cm_check, compiled
+#   UCP       UCX's ucp_client_server example (libucx-dev), compiled
 #
 # 1. Placement: with the kernel's rdma_ucm loaded (/dev/infiniband/rdma_cm is
 #    the kernel's), a router serves its device under another name; it is
@@ -15,7 +16,7 @@
 #    `flowverbs exec` against it. Scenario NAME writes
 #    OUT/NAME.{server,client}.{out,err,rc}.
 set -u
-OUT=$1 FV=$2 PROV=$3 CHK=$4
+OUT=$1 FV=$2 PROV=$3 CHK=$4 UCP=$5
 BB=/run/rxe-vm/busybox
 LOG=${FLOWVERBS_LOG:-info}
 unset FLOWVERBS_LOG
@@ -171,6 +172,26 @@ fi_pair fi_msg 47600 -p verbs -e msg -d fv0 -c -I 100
 # sizes its verbs CQ from the universe size (256 by default: 65536
 # entries, above rxe's max_cqe, within fv0's).
 fi_pair fi_rxm 47610 -p "verbs;ofi_rxm" -e rdm -d fv0 -c -I 100
+
+# UCX's client/server connection by socket address (ucp_ep_create with a
+# sockaddr, ucp_listener_create), with rdma_cm as the only connection
+# manager UCX may use and fv0's rc_verbs/ud_verbs as the only transports:
+# Debian's example program (libucx-dev), 100 tagged messages of 64 KiB
+# (rendezvous). Its server never exits (it waits for the next client):
+# stopped once the client is done. It runs under `script` so that what it
+# printed reaches the file (a terminal: line-buffered).
+export UCX_SOCKADDR_TLS_PRIORITY=rdmacm UCX_TLS=rc_verbs,ud_verbs UCX_NET_DEVICES=fv0:1
+UCP_ARGS="-p 13337 -c tag -i 100 -s 65536"
+script -qfec "timeout -k 5 120 $FV exec --runtime-dir /run/fv --provider $PROV -- $UCP -l 127.0.0.1 $UCP_ARGS" \
+  "$OUT/ucx_sockaddr.server.out" >/dev/null 2>&1 &
+SP=$!
+wait_listener /run/fv tcp 13337
+on "$UCP" -a 127.0.0.1 $UCP_ARGS >"$OUT/ucx_sockaddr.client.out" 2>"$OUT/ucx_sockaddr.client.err"
+echo $? >"$OUT/ucx_sockaddr.client.rc"
+pkill -f "$UCP -l"
+wait $SP
+unset UCX_SOCKADDR_TLS_PRIORITY UCX_TLS UCX_NET_DEVICES
+echo "rdma_cm vm: ucx_sockaddr: client $(cat "$OUT/ucx_sockaddr.client.rc")"
 
 # Two network namespaces (two containers of one host): the server listens
 # on its namespace's address, the client (in the other) resolves that
