@@ -107,6 +107,11 @@ const MAX_UNNAMED: usize = 64;
 /// Routers this router keeps track of, at most (configured or introduced).
 const MAX_PEERS: usize = 1024;
 const REDIAL_MIN: Duration = Duration::from_millis(100);
+/// How long a withdrawal waits before it is announced (and written to
+/// etcd): a GID that comes back meanwhile costs nothing, so a process that
+/// opens and closes fv0 (or listens and stops, through rdma_cm) in a loop
+/// makes one announcement per period, not two per turn.
+const WITHDRAW_AFTER: Duration = Duration::from_millis(250);
 const REDIAL_MAX: Duration = Duration::from_secs(1);
 
 const LISTENER: u64 = 0;
@@ -271,6 +276,15 @@ impl Transport for Peers {
 }
 
 impl Peers {
+    /// What the peers were told this router serves.
+    fn told(&self) -> Served {
+        Served {
+            gids: self.served.clone(),
+            nic_gids: self.nic_gids.clone(),
+            nic_ud_qps: self.nic_ud_qps.clone(),
+        }
+    }
+
     fn me_addr(&self) -> SocketAddr {
         self.me.listen.parse().expect("our own listen address")
     }
@@ -334,6 +348,32 @@ pub struct Links {
     /// A flush took some peer's queue from full (`OUT_SOFT`) to having
     /// room: work that stopped for room can go on (`take_room_opened`).
     room_opened: bool,
+    /// What this router serves now, if that only withdraws from what the
+    /// peers were told, and when to tell them ([`WITHDRAW_AFTER`]).
+    withdrawal: Option<(Served, Instant)>,
+}
+
+/// What a router announces: its GIDs, the NIC each posts to, its UD QPs
+/// on its NICs (each list sorted).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Served {
+    gids: Vec<Gid>,
+    nic_gids: Vec<(Gid, Gid)>,
+    nic_ud_qps: Vec<(u32, Gid)>,
+}
+
+impl Served {
+    /// True if `self` only takes entries away from `told` (what the peers
+    /// heard): it may wait. Anything new must be announced before a frame
+    /// that depends on it.
+    fn only_withdraws_from(&self, told: &Served) -> bool {
+        fn subset<T: Ord>(a: &[T], b: &[T]) -> bool {
+            a.iter().all(|x| b.binary_search(x).is_ok())
+        }
+        subset(&self.gids, &told.gids)
+            && subset(&self.nic_gids, &told.nic_gids)
+            && subset(&self.nic_ud_qps, &told.nic_ud_qps)
+    }
 }
 
 /// Link sockets: no Nagle delay (acknowledgements are small and latency
@@ -408,6 +448,7 @@ impl Links {
             next_token: 1,
             events: Vec::new(),
             room_opened: false,
+            withdrawal: None,
         };
         for addr in links.peers.registry.peers() {
             if addr != listen && links.peers.find(addr).is_none() {
@@ -462,7 +503,8 @@ impl Links {
 
     /// Announces the GIDs this router serves, the NIC each posts to (by
     /// its physical GID) and its UD QPs on its NICs to every peer, if they
-    /// changed.
+    /// changed: at once if anything is new, else (only withdrawals) after
+    /// [`WITHDRAW_AFTER`] ([`Links::poll_io`]).
     pub fn set_served(
         &mut self,
         mut gids: Vec<Gid>,
@@ -473,18 +515,34 @@ impl Links {
         gids.dedup();
         nic_gids.sort_unstable();
         nic_ud_qps.sort_unstable();
-        if gids == self.peers.served
-            && nic_gids == self.peers.nic_gids
-            && nic_ud_qps == self.peers.nic_ud_qps
-        {
-            return;
+        let new = Served {
+            gids,
+            nic_gids,
+            nic_ud_qps,
+        };
+        let told = self.peers.told();
+        if new == told {
+            self.withdrawal = None;
+        } else if new.only_withdraws_from(&told) {
+            let due = self
+                .withdrawal
+                .as_ref()
+                .map_or_else(|| Instant::now() + WITHDRAW_AFTER, |(_, due)| *due);
+            self.withdrawal = Some((new, due));
+        } else {
+            self.withdrawal = None;
+            self.announce(new);
         }
+    }
+
+    /// Tells every peer (and etcd) what this router serves.
+    fn announce(&mut self, served: Served) {
         if let Some(r) = self.peers.registry.etcd() {
-            r.serve(&gids);
+            r.serve(&served.gids);
         }
-        self.peers.served = gids;
-        self.peers.nic_gids = nic_gids;
-        self.peers.nic_ud_qps = nic_ud_qps;
+        self.peers.served = served.gids;
+        self.peers.nic_gids = served.nic_gids;
+        self.peers.nic_ud_qps = served.nic_ud_qps;
         for i in 0..self.peers.list.len() {
             if self.peers.list[i].out.is_some() && !self.peers.list[i].connecting {
                 self.peers.announce_to(i);
@@ -567,7 +625,7 @@ impl Links {
         }
     }
 
-    /// The earliest redial or Hello deadline.
+    /// The earliest redial, Hello or withdrawal deadline.
     pub fn next_deadline(&self) -> Option<Instant> {
         let dial = self
             .peers
@@ -580,7 +638,8 @@ impl Links {
             .values()
             .filter(|c| c.peer.is_none())
             .map(|c| c.accepted_at + HELLO_WITHIN + Duration::from_millis(1));
-        dial.chain(hello).min()
+        let withdrawal = self.withdrawal.as_ref().map(|(_, due)| *due);
+        dial.chain(hello).chain(withdrawal).min()
     }
 
     /// Peer events since the last call.
@@ -616,6 +675,11 @@ impl Links {
     /// Accepts, dials, flushes and reads; frames are handed out by
     /// [`Links::frames`].
     pub fn poll_io(&mut self, now: Instant) {
+        if self.withdrawal.as_ref().is_some_and(|(_, due)| now >= *due) {
+            if let Some((served, _)) = self.withdrawal.take() {
+                self.announce(served);
+            }
+        }
         self.poll_registry(now);
         let mut ready = [EpollEvent::empty(); 32];
         loop {
@@ -1211,5 +1275,30 @@ impl Links {
         }
         self.check_up(i);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Served;
+
+    fn served(gids: &[u8], qps: &[u32]) -> Served {
+        Served {
+            gids: gids.iter().map(|g| [*g; 16]).collect(),
+            nic_gids: Vec::new(),
+            nic_ud_qps: qps.iter().map(|q| (*q, [1; 16])).collect(),
+        }
+    }
+
+    /// Withdrawals may wait; anything new (a GID, a NIC's UD QP) may not.
+    #[test]
+    fn only_withdrawals_wait() {
+        let told = served(&[1, 2, 3], &[7]);
+        assert!(served(&[1, 3], &[7]).only_withdraws_from(&told));
+        assert!(served(&[], &[]).only_withdraws_from(&told));
+        assert!(told.only_withdraws_from(&told));
+        assert!(!served(&[1, 4], &[7]).only_withdraws_from(&told));
+        assert!(!served(&[1], &[8]).only_withdraws_from(&told));
+        assert!(!served(&[1, 2, 3], &[7, 8]).only_withdraws_from(&told));
     }
 }

@@ -291,6 +291,37 @@ fn a_container_moves_from_host_a_to_host_b() {
     );
 }
 
+/// A container whose only process opens and closes fv0 a hundred times in
+/// a row (`tests/c/fv_open_close.c`: its GID served, then not, each time)
+/// does not make its router write to etcd (nor announce to its peers)
+/// twice per turn: a withdrawal waits a moment, and a GID that comes back
+/// meanwhile costs nothing. The last withdrawal still happens. (Without
+/// the wait: 200 writes.)
+#[test]
+fn a_gid_that_comes_and_goes_in_a_loop_is_not_written_each_time() {
+    let mut star = Star::new(74, 1);
+    let c = star.add_container(0, 75, true);
+    let etcd = Etcd::start_in(&star.switch.netns, &star.switch.addr);
+    let node = start_node(&star, 0, &etcd);
+    let key = gid_key_of(&c.ns.addr);
+    let before = etcd.revision();
+    let mut cmd = node.router.netns_command(&c.ns.netns, OPEN_CLOSE.path());
+    cmd.arg("100");
+    let out = run_with_timeout(cmd, 300);
+    assert!(out.status.success(), "{}", show("fv_open_close 100", &out));
+    etcd.wait_for(&key, "the GID's last withdrawal", ETCD_WAIT, |kvs| {
+        kvs.is_empty()
+    });
+    let writes = etcd.revision() - before;
+    assert!(
+        (2..=40).contains(&writes),
+        "{writes} etcd writes for 100 sessions that came and went\n{}",
+        node.router.stderr()
+    );
+}
+
+static OPEN_CLOSE: CProgram = CProgram::new("fv_open_close.c");
+
 /// Router B is killed (SIGKILL) under a running pingpong: the client in A
 /// fails instead of hanging, router A takes the link down, B's lease
 /// expires and etcd forgets B and its GID. B restarted (same address)

@@ -128,6 +128,20 @@ impl Etcd {
             .collect()
     }
 
+    /// etcd's revision: it grows by one with every write (put or delete).
+    pub fn revision(&self) -> u64 {
+        let out = self.ctl(&["endpoint", "status", "-w", "json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            show("etcdctl endpoint status", &out)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("etcdctl's JSON");
+        v[0]["Status"]["header"]["revision"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no revision in {v}"))
+    }
+
     /// The value of `key`, if it exists.
     pub fn get(&self, key: &str) -> Option<String> {
         self.get_prefix(key)
