@@ -64,15 +64,23 @@ fn router_in(mode: &str) -> Router {
 fn pingpong_and_allreduce(mode: &str) {
     let exe = compile_mpi_pingpong();
     let router = router_in(mode);
-    let out = run_with_timeout(mpirun(&router, &exe), 180);
+    let launch = mpirun(&router, &exe);
+    assert_pingpong_on_fv0(&router, mode, launch, "mpirun");
+}
+
+/// Runs `launch` (an MPI launcher starting `mpi_pingpong`) and checks what
+/// it printed, and that the router moved at least the pingpong's bytes,
+/// on `mode`'s path only.
+fn assert_pingpong_on_fv0(router: &Router, mode: &str, launch: Command, what: &str) {
+    let out = run_with_timeout(launch, 180);
     let report = format!(
         "{}--- router stderr:\n{}",
-        show("mpirun", &out),
+        show(what, &out),
         router.stderr()
     );
     assert_mpi_pingpong_ran(&out, &report);
-    router.assert_moved_only_on(path_of(mode), "MPI pingpong and allreduce");
-    router.assert_moved_bytes_on(path_of(mode), PINGPONG_BYTES, "MPI pingpong");
+    router.assert_moved_only_on(path_of(mode), what);
+    router.assert_moved_bytes_on(path_of(mode), PINGPONG_BYTES, what);
 }
 
 /// What `mpi_pingpong` sends at least: 200 round trips of 1 MiB.
@@ -99,15 +107,7 @@ fn mpich_pingpong_and_allreduce(mode: &str) {
         .args(["-genv", "UCX_TLS", "rc_verbs,ud_verbs"])
         .args(["-genv", "UCX_NET_DEVICES", "fv0:1"])
         .arg(&exe);
-    let out = run_with_timeout(cmd, 180);
-    let report = format!(
-        "{}--- router stderr:\n{}",
-        show("mpiexec.hydra", &out),
-        router.stderr()
-    );
-    assert_mpi_pingpong_ran(&out, &report);
-    router.assert_moved_only_on(path_of(mode), "MPICH pingpong and allreduce");
-    router.assert_moved_bytes_on(path_of(mode), PINGPONG_BYTES, "MPICH pingpong");
+    assert_pingpong_on_fv0(&router, mode, cmd, "mpiexec.hydra (MPICH)");
 }
 
 #[test]

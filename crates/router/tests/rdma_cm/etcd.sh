@@ -18,13 +18,8 @@ for r in E F; do
   for _ in $(seq 600); do grep -q 'in sync with etcd' "$OUT/router_$r.log" && break; sleep 0.1; done
 done
 
-onE() {
-  timeout -k 5 120 ip netns exec fv_n1 "$FV" exec --runtime-dir /run/fvE --provider "$PROV" -- "$@"
-}
-onF() {
-  timeout -k 5 120 ip netns exec fv_n2 "$FV" exec --runtime-dir /run/fvF --provider "$PROV" -- "$@"
-}
-onE rping -s -a 10.77.1.2 -p 7186 -C 100 -v >"$OUT/x_etcd.server.out" 2>"$OUT/x_etcd.server.err" &
+onF() { behind F 2 "$@"; }
+behind E 1 rping -s -a 10.77.1.2 -p 7186 -C 100 -v >"$OUT/x_etcd.server.out" 2>"$OUT/x_etcd.server.err" &
 SP=$!
 retry_client "$OUT/x_etcd.client" onF rping -c -a 10.77.1.2 -p 7186 -C 100 -v
 wait $SP

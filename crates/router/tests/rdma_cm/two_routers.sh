@@ -20,12 +20,8 @@ for r in A B; do
   for _ in $(seq 600); do grep -q ' up' "$OUT/router_$r.log" && break; sleep 0.1; done
 done
 
-onA() {
-  timeout -k 5 120 ip netns exec fv_n1 "$FV" exec --runtime-dir /run/fvA --provider "$PROV" -- "$@"
-}
-onB() {
-  timeout -k 5 120 ip netns exec fv_n2 "$FV" exec --runtime-dir /run/fvB --provider "$PROV" -- "$@"
-}
+onA() { behind A 1 "$@"; }
+onB() { behind B 2 "$@"; }
 
 # xpair NAME SERVER_CMD CLIENT_CMD: the server behind A, the client behind B
 # (once the server listens, if LISTEN="PS PORT" is set).

@@ -252,6 +252,14 @@ killed_server() {
   echo "rdma_cm vm: $n: client $(cat "$OUT/$n.client.rc")"
 }
 
+# behind R N CMD...: CMD in fv_nN with router R's fv0 (runtime directory
+# /run/fvR), killed after 120 s.
+behind() {
+  local r=$1 n=$2
+  shift 2
+  timeout -k 5 120 ip netns exec fv_n$n "$FV" exec --runtime-dir /run/fv$r --provider "$PROV" -- "$@"
+}
+
 # ns_router R N ARGS...: router R in fv_nN's network namespace only (not
 # `ip netns exec`, which would give it a mount namespace of its own and
 # hide its FUSE mount from its clients), runtime directory /run/fvR, log
