@@ -1127,11 +1127,11 @@ impl Server {
             }
         }
         // The messages first, then the GIDs no id needs any more are
-        // withdrawn (a released file's DREQs come from a GID still served).
+        // withdrawn (a released file's DREQs come from a GID still served;
+        // a device that is gone holds none).
         self.exchange_cm();
-        if let Some(cm) = self.rdma_cm.as_ref() {
-            self.engine.hold_cm_gids(cm.gids_held());
-        }
+        let held = self.rdma_cm.as_ref().map(|cm| cm.gids_held());
+        self.engine.hold_cm_gids(held.unwrap_or_default());
     }
 
     /// Ends a pending `ibv_create_comp_channel`: its write returns.
