@@ -200,8 +200,10 @@ int main(int argc, char **argv)
 		hex(buf, 32, text);
 		printf("read (key registered after the exec): status %d bytes %s\n", st, text);
 	}
+	/* Said before the victim is told to go: once it exits, the test
+	 * harness may end this helper with it. */
+	printf("attacker: done\n");
 	fflush(stdout);
 	kill(victim, SIGUSR1);
-	printf("attacker: done\n");
 	return 0;
 }
